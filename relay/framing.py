@@ -1,0 +1,50 @@
+"""Control-socket framing: one JSON object per line, versioned and size-bounded. Pure, stdlib.
+
+Shared by the daemon and by the ``relay launch`` shim, which must import nothing outside the
+standard library (``relay.protocol`` adds pydantic validation on the daemon side).
+
+Every message is a UTF-8 JSON object on one line, at most ``MAX_MESSAGE_BYTES`` including the
+newline, carrying ``"v": PROTOCOL_VERSION``. A connection carries requests from the client and
+events from the daemon; see ``relay.protocol`` for the messages themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["MAX_MESSAGE_BYTES", "PROTOCOL_VERSION", "FramingError", "decode", "encode"]
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class FramingError(ValueError):
+    """Bytes on the control socket that are not one valid message."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    data = json.dumps({"v": PROTOCOL_VERSION, **message}, separators=(",", ":"),
+                      ensure_ascii=False).encode() + b"\n"
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise FramingError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """One line (with or without its newline) into a message object."""
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise FramingError(f"message exceeds {MAX_MESSAGE_BYTES} bytes")
+    if not line.endswith(b"\n"):
+        raise FramingError("message is not terminated by a newline (half-written?)")
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise FramingError("message is not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise FramingError("message is not a JSON object")
+    version = obj.get("v")
+    if version != PROTOCOL_VERSION:
+        raise FramingError(f"protocol version {version!r} is not supported (this side speaks "
+                           f"{PROTOCOL_VERSION}); restart the daemon after upgrading relay")
+    return obj

@@ -1,0 +1,104 @@
+"""Kernel command lines: build the remote argv, parse kernel flags. Pure.
+
+Flags (topology reference, section 2): ``-wstp`` (10+) or ``-mathlink`` selects link-mode
+start-up; ``-LinkMode Connect|Listen|Launch``, ``-LinkProtocol TCPIP``, ``-LinkName NAME``,
+``-LinkHost ADDR``, ``-LinkOptions N``. Flag names are case-insensitive and unknown flags are
+ignored, as the kernel does. ``MLDontInteract`` is the link option value 256.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from relay.linkname import LinkName
+
+__all__ = ["LINK_OPTIONS", "KernelFlags", "build_argv", "parse_flags", "shell_join"]
+
+LINK_OPTIONS = {"mldontinteract": 256, "wsdontinteract": 256}
+_VALUED = {"-linkmode", "-linkprotocol", "-linkname", "-linkhost", "-linkoptions",
+           "-initfile", "-run"}
+
+
+def build_argv(kernel: str, link: LinkName, extra: Sequence[str] = ()) -> list[str]:
+    """The remote kernel's argv: connect back to ``link`` over TCPIP."""
+    return [kernel, "-wstp", "-LinkMode", "Connect", "-LinkProtocol", "TCPIP",
+            "-LinkName", str(link), *extra]
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """One POSIX ``sh`` command line whose words are exactly ``argv``."""
+    return shlex.join(argv)
+
+
+def parse_link_options(text: str) -> int:
+    """``-LinkOptions`` value: a number or option names joined by ``|`` or ``+``."""
+    total = 0
+    for part in text.replace("+", "|").split("|"):
+        word = part.strip()
+        if word.isdigit():
+            total |= int(word)
+        elif word.lower() in LINK_OPTIONS:
+            total |= LINK_OPTIONS[word.lower()]
+        else:
+            raise ValueError(f"unknown -LinkOptions value {word!r}")
+    return total
+
+
+@dataclass(slots=True)
+class KernelFlags:
+    link_startup: bool = False
+    link_mode: str | None = None
+    link_protocol: str | None = None
+    link_name: str | None = None
+    link_host: str | None = None
+    link_options: int = 0
+    subkernel: bool = False
+    noinit: bool = False
+    initfile: list[str] = field(default_factory=list)
+    run: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def dont_interact(self) -> bool:
+        return bool(self.link_options & 256)
+
+
+def parse_flags(argv: Sequence[str]) -> KernelFlags:
+    """Parse kernel flags the way a kernel does: case-insensitive, unknown ones ignored."""
+    flags = KernelFlags()
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        low = word.lower()
+        if low in _VALUED:
+            if i + 1 >= len(argv):
+                raise ValueError(f"kernel flag {word} needs a value")
+            value = argv[i + 1]
+            i += 2
+            if low == "-linkmode":
+                flags.link_mode = value.lower()
+            elif low == "-linkprotocol":
+                flags.link_protocol = value.upper()
+            elif low == "-linkname":
+                flags.link_name = value
+            elif low == "-linkhost":
+                flags.link_host = value
+            elif low == "-linkoptions":
+                flags.link_options = parse_link_options(value)
+            elif low == "-initfile":
+                flags.initfile.append(value)
+            else:
+                flags.run.append(value)
+            continue
+        if low in ("-wstp", "-mathlink"):
+            flags.link_startup = True
+        elif low == "-subkernel":
+            flags.subkernel = True
+        elif low == "-noinit":
+            flags.noinit = True
+        else:
+            flags.ignored.append(word)
+        i += 1
+    return flags

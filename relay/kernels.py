@@ -1,0 +1,138 @@
+"""A kernel's life: forwards, start, callback, exit, teardown.
+
+    launch():  remote forwards R1,R2 (server-chosen ports) -> start the kernel with
+               -LinkName R1@127.0.0.1,R2@127.0.0.1 -> wait until both channels are connected
+               -> cancel the listeners.
+    Failure at any step releases what was taken: the forwards are closed and a started kernel
+    is killed. The wait is bounded by the host's launch_timeout_s and ends early, with the
+    kernel's last output, if the kernel exits or is missing.
+    terminate(): SIGTERM, then SIGKILL after terminate_grace_s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any, Literal
+
+import structlog
+
+from relay.errors import KernelExited, KernelMissing, LaunchTimeout
+from relay.kernelcmd import build_argv
+from relay.linkname import LinkName
+from relay.ssh.forwards import LinkForward
+from relay.ssh.host import HostSession
+from relay.ssh.supervisor import RemoteProcess, Supervisor
+
+__all__ = ["Kernel", "launch"]
+
+Mode = Literal["controller", "compute"]
+_ids = itertools.count(1)
+
+
+class Kernel:
+    def __init__(self, kernel_id: str, host: HostSession, mode: Mode, frontend_link: LinkName,
+                 forward: LinkForward, supervisor: Supervisor, proc: RemoteProcess) -> None:
+        self.id = kernel_id
+        self.host = host
+        self.mode = mode
+        self.frontend_link = frontend_link
+        self.forward = forward
+        self.remote_link = forward.remote_name
+        self._supervisor = supervisor
+        self._proc = proc
+        self.started_at = time.time()
+        self.log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
+
+    @property
+    def remote_pid(self) -> int | None:
+        return self._proc.pid
+
+    @property
+    def exited(self) -> asyncio.Future[int | None]:
+        return self._proc.exited
+
+    @property
+    def output(self) -> list[str]:
+        return list(self._proc.output)
+
+    async def terminate(self, grace_s: float | None = None) -> int | None:
+        """SIGTERM, then SIGKILL; returns the exit status (None if the connection died)."""
+        grace = grace_s if grace_s is not None else self.host.config.terminate_grace_s
+        for signal in ("TERM", "KILL"):
+            if self.exited.done():
+                break
+            self._supervisor.signal(self.id, signal)
+            try:
+                async with asyncio.timeout(grace):
+                    await asyncio.shield(self.exited)
+            except TimeoutError:
+                self.log.warning("kernel ignored signal", signal=signal)
+        await self.forward.aclose()
+        return self.exited.result() if self.exited.done() else None
+
+
+def new_kernel_id() -> str:
+    return f"k{next(_ids)}"
+
+
+async def launch(host: HostSession, *, kernel: str, link: LinkName, mode: Mode,
+                 extra_args: list[str], kernel_id: str | None = None) -> Kernel:
+    kernel_id = kernel_id or new_kernel_id()
+    log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
+    cfg = host.config
+    connected = await host.ready()
+    forward = await LinkForward.open(connected.connection, link, host.key)
+    assert forward.remote_name is not None
+    argv = build_argv(kernel, forward.remote_name, extra_args)
+    try:
+        proc = connected.supervisor.start_kernel(kernel_id, argv)
+    except BaseException:
+        await forward.aclose()
+        raise
+    k = Kernel(kernel_id, host, mode, link, forward, connected.supervisor, proc)
+    log.info("launching", mode=mode, link=str(link), remote_link=str(forward.remote_name))
+    try:
+        async with asyncio.timeout(cfg.launch_timeout_s):
+            await _until_connected(k, kernel)
+    except BaseException as exc:
+        if isinstance(exc, TimeoutError):
+            exc = LaunchTimeout(
+                f"the kernel on {host.key} did not connect within {cfg.launch_timeout_s:g} s "
+                f"(launch_timeout_s){_last_words(k.output)}")
+        await k.terminate(grace_s=1.0)
+        log.warning("launch failed", error=str(exc))
+        raise exc from None
+    return k
+
+
+async def _until_connected(k: Kernel, kernel: str) -> None:
+    started = k._proc.started
+    waiting: set[asyncio.Future[Any]] = {k.forward.connected, k.exited, started}
+    while not k.forward.connected.done():
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if k.forward.connected in done:
+            break
+        if started in done:
+            waiting.discard(started)
+            exc = started.exception()
+            if isinstance(exc, KernelMissing):
+                raise KernelMissing(f"kernel executable {kernel!r} not found or not executable on "
+                                    f"{k.host.key}: check the KERNEL argument or 'kernel' in "
+                                    f"[hosts.{k.host.key}]")
+            if exc is not None:
+                raise exc
+        if k.exited in done:
+            status = k.exited.result()
+            if status is None:
+                raise KernelExited(f"the SSH connection to {k.host.key} was lost during launch")
+            raise KernelExited(f"the kernel on {k.host.key} exited with status {status} before "
+                               f"connecting{_last_words(k.output)}")
+    k.forward.connected.result()  # raises FrontEndUnreachable
+
+
+def _last_words(output: list[str]) -> str:
+    if not output:
+        return ""
+    return f"; its last output: {' | '.join(line.strip() for line in output)[-300:]}"

@@ -1,0 +1,107 @@
+"""TCPIP link names: parse, format and rewrite. Pure.
+
+A TCPIP link is two TCP connections and its name is ``DATAPORT@HOST,MESSAGEPORT@HOST``
+(topology reference, section 1): the first endpoint carries the data stream, the second the
+urgent message channel. The ports need not be adjacent. HOST is an IPv4 literal, a host name or
+an IPv6 literal (MathLink writes it bare, e.g. ``5000@::1``; a bracketed form is accepted too).
+A single ``PORT@HOST`` is the deprecated ``TCP`` protocol, which relay does not carry.
+
+relay rewrites the front end's name ``P1@H1,P2@H2`` into ``R1@127.0.0.1,R2@127.0.0.1``, where
+R1 and R2 are remote listeners that lead back to H1:P1 and H2:P2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+__all__ = ["Endpoint", "LinkName", "LinkNameError"]
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?$")
+EXAMPLE = "53994@127.0.0.1,39359@127.0.0.1"
+
+
+class LinkNameError(ValueError):
+    """A link name that is not ``DATAPORT@HOST,MESSAGEPORT@HOST``."""
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def parse_port(text: str, *, what: str) -> int:
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"{what} {_shown(text)} is not a number")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{what} {port} is outside 1-65535")
+    return port
+
+
+def normalize_host(text: str) -> str:
+    """Validate a host as it may appear in a link name; return it without IPv6 brackets."""
+    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise ValueError(f"host {_shown(text)} is not a valid IPv6 address") from None
+        return host
+    if not _HOSTNAME.match(host):
+        raise ValueError(f"host {_shown(text)} is not a host name or IP address")
+    return host
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One TCP endpoint of a link: ``PORT@HOST``."""
+
+    port: int
+    host: str
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        port, sep, host = text.strip().partition("@")
+        if not sep:
+            raise ValueError(f"endpoint {_shown(text)} has no '@' (expected PORT@HOST)")
+        return cls(parse_port(port, what="port"), normalize_host(host))
+
+    def __str__(self) -> str:
+        return f"{self.port}@{self.host}"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkName:
+    """A TCPIP link name: the data endpoint and the urgent-message endpoint."""
+
+    data: Endpoint
+    message: Endpoint
+
+    @classmethod
+    def parse(cls, text: str) -> LinkName:
+        stripped = text.strip()
+        if not stripped:
+            raise LinkNameError(f"empty link name: expected DATAPORT@HOST,MESSAGEPORT@HOST "
+                                f"(e.g. {EXAMPLE})")
+        parts = stripped.split(",")
+        if len(parts) == 1:
+            raise LinkNameError(
+                f"link name {_shown(text)} has one endpoint: that is the deprecated TCP protocol; "
+                f"use -LinkProtocol TCPIP so the front end creates DATAPORT@HOST,MESSAGEPORT@HOST")
+        if len(parts) != 2:
+            raise LinkNameError(f"link name {_shown(text)} has {len(parts)} endpoints: expected "
+                                f"DATAPORT@HOST,MESSAGEPORT@HOST (e.g. {EXAMPLE})")
+        try:
+            return cls(Endpoint.parse(parts[0]), Endpoint.parse(parts[1]))
+        except ValueError as exc:
+            raise LinkNameError(f"malformed link name {_shown(text)}: {exc} "
+                                f"(expected DATAPORT@HOST,MESSAGEPORT@HOST, "
+                                f"e.g. {EXAMPLE})") from None
+
+    def __str__(self) -> str:
+        return f"{self.data},{self.message}"
+
+    def rewritten(self, data_port: int, message_port: int, host: str = "127.0.0.1") -> LinkName:
+        """The name a kernel on the other side of two forwards connects to."""
+        return LinkName(Endpoint(data_port, host), Endpoint(message_port, host))

@@ -1,0 +1,79 @@
+"""Control-socket messages, validated with pydantic. Pure.
+
+Framing (one JSON object a line, ``"v": 1``, 64 KiB at most) is ``relay.framing``.
+
+Requests (client -> daemon)::
+
+    {"v":1,"op":"launch","host":H,"kernel":K,"linkname":L,"mode":"controller"|"compute"}
+    {"v":1,"op":"terminate"}      # on a launch connection: end the kernel (shim got a signal)
+    {"v":1,"op":"ping"}
+
+Events (daemon -> client)::
+
+    {"v":1,"event":"launched","kernel_id":..,"host":..,"linkname":R,"remote_pid":..,"launch_ms":..}
+    {"v":1,"event":"exited","kernel_id":..,"status":N}     # controller mode: the kernel ended
+    {"v":1,"event":"error","code":C,"message":M}           # one actionable line
+    {"v":1,"event":"pong","pid":..,"version":..}
+
+A controller-mode launch keeps its connection open until ``exited``; closing it, or sending
+``terminate``, ends the kernel. A compute-mode launch ends after ``launched``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from relay.errors import BadRequest
+
+__all__ = ["LaunchRequest", "PingRequest", "Request", "TerminateRequest", "parse_request"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1] = 1
+
+
+class LaunchRequest(_Message):
+    op: Literal["launch"]
+    host: Annotated[str, Field(min_length=1, max_length=1024)]
+    kernel: Annotated[str, Field(max_length=4096)] = ""
+    linkname: Annotated[str, Field(min_length=1, max_length=1024)]
+    mode: Literal["controller", "compute"] = "controller"
+
+
+class TerminateRequest(_Message):
+    op: Literal["terminate"]
+
+
+class PingRequest(_Message):
+    op: Literal["ping"]
+
+
+Request = Annotated[LaunchRequest | TerminateRequest | PingRequest, Field(discriminator="op")]
+_ADAPTER: TypeAdapter[LaunchRequest | TerminateRequest | PingRequest] = TypeAdapter(Request)
+
+
+def parse_request(obj: dict[str, Any]) -> LaunchRequest | TerminateRequest | PingRequest:
+    """Validate a decoded message; raise ``BadRequest`` with one line naming the field."""
+    try:
+        return _ADAPTER.validate_python(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        raise BadRequest(f"bad request: {where}: {first['msg']}") from None
+
+
+def launched(*, kernel_id: str, host: str, linkname: str, remote_pid: int | None,
+             launch_ms: float) -> dict[str, Any]:
+    return {"event": "launched", "kernel_id": kernel_id, "host": host, "linkname": linkname,
+            "remote_pid": remote_pid, "launch_ms": round(launch_ms, 2)}
+
+
+def exited(*, kernel_id: str, status: int) -> dict[str, Any]:
+    return {"event": "exited", "kernel_id": kernel_id, "status": status}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"event": "error", "code": code, "message": message}

@@ -1,0 +1,156 @@
+"""Configuration: a TOML file validated with pydantic, paths from the environment.
+
+``RELAY_CONFIG`` and ``RELAY_SOCKET`` override the paths (read with pydantic-settings). What the
+file leaves unset for a host (user, port, keys) comes from ``~/.ssh/config``, which asyncssh
+reads. Every error names the file, the key and what was expected. See
+``config/relay.example.toml`` for every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relay import paths
+from relay.errors import BadRequest, ConfigError, UnknownHost
+from relay.hostspec import HostSpec, HostSpecError
+
+__all__ = ["DaemonConfig", "Environment", "HostConfig", "RelayConfig", "load"]
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HostConfig(_Strict):
+    hostname: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    user: str | None = None
+    identity_files: list[str] | None = None
+    known_hosts: str | None = None
+    jump: str | None = None
+    kernel: str | None = None
+    controller_args: list[str] = []
+    compute_args: list[str] = ["-subkernel", "-noinit"]
+    keepalive_interval_s: PositiveSeconds = 15.0
+    keepalive_count_max: Annotated[int, Field(ge=1, le=100)] = 3
+    connect_timeout_s: PositiveSeconds = 15.0
+    launch_timeout_s: PositiveSeconds = 30.0
+    terminate_grace_s: PositiveSeconds = 5.0
+    compression: bool = False
+
+    def with_spec(self, spec: HostSpec) -> HostConfig:
+        return self.model_copy(update={"hostname": spec.host, "port": spec.port,
+                                       "user": spec.user})
+
+
+class DaemonConfig(_Strict):
+    socket: str | None = None
+    allow_adhoc_hosts: bool = True
+    log_level: str = "info"
+
+
+class RelayConfig(_Strict):
+    daemon: DaemonConfig = DaemonConfig()
+    defaults: dict[str, Any] = {}
+    hosts: dict[str, HostConfig] = {}
+
+    def host_defaults(self) -> HostConfig:
+        return HostConfig.model_validate({"hostname": "-", **self.defaults})
+
+    def resolve(self, name: str, source: str = "relay.toml") -> tuple[str, HostConfig]:
+        """A [hosts] entry by name, else an ad-hoc spec; returns (key, config)."""
+        if name in self.hosts:
+            return name, self.hosts[name]
+        if not self.daemon.allow_adhoc_hosts:
+            known = ", ".join(sorted(self.hosts)) or "none"
+            raise UnknownHost(f"unknown host alias {name!r}: add [hosts.{name}] to {source} "
+                              f"(configured: {known})")
+        try:
+            spec = HostSpec.parse(name)
+        except HostSpecError as exc:
+            raise BadRequest(str(exc)) from None
+        return str(spec), self.host_defaults().with_spec(spec)
+
+
+class Environment(BaseSettings):
+    """The environment variables relay reads."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+    config: str | None = None
+    socket: str | None = None
+
+
+def _describe(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        hint = " (relay takes no passwords: use identity_files or ssh-agent)" if any(
+            "pass" in str(p).lower() for p in err["loc"]) else ""
+        return f"{loc}: unknown key{hint}"
+    shown = "" if err["type"] == "missing" else f", got {err['input']!r}"
+    return f"{loc}: {err['msg']}{shown}"
+
+
+def load(path: Path | None = None) -> tuple[RelayConfig, Path]:
+    """Read and validate the config file; a missing default file is an empty config."""
+    env = Environment()
+    environ = dict(os.environ)
+    if env.config:
+        environ["RELAY_CONFIG"] = env.config
+    explicit = path is not None or bool(env.config)
+    path = path or paths.config_path(environ)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{path}: no such config file") from None
+        raw = {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        config = RelayConfig.model_validate(raw)
+        config.host_defaults()
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc.errors()[0])}") from None
+    for name, host in config.hosts.items():
+        _check_jumps(config, name, host, path)
+    return config, path
+
+
+def _check_jumps(config: RelayConfig, name: str, host: HostConfig, path: Path) -> None:
+    seen = [name]
+    jump = host.jump
+    while jump:
+        if jump in seen:
+            raise ConfigError(f"{path}: hosts.{name}.jump: jump hosts form a loop "
+                              f"({' -> '.join([*seen, jump])})")
+        if len(seen) > 8:
+            raise ConfigError(f"{path}: hosts.{name}.jump: more than 8 jump hosts")
+        seen.append(jump)
+        if jump in config.hosts:
+            jump = config.hosts[jump].jump
+        else:
+            try:
+                HostSpec.parse(jump)
+            except HostSpecError as exc:
+                raise ConfigError(f"{path}: hosts.{name}.jump: {exc}") from None
+            jump = None
+
+
+def socket_path(config: RelayConfig) -> Path:
+    env = Environment()
+    if env.socket:
+        return Path(env.socket).expanduser()
+    if config.daemon.socket:
+        return Path(config.daemon.socket).expanduser()
+    return paths.default_socket_path()

@@ -1,0 +1,222 @@
+"""``relay launch``: what the front end's Launch command and ``$RemoteCommand`` run.
+
+Standard library only: this process starts once per kernel, and importing asyncssh alone takes
+280 ms (anchors.md). It sends one launch request over the daemon's Unix socket, prints the
+rewritten link name as its single line of stdout, and then
+
+- controller mode (default): stays until the kernel exits and exits with the kernel's status;
+  SIGTERM, SIGHUP or SIGINT ends the remote kernel first (the daemon also ends it if this
+  process vanishes, because the socket closes);
+- compute mode (``--compute``): exits 0 once the kernel is connected, as ``Run[]`` needs.
+
+Every failure is one line on stderr and a non-zero exit within a bounded time. If no daemon
+is listening, one is started in the background (like ssh's ControlPersist) unless
+``--no-autostart``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from relay import framing, paths
+
+__all__ = ["main"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DAEMON = 3
+DEFAULT_TIMEOUT_S = 120.0
+TERMINATE_WAIT_S = 20.0
+AUTOSTART_WAIT_S = 15.0
+
+
+class ShimError(Exception):
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="relay launch",
+        description="Launch a remote kernel through the relay daemon (argument order as "
+                    "Tunnel's: HOST KERNEL LINKNAME).")
+    p.add_argument("--compute", action="store_true",
+                   help="compute kernel: return once it is connected (for $RemoteCommand)")
+    p.add_argument("--no-autostart", action="store_true",
+                   help="fail instead of starting a daemon when none is listening")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help=f"give up if the daemon has not answered (default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("host", help="a [hosts] name from relay.toml, [user@]host[:port] or ssh://...")
+    p.add_argument("kernel", help="remote kernel executable ('' for the host's configured one)")
+    p.add_argument("linkname", help="the front end's link name, e.g. `linkname` or `2`")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ShimError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.status
+
+
+def _connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _daemon_socket(path: Path, autostart: bool) -> socket.socket:
+    try:
+        return _connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        if not autostart:
+            raise ShimError(f"no relay daemon is listening on {path}: start it with "
+                            f"`relay serve` (or drop --no-autostart)", EXIT_DAEMON) from exc
+    except OSError as exc:
+        raise ShimError(f"cannot reach the relay daemon on {path}: {exc.strerror}",
+                        EXIT_DAEMON) from exc
+    _start_daemon(path)
+    deadline = time.monotonic() + AUTOSTART_WAIT_S
+    while True:  # bounded: only after another shim's daemon won the start-up race
+        try:
+            return _connect(path)
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise ShimError(f"the relay daemon did not come up on {path}",
+                                EXIT_DAEMON) from exc
+            time.sleep(0.05)
+
+
+def _start_daemon(path: Path) -> None:
+    import subprocess  # noqa: PLC0415 (only on the rare autostart path)
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_path = path.parent / "relay.log"
+    read_fd, write_fd = os.pipe()
+    env = dict(os.environ, RELAY_SOCKET=str(path))
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", "--ready-fd", str(write_fd)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+            pass_fds=(write_fd,), start_new_session=True, env=env)
+    os.close(write_fd)
+    try:
+        ready, _, _ = select.select([read_fd], [], [], AUTOSTART_WAIT_S)
+        said = os.read(read_fd, 4096).decode(errors="replace").strip() if ready else ""
+    finally:
+        os.close(read_fd)
+    if said == "ready" or said == "busy":
+        return
+    if said.startswith("error "):
+        raise ShimError(f"the relay daemon could not start: {said[6:]}", EXIT_DAEMON)
+    raise ShimError(f"the relay daemon did not start within {AUTOSTART_WAIT_S:g} s; "
+                    f"see {log_path}", EXIT_DAEMON)
+
+
+class _Session:
+    """The shim's end of one launch: lines in, signals in, bounded waits."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.signal: int | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno())
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.signal is None:
+            self.signal = signum
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self.sock.sendall(framing.encode(message))
+        except OSError as exc:
+            raise ShimError(f"lost the relay daemon: {exc.strerror}", EXIT_DAEMON) from exc
+
+    def next_event(self, timeout_s: float | None) -> dict[str, Any] | None:
+        """The daemon's next message; None when a signal arrived first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while b"\n" not in self.buf:
+            if self.signal is not None:
+                return None
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                raise ShimError(f"the relay daemon did not answer within {timeout_s:g} s")
+            try:
+                ready, _, _ = select.select([self.sock, self._wake_r], [], [], left)
+            except InterruptedError:
+                continue
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_r.recv(64)
+            if self.sock in ready:
+                chunk = self.sock.recv(framing.MAX_MESSAGE_BYTES)
+                if not chunk:
+                    raise ShimError("the relay daemon closed the connection unexpectedly "
+                                    "(see its log; `relay serve` in a terminal shows it)",
+                                    EXIT_DAEMON)
+                self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        try:
+            return framing.decode(line + b"\n")
+        except framing.FramingError as exc:
+            raise ShimError(f"unexpected answer from the relay daemon: {exc}",
+                            EXIT_DAEMON) from exc
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = paths.socket_path()
+    sock = _daemon_socket(path, autostart=not args.no_autostart)
+    session = _Session(sock)
+    mode = "compute" if args.compute else "controller"
+    session.send({"op": "launch", "host": args.host, "kernel": args.kernel,
+                  "linkname": args.linkname, "mode": mode})
+    event = session.next_event(args.timeout)
+    if event is None:  # a signal during launch: closing the socket cancels the launch
+        sock.close()
+        assert session.signal is not None
+        return 128 + session.signal
+    if event.get("event") == "error":
+        raise ShimError(str(event.get("message", "launch failed")))
+    if event.get("event") != "launched":
+        raise ShimError(f"unexpected answer from the relay daemon: {json.dumps(event)[:200]}",
+                        EXIT_DAEMON)
+    print(event["linkname"], flush=True)
+    if mode == "compute":
+        return 0
+    event = session.next_event(None)
+    if event is None:
+        assert session.signal is not None
+        session.send({"op": "terminate"})
+        with contextlib.suppress(ShimError):
+            session.next_event(TERMINATE_WAIT_S)
+        return 128 + session.signal
+    if event.get("event") == "exited":
+        return int(event.get("status", EXIT_FAILED)) & 0xFF
+    raise ShimError(f"unexpected answer from the relay daemon: {json.dumps(event)[:200]}",
+                    EXIT_DAEMON)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

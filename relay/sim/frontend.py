@@ -1,0 +1,196 @@
+"""A fake Mathematica front end / controller kernel (topology reference, sections 3-5).
+
+- ``ListeningLink.create()`` is ``LinkCreate[LinkMode -> Listen, LinkProtocol -> "TCPIP"]``:
+  two listening ports on the chosen host address; its name is ``P1@H,P2@H``.
+- ``launch_command()`` fills a kernel configuration's Launch command the way the front end
+  does (backquoted words, section 3); ``run_controller()`` runs it and keeps it running, since
+  the front end needs the launch command to stay alive until the kernel quits.
+- ``run_remote_command()`` fills ``$RemoteCommand`` slots `1`..`4` and runs the result the way
+  the Parallel package's ``Run[]`` does: through the shell, under a time limit
+  (``$MathLinkTimeout``, 15 s by default), a non-zero status being a failed launch (section 4).
+- ``ListeningLink.accept()`` waits for the kernel's two connections (in either order) and
+  returns a ``KernelLink`` that exchanges traffic on both channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from relay.linkname import LinkName
+from relay.sim import wire
+from relay.templates import fill, fill_remote_command
+
+__all__ = ["KernelLink", "ListeningLink", "RunResult", "launch_command", "run_controller",
+           "run_remote_command"]
+
+MATHLINK_TIMEOUT_S = 15.0  # Parallel`Settings`$MathLinkTimeout default (section 4)
+MLOPEN_ARGS = "-LinkMode Listen -LinkProtocol TCPIP -LinkOptions MLDontInteract -LinkHost 127.0.0.1"
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class KernelLink:
+    """The front end's side of a connected link: data and message channels."""
+
+    def __init__(self, data: Stream, message: Stream) -> None:
+        self._dr, self._dw = data
+        self._mr, self._mw = message
+        self.hello: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        kind, payload = await wire.read_data(self._dr)
+        if kind != wire.HELLO:
+            raise ValueError(f"expected HELLO from the kernel, got frame type {kind}")
+        self.hello = json.loads(payload)
+
+    async def evaluate(self, kind: int, payload: bytes = b"") -> bytes:
+        self._dw.write(wire.data_frame(kind, payload))
+        await self._dw.drain()
+        got, result = await wire.read_data(self._dr)
+        if got != wire.RETURN:
+            raise ValueError(f"expected RETURN, got frame type {got}")
+        return result
+
+    async def echo(self, payload: bytes) -> bytes:
+        return await self.evaluate(wire.ECHO, payload)
+
+    async def urgent(self, code: int, arg: int = 0) -> tuple[int, int]:
+        """Send an urgent message on the message channel; return the kernel's answer."""
+        self._mw.write(wire.message_frame(code, arg))
+        await self._mw.drain()
+        return await wire.read_message(self._mr)
+
+    async def send(self, kind: int, payload: bytes = b"") -> None:
+        self._dw.write(wire.data_frame(kind, payload))
+        await self._dw.drain()
+
+    async def read_return(self) -> bytes:
+        got, result = await wire.read_data(self._dr)
+        if got != wire.RETURN:
+            raise ValueError(f"expected RETURN, got frame type {got}")
+        return result
+
+    async def quit(self, status: int = 0) -> None:
+        await self.send(wire.QUIT, str(status).encode())
+
+    async def closed(self) -> None:
+        """Wait until the kernel closes the data channel."""
+        with contextlib.suppress(ConnectionError):
+            while await self._dr.read(65536):
+                pass
+
+    async def aclose(self) -> None:
+        for w in (self._dw, self._mw):
+            w.close()
+        for w in (self._dw, self._mw):
+            with contextlib.suppress(ConnectionError):
+                await w.wait_closed()
+
+
+class ListeningLink:
+    """``LinkCreate`` in Listen mode: two ports, each accepting the kernel's one connection."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self._servers: list[asyncio.Server] = []
+        loop = asyncio.get_running_loop()
+        self._accepted: list[asyncio.Future[Stream]] = [loop.create_future(),
+                                                        loop.create_future()]
+        self.extra_connections = 0
+
+    @classmethod
+    async def create(cls, host: str = "127.0.0.1") -> ListeningLink:
+        self = cls(host)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for i in range(2):
+            self._servers.append(await asyncio.start_server(
+                self._acceptor(i), host, 0, family=family))
+        return self
+
+    def _acceptor(self, i: int) -> Any:
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if self._accepted[i].done():
+                self.extra_connections += 1
+                writer.close()
+                return
+            self._accepted[i].set_result((reader, writer))
+        return accepted
+
+    @property
+    def name(self) -> LinkName:
+        ports = [s.sockets[0].getsockname()[1] for s in self._servers]
+        return LinkName.parse(f"{ports[0]}@{self.host},{ports[1]}@{self.host}")
+
+    async def accept(self, timeout_s: float = 30.0) -> KernelLink:
+        async with asyncio.timeout(timeout_s):
+            data, message = await asyncio.gather(*self._accepted)
+        link = KernelLink(data, message)
+        async with asyncio.timeout(timeout_s):
+            await link.start()
+        return link
+
+    def close(self) -> None:
+        """Stop listening (the front end gave up or the link is connected)."""
+        for s in self._servers:
+            s.close()
+        for fut in self._accepted:
+            if fut.done() and not fut.cancelled():
+                fut.result()[1].close()
+            else:
+                fut.cancel()
+
+
+def launch_command(template: str, link: LinkName, **extra: str) -> str:
+    """Fill a Launch command as the front end does (backquoted words, section 3)."""
+    values = {
+        "linkname": str(link),
+        "dataport": str(link.data.port),
+        "messageport": str(link.message.port),
+        "ipaddress": link.data.host,
+        "username": getpass.getuser(),
+        "machinename": socket.gethostname(),
+        "homeDirectory": os.path.expanduser("~"),
+        **extra,
+    }
+    return fill(template, values)
+
+
+async def run_controller(command: str, env: dict[str, str] | None = None
+                         ) -> asyncio.subprocess.Process:
+    """Start a filled Launch command; the front end keeps it running until the kernel quits."""
+    return await asyncio.create_subprocess_shell(
+        command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL, env=env)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: int
+    stdout: str
+    stderr: str
+
+
+async def run_remote_command(template: str, *, host: str, link: LinkName, user: str = "",
+                             timeout_s: float = MATHLINK_TIMEOUT_S,
+                             env: dict[str, str] | None = None) -> RunResult:
+    """``Run[]`` of a filled ``$RemoteCommand`` under ``$MathLinkTimeout`` (section 4)."""
+    command = fill_remote_command(template, host=host, linkname=str(link), user=user)
+    proc = await asyncio.create_subprocess_shell(
+        command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL, env=env)
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return RunResult(proc.returncode, out.decode(), err.decode())

@@ -1,0 +1,193 @@
+"""A throwaway OpenSSH ``sshd`` on a loopback port, with generated host and client keys.
+
+Used by ``make demo`` and by the test suite: relay's proofs run against a real OpenSSH server,
+never only against asyncssh's. sshd cannot bind port 0 (its config parser refuses it), so a
+free port is picked by the kernel, released, and handed to sshd; if another process takes it in
+between, sshd says so and another port is tried (bounded). Readiness is sshd's own
+``Server listening on`` log line, not a sleep.
+"""
+
+from __future__ import annotations
+
+import collections
+import getpass
+import os
+import select
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["SSHD_PATH", "ThrowawaySSHD", "find_sshd"]
+
+SSHD_PATH = "/usr/sbin/sshd"
+START_TIMEOUT_S = 20.0
+
+
+def find_sshd() -> str | None:
+    for candidate in (SSHD_PATH, shutil.which("sshd")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _keygen(path: Path, comment: str) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+                    "-f", str(path)], check=True, stdin=subprocess.DEVNULL)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThrowawaySSHD:
+    """``with ThrowawaySSHD(dir) as sshd:``; ``sshd.port``, ``sshd.client_key``, ..."""
+
+    def __init__(self, directory: Path, *, options: dict[str, str] | None = None) -> None:
+        self.dir = Path(directory)
+        self.options = options or {}
+        self.user = getpass.getuser()
+        self.host_key = self.dir / "ssh_host_ed25519_key"
+        self.client_key = self.dir / "id_ed25519"
+        self.known_hosts = self.dir / "known_hosts"
+        self.authorized_keys = self.dir / "authorized_keys"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log: collections.deque[str] = collections.deque(maxlen=500)
+        self._drain: threading.Thread | None = None
+
+    def __enter__(self) -> ThrowawaySSHD:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _prepare(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.host_key.exists():
+            _keygen(self.host_key, "relay-test-host")
+        if not self.client_key.exists():
+            _keygen(self.client_key, "relay-test-client")
+            self.authorized_keys.write_text(
+                (self.client_key.with_suffix(".pub")).read_text())
+            self.authorized_keys.chmod(0o600)
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+
+    def write_config(self, port: int) -> Path:
+        options = {
+            "ListenAddress": f"127.0.0.1:{port}",
+            "HostKey": str(self.host_key),
+            "PidFile": "none",
+            "AuthorizedKeysFile": str(self.authorized_keys),
+            "StrictModes": "no",
+            "UsePAM": "no",
+            "PasswordAuthentication": "no",
+            "KbdInteractiveAuthentication": "no",
+            "PubkeyAuthentication": "yes",
+            "PermitRootLogin": "prohibit-password",
+            "MaxSessions": "10",
+            "AllowTcpForwarding": "yes",
+            "LogLevel": "VERBOSE",
+            "Subsystem": "sftp internal-sftp",
+            **self.options,
+        }
+        path = self.dir / "sshd_config"
+        path.write_text("".join(f"{k} {v}\n" for k, v in options.items()))
+        return path
+
+    def start(self, port: int | None = None) -> None:
+        """Start sshd (on ``port`` if given, e.g. to restart on the same port)."""
+        sshd = find_sshd()
+        if sshd is None:
+            raise RuntimeError("OpenSSH sshd is not installed: apt-get install openssh-server")
+        self._prepare()
+        for _attempt in range(10):
+            chosen = port or self.port or _free_port()
+            config = self.write_config(chosen)
+            proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+            if self._wait_listening(proc, chosen):
+                self.proc, self.port = proc, chosen
+                self._write_known_hosts()
+                self._drain = threading.Thread(target=self._drain_log, args=(proc,),
+                                               daemon=True, name="sshd-log")
+                self._drain.start()
+                return
+            proc.kill()
+            proc.wait()
+            if port:
+                break
+        raise RuntimeError("sshd did not start: " + " | ".join(list(self.log)[-5:]))
+
+    def _wait_listening(self, proc: subprocess.Popen[bytes], port: int) -> bool:
+        assert proc.stderr is not None
+        fd = proc.stderr.fileno()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        buf = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return False
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                self.log.append(line)
+                if f"Server listening on 127.0.0.1 port {port}" in line:
+                    return True
+                if "Address already in use" in line or "Cannot bind any address" in line:
+                    return False
+        return False
+
+    def _drain_log(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            self.log.append(raw.decode(errors="replace").rstrip())
+
+    def _write_known_hosts(self) -> None:
+        pub = self.host_key.with_suffix(".pub").read_text().split()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {pub[0]} {pub[1]}\n")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stderr is not None:
+                self.proc.stderr.close()
+            self.proc = None
+        if self._drain is not None:
+            self._drain.join(timeout=5)
+            self._drain = None
+
+    def host_toml(self, name: str, **extra: object) -> str:
+        """A ``[hosts.NAME]`` table for relay.toml that reaches this sshd."""
+        values: dict[str, object] = {
+            "hostname": "127.0.0.1", "port": self.port, "user": self.user,
+            "identity_files": [str(self.client_key)], "known_hosts": str(self.known_hosts),
+            **extra,
+        }
+        return f"[hosts.{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

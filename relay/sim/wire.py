@@ -1,0 +1,50 @@
+"""The simulator's framing on the two channels of a link. Stdlib only.
+
+Data channel: frames of ``!BI`` (type, payload length) followed by the payload.
+Message channel: fixed 8-byte frames ``!II`` (code, argument). The codes are MathLink's urgent
+message numbers from the public ``mathlink.h``/``wstp.h`` headers (MLTerminateMessage 1,
+MLInterruptMessage 2, MLAbortMessage 3); the 8-byte encoding is the simulator's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+__all__ = ["ABORT", "ECHO", "HELLO", "INTERRUPT", "QUIT", "RETURN", "SLEEP", "TERMINATE"]
+
+# data-channel frame types
+ECHO = 1     # front end -> kernel: return the payload unchanged
+RETURN = 2   # kernel -> front end: a result
+SLEEP = 3    # front end -> kernel: be busy for N ms (ASCII), then return b"done" (or b"$Aborted")
+QUIT = 4     # front end -> kernel: exit with status N (ASCII), like Quit[N]
+HELLO = 5    # kernel -> front end, first frame: JSON facts about the kernel (pid, flags)
+
+# message-channel codes (mathlink.h)
+TERMINATE = 1
+INTERRUPT = 2
+ABORT = 3
+
+_DATA = struct.Struct("!BI")
+_MSG = struct.Struct("!II")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def data_frame(kind: int, payload: bytes = b"") -> bytes:
+    return _DATA.pack(kind, len(payload)) + payload
+
+
+async def read_data(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    kind, length = _DATA.unpack(await reader.readexactly(_DATA.size))
+    if length > MAX_FRAME:
+        raise ValueError(f"frame of {length} bytes")
+    return kind, await reader.readexactly(length)
+
+
+def message_frame(code: int, arg: int = 0) -> bytes:
+    return _MSG.pack(code, arg)
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[int, int]:
+    code, arg = _MSG.unpack(await reader.readexactly(_MSG.size))
+    return code, arg

@@ -1,0 +1,216 @@
+"""The daemon's side of a host's supervisor session (the remote half is ``supervisor.sh``).
+
+Design (issue: 32 concurrent compute launches against sshd's default ``MaxSessions 10``): a
+session per kernel would hit MaxSessions at 10 kernels, pay a channel open per launch, and run
+the remote shell's start-up files every time (80 ms with a slow ``.bashrc``, anchors.md). Instead
+one session per connection runs a small POSIX ``sh`` loop that starts kernels, reports their pids
+and exit statuses, and signals them on request. Forwarded TCP channels do not count against
+MaxSessions, so a host's only limit is its own process table. When the connection or session
+ends, the script sees end of input and terminates every kernel it started.
+
+``parse_line`` is pure; ``Supervisor`` is the thin I/O shell around one SSH process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+import structlog
+
+from relay.errors import ConnectFailed, KernelMissing, SupervisorFailed
+from relay.kernelcmd import shell_join
+from relay.ssh.supervisor_script import remote_command
+from relay.tasks import TaskSet
+
+__all__ = ["Event", "RemoteProcess", "Supervisor", "parse_line"]
+
+PROTOCOL = "1"
+OUTPUT_LINES = 5
+_SIGNALS = frozenset({"TERM", "KILL", "INT", "HUP"})
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    id: str
+    value: str
+
+
+def parse_line(line: str) -> Event | None:
+    """One line from supervisor.sh; ``None`` for anything else (a chatty login shell)."""
+    kind, _, rest = line.rstrip("\n").partition(" ")
+    if kind not in {"hello", "nokernel", "pid", "out", "exit", "pong"}:
+        return None
+    ident, _, value = rest.partition(" ")
+    if kind in {"pid", "exit"} and not value.isdigit():
+        return None
+    return Event(kind, ident, value)
+
+
+@dataclass(eq=False)
+class RemoteProcess:
+    """One kernel as the supervisor sees it."""
+
+    id: str
+    started: asyncio.Future[int]
+    exited: asyncio.Future[int | None]  # None: the connection was lost, status unknown
+    output: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES))
+
+    @property
+    def pid(self) -> int | None:
+        if self.started.done() and not self.started.cancelled() and not self.started.exception():
+            return self.started.result()
+        return None
+
+
+class Supervisor:
+    def __init__(self, process: asyncssh.SSHClientProcess[str], host: str, remote_pid: int,
+                 log: Any) -> None:
+        self._process = process
+        self._host = host
+        self._log = log
+        self.remote_pid = remote_pid
+        self._procs: dict[str, RemoteProcess] = {}
+        self._pings: dict[str, asyncio.Future[None]] = {}
+        self._tasks = TaskSet(log)
+        self._tasks.spawn(self._read_events(), name=f"supervisor-events:{host}")
+        self._tasks.spawn(self._drain_stderr(), name=f"supervisor-stderr:{host}")
+        self.closed = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def start(cls, conn: asyncssh.SSHClientConnection, host: str,
+                    timeout_s: float) -> Supervisor:
+        log = structlog.get_logger("relay.supervisor").bind(host=host)
+        try:
+            process = await conn.create_process(remote_command(), encoding="utf-8",
+                                                errors="replace")
+        except asyncssh.ChannelOpenError as exc:
+            raise SupervisorFailed(f"{host}: the SSH server refused a session for relay's "
+                                   f"supervisor: {exc.reason}") from None
+        try:
+            async with asyncio.timeout(timeout_s):
+                for _ in range(200):  # skip what a chatty login shell prints first
+                    line = await process.stdout.readline()
+                    if not line:
+                        break
+                    event = parse_line(line)
+                    if event and event.kind == "hello":
+                        if event.id != PROTOCOL:
+                            break
+                        pid = int(event.value.split(" ", 1)[0])
+                        return cls(process, host, pid, log)
+        except TimeoutError:
+            process.close()
+            raise SupervisorFailed(f"{host}: relay's supervisor did not start within "
+                                   f"{timeout_s:g} s") from None
+        process.close()
+        reason = (process.exit_status, process.exit_signal)
+        raise SupervisorFailed(f"{host}: relay's supervisor could not start (needs /bin/sh and "
+                               f"mktemp on the remote host; exit {reason[0]})")
+
+    def start_kernel(self, kernel_id: str, argv: list[str],
+                     env: dict[str, str] | None = None) -> RemoteProcess:
+        """Ask for a kernel; the returned futures resolve as the supervisor reports."""
+        if self.closed.done():
+            raise ConnectFailed(f"{self._host}: connection lost")
+        loop = asyncio.get_running_loop()
+        proc = RemoteProcess(kernel_id, loop.create_future(), loop.create_future())
+        # A launch that already failed may never look at ``started`` again.
+        proc.started.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._procs[kernel_id] = proc
+        snippet = "set -- " + shell_join(argv)
+        for name, value in (env or {}).items():
+            snippet += f"; {name}={shell_join([value])}; export {name}"
+        self._process.stdin.write(f"start {kernel_id} {snippet}\n")
+        return proc
+
+    def signal(self, kernel_id: str, signal: str) -> None:
+        assert signal in _SIGNALS
+        if not self.closed.done() and kernel_id in self._procs:
+            self._process.stdin.write(f"kill {kernel_id} {signal}\n")
+
+    async def ping(self, ping_id: str) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._pings[ping_id] = fut
+        try:
+            self._process.stdin.write(f"ping {ping_id}\n")
+            await fut
+        finally:
+            self._pings.pop(ping_id, None)
+
+    async def _read_events(self) -> None:
+        try:
+            async for line in self._process.stdout:
+                event = parse_line(line)
+                if event is not None:
+                    self._dispatch(event)
+        except (asyncssh.Error, OSError) as exc:
+            self._log.info("supervisor session ended", reason=str(exc))
+        finally:
+            self._lost()
+
+    def _dispatch(self, event: Event) -> None:
+        if event.kind == "pong":
+            fut = self._pings.get(event.id)
+            if fut and not fut.done():
+                fut.set_result(None)
+            return
+        proc = self._procs.get(event.id)
+        if proc is None:
+            return
+        if event.kind == "pid" and not proc.started.done():
+            proc.started.set_result(int(event.value))
+        elif event.kind == "out":
+            proc.output.append(event.value)
+        elif event.kind == "nokernel":
+            self._procs.pop(event.id, None)
+            if not proc.started.done():
+                proc.started.set_exception(KernelMissing("kernel executable missing"))
+            if not proc.exited.done():
+                proc.exited.set_result(127)
+        elif event.kind == "exit":
+            self._procs.pop(event.id, None)
+            if not proc.started.done():
+                proc.started.set_exception(KernelMissing("kernel did not start"))
+            if not proc.exited.done():
+                proc.exited.set_result(int(event.value))
+
+    def _lost(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        err = ConnectFailed(f"{self._host}: SSH connection lost")
+        for proc in self._procs.values():
+            if not proc.started.done():
+                proc.started.set_exception(err)
+            if not proc.exited.done():
+                proc.exited.set_result(None)
+        self._procs.clear()
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(err)
+
+    async def _drain_stderr(self) -> None:
+        count = 0
+        async for line in self._process.stderr:
+            count += 1
+            if count <= 100:  # bounded: a noisy remote cannot flood the log
+                self._log.debug("supervisor stderr", line=line.rstrip()[:300])
+
+    def close(self) -> None:
+        """End the session's input: the remote script terminates its kernels and exits."""
+        if not self._process.stdin.is_closing():
+            self._process.stdin.write_eof()
+
+    async def wait_closed(self, timeout_s: float = 10.0) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._process.wait_closed()
+        except TimeoutError:
+            self._process.close()
+        await self._tasks.aclose()
+        self._lost()

@@ -1,0 +1,57 @@
+# relay's remote supervisor: one per host, in one long-lived SSH session.
+#
+# Why: sshd allows MaxSessions (default 10) sessions per connection, so a session per kernel
+# caps a host at 10 kernels and makes every launch pay a channel open and the remote shell's
+# start-up files. This script is started once per connection and starts and reaps every
+# kernel on that host; 32 (or 300) kernels share one session and one authentication.
+#
+# Protocol, one line each way (words separated by one space; ID is [a-z0-9]+):
+#   daemon -> here:  start ID SH-SNIPPET   the snippet sets "$@" (set -- 'kernel' 'args'...)
+#                                          and may export variables (never argv: secrets)
+#                    kill ID SIGNAL        signal the kernel if it still runs
+#                    ping ID               answered by pong ID (round-trip time)
+#   here -> daemon:  hello 1 PID DIR       ready; protocol version 1
+#                    nokernel ID           the kernel executable is missing or not executable
+#                    pid ID PID            the kernel started
+#                    out ID TEXT           one of the last lines the kernel printed (at exit)
+#                    exit ID STATUS        the kernel ended (128+N: killed by signal N)
+#                    pong ID
+# End of input (the daemon closed the session, or the connection died and sshd closed the
+# pipes) terminates every kernel this supervisor started: no remote kernel outlives its
+# connection. Kernels that ignore SIGTERM get SIGKILL after 5 seconds.
+#
+# The file is joined into one line and passed as `exec /bin/sh -c '...'`, so it must not
+# contain single quotes, and every line must end where a newline may become a space. ("$!" is
+# safe: csh expands history only in interactive shells.)
+umask 077;
+d=$(mktemp -d "${TMPDIR:-/tmp}/relay.XXXXXX") || exit 97;
+reap() {
+  for f in "$d"/*.pid; do test -f "$f" && kill -TERM "$(cat "$f")" 2>/dev/null; done;
+  ( ( sleep 5; for f in "$d"/*.pid; do test -f "$f" && kill -KILL "$(cat "$f")"; done ) </dev/null >/dev/null 2>&1 & );
+  wait;
+  rm -rf "$d";
+};
+trap "reap; exit 0" HUP TERM INT;
+echo "hello 1 $$ $d";
+while read -r op id arg; do
+  case $op in
+    start) (
+        eval "$arg";
+        k=$1;
+        case $k in */*) test -f "$k" && test -x "$k" ;; *) command -v "$k" >/dev/null 2>&1 ;; esac || { echo "nokernel $id"; exit 0; };
+        "$@" </dev/null >"$d/$id.log" 2>&1 &
+        p=$!;
+        echo "$p" >"$d/$id.pid";
+        echo "pid $id $p";
+        wait "$p";
+        s=$?;
+        rm -f "$d/$id.pid";
+        tail -n 5 "$d/$id.log" 2>/dev/null | cut -c 1-300 | sed "s/^/out $id /";
+        rm -f "$d/$id.log";
+        echo "exit $id $s"
+      ) & ;;
+    kill) test -f "$d/$id.pid" && kill "-$arg" "$(cat "$d/$id.pid")" 2>/dev/null ;;
+    ping) echo "pong $id" ;;
+  esac;
+done;
+reap

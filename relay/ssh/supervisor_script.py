@@ -1,0 +1,22 @@
+"""The remote supervisor script (``supervisor.sh``) as the one-line command sshd runs."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+__all__ = ["one_line", "remote_command"]
+
+
+@cache
+def one_line() -> str:
+    text = files("relay.ssh").joinpath("supervisor.sh").read_text()
+    lines = (line.strip() for line in text.splitlines())
+    return " ".join(line for line in lines if line and not line.startswith("#"))
+
+
+def remote_command() -> str:
+    """``exec /bin/sh -c '...'``: the same under sh, bash, zsh, csh, tcsh and fish logins."""
+    script = one_line()
+    assert "'" not in script, "supervisor.sh must not contain single quotes"
+    return f"exec /bin/sh -c '{script}'"
