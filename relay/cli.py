@@ -23,17 +23,22 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: list[str]) -> int:
     import argparse  # noqa: PLC0415
 
-    parser = argparse.ArgumentParser(prog="relay", description=(
-        "Remote Mathematica kernels over one persistent SSH connection per host."))
+    parser = argparse.ArgumentParser(
+        prog="relay",
+        description=("Remote Mathematica kernels over one persistent SSH connection per host."),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("launch", help="launch a kernel (what the front end runs); see relay launch -h")
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
-    serve.add_argument("--config", help="config file (default: $RELAY_CONFIG or "
-                       "~/.config/relay/relay.toml)")
-    serve.add_argument("--socket", help="control socket (default: $RELAY_SOCKET, the config "
-                       "file's [daemon] socket, or $XDG_RUNTIME_DIR/relay/relay.sock)")
-    serve.add_argument("--log-level", default=None,
-                       choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--config", help="config file (default: $RELAY_CONFIG or ~/.config/relay/relay.toml)"
+    )
+    serve.add_argument(
+        "--socket",
+        help="control socket (default: $RELAY_SOCKET, the config "
+        "file's [daemon] socket, or $XDG_RUNTIME_DIR/relay/relay.sock)",
+    )
+    serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     sub.add_parser("version", help="print relay's version")
     ns = parser.parse_args(args)

@@ -62,11 +62,14 @@ def prepare_socket_dir(path: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = directory.stat()
     if st.st_uid != os.getuid():
-        raise ConfigError(f"socket directory {directory} belongs to uid {st.st_uid}, not you: "
-                          f"choose another path with RELAY_SOCKET")
+        raise ConfigError(
+            f"socket directory {directory} belongs to uid {st.st_uid}, not you: "
+            f"choose another path with RELAY_SOCKET"
+        )
     if stat.S_IMODE(st.st_mode) & 0o077:
-        raise ConfigError(f"socket directory {directory} is open to other users: "
-                          f"run `chmod 700 {directory}`")
+        raise ConfigError(
+            f"socket directory {directory} is open to other users: run `chmod 700 {directory}`"
+        )
 
 
 class Daemon:
@@ -85,8 +88,12 @@ class Daemon:
         session = self.hosts.get(key)
         if session is None:
             session = self.hosts[key] = HostSession(
-                key, cfg, jump=self._jump, configured=sorted(self.config.hosts),
-                config_source=self.config_source)
+                key,
+                cfg,
+                jump=self._jump,
+                configured=sorted(self.config.hosts),
+                config_source=self.config_source,
+            )
         return session
 
     async def _jump(self, name: str) -> Any:
@@ -95,8 +102,10 @@ class Daemon:
     # -- kernels ---------------------------------------------------------------------------
     async def launch(self, req: protocol.LaunchRequest) -> Kernel:
         if self.stopping:
-            raise ShuttingDown("relay is shutting down and takes no new launches; "
-                               "start it again (relay serve) and retry")
+            raise ShuttingDown(
+                "relay is shutting down and takes no new launches; "
+                "start it again (relay serve) and retry"
+            )
         try:
             link = LinkName.parse(req.linkname)
         except LinkNameError as exc:
@@ -104,11 +113,19 @@ class Daemon:
         host = self.host(req.host)
         kernel = req.kernel or host.config.kernel
         if not kernel:
-            raise BadRequest(f"no kernel given: pass the kernel path as KERNEL or set 'kernel' "
-                             f"in [hosts.{host.key}] of {self.config_source}")
+            raise BadRequest(
+                f"no kernel given: pass the kernel path as KERNEL or set 'kernel' "
+                f"in [hosts.{host.key}] of {self.config_source}"
+            )
         args = host.config.compute_args if req.mode == "compute" else host.config.controller_args
-        k = await launch(host, kernel=kernel, link=link, mode=req.mode, extra_args=list(args),
-                         kernel_id=new_kernel_id())
+        k = await launch(
+            host,
+            kernel=kernel,
+            link=link,
+            mode=req.mode,
+            extra_args=list(args),
+            kernel_id=new_kernel_id(),
+        )
         self.kernels[k.id] = k
         self._tasks.spawn(self._reap(k), name=f"reap:{k.id}")
         return k
@@ -122,8 +139,9 @@ class Daemon:
         k.log.info("kernel exited", status=status, output=k.output or None)
 
     # -- the control socket ----------------------------------------------------------------
-    async def handle_client(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
+    async def handle_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
@@ -137,8 +155,9 @@ class Daemon:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _serve_client(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         sock = writer.get_extra_info("socket")
         uid = peer_uid(sock) if sock is not None else None
         if uid is not None and uid != os.getuid():
@@ -149,12 +168,19 @@ class Daemon:
                 line = await reader.readline()
             req = protocol.parse_request(framing.decode(line))
         except TimeoutError:
-            await _send(writer, protocol.error("bad_request", "no complete request within "
-                                               f"{REQUEST_TIMEOUT_S:g} s"))
+            await _send(
+                writer,
+                protocol.error(
+                    "bad_request", f"no complete request within {REQUEST_TIMEOUT_S:g} s"
+                ),
+            )
             return
         except ValueError as exc:  # FramingError, or readline's limit overrun
-            message = str(exc) if isinstance(exc, FramingError) else \
-                f"message exceeds {framing.MAX_MESSAGE_BYTES} bytes"
+            message = (
+                str(exc)
+                if isinstance(exc, FramingError)
+                else f"message exceeds {framing.MAX_MESSAGE_BYTES} bytes"
+            )
             log.info("bad message on control socket", error=message)
             await _send(writer, protocol.error("bad_request", message))
             return
@@ -168,8 +194,12 @@ class Daemon:
         else:
             await _send(writer, protocol.error("bad_request", "terminate outside a launch"))
 
-    async def _serve_launch(self, req: protocol.LaunchRequest, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
+    async def _serve_launch(
+        self,
+        req: protocol.LaunchRequest,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         started = time.monotonic()
         launching = asyncio.ensure_future(self.launch(req))
         client_gone = asyncio.ensure_future(reader.read(framing.MAX_MESSAGE_BYTES))
@@ -185,11 +215,21 @@ class Daemon:
             except RelayError as exc:
                 await _send(writer, protocol.error(exc.code, exc.message))
                 return
-            await _send(writer, protocol.launched(
-                kernel_id=k.id, host=k.host.key, linkname=str(k.remote_link),
-                remote_pid=k.remote_pid, launch_ms=(time.monotonic() - started) * 1000))
-            k.log.info("launched", remote_pid=k.remote_pid,
-                       launch_ms=round((time.monotonic() - started) * 1000, 1))
+            await _send(
+                writer,
+                protocol.launched(
+                    kernel_id=k.id,
+                    host=k.host.key,
+                    linkname=str(k.remote_link),
+                    remote_pid=k.remote_pid,
+                    launch_ms=(time.monotonic() - started) * 1000,
+                ),
+            )
+            k.log.info(
+                "launched",
+                remote_pid=k.remote_pid,
+                launch_ms=round((time.monotonic() - started) * 1000, 1),
+            )
             if req.mode == "compute":
                 return
             await self._follow_controller(k, client_gone, writer)
@@ -198,18 +238,21 @@ class Daemon:
             if not launching.done():
                 launching.cancel()
 
-    async def _follow_controller(self, k: Kernel, client_said: asyncio.Future[bytes],
-                                 writer: asyncio.StreamWriter) -> None:
+    async def _follow_controller(
+        self, k: Kernel, client_said: asyncio.Future[bytes], writer: asyncio.StreamWriter
+    ) -> None:
         """Until the kernel exits: a terminate request or a closed client ends the kernel."""
         pending: set[asyncio.Future[Any]] = {k.exited, client_said}
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if not k.exited.done():
-            k.log.info("terminating kernel", why="shim asked" if client_said.result()
-                       else "shim went away")
+            k.log.info(
+                "terminating kernel", why="shim asked" if client_said.result() else "shim went away"
+            )
             await k.terminate()
         status = k.exited.result() if k.exited.done() else None
-        await _send(writer, protocol.exited(kernel_id=k.id, status=255 if status is None
-                                            else status))
+        await _send(
+            writer, protocol.exited(kernel_id=k.id, status=255 if status is None else status)
+        )
 
     # -- shutdown --------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -265,10 +308,15 @@ def _default_trigger() -> Awaitable[None]:
     return stop
 
 
-async def serve(config: RelayConfig, socket_path: Path, *, config_source: str = "relay.toml",
-                shutdown_trigger: Awaitable[None] | None = None,
-                ready: asyncio.Future[None] | None = None,
-                ready_fd: int | None = None) -> None:
+async def serve(
+    config: RelayConfig,
+    socket_path: Path,
+    *,
+    config_source: str = "relay.toml",
+    shutdown_trigger: Awaitable[None] | None = None,
+    ready: asyncio.Future[None] | None = None,
+    ready_fd: int | None = None,
+) -> None:
     """Serve the control socket until ``shutdown_trigger`` completes."""
     prepare_socket_dir(socket_path)
     lock = _Lock(socket_path.with_name(socket_path.name + ".lock"))
@@ -280,8 +328,8 @@ async def serve(config: RelayConfig, socket_path: Path, *, config_source: str = 
         old_umask = os.umask(0o177)
         try:
             server = await asyncio.start_unix_server(
-                daemon.handle_client, path=str(socket_path),
-                limit=framing.MAX_MESSAGE_BYTES + 1)
+                daemon.handle_client, path=str(socket_path), limit=framing.MAX_MESSAGE_BYTES + 1
+            )
         finally:
             os.umask(old_umask)
         log.info("serving", socket=str(socket_path), pid=os.getpid())

@@ -40,6 +40,7 @@ class RelayError(Exception):
 
 class BadRequest(RelayError):
     """Malformed link name, host spec, request or control message."""
+
     code = "bad_request"
 
 

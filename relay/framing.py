@@ -24,8 +24,12 @@ class FramingError(ValueError):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    data = json.dumps({"v": PROTOCOL_VERSION, **message}, separators=(",", ":"),
-                      ensure_ascii=False).encode() + b"\n"
+    data = (
+        json.dumps(
+            {"v": PROTOCOL_VERSION, **message}, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+        + b"\n"
+    )
     if len(data) > MAX_MESSAGE_BYTES:
         raise FramingError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     return data
@@ -45,6 +49,8 @@ def decode(line: bytes) -> dict[str, Any]:
         raise FramingError("message is not a JSON object")
     version = obj.get("v")
     if version != PROTOCOL_VERSION:
-        raise FramingError(f"protocol version {version!r} is not supported (this side speaks "
-                           f"{PROTOCOL_VERSION}); restart the daemon after upgrading relay")
+        raise FramingError(
+            f"protocol version {version!r} is not supported (this side speaks "
+            f"{PROTOCOL_VERSION}); restart the daemon after upgrading relay"
+        )
     return obj

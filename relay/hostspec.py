@@ -15,8 +15,10 @@ from relay.linkname import normalize_host, parse_port
 __all__ = ["HostSpec", "HostSpecError"]
 
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*\$?$")
-SECRET_IN_SPEC = ("a password in a host spec is refused (it would sit in argv and logs): "
-                  "authenticate with a key in identity_files or ssh-agent instead")
+USERINFO_REFUSED = (
+    "a password in a host spec is refused (it would sit in argv and logs): "
+    "authenticate with a key in identity_files or ssh-agent instead"
+)
 
 
 class HostSpecError(ValueError):
@@ -34,18 +36,22 @@ class HostSpec:
         spec = text.strip()
         scheme = spec.lower().startswith("ssh://")
         if scheme:
-            spec = spec[len("ssh://"):].rstrip("/")
+            spec = spec[len("ssh://") :].rstrip("/")
             if "/" in spec or "?" in spec or "#" in spec:
-                raise HostSpecError(f"host spec {text!r}: an ssh:// URL takes no path or query "
-                                    f"(expected ssh://[user@]host[:port])")
+                raise HostSpecError(
+                    f"host spec {text!r}: an ssh:// URL takes no path or query "
+                    f"(expected ssh://[user@]host[:port])"
+                )
         if not spec:
-            raise HostSpecError("empty host spec: expected a [hosts] name from relay.toml, "
-                                "[user@]host[:port] or ssh://user@host:port")
+            raise HostSpecError(
+                "empty host spec: expected a [hosts] name from relay.toml, "
+                "[user@]host[:port] or ssh://user@host:port"
+            )
         userinfo, at, hostport = spec.rpartition("@")
         user: str | None = None
         if at:
             if ":" in userinfo:
-                raise HostSpecError(SECRET_IN_SPEC)
+                raise HostSpecError(USERINFO_REFUSED)
             if not _USER.match(userinfo):
                 raise HostSpecError(f"host spec {text!r}: user name {userinfo!r} is not valid")
             user = userinfo
@@ -65,7 +71,7 @@ def _split_hostport(hostport: str, text: str) -> tuple[str, int | None]:
         close = hostport.find("]")
         if close < 0:
             raise HostSpecError(f"host spec {text!r}: '[' without ']' around an IPv6 address")
-        host, rest = hostport[1:close], hostport[close + 1:]
+        host, rest = hostport[1:close], hostport[close + 1 :]
         if rest:
             if not rest.startswith(":"):
                 raise HostSpecError(f"host spec {text!r}: expected ':PORT' after ']'")
@@ -74,8 +80,9 @@ def _split_hostport(hostport: str, text: str) -> tuple[str, int | None]:
             raise HostSpecError(f"host spec {text!r}: brackets are for IPv6 addresses only")
     else:
         if hostport.count(":") > 1:
-            raise HostSpecError(f"host spec {text!r}: put an IPv6 address in brackets, "
-                                f"e.g. [2001:db8::1]:22")
+            raise HostSpecError(
+                f"host spec {text!r}: put an IPv6 address in brackets, e.g. [2001:db8::1]:22"
+            )
         host, colon, port_text_or_empty = hostport.partition(":")
         port_text = port_text_or_empty if colon else None
     try:

@@ -17,14 +17,30 @@ from relay.linkname import LinkName
 __all__ = ["LINK_OPTIONS", "KernelFlags", "build_argv", "parse_flags", "shell_join"]
 
 LINK_OPTIONS = {"mldontinteract": 256, "wsdontinteract": 256}
-_VALUED = {"-linkmode", "-linkprotocol", "-linkname", "-linkhost", "-linkoptions",
-           "-initfile", "-run"}
+_VALUED = {
+    "-linkmode",
+    "-linkprotocol",
+    "-linkname",
+    "-linkhost",
+    "-linkoptions",
+    "-initfile",
+    "-run",
+}
 
 
 def build_argv(kernel: str, link: LinkName, extra: Sequence[str] = ()) -> list[str]:
     """The remote kernel's argv: connect back to ``link`` over TCPIP."""
-    return [kernel, "-wstp", "-LinkMode", "Connect", "-LinkProtocol", "TCPIP",
-            "-LinkName", str(link), *extra]
+    return [
+        kernel,
+        "-wstp",
+        "-LinkMode",
+        "Connect",
+        "-LinkProtocol",
+        "TCPIP",
+        "-LinkName",
+        str(link),
+        *extra,
+    ]
 
 
 def shell_join(argv: Sequence[str]) -> str:

@@ -1,12 +1,12 @@
 """A kernel's life: forwards, start, callback, exit, teardown.
 
-    launch():  remote forwards R1,R2 (server-chosen ports) -> start the kernel with
-               -LinkName R1@127.0.0.1,R2@127.0.0.1 -> wait until both channels are connected
-               -> cancel the listeners.
-    Failure at any step releases what was taken: the forwards are closed and a started kernel
-    is killed. The wait is bounded by the host's launch_timeout_s and ends early, with the
-    kernel's last output, if the kernel exits or is missing.
-    terminate(): SIGTERM, then SIGKILL after terminate_grace_s.
+launch():  remote forwards R1,R2 (server-chosen ports) -> start the kernel with
+           -LinkName R1@127.0.0.1,R2@127.0.0.1 -> wait until both channels are connected
+           -> cancel the listeners.
+Failure at any step releases what was taken: the forwards are closed and a started kernel
+is killed. The wait is bounded by the host's launch_timeout_s and ends early, with the
+kernel's last output, if the kernel exits or is missing.
+terminate(): SIGTERM, then SIGKILL after terminate_grace_s.
 """
 
 from __future__ import annotations
@@ -32,8 +32,16 @@ _ids = itertools.count(1)
 
 
 class Kernel:
-    def __init__(self, kernel_id: str, host: HostSession, mode: Mode, frontend_link: LinkName,
-                 forward: LinkForward, supervisor: Supervisor, proc: RemoteProcess) -> None:
+    def __init__(
+        self,
+        kernel_id: str,
+        host: HostSession,
+        mode: Mode,
+        frontend_link: LinkName,
+        forward: LinkForward,
+        supervisor: Supervisor,
+        proc: RemoteProcess,
+    ) -> None:
         self.id = kernel_id
         self.host = host
         self.mode = mode
@@ -77,8 +85,15 @@ def new_kernel_id() -> str:
     return f"k{next(_ids)}"
 
 
-async def launch(host: HostSession, *, kernel: str, link: LinkName, mode: Mode,
-                 extra_args: list[str], kernel_id: str | None = None) -> Kernel:
+async def launch(
+    host: HostSession,
+    *,
+    kernel: str,
+    link: LinkName,
+    mode: Mode,
+    extra_args: list[str],
+    kernel_id: str | None = None,
+) -> Kernel:
     kernel_id = kernel_id or new_kernel_id()
     log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
     cfg = host.config
@@ -100,7 +115,8 @@ async def launch(host: HostSession, *, kernel: str, link: LinkName, mode: Mode,
         if isinstance(exc, TimeoutError):
             exc = LaunchTimeout(
                 f"the kernel on {host.key} did not connect within {cfg.launch_timeout_s:g} s "
-                f"(launch_timeout_s){_last_words(k.output)}")
+                f"(launch_timeout_s){_last_words(k.output)}"
+            )
         await k.terminate(grace_s=1.0)
         log.warning("launch failed", error=str(exc))
         raise exc from None
@@ -118,17 +134,21 @@ async def _until_connected(k: Kernel, kernel: str) -> None:
             waiting.discard(started)
             exc = started.exception()
             if isinstance(exc, KernelMissing):
-                raise KernelMissing(f"kernel executable {kernel!r} not found or not executable on "
-                                    f"{k.host.key}: check the KERNEL argument or 'kernel' in "
-                                    f"[hosts.{k.host.key}]")
+                raise KernelMissing(
+                    f"kernel executable {kernel!r} not found or not executable on "
+                    f"{k.host.key}: check the KERNEL argument or 'kernel' in "
+                    f"[hosts.{k.host.key}]"
+                )
             if exc is not None:
                 raise exc
         if k.exited in done:
             status = k.exited.result()
             if status is None:
                 raise KernelExited(f"the SSH connection to {k.host.key} was lost during launch")
-            raise KernelExited(f"the kernel on {k.host.key} exited with status {status} before "
-                               f"connecting{_last_words(k.output)}")
+            raise KernelExited(
+                f"the kernel on {k.host.key} exited with status {status} before "
+                f"connecting{_last_words(k.output)}"
+            )
     k.forward.connected.result()  # raises FrontEndUnreachable
 
 

@@ -82,22 +82,28 @@ class LinkName:
     def parse(cls, text: str) -> LinkName:
         stripped = text.strip()
         if not stripped:
-            raise LinkNameError(f"empty link name: expected DATAPORT@HOST,MESSAGEPORT@HOST "
-                                f"(e.g. {EXAMPLE})")
+            raise LinkNameError(
+                f"empty link name: expected DATAPORT@HOST,MESSAGEPORT@HOST (e.g. {EXAMPLE})"
+            )
         parts = stripped.split(",")
         if len(parts) == 1:
             raise LinkNameError(
                 f"link name {_shown(text)} has one endpoint: that is the deprecated TCP protocol; "
-                f"use -LinkProtocol TCPIP so the front end creates DATAPORT@HOST,MESSAGEPORT@HOST")
+                f"use -LinkProtocol TCPIP so the front end creates DATAPORT@HOST,MESSAGEPORT@HOST"
+            )
         if len(parts) != 2:
-            raise LinkNameError(f"link name {_shown(text)} has {len(parts)} endpoints: expected "
-                                f"DATAPORT@HOST,MESSAGEPORT@HOST (e.g. {EXAMPLE})")
+            raise LinkNameError(
+                f"link name {_shown(text)} has {len(parts)} endpoints: expected "
+                f"DATAPORT@HOST,MESSAGEPORT@HOST (e.g. {EXAMPLE})"
+            )
         try:
             return cls(Endpoint.parse(parts[0]), Endpoint.parse(parts[1]))
         except ValueError as exc:
-            raise LinkNameError(f"malformed link name {_shown(text)}: {exc} "
-                                f"(expected DATAPORT@HOST,MESSAGEPORT@HOST, "
-                                f"e.g. {EXAMPLE})") from None
+            raise LinkNameError(
+                f"malformed link name {_shown(text)}: {exc} "
+                f"(expected DATAPORT@HOST,MESSAGEPORT@HOST, "
+                f"e.g. {EXAMPLE})"
+            ) from None
 
     def __str__(self) -> str:
         return f"{self.data},{self.message}"

@@ -65,10 +65,17 @@ def parse_request(obj: dict[str, Any]) -> LaunchRequest | TerminateRequest | Pin
         raise BadRequest(f"bad request: {where}: {first['msg']}") from None
 
 
-def launched(*, kernel_id: str, host: str, linkname: str, remote_pid: int | None,
-             launch_ms: float) -> dict[str, Any]:
-    return {"event": "launched", "kernel_id": kernel_id, "host": host, "linkname": linkname,
-            "remote_pid": remote_pid, "launch_ms": round(launch_ms, 2)}
+def launched(
+    *, kernel_id: str, host: str, linkname: str, remote_pid: int | None, launch_ms: float
+) -> dict[str, Any]:
+    return {
+        "event": "launched",
+        "kernel_id": kernel_id,
+        "host": host,
+        "linkname": linkname,
+        "remote_pid": remote_pid,
+        "launch_ms": round(launch_ms, 2),
+    }
 
 
 def exited(*, kernel_id: str, status: int) -> dict[str, Any]:

@@ -47,8 +47,7 @@ class HostConfig(_Strict):
     compression: bool = False
 
     def with_spec(self, spec: HostSpec) -> HostConfig:
-        return self.model_copy(update={"hostname": spec.host, "port": spec.port,
-                                       "user": spec.user})
+        return self.model_copy(update={"hostname": spec.host, "port": spec.port, "user": spec.user})
 
 
 class DaemonConfig(_Strict):
@@ -71,8 +70,9 @@ class RelayConfig(_Strict):
             return name, self.hosts[name]
         if not self.daemon.allow_adhoc_hosts:
             known = ", ".join(sorted(self.hosts)) or "none"
-            raise UnknownHost(f"unknown host alias {name!r}: add [hosts.{name}] to {source} "
-                              f"(configured: {known})")
+            raise UnknownHost(
+                f"unknown host alias {name!r}: add [hosts.{name}] to {source} (configured: {known})"
+            )
         try:
             spec = HostSpec.parse(name)
         except HostSpecError as exc:
@@ -91,8 +91,11 @@ class Environment(BaseSettings):
 def _describe(err: Any) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        hint = " (relay takes no passwords: use identity_files or ssh-agent)" if any(
-            "pass" in str(p).lower() for p in err["loc"]) else ""
+        hint = (
+            " (relay takes no passwords: use identity_files or ssh-agent)"
+            if any("pass" in str(p).lower() for p in err["loc"])
+            else ""
+        )
         return f"{loc}: unknown key{hint}"
     shown = "" if err["type"] == "missing" else f", got {err['input']!r}"
     return f"{loc}: {err['msg']}{shown}"
@@ -132,8 +135,9 @@ def _check_jumps(config: RelayConfig, name: str, host: HostConfig, path: Path) -
     jump = host.jump
     while jump:
         if jump in seen:
-            raise ConfigError(f"{path}: hosts.{name}.jump: jump hosts form a loop "
-                              f"({' -> '.join([*seen, jump])})")
+            raise ConfigError(
+                f"{path}: hosts.{name}.jump: jump hosts form a loop ({' -> '.join([*seen, jump])})"
+            )
         if len(seen) > 8:
             raise ConfigError(f"{path}: hosts.{name}.jump: more than 8 jump hosts")
         seen.append(jump)

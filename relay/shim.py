@@ -50,13 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="relay launch",
         description="Launch a remote kernel through the relay daemon (argument order as "
-                    "Tunnel's: HOST KERNEL LINKNAME).")
-    p.add_argument("--compute", action="store_true",
-                   help="compute kernel: return once it is connected (for $RemoteCommand)")
-    p.add_argument("--no-autostart", action="store_true",
-                   help="fail instead of starting a daemon when none is listening")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                   help=f"give up if the daemon has not answered (default {DEFAULT_TIMEOUT_S:g})")
+        "Tunnel's: HOST KERNEL LINKNAME).",
+    )
+    p.add_argument(
+        "--compute",
+        action="store_true",
+        help="compute kernel: return once it is connected (for $RemoteCommand)",
+    )
+    p.add_argument(
+        "--no-autostart",
+        action="store_true",
+        help="fail instead of starting a daemon when none is listening",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"give up if the daemon has not answered (default {DEFAULT_TIMEOUT_S:g})",
+    )
     p.add_argument("host", help="a [hosts] name from relay.toml, [user@]host[:port] or ssh://...")
     p.add_argument("kernel", help="remote kernel executable ('' for the host's configured one)")
     p.add_argument("linkname", help="the front end's link name, e.g. `linkname` or `2`")
@@ -87,11 +99,15 @@ def _daemon_socket(path: Path, autostart: bool) -> socket.socket:
         return _connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         if not autostart:
-            raise ShimError(f"no relay daemon is listening on {path}: start it with "
-                            f"`relay serve` (or drop --no-autostart)", EXIT_DAEMON) from exc
+            raise ShimError(
+                f"no relay daemon is listening on {path}: start it with "
+                f"`relay serve` (or drop --no-autostart)",
+                EXIT_DAEMON,
+            ) from exc
     except OSError as exc:
-        raise ShimError(f"cannot reach the relay daemon on {path}: {exc.strerror}",
-                        EXIT_DAEMON) from exc
+        raise ShimError(
+            f"cannot reach the relay daemon on {path}: {exc.strerror}", EXIT_DAEMON
+        ) from exc
     _start_daemon(path)
     deadline = time.monotonic() + AUTOSTART_WAIT_S
     while True:  # bounded: only after another shim's daemon won the start-up race
@@ -99,8 +115,7 @@ def _daemon_socket(path: Path, autostart: bool) -> socket.socket:
             return _connect(path)
         except OSError as exc:
             if time.monotonic() > deadline:
-                raise ShimError(f"the relay daemon did not come up on {path}",
-                                EXIT_DAEMON) from exc
+                raise ShimError(f"the relay daemon did not come up on {path}", EXIT_DAEMON) from exc
             time.sleep(0.05)
 
 
@@ -114,8 +129,13 @@ def _start_daemon(path: Path) -> None:
     with open(log_path, "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "--ready-fd", str(write_fd)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-            pass_fds=(write_fd,), start_new_session=True, env=env)
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            env=env,
+        )
     os.close(write_fd)
     try:
         ready, _, _ = select.select([read_fd], [], [], AUTOSTART_WAIT_S)
@@ -126,8 +146,9 @@ def _start_daemon(path: Path) -> None:
         return
     if said.startswith("error "):
         raise ShimError(f"the relay daemon could not start: {said[6:]}", EXIT_DAEMON)
-    raise ShimError(f"the relay daemon did not start within {AUTOSTART_WAIT_S:g} s; "
-                    f"see {log_path}", EXIT_DAEMON)
+    raise ShimError(
+        f"the relay daemon did not start within {AUTOSTART_WAIT_S:g} s; see {log_path}", EXIT_DAEMON
+    )
 
 
 class _Session:
@@ -173,16 +194,17 @@ class _Session:
             if self.sock in ready:
                 chunk = self.sock.recv(framing.MAX_MESSAGE_BYTES)
                 if not chunk:
-                    raise ShimError("the relay daemon closed the connection unexpectedly "
-                                    "(see its log; `relay serve` in a terminal shows it)",
-                                    EXIT_DAEMON)
+                    raise ShimError(
+                        "the relay daemon closed the connection unexpectedly "
+                        "(see its log; `relay serve` in a terminal shows it)",
+                        EXIT_DAEMON,
+                    )
                 self.buf += chunk
         line, _, self.buf = self.buf.partition(b"\n")
         try:
             return framing.decode(line + b"\n")
         except framing.FramingError as exc:
-            raise ShimError(f"unexpected answer from the relay daemon: {exc}",
-                            EXIT_DAEMON) from exc
+            raise ShimError(f"unexpected answer from the relay daemon: {exc}", EXIT_DAEMON) from exc
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -190,8 +212,15 @@ def _run(args: argparse.Namespace) -> int:
     sock = _daemon_socket(path, autostart=not args.no_autostart)
     session = _Session(sock)
     mode = "compute" if args.compute else "controller"
-    session.send({"op": "launch", "host": args.host, "kernel": args.kernel,
-                  "linkname": args.linkname, "mode": mode})
+    session.send(
+        {
+            "op": "launch",
+            "host": args.host,
+            "kernel": args.kernel,
+            "linkname": args.linkname,
+            "mode": mode,
+        }
+    )
     event = session.next_event(args.timeout)
     if event is None:  # a signal during launch: closing the socket cancels the launch
         sock.close()
@@ -200,8 +229,9 @@ def _run(args: argparse.Namespace) -> int:
     if event.get("event") == "error":
         raise ShimError(str(event.get("message", "launch failed")))
     if event.get("event") != "launched":
-        raise ShimError(f"unexpected answer from the relay daemon: {json.dumps(event)[:200]}",
-                        EXIT_DAEMON)
+        raise ShimError(
+            f"unexpected answer from the relay daemon: {json.dumps(event)[:200]}", EXIT_DAEMON
+        )
     print(event["linkname"], flush=True)
     if mode == "compute":
         return 0
@@ -214,8 +244,9 @@ def _run(args: argparse.Namespace) -> int:
         return 128 + session.signal
     if event.get("event") == "exited":
         return int(event.get("status", EXIT_FAILED)) & 0xFF
-    raise ShimError(f"unexpected answer from the relay daemon: {json.dumps(event)[:200]}",
-                    EXIT_DAEMON)
+    raise ShimError(
+        f"unexpected answer from the relay daemon: {json.dumps(event)[:200]}", EXIT_DAEMON
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,11 +15,25 @@ from collections.abc import Mapping
 
 __all__ = ["FRONT_END_WORDS", "fill", "fill_remote_command"]
 
-FRONT_END_WORDS = frozenset({
-    "linkname", "userbaseDirectory", "dataport", "messageport", "ipaddress", "username",
-    "machinename", "baseDirectory", "homeDirectory", "installDirectory", "java", "mathssh",
-    "wolframssh", "wolframkernel", "mathkernel",
-})
+FRONT_END_WORDS = frozenset(
+    {
+        "linkname",
+        "userbaseDirectory",
+        "dataport",
+        "messageport",
+        "ipaddress",
+        "username",
+        "machinename",
+        "baseDirectory",
+        "homeDirectory",
+        "installDirectory",
+        "java",
+        "mathssh",
+        "wolframssh",
+        "wolframkernel",
+        "mathkernel",
+    }
+)
 
 _WORD = re.compile(r"`([A-Za-z0-9]+)`")
 
@@ -29,7 +43,13 @@ def fill(template: str, values: Mapping[str, str]) -> str:
     return _WORD.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-def fill_remote_command(template: str, *, host: str, linkname: str, user: str = "",
-                        protocol_flag: str = "-linkprotocol TCPIP") -> str:
+def fill_remote_command(
+    template: str,
+    *,
+    host: str,
+    linkname: str,
+    user: str = "",
+    protocol_flag: str = "-linkprotocol TCPIP",
+) -> str:
     """Fill a ``$RemoteCommand`` template as ``SubKernels`RemoteKernels`` does."""
     return fill(template, {"1": host, "2": linkname, "3": user, "4": protocol_flag})

@@ -27,8 +27,14 @@ from relay.linkname import LinkName
 from relay.sim import wire
 from relay.templates import fill, fill_remote_command
 
-__all__ = ["KernelLink", "ListeningLink", "RunResult", "launch_command", "run_controller",
-           "run_remote_command"]
+__all__ = [
+    "KernelLink",
+    "ListeningLink",
+    "RunResult",
+    "launch_command",
+    "run_controller",
+    "run_remote_command",
+]
 
 MATHLINK_TIMEOUT_S = 15.0  # Parallel`Settings`$MathLinkTimeout default (section 4)
 MLOPEN_ARGS = "-LinkMode Listen -LinkProtocol TCPIP -LinkOptions MLDontInteract -LinkHost 127.0.0.1"
@@ -101,8 +107,7 @@ class ListeningLink:
         self.host = host
         self._servers: list[asyncio.Server] = []
         loop = asyncio.get_running_loop()
-        self._accepted: list[asyncio.Future[Stream]] = [loop.create_future(),
-                                                        loop.create_future()]
+        self._accepted: list[asyncio.Future[Stream]] = [loop.create_future(), loop.create_future()]
         self.extra_connections = 0
 
     @classmethod
@@ -110,8 +115,9 @@ class ListeningLink:
         self = cls(host)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for i in range(2):
-            self._servers.append(await asyncio.start_server(
-                self._acceptor(i), host, 0, family=family))
+            self._servers.append(
+                await asyncio.start_server(self._acceptor(i), host, 0, family=family)
+            )
         return self
 
     def _acceptor(self, i: int) -> Any:
@@ -121,6 +127,7 @@ class ListeningLink:
                 writer.close()
                 return
             self._accepted[i].set_result((reader, writer))
+
         return accepted
 
     @property
@@ -162,12 +169,17 @@ def launch_command(template: str, link: LinkName, **extra: str) -> str:
     return fill(template, values)
 
 
-async def run_controller(command: str, env: dict[str, str] | None = None
-                         ) -> asyncio.subprocess.Process:
+async def run_controller(
+    command: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
     """Start a filled Launch command; the front end keeps it running until the kernel quits."""
     return await asyncio.create_subprocess_shell(
-        command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL, env=env)
+        command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
 
 
 @dataclass(frozen=True)
@@ -177,14 +189,24 @@ class RunResult:
     stderr: str
 
 
-async def run_remote_command(template: str, *, host: str, link: LinkName, user: str = "",
-                             timeout_s: float = MATHLINK_TIMEOUT_S,
-                             env: dict[str, str] | None = None) -> RunResult:
+async def run_remote_command(
+    template: str,
+    *,
+    host: str,
+    link: LinkName,
+    user: str = "",
+    timeout_s: float = MATHLINK_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+) -> RunResult:
     """``Run[]`` of a filled ``$RemoteCommand`` under ``$MathLinkTimeout`` (section 4)."""
     command = fill_remote_command(template, host=host, linkname=str(link), user=user)
     proc = await asyncio.create_subprocess_shell(
-        command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL, env=env)
+        command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
     try:
         async with asyncio.timeout(timeout_s):
             out, err = await proc.communicate()

@@ -38,15 +38,19 @@ class SimKernel:
         self.busy: asyncio.Task[None] | None = None
         self.aborted = False
 
-    async def connect(self, link: LinkName, order: str) -> tuple[
-            tuple[asyncio.StreamReader, asyncio.StreamWriter],
-            tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    async def connect(
+        self, link: LinkName, order: str
+    ) -> tuple[
+        tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ]:
         if order == "random":
             order = random.choice(["data", "message", "parallel"])  # noqa: S311
         if order == "parallel":
             data, message = await asyncio.gather(
                 asyncio.open_connection(link.data.host, link.data.port),
-                asyncio.open_connection(link.message.host, link.message.port))
+                asyncio.open_connection(link.message.host, link.message.port),
+            )
         elif order == "message":
             message = await asyncio.open_connection(link.message.host, link.message.port)
             data = await asyncio.open_connection(link.data.host, link.data.port)
@@ -55,13 +59,18 @@ class SimKernel:
             message = await asyncio.open_connection(link.message.host, link.message.port)
         return data, message
 
-    async def listen(self) -> tuple[
-            tuple[asyncio.StreamReader, asyncio.StreamWriter],
-            tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    async def listen(
+        self,
+    ) -> tuple[
+        tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ]:
         host = self.flags.link_host or "127.0.0.1"
         loop = asyncio.get_running_loop()
         got: list[asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = [
-            loop.create_future(), loop.create_future()]
+            loop.create_future(),
+            loop.create_future(),
+        ]
 
         def on_accept(i: int) -> object:
             async def accepted(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -69,6 +78,7 @@ class SimKernel:
                     w.close()
                 else:
                     got[i].set_result((r, w))
+
             return accepted
 
         servers = [await asyncio.start_server(on_accept(i), host, 0) for i in range(2)]  # type: ignore[arg-type]
@@ -81,12 +91,19 @@ class SimKernel:
             s.close()
         return data, message
 
-    async def serve(self, data: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                    message: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> int:
+    async def serve(
+        self,
+        data: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        message: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    ) -> int:
         (dr, dw), (mr, mw) = data, message
-        hello = {"pid": os.getpid(), "subkernel": self.flags.subkernel,
-                 "noinit": self.flags.noinit, "link_name": self.flags.link_name,
-                 "ignored": self.flags.ignored}
+        hello = {
+            "pid": os.getpid(),
+            "subkernel": self.flags.subkernel,
+            "noinit": self.flags.noinit,
+            "link_name": self.flags.link_name,
+            "ignored": self.flags.ignored,
+        }
         dw.write(wire.data_frame(wire.HELLO, json.dumps(hello).encode()))
         urgent = asyncio.ensure_future(self._urgent(mr, mw))
         evaluate = asyncio.ensure_future(self._evaluate(dr, dw))
@@ -145,14 +162,15 @@ async def run(argv: Sequence[str]) -> int:
         print(f"relay-sim-kernel: {exc}", file=sys.stderr)
         return 2
     if not flags.link_startup and flags.link_mode is None:
-        print("relay-sim-kernel: no -wstp/-mathlink or -LinkMode: nothing to do",
-              file=sys.stderr)
+        print("relay-sim-kernel: no -wstp/-mathlink or -LinkMode: nothing to do", file=sys.stderr)
         return 2
     kernel = SimKernel(flags)
     mode = flags.link_mode or "connect"
     if flags.link_protocol not in (None, "TCPIP"):
-        print(f"relay-sim-kernel: only -LinkProtocol TCPIP is simulated, "
-              f"not {flags.link_protocol}", file=sys.stderr)
+        print(
+            f"relay-sim-kernel: only -LinkProtocol TCPIP is simulated, not {flags.link_protocol}",
+            file=sys.stderr,
+        )
         return 2
     if mode == "connect":
         if not flags.link_name:
@@ -163,8 +181,7 @@ async def run(argv: Sequence[str]) -> int:
             order = os.environ.get("RELAY_SIM_CONNECT_ORDER", "random")
             data, message = await kernel.connect(link, order)
         except (ValueError, OSError) as exc:
-            print(f"relay-sim-kernel: cannot connect to {flags.link_name}: {exc}",
-                  file=sys.stderr)
+            print(f"relay-sim-kernel: cannot connect to {flags.link_name}: {exc}", file=sys.stderr)
             return 1
     elif mode == "listen":
         data, message = await kernel.listen()

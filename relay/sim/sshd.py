@@ -34,8 +34,11 @@ def find_sshd() -> str | None:
 
 
 def _keygen(path: Path, comment: str) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
-                    "-f", str(path)], check=True, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _free_port() -> int:
@@ -73,8 +76,7 @@ class ThrowawaySSHD:
             _keygen(self.host_key, "relay-test-host")
         if not self.client_key.exists():
             _keygen(self.client_key, "relay-test-client")
-            self.authorized_keys.write_text(
-                (self.client_key.with_suffix(".pub")).read_text())
+            self.authorized_keys.write_text((self.client_key.with_suffix(".pub")).read_text())
             self.authorized_keys.chmod(0o600)
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
@@ -110,14 +112,18 @@ class ThrowawaySSHD:
         for _attempt in range(10):
             chosen = port or self.port or _free_port()
             config = self.write_config(chosen)
-            proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             if self._wait_listening(proc, chosen):
                 self.proc, self.port = proc, chosen
                 self._write_known_hosts()
-                self._drain = threading.Thread(target=self._drain_log, args=(proc,),
-                                               daemon=True, name="sshd-log")
+                self._drain = threading.Thread(
+                    target=self._drain_log, args=(proc,), daemon=True, name="sshd-log"
+                )
                 self._drain.start()
                 return
             proc.kill()
@@ -176,8 +182,11 @@ class ThrowawaySSHD:
     def host_toml(self, name: str, **extra: object) -> str:
         """A ``[hosts.NAME]`` table for relay.toml that reaches this sshd."""
         values: dict[str, object] = {
-            "hostname": "127.0.0.1", "port": self.port, "user": self.user,
-            "identity_files": [str(self.client_key)], "known_hosts": str(self.known_hosts),
+            "hostname": "127.0.0.1",
+            "port": self.port,
+            "user": self.user,
+            "identity_files": [str(self.client_key)],
+            "known_hosts": str(self.known_hosts),
             **extra,
         }
         return f"[hosts.{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())

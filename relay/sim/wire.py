@@ -14,11 +14,11 @@ import struct
 __all__ = ["ABORT", "ECHO", "HELLO", "INTERRUPT", "QUIT", "RETURN", "SLEEP", "TERMINATE"]
 
 # data-channel frame types
-ECHO = 1     # front end -> kernel: return the payload unchanged
-RETURN = 2   # kernel -> front end: a result
-SLEEP = 3    # front end -> kernel: be busy for N ms (ASCII), then return b"done" (or b"$Aborted")
-QUIT = 4     # front end -> kernel: exit with status N (ASCII), like Quit[N]
-HELLO = 5    # kernel -> front end, first frame: JSON facts about the kernel (pid, flags)
+ECHO = 1  # front end -> kernel: return the payload unchanged
+RETURN = 2  # kernel -> front end: a result
+SLEEP = 3  # front end -> kernel: be busy for N ms (ASCII), then return b"done" (or b"$Aborted")
+QUIT = 4  # front end -> kernel: exit with status N (ASCII), like Quit[N]
+HELLO = 5  # kernel -> front end, first frame: JSON facts about the kernel (pid, flags)
 
 # message-channel codes (mathlink.h)
 TERMINATE = 1

@@ -52,12 +52,14 @@ class LinkForward:
         self.remote_name: LinkName | None = None
 
     @classmethod
-    async def open(cls, conn: asyncssh.SSHClientConnection, target: LinkName,
-                   host: str) -> LinkForward:
+    async def open(
+        cls, conn: asyncssh.SSHClientConnection, target: LinkName, host: str
+    ) -> LinkForward:
         self = cls(conn, target)
         results = await asyncio.gather(
             *(conn.create_server(self._factory(ch), LISTEN_HOST, 0) for ch in self._channels),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         for ch, result in zip(self._channels, results, strict=True):
             if isinstance(result, asyncssh.SSHListener):
                 ch.listener = result
@@ -68,7 +70,8 @@ class LinkForward:
                 raise ForwardRefused(
                     f"the SSH server on {host} refused remote port forwarding (its sshd_config "
                     f"probably has AllowTcpForwarding no or local); relay needs remote forwards "
-                    f"for the kernel to connect back")
+                    f"for the kernel to connect back"
+                )
             raise failures[0]
         data, message = (ch.listener.get_port() for ch in self._channels if ch.listener)
         self.remote_name = target.rewritten(data, message)
@@ -77,10 +80,13 @@ class LinkForward:
     def _factory(self, ch: _Channel) -> Any:
         def session_factory(_orig_host: str, _orig_port: int) -> Any:
             if ch.taken:
-                raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                                                "relay: this link endpoint is already connected")
+                raise asyncssh.ChannelOpenError(
+                    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                    "relay: this link endpoint is already connected",
+                )
             ch.taken = True
             return self._connect(ch)
+
         return session_factory
 
     async def _connect(self, ch: _Channel) -> Any:
@@ -88,10 +94,13 @@ class LinkForward:
             forwarder = await self._conn.forward_connection(ch.target.host, ch.target.port)
         except asyncssh.ChannelOpenError as exc:
             if not self.connected.done():
-                self.connected.set_exception(FrontEndUnreachable(
-                    f"the front end is not listening on {ch.target.host}:{ch.target.port} "
-                    f"({ch.role} channel of {self.target}): {exc.reason}; was the launch "
-                    f"cancelled in the front end?"))
+                self.connected.set_exception(
+                    FrontEndUnreachable(
+                        f"the front end is not listening on {ch.target.host}:{ch.target.port} "
+                        f"({ch.role} channel of {self.target}): {exc.reason}; was the launch "
+                        f"cancelled in the front end?"
+                    )
+                )
             raise
         ch.forwarder = forwarder
         ch.connected_at = time.monotonic()

@@ -36,8 +36,15 @@ class Connected:
 
 
 class HostSession:
-    def __init__(self, key: str, config: HostConfig, *, jump: JumpGetter | None = None,
-                 configured: list[str] | None = None, config_source: str = "relay.toml") -> None:
+    def __init__(
+        self,
+        key: str,
+        config: HostConfig,
+        *,
+        jump: JumpGetter | None = None,
+        configured: list[str] | None = None,
+        config_source: str = "relay.toml",
+    ) -> None:
         self.key = key
         self.config = config
         self._jump = jump
@@ -65,7 +72,8 @@ class HostSession:
             return self._conn
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(
-                self._connect(), name=f"connect:{self.key}")
+                self._connect(), name=f"connect:{self.key}"
+            )
             self._connecting.add_done_callback(self._connect_done)
         return await asyncio.shield(self._connecting)
 
@@ -78,26 +86,33 @@ class HostSession:
     async def ready(self) -> Connected:
         """The live connection and its supervisor session (started once per connection)."""
         current = self._current
-        if current is not None and not current.supervisor.closed.done() \
-                and not current.connection.is_closed():
+        if (
+            current is not None
+            and not current.supervisor.closed.done()
+            and not current.connection.is_closed()
+        ):
             return current
         async with self._supervisor_lock:
             conn = await self.connection()
             current = self._current
-            if current is None or current.connection is not conn \
-                    or current.supervisor.closed.done():
+            if (
+                current is None
+                or current.connection is not conn
+                or current.supervisor.closed.done()
+            ):
                 if current is not None:
                     current.supervisor.close()
                 supervisor = await Supervisor.start(conn, self.key, self.config.connect_timeout_s)
                 current = self._current = Connected(conn, supervisor, self._since)
             return current
+
     def _options(self) -> dict[str, Any]:
         cfg = self.config
         options: dict[str, Any] = {
             "keepalive_interval": cfg.keepalive_interval_s,
             "keepalive_count_max": cfg.keepalive_count_max,
             "connect_timeout": cfg.connect_timeout_s,
-            "password_auth": False,       # a daemon cannot ask a person; keys and agent only
+            "password_auth": False,  # a daemon cannot ask a person; keys and agent only
             "kbdint_auth": False,
             "agent_forwarding": False,
             "x11_forwarding": False,
@@ -130,9 +145,16 @@ class HostSession:
             raise
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             err = translate_connect_error(
-                exc, alias=self.key, host=cfg.hostname, port=cfg.port or 22, user=cfg.user,
-                known_hosts=self.known_hosts, configured=self._configured,
-                config_source=self._config_source, timeout_s=cfg.connect_timeout_s)
+                exc,
+                alias=self.key,
+                host=cfg.hostname,
+                port=cfg.port or 22,
+                user=cfg.user,
+                known_hosts=self.known_hosts,
+                configured=self._configured,
+                config_source=self._config_source,
+                timeout_s=cfg.connect_timeout_s,
+            )
             self._log.warning("connect failed", error=err.message)
             raise err from None
         self._log.info("connected", connect_ms=round((time.monotonic() - started) * 1000, 1))

@@ -59,7 +59,8 @@ class RemoteProcess:
     started: asyncio.Future[int]
     exited: asyncio.Future[int | None]  # None: the connection was lost, status unknown
     output: collections.deque[str] = field(
-        default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES))
+        default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES)
+    )
 
     @property
     def pid(self) -> int | None:
@@ -69,8 +70,9 @@ class RemoteProcess:
 
 
 class Supervisor:
-    def __init__(self, process: asyncssh.SSHClientProcess[str], host: str, remote_pid: int,
-                 log: Any) -> None:
+    def __init__(
+        self, process: asyncssh.SSHClientProcess[str], host: str, remote_pid: int, log: Any
+    ) -> None:
         self._process = process
         self._host = host
         self._log = log
@@ -83,15 +85,18 @@ class Supervisor:
         self.closed = asyncio.get_running_loop().create_future()
 
     @classmethod
-    async def start(cls, conn: asyncssh.SSHClientConnection, host: str,
-                    timeout_s: float) -> Supervisor:
+    async def start(
+        cls, conn: asyncssh.SSHClientConnection, host: str, timeout_s: float
+    ) -> Supervisor:
         log = structlog.get_logger("relay.supervisor").bind(host=host)
         try:
-            process = await conn.create_process(remote_command(), encoding="utf-8",
-                                                errors="replace")
+            process = await conn.create_process(
+                remote_command(), encoding="utf-8", errors="replace"
+            )
         except asyncssh.ChannelOpenError as exc:
-            raise SupervisorFailed(f"{host}: the SSH server refused a session for relay's "
-                                   f"supervisor: {exc.reason}") from None
+            raise SupervisorFailed(
+                f"{host}: the SSH server refused a session for relay's supervisor: {exc.reason}"
+            ) from None
         try:
             async with asyncio.timeout(timeout_s):
                 for _ in range(200):  # skip what a chatty login shell prints first
@@ -106,15 +111,19 @@ class Supervisor:
                         return cls(process, host, pid, log)
         except TimeoutError:
             process.close()
-            raise SupervisorFailed(f"{host}: relay's supervisor did not start within "
-                                   f"{timeout_s:g} s") from None
+            raise SupervisorFailed(
+                f"{host}: relay's supervisor did not start within {timeout_s:g} s"
+            ) from None
         process.close()
         reason = (process.exit_status, process.exit_signal)
-        raise SupervisorFailed(f"{host}: relay's supervisor could not start (needs /bin/sh and "
-                               f"mktemp on the remote host; exit {reason[0]})")
+        raise SupervisorFailed(
+            f"{host}: relay's supervisor could not start (needs /bin/sh and "
+            f"mktemp on the remote host; exit {reason[0]})"
+        )
 
-    def start_kernel(self, kernel_id: str, argv: list[str],
-                     env: dict[str, str] | None = None) -> RemoteProcess:
+    def start_kernel(
+        self, kernel_id: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> RemoteProcess:
         """Ask for a kernel; the returned futures resolve as the supervisor reports."""
         if self.closed.done():
             raise ConnectFailed(f"{self._host}: connection lost")
