@@ -334,7 +334,7 @@ async def serve(
             os.umask(old_umask)
         log.info("serving", socket=str(socket_path), pid=os.getpid())
         if ready is not None:
-            ready.set_result(None)
+            ready.set_result(daemon)
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)

@@ -71,6 +71,14 @@ class Endpoint:
         return f"{self.port}@{self.host}"
 
 
+def _is_endpoint(text: str) -> bool:
+    try:
+        Endpoint.parse(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class LinkName:
     """A TCPIP link name: the data endpoint and the urgent-message endpoint."""
@@ -86,17 +94,19 @@ class LinkName:
                 f"empty link name: expected DATAPORT@HOST,MESSAGEPORT@HOST (e.g. {EXAMPLE})"
             )
         parts = stripped.split(",")
-        if len(parts) == 1:
+        if len(parts) == 1 and _is_endpoint(parts[0]):
             raise LinkNameError(
                 f"link name {_shown(text)} has one endpoint: that is the deprecated TCP protocol; "
                 f"use -LinkProtocol TCPIP so the front end creates DATAPORT@HOST,MESSAGEPORT@HOST"
             )
-        if len(parts) != 2:
+        if len(parts) > 2:
             raise LinkNameError(
                 f"link name {_shown(text)} has {len(parts)} endpoints: expected "
                 f"DATAPORT@HOST,MESSAGEPORT@HOST (e.g. {EXAMPLE})"
             )
         try:
+            if len(parts) == 1:
+                raise ValueError("it has no ',' between the two endpoints")
             return cls(Endpoint.parse(parts[0]), Endpoint.parse(parts[1]))
         except ValueError as exc:
             raise LinkNameError(

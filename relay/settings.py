@@ -68,15 +68,15 @@ class RelayConfig(_Strict):
         """A [hosts] entry by name, else an ad-hoc spec; returns (key, config)."""
         if name in self.hosts:
             return name, self.hosts[name]
+        try:
+            spec = HostSpec.parse(name)  # first: a spec with a password is never echoed
+        except HostSpecError as exc:
+            raise BadRequest(str(exc)) from None
         if not self.daemon.allow_adhoc_hosts:
             known = ", ".join(sorted(self.hosts)) or "none"
             raise UnknownHost(
                 f"unknown host alias {name!r}: add [hosts.{name}] to {source} (configured: {known})"
             )
-        try:
-            spec = HostSpec.parse(name)
-        except HostSpecError as exc:
-            raise BadRequest(str(exc)) from None
         return str(spec), self.host_defaults().with_spec(spec)
 
 

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay import framing, protocol
+from relay.errors import BadRequest, ConfigError, UnknownHost
+from relay.settings import load
+
+
+def test_encode_decode() -> None:
+    line = framing.encode({"op": "ping"})
+    assert line.endswith(b"\n") and framing.decode(line) == {"v": 1, "op": "ping"}
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (b"hello\n", "not UTF-8 JSON"),
+        (b"\xff\xfe\n", "not UTF-8 JSON"),
+        (b"[1,2]\n", "not a JSON object"),
+        (b'{"op":"ping"}\n', "version None is not supported"),
+        (b'{"v":2,"op":"ping"}\n', "version 2 is not supported"),
+        (b'{"v":1,"op":"ping"}', "not terminated"),
+        (b"x" * (framing.MAX_MESSAGE_BYTES + 1), "exceeds"),
+    ],
+)
+def test_framing_errors(line: bytes, says: str) -> None:
+    with pytest.raises(framing.FramingError, match=says):
+        framing.decode(line)
+
+
+def test_oversized_messages_are_not_encoded() -> None:
+    with pytest.raises(framing.FramingError):
+        framing.encode({"op": "x" * framing.MAX_MESSAGE_BYTES})
+
+
+def test_launch_request() -> None:
+    req = protocol.parse_request(
+        {
+            "v": 1,
+            "op": "launch",
+            "host": "h",
+            "kernel": "k",
+            "linkname": "1@a,2@a",
+            "mode": "compute",
+        }
+    )
+    assert isinstance(req, protocol.LaunchRequest) and req.mode == "compute"
+
+
+@pytest.mark.parametrize(
+    ("obj", "says"),
+    [
+        ({"v": 1, "op": "launch", "host": "h", "linkname": "1@a,2@a", "mode": "x"}, "mode"),
+        ({"v": 1, "op": "launch", "linkname": "1@a,2@a"}, "host"),
+        ({"v": 1, "op": "launch", "host": "", "linkname": "1@a,2@a"}, "host"),
+        ({"v": 1, "op": "fly"}, "bad request"),
+        ({"v": 1, "op": "ping", "extra": 1}, "extra"),
+    ],
+)
+def test_bad_requests(obj: dict[str, object], says: str) -> None:
+    with pytest.raises(BadRequest, match=says):
+        protocol.parse_request(obj)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["v", "op", "host", "kernel", "linkname", "mode", "x"]),
+        st.one_of(st.text(max_size=10), st.integers(), st.none()),
+    )
+)
+def test_any_object_is_a_request_or_bad_request(obj: dict[str, object]) -> None:
+    try:
+        protocol.parse_request(obj)
+    except BadRequest as exc:
+        assert "\n" not in exc.message
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_example_config_loads() -> None:
+    config, _ = load(Path(__file__).parents[2] / "config" / "relay.example.toml")
+    host = config.hosts["myhost"]
+    assert host.hostname == "login.example.org" and host.port == 22 and host.jump == "bastion"
+    assert host.compute_args == ["-subkernel", "-noinit"] and host.compression is False
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[hosts.a]\nhostname = 'x'\nport = 'abc'\n", "hosts.a.port: "),
+        ("[hosts.a]\nport = 22\n", "hosts.a.hostname: Field required"),
+        ("[hosts.a]\nhostname = 'x'\npassword = 'hunter2'\n", "relay takes no passwords"),
+        ("[hosts.a]\nhostname = 'x'\nlaunch_timeout_s = -1\n", "hosts.a.launch_timeout_s"),
+        ("[hosts.a]\nhostname = 'x'\njump = 'a'\n", "loop"),
+        ("[hosts.a]\nhostname = 'x'\njump = 'alice:pw@b'\n", "password"),
+        ("[daemon]\nsocket = 3\n", "daemon.socket"),
+        ("[hosts.a\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_file_and_key(tmp_path: Path, text: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text))
+    assert str(info.value).startswith(str(tmp_path / "relay.toml"))
+    assert says in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_missing_explicit_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load(tmp_path / "nope.toml")
+
+
+def test_resolution_of_aliases_and_specs(tmp_path: Path) -> None:
+    config, _ = load(
+        write(tmp_path, "[defaults]\nlaunch_timeout_s = 7\n[hosts.a]\nhostname = 'x'\nuser = 'u'\n")
+    )
+    assert config.resolve("a")[1].user == "u"
+    key, adhoc = config.resolve("ssh://bob@10.0.0.9:2222")
+    assert key == "bob@10.0.0.9:2222"
+    assert (adhoc.hostname, adhoc.user, adhoc.port, adhoc.launch_timeout_s) == (
+        "10.0.0.9",
+        "bob",
+        2222,
+        7,
+    )
+    with pytest.raises(BadRequest, match="password"):
+        config.resolve("bob:pw@10.0.0.9")
+
+
+def test_strict_hosts_refuse_unknown_aliases(tmp_path: Path) -> None:
+    config, _ = load(
+        write(tmp_path, "[daemon]\nallow_adhoc_hosts = false\n[hosts.a]\nhostname = 'x'\n")
+    )
+    with pytest.raises(UnknownHost, match=r"unknown host alias 'b'.*configured: a"):
+        config.resolve("b")
+
+
+def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relay import paths
+    from relay.settings import socket_path
+
+    path = write(tmp_path, f"[daemon]\nsocket = '{tmp_path}/s.sock'\n")
+    monkeypatch.setenv("RELAY_CONFIG", str(path))
+    monkeypatch.delenv("RELAY_SOCKET", raising=False)
+    config, used = load()
+    assert used == path
+    assert socket_path(config) == paths.socket_path() == tmp_path / "s.sock"
+    monkeypatch.setenv("RELAY_SOCKET", "/x/y.sock")
+    assert socket_path(config) == paths.socket_path() == Path("/x/y.sock")
+
+
+def test_protocol_messages_are_json_lines() -> None:
+    event = protocol.launched(
+        kernel_id="k1", host="h", linkname="1@a,2@a", remote_pid=3, launch_ms=1.234
+    )
+    assert json.loads(framing.encode(event))["launch_ms"] == 1.23

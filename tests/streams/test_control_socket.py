@@ -1,0 +1,188 @@
+"""The daemon's control socket and the shim, with no SSH involved."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import stat
+import subprocess
+
+import pytest
+
+from relay import daemon as daemon_mod
+from relay import framing
+from relay.daemon import DaemonRunning, serve
+from relay.settings import RelayConfig
+from tests.conftest import RelayHome, RunningDaemon, run_shim
+
+
+async def request(path: str, data: bytes) -> list[dict[str, object]]:
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(data)
+    await writer.drain()
+    replies = [framing.decode(line) for line in (await reader.read()).splitlines(keepends=True)]
+    writer.close()
+    await writer.wait_closed()
+    return replies
+
+
+async def ping(path: str) -> None:
+    (reply,) = await request(path, framing.encode({"op": "ping"}))
+    assert reply["event"] == "pong" and reply["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "not UTF-8 JSON"),
+        (b"\x00\xff\xfe garbage\n", "not UTF-8 JSON"),
+        (b'{"v":7,"op":"ping"}\n', "version 7"),
+        (b'{"v":1,"op":"launch"}\n', "bad request"),
+        (b'{"v":1,"op":"terminate"}\n', "terminate outside a launch"),
+        (b"x" * (framing.MAX_MESSAGE_BYTES + 10) + b"\n", "exceeds"),
+    ],
+)
+async def test_garbage_gets_an_error_and_the_daemon_serves_on(
+    daemon: RunningDaemon, data: bytes, says: str
+) -> None:
+    path = str(daemon.home.socket)
+    (reply,) = await request(path, data)
+    assert reply["event"] == "error" and says in str(reply["message"])
+    await ping(path)
+
+
+async def test_half_written_message_then_close(daemon: RunningDaemon) -> None:
+    path = str(daemon.home.socket)
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b'{"v":1,"op":"pi')
+    writer.write_eof()
+    (reply,) = [framing.decode(line) for line in (await reader.read()).splitlines(True)]
+    assert "half-written" in str(reply["message"])
+    writer.close()
+    await writer.wait_closed()
+    await ping(path)
+
+
+async def test_silent_client_is_dropped_and_others_are_served(
+    daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daemon_mod, "REQUEST_TIMEOUT_S", 0.2)
+    path = str(daemon.home.socket)
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b'{"v":1,')
+    await ping(path)  # served while the other client dawdles
+    reply = framing.decode(await asyncio.wait_for(reader.readline(), 30))
+    assert "no complete request" in str(reply["message"])
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_socket_is_private(daemon: RunningDaemon) -> None:
+    sock, directory = daemon.home.socket, daemon.home.socket.parent
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK(sock.stat().st_mode)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+async def test_another_user_cannot_connect(daemon: RunningDaemon) -> None:
+    code = (
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+        "try:\n s.connect(sys.argv[1])\nexcept PermissionError:\n sys.exit(13)\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "python3", "-c", code, str(daemon.home.socket), user="nobody", cwd="/"
+    )
+    assert await proc.wait() == 13
+
+
+async def test_a_second_daemon_on_the_same_socket_refuses(daemon: RunningDaemon) -> None:
+    stop = asyncio.get_running_loop().create_future()
+    with pytest.raises(DaemonRunning):
+        await serve(RelayConfig(), daemon.home.socket, shutdown_trigger=stop)
+    await ping(str(daemon.home.socket))
+
+
+async def test_socket_directory_open_to_others_is_refused(home: RelayHome) -> None:
+    home.socket.parent.mkdir(mode=0o755)
+    home.socket.parent.chmod(0o755)
+    stop = asyncio.get_running_loop().create_future()
+    with pytest.raises(Exception, match="chmod 700"):
+        await serve(RelayConfig(), home.socket, shutdown_trigger=stop)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["local", "/k", "5000@127.0.0.1"], "deprecated TCP protocol"),
+        (["local", "/k", "notalink"], "expected DATAPORT@HOST,MESSAGEPORT@HOST"),
+        (["alice:hunter2@host", "/k", "1@a,2@a"], "password in a host spec is refused"),
+        (["[::1", "/k", "1@a,2@a"], "without ']'"),
+        (["nosuchalias", "/k", "1@a,2@a"], "unknown host alias 'nosuchalias'"),
+        (["local", "", "1@a,2@a"], "no kernel given"),
+    ],
+)
+async def test_bad_input_is_one_actionable_line(
+    home: RelayHome, args: list[str], says: str
+) -> None:
+    home.config.write_text(
+        "[daemon]\nallow_adhoc_hosts = false\n[hosts.local]\nhostname = '127.0.0.1'\n"
+    )
+    from relay import settings
+
+    config, source = settings.load(home.config)
+    stop = asyncio.get_running_loop().create_future()
+    ready = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(
+        serve(config, home.socket, config_source=str(source), shutdown_trigger=stop, ready=ready)
+    )
+    await ready
+    try:
+        result = await run_shim(home, *args)
+    finally:
+        stop.set_result(None)
+        await task
+    assert result.status == 1, result
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("relay: ") and says in line
+    assert "hunter2" not in result.stderr
+
+
+async def test_daemon_unreachable_without_autostart(home: RelayHome) -> None:
+    result = await run_shim(home, "--no-autostart", "local", "/k", "1@a,2@a")
+    assert result.status == 3
+    assert "no relay daemon is listening" in result.stderr and "relay serve" in result.stderr
+
+
+async def test_shim_autostarts_a_daemon_that_stays(home: RelayHome) -> None:
+    home.config.write_text("[daemon]\nallow_adhoc_hosts = false\n")
+    first = await run_shim(home, "nosuchalias", "/k", "1@a,2@a")
+    assert first.status == 1 and "unknown host alias" in first.stderr
+    lock = home.socket.with_name("relay.sock.lock")
+    pid = int(lock.read_text())
+    try:
+        second = await run_shim(home, "--no-autostart", "nosuchalias", "/k", "1@a,2@a")
+        assert second.status == 1 and "unknown host alias" in second.stderr
+        assert int(lock.read_text()) == pid  # the same daemon answered
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    # the daemon removes its socket on SIGTERM; wait on its exit via the lock
+    probe = subprocess.run(["flock", "-w", "30", str(lock), "true"], check=False)
+    assert probe.returncode == 0
+    assert not home.socket.exists()
+
+
+async def test_autostart_reports_a_broken_config(home: RelayHome) -> None:
+    home.config.write_text("[hosts.a]\nport = 'x'\n")
+    result = await run_shim(home, "a", "/k", "1@a,2@a")
+    assert result.status == 3
+    assert "could not start" in result.stderr and "hosts.a" in result.stderr
+
+
+def test_peer_uid_is_read_from_the_socket() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        assert daemon_mod.peer_uid(a) == os.getuid()

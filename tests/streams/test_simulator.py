@@ -1,0 +1,115 @@
+"""The simulator against itself, with no relay in between: it must be right on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+
+import pytest
+
+from relay.sim import frontend, wire
+from tests.conftest import SIM_KERNEL
+
+
+@pytest.mark.parametrize("order", ["data", "message", "parallel"])
+async def test_connect_mode_in_every_connect_order(order: str) -> None:
+    link = await frontend.ListeningLink.create()
+    proc = await asyncio.create_subprocess_exec(
+        SIM_KERNEL,
+        "-wstp",
+        "-LinkMode",
+        "Connect",
+        "-LinkProtocol",
+        "TCPIP",
+        "-LinkName",
+        str(link.name),
+        "-subkernel",
+        "-unknownflag",
+        env=dict(os.environ, RELAY_SIM_CONNECT_ORDER=order),
+    )
+    kl = await link.accept(30)
+    assert kl.hello["subkernel"] is True and kl.hello["ignored"] == ["-unknownflag"]
+    payload = secrets.token_bytes(200_000)
+    assert await kl.echo(payload) == payload
+    assert await kl.urgent(wire.INTERRUPT, 9) == (wire.INTERRUPT, 9)
+    await kl.quit(5)
+    assert await asyncio.wait_for(proc.wait(), 30) == 5
+    await kl.aclose()
+    link.close()
+
+
+async def test_abort_reaches_a_busy_kernel_on_the_message_channel() -> None:
+    link = await frontend.ListeningLink.create()
+    proc = await asyncio.create_subprocess_exec(
+        SIM_KERNEL, "-wstp", "-linkmode", "connect", "-linkname", str(link.name)
+    )
+    kl = await link.accept(30)
+    await kl.send(wire.SLEEP, b"600000")
+    assert await kl.urgent(wire.ABORT) == (wire.ABORT, 0)
+    assert await kl.read_return() == b"$Aborted"
+    await kl.aclose()  # the link closes: the kernel exits
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    link.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "prints"), [("0", True), ("MLDontInteract", False), ("256", False)]
+)
+async def test_listen_mode_prints_link_created_unless_dont_interact(
+    options: str, prints: bool
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        SIM_KERNEL,
+        "-wstp",
+        "-LinkMode",
+        "Listen",
+        "-LinkProtocol",
+        "TCPIP",
+        "-LinkHost",
+        "127.0.0.1",
+        "-LinkOptions",
+        options,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    if prints:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line.startswith("Link created on: ")
+        from relay.linkname import LinkName
+
+        name = LinkName.parse(line.removeprefix("Link created on: "))
+        streams = [
+            await asyncio.open_connection(ep.host, ep.port) for ep in (name.data, name.message)
+        ]
+        (dr, dw), (_mr, mw) = streams
+        kind, _ = await wire.read_data(dr)
+        assert kind == wire.HELLO
+        dw.write(wire.data_frame(wire.QUIT, b"0"))
+        await dw.drain()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        for w in (dw, mw):
+            w.close()
+            await w.wait_closed()
+    else:
+        proc.terminate()
+        assert await proc.stdout.read() == b""
+        await proc.wait()
+
+
+async def test_bad_flags_exit_non_zero_with_a_message() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        SIM_KERNEL, "-wstp", "-LinkMode", "Connect", stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2 and b"needs -LinkName" in err
+
+
+def test_launch_command_filling_matches_the_front_end() -> None:
+    from relay.linkname import LinkName
+
+    link = LinkName.parse("59000@127.0.0.1,59001@127.0.0.1")
+    out = frontend.launch_command(
+        'relay launch "h" "k" "`linkname`" `dataport` `messageport`', link
+    )
+    assert out == 'relay launch "h" "k" "59000@127.0.0.1,59001@127.0.0.1" 59000 59001'
