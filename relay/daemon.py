@@ -314,7 +314,7 @@ async def serve(
     *,
     config_source: str = "relay.toml",
     shutdown_trigger: Awaitable[None] | None = None,
-    ready: asyncio.Future[None] | None = None,
+    ready: asyncio.Future[Daemon] | None = None,
     ready_fd: int | None = None,
 ) -> None:
     """Serve the control socket until ``shutdown_trigger`` completes."""

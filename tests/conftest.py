@@ -83,7 +83,7 @@ class RelayHome:
 @pytest.fixture
 def home(request: pytest.FixtureRequest) -> Iterator[RelayHome]:
     # Unix socket paths are limited to 108 bytes: keep the directory short.
-    directory = Path(tempfile.mkdtemp(prefix="relay-", dir="/tmp"))  # noqa: S108
+    directory = Path(tempfile.mkdtemp(prefix="relay-", dir="/tmp"))
     server = request.getfixturevalue("sshd") if "sshd" in request.keywords else None
     h = RelayHome(directory, server)
     if server is not None:
