@@ -111,6 +111,8 @@ async def launch(
     try:
         async with asyncio.timeout(cfg.launch_timeout_s):
             await _until_connected(k, kernel)
+            # Only now answer: from here on nothing else on the remote host can connect.
+            await forward.listeners_closed()
     except BaseException as exc:
         if isinstance(exc, TimeoutError):
             exc = LaunchTimeout(

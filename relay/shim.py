@@ -207,11 +207,26 @@ class _Session:
             raise ShimError(f"unexpected answer from the relay daemon: {exc}", EXIT_DAEMON) from exc
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the parent dies (a front end that kills the ``sh -c`` wrapper
+    of its Launch command would otherwise leave this shim, and the kernel, behind)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _run(args: argparse.Namespace) -> int:
     path = paths.socket_path()
     sock = _daemon_socket(path, autostart=not args.no_autostart)
     session = _Session(sock)
     mode = "compute" if args.compute else "controller"
+    if mode == "controller":
+        _die_with_parent()
     session.send(
         {
             "op": "launch",

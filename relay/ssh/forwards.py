@@ -116,6 +116,13 @@ class LinkForward:
             if ch.listener is not None:
                 ch.listener.close()
 
+    async def listeners_closed(self) -> None:
+        """Return once the server has confirmed both listeners are cancelled."""
+        self.close_listeners()
+        for ch in self._channels:
+            if ch.listener is not None:
+                await ch.listener.wait_closed()
+
     async def aclose(self) -> None:
         """Release everything: listeners and connected channels."""
         self.close_listeners()

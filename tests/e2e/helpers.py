@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from relay.sim import frontend
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome
+
+
+def launch_template(host: str = "local", kernel: str = SIM_KERNEL, *, exec_: bool = False) -> str:
+    """The front end's Launch command, as the README tells users to write it (``exec_``: with
+    the shell replaced by the shim, so a signal to the process reaches the shim itself)."""
+    return f'{"exec " if exec_ else ""}{RELAY} launch "{host}" "{kernel}" "`linkname`"'
+
+
+def remote_command(kernel: str = SIM_KERNEL) -> str:
+    """``$RemoteCommand`` as the README gives it."""
+    return f'{RELAY} launch --compute "`1`" "{kernel}" "`2`"'
+
+
+@dataclass
+class Controller:
+    link: frontend.ListeningLink
+    proc: asyncio.subprocess.Process
+
+    async def result(self, timeout_s: float = 60) -> tuple[int, str, str]:
+        out, err = await asyncio.wait_for(self.proc.communicate(), timeout_s)
+        assert self.proc.returncode is not None
+        return self.proc.returncode, out.decode(), err.decode()
+
+
+@asynccontextmanager
+async def controller(
+    home: RelayHome,
+    host: str = "local",
+    kernel: str = SIM_KERNEL,
+    link_host: str = "127.0.0.1",
+    exec_: bool = False,
+) -> AsyncIterator[Controller]:
+    """A front end that created its main link and ran the Launch command."""
+    link = await frontend.ListeningLink.create(link_host)
+    command = frontend.launch_command(launch_template(host, kernel, exec_=exec_), link.name)
+    proc = await frontend.run_controller(command, env=home.env)
+    try:
+        yield Controller(link, proc)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+        link.close()
+
+
+async def wait_gone(pid: int, timeout_s: float = 30) -> None:
+    """Wait (bounded) for a process to be reaped, via pidfd: an event, not a poll."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+    try:
+        await asyncio.wait_for(gone, timeout_s)
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
