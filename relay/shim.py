@@ -212,7 +212,7 @@ def _die_with_parent() -> None:
     of its Launch command would otherwise leave this shim, and the kernel, behind)."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
+    import ctypes  # noqa: PLC0415 (Linux only, and not on the import path of a launch)
 
     parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
