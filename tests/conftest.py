@@ -100,8 +100,9 @@ class RunningDaemon:
     task: asyncio.Task[None]
 
 
-@pytest.fixture
-async def daemon(home: RelayHome) -> AsyncIterator[RunningDaemon]:
+@contextlib.asynccontextmanager
+async def start_daemon(home: RelayHome) -> AsyncIterator[RunningDaemon]:
+    """Write the home's config and serve it in this event loop until the block ends."""
     home.write()
     config, source = settings.load(home.config)
     loop = asyncio.get_running_loop()
@@ -121,6 +122,12 @@ async def daemon(home: RelayHome) -> AsyncIterator[RunningDaemon]:
             stop.set_result(None)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 60)
+
+
+@pytest.fixture
+async def daemon(home: RelayHome) -> AsyncIterator[RunningDaemon]:
+    async with start_daemon(home) as running:
+        yield running
 
 
 @dataclass

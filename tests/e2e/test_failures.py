@@ -1,0 +1,171 @@
+"""Every failure of a launch: non-zero exit, one actionable line, bounded time, nothing left."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.sim import frontend
+from relay.sim.sshd import ThrowawaySSHD
+from tests.conftest import RELAY, RelayHome, RunningDaemon, pid_alive, run_shim, start_daemon
+
+LINK = "1@127.0.0.1,2@127.0.0.1"
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("relay: ")
+    return lines[0]
+
+
+async def launch_against(home: RelayHome, host: str = "local", kernel: str = "") -> str:
+    """Launch into a real listening link; return the shim's one line of stderr."""
+    link = await frontend.ListeningLink.create()
+    try:
+        result = await run_shim(home, host, kernel, str(link.name), timeout_s=120)
+    finally:
+        link.close()
+    assert result.status == 1, result
+    assert result.stdout == ""
+    return one_line(result.stderr)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def script(home: RelayHome, name: str, body: str) -> str:
+    path = home.dir / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("what", ["unknown", "changed"])
+async def test_host_key_not_trusted(home: RelayHome, what: str) -> None:
+    assert home.sshd is not None
+    known = home.dir / "known_hosts"
+    if what == "unknown":
+        known.write_text("")
+    else:
+        other = home.dir / "otherkey"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True
+        )
+        kind, key = (other.with_suffix(".pub")).read_text().split()[:2]
+        known.write_text(f"[127.0.0.1]:{home.sshd.port} {kind} {key}\n")
+    home.add_host("local", known_hosts=str(known))
+    async with start_daemon(home):
+        line = await launch_against(home)
+    if what == "unknown":
+        assert "is not in" in line and "never trusts unknown keys" in line
+    else:
+        assert "CHANGED" in line and "ssh-keygen -R" in line
+
+
+async def test_authentication_failure(home: RelayHome) -> None:
+    stranger = home.dir / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    home.add_host("local", identity_files=[str(stranger)])
+    async with start_daemon(home):
+        line = await launch_against(home)
+    assert "authentication failed" in line and "authorized_keys" in line
+
+
+async def test_connection_refused(home: RelayHome) -> None:
+    home.add_host("local", port=free_port())
+    async with start_daemon(home):
+        line = await launch_against(home)
+    assert "connection refused" in line
+
+
+async def test_forwarding_refused_by_the_server(home: RelayHome, tmp_path: Path) -> None:
+    with ThrowawaySSHD(tmp_path / "nofwd", options={"AllowTcpForwarding": "no"}) as strict:
+        home.sshd = strict
+        home.add_host("local")
+        async with start_daemon(home):
+            line = await launch_against(home)
+    assert "refused remote port forwarding" in line and "AllowTcpForwarding" in line
+
+
+async def test_kernel_missing(daemon: RunningDaemon) -> None:
+    line = await launch_against(daemon.home, kernel="/nonexistent/WolframKernel")
+    assert "'/nonexistent/WolframKernel' not found or not executable on local" in line
+
+
+async def test_kernel_exits_before_connecting(daemon: RunningDaemon) -> None:
+    kernel = script(daemon.home, "expired", "echo 'License expired on 2026-01-01' >&2\nexit 3\n")
+    line = await launch_against(daemon.home, kernel=kernel)
+    assert "exited with status 3 before connecting" in line
+    assert "License expired on 2026-01-01" in line
+    assert not daemon.daemon.kernels
+
+
+async def test_kernel_never_connects(home: RelayHome) -> None:
+    pidfile = home.dir / "hung.pid"
+    kernel = script(home, "hung", f"echo $$ > {pidfile}\nexec sleep 600\n")
+    home.add_host("local", launch_timeout_s=1)
+    async with start_daemon(home) as running:
+        line = await launch_against(home, kernel=kernel)
+        assert "did not connect within 1 s (launch_timeout_s)" in line
+        assert not pid_alive(int(pidfile.read_text())), "a timed-out kernel was left running"
+        assert not running.daemon.kernels
+
+
+async def test_front_end_gone_during_launch(daemon: RunningDaemon) -> None:
+    link = await frontend.ListeningLink.create()
+    name = str(link.name)
+    link.close()  # the front end gave up before the kernel called back
+    result = await run_shim(daemon.home, "local", "", name, timeout_s=120)
+    assert result.status == 1
+    line = one_line(result.stderr)
+    assert "front end is not listening" in line
+
+
+async def test_compute_launch_failure_is_a_nonzero_run(daemon: RunningDaemon) -> None:
+    link = await frontend.ListeningLink.create()
+    result = await frontend.run_remote_command(
+        f'{RELAY} launch --compute "`1`" "/nonexistent/k" "`2`"',
+        host="local",
+        link=link.name,
+        env=daemon.home.env,
+    )
+    link.close()
+    assert result.status == 1 and result.stdout == ""
+    assert "not found or not executable" in one_line(result.stderr)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="unshare -n needs root")
+async def test_unknown_host_name_fails_fast(home: RelayHome) -> None:
+    """DNS failure, in a network namespace of the test's own so no query leaves the machine."""
+    home.config.write_text("")
+    daemon = await asyncio.create_subprocess_exec(
+        "unshare",
+        "-n",
+        sys.executable,
+        "-m",
+        "relay",
+        "serve",
+        env=home.env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert daemon.stderr is not None
+        while b'"serving"' not in await asyncio.wait_for(daemon.stderr.readline(), 30):
+            pass
+        result = await run_shim(home, "--no-autostart", "nosuchhost.invalid", "/k", LINK)
+    finally:
+        daemon.terminate()
+        await daemon.communicate()
+    assert result.status == 1
+    line = one_line(result.stderr)
+    assert "cannot resolve host 'nosuchhost.invalid'" in line and "[hosts]" in line
