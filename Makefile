@@ -1,0 +1,40 @@
+# relay: `make demo` runs the main job end to end; `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SSHD   ?= /usr/sbin/sshd
+
+.PHONY: install sshd demo test check lint typecheck clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# Debian's OpenSSH server: the demo and the tests run against a real sshd.
+sshd:
+	@test -x $(SSHD) || { echo "installing openssh-server (Debian)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
+
+install: $(VENV)/.installed sshd
+
+demo: install
+	$(PY) -m relay.sim.demo
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check relay tests
+	$(VENV)/bin/ruff format --check relay tests
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+# What CI runs, and more: lint, types, tests.
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,142 @@
+"""``make demo``: relay's main job end to end, on an embedded default.
+
+Starts a throwaway OpenSSH sshd on a loopback port with generated keys, writes a relay.toml
+for it, starts ``relay serve``, then acts as a front end: launches one controller kernel
+through the Launch command and 8 compute kernels through ``$RemoteCommand`` with ``Run[]``
+semantics, all with ``relay launch`` and the simulator kernel, exchanges data with each on
+both channels, and prints the rewritten link names and launch times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from relay.sim import frontend, wire
+from relay.sim.sshd import ThrowawaySSHD
+
+BIN = Path(sys.executable).parent
+RELAY = str(BIN / "relay")
+KERNEL = str(BIN / "relay-sim-kernel")
+COMPUTE_KERNELS = 8
+
+
+async def _wait_serving(daemon: asyncio.subprocess.Process) -> None:
+    assert daemon.stderr is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = await daemon.stderr.readline()
+            if not line:
+                raise RuntimeError("relay serve exited during start-up")
+            if b'"serving"' in line:
+                return
+
+
+async def _drain(stream: asyncio.StreamReader | None, keep: list[bytes]) -> None:
+    if stream is not None:
+        while line := await stream.readline():
+            keep.append(line)
+
+
+async def _exchange(kl: frontend.KernelLink) -> str:
+    payload = secrets.token_bytes(256 * 1024)
+    ok = await kl.echo(payload) == payload
+    code, arg = await kl.urgent(wire.INTERRUPT, 7)
+    ok = ok and (code, arg) == (wire.INTERRUPT, 7)
+    return "ok" if ok else "MISMATCH"
+
+
+async def run(workdir: Path) -> int:
+    print(f"relay demo: sshd, daemon and simulator in {workdir}")
+    with ThrowawaySSHD(workdir / "sshd") as sshd:
+        config = workdir / "relay.toml"
+        config.write_text(sshd.host_toml("demo", kernel=KERNEL))
+        env = dict(os.environ, RELAY_CONFIG=str(config),
+                   RELAY_SOCKET=str(workdir / "run" / "relay.sock"))
+        print(f"  sshd: OpenSSH on 127.0.0.1:{sshd.port} (MaxSessions 10), host 'demo'")
+        daemon = await asyncio.create_subprocess_exec(
+            RELAY, "serve", env=env, stderr=asyncio.subprocess.PIPE)
+        daemon_log: list[bytes] = []
+        try:
+            await _wait_serving(daemon)
+            drain = asyncio.ensure_future(_drain(daemon.stderr, daemon_log))
+            status = await _front_end(env)
+            daemon.terminate()
+            await asyncio.wait_for(daemon.wait(), 30)
+            await drain
+        finally:
+            if daemon.returncode is None:
+                daemon.kill()
+                await daemon.wait()
+    if status != 0:
+        sys.stderr.write(b"".join(daemon_log[-20:]).decode(errors="replace"))
+    return status
+
+
+async def _front_end(env: dict[str, str]) -> int:
+    rows: list[tuple[str, str, str, float, str]] = []
+    # The controller kernel: the front end's Launch command.
+    template = f'{RELAY} launch "demo" "{KERNEL}" "`linkname`"'
+    link = await frontend.ListeningLink.create()
+    started = time.monotonic()
+    shim = await frontend.run_controller(frontend.launch_command(template, link.name), env)
+    kl = await link.accept(60)
+    ms = (time.monotonic() - started) * 1000
+    rows.append(("controller", str(link.name), kl.hello["link_name"], ms, await _exchange(kl)))
+    # Compute kernels: $RemoteCommand, filled and Run[] by the Parallel package.
+    remote = f'{RELAY} launch --compute "`1`" "{KERNEL}" "`2`"'
+    links = [await frontend.ListeningLink.create() for _ in range(COMPUTE_KERNELS)]
+    started = time.monotonic()
+
+    async def one(link: frontend.ListeningLink) -> tuple[frontend.KernelLink, float, int]:
+        result = await frontend.run_remote_command(remote, host="demo", link=link.name,
+                                                   env=env)
+        if result.status != 0:
+            print(f"  compute launch failed: {result.stderr.strip()}", file=sys.stderr)
+        k = await link.accept(60)
+        return k, (time.monotonic() - started) * 1000, result.status
+
+    computes = await asyncio.gather(*(one(link) for link in links))
+    all_ms = (time.monotonic() - started) * 1000
+    for link, (k, ms, _status) in zip(links, computes, strict=True):
+        rows.append(("compute", str(link.name), k.hello["link_name"], ms, await _exchange(k)))
+    print(f"\n  {'kernel':<10} {'front end link':<32} {'rewritten link (remote)':<32} "
+          f"{'launch':>9}  data+urgent")
+    for kind, fe_name, remote_name, ms, ok in rows:
+        print(f"  {kind:<10} {fe_name:<32} {remote_name:<32} {ms:7.0f}ms  {ok}")
+    print(f"\n  {COMPUTE_KERNELS} compute kernels launched concurrently in {all_ms:.0f} ms, "
+          f"one SSH connection, one supervisor session")
+    for k, _, _ in computes:
+        await k.quit(0)
+    await kl.quit(0)
+    shim_status = await asyncio.wait_for(shim.wait(), 30)
+    for k, _, _ in computes:
+        await k.aclose()
+    await kl.aclose()
+    for link in (link, *links):
+        link.close()
+    failed = [r for r in rows if r[4] != "ok"] or [s for _, _, s in computes if s != 0]
+    print(f"  controller shim exited with the kernel's status: {shim_status}")
+    if failed or shim_status != 0:
+        print("relay demo: FAILED", file=sys.stderr)
+        return 1
+    print("relay demo: all kernels launched, connected and exchanged data on both channels")
+    return 0
+
+
+def main() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="relay-demo-", dir="/tmp"))  # noqa: S108
+    try:
+        return asyncio.run(run(workdir))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
