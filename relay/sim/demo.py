@@ -57,11 +57,13 @@ async def run(workdir: Path) -> int:
     with ThrowawaySSHD(workdir / "sshd") as sshd:
         config = workdir / "relay.toml"
         config.write_text(sshd.host_toml("demo", kernel=KERNEL))
-        env = dict(os.environ, RELAY_CONFIG=str(config),
-                   RELAY_SOCKET=str(workdir / "run" / "relay.sock"))
+        env = dict(
+            os.environ, RELAY_CONFIG=str(config), RELAY_SOCKET=str(workdir / "run" / "relay.sock")
+        )
         print(f"  sshd: OpenSSH on 127.0.0.1:{sshd.port} (MaxSessions 10), host 'demo'")
         daemon = await asyncio.create_subprocess_exec(
-            RELAY, "serve", env=env, stderr=asyncio.subprocess.PIPE)
+            RELAY, "serve", env=env, stderr=asyncio.subprocess.PIPE
+        )
         daemon_log: list[bytes] = []
         try:
             await _wait_serving(daemon)
@@ -95,8 +97,7 @@ async def _front_end(env: dict[str, str]) -> int:
     started = time.monotonic()
 
     async def one(link: frontend.ListeningLink) -> tuple[frontend.KernelLink, float, int]:
-        result = await frontend.run_remote_command(remote, host="demo", link=link.name,
-                                                   env=env)
+        result = await frontend.run_remote_command(remote, host="demo", link=link.name, env=env)
         if result.status != 0:
             print(f"  compute launch failed: {result.stderr.strip()}", file=sys.stderr)
         k = await link.accept(60)
@@ -106,12 +107,16 @@ async def _front_end(env: dict[str, str]) -> int:
     all_ms = (time.monotonic() - started) * 1000
     for link, (k, ms, _status) in zip(links, computes, strict=True):
         rows.append(("compute", str(link.name), k.hello["link_name"], ms, await _exchange(k)))
-    print(f"\n  {'kernel':<10} {'front end link':<32} {'rewritten link (remote)':<32} "
-          f"{'launch':>9}  data+urgent")
+    print(
+        f"\n  {'kernel':<10} {'front end link':<32} {'rewritten link (remote)':<32} "
+        f"{'launch':>9}  data+urgent"
+    )
     for kind, fe_name, remote_name, ms, ok in rows:
         print(f"  {kind:<10} {fe_name:<32} {remote_name:<32} {ms:7.0f}ms  {ok}")
-    print(f"\n  {COMPUTE_KERNELS} compute kernels launched concurrently in {all_ms:.0f} ms, "
-          f"one SSH connection, one supervisor session")
+    print(
+        f"\n  {COMPUTE_KERNELS} compute kernels launched concurrently in {all_ms:.0f} ms, "
+        f"one SSH connection, one supervisor session"
+    )
     for k, _, _ in computes:
         await k.quit(0)
     await kl.quit(0)
@@ -119,8 +124,8 @@ async def _front_end(env: dict[str, str]) -> int:
     for k, _, _ in computes:
         await k.aclose()
     await kl.aclose()
-    for link in (link, *links):
-        link.close()
+    for listening in (link, *links):
+        listening.close()
     failed = [r for r in rows if r[4] != "ok"] or [s for _, _, s in computes if s != 0]
     print(f"  controller shim exited with the kernel's status: {shim_status}")
     if failed or shim_status != 0:
@@ -131,7 +136,7 @@ async def _front_end(env: dict[str, str]) -> int:
 
 
 def main() -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="relay-demo-", dir="/tmp"))  # noqa: S108
+    workdir = Path(tempfile.mkdtemp(prefix="relay-demo-", dir="/tmp"))
     try:
         return asyncio.run(run(workdir))
     finally:
