@@ -126,7 +126,7 @@ async def _front_end(env: dict[str, str]) -> int:
     await kl.aclose()
     for listening in (link, *links):
         listening.close()
-    failed = [r for r in rows if r[4] != "ok"] or [s for _, _, s in computes if s != 0]
+    failed = any(r[4] != "ok" for r in rows) or any(s != 0 for _, _, s in computes)
     print(f"  controller shim exited with the kernel's status: {shim_status}")
     if failed or shim_status != 0:
         print("relay demo: FAILED", file=sys.stderr)
