@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import shutil
 import sys
@@ -101,9 +102,11 @@ class RunningDaemon:
 
 
 @contextlib.asynccontextmanager
-async def start_daemon(home: RelayHome) -> AsyncIterator[RunningDaemon]:
-    """Write the home's config and serve it in this event loop until the block ends."""
-    home.write()
+async def start_daemon(home: RelayHome, *, write: bool = True) -> AsyncIterator[RunningDaemon]:
+    """Write the home's config (unless ``write`` is false: a test wrote its own) and serve it
+    in this event loop until the block ends."""
+    if write:
+        home.write()
     config, source = settings.load(home.config)
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[None] = loop.create_future()
@@ -150,6 +153,17 @@ async def run_shim(home: RelayHome, *args: str, timeout_s: float = 60) -> ShimRe
     out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
     assert proc.returncode is not None
     return ShimResult(proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture
+def daemon_log() -> Iterator[io.StringIO]:
+    """Everything the daemon logs during the test, as JSON lines."""
+    buf = io.StringIO()
+    log.configure("debug", stream=buf, json=True)
+    try:
+        yield buf
+    finally:
+        log.configure("debug", json=True)
 
 
 def pid_alive(pid: int) -> bool:

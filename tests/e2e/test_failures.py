@@ -14,6 +14,7 @@ import pytest
 from relay.sim import frontend
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import RELAY, RelayHome, RunningDaemon, pid_alive, run_shim, start_daemon
+from tests.e2e.helpers import wait_gone
 
 LINK = "1@127.0.0.1,2@127.0.0.1"
 
@@ -169,3 +170,40 @@ async def test_unknown_host_name_fails_fast(home: RelayHome) -> None:
     assert result.status == 1
     line = one_line(result.stderr)
     assert "cannot resolve host 'nosuchhost.invalid'" in line and "[hosts]" in line
+
+
+async def test_remote_listeners_bind_loopback_only_while_waiting(home: RelayHome) -> None:
+    """During a launch the two listeners exist on 127.0.0.1 only (seen with ss, not trusted)."""
+    fifo = home.dir / "argv.fifo"
+    os.mkfifo(fifo)
+    kernel = script(home, "reporting", f'echo "$$ $@" > {fifo}\nexec sleep 600\n')
+    home.add_host("local", launch_timeout_s=60)
+    async with start_daemon(home) as running:
+        link = await frontend.ListeningLink.create()
+        shim = await asyncio.create_subprocess_exec(
+            RELAY,
+            "launch",
+            "local",
+            kernel,
+            str(link.name),
+            env=home.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        loop = asyncio.get_running_loop()
+        pid, *argv = (
+            await asyncio.wait_for(loop.run_in_executor(None, fifo.read_text), 60)
+        ).split()
+        name = argv[argv.index("-LinkName") + 1]
+        ports = [int(ep.split("@")[0]) for ep in name.split(",")]
+        listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
+        for port in ports:
+            addrs = [
+                ln.split()[3] for ln in listening.splitlines() if ln.split()[3].endswith(f":{port}")
+            ]
+            assert addrs == [f"127.0.0.1:{port}"], listening
+        shim.kill()  # the launch is abandoned: the daemon cancels it and ends the kernel
+        await shim.wait()
+        await wait_gone(int(pid))
+        link.close()
+    assert not running.daemon.kernels

@@ -124,6 +124,30 @@ def test_flag_errors() -> None:
         parse_flags(["-linkoptions", "bogus"])
 
 
+words = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@given(st.dictionaries(st.sampled_from(sorted(FRONT_END_WORDS)), words, max_size=5), words)
+def test_fill_replaces_exactly_the_named_words(values: dict[str, str], tail: str) -> None:
+    template = " ".join(f"`{w}`" for w in values) + " `unknownword` " + tail.replace("`", "")
+    out = fill(template, values)
+    expected = " ".join(values.values()) + " `unknownword` " + tail.replace("`", "")
+    assert out == expected
+
+
+@given(
+    st.integers(1, 65535),
+    st.integers(1, 65535),
+    st.lists(st.sampled_from(["-subkernel", "-noinit", "-pacletreadonly", "-x"]), max_size=4),
+)
+def test_built_argv_parses_back(p1: int, p2: int, extra: list[str]) -> None:
+    link = LinkName.parse(f"{p1}@127.0.0.1,{p2}@127.0.0.1")
+    flags = parse_flags(build_argv("/k", link, extra)[1:])
+    assert flags.link_startup and flags.link_mode == "connect" and flags.link_protocol == "TCPIP"
+    assert LinkName.parse(flags.link_name or "") == link
+    assert flags.subkernel == ("-subkernel" in extra) and flags.noinit == ("-noinit" in extra)
+
+
 @given(st.lists(st.text(min_size=0, max_size=20), min_size=1, max_size=6))
 def test_shell_join_round_trips(argv: list[str]) -> None:
     argv = [a.replace("\x00", "") for a in argv]

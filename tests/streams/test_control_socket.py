@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ from relay import daemon as daemon_mod
 from relay import framing
 from relay.daemon import DaemonRunning, serve
 from relay.settings import RelayConfig
-from tests.conftest import RelayHome, RunningDaemon, run_shim
+from tests.conftest import RelayHome, RunningDaemon, run_shim, start_daemon
 
 
 async def request(path: str, data: bytes) -> list[dict[str, object]]:
@@ -125,25 +126,15 @@ async def test_socket_directory_open_to_others_is_refused(home: RelayHome) -> No
     ],
 )
 async def test_bad_input_is_one_actionable_line(
-    home: RelayHome, args: list[str], says: str
+    home: RelayHome, daemon_log: io.StringIO, args: list[str], says: str
 ) -> None:
     home.config.write_text(
         "[daemon]\nallow_adhoc_hosts = false\n[hosts.local]\nhostname = '127.0.0.1'\n"
     )
-    from relay import settings
-
-    config, source = settings.load(home.config)
-    stop = asyncio.get_running_loop().create_future()
-    ready = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(
-        serve(config, home.socket, config_source=str(source), shutdown_trigger=stop, ready=ready)
-    )
-    await ready
-    try:
+    async with start_daemon(home, write=False):
         result = await run_shim(home, *args)
-    finally:
-        stop.set_result(None)
-        await task
+    assert '"serving"' in daemon_log.getvalue()  # the capture works
+    assert "hunter2" not in daemon_log.getvalue()
     assert result.status == 1, result
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
