@@ -1,11 +1,21 @@
 """The daemon: the control socket, request dispatch, kernel bookkeeping, scripted shutdown.
 
-``serve(config, ...)`` runs until ``shutdown_trigger`` completes (SIGTERM/SIGINT by default):
-stop accepting, refuse new launches, terminate the kernels it owns (bounded), close the
-supervisors and connections, remove the socket.
+``serve(config, ...)`` runs until ``shutdown_trigger`` completes (SIGTERM/SIGINT by default).
+Shutdown is scripted and bounded:
+
+1. new launches are refused with a clear message (the socket stays open meanwhile, so a shim
+   gets that message instead of starting a second daemon);
+2. every kernel the daemon owns is terminated (SIGTERM, then SIGKILL after the host's
+   ``terminate_grace_s``) and its controller shim told the exit status; compute kernels end
+   too: they live in the daemon's care and their links run through its connections;
+3. the listener is closed, remaining clients are cancelled, supervisors and SSH connections
+   are closed (releasing every forward), the socket is removed.
+
+Steps 2-3 are bounded by ``SHUTDOWN_GRACE_S``; a second signal exits at once.
 
 The socket lives in a 0700 directory, is 0600 itself, and every peer's uid is checked
-(SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS): another local user can never launch through it.
+(SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS). Under systemd or launchd the socket may be
+handed over by the service manager (``relay.activation``).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import os
 import signal
 import socket
@@ -26,7 +37,8 @@ from typing import Any
 
 import structlog
 
-from relay import framing, protocol
+from relay import __version__, framing, protocol
+from relay.activation import Notifier, activated_socket
 from relay.errors import BadRequest, ConfigError, RelayError, ShuttingDown
 from relay.framing import FramingError
 from relay.kernels import Kernel, launch, new_kernel_id
@@ -38,7 +50,7 @@ from relay.tasks import TaskSet
 __all__ = ["Daemon", "DaemonRunning", "serve"]
 
 REQUEST_TIMEOUT_S = 10.0
-SHUTDOWN_GRACE_S = 10.0
+SHUTDOWN_GRACE_S = 20.0
 log = structlog.get_logger("relay.daemon")
 
 
@@ -72,15 +84,39 @@ def prepare_socket_dir(path: Path) -> None:
         )
 
 
+def daemon_tag(socket_path: Path) -> str:
+    """Who this daemon is, to the remote hosts: its machine, user and socket."""
+    who = f"{socket.gethostname()}:{os.getuid()}:{socket_path}"
+    return hashlib.sha256(who.encode()).hexdigest()[:16]
+
+
+def process_stats() -> dict[str, Any]:
+    rss_kb = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss_kb = int(line.split()[1])
+    fd_dir = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+    return {"rss_kb": rss_kb, "fds": len(os.listdir(fd_dir)), "tasks": len(asyncio.all_tasks())}
+
+
 class Daemon:
-    def __init__(self, config: RelayConfig, config_source: str = "relay.toml") -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        config_source: str = "relay.toml",
+        socket_path: Path | None = None,
+    ) -> None:
         self.config = config
         self.config_source = config_source
+        self.socket_path = socket_path
+        self.tag = daemon_tag(socket_path or Path("relay.sock"))
         self.hosts: dict[str, HostSession] = {}
         self.kernels: dict[str, Kernel] = {}
         self._tasks = TaskSet(log)
         self._clients: set[asyncio.Task[Any]] = set()
         self.stopping = False
+        self.started_at = time.time()
 
     # -- hosts -----------------------------------------------------------------------------
     def host(self, name: str) -> HostSession:
@@ -90,6 +126,7 @@ class Daemon:
             session = self.hosts[key] = HostSession(
                 key,
                 cfg,
+                tag=self.tag,
                 jump=self._jump,
                 configured=sorted(self.config.hosts),
                 config_source=self.config_source,
@@ -104,7 +141,7 @@ class Daemon:
         if self.stopping:
             raise ShuttingDown(
                 "relay is shutting down and takes no new launches; "
-                "start it again (relay serve) and retry"
+                "retry once it has stopped (it restarts on the next launch)"
             )
         try:
             link = LinkName.parse(req.linkname)
@@ -118,14 +155,21 @@ class Daemon:
                 f"in [hosts.{host.key}] of {self.config_source}"
             )
         args = host.config.compute_args if req.mode == "compute" else host.config.controller_args
-        k = await launch(
-            host,
-            kernel=kernel,
-            link=link,
-            mode=req.mode,
-            extra_args=list(args),
-            kernel_id=new_kernel_id(),
-        )
+        kernel_id = new_kernel_id()
+        structlog.contextvars.bind_contextvars(host=host.key, kernel=kernel_id)
+        host.hold()
+        try:
+            k = await launch(
+                host,
+                kernel=kernel,
+                link=link,
+                mode=req.mode,
+                extra_args=list(args),
+                kernel_id=kernel_id,
+            )
+        except BaseException:
+            host.release()
+            raise
         self.kernels[k.id] = k
         self._tasks.spawn(self._reap(k), name=f"reap:{k.id}")
         return k
@@ -136,7 +180,23 @@ class Daemon:
         finally:
             self.kernels.pop(k.id, None)
             await k.forward.aclose()
+            k.host.release()
         k.log.info("kernel exited", status=status, output=k.output or None)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "event": "status",
+            "daemon": {
+                "pid": os.getpid(),
+                "version": __version__,
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "socket": str(self.socket_path),
+                "stopping": self.stopping,
+                **process_stats(),
+            },
+            "hosts": [h.snapshot() for h in self.hosts.values()],
+            "kernels": [k.snapshot() for k in self.kernels.values()],
+        }
 
     # -- the control socket ----------------------------------------------------------------
     async def handle_client(
@@ -145,6 +205,7 @@ class Daemon:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
+        structlog.contextvars.clear_contextvars()
         try:
             await self._serve_client(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -188,7 +249,9 @@ class Daemon:
             await _send(writer, protocol.error(exc.code, exc.message))
             return
         if isinstance(req, protocol.PingRequest):
-            await _send(writer, {"event": "pong", "pid": os.getpid(), "version": "0.1.0"})
+            await _send(writer, {"event": "pong", "pid": os.getpid(), "version": __version__})
+        elif isinstance(req, protocol.StatusRequest):
+            await _send(writer, self.status())
         elif isinstance(req, protocol.LaunchRequest):
             await self._serve_launch(req, reader, writer)
         else:
@@ -202,9 +265,9 @@ class Daemon:
     ) -> None:
         started = time.monotonic()
         launching = asyncio.ensure_future(self.launch(req))
-        client_gone = asyncio.ensure_future(reader.read(framing.MAX_MESSAGE_BYTES))
+        client_said = asyncio.ensure_future(reader.read(framing.MAX_MESSAGE_BYTES))
         try:
-            await asyncio.wait({launching, client_gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({launching, client_said}, return_when=asyncio.FIRST_COMPLETED)
             if not launching.done():  # the shim went away (killed, or Run[] gave up)
                 launching.cancel()
                 await asyncio.gather(launching, return_exceptions=True)
@@ -215,6 +278,16 @@ class Daemon:
             except RelayError as exc:
                 await _send(writer, protocol.error(exc.code, exc.message))
                 return
+            except Exception as exc:  # a bug: say so once, keep serving everyone else
+                log.exception("launch failed unexpectedly", host=req.host)
+                await _send(
+                    writer,
+                    protocol.error(
+                        "internal", f"relay failed unexpectedly: {exc!r} (see the daemon's log)"
+                    ),
+                )
+                return
+            launch_ms = (time.monotonic() - started) * 1000
             await _send(
                 writer,
                 protocol.launched(
@@ -222,19 +295,15 @@ class Daemon:
                     host=k.host.key,
                     linkname=str(k.remote_link),
                     remote_pid=k.remote_pid,
-                    launch_ms=(time.monotonic() - started) * 1000,
+                    launch_ms=launch_ms,
                 ),
             )
-            k.log.info(
-                "launched",
-                remote_pid=k.remote_pid,
-                launch_ms=round((time.monotonic() - started) * 1000, 1),
-            )
+            k.log.info("launched", remote_pid=k.remote_pid, launch_ms=round(launch_ms, 1))
             if req.mode == "compute":
                 return
-            await self._follow_controller(k, client_gone, writer)
+            await self._follow_controller(k, client_said, writer)
         finally:
-            client_gone.cancel()
+            client_said.cancel()
             if not launching.done():
                 launching.cancel()
 
@@ -250,17 +319,29 @@ class Daemon:
             )
             await k.terminate()
         status = k.exited.result() if k.exited.done() else None
-        await _send(
-            writer, protocol.exited(kernel_id=k.id, status=255 if status is None else status)
-        )
+        if status is None:
+            reason = k.host.last_error or "connection lost"
+            await _send(
+                writer,
+                protocol.error(
+                    "connection_lost",
+                    f"the SSH connection to {k.host.key} ended ({reason}); "
+                    f"the kernel ended with it: restart it from the front end",
+                ),
+            )
+            return
+        await _send(writer, protocol.exited(kernel_id=k.id, status=status))
 
     # -- shutdown --------------------------------------------------------------------------
-    async def aclose(self) -> None:
-        self.stopping = True
+    async def terminate_kernels(self) -> None:
         kernels = list(self.kernels.values())
         if kernels:
             log.info("terminating kernels", count=len(kernels))
             await asyncio.gather(*(k.terminate() for k in kernels), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        self.stopping = True
+        await self.terminate_kernels()
         for task in list(self._clients):
             task.cancel("daemon shutting down")
         await asyncio.gather(*self._clients, return_exceptions=True)
@@ -301,11 +382,29 @@ def _default_trigger() -> Awaitable[None]:
             log.info("shutting down", signal=signal.Signals(signum).name)
             stop.set_result(None)
         else:  # a second signal forces exit
+            log.warning("second signal: exiting now", signal=signal.Signals(signum).name)
             os._exit(128 + signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     return stop
+
+
+async def _listen(
+    daemon: Daemon, socket_path: Path, inherited: socket.socket | None
+) -> asyncio.Server:
+    limit = framing.MAX_MESSAGE_BYTES + 1
+    if inherited is not None:
+        return await asyncio.start_unix_server(daemon.handle_client, sock=inherited, limit=limit)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)  # stale: we hold the lock, so no live daemon owns it
+    old_umask = os.umask(0o177)
+    try:
+        return await asyncio.start_unix_server(
+            daemon.handle_client, path=str(socket_path), limit=limit
+        )
+    finally:
+        os.umask(old_umask)
 
 
 async def serve(
@@ -318,21 +417,20 @@ async def serve(
     ready_fd: int | None = None,
 ) -> None:
     """Serve the control socket until ``shutdown_trigger`` completes."""
+    notifier = Notifier()
+    inherited = activated_socket()
+    if inherited is not None:
+        socket_path = Path(inherited.getsockname())
     prepare_socket_dir(socket_path)
     lock = _Lock(socket_path.with_name(socket_path.name + ".lock"))
-    daemon = Daemon(config, config_source)
-    server: asyncio.AbstractServer | None = None
+    daemon = Daemon(config, config_source, socket_path)
+    server: asyncio.Server | None = None
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)  # stale: we hold the lock, so no live daemon owns it
-        old_umask = os.umask(0o177)
-        try:
-            server = await asyncio.start_unix_server(
-                daemon.handle_client, path=str(socket_path), limit=framing.MAX_MESSAGE_BYTES + 1
-            )
-        finally:
-            os.umask(old_umask)
-        log.info("serving", socket=str(socket_path), pid=os.getpid())
+        server = await _listen(daemon, socket_path, inherited)
+        log.info(
+            "serving", socket=str(socket_path), pid=os.getpid(), activated=inherited is not None
+        )
+        notifier.notify(ready="1", status=f"serving {socket_path}")
         if ready is not None:
             ready.set_result(daemon)
         if ready_fd is not None:
@@ -341,15 +439,20 @@ async def serve(
             ready_fd = None
         await (shutdown_trigger if shutdown_trigger is not None else _default_trigger())
     finally:
-        if server is not None:
-            server.close()
+        notifier.notify(stopping="1", status="terminating kernels and closing connections")
         daemon.stopping = True
         try:
             async with asyncio.timeout(SHUTDOWN_GRACE_S):
+                await daemon.terminate_kernels()
+                if server is not None:
+                    server.close()
                 await daemon.aclose()
         except TimeoutError:
             log.warning("shutdown grace exceeded; closing connections anyway")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)
+        if server is not None:
+            server.close()
+        if inherited is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(socket_path)
         lock.release()
         log.info("stopped")

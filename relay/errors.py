@@ -29,6 +29,7 @@ __all__ = [
 
 class RelayError(Exception):
     code: ClassVar[str] = "error"
+    retryable: ClassVar[bool] = False  # may a reconnect with backoff help?
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -54,6 +55,7 @@ class UnknownHost(RelayError):
 
 class ConnectFailed(RelayError):
     code = "connect_failed"
+    retryable = True
 
 
 class AuthenticationFailed(RelayError):

@@ -16,9 +16,10 @@ import itertools
 import time
 from typing import Any, Literal
 
+import asyncssh
 import structlog
 
-from relay.errors import KernelExited, KernelMissing, LaunchTimeout
+from relay.errors import ConnectFailed, KernelExited, KernelMissing, LaunchTimeout
 from relay.kernelcmd import build_argv
 from relay.linkname import LinkName
 from relay.ssh.forwards import LinkForward
@@ -65,6 +66,18 @@ class Kernel:
     def output(self) -> list[str]:
         return list(self._proc.output)
 
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host.key,
+            "mode": self.mode,
+            "remote_pid": self.remote_pid,
+            "frontend_link": str(self.frontend_link),
+            "remote_link": str(self.remote_link),
+            "age_s": round(time.time() - self.started_at, 1),
+            "forwards": self.forward.snapshot(),
+        }
+
     async def terminate(self, grace_s: float | None = None) -> int | None:
         """SIGTERM, then SIGKILL; returns the exit status (None if the connection died)."""
         grace = grace_s if grace_s is not None else self.host.config.terminate_grace_s
@@ -97,8 +110,13 @@ async def launch(
     kernel_id = kernel_id or new_kernel_id()
     log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
     cfg = host.config
-    connected = await host.ready()
-    forward = await LinkForward.open(connected.connection, link, host.key)
+    try:
+        connected = await host.ready()
+        forward = await LinkForward.open(connected.connection, link, host.key)
+    except (asyncssh.Error, OSError) as exc:  # the connection died under us
+        raise ConnectFailed(
+            f"the SSH connection to {host.key} was lost during launch: {exc}"
+        ) from None
     assert forward.remote_name is not None
     argv = build_argv(kernel, forward.remote_name, extra_args)
     try:

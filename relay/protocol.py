@@ -7,6 +7,7 @@ Requests (client -> daemon)::
     {"v":1,"op":"launch","host":H,"kernel":K,"linkname":L,"mode":"controller"|"compute"}
     {"v":1,"op":"terminate"}      # on a launch connection: end the kernel (shim got a signal)
     {"v":1,"op":"ping"}
+    {"v":1,"op":"status"}         # answered by one "status" event, then the connection ends
 
 Events (daemon -> client)::
 
@@ -14,6 +15,7 @@ Events (daemon -> client)::
     {"v":1,"event":"exited","kernel_id":..,"status":N}     # controller mode: the kernel ended
     {"v":1,"event":"error","code":C,"message":M}           # one actionable line
     {"v":1,"event":"pong","pid":..,"version":..}
+    {"v":1,"event":"status","daemon":{..},"hosts":[..],"kernels":[..]}   # see relay status
 
 A controller-mode launch keeps its connection open until ``exited``; closing it, or sending
 ``terminate``, ends the kernel. A compute-mode launch ends after ``launched``.
@@ -27,7 +29,15 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from relay.errors import BadRequest
 
-__all__ = ["LaunchRequest", "PingRequest", "Request", "TerminateRequest", "parse_request"]
+__all__ = [
+    "AnyRequest",
+    "LaunchRequest",
+    "PingRequest",
+    "Request",
+    "StatusRequest",
+    "TerminateRequest",
+    "parse_request",
+]
 
 
 class _Message(BaseModel):
@@ -51,18 +61,32 @@ class PingRequest(_Message):
     op: Literal["ping"]
 
 
-Request = Annotated[LaunchRequest | TerminateRequest | PingRequest, Field(discriminator="op")]
-_ADAPTER: TypeAdapter[LaunchRequest | TerminateRequest | PingRequest] = TypeAdapter(Request)
+class StatusRequest(_Message):
+    op: Literal["status"]
 
 
-def parse_request(obj: dict[str, Any]) -> LaunchRequest | TerminateRequest | PingRequest:
+AnyRequest = LaunchRequest | TerminateRequest | PingRequest | StatusRequest
+Request = Annotated[AnyRequest, Field(discriminator="op")]
+_ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(Request)
+
+
+def parse_request(obj: dict[str, Any]) -> AnyRequest:
     """Validate a decoded message; raise ``BadRequest`` with one line naming the field."""
     try:
         return _ADAPTER.validate_python(obj)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise BadRequest(f"bad request: {where}: {first['msg']}") from None
+        if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            message = (
+                f"unknown op {str(obj.get('op'))[:40]!r} (expected launch, terminate, "
+                f"ping or status)"
+            )
+        else:
+            message = f"{where}: {first['msg']}"
+        # one line, bounded: pydantic may quote the offending input
+        message = message.encode("unicode_escape").decode()[:300]
+        raise BadRequest(f"bad request: {message}") from None
 
 
 def launched(

@@ -44,6 +44,9 @@ class HostConfig(_Strict):
     connect_timeout_s: PositiveSeconds = 15.0
     launch_timeout_s: PositiveSeconds = 30.0
     terminate_grace_s: PositiveSeconds = 5.0
+    idle_timeout_s: Annotated[float, Field(ge=0)] = 0.0
+    reconnect_attempts: Annotated[int, Field(ge=1, le=1000)] = 6
+    reconnect_window_s: PositiveSeconds = 300.0
     compression: bool = False
 
     def with_spec(self, spec: HostSpec) -> HostConfig:

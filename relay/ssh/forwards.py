@@ -123,6 +123,28 @@ class LinkForward:
             if ch.listener is not None:
                 await ch.listener.wait_closed()
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        remote = self.remote_name
+        out = []
+        for ch, ep in zip(
+            self._channels, (remote.data, remote.message) if remote else (None, None), strict=True
+        ):
+            if ch.forwarder is not None:
+                state = "connected"
+            elif ch.connected_at is not None:
+                state = "closed"
+            else:
+                state = "listening" if ch.listener is not None else "closed"
+            out.append(
+                {
+                    "role": ch.role,
+                    "remote": str(ep) if ep else None,
+                    "target": f"{ch.target.host}:{ch.target.port}",
+                    "state": state,
+                }
+            )
+        return out
+
     async def aclose(self) -> None:
         """Release everything: listeners and connected channels."""
         self.close_listeners()

@@ -1,14 +1,29 @@
 """One remote host: its persistent SSH connection and the supervisor session on it.
 
-The connection is opened on first use, shared by every launch (one authentication, one key
-exchange) and kept open. Concurrent first launches wait for the same connect. A lost connection
-is noticed by the supervisor's end of input and by asyncssh's keepalive; the next launch
-reconnects. Jump hosts are other ``HostSession`` objects, so a bastion's connection is shared too.
+Connection life:
+- Opened on first use, shared by every launch (one authentication, one key exchange) and kept
+  open. Concurrent first launches wait for the same connect (single flight).
+- Keepalive is on (asyncssh ships with it off): a dead connection is closed after
+  ``keepalive_interval_s * keepalive_count_max``. The loss is logged with its reason; the
+  supervisor session ends with it, which fails every waiting launch and controller at once.
+- The next request reconnects. Network failures are retried with exponential backoff and jitter,
+  ``ATTEMPTS_PER_REQUEST`` per request and at most ``reconnect_attempts`` per
+  ``reconnect_window_s``. Authentication failures, unknown or changed host keys and a server
+  that asks for a password or a one-time code are never retried: a person must act.
+- With ``idle_timeout_s`` > 0, a connection with no kernels for that long is closed and
+  reopened on demand.
+- Forwards always ask for port 0, so a reconnect never collides with ports an old, silently
+  dead session may still hold on the server.
+- The supervisor's ``ping`` measures the round-trip time every keepalive interval.
+
+Jump hosts are other ``HostSession`` objects, so a bastion's connection is shared too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,14 +33,41 @@ from typing import Any
 import asyncssh
 import structlog
 
-from relay.errors import RelayError
+from relay.errors import AuthenticationFailed, ConnectFailed, RelayError, ShuttingDown
 from relay.settings import HostConfig
 from relay.ssh.errors import translate_connect_error
 from relay.ssh.supervisor import Supervisor
+from relay.tasks import TaskSet
 
 __all__ = ["Connected", "HostSession"]
 
 JumpGetter = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
+ATTEMPTS_PER_REQUEST = 3
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 8.0
+
+
+def backoff_s(attempt: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter in its upper half: attempt 0 -> 0.25-0.5 s."""
+    ceiling: float = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)
+    return ceiling * (0.5 + rng.random() / 2)
+
+
+class _Client(asyncssh.SSHClient):
+    """Records why a connection ended and whether the server wanted a person to answer."""
+
+    def __init__(self) -> None:
+        self.lost: Exception | None = None
+        self.person_needed: list[str] = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+
+    def password_auth_requested(self) -> None:
+        self.person_needed.append("a password")  # declined: a daemon never asks a person
+
+    def kbdint_auth_requested(self) -> None:
+        self.person_needed.append("keyboard-interactive (2FA) answers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,48 +83,182 @@ class HostSession:
         key: str,
         config: HostConfig,
         *,
+        tag: str,
         jump: JumpGetter | None = None,
         configured: list[str] | None = None,
         config_source: str = "relay.toml",
     ) -> None:
         self.key = key
         self.config = config
+        self.tag = tag
         self._jump = jump
         self._configured = configured or []
         self._config_source = config_source
         self._conn: asyncssh.SSHClientConnection | None = None
-        self._since = 0.0
+        self._client: _Client | None = None
         self._connecting: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._current: Connected | None = None
         self._supervisor_lock = asyncio.Lock()
         self._closing = False
+        self._attempts: collections.deque[float] = collections.deque()
+        self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
+        self._tasks = TaskSet()
+        self._holds = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.state = "disconnected"
+        self.since = time.time()
+        self.last_error: str | None = None
+        self.rtt_ms: float | None = None
+        self.rtt_at: float | None = None
+        self.connects = 0
+        self._idle_closing = False
         self._log = structlog.get_logger("relay.host").bind(host=key)
 
-    @property
-    def state(self) -> str:
-        if self._conn is not None and not self._conn.is_closed():
-            return "connected"
-        return "connecting" if self._connecting is not None else "disconnected"
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state, self.since = state, time.time()
 
+    # -- the connection ----------------------------------------------------------------------
     async def connection(self) -> asyncssh.SSHClientConnection:
         """The live connection, connecting (once, shared by concurrent callers) if needed."""
         if self._closing:
-            raise RelayError(f"{self.key}: shutting down")
+            raise ShuttingDown(f"{self.key}: relay is shutting down")
         if self._conn is not None and not self._conn.is_closed():
             return self._conn
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(
-                self._connect(), name=f"connect:{self.key}"
+                self._connect_with_retry(), name=f"connect:{self.key}"
             )
             self._connecting.add_done_callback(self._connect_done)
         return await asyncio.shield(self._connecting)
 
     def _connect_done(self, task: asyncio.Task[asyncssh.SSHClientConnection]) -> None:
         self._connecting = None
-        if not task.cancelled() and task.exception() is None:
-            self._conn = task.result()
-            self._since = time.time()
+        if task.cancelled():
+            self._set_state("disconnected")
+        elif task.exception() is not None:
+            self._set_state("failed")
 
+    def _admit(self) -> None:
+        """At most ``reconnect_attempts`` connect attempts per ``reconnect_window_s``."""
+        now = time.monotonic()
+        window = self.config.reconnect_window_s
+        while self._attempts and now - self._attempts[0] > window:
+            self._attempts.popleft()
+        if len(self._attempts) >= self.config.reconnect_attempts:
+            wait = window - (now - self._attempts[0])
+            raise ConnectFailed(
+                f"not connecting to {self.key} again yet: {len(self._attempts)} attempts in the "
+                f"last {window:g} s failed (last: {self.last_error}); next attempt allowed in "
+                f"{wait:.0f} s"
+            )
+        self._attempts.append(now)
+
+    async def _connect_with_retry(self) -> asyncssh.SSHClientConnection:
+        for attempt in range(ATTEMPTS_PER_REQUEST):
+            self._admit()
+            self._set_state("connecting")
+            try:
+                conn = await self._connect_once()
+            except RelayError as exc:
+                self.last_error = exc.message
+                if not exc.retryable or attempt == ATTEMPTS_PER_REQUEST - 1:
+                    raise
+                delay = backoff_s(attempt, self._rng)
+                self._set_state("backing-off")
+                self._log.warning(
+                    "connect failed; retrying",
+                    error=exc.message,
+                    attempt=attempt + 1,
+                    delay_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+            else:
+                self._attempts.clear()
+                return conn
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _options(self) -> dict[str, Any]:
+        cfg = self.config
+        options: dict[str, Any] = {
+            "keepalive_interval": cfg.keepalive_interval_s,
+            "keepalive_count_max": cfg.keepalive_count_max,
+            "connect_timeout": cfg.connect_timeout_s,
+            # Offered so that a server demanding them is recognised; _Client declines both.
+            "password_auth": True,
+            "kbdint_auth": True,
+            "agent_forwarding": False,
+            "x11_forwarding": False,
+            "compression_algs": ("zlib@openssh.com", "zlib") if cfg.compression else None,
+            "known_hosts": str(self.known_hosts),
+        }
+        if cfg.port is not None:
+            options["port"] = cfg.port
+        if cfg.user is not None:
+            options["username"] = cfg.user
+        if cfg.identity_files is not None:
+            options["client_keys"] = [str(Path(p).expanduser()) for p in cfg.identity_files]
+        return options
+
+    @property
+    def known_hosts(self) -> Path:
+        return Path(self.config.known_hosts or "~/.ssh/known_hosts").expanduser()
+
+    async def _connect_once(self) -> asyncssh.SSHClientConnection:
+        cfg = self.config
+        started = time.monotonic()
+        options = self._options()
+        client = _Client()
+        try:
+            if cfg.jump:
+                assert self._jump is not None
+                options["tunnel"] = await self._jump(cfg.jump)  # shared, kept open
+            async with asyncio.timeout(cfg.connect_timeout_s):
+                conn = await asyncssh.connect(
+                    cfg.hostname, client_factory=lambda: client, **options
+                )
+        except RelayError:
+            raise
+        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            err = translate_connect_error(
+                exc,
+                alias=self.key,
+                host=cfg.hostname,
+                port=cfg.port or 22,
+                user=cfg.user,
+                known_hosts=self.known_hosts,
+                configured=self._configured,
+                config_source=self._config_source,
+                timeout_s=cfg.connect_timeout_s,
+            )
+            if isinstance(err, AuthenticationFailed) and client.person_needed:
+                err = AuthenticationFailed(
+                    f"{self.key} asks for {' and '.join(client.person_needed)} after the keys "
+                    f"relay offered, and relay never answers those silently: give relay a key "
+                    f"the server accepts on its own (identity_files or ssh-agent), then retry"
+                )
+            self._log.warning("connect failed", error=err.message)
+            raise err from None
+        self._conn, self._client = conn, client
+        self.connects += 1
+        self.last_error = None
+        self._set_state("connected")
+        self._log.info("connected", connect_ms=round((time.monotonic() - started) * 1000, 1))
+        self._tasks.spawn(self._watch(conn, client), name=f"watch:{self.key}")
+        return conn
+
+    async def _watch(self, conn: asyncssh.SSHClientConnection, client: _Client) -> None:
+        await conn.wait_closed()
+        if conn is not self._conn:
+            return
+        self._conn = None
+        self._set_state("disconnected")
+        if not self._closing and not self._idle_closing:
+            reason = str(client.lost) if client.lost else "closed by the server"
+            self.last_error = f"connection lost: {reason}"
+            self._log.warning("connection lost", reason=reason)
+
+    # -- the supervisor ----------------------------------------------------------------------
     async def ready(self) -> Connected:
         """The live connection and its supervisor session (started once per connection)."""
         current = self._current
@@ -102,75 +278,88 @@ class HostSession:
             ):
                 if current is not None:
                     current.supervisor.close()
-                supervisor = await Supervisor.start(conn, self.key, self.config.connect_timeout_s)
-                current = self._current = Connected(conn, supervisor, self._since)
+                supervisor = await Supervisor.start(
+                    conn, self.key, self.config.connect_timeout_s, self.tag
+                )
+                current = self._current = Connected(conn, supervisor, self.since)
+                self._tasks.spawn(self._measure_rtt(current), name=f"rtt:{self.key}")
             return current
 
-    def _options(self) -> dict[str, Any]:
-        cfg = self.config
-        options: dict[str, Any] = {
-            "keepalive_interval": cfg.keepalive_interval_s,
-            "keepalive_count_max": cfg.keepalive_count_max,
-            "connect_timeout": cfg.connect_timeout_s,
-            "password_auth": False,  # a daemon cannot ask a person; keys and agent only
-            "kbdint_auth": False,
-            "agent_forwarding": False,
-            "x11_forwarding": False,
-            "compression_algs": ("zlib@openssh.com", "zlib") if cfg.compression else None,
-            "known_hosts": str(self.known_hosts),
-        }
-        if cfg.port is not None:
-            options["port"] = cfg.port
-        if cfg.user is not None:
-            options["username"] = cfg.user
-        if cfg.identity_files is not None:
-            options["client_keys"] = [str(Path(p).expanduser()) for p in cfg.identity_files]
-        return options
+    async def _measure_rtt(self, current: Connected) -> None:
+        """Every keepalive interval, time a ping through the supervisor session."""
+        interval = self.config.keepalive_interval_s
+        for seq in range(1, 2**62):
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(interval * self.config.keepalive_count_max):
+                    await current.supervisor.ping(f"p{seq}")
+            except (RelayError, TimeoutError):
+                return
+            self.rtt_ms = (time.monotonic() - started) * 1000
+            self.rtt_at = time.time()
+            await asyncio.sleep(interval)
+            if current.supervisor.closed.done():
+                return
+
+    # -- idle close --------------------------------------------------------------------------
+    def hold(self) -> None:
+        """A kernel (or a launch) uses this host: no idle close."""
+        self._holds += 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def release(self) -> None:
+        self._holds -= 1
+        idle = self.config.idle_timeout_s
+        if self._holds == 0 and idle > 0 and not self._closing:
+            self._idle_timer = asyncio.get_running_loop().call_later(idle, self._idle)
 
     @property
-    def known_hosts(self) -> Path:
-        return Path(self.config.known_hosts or "~/.ssh/known_hosts").expanduser()
+    def kernels(self) -> int:
+        return self._holds
 
-    async def _connect(self) -> asyncssh.SSHClientConnection:
-        cfg = self.config
-        started = time.monotonic()
-        options = self._options()
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if self._holds == 0 and self._conn is not None:
+            self._log.info("closing idle connection", idle_s=self.config.idle_timeout_s)
+            self._tasks.spawn(self._close_connection(idle=True), name=f"idle-close:{self.key}")
+
+    async def _close_connection(self, *, idle: bool = False) -> None:
+        self._idle_closing = idle
         try:
-            if cfg.jump:
-                assert self._jump is not None
-                options["tunnel"] = await self._jump(cfg.jump)  # shared, kept open
-            async with asyncio.timeout(cfg.connect_timeout_s):
-                conn = await asyncssh.connect(cfg.hostname, **options)
-        except RelayError:
-            raise
-        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
-            err = translate_connect_error(
-                exc,
-                alias=self.key,
-                host=cfg.hostname,
-                port=cfg.port or 22,
-                user=cfg.user,
-                known_hosts=self.known_hosts,
-                configured=self._configured,
-                config_source=self._config_source,
-                timeout_s=cfg.connect_timeout_s,
-            )
-            self._log.warning("connect failed", error=err.message)
-            raise err from None
-        self._log.info("connected", connect_ms=round((time.monotonic() - started) * 1000, 1))
-        return conn
+            current, self._current = self._current, None
+            if current is not None:
+                current.supervisor.close()
+                await current.supervisor.wait_closed()
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+                await conn.wait_closed()
+            self._set_state("idle" if idle else "disconnected")
+        finally:
+            self._idle_closing = False
 
     async def aclose(self) -> None:
         """Close the supervisor (its kernels are terminated remotely) and the connection."""
         self._closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
-        current, self._current = self._current, None
-        if current is not None:
-            current.supervisor.close()
-            await current.supervisor.wait_closed()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-            await conn.wait_closed()
+        await self._close_connection()
+        await self._tasks.aclose()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.key,
+            "hostname": self.config.hostname,
+            "state": self.state,
+            "since": self.since,
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
+            "rtt_at": self.rtt_at,
+            "kernels": self._holds,
+            "connects": self.connects,
+            "last_error": self.last_error,
+        }

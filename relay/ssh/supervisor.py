@@ -71,12 +71,18 @@ class RemoteProcess:
 
 class Supervisor:
     def __init__(
-        self, process: asyncssh.SSHClientProcess[str], host: str, remote_pid: int, log: Any
+        self,
+        process: asyncssh.SSHClientProcess[str],
+        host: str,
+        remote_pid: int,
+        log: Any,
+        stale_ended: int = 0,
     ) -> None:
         self._process = process
         self._host = host
         self._log = log
         self.remote_pid = remote_pid
+        self.stale_ended = stale_ended  # earlier sessions of this daemon it found and ended
         self._procs: dict[str, RemoteProcess] = {}
         self._pings: dict[str, asyncio.Future[None]] = {}
         self._tasks = TaskSet(log)
@@ -86,12 +92,12 @@ class Supervisor:
 
     @classmethod
     async def start(
-        cls, conn: asyncssh.SSHClientConnection, host: str, timeout_s: float
+        cls, conn: asyncssh.SSHClientConnection, host: str, timeout_s: float, tag: str
     ) -> Supervisor:
         log = structlog.get_logger("relay.supervisor").bind(host=host)
         try:
             process = await conn.create_process(
-                remote_command(), encoding="utf-8", errors="replace"
+                remote_command(tag), encoding="utf-8", errors="replace"
             )
         except asyncssh.ChannelOpenError as exc:
             raise SupervisorFailed(
@@ -107,8 +113,14 @@ class Supervisor:
                     if event and event.kind == "hello":
                         if event.id != PROTOCOL:
                             break
-                        pid = int(event.value.split(" ", 1)[0])
-                        return cls(process, host, pid, log)
+                        pid, _dir, stale = [*event.value.split(" "), "", "", ""][:3]
+                        ended = int(stale) if stale.isdigit() else 0
+                        if ended:
+                            log.info(
+                                "ended stale supervisor sessions of earlier connections",
+                                count=ended,
+                            )
+                        return cls(process, host, int(pid), log, ended)
         except TimeoutError:
             process.close()
             raise SupervisorFailed(

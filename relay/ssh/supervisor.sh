@@ -10,29 +10,52 @@
 #                                          and may export variables (never argv: secrets)
 #                    kill ID SIGNAL        signal the kernel if it still runs
 #                    ping ID               answered by pong ID (round-trip time)
-#   here -> daemon:  hello 1 PID DIR       ready; protocol version 1
+#   here -> daemon:  hello 1 PID DIR N     ready; protocol version 1; N stale sessions ended
 #                    nokernel ID           the kernel executable is missing or not executable
 #                    pid ID PID            the kernel started
 #                    out ID TEXT           one of the last lines the kernel printed (at exit)
 #                    exit ID STATUS        the kernel ended (128+N: killed by signal N)
 #                    pong ID
 # End of input (the daemon closed the session, or the connection died and sshd closed the
-# pipes) terminates every kernel this supervisor started: no remote kernel outlives its
-# connection. Kernels that ignore SIGTERM get SIGKILL after 5 seconds.
+# pipes), SIGTERM and SIGHUP terminate every kernel this supervisor started: no remote kernel
+# outlives its connection. Kernels that ignore SIGTERM get SIGKILL after 5 seconds.
+#
+# $1 is the daemon's tag (hex). Each supervisor registers in ${TMPDIR:-/tmp}/relay-TAG.XXXXXX
+# (its pid, and its parent's pid if that parent is an sshd session process). A connection that died silently (a black-holed network,
+# sshd without ClientAliveInterval) leaves its supervisor running, and its sshd session holding
+# listeners; so a new supervisor for the same daemon first ends every earlier one it owns:
+# SIGTERM to the old supervisor (which reaps its kernels), SIGTERM to the old sshd session
+# process (which releases its forwards), SIGKILL to kernels of a supervisor already gone.
 #
 # The file is joined into one line and passed as `exec /bin/sh -c '...'`, so it must not
 # contain single quotes, and every line must end where a newline may become a space. ("$!" is
 # safe: csh expands history only in interactive shells.)
 umask 077;
-d=$(mktemp -d "${TMPDIR:-/tmp}/relay.XXXXXX") || exit 97;
+case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
+d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
+case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
+echo "$$ $s" >"$d/supervisor";
+n=0;
+for o in "${TMPDIR:-/tmp}"/relay-"$1".*; do
+  test "$o" = "$d" && continue;
+  test -d "$o" && test -O "$o" && test -f "$o/supervisor" || continue;
+  read -r os op <"$o/supervisor";
+  if kill -TERM "$os" 2>/dev/null; then n=$((n+1)); test "$op" = - || kill -TERM "$op" 2>/dev/null; else
+    for f in "$o"/*.pid; do test -f "$f" && kill -KILL "$(cat "$f")" 2>/dev/null; done;
+    rm -rf "$o";
+  fi;
+done;
 reap() {
-  for f in "$d"/*.pid; do test -f "$f" && kill -TERM "$(cat "$f")" 2>/dev/null; done;
-  ( ( sleep 5; for f in "$d"/*.pid; do test -f "$f" && kill -KILL "$(cat "$f")"; done ) </dev/null >/dev/null 2>&1 & );
+  p=$(cat "$d"/*.pid 2>/dev/null);
+  if test -n "$p"; then
+    kill -TERM $p 2>/dev/null;
+    ( ( sleep 5; for k in $p; do kill -0 "$k" 2>/dev/null && kill -KILL "$k"; done ) </dev/null >/dev/null 2>&1 & );
+  fi;
   wait;
   rm -rf "$d";
 };
 trap "reap; exit 0" HUP TERM INT;
-echo "hello 1 $$ $d";
+echo "hello 1 $$ $d $n";
 while read -r op id arg; do
   case $op in
     start) (

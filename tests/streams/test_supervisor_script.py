@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,9 +17,13 @@ from relay.ssh.supervisor_script import one_line, remote_command
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
 
 
+TAG = "0123abcd"
+
+
 class Sup:
-    def __init__(self, shell: str) -> None:
-        argv = [shell, "sh", "-c", one_line()] if shell == "busybox" else [shell, "-c", one_line()]
+    def __init__(self, shell: str, tag: str = TAG) -> None:
+        script = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
+        argv = [*script, one_line(), "relay", tag]
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -100,9 +106,12 @@ def test_kill_and_end_of_input_reap_everything(sup: Sup) -> None:
 
 
 def test_script_is_one_line_without_single_quotes() -> None:
-    command = remote_command()
+    command = remote_command("00ff")
     assert "\n" not in command and command.startswith("exec /bin/sh -c '")
     assert command.count("'") == 2
+    assert command.endswith("' relay 00ff")
+    with pytest.raises(ValueError, match="hex"):
+        remote_command("x; rm -rf ~")
 
 
 @pytest.mark.parametrize(
@@ -120,3 +129,67 @@ def test_script_is_one_line_without_single_quotes() -> None:
 )
 def test_parse_line(line: str, event: Event | None) -> None:
     assert parse_line(line) == event
+
+
+def wait_gone(pid: int, timeout_s: float = 30) -> None:
+    """Block until a process has exited (pidfd: an event, not a poll)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout_s)
+        assert ready, f"process {pid} still running after {timeout_s} s"
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def shell(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.parametrize("shell", SHELLS, indirect=True)
+def test_a_new_supervisor_ends_the_stale_ones_of_the_same_daemon(shell: str) -> None:
+    tag = f"{os.getpid():x}{len(shell)}"
+    old = Sup(shell, tag)
+    other_daemon = Sup(shell, tag + "f")
+    try:
+        assert old.event().value.endswith(" 0")
+        other_daemon.event()
+        old.send("start k set -- sleep 300")
+        kernel = int(old.event().value)
+        other_daemon.send("start k set -- sleep 300")
+        foreign = int(other_daemon.event().value)
+        new = Sup(shell, tag)  # the daemon reconnected: the old session is stale
+        hello = new.event()
+        assert hello.kind == "hello" and hello.value.endswith(" 1")
+        assert old.event() == Event("exit", "k", "143")
+        assert old.proc.wait(timeout=30) == 0
+        wait_gone(kernel)
+        assert pid_alive(foreign), "another daemon's kernel was touched"
+        # a supervisor that died hard leaves kernels behind: the next one kills them
+        new.send("start k2 set -- sleep 300")
+        left = int(new.event().value)
+        new.proc.kill()
+        new.proc.wait()
+        newest = Sup(shell, tag)
+        assert newest.event().value.endswith(" 0")
+        wait_gone(left)
+        for s in (newest, other_daemon):
+            assert s.proc.stdin is not None
+            s.proc.stdin.close()
+            s.proc.wait(timeout=30)
+        for s in (old, other_daemon, new, newest):
+            for pipe in (s.proc.stdin, s.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+    finally:
+        for s in (old, other_daemon):
+            if s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.wait()
+
+
+def pid_alive(pid: int) -> bool:
+    return subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0
