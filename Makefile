@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SSHD   ?= /usr/sbin/sshd
 
-.PHONY: install sshd demo test check lint typecheck clean
+.PHONY: install sshd demo test check lint typecheck clean deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,7 @@ check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+
+# Regenerate the service files in deploy/ from relay/service.py (a test checks they match).
+deploy: install
+	$(PY) -m relay.service deploy

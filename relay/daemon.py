@@ -181,6 +181,7 @@ class Daemon:
             self.kernels.pop(k.id, None)
             await k.forward.aclose()
             k.host.release()
+            k.released.set()
         k.log.info("kernel exited", status=status, output=k.output or None)
 
     def status(self) -> dict[str, Any]:
@@ -319,6 +320,8 @@ class Daemon:
             )
             await k.terminate()
         status = k.exited.result() if k.exited.done() else None
+        async with asyncio.timeout(SHUTDOWN_GRACE_S):
+            await k.released.wait()  # the shim learns of the exit once forwards are released
         if status is None:
             reason = k.host.last_error or "connection lost"
             await _send(
@@ -351,7 +354,8 @@ class Daemon:
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
     with contextlib.suppress(ConnectionError):
-        writer.write(framing.encode(message))
+        # The status answer grows with the kernels; only requests are size-bounded.
+        writer.write(framing.encode(message, bounded=message.get("event") != "status"))
         await writer.drain()
 
 

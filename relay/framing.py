@@ -23,22 +23,28 @@ class FramingError(ValueError):
     """Bytes on the control socket that are not one valid message."""
 
 
-def encode(message: dict[str, Any]) -> bytes:
+def encode(message: dict[str, Any], *, bounded: bool = True) -> bytes:
     data = (
         json.dumps(
             {"v": PROTOCOL_VERSION, **message}, separators=(",", ":"), ensure_ascii=False
         ).encode()
         + b"\n"
     )
-    if len(data) > MAX_MESSAGE_BYTES:
+    if bounded and len(data) > MAX_MESSAGE_BYTES:
         raise FramingError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     return data
 
 
 def decode(line: bytes) -> dict[str, Any]:
-    """One line (with or without its newline) into a message object."""
+    """One newline-terminated line into a message object."""
     if len(line) > MAX_MESSAGE_BYTES:
         raise FramingError(f"message exceeds {MAX_MESSAGE_BYTES} bytes")
+    return decode_unbounded(line)
+
+
+def decode_unbounded(line: bytes) -> dict[str, Any]:
+    """``decode`` without the size bound: for the daemon's status answer, which grows with
+    the number of kernels. Requests are always decoded with the bound."""
     if not line.endswith(b"\n"):
         raise FramingError("message is not terminated by a newline (half-written?)")
     try:

@@ -52,6 +52,7 @@ class Kernel:
         self._supervisor = supervisor
         self._proc = proc
         self.started_at = time.time()
+        self.released = asyncio.Event()  # set once the daemon has released everything
         self.log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
 
     @property

@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, TextIO, cast
 
 import structlog
 
-__all__ = ["configure", "redact"]
+__all__ = ["RotatingFile", "configure", "redact"]
 
 _SECRET_WORDS = ("password", "passphrase", "secret", "token", "private_key")
 
@@ -24,8 +25,48 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+class RotatingFile:
+    """A log file that rotates at ``max_bytes``, keeping ``backups`` old files (.1, .2, ...),
+    for those without journald. Lines are written whole and flushed."""
+
+    def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, backups: int = 5) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, text: str) -> int:
+        if self._fh.tell() > 0 and self._fh.tell() + len(text) > self.max_bytes:
+            self._rotate()
+        n = self._fh.write(text)
+        self._fh.flush()
+        return n
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def _rotate(self) -> None:
+        self._fh.close()
+        for i in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.backups > 0:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink()
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def close(self) -> None:
+        self._fh.close()
+
+
 def configure(
-    level: str = "info", *, stream: TextIO | None = None, json: bool | None = None
+    level: str = "info", *, stream: TextIO | RotatingFile | None = None, json: bool | None = None
 ) -> None:
     stream = stream or sys.stderr
     if json is None:
@@ -45,7 +86,7 @@ def configure(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, stream)),
         cache_logger_on_first_use=False,
     )
     # asyncssh logs through the standard library; keep it quiet unless debugging.

@@ -2,12 +2,14 @@
 
 Config: ``RELAY_CONFIG``, else ``$XDG_CONFIG_HOME/relay/relay.toml``, else
 ``~/.config/relay/relay.toml``. Socket: ``RELAY_SOCKET``, else ``[daemon] socket`` in the config
-file, else ``$XDG_RUNTIME_DIR/relay/relay.sock``, else ``/tmp/relay-$UID/relay.sock``.
+file, else ``$XDG_RUNTIME_DIR/relay/relay.sock``, else (macOS)
+``~/Library/Application Support/relay/relay.sock``, else ``/tmp/relay-$UID/relay.sock``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,10 +24,13 @@ def config_path(env: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "relay" / "relay.toml"
 
 
-def default_socket_path(env: Mapping[str, str] = os.environ) -> Path:
+def default_socket_path(env: Mapping[str, str] = os.environ, platform: str = sys.platform) -> Path:
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "relay" / "relay.sock"
+    if platform == "darwin":  # persistent (launchd's socket must survive reboots), per user
+        home = Path(env.get("HOME") or Path.home())
+        return home / "Library" / "Application Support" / "relay" / "relay.sock"
     return Path(f"/tmp/relay-{os.getuid()}") / "relay.sock"  # noqa: S108 (0700, owner checked)
 
 

@@ -47,6 +47,7 @@ class HostConfig(_Strict):
     idle_timeout_s: Annotated[float, Field(ge=0)] = 0.0
     reconnect_attempts: Annotated[int, Field(ge=1, le=1000)] = 6
     reconnect_window_s: PositiveSeconds = 300.0
+    end_stale_sessions: bool = True
     compression: bool = False
 
     def with_spec(self, spec: HostSpec) -> HostConfig:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import framing, paths
+from relay.client import connect
 
 __all__ = ["main"]
 
@@ -84,19 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.status
 
 
-def _connect(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(path))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def _daemon_socket(path: Path, autostart: bool) -> socket.socket:
     try:
-        return _connect(path)
+        return connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         if not autostart:
             raise ShimError(
@@ -112,7 +103,7 @@ def _daemon_socket(path: Path, autostart: bool) -> socket.socket:
     deadline = time.monotonic() + AUTOSTART_WAIT_S
     while True:  # bounded: only after another shim's daemon won the start-up race
         try:
-            return _connect(path)
+            return connect(path)
         except OSError as exc:
             if time.monotonic() > deadline:
                 raise ShimError(f"the relay daemon did not come up on {path}", EXIT_DAEMON) from exc
@@ -128,10 +119,19 @@ def _start_daemon(path: Path) -> None:
     env = dict(os.environ, RELAY_SOCKET=str(path))
     with open(log_path, "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--ready-fd", str(write_fd)],
+            [
+                sys.executable,
+                "-m",
+                "relay",
+                "serve",
+                "--ready-fd",
+                str(write_fd),
+                "--log-file",
+                str(log_path),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=log,
+            stderr=log,  # whatever escapes the logger (a crash) lands there too
             pass_fds=(write_fd,),
             start_new_session=True,
             env=env,
@@ -259,6 +259,8 @@ def _run(args: argparse.Namespace) -> int:
         return 128 + session.signal
     if event.get("event") == "exited":
         return int(event.get("status", EXIT_FAILED)) & 0xFF
+    if event.get("event") == "error":  # e.g. the SSH connection died under the kernel
+        raise ShimError(str(event.get("message", "the kernel was lost")))
     raise ShimError(
         f"unexpected answer from the relay daemon: {json.dumps(event)[:200]}", EXIT_DAEMON
     )

@@ -10,10 +10,12 @@ between, sshd says so and another port is tried (bounded). Readiness is sshd's o
 from __future__ import annotations
 
 import collections
+import contextlib
 import getpass
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -161,8 +163,56 @@ class ThrowawaySSHD:
             self.log.append(raw.decode(errors="replace").rstrip())
 
     def _write_known_hosts(self) -> None:
+        self.known_hosts.write_text("")
+        self.trust_port(self.port)
+
+    def trust_port(self, port: int) -> None:
+        """Record this server's host key for 127.0.0.1:PORT (e.g. a proxy in front of it)."""
         pub = self.host_key.with_suffix(".pub").read_text().split()
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {pub[0]} {pub[1]}\n")
+        with self.known_hosts.open("a") as fh:
+            fh.write(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+
+    def session_pids(self) -> list[int]:
+        """The per-connection sshd processes (descendants of the listener)."""
+        if self.proc is None:
+            return []
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+        found: list[int] = []
+        todo = [self.proc.pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                try:
+                    comm = Path(f"/proc/{child}/comm").read_text().strip()
+                except OSError:
+                    continue
+                if comm.startswith("sshd"):
+                    found.append(child)
+                    todo.append(child)
+        return found
+
+    def kill_all(self) -> None:
+        """SIGKILL the server and every session process, as a crash or reboot would."""
+        if self.proc is None:
+            return
+        for pid in [self.proc.pid, *self.session_pids()]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.proc = None
+        if self._drain is not None:
+            self._drain.join(timeout=5)
+            self._drain = None
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -111,6 +111,7 @@ class HostSession:
         self.rtt_ms: float | None = None
         self.rtt_at: float | None = None
         self.connects = 0
+        self._pings = 0
         self._idle_closing = False
         self._log = structlog.get_logger("relay.host").bind(host=key)
 
@@ -279,26 +280,34 @@ class HostSession:
                 if current is not None:
                     current.supervisor.close()
                 supervisor = await Supervisor.start(
-                    conn, self.key, self.config.connect_timeout_s, self.tag
+                    conn,
+                    self.key,
+                    self.config.connect_timeout_s,
+                    self.tag,
+                    end_stale=self.config.end_stale_sessions,
                 )
                 current = self._current = Connected(conn, supervisor, self.since)
+                await self._ping(current)  # the first RTT, and proof the session answers
                 self._tasks.spawn(self._measure_rtt(current), name=f"rtt:{self.key}")
             return current
 
+    async def _ping(self, current: Connected) -> None:
+        self._pings += 1
+        started = time.monotonic()
+        async with asyncio.timeout(
+            self.config.keepalive_interval_s * self.config.keepalive_count_max
+        ):
+            await current.supervisor.ping(f"p{self._pings}")
+        self.rtt_ms = (time.monotonic() - started) * 1000
+        self.rtt_at = time.time()
+
     async def _measure_rtt(self, current: Connected) -> None:
         """Every keepalive interval, time a ping through the supervisor session."""
-        interval = self.config.keepalive_interval_s
-        for seq in range(1, 2**62):
-            started = time.monotonic()
+        while not current.supervisor.closed.done():
+            await asyncio.sleep(self.config.keepalive_interval_s)
             try:
-                async with asyncio.timeout(interval * self.config.keepalive_count_max):
-                    await current.supervisor.ping(f"p{seq}")
+                await self._ping(current)
             except (RelayError, TimeoutError):
-                return
-            self.rtt_ms = (time.monotonic() - started) * 1000
-            self.rtt_at = time.time()
-            await asyncio.sleep(interval)
-            if current.supervisor.closed.done():
                 return
 
     # -- idle close --------------------------------------------------------------------------

@@ -92,12 +92,18 @@ class Supervisor:
 
     @classmethod
     async def start(
-        cls, conn: asyncssh.SSHClientConnection, host: str, timeout_s: float, tag: str
+        cls,
+        conn: asyncssh.SSHClientConnection,
+        host: str,
+        timeout_s: float,
+        tag: str,
+        *,
+        end_stale: bool = True,
     ) -> Supervisor:
         log = structlog.get_logger("relay.supervisor").bind(host=host)
         try:
             process = await conn.create_process(
-                remote_command(tag), encoding="utf-8", errors="replace"
+                remote_command(tag, end_stale=end_stale), encoding="utf-8", errors="replace"
             )
         except asyncssh.ChannelOpenError as exc:
             raise SupervisorFailed(

@@ -20,7 +20,7 @@
 # pipes), SIGTERM and SIGHUP terminate every kernel this supervisor started: no remote kernel
 # outlives its connection. Kernels that ignore SIGTERM get SIGKILL after 5 seconds.
 #
-# $1 is the daemon's tag (hex). Each supervisor registers in ${TMPDIR:-/tmp}/relay-TAG.XXXXXX
+# $1 is the daemon's tag (hex); $2 "keep" skips the clean-up below (end_stale_sessions). Each supervisor registers in ${TMPDIR:-/tmp}/relay-TAG.XXXXXX
 # (its pid, and its parent's pid if that parent is an sshd session process). A connection that died silently (a black-holed network,
 # sshd without ClientAliveInterval) leaves its supervisor running, and its sshd session holding
 # listeners; so a new supervisor for the same daemon first ends every earlier one it owns:
@@ -36,6 +36,7 @@ d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
 case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
 echo "$$ $s" >"$d/supervisor";
 n=0;
+test "$2" = keep ||
 for o in "${TMPDIR:-/tmp}"/relay-"$1".*; do
   test "$o" = "$d" && continue;
   test -d "$o" && test -O "$o" && test -f "$o/supervisor" || continue;

@@ -109,7 +109,7 @@ def test_script_is_one_line_without_single_quotes() -> None:
     command = remote_command("00ff")
     assert "\n" not in command and command.startswith("exec /bin/sh -c '")
     assert command.count("'") == 2
-    assert command.endswith("' relay 00ff")
+    assert command.endswith("' relay 00ff end")
     with pytest.raises(ValueError, match="hex"):
         remote_command("x; rm -rf ~")
 

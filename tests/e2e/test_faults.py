@@ -1,0 +1,294 @@
+"""Faults injected against a real sshd: nothing orphaned, nothing leaked, service goes on.
+
+Every check of the remote side uses ps/ss (tests.e2e.remote), not the daemon's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+from relay.linkname import LinkName
+from relay.sim import frontend
+from relay.sim.sshd import ThrowawaySSHD
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon
+from tests.e2e.helpers import Controller, controller, wait_gone
+from tests.e2e.remote import listening_ports, sshd_session_of
+from tests.faultproxy import FaultProxy
+
+KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
+
+
+def fifo_kernel(home: RelayHome, name: str, then: str = "exec sleep 600") -> tuple[str, Path]:
+    """A kernel that reports "PID ARGV..." through a FIFO, then runs ``then``."""
+    fifo = home.dir / f"{name}.fifo"
+    os.mkfifo(fifo)
+    path = home.dir / name
+    path.write_text(f'#!/bin/sh\necho "$$ $*" > {fifo}\n{then}\n')
+    path.chmod(0o755)
+    return str(path), fifo
+
+
+async def read_fifo(fifo: Path) -> tuple[int, LinkName]:
+    loop = asyncio.get_running_loop()
+    words = (await asyncio.wait_for(loop.run_in_executor(None, fifo.read_text), 60)).split()
+    return int(words[0]), LinkName.parse(words[words.index("-LinkName") + 1])
+
+
+async def connected(fe: Controller) -> tuple[frontend.KernelLink, int]:
+    kl = await fe.link.accept(60)
+    assert fe.proc.stdout is not None
+    await asyncio.wait_for(fe.proc.stdout.readline(), 60)  # the shim has its answer
+    return kl, int(kl.hello["pid"])
+
+
+async def test_blackholed_network_is_detected_reported_and_cleaned_up(home: RelayHome) -> None:
+    assert home.sshd is not None
+    proxy = await FaultProxy(home.sshd.port).start()
+    home.sshd.trust_port(proxy.port)
+    home.add_host("local", port=proxy.port, **KEEPALIVE)
+    hung, fifo = fifo_kernel(home, "hung")
+    try:
+        async with start_daemon(home) as running, controller(home) as fe1, controller(home) as fe2:
+            (kl1, pid1), (kl2, pid2) = await connected(fe1), await connected(fe2)
+            link = await frontend.ListeningLink.create()
+            in_flight = asyncio.ensure_future(run_shim(home, "local", hung, str(link.name)))
+            hung_pid, held = await read_fifo(fifo)
+            assert {held.data.port, held.message.port} <= listening_ports()
+            old_session = sshd_session_of(pid1)
+
+            proxy.blackhole()
+            started = time.monotonic()
+            results = await asyncio.gather(fe1.result(), fe2.result(), in_flight)
+            detected_s = time.monotonic() - started
+            for status, _, err in results[:2]:  # every waiting shim, at once
+                assert status == 1 and "not responding to keepalive" in err, err
+                assert "ended" in err and len(err.splitlines()) == 1
+            assert results[2].status == 1 and "lost" in results[2].stderr
+            assert detected_s < 0.5 * 2 + 5, detected_s
+            # the remote side cannot know: its kernels still run until the next connection
+            assert pid_alive(pid1) and pid_alive(hung_pid)
+
+            proxy.restore()
+            async with controller(home) as fe3:
+                kl3, _ = await connected(fe3)
+                for pid in (pid1, pid2, hung_pid, old_session):
+                    await wait_gone(pid)
+                assert not {held.data.port, held.message.port} & listening_ports()
+                assert running.daemon.hosts["local"].connects == 2
+                assert list(running.daemon.kernels) and len(running.daemon.kernels) == 1
+                await kl3.quit(0)
+                assert (await fe3.result())[0] == 0
+            for kl in (kl1, kl2, kl3):
+                await kl.aclose()
+            link.close()
+    finally:
+        await proxy.aclose()
+
+
+async def test_reconnect_never_collides_with_ports_an_old_session_holds(home: RelayHome) -> None:
+    """With stale-session clean-up off, the old session keeps its listeners and the new
+    connection still gets its forwards: relay asks for port 0, never for a number."""
+    assert home.sshd is not None
+    proxy = await FaultProxy(home.sshd.port).start()
+    home.sshd.trust_port(proxy.port)
+    home.add_host("local", port=proxy.port, end_stale_sessions=False, **KEEPALIVE)
+    hung, fifo = fifo_kernel(home, "hung")
+    try:
+        async with start_daemon(home):
+            link = await frontend.ListeningLink.create()
+            in_flight = asyncio.ensure_future(run_shim(home, "local", hung, str(link.name)))
+            hung_pid, held = await read_fifo(fifo)
+            old_session = sshd_session_of(hung_pid)
+            proxy.blackhole()
+            assert (await in_flight).status == 1
+            proxy.restore()
+            async with controller(home) as fe:
+                kl, _ = await connected(fe)
+                new = LinkName.parse(kl.hello["link_name"])
+                still_held = {held.data.port, held.message.port}
+                assert still_held <= listening_ports(), "the old session should still hold them"
+                assert not {new.data.port, new.message.port} & still_held
+                await kl.quit(0)
+                assert (await fe.result())[0] == 0
+                await kl.aclose()
+            link.close()
+            os.kill(old_session, signal.SIGTERM)  # what end_stale_sessions would have done
+            await wait_gone(old_session)
+            await wait_gone(hung_pid)
+    finally:
+        await proxy.aclose()
+
+
+async def test_sshd_killed_and_restarted_while_kernels_run(home: RelayHome, tmp_path: Path) -> None:
+    with ThrowawaySSHD(tmp_path / "crashy") as sshd:
+        home.sshd = sshd
+        home.add_host("local")
+        async with start_daemon(home) as running, controller(home) as fe:
+            kl, pid = await connected(fe)
+            port = sshd.port
+            sshd.kill_all()
+            status, _, err = await fe.result()
+            assert status == 1 and "ended" in err
+            await wait_gone(pid)  # the supervisor saw end of input and reaped it
+            sshd.start(port=port)
+            async with controller(home) as fe2:
+                kl2, _ = await connected(fe2)
+                assert running.daemon.hosts["local"].connects == 2
+                await kl2.quit(0)
+                assert (await fe2.result())[0] == 0
+                await kl2.aclose()
+            await kl.aclose()
+
+
+async def test_kernel_crash_is_reported_and_released(daemon) -> None:  # type: ignore[no-untyped-def]
+    async with controller(daemon.home) as fe:
+        kl, pid = await connected(fe)
+        os.kill(pid, signal.SIGKILL)
+        status, _, _ = await fe.result()
+        assert status == 128 + signal.SIGKILL
+        await kl.closed()  # the front end's link is closed, not left hanging
+        assert not daemon.daemon.kernels
+        assert daemon.daemon.hosts["local"].kernels == 0
+        await kl.aclose()
+    async with controller(daemon.home) as fe:  # and the next launch works
+        kl, _ = await connected(fe)
+        await kl.quit(0)
+        assert (await fe.result())[0] == 0
+        await kl.aclose()
+
+
+async def test_front_end_vanishing_during_a_launch(home: RelayHome) -> None:
+    go = home.dir / "go.fifo"
+    os.mkfifo(go)
+    kernel, fifo = fifo_kernel(home, "slow", f'read x < {go}\nexec {SIM_KERNEL} "$@"')
+    async with start_daemon(home) as running:
+        link = await frontend.ListeningLink.create()
+        shim = asyncio.ensure_future(run_shim(home, "local", kernel, str(link.name)))
+        pid, remote = await read_fifo(fifo)
+        link.close()  # the front end gives up while the kernel is starting
+        await asyncio.get_running_loop().run_in_executor(None, go.write_text, "go\n")
+        result = await shim
+        assert result.status == 1 and "front end is not listening" in result.stderr
+        await wait_gone(pid)
+        assert not {remote.data.port, remote.message.port} & listening_ports()
+        assert not running.daemon.kernels
+
+
+async def serve_subprocess(home: RelayHome) -> asyncio.subprocess.Process:
+    home.write()
+    proc = await asyncio.create_subprocess_exec(
+        RELAY, "serve", env=home.env, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    while b'"serving"' not in await asyncio.wait_for(proc.stderr.readline(), 30):
+        pass
+    return proc
+
+
+async def drain(proc: asyncio.subprocess.Process) -> None:
+    if proc.stderr is not None:
+        while await proc.stderr.read(65536):
+            pass
+
+
+async def test_daemon_sigkilled_kernels_die_with_its_connection(home: RelayHome) -> None:
+    daemon = await serve_subprocess(home)
+    draining = asyncio.ensure_future(drain(daemon))
+    links = [await frontend.ListeningLink.create() for _ in range(2)]
+    results = await asyncio.gather(
+        *(
+            frontend.run_remote_command(
+                f'{RELAY} launch --compute "`1`" "{SIM_KERNEL}" "`2`"',
+                host="local",
+                link=link.name,
+                env=home.env,
+            )
+            for link in links
+        )
+    )
+    assert [r.status for r in results] == [0, 0]
+    kernels = [await link.accept(60) for link in links]
+    pids = [int(k.hello["pid"]) for k in kernels]
+    daemon.kill()
+    await daemon.wait()
+    await draining
+    for pid in pids:
+        await wait_gone(pid)
+    for k in kernels:
+        await k.closed()
+        await k.aclose()
+    daemon = await serve_subprocess(home)  # the stale socket and lock are taken over
+    draining = asyncio.ensure_future(drain(daemon))
+    try:
+        async with controller(home) as fe:
+            kl, _ = await connected(fe)
+            await kl.quit(0)
+            assert (await fe.result())[0] == 0
+            await kl.aclose()
+    finally:
+        daemon.terminate()
+        assert await daemon.wait() == 0
+        await draining
+    for link in links:
+        link.close()
+
+
+def proc_stats(pid: int) -> tuple[int, int]:
+    rss = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def test_200_launches_with_failures_keep_memory_and_fds_flat(home: RelayHome) -> None:
+    early = home.dir / "early"
+    early.write_text("#!/bin/sh\necho 'no license' >&2\nexit 4\n")
+    early.chmod(0o755)
+    daemon = await serve_subprocess(home)
+    draining = asyncio.ensure_future(drain(daemon))
+    outcomes: dict[str, int] = {}
+    try:
+
+        async def one(i: int) -> None:
+            kind = ("ok", "ok", "missing", "early", "badlink", "gone")[i % 6]
+            link = await frontend.ListeningLink.create()
+            name = str(link.name)
+            if kind == "gone":
+                link.close()
+            if kind == "badlink":
+                name = "12345@127.0.0.1"
+            kernel = {"missing": "/nonexistent/k", "early": str(early)}.get(kind, SIM_KERNEL)
+            command = f'{RELAY} launch "local" "{kernel}" "{name}"'
+            proc = await frontend.run_controller(command, env=home.env)
+            if kind == "ok":
+                kl = await link.accept(60)
+                await kl.quit(0)
+                await kl.aclose()
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert (proc.returncode == 0) == (kind == "ok"), (kind, err)
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+            link.close()
+
+        for i in range(24):
+            await one(i)
+        warm_rss, warm_fds = proc_stats(daemon.pid)
+        for i in range(24, 200):
+            await one(i)
+        rss, fds = proc_stats(daemon.pid)
+    finally:
+        daemon.terminate()
+        await daemon.wait()
+        await draining
+    print(
+        f"\ndaemon after 24 launches: {warm_rss} kB RSS, {warm_fds} fds; "
+        f"after 200: {rss} kB, {fds} fds; outcomes {outcomes}"
+    )
+    assert sum(outcomes.values()) == 200
+    assert fds <= warm_fds, (warm_fds, fds)
+    assert rss <= warm_rss * 1.10, (warm_rss, rss)
