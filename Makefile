@@ -5,20 +5,23 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SSHD   ?= /usr/sbin/sshd
 
-.PHONY: install sshd demo test check lint typecheck clean deploy
+.PHONY: install system-packages demo test check lint typecheck clean deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-# Debian's OpenSSH server: the demo and the tests run against a real sshd.
-sshd:
-	@test -x $(SSHD) || { echo "installing openssh-server (Debian)"; \
+# Debian's packages: OpenSSH's sshd (the demo and the tests run against a real one), and
+# systemd's tools (the tests verify the unit files and socket activation with them).
+APT_NEEDS := $(if $(wildcard $(SSHD)),,openssh-server) \
+             $(if $(shell command -v systemd-socket-activate),,systemd)
+system-packages:
+	@if [ -n "$(strip $(APT_NEEDS))" ]; then echo "installing $(strip $(APT_NEEDS)) (Debian)"; \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS) >/dev/null; fi
 
-install: $(VENV)/.installed sshd
+install: $(VENV)/.installed system-packages
 
 demo: install
 	$(PY) -m relay.sim.demo

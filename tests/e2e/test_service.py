@@ -1,0 +1,234 @@
+"""relay as a user service: unit files checked by systemd's own tools, socket activation,
+sd_notify, and the scripted shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import plistlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from relay import service
+from relay.paths import default_socket_path
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim
+from tests.e2e.helpers import controller, wait_gone
+
+ROOT = Path(__file__).parents[2]
+needs_systemd = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None and not os.environ.get("CI"),
+    reason="Debian's systemd package is not installed",
+)
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([RELAY, *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+@needs_systemd
+def test_installed_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    done = cli("service", "install", "--no-start", env=env)
+    assert done.returncode == 0, done.stderr
+    unit_dir = tmp_path / "config" / "systemd" / "user"
+    assert f"wrote {unit_dir / 'relay.service'}" in done.stdout
+    assert "not started (--no-start)" in done.stdout
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    verify = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            "--user",
+            str(unit_dir / "relay.socket"),
+            str(unit_dir / "relay.service"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(env, XDG_RUNTIME_DIR=str(runtime)),
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert verify.stderr == ""
+    text = (unit_dir / "relay.service").read_text()
+    exec_start = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
+    interpreter, *rest = exec_start.removeprefix("ExecStart=").split()
+    assert rest == ["-m", "relay", "serve"] and os.access(interpreter, os.X_OK)
+    assert "Type=notify" in text
+    gone = cli("service", "uninstall", env=env)
+    assert gone.returncode == 0
+    assert f"removed {unit_dir / 'relay.service'}" in gone.stdout
+    assert not (unit_dir / "relay.socket").exists()
+    again = cli("service", "uninstall", env=env)
+    assert "nothing to remove" in again.stdout
+
+
+def test_install_print_writes_nothing(tmp_path: Path) -> None:
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path))
+    done = cli("service", "install", "--print", env=env)
+    assert done.returncode == 0
+    assert "# " + str(tmp_path / "systemd" / "user" / "relay.socket") in done.stdout
+    assert "ListenStream=%t/relay/relay.sock" in done.stdout
+    assert not (tmp_path / "systemd").exists()
+
+
+def test_deploy_files_are_what_relay_renders() -> None:
+    for name, data in service.deploy_examples().items():
+        assert (ROOT / "deploy" / name).read_bytes() == data, f"run `make deploy` ({name})"
+
+
+def test_launchd_plist_parses_and_names_the_default_socket(tmp_path: Path) -> None:
+    plist = plistlib.loads((ROOT / "deploy" / "relay.daemon.plist").read_bytes())
+    listeners = plist["Sockets"]["Listeners"]
+    assert listeners["SockPathName"] == str(
+        default_socket_path({"HOME": "/Users/USERNAME"}, "darwin")
+    )
+    assert listeners["SockPathMode"] == 0o600
+    assert plist["ProgramArguments"][-1] == "serve"
+    status, lines = service.install(print_only=True, platform="darwin", env={"HOME": str(tmp_path)})
+    assert status == 0
+    printed = "\n".join(lines[1:]).encode()
+    mine = plistlib.loads(printed)
+    assert mine["Sockets"]["Listeners"]["SockPathName"] == str(
+        default_socket_path({"HOME": str(tmp_path)}, "darwin")
+    )
+
+
+class NotifySocket:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.seen: list[str] = []
+
+    async def expect(self, word: str, timeout_s: float = 30) -> None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout_s):
+            while not any(word in m for m in self.seen):
+                self.seen.append((await loop.sock_recv(self.sock, 4096)).decode())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@asynccontextmanager
+async def daemon_process(
+    home: RelayHome, *prefix: str, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    home.write()
+    proc = await asyncio.create_subprocess_exec(
+        *prefix, RELAY, "serve", env=env or home.env, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@needs_systemd
+async def test_socket_activation_under_systemd_socket_activate(home: RelayHome) -> None:
+    home.socket.parent.mkdir(mode=0o700)
+    notify = NotifySocket(home.dir / "notify.sock")
+    env = dict(home.env, NOTIFY_SOCKET=str(notify.path))
+    env.pop("RELAY_SOCKET")  # the daemon must learn the path from the socket it is given
+    home.write()
+    activator = await asyncio.create_subprocess_exec(
+        "systemd-socket-activate",
+        "-l",
+        str(home.socket),
+        "-E",
+        "RELAY_CONFIG",
+        "-E",
+        "NOTIFY_SOCKET",
+        sys.executable,
+        "-m",
+        "relay",
+        "serve",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert activator.stderr is not None
+        line = await asyncio.wait_for(activator.stderr.readline(), 30)
+        assert b"Listening on" in line
+        assert not notify.seen
+        async with controller(home) as fe:  # the first connection starts the daemon
+            kl = await fe.link.accept(60)
+            await notify.expect("READY=1")
+            assert any(f"STATUS=serving {home.socket}" in m for m in notify.seen)
+            await kl.quit(0)
+            assert (await fe.result())[0] == 0
+            await kl.aclose()
+        activator.send_signal(signal.SIGTERM)
+        await notify.expect("STOPPING=1")
+        assert await asyncio.wait_for(activator.wait(), 30) == 0
+    finally:
+        if activator.returncode is None:
+            activator.kill()
+            await activator.wait()
+        notify.close()
+
+
+async def test_sigterm_shutdown_is_scripted(home: RelayHome) -> None:
+    notify = NotifySocket(home.dir / "notify.sock")
+    try:
+        async with daemon_process(
+            home, env=dict(home.env, NOTIFY_SOCKET=str(notify.path))
+        ) as daemon:
+            await notify.expect("READY=1")
+            async with controller(home) as fe:
+                kl = await fe.link.accept(60)
+                pid = int(kl.hello["pid"])
+                daemon.send_signal(signal.SIGTERM)
+                await notify.expect("STOPPING=1")
+                status, _, err = await fe.result()
+                assert status == 128 + signal.SIGTERM, err  # the kernel was terminated
+                assert await asyncio.wait_for(daemon.wait(), 30) == 0
+                await wait_gone(pid)
+                await kl.aclose()
+            assert not home.socket.exists()
+    finally:
+        notify.close()
+
+
+async def test_shutdown_refuses_new_launches_and_a_second_signal_forces_exit(
+    home: RelayHome,
+) -> None:
+    stubborn = home.dir / "stubborn"
+    stubborn.write_text(f"#!/bin/sh\ntrap '' TERM\nexec {SIM_KERNEL} \"$@\"\n")
+    stubborn.chmod(0o755)
+    home.add_host("local", terminate_grace_s=60)
+    notify = NotifySocket(home.dir / "notify.sock")
+    try:
+        async with daemon_process(
+            home, env=dict(home.env, NOTIFY_SOCKET=str(notify.path))
+        ) as daemon:
+            await notify.expect("READY=1")
+            async with controller(home, kernel=str(stubborn)) as fe:
+                kl = await fe.link.accept(60)
+                pid = int(kl.hello["pid"])
+                daemon.send_signal(signal.SIGTERM)
+                await notify.expect("STOPPING=1")  # now stuck waiting out the grace
+                refused = await run_shim(
+                    home, "--no-autostart", "local", SIM_KERNEL, "1@127.0.0.1,2@127.0.0.1"
+                )
+                assert refused.status == 1
+                assert "shutting down and takes no new launches" in refused.stderr
+                daemon.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(daemon.wait(), 30) == 128 + signal.SIGTERM
+                await fe.result()
+                await kl.closed()  # its connection died with the daemon...
+                await wait_gone(pid)  # ...and the supervisor's SIGKILL follow-up ended it
+                await kl.aclose()
+    finally:
+        notify.close()

@@ -1,0 +1,223 @@
+"""relay status, the launch's log lines, and the connection's life against a real sshd."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+from relay.sim.sshd import ThrowawaySSHD
+from tests.conftest import RELAY, RelayHome, RunningDaemon, run_shim, start_daemon
+from tests.e2e.helpers import controller
+
+
+def status_cli(home: RelayHome, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [RELAY, "status", *args], capture_output=True, text=True, env=home.env, timeout=60
+    )
+
+
+async def test_status_shows_hosts_kernels_and_forwards(daemon: RunningDaemon) -> None:
+    async with controller(daemon.home) as fe:
+        kl = await fe.link.accept(60)
+        assert fe.proc.stdout is not None
+        remote = (await asyncio.wait_for(fe.proc.stdout.readline(), 60)).decode().strip()
+        loop = asyncio.get_running_loop()
+        done = await loop.run_in_executor(None, status_cli, daemon.home, "--json")
+        assert done.returncode == 0, done.stderr
+        answer = json.loads(done.stdout)
+        (host,) = answer["hosts"]
+        assert host["name"] == "local" and host["state"] == "connected"
+        assert host["rtt_ms"] > 0 and host["kernels"] == 1
+        (kernel,) = answer["kernels"]
+        assert kernel["remote_pid"] == kl.hello["pid"] and kernel["mode"] == "controller"
+        assert kernel["remote_link"] == remote
+        assert kernel["frontend_link"] == str(fe.link.name)
+        assert [f["state"] for f in kernel["forwards"]] == ["connected", "connected"]
+        assert answer["daemon"]["fds"] > 0 and answer["daemon"]["rss_kb"] > 0
+        table = (await loop.run_in_executor(None, status_cli, daemon.home)).stdout
+        assert "local" in table and "connected" in table and remote in table
+        assert kernel["id"] in table and "FRONT END LINK" in table
+        await kl.quit(0)
+        assert (await fe.result())[0] == 0
+        await kl.aclose()
+
+
+def test_status_without_a_daemon(home: RelayHome) -> None:
+    done = status_cli(home)
+    assert done.returncode == 3 and "no relay daemon is listening" in done.stderr
+
+
+async def test_every_launch_line_names_host_and_kernel_and_kernel_output_is_logged(
+    home: RelayHome, daemon_log: io.StringIO
+) -> None:
+    chatty = home.dir / "chatty"
+    chatty.write_text(
+        f'#!/bin/sh\necho "kernel warming up" >&2\nexec {Path(RELAY).parent}'
+        f'/relay-sim-kernel "$@"\n'
+    )
+    chatty.chmod(0o755)
+    async with start_daemon(home), controller(home, kernel=str(chatty)) as fe:
+        kl = await fe.link.accept(60)
+        await kl.quit(0)
+        assert (await fe.result())[0] == 0
+        await kl.aclose()
+    lines = [json.loads(line) for line in daemon_log.getvalue().splitlines()]
+    launch = [e for e in lines if e["event"] in ("launching", "launched", "kernel exited")]
+    assert [e["event"] for e in launch] == ["launching", "launched", "kernel exited"]
+    for e in launch:
+        assert e["host"] == "local" and e["kernel"].startswith("k")
+    assert launch[-1]["output"] == ["kernel warming up"]
+
+
+async def test_refused_connections_back_off_and_stop_at_the_cap(
+    home: RelayHome, daemon_log: io.StringIO
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home.add_host("local", port=port, reconnect_attempts=2, reconnect_window_s=600)
+    async with start_daemon(home):
+        first = await run_shim(home, "local", "", "1@127.0.0.1,2@127.0.0.1")
+        second = await run_shim(home, "local", "", "1@127.0.0.1,2@127.0.0.1")
+    assert first.status == second.status == 1
+    assert "not connecting to local again yet: 2 attempts" in first.stderr
+    assert "connection refused" in first.stderr  # the last error is named
+    assert "not connecting to local again yet" in second.stderr
+    retries = [
+        json.loads(line) for line in daemon_log.getvalue().splitlines() if "retrying" in line
+    ]
+    # two attempts (each followed by a growing, jittered backoff), then the cap stops a third
+    assert [r["attempt"] for r in retries] == [1, 2]
+    assert 0.25 <= retries[0]["delay_s"] <= 0.5 and 0.5 <= retries[1]["delay_s"] <= 1.0
+
+
+async def test_a_server_asking_for_a_password_is_refused_once_never_retried(
+    home: RelayHome, tmp_path: Path
+) -> None:
+    options = {"AuthenticationMethods": "publickey,password", "PasswordAuthentication": "yes"}
+    with ThrowawaySSHD(tmp_path / "2fa", options=options) as strict:
+        home.sshd = strict
+        home.add_host("local")
+        async with start_daemon(home):
+            result = await run_shim(home, "local", "", "1@127.0.0.1,2@127.0.0.1")
+        assert result.status == 1
+        assert "asks for a password after the keys relay offered" in result.stderr
+        assert "never answers those silently" in result.stderr
+        partial = [line for line in strict.log if "Partial publickey" in line]
+        assert len(partial) == 1, strict.log  # one connection, no silent retries
+
+
+async def test_idle_connection_is_closed_and_reopened(home: RelayHome) -> None:
+    home.add_host("local", idle_timeout_s=0.2)
+    async with start_daemon(home) as running:
+        host = None
+        for attempt in range(2):
+            async with controller(home) as fe:
+                kl = await fe.link.accept(60)
+                host = running.daemon.hosts["local"]
+                conn = await host.connection()
+                await kl.quit(0)
+                assert (await fe.result())[0] == 0
+                await kl.aclose()
+            await asyncio.wait_for(conn.wait_closed(), 30)  # closed for idleness
+            assert host.state == "idle"
+            assert host.connects == attempt + 1
+
+
+def test_keepalive_is_on_by_default() -> None:
+    from relay.settings import HostConfig
+    from relay.ssh.host import HostSession
+
+    options = HostSession("h", HostConfig(hostname="h"), tag="00")._options()
+    assert options["keepalive_interval"] == 15 and options["keepalive_count_max"] == 3
+    assert options["compression_algs"] is None
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    import random
+
+    from relay.ssh.host import BACKOFF_CAP_S, backoff_s
+
+    rng = random.Random(1)
+    for attempt, (low, high) in enumerate([(0.25, 0.5), (0.5, 1), (1, 2), (2, 4)]):
+        delays = {backoff_s(attempt, rng) for _ in range(50)}
+        assert low <= min(delays) and max(delays) <= high and len(delays) > 1
+    assert backoff_s(30, rng) <= BACKOFF_CAP_S
+
+
+def test_rotating_log_file(tmp_path: Path) -> None:
+    from relay.log import RotatingFile
+
+    f = RotatingFile(tmp_path / "relay.log", max_bytes=100, backups=2)
+    for i in range(20):
+        f.write(f"line {i:02d} " + "x" * 30 + "\n")
+    f.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["relay.log", "relay.log.1", "relay.log.2"]
+    assert all(p.stat().st_size <= 100 for p in tmp_path.iterdir())
+    assert "line 19" in (tmp_path / "relay.log").read_text()
+
+
+def test_secrets_are_redacted_from_log_events() -> None:
+    from relay.log import redact
+
+    event = redact(
+        None, "info", {"event": "x", "password": "hunter2", "auth_token": "t", "host": "h"}
+    )
+    assert event == {
+        "event": "x",
+        "password": "[redacted]",
+        "auth_token": "[redacted]",
+        "host": "h",
+    }
+
+
+def test_status_table_renders_a_synthetic_answer() -> None:
+    from relay.statusview import render
+
+    answer = {
+        "daemon": {
+            "pid": 1,
+            "version": "0.1.0",
+            "uptime_s": 3700,
+            "socket": "/s",
+            "rss_kb": 51200,
+            "fds": 12,
+            "tasks": 5,
+            "stopping": False,
+        },
+        "hosts": [
+            {
+                "name": "h",
+                "state": "connected",
+                "since": 100.0,
+                "rtt_ms": 48.2,
+                "kernels": 1,
+                "last_error": None,
+            }
+        ],
+        "kernels": [
+            {
+                "id": "k1",
+                "host": "h",
+                "mode": "compute",
+                "remote_pid": 42,
+                "age_s": 65,
+                "frontend_link": "1@a,2@a",
+                "remote_link": "3@b,4@b",
+                "forwards": [
+                    {"role": "data", "remote": "3@b", "target": "a:1", "state": "connected"}
+                ],
+            }
+        ],
+    }
+    text = render(answer, now=160.0)
+    assert "up 1h01m" in text and "50.0 MB RSS" in text
+    assert "1m00s ago" in text and "48.2 ms" in text
+    assert "k1" in text and "1m05s" in text and "3@b,4@b" in text and "a:1" in text
+    assert os.linesep in text
