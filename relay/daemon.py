@@ -268,7 +268,17 @@ class Daemon:
         launching = asyncio.ensure_future(self.launch(req))
         client_said = asyncio.ensure_future(reader.read(framing.MAX_MESSAGE_BYTES))
         try:
-            await asyncio.wait({launching, client_said}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({launching, client_said}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                if self.stopping:  # cancelled by the shutdown: say so rather than vanish
+                    await _send(
+                        writer,
+                        protocol.error(
+                            ShuttingDown.code, "relay shut down during this launch; launch again"
+                        ),
+                    )
+                raise
             if not launching.done():  # the shim went away (killed, or Run[] gave up)
                 launching.cancel()
                 await asyncio.gather(launching, return_exceptions=True)

@@ -207,27 +207,33 @@ class ThrowawaySSHD:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait()
+        if self._drain is not None:
+            self._drain.join(timeout=10)
+            self._drain = None
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None
-        if self._drain is not None:
-            self._drain.join(timeout=5)
-            self._drain = None
 
     def stop(self) -> None:
         if self.proc is not None:
+            sessions = self.session_pids()  # they share sshd's stderr (-e): find them first
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            if self._drain is not None:
+                self._drain.join(timeout=5)
+                if self._drain.is_alive():  # sessions still open: end them, then the log ends
+                    for pid in sessions:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                    self._drain.join(timeout=10)
+                self._drain = None
             if self.proc.stderr is not None:
                 self.proc.stderr.close()
             self.proc = None
-        if self._drain is not None:
-            self._drain.join(timeout=5)
-            self._drain = None
 
     def host_toml(self, name: str, **extra: object) -> str:
         """A ``[hosts.NAME]`` table for relay.toml that reaches this sshd."""

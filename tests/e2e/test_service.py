@@ -189,6 +189,8 @@ async def test_sigterm_shutdown_is_scripted(home: RelayHome) -> None:
             async with controller(home) as fe:
                 kl = await fe.link.accept(60)
                 pid = int(kl.hello["pid"])
+                assert fe.proc.stdout is not None
+                await asyncio.wait_for(fe.proc.stdout.readline(), 60)  # launch answered
                 daemon.send_signal(signal.SIGTERM)
                 await notify.expect("STOPPING=1")
                 status, _, err = await fe.result()
@@ -217,6 +219,8 @@ async def test_shutdown_refuses_new_launches_and_a_second_signal_forces_exit(
             async with controller(home, kernel=str(stubborn)) as fe:
                 kl = await fe.link.accept(60)
                 pid = int(kl.hello["pid"])
+                assert fe.proc.stdout is not None
+                await asyncio.wait_for(fe.proc.stdout.readline(), 60)  # launch answered
                 daemon.send_signal(signal.SIGTERM)
                 await notify.expect("STOPPING=1")  # now stuck waiting out the grace
                 refused = await run_shim(
@@ -232,3 +236,22 @@ async def test_shutdown_refuses_new_launches_and_a_second_signal_forces_exit(
                 await kl.aclose()
     finally:
         notify.close()
+
+
+async def test_a_launch_in_flight_at_shutdown_is_told_why(home: RelayHome) -> None:
+    from tests.conftest import start_daemon
+    from tests.e2e.test_faults import fifo_kernel, read_fifo
+
+    hung, fifo = fifo_kernel(home, "hung")
+    async with start_daemon(home) as running:
+        from relay.sim import frontend
+
+        link = await frontend.ListeningLink.create()
+        shim = asyncio.ensure_future(run_shim(home, "local", hung, str(link.name)))
+        pid, _ = await read_fifo(fifo)
+        running.stop.set_result(None)  # the daemon is told to stop mid-launch
+        result = await shim
+        link.close()
+    assert result.status == 1
+    assert "relay shut down during this launch; launch again" in result.stderr
+    await wait_gone(pid)
