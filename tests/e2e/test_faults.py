@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+from relay import client
 from relay.linkname import LinkName
 from relay.sim import frontend
 from relay.sim.sshd import ThrowawaySSHD
@@ -278,17 +279,20 @@ async def test_200_launches_with_failures_keep_memory_and_fds_flat(home: RelayHo
         for i in range(24):
             await one(i)
         warm_rss, warm_fds = proc_stats(daemon.pid)
+        warm_tasks = client.request(home.socket, {"op": "status"})["daemon"]["tasks"]
         for i in range(24, 200):
             await one(i)
         rss, fds = proc_stats(daemon.pid)
+        end = client.request(home.socket, {"op": "status"})
     finally:
         daemon.terminate()
         await daemon.wait()
         await draining
     print(
-        f"\ndaemon after 24 launches: {warm_rss} kB RSS, {warm_fds} fds; "
-        f"after 200: {rss} kB, {fds} fds; outcomes {outcomes}"
+        f"\ndaemon after 24 launches: {warm_rss} kB RSS, {warm_fds} fds, {warm_tasks} tasks; "
+        f"after 200: {rss} kB, {fds} fds, {end['daemon']['tasks']} tasks; {outcomes}"
     )
     assert sum(outcomes.values()) == 200
+    assert end["kernels"] == [] and end["daemon"]["tasks"] == warm_tasks
     assert fds <= warm_fds, (warm_fds, fds)
     assert rss <= warm_rss * 1.10, (warm_rss, rss)
