@@ -135,6 +135,21 @@ async def daemon_process(
             await proc.wait()
 
 
+@asynccontextmanager
+async def notified_daemon(
+    home: RelayHome,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, NotifySocket]]:
+    """``relay serve`` as a Type=notify service: started, and READY=1 received."""
+    notify = NotifySocket(home.dir / "notify.sock")
+    try:
+        env = dict(home.env, NOTIFY_SOCKET=str(notify.path))
+        async with daemon_process(home, env=env) as daemon:
+            await notify.expect("READY=1")
+            yield daemon, notify
+    finally:
+        notify.close()
+
+
 @needs_systemd
 async def test_socket_activation_under_systemd_socket_activate(home: RelayHome) -> None:
     home.socket.parent.mkdir(mode=0o700)
@@ -180,27 +195,20 @@ async def test_socket_activation_under_systemd_socket_activate(home: RelayHome) 
 
 
 async def test_sigterm_shutdown_is_scripted(home: RelayHome) -> None:
-    notify = NotifySocket(home.dir / "notify.sock")
-    try:
-        async with daemon_process(
-            home, env=dict(home.env, NOTIFY_SOCKET=str(notify.path))
-        ) as daemon:
-            await notify.expect("READY=1")
-            async with controller(home) as fe:
-                kl = await fe.link.accept(60)
-                pid = int(kl.hello["pid"])
-                assert fe.proc.stdout is not None
-                await asyncio.wait_for(fe.proc.stdout.readline(), 60)  # launch answered
-                daemon.send_signal(signal.SIGTERM)
-                await notify.expect("STOPPING=1")
-                status, _, err = await fe.result()
-                assert status == 128 + signal.SIGTERM, err  # the kernel was terminated
-                assert await asyncio.wait_for(daemon.wait(), 30) == 0
-                await wait_gone(pid)
-                await kl.aclose()
-            assert not home.socket.exists()
-    finally:
-        notify.close()
+    async with notified_daemon(home) as (daemon, notify):
+        async with controller(home) as fe:
+            kl = await fe.link.accept(60)
+            pid = int(kl.hello["pid"])
+            assert fe.proc.stdout is not None
+            await asyncio.wait_for(fe.proc.stdout.readline(), 60)  # launch answered
+            daemon.send_signal(signal.SIGTERM)
+            await notify.expect("STOPPING=1")
+            status, _, err = await fe.result()
+            assert status == 128 + signal.SIGTERM, err  # the kernel was terminated
+            assert await asyncio.wait_for(daemon.wait(), 30) == 0
+            await wait_gone(pid)
+            await kl.aclose()
+        assert not home.socket.exists()
 
 
 async def test_shutdown_refuses_new_launches_and_a_second_signal_forces_exit(
@@ -210,32 +218,27 @@ async def test_shutdown_refuses_new_launches_and_a_second_signal_forces_exit(
     stubborn.write_text(f"#!/bin/sh\ntrap '' TERM\nexec {SIM_KERNEL} \"$@\"\n")
     stubborn.chmod(0o755)
     home.add_host("local", terminate_grace_s=60)
-    notify = NotifySocket(home.dir / "notify.sock")
-    try:
-        async with daemon_process(
-            home, env=dict(home.env, NOTIFY_SOCKET=str(notify.path))
-        ) as daemon:
-            await notify.expect("READY=1")
-            async with controller(home, kernel=str(stubborn)) as fe:
-                kl = await fe.link.accept(60)
-                pid = int(kl.hello["pid"])
-                assert fe.proc.stdout is not None
-                await asyncio.wait_for(fe.proc.stdout.readline(), 60)  # launch answered
-                daemon.send_signal(signal.SIGTERM)
-                await notify.expect("STOPPING=1")  # now stuck waiting out the grace
-                refused = await run_shim(
-                    home, "--no-autostart", "local", SIM_KERNEL, "1@127.0.0.1,2@127.0.0.1"
-                )
-                assert refused.status == 1
-                assert "shutting down and takes no new launches" in refused.stderr
-                daemon.send_signal(signal.SIGTERM)
-                assert await asyncio.wait_for(daemon.wait(), 30) == 128 + signal.SIGTERM
-                await fe.result()
-                await kl.closed()  # its connection died with the daemon...
-                await wait_gone(pid)  # ...and the supervisor's SIGKILL follow-up ended it
-                await kl.aclose()
-    finally:
-        notify.close()
+    async with (
+        notified_daemon(home) as (daemon, notify),
+        controller(home, kernel=str(stubborn)) as fe,
+    ):
+        kl = await fe.link.accept(60)
+        pid = int(kl.hello["pid"])
+        assert fe.proc.stdout is not None
+        await asyncio.wait_for(fe.proc.stdout.readline(), 60)  # launch answered
+        daemon.send_signal(signal.SIGTERM)
+        await notify.expect("STOPPING=1")  # now stuck waiting out the grace
+        refused = await run_shim(
+            home, "--no-autostart", "local", SIM_KERNEL, "1@127.0.0.1,2@127.0.0.1"
+        )
+        assert refused.status == 1
+        assert "shutting down and takes no new launches" in refused.stderr
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 30) == 128 + signal.SIGTERM
+        await fe.result()
+        await kl.closed()  # its connection died with the daemon...
+        await wait_gone(pid)  # ...and the supervisor's SIGKILL follow-up ended it
+        await kl.aclose()
 
 
 async def test_a_launch_in_flight_at_shutdown_is_told_why(home: RelayHome) -> None:
