@@ -179,7 +179,7 @@ class Daemon:
             status = await asyncio.shield(k.exited)
         finally:
             self.kernels.pop(k.id, None)
-            await k.forward.aclose()
+            await k.release()
             k.host.release()
             k.released.set()
         k.log.info("kernel exited", status=status, output=k.output or None)

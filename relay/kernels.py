@@ -23,6 +23,7 @@ from relay.errors import ConnectFailed, KernelExited, KernelMissing, LaunchTimeo
 from relay.kernelcmd import build_argv
 from relay.linkname import LinkName
 from relay.ssh.forwards import LinkForward
+from relay.ssh.hookserver import HookServer
 from relay.ssh.host import HostSession
 from relay.ssh.supervisor import RemoteProcess, Supervisor
 
@@ -42,7 +43,9 @@ class Kernel:
         forward: LinkForward,
         supervisor: Supervisor,
         proc: RemoteProcess,
+        hook: HookServer | None = None,
     ) -> None:
+        self.hook = hook
         self.id = kernel_id
         self.host = host
         self.mode = mode
@@ -77,6 +80,7 @@ class Kernel:
             "remote_link": str(self.remote_link),
             "age_s": round(time.time() - self.started_at, 1),
             "forwards": self.forward.snapshot(),
+            "hook_links": self.hook.snapshot() if self.hook is not None else [],
         }
 
     async def terminate(self, grace_s: float | None = None) -> int | None:
@@ -91,8 +95,14 @@ class Kernel:
                     await asyncio.shield(self.exited)
             except TimeoutError:
                 self.log.warning("kernel ignored signal", signal=signal)
-        await self.forward.aclose()
+        await self.release()
         return self.exited.result() if self.exited.done() else None
+
+    async def release(self) -> None:
+        """Close the main link's forwards, the hook and every link opened through it."""
+        await self.forward.aclose()
+        if self.hook is not None:
+            await self.hook.aclose()
 
 
 def new_kernel_id() -> str:
@@ -111,21 +121,50 @@ async def launch(
     kernel_id = kernel_id or new_kernel_id()
     log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
     cfg = host.config
+    hook: HookServer | None = None
+    forward: LinkForward | None = None
+    env: dict[str, str] = {}
+    args = list(extra_args)
     try:
         connected = await host.ready()
         forward = await LinkForward.open(connected.connection, link, host.key)
-    except (asyncssh.Error, OSError) as exc:  # the connection died under us
-        raise ConnectFailed(
-            f"the SSH connection to {host.key} was lost during launch: {exc}"
-        ) from None
+        if mode == "controller" and cfg.dynamic:
+            # Dynamic's service and preemptive links: relay's hook (RelayKernelInit.wl) and a
+            # per-kernel control channel; see relay.hook for the protocol.
+            args += ["-initfile", await host.init_file(connected.connection)]
+            hook = await HookServer.open(
+                connected.connection,
+                host=host.key,
+                kernel_id=kernel_id,
+                frontend_hosts={link.data.host, link.message.host},
+                timeout_s=cfg.launch_timeout_s,
+            )
+            env = {
+                "RELAY_HOOK_PORT": str(hook.port),
+                "RELAY_HOOK_TOKEN": hook.first_token,
+                "RELAY_DYNAMIC_METHOD": cfg.dynamic_method,
+                "RELAY_FRONTEND_HOST": link.data.host,
+            }
+    except BaseException as exc:
+        if forward is not None:
+            await forward.aclose()
+        if hook is not None:
+            await hook.aclose()
+        if isinstance(exc, asyncssh.Error | OSError):  # the connection died under us
+            raise ConnectFailed(
+                f"the SSH connection to {host.key} was lost during launch: {exc}"
+            ) from None
+        raise
     assert forward.remote_name is not None
-    argv = build_argv(kernel, forward.remote_name, extra_args)
+    argv = build_argv(kernel, forward.remote_name, args)
     try:
-        proc = connected.supervisor.start_kernel(kernel_id, argv)
+        proc = connected.supervisor.start_kernel(kernel_id, argv, env)
     except BaseException:
         await forward.aclose()
+        if hook is not None:
+            await hook.aclose()
         raise
-    k = Kernel(kernel_id, host, mode, link, forward, connected.supervisor, proc)
+    k = Kernel(kernel_id, host, mode, link, forward, connected.supervisor, proc, hook)
     log.info("launching", mode=mode, link=str(link), remote_link=str(forward.remote_name))
     try:
         async with asyncio.timeout(cfg.launch_timeout_s):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +48,8 @@ class HostConfig(_Strict):
     reconnect_attempts: Annotated[int, Field(ge=1, le=1000)] = 6
     reconnect_window_s: PositiveSeconds = 300.0
     end_stale_sessions: bool = True
+    dynamic: bool = True
+    dynamic_method: Literal["auto", "old", "new"] = "auto"
     compression: bool = False
 
     def with_spec(self, spec: HostSpec) -> HostConfig:

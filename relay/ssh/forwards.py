@@ -22,9 +22,17 @@ import asyncssh
 from relay.errors import ForwardRefused, FrontEndUnreachable
 from relay.linkname import Endpoint, LinkName
 
-__all__ = ["LinkForward"]
+__all__ = ["LinkForward", "forwarding_refused"]
 
 LISTEN_HOST = "127.0.0.1"
+
+
+def forwarding_refused(host: str) -> ForwardRefused:
+    return ForwardRefused(
+        f"the SSH server on {host} refused remote port forwarding (its sshd_config probably "
+        f"has AllowTcpForwarding no or local); relay needs remote forwards for the kernel to "
+        f"connect back"
+    )
 
 
 class _Channel:
@@ -67,11 +75,7 @@ class LinkForward:
         if failures:
             await self.aclose()
             if all(isinstance(f, asyncssh.ChannelListenError) for f in failures):
-                raise ForwardRefused(
-                    f"the SSH server on {host} refused remote port forwarding (its sshd_config "
-                    f"probably has AllowTcpForwarding no or local); relay needs remote forwards "
-                    f"for the kernel to connect back"
-                )
+                raise forwarding_refused(host)
             raise failures[0]
         data, message = (ch.listener.get_port() for ch in self._channels if ch.listener)
         self.remote_name = target.rewritten(data, message)

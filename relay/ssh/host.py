@@ -23,17 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 import structlog
 
-from relay.errors import AuthenticationFailed, ConnectFailed, RelayError, ShuttingDown
+from relay.errors import (
+    AuthenticationFailed,
+    ConnectFailed,
+    RelayError,
+    ShuttingDown,
+    SupervisorFailed,
+)
 from relay.settings import HostConfig
 from relay.ssh.errors import translate_connect_error
 from relay.ssh.supervisor import Supervisor
@@ -41,10 +50,22 @@ from relay.tasks import TaskSet
 
 __all__ = ["Connected", "HostSession"]
 
+INIT_FILE = "RelayKernelInit.wl"
 JumpGetter = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
 ATTEMPTS_PER_REQUEST = 3
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
+
+
+async def _remote_has(sftp: asyncssh.SFTPClient, path: str, digest: str) -> bool:
+    """Whether ``path`` exists with exactly the content whose sha256 is ``digest``."""
+    try:
+        async with sftp.open(path, "rb") as fh:
+            content = await fh.read()
+    except (asyncssh.SFTPError, OSError):
+        return False
+    assert isinstance(content, bytes)
+    return hashlib.sha256(content).hexdigest() == digest
 
 
 def backoff_s(attempt: int, rng: random.Random) -> float:
@@ -113,6 +134,7 @@ class HostSession:
         self.connects = 0
         self._pings = 0
         self._idle_closing = False
+        self._init_file: tuple[asyncssh.SSHClientConnection, str] | None = None
         self._log = structlog.get_logger("relay.host").bind(host=key)
 
     def _set_state(self, state: str) -> None:
@@ -309,6 +331,33 @@ class HostSession:
                 await self._ping(current)
             except (RelayError, TimeoutError):
                 return
+
+    # -- relay's kernel hook file ------------------------------------------------------------
+    async def init_file(self, conn: asyncssh.SSHClientConnection) -> str:
+        """Upload RelayKernelInit.wl once per connection, content-addressed; its remote path."""
+        if self._init_file is not None and self._init_file[0] is conn:
+            return self._init_file[1]
+        data = files("relay.wolfram").joinpath(INIT_FILE).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            async with conn.start_sftp_client() as sftp:
+                home = await sftp.realpath(".")
+                directory = f"{home}/.cache/relay/{digest[:16]}"
+                path = f"{directory}/{INIT_FILE}"
+                if not await _remote_has(sftp, path, digest):
+                    await sftp.makedirs(directory, exist_ok=True)
+                    partial = f"{path}.{secrets.token_hex(4)}.part"
+                    async with sftp.open(partial, "wb") as fh:
+                        await fh.write(data)
+                    await sftp.posix_rename(partial, path)
+                    self._log.info("uploaded kernel hook", path=path)
+        except (asyncssh.Error, OSError) as exc:
+            raise SupervisorFailed(
+                f"cannot upload relay's kernel hook to {self.key} over SFTP ({exc}); set "
+                f"dynamic = false in [hosts.{self.key}] to launch without Dynamic support"
+            ) from None
+        self._init_file = (conn, path)
+        return path
 
     # -- idle close --------------------------------------------------------------------------
     def hold(self) -> None:

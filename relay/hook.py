@@ -1,0 +1,128 @@
+"""The kernel hook protocol: how a controller kernel asks relay for Dynamic's links. Pure.
+
+This docstring is the protocol's one definition. ``relay/wolfram/RelayKernelInit.wl`` (the hook
+a real kernel runs) and ``relay.sim.kernel`` (the simulator) both follow it; a test compares the
+request lines the two produce for the same inputs.
+
+Transport: one TCP connection per request to ``127.0.0.1:$RELAY_HOOK_PORT`` on the kernel's
+host (a remote forward of the daemon's; it accepts nothing from elsewhere). The kernel writes
+one request line; the daemon answers one reply line and closes the connection, so a reader can
+simply read until end of stream (``ReadString[socket]``).
+
+    request:  RELAY1 <token> <op> <argument>\\n
+    reply:    OK <next-token> <result>\\n
+              ERR <next-token> <message>\\n
+              ERR - <message>\\n            the token was refused; the previous one stays valid
+
+Tokens: the first is ``$RELAY_HOOK_TOKEN`` (the kernel's environment, never argv). Every reply
+carries the next one, and each token is good for exactly one request, so a token seen by anyone
+else is already spent. Requests are sequential.
+
+Operations (``<argument>`` is ``-`` when there is none):
+
+``callback <linkname>``  (new method, 11.1 and later) The front end created a listening link
+    ``<linkname>`` on its own machine and sent its name inside the main link. relay opens two
+    remote listeners on the kernel's 127.0.0.1 leading back to it. Result: the rewritten name
+    ``R1@127.0.0.1,R2@127.0.0.1``, which the kernel connects to with ``LinkMode -> Connect``.
+``listen-pair -``  (old method, up to 11.0) relay picks two free ports L1, L2 on the front
+    end's 127.0.0.1, listens there, and tunnels each accepted connection to the same port on
+    the kernel's 127.0.0.1. Result: ``L1@127.0.0.1,L2@127.0.0.1``. The kernel listens on that
+    name (``CreateFrontEndLink``) and the front end, receiving the same name in
+    ``OpenParallelLinksPacket``, can connect to it.
+``release <linkname>``  (old method) The kernel could not listen on that pair (a port was
+    taken on its host); relay closes its listeners and the kernel asks again. Result: released.
+
+Which method applies is decided by the hook from the kernel's ``$VersionNumber`` (11.1 and
+later: new), unless the host's ``dynamic_method`` (``$RELAY_DYNAMIC_METHOD``) says old or new.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+__all__ = [
+    "OPS",
+    "HookError",
+    "Request",
+    "TokenChain",
+    "choose_method",
+    "format_reply",
+    "parse_reply",
+    "parse_request",
+    "request_line",
+]
+
+MAGIC = "RELAY1"
+OPS = ("callback", "listen-pair", "release")
+MAX_LINE = 4096
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+
+
+class HookError(ValueError):
+    """A request line that is not the protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    token: str
+    op: str
+    argument: str
+
+
+def request_line(token: str, op: str, argument: str = "-") -> str:
+    """The line a kernel sends (what RelayKernelInit.wl's requestLine builds)."""
+    return f"{MAGIC} {token} {op} {argument or '-'}\n"
+
+
+def parse_request(line: str) -> Request:
+    if len(line) > MAX_LINE:
+        raise HookError("request too long")
+    words = line.rstrip("\r\n").split(" ")
+    if len(words) != 4 or words[0] != MAGIC:
+        raise HookError(f"not a {MAGIC} request")
+    _, token, op, argument = words
+    if op not in OPS:
+        raise HookError(f"unknown operation {op[:20]!r}")
+    return Request(token, op, argument)
+
+
+def format_reply(ok: bool, next_token: str | None, text: str) -> str:
+    one_line = " ".join(text.split())
+    return f"{'OK' if ok else 'ERR'} {next_token or '-'} {one_line}\n"
+
+
+def parse_reply(line: str) -> tuple[bool, str | None, str]:
+    status, _, rest = line.rstrip("\r\n").partition(" ")
+    token, _, text = rest.partition(" ")
+    if status not in ("OK", "ERR"):
+        raise HookError(f"not a reply: {line[:60]!r}")
+    spent = token == "-"  # noqa: S105 (the protocol's placeholder, not a secret)
+    return status == "OK", None if spent else token, text
+
+
+def choose_method(version: float, override: str = "auto") -> str:
+    """Old (up to 11.0) or new (11.1 and later) front-end link method."""
+    if override in ("old", "new"):
+        return override
+    return "new" if version >= 11.1 else "old"
+
+
+class TokenChain:
+    """Single-use tokens: each accepted request spends the current one and names the next."""
+
+    def __init__(self, first: str | None = None) -> None:
+        self.current = first or new_token()
+
+    def spend(self, presented: str) -> str | None:
+        """The next token if ``presented`` is the current one, else None (nothing changes)."""
+        if not _TOKEN.match(presented) or not hmac.compare_digest(presented, self.current):
+            return None
+        self.current = new_token()
+        return self.current
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
