@@ -35,6 +35,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import structlog
 
 from relay import __version__, framing, protocol
@@ -44,6 +45,9 @@ from relay.framing import FramingError
 from relay.kernels import Kernel, launch, new_kernel_id
 from relay.linkname import LinkName, LinkNameError
 from relay.settings import RelayConfig
+from relay.ssh.exposed import LocalLinkForward
+from relay.ssh.forwards import LinkForward
+from relay.ssh.hookserver import hold_until_connected
 from relay.ssh.host import HostSession
 from relay.tasks import TaskSet
 
@@ -113,6 +117,7 @@ class Daemon:
         self.tag = daemon_tag(socket_path or Path("relay.sock"))
         self.hosts: dict[str, HostSession] = {}
         self.kernels: dict[str, Kernel] = {}
+        self.forwards: dict[str, tuple[str, str, LinkForward | LocalLinkForward]] = {}
         self._tasks = TaskSet(log)
         self._clients: set[asyncio.Task[Any]] = set()
         self.stopping = False
@@ -184,6 +189,41 @@ class Daemon:
             k.released.set()
         k.log.info("kernel exited", status=status, output=k.output or None)
 
+    async def forward(self, req: protocol.ForwardRequest) -> str:
+        """Open a link across a host's connection on a local client's request."""
+        if self.stopping:
+            raise ShuttingDown("relay is shutting down and opens no new links")
+        target = LinkName.parse(req.linkname)
+        host = self.host(req.host)
+        conn = await host.connection()
+        fwd: LinkForward | LocalLinkForward
+        if req.direction == "callback":
+            fwd = await LinkForward.open(conn, target, host.key)
+            name = fwd.remote_name
+        else:
+            fwd = await LocalLinkForward.to(conn, target)
+            name = fwd.local_name
+        assert name is not None
+        self.forwards[str(name)] = (req.direction, host.key, fwd)
+        host.hold()  # no idle close while the link is being connected
+
+        async def hold() -> None:
+            try:
+                await hold_until_connected(fwd, host.config.launch_timeout_s)
+            finally:
+                host.release()
+                self.forwards.pop(str(name), None)
+
+        self._tasks.spawn(hold(), name=f"forward:{name}")
+        log.info(
+            "link forwarded on request",
+            host=host.key,
+            direction=req.direction,
+            link=str(target),
+            rewritten=str(name),
+        )
+        return str(name)
+
     def status(self) -> dict[str, Any]:
         return {
             "event": "status",
@@ -197,6 +237,10 @@ class Daemon:
             },
             "hosts": [h.snapshot() for h in self.hosts.values()],
             "kernels": [k.snapshot() for k in self.kernels.values()],
+            "forwards": [
+                {"name": name, "direction": direction, "host": host, "channels": fwd.snapshot()}
+                for name, (direction, host, fwd) in self.forwards.items()
+            ],
         }
 
     # -- the control socket ----------------------------------------------------------------
@@ -253,6 +297,15 @@ class Daemon:
             await _send(writer, {"event": "pong", "pid": os.getpid(), "version": __version__})
         elif isinstance(req, protocol.StatusRequest):
             await _send(writer, self.status())
+        elif isinstance(req, protocol.ForwardRequest):
+            try:
+                name = await self.forward(req)
+            except RelayError as exc:
+                await _send(writer, protocol.error(exc.code, exc.message))
+            except (LinkNameError, asyncssh.Error, OSError) as exc:
+                await _send(writer, protocol.error("forward_failed", str(exc)))
+            else:
+                await _send(writer, {"event": "forwarded", "host": req.host, "linkname": name})
         elif isinstance(req, protocol.LaunchRequest):
             await self._serve_launch(req, reader, writer)
         else:

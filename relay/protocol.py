@@ -8,6 +8,7 @@ Requests (client -> daemon)::
     {"v":1,"op":"terminate"}      # on a launch connection: end the kernel (shim got a signal)
     {"v":1,"op":"ping"}
     {"v":1,"op":"status"}         # answered by one "status" event, then the connection ends
+    {"v":1,"op":"forward","host":H,"linkname":L,"direction":"callback"|"expose"}
 
 Events (daemon -> client)::
 
@@ -16,6 +17,7 @@ Events (daemon -> client)::
     {"v":1,"event":"error","code":C,"message":M}           # one actionable line
     {"v":1,"event":"pong","pid":..,"version":..}
     {"v":1,"event":"status","daemon":{..},"hosts":[..],"kernels":[..]}   # see relay status
+    {"v":1,"event":"forwarded","host":H,"linkname":R}      # the rewritten name
 
 A controller-mode launch keeps its connection open until ``exited``; closing it, or sending
 ``terminate``, ends the kernel. A compute-mode launch ends after ``launched``.
@@ -31,6 +33,7 @@ from relay.errors import BadRequest
 
 __all__ = [
     "AnyRequest",
+    "ForwardRequest",
     "LaunchRequest",
     "PingRequest",
     "Request",
@@ -65,7 +68,23 @@ class StatusRequest(_Message):
     op: Literal["status"]
 
 
-AnyRequest = LaunchRequest | TerminateRequest | PingRequest | StatusRequest
+class ForwardRequest(_Message):
+    """Open a link across the host's connection and answer with the rewritten name.
+
+    ``callback``: ``linkname`` listens on this machine; relay opens two remote listeners on the
+    host's 127.0.0.1 leading to it and answers their name (what a kernel there connects to).
+    ``expose``: ``linkname`` listens on the host's 127.0.0.1; relay opens two local listeners
+    leading to it and answers their name. Each listener takes one connection and is closed once
+    both are connected, or after the host's launch_timeout_s. (The kernel hook's ``callback``
+    is this request, made from the kernel's side; see relay.hook.)"""
+
+    op: Literal["forward"]
+    host: Annotated[str, Field(min_length=1, max_length=1024)]
+    linkname: Annotated[str, Field(min_length=1, max_length=1024)]
+    direction: Literal["callback", "expose"] = "callback"
+
+
+AnyRequest = LaunchRequest | TerminateRequest | PingRequest | StatusRequest | ForwardRequest
 Request = Annotated[AnyRequest, Field(discriminator="op")]
 _ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(Request)
 
@@ -80,7 +99,7 @@ def parse_request(obj: dict[str, Any]) -> AnyRequest:
         if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
             message = (
                 f"unknown op {str(obj.get('op'))[:40]!r} (expected launch, terminate, "
-                f"ping or status)"
+                f"ping, status or forward)"
             )
         else:
             message = f"{where}: {first['msg']}"

@@ -36,6 +36,7 @@ class HostConfig(_Strict):
     identity_files: list[str] | None = None
     known_hosts: str | None = None
     jump: str | None = None
+    proxy_command: str | list[str] | None = None
     kernel: str | None = None
     controller_args: list[str] = []
     compute_args: list[str] = ["-subkernel", "-noinit"]

@@ -49,6 +49,8 @@ class KernelLink:
         self._dr, self._dw = data
         self._mr, self._mw = message
         self.hello: dict[str, Any] = {}
+        self.parallel_names: tuple[str, str] | None = None
+        self._listening: list[ListeningLink] = []
 
     async def start(self) -> None:
         kind, payload = await wire.read_data(self._dr)
@@ -83,6 +85,45 @@ class KernelLink:
             raise ValueError(f"expected RETURN, got frame type {got}")
         return result
 
+    async def old_method_links(self, timeout_s: float = 30.0) -> tuple[KernelLink, KernelLink]:
+        """Up to 11.0: the kernel sends the names of the two links it created
+        (``OpenParallelLinksPacket``); the front end connects to them, service link first."""
+        async with asyncio.timeout(timeout_s):
+            kind, payload = await wire.read_data(self._dr)
+            if kind != wire.OPEN_PARALLEL_LINKS:
+                raise ValueError(f"expected OpenParallelLinksPacket, got frame type {kind}")
+            service, preemptive, _protocol = json.loads(payload)
+            links = []
+            for name in (service, preemptive):
+                link = LinkName.parse(name)
+                data = await asyncio.open_connection(link.data.host, link.data.port)
+                message = await asyncio.open_connection(link.message.host, link.message.port)
+                kl = KernelLink(data, message)
+                await kl.start()
+                links.append(kl)
+        self.parallel_names = (service, preemptive)
+        return links[0], links[1]
+
+    async def new_method_links(
+        self, host: str = "127.0.0.1", timeout_s: float = 30.0
+    ) -> tuple[KernelLink, KernelLink]:
+        """From 11.1: the front end creates two listening links on its own machine and sends
+        their names inside the main link; the kernel connects to them."""
+        service, preemptive = await ListeningLink.create(host), await ListeningLink.create(host)
+        self.parallel_names = (str(service.name), str(preemptive.name))
+        self._listening = [service, preemptive]
+        await self.send(
+            wire.PARALLEL_LINK_NAMES, json.dumps([*self.parallel_names, "TCPIP"]).encode()
+        )
+        async with asyncio.timeout(timeout_s):
+            links = await asyncio.gather(service.accept(timeout_s), preemptive.accept(timeout_s))
+            result = await self.read_return()
+        for listening in self._listening:
+            listening.close()
+        if result != b"linked":
+            raise ValueError(f"the kernel could not link: {result.decode(errors='replace')}")
+        return links[0], links[1]
+
     async def quit(self, status: int = 0) -> None:
         await self.send(wire.QUIT, str(status).encode())
 
@@ -93,6 +134,8 @@ class KernelLink:
                 pass
 
     async def aclose(self) -> None:
+        for listening in self._listening:
+            listening.close()
         for w in (self._dw, self._mw):
             w.close()
         for w in (self._dw, self._mw):
@@ -109,6 +152,7 @@ class ListeningLink:
         loop = asyncio.get_running_loop()
         self._accepted: list[asyncio.Future[Stream]] = [loop.create_future(), loop.create_future()]
         self.extra_connections = 0
+        self._handed_out = False
 
     @classmethod
     async def create(cls, host: str = "127.0.0.1") -> ListeningLink:
@@ -138,20 +182,22 @@ class ListeningLink:
     async def accept(self, timeout_s: float = 30.0) -> KernelLink:
         async with asyncio.timeout(timeout_s):
             data, message = await asyncio.gather(*self._accepted)
+        self._handed_out = True
         link = KernelLink(data, message)
         async with asyncio.timeout(timeout_s):
             await link.start()
         return link
 
     def close(self) -> None:
-        """Stop listening (the front end gave up or the link is connected)."""
+        """Stop listening (the front end gave up or the link is connected). Connections
+        already handed to a KernelLink stay open; half-accepted ones are dropped."""
         for s in self._servers:
             s.close()
         for fut in self._accepted:
-            if fut.done() and not fut.cancelled():
-                fut.result()[1].close()
-            else:
+            if not fut.done():
                 fut.cancel()
+            elif not fut.cancelled() and not self._handed_out:
+                fut.result()[1].close()
 
 
 def launch_command(template: str, link: LinkName, **extra: str) -> str:

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -52,9 +53,16 @@ def _free_port() -> int:
 class ThrowawaySSHD:
     """``with ThrowawaySSHD(dir) as sshd:``; ``sshd.port``, ``sshd.client_key``, ..."""
 
-    def __init__(self, directory: Path, *, options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, directory: Path, *, options: dict[str, str] | None = None, netns: bool = False
+    ) -> None:
         self.dir = Path(directory)
         self.options = options or {}
+        # In its own network namespace (root only), the server's 127.0.0.1 is another
+        # machine's loopback: kernels cannot reach the front end's ports except through relay,
+        # and ports relay holds locally do not collide with the kernel's. relay reaches it
+        # through ``proxy_command`` (relay.sim.nsbridge).
+        self.netns = netns
         self.user = getpass.getuser()
         self.host_key = self.dir / "ssh_host_ed25519_key"
         self.client_key = self.dir / "id_ed25519"
@@ -112,10 +120,21 @@ class ThrowawaySSHD:
             raise RuntimeError("OpenSSH sshd is not installed: apt-get install openssh-server")
         self._prepare()
         for _attempt in range(10):
-            chosen = port or self.port or _free_port()
+            chosen = port or self.port or (2222 if self.netns else _free_port())
             config = self.write_config(chosen)
+            argv = [sshd, "-D", "-e", "-f", str(config)]
+            if self.netns:
+                argv = [
+                    "unshare",
+                    "--net",
+                    "sh",
+                    "-c",
+                    'ip link set lo up && exec "$@"',
+                    "sh",
+                    *argv,
+                ]
             proc = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(config)],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -235,6 +254,11 @@ class ThrowawaySSHD:
                 self.proc.stderr.close()
             self.proc = None
 
+    def nsenter(self, *argv: str) -> list[str]:
+        """``argv`` run inside this server's network namespace."""
+        assert self.proc is not None
+        return ["nsenter", f"--net=/proc/{self.proc.pid}/ns/net", *argv]
+
     def host_toml(self, name: str, **extra: object) -> str:
         """A ``[hosts.NAME]`` table for relay.toml that reaches this sshd."""
         values: dict[str, object] = {
@@ -245,6 +269,12 @@ class ThrowawaySSHD:
             "known_hosts": str(self.known_hosts),
             **extra,
         }
+        if self.netns:
+            assert self.proc is not None
+            values.setdefault(
+                "proxy_command",
+                [sys.executable, "-m", "relay.sim.nsbridge", str(self.proc.pid), str(self.port)],
+            )
         return f"[hosts.{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
 
 

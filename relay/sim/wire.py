@@ -11,7 +11,18 @@ from __future__ import annotations
 import asyncio
 import struct
 
-__all__ = ["ABORT", "ECHO", "HELLO", "INTERRUPT", "QUIT", "RETURN", "SLEEP", "TERMINATE"]
+__all__ = [
+    "ABORT",
+    "ECHO",
+    "HELLO",
+    "INTERRUPT",
+    "OPEN_PARALLEL_LINKS",
+    "PARALLEL_LINK_NAMES",
+    "QUIT",
+    "RETURN",
+    "SLEEP",
+    "TERMINATE",
+]
 
 # data-channel frame types
 ECHO = 1  # front end -> kernel: return the payload unchanged
@@ -19,6 +30,10 @@ RETURN = 2  # kernel -> front end: a result
 SLEEP = 3  # front end -> kernel: be busy for N ms (ASCII), then return b"done" (or b"$Aborted")
 QUIT = 4  # front end -> kernel: exit with status N (ASCII), like Quit[N]
 HELLO = 5  # kernel -> front end, first frame: JSON facts about the kernel (pid, flags)
+# The service and preemptive links (topology reference, section 3), payload JSON
+# [serviceName, preemptiveName, protocol]:
+OPEN_PARALLEL_LINKS = 6  # kernel -> front end, old method: FrontEnd`OpenParallelLinksPacket
+PARALLEL_LINK_NAMES = 7  # front end -> kernel, new method: the code naming the front end's links
 
 # message-channel codes (mathlink.h)
 TERMINATE = 1

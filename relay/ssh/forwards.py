@@ -58,6 +58,9 @@ class LinkForward:
         self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.opened_at = time.monotonic()
         self.remote_name: LinkName | None = None
+        # set once the server confirmed both listeners cancelled (after both channels connect)
+        self.listeners_gone = asyncio.Event()
+        self._cancelling: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(
@@ -109,7 +112,7 @@ class LinkForward:
         ch.forwarder = forwarder
         ch.connected_at = time.monotonic()
         if all(c.connected_at is not None for c in self._channels):
-            self.close_listeners()
+            self._cancelling = asyncio.ensure_future(self.listeners_closed())
             if not self.connected.done():
                 self.connected.set_result(None)
         return forwarder
@@ -126,6 +129,7 @@ class LinkForward:
         for ch in self._channels:
             if ch.listener is not None:
                 await ch.listener.wait_closed()
+        self.listeners_gone.set()
 
     def snapshot(self) -> list[dict[str, Any]]:
         remote = self.remote_name
@@ -152,6 +156,8 @@ class LinkForward:
     async def aclose(self) -> None:
         """Release everything: listeners and connected channels."""
         self.close_listeners()
+        if self._cancelling is not None:
+            await asyncio.gather(self._cancelling, return_exceptions=True)
         for ch in self._channels:
             if ch.forwarder is not None:
                 ch.forwarder.close()

@@ -155,6 +155,10 @@ class HookServer:
         await released.aclose()
         return "released"
 
+    @property
+    def callbacks(self) -> list[LinkForward]:
+        return list(self._forwards)
+
     def snapshot(self) -> list[dict[str, Any]]:
         links: list[dict[str, Any]] = [
             {"kind": "callback", "channels": f.snapshot()} for f in self._forwards

@@ -219,6 +219,8 @@ class HostSession:
             options["port"] = cfg.port
         if cfg.user is not None:
             options["username"] = cfg.user
+        if cfg.proxy_command is not None:
+            options["proxy_command"] = cfg.proxy_command
         if cfg.identity_files is not None:
             options["client_keys"] = [str(Path(p).expanduser()) for p in cfg.identity_files]
         return options

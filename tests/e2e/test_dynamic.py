@@ -1,0 +1,273 @@
+"""Dynamic over SSH: the service and preemptive links, both methods, through a real sshd.
+
+The sshd runs in a network namespace of its own (root only), so the "remote host" has its own
+loopback: the kernel cannot reach the front end's ports except through relay, and the ports
+relay holds on the front end's side never collide with the kernel's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from relay import client, hook
+from relay.linkname import LinkName
+from relay.sim import frontend, wire
+from relay.sim.sshd import ThrowawaySSHD
+from tests.conftest import SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
+from tests.e2e.helpers import Controller, controller
+from tests.e2e.test_faults import connected
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+PROBE = str(Path(__file__).with_name("hookprobe.py"))
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawaySSHD]:
+    with ThrowawaySSHD(tmp_path_factory.mktemp("netns-sshd"), netns=True) as server:
+        yield server
+
+
+@pytest.fixture
+async def dyn(home: RelayHome, remote: ThrowawaySSHD) -> AsyncIterator[RunningDaemon]:
+    home.sshd = remote
+    home.hosts.clear()
+    home.add_host("new")
+    home.add_host("old", controller_args=["-simversion", "11.0"])
+    home.add_host("forced-old", dynamic_method="old")
+    async with start_daemon(home) as running:
+        yield running
+
+
+def remote_listening(remote: ThrowawaySSHD) -> set[int]:
+    out = subprocess.run(
+        remote.nsenter("ss", "-Hltn"), capture_output=True, text=True, check=True
+    ).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines()}
+
+
+def local_listening() -> set[int]:
+    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines()}
+
+
+def ports(name: str) -> set[int]:
+    link = LinkName.parse(name)
+    return {link.data.port, link.message.port}
+
+
+async def dynamic_traffic(
+    main: frontend.KernelLink, service: frontend.KernelLink, preemptive: frontend.KernelLink
+) -> None:
+    """Dynamic-like traffic on the preemptive link while the main link is busy, and an
+    interrupt on the message channel of every link."""
+    await main.send(wire.SLEEP, b"600000")  # the main link is busy evaluating
+    for _ in range(5):
+        payload = secrets.token_bytes(4096)
+        assert await preemptive.echo(payload) == payload
+    assert await service.echo(b"palette") == b"palette"
+    for i, kl in enumerate((main, service, preemptive)):
+        assert await kl.urgent(wire.INTERRUPT, 100 + i) == (wire.INTERRUPT, 100 + i)
+    assert await main.urgent(wire.ABORT, 1) == (wire.ABORT, 1)
+    assert await main.read_return() == b"$Aborted"
+
+
+async def finish(fe: Controller, *links: frontend.KernelLink) -> None:
+    await links[0].quit(0)
+    status, _, err = await fe.result()
+    assert status == 0, err
+    for kl in links:
+        await kl.aclose()
+
+
+async def test_new_method_end_to_end(dyn: RunningDaemon, remote: ThrowawaySSHD) -> None:
+    async with controller(dyn.home, host="new") as fe:
+        main, _ = await connected(fe)
+        assert main.hello["method"] == "new" and main.hello["hook"]
+        (initfile,) = main.hello["initfile"]
+        shipped = files("relay.wolfram").joinpath("RelayKernelInit.wl").read_bytes()
+        assert Path(initfile).read_bytes() == shipped
+        assert hashlib.sha256(shipped).hexdigest()[:16] in initfile
+        service, preemptive = await main.new_method_links()
+        assert main.parallel_names is not None
+        for kl, fe_name in zip((service, preemptive), main.parallel_names, strict=True):
+            assert kl.hello["role"] in ("service", "preemptive")
+            assert ports(kl.hello["link_name"]).isdisjoint(ports(fe_name))  # via relay
+        (k,) = dyn.daemon.kernels.values()
+        assert k.hook is not None and len(k.hook.callbacks) == 2
+        for fwd in k.hook.callbacks:  # wait (passively) for sshd to confirm the cancel...
+            await asyncio.wait_for(fwd.listeners_gone.wait(), 30)
+        callback_ports = ports(service.hello["link_name"]) | ports(preemptive.hello["link_name"])
+        assert not callback_ports & remote_listening(remote)  # ...then see it on the host
+        (kernel,) = dyn.daemon.status()["kernels"]
+        assert [link["kind"] for link in kernel["hook_links"]] == ["callback", "callback"]
+        await dynamic_traffic(main, service, preemptive)
+        await finish(fe, main, service, preemptive)
+    assert not dyn.daemon.kernels
+
+
+@pytest.mark.parametrize("host", ["old", "forced-old"])
+async def test_old_method_end_to_end(dyn: RunningDaemon, remote: ThrowawaySSHD, host: str) -> None:
+    async with controller(dyn.home, host=host) as fe:
+        main, _ = await connected(fe)
+        assert main.hello["method"] == "old"
+        service, preemptive = await main.old_method_links()
+        assert main.parallel_names is not None
+        for kl, name in zip((service, preemptive), main.parallel_names, strict=True):
+            # the same numbers: the front end connected here to the name the kernel listened
+            # on there, through the daemon's single-use listener on this side
+            assert kl.hello["link_name"] == name
+            assert not ports(name) & local_listening()  # closed once connected
+            assert not ports(name) & remote_listening(remote)
+        await dynamic_traffic(main, service, preemptive)
+        await finish(fe, main, service, preemptive)
+    assert not dyn.daemon.kernels
+
+
+async def probe_kernel(home: RelayHome) -> tuple[str, Path]:
+    """A kernel that reports its pid and hook environment, then runs the simulator."""
+    fifo = home.dir / "env.fifo"
+    os.mkfifo(fifo)
+    script = home.dir / "probe"
+    script.write_text(
+        f'#!/bin/sh\necho "$$ $RELAY_HOOK_PORT $RELAY_HOOK_TOKEN" > {fifo}\n'
+        f'exec {SIM_KERNEL} "$@"\n'
+    )
+    script.chmod(0o755)
+    return str(script), fifo
+
+
+async def send_raw(remote: ThrowawaySSHD, port: int, *lines: str) -> list[str]:
+    """Hook requests from inside the remote host's namespace (not blocking the daemon's loop)."""
+    proc = await asyncio.create_subprocess_exec(
+        *remote.nsenter(sys.executable, PROBE, str(port), *lines), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    return list(json.loads(out))
+
+
+async def request(home: RelayHome, message: dict[str, str]) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, client.request, home.socket, message)
+
+
+async def test_tokens_are_single_use_and_private(
+    dyn: RunningDaemon, remote: ThrowawaySSHD, daemon_log: io.StringIO
+) -> None:
+    kernel, fifo = await probe_kernel(dyn.home)
+    async with controller(dyn.home, host="new", kernel=kernel) as fe:
+        loop = asyncio.get_running_loop()
+        pid, port, first = (await loop.run_in_executor(None, fifo.read_text)).split()
+        main, _ = await connected(fe)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        assert first not in argv  # never in argv
+        wrong, missing = secrets.token_urlsafe(32), ""
+        replies = await send_raw(
+            remote,
+            int(port),
+            hook.request_line(wrong, "listen-pair").rstrip("\n"),
+            hook.request_line(missing, "listen-pair").rstrip("\n"),
+            "GET / HTTP/1.0",
+            hook.request_line(first, "listen-pair").rstrip("\n"),
+            hook.request_line(first, "listen-pair").rstrip("\n"),
+        )
+        refused = [hook.parse_reply(r) for r in replies[:3]]
+        assert all(not ok and token is None for ok, token, _ in refused)
+        assert refused[0][2] == "token refused" and refused[1][2] == "token refused"
+        ok, second, pair = hook.parse_reply(replies[3])  # the first token still worked
+        assert ok and second and second != first
+        assert ports(pair) <= local_listening()
+        assert hook.parse_reply(replies[4])[:2] == (False, None)  # reused: refused
+        (released,) = await send_raw(
+            remote, int(port), hook.request_line(second, "release", pair).rstrip("\n")
+        )
+        ok, third, text = hook.parse_reply(released)
+        assert ok and text == "released" and third
+        assert not ports(pair) & local_listening()
+        log_lines = [json.loads(line) for line in daemon_log.getvalue().splitlines()]
+        refusals = [
+            e for e in log_lines if e["event"].startswith("hook ") and "refused" in e["event"]
+        ]
+        assert len(refusals) == 4 and all(e.get("kernel") for e in refusals)
+        assert first not in daemon_log.getvalue() and second not in daemon_log.getvalue()
+        # another local user on the remote host cannot read the token from the kernel
+        denied = subprocess.run(
+            ["cat", f"/proc/{pid}/environ"], user="nobody", capture_output=True, text=True, cwd="/"
+        )
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        await finish(fe, main)
+
+
+async def test_a_kernel_cannot_make_relay_connect_elsewhere(
+    dyn: RunningDaemon, remote: ThrowawaySSHD
+) -> None:
+    kernel, fifo = await probe_kernel(dyn.home)
+    async with controller(dyn.home, host="new", kernel=kernel) as fe:
+        loop = asyncio.get_running_loop()
+        _, port, token = (await loop.run_in_executor(None, fifo.read_text)).split()
+        main, _ = await connected(fe)
+        (reply,) = await send_raw(
+            remote,
+            int(port),
+            hook.request_line(token, "callback", "80@192.0.2.1,81@192.0.2.1").rstrip("\n"),
+        )
+        ok, nxt, text = hook.parse_reply(reply)
+        assert not ok and nxt and "only loopback or the front end's own address" in text
+        await finish(fe, main)
+
+
+async def test_forward_request_from_the_local_socket(
+    dyn: RunningDaemon, remote: ThrowawaySSHD
+) -> None:
+    # callback: a link listening here, reachable from the remote host's 127.0.0.1
+    link = await frontend.ListeningLink.create()
+    answer = await request(dyn.home, {"op": "forward", "host": "new", "linkname": str(link.name)})
+    assert answer["event"] == "forwarded"
+    rewritten = str(answer["linkname"])
+    assert ports(rewritten) <= remote_listening(remote)
+    proc = await asyncio.create_subprocess_exec(
+        *remote.nsenter(SIM_KERNEL, "-wstp", "-LinkMode", "Connect", "-LinkName", rewritten)
+    )
+    kl = await link.accept(60)
+    assert await kl.echo(b"on demand") == b"on demand"
+    await kl.quit(0)
+    assert await proc.wait() == 0
+    await kl.aclose()
+    link.close()
+    # expose: a kernel listening on the remote host, reachable from here
+    listener = await asyncio.create_subprocess_exec(
+        *remote.nsenter(SIM_KERNEL, "-wstp", "-LinkMode", "Listen", "-LinkHost", "127.0.0.1"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert listener.stdout is not None
+    line = (await asyncio.wait_for(listener.stdout.readline(), 30)).decode()
+    remote_name = line.removeprefix("Link created on: ").strip()
+    answer = await request(
+        dyn.home,
+        {"op": "forward", "host": "new", "linkname": remote_name, "direction": "expose"},
+    )
+    local = LinkName.parse(str(answer["linkname"]))
+    streams = [
+        await asyncio.open_connection(ep.host, ep.port) for ep in (local.data, local.message)
+    ]
+    kind, hello = await wire.read_data(streams[0][0])
+    assert kind == wire.HELLO and json.loads(hello)["link_name"] is None
+    streams[0][1].write(wire.data_frame(wire.QUIT, b"0"))
+    assert await asyncio.wait_for(listener.wait(), 30) == 0
+    for _, w in streams:
+        w.close()
+        await w.wait_closed()
+    bad = await request(dyn.home, {"op": "forward", "host": "new", "linkname": "x"})
+    assert bad["event"] == "error"
