@@ -61,6 +61,28 @@ def _parser() -> Any:
         "--no-start", action="store_true", help="write the files but do not enable or start them"
     )
     service_sub.add_parser("uninstall", help="stop, disable and remove the service files")
+    fe = sub.add_parser(
+        "frontend-config",
+        help="print the front end's kernel configuration and $RemoteCommand for a host",
+    )
+    fe.add_argument("host", help="a [hosts] name from relay.toml or [user@]host[:port]")
+    fe.add_argument(
+        "--kernel",
+        help="remote kernel path (default: the host's configured "
+        "'kernel', else the default Linux path)",
+    )
+    fe.add_argument("--relay", help="the relay command the front end runs (default: this one)")
+    wolfram = sub.add_parser("wolfram", help="install the RelayTools` package")
+    wolfram_sub = wolfram.add_subparsers(dest="action", required=True)
+    wl_install = wolfram_sub.add_parser(
+        "install", help="install RelayTools` into $UserBaseDirectory/Applications"
+    )
+    wl_install.add_argument(
+        "--user-base-directory",
+        help="$UserBaseDirectory (default: the "
+        "system's: ~/.Mathematica, ~/Library/Mathematica, %%APPDATA%%"
+        "\\Mathematica)",
+    )
     sub.add_parser("version", help="print relay's version")
     return parser
 
@@ -74,6 +96,10 @@ def _main(args: list[str]) -> int:
         return 0
     if ns.command == "status":
         return _status(ns.json)
+    if ns.command == "frontend-config":
+        return _frontend_config(ns)
+    if ns.command == "wolfram":
+        return _wolfram_install(ns)
     if ns.command == "service":
         from relay import service  # noqa: PLC0415
 
@@ -85,6 +111,72 @@ def _main(args: list[str]) -> int:
             print(line, file=sys.stderr if line.startswith("relay:") else sys.stdout)
         return status
     return _serve(ns)
+
+
+def _this_relay() -> str:
+    """The absolute path of this relay executable: the front end may not share our PATH."""
+    import shutil  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    beside = Path(sys.executable).parent / "relay"
+    return str(beside) if beside.exists() else shutil.which("relay") or "relay"
+
+
+def _os_name() -> str:
+    return {"darwin": "MacOSX", "win32": "Windows"}.get(sys.platform, "Unix")
+
+
+def _frontend_config(ns: Any) -> int:
+    from relay import frontendconfig as fc  # noqa: PLC0415
+    from relay import settings  # noqa: PLC0415
+    from relay.errors import RelayError  # noqa: PLC0415
+
+    relay = ns.relay or _this_relay()
+    kernel, note = ns.kernel, ""
+    if kernel is None:
+        try:
+            config, _ = settings.load()
+            _, host = config.resolve(ns.host)
+        except RelayError as exc:
+            print(f"relay: {exc.message}", file=sys.stderr)
+            return 1
+        if host.kernel:
+            kernel, note = "", f'  (KERNEL "" uses the host\'s configured {host.kernel})'
+        else:
+            kernel = fc.default_kernel_path("Unix", 14.1)
+            note = "  (the default Linux path; pass --kernel or set 'kernel' for the host)"
+    remote = fc.remote_command(kernel or "", relay).replace("\\", "\\\\").replace('"', '\\"')
+    print(f"Kernel configuration for {ns.host} (Evaluation > Kernel Configuration Options > Add,")
+    print("Advanced Options):")
+    print(f"  Arguments to MLOpen: {fc.MLOPEN_ARGUMENTS}")
+    print(f"  Launch command:      {fc.launch_command(ns.host, kernel, relay)}{note}")
+    print()
+    print("Parallel compute kernels:")
+    print(f'  $RemoteCommand = "{remote}";')
+    print(f'  LaunchKernels[RemoteMachine["{ns.host}", LinkHost -> "127.0.0.1"]]')
+    print()
+    print("Or, after `relay wolfram install`:")
+    print(
+        f'  Needs["RelayTools`"]; RelaySetupKernelConfiguration["{ns.host} via relay", "{ns.host}"]'
+    )
+    print(f'  LaunchKernels[RelayMachine["{ns.host}", 8]]')
+    return 0
+
+
+def _wolfram_install(ns: Any) -> int:
+    import os  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from relay.frontendconfig import user_base_directory  # noqa: PLC0415
+    from relay.wolfram import install_relaytools  # noqa: PLC0415
+
+    base = ns.user_base_directory or user_base_directory(
+        _os_name(), str(Path.home()), os.environ.get("APPDATA", "")
+    )
+    target = install_relaytools(Path(base), _this_relay())
+    print(f"installed RelayTools` in {target}")
+    print('load it with Needs["RelayTools`"] in the front end\'s kernel')
+    return 0
 
 
 def _status(as_json: bool) -> int:
