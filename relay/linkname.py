@@ -33,10 +33,10 @@ def _shown(text: str) -> str:
 def parse_port(text: str, *, what: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise ValueError(f"{what} {_shown(text)} is not a number")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{what} {port} is outside 1-65535")
-    return port
+    # Checked on the text: a huge number is never converted, nor printed back in full.
+    if len(text.lstrip("0")) > 5 or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{what} {_shown(text)} is outside 1-65535")
+    return int(text)
 
 
 def normalize_host(text: str) -> str:

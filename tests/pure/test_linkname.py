@@ -36,6 +36,7 @@ def test_parses(text: str, data: Endpoint, message: Endpoint) -> None:
         ("x@a,2@b", "not a number"),
         ("0@a,2@b", "outside 1-65535"),
         ("70000@a,2@b", "outside 1-65535"),
+        ("0@a,2@b", "outside 1-65535"),
         ("5000,5001", "has no '@'"),
         ("notalink", "no ','"),
         ("5000@,5001@a", "not a host name"),
@@ -53,10 +54,15 @@ def test_rejects_with_one_line(text: str, says: str) -> None:
     assert len(message) < 400
 
 
-def test_long_garbage_is_shortened_in_the_message() -> None:
-    with pytest.raises(LinkNameError) as info:
-        LinkName.parse("9" * 5000 + "@a,1@b")
+@pytest.mark.parametrize("port", ["9" * 5000, "0" * 5000 + "1" * 10, "99999"])
+def test_long_garbage_is_shortened_in_the_message(port: str) -> None:
+    with pytest.raises(LinkNameError, match="outside 1-65535") as info:
+        LinkName.parse(port + "@a,1@b")
     assert len(str(info.value)) < 400
+
+
+def test_leading_zeros_are_a_port() -> None:
+    assert LinkName.parse("000080@a,1@b").data.port == 80
 
 
 def test_rewrite_keeps_nothing_of_the_front_end_ports() -> None:
