@@ -36,7 +36,6 @@ def test_parses(text: str, data: Endpoint, message: Endpoint) -> None:
         ("x@a,2@b", "not a number"),
         ("0@a,2@b", "outside 1-65535"),
         ("70000@a,2@b", "outside 1-65535"),
-        ("0@a,2@b", "outside 1-65535"),
         ("5000,5001", "has no '@'"),
         ("notalink", "no ','"),
         ("5000@,5001@a", "not a host name"),
