@@ -5,12 +5,17 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SSHD   ?= /usr/sbin/sshd
 
-.PHONY: install system-packages demo test check lint typecheck clean deploy
+.PHONY: install compile system-packages demo test check lint typecheck clean deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
+
+# Bytecode, as an installed package has it: where PYTHONDONTWRITEBYTECODE is set, an editable
+# install would otherwise recompile every module at every shim and kernel start.
+compile: $(VENV)/.installed
+	@$(PY) -m compileall -q relay bench
 
 # Debian's packages: OpenSSH's sshd (the demo and the tests run against a real one), and
 # systemd's tools (the tests verify the unit files and socket activation with them).
@@ -21,7 +26,7 @@ system-packages:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS) >/dev/null; fi
 
-install: $(VENV)/.installed system-packages
+install: $(VENV)/.installed compile system-packages
 
 demo: install
 	$(PY) -m relay.sim.demo

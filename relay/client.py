@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
-from typing import Any
 
 from relay import framing
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from os import PathLike
+    from typing import Any
 
 __all__ = ["ClientError", "connect", "request"]
 
@@ -16,7 +19,7 @@ class ClientError(Exception):
     pass
 
 
-def connect(path: Path) -> socket.socket:
+def connect(path: str | PathLike[str]) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
@@ -26,7 +29,9 @@ def connect(path: Path) -> socket.socket:
     return sock
 
 
-def request(path: Path, message: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+def request(
+    path: str | PathLike[str], message: dict[str, Any], timeout_s: float = 10.0
+) -> dict[str, Any]:
     """Send one request and return the one answer."""
     try:
         sock = connect(path)

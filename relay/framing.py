@@ -1,7 +1,8 @@
 """Control-socket framing: one JSON object per line, versioned and size-bounded. Pure, stdlib.
 
 Shared by the daemon and by the ``relay launch`` shim, which must import nothing outside the
-standard library (``relay.protocol`` adds pydantic validation on the daemon side).
+standard library, and as little of it as it can (JSON is ``relay.minijson``). ``relay.protocol``
+adds pydantic validation on the daemon side.
 
 Every message is a UTF-8 JSON object on one line, at most ``MAX_MESSAGE_BYTES`` including the
 newline, carrying ``"v": PROTOCOL_VERSION``. A connection carries requests from the client and
@@ -10,8 +11,11 @@ events from the daemon; see ``relay.protocol`` for the messages themselves.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from relay import minijson
+
+TYPE_CHECKING = False  # typing is not imported at run time: the shim's start-up is measured
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["MAX_MESSAGE_BYTES", "PROTOCOL_VERSION", "FramingError", "decode", "encode"]
 
@@ -24,12 +28,7 @@ class FramingError(ValueError):
 
 
 def encode(message: dict[str, Any], *, bounded: bool = True) -> bytes:
-    data = (
-        json.dumps(
-            {"v": PROTOCOL_VERSION, **message}, separators=(",", ":"), ensure_ascii=False
-        ).encode()
-        + b"\n"
-    )
+    data = minijson.dumps({"v": PROTOCOL_VERSION, **message}).encode() + b"\n"
     if bounded and len(data) > MAX_MESSAGE_BYTES:
         raise FramingError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     return data
@@ -48,8 +47,8 @@ def decode_unbounded(line: bytes) -> dict[str, Any]:
     if not line.endswith(b"\n"):
         raise FramingError("message is not terminated by a newline (half-written?)")
     try:
-        obj = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        obj = minijson.loads(line.decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise FramingError("message is not UTF-8 JSON") from None
     if not isinstance(obj, dict):
         raise FramingError("message is not a JSON object")

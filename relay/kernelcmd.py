@@ -8,11 +8,11 @@ ignored, as the kernel does. ``MLDontInteract`` is the link option value 256.
 
 from __future__ import annotations
 
-import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-
 from relay.linkname import LinkName
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["LINK_OPTIONS", "KernelFlags", "build_argv", "parse_flags", "shell_join"]
 
@@ -45,6 +45,8 @@ def build_argv(kernel: str, link: LinkName, extra: Sequence[str] = ()) -> list[s
 
 def shell_join(argv: Sequence[str]) -> str:
     """One POSIX ``sh`` command line whose words are exactly ``argv``."""
+    import shlex  # noqa: PLC0415 (the daemon's; the simulator kernel never quotes)
+
     return shlex.join(argv)
 
 
@@ -62,19 +64,21 @@ def parse_link_options(text: str) -> int:
     return total
 
 
-@dataclass(slots=True)
 class KernelFlags:
-    link_startup: bool = False
-    link_mode: str | None = None
-    link_protocol: str | None = None
-    link_name: str | None = None
-    link_host: str | None = None
-    link_options: int = 0
-    subkernel: bool = False
-    noinit: bool = False
-    initfile: list[str] = field(default_factory=list)
-    run: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
+    """What a kernel makes of its command line (see ``parse_flags``)."""
+
+    def __init__(self) -> None:
+        self.link_startup = False
+        self.link_mode: str | None = None
+        self.link_protocol: str | None = None
+        self.link_name: str | None = None
+        self.link_host: str | None = None
+        self.link_options = 0
+        self.subkernel = False
+        self.noinit = False
+        self.initfile: list[str] = []
+        self.run: list[str] = []
+        self.ignored: list[str] = []
 
     @property
     def dont_interact(self) -> bool:

@@ -12,13 +12,9 @@ R1 and R2 are remote listeners that lead back to H1:P1 and H2:P2.
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from dataclasses import dataclass
-
 __all__ = ["Endpoint", "LinkName", "LinkNameError"]
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?$")
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 EXAMPLE = "53994@127.0.0.1,39359@127.0.0.1"
 
 
@@ -39,26 +35,71 @@ def parse_port(text: str, *, what: str) -> int:
     return int(text)
 
 
+def _is_hostname(host: str) -> bool:
+    """A DNS name or IPv4 literal: letters, digits, '_', '.', '-'; 1-253 characters; neither
+    starting with '.' or '-' nor ending with '-' (a trailing '.' is the root)."""
+    name = host[:-1] if host.endswith(".") else host
+    return (
+        0 < len(host) <= 253
+        and bool(name)
+        and set(name) <= _HOST_CHARS
+        and name[0] not in ".-"
+        and name[-1] not in ".-"
+    )
+
+
 def normalize_host(text: str) -> str:
     """Validate a host as it may appear in a link name; return it without IPv6 brackets."""
     host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     if ":" in host:
+        import ipaddress  # noqa: PLC0415 (only for IPv6 literals: the simulator kernel starts fast)
+
         try:
             ipaddress.IPv6Address(host.split("%", 1)[0])
         except ValueError:
             raise ValueError(f"host {_shown(text)} is not a valid IPv6 address") from None
         return host
-    if not _HOSTNAME.match(host):
+    if not _is_hostname(host):
         raise ValueError(f"host {_shown(text)} is not a host name or IP address")
     return host
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
+class _Value:
+    """Frozen value objects without ``dataclasses`` (whose import pulls in ``inspect``)."""
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def _key(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Value) and type(other) is type(self) and self._key() == other._key()
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        return f"{type(self).__name__}({fields})"
+
+
+class Endpoint(_Value):
     """One TCP endpoint of a link: ``PORT@HOST``."""
 
+    __slots__ = ("host", "port")
+    _fields = ("port", "host")
     port: int
     host: str
+
+    def __init__(self, port: int, host: str) -> None:
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "host", host)
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
@@ -79,12 +120,17 @@ def _is_endpoint(text: str) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class LinkName:
+class LinkName(_Value):
     """A TCPIP link name: the data endpoint and the urgent-message endpoint."""
 
+    __slots__ = ("data", "message")
+    _fields = ("data", "message")
     data: Endpoint
     message: Endpoint
+
+    def __init__(self, data: Endpoint, message: Endpoint) -> None:
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "message", message)
 
     @classmethod
     def parse(cls, text: str) -> LinkName:

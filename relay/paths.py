@@ -4,46 +4,60 @@ Config: ``RELAY_CONFIG``, else ``$XDG_CONFIG_HOME/relay/relay.toml``, else
 ``~/.config/relay/relay.toml``. Socket: ``RELAY_SOCKET``, else ``[daemon] socket`` in the config
 file, else ``$XDG_RUNTIME_DIR/relay/relay.sock``, else (macOS)
 ``~/Library/Application Support/relay/relay.sock``, else ``/tmp/relay-$UID/relay.sock``.
+
+Paths are strings built with ``os.path``: the shim runs once per kernel and ``pathlib`` would be
+one more import on its way.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import tomllib
-from collections.abc import Mapping
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["config_path", "default_socket_path", "socket_path"]
 
 
-def config_path(env: Mapping[str, str] = os.environ) -> Path:
+def _home(env: Mapping[str, str]) -> str:
+    return env.get("HOME") or os.path.expanduser("~")
+
+
+def config_path(env: Mapping[str, str] = os.environ) -> str:
     if env.get("RELAY_CONFIG"):
-        return Path(env["RELAY_CONFIG"]).expanduser()
-    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "relay" / "relay.toml"
+        return os.path.expanduser(env["RELAY_CONFIG"])
+    base = env.get("XDG_CONFIG_HOME") or os.path.join(_home(env), ".config")
+    return os.path.join(base, "relay", "relay.toml")
 
 
-def default_socket_path(env: Mapping[str, str] = os.environ, platform: str = sys.platform) -> Path:
+def default_socket_path(env: Mapping[str, str] = os.environ, platform: str = sys.platform) -> str:
     runtime = env.get("XDG_RUNTIME_DIR")
     if runtime:
-        return Path(runtime) / "relay" / "relay.sock"
+        return os.path.join(runtime, "relay", "relay.sock")
     if platform == "darwin":  # persistent (launchd's socket must survive reboots), per user
-        home = Path(env.get("HOME") or Path.home())
-        return home / "Library" / "Application Support" / "relay" / "relay.sock"
-    return Path(f"/tmp/relay-{os.getuid()}") / "relay.sock"  # noqa: S108 (0700, owner checked)
+        return os.path.join(_home(env), "Library", "Application Support", "relay", "relay.sock")
+    return f"/tmp/relay-{os.getuid()}/relay.sock"  # noqa: S108 (0700, owner checked)
 
 
-def socket_path(env: Mapping[str, str] = os.environ) -> Path:
+def socket_path(env: Mapping[str, str] = os.environ) -> str:
     """The control socket, as the shim and the daemon both must agree on it."""
     if env.get("RELAY_SOCKET"):
-        return Path(env["RELAY_SOCKET"]).expanduser()
-    path = config_path(env)
+        return os.path.expanduser(env["RELAY_SOCKET"])
     try:
-        with path.open("rb") as fh:
-            configured = tomllib.load(fh).get("daemon", {}).get("socket")
-    except (OSError, tomllib.TOMLDecodeError):
-        configured = None  # the daemon reports config errors; the shim just needs a path
+        with open(config_path(env), "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        raw = b""
+    configured = None
+    if b"socket" in raw:  # parse (and import tomllib) only when it can matter
+        import tomllib  # noqa: PLC0415
+
+        try:
+            configured = tomllib.loads(raw.decode()).get("daemon", {}).get("socket")
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+            configured = None  # the daemon reports config errors; the shim needs a path
     if isinstance(configured, str) and configured:
-        return Path(configured).expanduser()
+        return os.path.expanduser(configured)
     return default_socket_path(env)

@@ -95,7 +95,7 @@ def _launchd_paths(env: Mapping[str, str]) -> tuple[Path, Path, Path]:
     home = Path(env.get("HOME") or Path.home())
     return (
         home / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist",
-        default_socket_path({"HOME": str(home)}, "darwin"),
+        Path(default_socket_path({"HOME": str(home)}, "darwin")),
         home / "Library" / "Logs" / "relay.log",
     )
 

@@ -115,7 +115,7 @@ def load(path: Path | None = None) -> tuple[RelayConfig, Path]:
     if env.config:
         environ["RELAY_CONFIG"] = env.config
     explicit = path is not None or bool(env.config)
-    path = path or paths.config_path(environ)
+    path = path or Path(paths.config_path(environ))
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
@@ -164,4 +164,4 @@ def socket_path(config: RelayConfig) -> Path:
         return Path(env.socket).expanduser()
     if config.daemon.socket:
         return Path(config.daemon.socket).expanduser()
-    return paths.default_socket_path()
+    return Path(paths.default_socket_path())

@@ -16,20 +16,19 @@ is listening, one is started in the background (like ssh's ControlPersist) unles
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import os
 import select
 import signal
 import socket
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 from relay import framing, paths
 from relay.client import connect
+
+TYPE_CHECKING = False  # typing, dataclasses, pathlib, json: each an import per kernel launch
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["main"]
 
@@ -47,7 +46,9 @@ class ShimError(Exception):
         self.status = status
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> Any:
+    import argparse  # noqa: PLC0415 (only for --help and usage errors; see _parse)
+
     p = argparse.ArgumentParser(
         prog="relay launch",
         description="Launch a remote kernel through the relay daemon (argument order as "
@@ -76,8 +77,58 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Args:
+    def __init__(
+        self,
+        host: str,
+        kernel: str,
+        linkname: str,
+        compute: bool = False,
+        no_autostart: bool = False,
+        timeout: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.host, self.kernel, self.linkname = host, kernel, linkname
+        self.compute, self.no_autostart, self.timeout = compute, no_autostart, timeout
+
+
+def _parse(argv: list[str]) -> _Args:
+    """The launch command line, parsed without importing argparse (it runs once per kernel).
+    Anything unusual (help, a mistake) goes to the argparse parser, which says what is wrong."""
+    compute = no_autostart = False
+    timeout = DEFAULT_TIMEOUT_S
+    words: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--compute":
+            compute = True
+        elif word == "--no-autostart":
+            no_autostart = True
+        elif word == "--timeout" and i + 1 < len(argv):
+            try:
+                timeout = float(argv[i + 1])
+            except ValueError:
+                break
+            i += 1
+        elif word == "--":
+            words += argv[i + 1 :]
+            i = len(argv)
+            continue
+        elif word.startswith("-") and word != "-":
+            break
+        else:
+            words.append(word)
+        i += 1
+    else:
+        if len(words) == 3:
+            host, kernel, linkname = words
+            return _Args(host, kernel, linkname, compute, no_autostart, timeout)
+    ns = _parser().parse_args(argv)  # prints usage and exits on a real mistake
+    return _Args(ns.host, ns.kernel, ns.linkname, ns.compute, ns.no_autostart, ns.timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     try:
         return _run(args)
     except ShimError as exc:
@@ -85,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.status
 
 
-def _daemon_socket(path: Path, autostart: bool) -> socket.socket:
+def _daemon_socket(path: str, autostart: bool) -> socket.socket:
     try:
         return connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -110,13 +161,14 @@ def _daemon_socket(path: Path, autostart: bool) -> socket.socket:
             time.sleep(0.05)
 
 
-def _start_daemon(path: Path) -> None:
+def _start_daemon(path: str) -> None:
     import subprocess  # noqa: PLC0415 (only on the rare autostart path)
 
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log_path = path.parent / "relay.log"
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    log_path = os.path.join(directory, "relay.log")
     read_fd, write_fd = os.pipe()
-    env = dict(os.environ, RELAY_SOCKET=str(path))
+    env = dict(os.environ, RELAY_SOCKET=path)
     with open(log_path, "ab") as log:
         subprocess.Popen(
             [
@@ -127,7 +179,7 @@ def _start_daemon(path: Path) -> None:
                 "--ready-fd",
                 str(write_fd),
                 "--log-file",
-                str(log_path),
+                log_path,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -189,8 +241,10 @@ class _Session:
             except InterruptedError:
                 continue
             if self._wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
+                try:  # noqa: SIM105 (contextlib would be one more import per launch)
                     self._wake_r.recv(64)
+                except BlockingIOError:
+                    pass
             if self.sock in ready:
                 chunk = self.sock.recv(framing.MAX_MESSAGE_BYTES)
                 if not chunk:
@@ -220,7 +274,7 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: _Args) -> int:
     path = paths.socket_path()
     sock = _daemon_socket(path, autostart=not args.no_autostart)
     session = _Session(sock)
@@ -244,9 +298,7 @@ def _run(args: argparse.Namespace) -> int:
     if event.get("event") == "error":
         raise ShimError(str(event.get("message", "launch failed")))
     if event.get("event") != "launched":
-        raise ShimError(
-            f"unexpected answer from the relay daemon: {json.dumps(event)[:200]}", EXIT_DAEMON
-        )
+        raise ShimError(f"unexpected answer from the relay daemon: {str(event)[:200]}", EXIT_DAEMON)
     print(event["linkname"], flush=True)
     if mode == "compute":
         return 0
@@ -254,16 +306,16 @@ def _run(args: argparse.Namespace) -> int:
     if event is None:
         assert session.signal is not None
         session.send({"op": "terminate"})
-        with contextlib.suppress(ShimError):
+        try:  # noqa: SIM105 (contextlib would be one more import per launch)
             session.next_event(TERMINATE_WAIT_S)
+        except ShimError:
+            pass  # the kernel is being ended either way; the signal decides the status
         return 128 + session.signal
     if event.get("event") == "exited":
         return int(event.get("status", EXIT_FAILED)) & 0xFF
     if event.get("event") == "error":  # e.g. the SSH connection died under the kernel
         raise ShimError(str(event.get("message", "the kernel was lost")))
-    raise ShimError(
-        f"unexpected answer from the relay daemon: {json.dumps(event)[:200]}", EXIT_DAEMON
-    )
+    raise ShimError(f"unexpected answer from the relay daemon: {str(event)[:200]}", EXIT_DAEMON)
 
 
 if __name__ == "__main__":  # pragma: no cover

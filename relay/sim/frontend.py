@@ -42,6 +42,15 @@ MLOPEN_ARGS = "-LinkMode Listen -LinkProtocol TCPIP -LinkOptions MLDontInteract 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
+async def read_data(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    kind, length = wire.data_header(await reader.readexactly(wire.DATA_HEADER))
+    return kind, await reader.readexactly(length)
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[int, int]:
+    return wire.message(await reader.readexactly(wire.MESSAGE_SIZE))
+
+
 class KernelLink:
     """The front end's side of a connected link: data and message channels."""
 
@@ -53,7 +62,7 @@ class KernelLink:
         self._listening: list[ListeningLink] = []
 
     async def start(self) -> None:
-        kind, payload = await wire.read_data(self._dr)
+        kind, payload = await read_data(self._dr)
         if kind != wire.HELLO:
             raise ValueError(f"expected HELLO from the kernel, got frame type {kind}")
         self.hello = json.loads(payload)
@@ -61,7 +70,7 @@ class KernelLink:
     async def evaluate(self, kind: int, payload: bytes = b"") -> bytes:
         self._dw.write(wire.data_frame(kind, payload))
         await self._dw.drain()
-        got, result = await wire.read_data(self._dr)
+        got, result = await read_data(self._dr)
         if got != wire.RETURN:
             raise ValueError(f"expected RETURN, got frame type {got}")
         return result
@@ -73,14 +82,14 @@ class KernelLink:
         """Send an urgent message on the message channel; return the kernel's answer."""
         self._mw.write(wire.message_frame(code, arg))
         await self._mw.drain()
-        return await wire.read_message(self._mr)
+        return await read_message(self._mr)
 
     async def send(self, kind: int, payload: bytes = b"") -> None:
         self._dw.write(wire.data_frame(kind, payload))
         await self._dw.drain()
 
     async def read_return(self) -> bytes:
-        got, result = await wire.read_data(self._dr)
+        got, result = await read_data(self._dr)
         if got != wire.RETURN:
             raise ValueError(f"expected RETURN, got frame type {got}")
         return result
@@ -89,7 +98,7 @@ class KernelLink:
         """Up to 11.0: the kernel sends the names of the two links it created
         (``OpenParallelLinksPacket``); the front end connects to them, service link first."""
         async with asyncio.timeout(timeout_s):
-            kind, payload = await wire.read_data(self._dr)
+            kind, payload = await read_data(self._dr)
             if kind != wire.OPEN_PARALLEL_LINKS:
                 raise ValueError(f"expected OpenParallelLinksPacket, got frame type {kind}")
             service, preemptive, _protocol = json.loads(payload)
@@ -123,6 +132,24 @@ class KernelLink:
         if result != b"linked":
             raise ValueError(f"the kernel could not link: {result.decode(errors='replace')}")
         return links[0], links[1]
+
+    async def sink(self, total: int, chunk: int = 1 << 20) -> int:
+        """Send ``total`` bytes to the kernel; returns the count it confirms (benchmarks)."""
+        block = bytes(chunk)
+        left = total
+        while left > 0:
+            self._dw.write(wire.data_frame(wire.SINK, block[: min(left, chunk)]))
+            left -= chunk
+            await self._dw.drain()
+        return int(await self.evaluate(wire.SINK))
+
+    async def source(self, total: int) -> int:
+        """Have the kernel send ``total`` bytes; returns how many arrived (benchmarks)."""
+        await self.send(wire.SOURCE, str(total).encode())
+        got = 0
+        while chunk := await self.read_return():
+            got += len(chunk)
+        return got
 
     async def quit(self, status: int = 0) -> None:
         await self.send(wire.QUIT, str(status).encode())
@@ -178,6 +205,11 @@ class ListeningLink:
     def name(self) -> LinkName:
         ports = [s.sockets[0].getsockname()[1] for s in self._servers]
         return LinkName.parse(f"{ports[0]}@{self.host},{ports[1]}@{self.host}")
+
+    async def connected(self, timeout_s: float = 30.0) -> None:
+        """Both of the kernel's TCP connections have arrived (benchmarks time this)."""
+        async with asyncio.timeout(timeout_s):
+            await asyncio.gather(*(asyncio.shield(f) for f in self._accepted))
 
     async def accept(self, timeout_s: float = 30.0) -> KernelLink:
         async with asyncio.timeout(timeout_s):

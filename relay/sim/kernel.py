@@ -19,33 +19,63 @@ Behaviour, with its source in the topology reference:
   ``$VersionNumber`` (default 14.1): up to 11.0 the kernel creates two listening links at
   start-up through ``listen-pair`` and sends their names (``OPEN_PARALLEL_LINKS``, the old
   method); from 11.1 it waits for the front end's ``PARALLEL_LINK_NAMES`` and connects to
-  them through ``callback`` (the new method). Every link is served concurrently, so a busy
+  them through ``callback`` (the new method). Every channel has a thread of its own, so a busy
   main link does not hold up the preemptive link (Dynamic).
+
+It is written with blocking sockets and threads rather than asyncio, and imports little: a
+kernel starts on every launch, and importing asyncio alone takes longer here than the whole
+launch budget (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
-import json
 import os
 import random
+import socket
+import struct
 import sys
-from collections.abc import Sequence
+import threading
 
-from relay import hook
+from relay import hook, minijson
 from relay.kernelcmd import KernelFlags, parse_flags
 from relay.linkname import LinkName
 from relay.sim import wire
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 __all__ = ["HookClient", "main"]
 
-Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+_DATA = struct.Struct("!BI")
+_MSG = struct.Struct("!II")
 
 
 class HookRefused(Exception):
     pass
+
+
+class LinkClosed(Exception):
+    pass
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            raise LinkClosed
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_data(sock: socket.socket) -> tuple[int, bytes]:
+    kind, length = _DATA.unpack(_recv_exact(sock, _DATA.size))
+    if length > wire.MAX_FRAME:
+        raise LinkClosed
+    return kind, _recv_exact(sock, length) if length else b""
 
 
 class HookClient:
@@ -55,17 +85,13 @@ class HookClient:
         self.port = port
         self.token = token
 
-    async def request(self, op: str, argument: str = "-") -> str:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-        try:
-            writer.write(hook.request_line(self.token, op, argument).encode())
-            await writer.drain()
-            reply = (await reader.read()).decode()  # relay closes after its one reply line
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        ok, next_token, text = hook.parse_reply(reply)
+    def request(self, op: str, argument: str = "-") -> str:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            sock.sendall(hook.request_line(self.token, op, argument).encode())
+            chunks = []
+            while chunk := sock.recv(4096):  # relay closes after its one reply line
+                chunks.append(chunk)
+        ok, next_token, text = hook.parse_reply(b"".join(chunks).decode())
         if next_token is not None:
             self.token = next_token
         if not ok:
@@ -73,57 +99,76 @@ class HookClient:
         return text
 
 
-async def connect(link: LinkName, order: str) -> tuple[Stream, Stream]:
+def _connect_one(host: str, port: int) -> socket.socket:
+    sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def connect(link: LinkName, order: str) -> tuple[socket.socket, socket.socket]:
     if order == "random":
         order = random.choice(["data", "message", "parallel"])  # noqa: S311
     if order == "parallel":
-        data, message = await asyncio.gather(
-            asyncio.open_connection(link.data.host, link.data.port),
-            asyncio.open_connection(link.message.host, link.message.port),
-        )
-    elif order == "message":
-        message = await asyncio.open_connection(link.message.host, link.message.port)
-        data = await asyncio.open_connection(link.data.host, link.data.port)
-    else:
-        data = await asyncio.open_connection(link.data.host, link.data.port)
-        message = await asyncio.open_connection(link.message.host, link.message.port)
-    return data, message
+        got: dict[str, socket.socket | BaseException] = {}
+
+        def one(role: str, host: str, port: int) -> None:
+            try:
+                got[role] = _connect_one(host, port)
+            except OSError as exc:
+                got[role] = exc
+
+        threads = [
+            threading.Thread(target=one, args=("message", link.message.host, link.message.port))
+        ]
+        threads[0].start()
+        one("data", link.data.host, link.data.port)
+        threads[0].join()
+        data, message = got["data"], got["message"]
+        for sock in (data, message):
+            if isinstance(sock, BaseException):
+                for other in (data, message):
+                    if isinstance(other, socket.socket):
+                        other.close()
+                raise sock
+        assert isinstance(data, socket.socket)
+        assert isinstance(message, socket.socket)
+        return data, message
+    if order == "message":
+        message = _connect_one(link.message.host, link.message.port)
+        return _connect_one(link.data.host, link.data.port), message
+    data = _connect_one(link.data.host, link.data.port)
+    return data, _connect_one(link.message.host, link.message.port)
 
 
 class _Listening:
     """A link this kernel created in Listen mode: two ports, one connection each."""
 
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.got: list[asyncio.Future[Stream]] = [loop.create_future(), loop.create_future()]
-        self.servers: list[asyncio.Server] = []
-
-    def acceptor(self, i: int) -> object:
-        async def accepted(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            if self.got[i].done():
-                w.close()
-            else:
-                self.got[i].set_result((r, w))
-
-        return accepted
-
-    async def bind(self, host: str, ports: tuple[int, int]) -> None:
-        for i, port in enumerate(ports):
-            self.servers.append(await asyncio.start_server(self.acceptor(i), host, port))  # type: ignore[arg-type]
+    def __init__(self, host: str, ports: tuple[int, int]) -> None:
+        self.servers: list[socket.socket] = []
+        try:
+            for port in ports:
+                server = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+                self.servers.append(server)
+                server.bind((host, port))
+                server.listen(1)
+        except OSError:
+            self.close()
+            raise
 
     @property
     def name(self) -> str:
-        ports = [s.sockets[0].getsockname() for s in self.servers]
-        return f"{ports[0][1]}@{ports[0][0]},{ports[1][1]}@{ports[1][0]}"
+        (h1, p1, *_), (h2, p2, *_) = (s.getsockname() for s in self.servers)
+        return f"{p1}@{h1},{p2}@{h2}"
 
-    async def accepted(self) -> tuple[Stream, Stream]:
-        data, message = await asyncio.gather(*self.got)
+    def accepted(self) -> tuple[socket.socket, socket.socket]:
+        data, _ = self.servers[0].accept()
+        message, _ = self.servers[1].accept()
         self.close()
         return data, message
 
     def close(self) -> None:
-        for s in self.servers:
-            s.close()
+        for server in self.servers:
+            server.close()
 
 
 class SimKernel:
@@ -138,10 +183,10 @@ class SimKernel:
                 int(os.environ["RELAY_HOOK_PORT"]), os.environ["RELAY_HOOK_TOKEN"]
             )
         self.method = hook.choose_method(version, os.environ.get("RELAY_DYNAMIC_METHOD", "auto"))
-        self.links: set[asyncio.Task[None]] = set()
+        self.links: list[_Link] = []
 
     def hello(self, role: str, name: str | None) -> bytes:
-        return json.dumps(
+        return minijson.dumps(
             {
                 "pid": os.getpid(),
                 "role": role,
@@ -156,133 +201,145 @@ class SimKernel:
             }
         ).encode()
 
-    async def listen(self) -> tuple[Stream, Stream]:
-        listening = _Listening()
-        await listening.bind(self.flags.link_host or "127.0.0.1", (0, 0))
+    def listen(self) -> tuple[socket.socket, socket.socket]:
+        listening = _Listening(self.flags.link_host or "127.0.0.1", (0, 0))
         if not self.flags.dont_interact:
             print(f"Link created on: {listening.name}", flush=True)
-        return await listening.accepted()
+        return listening.accepted()
 
-    async def old_method_links(self, main_writer: asyncio.StreamWriter) -> None:
+    def old_method_links(self, main: _Link) -> None:
         """Up to 11.0: CreateFrontEndLink twice, through relay's listen-pair, then tell the
         front end (OpenParallelLinksPacket); it connects to the service link first."""
         assert self.hook is not None
-        names: list[str] = []
-        listenings: list[_Listening] = []
+        pairs: list[tuple[str, _Listening]] = []
         for _role in ("service", "preemptive"):
             for _attempt in range(5):
-                pair = LinkName.parse(await self.hook.request("listen-pair"))
-                listening = _Listening()
+                pair = LinkName.parse(self.hook.request("listen-pair"))
                 try:
-                    await listening.bind("127.0.0.1", (pair.data.port, pair.message.port))
+                    listening = _Listening("127.0.0.1", (pair.data.port, pair.message.port))
                 except OSError as exc:
-                    listening.close()
                     if exc.errno != errno.EADDRINUSE:
                         raise
-                    await self.hook.request("release", str(pair))
+                    self.hook.request("release", str(pair))  # taken here: ask again
                     continue
-                names.append(str(pair))
-                listenings.append(listening)
+                pairs.append((str(pair), listening))
                 break
             else:
                 raise HookRefused("no free pair of ports after 5 tries")
-        main_writer.write(
-            wire.data_frame(wire.OPEN_PARALLEL_LINKS, json.dumps([*names, "TCPIP"]).encode())
-        )
-        for role, name, listening in zip(("service", "preemptive"), names, listenings, strict=True):
-            data, message = await listening.accepted()
-            self.spawn_link(role, name, data, message)
+        names = [name for name, _ in pairs]
+        main.send(wire.OPEN_PARALLEL_LINKS, minijson.dumps([*names, "TCPIP"]).encode())
+        for role, (name, listening) in zip(("service", "preemptive"), pairs, strict=True):
+            self.start_link(role, name, *listening.accepted())
 
-    async def new_method_links(self, payload: bytes) -> bytes:
+    def new_method_links(self, payload: bytes) -> bytes:
         """From 11.1: the front end named its two listening links; connect through relay."""
-        service, preemptive, _protocol = json.loads(payload)
-        for role, name in (("service", service), ("preemptive", preemptive)):
-            target = await self.hook.request("callback", name) if self.hook else name
-            data, message = await connect(LinkName.parse(target), self.order)
-            self.spawn_link(role, target, data, message)
+        names = minijson.loads(payload.decode())
+        assert isinstance(names, list)
+        for role, name in (("service", names[0]), ("preemptive", names[1])):
+            target = self.hook.request("callback", name) if self.hook else name
+            self.start_link(role, target, *connect(LinkName.parse(target), self.order))
         return b"linked"
 
-    def spawn_link(self, role: str, name: str, data: Stream, message: Stream) -> None:
-        task = asyncio.ensure_future(self.serve_link(role, name, data, message))
-        self.links.add(task)
-        task.add_done_callback(self.links.discard)
+    def start_link(self, role: str, name: str, data: socket.socket, message: socket.socket) -> None:
+        link = _Link(self, role, name, data, message)
+        self.links.append(link)
+        threading.Thread(target=link.serve, daemon=True, name=role).start()
 
-    async def serve_link(self, role: str, name: str | None, data: Stream, message: Stream) -> None:
-        (dr, dw), (mr, mw) = data, message
-        dw.write(wire.data_frame(wire.HELLO, self.hello(role, name)))
-        link = _Link(self, role, dw)
-        urgent = asyncio.ensure_future(link.urgent(mr, mw))
-        evaluate = asyncio.ensure_future(link.evaluate(dr, dw))
-        if role == "main" and self.hook is not None and self.method == "old":
-            await self.old_method_links(dw)
-        await asyncio.wait({urgent, evaluate}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (urgent, evaluate):
-            task.cancel()
-        await asyncio.gather(urgent, evaluate, return_exceptions=True)
-        for w in (dw, mw):
-            w.close()
-
-    async def serve(self, data: Stream, message: Stream) -> int:
-        await self.serve_link("main", self.flags.link_name, data, message)
-        for task in list(self.links):  # the main link closed: the kernel exits
-            task.cancel()
-        await asyncio.gather(*self.links, return_exceptions=True)
+    def serve(self, data: socket.socket, message: socket.socket) -> int:
+        main = _Link(self, "main", self.flags.link_name, data, message)
+        main.serve()
+        for link in self.links:  # the main link closed: the kernel exits
+            link.close()
         return self.exit_status
 
 
 class _Link:
-    """One link's two channels, served independently of the kernel's other links."""
+    """One link's two channels: the data channel in the serving thread, the message channel
+    in a thread of its own, so urgent messages are answered while an evaluation runs."""
 
-    def __init__(self, kernel: SimKernel, role: str, writer: asyncio.StreamWriter) -> None:
-        self.kernel = kernel
-        self.role = role
-        self.busy: asyncio.Task[None] | None = None
-        self.aborted = False
+    def __init__(
+        self,
+        kernel: SimKernel,
+        role: str,
+        name: str | None,
+        data: socket.socket,
+        message: socket.socket,
+    ) -> None:
+        self.kernel, self.role, self.name = kernel, role, name
+        self.data, self.message = data, message
+        self.abort = threading.Event()
+        self.busy = False
 
-    async def evaluate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def send(self, kind: int, payload: bytes = b"") -> None:
+        self.data.sendall(_DATA.pack(kind, len(payload)) + payload)
+
+    def serve(self) -> None:
+        try:
+            self.send(wire.HELLO, self.kernel.hello(self.role, self.name))
+            threading.Thread(target=self.urgent, daemon=True, name=f"{self.role}-urgent").start()
+            if self.role == "main" and self.kernel.hook is not None and self.kernel.method == "old":
+                self.kernel.old_method_links(self)
+            self.evaluate()
+        except (LinkClosed, OSError, HookRefused) as exc:
+            if isinstance(exc, HookRefused):
+                print(f"relay-sim-kernel: relay's hook refused: {exc}", file=sys.stderr)
+                self.kernel.exit_status = 1
+        finally:
+            self.close()
+
+    def evaluate(self) -> None:
+        sunk = 0
         while True:
-            try:
-                kind, payload = await wire.read_data(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return  # the link closed
+            kind, payload = read_data(self.data)
             if kind == wire.ECHO:
-                writer.write(wire.data_frame(wire.RETURN, payload))
+                self.send(wire.RETURN, payload)
             elif kind == wire.SLEEP:
-                self.aborted = False
-                self.busy = asyncio.ensure_future(asyncio.sleep(int(payload) / 1000))
-                try:
-                    await self.busy
-                    result = b"done"
-                except asyncio.CancelledError:
-                    if not self.aborted:
-                        raise
-                    result = b"$Aborted"
-                self.busy = None
-                writer.write(wire.data_frame(wire.RETURN, result))
+                self.abort.clear()
+                self.busy = True
+                aborted = self.abort.wait(int(payload) / 1000)
+                self.busy = False
+                self.send(wire.RETURN, b"$Aborted" if aborted else b"done")
+            elif kind == wire.SINK:  # bulk towards the kernel (benchmarks)
+                sunk += len(payload)
+                if not payload:
+                    self.send(wire.RETURN, str(sunk).encode())
+                    sunk = 0
+            elif kind == wire.SOURCE:  # bulk from the kernel (benchmarks)
+                left, block = int(payload), bytes(1 << 20)
+                while left > 0:
+                    self.send(wire.RETURN, block[: min(left, len(block))])
+                    left -= len(block)
+                self.send(wire.RETURN)
             elif kind == wire.PARALLEL_LINK_NAMES:
                 try:
-                    result = await self.kernel.new_method_links(payload)
+                    result = self.kernel.new_method_links(payload)
                 except (HookRefused, OSError, ValueError) as exc:
                     result = f"$Failed: {exc}".encode()
-                writer.write(wire.data_frame(wire.RETURN, result))
+                self.send(wire.RETURN, result)
             elif kind == wire.QUIT and self.role == "main":
                 self.kernel.exit_status = int(payload or b"0")
                 return
-            await writer.drain()
 
-    async def urgent(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                code, arg = await wire.read_message(reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            if code == wire.TERMINATE:
-                return
-            if code == wire.ABORT and self.busy is not None:
-                self.aborted = True
-                self.busy.cancel()
-            writer.write(wire.message_frame(code, arg))  # acknowledge on the message channel
-            await writer.drain()
+    def urgent(self) -> None:
+        try:
+            while True:
+                code, arg = _MSG.unpack(_recv_exact(self.message, _MSG.size))
+                if code == wire.TERMINATE:
+                    self.close()
+                    return
+                if code == wire.ABORT and self.busy:
+                    self.abort.set()
+                self.message.sendall(_MSG.pack(code, arg))  # acknowledged on this channel
+        except (LinkClosed, OSError):
+            return
+
+    def close(self) -> None:
+        for sock in (self.data, self.message):
+            try:  # noqa: SIM105 (contextlib would be one more import per kernel start)
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
 
 
 def _sim_version(flags: KernelFlags) -> float:
@@ -294,7 +351,8 @@ def _sim_version(flags: KernelFlags) -> float:
     return 14.1
 
 
-async def run(argv: Sequence[str]) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         flags = parse_flags(argv)
         version = _sim_version(flags)
@@ -304,37 +362,29 @@ async def run(argv: Sequence[str]) -> int:
     if not flags.link_startup and flags.link_mode is None:
         print("relay-sim-kernel: no -wstp/-mathlink or -LinkMode: nothing to do", file=sys.stderr)
         return 2
-    kernel = SimKernel(flags, version)
-    mode = flags.link_mode or "connect"
     if flags.link_protocol not in (None, "TCPIP"):
         print(
             f"relay-sim-kernel: only -LinkProtocol TCPIP is simulated, not {flags.link_protocol}",
             file=sys.stderr,
         )
         return 2
+    kernel = SimKernel(flags, version)
+    mode = flags.link_mode or "connect"
     if mode == "connect":
         if not flags.link_name:
             print("relay-sim-kernel: -LinkMode Connect needs -LinkName", file=sys.stderr)
             return 2
         try:
-            data, message = await connect(LinkName.parse(flags.link_name), kernel.order)
+            data, message = connect(LinkName.parse(flags.link_name), kernel.order)
         except (ValueError, OSError) as exc:
             print(f"relay-sim-kernel: cannot connect to {flags.link_name}: {exc}", file=sys.stderr)
             return 1
     elif mode == "listen":
-        data, message = await kernel.listen()
+        data, message = kernel.listen()
     else:
         print(f"relay-sim-kernel: -LinkMode {mode} is not simulated", file=sys.stderr)
         return 2
-    try:
-        return await kernel.serve(data, message)
-    except HookRefused as exc:
-        print(f"relay-sim-kernel: relay's hook refused: {exc}", file=sys.stderr)
-        return 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return asyncio.run(run(sys.argv[1:] if argv is None else argv))
+    return kernel.serve(data, message)
 
 
 if __name__ == "__main__":  # pragma: no cover

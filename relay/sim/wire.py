@@ -8,7 +8,6 @@ MLInterruptMessage 2, MLAbortMessage 3); the 8-byte encoding is the simulator's 
 
 from __future__ import annotations
 
-import asyncio
 import struct
 
 __all__ = [
@@ -20,7 +19,9 @@ __all__ = [
     "PARALLEL_LINK_NAMES",
     "QUIT",
     "RETURN",
+    "SINK",
     "SLEEP",
+    "SOURCE",
     "TERMINATE",
 ]
 
@@ -32,6 +33,8 @@ QUIT = 4  # front end -> kernel: exit with status N (ASCII), like Quit[N]
 HELLO = 5  # kernel -> front end, first frame: JSON facts about the kernel (pid, flags)
 # The service and preemptive links (topology reference, section 3), payload JSON
 # [serviceName, preemptiveName, protocol]:
+SINK = 8  # front end -> kernel: payload discarded; after the last (empty) one, RETURN total
+SOURCE = 9  # front end -> kernel: send N (ASCII) bytes back as RETURN frames, then an empty one
 OPEN_PARALLEL_LINKS = 6  # kernel -> front end, old method: FrontEnd`OpenParallelLinksPacket
 PARALLEL_LINK_NAMES = 7  # front end -> kernel, new method: the code naming the front end's links
 
@@ -49,17 +52,22 @@ def data_frame(kind: int, payload: bytes = b"") -> bytes:
     return _DATA.pack(kind, len(payload)) + payload
 
 
-async def read_data(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    kind, length = _DATA.unpack(await reader.readexactly(_DATA.size))
+def data_header(header: bytes) -> tuple[int, int]:
+    """(type, payload length) of a data frame's 5-byte header."""
+    kind, length = _DATA.unpack(header)
     if length > MAX_FRAME:
         raise ValueError(f"frame of {length} bytes")
-    return kind, await reader.readexactly(length)
+    return kind, length
 
 
 def message_frame(code: int, arg: int = 0) -> bytes:
     return _MSG.pack(code, arg)
 
 
-async def read_message(reader: asyncio.StreamReader) -> tuple[int, int]:
-    code, arg = _MSG.unpack(await reader.readexactly(_MSG.size))
+def message(frame: bytes) -> tuple[int, int]:
+    code, arg = _MSG.unpack(frame)
     return code, arg
+
+
+DATA_HEADER = _DATA.size
+MESSAGE_SIZE = _MSG.size

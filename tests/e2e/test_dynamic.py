@@ -24,6 +24,7 @@ import pytest
 from relay import client, hook
 from relay.linkname import LinkName
 from relay.sim import frontend, wire
+from relay.sim.frontend import read_data
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
 from tests.e2e.helpers import Controller, controller
@@ -262,7 +263,7 @@ async def test_forward_request_from_the_local_socket(
     streams = [
         await asyncio.open_connection(ep.host, ep.port) for ep in (local.data, local.message)
     ]
-    kind, hello = await wire.read_data(streams[0][0])
+    kind, hello = await read_data(streams[0][0])
     assert kind == wire.HELLO and json.loads(hello)["link_name"] is None
     streams[0][1].write(wire.data_frame(wire.QUIT, b"0"))
     assert await asyncio.wait_for(listener.wait(), 30) == 0

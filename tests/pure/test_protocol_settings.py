@@ -154,9 +154,9 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("RELAY_SOCKET", raising=False)
     config, used = load()
     assert used == path
-    assert socket_path(config) == paths.socket_path() == tmp_path / "s.sock"
+    assert socket_path(config) == Path(paths.socket_path()) == tmp_path / "s.sock"
     monkeypatch.setenv("RELAY_SOCKET", "/x/y.sock")
-    assert socket_path(config) == paths.socket_path() == Path("/x/y.sock")
+    assert socket_path(config) == Path(paths.socket_path()) == Path("/x/y.sock")
 
 
 def test_protocol_messages_are_json_lines() -> None:

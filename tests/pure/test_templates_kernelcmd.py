@@ -152,3 +152,16 @@ def test_built_argv_parses_back(p1: int, p2: int, extra: list[str]) -> None:
 def test_shell_join_round_trips(argv: list[str]) -> None:
     argv = [a.replace("\x00", "") for a in argv]
     assert shlex.split(shell_join(argv)) == argv
+
+
+def test_shim_arguments_without_argparse() -> None:
+    from relay.shim import _parse
+
+    args = _parse(["--compute", "--timeout", "5", "h", "", "1@a,2@a"])
+    assert (args.host, args.kernel, args.linkname) == ("h", "", "1@a,2@a")
+    assert args.compute and not args.no_autostart and args.timeout == 5.0
+    assert _parse(["--", "-odd-host", "k", "n"]).host == "-odd-host"
+    with pytest.raises(SystemExit):
+        _parse(["--bogus", "h", "k", "n"])
+    with pytest.raises(SystemExit):
+        _parse(["h", "k"])

@@ -9,6 +9,7 @@ import secrets
 import pytest
 
 from relay.sim import frontend, wire
+from relay.sim.frontend import read_data
 from tests.conftest import SIM_KERNEL
 
 
@@ -83,7 +84,7 @@ async def test_listen_mode_prints_link_created_unless_dont_interact(
             await asyncio.open_connection(ep.host, ep.port) for ep in (name.data, name.message)
         ]
         (dr, dw), (_mr, mw) = streams
-        kind, _ = await wire.read_data(dr)
+        kind, _ = await read_data(dr)
         assert kind == wire.HELLO
         dw.write(wire.data_frame(wire.QUIT, b"0"))
         await dw.drain()

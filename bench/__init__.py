@@ -1,0 +1,1 @@
+"""relay's benchmarks: ``make bench`` (full), ``make bench-quick``; see BENCHMARKS.md."""

@@ -1,0 +1,583 @@
+"""``make bench``: relay against Tunnel's way and OpenSSH ControlMaster, side by side.
+
+Everything runs on this machine against a real OpenSSH sshd: on loopback, and through a
+user-space delay relay (bench.delayproxy) for emulated round-trip times. The three ways are
+interleaved in every round so that drifting machine load hits them alike. Results go to
+BENCHMARKS.md and a plot of launch latency against RTT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.delayproxy import DelayProxy, calibrate
+from bench.ways import ControlMasterWay, Launched, RelayWay, TunnelWay
+from relay import client
+from relay.linkname import LinkName
+from relay.sim import frontend
+from relay.sim.sshd import ThrowawaySSHD
+
+BIN = Path(sys.executable).parent
+RELAY = str(BIN / "relay")
+KERNEL = str(BIN / "relay-sim-kernel")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Config:
+    rtts_ms: list[int]
+    repeats: int
+    concurrent: int
+    concurrent_repeats: int
+    pingpongs: int
+    bulk_bytes: int
+    daemon_kernels: int
+    shim_runs: int
+    write_report: bool = True
+    out: Path = ROOT
+
+    @classmethod
+    def full(cls) -> Config:
+        return cls([0, 10, 50, 150], 7, 32, 3, 2000, 256 << 20, 100, 30)
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls([0, 50], 3, 32, 1, 500, 32 << 20, 30, 10)
+
+    @classmethod
+    def tiny(cls) -> Config:
+        return cls([0, 10], 1, 3, 1, 20, 1 << 20, 3, 2, write_report=False)
+
+
+@dataclass
+class Sample:
+    values: list[float] = field(default_factory=list)
+    failures: int = 0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+    def cell(self, unit: str = "ms", scale: float = 1000.0, digits: int = 0) -> str:
+        if not self.values:
+            return f"failed ({self.failures})"
+        med, lo, hi = (v * scale for v in (self.median, min(self.values), max(self.values)))
+        fail = f", {self.failures} failed" if self.failures else ""
+        return f"{med:.{digits}f} {unit} ({lo:.{digits}f}-{hi:.{digits}f}{fail})"
+
+
+@dataclass
+class Results:
+    calibration: dict[int, dict[str, float]] = field(default_factory=dict)
+    single: dict[tuple[str, int], Sample] = field(default_factory=dict)
+    single_controller: dict[int, Sample] = field(default_factory=dict)
+    concurrent: dict[tuple[str, int], Sample] = field(default_factory=dict)
+    pingpong: dict[str, Sample] = field(default_factory=dict)
+    bulk: dict[tuple[str, str], Sample] = field(default_factory=dict)
+    shim_wall: Sample = field(default_factory=Sample)
+    shim_cpu: Sample = field(default_factory=Sample)
+    daemon: dict[str, tuple[float, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Bench:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.results = Results()
+        self.dir = Path(tempfile.mkdtemp(prefix="relay-bench-", dir="/tmp"))
+        self.sshd = ThrowawaySSHD(self.dir / "sshd")
+        self.proxies: dict[int, DelayProxy] = {}
+        self.masters: dict[int, ControlMasterWay] = {}
+        self.daemon: asyncio.subprocess.Process | None = None
+        self.env = dict(
+            os.environ,
+            RELAY_CONFIG=str(self.dir / "relay.toml"),
+            RELAY_SOCKET=str(self.dir / "run" / "relay.sock"),
+        )
+
+    # -- set-up ----------------------------------------------------------------------------
+    def port(self, rtt: int) -> int:
+        return self.sshd.port if rtt == 0 else self.proxies[rtt].port
+
+    async def start(self) -> None:
+        self.sshd.start()
+        for rtt in self.config.rtts_ms:
+            if rtt:
+                self.proxies[rtt] = await DelayProxy(self.sshd.port, rtt / 1000).start()
+                self.sshd.trust_port(self.proxies[rtt].port)
+        toml = "".join(
+            self.sshd.host_toml(f"rtt{rtt}", port=self.port(rtt), kernel=KERNEL)
+            for rtt in self.config.rtts_ms
+        )
+        (self.dir / "relay.toml").write_text(toml)
+        self.daemon = await asyncio.create_subprocess_exec(
+            RELAY,
+            "serve",
+            "--log-level",
+            "warning",
+            env=self.env,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await self._wait_socket()
+        for rtt in self.config.rtts_ms:
+            master = ControlMasterWay(self.sshd, self.port(rtt), KERNEL, self.dir / f"cm{rtt}")
+            await master.start()
+            self.masters[rtt] = master
+
+    async def _wait_socket(self) -> None:
+        sock = Path(self.env["RELAY_SOCKET"])
+        for _ in range(300):  # bounded: 15 s
+            with contextlib.suppress(OSError, client.ClientError):
+                if sock.exists() and client.request(sock, {"op": "ping"})["event"] == "pong":
+                    return
+            await asyncio.sleep(0.05)
+        raise RuntimeError("relay serve did not come up")
+
+    async def stop(self) -> None:
+        for master in self.masters.values():
+            await master.stop()
+        if self.daemon is not None and self.daemon.returncode is None:
+            self.daemon.terminate()
+            await self.daemon.wait()
+        for proxy in self.proxies.values():
+            await proxy.aclose()
+        self.sshd.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def ways(self, rtt: int) -> list[Any]:
+        return [
+            TunnelWay(self.sshd, self.port(rtt), KERNEL),
+            self.masters[rtt],
+            RelayWay(RELAY, f"rtt{rtt}", KERNEL, self.env),
+        ]
+
+    # -- one launch, timed -----------------------------------------------------------------
+    async def timed_launch(
+        self,
+        way: Any,
+        compute: bool = True,
+        then: Callable[[frontend.KernelLink], Awaitable[None]] | None = None,
+    ) -> float | None:
+        """Seconds from starting the launch command to both channels at the front end."""
+        link = await frontend.ListeningLink.create()
+        launched = Launched()
+        try:
+            started = time.perf_counter()
+            launched = await way.launch(link.name, compute=compute)
+            await link.connected(60)
+            elapsed = time.perf_counter() - started
+            kl = await link.accept(60)
+            if then is not None:
+                await then(kl)
+            await kl.quit(0)
+            await kl.closed()
+            await kl.aclose()
+            return elapsed
+        except (TimeoutError, RuntimeError, OSError):
+            return None
+        finally:
+            link.close()
+            await way.finish(launched)
+
+    # -- the figures -----------------------------------------------------------------------
+    async def run(self) -> Results:
+        started = time.perf_counter()
+        for rtt in self.config.rtts_ms:
+            self.results.calibration[rtt] = await calibrate(rtt / 1000, 10)
+        await self.start()
+        try:
+            for rtt in self.config.rtts_ms:  # warm every way on every path once
+                for way in self.ways(rtt):
+                    await self.timed_launch(way)
+            for rtt in self.config.rtts_ms:
+                await self.single_launches(rtt)
+            for rtt in self.config.rtts_ms:
+                await self.concurrent_launches(rtt)
+            await self.pingpong_and_bulk()
+            await self.shim_cost()
+            await self.daemon_footprint()
+        finally:
+            await self.stop()
+        self.results.seconds = time.perf_counter() - started
+        return self.results
+
+    async def single_launches(self, rtt: int) -> None:
+        for _ in range(self.config.repeats):
+            for way in self.ways(rtt):
+                sample = self.results.single.setdefault((way.key, rtt), Sample())
+                elapsed = await self.timed_launch(way)
+                if elapsed is None:
+                    sample.failures += 1
+                else:
+                    sample.values.append(elapsed)
+            controller = self.results.single_controller.setdefault(rtt, Sample())
+            elapsed = await self.timed_launch(
+                RelayWay(RELAY, f"rtt{rtt}", KERNEL, self.env), compute=False
+            )
+            if elapsed is None:
+                controller.failures += 1
+            else:
+                controller.values.append(elapsed)
+
+    async def concurrent_launches(self, rtt: int) -> None:
+        n = self.config.concurrent
+        for _ in range(self.config.concurrent_repeats):
+            for way in self.ways(rtt):
+                sample = self.results.concurrent.setdefault((way.key, rtt), Sample())
+                links = [await frontend.ListeningLink.create() for _ in range(n)]
+                started = time.perf_counter()
+                launches = await asyncio.gather(
+                    *(way.launch(link.name) for link in links), return_exceptions=True
+                )
+                connected = await asyncio.gather(
+                    *(link.connected(60) for link in links), return_exceptions=True
+                )
+                elapsed = time.perf_counter() - started
+                failed = sum(isinstance(c, BaseException) for c in connected)
+                if failed:
+                    sample.failures += 1
+                else:
+                    sample.values.append(elapsed)
+                for link, ok in zip(links, connected, strict=True):
+                    if not isinstance(ok, BaseException):
+                        kl = await link.accept(60)
+                        await kl.quit(0)
+                        await kl.closed()
+                        await kl.aclose()
+                    link.close()
+                for launched in launches:
+                    if isinstance(launched, Launched):
+                        await way.finish(launched)
+
+    async def pingpong_and_bulk(self) -> None:
+        rtt = 0
+        ways = {
+            "relay": RelayWay(RELAY, f"rtt{rtt}", KERNEL, self.env),
+            "openssh": TunnelWay(self.sshd, self.port(rtt), KERNEL),
+            "openssh-aes128-gcm": TunnelWay(
+                self.sshd, self.port(rtt), KERNEL, ["-c", "aes128-gcm@openssh.com"]
+            ),
+            "direct": _DirectWay(),
+        }
+        payload = bytes(100)
+        n, size = self.config.pingpongs, self.config.bulk_bytes
+
+        async def measure(key: str, kl: frontend.KernelLink) -> None:
+            rounds = Sample()
+            for _ in range(n):
+                started = time.perf_counter()
+                await kl.echo(payload)
+                rounds.values.append(time.perf_counter() - started)
+            self.results.pingpong[key] = rounds
+            for direction, move in (("to kernel", kl.sink), ("from kernel", kl.source)):
+                started = time.perf_counter()
+                moved = await move(size)
+                elapsed = time.perf_counter() - started
+                assert moved == size, (key, direction, moved)
+                self.results.bulk.setdefault((key, direction), Sample()).values.append(
+                    size / elapsed
+                )
+
+        for key, way in ways.items():
+            await self.timed_launch(way, then=lambda kl, key=key: measure(key, kl))
+
+    async def shim_cost(self) -> None:
+        """``relay launch`` on a warm daemon, without a kernel: a request the daemon refuses
+        at once, so the process's own start, imports, socket round trip and exit are timed."""
+        for _ in range(self.config.shim_runs):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            proc = await asyncio.create_subprocess_exec(
+                RELAY,
+                "launch",
+                "--no-autostart",
+                "rtt0",
+                KERNEL,
+                "1@127.0.0.1",
+                env=self.env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            await proc.wait()
+            self.results.shim_wall.values.append(time.perf_counter() - started)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            self.results.shim_cpu.values.append(
+                after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            )
+
+    async def daemon_footprint(self) -> None:
+        assert self.daemon is not None
+        self.results.daemon["idle"] = _proc_stats(self.daemon.pid)
+        way = RelayWay(RELAY, "rtt0", KERNEL, self.env)
+        links = [await frontend.ListeningLink.create() for _ in range(self.config.daemon_kernels)]
+        launches = []
+        for chunk in range(0, len(links), 25):
+            batch = links[chunk : chunk + 25]
+            launches += await asyncio.gather(*(way.launch(link.name) for link in batch))
+            await asyncio.gather(*(link.connected(60) for link in batch))
+        kernels = [await link.accept(60) for link in links]
+        self.results.daemon[f"{len(kernels)} kernels"] = _proc_stats(self.daemon.pid)
+        for kl in kernels:
+            await kl.quit(0)
+        for kl in kernels:
+            await kl.closed()
+            await kl.aclose()
+        for launched, link in zip(launches, links, strict=True):
+            await way.finish(launched)
+            link.close()
+        await _until_kernels_gone(Path(self.env["RELAY_SOCKET"]))
+        self.results.daemon["after"] = _proc_stats(self.daemon.pid)
+
+
+class _DirectWay:
+    """The kernel connects straight to the front end: raw loopback TCP, the floor."""
+
+    key = "direct"
+
+    async def launch(self, link: LinkName, compute: bool = True) -> Launched:
+        proc = await asyncio.create_subprocess_exec(
+            KERNEL, "-wstp", "-LinkMode", "Connect", "-LinkName", str(link)
+        )
+        return Launched([proc])
+
+    async def finish(self, launched: Launched) -> None:
+        for proc in launched.procs:
+            await proc.wait()
+
+
+def _proc_stats(pid: int) -> tuple[float, int]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _until_kernels_gone(sock: Path) -> None:
+    for _ in range(600):  # bounded: 30 s
+        if not client.request(sock, {"op": "status"})["kernels"]:
+            return
+        await asyncio.sleep(0.05)
+
+
+# -- the report -------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    import asyncssh
+    import uvloop
+
+    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "machine": f"{os.cpu_count()} cores, {cpu}, {platform.platform()}",
+        "python": platform.python_version(),
+        "asyncssh": asyncssh.__version__,
+        "uvloop": uvloop.__version__,
+        "openssh": ssh,
+    }
+
+
+def render(config: Config, r: Results, plot_name: str) -> str:
+    v = _versions()
+    lines = [
+        "# relay benchmarks",
+        "",
+        f"Generated by `make bench` on {datetime.date.today().isoformat()} in "
+        f"{r.seconds:.0f} s. Machine: {v['machine']}. Python {v['python']}, asyncssh "
+        f"{v['asyncssh']}, uvloop {v['uvloop']}, {v['openssh']}.",
+        "",
+        "Medians, with (min-max) of the repeats beside them; every launch starts the simulator "
+        "kernel (`relay-sim-kernel`, a Python program) and is timed from starting the launch "
+        "command to both of the kernel's TCP connections arriving at the front end's listening "
+        "link. The three ways are interleaved in every round.",
+        "",
+        "## Emulated round-trip time (the check)",
+        "",
+        "| RTT asked | TCP connect + first byte back | 100-byte ping-pong |",
+        "|---|---|---|",
+    ]
+    for rtt, cal in r.calibration.items():
+        lines.append(f"| {rtt} ms | {cal['connect_ms']:.1f} ms | {cal['pingpong_ms']:.2f} ms |")
+    keys = [
+        ("tunnel", "Tunnel's way (fresh `ssh -R 0 -R 0` per kernel)"),
+        ("controlmaster", "OpenSSH ControlMaster (`-O forward` x2 + exec)"),
+        ("relay", "relay launch (warm daemon)"),
+    ]
+    lines += [
+        "",
+        "## Single launch latency (warm, compute kernel)",
+        "",
+        "| RTT | " + " | ".join(name for _, name in keys) + " | relay vs Tunnel | "
+        "relay vs ControlMaster | target: RTT + 40 ms |",
+        "|---" * 7 + "|",
+    ]
+    for rtt in config.rtts_ms:
+        cells = [r.single[(k, rtt)] for k, _ in keys]
+        relay = cells[2].median
+        target = rtt / 1000 + 0.040
+        lines.append(
+            f"| {rtt} ms | "
+            + " | ".join(c.cell() for c in cells)
+            + f" | {cells[0].median / relay:.1f}x faster | "
+            f"{cells[1].median / relay:.1f}x faster | "
+            f"{'met' if relay <= target else 'missed'} ({target * 1000:.0f} ms) |"
+        )
+    lines += [
+        "",
+        "relay controller launch (with the Dynamic hook: a control channel and the "
+        "kernel init file):",
+        "",
+    ]
+    lines += [f"- {rtt} ms RTT: {s.cell()}" for rtt, s in r.single_controller.items()]
+    lines += [
+        "",
+        f"## {config.concurrent} compute kernels launched at once",
+        "",
+        "| RTT | " + " | ".join(name for _, name in keys) + " | relay vs Tunnel | "
+        "target: 3 x RTT + 600 ms |",
+        "|---" * 6 + "|",
+    ]
+    for rtt in config.rtts_ms:
+        cells = [r.concurrent[(k, rtt)] for k, _ in keys]
+        relay = cells[2].median
+        target = 3 * rtt / 1000 + 0.600
+        lines.append(
+            f"| {rtt} ms | "
+            + " | ".join(c.cell() for c in cells)
+            + f" | {cells[0].median / relay:.1f}x faster | "
+            f"{'met' if relay <= target else 'missed'} ({target * 1000:.0f} ms) |"
+        )
+    lines += [
+        "",
+        "ControlMaster's failures are sshd's `MaxSessions 10`: every kernel holds one "
+        "session of the master connection.",
+        "",
+        "## Through a link, on loopback",
+        "",
+        "| path | 100-byte ping-pong | bulk to kernel | bulk from kernel |",
+        "|---|---|---|---|",
+    ]
+    names = {
+        "direct": "raw TCP (kernel connects directly)",
+        "openssh": "OpenSSH -R (default cipher)",
+        "openssh-aes128-gcm": "OpenSSH -R, aes128-gcm",
+        "relay": "relay",
+    }
+    for key, label in names.items():
+        if key not in r.pingpong:
+            continue
+        lines.append(
+            f"| {label} | {r.pingpong[key].cell('us', 1e6)} | "
+            f"{r.bulk[(key, 'to kernel')].cell('MB/s', 1e-6)} | "
+            f"{r.bulk[(key, 'from kernel')].cell('MB/s', 1e-6)} |"
+        )
+    if "relay" in r.pingpong and "openssh" in r.pingpong:
+        rel_rtt = r.pingpong["relay"].median / r.pingpong["openssh"].median
+        tput = [
+            r.bulk[("relay", d)].median / r.bulk[("openssh", d)].median
+            for d in ("to kernel", "from kernel")
+        ]
+        same = [
+            r.bulk[("relay", d)].median / r.bulk[("openssh-aes128-gcm", d)].median
+            for d in ("to kernel", "from kernel")
+        ]
+        lines += [
+            "",
+            f"- ping-pong: relay / OpenSSH = {rel_rtt:.2f}x (target at most 1.5x: "
+            f"{'met' if rel_rtt <= 1.5 else 'missed'})",
+            f"- bulk: relay / OpenSSH default = {tput[0]:.2f}x to, {tput[1]:.2f}x from "
+            f"the kernel (target at least 1.0x: "
+            f"{'met' if min(tput) >= 1.0 else 'missed'}); against OpenSSH with the same "
+            f"cipher: {same[0]:.2f}x, {same[1]:.2f}x",
+            f"- bulk size: {config.bulk_bytes >> 20} MiB each way",
+        ]
+    shim_ok = r.shim_wall.median <= 0.040
+    lines += [
+        "",
+        "## The shim and the daemon",
+        "",
+        f"- `relay launch` process on a warm daemon, no kernel: wall "
+        f"{r.shim_wall.cell()}, CPU {r.shim_cpu.cell()} (target at most 40 ms wall: "
+        f"{'met' if shim_ok else 'missed'})",
+    ]
+    idle = r.daemon.get("idle")
+    for label, (rss, fds) in r.daemon.items():
+        lines.append(f"- daemon {label}: {rss:.1f} MB RSS, {fds} fds")
+    if idle and len(r.daemon) == 3:
+        (_, (busy, _)), (_, (after, _)) = list(r.daemon.items())[1:]
+        busy_ok = "met" if busy <= 60 else "missed"
+        after_ok = "met" if after <= idle[0] * 1.1 else "missed"
+        lines.append(
+            f"- target: at most 60 MB with 100 kernels ({busy_ok}), back within 10% "
+            f"of idle after ({after_ok})"
+        )
+    lines += ["", f"![launch latency against RTT]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def plot(config: Config, r: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label in (
+        ("tunnel", "Tunnel's way"),
+        ("controlmaster", "ControlMaster"),
+        ("relay", "relay"),
+    ):
+        xs, med, lo, hi = [], [], [], []
+        for rtt in config.rtts_ms:
+            s = r.single[(key, rtt)]
+            if s.values:
+                xs.append(rtt)
+                med.append(s.median * 1000)
+                lo.append((s.median - min(s.values)) * 1000)
+                hi.append((max(s.values) - s.median) * 1000)
+        ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, label=label)
+    ax.plot(
+        config.rtts_ms,
+        [rtt + 40 for rtt in config.rtts_ms],
+        "k--",
+        lw=1,
+        label="target: RTT + 40 ms",
+    )
+    ax.set_xlabel("emulated round-trip time (ms)")
+    ax.set_ylabel("single launch latency (ms)")
+    ax.set_title("Warm single launch, until both channels reach the front end")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+async def main(config: Config) -> Results:
+    results = await Bench(config).run()
+    if config.write_report:
+        plot_path = config.out / "bench" / "launch-latency.png"
+        plot(config, results, plot_path)
+        text = render(config, results, "bench/launch-latency.png")
+        (config.out / "BENCHMARKS.md").write_text(text)
+        print(text)
+    return results

@@ -1,0 +1,217 @@
+"""Three ways to launch a remote kernel, as users would run them.
+
+``TunnelWay``         Tunnel's way, fixed: a fresh ``ssh -R 0:.. -R 0:.. host kernel`` per
+                      kernel (a full handshake each time), the allocated ports read from ssh's
+                      "Allocated port" lines and handed to the remote command on stdin.
+``ControlMasterWay``  one OpenSSH master; per kernel ``ssh -O forward -R 0:..`` twice (each
+                      prints its port), then an exec of the kernel through the master.
+``RelayWay``          ``relay launch`` against a warm daemon.
+
+Each ``launch(link)`` starts the kernel so that it connects back to the simulator front end's
+listening ``link``; the caller times until both channels arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from relay.linkname import LinkName
+from relay.sim.sshd import ThrowawaySSHD
+
+KERNEL_ARGS = ["-wstp", "-LinkMode", "Connect", "-LinkProtocol", "TCPIP"]
+
+
+@dataclass
+class Launched:
+    procs: list[asyncio.subprocess.Process] = field(default_factory=list)
+    cleanup: list[list[str]] = field(default_factory=list)
+
+
+def _ssh_base(sshd: ThrowawaySSHD, port: int, extra: list[str] | None = None) -> list[str]:
+    return [
+        "ssh",
+        "-p",
+        str(port),
+        "-i",
+        str(sshd.client_key),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"UserKnownHostsFile={sshd.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "LogLevel=INFO",
+        *(extra or []),
+        f"{sshd.user}@127.0.0.1",
+    ]
+
+
+async def _finish(launched: Launched) -> None:
+    for argv in launched.cleanup:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        await proc.wait()
+    for proc in launched.procs:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.communicate()
+
+
+class TunnelWay:
+    name = "Tunnel (fresh ssh -R per kernel)"
+    key = "tunnel"
+
+    def __init__(
+        self, sshd: ThrowawaySSHD, port: int, kernel: str, ssh_options: list[str] | None = None
+    ) -> None:
+        self.sshd, self.port, self.kernel = sshd, port, kernel
+        self.options = ssh_options or []
+
+    async def launch(self, link: LinkName, compute: bool = True) -> Launched:
+        remote = (
+            "read a b; exec "
+            + shlex.join([self.kernel, *KERNEL_ARGS])
+            + ' -LinkName "$a@127.0.0.1,$b@127.0.0.1"'
+            + (" -subkernel -noinit" if compute else "")
+        )
+        argv = _ssh_base(
+            self.sshd,
+            self.port,
+            [
+                *self.options,
+                "-R",
+                f"0:127.0.0.1:{link.data.port}",
+                "-R",
+                f"0:127.0.0.1:{link.message.port}",
+            ],
+        ) + [remote]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        assert proc.stderr is not None and proc.stdin is not None
+        allocated: dict[int, int] = {}
+        pattern = re.compile(rb"Allocated port (\d+) for remote forward to [^:]+:(\d+)")
+        while len(allocated) < 2:
+            line = await proc.stderr.readline()
+            if not line:
+                raise RuntimeError("ssh exited before allocating both forwards")
+            match = pattern.search(line)
+            if match:
+                allocated[int(match.group(2))] = int(match.group(1))
+        proc.stdin.write(f"{allocated[link.data.port]} {allocated[link.message.port]}\n".encode())
+        await proc.stdin.drain()
+        return Launched([proc])
+
+    finish = staticmethod(_finish)
+
+
+class ControlMasterWay:
+    name = "OpenSSH ControlMaster (-O forward + exec)"
+    key = "controlmaster"
+
+    def __init__(self, sshd: ThrowawaySSHD, port: int, kernel: str, control: Path) -> None:
+        self.sshd, self.port, self.kernel, self.control = sshd, port, kernel, control
+
+    def _ssh(self, *extra: str) -> list[str]:
+        return _ssh_base(self.sshd, self.port, ["-S", str(self.control), *extra])
+
+    async def start(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *self._ssh("-M", "-o", "ControlPersist=yes", "-N", "-f"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        if await proc.wait() != 0:
+            raise RuntimeError("ssh ControlMaster did not start")
+
+    async def stop(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *self._ssh("-O", "exit"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await proc.wait()
+
+    async def _forward(self, port: int) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            *self._ssh("-O", "forward", "-R", f"0:127.0.0.1:{port}"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"ssh -O forward failed: {err.decode().strip()}")
+        return int(out.split()[0])
+
+    async def launch(self, link: LinkName, compute: bool = True) -> Launched:
+        data = await self._forward(link.data.port)
+        message = await self._forward(link.message.port)
+        remote = shlex.join(
+            [
+                self.kernel,
+                *KERNEL_ARGS,
+                "-LinkName",
+                f"{data}@127.0.0.1,{message}@127.0.0.1",
+                *(["-subkernel", "-noinit"] if compute else []),
+            ]
+        )
+        proc = await asyncio.create_subprocess_exec(
+            *self._ssh(),
+            "exec " + remote,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        cancel = [
+            self._ssh("-O", "cancel", "-R", f"{p}:127.0.0.1:{t}")
+            for p, t in ((data, link.data.port), (message, link.message.port))
+        ]
+        return Launched([proc], cancel)
+
+    finish = staticmethod(_finish)
+
+
+class RelayWay:
+    name = "relay launch"
+    key = "relay"
+
+    def __init__(self, relay: str, host: str, kernel: str, env: dict[str, str]) -> None:
+        self.relay, self.host, self.kernel, self.env = relay, host, kernel, env
+
+    async def launch(self, link: LinkName, compute: bool = True) -> Launched:
+        argv = [
+            self.relay,
+            "launch",
+            *(["--compute"] if compute else []),
+            self.host,
+            self.kernel,
+            str(link),
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return Launched([proc])
+
+    finish = staticmethod(_finish)
+
+
+def environ(**extra: str) -> dict[str, str]:
+    return dict(os.environ, **extra)
