@@ -22,7 +22,7 @@ import structlog
 from relay.errors import ConnectFailed, KernelExited, KernelMissing, LaunchTimeout
 from relay.kernelcmd import build_argv
 from relay.linkname import LinkName
-from relay.ssh.forwards import LinkForward
+from relay.ssh.forwards import LinkForward, RemoteSlot
 from relay.ssh.hookserver import HookServer
 from relay.ssh.host import HostSession
 from relay.ssh.supervisor import RemoteProcess, Supervisor
@@ -123,17 +123,23 @@ async def launch(
     cfg = host.config
     hook: HookServer | None = None
     forward: LinkForward | None = None
+    slots: list[RemoteSlot] = []
     env: dict[str, str] = {}
     args = list(extra_args)
     try:
         connected = await host.ready()
-        forward = await LinkForward.open(connected.connection, link, host.key)
-        if mode == "controller" and cfg.dynamic:
+        dynamic = mode == "controller" and cfg.dynamic
+        # Warm, every listener comes from the spare pool: no round trip before the kernel
+        # starts. The two forwards of the main link, and the hook's control channel.
+        slots = await connected.pool.take(3 if dynamic else 2)
+        forward = LinkForward(connected.connection, link, slots[:2])
+        if dynamic:
             # Dynamic's service and preemptive links: relay's hook (RelayKernelInit.wl) and a
             # per-kernel control channel; see relay.hook for the protocol.
             args += ["-initfile", await host.init_file(connected.connection)]
             hook = await HookServer.open(
                 connected.connection,
+                slot=slots[2],
                 host=host.key,
                 kernel_id=kernel_id,
                 frontend_hosts={link.data.host, link.message.host},
@@ -150,6 +156,8 @@ async def launch(
             await forward.aclose()
         if hook is not None:
             await hook.aclose()
+        for slot in slots:
+            slot.close()  # any the forward or the hook had not taken over
         if isinstance(exc, asyncssh.Error | OSError):  # the connection died under us
             raise ConnectFailed(
                 f"the SSH connection to {host.key} was lost during launch: {exc}"

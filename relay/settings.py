@@ -49,9 +49,19 @@ class HostConfig(_Strict):
     reconnect_attempts: Annotated[int, Field(ge=1, le=1000)] = 6
     reconnect_window_s: PositiveSeconds = 300.0
     end_stale_sessions: bool = True
+    spare_forwards: Annotated[int, Field(ge=0, le=64)] = 4
     dynamic: bool = True
     dynamic_method: Literal["auto", "old", "new"] = "auto"
     compression: bool = False
+    # AES-GCM first: with AES-NI it brings asyncssh's data path level with OpenSSH's default
+    # (chacha20-poly1305 in pure asyncssh costs about 0.6x; anchors.md, BENCHMARKS.md).
+    ciphers: list[str] = [
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+        "aes128-ctr",
+        "aes256-ctr",
+    ]
 
     def with_spec(self, spec: HostSpec) -> HostConfig:
         return self.model_copy(update={"hostname": spec.host, "port": spec.port, "user": spec.user})

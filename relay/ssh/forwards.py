@@ -14,17 +14,20 @@ never parsed or copied into Python-level buffers beyond what asyncssh does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
 
-from relay.errors import ForwardRefused, FrontEndUnreachable
+from relay.errors import ForwardRefused, FrontEndUnreachable, RelayError
 from relay.linkname import Endpoint, LinkName
 
-__all__ = ["LinkForward", "forwarding_refused"]
+__all__ = ["LinkForward", "RemoteSlot", "SparePool", "forwarding_refused", "open_slots"]
 
 LISTEN_HOST = "127.0.0.1"
+WINDOW = 8 << 20  # a link's receive window: bulk transfers are not held up by window updates
 
 
 def forwarding_refused(host: str) -> ForwardRefused:
@@ -35,13 +38,132 @@ def forwarding_refused(host: str) -> ForwardRefused:
     )
 
 
+class RemoteSlot:
+    """A remote listener on the host's 127.0.0.1, port chosen by the server, allocated ahead
+    and routed late: until ``route`` is set every connection to it is refused."""
+
+    def __init__(self) -> None:
+        self.listener: asyncssh.SSHListener | None = None
+        self.route: Callable[[str, int], Any] | None = None
+        self._closed = False
+
+    @property
+    def port(self) -> int:
+        assert self.listener is not None
+        return int(self.listener.get_port())
+
+    def session_factory(self, orig_host: str, orig_port: int) -> Any:
+        if self.route is None:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                "relay: nothing is connected to this port yet",
+            )
+        return self.route(orig_host, orig_port)
+
+    def close(self) -> None:
+        self.route = None
+        if self.listener is not None and not self._closed:
+            self._closed = True
+            self.listener.close()
+
+    async def wait_closed(self) -> None:
+        if self.listener is not None:
+            await self.listener.wait_closed()
+
+
+async def open_slots(conn: asyncssh.SSHClientConnection, n: int, host: str) -> list[RemoteSlot]:
+    """``n`` remote listeners, requested at once (one round trip in all)."""
+    slots = [RemoteSlot() for _ in range(n)]
+    results = await asyncio.gather(
+        *(
+            conn.create_server(slot.session_factory, LISTEN_HOST, 0, window=WINDOW)
+            for slot in slots
+        ),
+        return_exceptions=True,
+    )
+    for slot, result in zip(slots, results, strict=True):
+        if isinstance(result, asyncssh.SSHListener):
+            slot.listener = result
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        for slot in slots:
+            slot.close()
+        if all(isinstance(f, asyncssh.ChannelListenError) for f in failures):
+            raise forwarding_refused(host)
+        raise failures[0]
+    return slots
+
+
+class SparePool:
+    """Remote listeners allocated ahead, so that a launch spends no round trip on forwards.
+
+    A launch takes what it needs (allocating the rest at once if the pool runs short, as 32
+    simultaneous launches will) and the pool refills itself in the background."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, size: int, host: str) -> None:
+        self._conn = conn
+        self.size = size
+        self._host = host
+        self._free: list[RemoteSlot] = []
+        self._refill: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    async def take(self, n: int) -> list[RemoteSlot]:
+        # The free list is only ever changed in place and never across an await, so a refill
+        # finishing meanwhile cannot put back what was taken.
+        taken = self._free[:n]
+        del self._free[:n]
+        if len(taken) < n:
+            try:
+                taken += await open_slots(self._conn, n - len(taken), self._host)
+            except BaseException:
+                for slot in taken:
+                    slot.close()
+                raise
+        self.refill()
+        return taken
+
+    def refill(self) -> None:
+        if (
+            not self._closed
+            and self.size
+            and len(self._free) < self.size
+            and (self._refill is None or self._refill.done())
+        ):
+            self._refill = asyncio.get_running_loop().create_task(
+                self._top_up(), name=f"spare-forwards:{self._host}"
+            )
+
+    async def _top_up(self) -> None:
+        # On failure, launches allocate (and report) what they need themselves.
+        with contextlib.suppress(RelayError, asyncssh.Error, OSError):
+            fresh = await open_slots(self._conn, self.size - len(self._free), self._host)
+            if self._closed:
+                for slot in fresh:
+                    slot.close()
+            else:
+                self._free.extend(fresh)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
+            await asyncio.gather(self._refill, return_exceptions=True)
+        for slot in self._free:
+            slot.close()
+        self._free.clear()
+
+
 class _Channel:
     """One endpoint of a link: its remote listener and the one connection it carries."""
 
-    def __init__(self, role: str, target: Endpoint) -> None:
+    def __init__(self, role: str, target: Endpoint, slot: RemoteSlot) -> None:
         self.role = role
         self.target = target
-        self.listener: asyncssh.SSHListener | None = None
+        self.slot = slot
         self.taken = False
         self.forwarder: Any = None
         self.connected_at: float | None = None
@@ -50,42 +172,40 @@ class _Channel:
 class LinkForward:
     """Remote listeners R1, R2 leading back to the front end's data and message ports."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, target: LinkName) -> None:
+    def __init__(
+        self, conn: asyncssh.SSHClientConnection, target: LinkName, slots: list[RemoteSlot]
+    ) -> None:
         self._conn = conn
         self.target = target
-        self._channels = (_Channel("data", target.data), _Channel("message", target.message))
+        data, message = slots
+        self._channels = (
+            _Channel("data", target.data, data),
+            _Channel("message", target.message, message),
+        )
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.opened_at = time.monotonic()
-        self.remote_name: LinkName | None = None
+        self.remote_name: LinkName | None = target.rewritten(data.port, message.port)
         # set once the server confirmed both listeners cancelled (after both channels connect)
         self.listeners_gone = asyncio.Event()
         self._cancelling: asyncio.Future[None] | None = None
+        for ch in self._channels:
+            ch.slot.route = self._router(ch)
 
     @classmethod
     async def open(
-        cls, conn: asyncssh.SSHClientConnection, target: LinkName, host: str
+        cls,
+        conn: asyncssh.SSHClientConnection,
+        target: LinkName,
+        host: str,
+        pool: SparePool | None = None,
     ) -> LinkForward:
-        self = cls(conn, target)
-        results = await asyncio.gather(
-            *(conn.create_server(self._factory(ch), LISTEN_HOST, 0) for ch in self._channels),
-            return_exceptions=True,
-        )
-        for ch, result in zip(self._channels, results, strict=True):
-            if isinstance(result, asyncssh.SSHListener):
-                ch.listener = result
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            await self.aclose()
-            if all(isinstance(f, asyncssh.ChannelListenError) for f in failures):
-                raise forwarding_refused(host)
-            raise failures[0]
-        data, message = (ch.listener.get_port() for ch in self._channels if ch.listener)
-        self.remote_name = target.rewritten(data, message)
-        return self
+        """Two listeners (from the spare pool when there is one) leading back to ``target``."""
+        slots = await pool.take(2) if pool is not None else await open_slots(conn, 2, host)
+        return cls(conn, target, slots)
 
-    def _factory(self, ch: _Channel) -> Any:
-        def session_factory(_orig_host: str, _orig_port: int) -> Any:
+    def _router(self, ch: _Channel) -> Callable[[str, int], Any]:
+        def route(_orig_host: str, _orig_port: int) -> Any:
             if ch.taken:
                 raise asyncssh.ChannelOpenError(
                     asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -94,7 +214,7 @@ class LinkForward:
             ch.taken = True
             return self._connect(ch)
 
-        return session_factory
+        return route
 
     async def _connect(self, ch: _Channel) -> Any:
         try:
@@ -120,15 +240,13 @@ class LinkForward:
     def close_listeners(self) -> None:
         """Cancel both remote listeners; connected channels stay up."""
         for ch in self._channels:
-            if ch.listener is not None:
-                ch.listener.close()
+            ch.slot.close()
 
     async def listeners_closed(self) -> None:
         """Return once the server has confirmed both listeners are cancelled."""
         self.close_listeners()
         for ch in self._channels:
-            if ch.listener is not None:
-                await ch.listener.wait_closed()
+            await ch.slot.wait_closed()
         self.listeners_gone.set()
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -142,7 +260,7 @@ class LinkForward:
             elif ch.connected_at is not None:
                 state = "closed"
             else:
-                state = "listening" if ch.listener is not None else "closed"
+                state = "listening" if ch.slot.route is not None else "closed"
             out.append(
                 {
                     "role": ch.role,
@@ -163,8 +281,6 @@ class LinkForward:
                 ch.forwarder.close()
                 ch.forwarder = None
         for ch in self._channels:
-            if ch.listener is not None:
-                await ch.listener.wait_closed()
-                ch.listener = None
+            await ch.slot.wait_closed()
         if not self.connected.done():
             self.connected.cancel()

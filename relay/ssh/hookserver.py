@@ -24,7 +24,7 @@ from relay import hook
 from relay.errors import RelayError
 from relay.linkname import LinkName, LinkNameError
 from relay.ssh.exposed import LocalLinkForward
-from relay.ssh.forwards import LinkForward, forwarding_refused
+from relay.ssh.forwards import LinkForward, RemoteSlot, open_slots
 from relay.tasks import TaskSet
 
 __all__ = ["HookServer", "hold_until_connected"]
@@ -58,6 +58,45 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+class _HookSession(asyncssh.SSHTCPSession[bytes]):
+    """One request on the control channel: a line in, a line out, then close."""
+
+    def __init__(self, server: HookServer) -> None:
+        self._server = server
+        self._buf = b""
+        self._done = False
+        self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self._chan = chan
+        self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT_S, chan.close)
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self._done:
+            return
+        self._buf += data
+        if b"\n" in self._buf or len(self._buf) > hook.MAX_LINE:
+            self._dispatch()
+
+    def eof_received(self) -> bool:
+        if not self._done:
+            self._dispatch()
+        return True
+
+    def _dispatch(self) -> None:
+        assert self._chan is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._done = True
+        line = self._buf.split(b"\n", 1)[0][: hook.MAX_LINE + 1]
+        self._server.answer_later(line.decode("utf-8", "replace"), self._chan)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 class HookServer:
     def __init__(
         self,
@@ -74,7 +113,7 @@ class HookServer:
         self._timeout_s = timeout_s
         self._chain = hook.TokenChain()
         self.first_token = self._chain.current
-        self._listener: asyncssh.SSHListener | None = None
+        self._slot: RemoteSlot | None = None
         self._forwards: list[LinkForward] = []
         self._exposed: dict[str, LocalLinkForward] = {}
         self._tasks = TaskSet()
@@ -83,31 +122,30 @@ class HookServer:
         self._log = structlog.get_logger("relay.hook").bind(host=host, kernel=kernel_id)
 
     @classmethod
-    async def open(cls, conn: asyncssh.SSHClientConnection, **kwargs: Any) -> HookServer:
+    async def open(
+        cls, conn: asyncssh.SSHClientConnection, *, slot: RemoteSlot | None = None, **kwargs: Any
+    ) -> HookServer:
+        """Serve on ``slot`` (a spare remote listener), or on a new one."""
         self = cls(conn, **kwargs)
-        try:
-            self._listener = await conn.start_server(self._handler, "127.0.0.1", 0)
-        except asyncssh.ChannelListenError:
-            raise forwarding_refused(self._host) from None
-        self.port = self._listener.get_port()
+        if slot is None:
+            (slot,) = await open_slots(conn, 1, self._host)
+        self._slot = slot
+        self.port = slot.port
+        slot.route = self._session
         return self
 
-    def _handler(self, _orig_host: str, _orig_port: int) -> Any:
-        return self._serve
+    def _session(self, _orig_host: str, _orig_port: int) -> _HookSession:
+        return _HookSession(self)
 
-    async def _serve(
-        self, reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]
-    ) -> None:
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                raw = await reader.readline()
-            reply = await self._answer(raw.decode("utf-8", "replace"))
-            writer.write(reply.encode())
-            await writer.drain()
-        except (TimeoutError, asyncssh.Error, OSError):
-            pass
-        finally:
-            writer.close()
+    def answer_later(self, line: str, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        async def reply() -> None:
+            try:
+                chan.write((await self._answer(line)).encode())
+                chan.write_eof()
+            finally:
+                chan.close()
+
+        self._tasks.spawn(reply(), name="hook-request")
 
     async def _answer(self, line: str) -> str:
         try:
@@ -167,10 +205,10 @@ class HookServer:
         return links
 
     async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            await self._listener.wait_closed()
-            self._listener = None
+        if self._slot is not None:
+            self._slot.close()
+            await self._slot.wait_closed()
+            self._slot = None
         await self._tasks.aclose()
         for fwd in self._forwards:
             await fwd.aclose()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import random
 import secrets
@@ -45,6 +46,7 @@ from relay.errors import (
 )
 from relay.settings import HostConfig
 from relay.ssh.errors import translate_connect_error
+from relay.ssh.forwards import SparePool
 from relay.ssh.supervisor import Supervisor
 from relay.tasks import TaskSet
 
@@ -96,6 +98,7 @@ class Connected:
     connection: asyncssh.SSHClientConnection
     supervisor: Supervisor
     since: float
+    pool: SparePool
 
 
 class HostSession:
@@ -134,7 +137,7 @@ class HostSession:
         self.connects = 0
         self._pings = 0
         self._idle_closing = False
-        self._init_file: tuple[asyncssh.SSHClientConnection, str] | None = None
+        self._init_file: tuple[asyncssh.SSHClientConnection, asyncio.Task[str]] | None = None
         self._log = structlog.get_logger("relay.host").bind(host=key)
 
     def _set_state(self, state: str) -> None:
@@ -214,6 +217,7 @@ class HostSession:
             "x11_forwarding": False,
             "compression_algs": ("zlib@openssh.com", "zlib") if cfg.compression else None,
             "known_hosts": str(self.known_hosts),
+            "encryption_algs": cfg.ciphers,
         }
         if cfg.port is not None:
             options["port"] = cfg.port
@@ -303,6 +307,7 @@ class HostSession:
             ):
                 if current is not None:
                     current.supervisor.close()
+                    await current.pool.aclose()
                 supervisor = await Supervisor.start(
                     conn,
                     self.key,
@@ -310,7 +315,11 @@ class HostSession:
                     self.tag,
                     end_stale=self.config.end_stale_sessions,
                 )
-                current = self._current = Connected(conn, supervisor, self.since)
+                pool = SparePool(conn, self.config.spare_forwards, self.key)
+                current = self._current = Connected(conn, supervisor, self.since, pool)
+                pool.refill()  # forwards allocated ahead: launches spend no round trip on them
+                if self.config.dynamic:  # and the kernel hook uploaded ahead too
+                    self._tasks.spawn(self._prefetch_init_file(conn), name=f"init:{self.key}")
                 await self._ping(current)  # the first RTT, and proof the session answers
                 self._tasks.spawn(self._measure_rtt(current), name=f"rtt:{self.key}")
             return current
@@ -335,10 +344,19 @@ class HostSession:
                 return
 
     # -- relay's kernel hook file ------------------------------------------------------------
+    async def _prefetch_init_file(self, conn: asyncssh.SSHClientConnection) -> None:
+        with contextlib.suppress(RelayError):  # a launch that needs it will report it
+            await self.init_file(conn)
+
     async def init_file(self, conn: asyncssh.SSHClientConnection) -> str:
-        """Upload RelayKernelInit.wl once per connection, content-addressed; its remote path."""
-        if self._init_file is not None and self._init_file[0] is conn:
-            return self._init_file[1]
+        """Upload RelayKernelInit.wl once per connection (single flight), content-addressed;
+        its remote path."""
+        if self._init_file is None or self._init_file[0] is not conn:
+            task = asyncio.get_running_loop().create_task(self._upload_init_file(conn))
+            self._init_file = (conn, task)
+        return await asyncio.shield(self._init_file[1])
+
+    async def _upload_init_file(self, conn: asyncssh.SSHClientConnection) -> str:
         data = files("relay.wolfram").joinpath(INIT_FILE).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         try:
@@ -358,7 +376,6 @@ class HostSession:
                 f"cannot upload relay's kernel hook to {self.key} over SFTP ({exc}); set "
                 f"dynamic = false in [hosts.{self.key}] to launch without Dynamic support"
             ) from None
-        self._init_file = (conn, path)
         return path
 
     # -- idle close --------------------------------------------------------------------------
@@ -390,6 +407,7 @@ class HostSession:
         try:
             current, self._current = self._current, None
             if current is not None:
+                await current.pool.aclose()
                 current.supervisor.close()
                 await current.supervisor.wait_closed()
             conn, self._conn = self._conn, None

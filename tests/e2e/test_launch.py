@@ -212,3 +212,61 @@ async def test_adhoc_spec_and_jump_host(daemon: RunningDaemon) -> None:
             assert status == 0, err
             await kl.aclose()
     assert {"viajump", "local", f"{sshd.user}@127.0.0.1:{sshd.port}"} <= set(daemon.daemon.hosts)
+
+
+async def test_warm_launches_use_listeners_allocated_ahead(daemon: RunningDaemon) -> None:
+    async def launch_once() -> LinkName:
+        async with controller(daemon.home) as fe:
+            kl = await fe.link.accept(60)
+            name = LinkName.parse(kl.hello["link_name"])
+            await kl.quit(0)
+            assert (await fe.result())[0] == 0
+            await kl.aclose()
+            return name
+
+    await launch_once()  # connects, and fills the spare pool
+    host = daemon.daemon.hosts["local"]
+    connected = await host.ready()
+    pool = connected.pool
+    await asyncio.wait_for(pool._refill, 30) if pool._refill else None
+    spare = {slot.port for slot in pool._free}
+    assert len(spare) == host.config.spare_forwards
+    # an unrouted spare listener refuses: sshd accepts, relay rejects the channel, the
+    # connection closes without a byte
+    reader, writer = await asyncio.open_connection("127.0.0.1", next(iter(spare)))
+    assert await asyncio.wait_for(reader.read(), 30) == b""
+    writer.close()
+    await writer.wait_closed()
+    name = await launch_once()
+    assert {name.data.port, name.message.port} <= spare  # no forward requested at launch
+
+
+async def test_rounds_of_simultaneous_launches_never_share_a_listener(
+    daemon: RunningDaemon,
+) -> None:
+    """Launches that drain the spare pool while it refills (a race once put taken listeners
+    back into the pool, so two kernels shared one)."""
+    for _ in range(3):
+        links = [await frontend.ListeningLink.create() for _ in range(25)]
+        results = await asyncio.gather(
+            *(
+                frontend.run_remote_command(
+                    remote_command(),
+                    host="local",
+                    link=link.name,
+                    env=daemon.home.env,
+                    timeout_s=120,
+                )
+                for link in links
+            )
+        )
+        assert [r.stderr for r in results if r.status] == []
+        names = [LinkName.parse(r.stdout) for r in results]
+        ports = [p for n in names for p in (n.data.port, n.message.port)]
+        assert len(set(ports)) == len(ports)
+        for link in links:
+            kl = await link.accept(60)
+            await kl.quit(0)
+            await kl.closed()
+            await kl.aclose()
+            link.close()
