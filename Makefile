@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SSHD   ?= /usr/sbin/sshd
 
-.PHONY: install compile system-packages demo test check lint typecheck clean deploy
+.PHONY: bench bench-quick install compile system-packages demo test check lint typecheck clean deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+
+# Benchmarks against a real sshd (BENCHMARKS.md, bench/launch-latency.png); not run by CI.
+bench: install
+	$(PY) -m bench
+
+bench-quick: install
+	$(PY) -m bench --quick
 
 # Regenerate the service files in deploy/ from relay/service.py (a test checks they match).
 deploy: install

@@ -1,0 +1,26 @@
+"""The benchmark harness, once on tiny sizes, so that it cannot rot (CI does not run
+``make bench`` itself)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench.harness import Config, main, render
+
+
+async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
+    config = Config.tiny()
+    results = await main(config)
+    for way in ("tunnel", "controlmaster", "relay"):
+        for rtt in config.rtts_ms:
+            sample = results.single[(way, rtt)]
+            assert sample.values and not sample.failures, (way, rtt, sample)
+    assert results.concurrent[("relay", 0)].values
+    assert all(s.values for s in results.pingpong.values())
+    assert {key for key, _ in results.bulk} == {"relay", "openssh", "openssh-aes128-gcm", "direct"}
+    assert math.isfinite(results.shim_wall.median) and results.floor_direct.values
+    assert set(results.daemon) == {"idle", f"{config.daemon_kernels} kernels", "after"}
+    assert results.calibration[10]["pingpong_ms"] >= 10  # the delay relay delays
+    text = render(config, results, "plot.png")
+    assert "## Single launch latency" in text and "relay vs Tunnel" in text
