@@ -268,13 +268,20 @@ class Bench:
                     sample.failures += failed
                 else:
                     sample.values.append(elapsed)
+                lost = 0
                 for link, ok in zip(links, connected, strict=True):
                     if not isinstance(ok, BaseException):
-                        kl = await link.accept(60)
-                        await kl.quit(0)
-                        await kl.closed()
-                        await kl.aclose()
+                        try:
+                            kl = await link.accept(60)
+                            await kl.quit(0)
+                            await kl.closed()
+                            await kl.aclose()
+                        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                            lost += 1  # connected, then its session was cut under it
                     link.close()
+                if lost and not failed:  # a kernel that did not survive did not launch
+                    sample.values.pop()
+                    sample.failures += lost
                 for launched in launches:
                     if isinstance(launched, Launched):
                         await way.finish(launched)
