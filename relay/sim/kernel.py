@@ -11,7 +11,8 @@ Behaviour, with its source in the topology reference:
   ``Link created on: NAME`` unless ``-LinkOptions`` has MLDontInteract (256) (section 1);
 - serves evaluations on the data channel (``relay.sim.wire``) and answers urgent messages on
   the message channel while the data channel may be busy: Interrupt is acknowledged, Abort
-  cuts a busy evaluation short, Terminate ends the kernel (section 1);
+  cuts the evaluation in progress (or, arriving first, the next one) short, Terminate ends
+  the kernel (section 1);
 - exits when its main link closes (section 5), with the status a ``QUIT`` frame asked for;
 - acts out the service and preemptive links of section 3 when relay's hook is in its
   environment (``RELAY_HOOK_PORT``/``RELAY_HOOK_TOKEN``), doing exactly the requests
@@ -268,7 +269,6 @@ class _Link:
         self.kernel, self.role, self.name = kernel, role, name
         self.data, self.message = data, message
         self.abort = threading.Event()
-        self.busy = False
 
     def send(self, kind: int, payload: bytes = b"") -> None:
         self.data.sendall(_DATA.pack(kind, len(payload)) + payload)
@@ -294,10 +294,10 @@ class _Link:
             if kind == wire.ECHO:
                 self.send(wire.RETURN, payload)
             elif kind == wire.SLEEP:
-                self.abort.clear()
-                self.busy = True
+                # An Abort arriving just before the evaluation starts (the message channel
+                # races the data channel) aborts it, as it would a real kernel's next one.
                 aborted = self.abort.wait(int(payload) / 1000)
-                self.busy = False
+                self.abort.clear()
                 self.send(wire.RETURN, b"$Aborted" if aborted else b"done")
             elif kind == wire.SINK:  # bulk towards the kernel (benchmarks)
                 sunk += len(payload)
@@ -327,8 +327,8 @@ class _Link:
                 if code == wire.TERMINATE:
                     self.close()
                     return
-                if code == wire.ABORT and self.busy:
-                    self.abort.set()
+                if code == wire.ABORT:
+                    self.abort.set()  # the evaluation in progress, or the next one
                 self.message.sendall(_MSG.pack(code, arg))  # acknowledged on this channel
         except (LinkClosed, OSError):
             return
