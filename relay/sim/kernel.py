@@ -34,7 +34,6 @@ import errno
 import os
 import random
 import socket
-import struct
 import sys
 import threading
 
@@ -48,9 +47,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = ["HookClient", "main"]
-
-_DATA = struct.Struct("!BI")
-_MSG = struct.Struct("!II")
 
 
 class HookRefused(Exception):
@@ -73,9 +69,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def read_data(sock: socket.socket) -> tuple[int, bytes]:
-    kind, length = _DATA.unpack(_recv_exact(sock, _DATA.size))
-    if length > wire.MAX_FRAME:
-        raise LinkClosed
+    try:
+        kind, length = wire.data_header(_recv_exact(sock, wire.DATA_HEADER))
+    except ValueError:  # a frame over wire.MAX_FRAME
+        raise LinkClosed from None
     return kind, _recv_exact(sock, length) if length else b""
 
 
@@ -271,7 +268,7 @@ class _Link:
         self.abort = threading.Event()
 
     def send(self, kind: int, payload: bytes = b"") -> None:
-        self.data.sendall(_DATA.pack(kind, len(payload)) + payload)
+        self.data.sendall(wire.data_frame(kind, payload))
 
     def serve(self) -> None:
         try:
@@ -323,13 +320,13 @@ class _Link:
     def urgent(self) -> None:
         try:
             while True:
-                code, arg = _MSG.unpack(_recv_exact(self.message, _MSG.size))
+                code, arg = wire.message(_recv_exact(self.message, wire.MESSAGE_SIZE))
                 if code == wire.TERMINATE:
                     self.close()
                     return
                 if code == wire.ABORT:
                     self.abort.set()  # the evaluation in progress, or the next one
-                self.message.sendall(_MSG.pack(code, arg))  # acknowledged on this channel
+                self.message.sendall(wire.message_frame(code, arg))  # acknowledged here
         except (LinkClosed, OSError):
             return
 

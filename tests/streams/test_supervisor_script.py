@@ -13,6 +13,7 @@ import pytest
 
 from relay.ssh.supervisor import Event, parse_line
 from relay.ssh.supervisor_script import one_line, remote_command
+from tests.conftest import pid_alive
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
 
@@ -189,7 +190,3 @@ def test_a_new_supervisor_ends_the_stale_ones_of_the_same_daemon(shell: str) -> 
             if s.proc.poll() is None:
                 s.proc.kill()
                 s.proc.wait()
-
-
-def pid_alive(pid: int) -> bool:
-    return subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0
