@@ -128,11 +128,12 @@ async def launch(
     args = list(extra_args)
     try:
         connected = await host.ready()
+        connected.guard.require()  # a host that cannot tell who connects fails here, at once
         dynamic = mode == "controller" and cfg.dynamic
         # Warm, every listener comes from the spare pool: no round trip before the kernel
         # starts. The two forwards of the main link, and the hook's control channel.
         slots = await connected.pool.take(3 if dynamic else 2)
-        forward = LinkForward(connected.connection, link, slots[:2])
+        forward = LinkForward(connected.connection, link, slots[:2], connected.guard)
         if dynamic:
             # Dynamic's service and preemptive links: relay's hook (RelayKernelInit.wl) and a
             # per-kernel control channel; see relay.hook for the protocol.
@@ -140,6 +141,8 @@ async def launch(
             hook = await HookServer.open(
                 connected.connection,
                 slot=slots[2],
+                remote_guard=connected.guard,
+                local_guard=host.local_guard,
                 host=host.key,
                 kernel_id=kernel_id,
                 frontend_hosts={link.data.host, link.message.host},
@@ -210,6 +213,9 @@ async def _until_connected(k: Kernel, kernel: str) -> None:
             if exc is not None:
                 raise exc
         if k.exited in done:
+            await k.forward.settled()  # connections that reached the host before the exit
+            if k.forward.connected.done():
+                break
             status = k.exited.result()
             if status is None:
                 raise KernelExited(f"the SSH connection to {k.host.key} was lost during launch")

@@ -10,15 +10,23 @@
   (``$MathLinkTimeout``, 15 s by default), a non-zero status being a failed launch (section 4).
 - ``ListeningLink.accept()`` waits for the kernel's two connections (in either order) and
   returns a ``KernelLink`` that exchanges traffic on both channels.
+- ``ListeningLink.create()`` is, by default, a front end that speaks first: neither side of a
+  link is documented to write first, and the listening side may write the moment it accepts
+  (section 1). It writes an evaluation on the data channel and an urgent message on the
+  message channel inside ``connection_made``, before its own code has even seen the
+  connection, and ``KernelLink.start`` checks that the kernel answered exactly those bytes
+  (``write_first=False`` waits for the kernel's first frame instead).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import getpass
 import json
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -51,21 +59,35 @@ async def read_message(reader: asyncio.StreamReader) -> tuple[int, int]:
     return wire.message(await reader.readexactly(wire.MESSAGE_SIZE))
 
 
+class LostBytes(ValueError):
+    """What the front end wrote first did not come back as the kernel must answer it."""
+
+
 class KernelLink:
     """The front end's side of a connected link: data and message channels."""
 
-    def __init__(self, data: Stream, message: Stream) -> None:
+    def __init__(
+        self, data: Stream, message: Stream, greetings: tuple[bytes, bytes] | None = None
+    ) -> None:
         self._dr, self._dw = data
         self._mr, self._mw = message
         self.hello: dict[str, Any] = {}
         self.parallel_names: tuple[str, str] | None = None
         self._listening: list[ListeningLink] = []
+        self._greetings = greetings  # what a write-first front end sent on accepting
 
     async def start(self) -> None:
         kind, payload = await read_data(self._dr)
         if kind != wire.HELLO:
-            raise ValueError(f"expected HELLO from the kernel, got frame type {kind}")
+            raise LostBytes(f"expected HELLO from the kernel, got frame type {kind}")
         self.hello = json.loads(payload)
+        if self._greetings is not None:
+            data, message = self._greetings
+            got, echoed = await read_data(self._dr)
+            if got != wire.RETURN or wire.data_frame(wire.ECHO, echoed) != data:
+                raise LostBytes("the bytes the front end wrote first on the data channel were lost")
+            if wire.message_frame(*await read_message(self._mr)) != message:
+                raise LostBytes("the urgent message the front end wrote first was lost")
 
     async def evaluate(self, kind: int, payload: bytes = b"") -> bytes:
         self._dw.write(wire.data_frame(kind, payload))
@@ -118,7 +140,9 @@ class KernelLink:
     ) -> tuple[KernelLink, KernelLink]:
         """From 11.1: the front end creates two listening links on its own machine and sends
         their names inside the main link; the kernel connects to them."""
-        service, preemptive = await ListeningLink.create(host), await ListeningLink.create(host)
+        rude = self._greetings is not None
+        service = await ListeningLink.create(host, write_first=rude)
+        preemptive = await ListeningLink.create(host, write_first=rude)
         self.parallel_names = (str(service.name), str(preemptive.name))
         self._listening = [service, preemptive]
         await self.send(
@@ -170,25 +194,49 @@ class KernelLink:
                 await w.wait_closed()
 
 
+class _WritesFirst(asyncio.StreamReaderProtocol):
+    """A listening side that writes the instant the TCP connection is accepted."""
+
+    def __init__(self, first: bytes, callback: Any) -> None:
+        super().__init__(asyncio.StreamReader(), callback)
+        self._first = first
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self._first)  # type: ignore[attr-defined]
+        super().connection_made(transport)
+
+
 class ListeningLink:
     """``LinkCreate`` in Listen mode: two ports, each accepting the kernel's one connection."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, write_first: bool = True) -> None:
         self.host = host
         self._servers: list[asyncio.Server] = []
         loop = asyncio.get_running_loop()
         self._accepted: list[asyncio.Future[Stream]] = [loop.create_future(), loop.create_future()]
         self.extra_connections = 0
         self._handed_out = False
+        self.greetings: tuple[bytes, bytes] | None = None
+        if write_first:
+            size = 1 + secrets.randbelow(64 * 1024)
+            self.greetings = (
+                wire.data_frame(wire.ECHO, secrets.token_bytes(size)),
+                wire.message_frame(wire.INTERRUPT, secrets.randbits(32)),
+            )
 
     @classmethod
-    async def create(cls, host: str = "127.0.0.1") -> ListeningLink:
-        self = cls(host)
+    async def create(cls, host: str = "127.0.0.1", *, write_first: bool = True) -> ListeningLink:
+        """A listening link; by default one that writes first, as a front end may."""
+        self = cls(host, write_first)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        loop = asyncio.get_running_loop()
         for i in range(2):
-            self._servers.append(
-                await asyncio.start_server(self._acceptor(i), host, 0, family=family)
-            )
+            if self.greetings is None:
+                server = await asyncio.start_server(self._acceptor(i), host, 0, family=family)
+            else:
+                factory = functools.partial(_WritesFirst, self.greetings[i], self._acceptor(i))
+                server = await loop.create_server(factory, host, 0, family=family)
+            self._servers.append(server)
         return self
 
     def _acceptor(self, i: int) -> Any:
@@ -215,7 +263,7 @@ class ListeningLink:
         async with asyncio.timeout(timeout_s):
             data, message = await asyncio.gather(*self._accepted)
         self._handed_out = True
-        link = KernelLink(data, message)
+        link = KernelLink(data, message, self.greetings)
         async with asyncio.timeout(timeout_s):
             await link.start()
         return link

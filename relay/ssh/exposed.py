@@ -1,181 +1,145 @@
 """A link exposed on the front end's side: local listeners tunnelling to the remote host.
 
 The other direction from ``relay.ssh.forwards``. Two listeners on the front end's 127.0.0.1,
-ports chosen by the OS; each accepts exactly one connection and carries it through a
-``direct-tcpip`` channel to an endpoint on the remote host's 127.0.0.1, then stops listening.
+ports chosen by the OS; each carries exactly one connection through a ``direct-tcpip``
+channel to an endpoint on the remote host's 127.0.0.1, then stops listening.
 
 - ``LocalLinkForward.same_ports(...)``: each listener leads to the *same* port number on the
   remote host (the old Dynamic method, ``listen-pair`` in ``relay.hook``): the kernel listens on
   ``L1@127.0.0.1,L2@127.0.0.1`` and the front end connects to that very name on its machine.
 - ``LocalLinkForward.to(...)``: the listeners lead to a given remote link name (``expose``).
 
-The bridge between a local TCP connection and an SSH channel is written against asyncssh's
-public ``create_connection``: data is handed from one side to the other as it arrives, with
-flow control (a full side pauses reading on the other).
+A connection is carried only if the process that made it runs as the daemon's user
+(``relay.ssh.guard``); any other is closed unread and the listener waits on. Bytes go through
+a ``relay.ssh.pipe.Pipe``: what the front end writes before the SSH channel is open waits there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
 import asyncssh
 
 from relay.linkname import Endpoint, LinkName
+from relay.ssh.guard import PeerGuard
+from relay.ssh.pipe import Pipe
+from relay.tasks import TaskSet
 
 __all__ = ["LocalLinkForward"]
 
 LISTEN_HOST = "127.0.0.1"
 
 
-class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
-    """The SSH channel's end of a bridge: what arrives goes to the local transport."""
+class _Accepted(asyncio.Protocol):
+    """A connection to one of the listeners: held in a pipe until it is admitted and the
+    SSH channel is open, or closed unread if it is not the user's."""
 
-    def __init__(self, local: asyncio.Transport) -> None:
-        self._local = local
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self._local.write(data)
-
-    def eof_received(self) -> bool:
-        if self._local.can_write_eof():
-            self._local.write_eof()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._local.close()
-
-    def pause_writing(self) -> None:
-        self._local.pause_reading()
-
-    def resume_writing(self) -> None:
-        self._local.resume_reading()
-
-
-class _LocalSide(asyncio.Protocol):
-    """The local TCP connection's end: opens the channel, then relays in both directions."""
-
-    def __init__(self, owner: _Listener) -> None:
-        self._owner = owner
-        self._transport: asyncio.Transport | None = None
-        self._chan: asyncssh.SSHTCPChannel[bytes] | None = None
-        self._pending: list[bytes] = []
-        self._eof = False
+    def __init__(self, listener: _Listener) -> None:
+        self._listener = listener
+        self._pipe = Pipe()
+        self._tcp = self._pipe.tcp_protocol()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        if not self._owner.take(self):
-            transport.close()  # single use: a second connection is refused
-            return
-        transport.pause_reading()
-        self._owner.tasks.add(asyncio.ensure_future(self._open()))
-
-    async def _open(self) -> None:
-        assert self._transport is not None
-        transport = self._transport
-        try:
-            chan, _ = await self._owner.conn.create_connection(
-                lambda: _ChannelSide(transport), "127.0.0.1", self._owner.dest.port
-            )
-        except (asyncssh.Error, OSError) as exc:
-            self._owner.failed(exc)
-            transport.close()
-            return
-        self._chan = chan
-        self._owner.connected()
-        transport.resume_reading()
+        self._tcp.connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        client_port = int(peer[1]) if peer else 0
+        self._listener.tasks.spawn(
+            self._listener.admit(self._pipe, client_port), name=f"expose-admit:{client_port}"
+        )
 
     def data_received(self, data: bytes) -> None:
-        if self._chan is not None:
-            self._chan.write(data)
+        self._tcp.data_received(data)
 
     def eof_received(self) -> bool:
-        if self._chan is not None:
-            self._chan.write_eof()
-        return True
+        return self._tcp.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._chan is not None:
-            self._chan.close()
+        self._tcp.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        if self._chan is not None:
-            self._chan.pause_reading()
+        self._tcp.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._chan is not None:
-            self._chan.resume_reading()
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        self._tcp.resume_writing()
 
 
 class _Listener:
     def __init__(self, owner: LocalLinkForward, role: str) -> None:
         self.owner = owner
         self.role = role
-        self.conn = owner.conn
         self.server: asyncio.Server | None = None
         self.dest = Endpoint(1, "127.0.0.1")
-        self.side: _LocalSide | None = None
+        self.pipe: Pipe | None = None
         self.connected_at: float | None = None
-        self.tasks: set[asyncio.Future[None]] = set()
+        self.tasks = owner.tasks
 
     @property
     def port(self) -> int:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
-    def protocol(self) -> _LocalSide:
-        return _LocalSide(self)
+    def protocol(self) -> _Accepted:
+        return _Accepted(self)
 
-    def take(self, side: _LocalSide) -> bool:
-        if self.side is not None:
-            return False
-        self.side = side
-        return True
-
-    def connected(self) -> None:
-        self.connected_at = time.monotonic()
+    async def admit(self, pipe: Pipe, client_port: int) -> None:
+        link = f"{self.role} of {self.owner.local_name}"
+        if self.pipe is not None or not await self.owner.guard.admit(client_port, self.port, link):
+            pipe.close()  # single use, and only the user's own processes
+            return
+        if self.pipe is not None:  # the real one won the race while this one was checked
+            pipe.close()
+            return
+        self.pipe = pipe
         if self.server is not None:
             self.server.close()  # nothing else may connect through this listener
+        try:
+            await self.owner.conn.create_connection(
+                pipe.channel_session, "127.0.0.1", self.dest.port
+            )
+        except (asyncssh.Error, OSError) as exc:
+            pipe.close()
+            self.owner.fail(
+                f"the {self.role} channel could not reach port {self.dest.port} on the "
+                f"remote host: {exc}"
+            )
+            return
+        self.connected_at = time.monotonic()
         self.owner.check_connected()
-
-    def failed(self, exc: BaseException) -> None:
-        self.owner.fail(
-            f"the {self.role} channel could not reach port {self.dest.port} on the "
-            f"remote host: {exc}"
-        )
 
 
 class LocalLinkForward:
-    def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
+    def __init__(self, conn: asyncssh.SSHClientConnection, guard: PeerGuard) -> None:
         self.conn = conn
+        self.guard = guard
+        self.tasks = TaskSet()
         self._listeners = (_Listener(self, "data"), _Listener(self, "message"))
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.local_name: LinkName | None = None
 
     @classmethod
-    async def same_ports(cls, conn: asyncssh.SSHClientConnection) -> LocalLinkForward:
-        self = cls(conn)
+    async def same_ports(
+        cls, conn: asyncssh.SSHClientConnection, guard: PeerGuard
+    ) -> LocalLinkForward:
+        self = cls(conn, guard)
         await self._listen()
         for listener in self._listeners:
             listener.dest = Endpoint(listener.port, "127.0.0.1")
         return self
 
     @classmethod
-    async def to(cls, conn: asyncssh.SSHClientConnection, remote: LinkName) -> LocalLinkForward:
-        self = cls(conn)
+    async def to(
+        cls, conn: asyncssh.SSHClientConnection, remote: LinkName, guard: PeerGuard
+    ) -> LocalLinkForward:
+        self = cls(conn, guard)
         await self._listen()
         self._listeners[0].dest, self._listeners[1].dest = remote.data, remote.message
         return self
 
     async def _listen(self) -> None:
+        self.guard.require()
         loop = asyncio.get_running_loop()
         for listener in self._listeners:
             listener.server = await loop.create_server(listener.protocol, LISTEN_HOST, 0)
@@ -209,12 +173,11 @@ class LocalLinkForward:
 
     async def aclose(self) -> None:
         self.close_listeners()
+        await self.tasks.aclose()
         for lst in self._listeners:
-            if lst.side is not None:
-                lst.side.close()
-            for task in lst.tasks:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*lst.tasks, return_exceptions=True)
+            if lst.pipe is not None:
+                lst.pipe.close()
+            if lst.server is not None:
+                await lst.server.wait_closed()
         if not self.connected.done():
             self.connected.cancel()

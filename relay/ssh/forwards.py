@@ -7,8 +7,10 @@ which is carried to the front end's matching endpoint; any further connection is
 soon as both channels are connected the listeners are cancelled, so nothing else on the remote
 host can connect to them later.
 
-The data path is asyncssh's own protocol-level forwarder (``forward_connection``): bytes are
-never parsed or copied into Python-level buffers beyond what asyncssh does.
+A connection is carried only if the process that made it runs as the SSH login's user
+(``relay.ssh.guard``, checked before the channel is accepted); any other is refused and the
+listener keeps waiting for the real kernel. The bytes go through a ``relay.ssh.pipe.Pipe``,
+which never loses what the front end writes before the channel is open.
 """
 
 from __future__ import annotations
@@ -23,11 +25,19 @@ import asyncssh
 
 from relay.errors import ForwardRefused, FrontEndUnreachable, RelayError
 from relay.linkname import Endpoint, LinkName
+from relay.ssh.guard import PeerGuard
+from relay.ssh.pipe import Pipe
 
 __all__ = ["LinkForward", "RemoteSlot", "SparePool", "forwarding_refused", "open_slots"]
 
 LISTEN_HOST = "127.0.0.1"
 WINDOW = 8 << 20  # a link's receive window: bulk transfers are not held up by window updates
+
+
+def _already_connected() -> asyncssh.ChannelOpenError:
+    return asyncssh.ChannelOpenError(
+        asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "relay: this link endpoint is already connected"
+    )
 
 
 def forwarding_refused(host: str) -> ForwardRefused:
@@ -165,7 +175,7 @@ class _Channel:
         self.target = target
         self.slot = slot
         self.taken = False
-        self.forwarder: Any = None
+        self.pipe: Pipe | None = None
         self.connected_at: float | None = None
 
 
@@ -173,10 +183,15 @@ class LinkForward:
     """Remote listeners R1, R2 leading back to the front end's data and message ports."""
 
     def __init__(
-        self, conn: asyncssh.SSHClientConnection, target: LinkName, slots: list[RemoteSlot]
+        self,
+        conn: asyncssh.SSHClientConnection,
+        target: LinkName,
+        slots: list[RemoteSlot],
+        guard: PeerGuard,
     ) -> None:
         self._conn = conn
         self.target = target
+        self._guard = guard
         data, message = slots
         self._channels = (
             _Channel("data", target.data, data),
@@ -189,6 +204,9 @@ class LinkForward:
         # set once the server confirmed both listeners cancelled (after both channels connect)
         self.listeners_gone = asyncio.Event()
         self._cancelling: asyncio.Future[None] | None = None
+        self._in_flight = 0  # connections that arrived and are being admitted or connected
+        self._settled = asyncio.Event()
+        self._settled.set()
         for ch in self._channels:
             ch.slot.route = self._router(ch)
 
@@ -198,44 +216,75 @@ class LinkForward:
         conn: asyncssh.SSHClientConnection,
         target: LinkName,
         host: str,
+        guard: PeerGuard,
         pool: SparePool | None = None,
     ) -> LinkForward:
         """Two listeners (from the spare pool when there is one) leading back to ``target``."""
+        guard.require()
         slots = await pool.take(2) if pool is not None else await open_slots(conn, 2, host)
-        return cls(conn, target, slots)
+        return cls(conn, target, slots, guard)
 
     def _router(self, ch: _Channel) -> Callable[[str, int], Any]:
-        def route(_orig_host: str, _orig_port: int) -> Any:
+        def route(_orig_host: str, orig_port: int) -> Any:
             if ch.taken:
-                raise asyncssh.ChannelOpenError(
-                    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                    "relay: this link endpoint is already connected",
-                )
-            ch.taken = True
-            return self._connect(ch)
+                raise _already_connected()
+            return self._tracked(ch, orig_port)
 
         return route
 
-    async def _connect(self, ch: _Channel) -> Any:
+    async def _tracked(self, ch: _Channel, orig_port: int) -> Any:
+        self._in_flight += 1
+        self._settled.clear()
         try:
-            forwarder = await self._conn.forward_connection(ch.target.host, ch.target.port)
-        except asyncssh.ChannelOpenError as exc:
+            return await self._accept(ch, orig_port)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._settled.set()
+
+    async def settled(self) -> None:
+        """Return once no arrived connection is still being admitted or connected: a kernel
+        that connects and exits at once has its exit reported before its channels finish
+        opening, and must not be mistaken for one that never connected."""
+        await self._settled.wait()
+
+    async def _accept(self, ch: _Channel, orig_port: int) -> Any:
+        """A connection arrived on ``ch``'s remote listener from ``127.0.0.1:orig_port``."""
+        if not await self._guard.admit(orig_port, ch.slot.port, f"{ch.role} of {self.target}"):
+            # the listener stays open: the real kernel may still be starting
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                "relay: this link belongs to another user",
+            )
+        if ch.taken:  # the real one won the race while this one was checked
+            raise _already_connected()
+        ch.taken = True
+        pipe = Pipe()
+        try:
+            # The front end may write the instant it accepts: the pipe keeps those bytes
+            # until the channel is open (asyncssh's own forwarder dropped them).
+            await asyncio.get_running_loop().create_connection(
+                pipe.tcp_protocol, ch.target.host, ch.target.port
+            )
+        except OSError as exc:
             if not self.connected.done():
                 self.connected.set_exception(
                     FrontEndUnreachable(
                         f"the front end is not listening on {ch.target.host}:{ch.target.port} "
-                        f"({ch.role} channel of {self.target}): {exc.reason}; was the launch "
-                        f"cancelled in the front end?"
+                        f"({ch.role} channel of {self.target}): {exc.strerror or exc}; was "
+                        f"the launch cancelled in the front end?"
                     )
                 )
-            raise
-        ch.forwarder = forwarder
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"relay: front end unreachable: {exc}"
+            ) from None
+        ch.pipe = pipe
         ch.connected_at = time.monotonic()
         if all(c.connected_at is not None for c in self._channels):
             self._cancelling = asyncio.ensure_future(self.listeners_closed())
             if not self.connected.done():
                 self.connected.set_result(None)
-        return forwarder
+        return pipe.channel_session()
 
     def close_listeners(self) -> None:
         """Cancel both remote listeners; connected channels stay up."""
@@ -255,7 +304,7 @@ class LinkForward:
         for ch, ep in zip(
             self._channels, (remote.data, remote.message) if remote else (None, None), strict=True
         ):
-            if ch.forwarder is not None:
+            if ch.pipe is not None and not ch.pipe.closed.done():
                 state = "connected"
             elif ch.connected_at is not None:
                 state = "closed"
@@ -277,9 +326,8 @@ class LinkForward:
         if self._cancelling is not None:
             await asyncio.gather(self._cancelling, return_exceptions=True)
         for ch in self._channels:
-            if ch.forwarder is not None:
-                ch.forwarder.close()
-                ch.forwarder = None
+            if ch.pipe is not None:
+                ch.pipe.close()
         for ch in self._channels:
             await ch.slot.wait_closed()
         if not self.connected.done():

@@ -1,0 +1,282 @@
+"""A link is a faithful pipe: every byte exactly once, in order, both ways, on both channels,
+whoever speaks first and whenever, through a real sshd, on uvloop and on stdlib asyncio.
+
+The kernel is ``linkprobe.py`` (launched by relay like any kernel, through ``relay launch``);
+the front end is ``_FrontEndChannel`` below, which can write inside ``connection_made``, the
+instant it accepts, before relay's SSH channel for that connection is even open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import RunningDaemon, run_shim
+from tests.e2e.helpers import controller
+
+pytestmark = pytest.mark.both_loops
+
+PROBE = Path(__file__).with_name("linkprobe.py")
+MiB = 1 << 20
+BOUND_S = 120.0
+
+
+def expected(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+class _FrontEndChannel(asyncio.Protocol):
+    """One channel of a listening link, as rude as a front end may be."""
+
+    def __init__(self, plan: dict[str, Any]) -> None:
+        self.plan = plan
+        self.out = expected(plan["frontend_seed"], plan["frontend_size"])
+        self.want = expected(plan["kernel_seed"], plan["kernel_size"])
+        self.received = 0
+        self.prefix_ok = True
+        self.eof = False
+        self.sent = False
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.plan["frontend_start"] == "now":
+            self._send()  # the instant it accepts (topology reference, section 1)
+
+    def _send(self) -> None:
+        if self.sent or self.transport is None:
+            return
+        self.sent = True
+        plan, t = self.plan, self.transport
+        limit = len(self.out) // 2 if plan["frontend_end"] == "abort" else len(self.out)
+        chunk = plan["frontend_chunk"]
+        for i in range(0, limit, chunk):
+            t.write(self.out[i : min(i + chunk, limit)])
+        if plan["frontend_end"] == "half_close":
+            t.write_eof()
+            if self.eof:
+                t.close()
+        elif plan["frontend_end"] == "close":
+            t.close()  # flushes what was written, then closes
+        else:
+            t.abort()  # cut in mid-transfer
+
+    def data_received(self, data: bytes) -> None:
+        if self.want[self.received : self.received + len(data)] != data:
+            self.prefix_ok = False
+        self.received += len(data)
+        if self.plan["frontend_start"] == "after_peer":
+            self._send()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.plan["frontend_start"] == "after_peer":
+            self._send()
+        if self.sent and self.transport is not None:
+            self.transport.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+@dataclass
+class Outcome:
+    frontend: dict[str, _FrontEndChannel]
+    kernel: dict[str, dict[str, Any]]
+
+
+async def _wrapper(directory: Path, schedule: dict[str, Any]) -> str:
+    """The kernel path for this schedule: a script that runs the probe with it."""
+    path = directory / f"probe-{random.getrandbits(48):x}.sh"
+    path.write_text(f"#!/bin/sh\nexec {sys.executable} {PROBE} '{json.dumps(schedule)}' \"$@\"\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+async def run_schedule(daemon: RunningDaemon, schedule: dict[str, Any]) -> Outcome:
+    """Create a listening link, launch the probe through ``relay launch``, carry it out."""
+    loop = asyncio.get_running_loop()
+    report_path = daemon.home.dir / f"report-{random.getrandbits(32):x}.sock"
+    reports: asyncio.Future[dict[str, dict[str, Any]]] = loop.create_future()
+
+    async def on_report(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        if not reports.done():
+            reports.set_result(json.loads(line))
+        writer.close()
+
+    report_server = await asyncio.start_unix_server(on_report, path=str(report_path))
+    sides = {role: _FrontEndChannel(schedule[role]) for role in ("data", "message")}
+    servers = [
+        await loop.create_server(lambda s=sides[role]: s, "127.0.0.1", 0)
+        for role in ("data", "message")
+    ]
+    ports = [s.sockets[0].getsockname()[1] for s in servers]
+    name = f"{ports[0]}@127.0.0.1,{ports[1]}@127.0.0.1"
+    try:
+        kernel = await _wrapper(daemon.home.dir, {**schedule, "report": str(report_path)})
+        async with asyncio.timeout(BOUND_S):
+            result = await run_shim(daemon.home, "--compute", "local", kernel, name)
+            assert result.status == 0, result.stderr
+            for side in sides.values():
+                await side.done
+            kernel_report = await reports
+    finally:
+        for server in (*servers, report_server):
+            server.close()
+    return Outcome(sides, kernel_report)
+
+
+def check(outcome: Outcome, schedule: dict[str, Any]) -> None:
+    for role in ("data", "message"):
+        plan, fe, k = schedule[role], outcome.frontend[role], outcome.kernel[role]
+        where = f"{role} channel, plan {plan}"
+        assert fe.prefix_ok, f"front end got bytes the kernel never sent ({where})"
+        assert k["prefix_ok"], f"kernel got bytes the front end never sent ({where})"
+        assert k["error"] is None, f"{k['error']} ({where})"
+        if "abort" in (plan["frontend_end"], plan["kernel_end"]):
+            continue  # cut in mid-transfer: what arrived is in order, nothing more promised
+        if plan["frontend_end"] == "half_close":
+            assert fe.received == plan["kernel_size"], f"front end lost bytes ({where})"
+            assert fe.eof, f"front end never saw the end ({where})"
+        if plan["kernel_end"] == "half_close":
+            assert k["received"] == plan["frontend_size"], f"kernel lost bytes ({where})"
+            assert k["eof"], f"kernel never saw the end ({where})"
+
+
+SIZES = st.one_of(
+    st.sampled_from([0, 1, 5, 4095, 32768, 32769, 65536, 300_000, 2 * MiB]),
+    st.integers(0, 200_000),
+)
+
+
+@st.composite
+def channel_plans(draw: st.DrawFn) -> dict[str, Any]:
+    fe_size, k_size = draw(SIZES), draw(SIZES)
+    first = draw(st.sampled_from(["frontend", "kernel", "both"]))
+    # A side may close outright (not half-close) only when nothing is coming its way, or
+    # TCP itself would answer the peer's late bytes with a reset; "abort" cuts mid-transfer.
+    fe_end = draw(st.sampled_from(["half_close", "close", "abort"]))
+    k_end = draw(st.sampled_from(["half_close", "close", "abort"]))
+    if fe_end == "close" and k_size:
+        fe_end = "half_close"
+    if k_end == "close" and fe_size:
+        k_end = "half_close"
+    return {
+        "frontend_size": fe_size,
+        "kernel_size": k_size,
+        "frontend_seed": draw(st.integers(0, 2**32)),
+        "kernel_seed": draw(st.integers(0, 2**32)),
+        "frontend_chunk": max(draw(st.sampled_from([1, 7, 1024, 32768, MiB])), fe_size // 256),
+        "kernel_chunk": max(draw(st.sampled_from([1, 7, 1024, 32768, MiB])), k_size // 256),
+        "frontend_start": "now" if first in ("frontend", "both") else "after_peer",
+        "kernel_start": "now" if first in ("kernel", "both") else "after_peer",
+        "frontend_end": fe_end,
+        "kernel_end": k_end,
+    }
+
+
+schedules = st.fixed_dictionaries(
+    {
+        "data": channel_plans(),
+        "message": channel_plans(),
+        "order": st.sampled_from(["data", "message"]),
+        "message_first": st.booleans(),
+    }
+)
+
+
+def plan(size_fe: int, size_k: int, first: str = "both", **over: Any) -> dict[str, Any]:
+    base = {
+        "frontend_size": size_fe,
+        "kernel_size": size_k,
+        "frontend_seed": 1,
+        "kernel_seed": 2,
+        "frontend_chunk": max(65536, size_fe // 64),
+        "kernel_chunk": max(65536, size_k // 64),
+        "frontend_start": "now" if first in ("frontend", "both") else "after_peer",
+        "kernel_start": "now" if first in ("kernel", "both") else "after_peer",
+        "frontend_end": "half_close",
+        "kernel_end": "half_close",
+    }
+    return {**base, **over}
+
+
+async def test_the_e2e_tier_runs_on_the_loop_it_names(request: pytest.FixtureRequest) -> None:
+    loop = asyncio.get_running_loop()
+    assert ("uvloop" in type(loop).__module__) == ("uvloop" in request.node.name)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(schedule=schedules)
+@example(  # the front end writes the instant it accepts, while the channel is opening
+    schedule={
+        "data": plan(70_000, 0, "frontend"),
+        "message": plan(8, 0, "frontend"),
+        "order": "data",
+        "message_first": False,
+    }
+)
+@example(
+    schedule={"data": plan(0, 0), "message": plan(0, 0), "order": "message", "message_first": False}
+)
+async def test_random_schedules_carry_every_byte_exactly_once(
+    daemon: RunningDaemon, schedule: dict[str, Any]
+) -> None:
+    check(await run_schedule(daemon, schedule), schedule)
+
+
+async def test_64_mib_each_way_on_both_channels(daemon: RunningDaemon) -> None:
+    schedule = {
+        "data": plan(64 * MiB, 64 * MiB),
+        "message": plan(64 * MiB, 64 * MiB, "kernel"),
+        "order": "data",
+        "message_first": False,
+    }
+    check(await run_schedule(daemon, schedule), schedule)
+
+
+async def test_urgent_bytes_pass_while_the_data_channel_is_saturated(
+    daemon: RunningDaemon,
+) -> None:
+    """The kernel reads nothing on the data channel until the message channel has ended, so
+    16 MiB of data back up behind it: relay must still carry the message channel."""
+    schedule = {
+        "data": plan(16 * MiB, 0, "frontend"),
+        "message": plan(4096, 4096, "frontend"),
+        "order": "data",
+        "message_first": True,
+    }
+    check(await run_schedule(daemon, schedule), schedule)
+
+
+async def test_a_controller_launch_against_a_front_end_that_writes_first(
+    daemon: RunningDaemon,
+) -> None:
+    """The simulator's rude front end, through the whole controller path (Launch command,
+    shim, hook): its first evaluation and urgent message come back as answered."""
+    for _ in range(5):
+        async with controller(daemon.home) as fe:
+            assert fe.link.greetings is not None
+            kl = await fe.link.accept(60)  # raises LostBytes if the first bytes were lost
+            assert await kl.echo(b"after") == b"after"
+            await kl.quit(0)
+            assert (await fe.result())[0] == 0
+            await kl.aclose()
