@@ -195,13 +195,15 @@ class Daemon:
             raise ShuttingDown("relay is shutting down and opens no new links")
         target = LinkName.parse(req.linkname)
         host = self.host(req.host)
-        conn = await host.connection()
+        connected = await host.ready()
         fwd: LinkForward | LocalLinkForward
         if req.direction == "callback":
-            fwd = await LinkForward.open(conn, target, host.key)
+            fwd = await LinkForward.open(
+                connected.connection, target, host.key, connected.guard, connected.pool
+            )
             name = fwd.remote_name
         else:
-            fwd = await LocalLinkForward.to(conn, target)
+            fwd = await LocalLinkForward.to(connected.connection, target, host.local_guard)
             name = fwd.local_name
         assert name is not None
         self.forwards[str(name)] = (req.direction, host.key, fwd)

@@ -20,6 +20,7 @@ __all__ = [
     "KernelExited",
     "KernelMissing",
     "LaunchTimeout",
+    "PeerCheckUnavailable",
     "RelayError",
     "ShuttingDown",
     "SupervisorFailed",
@@ -96,3 +97,9 @@ class FrontEndUnreachable(RelayError):
 
 class ShuttingDown(RelayError):
     code = "shutting_down"
+
+
+class PeerCheckUnavailable(RelayError):
+    """A host offers no way to tell who connects to relay's listeners, and peer_check is on."""
+
+    code = "peer_check_unavailable"

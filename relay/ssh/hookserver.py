@@ -25,6 +25,7 @@ from relay.errors import RelayError
 from relay.linkname import LinkName, LinkNameError
 from relay.ssh.exposed import LocalLinkForward
 from relay.ssh.forwards import LinkForward, RemoteSlot, open_slots
+from relay.ssh.guard import PeerGuard
 from relay.tasks import TaskSet
 
 __all__ = ["HookServer", "hold_until_connected"]
@@ -102,12 +103,16 @@ class HookServer:
         self,
         conn: asyncssh.SSHClientConnection,
         *,
+        remote_guard: PeerGuard,
+        local_guard: PeerGuard,
         host: str,
         kernel_id: str,
         frontend_hosts: set[str],
         timeout_s: float,
     ) -> None:
         self._conn = conn
+        self._remote_guard = remote_guard
+        self._local_guard = local_guard
         self._host = host
         self._frontend_hosts = frontend_hosts
         self._timeout_s = timeout_s
@@ -176,13 +181,13 @@ class HookServer:
                         f"callback to {ep.host} refused: only loopback or the "
                         f"front end's own address"
                     )
-            fwd = await LinkForward.open(self._conn, target, self._host)
+            fwd = await LinkForward.open(self._conn, target, self._host, self._remote_guard)
             self._forwards.append(fwd)
             self._tasks.spawn(hold_until_connected(fwd, self._timeout_s), name="hook-callback")
             assert fwd.remote_name is not None
             return str(fwd.remote_name)
         if req.op == "listen-pair":
-            local = await LocalLinkForward.same_ports(self._conn)
+            local = await LocalLinkForward.same_ports(self._conn, self._local_guard)
             assert local.local_name is not None
             self._exposed[str(local.local_name)] = local
             self._tasks.spawn(hold_until_connected(local, self._timeout_s), name="hook-listen")

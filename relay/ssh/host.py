@@ -47,6 +47,7 @@ from relay.errors import (
 from relay.settings import HostConfig
 from relay.ssh.errors import translate_connect_error
 from relay.ssh.forwards import SparePool
+from relay.ssh.guard import PeerGuard
 from relay.ssh.supervisor import Supervisor
 from relay.tasks import TaskSet
 
@@ -99,6 +100,7 @@ class Connected:
     supervisor: Supervisor
     since: float
     pool: SparePool
+    guard: PeerGuard  # who may connect to this connection's remote listeners
 
 
 class HostSession:
@@ -139,6 +141,8 @@ class HostSession:
         self._idle_closing = False
         self._init_file: tuple[asyncssh.SSHClientConnection, asyncio.Task[str]] | None = None
         self._log = structlog.get_logger("relay.host").bind(host=key)
+        # who may connect to the listeners relay opens on this machine for the host's links
+        self.local_guard = PeerGuard.local(key, enabled=config.peer_check == "uid")
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -316,7 +320,14 @@ class HostSession:
                     end_stale=self.config.end_stale_sessions,
                 )
                 pool = SparePool(conn, self.config.spare_forwards, self.key)
-                current = self._current = Connected(conn, supervisor, self.since, pool)
+                guard = PeerGuard.remote(
+                    self.key,
+                    supervisor.uid,
+                    supervisor.owner,
+                    can_tell=supervisor.owner_check,
+                    enabled=self.config.peer_check == "uid",
+                )
+                current = self._current = Connected(conn, supervisor, self.since, pool, guard)
                 pool.refill()  # forwards allocated ahead: launches spend no round trip on them
                 if self.config.dynamic:  # and the kernel hook uploaded ahead too
                     self._tasks.spawn(self._prefetch_init_file(conn), name=f"init:{self.key}")
@@ -440,4 +451,10 @@ class HostSession:
             "kernels": self._holds,
             "connects": self.connects,
             "last_error": self.last_error,
+            "peer_check": {
+                "remote": self._current.guard.state if self._current is not None else None,
+                "local": self.local_guard.state,
+                "refused": self.local_guard.refusals.refused
+                + (self._current.guard.refusals.refused if self._current is not None else 0),
+            },
         }

@@ -23,12 +23,13 @@ import structlog
 
 from relay.errors import ConnectFailed, KernelMissing, SupervisorFailed
 from relay.kernelcmd import shell_join
+from relay.peerowner import GONE, UNKNOWN
 from relay.ssh.supervisor_script import remote_command
 from relay.tasks import TaskSet
 
 __all__ = ["Event", "RemoteProcess", "Supervisor", "parse_line"]
 
-PROTOCOL = "1"
+PROTOCOL = "2"
 OUTPUT_LINES = 5
 _SIGNALS = frozenset({"TERM", "KILL", "INT", "HUP"})
 
@@ -43,7 +44,7 @@ class Event:
 def parse_line(line: str) -> Event | None:
     """One line from supervisor.sh; ``None`` for anything else (a chatty login shell)."""
     kind, _, rest = line.rstrip("\n").partition(" ")
-    if kind not in {"hello", "nokernel", "pid", "out", "exit", "pong"}:
+    if kind not in {"hello", "nokernel", "pid", "out", "exit", "pong", "owner"}:
         return None
     ident, _, value = rest.partition(" ")
     if kind in {"pid", "exit"} and not value.isdigit():
@@ -77,14 +78,20 @@ class Supervisor:
         remote_pid: int,
         log: Any,
         stale_ended: int = 0,
+        uid: int | None = None,
+        owner_check: bool = False,
     ) -> None:
         self._process = process
         self._host = host
         self._log = log
         self.remote_pid = remote_pid
         self.stale_ended = stale_ended  # earlier sessions of this daemon it found and ended
+        self.uid = uid  # the remote user the SSH login runs as
+        self.owner_check = owner_check  # whether the host can tell who connected (/proc)
         self._procs: dict[str, RemoteProcess] = {}
         self._pings: dict[str, asyncio.Future[None]] = {}
+        self._owners: dict[str, asyncio.Future[int]] = {}
+        self._owner_ids = 0
         self._tasks = TaskSet(log)
         self._tasks.spawn(self._read_events(), name=f"supervisor-events:{host}")
         self._tasks.spawn(self._drain_stderr(), name=f"supervisor-stderr:{host}")
@@ -119,14 +126,22 @@ class Supervisor:
                     if event and event.kind == "hello":
                         if event.id != PROTOCOL:
                             break
-                        pid, _dir, stale = [*event.value.split(" "), "", "", ""][:3]
+                        pid, _dir, stale, uid, check = [*event.value.split(" "), "", "", "", ""][:5]
                         ended = int(stale) if stale.isdigit() else 0
                         if ended:
                             log.info(
                                 "ended stale supervisor sessions of earlier connections",
                                 count=ended,
                             )
-                        return cls(process, host, int(pid), log, ended)
+                        return cls(
+                            process,
+                            host,
+                            int(pid),
+                            log,
+                            ended,
+                            uid=int(uid) if uid.isdigit() else None,
+                            owner_check=check == "proc",
+                        )
         except TimeoutError:
             process.close()
             raise SupervisorFailed(
@@ -170,6 +185,22 @@ class Supervisor:
         finally:
             self._pings.pop(ping_id, None)
 
+    async def owner(self, client_port: int, listen_port: int) -> int:
+        """The uid of the remote process that connected from ``127.0.0.1:client_port`` to our
+        listener on ``listen_port`` (``peerowner.GONE`` if it left, ``UNKNOWN`` if the host
+        cannot tell). One round trip through this session."""
+        if not self.owner_check:
+            return UNKNOWN
+        self._owner_ids += 1
+        ident = f"o{self._owner_ids}"
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._owners[ident] = fut
+        try:
+            self._process.stdin.write(f"owner {ident} {client_port:04X} {listen_port:04X}\n")
+            return await fut
+        finally:
+            self._owners.pop(ident, None)
+
     async def _read_events(self) -> None:
         try:
             async for line in self._process.stdout:
@@ -186,6 +217,14 @@ class Supervisor:
             fut = self._pings.get(event.id)
             if fut and not fut.done():
                 fut.set_result(None)
+            return
+        if event.kind == "owner":
+            waiter = self._owners.get(event.id)
+            if waiter is not None and not waiter.done():
+                value = event.value.strip()
+                waiter.set_result(
+                    int(value) if value.isdigit() else GONE if value == "-" else UNKNOWN
+                )
             return
         proc = self._procs.get(event.id)
         if proc is None:
@@ -220,6 +259,9 @@ class Supervisor:
         for fut in self._pings.values():
             if not fut.done():
                 fut.set_exception(err)
+        for waiter in self._owners.values():
+            if not waiter.done():
+                waiter.set_exception(err)
 
     async def _drain_stderr(self) -> None:
         count = 0

@@ -10,12 +10,18 @@
 #                                          and may export variables (never argv: secrets)
 #                    kill ID SIGNAL        signal the kernel if it still runs
 #                    ping ID               answered by pong ID (round-trip time)
-#   here -> daemon:  hello 1 PID DIR N     ready; protocol version 1; N stale sessions ended
+#                    owner ID CPORT LPORT  who made the connection from 127.0.0.1:CPORT to a
+#                                          relay listener on 127.0.0.1:LPORT (4-digit upper hex)
+#   here -> daemon:  hello 2 PID DIR N UID CHECK   ready; protocol version 2; N stale sessions
+#                                          ended; UID is ours; CHECK is proc (owners can be
+#                                          looked up in /proc/net/tcp) or none
 #                    nokernel ID           the kernel executable is missing or not executable
 #                    pid ID PID            the kernel started
 #                    out ID TEXT           one of the last lines the kernel printed (at exit)
 #                    exit ID STATUS        the kernel ended (128+N: killed by signal N)
 #                    pong ID
+#                    owner ID UID|-|?      the connecting socket's uid; - no such socket (the
+#                                          client already left); ? this host cannot tell
 # End of input (the daemon closed the session, or the connection died and sshd closed the
 # pipes), SIGTERM and SIGHUP terminate every kernel this supervisor started: no remote kernel
 # outlives its connection. Kernels that ignore SIGTERM get SIGKILL after 5 seconds.
@@ -56,7 +62,8 @@ reap() {
   rm -rf "$d";
 };
 trap "reap; exit 0" HUP TERM INT;
-echo "hello 1 $$ $d $n";
+if test -r /proc/net/tcp; then c=proc; else c=none; fi;
+echo "hello 2 $$ $d $n $(id -u) $c";
 while read -r op id arg; do
   case $op in
     start) (
@@ -76,6 +83,12 @@ while read -r op id arg; do
       ) & ;;
     kill) test -f "$d/$id.pid" && kill "-$arg" "$(cat "$d/$id.pid")" 2>/dev/null ;;
     ping) echo "pong $id" ;;
+    owner)
+      case $arg in *[!0-9A-F\ ]*|"") echo "owner $id ?"; continue ;; esac;
+      if test "$c" = proc; then
+        u=$(grep -h -E "^ *[0-9]+: [0-9A-F]+:${arg% *} (0100007F|0000000000000000FFFF00000100007F):${arg#* } " /proc/net/tcp /proc/net/tcp6 2>/dev/null | { read -r x x x x x x x u x; echo "$u"; });
+        echo "owner $id ${u:--}";
+      else echo "owner $id ?"; fi ;;
   esac;
 done;
 reap

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,10 +60,37 @@ def sup(request: pytest.FixtureRequest) -> Iterator[Sup]:
             pipe.close()
 
 
+def stale_ended(hello: Event) -> int:
+    """How many stale sessions a supervisor's hello says it ended."""
+    return int(hello.value.split(" ")[2])
+
+
+def test_owner_of_a_connection_to_a_listener(sup: Sup) -> None:
+    """``owner`` finds the connecting socket in /proc/net/tcp and reports its uid (that the
+    listener's accepted end is never taken for it: tests/pure/test_peerowner.py)."""
+    sup.event()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        listen_port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", listen_port)) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                client_port = client.getsockname()[1]
+                sup.send(f"owner o1 {client_port:04X} {listen_port:04X}")
+                assert sup.event() == Event("owner", "o1", str(os.getuid()))
+    sup.send("owner o3 0001 0002")  # nobody connected from port 1
+    assert sup.event() == Event("owner", "o3", "-")
+    sup.send("owner o4 12;rm 0002")  # not hex: refused, nothing run
+    assert sup.event() == Event("owner", "o4", "?")
+    sup.send("ping p")
+    assert sup.event() == Event("pong", "p", "")
+
+
 def test_hello_then_kernel_life(sup: Sup) -> None:
     hello = sup.event()
-    assert hello.kind == "hello" and hello.id == "1"
-    workdir = Path(hello.value.split(" ")[1])
+    assert hello.kind == "hello" and hello.id == "2"
+    _pid, directory, _stale, uid, check = hello.value.split(" ")
+    assert (int(uid), check) == (os.getuid(), "proc")
+    workdir = Path(directory)
     assert workdir.is_dir() and (workdir.stat().st_mode & 0o077) == 0
     sup.send("start k1 set -- /bin/sh -c 'echo out1; echo err1 >&2; exit 3'")
     assert sup.event().kind == "pid"
@@ -156,7 +184,7 @@ def test_a_new_supervisor_ends_the_stale_ones_of_the_same_daemon(shell: str) -> 
     old = Sup(shell, tag)
     other_daemon = Sup(shell, tag + "f")
     try:
-        assert old.event().value.endswith(" 0")
+        assert stale_ended(old.event()) == 0
         other_daemon.event()
         old.send("start k set -- sleep 300")
         kernel = int(old.event().value)
@@ -164,7 +192,7 @@ def test_a_new_supervisor_ends_the_stale_ones_of_the_same_daemon(shell: str) -> 
         foreign = int(other_daemon.event().value)
         new = Sup(shell, tag)  # the daemon reconnected: the old session is stale
         hello = new.event()
-        assert hello.kind == "hello" and hello.value.endswith(" 1")
+        assert hello.kind == "hello" and stale_ended(hello) == 1
         assert old.event() == Event("exit", "k", "143")
         assert old.proc.wait(timeout=30) == 0
         wait_gone(kernel)
@@ -175,7 +203,7 @@ def test_a_new_supervisor_ends_the_stale_ones_of_the_same_daemon(shell: str) -> 
         new.proc.kill()
         new.proc.wait()
         newest = Sup(shell, tag)
-        assert newest.event().value.endswith(" 0")
+        assert stale_ended(newest.event()) == 0
         wait_gone(left)
         for s in (newest, other_daemon):
             assert s.proc.stdin is not None

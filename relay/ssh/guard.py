@@ -1,0 +1,99 @@
+"""Only the user's own processes get through a link listener.
+
+Every listener relay opens for a link, on the remote host (``relay.ssh.forwards``) or on the
+front end's machine (``relay.ssh.exposed``), asks its host's ``PeerGuard`` before it carries a
+connection anywhere. The guard looks up who made the connection (``relay.peerowner``: on the
+remote host through the supervisor session, one round trip; locally in ``/proc`` or with
+``lsof``) and admits it only if that process runs as the same user as the SSH login (remote)
+or as the daemon (local). A refused connection never reaches the front end or the remote host:
+the listener stays open for the real kernel, and the refusal is logged once per source uid per
+minute with a count.
+
+``peer_check = "off"`` in a host's table admits every connection unchecked (as ``ssh -R``
+does); ``"uid"`` (the default) refuses what it cannot verify, and a launch on a host that
+offers no way to verify (no ``/proc/net/tcp``) fails at once with a message saying so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from relay.errors import PeerCheckUnavailable
+from relay.peerowner import GONE, UNKNOWN, RefusalLog, has_proc_net, local_owner, lsof_path
+
+__all__ = ["PeerGuard"]
+
+Lookup = Callable[[int, int], Awaitable[int]]
+
+
+class PeerGuard:
+    """Admits a connection to a listener only from a process of ``uid``."""
+
+    def __init__(
+        self,
+        *,
+        where: str,
+        host: str,
+        uid: int | None,
+        lookup: Lookup,
+        can_tell: bool,
+        enabled: bool = True,
+    ) -> None:
+        self.where = where  # "remote" or "local": which machine the listeners are on
+        self.host = host
+        self.uid = uid
+        self._lookup = lookup
+        self.can_tell = can_tell and uid is not None
+        self.enabled = enabled
+        self.refusals = RefusalLog(structlog.get_logger("relay.guard").bind(host=host, side=where))
+
+    @classmethod
+    def remote(
+        cls, host: str, uid: int | None, lookup: Lookup, *, can_tell: bool, enabled: bool
+    ) -> PeerGuard:
+        return cls(
+            where="remote", host=host, uid=uid, lookup=lookup, can_tell=can_tell, enabled=enabled
+        )
+
+    @classmethod
+    def local(cls, host: str, *, enabled: bool) -> PeerGuard:
+        can_tell = has_proc_net() or lsof_path() is not None
+        return cls(
+            where="local",
+            host=host,
+            uid=os.getuid(),
+            lookup=local_owner,
+            can_tell=can_tell,
+            enabled=enabled,
+        )
+
+    @property
+    def state(self) -> str:
+        """For ``relay status``: what this guard does."""
+        if not self.enabled:
+            return "off"
+        return "uid" if self.can_tell else "unavailable"
+
+    def require(self) -> None:
+        """Fail a launch at once where connections cannot be verified."""
+        if self.enabled and not self.can_tell:
+            machine = self.host if self.where == "remote" else "this machine"
+            raise PeerCheckUnavailable(
+                f"relay cannot tell which user connects to its listeners on {machine} (no "
+                f"/proc/net/tcp{'' if self.where == 'remote' else ' or lsof'}), so it will "
+                f'not carry links there; set peer_check = "off" in [hosts.{self.host}] to '
+                f"accept such connections unverified, as ssh -R does"
+            )
+
+    async def admit(self, client_port: int, listen_port: int, link: str) -> bool:
+        """Whether the connection from ``127.0.0.1:client_port`` may be carried."""
+        if not self.enabled:
+            return True
+        uid = await self._lookup(client_port, listen_port) if self.can_tell else UNKNOWN
+        if uid == self.uid and uid not in (GONE, UNKNOWN):
+            return True
+        self.refusals.refused_from(uid, listener=listen_port, link=link)
+        return False

@@ -1,0 +1,65 @@
+"""Who connected: /proc/net/tcp and lsof output, parsed without a system to ask."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.peerowner import GONE, owner_in_lsof, owner_in_proc_net
+
+HEADER = (
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+    "timeout inode\n"
+)
+
+
+def row(sl: int, local: str, remote: str, uid: int) -> str:
+    return (
+        f"  {sl:>2}: {local} {remote} 01 00000000:00000000 00:00000000 00000000 "
+        f"{uid:>5}        0 1234 1 0000000000000000 20 4 30 10 -1\n"
+    )
+
+
+# sshd (as the login user, 1000) accepted on listener 127.0.0.1:40000 (0x9C40) the connection
+# that a stranger (uid 1001) made from port 51000 (0xC738); the kernel (1000) is elsewhere.
+TABLE = (
+    HEADER
+    + row(0, "0100007F:9C40", "00000000:0000", 1000)  # the listener
+    + row(1, "0100007F:9C40", "0100007F:C738", 1000)  # sshd's accepted end
+    + row(2, "0100007F:C738", "0100007F:9C40", 1001)  # the stranger's socket
+    + row(3, "0100007F:C739", "0100007F:9C41", 1000)
+)
+
+
+def test_the_connecting_socket_is_found_not_the_accepted_end() -> None:
+    assert owner_in_proc_net(TABLE, 0xC738, 0x9C40) == 1001
+    assert owner_in_proc_net(TABLE, 0xC739, 0x9C41) == 1000
+
+
+def test_a_socket_that_is_gone_or_elsewhere_is_not_found() -> None:
+    assert owner_in_proc_net(TABLE, 0xC737, 0x9C40) == GONE
+    # right ports, but connected to another address than the loopback listener
+    other = HEADER + row(0, "0A000001:C738", "0A000002:9C40", 1000)
+    assert owner_in_proc_net(other, 0xC738, 0x9C40) == GONE
+
+
+def test_ipv4_mapped_sockets_in_tcp6() -> None:
+    v6 = HEADER + row(
+        0, "0000000000000000FFFF00000100007F:C738", "0000000000000000FFFF00000100007F:9C40", 77
+    )
+    assert owner_in_proc_net(v6, 0xC738, 0x9C40) == 77
+
+
+def test_lsof_output() -> None:
+    out = (
+        "p501\nu501\nf7\nn127.0.0.1:40000->127.0.0.1:51000\n"  # a listener's accepted end
+        "p502\nu502\nf3\nn127.0.0.1:51000->127.0.0.1:40000\n"
+    )
+    assert owner_in_lsof(out, 51000, 40000) == 502
+    assert owner_in_lsof(out, 51001, 40000) == GONE
+
+
+@given(st.text(max_size=500), st.integers(0, 65535), st.integers(0, 65535))
+def test_garbage_never_raises(text: str, a: int, b: int) -> None:
+    assert owner_in_proc_net(text, a, b) >= GONE
+    assert owner_in_lsof(text, a, b) >= GONE
