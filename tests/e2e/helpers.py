@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from relay import client
 from relay.sim import frontend
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome
 
@@ -52,6 +53,12 @@ async def controller(
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
         link.close()
+
+
+async def request(home: RelayHome, message: dict[str, str]) -> dict[str, object]:
+    """One control-socket request, as a local client sends it."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, client.request, home.socket, message)
 
 
 async def wait_gone(pid: int, timeout_s: float = 30) -> None:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from relay import client, hook
+from relay import hook
 from relay.linkname import LinkName
 from relay.sim import frontend, wire
 from relay.sim.frontend import read_data
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
-from tests.e2e.helpers import Controller, controller
+from tests.e2e.helpers import Controller, controller, request
 from tests.e2e.test_faults import connected
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
@@ -157,11 +157,6 @@ async def send_raw(remote: ThrowawaySSHD, port: int, *lines: str) -> list[str]:
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0
     return list(json.loads(out))
-
-
-async def request(home: RelayHome, message: dict[str, str]) -> dict[str, object]:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, client.request, home.socket, message)
 
 
 async def test_tokens_are_single_use_and_private(

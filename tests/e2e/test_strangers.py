@@ -1,0 +1,121 @@
+"""Another user on either machine races a link's listeners: nothing gets through, the launch
+still succeeds. The stranger is a real second uid (``nobody`` through ``setpriv``), on the
+remote host before a slow kernel connects, and on the front end's machine before the front
+end connects to an exposed link."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from relay.linkname import LinkName
+from relay.sim import wire
+from relay.sim.frontend import read_data
+from tests.conftest import SIM_KERNEL, RunningDaemon
+from tests.e2e.helpers import controller, request
+
+STRANGER = Path(__file__).with_name("stranger.py")
+SYSTEM_PYTHON = "/usr/bin/python3"  # readable by nobody, unlike a venv under /root
+NOBODY = 65534
+
+pytestmark = [
+    pytest.mark.second_uid,
+    pytest.mark.skipif(
+        os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON),
+        reason="acting as a second user needs root, setpriv and /usr/bin/python3",
+    ),
+]
+
+AS_NOBODY = f"setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups {SYSTEM_PYTHON} {STRANGER}"
+
+
+def refusals(daemon_log: io.StringIO) -> list[dict[str, object]]:
+    events = [json.loads(line) for line in daemon_log.getvalue().splitlines() if line.strip()]
+    return [
+        e for e in events if e.get("event") == "refused a connection from another user's process"
+    ]
+
+
+def kernel_racing_a_stranger(directory: Path) -> tuple[str, Path]:
+    """A kernel that first lets a stranger connect to both of its link's ports, then starts
+    (as a real kernel is slow to start, the stranger has all the time it needs)."""
+    result = directory / "stranger.json"
+    script = directory / "slow-kernel.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'prev=; for a; do [ "$prev" = -LinkName ] && name=$a; prev=$a; done\n'
+        "p1=${name%%@*}; rest=${name#*,}; p2=${rest%%@*}\n"
+        f'{AS_NOBODY} "$p1" "$p2" >{result}\n'
+        f'exec {SIM_KERNEL} "$@"\n'
+    )
+    script.chmod(0o755)
+    return str(script), result
+
+
+async def test_a_stranger_on_the_remote_host_gets_nothing_and_the_kernel_its_link(
+    daemon: RunningDaemon, daemon_log: io.StringIO
+) -> None:
+    kernel, result = kernel_racing_a_stranger(daemon.home.dir)
+    async with controller(daemon.home, kernel=kernel) as fe:
+        assert fe.link.greetings is not None  # the front end writes the instant it accepts
+        kl = await fe.link.accept(60)  # the real kernel, greeted with intact bytes
+        assert await kl.echo(b"mine") == b"mine"
+        seen = json.loads(result.read_text())
+        assert all(s["connected"] for s in seen.values()), seen
+        assert all(s["bytes"] == 0 and s["eof"] for s in seen.values()), seen
+        assert fe.link.extra_connections == 0, "the front end saw the stranger"
+        await kl.quit(0)
+        assert (await fe.result())[0] == 0
+        await kl.aclose()
+    found = refusals(daemon_log)
+    assert found and {e["foreign_uid"] for e in found} == {NOBODY}
+    assert {e["side"] for e in found} == {"remote"}
+
+
+async def test_a_stranger_on_the_front_ends_machine_gets_nothing_from_an_exposed_link(
+    daemon: RunningDaemon, daemon_log: io.StringIO
+) -> None:
+    # a kernel listening on the remote host (it writes its HELLO the moment it accepts)
+    listener = await asyncio.create_subprocess_exec(
+        SIM_KERNEL,
+        "-wstp",
+        "-LinkMode",
+        "Listen",
+        "-LinkHost",
+        "127.0.0.1",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert listener.stdout is not None
+    line = (await asyncio.wait_for(listener.stdout.readline(), 30)).decode()
+    remote_name = line.removeprefix("Link created on: ").strip()
+    answer = await request(
+        daemon.home,
+        {"op": "forward", "host": "local", "linkname": remote_name, "direction": "expose"},
+    )
+    local = LinkName.parse(str(answer["linkname"]))
+    stranger = await asyncio.create_subprocess_shell(
+        f"{AS_NOBODY} {local.data.port} {local.message.port}", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(stranger.communicate(), 60)
+    seen = json.loads(out)
+    assert all(s["connected"] and s["bytes"] == 0 and s["eof"] for s in seen.values()), seen
+    # the user's own front end still gets the link
+    streams = [
+        await asyncio.open_connection(ep.host, ep.port) for ep in (local.data, local.message)
+    ]
+    kind, _hello = await read_data(streams[0][0])
+    assert kind == wire.HELLO
+    streams[0][1].write(wire.data_frame(wire.QUIT, b"0"))
+    assert await asyncio.wait_for(listener.wait(), 30) == 0
+    for _, w in streams:
+        w.close()
+        await w.wait_closed()
+    found = refusals(daemon_log)
+    assert found and {e["foreign_uid"] for e in found} == {NOBODY}
+    assert {e["side"] for e in found} == {"local"}
