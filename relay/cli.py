@@ -45,6 +45,12 @@ def _parser() -> Any:
         "--log-file",
         help="log here (rotated at 10 MB, 5 kept) instead of stderr, for those without journald",
     )
+    serve.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "uvloop", "asyncio"],
+        help="event loop: uvloop where installed (auto, the default), or the standard one",
+    )
     serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     status = sub.add_parser("status", help="show hosts, kernels and forwards")
     status.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
@@ -223,7 +229,7 @@ def _serve(ns: Any) -> int:
     log.configure(ns.log_level or config.daemon.log_level, stream=stream)
     path = Path(ns.socket) if ns.socket else settings.socket_path(config)
     try:
-        _run(serve(config, path, config_source=str(source), ready_fd=ready_fd))
+        _run(serve(config, path, config_source=str(source), ready_fd=ready_fd), ns.loop)
     except DaemonRunning as exc:
         return fail(exc.message, "busy")
     except RelayError as exc:
@@ -234,15 +240,22 @@ def _serve(ns: Any) -> int:
     return 0
 
 
-def _run(coro: Any) -> None:
-    try:
-        import uvloop  # noqa: PLC0415
-    except ImportError:  # pragma: no cover (Windows)
-        import asyncio  # noqa: PLC0415
+def _run(coro: Any, loop: str = "auto") -> None:
+    """Run the daemon on uvloop (faster, and what the e2e tests run on) or, where it is not
+    installed or ``--loop asyncio`` asks, on the standard library's loop."""
+    import asyncio  # noqa: PLC0415
 
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+    if loop != "asyncio":
+        try:
+            import uvloop  # noqa: PLC0415
+        except ImportError:
+            if loop == "uvloop":
+                coro.close()
+                raise SystemExit("relay: --loop uvloop: uvloop is not installed") from None
+        else:
+            uvloop.run(coro)
+            return
+    asyncio.run(coro)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,6 +31,17 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
 
 
+def _peer_check(check: dict[str, Any] | None) -> str:
+    """Who may connect to a host's link listeners: ``uid`` (only the user's own processes),
+    ``unavailable`` (this side cannot tell: launches fail), ``off``; and refusals so far."""
+    if not check:
+        return "-"
+    text = f"remote {check.get('remote') or '-'}, local {check.get('local') or '-'}"
+    if check.get("refused"):
+        text += f", {check['refused']} refused"
+    return text
+
+
 def render(status: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     d = status["daemon"]
@@ -45,7 +56,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     hosts = status["hosts"]
     if hosts:
         lines += _table(
-            ["HOST", "STATE", "SINCE", "RTT", "KERNELS", "LAST ERROR"],
+            ["HOST", "STATE", "SINCE", "RTT", "KERNELS", "PEER CHECK", "LAST ERROR"],
             [
                 [
                     h["name"],
@@ -53,6 +64,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
                     _ago(h["since"], now),
                     f"{h['rtt_ms']:.1f} ms" if h.get("rtt_ms") is not None else "-",
                     str(h["kernels"]),
+                    _peer_check(h.get("peer_check")),
                     h.get("last_error") or "-",
                 ]
                 for h in hosts

@@ -54,7 +54,12 @@ class ThrowawaySSHD:
     """``with ThrowawaySSHD(dir) as sshd:``; ``sshd.port``, ``sshd.client_key``, ..."""
 
     def __init__(
-        self, directory: Path, *, options: dict[str, str] | None = None, netns: bool = False
+        self,
+        directory: Path,
+        *,
+        options: dict[str, str] | None = None,
+        netns: bool = False,
+        hide_proc: bool = False,
     ) -> None:
         self.dir = Path(directory)
         self.options = options or {}
@@ -63,6 +68,8 @@ class ThrowawaySSHD:
         # and ports relay holds locally do not collide with the kernel's. relay reaches it
         # through ``proxy_command`` (relay.sim.nsbridge).
         self.netns = netns
+        # a host like a Mac or a BSD: no /proc, so nobody can tell who owns a socket there
+        self.hide_proc = hide_proc
         self.user = getpass.getuser()
         self.host_key = self.dir / "ssh_host_ed25519_key"
         self.client_key = self.dir / "id_ed25519"
@@ -130,6 +137,18 @@ class ThrowawaySSHD:
                     "sh",
                     "-c",
                     'ip link set lo up && exec "$@"',
+                    "sh",
+                    *argv,
+                ]
+            if self.hide_proc:
+                argv = [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    'mount -t tmpfs none /proc && exec "$@"',
                     "sh",
                     *argv,
                 ]

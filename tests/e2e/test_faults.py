@@ -179,10 +179,11 @@ async def test_front_end_vanishing_during_a_launch(home: RelayHome) -> None:
         assert not running.daemon.kernels
 
 
-async def serve_subprocess(home: RelayHome) -> asyncio.subprocess.Process:
+async def serve_subprocess(home: RelayHome, *args: str) -> asyncio.subprocess.Process:
+    """``relay serve`` as a process of its own, as a user or a service manager runs it."""
     home.write()
     proc = await asyncio.create_subprocess_exec(
-        RELAY, "serve", env=home.env, stderr=asyncio.subprocess.PIPE
+        RELAY, "serve", *args, env=home.env, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stderr is not None
     while b'"serving"' not in await asyncio.wait_for(proc.stderr.readline(), 30):

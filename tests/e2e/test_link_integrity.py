@@ -20,8 +20,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import RunningDaemon, run_shim
+from tests.conftest import RelayHome, RunningDaemon, run_shim
 from tests.e2e.helpers import controller
+from tests.e2e.test_faults import drain, serve_subprocess
 
 pytestmark = pytest.mark.both_loops
 
@@ -280,3 +281,22 @@ async def test_a_controller_launch_against_a_front_end_that_writes_first(
             await kl.quit(0)
             assert (await fe.result())[0] == 0
             await kl.aclose()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_relay_serve_in_its_own_process_on_either_loop(home: RelayHome, loop: str) -> None:
+    """The daemon exactly as ``relay serve --loop`` runs it, in a process of its own, and
+    a front end that writes first: its first bytes come back answered."""
+    serving = await serve_subprocess(home, "--loop", loop)
+    drained = asyncio.ensure_future(drain(serving))
+    try:
+        for _ in range(3):
+            async with controller(home) as fe:
+                kl = await fe.link.accept(60)  # raises LostBytes if a first byte was lost
+                await kl.quit(0)
+                assert (await fe.result())[0] == 0
+                await kl.aclose()
+    finally:
+        serving.terminate()
+        assert await asyncio.wait_for(serving.wait(), 60) == 0
+        await drained

@@ -33,6 +33,7 @@ async def test_status_shows_hosts_kernels_and_forwards(daemon: RunningDaemon) ->
         (host,) = answer["hosts"]
         assert host["name"] == "local" and host["state"] == "connected"
         assert host["rtt_ms"] > 0 and host["kernels"] == 1
+        assert host["peer_check"] == {"remote": "uid", "local": "uid", "refused": 0}
         (kernel,) = answer["kernels"]
         assert kernel["remote_pid"] == kl.hello["pid"] and kernel["mode"] == "controller"
         assert kernel["remote_link"] == remote
@@ -199,6 +200,7 @@ def test_status_table_renders_a_synthetic_answer() -> None:
                 "rtt_ms": 48.2,
                 "kernels": 1,
                 "last_error": None,
+                "peer_check": {"remote": "unavailable", "local": "uid", "refused": 3},
             }
         ],
         "kernels": [
@@ -219,5 +221,6 @@ def test_status_table_renders_a_synthetic_answer() -> None:
     text = render(answer, now=160.0)
     assert "up 1h01m" in text and "50.0 MB RSS" in text
     assert "1m00s ago" in text and "48.2 ms" in text
+    assert "remote unavailable, local uid, 3 refused" in text
     assert "k1" in text and "1m05s" in text and "3@b,4@b" in text and "a:1" in text
     assert os.linesep in text

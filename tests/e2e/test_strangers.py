@@ -10,14 +10,16 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relay.linkname import LinkName
-from relay.sim import wire
+from relay.sim import frontend, wire
 from relay.sim.frontend import read_data
-from tests.conftest import SIM_KERNEL, RunningDaemon
+from relay.sim.sshd import ThrowawaySSHD
+from tests.conftest import SIM_KERNEL, RelayHome, RunningDaemon, run_shim, start_daemon
 from tests.e2e.helpers import controller, request
 
 STRANGER = Path(__file__).with_name("stranger.py")
@@ -28,7 +30,7 @@ pytestmark = [
     pytest.mark.second_uid,
     pytest.mark.skipif(
         os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON),
-        reason="acting as a second user needs root, setpriv and /usr/bin/python3",
+        reason="acting as a second user (or hiding /proc) needs root, setpriv, /usr/bin/python3",
     ),
 ]
 
@@ -119,3 +121,35 @@ async def test_a_stranger_on_the_front_ends_machine_gets_nothing_from_an_exposed
     found = refusals(daemon_log)
     assert found and {e["foreign_uid"] for e in found} == {NOBODY}
     assert {e["side"] for e in found} == {"local"}
+
+
+@pytest.fixture(scope="module")
+def no_proc_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawaySSHD]:
+    """A host with no /proc (as a Mac or a BSD): it cannot tell who owns a socket."""
+    with ThrowawaySSHD(tmp_path_factory.mktemp("noproc"), hide_proc=True) as server:
+        yield server
+
+
+async def test_a_host_that_cannot_tell_fails_launches_at_once_unless_peer_check_is_off(
+    home: RelayHome, no_proc_sshd: ThrowawaySSHD
+) -> None:
+    home.sshd = no_proc_sshd
+    home.hosts = {"blind": {}, "trusting": {"peer_check": "off"}}
+    async with start_daemon(home):
+        link = await frontend.ListeningLink.create()
+        blind = await run_shim(home, "--compute", "blind", SIM_KERNEL, str(link.name))
+        assert blind.status == 1
+        assert blind.stderr.count("\n") == 1
+        assert "cannot tell which user connects" in blind.stderr
+        assert 'peer_check = "off" in [hosts.blind]' in blind.stderr
+        assert link.extra_connections == 0
+        trusting = await run_shim(home, "--compute", "trusting", SIM_KERNEL, str(link.name))
+        assert trusting.status == 0, trusting.stderr
+        kl = await link.accept(60)
+        await kl.quit(0)
+        await kl.aclose()
+        link.close()
+        answer = await request(home, {"op": "status"})
+        checks = {h["name"]: h["peer_check"] for h in answer["hosts"]}  # type: ignore[union-attr]
+        assert checks["blind"]["remote"] == "unavailable"
+        assert checks["trusting"]["remote"] == "off"
