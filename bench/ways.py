@@ -6,6 +6,8 @@
 ``ControlMasterWay``  one OpenSSH master; per kernel ``ssh -O forward -R 0:..`` twice (each
                       prints its port), then an exec of the kernel through the master.
 ``RelayWay``          ``relay launch`` against a warm daemon.
+``PlainAsyncsshWay``  asyncssh's own remote forwarding in a process per kernel (uvloop,
+                      AES-GCM): the stack relay stands on without relay, for the data path.
 
 Each ``launch(link)`` starts the kernel so that it connects back to the simulator front end's
 listening ``link``; the caller times until both channels arrive.
@@ -18,6 +20,7 @@ import contextlib
 import os
 import re
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,6 +210,35 @@ class RelayWay:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+        )
+        return Launched([proc])
+
+    finish = staticmethod(_finish)
+
+
+class PlainAsyncsshWay:
+    name = "plain asyncssh forwarding"
+    key = "asyncssh"
+
+    def __init__(self, sshd: ThrowawaySSHD, port: int, kernel: str) -> None:
+        self.sshd, self.port, self.kernel = sshd, port, kernel
+
+    async def launch(self, link: LinkName, compute: bool = True) -> Launched:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.plainssh",
+            str(self.port),
+            str(self.sshd.client_key),
+            str(self.sshd.known_hosts),
+            self.sshd.user,
+            str(link.data.port),
+            str(link.message.port),
+            self.kernel,
+            *KERNEL_ARGS,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         return Launched([proc])
 

@@ -32,6 +32,10 @@ __all__ = ["LinkForward", "RemoteSlot", "SparePool", "forwarding_refused", "open
 
 LISTEN_HOST = "127.0.0.1"
 WINDOW = 8 << 20  # a link's receive window: bulk transfers are not held up by window updates
+# The largest channel packet we invite sshd to send us (asyncssh's default is 32 KiB): fewer,
+# larger packets from the kernel cut asyncssh's per-packet Python cost (BENCHMARKS.md measures
+# it), and 128 KiB stays well under OpenSSH's 256 KiB limit for a whole packet.
+PKTSIZE = 128 << 10
 
 
 def _already_connected() -> asyncssh.ChannelOpenError:
@@ -86,7 +90,9 @@ async def open_slots(conn: asyncssh.SSHClientConnection, n: int, host: str) -> l
     slots = [RemoteSlot() for _ in range(n)]
     results = await asyncio.gather(
         *(
-            conn.create_server(slot.session_factory, LISTEN_HOST, 0, window=WINDOW)
+            conn.create_server(
+                slot.session_factory, LISTEN_HOST, 0, window=WINDOW, max_pktsize=PKTSIZE
+            )
             for slot in slots
         ),
         return_exceptions=True,

@@ -18,7 +18,14 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
             assert sample.values and not sample.failures, (way, rtt, sample)
     assert results.concurrent[("relay", 0)].values
     assert all(s.values for s in results.pingpong.values())
-    assert {key for key, _ in results.bulk} == {"relay", "openssh", "openssh-aes128-gcm", "direct"}
+    assert {key for key, _ in results.bulk} == {
+        "relay",
+        "asyncssh",
+        "openssh",
+        "openssh-aes128-gcm",
+        "direct",
+    }
+    assert results.unchecked[0].values  # relay with peer_check off, beside it
     assert math.isfinite(results.shim_wall.median) and results.floor_direct.values
     assert set(results.daemon) == {"idle", f"{config.daemon_kernels} kernels", "after"}
     assert results.calibration[10]["pingpong_ms"] >= 10  # the delay relay delays
