@@ -11,7 +11,9 @@ links
 forwards
     For each link, two remote listeners on the remote host's 127.0.0.1 with server-chosen
     ports, leading back to the front end's two listening ports (``relay.ssh.forwards``). Each
-    accepts exactly one connection and is closed as soon as both channels are connected.
+    accepts exactly one connection, from the user's own processes only (``relay.ssh.guard``),
+    and is closed as soon as both channels are connected. Each channel's bytes go through a
+    ``relay.ssh.pipe.Pipe``, which never loses what either side writes first.
 kernels
     A remote kernel process started and reaped by the host's single long-lived supervisor
     session (``relay.ssh.supervisor``), so 32 launches share one SSH session and never pay a

@@ -75,6 +75,8 @@ class KernelLink:
         self.parallel_names: tuple[str, str] | None = None
         self._listening: list[ListeningLink] = []
         self._greetings = greetings  # what a write-first front end sent on accepting
+        self._greeting_due = False  # its answer has not been read yet
+        self._stash: list[tuple[int, bytes]] = []
 
     async def start(self) -> None:
         kind, payload = await read_data(self._dr)
@@ -82,17 +84,39 @@ class KernelLink:
             raise LostBytes(f"expected HELLO from the kernel, got frame type {kind}")
         self.hello = json.loads(payload)
         if self._greetings is not None:
-            data, message = self._greetings
-            got, echoed = await read_data(self._dr)
-            if got != wire.RETURN or wire.data_frame(wire.ECHO, echoed) != data:
-                raise LostBytes("the bytes the front end wrote first on the data channel were lost")
+            message = self._greetings[1]
             if wire.message_frame(*await read_message(self._mr)) != message:
                 raise LostBytes("the urgent message the front end wrote first was lost")
+            # The answer to the early evaluation normally comes next; an old-method kernel
+            # sends its OpenParallelLinksPacket first and answers once those links are up.
+            kind, payload = await read_data(self._dr)
+            if kind == wire.RETURN:
+                self._check_greeting(payload)
+            else:
+                self._greeting_due = True
+                self._stash.append((kind, payload))
+
+    def _check_greeting(self, answer: bytes) -> None:
+        assert self._greetings is not None
+        self._greeting_due = False
+        if wire.data_frame(wire.ECHO, answer) != self._greetings[0]:
+            raise LostBytes("the bytes the front end wrote first on the data channel were lost")
+
+    async def _frame(self) -> tuple[int, bytes]:
+        """The next data-channel frame; the early evaluation's answer is checked on the way."""
+        if self._stash:
+            return self._stash.pop(0)
+        while True:
+            kind, payload = await read_data(self._dr)
+            if self._greeting_due and kind == wire.RETURN:
+                self._check_greeting(payload)
+                continue
+            return kind, payload
 
     async def evaluate(self, kind: int, payload: bytes = b"") -> bytes:
         self._dw.write(wire.data_frame(kind, payload))
         await self._dw.drain()
-        got, result = await read_data(self._dr)
+        got, result = await self._frame()
         if got != wire.RETURN:
             raise ValueError(f"expected RETURN, got frame type {got}")
         return result
@@ -111,7 +135,7 @@ class KernelLink:
         await self._dw.drain()
 
     async def read_return(self) -> bytes:
-        got, result = await read_data(self._dr)
+        got, result = await self._frame()
         if got != wire.RETURN:
             raise ValueError(f"expected RETURN, got frame type {got}")
         return result
@@ -120,7 +144,7 @@ class KernelLink:
         """Up to 11.0: the kernel sends the names of the two links it created
         (``OpenParallelLinksPacket``); the front end connects to them, service link first."""
         async with asyncio.timeout(timeout_s):
-            kind, payload = await read_data(self._dr)
+            kind, payload = await self._frame()
             if kind != wire.OPEN_PARALLEL_LINKS:
                 raise ValueError(f"expected OpenParallelLinksPacket, got frame type {kind}")
             service, preemptive, _protocol = json.loads(payload)

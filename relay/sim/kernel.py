@@ -23,6 +23,9 @@ Behaviour, with its source in the topology reference:
   them through ``callback`` (the new method). Every channel has a thread of its own, so a busy
   main link does not hold up the preemptive link (Dynamic).
 
+- takes ``-simstartup SECONDS`` (default 1) before connecting or listening, as a real
+  WolframKernel takes on the order of a second to start (licence check, paclets; section 4).
+
 It is written with blocking sockets and threads rather than asyncio, and imports little: a
 kernel starts on every launch, and importing asyncio alone takes longer here than the whole
 launch budget (BENCHMARKS.md).
@@ -339,13 +342,21 @@ class _Link:
             sock.close()
 
 
-def _sim_version(flags: KernelFlags) -> float:
+STARTUP_S = 1.0  # a real kernel's start-up, on the order of a second (section 4)
+
+
+def _sim_option(flags: KernelFlags, name: str, default: float) -> float:
+    """A simulator-only flag (``-simversion V``, ``-simstartup S``) among the ignored ones."""
     ignored = [word.lower() for word in flags.ignored]
-    if "-simversion" in ignored:
-        i = ignored.index("-simversion")
+    if name in ignored:
+        i = ignored.index(name)
         if i + 1 < len(ignored):
             return float(flags.ignored[i + 1])
-    return 14.1
+    return default
+
+
+def _sim_version(flags: KernelFlags) -> float:
+    return _sim_option(flags, "-simversion", 14.1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         flags = parse_flags(argv)
         version = _sim_version(flags)
+        _sim_option(flags, "-simstartup", STARTUP_S)
     except ValueError as exc:
         print(f"relay-sim-kernel: {exc}", file=sys.stderr)
         return 2
@@ -366,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     kernel = SimKernel(flags, version)
+    startup = _sim_option(flags, "-simstartup", STARTUP_S)
+    if startup > 0:
+        threading.Event().wait(startup)  # starting up: licence, paclets, init files
     mode = flags.link_mode or "connect"
     if mode == "connect":
         if not flags.link_name:
