@@ -52,6 +52,14 @@ def _parser() -> Any:
         help="event loop: uvloop where installed (auto, the default), or the standard one",
     )
     serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    connect = sub.add_parser(
+        "connect",
+        help="open a host's connection ahead of launches (the first kernel then starts warm)",
+    )
+    connect.add_argument("host", help="a [hosts] name from relay.toml or [user@]host[:port]")
+    connect.add_argument(
+        "--no-autostart", action="store_true", help="fail instead of starting a daemon"
+    )
     status = sub.add_parser("status", help="show hosts, kernels and forwards")
     status.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     service = sub.add_parser("service", help="install relay as a systemd/launchd user service")
@@ -102,6 +110,8 @@ def _main(args: list[str]) -> int:
         return 0
     if ns.command == "status":
         return _status(ns.json)
+    if ns.command == "connect":
+        return _connect(ns.host, autostart=not ns.no_autostart)
     if ns.command == "frontend-config":
         return _frontend_config(ns)
     if ns.command == "wolfram":
@@ -182,6 +192,28 @@ def _wolfram_install(ns: Any) -> int:
     target = install_relaytools(Path(base), _this_relay())
     print(f"installed RelayTools` in {target}")
     print('load it with Needs["RelayTools`"] in the front end\'s kernel')
+    return 0
+
+
+CONNECT_WAIT_S = 120.0  # connect, authenticate, start the supervisor (retries included)
+
+
+def _connect(host: str, *, autostart: bool) -> int:
+    from relay import shim  # noqa: PLC0415
+
+    try:
+        answer = shim.request({"op": "connect", "host": host}, CONNECT_WAIT_S, autostart=autostart)
+    except shim.ShimError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.status
+    if answer.get("event") != "connected":
+        print(f"relay: {answer.get('message', 'unexpected answer')}", file=sys.stderr)
+        return 1
+    rtt = answer.get("rtt_ms")
+    print(
+        f"relay: {answer['host']} is connected (in {answer['connect_ms']:.0f} ms"
+        + (f", round trip {rtt:.1f} ms)" if rtt is not None else ")")
+    )
     return 0
 
 

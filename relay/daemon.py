@@ -40,7 +40,7 @@ import structlog
 
 from relay import __version__, framing, protocol
 from relay.activation import Notifier, activated_socket
-from relay.errors import BadRequest, ConfigError, RelayError, ShuttingDown
+from relay.errors import BadRequest, ConfigError, ConnectFailed, RelayError, ShuttingDown
 from relay.framing import FramingError
 from relay.kernels import Kernel, launch, new_kernel_id
 from relay.linkname import LinkName, LinkNameError
@@ -176,11 +176,22 @@ class Daemon:
             host.release()
             raise
         self.kernels[k.id] = k
-        self._tasks.spawn(self._reap(k), name=f"reap:{k.id}")
+        self._tasks.spawn(self._reap(k, kernel), name=f"reap:{k.id}")
         return k
 
-    async def _reap(self, k: Kernel) -> None:
+    async def _reap(self, k: Kernel, kernel: str) -> None:
+        """Everything about a launched kernel until it is gone. A compute kernel's shim had
+        its answer before the link was connected: one that exits first, or does not call
+        back within launch_timeout_s, is recorded (the Parallel package will only say that
+        its link never connected) and ended. ``released`` is set last."""
+        status: int | None = None
         try:
+            try:
+                await asyncio.shield(k.callback)
+            except RelayError as exc:
+                k.log.warning("compute kernel failed after launch", error=exc.message)
+                k.host.record_failure(k.id, kernel, exc.message)
+                await k.terminate(grace_s=1.0)
             status = await asyncio.shield(k.exited)
         finally:
             self.kernels.pop(k.id, None)
@@ -225,6 +236,25 @@ class Daemon:
             rewritten=str(name),
         )
         return str(name)
+
+    async def connect(self, req: protocol.ConnectRequest) -> dict[str, Any]:
+        """Open a host's connection, supervisor and spare forwards ahead of any launch, so
+        that the first kernel does not pay connect and authentication."""
+        if self.stopping:
+            raise ShuttingDown("relay is shutting down and opens no new connections")
+        host = self.host(req.host)
+        started = time.monotonic()
+        try:
+            await host.ready()
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectFailed(f"the SSH connection to {host.key} failed: {exc}") from None
+        log.info("host warmed", host=host.key)
+        return {
+            "event": "connected",
+            "host": host.key,
+            "connect_ms": round((time.monotonic() - started) * 1000, 1),
+            "rtt_ms": host.snapshot()["rtt_ms"],
+        }
 
     def status(self) -> dict[str, Any]:
         return {
@@ -310,6 +340,13 @@ class Daemon:
                 await _send(writer, {"event": "forwarded", "host": req.host, "linkname": name})
         elif isinstance(req, protocol.LaunchRequest):
             await self._serve_launch(req, reader, writer)
+        elif isinstance(req, protocol.ConnectRequest):
+            try:
+                answer = await self.connect(req)
+            except RelayError as exc:
+                await _send(writer, protocol.error(exc.code, exc.message))
+            else:
+                await _send(writer, answer)
         else:
             await _send(writer, protocol.error("bad_request", "terminate outside a launch"))
 

@@ -2,9 +2,19 @@
 
 launch():  remote forwards R1,R2 (server-chosen ports) -> start the kernel with
            -LinkName R1@127.0.0.1,R2@127.0.0.1 -> wait until both channels are connected
-           -> cancel the listeners.
-Failure at any step releases what was taken: the forwards are closed and a started kernel
-is killed. The wait is bounded by the host's launch_timeout_s and ends early, with the
+           -> cancel the listeners (``Kernel.callback``, a task).
+When launch() answers depends on the mode:
+- controller: once the callback is done, as the front end's Launch command expects;
+- compute: once the kernel is started. The Parallel package runs ``$RemoteCommand`` once per
+  kernel, one after another, and waits for all only after the last (topology reference,
+  section 4): answering at the callback would serialize the kernels' start-ups (n x about a
+  second). "Started" is the supervisor's ``pid`` for a kernel path this connection has not
+  started yet, so a missing or non-executable kernel is still the launch's one-line error;
+  for a path it has started before, it is the start line written, with no round trip. The
+  daemon goes on waiting for the callback (``launch_timeout_s``), and a kernel that exits or
+  never calls back is ended and recorded as a failure of its host.
+Failure before the answer releases what was taken: the forwards are closed and a started
+kernel is killed. The wait is bounded by the host's launch_timeout_s and ends early, with the
 kernel's last output, if the kernel exits or is missing.
 terminate(): SIGTERM, then SIGKILL after terminate_grace_s.
 """
@@ -56,6 +66,9 @@ class Kernel:
         self._proc = proc
         self.started_at = time.time()
         self.released = asyncio.Event()  # set once the daemon has released everything
+        # both channels connected and the listeners cancelled (or why not): set by launch()
+        self.callback: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.callback.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
 
     @property
@@ -76,6 +89,7 @@ class Kernel:
             "host": self.host.key,
             "mode": self.mode,
             "remote_pid": self.remote_pid,
+            "state": "connected" if self.callback.done() else "starting",
             "frontend_link": str(self.frontend_link),
             "remote_link": str(self.remote_link),
             "age_s": round(time.time() - self.started_at, 1),
@@ -177,21 +191,80 @@ async def launch(
         raise
     k = Kernel(kernel_id, host, mode, link, forward, connected.supervisor, proc, hook)
     log.info("launching", mode=mode, link=str(link), remote_link=str(forward.remote_name))
+    callback = asyncio.ensure_future(_callback(k, kernel, cfg.launch_timeout_s))
+    callback.add_done_callback(lambda f: _settle(k.callback, f))
     try:
-        async with asyncio.timeout(cfg.launch_timeout_s):
-            await _until_connected(k, kernel)
-            # Only now answer: from here on nothing else on the remote host can connect.
-            await forward.listeners_closed()
+        if mode == "compute":
+            await _started(k, kernel, connected.kernels_started)
+        else:
+            await asyncio.shield(callback)
     except BaseException as exc:
-        if isinstance(exc, TimeoutError):
-            exc = LaunchTimeout(
-                f"the kernel on {host.key} did not connect within {cfg.launch_timeout_s:g} s "
-                f"(launch_timeout_s){_last_words(k.output)}"
-            )
+        callback.cancel()
+        await asyncio.gather(callback, return_exceptions=True)
         await k.terminate(grace_s=1.0)
         log.warning("launch failed", error=str(exc))
-        raise exc from None
+        raise
     return k
+
+
+def _settle(target: asyncio.Future[None], source: asyncio.Future[None]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())  # type: ignore[arg-type]
+    else:
+        target.set_result(None)
+
+
+async def _callback(k: Kernel, kernel: str, timeout_s: float) -> None:
+    """Both channels connected, then the listeners cancelled: from here on nothing else on
+    the remote host can connect. Bounded by ``launch_timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await _until_connected(k, kernel)
+            await k.forward.listeners_closed()
+    except TimeoutError:
+        raise LaunchTimeout(
+            f"the kernel on {k.host.key} did not connect within {timeout_s:g} s "
+            f"(launch_timeout_s){_last_words(k.output)}"
+        ) from None
+
+
+async def _started(k: Kernel, kernel: str, started_before: set[str]) -> None:
+    """The compute kernel runs: its pid is back, or (for a kernel path this connection has
+    started before) its start line is written."""
+    if kernel in started_before:
+        return
+    started = k._proc.started
+    waiting: set[asyncio.Future[Any]] = {started, k.callback}
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if started.done():
+        exc = started.exception()
+        if exc is None:
+            started_before.add(kernel)
+            return
+        raise _not_started(k, kernel, exc)
+    k.callback.result()  # it failed before the pid came back: raise why
+
+
+def _not_started(k: Kernel, kernel: str, exc: BaseException) -> BaseException:
+    """Why the supervisor reported no pid: a missing kernel (status 127 from ``nokernel``),
+    an exit before the pid line, or the connection's loss."""
+    if not isinstance(exc, KernelMissing):
+        return exc
+    status = k.exited.result() if k.exited.done() else None
+    if status == 127:
+        return KernelMissing(
+            f"kernel executable {kernel!r} not found or not executable on "
+            f"{k.host.key}: check the KERNEL argument or 'kernel' in "
+            f"[hosts.{k.host.key}]"
+        )
+    return KernelExited(
+        f"the kernel on {k.host.key} exited with status {status} before "
+        f"connecting{_last_words(k.output)}"
+    )
 
 
 async def _until_connected(k: Kernel, kernel: str) -> None:
@@ -204,14 +277,8 @@ async def _until_connected(k: Kernel, kernel: str) -> None:
         if started in done:
             waiting.discard(started)
             exc = started.exception()
-            if isinstance(exc, KernelMissing):
-                raise KernelMissing(
-                    f"kernel executable {kernel!r} not found or not executable on "
-                    f"{k.host.key}: check the KERNEL argument or 'kernel' in "
-                    f"[hosts.{k.host.key}]"
-                )
             if exc is not None:
-                raise exc
+                raise _not_started(k, kernel, exc)
         if k.exited in done:
             await k.forward.settled()  # connections that reached the host before the exit
             if k.forward.connected.done():

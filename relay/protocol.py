@@ -9,6 +9,7 @@ Requests (client -> daemon)::
     {"v":1,"op":"ping"}
     {"v":1,"op":"status"}         # answered by one "status" event, then the connection ends
     {"v":1,"op":"forward","host":H,"linkname":L,"direction":"callback"|"expose"}
+    {"v":1,"op":"connect","host":H}  # open H's connection ahead of launches (relay connect)
 
 Events (daemon -> client)::
 
@@ -18,9 +19,12 @@ Events (daemon -> client)::
     {"v":1,"event":"pong","pid":..,"version":..}
     {"v":1,"event":"status","daemon":{..},"hosts":[..],"kernels":[..]}   # see relay status
     {"v":1,"event":"forwarded","host":H,"linkname":R}      # the rewritten name
+    {"v":1,"event":"connected","host":H,"connect_ms":..,"rtt_ms":..}
 
 A controller-mode launch keeps its connection open until ``exited``; closing it, or sending
-``terminate``, ends the kernel. A compute-mode launch ends after ``launched``.
+``terminate``, ends the kernel; its ``launched`` comes once the kernel's link is connected.
+A compute-mode launch ends after ``launched``, which comes once the kernel is started (the
+Parallel package runs one launch after another and waits for all kernels afterwards).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from relay.errors import BadRequest
 
 __all__ = [
     "AnyRequest",
+    "ConnectRequest",
     "ForwardRequest",
     "LaunchRequest",
     "PingRequest",
@@ -84,7 +89,16 @@ class ForwardRequest(_Message):
     direction: Literal["callback", "expose"] = "callback"
 
 
-AnyRequest = LaunchRequest | TerminateRequest | PingRequest | StatusRequest | ForwardRequest
+class ConnectRequest(_Message):
+    """Open a host's connection, supervisor and spare forwards before any launch."""
+
+    op: Literal["connect"]
+    host: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+AnyRequest = (
+    LaunchRequest | TerminateRequest | PingRequest | StatusRequest | ForwardRequest | ConnectRequest
+)
 Request = Annotated[AnyRequest, Field(discriminator="op")]
 _ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(Request)
 
@@ -99,7 +113,7 @@ def parse_request(obj: dict[str, Any]) -> AnyRequest:
         if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
             message = (
                 f"unknown op {str(obj.get('op'))[:40]!r} (expected launch, terminate, "
-                f"ping, status or forward)"
+                f"ping, status, forward or connect)"
             )
         else:
             message = f"{where}: {first['msg']}"

@@ -274,6 +274,21 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def request(message: dict[str, Any], timeout_s: float, *, autostart: bool = True) -> dict[str, Any]:
+    """One request to the daemon (started first if none listens) and its one answer; for
+    commands that want a running daemon, such as ``relay connect``."""
+    session = _Session(_daemon_socket(paths.socket_path(), autostart=autostart))
+    try:
+        session.send(message)
+        event = session.next_event(timeout_s)
+    finally:
+        session.sock.close()
+    if event is None:
+        assert session.signal is not None
+        raise ShimError("interrupted", 128 + session.signal)
+    return event
+
+
 def _run(args: _Args) -> int:
     path = paths.socket_path()
     sock = _daemon_socket(path, autostart=not args.no_autostart)

@@ -72,16 +72,27 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
         )
     else:
         lines.append("no hosts connected yet")
+    failures = [(h["name"], f) for h in hosts for f in h.get("failures") or []]
+    if failures:
+        lines += ["", "kernels that failed after their launch had answered (newest last):"]
+        lines += _table(
+            ["HOST", "KERNEL", "WHEN", "PATH", "REASON"],
+            [
+                [name, f["kernel_id"], _ago(f["at"], now), f["kernel"], f["reason"]]
+                for name, f in failures
+            ],
+        )
     kernels = status["kernels"]
     lines.append("")
     if kernels:
         lines += _table(
-            ["KERNEL", "HOST", "MODE", "PID", "AGE", "FRONT END LINK", "REMOTE LINK"],
+            ["KERNEL", "HOST", "MODE", "STATE", "PID", "AGE", "FRONT END LINK", "REMOTE LINK"],
             [
                 [
                     k["id"],
                     k["host"],
                     k["mode"],
+                    k.get("state", "-"),
                     str(k.get("remote_pid") or "-"),
                     _duration(k["age_s"]),
                     k["frontend_link"],

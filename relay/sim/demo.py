@@ -2,9 +2,11 @@
 
 Starts a throwaway OpenSSH sshd on a loopback port with generated keys, writes a relay.toml
 for it, starts ``relay serve``, then acts as a front end: launches one controller kernel
-through the Launch command and 8 compute kernels through ``$RemoteCommand`` with ``Run[]``
-semantics, all with ``relay launch`` and the simulator kernel, exchanges data with each on
-both channels, and prints the rewritten link names and launch times.
+through the Launch command, and 8 compute kernels exactly as the Parallel package's
+``LaunchRemote`` does (all links created, ``Run[$RemoteCommand]`` once per kernel one after
+another, then a wait for all), all with ``relay launch`` and the simulator kernel, which takes
+a second to start as a real one does. It exchanges data with each kernel on both channels and
+prints the rewritten link names, the launch times and the pool's total.
 """
 
 from __future__ import annotations
@@ -91,22 +93,28 @@ async def _front_end(env: dict[str, str]) -> int:
     kl = await link.accept(60)
     ms = (time.monotonic() - started) * 1000
     rows.append(("controller", str(link.name), kl.hello["link_name"], ms, await _exchange(kl)))
-    # Compute kernels: $RemoteCommand, filled and Run[] by the Parallel package.
+    # Compute kernels: LaunchKernels[RemoteMachine["demo", COMPUTE_KERNELS]] with relay's
+    # $RemoteCommand, as the Parallel package runs it.
     remote = f'{RELAY} launch --compute "`1`" "{KERNEL}" "`2`"'
-    links = [await frontend.ListeningLink.create() for _ in range(COMPUTE_KERNELS)]
     started = time.monotonic()
-
-    async def one(link: frontend.ListeningLink) -> tuple[frontend.KernelLink, float, int]:
-        result = await frontend.run_remote_command(remote, host="demo", link=link.name, env=env)
-        if result.status != 0:
-            print(f"  compute launch failed: {result.stderr.strip()}", file=sys.stderr)
-        k = await link.accept(60)
-        return k, (time.monotonic() - started) * 1000, result.status
-
-    computes = await asyncio.gather(*(one(link) for link in links))
+    launches = await frontend.launch_remote(remote, host="demo", n=COMPUTE_KERNELS, env=env)
     all_ms = (time.monotonic() - started) * 1000
-    for link, (k, ms, _status) in zip(links, computes, strict=True):
-        rows.append(("compute", str(link.name), k.hello["link_name"], ms, await _exchange(k)))
+    computes: list[tuple[frontend.KernelLink, float, int]] = []
+    for launch in launches:
+        if launch.kernel is None:
+            print(f"  compute launch failed: {launch.error}", file=sys.stderr)
+            continue
+        status = launch.run.status if launch.run is not None else 1
+        computes.append((launch.kernel, all_ms, status))
+        rows.append(
+            (
+                "compute",
+                str(launch.link.name),
+                launch.kernel.hello["link_name"],
+                all_ms,
+                await _exchange(launch.kernel),
+            )
+        )
     print(
         f"\n  {'kernel':<10} {'front end link':<32} {'rewritten link (remote)':<32} "
         f"{'launch':>9}  data+urgent"
@@ -114,8 +122,9 @@ async def _front_end(env: dict[str, str]) -> int:
     for kind, fe_name, remote_name, ms, ok in rows:
         print(f"  {kind:<10} {fe_name:<32} {remote_name:<32} {ms:7.0f}ms  {ok}")
     print(
-        f"\n  {COMPUTE_KERNELS} compute kernels launched concurrently in {all_ms:.0f} ms, "
-        f"one SSH connection, one supervisor session"
+        f"\n  LaunchKernels of {COMPUTE_KERNELS} compute kernels as the Parallel package runs it "
+        f"(one Run after another, then a wait for all; each kernel takes 1 s to start): "
+        f"{all_ms:.0f} ms in all, one SSH connection, one supervisor session"
     )
     for k, _, _ in computes:
         await k.quit(0)
@@ -124,9 +133,13 @@ async def _front_end(env: dict[str, str]) -> int:
     for k, _, _ in computes:
         await k.aclose()
     await kl.aclose()
-    for listening in (link, *links):
+    for listening in (link, *(launch.link for launch in launches)):
         listening.close()
-    failed = any(r[4] != "ok" for r in rows) or any(s != 0 for _, _, s in computes)
+    failed = (
+        any(r[4] != "ok" for r in rows)
+        or len(computes) != COMPUTE_KERNELS
+        or any(s != 0 for _, _, s in computes)
+    )
     print(f"  controller shim exited with the kernel's status: {shim_status}")
     if failed or shim_status != 0:
         print("relay demo: FAILED", file=sys.stderr)

@@ -8,6 +8,9 @@
 - ``run_remote_command()`` fills ``$RemoteCommand`` slots `1`..`4` and runs the result the way
   the Parallel package's ``Run[]`` does: through the shell, under a time limit
   (``$MathLinkTimeout``, 15 s by default), a non-zero status being a failed launch (section 4).
+- ``launch_remote()`` is ``LaunchRemote`` for ``RemoteMachine[host, template, n]`` exactly
+  (section 4): all n listening links first, then ``Run`` of the filled template once per link,
+  one after another, and only after the last ``Run`` a wait for all n kernels to connect.
 - ``ListeningLink.accept()`` waits for the kernel's two connections (in either order) and
   returns a ``KernelLink`` that exchanges traffic on both channels.
 - ``ListeningLink.create()`` is, by default, a front end that speaks first: neither side of a
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import getpass
+import itertools
 import json
 import os
 import secrets
@@ -38,8 +42,10 @@ from relay.templates import fill, fill_remote_command
 __all__ = [
     "KernelLink",
     "ListeningLink",
+    "RemoteLaunch",
     "RunResult",
     "launch_command",
+    "launch_remote",
     "run_controller",
     "run_remote_command",
 ]
@@ -366,3 +372,89 @@ async def run_remote_command(
         raise
     assert proc.returncode is not None
     return RunResult(proc.returncode, out.decode(), err.decode())
+
+
+@dataclass
+class RemoteLaunch:
+    """One kernel of ``launch_remote``: its link, how its ``Run`` went, and when (as event
+    numbers, so tests can check order without timing) its Run returned and its link connected."""
+
+    link: ListeningLink
+    run: RunResult | None = None
+    error: str | None = None
+    run_returned: int | None = None
+    connected: int | None = None
+    kernel: KernelLink | None = None
+    overran: bool = False  # Run took longer than $MathLinkTimeout (it is not cut short)
+
+
+async def launch_remote(
+    template: str,
+    *,
+    host: str,
+    n: int,
+    user: str = "",
+    timeout_s: float = MATHLINK_TIMEOUT_S,
+    env: dict[str, str] | None = None,
+    link_host: str = "127.0.0.1",
+    write_first: bool = True,
+) -> list[RemoteLaunch]:
+    """``LaunchRemote`` as ``SubKernels`RemoteKernels`` runs it (section 4).
+
+    1. ``Table[LinkCreate[LinkProtocol -> "TCPIP", LinkHost -> lh], {n}]``: n listening links;
+    2. ``Run[filled template]`` once per link, **one after another**, each inside
+       ``TimeConstrained[..., $MathLinkTimeout]``, which (the package's own comment says
+       "this does not work") cannot cut an external process short: a slow Run is waited out
+       and only marked ``overran``; a non-zero status is ``LaunchRemote::rsh`` and that
+       link is given up;
+    3. then ``initLink``/``kernelInit`` for all of them: wait for each kernel to connect
+       (``$MathLinkTimeout`` each) and read its first packet.
+    Bounded: a Run is killed after ten times the time limit, so a test cannot hang here."""
+    sequence = itertools.count()
+    launches = [
+        RemoteLaunch(await ListeningLink.create(link_host, write_first=write_first))
+        for _ in range(n)
+    ]
+
+    async def watch(launch: RemoteLaunch) -> None:
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await launch.link.connected(10 * timeout_s)
+            launch.connected = next(sequence)
+
+    watchers = [asyncio.ensure_future(watch(launch)) for launch in launches]
+    try:
+        for launch in launches:
+            started = asyncio.get_running_loop().time()
+            try:
+                launch.run = await run_remote_command(
+                    template,
+                    host=host,
+                    link=launch.link.name,
+                    user=user,
+                    timeout_s=10 * timeout_s,
+                    env=env,
+                )
+            except TimeoutError:
+                launch.error = f"Run did not return within {10 * timeout_s:g} s"
+            launch.run_returned = next(sequence)
+            launch.overran = asyncio.get_running_loop().time() - started > timeout_s
+            if launch.run is not None and launch.run.status != 0:
+                launch.error = (
+                    f"LaunchRemote::rsh: status {launch.run.status}: "
+                    f"{launch.run.stderr.strip()[:300]}"
+                )
+            if launch.error:
+                launch.link.close()
+        for launch in launches:
+            if launch.error:
+                continue
+            try:
+                launch.kernel = await launch.link.accept(timeout_s)
+            except (TimeoutError, OSError, ValueError) as exc:
+                launch.error = f"the kernel did not connect within {timeout_s:g} s ({exc!r})"
+                launch.link.close()
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+    return launches

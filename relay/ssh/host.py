@@ -29,7 +29,7 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ __all__ = ["Connected", "HostSession"]
 INIT_FILE = "RelayKernelInit.wl"
 JumpGetter = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
 ATTEMPTS_PER_REQUEST = 3
+FAILURES_KEPT = 10
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
 
@@ -101,6 +102,9 @@ class Connected:
     since: float
     pool: SparePool
     guard: PeerGuard  # who may connect to this connection's remote listeners
+    # kernel paths this connection's supervisor has started (a pid came back): a compute
+    # launch of one of them is answered without waiting for the pid (relay.kernels)
+    kernels_started: set[str] = field(default_factory=set)
 
 
 class HostSession:
@@ -134,6 +138,8 @@ class HostSession:
         self.state = "disconnected"
         self.since = time.time()
         self.last_error: str | None = None
+        # compute kernels that failed after their shim had its answer, newest last
+        self.failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=FAILURES_KEPT)
         self.rtt_ms: float | None = None
         self.rtt_at: float | None = None
         self.connects = 0
@@ -440,6 +446,12 @@ class HostSession:
         await self._close_connection()
         await self._tasks.aclose()
 
+    def record_failure(self, kernel_id: str, kernel: str, reason: str) -> None:
+        """A kernel that failed after its shim had answered: kept for ``relay status``."""
+        self.failures.append(
+            {"at": time.time(), "kernel_id": kernel_id, "kernel": kernel, "reason": reason}
+        )
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "name": self.key,
@@ -451,6 +463,7 @@ class HostSession:
             "kernels": self._holds,
             "connects": self.connects,
             "last_error": self.last_error,
+            "failures": list(self.failures),
             "peer_check": {
                 "remote": self._current.guard.state if self._current is not None else None,
                 "local": self.local_guard.state,

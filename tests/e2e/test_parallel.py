@@ -1,0 +1,171 @@
+"""The Parallel package's real launch pattern (topology reference, section 4): LaunchRemote
+creates n links, runs ``$RemoteCommand`` once per link one after another, and only then waits
+for all kernels. A compute launch answers once its kernel runs, so the start-ups overlap; the
+daemon keeps waiting for each callback and records what fails after the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+from relay import client
+from relay.sim import frontend
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, start_daemon
+from tests.e2e.helpers import remote_command, request
+
+
+async def test_start_ups_overlap_every_run_returns_before_the_first_kernel_connects(
+    home: RelayHome,
+) -> None:
+    """Kernels that take 3 s to start: with answers at the callback, the first kernel would
+    connect before the second Run returned. An order of events, not a timing."""
+    home.add_host("local", compute_args=["-subkernel", "-noinit", "-simstartup", "3"])
+    async with start_daemon(home):
+        launches = await frontend.launch_remote(remote_command(), host="local", n=4, env=home.env)
+        try:
+            assert [launch.error for launch in launches] == [None] * 4
+            assert all(launch.run is not None and launch.run.status == 0 for launch in launches)
+            last_run = max(launch.run_returned or 0 for launch in launches)
+            connections = [launch.connected for launch in launches]
+            assert None not in connections
+            assert last_run < min(c for c in connections if c is not None), (
+                "a kernel connected before every Run had returned: start-ups did not overlap",
+                [(launch.run_returned, launch.connected) for launch in launches],
+            )
+            for launch in launches:
+                assert launch.kernel is not None
+                assert await launch.kernel.echo(b"overlap") == b"overlap"
+        finally:
+            for launch in launches:
+                if launch.kernel is not None:
+                    await launch.kernel.quit(0)
+                    await launch.kernel.aclose()
+                launch.link.close()
+
+
+async def relay_cli(home: RelayHome, *args: str) -> str:
+    """``relay ARGS`` as a user runs it (without blocking the daemon under test)."""
+    proc = await asyncio.create_subprocess_exec(
+        RELAY, *args, env=home.env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return out.decode()
+
+
+def launch_request(home: RelayHome, kernel: str, linkname: str) -> dict[str, object]:
+    return client.request(
+        home.socket,
+        {
+            "op": "launch",
+            "host": "local",
+            "kernel": kernel,
+            "linkname": linkname,
+            "mode": "compute",
+        },
+        timeout_s=60,
+    )
+
+
+async def test_a_known_kernel_path_is_answered_without_waiting_for_its_pid(
+    home: RelayHome,
+) -> None:
+    """The first compute launch of a path waits for the supervisor's pid (so a missing
+    kernel is the launch's error); later ones on the same connection do not."""
+    async with start_daemon(home):
+        loop = asyncio.get_running_loop()
+        answers, links = [], []
+        for _ in range(2):
+            link = await frontend.ListeningLink.create()
+            links.append(link)
+            answers.append(
+                await loop.run_in_executor(None, launch_request, home, SIM_KERNEL, str(link.name))
+            )
+        assert [a["event"] for a in answers] == ["launched", "launched"]
+        assert isinstance(answers[0]["remote_pid"], int)
+        assert answers[1]["remote_pid"] is None  # answered once the start line was written
+        missing = await loop.run_in_executor(
+            None, launch_request, home, "/nonexistent/WolframKernel", str(links[0].name)
+        )
+        assert missing["event"] == "error" and "not found or not executable" in str(
+            missing["message"]
+        )
+        for link in links:
+            kl = await link.accept(60)
+            await kl.quit(0)
+            await kl.aclose()
+            link.close()
+
+
+async def test_failures_after_the_answer_are_recorded_and_the_kernel_ended(
+    home: RelayHome,
+) -> None:
+    """Run[] has returned 0 for both; one kernel exits with a licence-style message before
+    connecting, the other never calls back. relay status names both with their reason."""
+    gate = home.dir / "gate"
+    os.mkfifo(gate)
+    early = home.dir / "early"
+    early.write_text(f"#!/bin/sh\necho 'License expired' >&2\nread x <{gate}\nexit 4\n")
+    early.chmod(0o755)
+    silent = home.dir / "silent"
+    pidfile = home.dir / "silent.pid"
+    silent.write_text(f"#!/bin/sh\necho $$ >{pidfile}\nexec sleep 300\n")
+    silent.chmod(0o755)
+    home.add_host("local", launch_timeout_s=2)
+    async with start_daemon(home) as running:
+        kernels = []
+        for kernel in (early, silent):
+            link = await frontend.ListeningLink.create()
+            run = await frontend.run_remote_command(
+                remote_command(str(kernel)), host="local", link=link.name, env=home.env
+            )
+            assert run.status == 0, run.stderr  # answered once started, as Run[] needs
+            (k,) = (k for k in running.daemon.kernels.values() if k not in kernels)
+            kernels.append(k)
+            link.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, gate.write_text, "go\n")  # the licence check fails
+        async with asyncio.timeout(30):
+            for k in kernels:
+                await k.released.wait()
+        host = running.daemon.hosts["local"]
+        reasons = {f["kernel"]: f["reason"] for f in host.failures}
+        assert "exited with status 4 before connecting" in reasons[str(early)]
+        assert "License expired" in reasons[str(early)]
+        assert "did not connect within 2 s" in reasons[str(silent)]
+        assert not pid_alive(int(pidfile.read_text())), "a kernel that never called back lives on"
+        answer = await request(home, {"op": "status"})
+        (shown,) = answer["hosts"]  # type: ignore[misc]
+        assert [f["kernel"] for f in shown["failures"]] == [str(early), str(silent)]
+        table = await relay_cli(home, "status")
+        assert "License expired" in table and "did not connect within 2 s" in table
+
+
+async def test_relay_connect_warms_a_host_before_any_launch(home: RelayHome) -> None:
+    async with start_daemon(home) as running:
+        proc = await asyncio.create_subprocess_exec(
+            RELAY,
+            "connect",
+            "local",
+            env=home.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err
+        assert "local is connected" in out.decode()
+        host = running.daemon.hosts["local"]
+        assert host.state == "connected" and host.kernels == 0 and not running.daemon.kernels
+        status = json.loads(await relay_cli(home, "status", "--json"))
+        (shown,) = status["hosts"]
+        assert shown["state"] == "connected" and shown["kernels"] == 0
+        bad = await asyncio.create_subprocess_exec(
+            RELAY,
+            "connect",
+            "no-such-host-anywhere",
+            env=home.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(bad.communicate(), 120)
+        assert bad.returncode != 0 and err.decode().count("\n") == 1
