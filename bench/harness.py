@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.delayproxy import DelayProxy, calibrate
-from bench.ways import ControlMasterWay, Launched, PlainAsyncsshWay, RelayWay, TunnelWay
+from bench.ways import (
+    NO_STARTUP,
+    ControlMasterWay,
+    Launched,
+    PlainAsyncsshWay,
+    RelayWay,
+    TunnelWay,
+)
 from relay import client
 from relay.linkname import LinkName
 from relay.sim import frontend
@@ -51,14 +58,20 @@ class Config:
     write_report: bool = True
     out: Path = ROOT
     link_rounds: int = 1  # interleaved rounds of ping-pong and bulk over every path
+    pool_sizes: tuple[int, ...] = (2,)  # LaunchKernels as the Parallel package runs it
 
     @classmethod
     def full(cls) -> Config:
-        return cls([0, 10, 50, 150], 7, 32, 3, 2000, 256 << 20, 100, 30, link_rounds=5)
+        return cls(
+            [0, 10, 50, 150], 7, 32, 3, 2000, 256 << 20, 100, 30,
+            link_rounds=5, pool_sizes=(8, 16, 32, 64),
+        )  # fmt: skip
 
     @classmethod
     def quick(cls) -> Config:
-        return cls([0, 50], 3, 32, 1, 300, 16 << 20, 20, 10, link_rounds=2)
+        return cls(
+            [0, 50], 3, 32, 1, 300, 16 << 20, 20, 10, link_rounds=2, pool_sizes=(8, 16)
+        )  # fmt: skip
 
     @classmethod
     def tiny(cls) -> Config:
@@ -88,6 +101,7 @@ class Results:
     single: dict[tuple[str, int], Sample] = field(default_factory=dict)
     single_controller: dict[int, Sample] = field(default_factory=dict)
     unchecked: dict[int, Sample] = field(default_factory=dict)  # relay with peer_check off
+    pools: dict[tuple[str, int, int], Sample] = field(default_factory=dict)  # (way, rtt, n)
     concurrent: dict[tuple[str, int], Sample] = field(default_factory=dict)
     pingpong: dict[str, Sample] = field(default_factory=dict)
     bulk: dict[tuple[str, str], Sample] = field(default_factory=dict)
@@ -129,12 +143,19 @@ class Bench:
             if rtt:
                 self.proxies[rtt] = await DelayProxy(self.sshd.port, rtt / 1000).start()
                 self.sshd.trust_port(self.proxies[rtt].port)
+        fast = {
+            "kernel": KERNEL,
+            "compute_args": ["-subkernel", "-noinit", *NO_STARTUP],
+            "controller_args": NO_STARTUP,
+        }
         toml = "".join(
-            self.sshd.host_toml(f"rtt{rtt}", port=self.port(rtt), kernel=KERNEL)
+            self.sshd.host_toml(f"rtt{rtt}", port=self.port(rtt), **fast)
             # the same host with the check of who connects turned off: what the check costs
             + self.sshd.host_toml(
-                f"rtt{rtt}-nocheck", port=self.port(rtt), kernel=KERNEL, peer_check="off"
+                f"rtt{rtt}-nocheck", port=self.port(rtt), peer_check="off", **fast
             )
+            # kernels that take a second to start, as real ones do: the Parallel pattern
+            + self.sshd.host_toml(f"pool{rtt}", port=self.port(rtt), kernel=KERNEL)
             for rtt in self.config.rtts_ms
         )
         (self.dir / "relay.toml").write_text(toml)
@@ -223,6 +244,8 @@ class Bench:
                 await self.single_launches(rtt)
             for rtt in self.config.rtts_ms:
                 await self.concurrent_launches(rtt)
+            for rtt in self.config.rtts_ms:
+                await self.pool_launches(rtt)
             await self.pingpong_and_bulk()
             await self.shim_cost()
             await self.daemon_footprint()
@@ -260,6 +283,47 @@ class Bench:
                 controller.failures += 1
             else:
                 controller.values.append(elapsed)
+
+    async def pool_launches(self, rtt: int) -> None:
+        """``LaunchKernels[RemoteMachine[host, n]]`` as the Parallel package runs it (topology
+        reference, section 4): n listening links, then each way's ``Run`` once per link, one
+        after another, then a wait for all n kernels, which take 1 s each to start. Timed from
+        the first Run to the last kernel's two connections."""
+        ways = [
+            RelayWay(RELAY, f"pool{rtt}", KERNEL, self.env),
+            TunnelWay(self.sshd, self.port(rtt), KERNEL, kernel_args=[]),
+            self.masters[rtt].with_kernel_args([]),
+        ]
+        # Evaluating RelayMachine runs `relay connect` (as the ControlMaster is started ahead)
+        warm = await asyncio.create_subprocess_exec(
+            RELAY, "connect", f"pool{rtt}", env=self.env, stdout=asyncio.subprocess.DEVNULL
+        )
+        await warm.wait()
+        for n in self.config.pool_sizes:
+            for way in ways:
+                sample = self.results.pools.setdefault((way.key, rtt, n), Sample())
+                links = [await frontend.ListeningLink.create() for _ in range(n)]
+                launched: list[Launched] = []
+                try:
+                    started = time.perf_counter()
+                    for link in links:
+                        launched.append(await way.run(link.name))
+                    async with asyncio.timeout(120):
+                        await asyncio.gather(*(link.connected(120) for link in links))
+                    sample.values.append(time.perf_counter() - started)
+                    kernels = [await link.accept(60) for link in links]
+                    for kl in kernels:
+                        await kl.quit(0)
+                    for kl in kernels:
+                        await kl.closed()
+                        await kl.aclose()
+                except (TimeoutError, RuntimeError, OSError, frontend.LostBytes):
+                    sample.failures += 1
+                finally:
+                    for link in links:
+                        link.close()
+                    for done in launched:
+                        await way.finish(done)
 
     async def concurrent_launches(self, rtt: int) -> None:
         n = self.config.concurrent
@@ -407,7 +471,11 @@ class Bench:
         self.results.daemon_scaffold = _proc_stats(self.daemon.pid)
         run = self.dir / "footprint"
         (run / "relay.toml").parent.mkdir()
-        (run / "relay.toml").write_text(self.sshd.host_toml("one", kernel=KERNEL))
+        (run / "relay.toml").write_text(
+            self.sshd.host_toml(
+                "one", kernel=KERNEL, compute_args=["-subkernel", "-noinit", *NO_STARTUP]
+            )
+        )
         env = dict(
             self.env,
             RELAY_CONFIG=str(run / "relay.toml"),
@@ -480,7 +548,7 @@ class _DirectWay:
 
     async def launch(self, link: LinkName, compute: bool = True) -> Launched:
         proc = await asyncio.create_subprocess_exec(
-            KERNEL, "-wstp", "-LinkMode", "Connect", "-LinkName", str(link)
+            KERNEL, "-wstp", "-LinkMode", "Connect", "-LinkName", str(link), *NO_STARTUP
         )
         return Launched([proc])
 
@@ -555,7 +623,10 @@ def render(config: Config, r: Results, plot_name: str) -> str:
         "Medians, with (min-max) of the repeats beside them; every launch starts the simulator "
         "kernel (`relay-sim-kernel`, a Python program) and is timed from starting the launch "
         "command to both of the kernel's TCP connections arriving at the front end's listening "
-        "link. The three ways are interleaved in every round.",
+        "link. The three ways are interleaved in every round. The single-launch and "
+        "at-once tables time the launch path itself, so their kernels start at once "
+        "(`-simstartup 0`); in the `LaunchKernels` table they take a second to start, as a "
+        "real WolframKernel does.",
         "",
         "## Emulated round-trip time (the check)",
         "",
@@ -642,8 +713,12 @@ def render(config: Config, r: Results, plot_name: str) -> str:
         "",
         "A failed cell counts the kernels that never connected. The bench's sshd keeps "
         "the default `MaxSessions 10` and has `MaxStartups 100`, so that Tunnel's 32 fresh "
-        "connections are not dropped as sshd's default `10:30:100` would drop some.",
+        "connections are not dropped as sshd's default `10:30:100` would drop some. "
+        "This table models launches that all start at once (several front ends or "
+        "scripts at the same time); the Parallel package never launches this way: see "
+        "the next table for what `LaunchKernels` does.",
         "",
+        *_pool_section(config, r),
         "## Through a link, on loopback",
         "",
         "| path | 100-byte ping-pong | bulk to kernel | bulk from kernel |",
@@ -760,6 +835,83 @@ def render(config: Config, r: Results, plot_name: str) -> str:
     return "\n".join(lines)
 
 
+POOL_WAYS = [
+    ("relay", "relay"),
+    ("tunnel", "Tunnel's way"),
+    ("controlmaster", "ControlMaster"),
+]
+
+
+def _pool_section(config: Config, r: Results) -> list[str]:
+    if not r.pools:
+        return []
+    lines = [
+        "",
+        "## LaunchKernels as the Parallel package runs it (kernels take 1 s to start)",
+        "",
+        "`LaunchRemote` creates all n links, runs `Run[$RemoteCommand]` once per kernel, one "
+        "after another, and only then waits for all of them (topology reference, section 4). "
+        "Timed from the first `Run` to the last kernel's two connections; one round each. "
+        "relay's `Run` returns once the kernel is started; Tunnel's once both of its "
+        "forwards are allocated (where `ssh -f` goes to the background); ControlMaster's once "
+        "its two `-O forward` are done and the exec is started.",
+        "",
+        "| RTT | n | " + " | ".join(name for _, name in POOL_WAYS) + " | relay vs Tunnel | "
+        "target: 1 s + n x 60 ms + 2 RTT |",
+        "|---" * 7 + "|",
+    ]
+    for rtt in config.rtts_ms:
+        for n in config.pool_sizes:
+            cells = [r.pools.get((key, rtt, n), Sample()) for key, _ in POOL_WAYS]
+            relay = cells[0].median
+            target = 1.0 + n * 0.060 + 2 * rtt / 1000
+            versus = (
+                f"{cells[1].median / relay:.1f}x faster"
+                if cells[1].values and cells[0].values
+                else "-"
+            )
+            verdict = "met" if cells[0].values and relay <= target else "missed"
+            lines.append(
+                f"| {rtt} ms | {n} | "
+                + " | ".join(c.cell("s", 1.0, 2) for c in cells)
+                + f" | {versus} | {verdict} ({target:.2f} s) |"
+            )
+    key = ("relay", 50, 16), ("tunnel", 50, 16)
+    if all(k in r.pools and r.pools[k].values for k in key):
+        ratio = r.pools[key[1]].median / r.pools[key[0]].median
+        lines += [
+            "",
+            f"- n = 16 at 50 ms RTT: relay is {ratio:.1f}x faster than Tunnel's way "
+            f"(target at least 4x: {'met' if ratio >= 4 else 'missed'})",
+        ]
+    lines += ["", "![LaunchKernels total against n](bench/pool-launch.png)", ""]
+    return lines
+
+
+def plot_pools(config: Config, r: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(config.rtts_ms), figsize=(3.2 * len(config.rtts_ms), 3.6),
+                             sharey=True)  # fmt: skip
+    for ax, rtt in zip(axes if len(config.rtts_ms) > 1 else [axes], config.rtts_ms, strict=True):
+        for key, label in POOL_WAYS:
+            ns = [n for n in config.pool_sizes if r.pools.get((key, rtt, n), Sample()).values]
+            ax.plot(ns, [r.pools[(key, rtt, n)].median for n in ns], marker="o", label=label)
+        ax.set_title(f"{rtt} ms RTT")
+        ax.set_xlabel("kernels (n)")
+        ax.grid(alpha=0.3)
+    first = axes[0] if len(config.rtts_ms) > 1 else axes
+    first.set_ylabel("LaunchKernels total (s)")
+    first.legend(fontsize=8)
+    fig.suptitle("LaunchKernels as the Parallel package runs it (1 s kernel start-up)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot(config: Config, r: Results, path: Path) -> None:
     import matplotlib
 
@@ -803,6 +955,8 @@ async def main(config: Config) -> Results:
     if config.write_report:
         plot_path = config.out / "bench" / "launch-latency.png"
         plot(config, results, plot_path)
+        if results.pools:
+            plot_pools(config, results, config.out / "bench" / "pool-launch.png")
         text = render(config, results, "bench/launch-latency.png")
         (config.out / "BENCHMARKS.md").write_text(text)
         print(text)

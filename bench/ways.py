@@ -5,6 +5,11 @@
                       "Allocated port" lines and handed to the remote command on stdin.
 ``ControlMasterWay``  one OpenSSH master; per kernel ``ssh -O forward -R 0:..`` twice (each
                       prints its port), then an exec of the kernel through the master.
+
+For the Parallel package's pattern each way also has ``run(link)``, which returns when a
+``Run[$RemoteCommand]`` would: relay's once ``relay launch --compute`` exits; Tunnel's once
+both forwards are allocated (what ``ssh -f`` with ExitOnForwardFailure waits for before it
+goes to the background); ControlMaster's once the forwards are made and the exec is started.
 ``RelayWay``          ``relay launch`` against a warm daemon.
 ``PlainAsyncsshWay``  asyncssh's own remote forwarding in a process per kernel (uvloop,
                       AES-GCM): the stack relay stands on without relay, for the data path.
@@ -28,6 +33,9 @@ from relay.linkname import LinkName
 from relay.sim.sshd import ThrowawaySSHD
 
 KERNEL_ARGS = ["-wstp", "-LinkMode", "Connect", "-LinkProtocol", "TCPIP"]
+# The simulator kernel takes 1 s to start, as a real one does; the tables that time relay's
+# own work run it with no start-up (the Parallel-pattern table keeps it).
+NO_STARTUP = ["-simstartup", "0"]
 
 
 @dataclass
@@ -76,15 +84,21 @@ class TunnelWay:
     key = "tunnel"
 
     def __init__(
-        self, sshd: ThrowawaySSHD, port: int, kernel: str, ssh_options: list[str] | None = None
+        self,
+        sshd: ThrowawaySSHD,
+        port: int,
+        kernel: str,
+        ssh_options: list[str] | None = None,
+        kernel_args: list[str] | None = None,
     ) -> None:
         self.sshd, self.port, self.kernel = sshd, port, kernel
         self.options = ssh_options or []
+        self.kernel_args = NO_STARTUP if kernel_args is None else kernel_args
 
     async def launch(self, link: LinkName, compute: bool = True) -> Launched:
         remote = (
             "read a b; exec "
-            + shlex.join([self.kernel, *KERNEL_ARGS])
+            + shlex.join([self.kernel, *KERNEL_ARGS, *self.kernel_args])
             + ' -LinkName "$a@127.0.0.1,$b@127.0.0.1"'
             + (" -subkernel -noinit" if compute else "")
         )
@@ -119,6 +133,9 @@ class TunnelWay:
         await proc.stdin.drain()
         return Launched([proc])
 
+    async def run(self, link: LinkName) -> Launched:
+        return await self.launch(link, compute=True)
+
     finish = staticmethod(_finish)
 
 
@@ -126,8 +143,20 @@ class ControlMasterWay:
     name = "OpenSSH ControlMaster (-O forward + exec)"
     key = "controlmaster"
 
-    def __init__(self, sshd: ThrowawaySSHD, port: int, kernel: str, control: Path) -> None:
+    def __init__(
+        self,
+        sshd: ThrowawaySSHD,
+        port: int,
+        kernel: str,
+        control: Path,
+        kernel_args: list[str] | None = None,
+    ) -> None:
         self.sshd, self.port, self.kernel, self.control = sshd, port, kernel, control
+        self.kernel_args = NO_STARTUP if kernel_args is None else kernel_args
+
+    def with_kernel_args(self, kernel_args: list[str]) -> ControlMasterWay:
+        """The same master, starting kernels with other arguments."""
+        return ControlMasterWay(self.sshd, self.port, self.kernel, self.control, kernel_args)
 
     def _ssh(self, *extra: str) -> list[str]:
         return _ssh_base(self.sshd, self.port, ["-S", str(self.control), *extra])
@@ -170,6 +199,7 @@ class ControlMasterWay:
                 "-LinkName",
                 f"{data}@127.0.0.1,{message}@127.0.0.1",
                 *(["-subkernel", "-noinit"] if compute else []),
+                *self.kernel_args,
             ]
         )
         proc = await asyncio.create_subprocess_exec(
@@ -184,6 +214,9 @@ class ControlMasterWay:
             for p, t in ((data, link.data.port), (message, link.message.port))
         ]
         return Launched([proc], cancel)
+
+    async def run(self, link: LinkName) -> Launched:
+        return await self.launch(link, compute=True)
 
     finish = staticmethod(_finish)
 
@@ -213,6 +246,16 @@ class RelayWay:
         )
         return Launched([proc])
 
+    async def run(self, link: LinkName) -> Launched:
+        """``Run[$RemoteCommand]``: returns once the shim has exited (status 0)."""
+        launched = await self.launch(link, compute=True)
+        (proc,) = launched.procs
+        assert proc.stderr is not None
+        err = await proc.stderr.read()
+        if await proc.wait() != 0:
+            raise RuntimeError(f"relay launch failed: {err.decode(errors='replace').strip()}")
+        return launched
+
     finish = staticmethod(_finish)
 
 
@@ -236,6 +279,7 @@ class PlainAsyncsshWay:
             str(link.message.port),
             self.kernel,
             *KERNEL_ARGS,
+            *NO_STARTUP,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,

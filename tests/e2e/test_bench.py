@@ -26,8 +26,11 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
         "direct",
     }
     assert results.unchecked[0].values  # relay with peer_check off, beside it
+    for way in ("relay", "tunnel", "controlmaster"):  # LaunchKernels, the Parallel way
+        assert results.pools[(way, 0, 2)].values, way
     assert math.isfinite(results.shim_wall.median) and results.floor_direct.values
     assert set(results.daemon) == {"idle", f"{config.daemon_kernels} kernels", "after"}
     assert results.calibration[10]["pingpong_ms"] >= 10  # the delay relay delays
     text = render(config, results, "plot.png")
     assert "## Single launch latency" in text and "relay vs Tunnel" in text
+    assert "## LaunchKernels as the Parallel package runs it" in text

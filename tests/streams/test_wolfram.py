@@ -169,3 +169,20 @@ def test_front_end_name_check(wl: Session) -> None:
 def test_hook_installs_nothing_without_relay(wl: Session) -> None:
     """Outside relay (no token in the environment) the init file changes no definitions."""
     assert wl("Length[DownValues[LinkCreate]]") == 0
+
+
+def test_relay_machine_passes_remote_machine_options_through(wl: Session) -> None:
+    """As Tunnel's RemoteMachineTunnel did: KernelSpeed (or any RemoteMachine option) reaches
+    RemoteMachine; RelayMachine's own options do not; a user's LinkHost comes first."""
+    kernel, relay = "/opt/k/WolframKernel", "/usr/bin/relay"
+    template = fc.remote_command(kernel, relay, "Unix")
+    wl(
+        f'args = RelayTools`RelayMachineArguments["h", 4, {s(kernel)}, {s(relay)}, "Unix", '
+        f'KernelSpeed -> 2, "KernelPath" -> "/x", "Connect" -> False]'
+    )
+    assert wl("Length[args]") == 5
+    assert wl(f'args[[1 ;; 3]] === {{"h", {s(template)}, 4}}') is True
+    assert wl("args[[4]] === (KernelSpeed -> 2)") is True
+    assert wl('args[[5]] === (LinkHost -> "127.0.0.1")') is True
+    wl('args = RelayTools`RelayMachineArguments["h", 1, "k", "r", "Unix", LinkHost -> "10.0.0.2"]')
+    assert wl('args[[4 ;;]] === {LinkHost -> "10.0.0.2", LinkHost -> "127.0.0.1"}') is True

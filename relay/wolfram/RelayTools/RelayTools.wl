@@ -11,7 +11,9 @@
 BeginPackage["RelayTools`"]
 
 RelaySetupKernelConfiguration::usage = "RelaySetupKernelConfiguration[name, host] adds (or replaces) the front end kernel configuration name, which runs its kernel on host through relay. Options: \"KernelPath\", \"OperatingSystem\", \"VersionNumber\", \"RelayCommand\"."
-RelayMachine::usage = "RelayMachine[host, n] is a RemoteMachine of n compute kernels on host, launched through relay: LaunchKernels[RelayMachine[\"myhost\", 8]]."
+RelayMachine::usage = "RelayMachine[host, n, opts] is a RemoteMachine of n compute kernels on host, launched through relay: LaunchKernels[RelayMachine[\"myhost\", 8]]. RemoteMachine options (KernelSpeed, LinkHost, ...) pass through. Evaluating it runs relay connect host in the background, so the first kernel starts on a warm connection. Each Run returns once its kernel is started; Parallel`Settings`$MathLinkTimeout (15 s) must cover a kernel's start-up, and relay's launch_timeout_s (30 s) ends a kernel that never connects: for slow hosts raise both, launch_timeout_s no lower than $MathLinkTimeout."
+RelayMachineArguments::usage = "RelayMachineArguments[host, n, kernel, relay, os, opts] is the argument list of the RemoteMachine that RelayMachine builds."
+RelayConnect::usage = "RelayConnect[host] opens relay's connection to host in the background (relay connect), ahead of launches."
 RelayStatus::usage = "RelayStatus[] gives relay's status (hosts, kernels, forwards) as an Association."
 RelayLaunchCommand::usage = "RelayLaunchCommand[host, kernel, relay] is the Launch command of a relay kernel configuration."
 RelayRemoteCommand::usage = "RelayRemoteCommand[kernel, relay, os] is the $RemoteCommand template that launches compute kernels through relay."
@@ -83,21 +85,35 @@ RelaySetupKernelConfiguration[name_String, host_String, OptionsPattern[]] := Mod
   names = If[position === {}, Append[names, name -> config],
                               ReplacePart[names, First[position] -> (name -> config)]];
   SetOptions[$FrontEnd, EvaluatorNames -> names];
+  RelayConnect[host, relay];  (* the first launch then finds the host's connection warm *)
   name -> config
 ]
 
 Options[RelayMachine] = {"KernelPath" -> Automatic, "OperatingSystem" -> Automatic,
-  "VersionNumber" -> Automatic, "RelayCommand" -> Automatic};
+  "VersionNumber" -> Automatic, "RelayCommand" -> Automatic, "Connect" -> True};
 
-RelayMachine[host_String, n_Integer : 1, OptionsPattern[]] := Module[
+(* Pure: what RemoteMachine gets. Options RelayMachine does not know are RemoteMachine's
+   (KernelSpeed, LinkHost, ...) and pass through, before relay's LinkHost so a user's wins. *)
+RelayMachineArguments[host_String, n_Integer, kernel_String, relay_String, os_String,
+    opts___?OptionQ] := Module[{own = ToString[First[#]] & /@ Options[RelayMachine]},
+  Join[{host, RelayRemoteCommand[kernel, relay, os], n},
+    Select[Flatten[{opts}], !MemberQ[own, ToString[First[#]]] &],
+    {System`LinkHost -> "127.0.0.1"}]]
+
+RelayConnect[host_String] := RelayConnect[host, $RelayCommand]
+RelayConnect[host_String, relay_String] :=
+  Quiet[Check[StartProcess[{relay, "connect", host}], $Failed]]
+
+RelayMachine[host_String, n_Integer : 1, opts : OptionsPattern[]] := Module[
   {os, version, kernel, relay},
   Needs["SubKernels`RemoteKernels`"];
   os = Replace[OptionValue["OperatingSystem"], Automatic :> $OperatingSystem];
   version = Replace[OptionValue["VersionNumber"], Automatic :> $VersionNumber];
   kernel = Replace[OptionValue["KernelPath"], Automatic :> RelayKernelPath[os, version]];
   relay = Replace[OptionValue["RelayCommand"], Automatic :> $RelayCommand];
-  SubKernels`RemoteKernels`RemoteMachine[host, RelayRemoteCommand[kernel, relay, $OperatingSystem],
-    n, LinkHost -> "127.0.0.1"]
+  If[TrueQ[OptionValue["Connect"]], RelayConnect[host, relay]];
+  SubKernels`RemoteKernels`RemoteMachine @@
+    RelayMachineArguments[host, n, kernel, relay, $OperatingSystem, opts]
 ]
 
 RelayStatus[] := Module[{result},
