@@ -9,7 +9,6 @@ BENCHMARKS.md and a plot of launch latency against RTT.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import os
 import platform
@@ -159,28 +158,11 @@ class Bench:
             for rtt in self.config.rtts_ms
         )
         (self.dir / "relay.toml").write_text(toml)
-        self.daemon = await asyncio.create_subprocess_exec(
-            RELAY,
-            "serve",
-            "--log-level",
-            "warning",
-            env=self.env,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        await self._wait_socket()
+        self.daemon = await serve_ready(self.env)
         for rtt in self.config.rtts_ms:
             master = ControlMasterWay(self.sshd, self.port(rtt), KERNEL, self.dir / f"cm{rtt}")
             await master.start()
             self.masters[rtt] = master
-
-    async def _wait_socket(self) -> None:
-        sock = Path(self.env["RELAY_SOCKET"])
-        for _ in range(300):  # bounded: 15 s
-            with contextlib.suppress(OSError, client.ClientError):
-                if sock.exists() and client.request(sock, {"op": "ping"})["event"] == "pong":
-                    return
-            await asyncio.sleep(0.05)
-        raise RuntimeError("relay serve did not come up")
 
     async def stop(self) -> None:
         for master in self.masters.values():
@@ -285,8 +267,8 @@ class Bench:
                 controller.values.append(elapsed)
 
     async def pool_launches(self, rtt: int) -> None:
-        """``LaunchKernels[RemoteMachine[host, n]]`` as the Parallel package runs it (topology
-        reference, section 4): n listening links, then each way's ``Run`` once per link, one
+        """``LaunchKernels[RemoteMachine[host, n]]`` as the Parallel package runs it
+        (docs/topology.md §4): n listening links, then each way's ``Run`` once per link, one
         after another, then a wait for all n kernels, which take 1 s each to start. Timed from
         the first Run to the last kernel's two connections."""
         ways = [
@@ -481,9 +463,7 @@ class Bench:
             RELAY_CONFIG=str(run / "relay.toml"),
             RELAY_SOCKET=str(run / "run" / "relay.sock"),
         )
-        daemon = await asyncio.create_subprocess_exec(
-            RELAY, "serve", "--log-level", "warning", env=env, stderr=asyncio.subprocess.DEVNULL
-        )
+        daemon = await serve_ready(env)
         try:
             await self._footprint(daemon, env)
         finally:
@@ -493,10 +473,6 @@ class Bench:
     async def _footprint(self, daemon: asyncio.subprocess.Process, env: dict[str, str]) -> None:
         way = RelayWay(RELAY, "one", KERNEL, env)
         sock = Path(env["RELAY_SOCKET"])
-        for _ in range(300):  # bounded: 15 s
-            if sock.exists():
-                break
-            await asyncio.sleep(0.05)
         await self.timed_launch(way)  # connected and warm: that is its idle state
         self.results.daemon["idle"] = _proc_stats(daemon.pid)
         links = [await frontend.ListeningLink.create() for _ in range(self.config.daemon_kernels)]
@@ -517,6 +493,30 @@ class Bench:
             link.close()
         await _until_kernels_gone(sock)
         self.results.daemon["after"] = _proc_stats(daemon.pid)
+
+
+async def serve_ready(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``relay serve``, returned once it says it is ready on its readiness pipe (as an
+    autostarting shim waits for it): no polling of the socket."""
+    read_fd, write_fd = os.pipe()
+    daemon = await asyncio.create_subprocess_exec(
+        RELAY,
+        "serve",
+        "--log-level",
+        "warning",
+        "--ready-fd",
+        str(write_fd),
+        env=env,
+        stderr=asyncio.subprocess.DEVNULL,
+        pass_fds=(write_fd,),
+    )
+    os.close(write_fd)
+    loop = asyncio.get_running_loop()
+    with open(read_fd, "rb", buffering=0) as pipe:
+        said = await asyncio.wait_for(loop.run_in_executor(None, pipe.readline), 30)
+    if said.strip() != b"ready":
+        raise RuntimeError(f"relay serve did not start: {said.decode(errors='replace')}")
+    return daemon
 
 
 async def _connected_or_gave_up(link: frontend.ListeningLink, launched: object) -> None:
@@ -850,7 +850,7 @@ def _pool_section(config: Config, r: Results) -> list[str]:
         "## LaunchKernels as the Parallel package runs it (kernels take 1 s to start)",
         "",
         "`LaunchRemote` creates all n links, runs `Run[$RemoteCommand]` once per kernel, one "
-        "after another, and only then waits for all of them (topology reference, section 4). "
+        "after another, and only then waits for all of them (docs/topology.md §4). "
         "Timed from the first `Run` to the last kernel's two connections; one round each. "
         "relay's `Run` returns once the kernel is started; Tunnel's once both of its "
         "forwards are allocated (where `ssh -f` goes to the background); ControlMaster's once "

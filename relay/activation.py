@@ -6,6 +6,8 @@
   abstract namespace). Both are implemented here in a few lines rather than with a binding.
 - launchd: a ``Sockets`` entry named ``Listeners`` is fetched with ``launch_activate_socket``
   from libSystem (macOS only, through ctypes).
+- a shim that starts the daemon itself (``relay launch`` autostart) hands it a pipe and
+  waits for one word on it (``ReadyPipe``): the same moment systemd is told READY=1.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import socket
 import sys
 from collections.abc import Mapping
 
-__all__ = ["Notifier", "activated_socket"]
+__all__ = ["Notifier", "ReadyPipe", "activated_socket"]
 
 SD_LISTEN_FDS_START = 3
 LAUNCHD_SOCKET_NAME = "Listeners"
@@ -76,3 +78,20 @@ class Notifier:
         # OSError: the manager went away, nothing to tell.
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
             sock.sendto(message, self._address)
+
+
+class ReadyPipe:
+    """The autostarting shim's pipe (``relay serve --ready-fd N``): one line, ``ready``,
+    ``busy`` (another daemon serves the socket) or ``error MESSAGE``, then closed. A no-op
+    without a pipe."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def say(self, word: str) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):  # the shim gave up waiting: nothing to tell
+            os.write(fd, f"{word}\n".encode())
+        os.close(fd)

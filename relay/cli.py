@@ -238,19 +238,19 @@ def _status(as_json: bool) -> int:
 
 
 def _serve(ns: Any) -> int:
-    import os  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     from relay import log, settings  # noqa: PLC0415
-    from relay.daemon import DaemonRunning, serve  # noqa: PLC0415
+    from relay.activation import ReadyPipe  # noqa: PLC0415
+    from relay.control import DaemonRunning  # noqa: PLC0415
+    from relay.daemon import serve  # noqa: PLC0415
     from relay.errors import RelayError  # noqa: PLC0415
 
-    ready_fd: int | None = ns.ready_fd
+    ready = ReadyPipe(ns.ready_fd)  # an autostarting shim waits on it
 
     def fail(message: str, word: str = "error") -> int:
         print(f"relay: {message}", file=sys.stderr)
-        if ready_fd is not None:
-            os.write(ready_fd, f"{word} {message}\n".encode() if word == "error" else b"busy\n")
+        ready.say(f"error {message}" if word == "error" else "busy")
         return 1 if word == "error" else 0
 
     try:
@@ -261,7 +261,10 @@ def _serve(ns: Any) -> int:
     log.configure(ns.log_level or config.daemon.log_level, stream=stream)
     path = Path(ns.socket) if ns.socket else settings.socket_path(config)
     try:
-        _run(serve(config, path, config_source=str(source), ready_fd=ready_fd), ns.loop)
+        daemon = serve(
+            config, path, config_source=str(source), on_ready=lambda _: ready.say("ready")
+        )
+        _run(daemon, ns.loop)
     except DaemonRunning as exc:
         return fail(exc.message, "busy")
     except RelayError as exc:

@@ -1,22 +1,27 @@
-"""relay's error hierarchy: each error is one actionable line for a person. Pure.
+"""relay's error table: each error is one actionable line for a person. Pure.
 
-The ``code`` travels on the control socket; the shim prints ``relay: <message>`` and exits
-non-zero. Translation of asyncssh and OS exceptions into these lives in ``relay.ssh.errors``.
+Every code that travels on the control socket is a class here, and ``error_event`` is the one
+place an exception becomes what a client (the shim, ``relay status``) or a kernel's hook is
+told. The shim prints ``relay: <message>`` and exits non-zero. Translation of asyncssh and OS
+exceptions into these lives in ``relay.ssh.errors``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = [
     "AuthenticationFailed",
     "BadRequest",
     "ConfigError",
     "ConnectFailed",
+    "ConnectionLost",
+    "ForwardFailed",
     "ForwardRefused",
     "FrontEndUnreachable",
     "HostKeyChanged",
     "HostKeyUnknown",
+    "Internal",
     "KernelExited",
     "KernelMissing",
     "LaunchTimeout",
@@ -25,6 +30,7 @@ __all__ = [
     "ShuttingDown",
     "SupervisorFailed",
     "UnknownHost",
+    "error_event",
 ]
 
 
@@ -103,3 +109,28 @@ class PeerCheckUnavailable(RelayError):
     """A host offers no way to tell who connects to relay's listeners, and peer_check is on."""
 
     code = "peer_check_unavailable"
+
+
+class ForwardFailed(RelayError):
+    """A link asked for on the control socket could not be opened."""
+
+    code = "forward_failed"
+
+
+class ConnectionLost(RelayError):
+    """The SSH connection ended under a running kernel."""
+
+    code = "connection_lost"
+
+
+class Internal(RelayError):
+    """A bug: said once, in one line, while the daemon serves on."""
+
+    code = "internal"
+
+
+def error_event(exc: BaseException) -> dict[str, Any]:
+    """What a client is told about ``exc``: ``{"event": "error", "code", "message"}``."""
+    if not isinstance(exc, RelayError):
+        exc = Internal(f"relay failed unexpectedly: {exc!r} (see the daemon's log)")
+    return {"event": "error", "code": exc.code, "message": exc.message}

@@ -40,7 +40,7 @@ def remote_command(kernel: str, relay: str = "relay", operating_system: str = "U
 
 
 def default_kernel_path(operating_system: str, version: float) -> str:
-    """Where the kernel lives by default (topology reference, section 2)."""
+    """Where the kernel lives by default (docs/topology.md §2)."""
     v = f"{version:.1f}"
     if operating_system == "MacOSX":
         return "/Applications/Mathematica.app/Contents/MacOS/WolframKernel"

@@ -6,22 +6,25 @@ launch():  remote forwards R1,R2 (server-chosen ports) -> start the kernel with
 When launch() answers depends on the mode:
 - controller: once the callback is done, as the front end's Launch command expects;
 - compute: once the kernel is started. The Parallel package runs ``$RemoteCommand`` once per
-  kernel, one after another, and waits for all only after the last (topology reference,
-  section 4): answering at the callback would serialize the kernels' start-ups (n x about a
-  second). "Started" is the supervisor's ``pid`` for a kernel path this connection has not
-  started yet, so a missing or non-executable kernel is still the launch's one-line error;
-  for a path it has started before, it is the start line written, with no round trip. The
-  daemon goes on waiting for the callback (``launch_timeout_s``), and a kernel that exits or
-  never calls back is ended and recorded as a failure of its host.
-Failure before the answer releases what was taken: the forwards are closed and a started
-kernel is killed. The wait is bounded by the host's launch_timeout_s and ends early, with the
-kernel's last output, if the kernel exits or is missing.
+  kernel, one after another, and waits for all only after the last (docs/topology.md §4):
+  answering at the callback would serialize the kernels' start-ups (n x about a second).
+  "Started" is the supervisor's ``pid`` for a kernel path this connection has not started
+  yet, so a missing or non-executable kernel is still the launch's one-line error; for a
+  path it has started before, it is the start line written, with no round trip. The daemon
+  goes on waiting for the callback (``launch_timeout_s``), and a kernel that exits or never
+  calls back is ended and recorded as a failure of its host.
+Failure before the answer gives back what was taken (one ``AsyncExitStack``): the host
+hold, the listeners, the forwards and the hook; a started kernel is killed. After the
+answer the ``Kernel`` owns them and ``Kernel.aclose`` releases them once, when it is gone.
+The wait is bounded by the host's launch_timeout_s and ends early, with the kernel's last
+output, if the kernel exits or is missing.
 terminate(): SIGTERM, then SIGKILL after terminate_grace_s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from typing import Any, Literal
@@ -29,12 +32,12 @@ from typing import Any, Literal
 import asyncssh
 import structlog
 
-from relay.errors import ConnectFailed, KernelExited, KernelMissing, LaunchTimeout
+from relay.errors import ConnectFailed, ConnectionLost, KernelExited, KernelMissing, LaunchTimeout
 from relay.kernelcmd import build_argv
 from relay.linkname import LinkName
-from relay.ssh.forwards import LinkForward, RemoteSlot
+from relay.ssh.forwards import CallbackForward, RemoteSlot
 from relay.ssh.hookserver import HookServer
-from relay.ssh.host import HostSession
+from relay.ssh.host import Hold, HostSession
 from relay.ssh.supervisor import RemoteProcess, Supervisor
 
 __all__ = ["Kernel", "launch"]
@@ -44,13 +47,17 @@ _ids = itertools.count(1)
 
 
 class Kernel:
+    """A started kernel. It owns its link's forwards, its hook (Dynamic) and its hold on the
+    host; ``aclose`` releases them, once."""
+
     def __init__(
         self,
         kernel_id: str,
         host: HostSession,
+        hold: Hold,
         mode: Mode,
         frontend_link: LinkName,
-        forward: LinkForward,
+        forward: CallbackForward,
         supervisor: Supervisor,
         proc: RemoteProcess,
         hook: HookServer | None = None,
@@ -58,14 +65,15 @@ class Kernel:
         self.hook = hook
         self.id = kernel_id
         self.host = host
+        self._hold = hold
         self.mode = mode
         self.frontend_link = frontend_link
         self.forward = forward
-        self.remote_link = forward.remote_name
+        self.remote_link = forward.name
         self._supervisor = supervisor
         self._proc = proc
         self.started_at = time.time()
-        self.released = asyncio.Event()  # set once the daemon has released everything
+        self.released = asyncio.Event()  # set by aclose, once everything is released
         # both channels connected and the listeners cancelled (or why not): set by launch()
         self.callback: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.callback.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -82,6 +90,13 @@ class Kernel:
     @property
     def output(self) -> list[str]:
         return list(self._proc.output)
+
+    def connection_lost(self) -> ConnectionLost:
+        reason = self.host.last_error or "connection lost"
+        return ConnectionLost(
+            f"the SSH connection to {self.host.key} ended ({reason}); "
+            f"the kernel ended with it: restart it from the front end"
+        )
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -109,14 +124,20 @@ class Kernel:
                     await asyncio.shield(self.exited)
             except TimeoutError:
                 self.log.warning("kernel ignored signal", signal=signal)
-        await self.release()
         return self.exited.result() if self.exited.done() else None
 
-    async def release(self) -> None:
-        """Close the main link's forwards, the hook and every link opened through it."""
-        await self.forward.aclose()
-        if self.hook is not None:
-            await self.hook.aclose()
+    async def aclose(self) -> None:
+        """Release the main link's forwards, the hook (and every link opened through it) and
+        the hold on the host. Called once the kernel has exited (or never started)."""
+        if self.released.is_set():
+            return
+        try:
+            await self.forward.aclose()
+            if self.hook is not None:
+                await self.hook.aclose()
+        finally:
+            self._hold.release()
+            self.released.set()
 
 
 def new_kernel_id() -> str:
@@ -135,76 +156,72 @@ async def launch(
     kernel_id = kernel_id or new_kernel_id()
     log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
     cfg = host.config
-    hook: HookServer | None = None
-    forward: LinkForward | None = None
-    slots: list[RemoteSlot] = []
-    env: dict[str, str] = {}
     args = list(extra_args)
-    try:
-        connected = await host.ready()
-        connected.guard.require()  # a host that cannot tell who connects fails here, at once
-        dynamic = mode == "controller" and cfg.dynamic
-        # Warm, every listener comes from the spare pool: no round trip before the kernel
-        # starts. The two forwards of the main link, and the hook's control channel.
-        slots = await connected.pool.take(3 if dynamic else 2)
-        forward = LinkForward(connected.connection, link, slots[:2], connected.guard)
-        if dynamic:
-            # Dynamic's service and preemptive links: relay's hook (RelayKernelInit.wl) and a
-            # per-kernel control channel; see relay.hook for the protocol.
-            args += ["-initfile", await host.init_file(connected.connection)]
-            hook = await HookServer.open(
-                connected.connection,
-                slot=slots[2],
-                remote_guard=connected.guard,
-                local_guard=host.local_guard,
-                host=host.key,
-                kernel_id=kernel_id,
-                frontend_hosts={link.data.host, link.message.host},
-                timeout_s=cfg.launch_timeout_s,
+    async with contextlib.AsyncExitStack() as unwind:  # what is taken is given back on failure
+        hold = host.hold()  # no idle close while this kernel lives
+        unwind.callback(hold.release)
+        try:
+            live = await host.live()
+            live.guard.require()  # a host that cannot tell who connects fails here, at once
+            dynamic = mode == "controller" and cfg.dynamic
+            # Warm, every listener comes from the spare pool: no round trip before the kernel
+            # starts. The two forwards of the main link, and the hook's control channel.
+            slots = await live.pool.take(3 if dynamic else 2)
+            unwind.callback(_close_slots, slots)  # those no forward or hook has taken over
+            forward = CallbackForward(link, slots[:2], live.guard)
+            unwind.push_async_callback(forward.aclose)
+            hook, env = None, {}
+            if dynamic:
+                # Dynamic's service and preemptive links: relay's hook (RelayKernelInit.wl)
+                # and a per-kernel control channel; see relay.hook for the protocol.
+                args += ["-initfile", await host.init_file(live.connection)]
+                hook = await HookServer.open(
+                    live.connection,
+                    slot=slots[2],
+                    remote_guard=live.guard,
+                    local_guard=host.local_guard,
+                    host=host.key,
+                    kernel_id=kernel_id,
+                    frontend_hosts={link.data.host, link.message.host},
+                    timeout_s=cfg.launch_timeout_s,
+                )
+                unwind.push_async_callback(hook.aclose)
+                env = {
+                    "RELAY_HOOK_PORT": str(hook.port),
+                    "RELAY_HOOK_TOKEN": hook.first_token,
+                    "RELAY_DYNAMIC_METHOD": cfg.dynamic_method,
+                    "RELAY_FRONTEND_HOST": link.data.host,
+                }
+            proc = live.supervisor.start_kernel(
+                kernel_id, build_argv(kernel, forward.name, args), env
             )
-            env = {
-                "RELAY_HOOK_PORT": str(hook.port),
-                "RELAY_HOOK_TOKEN": hook.first_token,
-                "RELAY_DYNAMIC_METHOD": cfg.dynamic_method,
-                "RELAY_FRONTEND_HOST": link.data.host,
-            }
-    except BaseException as exc:
-        if forward is not None:
-            await forward.aclose()
-        if hook is not None:
-            await hook.aclose()
-        for slot in slots:
-            slot.close()  # any the forward or the hook had not taken over
-        if isinstance(exc, asyncssh.Error | OSError):  # the connection died under us
+        except (asyncssh.Error, OSError) as exc:  # the connection died under us
             raise ConnectFailed(
                 f"the SSH connection to {host.key} was lost during launch: {exc}"
             ) from None
-        raise
-    assert forward.remote_name is not None
-    argv = build_argv(kernel, forward.remote_name, args)
-    try:
-        proc = connected.supervisor.start_kernel(kernel_id, argv, env)
-    except BaseException:
-        await forward.aclose()
-        if hook is not None:
-            await hook.aclose()
-        raise
-    k = Kernel(kernel_id, host, mode, link, forward, connected.supervisor, proc, hook)
-    log.info("launching", mode=mode, link=str(link), remote_link=str(forward.remote_name))
+        unwind.pop_all()  # from here on the kernel owns all of it
+    k = Kernel(kernel_id, host, hold, mode, link, forward, live.supervisor, proc, hook)
+    log.info("launching", mode=mode, link=str(link), remote_link=str(forward.name))
     callback = asyncio.ensure_future(_callback(k, kernel, cfg.launch_timeout_s))
     callback.add_done_callback(lambda f: _settle(k.callback, f))
     try:
         if mode == "compute":
-            await _started(k, kernel, connected.kernels_started)
+            await _started(k, kernel, live.kernels_started)
         else:
             await asyncio.shield(callback)
     except BaseException as exc:
         callback.cancel()
         await asyncio.gather(callback, return_exceptions=True)
         await k.terminate(grace_s=1.0)
+        await k.aclose()
         log.warning("launch failed", error=str(exc))
         raise
     return k
+
+
+def _close_slots(slots: list[RemoteSlot]) -> None:
+    for slot in slots:
+        slot.close()
 
 
 def _settle(target: asyncio.Future[None], source: asyncio.Future[None]) -> None:

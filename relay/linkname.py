@@ -1,7 +1,7 @@
 """TCPIP link names: parse, format and rewrite. Pure.
 
 A TCPIP link is two TCP connections and its name is ``DATAPORT@HOST,MESSAGEPORT@HOST``
-(topology reference, section 1): the first endpoint carries the data stream, the second the
+(docs/topology.md §1): the first endpoint carries the data stream, the second the
 urgent message channel. The ports need not be adjacent. HOST is an IPv4 literal, a host name or
 an IPv6 literal (MathLink writes it bare, e.g. ``5000@::1``; a bracketed form is accepted too).
 A single ``PORT@HOST`` is the deprecated ``TCP`` protocol, which relay does not carry.

@@ -15,7 +15,7 @@ Events (daemon -> client)::
 
     {"v":1,"event":"launched","kernel_id":..,"host":..,"linkname":R,"remote_pid":..,"launch_ms":..}
     {"v":1,"event":"exited","kernel_id":..,"status":N}     # controller mode: the kernel ended
-    {"v":1,"event":"error","code":C,"message":M}           # one actionable line
+    {"v":1,"event":"error","code":C,"message":M}           # one actionable line (errors.py)
     {"v":1,"event":"pong","pid":..,"version":..}
     {"v":1,"event":"status","daemon":{..},"hosts":[..],"kernels":[..]}   # see relay status
     {"v":1,"event":"forwarded","host":H,"linkname":R}      # the rewritten name
@@ -138,6 +138,3 @@ def launched(
 def exited(*, kernel_id: str, status: int) -> dict[str, Any]:
     return {"event": "exited", "kernel_id": kernel_id, "status": status}
 
-
-def error(code: str, message: str) -> dict[str, Any]:
-    return {"event": "error", "code": code, "message": message}

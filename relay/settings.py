@@ -56,7 +56,7 @@ class HostConfig(_Strict):
     # Carry a connection to a link listener only from a process of the user's own (relay.ssh.guard)
     peer_check: Literal["uid", "off"] = "uid"
     # AES-GCM first: with AES-NI it brings asyncssh's data path level with OpenSSH's default
-    # (chacha20-poly1305 in pure asyncssh costs about 0.6x; anchors.md, BENCHMARKS.md).
+    # (chacha20-poly1305 in pure asyncssh costs about 0.6x of OpenSSH; BENCHMARKS.md).
     ciphers: list[str] = [
         "aes128-gcm@openssh.com",
         "aes256-gcm@openssh.com",

@@ -1,13 +1,14 @@
 """``relay launch``: what the front end's Launch command and ``$RemoteCommand`` run.
 
-Standard library only: this process starts once per kernel, and importing asyncssh alone takes
-280 ms (anchors.md). It sends one launch request over the daemon's Unix socket, prints the
-rewritten link name as its single line of stdout, and then
+Standard library only: this process starts once per kernel, and importing asyncssh alone
+takes 280 ms on this project's machines. It sends one launch request over the daemon's Unix
+socket, prints the rewritten link name as its single line of stdout, and then
 
 - controller mode (default): stays until the kernel exits and exits with the kernel's status;
   SIGTERM, SIGHUP or SIGINT ends the remote kernel first (the daemon also ends it if this
   process vanishes, because the socket closes);
-- compute mode (``--compute``): exits 0 once the kernel is connected, as ``Run[]`` needs.
+- compute mode (``--compute``): exits 0 once the kernel is started, as ``Run[]`` needs (the
+  daemon waits for it to connect; see ``relay.kernels``).
 
 Every failure is one line on stderr and a non-zero exit within a bounded time. If no daemon
 is listening, one is started in the background (like ssh's ControlPersist) unless
@@ -57,7 +58,7 @@ def _parser() -> Any:
     p.add_argument(
         "--compute",
         action="store_true",
-        help="compute kernel: return once it is connected (for $RemoteCommand)",
+        help="compute kernel: return once it is started (for $RemoteCommand)",
     )
     p.add_argument(
         "--no-autostart",
@@ -150,9 +151,46 @@ def _daemon_socket(path: str, autostart: bool) -> socket.socket:
         raise ShimError(
             f"cannot reach the relay daemon on {path}: {exc.strerror}", EXIT_DAEMON
         ) from exc
-    _start_daemon(path)
+    # Shims launched together (LaunchKernels) take turns on a start lock: the first starts
+    # the daemon and waits until it is ready; the others wait on the lock, then connect.
+    with _StartLock(path):
+        try:
+            return connect(path)  # the shim before us started it
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        if _start_daemon(path) == "busy":
+            return _connect_to_starting(path)  # a daemon started some other way won
+        try:
+            return connect(path)
+        except OSError as exc:
+            raise ShimError(f"the relay daemon did not come up on {path}", EXIT_DAEMON) from exc
+
+
+class _StartLock:
+    """An exclusive flock on ``relay.start.lock`` beside the socket. Waiting on it is bounded
+    by its holder, who waits at most AUTOSTART_WAIT_S for its daemon."""
+
+    def __init__(self, path: str) -> None:
+        directory = os.path.dirname(path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._fd = os.open(
+            os.path.join(directory, "relay.start.lock"), os.O_RDWR | os.O_CREAT, 0o600
+        )
+
+    def __enter__(self) -> None:
+        import fcntl  # noqa: PLC0415 (only on the rare autostart path)
+
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)  # releases the lock
+
+
+def _connect_to_starting(path: str) -> socket.socket:
+    """Another daemon holds the socket's lock and is about to listen (started by hand or by
+    a service manager while this shim started one): give it AUTOSTART_WAIT_S."""
     deadline = time.monotonic() + AUTOSTART_WAIT_S
-    while True:  # bounded: only after another shim's daemon won the start-up race
+    while True:
         try:
             return connect(path)
         except OSError as exc:
@@ -161,12 +199,11 @@ def _daemon_socket(path: str, autostart: bool) -> socket.socket:
             time.sleep(0.05)
 
 
-def _start_daemon(path: str) -> None:
+def _start_daemon(path: str) -> str:
+    """Start ``relay serve`` in the background; return its first word (``ready``/``busy``)."""
     import subprocess  # noqa: PLC0415 (only on the rare autostart path)
 
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    log_path = os.path.join(directory, "relay.log")
+    log_path = os.path.join(os.path.dirname(path), "relay.log")
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, RELAY_SOCKET=path)
     with open(log_path, "ab") as log:
@@ -195,7 +232,7 @@ def _start_daemon(path: str) -> None:
     finally:
         os.close(read_fd)
     if said == "ready" or said == "busy":
-        return
+        return said
     if said.startswith("error "):
         raise ShimError(f"the relay daemon could not start: {said[6:]}", EXIT_DAEMON)
     raise ShimError(

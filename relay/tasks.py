@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import structlog
 
+from relay.errors import RelayError
+
 __all__ = ["TaskSet"]
 
 T = TypeVar("T")
@@ -31,7 +33,9 @@ class TaskSet:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
+        if isinstance(exc, RelayError):  # an expected failure, already one line for a person
+            self._log.warning("task failed", task=task.get_name(), error=exc.message)
+        elif exc is not None:  # a bug: its traceback, once
             self._log.error("task failed", task=task.get_name(), error=repr(exc), exc_info=exc)
 
     def __len__(self) -> int:

@@ -112,7 +112,13 @@ async def start_daemon(home: RelayHome, *, write: bool = True) -> AsyncIterator[
     stop: asyncio.Future[None] = loop.create_future()
     ready: asyncio.Future[Daemon] = loop.create_future()
     task = loop.create_task(
-        serve(config, home.socket, config_source=str(source), shutdown_trigger=stop, ready=ready)
+        serve(
+            config,
+            home.socket,
+            config_source=str(source),
+            shutdown_trigger=stop,
+            on_ready=ready.set_result,
+        )
     )
     done, _ = await asyncio.wait({ready, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
     if task in done:

@@ -1,4 +1,4 @@
-"""The front-end and kernel simulator (topology reference, section 5).
+"""The front-end and kernel simulator (docs/topology.md §5).
 
 No Wolfram kernel can run where relay is tested, so these stand in for both ends of a link:
 
@@ -9,7 +9,7 @@ No Wolfram kernel can run where relay is tested, so these stand in for both ends
                         and ``$RemoteCommand`` templates as the front end does, runs them, and
                         exchanges traffic with the kernel on both channels.
 ``relay.sim.wire``      the simulator's own framing. The real MathLink wire format is
-                        proprietary (section 1); relay never parses bytes, so any framing that
+                        proprietary (§1); relay never parses bytes, so any framing that
                         carries arbitrary bytes both ways exercises it the same way.
 ``relay.sim.sshd``      a throwaway OpenSSH sshd on a loopback port with generated keys.
 

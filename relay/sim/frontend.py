@@ -1,21 +1,21 @@
-"""A fake Mathematica front end / controller kernel (topology reference, sections 3-5).
+"""A fake Mathematica front end / controller kernel (docs/topology.md §3-5).
 
 - ``ListeningLink.create()`` is ``LinkCreate[LinkMode -> Listen, LinkProtocol -> "TCPIP"]``:
   two listening ports on the chosen host address; its name is ``P1@H,P2@H``.
 - ``launch_command()`` fills a kernel configuration's Launch command the way the front end
-  does (backquoted words, section 3); ``run_controller()`` runs it and keeps it running, since
+  does (backquoted words, §3); ``run_controller()`` runs it and keeps it running, since
   the front end needs the launch command to stay alive until the kernel quits.
 - ``run_remote_command()`` fills ``$RemoteCommand`` slots `1`..`4` and runs the result the way
   the Parallel package's ``Run[]`` does: through the shell, under a time limit
-  (``$MathLinkTimeout``, 15 s by default), a non-zero status being a failed launch (section 4).
+  (``$MathLinkTimeout``, 15 s by default), a non-zero status being a failed launch (§4).
 - ``launch_remote()`` is ``LaunchRemote`` for ``RemoteMachine[host, template, n]`` exactly
-  (section 4): all n listening links first, then ``Run`` of the filled template once per link,
+  (§4): all n listening links first, then ``Run`` of the filled template once per link,
   one after another, and only after the last ``Run`` a wait for all n kernels to connect.
 - ``ListeningLink.accept()`` waits for the kernel's two connections (in either order) and
   returns a ``KernelLink`` that exchanges traffic on both channels.
 - ``ListeningLink.create()`` is, by default, a front end that speaks first: neither side of a
   link is documented to write first, and the listening side may write the moment it accepts
-  (section 1). It writes an evaluation on the data channel and an urgent message on the
+  (§1). It writes an evaluation on the data channel and an urgent message on the
   message channel inside ``connection_made``, before its own code has even seen the
   connection, and ``KernelLink.start`` checks that the kernel answered exactly those bytes
   (``write_first=False`` waits for the kernel's first frame instead).
@@ -37,7 +37,7 @@ from typing import Any
 
 from relay.linkname import LinkName
 from relay.sim import wire
-from relay.templates import fill, fill_remote_command
+from relay.sim.templates import fill, fill_remote_command
 
 __all__ = [
     "KernelLink",
@@ -50,7 +50,7 @@ __all__ = [
     "run_remote_command",
 ]
 
-MATHLINK_TIMEOUT_S = 15.0  # Parallel`Settings`$MathLinkTimeout default (section 4)
+MATHLINK_TIMEOUT_S = 15.0  # Parallel`Settings`$MathLinkTimeout default (§4)
 MLOPEN_ARGS = "-LinkMode Listen -LinkProtocol TCPIP -LinkOptions MLDontInteract -LinkHost 127.0.0.1"
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -311,7 +311,7 @@ class ListeningLink:
 
 
 def launch_command(template: str, link: LinkName, **extra: str) -> str:
-    """Fill a Launch command as the front end does (backquoted words, section 3)."""
+    """Fill a Launch command as the front end does (backquoted words, §3)."""
     values = {
         "linkname": str(link),
         "dataport": str(link.data.port),
@@ -354,7 +354,7 @@ async def run_remote_command(
     timeout_s: float = MATHLINK_TIMEOUT_S,
     env: dict[str, str] | None = None,
 ) -> RunResult:
-    """``Run[]`` of a filled ``$RemoteCommand`` under ``$MathLinkTimeout`` (section 4)."""
+    """``Run[]`` of a filled ``$RemoteCommand`` under ``$MathLinkTimeout`` (§4)."""
     command = fill_remote_command(template, host=host, linkname=str(link), user=user)
     proc = await asyncio.create_subprocess_shell(
         command,
@@ -399,7 +399,7 @@ async def launch_remote(
     link_host: str = "127.0.0.1",
     write_first: bool = True,
 ) -> list[RemoteLaunch]:
-    """``LaunchRemote`` as ``SubKernels`RemoteKernels`` runs it (section 4).
+    """``LaunchRemote`` as ``SubKernels`RemoteKernels`` runs it (§4).
 
     1. ``Table[LinkCreate[LinkProtocol -> "TCPIP", LinkHost -> lh], {n}]``: n listening links;
     2. ``Run[filled template]`` once per link, **one after another**, each inside

@@ -1,20 +1,20 @@
 """``relay-sim-kernel``: a fake Wolfram kernel executable. Standard library only.
 
-Behaviour, with its source in the topology reference:
-- accepts the kernel flags of section 2, case-insensitively, ignoring unknown ones
+Behaviour, with its source in ``docs/topology.md``:
+- accepts the kernel flags of §2, case-insensitively, ignoring unknown ones
   (``-subkernel``, ``-noinit``, ``-initfile``, ``-pacletreadonly``, ...);
-- ``-LinkMode Connect``: opens both TCP connections of ``-LinkName P1@H1,P2@H2`` (section 1).
+- ``-LinkMode Connect``: opens both TCP connections of ``-LinkName P1@H1,P2@H2`` (§1).
   The order of the two connects is not documented, so the simulator varies it: data first,
   message first, or both at once (``RELAY_SIM_CONNECT_ORDER`` = data|message|parallel|random,
   default random), and a relay must work with all three;
 - ``-LinkMode Listen``: binds both ports on ``-LinkHost`` (default 127.0.0.1) and prints
-  ``Link created on: NAME`` unless ``-LinkOptions`` has MLDontInteract (256) (section 1);
+  ``Link created on: NAME`` unless ``-LinkOptions`` has MLDontInteract (256) (§1);
 - serves evaluations on the data channel (``relay.sim.wire``) and answers urgent messages on
   the message channel while the data channel may be busy: Interrupt is acknowledged, Abort
   cuts the evaluation in progress (or, arriving first, the next one) short, Terminate ends
-  the kernel (section 1);
-- exits when its main link closes (section 5), with the status a ``QUIT`` frame asked for;
-- acts out the service and preemptive links of section 3 when relay's hook is in its
+  the kernel (§1);
+- exits when its main link closes (§5), with the status a ``QUIT`` frame asked for;
+- acts out the service and preemptive links of §3 when relay's hook is in its
   environment (``RELAY_HOOK_PORT``/``RELAY_HOOK_TOKEN``), doing exactly the requests
   RelayKernelInit.wl does (protocol: ``relay.hook``). ``-simversion V`` sets the simulated
   ``$VersionNumber`` (default 14.1): up to 11.0 the kernel creates two listening links at
@@ -24,7 +24,7 @@ Behaviour, with its source in the topology reference:
   main link does not hold up the preemptive link (Dynamic).
 
 - takes ``-simstartup SECONDS`` (default 1) before connecting or listening, as a real
-  WolframKernel takes on the order of a second to start (licence check, paclets; section 4).
+  WolframKernel takes on the order of a second to start (licence check, paclets; §4).
 
 It is written with blocking sockets and threads rather than asyncio, and imports little: a
 kernel starts on every launch, and importing asyncio alone takes longer here than the whole
@@ -41,9 +41,9 @@ import sys
 import threading
 
 from relay import hook, minijson
-from relay.kernelcmd import KernelFlags, parse_flags
 from relay.linkname import LinkName
 from relay.sim import wire
+from relay.sim.flags import KernelFlags, parse_flags
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -342,7 +342,7 @@ class _Link:
             sock.close()
 
 
-STARTUP_S = 1.0  # a real kernel's start-up, on the order of a second (section 4)
+STARTUP_S = 1.0  # a real kernel's start-up, on the order of a second (§4)
 
 
 def _sim_option(flags: KernelFlags, name: str, default: float) -> float:

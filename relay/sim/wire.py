@@ -31,7 +31,7 @@ RETURN = 2  # kernel -> front end: a result
 SLEEP = 3  # front end -> kernel: be busy for N ms (ASCII), then return b"done" (or b"$Aborted")
 QUIT = 4  # front end -> kernel: exit with status N (ASCII), like Quit[N]
 HELLO = 5  # kernel -> front end, first frame: JSON facts about the kernel (pid, flags)
-# The service and preemptive links (topology reference, section 3), payload JSON
+# The service and preemptive links (docs/topology.md §3), payload JSON
 # [serviceName, preemptiveName, protocol]:
 SINK = 8  # front end -> kernel: payload discarded; after the last (empty) one, RETURN total
 SOURCE = 9  # front end -> kernel: send N (ASCII) bytes back as RETURN frames, then an empty one

@@ -1,13 +1,14 @@
-"""A link exposed on the front end's side: local listeners tunnelling to the remote host.
+"""Expose forwards: a link that listens on the host, reached from the front end's machine.
 
-The other direction from ``relay.ssh.forwards``. Two listeners on the front end's 127.0.0.1,
-ports chosen by the OS; each carries exactly one connection through a ``direct-tcpip``
-channel to an endpoint on the remote host's 127.0.0.1, then stops listening.
+The other kind of forward from ``relay.ssh.forwards`` (which says how the two are named).
+Two listeners on the front end's 127.0.0.1, ports chosen by the OS; each carries exactly one
+connection through a ``direct-tcpip`` channel to an endpoint on the remote host's 127.0.0.1,
+then stops listening.
 
-- ``LocalLinkForward.same_ports(...)``: each listener leads to the *same* port number on the
+- ``ExposeForward.mirrored(...)``: each listener leads to the *same* port number on the
   remote host (the old Dynamic method, ``listen-pair`` in ``relay.hook``): the kernel listens on
   ``L1@127.0.0.1,L2@127.0.0.1`` and the front end connects to that very name on its machine.
-- ``LocalLinkForward.to(...)``: the listeners lead to a given remote link name (``expose``).
+- ``ExposeForward.to(...)``: the listeners lead to a given remote link name.
 
 A connection is carried only if the process that made it runs as the daemon's user
 (``relay.ssh.guard``); any other is closed unread and the listener waits on. Bytes go through
@@ -27,7 +28,7 @@ from relay.ssh.guard import PeerGuard
 from relay.ssh.pipe import Pipe
 from relay.tasks import TaskSet
 
-__all__ = ["LocalLinkForward"]
+__all__ = ["ExposeForward"]
 
 LISTEN_HOST = "127.0.0.1"
 
@@ -66,7 +67,7 @@ class _Accepted(asyncio.Protocol):
 
 
 class _Listener:
-    def __init__(self, owner: LocalLinkForward, role: str) -> None:
+    def __init__(self, owner: ExposeForward, role: str) -> None:
         self.owner = owner
         self.role = role
         self.server: asyncio.Server | None = None
@@ -84,7 +85,7 @@ class _Listener:
         return _Accepted(self)
 
     async def admit(self, pipe: Pipe, client_port: int) -> None:
-        link = f"{self.role} of {self.owner.local_name}"
+        link = f"{self.role} of {self.owner.name}"
         if self.pipe is not None or not await self.owner.guard.admit(client_port, self.port, link):
             pipe.close()  # single use, and only the user's own processes
             return
@@ -109,7 +110,7 @@ class _Listener:
         self.owner.check_connected()
 
 
-class LocalLinkForward:
+class ExposeForward:
     def __init__(self, conn: asyncssh.SSHClientConnection, guard: PeerGuard) -> None:
         self.conn = conn
         self.guard = guard
@@ -117,12 +118,10 @@ class LocalLinkForward:
         self._listeners = (_Listener(self, "data"), _Listener(self, "message"))
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.local_name: LinkName | None = None
+        self._name: LinkName | None = None
 
     @classmethod
-    async def same_ports(
-        cls, conn: asyncssh.SSHClientConnection, guard: PeerGuard
-    ) -> LocalLinkForward:
+    async def mirrored(cls, conn: asyncssh.SSHClientConnection, guard: PeerGuard) -> ExposeForward:
         self = cls(conn, guard)
         await self._listen()
         for listener in self._listeners:
@@ -132,7 +131,7 @@ class LocalLinkForward:
     @classmethod
     async def to(
         cls, conn: asyncssh.SSHClientConnection, remote: LinkName, guard: PeerGuard
-    ) -> LocalLinkForward:
+    ) -> ExposeForward:
         self = cls(conn, guard)
         await self._listen()
         self._listeners[0].dest, self._listeners[1].dest = remote.data, remote.message
@@ -144,7 +143,13 @@ class LocalLinkForward:
         for listener in self._listeners:
             listener.server = await loop.create_server(listener.protocol, LISTEN_HOST, 0)
         data, message = (lst.port for lst in self._listeners)
-        self.local_name = LinkName(Endpoint(data, LISTEN_HOST), Endpoint(message, LISTEN_HOST))
+        self._name = LinkName(Endpoint(data, LISTEN_HOST), Endpoint(message, LISTEN_HOST))
+
+    @property
+    def name(self) -> LinkName:
+        """What the front end connects to, on its own machine."""
+        assert self._name is not None, "not listening yet"
+        return self._name
 
     def check_connected(self) -> None:
         done = all(lst.connected_at is not None for lst in self._listeners)
@@ -170,6 +175,12 @@ class LocalLinkForward:
         for lst in self._listeners:
             if lst.server is not None:
                 lst.server.close()
+
+    async def wait_closed(self) -> None:
+        """Return once the channels that were connected have both closed."""
+        for lst in self._listeners:
+            if lst.pipe is not None:
+                await lst.pipe.closed
 
     async def aclose(self) -> None:
         self.close_listeners()

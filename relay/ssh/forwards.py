@@ -1,4 +1,14 @@
-"""A link's two remote forwards: single-use listeners on the remote host's 127.0.0.1.
+"""Callback forwards: a link's two single-use listeners on the remote host's 127.0.0.1.
+
+relay has two kinds of forward, named for the way a link goes (``docs/topology.md`` §3):
+
+- callback (this module): the front end listens, the kernel calls back. Two remote listeners
+  on the host lead to the front end's two ports. Kernels' main links, the new Dynamic
+  method's links (the hook's ``callback``), and ``forward`` with direction ``callback``.
+- expose (``relay.ssh.exposed``): something listens on the host, the front end connects.
+  Two local listeners lead to it: the old Dynamic method (the hook's ``listen-pair``, whose
+  remote ports mirror the local ones) and ``forward`` with direction ``expose``.
+
 
 For each link relay asks the SSH server for two listeners on ``127.0.0.1`` port 0, so the
 server picks free ports (never the front end's numbers, never a collision with another user or
@@ -19,7 +29,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
@@ -28,7 +38,14 @@ from relay.linkname import Endpoint, LinkName
 from relay.ssh.guard import PeerGuard
 from relay.ssh.pipe import Pipe
 
-__all__ = ["LinkForward", "RemoteSlot", "SparePool", "forwarding_refused", "open_slots"]
+__all__ = [
+    "CallbackForward",
+    "RemoteSlot",
+    "SparePool",
+    "forwarding_refused",
+    "hold_until_connected",
+    "open_slots",
+]
 
 LISTEN_HOST = "127.0.0.1"
 WINDOW = 8 << 20  # a link's receive window: bulk transfers are not held up by window updates
@@ -185,17 +202,10 @@ class _Channel:
         self.connected_at: float | None = None
 
 
-class LinkForward:
+class CallbackForward:
     """Remote listeners R1, R2 leading back to the front end's data and message ports."""
 
-    def __init__(
-        self,
-        conn: asyncssh.SSHClientConnection,
-        target: LinkName,
-        slots: list[RemoteSlot],
-        guard: PeerGuard,
-    ) -> None:
-        self._conn = conn
+    def __init__(self, target: LinkName, slots: list[RemoteSlot], guard: PeerGuard) -> None:
         self.target = target
         self._guard = guard
         data, message = slots
@@ -205,8 +215,7 @@ class LinkForward:
         )
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.opened_at = time.monotonic()
-        self.remote_name: LinkName | None = target.rewritten(data.port, message.port)
+        self.name: LinkName = target.rewritten(data.port, message.port)  # what the kernel uses
         # set once the server confirmed both listeners cancelled (after both channels connect)
         self.listeners_gone = asyncio.Event()
         self._cancelling: asyncio.Future[None] | None = None
@@ -224,11 +233,11 @@ class LinkForward:
         host: str,
         guard: PeerGuard,
         pool: SparePool | None = None,
-    ) -> LinkForward:
+    ) -> CallbackForward:
         """Two listeners (from the spare pool when there is one) leading back to ``target``."""
         guard.require()
         slots = await pool.take(2) if pool is not None else await open_slots(conn, 2, host)
-        return cls(conn, target, slots, guard)
+        return cls(target, slots, guard)
 
     def _router(self, ch: _Channel) -> Callable[[str, int], Any]:
         def route(_orig_host: str, orig_port: int) -> Any:
@@ -305,11 +314,8 @@ class LinkForward:
         self.listeners_gone.set()
 
     def snapshot(self) -> list[dict[str, Any]]:
-        remote = self.remote_name
         out = []
-        for ch, ep in zip(
-            self._channels, (remote.data, remote.message) if remote else (None, None), strict=True
-        ):
+        for ch, ep in zip(self._channels, (self.name.data, self.name.message), strict=True):
             if ch.pipe is not None and not ch.pipe.closed.done():
                 state = "connected"
             elif ch.connected_at is not None:
@@ -319,12 +325,18 @@ class LinkForward:
             out.append(
                 {
                     "role": ch.role,
-                    "remote": str(ep) if ep else None,
+                    "remote": str(ep),
                     "target": f"{ch.target.host}:{ch.target.port}",
                     "state": state,
                 }
             )
         return out
+
+    async def wait_closed(self) -> None:
+        """Return once the channels that were connected have both closed."""
+        for ch in self._channels:
+            if ch.pipe is not None:
+                await ch.pipe.closed
 
     async def aclose(self) -> None:
         """Release everything: listeners and connected channels."""
@@ -338,3 +350,24 @@ class LinkForward:
             await ch.slot.wait_closed()
         if not self.connected.done():
             self.connected.cancel()
+
+
+class _Forward(Protocol):
+    connected: asyncio.Future[None]
+
+    def close_listeners(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+async def hold_until_connected(fwd: _Forward, timeout_s: float) -> bool:
+    """Keep a forward's listeners until both channels connect (then close the listeners and
+    return True), at most ``timeout_s``; if nobody came, or it failed, release it all."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.shield(fwd.connected)
+    except (TimeoutError, ConnectionError, RelayError, asyncio.CancelledError):
+        await fwd.aclose()
+        return False
+    fwd.close_listeners()
+    return True

@@ -15,41 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from typing import Any, Protocol
+from typing import Any
 
 import asyncssh
 import structlog
 
 from relay import hook
-from relay.errors import RelayError
+from relay.errors import BadRequest, ForwardFailed, RelayError, error_event
 from relay.linkname import LinkName, LinkNameError
-from relay.ssh.exposed import LocalLinkForward
-from relay.ssh.forwards import LinkForward, RemoteSlot, open_slots
+from relay.ssh.exposed import ExposeForward
+from relay.ssh.forwards import CallbackForward, RemoteSlot, hold_until_connected, open_slots
 from relay.ssh.guard import PeerGuard
 from relay.tasks import TaskSet
 
-__all__ = ["HookServer", "hold_until_connected"]
+__all__ = ["HookServer"]
 
 REQUEST_TIMEOUT_S = 10.0
-
-
-class _Forward(Protocol):
-    connected: asyncio.Future[None]
-
-    def close_listeners(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-async def hold_until_connected(fwd: _Forward, timeout_s: float) -> None:
-    """Keep a forward's listeners until both channels connect, at most ``timeout_s``."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            await asyncio.shield(fwd.connected)
-    except (TimeoutError, ConnectionError, RelayError, asyncio.CancelledError):
-        await fwd.aclose()  # nobody came, or it failed: release everything
-        return
-    fwd.close_listeners()
 
 
 def _is_loopback(host: str) -> bool:
@@ -119,8 +100,8 @@ class HookServer:
         self._chain = hook.TokenChain()
         self.first_token = self._chain.current
         self._slot: RemoteSlot | None = None
-        self._forwards: list[LinkForward] = []
-        self._exposed: dict[str, LocalLinkForward] = {}
+        self._forwards: list[CallbackForward] = []
+        self._exposed: dict[str, ExposeForward] = {}
         self._tasks = TaskSet()
         self.refused = 0
         self.port = 0
@@ -167,8 +148,15 @@ class HookServer:
         try:
             result = await self._dispatch(req)
         except (RelayError, LinkNameError, ValueError, asyncssh.Error, OSError) as exc:
-            self._log.warning("hook request failed", op=req.op, error=str(exc))
-            return hook.format_reply(False, nxt, str(exc))
+            failure = error_event(
+                exc
+                if isinstance(exc, RelayError)
+                else BadRequest(str(exc))
+                if isinstance(exc, ValueError)
+                else ForwardFailed(f"cannot open the link: {exc}")
+            )
+            self._log.warning("hook request failed", op=req.op, error=failure["message"])
+            return hook.format_reply(False, nxt, failure["message"])
         self._log.info("hook request", op=req.op, argument=req.argument, result=result)
         return hook.format_reply(True, nxt, result)
 
@@ -181,17 +169,15 @@ class HookServer:
                         f"callback to {ep.host} refused: only loopback or the "
                         f"front end's own address"
                     )
-            fwd = await LinkForward.open(self._conn, target, self._host, self._remote_guard)
+            fwd = await CallbackForward.open(self._conn, target, self._host, self._remote_guard)
             self._forwards.append(fwd)
             self._tasks.spawn(hold_until_connected(fwd, self._timeout_s), name="hook-callback")
-            assert fwd.remote_name is not None
-            return str(fwd.remote_name)
+            return str(fwd.name)
         if req.op == "listen-pair":
-            local = await LocalLinkForward.same_ports(self._conn, self._local_guard)
-            assert local.local_name is not None
-            self._exposed[str(local.local_name)] = local
+            local = await ExposeForward.mirrored(self._conn, self._local_guard)
+            self._exposed[str(local.name)] = local
             self._tasks.spawn(hold_until_connected(local, self._timeout_s), name="hook-listen")
-            return str(local.local_name)
+            return str(local.name)
         released = self._exposed.pop(req.argument, None)
         if released is None:
             raise ValueError(f"no pair {req.argument} to release")
@@ -199,7 +185,7 @@ class HookServer:
         return "released"
 
     @property
-    def callbacks(self) -> list[LinkForward]:
+    def callbacks(self) -> list[CallbackForward]:
         return list(self._forwards)
 
     def snapshot(self) -> list[dict[str, Any]]:

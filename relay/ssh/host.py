@@ -51,7 +51,7 @@ from relay.ssh.guard import PeerGuard
 from relay.ssh.supervisor import Supervisor
 from relay.tasks import TaskSet
 
-__all__ = ["Connected", "HostSession"]
+__all__ = ["Hold", "HostSession", "Live"]
 
 INIT_FILE = "RelayKernelInit.wl"
 JumpGetter = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
@@ -95,11 +95,26 @@ class _Client(asyncssh.SSHClient):
         self.person_needed.append("keyboard-interactive (2FA) answers")
 
 
+class Hold:
+    """A user of a host's connection (a kernel, a launch under way, a requested forward):
+    while any hold is out, the connection is not closed as idle. ``release`` is idempotent."""
+
+    def __init__(self, host: HostSession) -> None:
+        self._host: HostSession | None = host
+
+    def release(self) -> None:
+        host, self._host = self._host, None
+        if host is not None:
+            host._unhold()
+
+
 @dataclass(frozen=True, slots=True)
-class Connected:
+class Live:
+    """A host's live connection and what runs on it: the supervisor session, the spare
+    listeners and the peer guard. One per connection; replaced when it is reopened."""
+
     connection: asyncssh.SSHClientConnection
     supervisor: Supervisor
-    since: float
     pool: SparePool
     guard: PeerGuard  # who may connect to this connection's remote listeners
     # kernel paths this connection's supervisor has started (a pid came back): a compute
@@ -127,7 +142,7 @@ class HostSession:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._client: _Client | None = None
         self._connecting: asyncio.Task[asyncssh.SSHClientConnection] | None = None
-        self._current: Connected | None = None
+        self._current: Live | None = None
         self._supervisor_lock = asyncio.Lock()
         self._closing = False
         self._attempts: collections.deque[float] = collections.deque()
@@ -145,7 +160,7 @@ class HostSession:
         self.connects = 0
         self._pings = 0
         self._idle_closing = False
-        self._init_file: tuple[asyncssh.SSHClientConnection, asyncio.Task[str]] | None = None
+        self._init_file: tuple[asyncssh.SSHClientConnection, asyncio.Future[str]] | None = None
         self._log = structlog.get_logger("relay.host").bind(host=key)
         # who may connect to the listeners relay opens on this machine for the host's links
         self.local_guard = PeerGuard.local(key, enabled=config.peer_check == "uid")
@@ -298,7 +313,7 @@ class HostSession:
             self._log.warning("connection lost", reason=reason)
 
     # -- the supervisor ----------------------------------------------------------------------
-    async def ready(self) -> Connected:
+    async def live(self) -> Live:
         """The live connection and its supervisor session (started once per connection)."""
         current = self._current
         if (
@@ -315,9 +330,10 @@ class HostSession:
                 or current.connection is not conn
                 or current.supervisor.closed.done()
             ):
-                if current is not None:
-                    current.supervisor.close()
+                if current is not None:  # a dead connection's: closed and awaited
                     await current.pool.aclose()
+                    current.supervisor.close()
+                    await current.supervisor.wait_closed()
                 supervisor = await Supervisor.start(
                     conn,
                     self.key,
@@ -333,7 +349,7 @@ class HostSession:
                     can_tell=supervisor.owner_check,
                     enabled=self.config.peer_check == "uid",
                 )
-                current = self._current = Connected(conn, supervisor, self.since, pool, guard)
+                current = self._current = Live(conn, supervisor, pool, guard)
                 pool.refill()  # forwards allocated ahead: launches spend no round trip on them
                 if self.config.dynamic:  # and the kernel hook uploaded ahead too
                     self._tasks.spawn(self._prefetch_init_file(conn), name=f"init:{self.key}")
@@ -341,7 +357,7 @@ class HostSession:
                 self._tasks.spawn(self._measure_rtt(current), name=f"rtt:{self.key}")
             return current
 
-    async def _ping(self, current: Connected) -> None:
+    async def _ping(self, current: Live) -> None:
         self._pings += 1
         started = time.monotonic()
         async with asyncio.timeout(
@@ -351,7 +367,7 @@ class HostSession:
         self.rtt_ms = (time.monotonic() - started) * 1000
         self.rtt_at = time.time()
 
-    async def _measure_rtt(self, current: Connected) -> None:
+    async def _measure_rtt(self, current: Live) -> None:
         """Every keepalive interval, time a ping through the supervisor session."""
         while not current.supervisor.closed.done():
             await asyncio.sleep(self.config.keepalive_interval_s)
@@ -368,8 +384,13 @@ class HostSession:
     async def init_file(self, conn: asyncssh.SSHClientConnection) -> str:
         """Upload RelayKernelInit.wl once per connection (single flight), content-addressed;
         its remote path."""
-        if self._init_file is None or self._init_file[0] is not conn:
-            task = asyncio.get_running_loop().create_task(self._upload_init_file(conn))
+        if (
+            self._init_file is None
+            or self._init_file[0] is not conn
+            or (self._init_file[1].done() and self._init_file[1].exception() is not None)
+        ):
+            task = self._tasks.spawn(self._upload_init_file(conn), name=f"upload:{self.key}")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # awaited by launches
             self._init_file = (conn, task)
         return await asyncio.shield(self._init_file[1])
 
@@ -396,21 +417,24 @@ class HostSession:
         return path
 
     # -- idle close --------------------------------------------------------------------------
-    def hold(self) -> None:
-        """A kernel (or a launch) uses this host: no idle close."""
+    def hold(self) -> Hold:
+        """Someone uses this host (a kernel, a launch, a requested forward): no idle close
+        until the returned hold is released."""
         self._holds += 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        return Hold(self)
 
-    def release(self) -> None:
+    def _unhold(self) -> None:
         self._holds -= 1
         idle = self.config.idle_timeout_s
         if self._holds == 0 and idle > 0 and not self._closing:
             self._idle_timer = asyncio.get_running_loop().call_later(idle, self._idle)
 
     @property
-    def kernels(self) -> int:
+    def holds(self) -> int:
+        """How many kernels, launches and requested forwards use the connection now."""
         return self._holds
 
     def _idle(self) -> None:
@@ -434,6 +458,13 @@ class HostSession:
             self._set_state("idle" if idle else "disconnected")
         finally:
             self._idle_closing = False
+
+    def abort(self) -> None:
+        """Drop the connection at once (shutdown past its grace): sshd ends the session, and
+        the supervisor, seeing end of input, its kernels."""
+        self._closing = True
+        if self._conn is not None:
+            self._conn.abort()
 
     async def aclose(self) -> None:
         """Close the supervisor (its kernels are terminated remotely) and the connection."""
@@ -460,7 +491,7 @@ class HostSession:
             "since": self.since,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
             "rtt_at": self.rtt_at,
-            "kernels": self._holds,
+            "holds": self._holds,
             "connects": self.connects,
             "last_error": self.last_error,
             "failures": list(self.failures),

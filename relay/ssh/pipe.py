@@ -9,7 +9,7 @@ Every forward relay makes, in either direction, carries its bytes through a ``Pi
 
 Why relay has its own instead of asyncssh's ``SSHForwarder``: neither side of a MathLink link
 is documented to speak first, and a front end may write the instant it accepts a connection
-(topology reference, section 1). asyncssh's forwarder attaches its TCP side only after
+(docs/topology.md §1). asyncssh's forwarder attaches its TCP side only after
 ``create_connection`` returns and drops whatever arrived before, and writes to a channel that
 is not open yet vanish too. A ``Pipe`` keeps what arrives before the other side exists and
 writes it, in order, the moment that side attaches.
@@ -74,8 +74,6 @@ class Pipe:
         self._reading_paused_for: set[str] = set()
         self._on_close = on_close
         self.closed = asyncio.get_running_loop().create_future()
-        self.bytes_to_channel = 0
-        self.bytes_to_tcp = 0
 
     # -- the two protocol objects --------------------------------------------------------
     def tcp_protocol(self) -> _TCPSide:
@@ -110,10 +108,6 @@ class Pipe:
 
     def received(self, source: _End, data: bytes) -> None:
         dest = self._other(source)
-        if dest is self.channel:
-            self.bytes_to_channel += len(data)
-        else:
-            self.bytes_to_tcp += len(data)
         if dest.transport is not None:
             dest.transport.write(data)
             return
@@ -185,7 +179,27 @@ class Pipe:
         self._finish()
 
 
-class _TCPSide(asyncio.Protocol):
+class _Side:
+    """What both sides do alike: end of file, loss and back-pressure go to the pipe."""
+
+    _pipe: Pipe
+    _end: _End
+
+    def eof_received(self) -> bool:
+        self._pipe.eof_received(self._end)
+        return True  # keep the connection open: the other direction may still carry bytes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pipe.lost(self._end)
+
+    def pause_writing(self) -> None:
+        self._pipe.pause(self._end)
+
+    def resume_writing(self) -> None:
+        self._pipe.resume(self._end)
+
+
+class _TCPSide(_Side, asyncio.Protocol):
     """The TCP connection's protocol: feeds the pipe, and takes bytes from the channel."""
 
     def __init__(self, pipe: Pipe) -> None:
@@ -202,21 +216,8 @@ class _TCPSide(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._pipe.received(self._end, data)
 
-    def eof_received(self) -> bool:
-        self._pipe.eof_received(self._end)
-        return True  # keep the socket open: the other direction may still carry bytes
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._pipe.lost(self._end)
-
-    def pause_writing(self) -> None:
-        self._pipe.pause(self._end)
-
-    def resume_writing(self) -> None:
-        self._pipe.resume(self._end)
-
-
-class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
+class _ChannelSide(_Side, asyncssh.SSHTCPSession[bytes]):
     """The SSH channel's session: feeds the pipe, and takes bytes from the TCP side."""
 
     def __init__(self, pipe: Pipe) -> None:
@@ -228,16 +229,3 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self._pipe.received(self._end, data)
-
-    def eof_received(self) -> bool:
-        self._pipe.eof_received(self._end)
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._pipe.lost(self._end)
-
-    def pause_writing(self) -> None:
-        self._pipe.pause(self._end)
-
-    def resume_writing(self) -> None:
-        self._pipe.resume(self._end)

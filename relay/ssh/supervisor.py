@@ -2,7 +2,7 @@
 
 Design (issue: 32 concurrent compute launches against sshd's default ``MaxSessions 10``): a
 session per kernel would hit MaxSessions at 10 kernels, pay a channel open per launch, and run
-the remote shell's start-up files every time (80 ms with a slow ``.bashrc``, anchors.md). Instead
+the remote shell's start-up files every time (80 ms with a slow ``.bashrc``, measured). Instead
 one session per connection runs a small POSIX ``sh`` loop that starts kernels, reports their pids
 and exit statuses, and signals them on request. Forwarded TCP channels do not count against
 MaxSessions, so a host's only limit is its own process table. When the connection or session
@@ -77,7 +77,6 @@ class Supervisor:
         host: str,
         remote_pid: int,
         log: Any,
-        stale_ended: int = 0,
         uid: int | None = None,
         owner_check: bool = False,
     ) -> None:
@@ -85,7 +84,6 @@ class Supervisor:
         self._host = host
         self._log = log
         self.remote_pid = remote_pid
-        self.stale_ended = stale_ended  # earlier sessions of this daemon it found and ended
         self.uid = uid  # the remote user the SSH login runs as
         self.owner_check = owner_check  # whether the host can tell who connected (/proc)
         self._procs: dict[str, RemoteProcess] = {}
@@ -138,7 +136,6 @@ class Supervisor:
                             host,
                             int(pid),
                             log,
-                            ended,
                             uid=int(uid) if uid.isdigit() else None,
                             owner_check=check == "proc",
                         )

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from relay import client
+from relay.linkname import LinkName
 from relay.sim import frontend
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome
 
@@ -59,6 +60,31 @@ async def request(home: RelayHome, message: dict[str, str]) -> dict[str, object]
     """One control-socket request, as a local client sends it."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, client.request, home.socket, message)
+
+
+async def expose_listening_kernel(
+    home: RelayHome, host: str, prefix: list[str] | None = None
+) -> tuple[asyncio.subprocess.Process, LinkName]:
+    """A simulator kernel listening on the remote host (run through ``prefix``, e.g. an
+    ``nsenter`` into its network namespace) and the local name relay exposes it under
+    (``forward`` with direction ``expose``)."""
+    listener = await asyncio.create_subprocess_exec(
+        *(prefix or []),
+        SIM_KERNEL,
+        "-wstp",
+        "-LinkMode",
+        "Listen",
+        "-LinkHost",
+        "127.0.0.1",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert listener.stdout is not None
+    line = (await asyncio.wait_for(listener.stdout.readline(), 30)).decode()
+    remote_name = line.removeprefix("Link created on: ").strip()
+    answer = await request(
+        home, {"op": "forward", "host": host, "linkname": remote_name, "direction": "expose"}
+    )
+    return listener, LinkName.parse(str(answer["linkname"]))
 
 
 async def wait_gone(pid: int, timeout_s: float = 30) -> None:

@@ -27,7 +27,7 @@ from relay.sim import frontend, wire
 from relay.sim.frontend import read_data
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
-from tests.e2e.helpers import Controller, controller, request
+from tests.e2e.helpers import Controller, controller, expose_listening_kernel, request
 from tests.e2e.test_faults import connected
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
@@ -238,23 +238,21 @@ async def test_forward_request_from_the_local_socket(
     )
     kl = await link.accept(60)
     assert await kl.echo(b"on demand") == b"on demand"
+    # while its link lives, the forward is listed and holds the host against idle close
+    (listed,) = (await request(dyn.home, {"op": "status"}))["forwards"]  # type: ignore[misc]
+    assert listed["name"] == rewritten
+    assert [c["state"] for c in listed["channels"]] == ["connected", "connected"]
+    requested = dyn.daemon.forwards[rewritten]
+    assert dyn.daemon.hosts["new"].holds == 1
     await kl.quit(0)
     assert await proc.wait() == 0
     await kl.aclose()
     link.close()
+    await asyncio.wait_for(requested.released.wait(), 30)  # its channels closed: released
+    assert not (await request(dyn.home, {"op": "status"}))["forwards"]
+    assert dyn.daemon.hosts["new"].holds == 0
     # expose: a kernel listening on the remote host, reachable from here
-    listener = await asyncio.create_subprocess_exec(
-        *remote.nsenter(SIM_KERNEL, "-wstp", "-LinkMode", "Listen", "-LinkHost", "127.0.0.1"),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert listener.stdout is not None
-    line = (await asyncio.wait_for(listener.stdout.readline(), 30)).decode()
-    remote_name = line.removeprefix("Link created on: ").strip()
-    answer = await request(
-        dyn.home,
-        {"op": "forward", "host": "new", "linkname": remote_name, "direction": "expose"},
-    )
-    local = LinkName.parse(str(answer["linkname"]))
+    listener, local = await expose_listening_kernel(dyn.home, "new", remote.nsenter())
     streams = [
         await asyncio.open_connection(ep.host, ep.port) for ep in (local.data, local.message)
     ]

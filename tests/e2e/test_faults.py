@@ -6,6 +6,7 @@ Every check of the remote side uses ps/ss (tests.e2e.remote), not the daemon's b
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import time
@@ -153,7 +154,7 @@ async def test_kernel_crash_is_reported_and_released(daemon) -> None:  # type: i
         assert status == 128 + signal.SIGKILL
         await kl.closed()  # the front end's link is closed, not left hanging
         assert not daemon.daemon.kernels
-        assert daemon.daemon.hosts["local"].kernels == 0
+        assert daemon.daemon.hosts["local"].holds == 0
         await kl.aclose()
     async with controller(daemon.home) as fe:  # and the next launch works
         kl, _ = await connected(fe)
@@ -299,3 +300,25 @@ async def test_200_launches_with_failures_keep_memory_and_fds_flat(home: RelayHo
     assert end["kernels"] == [] and end["daemon"]["tasks"] == warm_tasks
     assert fds <= warm_fds, (warm_fds, fds)
     assert rss <= warm_rss * 1.10, (warm_rss, rss)
+
+
+async def test_shutdown_past_its_grace_aborts_the_connections(
+    home: RelayHome, daemon_log: io.StringIO
+) -> None:
+    """A kernel that ignores SIGTERM and a 30 s terminate_grace_s: shutdown with a 1 s grace
+    does not wait them out; it aborts the SSH connection, and the kernel goes with it."""
+    stubborn = home.dir / "stubborn"
+    stubborn.write_text(f"#!/bin/sh\ntrap '' TERM\n{SIM_KERNEL} \"$@\"\n")
+    stubborn.chmod(0o755)
+    home.add_host("local", terminate_grace_s=30)
+    async with start_daemon(home) as running, controller(home, kernel=str(stubborn)) as fe:
+        kl = await fe.link.accept(60)
+        pid = kl.hello["pid"]
+        assert fe.proc.stdout is not None
+        await asyncio.wait_for(fe.proc.stdout.readline(), 60)  # launch answered
+        await asyncio.wait_for(running.daemon.aclose(grace_s=1.0), 15)
+        assert running.daemon.hosts["local"].state != "connected"
+        await wait_gone(pid, 60)  # its link died with the connection
+        await kl.aclose()
+    events = [line.split('"event": ')[1][:60] for line in daemon_log.getvalue().splitlines()]
+    assert any("shutdown grace exceeded" in e for e in events), "\n".join(events)

@@ -226,7 +226,7 @@ async def test_warm_launches_use_listeners_allocated_ahead(daemon: RunningDaemon
 
     await launch_once()  # connects, and fills the spare pool
     host = daemon.daemon.hosts["local"]
-    connected = await host.ready()
+    connected = await host.live()
     pool = connected.pool
     await asyncio.wait_for(pool._refill, 30) if pool._refill else None
     spare = {slot.port for slot in pool._free}

@@ -52,7 +52,7 @@ class _FrontEndChannel(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if self.plan["frontend_start"] == "now":
-            self._send()  # the instant it accepts (topology reference, section 1)
+            self._send()  # the instant it accepts (docs/topology.md §1)
 
     def _send(self) -> None:
         if self.sent or self.transport is None:

@@ -1,4 +1,4 @@
-"""The Parallel package's real launch pattern (topology reference, section 4): LaunchRemote
+"""The Parallel package's real launch pattern (docs/topology.md §4): LaunchRemote
 creates n links, runs ``$RemoteCommand`` once per link one after another, and only then waits
 for all kernels. A compute launch answers once its kernel runs, so the start-ups overlap; the
 daemon keeps waiting for each callback and records what fails after the answer."""
@@ -44,13 +44,14 @@ async def test_start_ups_overlap_every_run_returns_before_the_first_kernel_conne
                 launch.link.close()
 
 
-async def relay_cli(home: RelayHome, *args: str) -> str:
+async def relay_cli(home: RelayHome, *args: str) -> tuple[int, str, str]:
     """``relay ARGS`` as a user runs it (without blocking the daemon under test)."""
     proc = await asyncio.create_subprocess_exec(
-        RELAY, *args, env=home.env, stdout=asyncio.subprocess.PIPE
+        RELAY, *args, env=home.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    return out.decode()
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 def launch_request(home: RelayHome, kernel: str, linkname: str) -> dict[str, object]:
@@ -137,35 +138,19 @@ async def test_failures_after_the_answer_are_recorded_and_the_kernel_ended(
         answer = await request(home, {"op": "status"})
         (shown,) = answer["hosts"]  # type: ignore[misc]
         assert [f["kernel"] for f in shown["failures"]] == [str(early), str(silent)]
-        table = await relay_cli(home, "status")
+        _, table, _ = await relay_cli(home, "status")
         assert "License expired" in table and "did not connect within 2 s" in table
 
 
 async def test_relay_connect_warms_a_host_before_any_launch(home: RelayHome) -> None:
     async with start_daemon(home) as running:
-        proc = await asyncio.create_subprocess_exec(
-            RELAY,
-            "connect",
-            "local",
-            env=home.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err
-        assert "local is connected" in out.decode()
+        status, out, err = await relay_cli(home, "connect", "local")
+        assert status == 0, err
+        assert "local is connected" in out
         host = running.daemon.hosts["local"]
-        assert host.state == "connected" and host.kernels == 0 and not running.daemon.kernels
-        status = json.loads(await relay_cli(home, "status", "--json"))
-        (shown,) = status["hosts"]
+        assert host.state == "connected" and host.holds == 0 and not running.daemon.kernels
+        shown_all = json.loads((await relay_cli(home, "status", "--json"))[1])
+        (shown,) = shown_all["hosts"]
         assert shown["state"] == "connected" and shown["kernels"] == 0
-        bad = await asyncio.create_subprocess_exec(
-            RELAY,
-            "connect",
-            "no-such-host-anywhere",
-            env=home.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await asyncio.wait_for(bad.communicate(), 120)
-        assert bad.returncode != 0 and err.decode().count("\n") == 1
+        status, _, err = await relay_cli(home, "connect", "no-such-host-anywhere")
+        assert status != 0 and err.count("\n") == 1

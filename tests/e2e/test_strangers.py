@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from relay.linkname import LinkName
 from relay.sim import frontend, wire
 from relay.sim.frontend import read_data
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import SIM_KERNEL, RelayHome, RunningDaemon, run_shim, start_daemon
-from tests.e2e.helpers import controller, request
+from tests.e2e.helpers import controller, expose_listening_kernel, request
 
 STRANGER = Path(__file__).with_name("stranger.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # readable by nobody, unlike a venv under /root
@@ -84,23 +83,7 @@ async def test_a_stranger_on_the_front_ends_machine_gets_nothing_from_an_exposed
     daemon: RunningDaemon, daemon_log: io.StringIO
 ) -> None:
     # a kernel listening on the remote host (it writes its HELLO the moment it accepts)
-    listener = await asyncio.create_subprocess_exec(
-        SIM_KERNEL,
-        "-wstp",
-        "-LinkMode",
-        "Listen",
-        "-LinkHost",
-        "127.0.0.1",
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert listener.stdout is not None
-    line = (await asyncio.wait_for(listener.stdout.readline(), 30)).decode()
-    remote_name = line.removeprefix("Link created on: ").strip()
-    answer = await request(
-        daemon.home,
-        {"op": "forward", "host": "local", "linkname": remote_name, "direction": "expose"},
-    )
-    local = LinkName.parse(str(answer["linkname"]))
+    listener, local = await expose_listening_kernel(daemon.home, "local")
     stranger = await asyncio.create_subprocess_shell(
         f"{AS_NOBODY} {local.data.port} {local.message.port}", stdout=asyncio.subprocess.PIPE
     )

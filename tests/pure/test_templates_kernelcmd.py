@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.kernelcmd import build_argv, parse_flags, parse_link_options, shell_join
+from relay.kernelcmd import build_argv, shell_join
 from relay.linkname import LinkName
-from relay.templates import FRONT_END_WORDS, fill, fill_remote_command
+from relay.sim.flags import parse_flags, parse_link_options
+from relay.sim.templates import FRONT_END_WORDS, fill, fill_remote_command
 
 FE_LAUNCH = (
     'relay launch "myhost" "/usr/local/Wolfram/Mathematica/14.1/Executables/'

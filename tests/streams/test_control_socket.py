@@ -12,9 +12,10 @@ import subprocess
 
 import pytest
 
-from relay import daemon as daemon_mod
+from relay import control as control_mod
 from relay import framing
-from relay.daemon import DaemonRunning, serve
+from relay.control import DaemonRunning
+from relay.daemon import serve
 from relay.settings import RelayConfig
 from tests.conftest import RelayHome, RunningDaemon, run_shim, start_daemon
 
@@ -69,7 +70,7 @@ async def test_half_written_message_then_close(daemon: RunningDaemon) -> None:
 async def test_silent_client_is_dropped_and_others_are_served(
     daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(daemon_mod, "REQUEST_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(control_mod, "REQUEST_TIMEOUT_S", 0.2)
     path = str(daemon.home.socket)
     reader, writer = await asyncio.open_unix_connection(path)
     writer.write(b'{"v":1,')
@@ -176,4 +177,4 @@ async def test_autostart_reports_a_broken_config(home: RelayHome) -> None:
 def test_peer_uid_is_read_from_the_socket() -> None:
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
-        assert daemon_mod.peer_uid(a) == os.getuid()
+        assert control_mod.peer_uid(a) == os.getuid()

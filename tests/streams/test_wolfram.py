@@ -2,7 +2,7 @@
 the Python they mirror (relay.hook for the kernel hook, relay.frontendconfig for RelayTools).
 
 Mathics3 has no MathLink, sockets or Parallel package, so the functions that use those are only
-syntax-checked here (see ../shared/reference/mathics3-notes.md and the README's limits)."""
+syntax-checked here (see the README's limits)."""
 
 from __future__ import annotations
 

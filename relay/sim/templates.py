@@ -1,9 +1,9 @@
 """Launch-command templates with backquoted words. Pure.
 
 The front end fills a kernel configuration's "Launch command" by replacing backquoted words
-(topology reference, section 3): `` `linkname` ``, `` `dataport` ``, `` `messageport` ``,
+(docs/topology.md §3): `` `linkname` ``, `` `dataport` ``, `` `messageport` ``,
 `` `ipaddress` ``, `` `username` ``, `` `machinename` ``, ... The Parallel package fills
-``$RemoteCommand`` the same way with numbered slots (section 4): `` `1` `` host, `` `2` `` link
+``$RemoteCommand`` the same way with numbered slots (§4): `` `1` `` host, `` `2` `` link
 name, `` `3` `` remote user name, `` `4` `` ``-linkprotocol TCPIP`` or empty. Unknown words
 are left as they are, as the front end leaves them.
 """

@@ -1,0 +1,284 @@
+"""The control socket: where clients reach the daemon, and one conversation per client.
+
+- ``prepare_socket_dir``, ``DaemonLock``, ``peer_uid``: the socket lives in a 0700 directory,
+  is 0600 itself, one daemon holds an exclusive lock per socket, and every peer's uid is
+  checked (SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS).
+- ``ControlServer`` listens (or takes the socket a service manager handed over) and runs one
+  ``Conversation`` per client; it owns their tasks and ends them at shutdown.
+- ``Conversation``: one request line in, its answer out (``relay.protocol``); a controller
+  launch stays until its kernel exits, and the client going away ends the kernel.
+
+The operations themselves (launch, forward, connect, status) are the ``Daemon``'s; this module
+only talks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+import stat
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from relay import __version__, framing, protocol
+from relay.errors import BadRequest, ConfigError, RelayError, ShuttingDown, error_event
+from relay.framing import FramingError
+
+if TYPE_CHECKING:
+    from relay.daemon import Daemon
+    from relay.kernels import Kernel
+
+__all__ = ["ControlServer", "DaemonLock", "DaemonRunning", "peer_uid", "prepare_socket_dir"]
+
+REQUEST_TIMEOUT_S = 10.0
+RELEASE_WAIT_S = 20.0  # a controller's shim hears of the exit once its forwards are released
+log = structlog.get_logger("relay.control")
+
+
+class DaemonRunning(RelayError):
+    code = "daemon_running"
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket."""
+    if sys.platform.startswith("linux"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[1])
+    if sys.platform == "darwin":  # LOCAL_PEERCRED (SOL_LOCAL=0, option 1): struct xucred
+        creds = sock.getsockopt(0, 1, struct.calcsize("IIh16I"))
+        return int(struct.unpack_from("IIh", creds)[1])
+    return None
+
+
+def prepare_socket_dir(path: Path) -> None:
+    directory = path.parent
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = directory.stat()
+    if st.st_uid != os.getuid():
+        raise ConfigError(
+            f"socket directory {directory} belongs to uid {st.st_uid}, not you: "
+            f"choose another path with RELAY_SOCKET"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ConfigError(
+            f"socket directory {directory} is open to other users: run `chmod 700 {directory}`"
+        )
+
+
+class DaemonLock:
+    """One daemon per socket: an exclusive flock held for the daemon's life."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise DaemonRunning(f"another relay daemon is already serving {path.parent}") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    with contextlib.suppress(ConnectionError):
+        # The status answer grows with the kernels; only requests are size-bounded.
+        writer.write(framing.encode(message, bounded=message.get("event") != "status"))
+        await writer.drain()
+
+
+class Conversation:
+    """One client of the control socket, from its request to its answer (or, for a
+    controller launch, to its kernel's exit)."""
+
+    def __init__(
+        self, daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._daemon = daemon
+        self._reader = reader
+        self._writer = writer
+        self.following: Kernel | None = None  # a controller's kernel, until its shim is told
+
+    async def run(self) -> None:
+        structlog.contextvars.clear_contextvars()  # log context is per conversation
+        try:
+            await self._serve()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError):
+                await self._writer.wait_closed()
+
+    async def _serve(self) -> None:
+        sock = self._writer.get_extra_info("socket")
+        uid = peer_uid(sock) if sock is not None else None
+        if uid is not None and uid != os.getuid():
+            log.warning("refused peer of another user", peer_uid=uid)
+            return
+        try:
+            req = await self._request()
+        except BadRequest as exc:
+            log.info("bad message on control socket", error=exc.message)
+            await _send(self._writer, error_event(exc))
+            return
+        if isinstance(req, protocol.LaunchRequest):
+            await self._launch(req)
+            return
+        try:
+            answer = await self._answer(req)
+        except RelayError as exc:
+            answer = error_event(exc)
+        await _send(self._writer, answer)
+
+    async def _request(self) -> protocol.AnyRequest:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                line = await self._reader.readline()
+            return protocol.parse_request(framing.decode(line))
+        except TimeoutError:
+            raise BadRequest(f"no complete request within {REQUEST_TIMEOUT_S:g} s") from None
+        except FramingError as exc:
+            raise BadRequest(str(exc)) from None
+        except ValueError:  # readline's limit overrun
+            raise BadRequest(f"message exceeds {framing.MAX_MESSAGE_BYTES} bytes") from None
+
+    async def _answer(self, req: protocol.AnyRequest) -> dict[str, Any]:
+        daemon = self._daemon
+        if isinstance(req, protocol.PingRequest):
+            return {"event": "pong", "pid": os.getpid(), "version": __version__}
+        if isinstance(req, protocol.StatusRequest):
+            return daemon.status()
+        if isinstance(req, protocol.ForwardRequest):
+            name = await daemon.forward(req)
+            return {"event": "forwarded", "host": req.host, "linkname": name}
+        if isinstance(req, protocol.ConnectRequest):
+            return await daemon.connect(req)
+        raise BadRequest("terminate outside a launch")
+
+    async def _launch(self, req: protocol.LaunchRequest) -> None:
+        started = time.monotonic()
+        launching = asyncio.ensure_future(self._daemon.launch(req))
+        client_said = asyncio.ensure_future(self._reader.read(framing.MAX_MESSAGE_BYTES))
+        try:
+            try:
+                await asyncio.wait({launching, client_said}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                if self._daemon.stopping:  # cancelled by the shutdown: say so rather than vanish
+                    await _send(
+                        self._writer,
+                        error_event(
+                            ShuttingDown("relay shut down during this launch; launch again")
+                        ),
+                    )
+                raise
+            if not launching.done():  # the shim went away (killed, or Run[] gave up)
+                launching.cancel()
+                await asyncio.gather(launching, return_exceptions=True)
+                log.info("launch abandoned by its client", host=req.host)
+                return
+            try:
+                k = launching.result()
+            except Exception as exc:
+                if not isinstance(exc, RelayError):  # a bug: say so once, serve on
+                    log.exception("launch failed unexpectedly", host=req.host)
+                await _send(self._writer, error_event(exc))
+                return
+            launch_ms = (time.monotonic() - started) * 1000
+            await _send(
+                self._writer,
+                protocol.launched(
+                    kernel_id=k.id,
+                    host=k.host.key,
+                    linkname=str(k.remote_link),
+                    remote_pid=k.remote_pid,
+                    launch_ms=launch_ms,
+                ),
+            )
+            k.log.info("launched", remote_pid=k.remote_pid, launch_ms=round(launch_ms, 1))
+            if req.mode == "controller":
+                await self._follow_controller(k, client_said)
+        finally:
+            client_said.cancel()
+            if not launching.done():
+                launching.cancel()
+
+    async def _follow_controller(self, k: Kernel, client_said: asyncio.Future[bytes]) -> None:
+        """Until the kernel exits: a terminate request or a closed client ends the kernel."""
+        self.following = k
+        pending: set[asyncio.Future[Any]] = {k.exited, client_said}
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        if not k.exited.done():
+            k.log.info(
+                "terminating kernel", why="shim asked" if client_said.result() else "shim went away"
+            )
+            await k.terminate()
+        async with asyncio.timeout(RELEASE_WAIT_S):
+            await k.released.wait()  # the shim learns of the exit once forwards are released
+        status = k.exited.result() if k.exited.done() else None
+        if status is None:
+            await _send(self._writer, error_event(k.connection_lost()))
+            return
+        await _send(self._writer, protocol.exited(kernel_id=k.id, status=status))
+
+
+class ControlServer:
+    """The listening control socket and the conversations on it."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self._server: asyncio.Server | None = None
+        self._conversations: dict[asyncio.Task[None], Conversation] = {}
+
+    async def start(self, socket_path: Path, inherited: socket.socket | None) -> None:
+        limit = framing.MAX_MESSAGE_BYTES + 1
+        if inherited is not None:
+            self._server = await asyncio.start_unix_server(
+                self._accept, sock=inherited, limit=limit
+            )
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_path)  # stale: we hold the lock, so no live daemon owns it
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._accept, path=str(socket_path), limit=limit
+            )
+        finally:
+            os.umask(old_umask)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        conversation = self._conversations[task] = Conversation(self._daemon, reader, writer)
+        try:
+            await conversation.run()
+        finally:
+            self._conversations.pop(task, None)
+
+    def stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def aclose(self, *, force: bool = False) -> None:
+        """Stop listening and end the conversations: those telling a controller's shim that
+        its kernel ended finish doing so (the daemon has ended the kernels first) unless
+        ``force``; the rest are cancelled, saying why if they can."""
+        self.stop_listening()
+        for task, conversation in list(self._conversations.items()):
+            if force or conversation.following is None:
+                task.cancel("daemon shutting down")
+        await asyncio.gather(*self._conversations, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
