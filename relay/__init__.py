@@ -1,32 +1,36 @@
 """relay: remote Mathematica/WSTP kernels over one persistent SSH connection per host.
 
-The architecture in five nouns (each has one module, named for it):
+The launch path, top to bottom (each noun has one module, named for it):
 
+daemon
+    ``relay.daemon``: the hosts, kernels and requested forwards a daemon holds, the operations
+    on them (launch, forward, connect, status) and its scripted shutdown. Clients reach it
+    through the control socket, ``relay.control``: one ``Conversation`` per client, versioned
+    JSON lines (``relay.framing``, ``relay.protocol``) on a 0600 Unix socket. ``relay launch``
+    (``relay.shim``, standard library only) is what the front end's Launch command and
+    ``$RemoteCommand`` run.
 hosts
-    A remote machine. ``relay.ssh.host.HostSession`` owns the one asyncssh connection to it,
-    opened on first use and kept open, and everything that lives on that connection.
-links
-    A MathLink/WSTP TCPIP link is two TCP connections, ``DATAPORT@HOST,MESSAGEPORT@HOST``
-    (``relay.linkname`` parses, formats and rewrites them; pure).
-forwards
-    For each link, two remote listeners on the remote host's 127.0.0.1 with server-chosen
-    ports, leading back to the front end's two listening ports (``relay.ssh.forwards``). Each
-    accepts exactly one connection, from the user's own processes only (``relay.ssh.guard``),
-    and is closed as soon as both channels are connected. Each channel's bytes go through a
-    ``relay.ssh.pipe.Pipe``, which never loses what either side writes first.
+    ``relay.ssh.host.HostSession`` owns the one asyncssh connection to a remote machine, opened
+    on first use and kept open, and what lives on it (``Live``): the supervisor session, spare
+    listeners, the peer guard. Whoever uses the connection holds a ``Hold`` on it.
 kernels
-    A remote kernel process started and reaped by the host's single long-lived supervisor
-    session (``relay.ssh.supervisor``), so 32 launches share one SSH session and never pay a
-    remote shell's start-up files. ``relay.kernels`` runs one kernel's life: forwards, start,
-    callback, exit, teardown.
-control socket
-    The daemon (``relay.daemon``) serves versioned JSON-line requests (``relay.framing``,
-    ``relay.protocol``) on a 0600 Unix socket. ``relay launch`` (``relay.shim``, standard
-    library only) is what the front end's Launch command and ``$RemoteCommand`` run.
+    ``relay.kernels``: one kernel's life: forwards, start through the host's single supervisor
+    session (``relay.ssh.supervisor``), callback, exit, teardown. A ``Kernel`` owns its
+    forwards, its Dynamic hook (``relay.ssh.hookserver``) and its hold, and releases them once.
+links and forwards
+    A MathLink/WSTP TCPIP link is two TCP connections, ``DATAPORT@HOST,MESSAGEPORT@HOST``
+    (``relay.linkname`` parses, formats and rewrites them; pure). A forward carries one link
+    across the connection, two single-use listeners each: a callback forward
+    (``relay.ssh.forwards``) listens on the remote host and leads to the front end; an expose
+    forward (``relay.ssh.exposed``) listens on the front end's machine and leads to the host.
+    Only the user's own processes get through a listener (``relay.ssh.guard``); each
+    channel's bytes go through a ``relay.ssh.pipe.Pipe``, which never loses what either side
+    writes first.
 
-Pure modules (no asyncio, no sockets): ``linkname``, ``hostspec``, ``templates``, ``kernelcmd``,
-``framing``, ``protocol``, ``settings``, ``paths``. ``relay.sim`` is the front-end and kernel
-simulator; it talks to relay only as a front end and a kernel would.
+Pure modules (no asyncio, no sockets): ``linkname``, ``hostspec``, ``kernelcmd``, ``framing``,
+``protocol``, ``settings``, ``paths``, ``peerowner``'s parsers, ``errors`` (the error table).
+``relay.sim`` is the front-end and kernel simulator; it talks to relay only as a front end and a
+kernel would. ``docs/topology.md`` holds the facts about links that all of this follows.
 """
 
 __version__ = "0.1.0"
