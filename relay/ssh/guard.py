@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from relay.errors import PeerCheckUnavailable
+from relay.errors import PeerCheckUnavailable, RelayError
 from relay.peerowner import GONE, UNKNOWN, RefusalLog, has_proc_net, local_owner, lsof_path
 
 __all__ = ["PeerGuard"]
@@ -92,7 +92,10 @@ class PeerGuard:
         """Whether the connection from ``127.0.0.1:client_port`` may be carried."""
         if not self.enabled:
             return True
-        uid = await self._lookup(client_port, listen_port) if self.can_tell else UNKNOWN
+        try:
+            uid = await self._lookup(client_port, listen_port) if self.can_tell else UNKNOWN
+        except RelayError:  # the connection (and its supervisor) went away mid-check
+            uid = UNKNOWN
         if uid == self.uid and uid not in (GONE, UNKNOWN):
             return True
         self.refusals.refused_from(uid, listener=listen_port, link=link)

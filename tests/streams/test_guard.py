@@ -1,0 +1,57 @@
+"""relay.ssh.guard without SSH: who is admitted, and how refusals are logged."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pytest
+
+from relay.errors import ConnectFailed, PeerCheckUnavailable
+from relay.peerowner import GONE, UNKNOWN
+from relay.ssh.guard import PeerGuard
+
+
+def guard(answer: int | Exception, *, can_tell: bool = True, enabled: bool = True) -> PeerGuard:
+    async def lookup(client_port: int, listen_port: int) -> int:
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return PeerGuard.remote("h", 1000, lookup, can_tell=can_tell, enabled=enabled)
+
+
+@pytest.mark.parametrize(
+    ("answer", "admitted"),
+    [(1000, True), (1001, False), (0, False), (GONE, False), (UNKNOWN, False),
+     (ConnectFailed("h: SSH connection lost"), False)],
+)  # fmt: skip
+async def test_only_the_logins_own_uid_gets_through(
+    answer: int | Exception, admitted: bool
+) -> None:
+    assert await guard(answer).admit(40000, 50000, "data of 1@a,2@a") is admitted
+
+
+async def test_off_admits_without_asking() -> None:
+    assert await guard(ConnectFailed("never asked"), enabled=False).admit(1, 2, "x") is True
+
+
+async def test_a_host_that_cannot_tell_refuses_and_fails_launches_at_once() -> None:
+    blind = guard(1000, can_tell=False)
+    assert await blind.admit(1, 2, "x") is False
+    with pytest.raises(PeerCheckUnavailable, match=re.escape('peer_check = "off" in [hosts.h]')):
+        blind.require()
+    guard(1000, can_tell=False, enabled=False).require()  # off: nothing to require
+
+
+async def test_refusals_are_logged_once_per_uid_per_window_with_a_count(
+    daemon_log: io.StringIO,
+) -> None:
+    stranger = guard(1001)
+    for _ in range(50):
+        assert not await stranger.admit(40000, 50000, "data of 1@a,2@a")
+    lines = [json.loads(line) for line in daemon_log.getvalue().splitlines()]
+    refused = [e for e in lines if e["event"].startswith("refused a connection")]
+    assert len(refused) == 1 and refused[0]["foreign_uid"] == 1001
+    assert stranger.refusals.refused == 50
