@@ -13,7 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["build_argv", "shell_join"]
+__all__ = ["build_argv", "no_control_characters", "shell_join"]
 
 
 def build_argv(kernel: str, link: LinkName, extra: Sequence[str] = ()) -> list[str]:
@@ -36,3 +36,16 @@ def shell_join(argv: Sequence[str]) -> str:
     import shlex  # noqa: PLC0415 (the daemon's; the simulator kernel never quotes)
 
     return shlex.join(argv)
+
+
+def no_control_characters(text: str) -> str:
+    """Every word that reaches the remote host (kernel path, arguments, link names) travels
+    in one line of the supervisor's protocol and through ``sh``: a newline or another
+    control character there would end the line and run the rest as a new command."""
+    for i, char in enumerate(text):
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            raise ValueError(
+                f"contains the control character {char!r} at position {i}: kernel paths "
+                f"and arguments must be one line of printable text"
+            )
+    return text

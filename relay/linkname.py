@@ -54,10 +54,15 @@ def normalize_host(text: str) -> str:
     if ":" in host:
         import ipaddress  # noqa: PLC0415 (only for IPv6 literals: the simulator kernel starts fast)
 
+        address, _, scope = host.partition("%")
         try:
-            ipaddress.IPv6Address(host.split("%", 1)[0])
+            ipaddress.IPv6Address(address)
         except ValueError:
             raise ValueError(f"host {_shown(text)} is not a valid IPv6 address") from None
+        # A scope id is an interface name or number: it reaches the remote host's shell and
+        # the supervisor's line protocol, so nothing else may ride on it.
+        if "%" in host and not (scope and len(scope) <= 64 and set(scope) <= _HOST_CHARS):
+            raise ValueError(f"host {_shown(text)} has an invalid IPv6 scope id")
         return host
     if not _is_hostname(host):
         raise ValueError(f"host {_shown(text)} is not a host name or IP address")

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from relay.errors import BadRequest
+from relay.kernelcmd import no_control_characters
 
 __all__ = [
     "AnyRequest",
@@ -56,7 +57,7 @@ class _Message(BaseModel):
 class LaunchRequest(_Message):
     op: Literal["launch"]
     host: Annotated[str, Field(min_length=1, max_length=1024)]
-    kernel: Annotated[str, Field(max_length=4096)] = ""
+    kernel: Annotated[str, Field(max_length=4096), AfterValidator(no_control_characters)] = ""
     linkname: Annotated[str, Field(min_length=1, max_length=1024)]
     mode: Literal["controller", "compute"] = "controller"
 
@@ -137,4 +138,3 @@ def launched(
 
 def exited(*, kernel_id: str, status: int) -> dict[str, Any]:
     return {"event": "exited", "kernel_id": kernel_id, "status": status}
-

@@ -13,16 +13,18 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay import paths
 from relay.errors import BadRequest, ConfigError, UnknownHost
 from relay.hostspec import HostSpec, HostSpecError
+from relay.kernelcmd import no_control_characters
 
 __all__ = ["DaemonConfig", "Environment", "HostConfig", "RelayConfig", "load"]
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
+RemoteWord = Annotated[str, AfterValidator(no_control_characters)]  # reaches the remote shell
 
 
 class _Strict(BaseModel):
@@ -37,9 +39,9 @@ class HostConfig(_Strict):
     known_hosts: str | None = None
     jump: str | None = None
     proxy_command: str | list[str] | None = None
-    kernel: str | None = None
-    controller_args: list[str] = []
-    compute_args: list[str] = ["-subkernel", "-noinit"]
+    kernel: RemoteWord | None = None
+    controller_args: list[RemoteWord] = []
+    compute_args: list[RemoteWord] = ["-subkernel", "-noinit"]
     keepalive_interval_s: PositiveSeconds = 15.0
     keepalive_count_max: Annotated[int, Field(ge=1, le=100)] = 3
     connect_timeout_s: PositiveSeconds = 15.0

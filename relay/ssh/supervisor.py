@@ -22,7 +22,7 @@ import asyncssh
 import structlog
 
 from relay.errors import ConnectFailed, KernelMissing, SupervisorFailed
-from relay.kernelcmd import shell_join
+from relay.kernelcmd import no_control_characters, shell_join
 from relay.peerowner import GONE, UNKNOWN
 from relay.ssh.supervisor_script import remote_command
 from relay.tasks import TaskSet
@@ -165,6 +165,9 @@ class Supervisor:
         snippet = "set -- " + shell_join(argv)
         for name, value in (env or {}).items():
             snippet += f"; {name}={shell_join([value])}; export {name}"
+        # Every field was checked where it entered relay (relay.kernelcmd); this is the last
+        # line of defence for the line protocol: a newline would start a new command.
+        no_control_characters(snippet)
         self._process.stdin.write(f"start {kernel_id} {snippet}\n")
         return proc
 

@@ -13,7 +13,15 @@ import pytest
 
 from relay.sim import frontend
 from relay.sim.sshd import ThrowawaySSHD
-from tests.conftest import RELAY, RelayHome, RunningDaemon, pid_alive, run_shim, start_daemon
+from tests.conftest import (
+    RELAY,
+    SIM_KERNEL,
+    RelayHome,
+    RunningDaemon,
+    pid_alive,
+    run_shim,
+    start_daemon,
+)
 from tests.e2e.helpers import wait_gone
 
 LINK = "1@127.0.0.1,2@127.0.0.1"
@@ -207,3 +215,28 @@ async def test_remote_listeners_bind_loopback_only_while_waiting(home: RelayHome
         await wait_gone(int(pid))
         link.close()
     assert not running.daemon.kernels
+
+
+async def test_newlines_never_reach_the_remote_host(daemon: RunningDaemon) -> None:
+    """A newline in the kernel path or an IPv6 scope id would end the supervisor's command
+    line and run the rest as a command of its own: refused at once, in one line, and the
+    host's supervisor serves the next launch as before."""
+    marker = daemon.home.dir / "injected"
+    payload = f"\nstart k999 touch {marker}\nx"  # the second line, a command of its own
+    link = await frontend.ListeningLink.create()
+    for mode, kernel, name in [
+        ("--compute", f"{SIM_KERNEL}{payload}", str(link.name)),
+        # a controller's front-end host reaches the kernel's environment (Dynamic's hook)
+        ("--no-autostart", SIM_KERNEL, f"1@[fe80::1%lo{payload}],2@[fe80::1%lo]"),
+    ]:
+        result = await run_shim(daemon.home, mode, "local", kernel, name)
+        assert result.status == 1
+        line = one_line(result.stderr)
+        assert "control character" in line or "scope id" in line, line
+    assert not marker.exists()
+    result = await run_shim(daemon.home, "--compute", "local", SIM_KERNEL, str(link.name))
+    assert result.status == 0, result.stderr
+    kl = await link.accept(60)
+    await kl.quit(0)
+    await kl.aclose()
+    link.close()
