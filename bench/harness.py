@@ -101,6 +101,7 @@ class Results:
     single_controller: dict[int, Sample] = field(default_factory=dict)
     unchecked: dict[int, Sample] = field(default_factory=dict)  # relay with peer_check off
     pools: dict[tuple[str, int, int], Sample] = field(default_factory=dict)  # (way, rtt, n)
+    wrong_bytes: dict[tuple[str, int], int] = field(default_factory=dict)  # links cross-wired
     concurrent: dict[tuple[str, int], Sample] = field(default_factory=dict)
     pingpong: dict[str, Sample] = field(default_factory=dict)
     bulk: dict[tuple[str, str], Sample] = field(default_factory=dict)
@@ -340,6 +341,11 @@ class Bench:
                             await kl.aclose()
                         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
                             lost += 1  # connected, then its session was cut under it
+                        except frontend.LostBytes:
+                            lost += 1  # its link carried bytes that were not its own
+                            self.results.wrong_bytes[(way.key, rtt)] = (
+                                self.results.wrong_bytes.get((way.key, rtt), 0) + 1
+                            )
                     link.close()
                 if lost and not failed:  # a kernel that did not survive did not launch
                     sample.values.pop()
@@ -714,7 +720,15 @@ def render(config: Config, r: Results, plot_name: str) -> str:
         "A failed cell counts the kernels that never connected. The bench's sshd keeps "
         "the default `MaxSessions 10` and has `MaxStartups 100`, so that Tunnel's 32 fresh "
         "connections are not dropped as sshd's default `10:30:100` would drop some. "
-        "This table models launches that all start at once (several front ends or "
+        + (
+            "Links that carried bytes not their own (the front end's first message did "
+            "not come back as sent), counted as failed: "
+            + ", ".join(f"{k} at {rtt} ms: {n}" for (k, rtt), n in r.wrong_bytes.items())
+            + ". "
+            if r.wrong_bytes
+            else ""
+        )
+        + "This table models launches that all start at once (several front ends or "
         "scripts at the same time); the Parallel package never launches this way: see "
         "the next table for what `LaunchKernels` does.",
         "",

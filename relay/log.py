@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -91,3 +92,26 @@ def configure(
     )
     # asyncssh logs through the standard library; keep it quiet unless debugging.
     logging.getLogger("asyncssh").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+class RateLimited:
+    """A warning that anyone can provoke (a stranger's connection, a wrong hook token):
+    logged once per key per ``window_s``, the next line saying how many were not, so a flood
+    cannot rotate real logs away. ``total`` counts them all."""
+
+    def __init__(self, log: Any, event: str, window_s: float = 60.0) -> None:
+        self._log = log
+        self._event = event
+        self._window_s = window_s
+        self._last: dict[object, tuple[float, int]] = {}  # key -> (logged at, not logged since)
+        self.total = 0
+
+    def warn(self, key: object, **facts: object) -> None:
+        self.total += 1
+        now = time.monotonic()
+        logged_at, since = self._last.get(key, (float("-inf"), 0))
+        if now - logged_at < self._window_s:
+            self._last[key] = (logged_at, since + 1)
+            return
+        self._last[key] = (now, 0)
+        self._log.warning(self._event, not_logged_since_last=since, **facts)

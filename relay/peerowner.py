@@ -24,13 +24,11 @@ import asyncio
 import functools
 import os
 import shutil
-import time
 from typing import Final
 
 __all__ = [
     "GONE",
     "UNKNOWN",
-    "RefusalLog",
     "has_proc_net",
     "local_owner",
     "lsof_path",
@@ -141,30 +139,3 @@ async def local_owner(client_port: int, listen_port: int) -> int:
         await proc.wait()
         return UNKNOWN
     return owner_in_lsof(out.decode(errors="replace"), client_port, listen_port)
-
-
-class RefusalLog:
-    """Refused connections, logged once per source uid per ``window_s`` with a count, so a
-    stranger hammering a port cannot flood the log."""
-
-    def __init__(self, log: object, window_s: float = 60.0) -> None:
-        self._log = log
-        self._window_s = window_s
-        self._last: dict[int, tuple[float, int]] = {}  # uid -> (logged at, refused since)
-        self.refused = 0
-
-    def refused_from(self, uid: int, **facts: object) -> None:
-        self.refused += 1
-        now = time.monotonic()
-        logged_at, since = self._last.get(uid, (float("-inf"), 0))
-        if now - logged_at < self._window_s:
-            self._last[uid] = (logged_at, since + 1)
-            return
-        self._last[uid] = (now, 0)
-        who = {GONE: "gone before it could be checked", UNKNOWN: "cannot tell"}.get(uid, uid)
-        self._log.warning(  # type: ignore[attr-defined]
-            "refused a connection from another user's process",
-            foreign_uid=who,
-            refused_since_last_log=since,
-            **facts,
-        )

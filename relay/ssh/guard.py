@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from relay.errors import PeerCheckUnavailable, RelayError
-from relay.peerowner import GONE, UNKNOWN, RefusalLog, has_proc_net, local_owner, lsof_path
+from relay.log import RateLimited
+from relay.peerowner import GONE, UNKNOWN, has_proc_net, local_owner, lsof_path
 
 __all__ = ["PeerGuard"]
 
@@ -48,7 +49,10 @@ class PeerGuard:
         self._lookup = lookup
         self.can_tell = can_tell and uid is not None
         self.enabled = enabled
-        self.refusals = RefusalLog(structlog.get_logger("relay.guard").bind(host=host, side=where))
+        self.refusals = RateLimited(
+            structlog.get_logger("relay.guard").bind(host=host, side=where),
+            "refused a connection from another user's process",
+        )
 
     @classmethod
     def remote(
@@ -98,5 +102,6 @@ class PeerGuard:
             uid = UNKNOWN
         if uid == self.uid and uid not in (GONE, UNKNOWN):
             return True
-        self.refusals.refused_from(uid, listener=listen_port, link=link)
+        who = {GONE: "gone before it could be checked", UNKNOWN: "cannot tell"}.get(uid, uid)
+        self.refusals.warn(uid, foreign_uid=who, listener=listen_port, link=link)
         return False

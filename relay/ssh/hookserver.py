@@ -23,6 +23,7 @@ import structlog
 from relay import hook
 from relay.errors import BadRequest, ForwardFailed, RelayError, error_event
 from relay.linkname import LinkName, LinkNameError
+from relay.log import RateLimited
 from relay.ssh.exposed import ExposeForward
 from relay.ssh.forwards import CallbackForward, RemoteSlot, hold_until_connected, open_slots
 from relay.ssh.guard import PeerGuard
@@ -103,9 +104,11 @@ class HookServer:
         self._forwards: list[CallbackForward] = []
         self._exposed: dict[str, ExposeForward] = {}
         self._tasks = TaskSet()
-        self.refused = 0
         self.port = 0
         self._log = structlog.get_logger("relay.hook").bind(host=host, kernel=kernel_id)
+        # anyone on the remote host can connect to the control channel: refusals are counted
+        # and logged at most once a minute, so a flood cannot rotate real logs away
+        self.refusals = RateLimited(self._log, "hook request refused")
 
     @classmethod
     async def open(
@@ -137,13 +140,11 @@ class HookServer:
         try:
             req = hook.parse_request(line)
         except hook.HookError as exc:
-            self.refused += 1
-            self._log.warning("hook request refused", reason=str(exc))
+            self.refusals.warn("malformed", reason=str(exc))
             return hook.format_reply(False, None, str(exc))
         nxt = self._chain.spend(req.token)
         if nxt is None:
-            self.refused += 1
-            self._log.warning("hook token refused (wrong, reused or missing)", op=req.op)
+            self.refusals.warn("token", reason="token refused (wrong, reused or missing)")
             return hook.format_reply(False, None, "token refused")
         try:
             result = await self._dispatch(req)

@@ -498,7 +498,7 @@ class HostSession:
             "peer_check": {
                 "remote": self._current.guard.state if self._current is not None else None,
                 "local": self.local_guard.state,
-                "refused": self.local_guard.refusals.refused
-                + (self._current.guard.refusals.refused if self._current is not None else 0),
+                "refused": self.local_guard.refusals.total
+                + (self._current.guard.refusals.total if self._current is not None else 0),
             },
         }

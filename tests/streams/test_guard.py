@@ -54,4 +54,4 @@ async def test_refusals_are_logged_once_per_uid_per_window_with_a_count(
     lines = [json.loads(line) for line in daemon_log.getvalue().splitlines()]
     refused = [e for e in lines if e["event"].startswith("refused a connection")]
     assert len(refused) == 1 and refused[0]["foreign_uid"] == 1001
-    assert stranger.refusals.refused == 50
+    assert stranger.refusals.total == 50
