@@ -1,8 +1,20 @@
-"""A minimal control-socket client. Standard library only (the shim and ``relay status``)."""
+"""A minimal control-socket client. Standard library only (the shim and ``relay status``).
+
+Before sending anything, a client makes sure the socket is the user's own daemon's: with no
+``XDG_RUNTIME_DIR`` the socket lives under the shared ``/tmp``, where another user could plant
+a directory and a fake daemon that would receive hosts, kernels and link names and answer
+with link names of its choosing. So the socket's directory must be the user's, mode 0700 and
+not a symlink; the socket must be a socket and not a symlink; and the process listening on
+it must run as the user (``peer_uid``: SO_PEERCRED on Linux, LOCAL_PEERCRED on macOS).
+"""
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
+import struct
+import sys
 import time
 
 from relay import framing
@@ -12,20 +24,65 @@ if TYPE_CHECKING:
     from os import PathLike
     from typing import Any
 
-__all__ = ["ClientError", "connect", "request"]
+__all__ = ["ClientError", "UnsafeSocket", "check_private_dir", "connect", "peer_uid", "request"]
 
 
 class ClientError(Exception):
     pass
 
 
+class UnsafeSocket(ClientError):
+    """The socket, its directory or the process behind it is not the user's own."""
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket."""
+    if sys.platform.startswith("linux"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[1])
+    if sys.platform == "darwin":  # LOCAL_PEERCRED (SOL_LOCAL=0, option 1): struct xucred
+        creds = sock.getsockopt(0, 1, struct.calcsize("IIh16I"))
+        return int(struct.unpack_from("IIh", creds)[1])
+    return None
+
+
+def check_private_dir(directory: str) -> None:
+    """The user's own directory, mode 0700 (no group or other bits), not a symlink."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return  # nothing there yet: whoever creates it (the daemon) makes it private
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UnsafeSocket(f"refusing {directory}: it is a symlink or not a directory")
+    if st.st_uid != os.getuid():
+        raise UnsafeSocket(
+            f"refusing {directory}: it belongs to uid {st.st_uid}, not you; remove it or set "
+            f"RELAY_SOCKET to a path of your own"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise UnsafeSocket(f"refusing {directory}: it is open to other users (chmod 700 it)")
+
+
 def connect(path: str | PathLike[str]) -> socket.socket:
+    """Connect to the daemon's socket, having checked that it is the user's own daemon's.
+    ``FileNotFoundError``/``ConnectionRefusedError`` mean no daemon listens."""
+    path = str(path)
+    check_private_dir(os.path.dirname(path) or ".")
+    st = os.lstat(path)  # FileNotFoundError: no daemon yet
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UnsafeSocket(f"refusing {path}: it is not a socket (a symlink or a planted file)")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(path))
+        sock.connect(path)
+        uid = peer_uid(sock)
     except OSError:
         sock.close()
         raise
+    if uid is not None and uid != os.getuid():
+        sock.close()
+        raise UnsafeSocket(
+            f"refusing {path}: the process listening there runs as uid {uid}, not you"
+        )
     return sock
 
 

@@ -20,8 +20,6 @@ import fcntl
 import os
 import socket
 import stat
-import struct
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from relay import __version__, framing, protocol
+from relay.client import peer_uid
 from relay.errors import BadRequest, ConfigError, RelayError, ShuttingDown, error_event
 from relay.framing import FramingError
 
@@ -45,17 +44,6 @@ log = structlog.get_logger("relay.control")
 
 class DaemonRunning(RelayError):
     code = "daemon_running"
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket."""
-    if sys.platform.startswith("linux"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return int(struct.unpack("3i", creds)[1])
-    if sys.platform == "darwin":  # LOCAL_PEERCRED (SOL_LOCAL=0, option 1): struct xucred
-        creds = sock.getsockopt(0, 1, struct.calcsize("IIh16I"))
-        return int(struct.unpack_from("IIh", creds)[1])
-    return None
 
 
 def prepare_socket_dir(path: Path) -> None:

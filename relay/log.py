@@ -6,6 +6,7 @@ Secrets never reach a log: values of keys that look secret are replaced before r
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import MutableMapping
@@ -26,6 +27,12 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+def _open_append(path: Path) -> TextIO:
+    """Append to ``path``, never through a symlink someone planted in its place."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    return open(fd, "a", encoding="utf-8")
+
+
 class RotatingFile:
     """A log file that rotates at ``max_bytes``, keeping ``backups`` old files (.1, .2, ...),
     for those without journald. Lines are written whole and flushed."""
@@ -35,7 +42,7 @@ class RotatingFile:
         self.max_bytes = max_bytes
         self.backups = backups
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("a", encoding="utf-8")
+        self._fh: TextIO = _open_append(path)
 
     def write(self, text: str) -> int:
         if self._fh.tell() > 0 and self._fh.tell() + len(text) > self.max_bytes:
@@ -60,7 +67,7 @@ class RotatingFile:
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink()
-        self._fh = self.path.open("a", encoding="utf-8")
+        self._fh = _open_append(self.path)
 
     def close(self) -> None:
         self._fh.close()

@@ -25,7 +25,7 @@ import sys
 import time
 
 from relay import framing, paths
-from relay.client import connect
+from relay.client import UnsafeSocket, connect
 
 TYPE_CHECKING = False  # typing, dataclasses, pathlib, json: each an import per kernel launch
 if TYPE_CHECKING:
@@ -138,6 +138,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _daemon_socket(path: str, autostart: bool) -> socket.socket:
+    """A connection to the user's own daemon (``relay.client.connect`` checks the socket,
+    its directory and the listening process before a byte is sent), started if needed."""
+    try:
+        return _connect_or_start(path, autostart)
+    except UnsafeSocket as exc:  # never talk to it, never start a daemon beside it
+        raise ShimError(str(exc), EXIT_DAEMON) from None
+
+
+def _connect_or_start(path: str, autostart: bool) -> socket.socket:
     try:
         return connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -206,7 +215,12 @@ def _start_daemon(path: str) -> str:
     log_path = os.path.join(os.path.dirname(path), "relay.log")
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, RELAY_SOCKET=path)
-    with open(log_path, "ab") as log:
+    # O_NOFOLLOW: a symlink planted in place of the log must not redirect the daemon's output
+    try:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:  # ELOOP: a symlink stands where the log goes
+        raise ShimError(f"cannot open the daemon's log {log_path}: {exc.strerror}") from None
+    with open(log_fd, "ab") as log:
         subprocess.Popen(
             [
                 sys.executable,
