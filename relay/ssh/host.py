@@ -25,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import math
 import random
 import secrets
 import time
@@ -135,7 +136,10 @@ class HostSession:
     ) -> None:
         self.key = key
         self.config = config
-        self.tag = tag
+        # Who this host session is to the remote host: the daemon and the host entry, so two
+        # names for one account (two [hosts] entries, two aliases) never take each other's
+        # supervisor for a stale one of their own.
+        self.tag = hashlib.sha256(f"{tag}:{key}".encode()).hexdigest()[:16]
         self._jump = jump
         self._configured = configured or []
         self._config_source = config_source
@@ -340,6 +344,15 @@ class HostSession:
                     self.config.connect_timeout_s,
                     self.tag,
                     end_stale=self.config.end_stale_sessions,
+                    # A live session is pinged every keepalive interval; the daemon declares
+                    # its connection dead after interval x count without an answer, which is
+                    # when a new supervisor comes. So that long without a ping is stale.
+                    stale_after_s=max(
+                        1,
+                        math.ceil(
+                            self.config.keepalive_interval_s * self.config.keepalive_count_max
+                        ),
+                    ),
                 )
                 pool = SparePool(conn, self.config.spare_forwards, self.key)
                 guard = PeerGuard.remote(

@@ -29,7 +29,7 @@ from relay.tasks import TaskSet
 
 __all__ = ["Event", "RemoteProcess", "Supervisor", "parse_line"]
 
-PROTOCOL = "2"
+PROTOCOL = "3"
 OUTPUT_LINES = 5
 _SIGNALS = frozenset({"TERM", "KILL", "INT", "HUP"})
 
@@ -44,7 +44,7 @@ class Event:
 def parse_line(line: str) -> Event | None:
     """One line from supervisor.sh; ``None`` for anything else (a chatty login shell)."""
     kind, _, rest = line.rstrip("\n").partition(" ")
-    if kind not in {"hello", "nokernel", "pid", "out", "exit", "pong", "owner"}:
+    if kind not in {"hello", "nokernel", "norecord", "pid", "out", "exit", "pong", "owner"}:
         return None
     ident, _, value = rest.partition(" ")
     if kind in {"pid", "exit"} and not value.isdigit():
@@ -104,11 +104,14 @@ class Supervisor:
         tag: str,
         *,
         end_stale: bool = True,
+        stale_after_s: int = 60,
     ) -> Supervisor:
         log = structlog.get_logger("relay.supervisor").bind(host=host)
         try:
             process = await conn.create_process(
-                remote_command(tag, end_stale=end_stale), encoding="utf-8", errors="replace"
+                remote_command(tag, end_stale=end_stale, stale_after_s=stale_after_s),
+                encoding="utf-8",
+                errors="replace",
             )
         except asyncssh.ChannelOpenError as exc:
             raise SupervisorFailed(
@@ -233,6 +236,17 @@ class Supervisor:
             proc.started.set_result(int(event.value))
         elif event.kind == "out":
             proc.output.append(event.value)
+        elif event.kind == "norecord":
+            self._procs.pop(event.id, None)
+            if not proc.started.done():
+                proc.started.set_exception(
+                    SupervisorFailed(
+                        f"{self._host}: the kernel started but its pid could not be recorded "
+                        f"(is the host's TMPDIR full?), so relay ended it rather than lose it"
+                    )
+                )
+            if not proc.exited.done():
+                proc.exited.set_result(137)
         elif event.kind == "nokernel":
             self._procs.pop(event.id, None)
             if not proc.started.done():

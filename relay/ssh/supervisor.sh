@@ -12,10 +12,11 @@
 #                    ping ID               answered by pong ID (round-trip time)
 #                    owner ID CPORT LPORT  who made the connection from 127.0.0.1:CPORT to a
 #                                          relay listener on 127.0.0.1:LPORT (4-digit upper hex)
-#   here -> daemon:  hello 2 PID DIR N UID CHECK   ready; protocol version 2; N stale sessions
+#   here -> daemon:  hello 3 PID DIR N UID CHECK   ready; protocol version 3; N stale sessions
 #                                          ended; UID is ours; CHECK is proc (owners can be
 #                                          looked up in /proc/net/tcp) or none
 #                    nokernel ID           the kernel executable is missing or not executable
+#                    norecord ID           its pid could not be recorded (TMPDIR full): killed
 #                    pid ID PID            the kernel started
 #                    out ID TEXT           one of the last lines the kernel printed (at exit)
 #                    exit ID STATUS        the kernel ended (128+N: killed by signal N)
@@ -26,44 +27,65 @@
 # pipes), SIGTERM and SIGHUP terminate every kernel this supervisor started: no remote kernel
 # outlives its connection. Kernels that ignore SIGTERM get SIGKILL after 5 seconds.
 #
-# $1 is the daemon's tag (hex); $2 "keep" skips the clean-up below (end_stale_sessions). Each supervisor registers in ${TMPDIR:-/tmp}/relay-TAG.XXXXXX
-# (its pid, and its parent's pid if that parent is an sshd session process). A connection that died silently (a black-holed network,
-# sshd without ClientAliveInterval) leaves its supervisor running, and its sshd session holding
-# listeners; so a new supervisor for the same daemon first ends every earlier one it owns:
-# SIGTERM to the old supervisor (which reaps its kernels), SIGTERM to the old sshd session
-# process (which releases its forwards), SIGKILL to kernels of a supervisor already gone.
+# $1 is this connection's tag (hex: the daemon and the host entry, so two host names for one
+# account never share one); $2 "keep" skips the clean-up below (end_stale_sessions); $3 is how
+# many seconds without a ping make a session stale. Each supervisor registers in
+# ${TMPDIR:-/tmp}/relay-TAG.XXXXXX: "supervisor" holds its pid and start time, and its sshd
+# session process's (or -); "alive" holds the time of the daemon's last ping (every keepalive
+# interval); each kernel's "ID.pid" holds its pid and start time. A connection that died
+# silently (a black-holed network, sshd without ClientAliveInterval) leaves its supervisor
+# running and its sshd session holding listeners; so a new supervisor ends an earlier one of
+# the same tag only when nobody has pinged it for $3 seconds (a live one, even from another
+# machine that happens to share the tag, is pinged every interval), and only processes whose
+# pid AND start time are the recorded ones: SIGTERM to the old supervisor (which reaps its
+# kernels) and to its sshd session (which releases its forwards); SIGKILL to kernels of a
+# supervisor already gone, whose directory is then removed. Symlinks and directories that are
+# not the user's are never followed.
+#
+# Kernels are known in memory too: each runs under a watcher subshell ($w lists them) that
+# forwards signals to it (USR1 standing for KILL), so a full TMPDIR cannot make a kernel
+# unkillable; a kernel whose pid cannot be recorded is killed and reported (norecord ID).
 #
 # The file is joined into one line and passed as `exec /bin/sh -c '...'`, so it must not
 # contain single quotes, and every line must end where a newline may become a space. ("$!" is
 # safe: csh expands history only in interactive shells.)
 umask 077;
 case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
+case $3 in *[!0-9]*|"") exit 96 ;; esac;
+st() { ps -o lstart= -p "$1" 2>/dev/null | tr -d " "; };
+same() { test -n "$2" && test "$(st "$1")" = "$2"; };
 d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
 case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
-echo "$$ $s" >"$d/supervisor";
+echo "$$ $(st $$) $s $(st $s)" >"$d/supervisor" || exit 97;
+date +%s >"$d/alive";
 n=0;
 test "$2" = keep ||
 for o in "${TMPDIR:-/tmp}"/relay-"$1".*; do
   test "$o" = "$d" && continue;
-  test -d "$o" && test -O "$o" && test -f "$o/supervisor" || continue;
-  read -r os op <"$o/supervisor";
-  if kill -TERM "$os" 2>/dev/null; then n=$((n+1)); test "$op" = - || kill -TERM "$op" 2>/dev/null; else
-    for f in "$o"/*.pid; do test -f "$f" && kill -KILL "$(cat "$f")" 2>/dev/null; done;
+  test -L "$o" && continue;
+  test -d "$o" && test -O "$o" && test ! -L "$o/supervisor" && test -f "$o/supervisor" || continue;
+  a=$(cat "$o/alive" 2>/dev/null); now=$(date +%s);
+  case $a in *[!0-9]*|"") a=0 ;; esac;
+  test $((now - a)) -lt "$3" && continue;
+  read -r os ost op opt <"$o/supervisor";
+  if same "$os" "$ost" && kill -TERM "$os" 2>/dev/null; then n=$((n+1)); same "$op" "$opt" && kill -TERM "$op" 2>/dev/null; else
+    for f in "$o"/*.pid; do test -f "$f" && test ! -L "$f" && read -r kp kst <"$f" && same "$kp" "$kst" && kill -KILL "$kp" 2>/dev/null; done;
+    same "$op" "$opt" && kill -TERM "$op" 2>/dev/null;
     rm -rf "$o";
   fi;
 done;
+w=;
 reap() {
-  p=$(cat "$d"/*.pid 2>/dev/null);
-  if test -n "$p"; then
-    kill -TERM $p 2>/dev/null;
-    ( ( sleep 5; for k in $p; do kill -0 "$k" 2>/dev/null && kill -KILL "$k"; done ) </dev/null >/dev/null 2>&1 & );
+  if test -n "$w"; then
+    kill -TERM $w 2>/dev/null;
+    ( ( sleep 5; kill -USR1 $w 2>/dev/null ) </dev/null >/dev/null 2>&1 & );
   fi;
   wait;
   rm -rf "$d";
 };
 trap "reap; exit 0" HUP TERM INT;
 if test -r /proc/net/tcp; then c=proc; else c=none; fi;
-echo "hello 2 $$ $d $n $(id -u) $c";
+echo "hello 3 $$ $d $n $(id -u) $c";
 while read -r op id arg; do
   case $op in
     start) (
@@ -72,17 +94,21 @@ while read -r op id arg; do
         case $k in */*) test -f "$k" && test -x "$k" ;; *) command -v "$k" >/dev/null 2>&1 ;; esac || { echo "nokernel $id"; exit 0; };
         "$@" </dev/null >"$d/$id.log" 2>&1 &
         p=$!;
-        echo "$p" >"$d/$id.pid";
+        trap "kill -TERM \$p 2>/dev/null" TERM;
+        trap "kill -INT \$p 2>/dev/null" INT;
+        trap "kill -HUP \$p 2>/dev/null" HUP;
+        trap "kill -KILL \$p 2>/dev/null" USR1;
+        echo "$p $(st $p)" >"$d/$id.pid" || { kill -KILL "$p"; rm -f "$d/$id.pid"; echo "norecord $id"; exit 0; };
         echo "pid $id $p";
-        wait "$p";
-        s=$?;
+        while :; do wait "$p"; s=$?; kill -0 "$p" 2>/dev/null || break; done;
         rm -f "$d/$id.pid";
         tail -n 5 "$d/$id.log" 2>/dev/null | cut -c 1-300 | sed "s/^/out $id /";
         rm -f "$d/$id.log";
         echo "exit $id $s"
-      ) & ;;
-    kill) test -f "$d/$id.pid" && kill "-$arg" "$(cat "$d/$id.pid")" 2>/dev/null ;;
-    ping) echo "pong $id" ;;
+      ) &
+      w="$w $!"; eval "w_$id=$!" ;;
+    kill) eval "q=\${w_$id:-}"; test -n "$q" && case $arg in KILL) kill -USR1 "$q" ;; TERM|INT|HUP) kill "-$arg" "$q" ;; esac 2>/dev/null ;;
+    ping) date +%s >"$d/alive"; echo "pong $id" ;;
     owner)
       case $arg in *[!0-9A-F\ ]*|"") echo "owner $id ?"; continue ;; esac;
       if test "$c" = proc; then

@@ -322,3 +322,26 @@ async def test_shutdown_past_its_grace_aborts_the_connections(
         await kl.aclose()
     events = [line.split('"event": ')[1][:60] for line in daemon_log.getvalue().splitlines()]
     assert any("shutdown grace exceeded" in e for e in events), "\n".join(events)
+
+
+async def test_two_host_names_for_one_account_hold_kernels_side_by_side(
+    home: RelayHome,
+) -> None:
+    """Two [hosts] entries reaching the same remote account: the second connection's
+    supervisor must not take the first one's session for a stale one of its own."""
+    home.add_host("alias")  # the same sshd, user and key as "local"
+    async with start_daemon(home) as running, controller(home, host="local") as first:
+        kl1 = await first.link.accept(60)
+        async with controller(home, host="alias") as second:
+            kl2 = await second.link.accept(60)
+            assert running.daemon.hosts["alias"].connects == 1
+            for kl in (kl1, kl2):
+                assert await kl.echo(b"side by side") == b"side by side"
+            assert pid_alive(kl1.hello["pid"]) and pid_alive(kl2.hello["pid"])
+            await kl2.quit(0)
+            assert (await second.result())[0] == 0
+            await kl2.aclose()
+        assert await kl1.echo(b"still here") == b"still here"
+        await kl1.quit(0)
+        assert (await first.result())[0] == 0
+        await kl1.aclose()

@@ -23,9 +23,14 @@ TAG = "0123abcd"
 
 
 class Sup:
-    def __init__(self, shell: str, tag: str = TAG) -> None:
+    """supervisor.sh as relay runs it: ``relay TAG end|keep STALE_S``. With STALE_S 0 every
+    earlier session of the tag counts as stale (its daemon is gone)."""
+
+    def __init__(
+        self, shell: str, tag: str = TAG, stale_s: int = 0, env: dict[str, str] | None = None
+    ) -> None:
         script = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
-        argv = [*script, one_line(), "relay", tag]
+        argv = [*script, one_line(), "relay", tag, "end", str(stale_s)]
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -33,6 +38,7 @@ class Sup:
             stderr=subprocess.DEVNULL,
             text=True,
             bufsize=1,
+            env=env,
         )
 
     def send(self, line: str) -> None:
@@ -87,7 +93,7 @@ def test_owner_of_a_connection_to_a_listener(sup: Sup) -> None:
 
 def test_hello_then_kernel_life(sup: Sup) -> None:
     hello = sup.event()
-    assert hello.kind == "hello" and hello.id == "2"
+    assert hello.kind == "hello" and hello.id == "3"
     _pid, directory, _stale, uid, check = hello.value.split(" ")
     assert (int(uid), check) == (os.getuid(), "proc")
     workdir = Path(directory)
@@ -138,7 +144,8 @@ def test_script_is_one_line_without_single_quotes() -> None:
     command = remote_command("00ff")
     assert "\n" not in command and command.startswith("exec /bin/sh -c '")
     assert command.count("'") == 2
-    assert command.endswith("' relay 00ff end")
+    assert command.endswith("' relay 00ff end 60")
+    assert remote_command("00ff", end_stale=False, stale_after_s=35).endswith(" keep 35")
     with pytest.raises(ValueError, match="hex"):
         remote_command("x; rm -rf ~")
 
@@ -218,3 +225,120 @@ def test_a_new_supervisor_ends_the_stale_ones_of_the_same_daemon(shell: str) -> 
             if s.proc.poll() is None:
                 s.proc.kill()
                 s.proc.wait()
+
+
+@pytest.fixture
+def tmpdir_env(tmp_path: Path) -> dict[str, str]:
+    """A TMPDIR of the test's own, so planted directories stay out of /tmp."""
+    return dict(os.environ, TMPDIR=str(tmp_path))
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_live_session_of_the_same_tag_is_left_alone(
+    shell: str, tmpdir_env: dict[str, str]
+) -> None:
+    """Two front ends whose tags collide (same machine name, uid and socket path): the one
+    pinged recently is alive, so a new supervisor must not end it or its kernels."""
+    first = Sup(shell, stale_s=3600, env=tmpdir_env)
+    try:
+        first.event()
+        first.send("start k set -- sleep 300")
+        kernel = int(first.event().value)
+        first.send("ping p")
+        assert first.event() == Event("pong", "p", "")
+        second = Sup(shell, stale_s=3600, env=tmpdir_env)
+        try:
+            assert stale_ended(second.event()) == 0
+            assert pid_alive(kernel) and first.proc.poll() is None
+        finally:
+            stop(second)
+    finally:
+        stop(first)
+    wait_gone(kernel)
+
+
+def stop(s: Sup) -> None:
+    assert s.proc.stdin is not None and s.proc.stdout is not None
+    s.proc.stdin.close()
+    s.proc.wait(timeout=30)
+    s.proc.stdout.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting as another user needs root")
+@pytest.mark.parametrize("shell", SHELLS)
+def test_planted_directories_symlinks_and_recycled_pids_are_left_alone(
+    shell: str, tmpdir_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Stale records pointing at processes that are not ours: a symlink planted under the
+    tag's name, a directory of another user, and our own stale record whose pids have been
+    recycled by unrelated processes (same pid, another start time). None is signalled; our
+    own stale directory is removed."""
+    victim = subprocess.Popen(["sleep", "300"])
+    try:
+        v = victim.pid
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "supervisor").write_text(f"{v} x - -\n")
+        (elsewhere / "k.pid").write_text(f"{v} x\n")
+        (tmp_path / f"relay-{TAG}.symlnk").symlink_to(elsewhere)
+        foreign = tmp_path / f"relay-{TAG}.foreign"
+        foreign.mkdir()
+        (foreign / "supervisor").write_text(f"{v} x - -\n")
+        os.chown(foreign, 65534, 65534)
+        ours = tmp_path / f"relay-{TAG}.recycl"
+        ours.mkdir()
+        (ours / "supervisor").write_text(f"{v} SatJan0100:00:001999 - -\n")
+        (ours / "k.pid").write_text(f"{v} SatJan0100:00:001999\n")
+        s = Sup(shell, env=tmpdir_env)
+        try:
+            assert stale_ended(s.event()) == 0
+            assert victim.poll() is None, "a process that was not ours was signalled"
+            assert not ours.exists(), "our own stale record was left behind"
+            assert foreign.exists() and elsewhere.exists()
+        finally:
+            stop(s)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_full_tmpdir_leaves_no_kernel_behind(shell: str, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        s = Sup(shell, env=dict(os.environ, TMPDIR=str(full)))
+        try:
+            s.event()
+            filler = full / "filler"
+            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+            s.send("start k set -- sleep 3017")  # a duration no other test uses
+            event = s.event()
+            assert event == Event("norecord", "k", ""), event
+            gone = subprocess.run(["pgrep", "-f", "^sleep 3017$"], capture_output=True, text=True)
+            assert not gone.stdout.strip(), "the kernel whose pid could not be recorded lives on"
+        finally:
+            stop(s)
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_end_of_input_ends_kernels_known_only_in_memory(shell: str, tmp_path: Path) -> None:
+    """A kernel whose pid file vanished (a full or cleaned TMPDIR) is still ended at end
+    of input, and kill requests still reach it: the supervisor keeps its kernels in memory."""
+    s = Sup(shell, env=dict(os.environ, TMPDIR=str(tmp_path)))
+    s.event()
+    s.send("start k set -- sleep 300")
+    kernel = int(s.event().value)
+    s.send("start k2 set -- sleep 300")
+    kernel2 = int(s.event().value)
+    for pidfile in tmp_path.glob(f"relay-{TAG}.*/*.pid"):
+        pidfile.unlink()
+    s.send("kill k2 KILL")
+    assert s.event() == Event("exit", "k2", "137")
+    stop(s)
+    wait_gone(kernel)
+    assert not pid_alive(kernel2)
