@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import select
 import shutil
 import socket
@@ -314,10 +315,13 @@ def test_a_full_tmpdir_leaves_no_kernel_behind(shell: str, tmp_path: Path) -> No
             s.event()
             filler = full / "filler"
             subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
-            s.send("start k set -- sleep 3017")  # a duration no other test uses
+            duration = f"{3000 + os.getpid() % 1000}.{secrets.randbelow(10**6)}"  # this run's own
+            s.send(f"start k set -- sleep {duration}")
             event = s.event()
             assert event == Event("norecord", "k", ""), event
-            gone = subprocess.run(["pgrep", "-f", "^sleep 3017$"], capture_output=True, text=True)
+            gone = subprocess.run(
+                ["pgrep", "-f", f"^sleep {duration}$"], capture_output=True, text=True
+            )
             assert not gone.stdout.strip(), "the kernel whose pid could not be recorded lives on"
         finally:
             stop(s)
