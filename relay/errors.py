@@ -19,6 +19,7 @@ __all__ = [
     "ForwardFailed",
     "ForwardRefused",
     "FrontEndUnreachable",
+    "HookInstallFailed",
     "HostKeyChanged",
     "HostKeyUnknown",
     "Internal",
@@ -83,6 +84,12 @@ class ForwardRefused(RelayError):
 
 class SupervisorFailed(RelayError):
     code = "supervisor_failed"
+
+
+class HookInstallFailed(RelayError):
+    """relay's kernel hook (for Dynamic) could not be written or proven on a host."""
+
+    code = "hook_install_failed"
 
 
 class KernelMissing(RelayError):

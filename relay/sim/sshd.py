@@ -60,6 +60,7 @@ class ThrowawaySSHD:
         options: dict[str, str] | None = None,
         netns: bool = False,
         hide_proc: bool = False,
+        sftp: bool = True,
     ) -> None:
         self.dir = Path(directory)
         self.options = options or {}
@@ -70,6 +71,8 @@ class ThrowawaySSHD:
         self.netns = netns
         # a host like a Mac or a BSD: no /proc, so nobody can tell who owns a socket there
         self.hide_proc = hide_proc
+        # without it, like many hardened or embedded sshd configurations: no SFTP subsystem
+        self.sftp = sftp
         self.user = getpass.getuser()
         self.host_key = self.dir / "ssh_host_ed25519_key"
         self.client_key = self.dir / "id_ed25519"
@@ -113,7 +116,7 @@ class ThrowawaySSHD:
             "MaxSessions": "10",
             "AllowTcpForwarding": "yes",
             "LogLevel": "VERBOSE",
-            "Subsystem": "sftp internal-sftp",
+            **({"Subsystem": "sftp internal-sftp"} if self.sftp else {}),
             **self.options,
         }
         path = self.dir / "sshd_config"

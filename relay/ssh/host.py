@@ -27,11 +27,9 @@ import contextlib
 import hashlib
 import math
 import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +41,9 @@ from relay.errors import (
     ConnectFailed,
     RelayError,
     ShuttingDown,
-    SupervisorFailed,
 )
 from relay.settings import HostConfig
+from relay.ssh import hookfile
 from relay.ssh.errors import translate_connect_error
 from relay.ssh.forwards import SparePool
 from relay.ssh.guard import PeerGuard
@@ -54,23 +52,11 @@ from relay.tasks import TaskSet
 
 __all__ = ["Hold", "HostSession", "Live"]
 
-INIT_FILE = "RelayKernelInit.wl"
 JumpGetter = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
 ATTEMPTS_PER_REQUEST = 3
 FAILURES_KEPT = 10
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
-
-
-async def _remote_has(sftp: asyncssh.SFTPClient, path: str, digest: str) -> bool:
-    """Whether ``path`` exists with exactly the content whose sha256 is ``digest``."""
-    try:
-        async with sftp.open(path, "rb") as fh:
-            content = await fh.read()
-    except (asyncssh.SFTPError, OSError):
-        return False
-    assert isinstance(content, bytes)
-    return hashlib.sha256(content).hexdigest() == digest
 
 
 def backoff_s(attempt: int, rng: random.Random) -> float:
@@ -165,6 +151,7 @@ class HostSession:
         self._pings = 0
         self._idle_closing = False
         self._init_file: tuple[asyncssh.SSHClientConnection, asyncio.Future[str]] | None = None
+        self._hook = hookfile.HookFile.packaged()
         self._log = structlog.get_logger("relay.host").bind(host=key)
         # who may connect to the listeners relay opens on this machine for the host's links
         self.local_guard = PeerGuard.local(key, enabled=config.peer_check == "uid")
@@ -364,7 +351,7 @@ class HostSession:
                 )
                 current = self._current = Live(conn, supervisor, pool, guard)
                 pool.refill()  # forwards allocated ahead: launches spend no round trip on them
-                if self.config.dynamic:  # and the kernel hook uploaded ahead too
+                if self.config.dynamic:  # and the kernel hook installed ahead too
                     self._tasks.spawn(self._prefetch_init_file(conn), name=f"init:{self.key}")
                 await self._ping(current)  # the first RTT, and proof the session answers
                 self._tasks.spawn(self._measure_rtt(current), name=f"rtt:{self.key}")
@@ -395,38 +382,21 @@ class HostSession:
             await self.init_file(conn)
 
     async def init_file(self, conn: asyncssh.SSHClientConnection) -> str:
-        """Upload RelayKernelInit.wl once per connection (single flight), content-addressed;
-        its remote path."""
+        """Install RelayKernelInit.wl once per connection (single flight; a failure is tried
+        again by the next launch); its remote path."""
         if (
             self._init_file is None
             or self._init_file[0] is not conn
             or (self._init_file[1].done() and self._init_file[1].exception() is not None)
         ):
-            task = self._tasks.spawn(self._upload_init_file(conn), name=f"upload:{self.key}")
+            task = self._tasks.spawn(self._install_init_file(conn), name=f"hook:{self.key}")
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # awaited by launches
             self._init_file = (conn, task)
         return await asyncio.shield(self._init_file[1])
 
-    async def _upload_init_file(self, conn: asyncssh.SSHClientConnection) -> str:
-        data = files("relay.wolfram").joinpath(INIT_FILE).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        try:
-            async with conn.start_sftp_client() as sftp:
-                home = await sftp.realpath(".")
-                directory = f"{home}/.cache/relay/{digest[:16]}"
-                path = f"{directory}/{INIT_FILE}"
-                if not await _remote_has(sftp, path, digest):
-                    await sftp.makedirs(directory, exist_ok=True)
-                    partial = f"{path}.{secrets.token_hex(4)}.part"
-                    async with sftp.open(partial, "wb") as fh:
-                        await fh.write(data)
-                    await sftp.posix_rename(partial, path)
-                    self._log.info("uploaded kernel hook", path=path)
-        except (asyncssh.Error, OSError) as exc:
-            raise SupervisorFailed(
-                f"cannot upload relay's kernel hook to {self.key} over SFTP ({exc}); set "
-                f"dynamic = false in [hosts.{self.key}] to launch without Dynamic support"
-            ) from None
+    async def _install_init_file(self, conn: asyncssh.SSHClientConnection) -> str:
+        path = await hookfile.install(conn, self.key, self._hook)
+        self._log.info("kernel hook in place", path=path)
         return path
 
     # -- idle close --------------------------------------------------------------------------

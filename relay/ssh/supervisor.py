@@ -24,7 +24,7 @@ import structlog
 from relay.errors import ConnectFailed, KernelMissing, SupervisorFailed
 from relay.kernelcmd import no_control_characters, shell_join
 from relay.peerowner import GONE, UNKNOWN
-from relay.ssh.supervisor_script import remote_command
+from relay.ssh.remote_scripts import remote_command
 from relay.tasks import TaskSet
 
 __all__ = ["Event", "RemoteProcess", "Supervisor", "parse_line"]

@@ -2,8 +2,8 @@
 
 (* relay's kernel hook: Dynamic, palettes and interrupts over SSH.
 
-   relay passes this file to controller kernels with -initfile, after uploading it over SFTP
-   to ~/.cache/relay/<hash>/ on the kernel's host. It talks to the relay daemon through the
+   relay passes this file to controller kernels with -initfile, after writing it to
+   ~/.cache/relay/<hash>/ on the kernel's host (relay/ssh/hookfile.py). It talks to the relay daemon through the
    control channel named in the kernel's environment, following the protocol defined once in
    relay/hook.py (one request per TCP connection; single-use tokens):
 

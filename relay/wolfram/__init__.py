@@ -1,6 +1,6 @@
 """relay's Wolfram Language files (package data) and their installer.
 
-``RelayKernelInit.wl``  the kernel hook, uploaded to remote hosts by the daemon.
+``RelayKernelInit.wl``  the kernel hook, installed on remote hosts by relay.ssh.hookfile.
 ``RelayTools/``         the ``RelayTools``` package for the front-end machine, installed into
                         ``$UserBaseDirectory/Applications`` by ``relay wolfram install``.
 """

@@ -13,12 +13,14 @@ import io
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from importlib.resources import files
 from pathlib import Path
 
+import asyncssh
 import pytest
 
 from relay import hook
@@ -268,3 +270,70 @@ async def test_forward_request_from_the_local_socket(
         await w.wait_closed()
     bad = await request(dyn.home, {"op": "forward", "host": "new", "linkname": "x"})
     assert bad["event"] == "error"
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawaySSHD]:
+    """An sshd with no ``Subsystem sftp`` line (hardened and embedded configurations have none),
+    whose sessions get a HOME of the test's own (sshd's SetEnv), where the hook goes."""
+    directory = tmp_path_factory.mktemp("no-sftp")
+    (directory / "home").mkdir()
+    options = {"SetEnv": f"HOME={directory / 'home'}"}
+    with ThrowawaySSHD(directory, netns=True, sftp=False, options=options) as server:
+        yield server
+
+
+@pytest.fixture
+async def bare_daemon(home: RelayHome, bare: ThrowawaySSHD) -> AsyncIterator[RunningDaemon]:
+    home.sshd = bare
+    home.hosts.clear()
+    home.add_host("bare")
+    async with start_daemon(home) as running:
+        yield running
+
+
+async def test_a_host_without_sftp_runs_a_controller_with_dynamic(
+    bare_daemon: RunningDaemon, bare: ThrowawaySSHD
+) -> None:
+    """The kernel hook is installed through an exec session instead, and Dynamic works."""
+    live = await bare_daemon.daemon.host("bare").live()
+    with pytest.raises(asyncssh.Error):  # the host really offers no SFTP
+        async with live.connection.start_sftp_client():
+            pass
+    async with controller(bare_daemon.home, host="bare") as fe:
+        main, _ = await connected(fe)
+        (initfile,) = main.hello["initfile"]
+        assert Path(initfile).is_relative_to(bare.dir / "home" / ".cache" / "relay")
+        shipped = files("relay.wolfram").joinpath("RelayKernelInit.wl").read_bytes()
+        assert Path(initfile).read_bytes() == shipped
+        service, preemptive = await main.new_method_links()
+        await dynamic_traffic(main, service, preemptive)
+        await finish(fe, main, service, preemptive)
+
+
+async def test_a_refused_hook_install_says_why_and_is_tried_again(
+    bare_daemon: RunningDaemon, bare: ThrowawaySSHD
+) -> None:
+    """A ``~/.cache/relay`` planted as a symlink is not written through: the launch fails with
+    one line saying what to do, and once it is fixed the next launch installs the hook (a
+    failure is not remembered for the connection's life)."""
+    cache = bare.dir / "home" / ".cache" / "relay"
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.parent.mkdir(exist_ok=True)
+    elsewhere = bare.dir / "elsewhere"
+    elsewhere.mkdir(exist_ok=True)
+    cache.symlink_to(elsewhere)
+    try:
+        async with controller(bare_daemon.home, host="bare") as fe:
+            status, _, err = await fe.result()
+        assert status != 0
+        (line,) = err.strip().splitlines()
+        assert f"{cache} is a symlink" in line and "dynamic = false in [hosts.bare]" in line
+        assert not list(elsewhere.iterdir())
+    finally:
+        cache.unlink()
+    async with controller(bare_daemon.home, host="bare") as fe:
+        main, _ = await connected(fe)
+        (initfile,) = main.hello["initfile"]
+        assert Path(initfile).parent.parent == cache
+        await finish(fe, main)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from relay.ssh.remote_scripts import one_line, remote_command
 from relay.ssh.supervisor import Event, parse_line
-from relay.ssh.supervisor_script import one_line, remote_command
 from tests.conftest import pid_alive
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]

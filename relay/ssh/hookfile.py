@@ -1,0 +1,104 @@
+"""relay's kernel hook file (``RelayKernelInit.wl``) on a kernel's host.
+
+Controller kernels load it with ``-initfile``, so it must be on the host before the first
+controller starts. It is written by ``hookinstall.sh`` in one exec session of its own, with the
+bytes on the session's standard input: no SFTP subsystem needed (many sshd configurations
+have none, and Tunnel needed none). The installed path is content-addressed
+(``~/.cache/relay/<sha256[:16]>/``) and the installer sends the file back, so what the kernel
+will load is proven by its hash, not assumed. ``parse_answer`` is pure; ``install`` is the
+thin I/O shell around it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib.resources import files
+
+import asyncssh
+
+from relay.errors import HookInstallFailed
+from relay.ssh.remote_scripts import hook_install_command
+
+__all__ = ["INIT_FILE", "HookFile", "install", "parse_answer"]
+
+INIT_FILE = "RelayKernelInit.wl"
+INSTALL_TIMEOUT_S = 30.0
+NO_DYNAMIC = "set dynamic = false in [hosts.{host}] to launch without Dynamic support"
+
+# hookinstall.sh's refusals, as what the person on the host should do
+_REFUSALS = {
+    "nohome": "$HOME is unset or missing there",
+    "symlink": "{path} is a symlink, which relay will not write through (remove it)",
+    "notdir": "{path} is not a directory (remove it)",
+    "notmine": "{path} is not owned by you",
+    "writable": "{path} is writable by others (chmod go-w {path})",
+    "notfile": "{path} is not a regular file (remove it)",
+    "nowrite": "{path} cannot be written (disk full, quota, or a read-only home?)",
+}
+
+
+@dataclass(frozen=True)
+class HookFile:
+    """The hook's content and where it belongs on every host."""
+
+    name: str
+    data: bytes
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def version(self) -> str:
+        return self.digest[:16]
+
+    @classmethod
+    def packaged(cls) -> HookFile:
+        return cls(INIT_FILE, files("relay.wolfram").joinpath(INIT_FILE).read_bytes())
+
+
+def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: bytes) -> str:
+    """The installed file's remote path, from ``hookinstall.sh``'s exit status and output;
+    ``HookInstallFailed`` with one actionable line otherwise."""
+    head, _, body = stdout.partition(b"\n")
+    words = head.decode("utf-8", "replace").split(" ", 2)
+    why: str
+    if exit_status == 0 and len(words) == 2 and words[0] == "ok":
+        path = words[1]
+        if not path.endswith(f"/.cache/relay/{hook.version}/{hook.name}"):
+            why = f"the installer reported an unexpected path {path!r}"
+        elif hashlib.sha256(body).hexdigest() != hook.digest:
+            why = f"{path} does not hold what relay wrote (sha256 differs; disk full?)"
+        else:
+            return path
+    elif words[0] == "refuse" and len(words) == 3 and words[1] in _REFUSALS:
+        why = _REFUSALS[words[1]].format(path=words[2])
+    elif exit_status in (126, 127):
+        why = "/bin/sh could not be run there"
+    else:
+        why = f"the installer ended with status {exit_status} and said {head[:80]!r}"
+    raise HookInstallFailed(
+        f"cannot install relay's kernel hook on {host}: {why}; " + NO_DYNAMIC.format(host=host)
+    )
+
+
+async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile) -> str:
+    """Write ``hook`` on the connection's host (if it is not there already) and prove it."""
+    command = hook_install_command(hook.version, hook.name)
+    try:
+        result = await conn.run(
+            command, input=hook.data, encoding=None, check=False, timeout=INSTALL_TIMEOUT_S
+        )
+    except asyncssh.TimeoutError:
+        why = f"the installer did not finish within {INSTALL_TIMEOUT_S:.0f} s"
+    except asyncssh.ChannelOpenError as exc:
+        why = f"the server refused a session for the installer ({exc.reason})"
+    except (asyncssh.Error, OSError) as exc:
+        why = f"the installer's session failed ({exc})"
+    else:
+        stdout = result.stdout if isinstance(result.stdout, bytes) else b""
+        return parse_answer(host, hook, result.exit_status, stdout)
+    raise HookInstallFailed(
+        f"cannot install relay's kernel hook on {host}: {why}; " + NO_DYNAMIC.format(host=host)
+    )

@@ -1,0 +1,60 @@
+# relay's kernel hook installer: writes RelayKernelInit.wl into ~/.cache/relay/VERSION/ on the
+# kernel's host from this session's standard input, in one exec session of its own.
+#
+# Why not SFTP: an sshd without a "Subsystem sftp" line refuses it, and Tunnel needed none.
+# Every sshd that can run relay's supervisor can run this.
+#
+# Arguments: $1 VERSION (hex: the first 16 digits of the file's sha256), $2 the file's NAME,
+# $3 how many days an unused version directory is kept.
+# Output, on success:  "ok PATH" on one line, then the installed file's bytes, which the daemon
+#                      hashes: the file is proven by its content, not by this script's word.
+#          otherwise:  "refuse REASON PATH" (REASON: nohome, symlink, notdir, notmine, writable,
+#                      notfile, nowrite) and exit 1; nothing outside
+#                      ~/.cache/relay is touched (but ~/.cache is made if missing).
+#
+# Safety: ~/.cache/relay and the version directory must be real directories (not symlinks),
+# owned by the user, and writable by nobody else; they are created 0700. The file is written
+# to a .part file next to it and renamed, so a reader never sees half of it; the .part is
+# removed on every way out (and ones left by a killed upload after 10 minutes). Version
+# directories of other relay releases not used for $3 days are pruned; the one in use is
+# touched on every install (each connection installs once).
+#
+# Joined into one line and passed as `exec /bin/sh -c '...'` (see supervisor.sh): no single
+# quotes, and every line ends where a newline may become a space.
+umask 077;
+case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
+case $2 in *[!A-Za-z0-9.]*|"") exit 96 ;; esac;
+case $3 in *[!0-9]*|"") exit 96 ;; esac;
+no() { echo "refuse $1 $2"; cat >/dev/null; exit 1; };
+test -n "$HOME" && test -d "$HOME" || no nohome "${HOME:--}";
+r=$HOME/.cache/relay;
+v=$r/$1;
+test -d "$HOME/.cache" || mkdir "$HOME/.cache" 2>/dev/null;
+for x in "$r" "$v"; do
+  test -L "$x" && no symlink "$x";
+  test -e "$x" || mkdir "$x" 2>/dev/null || test -d "$x" || no nowrite "$x";
+  test -L "$x" && no symlink "$x";
+  test -d "$x" || no notdir "$x";
+  test -O "$x" || no notmine "$x";
+  case $(ls -ld "$x") in d????-??-*) ;; *) no writable "$x" ;; esac;
+done;
+t=$v/$2;
+p=$t.$$.part;
+trap "rm -f \"\$p\"" EXIT;
+trap "rm -f \"\$p\"; exit 1" HUP TERM INT;
+cat >"$p" || no nowrite "$t";
+test -L "$t" && rm -f "$t";
+if test -f "$t" && cmp -s "$p" "$t"; then rm -f "$p";
+elif test -e "$t" && test ! -f "$t"; then no notfile "$t";
+else mv -f "$p" "$t" || no nowrite "$t"; fi;
+touch "$v";
+for o in "$r"/*; do
+  test "$o" = "$v" && continue;
+  test -d "$o" && test ! -L "$o" && test -O "$o" || continue;
+  test -n "$(find "$o" -prune -mtime +"$3" 2>/dev/null)" && rm -rf "$o";
+done;
+for f in "$v"/*.part; do
+  test -f "$f" && test ! -L "$f" && test -n "$(find "$f" -prune -mmin +10 2>/dev/null)" && rm -f "$f";
+done;
+echo "ok $t";
+cat "$t"

@@ -1,0 +1,170 @@
+"""hookinstall.sh, run locally under each POSIX shell it may meet, with a HOME of the test's own;
+and ``parse_answer``, which proves what it wrote by its hash."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.errors import HookInstallFailed
+from relay.ssh.hookfile import HookFile, parse_answer
+from relay.ssh.remote_scripts import HOOK_KEEP_DAYS, hook_install_command, one_line
+
+SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
+HOOK = HookFile("RelayKernelInit.wl", b'(* relay\'s hook *)\nBeginPackage["x`"];\n' * 40)
+OLD = time.time() - (HOOK_KEEP_DAYS + 5) * 86400
+
+
+def run(
+    shell: str, home: Path, hook: HookFile = HOOK, keep_days: int = HOOK_KEEP_DAYS
+) -> subprocess.CompletedProcess[bytes]:
+    script = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
+    argv = [*script, one_line("hookinstall.sh"), "relay", hook.version, hook.name, str(keep_days)]
+    env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    return subprocess.run(argv, input=hook.data, capture_output=True, env=env, timeout=60)
+
+
+def install(shell: str, home: Path, hook: HookFile = HOOK) -> Path:
+    done = run(shell, home, hook)
+    return Path(parse_answer("h", hook, done.returncode, done.stdout))
+
+
+def refusal(shell: str, home: Path) -> str:
+    done = run(shell, home)
+    assert done.returncode == 1, done
+    with pytest.raises(HookInstallFailed) as caught:
+        parse_answer("h", HOOK, done.returncode, done.stdout)
+    message = str(caught.value)
+    assert "\n" not in message and "dynamic = false in [hosts.h]" in message
+    return message
+
+
+@pytest.fixture(params=SHELLS)
+def shell(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_installs_private_and_proven(shell: str, tmp_path: Path) -> None:
+    path = install(shell, tmp_path)
+    assert path == tmp_path / ".cache" / "relay" / HOOK.version / HOOK.name
+    assert path.read_bytes() == HOOK.data
+    for private in (path.parent, path.parent.parent):
+        assert private.stat().st_mode & 0o777 == 0o700
+    assert path.stat().st_mode & 0o077 == 0
+    assert [p.name for p in path.parent.iterdir()] == [HOOK.name], "a .part was left behind"
+    first = path.stat().st_ino
+    assert install(shell, tmp_path) == path  # once more: the same content is left alone
+    assert path.stat().st_ino == first
+
+
+def test_a_damaged_copy_is_replaced(shell: str, tmp_path: Path) -> None:
+    path = install(shell, tmp_path)
+    path.write_bytes(b"truncated")
+    assert install(shell, tmp_path).read_bytes() == HOOK.data
+
+
+def test_a_symlinked_cache_is_not_written_through(shell: str, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "relay").symlink_to(elsewhere)
+    assert "is a symlink" in refusal(shell, tmp_path)
+    assert not list(elsewhere.iterdir())
+    version = tmp_path / ".cache" / "relay-real"
+    version.mkdir()
+    (tmp_path / ".cache" / "relay").unlink()
+    (tmp_path / ".cache" / "relay").mkdir(mode=0o700)
+    (tmp_path / ".cache" / "relay" / HOOK.version).symlink_to(version)
+    assert "is a symlink" in refusal(shell, tmp_path)
+    assert not list(version.iterdir())
+
+
+def test_a_cache_others_can_write_is_refused(shell: str, tmp_path: Path) -> None:
+    cache = tmp_path / ".cache" / "relay"
+    cache.mkdir(parents=True)
+    cache.chmod(0o777)
+    message = refusal(shell, tmp_path)
+    assert f"chmod go-w {cache}" in message
+    cache.chmod(0o755)  # readable by others is fine; writable is not
+    assert install(shell, tmp_path).read_bytes() == HOOK.data
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another uid needs root")
+def test_a_cache_of_another_user_is_refused(shell: str, tmp_path: Path) -> None:
+    cache = tmp_path / ".cache" / "relay"
+    cache.mkdir(parents=True, mode=0o700)
+    os.chown(cache, 65534, 65534)
+    assert "is not owned by you" in refusal(shell, tmp_path)
+    assert not list(cache.iterdir())
+
+
+def test_old_versions_and_stale_parts_are_pruned(shell: str, tmp_path: Path) -> None:
+    cache = tmp_path / ".cache" / "relay"
+    old, recent = cache / "00000000000000aa", cache / "00000000000000bb"
+    for version in (old, recent):
+        version.mkdir(parents=True)
+        (version / HOOK.name).write_text("an earlier relay's hook")
+    os.utime(old, (OLD, OLD))
+    outside = tmp_path / "not-relays"
+    outside.mkdir()
+    os.utime(outside, (OLD, OLD))
+    (cache / "link").symlink_to(outside)  # never followed, never removed through
+    ours = cache / HOOK.version
+    ours.mkdir()
+    stale, fresh = ours / f"{HOOK.name}.1.part", ours / f"{HOOK.name}.2.part"
+    stale.write_text("killed upload")
+    fresh.write_text("an upload under way now")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    install(shell, tmp_path)
+    assert not old.exists() and recent.exists() and outside.exists()
+    assert (cache / "link").is_symlink()
+    assert not stale.exists() and fresh.exists()
+    assert ours.stat().st_mtime > time.time() - 3600  # in use: touched, never pruned
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
+def test_a_full_home_leaves_no_part_and_says_so(shell: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(home)], check=True)
+    try:
+        (home / ".cache" / "relay" / HOOK.version).mkdir(parents=True, mode=0o700)
+        (home / ".cache" / "relay").chmod(0o700)
+        big = HookFile(HOOK.name, HOOK.data * 100)  # larger than the whole filesystem
+        done = run(shell, home, big)
+        with pytest.raises(HookInstallFailed, match="cannot be written"):
+            parse_answer("h", big, done.returncode, done.stdout)
+        leftovers = [p for p in (home / ".cache" / "relay").rglob("*") if p.is_file()]
+        assert leftovers == []
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def test_what_the_installer_says_is_checked() -> None:
+    path = f"/home/u/.cache/relay/{HOOK.version}/{HOOK.name}"
+    assert parse_answer("h", HOOK, 0, f"ok {path}\n".encode() + HOOK.data) == path
+    with pytest.raises(HookInstallFailed, match="sha256 differs"):
+        parse_answer("h", HOOK, 0, f"ok {path}\n".encode() + HOOK.data[:-1])
+    with pytest.raises(HookInstallFailed, match="unexpected path"):
+        parse_answer("h", HOOK, 0, b"ok /etc/passwd\n" + HOOK.data)
+    with pytest.raises(HookInstallFailed, match="could not be run"):
+        parse_answer("h", HOOK, 127, b"")
+    with pytest.raises(HookInstallFailed, match="status 96"):
+        parse_answer("h", HOOK, 96, b"")
+    with pytest.raises(HookInstallFailed, match="HOME is unset"):
+        parse_answer("h", HOOK, 1, b"refuse nohome -\n")
+
+
+def test_the_command_is_one_line_and_checks_its_words() -> None:
+    command = hook_install_command(HOOK.version, HOOK.name)
+    assert "\n" not in command and command.count("'") == 2
+    assert command.endswith(f"' relay {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS}")
+    with pytest.raises(ValueError, match="hex"):
+        hook_install_command("x; rm -rf ~", HOOK.name)
+    with pytest.raises(ValueError, match="letters"):
+        hook_install_command(HOOK.version, "../x y")
