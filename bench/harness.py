@@ -81,6 +81,7 @@ class Config:
 class Sample:
     values: list[float] = field(default_factory=list)
     failures: int = 0
+    reasons: list[str] = field(default_factory=list)  # why, one line per failure
 
     @property
     def median(self) -> float:
@@ -300,8 +301,10 @@ class Bench:
                     for kl in kernels:
                         await kl.closed()
                         await kl.aclose()
-                except (TimeoutError, RuntimeError, OSError, frontend.LostBytes):
+                except (TimeoutError, RuntimeError, OSError, frontend.LostBytes) as exc:
                     sample.failures += 1
+                    why = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+                    sample.reasons.append(f"{len(launched)}/{n} Run done; {why}"[:200])
                 finally:
                     for link in links:
                         link.close()
@@ -898,6 +901,14 @@ def _pool_section(config: Config, r: Results) -> list[str]:
             f"- n = 16 at 50 ms RTT: relay is {ratio:.1f}x faster than Tunnel's way "
             f"(target at least 4x: {'met' if ratio >= 4 else 'missed'})",
         ]
+    failed = [
+        (key, rtt, n, why)
+        for (key, rtt, n), sample in sorted(r.pools.items())
+        for why in sample.reasons
+    ]
+    if failed:
+        lines += ["", "Why the failed cells failed:", ""]
+        lines += [f"- {key}, {rtt} ms, n = {n}: {why}" for key, rtt, n, why in failed]
     lines += ["", "![LaunchKernels total against n](bench/pool-launch.png)", ""]
     return lines
 

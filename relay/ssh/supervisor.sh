@@ -52,7 +52,7 @@
 umask 077;
 case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $3 in *[!0-9]*|"") exit 96 ;; esac;
-st() { ps -o lstart= -p "$1" 2>/dev/null | tr -d " "; };
+st() { if test -r "/proc/$1/stat"; then read -r x <"/proc/$1/stat" 2>/dev/null && x=${x##*) } && set -- $x && echo "p${20}"; else ps -o lstart= -p "$1" 2>/dev/null | tr -d " "; fi; };
 same() { test -n "$2" && test "$(st "$1")" = "$2"; };
 d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
 case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
@@ -100,7 +100,10 @@ while read -r op id arg; do
         trap "kill -KILL \$p 2>/dev/null" USR1;
         echo "$p $(st $p)" >"$d/$id.pid" || { kill -KILL "$p"; rm -f "$d/$id.pid"; echo "norecord $id"; exit 0; };
         echo "pid $id $p";
+        # a trapped signal (passed on to the kernel) ends a wait early with 128+N; the
+        # kernel's own status is what the last wait collects (127: collected already)
         while :; do wait "$p"; s=$?; kill -0 "$p" 2>/dev/null || break; done;
+        wait "$p" 2>/dev/null; r=$?; test "$r" = 127 || s=$r;
         rm -f "$d/$id.pid";
         tail -n 5 "$d/$id.log" 2>/dev/null | cut -c 1-300 | sed "s/^/out $id /";
         rm -f "$d/$id.log";
