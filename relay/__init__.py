@@ -12,7 +12,11 @@ daemon
 hosts
     ``relay.ssh.host.HostSession`` owns the one asyncssh connection to a remote machine, opened
     on first use and kept open, and what lives on it (``Live``): the supervisor session, spare
-    listeners, the peer guard. Whoever uses the connection holds a ``Hold`` on it.
+    listeners, the peer guard. Whoever uses the connection holds a ``Hold`` on it. How to
+    reach the host is relay.toml merged with ssh_config (``relay.ssh.sshconfig`` reads it,
+    ``relay.ssh.options`` merges); host keys and identity files are handled as ssh would
+    (``relay.ssh.hostkeys``, ``relay.ssh.identity``); the kernel hook file is installed
+    through an exec session (``relay.ssh.hookfile``).
 kernels
     ``relay.kernels``: one kernel's life: forwards, start through the host's single supervisor
     session (``relay.ssh.supervisor``), callback, exit, teardown. A ``Kernel`` owns its
@@ -28,7 +32,8 @@ links and forwards
     writes first.
 
 Pure modules (no asyncio, no sockets): ``linkname``, ``hostspec``, ``kernelcmd``, ``framing``,
-``protocol``, ``settings``, ``paths``, ``peerowner``'s parsers, ``errors`` (the error table).
+``protocol``, ``settings``, ``paths``, ``peerowner``'s parsers, ``errors`` (the error table),
+``ssh.options``, ``ssh.remote_scripts``.
 ``relay.sim`` is the front-end and kernel simulator; it talks to relay only as a front end and a
 kernel would. ``docs/topology.md`` holds the facts about links that all of this follows.
 """

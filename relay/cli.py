@@ -29,6 +29,9 @@ def _parser() -> Any:
         prog="relay",
         description=("Remote Mathematica kernels over one persistent SSH connection per host."),
     )
+    from relay import __version__  # noqa: PLC0415
+
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("launch", help="launch a kernel (what the front end runs); see relay launch -h")
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
@@ -98,6 +101,23 @@ def _parser() -> Any:
         "\\Mathematica)",
     )
     sub.add_parser("version", help="print relay's version")
+    sub.add_parser("stop", help="stop the daemon gracefully (its kernels are ended, as SIGTERM)")
+    sub.add_parser("restart", help="stop the daemon gracefully and start a new one")
+    sub.add_parser(
+        "reload", help="read relay.toml again (also done when it changes, and on SIGHUP)"
+    )
+    trust = sub.add_parser(
+        "trust",
+        help="show the host key a host offers and record it in known_hosts on confirmation",
+    )
+    trust.add_argument("host", help="a [hosts] name from relay.toml or [user@]host[:port]")
+    trust.add_argument("--yes", action="store_true", help="record it without asking")
+    login = sub.add_parser(
+        "login",
+        help="open a host's connection answering its password and one-time-code prompts here "
+        "(2FA hosts); later launches use it",
+    )
+    login.add_argument("host", help="a [hosts] name from relay.toml or [user@]host[:port]")
     return parser
 
 
@@ -110,6 +130,14 @@ def _main(args: list[str]) -> int:
         return 0
     if ns.command == "status":
         return _status(ns.json)
+    if ns.command in ("stop", "restart"):
+        return _stop(restart=ns.command == "restart")
+    if ns.command == "reload":
+        return _reload()
+    if ns.command == "trust":
+        return _trust(ns.host, assume_yes=ns.yes)
+    if ns.command == "login":
+        return _login(ns.host)
     if ns.command == "connect":
         return _connect(ns.host, autostart=not ns.no_autostart)
     if ns.command == "frontend-config":
@@ -201,14 +229,14 @@ CONNECT_WAIT_S = 120.0  # connect, authenticate, start the supervisor (retries i
 def _connect(host: str, *, autostart: bool) -> int:
     from relay import shim  # noqa: PLC0415
 
-    try:
-        answer = shim.request({"op": "connect", "host": host}, CONNECT_WAIT_S, autostart=autostart)
-    except shim.ShimError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
-        return exc.status
-    if answer.get("event") != "connected":
-        print(f"relay: {answer.get('message', 'unexpected answer')}", file=sys.stderr)
-        return 1
+    answer = _daemon_answer(
+        {"op": "connect", "host": host, **shim.agent_field()},
+        "connected",
+        start=autostart,
+        timeout_s=CONNECT_WAIT_S,
+    )
+    if isinstance(answer, int):
+        return answer
     rtt = answer.get("rtt_ms")
     print(
         f"relay: {answer['host']} is connected (in {answer['connect_ms']:.0f} ms"
@@ -217,23 +245,192 @@ def _connect(host: str, *, autostart: bool) -> int:
     return 0
 
 
-def _status(as_json: bool) -> int:
-    import json  # noqa: PLC0415
-
-    from relay import client, paths, statusview  # noqa: PLC0415
+def _daemon_answer(
+    message: dict[str, Any], event: str, *, start: bool = False, timeout_s: float = 10.0
+) -> dict[str, Any] | int:
+    """One request to the daemon (started first if ``start``): its answer, or, having said
+    why in one line, the exit status (3: no daemon; 1: it answered with an error)."""
+    from relay import client, paths, shim  # noqa: PLC0415
 
     try:
-        answer = client.request(paths.socket_path(), {"op": "status"})
+        if start:
+            answer = shim.request(message, timeout_s, autostart=True)
+        else:
+            answer = client.request(paths.socket_path(), message, timeout_s)
+    except shim.ShimError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.status
     except (client.ClientError, OSError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 3
-    if answer.get("event") != "status":
+    if answer.get("event") != event:
         print(f"relay: {answer.get('message', 'unexpected answer')}", file=sys.stderr)
         return 1
+    return answer
+
+
+def _status(as_json: bool) -> int:
+    import json  # noqa: PLC0415
+
+    from relay import statusview  # noqa: PLC0415
+
+    answer = _daemon_answer({"op": "status"}, "status")
+    if isinstance(answer, int):
+        return answer
     print(
         json.dumps(answer, indent=2) if as_json else statusview.render(answer),
         end="\n" if as_json else "",
     )
+    return 0
+
+
+STOP_WAIT_S = 90.0  # the daemon's own shutdown grace is shorter (relay.daemon)
+
+
+def _stop(*, restart: bool) -> int:
+    import time  # noqa: PLC0415
+
+    from relay import client, paths, shim  # noqa: PLC0415
+
+    path = paths.socket_path()
+    try:
+        answer = client.request(path, {"op": "stop"})
+    except (client.ClientError, OSError):
+        print(f"relay: no relay daemon is running on {path}", file=sys.stderr)
+        if not restart:
+            return 0
+    else:
+        if answer.get("event") != "stopping":
+            print(f"relay: {answer.get('message', 'unexpected answer')}", file=sys.stderr)
+            return 1
+        print(f"relay: stopping the daemon (pid {answer['pid']})", file=sys.stderr)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:  # bounded: until its socket stops answering
+            try:
+                client.request(path, {"op": "ping"}, timeout_s=5.0)
+            except (client.ClientError, OSError):
+                break
+            time.sleep(0.1)
+        else:
+            print(f"relay: the daemon did not stop within {STOP_WAIT_S:g} s", file=sys.stderr)
+            return 1
+    if not restart:
+        return 0
+    try:
+        answer = shim.request({"op": "ping"}, 30.0, autostart=True)
+    except shim.ShimError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.status
+    print(f"relay: started a new daemon (pid {answer.get('pid')})", file=sys.stderr)
+    return 0
+
+
+def _reload() -> int:
+    answer = _daemon_answer({"op": "reload"}, "reloaded")
+    if isinstance(answer, int):
+        return answer
+    said = "read again; changes apply to each host's next connection"
+    print(f"relay: configuration {said if answer.get('changed') else 'unchanged'}")
+    return 0
+
+
+LOGIN_ROUNDS = 20  # prompts a server may send in one login, at most
+LOGIN_WAIT_S = 660.0  # the daemon gives a person 600 s to answer
+
+
+def _login(host: str) -> int:
+    """``relay login HOST``: the server's prompts, as ssh shows them, answered here."""
+    import getpass  # noqa: PLC0415
+
+    from relay import framing, paths, shim  # noqa: PLC0415
+
+    try:
+        sock = shim.daemon_socket(paths.socket_path(), autostart=True)
+    except shim.ShimError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.status
+    with sock:
+        sock.settimeout(LOGIN_WAIT_S)
+        reader = sock.makefile("rb")
+        sock.sendall(framing.encode({"op": "login", "host": host, **shim.agent_field()}))
+        for _ in range(LOGIN_ROUNDS):
+            try:
+                line = reader.readline()
+                event = framing.decode(line) if line else None
+            except (OSError, framing.FramingError) as exc:
+                print(f"relay: lost the relay daemon: {exc}", file=sys.stderr)
+                return 3
+            if event is None:
+                print("relay: the relay daemon closed the connection", file=sys.stderr)
+                return 3
+            if event.get("event") != "prompt":
+                break
+            for text in (event.get("name"), event.get("instructions")):
+                if text:
+                    print(text, file=sys.stderr)
+            answers = []
+            for prompt in event.get("prompts", []):
+                try:
+                    if prompt.get("echo"):
+                        answers.append(input(prompt.get("text", "")))
+                    else:
+                        answers.append(getpass.getpass(prompt.get("text", "")))
+                except (EOFError, KeyboardInterrupt):
+                    print("\nrelay: login abandoned", file=sys.stderr)
+                    return 1
+            sock.sendall(framing.encode({"op": "answers", "answers": answers}))
+        else:
+            print(f"relay: more than {LOGIN_ROUNDS} prompts; giving up", file=sys.stderr)
+            return 1
+    if event.get("event") != "connected":
+        print(f"relay: {event.get('message', 'unexpected answer')}", file=sys.stderr)
+        return 1
+    if event.get("already"):
+        print(f"relay: {event['host']} is connected already; nothing to ask")
+    else:
+        print(f"relay: logged in to {event['host']}; launches there use this connection")
+    return 0
+
+
+def _trust(host: str, *, assume_yes: bool) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    import asyncssh  # noqa: PLC0415
+
+    from relay import shim  # noqa: PLC0415
+    from relay.ssh import hostkeys  # noqa: PLC0415
+
+    answer = _daemon_answer(
+        {"op": "hostkey", "host": host, **shim.agent_field()}, "hostkey", start=True, timeout_s=60
+    )
+    if isinstance(answer, int):
+        return answer
+    entry = hostkeys.entry_name(answer["name"], answer["port"])
+    print(f"{host} ({entry}) offers the host key {answer['fingerprint']}")
+    if answer["state"] == "known":
+        print("it is already recorded in known_hosts; nothing to do")
+        return 0
+    if answer["state"] == "changed":
+        print(
+            f"relay: a DIFFERENT key is recorded for {entry}: possible man-in-the-middle, or the "
+            f"host was reinstalled; if the change is expected, run `ssh-keygen -R '{entry}'` "
+            f"and then `relay trust {host}` again",
+            file=sys.stderr,
+        )
+        return 1
+    target = Path(answer["file"])
+    if not assume_yes:
+        print("Compare it with the fingerprint the host's administrator gives you.")
+        try:
+            reply = input(f"Record it in {target}? [y/N] ")
+        except EOFError:
+            reply = ""
+        if reply.strip().lower() not in ("y", "yes"):
+            print("relay: not recorded", file=sys.stderr)
+            return 1
+    key = asyncssh.import_public_key(answer["key"])
+    hostkeys.record(target, answer["name"], answer["port"], key)
+    print(f"recorded in {target}")
     return 0
 
 

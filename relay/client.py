@@ -93,7 +93,11 @@ def request(
     try:
         sock = connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise ClientError(f"no relay daemon is listening on {path}") from exc
+        raise ClientError(
+            f"no relay daemon is listening on {path}: the first launch starts one, or start "
+            f"it with `relay connect HOST`, `relay serve`, or as a service (`relay service "
+            f"install`)"
+        ) from exc
     with sock:
         deadline = time.monotonic() + timeout_s
         sock.sendall(framing.encode(message))

@@ -28,7 +28,14 @@ import structlog
 
 from relay import __version__, framing, protocol
 from relay.client import peer_uid
-from relay.errors import BadRequest, ConfigError, RelayError, ShuttingDown, error_event
+from relay.errors import (
+    BadRequest,
+    ConfigError,
+    LoginAbandoned,
+    RelayError,
+    ShuttingDown,
+    error_event,
+)
 from relay.framing import FramingError
 
 if TYPE_CHECKING:
@@ -38,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["ControlServer", "DaemonLock", "DaemonRunning", "peer_uid", "prepare_socket_dir"]
 
 REQUEST_TIMEOUT_S = 10.0
+LOGIN_ANSWER_TIMEOUT_S = 300.0  # a person reading a one-time code off a phone
 RELEASE_WAIT_S = 20.0  # a controller's shim hears of the exit once its forwards are released
 log = structlog.get_logger("relay.control")
 
@@ -117,12 +125,17 @@ class Conversation:
             return
         try:
             req = await self._request()
+            if not isinstance(req, protocol.ReloadRequest):
+                self._daemon.reload()  # relay.toml changed on disk: read it first (one stat)
         except BadRequest as exc:
             log.info("bad message on control socket", error=exc.message)
             await _send(self._writer, error_event(exc))
             return
         if isinstance(req, protocol.LaunchRequest):
             await self._launch(req)
+            return
+        if isinstance(req, protocol.LoginRequest):
+            await self._login(req)
             return
         try:
             answer = await self._answer(req)
@@ -153,7 +166,52 @@ class Conversation:
             return {"event": "forwarded", "host": req.host, "linkname": name}
         if isinstance(req, protocol.ConnectRequest):
             return await daemon.connect(req)
+        if isinstance(req, protocol.StopRequest):
+            daemon.request_stop("relay stop")
+            return {"event": "stopping", "pid": os.getpid()}
+        if isinstance(req, protocol.ReloadRequest):
+            return daemon.reload(force=True)
+        if isinstance(req, protocol.HostKeyRequest):
+            return await daemon.host_key(req.host)
+        if isinstance(req, protocol.AnswersRequest):
+            raise BadRequest("answers outside a login")
         raise BadRequest("terminate outside a launch")
+
+    async def _login(self, req: protocol.LoginRequest) -> None:
+        """``relay login``: the server's prompts go to the client, a person answers them."""
+
+        async def ask(name: str, instructions: str, prompts: list[tuple[str, bool]]) -> list[str]:
+            await _send(
+                self._writer,
+                {
+                    "event": "prompt",
+                    "name": name,
+                    "instructions": instructions,
+                    "prompts": [{"text": text, "echo": echo} for text, echo in prompts],
+                },
+            )
+            try:
+                async with asyncio.timeout(LOGIN_ANSWER_TIMEOUT_S):
+                    line = await self._reader.readline()
+            except TimeoutError:
+                raise LoginAbandoned("no answer to the server's prompt in time") from None
+            if not line:
+                raise LoginAbandoned("the login client went away")
+            try:
+                answer = protocol.parse_request(framing.decode(line))
+            except (FramingError, BadRequest):
+                raise LoginAbandoned("the login client sent something else than answers") from None
+            if not isinstance(answer, protocol.AnswersRequest) or len(answer.answers) != len(
+                prompts
+            ):
+                raise LoginAbandoned("the login client sent something else than answers")
+            return answer.answers
+
+        try:
+            answer = await self._daemon.login(req, ask)
+        except RelayError as exc:
+            answer = error_event(exc)
+        await _send(self._writer, answer)
 
     async def _launch(self, req: protocol.LaunchRequest) -> None:
         started = time.monotonic()

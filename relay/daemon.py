@@ -38,16 +38,23 @@ from typing import Any
 import asyncssh
 import structlog
 
-from relay import __version__, protocol
+from relay import __version__, protocol, settings
 from relay.activation import Notifier, activated_socket
 from relay.control import ControlServer, DaemonLock, prepare_socket_dir
-from relay.errors import BadRequest, ConnectFailed, ForwardFailed, RelayError, ShuttingDown
+from relay.errors import (
+    BadRequest,
+    ConfigError,
+    ConnectFailed,
+    ForwardFailed,
+    RelayError,
+    ShuttingDown,
+)
 from relay.kernels import Kernel, launch, new_kernel_id
 from relay.linkname import LinkName, LinkNameError
 from relay.settings import RelayConfig
 from relay.ssh.exposed import ExposeForward
 from relay.ssh.forwards import CallbackForward, hold_until_connected
-from relay.ssh.host import Hold, HostSession
+from relay.ssh.host import Hold, HostSession, Prompter
 from relay.tasks import TaskSet
 
 __all__ = ["Daemon", "serve"]
@@ -110,10 +117,18 @@ class Daemon:
         self._tasks = TaskSet(log)
         self.stopping = False
         self.started_at = time.time()
+        # the newest client's SSH_AUTH_SOCK (its launch or connect request), for connections
+        # opened from now on: the daemon may have started before ssh-add, or elsewhere
+        self.environ_agent: str | None = os.environ.get("SSH_AUTH_SOCK")
+        # relay.toml as it was last read; a changed file is read again before any request
+        self.config_path = Path(config_source)
+        self._config_stamp = _stamp(self.config_path)
+        self.config_error: str | None = None  # a newer file that could not be used
+        self.stop_requested: asyncio.Future[str] | None = None
 
     # -- hosts -----------------------------------------------------------------------------
-    def host(self, name: str) -> HostSession:
-        key, cfg = self.config.resolve(name, self.config_source)
+    def host(self, name: str, *, adhoc: bool | None = None) -> HostSession:
+        key, cfg = self.config.resolve(name, self.config_source, adhoc=adhoc)
         session = self.hosts.get(key)
         if session is None:
             session = self.hosts[key] = HostSession(
@@ -123,11 +138,22 @@ class Daemon:
                 jump=self._jump,
                 configured=sorted(self.config.hosts),
                 config_source=self.config_source,
+                ssh_files=self.config.daemon.ssh_config,
             )
+        session.environ_agent = self.environ_agent
         return session
 
+    def note_client(self, ssh_auth_sock: str | None) -> None:
+        """A client's environment, for connections opened from now on."""
+        if ssh_auth_sock and ssh_auth_sock != self.environ_agent:
+            self.environ_agent = ssh_auth_sock
+            for session in self.hosts.values():
+                session.environ_agent = ssh_auth_sock
+
     async def _jump(self, name: str) -> Any:
-        return await self.host(name).connection()
+        # a jump host named in relay.toml was checked at load; one from the user's ssh_config
+        # (ProxyJump) is the user's own word, whatever allow_adhoc_hosts says
+        return await self.host(name, adhoc=True).connection()
 
     def _refuse_if_stopping(self, what: str) -> None:
         if self.stopping:
@@ -139,6 +165,7 @@ class Daemon:
     # -- kernels ---------------------------------------------------------------------------
     async def launch(self, req: protocol.LaunchRequest) -> Kernel:
         self._refuse_if_stopping("launches")
+        self.note_client(req.ssh_auth_sock)
         try:
             link = LinkName.parse(req.linkname)
         except LinkNameError as exc:
@@ -246,6 +273,7 @@ class Daemon:
         """Open a host's connection, supervisor and spare forwards ahead of any launch, so
         that the first kernel does not pay connect and authentication."""
         self._refuse_if_stopping("connections")
+        self.note_client(req.ssh_auth_sock)
         host = self.host(req.host)
         started = time.monotonic()
         try:
@@ -274,12 +302,72 @@ class Daemon:
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "socket": str(self.socket_path),
                 "stopping": self.stopping,
+                "config": str(self.config_path),
+                "config_error": self.config_error,
                 **process_stats(),
             },
             "hosts": hosts,
             "kernels": [k.snapshot() for k in self.kernels.values()],
             "forwards": [f.snapshot() for f in self.forwards.values()],
         }
+
+    # -- steering --------------------------------------------------------------------------
+    def reload(self, *, force: bool = False) -> dict[str, Any]:
+        """Read relay.toml again if it changed (or ``force``): validated first, so a broken
+        file is reported (logged, in ``relay status``, to ``relay reload``) and the running
+        configuration stays. Host changes apply to each host's next connection."""
+        stamp = _stamp(self.config_path)
+        if not force and stamp == self._config_stamp:
+            return {"event": "reloaded", "changed": False}
+        self._config_stamp = stamp
+        try:
+            config, _ = settings.load(self.config_path)
+        except RelayError as exc:
+            self.config_error = exc.message
+            log.error("configuration not reloaded; the running one stays", error=exc.message)
+            if force:
+                raise ConfigError(f"{exc.message} (relay goes on with the running one)") from None
+            return {"event": "reloaded", "changed": False, "error": exc.message}
+        self.config_error = None
+        changed = config != self.config
+        self.config = config
+        for key, session in self.hosts.items():
+            with contextlib.suppress(RelayError):
+                _, cfg = config.resolve(key, self.config_source, adhoc=True)
+                session.reconfigure(cfg)
+        if changed:
+            log.info("configuration reloaded", path=str(self.config_path))
+        return {"event": "reloaded", "changed": changed}
+
+    def request_stop(self, why: str) -> None:
+        """A graceful shutdown, as SIGTERM (``relay stop``, ``relay restart``)."""
+        if self.stop_requested is not None and not self.stop_requested.done():
+            log.info("shutting down", reason=why)
+            self.stop_requested.set_result(why)
+
+    async def login(self, req: protocol.LoginRequest, ask: Prompter) -> dict[str, Any]:
+        """``relay login HOST``: (re)open the host's connection with a person answering the
+        server's password and keyboard-interactive prompts; every later launch uses it."""
+        self._refuse_if_stopping("logins")
+        self.note_client(req.ssh_auth_sock)
+        host = self.host(req.host)
+        started = time.monotonic()
+        already = await host.login(ask)
+        await host.live()  # the supervisor and spare forwards, as relay connect
+        log.info("logged in", host=host.key, already=already)
+        return {
+            "event": "connected",
+            "host": host.key,
+            "already": already,
+            "connect_ms": round((time.monotonic() - started) * 1000, 1),
+            "rtt_ms": host.snapshot()["rtt_ms"],
+        }
+
+    async def host_key(self, name: str) -> dict[str, Any]:
+        """The key ``name`` offers, for ``relay trust``: fetched the way a connection would
+        reach the host (ssh_config, jump host, proxy command), and whether it is known."""
+        session = self.host(name)
+        return await session.host_key()
 
     # -- shutdown --------------------------------------------------------------------------
     async def aclose(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
@@ -299,6 +387,15 @@ class Daemon:
             await self._tasks.aclose()
 
 
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells that a file changed: inode, size and modification time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _default_trigger() -> Awaitable[None]:
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
@@ -314,6 +411,12 @@ def _default_trigger() -> Awaitable[None]:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     return stop
+
+
+def _on_hangup(daemon: Daemon) -> None:
+    log.info("SIGHUP: reading the configuration again")
+    with contextlib.suppress(RelayError):  # a broken file is logged; the running one stays
+        daemon.reload(force=True)
 
 
 async def serve(
@@ -333,6 +436,10 @@ async def serve(
     prepare_socket_dir(socket_path)
     lock = DaemonLock(socket_path.with_name(socket_path.name + ".lock"))
     daemon = Daemon(config, config_source, socket_path)
+    loop = asyncio.get_running_loop()
+    daemon.stop_requested = loop.create_future()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, _on_hangup, daemon)
     try:
         await daemon.control.start(socket_path, inherited)
         log.info(
@@ -341,8 +448,17 @@ async def serve(
         notifier.notify(ready="1", status=f"serving {socket_path}")
         if on_ready is not None:
             on_ready(daemon)
-        await (shutdown_trigger if shutdown_trigger is not None else _default_trigger())
+        trigger = shutdown_trigger if shutdown_trigger is not None else _default_trigger()
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(trigger)
+        stop: asyncio.Future[Any] = daemon.stop_requested
+        try:
+            await asyncio.wait({waiter, stop}, return_when="FIRST_COMPLETED")
+        finally:
+            if waiter is not trigger:  # a task of ours (the caller's own future is left alone)
+                waiter.cancel()
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGHUP)
         notifier.notify(stopping="1", status="terminating kernels and closing connections")
         await daemon.aclose()
         if inherited is None:

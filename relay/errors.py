@@ -26,8 +26,10 @@ __all__ = [
     "KernelExited",
     "KernelMissing",
     "LaunchTimeout",
+    "LoginAbandoned",
     "PeerCheckUnavailable",
     "RelayError",
+    "SSHSetupFailed",
     "ShuttingDown",
     "SupervisorFailed",
     "UnknownHost",
@@ -82,6 +84,12 @@ class ForwardRefused(RelayError):
     code = "forward_refused"
 
 
+class SSHSetupFailed(RelayError):
+    """Something on this machine needs fixing (a key file, ssh_config): retrying cannot help."""
+
+    code = "ssh_setup"
+
+
 class SupervisorFailed(RelayError):
     code = "supervisor_failed"
 
@@ -102,6 +110,12 @@ class KernelExited(RelayError):
 
 class LaunchTimeout(RelayError):
     code = "launch_timeout"
+
+
+class LoginAbandoned(RelayError):
+    """``relay login`` ended before the server's prompts were answered."""
+
+    code = "login_abandoned"
 
 
 class FrontEndUnreachable(RelayError):

@@ -4,12 +4,22 @@ Framing (one JSON object a line, ``"v": 1``, 64 KiB at most) is ``relay.framing`
 
 Requests (client -> daemon)::
 
-    {"v":1,"op":"launch","host":H,"kernel":K,"linkname":L,"mode":"controller"|"compute"}
+    {"v":1,"op":"launch","host":H,"kernel":K,"linkname":L,"mode":"controller"|"compute",
+     "ssh_auth_sock":S}          # S (optional): the client's agent, for connections from now on
     {"v":1,"op":"terminate"}      # on a launch connection: end the kernel (shim got a signal)
     {"v":1,"op":"ping"}
     {"v":1,"op":"status"}         # answered by one "status" event, then the connection ends
     {"v":1,"op":"forward","host":H,"linkname":L,"direction":"callback"|"expose"}
-    {"v":1,"op":"connect","host":H}  # open H's connection ahead of launches (relay connect)
+    {"v":1,"op":"connect","host":H,"ssh_auth_sock":S}  # open H's connection ahead of launches
+    {"v":1,"op":"stop"}           # relay stop: answered, then a graceful shutdown (as SIGTERM)
+    {"v":1,"op":"reload"}         # relay reload: re-read relay.toml (also on SIGHUP, and when
+                                  # the file changed, before any request)
+    {"v":1,"op":"hostkey","host":H}  # relay trust: the key H offers and whether it is known
+    {"v":1,"op":"login","host":H,"ssh_auth_sock":S}  # relay login: (re)open H's connection,
+        # the server's password and keyboard-interactive prompts answered by the client:
+        #   {"v":1,"event":"prompt","name":..,"instructions":..,"prompts":[{"text","echo"}]}
+        #   {"v":1,"op":"answers","answers":[..]}   (never logged)
+        # until {"event":"connected",..} or an error
 
 Events (daemon -> client)::
 
@@ -54,12 +64,42 @@ class _Message(BaseModel):
     v: Literal[1] = 1
 
 
+class StopRequest(_Message):
+    op: Literal["stop"]
+
+
+class ReloadRequest(_Message):
+    op: Literal["reload"]
+
+
+class HostKeyRequest(_Message):
+    op: Literal["hostkey"]
+    host: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class LoginRequest(_Message):
+    op: Literal["login"]
+    host: Annotated[str, Field(min_length=1, max_length=1024)]
+    ssh_auth_sock: Annotated[str | None, Field(max_length=1024)] = None
+
+
+class AnswersRequest(_Message):
+    """A person's answers to a login prompt: secrets, so never quoted in an error."""
+
+    op: Literal["answers"]
+    answers: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=32)]
+
+
+AgentSocket = Annotated[str | None, Field(max_length=1024)]
+
+
 class LaunchRequest(_Message):
     op: Literal["launch"]
     host: Annotated[str, Field(min_length=1, max_length=1024)]
     kernel: Annotated[str, Field(max_length=4096), AfterValidator(no_control_characters)] = ""
     linkname: Annotated[str, Field(min_length=1, max_length=1024)]
     mode: Literal["controller", "compute"] = "controller"
+    ssh_auth_sock: AgentSocket = None  # the client's SSH_AUTH_SOCK: the agent it lives with
 
 
 class TerminateRequest(_Message):
@@ -95,10 +135,21 @@ class ConnectRequest(_Message):
 
     op: Literal["connect"]
     host: Annotated[str, Field(min_length=1, max_length=1024)]
+    ssh_auth_sock: AgentSocket = None
 
 
 AnyRequest = (
-    LaunchRequest | TerminateRequest | PingRequest | StatusRequest | ForwardRequest | ConnectRequest
+    LaunchRequest
+    | TerminateRequest
+    | PingRequest
+    | StatusRequest
+    | ForwardRequest
+    | ConnectRequest
+    | StopRequest
+    | ReloadRequest
+    | HostKeyRequest
+    | LoginRequest
+    | AnswersRequest
 )
 Request = Annotated[AnyRequest, Field(discriminator="op")]
 _ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(Request)
@@ -109,12 +160,14 @@ def parse_request(obj: dict[str, Any]) -> AnyRequest:
     try:
         return _ADAPTER.validate_python(obj)
     except ValidationError as exc:
+        if obj.get("op") == "answers":  # never quote what a person typed
+            raise BadRequest("bad request: answers must be a list of strings") from None
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
         if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
             message = (
                 f"unknown op {str(obj.get('op'))[:40]!r} (expected launch, terminate, "
-                f"ping, status, forward or connect)"
+                f"ping, status, forward, connect, stop, reload, hostkey or login)"
             )
         else:
             message = f"{where}: {first['msg']}"

@@ -50,6 +50,10 @@ After=relay.socket network-online.target
 Type=notify
 NotifyAccess=main
 ExecStart={command} serve
+ExecReload=/bin/kill -HUP $MAINPID
+# The agent of the session that started the manager (desktop sessions import it; else run
+# `systemctl --user import-environment SSH_AUTH_SOCK`). Every launch also brings its own.
+PassEnvironment=SSH_AUTH_SOCK
 Restart=on-failure
 RestartSec=2
 # On SIGTERM relay refuses new launches, terminates the kernels it owns (SIGTERM, then

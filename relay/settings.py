@@ -75,6 +75,8 @@ class DaemonConfig(_Strict):
     socket: str | None = None
     allow_adhoc_hosts: bool = True
     log_level: str = "info"
+    # OpenSSH client configuration read for every host, first value wins (as ssh reads them)
+    ssh_config: tuple[str, ...] = ("~/.ssh/config", "/etc/ssh/ssh_config")
 
 
 class RelayConfig(_Strict):
@@ -85,15 +87,18 @@ class RelayConfig(_Strict):
     def host_defaults(self) -> HostConfig:
         return HostConfig.model_validate({"hostname": "-", **self.defaults})
 
-    def resolve(self, name: str, source: str = "relay.toml") -> tuple[str, HostConfig]:
-        """A [hosts] entry by name, else an ad-hoc spec; returns (key, config)."""
+    def resolve(
+        self, name: str, source: str = "relay.toml", *, adhoc: bool | None = None
+    ) -> tuple[str, HostConfig]:
+        """A [hosts] entry by name, else an ad-hoc spec (if ``adhoc``, by default
+        ``allow_adhoc_hosts``); returns (key, config)."""
         if name in self.hosts:
             return name, self.hosts[name]
         try:
             spec = HostSpec.parse(name)  # first: a spec with a password is never echoed
         except HostSpecError as exc:
             raise BadRequest(str(exc)) from None
-        if not self.daemon.allow_adhoc_hosts:
+        if not (self.daemon.allow_adhoc_hosts if adhoc is None else adhoc):
             known = ", ".join(sorted(self.hosts)) or "none"
             raise UnknownHost(
                 f"unknown host alias {name!r}: add [hosts.{name}] to {source} (configured: {known})"

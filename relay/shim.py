@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.status
 
 
-def _daemon_socket(path: str, autostart: bool) -> socket.socket:
+def daemon_socket(path: str, autostart: bool) -> socket.socket:
     """A connection to the user's own daemon (``relay.client.connect`` checks the socket,
     its directory and the listening process before a byte is sent), started if needed."""
     try:
@@ -173,6 +173,13 @@ def _connect_or_start(path: str, autostart: bool) -> socket.socket:
             return connect(path)
         except OSError as exc:
             raise ShimError(f"the relay daemon did not come up on {path}", EXIT_DAEMON) from exc
+
+
+def agent_field() -> dict[str, str]:
+    """The client's agent socket, sent with every request that may open a connection: the
+    daemon was perhaps started before ``ssh-add`` or in another login session."""
+    sock = os.environ.get("SSH_AUTH_SOCK")
+    return {"ssh_auth_sock": sock} if sock else {}
 
 
 class _StartLock:
@@ -328,7 +335,7 @@ def _die_with_parent() -> None:
 def request(message: dict[str, Any], timeout_s: float, *, autostart: bool = True) -> dict[str, Any]:
     """One request to the daemon (started first if none listens) and its one answer; for
     commands that want a running daemon, such as ``relay connect``."""
-    session = _Session(_daemon_socket(paths.socket_path(), autostart=autostart))
+    session = _Session(daemon_socket(paths.socket_path(), autostart=autostart))
     try:
         session.send(message)
         event = session.next_event(timeout_s)
@@ -342,7 +349,7 @@ def request(message: dict[str, Any], timeout_s: float, *, autostart: bool = True
 
 def _run(args: _Args) -> int:
     path = paths.socket_path()
-    sock = _daemon_socket(path, autostart=not args.no_autostart)
+    sock = daemon_socket(path, autostart=not args.no_autostart)
     session = _Session(sock)
     mode = "compute" if args.compute else "controller"
     if mode == "controller":
@@ -354,6 +361,7 @@ def _run(args: _Args) -> int:
             "kernel": args.kernel,
             "linkname": args.linkname,
             "mode": mode,
+            **agent_field(),
         }
     )
     event = session.next_event(args.timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Any
 
@@ -25,10 +26,39 @@ def _duration(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+ERROR_WIDTH = 60  # a long host error is wrapped onto continuation rows
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    """Columns padded to their widest cell; a cell with newlines continues on rows below."""
+    split = [[cell.split("\n") for cell in row] for row in rows]
+    widths = [
+        max(len(h), *(len(part) for r in split for part in r[i])) for i, h in enumerate(headers)
+    ]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
+    lines = [fmt.format(*headers).rstrip()]
+    for row in split:
+        for n in range(max(len(cell) for cell in row)):
+            lines.append(fmt.format(*(cell[n] if n < len(cell) else "" for cell in row)).rstrip())
+    return lines
+
+
+def _wrapped(text: str | None) -> str:
+    return "\n".join(textwrap.wrap(text, ERROR_WIDTH)) if text else "-"
+
+
+def _state(h: dict[str, Any], now: float) -> str:
+    if h["state"] == "backing-off" and h.get("retry_at"):
+        return f"backing-off (retry in {_duration(h['retry_at'] - now)})"
+    return str(h["state"])
+
+
+def _target(h: dict[str, Any]) -> str:
+    """user@host:port as ssh_config resolved it at the last connect."""
+    host = h.get("hostname") or "-"
+    port = h.get("port")
+    target = f"{host}:{port}" if port and port != 22 else host
+    return f"{h['user']}@{target}" if h.get("user") else target
 
 
 def _peer_check(check: dict[str, Any] | None) -> str:
@@ -56,16 +86,17 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     hosts = status["hosts"]
     if hosts:
         lines += _table(
-            ["HOST", "STATE", "SINCE", "RTT", "KERNELS", "PEER CHECK", "LAST ERROR"],
+            ["HOST", "TARGET", "STATE", "SINCE", "RTT", "KERNELS", "PEER CHECK", "LAST ERROR"],
             [
                 [
                     h["name"],
-                    h["state"],
+                    _target(h),
+                    _state(h, now),
                     _ago(h["since"], now),
                     f"{h['rtt_ms']:.1f} ms" if h.get("rtt_ms") is not None else "-",
                     str(h["kernels"]),
                     _peer_check(h.get("peer_check")),
-                    h.get("last_error") or "-",
+                    _wrapped(h.get("last_error")),
                 ]
                 for h in hosts
             ],
@@ -78,7 +109,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
         lines += _table(
             ["HOST", "KERNEL", "WHEN", "PATH", "REASON"],
             [
-                [name, f["kernel_id"], _ago(f["at"], now), f["kernel"], f["reason"]]
+                [name, f["kernel_id"], _ago(f["at"], now), f["kernel"], _wrapped(f["reason"])]
                 for name, f in failures
             ],
         )

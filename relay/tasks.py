@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -23,7 +24,11 @@ class TaskSet:
         self._log = log or structlog.get_logger("relay.tasks")
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+        """Run ``coro`` in an empty context: the log context a request bound (its host and
+        kernel) must not stick to a task that outlives the request."""
+        task = asyncio.get_running_loop().create_task(
+            coro, name=name, context=contextvars.Context()
+        )
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task

@@ -17,7 +17,7 @@ import pytest
 
 from relay import log, settings
 from relay.daemon import Daemon, serve
-from relay.sim.sshd import ThrowawaySSHD, find_sshd
+from relay.sim.sshd import ThrowawaySSHD, find_sshd, toml_value
 
 BIN = Path(sys.executable).parent
 RELAY = str(BIN / "relay")
@@ -52,6 +52,7 @@ class RelayHome:
     sshd: ThrowawaySSHD | None
     hosts: dict[str, dict[str, object]] = field(default_factory=dict)
     daemon_options: dict[str, object] = field(default_factory=dict)
+    defaults: dict[str, object] = field(default_factory=dict)  # relay.toml's [defaults]
 
     @property
     def config(self) -> Path:
@@ -61,6 +62,12 @@ class RelayHome:
     def socket(self) -> Path:
         return self.dir / "run" / "relay.sock"
 
+    @property
+    def ssh_config(self) -> Path:
+        """The only ssh_config the daemon reads (none of the machine's, unless a test
+        writes one here): tests must not depend on ~/.ssh/config or /etc/ssh/ssh_config."""
+        return self.dir / "ssh_config"
+
     def add_host(self, name: str, **extra: object) -> None:
         self.hosts[name] = extra
 
@@ -68,8 +75,11 @@ class RelayHome:
         text = ""
         if self.daemon_options:
             text += "[daemon]\n" + "".join(
-                f"{k} = {'true' if v is True else 'false' if v is False else repr(v)}\n"
-                for k, v in self.daemon_options.items()
+                f"{k} = {toml_value(v)}\n" for k, v in self.daemon_options.items()
+            )
+        if self.defaults:
+            text += "[defaults]\n" + "".join(
+                f"{k} = {toml_value(v)}\n" for k, v in self.defaults.items()
             )
         for name, extra in self.hosts.items():
             assert self.sshd is not None
@@ -87,6 +97,7 @@ def home(request: pytest.FixtureRequest) -> Iterator[RelayHome]:
     directory = Path(tempfile.mkdtemp(prefix="relay-", dir="/tmp"))
     server = request.getfixturevalue("sshd") if "sshd" in request.keywords else None
     h = RelayHome(directory, server)
+    h.daemon_options["ssh_config"] = [str(h.ssh_config)]
     if server is not None:
         h.add_host("local")
     yield h

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["SSHD_PATH", "ThrowawaySSHD", "find_sshd"]
+__all__ = ["SSHD_PATH", "ThrowawaySSHD", "find_sshd", "toml_value"]
 
 SSHD_PATH = "/usr/sbin/sshd"
 START_TIMEOUT_S = 20.0
@@ -61,6 +61,7 @@ class ThrowawaySSHD:
         netns: bool = False,
         hide_proc: bool = False,
         sftp: bool = True,
+        program: str | None = None,
     ) -> None:
         self.dir = Path(directory)
         self.options = options or {}
@@ -73,6 +74,9 @@ class ThrowawaySSHD:
         self.hide_proc = hide_proc
         # without it, like many hardened or embedded sshd configurations: no SFTP subsystem
         self.sftp = sftp
+        # sshd under another name (a symlink): sshd names its PAM service after argv[0], so a
+        # test can give it a PAM stack of its own (/etc/pam.d/<name>)
+        self.program = program
         self.user = getpass.getuser()
         self.host_key = self.dir / "ssh_host_ed25519_key"
         self.client_key = self.dir / "id_ed25519"
@@ -90,7 +94,9 @@ class ThrowawaySSHD:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """Generate the host and client keys (start() does it too): a test can then write a
+        relay.toml for a server that is not up yet."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.host_key.exists():
             _keygen(self.host_key, "relay-test-host")
@@ -128,11 +134,11 @@ class ThrowawaySSHD:
         sshd = find_sshd()
         if sshd is None:
             raise RuntimeError("OpenSSH sshd is not installed: apt-get install openssh-server")
-        self._prepare()
+        self.prepare()
         for _attempt in range(10):
             chosen = port or self.port or (2222 if self.netns else _free_port())
             config = self.write_config(chosen)
-            argv = [sshd, "-D", "-e", "-f", str(config)]
+            argv = [self.program or sshd, "-D", "-e", "-f", str(config)]
             if self.netns:
                 argv = [
                     "unshare",
@@ -297,14 +303,14 @@ class ThrowawaySSHD:
                 "proxy_command",
                 [sys.executable, "-m", "relay.sim.nsbridge", str(self.proc.pid), str(self.port)],
             )
-        return f"[hosts.{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+        return f"[hosts.{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
 
 
-def _toml(value: object) -> str:
+def toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

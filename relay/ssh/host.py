@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import hashlib
 import math
+import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -41,16 +42,19 @@ from relay.errors import (
     ConnectFailed,
     RelayError,
     ShuttingDown,
+    SSHSetupFailed,
 )
 from relay.settings import HostConfig
-from relay.ssh import hookfile
+from relay.ssh import hookfile, hostkeys, identity, options, sshconfig
 from relay.ssh.errors import translate_connect_error
 from relay.ssh.forwards import SparePool
 from relay.ssh.guard import PeerGuard
+from relay.ssh.options import ConnectPlan
+from relay.ssh.sshconfig import SSHView
 from relay.ssh.supervisor import Supervisor
 from relay.tasks import TaskSet
 
-__all__ = ["Hold", "HostSession", "Live"]
+__all__ = ["Hold", "HostSession", "Live", "Prompter"]
 
 JumpGetter = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
 ATTEMPTS_PER_REQUEST = 3
@@ -65,21 +69,47 @@ def backoff_s(attempt: int, rng: random.Random) -> float:
     return ceiling * (0.5 + rng.random() / 2)
 
 
-class _Client(asyncssh.SSHClient):
-    """Records why a connection ended and whether the server wanted a person to answer."""
+Prompter = Callable[[str, str, list[tuple[str, bool]]], Awaitable[list[str]]]
+LOGIN_TIMEOUT_S = 600.0  # relay login: a person types passwords and one-time codes
 
-    def __init__(self) -> None:
+
+class _Client(asyncssh.SSHClient):
+    """Records why a connection ended and whether the server wanted a person to answer. With
+    ``ask`` (``relay login``), a person does: password and keyboard-interactive prompts go
+    to them; otherwise (every launch) both are declined and noted for the error message."""
+
+    def __init__(self, ask: Prompter | None = None, who: str = "") -> None:
         self.lost: Exception | None = None
         self.person_needed: list[str] = []
+        self._ask = ask
+        self._who = who
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc
 
-    def password_auth_requested(self) -> None:
-        self.person_needed.append("a password")  # declined: a daemon never asks a person
+    async def password_auth_requested(self) -> str | None:
+        if self._ask is None:
+            self.person_needed.append("a password")
+            return None
+        (answer,) = await self._ask("", "", [(f"{self._who}'s password: ", False)])
+        return answer
 
-    def kbdint_auth_requested(self) -> None:
-        self.person_needed.append("keyboard-interactive (2FA) answers")
+    def kbdint_auth_requested(self) -> str | None:
+        if self._ask is None:
+            self.person_needed.append("keyboard-interactive (2FA) answers")
+            return None
+        return ""  # whatever submethods the server has
+
+    async def kbdint_challenge_received(
+        self, name: str, instructions: str, lang: str, prompts: Sequence[tuple[str, bool]]
+    ) -> list[str] | None:
+        if self._ask is None:
+            return None
+        if not prompts:  # a message only (e.g. "Authenticated with partial success.")
+            if name or instructions:
+                await self._ask(name, instructions, [])
+            return []
+        return await self._ask(name, instructions, list(prompts))
 
 
 class Hold:
@@ -119,9 +149,15 @@ class HostSession:
         jump: JumpGetter | None = None,
         configured: list[str] | None = None,
         config_source: str = "relay.toml",
+        ssh_files: Sequence[str] = sshconfig.DEFAULT_FILES,
     ) -> None:
         self.key = key
+        self.base_config = config  # as relay.toml says; ``config`` adds ssh_config's values
         self.config = config
+        self.ssh_files: tuple[str, ...] = tuple(ssh_files)
+        self.view: SSHView | None = None  # ssh_config's view of the host at the last connect
+        self.environ_agent: str | None = os.environ.get("SSH_AUTH_SOCK")  # the newest launch's
+        self._noted: set[str] = set()
         # Who this host session is to the remote host: the daemon and the host entry, so two
         # names for one account (two [hosts] entries, two aliases) never take each other's
         # supervisor for a stale one of their own.
@@ -143,6 +179,7 @@ class HostSession:
         self.state = "disconnected"
         self.since = time.time()
         self.last_error: str | None = None
+        self.retry_at: float | None = None  # while backing off: when the next attempt is made
         # compute kernels that failed after their shim had its answer, newest last
         self.failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=FAILURES_KEPT)
         self.rtt_ms: float | None = None
@@ -169,7 +206,9 @@ class HostSession:
             return self._conn
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(
-                self._connect_with_retry(), name=f"connect:{self.key}"
+                self._connect_with_retry(),
+                name=f"connect:{self.key}",
+                context=contextvars.Context(),  # the launch that asked first is not its owner
             )
             self._connecting.add_done_callback(self._connect_done)
         return await asyncio.shield(self._connecting)
@@ -181,33 +220,41 @@ class HostSession:
         elif task.exception() is not None:
             self._set_state("failed")
 
-    def _admit(self) -> None:
-        """At most ``reconnect_attempts`` connect attempts per ``reconnect_window_s``."""
+    def _may_retry(self) -> bool:
+        """The reconnect limiter: at most ``reconnect_attempts`` automatic retries per
+        ``reconnect_window_s``. A request a person made (a launch, ``relay connect``) always
+        gets its first attempt, so a host that is back is used at once."""
         now = time.monotonic()
         window = self.config.reconnect_window_s
         while self._attempts and now - self._attempts[0] > window:
             self._attempts.popleft()
         if len(self._attempts) >= self.config.reconnect_attempts:
-            wait = window - (now - self._attempts[0])
-            raise ConnectFailed(
-                f"not connecting to {self.key} again yet: {len(self._attempts)} attempts in the "
-                f"last {window:g} s failed (last: {self.last_error}); next attempt allowed in "
-                f"{wait:.0f} s"
-            )
+            return False
         self._attempts.append(now)
+        return True
 
     async def _connect_with_retry(self) -> asyncssh.SSHClientConnection:
+        """Attempts until one succeeds, one fails in a way no retry can mend, or the time a
+        launch waits (``launch_timeout_s``) would be overrun; each attempt is bounded by
+        ConnectTimeout (or connect_timeout_s)."""
+        deadline = time.monotonic() + self.base_config.launch_timeout_s
         for attempt in range(ATTEMPTS_PER_REQUEST):
-            self._admit()
             self._set_state("connecting")
+            self.retry_at = None
             try:
-                conn = await self._connect_once()
+                conn = await self._connect_once(deadline)
             except RelayError as exc:
                 self.last_error = exc.message
-                if not exc.retryable or attempt == ATTEMPTS_PER_REQUEST - 1:
-                    raise
                 delay = backoff_s(attempt, self._rng)
+                if (
+                    not exc.retryable
+                    or attempt == ATTEMPTS_PER_REQUEST - 1
+                    or time.monotonic() + delay >= deadline - 1.0
+                    or not self._may_retry()
+                ):
+                    raise
                 self._set_state("backing-off")
+                self.retry_at = time.time() + delay
                 self._log.warning(
                     "connect failed; retrying",
                     error=exc.message,
@@ -220,67 +267,134 @@ class HostSession:
                 return conn
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _options(self) -> dict[str, Any]:
-        cfg = self.config
-        options: dict[str, Any] = {
-            "keepalive_interval": cfg.keepalive_interval_s,
-            "keepalive_count_max": cfg.keepalive_count_max,
-            "connect_timeout": cfg.connect_timeout_s,
-            # Offered so that a server demanding them is recognised; _Client declines both.
-            "password_auth": True,
-            "kbdint_auth": True,
-            "agent_forwarding": False,
-            "x11_forwarding": False,
-            "compression_algs": ("zlib@openssh.com", "zlib") if cfg.compression else None,
-            "known_hosts": str(self.known_hosts),
-            "encryption_algs": cfg.ciphers,
-        }
-        if cfg.port is not None:
-            options["port"] = cfg.port
-        if cfg.user is not None:
-            options["username"] = cfg.user
-        if cfg.proxy_command is not None:
-            options["proxy_command"] = cfg.proxy_command
-        if cfg.identity_files is not None:
-            options["client_keys"] = [str(Path(p).expanduser()) for p in cfg.identity_files]
-        return options
-
-    @property
-    def known_hosts(self) -> Path:
-        return Path(self.config.known_hosts or "~/.ssh/known_hosts").expanduser()
-
-    async def _connect_once(self) -> asyncssh.SSHClientConnection:
-        cfg = self.config
-        started = time.monotonic()
-        options = self._options()
-        client = _Client()
+    async def login(self, ask: Prompter) -> bool:
+        """Open the connection with a person answering the server's prompts (``relay
+        login``); True if it was open already (nothing asked)."""
+        if self._closing:
+            raise ShuttingDown(f"{self.key}: relay is shutting down")
+        if self._connecting is not None:  # a launch is connecting: let it finish or fail
+            with contextlib.suppress(RelayError, asyncio.CancelledError):
+                await asyncio.shield(self._connecting)
+        if self._conn is not None and not self._conn.is_closed():
+            return True
+        self._set_state("connecting")
         try:
-            if cfg.jump:
-                assert self._jump is not None
-                options["tunnel"] = await self._jump(cfg.jump)  # shared, kept open
-            async with asyncio.timeout(cfg.connect_timeout_s):
-                conn = await asyncssh.connect(
-                    cfg.hostname, client_factory=lambda: client, **options
+            await self._connect_once(time.monotonic() + LOGIN_TIMEOUT_S, ask=ask)
+        except RelayError as exc:
+            self.last_error = exc.message
+            self._set_state("failed")
+            raise
+        self._attempts.clear()
+        return False
+
+    def reconfigure(self, config: HostConfig) -> None:
+        """relay.toml changed: the host's next connection uses ``config``."""
+        if config != self.base_config:
+            self.base_config = config
+            self._log.info("host configuration changed; used from the next connection")
+
+    async def host_key(self) -> dict[str, Any]:
+        """The key the host offers now, reached as a connection would reach it, and whether
+        the known_hosts files relay consults record it (``relay trust``)."""
+        view, connect_plan = self.plan()
+        kwargs = dict(connect_plan.kwargs)
+        if connect_plan.jump:
+            assert self._jump is not None
+            kwargs["tunnel"] = await self._jump(connect_plan.jump)
+        try:
+            async with asyncio.timeout(connect_plan.config.connect_timeout_s):
+                key = await hostkeys.offered_key(self.base_config.hostname, kwargs)
+        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            raise self._translate(
+                exc, view, connect_plan, connect_plan.config.connect_timeout_s
+            ) from None
+        if key is None:
+            raise ConnectFailed(f"{view.hostname} offered no host key")
+        name, port = view.known_hosts_name, view.port
+        state = hostkeys.state(connect_plan.known_hosts, name, port, key)
+        return {
+            "event": "hostkey",
+            "host": self.key,
+            "name": name,
+            "port": port,
+            "key": key.export_public_key("openssh").decode().strip(),
+            "fingerprint": hostkeys.fingerprint(key),
+            "state": state,
+            "file": str(connect_plan.known_hosts[0]),
+        }
+
+    def plan(self) -> tuple[SSHView, ConnectPlan]:
+        """What this host is now, by relay.toml and the ssh_config files as they are on disk
+        (re-read on every connect, as ssh would)."""
+        cfg = self.base_config
+        try:
+            view = sshconfig.resolve(
+                cfg.hostname, port=cfg.port, user=cfg.user, files=self.ssh_files
+            )
+        except (OSError, ValueError) as exc:
+            raise SSHSetupFailed(f"ssh_config is not usable for {self.key}: {exc}") from None
+        connect_plan = options.plan(cfg, view)
+        self.config, self.view = connect_plan.config, view
+        for note in connect_plan.notes:
+            if note not in self._noted:
+                self._noted.add(note)
+                self._log.warning("ssh_config", note=note)
+        return view, connect_plan
+
+    async def _connect_once(
+        self, deadline: float, ask: Prompter | None = None
+    ) -> asyncssh.SSHClientConnection:
+        started = time.monotonic()
+        view, connect_plan = self.plan()
+        cfg = connect_plan.config
+        limit = cfg.connect_timeout_s if ask is None else LOGIN_TIMEOUT_S
+        timeout_s = max(0.1, min(limit, deadline - started))
+        kwargs = dict(connect_plan.kwargs, connect_timeout=timeout_s, login_timeout=timeout_s)
+        known = [p for p in connect_plan.known_hosts if p.is_file()]
+        kwargs["known_hosts"] = (
+            [str(p) for p in known] if known else asyncssh.import_known_hosts("")
+        )
+        agent = identity.agent_path(view.get("IdentityAgent"), self.environ_agent)
+        if agent is not None:
+            kwargs["agent_path"] = agent
+        who = f"{view.user}@{view.hostname}"
+        client = _Client(ask, who)
+        offered: str | None = None
+        try:
+            if cfg.identity_files is not None:
+                kwargs["client_keys"] = await identity.client_keys(
+                    cfg.identity_files, host=self.key, agent=agent
                 )
+                kwargs["ignore_encrypted"] = True
+            if connect_plan.jump:
+                assert self._jump is not None
+                kwargs["tunnel"] = await self._jump(connect_plan.jump)  # shared, kept open
+            try:
+                async with asyncio.timeout(timeout_s):
+                    conn = await asyncssh.connect(
+                        cfg.hostname, client_factory=lambda: client, **kwargs
+                    )
+            except asyncssh.HostKeyNotVerifiable:
+                if not await self._accept_new(view, connect_plan, kwargs):
+                    raise
+                client = _Client(ask, who)
+                kwargs["known_hosts"] = [str(p) for p in connect_plan.known_hosts if p.is_file()]
+                async with asyncio.timeout(timeout_s):
+                    conn = await asyncssh.connect(
+                        cfg.hostname, client_factory=lambda: client, **kwargs
+                    )
         except RelayError:
             raise
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
-            err = translate_connect_error(
-                exc,
-                alias=self.key,
-                host=cfg.hostname,
-                port=cfg.port or 22,
-                user=cfg.user,
-                known_hosts=self.known_hosts,
-                configured=self._configured,
-                config_source=self._config_source,
-                timeout_s=cfg.connect_timeout_s,
-            )
+            if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+                offered = await self._offered(kwargs)
+            err = self._translate(exc, view, connect_plan, timeout_s, offered)
             if isinstance(err, AuthenticationFailed) and client.person_needed:
                 err = AuthenticationFailed(
-                    f"{self.key} asks for {' and '.join(client.person_needed)} after the keys "
-                    f"relay offered, and relay never answers those silently: give relay a key "
-                    f"the server accepts on its own (identity_files or ssh-agent), then retry"
+                    f"{view.user}@{view.hostname} asks for {' and '.join(client.person_needed)} "
+                    f"after the keys relay offered, and relay never answers those during a "
+                    f"launch: run `relay login {self.key}` in a terminal once, or give relay a "
+                    f"key the server accepts on its own (identity_files or ssh-agent)"
                 )
             self._log.warning("connect failed", error=err.message)
             raise err from None
@@ -291,6 +405,58 @@ class HostSession:
         self._log.info("connected", connect_ms=round((time.monotonic() - started) * 1000, 1))
         self._tasks.spawn(self._watch(conn, client), name=f"watch:{self.key}")
         return conn
+
+    def _translate(
+        self,
+        exc: BaseException,
+        view: SSHView,
+        connect_plan: ConnectPlan,
+        timeout_s: float,
+        offered: str | None = None,
+    ) -> RelayError:
+        return translate_connect_error(
+            exc,
+            alias=self.key,
+            view=view,
+            known_hosts=connect_plan.known_hosts,
+            configured=self._configured,
+            config_source=self._config_source,
+            timeout_s=timeout_s,
+            offered=offered,
+        )
+
+    async def _accept_new(
+        self, view: SSHView, connect_plan: ConnectPlan, kwargs: dict[str, Any]
+    ) -> bool:
+        """``StrictHostKeyChecking accept-new``, as ssh does it: a host with no key recorded
+        gets the one it offers recorded (never a host whose recorded key differs)."""
+        name, port, files = view.known_hosts_name, view.port, connect_plan.known_hosts
+        if view.strict_host_key_checking != "accept-new" or hostkeys.has_entry(files, name, port):
+            return False
+        try:
+            async with asyncio.timeout(connect_plan.config.connect_timeout_s):
+                key = await hostkeys.offered_key(self.base_config.hostname, kwargs)
+        except (OSError, asyncssh.Error, TimeoutError, ValueError):
+            return False
+        if key is None:
+            return False
+        line = await asyncio.to_thread(hostkeys.record, files[0], name, port, key)
+        self._log.warning(
+            "recorded a new host key (StrictHostKeyChecking accept-new)",
+            file=str(files[0]),
+            fingerprint=hostkeys.fingerprint(key),
+            entry=line.split(" ", 1)[0],
+        )
+        return True
+
+    async def _offered(self, kwargs: dict[str, Any]) -> str | None:
+        """The fingerprint of the key the server offers, for the message (best effort)."""
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_s):
+                key = await hostkeys.offered_key(self.base_config.hostname, kwargs)
+        except (OSError, asyncssh.Error, TimeoutError, ValueError):
+            return None
+        return hostkeys.fingerprint(key) if key is not None else None
 
     async def _watch(self, conn: asyncssh.SSHClientConnection, client: _Client) -> None:
         await conn.wait_closed()
@@ -373,8 +539,8 @@ class HostSession:
             await asyncio.sleep(self.config.keepalive_interval_s)
             try:
                 await self._ping(current)
-            except (RelayError, TimeoutError):
-                return
+            except (RelayError, TimeoutError, asyncssh.Error, OSError):
+                return  # the connection ended: _watch says so, once
 
     # -- relay's kernel hook file ------------------------------------------------------------
     async def _prefetch_init_file(self, conn: asyncssh.SSHClientConnection) -> None:
@@ -469,7 +635,9 @@ class HostSession:
     def snapshot(self) -> dict[str, Any]:
         return {
             "name": self.key,
-            "hostname": self.config.hostname,
+            "hostname": self.view.hostname if self.view is not None else self.config.hostname,
+            "port": self.view.port if self.view is not None else self.config.port,
+            "user": self.view.user if self.view is not None else self.config.user,
             "state": self.state,
             "since": self.since,
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
@@ -477,6 +645,7 @@ class HostSession:
             "holds": self._holds,
             "connects": self.connects,
             "last_error": self.last_error,
+            "retry_at": self.retry_at if self.state == "backing-off" else None,
             "failures": list(self.failures),
             "peer_check": {
                 "remote": self._current.guard.state if self._current is not None else None,

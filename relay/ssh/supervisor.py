@@ -279,10 +279,13 @@ class Supervisor:
 
     async def _drain_stderr(self) -> None:
         count = 0
-        async for line in self._process.stderr:
-            count += 1
-            if count <= 100:  # bounded: a noisy remote cannot flood the log
-                self._log.debug("supervisor stderr", line=line.rstrip()[:300])
+        try:
+            async for line in self._process.stderr:
+                count += 1
+                if count <= 100:  # bounded: a noisy remote cannot flood the log
+                    self._log.debug("supervisor stderr", line=line.rstrip()[:300])
+        except (asyncssh.Error, OSError):
+            return  # the connection ended: the host session says so, once
 
     def close(self) -> None:
         """End the session's input: the remote script terminates its kernels and exits."""

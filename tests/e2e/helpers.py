@@ -56,6 +56,16 @@ async def controller(
         link.close()
 
 
+async def launch_and_quit(home: RelayHome, host: str) -> None:
+    """A controller launched on ``host``, connected, told to quit, its shim exiting 0."""
+    async with controller(home, host=host, kernel=SIM_KERNEL) as fe:
+        kl = await fe.link.accept(60)
+        await kl.quit(0)
+        status, _, err = await fe.result()
+        assert status == 0, err
+        await kl.aclose()
+
+
 async def request(home: RelayHome, message: dict[str, str]) -> dict[str, object]:
     """One control-socket request, as a local client sends it."""
     loop = asyncio.get_running_loop()

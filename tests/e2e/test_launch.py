@@ -190,19 +190,11 @@ async def test_adhoc_spec_and_jump_host(daemon: RunningDaemon) -> None:
     sshd = daemon.home.sshd
     assert sshd is not None
     daemon.home.add_host("viajump", jump="local")
-    daemon.home.write()
-    # the in-process daemon read its config at start: give it the new one
-    from relay import settings
-
-    daemon.daemon.config, _ = settings.load(daemon.home.config)
-    daemon.daemon.config = daemon.daemon.config.model_copy(
-        update={
-            "defaults": {
-                "identity_files": [str(sshd.client_key)],
-                "known_hosts": str(sshd.known_hosts),
-            }
-        }
-    )
+    daemon.home.defaults = {
+        "identity_files": [str(sshd.client_key)],
+        "known_hosts": str(sshd.known_hosts),
+    }
+    daemon.home.write()  # the running daemon reads the changed file before the next request
     for host in ("viajump", f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"):
         async with controller(daemon.home, host=host) as fe:
             kl = await fe.link.accept(60)

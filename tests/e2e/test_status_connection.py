@@ -75,26 +75,44 @@ async def test_every_launch_line_names_host_and_kernel_and_kernel_output_is_logg
     assert launch[-1]["output"] == ["kernel warming up"]
 
 
-async def test_refused_connections_back_off_and_stop_at_the_cap(
-    home: RelayHome, daemon_log: io.StringIO
+async def test_refused_connections_back_off_and_a_host_that_is_back_is_used_at_once(
+    home: RelayHome, daemon_log: io.StringIO, tmp_path: Path
 ) -> None:
+    """Automatic retries back off and stop at the cap; the cap never refuses a launch a person
+    asked for, so the first launch after the host is back connects."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    home.add_host("local", port=port, reconnect_attempts=2, reconnect_window_s=600)
-    async with start_daemon(home):
-        first = await run_shim(home, "local", "", "1@127.0.0.1,2@127.0.0.1")
-        second = await run_shim(home, "local", "", "1@127.0.0.1,2@127.0.0.1")
-    assert first.status == second.status == 1
-    assert "not connecting to local again yet: 2 attempts" in first.stderr
-    assert "connection refused" in first.stderr  # the last error is named
-    assert "not connecting to local again yet" in second.stderr
-    retries = [
-        json.loads(line) for line in daemon_log.getvalue().splitlines() if "retrying" in line
-    ]
-    # two attempts (each followed by a growing, jittered backoff), then the cap stops a third
-    assert [r["attempt"] for r in retries] == [1, 2]
-    assert 0.25 <= retries[0]["delay_s"] <= 0.5 and 0.5 <= retries[1]["delay_s"] <= 1.0
+    later = ThrowawaySSHD(tmp_path / "later")
+    later.prepare()
+    later.port = port
+    home.sshd = later
+    home.add_host("local", reconnect_attempts=2, reconnect_window_s=600)
+    try:
+        async with start_daemon(home) as running:
+            first = await run_shim(home, "local", "", "1@127.0.0.1,2@127.0.0.1")
+            second = await run_shim(home, "local", "", "1@127.0.0.1,2@127.0.0.1")
+            assert first.status == second.status == 1
+            for result in (first, second):
+                assert f"cannot connect to 127.0.0.1:{port}: connection refused" in result.stderr
+            retries = [
+                json.loads(line)
+                for line in daemon_log.getvalue().splitlines()
+                if "retrying" in line
+            ]
+            # the first launch: two retries after a growing, jittered backoff; the second:
+            # its own attempt only, the cap (2 per 600 s) being spent
+            assert [r["attempt"] for r in retries] == [1, 2]
+            assert 0.25 <= retries[0]["delay_s"] <= 0.5 and 0.5 <= retries[1]["delay_s"] <= 1.0
+            assert running.daemon.hosts["local"].snapshot()["state"] == "failed"
+            later.start(port)  # the host is back
+            async with controller(home) as fe:
+                kl = await fe.link.accept(60)
+                await kl.quit(0)
+                assert (await fe.result())[0] == 0
+                await kl.aclose()
+    finally:
+        later.stop()
 
 
 async def test_a_server_asking_for_a_password_is_refused_once_never_retried(
@@ -108,7 +126,8 @@ async def test_a_server_asking_for_a_password_is_refused_once_never_retried(
             result = await run_shim(home, "local", "", "1@127.0.0.1,2@127.0.0.1")
         assert result.status == 1
         assert "asks for a password after the keys relay offered" in result.stderr
-        assert "never answers those silently" in result.stderr
+        assert "never answers those during a launch" in result.stderr
+        assert "run `relay login local` in a terminal once" in result.stderr
         partial = [line for line in strict.log if "Partial publickey" in line]
         assert len(partial) == 1, strict.log  # one connection, no silent retries
 
@@ -134,9 +153,9 @@ def test_keepalive_is_on_by_default() -> None:
     from relay.settings import HostConfig
     from relay.ssh.host import HostSession
 
-    options = HostSession("h", HostConfig(hostname="h"), tag="00")._options()
-    assert options["keepalive_interval"] == 15 and options["keepalive_count_max"] == 3
-    assert options["compression_algs"] is None
+    _, plan = HostSession("h", HostConfig(hostname="h"), tag="00", ssh_files=()).plan()
+    assert plan.kwargs["keepalive_interval"] == 15 and plan.kwargs["keepalive_count_max"] == 3
+    assert plan.kwargs["compression_algs"] is None
 
 
 def test_backoff_grows_with_jitter_and_is_capped() -> None:

@@ -90,8 +90,13 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_full_example_config_loads() -> None:
     config, _ = load(Path(__file__).parents[2] / "config" / "relay.example.toml")
     host = config.hosts["myhost"]
-    assert host.hostname == "login.example.org" and host.port == 22 and host.jump == "bastion"
+    assert host.hostname == "login.example.org" and host.port is None and host.jump == "bastion"
     assert host.compute_args == ["-subkernel", "-noinit"] and host.compression is False
+    # what ssh_config can say is left to it: not set in the example, so not overriding it
+    assert not {"port", "identity_files", "known_hosts", "keepalive_interval_s", "ciphers"} & (
+        host.model_fields_set
+    )
+    assert config.daemon.ssh_config == ("~/.ssh/config", "/etc/ssh/ssh_config")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,103 @@
+"""2FA hosts: ``relay login`` answers the server's prompts once, at a terminal; every later
+launch uses the authenticated connection. Against a real sshd with
+``AuthenticationMethods publickey,keyboard-interactive`` and a PAM stack of the test's own
+(``pam_exec`` checking a one-time code), as HPC login nodes are set up."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.sim.sshd import ThrowawaySSHD, find_sshd
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim, start_daemon
+from tests.e2e.helpers import controller
+
+pytestmark = pytest.mark.skipif(
+    not Path("/etc/pam.d").is_dir() or not Path("/proc/self").exists(),
+    reason="needs PAM (/etc/pam.d)",
+)
+CODE = "424242"
+
+
+@pytest.fixture
+def otp_sshd(tmp_path: Path) -> Iterator[ThrowawaySSHD]:
+    if os.geteuid() != 0:
+        pytest.skip("a PAM stack of the test's own needs root (/etc/pam.d)")
+    sshd = find_sshd()
+    assert sshd is not None
+    name = f"relay-test-otp-{secrets.token_hex(4)}"
+    program = tmp_path / name
+    program.symlink_to(sshd)  # sshd's PAM service is its program name
+    check = tmp_path / "check-code"
+    check.write_text(f'#!/bin/sh\ncode=$(tr -d "\\000\\n")\ntest "$code" = "{CODE}"\n')
+    check.chmod(0o755)
+    service = Path("/etc/pam.d") / name
+    service.write_text(
+        f"auth required pam_exec.so expose_authtok quiet {check}\n"
+        "auth optional pam_permit.so\n"  # pam_setcred: pam_exec has no credentials to give
+        "account required pam_permit.so\n"
+        "session required pam_permit.so\n"
+    )
+    options = {
+        "UsePAM": "yes",
+        "KbdInteractiveAuthentication": "yes",
+        "AuthenticationMethods": "publickey,keyboard-interactive",
+        "PermitRootLogin": "yes",
+    }
+    try:
+        with ThrowawaySSHD(tmp_path / "sshd", options=options, program=str(program)) as server:
+            yield server
+    finally:
+        service.unlink()
+
+
+async def login(home: RelayHome, host: str, typed: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        RELAY,
+        "login",
+        host,
+        env=home.env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # no terminal: getpass reads standard input
+    )
+    out, err = await asyncio.wait_for(proc.communicate(typed.encode()), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_login_once_then_launches_use_the_connection(
+    home: RelayHome, otp_sshd: ThrowawaySSHD, daemon_log: io.StringIO
+) -> None:
+    home.sshd = otp_sshd
+    home.hosts.clear()
+    home.add_host("hpc")
+    async with start_daemon(home) as running:
+        refused = await run_shim(home, "hpc", "", "1@127.0.0.1,2@127.0.0.1")
+        (line,) = refused.stderr.strip().splitlines()
+        assert "asks for keyboard-interactive (2FA) answers" in line
+        assert "run `relay login hpc` in a terminal" in line
+        status, _, err = await login(home, "hpc", "000000\n")  # a wrong code, then nothing
+        assert status == 1, err
+        assert running.daemon.hosts["hpc"].state != "connected"
+        status, out, err = await login(home, "hpc", f"{CODE}\n")
+        assert status == 0, "\n".join([err, *list(otp_sshd.log)[-12:]])
+        assert "Password" in err  # the server's own prompt, shown as ssh shows it
+        assert "logged in to hpc" in out
+        for _ in range(2):  # every later launch: no prompt, the same connection
+            async with controller(home, host="hpc", kernel=SIM_KERNEL) as fe:
+                kl = await fe.link.accept(60)
+                await kl.quit(0)
+                assert (await fe.result())[0] == 0
+                await kl.aclose()
+        assert running.daemon.hosts["hpc"].connects == 1
+        status, out, _ = await login(home, "hpc", "")
+        assert status == 0 and "connected already" in out
+    assert CODE not in daemon_log.getvalue()  # what a person typed is never logged
