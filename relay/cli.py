@@ -287,6 +287,21 @@ def _status(as_json: bool) -> int:
 STOP_WAIT_S = 90.0  # the daemon's own shutdown grace is shorter (relay.daemon)
 
 
+def _alive(pid: int) -> bool:
+    """Whether the process runs (an exited one not yet reaped, a zombie, does not)."""
+    import os  # noqa: PLC0415
+
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):  # gone, or the pid is another user's now
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): launchd reaps its own
+
+
 def _stop(*, restart: bool) -> int:
     import time  # noqa: PLC0415
 
@@ -303,15 +318,14 @@ def _stop(*, restart: bool) -> int:
         if answer.get("event") != "stopping":
             print(f"relay: {answer.get('message', 'unexpected answer')}", file=sys.stderr)
             return 1
-        print(f"relay: stopping the daemon (pid {answer['pid']})", file=sys.stderr)
+        pid = int(answer["pid"])
+        print(f"relay: stopping the daemon (pid {pid})", file=sys.stderr)
         deadline = time.monotonic() + STOP_WAIT_S
-        while time.monotonic() < deadline:  # bounded: until its socket stops answering
-            try:
-                client.request(path, {"op": "ping"}, timeout_s=5.0)
-            except (client.ClientError, OSError):
-                break
+        # bounded: until that process is gone (not until the socket stops answering: under
+        # socket activation the service manager answers it, and would start a new daemon)
+        while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.1)
-        else:
+        if _alive(pid):
             print(f"relay: the daemon did not stop within {STOP_WAIT_S:g} s", file=sys.stderr)
             return 1
     if not restart:
