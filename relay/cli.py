@@ -443,7 +443,11 @@ def _trust(host: str, *, assume_yes: bool) -> int:
             print("relay: not recorded", file=sys.stderr)
             return 1
     key = asyncssh.import_public_key(answer["key"])
-    hostkeys.record(target, answer["name"], answer["port"], key)
+    try:
+        hostkeys.record(target, answer["name"], answer["port"], key)
+    except OSError as exc:
+        print(f"relay: cannot record the key in {target}: {exc.strerror}", file=sys.stderr)
+        return 1
     print(f"recorded in {target}")
     return 0
 

@@ -440,7 +440,11 @@ class HostSession:
             return False
         if key is None:
             return False
-        line = await asyncio.to_thread(hostkeys.record, files[0], name, port, key)
+        try:
+            line = await asyncio.to_thread(hostkeys.record, files[0], name, port, key)
+        except OSError as exc:  # then the launch says the key is unknown, and where
+            self._log.warning("cannot record a new host key", file=str(files[0]), error=str(exc))
+            return False
         self._log.warning(
             "recorded a new host key (StrictHostKeyChecking accept-new)",
             file=str(files[0]),

@@ -77,7 +77,8 @@ def record(path: Path, name: str, port: int, key: asyncssh.SSHKey) -> str:
     new); the line written."""
     line = f"{entry_name(name, port)} {key.export_public_key('openssh').decode().strip()}\n"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    # a symlinked known_hosts (dotfiles) is followed, as ssh follows it
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a") as fh:
         if fh.tell() > 0:
             with path.open("rb") as check:

@@ -40,3 +40,15 @@ def test_fingerprint_reads_as_ssh_prints_it() -> None:
     assert hostkeys.fingerprint(asyncssh.generate_private_key("ecdsa-sha2-nistp256")).startswith(
         "ECDSA "
     )
+
+
+def test_a_symlinked_known_hosts_is_followed_as_ssh_follows_it(tmp_path: Path) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    real = tmp_path / "dotfiles" / "known_hosts"
+    real.parent.mkdir()
+    real.write_text("")
+    link = tmp_path / "ssh" / "known_hosts"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    hostkeys.record(link, "h", 22, key)
+    assert link.is_symlink() and real.read_text().startswith("h ssh-ed25519 ")
