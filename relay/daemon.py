@@ -139,16 +139,14 @@ class Daemon:
                 configured=sorted(self.config.hosts),
                 config_source=self.config_source,
                 ssh_files=self.config.daemon.ssh_config,
+                agent=lambda: self.environ_agent,
             )
-        session.environ_agent = self.environ_agent
         return session
 
     def note_client(self, ssh_auth_sock: str | None) -> None:
         """A client's environment, for connections opened from now on."""
-        if ssh_auth_sock and ssh_auth_sock != self.environ_agent:
+        if ssh_auth_sock:
             self.environ_agent = ssh_auth_sock
-            for session in self.hosts.values():
-                session.environ_agent = ssh_auth_sock
 
     async def _jump(self, name: str) -> Any:
         # a jump host named in relay.toml was checked at load; one from the user's ssh_config
@@ -275,12 +273,16 @@ class Daemon:
         self._refuse_if_stopping("connections")
         self.note_client(req.ssh_auth_sock)
         host = self.host(req.host)
-        started = time.monotonic()
+        answer = await self._warm(host, time.monotonic())
+        log.info("host warmed", host=host.key)
+        return answer
+
+    async def _warm(self, host: HostSession, started: float) -> dict[str, Any]:
+        """The host's connection, supervisor and spare forwards up; the "connected" answer."""
         try:
             await host.live()
         except (asyncssh.Error, OSError) as exc:
             raise ConnectFailed(f"the SSH connection to {host.key} failed: {exc}") from None
-        log.info("host warmed", host=host.key)
         return {
             "event": "connected",
             "host": host.key,
@@ -353,15 +355,9 @@ class Daemon:
         host = self.host(req.host)
         started = time.monotonic()
         already = await host.login(ask)
-        await host.live()  # the supervisor and spare forwards, as relay connect
+        answer = await self._warm(host, started)  # the supervisor and spares, as relay connect
         log.info("logged in", host=host.key, already=already)
-        return {
-            "event": "connected",
-            "host": host.key,
-            "already": already,
-            "connect_ms": round((time.monotonic() - started) * 1000, 1),
-            "rtt_ms": host.snapshot()["rtt_ms"],
-        }
+        return {**answer, "already": already}
 
     async def host_key(self, name: str) -> dict[str, Any]:
         """The key ``name`` offers, for ``relay trust``: fetched the way a connection would

@@ -64,6 +64,10 @@ class _Message(BaseModel):
     v: Literal[1] = 1
 
 
+HostField = Annotated[str, Field(min_length=1, max_length=1024)]  # a [hosts] name or a spec
+AgentSocket = Annotated[str | None, Field(max_length=1024)]  # a client's SSH_AUTH_SOCK
+
+
 class StopRequest(_Message):
     op: Literal["stop"]
 
@@ -74,13 +78,13 @@ class ReloadRequest(_Message):
 
 class HostKeyRequest(_Message):
     op: Literal["hostkey"]
-    host: Annotated[str, Field(min_length=1, max_length=1024)]
+    host: HostField
 
 
 class LoginRequest(_Message):
     op: Literal["login"]
-    host: Annotated[str, Field(min_length=1, max_length=1024)]
-    ssh_auth_sock: Annotated[str | None, Field(max_length=1024)] = None
+    host: HostField
+    ssh_auth_sock: AgentSocket = None
 
 
 class AnswersRequest(_Message):
@@ -90,12 +94,9 @@ class AnswersRequest(_Message):
     answers: Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=32)]
 
 
-AgentSocket = Annotated[str | None, Field(max_length=1024)]
-
-
 class LaunchRequest(_Message):
     op: Literal["launch"]
-    host: Annotated[str, Field(min_length=1, max_length=1024)]
+    host: HostField
     kernel: Annotated[str, Field(max_length=4096), AfterValidator(no_control_characters)] = ""
     linkname: Annotated[str, Field(min_length=1, max_length=1024)]
     mode: Literal["controller", "compute"] = "controller"
@@ -125,7 +126,7 @@ class ForwardRequest(_Message):
     is this request, made from the kernel's side; see relay.hook.)"""
 
     op: Literal["forward"]
-    host: Annotated[str, Field(min_length=1, max_length=1024)]
+    host: HostField
     linkname: Annotated[str, Field(min_length=1, max_length=1024)]
     direction: Literal["callback", "expose"] = "callback"
 
@@ -134,7 +135,7 @@ class ConnectRequest(_Message):
     """Open a host's connection, supervisor and spare forwards before any launch."""
 
     op: Literal["connect"]
-    host: Annotated[str, Field(min_length=1, max_length=1024)]
+    host: HostField
     ssh_auth_sock: AgentSocket = None
 
 

@@ -32,6 +32,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -112,6 +113,13 @@ class _Client(asyncssh.SSHClient):
         return await self._ask(name, instructions, list(prompts))
 
 
+def _known_hosts(files: Sequence[Path]) -> list[str] | asyncssh.SSHKnownHosts:
+    """What asyncssh checks host keys against: the files that exist, or (none yet) an empty
+    list of keys, which makes every key unknown (never None: that would check nothing)."""
+    existing = [str(p) for p in files if p.is_file()]
+    return existing if existing else asyncssh.import_known_hosts("")
+
+
 class Hold:
     """A user of a host's connection (a kernel, a launch under way, a requested forward):
     while any hold is out, the connection is not closed as idle. ``release`` is idempotent."""
@@ -150,13 +158,14 @@ class HostSession:
         configured: list[str] | None = None,
         config_source: str = "relay.toml",
         ssh_files: Sequence[str] = sshconfig.DEFAULT_FILES,
+        agent: Callable[[], str | None] = lambda: os.environ.get("SSH_AUTH_SOCK"),
     ) -> None:
         self.key = key
         self.base_config = config  # as relay.toml says; ``config`` adds ssh_config's values
         self.config = config
         self.ssh_files: tuple[str, ...] = tuple(ssh_files)
         self.view: SSHView | None = None  # ssh_config's view of the host at the last connect
-        self.environ_agent: str | None = os.environ.get("SSH_AUTH_SOCK")  # the newest launch's
+        self._agent = agent  # the agent socket new connections use (the newest client's)
         self._noted: set[str] = set()
         # Who this host session is to the remote host: the daemon and the host entry, so two
         # names for one account (two [hosts] entries, two aliases) never take each other's
@@ -297,13 +306,9 @@ class HostSession:
         """The key the host offers now, reached as a connection would reach it, and whether
         the known_hosts files relay consults record it (``relay trust``)."""
         view, connect_plan = self.plan()
-        kwargs = dict(connect_plan.kwargs)
-        if connect_plan.jump:
-            assert self._jump is not None
-            kwargs["tunnel"] = await self._jump(connect_plan.jump)
+        kwargs = await self._through_jump(connect_plan, dict(connect_plan.kwargs))
         try:
-            async with asyncio.timeout(connect_plan.config.connect_timeout_s):
-                key = await hostkeys.offered_key(self.base_config.hostname, kwargs)
+            key = await self._offered_key(kwargs)
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             raise self._translate(
                 exc, view, connect_plan, connect_plan.config.connect_timeout_s
@@ -350,11 +355,8 @@ class HostSession:
         limit = cfg.connect_timeout_s if ask is None else LOGIN_TIMEOUT_S
         timeout_s = max(0.1, min(limit, deadline - started))
         kwargs = dict(connect_plan.kwargs, connect_timeout=timeout_s, login_timeout=timeout_s)
-        known = [p for p in connect_plan.known_hosts if p.is_file()]
-        kwargs["known_hosts"] = (
-            [str(p) for p in known] if known else asyncssh.import_known_hosts("")
-        )
-        agent = identity.agent_path(view.get("IdentityAgent"), self.environ_agent)
+        kwargs["known_hosts"] = _known_hosts(connect_plan.known_hosts)
+        agent = identity.agent_path(view.get("IdentityAgent"), self._agent())
         if agent is not None:
             kwargs["agent_path"] = agent
         who = f"{view.user}@{view.hostname}"
@@ -366,23 +368,22 @@ class HostSession:
                     cfg.identity_files, host=self.key, agent=agent
                 )
                 kwargs["ignore_encrypted"] = True
-            if connect_plan.jump:
-                assert self._jump is not None
-                kwargs["tunnel"] = await self._jump(connect_plan.jump)  # shared, kept open
-            try:
+            kwargs = await self._through_jump(connect_plan, kwargs)
+
+            async def attempt() -> asyncssh.SSHClientConnection:
                 async with asyncio.timeout(timeout_s):
-                    conn = await asyncssh.connect(
+                    return await asyncssh.connect(
                         cfg.hostname, client_factory=lambda: client, **kwargs
                     )
+
+            try:
+                conn = await attempt()
             except asyncssh.HostKeyNotVerifiable:
                 if not await self._accept_new(view, connect_plan, kwargs):
                     raise
-                client = _Client(ask, who)
-                kwargs["known_hosts"] = [str(p) for p in connect_plan.known_hosts if p.is_file()]
-                async with asyncio.timeout(timeout_s):
-                    conn = await asyncssh.connect(
-                        cfg.hostname, client_factory=lambda: client, **kwargs
-                    )
+                client = _Client(ask, who)  # the key is recorded now: once more, as ssh would
+                kwargs["known_hosts"] = _known_hosts(connect_plan.known_hosts)
+                conn = await attempt()
         except RelayError:
             raise
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
@@ -434,8 +435,7 @@ class HostSession:
         if view.strict_host_key_checking != "accept-new" or hostkeys.has_entry(files, name, port):
             return False
         try:
-            async with asyncio.timeout(connect_plan.config.connect_timeout_s):
-                key = await hostkeys.offered_key(self.base_config.hostname, kwargs)
+            key = await self._offered_key(kwargs)
         except (OSError, asyncssh.Error, TimeoutError, ValueError):
             return False
         if key is None:
@@ -456,11 +456,25 @@ class HostSession:
     async def _offered(self, kwargs: dict[str, Any]) -> str | None:
         """The fingerprint of the key the server offers, for the message (best effort)."""
         try:
-            async with asyncio.timeout(self.config.connect_timeout_s):
-                key = await hostkeys.offered_key(self.base_config.hostname, kwargs)
+            key = await self._offered_key(kwargs)
         except (OSError, asyncssh.Error, TimeoutError, ValueError):
             return None
         return hostkeys.fingerprint(key) if key is not None else None
+
+    async def _offered_key(self, kwargs: dict[str, Any]) -> asyncssh.SSHKey | None:
+        """The host key the server offers, reached as ``kwargs`` reach it (bounded by the
+        connect timeout); the errors of a connection attempt are the caller's."""
+        async with asyncio.timeout(self.config.connect_timeout_s):
+            return await hostkeys.offered_key(self.base_config.hostname, kwargs)
+
+    async def _through_jump(
+        self, connect_plan: ConnectPlan, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``kwargs`` with the jump host's connection (shared, kept open) as the tunnel."""
+        if connect_plan.jump:
+            assert self._jump is not None
+            kwargs["tunnel"] = await self._jump(connect_plan.jump)
+        return kwargs
 
     async def _watch(self, conn: asyncssh.SSHClientConnection, client: _Client) -> None:
         await conn.wait_closed()
