@@ -107,6 +107,9 @@ async def test_a_changed_key_on_an_alias_is_called_changed(home: RelayHome, tmp_
     alias(home, "work", home.sshd.port, UserKnownHostsFile=known)
     async with start_daemon(home):
         result = await run_shim(home, "work", SIM_KERNEL, LINK)
+        trusted = await relay_cli(home, "trust", "work", "--yes")  # never replaces a key
+    assert trusted[0] == 1 and "a DIFFERENT key is recorded" in trusted[2]
+    assert pub[1] in known.read_text() and str(home.sshd.port) in known.read_text()
     line = one_line(result.stderr)
     assert f"host key for [127.0.0.1]:{home.sshd.port} has CHANGED from the one in {known}" in line
     assert f"ssh-keygen -R '[127.0.0.1]:{home.sshd.port}' -f {known}" in line

@@ -50,6 +50,15 @@ async def test_a_changed_config_is_used_and_a_broken_one_is_reported_not_applied
         home.config.write_text(good)
         status, out, _ = await relay_cli(home, "reload")
         assert status == 0 and running.daemon.config_error is None
+        home.add_host("third")  # SIGHUP reads it at once, before any request
+        home.write()
+        os.kill(os.getpid(), signal.SIGHUP)  # the in-process daemon's handler
+        for _ in range(1000):  # bounded: the handler runs on the next loop iteration
+            if "third" in running.daemon.config.hosts:
+                break
+            await asyncio.sleep(0.01)
+        assert "third" in running.daemon.config.hosts
+        home.hosts.pop("third")
         home.hosts.pop("second")
         home.write()
         result = await run_shim(home, "second", SIM_KERNEL, LINK)
