@@ -89,17 +89,18 @@ def _parser() -> Any:
         "'kernel', else the default Linux path)",
     )
     fe.add_argument("--relay", help="the relay command the front end runs (default: this one)")
-    wolfram = sub.add_parser("wolfram", help="install the RelayTools` package")
+    wolfram = sub.add_parser("wolfram", help="install or remove the RelayTools` package")
     wolfram_sub = wolfram.add_subparsers(dest="action", required=True)
-    wl_install = wolfram_sub.add_parser(
-        "install", help="install RelayTools` into $UserBaseDirectory/Applications"
-    )
-    wl_install.add_argument(
-        "--user-base-directory",
-        help="$UserBaseDirectory (default: the "
-        "system's: ~/.Mathematica, ~/Library/Mathematica, %%APPDATA%%"
-        "\\Mathematica)",
-    )
+    for action, text in (
+        ("install", "install RelayTools` into each $UserBaseDirectory/Applications found"),
+        ("uninstall", "remove RelayTools` from each $UserBaseDirectory/Applications found"),
+    ):
+        wl_action = wolfram_sub.add_parser(action, help=text)
+        wl_action.add_argument(
+            "--user-base-directory",
+            help="this $UserBaseDirectory only (default: each that exists of "
+            "~/.Wolfram and ~/.Mathematica, ~/Library/Wolfram and ~/Library/Mathematica)",
+        )
     sub.add_parser("version", help="print relay's version")
     sub.add_parser("stop", help="stop the daemon gracefully (its kernels are ended, as SIGTERM)")
     sub.add_parser("restart", help="stop the daemon gracefully and start a new one")
@@ -143,7 +144,7 @@ def _main(args: list[str]) -> int:
     if ns.command == "frontend-config":
         return _frontend_config(ns)
     if ns.command == "wolfram":
-        return _wolfram_install(ns)
+        return _wolfram(ns)
     if ns.command == "service":
         from relay import service  # noqa: PLC0415
 
@@ -176,19 +177,21 @@ def _frontend_config(ns: Any) -> int:
     from relay.errors import RelayError  # noqa: PLC0415
 
     relay = ns.relay or _this_relay()
+    try:
+        config, _ = settings.load()
+        _, host = config.resolve(ns.host)
+    except RelayError as exc:
+        print(f"relay: {exc.message}", file=sys.stderr)
+        return 1
+    if warning := _nowhere(ns.host, config, host):
+        print(f"relay: warning: {warning}", file=sys.stderr)
     kernel, note = ns.kernel, ""
     if kernel is None:
-        try:
-            config, _ = settings.load()
-            _, host = config.resolve(ns.host)
-        except RelayError as exc:
-            print(f"relay: {exc.message}", file=sys.stderr)
-            return 1
         if host.kernel:
             kernel, note = "", f'  (KERNEL "" uses the host\'s configured {host.kernel})'
         else:
             kernel = fc.default_kernel_path("Unix", 14.1)
-            note = "  (the default Linux path; pass --kernel or set 'kernel' for the host)"
+            note = "  (a default Linux install of 14.1; pass --kernel or set 'kernel' for the host)"
     remote = fc.remote_command(kernel or "", relay).replace("\\", "\\\\").replace('"', '\\"')
     print(f"Kernel configuration for {ns.host} (Evaluation > Kernel Configuration Options > Add,")
     print("Advanced Options):")
@@ -207,19 +210,98 @@ def _frontend_config(ns: Any) -> int:
     return 0
 
 
-def _wolfram_install(ns: Any) -> int:
+RESOLVE_WAIT_S = 3.0
+
+
+def _nowhere(name: str, config: Any, host: Any) -> str | None:
+    """Why ``name`` names no host at all (a typo, most likely), or None if it may exist."""
+    import ipaddress  # noqa: PLC0415
+
+    from relay.ssh import sshconfig  # noqa: PLC0415
+
+    if name in config.hosts:
+        return None
+    try:
+        view = sshconfig.resolve(
+            host.hostname, port=host.port, user=host.user, files=config.daemon.ssh_config
+        )
+    except ValueError:
+        return None  # a broken ssh_config is the launch's error to report
+    if view.hostname != host.hostname or view.get("ProxyJump"):
+        return None  # an ssh_config alias, or a name only the jump host resolves
+    try:
+        ipaddress.ip_address(view.hostname.strip("[]"))
+        return None
+    except ValueError:
+        pass
+    if _resolves(view.hostname):
+        return None
+    return (
+        f"{name!r} is not a [hosts] entry in relay.toml, no ssh_config Host gives it a "
+        f"HostName, and {view.hostname} does not resolve: check the spelling"
+    )
+
+
+def _resolves(hostname: str) -> bool:
+    """Whether the name resolves, waiting at most RESOLVE_WAIT_S. Names under ``.invalid`` never
+    do (RFC 6761 asks resolver libraries to answer so at once, without a query)."""
+    import socket  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if hostname.rstrip(".").lower().endswith(".invalid"):
+        return False
+    found: list[bool] = []
+
+    def lookup() -> None:
+        try:
+            found.append(bool(socket.getaddrinfo(hostname, None)))
+        except (OSError, UnicodeError):
+            found.append(False)
+
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(RESOLVE_WAIT_S)
+    return found[0] if found else True  # a slow resolver is no proof of absence
+
+
+def _wolfram(ns: Any) -> int:
     import os  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from relay.frontendconfig import user_base_directory  # noqa: PLC0415
-    from relay.wolfram import install_relaytools  # noqa: PLC0415
+    from relay.frontendconfig import user_base_directories  # noqa: PLC0415
+    from relay.wolfram import install_relaytools, uninstall_relaytools  # noqa: PLC0415
 
-    base = ns.user_base_directory or user_base_directory(
-        _os_name(), str(Path.home()), os.environ.get("APPDATA", "")
+    if ns.user_base_directory:
+        bases = [Path(ns.user_base_directory)]
+    else:
+        candidates = user_base_directories(
+            _os_name(), str(Path.home()), os.environ.get("APPDATA", "")
+        )
+        bases = [Path(c) for c in candidates if Path(c).is_dir()]
+        if not bases and ns.action == "install":
+            print(
+                f"relay: no Wolfram user base directory found (looked for "
+                f"{' and '.join(candidates)}); start Mathematica once on this machine, "
+                f"or pass --user-base-directory DIR ($UserBaseDirectory in a notebook)",
+                file=sys.stderr,
+            )
+            return 1
+    if ns.action == "install":
+        relay = _this_relay()
+        for base in bases:
+            print(f"installed RelayTools` in {install_relaytools(base, relay)}")
+        print('load it with Needs["RelayTools`"] in a kernel of the front end')
+        return 0
+    removed = [target for base in bases if (target := uninstall_relaytools(base))]
+    for target in removed:
+        print(f"removed {target}")
+    if not removed:
+        print("RelayTools` is not installed in " + (" or ".join(map(str, bases)) or "any"))
+        return 0
+    print(
+        "kernel configurations it added stay: RelayRemoveKernelConfiguration[All] (before "
+        "uninstalling) or Evaluation > Kernel Configuration Options removes them"
     )
-    target = install_relaytools(Path(base), _this_relay())
-    print(f"installed RelayTools` in {target}")
-    print('load it with Needs["RelayTools`"] in the front end\'s kernel')
     return 0
 
 

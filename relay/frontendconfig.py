@@ -15,7 +15,8 @@ __all__ = [
     "launch_command",
     "link_name",
     "remote_command",
-    "user_base_directory",
+    "user_base_directories",
+    "wl_string",
 ]
 
 MLOPEN_ARGUMENTS = (
@@ -32,35 +33,50 @@ def launch_command(host: str, kernel: str, relay: str = "relay") -> str:
     return f'{_q(relay)} launch {_q(host)} {_q(kernel)} "`linkname`"'
 
 
-def remote_command(kernel: str, relay: str = "relay", operating_system: str = "Unix") -> str:
+def remote_command(kernel: str, relay: str = "relay") -> str:
     """``$RemoteCommand`` for ``RemoteMachine[host, ...]``: slot `1` is the host, `2` the link.
-    On Windows, ``Run`` hands the line to cmd.exe, which strips one outer pair of quotes."""
-    command = f'{_q(relay)} launch --compute "`1`" {_q(kernel)} "`2`"'
-    return f'"{command}"' if operating_system == "Windows" else command
+    (No Windows form: the front end's side runs on macOS and Linux only.)"""
+    return f'{_q(relay)} launch --compute "`1`" {_q(kernel)} "`2`"'
 
 
 def default_kernel_path(operating_system: str, version: float) -> str:
-    """Where the kernel lives by default (docs/topology.md §2)."""
-    v = f"{version:.1f}"
+    """Where a default install puts the kernel on a host running ``operating_system``
+    ("Unix" or "MacOSX"; docs/topology.md §2, §6: from 14.1 the product is Wolfram)."""
+    product = "Wolfram" if round(version * 10) >= 141 else "Mathematica"
     if operating_system == "MacOSX":
-        return "/Applications/Mathematica.app/Contents/MacOS/WolframKernel"
-    if operating_system == "Windows":
-        return str(
-            PureWindowsPath("C:/Program Files/Wolfram Research/Mathematica", v, "WolframKernel.exe")
-        )
-    return str(PurePosixPath("/usr/local/Wolfram/Mathematica", v, "Executables", "WolframKernel"))
+        return f"/Applications/{product}.app/Contents/MacOS/WolframKernel"
+    v = f"{version:.1f}"
+    return str(PurePosixPath("/usr/local/Wolfram", product, v, "Executables", "WolframKernel"))
 
 
 def link_name(data: tuple[int, str], message: tuple[int, str]) -> str:
     return f"{data[0]}@{data[1]},{message[0]}@{message[1]}"
 
 
-def user_base_directory(operating_system: str, home: str, appdata: str = "") -> str:
-    """``$UserBaseDirectory``'s default on each system."""
+def user_base_directories(operating_system: str, home: str, appdata: str = "") -> list[str]:
+    """Where ``$UserBaseDirectory`` is by default, newest first: from 14.1 ``Wolfram``, up to
+    14.0 ``Mathematica`` (docs/topology.md §6). People with several versions have both."""
     if operating_system == "MacOSX":
-        return str(PurePosixPath(home, "Library", "Mathematica"))
+        return [str(PurePosixPath(home, "Library", name)) for name in ("Wolfram", "Mathematica")]
     if operating_system == "Windows":
-        return str(
-            PureWindowsPath(appdata or PureWindowsPath(home, "AppData", "Roaming"), "Mathematica")
-        )
-    return str(PurePosixPath(home, ".Mathematica"))
+        roaming = appdata or str(PureWindowsPath(home, "AppData", "Roaming"))
+        return [str(PureWindowsPath(roaming, name)) for name in ("Wolfram", "Mathematica")]
+    return [str(PurePosixPath(home, name)) for name in (".Wolfram", ".Mathematica")]
+
+
+def wl_string(text: str) -> str:
+    """A Wolfram Language string literal for ``text``: ``\\`` and ``\"`` escaped, anything
+    outside printable ASCII as ``\\:XXXX`` (or ``\\|XXXXXX`` beyond 16 bits), the language's own
+    escapes, so a file of it reads back the same whatever encoding the kernel assumes."""
+    out = []
+    for c in text:
+        code = ord(c)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif 32 <= code < 127:
+            out.append(c)
+        elif code <= 0xFFFF:
+            out.append(f"\\:{code:04x}")
+        else:
+            out.append(f"\\|{code:06x}")
+    return '"' + "".join(out) + '"'

@@ -31,6 +31,24 @@ Operations (``<argument>`` is ``-`` when there is none):
     ``OpenParallelLinksPacket``, can connect to it.
 ``release <linkname>``  (old method) The kernel could not listen on that pair (a port was
     taken on its host); relay closes its listeners and the kernel asks again. Result: released.
+``skipped <linkname>``  (new method) While the front end set up its links, the kernel made a
+    connect-mode link to a name that ``front_end_name`` does not accept, and left it alone;
+    relay logs it. ``<linkname>`` is made one word (``loggable_name``). Result: noted.
+
+Which names the hook redirects (``front_end_name``): ``P1@H1,P2@H2`` with decimal ports, where
+each host is the front end's own (``$RELAY_FRONTEND_HOST``, the host of the kernel's main link),
+``localhost``, ``::1`` or a dotted ``127.x.y.z``. The daemon refuses callbacks to anything else,
+by the same function, so a kernel cannot make it connect elsewhere on the front end's network.
+The hook asks only while the front end sets its links up (inside ``MathLink`CreateFrontEndLinks``,
+or before the first two callbacks): user code that later connects to a link on the kernel host's
+own loopback is not sent to the front end.
+
+Time limits: the kernel waits at most ``$RELAY_HOOK_TIMEOUT`` seconds (``REQUEST_TIMEOUT_S``)
+for a reply. When ``SocketConnect`` fails or stays silent it tries once more through bash's
+``/dev/tcp`` (``BASH_TRANSPORT``, which bounds its own read); when both fail, the kernel says so
+once and goes on without relay: the new method's link is ``$Failed`` (never the same name on
+the kernel's own loopback, which might be anyone's port), the old method's a plain listening
+``LinkCreate``, as Tunnel's ``tunnel.m`` fell back.
 
 Which method applies is decided by the hook from the kernel's ``$VersionNumber`` (11.1 and
 later: new), unless the host's ``dynamic_method`` (``$RELAY_DYNAMIC_METHOD``) says old or new.
@@ -38,21 +56,38 @@ later: new), unless the host's ``dynamic_method`` (``$RELAY_DYNAMIC_METHOD``) sa
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
+    "BASH_TRANSPORT",
     "OPS",
+    "REQUEST_TIMEOUT_S",
     "HookError",
     "Request",
     "TokenChain",
     "choose_method",
     "format_reply",
+    "front_end_name",
+    "loggable_name",
     "parse_reply",
     "parse_request",
     "request_line",
 ]
 
 MAGIC = "RELAY1"
-OPS = ("callback", "listen-pair", "release")
+OPS = ("callback", "listen-pair", "release", "skipped")
 MAX_LINE = 4096
+NAME_SHAPE = "[0-9]+@[^@,]+,[0-9]+@[^@,]+"  # a two-endpoint TCPIP link name; a regex in both
+REQUEST_TIMEOUT_S = 10.0  # the kernel's wait for a reply; the daemon closes a channel after it
+
+# The hook's second transport, for kernels without sockets or when SocketConnect fails: run as
+# ``bash -c BASH_TRANSPORT relay-hook PORT TIMEOUT`` with the request line on stdin (a token never
+# goes in argv). It prints the reply line, or exits non-zero within TIMEOUT seconds.
+BASH_TRANSPORT = (
+    'IFS= read -r line || exit 3; exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 4; '
+    'printf "%s\\n" "$line" >&3; IFS= read -r -t "$2" reply <&3 || exit 5; '
+    'printf "%s\\n" "$reply"'
+)
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -96,6 +131,27 @@ def parse_reply(line: str) -> tuple[bool, str | None, str]:
         raise HookError(f"not a reply: {line[:60]!r}")
     spent = token == "-"  # noqa: S105 (the protocol's placeholder, not a secret)
     return status == "OK", None if spent else token, text
+
+
+def _routable(host: str, frontend_host: str) -> bool:
+    if host in (frontend_host, "localhost", "::1"):
+        return True
+    return re.fullmatch(r"127\.[0-9]+\.[0-9]+\.[0-9]+", host) is not None
+
+
+def front_end_name(name: str, frontend_host: str) -> bool:
+    """Is ``name`` a link on the front end's side that the hook may redirect (and the daemon may
+    call back to)? RelayKernelInit.wl's ``frontEndNameQ`` is the same rule; a test compares them."""
+    if re.fullmatch(NAME_SHAPE, name) is None:
+        return False
+    parts = name.replace(",", "@").split("@")
+    return _routable(parts[1], frontend_host) and _routable(parts[3], frontend_host)
+
+
+def loggable_name(name: str) -> str:
+    """A link name as one word of a request line (``skipped``): at most 200 characters, no
+    whitespace or control characters (RelayKernelInit.wl's ``oneWord``)."""
+    return "".join(c if " " < c <= "~" else "_" for c in name[:200]) or "-"
 
 
 def choose_method(version: float, override: str = "auto") -> str:

@@ -36,7 +36,7 @@ from relay.errors import ConnectFailed, ConnectionLost, KernelExited, KernelMiss
 from relay.kernelcmd import build_argv
 from relay.linkname import LinkName
 from relay.ssh.forwards import CallbackForward, RemoteSlot
-from relay.ssh.hookserver import HookServer
+from relay.ssh.hookserver import REQUEST_TIMEOUT_S, HookServer
 from relay.ssh.host import Hold, HostSession
 from relay.ssh.supervisor import RemoteProcess, Supervisor
 
@@ -182,7 +182,7 @@ async def launch(
                     local_guard=host.local_guard,
                     host=host.key,
                     kernel_id=kernel_id,
-                    frontend_hosts={link.data.host, link.message.host},
+                    frontend_host=link.data.host,
                     timeout_s=cfg.launch_timeout_s,
                 )
                 unwind.push_async_callback(hook.aclose)
@@ -191,6 +191,7 @@ async def launch(
                     "RELAY_HOOK_TOKEN": hook.first_token,
                     "RELAY_DYNAMIC_METHOD": cfg.dynamic_method,
                     "RELAY_FRONTEND_HOST": link.data.host,
+                    "RELAY_HOOK_TIMEOUT": f"{REQUEST_TIMEOUT_S:g}",
                 }
             proc = live.supervisor.start_kernel(
                 kernel_id, build_argv(kernel, forward.name, args), env

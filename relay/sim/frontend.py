@@ -79,10 +79,19 @@ class KernelLink:
         self._mr, self._mw = message
         self.hello: dict[str, Any] = {}
         self.parallel_names: tuple[str, str] | None = None
+        self.messages: list[str] = []  # what the kernel printed (wire.MESSAGE), in order
         self._listening: list[ListeningLink] = []
         self._greetings = greetings  # what a write-first front end sent on accepting
         self._greeting_due = False  # its answer has not been read yet
         self._stash: list[tuple[int, bytes]] = []
+
+    async def _next(self) -> tuple[int, bytes]:
+        """The next data-channel frame that is not a message the kernel printed."""
+        while True:
+            kind, payload = await read_data(self._dr)
+            if kind != wire.MESSAGE:
+                return kind, payload
+            self.messages.append(payload.decode(errors="replace"))
 
     async def start(self) -> None:
         kind, payload = await read_data(self._dr)
@@ -94,8 +103,8 @@ class KernelLink:
             if wire.message_frame(*await read_message(self._mr)) != message:
                 raise LostBytes("the urgent message the front end wrote first was lost")
             # The answer to the early evaluation normally comes next; an old-method kernel
-            # sends its OpenParallelLinksPacket first and answers once those links are up.
-            kind, payload = await read_data(self._dr)
+            # sends its OpenParallelLinksPacket first.
+            kind, payload = await self._next()
             if kind == wire.RETURN:
                 self._check_greeting(payload)
             else:
@@ -113,7 +122,7 @@ class KernelLink:
         if self._stash:
             return self._stash.pop(0)
         while True:
-            kind, payload = await read_data(self._dr)
+            kind, payload = await self._next()
             if self._greeting_due and kind == wire.RETURN:
                 self._check_greeting(payload)
                 continue
@@ -146,30 +155,36 @@ class KernelLink:
             raise ValueError(f"expected RETURN, got frame type {got}")
         return result
 
-    async def old_method_links(self, timeout_s: float = 30.0) -> tuple[KernelLink, KernelLink]:
-        """Up to 11.0: the kernel sends the names of the two links it created
-        (``OpenParallelLinksPacket``); the front end connects to them, service link first."""
+    async def open_parallel_links_packet(self, timeout_s: float = 30.0) -> tuple[str, str]:
+        """Up to 11.0: the names the kernel sends (``OpenParallelLinksPacket``)."""
         async with asyncio.timeout(timeout_s):
             kind, payload = await self._frame()
-            if kind != wire.OPEN_PARALLEL_LINKS:
-                raise ValueError(f"expected OpenParallelLinksPacket, got frame type {kind}")
-            service, preemptive, _protocol = json.loads(payload)
-            links = []
-            for name in (service, preemptive):
+        if kind != wire.OPEN_PARALLEL_LINKS:
+            raise ValueError(f"expected OpenParallelLinksPacket, got frame type {kind}")
+        service, preemptive, _protocol = json.loads(payload)
+        self.parallel_names = (service, preemptive)
+        return service, preemptive
+
+    async def old_method_links(self, timeout_s: float = 30.0) -> tuple[KernelLink, KernelLink]:
+        """Up to 11.0: the kernel sends the names of the two links it created; the front end
+        connects to them, service link first."""
+        names = await self.open_parallel_links_packet(timeout_s)
+        links = []
+        async with asyncio.timeout(timeout_s):
+            for name in names:
                 link = LinkName.parse(name)
                 data = await asyncio.open_connection(link.data.host, link.data.port)
                 message = await asyncio.open_connection(link.message.host, link.message.port)
                 kl = KernelLink(data, message)
                 await kl.start()
                 links.append(kl)
-        self.parallel_names = (service, preemptive)
         return links[0], links[1]
 
     async def new_method_links(
         self, host: str = "127.0.0.1", timeout_s: float = 30.0
     ) -> tuple[KernelLink, KernelLink]:
         """From 11.1: the front end creates two listening links on its own machine and sends
-        their names inside the main link; the kernel connects to them."""
+        their names inside the main link; the kernel connects to them and answers."""
         rude = self._greetings is not None
         service = await ListeningLink.create(host, write_first=rude)
         preemptive = await ListeningLink.create(host, write_first=rude)
@@ -178,14 +193,25 @@ class KernelLink:
         await self.send(
             wire.PARALLEL_LINK_NAMES, json.dumps([*self.parallel_names, "TCPIP"]).encode()
         )
-        async with asyncio.timeout(timeout_s):
-            links = await asyncio.gather(service.accept(timeout_s), preemptive.accept(timeout_s))
-            result = await self.read_return()
-        for listening in self._listening:
-            listening.close()
-        if result != b"linked":
-            raise ValueError(f"the kernel could not link: {result.decode(errors='replace')}")
+        accepting = asyncio.gather(service.accept(timeout_s), preemptive.accept(timeout_s))
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await self.read_return()
+                if result != b"linked":
+                    raise ValueError(
+                        f"the kernel could not link: {result.decode(errors='replace')}"
+                    )
+                links = await accepting
+        finally:
+            accepting.cancel()
+            await asyncio.gather(accepting, return_exceptions=True)
+            for listening in self._listening:
+                listening.close()
         return links[0], links[1]
+
+    async def user_link(self) -> str:
+        """User code's own ``LinkCreate[..., LinkMode -> Connect]`` after start-up."""
+        return (await self.evaluate(wire.USER_LINK)).decode()
 
     async def sink(self, total: int, chunk: int = 1 << 20) -> int:
         """Send ``total`` bytes to the kernel; returns the count it confirms (benchmarks)."""

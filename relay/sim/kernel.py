@@ -15,13 +15,22 @@ Behaviour, with its source in ``docs/topology.md``:
   the kernel (§1);
 - exits when its main link closes (§5), with the status a ``QUIT`` frame asked for;
 - acts out the service and preemptive links of §3 when relay's hook is in its
-  environment (``RELAY_HOOK_PORT``/``RELAY_HOOK_TOKEN``), doing exactly the requests
-  RelayKernelInit.wl does (protocol: ``relay.hook``). ``-simversion V`` sets the simulated
+  environment (``RELAY_HOOK_PORT``/``RELAY_HOOK_TOKEN``), doing what RelayKernelInit.wl does
+  (protocol and rules: ``relay.hook``). ``-simversion V`` sets the simulated
   ``$VersionNumber`` (default 14.1): up to 11.0 the kernel creates two listening links at
   start-up through ``listen-pair`` and sends their names (``OPEN_PARALLEL_LINKS``, the old
   method); from 11.1 it waits for the front end's ``PARALLEL_LINK_NAMES`` and connects to
-  them through ``callback`` (the new method). Every channel has a thread of its own, so a busy
-  main link does not hold up the preemptive link (Dynamic).
+  them through ``callback`` (the new method), redirecting only inside that set-up (or before
+  its two links exist), so a user's link made later (``USER_LINK``) is left alone. Every
+  channel has a thread of its own, so a busy main link does not hold up the preemptive link
+  (Dynamic). As the hook does, it bounds every request by ``$RELAY_HOOK_TIMEOUT``, uses
+  sockets from 11.2 (``SocketReadyQ``) and bash's ``/dev/tcp`` (``relay.hook.BASH_TRANSPORT``)
+  before that or when the socket fails, and when relay cannot be reached says so once on the
+  main link (``MESSAGE``, as a kernel's ``Message`` reaches the front end) and goes on: the old
+  method listens on ports of its own choosing (tunnel.m's fallback), the new one gives
+  ``$Failed``. The old method's links are accepted in the background: the main link is served
+  meanwhile, so a front end that cannot reach a fallback link still has its kernel (whether a
+  real kernel waits there is not documented).
 
 - takes ``-simstartup SECONDS`` (default 1) before connecting or listening, as a real
   WolframKernel takes on the order of a second to start (licence check, paclets; §4).
@@ -37,8 +46,10 @@ import errno
 import os
 import random
 import socket
+import subprocess
 import sys
 import threading
+import time
 
 from relay import hook, minijson
 from relay.linkname import LinkName
@@ -53,7 +64,11 @@ __all__ = ["HookClient", "main"]
 
 
 class HookRefused(Exception):
-    pass
+    """relay answered ERR."""
+
+
+class HookUnreachable(HookRefused):
+    """No reply within the time limit on either transport."""
 
 
 class LinkClosed(Exception):
@@ -80,24 +95,66 @@ def read_data(sock: socket.socket) -> tuple[int, bytes]:
 
 
 class HookClient:
-    """The kernel's side of relay's hook protocol (``relay.hook``)."""
+    """The kernel's side of relay's hook protocol (``relay.hook``), as RelayKernelInit.wl's
+    ``request``: a socket (kernels from 11.2) and then bash's ``/dev/tcp``, each bounded."""
 
-    def __init__(self, port: int, token: str) -> None:
+    def __init__(self, port: int, token: str, timeout_s: float, sockets: bool) -> None:
         self.port = port
         self.token = token
+        self.timeout_s = timeout_s
+        self.sockets = sockets
 
     def request(self, op: str, argument: str = "-") -> str:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
-            sock.sendall(hook.request_line(self.token, op, argument).encode())
-            chunks = []
-            while chunk := sock.recv(4096):  # relay closes after its one reply line
-                chunks.append(chunk)
-        ok, next_token, text = hook.parse_reply(b"".join(chunks).decode())
+        line = hook.request_line(self.token, op, argument)
+        reply = (self._socket(line) if self.sockets else None) or self._bash(line)
+        if reply is None:
+            raise HookUnreachable(
+                f"the relay daemon did not answer on 127.0.0.1:{self.port} within "
+                f"{self.timeout_s:g} s; Dynamic and palettes will not work in this kernel "
+                f"(run relay status on the front end's machine)"
+            )
+        ok, next_token, text = hook.parse_reply(reply)
         if next_token is not None:
             self.token = next_token
         if not ok:
             raise HookRefused(text)
         return text
+
+    def _socket(self, line: str) -> str | None:
+        """Up to the reply's newline, within the time limit (SocketReadyQ's bound)."""
+        deadline = time.monotonic() + self.timeout_s
+        buf = b""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout_s) as s:
+                s.sendall(line.encode())
+                while b"\n" not in buf and (left := deadline - time.monotonic()) > 0:
+                    s.settimeout(left)
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+        except OSError:
+            pass
+        end = buf.find(b"\n")
+        return buf[: end + 1].decode() if end >= 0 else None
+
+    def _bash(self, line: str) -> str | None:
+        argv = ["/bin/bash", "-c", hook.BASH_TRANSPORT, "relay-hook"]
+        argv += [str(self.port), f"{self.timeout_s:g}"]
+        try:
+            done = subprocess.run(
+                argv, input=line, capture_output=True, text=True, timeout=self.timeout_s + 5
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+
+def _timeout_s(text: str | None) -> float:
+    """RelayKernelInit.wl's ``timeoutSeconds``: whole seconds, 1-600, else 10."""
+    if text and text.isascii() and text.isdigit() and 0 < int(text) <= 600:
+        return float(text)
+    return hook.REQUEST_TIMEOUT_S
 
 
 def _connect_one(host: str, port: int) -> socket.socket:
@@ -179,12 +236,30 @@ class SimKernel:
         self.exit_status = 0
         self.order = os.environ.get("RELAY_SIM_CONNECT_ORDER", "random")
         self.hook: HookClient | None = None
-        if os.environ.get("RELAY_HOOK_PORT") and os.environ.get("RELAY_HOOK_TOKEN"):
+        port, token = os.environ.get("RELAY_HOOK_PORT", ""), os.environ.get("RELAY_HOOK_TOKEN")
+        if token:
             self.hook = HookClient(
-                int(os.environ["RELAY_HOOK_PORT"]), os.environ["RELAY_HOOK_TOKEN"]
+                int(port) if port.isascii() and port.isdigit() else 0,
+                token,
+                _timeout_s(os.environ.get("RELAY_HOOK_TIMEOUT")),
+                sockets=version >= SOCKETS_VERSION,
             )
+        self.frontend_host = os.environ.get("RELAY_FRONTEND_HOST")
         self.method = hook.choose_method(version, os.environ.get("RELAY_DYNAMIC_METHOD", "auto"))
         self.links: list[_Link] = []
+        self.main: _Link | None = None
+        self.reported = False
+        self.setting_up = False  # inside MathLink`CreateFrontEndLinks
+        self.linked = 0  # the front end's links made through relay
+
+    def report(self, exc: HookRefused) -> None:
+        """The hook's messages reach the front end on the main link; "unreachable" once."""
+        if isinstance(exc, HookUnreachable):
+            if self.reported:
+                return
+            self.reported = True
+        if self.main is not None:  # the hook runs in the main link's thread
+            self.main.send(wire.MESSAGE, f"relay's Dynamic hook: {exc}".encode())
 
     def hello(self, role: str, name: str | None) -> bytes:
         return minijson.dumps(
@@ -211,9 +286,24 @@ class SimKernel:
     def old_method_links(self, main: _Link) -> None:
         """Up to 11.0: CreateFrontEndLink twice, through relay's listen-pair, then tell the
         front end (OpenParallelLinksPacket); it connects to the service link first."""
+        pairs = [self.create_front_end_link() for _role in ("service", "preemptive")]
+        names = [name for name, _ in pairs]
+        main.send(wire.OPEN_PARALLEL_LINKS, minijson.dumps([*names, "TCPIP"]).encode())
+
+        def accept_all() -> None:
+            for role, (name, listening) in zip(("service", "preemptive"), pairs, strict=True):
+                try:
+                    self.start_link(role, name, *listening.accepted())
+                except OSError:
+                    return
+
+        threading.Thread(target=accept_all, daemon=True, name="parallel-accept").start()
+
+    def create_front_end_link(self) -> tuple[str, _Listening]:
+        """RelayKernelInit.wl's ``oldFrontEndLink``: a pair relay reserved, else, when relay
+        cannot help, ports of the kernel's own choosing (as tunnel.m fell back)."""
         assert self.hook is not None
-        pairs: list[tuple[str, _Listening]] = []
-        for _role in ("service", "preemptive"):
+        try:
             for _attempt in range(5):
                 pair = LinkName.parse(self.hook.request("listen-pair"))
                 try:
@@ -223,23 +313,66 @@ class SimKernel:
                         raise
                     self.hook.request("release", str(pair))  # taken here: ask again
                     continue
-                pairs.append((str(pair), listening))
-                break
-            else:
-                raise HookRefused("no free pair of ports after 5 tries")
-        names = [name for name, _ in pairs]
-        main.send(wire.OPEN_PARALLEL_LINKS, minijson.dumps([*names, "TCPIP"]).encode())
-        for role, (name, listening) in zip(("service", "preemptive"), pairs, strict=True):
-            self.start_link(role, name, *listening.accepted())
+                return str(pair), listening
+        except HookRefused as exc:
+            self.report(exc)
+        listening = _Listening("127.0.0.1", (0, 0))
+        return listening.name, listening
+
+    def link_create_connect(self, name: str) -> tuple[str, socket.socket, socket.socket] | str:
+        """``LinkCreate[name, LinkMode -> Connect]`` with the hook's rule in place: the linked
+        name and its two sockets, or a ``$Failed`` reason."""
+        target = name
+        if self.hook and self.frontend_host and (self.setting_up or self.linked < 2):
+            try:
+                if hook.front_end_name(name, self.frontend_host):
+                    target = self.hook.request("callback", name)
+                    self.linked += 1
+                else:
+                    self.hook.request("skipped", hook.loggable_name(name))
+            except HookRefused as exc:
+                self.report(exc)
+                if target == name and hook.front_end_name(name, self.frontend_host):
+                    return f"$Failed: {exc}"
+        try:
+            return (target, *connect(LinkName.parse(target), self.order))
+        except (OSError, ValueError) as exc:
+            return f"$Failed: {exc}"
 
     def new_method_links(self, payload: bytes) -> bytes:
-        """From 11.1: the front end named its two listening links; connect through relay."""
+        """From 11.1: the front end named its two listening links and runs
+        ``MathLink`CreateFrontEndLinks[]``, whose LinkCreates the hook redirects."""
         names = minijson.loads(payload.decode())
         assert isinstance(names, list)
-        for role, name in (("service", names[0]), ("preemptive", names[1])):
-            target = self.hook.request("callback", name) if self.hook else name
-            self.start_link(role, target, *connect(LinkName.parse(target), self.order))
-        return b"linked"
+        failed = []
+        self.setting_up = True
+        try:
+            for role, name in (("service", names[0]), ("preemptive", names[1])):
+                made = self.link_create_connect(name)
+                if isinstance(made, str):
+                    failed.append(made)
+                else:
+                    self.start_link(role, *made)
+        finally:
+            self.setting_up = False
+        return failed[0].encode() if failed else b"linked"
+
+    def user_link(self) -> bytes:
+        """User code after start-up: a link the kernel's own host serves on 127.0.0.1 (here the
+        kernel listens itself), connected to with ``LinkMode -> Connect``."""
+        listening = _Listening("127.0.0.1", (0, 0))
+        name = listening.name
+        try:
+            made = self.link_create_connect(name)
+            if isinstance(made, str):
+                return made.encode()
+            target, data, message = made
+            served = listening.accepted()
+            for sock in (data, message, *served):
+                sock.close()
+        finally:
+            listening.close()
+        return f"{'direct' if target == name else 'redirected'} {target}".encode()
 
     def start_link(self, role: str, name: str, data: socket.socket, message: socket.socket) -> None:
         link = _Link(self, role, name, data, message)
@@ -247,7 +380,7 @@ class SimKernel:
         threading.Thread(target=link.serve, daemon=True, name=role).start()
 
     def serve(self, data: socket.socket, message: socket.socket) -> int:
-        main = _Link(self, "main", self.flags.link_name, data, message)
+        main = self.main = _Link(self, "main", self.flags.link_name, data, message)
         main.serve()
         for link in self.links:  # the main link closed: the kernel exits
             link.close()
@@ -280,10 +413,8 @@ class _Link:
             if self.role == "main" and self.kernel.hook is not None and self.kernel.method == "old":
                 self.kernel.old_method_links(self)
             self.evaluate()
-        except (LinkClosed, OSError, HookRefused) as exc:
-            if isinstance(exc, HookRefused):
-                print(f"relay-sim-kernel: relay's hook refused: {exc}", file=sys.stderr)
-                self.kernel.exit_status = 1
+        except (LinkClosed, OSError):
+            pass
         finally:
             self.close()
 
@@ -311,11 +442,9 @@ class _Link:
                     left -= len(block)
                 self.send(wire.RETURN)
             elif kind == wire.PARALLEL_LINK_NAMES:
-                try:
-                    result = self.kernel.new_method_links(payload)
-                except (HookRefused, OSError, ValueError) as exc:
-                    result = f"$Failed: {exc}".encode()
-                self.send(wire.RETURN, result)
+                self.send(wire.RETURN, self.kernel.new_method_links(payload))
+            elif kind == wire.USER_LINK:
+                self.send(wire.RETURN, self.kernel.user_link())
             elif kind == wire.QUIT and self.role == "main":
                 self.kernel.exit_status = int(payload or b"0")
                 return
@@ -343,6 +472,7 @@ class _Link:
 
 
 STARTUP_S = 1.0  # a real kernel's start-up, on the order of a second (§4)
+SOCKETS_VERSION = 11.2  # SocketReadyQ, which the hook's socket transport needs
 
 
 def _sim_option(flags: KernelFlags, name: str, default: float) -> float:

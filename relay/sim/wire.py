@@ -15,6 +15,7 @@ __all__ = [
     "ECHO",
     "HELLO",
     "INTERRUPT",
+    "MESSAGE",
     "OPEN_PARALLEL_LINKS",
     "PARALLEL_LINK_NAMES",
     "QUIT",
@@ -23,6 +24,7 @@ __all__ = [
     "SLEEP",
     "SOURCE",
     "TERMINATE",
+    "USER_LINK",
 ]
 
 # data-channel frame types
@@ -37,6 +39,12 @@ SINK = 8  # front end -> kernel: payload discarded; after the last (empty) one, 
 SOURCE = 9  # front end -> kernel: send N (ASCII) bytes back as RETURN frames, then an empty one
 OPEN_PARALLEL_LINKS = 6  # kernel -> front end, old method: FrontEnd`OpenParallelLinksPacket
 PARALLEL_LINK_NAMES = 7  # front end -> kernel, new method: the code naming the front end's links
+# kernel -> front end, UTF-8 text: a message the kernel printed (Message[...] reaches the front
+# end as a packet on the main link); the simulator's hook says here why Dynamic cannot work
+MESSAGE = 10
+# front end -> kernel: user code after start-up connecting to a link on the kernel's own host
+# (LinkMode -> Connect); RETURN "direct NAME", "redirected NAME" or "$Failed: ..."
+USER_LINK = 11
 
 # message-channel codes (mathlink.h)
 TERMINATE = 1

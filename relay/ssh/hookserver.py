@@ -14,7 +14,6 @@ daemon connect anywhere else on the front end's network.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from typing import Any
 
 import asyncssh
@@ -31,14 +30,7 @@ from relay.tasks import TaskSet
 
 __all__ = ["HookServer"]
 
-REQUEST_TIMEOUT_S = 10.0
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return host == "localhost"
+REQUEST_TIMEOUT_S = hook.REQUEST_TIMEOUT_S
 
 
 class _HookSession(asyncssh.SSHTCPSession[bytes]):
@@ -89,14 +81,14 @@ class HookServer:
         local_guard: PeerGuard,
         host: str,
         kernel_id: str,
-        frontend_hosts: set[str],
+        frontend_host: str,
         timeout_s: float,
     ) -> None:
         self._conn = conn
         self._remote_guard = remote_guard
         self._local_guard = local_guard
         self._host = host
-        self._frontend_hosts = frontend_hosts
+        self._frontend_host = frontend_host
         self._timeout_s = timeout_s
         self._chain = hook.TokenChain()
         self.first_token = self._chain.current
@@ -164,12 +156,11 @@ class HookServer:
     async def _dispatch(self, req: hook.Request) -> str:
         if req.op == "callback":
             target = LinkName.parse(req.argument)
-            for ep in (target.data, target.message):
-                if not (_is_loopback(ep.host) or ep.host in self._frontend_hosts):
-                    raise ValueError(
-                        f"callback to {ep.host} refused: only loopback or the "
-                        f"front end's own address"
-                    )
+            if not hook.front_end_name(req.argument, self._frontend_host):
+                raise ValueError(
+                    f"callback to {req.argument} refused: only loopback or the "
+                    f"front end's own address ({self._frontend_host})"
+                )
             fwd = await CallbackForward.open(self._conn, target, self._host, self._remote_guard)
             self._forwards.append(fwd)
             self._tasks.spawn(hold_until_connected(fwd, self._timeout_s), name="hook-callback")
@@ -179,6 +170,10 @@ class HookServer:
             self._exposed[str(local.name)] = local
             self._tasks.spawn(hold_until_connected(local, self._timeout_s), name="hook-listen")
             return str(local.name)
+        if req.op == "skipped":
+            # the front end's link set-up made a link the hook did not redirect (relay.hook)
+            self._log.warning("hook left a link name alone", name=req.argument)
+            return "noted"
         released = self._exposed.pop(req.argument, None)
         if released is None:
             raise ValueError(f"no pair {req.argument} to release")

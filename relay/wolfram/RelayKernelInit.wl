@@ -2,9 +2,10 @@
 
 (* relay's kernel hook: Dynamic, palettes and interrupts over SSH.
 
-   relay passes this file to controller kernels with -initfile, after writing it to
-   ~/.cache/relay/<hash>/ on the kernel's host (relay/ssh/hookfile.py). It talks to the relay daemon through the
-   control channel named in the kernel's environment, following the protocol defined once in
+   relay passes this file to controller kernels with -initfile, which runs in addition to the
+   usual init.m files (the init.m reference page), after writing it to ~/.cache/relay/<hash>/ on
+   the kernel's host (relay/ssh/hookfile.py). It talks to the relay daemon through the control
+   channel named in the kernel's environment, following the protocol defined once in
    relay/hook.py (one request per TCP connection; single-use tokens):
 
        request  RELAY1 <token> <op> <argument>\n
@@ -17,23 +18,32 @@
    taken on this host (release). Never an unchecked guess.
 
    New method (11.1 and later): the front end listens and sends the kernel code that connects to
-   its two links with LinkCreate[name, LinkMode -> Connect]. This file makes such a LinkCreate,
-   for a name on the front end's host, first ask relay for remote forwards (callback) and
-   connect to the rewritten name instead.
+   its two links with LinkCreate[name, LinkMode -> Connect] inside MathLink`CreateFrontEndLinks[]
+   (docs/topology.md section 3). While that set-up runs, and until it has made its two links,
+   such a LinkCreate for a name on the front end's side (frontEndNameQ, relay.hook's rule) first
+   asks relay for remote forwards (callback) and connects to the rewritten name instead. Any
+   other connect-mode name in the set-up is left alone and reported to relay (skipped). After
+   that, user code's LinkCreate is never touched.
 
-   The method follows $VersionNumber unless the host's dynamic_method says otherwise.
-   SocketConnect and ReadString carry the requests (10.2 and later: SocketObject dates from
-   2015); older kernels fall back to bash's /dev/tcp through RunProcess. *)
+   Every request is bounded by $RELAY_HOOK_TIMEOUT seconds. When SocketConnect is missing,
+   fails or stays silent, the same line goes once more through bash's /dev/tcp (relay.hook's
+   BASH_TRANSPORT, which bounds its own read). When relay cannot be reached the kernel says so
+   once and goes on: the old method listens as it would without relay (as Tunnel's tunnel.m
+   did), the new method's link is $Failed (never the same name on this host's loopback, which
+   may be anyone's port).
+
+   Versions: everything used outside the socket transport is in 10.0 (the README's range);
+   the socket transport is used only when all of $socketFunctions exist (11.2 and later), and
+   a test checks every System symbol here against its first version.
+
+   Context hygiene: nothing is exported and RelayHook` is taken off $ContextPath, so no name of
+   the hook can meet a user's. RelayHook`$Method is readable by its full name. *)
 
 BeginPackage["RelayHook`"]
 
-RelayHook`requestLine::usage = "requestLine[token, op, argument] is the request line of relay's hook protocol."
-RelayHook`parseReply::usage = "parseReply[line] gives {ok, nextToken, result}."
-RelayHook`chooseMethod::usage = "chooseMethod[version, override] gives \"old\" or \"new\"."
-RelayHook`frontEndNameQ::usage = "frontEndNameQ[name, host] is True for a TCPIP link name whose endpoints are on the front end's host."
-RelayHook`$Method::usage = "The front-end link method relay's hook uses in this kernel."
-
 Begin["`Private`"]
+
+(* -- pure: the protocol and the rules (relay/hook.py has the Python twins) --------------- *)
 
 requestLine[token_String, op_String, argument_String] :=
   StringJoin["RELAY1 ", token, " ", op, " ", If[argument === "", "-", argument], "\n"]
@@ -44,9 +54,13 @@ parseReply[line_String] := Module[{parts = StringSplit[StringTrim[line], " "]},
   If[Length[parts] < 2 || !MemberQ[{"OK", "ERR"}, parts[[1]]],
     {False, None, "malformed reply"},
     {parts[[1]] === "OK", If[parts[[2]] === "-", None, parts[[2]]],
-     StringRiffle[Drop[parts, 2], " "]}
+     joinWords[Drop[parts, 2]]}
   ]
 ]
+
+(* StringRiffle is 10.1; this is 10.0 (and Mathics3's Riffle differs on one element) *)
+joinWords[{}] = "";
+joinWords[words_List] := Fold[StringJoin[#1, " ", #2] &, First[words], Rest[words]]
 
 chooseMethod[version_, override_String] := Which[
   override === "old", "old",
@@ -55,41 +69,94 @@ chooseMethod[version_, override_String] := Which[
   True, "old"
 ]
 
-frontEndNameQ[name_String, host_String] := Module[{parts = StringSplit[name, {"@", ","}]},
-  Length[parts] === 4 && parts[[2]] === host && parts[[4]] === host &&
-    StringMatchQ[parts[[1]], DigitCharacter ..] && StringMatchQ[parts[[3]], DigitCharacter ..]
-]
+digitsQ[word_String] := StringMatchQ[word, DigitCharacter ..]
+digitsQ[___] := False
+
+routableHostQ[host_String, frontEndHost_String] :=
+  MemberQ[{frontEndHost, "localhost", "::1"}, host] ||
+    StringMatchQ[host, "127." ~~ DigitCharacter .. ~~ "." ~~ DigitCharacter .. ~~ "." ~~
+                       DigitCharacter ..]
+
+(* relay.hook.front_end_name: P1@H1,P2@H2 (relay.hook.NAME_SHAPE) with both hosts on the
+   front end's side *)
+$nameShape = "[0-9]+@[^@,]+,[0-9]+@[^@,]+";
+frontEndNameQ[name_String, frontEndHost_String] :=
+  StringMatchQ[name, RegularExpression[$nameShape]] &&
+    With[{parts = StringSplit[name, {"@", ","}]},
+      routableHostQ[parts[[2]], frontEndHost] && routableHostQ[parts[[4]], frontEndHost]]
 frontEndNameQ[___] := False
+
+(* relay.hook.loggable_name: one word of a request line *)
+oneWord[name_String] := If[name === "", "-",
+  FromCharacterCode[Replace[ToCharacterCode[StringTake[name, Min[200, StringLength[name]]]],
+    c_Integer /; !(32 < c <= 126) -> 95, {1}]]]
+
+timeoutSeconds[text_] := If[StringQ[text] && StringMatchQ[text, DigitCharacter ..] &&
+    0 < FromDigits[text] <= 600, FromDigits[text], 10]
 
 (* -- transport ------------------------------------------------------------------------- *)
 
 $port = Environment["RELAY_HOOK_PORT"];
 $token = Environment["RELAY_HOOK_TOKEN"];
 $frontEndHost = Environment["RELAY_FRONTEND_HOST"];
+$timeout = timeoutSeconds[Environment["RELAY_HOOK_TIMEOUT"]];
+
+(* relay.hook.BASH_TRANSPORT, the same text: the Mathics3 test compares them *)
+$bashTransport = "IFS= read -r line || exit 3; exec 3<>\"/dev/tcp/127.0.0.1/$1\" || exit 4; printf \"%s\\n\" \"$line\" >&3; IFS= read -r -t \"$2\" reply <&3 || exit 5; printf \"%s\\n\" \"$reply\"";
+
+(* The socket transport needs all of these (SocketReadyQ, with its time limit, is from 11.2).
+   They are named by strings and called through Symbol, so an older kernel reading this file
+   creates none of them and socketsQ stays honest. *)
+$socketFunctions = {"SocketConnect", "SocketObject", "SocketReadyQ", "SocketReadMessage"};
+
+socketsQ[] := And @@ (Length[Names["System`" <> #]] > 0 & /@ $socketFunctions)
 
 General::relayhook = "relay's Dynamic hook: `1`";
 
-socketSend[line_String] := Module[{socket, reply},
-  socket = SocketConnect[{"127.0.0.1", ToExpression[$port]}, "TCP"];
-  If[Head[socket] =!= SocketObject, Return[$Failed]];
-  WriteString[socket, line];
-  reply = ReadString[socket];  (* relay closes the connection after its one reply line *)
-  Close[socket];
-  reply
+$reported = False;
+
+(* One clear message per kernel session when relay cannot be reached. *)
+unreachable[] := (
+  If[!$reported,
+    $reported = True;
+    Message[General::relayhook, StringJoin[
+      "the relay daemon did not answer on 127.0.0.1:", ToString[$port], " within ",
+      ToString[$timeout], " s; Dynamic and palettes will not work in this kernel ",
+      "(run relay status on the front end's machine)"]]];
+  $Failed
+)
+
+(* Reads until the reply's newline, for at most $timeout seconds in all. *)
+socketSend[line_String] := Module[{socket, deadline, bytes = {}, chunk, end},
+  socket = Quiet[Symbol["System`SocketConnect"][{"127.0.0.1", FromDigits[$port]}, "TCP"]];
+  If[Head[socket] =!= Symbol["System`SocketObject"], Return[$Failed]];
+  deadline = AbsoluteTime[] + $timeout;
+  Quiet[WriteString[socket, line]];
+  While[!MemberQ[bytes, 10] && AbsoluteTime[] < deadline &&
+      TrueQ[Quiet[Symbol["System`SocketReadyQ"][socket, deadline - AbsoluteTime[]]]],
+    chunk = Quiet[Normal[Symbol["System`SocketReadMessage"][socket]]];
+    If[!ListQ[chunk] || chunk === {}, Break[]];  (* closed, or not bytes *)
+    bytes = Join[bytes, chunk]
+  ];
+  Quiet[Close[socket]];
+  end = Position[bytes, 10, {1}, 1];
+  If[end === {}, $Failed, FromCharacterCode[Take[bytes, end[[1, 1]]], "UTF-8"]]
 ]
 
 bashSend[line_String] := Module[{result},
-  result = RunProcess[{"/bin/bash", "-c",
-      "exec 3<>/dev/tcp/127.0.0.1/" <> $port <> " && cat >&3 && cat <&3"}, All, line];
-  If[AssociationQ[result], result["StandardOutput"], $Failed]
+  result = Quiet[RunProcess[{"/bin/bash", "-c", $bashTransport, "relay-hook", $port,
+      ToString[$timeout]}, All, line]];
+  If[Head[result] === Association && result["ExitCode"] === 0, result["StandardOutput"], $Failed]
 ]
 
-send[line_String] := If[Length[Names["System`SocketConnect"]] > 0, socketSend[line], bashSend[line]]
+send[line_String] := Module[{reply = If[socketsQ[], socketSend[line], $Failed]},
+  If[StringQ[reply], reply, bashSend[line]]
+]
 
 request[op_String, argument_String] := Module[{reply, parsed},
-  If[!StringQ[$token] || !StringQ[$port], Message[General::relayhook, "no control channel"]; Return[$Failed]];
+  If[!StringQ[$token] || !StringQ[$port] || !digitsQ[$port], Return[unreachable[]]];
   reply = send[requestLine[$token, op, argument]];
-  If[!StringQ[reply], Message[General::relayhook, "the relay daemon did not answer"]; Return[$Failed]];
+  If[!StringQ[reply], Return[unreachable[]]];
   parsed = parseReply[reply];
   If[StringQ[parsed[[2]]], $token = parsed[[2]]];
   If[TrueQ[parsed[[1]]], parsed[[3]], Message[General::relayhook, parsed[[3]]]; $Failed]
@@ -101,28 +168,54 @@ oldFrontEndLink[] := Module[{name, link = $Failed, tries = 0},
   While[tries < 5 && Head[link] =!= LinkObject,
     tries++;
     name = request["listen-pair", "-"];
-    If[!StringQ[name], Return[$Failed]];
+    If[!StringQ[name], Break[]];
     link = Quiet[LinkCreate[name, LinkMode -> Listen, LinkProtocol -> "TCPIP"]];
     If[Head[link] =!= LinkObject, request["release", name]]
   ];
+  (* relay could not help: listen as a kernel without relay would, as tunnel.m fell back *)
+  If[Head[link] =!= LinkObject, link = LinkCreate[LinkMode -> Listen, LinkProtocol -> "TCPIP"]];
   If[Head[link] === LinkObject, MathLink`LinkSetPrintFullSymbols[link, True]];
   link
 ]
 
-(* -- new method: connect-mode links to the front end go through relay's forwards ---------- *)
+(* -- new method: the front end's connect-mode links go through relay's forwards ----------- *)
 
 $inHook = False;
+$settingUp = False;
+$linked = 0;
 
-connectModeQ[opts_List] := MemberQ[Flatten[{opts}], (LinkMode -> Connect) | (LinkMode -> "Connect")]
+connectModeQ[opts_List] := MemberQ[Flatten[opts], (LinkMode -> Connect) | (LinkMode -> "Connect")]
 
-installNewMethod[] := (
+(* Inside MathLink`CreateFrontEndLinks, or before the front end's two links exist. *)
+interceptQ[] := TrueQ[$settingUp] || $linked < 2
+
+intercept[name_String, opts_List] := Block[{$inHook = True, rewritten},
+  If[frontEndNameQ[name, $frontEndHost],
+    rewritten = request["callback", name];
+    If[StringQ[rewritten], $linked++; LinkCreate[rewritten, Sequence @@ opts], $Failed],
+    request["skipped", oneWord[name]];
+    LinkCreate[name, Sequence @@ opts]
+  ]
+]
+
+installNewMethod[] := Module[{protected},
   Unprotect[LinkCreate];
-  LinkCreate[name_String, opts___] /; !TrueQ[$inHook] && connectModeQ[{opts}] &&
-      StringQ[$frontEndHost] && frontEndNameQ[name, $frontEndHost] :=
-    Block[{$inHook = True, rewritten = request["callback", name]},
-      If[StringQ[rewritten], LinkCreate[rewritten, opts], $Failed]];
+  LinkCreate[name_String, opts___] /;
+      !TrueQ[$inHook] && StringQ[$frontEndHost] && connectModeQ[{opts}] && interceptQ[] :=
+    intercept[name, {opts}];
   Protect[LinkCreate];
-)
+  (* Open the window around the front end's set-up: a rule put first, so it wraps whatever
+     definition the kernel has (built in or rules of its own). *)
+  (* A Locked symbol refuses this quietly; the window is then the first two links alone. *)
+  protected = MemberQ[Attributes[MathLink`CreateFrontEndLinks], Protected];
+  Quiet[
+    Unprotect[MathLink`CreateFrontEndLinks];
+    DownValues[MathLink`CreateFrontEndLinks] = Prepend[DownValues[MathLink`CreateFrontEndLinks],
+      HoldPattern[MathLink`CreateFrontEndLinks[args___]] :>
+        Block[{$settingUp = True}, MathLink`CreateFrontEndLinks[args]] /; !TrueQ[$settingUp]];
+    If[protected, Protect[MathLink`CreateFrontEndLinks]]
+  ];
+]
 
 installOldMethod[] := (
   Unprotect[MathLink`CreateFrontEndLink];
@@ -132,7 +225,7 @@ installOldMethod[] := (
 
 End[]
 
-RelayHook`$Method = RelayHook`chooseMethod[$VersionNumber,
+RelayHook`$Method = RelayHook`Private`chooseMethod[$VersionNumber,
   Replace[Environment["RELAY_DYNAMIC_METHOD"], Except[_String] -> "auto"]];
 
 If[StringQ[Environment["RELAY_HOOK_TOKEN"]],
@@ -141,3 +234,5 @@ If[StringQ[Environment["RELAY_HOOK_TOKEN"]],
 ];
 
 EndPackage[]
+
+$ContextPath = DeleteCases[$ContextPath, "RelayHook`"];

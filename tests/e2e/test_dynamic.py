@@ -34,6 +34,7 @@ from tests.e2e.test_faults import connected
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 PROBE = str(Path(__file__).with_name("hookprobe.py"))
+BADCHANNEL = str(Path(__file__).with_name("badchannel.py"))
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,53 @@ async def test_old_method_end_to_end(dyn: RunningDaemon, remote: ThrowawaySSHD, 
         await dynamic_traffic(main, service, preemptive)
         await finish(fe, main, service, preemptive)
     assert not dyn.daemon.kernels
+
+
+def bad_channel_kernel(home: RelayHome, mode: str) -> str:
+    script = home.dir / f"kernel-{mode}"
+    script.write_text(f'#!/bin/sh\nexec {sys.executable} {BADCHANNEL} {mode} {SIM_KERNEL} "$@"\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.mark.parametrize("mode", ["silent", "gone"])
+@pytest.mark.parametrize("host", ["new", "old"])
+async def test_a_kernel_that_cannot_reach_relay_still_starts(
+    dyn: RunningDaemon, host: str, mode: str
+) -> None:
+    """A control channel that never answers, or a daemon whose listener is gone: every hook
+    request is bounded, the kernel says why once, and its main link works. The old method
+    still sends listening links (tunnel.m's fallback), the new one fails its links."""
+    async with controller(dyn.home, host=host, kernel=bad_channel_kernel(dyn.home, mode)) as fe:
+        main, _ = await connected(fe)
+        if host == "new":
+            with pytest.raises(ValueError, match=r"could not link: \$Failed: .*did not answer"):
+                await main.new_method_links(timeout_s=60)
+        else:
+            for name in await main.open_parallel_links_packet(60):
+                link = LinkName.parse(name)  # names a listening link, not $Failed
+                assert (link.data.host, link.message.host) == ("127.0.0.1", "127.0.0.1")
+        assert await main.echo(b"the main link works") == b"the main link works"
+        assert len(main.messages) == 1, main.messages
+        assert "did not answer on 127.0.0.1:" in main.messages[0]
+        assert "within 1 s; Dynamic and palettes will not work" in main.messages[0]
+        (k,) = dyn.daemon.kernels.values()
+        assert k.hook is not None and not k.hook.callbacks  # relay was never asked
+        await finish(fe, main)
+
+
+async def test_user_links_after_start_up_are_left_alone(dyn: RunningDaemon) -> None:
+    """User code that later connects to a link on the kernel host's own 127.0.0.1 reaches it
+    there: the hook redirects only the front end's own set-up."""
+    async with controller(dyn.home, host="new") as fe:
+        main, _ = await connected(fe)
+        service, preemptive = await main.new_method_links()
+        got = await main.user_link()
+        assert got.startswith("direct "), got
+        (k,) = dyn.daemon.kernels.values()
+        assert k.hook is not None and len(k.hook.callbacks) == 2  # the front end's two only
+        assert await preemptive.echo(b"dynamic") == b"dynamic"
+        await finish(fe, main, service, preemptive)
 
 
 async def probe_kernel(home: RelayHome) -> tuple[str, Path]:

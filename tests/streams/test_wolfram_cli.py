@@ -46,13 +46,76 @@ def test_wolfram_install_places_relaytools_and_says_where(tmp_path: Path) -> Non
     assert f"installed RelayTools` in {target}" in done.stdout
     assert (target / "RelayTools.wl").is_file() and (target / "Kernel" / "init.m").is_file()
     config = (target / "RelayConfig.wl").read_text()
-    assert config.startswith('RelayTools`$RelayCommand = "') and RELAY in config
+    assert config == f"RelayTools`$RelayCommand = {fc.wl_string(RELAY)};\n"
+    assert os.path.isabs(RELAY)  # the front end may not have our PATH (macOS Dock)
     again = run("wolfram", "install", "--user-base-directory", str(tmp_path))
     assert again.returncode == 0  # reinstalling replaces the old copy
 
 
-def test_default_user_base_directory(tmp_path: Path) -> None:
+def test_install_and_uninstall_every_user_base_directory_found(tmp_path: Path) -> None:
+    """14.1 moved $UserBaseDirectory to ~/.Wolfram; people with older versions too have both."""
     env = dict(os.environ, HOME=str(tmp_path))
+    none = run("wolfram", "install", env=env)
+    assert none.returncode == 1
+    assert none.stderr.count("\n") == 1
+    assert ".Wolfram and " in none.stderr and "--user-base-directory" in none.stderr
+    (tmp_path / ".Wolfram").mkdir()
+    (tmp_path / ".Mathematica").mkdir()
     done = run("wolfram", "install", env=env)
-    assert done.returncode == 0
-    assert (tmp_path / ".Mathematica" / "Applications" / "RelayTools" / "RelayTools.wl").exists()
+    assert done.returncode == 0, done.stderr
+    for base in (".Wolfram", ".Mathematica"):
+        target = tmp_path / base / "Applications" / "RelayTools"
+        assert (target / "RelayTools.wl").is_file()
+        assert f"installed RelayTools` in {target}" in done.stdout
+    gone = run("wolfram", "uninstall", env=env)
+    assert gone.returncode == 0, gone.stderr
+    for base in (".Wolfram", ".Mathematica"):
+        target = tmp_path / base / "Applications" / "RelayTools"
+        assert f"removed {target}" in gone.stdout and not target.exists()
+        assert (tmp_path / base / "Applications").is_dir()  # nothing else of the user's
+    assert "RelayRemoveKernelConfiguration[All]" in gone.stdout
+    again = run("wolfram", "uninstall", env=env)
+    assert again.returncode == 0 and "is not installed" in again.stdout
+
+
+def test_uninstall_leaves_a_directory_that_is_not_relaytools(tmp_path: Path) -> None:
+    own = tmp_path / "Applications" / "RelayTools"
+    own.mkdir(parents=True)
+    (own / "mine.wl").write_text("x")
+    done = run("wolfram", "uninstall", "--user-base-directory", str(tmp_path))
+    assert done.returncode == 0 and (own / "mine.wl").exists()
+
+
+def test_user_base_directories_newest_first() -> None:
+    assert fc.user_base_directories("Unix", "/home/a") == [
+        "/home/a/.Wolfram",
+        "/home/a/.Mathematica",
+    ]
+    assert fc.user_base_directories("MacOSX", "/Users/a") == [
+        "/Users/a/Library/Wolfram",
+        "/Users/a/Library/Mathematica",
+    ]
+    assert fc.user_base_directories("Windows", "C:\\Users\\a", "D:\\Roaming") == [
+        "D:\\Roaming\\Wolfram",
+        "D:\\Roaming\\Mathematica",
+    ]
+
+
+def test_frontend_config_warns_about_a_host_that_exists_nowhere(tmp_path: Path) -> None:
+    env = dict(os.environ, RELAY_CONFIG=str(tmp_path / "relay.toml"))
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        "Host hpc\n  HostName login.cluster.invalid\nHost node*\n  ProxyJump hpc\n"
+    )
+    (tmp_path / "relay.toml").write_text(
+        f"[daemon]\nssh_config = [{str(ssh_config)!r}]\n[hosts.lab]\nhostname = 'lab.invalid'\n"
+    )
+    typo = run("frontend-config", "hcp.invalid", "--relay", "relay", env=env)
+    assert typo.returncode == 0  # a warning: the configuration is still printed
+    assert "Launch command:" in typo.stdout
+    (warning,) = typo.stderr.splitlines()
+    assert warning.startswith("relay: warning: 'hcp.invalid' is not a [hosts] entry")
+    assert "does not resolve: check the spelling" in warning
+    for known in ("lab", "hpc", "node7", "127.0.0.1", "[::1]", "localhost"):
+        done = run("frontend-config", known, "--relay", "relay", env=env)
+        assert done.returncode == 0 and done.stderr == "", (known, done.stderr)

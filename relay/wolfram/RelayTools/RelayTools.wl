@@ -4,24 +4,32 @@
 
    RelaySetupKernelConfiguration writes a kernel configuration whose Launch command is
    `relay launch`; RelayMachine is a RemoteMachine for pools of parallel compute kernels whose
-   $RemoteCommand template is `relay launch --compute`; RelayStatus reads `relay status`.
+   $RemoteCommand template is `relay launch --compute`; RelayStatus reads `relay status`;
+   RelayRemoveKernelConfiguration takes out what RelaySetupKernelConfiguration added.
    The pure string builders here have Python twins in relay/frontendconfig.py, and a test
-   evaluates both (under Mathics3) and compares them. *)
+   evaluates both (under Mathics3) and compares them.
+
+   Runs on the front end's machine, macOS or Linux (relay's shim needs Unix sockets and
+   signals), with Mathematica 10.0 or later: a test checks every System symbol here against
+   its first version. *)
 
 BeginPackage["RelayTools`"]
 
-RelaySetupKernelConfiguration::usage = "RelaySetupKernelConfiguration[name, host] adds (or replaces) the front end kernel configuration name, which runs its kernel on host through relay. Options: \"KernelPath\", \"OperatingSystem\", \"VersionNumber\", \"RelayCommand\"."
-RelayMachine::usage = "RelayMachine[host, n, opts] is a RemoteMachine of n compute kernels on host, launched through relay: LaunchKernels[RelayMachine[\"myhost\", 8]]. RemoteMachine options (KernelSpeed, LinkHost, ...) pass through. Evaluating it runs relay connect host in the background, so the first kernel starts on a warm connection. Each Run returns once its kernel is started; Parallel`Settings`$MathLinkTimeout (15 s) must cover a kernel's start-up, and relay's launch_timeout_s (30 s) ends a kernel that never connects: for slow hosts raise both, launch_timeout_s no lower than $MathLinkTimeout."
-RelayMachineArguments::usage = "RelayMachineArguments[host, n, kernel, relay, os, opts] is the argument list of the RemoteMachine that RelayMachine builds."
+RelaySetupKernelConfiguration::usage = "RelaySetupKernelConfiguration[name, host] adds (or replaces) the front end kernel configuration name, which runs its kernel on host through relay. Options: \"KernelPath\" (default \"\": the host's configured kernel in relay.toml), \"RelayCommand\"."
+RelayRemoveKernelConfiguration::usage = "RelayRemoveKernelConfiguration[name] removes the kernel configuration name if it runs through relay; RelayRemoveKernelConfiguration[All] removes every one that does. Gives the names removed."
+RelayDropKernelConfigurations::usage = "RelayDropKernelConfigurations[evaluatorNames, name | All] gives {kept, removedNames}: the EvaluatorNames without relay's configuration name (or all of relay's)."
+RelayKernelConfigurationQ::usage = "RelayKernelConfigurationQ[config] is True for a kernel configuration whose Launch command runs relay launch."
+RelayMachine::usage = "RelayMachine[host, n, opts] is a RemoteMachine of n compute kernels on host, launched through relay: LaunchKernels[RelayMachine[\"myhost\", 8]]. \"KernelPath\" defaults to \"\", the host's configured kernel. RemoteMachine options (KernelSpeed, LinkHost, ...) pass through. Evaluating it runs relay connect host in the background, so the first kernel starts on a warm connection. Each Run returns once its kernel is started; Parallel`Settings`$MathLinkTimeout (15 s) must cover a kernel's start-up, and relay's launch_timeout_s (30 s) ends a kernel that never connects: for slow hosts raise both, launch_timeout_s no lower than $MathLinkTimeout."
+RelayMachineArguments::usage = "RelayMachineArguments[host, n, kernel, relay, opts] is the argument list of the RemoteMachine that RelayMachine builds."
 RelayConnect::usage = "RelayConnect[host] opens relay's connection to host in the background (relay connect), ahead of launches."
 RelayStatus::usage = "RelayStatus[] gives relay's status (hosts, kernels, forwards) as an Association."
 RelayLaunchCommand::usage = "RelayLaunchCommand[host, kernel, relay] is the Launch command of a relay kernel configuration."
-RelayRemoteCommand::usage = "RelayRemoteCommand[kernel, relay, os] is the $RemoteCommand template that launches compute kernels through relay."
-RelayKernelPath::usage = "RelayKernelPath[os, version] is the default path of the kernel executable."
+RelayRemoteCommand::usage = "RelayRemoteCommand[kernel, relay] is the $RemoteCommand template that launches compute kernels through relay."
+RelayKernelPath::usage = "RelayKernelPath[os, version] is where a default install of that version puts the kernel on a host running os (\"Unix\" or \"MacOSX\"), for the \"KernelPath\" option."
 RelayLinkName::usage = "RelayLinkName[{dataPort, host}, {messagePort, host}] is a TCPIP link name."
-RelayUserBaseDirectory::usage = "RelayUserBaseDirectory[os, home, appdata] is the default $UserBaseDirectory."
 $RelayCommand::usage = "$RelayCommand is the relay executable RelayTools runs (set by relay wolfram install)."
 RelayTools::norelay = "relay failed: `1`"
+RelayTools::windows = "relay runs the front end's side on macOS and Linux only (its shim needs Unix sockets and signals)."
 
 Begin["`Private`"]
 
@@ -34,43 +42,31 @@ quote[word_String] := StringJoin["\"", StringReplace[word, "\"" -> "\\\""], "\""
 RelayLaunchCommand[host_String, kernel_String, relay_String] :=
   StringJoin[quote[relay], " launch ", quote[host], " ", quote[kernel], " \"`linkname`\""]
 
-RelayRemoteCommand[kernel_String, relay_String, os_String] := Module[{command},
-  command = StringJoin[quote[relay], " launch --compute \"`1`\" ", quote[kernel], " \"`2`\""];
-  (* Run hands the line to cmd.exe on Windows, which strips one outer pair of quotes *)
-  If[os === "Windows", StringJoin["\"", command, "\""], command]
-]
+RelayRemoteCommand[kernel_String, relay_String] :=
+  StringJoin[quote[relay], " launch --compute \"`1`\" ", quote[kernel], " \"`2`\""]
+
+windowsQ[] := $OperatingSystem === "Windows"
 
 versionString[version_] := Module[{tenths = Round[10 version]},
   StringJoin[ToString[Quotient[tenths, 10]], ".", ToString[Mod[tenths, 10]]]]
 
+(* docs/topology.md section 6: from 14.1 the product is Wolfram, before it Mathematica *)
 RelayKernelPath[os_String, version_] := Which[
+  os === "MacOSX" && version >= 14.1, "/Applications/Wolfram.app/Contents/MacOS/WolframKernel",
   os === "MacOSX", "/Applications/Mathematica.app/Contents/MacOS/WolframKernel",
-  os === "Windows", StringJoin["C:\\Program Files\\Wolfram Research\\Mathematica\\",
-                               versionString[version], "\\WolframKernel.exe"],
-  True, StringJoin["/usr/local/Wolfram/Mathematica/", versionString[version],
-                   "/Executables/WolframKernel"]
+  True, StringJoin["/usr/local/Wolfram/", If[version >= 14.1, "Wolfram/", "Mathematica/"],
+                   versionString[version], "/Executables/WolframKernel"]
 ]
 
 RelayLinkName[{dataPort_Integer, dataHost_String}, {messagePort_Integer, messageHost_String}] :=
   StringJoin[ToString[dataPort], "@", dataHost, ",", ToString[messagePort], "@", messageHost]
 
-RelayUserBaseDirectory[os_String, home_String, appdata_String] := Which[
-  os === "MacOSX", StringJoin[home, "/Library/Mathematica"],
-  os === "Windows", StringJoin[If[appdata === "", StringJoin[home, "\\AppData\\Roaming"], appdata],
-                               "\\Mathematica"],
-  True, StringJoin[home, "/.Mathematica"]
-]
-
-Options[RelaySetupKernelConfiguration] = {"KernelPath" -> Automatic,
-  "OperatingSystem" -> Automatic, "VersionNumber" -> Automatic, "RelayCommand" -> Automatic};
+Options[RelaySetupKernelConfiguration] = {"KernelPath" -> "", "RelayCommand" -> Automatic};
 
 RelaySetupKernelConfiguration[name_String, host_String, OptionsPattern[]] := Module[
-  {os, version, kernel, relay, config, names, position},
-  os = Replace[OptionValue["OperatingSystem"],
-    Automatic :> SystemInformation["FrontEnd", "OperatingSystem"]];
-  version = Replace[OptionValue["VersionNumber"],
-    Automatic :> SystemInformation["FrontEnd", "VersionNumber"]];
-  kernel = Replace[OptionValue["KernelPath"], Automatic :> RelayKernelPath[os, version]];
+  {kernel, relay, config, names, position},
+  If[windowsQ[], Message[RelayTools::windows]; Return[$Failed]];
+  kernel = OptionValue["KernelPath"];
   relay = Replace[OptionValue["RelayCommand"], Automatic :> $RelayCommand];
   config = {
     "RemoteMachine" -> True,
@@ -89,14 +85,32 @@ RelaySetupKernelConfiguration[name_String, host_String, OptionsPattern[]] := Mod
   name -> config
 ]
 
-Options[RelayMachine] = {"KernelPath" -> Automatic, "OperatingSystem" -> Automatic,
-  "VersionNumber" -> Automatic, "RelayCommand" -> Automatic, "Connect" -> True};
+(* A configuration is relay's when its Launch command is one RelayLaunchCommand builds. *)
+RelayKernelConfigurationQ[config_List] := With[
+  {script = "LoginScript" /. Append[Cases[config, _Rule], "LoginScript" -> ""]},
+  StringQ[script] && StringMatchQ[script, "\"" ~~ __ ~~ "\" launch \"" ~~ __ ~~ "\"`linkname`\""]]
+RelayKernelConfigurationQ[___] := False
+
+RelayDropKernelConfigurations[names_List, which_] := Module[{drop},
+  drop = Select[names, MatchQ[#, _Rule] && (which === All || First[#] === which) &&
+                       RelayKernelConfigurationQ[Last[#]] &];
+  {Select[names, !MemberQ[drop, #] &], First /@ drop}
+]
+
+RelayRemoveKernelConfiguration[which : (_String | All)] := Module[{names, result},
+  names = EvaluatorNames /. Options[$FrontEnd, EvaluatorNames];
+  result = RelayDropKernelConfigurations[names, which];
+  If[result[[2]] =!= {}, SetOptions[$FrontEnd, EvaluatorNames -> result[[1]]]];
+  result[[2]]
+]
+
+Options[RelayMachine] = {"KernelPath" -> "", "RelayCommand" -> Automatic, "Connect" -> True};
 
 (* Pure: what RemoteMachine gets. Options RelayMachine does not know are RemoteMachine's
    (KernelSpeed, LinkHost, ...) and pass through, before relay's LinkHost so a user's wins. *)
-RelayMachineArguments[host_String, n_Integer, kernel_String, relay_String, os_String,
+RelayMachineArguments[host_String, n_Integer, kernel_String, relay_String,
     opts___?OptionQ] := Module[{own = ToString[First[#]] & /@ Options[RelayMachine]},
-  Join[{host, RelayRemoteCommand[kernel, relay, os], n},
+  Join[{host, RelayRemoteCommand[kernel, relay], n},
     Select[Flatten[{opts}], !MemberQ[own, ToString[First[#]]] &],
     {System`LinkHost -> "127.0.0.1"}]]
 
@@ -104,24 +118,25 @@ RelayConnect[host_String] := RelayConnect[host, $RelayCommand]
 RelayConnect[host_String, relay_String] :=
   Quiet[Check[StartProcess[{relay, "connect", host}], $Failed]]
 
-RelayMachine[host_String, n_Integer : 1, opts : OptionsPattern[]] := Module[
-  {os, version, kernel, relay},
+RelayMachine[host_String, n_Integer : 1, opts : OptionsPattern[]] := Module[{kernel, relay},
+  If[windowsQ[], Message[RelayTools::windows]; Return[$Failed]];
   Needs["SubKernels`RemoteKernels`"];
-  os = Replace[OptionValue["OperatingSystem"], Automatic :> $OperatingSystem];
-  version = Replace[OptionValue["VersionNumber"], Automatic :> $VersionNumber];
-  kernel = Replace[OptionValue["KernelPath"], Automatic :> RelayKernelPath[os, version]];
+  kernel = OptionValue["KernelPath"];
   relay = Replace[OptionValue["RelayCommand"], Automatic :> $RelayCommand];
   If[TrueQ[OptionValue["Connect"]], RelayConnect[host, relay]];
-  SubKernels`RemoteKernels`RemoteMachine @@
-    RelayMachineArguments[host, n, kernel, relay, $OperatingSystem, opts]
+  SubKernels`RemoteKernels`RemoteMachine @@ RelayMachineArguments[host, n, kernel, relay, opts]
 ]
+
+(* Head[...] === Association, not AssociationQ (10.1); "JSON" rules, not "RawJSON" (10.2?) *)
+toAssociations[json_] := Replace[json, rules : {__Rule} :> Association[rules], {0, Infinity}]
 
 RelayStatus[] := Module[{result},
   result = RunProcess[{$RelayCommand, "status", "--json"}];
-  If[!AssociationQ[result] || result["ExitCode"] =!= 0,
-    Message[RelayTools::norelay, If[AssociationQ[result], result["StandardError"], $RelayCommand]];
+  If[Head[result] =!= Association || result["ExitCode"] =!= 0,
+    Message[RelayTools::norelay,
+      If[Head[result] === Association, result["StandardError"], $RelayCommand]];
     Return[$Failed]];
-  ImportString[result["StandardOutput"], "RawJSON"]
+  toAssociations[ImportString[result["StandardOutput"], "JSON"]]
 ]
 
 End[]
