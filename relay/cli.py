@@ -119,6 +119,14 @@ def _parser() -> Any:
         "(2FA hosts); later launches use it",
     )
     login.add_argument("host", help="a [hosts] name from relay.toml or [user@]host[:port]")
+    check = sub.add_parser(
+        "check",
+        help="check every point where a launch on HOST can fail, in order, with what to do "
+        "(through the running daemon's connection when there is one)",
+    )
+    check.add_argument("host", help="a [hosts] name from relay.toml or [user@]host[:port]")
+    check.add_argument("--kernel", help="the kernel path to check (default: the host's 'kernel')")
+    check.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 
 
@@ -139,6 +147,8 @@ def _main(args: list[str]) -> int:
         return _trust(ns.host, assume_yes=ns.yes)
     if ns.command == "login":
         return _login(ns.host)
+    if ns.command == "check":
+        return _check(ns.host, ns.kernel, as_json=ns.json)
     if ns.command == "connect":
         return _connect(ns.host, autostart=not ns.no_autostart)
     if ns.command == "frontend-config":
@@ -303,6 +313,57 @@ def _wolfram(ns: Any) -> int:
         "uninstalling) or Evaluation > Kernel Configuration Options removes them"
     )
     return 0
+
+
+CHECK_WAIT_S = 330.0  # nine checks of at most relay.check.STEP_TIMEOUT_S each, and a margin
+
+
+def _check(host: str, kernel: str | None, *, as_json: bool) -> int:
+    import json  # noqa: PLC0415
+
+    from relay import checkview, client, paths, shim  # noqa: PLC0415
+
+    message = {"op": "check", "host": host, "kernel": kernel, **shim.agent_field()}
+    try:
+        client.request(paths.socket_path(), {"op": "ping"}, 2.0)
+    except (client.ClientError, OSError):
+        answer: dict[str, Any] | int = _check_standalone(host, kernel)
+    else:
+        answer = _daemon_answer(message, "checked", timeout_s=CHECK_WAIT_S)
+    if isinstance(answer, int):
+        return answer
+    results = [checkview.Result(**r) for r in answer["results"]]
+    if as_json:
+        print(json.dumps({"host": host, "ok": not checkview.verdict(results), **answer}, indent=2))
+    else:
+        print(checkview.render(host, results), end="")
+    return checkview.verdict(results)
+
+
+def _check_standalone(host: str, kernel: str | None) -> dict[str, Any] | int:
+    """No daemon is running: the checks run in one of their own, closed afterwards."""
+
+    import uvloop  # noqa: PLC0415
+
+    from relay import log, settings  # noqa: PLC0415
+    from relay.daemon import Daemon  # noqa: PLC0415
+    from relay.errors import RelayError  # noqa: PLC0415
+
+    log.configure("error", stream=sys.stderr)  # the report is the output; stdout stays clean
+    try:
+        config, source = settings.load()
+    except RelayError as exc:
+        print(f"relay: {exc.message}", file=sys.stderr)
+        return 1
+
+    async def run() -> dict[str, Any]:
+        daemon = Daemon(config, str(source))
+        try:
+            return await daemon.check(host, kernel, running=False)
+        finally:
+            await daemon.aclose(grace_s=2.0)
+
+    return uvloop.run(run())
 
 
 CONNECT_WAIT_S = 120.0  # connect, authenticate, start the supervisor (retries included)

@@ -173,6 +173,9 @@ class Conversation:
             return daemon.reload(force=True)
         if isinstance(req, protocol.HostKeyRequest):
             return await daemon.host_key(req.host)
+        if isinstance(req, protocol.CheckRequest):
+            daemon.note_client(req.ssh_auth_sock)
+            return await daemon.check(req.host, req.kernel)
         if isinstance(req, protocol.AnswersRequest):
             raise BadRequest("answers outside a login")
         raise BadRequest("terminate outside a launch")

@@ -366,6 +366,14 @@ class Daemon:
         return await session.host_key()
 
     # -- shutdown --------------------------------------------------------------------------
+    async def check(self, name: str, kernel: str | None, *, running: bool = True) -> dict[str, Any]:
+        """``relay check``: every check for ``name``, on this daemon's connection to it."""
+        from relay import check  # noqa: PLC0415
+
+        self._refuse_if_stopping("checks")
+        results = await check.run(self, name, kernel, running=running)
+        return {"event": "checked", "host": name, "results": results}
+
     async def aclose(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """The whole shutdown, in order, bounded; see the module's docstring."""
         self.stopping = True

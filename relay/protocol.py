@@ -15,6 +15,8 @@ Requests (client -> daemon)::
     {"v":1,"op":"reload"}         # relay reload: re-read relay.toml (also on SIGHUP, and when
                                   # the file changed, before any request)
     {"v":1,"op":"hostkey","host":H}  # relay trust: the key H offers and whether it is known
+    {"v":1,"op":"check","host":H,"kernel":K|null,"ssh_auth_sock":S}  # relay check: answered by
+        #   one "checked" event with "results", a list of relay.checkview.Result
     {"v":1,"op":"login","host":H,"ssh_auth_sock":S}  # relay login: (re)open H's connection,
         # the server's password and keyboard-interactive prompts answered by the client:
         #   {"v":1,"event":"prompt","name":..,"instructions":..,"prompts":[{"text","echo"}]}
@@ -139,6 +141,15 @@ class ConnectRequest(_Message):
     ssh_auth_sock: AgentSocket = None
 
 
+class CheckRequest(_Message):
+    """relay check: every check for a host, run on this daemon's connection to it."""
+
+    op: Literal["check"]
+    host: HostField
+    kernel: Annotated[str, Field(max_length=4096)] | None = None
+    ssh_auth_sock: AgentSocket = None
+
+
 AnyRequest = (
     LaunchRequest
     | TerminateRequest
@@ -151,6 +162,7 @@ AnyRequest = (
     | HostKeyRequest
     | LoginRequest
     | AnswersRequest
+    | CheckRequest
 )
 Request = Annotated[AnyRequest, Field(discriminator="op")]
 _ADAPTER: TypeAdapter[AnyRequest] = TypeAdapter(Request)
@@ -168,7 +180,7 @@ def parse_request(obj: dict[str, Any]) -> AnyRequest:
         if first["type"] in ("union_tag_invalid", "union_tag_not_found"):
             message = (
                 f"unknown op {str(obj.get('op'))[:40]!r} (expected launch, terminate, "
-                f"ping, status, forward, connect, stop, reload, hostkey or login)"
+                f"ping, status, forward, connect, stop, reload, hostkey, login or check)"
             )
         else:
             message = f"{where}: {first['msg']}"

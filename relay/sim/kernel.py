@@ -32,6 +32,8 @@ Behaviour, with its source in ``docs/topology.md``:
   meanwhile, so a front end that cannot reach a fallback link still has its kernel (whether a
   real kernel waits there is not documented).
 
+- ``-version`` prints the product version and exits, as ``wolfram -version`` does (its
+  reference page; ``relay check`` runs it);
 - takes ``-simstartup SECONDS`` (default 1) before connecting or listening, as a real
   WolframKernel takes on the order of a second to start (licence check, paclets; §4).
 
@@ -498,6 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"relay-sim-kernel: {exc}", file=sys.stderr)
         return 2
+    if "-version" in (word.lower() for word in flags.ignored):
+        print(f"{version:g}.0")
+        return 0
     if not flags.link_startup and flags.link_mode is None:
         print("relay-sim-kernel: no -wstp/-mathlink or -LinkMode: nothing to do", file=sys.stderr)
         return 2

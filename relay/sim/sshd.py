@@ -84,7 +84,9 @@ class ThrowawaySSHD:
         self.authorized_keys = self.dir / "authorized_keys"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log: collections.deque[str] = collections.deque(maxlen=500)
+        self.log: collections.deque[str] = collections.deque(maxlen=500)  # the latest lines
+        # every successful authentication since start: the log above forgets old lines
+        self.authentications = 0
         self._drain: threading.Thread | None = None
 
     def __enter__(self) -> ThrowawaySSHD:
@@ -207,7 +209,11 @@ class ThrowawaySSHD:
     def _drain_log(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
         for raw in proc.stderr:
-            self.log.append(raw.decode(errors="replace").rstrip())
+            line = raw.decode(errors="replace").rstrip()
+            self.log.append(line)
+            words = line.split(" ", 3)
+            if len(words) == 4 and words[0] == "Accepted" and words[2] == "for":  # a login
+                self.authentications += 1
 
     def _write_known_hosts(self) -> None:
         self.known_hosts.write_text("")

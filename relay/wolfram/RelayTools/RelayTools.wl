@@ -23,6 +23,7 @@ RelayMachine::usage = "RelayMachine[host, n, opts] is a RemoteMachine of n compu
 RelayMachineArguments::usage = "RelayMachineArguments[host, n, kernel, relay, opts] is the argument list of the RemoteMachine that RelayMachine builds."
 RelayConnect::usage = "RelayConnect[host] opens relay's connection to host in the background (relay connect), ahead of launches."
 RelayStatus::usage = "RelayStatus[] gives relay's status (hosts, kernels, forwards) as an Association."
+RelayCheck::usage = "RelayCheck[host] runs relay check host (every point where a launch on host can fail, in order) and gives its results as an Association; RelayCheck[host, kernel] checks that kernel path."
 RelayLaunchCommand::usage = "RelayLaunchCommand[host, kernel, relay] is the Launch command of a relay kernel configuration."
 RelayRemoteCommand::usage = "RelayRemoteCommand[kernel, relay] is the $RemoteCommand template that launches compute kernels through relay."
 RelayKernelPath::usage = "RelayKernelPath[os, version] is where a default install of that version puts the kernel on a host running os (\"Unix\" or \"MacOSX\"), for the \"KernelPath\" option."
@@ -133,6 +134,18 @@ toAssociations[json_] := Replace[json, rules : {__Rule} :> Association[rules], {
 RelayStatus[] := Module[{result},
   result = RunProcess[{$RelayCommand, "status", "--json"}];
   If[Head[result] =!= Association || result["ExitCode"] =!= 0,
+    Message[RelayTools::norelay,
+      If[Head[result] === Association, result["StandardError"], $RelayCommand]];
+    Return[$Failed]];
+  toAssociations[ImportString[result["StandardOutput"], "JSON"]]
+]
+
+(* relay check exits 1 when a check failed: the results are still the answer *)
+RelayCheck[host_String, kernel_String : ""] := Module[{result},
+  result = RunProcess[Join[{$RelayCommand, "check", host, "--json"},
+                           If[kernel === "", {}, {"--kernel", kernel}]]];
+  If[Head[result] =!= Association || !MemberQ[{0, 1}, result["ExitCode"]] ||
+      StringLength[result["StandardOutput"]] === 0,
     Message[RelayTools::norelay,
       If[Head[result] === Association, result["StandardError"], $RelayCommand]];
     Return[$Failed]];

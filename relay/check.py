@@ -1,0 +1,564 @@
+"""``relay check HOST``: every point where a remote kernel launch can fail, in the order a
+launch meets them, each bounded in time, each with what to do when it fails.
+
+It runs inside the daemon when one is running (``{"op":"check"}``), so it tests the connection
+launches use (that host's ``HostSession``: its ssh_config view, agent, connection and
+supervisor), and in a daemon of its own otherwise (``relay.cli``). Rendering is
+``relay.checkview``.
+
+1 configuration   which [hosts] entry or ssh_config alias, resolved user/host/port/keys/jump
+2 reach           name resolution and TCP, the address used (direct connections only)
+3 host key        known, unknown (fingerprint, ``relay trust``) or changed
+4 authentication  the methods the server offers; which key or agent identity works
+5 server          a remote forward on 127.0.0.1 port 0, sessions (MaxSessions), SFTP
+6 remote host     POSIX sh, mktemp, a writable TMPDIR, /proc, space in ~/.cache/relay
+7 kernel          executable, its version (``-version``), what it prints when it fails
+8 round trip      a launch with a bash probe in place of the kernel: both channels, timed
+9 connection      RTT and what it means for launches; the daemon's state for the host
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from relay.checkview import Result, State, parse_probe
+from relay.errors import RelayError
+from relay.linkname import LinkName
+from relay.ssh import hostkeys, identity
+
+if TYPE_CHECKING:
+    from relay.daemon import Daemon
+    from relay.ssh.host import HostSession
+
+__all__ = ["HOST_PROBE", "ROUND_TRIP_PROBE", "run"]
+
+STEP_TIMEOUT_S = 30.0  # no check waits longer; most take a round trip or two
+KERNEL_TIMEOUT_S = 20.0  # `KERNEL -version`: a licence check may take a while
+MIN_FREE_KB = 10 * 1024  # the hook and the supervisor's files are a few kB
+AUTH_METHODS_KWARGS = {"port", "username", "tunnel", "proxy_command", "config"}
+DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk", "id_dsa")
+
+# Check 6, one exec session: key=value lines (relay.checkview.parse_probe).
+HOST_PROBE = r"""
+echo sh=ok
+command -v mktemp >/dev/null 2>&1 && echo mktemp=ok || echo mktemp=missing
+command -v bash >/dev/null 2>&1 && echo bash=ok || echo bash=missing
+t=${TMPDIR:-/tmp}; echo tmpdir=$t
+d=$(mktemp -d "$t/relay-check.XXXXXX" 2>/dev/null) && rmdir "$d" && echo tmpdir_writable=ok \
+  || echo tmpdir_writable=no
+test -r /proc/net/tcp && echo proc=ok || echo proc=missing
+c=$HOME/.cache/relay; while [ ! -d "$c" ]; do c=$(dirname "$c"); done; echo cache_dir=$c
+echo free_kb=$(df -Pk "$c" 2>/dev/null | awk 'NR==2 {print $4}')
+"""
+
+# Check 8: launched as the kernel, with the kernel's flags.
+ROUND_TRIP_PROBE = r"""#!/usr/bin/env bash
+# relay check's stand-in for a kernel: takes a kernel's flags, connects both channels of
+# -LinkName as a kernel does, and answers one line on each.
+name=; prev=
+for a; do case $prev in -LinkName|-linkname) name=$a;; esac; prev=$a; done
+d=${name%%,*}; m=${name#*,}
+exec 3<>"/dev/tcp/${d#*@}/${d%%@*}" 4<>"/dev/tcp/${m#*@}/${m%%@*}" || exit 3
+IFS= read -r -t 20 line <&3 && printf 'data %s\n' "$line" >&3
+IFS= read -r -t 20 line <&4 && printf 'message %s\n' "$line" >&4
+"""
+# written to a private temporary file on the host for the one launch, removed afterwards
+PLACE_PROBE = (
+    'f=$(mktemp "${TMPDIR:-/tmp}/relay-probe.XXXXXX") && cat > "$f" && chmod 700 "$f" '
+    '&& printf %s "$f"'
+)
+
+
+class _Failed(Exception):
+    """A check's failure: the line and what to do."""
+
+    def __init__(self, summary: str, advice: str, state: State = "fail") -> None:
+        super().__init__(summary)
+        self.summary, self.advice, self.state = summary, advice, state
+
+
+class Checker:
+    def __init__(self, daemon: Daemon, name: str, kernel: str | None) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.kernel = kernel
+        self.session: HostSession | None = None
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.probe: dict[str, str] = {}
+        self.running_daemon = False
+
+    async def run(self) -> list[Result]:
+        steps: list[tuple[str, Callable[[], Awaitable[tuple[str, dict[str, Any], State]]]]] = [
+            ("configuration", self.configuration),
+            ("reach", self.reach),
+            ("host key", self.host_key),
+            ("authentication", self.authentication),
+            ("server", self.server),
+            ("remote host", self.remote_host),
+            ("kernel", self.kernel_check),
+            ("round trip", self.round_trip),
+            ("connection", self.connection),
+        ]
+        results: list[Result] = []
+        failed: str | None = None
+        for i, (name, step) in enumerate(steps, 1):
+            if failed is not None and name != "connection":
+                results.append(Result(i, name, "skip", f"not checked: {failed} failed first"))
+                continue
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(STEP_TIMEOUT_S):
+                    summary, data, state = await step()
+                advice = data.pop("advice", None)
+            except _Failed as exc:
+                summary, data, state, advice = exc.summary, {}, exc.state, exc.advice
+            except TimeoutError:
+                summary, data, state = f"no answer within {STEP_TIMEOUT_S:g} s", {}, "fail"
+                advice = "the host or the network stalls: try again, then `relay status`"
+            except (RelayError, asyncssh.Error, asyncssh.ChannelListenError, OSError) as exc:
+                message = exc.message if isinstance(exc, RelayError) else str(exc) or repr(exc)
+                summary, data, state = f"{type(exc).__name__}: {message}"[:300], {}, "fail"
+                advice = "an error this check does not know: see the steps above and relay.log"
+            ms = (time.monotonic() - started) * 1000
+            results.append(Result(i, name, state, summary, advice, round(ms, 1), data))
+            if state == "fail" and failed is None:
+                failed = name
+        return results
+
+    # -- 1 ---------------------------------------------------------------------------------
+    async def configuration(self) -> tuple[str, dict[str, Any], State]:
+        try:
+            self.session = session = self.daemon.host(self.name)
+            view, plan = session.plan()
+        except RelayError as exc:
+            raise _Failed(exc.message, "fix the host name or relay.toml") from None
+        cfg, base = plan.config, session.base_config
+        entry = (
+            f"[hosts.{session.key}] in {self.daemon.config_source}"
+            if self.name in self.daemon.config.hosts
+            else "not a [hosts] entry: an ad-hoc host"
+        )
+        alias = view.hostname != base.hostname
+        explicit = base.model_fields_set if self.name in self.daemon.config.hosts else set()
+
+        def source(field: str, keyword: str) -> str:
+            if field in explicit:
+                return "relay.toml"
+            if view.get(keyword) is not None:
+                return "ssh_config"
+            return "default"
+
+        show = {
+            "entry": entry + (f"; ssh_config alias for {view.hostname}" if alias else ""),
+            "target": f"{view.user}@{view.hostname}:{view.port} (user from "
+            f"{source('user', 'User')}, port from {source('port', 'Port')})",
+            "identity files": ", ".join(cfg.identity_files)
+            if cfg.identity_files
+            else ", ".join(map(str, view.get("IdentityFile") or [])) or "ssh's defaults and agent",
+            "known_hosts": ", ".join(map(str, plan.known_hosts)),
+            "jump host": plan.jump or cfg.proxy_command or "none",
+        }
+        if view.files:
+            show["ssh_config"] = ", ".join(view.files)
+        data: dict[str, Any] = {"show": show, "notes": list(plan.notes)}
+        if plan.notes:
+            data["advice"] = plan.notes[0]
+        return f"{view.user}@{view.hostname}:{view.port}", data, "warn" if plan.notes else "ok"
+
+    # -- 2 ---------------------------------------------------------------------------------
+    async def reach(self) -> tuple[str, dict[str, Any], State]:
+        assert self.session is not None
+        view, plan = self.session.plan()
+        if plan.jump or plan.config.proxy_command:
+            via = plan.jump or "ProxyCommand"
+            return f"through {via} (checked as that host's connection)", {}, "ok"
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(plan.config.connect_timeout_s):
+                infos = await loop.getaddrinfo(view.hostname, view.port, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError) as exc:
+            raise _Failed(
+                f"{view.hostname} does not resolve ({exc})",
+                "check the spelling, HostName in ~/.ssh/config, or your DNS/VPN",
+            ) from None
+        resolve_ms = (time.monotonic() - started) * 1000
+        errors = []
+        for family, _, _, _, sockaddr in infos:
+            address = str(sockaddr[0])
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(plan.config.connect_timeout_s):
+                    _, writer = await asyncio.open_connection(address, view.port)
+            except (OSError, TimeoutError) as exc:
+                errors.append(f"{address}: {exc.strerror or 'timed out'}")
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
+            ms = (time.monotonic() - started) * 1000
+            return (
+                f"{address} port {view.port} ({kind}), TCP in {ms:.0f} ms",
+                {"address": address, "resolve_ms": round(resolve_ms, 1), "tcp_ms": round(ms, 1)},
+                "ok",
+            )
+        raise _Failed(
+            f"cannot reach {view.hostname} port {view.port}: {'; '.join(errors)}",
+            f"check Port/HostName for {self.name}, that sshd runs there, and firewalls or VPN "
+            f"between here and there",
+        )
+
+    # -- 3 ---------------------------------------------------------------------------------
+    async def host_key(self) -> tuple[str, dict[str, Any], State]:
+        assert self.session is not None
+        try:
+            key = await self.session.host_key()
+        except RelayError as exc:
+            raise _Failed(exc.message, "see `relay check` step 2; then try again") from None
+        entry = hostkeys.entry_name(key["name"], key["port"])
+        if key["state"] == "known":
+            return f"known: {key['fingerprint']}", {"fingerprint": key["fingerprint"]}, "ok"
+        if key["state"] == "unknown":
+            raise _Failed(
+                f"{entry} offers {key['fingerprint']}, which no known_hosts file records",
+                f"compare it with the host's, then `relay trust {self.name}` records it",
+            )
+        raise _Failed(
+            f"{entry} now offers {key['fingerprint']}, but a DIFFERENT key is recorded in "
+            f"{key['file']}: possible man-in-the-middle, or the host was reinstalled",
+            f"if the change is expected: ssh-keygen -R '{entry}' -f {key['file']}, then "
+            f"`relay trust {self.name}`",
+        )
+
+    # -- 4 ---------------------------------------------------------------------------------
+    async def authentication(self) -> tuple[str, dict[str, Any], State]:
+        session = self.session
+        assert session is not None
+        view, plan = session.plan()
+        kwargs = await self._kwargs(plan)
+        methods: list[str] = []
+        with contextlib.suppress(OSError, asyncssh.Error, TimeoutError, ValueError):
+            async with asyncio.timeout(plan.config.connect_timeout_s):
+                methods = list(
+                    await asyncssh.get_server_auth_methods(
+                        view.hostname,
+                        **{k: v for k, v in kwargs.items() if k in AUTH_METHODS_KWARGS},
+                    )
+                )
+        was = session.state
+        try:
+            self.conn = await session.connection()
+        except RelayError as exc:
+            person = {"keyboard-interactive", "password"} & set(methods)
+            advice = (
+                f"this host asks for a password or one-time code: `relay login {self.name}` in "
+                f"a terminal, then launch"
+                if person and "publickey" not in methods
+                else f"add your key to the host's ~/.ssh/authorized_keys, load it with ssh-add, "
+                f"or set identity_files for {self.name}"
+            )
+            offers = ", ".join(methods) or "?"
+            raise _Failed(f"{exc.message} (server offers: {offers})", advice) from None
+        which = await self._which_key(view, plan, kwargs)
+        show = {"server offers": ", ".join(methods) or "(not said)"}
+        if was == "connected":
+            show["connection"] = "the daemon's, already open"
+        return which, {"methods": methods, "show": show}, "ok"
+
+    async def _kwargs(self, plan: Any) -> dict[str, Any]:
+        assert self.session is not None
+        from relay.ssh.host import _known_hosts  # noqa: PLC0415
+
+        kwargs = dict(plan.kwargs)
+        kwargs["known_hosts"] = _known_hosts(plan.known_hosts)
+        return await self.session._through_jump(plan, kwargs)
+
+    async def _which_key(self, view: Any, plan: Any, kwargs: dict[str, Any]) -> str:
+        """Which key the server takes: each candidate alone, in the order relay offers them."""
+        agent = identity.agent_path(view.get("IdentityAgent"), self.daemon.environ_agent)
+        candidates: list[tuple[str, Any]] = []
+        if plan.config.identity_files is not None:
+            for key in await identity.client_keys(
+                plan.config.identity_files, host=self.name, agent=agent
+            ):
+                label = key if isinstance(key, str) else _agent_label(key)
+                candidates.append((label, key))
+        else:
+            for name in DEFAULT_IDENTITIES:  # unencrypted ones; the agent holds the others
+                path = f"~/.ssh/{name}"
+                with contextlib.suppress(OSError, asyncssh.KeyImportError):
+                    candidates.append((path, asyncssh.read_private_key(path)))
+            if agent:
+                with contextlib.suppress(OSError, asyncssh.Error, ValueError):
+                    async with asyncssh.connect_agent(agent) as running:
+                        for key in await running.get_keys():
+                            candidates.append((_agent_label(key), key))
+        for label, key in candidates[:8]:
+            try:
+                async with asyncio.timeout(plan.config.connect_timeout_s):
+                    conn = await asyncssh.connect(
+                        view.hostname,
+                        **dict(
+                            _bare(kwargs),
+                            client_keys=[key],
+                            agent_path=None,
+                            preferred_auth=["publickey"],
+                        ),
+                    )
+            except (OSError, asyncssh.Error, TimeoutError, ValueError):
+                continue
+            conn.close()
+            return f"publickey with {label}"
+        return "authenticated (not with one key alone: relay login, or several factors)"
+
+    # -- 5 ---------------------------------------------------------------------------------
+    async def server(self) -> tuple[str, dict[str, Any], State]:
+        assert self.session is not None
+        assert self.conn is not None
+        conn = self.conn
+        try:
+            listener = await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 9)
+        except (asyncssh.Error, asyncssh.ChannelListenError, OSError) as exc:
+            raise _Failed(
+                f"the server refuses remote port forwarding ({exc})",
+                "relay needs it for every link: ask the admin for AllowTcpForwarding yes "
+                "(or remote) for your account",
+            ) from None
+        port = listener.get_port()
+        listener.close()
+        try:
+            async with asyncio.timeout(self.session.config.connect_timeout_s):
+                # relay holds a supervisor session and opens more beside it (the hook's
+                # install, kernel checks): two at once, as launches need them
+                held = await conn.create_process("cat")
+                try:
+                    await conn.run("true", check=False)
+                finally:
+                    held.close()
+        except (asyncssh.Error, OSError) as exc:
+            raise _Failed(
+                f"the server refuses a session ({exc})",
+                "MaxSessions on the server is too low for relay (it needs 2 per connection): "
+                "ask the admin to raise it, or close other sessions multiplexed on it",
+            ) from None
+        data: dict[str, Any] = {"forward_port": port}
+        try:
+            async with asyncio.timeout(self.session.config.connect_timeout_s):
+                sftp = await conn.start_sftp_client()
+            sftp.exit()
+            sftp_note = "SFTP available"
+        except (asyncssh.Error, OSError, TimeoutError):
+            data["advice"] = "nothing to do: relay installs its hook through an exec session"
+            return (
+                f"remote forward ok (port {port}), sessions ok; no SFTP subsystem: "
+                f"relay uses its exec-session fallback",
+                data,
+                "warn",
+            )
+        return f"remote forward ok (port {port}), sessions ok, {sftp_note}", data, "ok"
+
+    # -- 6 ---------------------------------------------------------------------------------
+    async def remote_host(self) -> tuple[str, dict[str, Any], State]:
+        assert self.conn is not None
+        assert self.session is not None
+        done = await self.conn.run(f"exec /bin/sh -c {shlex.quote(HOST_PROBE)}", check=False)
+        self.probe = probe = parse_probe(str(done.stdout or ""))
+        if probe.get("sh") != "ok":
+            raise _Failed(
+                f"/bin/sh did not run the probe (exit {done.exit_status}): "
+                f"{str(done.stderr or '').strip()[:200]}",
+                "relay needs a POSIX /bin/sh on the host",
+            )
+        if probe.get("mktemp") != "ok":
+            raise _Failed("mktemp is missing", "install coreutils (mktemp) on the host")
+        if probe.get("tmpdir_writable") != "ok":
+            raise _Failed(
+                f"TMPDIR {probe.get('tmpdir')} is not writable",
+                "relay's supervisor makes a private directory there: make it writable, or set "
+                "TMPDIR for your account on the host to one that is",
+            )
+        show = {"TMPDIR": probe.get("tmpdir", "?")}
+        notes = []
+        if probe.get("proc") != "ok":
+            notes.append(
+                "no /proc/net/tcp: relay cannot tell who connects to a link; launches fail "
+                f'unless peer_check = "off" for {self.name}'
+            )
+        free = int(probe["free_kb"]) if probe.get("free_kb", "").isdigit() else None
+        if free is not None:
+            show["free space"] = f"{free // 1024} MB in {probe.get('cache_dir')}"
+            if free < MIN_FREE_KB:
+                notes.append(f"only {free} kB free in {probe.get('cache_dir')}")
+        data: dict[str, Any] = {"probe": probe, "show": show}
+        if notes:
+            data["advice"] = "; ".join(notes)
+            return "POSIX sh, mktemp, writable TMPDIR; " + notes[0], data, "warn"
+        return "POSIX sh, mktemp, writable TMPDIR, /proc", data, "ok"
+
+    # -- 7 ---------------------------------------------------------------------------------
+    async def kernel_check(self) -> tuple[str, dict[str, Any], State]:
+        assert self.conn is not None
+        assert self.session is not None
+        kernel = self.kernel or self.session.config.kernel
+        if not kernel:
+            return (
+                "no kernel given",
+                {
+                    "advice": f"pass --kernel PATH, or set 'kernel' in [hosts.{self.session.key}]"
+                    f' (a launch with KERNEL "" needs it)'
+                },
+                "warn",
+            )
+        q = shlex.quote(kernel)
+        command = (
+            f"if [ ! -e {q} ]; then echo 'relay-check: missing'; exit 127; fi; "
+            f"if [ ! -x {q} ]; then echo 'relay-check: not executable'; exit 126; fi; "
+            f"exec {q} -version </dev/null 2>&1"
+        )
+        try:
+            async with asyncio.timeout(KERNEL_TIMEOUT_S):
+                done = await self.conn.run(command, check=False)
+        except TimeoutError:
+            raise _Failed(
+                f"{kernel} -version did not finish within {KERNEL_TIMEOUT_S:g} s",
+                "run it on the host by hand: a licence server or a network file system may hang",
+            ) from None
+        out = [line for line in str(done.stdout or "").splitlines() if line.strip()]
+        if out[:1] == ["relay-check: missing"]:
+            raise _Failed(
+                f"no kernel at {kernel} on the host",
+                "find it with `ls /usr/local/Wolfram/*/*/Executables` on the host and fix "
+                "--kernel or 'kernel'",
+            )
+        if out[:1] == ["relay-check: not executable"]:
+            raise _Failed(f"{kernel} is not executable", f"chmod +x {kernel} on the host")
+        if done.exit_status != 0:
+            words = " / ".join(out[-3:]) or "(no output)"
+            raise _Failed(
+                f"{kernel} exited {done.exit_status}: {words}",
+                "that is what a launch would meet: fix it on the host (licence, paths) first",
+            )
+        version = out[0][:80] if out else "(printed no version)"
+        return f"{kernel}: {version}", {"kernel": kernel, "version": version}, "ok"
+
+    # -- 8 ---------------------------------------------------------------------------------
+    async def round_trip(self) -> tuple[str, dict[str, Any], State]:
+        assert self.session is not None
+        if self.probe.get("bash") != "ok":
+            return "not measured: no bash on the host for the probe", {}, "skip"
+        from relay.kernels import launch  # noqa: PLC0415
+
+        channels: list[asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = [
+            asyncio.Queue(),
+            asyncio.Queue(),
+        ]
+        accepted: list[asyncio.StreamWriter] = []
+
+        def acceptor(queue: asyncio.Queue[Any]) -> Any:
+            async def on_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                accepted.append(writer)
+                queue.put_nowait((reader, writer))
+
+            return on_accept
+
+        servers = [await asyncio.start_server(acceptor(q), "127.0.0.1", 0) for q in channels]
+        ports = [s.sockets[0].getsockname()[1] for s in servers]
+        link = LinkName.parse(f"{ports[0]}@127.0.0.1,{ports[1]}@127.0.0.1")
+        assert self.conn is not None
+        placed = await self.conn.run(PLACE_PROBE, input=ROUND_TRIP_PROBE, check=False)
+        probe = str(placed.stdout or "").strip()
+        if placed.exit_status != 0 or not probe:
+            raise _Failed("cannot write the probe to TMPDIR", "see step 6")
+        started = time.monotonic()
+        kernel = None
+        try:
+            kernel = await launch(
+                self.session, kernel=probe, link=link, mode="compute", extra_args=[]
+            )
+            answers = []
+            for queue, word in zip(channels, ("data", "message"), strict=True):
+                reader, writer = await queue.get()  # the link's own port: data, then message
+                writer.write(f"ping-{word}\n".encode())
+                await writer.drain()
+                answers.append((await reader.readline()).decode().strip())
+            if answers != ["data ping-data", "message ping-message"]:
+                raise _Failed(
+                    f"the probe's answers came back wrong: {answers}",
+                    "report this: bytes were changed on the way",
+                )
+        except RelayError as exc:
+            raise _Failed(exc.message, "see the steps above and `relay status`") from None
+        finally:
+            for writer in accepted:
+                writer.close()
+            for server in servers:
+                server.close()
+            if kernel is not None:
+                await kernel.terminate(grace_s=1.0)
+                await kernel.aclose()
+            await self.conn.run(f"rm -f {shlex.quote(probe)}", check=False)
+        ms = (time.monotonic() - started) * 1000
+        return (
+            f"launched a probe, both channels answered, in {ms:.0f} ms",
+            {"launch_ms": round(ms, 1)},
+            "ok",
+        )
+
+    # -- 9 ---------------------------------------------------------------------------------
+    async def connection(self) -> tuple[str, dict[str, Any], State]:
+        if self.session is None:
+            return "not checked", {}, "skip"
+        snap = self.session.snapshot()
+        show: dict[str, Any] = {}
+        rtt = snap.get("rtt_ms")
+        if rtt is not None:
+            # one launch: about two round trips, plus the shim's and the kernel's own start-up;
+            # LaunchKernels runs one launch command after another (docs/topology.md §4)
+            show["means"] = (
+                f"a launch costs about {2 * rtt:.0f} ms in round trips; "
+                f"LaunchKernels of 8 about {8 * (rtt + 80):.0f} ms beyond one kernel's start-up"
+            )
+        show["daemon"] = (
+            "running (the connection launches use)"
+            if self.running_daemon
+            else "not running: checked in a daemon of its own; relay starts one on first launch"
+        )
+        kernels = sum(1 for k in self.daemon.kernels.values() if k.host is self.session)
+        show["kernels"] = str(kernels)
+        if snap.get("since"):
+            show["connected since"] = time.strftime("%H:%M:%S", time.localtime(snap["since"]))
+        failures = snap.get("failures") or []
+        if failures:
+            last = failures[-1]
+            show["recent failure"] = f"{last.get('reason', last)}"[:120]
+        summary = f"{snap['state']}, RTT {rtt:.1f} ms" if rtt is not None else snap["state"]
+        return summary, {"show": show, "rtt_ms": rtt}, "ok"
+
+
+def _bare(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Options for a throwaway connection: no keepalives to outlive it."""
+    return {k: v for k, v in kwargs.items() if not k.startswith("keepalive")}
+
+
+def _agent_label(key: asyncssh.SSHKeyPair) -> str:
+    comment = key.get_comment()
+    if comment:
+        return f"agent: {comment}"
+    return "agent: " + hostkeys.fingerprint(asyncssh.import_public_key(key.public_data))
+
+
+async def run(
+    daemon: Daemon, name: str, kernel: str | None, *, running: bool
+) -> list[dict[str, Any]]:
+    checker = Checker(daemon, name, kernel)
+    checker.running_daemon = running
+    return [r.as_dict() for r in await checker.run()]

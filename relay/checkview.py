@@ -1,0 +1,66 @@
+"""``relay check``'s results: one per check, rendered one line each. Pure.
+
+A check has a state: ``ok``, ``warn`` (works, with something to know), ``fail`` (a launch
+would fail here; ``advice`` says what to do) or ``skip`` (not run: an earlier check failed, or
+there was nothing to check). The checks themselves are in ``relay.check``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Result", "parse_probe", "render", "verdict"]
+
+State = Literal["ok", "warn", "fail", "skip"]
+MARKS: dict[str, str] = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "--  "}
+
+
+@dataclass
+class Result:
+    step: int
+    name: str
+    state: State
+    summary: str
+    advice: str | None = None
+    ms: float | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verdict(results: list[Result]) -> int:
+    """The exit status: 0 when nothing failed."""
+    return 1 if any(r.state == "fail" for r in results) else 0
+
+
+def render(host: str, results: list[Result], width: int = 16) -> str:
+    lines = [f"relay check {host}"]
+    for r in results:
+        took = f" ({r.ms:.0f} ms)" if r.ms is not None else ""
+        lines.append(f"{MARKS[r.state]} {r.step}. {r.name:<{width}} {r.summary}{took}")
+        for key, value in r.data.get("show", {}).items():
+            lines.append(f"{'':<{width + 9}}{key}: {value}")
+        if r.advice:
+            lines.append(f"{'':<{width + 9}}-> {r.advice}")
+    failed = [r for r in results if r.state == "fail"]
+    if failed:
+        lines.append(f"first failure: {failed[0].name}: {failed[0].advice or failed[0].summary}")
+    else:
+        lines.append("every check passed" + (" (with warnings)" if _warned(results) else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _warned(results: list[Result]) -> bool:
+    return any(r.state == "warn" for r in results)
+
+
+def parse_probe(text: str) -> dict[str, str]:
+    """The remote host probe's ``key=value`` lines (relay.check.HOST_PROBE)."""
+    found = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.isidentifier():
+            found[key] = value.strip()
+    return found

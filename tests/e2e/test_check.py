@@ -1,0 +1,232 @@
+"""relay check against real OpenSSH servers, each broken in one way: the failing line names it,
+says what to do, and the checks after it are not run; a healthy host passes every line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.sim.sshd import ThrowawaySSHD, _free_port, _keygen
+from tests.conftest import RELAY, RelayHome, start_daemon
+
+pytestmark = pytest.mark.sshd
+
+STEPS = [
+    "configuration",
+    "reach",
+    "host key",
+    "authentication",
+    "server",
+    "remote host",
+    "kernel",
+    "round trip",
+    "connection",
+]
+
+
+def check(home: RelayHome, host: str = "local", *args: str) -> tuple[int, dict[str, Any], str]:
+    home.write()
+    done = subprocess.run(
+        [RELAY, "check", host, "--json", *args],
+        env=home.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.stdout, done.stderr
+    answer = json.loads(done.stdout)
+    assert [r["name"] for r in answer["results"]] == STEPS
+    text = subprocess.run(
+        [RELAY, "check", host, *args], env=home.env, capture_output=True, text=True, timeout=300
+    ).stdout
+    return done.returncode, answer, text
+
+
+def by_name(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in answer["results"]}
+
+
+def first_failure(answer: dict[str, Any]) -> dict[str, Any]:
+    failed = [r for r in answer["results"] if r["state"] == "fail"]
+    assert failed, answer
+    later = answer["results"][failed[0]["step"] : -1]
+    assert all(r["state"] == "skip" for r in later)  # nothing after the first failure ran
+    return failed[0]
+
+
+@pytest.fixture
+def server(home: RelayHome, request: pytest.FixtureRequest) -> Iterator[ThrowawaySSHD]:
+    """A throwaway sshd with the options the test's ``sshd_options`` marker gives."""
+    marker = request.node.get_closest_marker("sshd_options")
+    kwargs = dict(marker.kwargs) if marker else {}
+    with ThrowawaySSHD(home.dir / "sshd", **kwargs) as running:
+        home.sshd = running
+        home.hosts.clear()
+        home.add_host("local")
+        yield running
+
+
+def test_a_healthy_host_passes_every_line(home: RelayHome) -> None:
+    status, answer, text = check(home)
+    states = {r["name"]: r["state"] for r in answer["results"]}
+    assert status == 0, text
+    assert set(states.values()) == {"ok"}, text
+    results = by_name(answer)
+    assert "IPv4" in results["reach"]["summary"]
+    assert results["authentication"]["summary"].startswith("publickey with ")
+    assert results["kernel"]["summary"].endswith(": 14.1.0")
+    assert "both channels answered" in results["round trip"]["summary"]
+    assert "not running" in results["connection"]["data"]["show"]["daemon"]
+    assert text.splitlines()[0] == "relay check local"
+    assert text.rstrip().endswith("every check passed")
+    assert all(line[:4] in ("ok  ", "    ", "    ") for line in text.splitlines()[1:-1]), text
+
+
+async def test_through_the_running_daemon(home: RelayHome) -> None:
+    async with start_daemon(home) as running:
+        loop = asyncio.get_running_loop()
+        status, answer, _ = await loop.run_in_executor(None, check, home)
+        assert status == 0
+        assert "running" in by_name(answer)["connection"]["data"]["show"]["daemon"]
+        assert running.daemon.hosts["local"].state == "connected"  # the daemon's own connection
+        assert not running.daemon.kernels  # the probe is gone
+
+
+def test_wrong_port(home: RelayHome) -> None:
+    home.add_host("local", port=_free_port())
+    status, answer, text = check(home)
+    failed = first_failure(answer)
+    assert status == 1 and failed["name"] == "reach"
+    assert "cannot reach 127.0.0.1 port" in failed["summary"]
+    assert "that sshd runs there" in failed["advice"]
+    assert "FAIL 2. reach" in text and "first failure: reach" in text
+
+
+def test_unknown_host_key(home: RelayHome) -> None:
+    empty = home.dir / "empty_known_hosts"
+    empty.write_text("")
+    home.add_host("local", known_hosts=str(empty))
+    _, answer, _ = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "host key" and "SHA256:" in failed["summary"]
+    assert "relay trust local" in failed["advice"]
+
+
+def test_changed_host_key(home: RelayHome) -> None:
+    assert home.sshd is not None
+    other = home.dir / "other_key"
+    _keygen(other, "other")
+    pub = Path(f"{other}.pub").read_text().split()
+    changed = home.dir / "changed_known_hosts"
+    changed.write_text(f"[127.0.0.1]:{home.sshd.port} {pub[0]} {pub[1]}\n")
+    home.add_host("local", known_hosts=str(changed))
+    _, answer, _ = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "host key" and "DIFFERENT key" in failed["summary"]
+    assert f"ssh-keygen -R '[127.0.0.1]:{home.sshd.port}' -f {changed}" in failed["advice"]
+
+
+def test_no_key_the_server_takes(home: RelayHome) -> None:
+    stranger = home.dir / "stranger_key"
+    _keygen(stranger, "stranger")
+    home.add_host("local", identity_files=[str(stranger)])
+    _, answer, _ = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "authentication"
+    assert "server offers: publickey" in failed["summary"]
+    assert "authorized_keys" in failed["advice"]
+
+
+@pytest.mark.sshd_options(
+    options={
+        "UsePAM": "yes",
+        "KbdInteractiveAuthentication": "yes",
+        "AuthenticationMethods": "keyboard-interactive",
+        "PermitRootLogin": "yes",
+    }
+)
+def test_a_keyboard_interactive_only_host_needs_relay_login(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    _, answer, _ = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "authentication"
+    assert "server offers: keyboard-interactive" in failed["summary"]
+    assert "relay login local" in failed["advice"]
+
+
+@pytest.mark.sshd_options(options={"AllowTcpForwarding": "no"})
+def test_no_forwarding(home: RelayHome, server: ThrowawaySSHD) -> None:
+    _, answer, _ = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "server" and "remote port forwarding" in failed["summary"]
+    assert "AllowTcpForwarding" in failed["advice"]
+
+
+@pytest.mark.sshd_options(options={"MaxSessions": "0"})
+def test_no_sessions(home: RelayHome, server: ThrowawaySSHD) -> None:
+    _, answer, _ = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "server" and "refuses a session" in failed["summary"]
+    assert "MaxSessions" in failed["advice"]
+
+
+@pytest.mark.sshd_options(sftp=False)
+def test_no_sftp_is_a_warning_with_the_fallback(home: RelayHome, server: ThrowawaySSHD) -> None:
+    status, answer, text = check(home)
+    results = by_name(answer)
+    assert status == 0
+    assert results["server"]["state"] == "warn"
+    assert "no SFTP subsystem: relay uses its exec-session fallback" in results["server"]["summary"]
+    assert results["round trip"]["state"] == "ok"
+    assert "warn 5. server" in text
+
+
+@pytest.fixture
+def read_only_dir(home: RelayHome) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("a read-only mount needs root (root writes through file modes)")
+    target = home.dir / "ro-tmp"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)], check=True)
+    yield target
+    subprocess.run(["umount", str(target)], check=False)
+
+
+def test_read_only_tmpdir(home: RelayHome, read_only_dir: Path) -> None:
+    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={read_only_dir}"}) as srv:
+        home.sshd = srv
+        home.hosts.clear()
+        home.add_host("local")
+        _, answer, _ = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "remote host"
+    assert f"TMPDIR {read_only_dir} is not writable" in failed["summary"]
+    assert "set TMPDIR for your account" in failed["advice"]
+
+
+def test_missing_kernel(home: RelayHome) -> None:
+    _, answer, _ = check(home, "local", "--kernel", "/opt/nowhere/WolframKernel")
+    failed = first_failure(answer)
+    assert failed["name"] == "kernel"
+    assert failed["summary"] == "no kernel at /opt/nowhere/WolframKernel on the host"
+    assert "Executables" in failed["advice"]
+
+
+def test_a_kernel_that_exits_with_a_message(home: RelayHome) -> None:
+    early = home.dir / "early-kernel"
+    early.write_text("#!/bin/sh\necho 'License expired: no valid password found' >&2\nexit 4\n")
+    early.chmod(0o755)
+    _, answer, text = check(home, "local", "--kernel", str(early))
+    failed = first_failure(answer)
+    assert failed["name"] == "kernel"
+    assert "exited 4: License expired: no valid password found" in failed["summary"]
+    assert "licence" in failed["advice"]
+    assert "FAIL 7. kernel" in text

@@ -1,0 +1,42 @@
+"""relay check's report: one line per check, the fix for the first failure, the exit status."""
+
+from __future__ import annotations
+
+import re
+
+from relay.check import HOST_PROBE
+from relay.checkview import Result, parse_probe, render, verdict
+
+
+def results() -> list[Result]:
+    return [
+        Result(1, "configuration", "ok", "bob@h:22", ms=2.0, data={"show": {"jump host": "none"}}),
+        Result(2, "reach", "fail", "cannot reach h port 22: refused", "check that sshd runs"),
+        Result(3, "host key", "skip", "not checked: reach failed first"),
+    ]
+
+
+def test_render_marks_every_line_and_names_the_first_failure() -> None:
+    text = render("h", results())
+    lines = text.splitlines()
+    assert lines[0] == "relay check h"
+    assert lines[1].startswith("ok   1. configuration    bob@h:22 (2 ms)")
+    assert lines[2].strip() == "jump host: none"
+    assert lines[3].startswith("FAIL 2. reach")
+    assert lines[4].strip() == "-> check that sshd runs"
+    assert lines[5].startswith("--   3. host key")
+    assert lines[-1] == "first failure: reach: check that sshd runs"
+    assert verdict(results()) == 1
+
+
+def test_all_passed_and_warnings() -> None:
+    ok = [Result(1, "configuration", "ok", "x"), Result(5, "server", "warn", "no SFTP", "fine")]
+    assert render("h", ok).splitlines()[-1] == "every check passed (with warnings)"
+    assert verdict(ok) == 0
+
+
+def test_probe_lines_parse_and_junk_is_ignored() -> None:
+    out = "sh=ok\nmotd: welcome!\ntmpdir=/tmp/a b\nfree_kb=123\n=x\nnot a pair\n"
+    assert parse_probe(out) == {"sh": "ok", "tmpdir": "/tmp/a b", "free_kb": "123"}
+    keys = set(re.findall(r"echo (\w+)=", HOST_PROBE))
+    assert {"sh", "mktemp", "bash", "tmpdir", "proc", "cache_dir", "free_kb"} <= keys
