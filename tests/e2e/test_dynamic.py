@@ -242,6 +242,17 @@ async def test_tokens_are_single_use_and_private(
         ok, third, text = hook.parse_reply(released)
         assert ok and text == "released" and third
         assert not ports(pair) & local_listening()
+        # a name the hook left alone during the front end's set-up is logged by the daemon
+        odd = "5@10.9.9.9,6@10.9.9.9"
+        (noted,) = await send_raw(
+            remote, int(port), hook.request_line(third, "skipped", odd).rstrip("\n")
+        )
+        assert hook.parse_reply(noted)[0::2] == (True, "noted")
+        assert any(
+            json.loads(line).get("event") == "hook left a link name alone"
+            and json.loads(line).get("name") == odd
+            for line in daemon_log.getvalue().splitlines()
+        )
         # anyone on the host can connect here: a flood of bad requests is counted, and logged
         # once a minute per kind (a wrong token, a malformed line), with the count
         await send_raw(remote, int(port), *["GET / HTTP/1.0"] * 30, *[f"RELAY1 {wrong} x -"] * 30)
