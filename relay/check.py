@@ -244,7 +244,7 @@ class Checker:
         session = self.session
         assert session is not None
         view, plan = session.plan()
-        kwargs = await self._kwargs(plan)
+        kwargs = await session.connect_kwargs(plan)
         methods: list[str] = []
         with contextlib.suppress(OSError, asyncssh.Error, TimeoutError, ValueError):
             async with asyncio.timeout(plan.config.connect_timeout_s):
@@ -274,14 +274,6 @@ class Checker:
             show["connection"] = "the daemon's, already open"
         return which, {"methods": methods, "show": show}, "ok"
 
-    async def _kwargs(self, plan: Any) -> dict[str, Any]:
-        assert self.session is not None
-        from relay.ssh.host import _known_hosts  # noqa: PLC0415
-
-        kwargs = dict(plan.kwargs)
-        kwargs["known_hosts"] = _known_hosts(plan.known_hosts)
-        return await self.session._through_jump(plan, kwargs)
-
     async def _which_key(self, view: Any, plan: Any, kwargs: dict[str, Any]) -> str:
         """Which key the server takes: each candidate alone, in the order relay offers them."""
         agent = identity.agent_path(view.get("IdentityAgent"), self.daemon.environ_agent)
@@ -297,11 +289,7 @@ class Checker:
                 path = f"~/.ssh/{name}"
                 with contextlib.suppress(OSError, asyncssh.KeyImportError):
                     candidates.append((path, asyncssh.read_private_key(path)))
-            if agent:
-                with contextlib.suppress(OSError, asyncssh.Error, ValueError):
-                    async with asyncssh.connect_agent(agent) as running:
-                        for key in await running.get_keys():
-                            candidates.append((_agent_label(key), key))
+            candidates += [(_agent_label(key), key) for key in await identity.agent_keys(agent)]
         for label, key in candidates[:8]:
             try:
                 async with asyncio.timeout(plan.config.connect_timeout_s):

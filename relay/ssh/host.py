@@ -467,6 +467,12 @@ class HostSession:
         async with asyncio.timeout(self.config.connect_timeout_s):
             return await hostkeys.offered_key(self.base_config.hostname, kwargs)
 
+    async def connect_kwargs(self, connect_plan: ConnectPlan) -> dict[str, Any]:
+        """``connect_plan``'s options for ``asyncssh.connect`` with its known_hosts files and,
+        behind a jump host, the tunnel: the host reached as its connection reaches it."""
+        kwargs = dict(connect_plan.kwargs, known_hosts=_known_hosts(connect_plan.known_hosts))
+        return await self._through_jump(connect_plan, kwargs)
+
     async def _through_jump(
         self, connect_plan: ConnectPlan, kwargs: dict[str, Any]
     ) -> dict[str, Any]:

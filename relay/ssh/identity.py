@@ -15,7 +15,7 @@ import asyncssh
 
 from relay.errors import SSHSetupFailed
 
-__all__ = ["agent_path", "client_keys"]
+__all__ = ["agent_keys", "agent_path", "client_keys"]
 
 
 def agent_path(identity_agent: object, environ_sock: str | None) -> str | None:
@@ -30,7 +30,7 @@ def agent_path(identity_agent: object, environ_sock: str | None) -> str | None:
     return environ_sock or None
 
 
-async def _agent_keys(path: str | None) -> list[asyncssh.SSHKeyPair]:
+async def agent_keys(path: str | None) -> list[asyncssh.SSHKeyPair]:
     if not path:
         return []
     try:
@@ -77,7 +77,7 @@ async def client_keys(
             offered.append(path)
             continue
         if held is None:  # encrypted: usable only through the agent
-            held = await _agent_keys(agent)
+            held = await agent_keys(agent)
         match = [k for k in held if k.public_data == public.public_data]
         if not match:
             why = "your ssh-agent does not hold it" if agent else "no ssh-agent is reachable"

@@ -131,26 +131,22 @@ RelayMachine[host_String, n_Integer : 1, opts : OptionsPattern[]] := Module[{ker
 (* Head[...] === Association, not AssociationQ (10.1); "JSON" rules, not "RawJSON" (10.2?) *)
 toAssociations[json_] := Replace[json, rules : {__Rule} :> Association[rules], {0, Infinity}]
 
-RelayStatus[] := Module[{result},
-  result = RunProcess[{$RelayCommand, "status", "--json"}];
-  If[Head[result] =!= Association || result["ExitCode"] =!= 0,
-    Message[RelayTools::norelay,
-      If[Head[result] === Association, result["StandardError"], $RelayCommand]];
-    Return[$Failed]];
-  toAssociations[ImportString[result["StandardOutput"], "JSON"]]
-]
-
-(* relay check exits 1 when a check failed: the results are still the answer *)
-RelayCheck[host_String, kernel_String : ""] := Module[{result},
-  result = RunProcess[Join[{$RelayCommand, "check", host, "--json"},
-                           If[kernel === "", {}, {"--kernel", kernel}]]];
-  If[Head[result] =!= Association || !MemberQ[{0, 1}, result["ExitCode"]] ||
+(* relay's JSON answer to args, as Associations; exit codes in ok count as answers
+   (relay check exits 1 when a check failed: the results are still the answer) *)
+relayJSON[args_List, ok_List] := Module[{result},
+  result = RunProcess[Join[{$RelayCommand}, args]];
+  If[Head[result] =!= Association || !MemberQ[ok, result["ExitCode"]] ||
       StringLength[result["StandardOutput"]] === 0,
     Message[RelayTools::norelay,
       If[Head[result] === Association, result["StandardError"], $RelayCommand]];
     Return[$Failed]];
   toAssociations[ImportString[result["StandardOutput"], "JSON"]]
 ]
+
+RelayStatus[] := relayJSON[{"status", "--json"}, {0}]
+
+RelayCheck[host_String, kernel_String : ""] :=
+  relayJSON[Join[{"check", host, "--json"}, If[kernel === "", {}, {"--kernel", kernel}]], {0, 1}]
 
 End[]
 
