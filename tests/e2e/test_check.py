@@ -162,20 +162,28 @@ def test_a_keyboard_interactive_only_host_needs_relay_login(
     assert "relay login local" in failed["advice"]
 
 
-@pytest.mark.sshd_options(options={"AllowTcpForwarding": "no"})
-def test_no_forwarding(home: RelayHome, server: ThrowawaySSHD) -> None:
+@pytest.mark.parametrize(
+    ("summary", "advice"),
+    [
+        pytest.param(
+            "remote port forwarding",
+            "AllowTcpForwarding",
+            marks=pytest.mark.sshd_options(options={"AllowTcpForwarding": "no"}),
+            id="no-forwarding",
+        ),
+        pytest.param(
+            "refuses a session",
+            "MaxSessions",
+            marks=pytest.mark.sshd_options(options={"MaxSessions": "0"}),
+            id="no-sessions",
+        ),
+    ],
+)
+def test_server_limits(home: RelayHome, server: ThrowawaySSHD, summary: str, advice: str) -> None:
     _, answer, _ = check(home)
     failed = first_failure(answer)
-    assert failed["name"] == "server" and "remote port forwarding" in failed["summary"]
-    assert "AllowTcpForwarding" in failed["advice"]
-
-
-@pytest.mark.sshd_options(options={"MaxSessions": "0"})
-def test_no_sessions(home: RelayHome, server: ThrowawaySSHD) -> None:
-    _, answer, _ = check(home)
-    failed = first_failure(answer)
-    assert failed["name"] == "server" and "refuses a session" in failed["summary"]
-    assert "MaxSessions" in failed["advice"]
+    assert failed["name"] == "server" and summary in failed["summary"]
+    assert advice in failed["advice"]
 
 
 @pytest.mark.sshd_options(sftp=False)
