@@ -35,7 +35,9 @@ Behaviour, with its source in ``docs/topology.md``:
 - ``-version`` prints the product version and exits, as ``wolfram -version`` does (its
   reference page; ``relay check`` runs it);
 - takes ``-simstartup SECONDS`` (default 1) before connecting or listening, as a real
-  WolframKernel takes on the order of a second to start (licence check, paclets; §4).
+  WolframKernel takes on the order of a second to start (licence check, paclets; §4). The
+  seconds count from the process's exec, as a real kernel's do: this Python program's own
+  start (tens of milliseconds) is part of them, not added on top.
 
 It is written with blocking sockets and threads rather than asyncio, and imports little: a
 kernel starts on every launch, and importing asyncio alone takes longer here than the whole
@@ -487,6 +489,18 @@ def _sim_option(flags: KernelFlags, name: str, default: float) -> float:
     return default
 
 
+def _age_s() -> float:
+    """Seconds since this process was exec'd (Linux: /proc/self/stat's start time against
+    the boot clock, 10 ms ticks); 0 where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
 def _sim_version(flags: KernelFlags) -> float:
     return _sim_option(flags, "-simversion", 14.1)
 
@@ -513,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     kernel = SimKernel(flags, version)
-    startup = _sim_option(flags, "-simstartup", STARTUP_S)
+    startup = _sim_option(flags, "-simstartup", STARTUP_S) - _age_s()
     if startup > 0:
         threading.Event().wait(startup)  # starting up: licence, paclets, init files
     mode = flags.link_mode or "connect"
