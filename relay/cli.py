@@ -8,7 +8,10 @@ is standard library only too.
 from __future__ import annotations
 
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # typing alone costs a launch 5 ms (see relay.shim)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["main"]
 
@@ -498,15 +501,16 @@ LOGIN_WAIT_S = 660.0  # the daemon gives a person 600 s to answer
 def _login(host: str) -> int:
     """``relay login HOST``: the server's prompts, as ssh shows them, answered here."""
     import getpass  # noqa: PLC0415
+    import socket  # noqa: PLC0415
 
     from relay import framing, paths, shim  # noqa: PLC0415
 
     try:
-        sock = shim.daemon_socket(paths.socket_path(), autostart=True)
+        raw = shim.daemon_socket(paths.socket_path(), autostart=True)
     except shim.ShimError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return exc.status
-    with sock:
+    with socket.socket(fileno=raw.detach()) as sock:  # the full socket: makefile, with
         sock.settimeout(LOGIN_WAIT_S)
         reader = sock.makefile("rb")
         sock.sendall(framing.encode({"op": "login", "host": host, **shim.agent_field()}))

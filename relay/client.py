@@ -10,8 +10,8 @@ it must run as the user (``peer_uid``: SO_PEERCRED on Linux, LOCAL_PEERCRED on m
 
 from __future__ import annotations
 
+import _socket  # not ``socket``: its enums cost every launch 4 ms (relay.shim)
 import os
-import socket
 import stat
 import struct
 import sys
@@ -35,10 +35,10 @@ class UnsafeSocket(ClientError):
     """The socket, its directory or the process behind it is not the user's own."""
 
 
-def peer_uid(sock: socket.socket) -> int | None:
+def peer_uid(sock: _socket.socket) -> int | None:
     """The uid of the process at the other end of a Unix socket."""
     if sys.platform.startswith("linux"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
         return int(struct.unpack("3i", creds)[1])
     if sys.platform == "darwin":  # LOCAL_PEERCRED (SOL_LOCAL=0, option 1): struct xucred
         creds = sock.getsockopt(0, 1, struct.calcsize("IIh16I"))
@@ -63,7 +63,7 @@ def check_private_dir(directory: str) -> None:
         raise UnsafeSocket(f"refusing {directory}: it is open to other users (chmod 700 it)")
 
 
-def connect(path: str | PathLike[str]) -> socket.socket:
+def connect(path: str | PathLike[str]) -> _socket.socket:
     """Connect to the daemon's socket, having checked that it is the user's own daemon's.
     ``FileNotFoundError``/``ConnectionRefusedError`` mean no daemon listens."""
     path = str(path)
@@ -71,7 +71,7 @@ def connect(path: str | PathLike[str]) -> socket.socket:
     st = os.lstat(path)  # FileNotFoundError: no daemon yet
     if not stat.S_ISSOCK(st.st_mode):
         raise UnsafeSocket(f"refusing {path}: it is not a socket (a symlink or a planted file)")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(path)
         uid = peer_uid(sock)
@@ -98,7 +98,7 @@ def request(
             f"it with `relay connect HOST`, `relay serve`, or as a service (`relay service "
             f"install`)"
         ) from exc
-    with sock:
+    try:  # the C socket: no context manager
         deadline = time.monotonic() + timeout_s
         sock.sendall(framing.encode(message))
         buf = b""
@@ -115,6 +115,8 @@ def request(
             buf += chunk
             if len(buf) > 64 * framing.MAX_MESSAGE_BYTES:
                 raise ClientError("the relay daemon's answer is too large")
+    finally:
+        sock.close()
     line = buf.split(b"\n", 1)[0] + b"\n"
     try:
         return framing.decode_unbounded(line)

@@ -17,10 +17,12 @@ is listening, one is started in the background (like ssh's ControlPersist) unles
 
 from __future__ import annotations
 
+# ``_socket`` and ``_signal``, the C modules under ``socket`` and ``signal``: the wrappers
+# import ``enum`` (and with it functools, collections, operator), about a quarter of a launch's
+# imports, for nothing a launch uses. Each Run of LaunchKernels pays the shim's start in turn.
+import _socket
 import os
 import select
-import signal
-import socket
 import sys
 import time
 
@@ -29,7 +31,10 @@ from relay.client import UnsafeSocket, connect
 
 TYPE_CHECKING = False  # typing, dataclasses, pathlib, json: each an import per kernel launch
 if TYPE_CHECKING:
+    import signal as _signal  # the same functions and numbers, with types (no _signal stub)
     from typing import Any
+else:
+    import _signal
 
 __all__ = ["main"]
 
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.status
 
 
-def daemon_socket(path: str, autostart: bool) -> socket.socket:
+def daemon_socket(path: str, autostart: bool) -> _socket.socket:
     """A connection to the user's own daemon (``relay.client.connect`` checks the socket,
     its directory and the listening process before a byte is sent), started if needed."""
     try:
@@ -146,7 +151,7 @@ def daemon_socket(path: str, autostart: bool) -> socket.socket:
         raise ShimError(str(exc), EXIT_DAEMON) from None
 
 
-def _connect_or_start(path: str, autostart: bool) -> socket.socket:
+def _connect_or_start(path: str, autostart: bool) -> _socket.socket:
     try:
         return connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -202,7 +207,7 @@ class _StartLock:
         os.close(self._fd)  # releases the lock
 
 
-def _connect_to_starting(path: str) -> socket.socket:
+def _connect_to_starting(path: str) -> _socket.socket:
     """Another daemon holds the socket's lock and is about to listen (started by hand or by
     a service manager while this shim started one): give it AUTOSTART_WAIT_S."""
     deadline = time.monotonic() + AUTOSTART_WAIT_S
@@ -264,16 +269,16 @@ def _start_daemon(path: str) -> str:
 class _Session:
     """The shim's end of one launch: lines in, signals in, bounded waits."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.buf = b""
         self.signal: int | None = None
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        signal.set_wakeup_fd(self._wake_w.fileno())
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+        _signal.set_wakeup_fd(self._wake_w.fileno())
+        for signum in (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT):
+            _signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.signal is None:
@@ -327,9 +332,9 @@ def _die_with_parent() -> None:
     import ctypes  # noqa: PLC0415 (Linux only, and not on the import path of a launch)
 
     parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    ctypes.CDLL(None, use_errno=True).prctl(1, _signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), _signal.SIGTERM)
 
 
 def request(message: dict[str, Any], timeout_s: float, *, autostart: bool = True) -> dict[str, Any]:
