@@ -9,7 +9,23 @@ from bench.harness import Config, main
 parser = argparse.ArgumentParser(prog="python -m bench")
 parser.add_argument("--quick", action="store_true", help="a reduced run (under two minutes)")
 parser.add_argument("--tiny", action="store_true", help="smallest sizes, no report (tests)")
+parser.add_argument(
+    "--only",
+    choices=["pool"],
+    help="one table, printed and not written to BENCHMARKS.md (a scratch check)",
+)
+parser.add_argument("--rtts", help="with --only: emulated RTTs in ms, e.g. 0,50")
+parser.add_argument("--sizes", help="with --only pool: kernel counts, e.g. 8,32")
+parser.add_argument("--ways", help="with --only pool: some of relay,tunnel,controlmaster")
 ns = parser.parse_args()
 config = Config.tiny() if ns.tiny else Config.quick() if ns.quick else Config.full()
+if ns.only:
+    config.only, config.write_report = ns.only, False
+    if ns.rtts:
+        config.rtts_ms = [int(x) for x in ns.rtts.split(",")]
+    if ns.sizes:
+        config.pool_sizes = tuple(int(x) for x in ns.sizes.split(","))
+    if ns.ways:
+        config.pool_ways = tuple(ns.ways.split(","))
 asyncio.run(main(config))
 sys.exit(0)

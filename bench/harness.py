@@ -58,6 +58,9 @@ class Config:
     out: Path = ROOT
     link_rounds: int = 1  # interleaved rounds of ping-pong and bulk over every path
     pool_sizes: tuple[int, ...] = (2,)  # LaunchKernels as the Parallel package runs it
+    # a scratch run of one table (``--only pool``): printed, never written to BENCHMARKS.md
+    only: str | None = None
+    pool_ways: tuple[str, ...] = ("relay", "tunnel", "controlmaster")
 
     @classmethod
     def full(cls) -> Config:
@@ -221,6 +224,10 @@ class Bench:
             self.results.calibration[rtt] = await calibrate(rtt / 1000, 10)
         await self.start()
         try:
+            if self.config.only == "pool":
+                for rtt in self.config.rtts_ms:
+                    await self.pool_launches(rtt)
+                return self.results
             for rtt in self.config.rtts_ms:  # warm every way on every path once
                 for way in self.ways(rtt):
                     await self.timed_launch(way)
@@ -274,9 +281,13 @@ class Bench:
         after another, then a wait for all n kernels, which take 1 s each to start. Timed from
         the first Run to the last kernel's two connections."""
         ways = [
-            RelayWay(RELAY, f"pool{rtt}", KERNEL, self.env),
-            TunnelWay(self.sshd, self.port(rtt), KERNEL, kernel_args=[]),
-            self.masters[rtt].with_kernel_args([]),
+            way
+            for key, way in (
+                ("relay", RelayWay(RELAY, f"pool{rtt}", KERNEL, self.env)),
+                ("tunnel", TunnelWay(self.sshd, self.port(rtt), KERNEL, kernel_args=[])),
+                ("controlmaster", self.masters[rtt].with_kernel_args([])),
+            )
+            if key in self.config.pool_ways
         ]
         # Evaluating RelayMachine runs `relay connect` (as the ControlMaster is started ahead)
         warm = await asyncio.create_subprocess_exec(
@@ -996,7 +1007,9 @@ def plot(config: Config, r: Results, path: Path) -> None:
 
 async def main(config: Config) -> Results:
     results = await Bench(config).run()
-    if config.write_report:
+    if config.only == "pool":
+        print("\n".join(_pool_section(config, results)[:-2]))
+    elif config.write_report:
         plot_path = config.out / "bench" / "launch-latency.png"
         plot(config, results, plot_path)
         if results.pools:
