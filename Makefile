@@ -21,10 +21,21 @@ compile: $(VENV)/.installed
 # systemd's tools (the tests verify the unit files and socket activation with them).
 APT_NEEDS := $(if $(wildcard $(SSHD)),,openssh-server) \
              $(if $(shell command -v systemd-socket-activate),,systemd)
+# Slurm (relay.sim.slurm: the tests marked slurm, make demo-slurm): slurmctld, slurmd, the
+# clients and munge. --no-install-recommends is enough: every plugin relay's cluster loads is in
+# slurm-wlm-basic-plugins, a Depends; the Recommends add only slurm-wlm-plugins (hdf5, rrd,
+# influxdb, ipmi, rocm-smi, jwt and their -dev packages): 8 new packages instead of 42 on a
+# bookworm machine that had sshd and systemd (apt-get -s, docs/slurm-cluster.md).
+APT_NEEDS_NO_RECOMMENDS := $(if $(wildcard /usr/sbin/slurmctld),,slurmctld slurmd slurm-client munge)
 system-packages:
-	@if [ -n "$(strip $(APT_NEEDS))" ]; then echo "installing $(strip $(APT_NEEDS)) (Debian)"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	@if [ -n "$(strip $(APT_NEEDS) $(APT_NEEDS_NO_RECOMMENDS))" ]; then \
+	  echo "installing $(strip $(APT_NEEDS) $(APT_NEEDS_NO_RECOMMENDS)) (Debian)"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq; fi
+	@if [ -n "$(strip $(APT_NEEDS))" ]; then \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS) >/dev/null; fi
+	@if [ -n "$(strip $(APT_NEEDS_NO_RECOMMENDS))" ]; then \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(APT_NEEDS_NO_RECOMMENDS) >/dev/null; fi
 
 install: $(VENV)/.installed compile system-packages
 
