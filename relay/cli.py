@@ -66,6 +66,13 @@ def _parser() -> Any:
     connect.add_argument(
         "--no-autostart", action="store_true", help="fail instead of starting a daemon"
     )
+    connect.add_argument(
+        "--kernels",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a Slurm host: ask for room for N kernels now, in one job (RelayMachine does)",
+    )
     status = sub.add_parser("status", help="show hosts, kernels and forwards")
     status.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     service = sub.add_parser("service", help="install relay as a systemd/launchd user service")
@@ -153,7 +160,7 @@ def _main(args: list[str]) -> int:
     if ns.command == "check":
         return _check(ns.host, ns.kernel, as_json=ns.json)
     if ns.command == "connect":
-        return _connect(ns.host, autostart=not ns.no_autostart)
+        return _connect(ns.host, autostart=not ns.no_autostart, kernels=ns.kernels)
     if ns.command == "frontend-config":
         return _frontend_config(ns)
     if ns.command == "wolfram":
@@ -372,11 +379,11 @@ def _check_standalone(host: str, kernel: str | None) -> dict[str, Any] | int:
 CONNECT_WAIT_S = 120.0  # connect, authenticate, start the supervisor (retries included)
 
 
-def _connect(host: str, *, autostart: bool) -> int:
+def _connect(host: str, *, autostart: bool, kernels: int = 0) -> int:
     from relay import shim  # noqa: PLC0415
 
     answer = _daemon_answer(
-        {"op": "connect", "host": host, **shim.agent_field()},
+        {"op": "connect", "host": host, "kernels": kernels, **shim.agent_field()},
         "connected",
         start=autostart,
         timeout_s=CONNECT_WAIT_S,
@@ -388,6 +395,9 @@ def _connect(host: str, *, autostart: bool) -> int:
         f"relay: {answer['host']} is connected (in {answer['connect_ms']:.0f} ms"
         + (f", round trip {rtt:.1f} ms)" if rtt is not None else ")")
     )
+    for job in answer.get("slurm_jobs", []):
+        asked, state = job["kernels_asked"], job["state"]
+        print(f"relay: Slurm job {job['job_id']} for {asked} kernels: {state}")
     return 0
 
 

@@ -279,7 +279,9 @@ class Conversation:
         if status is None:
             await _send(self._writer, error_event(k.connection_lost()))
             return
-        await _send(self._writer, protocol.exited(kernel_id=k.id, status=status))
+        await _send(
+            self._writer, protocol.exited(kernel_id=k.id, status=status, reason=k.end_reason)
+        )
 
 
 class ControlServer:

@@ -51,7 +51,8 @@ from relay.errors import (
 )
 from relay.kernels import Kernel, launch, new_kernel_id
 from relay.linkname import LinkName, LinkNameError
-from relay.settings import RelayConfig
+from relay.settings import HostConfig, RelayConfig
+from relay.slurm.nodes import Clusters
 from relay.ssh.exposed import ExposeForward
 from relay.ssh.forwards import CallbackForward, hold_until_connected
 from relay.ssh.host import Hold, HostSession, Prompter
@@ -113,6 +114,7 @@ class Daemon:
         self.hosts: dict[str, HostSession] = {}
         self.kernels: dict[str, Kernel] = {}
         self.forwards: dict[str, RequestedForward] = {}
+        self.clusters = Clusters(self.hosts, self._new_session, self.tag)
         self.control = ControlServer(self)
         self._tasks = TaskSet(log)
         self.stopping = False
@@ -131,17 +133,20 @@ class Daemon:
         key, cfg = self.config.resolve(name, self.config_source, adhoc=adhoc)
         session = self.hosts.get(key)
         if session is None:
-            session = self.hosts[key] = HostSession(
-                key,
-                cfg,
-                tag=self.tag,
-                jump=self._jump,
-                configured=sorted(self.config.hosts),
-                config_source=self.config_source,
-                ssh_files=self.config.daemon.ssh_config,
-                agent=lambda: self.environ_agent,
-            )
+            session = self.hosts[key] = self._new_session(key, cfg)
         return session
+
+    def _new_session(self, key: str, cfg: HostConfig) -> HostSession:
+        return HostSession(
+            key,
+            cfg,
+            tag=self.tag,
+            jump=self._jump,
+            configured=sorted(self.config.hosts),
+            config_source=self.config_source,
+            ssh_files=self.config.daemon.ssh_config,
+            agent=lambda: self.environ_agent,
+        )
 
     def note_client(self, ssh_auth_sock: str | None) -> None:
         """A client's environment, for connections opened from now on."""
@@ -178,7 +183,9 @@ class Daemon:
         args = host.config.compute_args if req.mode == "compute" else host.config.controller_args
         kernel_id = new_kernel_id()
         structlog.contextvars.bind_contextvars(host=host.key, kernel=kernel_id)
-        k = await launch(
+        # a Slurm host's kernels run in its jobs, on compute nodes (relay.slurm)
+        start = self.clusters.launch if host.config.slurm is not None else launch
+        k = await start(
             host,
             kernel=kernel,
             link=link,
@@ -200,12 +207,20 @@ class Daemon:
             try:
                 await asyncio.shield(k.callback)
             except RelayError as exc:
-                k.log.warning("compute kernel failed after launch", error=exc.message)
-                k.host.record_failure(k.id, kernel, exc.message)
+                why = await self.clusters.explain(k) or exc.message
+                k.log.warning("compute kernel failed after launch", error=why)
+                k.named_host.record_failure(k.id, kernel, why)
                 await k.terminate(grace_s=1.0)
+            else:
+                status = await asyncio.shield(k.exited)
+                if await self.clusters.explain(k):  # ended by Slurm: say so
+                    assert k.end_reason is not None
+                    k.log.warning("kernel ended by slurm", reason=k.end_reason)
+                    k.named_host.record_failure(k.id, kernel, k.end_reason)
             status = await asyncio.shield(k.exited)
         finally:
             self.kernels.pop(k.id, None)
+            self.clusters.release(k)
             await k.aclose()
         k.log.info("kernel exited", status=status, output=k.output or None)
 
@@ -273,9 +288,30 @@ class Daemon:
         self._refuse_if_stopping("connections")
         self.note_client(req.ssh_auth_sock)
         host = self.host(req.host)
+        if host.config.slurm is not None:
+            return await self._ask_slurm(host, req.kernels, time.monotonic())
         answer = await self._warm(host, time.monotonic())
         log.info("host warmed", host=host.key)
         return answer
+
+    async def _ask_slurm(self, host: HostSession, kernels: int, started: float) -> dict[str, Any]:
+        """A Slurm host: the login node's connection, and room for ``kernels`` asked of Slurm
+        at once (the launches then wait for the job, not for a job each)."""
+        try:
+            await host.connection()
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectFailed(f"the SSH connection to {host.key} failed: {exc}") from None
+        alloc = self.clusters.allocation(host)
+        if kernels:
+            await alloc.reserve(kernels)
+        log.info("slurm host warmed", host=host.key, kernels=kernels)
+        return {
+            "event": "connected",
+            "host": host.key,
+            "connect_ms": round((time.monotonic() - started) * 1000, 1),
+            "rtt_ms": None,
+            "slurm_jobs": alloc.snapshot()["jobs"],
+        }
 
     async def _warm(self, host: HostSession, started: float) -> dict[str, Any]:
         """The host's connection, supervisor and spare forwards up; the "connected" answer."""
@@ -295,6 +331,9 @@ class Daemon:
         for h in self.hosts.values():
             shown = h.snapshot()
             shown["kernels"] = sum(1 for k in self.kernels.values() if k.host is h)
+            slurm = self.clusters.snapshot(h)
+            if slurm is not None:
+                shown["slurm"] = slurm
             hosts.append(shown)
         return {
             "event": "status",
@@ -380,6 +419,7 @@ class Daemon:
         try:
             async with asyncio.timeout(grace_s):
                 await self.terminate_kernels()
+                await self.clusters.aclose()  # scancel: no allocation outlives the daemon
                 await self.control.aclose()
                 await self._tasks.aclose()  # reapers and requested forwards release theirs
                 await asyncio.gather(*(h.aclose() for h in self.hosts.values()))

@@ -31,6 +31,8 @@ __all__ = [
     "RelayError",
     "SSHSetupFailed",
     "ShuttingDown",
+    "SlurmFailed",
+    "SlurmPending",
     "SupervisorFailed",
     "UnknownHost",
     "error_event",
@@ -136,6 +138,18 @@ class ForwardFailed(RelayError):
     """A link asked for on the control socket could not be opened."""
 
     code = "forward_failed"
+
+
+class SlurmFailed(RelayError):
+    """An sbatch, squeue or scancel on a login node failed; its own last line says why."""
+
+    code = "slurm"
+
+
+class SlurmPending(RelayError):
+    """No slot in a running Slurm job within the launch's time; Slurm's reason is given."""
+
+    code = "slurm_pending"
 
 
 class ConnectionLost(RelayError):

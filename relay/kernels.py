@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import asyncssh
@@ -64,6 +65,11 @@ class Kernel:
     ) -> None:
         self.hook = hook
         self.id = kernel_id
+        # why the kernel was ended from outside (its Slurm job's end), for the shim and status
+        self.end_reason: str | None = None
+        self.slurm_job: str | None = None
+        # the host the launch named: ``host`` unless that was a Slurm login node
+        self.named_host = host
         self.host = host
         self._hold = hold
         self.mode = mode
@@ -110,6 +116,7 @@ class Kernel:
             "age_s": round(time.time() - self.started_at, 1),
             "forwards": self.forward.snapshot(),
             "hook_links": self.hook.snapshot() if self.hook is not None else [],
+            **({"slurm_job": self.slurm_job} if self.slurm_job else {}),
         }
 
     async def terminate(self, grace_s: float | None = None) -> int | None:
@@ -152,7 +159,10 @@ async def launch(
     mode: Mode,
     extra_args: list[str],
     kernel_id: str | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Kernel:
+    """Start a kernel on ``host`` that connects back to ``link``. ``wrapper`` goes before the
+    kernel's argv (a Slurm job step: ``srun ...``)."""
     kernel_id = kernel_id or new_kernel_id()
     log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
     cfg = host.config
@@ -194,7 +204,7 @@ async def launch(
                     "RELAY_HOOK_TIMEOUT": f"{REQUEST_TIMEOUT_S:g}",
                 }
             proc = live.supervisor.start_kernel(
-                kernel_id, build_argv(kernel, forward.name, args), env
+                kernel_id, [*wrapper, *build_argv(kernel, forward.name, args)], env
             )
         except (asyncssh.Error, OSError) as exc:  # the connection died under us
             raise ConnectFailed(

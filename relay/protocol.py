@@ -139,6 +139,8 @@ class ConnectRequest(_Message):
     op: Literal["connect"]
     host: HostField
     ssh_auth_sock: AgentSocket = None
+    # a Slurm host: room for this many kernels, asked for at once (RelayMachine[host, n])
+    kernels: Annotated[int, Field(ge=0, le=100000)] = 0
 
 
 class CheckRequest(_Message):
@@ -202,5 +204,9 @@ def launched(
     }
 
 
-def exited(*, kernel_id: str, status: int) -> dict[str, Any]:
-    return {"event": "exited", "kernel_id": kernel_id, "status": status}
+def exited(*, kernel_id: str, status: int, reason: str | None = None) -> dict[str, Any]:
+    """The kernel ended; ``reason`` when something outside ended it (its Slurm job)."""
+    event: dict[str, Any] = {"event": "exited", "kernel_id": kernel_id, "status": status}
+    if reason:
+        event["reason"] = reason
+    return event

@@ -21,7 +21,7 @@ from relay.errors import BadRequest, ConfigError, UnknownHost
 from relay.hostspec import HostSpec, HostSpecError
 from relay.kernelcmd import no_control_characters
 
-__all__ = ["DaemonConfig", "Environment", "HostConfig", "RelayConfig", "load"]
+__all__ = ["DaemonConfig", "Environment", "HostConfig", "RelayConfig", "SlurmConfig", "load"]
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
 RemoteWord = Annotated[str, AfterValidator(no_control_characters)]  # reaches the remote shell
@@ -29,6 +29,46 @@ RemoteWord = Annotated[str, AfterValidator(no_control_characters)]  # reaches th
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _memory(text: str) -> str:
+    from relay.slurm.spec import megabytes  # noqa: PLC0415 (spec imports this module)
+
+    megabytes(text)
+    return text
+
+
+def _time(text: str) -> str:
+    from relay.slurm.spec import parse_time  # noqa: PLC0415 (spec imports this module)
+
+    return parse_time(text)
+
+
+def _node_template(text: str) -> str:
+    if "{node}" not in text or text.replace("{node}", "").count("{") + text.count("}") > 1:
+        raise ValueError("must contain {node} once and no other braces, e.g. {node}.cluster")
+    return no_control_characters(text)
+
+
+class SlurmConfig(_Strict):
+    """``[hosts.NAME.slurm]``: kernels on compute nodes that Slurm hands out, reached through
+    the host (the login node) as jump host; see relay.slurm."""
+
+    partition: RemoteWord | None = None
+    account: RemoteWord | None = None
+    time: Annotated[str, AfterValidator(_time)] | None = None
+    cpus_per_kernel: Annotated[int, Field(ge=1, le=4096)] = 1
+    mem_per_kernel: Annotated[str, AfterValidator(_memory)] | None = None
+    kernels_per_node: Annotated[int, Field(ge=0, le=4096)] = 0  # 0: as Slurm places them
+    sbatch_args: list[RemoteWord] = []
+    srun_args: list[RemoteWord] = []
+    # how the login node reaches a compute node by SSH ({node}: Slurm's node name)
+    node_hostname: Annotated[str, AfterValidator(_node_template)] = "{node}"
+    node_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # release (scancel) the allocation after this long without kernels
+    idle_timeout_s: Annotated[float, Field(ge=0, le=86400)] = 120.0
+    # how often squeue is asked while jobs run (every second while one is pending)
+    poll_interval_s: PositiveSeconds = 10.0
 
 
 class HostConfig(_Strict):
@@ -55,6 +95,7 @@ class HostConfig(_Strict):
     dynamic: bool = True
     dynamic_method: Literal["auto", "old", "new"] = "auto"
     compression: bool = False
+    slurm: SlurmConfig | None = None
     # Carry a connection to a link listener only from a process of the user's own (relay.ssh.guard)
     peer_check: Literal["uid", "off"] = "uid"
     # AES-GCM first: with AES-NI it brings asyncssh's data path level with OpenSSH's default

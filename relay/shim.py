@@ -391,6 +391,8 @@ def _run(args: _Args) -> int:
             pass  # the kernel is being ended either way; the signal decides the status
         return 128 + session.signal
     if event.get("event") == "exited":
+        if event.get("reason"):  # ended from outside, e.g. its Slurm job's time limit
+            print(f"relay: {event['reason']}", file=sys.stderr)
         return int(event.get("status", EXIT_FAILED)) & 0xFF
     if event.get("event") == "error":  # e.g. the SSH connection died under the kernel
         raise ShimError(str(event.get("message", "the kernel was lost")))

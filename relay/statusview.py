@@ -72,6 +72,33 @@ def _peer_check(check: dict[str, Any] | None) -> str:
     return text
 
 
+def _slurm(hosts: list[dict[str, Any]]) -> list[str]:
+    """Slurm hosts' jobs: state and Slurm's reason (why a job pends), nodes and time left,
+    and kernels per node against the slots the job holds there."""
+    rows = []
+    for h in hosts:
+        for job in (h.get("slurm") or {}).get("jobs", []):
+            nodes = job.get("slots") or {}
+            used = job.get("used") or {}
+            per_node = ", ".join(f"{n} {used.get(n, 0)}/{nodes[n]}" for n in sorted(nodes))
+            rows.append(
+                [
+                    h["name"],
+                    str(job["job_id"]),
+                    job["state"],
+                    job.get("reason") or "-",
+                    job.get("time_left") or "-",
+                    per_node or ", ".join(job.get("nodes") or []) or "-",
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        *_table(["HOST", "SLURM JOB", "STATE", "REASON", "TIME LEFT", "KERNELS/SLOTS"], rows),
+    ]
+
+
 def render(status: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     d = status["daemon"]
@@ -103,6 +130,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
         )
     else:
         lines.append("no hosts connected yet")
+    lines += _slurm(hosts)
     failures = [(h["name"], f) for h in hosts for f in h.get("failures") or []]
     if failures:
         lines += ["", "kernels that failed after their launch had answered (newest last):"]

@@ -17,6 +17,7 @@ import pytest
 
 from relay import log, settings
 from relay.daemon import Daemon, serve
+from relay.sim.slurm import slurm_missing
 from relay.sim.sshd import ThrowawaySSHD, find_sshd, toml_value
 
 BIN = Path(sys.executable).parent
@@ -35,6 +36,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
         for item in items:
             if "sshd" in item.keywords:
+                item.add_marker(skip)
+    missing = slurm_missing()
+    if missing is not None and any("slurm" in item.keywords for item in items):
+        if os.environ.get("CI") and os.geteuid() == 0:
+            raise pytest.UsageError(f"{missing}; .ci/run must install Slurm (make system-packages)")
+        skip = pytest.mark.skip(reason=f"Slurm tests skipped: {missing}")
+        for item in items:
+            if "slurm" in item.keywords:
                 item.add_marker(skip)
 
 

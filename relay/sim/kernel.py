@@ -278,6 +278,9 @@ class SimKernel:
                 "version": self.version,
                 "method": self.method,
                 "hook": self.hook is not None,
+                # a kernel started as a Slurm job step has the job's environment, as a real
+                # one has it in Environment["SLURM_JOB_ID"]
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             }
         ).encode()
 

@@ -40,3 +40,19 @@ def test_backing_off_says_when_it_tries_again_and_why() -> None:
     assert len(wrapped) >= 3  # continued on rows of its own, under the LAST ERROR column
     column = lines[3].index("LAST ERROR")
     assert all(line[column:].strip() and len(line[column:]) <= ERROR_WIDTH for line in wrapped)
+
+
+def test_a_slurm_hosts_jobs_show_state_reason_and_kernels_per_node() -> None:
+    jobs = [
+        {"job_id": "12", "state": "RUNNING", "reason": "None", "time_left": "9:58",
+         "nodes": ["n1", "n2"], "slots": {"n1": 4, "n2": 4}, "used": {"n1": 3}},
+        {"job_id": "13", "state": "PENDING", "reason": "Resources", "time_left": "10:00",
+         "nodes": [], "slots": {}, "used": {}},
+    ]  # fmt: skip
+    text = render(answer(slurm={"jobs": jobs, "ended": []}), now=110.0)
+    running = next(
+        line for line in text.splitlines() if line.startswith("cluster") and " 12 " in line
+    )
+    assert "RUNNING" in running and "n1 3/4, n2 0/4" in running and "9:58" in running
+    pending = next(line for line in text.splitlines() if " 13 " in line)
+    assert "PENDING" in pending and "Resources" in pending

@@ -1,0 +1,281 @@
+"""Kernels on a real Slurm cluster, through its login node (relay.slurm).
+
+The cluster is Debian's munged, slurmctld and slurmd on this machine (relay.sim.slurm), with
+one 8-CPU node. Two real sshds stand for the two machines a user meets: the login node, where
+relay runs sbatch, squeue and scancel, and the compute node, which relay reaches through the
+login node as jump host and where the kernels run as job steps. Both give their sessions the
+cluster's SLURM_CONF, as a site's /etc/slurm would. Skipped, with the reason, where Slurm's
+packages are missing or the suite is not root (the daemons run as root here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.sim import frontend
+from relay.sim.slurm import LocalSlurm
+from relay.sim.sshd import ThrowawaySSHD
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
+from tests.e2e.helpers import remote_command, request
+
+pytestmark = pytest.mark.slurm  # skipped, with the reason, where Slurm cannot run (conftest)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
+    with LocalSlurm(tmp_path_factory.mktemp("slurm")) as slurm:
+        yield slurm
+
+
+@pytest.fixture(scope="module")
+def login(cluster: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawaySSHD]:
+    options = {"SetEnv": f"SLURM_CONF={cluster.conf}"}
+    with ThrowawaySSHD(tmp_path_factory.mktemp("login"), options=options) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def node(
+    cluster: LocalSlurm, login: ThrowawaySSHD, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ThrowawaySSHD]:
+    """The compute node's sshd: the user's key (the one the login node takes) opens it, and
+    its host key is known under the node's name, as a site's ssh_known_hosts has it."""
+    options = {"SetEnv": f"SLURM_CONF={cluster.conf}"}
+    server = ThrowawaySSHD(tmp_path_factory.mktemp("node"), options=options)
+    server.prepare()
+    server.authorized_keys.write_text(login.client_key.with_suffix(".pub").read_text())
+    with server:
+        kind, key = server.host_key.with_suffix(".pub").read_text().split()[:2]
+        with login.known_hosts.open("a") as fh:
+            fh.write(f"[{cluster.node}]:{server.port} {kind} {key}\n")
+            fh.write(f"[127.0.0.1]:{server.port} {kind} {key}\n")
+        yield server
+
+
+@pytest.fixture
+def slurm_home(
+    cluster: LocalSlurm, login: ThrowawaySSHD, node: ThrowawaySSHD
+) -> Iterator[RelayHome]:
+    directory = Path(tempfile.mkdtemp(prefix="relay-", dir="/tmp"))
+    home = RelayHome(directory, login)
+    home.daemon_options["ssh_config"] = [str(home.ssh_config)]
+    # the node's name as Slurm reports it, reached where its sshd listens
+    home.ssh_config.write_text(f"Host {cluster.node}\n  HostName 127.0.0.1\n")
+    home.add_host(
+        "cluster",
+        launch_timeout_s=30,
+        slurm={
+            "partition": cluster.partition,
+            "time": "10",
+            "node_port": node.port,
+            "idle_timeout_s": 60,
+            "poll_interval_s": 1,
+        },
+    )
+    yield home
+    cluster.cancel_all()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def serving(home: RelayHome) -> AsyncIterator[RunningDaemon]:
+    async with start_daemon(home) as running:
+        yield running
+
+
+async def relay_cli(home: RelayHome, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        RELAY, *args, env=home.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def status(home: RelayHome) -> dict[str, Any]:
+    return await request(home, {"op": "status"})
+
+
+async def hosts(home: RelayHome) -> dict[str, dict[str, Any]]:
+    return {h["name"]: h for h in (await status(home))["hosts"]}
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30) -> None:
+    """Poll (Slurm has no event to wait on) until ``predicate()``, bounded."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout_s:g} s: {what}")
+        await asyncio.sleep(0.2)
+
+
+async def launch_pool(home: RelayHome, n: int) -> list[frontend.RemoteLaunch]:
+    launches = await frontend.launch_remote(remote_command(), host="cluster", n=n, env=home.env)
+    assert [launch.error for launch in launches] == [None] * n
+    return launches
+
+
+async def close(launches: list[frontend.RemoteLaunch]) -> None:
+    for launch in launches:
+        if launch.kernel is not None:
+            with contextlib.suppress(OSError, ConnectionError):
+                await launch.kernel.quit(0)
+            await launch.kernel.aclose()
+        launch.link.close()
+
+
+async def test_a_pool_launched_as_the_parallel_package_does_runs_inside_one_slurm_job(
+    slurm_home: RelayHome, cluster: LocalSlurm
+) -> None:
+    async with serving(slurm_home):
+        code, out, err = await relay_cli(slurm_home, "connect", "cluster", "--kernels", "4")
+        assert code == 0, err
+        assert "Slurm job" in out
+        launches = await launch_pool(slurm_home, 4)
+        try:
+            jobs = {launch.kernel.hello["slurm_job_id"] for launch in launches if launch.kernel}
+            assert len(jobs) == 1 and None not in jobs, jobs  # one job asked for all four
+            (job_id,) = jobs
+            seen = cluster.job(str(job_id))
+            assert seen is not None and seen.state == "RUNNING"
+            assert seen.name.startswith("relay-")
+            for launch in launches:
+                assert launch.kernel is not None
+                assert await launch.kernel.echo(b"on a node") == b"on a node"
+            shown = await hosts(slurm_home)
+            (job,) = shown["cluster"]["slurm"]["jobs"]
+            assert job["job_id"] == job_id and job["state"] == "RUNNING"
+            assert job["used"] == {cluster.node: 4}
+            assert shown[f"cluster/{cluster.node}"]["kernels"] == 4  # per node
+        finally:
+            await close(launches)
+
+
+async def test_plain_launches_grow_the_allocation_and_idle_release_cancels_it(
+    slurm_home: RelayHome, cluster: LocalSlurm
+) -> None:
+    """No `relay connect --kernels`: each launch that finds no room asks for a job of one.
+    Once no kernel is left for idle_timeout_s, every job is cancelled and nothing stays."""
+    slurm_home.hosts["cluster"]["slurm"]["idle_timeout_s"] = 2  # type: ignore[index]
+    async with serving(slurm_home):
+        launches = await launch_pool(slurm_home, 2)
+        jobs = {launch.kernel.hello["slurm_job_id"] for launch in launches if launch.kernel}
+        assert len(jobs) == 2 and None not in jobs
+        await close(launches)
+
+        async def released() -> bool:
+            return not cluster.jobs(active_only=True)
+
+        await until(released, "the idle allocation was cancelled")
+        assert {j.state for j in cluster.jobs() if j.id in jobs} == {"CANCELLED"}
+        assert cluster.leftover_steps() == []
+
+
+async def test_a_pending_job_is_reported_and_the_launch_fails_with_slurms_reason(
+    slurm_home: RelayHome, cluster: LocalSlurm
+) -> None:
+    """Another user's job holds all 8 CPUs: relay's job pends with reason Resources, relay
+    status shows it, and the launch gives up after launch_timeout_s with that reason."""
+    slurm_home.hosts["cluster"]["launch_timeout_s"] = 4
+    hog = cluster.submit("--cpus-per-task=8", "--time=5", "-o", "/dev/null", "--wrap=sleep 300")
+    cluster.wait_for(lambda jobs: any(j.id == hog and j.state == "RUNNING" for j in jobs))
+    async with serving(slurm_home):
+        link = await frontend.ListeningLink.create()
+        try:
+            shim = asyncio.ensure_future(
+                relay_cli(slurm_home, "launch", "--compute", "cluster", "k", str(link.name))
+            )
+
+            async def pending() -> bool:
+                shown = (await hosts(slurm_home)).get("cluster", {})
+                jobs = shown.get("slurm", {}).get("jobs", [])
+                return any(j["state"] == "PENDING" and j["reason"] for j in jobs)
+
+            await until(pending, "relay status shows the pending job and its reason")
+            code, _, err = await shim
+            assert code == 1
+            assert "still pending" in err and "Resources" in err, err
+            assert len(err.strip().splitlines()) == 1
+        finally:
+            link.close()
+
+
+async def test_scancel_from_outside_ends_the_kernels_and_says_so(
+    slurm_home: RelayHome, cluster: LocalSlurm
+) -> None:
+    async with serving(slurm_home):
+        await relay_cli(slurm_home, "connect", "cluster", "--kernels", "2")
+        launches = await launch_pool(slurm_home, 2)
+        try:
+            assert launches[0].kernel is not None
+            job_id = launches[0].kernel.hello["slurm_job_id"]
+            assert cluster.command("scancel", str(job_id)).returncode == 0
+            for launch in launches:
+                assert launch.kernel is not None
+                await asyncio.wait_for(launch.kernel.closed(), 30)
+
+            async def recorded() -> bool:
+                failures = (await hosts(slurm_home))["cluster"]["failures"]
+                return sum(
+                    f"Slurm job {job_id}" in f["reason"] and "cancelled" in f["reason"]
+                    for f in failures
+                ) == len(launches)
+
+            await until(recorded, "relay status names the cancelled job for each kernel")
+            assert cluster.leftover_steps() == []
+            assert not (await status(slurm_home))["kernels"]
+        finally:
+            await close(launches)
+
+
+async def test_the_time_limit_ends_a_controller_kernel_and_its_shim_says_so(
+    slurm_home: RelayHome, cluster: LocalSlurm
+) -> None:
+    """A front end's own kernel on a compute node. Its job's end is moved to now (scontrol,
+    as an admin may): slurmctld ends the job as TIMEOUT on its next time-limit check (every
+    30 s, compiled in; relay.sim.slurm) and the shim's last line says the limit ended it."""
+    async with serving(slurm_home):
+        link = await frontend.ListeningLink.create()
+        shim = await asyncio.create_subprocess_exec(
+            RELAY, "launch", "cluster", SIM_KERNEL, str(link.name),
+            env=slurm_home.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            kernel = await link.accept(60)
+            job_id = kernel.hello["slurm_job_id"]
+            assert job_id
+            done = cluster.command("scontrol", "update", f"JobId={job_id}", "EndTime=now")
+            assert done.returncode == 0, done.stderr
+            _, err = await asyncio.wait_for(shim.communicate(), 90)
+            assert "reached its time limit" in err.decode(), err
+            job = cluster.job(str(job_id))
+            assert job is not None and job.state == "TIMEOUT"
+            await kernel.aclose()
+        finally:
+            if shim.returncode is None:
+                shim.kill()
+                await shim.wait()
+            link.close()
+
+
+async def test_shutdown_cancels_the_allocation_and_leaves_no_process(
+    slurm_home: RelayHome, cluster: LocalSlurm
+) -> None:
+    async with serving(slurm_home) as running:
+        await relay_cli(slurm_home, "connect", "cluster", "--kernels", "2")
+        launches = await launch_pool(slurm_home, 2)
+        assert cluster.jobs(active_only=True)
+        running.stop.set_result(None)
+        await asyncio.wait_for(running.task, 60)
+        await close(launches)
+    assert not cluster.jobs(active_only=True)
+    assert cluster.leftover_steps() == []
