@@ -360,6 +360,15 @@ def test_relay_machine_passes_remote_machine_options_through(wl: Session) -> Non
     assert wl('args[[4 ;;]] === {LinkHost -> "10.0.0.2", LinkHost -> "127.0.0.1"}') is True
 
 
+def test_relay_connect_asks_for_room_for_the_machines_kernels(wl: Session) -> None:
+    """RelayMachine[host, n] runs relay connect host --kernels n: on a Slurm host, one job
+    for all n kernels (relay.slurm), not a job per Run."""
+    assert wl('RelayTools`RelayConnectArguments["cluster", 64]') == (
+        "connect", "cluster", "--kernels", "64",
+    )  # fmt: skip
+    assert wl('RelayTools`RelayConnectArguments["h"]') == ("connect", "h")
+
+
 def test_kernel_path_defaults_to_the_hosts_configured_kernel(wl: Session) -> None:
     assert wl('OptionValue[RelayTools`RelayMachine, "KernelPath"]') == ""
     assert wl('OptionValue[RelayTools`RelaySetupKernelConfiguration, "KernelPath"]') == ""
