@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SSHD   ?= /usr/sbin/sshd
 
-.PHONY: bench bench-quick install compile system-packages demo test check lint typecheck clean deploy
+.PHONY: bench bench-quick install compile system-packages demo demo-slurm test check lint typecheck clean deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ install: $(VENV)/.installed compile system-packages
 
 demo: install
 	$(PY) -m relay.sim.demo
+
+# Kernels on a real one-machine Slurm cluster's compute node, through its login node (root).
+demo-slurm: install
+	$(PY) -m relay.sim.demo_slurm
 
 test: install
 	$(PY) -m pytest

@@ -330,7 +330,8 @@ class Daemon:
         hosts = []
         for h in self.hosts.values():
             shown = h.snapshot()
-            shown["kernels"] = sum(1 for k in self.kernels.values() if k.host is h)
+            # a Slurm login node counts the kernels on its nodes; each node its own
+            shown["kernels"] = sum(h in (k.host, k.named_host) for k in self.kernels.values())
             slurm = self.clusters.snapshot(h)
             if slurm is not None:
                 shown["slurm"] = slurm

@@ -47,6 +47,7 @@ __all__ = [
     "TIME_LIMIT_CHECK_S",
     "Job",
     "LocalSlurm",
+    "SlurmSite",
     "SlurmUnavailable",
     "slurm_missing",
 ]
@@ -730,3 +731,53 @@ def _end(proc: subprocess.Popen[bytes], grace_s: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+class SlurmSite:
+    """A cluster as a user meets it: the login node's sshd, where Slurm's clients run, and a
+    compute node's sshd, reached through the login node (both real OpenSSH; both give their
+    sessions this cluster's SLURM_CONF, as a site's /etc/slurm would). The user's one key
+    opens both, and the node's host key is known under its Slurm name, as a site's
+    ssh_known_hosts has it. ``ssh_config`` maps that name to where the node's sshd listens.
+    """
+
+    def __init__(self, cluster: LocalSlurm, directory: Path) -> None:
+        from relay.sim.sshd import ThrowawaySSHD  # noqa: PLC0415 (tests of the cluster alone)
+
+        self.cluster = cluster
+        options = {"SetEnv": f"SLURM_CONF={cluster.conf}"}
+        self.login = ThrowawaySSHD(Path(directory) / "login", options=options)
+        self.node = ThrowawaySSHD(Path(directory) / "node", options=options)
+
+    def __enter__(self) -> SlurmSite:
+        self.login.start()
+        try:
+            self.node.prepare()
+            pub = self.login.client_key.with_suffix(".pub").read_text()
+            self.node.authorized_keys.write_text(pub)
+            self.node.start()
+        except BaseException:
+            self.login.stop()
+            raise
+        kind, key = self.node.host_key.with_suffix(".pub").read_text().split()[:2]
+        with self.login.known_hosts.open("a") as fh:
+            for name in (self.cluster.node, "127.0.0.1"):
+                fh.write(f"[{name}]:{self.node.port} {kind} {key}\n")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.node.stop()
+        self.login.stop()
+
+    @property
+    def ssh_config(self) -> str:
+        return f"Host {self.cluster.node}\n  HostName 127.0.0.1\n"
+
+    def host_toml(self, name: str, *, kernel: str, **slurm: object) -> str:
+        """``[hosts.NAME]`` for the login node with its ``slurm`` table."""
+        keys: dict[str, object] = {
+            "partition": self.cluster.partition,
+            "node_port": self.node.port,
+            **slurm,
+        }
+        return self.login.host_toml(name, kernel=kernel, slurm=keys)

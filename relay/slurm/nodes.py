@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from relay.errors import AuthenticationFailed, ConnectFailed, HostKeyUnknown, RelayError
 from relay.kernels import Kernel, Mode, launch
 from relay.linkname import LinkName
 from relay.settings import HostConfig
@@ -28,6 +29,19 @@ EXPLAIN_TRIES = 6  # squeue asked at most this often, EXPLAIN_PAUSE_S apart, aft
 EXPLAIN_PAUSE_S = 0.5
 
 log = structlog.get_logger("relay.slurm")
+
+
+def _on_node(exc: RelayError, cluster: HostSession, placement: Placement) -> RelayError:
+    """``exc`` said of the compute node, and, when relay could not get onto the node at
+    all, what the site must allow."""
+    where = f"on compute node {placement.node} of {cluster.key} (Slurm job {placement.job.id})"
+    message = f"{where}: {exc.message}"
+    if isinstance(exc, ConnectFailed | AuthenticationFailed | HostKeyUnknown):
+        message += (
+            "; relay reaches a node by SSH through the login node: the site must allow that "
+            "where you have a job (pam_slurm_adopt), with your key (README: Slurm clusters)"
+        )
+    return type(exc)(message)
 
 
 class Clusters:
@@ -110,6 +124,9 @@ class Clusters:
                 kernel_id=kernel_id,
                 wrapper=placement.srun,
             )
+        except RelayError as exc:
+            placement.release()
+            raise _on_node(exc, cluster, placement) from None
         except BaseException:
             placement.release()
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,8 +22,7 @@ from typing import Any
 import pytest
 
 from relay.sim import frontend
-from relay.sim.slurm import LocalSlurm
-from relay.sim.sshd import ThrowawaySSHD
+from relay.sim.slurm import LocalSlurm, SlurmSite
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
 from tests.e2e.helpers import remote_command, request
 
@@ -36,46 +36,24 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
 
 
 @pytest.fixture(scope="module")
-def login(cluster: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawaySSHD]:
-    options = {"SetEnv": f"SLURM_CONF={cluster.conf}"}
-    with ThrowawaySSHD(tmp_path_factory.mktemp("login"), options=options) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def node(
-    cluster: LocalSlurm, login: ThrowawaySSHD, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ThrowawaySSHD]:
-    """The compute node's sshd: the user's key (the one the login node takes) opens it, and
-    its host key is known under the node's name, as a site's ssh_known_hosts has it."""
-    options = {"SetEnv": f"SLURM_CONF={cluster.conf}"}
-    server = ThrowawaySSHD(tmp_path_factory.mktemp("node"), options=options)
-    server.prepare()
-    server.authorized_keys.write_text(login.client_key.with_suffix(".pub").read_text())
-    with server:
-        kind, key = server.host_key.with_suffix(".pub").read_text().split()[:2]
-        with login.known_hosts.open("a") as fh:
-            fh.write(f"[{cluster.node}]:{server.port} {kind} {key}\n")
-            fh.write(f"[127.0.0.1]:{server.port} {kind} {key}\n")
-        yield server
+def site(cluster: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmSite]:
+    with SlurmSite(cluster, tmp_path_factory.mktemp("site")) as both:
+        yield both
 
 
 @pytest.fixture
-def slurm_home(
-    cluster: LocalSlurm, login: ThrowawaySSHD, node: ThrowawaySSHD
-) -> Iterator[RelayHome]:
+def slurm_home(cluster: LocalSlurm, site: SlurmSite) -> Iterator[RelayHome]:
     directory = Path(tempfile.mkdtemp(prefix="relay-", dir="/tmp"))
-    home = RelayHome(directory, login)
+    home = RelayHome(directory, site.login)
     home.daemon_options["ssh_config"] = [str(home.ssh_config)]
-    # the node's name as Slurm reports it, reached where its sshd listens
-    home.ssh_config.write_text(f"Host {cluster.node}\n  HostName 127.0.0.1\n")
+    home.ssh_config.write_text(site.ssh_config)  # the node's Slurm name -> its sshd
     home.add_host(
         "cluster",
         launch_timeout_s=30,
         slurm={
             "partition": cluster.partition,
             "time": "10",
-            "node_port": node.port,
+            "node_port": site.node.port,
             "idle_timeout_s": 60,
             "poll_interval_s": 1,
         },
@@ -279,3 +257,30 @@ async def test_shutdown_cancels_the_allocation_and_leaves_no_process(
         await close(launches)
     assert not cluster.jobs(active_only=True)
     assert cluster.leftover_steps() == []
+
+
+async def test_a_node_relay_cannot_reach_fails_the_launch_in_one_line(
+    slurm_home: RelayHome, cluster: LocalSlurm
+) -> None:
+    """A site that lets nobody onto its nodes by SSH: the launch says which node and why, and
+    relay does not fall back to listeners on the login node."""
+    slurm_home.hosts["cluster"]["slurm"]["node_port"] = closed_port()  # type: ignore[index]
+    slurm_home.hosts["cluster"]["connect_timeout_s"] = 5
+    async with serving(slurm_home):
+        link = await frontend.ListeningLink.create()
+        try:
+            code, _, err = await relay_cli(
+                slurm_home, "launch", "--compute", "cluster", SIM_KERNEL, str(link.name)
+            )
+            assert code == 1
+            assert len(err.strip().splitlines()) == 1, err
+            assert f"on compute node {cluster.node} of cluster (Slurm job" in err, err
+            assert "pam_slurm_adopt" in err
+        finally:
+            link.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once this returns
