@@ -85,7 +85,6 @@ class Placement:
         self.node = node
         self.srun = srun
         self.ended: str | None = None  # why Slurm ended it, once it has
-        self.on_end: Callable[[str], None] | None = None
         self._released = False
 
     def release(self) -> None:
@@ -115,6 +114,7 @@ class Allocation:
         self._hold: Hold | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Future[None] | None = None
         self.closing = False
 
     # -- commands on the login node ---------------------------------------------------------
@@ -231,7 +231,13 @@ class Allocation:
             await asyncio.sleep(PENDING_POLL_S if busy else self.cfg.poll_interval_s)
 
     async def refresh(self) -> None:
-        """Ask squeue once how every job is, and act on what changed."""
+        """Ask squeue once how every job is, and act on what changed. Callers at the same
+        time share one squeue (64 kernels ending together ask once, not 64 times)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = self._tasks.spawn(self._refresh(), name=f"squeue:{self.host.key}")
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh(self) -> None:
         if not self.jobs:
             return
         seen = {s.id: s for s in spec.parse_squeue(await self._run(spec.squeue_argv(self.jobs)))}
@@ -263,8 +269,6 @@ class Allocation:
         self.ended = [*self.ended[-9:], {**job.snapshot(), "message": message}]
         for placement in list(job.placements):
             placement.ended = message
-            if placement.on_end is not None:
-                placement.on_end(message)
         if not self.jobs:
             self._let_go()
 
