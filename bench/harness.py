@@ -42,6 +42,7 @@ BIN = Path(sys.executable).parent
 RELAY = str(BIN / "relay")
 KERNEL = str(BIN / "relay-sim-kernel")
 ROOT = Path(__file__).resolve().parents[1]
+POOL_WAIT_S = 30.0  # LaunchKernels: after the last Run, how long the kernels may take
 
 
 @dataclass
@@ -303,8 +304,15 @@ class Bench:
                     started = time.perf_counter()
                     for link in links:
                         launched.append(await way.run(link.name))
-                    async with asyncio.timeout(120):
-                        await asyncio.gather(*(link.connected(120) for link in links))
+                    # every kernel was started by the time the last Run returned, and takes
+                    # 1 s to start: one not connected POOL_WAIT_S later has failed
+                    async with asyncio.timeout(POOL_WAIT_S):
+                        await asyncio.gather(
+                            *(
+                                _connected_unless_failed(link, done, POOL_WAIT_S)
+                                for link, done in zip(links, launched, strict=True)
+                            )
+                        )
                     sample.values.append(time.perf_counter() - started)
                     kernels = [await link.accept(60) for link in links]
                     for kl in kernels:
@@ -558,6 +566,27 @@ async def _connected_or_gave_up(link: frontend.ListeningLink, launched: object) 
         raise RuntimeError("launch command exited before the kernel connected")
     finally:
         for task in waits:
+            task.cancel()
+
+
+async def _connected_unless_failed(
+    link: frontend.ListeningLink, launched: Launched, timeout_s: float
+) -> None:
+    """Both channels arrived; or raise as soon as a process of the launch exits non-zero
+    (ControlMaster's exec refused past MaxSessions, say) instead of waiting out the timeout.
+    A process that exits 0 (``ssh -f`` going to the background) is waited past."""
+    connected: asyncio.Future[Any] = asyncio.ensure_future(link.connected(timeout_s))
+    exits: set[asyncio.Future[Any]] = {asyncio.ensure_future(p.wait()) for p in launched.procs}
+    try:
+        waits: set[asyncio.Future[Any]] = {connected, *exits}
+        while not connected.done():
+            done, waits = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {connected}:
+                if task.result() != 0:
+                    raise RuntimeError(f"launch command exited {task.result()}")
+        connected.result()
+    finally:
+        for task in (connected, *exits):
             task.cancel()
 
 
@@ -901,7 +930,10 @@ def _pool_section(config: Config, r: Results) -> list[str]:
         "Timed from the first `Run` to the last kernel's two connections; one round each. "
         "relay's `Run` returns once the kernel is started; Tunnel's once both of its "
         "forwards are allocated (where `ssh -f` goes to the background); ControlMaster's once "
-        "its two `-O forward` are done and the exec is started.",
+        "its two `-O forward` are done and the exec is started. A cell fails when a launch "
+        f"command exits non-zero or a kernel has not connected {POOL_WAIT_S:g} s after the "
+        "last `Run`. The simulated kernel's 1 s counts from its exec, its own Python start "
+        "included.",
         "",
         "| RTT | n | " + " | ".join(name for _, name in POOL_WAYS) + " | relay vs Tunnel | "
         "target: 1 s + n x 60 ms + 2 RTT |",
