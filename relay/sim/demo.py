@@ -12,12 +12,14 @@ prints the rewritten link names, the launch times and the pool's total.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from relay.sim import frontend, wire
@@ -46,6 +48,27 @@ async def _drain(stream: asyncio.StreamReader | None, keep: list[bytes]) -> None
             keep.append(line)
 
 
+@contextlib.asynccontextmanager
+async def serving(env: dict[str, str]) -> AsyncIterator[list[bytes]]:
+    """``relay serve`` as a user starts it, until the block ends (then SIGTERM, as a service
+    manager stops it); yields the list its log lines are collected in."""
+    daemon = await asyncio.create_subprocess_exec(
+        RELAY, "serve", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    daemon_log: list[bytes] = []
+    try:
+        await _wait_serving(daemon)
+        drain = asyncio.ensure_future(_drain(daemon.stderr, daemon_log))
+        yield daemon_log
+        daemon.terminate()
+        await asyncio.wait_for(daemon.wait(), 60)
+        await drain
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+
+
 async def _exchange(kl: frontend.KernelLink) -> str:
     payload = secrets.token_bytes(256 * 1024)
     ok = await kl.echo(payload) == payload
@@ -63,21 +86,8 @@ async def run(workdir: Path) -> int:
             os.environ, RELAY_CONFIG=str(config), RELAY_SOCKET=str(workdir / "run" / "relay.sock")
         )
         print(f"  sshd: OpenSSH on 127.0.0.1:{sshd.port} (MaxSessions 10), host 'demo'")
-        daemon = await asyncio.create_subprocess_exec(
-            RELAY, "serve", env=env, stderr=asyncio.subprocess.PIPE
-        )
-        daemon_log: list[bytes] = []
-        try:
-            await _wait_serving(daemon)
-            drain = asyncio.ensure_future(_drain(daemon.stderr, daemon_log))
+        async with serving(env) as daemon_log:
             status = await _front_end(env)
-            daemon.terminate()
-            await asyncio.wait_for(daemon.wait(), 30)
-            await drain
-        finally:
-            if daemon.returncode is None:
-                daemon.kill()
-                await daemon.wait()
     if status != 0:
         sys.stderr.write(b"".join(daemon_log[-20:]).decode(errors="replace"))
     return status

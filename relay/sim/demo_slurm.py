@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from relay.sim import frontend
-from relay.sim.demo import KERNEL, RELAY, _drain, _exchange, _wait_serving
+from relay.sim.demo import KERNEL, RELAY, _exchange, serving
 from relay.sim.slurm import LocalSlurm, SlurmSite, SlurmUnavailable, slurm_missing
 from relay.sim.sshd import toml_value
 
@@ -56,21 +56,8 @@ async def run(workdir: Path) -> int:
             RELAY_CONFIG=str(config),
             RELAY_SOCKET=str(workdir / "run" / "relay.sock"),
         )
-        daemon = await asyncio.create_subprocess_exec(
-            RELAY, "serve", env=env, stderr=asyncio.subprocess.PIPE
-        )
-        daemon_log: list[bytes] = []
-        try:
-            await _wait_serving(daemon)
-            drain = asyncio.ensure_future(_drain(daemon.stderr, daemon_log))
+        async with serving(env) as daemon_log:
             status = await _front_end(env, cluster)
-            daemon.terminate()
-            await asyncio.wait_for(daemon.wait(), 60)
-            await drain
-        finally:
-            if daemon.returncode is None:
-                daemon.kill()
-                await daemon.wait()
         left = cluster.jobs(active_only=True)
         print(f"  after relay stopped: {len(left)} Slurm jobs left, "
               f"{len(cluster.leftover_steps())} job processes left")  # fmt: skip

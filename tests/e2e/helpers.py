@@ -13,6 +13,25 @@ from relay.sim import frontend
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome
 
 
+async def relay_cli(
+    home: RelayHome, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """``relay ARGS`` as a user runs it, without a terminal (prompts read ``stdin``), in a
+    process of its own so the daemon under test is not blocked: status, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        RELAY,
+        *args,
+        env=env or home.env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 def launch_template(host: str = "local", kernel: str = SIM_KERNEL, *, exec_: bool = False) -> str:
     """The front end's Launch command, as the README tells users to write it (``exec_``: with
     the shell replaced by the shim, so a signal to the process reaches the shim itself)."""

@@ -4,7 +4,6 @@ as ssh would, host keys checked and recorded as ssh would, keys used through the
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -16,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from relay.sim.sshd import ThrowawaySSHD
-from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim, start_daemon
-from tests.e2e.helpers import launch_and_quit
+from tests.conftest import SIM_KERNEL, RelayHome, run_shim, start_daemon
+from tests.e2e.helpers import launch_and_quit, relay_cli
 
 LINK = "1@127.0.0.1,2@127.0.0.1"
 
@@ -52,23 +51,6 @@ def one_line(stderr: str) -> str:
 
 def events(buf: io.StringIO) -> list[dict[str, object]]:
     return [json.loads(line) for line in buf.getvalue().splitlines()]
-
-
-async def relay_cli(
-    home: RelayHome, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
-) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        RELAY,
-        *args,
-        env=env or home.env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # no terminal: prompts read standard input
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 # -- names: what ssh_config resolved, not the alias --------------------------------------------

@@ -24,7 +24,7 @@ import pytest
 from relay.sim import frontend
 from relay.sim.slurm import LocalSlurm, SlurmSite
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
-from tests.e2e.helpers import remote_command, request
+from tests.e2e.helpers import relay_cli, remote_command, request
 
 pytestmark = pytest.mark.slurm  # skipped, with the reason, where Slurm cannot run (conftest)
 
@@ -67,15 +67,6 @@ def slurm_home(cluster: LocalSlurm, site: SlurmSite) -> Iterator[RelayHome]:
 async def serving(home: RelayHome) -> AsyncIterator[RunningDaemon]:
     async with start_daemon(home) as running:
         yield running
-
-
-async def relay_cli(home: RelayHome, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        RELAY, *args, env=home.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def status(home: RelayHome) -> dict[str, Any]:
