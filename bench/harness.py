@@ -290,7 +290,7 @@ class Bench:
             )
             if key in self.config.pool_ways
         ]
-        # Evaluating RelayMachine runs `relay connect` (as the ControlMaster is started ahead)
+        # The host has been used before (as the ControlMaster is started ahead)
         warm = await asyncio.create_subprocess_exec(
             RELAY, "connect", f"pool{rtt}", env=self.env, stdout=asyncio.subprocess.DEVNULL
         )
@@ -300,8 +300,17 @@ class Bench:
                 sample = self.results.pools.setdefault((way.key, rtt, n), Sample())
                 links = [await frontend.ListeningLink.create() for _ in range(n)]
                 launched: list[Launched] = []
+                announce: asyncio.subprocess.Process | None = None
                 try:
                     started = time.perf_counter()
+                    if way.key == "relay":
+                        # LaunchKernels[RelayMachine[host, n]]: evaluating RelayMachine starts
+                        # `relay connect host --kernels n` in the background, and the Runs
+                        # follow at once, without waiting for it
+                        announce = await asyncio.create_subprocess_exec(
+                            RELAY, "connect", f"pool{rtt}", "--kernels", str(n),
+                            env=self.env, stdout=asyncio.subprocess.DEVNULL,
+                        )  # fmt: skip
                     for link in links:
                         launched.append(await way.run(link.name))
                     # every kernel was started by the time the last Run returned, and takes
@@ -325,6 +334,8 @@ class Bench:
                     why = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
                     sample.reasons.append(f"{len(launched)}/{n} Run done; {why}"[:200])
                 finally:
+                    if announce is not None:
+                        await announce.wait()
                     for link in links:
                         link.close()
                     for done in launched:
@@ -930,7 +941,9 @@ def _pool_section(config: Config, r: Results) -> list[str]:
         "Timed from the first `Run` to the last kernel's two connections; one round each. "
         "relay's `Run` returns once the kernel is started; Tunnel's once both of its "
         "forwards are allocated (where `ssh -f` goes to the background); ControlMaster's once "
-        "its two `-O forward` are done and the exec is started. A cell fails when a launch "
+        "its two `-O forward` are done and the exec is started. relay's cell starts "
+        "`relay connect HOST --kernels n` in the background just before the first `Run`, "
+        "as evaluating `RelayMachine[host, n]` does. A cell fails when a launch "
         f"command exits non-zero or a kernel has not connected {POOL_WAIT_S:g} s after the "
         "last `Run`. The simulated kernel's 1 s counts from its exec, its own Python start "
         "included.",

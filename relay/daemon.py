@@ -61,6 +61,7 @@ from relay.tasks import TaskSet
 __all__ = ["Daemon", "serve"]
 
 SHUTDOWN_GRACE_S = 20.0
+MAX_RESERVED_FORWARDS = 512  # relay connect --kernels N: remote listeners asked for at most
 log = structlog.get_logger("relay.daemon")
 
 
@@ -290,8 +291,8 @@ class Daemon:
         host = self.host(req.host)
         if host.config.slurm is not None:
             return await self._ask_slurm(host, req.kernels, time.monotonic())
-        answer = await self._warm(host, time.monotonic())
-        log.info("host warmed", host=host.key)
+        answer = await self._warm(host, time.monotonic(), req.kernels)
+        log.info("host warmed", host=host.key, kernels=req.kernels)
         return answer
 
     async def _ask_slurm(self, host: HostSession, kernels: int, started: float) -> dict[str, Any]:
@@ -313,10 +314,14 @@ class Daemon:
             "slurm_jobs": alloc.snapshot()["jobs"],
         }
 
-    async def _warm(self, host: HostSession, started: float) -> dict[str, Any]:
-        """The host's connection, supervisor and spare forwards up; the "connected" answer."""
+    async def _warm(self, host: HostSession, started: float, kernels: int = 0) -> dict[str, Any]:
+        """The host's connection, supervisor and spare forwards up (two for each of
+        ``kernels`` compute kernels announced); the "connected" answer."""
         try:
-            await host.live()
+            live = await host.live()
+            if kernels:
+                slots = min(2 * kernels, MAX_RESERVED_FORWARDS)
+                await live.pool.reserve(slots, linger_s=host.config.launch_timeout_s)
         except (asyncssh.Error, OSError) as exc:
             raise ConnectFailed(f"the SSH connection to {host.key} failed: {exc}") from None
         return {

@@ -139,6 +139,7 @@ class SparePool:
         self._host = host
         self._free: list[RemoteSlot] = []
         self._refill: asyncio.Task[None] | None = None
+        self._trim: asyncio.TimerHandle | None = None
         self._closed = False
 
     def __len__(self) -> int:
@@ -158,6 +159,28 @@ class SparePool:
                 raise
         self.refill()
         return taken
+
+    async def reserve(self, n: int, linger_s: float) -> None:
+        """At least ``n`` free listeners, the missing ones asked for at once (one round trip):
+        for a burst announced ahead (``relay connect --kernels``), so that launches one after
+        another (the Parallel package's Runs) spend no round trip each once the pool's own
+        few are gone. What is still free after ``linger_s`` beyond the pool's size is closed."""
+        missing = n - len(self._free)
+        if missing > 0 and not self._closed:
+            fresh = await open_slots(self._conn, missing, self._host)
+            if self._closed:
+                for slot in fresh:
+                    slot.close()
+                return
+            self._free.extend(fresh)
+        if self._trim is not None:
+            self._trim.cancel()
+        self._trim = asyncio.get_running_loop().call_later(linger_s, self._shrink)
+
+    def _shrink(self) -> None:
+        self._trim = None
+        while len(self._free) > self.size:
+            self._free.pop().close()
 
     def refill(self) -> None:
         if (
@@ -182,6 +205,8 @@ class SparePool:
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._trim is not None:
+            self._trim.cancel()
         if self._refill is not None:
             self._refill.cancel()
             await asyncio.gather(self._refill, return_exceptions=True)

@@ -11,8 +11,8 @@ import os
 
 from relay import client
 from relay.sim import frontend
-from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, start_daemon
-from tests.e2e.helpers import remote_command, request
+from tests.conftest import SIM_KERNEL, RelayHome, pid_alive, start_daemon
+from tests.e2e.helpers import relay_cli, remote_command, request
 
 
 async def test_start_ups_overlap_every_run_returns_before_the_first_kernel_connects(
@@ -42,16 +42,6 @@ async def test_start_ups_overlap_every_run_returns_before_the_first_kernel_conne
                     await launch.kernel.quit(0)
                     await launch.kernel.aclose()
                 launch.link.close()
-
-
-async def relay_cli(home: RelayHome, *args: str) -> tuple[int, str, str]:
-    """``relay ARGS`` as a user runs it (without blocking the daemon under test)."""
-    proc = await asyncio.create_subprocess_exec(
-        RELAY, *args, env=home.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def launch_request(home: RelayHome, kernel: str, linkname: str) -> dict[str, object]:
@@ -154,3 +144,23 @@ async def test_relay_connect_warms_a_host_before_any_launch(home: RelayHome) -> 
         assert shown["state"] == "connected" and shown["kernels"] == 0
         status, _, err = await relay_cli(home, "connect", "no-such-host-anywhere")
         assert status != 0 and err.count("\n") == 1
+
+
+async def test_relay_connect_with_kernels_reserves_their_listeners_for_a_while(
+    home: RelayHome,
+) -> None:
+    """RelayMachine[host, 8] runs relay connect host --kernels 8: sixteen remote listeners
+    asked for at once, so eight Runs in a row spend no round trip each on forwards. Those
+    still unused after launch_timeout_s are closed: the pool goes back to its size."""
+    home.add_host("local", launch_timeout_s=2, spare_forwards=4)
+    async with start_daemon(home) as running:
+        status, _, err = await relay_cli(home, "connect", "local", "--kernels", "8")
+        assert status == 0, err
+        live = await running.daemon.hosts["local"].live()
+        assert len(live.pool) >= 16
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while len(live.pool) > 4:
+            assert loop.time() < deadline, f"{len(live.pool)} listeners still held"
+            await asyncio.sleep(0.1)
+        assert len(live.pool) == 4
