@@ -207,18 +207,17 @@ class Daemon:
         try:
             try:
                 await asyncio.shield(k.callback)
+                connected = True
             except RelayError as exc:
+                connected = False
                 why = await self.clusters.explain(k) or exc.message
                 k.log.warning("compute kernel failed after launch", error=why)
                 k.named_host.record_failure(k.id, kernel, why)
                 await k.terminate(grace_s=1.0)
-            else:
-                status = await asyncio.shield(k.exited)
-                if await self.clusters.explain(k):  # ended by Slurm: say so
-                    assert k.end_reason is not None
-                    k.log.warning("kernel ended by slurm", reason=k.end_reason)
-                    k.named_host.record_failure(k.id, kernel, k.end_reason)
             status = await asyncio.shield(k.exited)
+            if connected and (ended := await self.clusters.explain(k)):  # ended by Slurm
+                k.log.warning("kernel ended by slurm", reason=ended)
+                k.named_host.record_failure(k.id, kernel, ended)
         finally:
             self.kernels.pop(k.id, None)
             self.clusters.release(k)
