@@ -461,13 +461,15 @@ class _Link:
             while True:
                 code, arg = wire.message(_recv_exact(self.message, wire.MESSAGE_SIZE))
                 if code == wire.TERMINATE:
-                    self.close()
-                    return
+                    break
                 if code == wire.ABORT:
                     self.abort.set()  # the evaluation in progress, or the next one
                 self.message.sendall(wire.message_frame(code, arg))  # acknowledged here
         except (LinkClosed, OSError):
-            return
+            pass
+        # A link is its two channels: when the message channel ends the link is dead, and a
+        # kernel exits when its link closes (§5). Closing both wakes the data channel's read.
+        self.close()
 
     def close(self) -> None:
         for sock in (self.data, self.message):

@@ -54,6 +54,24 @@ async def test_abort_reaches_a_busy_kernel_on_the_message_channel() -> None:
     link.close()
 
 
+@pytest.mark.parametrize("channel", ["data", "message"])
+async def test_kernel_exits_when_either_channel_of_its_link_ends(channel: str) -> None:
+    """A link is both channels: a kernel whose message channel is gone has lost its link,
+    and exits (§5) instead of waiting on the data channel for ever."""
+    link = await frontend.ListeningLink.create()
+    proc = await asyncio.create_subprocess_exec(
+        SIM_KERNEL, "-wstp", "-linkmode", "connect", "-linkname", str(link.name), "-subkernel"
+    )
+    kl = await link.accept(30)
+    assert await kl.echo(b"alive") == b"alive"
+    writer = kl._dw if channel == "data" else kl._mw
+    writer.close()  # only this channel; the other stays open
+    await asyncio.wait_for(proc.wait(), 30)
+    await kl.closed()  # and the kernel closed the other one
+    await kl.aclose()
+    link.close()
+
+
 @pytest.mark.parametrize(
     ("options", "prints"), [("0", True), ("MLDontInteract", False), ("256", False)]
 )
