@@ -1,10 +1,11 @@
 """Three ways to launch a remote kernel, as users would run them.
 
-``TunnelWay``         Tunnel's way, fixed: a fresh ``ssh -R 0:.. -R 0:.. host kernel`` per
-                      kernel (a full handshake each time), the allocated ports read from ssh's
-                      "Allocated port" lines and handed to the remote command on stdin.
-``ControlMasterWay``  one OpenSSH master; per kernel ``ssh -O forward -R 0:..`` twice (each
-                      prints its port), then an exec of the kernel through the master.
+``TunnelWay``         Tunnel's way, fixed: a fresh ``ssh -R 127.0.0.1:0:.. -R 127.0.0.1:0:..
+                      host kernel`` per kernel (a full handshake each time), the allocated
+                      ports read from ssh's "Allocated port" lines and handed to the remote
+                      command on stdin.
+``ControlMasterWay``  one OpenSSH master; per kernel ``ssh -O forward -R 127.0.0.1:0:..``
+                      twice (each prints its port), then an exec of the kernel through it.
 
 For the Parallel package's pattern each way also has ``run(link)``, which returns when a
 ``Run[$RemoteCommand]`` would: relay's once ``relay launch --compute`` exits; Tunnel's once
@@ -36,6 +37,13 @@ KERNEL_ARGS = ["-wstp", "-LinkMode", "Connect", "-LinkProtocol", "TCPIP"]
 # The simulator kernel takes 1 s to start, as a real one does; the tables that time relay's
 # own work run it with no start-up (the Parallel-pattern table keeps it).
 NO_STARTUP = ["-simstartup", "0"]
+# Both OpenSSH ways name the remote listener's address, as relay does. Without one, sshd binds
+# "localhost": [::1] first with a port of its choosing, then 127.0.0.1 with the same number,
+# and reports success when only the first worked. The kernel, given that port, connects to
+# 127.0.0.1 and reaches whoever holds it there. Here the front end's own listeners share the
+# machine, so that happened to about one Tunnel pool of 16 in five; on a real remote host it
+# is rarer, and a stranger's listener instead of the front end's.
+LISTEN = "127.0.0.1"
 
 
 @dataclass
@@ -108,9 +116,9 @@ class TunnelWay:
             [
                 *self.options,
                 "-R",
-                f"0:127.0.0.1:{link.data.port}",
+                f"{LISTEN}:0:127.0.0.1:{link.data.port}",
                 "-R",
-                f"0:127.0.0.1:{link.message.port}",
+                f"{LISTEN}:0:127.0.0.1:{link.message.port}",
             ],
         ) + [remote]
         proc = await asyncio.create_subprocess_exec(
@@ -180,7 +188,7 @@ class ControlMasterWay:
 
     async def _forward(self, port: int) -> int:
         proc = await asyncio.create_subprocess_exec(
-            *self._ssh("-O", "forward", "-R", f"0:127.0.0.1:{port}"),
+            *self._ssh("-O", "forward", "-R", f"{LISTEN}:0:127.0.0.1:{port}"),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -210,7 +218,7 @@ class ControlMasterWay:
             stderr=asyncio.subprocess.DEVNULL,
         )
         cancel = [
-            self._ssh("-O", "cancel", "-R", f"{p}:127.0.0.1:{t}")
+            self._ssh("-O", "cancel", "-R", f"{LISTEN}:{p}:127.0.0.1:{t}")
             for p, t in ((data, link.data.port), (message, link.message.port))
         ]
         return Launched([proc], cancel)
