@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
+import importlib.metadata
 import os
 import platform
 import resource
@@ -110,13 +112,17 @@ class Results:
     concurrent: dict[tuple[str, int], Sample] = field(default_factory=dict)
     pingpong: dict[str, Sample] = field(default_factory=dict)
     bulk: dict[tuple[str, str], Sample] = field(default_factory=dict)
+    # CPU seconds the SSH client side (relay's daemon, ssh, the plain asyncssh process) spent
+    # per GiB moved: a measure of the data path that the machine's other load moves less
+    bulk_cpu: dict[tuple[str, str], Sample] = field(default_factory=dict)
     shim_wall: Sample = field(default_factory=Sample)
     shim_cpu: Sample = field(default_factory=Sample)
     daemon: dict[str, tuple[float, int]] = field(default_factory=dict)
     daemon_scaffold: tuple[float, int] = (0.0, 0)
     floor_python: Sample = field(default_factory=Sample)
     floor_direct: Sample = field(default_factory=Sample)
-    profile: list[tuple[float, str]] = field(default_factory=list)
+    # py-spy's self time in the daemon, per direction of bulk transfer
+    profile: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     seconds: float = 0.0
     commit: str = ""  # the code measured, taken when the run starts
 
@@ -133,6 +139,7 @@ class Bench:
         self.proxies: dict[int, DelayProxy] = {}
         self.masters: dict[int, ControlMasterWay] = {}
         self.daemon: asyncio.subprocess.Process | None = None
+        self.launched = Launched()  # what the latest timed launch started
         self.env = dict(
             os.environ,
             RELAY_CONFIG=str(self.dir / "relay.toml"),
@@ -203,7 +210,7 @@ class Bench:
         launched = Launched()
         try:
             started = time.perf_counter()
-            launched = await way.launch(link.name, compute=compute)
+            launched = self.launched = await way.launch(link.name, compute=compute)
             await link.connected(60)
             elapsed = time.perf_counter() - started
             kl = await link.accept(60)
@@ -230,6 +237,9 @@ class Bench:
             if self.config.only == "pool":
                 for rtt in self.config.rtts_ms:
                     await self.pool_launches(rtt)
+                return self.results
+            if self.config.only == "link":
+                await self.pingpong_and_bulk()
                 return self.results
             for rtt in self.config.rtts_ms:  # warm every way on every path once
                 for way in self.ways(rtt):
@@ -412,7 +422,9 @@ class Bench:
                 started = time.perf_counter()
                 await kl.echo(payload)
                 rounds.values.append(time.perf_counter() - started)
+            client_pid = self._client_side(key)
             for direction, move in (("to kernel", kl.sink), ("from kernel", kl.source)):
+                cpu = _cpu_s(client_pid) if client_pid else 0.0
                 started = time.perf_counter()
                 moved = await move(size)
                 elapsed = time.perf_counter() - started
@@ -420,6 +432,11 @@ class Bench:
                 self.results.bulk.setdefault((key, direction), Sample()).values.append(
                     size / elapsed
                 )
+                if client_pid:
+                    per_gib = (_cpu_s(client_pid) - cpu) * (1 << 30) / size
+                    self.results.bulk_cpu.setdefault((key, direction), Sample()).values.append(
+                        per_gib
+                    )
 
         # The front end waits for the kernel to speak first here: asyncssh's own forwarder
         # (the plain asyncssh path) loses what a front end writes the instant it accepts,
@@ -427,15 +444,26 @@ class Bench:
         for _ in range(self.config.link_rounds):
             for key, way in ways.items():
                 await self.timed_launch(
-                    way, then=lambda kl, key=key: measure(key, kl), write_first=False
+                    way, then=functools.partial(measure, key), write_first=False
                 )
         if self.config.write_report and shutil.which("py-spy"):
-            await self.timed_launch(ways["relay"], then=self.profile_bulk)
+            for direction in ("to kernel", "from kernel"):
+                profile = functools.partial(self.profile_bulk, direction=direction)
+                await self.timed_launch(ways["relay"], then=profile, write_first=False)
 
-    async def profile_bulk(self, kl: frontend.KernelLink) -> None:
-        """Where the daemon's time goes while a link carries bulk data from the kernel."""
+    def _client_side(self, key: str) -> int | None:
+        """The process that is the SSH client of the latest launch's link."""
+        if key == "relay":
+            return self.daemon.pid if self.daemon is not None else None
+        if key == "direct" or not self.launched.procs:
+            return None
+        return self.launched.procs[0].pid  # ssh, or the plain asyncssh forwarder
+
+    async def profile_bulk(self, kl: frontend.KernelLink, direction: str) -> None:
+        """Where the daemon's time goes while a link carries bulk data one way."""
         assert self.daemon is not None
-        out = self.dir / "profile.txt"
+        out = self.dir / f"profile-{direction.replace(' ', '-')}.txt"
+        move = kl.sink if direction == "to kernel" else kl.source
         spy = await asyncio.create_subprocess_exec(
             "py-spy",
             "record",
@@ -454,10 +482,10 @@ class Bench:
         )
         deadline = time.perf_counter() + 4.5
         while time.perf_counter() < deadline:
-            await kl.source(32 << 20)
+            await move(32 << 20)
         await spy.wait()
         if out.exists():
-            self.results.profile = _leaf_profile(out.read_text())
+            self.results.profile[direction] = _leaf_profile(out.read_text())
 
     async def shim_cost(self) -> None:
         """``relay launch`` on a warm daemon, without a kernel: a request the daemon refuses
@@ -565,7 +593,7 @@ async def _connected_or_gave_up(link: frontend.ListeningLink, launched: object) 
     non-zero) rather than waiting out the timeout."""
     if not isinstance(launched, Launched):
         raise RuntimeError(f"launch failed: {launched!r}")
-    waits = {asyncio.ensure_future(link.connected(60))}
+    waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(link.connected(60))}
     waits |= {asyncio.ensure_future(proc.wait()) for proc in launched.procs}
     try:
         while waits:
@@ -637,6 +665,12 @@ def _leaf_profile(raw: str, top: int = 12) -> list[tuple[float, str]]:
     return [(100 * n / total, k) for k, n in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
 
 
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _proc_stats(pid: int) -> tuple[float, int]:
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
@@ -653,7 +687,6 @@ async def _until_kernels_gone(sock: Path) -> None:
 # -- the report -------------------------------------------------------------------------------
 def _versions() -> dict[str, str]:
     import asyncssh
-    import uvloop
 
     ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
     cpu = next(
@@ -668,7 +701,7 @@ def _versions() -> dict[str, str]:
         "machine": f"{os.cpu_count()} cores, {cpu}, {platform.platform()}",
         "python": platform.python_version(),
         "asyncssh": asyncssh.__version__,
-        "uvloop": uvloop.__version__,
+        "uvloop": importlib.metadata.version("uvloop"),
         "openssh": ssh,
     }
 
@@ -811,10 +844,73 @@ def render(config: Config, r: Results, plot_name: str) -> str:
         "the next table for what `LaunchKernels` does.",
         "",
         *_pool_section(config, r),
+    ]
+    lines += _link_section(config, r)
+    shim_ok = r.shim_wall.median <= 0.040
+    lines += [
+        "",
+        "## The shim and the daemon",
+        "",
+        f"- `relay launch` process on a warm daemon, no kernel: wall "
+        f"{r.shim_wall.cell()}, CPU {r.shim_cpu.cell()} (target at most 40 ms wall: "
+        f"{'met' if shim_ok else 'missed'})",
+    ]
+    idle = r.daemon.get("idle")
+    for label, (rss, fds) in r.daemon.items():
+        lines.append(f"- daemon serving one host, {label}: {rss:.1f} MB RSS, {fds} fds")
+    lines.append(
+        f"- (the bench's own daemon, holding one connection per emulated RTT: "
+        f"{r.daemon_scaffold[0]:.1f} MB RSS, {r.daemon_scaffold[1]} fds)"
+    )
+    if idle and len(r.daemon) == 3:
+        (_, (busy, _)), (_, (after, _)) = list(r.daemon.items())[1:]
+        busy_ok = "met" if busy <= 60 else "missed"
+        after_ok = "met" if after <= idle[0] * 1.1 else "missed"
+        lines.append(
+            f"- target: at most 60 MB with 100 kernels ({busy_ok}), back within 10% "
+            f"of idle after ({after_ok})"
+        )
+    for direction, profile in r.profile.items():
+        lines += [
+            "",
+            f"## Where the daemon's time goes during bulk transfer {direction} (py-spy, self time)",
+            "",
+            "| share | function |",
+            "|---|---|",
+        ]
+        lines += [f"| {share:.1f}% | `{name}` |" for share, name in profile]
+    if r.profile:
+        lines += [
+            "",
+            "The daemon's data path is asyncssh's, with relay's pipe (`relay/ssh/pipe.py`) "
+            "between the channel and the front end's socket: one call per packet and no "
+            "copy. From the kernel, sshd's packets are decrypted (AES-GCM, in C) and parsed "
+            "in Python (`_recv_packet`, `_recv_pkthdr`), and their bytes written to the "
+            "front end's socket; relay invites 128 KiB packets, so there are few. Towards "
+            "the kernel sshd sets the packet size (32 KiB for forwarded channels): each "
+            "32 KiB is built, encrypted and written on its own, and that direction pays "
+            "asyncssh's per-packet cost in full. asyncssh would also send an empty "
+            "`SSH_MSG_IGNORE` before each packet; relay leaves that out "
+            "(`relay/ssh/ignorepad.py`).",
+        ]
+    lines += ["", f"![launch latency against RTT]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+POOL_WAYS = [
+    ("relay", "relay"),
+    ("tunnel", "Tunnel's way"),
+    ("controlmaster", "ControlMaster"),
+]
+
+
+def _link_section(config: Config, r: Results) -> list[str]:
+    lines = [
         "## Through a link, on loopback",
         "",
-        "| path | 100-byte ping-pong | bulk to kernel | bulk from kernel |",
-        "|---|---|---|---|",
+        "| path | 100-byte ping-pong | bulk to kernel | bulk from kernel | "
+        "SSH client's CPU per GiB, to / from |",
+        "|---|---|---|---|---|",
     ]
     names = {
         "direct": "raw TCP (kernel connects directly)",
@@ -826,10 +922,16 @@ def render(config: Config, r: Results, plot_name: str) -> str:
     for key, label in names.items():
         if key not in r.pingpong:
             continue
+        cpu = [r.bulk_cpu.get((key, d)) for d in ("to kernel", "from kernel")]
+        cpu_cell = (
+            " / ".join(f"{c.median:.2f} s" for c in cpu if c is not None)
+            if all(c is not None and c.values for c in cpu)
+            else "-"
+        )
         lines.append(
             f"| {label} | {r.pingpong[key].cell('us', 1e6)} | "
             f"{r.bulk[(key, 'to kernel')].cell('MB/s', 1e-6)} | "
-            f"{r.bulk[(key, 'from kernel')].cell('MB/s', 1e-6)} |"
+            f"{r.bulk[(key, 'from kernel')].cell('MB/s', 1e-6)} | {cpu_cell} |"
         )
     if "relay" in r.pingpong and "openssh" in r.pingpong:
         rel_rtt = r.pingpong["relay"].median / r.pingpong["openssh"].median
@@ -878,60 +980,7 @@ def render(config: Config, r: Results, plot_name: str) -> str:
             "- every path joins the same two Python programs (the simulator's front end and "
             "kernel), which share the machine's two cores with sshd and relay or ssh.",
         ]
-    shim_ok = r.shim_wall.median <= 0.040
-    lines += [
-        "",
-        "## The shim and the daemon",
-        "",
-        f"- `relay launch` process on a warm daemon, no kernel: wall "
-        f"{r.shim_wall.cell()}, CPU {r.shim_cpu.cell()} (target at most 40 ms wall: "
-        f"{'met' if shim_ok else 'missed'})",
-    ]
-    idle = r.daemon.get("idle")
-    for label, (rss, fds) in r.daemon.items():
-        lines.append(f"- daemon serving one host, {label}: {rss:.1f} MB RSS, {fds} fds")
-    lines.append(
-        f"- (the bench's own daemon, holding one connection per emulated RTT: "
-        f"{r.daemon_scaffold[0]:.1f} MB RSS, {r.daemon_scaffold[1]} fds)"
-    )
-    if idle and len(r.daemon) == 3:
-        (_, (busy, _)), (_, (after, _)) = list(r.daemon.items())[1:]
-        busy_ok = "met" if busy <= 60 else "missed"
-        after_ok = "met" if after <= idle[0] * 1.1 else "missed"
-        lines.append(
-            f"- target: at most 60 MB with 100 kernels ({busy_ok}), back within 10% "
-            f"of idle after ({after_ok})"
-        )
-    if r.profile:
-        lines += [
-            "",
-            "## Where the daemon's time goes during bulk transfer (py-spy, self time)",
-            "",
-            "| share | function |",
-            "|---|---|",
-        ]
-        lines += [f"| {share:.1f}% | `{name}` |" for share, name in r.profile]
-        lines += [
-            "",
-            "The daemon's data path is asyncssh's: per SSH packet, Python-level parsing "
-            "and dispatch (`_recv_packet`, `_recv_pkthdr`, `process_packet`) beside "
-            "AES-GCM itself (`verify_and_decrypt`, in C), and the socket write "
-            "(`Pipe.received` is where relay hands a packet's bytes to the front end's "
-            "socket, in uvloop's C). relay's pipe adds one call per packet and no copy; it "
-            "invites 128 KiB packets from sshd (fewer packets from the kernel), uses uvloop "
-            "and AES-GCM. Towards the kernel sshd sets the packet size (32 KiB for forwarded "
-            "channels), so that direction pays asyncssh's per-packet cost in full: the plain "
-            "asyncssh row above is the bound.",
-        ]
-    lines += ["", f"![launch latency against RTT]({plot_name})", ""]
-    return "\n".join(lines)
-
-
-POOL_WAYS = [
-    ("relay", "relay"),
-    ("tunnel", "Tunnel's way"),
-    ("controlmaster", "ControlMaster"),
-]
+    return lines
 
 
 def _pool_section(config: Config, r: Results) -> list[str]:
@@ -1059,6 +1108,8 @@ async def main(config: Config) -> Results:
     results = await Bench(config).run()
     if config.only == "pool":
         print("\n".join(_pool_section(config, results)[:-2]))
+    elif config.only == "link":
+        print("\n".join(_link_section(config, results)))
     elif config.write_report:
         plot_path = config.out / "bench" / "launch-latency.png"
         plot(config, results, plot_path)
