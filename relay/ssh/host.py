@@ -46,7 +46,7 @@ from relay.errors import (
     SSHSetupFailed,
 )
 from relay.settings import HostConfig
-from relay.ssh import hookfile, hostkeys, identity, options, sshconfig
+from relay.ssh import hookfile, hostkeys, identity, ignorepad, options, sshconfig
 from relay.ssh.errors import translate_connect_error
 from relay.ssh.forwards import SparePool
 from relay.ssh.guard import PeerGuard
@@ -84,6 +84,9 @@ class _Client(asyncssh.SSHClient):
         self.person_needed: list[str] = []
         self._ask = ask
         self._who = who
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        ignorepad.drop_padding(conn)  # one packet per packet, not two (see the module)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc
