@@ -238,10 +238,17 @@ class Allocation:
         await asyncio.shield(self._refreshing)
 
     async def _refresh(self) -> None:
-        if not self.jobs:
+        # Only the jobs squeue is asked about are judged by its answer: one that sbatch
+        # returned while squeue ran is missing from it without having ended (taken for ended,
+        # it was forgotten and left running until its time limit).
+        asked = list(self.jobs.values())
+        if not asked:
             return
-        seen = {s.id: s for s in spec.parse_squeue(await self._run(spec.squeue_argv(self.jobs)))}
-        for job in list(self.jobs.values()):
+        argv = spec.squeue_argv(job.id for job in asked)
+        seen = {s.id: s for s in spec.parse_squeue(await self._run(argv))}
+        for job in asked:
+            if self.jobs.get(job.id) is not job:
+                continue  # ended while squeue or scontrol ran (scancel, an earlier answer)
             state = seen.get(job.id)
             if state is None:  # gone from slurmctld's memory (MinJobAge): it ended
                 state = spec.JobState(job.id, "COMPLETED", "", (), "")

@@ -250,6 +250,42 @@ async def test_shutdown_cancels_the_allocation_and_leaves_no_process(
     assert cluster.leftover_steps() == []
 
 
+async def test_a_job_submitted_while_squeue_runs_is_neither_forgotten_nor_left_running(
+    slurm_home: RelayHome, cluster: LocalSlurm
+) -> None:
+    """squeue answers for the jobs it was asked about. A job sbatch returned while it ran is
+    missing from that answer without having ended: taken for ended, it was dropped from the
+    allocation and ran on until its time limit (seen as a flaky idle-release test). The
+    interleaving is forced: squeue's answer is held back until the second job exists."""
+    async with serving(slurm_home) as running:
+        status, _, err = await relay_cli(slurm_home, "connect", "cluster", "--kernels", "1")
+        assert status == 0, err
+        alloc = running.daemon.clusters.allocations["cluster"]
+        (first,) = alloc.jobs
+        real_run = alloc._run
+        answered, go_on = asyncio.Event(), asyncio.Event()
+
+        async def held_squeue(argv: list[str]) -> str:
+            out = await real_run(argv)
+            if argv[0] == "squeue" and not go_on.is_set():
+                answered.set()  # squeue has answered, for the jobs it knew of
+                await go_on.wait()
+            return out
+
+        alloc._run = held_squeue  # type: ignore[method-assign]
+        refreshing = asyncio.ensure_future(alloc.refresh())
+        await asyncio.wait_for(answered.wait(), 30)
+        await alloc.reserve(2)  # one more kernel than the first job holds: a second job
+        (second,) = set(alloc.jobs) - {first}
+        go_on.set()
+        await asyncio.wait_for(refreshing, 30)
+
+        assert second in alloc.jobs, alloc.ended  # still the allocation's
+        assert second in {job.id for job in cluster.jobs(active_only=True)}
+    # and so the daemon cancelled it on the way out, with the first
+    assert not cluster.jobs(active_only=True)
+
+
 async def test_a_node_relay_cannot_reach_fails_the_launch_in_one_line(
     slurm_home: RelayHome, cluster: LocalSlurm
 ) -> None:
