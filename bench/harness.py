@@ -43,6 +43,8 @@ from relay.sim.sshd import ThrowawaySSHD
 BIN = Path(sys.executable).parent
 RELAY = str(BIN / "relay")
 KERNEL = str(BIN / "relay-sim-kernel")
+# the dev extra installs py-spy beside the interpreter, which `make bench` does not put on PATH
+PY_SPY = shutil.which("py-spy", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 ROOT = Path(__file__).resolve().parents[1]
 POOL_WAIT_S = 30.0  # LaunchKernels: after the last Run, how long the kernels may take
 
@@ -446,7 +448,7 @@ class Bench:
                 await self.timed_launch(
                     way, then=functools.partial(measure, key), write_first=False
                 )
-        if self.config.write_report and shutil.which("py-spy"):
+        if self.config.write_report and PY_SPY:
             for direction in ("to kernel", "from kernel"):
                 profile = functools.partial(self.profile_bulk, direction=direction)
                 await self.timed_launch(ways["relay"], then=profile, write_first=False)
@@ -461,11 +463,11 @@ class Bench:
 
     async def profile_bulk(self, kl: frontend.KernelLink, direction: str) -> None:
         """Where the daemon's time goes while a link carries bulk data one way."""
-        assert self.daemon is not None
+        assert self.daemon is not None and PY_SPY is not None
         out = self.dir / f"profile-{direction.replace(' ', '-')}.txt"
         move = kl.sink if direction == "to kernel" else kl.source
         spy = await asyncio.create_subprocess_exec(
-            "py-spy",
+            PY_SPY,
             "record",
             "-p",
             str(self.daemon.pid),
