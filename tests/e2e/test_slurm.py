@@ -278,7 +278,8 @@ async def test_a_job_submitted_while_squeue_runs_is_neither_forgotten_nor_left_r
         await alloc.reserve(2)  # one more kernel than the first job holds: a second job
         (second,) = set(alloc.jobs) - {first}
         go_on.set()
-        await asyncio.wait_for(refreshing, 30)
+        # the held answer is the refresh in flight, ours or the poller's: refresh() joins it
+        await asyncio.wait_for(asyncio.gather(refreshing, alloc.refresh()), 30)
 
         assert second in alloc.jobs, alloc.ended  # still the allocation's
         assert second in {job.id for job in cluster.jobs(active_only=True)}
