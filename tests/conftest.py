@@ -53,6 +53,41 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThrowawaySSHD]:
         yield server
 
 
+class KernelGate:
+    """A Unix socket the simulated kernels wait at after their start-up (``-simgate``)
+    until the test opens it: "a kernel connects" then comes after an event of the test's
+    own, whatever this machine's speed, not after a start-up the test bets on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.opened = False
+        self.waiting: list[asyncio.StreamWriter] = []
+        self.arrived = asyncio.Event()  # a kernel has reached the gate
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> KernelGate:
+        self.server = await asyncio.start_unix_server(self._arrived, self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.open()
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _arrived(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.arrived.set()
+        if self.opened:
+            writer.close()
+        else:
+            self.waiting.append(writer)
+
+    def open(self) -> None:
+        self.opened = True
+        for writer in self.waiting:
+            writer.close()
+
+
 @dataclass
 class RelayHome:
     """A relay.toml, a socket path and the environment a front end would run shims with."""

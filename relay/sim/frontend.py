@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -424,6 +425,7 @@ async def launch_remote(
     env: dict[str, str] | None = None,
     link_host: str = "127.0.0.1",
     write_first: bool = True,
+    runs_returned: Callable[[], object] | None = None,
 ) -> list[RemoteLaunch]:
     """``LaunchRemote`` as ``SubKernels`RemoteKernels`` runs it (§4).
 
@@ -435,7 +437,8 @@ async def launch_remote(
        link is given up;
     3. then ``initLink``/``kernelInit`` for all of them: wait for each kernel to connect
        (``$MathLinkTimeout`` each) and read its first packet.
-    Bounded: a Run is killed after ten times the time limit, so a test cannot hang here."""
+    Bounded: a Run is killed after ten times the time limit, so a test cannot hang here.
+    ``runs_returned`` is called between steps 2 and 3 (a test opens its kernels' gate there)."""
     sequence = itertools.count()
     launches = [
         RemoteLaunch(await ListeningLink.create(link_host, write_first=write_first))
@@ -471,6 +474,8 @@ async def launch_remote(
                 )
             if launch.error:
                 launch.link.close()
+        if runs_returned is not None:
+            runs_returned()
         for launch in launches:
             if launch.error:
                 continue

@@ -37,7 +37,11 @@ Behaviour, with its source in ``docs/topology.md``:
 - takes ``-simstartup SECONDS`` (default 1) before connecting or listening, as a real
   WolframKernel takes on the order of a second to start (licence check, paclets; §4). The
   seconds count from the process's exec, as a real kernel's do: this Python program's own
-  start (tens of milliseconds) is part of them, not added on top.
+  start (tens of milliseconds) is part of them, not added on top;
+- takes ``-simgate PATH`` (tests only; no real kernel has it): after its start-up, before
+  connecting or listening, it waits until whoever listens on the Unix socket PATH closes its
+  connection or writes to it. A test orders "the kernels connect" after an event of its own
+  with it, instead of betting that its steps take less than a start-up.
 
 It is written with blocking sockets and threads rather than asyncio, and imports little: a
 kernel starts on every launch, and importing asyncio alone takes longer here than the whole
@@ -494,6 +498,28 @@ def _sim_option(flags: KernelFlags, name: str, default: float) -> float:
     return default
 
 
+def _sim_word(flags: KernelFlags, name: str) -> str | None:
+    """A simulator-only flag with a word for its value (``-simgate PATH``), as given."""
+    ignored = [word.lower() for word in flags.ignored]
+    if name in ignored:
+        i = ignored.index(name)
+        if i + 1 < len(ignored):
+            return flags.ignored[i + 1]
+        raise ValueError(f"{name} needs a value")
+    return None
+
+
+GATE_TIMEOUT_S = 120.0  # bounds the wait at a test's gate
+
+
+def _wait_at_gate(path: str) -> None:
+    """``-simgate PATH``: hold the start-up until the gate's owner writes or hangs up."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(GATE_TIMEOUT_S)
+        sock.connect(path)
+        sock.recv(1)
+
+
 def _age_s() -> float:
     """Seconds since this process was exec'd (Linux: /proc/self/stat's start time against
     the boot clock, 10 ms ticks); 0 where that cannot be read."""
@@ -516,6 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flags = parse_flags(argv)
         version = _sim_version(flags)
         _sim_option(flags, "-simstartup", STARTUP_S)
+        gate = _sim_word(flags, "-simgate")
     except ValueError as exc:
         print(f"relay-sim-kernel: {exc}", file=sys.stderr)
         return 2
@@ -535,6 +562,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     startup = _sim_option(flags, "-simstartup", STARTUP_S) - _age_s()
     if startup > 0:
         threading.Event().wait(startup)  # starting up: licence, paclets, init files
+    if gate is not None:
+        try:
+            _wait_at_gate(gate)
+        except OSError as exc:
+            print(f"relay-sim-kernel: cannot wait at the gate {gate}: {exc}", file=sys.stderr)
+            return 1
     mode = flags.link_mode or "connect"
     if mode == "connect":
         if not flags.link_name:

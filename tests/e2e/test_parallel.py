@@ -11,37 +11,45 @@ import os
 
 from relay import client
 from relay.sim import frontend
-from tests.conftest import SIM_KERNEL, RelayHome, pid_alive, start_daemon
+from tests.conftest import SIM_KERNEL, KernelGate, RelayHome, pid_alive, start_daemon
 from tests.e2e.helpers import relay_cli, remote_command, request
 
 
 async def test_start_ups_overlap_every_run_returns_before_the_first_kernel_connects(
     home: RelayHome,
 ) -> None:
-    """Kernels that take 3 s to start: with answers at the callback, the first kernel would
-    connect before the second Run returned. An order of events, not a timing."""
-    home.add_host("local", compute_args=["-subkernel", "-noinit", "-simstartup", "3"])
-    async with start_daemon(home):
-        launches = await frontend.launch_remote(remote_command(), host="local", n=4, env=home.env)
-        try:
-            assert [launch.error for launch in launches] == [None] * 4
-            assert all(launch.run is not None and launch.run.status == 0 for launch in launches)
-            last_run = max(launch.run_returned or 0 for launch in launches)
-            connections = [launch.connected for launch in launches]
-            assert None not in connections
-            assert last_run < min(c for c in connections if c is not None), (
-                "a kernel connected before every Run had returned: start-ups did not overlap",
-                [(launch.run_returned, launch.connected) for launch in launches],
+    """Four kernels whose start-up lasts until every Run has returned (the gate). Were the
+    launch answered at the kernel's callback, Run 1 would wait for a kernel that waits for
+    Run 4: no launch would succeed. An order of events, not a timing."""
+    async with KernelGate(home.dir / "gate") as gate:
+        home.add_host("local", compute_args=["-subkernel", "-noinit", "-simgate", str(gate.path)])
+        async with start_daemon(home):
+            launches = await frontend.launch_remote(
+                remote_command(),
+                host="local",
+                n=4,
+                env=home.env,
+                runs_returned=gate.open,
             )
-            for launch in launches:
-                assert launch.kernel is not None
-                assert await launch.kernel.echo(b"overlap") == b"overlap"
-        finally:
-            for launch in launches:
-                if launch.kernel is not None:
-                    await launch.kernel.quit(0)
-                    await launch.kernel.aclose()
-                launch.link.close()
+            try:
+                assert [launch.error for launch in launches] == [None] * 4
+                assert all(launch.run is not None and launch.run.status == 0 for launch in launches)
+                last_run = max(launch.run_returned or 0 for launch in launches)
+                connections = [launch.connected for launch in launches]
+                assert None not in connections
+                assert last_run < min(c for c in connections if c is not None), (
+                    "a kernel connected before every Run had returned: start-ups did not overlap",
+                    [(launch.run_returned, launch.connected) for launch in launches],
+                )
+                for launch in launches:
+                    assert launch.kernel is not None
+                    assert await launch.kernel.echo(b"overlap") == b"overlap"
+            finally:
+                for launch in launches:
+                    if launch.kernel is not None:
+                        await launch.kernel.quit(0)
+                        await launch.kernel.aclose()
+                    launch.link.close()
 
 
 def launch_request(home: RelayHome, kernel: str, linkname: str) -> dict[str, object]:
@@ -92,7 +100,9 @@ async def test_failures_after_the_answer_are_recorded_and_the_kernel_ended(
     home: RelayHome,
 ) -> None:
     """Run[] has returned 0 for both; one kernel exits with a licence-style message before
-    connecting, the other never calls back. relay status names both with their reason."""
+    connecting, the other never calls back. relay status names both with their reason.
+    Two aliases of one host, so that only the silent kernel's wait is short: the licence
+    failure comes when the test opens its gate, however long this machine's Runs take."""
     gate = home.dir / "gate"
     os.mkfifo(gate)
     early = home.dir / "early"
@@ -102,13 +112,13 @@ async def test_failures_after_the_answer_are_recorded_and_the_kernel_ended(
     pidfile = home.dir / "silent.pid"
     silent.write_text(f"#!/bin/sh\necho $$ >{pidfile}\nexec sleep 300\n")
     silent.chmod(0o755)
-    home.add_host("local", launch_timeout_s=2)
+    home.add_host("short", launch_timeout_s=2)
     async with start_daemon(home) as running:
         kernels = []
-        for kernel in (early, silent):
+        for host, kernel in (("local", early), ("short", silent)):
             link = await frontend.ListeningLink.create()
             run = await frontend.run_remote_command(
-                remote_command(str(kernel)), host="local", link=link.name, env=home.env
+                remote_command(str(kernel)), host=host, link=link.name, env=home.env
             )
             assert run.status == 0, run.stderr  # answered once started, as Run[] needs
             (k,) = (k for k in running.daemon.kernels.values() if k not in kernels)
@@ -119,15 +129,18 @@ async def test_failures_after_the_answer_are_recorded_and_the_kernel_ended(
         async with asyncio.timeout(30):
             for k in kernels:
                 await k.released.wait()
-        host = running.daemon.hosts["local"]
-        reasons = {f["kernel"]: f["reason"] for f in host.failures}
-        assert "exited with status 4 before connecting" in reasons[str(early)]
-        assert "License expired" in reasons[str(early)]
-        assert "did not connect within 2 s" in reasons[str(silent)]
+        hosts = running.daemon.hosts
+        ((early_failure,), (silent_failure,)) = (hosts[h].failures for h in ("local", "short"))
+        assert early_failure["kernel"] == str(early)
+        assert "exited with status 4 before connecting" in early_failure["reason"]
+        assert "License expired" in early_failure["reason"]
+        assert silent_failure["kernel"] == str(silent)
+        assert "did not connect within 2 s" in silent_failure["reason"]
         assert not pid_alive(int(pidfile.read_text())), "a kernel that never called back lives on"
         answer = await request(home, {"op": "status"})
-        (shown,) = answer["hosts"]  # type: ignore[misc]
-        assert [f["kernel"] for f in shown["failures"]] == [str(early), str(silent)]
+        shown = {h["name"]: h["failures"] for h in answer["hosts"]}  # type: ignore[attr-defined]
+        assert [f["kernel"] for f in shown["local"]] == [str(early)]
+        assert [f["kernel"] for f in shown["short"]] == [str(silent)]
         _, table, _ = await relay_cli(home, "status")
         assert "License expired" in table and "did not connect within 2 s" in table
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from relay.sim import frontend, wire
 from relay.sim.frontend import read_data
-from tests.conftest import SIM_KERNEL
+from tests.conftest import SIM_KERNEL, KernelGate
 
 
 @pytest.mark.parametrize("order", ["data", "message", "parallel"])
@@ -70,6 +73,36 @@ async def test_kernel_exits_when_either_channel_of_its_link_ends(channel: str) -
     await kl.closed()  # and the kernel closed the other one
     await kl.aclose()
     link.close()
+
+
+async def test_a_gated_kernel_waits_at_its_gate_then_connects(tmp_path: Path) -> None:
+    """``-simgate``: the tests' way to order "a kernel connects" after an event of their own."""
+    link = await frontend.ListeningLink.create()
+    name = str(link.name)
+    gate_dir = Path(tempfile.mkdtemp(dir="/tmp"))  # a Unix socket's path: 108 bytes at most
+    try:
+        async with KernelGate(gate_dir / "gate") as gate:
+            proc = await asyncio.create_subprocess_exec(
+                *(SIM_KERNEL, "-wstp", "-linkmode", "connect", "-linkname", name),
+                *("-simstartup", "0", "-simgate", str(gate.path)),
+            )
+            await asyncio.wait_for(gate.arrived.wait(), 30)
+            gate.open()
+            kl = await link.accept(30)
+            assert await kl.echo(b"through") == b"through"
+            await kl.quit(0)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            await kl.aclose()
+    finally:
+        link.close()
+        shutil.rmtree(gate_dir)
+    proc = await asyncio.create_subprocess_exec(
+        *(SIM_KERNEL, "-wstp", "-linkmode", "connect", "-linkname", name),
+        *("-simstartup", "0", "-simgate", str(tmp_path / "nobody-listens")),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 1 and b"cannot wait at the gate" in err
 
 
 @pytest.mark.parametrize(
