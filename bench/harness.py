@@ -568,20 +568,24 @@ class Bench:
 
 async def serve_ready(env: dict[str, str]) -> asyncio.subprocess.Process:
     """``relay serve``, returned once it says it is ready on its readiness pipe (as an
-    autostarting shim waits for it): no polling of the socket."""
+    autostarting shim waits for it): no polling of the socket. ``RELAY_BENCH_DAEMON_LOG=PATH``
+    keeps its info-level log there, to see where a cell's time goes (it costs the daemon a
+    little: not for the figures that go in BENCHMARKS.md)."""
     read_fd, write_fd = os.pipe()
-    daemon = await asyncio.create_subprocess_exec(
-        RELAY,
-        "serve",
-        "--log-level",
-        "warning",
-        "--ready-fd",
-        str(write_fd),
-        env=env,
-        stderr=asyncio.subprocess.DEVNULL,
-        pass_fds=(write_fd,),
-    )
-    os.close(write_fd)
+    log_path = os.environ.get("RELAY_BENCH_DAEMON_LOG")
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 (the daemon's, while it runs)
+    try:
+        daemon = await asyncio.create_subprocess_exec(
+            *(RELAY, "serve", "--log-level", "info" if log else "warning"),
+            *("--ready-fd", str(write_fd)),
+            env=env,
+            stderr=log or asyncio.subprocess.DEVNULL,
+            pass_fds=(write_fd,),
+        )
+    finally:
+        os.close(write_fd)
+        if log is not None:
+            log.close()
     loop = asyncio.get_running_loop()
     with open(read_fd, "rb", buffering=0) as pipe:
         said = await asyncio.wait_for(loop.run_in_executor(None, pipe.readline), 30)
