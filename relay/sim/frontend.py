@@ -476,7 +476,7 @@ async def launch_remote(
                 launch.link.close()
         if runs_returned is not None:
             runs_returned()
-        for launch in launches:
+        for launch, watcher in zip(launches, watchers, strict=True):
             if launch.error:
                 continue
             try:
@@ -484,6 +484,8 @@ async def launch_remote(
             except (TimeoutError, OSError, ValueError) as exc:
                 launch.error = f"the kernel did not connect within {timeout_s:g} s ({exc!r})"
                 launch.link.close()
+            else:
+                await watcher  # it saw the same connections: let it record their place
     finally:
         for watcher in watchers:
             watcher.cancel()
