@@ -26,12 +26,12 @@ which never loses what the front end writes before the channel is open.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import asyncssh
+import structlog
 
 from relay.errors import ForwardRefused, FrontEndUnreachable, RelayError
 from relay.linkname import Endpoint, LinkName
@@ -46,6 +46,8 @@ __all__ = [
     "hold_until_connected",
     "open_slots",
 ]
+
+log = structlog.get_logger("relay.forwards")
 
 LISTEN_HOST = "127.0.0.1"
 WINDOW = 8 << 20  # a link's receive window: bulk transfers are not held up by window updates
@@ -105,15 +107,15 @@ class RemoteSlot:
 async def open_slots(conn: asyncssh.SSHClientConnection, n: int, host: str) -> list[RemoteSlot]:
     """``n`` remote listeners, requested at once (one round trip in all)."""
     slots = [RemoteSlot() for _ in range(n)]
-    results = await asyncio.gather(
-        *(
-            conn.create_server(
-                slot.session_factory, LISTEN_HOST, 0, window=WINDOW, max_pktsize=PKTSIZE
-            )
-            for slot in slots
-        ),
-        return_exceptions=True,
-    )
+
+    async def listen(slot: RemoteSlot) -> asyncssh.SSHListener:
+        # asyncssh's create_server is made when this runs: a request cancelled before it
+        # starts (the pool closing) leaves no never-awaited coroutine behind
+        return await conn.create_server(
+            slot.session_factory, LISTEN_HOST, 0, window=WINDOW, max_pktsize=PKTSIZE
+        )
+
+    results = await asyncio.gather(*(listen(slot) for slot in slots), return_exceptions=True)
     for slot, result in zip(slots, results, strict=True):
         if isinstance(result, asyncssh.SSHListener):
             slot.listener = result
@@ -130,33 +132,52 @@ async def open_slots(conn: asyncssh.SSHClientConnection, n: int, host: str) -> l
 class SparePool:
     """Remote listeners allocated ahead, so that a launch spends no round trip on forwards.
 
-    A launch takes what it needs (allocating the rest at once if the pool runs short, as 32
-    simultaneous launches will) and the pool refills itself in the background."""
+    A launch takes what it needs; when the pool is short it waits for listeners already on
+    their way (a refill, or a burst announced by ``relay connect --kernels``) rather than ask
+    for its own, which would cost the same round trip again; only what nothing in flight will
+    bring is asked for at once. The pool refills itself in the background."""
+
+    MAX_WAITS = 4  # fills a launch waits for before asking for its own listeners
 
     def __init__(self, conn: asyncssh.SSHClientConnection, size: int, host: str) -> None:
         self._conn = conn
         self.size = size
         self._host = host
         self._free: list[RemoteSlot] = []
-        self._refill: asyncio.Task[None] | None = None
+        self._fills: dict[asyncio.Task[None], int] = {}  # in flight: how many each brings
         self._trim: asyncio.TimerHandle | None = None
         self._closed = False
 
     def __len__(self) -> int:
         return len(self._free)
 
-    async def take(self, n: int) -> list[RemoteSlot]:
-        # The free list is only ever changed in place and never across an await, so a refill
+    @property
+    def coming(self) -> int:
+        """Listeners asked for and not yet here."""
+        return sum(self._fills.values())
+
+    def _grab(self, n: int) -> list[RemoteSlot]:
+        # The free list is only ever changed in place and never across an await, so a fill
         # finishing meanwhile cannot put back what was taken.
         taken = self._free[:n]
         del self._free[:n]
-        if len(taken) < n:
-            try:
+        return taken
+
+    async def take(self, n: int) -> list[RemoteSlot]:
+        taken = self._grab(n)
+        try:
+            for _ in range(self.MAX_WAITS):
+                short = n - len(taken)
+                if not short or not self._fills or self.coming < short:
+                    break
+                await asyncio.wait(list(self._fills), return_when=asyncio.FIRST_COMPLETED)
+                taken += self._grab(short)
+            if len(taken) < n:
                 taken += await open_slots(self._conn, n - len(taken), self._host)
-            except BaseException:
-                for slot in taken:
-                    slot.close()
-                raise
+        except BaseException:
+            for slot in taken:
+                slot.close()
+            raise
         self.refill()
         return taken
 
@@ -165,14 +186,9 @@ class SparePool:
         for a burst announced ahead (``relay connect --kernels``), so that launches one after
         another (the Parallel package's Runs) spend no round trip each once the pool's own
         few are gone. What is still free after ``linger_s`` beyond the pool's size is closed."""
-        missing = n - len(self._free)
+        missing = n - len(self._free) - self.coming
         if missing > 0 and not self._closed:
-            fresh = await open_slots(self._conn, missing, self._host)
-            if self._closed:
-                for slot in fresh:
-                    slot.close()
-                return
-            self._free.extend(fresh)
+            await asyncio.shield(self._fill(missing))
         if self._trim is not None:
             self._trim.cancel()
         self._trim = asyncio.get_running_loop().call_later(linger_s, self._shrink)
@@ -183,33 +199,45 @@ class SparePool:
             self._free.pop().close()
 
     def refill(self) -> None:
-        if (
-            not self._closed
-            and self.size
-            and len(self._free) < self.size
-            and (self._refill is None or self._refill.done())
-        ):
-            self._refill = asyncio.get_running_loop().create_task(
-                self._top_up(), name=f"spare-forwards:{self._host}"
+        missing = self.size - len(self._free) - self.coming
+        if not self._closed and missing > 0:
+            # On failure, launches allocate (and report) what they need themselves.
+            self._fill(missing)
+
+    def _fill(self, n: int) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(
+            self._open(n), name=f"spare-forwards:{self._host}"
+        )
+        self._fills[task] = n
+        task.add_done_callback(self._filled)
+        return task
+
+    def _filled(self, task: asyncio.Task[None]) -> None:
+        self._fills.pop(task, None)
+        if task.cancelled():
+            return
+        exc = task.exception()  # a refill's failure is a launch's to report; a reserve's raised
+        if exc is not None and not isinstance(exc, RelayError | asyncssh.Error | OSError):
+            log.error(
+                "allocating spare forwards failed unexpectedly", host=self._host, exc_info=exc
             )
 
-    async def _top_up(self) -> None:
-        # On failure, launches allocate (and report) what they need themselves.
-        with contextlib.suppress(RelayError, asyncssh.Error, OSError):
-            fresh = await open_slots(self._conn, self.size - len(self._free), self._host)
-            if self._closed:
-                for slot in fresh:
-                    slot.close()
-            else:
-                self._free.extend(fresh)
+    async def _open(self, n: int) -> None:
+        fresh = await open_slots(self._conn, n, self._host)
+        if self._closed:
+            for slot in fresh:
+                slot.close()
+        else:
+            self._free.extend(fresh)
 
     async def aclose(self) -> None:
         self._closed = True
         if self._trim is not None:
             self._trim.cancel()
-        if self._refill is not None:
-            self._refill.cancel()
-            await asyncio.gather(self._refill, return_exceptions=True)
+        fills = list(self._fills)
+        for task in fills:
+            task.cancel()
+        await asyncio.gather(*fills, return_exceptions=True)
         for slot in self._free:
             slot.close()
         self._free.clear()
