@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import asyncssh
 import structlog
 
-from relay.errors import ForwardRefused, FrontEndUnreachable, RelayError
+from relay.errors import ConnectFailed, ForwardRefused, FrontEndUnreachable, RelayError
 from relay.linkname import Endpoint, LinkName
 from relay.ssh.guard import PeerGuard
 from relay.ssh.pipe import Pipe
@@ -187,8 +187,15 @@ class SparePool:
         another (the Parallel package's Runs) spend no round trip each once the pool's own
         few are gone. What is still free after ``linger_s`` beyond the pool's size is closed."""
         missing = n - len(self._free) - self.coming
+        counted = list(self._fills)  # on their way: counted, so waited for too
         if missing > 0 and not self._closed:
-            await asyncio.shield(self._fill(missing))
+            own = self._fill(missing)
+            await asyncio.shield(asyncio.wait([own, *counted]))
+            if own.cancelled():  # the pool closed with its connection
+                raise ConnectFailed(f"{self._host}: the SSH connection closed")
+            own.result()  # else raises why our own listeners could not be had
+        elif counted:
+            await asyncio.shield(asyncio.wait(counted))
         if self._trim is not None:
             self._trim.cancel()
         self._trim = asyncio.get_running_loop().call_later(linger_s, self._shrink)
@@ -213,7 +220,7 @@ class SparePool:
         return task
 
     def _filled(self, task: asyncio.Task[None]) -> None:
-        self._fills.pop(task, None)
+        self._fills.pop(task, None)  # cancelled before it ran
         if task.cancelled():
             return
         exc = task.exception()  # a refill's failure is a launch's to report; a reserve's raised
@@ -223,7 +230,13 @@ class SparePool:
             )
 
     async def _open(self, n: int) -> None:
-        fresh = await open_slots(self._conn, n, self._host)
+        me = asyncio.current_task()
+        try:
+            fresh = await open_slots(self._conn, n, self._host)
+        finally:
+            # no longer coming: in the same step as they join the free list (the done callback
+            # would run a step later, with them counted twice in between)
+            self._fills.pop(me, None)  # type: ignore[arg-type]
         if self._closed:
             for slot in fresh:
                 slot.close()

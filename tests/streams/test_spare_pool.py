@@ -23,6 +23,11 @@ class HeldForwards(asyncssh.SSHServer):
     def __init__(self, early: int, first: asyncio.Event, later: asyncio.Event) -> None:
         self.early, self.first, self.later = early, first, later
         self.requests = 0
+        self.closing = False  # requests still held when the test ends are refused
+        self.conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
 
     def begin_auth(self, username: str) -> bool:
         return False  # no authentication: loopback, this test's own server
@@ -33,7 +38,8 @@ class HeldForwards(asyncssh.SSHServer):
 
         async def answer() -> bool:
             await gate.wait()
-            return True
+            # a listener made after the connection's clean-up would never be closed
+            return not self.closing
 
         return answer()
 
@@ -51,10 +57,14 @@ async def held() -> AsyncIterator[tuple[HeldForwards, asyncssh.SSHClientConnecti
     try:
         yield server, conn
     finally:
+        server.closing = True
         first.set()
         later.set()
         conn.close()
         await conn.wait_closed()
+        if server.conn is not None:  # and its listeners, closed with it
+            server.conn.close()
+            await server.conn.wait_closed()
         acceptor.close()
         await acceptor.wait_closed()
 
@@ -79,7 +89,6 @@ async def test_a_short_pool_hands_out_listeners_already_on_their_way(
         for slot in slots:
             slot.close()
     finally:
-        server.later.set()
         await pool.aclose()
 
 
