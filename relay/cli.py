@@ -71,7 +71,15 @@ def _parser() -> Any:
         type=int,
         default=0,
         metavar="N",
-        help="a Slurm host: ask for room for N kernels now, in one job (RelayMachine does)",
+        help="N compute kernels follow (RelayMachine[host, N] says so): their forwards are "
+        "asked for now and their kernel looked for; a Slurm host is asked for room for N, "
+        "in one job",
+    )
+    connect.add_argument(
+        "--kernel",
+        default="",
+        metavar="PATH",
+        help="with --kernels: the kernel they run (default: the host's 'kernel')",
     )
     status = sub.add_parser("status", help="show hosts, kernels and forwards")
     status.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
@@ -160,7 +168,9 @@ def _main(args: list[str]) -> int:
     if ns.command == "check":
         return _check(ns.host, ns.kernel, as_json=ns.json)
     if ns.command == "connect":
-        return _connect(ns.host, autostart=not ns.no_autostart, kernels=ns.kernels)
+        return _connect(
+            ns.host, autostart=not ns.no_autostart, kernels=ns.kernels, kernel=ns.kernel
+        )
     if ns.command == "frontend-config":
         return _frontend_config(ns)
     if ns.command == "wolfram":
@@ -379,11 +389,12 @@ def _check_standalone(host: str, kernel: str | None) -> dict[str, Any] | int:
 CONNECT_WAIT_S = 120.0  # connect, authenticate, start the supervisor (retries included)
 
 
-def _connect(host: str, *, autostart: bool, kernels: int = 0) -> int:
+def _connect(host: str, *, autostart: bool, kernels: int = 0, kernel: str = "") -> int:
     from relay import shim  # noqa: PLC0415
 
+    asked = {"op": "connect", "host": host, "kernels": kernels, "kernel": kernel}
     answer = _daemon_answer(
-        {"op": "connect", "host": host, "kernels": kernels, **shim.agent_field()},
+        {**asked, **shim.agent_field()},
         "connected",
         start=autostart,
         timeout_s=CONNECT_WAIT_S,
@@ -396,8 +407,18 @@ def _connect(host: str, *, autostart: bool, kernels: int = 0) -> int:
         + (f", round trip {rtt:.1f} ms)" if rtt is not None else ")")
     )
     for job in answer.get("slurm_jobs", []):
-        asked, state = job["kernels_asked"], job["state"]
-        print(f"relay: Slurm job {job['job_id']} for {asked} kernels: {state}")
+        print(
+            f"relay: Slurm job {job['job_id']} for {job['kernels_asked']} kernels: {job['state']}"
+        )
+    found = answer.get("kernel")
+    if found is not None and not found["found"]:
+        print(
+            f"relay: kernel executable {found['path']!r} not found or not executable on "
+            f"{answer['host']}: pass the right one with --kernel, or set 'kernel' in "
+            f"[hosts.{answer['host']}]",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

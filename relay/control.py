@@ -255,7 +255,12 @@ class Conversation:
                     launch_ms=launch_ms,
                 ),
             )
-            k.log.info("launched", remote_pid=k.remote_pid, launch_ms=round(launch_ms, 1))
+            k.log.info(
+                "launched",
+                remote_pid=k.remote_pid,
+                launch_ms=round(launch_ms, 1),
+                answered_on=k.answered_on,
+            )
             if req.mode == "controller":
                 await self._follow_controller(k, client_said)
         finally:

@@ -290,7 +290,8 @@ class Daemon:
         host = self.host(req.host)
         if host.config.slurm is not None:
             return await self._ask_slurm(host, req.kernels, time.monotonic())
-        answer = await self._warm(host, time.monotonic(), req.kernels)
+        kernel = req.kernel or host.config.kernel or ""
+        answer = await self._warm(host, time.monotonic(), req.kernels, kernel)
         log.info("host warmed", host=host.key, kernels=req.kernels)
         return answer
 
@@ -313,22 +314,29 @@ class Daemon:
             "slurm_jobs": alloc.snapshot()["jobs"],
         }
 
-    async def _warm(self, host: HostSession, started: float, kernels: int = 0) -> dict[str, Any]:
-        """The host's connection, supervisor and spare forwards up (two for each of
-        ``kernels`` compute kernels announced); the "connected" answer."""
+    async def _warm(
+        self, host: HostSession, started: float, kernels: int = 0, kernel: str = ""
+    ) -> dict[str, Any]:
+        """The host's connection, supervisor and spare forwards up; for ``kernels`` compute
+        kernels announced, two forwards each and their executable looked for, at once (one
+        round trip for both), so that the first Run is answered as soon as its kernel's start
+        line is written. The "connected" answer."""
+        answer: dict[str, Any] = {"event": "connected", "host": host.key}
         try:
             live = await host.live()
             if kernels:
+                if kernel:
+                    live.supervisor.check_kernel(kernel)
                 slots = min(2 * kernels, MAX_RESERVED_FORWARDS)
                 await live.pool.reserve(slots, linger_s=host.config.launch_timeout_s)
+                known = live.supervisor.kernel_known(kernel) if kernel else None
+                if known is not None:
+                    answer["kernel"] = {"path": kernel, "found": await asyncio.shield(known)}
         except (asyncssh.Error, OSError) as exc:
             raise ConnectFailed(f"the SSH connection to {host.key} failed: {exc}") from None
-        return {
-            "event": "connected",
-            "host": host.key,
-            "connect_ms": round((time.monotonic() - started) * 1000, 1),
-            "rtt_ms": host.snapshot()["rtt_ms"],
-        }
+        answer["connect_ms"] = round((time.monotonic() - started) * 1000, 1)
+        answer["rtt_ms"] = host.snapshot()["rtt_ms"]
+        return answer
 
     def status(self) -> dict[str, Any]:
         hosts = []

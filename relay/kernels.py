@@ -83,6 +83,9 @@ class Kernel:
         # both channels connected and the listeners cancelled (or why not): set by launch()
         self.callback: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.callback.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # a compute launch: answered once the pid came back ("pid"), once the start line was
+        # written, the kernel being known on this connection ("known"), or at its callback
+        self.answered_on: str | None = None
         self.log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
 
     @property
@@ -217,7 +220,7 @@ async def launch(
     callback.add_done_callback(lambda f: _settle(k.callback, f))
     try:
         if mode == "compute":
-            await _started(k, kernel, live.kernels_started)
+            k.answered_on = await _started(k, kernel, live.supervisor)
         else:
             await asyncio.shield(callback)
     except BaseException as exc:
@@ -260,21 +263,27 @@ async def _callback(k: Kernel, kernel: str, timeout_s: float) -> None:
         ) from None
 
 
-async def _started(k: Kernel, kernel: str, started_before: set[str]) -> None:
-    """The compute kernel runs: its pid is back, or (for a kernel path this connection has
-    started before) its start line is written."""
-    if kernel in started_before:
-        return
+async def _started(k: Kernel, kernel: str, supervisor: Supervisor) -> str:
+    """The compute kernel runs: its pid is back; or its start line is written, for a kernel
+    path this connection knows is there (a start of it reported a pid, or ``relay connect
+    --kernels`` asked; an answer still on its way is waited for: it comes before the pid)."""
     started = k._proc.started
+    known = supervisor.kernel_known(kernel)
+    if known is not None:
+        first: set[asyncio.Future[Any]] = {known, started, k.callback}
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if known.done() and not known.cancelled() and not known.exception() and known.result():
+            return "known"
     waiting: set[asyncio.Future[Any]] = {started, k.callback}
     await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if started.done():
         exc = started.exception()
         if exc is None:
-            started_before.add(kernel)
-            return
+            supervisor.kernel_started(kernel)
+            return "pid"
         raise _not_started(k, kernel, exc)
     k.callback.result()  # it failed before the pid came back: raise why
+    return "connected"  # (a kernel may call back before its pid line is read)
 
 
 def _not_started(k: Kernel, kernel: str, exc: BaseException) -> BaseException:

@@ -10,7 +10,9 @@ Requests (client -> daemon)::
     {"v":1,"op":"ping"}
     {"v":1,"op":"status"}         # answered by one "status" event, then the connection ends
     {"v":1,"op":"forward","host":H,"linkname":L,"direction":"callback"|"expose"}
-    {"v":1,"op":"connect","host":H,"ssh_auth_sock":S}  # open H's connection ahead of launches
+    {"v":1,"op":"connect","host":H,"kernels":N,"kernel":K,"ssh_auth_sock":S}  # open H's
+        #   connection ahead of launches; N > 0: N compute kernels of K follow (answered with
+        #   "kernel": {"path": K, "found": bool} when K, or the host's kernel, is known)
     {"v":1,"op":"stop"}           # relay stop: answered, then a graceful shutdown (as SIGTERM)
     {"v":1,"op":"reload"}         # relay reload: re-read relay.toml (also on SIGHUP, and when
                                   # the file changed, before any request)
@@ -139,8 +141,11 @@ class ConnectRequest(_Message):
     op: Literal["connect"]
     host: HostField
     ssh_auth_sock: AgentSocket = None
-    # a Slurm host: room for this many kernels, asked for at once (RelayMachine[host, n])
+    # compute kernels about to be launched (RelayMachine[host, n]): their forwards asked for
+    # at once; on a Slurm host, room for them in one job
     kernels: Annotated[int, Field(ge=0, le=100000)] = 0
+    # their executable ("": the host's kernel), looked for ahead of the first launch
+    kernel: Annotated[str, Field(max_length=4096), AfterValidator(no_control_characters)] = ""
 
 
 class CheckRequest(_Message):

@@ -31,7 +31,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +145,6 @@ class Live:
     supervisor: Supervisor
     pool: SparePool
     guard: PeerGuard  # who may connect to this connection's remote listeners
-    # kernel paths this connection's supervisor has started (a pid came back): a compute
-    # launch of one of them is answered without waiting for the pid (relay.kernels)
-    kernels_started: set[str] = field(default_factory=set)
 
 
 class HostSession:

@@ -29,7 +29,7 @@ from relay.tasks import TaskSet
 
 __all__ = ["Event", "RemoteProcess", "Supervisor", "parse_line"]
 
-PROTOCOL = "3"
+PROTOCOL = "4"
 OUTPUT_LINES = 5
 _SIGNALS = frozenset({"TERM", "KILL", "INT", "HUP"})
 
@@ -44,7 +44,17 @@ class Event:
 def parse_line(line: str) -> Event | None:
     """One line from supervisor.sh; ``None`` for anything else (a chatty login shell)."""
     kind, _, rest = line.rstrip("\n").partition(" ")
-    if kind not in {"hello", "nokernel", "norecord", "pid", "out", "exit", "pong", "owner"}:
+    if kind not in {
+        "hello",
+        "nokernel",
+        "found",
+        "norecord",
+        "pid",
+        "out",
+        "exit",
+        "pong",
+        "owner",
+    }:
         return None
     ident, _, value = rest.partition(" ")
     if kind in {"pid", "exit"} and not value.isdigit():
@@ -90,6 +100,10 @@ class Supervisor:
         self._pings: dict[str, asyncio.Future[None]] = {}
         self._owners: dict[str, asyncio.Future[int]] = {}
         self._owner_ids = 0
+        # kernel executables this connection knows about: found (a start's pid came back, or
+        # a which said so), or a which in flight. A miss is not kept: it may be installed yet.
+        self._kernels: dict[str, asyncio.Future[bool]] = {}
+        self._whiches: dict[str, asyncio.Future[bool]] = {}
         self._tasks = TaskSet(log)
         self._tasks.spawn(self._read_events(), name=f"supervisor-events:{host}")
         self._tasks.spawn(self._drain_stderr(), name=f"supervisor-stderr:{host}")
@@ -174,6 +188,33 @@ class Supervisor:
         self._process.stdin.write(f"start {kernel_id} {snippet}\n")
         return proc
 
+    def check_kernel(self, kernel: str) -> None:
+        """Ask, ahead of any launch, whether ``kernel`` is there as a start would look for it
+        (``relay connect --kernels``): one round trip on the way, so that the Parallel
+        package's first Run need not wait for its kernel's pid. Asked once per connection."""
+        if kernel in self._kernels or self.closed.done():
+            return
+        self._owner_ids += 1
+        ident = f"w{self._owner_ids}"
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._kernels[kernel] = self._whiches[ident] = fut
+        snippet = "set -- " + shell_join([kernel])
+        no_control_characters(snippet)
+        self._process.stdin.write(f"which {ident} {snippet}\n")
+
+    def kernel_known(self, kernel: str) -> asyncio.Future[bool] | None:
+        """Whether ``kernel`` is known to be there: a done future (True), one still on its way,
+        or None when nothing was asked."""
+        return self._kernels.get(kernel)
+
+    def kernel_started(self, kernel: str) -> None:
+        """A start of ``kernel`` reported a pid: later launches need not wait for theirs."""
+        fut = self._kernels.get(kernel)
+        if fut is None or fut.done():
+            fut = self._kernels[kernel] = asyncio.get_running_loop().create_future()
+        fut.set_result(True)
+
     def signal(self, kernel_id: str, signal: str) -> None:
         assert signal in _SIGNALS
         if not self.closed.done() and kernel_id in self._procs:
@@ -220,6 +261,15 @@ class Supervisor:
             fut = self._pings.get(event.id)
             if fut and not fut.done():
                 fut.set_result(None)
+            return
+        which = self._whiches.pop(event.id, None) if event.kind in {"found", "nokernel"} else None
+        if which is not None:
+            if not which.done():
+                which.set_result(event.kind == "found")
+            if event.kind == "nokernel":
+                for kernel, known in list(self._kernels.items()):
+                    if known is which:
+                        del self._kernels[kernel]  # asked again next time
             return
         if event.kind == "owner":
             waiter = self._owners.get(event.id)
@@ -276,6 +326,9 @@ class Supervisor:
         for waiter in self._owners.values():
             if not waiter.done():
                 waiter.set_exception(err)
+        for which in self._whiches.values():
+            if not which.done():
+                which.set_exception(err)
 
     async def _drain_stderr(self) -> None:
         count = 0

@@ -10,12 +10,15 @@
 #                                          and may export variables (never argv: secrets)
 #                    kill ID SIGNAL        signal the kernel if it still runs
 #                    ping ID               answered by pong ID (round-trip time)
+#                    which ID SH-SNIPPET   is the snippet's "$1" a kernel start would find?
+#                                          (found ID, or nokernel ID); nothing is started
 #                    owner ID CPORT LPORT  who made the connection from 127.0.0.1:CPORT to a
 #                                          relay listener on 127.0.0.1:LPORT (4-digit upper hex)
-#   here -> daemon:  hello 3 PID DIR N UID CHECK   ready; protocol version 3; N stale sessions
+#   here -> daemon:  hello 4 PID DIR N UID CHECK   ready; protocol version 4; N stale sessions
 #                                          ended; UID is ours; CHECK is proc (owners can be
 #                                          looked up in /proc/net/tcp) or none
 #                    nokernel ID           the kernel executable is missing or not executable
+#                    found ID              (to which) it is there and executable
 #                    norecord ID           its pid could not be recorded (TMPDIR full): killed
 #                    pid ID PID            the kernel started
 #                    out ID TEXT           one of the last lines the kernel printed (at exit)
@@ -54,6 +57,7 @@ case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $3 in *[!0-9]*|"") exit 96 ;; esac;
 st() { if test -r "/proc/$1/stat"; then read -r x <"/proc/$1/stat" 2>/dev/null && x=${x##*) } && set -- $x && echo "p${20}"; else ps -o lstart= -p "$1" 2>/dev/null | tr -d " "; fi; };
 same() { test -n "$2" && test "$(st "$1")" = "$2"; };
+have() { case $1 in */*) test -f "$1" && test -x "$1" ;; *) command -v "$1" >/dev/null 2>&1 ;; esac; };
 d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
 case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
 echo "$$ $(st $$) $s $(st $s)" >"$d/supervisor" || exit 97;
@@ -85,13 +89,12 @@ reap() {
 };
 trap "reap; exit 0" HUP TERM INT;
 if test -r /proc/net/tcp; then c=proc; else c=none; fi;
-echo "hello 3 $$ $d $n $(id -u) $c";
+echo "hello 4 $$ $d $n $(id -u) $c";
 while read -r op id arg; do
   case $op in
     start) (
         eval "$arg";
-        k=$1;
-        case $k in */*) test -f "$k" && test -x "$k" ;; *) command -v "$k" >/dev/null 2>&1 ;; esac || { echo "nokernel $id"; exit 0; };
+        have "$1" || { echo "nokernel $id"; exit 0; };
         "$@" </dev/null >"$d/$id.log" 2>&1 &
         p=$!;
         trap "kill -TERM \$p 2>/dev/null" TERM;
@@ -112,6 +115,7 @@ while read -r op id arg; do
       w="$w $!"; eval "w_$id=$!" ;;
     kill) eval "q=\${w_$id:-}"; test -n "$q" && case $arg in KILL) kill -USR1 "$q" ;; TERM|INT|HUP) kill "-$arg" "$q" ;; esac 2>/dev/null ;;
     ping) date +%s >"$d/alive"; echo "pong $id" ;;
+    which) ( eval "$arg"; if have "$1"; then echo "found $id"; else echo "nokernel $id"; fi ) ;;
     owner)
       case $arg in *[!0-9A-F\ ]*|"") echo "owner $id ?"; continue ;; esac;
       if test "$c" = proc; then

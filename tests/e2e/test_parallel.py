@@ -71,7 +71,7 @@ async def test_a_known_kernel_path_is_answered_without_waiting_for_its_pid(
 ) -> None:
     """The first compute launch of a path waits for the supervisor's pid (so a missing
     kernel is the launch's error); later ones on the same connection do not."""
-    async with start_daemon(home):
+    async with start_daemon(home) as running:
         loop = asyncio.get_running_loop()
         answers, links = [], []
         for _ in range(2):
@@ -82,7 +82,10 @@ async def test_a_known_kernel_path_is_answered_without_waiting_for_its_pid(
             )
         assert [a["event"] for a in answers] == ["launched", "launched"]
         assert isinstance(answers[0]["remote_pid"], int)
-        assert answers[1]["remote_pid"] is None  # answered once the start line was written
+        # the second answered once its start line was written (its pid may still have come
+        # back before the answer went: remote_pid cannot tell)
+        kernels = running.daemon.kernels
+        assert [kernels[str(a["kernel_id"])].answered_on for a in answers] == ["pid", "known"]
         missing = await loop.run_in_executor(
             None, launch_request, home, "/nonexistent/WolframKernel", str(links[0].name)
         )
@@ -94,6 +97,40 @@ async def test_a_known_kernel_path_is_answered_without_waiting_for_its_pid(
             await kl.quit(0)
             await kl.aclose()
             link.close()
+
+
+async def test_relay_connect_looks_for_the_kernel_so_the_first_run_need_not_wait_for_it(
+    home: RelayHome,
+) -> None:
+    """RelayMachine[host, n] runs relay connect host --kernels n: the kernel is looked for
+    then, so the first compute launch is answered once its start line is written, one round
+    trip sooner. A kernel that is not there is said so by relay connect, in one line, and
+    still fails its launch with the launch's own error."""
+    async with start_daemon(home) as running:
+        status, _, err = await relay_cli(home, "connect", "local", "--kernels", "2")
+        assert status == 0, err
+        loop = asyncio.get_running_loop()
+        link = await frontend.ListeningLink.create()
+        answer = await loop.run_in_executor(None, launch_request, home, SIM_KERNEL, str(link.name))
+        assert answer["event"] == "launched"
+        # answered before its pid: the kernel was known
+        assert running.daemon.kernels[str(answer["kernel_id"])].answered_on == "known"
+        kl = await link.accept(60)
+        await kl.quit(0)
+        await kl.aclose()
+        link.close()
+        missing = "/nonexistent/WolframKernel"
+        status, _, err = await relay_cli(
+            home, "connect", "local", "--kernels", "1", "--kernel", missing
+        )
+        assert status == 1 and err.count("\n") == 1, err
+        assert "not found or not executable" in err and "--kernel" in err
+        link = await frontend.ListeningLink.create()
+        failed = await loop.run_in_executor(None, launch_request, home, missing, str(link.name))
+        assert failed["event"] == "error" and "not found or not executable" in str(
+            failed["message"]
+        )
+        link.close()
 
 
 async def test_failures_after_the_answer_are_recorded_and_the_kernel_ended(

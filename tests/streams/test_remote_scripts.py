@@ -94,7 +94,7 @@ def test_owner_of_a_connection_to_a_listener(sup: Sup) -> None:
 
 def test_hello_then_kernel_life(sup: Sup) -> None:
     hello = sup.event()
-    assert hello.kind == "hello" and hello.id == "3"
+    assert hello.kind == "hello" and hello.id == "4"
     _pid, directory, _stale, uid, check = hello.value.split(" ")
     assert (int(uid), check) == (os.getuid(), "proc")
     workdir = Path(directory)
@@ -114,6 +114,31 @@ def test_missing_kernel(sup: Sup) -> None:
     assert sup.event() == Event("nokernel", "k2", "")
     sup.send("start k3 set -- no-such-kernel-on-path")
     assert sup.event() == Event("nokernel", "k3", "")
+
+
+def test_which_looks_for_a_kernel_as_start_would_and_starts_nothing(
+    sup: Sup, tmp_path: Path
+) -> None:
+    sup.event()
+    marker = tmp_path / "ran"
+    kernel = tmp_path / "kernel"
+    kernel.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    kernel.chmod(0o755)
+    plain = tmp_path / "not-executable"
+    plain.write_text("#!/bin/sh\n")
+    sup.send(f"which w1 set -- '{kernel}'")
+    assert sup.event() == Event("found", "w1", "")
+    sup.send("which w2 set -- sh")  # a bare name: looked for on PATH
+    assert sup.event() == Event("found", "w2", "")
+    sup.send("which w3 set -- /nonexistent/WolframKernel")
+    assert sup.event() == Event("nokernel", "w3", "")
+    sup.send(f"which w4 set -- '{plain}'")
+    assert sup.event() == Event("nokernel", "w4", "")
+    sup.send(f"which w5 set -- '{tmp_path}'")  # a directory is not a kernel
+    assert sup.event() == Event("nokernel", "w5", "")
+    sup.send("ping p")  # the next line answered: nothing else was said, nothing started
+    assert sup.event() == Event("pong", "p", "")
+    assert not marker.exists()
 
 
 def test_environment_goes_through_stdin_not_argv(sup: Sup) -> None:

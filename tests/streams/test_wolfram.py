@@ -362,11 +362,18 @@ def test_relay_machine_passes_remote_machine_options_through(wl: Session) -> Non
 
 def test_relay_connect_asks_for_room_for_the_machines_kernels(wl: Session) -> None:
     """RelayMachine[host, n] runs relay connect host --kernels n: on a Slurm host, one job
-    for all n kernels (relay.slurm), not a job per Run."""
+    for all n kernels (relay.slurm), not a job per Run; and its KernelPath is looked for
+    ahead (--kernel), unless it is the host's own ("")."""
     assert wl('RelayTools`RelayConnectArguments["cluster", 64]') == (
         "connect", "cluster", "--kernels", "64",
     )  # fmt: skip
     assert wl('RelayTools`RelayConnectArguments["h"]') == ("connect", "h")
+    assert wl('RelayTools`RelayConnectArguments["h", 8, "/opt/W/WolframKernel"]') == (
+        "connect", "h", "--kernels", "8", "--kernel", "/opt/W/WolframKernel",
+    )  # fmt: skip
+    assert wl('RelayTools`RelayConnectArguments["h", 8, ""]') == (
+        "connect", "h", "--kernels", "8",
+    )  # fmt: skip
 
 
 def test_kernel_path_defaults_to_the_hosts_configured_kernel(wl: Session) -> None:

@@ -21,8 +21,8 @@ RelayDropKernelConfigurations::usage = "RelayDropKernelConfigurations[evaluatorN
 RelayKernelConfigurationQ::usage = "RelayKernelConfigurationQ[config] is True for a kernel configuration whose Launch command runs relay launch."
 RelayMachine::usage = "RelayMachine[host, n, opts] is a RemoteMachine of n compute kernels on host, launched through relay: LaunchKernels[RelayMachine[\"myhost\", 8]]. \"KernelPath\" defaults to \"\", the host's configured kernel. RemoteMachine options (KernelSpeed, LinkHost, ...) pass through. Evaluating it runs relay connect host --kernels n in the background, so the first kernel starts on a warm connection (and on a Slurm host one job is asked for all n kernels). Each Run returns once its kernel is started; Parallel`Settings`$MathLinkTimeout (15 s) must cover a kernel's start-up, and relay's launch_timeout_s (30 s) ends a kernel that never connects: for slow hosts raise both, launch_timeout_s no lower than $MathLinkTimeout."
 RelayMachineArguments::usage = "RelayMachineArguments[host, n, kernel, relay, opts] is the argument list of the RemoteMachine that RelayMachine builds."
-RelayConnect::usage = "RelayConnect[host] opens relay's connection to host in the background (relay connect), ahead of launches. RelayConnect[host, relay, n] also asks a Slurm host for room for n kernels at once."
-RelayConnectArguments::usage = "RelayConnectArguments[host, n] is the argument list of the relay connect that RelayConnect runs."
+RelayConnect::usage = "RelayConnect[host] opens relay's connection to host in the background (relay connect), ahead of launches. RelayConnect[host, relay, n, kernel] also says n compute kernels of kernel (\"\": the host's) follow: their forwards are asked for and their kernel looked for at once, so the first Run need not wait for its kernel's pid, and a Slurm host is asked for room for all n in one job."
+RelayConnectArguments::usage = "RelayConnectArguments[host, n, kernel] is the argument list of the relay connect that RelayConnect runs."
 RelayStatus::usage = "RelayStatus[] gives relay's status (hosts, kernels, forwards) as an Association."
 RelayCheck::usage = "RelayCheck[host] runs relay check host (every point where a launch on host can fail, in order) and gives its results as an Association; RelayCheck[host, kernel] checks that kernel path."
 RelayLaunchCommand::usage = "RelayLaunchCommand[host, kernel, relay] is the Launch command of a relay kernel configuration."
@@ -116,21 +116,23 @@ RelayMachineArguments[host_String, n_Integer, kernel_String, relay_String,
     Select[Flatten[{opts}], !MemberQ[own, ToString[First[#]]] &],
     {System`LinkHost -> "127.0.0.1"}]]
 
-(* Pure: relay connect's arguments. n kernels: on a Slurm host relay asks for room for all n
-   in one job at once (relay connect --kernels n); elsewhere the count changes nothing. *)
-RelayConnectArguments[host_String, n_Integer : 0] :=
-  Join[{"connect", host}, If[n > 0, {"--kernels", ToString[n]}, {}]]
+(* Pure: relay connect's arguments. n compute kernels of kernel ("": the host's) follow:
+   relay asks for their forwards and looks for the kernel at once (relay connect --kernels n
+   --kernel k), and on a Slurm host asks for room for all n in one job. *)
+RelayConnectArguments[host_String, n_Integer : 0, kernel_String : ""] :=
+  Join[{"connect", host}, If[n > 0, {"--kernels", ToString[n]}, {}],
+    If[n > 0 && kernel =!= "", {"--kernel", kernel}, {}]]
 
 RelayConnect[host_String] := RelayConnect[host, $RelayCommand]
-RelayConnect[host_String, relay_String, n_Integer : 0] :=
-  Quiet[Check[StartProcess[Prepend[RelayConnectArguments[host, n], relay]], $Failed]]
+RelayConnect[host_String, relay_String, n_Integer : 0, kernel_String : ""] :=
+  Quiet[Check[StartProcess[Prepend[RelayConnectArguments[host, n, kernel], relay]], $Failed]]
 
 RelayMachine[host_String, n_Integer : 1, opts : OptionsPattern[]] := Module[{kernel, relay},
   If[windowsQ[], Message[RelayTools::windows]; Return[$Failed]];
   Needs["SubKernels`RemoteKernels`"];
   kernel = OptionValue["KernelPath"];
   relay = Replace[OptionValue["RelayCommand"], Automatic :> $RelayCommand];
-  If[TrueQ[OptionValue["Connect"]], RelayConnect[host, relay, n]];
+  If[TrueQ[OptionValue["Connect"]], RelayConnect[host, relay, n, kernel]];
   SubKernels`RemoteKernels`RemoteMachine @@ RelayMachineArguments[host, n, kernel, relay, opts]
 ]
 
