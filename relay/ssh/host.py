@@ -541,6 +541,10 @@ class HostSession:
                 )
                 current = self._current = Live(conn, supervisor, pool, guard)
                 pool.refill()  # forwards allocated ahead: launches spend no round trip on them
+                if self.config.kernel and self.config.slurm is None:
+                    # and the host's kernel looked for ahead, so that not even the first
+                    # compute Run waits for its pid (a Slurm host's kernels run on its nodes)
+                    supervisor.check_kernel(self.config.kernel)
                 if self.config.dynamic:  # and the kernel hook installed ahead too
                     self._tasks.spawn(self._prefetch_init_file(conn), name=f"init:{self.key}")
                 await self._ping(current)  # the first RTT, and proof the session answers

@@ -70,7 +70,11 @@ async def test_a_known_kernel_path_is_answered_without_waiting_for_its_pid(
     home: RelayHome,
 ) -> None:
     """The first compute launch of a path waits for the supervisor's pid (so a missing
-    kernel is the launch's error); later ones on the same connection do not."""
+    kernel is the launch's error); later ones on the same connection do not. (A path other
+    than the host's kernel, which is looked for as the connection opens: next test.)"""
+    other = home.dir / "other-kernel"
+    other.symlink_to(SIM_KERNEL)
+    home.add_host("local", kernel=str(other))
     async with start_daemon(home) as running:
         loop = asyncio.get_running_loop()
         answers, links = [], []
@@ -102,23 +106,31 @@ async def test_a_known_kernel_path_is_answered_without_waiting_for_its_pid(
 async def test_relay_connect_looks_for_the_kernel_so_the_first_run_need_not_wait_for_it(
     home: RelayHome,
 ) -> None:
-    """RelayMachine[host, n] runs relay connect host --kernels n: the kernel is looked for
-    then, so the first compute launch is answered once its start line is written, one round
-    trip sooner. A kernel that is not there is said so by relay connect, in one line, and
-    still fails its launch with the launch's own error."""
+    """The host's kernel is looked for as its connection opens (relay connect HOST, as
+    RelaySetupKernelConfiguration runs it); another one by relay connect host --kernels n
+    --kernel PATH (RelayMachine[host, n] with a KernelPath). Either way the first compute
+    launch is answered once its start line is written, one round trip sooner. A kernel that
+    is not there is said so by relay connect, in one line, and still fails its launch with
+    the launch's own error."""
+    other = home.dir / "other-kernel"
+    other.symlink_to(SIM_KERNEL)
     async with start_daemon(home) as running:
-        status, _, err = await relay_cli(home, "connect", "local", "--kernels", "2")
-        assert status == 0, err
         loop = asyncio.get_running_loop()
-        link = await frontend.ListeningLink.create()
-        answer = await loop.run_in_executor(None, launch_request, home, SIM_KERNEL, str(link.name))
-        assert answer["event"] == "launched"
-        # answered before its pid: the kernel was known
-        assert running.daemon.kernels[str(answer["kernel_id"])].answered_on == "known"
-        kl = await link.accept(60)
-        await kl.quit(0)
-        await kl.aclose()
-        link.close()
+        for connect, kernel in (
+            (("connect", "local"), SIM_KERNEL),  # the host's kernel
+            (("connect", "local", "--kernels", "2", "--kernel", str(other)), str(other)),
+        ):
+            status, _, err = await relay_cli(home, *connect)
+            assert status == 0, err
+            link = await frontend.ListeningLink.create()
+            answer = await loop.run_in_executor(None, launch_request, home, kernel, str(link.name))
+            assert answer["event"] == "launched"
+            # answered before its pid: the kernel was known
+            assert running.daemon.kernels[str(answer["kernel_id"])].answered_on == "known"
+            kl = await link.accept(60)
+            await kl.quit(0)
+            await kl.aclose()
+            link.close()
         missing = "/nonexistent/WolframKernel"
         status, _, err = await relay_cli(
             home, "connect", "local", "--kernels", "1", "--kernel", missing
