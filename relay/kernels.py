@@ -265,8 +265,9 @@ async def _callback(k: Kernel, kernel: str, timeout_s: float) -> None:
 
 async def _started(k: Kernel, kernel: str, supervisor: Supervisor) -> str:
     """The compute kernel runs: its pid is back; or its start line is written, for a kernel
-    path this connection knows is there (a start of it reported a pid, or ``relay connect
-    --kernels`` asked; an answer still on its way is waited for: it comes before the pid)."""
+    path this connection knows is there (a start of it reported a pid, or the supervisor's
+    ``which`` found it: the host's kernel as the connection opened, another by ``relay
+    connect --kernels``; an answer still on its way is waited for: it comes before the pid)."""
     started = k._proc.started
     known = supervisor.kernel_known(kernel)
     if known is not None:

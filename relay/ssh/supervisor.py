@@ -190,8 +190,9 @@ class Supervisor:
 
     def check_kernel(self, kernel: str) -> None:
         """Ask, ahead of any launch, whether ``kernel`` is there as a start would look for it
-        (``relay connect --kernels``): one round trip on the way, so that the Parallel
-        package's first Run need not wait for its kernel's pid. Asked once per connection."""
+        (the host's kernel as the connection opens; another by ``relay connect --kernels``):
+        one round trip on the way, so that the Parallel package's first Run need not wait
+        for its kernel's pid. Asked once per connection until found."""
         if kernel in self._kernels or self.closed.done():
             return
         self._owner_ids += 1
