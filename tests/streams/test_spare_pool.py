@@ -69,56 +69,70 @@ async def held() -> AsyncIterator[tuple[HeldForwards, asyncssh.SSHClientConnecti
         await acceptor.wait_closed()
 
 
-async def test_a_short_pool_hands_out_listeners_already_on_their_way(
-    held: tuple[HeldForwards, asyncssh.SSHClientConnection],
-) -> None:
+class Pool:
+    """A SparePool of two on the held server's connection, counting the listeners it asks
+    for (``asked`` is set once ``want`` of them have been asked)."""
+
+    def __init__(self, server: HeldForwards, conn: asyncssh.SSHClientConnection) -> None:
+        self.server = server
+        self.calls = 0
+        self.want = 0
+        self.asked = asyncio.Event()
+        create_server = conn.create_server
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            if self.want and self.calls >= self.want:
+                self.asked.set()
+            return create_server(*args, **kwargs)
+
+        conn.create_server = counting  # type: ignore[method-assign]
+        self.pool = SparePool(conn, size=2, host="h")
+
+
+@pytest.fixture
+async def pool(held: tuple[HeldForwards, asyncssh.SSHClientConnection]) -> AsyncIterator[Pool]:
+    p = Pool(*held)
+    try:
+        yield p
+    finally:
+        await p.pool.aclose()
+
+
+async def test_a_short_pool_hands_out_listeners_already_on_their_way(pool: Pool) -> None:
     """A launch that finds the pool empty while its refill is in flight takes the refill's
     listeners: asking for its own would cost the round trip again (the Parallel package's
     Runs come one after another, each behind the last). Its own requests would be the third
     and fourth, which this server holds for ever: the take would not finish."""
-    server, conn = held
-    pool = SparePool(conn, size=2, host="h")
-    try:
-        pool.refill()  # requests 1 and 2, held until `first`
-        assert pool.coming == 2
-        taking = asyncio.ensure_future(pool.take(2))
-        server.first.set()
-        slots = await asyncio.wait_for(taking, 30)
-        assert len(slots) == 2 and all(slot.listener is not None for slot in slots)
-        assert pool.coming == 2  # and the pool refills behind it (requests 3 and 4)
-        for slot in slots:
-            slot.close()
-    finally:
-        await pool.aclose()
+    pool.pool.refill()  # requests 1 and 2, held until `first`
+    assert pool.pool.coming == 2
+    taking = asyncio.ensure_future(pool.pool.take(2))
+    pool.server.first.set()
+    slots = await asyncio.wait_for(taking, 30)
+    assert len(slots) == 2 and all(slot.listener is not None for slot in slots)
+    assert pool.pool.coming == 2  # and the pool refills behind it (requests 3 and 4)
+    for slot in slots:
+        slot.close()
 
 
-async def test_what_nothing_in_flight_brings_is_asked_for_at_once(
-    held: tuple[HeldForwards, asyncssh.SSHClientConnection],
-) -> None:
+async def test_what_nothing_in_flight_brings_is_asked_for_at_once(pool: Pool) -> None:
     """Three listeners needed, two on their way: waiting for them would still leave one to
-    ask for, a second round trip. So the launch asks for its three at once."""
-    server, conn = held
-    pool = SparePool(conn, size=2, host="h")
-    try:
-        pool.refill()
-        taking = asyncio.ensure_future(pool.take(3))
-        server.first.set()
-        server.later.set()
-        slots = await asyncio.wait_for(taking, 30)
-        assert len(slots) == 3
-        assert server.requests >= 5  # the refill's two and the launch's own three
-        for slot in slots:
-            slot.close()
-    finally:
-        await pool.aclose()
+    ask for, a second round trip. So the launch asks for its three at once, while the
+    refill's two are still unanswered."""
+    pool.pool.refill()
+    pool.want = 2 + 3  # the refill's two and the launch's own three
+    taking = asyncio.ensure_future(pool.pool.take(3))
+    await asyncio.wait_for(pool.asked.wait(), 30)  # with nothing answered yet
+    pool.server.first.set()
+    pool.server.later.set()
+    slots = await asyncio.wait_for(taking, 30)
+    assert len(slots) == 3
+    for slot in slots:
+        slot.close()
 
 
-async def test_closing_the_pool_cancels_fills_in_flight(
-    held: tuple[HeldForwards, asyncssh.SSHClientConnection],
-) -> None:
-    _, conn = held
-    pool = SparePool(conn, size=2, host="h")
-    pool.refill()
-    fills = list(pool._fills)
-    await asyncio.wait_for(pool.aclose(), 30)
-    assert all(fill.done() for fill in fills) and pool.coming == 0 and len(pool) == 0
+async def test_closing_the_pool_cancels_fills_in_flight(pool: Pool) -> None:
+    pool.pool.refill()
+    fills = list(pool.pool._fills)
+    await asyncio.wait_for(pool.pool.aclose(), 30)
+    assert all(fill.done() for fill in fills) and pool.pool.coming == 0 and len(pool.pool) == 0
