@@ -490,22 +490,20 @@ SOCKETS_VERSION = 11.2  # SocketReadyQ, which the hook's socket transport needs
 
 def _sim_option(flags: KernelFlags, name: str, default: float) -> float:
     """A simulator-only flag (``-simversion V``, ``-simstartup S``) among the ignored ones."""
-    ignored = [word.lower() for word in flags.ignored]
-    if name in ignored:
-        i = ignored.index(name)
-        if i + 1 < len(ignored):
-            return float(flags.ignored[i + 1])
-    return default
+    word = _sim_word(flags, name, needs_value=False)
+    return default if word is None else float(word)
 
 
-def _sim_word(flags: KernelFlags, name: str) -> str | None:
-    """A simulator-only flag with a word for its value (``-simgate PATH``), as given."""
+def _sim_word(flags: KernelFlags, name: str, *, needs_value: bool = True) -> str | None:
+    """The word after a simulator-only flag among the ignored ones (``-simgate PATH``), as
+    given; None when the flag is absent (or, unless ``needs_value``, is the last word)."""
     ignored = [word.lower() for word in flags.ignored]
     if name in ignored:
         i = ignored.index(name)
         if i + 1 < len(ignored):
             return flags.ignored[i + 1]
-        raise ValueError(f"{name} needs a value")
+        if needs_value:
+            raise ValueError(f"{name} needs a value")
     return None
 
 
