@@ -1006,7 +1006,11 @@ def _pool_section(config: Config, r: Results) -> list[str]:
         "as evaluating `RelayMachine[host, n]` does. A cell fails when a launch "
         f"command exits non-zero or a kernel has not connected {POOL_WAIT_S:g} s after the "
         "last `Run`. The simulated kernel's 1 s counts from its exec, its own Python start "
-        "included.",
+        "included. Everything shares this machine's two cores: the front end, the launch "
+        "commands, sshd, relay or ssh, and the n kernels, whose CPU a real remote host would "
+        "spend instead. The simulated kernel sleeps through its second and imports only C "
+        "modules for its sockets and threads, so that its start costs little more than a bare "
+        "Python start (the floors above).",
         "",
         "| RTT | n | " + " | ".join(name for _, name in POOL_WAYS) + " | relay vs Tunnel | "
         "target: 1 s + n x 60 ms + 2 RTT |",

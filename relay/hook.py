@@ -56,8 +56,6 @@ later: new), unless the host's ``dynamic_method`` (``$RELAY_DYNAMIC_METHOD``) sa
 
 from __future__ import annotations
 
-import re
-
 __all__ = [
     "BASH_TRANSPORT",
     "OPS",
@@ -136,12 +134,18 @@ def parse_reply(line: str) -> tuple[bool, str | None, str]:
 def _routable(host: str, frontend_host: str) -> bool:
     if host in (frontend_host, "localhost", "::1"):
         return True
+    # re is imported here, not above: the simulator kernel imports this module at every start,
+    # and re (with enum) is a fifth of what that start costs (relay.sim.kernel)
+    import re  # noqa: PLC0415
+
     return re.fullmatch(r"127\.[0-9]+\.[0-9]+\.[0-9]+", host) is not None
 
 
 def front_end_name(name: str, frontend_host: str) -> bool:
     """Is ``name`` a link on the front end's side that the hook may redirect (and the daemon may
     call back to)? RelayKernelInit.wl's ``frontEndNameQ`` is the same rule; a test compares them."""
+    import re  # noqa: PLC0415 (see _routable)
+
     if re.fullmatch(NAME_SHAPE, name) is None:
         return False
     parts = name.replace(",", "@").split("@")

@@ -45,18 +45,19 @@ Behaviour, with its source in ``docs/topology.md``:
 
 It is written with blocking sockets and threads rather than asyncio, and imports little: a
 kernel starts on every launch, and importing asyncio alone takes longer here than the whole
-launch budget (BENCHMARKS.md).
+launch budget (BENCHMARKS.md). For the same reason it uses ``_socket`` and ``_thread``, not
+``socket`` and ``threading``: their imports (enum, functools, collections) cost each kernel
+start about 20 ms of CPU on the benchmark machine, and ``make bench`` starts 64 kernels in a
+row on two cores beside the launches it measures (``relay.client`` does the same for the shim).
 """
 
 from __future__ import annotations
 
+import _socket
+import _thread
 import errno
 import os
-import random
-import socket
-import subprocess
 import sys
-import threading
 import time
 
 from relay import hook, minijson
@@ -66,7 +67,7 @@ from relay.sim.flags import KernelFlags, parse_flags
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = ["HookClient", "main"]
 
@@ -83,7 +84,10 @@ class LinkClosed(Exception):
     pass
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+Socket = _socket.socket
+
+
+def _recv_exact(sock: Socket, n: int) -> bytes:
     chunks = []
     while n:
         chunk = sock.recv(min(n, 1 << 20))
@@ -94,7 +98,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_data(sock: socket.socket) -> tuple[int, bytes]:
+def read_data(sock: Socket) -> tuple[int, bytes]:
     try:
         kind, length = wire.data_header(_recv_exact(sock, wire.DATA_HEADER))
     except ValueError:  # a frame over wire.MAX_FRAME
@@ -133,7 +137,8 @@ class HookClient:
         deadline = time.monotonic() + self.timeout_s
         buf = b""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout_s) as s:
+            s = _connect_one("127.0.0.1", self.port, self.timeout_s)
+            try:
                 s.sendall(line.encode())
                 while b"\n" not in buf and (left := deadline - time.monotonic()) > 0:
                     s.settimeout(left)
@@ -141,12 +146,16 @@ class HookClient:
                     if not chunk:
                         break
                     buf += chunk
+            finally:
+                s.close()
         except OSError:
             pass
         end = buf.find(b"\n")
         return buf[: end + 1].decode() if end >= 0 else None
 
     def _bash(self, line: str) -> str | None:
+        import subprocess  # noqa: PLC0415
+
         argv = ["/bin/bash", "-c", hook.BASH_TRANSPORT, "relay-hook"]
         argv += [str(self.port), f"{self.timeout_s:g}"]
         try:
@@ -165,17 +174,67 @@ def _timeout_s(text: str | None) -> float:
     return hook.REQUEST_TIMEOUT_S
 
 
-def _connect_one(host: str, port: int) -> socket.socket:
-    sock = socket.create_connection((host, port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+def _connect_one(host: str, port: int, timeout_s: float | None = None) -> Socket:
+    """``socket.create_connection``: each address the host resolves to, in turn (a bytes host:
+    a str one would import the idna codec)."""
+    last: OSError = OSError(f"{host} resolves to no address")
+    for family, kind, proto, _, address in _socket.getaddrinfo(
+        host.encode(), port, 0, _socket.SOCK_STREAM
+    ):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout_s)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        return sock
+    raise last
 
 
-def connect(link: LinkName, order: str) -> tuple[socket.socket, socket.socket]:
-    if order == "random":
-        order = random.choice(["data", "message", "parallel"])  # noqa: S311
+def _start_thread(target: Callable[..., object], *args: object) -> None:
+    """``threading.Thread(target=..., daemon=True).start()``: the thread ends with the
+    process."""
+    _thread.start_new_thread(target, args)
+
+
+class _Event:
+    """``threading.Event``'s ``set``, ``clear`` and ``wait`` on two ``_thread`` locks:
+    ``_unset`` is held exactly while the event is not set."""
+
+    def __init__(self) -> None:
+        self._guard = _thread.allocate_lock()
+        self._unset = _thread.allocate_lock()
+        self._unset.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        with self._guard:
+            if not self._set:
+                self._set = True
+                self._unset.release()
+
+    def clear(self) -> None:
+        with self._guard:
+            if self._set:
+                self._set = False
+                self._unset.acquire()
+
+    def wait(self, timeout_s: float) -> bool:
+        if self._unset.acquire(timeout=timeout_s):
+            self._unset.release()
+            return True
+        return False
+
+
+def connect(link: LinkName, order: str) -> tuple[Socket, Socket]:
+    if order == "random":  # one of the three (os.urandom: the random module is an import more)
+        order = ("data", "message", "parallel")[os.urandom(1)[0] % 3]
     if order == "parallel":
-        got: dict[str, socket.socket | BaseException] = {}
+        got: dict[str, Socket | BaseException] = {}
+        message_done = _Event()
 
         def one(role: str, host: str, port: int) -> None:
             try:
@@ -183,21 +242,24 @@ def connect(link: LinkName, order: str) -> tuple[socket.socket, socket.socket]:
             except OSError as exc:
                 got[role] = exc
 
-        threads = [
-            threading.Thread(target=one, args=("message", link.message.host, link.message.port))
-        ]
-        threads[0].start()
+        def message_one() -> None:
+            try:
+                one("message", link.message.host, link.message.port)
+            finally:
+                message_done.set()
+
+        _start_thread(message_one)
         one("data", link.data.host, link.data.port)
-        threads[0].join()
-        data, message = got["data"], got["message"]
+        message_done.wait(CONNECT_JOIN_S)
+        data, message = got["data"], got.get("message", TimeoutError("message channel"))
         for sock in (data, message):
             if isinstance(sock, BaseException):
                 for other in (data, message):
-                    if isinstance(other, socket.socket):
+                    if isinstance(other, Socket):
                         other.close()
                 raise sock
-        assert isinstance(data, socket.socket)
-        assert isinstance(message, socket.socket)
+        assert isinstance(data, Socket)
+        assert isinstance(message, Socket)
         return data, message
     if order == "message":
         message = _connect_one(link.message.host, link.message.port)
@@ -210,10 +272,11 @@ class _Listening:
     """A link this kernel created in Listen mode: two ports, one connection each."""
 
     def __init__(self, host: str, ports: tuple[int, int]) -> None:
-        self.servers: list[socket.socket] = []
+        self.servers: list[Socket] = []
         try:
             for port in ports:
-                server = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+                family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+                server = _socket.socket(family, _socket.SOCK_STREAM)
                 self.servers.append(server)
                 server.bind((host, port))
                 server.listen(1)
@@ -226,15 +289,21 @@ class _Listening:
         (h1, p1, *_), (h2, p2, *_) = (s.getsockname() for s in self.servers)
         return f"{p1}@{h1},{p2}@{h2}"
 
-    def accepted(self) -> tuple[socket.socket, socket.socket]:
-        data, _ = self.servers[0].accept()
-        message, _ = self.servers[1].accept()
+    def accepted(self) -> tuple[Socket, Socket]:
+        data, message = (_accept(server) for server in self.servers)
         self.close()
         return data, message
 
     def close(self) -> None:
         for server in self.servers:
             server.close()
+
+
+def _accept(server: Socket) -> Socket:
+    """``socket.socket.accept``'s connection (a blocking socket, as the server is)."""
+    # _accept is the _socket method that socket.accept wraps; typeshed leaves it out
+    fd, _ = server._accept()  # type: ignore[attr-defined]
+    return _socket.socket(server.family, _socket.SOCK_STREAM, 0, fd)
 
 
 class SimKernel:
@@ -288,7 +357,7 @@ class SimKernel:
             }
         ).encode()
 
-    def listen(self) -> tuple[socket.socket, socket.socket]:
+    def listen(self) -> tuple[Socket, Socket]:
         listening = _Listening(self.flags.link_host or "127.0.0.1", (0, 0))
         if not self.flags.dont_interact:
             print(f"Link created on: {listening.name}", flush=True)
@@ -308,7 +377,7 @@ class SimKernel:
                 except OSError:
                     return
 
-        threading.Thread(target=accept_all, daemon=True, name="parallel-accept").start()
+        _start_thread(accept_all)
 
     def create_front_end_link(self) -> tuple[str, _Listening]:
         """RelayKernelInit.wl's ``oldFrontEndLink``: a pair relay reserved, else, when relay
@@ -330,7 +399,7 @@ class SimKernel:
         listening = _Listening("127.0.0.1", (0, 0))
         return listening.name, listening
 
-    def link_create_connect(self, name: str) -> tuple[str, socket.socket, socket.socket] | str:
+    def link_create_connect(self, name: str) -> tuple[str, Socket, Socket] | str:
         """``LinkCreate[name, LinkMode -> Connect]`` with the hook's rule in place: the linked
         name and its two sockets, or a ``$Failed`` reason."""
         target = name
@@ -385,12 +454,12 @@ class SimKernel:
             listening.close()
         return f"{'direct' if target == name else 'redirected'} {target}".encode()
 
-    def start_link(self, role: str, name: str, data: socket.socket, message: socket.socket) -> None:
+    def start_link(self, role: str, name: str, data: Socket, message: Socket) -> None:
         link = _Link(self, role, name, data, message)
         self.links.append(link)
-        threading.Thread(target=link.serve, daemon=True, name=role).start()
+        _start_thread(link.serve)
 
-    def serve(self, data: socket.socket, message: socket.socket) -> int:
+    def serve(self, data: Socket, message: Socket) -> int:
         main = self.main = _Link(self, "main", self.flags.link_name, data, message)
         main.serve()
         for link in self.links:  # the main link closed: the kernel exits
@@ -407,12 +476,12 @@ class _Link:
         kernel: SimKernel,
         role: str,
         name: str | None,
-        data: socket.socket,
-        message: socket.socket,
+        data: Socket,
+        message: Socket,
     ) -> None:
         self.kernel, self.role, self.name = kernel, role, name
         self.data, self.message = data, message
-        self.abort = threading.Event()
+        self.abort = _Event()
 
     def send(self, kind: int, payload: bytes = b"") -> None:
         self.data.sendall(wire.data_frame(kind, payload))
@@ -420,7 +489,7 @@ class _Link:
     def serve(self) -> None:
         try:
             self.send(wire.HELLO, self.kernel.hello(self.role, self.name))
-            threading.Thread(target=self.urgent, daemon=True, name=f"{self.role}-urgent").start()
+            _start_thread(self.urgent)
             if self.role == "main" and self.kernel.hook is not None and self.kernel.method == "old":
                 self.kernel.old_method_links(self)
             self.evaluate()
@@ -478,13 +547,15 @@ class _Link:
     def close(self) -> None:
         for sock in (self.data, self.message):
             try:  # noqa: SIM105 (contextlib would be one more import per kernel start)
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(_socket.SHUT_RDWR)
             except OSError:
                 pass
             sock.close()
 
 
 STARTUP_S = 1.0  # a real kernel's start-up, on the order of a second (§4)
+CONNECT_JOIN_S = 300.0  # bounds the wait for the message channel's connect (a blocking connect
+# gives up on its own well before: the kernel's TCP SYN retries)
 SOCKETS_VERSION = 11.2  # SocketReadyQ, which the hook's socket transport needs
 
 
@@ -512,10 +583,13 @@ GATE_TIMEOUT_S = 120.0  # bounds the wait at a test's gate
 
 def _wait_at_gate(path: str) -> None:
     """``-simgate PATH``: hold the start-up until the gate's owner writes or hangs up."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
         sock.settimeout(GATE_TIMEOUT_S)
         sock.connect(path)
         sock.recv(1)
+    finally:
+        sock.close()
 
 
 def _age_s() -> float:
@@ -559,7 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kernel = SimKernel(flags, version)
     startup = _sim_option(flags, "-simstartup", STARTUP_S) - _age_s()
     if startup > 0:
-        threading.Event().wait(startup)  # starting up: licence, paclets, init files
+        time.sleep(startup)  # starting up: licence, paclets, init files
     if gate is not None:
         try:
             _wait_at_gate(gate)
