@@ -91,7 +91,9 @@ class HostConfig(_Strict):
     reconnect_attempts: Annotated[int, Field(ge=1, le=1000)] = 6
     reconnect_window_s: PositiveSeconds = 300.0
     end_stale_sessions: bool = True
-    spare_forwards: Annotated[int, Field(ge=0, le=64)] = 4
+    # Four kernels' worth: the Parallel package's Runs come every ~40 ms, so at a 150 ms round
+    # trip four kernels launch before listeners asked for at the first can arrive (BENCHMARKS.md)
+    spare_forwards: Annotated[int, Field(ge=0, le=64)] = 8
     dynamic: bool = True
     dynamic_method: Literal["auto", "old", "new"] = "auto"
     compression: bool = False
