@@ -103,7 +103,7 @@ class Supervisor:
         # kernel executables this connection knows about: found (a start's pid came back, or
         # a which said so), or a which in flight. A miss is not kept: it may be installed yet.
         self._kernels: dict[str, asyncio.Future[bool]] = {}
-        self._whiches: dict[str, asyncio.Future[bool]] = {}
+        self._whiches: dict[str, tuple[str, asyncio.Future[bool]]] = {}  # id: (kernel, answer)
         self._tasks = TaskSet(log)
         self._tasks.spawn(self._read_events(), name=f"supervisor-events:{host}")
         self._tasks.spawn(self._drain_stderr(), name=f"supervisor-stderr:{host}")
@@ -199,7 +199,8 @@ class Supervisor:
         ident = f"w{self._owner_ids}"
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._kernels[kernel] = self._whiches[ident] = fut
+        self._kernels[kernel] = fut
+        self._whiches[ident] = (kernel, fut)
         snippet = "set -- " + shell_join([kernel])
         no_control_characters(snippet)
         self._process.stdin.write(f"which {ident} {snippet}\n")
@@ -263,14 +264,13 @@ class Supervisor:
             if fut and not fut.done():
                 fut.set_result(None)
             return
-        which = self._whiches.pop(event.id, None) if event.kind in {"found", "nokernel"} else None
-        if which is not None:
+        asked = self._whiches.pop(event.id, None) if event.kind in {"found", "nokernel"} else None
+        if asked is not None:
+            kernel, which = asked
             if not which.done():
                 which.set_result(event.kind == "found")
-            if event.kind == "nokernel":
-                for kernel, known in list(self._kernels.items()):
-                    if known is which:
-                        del self._kernels[kernel]  # asked again next time
+            if event.kind == "nokernel" and self._kernels.get(kernel) is which:
+                del self._kernels[kernel]  # asked again next time
             return
         if event.kind == "owner":
             waiter = self._owners.get(event.id)
@@ -327,7 +327,7 @@ class Supervisor:
         for waiter in self._owners.values():
             if not waiter.done():
                 waiter.set_exception(err)
-        for which in self._whiches.values():
+        for _, which in self._whiches.values():
             if not which.done():
                 which.set_exception(err)
 
