@@ -8,14 +8,24 @@ front end's bytes). The connecting socket is identified by its two ends: its loc
 originator port (sshd reports it for remote listeners; ``getpeername`` gives it for local
 ones) and its remote end is the listener's ``127.0.0.1:PORT``.
 
+Only a live socket is anyone's (issue 23): a client that connected, wrote and closed at once
+leaves a socket in FIN_WAIT2 or TIME_WAIT whose uid column reads **0** and whose inode is 0 (no
+process holds it any more). Read naively, that is root's socket, so a stranger could pass for
+a root login. A connection is the user's only if its socket is ESTABLISHED, still held by a
+process (non-zero inode) and its uid is the user's; a closing one is ``CLOSING``, never anyone's.
+Both ends must be the loopback address the listener is bound to (``127.0.0.1``, or its
+IPv4-mapped form in ``tcp6``): a client that bound another local address is not looked up by
+port alone.
+
 - Linux: ``/proc/net/tcp`` and ``/proc/net/tcp6`` list every socket with its owner's uid.
   The remote host's supervisor does the same lookup in ``sh`` (``relay/ssh/supervisor.sh``).
 - macOS (the front end's machine): ``lsof -F`` lists the sockets of the processes the caller
   can see; an unprivileged user sees only their own, so a socket found there is the user's.
 
 Parsing is pure (``owner_in_proc_net``, ``owner_in_lsof``); ``local_owner`` is the I/O shell.
-Answers: a uid, ``GONE`` (no such socket: the client already left) or ``UNKNOWN`` (this
-system offers no way to tell).
+Answers: a uid, ``GONE`` (no such socket: the client already left), ``CLOSING`` (the socket
+is there but closing or orphaned: nobody's) or ``UNKNOWN`` (this system offers no way to
+tell).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import shutil
 from typing import Final
 
 __all__ = [
+    "CLOSING",
     "GONE",
     "UNKNOWN",
     "has_proc_net",
@@ -39,34 +50,45 @@ __all__ = [
 
 GONE: Final = -1
 UNKNOWN: Final = -2
+CLOSING: Final = -3
+ESTABLISHED: Final = "01"  # the st column of /proc/net/tcp (include/net/tcp_states.h)
 _LOOPBACK_V4 = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (little-endian hex)
 _LOOPBACK_V4_IN_V6 = "0000000000000000FFFF00000100007F"  # ::ffff:127.0.0.1 in tcp6
 LSOF_TIMEOUT_S = 5.0
 
 
-def proc_net_pattern(client_port: int, listen_port: int) -> tuple[str, tuple[str, ...]]:
-    """The local-address suffix and the remote addresses of the connecting socket's row."""
-    return f":{client_port:04X}", (
-        f"{_LOOPBACK_V4}:{listen_port:04X}",
-        f"{_LOOPBACK_V4_IN_V6}:{listen_port:04X}",
-    )
+def proc_net_pattern(client_port: int, listen_port: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The local and remote addresses (``ADDR:PORT``, as ``/proc/net/tcp{,6}`` writes them)
+    of the connecting socket's row: loopback to loopback, never another local address."""
+
+    def ends(port: int) -> tuple[str, ...]:
+        return f"{_LOOPBACK_V4}:{port:04X}", f"{_LOOPBACK_V4_IN_V6}:{port:04X}"
+
+    return ends(client_port), ends(listen_port)
 
 
 def owner_in_proc_net(text: str, client_port: int, listen_port: int) -> int:
-    """The uid owning the socket ``127.0.0.1:client_port -> 127.0.0.1:listen_port`` in the
-    text of ``/proc/net/tcp`` (or tcp6); ``GONE`` if there is none.
+    """The uid owning the live socket ``127.0.0.1:client_port -> 127.0.0.1:listen_port`` in
+    the text of ``/proc/net/tcp`` (or tcp6); ``CLOSING`` if that socket is closing or held by
+    no process; ``GONE`` if there is none.
 
-    Columns: ``sl local_address rem_address st tx:rx tr:when retrnsmt uid ...``. The listener's
-    own accepted socket is the mirror image (local = listener) and never matches."""
-    local_suffix, remotes = proc_net_pattern(client_port, listen_port)
+    Columns: ``sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...``.
+    The listener's own accepted socket is the mirror image (local = listener) and never
+    matches. An orphaned socket (FIN_WAIT2, TIME_WAIT after its process closed it) reads uid 0
+    and inode 0: it is nobody's, not root's."""
+    locals_, remotes = proc_net_pattern(client_port, listen_port)
+    found = GONE
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) < 8 or not fields[0].endswith(":"):
+        if len(fields) < 10 or not fields[0].endswith(":"):
             continue
-        local, remote, uid = fields[1], fields[2], fields[7]
-        if local.upper().endswith(local_suffix) and remote.upper() in remotes and uid.isdigit():
+        local, remote, state, uid, inode = fields[1], fields[2], fields[3], fields[7], fields[9]
+        if local.upper() not in locals_ or remote.upper() not in remotes:
+            continue
+        if state == ESTABLISHED and inode.isdigit() and int(inode) != 0 and uid.isdigit():
             return int(uid)
-    return GONE
+        found = CLOSING  # a newer live socket on the same ends may still follow (tw reuse)
+    return found
 
 
 def owner_in_lsof(text: str, client_port: int, listen_port: int) -> int:
@@ -102,15 +124,18 @@ def has_proc_net() -> bool:
 
 def proc_net_owner(client_port: int, listen_port: int) -> int:
     """The lookup in this machine's ``/proc/net/tcp{,6}`` (procfs: never waits on a disk)."""
+    found = GONE
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(path) as fh:
                 uid = owner_in_proc_net(fh.read(), client_port, listen_port)
         except OSError:
             continue
-        if uid != GONE:
+        if uid >= 0:
             return uid
-    return GONE
+        if uid == CLOSING:
+            found = CLOSING
+    return found
 
 
 async def local_owner(client_port: int, listen_port: int) -> int:

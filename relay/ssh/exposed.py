@@ -45,9 +45,10 @@ class _Accepted(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._tcp.connection_made(transport)
         peer = transport.get_extra_info("peername")
-        client_port = int(peer[1]) if peer else 0
+        client_host, client_port = (str(peer[0]), int(peer[1])) if peer else ("", 0)
         self._listener.tasks.spawn(
-            self._listener.admit(self._pipe, client_port), name=f"expose-admit:{client_port}"
+            self._listener.admit(self._pipe, client_host, client_port),
+            name=f"expose-admit:{client_port}",
         )
 
     def data_received(self, data: bytes) -> None:
@@ -84,9 +85,12 @@ class _Listener:
     def protocol(self) -> _Accepted:
         return _Accepted(self)
 
-    async def admit(self, pipe: Pipe, client_port: int) -> None:
+    async def admit(self, pipe: Pipe, client_host: str, client_port: int) -> None:
         link = f"{self.role} of {self.owner.name}"
-        if self.pipe is not None or not await self.owner.guard.admit(client_port, self.port, link):
+        guard = self.owner.guard
+        if self.pipe is not None or not await guard.admit(
+            client_host, client_port, self.port, link
+        ):
             pipe.close()  # single use, and only the user's own processes
             return
         if self.pipe is not None:  # the real one won the race while this one was checked

@@ -306,18 +306,18 @@ class CallbackForward:
         return cls(target, slots, guard)
 
     def _router(self, ch: _Channel) -> Callable[[str, int], Any]:
-        def route(_orig_host: str, orig_port: int) -> Any:
+        def route(orig_host: str, orig_port: int) -> Any:
             if ch.taken:
                 raise _already_connected()
-            return self._tracked(ch, orig_port)
+            return self._tracked(ch, orig_host, orig_port)
 
         return route
 
-    async def _tracked(self, ch: _Channel, orig_port: int) -> Any:
+    async def _tracked(self, ch: _Channel, orig_host: str, orig_port: int) -> Any:
         self._in_flight += 1
         self._settled.clear()
         try:
-            return await self._accept(ch, orig_port)
+            return await self._accept(ch, orig_host, orig_port)
         finally:
             self._in_flight -= 1
             if not self._in_flight:
@@ -329,9 +329,10 @@ class CallbackForward:
         opening, and must not be mistaken for one that never connected."""
         await self._settled.wait()
 
-    async def _accept(self, ch: _Channel, orig_port: int) -> Any:
-        """A connection arrived on ``ch``'s remote listener from ``127.0.0.1:orig_port``."""
-        if not await self._guard.admit(orig_port, ch.slot.port, f"{ch.role} of {self.target}"):
+    async def _accept(self, ch: _Channel, orig_host: str, orig_port: int) -> Any:
+        """A connection arrived on ``ch``'s remote listener from ``orig_host:orig_port``."""
+        link = f"{ch.role} of {self.target}"
+        if not await self._guard.admit(orig_host, orig_port, ch.slot.port, link):
             # the listener stays open: the real kernel may still be starting
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,

@@ -5,7 +5,9 @@ front end's machine (``relay.ssh.exposed``), asks its host's ``PeerGuard`` befor
 connection anywhere. The guard looks up who made the connection (``relay.peerowner``: on the
 remote host through the supervisor session, one round trip; locally in ``/proc`` or with
 ``lsof``) and admits it only if that process runs as the same user as the SSH login (remote)
-or as the daemon (local). A refused connection never reaches the front end or the remote host:
+or as the daemon (local), from a live socket on the loopback address the listener is bound to
+(``relay.peerowner`` says why a closing socket is nobody's). A refused connection never reaches
+the front end or the remote host:
 the listener stays open for the real kernel, and the refusal is logged once per source uid per
 minute with a count.
 
@@ -23,9 +25,20 @@ import structlog
 
 from relay.errors import PeerCheckUnavailable, RelayError
 from relay.log import RateLimited
-from relay.peerowner import GONE, UNKNOWN, has_proc_net, local_owner, lsof_path
+from relay.peerowner import CLOSING, GONE, UNKNOWN, has_proc_net, local_owner, lsof_path
 
-__all__ = ["PeerGuard"]
+__all__ = ["LOOPBACK", "PeerGuard"]
+
+# The address relay's link listeners are bound to, as a peer on it is reported (sshd reports
+# the originator of a forwarded connection; getpeername gives it locally, IPv4-mapped on a
+# dual-stack socket). A client that bound another local address (127.0.0.2, the host's own
+# LAN address) can reach a 127.0.0.1 listener too, and must not be looked up by port alone.
+LOOPBACK = frozenset({"127.0.0.1", "::ffff:127.0.0.1"})
+_WHY = {
+    GONE: "gone before it could be checked",
+    UNKNOWN: "cannot tell",
+    CLOSING: "closed before it could be checked (a closing socket is nobody's)",
+}
 
 Lookup = Callable[[int, int], Awaitable[int]]
 
@@ -92,16 +105,24 @@ class PeerGuard:
                 f"accept such connections unverified, as ssh -R does"
             )
 
-    async def admit(self, client_port: int, listen_port: int, link: str) -> bool:
-        """Whether the connection from ``127.0.0.1:client_port`` may be carried."""
+    async def admit(self, client_host: str, client_port: int, listen_port: int, link: str) -> bool:
+        """Whether the connection from ``client_host:client_port`` may be carried: from the
+        listener's loopback address, by a live socket of the user's own uid."""
         if not self.enabled:
             return True
+        if client_host not in LOOPBACK:
+            self.refusals.warn(
+                client_host,
+                foreign_uid=f"from {client_host}, not 127.0.0.1",
+                listener=listen_port,
+                link=link,
+            )
+            return False
         try:
             uid = await self._lookup(client_port, listen_port) if self.can_tell else UNKNOWN
         except RelayError:  # the connection (and its supervisor) went away mid-check
             uid = UNKNOWN
-        if uid == self.uid and uid not in (GONE, UNKNOWN):
+        if uid == self.uid and uid >= 0:
             return True
-        who = {GONE: "gone before it could be checked", UNKNOWN: "cannot tell"}.get(uid, uid)
-        self.refusals.warn(uid, foreign_uid=who, listener=listen_port, link=link)
+        self.refusals.warn(uid, foreign_uid=_WHY.get(uid, uid), listener=listen_port, link=link)
         return False

@@ -23,7 +23,7 @@ import structlog
 
 from relay.errors import ConnectFailed, KernelMissing, SupervisorFailed
 from relay.kernelcmd import no_control_characters, shell_join
-from relay.peerowner import GONE, UNKNOWN
+from relay.peerowner import CLOSING, GONE, UNKNOWN
 from relay.ssh.remote_scripts import remote_command
 from relay.tasks import TaskSet
 
@@ -233,8 +233,9 @@ class Supervisor:
 
     async def owner(self, client_port: int, listen_port: int) -> int:
         """The uid of the remote process that connected from ``127.0.0.1:client_port`` to our
-        listener on ``listen_port`` (``peerowner.GONE`` if it left, ``UNKNOWN`` if the host
-        cannot tell). One round trip through this session."""
+        listener on ``listen_port`` (``peerowner.GONE`` if it left, ``CLOSING`` if its socket
+        is closing or orphaned, ``UNKNOWN`` if the host cannot tell). One round trip through
+        this session."""
         if not self.owner_check:
             return UNKNOWN
         self._owner_ids += 1
@@ -276,9 +277,8 @@ class Supervisor:
             waiter = self._owners.get(event.id)
             if waiter is not None and not waiter.done():
                 value = event.value.strip()
-                waiter.set_result(
-                    int(value) if value.isdigit() else GONE if value == "-" else UNKNOWN
-                )
+                answers = {"-": GONE, "c": CLOSING}
+                waiter.set_result(int(value) if value.isdigit() else answers.get(value, UNKNOWN))
             return
         proc = self._procs.get(event.id)
         if proc is None:

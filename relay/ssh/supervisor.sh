@@ -13,7 +13,9 @@
 #                    which ID SH-SNIPPET   is the snippet's "$1" a kernel start would find?
 #                                          (found ID, or nokernel ID); nothing is started
 #                    owner ID CPORT LPORT  who made the connection from 127.0.0.1:CPORT to a
-#                                          relay listener on 127.0.0.1:LPORT (4-digit upper hex)
+#                                          relay listener on 127.0.0.1:LPORT (4-digit upper hex):
+#                                          only a live (ESTABLISHED, inode not 0) loopback
+#                                          socket is anyone's; a closing one reads uid 0
 #   here -> daemon:  hello 4 PID DIR N UID CHECK   ready; protocol version 4; N stale sessions
 #                                          ended; UID is ours; CHECK is proc (owners can be
 #                                          looked up in /proc/net/tcp) or none
@@ -24,8 +26,9 @@
 #                    out ID TEXT           one of the last lines the kernel printed (at exit)
 #                    exit ID STATUS        the kernel ended (128+N: killed by signal N)
 #                    pong ID
-#                    owner ID UID|-|?      the connecting socket's uid; - no such socket (the
-#                                          client already left); ? this host cannot tell
+#                    owner ID UID|-|c|?    the connecting socket's uid; - no such socket (the
+#                                          client already left); c it is closing or orphaned
+#                                          (nobody's); ? this host cannot tell
 # End of input (the daemon closed the session, or the connection died and sshd closed the
 # pipes), SIGTERM and SIGHUP terminate every kernel this supervisor started: no remote kernel
 # outlives its connection. Kernels that ignore SIGTERM get SIGKILL after 5 seconds.
@@ -119,7 +122,8 @@ while read -r op id arg; do
     owner)
       case $arg in *[!0-9A-F\ ]*|"") echo "owner $id ?"; continue ;; esac;
       if test "$c" = proc; then
-        u=$(grep -h -E "^ *[0-9]+: [0-9A-F]+:${arg% *} (0100007F|0000000000000000FFFF00000100007F):${arg#* } " /proc/net/tcp /proc/net/tcp6 2>/dev/null | { read -r x x x x x x x u x; echo "$u"; });
+        l="(0100007F|0000000000000000FFFF00000100007F)";
+        u=$(grep -h -E "^ *[0-9]+: $l:${arg% *} $l:${arg#* } " /proc/net/tcp /proc/net/tcp6 2>/dev/null | { r=-; while read -r x x x t x x x v x i x; do if test "$t" = 01 && test "${i:-0}" != 0; then r=$v; break; fi; r=c; done; echo "$r"; });
         echo "owner $id ${u:--}";
       else echo "owner $id ?"; fi ;;
   esac;

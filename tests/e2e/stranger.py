@@ -1,10 +1,20 @@
 """Another user of the same host, racing relay's listeners: run as that user (setpriv).
 
     python3 stranger.py PORT [PORT ...]
+    python3 stranger.py --closing JUNK PORT [PORT ...]
+    python3 stranger.py --from ADDR PORT [PORT ...]
 
 Connects to each port on 127.0.0.1 and reads until the connection ends or 10 s pass.
 Prints JSON: for each port, whether it connected, how many bytes it was given, and whether
 it saw the end (a refused tunnel is closed at once; a carried one stays open).
+
+``--closing JUNK`` is the attack of issue 23: first JUNK connections to each port, held open,
+so the owner look-ups queue behind them; then, per port, a connection that writes, half-closes
+and closes at once. Its socket sits in FIN_WAIT2/TIME_WAIT, where /proc/net/tcp's uid column
+reads 0: read naively, it passes for root's. Prints the same JSON (``bytes`` is what it wrote).
+
+``--from ADDR`` connects from another local address (127.0.0.2, say: any of 127/8 reaches a
+127.0.0.1 listener), the user's own uid or not: only the listener's loopback address counts.
 """
 
 import json
@@ -15,12 +25,47 @@ import time
 BOUND_S = 10.0
 
 
+PAYLOAD = b"stranger's bytes"
+
+
+def closing(junk: int, ports: list[str]) -> None:
+    held = []
+    for port in ports:
+        for _ in range(junk):
+            try:
+                held.append(socket.create_connection(("127.0.0.1", int(port)), timeout=BOUND_S))
+            except OSError:
+                break
+    out = {}
+    for port in ports:
+        try:
+            sock = socket.create_connection(("127.0.0.1", int(port)), timeout=BOUND_S)
+            sock.sendall(PAYLOAD)
+            sock.shutdown(socket.SHUT_WR)
+            sock.close()
+            out[port] = {"connected": True, "bytes": len(PAYLOAD), "eof": True}
+        except OSError:
+            out[port] = {"connected": False, "bytes": 0, "eof": True}
+    for sock in held:
+        sock.close()
+    print(json.dumps(out))
+
+
 def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["--closing"]:
+        closing(int(args[1]), args[2:])
+        return
+    source = None
+    if args[:1] == ["--from"]:
+        source, args = (args[1], 0), args[2:]
     out = {}
     socks = {}
-    for port in sys.argv[1:]:
+    for port in args:
         try:
-            socks[port] = socket.create_connection(("127.0.0.1", int(port)), timeout=BOUND_S)
+            socks[port] = socket.create_connection(
+                ("127.0.0.1", int(port)), timeout=BOUND_S, source_address=source
+            )
         except OSError:
             out[port] = {"connected": False, "bytes": 0, "eof": True}
     deadline = time.monotonic() + BOUND_S

@@ -43,20 +43,25 @@ def refusals(daemon_log: io.StringIO) -> list[dict[str, object]]:
     ]
 
 
-def kernel_racing_a_stranger(directory: Path) -> tuple[str, Path]:
-    """A kernel that first lets a stranger connect to both of its link's ports, then starts
-    (as a real kernel is slow to start, the stranger has all the time it needs)."""
-    result = directory / "stranger.json"
-    script = directory / "slow-kernel.sh"
+def kernel_after(directory: Path, stranger: str, name: str = "stranger") -> tuple[str, Path]:
+    """A kernel that first runs ``stranger PORT1 PORT2`` against both of its link's ports,
+    then starts (a real kernel is slow to start: the stranger has all the time it needs)."""
+    result = directory / f"{name}.json"
+    script = directory / f"{name}-kernel.sh"
     script.write_text(
         "#!/bin/sh\n"
         'prev=; for a; do [ "$prev" = -LinkName ] && name=$a; prev=$a; done\n'
         "p1=${name%%@*}; rest=${name#*,}; p2=${rest%%@*}\n"
-        f'{AS_NOBODY} "$p1" "$p2" >{result}\n'
+        f'{stranger} "$p1" "$p2" >{result}\n'
         f'exec {SIM_KERNEL} "$@"\n'
     )
     script.chmod(0o755)
     return str(script), result
+
+
+def kernel_racing_a_stranger(directory: Path) -> tuple[str, Path]:
+    """Another user connects to both ports and waits to be given bytes."""
+    return kernel_after(directory, AS_NOBODY)
 
 
 async def test_a_stranger_on_the_remote_host_gets_nothing_and_the_kernel_its_link(
@@ -103,6 +108,111 @@ async def test_a_stranger_on_the_front_ends_machine_gets_nothing_from_an_exposed
         await w.wait_closed()
     found = refusals(daemon_log)
     assert found and {e["foreign_uid"] for e in found} == {NOBODY}
+    assert {e["side"] for e in found} == {"local"}
+
+
+def kernel_behind_a_closing_stranger(directory: Path, junk: int) -> tuple[str, Path]:
+    """Issue 23's attack on both ports (junk connections queued first, then a write, a
+    half-close and a close at once), by another user."""
+    return kernel_after(directory, f"{AS_NOBODY} --closing {junk}", "closing")
+
+
+CLOSING_ROUNDS = 5  # the attack won 3 times out of 3 before the fix (issue 23)
+
+
+async def test_a_strangers_closing_socket_is_nobodys_on_the_remote_host(
+    daemon: RunningDaemon, daemon_log: io.StringIO
+) -> None:
+    """Logged in as root: a socket the stranger already closed reads uid 0 in /proc/net/tcp.
+    It must never pass for the login's; the real kernel still gets its link, every time."""
+    assert daemon.home.sshd is not None and daemon.home.sshd.user == "root"
+    for _ in range(CLOSING_ROUNDS):
+        kernel, result = kernel_behind_a_closing_stranger(daemon.home.dir, junk=8)
+        async with controller(daemon.home, kernel=kernel) as fe:
+            kl = await fe.link.accept(60)  # the real kernel, greeted with intact bytes
+            assert await kl.echo(b"mine") == b"mine"
+            seen = json.loads(result.read_text())
+            assert all(s["connected"] for s in seen.values()), seen
+            assert fe.link.extra_connections == 0, "the front end saw the stranger"
+            await kl.quit(0)
+            status, _, err = await fe.result()
+            assert status == 0, err
+            await kl.aclose()
+    found = refusals(daemon_log)
+    assert found and {e["side"] for e in found} == {"remote"}
+
+
+async def test_a_strangers_closing_socket_is_nobodys_on_the_front_ends_machine(
+    daemon: RunningDaemon, daemon_log: io.StringIO
+) -> None:
+    """The daemon runs as root: the same attack on an exposed link's local listeners."""
+    assert os.getuid() == 0
+    for _ in range(CLOSING_ROUNDS):
+        listener, local = await expose_listening_kernel(daemon.home, "local")
+        stranger = await asyncio.create_subprocess_shell(
+            f"{AS_NOBODY} --closing 8 {local.data.port} {local.message.port}",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(stranger.communicate(), 60)
+        assert all(s["connected"] for s in json.loads(out).values()), out
+        streams = [
+            await asyncio.open_connection(ep.host, ep.port) for ep in (local.data, local.message)
+        ]
+        kind, _hello = await read_data(streams[0][0])  # the user's own front end gets the link
+        assert kind == wire.HELLO
+        streams[0][1].write(wire.data_frame(wire.QUIT, b"0"))
+        assert await asyncio.wait_for(listener.wait(), 30) == 0
+        for _, w in streams:
+            w.close()
+            await w.wait_closed()
+    found = refusals(daemon_log)
+    assert found and {e["side"] for e in found} == {"local"}
+
+
+FROM_ELSEWHERE = f"{SYSTEM_PYTHON} {STRANGER} --from 127.0.0.2"
+
+
+async def test_the_users_own_process_from_another_local_address_is_refused_remotely(
+    daemon: RunningDaemon, daemon_log: io.StringIO
+) -> None:
+    """A connection to a 127.0.0.1 listener from 127.0.0.2 is not looked up by port alone:
+    the originating address must be the listener's own loopback address."""
+    kernel, result = kernel_after(daemon.home.dir, FROM_ELSEWHERE, "elsewhere")
+    async with controller(daemon.home, kernel=kernel) as fe:
+        kl = await fe.link.accept(60)
+        assert await kl.echo(b"mine") == b"mine"
+        seen = json.loads(result.read_text())
+        assert all(s["connected"] and s["bytes"] == 0 and s["eof"] for s in seen.values()), seen
+        assert fe.link.extra_connections == 0
+        await kl.quit(0)
+        assert (await fe.result())[0] == 0
+        await kl.aclose()
+    found = refusals(daemon_log)
+    assert {e["foreign_uid"] for e in found} == {"from 127.0.0.2, not 127.0.0.1"}
+
+
+async def test_the_users_own_process_from_another_local_address_is_refused_locally(
+    daemon: RunningDaemon, daemon_log: io.StringIO
+) -> None:
+    listener, local = await expose_listening_kernel(daemon.home, "local")
+    elsewhere = await asyncio.create_subprocess_shell(
+        f"{FROM_ELSEWHERE} {local.data.port} {local.message.port}", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(elsewhere.communicate(), 60)
+    seen = json.loads(out)
+    assert all(s["connected"] and s["bytes"] == 0 and s["eof"] for s in seen.values()), seen
+    streams = [
+        await asyncio.open_connection(ep.host, ep.port) for ep in (local.data, local.message)
+    ]
+    kind, _hello = await read_data(streams[0][0])
+    assert kind == wire.HELLO
+    streams[0][1].write(wire.data_frame(wire.QUIT, b"0"))
+    assert await asyncio.wait_for(listener.wait(), 30) == 0
+    for _, w in streams:
+        w.close()
+        await w.wait_closed()
+    found = refusals(daemon_log)
+    assert {e["foreign_uid"] for e in found} == {"from 127.0.0.2, not 127.0.0.1"}
     assert {e["side"] for e in found} == {"local"}
 
 

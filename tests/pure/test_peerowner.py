@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.peerowner import GONE, owner_in_lsof, owner_in_proc_net
+from relay.peerowner import CLOSING, GONE, owner_in_lsof, owner_in_proc_net
 
 HEADER = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
@@ -13,10 +13,10 @@ HEADER = (
 )
 
 
-def row(sl: int, local: str, remote: str, uid: int) -> str:
+def row(sl: int, local: str, remote: str, uid: int, state: str = "01", inode: int = 1234) -> str:
     return (
-        f"  {sl:>2}: {local} {remote} 01 00000000:00000000 00:00000000 00000000 "
-        f"{uid:>5}        0 1234 1 0000000000000000 20 4 30 10 -1\n"
+        f"  {sl:>2}: {local} {remote} {state} 00000000:00000000 00:00000000 00000000 "
+        f"{uid:>5}        0 {inode} 1 0000000000000000 20 4 30 10 -1\n"
     )
 
 
@@ -41,6 +41,28 @@ def test_a_socket_that_is_gone_or_elsewhere_is_not_found() -> None:
     # right ports, but connected to another address than the loopback listener
     other = HEADER + row(0, "0A000001:C738", "0A000002:9C40", 1000)
     assert owner_in_proc_net(other, 0xC738, 0x9C40) == GONE
+
+
+def test_a_closing_socket_is_nobodys_not_roots() -> None:
+    """Issue 23: a stranger's socket that wrote and closed at once sits in FIN_WAIT2 or
+    TIME_WAIT, orphaned, its uid column 0 and its inode 0. That is never root's."""
+    for state, uid, inode in [("05", 0, 0), ("06", 0, 0), ("04", 1001, 5678), ("08", 0, 9)]:
+        table = HEADER + row(0, "0100007F:C738", "0100007F:9C40", uid, state, inode)
+        assert owner_in_proc_net(table, 0xC738, 0x9C40) == CLOSING, state
+    orphan = HEADER + row(0, "0100007F:C738", "0100007F:9C40", 0, "01", 0)
+    assert owner_in_proc_net(orphan, 0xC738, 0x9C40) == CLOSING
+    # a live socket of root's is root's; one that reuses a TIME_WAIT pair's ends is found
+    live = row(1, "0100007F:C738", "0100007F:9C40", 0)
+    assert owner_in_proc_net(HEADER + live, 0xC738, 0x9C40) == 0
+    old = row(0, "0100007F:C738", "0100007F:9C40", 0, "06", 0)
+    assert owner_in_proc_net(HEADER + old + live, 0xC738, 0x9C40) == 0
+
+
+def test_only_the_loopback_address_is_looked_up() -> None:
+    """A client bound to 127.0.0.2 (or the host's LAN address) that happens to use the same
+    port as one of the user's sockets is not that socket."""
+    table = HEADER + row(0, "0200007F:C738", "0100007F:9C40", 1000)
+    assert owner_in_proc_net(table, 0xC738, 0x9C40) == GONE
 
 
 def test_ipv4_mapped_sockets_in_tcp6() -> None:

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from relay.errors import ConnectFailed, PeerCheckUnavailable
-from relay.peerowner import GONE, UNKNOWN
+from relay.peerowner import CLOSING, GONE, UNKNOWN
 from relay.ssh.guard import PeerGuard
 
 
@@ -25,21 +25,31 @@ def guard(answer: int | Exception, *, can_tell: bool = True, enabled: bool = Tru
 @pytest.mark.parametrize(
     ("answer", "admitted"),
     [(1000, True), (1001, False), (0, False), (GONE, False), (UNKNOWN, False),
-     (ConnectFailed("h: SSH connection lost"), False)],
+     (CLOSING, False), (ConnectFailed("h: SSH connection lost"), False)],
 )  # fmt: skip
 async def test_only_the_logins_own_uid_gets_through(
     answer: int | Exception, admitted: bool
 ) -> None:
-    assert await guard(answer).admit(40000, 50000, "data of 1@a,2@a") is admitted
+    assert await guard(answer).admit("127.0.0.1", 40000, 50000, "data of 1@a,2@a") is admitted
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", "10.0.0.5", "::1", ""])
+async def test_only_the_listeners_loopback_address_is_admitted(host: str) -> None:
+    """The user's own uid from another local address is refused without a look-up."""
+    assert await guard(ConnectFailed("never asked")).admit(host, 40000, 50000, "x") is False
+    assert await guard(1000).admit("::ffff:127.0.0.1", 40000, 50000, "x") is True
 
 
 async def test_off_admits_without_asking() -> None:
-    assert await guard(ConnectFailed("never asked"), enabled=False).admit(1, 2, "x") is True
+    assert (
+        await guard(ConnectFailed("never asked"), enabled=False).admit("127.0.0.1", 1, 2, "x")
+        is True
+    )
 
 
 async def test_a_host_that_cannot_tell_refuses_and_fails_launches_at_once() -> None:
     blind = guard(1000, can_tell=False)
-    assert await blind.admit(1, 2, "x") is False
+    assert await blind.admit("127.0.0.1", 1, 2, "x") is False
     with pytest.raises(PeerCheckUnavailable, match=re.escape('peer_check = "off" in [hosts.h]')):
         blind.require()
     guard(1000, can_tell=False, enabled=False).require()  # off: nothing to require
@@ -50,7 +60,7 @@ async def test_refusals_are_logged_once_per_uid_per_window_with_a_count(
 ) -> None:
     stranger = guard(1001)
     for _ in range(50):
-        assert not await stranger.admit(40000, 50000, "data of 1@a,2@a")
+        assert not await stranger.admit("127.0.0.1", 40000, 50000, "data of 1@a,2@a")
     lines = [json.loads(line) for line in daemon_log.getvalue().splitlines()]
     refused = [e for e in lines if e["event"].startswith("refused a connection")]
     assert len(refused) == 1 and refused[0]["foreign_uid"] == 1001
