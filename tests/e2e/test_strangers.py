@@ -9,8 +9,12 @@ import asyncio
 import io
 import json
 import os
+import pwd
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +22,14 @@ import pytest
 from relay.sim import frontend, wire
 from relay.sim.frontend import read_data
 from relay.sim.sshd import ThrowawaySSHD
-from tests.conftest import SIM_KERNEL, RelayHome, RunningDaemon, run_shim, start_daemon
+from tests.conftest import (
+    SIM_KERNEL,
+    KernelGate,
+    RelayHome,
+    RunningDaemon,
+    run_shim,
+    start_daemon,
+)
 from tests.e2e.helpers import controller, expose_listening_kernel, request
 
 STRANGER = Path(__file__).with_name("stranger.py")
@@ -214,6 +225,110 @@ async def test_the_users_own_process_from_another_local_address_is_refused_local
     found = refusals(daemon_log)
     assert {e["foreign_uid"] for e in found} == {"from 127.0.0.2, not 127.0.0.1"}
     assert {e["side"] for e in found} == {"local"}
+
+
+PEER_USER = "relaypeer"  # a login that is not root: its kernels run as another uid than ours
+
+
+@dataclass
+class PeerLogin:
+    """A real non-root account on the "remote host", and an sshd that lets relay log in as it."""
+
+    name: str
+    uid: int
+    home: Path
+    sshd: ThrowawaySSHD
+
+
+@pytest.fixture(scope="module")
+def peer_login(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerLogin]:
+    home = Path(tempfile.mkdtemp(prefix="relaypeer-", dir="/tmp"))
+    created = False
+    try:
+        pwd.getpwnam(PEER_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--no-create-home", "--home-dir", str(home), "--shell", "/bin/sh",
+             "--no-user-group", "--gid", str(NOBODY), PEER_USER],
+            check=True,
+        )  # fmt: skip
+        created = True
+    entry = pwd.getpwnam(PEER_USER)
+    server = ThrowawaySSHD(
+        tmp_path_factory.mktemp("peersshd"),
+        options={"AuthorizedKeysFile": str(home / "authorized_keys")},
+    )
+    server.prepare()
+    (home / "authorized_keys").write_text(server.authorized_keys.read_text())
+    home.chmod(0o755)
+    # the kernel simulator, where the user can run it (the venv's interpreter may sit in a
+    # home only root can enter): the system's Python 3 with relay's own package beside it
+    shutil.copytree(Path(__file__).parents[2] / "relay", home / "relay")
+    # sshd reads authorized_keys as the user; its home must be the one passwd gives it
+    # (and with UsePAM no, sshd refuses a locked account: useradd's "!" password is locked,
+    # "*" is merely no password, which key authentication does not need)
+    subprocess.run(["usermod", "--home", str(home), "--password", "*", PEER_USER], check=True)
+    for path in (home, home / "authorized_keys"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    server.user = PEER_USER
+    try:
+        with server:
+            yield PeerLogin(PEER_USER, entry.pw_uid, home, server)
+    finally:
+        if created:
+            subprocess.run(["userdel", "--force", PEER_USER], check=False)  # sessions may linger
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_a_strangers_closing_socket_is_refused_for_a_non_root_login(
+    home: RelayHome, peer_login: PeerLogin, daemon_log: io.StringIO
+) -> None:
+    """The same attack when relay logs in as an ordinary user: the kernel runs as that user,
+    which cannot become the stranger itself, so the test runs the stranger while the kernel
+    waits at a gate, its ports written down."""
+    home.sshd = peer_login.sshd
+    async with KernelGate(peer_login.home / "gate") as gate:
+        gate.path.chmod(0o777)
+        ports = peer_login.home / "ports"
+        script = peer_login.home / "gated-kernel.sh"
+        script.write_text(
+            "#!/bin/sh\n"
+            'prev=; for a; do [ "$prev" = -LinkName ] && name=$a; prev=$a; done\n'
+            "p1=${name%%@*}; rest=${name#*,}; p2=${rest%%@*}\n"
+            f'echo "$p1 $p2" >{ports}.new && mv {ports}.new {ports}\n'
+            f"PYTHONPATH={peer_login.home} exec {SYSTEM_PYTHON} -c "
+            '"import sys; from relay.sim.kernel import main; sys.exit(main())" '
+            f'-simgate {gate.path} "$@"\n'
+        )
+        script.chmod(0o755)
+        home.add_host("peer", user=peer_login.name, kernel=str(script), dynamic=False)
+        async with start_daemon(home):
+            for _ in range(CLOSING_ROUNDS):
+                gate.arrived.clear()
+                async with controller(home, host="peer", kernel=str(script)) as fe:
+                    # the kernel reaches its gate, or the shim says why it could not
+                    arrived = asyncio.ensure_future(gate.arrived.wait())
+                    ended = asyncio.ensure_future(fe.proc.wait())
+                    await asyncio.wait({arrived, ended}, timeout=60, return_when="FIRST_COMPLETED")
+                    ended.cancel()
+                    assert arrived.done(), await fe.result()
+                    p1, p2 = ports.read_text().split()
+                    stranger = await asyncio.create_subprocess_shell(
+                        f"{AS_NOBODY} --closing 8 {p1} {p2}", stdout=asyncio.subprocess.PIPE
+                    )
+                    out, _ = await asyncio.wait_for(stranger.communicate(), 60)
+                    assert all(s["connected"] for s in json.loads(out).values()), out
+                    gate.open()
+                    kl = await fe.link.accept(60)
+                    assert await kl.echo(b"mine") == b"mine"
+                    assert fe.link.extra_connections == 0, "the front end saw the stranger"
+                    await kl.quit(0)
+                    status, _, err = await fe.result()
+                    assert status == 0, err
+                    await kl.aclose()
+                gate.opened = False
+    found = refusals(daemon_log)
+    assert found and {e["side"] for e in found} == {"remote"}
 
 
 @pytest.fixture(scope="module")
