@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import socket
 
 import pytest
 
 from relay.errors import ConnectFailed, PeerCheckUnavailable
-from relay.peerowner import CLOSING, GONE, UNKNOWN
+from relay.peerowner import CLOSING, GONE, UNKNOWN, has_proc_net, proc_net_owner
 from relay.ssh.guard import PeerGuard
 
 
@@ -65,3 +67,23 @@ async def test_refusals_are_logged_once_per_uid_per_window_with_a_count(
     refused = [e for e in lines if e["event"].startswith("refused a connection")]
     assert len(refused) == 1 and refused[0]["foreign_uid"] == 1001
     assert stranger.refusals.total == 50
+
+
+def test_this_machines_look_up_finds_a_closing_socket_nobodys() -> None:
+    """The front end's machine's own look-up, on a real socket the client closed at once
+    (FIN_WAIT2, orphaned: uid 0, inode 0 in /proc/net/tcp): nobody's, whoever the daemon
+    runs as; the same client's live socket is ours."""
+    if not has_proc_net():
+        pytest.skip("no /proc/net/tcp on this machine")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        listen_port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", listen_port))
+        client_port = client.getsockname()[1]
+        accepted, _ = server.accept()
+        with accepted:
+            assert proc_net_owner(client_port, listen_port) == os.getuid()
+            client.sendall(b"x")
+            client.shutdown(socket.SHUT_WR)
+            client.close()
+            assert accepted.recv(2) == b"x" and accepted.recv(1) == b""
+            assert proc_net_owner(client_port, listen_port) == CLOSING
