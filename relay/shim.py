@@ -220,6 +220,23 @@ def _connect_to_starting(path: str) -> _socket.socket:
             time.sleep(0.05)
 
 
+# How the daemon is started: the relay this shim runs, whatever directory the front end started
+# the shim in and whatever its environment says. ``-m relay`` would put that directory first on
+# sys.path, so a ``relay.py`` (or ``asyncssh.py``...) anyone left in a shared /tmp or a download
+# folder would run as the user, and a checkout of another relay there would break the start.
+# Hence ``-I`` (isolated): ``-P``, no such directory on sys.path; ``-E``, no PYTHON* variable,
+# among them PYTHONPATH, PYTHONHOME and PYTHONWARNINGS (whose categories get imported); ``-s``,
+# no user site-packages, which PYTHONUSERBASE moves anywhere even under ``-E`` (so ``-P -E``
+# is not enough). What ``-I`` takes from a relay installed with ``pip install --user`` or found
+# on PYTHONPATH, the directory this relay came from gives back: it goes first on sys.path
+# unless the interpreter has it already, so the daemon's relay is the shim's own, ahead of
+# anything else, with the dependencies installed beside it.
+_SERVE = (
+    "import sys; r = sys.argv.pop(1); sys.path[:0] = [] if r in sys.path else [r]; "
+    "from relay.cli import main; sys.exit(main())"
+)
+
+
 def _start_daemon(path: str) -> str:
     """Start ``relay serve`` in the background; return its first word (``ready``/``busy``)."""
     import subprocess  # noqa: PLC0415 (only on the rare autostart path)
@@ -236,8 +253,10 @@ def _start_daemon(path: str) -> str:
         subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "relay",
+                "-I",
+                "-c",
+                _SERVE,
+                os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # relay's root
                 "serve",
                 "--ready-fd",
                 str(write_fd),

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
 import socket
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
+import relay
 from relay import control as control_mod
-from relay import framing
+from relay import framing, shim
 from relay.control import DaemonRunning
 from relay.daemon import serve
 from relay.settings import RelayConfig
-from tests.conftest import RelayHome, RunningDaemon, run_shim, start_daemon
+from tests.conftest import RELAY, RelayHome, RunningDaemon, ShimResult, run_shim, start_daemon
 
 
 async def request(path: str, data: bytes) -> list[dict[str, object]]:
@@ -172,6 +175,112 @@ async def test_autostart_reports_a_broken_config(home: RelayHome) -> None:
     result = await run_shim(home, "a", "/k", "1@a,2@a")
     assert result.status == 3
     assert "could not start" in result.stderr and "hosts.a" in result.stderr
+
+
+def stop_autostarted(home: RelayHome) -> None:
+    """End a daemon a test's shim started (SIGTERM), and wait until it has let go of its
+    lock: the daemon is no child of the test's, so its pid is read from the lock file."""
+    lock = home.socket.with_name("relay.sock.lock")
+    if not lock.exists():
+        return
+    text = lock.read_text().strip()
+    if text:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(text), signal.SIGTERM)
+    probe = subprocess.run(["flock", "-w", "30", str(lock), "true"], check=False)
+    assert probe.returncode == 0
+
+
+async def run_shim_in(
+    home: RelayHome, cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> ShimResult:
+    """``run_shim`` from another directory: where a front end happened to start it."""
+    proc = await asyncio.create_subprocess_exec(
+        RELAY,
+        "launch",
+        *args,
+        cwd=cwd,
+        env=env or home.env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return ShimResult(proc.returncode, out.decode(), err.decode())
+
+
+def plant(directory: Path, marker: Path, *names: str) -> None:
+    """Modules someone left in a shared directory, each leaving ``marker`` when imported."""
+    code = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    for name in names:
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(code)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        ("relay.py", "asyncssh.py", "structlog.py", "pydantic.py"),  # a planted module
+        ("relay/__init__.py", "relay/__main__.py"),  # a checkout of relay, without __version__
+    ],
+)
+async def test_autostart_imports_nothing_from_the_current_directory(
+    home: RelayHome, tmp_path: Path, planted: tuple[str, ...]
+) -> None:
+    """The front end starts the shim in whatever directory it is in (a download folder, a
+    shared /tmp): what lies there must not run in, nor break, the daemon it starts."""
+    shared, marker = tmp_path / "shared", tmp_path / "imported"
+    plant(shared, marker, *planted)
+    home.config.write_text("[daemon]\nallow_adhoc_hosts = false\n")
+    try:
+        result = await run_shim_in(home, shared, "nosuchalias", "/k", "1@a,2@a")
+    finally:
+        stop_autostarted(home)
+    assert not marker.exists(), marker.read_text()
+    assert result.status == 1 and "unknown host alias" in result.stderr, result  # it answered
+
+
+# The shim leaves the daemon it started running and never waits for it; in a test's own process
+# subprocess says so when it drops the handle.
+left_running = pytest.mark.filterwarnings("ignore:subprocess .* is still running:ResourceWarning")
+
+
+@left_running
+@pytest.mark.parametrize(
+    "variable",
+    ["PYTHONPATH", "PYTHONHOME"],
+)
+def test_autostart_ignores_python_variables_of_the_environment(
+    home: RelayHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """The front end's environment is handed on to the daemon, but the daemon runs the relay
+    the shim runs: a planted ``relay`` or dependency on PYTHONPATH does not win, and
+    PYTHONHOME (the standard library's place) is not followed. In process: a shim run with
+    PYTHONPATH would import the planted relay itself, before any autostart."""
+    planted, marker = tmp_path / "planted", tmp_path / "imported"
+    plant(planted, marker, "relay/__init__.py", "asyncssh.py", "structlog.py", "pydantic.py")
+    home.config.write_text("[daemon]\nallow_adhoc_hosts = false\n")
+    for name, value in home.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(variable, str(planted))
+    try:
+        sock = shim.daemon_socket(str(home.socket), autostart=True)  # a bare _socket.socket
+        try:
+            sock.sendall(framing.encode({"op": "ping"}))
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                assert chunk, answer
+                answer += chunk
+        finally:
+            sock.close()
+        reply = framing.decode(answer)
+    finally:
+        stop_autostarted(home)
+    assert not marker.exists(), marker.read_text()
+    assert reply["event"] == "pong" and reply["version"] == relay.__version__
 
 
 def test_peer_uid_is_read_from_the_socket() -> None:
