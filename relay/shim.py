@@ -235,54 +235,133 @@ _SERVE = (
     "import sys; r = sys.argv.pop(1); sys.path[:0] = [] if r in sys.path else [r]; "
     "from relay.cli import main; sys.exit(main())"
 )
+EXIT_WAIT_S = 2.0  # a daemon that closed its ready pipe unsaid is on its way out
+# what relay.log withholds (relay.log._SECRET_WORDS); that module imports structlog
+_SECRET_WORDS = ("password", "passphrase", "passwd", "secret", "token", "private_key")
+QUOTE_CHARS = 300
 
 
 def _start_daemon(path: str) -> str:
-    """Start ``relay serve`` in the background; return its first word (``ready``/``busy``)."""
+    """Start ``relay serve`` in the background; return its first word (``ready``/``busy``).
+    A daemon that exits before its word is reported as such, with its status and the last
+    line it wrote (its stderr goes to its log): the cause, at once, rather than a wait of
+    AUTOSTART_WAIT_S that never happened."""
     import subprocess  # noqa: PLC0415 (only on the rare autostart path)
 
     log_path = os.path.join(os.path.dirname(path), "relay.log")
-    read_fd, write_fd = os.pipe()
-    env = dict(os.environ, RELAY_SOCKET=path)
-    # O_NOFOLLOW: a symlink planted in place of the log must not redirect the daemon's output
+    # O_NOFOLLOW: a symlink planted in place of the log must not redirect the daemon's output.
+    # O_RDWR: what the daemon wrote before it died is read back through this same file.
     try:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        log_fd = os.open(log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:  # ELOOP: a symlink stands where the log goes
         raise ShimError(f"cannot open the daemon's log {log_path}: {exc.strerror}") from None
-    with open(log_fd, "ab") as log:
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-I",
-                "-c",
-                _SERVE,
-                os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # relay's root
-                "serve",
-                "--ready-fd",
-                str(write_fd),
-                "--log-file",
-                log_path,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,  # whatever escapes the logger (a crash) lands there too
-            pass_fds=(write_fd,),
-            start_new_session=True,
-            env=env,
-        )
-    os.close(write_fd)
+    read_fd, write_fd = os.pipe()
     try:
-        ready, _, _ = select.select([read_fd], [], [], AUTOSTART_WAIT_S)
-        said = os.read(read_fd, 4096).decode(errors="replace").strip() if ready else ""
+        log_start = os.fstat(log_fd).st_size  # the log's new part is this daemon's
+        try:
+            daemon = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-c",
+                    _SERVE,
+                    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # relay's root
+                    "serve",
+                    "--ready-fd",
+                    str(write_fd),
+                    "--log-file",
+                    log_path,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log_fd,  # whatever escapes the logger (a crash) lands there too
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                env=dict(os.environ, RELAY_SOCKET=path),
+            )
+        except OSError as exc:
+            raise ShimError(
+                f"cannot start the relay daemon ({sys.executable}): {exc.strerror}", EXIT_DAEMON
+            ) from None
+        finally:
+            os.close(write_fd)  # the daemon's copy alone is left: its exit is our EOF
+        said = _first_line(read_fd, AUTOSTART_WAIT_S)
+        if said is None:
+            raise ShimError(
+                f"the relay daemon did not start within {AUTOSTART_WAIT_S:g} s; see {log_path}",
+                EXIT_DAEMON,
+            )
+        if said == "ready" or said == "busy":
+            return said
+        if said.startswith("error "):
+            raise ShimError(f"the relay daemon could not start: {said[6:]}", EXIT_DAEMON)
+        try:
+            status: int | None = daemon.wait(EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            status = None
+        last = _last_line(log_fd, log_start)
     finally:
         os.close(read_fd)
-    if said == "ready" or said == "busy":
-        return said
-    if said.startswith("error "):
-        raise ShimError(f"the relay daemon could not start: {said[6:]}", EXIT_DAEMON)
+        os.close(log_fd)
     raise ShimError(
-        f"the relay daemon did not start within {AUTOSTART_WAIT_S:g} s; see {log_path}", EXIT_DAEMON
+        f"the relay daemon {_how_it_ended(status)}"
+        + (f": {last} (see {log_path})" if last else f" and said nothing; see {log_path}"),
+        EXIT_DAEMON,
     )
+
+
+def _first_line(fd: int, timeout_s: float) -> str | None:
+    """The first line written to ``fd``, stripped; what came before EOF if no whole line did;
+    None if ``timeout_s`` passed first."""
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        try:
+            ready, _, _ = select.select([fd], [], [], left)
+        except InterruptedError:
+            continue
+        if not ready:
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.partition(b"\n")[0].decode(errors="replace").strip()
+
+
+def _how_it_ended(status: int | None) -> str:
+    if status is None:
+        return "closed its ready pipe without a word"
+    if status < 0:
+        import signal  # noqa: PLC0415 (only when a daemon died; enum comes with it)
+
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def _last_line(fd: int, start: int) -> str:
+    """The last non-blank line of the file ``fd`` from ``start`` on, as one line of at most
+    QUOTE_CHARS printable characters, cut after any word that announces a secret: it ends
+    up on the front end's stderr, which a person reads and a terminal interprets."""
+    end = os.fstat(fd).st_size
+    start = max(start, end - 8192)
+    text = os.pread(fd, end - start, start).decode(errors="replace") if end > start else ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = "".join("?" if ch < " " or "\x7f" <= ch <= "\x9f" else ch for ch in lines[-1].strip())
+    lower = line.lower()
+    for word in _SECRET_WORDS:
+        at = lower.find(word)
+        if at >= 0:
+            line, lower = line[: at + len(word)] + " [...]", lower[: at + len(word)]
+    return line if len(line) <= QUOTE_CHARS else line[:QUOTE_CHARS] + "..."
 
 
 class _Session:

@@ -10,6 +10,8 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -281,6 +283,82 @@ def test_autostart_ignores_python_variables_of_the_environment(
         stop_autostarted(home)
     assert not marker.exists(), marker.read_text()
     assert reply["event"] == "pong" and reply["version"] == relay.__version__
+
+
+async def test_autostart_names_why_the_daemon_died(home: RelayHome) -> None:
+    """A daemon that dies at start-up (here: a socket path longer than AF_UNIX allows, so it
+    cannot listen) is reported at once, with its status and its last word, not as 15 s
+    that never passed."""
+    home.config.write_text("")
+    long = home.dir / "run" / ("x" * 120 + ".sock")
+    env = dict(home.env, RELAY_SOCKET=str(long))
+    started = time.monotonic()
+    result = await run_shim_in(home, home.dir, "a", "/k", "1@a,2@a", env=env)
+    took = time.monotonic() - started
+    assert result.status == 3, result
+    (line,) = result.stderr.splitlines()
+    assert "within" not in line and "exited" in line and "too long" in line, line
+    assert took < 10
+
+
+def _fake_python(tmp_path: Path, script: str) -> Path:
+    exe = tmp_path / "python"
+    exe.write_text("#!/bin/sh\n" + script)
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.mark.parametrize(
+    ("script", "says"),
+    [
+        (
+            "echo 'Traceback (most recent call last):' >&2\n"
+            "printf 'RuntimeError: the \\033[31mreal\\033[0m cause\\n\\n' >&2\nexit 7\n",
+            "exited with status 7: RuntimeError: the ?[31mreal?[0m cause",
+        ),
+        (
+            "echo 'ValueError: bad passphrase hunter2 for key' >&2\nexit 1\n",
+            "exited with status 1: ValueError: bad passphrase",
+        ),
+        ("kill -9 $$\n", "was killed by SIGKILL"),
+        ("exit 0\n", "exited with status 0 and said nothing"),
+    ],
+)
+def test_autostart_quotes_the_last_line_of_a_daemon_that_exits(
+    home: RelayHome,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    script: str,
+    says: str,
+) -> None:
+    """Its status and the last line it left in the log, one line, no control characters,
+    and nothing after a word that announces a secret."""
+    monkeypatch.setattr(sys, "executable", str(_fake_python(tmp_path, script)))
+    home.socket.parent.mkdir(mode=0o700)
+    (home.socket.parent / "relay.log").write_text("an older daemon's last words\n")
+    with pytest.raises(shim.ShimError) as caught:
+        shim.daemon_socket(str(home.socket), autostart=True)
+    message = str(caught.value)
+    assert caught.value.status == shim.EXIT_DAEMON
+    assert says in message and "\n" not in message and "\033" not in message, message
+    assert "hunter2" not in message and "older" not in message
+
+
+@left_running
+def test_autostart_gives_up_only_once_its_wait_has_passed(
+    home: RelayHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "pid"
+    exe = _fake_python(tmp_path, f"echo $$ > {pid_file}\nexec sleep 60\n")
+    monkeypatch.setattr(sys, "executable", str(exe))
+    monkeypatch.setattr(shim, "AUTOSTART_WAIT_S", 0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(shim.ShimError, match=r"did not start within 0.5 s"):
+            shim.daemon_socket(str(home.socket), autostart=True)
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert time.monotonic() - started >= 0.5
 
 
 def test_peer_uid_is_read_from_the_socket() -> None:
