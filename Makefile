@@ -4,8 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SSHD   ?= /usr/sbin/sshd
+SLURMCTLD ?= /usr/sbin/slurmctld
+SOCKET_ACTIVATE ?= $(shell command -v systemd-socket-activate)
 
-.PHONY: bench bench-quick install compile system-packages demo demo-slurm test check lint typecheck clean deploy
+.PHONY: bench bench-quick install compile base-packages system-packages demo demo-slurm test check lint typecheck clean deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,33 +19,38 @@ $(VENV)/.installed: pyproject.toml
 compile: $(VENV)/.installed
 	@$(PY) -m compileall -q relay bench
 
-# Debian's packages: OpenSSH's sshd (the demo and the tests run against a real one), and
-# systemd's tools (the tests verify the unit files and socket activation with them).
+# Debian's packages for make demo and make test (README, "Set-up"): OpenSSH's sshd (the demo
+# and the tests run against a real one), and systemd's tools (the tests verify the unit files
+# and socket activation with them). Nothing else: the tests marked slurm skip, saying why.
 APT_NEEDS := $(if $(wildcard $(SSHD)),,openssh-server) \
-             $(if $(shell command -v systemd-socket-activate),,systemd)
-# Slurm (relay.sim.slurm: the tests marked slurm, make demo-slurm): slurmctld, slurmd, the
-# clients and munge. --no-install-recommends is enough: every plugin relay's cluster loads is in
+             $(if $(SOCKET_ACTIVATE),,systemd)
+# Slurm, by make system-packages only (relay.sim.slurm: the tests marked slurm, make
+# demo-slurm; .ci/run installs it): slurmctld, slurmd, the clients and munge.
+# --no-install-recommends is enough: every plugin relay's cluster loads is in
 # slurm-wlm-basic-plugins, a Depends; the Recommends add only slurm-wlm-plugins (hdf5, rrd,
 # influxdb, ipmi, rocm-smi, jwt and their -dev packages): 8 new packages instead of 42 on a
 # bookworm machine that had sshd and systemd (apt-get -s, docs/slurm-cluster.md).
-APT_NEEDS_NO_RECOMMENDS := $(if $(wildcard /usr/sbin/slurmctld),,slurmctld slurmd slurm-client munge)
-system-packages:
-	@if [ -n "$(strip $(APT_NEEDS) $(APT_NEEDS_NO_RECOMMENDS))" ]; then \
-	  echo "installing $(strip $(APT_NEEDS) $(APT_NEEDS_NO_RECOMMENDS)) (Debian)"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq; fi
+APT_NEEDS_NO_RECOMMENDS := $(if $(wildcard $(SLURMCTLD)),,slurmctld slurmd slurm-client munge)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
+base-packages:
 	@if [ -n "$(strip $(APT_NEEDS))" ]; then \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_NEEDS) >/dev/null; fi
+	  echo "installing $(strip $(APT_NEEDS)) (Debian)"; \
+	  $(APT) update -qq && $(APT) install -y -qq $(APT_NEEDS) >/dev/null; fi
+
+system-packages: base-packages
 	@if [ -n "$(strip $(APT_NEEDS_NO_RECOMMENDS))" ]; then \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  echo "installing $(strip $(APT_NEEDS_NO_RECOMMENDS)) (Debian)"; \
+	  $(APT) update -qq && $(APT) install -y -qq --no-install-recommends \
 	    $(APT_NEEDS_NO_RECOMMENDS) >/dev/null; fi
 
-install: $(VENV)/.installed compile system-packages
+install: $(VENV)/.installed compile base-packages
 
 demo: install
 	$(PY) -m relay.sim.demo
 
 # Kernels on a real one-machine Slurm cluster's compute node, through its login node (root).
-demo-slurm: install
+demo-slurm: install system-packages
 	$(PY) -m relay.sim.demo_slurm
 
 test: install

@@ -5,6 +5,11 @@ never only against asyncssh's. sshd cannot bind port 0 (its config parser refuse
 free port is picked by the kernel, released, and handed to sshd; if another process takes it in
 between, sshd says so and another port is tried (bounded). Readiness is sshd's own
 ``Server listening on`` log line, not a sleep.
+
+The "remote host" is this machine and the login this user, so the sessions get a HOME of
+their own (``dir/home``, sshd's ``SetEnv``, which OpenSSH applies after its own HOME): what
+relay writes in the remote home (the kernel hook under ``~/.cache/relay``) stays in the
+throwaway directory, never in the user's real home.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ class ThrowawaySSHD:
         # test can give it a PAM stack of its own (/etc/pam.d/<name>)
         self.program = program
         self.user = getpass.getuser()
+        self.own_user = self.user  # whose real home the sessions must not touch
+        self.home = self.dir / "home"  # the sessions' HOME when they log in as own_user
         self.host_key = self.dir / "ssh_host_ed25519_key"
         self.client_key = self.dir / "id_ed25519"
         self.known_hosts = self.dir / "known_hosts"
@@ -100,6 +107,7 @@ class ThrowawaySSHD:
         """Generate the host and client keys (start() does it too): a test can then write a
         relay.toml for a server that is not up yet."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(mode=0o700, exist_ok=True)
         if not self.host_key.exists():
             _keygen(self.host_key, "relay-test-host")
         if not self.client_key.exists():
@@ -127,6 +135,12 @@ class ThrowawaySSHD:
             **({"Subsystem": "sftp internal-sftp"} if self.sftp else {}),
             **self.options,
         }
+        if self.user == self.own_user:
+            # sshd keeps only the first SetEnv line, and the first value of a name in it: one
+            # line, a test's own values (its own HOME too) before this one
+            setenv = [self.options.get("SetEnv", ""), f'"HOME={self.home}"']
+            options["SetEnv"] = " ".join(word for word in setenv if word)
+        # else an account a test made (``user`` set): it has a throwaway home of its own
         path = self.dir / "sshd_config"
         path.write_text("".join(f"{k} {v}\n" for k, v in options.items()))
         return path
