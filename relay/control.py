@@ -172,6 +172,7 @@ class Conversation:
         if isinstance(req, protocol.ReloadRequest):
             return daemon.reload(force=True)
         if isinstance(req, protocol.HostKeyRequest):
+            daemon.note_client(req.ssh_auth_sock)
             return await daemon.host_key(req.host)
         if isinstance(req, protocol.CheckRequest):
             daemon.note_client(req.ssh_auth_sock)

@@ -16,7 +16,8 @@ Requests (client -> daemon)::
     {"v":1,"op":"stop"}           # relay stop: answered, then a graceful shutdown (as SIGTERM)
     {"v":1,"op":"reload"}         # relay reload: re-read relay.toml (also on SIGHUP, and when
                                   # the file changed, before any request)
-    {"v":1,"op":"hostkey","host":H}  # relay trust: the key H offers and whether it is known
+    {"v":1,"op":"hostkey","host":H,"ssh_auth_sock":S}  # relay trust: the key H offers, and
+        #   whether it is known
     {"v":1,"op":"check","host":H,"kernel":K|null,"ssh_auth_sock":S}  # relay check: answered by
         #   one "checked" event with "results", a list of relay.checkview.Result
     {"v":1,"op":"login","host":H,"ssh_auth_sock":S}  # relay login: (re)open H's connection,
@@ -83,6 +84,7 @@ class ReloadRequest(_Message):
 class HostKeyRequest(_Message):
     op: Literal["hostkey"]
     host: HostField
+    ssh_auth_sock: AgentSocket = None  # a jump host on the way may want the client's agent
 
 
 class LoginRequest(_Message):
