@@ -412,10 +412,12 @@ def _connect(host: str, *, autostart: bool, kernels: int = 0, kernel: str = "") 
         )
     found = answer.get("kernel")
     if found is not None and not found["found"]:
+        from relay.errors import host_header  # noqa: PLC0415
+
         print(
             f"relay: kernel executable {found['path']!r} not found or not executable on "
             f"{answer['host']}: pass the right one with --kernel, or set 'kernel' in "
-            f"[hosts.{answer['host']}]",
+            + host_header(answer["host"]),
             file=sys.stderr,
         )
         return 1

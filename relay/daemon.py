@@ -48,6 +48,7 @@ from relay.errors import (
     ForwardFailed,
     RelayError,
     ShuttingDown,
+    host_header,
 )
 from relay.kernels import Kernel, launch, new_kernel_id
 from relay.linkname import LinkName, LinkNameError
@@ -179,7 +180,7 @@ class Daemon:
         if not kernel:
             raise BadRequest(
                 f"no kernel given: pass the kernel path as KERNEL or set 'kernel' "
-                f"in [hosts.{host.key}] of {self.config_source}"
+                f"in {host_header(host.key)} of {self.config_source}"
             )
         args = host.config.compute_args if req.mode == "compute" else host.config.controller_args
         kernel_id = new_kernel_id()

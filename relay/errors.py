@@ -36,6 +36,7 @@ __all__ = [
     "SupervisorFailed",
     "UnknownHost",
     "error_event",
+    "host_header",
 ]
 
 
@@ -169,3 +170,19 @@ def error_event(exc: BaseException) -> dict[str, Any]:
     if not isinstance(exc, RelayError):
         exc = Internal(f"relay failed unexpectedly: {exc!r} (see the daemon's log)")
     return {"event": "error", "code": exc.code, "message": exc.message}
+
+
+def host_header(name: str, table: str = "") -> str:
+    """The TOML header of host ``name``'s table (``table``: one of its sub-tables, e.g.
+    ``slurm``), as a message suggests it: the name quoted when it is not a bare key."""
+    return "[hosts." + _toml_key(name) + (f".{table}" if table else "") + "]"
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
+        return key
+    escaped = "".join(
+        "\\" + c if c in '"\\' else f"\\u{ord(c):04X}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+        for c in key
+    )
+    return f'"{escaped}"'

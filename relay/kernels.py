@@ -33,7 +33,14 @@ from typing import Any, Literal
 import asyncssh
 import structlog
 
-from relay.errors import ConnectFailed, ConnectionLost, KernelExited, KernelMissing, LaunchTimeout
+from relay.errors import (
+    ConnectFailed,
+    ConnectionLost,
+    KernelExited,
+    KernelMissing,
+    LaunchTimeout,
+    host_header,
+)
 from relay.kernelcmd import build_argv
 from relay.linkname import LinkName
 from relay.ssh.forwards import CallbackForward, RemoteSlot
@@ -297,7 +304,7 @@ def _not_started(k: Kernel, kernel: str, exc: BaseException) -> BaseException:
         return KernelMissing(
             f"kernel executable {kernel!r} not found or not executable on "
             f"{k.host.key}: check the KERNEL argument or 'kernel' in "
-            f"[hosts.{k.host.key}]"
+            f"{host_header(k.host.key)}"
         )
     return KernelExited(
         f"the kernel on {k.host.key} exited with status {status} before "

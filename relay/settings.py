@@ -13,15 +13,22 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay import paths
-from relay.errors import BadRequest, ConfigError, UnknownHost
+from relay.errors import BadRequest, ConfigError, UnknownHost, host_header
 from relay.hostspec import HostSpec, HostSpecError
 from relay.kernelcmd import no_control_characters
 
-__all__ = ["DaemonConfig", "Environment", "HostConfig", "RelayConfig", "SlurmConfig", "load"]
+__all__ = [
+    "DaemonConfig",
+    "Environment",
+    "HostConfig",
+    "RelayConfig",
+    "SlurmConfig",
+    "load",
+]
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
 RemoteWord = Annotated[str, AfterValidator(no_control_characters)]  # reaches the remote shell
@@ -124,8 +131,25 @@ class DaemonConfig(_Strict):
 
 class RelayConfig(_Strict):
     daemon: DaemonConfig = DaemonConfig()
+    # the defaults of every host: a [hosts] table's own keys win; an ad-hoc host has these
     defaults: dict[str, Any] = {}
     hosts: dict[str, HostConfig] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_for_every_host(cls, data: Any) -> Any:
+        """Each [hosts] table on top of [defaults], before either is validated: a key from
+        [defaults] counts as set in relay.toml (it wins over ssh_config, as the host's own)."""
+        if not isinstance(data, dict):
+            return data
+        defaults, hosts = data.get("defaults"), data.get("hosts")
+        if not defaults or not isinstance(defaults, dict) or not isinstance(hosts, dict):
+            return data
+        merged = {
+            name: {**defaults, **table} if isinstance(table, dict) else table
+            for name, table in hosts.items()
+        }
+        return {**data, "hosts": merged}
 
     def host_defaults(self) -> HostConfig:
         return HostConfig.model_validate({"hostname": "-", **self.defaults})
@@ -144,7 +168,8 @@ class RelayConfig(_Strict):
         if not (self.daemon.allow_adhoc_hosts if adhoc is None else adhoc):
             known = ", ".join(sorted(self.hosts)) or "none"
             raise UnknownHost(
-                f"unknown host alias {name!r}: add [hosts.{name}] to {source} (configured: {known})"
+                f"unknown host alias {name!r}: add {host_header(name)} to {source} "
+                f"(configured: {known})"
             )
         return str(spec), self.host_defaults().with_spec(spec)
 
@@ -189,9 +214,18 @@ def load(path: Path | None = None) -> tuple[RelayConfig, Path]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    defaults = raw.get("defaults")
+    if isinstance(defaults, dict):  # said as defaults.KEY, not as each host's
+        if "hostname" in defaults:
+            raise ConfigError(
+                f"{path}: defaults.hostname: each host's own key (set it in its [hosts] table)"
+            )
+        try:
+            HostConfig.model_validate({"hostname": "-", **defaults})
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: defaults.{_describe(exc.errors()[0])}") from None
     try:
         config = RelayConfig.model_validate(raw)
-        config.host_defaults()
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc.errors()[0])}") from None
     for name, host in config.hosts.items():

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from relay.errors import host_header
+
 if TYPE_CHECKING:  # settings validates with this module's parsers
     from relay.settings import SlurmConfig
 
@@ -251,13 +253,13 @@ def pending_message(host: str, job: JobState, waited_s: float) -> str:
     return (
         f"Slurm job {job.id} on {host} is still {job.state.lower()} after {waited_s:g} s "
         f"(reason: {job.reason or 'none given'}); see `squeue -j {job.id}` on the login node, "
-        f"or raise launch_timeout_s / change [hosts.{host}.slurm]"
+        f"or raise launch_timeout_s / change {host_header(host, 'slurm')}"
     )
 
 
 def ended_message(host: str, job: JobState) -> str:
     what = ENDED.get(job.state, f"ended ({job.state})")
-    hint = " (time in [hosts." + host + ".slurm])" if job.state == "TIMEOUT" else ""
+    hint = f" (time in {host_header(host, 'slurm')})" if job.state == "TIMEOUT" else ""
     return f"Slurm job {job.id} on {host} {what}{hint}: its kernels were ended"
 
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from relay.errors import PeerCheckUnavailable, RelayError
+from relay.errors import PeerCheckUnavailable, RelayError, host_header
 from relay.log import RateLimited
 from relay.peerowner import CLOSING, GONE, UNKNOWN, has_proc_net, local_owner, lsof_path
 
@@ -101,7 +101,7 @@ class PeerGuard:
             raise PeerCheckUnavailable(
                 f"relay cannot tell which user connects to its listeners on {machine} (no "
                 f"/proc/net/tcp{'' if self.where == 'remote' else ' or lsof'}), so it will "
-                f'not carry links there; set peer_check = "off" in [hosts.{self.host}] to '
+                f'not carry links there; set peer_check = "off" in {host_header(self.host)} to '
                 f"accept such connections unverified, as ssh -R does"
             )
 

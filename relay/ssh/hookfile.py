@@ -17,14 +17,14 @@ from importlib.resources import files
 
 import asyncssh
 
-from relay.errors import HookInstallFailed
+from relay.errors import HookInstallFailed, host_header
 from relay.ssh.remote_scripts import hook_install_command
 
 __all__ = ["INIT_FILE", "HookFile", "install", "parse_answer"]
 
 INIT_FILE = "RelayKernelInit.wl"
 INSTALL_TIMEOUT_S = 30.0
-NO_DYNAMIC = "set dynamic = false in [hosts.{host}] to launch without Dynamic support"
+NO_DYNAMIC = "set dynamic = false in {header} to launch without Dynamic support"
 
 # hookinstall.sh's refusals, as what the person on the host should do
 _REFUSALS = {
@@ -79,7 +79,8 @@ def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: byt
     else:
         why = f"the installer ended with status {exit_status} and said {head[:80]!r}"
     raise HookInstallFailed(
-        f"cannot install relay's kernel hook on {host}: {why}; " + NO_DYNAMIC.format(host=host)
+        f"cannot install relay's kernel hook on {host}: {why}; "
+        + NO_DYNAMIC.format(header=host_header(host))
     )
 
 
@@ -100,5 +101,6 @@ async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile)
         stdout = result.stdout if isinstance(result.stdout, bytes) else b""
         return parse_answer(host, hook, result.exit_status, stdout)
     raise HookInstallFailed(
-        f"cannot install relay's kernel hook on {host}: {why}; " + NO_DYNAMIC.format(host=host)
+        f"cannot install relay's kernel hook on {host}: {why}; "
+        + NO_DYNAMIC.format(header=host_header(host))
     )

@@ -1,7 +1,7 @@
 """relay.toml and ssh_config merged into what one connection attempt uses. Pure.
 
 Precedence, keyword by keyword (README, "ssh_config"): a key set in relay.toml (for the host,
-or in ``[defaults]`` for ad-hoc hosts) wins; else the host's ssh_config value; else relay's
+or in ``[defaults]``, which every host takes) wins; else the host's ssh_config value; else relay's
 default. asyncssh reads the same ssh_config files itself, so keywords relay has no opinion on
 (IdentityAgent, CertificateFile, IdentitiesOnly, HostKeyAlias, HostKeyAlgorithms, ...) reach
 the connection as ssh would use them; relay passes explicitly only what it decides.

@@ -1,0 +1,92 @@
+"""relay.toml for a new user: [defaults] under every host, suggested [hosts.NAME] headers that
+are TOML, and a client's agent welcome on every request that may connect."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay import protocol
+from relay.errors import ConfigError, UnknownHost, host_header
+from relay.settings import load
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    return path
+
+
+def test_every_request_that_may_connect_carries_the_clients_agent() -> None:
+    """relay trust sends its SSH_AUTH_SOCK as launch, connect, login and check do (README,
+    "The agent"): a shell with an ssh-agent must not make it a bad request."""
+    for op in ("hostkey", "login", "connect", "check"):
+        req = protocol.parse_request({"v": 1, "op": op, "host": "h", "ssh_auth_sock": "/a.sock"})
+        assert req.model_dump()["ssh_auth_sock"] == "/a.sock"
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_a_suggested_host_header_is_valid_toml_naming_that_host(name: str) -> None:
+    text = f"{host_header(name)}\nhostname = 'x'\n"
+    assert tomllib.loads(text) == {"hosts": {name: {"hostname": "x"}}}
+    assert "\n" not in host_header(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "header"),
+    [
+        ("myhost", "[hosts.myhost]"),
+        ("my_host-2", "[hosts.my_host-2]"),
+        ("root@127.0.0.1:1", '[hosts."root@127.0.0.1:1"]'),
+        ("nosuchhost.invalid", '[hosts."nosuchhost.invalid"]'),
+        ('a"b\\c', '[hosts."a\\"b\\\\c"]'),
+    ],
+)
+def test_host_headers_quote_only_keys_that_need_it(name: str, header: str) -> None:
+    assert host_header(name) == header
+    assert host_header(name, "slurm") == header[:-1] + ".slurm]"
+
+
+def test_an_unknown_alias_suggests_a_header_that_parses(tmp_path: Path) -> None:
+    config, _ = load(write(tmp_path, "[daemon]\nallow_adhoc_hosts = false\n"))
+    with pytest.raises(UnknownHost) as info:
+        config.resolve("nosuchhost.invalid")
+    assert '[hosts."nosuchhost.invalid"]' in info.value.message
+
+
+def test_defaults_are_every_hosts_defaults_and_a_hosts_own_keys_win(tmp_path: Path) -> None:
+    config, _ = load(
+        write(
+            tmp_path,
+            "[defaults]\nlaunch_timeout_s = 7\nuser = 'd'\nspare_forwards = 2\n"
+            "[hosts.a]\nhostname = 'x'\nuser = 'u'\n"
+            "[hosts.b]\nhostname = 'y'\nspare_forwards = 0\n",
+        )
+    )
+    a, b = config.resolve("a")[1], config.resolve("b")[1]
+    assert (a.launch_timeout_s, a.user, a.spare_forwards) == (7, "u", 2)
+    assert (b.launch_timeout_s, b.user, b.spare_forwards) == (7, "d", 0)
+    assert "launch_timeout_s" in a.model_fields_set  # set in relay.toml: wins over ssh_config
+    adhoc = config.resolve("bob@z")[1]
+    assert (adhoc.launch_timeout_s, adhoc.user, adhoc.hostname) == (7, "bob", "z")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            "[defaults]\nlaunch_timeout_s = -1\n[hosts.a]\nhostname = 'x'\n",
+            "defaults.launch_timeout_s",
+        ),
+        ("[defaults]\nkernal = 'k'\n", "defaults.kernal: unknown key"),
+        ("[defaults]\nhostname = 'x'\n", "defaults.hostname: "),
+    ],
+)
+def test_defaults_errors_name_the_defaults_key(tmp_path: Path, text: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text))
+    assert f"{tmp_path / 'relay.toml'}: {says}" in str(info.value)
