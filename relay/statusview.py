@@ -108,8 +108,13 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
         f"{rss}, {d['fds']} fds, {d['tasks']} tasks"
         + (", SHUTTING DOWN" if d.get("stopping") else ""),
         f"socket {d['socket']}",
-        "",
     ]
+    if d.get("config_error"):  # a newer relay.toml that could not be used
+        lines.append(
+            f"CONFIG REJECTED: {d['config_error']} (the running configuration stays; "
+            f"fix the file and it is read again)"
+        )
+    lines.append("")
     hosts = status["hosts"]
     if hosts:
         lines += _table(

@@ -56,3 +56,17 @@ def test_a_slurm_hosts_jobs_show_state_reason_and_kernels_per_node() -> None:
     assert "RUNNING" in running and "n1 3/4, n2 0/4" in running and "9:58" in running
     pending = next(line for line in text.splitlines() if " 13 " in line)
     assert "PENDING" in pending and "Resources" in pending
+
+
+def test_a_rejected_relay_toml_is_shown_on_top() -> None:
+    """The README says a broken new file is reported in ``relay status``: the plain table too,
+    not only ``--json``."""
+    status = answer()
+    error = "/home/ada/.config/relay/relay.toml: hosts.cluster.kernal: unknown key"
+    status["daemon"]["config_error"] = error
+    lines = render(status, now=110.0).splitlines()
+    said = [line for line in lines if "relay.toml" in line]
+    assert said and error in said[0] and "running configuration" in said[0]
+    assert lines.index(said[0]) < 3  # before the hosts, where it is seen
+    status["daemon"]["config_error"] = None
+    assert "relay.toml" not in render(status, now=110.0)
