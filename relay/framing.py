@@ -5,8 +5,10 @@ standard library, and as little of it as it can (JSON is ``relay.minijson``). ``
 adds pydantic validation on the daemon side.
 
 Every message is a UTF-8 JSON object on one line, at most ``MAX_MESSAGE_BYTES`` including the
-newline, carrying ``"v": PROTOCOL_VERSION``. A connection carries requests from the client and
-events from the daemon; see ``relay.protocol`` for the messages themselves.
+newline, carrying ``"v": PROTOCOL_VERSION``, with no key twice in any of its objects (a
+message must mean one thing to every reader; see ``relay.minijson``). A connection carries
+requests from the client and events from the daemon; see ``relay.protocol`` for the messages
+themselves.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def decode_unbounded(line: bytes) -> dict[str, Any]:
         raise FramingError("message is not terminated by a newline (half-written?)")
     try:
         obj = minijson.loads(line.decode())
+    except minijson.DuplicateKey as exc:  # refused like any garbage, but naming the key
+        raise FramingError(f"message has the key {exc.key[:40]!r} twice") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise FramingError("message is not UTF-8 JSON") from None
     if not isinstance(obj, dict):

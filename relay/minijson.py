@@ -4,11 +4,17 @@
 import as the interpreter takes to start (measured in BENCHMARKS.md). The protocol's messages
 are small, so this codec is a plain recursive-descent parser and a writer, strict RFC 8259
 (no NaN, no trailing data), checked against ``json`` by property tests.
+
+Stricter than ``json`` in one way: an object with a key twice, at any depth, is refused
+(``DuplicateKey``). RFC 8259 leaves its meaning open; ``json`` keeps the last value, other
+readers the first, so ``{"op":"ping","op":"stop"}`` would be a stop to one reader and a ping
+to another (a log, a proxy): a message must mean one thing to every reader. The daemon and
+the shim both decode through this module (``relay.framing``).
 """
 
 from __future__ import annotations
 
-__all__ = ["dumps", "loads"]
+__all__ = ["DuplicateKey", "dumps", "loads"]
 
 _ESCAPES = {
     '"': '\\"',
@@ -21,6 +27,15 @@ _ESCAPES = {
 }
 _UNESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _MAX_DEPTH = 64
+
+
+class DuplicateKey(ValueError):
+    """An object that gives ``key`` twice (compared once unescaped: ``"a"`` and ``"\\u0061"``
+    are the same key)."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def _string(text: str) -> str:
@@ -106,7 +121,10 @@ class _Parser:
             self.ws()
             if not self.text.startswith('"', self.i):
                 raise self.fail("expected a string key")
+            at = self.i
             key = self.string()
+            if key in out:
+                raise DuplicateKey(f"invalid JSON at {at}: the key {key[:40]!r} twice", key)
             self.ws()
             if not self.text.startswith(":", self.i):
                 raise self.fail("expected ':'")

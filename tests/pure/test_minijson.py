@@ -36,10 +36,20 @@ def test_loads_reads_what_json_writes(value: object) -> None:
         assert minijson.loads(text) == value
 
 
+def _refuse_twice(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json's object hook that does what minijson does with a key given twice."""
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
 @given(st.text(max_size=60))
 def test_loads_accepts_exactly_what_json_accepts(text: str) -> None:
     try:
-        expected = json.loads(text)
+        expected = json.loads(text, object_pairs_hook=_refuse_twice)
     except (ValueError, RecursionError):
         with pytest.raises(ValueError, match="invalid JSON"):
             minijson.loads(text)
@@ -85,3 +95,45 @@ def test_surrogate_pairs_and_escapes() -> None:
 def test_depth_is_bounded() -> None:
     with pytest.raises(ValueError, match="nested too deeply"):
         minijson.loads("[" * 1000 + "]" * 1000)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('{"op":"ping","op":"stop"}', "op"),
+        ('{"a":1,"b":2,"a":1}', "a"),  # the same value twice is refused too
+        ('{"a":1,"\\u0061":2}', "a"),  # the same key, written another way
+        ('{"v":1,"x":{"h":1,"h":2}}', "h"),
+        ('[0,{"x":[{"k":null,"k":null}]}]', "k"),
+        ('{"":1,"":2}', ""),
+    ],
+)
+def test_a_key_given_twice_is_refused(text: str, key: str) -> None:
+    """``{"op":"ping","op":"stop"}`` is not ``{"op":"stop"}``: whoever reads the message
+    first (a log, a proxy, another JSON library) may have taken the other value."""
+    with pytest.raises(minijson.DuplicateKey, match="invalid JSON") as caught:
+        minijson.loads(text)
+    assert caught.value.key == key
+
+
+@pytest.mark.parametrize("text", ['{"a":{"a":1}}', '[{"a":1},{"a":2}]', '{"a":1,"A":2}'])
+def test_the_same_key_in_different_objects_is_fine(text: str) -> None:
+    assert minijson.loads(text) == json.loads(text)
+
+
+@given(
+    st.lists(st.tuples(st.text(max_size=2), values), max_size=6),
+    st.integers(min_value=0, max_value=4),
+)
+def test_a_key_twice_is_refused_at_any_depth(pairs: list[tuple[str, object]], depth: int) -> None:
+    text = "{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in pairs) + "}"
+    for _ in range(depth):
+        text = f'{{"w":[1,{text}]}}'
+    keys = [k for k, _ in pairs]
+    twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+    if twice is None:
+        assert minijson.loads(text) == json.loads(text)
+    else:
+        with pytest.raises(minijson.DuplicateKey) as caught:
+            minijson.loads(text)
+        assert caught.value.key == twice

@@ -27,11 +27,27 @@ def test_encode_decode() -> None:
         (b'{"v":2,"op":"ping"}\n', "version 2 is not supported"),
         (b'{"v":1,"op":"ping"}', "not terminated"),
         (b"x" * (framing.MAX_MESSAGE_BYTES + 1), "exceeds"),
+        (b'{"v":1,"op":"ping","op":"stop"}\n', "the key 'op' twice"),
+        (b'{"v":1,"v":1,"op":"ping"}\n', "the key 'v' twice"),
+        (b'{"v":1,"op":"connect","kernel":{"path":"a","path":"b"}}\n', "the key 'path' twice"),
+        (b'{"v":1,"op":"answers","answers":[{"x":1,"x":2}]}\n', "the key 'x' twice"),
     ],
 )
 def test_framing_errors(line: bytes, says: str) -> None:
     with pytest.raises(framing.FramingError, match=says):
         framing.decode(line)
+
+
+@given(st.text(), st.sampled_from(["{K:1,K:2}", '{"o":[{K:1,"x":0,K:1}]}']))
+def test_a_key_twice_is_named_in_one_short_line(key: str, shape: str) -> None:
+    """The daemon answers with this message: the key quoted, control characters escaped,
+    long keys cut short."""
+    line = shape.replace("K", json.dumps(key)).replace("{", '{"v":1,', 1).encode() + b"\n"
+    with pytest.raises(framing.FramingError) as caught:
+        framing.decode_unbounded(line)
+    message = str(caught.value)
+    assert "twice" in message and "\n" not in message and len(message) < 200
+    assert repr(key[:40]) in message
 
 
 def test_oversized_messages_are_not_encoded() -> None:

@@ -49,6 +49,8 @@ async def ping(path: str) -> None:
         (b'{"v":1,"op":"launch"}\n', "bad request"),
         (b'{"v":1,"op":"terminate"}\n', "terminate outside a launch"),
         (b"x" * (framing.MAX_MESSAGE_BYTES + 10) + b"\n", "exceeds"),
+        (b'{"v":1,"op":"ping","op":"status"}\n', "the key 'op' twice"),
+        (b'{"v":1,"op":"connect","host":"h","kernel":{"a":1,"a":2}}\n', "the key 'a' twice"),
     ],
 )
 async def test_garbage_gets_an_error_and_the_daemon_serves_on(
@@ -57,6 +59,21 @@ async def test_garbage_gets_an_error_and_the_daemon_serves_on(
     path = str(daemon.home.socket)
     (reply,) = await request(path, data)
     assert reply["event"] == "error" and says in str(reply["message"])
+    await ping(path)
+
+
+@pytest.mark.parametrize(
+    "data", [b'{"v":1,"op":"ping","op":"stop"}\n', b'{"v":1,"op":"stop","op":"ping"}\n']
+)
+async def test_a_message_with_a_key_twice_is_refused_whichever_comes_last(
+    daemon: RunningDaemon, data: bytes
+) -> None:
+    """Not the last value, not the first: neither the stop nor the ping is done."""
+    path = str(daemon.home.socket)
+    (reply,) = await request(path, data)
+    assert reply["event"] == "error" and reply["code"] == "bad_request", reply
+    assert "the key 'op' twice" in str(reply["message"])
+    assert not daemon.daemon.stopping and not daemon.task.done()
     await ping(path)
 
 
