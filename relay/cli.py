@@ -522,8 +522,17 @@ def _reload() -> int:
     answer = _daemon_answer({"op": "reload"}, "reloaded")
     if isinstance(answer, int):
         return answer
-    said = "read again; changes apply to each host's next connection"
-    print(f"relay: configuration {said if answer.get('changed') else 'unchanged'}")
+    path = answer.get("path", "relay.toml")
+    if not answer.get("found", True):  # supported: every host is an ad-hoc one or an alias
+        files = ", ".join(answer.get("ssh_config") or [])
+        print(f"relay: no {path}: running on ssh_config alone ({files})")
+    elif answer.get("changed"):
+        print(
+            f"relay: read {path} again: hosts take their entries now, connection settings "
+            f"from each host's next connection"
+        )
+    else:
+        print(f"relay: read {path} again: unchanged since relay last read it")
     return 0
 
 

@@ -128,15 +128,26 @@ class Daemon:
         self.config_path = Path(config_source)
         self._config_stamp = _stamp(self.config_path)
         self.config_error: str | None = None  # a newer file that could not be used
+        self._config_error_host: str | None = None  # the [hosts] entry at fault, if one is
         self.stop_requested: asyncio.Future[str] | None = None
 
     # -- hosts -----------------------------------------------------------------------------
     def host(self, name: str, *, adhoc: bool | None = None) -> HostSession:
+        self._refuse_if_rejected(name)
         key, cfg = self.config.resolve(name, self.config_source, adhoc=adhoc)
         session = self.hosts.get(key)
         if session is None:
             session = self.hosts[key] = self._new_session(key, cfg)
         return session
+
+    def _refuse_if_rejected(self, name: str) -> None:
+        """A name the running configuration has no entry for, while a newer relay.toml was
+        rejected for that entry (or for the file as a whole: it may be the one adding it), is
+        refused with the file's error: it is not an ad-hoc host by accident of a typo."""
+        if self.config_error is None or name in self.config.hosts:
+            return
+        if self._config_error_host in (None, name):
+            raise ConfigError(self.config_error, self._config_error_host)
 
     def _new_session(self, key: str, cfg: HostConfig) -> HostSession:
         return HostSession(
@@ -369,21 +380,30 @@ class Daemon:
     # -- steering --------------------------------------------------------------------------
     def reload(self, *, force: bool = False) -> dict[str, Any]:
         """Read relay.toml again if it changed (or ``force``): validated first, so a broken
-        file is reported (logged, in ``relay status``, to ``relay reload``) and the running
-        configuration stays. Host changes apply to each host's next connection."""
+        file is reported (logged, in ``relay status``, to ``relay reload``, to a launch of a
+        host it was meant to add) and the running configuration stays. No file is no [hosts]:
+        relay runs on ssh_config alone. Every host takes its entry as it now is (see
+        ``HostSession.reconfigure``), whatever came before."""
         stamp = _stamp(self.config_path)
+        read = {
+            "event": "reloaded",
+            "path": str(self.config_path),
+            "found": stamp is not None,
+            "ssh_config": list(self.config.daemon.ssh_config),
+        }
         if not force and stamp == self._config_stamp:
-            return {"event": "reloaded", "changed": False}
+            return {**read, "changed": False}
         self._config_stamp = stamp
         try:
-            config, _ = settings.load(self.config_path)
+            config, _ = settings.load(self.config_path, missing_ok=True)
         except RelayError as exc:
             self.config_error = exc.message
+            self._config_error_host = exc.host if isinstance(exc, ConfigError) else None
             log.error("configuration not reloaded; the running one stays", error=exc.message)
             if force:
                 raise ConfigError(f"{exc.message} (relay goes on with the running one)") from None
-            return {"event": "reloaded", "changed": False, "error": exc.message}
-        self.config_error = None
+            return {**read, "changed": False, "error": exc.message}
+        self.config_error = self._config_error_host = None
         changed = config != self.config
         self.config = config
         for key, session in self.hosts.items():
@@ -392,7 +412,7 @@ class Daemon:
                 session.reconfigure(cfg)
         if changed:
             log.info("configuration reloaded", path=str(self.config_path))
-        return {"event": "reloaded", "changed": changed}
+        return {**read, "changed": changed, "ssh_config": list(config.daemon.ssh_config)}
 
     def request_stop(self, why: str) -> None:
         """A graceful shutdown, as SIGTERM (``relay stop``, ``relay restart``)."""

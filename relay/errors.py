@@ -61,6 +61,10 @@ class BadRequest(RelayError):
 class ConfigError(RelayError):
     code = "config"
 
+    def __init__(self, message: str, host: str | None = None) -> None:
+        super().__init__(message)
+        self.host = host  # the [hosts] entry at fault, when the fault is in one
+
 
 class UnknownHost(RelayError):
     code = "unknown_host"

@@ -195,8 +195,10 @@ def _describe(err: Any) -> str:
     return f"{loc}: {err['msg']}{shown}"
 
 
-def load(path: Path | None = None) -> tuple[RelayConfig, Path]:
-    """Read and validate the config file; a missing default file is an empty config."""
+def load(path: Path | None = None, *, missing_ok: bool = False) -> tuple[RelayConfig, Path]:
+    """Read and validate the config file; a missing default file (or any, if ``missing_ok``)
+    is an empty config: relay runs on ssh_config alone. A ConfigError names the file and
+    the key, and (``host``) the [hosts] entry at fault."""
     env = Environment()
     environ = dict(os.environ)
     if env.config:
@@ -207,7 +209,7 @@ def load(path: Path | None = None) -> tuple[RelayConfig, Path]:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
-        if explicit:
+        if explicit and not missing_ok:
             raise ConfigError(f"{path}: no such config file") from None
         raw = {}
     except tomllib.TOMLDecodeError as exc:
@@ -227,7 +229,10 @@ def load(path: Path | None = None) -> tuple[RelayConfig, Path]:
     try:
         config = RelayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc.errors()[0])}") from None
+        first = exc.errors()[0]
+        at = first["loc"]
+        at_fault = str(at[1]) if len(at) > 1 and at[0] == "hosts" else None
+        raise ConfigError(f"{path}: {_describe(first)}", at_fault) from None
     for name, host in config.hosts.items():
         _check_jumps(config, name, host, path)
     return config, path
@@ -239,10 +244,11 @@ def _check_jumps(config: RelayConfig, name: str, host: HostConfig, path: Path) -
     while jump:
         if jump in seen:
             raise ConfigError(
-                f"{path}: hosts.{name}.jump: jump hosts form a loop ({' -> '.join([*seen, jump])})"
+                f"{path}: hosts.{name}.jump: jump hosts form a loop ({' -> '.join([*seen, jump])})",
+                name,
             )
         if len(seen) > 8:
-            raise ConfigError(f"{path}: hosts.{name}.jump: more than 8 jump hosts")
+            raise ConfigError(f"{path}: hosts.{name}.jump: more than 8 jump hosts", name)
         seen.append(jump)
         if jump in config.hosts:
             jump = config.hosts[jump].jump
@@ -250,7 +256,7 @@ def _check_jumps(config: RelayConfig, name: str, host: HostConfig, path: Path) -
             try:
                 HostSpec.parse(jump)
             except HostSpecError as exc:
-                raise ConfigError(f"{path}: hosts.{name}.jump: {exc}") from None
+                raise ConfigError(f"{path}: hosts.{name}.jump: {exc}", name) from None
             jump = None
 
 

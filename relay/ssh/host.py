@@ -297,10 +297,22 @@ class HostSession:
         return False
 
     def reconfigure(self, config: HostConfig) -> None:
-        """relay.toml changed: the host's next connection uses ``config``."""
-        if config != self.base_config:
-            self.base_config = config
-            self._log.info("host configuration changed; used from the next connection")
+        """relay.toml changed: the host's settings are ``config`` from now on, whatever came
+        before (a start as an ad-hoc host, connects that failed under the old entry). Launches
+        take it at once (kernel, arguments, timeouts, peer_check here); what a connection is
+        made with (target, keys, keepalive, ciphers, spares) applies from the next one. The old
+        settings' failures no longer stand as the host's error nor count against its retries."""
+        if config == self.base_config:
+            return
+        self.base_config = config
+        # ssh_config's values as the last connect resolved them, until the next resolves again
+        self.config = config if self.view is None else options.plan(config, self.view).config
+        self.local_guard.enabled = config.peer_check == "uid"
+        self._attempts.clear()
+        if self.state == "failed":
+            self._set_state("disconnected")
+            self.last_error = None
+        self._log.info("host configuration changed; connection settings apply from the next one")
 
     async def host_key(self) -> dict[str, Any]:
         """The key the host offers now, reached as a connection would reach it, and whether

@@ -10,16 +10,18 @@ import os
 import signal
 
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim, start_daemon
-from tests.e2e.helpers import launch_and_quit, wait_gone
+from tests.e2e.helpers import controller, launch_and_quit, wait_gone
 
 LINK = "1@127.0.0.1,2@127.0.0.1"
 
 
-async def relay_cli(home: RelayHome, *args: str) -> tuple[int, str, str]:
+async def relay_cli(
+    home: RelayHome, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         RELAY,
         *args,
-        env=home.env,
+        env=env or home.env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -63,6 +65,57 @@ async def test_a_changed_config_is_used_and_a_broken_one_is_reported_not_applied
         home.write()
         result = await run_shim(home, "second", SIM_KERNEL, LINK)
         assert "unknown host alias 'second'" in result.stderr  # removed: gone for new launches
+
+
+async def test_a_host_takes_its_current_entry_whatever_happened_before(home: RelayHome) -> None:
+    """A name first used ad-hoc, then while its new [hosts] entry had a typo, takes the entry
+    once the file is fixed, without a restart; the launch the broken file refused said why."""
+    assert home.sshd is not None
+    async with start_daemon(home):
+        good = home.config.read_text()
+        adhoc = await run_shim(home, "later", "", LINK)  # no entry yet: ad-hoc, and no kernel
+        assert adhoc.status != 0 and "no kernel given" in adhoc.stderr
+        home.config.write_text(good + home.sshd.host_toml("later", kernal=SIM_KERNEL))
+        refused = await run_shim(home, "later", "", LINK)
+        said = refused.stderr.strip().splitlines()
+        assert refused.status != 0 and len(said) == 1, refused.stderr
+        assert f"{home.config}: hosts.later.kernal: unknown key" in said[0]
+        status, out, _ = await relay_cli(home, "status")
+        assert status == 0 and "hosts.later.kernal: unknown key" in out
+        home.add_host("later")  # the typo fixed
+        home.write()
+        async with controller(home, host="later", kernel="") as fe:  # the entry's kernel
+            accepting = asyncio.ensure_future(fe.link.accept(60))
+            shim_gone = asyncio.ensure_future(fe.proc.wait())
+            await asyncio.wait({accepting, shim_gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not accepting.done():  # the shim failed: say why
+                accepting.cancel()
+                status, _, err = await fe.result()
+                raise AssertionError(f"launch failed ({status}): {err}")
+            shim_gone.cancel()
+            kernel = accepting.result()
+            await kernel.quit(0)
+            status, _, err = await fe.result()
+            assert status == 0, err
+            await kernel.aclose()
+        status, out, _ = await relay_cli(home, "status")
+        assert status == 0 and "kernal" not in out
+
+
+async def test_reload_without_a_relay_toml_runs_on_ssh_config_alone(home: RelayHome) -> None:
+    config_home = home.dir / "xdg"  # holds no relay/relay.toml
+    env = {k: v for k, v in home.env.items() if k != "RELAY_CONFIG"}
+    env["XDG_CONFIG_HOME"] = str(config_home)
+    try:
+        status, _, err = await relay_cli(home, "restart", env=env)
+        assert status == 0, err
+        status, out, err = await relay_cli(home, "reload", env=env)
+        assert status == 0, err
+        said = out.strip().splitlines()
+        assert len(said) == 1 and str(config_home / "relay" / "relay.toml") in said[0]
+        assert "ssh_config alone" in said[0]
+    finally:
+        await relay_cli(home, "stop", env=env)
 
 
 async def test_stop_restart_and_version(home: RelayHome) -> None:
