@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import secrets
 from pathlib import Path
 
 import asyncssh
 
-from relay.ssh import hostkeys
+from relay.ssh import hostkeys, sshconfig
 
 
 def test_record_then_state_and_entry_names(tmp_path: Path) -> None:
@@ -52,3 +56,124 @@ def test_a_symlinked_known_hosts_is_followed_as_ssh_follows_it(tmp_path: Path) -
     link.symlink_to(real)
     hostkeys.record(link, "h", 22, key)
     assert link.is_symlink() and real.read_text().startswith("h ssh-ed25519 ")
+
+
+# -- the look-up: OpenSSH's rule (sshconnect.c check_host_key), not asyncssh's ----------------
+def _line(entry: str, key: asyncssh.SSHKey, marker: str = "") -> str:
+    public = key.export_public_key("openssh").decode().split()[:2]
+    return " ".join([*([f"@{marker}"] if marker else []), entry, *public])
+
+
+def _known(tmp_path: Path, *lines: str) -> Path:
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(f"{line}\n" for line in lines))
+    return known
+
+
+def _hashed(name: str) -> str:
+    """``name`` as ``ssh-keygen -H`` writes it: |1|salt|HMAC-SHA1(salt, name)."""
+    salt = secrets.token_bytes(20)
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+
+
+def test_an_address_entry_never_vouches_for_the_name(tmp_path: Path) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    known = _known(tmp_path, _line("[127.0.0.1]:2222", key), _line("127.0.0.1", key))
+    recorded = hostkeys.lookup([known], "localhost", 2222)
+    assert recorded.state(key) == "unknown" and not recorded.has_entry
+    # what asyncssh is given: it checks, trusts nothing, and asks for no address of its own
+    given = recorded.known_hosts()
+    assert given and asyncssh.match_known_hosts(given, "x", "127.0.0.1", 2222)[:3] == ([], [], [])
+    assert hostkeys.state([known], "127.0.0.1", 2222, key) == "known"  # its own name: yes
+
+
+def test_a_different_key_for_the_name_is_changed_whatever_the_address_has(tmp_path: Path) -> None:
+    right = asyncssh.generate_private_key("ssh-ed25519")
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    known = _known(tmp_path, _line("[127.0.0.1]:2222", right), _line("[localhost]:2222", other))
+    recorded = hostkeys.lookup([known], "localhost", 2222)
+    assert recorded.state(right) == "changed" and recorded.where == known
+    keys, ca_keys, revoked = recorded.known_hosts()
+    assert [k.public_data for k in keys] == [other.public_data] and not ca_keys and not revoked
+
+
+def test_the_bare_name_only_where_nothing_is_recorded_for_its_port(tmp_path: Path) -> None:
+    """ssh: "checking without port identifier", only for HOST_NEW, and only a match counts."""
+    right = asyncssh.generate_private_key("ssh-ed25519")
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    bare_right = _known(tmp_path, _line("h.example", right))
+    assert hostkeys.state([bare_right], "h.example", 2222, right) == "known"
+    assert hostkeys.state([bare_right], "h.example", 2222, other) == "unknown"  # not changed
+    assert not hostkeys.has_entry([bare_right], "h.example", 2222)  # accept-new may record
+    past_an_entry = _known(tmp_path, _line("[h.example]:2222", other), _line("h.example", right))
+    assert hostkeys.state([past_an_entry], "h.example", 2222, right) == "changed"
+    assert hostkeys.state([past_an_entry], "h.example", 2222, other) == "known"
+    # and never the other way: a key for [name]:port says nothing of port 22
+    port_only = _known(tmp_path, _line("[h.example]:2222", other))
+    assert hostkeys.state([port_only], "h.example", 22, other) == "unknown"
+
+
+def test_a_host_key_alias_is_looked_up_as_written(tmp_path: Path) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    config = tmp_path / "ssh_config"
+    config.write_text("Host work\n  HostName 10.1.2.3\n  Port 2222\n  HostKeyAlias gw.alias\n")
+    view = sshconfig.resolve("work", files=[str(config)])
+    assert hostkeys.known_as(view) == ("gw.alias", 22)
+    name, port = hostkeys.known_as(view)
+    as_written = _known(tmp_path, _line("gw.alias", key))
+    assert hostkeys.state([as_written], name, port, key) == "known"
+    with_port = _known(tmp_path, _line("[gw.alias]:2222", key), _line("[10.1.2.3]:2222", key))
+    assert hostkeys.state([with_port], name, port, key) == "unknown"
+    hostkeys.record(as_written, name, port, key)
+    assert as_written.read_text().splitlines()[-1].startswith("gw.alias ssh-ed25519 ")
+    plain = sshconfig.resolve("h.example", port=2222, files=[])
+    assert hostkeys.known_as(plain) == ("h.example", 2222)
+
+
+def test_a_revoked_key_is_refused_wherever_else_it_is_recorded(tmp_path: Path) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    known = _known(tmp_path, _line("[h]:2222", key), _line("*", key, "revoked"))
+    recorded = hostkeys.lookup([known], "h", 2222)
+    assert recorded.state(key) == "revoked" and recorded.state(other) == "changed"
+    assert [k.public_data for k in recorded.known_hosts()[2]] == [key.public_data]
+    bare = _known(tmp_path, _line("h", key), _line("h", key, "revoked"))
+    assert hostkeys.state([bare], "h", 2222, key) == "revoked"
+
+
+def test_hashed_entries_match_their_name_only(tmp_path: Path) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    known = _known(tmp_path, _line(_hashed("[h.example]:2222"), key))
+    assert hostkeys.state([known], "h.example", 2222, key) == "known"
+    assert hostkeys.state([known], "h.example", 22, key) == "unknown"
+    address = _known(tmp_path, _line(_hashed("[127.0.0.1]:2222"), key))
+    assert hostkeys.state([address], "localhost", 2222, key) == "unknown"
+
+
+def test_cert_authorities_are_looked_up_by_name_and_vouch_for_no_plain_key(
+    tmp_path: Path,
+) -> None:
+    ca = asyncssh.generate_private_key("ssh-ed25519")
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    known = _known(
+        tmp_path, _line("[h]:2222", ca, "cert-authority"), _line("[127.0.0.1]:2222", key)
+    )
+    recorded = hostkeys.lookup([known], "h", 2222)
+    assert [k.public_data for k in recorded.known_hosts()[1]] == [ca.public_data]
+    assert recorded.state(key) == "unknown"  # ssh: a plain key is HOST_NEW beside a CA
+
+
+def test_several_files_and_lines_no_ssh_reads(tmp_path: Path) -> None:
+    """Every file consulted counts, in order; a line ssh cannot read is skipped, not the file
+    (and a host list's empty name matches nothing)."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    first = tmp_path / "first"
+    first.write_text(f"@bogus h {_line('h', other)}\nnot-a-line\n{_line('a,,b', other)}\n")
+    second = tmp_path / "second"
+    second.write_text(_line("[h]:2222", key) + "\n")
+    recorded = hostkeys.lookup([tmp_path / "missing", first, second], "h", 2222)
+    assert recorded.state(key) == "known" and recorded.where == second
+    assert recorded.skipped == (f"{first}:1", f"{first}:2")
+    assert hostkeys.lookup([first], "", 22).state(other) == "unknown"
