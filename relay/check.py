@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from relay.checkview import Result, State, parse_probe
-from relay.errors import RelayError
+from relay.errors import HostKeyChanged, RelayError
 from relay.linkname import LinkName
 from relay.ssh import hostkeys, identity
 
@@ -222,6 +222,8 @@ class Checker:
         assert self.session is not None
         try:
             key = await self.session.host_key()
+        except HostKeyChanged as exc:  # a revoked key: nothing to trust, nothing to retry
+            raise _Failed(exc.message, "do not connect: tell the host's administrator") from None
         except RelayError as exc:
             raise _Failed(exc.message, "see `relay check` step 2; then try again") from None
         entry = hostkeys.entry_name(key["name"], key["port"])

@@ -21,7 +21,7 @@ from relay.errors import (
 from relay.ssh import hostkeys
 from relay.ssh.sshconfig import SSHView
 
-__all__ = ["translate_connect_error"]
+__all__ = ["host_key_refused", "translate_connect_error"]
 
 
 def translate_connect_error(
@@ -33,30 +33,18 @@ def translate_connect_error(
     configured: list[str],
     config_source: str,
     timeout_s: float,
-    offered: str | None = None,
+    offered: asyncssh.SSHKey | None = None,
+    recorded: hostkeys.Recorded | None = None,
 ) -> RelayError:
-    """One line naming what ssh would: the resolved host name, port and user of ``view``."""
+    """One line naming what ssh would: the resolved host name, port and user of ``view``.
+    A refused host key is explained by ``recorded``, the look-up the connection was checked
+    against, and ``offered``, the key the server offers (when it could be fetched)."""
     host, port, user = view.hostname, view.port, view.user
     target = f"{host}:{port}" if port != 22 else host
     who = f"{user}@{target}"
-    shown = hostkeys.entry_name(view.known_hosts_name, port)
-    files = " or ".join(str(p) for p in known_hosts[:1]) or "known_hosts"
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        seen = f" (the server offers {offered})" if offered else ""
-        if hostkeys.has_entry(known_hosts, view.known_hosts_name, port):
-            where = next(
-                (p for p in known_hosts if hostkeys.has_entry([p], view.known_hosts_name, port)),
-                known_hosts[0],
-            )
-            return HostKeyChanged(
-                f"host key for {shown} has CHANGED from the one in {where}{seen}: possible "
-                f"man-in-the-middle, or the host was reinstalled; if the change is expected, "
-                f"run `ssh-keygen -R '{shown}' -f {where}`, then `relay trust {alias}`"
-            )
-        return HostKeyUnknown(
-            f"host key for {shown} is not in {files}{seen}: check the fingerprint with the "
-            f"host's administrator, then run `relay trust {alias}` (relay never trusts unknown "
-            f"keys silently)"
+        return host_key_refused(
+            alias=alias, view=view, known_hosts=known_hosts, recorded=recorded, offered=offered
         )
     if isinstance(exc, asyncssh.PermissionDenied):
         return AuthenticationFailed(
@@ -92,3 +80,46 @@ def translate_connect_error(
     if isinstance(exc, ValueError):
         return SSHSetupFailed(f"SSH configuration for {alias} is not usable: {exc}")
     return ConnectFailed(f"SSH connection to {who} failed: {exc!r}")
+
+
+def host_key_refused(
+    *,
+    alias: str,
+    view: SSHView,
+    known_hosts: Sequence[Path],
+    recorded: hostkeys.Recorded | None,
+    offered: asyncssh.SSHKey | None,
+) -> RelayError:
+    """Why the server's key is refused, in the words ``relay trust`` and ``relay check`` use:
+    ``recorded.state`` of the offered key, so all three say the same of one key."""
+    entry = (
+        recorded.entry if recorded is not None else hostkeys.entry_name(*hostkeys.known_as(view))
+    )
+    state = recorded.state(offered) if recorded is not None and offered is not None else None
+    if state in (None, "known"):
+        # no key to judge, or not the one the connection refused (a host certificate, or
+        # another of the server's keys): said by what is recorded for the host
+        state = "changed" if recorded is not None and recorded.has_entry else "unknown"
+    seen = f" (the server offers {hostkeys.fingerprint(offered)})" if offered is not None else ""
+    if state == "revoked":
+        consulted = ", ".join(str(p) for p in known_hosts) or "known_hosts"
+        return HostKeyChanged(
+            f"host key for {entry} is marked @revoked in known_hosts ({consulted}){seen}: it "
+            f"must never be accepted, and a revoked key offered may mean a stolen one "
+            f"impersonating the host; tell the host's administrator"
+        )
+    if state == "changed":
+        where = (recorded.where if recorded is not None else None) or (
+            known_hosts[0] if known_hosts else "known_hosts"
+        )
+        return HostKeyChanged(
+            f"host key for {entry} has CHANGED from the one in {where}{seen}: possible "
+            f"man-in-the-middle, or the host was reinstalled; if the change is expected, "
+            f"run `ssh-keygen -R '{entry}' -f {where}`, then `relay trust {alias}`"
+        )
+    files = " or ".join(str(p) for p in known_hosts[:1]) or "known_hosts"
+    return HostKeyUnknown(
+        f"host key for {entry} is not in {files}{seen}: check the fingerprint with the "
+        f"host's administrator, then run `relay trust {alias}` (relay never trusts unknown "
+        f"keys silently)"
+    )

@@ -32,7 +32,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -47,7 +46,7 @@ from relay.errors import (
 )
 from relay.settings import HostConfig
 from relay.ssh import hookfile, hostkeys, identity, ignorepad, options, sshconfig
-from relay.ssh.errors import translate_connect_error
+from relay.ssh.errors import host_key_refused, translate_connect_error
 from relay.ssh.forwards import SparePool
 from relay.ssh.guard import PeerGuard
 from relay.ssh.options import ConnectPlan
@@ -114,13 +113,6 @@ class _Client(asyncssh.SSHClient):
                 await self._ask(name, instructions, [])
             return []
         return await self._ask(name, instructions, list(prompts))
-
-
-def _known_hosts(files: Sequence[Path]) -> list[str] | asyncssh.SSHKnownHosts:
-    """What asyncssh checks host keys against: the files that exist, or (none yet) an empty
-    list of keys, which makes every key unknown (never None: that would check nothing)."""
-    existing = [str(p) for p in files if p.is_file()]
-    return existing if existing else asyncssh.import_known_hosts("")
 
 
 class Hold:
@@ -321,14 +313,27 @@ class HostSession:
         kwargs = await self._through_jump(connect_plan, dict(connect_plan.kwargs))
         try:
             key = await self._offered_key(kwargs)
+            if key is None:
+                raise ConnectFailed(f"{view.hostname} offered no host key")
+            recorded = self._recorded(view, connect_plan)
+            state = recorded.state(key)
+            if state in ("unknown", "changed") and await self._certified(kwargs, recorded):
+                state = "known"  # as a connection finds it: by the certificate it prefers
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             raise self._translate(
                 exc, view, connect_plan, connect_plan.config.connect_timeout_s
             ) from None
-        if key is None:
-            raise ConnectFailed(f"{view.hostname} offered no host key")
-        name, port = view.known_hosts_name, view.port
-        state = hostkeys.state(connect_plan.known_hosts, name, port, key)
+        if state == "revoked":  # nothing for a person to trust: said as a launch says it
+            raise host_key_refused(
+                alias=self.key,
+                view=view,
+                known_hosts=connect_plan.known_hosts,
+                recorded=recorded,
+                offered=key,
+            )
+        # (name, port) make the entry (hostkeys.known_as): an alias's port is 22
+        name, port = hostkeys.known_as(view)
+        where = recorded.where if state == "changed" else None  # what ssh-keygen -R edits
         return {
             "event": "hostkey",
             "host": self.key,
@@ -337,7 +342,7 @@ class HostSession:
             "key": key.export_public_key("openssh").decode().strip(),
             "fingerprint": hostkeys.fingerprint(key),
             "state": state,
-            "file": str(connect_plan.known_hosts[0]),
+            "file": str(where or connect_plan.known_hosts[0]),
         }
 
     def plan(self) -> tuple[SSHView, ConnectPlan]:
@@ -367,14 +372,16 @@ class HostSession:
         limit = cfg.connect_timeout_s if ask is None else LOGIN_TIMEOUT_S
         timeout_s = max(0.1, min(limit, deadline - started))
         kwargs = dict(connect_plan.kwargs, connect_timeout=timeout_s, login_timeout=timeout_s)
-        kwargs["known_hosts"] = _known_hosts(connect_plan.known_hosts)
         agent = identity.agent_path(view.get("IdentityAgent"), self._agent())
         if agent is not None:
             kwargs["agent_path"] = agent
         who = f"{view.user}@{view.hostname}"
         client = _Client(ask, who)
-        offered: str | None = None
+        offered: asyncssh.SSHKey | None = None
+        recorded: hostkeys.Recorded | None = None
         try:
+            recorded = self._recorded(view, connect_plan)
+            kwargs["known_hosts"] = recorded.known_hosts()
             if cfg.identity_files is not None:
                 kwargs["client_keys"] = await identity.client_keys(
                     cfg.identity_files, host=self.key, agent=agent
@@ -391,17 +398,18 @@ class HostSession:
             try:
                 conn = await attempt()
             except asyncssh.HostKeyNotVerifiable:
-                if not await self._accept_new(view, connect_plan, kwargs):
+                if not await self._accept_new(view, connect_plan, recorded, kwargs):
                     raise
                 client = _Client(ask, who)  # the key is recorded now: once more, as ssh would
-                kwargs["known_hosts"] = _known_hosts(connect_plan.known_hosts)
+                recorded = self._recorded(view, connect_plan)
+                kwargs["known_hosts"] = recorded.known_hosts()
                 conn = await attempt()
         except RelayError:
             raise
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             if isinstance(exc, asyncssh.HostKeyNotVerifiable):
                 offered = await self._offered(kwargs)
-            err = self._translate(exc, view, connect_plan, timeout_s, offered)
+            err = self._translate(exc, view, connect_plan, timeout_s, offered, recorded)
             if isinstance(err, AuthenticationFailed) and client.person_needed:
                 err = AuthenticationFailed(
                     f"{view.user}@{view.hostname} asks for {' and '.join(client.person_needed)} "
@@ -425,7 +433,8 @@ class HostSession:
         view: SSHView,
         connect_plan: ConnectPlan,
         timeout_s: float,
-        offered: str | None = None,
+        offered: asyncssh.SSHKey | None = None,
+        recorded: hostkeys.Recorded | None = None,
     ) -> RelayError:
         return translate_connect_error(
             exc,
@@ -436,21 +445,38 @@ class HostSession:
             config_source=self._config_source,
             timeout_s=timeout_s,
             offered=offered,
+            recorded=recorded,
         )
 
+    def _recorded(self, view: SSHView, connect_plan: ConnectPlan) -> hostkeys.Recorded:
+        """What the known_hosts files record for the host, looked up as ssh looks it up
+        (``hostkeys``): the one look-up connections, ``relay trust`` and ``relay check`` use.
+        Raises OSError for a file that exists but cannot be read."""
+        recorded = hostkeys.lookup(connect_plan.known_hosts, *hostkeys.known_as(view))
+        note = ", ".join(recorded.skipped)
+        if note and note not in self._noted:
+            self._noted.add(note)
+            self._log.warning("known_hosts lines skipped: ssh cannot read them either", lines=note)
+        return recorded
+
     async def _accept_new(
-        self, view: SSHView, connect_plan: ConnectPlan, kwargs: dict[str, Any]
+        self,
+        view: SSHView,
+        connect_plan: ConnectPlan,
+        recorded: hostkeys.Recorded,
+        kwargs: dict[str, Any],
     ) -> bool:
         """``StrictHostKeyChecking accept-new``, as ssh does it: a host with no key recorded
-        gets the one it offers recorded (never a host whose recorded key differs)."""
-        name, port, files = view.known_hosts_name, view.port, connect_plan.known_hosts
-        if view.strict_host_key_checking != "accept-new" or hostkeys.has_entry(files, name, port):
+        gets the one it offers recorded (never a host whose recorded key differs, nor a
+        revoked key)."""
+        (name, port), files = hostkeys.known_as(view), connect_plan.known_hosts
+        if view.strict_host_key_checking != "accept-new" or recorded.has_entry:
             return False
         try:
             key = await self._offered_key(kwargs)
         except (OSError, asyncssh.Error, TimeoutError, ValueError):
             return False
-        if key is None:
+        if key is None or recorded.state(key) != "unknown":
             return False
         try:
             line = await asyncio.to_thread(hostkeys.record, files[0], name, port, key)
@@ -465,13 +491,13 @@ class HostSession:
         )
         return True
 
-    async def _offered(self, kwargs: dict[str, Any]) -> str | None:
-        """The fingerprint of the key the server offers, for the message (best effort)."""
+    async def _offered(self, kwargs: dict[str, Any]) -> asyncssh.SSHKey | None:
+        """The key the server offers, for the message (best effort): its fingerprint, and
+        whether it is unknown, changed or revoked."""
         try:
-            key = await self._offered_key(kwargs)
+            return await self._offered_key(kwargs)
         except (OSError, asyncssh.Error, TimeoutError, ValueError):
             return None
-        return hostkeys.fingerprint(key) if key is not None else None
 
     async def _offered_key(self, kwargs: dict[str, Any]) -> asyncssh.SSHKey | None:
         """The host key the server offers, reached as ``kwargs`` reach it (bounded by the
@@ -479,10 +505,23 @@ class HostSession:
         async with asyncio.timeout(self.config.connect_timeout_s):
             return await hostkeys.offered_key(self.base_config.hostname, kwargs)
 
-    async def connect_kwargs(self, connect_plan: ConnectPlan) -> dict[str, Any]:
-        """``connect_plan``'s options for ``asyncssh.connect`` with its known_hosts files and,
-        behind a jump host, the tunnel: the host reached as its connection reaches it."""
-        kwargs = dict(connect_plan.kwargs, known_hosts=_known_hosts(connect_plan.known_hosts))
+    async def _certified(self, kwargs: dict[str, Any], recorded: hostkeys.Recorded) -> bool:
+        """Whether the server's host certificate is from a CA recorded for it (bounded by the
+        connect timeout)."""
+        async with asyncio.timeout(self.config.connect_timeout_s):
+            return await hostkeys.certified(self.base_config.hostname, kwargs, recorded)
+
+    async def connect_kwargs(
+        self, connect_plan: ConnectPlan, view: SSHView | None = None
+    ) -> dict[str, Any]:
+        """``connect_plan``'s options for ``asyncssh.connect`` with the host keys recorded for
+        the host (looked up as a connection looks them up, for ``view``, by default the last
+        ``plan()``'s) and, behind a jump host, the tunnel: the host reached as its connection
+        reaches it."""
+        view = view or self.view
+        assert view is not None, "plan() first"
+        recorded = self._recorded(view, connect_plan)
+        kwargs = dict(connect_plan.kwargs, known_hosts=recorded.known_hosts())
         return await self._through_jump(connect_plan, kwargs)
 
     async def _through_jump(
