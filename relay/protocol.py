@@ -13,7 +13,8 @@ Requests (client -> daemon)::
     {"v":1,"op":"connect","host":H,"kernels":N,"kernel":K,"ssh_auth_sock":S}  # open H's
         #   connection ahead of launches; N > 0: N compute kernels of K follow (answered with
         #   "kernel": {"path": K, "found": bool} when K, or the host's kernel, is known)
-    {"v":1,"op":"stop"}           # relay stop: answered, then a graceful shutdown (as SIGTERM)
+    {"v":1,"op":"stop","restart":B}  # relay stop (B true: relay restart): answered, then a
+        #   graceful shutdown (as SIGTERM); which of the two is logged and told to controllers
     {"v":1,"op":"reload"}         # relay reload: re-read relay.toml (also on SIGHUP, and when
                                   # the file changed, before any request)
     {"v":1,"op":"hostkey","host":H,"ssh_auth_sock":S}  # relay trust: the key H offers, and
@@ -75,6 +76,7 @@ AgentSocket = Annotated[str | None, Field(max_length=1024)]  # a client's SSH_AU
 
 class StopRequest(_Message):
     op: Literal["stop"]
+    restart: bool = False  # relay restart: a new daemon follows
 
 
 class ReloadRequest(_Message):
