@@ -1,4 +1,13 @@
-"""Shared fixtures: a real OpenSSH sshd (session), a relay home, an in-process daemon."""
+"""Shared fixtures: a real OpenSSH sshd and ssh-agent (session), a relay home, an in-process
+daemon.
+
+The agent: most people run relay from a shell with an ssh-agent, and every request that may
+connect then carries its SSH_AUTH_SOCK, so every relay command and shim a test runs through
+``RelayHome.env`` has the session's agent unless the test says otherwise (``home.agent =
+None``, or the ``agent_or_not`` fixture, which runs a test both ways). The pytest process's own
+SSH_AUTH_SOCK (a developer's, or none on CI) is removed for the whole session, so the suite
+tests the same thing wherever it runs, and never talks to a developer's agent.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,10 @@ import asyncio
 import contextlib
 import io
 import os
+import select
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -45,6 +57,70 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "slurm" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_outer_agent() -> Iterator[None]:
+    """The pytest process's SSH_AUTH_SOCK is not the tests' (see the module docstring): an
+    in-process daemon reads os.environ, and RelayHome.env starts from it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("SSH_AUTH_SOCK", raising=False)
+        yield
+
+
+AGENT_START_S = 10.0
+
+
+@pytest.fixture(scope="session")
+def ssh_agent() -> Iterator[str | None]:
+    """A real ssh-agent for the session: its socket, or None where ssh-agent is not installed.
+
+    It holds no key. Every host table names the sshd's client key in identity_files, and
+    relay (as ssh, without IdentitiesOnly) offers an agent's keys besides: an agent holding a
+    key the sshd takes would let hosts meant to refuse authentication (no key the server
+    takes) be reached, changing what those tests test. What the agent brings is what a user's
+    shell brings: SSH_AUTH_SOCK in the environment, ssh_auth_sock in every request, and an
+    agent that answers when asked for keys (the test of an encrypted key through the agent
+    starts one of its own, holding that key).
+
+    Bounded: it runs as ssh-agent's "command" form, around a ``cat`` of a pipe only this
+    process writes to. However pytest ends (even SIGKILL) the pipe closes, ``cat`` ends, and
+    the agent exits by itself within its 10 s check of its parent; at the session's end it is
+    sent SIGTERM at once. (PR_SET_PDEATHSIG would not do: ssh-agent is setgid, and exec of a
+    setgid program clears it.)
+    """
+    program = shutil.which("ssh-agent")
+    if program is None:
+        yield None
+        return
+    directory = Path(tempfile.mkdtemp(prefix="relay-agent-", dir="/tmp"))  # 108-byte limit
+    sock = directory / "agent.sock"
+    # the agent listens before it runs the command, which says the agent's pid
+    proc = subprocess.Popen(
+        [program, "-a", str(sock), "sh", "-c", 'echo "$SSH_AGENT_PID"; exec cat >/dev/null'],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    agent_pid = 0
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], AGENT_START_S)
+        assert ready, f"ssh-agent did not start within {AGENT_START_S:g} s"
+        agent_pid = int(proc.stdout.readline())
+        yield str(sock)
+    finally:
+        if agent_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent_pid, signal.SIGTERM)
+        proc.stdin.close()  # cat ends
+        try:
+            proc.wait(AGENT_START_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +173,9 @@ class RelayHome:
     hosts: dict[str, dict[str, object]] = field(default_factory=dict)
     daemon_options: dict[str, object] = field(default_factory=dict)
     defaults: dict[str, object] = field(default_factory=dict)  # relay.toml's [defaults]
+    # SSH_AUTH_SOCK of the commands run with ``env``: the session's agent (``home`` sets it),
+    # None for a shell without one
+    agent: str | None = None
 
     @property
     def config(self) -> Path:
@@ -132,7 +211,12 @@ class RelayHome:
 
     @property
     def env(self) -> dict[str, str]:
-        return dict(os.environ, RELAY_CONFIG=str(self.config), RELAY_SOCKET=str(self.socket))
+        """What a front end's shell has: relay's paths and, unless ``agent`` is None, an agent.
+        An SSH_AUTH_SOCK the test set itself (monkeypatch) wins: the outer one is gone."""
+        env = dict(os.environ, RELAY_CONFIG=str(self.config), RELAY_SOCKET=str(self.socket))
+        if self.agent is not None:
+            env.setdefault("SSH_AUTH_SOCK", self.agent)
+        return env
 
 
 @pytest.fixture
@@ -140,12 +224,22 @@ def home(request: pytest.FixtureRequest) -> Iterator[RelayHome]:
     # Unix socket paths are limited to 108 bytes: keep the directory short.
     directory = Path(tempfile.mkdtemp(prefix="relay-", dir="/tmp"))
     server = request.getfixturevalue("sshd") if "sshd" in request.keywords else None
-    h = RelayHome(directory, server)
+    h = RelayHome(directory, server, agent=request.getfixturevalue("ssh_agent"))
     h.daemon_options["ssh_config"] = [str(h.ssh_config)]
     if server is not None:
         h.add_host("local")
     yield h
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(params=["agent", "no-agent"])
+def agent_or_not(request: pytest.FixtureRequest, home: RelayHome) -> str | None:
+    """Run the test from a shell with the session's ssh-agent, and from one without."""
+    if request.param == "no-agent":
+        home.agent = None
+    elif home.agent is None:
+        pytest.skip("ssh-agent is not installed")
+    return home.agent
 
 
 @dataclass

@@ -73,7 +73,7 @@ def server(home: RelayHome, request: pytest.FixtureRequest) -> Iterator[Throwawa
         yield running
 
 
-def test_a_healthy_host_passes_every_line(home: RelayHome) -> None:
+def test_a_healthy_host_passes_every_line(home: RelayHome, agent_or_not: str | None) -> None:
     status, answer, text = check(home)
     states = {r["name"]: r["state"] for r in answer["results"]}
     assert status == 0, text
@@ -89,11 +89,12 @@ def test_a_healthy_host_passes_every_line(home: RelayHome) -> None:
     assert all(line[:4] in ("ok  ", "    ", "    ") for line in text.splitlines()[1:-1]), text
 
 
-async def test_through_the_running_daemon(home: RelayHome) -> None:
+async def test_through_the_running_daemon(home: RelayHome, agent_or_not: str | None) -> None:
     async with start_daemon(home) as running:
         loop = asyncio.get_running_loop()
         status, answer, _ = await loop.run_in_executor(None, check, home)
         assert status == 0
+        assert running.daemon.environ_agent == agent_or_not  # the check's agent, if any
         assert "running" in by_name(answer)["connection"]["data"]["show"]["daemon"]
         assert running.daemon.hosts["local"].state == "connected"  # the daemon's own connection
         assert not running.daemon.kernels  # the probe is gone

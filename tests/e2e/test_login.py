@@ -74,7 +74,7 @@ async def login(home: RelayHome, host: str, typed: str) -> tuple[int, str, str]:
 
 
 async def test_login_once_then_launches_use_the_connection(
-    home: RelayHome, otp_sshd: ThrowawaySSHD, daemon_log: io.StringIO
+    home: RelayHome, otp_sshd: ThrowawaySSHD, daemon_log: io.StringIO, agent_or_not: str | None
 ) -> None:
     home.sshd = otp_sshd
     home.hosts.clear()
@@ -91,6 +91,7 @@ async def test_login_once_then_launches_use_the_connection(
         assert status == 0, "\n".join([err, *list(otp_sshd.log)[-12:]])
         assert "Password" in err  # the server's own prompt, shown as ssh shows it
         assert "logged in to hpc" in out
+        assert running.daemon.environ_agent == agent_or_not  # login carried the shell's agent
         for _ in range(2):  # every later launch: no prompt, the same connection
             async with controller(home, host="hpc", kernel=SIM_KERNEL) as fe:
                 kl = await fe.link.accept(60)
