@@ -133,7 +133,8 @@ class Daemon:
 
     # -- hosts -----------------------------------------------------------------------------
     def host(self, name: str, *, adhoc: bool | None = None) -> HostSession:
-        self._refuse_if_rejected(name)
+        if adhoc is None:  # a client's name (a jump host is the running configuration's)
+            self._refuse_if_rejected(name)
         key, cfg = self.config.resolve(name, self.config_source, adhoc=adhoc)
         session = self.hosts.get(key)
         if session is None:
