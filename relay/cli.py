@@ -488,7 +488,9 @@ def _stop(*, restart: bool) -> int:
 
     path = paths.socket_path()
     try:
-        answer = client.request(path, {"op": "stop"})
+        answer = client.request(path, {"op": "stop", "restart": restart})
+        if answer.get("code") == "bad_request" and restart:  # a daemon from before "restart"
+            answer = client.request(path, {"op": "stop"})
     except (client.ClientError, OSError):
         print(f"relay: no relay daemon is running on {path}", file=sys.stderr)
         if not restart:

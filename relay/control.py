@@ -47,6 +47,7 @@ __all__ = ["ControlServer", "DaemonLock", "DaemonRunning", "peer_uid", "prepare_
 REQUEST_TIMEOUT_S = 10.0
 LOGIN_ANSWER_TIMEOUT_S = 300.0  # a person reading a one-time code off a phone
 RELEASE_WAIT_S = 20.0  # a controller's shim hears of the exit once its forwards are released
+SAY_WAIT_S = 2.0  # a client told that the daemon shuts down has this long to take the line
 log = structlog.get_logger("relay.control")
 
 
@@ -105,17 +106,36 @@ class Conversation:
         self._reader = reader
         self._writer = writer
         self.following: Kernel | None = None  # a controller's kernel, until its shim is told
+        self.request: protocol.AnyRequest | None = None
 
     async def run(self) -> None:
+        """The conversation, to its end; cancelled by the shutdown, the client is told so."""
         structlog.contextvars.clear_contextvars()  # log context is per conversation
         try:
             await self._serve()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            if self._daemon.stopping:  # say so rather than vanish
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SAY_WAIT_S):
+                        await _send(self._writer, error_event(self._shutdown_error()))
+            raise
         finally:
             self._writer.close()
-            with contextlib.suppress(ConnectionError):
-                await self._writer.wait_closed()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(SAY_WAIT_S):
+                    await self._writer.wait_closed()
+
+    def _shutdown_error(self) -> ShuttingDown:
+        """What the client of a conversation the shutdown ended is told, in one line."""
+        if self.following is not None and self.following.end_reason:
+            return ShuttingDown(self.following.end_reason)
+        why = self._daemon.stop_reason
+        shut = f"relay shut down ({why})" if why else "relay shut down"
+        if isinstance(self.request, protocol.LaunchRequest):
+            return ShuttingDown(f"{shut} during this launch; launch again")
+        return ShuttingDown(f"{shut} before it could answer; run the command again")
 
     async def _serve(self) -> None:
         sock = self._writer.get_extra_info("socket")
@@ -124,7 +144,7 @@ class Conversation:
             log.warning("refused peer of another user", peer_uid=uid)
             return
         try:
-            req = await self._request()
+            req = self.request = await self._request()
             if not isinstance(req, protocol.ReloadRequest):
                 self._daemon.reload()  # relay.toml changed on disk: read it first (one stat)
         except BadRequest as exc:
@@ -167,7 +187,7 @@ class Conversation:
         if isinstance(req, protocol.ConnectRequest):
             return await daemon.connect(req)
         if isinstance(req, protocol.StopRequest):
-            daemon.request_stop("relay stop")
+            daemon.request_stop("relay restart" if req.restart else "relay stop")
             return {"event": "stopping", "pid": os.getpid()}
         if isinstance(req, protocol.ReloadRequest):
             return daemon.reload(force=True)
@@ -222,19 +242,9 @@ class Conversation:
         launching = asyncio.ensure_future(self._daemon.launch(req))
         client_said = asyncio.ensure_future(self._reader.read(framing.MAX_MESSAGE_BYTES))
         try:
-            try:
-                await asyncio.wait({launching, client_said}, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                if self._daemon.stopping:  # cancelled by the shutdown: say so rather than vanish
-                    await _send(
-                        self._writer,
-                        error_event(
-                            ShuttingDown("relay shut down during this launch; launch again")
-                        ),
-                    )
-                raise
+            await asyncio.wait({launching, client_said}, return_when=asyncio.FIRST_COMPLETED)
             if not launching.done():  # the shim went away (killed, or Run[] gave up)
-                launching.cancel()
+                launching.cancel("its client went away")
                 await asyncio.gather(launching, return_exceptions=True)
                 log.info("launch abandoned by its client", host=req.host)
                 return
@@ -266,8 +276,9 @@ class Conversation:
                 await self._follow_controller(k, client_said)
         finally:
             client_said.cancel()
-            if not launching.done():
-                launching.cancel()
+            if not launching.done():  # the shutdown cancelled this conversation
+                launching.cancel("relay shut down")
+                await asyncio.gather(launching, return_exceptions=True)
 
     async def _follow_controller(self, k: Kernel, client_said: asyncio.Future[bytes]) -> None:
         """Until the kernel exits: a terminate request or a closed client ends the kernel."""
@@ -282,8 +293,11 @@ class Conversation:
         async with asyncio.timeout(RELEASE_WAIT_S):
             await k.released.wait()  # the shim learns of the exit once forwards are released
         status = k.exited.result() if k.exited.done() else None
-        if status is None:
-            await _send(self._writer, error_event(k.connection_lost()))
+        if status is None:  # no exit status came back: the connection went first
+            lost: RelayError = k.connection_lost()
+            if self._daemon.stopping and k.end_reason:  # ended by the shutdown, all the same
+                lost = ShuttingDown(k.end_reason)
+            await _send(self._writer, error_event(lost))
             return
         await _send(
             self._writer, protocol.exited(kernel_id=k.id, status=status, reason=k.end_reason)
@@ -297,6 +311,7 @@ class ControlServer:
         self._daemon = daemon
         self._server: asyncio.Server | None = None
         self._conversations: dict[asyncio.Task[None], Conversation] = {}
+        self._closing = False
 
     async def start(self, socket_path: Path, inherited: socket.socket | None) -> None:
         limit = framing.MAX_MESSAGE_BYTES + 1
@@ -321,6 +336,13 @@ class ControlServer:
         conversation = self._conversations[task] = Conversation(self._daemon, reader, writer)
         try:
             await conversation.run()
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # Ended by aclose, its client told: the conversation ends as any other does. (A
+            # task asyncio's streams started that ends cancelled is reported as an error,
+            # with a traceback, by Python 3.11's asyncio.)
+            task.uncancel()
         finally:
             self._conversations.pop(task, None)
 
@@ -333,6 +355,7 @@ class ControlServer:
         its kernel ended finish doing so (the daemon has ended the kernels first) unless
         ``force``; the rest are cancelled, saying why if they can."""
         self.stop_listening()
+        self._closing = True
         for task, conversation in list(self._conversations.items()):
             if force or conversation.following is None:
                 task.cancel("daemon shutting down")

@@ -37,6 +37,7 @@ __all__ = [
     "UnknownHost",
     "error_event",
     "host_header",
+    "shutdown_cause",
 ]
 
 
@@ -174,6 +175,13 @@ def error_event(exc: BaseException) -> dict[str, Any]:
     if not isinstance(exc, RelayError):
         exc = Internal(f"relay failed unexpectedly: {exc!r} (see the daemon's log)")
     return {"event": "error", "code": exc.code, "message": exc.message}
+
+
+def shutdown_cause(why: str | None) -> str:
+    """What ended the daemon, as those it interrupted are told: ``why`` is ``relay stop``,
+    ``relay restart``, a signal's name, or None (whoever ran ``serve`` ended it)."""
+    how = {"relay stop": "stopped", "relay restart": "restarted"}.get(why or "", "shut down")
+    return f"the daemon was {how}" + (f" ({why})" if why else "")
 
 
 def host_header(name: str, table: str = "") -> str:

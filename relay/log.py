@@ -1,10 +1,19 @@
-"""Logging, configured once: structlog, JSON when not on a TTY, console on one.
+"""Logging, configured once: structlog, JSON when not on a TTY, console on one. The standard
+library's loggers (asyncio's, asyncssh's) go to the same place, as the same lines.
 
 Secrets never reach a log: values of keys that look secret are replaced before rendering.
+
+Logging never takes relay down: a line that cannot be written (a full disk, a closed stderr) is
+dropped, the first such failure is said once, in one line, on stderr, and ``problem()`` holds it
+(for ``relay status``); the next line that gets through is preceded by one saying how many
+were lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json as jsonlib
 import logging
 import os
 import sys
@@ -15,7 +24,7 @@ from typing import Any, TextIO, cast
 
 import structlog
 
-__all__ = ["RotatingFile", "configure", "redact"]
+__all__ = ["RotatingFile", "configure", "problem", "redact"]
 
 _SECRET_WORDS = ("password", "passphrase", "secret", "token", "private_key")
 
@@ -27,38 +36,121 @@ def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
-def _open_append(path: Path) -> TextIO:
+def _open_append(path: Path) -> int:
     """Append to ``path``, never through a symlink someone planted in its place."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    return open(fd, "a", encoding="utf-8")
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, best effort: stderr may be the very file that cannot be written
+    (an autostarted daemon's is its log), and nothing may stay buffered to fail again at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        os.write(2, f"relay: {line}\n".encode(errors="backslashreplace"))
+
+
+def _why(what: str, exc: BaseException) -> str:
+    """One line for a log that cannot be written."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"cannot write {what}: no space left on its file system; relay runs on without "
+            f"logging, and the log resumes once there is room"
+        )
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or repr(exc)
+    return f"cannot write {what}: {reason}; relay runs on without logging until it can"
+
+
+class _Sink:
+    """What every log line goes through: a line that cannot be written is counted and
+    dropped, never raised into the code that logged it."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.problem: str | None = None  # the current failure, said once
+        self.lost = 0  # lines dropped since the last one that got through
+
+    def failed(self, exc: BaseException) -> None:
+        self.lost += 1
+        if self.problem is None:
+            self.problem = _why(self.what, exc)
+            _say(self.problem)
+
+    def lost_line(self, json: bool) -> str:
+        """The line that says how many were lost, once a line gets through again."""
+        if json:
+            return (
+                jsonlib.dumps(
+                    {
+                        "lost_lines": self.lost,
+                        "error": self.problem,
+                        "event": "log lines lost",
+                        "level": "warning",
+                        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                )
+                + "\n"
+            )
+        return f"[warning] log lines lost: {self.lost} ({self.problem})\n"
+
+    def recovered(self) -> None:
+        self.problem = None
+        self.lost = 0
 
 
 class RotatingFile:
     """A log file that rotates at ``max_bytes``, keeping ``backups`` old files (.1, .2, ...),
-    for those without journald. Lines are written whole and flushed."""
+    for those without journald. Each line is one unbuffered append (``write(2)``), whole; a
+    line that cannot be written is dropped (see the module's docstring)."""
 
     def __init__(self, path: Path, max_bytes: int = 10 * 1024 * 1024, backups: int = 5) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
+        self.sink = _Sink(f"the log {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: TextIO = _open_append(path)
+        self._fd: int | None = _open_append(path)
+        self._size = os.fstat(self._fd).st_size
+        self._torn = False  # a line was cut short by a failed write: the next starts afresh
 
     def write(self, text: str) -> int:
-        if self._fh.tell() > 0 and self._fh.tell() + len(text) > self.max_bytes:
-            self._rotate()
-        n = self._fh.write(text)
-        self._fh.flush()
-        return n
+        data = text.encode(errors="backslashreplace")
+        if self.sink.lost:
+            data = self.sink.lost_line(json=True).encode() + data
+        if self._torn:
+            data = b"\n" + data
+        try:
+            if self._fd is None:
+                self._fd = _open_append(self.path)
+                self._size = os.fstat(self._fd).st_size
+            if self._size > 0 and self._size + len(data) > self.max_bytes:
+                self._rotate()
+            self._append(data)
+        except OSError as exc:
+            self.sink.failed(exc)
+        else:
+            self.sink.recovered()
+        return len(text)
+
+    def _append(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._fd, view)
+            except OSError:
+                self._torn = len(view) < len(data)
+                raise
+            self._size += n
+            view = view[n:]
+        self._torn = False
 
     def flush(self) -> None:
-        self._fh.flush()
+        pass  # every line is written as it comes
 
     def isatty(self) -> bool:
         return False
 
     def _rotate(self) -> None:
-        self._fh.close()
+        self.close()
         for i in range(self.backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")
             if older.exists():
@@ -67,21 +159,74 @@ class RotatingFile:
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         else:
             self.path.unlink()
-        self._fh = _open_append(self.path)
+        self._fd = _open_append(self.path)
+        self._size = 0
 
     def close(self) -> None:
-        self._fh.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class _Guarded:
+    """Any other stream (stderr, a test's buffer), with the same promise as RotatingFile."""
+
+    def __init__(self, stream: TextIO, json: bool) -> None:
+        self._stream = stream
+        self._json = json
+        self.sink = _Sink("the log (stderr)" if stream is sys.stderr else "the log")
+
+    def write(self, text: str) -> int:
+        try:
+            if self.sink.lost:
+                self._stream.write(self.sink.lost_line(self._json))
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+            self.sink.failed(exc)
+        else:
+            self.sink.recovered()
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+
+class _FromStdlib(logging.Handler):
+    """asyncio's and asyncssh's records, as lines of relay's own log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            facts: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                facts["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **facts)
+        except Exception:  # noqa: S110 (a log line never takes relay down)
+            pass
+
+
+_sink: _Sink | None = None
+_from_stdlib = _FromStdlib(logging.WARNING)
+
+
+def problem() -> str | None:
+    """Why the log cannot be written right now, if it cannot."""
+    return _sink.problem if _sink is not None else None
 
 
 def configure(
     level: str = "info", *, stream: TextIO | RotatingFile | None = None, json: bool | None = None
 ) -> None:
+    global _sink  # logging is configured once per process, here
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
+    out = stream if isinstance(stream, RotatingFile) else _Guarded(stream, json)
+    _sink = out.sink
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -94,11 +239,14 @@ def configure(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, stream)),
+        logger_factory=structlog.WriteLoggerFactory(cast(TextIO, out)),  # one write a line
         cache_logger_on_first_use=False,
     )
     # asyncssh logs through the standard library; keep it quiet unless debugging.
     logging.getLogger("asyncssh").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    root = logging.getLogger()
+    if _from_stdlib not in root.handlers:
+        root.addHandler(_from_stdlib)
 
 
 class RateLimited:
