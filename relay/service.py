@@ -86,8 +86,16 @@ def launchd_plist(command: Sequence[str], socket_path: Path, log_path: Path) -> 
 
 
 def default_command() -> list[str]:
-    """How this relay is started: the interpreter it runs under, so a venv keeps working."""
-    return [sys.executable, "-m", "relay"]
+    """How this relay is started: its own ``relay`` script beside the interpreter it runs
+    under (a venv or pipx install keeps working), else that interpreter isolated as the
+    shim's autostart runs it. Never ``python -m relay``: a user service starts in ``$HOME``,
+    and ``-m`` would import a ``relay`` checkout lying there ahead of the installed one."""
+    script = Path(sys.executable).parent / "relay"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    from relay.shim import isolated_command  # noqa: PLC0415 (the rare fallback)
+
+    return isolated_command()
 
 
 def _systemd_dir(env: Mapping[str, str]) -> Path:

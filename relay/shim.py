@@ -235,6 +235,14 @@ _SERVE = (
     "import sys; r = sys.argv.pop(1); sys.path[:0] = [] if r in sys.path else [r]; "
     "from relay.cli import main; sys.exit(main())"
 )
+
+
+def isolated_command() -> list[str]:
+    """``relay`` (add ``serve ...``) run by this interpreter, isolated as ``_SERVE`` says."""
+    relay_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [sys.executable, "-I", "-c", _SERVE, relay_root]
+
+
 EXIT_WAIT_S = 2.0  # a daemon that closed its ready pipe unsaid is on its way out
 # what relay.log withholds (relay.log._SECRET_WORDS); that module imports structlog
 _SECRET_WORDS = ("password", "passphrase", "passwd", "secret", "token", "private_key")
@@ -261,11 +269,7 @@ def _start_daemon(path: str) -> str:
         try:
             daemon = subprocess.Popen(
                 [
-                    sys.executable,
-                    "-I",
-                    "-c",
-                    _SERVE,
-                    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # relay's root
+                    *isolated_command(),
                     "serve",
                     "--ready-fd",
                     str(write_fd),

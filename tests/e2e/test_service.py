@@ -23,6 +23,7 @@ from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim
 from tests.e2e.helpers import controller, wait_gone
 
 ROOT = Path(__file__).parents[2]
+REAL_PYTHON = sys.executable
 needs_systemd = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None and not os.environ.get("CI"),
     reason="Debian's systemd package is not installed",
@@ -59,8 +60,10 @@ def test_installed_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert verify.stderr == ""
     text = (unit_dir / "relay.service").read_text()
     exec_start = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
-    interpreter, *rest = exec_start.removeprefix("ExecStart=").split()
-    assert rest == ["-m", "relay", "serve"] and os.access(interpreter, os.X_OK)
+    # relay's own script, never `python -m relay`: the service starts in $HOME, where -m
+    # would import a relay checkout lying there ahead of the installed one
+    script, *rest = exec_start.removeprefix("ExecStart=").split()
+    assert rest == ["serve"] and os.access(script, os.X_OK) and script.endswith("/relay")
     assert "Type=notify" in text
     gone = cli("service", "uninstall", env=env)
     assert gone.returncode == 0
@@ -68,6 +71,30 @@ def test_installed_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert not (unit_dir / "relay.socket").exists()
     again = cli("service", "uninstall", env=env)
     assert "nothing to remove" in again.stdout
+
+
+def test_without_its_script_the_service_runs_relay_isolated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interpreter with no ``relay`` beside it (relay on PYTHONPATH, say): the unit runs it
+    as the shim's autostart does, isolated from the directory and the environment it starts
+    in; a ``relay`` package planted in that directory is not imported."""
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python3"))
+    command = service.default_command()
+    assert command[:3] == [str(tmp_path / "bin" / "python3"), "-I", "-c"]
+    planted = tmp_path / "cwd" / "relay"
+    planted.mkdir(parents=True)
+    (planted / "__init__.py").write_text(f"open({str(tmp_path / 'planted')!r}, 'w')\n")
+    done = subprocess.run(
+        [REAL_PYTHON, *command[1:], "--version"],
+        cwd=planted.parent,
+        env=dict(os.environ, PYTHONPATH=str(planted.parent)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "planted").exists()
 
 
 def test_install_print_writes_nothing(tmp_path: Path) -> None:
