@@ -49,6 +49,7 @@ from relay.errors import (
     RelayError,
     ShuttingDown,
     host_header,
+    shutdown_cause,
 )
 from relay.kernels import Kernel, launch, new_kernel_id
 from relay.linkname import LinkName, LinkNameError
@@ -130,6 +131,7 @@ class Daemon:
         self.config_error: str | None = None  # a newer file that could not be used
         self._config_error_host: str | None = None  # the [hosts] entry at fault, if one is
         self.stop_requested: asyncio.Future[str] | None = None
+        self.stop_reason: str | None = None  # relay stop, relay restart, a signal's name
 
     # -- hosts -----------------------------------------------------------------------------
     def host(self, name: str, *, adhoc: bool | None = None) -> HostSession:
@@ -416,8 +418,10 @@ class Daemon:
         return {**read, "changed": changed, "ssh_config": list(config.daemon.ssh_config)}
 
     def request_stop(self, why: str) -> None:
-        """A graceful shutdown, as SIGTERM (``relay stop``, ``relay restart``)."""
+        """A graceful shutdown: ``why`` (``relay stop``, ``relay restart``, ``SIGTERM``...) is
+        logged and told to every controller's shim."""
         if self.stop_requested is not None and not self.stop_requested.done():
+            self.stop_reason = why
             log.info("shutting down", reason=why)
             self.stop_requested.set_result(why)
 
@@ -451,6 +455,9 @@ class Daemon:
     async def aclose(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """The whole shutdown, in order, bounded; see the module's docstring."""
         self.stopping = True
+        cause = shutdown_cause(self.stop_reason)
+        for k in self.kernels.values():  # what each controller's shim says, in one line
+            k.end_reason = k.end_reason or f"{cause}; the kernel on {k.named_host.key} was ended"
         try:
             async with asyncio.timeout(grace_s):
                 await self.terminate_kernels()
@@ -475,13 +482,13 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _default_trigger() -> Awaitable[None]:
+def _default_trigger(daemon: Daemon) -> Awaitable[None]:
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
 
     def on_signal(signum: int) -> None:
         if not stop.done():
-            log.info("shutting down", signal=signal.Signals(signum).name)
+            daemon.request_stop(signal.Signals(signum).name)
             stop.set_result(None)
         else:  # a second signal forces exit
             log.warning("second signal: exiting now", signal=signal.Signals(signum).name)
@@ -527,7 +534,7 @@ async def serve(
         notifier.notify(ready="1", status=f"serving {socket_path}")
         if on_ready is not None:
             on_ready(daemon)
-        trigger = shutdown_trigger if shutdown_trigger is not None else _default_trigger()
+        trigger = shutdown_trigger if shutdown_trigger is not None else _default_trigger(daemon)
         waiter: asyncio.Future[Any] = asyncio.ensure_future(trigger)
         stop: asyncio.Future[Any] = daemon.stop_requested
         try:
