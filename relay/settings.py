@@ -21,14 +21,7 @@ from relay.errors import BadRequest, ConfigError, UnknownHost, host_header
 from relay.hostspec import HostSpec, HostSpecError
 from relay.kernelcmd import no_control_characters
 
-__all__ = [
-    "DaemonConfig",
-    "Environment",
-    "HostConfig",
-    "RelayConfig",
-    "SlurmConfig",
-    "load",
-]
+__all__ = ["DaemonConfig", "Environment", "HostConfig", "RelayConfig", "SlurmConfig", "load"]
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
 RemoteWord = Annotated[str, AfterValidator(no_control_characters)]  # reaches the remote shell
@@ -139,16 +132,17 @@ class RelayConfig(_Strict):
     @classmethod
     def _defaults_for_every_host(cls, data: Any) -> Any:
         """Each [hosts] table on top of [defaults], before either is validated: a key from
-        [defaults] counts as set in relay.toml (it wins over ssh_config, as the host's own)."""
+        [defaults] counts as set in relay.toml (it wins over ssh_config, as the host's own).
+        A default ``jump`` is not the jump host's own: it does not reach itself through itself."""
         if not isinstance(data, dict):
             return data
         defaults, hosts = data.get("defaults"), data.get("hosts")
         if not defaults or not isinstance(defaults, dict) or not isinstance(hosts, dict):
             return data
-        merged = {
-            name: {**defaults, **table} if isinstance(table, dict) else table
-            for name, table in hosts.items()
-        }
+        merged = {}
+        for name, table in hosts.items():
+            inherited = {k: v for k, v in defaults.items() if not (k == "jump" and v == name)}
+            merged[name] = {**inherited, **table} if isinstance(table, dict) else table
         return {**data, "hosts": merged}
 
     def host_defaults(self) -> HostConfig:

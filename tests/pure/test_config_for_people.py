@@ -90,3 +90,15 @@ def test_defaults_errors_name_the_defaults_key(tmp_path: Path, text: str, says: 
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, text))
     assert f"{tmp_path / 'relay.toml'}: {says}" in str(info.value)
+
+
+def test_a_default_jump_host_does_not_jump_through_itself(tmp_path: Path) -> None:
+    config, _ = load(
+        write(
+            tmp_path,
+            "[defaults]\njump = 'bastion'\n"
+            "[hosts.bastion]\nhostname = 'b'\n[hosts.a]\nhostname = 'x'\n",
+        )
+    )
+    assert config.resolve("a")[1].jump == "bastion"
+    assert config.resolve("bastion")[1].jump is None
