@@ -122,6 +122,9 @@ class DaemonConfig(_Strict):
     ssh_config: tuple[str, ...] = ("~/.ssh/config", "/etc/ssh/ssh_config")
 
 
+_WAY = frozenset({"jump", "proxy_command"})  # how a host is reached: one setting of two keys
+
+
 class RelayConfig(_Strict):
     daemon: DaemonConfig = DaemonConfig()
     # the defaults of every host: a [hosts] table's own keys win; an ad-hoc host has these
@@ -133,7 +136,8 @@ class RelayConfig(_Strict):
     def _defaults_for_every_host(cls, data: Any) -> Any:
         """Each [hosts] table on top of [defaults], before either is validated: a key from
         [defaults] counts as set in relay.toml (it wins over ssh_config, as the host's own).
-        A default ``jump`` is not the jump host's own: it does not reach itself through itself."""
+        The way there (``jump``, ``proxy_command``) is one setting: a host that gives either
+        takes neither from [defaults]; nor does a default ``jump`` reach itself through itself."""
         if not isinstance(data, dict):
             return data
         defaults, hosts = data.get("defaults"), data.get("hosts")
@@ -141,8 +145,12 @@ class RelayConfig(_Strict):
             return data
         merged = {}
         for name, table in hosts.items():
-            inherited = {k: v for k, v in defaults.items() if not (k == "jump" and v == name)}
-            merged[name] = {**inherited, **table} if isinstance(table, dict) else table
+            if not isinstance(table, dict):
+                merged[name] = table
+                continue
+            own_way = bool(_WAY & table.keys()) or defaults.get("jump") == name
+            inherited = {k: v for k, v in defaults.items() if not (own_way and k in _WAY)}
+            merged[name] = {**inherited, **table}
         return {**data, "hosts": merged}
 
     def host_defaults(self) -> HostConfig:

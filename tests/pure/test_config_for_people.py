@@ -102,3 +102,18 @@ def test_a_default_jump_host_does_not_jump_through_itself(tmp_path: Path) -> Non
     )
     assert config.resolve("a")[1].jump == "bastion"
     assert config.resolve("bastion")[1].jump is None
+
+
+def test_a_hosts_own_way_there_replaces_the_default_one(tmp_path: Path) -> None:
+    """jump and proxy_command are one setting: a host's own jump is not overridden by a
+    proxy_command it inherits (proxy_command wins over jump in one table)."""
+    config, _ = load(
+        write(
+            tmp_path,
+            "[defaults]\nproxy_command = 'nc %h %p'\n"
+            "[hosts.a]\nhostname = 'x'\njump = 'j@b'\n[hosts.c]\nhostname = 'y'\n",
+        )
+    )
+    a, c = config.resolve("a")[1], config.resolve("c")[1]
+    assert (a.jump, a.proxy_command) == ("j@b", None)
+    assert (c.jump, c.proxy_command) == (None, "nc %h %p")
