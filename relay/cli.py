@@ -655,15 +655,18 @@ def _serve(ns: Any) -> int:
     ready = ReadyPipe(ns.ready_fd)  # an autostarting shim waits on it
 
     def fail(message: str, word: str = "error") -> int:
-        print(f"relay: {message}", file=sys.stderr)
         ready.say(f"error {message}" if word == "error" else "busy")
+        log.say_on_stderr(message)  # best effort: stderr may be a file on a full disk
         return 1 if word == "error" else 0
 
     try:
         config, source = settings.load(Path(ns.config) if ns.config else None)
     except RelayError as exc:
         return fail(exc.message)
-    stream = log.RotatingFile(Path(ns.log_file)) if ns.log_file else None
+    try:
+        stream = log.RotatingFile(Path(ns.log_file)) if ns.log_file else None
+    except OSError as exc:
+        return fail(f"cannot open the log {ns.log_file}: {exc.strerror or exc}")
     log.configure(ns.log_level or config.daemon.log_level, stream=stream)
     path = Path(ns.socket) if ns.socket else settings.socket_path(config)
     try:

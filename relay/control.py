@@ -34,6 +34,7 @@ from relay.errors import (
     LoginAbandoned,
     RelayError,
     ShuttingDown,
+    cannot_write,
     error_event,
 )
 from relay.framing import FramingError
@@ -55,9 +56,15 @@ class DaemonRunning(RelayError):
     code = "daemon_running"
 
 
+ELSEWHERE = "(or choose another socket directory with RELAY_SOCKET)"
+
+
 def prepare_socket_dir(path: Path) -> None:
     directory = path.parent
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise cannot_write(f"the socket directory {directory}", exc, ELSEWHERE) from None
     st = directory.stat()
     if st.st_uid != os.getuid():
         raise ConfigError(
@@ -71,18 +78,27 @@ def prepare_socket_dir(path: Path) -> None:
 
 
 class DaemonLock:
-    """One daemon per socket: an exclusive flock held for the daemon's life."""
+    """One daemon per socket: an exclusive flock held for the daemon's life, on a file that
+    holds its pid. A lock that cannot be written (a full disk) is one line, for the shim that
+    started this daemon to quote."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise cannot_write(f"the lock file {path}", exc, ELSEWHERE) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
             raise DaemonRunning(f"another relay daemon is already serving {path.parent}") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            os.close(self._fd)
+            raise cannot_write(f"the lock file {path}", exc, ELSEWHERE) from None
 
     def release(self) -> None:
         os.close(self._fd)

@@ -8,6 +8,7 @@ exceptions into these lives in ``relay.ssh.errors``.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, ClassVar
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "KernelExited",
     "KernelMissing",
     "LaunchTimeout",
+    "LocalFileError",
     "LoginAbandoned",
     "PeerCheckUnavailable",
     "RelayError",
@@ -35,6 +37,7 @@ __all__ = [
     "SlurmPending",
     "SupervisorFailed",
     "UnknownHost",
+    "cannot_write",
     "error_event",
     "host_header",
     "shutdown_cause",
@@ -162,6 +165,24 @@ class ConnectionLost(RelayError):
     """The SSH connection ended under a running kernel."""
 
     code = "connection_lost"
+
+
+class LocalFileError(RelayError):
+    """A file of relay's own on this machine (its socket directory, its lock) cannot be made
+    or written: a full disk, most often."""
+
+    code = "local_file"
+
+
+def cannot_write(what: str, exc: OSError, hint: str = "") -> LocalFileError:
+    """``what`` (e.g. "the lock file PATH") could not be written, in one line; a full disk
+    says so in words, with ``hint`` (another place to choose)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return LocalFileError(
+            f"cannot write {what}: no space left on its file system; free some space there"
+            + (f" {hint}" if hint else "")
+        )
+    return LocalFileError(f"cannot write {what}: {exc.strerror or exc}")
 
 
 class Internal(RelayError):

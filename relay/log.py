@@ -24,7 +24,7 @@ from typing import Any, TextIO, cast
 
 import structlog
 
-__all__ = ["RotatingFile", "configure", "problem", "redact"]
+__all__ = ["RotatingFile", "configure", "problem", "redact", "say_on_stderr"]
 
 _SECRET_WORDS = ("password", "passphrase", "secret", "token", "private_key")
 
@@ -41,7 +41,7 @@ def _open_append(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
 
-def _say(line: str) -> None:
+def say_on_stderr(line: str) -> None:
     """One line on stderr, best effort: stderr may be the very file that cannot be written
     (an autostarted daemon's is its log), and nothing may stay buffered to fail again at exit."""
     with contextlib.suppress(OSError, ValueError):
@@ -72,7 +72,7 @@ class _Sink:
         self.lost += 1
         if self.problem is None:
             self.problem = _why(self.what, exc)
-            _say(self.problem)
+            say_on_stderr(self.problem)
 
     def lost_line(self, json: bool) -> str:
         """The line that says how many were lost, once a line gets through again."""
