@@ -20,6 +20,7 @@ from relay import paths
 from relay.errors import BadRequest, ConfigError, UnknownHost, host_header
 from relay.hostspec import HostSpec, HostSpecError
 from relay.kernelcmd import no_control_characters
+from relay.slurm.units import megabytes, parse_time
 
 __all__ = ["DaemonConfig", "Environment", "HostConfig", "RelayConfig", "SlurmConfig", "load"]
 
@@ -32,15 +33,11 @@ class _Strict(BaseModel):
 
 
 def _memory(text: str) -> str:
-    from relay.slurm.spec import megabytes  # noqa: PLC0415 (spec imports this module)
-
     megabytes(text)
     return text
 
 
 def _time(text: str) -> str:
-    from relay.slurm.spec import parse_time  # noqa: PLC0415 (spec imports this module)
-
     return parse_time(text)
 
 

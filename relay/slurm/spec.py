@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relay.errors import host_header
+from relay.slurm.units import megabytes, parse_time
 
-if TYPE_CHECKING:  # settings validates with this module's parsers
+if TYPE_CHECKING:  # only for annotations: settings imports units, not this module
     from relay.settings import SlurmConfig
 
 __all__ = [
@@ -25,11 +26,9 @@ __all__ = [
     "ended_message",
     "expand_hostlist",
     "job_name",
-    "megabytes",
     "node_cpus",
     "parse_sbatch",
     "parse_squeue",
-    "parse_time",
     "pending_message",
     "pick_node",
     "sbatch_argv",
@@ -261,28 +260,3 @@ def ended_message(host: str, job: JobState) -> str:
     what = ENDED.get(job.state, f"ended ({job.state})")
     hint = f" (time in {host_header(host, 'slurm')})" if job.state == "TIMEOUT" else ""
     return f"Slurm job {job.id} on {host} {what}{hint}: its kernels were ended"
-
-
-_MEMORY = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
-# sbatch(1) --time: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
-# days-hours:minutes, days-hours:minutes:seconds
-_TIME = re.compile(r"^(?:\d+|\d+:\d+|\d+:\d+:\d+|\d+-\d+|\d+-\d+:\d+|\d+-\d+:\d+:\d+)$")
-
-
-def parse_time(text: str) -> str:
-    """A time limit as sbatch takes it (validated; returned as given)."""
-    if not _TIME.match(text.strip()):
-        raise ValueError(
-            f"not a Slurm time limit: {text!r} (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM "
-            f"or D-HH:MM:SS)"
-        )
-    return text.strip()
-
-
-def megabytes(text: str) -> int:
-    """A memory size as Slurm writes it (``4000``, ``4000M``, ``4G``) in megabytes."""
-    match = _MEMORY.match(text.strip())
-    if match is None:
-        raise ValueError(f"not a memory size: {text!r} (e.g. 4000M or 4G)")
-    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[match.group(2).upper()]
-    return max(1, int(int(match.group(1)) * scale))
