@@ -137,7 +137,7 @@ class RotatingFile:
             try:
                 n = os.write(self._fd, view)
             except OSError:
-                self._torn = len(view) < len(data)
+                self._torn = self._torn or len(view) < len(data)  # part of a line is out
                 raise
             self._size += n
             view = view[n:]
