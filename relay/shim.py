@@ -187,16 +187,28 @@ def agent_field() -> dict[str, str]:
     return {"ssh_auth_sock": sock} if sock else {}
 
 
+_ELSEWHERE = "(or choose another socket directory with RELAY_SOCKET)"
+
+
 class _StartLock:
     """An exclusive flock on ``relay.start.lock`` beside the socket. Waiting on it is bounded
     by its holder, who waits at most AUTOSTART_WAIT_S for its daemon."""
 
     def __init__(self, path: str) -> None:
         directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._fd = os.open(
-            os.path.join(directory, "relay.start.lock"), os.O_RDWR | os.O_CREAT, 0o600
-        )
+        lock = os.path.join(directory, "relay.start.lock")
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # a full disk, most often: one line, not a traceback
+            import errno  # noqa: PLC0415 (only when it failed)
+
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise ShimError(
+                f"cannot create the start lock {lock}: {exc.strerror}"
+                + (f"; free some space there {_ELSEWHERE}" if full else ""),
+                EXIT_DAEMON,
+            ) from None
 
     def __enter__(self) -> None:
         import fcntl  # noqa: PLC0415 (only on the rare autostart path)

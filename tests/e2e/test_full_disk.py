@@ -25,14 +25,14 @@ NO_SPACE = "no space left on its file system"
 
 
 @contextlib.contextmanager
-def small_tmpfs(where: Path, size: str = "64k") -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``where`` (0700, as relay's socket directory must be)."""
+def small_tmpfs(where: Path, size: str = "64k", inodes: int = 0) -> Iterator[Path]:
+    """A tmpfs of ``size`` (and ``inodes`` files, if given) mounted at ``where`` (0700, as
+    relay's socket directory must be)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs (a real full file system) needs root")
     where.mkdir(mode=0o700, parents=True, exist_ok=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], check=True
-    )
+    options = f"size={size},mode=0700" + (f",nr_inodes={inodes}" if inodes else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True)
     try:
         yield where
     finally:
@@ -133,6 +133,21 @@ async def test_a_full_socket_directory_is_the_autostarting_shims_one_line(
     assert len(said) == 1, result.stderr
     assert said[0].startswith("relay: the relay daemon could not start: cannot write")
     assert f"{home.socket}.lock" in said[0] and NO_SPACE in said[0], said[0]
+
+
+async def test_a_socket_directory_without_a_free_inode_is_the_shims_one_line(
+    home: RelayHome,
+) -> None:
+    """Not even the shim's start lock can be made: one line, not a traceback."""
+    home.write()
+    with small_tmpfs(home.socket.parent, inodes=2) as run:  # the directory and one file
+        (run / "filler").touch()
+        result = await run_shim(home, "--compute", "local", SIM_KERNEL, "1@127.0.0.1,2@127.0.0.1")
+    assert result.status == shim.EXIT_DAEMON
+    assert result.stderr.splitlines() == [
+        f"relay: cannot create the start lock {run}/relay.start.lock: No space left on device; "
+        "free some space there (or choose another socket directory with RELAY_SOCKET)"
+    ], result.stderr
 
 
 async def test_a_log_file_on_a_full_file_system_is_one_line_on_stderr(home: RelayHome) -> None:
