@@ -294,7 +294,7 @@ class Conversation:
             client_said.cancel()
             if not launching.done():  # the shutdown cancelled this conversation
                 launching.cancel("relay shut down")
-                await asyncio.gather(launching, return_exceptions=True)
+            await asyncio.gather(launching, client_said, return_exceptions=True)
 
     async def _follow_controller(self, k: Kernel, client_said: asyncio.Future[bytes]) -> None:
         """Until the kernel exits: a terminate request or a closed client ends the kernel."""
