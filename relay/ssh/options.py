@@ -16,7 +16,7 @@ from typing import Any
 from relay.settings import HostConfig
 from relay.ssh.sshconfig import SSHView
 
-__all__ = ["ConnectPlan", "plan"]
+__all__ = ["ConnectPlan", "asyncssh_keepalive", "plan"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,20 @@ class ConnectPlan:
     known_hosts: list[Path]  # consulted in this order (missing ones hold no keys)
     jump: str | None  # a single ProxyJump hop relay shares as a host session of its own
     notes: list[str] = field(default_factory=list)  # where relay does not do what ssh would
+
+
+def asyncssh_keepalive(interval_s: float, count_max: int) -> tuple[float, int]:
+    """asyncssh's ``keepalive_interval`` and ``keepalive_count_max`` for relay's settings.
+
+    relay (README) and ssh's ServerAliveCountMax declare a connection dead after ``interval_s x
+    count_max`` without a word from the server. asyncssh's keepalive timer counts one interval
+    more: it sends a request each interval and closes when the count *exceeds* its maximum,
+    after ``interval x (count_max + 1)`` of silence (45 s would be 60 s). So it is given one
+    request fewer, or for a count of 1 (asyncssh's least) half the interval: it closes after
+    ``interval_s x count_max`` all the same."""
+    if count_max >= 2:
+        return interval_s, count_max - 1
+    return interval_s / 2, 1
 
 
 def plan(config: HostConfig, view: SSHView) -> ConnectPlan:
@@ -62,8 +76,9 @@ def plan(config: HostConfig, view: SSHView) -> ConnectPlan:
         update["keepalive_count_max"] = count
     effective = config.model_copy(update=update)
     kwargs["connect_timeout"] = effective.connect_timeout_s
-    kwargs["keepalive_interval"] = effective.keepalive_interval_s
-    kwargs["keepalive_count_max"] = effective.keepalive_count_max
+    kwargs["keepalive_interval"], kwargs["keepalive_count_max"] = asyncssh_keepalive(
+        effective.keepalive_interval_s, effective.keepalive_count_max
+    )
 
     if "ciphers" in explicit or view.get("Ciphers") is None:
         kwargs["encryption_algs"] = config.ciphers
