@@ -45,13 +45,17 @@ from relay.kernelcmd import build_argv
 from relay.linkname import LinkName
 from relay.ssh.forwards import CallbackForward, RemoteSlot
 from relay.ssh.hookserver import REQUEST_TIMEOUT_S, HookServer
-from relay.ssh.host import Hold, HostSession
+from relay.ssh.host import Hold, HostSession, Live
 from relay.ssh.supervisor import RemoteProcess, Supervisor
 
 __all__ = ["Kernel", "launch"]
 
 Mode = Literal["controller", "compute"]
 _ids = itertools.count(1)
+# a failed launch gives back what it took before it answers, on a host that answers: a
+# signal's round trip and the forwards' cancellation, the grace of a kernel slow to exit
+RELEASE_WAIT_S = 2.0
+_ENDS_ITS_KERNELS = "the host's supervisor ends its kernels when it notices the session ended"
 
 
 class Kernel:
@@ -130,17 +134,42 @@ class Kernel:
         }
 
     async def terminate(self, grace_s: float | None = None) -> int | None:
-        """SIGTERM, then SIGKILL; returns the exit status (None if the connection died)."""
+        """SIGTERM, then SIGKILL; returns the exit status (None if the connection died).
+
+        Each signal is followed by a ping: the supervisor answers in order, so its pong says
+        the signal was delivered. A kernel still running after the grace has ignored it only
+        if the pong came; otherwise the signal may never have reached the host (a connection
+        that is dead but not yet declared lost), and no second signal would either."""
         grace = grace_s if grace_s is not None else self.host.config.terminate_grace_s
+        supervisor = self._supervisor
         for signal in ("TERM", "KILL"):
             if self.exited.done():
                 break
-            self._supervisor.signal(self.id, signal)
+            supervisor.signal(self.id, signal)
+            heard = asyncio.ensure_future(supervisor.ping(f"{self.id}-{signal}"))
             try:
                 async with asyncio.timeout(grace):
-                    await asyncio.shield(self.exited)
+                    if await asyncio.shield(self.exited) is None:  # the connection ended
+                        self.log.info(
+                            "could not signal the kernel",
+                            signal=signal,
+                            reason=f"the connection to {self.host.key} is lost; "
+                            f"{_ENDS_ITS_KERNELS}",
+                        )
             except TimeoutError:
-                self.log.warning("kernel ignored signal", signal=signal)
+                if heard.done() and not heard.cancelled() and heard.exception() is None:
+                    self.log.warning("kernel ignored signal", signal=signal)
+                    continue
+                self.log.warning(
+                    "could not signal the kernel",
+                    signal=signal,
+                    reason=f"{self.host.key} has not answered for {grace:g} s: the connection "
+                    f"to it looks lost; {_ENDS_ITS_KERNELS}",
+                )
+                break
+            finally:
+                heard.cancel()
+                await asyncio.gather(heard, return_exceptions=True)
         return self.exited.result() if self.exited.done() else None
 
     async def aclose(self) -> None:
@@ -177,45 +206,21 @@ async def launch(
     log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
     cfg = host.config
     args = list(extra_args)
+    # launch_timeout_s bounds the whole launch: connecting, the supervisor, the forwards and
+    # the kernel's callback share one deadline
+    deadline = asyncio.get_running_loop().time() + cfg.launch_timeout_s
     async with contextlib.AsyncExitStack() as unwind:  # what is taken is given back on failure
         hold = host.hold()  # no idle close while this kernel lives
         unwind.callback(hold.release)
         try:
-            live = await host.live()
-            live.guard.require()  # a host that cannot tell who connects fails here, at once
-            dynamic = mode == "controller" and cfg.dynamic
-            # Warm, every listener comes from the spare pool: no round trip before the kernel
-            # starts. The two forwards of the main link, and the hook's control channel.
-            slots = await live.pool.take(3 if dynamic else 2)
-            unwind.callback(_close_slots, slots)  # those no forward or hook has taken over
-            forward = CallbackForward(link, slots[:2], live.guard)
-            unwind.push_async_callback(forward.aclose)
-            hook, env = None, {}
-            if dynamic:
-                # Dynamic's service and preemptive links: relay's hook (RelayKernelInit.wl)
-                # and a per-kernel control channel; see relay.hook for the protocol.
-                args += ["-initfile", await host.init_file(live.connection)]
-                hook = await HookServer.open(
-                    live.connection,
-                    slot=slots[2],
-                    remote_guard=live.guard,
-                    local_guard=host.local_guard,
-                    host=host.key,
-                    kernel_id=kernel_id,
-                    frontend_host=link.data.host,
-                    timeout_s=cfg.launch_timeout_s,
-                )
-                unwind.push_async_callback(hook.aclose)
-                env = {
-                    "RELAY_HOOK_PORT": str(hook.port),
-                    "RELAY_HOOK_TOKEN": hook.first_token,
-                    "RELAY_DYNAMIC_METHOD": cfg.dynamic_method,
-                    "RELAY_FRONTEND_HOST": link.data.host,
-                    "RELAY_HOOK_TIMEOUT": f"{REQUEST_TIMEOUT_S:g}",
-                }
-            proc = live.supervisor.start_kernel(
-                kernel_id, [*wrapper, *build_argv(kernel, forward.name, args)], env
-            )
+            async with asyncio.timeout_at(deadline):
+                live, forward, hook, proc = await _start(
+                    host, unwind, kernel=kernel, link=link, mode=mode, args=args,
+                    kernel_id=kernel_id, wrapper=wrapper,
+                )  # fmt: skip
+        except TimeoutError:  # the deadline, or the supervisor's first ping unanswered
+            late = asyncio.get_running_loop().time() >= deadline
+            raise _unanswered(host, cfg.launch_timeout_s if late else None) from None
         except (asyncssh.Error, OSError) as exc:  # the connection died under us
             raise ConnectFailed(
                 f"the SSH connection to {host.key} was lost during launch: {exc}"
@@ -223,7 +228,7 @@ async def launch(
         unwind.pop_all()  # from here on the kernel owns all of it
     k = Kernel(kernel_id, host, hold, mode, link, forward, live.supervisor, proc, hook)
     log.info("launching", mode=mode, link=str(link), remote_link=str(forward.name))
-    callback = asyncio.ensure_future(_callback(k, kernel, cfg.launch_timeout_s))
+    callback = asyncio.ensure_future(_callback(k, kernel, cfg.launch_timeout_s, deadline))
     callback.add_done_callback(lambda f: _settle(k.callback, f))
     try:
         if mode == "compute":
@@ -233,11 +238,107 @@ async def launch(
     except BaseException as exc:
         callback.cancel()
         await asyncio.gather(callback, return_exceptions=True)
-        await k.terminate(grace_s=1.0)
-        await k.aclose()
+        await _release(k)
         log.warning("launch failed", error=str(exc))
         raise
     return k
+
+
+async def _start(
+    host: HostSession,
+    unwind: contextlib.AsyncExitStack,
+    *,
+    kernel: str,
+    link: LinkName,
+    mode: Mode,
+    args: list[str],
+    kernel_id: str,
+    wrapper: Sequence[str],
+) -> tuple[Live, CallbackForward, HookServer | None, RemoteProcess]:
+    """The launch up to the kernel's start line: the live connection, its forwards (and the
+    hook), what each took pushed on ``unwind``."""
+    cfg = host.config
+    live = await host.live()
+    live.guard.require()  # a host that cannot tell who connects fails here, at once
+    dynamic = mode == "controller" and cfg.dynamic
+    # Warm, every listener comes from the spare pool: no round trip before the kernel
+    # starts. The two forwards of the main link, and the hook's control channel.
+    slots = await live.pool.take(3 if dynamic else 2)
+    unwind.callback(_close_slots, slots)  # those no forward or hook has taken over
+    forward = CallbackForward(link, slots[:2], live.guard)
+    unwind.push_async_callback(forward.aclose)
+    hook, env = None, {}
+    if dynamic:
+        # Dynamic's service and preemptive links: relay's hook (RelayKernelInit.wl)
+        # and a per-kernel control channel; see relay.hook for the protocol.
+        args += ["-initfile", await host.init_file(live.connection)]
+        hook = await HookServer.open(
+            live.connection,
+            slot=slots[2],
+            remote_guard=live.guard,
+            local_guard=host.local_guard,
+            host=host.key,
+            kernel_id=kernel_id,
+            frontend_host=link.data.host,
+            timeout_s=cfg.launch_timeout_s,
+        )
+        unwind.push_async_callback(hook.aclose)
+        env = {
+            "RELAY_HOOK_PORT": str(hook.port),
+            "RELAY_HOOK_TOKEN": hook.first_token,
+            "RELAY_DYNAMIC_METHOD": cfg.dynamic_method,
+            "RELAY_FRONTEND_HOST": link.data.host,
+            "RELAY_HOOK_TIMEOUT": f"{REQUEST_TIMEOUT_S:g}",
+        }
+    proc = live.supervisor.start_kernel(
+        kernel_id, [*wrapper, *build_argv(kernel, forward.name, args)], env
+    )
+    return live, forward, hook, proc
+
+
+def _silence_s(host: HostSession) -> float:
+    """How long without a word from the host before relay declares its connection lost."""
+    return host.config.keepalive_interval_s * host.config.keepalive_count_max
+
+
+def _unanswered(host: HostSession, timeout_s: float | None) -> LaunchTimeout:
+    """No kernel started before the launch's deadline (``timeout_s``, launch_timeout_s), or
+    before the new supervisor's first ping went unanswered (None): what it waited for."""
+    silence = _silence_s(host)
+    if timeout_s is None:
+        return LaunchTimeout(
+            f"{host.key} did not answer relay's supervisor within {silence:g} s "
+            f"(keepalive_interval_s x keepalive_count_max): the connection may be lost"
+        )
+    if host.state in ("connecting", "backing-off"):
+        last = f": {host.last_error}" if host.last_error else ""
+        return LaunchTimeout(
+            f"could not connect to {host.key} within {timeout_s:g} s (launch_timeout_s){last}"
+        )
+    return LaunchTimeout(
+        f"{host.key} did not answer within {timeout_s:g} s (launch_timeout_s): the connection "
+        f"may be lost (relay declares it lost after {silence:g} s without a word: "
+        f"keepalive_interval_s x keepalive_count_max)"
+    )
+
+
+async def _release(k: Kernel) -> None:
+    """End a kernel whose launch failed and give back what it took. The launch waits for
+    that on a host that answers (bounded); on one that does not (its start was never
+    confirmed: a dead connection, not yet declared lost) the answer does not wait: the host
+    session finishes the release, which ends when the connection does."""
+
+    async def release() -> None:
+        await k.terminate(grace_s=1.0)
+        await k.aclose()
+
+    task = k.host.spawn(release(), name=f"release:{k.id}")
+    answering = k._proc.started.done()
+    try:
+        async with asyncio.timeout(RELEASE_WAIT_S if answering else 0):
+            await asyncio.shield(task)
+    except TimeoutError:
+        k.log.info("the failed launch's release goes on after its answer")
 
 
 def _close_slots(slots: list[RemoteSlot]) -> None:
@@ -256,14 +357,22 @@ def _settle(target: asyncio.Future[None], source: asyncio.Future[None]) -> None:
         target.set_result(None)
 
 
-async def _callback(k: Kernel, kernel: str, timeout_s: float) -> None:
+async def _callback(k: Kernel, kernel: str, timeout_s: float, deadline: float) -> None:
     """Both channels connected, then the listeners cancelled: from here on nothing else on
-    the remote host can connect. Bounded by ``launch_timeout_s``."""
+    the remote host can connect. Bounded by the launch's ``deadline``, ``timeout_s``
+    (launch_timeout_s) after it began."""
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout_at(deadline):
             await _until_connected(k, kernel)
             await k.forward.listeners_closed()
     except TimeoutError:
+        if not k._proc.started.done():  # no pid: the start line may never have arrived
+            raise LaunchTimeout(
+                f"the kernel on {k.host.key} did not connect within {timeout_s:g} s "
+                f"(launch_timeout_s), and {k.host.key} did not confirm its start: the "
+                f"connection may be lost (relay declares it lost after {_silence_s(k.host):g} "
+                f"s without a word: keepalive_interval_s x keepalive_count_max)"
+            ) from None
         raise LaunchTimeout(
             f"the kernel on {k.host.key} did not connect within {timeout_s:g} s "
             f"(launch_timeout_s){_last_words(k.output)}"

@@ -30,9 +30,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncssh
 import structlog
@@ -56,6 +56,7 @@ from relay.tasks import TaskSet
 
 __all__ = ["Hold", "HostSession", "Live", "Prompter"]
 
+T = TypeVar("T")
 JumpGetter = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
 ATTEMPTS_PER_REQUEST = 3
 FAILURES_KEPT = 10
@@ -424,7 +425,9 @@ class HostSession:
         self.last_error = None
         self._set_state("connected")
         self._log.info("connected", connect_ms=round((time.monotonic() - started) * 1000, 1))
-        self._tasks.spawn(self._watch(conn, client), name=f"watch:{self.key}")
+        # asyncssh's keepalive (relay.ssh.options.asyncssh_keepalive) ends it after this long
+        silent_s = cfg.keepalive_interval_s * cfg.keepalive_count_max
+        self._tasks.spawn(self._watch(conn, client, silent_s), name=f"watch:{self.key}")
         return conn
 
     def _translate(
@@ -533,7 +536,9 @@ class HostSession:
             kwargs["tunnel"] = await self._jump(connect_plan.jump)
         return kwargs
 
-    async def _watch(self, conn: asyncssh.SSHClientConnection, client: _Client) -> None:
+    async def _watch(
+        self, conn: asyncssh.SSHClientConnection, client: _Client, silent_s: float
+    ) -> None:
         await conn.wait_closed()
         if conn is not self._conn:
             return
@@ -541,8 +546,12 @@ class HostSession:
         self._set_state("disconnected")
         if not self._closing and not self._idle_closing:
             reason = str(client.lost) if client.lost else "closed by the server"
+            fields: dict[str, Any] = {}
+            if "keepalive" in reason:  # declared after this long without a word from the server
+                fields["silent_s"] = silent_s
+                reason += f" for {silent_s:g} s"
             self.last_error = f"connection lost: {reason}"
-            self._log.warning("connection lost", reason=reason)
+            self._log.warning("connection lost", reason=reason, **fields)
 
     # -- the supervisor ----------------------------------------------------------------------
     async def live(self) -> Live:
@@ -620,6 +629,11 @@ class HostSession:
                 await self._ping(current)
             except (RelayError, TimeoutError, asyncssh.Error, OSError):
                 return  # the connection ended: _watch says so, once
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+        """Work on this host that may outlive the request that began it (a failed launch's
+        release on a connection that does not answer): owned here, ended by ``aclose``."""
+        return self._tasks.spawn(coro, name=name)
 
     # -- relay's kernel hook file ------------------------------------------------------------
     async def _prefetch_init_file(self, conn: asyncssh.SSHClientConnection) -> None:
