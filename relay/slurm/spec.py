@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from relay.errors import host_header
-from relay.slurm.units import megabytes, parse_time
+from relay.slurm.units import megabytes
 
 if TYPE_CHECKING:  # only for annotations: settings imports units, not this module
     from relay.settings import SlurmConfig
