@@ -53,6 +53,7 @@ from relay.errors import (
 )
 from relay.kernels import Kernel, launch, new_kernel_id
 from relay.linkname import LinkName, LinkNameError
+from relay.log import problem as log_problem
 from relay.settings import HostConfig, RelayConfig
 from relay.slurm.nodes import Clusters
 from relay.ssh.exposed import ExposeForward
@@ -373,6 +374,7 @@ class Daemon:
                 "stopping": self.stopping,
                 "config": str(self.config_path),
                 "config_error": self.config_error,
+                "log_problem": log_problem(),  # a full disk: the log itself cannot say so
                 **process_stats(),
             },
             "hosts": hosts,

@@ -114,6 +114,8 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
             f"CONFIG REJECTED: {d['config_error']} (the running configuration stays; "
             f"fix the file and it is read again)"
         )
+    if d.get("log_problem"):  # the log cannot be written (a full disk): said here instead
+        lines.append(f"LOG NOT WRITTEN: {d['log_problem']}")
     lines.append("")
     hosts = status["hosts"]
     if hosts:

@@ -184,6 +184,10 @@ async def test_a_log_that_fills_up_mid_run_takes_no_launch_down(home: RelayHome)
                 await worker.aclose()
                 link.close()
                 assert await main.echo(b"still here") == b"still here"
+                # the log cannot say the disk is full: relay status says it instead
+                shown, table, err = await relay_cli(home, "status")
+                assert shown == 0, err
+                assert f"LOG NOT WRITTEN: cannot write the log {log_file}: {NO_SPACE}" in table
                 await main.quit(0)
                 status, _, err = await fe.result()
                 await main.aclose()

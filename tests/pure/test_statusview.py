@@ -70,3 +70,14 @@ def test_a_rejected_relay_toml_is_shown_on_top() -> None:
     assert lines.index(said[0]) < 3  # before the hosts, where it is seen
     status["daemon"]["config_error"] = None
     assert "relay.toml" not in render(status, now=110.0)
+
+
+def test_a_log_that_cannot_be_written_is_shown_on_top() -> None:
+    """A full disk: the daemon's log cannot say so, ``relay status`` does, before the hosts."""
+    status = answer()
+    status["daemon"]["log_problem"] = "cannot write the log /x/relay.log: No space left on device"
+    lines = render(status, now=110.0).splitlines()
+    said = [line for line in lines if line.startswith("LOG NOT WRITTEN")]
+    assert said and "No space left" in said[0] and lines.index(said[0]) < 3
+    status["daemon"]["log_problem"] = None
+    assert "LOG NOT WRITTEN" not in render(status, now=110.0)
