@@ -7,7 +7,7 @@ supervisor), and in a daemon of its own otherwise (``relay.cli``). Rendering is
 ``relay.checkview``.
 
 1 configuration   which [hosts] entry or ssh_config alias, resolved user/host/port/keys/jump
-2 reach           name resolution and TCP, the address used (direct connections only)
+2 reach           name resolution, TCP and the SSH banner, the address used (direct only)
 3 host key        known, unknown (fingerprint, ``relay trust``) or changed
 4 authentication  the methods the server offers; which key or agent identity works
 5 server          a remote forward on 127.0.0.1 port 0, sessions (MaxSessions), SFTP
@@ -31,6 +31,7 @@ import asyncssh
 
 from relay.checkview import Result, State, parse_probe
 from relay.errors import HostKeyChanged, RelayError
+from relay.hostspec import HostSpec, HostSpecError
 from relay.linkname import LinkName
 from relay.ssh import hostkeys, identity
 
@@ -94,6 +95,9 @@ class Checker:
         self.conn: asyncssh.SSHClientConnection | None = None
         self.probe: dict[str, str] = {}
         self.running_daemon = False
+        # where the host's user and port come from: "relay.toml", "the host spec",
+        # "ssh_config" or "ssh's defaults" (step 1 finds out; every step says it)
+        self.origin: dict[str, str] = {}
 
     async def run(self) -> list[Result]:
         steps: list[tuple[str, Callable[[], Awaitable[tuple[str, dict[str, Any], State]]]]] = [
@@ -147,19 +151,10 @@ class Checker:
             else "not a [hosts] entry: an ad-hoc host"
         )
         alias = view.hostname != base.hostname
-        explicit = base.model_fields_set if self.name in self.daemon.config.hosts else set()
-
-        def source(field: str, keyword: str) -> str:
-            if field in explicit:
-                return "relay.toml"
-            if view.get(keyword) is not None:
-                return "ssh_config"
-            return "default"
-
+        self.origin = self._origins(session, view)
         show = {
             "entry": entry + (f"; ssh_config alias for {view.hostname}" if alias else ""),
-            "target": f"{view.user}@{view.hostname}:{view.port} (user from "
-            f"{source('user', 'User')}, port from {source('port', 'Port')})",
+            "target": f"{view.user}@{view.hostname}:{view.port} ({_origin_words(self.origin)})",
             "identity files": ", ".join(cfg.identity_files)
             if cfg.identity_files
             else ", ".join(map(str, view.get("IdentityFile") or [])) or "ssh's defaults and agent",
@@ -172,6 +167,30 @@ class Checker:
         if plan.notes:
             data["advice"] = plan.notes[0]
         return f"{view.user}@{view.hostname}:{view.port}", data, "warn" if plan.notes else "ok"
+
+    def _origins(self, session: HostSession, view: Any) -> dict[str, str]:
+        """Where the user and the port the connection uses come from. relay passes its own
+        (a [hosts] entry's or [defaults]', or a spec's) to ssh_config's reading, where they
+        win as ssh's command line does; ssh_config's own apply only where relay has none."""
+        spec: HostSpec | None = None
+        if self.name not in self.daemon.config.hosts:
+            with contextlib.suppress(HostSpecError):
+                spec = HostSpec.parse(self.name)
+        origin = {}
+        for field, keyword in (("user", "User"), ("port", "Port")):
+            if getattr(session.base_config, field) is not None:
+                by_spec = spec is not None and getattr(spec, field) is not None
+                origin[field] = f"the host spec {self.name}" if by_spec else "relay.toml"
+            elif view.get(keyword) is not None:
+                origin[field] = "ssh_config"
+            else:
+                origin[field] = "ssh's defaults"
+        return origin
+
+    def _from(self, field: str) -> str:
+        """``field``'s origin, briefly: "from ssh_config", "from the host spec"."""
+        where = self.origin.get(field, "")
+        return f"from {'the host spec' if where.startswith('the host spec') else where}"
 
     # -- 2 ---------------------------------------------------------------------------------
     async def reach(self) -> tuple[str, dict[str, Any], State]:
@@ -192,27 +211,46 @@ class Checker:
             ) from None
         resolve_ms = (time.monotonic() - started) * 1000
         errors = []
+        port = f"port {view.port} ({self._from('port')})"
+        timeout_s = plan.config.connect_timeout_s
         for family, _, _, _, sockaddr in infos:
             address = str(sockaddr[0])
             started = time.monotonic()
             try:
-                async with asyncio.timeout(plan.config.connect_timeout_s):
-                    _, writer = await asyncio.open_connection(address, view.port)
+                async with asyncio.timeout(timeout_s):
+                    reader, writer = await asyncio.open_connection(address, view.port)
             except (OSError, TimeoutError) as exc:
                 errors.append(f"{address}: {exc.strerror or 'timed out'}")
                 continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
             ms = (time.monotonic() - started) * 1000
+            try:
+                banner = await _banner(reader, timeout_s)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            if not banner.startswith("SSH-"):
+                took = time.monotonic() - started
+                said = f"answered {banner[:60]!r}, not SSH" if banner else "sent no SSH banner"
+                raise _Failed(
+                    f"{address}:{view.port} accepted TCP but {said} in {took:.1f} s "
+                    f"(connect_timeout_s {timeout_s:g} s)",
+                    f"something other than sshd listens on {port}: check Port for "
+                    f"{self.name}; or sshd there is too busy to answer (MaxStartups)",
+                )
+            kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
             return (
-                f"{address} port {view.port} ({kind}), TCP in {ms:.0f} ms",
-                {"address": address, "resolve_ms": round(resolve_ms, 1), "tcp_ms": round(ms, 1)},
+                f"{address} {port}, {kind}, TCP in {ms:.0f} ms, {banner[:40]}",
+                {
+                    "address": address,
+                    "resolve_ms": round(resolve_ms, 1),
+                    "tcp_ms": round(ms, 1),
+                    "banner": banner,
+                },
                 "ok",
             )
         raise _Failed(
-            f"cannot reach {view.hostname} port {view.port}: {'; '.join(errors)}",
+            f"cannot reach {view.hostname} {port}: {'; '.join(errors)}",
             f"check Port/HostName for {self.name}, that sshd runs there, and firewalls or VPN "
             f"between here and there",
         )
@@ -225,7 +263,11 @@ class Checker:
         except HostKeyChanged as exc:  # a revoked key: nothing to trust, nothing to retry
             raise _Failed(exc.message, "do not connect: tell the host's administrator") from None
         except RelayError as exc:
-            raise _Failed(exc.message, "see `relay check` step 2; then try again") from None
+            raise _Failed(
+                exc.message,
+                "the server answered step 2 but not the key exchange: try again; if it "
+                "persists, see the server's sshd log",
+            ) from None
         entry = hostkeys.entry_name(key["name"], key["port"])
         if key["state"] == "known":
             return f"known: {key['fingerprint']}", {"fingerprint": key["fingerprint"]}, "ok"
@@ -246,13 +288,14 @@ class Checker:
         session = self.session
         assert session is not None
         view, plan = session.plan()
-        kwargs = await session.connect_kwargs(plan)
+        # as a connection reaches it: its name in ssh_config's eyes, the resolved port and user
+        kwargs = dict(await session.connect_kwargs(plan), port=view.port, username=view.user)
         methods: list[str] = []
         with contextlib.suppress(OSError, asyncssh.Error, TimeoutError, ValueError):
             async with asyncio.timeout(plan.config.connect_timeout_s):
                 methods = list(
                     await asyncssh.get_server_auth_methods(
-                        view.hostname,
+                        session.base_config.hostname,
                         **{k: v for k, v in kwargs.items() if k in AUTH_METHODS_KWARGS},
                     )
                 )
@@ -270,14 +313,16 @@ class Checker:
             )
             offers = ", ".join(methods) or "?"
             raise _Failed(f"{exc.message} (server offers: {offers})", advice) from None
-        which = await self._which_key(view, plan, kwargs)
+        which, state = await self._which_key(view, plan, kwargs)
         show = {"server offers": ", ".join(methods) or "(not said)"}
         if was == "connected":
             show["connection"] = "the daemon's, already open"
-        return which, {"methods": methods, "show": show}, "ok"
+        summary = f"{which} as {view.user} ({self._from('user')})"
+        return summary, {"methods": methods, "show": show}, state
 
-    async def _which_key(self, view: Any, plan: Any, kwargs: dict[str, Any]) -> str:
-        """Which key the server takes: each candidate alone, in the order relay offers them."""
+    async def _which_key(self, view: Any, plan: Any, kwargs: dict[str, Any]) -> tuple[str, State]:
+        """Which key the server takes: each candidate alone, in the order relay offers them,
+        to the host as the connection reached it."""
         agent = identity.agent_path(view.get("IdentityAgent"), self.daemon.environ_agent)
         candidates: list[tuple[str, Any]] = []
         if plan.config.identity_files is not None:
@@ -292,11 +337,12 @@ class Checker:
                 with contextlib.suppress(OSError, asyncssh.KeyImportError):
                     candidates.append((path, asyncssh.read_private_key(path)))
             candidates += [(_agent_label(key), key) for key in await identity.agent_keys(agent)]
+        unreached: list[str] = []  # not a key's refusal: the test could not tell
         for label, key in candidates[:8]:
             try:
                 async with asyncio.timeout(plan.config.connect_timeout_s):
                     conn = await asyncssh.connect(
-                        view.hostname,
+                        self.session.base_config.hostname if self.session else view.hostname,
                         **dict(
                             _bare(kwargs),
                             client_keys=[key],
@@ -304,11 +350,19 @@ class Checker:
                             preferred_auth=["publickey"],
                         ),
                     )
-            except (OSError, asyncssh.Error, TimeoutError, ValueError):
+            except asyncssh.PermissionDenied:
+                continue
+            except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+                unreached.append(f"{label}: {str(exc) or type(exc).__name__}")
                 continue
             conn.close()
-            return f"publickey with {label}"
-        return "authenticated (not with one key alone: relay login, or several factors)"
+            return f"publickey with {label}", "ok"
+        if unreached:
+            return (
+                f"authenticated, but which key works is not known: {unreached[0][:120]}",
+                "warn",
+            )
+        return "authenticated (not with one key alone: relay login, or several factors)", "ok"
 
     # -- 5 ---------------------------------------------------------------------------------
     async def server(self) -> tuple[str, dict[str, Any], State]:
@@ -532,6 +586,28 @@ class Checker:
             show["recent failure"] = f"{last.get('reason', last)}"[:120]
         summary = f"{snap['state']}, RTT {rtt:.1f} ms" if rtt is not None else snap["state"]
         return summary, {"show": show, "rtt_ms": rtt}, "ok"
+
+
+async def _banner(reader: asyncio.StreamReader, timeout_s: float) -> str:
+    """The server's first line: "SSH-2.0-..." from sshd (RFC 4253 allows lines before it),
+    "" if it says nothing within ``timeout_s``."""
+    lines: list[str] = []
+    with contextlib.suppress(TimeoutError, OSError, ValueError):
+        async with asyncio.timeout(timeout_s):
+            for _ in range(20):
+                line = (await reader.readline()).decode("ascii", "replace").strip()
+                if not line or line.startswith("SSH-"):
+                    return line or (lines[0] if lines else "")
+                lines.append(line)
+    return lines[0] if lines else ""
+
+
+def _origin_words(origin: dict[str, str]) -> str:
+    """ "user and port from ssh_config", "user from relay.toml, port from ssh's defaults"."""
+    user, port = origin.get("user", "?"), origin.get("port", "?")
+    if user == port:
+        return f"user and port from {user}"
+    return f"user from {user}, port from {port}"
 
 
 def _bare(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from relay.sim.sshd import ThrowawaySSHD, _free_port, _keygen
-from tests.conftest import RELAY, RelayHome, start_daemon
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome, start_daemon
 
 pytestmark = pytest.mark.sshd
 
@@ -239,3 +239,79 @@ def test_a_kernel_that_exits_with_a_message(home: RelayHome) -> None:
     assert "exited 4: License expired: no valid password found" in failed["summary"]
     assert "licence" in failed["advice"]
     assert "FAIL 7. kernel" in text
+
+
+def shared_defaults(home: RelayHome) -> ThrowawaySSHD:
+    """relay.toml's [defaults] with the test sshd's key, known_hosts and the kernel, and no
+    user or port: those come from the spec or ssh_config."""
+    assert home.sshd is not None
+    home.defaults.update(
+        identity_files=[str(home.sshd.client_key)],
+        known_hosts=str(home.sshd.known_hosts),
+        kernel=SIM_KERNEL,
+    )
+    return home.sshd
+
+
+def test_an_ssh_config_alias_is_checked_at_its_port(home: RelayHome) -> None:
+    """Port and User from an ssh_config Host block, none in relay.toml: every step reaches
+    that port (nothing listens on 22 here), and says where the port and user came from."""
+    sshd = shared_defaults(home)
+    home.ssh_config.write_text(
+        f"Host viaconfig\n  HostName 127.0.0.1\n  Port {sshd.port}\n  User {sshd.user}\n"
+    )
+    status, answer, text = check(home, "viaconfig")
+    results = by_name(answer)
+    assert status == 0, text
+    shown = results["configuration"]["data"]["show"]
+    assert shown["target"] == (
+        f"{sshd.user}@127.0.0.1:{sshd.port} (user and port from ssh_config)"
+    ), text
+    assert f"port {sshd.port} (from ssh_config)" in results["reach"]["summary"], text
+    assert results["host key"]["state"] == "ok", text
+    assert results["authentication"]["summary"].startswith("publickey with "), text
+    assert f"as {sshd.user} (from ssh_config)" in results["authentication"]["summary"], text
+    assert results["round trip"]["state"] == "ok", text
+
+
+def test_a_spec_says_its_user_and_port_are_the_specs(home: RelayHome) -> None:
+    sshd = shared_defaults(home)
+    spec = f"{sshd.user}@127.0.0.1:{sshd.port}"
+    status, answer, text = check(home, spec)
+    results = by_name(answer)
+    assert status == 0, text
+    target = results["configuration"]["data"]["show"]["target"]
+    assert target == f"{spec} (user and port from the host spec {spec})", text
+    assert "ssh_config" not in target
+    assert f"port {sshd.port} (from the host spec)" in results["reach"]["summary"], text
+
+
+def test_relay_toml_says_its_user_and_port_are_relay_tomls(home: RelayHome) -> None:
+    _, answer, text = check(home)
+    target = by_name(answer)["configuration"]["data"]["show"]["target"]
+    assert target.endswith("(user and port from relay.toml)"), text
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP (the kernel completes the handshake for the listen queue)
+    and never says a word: no SSH banner, ever."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield int(listener.getsockname()[1])
+    listener.close()
+
+
+def test_a_port_that_never_speaks_ssh(home: RelayHome, silent_port: int) -> None:
+    home.add_host("local", port=silent_port, connect_timeout_s=1)
+    status, answer, text = check(home)
+    failed = first_failure(answer)
+    assert status == 1 and failed["name"] == "reach", text
+    assert failed["summary"].startswith(
+        f"127.0.0.1:{silent_port} accepted TCP but sent no SSH banner in 1."
+    ), text
+    assert f"port {silent_port} (from relay.toml)" in failed["advice"], text
+    assert "step 2" not in failed["advice"]
