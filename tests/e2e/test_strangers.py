@@ -75,38 +75,38 @@ def kernel_racing_a_stranger(directory: Path) -> tuple[str, Path]:
     return kernel_after(directory, AS_NOBODY)
 
 
-async def test_a_stranger_on_the_remote_host_gets_nothing_and_the_kernel_its_link(
-    daemon: RunningDaemon, daemon_log: io.StringIO
-) -> None:
-    kernel, result = kernel_racing_a_stranger(daemon.home.dir)
-    async with controller(daemon.home, kernel=kernel) as fe:
+Seen = dict[str, dict[str, object]]
+
+
+async def controller_gets_its_kernel(home: RelayHome, kernel: str, result: Path) -> Seen:
+    """A controller launched with ``kernel`` (which lets a stranger at its ports first) gets
+    the real kernel, greeted with intact bytes, and nothing of the stranger; what the
+    stranger saw."""
+    async with controller(home, kernel=kernel) as fe:
         assert fe.link.greetings is not None  # the front end writes the instant it accepts
-        kl = await fe.link.accept(60)  # the real kernel, greeted with intact bytes
+        kl = await fe.link.accept(60)
         assert await kl.echo(b"mine") == b"mine"
-        seen = json.loads(result.read_text())
+        seen: Seen = json.loads(result.read_text())
         assert all(s["connected"] for s in seen.values()), seen
-        assert all(s["bytes"] == 0 and s["eof"] for s in seen.values()), seen
         assert fe.link.extra_connections == 0, "the front end saw the stranger"
         await kl.quit(0)
-        assert (await fe.result())[0] == 0
+        status, _, err = await fe.result()
+        assert status == 0, err
         await kl.aclose()
-    found = refusals(daemon_log)
-    assert found and {e["foreign_uid"] for e in found} == {NOBODY}
-    assert {e["side"] for e in found} == {"remote"}
+    return seen
 
 
-async def test_a_stranger_on_the_front_ends_machine_gets_nothing_from_an_exposed_link(
-    daemon: RunningDaemon, daemon_log: io.StringIO
-) -> None:
-    # a kernel listening on the remote host (it writes its HELLO the moment it accepts)
-    listener, local = await expose_listening_kernel(daemon.home, "local")
-    stranger = await asyncio.create_subprocess_shell(
-        f"{AS_NOBODY} {local.data.port} {local.message.port}", stdout=asyncio.subprocess.PIPE
+async def exposed_link_survives(home: RelayHome, stranger: str) -> Seen:
+    """A kernel listening on the remote host (it writes its HELLO the moment it accepts),
+    exposed locally; ``stranger PORT1 PORT2`` races its local listeners first, then the
+    user's own front end connects and gets the link. What the stranger saw."""
+    listener, local = await expose_listening_kernel(home, "local")
+    racer = await asyncio.create_subprocess_shell(
+        f"{stranger} {local.data.port} {local.message.port}", stdout=asyncio.subprocess.PIPE
     )
-    out, _ = await asyncio.wait_for(stranger.communicate(), 60)
-    seen = json.loads(out)
-    assert all(s["connected"] and s["bytes"] == 0 and s["eof"] for s in seen.values()), seen
-    # the user's own front end still gets the link
+    out, _ = await asyncio.wait_for(racer.communicate(), 60)
+    seen: Seen = json.loads(out)
+    assert all(s["connected"] for s in seen.values()), seen
     streams = [
         await asyncio.open_connection(ep.host, ep.port) for ep in (local.data, local.message)
     ]
@@ -117,6 +117,28 @@ async def test_a_stranger_on_the_front_ends_machine_gets_nothing_from_an_exposed
     for _, w in streams:
         w.close()
         await w.wait_closed()
+    return seen
+
+
+def given_nothing(seen: Seen) -> bool:
+    """The stranger's connections were closed unread, with no byte given."""
+    return all(s["bytes"] == 0 and s["eof"] for s in seen.values())
+
+
+async def test_a_stranger_on_the_remote_host_gets_nothing_and_the_kernel_its_link(
+    daemon: RunningDaemon, daemon_log: io.StringIO
+) -> None:
+    kernel, result = kernel_racing_a_stranger(daemon.home.dir)
+    assert given_nothing(await controller_gets_its_kernel(daemon.home, kernel, result))
+    found = refusals(daemon_log)
+    assert found and {e["foreign_uid"] for e in found} == {NOBODY}
+    assert {e["side"] for e in found} == {"remote"}
+
+
+async def test_a_stranger_on_the_front_ends_machine_gets_nothing_from_an_exposed_link(
+    daemon: RunningDaemon, daemon_log: io.StringIO
+) -> None:
+    assert given_nothing(await exposed_link_survives(daemon.home, AS_NOBODY))
     found = refusals(daemon_log)
     assert found and {e["foreign_uid"] for e in found} == {NOBODY}
     assert {e["side"] for e in found} == {"local"}
@@ -139,16 +161,7 @@ async def test_a_strangers_closing_socket_is_nobodys_on_the_remote_host(
     assert daemon.home.sshd is not None and daemon.home.sshd.user == "root"
     for _ in range(CLOSING_ROUNDS):
         kernel, result = kernel_behind_a_closing_stranger(daemon.home.dir, junk=8)
-        async with controller(daemon.home, kernel=kernel) as fe:
-            kl = await fe.link.accept(60)  # the real kernel, greeted with intact bytes
-            assert await kl.echo(b"mine") == b"mine"
-            seen = json.loads(result.read_text())
-            assert all(s["connected"] for s in seen.values()), seen
-            assert fe.link.extra_connections == 0, "the front end saw the stranger"
-            await kl.quit(0)
-            status, _, err = await fe.result()
-            assert status == 0, err
-            await kl.aclose()
+        await controller_gets_its_kernel(daemon.home, kernel, result)
     found = refusals(daemon_log)
     assert found and {e["side"] for e in found} == {"remote"}
 
@@ -159,28 +172,13 @@ async def test_a_strangers_closing_socket_is_nobodys_on_the_front_ends_machine(
     """The daemon runs as root: the same attack on an exposed link's local listeners."""
     assert os.getuid() == 0
     for _ in range(CLOSING_ROUNDS):
-        listener, local = await expose_listening_kernel(daemon.home, "local")
-        stranger = await asyncio.create_subprocess_shell(
-            f"{AS_NOBODY} --closing 8 {local.data.port} {local.message.port}",
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await asyncio.wait_for(stranger.communicate(), 60)
-        assert all(s["connected"] for s in json.loads(out).values()), out
-        streams = [
-            await asyncio.open_connection(ep.host, ep.port) for ep in (local.data, local.message)
-        ]
-        kind, _hello = await read_data(streams[0][0])  # the user's own front end gets the link
-        assert kind == wire.HELLO
-        streams[0][1].write(wire.data_frame(wire.QUIT, b"0"))
-        assert await asyncio.wait_for(listener.wait(), 30) == 0
-        for _, w in streams:
-            w.close()
-            await w.wait_closed()
+        await exposed_link_survives(daemon.home, f"{AS_NOBODY} --closing 8")
     found = refusals(daemon_log)
     assert found and {e["side"] for e in found} == {"local"}
 
 
 FROM_ELSEWHERE = f"{SYSTEM_PYTHON} {STRANGER} --from 127.0.0.2"
+ELSEWHERE = "from 127.0.0.2, not 127.0.0.1"
 
 
 async def test_the_users_own_process_from_another_local_address_is_refused_remotely(
@@ -189,41 +187,16 @@ async def test_the_users_own_process_from_another_local_address_is_refused_remot
     """A connection to a 127.0.0.1 listener from 127.0.0.2 is not looked up by port alone:
     the originating address must be the listener's own loopback address."""
     kernel, result = kernel_after(daemon.home.dir, FROM_ELSEWHERE, "elsewhere")
-    async with controller(daemon.home, kernel=kernel) as fe:
-        kl = await fe.link.accept(60)
-        assert await kl.echo(b"mine") == b"mine"
-        seen = json.loads(result.read_text())
-        assert all(s["connected"] and s["bytes"] == 0 and s["eof"] for s in seen.values()), seen
-        assert fe.link.extra_connections == 0
-        await kl.quit(0)
-        assert (await fe.result())[0] == 0
-        await kl.aclose()
-    found = refusals(daemon_log)
-    assert {e["foreign_uid"] for e in found} == {"from 127.0.0.2, not 127.0.0.1"}
+    assert given_nothing(await controller_gets_its_kernel(daemon.home, kernel, result))
+    assert {e["foreign_uid"] for e in refusals(daemon_log)} == {ELSEWHERE}
 
 
 async def test_the_users_own_process_from_another_local_address_is_refused_locally(
     daemon: RunningDaemon, daemon_log: io.StringIO
 ) -> None:
-    listener, local = await expose_listening_kernel(daemon.home, "local")
-    elsewhere = await asyncio.create_subprocess_shell(
-        f"{FROM_ELSEWHERE} {local.data.port} {local.message.port}", stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(elsewhere.communicate(), 60)
-    seen = json.loads(out)
-    assert all(s["connected"] and s["bytes"] == 0 and s["eof"] for s in seen.values()), seen
-    streams = [
-        await asyncio.open_connection(ep.host, ep.port) for ep in (local.data, local.message)
-    ]
-    kind, _hello = await read_data(streams[0][0])
-    assert kind == wire.HELLO
-    streams[0][1].write(wire.data_frame(wire.QUIT, b"0"))
-    assert await asyncio.wait_for(listener.wait(), 30) == 0
-    for _, w in streams:
-        w.close()
-        await w.wait_closed()
+    assert given_nothing(await exposed_link_survives(daemon.home, FROM_ELSEWHERE))
     found = refusals(daemon_log)
-    assert {e["foreign_uid"] for e in found} == {"from 127.0.0.2, not 127.0.0.1"}
+    assert {e["foreign_uid"] for e in found} == {ELSEWHERE}
     assert {e["side"] for e in found} == {"local"}
 
 

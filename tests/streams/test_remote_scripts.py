@@ -16,6 +16,7 @@ import pytest
 from relay.ssh.remote_scripts import one_line, remote_command
 from relay.ssh.supervisor import Event, parse_line
 from tests.conftest import pid_alive
+from tests.orphans import orphaned_client
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
 
@@ -86,16 +87,9 @@ def test_owner_of_a_connection_to_a_listener(sup: Sup) -> None:
                 assert sup.event() == Event("owner", "o1", str(os.getuid()))
     # issue 23: a client that closed at once leaves an orphaned socket (FIN_WAIT2: uid 0,
     # inode 0) while sshd (here: the server) still holds its end: nobody's, never root's
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        listen_port = server.getsockname()[1]
-        client = socket.create_connection(("127.0.0.1", listen_port))
-        client_port = client.getsockname()[1]
-        accepted, _ = server.accept()
-        with accepted:
-            client.close()
-            assert accepted.recv(1) == b""  # the FIN arrived: the client's socket is closing
-            sup.send(f"owner o2 {client_port:04X} {listen_port:04X}")
-            assert sup.event() == Event("owner", "o2", "c")
+    with orphaned_client(b"x") as (client_port, listen_port):
+        sup.send(f"owner o2 {client_port:04X} {listen_port:04X}")
+        assert sup.event() == Event("owner", "o2", "c")
     sup.send("owner o3 0001 0002")  # nobody connected from port 1
     assert sup.event() == Event("owner", "o3", "-")
     sup.send("owner o4 12;rm 0002")  # not hex: refused, nothing run
