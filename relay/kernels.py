@@ -213,6 +213,8 @@ async def launch(
         hold = host.hold()  # no idle close while this kernel lives
         unwind.callback(hold.release)
         try:
+            # connecting is bounded by launch_timeout_s itself, and says its own error
+            await host.connection()
             async with asyncio.timeout_at(deadline):
                 live, forward, hook, proc = await _start(
                     host, unwind, kernel=kernel, link=link, mode=mode, args=args,

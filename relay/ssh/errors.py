@@ -35,10 +35,15 @@ def translate_connect_error(
     timeout_s: float,
     offered: asyncssh.SSHKey | None = None,
     recorded: hostkeys.Recorded | None = None,
+    elapsed_s: float | None = None,
+    reached: str = "none",
 ) -> RelayError:
     """One line naming what ssh would: the resolved host name, port and user of ``view``.
     A refused host key is explained by ``recorded``, the look-up the connection was checked
-    against, and ``offered``, the key the server offers (when it could be fetched)."""
+    against, and ``offered``, the key the server offers (when it could be fetched). A
+    timeout says how far the attempt got (``reached``: "none", "tcp" without the server's
+    SSH version line, or "ssh") and how long it took (``elapsed_s``, measured) against its
+    bound (``timeout_s``)."""
     host, port, user = view.hostname, view.port, view.user
     target = f"{host}:{port}" if port != 22 else host
     who = f"{user}@{target}"
@@ -58,6 +63,19 @@ def translate_connect_error(
         return UnknownHost(
             f"cannot resolve host {host!r}: it is not a [hosts] entry in {config_source} "
             f"(configured: {known}), no Host in {ssh_files} names it, and DNS does not know it"
+        )
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError) and reached != "none":
+        took = timeout_s if elapsed_s is None else elapsed_s
+        bound = f"ConnectTimeout, or connect_timeout_s in {config_source}: {timeout_s:g} s"
+        if reached == "tcp":
+            return ConnectFailed(
+                f"{host}:{port} accepted TCP but sent no SSH banner in {took:.1f} s ({bound}): "
+                f"is sshd what listens on port {port}? (or it is too busy to answer: "
+                f"MaxStartups)"
+            )
+        return ConnectFailed(
+            f"{who} answered but did not finish the SSH handshake and login in {took:.1f} s "
+            f"({bound})"
         )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return ConnectFailed(

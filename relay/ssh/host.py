@@ -81,12 +81,21 @@ class _Client(asyncssh.SSHClient):
 
     def __init__(self, ask: Prompter | None = None, who: str = "") -> None:
         self.lost: Exception | None = None
+        self.opened: asyncssh.SSHClientConnection | None = None  # the transport was made
         self.person_needed: list[str] = []
         self._ask = ask
         self._who = who
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.opened = conn
         ignorepad.drop_padding(conn)  # one packet per packet, not two (see the module)
+
+    def reached(self) -> str:
+        """How far a failed attempt got: "none" (no transport), "tcp" (a transport, but no
+        SSH version line from the server) or "ssh" (the server said its version)."""
+        if self.opened is None:
+            return "none"
+        return "ssh" if self.opened.get_extra_info("server_version") else "tcp"
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc
@@ -239,7 +248,8 @@ class HostSession:
         """Attempts until one succeeds, one fails in a way no retry can mend, or the time a
         launch waits (``launch_timeout_s``) would be overrun; each attempt is bounded by
         ConnectTimeout (or connect_timeout_s)."""
-        deadline = time.monotonic() + self.base_config.launch_timeout_s
+        began = time.monotonic()
+        deadline = began + self.base_config.launch_timeout_s
         for attempt in range(ATTEMPTS_PER_REQUEST):
             self._set_state("connecting")
             self.retry_at = None
@@ -254,6 +264,13 @@ class HostSession:
                     or time.monotonic() + delay >= deadline - 1.0
                     or not self._may_retry()
                 ):
+                    if attempt > 0:  # each attempt's message says its own time: and in all?
+                        exc.message = self.last_error = (
+                            f"{exc.message}; {attempt + 1} attempts, "
+                            f"{time.monotonic() - began:.1f} s in all (a launch waits at most "
+                            f"launch_timeout_s, {self.base_config.launch_timeout_s:g} s)"
+                        )
+                        exc.args = (exc.message,)
                     raise
                 self._set_state("backing-off")
                 self.retry_at = time.time() + delay
@@ -410,7 +427,20 @@ class HostSession:
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             if isinstance(exc, asyncssh.HostKeyNotVerifiable):
                 offered = await self._offered(kwargs)
-            err = self._translate(exc, view, connect_plan, timeout_s, offered, recorded)
+            direct = not (connect_plan.jump or cfg.proxy_command)  # else a tunnel, not TCP
+            err = translate_connect_error(
+                exc,
+                alias=self.key,
+                view=view,
+                known_hosts=connect_plan.known_hosts,
+                configured=self._configured,
+                config_source=self._config_source,
+                timeout_s=timeout_s,
+                offered=offered,
+                recorded=recorded,
+                elapsed_s=time.monotonic() - started,
+                reached=client.reached() if direct else "none",
+            )
             if isinstance(err, AuthenticationFailed) and client.person_needed:
                 err = AuthenticationFailed(
                     f"{view.user}@{view.hostname} asks for {' and '.join(client.person_needed)} "

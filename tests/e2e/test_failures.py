@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -240,3 +241,37 @@ async def test_newlines_never_reach_the_remote_host(daemon: RunningDaemon) -> No
     await kl.quit(0)
     await kl.aclose()
     link.close()
+
+
+async def test_a_port_that_accepts_tcp_but_never_speaks_ssh(home: RelayHome) -> None:
+    """Something listens but is not sshd (or never answers): each attempt waits its
+    connect_timeout_s, the launch retries, and the one line says what happened, each
+    attempt's time, how many attempts and how long in all, all within launch_timeout_s."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accepted, and never a word
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    launch_timeout_s = 4.0
+    home.add_host("local", port=port, connect_timeout_s=1, launch_timeout_s=launch_timeout_s)
+    try:
+        async with start_daemon(home):
+            started = asyncio.get_running_loop().time()
+            line = await launch_against(home)
+            took_s = asyncio.get_running_loop().time() - started
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert f"127.0.0.1:{port} accepted TCP but sent no SSH banner in 1.0 s" in line, line
+    assert "timed out after" not in line, line
+    found = re.search(r"; (\d) attempts, ([\d.]+) s in all \(a launch waits at most", line)
+    assert found is not None, line
+    attempts, in_all_s = int(found[1]), float(found[2])
+    assert attempts >= 2, line
+    assert attempts * 1.0 <= in_all_s <= took_s, (line, took_s)
+    assert f"launch_timeout_s, {launch_timeout_s:g} s" in line, line
+    assert took_s <= launch_timeout_s + 1.0, (line, took_s)
