@@ -25,7 +25,7 @@ import shlex
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
@@ -36,10 +36,24 @@ from relay.linkname import LinkName
 from relay.ssh import hostkeys, identity
 
 if TYPE_CHECKING:
-    from relay.daemon import Daemon
+    from relay.kernels import Kernel
+    from relay.settings import RelayConfig
     from relay.ssh.host import HostSession
 
-__all__ = ["HOST_PROBE", "ROUND_TRIP_PROBE", "run"]
+__all__ = ["HOST_PROBE", "ROUND_TRIP_PROBE", "DaemonState", "run"]
+
+
+class DaemonState(Protocol):
+    """What the checks read of the daemon they run in (``relay.daemon.Daemon`` is one; the
+    control layer and the CLI call ``run``, the daemon does not import this module)."""
+
+    config: RelayConfig
+    config_source: str
+    environ_agent: str | None
+    kernels: dict[str, Kernel]
+
+    def host(self, name: str) -> HostSession: ...
+
 
 STEP_TIMEOUT_S = 30.0  # no check waits longer; most take a round trip or two
 KERNEL_TIMEOUT_S = 20.0  # `KERNEL -version`: a licence check may take a while
@@ -87,7 +101,7 @@ class _Failed(Exception):
 
 
 class Checker:
-    def __init__(self, daemon: Daemon, name: str, kernel: str | None) -> None:
+    def __init__(self, daemon: DaemonState, name: str, kernel: str | None) -> None:
         self.daemon = daemon
         self.name = name
         self.kernel = kernel
@@ -623,7 +637,7 @@ def _agent_label(key: asyncssh.SSHKeyPair) -> str:
 
 
 async def run(
-    daemon: Daemon, name: str, kernel: str | None, *, running: bool
+    daemon: DaemonState, name: str, kernel: str | None, *, running: bool
 ) -> list[dict[str, Any]]:
     checker = Checker(daemon, name, kernel)
     checker.running_daemon = running

@@ -365,7 +365,7 @@ def _check_standalone(host: str, kernel: str | None) -> dict[str, Any] | int:
 
     import uvloop  # noqa: PLC0415
 
-    from relay import log, settings  # noqa: PLC0415
+    from relay import check, log, settings  # noqa: PLC0415
     from relay.daemon import Daemon  # noqa: PLC0415
     from relay.errors import RelayError  # noqa: PLC0415
 
@@ -379,7 +379,8 @@ def _check_standalone(host: str, kernel: str | None) -> dict[str, Any] | int:
     async def run() -> dict[str, Any]:
         daemon = Daemon(config, str(source))
         try:
-            return await daemon.check(host, kernel, running=False)
+            results = await check.run(daemon, host, kernel, running=False)
+            return {"event": "checked", "host": host, "results": results}
         finally:
             await daemon.aclose(grace_s=2.0)
 

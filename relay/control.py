@@ -8,8 +8,10 @@
 - ``Conversation``: one request line in, its answer out (``relay.protocol``); a controller
   launch stays until its kernel exits, and the client going away ends the kernel.
 
-The operations themselves (launch, forward, connect, status) are the ``Daemon``'s; this module
-only talks.
+The operations themselves (launch, forward, connect, status) are the daemon's; this module
+only talks. It knows the daemon as ``Operations``, what a conversation asks of it: the daemon
+(``relay.daemon``) imports this module, never the other way round. ``relay check`` runs here,
+on the daemon's state (``relay.check.run``), not inside the daemon.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import socket
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from relay import __version__, framing, protocol
+from relay import __version__, check, framing, protocol
 from relay.client import peer_uid
 from relay.errors import (
     BadRequest,
@@ -40,10 +42,17 @@ from relay.errors import (
 from relay.framing import FramingError
 
 if TYPE_CHECKING:
-    from relay.daemon import Daemon
     from relay.kernels import Kernel
+    from relay.ssh.host import Prompter
 
-__all__ = ["ControlServer", "DaemonLock", "DaemonRunning", "peer_uid", "prepare_socket_dir"]
+__all__ = [
+    "ControlServer",
+    "DaemonLock",
+    "DaemonRunning",
+    "Operations",
+    "peer_uid",
+    "prepare_socket_dir",
+]
 
 REQUEST_TIMEOUT_S = 10.0
 LOGIN_ANSWER_TIMEOUT_S = 300.0  # a person reading a one-time code off a phone
@@ -54,6 +63,24 @@ log = structlog.get_logger("relay.control")
 
 class DaemonRunning(RelayError):
     code = "daemon_running"
+
+
+class Operations(check.DaemonState, Protocol):
+    """What a conversation asks of the daemon (``relay.daemon.Daemon`` is the one)."""
+
+    stopping: bool
+    stop_reason: str | None
+
+    def status(self) -> dict[str, Any]: ...
+    def reload(self, *, force: bool = False) -> dict[str, Any]: ...
+    def request_stop(self, why: str) -> None: ...
+    def note_client(self, ssh_auth_sock: str | None) -> None: ...
+    def refuse_if_stopping(self, what: str) -> None: ...
+    async def launch(self, req: protocol.LaunchRequest) -> Kernel: ...
+    async def forward(self, req: protocol.ForwardRequest) -> str: ...
+    async def connect(self, req: protocol.ConnectRequest) -> dict[str, Any]: ...
+    async def login(self, req: protocol.LoginRequest, ask: Prompter) -> dict[str, Any]: ...
+    async def host_key(self, name: str) -> dict[str, Any]: ...
 
 
 ELSEWHERE = "(or choose another socket directory with RELAY_SOCKET)"
@@ -116,7 +143,7 @@ class Conversation:
     controller launch, to its kernel's exit)."""
 
     def __init__(
-        self, daemon: Daemon, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, daemon: Operations, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self._daemon = daemon
         self._reader = reader
@@ -211,8 +238,10 @@ class Conversation:
             daemon.note_client(req.ssh_auth_sock)
             return await daemon.host_key(req.host)
         if isinstance(req, protocol.CheckRequest):
+            daemon.refuse_if_stopping("checks")
             daemon.note_client(req.ssh_auth_sock)
-            return await daemon.check(req.host, req.kernel)
+            results = await check.run(daemon, req.host, req.kernel, running=True)
+            return {"event": "checked", "host": req.host, "results": results}
         if isinstance(req, protocol.AnswersRequest):
             raise BadRequest("answers outside a login")
         raise BadRequest("terminate outside a launch")
@@ -323,7 +352,7 @@ class Conversation:
 class ControlServer:
     """The listening control socket and the conversations on it."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Operations) -> None:
         self._daemon = daemon
         self._server: asyncio.Server | None = None
         self._conversations: dict[asyncio.Task[None], Conversation] = {}

@@ -119,7 +119,7 @@ class Daemon:
         self.kernels: dict[str, Kernel] = {}
         self.forwards: dict[str, RequestedForward] = {}
         self.clusters = Clusters(self.hosts, self._new_session, self.tag)
-        self.control = ControlServer(self)
+        self.control: ControlServer | None = None  # serve() builds it (relay check needs none)
         self._tasks = TaskSet(log)
         self.stopping = False
         self.started_at = time.time()
@@ -175,7 +175,7 @@ class Daemon:
         # (ProxyJump) is the user's own word, whatever allow_adhoc_hosts says
         return await self.host(name, adhoc=True).connection()
 
-    def _refuse_if_stopping(self, what: str) -> None:
+    def refuse_if_stopping(self, what: str) -> None:
         if self.stopping:
             raise ShuttingDown(
                 f"relay is shutting down and takes no new {what}; "
@@ -184,7 +184,7 @@ class Daemon:
 
     # -- kernels ---------------------------------------------------------------------------
     async def launch(self, req: protocol.LaunchRequest) -> Kernel:
-        self._refuse_if_stopping("launches")
+        self.refuse_if_stopping("launches")
         self.note_client(req.ssh_auth_sock)
         try:
             link = LinkName.parse(req.linkname)
@@ -251,7 +251,7 @@ class Daemon:
     # -- links and connections on request --------------------------------------------------
     async def forward(self, req: protocol.ForwardRequest) -> str:
         """Open a link across a host's connection on a local client's request."""
-        self._refuse_if_stopping("links")
+        self.refuse_if_stopping("links")
         try:
             target = LinkName.parse(req.linkname)
         except LinkNameError as exc:
@@ -301,7 +301,7 @@ class Daemon:
     async def connect(self, req: protocol.ConnectRequest) -> dict[str, Any]:
         """Open a host's connection, supervisor and spare forwards ahead of any launch, so
         that the first kernel does not pay connect and authentication."""
-        self._refuse_if_stopping("connections")
+        self.refuse_if_stopping("connections")
         self.note_client(req.ssh_auth_sock)
         host = self.host(req.host)
         if host.config.slurm is not None:
@@ -430,7 +430,7 @@ class Daemon:
     async def login(self, req: protocol.LoginRequest, ask: Prompter) -> dict[str, Any]:
         """``relay login HOST``: (re)open the host's connection with a person answering the
         server's password and keyboard-interactive prompts; every later launch uses it."""
-        self._refuse_if_stopping("logins")
+        self.refuse_if_stopping("logins")
         self.note_client(req.ssh_auth_sock)
         host = self.host(req.host)
         started = time.monotonic()
@@ -446,14 +446,6 @@ class Daemon:
         return await session.host_key()
 
     # -- shutdown --------------------------------------------------------------------------
-    async def check(self, name: str, kernel: str | None, *, running: bool = True) -> dict[str, Any]:
-        """``relay check``: every check for ``name``, on this daemon's connection to it."""
-        from relay import check  # noqa: PLC0415
-
-        self._refuse_if_stopping("checks")
-        results = await check.run(self, name, kernel, running=running)
-        return {"event": "checked", "host": name, "results": results}
-
     async def aclose(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """The whole shutdown, in order, bounded; see the module's docstring."""
         self.stopping = True
@@ -464,14 +456,16 @@ class Daemon:
             async with asyncio.timeout(grace_s):
                 await self.terminate_kernels()
                 await self.clusters.aclose()  # scancel: no allocation outlives the daemon
-                await self.control.aclose()
+                if self.control is not None:
+                    await self.control.aclose()
                 await self._tasks.aclose()  # reapers and requested forwards release theirs
                 await asyncio.gather(*(h.aclose() for h in self.hosts.values()))
         except TimeoutError:
             log.warning("shutdown grace exceeded; aborting SSH connections", grace_s=grace_s)
             for h in self.hosts.values():
                 h.abort()
-            await self.control.aclose(force=True)
+            if self.control is not None:
+                await self.control.aclose(force=True)
             await self._tasks.aclose()
 
 
@@ -524,12 +518,13 @@ async def serve(
     prepare_socket_dir(socket_path)
     lock = DaemonLock(socket_path.with_name(socket_path.name + ".lock"))
     daemon = Daemon(config, config_source, socket_path)
+    control = daemon.control = ControlServer(daemon)
     loop = asyncio.get_running_loop()
     daemon.stop_requested = loop.create_future()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGHUP, _on_hangup, daemon)
     try:
-        await daemon.control.start(socket_path, inherited)
+        await control.start(socket_path, inherited)
         log.info(
             "serving", socket=str(socket_path), pid=os.getpid(), activated=inherited is not None
         )
