@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
-from relay.checkview import Result, State, parse_probe
+from relay.checkview import Result, State, origin_words, parse_probe
 from relay.errors import HostKeyChanged, RelayError
 from relay.hostspec import HostSpec, HostSpecError
 from relay.linkname import LinkName
@@ -168,7 +168,7 @@ class Checker:
         self.origin = self._origins(session, view)
         show = {
             "entry": entry + (f"; ssh_config alias for {view.hostname}" if alias else ""),
-            "target": f"{view.user}@{view.hostname}:{view.port} ({_origin_words(self.origin)})",
+            "target": f"{view.user}@{view.hostname}:{view.port} ({origin_words(self.origin)})",
             "identity files": ", ".join(cfg.identity_files)
             if cfg.identity_files
             else ", ".join(map(str, view.get("IdentityFile") or [])) or "ssh's defaults and agent",
@@ -203,8 +203,7 @@ class Checker:
 
     def _from(self, field: str) -> str:
         """``field``'s origin, briefly: "from ssh_config", "from the host spec"."""
-        where = self.origin.get(field, "")
-        return f"from {'the host spec' if where.startswith('the host spec') else where}"
+        return origin_words(self.origin, field)
 
     # -- 2 ---------------------------------------------------------------------------------
     async def reach(self) -> tuple[str, dict[str, Any], State]:
@@ -351,12 +350,14 @@ class Checker:
                 with contextlib.suppress(OSError, asyncssh.KeyImportError):
                     candidates.append((path, asyncssh.read_private_key(path)))
             candidates += [(_agent_label(key), key) for key in await identity.agent_keys(agent)]
+        assert self.session is not None
+        host = self.session.base_config.hostname  # the name ssh_config knows it by
         unreached: list[str] = []  # not a key's refusal: the test could not tell
         for label, key in candidates[:8]:
             try:
                 async with asyncio.timeout(plan.config.connect_timeout_s):
                     conn = await asyncssh.connect(
-                        self.session.base_config.hostname if self.session else view.hostname,
+                        host,
                         **dict(
                             _bare(kwargs),
                             client_keys=[key],
@@ -614,14 +615,6 @@ async def _banner(reader: asyncio.StreamReader, timeout_s: float) -> str:
                     return line or (lines[0] if lines else "")
                 lines.append(line)
     return lines[0] if lines else ""
-
-
-def _origin_words(origin: dict[str, str]) -> str:
-    """ "user and port from ssh_config", "user from relay.toml, port from ssh's defaults"."""
-    user, port = origin.get("user", "?"), origin.get("port", "?")
-    if user == port:
-        return f"user and port from {user}"
-    return f"user from {user}, port from {port}"
 
 
 def _bare(kwargs: dict[str, Any]) -> dict[str, Any]:

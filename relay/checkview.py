@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Result", "parse_probe", "render", "verdict"]
+__all__ = ["Result", "origin_words", "parse_probe", "render", "verdict"]
 
 State = Literal["ok", "warn", "fail", "skip"]
 MARKS: dict[str, str] = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "--  "}
@@ -54,6 +54,19 @@ def render(host: str, results: list[Result], width: int = 16) -> str:
 
 def _warned(results: list[Result]) -> bool:
     return any(r.state == "warn" for r in results)
+
+
+def origin_words(origin: dict[str, str], field: str | None = None) -> str:
+    """Where a host's user and port came from (``origin``: "relay.toml", "ssh_config", "ssh's
+    defaults" or "the host spec SPEC"): "user and port from ssh_config", "user from
+    relay.toml, port from ssh's defaults"; for one ``field``, briefly: "from the host spec"."""
+    if field is not None:
+        where = origin.get(field, "?")
+        return "from the host spec" if where.startswith("the host spec") else f"from {where}"
+    user, port = origin.get("user", "?"), origin.get("port", "?")
+    if user == port:
+        return f"user and port from {user}"
+    return f"user from {user}, port from {port}"
 
 
 def parse_probe(text: str) -> dict[str, str]:

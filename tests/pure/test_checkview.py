@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from relay.check import HOST_PROBE
-from relay.checkview import Result, parse_probe, render, verdict
+from relay.checkview import Result, origin_words, parse_probe, render, verdict
 
 
 def results() -> list[Result]:
@@ -40,3 +40,15 @@ def test_probe_lines_parse_and_junk_is_ignored() -> None:
     assert parse_probe(out) == {"sh": "ok", "tmpdir": "/tmp/a b", "free_kb": "123"}
     keys = set(re.findall(r"echo (\w+)=", HOST_PROBE))
     assert {"sh", "mktemp", "bash", "tmpdir", "proc", "cache_dir", "free_kb"} <= keys
+
+
+def test_where_the_user_and_port_came_from() -> None:
+    spec = {"user": "the host spec bob@h:2222", "port": "the host spec bob@h:2222"}
+    assert origin_words(spec) == "user and port from the host spec bob@h:2222"
+    assert origin_words(spec, "port") == "from the host spec"
+    mixed = {"user": "relay.toml", "port": "ssh_config"}
+    assert origin_words(mixed) == "user from relay.toml, port from ssh_config"
+    assert origin_words(mixed, "port") == "from ssh_config"
+    assert origin_words({"user": "ssh's defaults", "port": "ssh's defaults"}) == (
+        "user and port from ssh's defaults"
+    )
