@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 import asyncssh
@@ -268,7 +268,7 @@ async def _start(
     slots = await live.pool.take(3 if dynamic else 2)
     unwind.callback(_close_slots, slots)  # those no forward or hook has taken over
     forward = CallbackForward(link, slots[:2], live.guard)
-    unwind.push_async_callback(forward.aclose)
+    unwind.push_async_callback(_give_back, host, forward.aclose, f"release:{kernel_id}")
     hook, env = None, {}
     if dynamic:
         # Dynamic's service and preemptive links: relay's hook (RelayKernelInit.wl)
@@ -284,7 +284,7 @@ async def _start(
             frontend_host=link.data.host,
             timeout_s=cfg.launch_timeout_s,
         )
-        unwind.push_async_callback(hook.aclose)
+        unwind.push_async_callback(_give_back, host, hook.aclose, f"release-hook:{kernel_id}")
         env = {
             "RELAY_HOOK_PORT": str(hook.port),
             "RELAY_HOOK_TOKEN": hook.first_token,
@@ -304,24 +304,32 @@ def _silence_s(host: HostSession) -> float:
 
 
 def _unanswered(host: HostSession, timeout_s: float | None) -> LaunchTimeout:
-    """No kernel started before the launch's deadline (``timeout_s``, launch_timeout_s), or
-    before the new supervisor's first ping went unanswered (None): what it waited for."""
+    """The host stopped answering after the connection was made: no kernel started before
+    the launch's deadline (``timeout_s``, launch_timeout_s), or the new supervisor's first
+    ping went unanswered (None). (A connect says its own error, within the same bound.)"""
     silence = _silence_s(host)
     if timeout_s is None:
         return LaunchTimeout(
             f"{host.key} did not answer relay's supervisor within {silence:g} s "
             f"(keepalive_interval_s x keepalive_count_max): the connection may be lost"
         )
-    if host.state in ("connecting", "backing-off"):
-        last = f": {host.last_error}" if host.last_error else ""
-        return LaunchTimeout(
-            f"could not connect to {host.key} within {timeout_s:g} s (launch_timeout_s){last}"
-        )
     return LaunchTimeout(
         f"{host.key} did not answer within {timeout_s:g} s (launch_timeout_s): the connection "
         f"may be lost (relay declares it lost after {silence:g} s without a word: "
         f"keepalive_interval_s x keepalive_count_max)"
     )
+
+
+async def _give_back(
+    host: HostSession, close: Callable[[], Coroutine[Any, Any, None]], name: str
+) -> None:
+    """What a failed launch took, given back: waited for a while (a healthy host confirms in a
+    round trip), then left to the host session, as on a host that no longer answers the
+    cancellation of a remote listener waits for the connection's end."""
+    task = host.spawn(close(), name=name)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(RELEASE_WAIT_S):
+            await asyncio.shield(task)
 
 
 async def _release(k: Kernel) -> None:
