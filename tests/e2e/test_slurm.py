@@ -42,9 +42,9 @@ def site(cluster: LocalSlurm, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture
-def slurm_home(cluster: LocalSlurm, site: SlurmSite) -> Iterator[RelayHome]:
+def slurm_home(cluster: LocalSlurm, site: SlurmSite, ssh_agent: str | None) -> Iterator[RelayHome]:
     directory = Path(tempfile.mkdtemp(prefix="relay-", dir="/tmp"))
-    home = RelayHome(directory, site.login)
+    home = RelayHome(directory, site.login, agent=ssh_agent)  # a user's shell has one
     home.daemon_options["ssh_config"] = [str(home.ssh_config)]
     home.ssh_config.write_text(site.ssh_config)  # the node's Slurm name -> its sshd
     home.add_host(
