@@ -8,7 +8,8 @@ daemon
     through the control socket, ``relay.control``: one ``Conversation`` per client, versioned
     JSON lines (``relay.framing``, ``relay.protocol``) on a 0600 Unix socket. ``relay launch``
     (``relay.shim``, standard library only) is what the front end's Launch command and
-    ``$RemoteCommand`` run.
+    ``$RemoteCommand`` run. Starting and stopping a daemon wait on the two locks beside the
+    socket (``relay.locks``), never on a clock.
 hosts
     ``relay.ssh.host.HostSession`` owns the one asyncssh connection to a remote machine, opened
     on first use and kept open, and what lives on it (``Live``): the supervisor session, spare

@@ -467,25 +467,8 @@ def _status(as_json: bool) -> int:
 STOP_WAIT_S = 90.0  # the daemon's own shutdown grace is shorter (relay.daemon)
 
 
-def _alive(pid: int) -> bool:
-    """Whether the process runs (an exited one not yet reaped, a zombie, does not)."""
-    import os  # noqa: PLC0415
-
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):  # gone, or the pid is another user's now
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): launchd reaps its own
-
-
 def _stop(*, restart: bool) -> int:
-    import time  # noqa: PLC0415
-
-    from relay import client, paths, shim  # noqa: PLC0415
+    from relay import client, locks, paths, shim  # noqa: PLC0415
 
     path = paths.socket_path()
     try:
@@ -502,12 +485,11 @@ def _stop(*, restart: bool) -> int:
             return 1
         pid = int(answer["pid"])
         print(f"relay: stopping the daemon (pid {pid})", file=sys.stderr)
-        deadline = time.monotonic() + STOP_WAIT_S
-        # bounded: until that process is gone (not until the socket stops answering: under
-        # socket activation the service manager answers it, and would start a new daemon)
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        if _alive(pid):
+        # Until the daemon lets go of its lock, which it does last, its socket removed (not
+        # until the socket stops answering: under socket activation the service manager
+        # answers it, and would start a new daemon). A daemon the service manager starts
+        # after this one is too late to take the lock first: this wait is already queued.
+        if not locks.wait_free(locks.daemon_lock_path(path), STOP_WAIT_S):
             print(f"relay: the daemon did not stop within {STOP_WAIT_S:g} s", file=sys.stderr)
             return 1
     if not restart:
@@ -647,7 +629,7 @@ def _trust(host: str, *, assume_yes: bool) -> int:
 def _serve(ns: Any) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    from relay import log, settings  # noqa: PLC0415
+    from relay import locks, log, settings  # noqa: PLC0415
     from relay.activation import ReadyPipe  # noqa: PLC0415
     from relay.control import DaemonRunning  # noqa: PLC0415
     from relay.daemon import serve  # noqa: PLC0415
@@ -670,16 +652,31 @@ def _serve(ns: Any) -> int:
         return fail(f"cannot open the log {ns.log_file}: {exc.strerror or exc}")
     log.configure(ns.log_level or config.daemon.log_level, stream=stream)
     path = Path(ns.socket) if ns.socket else settings.socket_path(config)
+    # A daemon holds the start lock until it listens (relay.locks), so that a shim never starts
+    # a second one beside it; an autostarted one's shim holds it for it.
     try:
-        daemon = serve(
-            config, path, config_source=str(source), on_ready=lambda _: ready.say("ready")
-        )
+        starting = locks.StartLock(str(path)) if ns.ready_fd is None else None
+    except OSError as exc:
+        return fail(f"cannot create the start lock {locks.start_lock_path(str(path))}: {exc}")
+    if starting is not None and not starting.acquire(timeout_s=0):
+        log.say_on_stderr(f"a relay daemon is being started on {path}; waiting for it")
+        starting.acquire()  # its starter waits a bounded time for it (relay.shim)
+
+    def on_ready(_: object) -> None:
+        ready.say("ready")
+        if starting is not None:
+            starting.release()
+
+    try:
+        daemon = serve(config, path, config_source=str(source), on_ready=on_ready)
         _run(daemon, ns.loop)
     except DaemonRunning as exc:
         return fail(exc.message, "busy")
     except RelayError as exc:
         return fail(exc.message)
     finally:
+        if starting is not None:
+            starting.release()
         if stream is not None:
             stream.close()
     return 0

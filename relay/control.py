@@ -128,7 +128,9 @@ class DaemonLock:
             raise cannot_write(f"the lock file {path}", exc, ELSEWHERE) from None
 
     def release(self) -> None:
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import asyncssh
 import structlog
 
-from relay import __version__, protocol, settings
+from relay import __version__, locks, protocol, settings
 from relay.activation import Notifier, activated_socket
 from relay.control import ControlServer, DaemonLock, prepare_socket_dir
 from relay.errors import (
@@ -516,7 +516,7 @@ async def serve(
     if inherited is not None:
         socket_path = Path(inherited.getsockname())
     prepare_socket_dir(socket_path)
-    lock = DaemonLock(socket_path.with_name(socket_path.name + ".lock"))
+    lock = DaemonLock(Path(locks.daemon_lock_path(str(socket_path))))
     daemon = Daemon(config, config_source, socket_path)
     control = daemon.control = ControlServer(daemon)
     loop = asyncio.get_running_loop()
@@ -547,5 +547,5 @@ async def serve(
         if inherited is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(socket_path)
-        lock.release()
         log.info("stopped")
+        lock.release()  # last: relay stop waits on it

@@ -33,6 +33,8 @@ TYPE_CHECKING = False  # typing, dataclasses, pathlib, json: each an import per 
 if TYPE_CHECKING:
     import signal as _signal  # the same functions and numbers, with types (no _signal stub)
     from typing import Any
+
+    from relay.locks import StartLock
 else:
     import _signal
 
@@ -44,6 +46,7 @@ EXIT_DAEMON = 3
 DEFAULT_TIMEOUT_S = 120.0
 TERMINATE_WAIT_S = 20.0
 AUTOSTART_WAIT_S = 15.0
+SHUTDOWN_WAIT_S = 25.0  # a daemon on its way out: its shutdown grace (relay.daemon) is 20 s
 
 
 class ShimError(Exception):
@@ -165,15 +168,20 @@ def _connect_or_start(path: str, autostart: bool) -> _socket.socket:
         raise ShimError(
             f"cannot reach the relay daemon on {path}: {exc.strerror}", EXIT_DAEMON
         ) from exc
-    # Shims launched together (LaunchKernels) take turns on a start lock: the first starts
-    # the daemon and waits until it is ready; the others wait on the lock, then connect.
-    with _StartLock(path):
+    # Whoever starts a daemon holds the start lock until it listens (relay.locks): shims
+    # launched together (LaunchKernels) take turns on it, the first starts the daemon and the
+    # others connect to it; a daemon started by hand or by a service manager is waited for.
+    with _start_lock(path):
         try:
-            return connect(path)  # the shim before us started it
+            return connect(path)  # the daemon started while we waited on the lock
         except (FileNotFoundError, ConnectionRefusedError):
             pass
         if _start_daemon(path) == "busy":
-            return _connect_to_starting(path)  # a daemon started some other way won
+            _wait_for_leaving(path)
+            if _start_daemon(path) == "busy":
+                raise ShimError(
+                    f"another relay daemon took {path} as this one started", EXIT_DAEMON
+                )
         try:
             return connect(path)
         except OSError as exc:
@@ -190,46 +198,38 @@ def agent_field() -> dict[str, str]:
 _ELSEWHERE = "(or choose another socket directory with RELAY_SOCKET)"
 
 
-class _StartLock:
-    """An exclusive flock on ``relay.start.lock`` beside the socket. Waiting on it is bounded
-    by its holder, who waits at most AUTOSTART_WAIT_S for its daemon."""
+def _start_lock(path: str) -> StartLock:
+    """The start lock (``relay.locks``), taken when entered. Waiting on it is bounded by its
+    holder: a shim waits at most AUTOSTART_WAIT_S for its daemon, a daemon listens or fails."""
+    from relay import locks  # noqa: PLC0415 (only on the rare autostart path)
 
-    def __init__(self, path: str) -> None:
-        directory = os.path.dirname(path)
-        lock = os.path.join(directory, "relay.start.lock")
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            self._fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:  # a full disk, most often: one line, not a traceback
-            import errno  # noqa: PLC0415 (only when it failed)
+    try:
+        return locks.StartLock(path)
+    except OSError as exc:  # a full disk, most often: one line, not a traceback
+        import errno  # noqa: PLC0415 (only when it failed)
 
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            raise ShimError(
-                f"cannot create the start lock {lock}: {exc.strerror}"
-                + (f"; free some space there {_ELSEWHERE}" if full else ""),
-                EXIT_DAEMON,
-            ) from None
-
-    def __enter__(self) -> None:
-        import fcntl  # noqa: PLC0415 (only on the rare autostart path)
-
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self._fd)  # releases the lock
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise ShimError(
+            f"cannot create the start lock {locks.start_lock_path(path)}: {exc.strerror}"
+            + (f"; free some space there {_ELSEWHERE}" if full else ""),
+            EXIT_DAEMON,
+        ) from None
 
 
-def _connect_to_starting(path: str) -> _socket.socket:
-    """Another daemon holds the socket's lock and is about to listen (started by hand or by
-    a service manager while this shim started one): give it AUTOSTART_WAIT_S."""
-    deadline = time.monotonic() + AUTOSTART_WAIT_S
-    while True:
-        try:
-            return connect(path)
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise ShimError(f"the relay daemon did not come up on {path}", EXIT_DAEMON) from exc
-            time.sleep(0.05)
+def _wait_for_leaving(path: str) -> None:
+    """The daemon we started found the socket's lock held, while we hold the start lock:
+    its holder took the start lock before us, so it listened, and if it no longer does it
+    is on its way out (relay stop, a signal). Wait on its lock until it is gone."""
+    from relay import locks  # noqa: PLC0415 (only on the rare autostart path)
+
+    lock = locks.daemon_lock_path(path)
+    if not locks.wait_free(lock, SHUTDOWN_WAIT_S):
+        pid = locks.holder(lock)
+        raise ShimError(
+            f"the relay daemon on {path}{f' (pid {pid})' if pid else ''} is still shutting "
+            f"down after {SHUTDOWN_WAIT_S:g} s; launch again once it has stopped",
+            EXIT_DAEMON,
+        )
 
 
 # How the daemon is started: the relay this shim runs, whatever directory the front end started
