@@ -7,7 +7,7 @@ SSHD   ?= /usr/sbin/sshd
 SLURMCTLD ?= /usr/sbin/slurmctld
 SOCKET_ACTIVATE ?= $(shell command -v systemd-socket-activate)
 
-.PHONY: bench bench-quick install compile base-packages system-packages demo demo-slurm test check lint typecheck clean deploy
+.PHONY: bench bench-quick install compile base-packages system-packages demo demo-slurm test check package-check lint typecheck clean deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ demo-slurm: install system-packages
 test: install
 	$(PY) -m pytest
 
+# The wheel and sdist as a user gets them, installed in a fresh virtualenv and launched from
+# (.ci/package_check.py: a file missing from the package fails here); CI runs it.
+package-check: install
+	$(PY) .ci/package_check.py
+
 lint: install
 	$(VENV)/bin/ruff check relay tests
 	$(VENV)/bin/ruff format --check relay tests
@@ -64,7 +69,7 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 # What CI runs, and more: lint, types, tests.
-check: lint typecheck test
+check: lint typecheck package-check test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

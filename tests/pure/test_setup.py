@@ -7,9 +7,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
+
+import relay
 
 ROOT = Path(__file__).parents[2]
 SLURM = {"slurmctld", "slurmd", "slurm-client", "munge"}
@@ -50,3 +53,19 @@ def test_system_packages_installs_slurm_too() -> None:
     """What ``.ci/run`` runs before the tests, so the tests marked slurm run there."""
     assert installs("system-packages") == {"openssh-server", "systemd", *SLURM}
     assert "make system-packages" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_distribution_is_relay_wstp_and_its_version_is_written_once() -> None:
+    """``relay`` on PyPI is another project; the version is relay.__version__ alone."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    assert project["name"] == "relay-wstp"
+    assert "version" not in project and "version" in project["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "relay.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", relay.__version__)
+    assert f"pipx install {project['name']}" in (ROOT / "README.md").read_text()
+
+
+def test_ci_launches_from_the_built_wheel() -> None:
+    assert "make package-check" in (ROOT / ".ci" / "run").read_text()
+    assert (ROOT / ".ci" / "package_check.py").exists()
