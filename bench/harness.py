@@ -35,8 +35,8 @@ from bench.ways import (
     RelayWay,
     TunnelWay,
 )
-from relay import client
-from relay.linkname import LinkName
+from relay.lite import client
+from relay.lite.linkname import LinkName
 from relay.sim import frontend
 from relay.sim.sshd import ThrowawaySSHD
 

@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from relay.linkname import LinkName
+from relay.lite.linkname import LinkName
 from relay.sim.sshd import ThrowawaySSHD
 
 KERNEL_ARGS = ["-wstp", "-LinkMode", "Connect", "-LinkProtocol", "TCPIP"]

@@ -6,10 +6,10 @@ daemon
     ``relay.daemon``: the hosts, kernels and requested forwards a daemon holds, the operations
     on them (launch, forward, connect, status) and its scripted shutdown. Clients reach it
     through the control socket, ``relay.control``: one ``Conversation`` per client, versioned
-    JSON lines (``relay.framing``, ``relay.protocol``) on a 0600 Unix socket. ``relay launch``
-    (``relay.shim``, standard library only) is what the front end's Launch command and
+    JSON lines (``relay.lite.framing``, ``relay.protocol``) on a 0600 Unix socket. ``relay launch``
+    (``relay.lite.shim``, standard library only) is what the front end's Launch command and
     ``$RemoteCommand`` run. Starting and stopping a daemon wait on the two locks beside the
-    socket (``relay.locks``), never on a clock.
+    socket (``relay.lite.locks``), never on a clock.
 hosts
     ``relay.ssh.host.HostSession`` owns the one asyncssh connection to a remote machine, opened
     on first use and kept open, and what lives on it (``Live``): the supervisor session, spare
@@ -24,7 +24,7 @@ kernels
     forwards, its Dynamic hook (``relay.ssh.hookserver``) and its hold, and releases them once.
 links and forwards
     A MathLink/WSTP TCPIP link is two TCP connections, ``DATAPORT@HOST,MESSAGEPORT@HOST``
-    (``relay.linkname`` parses, formats and rewrites them; pure). A forward carries one link
+    (``relay.lite.linkname`` parses, formats and rewrites them; pure). A forward carries one link
     across the connection, two single-use listeners each: a callback forward
     (``relay.ssh.forwards``) listens on the remote host and leads to the front end; an expose
     forward (``relay.ssh.exposed``) listens on the front end's machine and leads to the host.
@@ -32,9 +32,12 @@ links and forwards
     channel's bytes go through a ``relay.ssh.pipe.Pipe``, which never loses what either side
     writes first.
 
-Pure modules (no asyncio, no sockets): ``linkname``, ``hostspec``, ``kernelcmd``, ``framing``,
-``protocol``, ``settings``, ``paths``, ``peerowner``'s parsers, ``errors`` (the error table),
-``ssh.options``, ``ssh.remote_scripts``.
+What a process that starts once per kernel imports (the shim, the simulated kernel) is the
+package ``relay.lite``: standard library only, light modules only, one import rule that the tests
+enforce (its docstring says which). The command line is ``relay.cli``, one module per command
+group. Pure modules (no asyncio, no sockets): ``lite.linkname``, ``lite.framing``,
+``lite.paths``, ``lite.hook``, ``hostspec``, ``kernelcmd``, ``protocol``, ``settings``,
+``peerowner``'s parsers, ``errors`` (the error table), ``ssh.options``, ``ssh.remote_scripts``.
 ``relay.sim`` is the front-end and kernel simulator; it talks to relay only as a front end and a
 kernel would. ``docs/topology.md`` holds the facts about links that all of this follows.
 """

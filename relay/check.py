@@ -32,7 +32,7 @@ import asyncssh
 from relay.checkview import Result, State, origin_words, parse_probe
 from relay.errors import HostKeyChanged, RelayError
 from relay.hostspec import HostSpec, HostSpecError
-from relay.linkname import LinkName
+from relay.lite.linkname import LinkName
 from relay.ssh import hostkeys, identity
 
 if TYPE_CHECKING:

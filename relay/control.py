@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from relay import __version__, check, framing, protocol
-from relay.client import peer_uid
+from relay import __version__, check, protocol
 from relay.errors import (
     BadRequest,
     ConfigError,
@@ -39,7 +38,9 @@ from relay.errors import (
     cannot_write,
     error_event,
 )
-from relay.framing import FramingError
+from relay.lite import framing
+from relay.lite.client import peer_uid
+from relay.lite.framing import FramingError
 
 if TYPE_CHECKING:
     from relay.kernels import Kernel

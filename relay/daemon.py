@@ -38,7 +38,7 @@ from typing import Any
 import asyncssh
 import structlog
 
-from relay import __version__, locks, protocol, settings
+from relay import __version__, protocol, settings
 from relay.activation import Notifier, activated_socket
 from relay.control import ControlServer, DaemonLock, prepare_socket_dir
 from relay.errors import (
@@ -52,7 +52,8 @@ from relay.errors import (
     shutdown_cause,
 )
 from relay.kernels import Kernel, launch, new_kernel_id
-from relay.linkname import LinkName, LinkNameError
+from relay.lite import locks
+from relay.lite.linkname import LinkName, LinkNameError
 from relay.log import problem as log_problem
 from relay.settings import HostConfig, RelayConfig
 from relay.slurm.nodes import Clusters

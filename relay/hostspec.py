@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from relay.linkname import normalize_host, parse_port
+from relay.lite.linkname import normalize_host, parse_port
 
 __all__ = ["HostSpec", "HostSpecError"]
 

@@ -7,7 +7,7 @@ Parsing kernel flags is the simulated kernel's business (``relay.sim.flags``).
 
 from __future__ import annotations
 
-from relay.linkname import LinkName
+from relay.lite.linkname import LinkName
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -42,7 +42,7 @@ from relay.errors import (
     host_header,
 )
 from relay.kernelcmd import build_argv
-from relay.linkname import LinkName
+from relay.lite.linkname import LinkName
 from relay.ssh.forwards import CallbackForward, RemoteSlot
 from relay.ssh.hookserver import REQUEST_TIMEOUT_S, HookServer
 from relay.ssh.host import Hold, HostSession, Live
@@ -272,7 +272,7 @@ async def _start(
     hook, env = None, {}
     if dynamic:
         # Dynamic's service and preemptive links: relay's hook (RelayKernelInit.wl)
-        # and a per-kernel control channel; see relay.hook for the protocol.
+        # and a per-kernel control channel; see relay.lite.hook for the protocol.
         args += ["-initfile", await host.init_file(live.connection)]
         hook = await HookServer.open(
             live.connection,

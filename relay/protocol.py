@@ -1,6 +1,6 @@
 """Control-socket messages, validated with pydantic. Pure.
 
-Framing (one JSON object a line, ``"v": 1``, 64 KiB at most) is ``relay.framing``.
+Framing (one JSON object a line, ``"v": 1``, 64 KiB at most) is ``relay.lite.framing``.
 
 Requests (client -> daemon)::
 
@@ -131,7 +131,7 @@ class ForwardRequest(_Message):
     ``expose``: ``linkname`` listens on the host's 127.0.0.1; relay opens two local listeners
     leading to it and answers their name. Each listener takes one connection and is closed once
     both are connected, or after the host's launch_timeout_s. (The kernel hook's ``callback``
-    is this request, made from the kernel's side; see relay.hook.)"""
+    is this request, made from the kernel's side; see relay.lite.hook.)"""
 
     op: Literal["forward"]
     host: HostField

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from relay.paths import default_socket_path
+from relay.lite.paths import default_socket_path
 
 __all__ = ["install", "launchd_plist", "systemd_units", "uninstall"]
 
@@ -93,7 +93,7 @@ def default_command() -> list[str]:
     script = Path(sys.executable).parent / "relay"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
-    from relay.shim import isolated_command  # noqa: PLC0415 (the rare fallback)
+    from relay.lite.shim import isolated_command  # noqa: PLC0415 (the rare fallback)
 
     return isolated_command()
 

@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from relay import paths
 from relay.errors import BadRequest, ConfigError, UnknownHost, host_header
 from relay.hostspec import HostSpec, HostSpecError
 from relay.kernelcmd import no_control_characters
+from relay.lite import paths
 from relay.slurm.units import megabytes, parse_time
 
 __all__ = ["DaemonConfig", "Environment", "HostConfig", "RelayConfig", "SlurmConfig", "load"]

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from relay.linkname import LinkName
+from relay.lite.linkname import LinkName
 from relay.sim import wire
 from relay.sim.templates import fill, fill_remote_command
 

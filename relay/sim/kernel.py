@@ -16,7 +16,7 @@ Behaviour, with its source in ``docs/topology.md``:
 - exits when its main link closes (§5), with the status a ``QUIT`` frame asked for;
 - acts out the service and preemptive links of §3 when relay's hook is in its
   environment (``RELAY_HOOK_PORT``/``RELAY_HOOK_TOKEN``), doing what RelayKernelInit.wl does
-  (protocol and rules: ``relay.hook``). ``-simversion V`` sets the simulated
+  (protocol and rules: ``relay.lite.hook``). ``-simversion V`` sets the simulated
   ``$VersionNumber`` (default 14.1): up to 11.0 the kernel creates two listening links at
   start-up through ``listen-pair`` and sends their names (``OPEN_PARALLEL_LINKS``, the old
   method); from 11.1 it waits for the front end's ``PARALLEL_LINK_NAMES`` and connects to
@@ -24,7 +24,7 @@ Behaviour, with its source in ``docs/topology.md``:
   its two links exist), so a user's link made later (``USER_LINK``) is left alone. Every
   channel has a thread of its own, so a busy main link does not hold up the preemptive link
   (Dynamic). As the hook does, it bounds every request by ``$RELAY_HOOK_TIMEOUT``, uses
-  sockets from 11.2 (``SocketReadyQ``) and bash's ``/dev/tcp`` (``relay.hook.BASH_TRANSPORT``)
+  sockets from 11.2 (``SocketReadyQ``) and bash's ``/dev/tcp`` (``relay.lite.hook.BASH_TRANSPORT``)
   before that or when the socket fails, and when relay cannot be reached says so once on the
   main link (``MESSAGE``, as a kernel's ``Message`` reaches the front end) and goes on: the old
   method listens on ports of its own choosing (tunnel.m's fallback), the new one gives
@@ -48,7 +48,7 @@ kernel starts on every launch, and importing asyncio alone takes longer here tha
 launch budget (BENCHMARKS.md). For the same reason it uses ``_socket`` and ``_thread``, not
 ``socket`` and ``threading``: their imports (enum, functools, collections) cost each kernel
 start about 20 ms of CPU on the benchmark machine, and ``make bench`` starts 64 kernels in a
-row on two cores beside the launches it measures (``relay.client`` does the same for the shim).
+row on two cores beside the launches it measures (``relay.lite.client`` does the same for the shim).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ import os
 import sys
 import time
 
-from relay import hook, minijson
-from relay.linkname import LinkName
+from relay.lite import hook, minijson
+from relay.lite.linkname import LinkName
 from relay.sim import wire
 from relay.sim.flags import KernelFlags, parse_flags
 
@@ -107,7 +107,7 @@ def read_data(sock: Socket) -> tuple[int, bytes]:
 
 
 class HookClient:
-    """The kernel's side of relay's hook protocol (``relay.hook``), as RelayKernelInit.wl's
+    """The kernel's side of relay's hook protocol (``relay.lite.hook``), as RelayKernelInit.wl's
     ``request``: a socket (kernels from 11.2) and then bash's ``/dev/tcp``, each bounded."""
 
     def __init__(self, port: int, token: str, timeout_s: float, sockets: bool) -> None:

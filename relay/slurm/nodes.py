@@ -17,7 +17,7 @@ import structlog
 
 from relay.errors import AuthenticationFailed, ConnectFailed, HostKeyUnknown, RelayError
 from relay.kernels import Kernel, Mode, launch
-from relay.linkname import LinkName
+from relay.lite.linkname import LinkName
 from relay.settings import HostConfig
 from relay.slurm.allocation import Allocation, Placement
 from relay.ssh.host import HostSession

@@ -6,8 +6,9 @@ connection through a ``direct-tcpip`` channel to an endpoint on the remote host'
 then stops listening.
 
 - ``ExposeForward.mirrored(...)``: each listener leads to the *same* port number on the
-  remote host (the old Dynamic method, ``listen-pair`` in ``relay.hook``): the kernel listens on
-  ``L1@127.0.0.1,L2@127.0.0.1`` and the front end connects to that very name on its machine.
+  remote host (the old Dynamic method, ``listen-pair`` in ``relay.lite.hook``): the kernel
+  listens on ``L1@127.0.0.1,L2@127.0.0.1`` and the front end connects to that very name on its
+  machine.
 - ``ExposeForward.to(...)``: the listeners lead to a given remote link name.
 
 A connection is carried only if the process that made it runs as the daemon's user
@@ -23,7 +24,7 @@ from typing import Any
 
 import asyncssh
 
-from relay.linkname import Endpoint, LinkName
+from relay.lite.linkname import Endpoint, LinkName
 from relay.ssh.guard import PeerGuard
 from relay.ssh.pipe import Pipe
 from relay.tasks import TaskSet

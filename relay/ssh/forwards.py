@@ -34,7 +34,7 @@ import asyncssh
 import structlog
 
 from relay.errors import ConnectFailed, ForwardRefused, FrontEndUnreachable, RelayError
-from relay.linkname import Endpoint, LinkName
+from relay.lite.linkname import Endpoint, LinkName
 from relay.ssh.guard import PeerGuard
 from relay.ssh.pipe import Pipe
 

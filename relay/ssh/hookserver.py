@@ -1,4 +1,4 @@
-"""A controller kernel's control channel to the daemon (the protocol is ``relay.hook``).
+"""A controller kernel's control channel to the daemon (the protocol is ``relay.lite.hook``).
 
 A remote listener on the kernel's 127.0.0.1 (server-chosen port), served inside the daemon:
 each connection carries one request, authenticated by the single-use token chain. A refused
@@ -19,9 +19,9 @@ from typing import Any
 import asyncssh
 import structlog
 
-from relay import hook
 from relay.errors import BadRequest, ForwardFailed, RelayError, error_event
-from relay.linkname import LinkName, LinkNameError
+from relay.lite import hook
+from relay.lite.linkname import LinkName, LinkNameError
 from relay.log import RateLimited
 from relay.ssh.exposed import ExposeForward
 from relay.ssh.forwards import CallbackForward, RemoteSlot, hold_until_connected, open_slots
@@ -171,7 +171,7 @@ class HookServer:
             self._tasks.spawn(hold_until_connected(local, self._timeout_s), name="hook-listen")
             return str(local.name)
         if req.op == "skipped":
-            # the front end's link set-up made a link the hook did not redirect (relay.hook)
+            # the front end's link set-up made a link the hook did not redirect (relay.lite.hook)
             self._log.warning("hook left a link name alone", name=req.argument)
             return "noted"
         released = self._exposed.pop(req.argument, None)

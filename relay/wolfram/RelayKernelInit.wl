@@ -6,7 +6,7 @@
    usual init.m files (the init.m reference page), after writing it to ~/.cache/relay/<hash>/ on
    the kernel's host (relay/ssh/hookfile.py). It talks to the relay daemon through the control
    channel named in the kernel's environment, following the protocol defined once in
-   relay/hook.py (one request per TCP connection; single-use tokens):
+   relay/lite/hook.py (one request per TCP connection; single-use tokens):
 
        request  RELAY1 <token> <op> <argument>\n
        reply    OK <next-token> <result>\n   or   ERR <next-token|-> <message>\n
@@ -20,13 +20,13 @@
    New method (11.1 and later): the front end listens and sends the kernel code that connects to
    its two links with LinkCreate[name, LinkMode -> Connect] inside MathLink`CreateFrontEndLinks[]
    (docs/topology.md section 3). While that set-up runs, and until it has made its two links,
-   such a LinkCreate for a name on the front end's side (frontEndNameQ, relay.hook's rule) first
+   such a LinkCreate for a name on the front end's side (frontEndNameQ, relay.lite.hook's rule) first
    asks relay for remote forwards (callback) and connects to the rewritten name instead. Any
    other connect-mode name in the set-up is left alone and reported to relay (skipped). After
    that, user code's LinkCreate is never touched.
 
    Every request is bounded by $RELAY_HOOK_TIMEOUT seconds. When SocketConnect is missing,
-   fails or stays silent, the same line goes once more through bash's /dev/tcp (relay.hook's
+   fails or stays silent, the same line goes once more through bash's /dev/tcp (relay.lite.hook's
    BASH_TRANSPORT, which bounds its own read). When relay cannot be reached the kernel says so
    once and goes on: the old method listens as it would without relay (as Tunnel's tunnel.m
    did), the new method's link is $Failed (never the same name on this host's loopback, which
@@ -43,12 +43,12 @@ BeginPackage["RelayHook`"]
 
 Begin["`Private`"]
 
-(* -- pure: the protocol and the rules (relay/hook.py has the Python twins) --------------- *)
+(* -- pure: the protocol and the rules (relay/lite/hook.py has the Python twins) --------------- *)
 
 requestLine[token_String, op_String, argument_String] :=
   StringJoin["RELAY1 ", token, " ", op, " ", If[argument === "", "-", argument], "\n"]
 
-(* The daemon writes single spaces (relay.hook.format_reply), so splitting on " " and joining
+(* The daemon writes single spaces (relay.lite.hook.format_reply), so splitting on " " and joining
    the rest again gives the result back exactly. *)
 parseReply[line_String] := Module[{parts = StringSplit[StringTrim[line], " "]},
   If[Length[parts] < 2 || !MemberQ[{"OK", "ERR"}, parts[[1]]],
@@ -77,7 +77,7 @@ routableHostQ[host_String, frontEndHost_String] :=
     StringMatchQ[host, "127." ~~ DigitCharacter .. ~~ "." ~~ DigitCharacter .. ~~ "." ~~
                        DigitCharacter ..]
 
-(* relay.hook.front_end_name: P1@H1,P2@H2 (relay.hook.NAME_SHAPE) with both hosts on the
+(* relay.lite.hook.front_end_name: P1@H1,P2@H2 (relay.lite.hook.NAME_SHAPE) with both hosts on the
    front end's side *)
 $nameShape = "[0-9]+@[^@,]+,[0-9]+@[^@,]+";
 frontEndNameQ[name_String, frontEndHost_String] :=
@@ -86,7 +86,7 @@ frontEndNameQ[name_String, frontEndHost_String] :=
       routableHostQ[parts[[2]], frontEndHost] && routableHostQ[parts[[4]], frontEndHost]]
 frontEndNameQ[___] := False
 
-(* relay.hook.loggable_name: one word of a request line *)
+(* relay.lite.hook.loggable_name: one word of a request line *)
 oneWord[name_String] := If[name === "", "-",
   FromCharacterCode[Replace[ToCharacterCode[StringTake[name, Min[200, StringLength[name]]]],
     c_Integer /; !(32 < c <= 126) -> 95, {1}]]]
@@ -101,7 +101,7 @@ $token = Environment["RELAY_HOOK_TOKEN"];
 $frontEndHost = Environment["RELAY_FRONTEND_HOST"];
 $timeout = timeoutSeconds[Environment["RELAY_HOOK_TIMEOUT"]];
 
-(* relay.hook.BASH_TRANSPORT, the same text: the Mathics3 test compares them *)
+(* relay.lite.hook.BASH_TRANSPORT, the same text: the Mathics3 test compares them *)
 $bashTransport = "IFS= read -r line || exit 3; exec 3<>\"/dev/tcp/127.0.0.1/$1\" || exit 4; printf \"%s\\n\" \"$line\" >&3; IFS= read -r -t \"$2\" reply <&3 || exit 5; printf \"%s\\n\" \"$reply\"";
 
 (* The socket transport needs all of these (SocketReadyQ, with its time limit, is from 11.2).

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from relay import client
-from relay.linkname import LinkName
+from relay.lite import client
+from relay.lite.linkname import LinkName
 from relay.sim import frontend
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome
 

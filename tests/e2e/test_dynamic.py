@@ -23,8 +23,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from relay import hook
-from relay.linkname import LinkName
+from relay.lite import hook
+from relay.lite.linkname import LinkName
 from relay.sim import frontend, wire
 from relay.sim.frontend import read_data
 from relay.sim.sshd import ThrowawaySSHD

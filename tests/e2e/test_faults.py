@@ -12,8 +12,8 @@ import signal
 import time
 from pathlib import Path
 
-from relay import client
-from relay.linkname import LinkName
+from relay.lite import client
+from relay.lite.linkname import LinkName
 from relay.sim import frontend
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon

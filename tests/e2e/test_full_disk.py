@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from relay import shim
+from relay.lite import shim
 from relay.sim import frontend
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim
 from tests.e2e.helpers import controller, relay_cli

@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from relay import framing
-from relay.linkname import LinkName
+from relay.lite import framing
+from relay.lite.linkname import LinkName
 from relay.sim import frontend, wire
 from tests.conftest import RunningDaemon, pid_alive
 from tests.e2e.helpers import controller, remote_command, wait_gone

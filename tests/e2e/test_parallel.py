@@ -9,7 +9,7 @@ import asyncio
 import json
 import os
 
-from relay import client
+from relay.lite import client
 from relay.sim import frontend
 from tests.conftest import SIM_KERNEL, KernelGate, RelayHome, pid_alive, start_daemon
 from tests.e2e.helpers import relay_cli, remote_command, request

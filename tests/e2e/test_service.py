@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from relay import service
-from relay.paths import default_socket_path
+from relay.lite.paths import default_socket_path
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim
 from tests.e2e.helpers import controller, wait_gone
 

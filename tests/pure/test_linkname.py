@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.linkname import Endpoint, LinkName, LinkNameError
+from relay.lite.linkname import Endpoint, LinkName, LinkNameError
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""relay.minijson against the standard library's json, both ways."""
+"""relay.lite.minijson against the standard library's json, both ways."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay import minijson
+from relay.lite import minijson
 
 values = st.recursive(
     st.none()

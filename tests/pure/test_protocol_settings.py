@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay import framing, protocol
+from relay import protocol
 from relay.errors import BadRequest, ConfigError, UnknownHost
+from relay.lite import framing
 from relay.settings import load
 
 
@@ -167,7 +168,7 @@ def test_strict_hosts_refuse_unknown_aliases(tmp_path: Path) -> None:
 
 
 def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from relay import paths
+    from relay.lite import paths
     from relay.settings import socket_path
 
     path = write(tmp_path, f"[daemon]\nsocket = '{tmp_path}/s.sock'\n")

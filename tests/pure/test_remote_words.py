@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from relay import protocol
 from relay.errors import BadRequest, ConfigError
 from relay.kernelcmd import no_control_characters
-from relay.linkname import LinkName, LinkNameError
+from relay.lite.linkname import LinkName, LinkNameError
 from relay.settings import RelayConfig, load
 
 CONTROL = ["\n", "\r", "\x00", "\t", "\x1b", "\x7f"]

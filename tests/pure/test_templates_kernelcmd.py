@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.kernelcmd import build_argv, shell_join
-from relay.linkname import LinkName
+from relay.lite.linkname import LinkName
 from relay.sim.flags import parse_flags, parse_link_options
 from relay.sim.templates import FRONT_END_WORDS, fill, fill_remote_command
 
@@ -156,7 +156,7 @@ def test_shell_join_round_trips(argv: list[str]) -> None:
 
 
 def test_shim_arguments_without_argparse() -> None:
-    from relay.shim import _parse
+    from relay.lite.shim import _parse
 
     args = _parse(["--compute", "--timeout", "5", "h", "", "1@a,2@a"])
     assert (args.host, args.kernel, args.linkname) == ("h", "", "1@a,2@a")

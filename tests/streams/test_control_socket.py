@@ -18,9 +18,9 @@ import pytest
 
 import relay
 from relay import control as control_mod
-from relay import framing, shim
 from relay.control import DaemonRunning
 from relay.daemon import serve
+from relay.lite import framing, shim
 from relay.settings import RelayConfig
 from tests.conftest import RELAY, RelayHome, RunningDaemon, ShimResult, run_shim, start_daemon
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay import hook
+from relay.lite import hook
 from relay.sim.kernel import HookClient, HookUnreachable
 
 LINE = hook.request_line("secret-token-0000000000", "listen-pair")

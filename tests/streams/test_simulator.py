@@ -128,7 +128,7 @@ async def test_listen_mode_prints_link_created_unless_dont_interact(
     if prints:
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
         assert line.startswith("Link created on: ")
-        from relay.linkname import LinkName
+        from relay.lite.linkname import LinkName
 
         name = LinkName.parse(line.removeprefix("Link created on: "))
         streams = [
@@ -158,7 +158,7 @@ async def test_bad_flags_exit_non_zero_with_a_message() -> None:
 
 
 def test_launch_command_filling_matches_the_front_end() -> None:
-    from relay.linkname import LinkName
+    from relay.lite.linkname import LinkName
 
     link = LinkName.parse("59000@127.0.0.1,59001@127.0.0.1")
     out = frontend.launch_command(

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from relay import cli, framing, locks, shim
+from relay import cli
+from relay.cli import serve as cli_serve
 from relay.control import DaemonLock
+from relay.lite import framing, locks, shim
 from tests.conftest import RELAY, RelayHome, start_daemon
 from tests.streams.test_control_socket import left_running, stop_autostarted
 
@@ -149,7 +151,7 @@ def test_relay_stop_gives_up_on_a_daemon_that_does_not_stop(
     answering = threading.Thread(target=answer_once)
     answering.start()
     monkeypatch.setattr(time, "sleep", no_sleeping)
-    monkeypatch.setattr(cli, "STOP_WAIT_S", 0.5)
+    monkeypatch.setattr(cli_serve, "STOP_WAIT_S", 0.5)
     started = time.monotonic()
     try:
         assert cli.main(["stop"]) == 1

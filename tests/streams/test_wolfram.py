@@ -1,5 +1,5 @@
 """relay's Wolfram Language files under Mathics3: they parse, and their pure parts agree with
-the Python they mirror (relay.hook for the kernel hook, relay.frontendconfig for RelayTools).
+the Python they mirror (relay.lite.hook for the kernel hook, relay.frontendconfig for RelayTools).
 
 Mathics3 has no MathLink, sockets or Parallel package, so the functions that use those are only
 syntax-checked here (see the README's limits)."""
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from relay import frontendconfig as fc
-from relay import hook
-from relay.linkname import LinkName
+from relay.lite import hook
+from relay.lite.linkname import LinkName
 
 mathics = pytest.importorskip("mathics.session")
 
@@ -179,7 +179,7 @@ NAMES = [
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("frontend_host", ["10.0.0.7", "127.0.0.1"])
 def test_one_rule_for_the_front_ends_names(wl: Session, name: str, frontend_host: str) -> None:
-    """The hook redirects exactly the names the daemon accepts callbacks to (relay.hook)."""
+    """The hook redirects exactly the names the daemon accepts callbacks to (relay.lite.hook)."""
     got = wl(f"RelayHook`Private`frontEndNameQ[{s(name)}, {s(frontend_host)}]")
     assert got is hook.front_end_name(name, frontend_host)
 

@@ -52,7 +52,7 @@ def socket_path(env: Mapping[str, str] = os.environ) -> str:
         raw = b""
     configured = None
     if b"socket" in raw:  # parse (and import tomllib) only when it can matter
-        import tomllib  # noqa: PLC0415
+        import tomllib
 
         try:
             configured = tomllib.loads(raw.decode()).get("daemon", {}).get("socket")

@@ -52,7 +52,7 @@ def normalize_host(text: str) -> str:
     """Validate a host as it may appear in a link name; return it without IPv6 brackets."""
     host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     if ":" in host:
-        import ipaddress  # noqa: PLC0415 (only for IPv6 literals: the simulator kernel starts fast)
+        import ipaddress  # only for IPv6 literals: the simulator kernel starts fast
 
         address, _, scope = host.partition("%")
         try:

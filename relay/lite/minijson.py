@@ -9,7 +9,7 @@ Stricter than ``json`` in one way: an object with a key twice, at any depth, is 
 (``DuplicateKey``). RFC 8259 leaves its meaning open; ``json`` keeps the last value, other
 readers the first, so ``{"op":"ping","op":"stop"}`` would be a stop to one reader and a ping
 to another (a log, a proxy): a message must mean one thing to every reader. The daemon and
-the shim both decode through this module (``relay.framing``).
+the shim both decode through this module (``relay.lite.framing``).
 """
 
 from __future__ import annotations

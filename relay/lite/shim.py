@@ -26,15 +26,15 @@ import select
 import sys
 import time
 
-from relay import framing, paths
-from relay.client import UnsafeSocket, connect
+from relay.lite import framing, paths
+from relay.lite.client import UnsafeSocket, connect
 
 TYPE_CHECKING = False  # typing, dataclasses, pathlib, json: each an import per kernel launch
 if TYPE_CHECKING:
     import signal as _signal  # the same functions and numbers, with types (no _signal stub)
     from typing import Any
 
-    from relay.locks import StartLock
+    from relay.lite.locks import StartLock
 else:
     import _signal
 
@@ -56,7 +56,7 @@ class ShimError(Exception):
 
 
 def _parser() -> Any:
-    import argparse  # noqa: PLC0415 (only for --help and usage errors; see _parse)
+    import argparse  # only for --help and usage errors; see _parse
 
     p = argparse.ArgumentParser(
         prog="relay launch",
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def daemon_socket(path: str, autostart: bool) -> _socket.socket:
-    """A connection to the user's own daemon (``relay.client.connect`` checks the socket,
+    """A connection to the user's own daemon (``relay.lite.client.connect`` checks the socket,
     its directory and the listening process before a byte is sent), started if needed."""
     try:
         return _connect_or_start(path, autostart)
@@ -168,7 +168,7 @@ def _connect_or_start(path: str, autostart: bool) -> _socket.socket:
         raise ShimError(
             f"cannot reach the relay daemon on {path}: {exc.strerror}", EXIT_DAEMON
         ) from exc
-    # Whoever starts a daemon holds the start lock until it listens (relay.locks): shims
+    # Whoever starts a daemon holds the start lock until it listens (relay.lite.locks): shims
     # launched together (LaunchKernels) take turns on it, the first starts the daemon and the
     # others connect to it; a daemon started by hand or by a service manager is waited for.
     with _start_lock(path):
@@ -199,14 +199,14 @@ _ELSEWHERE = "(or choose another socket directory with RELAY_SOCKET)"
 
 
 def _start_lock(path: str) -> StartLock:
-    """The start lock (``relay.locks``), taken when entered. Waiting on it is bounded by its
+    """The start lock (``relay.lite.locks``), taken when entered. Waiting on it is bounded by its
     holder: a shim waits at most AUTOSTART_WAIT_S for its daemon, a daemon listens or fails."""
-    from relay import locks  # noqa: PLC0415 (only on the rare autostart path)
+    from relay.lite import locks  # only on the rare autostart path
 
     try:
         return locks.StartLock(path)
     except OSError as exc:  # a full disk, most often: one line, not a traceback
-        import errno  # noqa: PLC0415 (only when it failed)
+        import errno  # only when it failed
 
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise ShimError(
@@ -220,7 +220,7 @@ def _wait_for_leaving(path: str) -> None:
     """The daemon we started found the socket's lock held, while we hold the start lock:
     its holder took the start lock before us, so it listened, and if it no longer does it
     is on its way out (relay stop, a signal). Wait on its lock until it is gone."""
-    from relay import locks  # noqa: PLC0415 (only on the rare autostart path)
+    from relay.lite import locks  # only on the rare autostart path
 
     lock = locks.daemon_lock_path(path)
     if not locks.wait_free(lock, SHUTDOWN_WAIT_S):
@@ -266,7 +266,7 @@ def _start_daemon(path: str) -> str:
     A daemon that exits before its word is reported as such, with its status and the last
     line it wrote (its stderr goes to its log): the cause, at once, rather than a wait of
     AUTOSTART_WAIT_S that never happened."""
-    import subprocess  # noqa: PLC0415 (only on the rare autostart path)
+    import subprocess  # only on the rare autostart path
 
     log_path = os.path.join(os.path.dirname(path), "relay.log")
     # O_NOFOLLOW: a symlink planted in place of the log must not redirect the daemon's output.
@@ -352,7 +352,7 @@ def _how_it_ended(status: int | None) -> str:
     if status is None:
         return "closed its ready pipe without a word"
     if status < 0:
-        import signal  # noqa: PLC0415 (only when a daemon died; enum comes with it)
+        import signal  # only when a daemon died; enum comes with it
 
         try:
             return f"was killed by {signal.Signals(-status).name}"
@@ -443,7 +443,7 @@ def _die_with_parent() -> None:
     of its Launch command would otherwise leave this shim, and the kernel, behind)."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes  # noqa: PLC0415 (Linux only, and not on the import path of a launch)
+    import ctypes  # Linux only, and not on the import path of a launch
 
     parent = os.getppid()
     ctypes.CDLL(None, use_errno=True).prctl(1, _signal.SIGTERM)  # PR_SET_PDEATHSIG

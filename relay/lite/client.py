@@ -10,14 +10,14 @@ it must run as the user (``peer_uid``: SO_PEERCRED on Linux, LOCAL_PEERCRED on m
 
 from __future__ import annotations
 
-import _socket  # not ``socket``: its enums cost every launch 4 ms (relay.shim)
+import _socket  # not ``socket``: its enums cost every launch 4 ms (relay.lite.shim)
 import os
 import stat
 import struct
 import sys
 import time
 
-from relay import framing
+from relay.lite import framing
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

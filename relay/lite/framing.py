@@ -1,19 +1,19 @@
 """Control-socket framing: one JSON object per line, versioned and size-bounded. Pure, stdlib.
 
 Shared by the daemon and by the ``relay launch`` shim, which must import nothing outside the
-standard library, and as little of it as it can (JSON is ``relay.minijson``). ``relay.protocol``
-adds pydantic validation on the daemon side.
+standard library, and as little of it as it can (JSON is ``relay.lite.minijson``).
+``relay.protocol`` adds pydantic validation on the daemon side.
 
 Every message is a UTF-8 JSON object on one line, at most ``MAX_MESSAGE_BYTES`` including the
 newline, carrying ``"v": PROTOCOL_VERSION``, with no key twice in any of its objects (a
-message must mean one thing to every reader; see ``relay.minijson``). A connection carries
+message must mean one thing to every reader; see ``relay.lite.minijson``). A connection carries
 requests from the client and events from the daemon; see ``relay.protocol`` for the messages
 themselves.
 """
 
 from __future__ import annotations
 
-from relay import minijson
+from relay.lite import minijson
 
 TYPE_CHECKING = False  # typing is not imported at run time: the shim's start-up is measured
 if TYPE_CHECKING:

@@ -136,7 +136,7 @@ def _routable(host: str, frontend_host: str) -> bool:
         return True
     # re is imported here, not above: the simulator kernel imports this module at every start,
     # and re (with enum) is a fifth of what that start costs (relay.sim.kernel)
-    import re  # noqa: PLC0415
+    import re
 
     return re.fullmatch(r"127\.[0-9]+\.[0-9]+\.[0-9]+", host) is not None
 
@@ -144,7 +144,7 @@ def _routable(host: str, frontend_host: str) -> bool:
 def front_end_name(name: str, frontend_host: str) -> bool:
     """Is ``name`` a link on the front end's side that the hook may redirect (and the daemon may
     call back to)? RelayKernelInit.wl's ``frontEndNameQ`` is the same rule; a test compares them."""
-    import re  # noqa: PLC0415 (see _routable)
+    import re  # see _routable
 
     if re.fullmatch(NAME_SHAPE, name) is None:
         return False
@@ -173,7 +173,7 @@ class TokenChain:
 
     def spend(self, presented: str) -> str | None:
         """The next token if ``presented`` is the current one, else None (nothing changes)."""
-        import hmac  # noqa: PLC0415 (the daemon's side; kernels only build request lines)
+        import hmac  # the daemon's side; kernels only build request lines
 
         well_formed = 16 <= len(presented) <= 128 and set(presented) <= _TOKEN_CHARS
         if not well_formed or not hmac.compare_digest(presented, self.current):
@@ -183,6 +183,6 @@ class TokenChain:
 
 
 def new_token() -> str:
-    import secrets  # noqa: PLC0415
+    import secrets
 
     return secrets.token_urlsafe(32)

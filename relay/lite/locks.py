@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import signal as _signal  # the same functions, with types (no _signal stub)
     from types import FrameType
 else:
-    import _signal  # not ``signal``: its enums cost the shim 4 ms (relay.shim)
+    import _signal  # not ``signal``: its enums cost the shim 4 ms (relay.lite.shim)
 
 __all__ = ["StartLock", "daemon_lock_path", "holder", "start_lock_path", "wait_free"]
 
