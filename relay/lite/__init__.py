@@ -16,7 +16,7 @@ The daemon imports these too; nothing here imports the rest of relay. One rule k
 and tests/streams/test_shim_weight.py enforces it: a module here imports only this package and
 the standard library's light modules (the list is in that test), and importing any of them in
 a fresh interpreter loads none of the heavy ones. A module that needs a heavier one on a rare
-path (argparse for ``--help``, subprocess to autostart the daemon, ``re`` for an IPv6 literal)
+path (argparse for ``--help``, subprocess to autostart the daemon, ipaddress for an IPv6 literal)
 imports it inside the function that takes that path: such local imports are deliberate here,
 which is why ruff's PLC0415 is off for ``relay/lite/`` (pyproject.toml) rather than marked on
 each line.
