@@ -58,10 +58,12 @@ class DelayProxy:
                 if not data:
                     dst.close()
                     return
-                dst.write(data)
                 held -= len(data)
                 if held < HIGH_WATER:
                     room.set()
+                if dst.is_closing():
+                    continue  # its peer is gone (reset, closed): what was held for it is dropped
+                dst.write(data)
                 await dst.drain()
 
         deliverer = asyncio.ensure_future(deliver())
