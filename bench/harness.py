@@ -147,6 +147,7 @@ class Bench:
         self.masters: dict[int, ControlMasterWay] = {}
         self.daemon: asyncio.subprocess.Process | None = None
         self.launched = Launched()  # what the latest timed launch started
+        self.why = ""  # why the latest timed launch that failed failed
         self.env = dict(
             os.environ,
             RELAY_CONFIG=str(self.dir / "relay.toml"),
@@ -215,10 +216,11 @@ class Bench:
         front end that writes the instant it accepts, unless ``write_first`` is false)."""
         link = await frontend.ListeningLink.create(write_first=write_first)
         launched = Launched()
+        failed: Exception | None = None
         try:
             started = time.perf_counter()
             launched = self.launched = await way.launch(link.name, compute=compute)
-            await link.connected(60)
+            await _connected_or_gave_up(link, launched)  # a launch that gave up fails now
             elapsed = time.perf_counter() - started
             kl = await link.accept(60)
             if then is not None:
@@ -227,11 +229,14 @@ class Bench:
             await kl.closed()
             await kl.aclose()
             return elapsed
-        except (TimeoutError, RuntimeError, OSError, frontend.LostBytes):
+        except (TimeoutError, RuntimeError, OSError, frontend.LostBytes) as exc:
+            failed = exc
             return None
         finally:
             link.close()
             await way.finish(launched)
+            if failed is not None:  # once finished: the launch's stderr has been read to its end
+                self.why = _why(failed, launched)
 
     # -- the figures -----------------------------------------------------------------------
     async def run(self) -> Results:
@@ -273,6 +278,7 @@ class Bench:
                 elapsed = await self.timed_launch(way)
                 if elapsed is None:
                     sample.failures += 1
+                    sample.reasons.append(self.why)
                 else:
                     sample.values.append(elapsed)
             if rtt == self.config.rtts_ms[0]:
@@ -285,6 +291,7 @@ class Bench:
             )
             if elapsed is None:
                 unchecked.failures += 1
+                unchecked.reasons.append(self.why)
             else:
                 unchecked.values.append(elapsed)
             controller = self.results.single_controller.setdefault(rtt, Sample())
@@ -293,6 +300,7 @@ class Bench:
             )
             if elapsed is None:
                 controller.failures += 1
+                controller.reasons.append(self.why)
             else:
                 controller.values.append(elapsed)
 
@@ -331,6 +339,7 @@ class Bench:
         links = [await frontend.ListeningLink.create() for _ in range(n)]
         launched: list[Launched] = []
         announce: asyncio.subprocess.Process | None = None
+        failed: Exception | None = None
         try:
             started, stolen = time.perf_counter(), _stolen_s()
             if way.key == "relay":
@@ -363,9 +372,7 @@ class Bench:
                 await kl.closed()
                 await kl.aclose()
         except (TimeoutError, RuntimeError, OSError, frontend.LostBytes) as exc:
-            sample.failures += 1
-            why = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-            sample.reasons.append(f"{len(launched)}/{n} Run done; {why}"[:200])
+            failed = exc
         finally:
             if announce is not None:
                 await announce.wait()
@@ -373,6 +380,11 @@ class Bench:
                 link.close()
             for done in launched:
                 await way.finish(done)
+        if failed is not None:  # once finished: the launches' stderr has been read to its end
+            sample.failures += 1
+            said = [f"launch {i}: {d.explain()}" for i, d in enumerate(launched, 1) if d.said]
+            why = _why(failed, Launched())
+            sample.reasons.append("; ".join([f"{len(launched)}/{n} Run done; {why}", *said])[:600])
 
     async def concurrent_launches(self, rtt: int) -> None:
         n = self.config.concurrent
@@ -611,6 +623,14 @@ async def serve_ready(env: dict[str, str]) -> asyncio.subprocess.Process:
     if said.strip() != b"ready":
         raise RuntimeError(f"relay serve did not start: {said.decode(errors='replace')}")
     return daemon
+
+
+def _why(failed: Exception, launched: Launched) -> str:
+    """A failed launch in one line: the error, and what its processes said on stderr."""
+    why = f"{type(failed).__name__}: {failed}".strip().rstrip(":")
+    if launched.said:
+        why += f"; stderr: {launched.explain()}"
+    return why[:400]
 
 
 async def _connected_or_gave_up(link: frontend.ListeningLink, launched: object) -> None:

@@ -22,6 +22,7 @@ listening ``link``; the caller times until both channels arrive.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import re
@@ -50,6 +51,24 @@ LISTEN = "127.0.0.1"
 class Launched:
     procs: list[asyncio.subprocess.Process] = field(default_factory=list)
     cleanup: list[list[str]] = field(default_factory=list)
+    # the last lines the launch's ssh and the kernel behind it wrote to stderr: a failed
+    # launch's reason says them (the kernel's side, which the front end never sees)
+    said: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=8))
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def keep_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        """Read ``proc``'s stderr to its end, keeping the last lines (a pipe nobody reads
+        fills up, and what its writer says after that stalls or is lost)."""
+        assert proc.stderr is not None
+        self.readers.append(asyncio.ensure_future(_keep_lines(proc.stderr, self.said)))
+
+    def explain(self) -> str:
+        return " | ".join(self.said) if self.said else "nothing on stderr"
+
+
+async def _keep_lines(stream: asyncio.StreamReader, said: collections.deque[str]) -> None:
+    while line := await stream.readline():
+        said.append(line.decode(errors="replace").strip()[:200])
 
 
 def _ssh_base(sshd: ThrowawaySSHD, port: int, extra: list[str] | None = None) -> list[str]:
@@ -84,6 +103,8 @@ async def _finish(launched: Launched) -> None:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+    await asyncio.gather(*launched.readers)  # they end as the killed processes' pipes do
+    for proc in launched.procs:
         await proc.communicate()
 
 
@@ -137,9 +158,11 @@ class TunnelWay:
             match = pattern.search(line)
             if match:
                 allocated[int(match.group(2))] = int(match.group(1))
+        launched = Launched([proc])
+        launched.keep_stderr(proc)  # ssh's, and the kernel's through the session
         proc.stdin.write(f"{allocated[link.data.port]} {allocated[link.message.port]}\n".encode())
         await proc.stdin.drain()
-        return Launched([proc])
+        return launched
 
     async def run(self, link: LinkName) -> Launched:
         return await self.launch(link, compute=True)
@@ -215,13 +238,15 @@ class ControlMasterWay:
             "exec " + remote,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
         cancel = [
             self._ssh("-O", "cancel", "-R", f"{LISTEN}:{p}:127.0.0.1:{t}")
             for p, t in ((data, link.data.port), (message, link.message.port))
         ]
-        return Launched([proc], cancel)
+        launched = Launched([proc], cancel)
+        launched.keep_stderr(proc)
+        return launched
 
     async def run(self, link: LinkName) -> Launched:
         return await self.launch(link, compute=True)

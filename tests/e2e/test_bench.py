@@ -3,19 +3,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import shutil
 from pathlib import Path
 
-from bench.harness import Config, main, render
+from bench.harness import Bench, Config, Sample, main, render
+from bench.ways import TunnelWay
+from relay.sim.sshd import ThrowawaySSHD
+
+
+def measured(sample: Sample) -> bool:
+    """A comparator's cell was run and reported: timed, or failed saying why (its own luck,
+    on a loaded machine, is the comparator's and not what this test checks)."""
+    return bool(sample.values) or len(sample.reasons) == sample.failures > 0
 
 
 async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
+    """Every figure is produced; relay's cells must succeed, the comparators' (Tunnel's way,
+    ControlMaster) must be measured."""
     config = Config.tiny()
     results = await main(config)
-    for way in ("tunnel", "controlmaster", "relay"):
-        for rtt in config.rtts_ms:
-            sample = results.single[(way, rtt)]
-            assert sample.values and not sample.failures, (way, rtt, sample)
+    for rtt in config.rtts_ms:
+        sample = results.single[("relay", rtt)]
+        assert sample.values and not sample.failures, (rtt, sample)
+        for way in ("tunnel", "controlmaster"):
+            assert measured(results.single[(way, rtt)]), (way, rtt, results.single[(way, rtt)])
+        assert results.single_controller[rtt].values and not results.single_controller[rtt].failures
+        assert results.unchecked[rtt].values and not results.unchecked[rtt].failures
     assert results.concurrent[("relay", 0)].values
     assert all(s.values for s in results.pingpong.values())
     assert {key for key, _ in results.bulk} == {
@@ -26,9 +41,11 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
         "direct",
     }
     assert results.unchecked[0].values  # relay with peer_check off, beside it
-    for way in ("relay", "tunnel", "controlmaster"):  # LaunchKernels, the Parallel way
-        rounds = config.pool_relay_rounds if way == "relay" else 1
-        assert len(results.pools[(way, 0, 2)].values) == rounds, way
+    # LaunchKernels, the Parallel way: relay's rounds all succeed, the others' cell is measured
+    relay_pool = results.pools[("relay", 0, 2)]
+    assert len(relay_pool.values) == config.pool_relay_rounds, relay_pool
+    for way in ("tunnel", "controlmaster"):
+        assert measured(results.pools[(way, 0, 2)]), (way, results.pools[(way, 0, 2)])
     assert len(results.pool_stolen[(0, 2)]) == 2  # the host's steal in each of relay's rounds
     assert min(results.pool_stolen[(0, 2)]) >= 0 and results.stolen >= 0
     assert math.isfinite(results.shim_wall.median) and results.floor_direct.values
@@ -39,3 +56,19 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
     assert "## LaunchKernels as the Parallel package runs it" in text
     assert "CPU the host took during relay's cell" in text and "(steal)" in text
     assert "median of 2 rounds" in text
+
+
+async def test_a_comparators_failed_launch_says_what_the_kernels_side_said(
+    sshd: ThrowawaySSHD,
+) -> None:
+    """The kernel's stderr comes back through Tunnel's ssh: a failed launch's reason has it,
+    and the launch fails as its ssh exits, not after the 60 s wait for a connection."""
+    bench = Bench(Config.tiny())
+    try:
+        way = TunnelWay(sshd, sshd.port, "/nonexistent/WolframKernel")
+        async with asyncio.timeout(30):
+            assert await bench.timed_launch(way) is None
+        assert "launch command exited 127" in bench.why
+        assert "stderr: " in bench.why and "/nonexistent/WolframKernel" in bench.why  # the shell
+    finally:
+        shutil.rmtree(bench.dir, ignore_errors=True)
