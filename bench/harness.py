@@ -836,6 +836,12 @@ def render(config: Config, r: Results, plot_name: str) -> str:
             f"{cells[1].median / relay:.1f}x faster | "
             f"{'met' if relay <= target else 'missed'} ({target * 1000:.0f} ms) |"
         )
+    failed = [
+        (key, rtt, why) for (key, rtt), sample in sorted(r.single.items()) for why in sample.reasons
+    ]
+    if failed:
+        lines += ["", "Why the failed launches failed:", ""]
+        lines += [f"- {key}, {rtt} ms: {why}" for key, rtt, why in failed]
     lines += [
         "",
         f"Floors on this machine: a bare `python -c pass` takes {r.floor_python.cell()}; the "

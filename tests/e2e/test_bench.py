@@ -56,6 +56,9 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
     assert "## LaunchKernels as the Parallel package runs it" in text
     assert "CPU the host took during relay's cell" in text and "(steal)" in text
     assert "median of 2 rounds" in text
+    tunnel = results.single[("tunnel", 0)]  # a comparator's failure, as the report says it
+    tunnel.failures, tunnel.reasons = tunnel.failures + 1, [*tunnel.reasons, "RuntimeError: x"]
+    assert "- tunnel, 0 ms: RuntimeError: x" in render(config, results, "plot.png")
 
 
 async def test_a_comparators_failed_launch_says_what_the_kernels_side_said(
