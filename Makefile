@@ -62,13 +62,13 @@ package-check: install
 	$(PY) .ci/package_check.py
 
 lint: install
-	$(VENV)/bin/ruff check relay tests
-	$(VENV)/bin/ruff format --check relay tests
+	$(VENV)/bin/ruff check relay tests .ci
+	$(VENV)/bin/ruff format --check relay tests .ci
 
 typecheck: install
 	$(VENV)/bin/mypy
 
-# What CI runs, and more: lint, types, tests.
+# What CI runs (.ci/run, which installs Slurm first): lint, types, the package check, tests.
 check: lint typecheck package-check test
 
 clean:
