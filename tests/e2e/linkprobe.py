@@ -13,6 +13,12 @@ schedule's order), and on each channel at once, on its own threads:
 With ``message_first``, the data channel is not read until the message channel ended: urgent
 bytes must get through while the data channel is saturated.
 Finally it sends its findings, as one JSON line, to the Unix socket the schedule names.
+
+Before any of that it holds both connections open until the front end has them (the schedule's
+``admitted`` Unix socket is closed by the test once both front-end channels are accepted):
+relay carries a connection only from a live socket of the user's own (issue 23: an orphaned
+one reads uid 0 and could be anyone's), and a probe that connected and closed at once would
+be refused as such. A real kernel never does that: it stays connected for its whole life.
 """
 
 from __future__ import annotations
@@ -115,6 +121,11 @@ def main() -> int:
         msock = socket.create_connection((mhost, mport))
     for sock in (dsock, msock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if schedule.get("admitted"):  # wait until relay has carried both to the front end
+        with socket.socket(socket.AF_UNIX) as gate:
+            gate.settimeout(120)
+            gate.connect(schedule["admitted"])
+            gate.recv(1)
     channels = {
         "data": Channel(dsock, schedule["data"], "data"),
         "message": Channel(msock, schedule["message"], "message"),

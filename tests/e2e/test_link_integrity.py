@@ -9,6 +9,8 @@ instant it accepts, before relay's SSH channel for that connection is even open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import random
 import sys
@@ -47,10 +49,14 @@ class _FrontEndChannel(asyncio.Protocol):
         self.eof = False
         self.sent = False
         self.transport: asyncio.Transport | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.accepted: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if not self.accepted.done():
+            self.accepted.set_result(None)
         if self.plan["frontend_start"] == "now":
             self._send()  # the instant it accepts (docs/topology.md §1)
 
@@ -98,6 +104,11 @@ class Outcome:
     kernel: dict[str, dict[str, Any]]
 
 
+def _same(side: _FrontEndChannel) -> _FrontEndChannel:
+    """A protocol factory that gives the one channel it was made for."""
+    return side
+
+
 async def _wrapper(directory: Path, schedule: dict[str, Any]) -> str:
     """The kernel path for this schedule: a script that runs the probe with it."""
     path = directory / f"probe-{random.getrandbits(48):x}.sh"
@@ -120,14 +131,25 @@ async def run_schedule(daemon: RunningDaemon, schedule: dict[str, Any]) -> Outco
 
     report_server = await asyncio.start_unix_server(on_report, path=str(report_path))
     sides = {role: _FrontEndChannel(schedule[role]) for role in ("data", "message")}
+
+    async def on_gate(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The probe holds its connections until relay has carried both (linkprobe.py)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(BOUND_S):
+                await asyncio.gather(*(side.accepted for side in sides.values()))
+        writer.close()
+
+    gate_path = daemon.home.dir / f"admitted-{random.getrandbits(32):x}.sock"
+    gate_server = await asyncio.start_unix_server(on_gate, path=str(gate_path))
     servers = [
-        await loop.create_server(lambda s=sides[role]: s, "127.0.0.1", 0)
+        await loop.create_server(functools.partial(_same, sides[role]), "127.0.0.1", 0)
         for role in ("data", "message")
     ]
     ports = [s.sockets[0].getsockname()[1] for s in servers]
     name = f"{ports[0]}@127.0.0.1,{ports[1]}@127.0.0.1"
     try:
-        kernel = await _wrapper(daemon.home.dir, {**schedule, "report": str(report_path)})
+        probe_schedule = {**schedule, "report": str(report_path), "admitted": str(gate_path)}
+        kernel = await _wrapper(daemon.home.dir, probe_schedule)
         async with asyncio.timeout(BOUND_S):
             result = await run_shim(daemon.home, "--compute", "local", kernel, name)
             assert result.status == 0, result.stderr
@@ -135,7 +157,7 @@ async def run_schedule(daemon: RunningDaemon, schedule: dict[str, Any]) -> Outco
                 await side.done
             kernel_report = await reports
     finally:
-        for server in (*servers, report_server):
+        for server in (*servers, report_server, gate_server):
             server.close()
     return Outcome(sides, kernel_report)
 
