@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -269,7 +270,8 @@ async def start_daemon(home: RelayHome, *, write: bool = True) -> AsyncIterator[
             on_ready=ready.set_result,
         )
     )
-    done, _ = await asyncio.wait({ready, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    started: set[asyncio.Future[Any]] = {ready, task}
+    done, _ = await asyncio.wait(started, timeout=30, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()
     running = RunningDaemon(ready.result(), home, stop, task)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Self
 
 
 class FaultProxy:
@@ -16,7 +17,7 @@ class FaultProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
 
-    async def start(self) -> FaultProxy:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

@@ -123,8 +123,13 @@ async def wait_gone(pid: int, timeout_s: float = 30) -> None:
     except ProcessLookupError:
         return
     loop = asyncio.get_running_loop()
-    gone = loop.create_future()
-    loop.add_reader(fd, lambda: gone.done() or gone.set_result(None))
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, readable)
     try:
         await asyncio.wait_for(gone, timeout_s)
     finally:

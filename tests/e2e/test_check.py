@@ -54,7 +54,7 @@ def by_name(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def first_failure(answer: dict[str, Any]) -> dict[str, Any]:
-    failed = [r for r in answer["results"] if r["state"] == "fail"]
+    failed: list[dict[str, Any]] = [r for r in answer["results"] if r["state"] == "fail"]
     assert failed, answer
     later = answer["results"][failed[0]["step"] : -1]
     assert all(r["state"] == "skip" for r in later)  # nothing after the first failure ran

@@ -303,7 +303,9 @@ async def test_forward_request_from_the_local_socket(
     kl = await link.accept(60)
     assert await kl.echo(b"on demand") == b"on demand"
     # while its link lives, the forward is listed and holds the host against idle close
-    (listed,) = (await request(dyn.home, {"op": "status"}))["forwards"]  # type: ignore[misc]
+    forwards = (await request(dyn.home, {"op": "status"}))["forwards"]
+    assert isinstance(forwards, list)
+    (listed,) = forwards
     assert listed["name"] == rewritten
     assert [c["state"] for c in listed["channels"]] == ["connected", "connected"]
     requested = dyn.daemon.forwards[rewritten]

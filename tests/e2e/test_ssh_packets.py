@@ -23,11 +23,11 @@ async def packets_per_message(running: RunningDaemon, host: str) -> float:
         kl = await fe.link.accept(60)
         assert await kl.echo(b"warm") == b"warm"
         conn: asyncssh.SSHClientConnection = await running.daemon.hosts[host].connection()
-        before = conn._send_seq  # type: ignore[attr-defined]
+        before = conn._send_seq
         for _ in range(MESSAGES):
             payload = secrets.token_bytes(100)
             assert await kl.echo(payload) == payload
-        sent = (conn._send_seq - before) % (1 << 32)  # type: ignore[attr-defined]
+        sent = (conn._send_seq - before) % (1 << 32)
         await kl.quit(0)
         status, _, err = await fe.result()
         assert status == 0, err
@@ -49,4 +49,4 @@ async def test_under_a_cbc_cipher_the_ignore_packet_stays(home: RelayHome) -> No
         async with start_daemon(home, write=False) as running:
             assert await packets_per_message(running, "cbc") >= 2.0
             conn = await running.daemon.hosts["cbc"].connection()
-            assert conn._enc_alg_cs == b"aes128-cbc"  # type: ignore[attr-defined]
+            assert conn._enc_alg_cs == b"aes128-cbc"

@@ -331,6 +331,8 @@ async def test_a_host_that_cannot_tell_fails_launches_at_once_unless_peer_check_
         await kl.aclose()
         link.close()
         answer = await request(home, {"op": "status"})
-        checks = {h["name"]: h["peer_check"] for h in answer["hosts"]}  # type: ignore[union-attr]
+        hosts = answer["hosts"]
+        assert isinstance(hosts, list)
+        checks = {h["name"]: h["peer_check"] for h in hosts}
         assert checks["blind"]["remote"] == "unavailable"
         assert checks["trusting"]["remote"] == "off"

@@ -125,7 +125,7 @@ def test_flag_errors() -> None:
         parse_flags(["-linkoptions", "bogus"])
 
 
-words = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+words = st.text(st.characters(blacklist_categories=["Cs"]), max_size=30)
 
 
 @given(st.dictionaries(st.sampled_from(sorted(FRONT_END_WORDS)), words, max_size=5), words)

@@ -49,4 +49,5 @@ async def test_a_host_takes_its_entry_as_it_now_is(tmp_path: Path) -> None:
     path.write_text("[hosts.later]\nhostname = 'l'\nkernel = '/k'\nlaunch_timeout_s = 9\n")
     d.reload()
     assert d.host("later") is first
-    assert (first.config.kernel, first.config.launch_timeout_s) == ("/k", 9)
+    now = first.config  # read anew: the reload replaced it
+    assert (now.kernel, now.launch_timeout_s) == ("/k", 9)

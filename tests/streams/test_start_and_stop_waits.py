@@ -22,7 +22,7 @@ import pytest
 from relay import cli
 from relay.cli import serve as cli_serve
 from relay.control import DaemonLock
-from relay.lite import framing, locks, shim
+from relay.lite import client, framing, locks, shim
 from tests.conftest import RELAY, RelayHome, start_daemon
 from tests.streams.test_control_socket import left_running, stop_autostarted
 
@@ -81,13 +81,13 @@ def relay_serve(home: RelayHome, *args: str) -> Iterator[subprocess.Popen[str]]:
         proc.stderr.close()
 
 
-def ready_daemon(home: RelayHome) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+def ready_daemon(home: RelayHome) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """``relay serve`` in the background, as an autostarting shim starts it; entered once
     it has said ``ready``."""
     read_fd, write_fd = os.pipe()
 
     @contextlib.contextmanager
-    def run() -> Iterator[subprocess.Popen[str]]:
+    def run() -> Iterator[subprocess.Popen[bytes]]:
         try:
             proc = subprocess.Popen(
                 [RELAY, "serve", "--ready-fd", str(write_fd)],
@@ -172,7 +172,7 @@ async def test_a_shim_racing_a_starting_daemon_connects_once_it_is_up(
     home = relay_env
     tried = threading.Event()
     attempts: list[str] = []
-    real_connect = shim.connect
+    real_connect = client.connect  # what the shim calls (it imports it from client)
 
     def connect(path: str) -> object:
         attempts.append(path)
