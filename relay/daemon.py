@@ -292,7 +292,7 @@ class Daemon:
         try:
             fwd = requested.forward
             if await hold_until_connected(fwd, requested.host.config.launch_timeout_s):
-                await fwd.wait_closed()
+                await fwd.peers_closed()
         finally:
             self.forwards.pop(requested.name, None)
             await requested.forward.aclose()

@@ -13,7 +13,6 @@ __all__ = [
     "MLOPEN_ARGUMENTS",
     "default_kernel_path",
     "launch_command",
-    "link_name",
     "remote_command",
     "user_base_directories",
     "wl_string",
@@ -47,10 +46,6 @@ def default_kernel_path(operating_system: str, version: float) -> str:
         return f"/Applications/{product}.app/Contents/MacOS/WolframKernel"
     v = f"{version:.1f}"
     return str(PurePosixPath("/usr/local/Wolfram", product, v, "Executables", "WolframKernel"))
-
-
-def link_name(data: tuple[int, str], message: tuple[int, str]) -> str:
-    return f"{data[0]}@{data[1]},{message[0]}@{message[1]}"
 
 
 def user_base_directories(operating_system: str, home: str, appdata: str = "") -> list[str]:

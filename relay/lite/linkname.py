@@ -12,10 +12,11 @@ R1 and R2 are remote listeners that lead back to H1:P1 and H2:P2.
 
 from __future__ import annotations
 
-__all__ = ["Endpoint", "LinkName", "LinkNameError"]
+__all__ = ["LOOPBACK", "Endpoint", "LinkName", "LinkNameError"]
 
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 EXAMPLE = "53994@127.0.0.1,39359@127.0.0.1"
+LOOPBACK = "127.0.0.1"  # where forwards listen, on either side
 
 
 class LinkNameError(ValueError):
@@ -169,6 +170,9 @@ class LinkName(_Value):
     def __str__(self) -> str:
         return f"{self.data},{self.message}"
 
-    def rewritten(self, data_port: int, message_port: int, host: str = "127.0.0.1") -> LinkName:
-        """The name a kernel on the other side of two forwards connects to."""
-        return LinkName(Endpoint(data_port, host), Endpoint(message_port, host))
+    @classmethod
+    def loopback(cls, data_port: int, message_port: int) -> LinkName:
+        """``DATA@127.0.0.1,MESSAGE@127.0.0.1``: a link carried by two forwards, named by their
+        listeners on loopback (the rewritten name a kernel connects to, or an expose forward's
+        on the front end's machine). The one place such a name is made."""
+        return cls(Endpoint(data_port, LOOPBACK), Endpoint(message_port, LOOPBACK))

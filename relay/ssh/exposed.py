@@ -19,19 +19,17 @@ a ``relay.ssh.pipe.Pipe``: what the front end writes before the SSH channel is o
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import asyncssh
 
-from relay.lite.linkname import Endpoint, LinkName
+from relay.lite.linkname import LOOPBACK, Endpoint, LinkName
 from relay.ssh.guard import PeerGuard
+from relay.ssh.linkpair import LinkChannel, LinkPair
 from relay.ssh.pipe import Pipe
 from relay.tasks import TaskSet
 
 __all__ = ["ExposeForward"]
-
-LISTEN_HOST = "127.0.0.1"
 
 
 class _Accepted(asyncio.Protocol):
@@ -68,14 +66,12 @@ class _Accepted(asyncio.Protocol):
         self._tcp.resume_writing()
 
 
-class _Listener:
+class _Listener(LinkChannel):
     def __init__(self, owner: ExposeForward, role: str) -> None:
+        super().__init__(role)
         self.owner = owner
-        self.role = role
         self.server: asyncio.Server | None = None
-        self.dest = Endpoint(1, "127.0.0.1")
-        self.pipe: Pipe | None = None
-        self.connected_at: float | None = None
+        self.dest = Endpoint(1, LOOPBACK)
         self.tasks = owner.tasks
 
     @property
@@ -89,30 +85,27 @@ class _Listener:
     async def admit(self, pipe: Pipe, client_host: str, client_port: int) -> None:
         link = f"{self.role} of {self.owner.name}"
         guard = self.owner.guard
-        if self.pipe is not None or not await guard.admit(
-            client_host, client_port, self.port, link
-        ):
+        if self.taken or not await guard.admit(client_host, client_port, self.port, link):
             pipe.close()  # single use, and only the user's own processes
             return
-        if self.pipe is not None:  # the real one won the race while this one was checked
+        if self.taken:  # the real one won the race while this one was checked
             pipe.close()
             return
-        self.pipe = pipe
+        self.taken = True
         if self.server is not None:
             self.server.close()  # nothing else may connect through this listener
         try:
-            await self.owner.conn.create_connection(
-                pipe.channel_session, "127.0.0.1", self.dest.port
-            )
+            await self.owner.conn.create_connection(pipe.channel_session, LOOPBACK, self.dest.port)
         except (asyncssh.Error, OSError) as exc:
             pipe.close()
-            self.owner.fail(
-                f"the {self.role} channel could not reach port {self.dest.port} on the "
-                f"remote host: {exc}"
+            self.owner.pair.fail(
+                ConnectionError(
+                    f"the {self.role} channel could not reach port {self.dest.port} on the "
+                    f"remote host: {exc}"
+                )
             )
             return
-        self.connected_at = time.monotonic()
-        self.owner.check_connected()
+        self.owner.pair.joined(self, pipe)
 
 
 class ExposeForward:
@@ -120,9 +113,9 @@ class ExposeForward:
         self.conn = conn
         self.guard = guard
         self.tasks = TaskSet()
-        self._listeners = (_Listener(self, "data"), _Listener(self, "message"))
-        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.pair = LinkPair(_Listener(self, "data"), _Listener(self, "message"))
+        self._listeners = self.pair.channels
+        self.connected = self.pair.connected
         self._name: LinkName | None = None
 
     @classmethod
@@ -130,7 +123,7 @@ class ExposeForward:
         self = cls(conn, guard)
         await self._listen()
         for listener in self._listeners:
-            listener.dest = Endpoint(listener.port, "127.0.0.1")
+            listener.dest = Endpoint(listener.port, LOOPBACK)
         return self
 
     @classmethod
@@ -146,9 +139,9 @@ class ExposeForward:
         self.guard.require()
         loop = asyncio.get_running_loop()
         for listener in self._listeners:
-            listener.server = await loop.create_server(listener.protocol, LISTEN_HOST, 0)
+            listener.server = await loop.create_server(listener.protocol, LOOPBACK, 0)
         data, message = (lst.port for lst in self._listeners)
-        self._name = LinkName(Endpoint(data, LISTEN_HOST), Endpoint(message, LISTEN_HOST))
+        self._name = LinkName.loopback(data, message)
 
     @property
     def name(self) -> LinkName:
@@ -156,20 +149,11 @@ class ExposeForward:
         assert self._name is not None, "not listening yet"
         return self._name
 
-    def check_connected(self) -> None:
-        done = all(lst.connected_at is not None for lst in self._listeners)
-        if done and not self.connected.done():
-            self.connected.set_result(None)
-
-    def fail(self, message: str) -> None:
-        if not self.connected.done():
-            self.connected.set_exception(ConnectionError(message))
-
     def snapshot(self) -> list[dict[str, Any]]:
         return [
             {
                 "role": lst.role,
-                "local": f"{lst.port if lst.server else '-'}@127.0.0.1",
+                "local": str(Endpoint(lst.port, LOOPBACK)) if lst.server else f"-@{LOOPBACK}",
                 "remote": str(lst.dest),
                 "state": "connected" if lst.connected_at else "listening",
             }
@@ -181,19 +165,15 @@ class ExposeForward:
             if lst.server is not None:
                 lst.server.close()
 
-    async def wait_closed(self) -> None:
-        """Return once the channels that were connected have both closed."""
-        for lst in self._listeners:
-            if lst.pipe is not None:
-                await lst.pipe.closed
+    async def peers_closed(self) -> None:
+        """Return once the channels that were connected have both closed (at either end)."""
+        await self.pair.peers_closed()
 
     async def aclose(self) -> None:
         self.close_listeners()
         await self.tasks.aclose()
+        self.pair.close_pipes()
         for lst in self._listeners:
-            if lst.pipe is not None:
-                lst.pipe.close()
             if lst.server is not None:
                 await lst.server.wait_closed()
-        if not self.connected.done():
-            self.connected.cancel()
+        self.pair.abandon()

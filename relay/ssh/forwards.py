@@ -26,7 +26,6 @@ which never loses what the front end writes before the channel is open.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -34,8 +33,9 @@ import asyncssh
 import structlog
 
 from relay.errors import ConnectFailed, ForwardRefused, FrontEndUnreachable, RelayError
-from relay.lite.linkname import Endpoint, LinkName
+from relay.lite.linkname import LOOPBACK, Endpoint, LinkName
 from relay.ssh.guard import PeerGuard
+from relay.ssh.linkpair import LinkChannel, LinkPair
 from relay.ssh.pipe import Pipe
 
 __all__ = [
@@ -49,7 +49,7 @@ __all__ = [
 
 log = structlog.get_logger("relay.forwards")
 
-LISTEN_HOST = "127.0.0.1"
+LISTEN_HOST = LOOPBACK
 WINDOW = 8 << 20  # a link's receive window: bulk transfers are not held up by window updates
 # The largest channel packet we invite sshd to send us (asyncssh's default is 32 KiB): fewer,
 # larger packets from the kernel cut asyncssh's per-packet Python cost (BENCHMARKS.md measures
@@ -256,16 +256,13 @@ class SparePool:
         self._free.clear()
 
 
-class _Channel:
+class _Channel(LinkChannel):
     """One endpoint of a link: its remote listener and the one connection it carries."""
 
     def __init__(self, role: str, target: Endpoint, slot: RemoteSlot) -> None:
-        self.role = role
+        super().__init__(role)
         self.target = target
         self.slot = slot
-        self.taken = False
-        self.pipe: Pipe | None = None
-        self.connected_at: float | None = None
 
 
 class CallbackForward:
@@ -275,13 +272,12 @@ class CallbackForward:
         self.target = target
         self._guard = guard
         data, message = slots
-        self._channels = (
-            _Channel("data", target.data, data),
-            _Channel("message", target.message, message),
+        self._pair = LinkPair(
+            _Channel("data", target.data, data), _Channel("message", target.message, message)
         )
-        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.name: LinkName = target.rewritten(data.port, message.port)  # what the kernel uses
+        self._channels = self._pair.channels
+        self.connected = self._pair.connected
+        self.name = LinkName.loopback(data.port, message.port)  # what the kernel uses
         # set once the server confirmed both listeners cancelled (after both channels connect)
         self.listeners_gone = asyncio.Event()
         self._cancelling: asyncio.Future[None] | None = None
@@ -349,23 +345,18 @@ class CallbackForward:
                 pipe.tcp_protocol, ch.target.host, ch.target.port
             )
         except OSError as exc:
-            if not self.connected.done():
-                self.connected.set_exception(
-                    FrontEndUnreachable(
-                        f"the front end is not listening on {ch.target.host}:{ch.target.port} "
-                        f"({ch.role} channel of {self.target}): {exc.strerror or exc}; was "
-                        f"the launch cancelled in the front end?"
-                    )
+            self._pair.fail(
+                FrontEndUnreachable(
+                    f"the front end is not listening on {ch.target.host}:{ch.target.port} "
+                    f"({ch.role} channel of {self.target}): {exc.strerror or exc}; was "
+                    f"the launch cancelled in the front end?"
                 )
+            )
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"relay: front end unreachable: {exc}"
             ) from None
-        ch.pipe = pipe
-        ch.connected_at = time.monotonic()
-        if all(c.connected_at is not None for c in self._channels):
+        if self._pair.joined(ch, pipe):
             self._cancelling = asyncio.ensure_future(self.listeners_closed())
-            if not self.connected.done():
-                self.connected.set_result(None)
         return pipe.channel_session()
 
     def close_listeners(self) -> None:
@@ -399,24 +390,19 @@ class CallbackForward:
             )
         return out
 
-    async def wait_closed(self) -> None:
-        """Return once the channels that were connected have both closed."""
-        for ch in self._channels:
-            if ch.pipe is not None:
-                await ch.pipe.closed
+    async def peers_closed(self) -> None:
+        """Return once the channels that were connected have both closed (at either end)."""
+        await self._pair.peers_closed()
 
     async def aclose(self) -> None:
         """Release everything: listeners and connected channels."""
         self.close_listeners()
         if self._cancelling is not None:
             await asyncio.gather(self._cancelling, return_exceptions=True)
-        for ch in self._channels:
-            if ch.pipe is not None:
-                ch.pipe.close()
+        self._pair.close_pipes()
         for ch in self._channels:
             await ch.slot.wait_closed()
-        if not self.connected.done():
-            self.connected.cancel()
+        self._pair.abandon()
 
 
 class _Forward(Protocol):

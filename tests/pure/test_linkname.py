@@ -64,9 +64,8 @@ def test_leading_zeros_are_a_port() -> None:
     assert LinkName.parse("000080@a,1@b").data.port == 80
 
 
-def test_rewrite_keeps_nothing_of_the_front_end_ports() -> None:
-    link = LinkName.parse("59000@192.168.1.5,59001@192.168.1.5")
-    assert str(link.rewritten(40001, 40002)) == "40001@127.0.0.1,40002@127.0.0.1"
+def test_a_rewritten_name_is_both_ports_on_loopback() -> None:
+    assert str(LinkName.loopback(40001, 40002)) == "40001@127.0.0.1,40002@127.0.0.1"
 
 
 hosts = st.one_of(

@@ -15,7 +15,7 @@ import pytest
 
 from relay import frontendconfig as fc
 from relay.lite import hook
-from relay.lite.linkname import LinkName
+from relay.lite.linkname import Endpoint, LinkName
 
 mathics = pytest.importorskip("mathics.session")
 
@@ -152,7 +152,7 @@ def test_link_names_are_the_same(
     got = wl(
         f"RelayTools`RelayLinkName[{{{data[0]}, {s(data[1])}}}, {{{message[0]}, {s(message[1])}}}]"
     )
-    assert got == fc.link_name(data, message)
+    assert got == str(LinkName(Endpoint(*data), Endpoint(*message)))
     assert str(LinkName.parse(got)) == got
 
 
