@@ -2,7 +2,10 @@
 
 launch():  remote forwards R1,R2 (server-chosen ports) -> start the kernel with
            -LinkName R1@127.0.0.1,R2@127.0.0.1 -> wait until both channels are connected
-           -> cancel the listeners (``Kernel.callback``, a task).
+           -> cancel the listeners (``Kernel.callback``, settled by a task the kernel owns).
+launch() is two steps: ``_acquire`` takes what the kernel needs (the hold, the forwards, its
+start through the supervisor) and hands it to a ``Kernel``; ``_answer`` waits until the caller
+may have its answer.
 When launch() answers depends on the mode:
 - controller: once the callback is done, as the front end's Launch command expects;
 - compute: once the kernel is started. The Parallel package runs ``$RemoteCommand`` once per
@@ -59,8 +62,8 @@ _ENDS_ITS_KERNELS = "the host's supervisor ends its kernels when it notices the 
 
 
 class Kernel:
-    """A started kernel. It owns its link's forwards, its hook (Dynamic) and its hold on the
-    host; ``aclose`` releases them, once."""
+    """A started kernel. It owns its link's forwards, its hook (Dynamic), its hold on the
+    host and the task that waits for its callback; ``aclose`` releases them, once."""
 
     def __init__(
         self,
@@ -94,6 +97,7 @@ class Kernel:
         # both channels connected and the listeners cancelled (or why not): set by launch()
         self.callback: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.callback.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._following: asyncio.Task[None] | None = None  # the task that settles ``callback``
         # a compute launch: answered once the pid came back ("pid"), once the start line was
         # written, the kernel being known on this connection ("known"), or at its callback
         self.answered_on: str | None = None
@@ -172,12 +176,29 @@ class Kernel:
                 await asyncio.gather(heard, return_exceptions=True)
         return self.exited.result() if self.exited.done() else None
 
+    def follow_callback(self, kernel: str, deadline: float) -> None:
+        """Wait for the kernel's callback in a task of its own (``callback`` says how it
+        went), owned here: ended by ``stop_following`` or ``aclose``."""
+        task = asyncio.get_running_loop().create_task(
+            _callback(self, kernel, self.host.config.launch_timeout_s, deadline),
+            name=f"callback:{self.id}",
+        )
+        task.add_done_callback(lambda f: _settle(self.callback, f))
+        self._following = task
+
+    async def stop_following(self) -> None:
+        """Cancel the wait for the callback, if it is still on, and await its end."""
+        if self._following is not None:
+            self._following.cancel()
+            await asyncio.gather(self._following, return_exceptions=True)
+
     async def aclose(self) -> None:
         """Release the main link's forwards, the hook (and every link opened through it) and
         the hold on the host. Called once the kernel has exited (or never started)."""
         if self.released.is_set():
             return
         try:
+            await self.stop_following()
             await self.forward.aclose()
             if self.hook is not None:
                 await self.hook.aclose()
@@ -202,13 +223,40 @@ async def launch(
 ) -> Kernel:
     """Start a kernel on ``host`` that connects back to ``link``. ``wrapper`` goes before the
     kernel's argv (a Slurm job step: ``srun ...``)."""
-    kernel_id = kernel_id or new_kernel_id()
-    log = structlog.get_logger("relay.kernel").bind(host=host.key, kernel=kernel_id)
-    cfg = host.config
-    args = list(extra_args)
     # launch_timeout_s bounds the whole launch: connecting, the supervisor, the forwards and
     # the kernel's callback share one deadline
-    deadline = asyncio.get_running_loop().time() + cfg.launch_timeout_s
+    deadline = asyncio.get_running_loop().time() + host.config.launch_timeout_s
+    k = await _acquire(
+        host,
+        kernel=kernel,
+        link=link,
+        mode=mode,
+        args=list(extra_args),
+        kernel_id=kernel_id or new_kernel_id(),
+        wrapper=wrapper,
+        deadline=deadline,
+    )
+    k.log.info("launching", mode=mode, link=str(link), remote_link=str(k.remote_link))
+    k.follow_callback(kernel, deadline)
+    await _answer(k, kernel)
+    return k
+
+
+async def _acquire(
+    host: HostSession,
+    *,
+    kernel: str,
+    link: LinkName,
+    mode: Mode,
+    args: list[str],
+    kernel_id: str,
+    wrapper: Sequence[str],
+    deadline: float,
+) -> Kernel:
+    """What a kernel needs, taken: a hold on the host, its connection and supervisor, the
+    forwards (and hook), the kernel started. All given back if any of it fails; else the
+    returned ``Kernel`` owns it."""
+    cfg = host.config
     async with contextlib.AsyncExitStack() as unwind:  # what is taken is given back on failure
         hold = host.hold()  # no idle close while this kernel lives
         unwind.callback(hold.release)
@@ -228,22 +276,22 @@ async def launch(
                 f"the SSH connection to {host.key} was lost during launch: {exc}"
             ) from None
         unwind.pop_all()  # from here on the kernel owns all of it
-    k = Kernel(kernel_id, host, hold, mode, link, forward, live.supervisor, proc, hook)
-    log.info("launching", mode=mode, link=str(link), remote_link=str(forward.name))
-    callback = asyncio.ensure_future(_callback(k, kernel, cfg.launch_timeout_s, deadline))
-    callback.add_done_callback(lambda f: _settle(k.callback, f))
+    return Kernel(kernel_id, host, hold, mode, link, forward, live.supervisor, proc, hook)
+
+
+async def _answer(k: Kernel, kernel: str) -> None:
+    """Return when the launch may answer (see the module): a compute kernel started, a
+    controller's callback done. A failure ends the kernel and gives back what it took."""
     try:
-        if mode == "compute":
-            k.answered_on = await _started(k, kernel, live.supervisor)
+        if k.mode == "compute":
+            k.answered_on = await _started(k, kernel, k._supervisor)
         else:
-            await asyncio.shield(callback)
+            await asyncio.shield(k.callback)
     except BaseException as exc:
-        callback.cancel()
-        await asyncio.gather(callback, return_exceptions=True)
+        await k.stop_following()
         await _release(k)
-        log.warning("launch failed", error=str(exc))
+        k.log.warning("launch failed", error=str(exc))
         raise
-    return k
 
 
 async def _start(
