@@ -12,9 +12,11 @@ daemon
     socket (``relay.lite.locks``), never on a clock.
 hosts
     ``relay.ssh.host.HostSession`` owns the one asyncssh connection to a remote machine, opened
-    on first use and kept open, and what lives on it (``Live``): the supervisor session, spare
-    listeners, the peer guard. Whoever uses the connection holds a ``Hold`` on it. How to
-    reach the host is relay.toml merged with ssh_config (``relay.ssh.sshconfig`` reads it,
+    on first use and kept open, and composes the rest: how it is reached
+    (``relay.ssh.connector``: plan, attempts, retries, login, host keys), what lives on it
+    (``relay.ssh.live.Live``: the supervisor session, spare listeners, the peer guard, RTT),
+    who uses it (``relay.ssh.holds``: a ``Hold`` each, an idle timer). How to reach the host
+    is relay.toml merged with ssh_config (``relay.ssh.sshconfig`` reads it,
     ``relay.ssh.options`` merges); host keys and identity files are handled as ssh would
     (``relay.ssh.hostkeys``, ``relay.ssh.identity``); the kernel hook file is installed
     through an exec session (``relay.ssh.hookfile``).
@@ -27,7 +29,8 @@ links and forwards
     (``relay.lite.linkname`` parses, formats and rewrites them; pure). A forward carries one link
     across the connection, two single-use listeners each: a callback forward
     (``relay.ssh.forwards``) listens on the remote host and leads to the front end; an expose
-    forward (``relay.ssh.exposed``) listens on the front end's machine and leads to the host.
+    forward (``relay.ssh.exposed``) listens on the front end's machine and leads to the host;
+    both are two channels connected when both are (``relay.ssh.linkpair``).
     Only the user's own processes get through a listener (``relay.ssh.guard``); each
     channel's bytes go through a ``relay.ssh.pipe.Pipe``, which never loses what either side
     writes first.

@@ -243,17 +243,25 @@ class SparePool:
         else:
             self._free.extend(fresh)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """No more spares: fills in flight cancelled (what they bring is closed on arrival),
+        the free listeners closed."""
         self._closed = True
         if self._trim is not None:
             self._trim.cancel()
-        fills = list(self._fills)
-        for task in fills:
+        for task in self._fills:
             task.cancel()
-        await asyncio.gather(*fills, return_exceptions=True)
         for slot in self._free:
             slot.close()
         self._free.clear()
+
+    async def wait_closed(self) -> None:
+        """Return once the fills in flight have ended."""
+        await asyncio.gather(*self._fills, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        self.close()
+        await self.wait_closed()
 
 
 class _Channel(LinkChannel):

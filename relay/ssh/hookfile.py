@@ -6,21 +6,25 @@ bytes on the session's standard input: no SFTP subsystem needed (many sshd confi
 have none, and Tunnel needed none). The installed path is content-addressed
 (``~/.cache/relay/<sha256[:16]>/``) and the installer sends the file back, so what the kernel
 will load is proven by its hash, not assumed. ``parse_answer`` is pure; ``install`` is the
-thin I/O shell around it.
+thin I/O shell around it; a host's ``Installer`` runs it once per connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from importlib.resources import files
 
 import asyncssh
+import structlog
 
-from relay.errors import HookInstallFailed, host_header
+from relay.errors import HookInstallFailed, RelayError, host_header
 from relay.ssh.remote_scripts import hook_install_command
+from relay.tasks import TaskSet
 
-__all__ = ["INIT_FILE", "HookFile", "install", "parse_answer"]
+__all__ = ["INIT_FILE", "HookFile", "Installer", "install", "parse_answer"]
 
 INIT_FILE = "RelayKernelInit.wl"
 INSTALL_TIMEOUT_S = 30.0
@@ -104,3 +108,41 @@ async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile)
         f"cannot install relay's kernel hook on {host}: {why}; "
         + NO_DYNAMIC.format(header=host_header(host))
     )
+
+
+class Installer:
+    """The hook file on one host: installed once per connection (single flight: concurrent
+    launches wait for the same install; a failure is tried again by the next launch). Its
+    installs run in ``tasks``, the host session's."""
+
+    def __init__(self, host: str, tasks: TaskSet) -> None:
+        self._host = host
+        self._tasks = tasks
+        self._hook = HookFile.packaged()
+        self._installed: tuple[asyncssh.SSHClientConnection, asyncio.Future[str]] | None = None
+        self._log = structlog.get_logger("relay.host").bind(host=host)
+
+    def prefetch(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Install ahead, for the launches to come (they report a failure)."""
+        self._tasks.spawn(self._prefetch(conn), name=f"init:{self._host}")
+
+    async def _prefetch(self, conn: asyncssh.SSHClientConnection) -> None:
+        with contextlib.suppress(RelayError):  # a launch that needs it will report it
+            await self.path(conn)
+
+    async def path(self, conn: asyncssh.SSHClientConnection) -> str:
+        """The hook file's remote path on ``conn``'s host, installing it if needed."""
+        if (
+            self._installed is None
+            or self._installed[0] is not conn
+            or (self._installed[1].done() and self._installed[1].exception() is not None)
+        ):
+            task = self._tasks.spawn(self._install(conn), name=f"hook:{self._host}")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # awaited by launches
+            self._installed = (conn, task)
+        return await asyncio.shield(self._installed[1])
+
+    async def _install(self, conn: asyncssh.SSHClientConnection) -> str:
+        path = await install(conn, self._host, self._hook)
+        self._log.info("kernel hook in place", path=path)
+        return path

@@ -1,0 +1,484 @@
+"""How a host is reached: its plan, each connection attempt, retries, login and host keys.
+
+A ``Connector`` turns relay.toml's entry and the ssh_config files (re-read on every connect, as
+ssh would) into a ``ConnectPlan`` and makes connections from it: one attempt bounded by
+ConnectTimeout (``connect_once``), attempts with exponential backoff and jitter until one
+succeeds, one fails in a way no retry can mend, or ``launch_timeout_s`` would be overrun
+(``connect``), at most ``reconnect_attempts`` per ``reconnect_window_s`` (``RetryLimiter``), or
+a person answering the server's prompts (``login``). Host keys are looked up, accepted-new and
+fetched as ssh does (``host_key``, for ``relay trust``). It owns no connection: the host session
+(``relay.ssh.host``) keeps what it makes. ``ConnectionStatus`` is what ``relay status`` says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncssh
+import structlog
+
+from relay.errors import AuthenticationFailed, ConnectFailed, RelayError, SSHSetupFailed
+from relay.settings import HostConfig
+from relay.ssh import hostkeys, identity, ignorepad, options, sshconfig
+from relay.ssh.errors import host_key_refused, translate_connect_error
+from relay.ssh.options import ConnectPlan
+from relay.ssh.sshconfig import SSHView
+
+__all__ = [
+    "ATTEMPTS_PER_REQUEST",
+    "BACKOFF_CAP_S",
+    "ConnectionStatus",
+    "Connector",
+    "Prompter",
+    "RetryLimiter",
+    "backoff_s",
+]
+
+JumpGetter = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
+ATTEMPTS_PER_REQUEST = 3
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 8.0
+
+
+def backoff_s(attempt: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter in its upper half: attempt 0 -> 0.25-0.5 s."""
+    ceiling: float = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)
+    return ceiling * (0.5 + rng.random() / 2)
+
+
+Prompter = Callable[[str, str, list[tuple[str, bool]]], Awaitable[list[str]]]
+LOGIN_TIMEOUT_S = 600.0  # relay login: a person types passwords and one-time codes
+
+
+class _Client(asyncssh.SSHClient):
+    """Records why a connection ended and whether the server wanted a person to answer. With
+    ``ask`` (``relay login``), a person does: password and keyboard-interactive prompts go
+    to them; otherwise (every launch) both are declined and noted for the error message."""
+
+    def __init__(self, ask: Prompter | None = None, who: str = "") -> None:
+        self.lost: Exception | None = None
+        self.opened: asyncssh.SSHClientConnection | None = None  # the transport was made
+        self.person_needed: list[str] = []
+        self._ask = ask
+        self._who = who
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.opened = conn
+        ignorepad.drop_padding(conn)  # one packet per packet, not two (see the module)
+
+    def reached(self) -> str:
+        """How far a failed attempt got: "none" (no transport), "tcp" (a transport, but no
+        SSH version line from the server) or "ssh" (the server said its version)."""
+        if self.opened is None:
+            return "none"
+        return "ssh" if self.opened.get_extra_info("server_version") else "tcp"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+
+    async def password_auth_requested(self) -> str | None:
+        if self._ask is None:
+            self.person_needed.append("a password")
+            return None
+        (answer,) = await self._ask("", "", [(f"{self._who}'s password: ", False)])
+        return answer
+
+    def kbdint_auth_requested(self) -> str | None:
+        if self._ask is None:
+            self.person_needed.append("keyboard-interactive (2FA) answers")
+            return None
+        return ""  # whatever submethods the server has
+
+    async def kbdint_challenge_received(
+        self, name: str, instructions: str, lang: str, prompts: Sequence[tuple[str, bool]]
+    ) -> list[str] | None:
+        if self._ask is None:
+            return None
+        if not prompts:  # a message only (e.g. "Authenticated with partial success.")
+            if name or instructions:
+                await self._ask(name, instructions, [])
+            return []
+        return await self._ask(name, instructions, list(prompts))
+
+
+class ConnectionStatus:
+    """What ``relay status`` says of a host's connection: its state and since when, the last
+    error, when the next attempt is made while backing off, how many connections were made."""
+
+    def __init__(self) -> None:
+        self.state = "disconnected"
+        self.since = time.time()
+        self.last_error: str | None = None
+        self.retry_at: float | None = None  # while backing off: when the next attempt is made
+        self.connects = 0
+
+    def set(self, state: str) -> None:
+        if state != self.state:
+            self.state, self.since = state, time.time()
+
+
+class RetryLimiter:
+    """At most ``attempts`` automatic retries per ``window_s`` (relay.toml's reconnect_attempts
+    per reconnect_window_s, passed on each call: a reload applies at once)."""
+
+    def __init__(self) -> None:
+        self._attempts: collections.deque[float] = collections.deque()
+
+    def allow(self, attempts: int, window_s: float) -> bool:
+        """Whether one more retry is allowed now; counted if so."""
+        now = time.monotonic()
+        while self._attempts and now - self._attempts[0] > window_s:
+            self._attempts.popleft()
+        if len(self._attempts) >= attempts:
+            return False
+        self._attempts.append(now)
+        return True
+
+    def clear(self) -> None:
+        """A connection was made, or the settings changed: earlier failures no longer count."""
+        self._attempts.clear()
+
+
+class Connector:
+    """How one host is reached (see the module); ``config`` is relay.toml's entry with
+    ssh_config's values as the last ``plan()`` resolved them."""
+
+    def __init__(
+        self,
+        key: str,
+        config: HostConfig,
+        *,
+        status: ConnectionStatus,
+        jump: JumpGetter | None = None,
+        configured: list[str] | None = None,
+        config_source: str = "relay.toml",
+        ssh_files: Sequence[str] = sshconfig.DEFAULT_FILES,
+        agent: Callable[[], str | None],
+    ) -> None:
+        self.key = key
+        self.base_config = config  # as relay.toml says; ``config`` adds ssh_config's values
+        self.config = config
+        self.ssh_files: tuple[str, ...] = tuple(ssh_files)
+        self.view: SSHView | None = None  # ssh_config's view of the host at the last connect
+        self.status = status
+        self.limiter = RetryLimiter()
+        self._agent = agent  # the agent socket new connections use (the newest client's)
+        self._noted: set[str] = set()
+        self._jump = jump
+        self._configured = configured or []
+        self._config_source = config_source
+        self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
+        self._log = structlog.get_logger("relay.host").bind(host=key)
+
+    async def connect(self) -> tuple[asyncssh.SSHClientConnection, _Client]:
+        """Attempts until one succeeds, one fails in a way no retry can mend, or the time a
+        launch waits (``launch_timeout_s``) would be overrun; each attempt is bounded by
+        ConnectTimeout (or connect_timeout_s)."""
+        status = self.status
+        began = time.monotonic()
+        deadline = began + self.base_config.launch_timeout_s
+        for attempt in range(ATTEMPTS_PER_REQUEST):
+            status.set("connecting")
+            status.retry_at = None
+            try:
+                made = await self.connect_once(deadline)
+            except RelayError as exc:
+                status.last_error = exc.message
+                delay = backoff_s(attempt, self._rng)
+                if (
+                    not exc.retryable
+                    or attempt == ATTEMPTS_PER_REQUEST - 1
+                    or time.monotonic() + delay >= deadline - 1.0
+                    or not self.limiter.allow(
+                        self.config.reconnect_attempts, self.config.reconnect_window_s
+                    )
+                ):
+                    if attempt > 0:  # each attempt's message says its own time: and in all?
+                        exc.message = status.last_error = (
+                            f"{exc.message}; {attempt + 1} attempts, "
+                            f"{time.monotonic() - began:.1f} s in all (a launch waits at most "
+                            f"launch_timeout_s, {self.base_config.launch_timeout_s:g} s)"
+                        )
+                        exc.args = (exc.message,)
+                    raise
+                status.set("backing-off")
+                status.retry_at = time.time() + delay
+                self._log.warning(
+                    "connect failed; retrying",
+                    error=exc.message,
+                    attempt=attempt + 1,
+                    delay_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+            else:
+                self.limiter.clear()
+                return made
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def login(self, ask: Prompter) -> tuple[asyncssh.SSHClientConnection, _Client]:
+        """One attempt with a person answering the server's prompts (``relay login``)."""
+        self.status.set("connecting")
+        try:
+            made = await self.connect_once(time.monotonic() + LOGIN_TIMEOUT_S, ask=ask)
+        except RelayError as exc:
+            self.status.last_error = exc.message
+            self.status.set("failed")
+            raise
+        self.limiter.clear()
+        return made
+
+    def reconfigure(self, config: HostConfig) -> bool:
+        """relay.toml changed: ``config`` from now on (see ``HostSession.reconfigure``); False
+        if it is what the host has already."""
+        if config == self.base_config:
+            return False
+        self.base_config = config
+        # ssh_config's values as the last connect resolved them, until the next resolves again
+        self.config = config if self.view is None else options.plan(config, self.view).config
+        self.limiter.clear()
+        return True
+
+    async def host_key(self) -> dict[str, Any]:
+        """The key the host offers now, reached as a connection would reach it, and whether
+        the known_hosts files relay consults record it (``relay trust``)."""
+        view, connect_plan = self.plan()
+        kwargs = await self._through_jump(connect_plan, dict(connect_plan.kwargs))
+        try:
+            key = await self._offered_key(kwargs)
+            if key is None:
+                raise ConnectFailed(f"{view.hostname} offered no host key")
+            recorded = self._recorded(view, connect_plan)
+            state = recorded.state(key)
+            if state in ("unknown", "changed") and await self._certified(kwargs, recorded):
+                state = "known"  # as a connection finds it: by the certificate it prefers
+        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            raise self._translate(
+                exc, view, connect_plan, connect_plan.config.connect_timeout_s
+            ) from None
+        if state == "revoked":  # nothing for a person to trust: said as a launch says it
+            raise host_key_refused(
+                alias=self.key,
+                view=view,
+                known_hosts=connect_plan.known_hosts,
+                recorded=recorded,
+                offered=key,
+            )
+        # (name, port) make the entry (hostkeys.known_as): an alias's port is 22
+        name, port = hostkeys.known_as(view)
+        where = recorded.where if state == "changed" else None  # what ssh-keygen -R edits
+        return {
+            "event": "hostkey",
+            "host": self.key,
+            "name": name,
+            "port": port,
+            "key": key.export_public_key("openssh").decode().strip(),
+            "fingerprint": hostkeys.fingerprint(key),
+            "state": state,
+            "file": str(where or connect_plan.known_hosts[0]),
+        }
+
+    def plan(self) -> tuple[SSHView, ConnectPlan]:
+        """What this host is now, by relay.toml and the ssh_config files as they are on disk
+        (re-read on every connect, as ssh would)."""
+        cfg = self.base_config
+        try:
+            view = sshconfig.resolve(
+                cfg.hostname, port=cfg.port, user=cfg.user, files=self.ssh_files
+            )
+        except (OSError, ValueError) as exc:
+            raise SSHSetupFailed(f"ssh_config is not usable for {self.key}: {exc}") from None
+        connect_plan = options.plan(cfg, view)
+        self.config, self.view = connect_plan.config, view
+        for note in connect_plan.notes:
+            if note not in self._noted:
+                self._noted.add(note)
+                self._log.warning("ssh_config", note=note)
+        return view, connect_plan
+
+    async def connect_once(
+        self, deadline: float, ask: Prompter | None = None
+    ) -> tuple[asyncssh.SSHClientConnection, _Client]:
+        """One attempt, bounded by ConnectTimeout (a login's by LOGIN_TIMEOUT_S) and
+        ``deadline``; the connection and its client (which records why it ended)."""
+        started = time.monotonic()
+        view, connect_plan = self.plan()
+        cfg = connect_plan.config
+        limit = cfg.connect_timeout_s if ask is None else LOGIN_TIMEOUT_S
+        timeout_s = max(0.1, min(limit, deadline - started))
+        kwargs = dict(connect_plan.kwargs, connect_timeout=timeout_s, login_timeout=timeout_s)
+        agent = identity.agent_path(view.get("IdentityAgent"), self._agent())
+        if agent is not None:
+            kwargs["agent_path"] = agent
+        who = f"{view.user}@{view.hostname}"
+        client = _Client(ask, who)
+        offered: asyncssh.SSHKey | None = None
+        recorded: hostkeys.Recorded | None = None
+        try:
+            recorded = self._recorded(view, connect_plan)
+            kwargs["known_hosts"] = recorded.known_hosts()
+            if cfg.identity_files is not None:
+                kwargs["client_keys"] = await identity.client_keys(
+                    cfg.identity_files, host=self.key, agent=agent
+                )
+                kwargs["ignore_encrypted"] = True
+            kwargs = await self._through_jump(connect_plan, kwargs)
+
+            async def attempt() -> asyncssh.SSHClientConnection:
+                async with asyncio.timeout(timeout_s):
+                    return await asyncssh.connect(
+                        cfg.hostname, client_factory=lambda: client, **kwargs
+                    )
+
+            try:
+                conn = await attempt()
+            except asyncssh.HostKeyNotVerifiable:
+                if not await self._accept_new(view, connect_plan, recorded, kwargs):
+                    raise
+                client = _Client(ask, who)  # the key is recorded now: once more, as ssh would
+                recorded = self._recorded(view, connect_plan)
+                kwargs["known_hosts"] = recorded.known_hosts()
+                conn = await attempt()
+        except RelayError:
+            raise
+        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+                offered = await self._offered(kwargs)
+            direct = not (connect_plan.jump or cfg.proxy_command)  # else a tunnel, not TCP
+            err = translate_connect_error(
+                exc,
+                alias=self.key,
+                view=view,
+                known_hosts=connect_plan.known_hosts,
+                configured=self._configured,
+                config_source=self._config_source,
+                timeout_s=timeout_s,
+                offered=offered,
+                recorded=recorded,
+                elapsed_s=time.monotonic() - started,
+                reached=client.reached() if direct else "none",
+            )
+            if isinstance(err, AuthenticationFailed) and client.person_needed:
+                err = AuthenticationFailed(
+                    f"{view.user}@{view.hostname} asks for {' and '.join(client.person_needed)} "
+                    f"after the keys relay offered, and relay never answers those during a "
+                    f"launch: run `relay login {self.key}` in a terminal once, or give relay a "
+                    f"key the server accepts on its own (identity_files or ssh-agent)"
+                )
+            self._log.warning("connect failed", error=err.message)
+            raise err from None
+        self.status.connects += 1
+        self.status.last_error = None
+        self.status.set("connected")
+        self._log.info("connected", connect_ms=round((time.monotonic() - started) * 1000, 1))
+        return conn, client
+
+    def _translate(
+        self,
+        exc: BaseException,
+        view: SSHView,
+        connect_plan: ConnectPlan,
+        timeout_s: float,
+        offered: asyncssh.SSHKey | None = None,
+        recorded: hostkeys.Recorded | None = None,
+    ) -> RelayError:
+        return translate_connect_error(
+            exc,
+            alias=self.key,
+            view=view,
+            known_hosts=connect_plan.known_hosts,
+            configured=self._configured,
+            config_source=self._config_source,
+            timeout_s=timeout_s,
+            offered=offered,
+            recorded=recorded,
+        )
+
+    def _recorded(self, view: SSHView, connect_plan: ConnectPlan) -> hostkeys.Recorded:
+        """What the known_hosts files record for the host, looked up as ssh looks it up
+        (``hostkeys``): the one look-up connections, ``relay trust`` and ``relay check`` use.
+        Raises OSError for a file that exists but cannot be read."""
+        recorded = hostkeys.lookup(connect_plan.known_hosts, *hostkeys.known_as(view))
+        note = ", ".join(recorded.skipped)
+        if note and note not in self._noted:
+            self._noted.add(note)
+            self._log.warning("known_hosts lines skipped: ssh cannot read them either", lines=note)
+        return recorded
+
+    async def _accept_new(
+        self,
+        view: SSHView,
+        connect_plan: ConnectPlan,
+        recorded: hostkeys.Recorded,
+        kwargs: dict[str, Any],
+    ) -> bool:
+        """``StrictHostKeyChecking accept-new``, as ssh does it: a host with no key recorded
+        gets the one it offers recorded (never a host whose recorded key differs, nor a
+        revoked key)."""
+        (name, port), files = hostkeys.known_as(view), connect_plan.known_hosts
+        if view.strict_host_key_checking != "accept-new" or recorded.has_entry:
+            return False
+        try:
+            key = await self._offered_key(kwargs)
+        except (OSError, asyncssh.Error, TimeoutError, ValueError):
+            return False
+        if key is None or recorded.state(key) != "unknown":
+            return False
+        try:
+            line = await asyncio.to_thread(hostkeys.record, files[0], name, port, key)
+        except OSError as exc:  # then the launch says the key is unknown, and where
+            self._log.warning("cannot record a new host key", file=str(files[0]), error=str(exc))
+            return False
+        self._log.warning(
+            "recorded a new host key (StrictHostKeyChecking accept-new)",
+            file=str(files[0]),
+            fingerprint=hostkeys.fingerprint(key),
+            entry=line.split(" ", 1)[0],
+        )
+        return True
+
+    async def _offered(self, kwargs: dict[str, Any]) -> asyncssh.SSHKey | None:
+        """The key the server offers, for the message (best effort): its fingerprint, and
+        whether it is unknown, changed or revoked."""
+        try:
+            return await self._offered_key(kwargs)
+        except (OSError, asyncssh.Error, TimeoutError, ValueError):
+            return None
+
+    async def _offered_key(self, kwargs: dict[str, Any]) -> asyncssh.SSHKey | None:
+        """The host key the server offers, reached as ``kwargs`` reach it (bounded by the
+        connect timeout); the errors of a connection attempt are the caller's."""
+        async with asyncio.timeout(self.config.connect_timeout_s):
+            return await hostkeys.offered_key(self.base_config.hostname, kwargs)
+
+    async def _certified(self, kwargs: dict[str, Any], recorded: hostkeys.Recorded) -> bool:
+        """Whether the server's host certificate is from a CA recorded for it (bounded by the
+        connect timeout)."""
+        async with asyncio.timeout(self.config.connect_timeout_s):
+            return await hostkeys.certified(self.base_config.hostname, kwargs, recorded)
+
+    async def connect_kwargs(
+        self, connect_plan: ConnectPlan, view: SSHView | None = None
+    ) -> dict[str, Any]:
+        """``connect_plan``'s options for ``asyncssh.connect`` with the host keys recorded for
+        the host (looked up as a connection looks them up, for ``view``, by default the last
+        ``plan()``'s) and, behind a jump host, the tunnel: the host reached as its connection
+        reaches it."""
+        view = view or self.view
+        assert view is not None, "plan() first"
+        recorded = self._recorded(view, connect_plan)
+        kwargs = dict(connect_plan.kwargs, known_hosts=recorded.known_hosts())
+        return await self._through_jump(connect_plan, kwargs)
+
+    async def _through_jump(
+        self, connect_plan: ConnectPlan, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``kwargs`` with the jump host's connection (shared, kept open) as the tunnel."""
+        if connect_plan.jump:
+            assert self._jump is not None
+            kwargs["tunnel"] = await self._jump(connect_plan.jump)
+        return kwargs

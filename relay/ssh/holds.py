@@ -1,0 +1,70 @@
+"""Who uses a host's connection, and the idle timer that runs while nobody does.
+
+A kernel, a launch under way and a requested forward each hold the connection (``Hold``);
+while any hold is out it is not closed as idle. When the last is released and the host has an
+``idle_timeout_s`` > 0, a timer starts; a new hold stops it; when it fires, the host session
+closes the connection (``on_idle``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+__all__ = ["Hold", "Holds"]
+
+
+class Hold:
+    """A user of a host's connection (a kernel, a launch under way, a requested forward):
+    while any hold is out, the connection is not closed as idle. ``release`` is idempotent."""
+
+    def __init__(self, holds: Holds) -> None:
+        self._holds: Holds | None = holds
+
+    def release(self) -> None:
+        holds, self._holds = self._holds, None
+        if holds is not None:
+            holds._unhold()
+
+
+class Holds:
+    """The holds on one connection and its idle timer: ``on_idle`` runs once the connection
+    has had no hold for ``idle_s()`` seconds (read when the last hold goes; 0 is never)."""
+
+    def __init__(self, idle_s: Callable[[], float], on_idle: Callable[[], None]) -> None:
+        self._idle_s = idle_s
+        self._on_idle = on_idle
+        self._count = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = False
+
+    def __len__(self) -> int:
+        """How many kernels, launches and requested forwards use the connection now."""
+        return self._count
+
+    def hold(self) -> Hold:
+        """No idle close until the returned hold is released."""
+        self._count += 1
+        self._cancel_timer()
+        return Hold(self)
+
+    def _unhold(self) -> None:
+        self._count -= 1
+        idle = self._idle_s()
+        if self._count == 0 and idle > 0 and not self._stopped:
+            self._timer = asyncio.get_running_loop().call_later(idle, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if self._count == 0:
+            self._on_idle()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def stop(self) -> None:
+        """The host is closing: no idle timer from now on."""
+        self._stopped = True
+        self._cancel_timer()
