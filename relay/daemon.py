@@ -16,7 +16,8 @@ and bounded by ``SHUTDOWN_GRACE_S``:
 2. every kernel is terminated (SIGTERM, then SIGKILL after the host's ``terminate_grace_s``)
    and its controller shim told; compute kernels end too: their links run through us;
 3. the control socket stops listening and its conversations end; requested forwards, host
-   sessions (supervisors, listeners, connections) are closed and awaited;
+   sessions (supervisors, listeners, connections) are closed and awaited, a host behind a
+   jump host or Slurm login node before the host it goes through;
 4. past the grace period every SSH connection is aborted outright. A second signal exits at
    once.
 """
@@ -59,7 +60,7 @@ from relay.settings import HostConfig, RelayConfig
 from relay.slurm.nodes import Clusters
 from relay.ssh.exposed import ExposeForward
 from relay.ssh.forwards import CallbackForward, hold_until_connected
-from relay.ssh.host import Hold, HostSession, Prompter
+from relay.ssh.host import Hold, HostSession, Prompter, close_in_order
 from relay.tasks import TaskSet
 
 __all__ = ["Daemon", "serve"]
@@ -171,10 +172,10 @@ class Daemon:
         if ssh_auth_sock:
             self.environ_agent = ssh_auth_sock
 
-    async def _jump(self, name: str) -> Any:
+    def _jump(self, name: str) -> HostSession:
         # a jump host named in relay.toml was checked at load; one from the user's ssh_config
         # (ProxyJump) is the user's own word, whatever allow_adhoc_hosts says
-        return await self.host(name, adhoc=True).connection()
+        return self.host(name, adhoc=True)
 
     def refuse_if_stopping(self, what: str) -> None:
         if self.stopping:
@@ -460,7 +461,7 @@ class Daemon:
                 if self.control is not None:
                     await self.control.aclose()
                 await self._tasks.aclose()  # reapers and requested forwards release theirs
-                await asyncio.gather(*(h.aclose() for h in self.hosts.values()))
+                await close_in_order(self.hosts.values())  # behind a jump host first
         except TimeoutError:
             log.warning("shutdown grace exceeded; aborting SSH connections", grace_s=grace_s)
             for h in self.hosts.values():

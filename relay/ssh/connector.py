@@ -17,7 +17,7 @@ import collections
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 import structlog
@@ -39,7 +39,16 @@ __all__ = [
     "backoff_s",
 ]
 
-JumpGetter = Callable[[str], Awaitable[asyncssh.SSHClientConnection]]
+
+class JumpHost(Protocol):
+    """A jump host's session, as a host reached through it uses it: its (shared) connection."""
+
+    key: str
+
+    async def connection(self) -> asyncssh.SSHClientConnection: ...
+
+
+JumpGetter = Callable[[str], JumpHost]  # a jump host's session, by its name in the plan
 ATTEMPTS_PER_REQUEST = 3
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
@@ -170,6 +179,7 @@ class Connector:
         self._agent = agent  # the agent socket new connections use (the newest client's)
         self._noted: set[str] = set()
         self._jump = jump
+        self.via: str | None = None  # the jump host the last connection went through, by key
         self._configured = configured or []
         self._config_source = config_source
         self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
@@ -371,6 +381,8 @@ class Connector:
                 )
             self._log.warning("connect failed", error=err.message)
             raise err from None
+        jump = self._jump_host(connect_plan)
+        self.via = jump.key if jump is not None else None
         self.status.connects += 1
         self.status.last_error = None
         self.status.set("connected")
@@ -478,7 +490,13 @@ class Connector:
         self, connect_plan: ConnectPlan, kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         """``kwargs`` with the jump host's connection (shared, kept open) as the tunnel."""
-        if connect_plan.jump:
-            assert self._jump is not None
-            kwargs["tunnel"] = await self._jump(connect_plan.jump)
+        jump = self._jump_host(connect_plan)
+        if jump is not None:
+            kwargs["tunnel"] = await jump.connection()
         return kwargs
+
+    def _jump_host(self, connect_plan: ConnectPlan) -> JumpHost | None:
+        if not connect_plan.jump:
+            return None
+        assert self._jump is not None
+        return self._jump(connect_plan.jump)

@@ -34,7 +34,7 @@ import contextvars
 import hashlib
 import os
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import asyncssh
@@ -60,7 +60,15 @@ from relay.ssh.sshconfig import SSHView
 from relay.tasks import TaskSet
 
 # backoff_s and BACKOFF_CAP_S: the retry schedule, tested through here
-__all__ = ["BACKOFF_CAP_S", "Hold", "HostSession", "Live", "Prompter", "backoff_s"]
+__all__ = [
+    "BACKOFF_CAP_S",
+    "Hold",
+    "HostSession",
+    "Live",
+    "Prompter",
+    "backoff_s",
+    "close_in_order",
+]
 
 T = TypeVar("T")
 FAILURES_KEPT = 10
@@ -126,6 +134,11 @@ class HostSession:
     def view(self) -> SSHView | None:
         """ssh_config's view of the host at the last connect."""
         return self.connector.view
+
+    @property
+    def via(self) -> str | None:
+        """The jump host (a ProxyJump, a Slurm login node) the connection goes through."""
+        return self.connector.via
 
     @property
     def state(self) -> str:
@@ -349,3 +362,26 @@ class HostSession:
                 + (self._current.guard.refusals.total if self._current is not None else 0),
             },
         }
+
+
+async def close_in_order(hosts: Iterable[HostSession]) -> None:
+    """Close ``hosts`` in dependency order: each after every host whose connection goes through
+    it (``via``: a ProxyJump, a Slurm login node), so a dependent's supervisor still hears its
+    end of input through the tunnel. Hosts that depend on nothing in common close at once."""
+    sessions = list(hosts)
+    by_key = {h.key: h for h in sessions}
+    dependents: dict[str, list[HostSession]] = collections.defaultdict(list)
+    for h in sessions:
+        if h.via is not None and h.via in by_key and h.via != h.key:
+            dependents[h.via].append(h)
+    started: set[str] = set()
+
+    async def close(h: HostSession) -> None:
+        started.add(h.key)
+        await asyncio.gather(*(close(d) for d in dependents[h.key] if d.key not in started))
+        await h.aclose()
+
+    roots = [h for h in sessions if h.via is None or h.via not in by_key or h.via == h.key]
+    await asyncio.gather(*(close(h) for h in roots))
+    # a loop of jump hosts (no connection can have gone through it): whatever is left, at once
+    await asyncio.gather(*(h.aclose() for h in sessions if h.key not in started))
