@@ -108,6 +108,9 @@ class Checker:
         self.session: HostSession | None = None
         self.conn: asyncssh.SSHClientConnection | None = None
         self.probe: dict[str, str] = {}
+        # what a step opens (connections, listeners, sessions, servers): closed and awaited
+        # when the step ends, within its bound
+        self.opened = contextlib.AsyncExitStack()
         self.running_daemon = False
         # where the host's user and port come from: "relay.toml", "the host spec",
         # "ssh_config" or "ssh's defaults" (step 1 finds out; every step says it)
@@ -133,7 +136,7 @@ class Checker:
                 continue
             started = time.monotonic()
             try:
-                async with asyncio.timeout(STEP_TIMEOUT_S):
+                async with asyncio.timeout(STEP_TIMEOUT_S), self.opened:
                     summary, data, state = await step()
                 advice = data.pop("advice", None)
             except _Failed as exc:
@@ -370,7 +373,7 @@ class Checker:
             except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
                 unreached.append(f"{label}: {str(exc) or type(exc).__name__}")
                 continue
-            conn.close()
+            await self.opened.enter_async_context(conn)
             return f"publickey with {label}", "ok"
         if unreached:
             return (
@@ -392,17 +395,14 @@ class Checker:
                 "relay needs it for every link: ask the admin for AllowTcpForwarding yes "
                 "(or remote) for your account",
             ) from None
+        await self.opened.enter_async_context(listener)
         port = listener.get_port()
-        listener.close()
         try:
             async with asyncio.timeout(self.session.config.connect_timeout_s):
                 # relay holds a supervisor session and opens more beside it (the hook's
                 # install, kernel checks): two at once, as launches need them
-                held = await conn.create_process("cat")
-                try:
-                    await conn.run("true", check=False)
-                finally:
-                    held.close()
+                await self.opened.enter_async_context(await conn.create_process("cat"))
+                await conn.run("true", check=False)
         except (asyncssh.Error, OSError) as exc:
             raise _Failed(
                 f"the server refuses a session ({exc})",
@@ -412,8 +412,7 @@ class Checker:
         data: dict[str, Any] = {"forward_port": port}
         try:
             async with asyncio.timeout(self.session.config.connect_timeout_s):
-                sftp = await conn.start_sftp_client()
-            sftp.exit()
+                await self.opened.enter_async_context(await conn.start_sftp_client())
             sftp_note = "SFTP available"
         except (asyncssh.Error, OSError, TimeoutError):
             data["advice"] = "nothing to do: relay installs its hook through an exec session"
@@ -529,9 +528,14 @@ class Checker:
 
             return on_accept
 
-        servers = [await asyncio.start_server(acceptor(q), "127.0.0.1", 0) for q in channels]
+        servers = [
+            await self.opened.enter_async_context(
+                await asyncio.start_server(acceptor(q), "127.0.0.1", 0)
+            )
+            for q in channels
+        ]
         ports = [s.sockets[0].getsockname()[1] for s in servers]
-        link = LinkName.parse(f"{ports[0]}@127.0.0.1,{ports[1]}@127.0.0.1")
+        link = LinkName.loopback(ports[0], ports[1])
         assert self.conn is not None
         placed = await self.conn.run(PLACE_PROBE, input=ROUND_TRIP_PROBE, check=False)
         probe = str(placed.stdout or "").strip()
@@ -559,8 +563,9 @@ class Checker:
         finally:
             for writer in accepted:
                 writer.close()
-            for server in servers:
-                server.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            await self.opened.aclose()  # the front end's side of the link, before the kernel
             if kernel is not None:
                 await kernel.terminate(grace_s=1.0)
                 await kernel.aclose()
