@@ -147,6 +147,7 @@ class SparePool:
         self._fills: dict[asyncio.Task[None], int] = {}  # in flight: how many each brings
         self._trim: asyncio.TimerHandle | None = None
         self._closed = False
+        self._closing: list[RemoteSlot] = []  # closed by ``close``: awaited by ``wait_closed``
 
     def __len__(self) -> int:
         return len(self._free)
@@ -240,6 +241,7 @@ class SparePool:
         if self._closed:
             for slot in fresh:
                 slot.close()
+            self._closing += fresh
         else:
             self._free.extend(fresh)
 
@@ -253,11 +255,16 @@ class SparePool:
             task.cancel()
         for slot in self._free:
             slot.close()
+        self._closing += self._free
         self._free.clear()
 
     async def wait_closed(self) -> None:
-        """Return once the fills in flight have ended."""
+        """Return once the fills in flight have ended and the server has confirmed every
+        listener closed (at once on a connection that is gone)."""
         await asyncio.gather(*self._fills, return_exceptions=True)
+        closing, self._closing = self._closing, []
+        for slot in closing:
+            await slot.wait_closed()
 
     async def aclose(self) -> None:
         self.close()
