@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 import asyncssh
@@ -48,7 +49,7 @@ from relay.kernelcmd import build_argv
 from relay.lite.linkname import LinkName
 from relay.ssh.forwards import CallbackForward, RemoteSlot
 from relay.ssh.hookserver import REQUEST_TIMEOUT_S, HookServer
-from relay.ssh.host import Hold, HostSession, Live
+from relay.ssh.host import Hold, HostSession
 from relay.ssh.supervisor import RemoteProcess, Supervisor
 
 __all__ = ["Kernel", "launch"]
@@ -226,7 +227,8 @@ async def launch(
     # launch_timeout_s bounds the whole launch: connecting, the supervisor, the forwards and
     # the kernel's callback share one deadline
     deadline = asyncio.get_running_loop().time() + host.config.launch_timeout_s
-    k = await _acquire(
+    start = functools.partial(
+        _start,
         host,
         kernel=kernel,
         link=link,
@@ -234,8 +236,8 @@ async def launch(
         args=list(extra_args),
         kernel_id=kernel_id or new_kernel_id(),
         wrapper=wrapper,
-        deadline=deadline,
     )
+    k = await _acquire(host, start, deadline)
     k.log.info("launching", mode=mode, link=str(link), remote_link=str(k.remote_link))
     k.follow_callback(kernel, deadline)
     await _answer(k, kernel)
@@ -244,18 +246,12 @@ async def launch(
 
 async def _acquire(
     host: HostSession,
-    *,
-    kernel: str,
-    link: LinkName,
-    mode: Mode,
-    args: list[str],
-    kernel_id: str,
-    wrapper: Sequence[str],
+    start: Callable[[Hold, contextlib.AsyncExitStack], Awaitable[Kernel]],
     deadline: float,
 ) -> Kernel:
-    """What a kernel needs, taken: a hold on the host, its connection and supervisor, the
-    forwards (and hook), the kernel started. All given back if any of it fails; else the
-    returned ``Kernel`` owns it."""
+    """What a kernel needs, taken: a hold on the host, its connection, then (``start``) its
+    supervisor, forwards (and hook) and the kernel started. All given back if any of it
+    fails; else the returned ``Kernel`` owns it."""
     cfg = host.config
     async with contextlib.AsyncExitStack() as unwind:  # what is taken is given back on failure
         hold = host.hold()  # no idle close while this kernel lives
@@ -264,10 +260,7 @@ async def _acquire(
             # connecting is bounded by launch_timeout_s itself, and says its own error
             await host.connection()
             async with asyncio.timeout_at(deadline):
-                live, forward, hook, proc = await _start(
-                    host, unwind, kernel=kernel, link=link, mode=mode, args=args,
-                    kernel_id=kernel_id, wrapper=wrapper,
-                )  # fmt: skip
+                k = await start(hold, unwind)
         except TimeoutError:  # the deadline, or the supervisor's first ping unanswered
             late = asyncio.get_running_loop().time() >= deadline
             raise _unanswered(host, cfg.launch_timeout_s if late else None) from None
@@ -276,7 +269,7 @@ async def _acquire(
                 f"the SSH connection to {host.key} was lost during launch: {exc}"
             ) from None
         unwind.pop_all()  # from here on the kernel owns all of it
-    return Kernel(kernel_id, host, hold, mode, link, forward, live.supervisor, proc, hook)
+    return k
 
 
 async def _answer(k: Kernel, kernel: str) -> None:
@@ -296,6 +289,7 @@ async def _answer(k: Kernel, kernel: str) -> None:
 
 async def _start(
     host: HostSession,
+    hold: Hold,
     unwind: contextlib.AsyncExitStack,
     *,
     kernel: str,
@@ -304,9 +298,9 @@ async def _start(
     args: list[str],
     kernel_id: str,
     wrapper: Sequence[str],
-) -> tuple[Live, CallbackForward, HookServer | None, RemoteProcess]:
+) -> Kernel:
     """The launch up to the kernel's start line: the live connection, its forwards (and the
-    hook), what each took pushed on ``unwind``."""
+    hook), what each took pushed on ``unwind``; the started kernel owns them with ``hold``."""
     cfg = host.config
     live = await host.live()
     live.guard.require()  # a host that cannot tell who connects fails here, at once
@@ -343,7 +337,7 @@ async def _start(
     proc = live.supervisor.start_kernel(
         kernel_id, [*wrapper, *build_argv(kernel, forward.name, args)], env
     )
-    return live, forward, hook, proc
+    return Kernel(kernel_id, host, hold, mode, link, forward, live.supervisor, proc, hook)
 
 
 def _silence_s(host: HostSession) -> float:

@@ -359,14 +359,11 @@ class Connector:
             if isinstance(exc, asyncssh.HostKeyNotVerifiable):
                 offered = await self._offered(kwargs)
             direct = not (connect_plan.jump or cfg.proxy_command)  # else a tunnel, not TCP
-            err = translate_connect_error(
+            err = self._translate(
                 exc,
-                alias=self.key,
-                view=view,
-                known_hosts=connect_plan.known_hosts,
-                configured=self._configured,
-                config_source=self._config_source,
-                timeout_s=timeout_s,
+                view,
+                connect_plan,
+                timeout_s,
                 offered=offered,
                 recorded=recorded,
                 elapsed_s=time.monotonic() - started,
@@ -395,9 +392,10 @@ class Connector:
         view: SSHView,
         connect_plan: ConnectPlan,
         timeout_s: float,
-        offered: asyncssh.SSHKey | None = None,
-        recorded: hostkeys.Recorded | None = None,
+        **found: Any,
     ) -> RelayError:
+        """``exc`` as the one line ``relay.ssh.errors`` makes of it for this host; ``found``:
+        what the attempt learned (``translate_connect_error``'s offered, recorded, ...)."""
         return translate_connect_error(
             exc,
             alias=self.key,
@@ -406,8 +404,7 @@ class Connector:
             configured=self._configured,
             config_source=self._config_source,
             timeout_s=timeout_s,
-            offered=offered,
-            recorded=recorded,
+            **found,
         )
 
     def _recorded(self, view: SSHView, connect_plan: ConnectPlan) -> hostkeys.Recorded:
