@@ -176,4 +176,5 @@ class ExposeForward:
         for lst in self._listeners:
             if lst.server is not None:
                 await lst.server.wait_closed()
+        await self.pair.wait_closed()
         self.pair.abandon()

@@ -417,6 +417,7 @@ class CallbackForward:
         self._pair.close_pipes()
         for ch in self._channels:
             await ch.slot.wait_closed()
+        await self._pair.wait_closed()
         self._pair.abandon()
 
 

@@ -9,12 +9,15 @@ once, with the first reason, and the wait for both peers to have closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Generic, TypeVar
 
 from relay.ssh.pipe import Pipe
 
-__all__ = ["LinkChannel", "LinkPair"]
+__all__ = ["CLOSE_WAIT_S", "LinkChannel", "LinkPair"]
+
+CLOSE_WAIT_S = 2.0  # how long a forward's release waits for its connections to be gone
 
 
 class LinkChannel:
@@ -64,6 +67,16 @@ class LinkPair(Generic[C]):
         for ch in self.channels:
             if ch.pipe is not None:
                 ch.pipe.close()
+
+    async def wait_closed(self) -> None:
+        """Return once the closed channels' connections are gone, or after
+        ``CLOSE_WAIT_S``: a peer that stopped reading, or a channel on a connection that is
+        dead but not yet declared lost, lets go with its connection, not before."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                for ch in self.channels:
+                    if ch.pipe is not None:
+                        await ch.pipe.wait_closed()
 
     def abandon(self) -> None:
         """A link not connected by now never will be: ``connected`` is cancelled."""

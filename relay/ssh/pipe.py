@@ -73,7 +73,11 @@ class Pipe:
         self._eofs = 0
         self._reading_paused_for: set[str] = set()
         self._on_close = on_close
+        # both ends closed (by either side, or by ``close``): the link channel is over
         self.closed = asyncio.get_running_loop().create_future()
+        self._transports = 0  # made and not yet lost
+        self._released = asyncio.Event()  # no transport left
+        self._released.set()
 
     # -- the two protocol objects --------------------------------------------------------
     def tcp_protocol(self) -> _TCPSide:
@@ -178,6 +182,21 @@ class Pipe:
             end.closed = True
         self._finish()
 
+    async def wait_closed(self) -> None:
+        """Return once the pipe is closed and both transports are gone (the TCP connection
+        flushed and closed, the SSH channel's close confirmed)."""
+        await self.closed
+        await self._released.wait()
+
+    def _made(self) -> None:
+        self._transports += 1
+        self._released.clear()
+
+    def _gone(self) -> None:
+        self._transports -= 1
+        if not self._transports:
+            self._released.set()
+
 
 class _Side:
     """What both sides do alike: end of file, loss and back-pressure go to the pipe."""
@@ -191,6 +210,7 @@ class _Side:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._pipe.lost(self._end)
+        self._pipe._gone()
 
     def pause_writing(self) -> None:
         self._pipe.pause(self._end)
@@ -211,6 +231,7 @@ class _TCPSide(_Side, asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # small MathLink messages must not wait
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._pipe._made()
         self._pipe.attach(self._end, transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
@@ -225,6 +246,7 @@ class _ChannelSide(_Side, asyncssh.SSHTCPSession[bytes]):
         self._end = pipe.channel
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self._pipe._made()
         self._pipe.attach(self._end, chan)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:

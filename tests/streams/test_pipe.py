@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from relay.ssh.pipe import HIGH_WATER, Pipe
@@ -109,3 +111,20 @@ async def test_close_closes_both_sides() -> None:
     late = FakeTransport()
     pipe.attach(pipe.channel, late)  # a side attaching after the close is closed at once
     assert late.closed
+
+
+async def test_wait_closed_returns_once_both_transports_are_gone() -> None:
+    pipe = Pipe()
+    tcp, chan = FakeTransport(), FakeTransport()
+    tcp_side, chan_side = pipe.tcp_protocol(), pipe.channel_session()
+    tcp_side.connection_made(tcp)  # type: ignore[arg-type]
+    chan_side.connection_made(chan)  # type: ignore[arg-type]
+    pipe.close()
+    assert tcp.closed and chan.closed and pipe.closed.done()
+    waiting = asyncio.ensure_future(pipe.wait_closed())
+    await asyncio.sleep(0)
+    tcp_side.connection_lost(None)  # the TCP connection flushed and closed
+    await asyncio.sleep(0)
+    assert not waiting.done(), "the channel's close is not confirmed yet"
+    chan_side.connection_lost(None)
+    await asyncio.wait_for(waiting, 5)
