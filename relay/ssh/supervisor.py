@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from relay.ssh.remote_scripts import remote_command
 from relay.tasks import TaskSet
 
 __all__ = ["Event", "RemoteProcess", "Supervisor", "parse_line"]
+CLOSE_CONFIRM_S = 2.0  # a channel closed from this side: how long its close is awaited
 
 PROTOCOL = "4"
 OUTPUT_LINES = 5
@@ -347,10 +349,16 @@ class Supervisor:
             self._process.stdin.write_eof()
 
     async def wait_closed(self, timeout_s: float = 10.0) -> None:
+        """Until the remote script has exited and its channel is closed; past ``timeout_s``
+        the channel is closed from this side, and that close awaited too, for at most
+        ``CLOSE_CONFIRM_S`` (a dead connection confirms nothing until it is declared lost)."""
         try:
             async with asyncio.timeout(timeout_s):
                 await self._process.wait_closed()
         except TimeoutError:
             self._process.close()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_CONFIRM_S):
+                    await self._process.wait_closed()
         await self._tasks.aclose()
         self._lost()
