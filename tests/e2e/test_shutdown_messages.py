@@ -44,6 +44,10 @@ async def test_a_controller_shim_says_why_its_kernel_ended(
         pid = await daemon_pid(home)
         async with controller(home) as fe:
             kernel = await fe.link.accept(60)
+            # the shim has its answer (it prints the rewritten name): a shutdown before that
+            # is one "during this launch", which another test covers
+            assert fe.proc.stdout is not None
+            assert "@127.0.0.1," in (await asyncio.wait_for(fe.proc.stdout.readline(), 60)).decode()
             if how == "SIGTERM":
                 os.kill(pid, signal.SIGTERM)
             else:
@@ -52,7 +56,7 @@ async def test_a_controller_shim_says_why_its_kernel_ended(
             await wait_gone(pid)
             status, _, err = await fe.result()
             await kernel.aclose()
-        assert status == 128 + signal.SIGTERM  # the kernel's own status, as before
+        assert status == 128 + signal.SIGTERM, err  # the kernel's own status, as before
         assert err.splitlines() == [f"relay: {said}; the kernel on local was ended"], err
     finally:
         await relay_cli(home, "stop")
