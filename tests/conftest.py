@@ -297,12 +297,20 @@ class ShimResult:
     stderr: str
 
 
-async def run_shim(home: RelayHome, *args: str, timeout_s: float = 60) -> ShimResult:
+async def run_shim(
+    home: RelayHome,
+    *args: str,
+    timeout_s: float = 60,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> ShimResult:
+    """``relay launch ARGS`` as a front end runs it (from ``cwd``: wherever it was started)."""
     proc = await asyncio.create_subprocess_exec(
         RELAY,
         "launch",
         *args,
-        env=home.env,
+        cwd=cwd,
+        env=env or home.env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -22,7 +22,7 @@ from relay.control import DaemonRunning
 from relay.daemon import serve
 from relay.lite import framing, shim
 from relay.settings import RelayConfig
-from tests.conftest import RELAY, RelayHome, RunningDaemon, ShimResult, run_shim, start_daemon
+from tests.conftest import RelayHome, RunningDaemon, run_shim, start_daemon
 
 
 async def request(path: str, data: bytes) -> list[dict[str, object]]:
@@ -210,25 +210,6 @@ def stop_autostarted(home: RelayHome) -> None:
     assert probe.returncode == 0
 
 
-async def run_shim_in(
-    home: RelayHome, cwd: Path, *args: str, env: dict[str, str] | None = None
-) -> ShimResult:
-    """``run_shim`` from another directory: where a front end happened to start it."""
-    proc = await asyncio.create_subprocess_exec(
-        RELAY,
-        "launch",
-        *args,
-        cwd=cwd,
-        env=env or home.env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return ShimResult(proc.returncode, out.decode(), err.decode())
-
-
 def plant(directory: Path, marker: Path, *names: str) -> None:
     """Modules someone left in a shared directory, each leaving ``marker`` when imported."""
     code = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
@@ -254,7 +235,7 @@ async def test_autostart_imports_nothing_from_the_current_directory(
     plant(shared, marker, *planted)
     home.config.write_text("[daemon]\nallow_adhoc_hosts = false\n")
     try:
-        result = await run_shim_in(home, shared, "nosuchalias", "/k", "1@a,2@a")
+        result = await run_shim(home, "nosuchalias", "/k", "1@a,2@a", cwd=shared)
     finally:
         stop_autostarted(home)
     assert not marker.exists(), marker.read_text()
@@ -310,7 +291,7 @@ async def test_autostart_names_why_the_daemon_died(home: RelayHome) -> None:
     long = home.dir / "run" / ("x" * 120 + ".sock")
     env = dict(home.env, RELAY_SOCKET=str(long))
     started = time.monotonic()
-    result = await run_shim_in(home, home.dir, "a", "/k", "1@a,2@a", env=env)
+    result = await run_shim(home, "a", "/k", "1@a,2@a", cwd=home.dir, env=env)
     took = time.monotonic() - started
     assert result.status == 3, result
     (line,) = result.stderr.splitlines()
