@@ -94,21 +94,23 @@ class Recorded:
         that kind (ssh's HOST_NEW, judged for plain keys and CA keys apart)."""
         return not mine and self.bare is not None
 
+    def _trusted(self, mine: Keys, bare: Keys) -> Keys:
+        """The entry's keys of one kind, or, where the bare name's stand in, those of the
+        bare name's not revoked under it."""
+        if self._fallback(mine):
+            assert self.bare is not None
+            return tuple(k for k in bare if not _among(k, self.bare.revoked))
+        return mine
+
     @property
     def keys(self) -> Keys:
         """The host keys trusted for the host."""
-        if self._fallback(self.exact.keys):
-            assert self.bare is not None
-            return tuple(k for k in self.bare.keys if not _among(k, self.bare.revoked))
-        return self.exact.keys
+        return self._trusted(self.exact.keys, self.bare.keys if self.bare else ())
 
     @property
     def ca_keys(self) -> Keys:
         """The CA keys whose host certificates are trusted for the host."""
-        if self._fallback(self.exact.ca_keys):
-            assert self.bare is not None
-            return tuple(k for k in self.bare.ca_keys if not _among(k, self.bare.revoked))
-        return self.exact.ca_keys
+        return self._trusted(self.exact.ca_keys, self.bare.ca_keys if self.bare else ())
 
     @property
     def revoked(self) -> Keys:
