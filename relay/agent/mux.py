@@ -1,0 +1,179 @@
+"""The agent's wire format (``docs/agent.md``), the daemon's half: frames and what each side
+keeps until the other acknowledges it. Pure: no I/O, no event loop.
+
+``encode`` and ``FrameReader`` are the framing; ``Outbox`` is one direction of one stream as
+its sender keeps it (numbered items, trimmed by ACKs, replayed from any position the
+receiver names); ``Inbox`` is the same direction as its receiver counts it.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from dataclasses import dataclass
+
+__all__ = [
+    "ACK",
+    "BYE",
+    "CLOSE",
+    "DATA",
+    "EOF",
+    "HELLO",
+    "LIMIT",
+    "MAX_PAYLOAD",
+    "OPEN",
+    "WELCOME",
+    "Frame",
+    "FrameError",
+    "FrameReader",
+    "Inbox",
+    "Outbox",
+    "encode",
+]
+
+HELLO, WELCOME, DATA, EOF, CLOSE, OPEN, ACK, BYE = range(1, 9)
+MARKERS = frozenset({EOF, CLOSE, OPEN})  # sequenced, one position each
+_HEADER = struct.Struct("!BII")
+_POS = struct.Struct("!Q")
+MAX_PAYLOAD = 1 << 20
+LIMIT = 4 << 20  # unacknowledged bytes a stream keeps before its sender stops reading
+CHUNK = 256 << 10  # DATA frames are cut to this, so that one stream cannot hog the channel
+
+
+class FrameError(ValueError):
+    """The peer sent something that is not a frame of this protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: int
+    stream: int
+    payload: bytes = b""
+
+    @property
+    def size(self) -> int:
+        """Positions it takes in its stream (0: not sequenced)."""
+        if self.type == DATA:
+            return len(self.payload)
+        return 1 if self.type in MARKERS else 0
+
+
+def encode(ftype: int, stream: int, payload: bytes = b"") -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return _HEADER.pack(ftype, stream, len(payload)) + payload
+
+
+def ack(stream: int, position: int) -> bytes:
+    return encode(ACK, stream, _POS.pack(position))
+
+
+def ack_position(payload: bytes) -> int:
+    if len(payload) != _POS.size:
+        raise FrameError(f"an ACK carries {_POS.size} bytes, not {len(payload)}")
+    value: int = _POS.unpack(payload)[0]
+    return value
+
+
+class FrameReader:
+    """Frames out of a byte stream cut anywhere."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        out: list[Frame] = []
+        at = 0
+        buf = self._buf
+        while len(buf) - at >= _HEADER.size:
+            ftype, stream, length = _HEADER.unpack_from(buf, at)
+            if not HELLO <= ftype <= BYE:
+                raise FrameError(f"unknown frame type {ftype}")
+            if length > MAX_PAYLOAD:
+                raise FrameError(f"frame of {length} bytes exceeds {MAX_PAYLOAD}")
+            end = at + _HEADER.size + length
+            if len(buf) < end:
+                break
+            out.append(Frame(ftype, stream, bytes(buf[at + _HEADER.size : end])))
+            at = end
+        del buf[:at]
+        return out
+
+
+class Outbox:
+    """One direction of one stream, as its sender keeps it: every sequenced frame from the
+    first the receiver has not acknowledged, with the position it starts at."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Frame] = collections.deque()
+        self.base = 0  # position of the first kept item
+        self.end = 0  # position after the last item
+        self.unacked = 0  # bytes kept (DATA payloads), what LIMIT bounds
+        self.closed = False  # a CLOSE was queued: nothing more can follow
+
+    def push(self, frame: Frame) -> list[bytes]:
+        """Keep ``frame`` (cut into chunks if it is large DATA); returns its wire form."""
+        if self.closed:
+            raise ValueError("nothing follows a CLOSE")
+        if frame.type == DATA and len(frame.payload) > CHUNK:
+            view = frame.payload
+            parts = [
+                Frame(DATA, frame.stream, view[i : i + CHUNK]) for i in range(0, len(view), CHUNK)
+            ]
+        else:
+            parts = [frame]
+        wire = []
+        for part in parts:
+            self._items.append(part)
+            self.end += part.size
+            if part.type == DATA:
+                self.unacked += len(part.payload)
+            wire.append(encode(part.type, part.stream, part.payload))
+        if frame.type == CLOSE:
+            self.closed = True
+        return wire
+
+    def acked(self, position: int) -> None:
+        """The receiver has everything before ``position``: forget it."""
+        if position > self.end:
+            raise FrameError(f"ACK for position {position} beyond what was sent ({self.end})")
+        while self._items and self.base + self._items[0].size <= position:
+            item = self._items.popleft()
+            self.base += item.size
+            if item.type == DATA:
+                self.unacked -= len(item.payload)
+        if self._items and position > self.base:  # within a DATA item: keep its tail only
+            item = self._items[0]
+            cut = position - self.base
+            self._items[0] = Frame(DATA, item.stream, item.payload[cut:])
+            self.base += cut
+            self.unacked -= cut
+
+    def replay(self, position: int) -> list[bytes]:
+        """The wire form of everything from ``position`` on (what the receiver lacks)."""
+        if not self.base <= position <= self.end:
+            raise FrameError(
+                f"the peer resumes at {position}, outside what is kept ({self.base}-{self.end})"
+            )
+        self.acked(position)
+        return [encode(f.type, f.stream, f.payload) for f in self._items]
+
+    @property
+    def done(self) -> bool:
+        """A CLOSE was sent and acknowledged: this direction is over."""
+        return self.closed and not self._items
+
+
+class Inbox:
+    """One direction of one stream, as its receiver counts it."""
+
+    def __init__(self) -> None:
+        self.position = 0  # taken in: whole frames
+        self.acked = 0  # what our last ACK said
+        self.closed = False  # a CLOSE came
+
+    def take(self, frame: Frame) -> None:
+        self.position += frame.size
+        if frame.type == CLOSE:
+            self.closed = True

@@ -1,0 +1,123 @@
+"""The agent's wire format, the daemon's half (relay.agent.mux): frames cut anywhere, and
+what a sender keeps until acknowledged, replayed from wherever the receiver got to."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.agent import mux
+from relay.agent.mux import Frame, FrameReader, Inbox, Outbox
+
+
+def test_frames_cut_anywhere_come_out_whole() -> None:
+    wire = (
+        mux.encode(mux.DATA, 3, b"hello")
+        + mux.encode(mux.EOF, 3)
+        + mux.ack(7, 123456789012)
+        + mux.encode(mux.DATA, 1, b"x" * 70000)
+    )
+    for cut in (1, 5, 9, 10, 20, 70000):
+        reader = FrameReader()
+        frames = []
+        for i in range(0, len(wire), cut):
+            frames += reader.feed(wire[i : i + cut])
+        assert [(f.type, f.stream) for f in frames] == [
+            (mux.DATA, 3),
+            (mux.EOF, 3),
+            (mux.ACK, 7),
+            (mux.DATA, 1),
+        ]
+        assert frames[0].payload == b"hello"
+        assert mux.ack_position(frames[2].payload) == 123456789012
+        assert frames[3].payload == b"x" * 70000
+
+
+@pytest.mark.parametrize(
+    ("wire", "why"),
+    [
+        (b"\x00" + b"\x00" * 8, "unknown frame type 0"),
+        (b"\x63" + b"\x00" * 8, "unknown frame type 99"),
+        (
+            bytes([mux.DATA]) + b"\x00\x00\x00\x01" + (mux.MAX_PAYLOAD + 1).to_bytes(4, "big"),
+            "exceeds",
+        ),
+    ],
+)
+def test_garbage_is_refused(wire: bytes, why: str) -> None:
+    with pytest.raises(mux.FrameError, match=why):
+        FrameReader().feed(wire)
+
+
+def test_an_ack_past_what_was_sent_is_refused() -> None:
+    out = Outbox()
+    out.push(Frame(mux.DATA, 1, b"abc"))
+    with pytest.raises(mux.FrameError, match="beyond"):
+        out.acked(4)
+
+
+def test_large_data_is_cut_into_chunks_and_counted() -> None:
+    out = Outbox()
+    wires = out.push(Frame(mux.DATA, 1, b"y" * (mux.CHUNK * 2 + 5)))
+    assert len(wires) == 3
+    assert out.unacked == out.end == mux.CHUNK * 2 + 5
+
+
+def test_nothing_follows_a_close_and_done_needs_its_ack() -> None:
+    out = Outbox()
+    out.push(Frame(mux.DATA, 1, b"ab"))
+    out.push(Frame(mux.CLOSE, 1))
+    with pytest.raises(ValueError, match="CLOSE"):
+        out.push(Frame(mux.DATA, 1, b"c"))
+    assert not out.done
+    out.acked(2)
+    assert not out.done
+    out.acked(3)
+    assert out.done
+
+
+def _deliver(wires: list[bytes], reader: FrameReader, inbox: Inbox, got: list[Frame]) -> None:
+    for wire in wires:
+        for frame in reader.feed(wire):
+            inbox.take(frame)
+            got.append(frame)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=40),
+    outages=st.lists(st.tuples(st.integers(0, 39), st.integers(0, 10)), max_size=6),
+    ack_every=st.integers(1, 8),
+)
+def test_every_byte_arrives_exactly_once_in_order_across_outages(
+    chunks: list[bytes], outages: list[tuple[int, int]], ack_every: int
+) -> None:
+    """A sender pushes chunks, an EOF and a CLOSE; at random points the channel dies, losing
+    the last few frames in flight, and the receiver resumes from its position. What it takes
+    in is the stream exactly once, in order; the sender keeps no more than is unacknowledged."""
+    out, inbox = Outbox(), Inbox()
+    reader, got = FrameReader(), []
+    in_flight: list[bytes] = []  # sent, not yet delivered: lost when the channel dies
+    cuts = dict(outages)
+    items = [Frame(mux.DATA, 5, c) for c in chunks] + [Frame(mux.EOF, 5), Frame(mux.CLOSE, 5)]
+    for i, item in enumerate(items):
+        in_flight += out.push(item)
+        lost = cuts.get(i)
+        if lost is not None:  # the channel dies: the last ``lost`` frames never arrive
+            keep = in_flight[: max(0, len(in_flight) - lost)]
+            _deliver(keep, reader, inbox, got)
+            reader = FrameReader()
+            in_flight = out.replay(inbox.position)  # the receiver says where it got to
+        if i % ack_every == 0:
+            _deliver(in_flight, reader, inbox, got)
+            in_flight = []
+            out.acked(inbox.position)
+            assert out.unacked == 0
+    _deliver(in_flight, reader, inbox, got)
+    out.acked(inbox.position)
+    data = b"".join(f.payload for f in got if f.type == mux.DATA)
+    assert data == b"".join(chunks)
+    assert [f.type for f in got if f.type != mux.DATA] == [mux.EOF, mux.CLOSE]
+    assert got[-1].type == mux.CLOSE and inbox.closed
+    assert out.done and out.unacked == 0
