@@ -97,7 +97,7 @@ def test_every_byte_arrives_exactly_once_in_order_across_outages(
     the last few frames in flight, and the receiver resumes from its position. What it takes
     in is the stream exactly once, in order; the sender keeps no more than is unacknowledged."""
     out, inbox = Outbox(), Inbox()
-    reader, got = FrameReader(), []
+    reader, got = FrameReader(), list[Frame]()
     in_flight: list[bytes] = []  # sent, not yet delivered: lost when the channel dies
     cuts = dict(outages)
     items = [Frame(mux.DATA, 5, c) for c in chunks] + [Frame(mux.EOF, 5), Frame(mux.CLOSE, 5)]
