@@ -1,0 +1,884 @@
+# mypy: ignore-errors
+"""relay's agent: runs on the remote host and owns a host's kernels and their ends of the
+links, so that they outlive an SSH connection (docs/agent.md is the contract).
+
+It runs on what remote hosts have: Python 3.6 or later, standard library only, one file
+(shipped by hookinstall.sh and proven by its sha256, as the kernel hook is). Its minimum
+version is checked by a test (vermin), and it is run under every Python the tests find.
+
+    python3 -I relayagent.py start TAG WINDOW_S      (the daemon's secret on stdin)
+
+One thread, one selector: the daemon's channel (a Unix socket that sshd's
+direct-streamlocal channel connects to), one listener and one socket per link, a pipe per
+starting kernel, and a self-pipe for signals. Nothing blocks but ``which`` (a short sh).
+"""
+
+import errno
+import hmac
+import json
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import time
+
+HELLO, WELCOME, DATA, EOF, CLOSE, OPEN, ACK, BYE = range(1, 9)
+MARKERS = (EOF, CLOSE, OPEN)  # sequenced, one position each
+HEADER = struct.Struct("!BII")
+POS = struct.Struct("!Q")
+MAX_PAYLOAD = 1 << 20
+LIMIT = 4 << 20  # unacknowledged bytes per stream before its socket is not read
+CHUNK = 256 << 10
+FIRST_ATTACH_S = 60.0  # a fresh agent nobody attaches to goes away
+HELLO_WITHIN_S = 10.0
+PREDECESSOR_WAIT_S = 10.0
+KILL_AFTER_S = 5.0  # SIGTERM, then SIGKILL for a kernel that ignores it
+FINISHED_KEPT = 4096  # finished streams whose last position is remembered for a resume
+OUT_LINES, OUT_WIDTH = 5, 300  # a kernel's last lines reported at its exit (as supervisor.sh)
+LOOPBACK = ("0100007F", "0000000000000000FFFF00000100007F")  # 127.0.0.1 in /proc/net/tcp{,6}
+SIGNALS = {"TERM": signal.SIGTERM, "INT": signal.SIGINT, "HUP": signal.SIGHUP}
+SIGNALS["KILL"] = signal.SIGKILL
+
+# A kernel start: the daemon's snippet (sets "$@", may export variables: never argv) from the
+# environment, the same test as supervisor.sh's ``have``; "n" on the pipe if the kernel is not
+# there, else the pipe closes with the exec and the pid is the kernel's own.
+START_SH = (
+    'eval "$RELAY_SNIPPET"; unset RELAY_SNIPPET; '
+    'case $1 in */*) test -f "$1" && test -x "$1" ;; '
+    '*) command -v "$1" >/dev/null 2>&1 ;; esac || { echo n >&FD; exit 127; }; '
+    'exec FD>&-; exec "$@"'
+)
+WHICH_SH = (
+    'eval "$RELAY_SNIPPET"; '
+    'case $1 in */*) test -f "$1" && test -x "$1" ;; '
+    '*) command -v "$1" >/dev/null 2>&1 ;; esac'
+)
+
+
+def encode(ftype, sid, payload=b""):
+    return HEADER.pack(ftype, sid, len(payload)) + payload
+
+
+def size(ftype, payload):
+    if ftype == DATA:
+        return len(payload)
+    return 1 if ftype in MARKERS else 0
+
+
+class FrameError(ValueError):
+    pass
+
+
+class Reader:
+    """Frames out of a byte stream cut anywhere."""
+
+    def __init__(self):
+        self.buf = bytearray()
+
+    def feed(self, data):
+        self.buf += data
+        out, at, buf = [], 0, self.buf
+        while len(buf) - at >= HEADER.size:
+            ftype, sid, length = HEADER.unpack_from(buf, at)
+            if not HELLO <= ftype <= BYE or length > MAX_PAYLOAD:
+                raise FrameError("not a frame of this protocol")
+            end = at + HEADER.size + length
+            if len(buf) < end:
+                break
+            out.append((ftype, sid, bytes(buf[at + HEADER.size : end])))
+            at = end
+        del buf[:at]
+        return out
+
+
+class Outbox:
+    """What we sent on one stream and the daemon has not acknowledged (docs/agent.md)."""
+
+    def __init__(self):
+        self.items = []  # [ftype, payload]
+        self.base = 0
+        self.end = 0
+        self.unacked = 0
+        self.closed = False
+
+    def push(self, ftype, sid, payload=b""):
+        parts = [payload[i : i + CHUNK] for i in range(0, len(payload), CHUNK)] or [b""]
+        wire = []
+        for part in parts:
+            self.items.append([ftype, part])
+            self.end += size(ftype, part)
+            if ftype == DATA:
+                self.unacked += len(part)
+            wire.append(encode(ftype, sid, part))
+        if ftype == CLOSE:
+            self.closed = True
+        return wire
+
+    def acked(self, position):
+        if position > self.end:
+            raise FrameError("ACK beyond what was sent")
+        drop = 0
+        for ftype, payload in self.items:
+            n = size(ftype, payload)
+            if self.base + n > position:
+                break
+            self.base += n
+            if ftype == DATA:
+                self.unacked -= n
+            drop += 1
+        del self.items[:drop]
+        if self.items and position > self.base:
+            cut = position - self.base
+            self.items[0][1] = self.items[0][1][cut:]
+            self.base += cut
+            self.unacked -= cut
+
+    def replay(self, sid, position):
+        if not self.base <= position <= self.end:
+            raise FrameError("resume outside what is kept")
+        self.acked(position)
+        return [encode(ftype, sid, payload) for ftype, payload in self.items]
+
+    @property
+    def done(self):
+        return self.closed and not self.items
+
+
+def now():
+    return time.time()
+
+
+def start_time(pid):
+    """Field 22 of /proc/PID/stat: with the pid, names one process for good."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[-1].split()[19]
+
+
+def owner(cport, lport):
+    """Who holds the socket 127.0.0.1:cport -> 127.0.0.1:lport: a uid (str), "c" closing or
+    orphaned (nobody's: such a socket reads uid 0), "-" none (relay.peerowner's rule)."""
+    found = "-"
+    ends = [(a + ":%04X" % cport, b + ":%04X" % lport) for a in LOOPBACK for b in LOOPBACK]
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 10 or (cols[1], cols[2]) not in ends:
+                continue
+            if cols[3] == "01" and cols[9] != "0":
+                return cols[7]
+            found = "c"
+    return found
+
+
+def open_private(path, flags):
+    """A file of ours in the run directory: created 0600, never through a symlink."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+class Stream:
+    def __init__(self, sid):
+        self.sid = sid
+        self.out = Outbox()
+        self.recv = 0  # positions taken in from the daemon
+        self.acked = 0  # what our last ACK said
+        self.listener = None
+        self.sock = None
+        self.pending = bytearray()  # from the daemon, not yet written to the socket
+        self.got_eof = False  # the daemon's side will send no more
+        self.got_close = False
+        self.read_eof = False  # our socket said EOF
+        self.shut = False
+
+    def handed(self):
+        return self.recv - len(self.pending)
+
+
+class Kernel:
+    def __init__(self, kid, proc, log):
+        self.id = kid
+        self.proc = proc
+        self.log = log
+        self.pipe = None  # read end while the start is in flight
+        self.killed_at = None
+        self.nokernel = False
+
+
+class Agent:
+    def __init__(self, run_dir, tag, secret, server, window_s):
+        self.dir = run_dir
+        self.tag = tag
+        self.secret = secret
+        self.server = server
+        self.window_s = window_s
+        self.silence_s = 30.0
+        self.sel = selectors.DefaultSelector()
+        self.streams = {0: Stream(0)}
+        self.finished = {}  # sid: final recv position, for streams already forgotten
+        self.kernels = {}
+        self.chan = None
+        self.chan_reader = None
+        self.chan_out = bytearray()
+        self.pending = {}  # unauthenticated connections: sock -> (reader, deadline)
+        self.heard = now()
+        self.started = now()
+        self.ever_attached = False
+        self.ending = False  # BYE, window or SIGTERM: kernels are being ended
+        self.ended_at = None
+        self.exit_reason = None
+        self.terminated = False
+        self.dirty = set()  # streams whose ACK may have moved
+        self.control_in = bytearray()
+        self.uid = str(os.getuid())
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self):
+        signal.set_wakeup_fd(self.wake_w)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
+        self.server.setblocking(False)
+        self.sel.register(self.server, selectors.EVENT_READ, ("server", None))
+        while True:
+            for key, events in self.sel.select(self.timeout()):
+                kind, obj = key.data
+                try:
+                    getattr(self, "on_" + kind)(key.fileobj, obj, events)
+                except FrameError:
+                    self.detach()
+            self.reap()
+            self.tick()
+            self.flush_acks()
+            self.want_channel_write()
+            if self.exit_reason is not None and not self.kernels:
+                # what the daemon should hear of the ends is written first (bounded)
+                if not self.chan_out_busy() or now() - self.ended_at > 2 * KILL_AFTER_S:
+                    return
+
+    def on_signal(self, signum, frame):
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.terminated = True
+
+    def timeout(self):
+        return 0.5 if (self.kernels or self.pending or self.chan is None) else 5.0
+
+    def on_wake(self, fd, _, events):
+        try:
+            os.read(fd, 4096)
+        except OSError:
+            pass
+
+    def tick(self):
+        t = now()
+        if self.terminated and not self.ending:
+            self.end_all("terminated")
+        for sock, (_, deadline) in list(self.pending.items()):
+            if t > deadline:
+                self.drop_pending(sock)
+        if self.chan is not None and t - self.heard > self.silence_s:
+            self.detach()  # a connection that died silently still looks open to sshd
+        if self.chan is None and not self.ending:
+            if not self.ever_attached and t - self.started > FIRST_ATTACH_S:
+                self.end_all("nobody attached")
+            elif self.ever_attached and not self.kernels:
+                self.end_all("no kernels and no daemon")
+            elif self.ever_attached and t - self.heard > self.window_s:
+                self.end_all("window over")
+        for k in self.kernels.values():
+            if k.killed_at is not None and t - k.killed_at > KILL_AFTER_S:
+                self.signal(k, signal.SIGKILL)
+                k.killed_at = t + 3600
+
+    # -- the daemon's channel -----------------------------------------------------------------
+    def on_server(self, server, _, events):
+        try:
+            sock, _ = server.accept()
+        except OSError:
+            return
+        sock.setblocking(False)
+        self.pending[sock] = (Reader(), now() + HELLO_WITHIN_S)
+        self.sel.register(sock, selectors.EVENT_READ, ("hello", None))
+
+    def drop_pending(self, sock):
+        self.pending.pop(sock, None)
+        self.unregister(sock)
+        sock.close()
+
+    def on_hello(self, sock, _, events):
+        reader, _ = self.pending[sock]
+        try:
+            data = sock.recv(65536)
+            frames = reader.feed(data) if data else None
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, FrameError):
+            frames = None
+        if frames == []:
+            return
+        if not frames or frames[0][0] != HELLO:
+            return self.drop_pending(sock)
+        try:
+            hello = json.loads(frames[0][2].decode())
+            given = str(hello["secret"]).encode()
+        except (ValueError, KeyError, TypeError):
+            return self.drop_pending(sock)
+        if not hmac.compare_digest(given, self.secret):
+            return self.drop_pending(sock)
+        del self.pending[sock]
+        self.unregister(sock)
+        self.attach(sock, reader, hello, frames[1:])
+
+    def attach(self, sock, reader, hello, rest):
+        self.detach()  # a second attach replaces the first
+        self.chan, self.chan_reader, self.chan_out = sock, reader, bytearray()
+        self.ever_attached = True
+        self.heard = now()
+        try:
+            self.silence_s = max(5.0, 2 * float(hello.get("silence_s", 15)) + 5)
+            self.window_s = float(hello.get("window_s", self.window_s))
+        except (TypeError, ValueError):
+            pass
+        recv = hello.get("recv") or {}
+        for sid in list(self.streams):
+            if sid and str(sid) not in recv:
+                self.forget(self.streams[sid])  # the daemon dropped it
+        positions = {str(s.sid): s.recv for s in self.streams.values()}
+        for sid in recv:
+            if sid not in positions and sid.isdigit() and int(sid) in self.finished:
+                positions[sid] = self.finished[int(sid)]
+        self.send_raw(encode(WELCOME, 0, json.dumps({"recv": positions}).encode()))
+        for sid, stream in list(self.streams.items()):
+            for wire in stream.out.replay(sid, int(recv.get(str(sid), 0))):
+                self.send_raw(wire)
+            self.dirty.add(stream)
+            self.want_read(stream)
+        self.sel.register(sock, selectors.EVENT_READ, ("chan", None))
+        if self.exit_reason is not None:  # ending: the daemon hears the exits
+            pass
+        for frame in rest:
+            self.frame(frame)
+
+    def detach(self):
+        sock, self.chan = self.chan, None
+        if sock is not None:
+            self.unregister(sock)
+            sock.close()
+            self.chan_out = bytearray()
+
+    def on_chan(self, sock, _, events):
+        if events & selectors.EVENT_WRITE:
+            self.write_channel()
+        if not events & selectors.EVENT_READ or self.chan is not sock:
+            return
+        try:
+            data = sock.recv(1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            return self.detach()
+        self.heard = now()
+        for frame in self.chan_reader.feed(data):
+            self.frame(frame)
+
+    def send_raw(self, wire):
+        if self.chan is not None:
+            self.chan_out += wire
+
+    def chan_out_busy(self):
+        return self.chan is not None and bool(self.chan_out)
+
+    def want_channel_write(self):
+        if self.chan is not None and self.chan_out:
+            self.write_channel()
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.chan_out else 0)
+            if self.chan is not None:
+                self.sel.modify(self.chan, events, ("chan", None))
+
+    def write_channel(self):
+        try:
+            n = self.chan.send(self.chan_out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return self.detach()
+        del self.chan_out[:n]
+
+    def frame(self, frame):
+        ftype, sid, payload = frame
+        if ftype == BYE:
+            return self.end_all("relay said goodbye")
+        stream = self.streams.get(sid)
+        if stream is None:
+            return  # forgotten: finished, or dropped by the daemon
+        if ftype == ACK:
+            if len(payload) != POS.size:
+                raise FrameError("bad ACK")
+            stream.out.acked(POS.unpack(payload)[0])
+            self.want_read(stream)
+            self.check_finished(stream)
+            return
+        if ftype not in (DATA, EOF, CLOSE):
+            return
+        stream.recv += size(ftype, payload)
+        self.dirty.add(stream)
+        if sid == 0:
+            if ftype == DATA:
+                self.control(payload)
+            return
+        gone = stream.out.closed and stream.sock is None  # our socket is gone: nowhere to go
+        if ftype == DATA and not gone:
+            stream.pending += payload
+        elif ftype == EOF:
+            stream.got_eof = True
+        elif ftype == CLOSE:
+            stream.got_eof = stream.got_close = True
+            if gone:
+                return self.check_finished(stream)
+        self.want_write(stream)
+
+    def flush_acks(self):
+        dirty, self.dirty = self.dirty, set()
+        for stream in dirty:
+            position = stream.handed()
+            if self.chan is not None and position > stream.acked:
+                stream.acked = position
+                self.send_raw(ACK_HEADER(stream.sid) + POS.pack(position))
+
+    def push(self, stream, ftype, payload=b""):
+        if stream.out.closed:
+            return
+        for wire in stream.out.push(ftype, stream.sid, payload):
+            self.send_raw(wire)
+        self.check_finished(stream)
+
+    def say(self, line):
+        self.push(self.streams[0], DATA, (line + "\n").encode("utf-8", "replace"))
+
+    # -- the control stream -------------------------------------------------------------------
+    def control(self, data):
+        self.control_in += data
+        while b"\n" in self.control_in:
+            raw, _, rest = bytes(self.control_in).partition(b"\n")
+            self.control_in = bytearray(rest)
+            op, _, rest = raw.decode("utf-8", "replace").partition(" ")
+            ident, _, arg = rest.partition(" ")
+            handler = getattr(self, "do_" + op, None)
+            if handler is not None and ident and all(c.isalnum() for c in ident):
+                handler(ident, arg)
+
+    def do_ping(self, ident, arg):
+        self.say("pong " + ident)
+
+    def do_which(self, ident, arg):
+        env = dict(os.environ, RELAY_SNIPPET=arg)
+        try:
+            code = subprocess.call(
+                ["/bin/sh", "-c", WHICH_SH],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            code = 1
+        self.say(("found " if code == 0 else "nokernel ") + ident)
+
+    def do_owner(self, ident, arg):
+        words = arg.split(" ")
+        try:
+            cport, lport = int(words[0], 16), int(words[1], 16)
+        except (ValueError, IndexError):
+            return self.say("owner %s ?" % ident)
+        self.say("owner %s %s" % (ident, owner(cport, lport)))
+
+    def do_start(self, ident, arg):
+        if self.ending or ident in self.kernels:
+            return self.say("exit %s 143" % ident)
+        r, w = os.pipe()
+        env = dict(os.environ, RELAY_SNIPPET=arg)
+        log_path = os.path.join(self.dir, "%s-%s.log" % (self.tag, ident))
+        try:
+            log = open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                proc = subprocess.Popen(
+                    ["/bin/sh", "-c", START_SH.replace("FD", str(w))],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(w,),
+                    close_fds=True,
+                )
+            finally:
+                os.close(log)
+        except OSError as exc:
+            os.close(r)
+            os.close(w)
+            self.say("out %s %s" % (ident, str(exc)[:OUT_WIDTH]))
+            return self.say("nokernel " + ident)
+        os.close(w)
+        kernel = Kernel(ident, proc, log_path)
+        kernel.pipe = r
+        self.kernels[ident] = kernel
+        os.set_blocking(r, False)
+        self.sel.register(r, selectors.EVENT_READ, ("started", kernel))
+
+    def on_started(self, fd, kernel, events):
+        try:
+            said = os.read(fd, 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            said = b""
+        self.unregister(fd)
+        os.close(fd)
+        kernel.pipe = None
+        if said.startswith(b"n"):
+            kernel.nokernel = True
+        else:
+            self.say("pid %s %d" % (kernel.id, kernel.proc.pid))
+
+    def do_kill(self, ident, arg):
+        kernel = self.kernels.get(ident)
+        if kernel is not None and arg in SIGNALS:
+            self.signal(kernel, SIGNALS[arg])
+
+    def signal(self, kernel, signum):
+        if kernel.proc.returncode is None:  # not reaped: the pid is still the kernel's
+            try:
+                os.kill(kernel.proc.pid, signum)
+            except OSError:
+                pass
+
+    def reap(self):
+        for ident, kernel in list(self.kernels.items()):
+            if kernel.pipe is not None or kernel.proc.poll() is None:
+                continue
+            del self.kernels[ident]
+            if kernel.nokernel:
+                self.say("nokernel " + ident)
+            else:
+                for line in self.last_lines(kernel.log):
+                    self.say("out %s %s" % (ident, line))
+                code = kernel.proc.returncode
+                self.say("exit %s %d" % (ident, 128 - code if code < 0 else code))
+            try:
+                os.unlink(kernel.log)
+            except OSError:
+                pass
+
+    def last_lines(self, path):
+        try:
+            fd = open_private(path, os.O_RDONLY)
+            with os.fdopen(fd, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return []
+        return [ln[:OUT_WIDTH] for ln in lines[-OUT_LINES:]]
+
+    def do_listen(self, ident, arg):
+        if not ident.isdigit() or int(ident) == 0:
+            return
+        sid = int(ident)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(8)
+        except OSError as exc:
+            listener.close()
+            return self.say("noport %d %s" % (sid, exc.strerror or exc))
+        listener.setblocking(False)
+        stream = self.streams.get(sid) or Stream(sid)
+        self.streams[sid] = stream
+        stream.listener = listener
+        self.sel.register(listener, selectors.EVENT_READ, ("accept", stream))
+        self.say("port %d %d" % (sid, listener.getsockname()[1]))
+
+    def do_drop(self, ident, arg):
+        stream = self.streams.get(int(ident)) if ident.isdigit() else None
+        if stream is not None and stream.sid:
+            self.forget(stream)
+
+    # -- links --------------------------------------------------------------------------------
+    def on_accept(self, listener, stream, events):
+        try:
+            sock, peer = listener.accept()
+        except OSError:
+            return
+        who = owner(peer[1], listener.getsockname()[1])
+        if who != self.uid:
+            sock.close()  # before a byte is read; the listener waits on for the real kernel
+            return self.say("refused %d %s" % (stream.sid, who if who.isdigit() else "-"))
+        self.unregister(listener)
+        listener.close()
+        stream.listener = None
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream.sock = sock
+        self.sel.register(sock, selectors.EVENT_READ, ("link", stream))
+        self.push(stream, OPEN)
+        self.want_write(stream)  # what the daemon sent before OPEN (nothing, normally)
+
+    def on_link(self, sock, stream, events):
+        if events & selectors.EVENT_WRITE:
+            self.write_link(stream)
+        if events & selectors.EVENT_READ and stream.sock is sock and not stream.read_eof:
+            try:
+                data = sock.recv(CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return self.link_gone(stream)
+            if data:
+                self.push(stream, DATA, data)
+            else:
+                stream.read_eof = True
+                self.push(stream, EOF)
+                self.maybe_close(stream)
+        self.want_read(stream)
+
+    def interest(self, stream):
+        events = 0
+        if not stream.read_eof and stream.out.unacked < LIMIT:
+            events |= selectors.EVENT_READ
+        if stream.pending or (stream.got_eof and not stream.shut):
+            events |= selectors.EVENT_WRITE
+        return events
+
+    def want_read(self, stream):
+        if stream.sock is None:
+            return
+        events = self.interest(stream)
+        key = self.sel.get_map().get(stream.sock)
+        if key is None and events:
+            self.sel.register(stream.sock, events, ("link", stream))
+        elif key is not None and not events:
+            self.sel.unregister(stream.sock)
+        elif key is not None and key.events != events:
+            self.sel.modify(stream.sock, events, ("link", stream))
+
+    want_write = want_read
+
+    def write_link(self, stream):
+        if stream.pending:
+            try:
+                n = stream.sock.send(stream.pending)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return self.link_gone(stream)
+            del stream.pending[:n]
+            self.dirty.add(stream)
+        if not stream.pending and stream.got_eof and not stream.shut:
+            stream.shut = True
+            if stream.got_close:
+                return self.link_gone(stream)
+            try:
+                stream.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.maybe_close(stream)
+
+    def maybe_close(self, stream):
+        if stream.read_eof and stream.shut:
+            self.link_gone(stream)
+
+    def link_gone(self, stream):
+        if stream.sock is not None:
+            self.unregister(stream.sock)
+            stream.sock.close()
+            stream.sock = None
+        stream.pending = bytearray()
+        self.dirty.add(stream)
+        self.push(stream, CLOSE)
+
+    def check_finished(self, stream):
+        if stream.sid and stream.out.done and stream.got_close:
+            self.forget(stream)
+
+    def forget(self, stream):
+        if stream.listener is not None:
+            self.unregister(stream.listener)
+            stream.listener.close()
+        if stream.sock is not None:
+            self.unregister(stream.sock)
+            stream.sock.close()
+        self.streams.pop(stream.sid, None)
+        self.dirty.discard(stream)
+        self.finished[stream.sid] = stream.recv
+        if len(self.finished) > FINISHED_KEPT:
+            del self.finished[next(iter(self.finished))]
+
+    def unregister(self, fileobj):
+        try:
+            self.sel.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    # -- the end ------------------------------------------------------------------------------
+    def end_all(self, reason):
+        """End every kernel (SIGTERM, SIGKILL 5 s later); the loop exits once they are
+        reaped and what the daemon should hear of it is written."""
+        self.ending = True
+        self.exit_reason = reason
+        t = self.ended_at = now()
+        for kernel in self.kernels.values():
+            self.signal(kernel, signal.SIGTERM)
+            kernel.killed_at = t
+
+
+def ACK_HEADER(sid):
+    return HEADER.pack(ACK, sid, POS.size)
+
+
+# -- start ----------------------------------------------------------------------------------
+def run_dir():
+    """$TMPDIR-or-/tmp/relay-agent-UID: ours, 0700, not a symlink; or (reason, path)."""
+    path = os.path.join(os.environ.get("TMPDIR") or "/tmp", "relay-agent-%d" % os.getuid())
+    try:
+        os.mkdir(path, 0o700)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            return None, ("notdir", path)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return None, ("symlink", path)
+    if not stat.S_ISDIR(st.st_mode):
+        return None, ("notdir", path)
+    if st.st_uid != os.getuid():
+        return None, ("notmine", path)
+    if st.st_mode & 0o077:
+        return None, ("mode", path)
+    return path, None
+
+
+def end_predecessor(pid_path):
+    """SIGTERM to the agent a dead daemon left for this tag (its pid AND start time recorded),
+    waited for: it ends its kernels. Returns how many were ended (0 or 1)."""
+    try:
+        fd = open_private(pid_path, os.O_RDONLY)
+        with os.fdopen(fd) as f:
+            words = f.read().split()
+        pid, started = int(words[0]), words[1]
+    except (OSError, ValueError, IndexError):
+        return 0
+    if pid == os.getpid() or start_time(pid) != started:
+        return 0
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return 0
+    deadline = time.monotonic() + PREDECESSOR_WAIT_S
+    while time.monotonic() < deadline and start_time(pid) == started:
+        time.sleep(0.05)
+    return 1
+
+
+def start(tag, window):
+    if not tag or any(c not in "0123456789abcdef" for c in tag):
+        print("agent refuse tag -")
+        return 1
+    secret = sys.stdin.readline().strip().encode()
+    if len(secret) < 32:
+        print("agent refuse secret -")
+        return 1
+    os.umask(0o077)
+    path, refusal = run_dir()
+    if refusal is not None:
+        print("agent refuse %s %s" % refusal)
+        return 1
+    pid_path = os.path.join(path, tag + ".pid")
+    sock_path = os.path.join(path, tag + ".sock")
+    ended = end_predecessor(pid_path)
+    try:
+        if not os.path.isdir(sock_path) or os.path.islink(sock_path):
+            os.unlink(sock_path)
+    except OSError:
+        pass
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sock_path)
+    os.chmod(sock_path, 0o600)
+    server.listen(16)
+    sock_ino = os.stat(sock_path).st_ino
+    check = "proc" if os.access("/proc/net/tcp", os.R_OK) else "none"
+    r, w = os.pipe()
+    if os.fork():
+        os.close(w)
+        with os.fdopen(r) as f:
+            pid = f.read().strip()
+        if not pid.isdigit():
+            print("agent refuse start -")
+            return 1
+        print("agent 1 %s %s %d %s %d" % (pid, sock_path, os.getuid(), check, ended))
+        sys.stdout.flush()
+        return 0
+    os.close(r)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    try:
+        fd = open_private(pid_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.write(fd, ("%d %s\n" % (os.getpid(), start_time(os.getpid()) or "-")).encode())
+        os.close(fd)
+    except OSError:
+        os._exit(1)
+    os.write(w, str(os.getpid()).encode())
+    os.close(w)
+    agent = Agent(path, tag, secret, server, float(window))
+    try:
+        agent.run()
+    finally:
+        try:
+            if os.lstat(sock_path).st_ino == sock_ino:  # not a successor's
+                os.unlink(sock_path)
+        except OSError:
+            pass
+        try:
+            fd = open_private(pid_path, os.O_RDONLY)
+            with os.fdopen(fd) as f:
+                if f.read().split()[:1] == [str(os.getpid())]:
+                    os.unlink(pid_path)
+        except (OSError, IndexError):
+            pass
+    os._exit(0)
+
+
+def main(argv):
+    if len(argv) == 4 and argv[1] == "start":
+        try:
+            window = float(argv[3])
+        except ValueError:
+            window = 900.0
+        return start(argv[2], window)
+    sys.stderr.write("usage: relayagent.py start TAG WINDOW_S (secret on stdin)\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
