@@ -44,13 +44,15 @@ SIGNALS = {"TERM": signal.SIGTERM, "INT": signal.SIGINT, "HUP": signal.SIGHUP}
 SIGNALS["KILL"] = signal.SIGKILL
 
 # A kernel start: the daemon's snippet (sets "$@", may export variables: never argv) from the
-# environment, the same test as supervisor.sh's ``have``; "n" on the pipe if the kernel is not
-# there, else the pipe closes with the exec and the pid is the kernel's own.
+# environment, the same test as supervisor.sh's ``have``. Standard output is a pipe to the
+# agent until the exec: "n" on it if the kernel is not there, else it closes as the kernel
+# starts (its output then goes to the log, as its standard error does), and the pid is the
+# kernel's own.
 START_SH = (
     'eval "$RELAY_SNIPPET"; unset RELAY_SNIPPET; '
     'case $1 in */*) test -f "$1" && test -x "$1" ;; '
-    '*) command -v "$1" >/dev/null 2>&1 ;; esac || { echo n >&FD; exit 127; }; '
-    'exec FD>&-; exec "$@"'
+    '*) command -v "$1" >/dev/null 2>&1 ;; esac || { echo n; exit 127; }; '
+    'exec 1>&2; exec "$@"'
 )
 WHICH_SH = (
     'eval "$RELAY_SNIPPET"; '
@@ -521,12 +523,11 @@ class Agent:
             log = open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
                 proc = subprocess.Popen(
-                    ["/bin/sh", "-c", START_SH.replace("FD", str(w))],
+                    ["/bin/sh", "-c", START_SH],
                     env=env,
                     stdin=subprocess.DEVNULL,
-                    stdout=log,
+                    stdout=w,
                     stderr=log,
-                    pass_fds=(w,),
                     close_fds=True,
                 )
             finally:
