@@ -48,6 +48,8 @@ class HookFile:
 
     name: str
     data: bytes
+    what: str = "relay's kernel hook"  # for error messages
+    advice: str = NO_DYNAMIC  # what the person can do if it cannot be installed ({header})
 
     @property
     def digest(self) -> str:
@@ -83,8 +85,8 @@ def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: byt
     else:
         why = f"the installer ended with status {exit_status} and said {head[:80]!r}"
     raise HookInstallFailed(
-        f"cannot install relay's kernel hook on {host}: {why}; "
-        + NO_DYNAMIC.format(header=host_header(host))
+        f"cannot install {hook.what} on {host}: {why}; "
+        + hook.advice.format(header=host_header(host))
     )
 
 
@@ -105,8 +107,8 @@ async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile)
         stdout = result.stdout if isinstance(result.stdout, bytes) else b""
         return parse_answer(host, hook, result.exit_status, stdout)
     raise HookInstallFailed(
-        f"cannot install relay's kernel hook on {host}: {why}; "
-        + NO_DYNAMIC.format(header=host_header(host))
+        f"cannot install {hook.what} on {host}: {why}; "
+        + hook.advice.format(header=host_header(host))
     )
 
 

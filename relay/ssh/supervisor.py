@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 import structlog
@@ -28,7 +29,7 @@ from relay.peerowner import CLOSING, GONE, UNKNOWN
 from relay.ssh.remote_scripts import remote_command
 from relay.tasks import TaskSet
 
-__all__ = ["Event", "RemoteProcess", "Supervisor", "parse_line"]
+__all__ = ["Event", "Process", "RemoteProcess", "Supervisor", "parse_line"]
 CLOSE_CONFIRM_S = 2.0  # a channel closed from this side: how long its close is awaited
 
 PROTOCOL = "4"
@@ -82,10 +83,30 @@ class RemoteProcess:
         return None
 
 
+class _Input(Protocol):
+    def write(self, data: str) -> None: ...
+    def write_eof(self) -> None: ...
+    def is_closing(self) -> bool: ...
+
+
+class Process(Protocol):
+    """What a supervisor drives: an SSH process running ``supervisor.sh``, or the control
+    stream of relay's agent (``relay.agent.session.ControlPort``), which speaks its protocol."""
+
+    @property
+    def stdin(self) -> _Input: ...
+    @property
+    def stdout(self) -> AsyncIterable[str]: ...
+    @property
+    def stderr(self) -> AsyncIterable[str]: ...
+    def close(self) -> None: ...
+    async def wait_closed(self) -> None: ...
+
+
 class Supervisor:
     def __init__(
         self,
-        process: asyncssh.SSHClientProcess[str],
+        process: Process,
         host: str,
         remote_pid: int,
         log: Any,

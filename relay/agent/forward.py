@@ -1,0 +1,170 @@
+"""A kernel's main link through the host's agent: the callback forward, resumable.
+
+The agent listens on the host's 127.0.0.1 for each channel (data, message), admits the
+user's own kernel (checked there, via /proc) and says OPEN; the daemon then connects to the
+front end's matching port and the stream carries the bytes both ways (``relay.agent.session``:
+numbered, kept until acknowledged, replayed after an outage). It offers what
+``relay.kernels`` uses of ``relay.ssh.forwards.CallbackForward``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from typing import Any, cast
+
+from relay.agent.session import AgentSession, Stream
+from relay.errors import FrontEndUnreachable
+from relay.lite.linkname import Endpoint, LinkName
+
+__all__ = ["AgentForward"]
+
+CLOSE_WAIT_S = 2.0
+
+
+class _FrontEnd(asyncio.Protocol):
+    """The front end's TCP connection for one stream: bytes to the agent, and back."""
+
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but offer what it does
+        self.transport = transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):  # small MathLink messages must not wait
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._stream.attach(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._stream.send(data)
+
+    def eof_received(self) -> bool:
+        self._stream.send_eof()
+        return True  # the other direction may still carry bytes
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stream.send_close()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def resume_writing(self) -> None:
+        self._stream._session._ack_soon(self._stream)  # the front end reads again: ACK
+
+
+class _Channel:
+    def __init__(self, role: str, target: Endpoint, stream: Stream, port: int) -> None:
+        self.role = role
+        self.target = target
+        self.stream = stream
+        self.port = port
+        self.frontend: _FrontEnd | None = None
+        self.connected_at: float | None = None
+
+
+class AgentForward:
+    """The agent's two listeners leading back to the front end's data and message ports."""
+
+    def __init__(
+        self, agent: AgentSession, target: LinkName, opened: list[tuple[Stream, int]]
+    ) -> None:
+        self.target = target
+        self._agent = agent
+        (data, dport), (message, mport) = opened
+        self._channels = (
+            _Channel("data", target.data, data, dport),
+            _Channel("message", target.message, message, mport),
+        )
+        self.name = LinkName.loopback(dport, mport)  # what the kernel uses
+        loop = asyncio.get_running_loop()
+        self.connected: asyncio.Future[None] = loop.create_future()
+        self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.listeners_gone = asyncio.Event()  # the agent closes a listener once it admits
+        self._joining = [loop.create_task(self._join(ch)) for ch in self._channels]
+
+    @classmethod
+    async def open(cls, agent: AgentSession, target: LinkName) -> AgentForward:
+        return cls(agent, target, await agent.listen(2))
+
+    async def _join(self, ch: _Channel) -> None:
+        await ch.stream.opened
+        frontend = _FrontEnd(ch.stream)
+        try:
+            # the front end may write the instant it accepts: the stream sends it at once
+            await asyncio.get_running_loop().create_connection(
+                lambda: frontend, ch.target.host, ch.target.port
+            )
+        except OSError as exc:
+            ch.stream.send_close()
+            if not self.connected.done():
+                self.connected.set_exception(
+                    FrontEndUnreachable(
+                        f"the front end is not listening on {ch.target.host}:{ch.target.port} "
+                        f"({ch.role} channel of {self.target}): {exc.strerror or exc}; was "
+                        f"the launch cancelled in the front end?"
+                    )
+                )
+            return
+        ch.frontend, ch.connected_at = frontend, time.monotonic()
+        if all(c.connected_at is not None for c in self._channels):
+            self.listeners_gone.set()
+            if not self.connected.done():
+                self.connected.set_result(None)
+
+    @property
+    def ended_because(self) -> str | None:
+        """Why the host's agent is gone for us (its window ran out, it could not be
+        reached again), if it is."""
+        return self._agent.end_reason
+
+    async def settled(self) -> None:
+        """Return once no admitted connection is still being joined to the front end."""
+        for ch, task in zip(self._channels, self._joining, strict=True):
+            if ch.stream.opened.done() and not task.done():
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def listeners_closed(self) -> None:
+        """The agent closed each listener as it admitted its kernel."""
+
+    def close_listeners(self) -> None:
+        pass
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        for ch in self._channels:
+            if ch.frontend is not None and not ch.frontend.closed.done():
+                state = "connected" if self._agent.attached else "resuming"
+            elif ch.connected_at is not None:
+                state = "closed"
+            else:
+                state = "listening"
+            out.append(
+                {
+                    "role": ch.role,
+                    "remote": f"{ch.port}@127.0.0.1",
+                    "target": f"{ch.target.host}:{ch.target.port}",
+                    "state": state,
+                    "unacked": ch.stream.out.unacked,
+                }
+            )
+        return out
+
+    async def aclose(self) -> None:
+        """Release both streams: the agent closes the kernel's side, we the front end's."""
+        for task in self._joining:
+            task.cancel()
+        await asyncio.gather(*self._joining, return_exceptions=True)
+        for ch in self._channels:
+            self._agent.drop(ch.stream)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                for ch in self._channels:
+                    if ch.frontend is not None:
+                        await ch.frontend.closed
+        if not self.connected.done():
+            self.connected.cancel()

@@ -1,0 +1,523 @@
+"""The daemon's side of a host's agent (``docs/agent.md``): its streams, and the channel that
+carries them, attached on each SSH connection and replayed across outages.
+
+An ``AgentSession`` outlives connections: it is made when the agent is started and ends
+when the agent does (its window ran out, relay said goodbye, or the agent could not be
+reached again). Between connections it is detached: what front ends write is kept, up to
+``mux.LIMIT`` per stream (then their reading pauses), and sent when a connection attaches.
+``ControlPort`` is stream 0 shaped like the SSH process ``relay.ssh.supervisor`` drives, so
+kernels on an agent are started and reaped by the same code as on ``supervisor.sh``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncssh
+import structlog
+
+from relay.agent import mux
+from relay.agent.mux import Frame
+from relay.errors import ConnectFailed, RelayError
+
+__all__ = ["AgentGone", "AgentInfo", "AgentSession", "ControlPort", "Sink", "Stream"]
+
+WINDOW = 8 << 20  # the channel's receive window, as a forward's (relay.ssh.forwards)
+PKTSIZE = 128 << 10
+ATTACH_TIMEOUT_S = 15.0
+
+
+class AgentGone(RelayError):
+    code = "connection_lost"
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """What the agent's start line said."""
+
+    pid: int
+    socket: str
+    uid: int
+    owner_check: bool  # /proc/net/tcp readable: the agent can tell who connects
+    ended: int  # predecessors ended
+
+
+class Sink(Protocol):
+    """Where a stream's incoming bytes go: a front end's TCP transport, or the control port."""
+
+    def write(self, data: bytes) -> None: ...
+    def write_eof(self) -> None: ...
+    def close(self) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Stream:
+    """One stream: what we sent and not yet had acknowledged, what we took in, and its sink."""
+
+    def __init__(self, session: AgentSession, sid: int) -> None:
+        self.sid = sid
+        self._session = session
+        self.out = mux.Outbox()
+        self.inbox = mux.Inbox()
+        self.sink: Sink | None = None
+        self._early: list[Frame] = []  # arrived before the sink did
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.opened.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._paused = False  # our sink's reading paused: too much unacknowledged
+        self.eof_sent = False
+
+    # -- from the sink, to the agent ---------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self.out.closed:
+            return
+        self._session._send(self, self.out.push(Frame(mux.DATA, self.sid, data)))
+        if self.out.unacked > mux.LIMIT and not self._paused and self.sink is not None:
+            self._paused = True
+            self.sink.pause_reading()
+
+    def send_eof(self) -> None:
+        if not self.out.closed and not self.eof_sent:
+            self.eof_sent = True
+            self._session._send(self, self.out.push(Frame(mux.EOF, self.sid)))
+
+    def send_close(self) -> None:
+        if not self.out.closed:
+            self._session._send(self, self.out.push(Frame(mux.CLOSE, self.sid)))
+        self._check_finished()
+
+    def attach(self, sink: Sink) -> None:
+        """The sink is there: what arrived before it is delivered now."""
+        self.sink = sink
+        early, self._early = self._early, []
+        for frame in early:
+            self._deliver(frame)
+        self._session._ack_soon(self)
+
+    # -- from the agent ------------------------------------------------------------------------
+    def received(self, frame: Frame) -> None:
+        self.inbox.take(frame)
+        if frame.type == mux.OPEN:
+            if not self.opened.done():
+                self.opened.set_result(None)
+            return
+        if self.sink is None:
+            self._early.append(frame)
+            return
+        self._deliver(frame)
+
+    def _deliver(self, frame: Frame) -> None:
+        assert self.sink is not None
+        if frame.type == mux.DATA:
+            self.sink.write(frame.payload)
+        elif frame.type == mux.EOF:
+            with contextlib.suppress(OSError, RuntimeError, asyncssh.Error):
+                self.sink.write_eof()
+        elif frame.type == mux.CLOSE:
+            self.sink.close()
+            self._check_finished()
+
+    def acked(self, position: int) -> None:
+        self.out.acked(position)
+        if self._paused and self.out.unacked <= mux.LIMIT // 2 and self.sink is not None:
+            self._paused = False
+            self.sink.resume_reading()
+        self._check_finished()
+
+    def handed(self) -> int:
+        """The position up to which what came in is out of our hands (in the sink's socket)."""
+        waiting = sum(len(f.payload) + (f.type != mux.DATA) for f in self._early)
+        if self.sink is not None:
+            with contextlib.suppress(Exception):
+                waiting += self.sink.get_write_buffer_size()
+        return max(self.inbox.acked, self.inbox.position - waiting)
+
+    def _check_finished(self) -> None:
+        if self.out.done and self.inbox.closed and not self.finished.done():
+            self.finished.set_result(None)
+            self._session._forget(self)
+
+    def drop(self) -> None:
+        """Give up on the stream (its kernel is gone, or the agent is): the sink closed."""
+        if self.sink is not None:
+            self.sink.close()
+        if not self.opened.done():
+            self.opened.cancel()
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"stream": self.sid, "unacked": self.out.unacked, "received": self.inbox.position}
+
+
+class _Channel(asyncssh.SSHUNIXSession[bytes]):
+    """The SSH channel to the agent's socket: frames in, to the session."""
+
+    def __init__(self, session: AgentSession) -> None:
+        self._session = session
+        self._reader = mux.FrameReader()
+        self.chan: asyncssh.SSHUNIXChannel[bytes] | None = None
+        self.welcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.welcome.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except mux.FrameError as exc:
+            self._session._log.warning("agent sent garbage; channel closed", error=str(exc))
+            if self.chan is not None:
+                self.chan.close()
+            return
+        for frame in frames:
+            if frame.type == mux.WELCOME:
+                if not self.welcome.done():
+                    try:
+                        self.welcome.set_result(json.loads(frame.payload))
+                    except ValueError as exc:
+                        self.welcome.set_exception(exc)
+            else:
+                self._session._frame(self, frame)
+        self._session._flush_acks()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.welcome.done():
+            self.welcome.set_exception(ConnectionError(str(exc) if exc else "closed by the agent"))
+        if not self.gone.done():
+            self.gone.set_result(None)
+        self._session._lost(self)
+
+
+class ControlPort:
+    """Stream 0 as the SSH process ``relay.ssh.supervisor.Supervisor`` drives: ``stdin``
+    takes lines, ``stdout`` gives the agent's lines, until the agent is gone for good."""
+
+    def __init__(self, session: AgentSession) -> None:
+        self._session = session
+        self._lines: asyncio.StreamReader = asyncio.StreamReader(limit=1 << 20)
+        self.stdin = _ControlIn(session)
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+
+    # the stream's sink: the agent's lines
+    def write(self, data: bytes) -> None:
+        self._lines.feed_data(data)
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self._lines.at_eof():
+            self._lines.feed_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass  # lines from the daemon are few and small: never paused
+
+    def resume_reading(self) -> None:
+        pass
+
+    @property
+    def stdout(self) -> AsyncIterator[str]:
+        return self._read()
+
+    async def _read(self) -> AsyncIterator[str]:
+        while True:
+            raw = await self._lines.readline()
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace")
+            if not self._session._control_line(line):
+                yield line
+
+    @property
+    def stderr(self) -> AsyncIterator[str]:
+        return self._none()
+
+    async def _none(self) -> AsyncIterator[str]:
+        return
+        yield  # an empty async generator
+
+    async def wait_closed(self) -> None:
+        await self._session.ended
+
+
+class _ControlIn:
+    def __init__(self, session: AgentSession) -> None:
+        self._session = session
+        self._eof = False
+
+    def write(self, text: str) -> None:
+        self._session.control.send(text.encode())
+
+    def write_eof(self) -> None:
+        """The supervisor's end of input: relay says goodbye, the agent ends its kernels."""
+        self._eof = True
+        self._session.goodbye()
+
+    def is_closing(self) -> bool:
+        return self._eof
+
+
+class AgentSession:
+    """One host's agent, as the daemon sees it (see the module)."""
+
+    def __init__(
+        self,
+        host: str,
+        info: AgentInfo,
+        secret: str,
+        *,
+        window_s: float,
+        silence_s: float,
+    ) -> None:
+        self.host = host
+        self.info = info
+        self._secret = secret
+        self.window_s = window_s
+        self.silence_s = silence_s
+        self._log = structlog.get_logger("relay.agent").bind(host=host)
+        self._streams: dict[int, Stream] = {}
+        self._next_sid = 1
+        self._channel: _Channel | None = None  # attached and replayed
+        self._attaching: _Channel | None = None
+        self._acks: set[Stream] = set()
+        self._ack_handle: asyncio.Handle | None = None
+        self.port = ControlPort(self)
+        self.control = self._new_stream(0)
+        self.control.attach(self.port)
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.end_reason: str | None = None
+        self.lost_at: float | None = None  # wall time of the last word before a detach
+        self.heard_at = time.time()
+        self.attaches = 0
+        self._listens: dict[int, asyncio.Future[int]] = {}
+        self.refused: Callable[[int, str], None] = lambda sid, uid: None
+        self._said_bye = False
+
+    # -- streams ---------------------------------------------------------------------------
+    def _new_stream(self, sid: int) -> Stream:
+        stream = Stream(self, sid)
+        self._streams[sid] = stream
+        return stream
+
+    def _forget(self, stream: Stream) -> None:
+        if stream.sid:
+            self._streams.pop(stream.sid, None)
+            self._acks.discard(stream)
+
+    async def listen(self, n: int) -> list[tuple[Stream, int]]:
+        """``n`` new link streams, each with a listener on the host: (stream, port). One
+        round trip through the control stream (queued while detached)."""
+        if self.ended.done():
+            raise ConnectFailed(f"{self.host}: {self.end_reason or 'the agent is gone'}")
+        loop = asyncio.get_running_loop()
+        made: list[tuple[Stream, asyncio.Future[int]]] = []
+        for _ in range(n):
+            sid = self._next_sid
+            self._next_sid += 1
+            fut: asyncio.Future[int] = loop.create_future()
+            self._listens[sid] = fut
+            made.append((self._new_stream(sid), fut))
+            self.control.send(f"listen {sid}\n".encode())
+        try:
+            ports = [await fut for _, fut in made]
+        except BaseException:
+            for stream, _ in made:
+                self.drop(stream)
+            raise
+        finally:
+            for stream, _ in made:
+                self._listens.pop(stream.sid, None)
+        return [(stream, port) for (stream, _), port in zip(made, ports, strict=True)]
+
+    def drop(self, stream: Stream) -> None:
+        """The stream is over for us (its kernel is gone): the agent closes its side."""
+        if stream.sid in self._streams:
+            self._forget(stream)
+            if not self.ended.done():
+                self.control.send(f"drop {stream.sid}\n".encode())
+        stream.drop()
+
+    def _control_line(self, line: str) -> bool:
+        """Lines of the agent's own about streams; True if taken here (not the supervisor's)."""
+        kind, _, rest = line.rstrip("\n").partition(" ")
+        if kind not in {"port", "noport", "refused"}:
+            return False
+        sid_text, _, value = rest.partition(" ")
+        sid = int(sid_text) if sid_text.isdigit() else -1
+        if kind == "refused":
+            self.refused(sid, value)
+            return True
+        fut = self._listens.get(sid)
+        if fut is not None and not fut.done():
+            if kind == "port" and value.isdigit():
+                fut.set_result(int(value))
+            else:
+                fut.set_exception(
+                    ConnectFailed(f"{self.host}: relay's agent could not listen: {value}")
+                )
+        return True
+
+    # -- the channel -------------------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return self._channel is not None
+
+    async def attach(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Attach over ``conn``: HELLO, WELCOME, then both sides replay what the other lacks.
+        Raises ``AgentGone`` if the agent is not there any more (its socket gone: it ended)."""
+        if self.ended.done():
+            raise AgentGone(f"{self.host}: {self.end_reason}")
+        try:
+            _, channel = await conn.create_unix_connection(
+                lambda: _Channel(self),
+                self.info.socket,
+                window=WINDOW,
+                max_pktsize=PKTSIZE,
+            )
+        except asyncssh.ChannelOpenError as exc:
+            raise AgentGone(
+                f"{self.host}: relay's agent is not there any more ({exc.reason})"
+            ) from None
+        assert isinstance(channel, _Channel)
+        assert channel.chan is not None
+        self._attaching = channel
+        hello = {
+            "secret": self._secret,
+            "recv": {str(sid): s.inbox.position for sid, s in self._streams.items()},
+            "silence_s": self.silence_s,
+            "window_s": self.window_s,
+        }
+        channel.chan.write(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
+        try:
+            async with asyncio.timeout(ATTACH_TIMEOUT_S):
+                welcome = await asyncio.shield(channel.welcome)
+        except (TimeoutError, ConnectionError, ValueError) as exc:
+            channel.chan.close()
+            raise AgentGone(
+                f"{self.host}: relay's agent did not take the connection back ({exc or 'timeout'})"
+            ) from None
+        recv = welcome.get("recv", {})
+        for sid, stream in list(self._streams.items()):
+            for wire in stream.out.replay(int(recv.get(str(sid), 0))):
+                channel.chan.write(wire)
+        self._attaching = None
+        self._channel = channel
+        self.attaches += 1
+        self.heard_at = time.time()
+        if self.lost_at is not None:
+            self._log.info("resumed", outage_s=round(time.time() - self.lost_at, 1))
+        self.lost_at = None
+        for stream in list(self._streams.values()):
+            self._acks.add(stream)
+        self._flush_acks()
+        if self._said_bye:
+            channel.chan.write(mux.encode(mux.BYE, 0))
+
+    def detach(self) -> None:
+        """The connection is gone (or declared so): keep everything, send nothing."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            self.lost_at = self.heard_at
+            if channel.chan is not None:
+                channel.chan.close()
+
+    def _lost(self, channel: _Channel) -> None:
+        if channel is self._channel:
+            self.detach()
+            if self._said_bye:  # the agent ended its kernels and exited, as it was told
+                self.end("relay ended the host's kernels")
+
+    def _send(self, stream: Stream, wires: list[bytes]) -> None:
+        channel = self._channel
+        if channel is not None and channel.chan is not None:
+            for wire in wires:
+                channel.chan.write(wire)
+
+    def _frame(self, channel: _Channel, frame: Frame) -> None:
+        if channel is not self._channel and channel is not self._attaching:
+            return  # an old channel's last gasp: its frames are replayed on the new one
+        self.heard_at = time.time()
+        stream = self._streams.get(frame.stream)
+        if stream is None:
+            return  # dropped by us: the agent learns it from the drop line
+        if frame.type == mux.ACK:
+            stream.acked(mux.ack_position(frame.payload))
+        elif frame.type in (mux.DATA, mux.EOF, mux.CLOSE, mux.OPEN):
+            stream.received(frame)
+            self._acks.add(stream)
+
+    def _ack_soon(self, stream: Stream) -> None:
+        self._acks.add(stream)
+        if self._ack_handle is None:
+            self._ack_handle = asyncio.get_running_loop().call_soon(self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._ack_handle = None
+        channel = self._channel
+        if channel is None or channel.chan is None:
+            return
+        for stream in self._acks:
+            position = stream.handed()
+            if position > stream.inbox.acked:
+                stream.inbox.acked = position
+                channel.chan.write(mux.ack(stream.sid, position))
+        self._acks.clear()
+
+    # -- the end -----------------------------------------------------------------------------
+    def goodbye(self) -> None:
+        """relay stops (or closes the idle host): the agent ends every kernel and exits."""
+        self._said_bye = True
+        channel = self._channel
+        if channel is not None and channel.chan is not None:
+            channel.chan.write(mux.encode(mux.BYE, 0))
+        else:
+            self.end("relay said goodbye while the connection was down")
+
+    def end(self, reason: str) -> None:
+        """The agent is gone for us: every stream's sink closed, the supervisor told."""
+        if self.ended.done():
+            return
+        self.end_reason = reason
+        self.ended.set_result(None)
+        for fut in self._listens.values():
+            if not fut.done():
+                fut.set_exception(ConnectFailed(f"{self.host}: {reason}"))
+        for stream in list(self._streams.values()):
+            stream.drop()
+        self._streams.clear()
+        self.port.close()
+        self.detach()
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        left = None
+        if self.lost_at is not None:
+            left = max(0.0, round(self.window_s - (now - self.lost_at), 1))
+        return {
+            "pid": self.info.pid,
+            "attached": self.attached,
+            "window_s": self.window_s,
+            "lost_at": self.lost_at,
+            "window_left_s": left,
+            "attaches": self.attaches,
+            "unacked": sum(s.out.unacked for s in self._streams.values()),
+            "streams": len(self._streams) - 1,
+        }
+
+    def channel_gone(self) -> asyncio.Future[None] | None:
+        return self._channel.gone if self._channel is not None else None

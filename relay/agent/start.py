@@ -1,0 +1,104 @@
+"""Putting a host's agent in place: its file shipped (``hookinstall.sh``, proven by its
+sha256, old versions pruned), then started once with the daemon's secret on its standard
+input (``docs/agent.md``). ``parse_start`` is pure; ``start`` is the I/O around it.
+
+Where the agent cannot run, ``start`` says why and the host keeps today's path (sshd's
+listeners and ``supervisor.sh``): ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+
+import asyncssh
+
+from relay.agent.session import AgentInfo
+from relay.errors import HookInstallFailed
+from relay.ssh import hookfile
+
+__all__ = ["START_TIMEOUT_S", "Unavailable", "agent_file", "parse_start", "start", "start_command"]
+
+START_TIMEOUT_S = 30.0
+
+
+@cache
+def agent_file() -> hookfile.HookFile:
+    """The agent's source as it is shipped (read once, when first needed)."""
+    return hookfile.HookFile(
+        "relayagent.py",
+        files("relay.agent").joinpath("remote.py").read_bytes(),
+        what="relay's agent",
+        advice="kernels there end with their connection (set resume_window_s = 0 in {header} "
+        "to say so and not try)",
+    )
+
+
+_REFUSALS = {
+    "notdir": "{path} is not a directory (remove it)",
+    "symlink": "{path} is a symlink (remove it)",
+    "notmine": "{path} is not owned by you",
+    "mode": "{path} is open to others (chmod 700 {path})",
+}
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Why the agent cannot run on a host: the host keeps today's path."""
+
+    reason: str
+
+
+def start_command(path: str, tag: str, window_s: float) -> str:
+    if not tag or any(c not in "0123456789abcdef" for c in tag):
+        raise ValueError(f"agent tag must be lowercase hex, not {tag!r}")
+    script = (
+        "command -v python3 >/dev/null 2>&1 || { echo agent none; exit 0; }; "
+        'exec python3 -I "$1" start "$2" "$3"'
+    )
+    return f"exec /bin/sh -c '{script}' relay {shlex.quote(path)} {tag} {max(1, round(window_s))}"
+
+
+def parse_start(host: str, exit_status: int | None, stdout: str) -> AgentInfo | Unavailable:
+    """The start line (``agent 1 PID SOCKPATH UID CHECK ENDED``), or why there is none."""
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("agent ")), "")
+    words = line.split(" ")
+    if words[1:2] == ["none"]:
+        return Unavailable(f"no python3 on {host}'s PATH")
+    if words[1:2] == ["refuse"] and len(words) == 4 and words[2] in _REFUSALS:
+        return Unavailable(_REFUSALS[words[2]].format(path=words[3]))
+    if len(words) == 7 and words[1] == "1" and all(w.isdigit() for w in (words[2], words[4])):
+        _, _, pid, sock, uid, check, ended = words
+        return AgentInfo(int(pid), sock, int(uid), check == "proc", int(ended or 0))
+    said = line or stdout.strip()[:80] or "nothing"
+    return Unavailable(f"relay's agent did not start (exit {exit_status}, said {said!r})")
+
+
+async def start(
+    conn: asyncssh.SSHClientConnection, host: str, tag: str, window_s: float
+) -> tuple[AgentInfo, str] | Unavailable:
+    """The agent's file installed and the agent started: what it said, and its secret."""
+    try:
+        path = await hookfile.install(conn, host, agent_file())
+    except HookInstallFailed as exc:
+        return Unavailable(exc.message)
+    secret = secrets.token_hex(32)
+    try:
+        result = await conn.run(
+            start_command(path, tag, window_s),
+            input=secret + "\n",
+            check=False,
+            timeout=START_TIMEOUT_S,
+        )
+    except asyncssh.TimeoutError:
+        return Unavailable(f"relay's agent did not start within {START_TIMEOUT_S:g} s")
+    except asyncssh.ChannelOpenError as exc:
+        return Unavailable(f"the server refused a session for relay's agent ({exc.reason})")
+    stdout = result.stdout if isinstance(result.stdout, str) else ""
+    started = parse_start(host, result.exit_status, stdout)
+    if isinstance(started, Unavailable):
+        return started
+    return started, secret
