@@ -37,6 +37,7 @@ from typing import Any, Literal
 import asyncssh
 import structlog
 
+from relay.agent.forward import AgentForward
 from relay.errors import (
     ConnectFailed,
     ConnectionLost,
@@ -73,7 +74,7 @@ class Kernel:
         hold: Hold,
         mode: Mode,
         frontend_link: LinkName,
-        forward: CallbackForward,
+        forward: CallbackForward | AgentForward,
         supervisor: Supervisor,
         proc: RemoteProcess,
         hook: HookServer | None = None,
@@ -117,6 +118,10 @@ class Kernel:
         return list(self._proc.output)
 
     def connection_lost(self) -> ConnectionLost:
+        if isinstance(self.forward, AgentForward) and self.forward.ended_because:
+            return ConnectionLost(
+                f"{self.forward.ended_because}: restart the kernel from the front end"
+            )
         reason = self.host.last_error or "connection lost"
         return ConnectionLost(
             f"the SSH connection to {self.host.key} ended ({reason}); "
@@ -305,11 +310,19 @@ async def _start(
     live = await host.live()
     live.guard.require()  # a host that cannot tell who connects fails here, at once
     dynamic = mode == "controller" and cfg.dynamic
-    # Warm, every listener comes from the spare pool: no round trip before the kernel
-    # starts. The two forwards of the main link, and the hook's control channel.
-    slots = await live.pool.take(3 if dynamic else 2)
-    unwind.callback(_close_slots, slots)  # those no forward or hook has taken over
-    forward = CallbackForward(link, slots[:2], live.guard)
+    forward: CallbackForward | AgentForward
+    if live.agent is not None:
+        # The main link through the host's agent: it outlives the connection (docs/agent.md).
+        # The hook's control channel is still an sshd listener from the pool.
+        slots = await live.pool.take(1) if dynamic else []
+        unwind.callback(_close_slots, slots)
+        forward = await AgentForward.open(live.agent, link)
+    else:
+        # Warm, every listener comes from the spare pool: no round trip before the kernel
+        # starts. The two forwards of the main link, and the hook's control channel.
+        slots = await live.pool.take(3 if dynamic else 2)
+        unwind.callback(_close_slots, slots)  # those no forward or hook has taken over
+        forward = CallbackForward(link, slots[:2], live.guard)
     unwind.push_async_callback(_give_back, host, forward.aclose, f"release:{kernel_id}")
     hook, env = None, {}
     if dynamic:
@@ -318,7 +331,7 @@ async def _start(
         args += ["-initfile", await host.init_file(live.connection)]
         hook = await HookServer.open(
             live.connection,
-            slot=slots[2],
+            slot=slots[-1],  # the hook's control channel
             remote_guard=live.guard,
             local_guard=host.local_guard,
             host=host.key,

@@ -95,6 +95,10 @@ class HostConfig(_Strict):
     dynamic_method: Literal["auto", "old", "new"] = "auto"
     compression: bool = False
     slurm: SlurmConfig | None = None
+    # How long kernels wait for their connection to come back (docs/agent.md): their ends of
+    # the links are held by relay's agent on the host, and the daemon resumes them. 0: kernels
+    # end with their connection (sshd's listeners and supervisor.sh, as without python3).
+    resume_window_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 900.0
     # Carry a connection to a link listener only from a process of the user's own (relay.ssh.guard)
     peer_check: Literal["uid", "off"] = "uid"
     # AES-GCM first: with AES-NI it brings asyncssh's data path level with OpenSSH's default

@@ -33,6 +33,7 @@ import contextlib
 import contextvars
 import hashlib
 import os
+import random
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
@@ -40,7 +41,10 @@ from typing import Any, TypeVar
 import asyncssh
 import structlog
 
+from relay.agent import start as agent_start
+from relay.agent.session import AgentGone, AgentSession
 from relay.errors import RelayError, ShuttingDown
+from relay.log import RateLimited
 from relay.settings import HostConfig
 from relay.ssh import hookfile, sshconfig
 from relay.ssh.connector import (
@@ -57,6 +61,7 @@ from relay.ssh.holds import Hold, Holds
 from relay.ssh.live import Live, RttMeter
 from relay.ssh.options import ConnectPlan
 from relay.ssh.sshconfig import SSHView
+from relay.ssh.supervisor import Supervisor
 from relay.tasks import TaskSet
 
 # backoff_s and BACKOFF_CAP_S: the retry schedule, tested through here
@@ -106,6 +111,16 @@ class HostSession:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._connecting: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._current: Live | None = None
+        # the host's agent (docs/agent.md), once started: it outlives connections
+        self.agent: AgentSession | None = None
+        self._agent_supervisor: Supervisor | None = None
+        self.agent_unavailable: str | None = None  # why kernels here end with the connection
+        self._resuming: asyncio.Task[None] | None = None
+        self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
+        self.agent_refusals = RateLimited(
+            structlog.get_logger("relay.guard").bind(host=key, side="agent"),
+            "refused a connection from another user's process",
+        )
         self._supervisor_lock = asyncio.Lock()
         self._closing = False
         self._idle_closing = False
@@ -246,6 +261,48 @@ class HostSession:
                 reason += f" for {silent_s:g} s"
             self.status.last_error = f"connection lost: {reason}"
             self._log.warning("connection lost", reason=reason, **fields)
+            agent = self.agent
+            if agent is not None and not agent.ended.done():
+                agent.detach()
+                if self._resuming is None or self._resuming.done():
+                    self._resuming = self._tasks.spawn(
+                        self._resume(agent), name=f"resume:{self.key}"
+                    )
+
+    # -- resuming ----------------------------------------------------------------------------
+    async def _resume(self, agent: AgentSession) -> None:
+        """Reconnect with backoff until the agent is attached again, or its window is over
+        (counted from the last word heard, in wall time: a daemon that slept counts its
+        sleep). Past the window the agent ends its kernels itself; here their links end."""
+        lost_at = agent.lost_at if agent.lost_at is not None else time.time()
+        window = agent.window_s
+        self._log.info("resuming", window_s=window)
+        attempt = 0
+        while not agent.ended.done() and not self._closing:
+            left = lost_at + window - time.time()
+            if left <= 0:
+                break
+            self.status.set("resuming")
+            try:
+                async with asyncio.timeout(left):
+                    await self.live()
+                return
+            except AgentGone as exc:
+                agent.end(exc.message)
+                return
+            except (RelayError, asyncssh.Error, OSError, TimeoutError) as exc:
+                self.status.last_error = f"resuming: {exc}"
+            left = lost_at + window - time.time()
+            await asyncio.sleep(max(0.0, min(backoff_s(attempt, self._rng), left)))
+            attempt += 1
+        if not agent.ended.done():
+            at = time.strftime("%H:%M:%S", time.localtime(lost_at))
+            agent.end(
+                f"the connection to {self.key} was lost at {at} and did not come back within "
+                f"resume_window_s ({window:g} s); relay's agent there ends its kernels"
+            )
+            self.status.last_error = agent.end_reason
+            self.status.set("disconnected")
 
     # -- what runs on it ---------------------------------------------------------------------
     async def live(self) -> Live:
@@ -263,17 +320,81 @@ class HostSession:
             ):
                 self._current = None
                 if current is not None:  # a dead connection's: closed and awaited
-                    await current.aclose()
-                current = await Live.open(
-                    conn,
-                    key=self.key,
-                    tag=self.tag,
-                    config=self.config,
-                    rtt=self.rtt,
-                    hook=self._hook,
-                )
+                    await current.aclose(end_agent=False)
+                current = await self._open_live(conn)
                 self._current = current
             return current
+
+    async def _open_live(self, conn: asyncssh.SSHClientConnection) -> Live:
+        """What runs on a new connection: the host's agent attached (started first if it has
+        none yet), or where it cannot run, ``supervisor.sh`` and sshd's listeners."""
+        cfg = self.config
+        agent = self.agent
+        if agent is not None and agent.ended.done():
+            agent = self.agent = self._agent_supervisor = None
+        if agent is None and self._agent_wanted(cfg):
+            agent = await self._start_agent(conn, cfg)
+        if agent is None or self._agent_supervisor is None:
+            return await Live.open(
+                conn, key=self.key, tag=self.tag, config=cfg, rtt=self.rtt, hook=self._hook
+            )
+        return await Live.attach(
+            conn,
+            key=self.key,
+            config=cfg,
+            rtt=self.rtt,
+            hook=self._hook,
+            agent=agent,
+            supervisor=self._agent_supervisor,
+        )
+
+    def _agent_wanted(self, cfg: HostConfig) -> bool:
+        if cfg.resume_window_s <= 0:
+            self.agent_unavailable = "resume_window_s = 0"
+        elif cfg.slurm is not None:
+            self.agent_unavailable = "Slurm hosts' kernels run on compute nodes (not yet resumable)"
+        elif cfg.peer_check != "uid":
+            self.agent_unavailable = "peer_check = off (the agent admits only the user's own)"
+        else:
+            return True
+        return False
+
+    async def _start_agent(
+        self, conn: asyncssh.SSHClientConnection, cfg: HostConfig
+    ) -> AgentSession | None:
+        started = await agent_start.start(conn, self.key, self.tag, cfg.resume_window_s)
+        if isinstance(started, agent_start.Unavailable):
+            self.agent_unavailable = started.reason
+            self._log.warning("kernels here end with their connection", reason=started.reason)
+            return None
+        info, secret = started
+        if not info.owner_check:
+            self.agent_unavailable = "the host cannot tell who connects (no /proc/net/tcp)"
+            return None
+        if info.ended:
+            self._log.info("ended the kernels of an earlier relay daemon", agents=info.ended)
+        silence_s = cfg.keepalive_interval_s * cfg.keepalive_count_max
+        agent = AgentSession(
+            self.key, info, secret, window_s=cfg.resume_window_s, silence_s=silence_s
+        )
+        agent.refused = self._agent_refused
+        self.agent_unavailable = None
+        self.agent = agent
+        self._agent_supervisor = Supervisor(
+            agent.port,
+            self.key,
+            info.pid,
+            structlog.get_logger("relay.supervisor").bind(host=self.key),
+            uid=info.uid,
+            owner_check=info.owner_check,
+        )
+        return agent
+
+    def _agent_refused(self, sid: int, uid: str) -> None:
+        """The agent turned a stranger away from a link's listener (before a byte got
+        through): logged once a minute, counted for ``relay status``."""
+        why = uid if uid.isdigit() else "a closing or orphaned socket (nobody's)"
+        self.agent_refusals.warn(uid, foreign_uid=why, link=f"agent stream {sid}")
 
     async def init_file(self, conn: asyncssh.SSHClientConnection) -> str:
         """RelayKernelInit.wl's remote path on ``conn``'s host, installed once per connection
@@ -307,6 +428,15 @@ class HostSession:
             current, self._current = self._current, None
             if current is not None:
                 await current.aclose()
+            if self._resuming is not None:
+                self._resuming.cancel()
+            agent = self.agent
+            if (
+                agent is not None
+                and not agent.ended.done()
+                and (current is None or current.agent is not agent)
+            ):
+                agent.goodbye()  # mid-outage: nobody to tell; the window ends its kernels
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
@@ -359,9 +489,21 @@ class HostSession:
                 "remote": self._current.guard.state if self._current is not None else None,
                 "local": self.local_guard.state,
                 "refused": self.local_guard.refusals.total
+                + self.agent_refusals.total
                 + (self._current.guard.refusals.total if self._current is not None else 0),
             },
+            "resume": self._resume_snapshot(),
         }
+
+    def _resume_snapshot(self) -> dict[str, Any]:
+        """Whether kernels here outlive their connection, and how the agent stands."""
+        agent = self.agent
+        if agent is not None and not agent.ended.done():
+            state = "on" if agent.attached else "resuming"
+            return {"state": state, **agent.snapshot()}
+        if self.agent_unavailable is not None:
+            return {"state": "off", "reason": self.agent_unavailable}
+        return {"state": "unknown" if self.config.resume_window_s > 0 else "off"}
 
 
 async def close_in_order(hosts: Iterable[HostSession]) -> None:

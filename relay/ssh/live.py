@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import asyncssh
 
+from relay.agent.session import AgentSession
 from relay.errors import RelayError
 from relay.settings import HostConfig
 from relay.ssh.forwards import SparePool
@@ -66,6 +67,9 @@ class Live:
     supervisor: Supervisor
     pool: SparePool
     guard: PeerGuard  # who may connect to this connection's remote listeners
+    # the host's agent, attached on this connection (docs/agent.md): kernels' main links go
+    # through it and outlive the connection; ``supervisor`` is then its control stream's
+    agent: AgentSession | None = None
     _tasks: TaskSet = field(default_factory=TaskSet)
 
     @classmethod
@@ -103,7 +107,41 @@ class Live:
             enabled=config.peer_check == "uid",
         )
         live = cls(conn, supervisor, pool, guard)
-        pool.refill()  # forwards allocated ahead: launches spend no round trip on them
+        await live._begin(config=config, rtt=rtt, hook=hook, key=key)
+        return live
+
+    @classmethod
+    async def attach(
+        cls,
+        conn: asyncssh.SSHClientConnection,
+        *,
+        key: str,
+        config: HostConfig,
+        rtt: RttMeter,
+        hook: Installer,
+        agent: AgentSession,
+        supervisor: Supervisor,
+    ) -> Live:
+        """What runs on ``conn`` when the host has an agent: the agent attached (and what
+        either side missed replayed), its control stream as the supervisor. sshd's listeners
+        are still asked for, for the kernel hook's control channel (Dynamic)."""
+        await agent.attach(conn)
+        pool = SparePool(conn, config.spare_forwards if config.dynamic else 0, key)
+        guard = PeerGuard.remote(
+            key,
+            supervisor.uid,
+            supervisor.owner,
+            can_tell=supervisor.owner_check,
+            enabled=config.peer_check == "uid",
+        )
+        live = cls(conn, supervisor, pool, guard, agent)
+        await live._begin(config=config, rtt=rtt, hook=hook, key=key)
+        return live
+
+    async def _begin(self, *, config: HostConfig, rtt: RttMeter, hook: Installer, key: str) -> None:
+        silence_s = config.keepalive_interval_s * config.keepalive_count_max
+        supervisor, conn = self.supervisor, self.connection
+        self.pool.refill()  # forwards allocated ahead: launches spend no round trip on them
         if config.kernel and config.slurm is None:
             # and the host's kernel looked for ahead, so that not even the first compute Run
             # waits for its pid (a Slurm host's kernels run on its nodes)
@@ -113,29 +151,34 @@ class Live:
         try:
             await rtt.ping(supervisor, silence_s)  # the first RTT, and proof the session answers
         except BaseException:
-            live.close()
+            self.close(end_agent=False)
             raise
-        live._tasks.spawn(
+        self._tasks.spawn(
             rtt.measure(supervisor, config.keepalive_interval_s, silence_s), name=f"rtt:{key}"
         )
-        return live
 
     @property
     def usable(self) -> bool:
         """Neither the connection nor the supervisor session has ended."""
         return not self.supervisor.closed.done() and not self.connection.is_closed()
 
-    def close(self) -> None:
-        """Stop what runs on the connection: no new spares, the supervisor's input ended."""
+    def close(self, *, end_agent: bool = True) -> None:
+        """Stop what runs on the connection: no new spares, the supervisor's input ended.
+        With an agent, ``end_agent`` False (the connection was lost; another will attach)
+        leaves the agent and its kernels be; True says goodbye (its kernels end)."""
         self.pool.close()
-        self.supervisor.close()
+        if self.agent is None or end_agent:
+            self.supervisor.close()
+        else:
+            self.agent.detach()
 
-    async def wait_closed(self) -> None:
+    async def wait_closed(self, *, end_agent: bool = True) -> None:
         """Return once the spares, the supervisor and the ping timing have ended."""
         await self.pool.wait_closed()
-        await self.supervisor.wait_closed()
+        if self.agent is None or end_agent:
+            await self.supervisor.wait_closed()
         await self._tasks.aclose()
 
-    async def aclose(self) -> None:
-        self.close()
-        await self.wait_closed()
+    async def aclose(self, *, end_agent: bool = True) -> None:
+        self.close(end_agent=end_agent)
+        await self.wait_closed(end_agent=end_agent)
