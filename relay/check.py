@@ -72,9 +72,12 @@ d=$(mktemp -d "$t/relay-check.XXXXXX" 2>/dev/null) && rmdir "$d" && echo tmpdir_
 test -r /proc/net/tcp && echo proc=ok || echo proc=missing
 c=$HOME/.cache/relay; while [ ! -d "$c" ]; do c=$(dirname "$c"); done; echo cache_dir=$c
 echo free_kb=$(df -Pk "$c" 2>/dev/null | awk 'NR==2 {print $4}')
+v='import sys; print("%d.%d" % sys.version_info[:2])'
+command -v python3 >/dev/null 2>&1 && echo python3=$(python3 -I -c "$v" 2>/dev/null) \
+  || echo python3=missing
 """
 
-# Check 8: launched as the kernel, with the kernel's flags.
+# Check 9: launched as the kernel, with the kernel's flags.
 ROUND_TRIP_PROBE = r"""#!/usr/bin/env bash
 # relay check's stand-in for a kernel: takes a kernel's flags, connects both channels of
 # -LinkName as a kernel does, and answers one line on each.
@@ -124,6 +127,7 @@ class Checker:
             ("authentication", self.authentication),
             ("server", self.server),
             ("remote host", self.remote_host),
+            ("resume", self.resume),
             ("kernel", self.kernel_check),
             ("round trip", self.round_trip),
             ("connection", self.connection),
@@ -463,6 +467,49 @@ class Checker:
         return "POSIX sh, mktemp, writable TMPDIR, /proc", data, "ok"
 
     # -- 7 ---------------------------------------------------------------------------------
+    async def resume(self) -> tuple[str, dict[str, Any], State]:
+        """Whether kernels here can outlive their connection (docs/agent.md): python3 3.6 or
+        later for relay's agent, and sshd letting relay reach the agent's socket."""
+        assert self.conn is not None
+        assert self.session is not None
+        cfg = self.session.config
+        if cfg.resume_window_s <= 0:
+            return "off (resume_window_s = 0): kernels end with their connection", {}, "ok"
+        off = "kernels here end with their connection, as with resume_window_s = 0"
+        version = self.probe.get("python3", "missing")
+        major, _, minor = version.partition(".")
+        if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (3, 6):
+            found = "no python3 on the PATH" if version == "missing" else f"python3 is {version}"
+            return (
+                f"{found}: {off}",
+                {
+                    "advice": "install python3 (3.6 or later) on the host to keep kernels "
+                    "through network outages"
+                },
+                "warn",
+            )
+        try:
+            # a socket that cannot exist: sshd says "connect failed" if it would forward to
+            # one, "prohibited" if its AllowStreamLocalForwarding says no
+            await self.conn.open_unix_connection("/nonexistent/relay-check.sock")
+        except asyncssh.ChannelOpenError as exc:
+            if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+                return (
+                    f"sshd refuses Unix socket forwarding: {off}",
+                    {
+                        "advice": "AllowStreamLocalForwarding yes in the host's sshd_config keeps "
+                        "kernels through network outages"
+                    },
+                    "warn",
+                )
+        window = f"{cfg.resume_window_s:g} s"
+        return (
+            f"python3 {version}; kernels wait {window} for their connection to come back",
+            {},
+            "ok",
+        )
+
+    # -- 8 ---------------------------------------------------------------------------------
     async def kernel_check(self) -> tuple[str, dict[str, Any], State]:
         assert self.conn is not None
         assert self.session is not None
@@ -508,7 +555,7 @@ class Checker:
         version = out[0][:80] if out else "(printed no version)"
         return f"{kernel}: {version}", {"kernel": kernel, "version": version}, "ok"
 
-    # -- 8 ---------------------------------------------------------------------------------
+    # -- 9 ---------------------------------------------------------------------------------
     async def round_trip(self) -> tuple[str, dict[str, Any], State]:
         assert self.session is not None
         if self.probe.get("bash") != "ok":
@@ -577,7 +624,7 @@ class Checker:
             "ok",
         )
 
-    # -- 9 ---------------------------------------------------------------------------------
+    # -- 10 --------------------------------------------------------------------------------
     async def connection(self) -> tuple[str, dict[str, Any], State]:
         if self.session is None:
             return "not checked", {}, "skip"

@@ -72,6 +72,32 @@ def _peer_check(check: dict[str, Any] | None) -> str:
     return text
 
 
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _resume(r: dict[str, Any] | None) -> str:
+    """Whether the host's kernels outlive their connection (docs/agent.md): ``on`` with the
+    window; ``resuming`` with the time left and what links hold unacknowledged; ``off`` and
+    why (no python3 there, resume_window_s = 0, ...)."""
+    if not r:
+        return "-"
+    state = r.get("state")
+    if state == "on":
+        return f"on ({_duration(r.get('window_s') or 0)} window)"
+    if state == "resuming":
+        left = r.get("window_left_s")
+        text = f"resuming, {_duration(left or 0)} left" if left is not None else "resuming"
+        return f"{text}, {_size(int(r.get('unacked') or 0))} held"
+    if state == "off" and r.get("reason"):
+        return _wrapped(f"off: {r['reason']}")
+    return str(state or "-")
+
+
 def _slurm(hosts: list[dict[str, Any]]) -> list[str]:
     """Slurm hosts' jobs: state and Slurm's reason (why a job pends), nodes and time left,
     and kernels per node against the slots the job holds there."""
@@ -120,7 +146,17 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     hosts = status["hosts"]
     if hosts:
         lines += _table(
-            ["HOST", "TARGET", "STATE", "SINCE", "RTT", "KERNELS", "PEER CHECK", "LAST ERROR"],
+            [
+                "HOST",
+                "TARGET",
+                "STATE",
+                "SINCE",
+                "RTT",
+                "KERNELS",
+                "PEER CHECK",
+                "RESUME",
+                "LAST ERROR",
+            ],
             [
                 [
                     h["name"],
@@ -130,6 +166,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
                     f"{h['rtt_ms']:.1f} ms" if h.get("rtt_ms") is not None else "-",
                     str(h["kernels"]),
                     _peer_check(h.get("peer_check")),
+                    _resume(h.get("resume")),
                     _wrapped(h.get("last_error")),
                 ]
                 for h in hosts
@@ -169,9 +206,16 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
         )
         lines.append("")
         lines += _table(
-            ["KERNEL", "CHANNEL", "REMOTE LISTENER", "FRONT END", "STATE"],
+            ["KERNEL", "CHANNEL", "REMOTE LISTENER", "FRONT END", "STATE", "UNACKED"],
             [
-                [k["id"], f["role"], f["remote"] or "-", f["target"], f["state"]]
+                [
+                    k["id"],
+                    f["role"],
+                    f["remote"] or "-",
+                    f["target"],
+                    f["state"],
+                    _size(f["unacked"]) if "unacked" in f else "-",
+                ]
                 for k in kernels
                 for f in k["forwards"]
             ],

@@ -25,6 +25,7 @@ STEPS = [
     "authentication",
     "server",
     "remote host",
+    "resume",
     "kernel",
     "round trip",
     "connection",
