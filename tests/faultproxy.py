@@ -1,10 +1,14 @@
-"""A TCP proxy of the test suite's own that can black-hole a link (drop everything, close
-nothing), the way a dead Wi-Fi or a suspended laptop does, and then restore it."""
+"""A TCP proxy of the test suite's own that fails the way real network paths do: it can
+black-hole its connections (drop everything, close nothing: a dead Wi-Fi, a suspended laptop,
+an expired NAT entry), reset them (a network change, a VPN reconnect: RST both ways), refuse
+new ones (the path is down and says so), and then restore itself."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from typing import Self
 
 
@@ -12,6 +16,8 @@ class FaultProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self.blackholed = False
+        self.refusing = False
+        self.accepted = 0  # connections carried upstream, in all
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -27,12 +33,29 @@ class FaultProxy:
 
     def restore(self) -> None:
         self.blackholed = False
+        self.refusing = False
+
+    def refuse(self) -> None:
+        """New connections are reset at once (the far end says no); open ones carry on."""
+        self.refusing = True
+
+    def reset(self) -> None:
+        """Every open connection is reset, both ways, as a network change does."""
+        for w in list(self._writers):
+            _rst(w)
+        self._writers.clear()
+        self.refusing = False
+        self.accepted = 0  # connections carried upstream, in all
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.blackholed:  # SYNs are lost too: never connect upstream
             self._writers.add(writer)
             return
+        if self.refusing:
+            _rst(writer)
+            return
         up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.accepted += 1
         self._writers |= {writer, up_writer}
         for src, dst in ((reader, up_writer), (up_reader, writer)):
             task = asyncio.ensure_future(self._pump(src, dst))
@@ -60,3 +83,11 @@ class FaultProxy:
         for w in self._writers:
             with contextlib.suppress(ConnectionError):
                 await w.wait_closed()
+
+
+def _rst(w: asyncio.StreamWriter) -> None:
+    sock = w.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):  # SO_LINGER 0: the close sends RST
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    w.transport.abort()
