@@ -206,6 +206,7 @@ async def test_adhoc_spec_and_jump_host(daemon: RunningDaemon) -> None:
     assert {"viajump", "local", f"{sshd.user}@127.0.0.1:{sshd.port}"} <= set(daemon.daemon.hosts)
 
 
+@pytest.mark.today_path  # with the agent, a launch's listeners are the agent's
 async def test_warm_launches_use_listeners_allocated_ahead(daemon: RunningDaemon) -> None:
     async def launch_once() -> LinkName:
         async with controller(daemon.home) as fe:
