@@ -44,8 +44,6 @@ class FaultProxy:
         for w in list(self._writers):
             _rst(w)
         self._writers.clear()
-        self.refusing = False
-        self.accepted = 0  # connections carried upstream, in all
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.blackholed:  # SYNs are lost too: never connect upstream

@@ -1,0 +1,283 @@
+"""Kernels that outlive the network (docs/agent.md), through a real sshd on relay serve's
+event loop, with a network path of our own in front of it (tests.faultproxy) that goes
+silently dead, resets its connections and refuses new ones, as Wi-Fi, sleep and VPNs do.
+
+Each test checks the remote side with ps (pids alive or gone), not the daemon's bookkeeping,
+and every byte with the simulator's own echo (random payloads compared whole).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from relay.sim import frontend, wire
+from relay.sim.sshd import ThrowawaySSHD
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
+from tests.e2e.helpers import Controller, controller, relay_cli, wait_gone
+from tests.faultproxy import FaultProxy
+
+KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
+BOUND_S = 60.0
+
+
+async def until(check: Callable[[], bool], what: str, timeout_s: float = BOUND_S) -> None:
+    """Wait, bounded, for a condition of the daemon's state that has no event of its own."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def behind_proxy(home: RelayHome, **host: object) -> AsyncIterator[FaultProxy]:
+    assert home.sshd is not None
+    proxy = await FaultProxy(home.sshd.port).start()
+    home.sshd.trust_port(proxy.port)
+    home.add_host("local", port=proxy.port, **{**KEEPALIVE, **host})
+    try:
+        yield proxy
+    finally:
+        await proxy.aclose()
+
+
+async def connected(fe: Controller) -> tuple[frontend.KernelLink, int]:
+    kl = await fe.link.accept(60)
+    assert fe.proc.stdout is not None
+    await asyncio.wait_for(fe.proc.stdout.readline(), 60)  # the shim has its answer
+    return kl, int(kl.hello["pid"])
+
+
+def resume_state(running: RunningDaemon) -> dict[str, object]:
+    snap = running.daemon.hosts["local"].snapshot()
+    state: dict[str, object] = snap["resume"]
+    return state
+
+
+async def outage(running: RunningDaemon, proxy: FaultProxy, how: str) -> None:
+    """The path fails ``how``; returns once the daemon has declared the connection lost and
+    is resuming (the kernels' links quiet, not closed)."""
+    if how == "blackhole":
+        proxy.blackhole()
+    else:  # and new connections refused until restore(): a VPN coming back up
+        proxy.refuse()
+        proxy.reset()
+    await until(lambda: resume_state(running).get("state") == "resuming", "resuming")
+
+
+async def test_blackholed_and_reset_paths_lose_no_kernel_and_no_byte(home: RelayHome) -> None:
+    """Two controllers in the middle of transfers both ways (a large echo on the data
+    channel, urgent messages on the message channel) through a path that goes silently dead
+    and comes back, then one that is reset: the same kernels, every byte exactly once, and
+    the shims, kept running through it, exit 0 when the kernels quit."""
+    async with (
+        behind_proxy(home) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe1,
+        controller(home) as fe2,
+    ):
+        (kl1, pid1), (kl2, pid2) = await connected(fe1), await connected(fe2)
+        assert resume_state(running)["state"] == "on"
+        agent_pid = resume_state(running)["pid"]
+        for how in ("blackhole", "reset"):
+            payloads = [secrets.token_bytes(3 << 20), secrets.token_bytes(1 << 20)]
+            echoes = [
+                asyncio.ensure_future(kl.echo(p))
+                for kl, p in zip((kl1, kl2), payloads, strict=True)
+            ]
+            await outage(running, proxy, how)
+            assert pid_alive(pid1) and pid_alive(pid2)
+            assert fe1.proc.returncode is None and fe2.proc.returncode is None
+            code, _, out, _ = await status_json(home)
+            assert code == 0
+            host = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+            assert host["resume"]["state"] == "resuming"
+            assert 0 < host["resume"]["window_left_s"] <= 900
+            proxy.restore()
+            assert await asyncio.wait_for(asyncio.gather(*echoes), BOUND_S) == payloads
+            for _ in range(5):
+                arg = secrets.randbits(32)
+                assert await kl1.urgent(wire.INTERRUPT, arg) == (wire.INTERRUPT, arg)
+            assert resume_state(running)["state"] == "on"
+        assert resume_state(running)["pid"] == agent_pid  # one agent throughout
+        assert int(str(resume_state(running)["attaches"])) >= 3
+        for fe, kl in ((fe1, kl1), (fe2, kl2)):
+            await kl.quit(0)
+            status, _, err = await fe.result()
+            assert status == 0, err
+            await kl.aclose()
+        for pid in (pid1, pid2):
+            await wait_gone(pid)
+
+
+async def status_json(home: RelayHome) -> tuple[int, str, str, str]:
+    code, out, err = await relay_cli(home, "status", "--json")
+    return code, "", out, err
+
+
+async def test_window_runs_out_kernels_end_with_one_line_and_no_orphan(home: RelayHome) -> None:
+    """No way back within resume_window_s: each shim exits 1 with one line naming the outage
+    and the window, and the agent on the host has ended the kernels itself."""
+    async with (
+        behind_proxy(home, resume_window_s=3) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        agent_pid = int(str(resume_state(running)["pid"]))
+        proxy.blackhole()
+        status, _, err = await fe.result(BOUND_S)
+        assert status == 1
+        assert len(err.strip().splitlines()) == 1, err
+        assert "did not come back within resume_window_s (3 s)" in err, err
+        await wait_gone(pid, BOUND_S)  # the agent ended it: no daemon needed
+        await wait_gone(agent_pid, BOUND_S)
+        await kl.aclose()
+        proxy.restore()  # and relay goes on with a fresh agent
+        async with controller(home) as fe2:
+            kl2, _ = await connected(fe2)
+            assert resume_state(running)["pid"] != agent_pid
+            await kl2.quit(0)
+            assert (await fe2.result())[0] == 0
+            await kl2.aclose()
+
+
+async def serve_subprocess(home: RelayHome) -> asyncio.subprocess.Process:
+    """``relay serve`` as a process of its own, as a user or a service manager runs it."""
+    home.write()
+    proc = await asyncio.create_subprocess_exec(
+        RELAY, "serve", env=home.env, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    while b'"serving"' not in await asyncio.wait_for(proc.stderr.readline(), 30):
+        pass
+    return proc
+
+
+async def drain(proc: asyncio.subprocess.Process) -> None:
+    if proc.stderr is not None:
+        while await proc.stderr.read(65536):
+            pass
+
+
+async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
+    home: RelayHome,
+) -> None:
+    """A daemon that died cannot resume (its front-end links died with it): its kernels run
+    on under the agent until the next daemon reaches the host, which ends them at once."""
+    home.add_host("local", **KEEPALIVE)
+    daemon = await serve_subprocess(home)
+    draining = asyncio.ensure_future(drain(daemon))
+    link = await frontend.ListeningLink.create()
+    result = await frontend.run_remote_command(
+        f'{RELAY} launch --compute "`1`" "{SIM_KERNEL}" "`2`"',
+        host="local",
+        link=link.name,
+        env=home.env,
+    )
+    assert result.status == 0
+    kernel = await link.accept(60)
+    pid = int(kernel.hello["pid"])
+    daemon.kill()
+    await daemon.wait()
+    await draining
+    assert pid_alive(pid)  # the agent keeps it: no daemon has said goodbye
+    daemon = await serve_subprocess(home)
+    draining = asyncio.ensure_future(drain(daemon))
+    try:
+        async with controller(home) as fe:
+            kl, _ = await connected(fe)
+            await wait_gone(pid, BOUND_S)  # ended by the next daemon's agent start
+            await kl.quit(0)
+            assert (await fe.result())[0] == 0
+            await kl.aclose()
+    finally:
+        daemon.terminate()
+        assert await daemon.wait() == 0
+        await draining
+    await kernel.closed()
+    await kernel.aclose()
+    link.close()
+
+
+async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome) -> None:
+    """A laptop's sleep: the daemon stopped (SIGSTOP) for longer than its keepalive while its
+    path dies and comes back; woken, it resumes, and the kernel's bytes all arrive."""
+    async with behind_proxy(home) as proxy:
+        daemon = await serve_subprocess(home)
+        draining = asyncio.ensure_future(drain(daemon))
+        try:
+            async with controller(home) as fe:
+                kl, pid = await connected(fe)
+                payload = secrets.token_bytes(2 << 20)
+                echo = asyncio.ensure_future(kl.echo(payload))
+                daemon.send_signal(signal.SIGSTOP)
+                proxy.reset()  # the network changed while it slept
+                # asleep for longer than the keepalive would allow (0.5 s x 2); the kernel
+                # does not notice: the agent holds its link
+                await asyncio.sleep(3)  # the length of a nap: the subject of the test
+                daemon.send_signal(signal.SIGCONT)
+                assert await asyncio.wait_for(echo, BOUND_S) == payload
+                assert pid_alive(pid)
+                await kl.quit(0)
+                status, _, err = await fe.result()
+                assert status == 0, err
+                await kl.aclose()
+        finally:
+            daemon.send_signal(signal.SIGCONT)
+            daemon.terminate()
+            assert await daemon.wait() == 0
+            await draining
+
+
+async def test_stop_ends_kernels_at_once_through_the_agent(home: RelayHome) -> None:
+    """relay stop says goodbye to the agent: its kernels end now, not after the window."""
+    async with start_daemon(home) as running, controller(home) as fe:
+        kl, pid = await connected(fe)
+        agent_pid = int(str(resume_state(running)["pid"]))
+        running.stop.set_result(None)
+        await wait_gone(pid, 30)
+        await wait_gone(agent_pid, 30)
+        status, _, err = await fe.result()
+        assert status != 0 and len(err.strip().splitlines()) == 1, err
+        await kl.aclose()
+
+
+def without_python3(directory: Path) -> Path:
+    """A directory of every command /usr/bin and /bin have, but python3: a host's PATH
+    without it (a minimal image, an HPC node with python only in a module)."""
+    directory.mkdir()
+    for source in (Path("/usr/bin"), Path("/bin")):
+        for entry in source.iterdir():
+            target = directory / entry.name
+            if not entry.name.startswith("python") and not target.exists():
+                target.symlink_to(entry)
+    return directory
+
+
+async def test_host_without_python3_falls_back_and_says_so(home: RelayHome) -> None:
+    """No python3 on the host's PATH: today's path (sshd's listeners, supervisor.sh), said
+    by relay status and by relay check."""
+    path = without_python3(home.dir / "bin")
+    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"PATH={path}"}) as server:
+        home.sshd = server
+        home.hosts.clear()
+        home.add_host("local")
+        async with start_daemon(home) as running, controller(home) as fe:
+            kl, _ = await connected(fe)
+            state = resume_state(running)
+            assert state["state"] == "off" and "no python3" in str(state["reason"]), state
+            code, out, err = await relay_cli(home, "status")
+            assert code == 0 and "off: no python3" in out, out
+            await kl.quit(0)
+            assert (await fe.result())[0] == 0
+            await kl.aclose()
+        code, out, _ = await relay_cli(home, "check", "local")
+        line = next(ln for ln in out.splitlines() if "resume" in ln)
+        assert "python3" in line, out
