@@ -332,20 +332,36 @@ class HostSession:
         agent = self.agent
         if agent is not None and agent.ended.done():
             agent = self.agent = self._agent_supervisor = None
+        fresh = agent is None
         if agent is None and self._agent_wanted(cfg):
             agent = await self._start_agent(conn, cfg)
-        if agent is None or self._agent_supervisor is None:
-            return await Live.open(
-                conn, key=self.key, tag=self.tag, config=cfg, rtt=self.rtt, hook=self._hook
-            )
-        return await Live.attach(
-            conn,
-            key=self.key,
-            config=cfg,
-            rtt=self.rtt,
-            hook=self._hook,
-            agent=agent,
-            supervisor=self._agent_supervisor,
+        if agent is not None and self._agent_supervisor is not None:
+            try:
+                return await Live.attach(
+                    conn,
+                    key=self.key,
+                    config=cfg,
+                    rtt=self.rtt,
+                    hook=self._hook,
+                    agent=agent,
+                    supervisor=self._agent_supervisor,
+                )
+            except AgentGone as exc:
+                if not fresh:
+                    raise
+                # started, but sshd will not open a channel to its socket: nobody can attach
+                # (it goes away by itself, unattached, within a minute)
+                agent.end(exc.message)
+                self.agent = self._agent_supervisor = None
+                self.agent_unavailable = (
+                    "sshd refused the channel to relay's agent (AllowStreamLocalForwarding "
+                    "or DisableForwarding in its sshd_config?)"
+                )
+                self._log.warning(
+                    "kernels here end with their connection", reason=self.agent_unavailable
+                )
+        return await Live.open(
+            conn, key=self.key, tag=self.tag, config=cfg, rtt=self.rtt, hook=self._hook
         )
 
     def _agent_wanted(self, cfg: HostConfig) -> bool:

@@ -239,7 +239,7 @@ def test_a_kernel_that_exits_with_a_message(home: RelayHome) -> None:
     assert failed["name"] == "kernel"
     assert "exited 4: License expired: no valid password found" in failed["summary"]
     assert "licence" in failed["advice"]
-    assert "FAIL 7. kernel" in text
+    assert "FAIL 8. kernel" in text
 
 
 def shared_defaults(home: RelayHome) -> ThrowawaySSHD:
