@@ -174,6 +174,7 @@ class RelayHome:
     hosts: dict[str, dict[str, object]] = field(default_factory=dict)
     daemon_options: dict[str, object] = field(default_factory=dict)
     defaults: dict[str, object] = field(default_factory=dict)  # relay.toml's [defaults]
+    host_defaults: dict[str, object] = field(default_factory=dict)  # under each host's own
     # SSH_AUTH_SOCK of the commands run with ``env``: the session's agent (``home`` sets it),
     # None for a shell without one
     agent: str | None = None
@@ -207,7 +208,9 @@ class RelayHome:
             )
         for name, extra in self.hosts.items():
             assert self.sshd is not None
-            text += self.sshd.host_toml(name, **{"kernel": SIM_KERNEL, **extra})
+            text += self.sshd.host_toml(
+                name, **{"kernel": SIM_KERNEL, **self.host_defaults, **extra}
+            )
         self.config.write_text(text)
 
     @property
@@ -227,9 +230,10 @@ def home(request: pytest.FixtureRequest) -> Iterator[RelayHome]:
     server = request.getfixturevalue("sshd") if "sshd" in request.keywords else None
     h = RelayHome(directory, server, agent=request.getfixturevalue("ssh_agent"))
     h.daemon_options["ssh_config"] = [str(h.ssh_config)]
+    if "today_path" in request.keywords:  # a test of the path without relay's agent
+        h.host_defaults["resume_window_s"] = 0  # (docs/agent.md)
     if server is not None:
-        # a test about the path without relay's agent (docs/agent.md) asks for it
-        h.add_host("local", **({"resume_window_s": 0} if "today_path" in request.keywords else {}))
+        h.add_host("local")
     yield h
     shutil.rmtree(directory, ignore_errors=True)
 

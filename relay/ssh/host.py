@@ -463,10 +463,18 @@ class HostSession:
 
     def abort(self) -> None:
         """Drop the connection at once (shutdown past its grace): sshd ends the session, and
-        the supervisor, seeing end of input, its kernels."""
+        the supervisor, seeing end of input, its kernels. An agent outlives that by design, so
+        it is told goodbye first (it ends its kernels) and the connection closed, not aborted:
+        what was written, the goodbye with it, goes out before the disconnect."""
         self._closing = True
         self._holds.stop()
-        if self._conn is not None:
+        if self._conn is None:
+            return
+        agent = self.agent
+        if agent is not None and agent.attached and not agent.ended.done():
+            agent.goodbye()
+            self._conn.close()
+        else:
             self._conn.abort()
 
     async def aclose(self) -> None:

@@ -12,6 +12,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from relay.lite import client
 from relay.lite.linkname import LinkName
 from relay.sim import frontend
@@ -47,6 +49,7 @@ async def connected(fe: Controller) -> tuple[frontend.KernelLink, int]:
     return kl, int(kl.hello["pid"])
 
 
+@pytest.mark.today_path  # with the agent: tests/e2e/test_resume.py
 async def test_blackholed_network_is_detected_reported_and_cleaned_up(home: RelayHome) -> None:
     assert home.sshd is not None
     proxy = await FaultProxy(home.sshd.port).start()
@@ -91,6 +94,7 @@ async def test_blackholed_network_is_detected_reported_and_cleaned_up(home: Rela
         await proxy.aclose()
 
 
+@pytest.mark.today_path  # with the agent: tests/e2e/test_resume.py
 async def test_reconnect_never_collides_with_ports_an_old_session_holds(home: RelayHome) -> None:
     """With stale-session clean-up off, the old session keeps its listeners and the new
     connection still gets its forwards: relay asks for port 0, never for a number."""
@@ -125,6 +129,7 @@ async def test_reconnect_never_collides_with_ports_an_old_session_holds(home: Re
         await proxy.aclose()
 
 
+@pytest.mark.today_path  # with the agent: tests/e2e/test_resume.py
 async def test_sshd_killed_and_restarted_while_kernels_run(home: RelayHome, tmp_path: Path) -> None:
     with ThrowawaySSHD(tmp_path / "crashy") as sshd:
         home.sshd = sshd
@@ -198,6 +203,7 @@ async def drain(proc: asyncio.subprocess.Process) -> None:
             pass
 
 
+@pytest.mark.today_path  # with the agent: tests/e2e/test_resume.py
 async def test_daemon_sigkilled_kernels_die_with_its_connection(home: RelayHome) -> None:
     daemon = await serve_subprocess(home)
     draining = asyncio.ensure_future(drain(daemon))
