@@ -6,7 +6,10 @@ through the Launch command, and 8 compute kernels exactly as the Parallel packag
 ``LaunchRemote`` does (all links created, ``Run[$RemoteCommand]`` once per kernel one after
 another, then a wait for all), all with ``relay launch`` and the simulator kernel, which takes
 a second to start as a real one does. It exchanges data with each kernel on both channels and
-prints the rewritten link names, the launch times and the pool's total.
+prints the rewritten link names, the launch times and the pool's total. Then the network fails
+(relay reaches sshd through ``relay.sim.faultproxy``): the path goes silently dead in the
+middle of a transfer, ``relay status`` shows the host resuming, the path comes back, and the
+same kernels go on with every byte (docs/agent.md).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from relay.lite import client
 from relay.sim import frontend, wire
+from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 
 BIN = Path(sys.executable).parent
@@ -80,20 +85,69 @@ async def _exchange(kl: frontend.KernelLink) -> str:
 async def run(workdir: Path) -> int:
     print(f"relay demo: sshd, daemon and simulator in {workdir}")
     with ThrowawaySSHD(workdir / "sshd") as sshd:
+        path = await FaultProxy(sshd.port).start()  # the network between laptop and host
+        sshd.trust_port(path.port)
         config = workdir / "relay.toml"
-        config.write_text(sshd.host_toml("demo", kernel=KERNEL))
+        config.write_text(
+            sshd.host_toml(
+                "demo", kernel=KERNEL, port=path.port, keepalive_interval_s=1, keepalive_count_max=2
+            )
+        )
         env = dict(
             os.environ, RELAY_CONFIG=str(config), RELAY_SOCKET=str(workdir / "run" / "relay.sock")
         )
-        print(f"  sshd: OpenSSH on 127.0.0.1:{sshd.port} (MaxSessions 10), host 'demo'")
-        async with serving(env) as daemon_log:
-            status = await _front_end(env)
+        print(
+            f"  sshd: OpenSSH on 127.0.0.1:{sshd.port} (MaxSessions 10), host 'demo', reached "
+            f"through a network path on port {path.port} that the demo can break"
+        )
+        try:
+            async with serving(env) as daemon_log:
+                status = await _front_end(env, path)
+        finally:
+            await path.aclose()
     if status != 0:
         sys.stderr.write(b"".join(daemon_log[-20:]).decode(errors="replace"))
     return status
 
 
-async def _front_end(env: dict[str, str]) -> int:
+def _resume_state(env: dict[str, str]) -> dict[str, object]:
+    answer = client.request(env["RELAY_SOCKET"], {"op": "status"})
+    host = next(h for h in answer["hosts"] if h["name"] == "demo")
+    state: dict[str, object] = host.get("resume") or {}
+    return state
+
+
+async def _outage(env: dict[str, str], path: FaultProxy, kl: frontend.KernelLink) -> str:
+    """The path goes silently dead in the middle of a 4 MiB echo, and comes back."""
+    before = _resume_state(env)
+    if before.get("state") != "on":
+        return f"not resumable here: {before.get('reason', before)}"
+    payload = secrets.token_bytes(4 << 20)
+    echo = asyncio.ensure_future(kl.echo(payload))
+    path.blackhole()
+    print("\n  outage: the network path goes silently dead in the middle of a 4 MiB echo")
+    started = time.monotonic()
+    async with asyncio.timeout(60):
+        # the daemon is another process: its status is asked, as a person would
+        while (state := _resume_state(env)).get("state") != "resuming":  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    held = int(str(state.get("unacked") or 0))
+    print(
+        f"  relay status: resuming, {state.get('window_left_s')} s of the window left, "
+        f"{held} bytes held unacknowledged (after {time.monotonic() - started:.1f} s)"
+    )
+    path.restore()
+    print("  the path comes back")
+    same = await asyncio.wait_for(echo, 120) == payload
+    after = _resume_state(env)
+    print(
+        f"  resumed {time.monotonic() - started:.1f} s after the outage began: the same agent "
+        f"(pid {after.get('pid')}), the same kernels, the echo {'intact' if same else 'DAMAGED'}"
+    )
+    return "ok" if same and after.get("pid") == before.get("pid") else "MISMATCH"
+
+
+async def _front_end(env: dict[str, str], path: FaultProxy) -> int:
     rows: list[tuple[str, str, str, float, str]] = []
     # The controller kernel: the front end's Launch command.
     template = f'{RELAY} launch "demo" "{KERNEL}" "`linkname`"'
@@ -136,6 +190,9 @@ async def _front_end(env: dict[str, str]) -> int:
         f"(one Run after another, then a wait for all; each kernel takes 1 s to start): "
         f"{all_ms:.0f} ms in all, one SSH connection, one supervisor session"
     )
+    outage = await _outage(env, path, kl)
+    for k, _, _ in computes:
+        rows.append(("compute", "(after the outage)", "", 0.0, await _exchange(k)))
     for k, _, _ in computes:
         await k.quit(0)
     await kl.quit(0)
@@ -146,7 +203,8 @@ async def _front_end(env: dict[str, str]) -> int:
     for listening in (link, *(launch.link for launch in launches)):
         listening.close()
     failed = (
-        any(r[4] != "ok" for r in rows)
+        (outage not in ("ok",) and not outage.startswith("not resumable"))
+        or any(r[4] != "ok" for r in rows)
         or len(computes) != COMPUTE_KERNELS
         or any(s != 0 for _, _, s in computes)
     )
@@ -154,7 +212,10 @@ async def _front_end(env: dict[str, str]) -> int:
     if failed or shim_status != 0:
         print("relay demo: FAILED", file=sys.stderr)
         return 1
-    print("relay demo: all kernels launched, connected and exchanged data on both channels")
+    print(
+        "relay demo: all kernels launched, connected and exchanged data on both channels, "
+        f"before and after a network outage ({outage})"
+    )
     return 0
 
 

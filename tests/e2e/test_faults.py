@@ -17,11 +17,11 @@ import pytest
 from relay.lite import client
 from relay.lite.linkname import LinkName
 from relay.sim import frontend
+from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon
 from tests.e2e.helpers import Controller, controller, wait_gone
 from tests.e2e.remote import listening_ports, sshd_session_of
-from tests.faultproxy import FaultProxy
 
 KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
 

@@ -13,9 +13,9 @@ import time
 from datetime import datetime
 from typing import Any
 
+from relay.sim.faultproxy import FaultProxy
 from tests.conftest import RelayHome, start_daemon
 from tests.e2e.helpers import controller
-from tests.faultproxy import FaultProxy
 
 
 class TimedProxy(FaultProxy):

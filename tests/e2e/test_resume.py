@@ -18,10 +18,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from relay.sim import frontend, wire
+from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
 from tests.e2e.helpers import Controller, controller, relay_cli, wait_gone
-from tests.faultproxy import FaultProxy
 
 KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
 BOUND_S = 60.0
@@ -273,7 +273,7 @@ async def test_host_without_python3_falls_back_and_says_so(home: RelayHome) -> N
             kl, _ = await connected(fe)
             state = resume_state(running)
             assert state["state"] == "off" and "no python3" in str(state["reason"]), state
-            code, out, err = await relay_cli(home, "status")
+            code, out, _ = await relay_cli(home, "status")
             assert code == 0 and "off: no python3" in out, out
             await kl.quit(0)
             assert (await fe.result())[0] == 0

@@ -1,7 +1,8 @@
-"""A TCP proxy of the test suite's own that fails the way real network paths do: it can
-black-hole its connections (drop everything, close nothing: a dead Wi-Fi, a suspended laptop,
-an expired NAT entry), reset them (a network change, a VPN reconnect: RST both ways), refuse
-new ones (the path is down and says so), and then restore itself."""
+"""A TCP proxy of the simulator's own (the tests' and `make demo`'s) that fails the way
+real network paths do: it can black-hole its connections (drop everything, close nothing: a
+dead Wi-Fi, a suspended laptop, an expired NAT entry), reset them (a network change, a VPN
+reconnect: RST both ways), refuse new ones (the path is down and says so), and then restore
+itself."""
 
 from __future__ import annotations
 
