@@ -155,10 +155,18 @@ class AgentForward:
         return out
 
     async def aclose(self) -> None:
-        """Release both streams: the agent closes the kernel's side, we the front end's."""
+        """Release both streams: the agent closes the kernel's side, we the front end's. What
+        the kernel wrote before it ended is delivered first: the agent's end of input for
+        each connected stream is awaited (bounded by CLOSE_WAIT_S: a kernel that is still
+        running, or an agent out of reach, cannot hold a release)."""
         for task in self._joining:
             task.cancel()
         await asyncio.gather(*self._joining, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                for ch in self._channels:
+                    if ch.frontend is not None:
+                        await asyncio.shield(ch.stream.drained)
         for ch in self._channels:
             self._agent.drop(ch.stream)
         with contextlib.suppress(TimeoutError):

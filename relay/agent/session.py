@@ -72,6 +72,8 @@ class Stream:
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.opened.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # the agent's socket will send no more (EOF or CLOSE came): everything it read is here
+        self.drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._paused = False  # our sink's reading paused: too much unacknowledged
         self.eof_sent = False
 
@@ -105,6 +107,8 @@ class Stream:
     # -- from the agent ------------------------------------------------------------------------
     def received(self, frame: Frame) -> None:
         self.inbox.take(frame)
+        if frame.type in (mux.EOF, mux.CLOSE) and not self.drained.done():
+            self.drained.set_result(None)
         if frame.type == mux.OPEN:
             if not self.opened.done():
                 self.opened.set_result(None)
@@ -153,6 +157,8 @@ class Stream:
             self.opened.cancel()
         if not self.finished.done():
             self.finished.set_result(None)
+        if not self.drained.done():
+            self.drained.set_result(None)
 
     def snapshot(self) -> dict[str, Any]:
         return {"stream": self.sid, "unacked": self.out.unacked, "received": self.inbox.position}
@@ -413,7 +419,10 @@ class AgentSession:
             ) from None
         recv = welcome.get("recv", {})
         for sid, stream in list(self._streams.items()):
-            for wire in stream.out.replay(int(recv.get(str(sid), 0))):
+            # a position below what we kept: the agent forgot a stream that is over for it
+            # (it remembers the last few thousand); nothing it lacks can be sent
+            position = max(stream.out.base, int(recv.get(str(sid), 0)))
+            for wire in stream.out.replay(position):
                 channel.chan.write(wire)
         self._attaching = None
         self._channel = channel
