@@ -13,6 +13,8 @@ import time
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from relay.sim.faultproxy import FaultProxy
 from tests.conftest import RelayHome, start_daemon
 from tests.e2e.helpers import controller
@@ -57,6 +59,7 @@ def at(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
+@pytest.mark.today_path  # shims end with the connection there
 async def test_loss_is_declared_after_interval_times_count(
     home: RelayHome, daemon_log: io.StringIO
 ) -> None:
@@ -89,6 +92,7 @@ async def test_loss_is_declared_after_interval_times_count(
         await proxy.aclose()
 
 
+@pytest.mark.today_path  # shims end with the connection there
 async def test_a_launch_just_after_the_freeze_is_bounded_by_launch_timeout(
     home: RelayHome, daemon_log: io.StringIO
 ) -> None:
