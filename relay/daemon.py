@@ -464,8 +464,7 @@ class Daemon:
                 await close_in_order(self.hosts.values())  # behind a jump host first
         except TimeoutError:
             log.warning("shutdown grace exceeded; aborting SSH connections", grace_s=grace_s)
-            for h in self.hosts.values():
-                h.abort()
+            await asyncio.gather(*(h.abort() for h in self.hosts.values()))
             if self.control is not None:
                 await self.control.aclose(force=True)
             await self._tasks.aclose()

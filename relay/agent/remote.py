@@ -426,7 +426,8 @@ class Agent:
 
     def frame(self, frame):
         ftype, sid, payload = frame
-        if ftype == BYE:
+        if ftype == BYE:  # answered at once: the daemon may close the connection then
+            self.send_raw(encode(BYE, 0))
             return self.end_all("relay said goodbye")
         stream = self.streams.get(sid)
         if stream is None:

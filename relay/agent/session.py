@@ -313,6 +313,7 @@ class AgentSession:
         self._listens: dict[int, asyncio.Future[int]] = {}
         self.refused: Callable[[int, str], None] = lambda sid, uid: None
         self._said_bye = False
+        self.bye_heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- streams ---------------------------------------------------------------------------
     def _new_stream(self, sid: int) -> Stream:
@@ -461,6 +462,10 @@ class AgentSession:
         if channel is not self._channel and channel is not self._attaching:
             return  # an old channel's last gasp: its frames are replayed on the new one
         self.heard_at = time.time()
+        if frame.type == mux.BYE:  # the agent's answer to ours: it is ending its kernels
+            if not self.bye_heard.done():
+                self.bye_heard.set_result(None)
+            return
         stream = self._streams.get(frame.stream)
         if stream is None:
             return  # dropped by us: the agent learns it from the drop line

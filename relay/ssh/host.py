@@ -79,6 +79,9 @@ T = TypeVar("T")
 FAILURES_KEPT = 10
 
 
+BYE_CONFIRM_S = 2.0  # how long a shutdown past its grace waits for an agent's answer
+
+
 class HostSession:
     def __init__(
         self,
@@ -461,21 +464,24 @@ class HostSession:
         finally:
             self._idle_closing = False
 
-    def abort(self) -> None:
+    async def abort(self) -> None:
         """Drop the connection at once (shutdown past its grace): sshd ends the session, and
         the supervisor, seeing end of input, its kernels. An agent outlives that by design, so
-        it is told goodbye first (it ends its kernels) and the connection closed, not aborted:
-        what was written, the goodbye with it, goes out before the disconnect."""
+        it is told goodbye first and the connection closed once the agent has answered it
+        (bounded by BYE_CONFIRM_S): sshd may drop channel data that arrives with the
+        disconnect, and the agent would keep its kernels for the whole window."""
         self._closing = True
         self._holds.stop()
-        if self._conn is None:
+        conn = self._conn
+        if conn is None:
             return
         agent = self.agent
         if agent is not None and agent.attached and not agent.ended.done():
             agent.goodbye()
-            self._conn.close()
-        else:
-            self._conn.abort()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BYE_CONFIRM_S):
+                    await asyncio.shield(agent.bye_heard)
+        conn.abort()
 
     async def aclose(self) -> None:
         """Close the supervisor (its kernels are terminated remotely) and the connection."""
