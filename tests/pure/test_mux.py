@@ -3,11 +3,13 @@ what a sender keeps until acknowledged, replayed from wherever the receiver got 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.agent import mux
+from relay.agent import mux, remote
 from relay.agent.mux import Frame, FrameReader, Inbox, Outbox
 
 
@@ -120,4 +122,43 @@ def test_every_byte_arrives_exactly_once_in_order_across_outages(
     assert data == b"".join(chunks)
     assert [f.type for f in got if f.type != mux.DATA] == [mux.EOF, mux.CLOSE]
     assert got[-1].type == mux.CLOSE and inbox.closed
+    assert out.done and out.unacked == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=300_000), min_size=1, max_size=12),
+    outages=st.lists(st.tuples(st.integers(0, 11), st.integers(0, 6)), max_size=4),
+    ack_every=st.integers(1, 5),
+)
+def test_the_agents_own_outbox_speaks_the_same_wire_exactly_once(
+    chunks: list[bytes], outages: list[tuple[int, int]], ack_every: int
+) -> None:
+    """The agent keeps its own copy of the sender's half (it runs on Python 3.6, alone:
+    relay/agent/remote.py). What it sends, through outages at random points, is read by the
+    daemon's FrameReader and Inbox as the same stream, exactly once, in order; frames over
+    its CHUNK are cut as the daemon's are."""
+    agent_outbox: Any = remote.Outbox
+    out: Any = agent_outbox()  # untyped: it is the agent's 3.6 code
+    inbox, reader, got = Inbox(), FrameReader(), list[Frame]()
+    in_flight: list[bytes] = []
+    cuts = dict(outages)
+    items = [(mux.DATA, c) for c in chunks] + [(mux.EOF, b""), (mux.CLOSE, b"")]
+    for i, (ftype, payload) in enumerate(items):
+        in_flight += out.push(ftype, 9, payload)
+        lost = cuts.get(i)
+        if lost is not None:
+            _deliver(in_flight[: max(0, len(in_flight) - lost)], reader, inbox, got)
+            reader = FrameReader()
+            in_flight = out.replay(9, inbox.position)
+        if i % ack_every == 0:
+            _deliver(in_flight, reader, inbox, got)
+            in_flight = []
+            out.acked(inbox.position)
+            assert out.unacked == 0
+    _deliver(in_flight, reader, inbox, got)
+    out.acked(inbox.position)
+    assert b"".join(f.payload for f in got if f.type == mux.DATA) == b"".join(chunks)
+    assert all(len(f.payload) <= mux.CHUNK for f in got)
+    assert [f.type for f in got if f.type != mux.DATA] == [mux.EOF, mux.CLOSE]
     assert out.done and out.unacked == 0

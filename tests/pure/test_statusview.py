@@ -81,3 +81,49 @@ def test_a_log_that_cannot_be_written_is_shown_on_top() -> None:
     assert said and "No space left" in said[0] and lines.index(said[0]) < 3
     status["daemon"]["log_problem"] = None
     assert "LOG NOT WRITTEN" not in render(status, now=110.0)
+
+
+def test_resume_column_says_on_resuming_with_time_left_and_held_or_off_and_why() -> None:
+    on = {"state": "on", "window_s": 900.0, "unacked": 0}
+    assert "on (15m00s window)" in render(answer(resume=on), now=110.0)
+    resuming = {"state": "resuming", "window_s": 900.0, "window_left_s": 872.4, "unacked": 3 << 20}
+    assert "resuming, 14m32s left, 3.0 MiB held" in render(answer(resume=resuming), now=110.0)
+    off = {"state": "off", "reason": "no python3 on cluster's PATH"}
+    assert "off: no python3 on cluster's PATH" in render(answer(resume=off), now=110.0)
+
+
+def test_each_channel_shows_what_it_holds_unacknowledged() -> None:
+    status = answer(resume={"state": "resuming", "window_s": 900.0, "window_left_s": 60.0})
+    status["kernels"] = [
+        {
+            "id": "k1",
+            "host": "cluster",
+            "mode": "controller",
+            "remote_pid": 42,
+            "state": "connected",
+            "frontend_link": "1@127.0.0.1,2@127.0.0.1",
+            "remote_link": "3@127.0.0.1,4@127.0.0.1",
+            "age_s": 5.0,
+            "forwards": [
+                {
+                    "role": "data",
+                    "remote": "3@127.0.0.1",
+                    "target": "127.0.0.1:1",
+                    "state": "resuming",
+                    "unacked": 1536,
+                },
+                {
+                    "role": "message",
+                    "remote": "4@127.0.0.1",
+                    "target": "127.0.0.1:2",
+                    "state": "resuming",
+                    "unacked": 0,
+                },
+            ],
+            "hook_links": [],
+        }
+    ]
+    text = render(status, now=110.0)
+    header = next(line for line in text.splitlines() if "UNACKED" in line)
+    data = next(line for line in text.splitlines() if "3@127.0.0.1" in line and "resuming" in line)
+    assert data[header.index("UNACKED") :].startswith("1.5 KiB"), text
