@@ -629,10 +629,15 @@ class Agent:
             sock, peer = listener.accept()
         except OSError:
             return
-        who = owner(peer[1], listener.getsockname()[1])
+        # only from the listener's own address, then only a live socket of our uid: a uid,
+        # "c" closing or orphaned (nobody's), "-" gone, "@ADDR" from another local address
+        if peer[0] != "127.0.0.1":
+            who = "@" + str(peer[0])
+        else:
+            who = owner(peer[1], listener.getsockname()[1])
         if who != self.uid:
             sock.close()  # before a byte is read; the listener waits on for the real kernel
-            return self.say("refused %d %s" % (stream.sid, who if who.isdigit() else "-"))
+            return self.say("refused %d %s %d" % (stream.sid, who, listener.getsockname()[1]))
         self.unregister(listener)
         listener.close()
         stream.listener = None

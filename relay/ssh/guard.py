@@ -34,7 +34,7 @@ __all__ = ["LOOPBACK", "PeerGuard"]
 # dual-stack socket). A client that bound another local address (127.0.0.2, the host's own
 # LAN address) can reach a 127.0.0.1 listener too, and must not be looked up by port alone.
 LOOPBACK = frozenset({"127.0.0.1", "::ffff:127.0.0.1"})
-_WHY = {
+WHY = {
     GONE: "gone before it could be checked",
     UNKNOWN: "cannot tell",
     CLOSING: "closed before it could be checked (a closing socket is nobody's)",
@@ -124,5 +124,5 @@ class PeerGuard:
             uid = UNKNOWN
         if uid == self.uid and uid >= 0:
             return True
-        self.refusals.warn(uid, foreign_uid=_WHY.get(uid, uid), listener=listen_port, link=link)
+        self.refusals.warn(uid, foreign_uid=WHY.get(uid, uid), listener=listen_port, link=link)
         return False

@@ -45,6 +45,7 @@ from relay.agent import start as agent_start
 from relay.agent.session import AgentGone, AgentSession
 from relay.errors import RelayError, ShuttingDown
 from relay.log import RateLimited
+from relay.peerowner import CLOSING, GONE, UNKNOWN
 from relay.settings import HostConfig
 from relay.ssh import hookfile, sshconfig
 from relay.ssh.connector import (
@@ -56,7 +57,7 @@ from relay.ssh.connector import (
     _Client,
     backoff_s,
 )
-from relay.ssh.guard import PeerGuard
+from relay.ssh.guard import WHY, PeerGuard
 from relay.ssh.holds import Hold, Holds
 from relay.ssh.live import Live, RttMeter
 from relay.ssh.options import ConnectPlan
@@ -121,7 +122,7 @@ class HostSession:
         self._resuming: asyncio.Task[None] | None = None
         self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
         self.agent_refusals = RateLimited(
-            structlog.get_logger("relay.guard").bind(host=key, side="agent"),
+            structlog.get_logger("relay.guard").bind(host=key, side="remote", via="agent"),
             "refused a connection from another user's process",
         )
         self._supervisor_lock = asyncio.Lock()
@@ -409,11 +410,24 @@ class HostSession:
         )
         return agent
 
-    def _agent_refused(self, sid: int, uid: str) -> None:
+    def _agent_refused(self, sid: int, said: str) -> None:
         """The agent turned a stranger away from a link's listener (before a byte got
-        through): logged once a minute, counted for ``relay status``."""
-        why = uid if uid.isdigit() else "a closing or orphaned socket (nobody's)"
-        self.agent_refusals.warn(uid, foreign_uid=why, link=f"agent stream {sid}")
+        through): logged once a minute, counted for ``relay status``, said as the guard of
+        sshd's listeners says it (relay.ssh.guard)."""
+        who, _, listener = said.partition(" ")
+        why: int | str
+        if who.isdigit():
+            why = int(who)
+        elif who.startswith("@"):
+            why = f"from {who[1:]}, not 127.0.0.1"
+        else:
+            why = WHY.get({"c": CLOSING, "-": GONE}.get(who, UNKNOWN), "cannot tell")
+        self.agent_refusals.warn(
+            who,
+            foreign_uid=why,
+            listener=int(listener) if listener.isdigit() else None,
+            link=f"agent stream {sid}",
+        )
 
     async def init_file(self, conn: asyncssh.SSHClientConnection) -> str:
         """RelayKernelInit.wl's remote path on ``conn``'s host, installed once per connection
