@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "ACK",
+    "ACK_DELAY_S",
+    "ACK_EVERY",
     "BYE",
     "CLOSE",
     "DATA",
@@ -38,6 +40,11 @@ _POS = struct.Struct("!Q")
 MAX_PAYLOAD = 1 << 20
 LIMIT = 4 << 20  # unacknowledged bytes a stream keeps before its sender stops reading
 CHUNK = 256 << 10  # DATA frames are cut to this, so that one stream cannot hog the channel
+# ACKs only let the sender forget what it keeps, so they are not sent per frame (that would
+# double the packets of a ping-pong): once this much is unacknowledged, or ACK_DELAY_S after
+# the first byte that is. Well under LIMIT, so a sender is never held back waiting for one.
+ACK_EVERY = 256 << 10
+ACK_DELAY_S = 0.2
 
 
 class FrameError(ValueError):

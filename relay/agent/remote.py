@@ -33,6 +33,8 @@ POS = struct.Struct("!Q")
 MAX_PAYLOAD = 1 << 20
 LIMIT = 4 << 20  # unacknowledged bytes per stream before its socket is not read
 CHUNK = 256 << 10
+ACK_EVERY = 256 << 10  # ACK at once past this much; else ACK_DELAY_S later (mux.py says why)
+ACK_DELAY_S = 0.2
 FIRST_ATTACH_S = 60.0  # a fresh agent nobody attaches to goes away
 HELLO_WITHIN_S = 10.0
 PREDECESSOR_WAIT_S = 10.0
@@ -242,6 +244,7 @@ class Agent:
         self.exit_reason = None
         self.terminated = False
         self.dirty = set()  # streams whose ACK may have moved
+        self.acks_at = 0.0  # when ACKs were last all sent
         self.control_in = bytearray()
         self.uid = str(os.getuid())
         self.wake_r, self.wake_w = os.pipe()
@@ -279,6 +282,8 @@ class Agent:
             self.terminated = True
 
     def timeout(self):
+        if self.dirty:
+            return ACK_DELAY_S
         return 0.5 if (self.kernels or self.pending or self.chan is None) else 5.0
 
     def on_wake(self, fd, _, events):
@@ -458,13 +463,22 @@ class Agent:
                 return self.check_finished(stream)
         self.want_write(stream)
 
-    def flush_acks(self):
-        dirty, self.dirty = self.dirty, set()
-        for stream in dirty:
+    def flush_acks(self, force=False):
+        """ACK what has come in: at once past ACK_EVERY, else once ACK_DELAY_S has passed."""
+        force = force or now() - self.acks_at >= ACK_DELAY_S
+        if force:
+            self.acks_at = now()
+        waiting = set()
+        for stream in self.dirty:
             position = stream.handed()
-            if self.chan is not None and position > stream.acked:
+            if self.chan is None or position <= stream.acked:
+                continue
+            if force or position - stream.acked >= ACK_EVERY:
                 stream.acked = position
                 self.send_raw(ACK_HEADER(stream.sid) + POS.pack(position))
+            else:
+                waiting.add(stream)
+        self.dirty = waiting
 
     def push(self, stream, ftype, payload=b""):
         if stream.out.closed:

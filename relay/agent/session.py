@@ -302,6 +302,7 @@ class AgentSession:
         self._attaching: _Channel | None = None
         self._acks: set[Stream] = set()
         self._ack_handle: asyncio.Handle | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
         self.port = ControlPort(self)
         self.control = self._new_stream(0)
         self.control.attach(self.port)
@@ -434,7 +435,7 @@ class AgentSession:
         self.lost_at = None
         for stream in list(self._streams.values()):
             self._acks.add(stream)
-        self._flush_acks()
+        self._flush_acks(force=True)
         if self._said_bye:
             channel.chan.write(mux.encode(mux.BYE, 0))
 
@@ -480,17 +481,30 @@ class AgentSession:
         if self._ack_handle is None:
             self._ack_handle = asyncio.get_running_loop().call_soon(self._flush_acks)
 
-    def _flush_acks(self) -> None:
+    def _flush_acks(self, force: bool = False) -> None:
+        """ACK each stream that has taken in ``mux.ACK_EVERY`` since its last ACK; the rest
+        ``mux.ACK_DELAY_S`` later (``force``), batched: one ACK for many small messages."""
         self._ack_handle = None
+        if force:
+            self._ack_timer = None
         channel = self._channel
         if channel is None or channel.chan is None:
             return
+        waiting = set()
         for stream in self._acks:
             position = stream.handed()
-            if position > stream.inbox.acked:
+            if position <= stream.inbox.acked:
+                continue
+            if force or position - stream.inbox.acked >= mux.ACK_EVERY:
                 stream.inbox.acked = position
                 channel.chan.write(mux.ack(stream.sid, position))
-        self._acks.clear()
+            else:
+                waiting.add(stream)
+        self._acks = waiting
+        if waiting and self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(
+                mux.ACK_DELAY_S, self._flush_acks, True
+            )
 
     # -- the end -----------------------------------------------------------------------------
     def goodbye(self) -> None:

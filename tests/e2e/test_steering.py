@@ -9,6 +9,8 @@ import json
 import os
 import signal
 
+import pytest
+
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim, start_daemon
 from tests.e2e.helpers import controller, launch_and_quit, wait_gone
 
@@ -149,6 +151,7 @@ async def stop_restart_and_version(home: RelayHome) -> None:
     assert status == 3 and "the first launch starts one" in err
 
 
+@pytest.mark.today_path  # with the agent, the host resumes at once
 async def test_a_lost_connection_is_one_warning_and_launch_context_does_not_stick(
     home: RelayHome, daemon_log: io.StringIO
 ) -> None:
