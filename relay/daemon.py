@@ -19,7 +19,9 @@ and bounded by ``SHUTDOWN_GRACE_S``:
    sessions (supervisors, listeners, connections) are closed and awaited, a host behind a
    jump host or Slurm login node before the host it goes through;
 4. past the grace period every SSH connection is aborted outright. A second signal exits at
-   once.
+   once. Hosts with relay's agent (docs/agent.md) are told goodbye first of all, with their
+   terminate_grace_s (and again with none on a second signal): their kernels end even if the
+   daemon does not get to end them itself.
 """
 
 from __future__ import annotations
@@ -454,6 +456,8 @@ class Daemon:
         cause = shutdown_cause(self.stop_reason)
         for k in self.kernels.values():  # what each controller's shim says, in one line
             k.end_reason = k.end_reason or f"{cause}; the kernel on {k.named_host.key} was ended"
+        for h in self.hosts.values():  # agents end their kernels even if we are cut short
+            h.goodbye(h.config.terminate_grace_s)
         try:
             async with asyncio.timeout(grace_s):
                 await self.terminate_kernels()
@@ -479,6 +483,9 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+EXIT_FLUSH_S = 0.3  # a forced exit's last goodbye to the agents, on its way
+
+
 def _default_trigger(daemon: Daemon) -> Awaitable[None]:
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
@@ -489,6 +496,13 @@ def _default_trigger(daemon: Daemon) -> Awaitable[None]:
             stop.set_result(None)
         else:  # a second signal forces exit
             log.warning("second signal: exiting now", signal=signal.Signals(signum).name)
+            for h in daemon.hosts.values():  # agents: SIGKILL now, not after the grace
+                h.goodbye(0.0)
+            if any(h.agent is not None for h in daemon.hosts.values()):
+                # written to the sockets already (a transport sends at once when it can); sshd
+                # is given a moment to pass it on, as it drops what arrives with the close.
+                # Blocking: nothing else is to run in this process any more
+                time.sleep(EXIT_FLUSH_S)
             os._exit(128 + signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):

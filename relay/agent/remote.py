@@ -216,7 +216,7 @@ class Kernel:
         self.proc = proc
         self.log = log
         self.pipe = None  # read end while the start is in flight
-        self.killed_at = None
+        self.kill_at = None  # when it gets SIGKILL, if it has not ended by then
         self.nokernel = False
 
 
@@ -309,9 +309,9 @@ class Agent:
             elif self.ever_attached and t - self.heard > self.window_s:
                 self.end_all("window over")
         for k in self.kernels.values():
-            if k.killed_at is not None and t - k.killed_at > KILL_AFTER_S:
+            if k.kill_at is not None and t >= k.kill_at:
                 self.signal(k, signal.SIGKILL)
-                k.killed_at = t + 3600
+                k.kill_at = None
 
     # -- the daemon's channel -----------------------------------------------------------------
     def on_server(self, server, _, events):
@@ -433,7 +433,11 @@ class Agent:
         ftype, sid, payload = frame
         if ftype == BYE:  # answered at once: the daemon may close the connection then
             self.send_raw(encode(BYE, 0))
-            return self.end_all("relay said goodbye")
+            try:  # the host's terminate_grace_s, if the daemon said it
+                grace = max(0.0, float(payload.decode())) if payload else KILL_AFTER_S
+            except ValueError:
+                grace = KILL_AFTER_S
+            return self.end_all("relay said goodbye", grace)
         stream = self.streams.get(sid)
         if stream is None:
             return  # forgotten: finished, or dropped by the daemon
@@ -759,15 +763,20 @@ class Agent:
             pass
 
     # -- the end ------------------------------------------------------------------------------
-    def end_all(self, reason):
-        """End every kernel (SIGTERM, SIGKILL 5 s later); the loop exits once they are
-        reaped and what the daemon should hear of it is written."""
-        self.ending = True
-        self.exit_reason = reason
-        t = self.ended_at = now()
+    def end_all(self, reason, grace=KILL_AFTER_S):
+        """End every kernel (SIGTERM, SIGKILL ``grace`` seconds later; a second call can only
+        bring that closer); the loop exits once they are reaped and what the daemon should
+        hear of it is written."""
+        t = now()
+        if not self.ending:
+            self.ending = True
+            self.exit_reason = reason
+            self.ended_at = t
+            for kernel in self.kernels.values():
+                self.signal(kernel, signal.SIGTERM)
         for kernel in self.kernels.values():
-            self.signal(kernel, signal.SIGTERM)
-            kernel.killed_at = t
+            if kernel.kill_at is None or kernel.kill_at > t + grace:
+                kernel.kill_at = t + grace
 
 
 def ACK_HEADER(sid):

@@ -314,6 +314,7 @@ class AgentSession:
         self._listens: dict[int, asyncio.Future[int]] = {}
         self.refused: Callable[[int, str], None] = lambda sid, uid: None
         self._said_bye = False
+        self._bye = mux.encode(mux.BYE, 0)
         self.bye_heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- streams ---------------------------------------------------------------------------
@@ -437,7 +438,7 @@ class AgentSession:
             self._acks.add(stream)
         self._flush_acks(force=True)
         if self._said_bye:
-            channel.chan.write(mux.encode(mux.BYE, 0))
+            channel.chan.write(self._bye)
 
     def detach(self) -> None:
         """The connection is gone (or declared so): keep everything, send nothing."""
@@ -507,12 +508,16 @@ class AgentSession:
             )
 
     # -- the end -----------------------------------------------------------------------------
-    def goodbye(self) -> None:
-        """relay stops (or closes the idle host): the agent ends every kernel and exits."""
+    def goodbye(self, grace_s: float | None = None) -> None:
+        """relay stops (or closes the idle host): the agent ends every kernel (SIGTERM, then
+        SIGKILL ``grace_s`` later: its own 5 s if not given) and exits. Said again, it can
+        only bring the SIGKILL closer."""
         self._said_bye = True
+        if grace_s is not None:
+            self._bye = mux.encode(mux.BYE, 0, f"{max(0.0, grace_s):g}".encode())
         channel = self._channel
         if channel is not None and channel.chan is not None:
-            channel.chan.write(mux.encode(mux.BYE, 0))
+            channel.chan.write(self._bye)
         else:
             self.end("relay said goodbye while the connection was down")
 

@@ -478,6 +478,14 @@ class HostSession:
         finally:
             self._idle_closing = False
 
+    def goodbye(self, grace_s: float) -> None:
+        """relay is stopping: an attached agent is told now, so that its kernels end (SIGTERM,
+        SIGKILL ``grace_s`` later) whatever happens to the daemon next (a second signal, a
+        crash). Mid-outage there is nobody to tell: the window ends them."""
+        agent = self.agent
+        if agent is not None and agent.attached and not agent.ended.done():
+            agent.goodbye(grace_s)
+
     async def abort(self) -> None:
         """Drop the connection at once (shutdown past its grace): sshd ends the session, and
         the supervisor, seeing end of input, its kernels. An agent outlives that by design, so
