@@ -99,14 +99,7 @@ class Live:
             stale_after_s=max(1, math.ceil(silence_s)),
         )
         pool = SparePool(conn, config.spare_forwards, key)
-        guard = PeerGuard.remote(
-            key,
-            supervisor.uid,
-            supervisor.owner,
-            can_tell=supervisor.owner_check,
-            enabled=config.peer_check == "uid",
-        )
-        live = cls(conn, supervisor, pool, guard)
+        live = cls(conn, supervisor, pool, _guard(key, supervisor, config))
         await live._begin(config=config, rtt=rtt, hook=hook, key=key)
         return live
 
@@ -127,14 +120,7 @@ class Live:
         are still asked for, for the kernel hook's control channel (Dynamic)."""
         await agent.attach(conn)
         pool = SparePool(conn, config.spare_forwards if config.dynamic else 0, key)
-        guard = PeerGuard.remote(
-            key,
-            supervisor.uid,
-            supervisor.owner,
-            can_tell=supervisor.owner_check,
-            enabled=config.peer_check == "uid",
-        )
-        live = cls(conn, supervisor, pool, guard, agent)
+        live = cls(conn, supervisor, pool, _guard(key, supervisor, config), agent)
         await live._begin(config=config, rtt=rtt, hook=hook, key=key)
         return live
 
@@ -182,3 +168,14 @@ class Live:
     async def aclose(self, *, end_agent: bool = True) -> None:
         self.close(end_agent=end_agent)
         await self.wait_closed(end_agent=end_agent)
+
+
+def _guard(key: str, supervisor: Supervisor, config: HostConfig) -> PeerGuard:
+    """Who may connect to this connection's remote listeners: asked of the supervisor."""
+    return PeerGuard.remote(
+        key,
+        supervisor.uid,
+        supervisor.owner,
+        can_tell=supervisor.owner_check,
+        enabled=config.peer_check == "uid",
+    )

@@ -22,6 +22,7 @@ from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
 from tests.e2e.helpers import Controller, controller, relay_cli, wait_gone
+from tests.e2e.test_faults import drain, serve_subprocess
 
 KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
 BOUND_S = 60.0
@@ -146,24 +147,6 @@ async def test_window_runs_out_kernels_end_with_one_line_and_no_orphan(home: Rel
             await kl2.quit(0)
             assert (await fe2.result())[0] == 0
             await kl2.aclose()
-
-
-async def serve_subprocess(home: RelayHome) -> asyncio.subprocess.Process:
-    """``relay serve`` as a process of its own, as a user or a service manager runs it."""
-    home.write()
-    proc = await asyncio.create_subprocess_exec(
-        RELAY, "serve", env=home.env, stderr=asyncio.subprocess.PIPE
-    )
-    assert proc.stderr is not None
-    while b'"serving"' not in await asyncio.wait_for(proc.stderr.readline(), 30):
-        pass
-    return proc
-
-
-async def drain(proc: asyncio.subprocess.Process) -> None:
-    if proc.stderr is not None:
-        while await proc.stderr.read(65536):
-            pass
 
 
 async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
