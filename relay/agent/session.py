@@ -178,6 +178,13 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
     def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:
         self.chan = chan
 
+    def write(self, data: bytes) -> None:
+        """Send, unless the channel is already closing (the agent ended, or the connection
+        is going): what is lost then is kept and replayed, or no longer wanted."""
+        if self.chan is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self.chan.write(data)
+
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         try:
             frames = self._reader.feed(data)
@@ -411,7 +418,7 @@ class AgentSession:
             "silence_s": self.silence_s,
             "window_s": self.window_s,
         }
-        channel.chan.write(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
+        channel.write(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
         try:
             async with asyncio.timeout(ATTACH_TIMEOUT_S):
                 welcome = await asyncio.shield(channel.welcome)
@@ -426,7 +433,7 @@ class AgentSession:
             # (it remembers the last few thousand); nothing it lacks can be sent
             position = max(stream.out.base, int(recv.get(str(sid), 0)))
             for wire in stream.out.replay(position):
-                channel.chan.write(wire)
+                channel.write(wire)
         self._attaching = None
         self._channel = channel
         self.attaches += 1
@@ -438,7 +445,7 @@ class AgentSession:
             self._acks.add(stream)
         self._flush_acks(force=True)
         if self._said_bye:
-            channel.chan.write(self._bye)
+            channel.write(self._bye)
 
     def detach(self) -> None:
         """The connection is gone (or declared so): keep everything, send nothing."""
@@ -458,7 +465,7 @@ class AgentSession:
         channel = self._channel
         if channel is not None and channel.chan is not None:
             for wire in wires:
-                channel.chan.write(wire)
+                channel.write(wire)
 
     def _frame(self, channel: _Channel, frame: Frame) -> None:
         if channel is not self._channel and channel is not self._attaching:
@@ -498,7 +505,7 @@ class AgentSession:
                 continue
             if force or position - stream.inbox.acked >= mux.ACK_EVERY:
                 stream.inbox.acked = position
-                channel.chan.write(mux.ack(stream.sid, position))
+                channel.write(mux.ack(stream.sid, position))
             else:
                 waiting.add(stream)
         self._acks = waiting
@@ -517,7 +524,7 @@ class AgentSession:
             self._bye = mux.encode(mux.BYE, 0, f"{max(0.0, grace_s):g}".encode())
         channel = self._channel
         if channel is not None and channel.chan is not None:
-            channel.chan.write(self._bye)
+            channel.write(self._bye)
         else:
             self.end("relay said goodbye while the connection was down")
 
