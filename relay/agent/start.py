@@ -8,6 +8,7 @@ listeners and ``supervisor.sh``): ``Unavailable``.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shlex
 from dataclasses import dataclass
@@ -56,7 +57,9 @@ def start_command(path: str, tag: str, window_s: float) -> str:
     if not tag or any(c not in "0123456789abcdef" for c in tag):
         raise ValueError(f"agent tag must be lowercase hex, not {tag!r}")
     script = (
-        "command -v python3 >/dev/null 2>&1 || { echo agent none; exit 0; }; "
+        # without python3 the secret is still read to its end: a session that exits before
+        # its input is taken can leave the sender waiting (seen: the start never returned)
+        "command -v python3 >/dev/null 2>&1 || { cat >/dev/null; echo agent none; exit 0; }; "
         'exec python3 -I "$1" start "$2" "$3"'
     )
     return f"exec /bin/sh -c '{script}' relay {shlex.quote(path)} {tag} {max(1, round(window_s))}"
@@ -87,13 +90,14 @@ async def start(
         return Unavailable(exc.message)
     secret = secrets.token_hex(32)
     try:
-        result = await conn.run(
-            start_command(path, tag, window_s),
-            input=secret + "\n",
-            check=False,
-            timeout=START_TIMEOUT_S,
-        )
-    except asyncssh.TimeoutError:
+        async with asyncio.timeout(START_TIMEOUT_S):  # the input's delivery included
+            result = await conn.run(
+                start_command(path, tag, window_s),
+                input=secret + "\n",
+                check=False,
+                timeout=START_TIMEOUT_S,
+            )
+    except (asyncssh.TimeoutError, TimeoutError):
         return Unavailable(f"relay's agent did not start within {START_TIMEOUT_S:g} s")
     except asyncssh.ChannelOpenError as exc:
         return Unavailable(f"the server refused a session for relay's agent ({exc.reason})")
