@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import time
+import traceback
 
 HELLO, WELCOME, DATA, EOF, CLOSE, OPEN, ACK, BYE = range(1, 9)
 MARKERS = (EOF, CLOSE, OPEN)  # sequenced, one position each
@@ -304,8 +305,8 @@ class Agent:
         if self.chan is None and not self.ending:
             if not self.ever_attached and t - self.started > FIRST_ATTACH_S:
                 self.end_all("nobody attached")
-            elif self.ever_attached and not self.kernels:
-                self.end_all("no kernels and no daemon")
+            elif self.ever_attached and not self.kernels and len(self.streams) == 1:
+                self.end_all("no kernels, no links and no daemon")
             elif self.ever_attached and t - self.heard > self.window_s:
                 self.end_all("window over")
         for k in self.kernels.values():
@@ -883,6 +884,15 @@ def start(tag, window):
     agent = Agent(path, tag, secret, server, float(window))
     try:
         agent.run()
+    except Exception:  # a bug: said where a person (or a test) can read it, then its end
+        try:
+            fd = open_private(os.path.join(path, tag + ".err"), os.O_WRONLY | os.O_CREAT)
+            os.write(fd, traceback.format_exc().encode())
+            os.close(fd)
+        except OSError:
+            pass
+        for kernel in agent.kernels.values():  # no kernel outlives its agent
+            agent.signal(kernel, signal.SIGKILL)
     finally:
         try:
             if os.lstat(sock_path).st_ino == sock_ino:  # not a successor's

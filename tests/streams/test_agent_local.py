@@ -1,0 +1,357 @@
+"""relay's agent (relay/agent/remote.py) run here as sshd would run it, under every Python 3
+this machine has: its minimum version checked by a tool, and its contract (docs/agent.md)
+spoken to its socket directly, as sshd's direct-streamlocal channel does: the start line,
+the secret, a link's bytes both ways, a detach and a resume with nothing lost or repeated,
+kernels started and ended, the window, and its files shut to others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.agent import mux
+from relay.agent.mux import Frame, FrameReader
+from relay.agent.session import AgentInfo
+from relay.agent.start import parse_start
+
+AGENT = Path(__file__).parents[2] / "relay" / "agent" / "remote.py"
+BOUND_S = 20.0
+
+
+def interpreters() -> list[str]:
+    """Every distinct Python 3 here that runs: on PATH (python3.6 ... python3.13, python3) and
+    pyenv's versions (whose shims run only the selected one)."""
+    found: dict[str, str] = {}
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [shutil.which(f"python3.{minor}") for minor in range(6, 14)]
+    candidates += [shutil.which("python3"), *map(str, sorted(pyenv.glob("3.*/bin/python3")))]
+    for path in candidates:
+        if path is None:
+            continue
+        try:
+            real = subprocess.run(
+                [path, "-c", "import sys; print(sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout.strip()
+        except (subprocess.SubprocessError, OSError):
+            continue
+        found.setdefault(real, path)
+    return sorted(found.values())
+
+
+def test_minimum_python_is_3_6_by_vermin() -> None:
+    vermin = Path(sys.executable).parent / "vermin"
+    assert vermin.exists(), "vermin is in the dev extras: pip install -e '.[dev]'"
+    out = subprocess.run(
+        [str(vermin), "--no-tips", "--violations", "-t=3.6-", str(AGENT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    listed = subprocess.run(
+        [str(vermin), "--no-tips", str(AGENT)], capture_output=True, text=True, timeout=120
+    ).stdout
+    found = re.search(r"Minimum required versions: (?:2\.\d+, )?3\.(\d+)", listed)
+    assert found and int(found.group(1)) <= 6, listed
+
+
+class Attached:
+    """The daemon's end of a channel to the agent: frames out, frames in."""
+
+    def __init__(self, path: str, secret: str, recv: dict[int, int], window_s: float) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(BOUND_S)
+        self.sock.connect(path)
+        self.reader = FrameReader()
+        self.pending: list[Frame] = []
+        hello = {
+            "secret": secret,
+            "recv": {str(k): v for k, v in recv.items()},
+            "silence_s": 5,
+            "window_s": window_s,
+        }
+        try:
+            self.sock.sendall(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
+            first = self.frame()
+        except BaseException:
+            self.sock.close()
+            raise
+        assert first.type == mux.WELCOME, first
+        self.welcome: dict[str, int] = json.loads(first.payload)["recv"]
+
+    def frame(self) -> Frame:
+        while not self.pending:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise ConnectionError("the agent closed the channel")
+            self.pending += self.reader.feed(data)
+        return self.pending.pop(0)
+
+    def send(self, ftype: int, sid: int, payload: bytes = b"") -> None:
+        self.sock.sendall(mux.encode(ftype, sid, payload))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Agent:
+    """One agent started here, and what the daemon keeps of its streams."""
+
+    def __init__(self, python: str, run: Path, tag: str, window_s: float = 60) -> None:
+        self.secret = secrets.token_hex(32)
+        env = dict(os.environ, TMPDIR=str(run))
+        done = subprocess.run(
+            [python, "-I", str(AGENT), "start", tag, str(window_s)],
+            input=self.secret + "\n",
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        self.said = done.stdout
+        self.info = parse_start("here", done.returncode, done.stdout)
+        self.window_s = window_s
+        self.recv: dict[int, int] = {0: 0}  # what this "daemon" took in, per stream
+        self.lines: list[str] = []
+        self.chan: Attached | None = None
+
+    @property
+    def pid(self) -> int:
+        assert isinstance(self.info, AgentInfo), self.said
+        return self.info.pid
+
+    def attach(self) -> Attached:
+        assert isinstance(self.info, AgentInfo), self.said
+        self.chan = Attached(self.info.socket, self.secret, self.recv, self.window_s)
+        return self.chan
+
+    def take(self) -> Frame:
+        """The next stream frame, counted and acknowledged at once; control lines kept."""
+        assert self.chan is not None
+        while True:
+            frame = self.chan.frame()
+            if frame.type in (mux.ACK, mux.BYE):
+                continue
+            self.recv[frame.stream] = self.recv.get(frame.stream, 0) + frame.size
+            self.chan.sock.sendall(mux.ack(frame.stream, self.recv[frame.stream]))
+            if frame.stream == 0:
+                self.lines += frame.payload.decode().splitlines()
+                continue
+            return frame
+
+    def say(self, line: str) -> None:
+        assert self.chan is not None
+        self.chan.send(mux.DATA, 0, (line + "\n").encode())
+
+    def line(self, prefix: str) -> str:
+        """The first control line starting with ``prefix`` (reading frames until it comes)."""
+        deadline = time.monotonic() + BOUND_S
+        while True:
+            for i, line in enumerate(self.lines):
+                if line.startswith(prefix):
+                    return self.lines.pop(i)
+            assert time.monotonic() < deadline, (prefix, self.lines)
+            assert self.chan is not None
+            frame = self.chan.frame()
+            if frame.type in (mux.ACK, mux.BYE):
+                continue
+            self.recv[frame.stream] = self.recv.get(frame.stream, 0) + frame.size
+            self.chan.sock.sendall(mux.ack(frame.stream, self.recv[frame.stream]))
+            if frame.stream == 0:
+                self.lines += frame.payload.decode().splitlines()
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state == "Z"
+
+
+def wait_gone(pid: int, timeout_s: float = BOUND_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not gone(pid):
+        assert time.monotonic() < deadline, f"pid {pid} still runs"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Iterator[Path]:
+    """A TMPDIR for agents, and every agent started in it ended afterwards."""
+    directory = tmp_path / "tmp"
+    directory.mkdir()
+    yield directory
+    for pid_file in directory.glob("relay-agent-*/*.pid"):
+        words = pid_file.read_text().split()
+        if words and words[0].isdigit():
+            pid = int(words[0])
+            if not gone(pid):
+                os.kill(pid, signal.SIGTERM)
+                wait_gone(pid)
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_a_link_carries_bytes_and_resumes_with_nothing_lost_or_repeated(
+    python: str, run: Path
+) -> None:
+    agent = Agent(python, run, "a1")
+    assert isinstance(agent.info, AgentInfo), agent.said
+    directory = Path(agent.info.socket).parent
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(Path(agent.info.socket).stat().st_mode) == 0o600
+    agent.attach()
+    agent.say("ping p1")
+    agent.line("pong p1")
+    agent.say("listen 1")
+    port = int(agent.line("port 1 ").split()[2])
+    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+    assert agent.take().type == mux.OPEN
+    with pytest.raises(ConnectionRefusedError):  # its listener closed once it was admitted
+        socket.create_connection(("127.0.0.1", port), timeout=BOUND_S).recv(1)
+    to_kernel, from_kernel = secrets.token_bytes(600_000), secrets.token_bytes(500_000)
+    assert agent.chan is not None
+    agent.chan.send(mux.DATA, 1, to_kernel[:300_000])
+    got = b""
+    while len(got) < 300_000:
+        got += kernel.recv(1 << 20)
+    kernel.sendall(from_kernel[:200_000])
+    taken = b""
+    while len(taken) < 200_000:
+        frame = agent.take()
+        taken += frame.payload
+    # the channel dies: bytes from both sides meanwhile, none of the daemon's acknowledged
+    agent.chan.send(mux.DATA, 1, to_kernel[300_000:400_000])  # may be lost with the channel
+    agent.chan.close()
+    kernel.sendall(from_kernel[200_000:])
+    agent.attach()  # says what it received; the agent replays the rest
+    assert agent.chan is not None
+    sent_upto = int(agent.chan.welcome["1"])  # what reached it: the rest is resent
+    assert sent_upto in (300_000, 400_000)
+    agent.chan.send(mux.DATA, 1, to_kernel[sent_upto:])
+    while len(taken) < len(from_kernel):
+        taken += agent.take().payload
+    assert taken == from_kernel
+    while len(got) < len(to_kernel):
+        got += kernel.recv(1 << 20)
+    assert got == to_kernel
+    kernel.close()
+    assert agent.take().type == mux.EOF
+    agent.say("start k1 set -- /bin/sh -c 'echo one; echo two; exit 3'")
+    pid = int(agent.line("pid k1 ").split()[2])
+    assert agent.line("out k1 ") == "out k1 one"
+    assert agent.line("out k1 ") == "out k1 two"
+    assert agent.line("exit k1 ") == "exit k1 3"
+    wait_gone(pid)
+    agent.say("start k2 set -- /nonexistent/kernel")
+    agent.line("nokernel k2")
+    agent.chan.send(mux.BYE, 0)
+    wait_gone(agent.pid)
+    agent.chan.close()
+
+
+def test_a_wrong_secret_gets_nothing(run: Path) -> None:
+    agent = Agent(sys.executable, run, "b2")
+    assert isinstance(agent.info, AgentInfo)
+    agent.secret = "0" * 64
+    with pytest.raises(ConnectionError):
+        agent.attach()
+
+
+def test_the_window_ends_kernels_and_the_agent(run: Path) -> None:
+    agent = Agent(sys.executable, run, "c3", window_s=1)
+    agent.attach()
+    agent.say("start k1 set -- /bin/sleep 600")
+    pid = int(agent.line("pid k1 ").split()[2])
+    assert agent.chan is not None
+    agent.chan.close()  # and no daemon comes back
+    wait_gone(pid, 30)
+    wait_gone(agent.pid, 30)
+
+
+def test_the_next_agent_of_a_tag_ends_its_predecessor_and_its_kernels(run: Path) -> None:
+    first = Agent(sys.executable, run, "d4")
+    first.attach()
+    first.say("start k1 set -- /bin/sleep 600")
+    pid = int(first.line("pid k1 ").split()[2])
+    second = Agent(sys.executable, run, "d4")
+    assert isinstance(second.info, AgentInfo) and second.info.ended == 1, second.said
+    wait_gone(pid)
+    wait_gone(first.pid)
+    second.attach()
+    assert second.chan is not None
+    second.chan.send(mux.BYE, 0)
+    wait_gone(second.pid)
+    second.chan.close()
+    assert first.chan is not None
+    first.chan.close()
+
+
+def test_a_run_directory_open_to_others_or_a_symlink_is_refused(run: Path) -> None:
+    directory = run / f"relay-agent-{os.getuid()}"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    agent = Agent(sys.executable, run, "e5")
+    assert "agent refuse mode" in agent.said
+    directory.rmdir()
+    directory.symlink_to(run)
+    agent = Agent(sys.executable, run, "e5")
+    assert "agent refuse symlink" in agent.said
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+    reason="acting as a second user needs root, setpriv and /usr/bin/python3",
+)
+def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
+    run: Path,
+) -> None:
+    run.chmod(0o755)  # a TMPDIR others can enter, as /tmp is
+    agent = Agent(sys.executable, run, "f6")
+    assert isinstance(agent.info, AgentInfo)
+    agent.attach()
+    agent.say("listen 1")
+    port = int(agent.line("port 1 ").split()[2])
+    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    probe = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(('127.0.0.1',{port}));s.settimeout(10)\n"
+        "print(len(s.recv(100)))\n"
+        "u=socket.socket(socket.AF_UNIX)\n"
+        f"try:\n u.connect({agent.info.socket!r});print('attached')\n"
+        "except OSError as e:\n print(type(e).__name__)\n"
+    )
+    out = subprocess.run(
+        [*as_nobody, "/usr/bin/python3", "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.split() == ["0", "PermissionError"], out
+    assert agent.line("refused 1 ") == f"refused 1 {NOBODY} {port}"
+    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)  # the real one
+    assert agent.take().type == mux.OPEN
+    kernel.close()
+    assert agent.chan is not None
+    agent.chan.send(mux.BYE, 0)
+    wait_gone(agent.pid)
+    agent.chan.close()
