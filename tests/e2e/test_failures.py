@@ -272,6 +272,6 @@ async def test_a_port_that_accepts_tcp_but_never_speaks_ssh(home: RelayHome) -> 
     assert found is not None, line
     attempts, in_all_s = int(found[1]), float(found[2])
     assert attempts >= 2, line
-    assert attempts * 1.0 <= in_all_s <= took_s, (line, took_s)
+    assert attempts * 1.0 <= in_all_s <= took_s + 0.05, (line, took_s)  # said to 0.1 s
     assert f"launch_timeout_s, {launch_timeout_s:g} s" in line, line
     assert took_s <= launch_timeout_s + 1.0, (line, took_s)
