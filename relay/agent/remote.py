@@ -244,6 +244,9 @@ class Agent:
         self.ended_at = None
         self.exit_reason = None
         self.terminated = False
+        self.reap_due = False
+        self.reaped_at = 0.0
+        self.chan_events = 0
         self.dirty = set()  # streams whose ACK may have moved
         self.acks_at = 0.0  # when ACKs were last all sent
         self.control_in = bytearray()
@@ -269,7 +272,9 @@ class Agent:
                     getattr(self, "on_" + kind)(key.fileobj, obj, events)
                 except FrameError:
                     self.detach()
-            self.reap()
+            if self.reap_due or now() - self.reaped_at > 1.0:  # once a second at least
+                self.reap_due, self.reaped_at = False, now()
+                self.reap()
             self.tick()
             self.flush_acks()
             self.want_channel_write()
@@ -292,6 +297,7 @@ class Agent:
             os.read(fd, 4096)
         except OSError:
             pass
+        self.reap_due = True  # a signal came: SIGCHLD, most likely
 
     def tick(self):
         t = now()
@@ -378,6 +384,7 @@ class Agent:
             self.dirty.add(stream)
             self.want_read(stream)
         self.sel.register(sock, selectors.EVENT_READ, ("chan", None))
+        self.chan_events = selectors.EVENT_READ
         if self.exit_reason is not None:  # ending: the daemon hears the exits
             pass
         for frame in rest:
@@ -415,10 +422,14 @@ class Agent:
         return self.chan is not None and bool(self.chan_out)
 
     def want_channel_write(self):
+        """Write what waits for the channel; ask for writability only while some is left
+        (registration changed only when that changes: a syscall per message otherwise)."""
         if self.chan is not None and self.chan_out:
             self.write_channel()
+        if self.chan is not None:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.chan_out else 0)
-            if self.chan is not None:
+            if events != self.chan_events:
+                self.chan_events = events
                 self.sel.modify(self.chan, events, ("chan", None))
 
     def write_channel(self):
@@ -574,6 +585,7 @@ class Agent:
         self.unregister(fd)
         os.close(fd)
         kernel.pipe = None
+        self.reap_due = True  # it may have ended already: its SIGCHLD found it still starting
         if said.startswith(b"n"):
             kernel.nokernel = True
         else:
