@@ -111,6 +111,7 @@ class Results:
     single: dict[tuple[str, int], Sample] = field(default_factory=dict)
     single_controller: dict[int, Sample] = field(default_factory=dict)
     unchecked: dict[int, Sample] = field(default_factory=dict)  # relay with peer_check off
+    today: dict[int, Sample] = field(default_factory=dict)  # relay with resume_window_s = 0
     pools: dict[tuple[str, int, int], Sample] = field(default_factory=dict)  # (way, rtt, n)
     wrong_bytes: dict[tuple[str, int], int] = field(default_factory=dict)  # links cross-wired
     concurrent: dict[tuple[str, int], Sample] = field(default_factory=dict)
@@ -175,6 +176,8 @@ class Bench:
             + self.sshd.host_toml(
                 f"rtt{rtt}-nocheck", port=self.port(rtt), peer_check="off", **fast
             )
+            # without relay's agent (kernels end with their connection): what resuming costs
+            + self.sshd.host_toml(f"rtt{rtt}-today", port=self.port(rtt), resume_window_s=0, **fast)
             # kernels that take a second to start, as real ones do: the Parallel pattern
             + self.sshd.host_toml(f"pool{rtt}", port=self.port(rtt), kernel=KERNEL)
             for rtt in self.config.rtts_ms
@@ -294,6 +297,13 @@ class Bench:
                 unchecked.reasons.append(self.why)
             else:
                 unchecked.values.append(elapsed)
+            today = self.results.today.setdefault(rtt, Sample())
+            elapsed = await self.timed_launch(RelayWay(RELAY, f"rtt{rtt}-today", KERNEL, self.env))
+            if elapsed is None:
+                today.failures += 1
+                today.reasons.append(self.why)
+            else:
+                today.values.append(elapsed)
             controller = self.results.single_controller.setdefault(rtt, Sample())
             elapsed = await self.timed_launch(
                 RelayWay(RELAY, f"rtt{rtt}", KERNEL, self.env), compute=False
@@ -439,6 +449,7 @@ class Bench:
         rtt = 0
         ways = {
             "relay": RelayWay(RELAY, f"rtt{rtt}", KERNEL, self.env),
+            "relay-today": RelayWay(RELAY, f"rtt{rtt}-today", KERNEL, self.env),
             "asyncssh": PlainAsyncsshWay(self.sshd, self.port(rtt), KERNEL),
             "openssh": TunnelWay(self.sshd, self.port(rtt), KERNEL),
             "openssh-aes128-gcm": TunnelWay(
@@ -486,7 +497,7 @@ class Bench:
 
     def _client_side(self, key: str) -> int | None:
         """The process that is the SSH client of the latest launch's link."""
-        if key == "relay":
+        if key in ("relay", "relay-today"):
             return self.daemon.pid if self.daemon is not None else None
         if key == "direct" or not self.launched.procs:
             return None
@@ -873,6 +884,23 @@ def render(config: Config, r: Results, plot_name: str) -> str:
         )
     lines += [
         "",
+        "What kernels that outlive the network cost a launch: relay's agent (the default) "
+        "beside the same host with `resume_window_s = 0` (sshd's listeners and the shell "
+        "supervisor), interleaved.",
+        "",
+        "| RTT | relay (agent) | relay (resume_window_s = 0) | cost | agent vs RTT + 40 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for rtt, today in r.today.items():
+        agent = r.single[("relay", rtt)]
+        target = (rtt + 40) / 1000
+        lines.append(
+            f"| {rtt} ms | {agent.cell()} | {today.cell()} | "
+            f"{(agent.median - today.median) * 1000:+.0f} ms | "
+            f"{'met' if agent.median <= target else 'missed'} ({rtt + 40} ms) |"
+        )
+    lines += [
+        "",
         f"## {config.concurrent} compute kernels launched at once",
         "",
         "| RTT | " + " | ".join(name for _, name in keys) + " | relay vs Tunnel | "
@@ -983,7 +1011,8 @@ def _link_section(config: Config, r: Results) -> list[str]:
         "openssh": "OpenSSH -R (default cipher)",
         "openssh-aes128-gcm": "OpenSSH -R, aes128-gcm",
         "asyncssh": "plain asyncssh remote forward (uvloop, AES-GCM, its own forwarder)",
-        "relay": "relay",
+        "relay": "relay (through its agent, the default)",
+        "relay-today": "relay, resume_window_s = 0 (sshd's listeners)",
     }
     for key, label in names.items():
         if key not in r.pingpong:
@@ -1046,6 +1075,22 @@ def _link_section(config: Config, r: Results) -> list[str]:
             "- every path joins the same two Python programs (the simulator's front end and "
             "kernel), which share the machine's two cores with sshd and relay or ssh.",
         ]
+    if "relay" in r.pingpong and "openssh" in r.pingpong:
+        rows = [("relay", "through its agent")]
+        if "relay-today" in r.pingpong:
+            rows.append(("relay-today", "resume_window_s = 0"))
+        for key, what in rows:
+            ping = r.pingpong[key].median / r.pingpong["openssh"].median
+            to_k, from_k = (
+                r.bulk[(key, d)].median / r.bulk[("openssh", d)].median
+                for d in ("to kernel", "from kernel")
+            )
+            verdict = "met" if ping <= 1.5 and min(to_k, from_k) >= 0.95 else "missed"
+            lines.append(
+                f"- relay {what} / OpenSSH default: ping-pong {ping:.2f}x (target at most "
+                f"1.5x), bulk {to_k:.2f}x to and {from_k:.2f}x from the kernel (target at "
+                f"least 0.95x): {verdict}."
+            )
     return lines
 
 
