@@ -31,10 +31,12 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
             assert measured(results.single[(way, rtt)]), (way, rtt, results.single[(way, rtt)])
         assert results.single_controller[rtt].values and not results.single_controller[rtt].failures
         assert results.unchecked[rtt].values and not results.unchecked[rtt].failures
+        assert results.today[rtt].values and not results.today[rtt].failures  # no agent
     assert results.concurrent[("relay", 0)].values
     assert all(s.values for s in results.pingpong.values())
     assert {key for key, _ in results.bulk} == {
         "relay",
+        "relay-today",
         "asyncssh",
         "openssh",
         "openssh-aes128-gcm",
