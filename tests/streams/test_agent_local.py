@@ -131,6 +131,7 @@ class Agent:
         self.window_s = window_s
         self.recv: dict[int, int] = {0: 0}  # what this "daemon" took in, per stream
         self.lines: list[str] = []
+        self.frames: list[Frame] = []
         self.chan: Attached | None = None
 
     @property
@@ -143,19 +144,25 @@ class Agent:
         self.chan = Attached(self.info.socket, self.secret, self.recv, self.window_s)
         return self.chan
 
-    def take(self) -> Frame:
-        """The next stream frame, counted and acknowledged at once; control lines kept."""
+    def _read(self) -> None:
+        """One frame from the agent: counted and acknowledged at once; a control line kept
+        for ``line``, a link's frame for ``take``."""
         assert self.chan is not None
-        while True:
-            frame = self.chan.frame()
-            if frame.type in (mux.ACK, mux.BYE):
-                continue
-            self.recv[frame.stream] = self.recv.get(frame.stream, 0) + frame.size
-            self.chan.sock.sendall(mux.ack(frame.stream, self.recv[frame.stream]))
-            if frame.stream == 0:
-                self.lines += frame.payload.decode().splitlines()
-                continue
-            return frame
+        frame = self.chan.frame()
+        if frame.type in (mux.ACK, mux.BYE):
+            return
+        self.recv[frame.stream] = self.recv.get(frame.stream, 0) + frame.size
+        self.chan.sock.sendall(mux.ack(frame.stream, self.recv[frame.stream]))
+        if frame.stream == 0:
+            self.lines += frame.payload.decode().splitlines()
+        else:
+            self.frames.append(frame)
+
+    def take(self) -> Frame:
+        """The next frame of a link's stream."""
+        while not self.frames:
+            self._read()
+        return self.frames.pop(0)
 
     def say(self, line: str) -> None:
         assert self.chan is not None
@@ -169,14 +176,7 @@ class Agent:
                 if line.startswith(prefix):
                     return self.lines.pop(i)
             assert time.monotonic() < deadline, (prefix, self.lines)
-            assert self.chan is not None
-            frame = self.chan.frame()
-            if frame.type in (mux.ACK, mux.BYE):
-                continue
-            self.recv[frame.stream] = self.recv.get(frame.stream, 0) + frame.size
-            self.chan.sock.sendall(mux.ack(frame.stream, self.recv[frame.stream]))
-            if frame.stream == 0:
-                self.lines += frame.payload.decode().splitlines()
+            self._read()
 
 
 def gone(pid: int) -> bool:
