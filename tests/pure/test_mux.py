@@ -3,7 +3,7 @@ what a sender keeps until acknowledged, replayed from wherever the receiver got 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from hypothesis import given, settings
@@ -86,6 +86,67 @@ def _deliver(wires: list[bytes], reader: FrameReader, inbox: Inbox, got: list[Fr
             got.append(frame)
 
 
+class _Sender(Protocol):
+    @property
+    def unacked(self) -> int: ...
+
+    def push(self, frame: Frame) -> list[bytes]: ...
+    def replay(self, position: int) -> list[bytes]: ...
+    def acked(self, position: int) -> None: ...
+
+
+class _AgentSender:
+    """The agent's own sender half (its Python 3.6 copy in relay/agent/remote.py, untyped)."""
+
+    def __init__(self) -> None:
+        agent_outbox: Any = remote.Outbox
+        self.out: Any = agent_outbox()
+
+    @property
+    def unacked(self) -> int:
+        return int(self.out.unacked)
+
+    def push(self, frame: Frame) -> list[bytes]:
+        return list(self.out.push(frame.type, frame.stream, frame.payload))
+
+    def replay(self, position: int) -> list[bytes]:
+        return list(self.out.replay(STREAM, position))
+
+    def acked(self, position: int) -> None:
+        self.out.acked(position)
+
+
+STREAM = 5
+
+
+def _through_outages(
+    out: _Sender, chunks: list[bytes], outages: list[tuple[int, int]], ack_every: int
+) -> tuple[list[Frame], Inbox]:
+    """``chunks``, an EOF and a CLOSE pushed by ``out``; at the given points the channel dies,
+    losing the last few frames in flight, and the receiver resumes from its position. What
+    the receiver took in, and its count."""
+    inbox, reader, got = Inbox(), FrameReader(), list[Frame]()
+    in_flight: list[bytes] = []  # sent, not yet delivered: lost when the channel dies
+    cuts = dict(outages)
+    items = [Frame(mux.DATA, STREAM, c) for c in chunks]
+    items += [Frame(mux.EOF, STREAM), Frame(mux.CLOSE, STREAM)]
+    for i, item in enumerate(items):
+        in_flight += out.push(item)
+        lost = cuts.get(i)
+        if lost is not None:  # the channel dies: the last ``lost`` frames never arrive
+            _deliver(in_flight[: max(0, len(in_flight) - lost)], reader, inbox, got)
+            reader = FrameReader()
+            in_flight = out.replay(inbox.position)  # the receiver says where it got to
+        if i % ack_every == 0:
+            _deliver(in_flight, reader, inbox, got)
+            in_flight = []
+            out.acked(inbox.position)
+            assert out.unacked == 0  # the sender keeps no more than is unacknowledged
+    _deliver(in_flight, reader, inbox, got)
+    out.acked(inbox.position)
+    return got, inbox
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     chunks=st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=40),
@@ -95,31 +156,11 @@ def _deliver(wires: list[bytes], reader: FrameReader, inbox: Inbox, got: list[Fr
 def test_every_byte_arrives_exactly_once_in_order_across_outages(
     chunks: list[bytes], outages: list[tuple[int, int]], ack_every: int
 ) -> None:
-    """A sender pushes chunks, an EOF and a CLOSE; at random points the channel dies, losing
-    the last few frames in flight, and the receiver resumes from its position. What it takes
-    in is the stream exactly once, in order; the sender keeps no more than is unacknowledged."""
-    out, inbox = Outbox(), Inbox()
-    reader, got = FrameReader(), list[Frame]()
-    in_flight: list[bytes] = []  # sent, not yet delivered: lost when the channel dies
-    cuts = dict(outages)
-    items = [Frame(mux.DATA, 5, c) for c in chunks] + [Frame(mux.EOF, 5), Frame(mux.CLOSE, 5)]
-    for i, item in enumerate(items):
-        in_flight += out.push(item)
-        lost = cuts.get(i)
-        if lost is not None:  # the channel dies: the last ``lost`` frames never arrive
-            keep = in_flight[: max(0, len(in_flight) - lost)]
-            _deliver(keep, reader, inbox, got)
-            reader = FrameReader()
-            in_flight = out.replay(inbox.position)  # the receiver says where it got to
-        if i % ack_every == 0:
-            _deliver(in_flight, reader, inbox, got)
-            in_flight = []
-            out.acked(inbox.position)
-            assert out.unacked == 0
-    _deliver(in_flight, reader, inbox, got)
-    out.acked(inbox.position)
-    data = b"".join(f.payload for f in got if f.type == mux.DATA)
-    assert data == b"".join(chunks)
+    """A sender pushes chunks, an EOF and a CLOSE through outages at random points: what the
+    receiver takes in is the stream exactly once, in order."""
+    out = Outbox()
+    got, inbox = _through_outages(out, chunks, outages, ack_every)
+    assert b"".join(f.payload for f in got if f.type == mux.DATA) == b"".join(chunks)
     assert [f.type for f in got if f.type != mux.DATA] == [mux.EOF, mux.CLOSE]
     assert got[-1].type == mux.CLOSE and inbox.closed
     assert out.done and out.unacked == 0
@@ -134,31 +175,13 @@ def test_every_byte_arrives_exactly_once_in_order_across_outages(
 def test_the_agents_own_outbox_speaks_the_same_wire_exactly_once(
     chunks: list[bytes], outages: list[tuple[int, int]], ack_every: int
 ) -> None:
-    """The agent keeps its own copy of the sender's half (it runs on Python 3.6, alone:
-    relay/agent/remote.py). What it sends, through outages at random points, is read by the
-    daemon's FrameReader and Inbox as the same stream, exactly once, in order; frames over
-    its CHUNK are cut as the daemon's are."""
-    agent_outbox: Any = remote.Outbox
-    out: Any = agent_outbox()  # untyped: it is the agent's 3.6 code
-    inbox, reader, got = Inbox(), FrameReader(), list[Frame]()
-    in_flight: list[bytes] = []
-    cuts = dict(outages)
-    items = [(mux.DATA, c) for c in chunks] + [(mux.EOF, b""), (mux.CLOSE, b"")]
-    for i, (ftype, payload) in enumerate(items):
-        in_flight += out.push(ftype, 9, payload)
-        lost = cuts.get(i)
-        if lost is not None:
-            _deliver(in_flight[: max(0, len(in_flight) - lost)], reader, inbox, got)
-            reader = FrameReader()
-            in_flight = out.replay(9, inbox.position)
-        if i % ack_every == 0:
-            _deliver(in_flight, reader, inbox, got)
-            in_flight = []
-            out.acked(inbox.position)
-            assert out.unacked == 0
-    _deliver(in_flight, reader, inbox, got)
-    out.acked(inbox.position)
+    """The agent keeps its own copy of the sender's half (it runs on Python 3.6, alone).
+    What it sends through outages at random points is read by the daemon's FrameReader and
+    Inbox as the same stream, exactly once, in order; frames over CHUNK are cut as the
+    daemon cuts them."""
+    sender = _AgentSender()
+    got, _ = _through_outages(sender, chunks, outages, ack_every)
     assert b"".join(f.payload for f in got if f.type == mux.DATA) == b"".join(chunks)
     assert all(len(f.payload) <= mux.CHUNK for f in got)
     assert [f.type for f in got if f.type != mux.DATA] == [mux.EOF, mux.CLOSE]
-    assert out.done and out.unacked == 0
+    assert sender.out.done and sender.unacked == 0
