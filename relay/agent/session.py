@@ -59,6 +59,11 @@ class Sink(Protocol):
     def resume_reading(self) -> None: ...
 
 
+# A sink whose transport has closed raises (uvloop: RuntimeError, "the handler is closed"); it
+# must never reach asyncssh's data_received, which would end the whole SSH connection.
+_SINK_GONE = contextlib.suppress(OSError, RuntimeError, asyncssh.Error)
+
+
 class Stream:
     """One stream: what we sent and not yet had acknowledged, what we took in, and its sink."""
 
@@ -84,7 +89,8 @@ class Stream:
         self._session._send(self, self.out.push(Frame(mux.DATA, self.sid, data)))
         if self.out.unacked > mux.LIMIT and not self._paused and self.sink is not None:
             self._paused = True
-            self.sink.pause_reading()
+            with _SINK_GONE:
+                self.sink.pause_reading()
 
     def send_eof(self) -> None:
         if not self.out.closed and not self.eof_sent:
@@ -121,9 +127,10 @@ class Stream:
     def _deliver(self, frame: Frame) -> None:
         assert self.sink is not None
         if frame.type == mux.DATA:
-            self.sink.write(frame.payload)
+            with _SINK_GONE:  # the front end closed: what was on its way has nowhere to go
+                self.sink.write(frame.payload)
         elif frame.type == mux.EOF:
-            with contextlib.suppress(OSError, RuntimeError, asyncssh.Error):
+            with _SINK_GONE:
                 self.sink.write_eof()
         elif frame.type == mux.CLOSE:
             self.sink.close()
@@ -133,7 +140,8 @@ class Stream:
         self.out.acked(position)
         if self._paused and self.out.unacked <= mux.LIMIT // 2 and self.sink is not None:
             self._paused = False
-            self.sink.resume_reading()
+            with _SINK_GONE:
+                self.sink.resume_reading()
         self._check_finished()
 
     def handed(self) -> int:
