@@ -32,6 +32,7 @@ from relay import log, settings
 from relay.daemon import Daemon, serve
 from relay.sim.slurm import slurm_missing
 from relay.sim.sshd import ThrowawaySSHD, find_sshd, toml_value
+from tests import agents
 
 BIN = Path(sys.executable).parent
 RELAY = str(BIN / "relay")
@@ -234,8 +235,10 @@ def home(request: pytest.FixtureRequest) -> Iterator[RelayHome]:
         h.host_defaults["resume_window_s"] = 0  # (docs/agent.md)
     if server is not None:
         h.add_host("local")
+    before = agents.running()
     yield h
     shutil.rmtree(directory, ignore_errors=True)
+    agents.assert_no_kernels_left(before)
 
 
 @pytest.fixture(params=["agent", "no-agent"])

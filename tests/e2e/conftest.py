@@ -10,13 +10,8 @@ the link-integrity tests (marked ``both_loops``) once more on stdlib asyncio, th
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Mapping
 
 import pytest
 import uvloop
@@ -59,46 +54,3 @@ def pytest_asyncio_loop_factories(
     if item.get_closest_marker("both_loops") is not None:
         loops["asyncio"] = asyncio.new_event_loop
     return loops
-
-
-def _agents() -> dict[int, str]:
-    """relay's agents running on this machine (the tests' hosts are this machine)."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(arg.endswith(b"/relayagent.py") for arg in argv):
-                found[int(entry)] = " ".join(a.decode(errors="replace") for a in argv)
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(word) for word in text.split()]
-
-
-@pytest.fixture(autouse=True)
-def no_orphaned_kernels() -> Iterator[None]:
-    """After every e2e test, no kernel is left under an agent the test started (docs/agent.md:
-    relay stop, the window or the next daemon end them; a test that ends otherwise would
-    leave them for the window, 900 s). An agent with no kernel left goes by itself (within a
-    minute, if nobody ever attached); it is ended here so the next test starts clean."""
-    before = set(_agents())
-    yield
-    deadline = time.monotonic() + 15  # an agent ending its kernels: SIGTERM, SIGKILL at 5 s
-    left: dict[int, list[int]] = {}
-    while time.monotonic() < deadline:
-        left = {pid: kids for pid in set(_agents()) - before if (kids := _children(pid))}
-        if not left:
-            break
-        time.sleep(0.2)
-    for pid in set(_agents()) - before:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)  # it ends its kernels too
-    assert not left, f"kernels left under relay's agent (pid: kernels): {left}"
