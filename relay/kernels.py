@@ -311,27 +311,19 @@ async def _start(
     live.guard.require()  # a host that cannot tell who connects fails here, at once
     dynamic = mode == "controller" and cfg.dynamic
     forward: CallbackForward | AgentForward
-    if live.agent is not None:
-        # The main link through the host's agent: it outlives the connection (docs/agent.md).
-        # The hook's control channel is still an sshd listener from the pool.
-        slots = await live.pool.take(1) if dynamic else []
-        unwind.callback(_close_slots, slots)
-        forward = await AgentForward.open(live.agent, link)
-    else:
-        # Warm, every listener comes from the spare pool: no round trip before the kernel
-        # starts. The two forwards of the main link, and the hook's control channel.
-        slots = await live.pool.take(3 if dynamic else 2)
-        unwind.callback(_close_slots, slots)  # those no forward or hook has taken over
-        forward = CallbackForward(link, slots[:2], live.guard)
-    unwind.push_async_callback(_give_back, host, forward.aclose, f"release:{kernel_id}")
-    hook, env = None, {}
+    hook: HookServer | None = None
+    env: dict[str, str] = {}
+    slots: list[RemoteSlot] = []
     if dynamic:
+        args += ["-initfile", await host.init_file(live.connection)]
+
+    async def open_hook() -> HookServer:
         # Dynamic's service and preemptive links: relay's hook (RelayKernelInit.wl)
         # and a per-kernel control channel; see relay.lite.hook for the protocol.
-        args += ["-initfile", await host.init_file(live.connection)]
-        hook = await HookServer.open(
+        return await HookServer.open(
             live.connection,
-            slot=slots[-1],  # the hook's control channel
+            slot=slots[-1] if slots else None,  # the hook's control channel (no agent)
+            agent=live.agent,
             remote_guard=live.guard,
             local_guard=host.local_guard,
             host=host.key,
@@ -339,7 +331,38 @@ async def _start(
             frontend_host=link.data.host,
             timeout_s=cfg.launch_timeout_s,
         )
-        unwind.push_async_callback(_give_back, host, hook.aclose, f"release-hook:{kernel_id}")
+
+    if live.agent is not None:
+        # Every link through the host's agent: they outlive the connection (docs/agent.md),
+        # the hook's control channel and the links it opens too. Its listeners are asked
+        # for together: one round trip.
+        main = asyncio.ensure_future(AgentForward.open(live.agent, link))
+        hooked = asyncio.ensure_future(open_hook()) if dynamic else None
+        both: list[asyncio.Future[Any]] = [main, *([hooked] if hooked is not None else [])]
+        try:
+            await asyncio.wait(both)
+        finally:  # what was made is released by unwind; what was not is stopped
+            for task in both:
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled() and task.exception() is None:
+                    what = "release" if task is main else "release-hook"
+                    unwind.push_async_callback(
+                        _give_back, host, task.result().aclose, f"{what}:{kernel_id}"
+                    )
+        forward = main.result()  # raises what failed, if it did
+        hook = hooked.result() if hooked is not None else None
+    else:
+        # Warm, every listener comes from the spare pool: no round trip before the kernel
+        # starts. The two forwards of the main link, and the hook's control channel.
+        slots = await live.pool.take(3 if dynamic else 2)
+        unwind.callback(_close_slots, slots)  # those no forward or hook has taken over
+        forward = CallbackForward(link, slots[:2], live.guard)
+        unwind.push_async_callback(_give_back, host, forward.aclose, f"release:{kernel_id}")
+        if dynamic:
+            hook = await open_hook()
+            unwind.push_async_callback(_give_back, host, hook.aclose, f"release-hook:{kernel_id}")
+    if hook is not None:
         env = {
             "RELAY_HOOK_PORT": str(hook.port),
             "RELAY_HOOK_TOKEN": hook.first_token,

@@ -19,15 +19,17 @@ from relay.agent.session import AgentSession, Stream
 from relay.errors import FrontEndUnreachable
 from relay.lite.linkname import Endpoint, LinkName
 
-__all__ = ["AgentForward"]
+__all__ = ["AgentForward", "FrontEnd"]
 
 CLOSE_WAIT_S = 2.0
 
 
-class _FrontEnd(asyncio.Protocol):
-    """The front end's TCP connection for one stream: bytes to the agent, and back."""
+class FrontEnd(asyncio.Protocol):
+    """The front end's TCP connection for one stream: bytes to the agent, and back. Made
+    with its stream (a callback: we connect), or given it by ``join`` (an expose forward: the
+    front end connected, and its reading waits until it is admitted)."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream | None) -> None:
         self._stream = stream
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -39,22 +41,39 @@ class _FrontEnd(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # small MathLink messages must not wait
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._stream.attach(transport)
+        if self._stream is not None:
+            self._stream.attach(transport)
+        else:
+            transport.pause_reading()  # not a byte until it is admitted and has a stream
+
+    def join(self, stream: Stream) -> None:
+        """Carry this connection on ``stream`` from now on (it was admitted)."""
+        assert self.transport is not None
+        self._stream = stream
+        if self.transport.is_closing():
+            stream.send_close()
+            return
+        stream.attach(self.transport)
+        self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        self._stream.send(data)
+        if self._stream is not None:  # always: reading waits for the stream
+            self._stream.send(data)
 
     def eof_received(self) -> bool:
-        self._stream.send_eof()
+        if self._stream is not None:
+            self._stream.send_eof()
         return True  # the other direction may still carry bytes
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stream.send_close()
+        if self._stream is not None:
+            self._stream.send_close()
         if not self.closed.done():
             self.closed.set_result(None)
 
     def resume_writing(self) -> None:
-        self._stream._session._ack_soon(self._stream)  # the front end reads again: ACK
+        if self._stream is not None:  # the front end reads again: ACK
+            self._stream._session._ack_soon(self._stream)
 
 
 class _Channel:
@@ -63,7 +82,7 @@ class _Channel:
         self.target = target
         self.stream = stream
         self.port = port
-        self.frontend: _FrontEnd | None = None
+        self.frontend: FrontEnd | None = None
         self.connected_at: float | None = None
 
 
@@ -93,7 +112,7 @@ class AgentForward:
 
     async def _join(self, ch: _Channel) -> None:
         await ch.stream.opened
-        frontend = _FrontEnd(ch.stream)
+        frontend = FrontEnd(ch.stream)
         try:
             # the front end may write the instant it accepts: the stream sends it at once
             await asyncio.get_running_loop().create_connection(

@@ -40,9 +40,14 @@ FIRST_ATTACH_S = 60.0  # a fresh agent nobody attaches to goes away
 HELLO_WITHIN_S = 10.0
 PREDECESSOR_WAIT_S = 10.0
 KILL_AFTER_S = 5.0  # SIGTERM, then SIGKILL for a kernel that ignores it
+ASK_LINE_S = 10.0  # a hook connection's request line must come within this (relay.lite.hook)
+ASK_KEPT_S = 60.0  # a request sent on is answered within this, or its connection is closed
+ASKS_MAX = 64  # hook requests in flight per serve stream; more are closed unread
+MAX_LINE = 4096  # a hook request line, at most (relay.lite.hook.MAX_LINE)
 FINISHED_KEPT = 4096  # finished streams whose last position is remembered for a resume
 OUT_LINES, OUT_WIDTH = 5, 300  # a kernel's last lines reported at its exit (as supervisor.sh)
 LOOPBACK = ("0100007F", "0000000000000000FFFF00000100007F")  # 127.0.0.1 in /proc/net/tcp{,6}
+ANY = ("00000000", "00000000000000000000000000000000")  # a listener on every address
 SIGNALS = {"TERM": signal.SIGTERM, "INT": signal.SIGINT, "HUP": signal.SIGHUP}
 SIGNALS["KILL"] = signal.SIGKILL
 
@@ -188,6 +193,26 @@ def owner(cport, lport):
     return found
 
 
+def listener_owner(port):
+    """Whose listener takes a connection to 127.0.0.1:port: a uid (str), "-" if none listens.
+    A stranger's wins over ours (it could take the connection)."""
+    found = "-"
+    ends = [a + ":%04X" % port for a in LOOPBACK + ANY]
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) < 10 or cols[3] != "0A" or cols[1] not in ends:
+                continue
+            if found == "-" or found == str(os.getuid()):
+                found = cols[7]
+    return found
+
+
 def open_private(path, flags):
     """A file of ours in the run directory: created 0600, never through a symlink."""
     return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -206,9 +231,24 @@ class Stream:
         self.got_close = False
         self.read_eof = False  # our socket said EOF
         self.shut = False
+        self.asks = None  # a serve stream's hook requests in flight: {n: Ask}
+        self.asks_in = bytearray()  # a serve stream's replies, not yet a whole line
 
     def handed(self):
         return self.recv - len(self.pending)
+
+
+class Ask:
+    """One request on a serve stream (the hook's control channel): its connection, the line
+    so far, and when it is given up."""
+
+    def __init__(self, n, sock, stream):
+        self.n = n
+        self.sock = sock
+        self.stream = stream
+        self.buf = bytearray()
+        self.sent = False  # the line went on to the daemon; its reply is awaited
+        self.deadline = now() + ASK_LINE_S
 
 
 class Kernel:
@@ -237,6 +277,8 @@ class Agent:
         self.chan_reader = None
         self.chan_out = bytearray()
         self.pending = {}  # unauthenticated connections: sock -> (reader, deadline)
+        self.asks = {}  # hook requests in flight, every serve stream's: sock -> Ask
+        self.asks_made = 0
         self.heard = now()
         self.started = now()
         self.ever_attached = False
@@ -290,7 +332,7 @@ class Agent:
     def timeout(self):
         if self.dirty:
             return ACK_DELAY_S
-        return 0.5 if (self.kernels or self.pending or self.chan is None) else 5.0
+        return 0.5 if (self.kernels or self.pending or self.asks or self.chan is None) else 5.0
 
     def on_wake(self, fd, _, events):
         try:
@@ -306,6 +348,9 @@ class Agent:
         for sock, (_, deadline) in list(self.pending.items()):
             if t > deadline:
                 self.drop_pending(sock)
+        for ask in list(self.asks.values()):
+            if t > ask.deadline:
+                self.end_ask(ask)
         if self.chan is not None and t - self.heard > self.silence_s:
             self.detach()  # a connection that died silently still looks open to sshd
         if self.chan is None and not self.ending:
@@ -467,6 +512,10 @@ class Agent:
         if sid == 0:
             if ftype == DATA:
                 self.control(payload)
+            return
+        if stream.asks is not None:
+            if ftype == DATA:
+                self.replies(stream, payload)
             return
         gone = stream.out.closed and stream.sock is None  # our socket is gone: nowhere to go
         if ftype == DATA and not gone:
@@ -632,8 +681,19 @@ class Agent:
         return [ln[:OUT_WIDTH] for ln in lines[-OUT_LINES:]]
 
     def do_listen(self, ident, arg):
+        self.listen(ident, "accept")
+
+    def do_serve(self, ident, arg):
+        """The hook's control channel (relay.lite.hook): a listener kept until the stream is
+        dropped. Each admitted connection carries one request line, sent on as "N LINE"; the
+        daemon's "N REPLY" line goes back to it, and it is closed."""
+        stream = self.listen(ident, "asked")
+        if stream is not None:
+            stream.asks = {}
+
+    def listen(self, ident, kind):
         if not ident.isdigit() or int(ident) == 0:
-            return
+            return None
         sid = int(ident)
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -641,13 +701,52 @@ class Agent:
             listener.listen(8)
         except OSError as exc:
             listener.close()
-            return self.say("noport %d %s" % (sid, exc.strerror or exc))
+            self.say("noport %d %s" % (sid, exc.strerror or exc))
+            return None
         listener.setblocking(False)
         stream = self.streams.get(sid) or Stream(sid)
         self.streams[sid] = stream
         stream.listener = listener
-        self.sel.register(listener, selectors.EVENT_READ, ("accept", stream))
+        self.sel.register(listener, selectors.EVENT_READ, (kind, stream))
         self.say("port %d %d" % (sid, listener.getsockname()[1]))
+        return stream
+
+    def do_connect(self, ident, arg):
+        """A link whose kernel listens (Dynamic's old method): the stream is carried to
+        127.0.0.1:PORT, only if the listener there is the user's own; OPEN once connected,
+        else "noconnect SID REASON" and CLOSE."""
+        if not ident.isdigit() or int(ident) == 0 or not arg.isdigit():
+            return
+        sid, port = int(ident), int(arg)
+        stream = self.streams.get(sid) or Stream(sid)
+        self.streams[sid] = stream
+        who = listener_owner(port)
+        if who != self.uid:
+            if who != "-":
+                self.say("refused %d %s %d" % (sid, who, port))
+            why = "nothing listens there" if who == "-" else "another user listens there"
+            return self.no_connect(stream, "port %d on the host: %s" % (port, why))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        code = sock.connect_ex(("127.0.0.1", port))
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            return self.no_connect(stream, "port %d on the host: %s" % (port, os.strerror(code)))
+        self.sel.register(sock, selectors.EVENT_WRITE, ("connected", stream))
+
+    def on_connected(self, sock, stream, events):
+        self.unregister(sock)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code or self.streams.get(stream.sid) is not stream:
+            sock.close()
+            if code:
+                self.no_connect(stream, os.strerror(code))
+            return
+        self.joined(stream, sock)
+
+    def no_connect(self, stream, reason):
+        self.say("noconnect %d %s" % (stream.sid, reason))
+        self.link_gone(stream)
 
     def do_drop(self, ident, arg):
         stream = self.streams.get(int(ident)) if ident.isdigit() else None
@@ -655,29 +754,91 @@ class Agent:
             self.forget(stream)
 
     # -- links --------------------------------------------------------------------------------
-    def on_accept(self, listener, stream, events):
+    def admitted(self, listener, stream):
+        """A connection from the listener's queue if it is the user's own, else None: only
+        from the listener's own address, then only a live socket of our uid (a uid, "c"
+        closing or orphaned, "-" gone, "@ADDR" from another local address)."""
         try:
             sock, peer = listener.accept()
         except OSError:
-            return
-        # only from the listener's own address, then only a live socket of our uid: a uid,
-        # "c" closing or orphaned (nobody's), "-" gone, "@ADDR" from another local address
+            return None
         if peer[0] != "127.0.0.1":
             who = "@" + str(peer[0])
         else:
             who = owner(peer[1], listener.getsockname()[1])
         if who != self.uid:
             sock.close()  # before a byte is read; the listener waits on for the real kernel
-            return self.say("refused %d %s %d" % (stream.sid, who, listener.getsockname()[1]))
+            self.say("refused %d %s %d" % (stream.sid, who, listener.getsockname()[1]))
+            return None
+        sock.setblocking(False)
+        return sock
+
+    def on_accept(self, listener, stream, events):
+        sock = self.admitted(listener, stream)
+        if sock is None:
+            return
         self.unregister(listener)
         listener.close()
         stream.listener = None
-        sock.setblocking(False)
+        self.joined(stream, sock)
+
+    def joined(self, stream, sock):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stream.sock = sock
         self.sel.register(sock, selectors.EVENT_READ, ("link", stream))
         self.push(stream, OPEN)
-        self.want_write(stream)  # what the daemon sent before OPEN (nothing, normally)
+        self.want_write(stream)  # what the daemon sent before OPEN (a front end's first bytes)
+
+    # -- the hook's requests (serve streams) --------------------------------------------------
+    def on_asked(self, listener, stream, events):
+        sock = self.admitted(listener, stream)
+        if sock is None:
+            return
+        if len(stream.asks) >= ASKS_MAX:
+            return sock.close()
+        self.asks_made += 1
+        ask = Ask(self.asks_made, sock, stream)
+        stream.asks[ask.n] = ask
+        self.asks[sock] = ask
+        self.sel.register(sock, selectors.EVENT_READ, ("ask", ask))
+
+    def on_ask(self, sock, ask, events):
+        try:
+            data = sock.recv(MAX_LINE + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        ask.buf += data
+        if data and b"\n" not in ask.buf and len(ask.buf) <= MAX_LINE:
+            return
+        line = bytes(ask.buf).split(b"\n", 1)[0].rstrip(b"\r")[: MAX_LINE + 1]
+        if not line:
+            return self.end_ask(ask)
+        self.unregister(sock)  # one request per connection: nothing more is read
+        ask.sent, ask.deadline = True, now() + ASK_KEPT_S
+        self.push(ask.stream, DATA, b"%d %s\n" % (ask.n, line))
+
+    def replies(self, stream, data):
+        stream.asks_in += data
+        while b"\n" in stream.asks_in:
+            raw, _, rest = bytes(stream.asks_in).partition(b"\n")
+            stream.asks_in = bytearray(rest)
+            n, _, reply = raw.partition(b" ")
+            ask = stream.asks.get(int(n)) if n.isdigit() else None
+            if ask is not None:
+                try:  # a short line into an idle socket's empty buffer: it never blocks
+                    ask.sock.send(reply + b"\n")
+                except OSError:
+                    pass
+                self.end_ask(ask)
+
+    def end_ask(self, ask):
+        self.asks.pop(ask.sock, None)
+        if ask.stream.asks is not None:
+            ask.stream.asks.pop(ask.n, None)
+        self.unregister(ask.sock)
+        ask.sock.close()
 
     def on_link(self, sock, stream, events):
         if events & selectors.EVENT_WRITE:
@@ -757,6 +918,8 @@ class Agent:
             self.forget(stream)
 
     def forget(self, stream):
+        for ask in list((stream.asks or {}).values()):
+            self.end_ask(ask)
         if stream.listener is not None:
             self.unregister(stream.listener)
             stream.listener.close()

@@ -346,6 +346,26 @@ class AgentSession:
     async def listen(self, n: int) -> list[tuple[Stream, int]]:
         """``n`` new link streams, each with a listener on the host: (stream, port). One
         round trip through the control stream (queued while detached)."""
+        return await self._listeners("listen", n)
+
+    async def serve(self) -> tuple[Stream, int]:
+        """A stream for a kernel's hook requests (``relay.agent.hookstream``), with the
+        listener on the host they come to: (stream, port)."""
+        (made,) = await self._listeners("serve", 1)
+        return made
+
+    def connect(self, port: int) -> Stream:
+        """A new link stream that the agent carries to the kernel's listener on the host's
+        127.0.0.1:``port``. Its ``opened`` is set once connected, or fails with why not (the
+        agent closes the stream then); what is sent meanwhile waits in the agent."""
+        if self.ended.done():
+            raise ConnectFailed(f"{self.host}: {self.end_reason or 'the agent is gone'}")
+        stream = self._new_stream(self._next_sid)
+        self._next_sid += 1
+        self.control.send(f"connect {stream.sid} {port}\n".encode())
+        return stream
+
+    async def _listeners(self, op: str, n: int) -> list[tuple[Stream, int]]:
         if self.ended.done():
             raise ConnectFailed(f"{self.host}: {self.end_reason or 'the agent is gone'}")
         loop = asyncio.get_running_loop()
@@ -356,7 +376,7 @@ class AgentSession:
             fut: asyncio.Future[int] = loop.create_future()
             self._listens[sid] = fut
             made.append((self._new_stream(sid), fut))
-            self.control.send(f"listen {sid}\n".encode())
+            self.control.send(f"{op} {sid}\n".encode())
         try:
             ports = [await fut for _, fut in made]
         except BaseException:
@@ -379,12 +399,19 @@ class AgentSession:
     def _control_line(self, line: str) -> bool:
         """Lines of the agent's own about streams; True if taken here (not the supervisor's)."""
         kind, _, rest = line.rstrip("\n").partition(" ")
-        if kind not in {"port", "noport", "refused"}:
+        if kind not in {"port", "noport", "refused", "noconnect"}:
             return False
         sid_text, _, value = rest.partition(" ")
         sid = int(sid_text) if sid_text.isdigit() else -1
         if kind == "refused":
             self.refused(sid, value)
+            return True
+        if kind == "noconnect":
+            stream = self._streams.get(sid)
+            if stream is not None and not stream.opened.done():
+                stream.opened.set_exception(
+                    ConnectFailed(f"{self.host}: the kernel's link cannot be reached: {value}")
+                )
             return True
         fut = self._listens.get(sid)
         if fut is not None and not fut.done():

@@ -1,7 +1,10 @@
 """A controller kernel's control channel to the daemon (the protocol is ``relay.lite.hook``).
 
-A remote listener on the kernel's 127.0.0.1 (server-chosen port), served inside the daemon:
-each connection carries one request, authenticated by the single-use token chain. A refused
+A listener on the kernel's 127.0.0.1, served inside the daemon: an sshd remote listener
+(server-chosen port), or, on a host with relay's agent, the agent's (``serve`` in
+docs/agent.md: its requests and replies travel on one resumable stream, so the channel
+outlives an outage as the links do). Each connection carries one request, authenticated by
+the single-use token chain. A refused
 token is logged and answered ``ERR -``; another local user on the remote host can reach the
 port but not the token, which lives only in the kernel's environment (``/proc/PID/environ``
 is readable by its owner alone).
@@ -14,11 +17,15 @@ daemon connect anywhere else on the front end's network.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
 import structlog
 
+from relay.agent.expose import AgentExpose
+from relay.agent.forward import AgentForward
+from relay.agent.session import AgentSession, Stream
 from relay.errors import BadRequest, ForwardFailed, RelayError, error_event
 from relay.lite import hook
 from relay.lite.linkname import LinkName, LinkNameError
@@ -65,11 +72,58 @@ class _HookSession(asyncssh.SSHTCPSession[bytes]):
             self._timer.cancel()
         self._done = True
         line = self._buf.split(b"\n", 1)[0][: hook.MAX_LINE + 1]
-        self._server.answer_later(line.decode("utf-8", "replace"), self._chan)
+        chan = self._chan
+
+        def reply(text: str) -> None:
+            try:
+                chan.write(text.encode())
+                chan.write_eof()
+            finally:
+                chan.close()
+
+        self._server.answer_later(line.decode("utf-8", "replace"), reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+
+
+class _AgentRequests:
+    """A serve stream's sink: the agent's "N LINE" requests in, "N REPLY" lines back on the
+    stream (both kept and replayed across an outage like any link's bytes)."""
+
+    def __init__(self, server: HookServer, stream: Stream) -> None:
+        self._server = server
+        self._stream = stream
+        self._buf = b""
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        while b"\n" in self._buf:
+            raw, _, self._buf = self._buf.partition(b"\n")
+            n, _, line = raw.decode("utf-8", "replace").partition(" ")
+            if n.isdigit():
+                self._server.answer_later(line, self._replier(n))
+        if len(self._buf) > 2 * hook.MAX_LINE:  # the agent cuts lines shorter: not a request
+            self._buf = b""
+
+    def _replier(self, n: str) -> Callable[[str], None]:
+        return lambda text: self._stream.send(f"{n} {text}".encode())
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass  # replies are a line each, one per request
+
+    def resume_reading(self) -> None:
+        pass
 
 
 class HookServer:
@@ -83,8 +137,10 @@ class HookServer:
         kernel_id: str,
         frontend_host: str,
         timeout_s: float,
+        agent: AgentSession | None = None,
     ) -> None:
         self._conn = conn
+        self._agent = agent  # the host's agent: the channel and links go through it
         self._remote_guard = remote_guard
         self._local_guard = local_guard
         self._host = host
@@ -93,8 +149,9 @@ class HookServer:
         self._chain = hook.TokenChain()
         self.first_token = self._chain.current
         self._slot: RemoteSlot | None = None
-        self._forwards: list[CallbackForward] = []
-        self._exposed: dict[str, ExposeForward] = {}
+        self._stream: Stream | None = None
+        self._forwards: list[CallbackForward | AgentForward] = []
+        self._exposed: dict[str, ExposeForward | AgentExpose] = {}
         self._tasks = TaskSet()
         self.port = 0
         self._log = structlog.get_logger("relay.hook").bind(host=host, kernel=kernel_id)
@@ -106,8 +163,13 @@ class HookServer:
     async def open(
         cls, conn: asyncssh.SSHClientConnection, *, slot: RemoteSlot | None = None, **kwargs: Any
     ) -> HookServer:
-        """Serve on ``slot`` (a spare remote listener), or on a new one."""
+        """Serve on the host's agent if given one, else on ``slot`` (a spare remote
+        listener), or on a new one."""
         self = cls(conn, **kwargs)
+        if self._agent is not None:
+            self._stream, self.port = await self._agent.serve()
+            self._stream.attach(_AgentRequests(self, self._stream))
+            return self
         if slot is None:
             (slot,) = await open_slots(conn, 1, self._host)
         self._slot = slot
@@ -118,15 +180,11 @@ class HookServer:
     def _session(self, _orig_host: str, _orig_port: int) -> _HookSession:
         return _HookSession(self)
 
-    def answer_later(self, line: str, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
-        async def reply() -> None:
-            try:
-                chan.write((await self._answer(line)).encode())
-                chan.write_eof()
-            finally:
-                chan.close()
+    def answer_later(self, line: str, reply: Callable[[str], None]) -> None:
+        async def answer() -> None:
+            reply(await self._answer(line))
 
-        self._tasks.spawn(reply(), name="hook-request")
+        self._tasks.spawn(answer(), name="hook-request")
 
     async def _answer(self, line: str) -> str:
         try:
@@ -161,12 +219,20 @@ class HookServer:
                     f"callback to {req.argument} refused: only loopback or the "
                     f"front end's own address ({self._frontend_host})"
                 )
-            fwd = await CallbackForward.open(self._conn, target, self._host, self._remote_guard)
+            fwd: CallbackForward | AgentForward
+            if self._agent is not None:
+                fwd = await AgentForward.open(self._agent, target)
+            else:
+                fwd = await CallbackForward.open(self._conn, target, self._host, self._remote_guard)
             self._forwards.append(fwd)
             self._tasks.spawn(hold_until_connected(fwd, self._timeout_s), name="hook-callback")
             return str(fwd.name)
         if req.op == "listen-pair":
-            local = await ExposeForward.mirrored(self._conn, self._local_guard)
+            local: ExposeForward | AgentExpose
+            if self._agent is not None:
+                local = await AgentExpose.mirrored(self._agent, self._local_guard)
+            else:
+                local = await ExposeForward.mirrored(self._conn, self._local_guard)
             self._exposed[str(local.name)] = local
             self._tasks.spawn(hold_until_connected(local, self._timeout_s), name="hook-listen")
             return str(local.name)
@@ -181,7 +247,7 @@ class HookServer:
         return "released"
 
     @property
-    def callbacks(self) -> list[CallbackForward]:
+    def callbacks(self) -> list[CallbackForward | AgentForward]:
         return list(self._forwards)
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -192,6 +258,9 @@ class HookServer:
         return links
 
     async def aclose(self) -> None:
+        if self._stream is not None and self._agent is not None:
+            self._agent.drop(self._stream)
+            self._stream = None
         if self._slot is not None:
             self._slot.close()
             await self._slot.wait_closed()

@@ -269,6 +269,68 @@ def test_a_link_carries_bytes_and_resumes_with_nothing_lost_or_repeated(
     agent.chan.close()
 
 
+def recv_until_eof(sock: socket.socket) -> bytes:
+    got = b""
+    while chunk := sock.recv(1 << 16):
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_hook_requests_and_a_kernels_own_listener_go_through_and_resume(
+    python: str, run: Path
+) -> None:
+    """``serve``: each connection's request line goes on as "N LINE" and the daemon's "N
+    REPLY" comes back to it, also across a channel lost in between. ``connect``: a stream
+    to a listener of the kernel's, what the daemon sent first waiting for the connection;
+    to a port nobody listens on, ``noconnect`` and CLOSE."""
+    agent = Agent(python, run, "c1")
+    chan = agent.attach()
+    agent.say("serve 2")
+    port = int(agent.line("port 2 ").split()[2])
+    asker = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+    asker.sendall(b"relay-hook t1 callback 1@127.0.0.1,2@127.0.0.1\n")
+    assert agent.take() == Frame(mux.DATA, 2, b"1 relay-hook t1 callback 1@127.0.0.1,2@127.0.0.1\n")
+    chan.send(mux.DATA, 2, b"1 OK t2 5@127.0.0.1,6@127.0.0.1\n")
+    assert recv_until_eof(asker) == b"OK t2 5@127.0.0.1,6@127.0.0.1\n"
+    asker.close()
+    # a request whose reply is on its way when the channel is lost
+    later = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+    later.sendall(b"relay-hook t2 listen-pair -\n")
+    assert agent.take() == Frame(mux.DATA, 2, b"2 relay-hook t2 listen-pair -\n")
+    chan.close()
+    chan = agent.attach()
+    chan.send(mux.DATA, 2, b"2 OK t3 7@127.0.0.1,8@127.0.0.1\n")
+    assert recv_until_eof(later) == b"OK t3 7@127.0.0.1,8@127.0.0.1\n"
+    later.close()
+    # a stream to a kernel's own listener; the front end's first bytes wait for it
+    kernel = socket.create_server(("127.0.0.1", 0))
+    kernel_port = kernel.getsockname()[1]
+    agent.say(f"connect 3 {kernel_port}")
+    chan.send(mux.DATA, 3, b"written the instant it accepted")
+    conn, _ = kernel.accept()
+    assert agent.take() == Frame(mux.OPEN, 3, b"")
+    conn.settimeout(BOUND_S)
+    assert conn.recv(100) == b"written the instant it accepted"
+    conn.sendall(b"and back")
+    assert agent.take() == Frame(mux.DATA, 3, b"and back")
+    conn.close()
+    kernel.close()
+    assert agent.take() == Frame(mux.EOF, 3, b"")
+    # nobody listens there now
+    agent.say(f"connect 4 {kernel_port}")
+    assert "nothing listens there" in agent.line("noconnect 4 ")
+    assert agent.take() == Frame(mux.CLOSE, 4, b"")
+    agent.say("drop 2")
+    agent.say("ping d")
+    agent.line("pong d")  # the drop is done
+    with pytest.raises(ConnectionRefusedError):  # the hook's listener went with its stream
+        socket.create_connection(("127.0.0.1", port), timeout=BOUND_S).recv(1)
+    chan.send(mux.BYE, 0)
+    wait_gone(agent.pid)
+    chan.close()
+
+
 def test_a_wrong_secret_gets_nothing(run: Path) -> None:
     agent = Agent(sys.executable, run, "b2")
     assert isinstance(agent.info, AgentInfo)
@@ -319,6 +381,12 @@ def test_a_run_directory_open_to_others_or_a_symlink_is_refused(run: Path) -> No
 
 
 NOBODY = 65534
+# a stranger's listener: its port printed, then it waits (accepting nothing) to be killed
+SQUAT = (
+    "import socket,sys,time\n"
+    "s=socket.socket();s.bind(('127.0.0.1',0));s.listen(1)\n"
+    "print(s.getsockname()[1]);sys.stdout.flush();time.sleep(120)\n"
+)
 
 
 @pytest.mark.skipif(
@@ -351,6 +419,36 @@ def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
     kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)  # the real one
     assert agent.take().type == mux.OPEN
     kernel.close()
+    assert agent.take() == Frame(mux.EOF, 1, b"")
+    # the hook's listener: a stranger's request never reaches the daemon
+    agent.say("serve 2")
+    hook_port = int(agent.line("port 2 ").split()[2])
+    ask = (
+        "import socket\n"
+        f"s=socket.create_connection(('127.0.0.1',{hook_port}));s.settimeout(10)\n"
+        "s.sendall(b'relay-hook x callback 1@127.0.0.1,2@127.0.0.1\\n')\n"
+        "try:\n print(len(s.recv(100)))\n"
+        "except ConnectionResetError:\n print(0)\n"  # closed with its request unread
+    )
+    out = subprocess.run(
+        [*as_nobody, "/usr/bin/python3", "-c", ask], capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.split() == ["0"], out
+    assert agent.line("refused 2 ") == f"refused 2 {NOBODY} {hook_port}"
+    # a stranger's listener on the port a stream is to reach: not connected to
+    squat = subprocess.Popen(
+        [*as_nobody, "/usr/bin/python3", "-c", SQUAT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert squat.stdout is not None
+        squatted = int(squat.stdout.readline())
+        agent.say(f"connect 3 {squatted}")
+        assert agent.line("refused 3 ") == f"refused 3 {NOBODY} {squatted}"
+        assert "another user listens there" in agent.line("noconnect 3 ")
+        assert agent.take() == Frame(mux.CLOSE, 3, b"")
+    finally:
+        squat.kill()
+        squat.communicate()
     assert agent.chan is not None
     agent.chan.send(mux.BYE, 0)
     wait_gone(agent.pid)
