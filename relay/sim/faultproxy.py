@@ -2,7 +2,8 @@
 real network paths do: it can black-hole its connections (drop everything, close nothing: a
 dead Wi-Fi, a suspended laptop, an expired NAT entry), reset them (a network change, a VPN
 reconnect: RST both ways), refuse new ones (the path is down and says so), and then restore
-itself."""
+itself. Its upstream may be in another network namespace (``netns_pid``: the test suite's
+ThrowawaySSHD(netns=True), whose host has a loopback of its own)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ import asyncio
 import contextlib
 import socket
 import struct
+import threading
 from typing import Self
+
+from relay.sim import nsbridge
 
 
 class FaultProxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target_port: int, target_host: str = "127.0.0.1", *, netns_pid: int | None = None
+    ) -> None:
         self.target = (target_host, target_port)
+        self.netns_pid = netns_pid
         self.blackholed = False
         self.refusing = False
         self.accepted = 0  # connections carried upstream, in all
@@ -53,7 +60,11 @@ class FaultProxy:
         if self.refusing:
             _rst(writer)
             return
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        if self.netns_pid is None:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        else:
+            sock = await _connect_in(self.netns_pid, self.target)
+            up_reader, up_writer = await asyncio.open_connection(sock=sock)
         self.accepted += 1
         self._writers |= {writer, up_writer}
         for src, dst in ((reader, up_writer), (up_reader, writer)):
@@ -82,6 +93,35 @@ class FaultProxy:
         for w in self._writers:
             with contextlib.suppress(ConnectionError):
                 await w.wait_closed()
+
+
+async def _connect_in(pid: int, target: tuple[str, int]) -> socket.socket:
+    """A TCP connection made in PID's network namespace, by a thread of its own (setns moves
+    only the calling thread, and a pool's thread would stay there)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[socket.socket] = loop.create_future()
+
+    def settle(result: socket.socket | OSError) -> None:
+        if done.cancelled():
+            if isinstance(result, socket.socket):
+                result.close()
+        elif isinstance(result, OSError):
+            done.set_exception(result)
+        else:
+            done.set_result(result)
+
+    def work() -> None:
+        result: socket.socket | OSError
+        try:
+            nsbridge.enter(pid)
+            result = socket.create_connection(target, timeout=10)
+            result.setblocking(False)
+        except OSError as exc:
+            result = exc
+        loop.call_soon_threadsafe(settle, result)
+
+    threading.Thread(target=work, name="faultproxy-netns", daemon=True).start()
+    return await done
 
 
 def _rst(w: asyncio.StreamWriter) -> None:

@@ -16,14 +16,26 @@ import sys
 CLONE_NEWNET = 0x40000000
 
 
+def enter(pid: int) -> None:
+    """Move the calling thread into PID's network namespace: sockets it makes from now on are
+    that namespace's (the whole process's, if it has one thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     pid, port = (sys.argv[1:] if argv is None else argv)[:2]
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/proc/{int(pid)}/ns/net", os.O_RDONLY)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        print(f"nsbridge: setns: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
+    try:
+        enter(int(pid))
+    except OSError as exc:
+        print(f"nsbridge: {exc.strerror}", file=sys.stderr)
         return 1
-    os.close(fd)
     sock = socket.create_connection(("127.0.0.1", int(port)))
     sel = selectors.DefaultSelector()
     sel.register(0, selectors.EVENT_READ)

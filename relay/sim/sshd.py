@@ -323,7 +323,10 @@ class ThrowawaySSHD:
                 "proxy_command",
                 [sys.executable, "-m", "relay.sim.nsbridge", str(self.proc.pid), str(self.port)],
             )
-        return f"[hosts.{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+        # a None says "not set" (proxy_command = None: reached some other way, a FaultProxy)
+        return f"[hosts.{name}]\n" + "".join(
+            f"{k} = {toml_value(v)}\n" for k, v in values.items() if v is not None
+        )
 
 
 def toml_value(value: object) -> str:

@@ -26,11 +26,13 @@ import pytest
 from relay.lite import hook
 from relay.lite.linkname import LinkName
 from relay.sim import frontend, wire
+from relay.sim.faultproxy import FaultProxy
 from relay.sim.frontend import read_data
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
 from tests.e2e.helpers import Controller, controller, expose_listening_kernel, request
 from tests.e2e.test_faults import connected
+from tests.e2e.test_resume import KEEPALIVE, outage, resume_state
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 PROBE = str(Path(__file__).with_name("hookprobe.py"))
@@ -398,3 +400,49 @@ async def test_a_refused_hook_install_says_why_and_is_tried_again(
         (initfile,) = main.hello["initfile"]
         assert Path(initfile).parent.parent == cache
         await finish(fe, main)
+
+
+@pytest.mark.parametrize("method", ["new", "old"])
+async def test_dynamic_links_outlive_the_network(
+    home: RelayHome, remote: ThrowawaySSHD, method: str
+) -> None:
+    """Through a path that goes silently dead and comes back, then one that is reset (as in
+    tests/e2e/test_resume.py, on the host of its own): the service and preemptive links in
+    the middle of transfers, and the hook's control channel (the new method's links asked
+    for again afterwards), go on with every byte exactly once."""
+    home.sshd = remote
+    home.hosts.clear()
+    assert remote.proc is not None
+    proxy = await FaultProxy(remote.port, netns_pid=remote.proc.pid).start()
+    remote.trust_port(proxy.port)
+    extra: dict[str, object] = (
+        {"controller_args": ["-simversion", "11.0"]} if method == "old" else {}
+    )
+    home.add_host("path", port=proxy.port, proxy_command=None, **KEEPALIVE, **extra)
+    try:
+        async with start_daemon(home) as running, controller(home, host="path") as fe:
+            main, pid = await connected(fe)
+            links = await (main.new_method_links() if method == "new" else main.old_method_links())
+            service, preemptive = links
+            await dynamic_traffic(main, service, preemptive)
+            for how in ("blackhole", "reset"):
+                payloads = [secrets.token_bytes(2 << 20), secrets.token_bytes(1 << 20)]
+                echoes = [
+                    asyncio.ensure_future(kl.echo(p))
+                    for kl, p in zip((preemptive, service), payloads, strict=True)
+                ]
+                await outage(running, proxy, how, host="path")
+                proxy.restore()
+                assert await asyncio.wait_for(asyncio.gather(*echoes), 60) == payloads
+                for i, kl in enumerate((main, service, preemptive)):
+                    assert await kl.urgent(wire.INTERRUPT, 7 + i) == (wire.INTERRUPT, 7 + i)
+            again: tuple[frontend.KernelLink, ...] = ()
+            if method == "new":  # the front end asks again (the old method asks at start only)
+                again = await main.new_method_links()  # through the hook's channel, resumed
+                await dynamic_traffic(main, *again)
+            (k,) = running.daemon.kernels.values()
+            assert k.hook is not None and k.remote_pid == pid
+            assert int(str(resume_state(running, "path")["attaches"])) >= 3
+            await finish(fe, main, service, preemptive, *again)
+    finally:
+        await proxy.aclose()

@@ -55,13 +55,13 @@ async def connected(fe: Controller) -> tuple[frontend.KernelLink, int]:
     return kl, int(kl.hello["pid"])
 
 
-def resume_state(running: RunningDaemon) -> dict[str, object]:
-    snap = running.daemon.hosts["local"].snapshot()
+def resume_state(running: RunningDaemon, host: str = "local") -> dict[str, object]:
+    snap = running.daemon.hosts[host].snapshot()
     state: dict[str, object] = snap["resume"]
     return state
 
 
-async def outage(running: RunningDaemon, proxy: FaultProxy, how: str) -> None:
+async def outage(running: RunningDaemon, proxy: FaultProxy, how: str, host: str = "local") -> None:
     """The path fails ``how``; returns once the daemon has declared the connection lost and
     is resuming (the kernels' links quiet, not closed)."""
     if how == "blackhole":
@@ -69,7 +69,7 @@ async def outage(running: RunningDaemon, proxy: FaultProxy, how: str) -> None:
     else:  # and new connections refused until restore(): a VPN coming back up
         proxy.refuse()
         proxy.reset()
-    await until(lambda: resume_state(running).get("state") == "resuming", "resuming")
+    await until(lambda: resume_state(running, host).get("state") == "resuming", "resuming")
 
 
 async def test_blackholed_and_reset_paths_lose_no_kernel_and_no_byte(home: RelayHome) -> None:
