@@ -43,6 +43,8 @@ import structlog
 
 from relay import __version__, protocol, settings
 from relay.activation import Notifier, activated_socket
+from relay.agent.expose import AgentExpose
+from relay.agent.forward import AgentForward
 from relay.control import ControlServer, DaemonLock, prepare_socket_dir
 from relay.errors import (
     BadRequest,
@@ -56,7 +58,7 @@ from relay.errors import (
 )
 from relay.kernels import Kernel, launch, new_kernel_id
 from relay.lite import locks
-from relay.lite.linkname import LinkName, LinkNameError
+from relay.lite.linkname import LOOPBACK, LinkName, LinkNameError
 from relay.log import problem as log_problem
 from relay.settings import HostConfig, RelayConfig
 from relay.slurm.nodes import Clusters
@@ -95,7 +97,7 @@ class RequestedForward:
     name: str
     direction: str
     host: HostSession
-    forward: CallbackForward | ExposeForward
+    forward: CallbackForward | ExposeForward | AgentForward | AgentExpose
     hold: Hold
     released: asyncio.Event = field(default_factory=asyncio.Event)  # set once it is gone
 
@@ -264,11 +266,17 @@ class Daemon:
         hold = host.hold()  # no idle close while the link lives
         try:
             live = await host.live()
-            fwd: CallbackForward | ExposeForward
-            if req.direction == "callback":
+            fwd: CallbackForward | ExposeForward | AgentForward | AgentExpose
+            # through the host's agent, if it has one: the link outlives the connection (the
+            # agent reaches only the host's loopback, and there a listener of the user's own)
+            if req.direction == "callback" and live.agent is not None:
+                fwd = await AgentForward.open(live.agent, target)
+            elif req.direction == "callback":
                 fwd = await CallbackForward.open(
                     live.connection, target, host.key, live.guard, live.pool
                 )
+            elif live.agent is not None and target.data.host == target.message.host == LOOPBACK:
+                fwd = await AgentExpose.to(live.agent, target, host.local_guard)
             else:
                 fwd = await ExposeForward.to(live.connection, target, host.local_guard)
         except RelayError:

@@ -1,9 +1,13 @@
 """A link the kernel listens on, reached from the front end's machine through the host's
 agent: the expose forward (``relay.ssh.exposed``), resumable.
 
-Dynamic's old method (``listen-pair`` in ``relay.lite.hook``): the kernel listens on
-``L1@127.0.0.1,L2@127.0.0.1`` on the host and the front end connects to that very name on its
-own machine. Here two listeners on the front end's 127.0.0.1 (ports chosen by the OS, the
+- ``AgentExpose.mirrored``: Dynamic's old method (``listen-pair`` in ``relay.lite.hook``): the
+  kernel listens on ``L1@127.0.0.1,L2@127.0.0.1`` on the host and the front end connects to
+  that very name on its own machine.
+- ``AgentExpose.to``: a requested forward (``relay forward --expose``) to a given link name
+  on the host's loopback.
+
+Two listeners on the front end's 127.0.0.1 (ports chosen by the OS, the
 kernel then told the same numbers) each admit one connection of the user's own (the
 daemon's ``PeerGuard``: no byte is read before), and the agent connects to the kernel's
 listener on the host (only one of the user's own: ``connect`` in docs/agent.md). The bytes
@@ -52,6 +56,7 @@ class _Listener:
         self.frontend: FrontEnd | None = None
         self.stream: Stream | None = None
         self.port = 0  # the listener's, kept once it is closed
+        self.dest = 0  # the port on the host's 127.0.0.1 it leads to
 
     def protocol(self) -> FrontEnd:
         return _Admitting(self)
@@ -71,8 +76,7 @@ class _Listener:
         self.frontend = frontend
         if self.server is not None:
             self.server.close()  # single use: nothing else may connect through it
-        # the kernel's listener has the same number on the host (the name the front end used)
-        self.stream = self.owner.agent.connect(self.port)
+        self.stream = self.owner.agent.connect(self.dest)
         frontend.join(self.stream)  # what the front end wrote already waits in the agent
         try:
             await self.stream.opened
@@ -95,8 +99,20 @@ class AgentExpose:
     @classmethod
     async def mirrored(cls, agent: AgentSession, guard: PeerGuard) -> AgentExpose:
         """Listeners here whose port numbers the kernel is to listen on there."""
-        self = cls(agent, guard)
-        guard.require()
+        self = await cls(agent, guard)._listen()
+        for lst in self._listeners:
+            lst.dest = lst.port
+        return self
+
+    @classmethod
+    async def to(cls, agent: AgentSession, remote: LinkName, guard: PeerGuard) -> AgentExpose:
+        """Listeners here leading to ``remote`` (both ends on the host's loopback)."""
+        self = await cls(agent, guard)._listen()
+        self._listeners[0].dest, self._listeners[1].dest = remote.data.port, remote.message.port
+        return self
+
+    async def _listen(self) -> AgentExpose:
+        self.guard.require()
         loop = asyncio.get_running_loop()
         try:
             for lst in self._listeners:
@@ -149,12 +165,18 @@ class AgentExpose:
                 {
                     "role": lst.role,
                     "local": str(Endpoint(lst.port, LOOPBACK)) if lst.server else f"-@{LOOPBACK}",
-                    "remote": f"{lst.port}@127.0.0.1" if lst.server else "-",
+                    "remote": f"{lst.dest}@127.0.0.1",
                     "state": state,
                     "unacked": lst.stream.out.unacked if lst.stream is not None else 0,
                 }
             )
         return out
+
+    async def peers_closed(self) -> None:
+        """Return once the connections that were made have both closed (at either end)."""
+        for lst in self._listeners:
+            if lst.frontend is not None:
+                await lst.frontend.closed
 
     async def aclose(self) -> None:
         """Release both: what the kernel wrote before it ended is delivered first (bounded,

@@ -153,6 +153,12 @@ class AgentForward:
     def close_listeners(self) -> None:
         pass
 
+    async def peers_closed(self) -> None:
+        """Return once the channels that were connected have both closed (at either end)."""
+        for ch in self._channels:
+            if ch.frontend is not None:
+                await ch.frontend.closed
+
     def snapshot(self) -> list[dict[str, Any]]:
         out = []
         for ch in self._channels:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
@@ -402,6 +403,24 @@ async def test_a_refused_hook_install_says_why_and_is_tried_again(
         await finish(fe, main)
 
 
+@asynccontextmanager
+async def path_to(
+    home: RelayHome, remote: ThrowawaySSHD, **extra: object
+) -> AsyncIterator[tuple[FaultProxy, RunningDaemon]]:
+    """The host "path": the host of its own behind a FaultProxy, and relay serving it."""
+    home.sshd = remote
+    home.hosts.clear()
+    assert remote.proc is not None
+    proxy = await FaultProxy(remote.port, netns_pid=remote.proc.pid).start()
+    remote.trust_port(proxy.port)
+    home.add_host("path", port=proxy.port, proxy_command=None, **KEEPALIVE, **extra)
+    try:
+        async with start_daemon(home) as running:
+            yield proxy, running
+    finally:
+        await proxy.aclose()
+
+
 @pytest.mark.parametrize("method", ["new", "old"])
 async def test_dynamic_links_outlive_the_network(
     home: RelayHome, remote: ThrowawaySSHD, method: str
@@ -410,39 +429,69 @@ async def test_dynamic_links_outlive_the_network(
     tests/e2e/test_resume.py, on the host of its own): the service and preemptive links in
     the middle of transfers, and the hook's control channel (the new method's links asked
     for again afterwards), go on with every byte exactly once."""
-    home.sshd = remote
-    home.hosts.clear()
-    assert remote.proc is not None
-    proxy = await FaultProxy(remote.port, netns_pid=remote.proc.pid).start()
-    remote.trust_port(proxy.port)
     extra: dict[str, object] = (
         {"controller_args": ["-simversion", "11.0"]} if method == "old" else {}
     )
-    home.add_host("path", port=proxy.port, proxy_command=None, **KEEPALIVE, **extra)
-    try:
-        async with start_daemon(home) as running, controller(home, host="path") as fe:
-            main, pid = await connected(fe)
-            links = await (main.new_method_links() if method == "new" else main.old_method_links())
-            service, preemptive = links
-            await dynamic_traffic(main, service, preemptive)
-            for how in ("blackhole", "reset"):
-                payloads = [secrets.token_bytes(2 << 20), secrets.token_bytes(1 << 20)]
-                echoes = [
-                    asyncio.ensure_future(kl.echo(p))
-                    for kl, p in zip((preemptive, service), payloads, strict=True)
-                ]
-                await outage(running, proxy, how, host="path")
-                proxy.restore()
-                assert await asyncio.wait_for(asyncio.gather(*echoes), 60) == payloads
-                for i, kl in enumerate((main, service, preemptive)):
-                    assert await kl.urgent(wire.INTERRUPT, 7 + i) == (wire.INTERRUPT, 7 + i)
-            again: tuple[frontend.KernelLink, ...] = ()
-            if method == "new":  # the front end asks again (the old method asks at start only)
-                again = await main.new_method_links()  # through the hook's channel, resumed
-                await dynamic_traffic(main, *again)
-            (k,) = running.daemon.kernels.values()
-            assert k.hook is not None and k.remote_pid == pid
-            assert int(str(resume_state(running, "path")["attaches"])) >= 3
-            await finish(fe, main, service, preemptive, *again)
-    finally:
-        await proxy.aclose()
+    async with (
+        path_to(home, remote, **extra) as (proxy, running),
+        controller(home, host="path") as fe,
+    ):
+        main, pid = await connected(fe)
+        links = await (main.new_method_links() if method == "new" else main.old_method_links())
+        service, preemptive = links
+        await dynamic_traffic(main, service, preemptive)
+        for how in ("blackhole", "reset"):
+            payloads = [secrets.token_bytes(2 << 20), secrets.token_bytes(1 << 20)]
+            echoes = [
+                asyncio.ensure_future(kl.echo(p))
+                for kl, p in zip((preemptive, service), payloads, strict=True)
+            ]
+            await outage(running, proxy, how, host="path")
+            proxy.restore()
+            assert await asyncio.wait_for(asyncio.gather(*echoes), 60) == payloads
+            for i, kl in enumerate((main, service, preemptive)):
+                assert await kl.urgent(wire.INTERRUPT, 7 + i) == (wire.INTERRUPT, 7 + i)
+        again: tuple[frontend.KernelLink, ...] = ()
+        if method == "new":  # the front end asks again (the old method asks at start only)
+            again = await main.new_method_links()  # through the hook's channel, resumed
+            await dynamic_traffic(main, *again)
+        (k,) = running.daemon.kernels.values()
+        assert k.hook is not None and k.remote_pid == pid
+        assert int(str(resume_state(running, "path")["attaches"])) >= 3
+        await finish(fe, main, service, preemptive, *again)
+
+
+async def test_requested_forwards_outlive_the_network(
+    home: RelayHome, remote: ThrowawaySSHD
+) -> None:
+    """``relay forward``'s links both ways, through the host's agent: a black-holed path
+    that comes back loses no byte of either."""
+    async with path_to(home, remote) as (proxy, running):
+        link = await frontend.ListeningLink.create()
+        answer = await request(home, {"op": "forward", "host": "path", "linkname": str(link.name)})
+        assert answer["event"] == "forwarded", answer
+        called = await asyncio.create_subprocess_exec(
+            *remote.nsenter(
+                SIM_KERNEL, "-wstp", "-LinkMode", "Connect", "-LinkName", str(answer["linkname"])
+            )
+        )
+        back = await link.accept(60)
+        listener, local = await expose_listening_kernel(home, "path", remote.nsenter())
+        streams = [
+            await asyncio.open_connection(ep.host, ep.port) for ep in (local.data, local.message)
+        ]
+        exposed = frontend.KernelLink(streams[0], streams[1])
+        await exposed.start()  # its HELLO
+        payloads = [secrets.token_bytes(2 << 20), secrets.token_bytes(1 << 20)]
+        echoes = [
+            asyncio.ensure_future(kl.echo(p))
+            for kl, p in zip((back, exposed), payloads, strict=True)
+        ]
+        await outage(running, proxy, "blackhole", host="path")
+        proxy.restore()
+        assert await asyncio.wait_for(asyncio.gather(*echoes), 60) == payloads
+        for kl, proc in ((back, called), (exposed, listener)):
+            await kl.quit(0)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            await kl.aclose()
+        link.close()
