@@ -126,6 +126,8 @@ class Allocation:
             raise SlurmFailed(
                 f"{argv[0]} on {self.host.key} did not finish within {COMMAND_TIMEOUT_S:g} s"
             ) from None
+        except (asyncssh.Error, OSError) as exc:  # the connection was lost (an outage): asked again
+            raise SlurmFailed(f"{argv[0]} on {self.host.key} could not run: {exc}") from None
         if result.exit_status != 0:
             said = str(result.stderr or result.stdout or "").strip().splitlines()
             last = said[-1] if said else f"exit status {result.exit_status}"

@@ -372,7 +372,8 @@ class HostSession:
         if cfg.resume_window_s <= 0:
             self.agent_unavailable = "resume_window_s = 0"
         elif cfg.slurm is not None:
-            self.agent_unavailable = "Slurm hosts' kernels run on compute nodes (not yet resumable)"
+            # no kernel runs on a login node: each compute node's session has its own agent
+            self.agent_unavailable = "kernels run on the compute nodes, each with its agent"
         elif cfg.peer_check != "uid":
             self.agent_unavailable = "peer_check = off (the agent admits only the user's own)"
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import socket
 import tempfile
@@ -21,10 +22,12 @@ from typing import Any
 
 import pytest
 
-from relay.sim import frontend
+from relay.sim import frontend, wire
+from relay.sim.faultproxy import FaultProxy
 from relay.sim.slurm import LocalSlurm, SlurmSite
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
-from tests.e2e.helpers import relay_cli, remote_command, request
+from tests.e2e.helpers import controller, relay_cli, remote_command, request
+from tests.e2e.test_resume import KEEPALIVE
 
 pytestmark = pytest.mark.slurm  # skipped, with the reason, where Slurm cannot run (conftest)
 
@@ -312,3 +315,47 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])  # nothing listens there once this returns
+
+
+async def test_a_kernel_on_a_compute_node_outlives_the_network(
+    slurm_home: RelayHome, cluster: LocalSlurm, site: SlurmSite
+) -> None:
+    """The path to the login node (and so to the node, reached through it) goes silently
+    dead mid-transfer and comes back: the compute node's agent kept the kernel and its links,
+    the node's session resumes through a new login connection, every byte arrives once, and
+    the job is the same."""
+    proxy = await FaultProxy(site.login.port).start()
+    site.login.trust_port(proxy.port)
+    slurm_home.hosts["cluster"].update(port=proxy.port, **KEEPALIVE)
+    node = f"cluster/{cluster.node}"
+    try:
+        async with serving(slurm_home) as running, controller(slurm_home, host="cluster") as fe:
+            kernel = await fe.link.accept(60)
+            job_id, pid = kernel.hello["slurm_job_id"], kernel.hello["pid"]
+            assert (await hosts(slurm_home))[node]["resume"]["state"] == "on"
+            payload = secrets.token_bytes(2 << 20)
+            echo = asyncio.ensure_future(kernel.echo(payload))
+            proxy.blackhole()
+            await until_resuming(running, node)
+            proxy.restore()
+            assert await asyncio.wait_for(echo, 90) == payload
+            assert await kernel.urgent(wire.INTERRUPT, 5) == (wire.INTERRUPT, 5)
+            shown = await hosts(slurm_home)
+            assert shown[node]["resume"]["state"] == "on"
+            assert shown[node]["resume"]["attaches"] >= 2
+            job = cluster.job(str(job_id))
+            assert job is not None and job.state == "RUNNING"
+            assert kernel.hello["pid"] == pid and fe.proc.returncode is None
+            await kernel.quit(0)
+            status, _, err = await fe.result()
+            assert status == 0, err
+            await kernel.aclose()
+    finally:
+        await proxy.aclose()
+
+
+async def until_resuming(running: RunningDaemon, host: str) -> None:
+    async def resuming() -> bool:
+        return bool(running.daemon.hosts[host].snapshot()["resume"].get("state") == "resuming")
+
+    await until(resuming, f"{host} resuming", 60)
