@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from relay.sim import frontend, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
@@ -189,9 +191,11 @@ async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
     link.close()
 
 
-async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome) -> None:
+@pytest.mark.parametrize("how", ["reset", "blackhole"])
+async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome, how: str) -> None:
     """A laptop's sleep: the daemon stopped (SIGSTOP) for longer than its keepalive while its
-    path dies and comes back; woken, it resumes, and the kernel's bytes all arrive."""
+    path dies (reset by a network change, or silently dead: what was on the way is lost) and
+    comes back; woken, it resumes, and the kernel's bytes all arrive."""
     async with behind_proxy(home) as proxy:
         daemon = await serve_subprocess(home)
         draining = asyncio.ensure_future(drain(daemon))
@@ -201,13 +205,21 @@ async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome) -> No
                 payload = secrets.token_bytes(2 << 20)
                 echo = asyncio.ensure_future(kl.echo(payload))
                 daemon.send_signal(signal.SIGSTOP)
-                proxy.reset()  # the network changed while it slept
+                if how == "reset":
+                    proxy.reset()  # the network changed while it slept
+                else:
+                    proxy.blackhole()  # Wi-Fi gone with the lid: bytes on the way are lost
                 # asleep for longer than the keepalive would allow (0.5 s x 2); the kernel
                 # does not notice: the agent holds its link
                 await asyncio.sleep(3)  # the length of a nap: the subject of the test
+                proxy.restore()  # back on waking
                 daemon.send_signal(signal.SIGCONT)
                 assert await asyncio.wait_for(echo, BOUND_S) == payload
                 assert pid_alive(pid)
+                code, _, out, _ = await status_json(home)
+                assert code == 0
+                shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+                assert shown["resume"]["attaches"] >= 2, shown  # it did resume
                 await kl.quit(0)
                 status, _, err = await fe.result()
                 assert status == 0, err
