@@ -144,6 +144,16 @@ class Stream:
                 self.sink.resume_reading()
         self._check_finished()
 
+    def resume_from(self, position: int) -> list[bytes]:
+        """What to send again on attach, the agent having received up to ``position``. That
+        is an acknowledgement too (its ACK may have been lost with the old connection), so a
+        sink paused for too much unacknowledged reads again. A position below what we kept:
+        the agent forgot a stream that is over for it (it remembers the last few thousand);
+        nothing it lacks can be sent."""
+        position = max(self.out.base, position)
+        self.acked(position)
+        return self.out.replay(position)
+
     def handed(self) -> int:
         """The position up to which what came in is out of our hands (in the sink's socket)."""
         waiting = sum(len(f.payload) + (f.type != mux.DATA) for f in self._early)
@@ -464,10 +474,7 @@ class AgentSession:
             ) from None
         recv = welcome.get("recv", {})
         for sid, stream in list(self._streams.items()):
-            # a position below what we kept: the agent forgot a stream that is over for it
-            # (it remembers the last few thousand); nothing it lacks can be sent
-            position = max(stream.out.base, int(recv.get(str(sid), 0)))
-            for wire in stream.out.replay(position):
+            for wire in stream.resume_from(int(recv.get(str(sid), 0))):
                 channel.write(wire)
         self._attaching = None
         self._channel = channel

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import RelayHome, RunningDaemon, run_shim
+from tests.conftest import RelayHome, RunningDaemon, run_shim, start_daemon
 from tests.e2e.helpers import controller
 from tests.e2e.test_faults import drain, serve_subprocess
+from tests.e2e.test_resume import behind_proxy, resume_state, until
 
 pytestmark = pytest.mark.both_loops
 
@@ -117,8 +118,11 @@ async def _wrapper(directory: Path, schedule: dict[str, Any]) -> str:
     return str(path)
 
 
-async def run_schedule(daemon: RunningDaemon, schedule: dict[str, Any]) -> Outcome:
-    """Create a listening link, launch the probe through ``relay launch``, carry it out."""
+async def run_schedule(
+    daemon: RunningDaemon, schedule: dict[str, Any], carried: asyncio.Event | None = None
+) -> Outcome:
+    """Create a listening link, launch the probe through ``relay launch``, carry it out;
+    ``carried`` is set once relay has carried both of the kernel's connections."""
     loop = asyncio.get_running_loop()
     report_path = daemon.home.dir / f"report-{random.getrandbits(32):x}.sock"
     reports: asyncio.Future[dict[str, dict[str, Any]]] = loop.create_future()
@@ -137,6 +141,8 @@ async def run_schedule(daemon: RunningDaemon, schedule: dict[str, Any]) -> Outco
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(BOUND_S):
                 await asyncio.gather(*(side.accepted for side in sides.values()))
+                if carried is not None:
+                    carried.set()
         writer.close()
 
     gate_path = daemon.home.dir / f"admitted-{random.getrandbits(32):x}.sock"
@@ -322,3 +328,92 @@ async def test_relay_serve_in_its_own_process_on_either_loop(home: RelayHome, lo
         serving.terminate()
         assert await asyncio.wait_for(serving.wait(), 60) == 0
         await drained
+
+
+OUTAGES = st.lists(
+    st.tuples(
+        st.sampled_from(["blackhole", "reset"]),
+        st.floats(0, 0.05),  # when: after the links are carried (or relay resumed)
+        st.floats(0, 1.0),  # how long the path stays down once relay has noticed
+    ),
+    min_size=1,
+    max_size=2,
+)
+
+
+@st.composite
+def long_schedules(draw: st.DrawFn) -> dict[str, Any]:
+    """A schedule whose data channel carries 8-32 MiB each way to its end, so that an outage
+    early in it finds bytes on the way in both directions."""
+    schedule: dict[str, Any] = draw(schedules)
+    sizes = st.integers(8 * MiB, 32 * MiB)
+    fe_size, k_size = draw(sizes), draw(sizes)
+    schedule["data"] = {
+        **schedule["data"],
+        "frontend_size": fe_size,
+        "kernel_size": k_size,
+        "frontend_chunk": max(schedule["data"]["frontend_chunk"], fe_size // 256),
+        "kernel_chunk": max(schedule["data"]["kernel_chunk"], k_size // 256),
+        "frontend_end": "half_close",
+        "kernel_end": "half_close",
+    }
+    return schedule
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # an example takes seconds: no shrinking
+)
+@given(schedule=long_schedules(), outages=OUTAGES)
+@example(  # found by this test: an ACK lost in the black hole left the front end paused
+    schedule={
+        "data": plan(31_233_188, 24_360_544, frontend_chunk=122_004, kernel_chunk=95_158),
+        "message": plan(1, 2 * MiB, "kernel", frontend_chunk=MiB, kernel_chunk=8192),
+        "order": "data",
+        "message_first": True,
+    },
+    outages=[("blackhole", 0.01, 1.0), ("blackhole", 0.01, 0.83)],
+)
+async def test_random_schedules_through_random_outages_carry_every_byte_exactly_once(
+    home: RelayHome, schedule: dict[str, Any], outages: list[tuple[str, float, float]]
+) -> None:
+    """Schedules as above through the host's agent while the path to sshd goes silently
+    dead or is reset, at random points and for random lengths (tests/e2e/test_resume.py's
+    FaultProxy): every byte still arrives exactly once, in order, with every end."""
+    async with (
+        behind_proxy(home, connect_timeout_s=2) as proxy,
+        start_daemon(home) as running,
+    ):
+        carried = asyncio.Event()
+        run = asyncio.ensure_future(run_schedule(running, schedule, carried))
+        hit = 0  # outages that found the schedule still running
+        try:
+            await asyncio.wait_for(carried.wait(), BOUND_S)
+            for how, after_s, down_s in outages:
+                await asyncio.wait([run], timeout=after_s)  # a random point in the schedule
+                if run.done():
+                    break
+                hit += 1
+                if how == "blackhole":
+                    proxy.blackhole()
+                else:
+                    proxy.refuse()
+                    proxy.reset()
+                await until(
+                    lambda: resume_state(running).get("state") == "resuming", "relay noticed"
+                )
+                await asyncio.wait([run], timeout=down_s)
+                proxy.restore()
+                await until(lambda: resume_state(running).get("state") == "on", "resumed")
+            outcome = await asyncio.wait_for(run, BOUND_S)
+        finally:
+            proxy.restore()
+            if not run.done():
+                run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+        check(outcome, schedule)
+        event(f"outages that found bytes on the way: {hit}")
+        assert int(str(resume_state(running)["attaches"])) >= 1 + hit  # each one resumed

@@ -1,0 +1,60 @@
+"""The daemon's side of an agent's streams (relay.agent.session), without a connection."""
+
+from __future__ import annotations
+
+from relay.agent import mux
+from relay.agent.session import AgentInfo, AgentSession
+
+
+class Sink:
+    """A front end's transport as a stream sees it: reading paused or not."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+async def test_a_front_end_paused_before_an_outage_reads_again_after_it() -> None:
+    """Past mux.LIMIT unacknowledged the front end's reading pauses; the ACK that would
+    resume it is lost with the connection. The agent's WELCOME position, on the next attach,
+    acknowledges as much: the front end reads again (found by the random outage schedules in
+    tests/e2e/test_link_integrity.py, which then stalled for good)."""
+    info = AgentInfo(pid=1, socket="/nonexistent", uid=0, owner_check=True, ended=0)
+    session = AgentSession("host", info, "0" * 64, window_s=60, silence_s=1)
+    stream = session._new_stream(1)
+    sink = Sink()
+    stream.attach(sink)
+    chunk = b"x" * (1 << 20)
+    for _ in range(mux.LIMIT // len(chunk) + 1):
+        stream.send(chunk)
+    assert sink.paused
+    sent = stream.out.unacked
+    resent = stream.resume_from(sent)  # all of it arrived; its ACK did not
+    assert resent == []
+    assert stream.out.unacked == 0 and not sink.paused
+    # a position short of what was sent: the rest is sent again, and while more than half
+    # of LIMIT is still unacknowledged, reading waits on
+    stream.send(chunk * 5)
+    assert sink.paused
+    again = mux.FrameReader().feed(b"".join(stream.resume_from(sent + len(chunk))))
+    assert sum(len(f.payload) for f in again) == 4 * len(chunk)
+    assert sink.paused
+    stream.resume_from(sent + 5 * len(chunk))
+    assert not sink.paused
