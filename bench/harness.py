@@ -123,6 +123,8 @@ class Results:
     shim_wall: Sample = field(default_factory=Sample)
     shim_cpu: Sample = field(default_factory=Sample)
     daemon: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # the host's agent (kernels that outlive the network) beside it: RSS MB, fds
+    agent: dict[str, tuple[float, int]] = field(default_factory=dict)
     daemon_scaffold: tuple[float, int] = (0.0, 0)
     floor_python: Sample = field(default_factory=Sample)
     floor_direct: Sample = field(default_factory=Sample)
@@ -255,6 +257,9 @@ class Bench:
                 return self.results
             if self.config.only == "link":
                 await self.pingpong_and_bulk()
+                return self.results
+            if self.config.only == "footprint":
+                await self.daemon_footprint()
                 return self.results
             if self.config.only == "single":
                 for rtt in self.config.rtts_ms:  # warm every way on every path once
@@ -595,6 +600,9 @@ class Bench:
         sock = Path(env["RELAY_SOCKET"])
         await self.timed_launch(way)  # connected and warm: that is its idle state
         self.results.daemon["idle"] = _proc_stats(daemon.pid)
+        agent = _agent_pid(sock)  # started by the first launch; idle with no kernel now
+        if agent is not None:
+            self.results.agent["idle"] = _proc_stats(agent)
         links = [await frontend.ListeningLink.create() for _ in range(self.config.daemon_kernels)]
         launches = []
         for chunk in range(0, len(links), 25):
@@ -603,6 +611,8 @@ class Bench:
             await asyncio.gather(*(link.connected(60) for link in batch))
         kernels = [await link.accept(60) for link in links]
         self.results.daemon[f"{len(kernels)} kernels"] = _proc_stats(daemon.pid)
+        if agent is not None:  # every link idle: connected, nothing on the way
+            self.results.agent[f"{len(kernels)} kernels"] = _proc_stats(agent)
         for kl in kernels:
             await kl.quit(0)
         for kl in kernels:
@@ -738,6 +748,15 @@ def _proc_stats(pid: int) -> tuple[float, int]:
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _agent_pid(sock: Path) -> int | None:
+    """The pid of the daemon's one host's agent, if it has one (``relay status``)."""
+    for host in client.request(sock, {"op": "status"})["hosts"]:
+        pid = (host.get("resume") or {}).get("pid")
+        if pid:
+            return int(pid)
+    return None
 
 
 async def _until_kernels_gone(sock: Path) -> None:
@@ -947,6 +966,7 @@ def render(config: Config, r: Results, plot_name: str) -> str:
         f"- (the bench's own daemon, holding one connection per emulated RTT: "
         f"{r.daemon_scaffold[0]:.1f} MB RSS, {r.daemon_scaffold[1]} fds)"
     )
+    lines += _agent_footprint(r)
     if idle and len(r.daemon) == 3:
         (_, (busy, _)), (_, (after, _)) = list(r.daemon.items())[1:]
         busy_ok = "met" if busy <= 60 else "missed"
@@ -1243,6 +1263,25 @@ def plot(config: Config, r: Results, path: Path) -> None:
     plt.close(fig)
 
 
+def _agent_footprint(r: Results) -> list[str]:
+    """The host's agent beside the daemon: its RSS idle and with every kernel's two links
+    connected and idle, and what one idle link costs it."""
+    lines = [
+        f"- relay's agent on the host, {label}: {rss:.1f} MB RSS, {fds} fds"
+        for label, (rss, fds) in r.agent.items()
+    ]
+    if "idle" in r.agent and len(r.agent) == 2:
+        (label, (busy, _)) = list(r.agent.items())[1]
+        kernels = int(label.split()[0])
+        per_link = (busy - r.agent["idle"][0]) * 1024 / (2 * kernels)
+        lines.append(
+            f"- the agent's memory per idle link: {per_link:.1f} KB "
+            f"(({busy:.1f} - {r.agent['idle'][0]:.1f}) MB over {2 * kernels} links: its kernels' "
+            "processes are their own; the agent holds a socket, a stream and its bookkeeping)"
+        )
+    return lines
+
+
 async def main(config: Config) -> Results:
     results = await Bench(config).run()
     if config.only == "pool":
@@ -1251,6 +1290,10 @@ async def main(config: Config) -> Results:
         print("\n".join(_link_section(config, results)))
     elif config.only == "single":
         print("\n".join(_agent_rows(results)))
+    elif config.only == "footprint":
+        for label, (rss, fds) in results.daemon.items():
+            print(f"- daemon serving one host, {label}: {rss:.1f} MB RSS, {fds} fds")
+        print("\n".join(_agent_footprint(results)))
     elif config.write_report:
         plot_path = config.out / "bench" / "launch-latency.png"
         plot(config, results, plot_path)
