@@ -1010,23 +1010,29 @@ POOL_WAYS = [
 
 
 def _agent_rows(r: Results) -> list[str]:
-    """A warm launch through relay's agent beside today's path, and the agent's target."""
+    """A warm launch through relay's agent beside today's path, and the agent's target: one
+    round trip plus 40 ms beyond the kernel's own start (the floor: the simulator kernel
+    started here, connecting straight to the front end)."""
+    floor = r.floor_direct.median if r.floor_direct.values else 0.0
     lines = [
         "",
         "What kernels that outlive the network cost a launch: relay's agent (the default) "
         "beside the same host with `resume_window_s = 0` (sshd's listeners and the shell "
-        "supervisor), interleaved.",
+        "supervisor), interleaved. Target: one round trip plus 40 ms beyond the kernel's own "
+        f"start (its floor here: {r.floor_direct.cell()}).",
         "",
-        "| RTT | relay (agent) | relay (resume_window_s = 0) | cost | agent vs RTT + 40 ms |",
-        "|---|---|---|---|---|",
+        "| RTT | relay (agent) | relay (resume_window_s = 0) | cost | agent beyond RTT + the "
+        "kernel's start | target (40 ms) | literally within RTT + 40 ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for rtt, today in r.today.items():
         agent = r.single[("relay", rtt)]
-        target = (rtt + 40) / 1000
+        beyond = agent.median - rtt / 1000 - floor
         lines.append(
             f"| {rtt} ms | {agent.cell()} | {today.cell()} | "
-            f"{(agent.median - today.median) * 1000:+.0f} ms | "
-            f"{'met' if agent.median <= target else 'missed'} ({rtt + 40} ms) |"
+            f"{(agent.median - today.median) * 1000:+.0f} ms | {beyond * 1000:.0f} ms | "
+            f"{'met' if beyond <= 0.040 else 'missed'} | "
+            f"{'yes' if agent.median <= (rtt + 40) / 1000 else 'no'} ({rtt + 40} ms) |"
         )
     return lines
 

@@ -356,7 +356,7 @@ class Agent:
         if self.chan is None and not self.ending:
             if not self.ever_attached and t - self.started > FIRST_ATTACH_S:
                 self.end_all("nobody attached")
-            elif self.ever_attached and not self.kernels and len(self.streams) == 1:
+            elif self.ever_attached and not self.kernels and not self.links():
                 self.end_all("no kernels, no links and no daemon")
             elif self.ever_attached and t - self.heard > self.window_s:
                 self.end_all("window over")
@@ -364,6 +364,11 @@ class Agent:
             if k.kill_at is not None and t >= k.kill_at:
                 self.signal(k, signal.SIGKILL)
                 k.kill_at = None
+
+    def links(self):
+        """Whether a link is still connected or holds bytes the daemon has not had (a
+        listener nothing connected to, a spare, is not a link)."""
+        return any(s.sid and (s.sock is not None or s.out.items) for s in self.streams.values())
 
     # -- the daemon's channel -----------------------------------------------------------------
     def on_server(self, server, _, events):
@@ -526,6 +531,8 @@ class Agent:
             stream.got_eof = stream.got_close = True
             if gone:
                 return self.check_finished(stream)
+        if stream.sock is not None:  # written now, not a select turn later: a message's latency
+            self.write_link(stream)
         self.want_write(stream)
 
     def flush_acks(self, force=False):

@@ -31,6 +31,10 @@ __all__ = ["AgentGone", "AgentInfo", "AgentSession", "ControlPort", "Sink", "Str
 WINDOW = 8 << 20  # the channel's receive window, as a forward's (relay.ssh.forwards)
 PKTSIZE = 128 << 10
 ATTACH_TIMEOUT_S = 15.0
+# Link streams kept ready, each with its listener open on the host, so that a launch needs
+# no round trip before the kernel's start line (as relay.ssh.forwards' spare pool does for
+# sshd's listeners): two launches' worth, refilled after each.
+SPARE = 4
 
 
 class AgentGone(RelayError):
@@ -337,6 +341,8 @@ class AgentSession:
         self.heard_at = time.time()
         self.attaches = 0
         self._listens: dict[int, asyncio.Future[int]] = {}
+        self._spare: list[tuple[Stream, int]] = []
+        self._refilling: asyncio.Future[None] | None = None
         self.refused: Callable[[int, str], None] = lambda sid, uid: None
         self._said_bye = False
         self._bye = mux.encode(mux.BYE, 0)
@@ -354,9 +360,28 @@ class AgentSession:
             self._acks.discard(stream)
 
     async def listen(self, n: int) -> list[tuple[Stream, int]]:
-        """``n`` new link streams, each with a listener on the host: (stream, port). One
-        round trip through the control stream (queued while detached)."""
-        return await self._listeners("listen", n)
+        """``n`` new link streams, each with a listener on the host: (stream, port). Spares
+        if there are enough (no round trip), else one round trip through the control stream
+        (queued while detached); the spares are refilled after."""
+        # a spare something connected to already is not a fresh listener: dropped
+        for stream, port in [sp for sp in self._spare if sp[0].opened.done()]:
+            self._spare.remove((stream, port))
+            self.drop(stream)
+        if len(self._spare) >= n:
+            taken, self._spare = self._spare[:n], self._spare[n:]
+        else:
+            taken = await self._listeners("listen", n)
+        self._refill()
+        return taken
+
+    def _refill(self) -> None:
+        if self._refilling is None or self._refilling.done():
+            self._refilling = asyncio.ensure_future(self._refill_spares())
+
+    async def _refill_spares(self) -> None:
+        with contextlib.suppress(ConnectFailed):  # the agent is gone: no spares to keep
+            while len(self._spare) < SPARE and not self.ended.done():
+                self._spare += await self._listeners("listen", SPARE - len(self._spare))
 
     async def serve(self) -> tuple[Stream, int]:
         """A stream for a kernel's hook requests (``relay.agent.hookstream``), with the
@@ -488,6 +513,8 @@ class AgentSession:
         self._flush_acks(force=True)
         if self._said_bye:
             channel.write(self._bye)
+        elif self.attaches == 1:
+            self._refill()  # spare listeners for the first launches
 
     def detach(self) -> None:
         """The connection is gone (or declared so): keep everything, send nothing."""
@@ -576,6 +603,9 @@ class AgentSession:
             return
         self.end_reason = reason
         self.ended.set_result(None)
+        if self._refilling is not None:
+            self._refilling.cancel()
+        self._spare.clear()
         for fut in self._listens.values():
             if not fut.done():
                 fut.set_exception(ConnectFailed(f"{self.host}: {reason}"))
