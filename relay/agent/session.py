@@ -368,7 +368,8 @@ class AgentSession:
             self._spare.remove((stream, port))
             self.drop(stream)
         if len(self._spare) >= n:
-            taken, self._spare = self._spare[:n], self._spare[n:]
+            taken = self._spare[:n]
+            del self._spare[:n]
         else:
             taken = await self._listeners("listen", n)
         self._refill()
@@ -381,7 +382,10 @@ class AgentSession:
     async def _refill_spares(self) -> None:
         with contextlib.suppress(ConnectFailed):  # the agent is gone: no spares to keep
             while len(self._spare) < SPARE and not self.ended.done():
-                self._spare += await self._listeners("listen", SPARE - len(self._spare))
+                # the list is read again after the await (`+=` would extend the one read
+                # before it, with the spares a launch took meanwhile back in it)
+                got = await self._listeners("listen", SPARE - len(self._spare))
+                self._spare.extend(got)
 
     async def serve(self) -> tuple[Stream, int]:
         """A stream for a kernel's hook requests (``relay.agent.hookstream``), with the

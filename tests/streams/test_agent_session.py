@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from relay.agent import mux
-from relay.agent.session import AgentInfo, AgentSession
+from relay.agent.session import SPARE, AgentInfo, AgentSession
+
+INFO = AgentInfo(pid=1, socket="/nonexistent", uid=0, owner_check=True, ended=0)
 
 
 class Sink:
@@ -36,8 +40,7 @@ async def test_a_front_end_paused_before_an_outage_reads_again_after_it() -> Non
     resume it is lost with the connection. The agent's WELCOME position, on the next attach,
     acknowledges as much: the front end reads again (found by the random outage schedules in
     tests/e2e/test_link_integrity.py, which then stalled for good)."""
-    info = AgentInfo(pid=1, socket="/nonexistent", uid=0, owner_check=True, ended=0)
-    session = AgentSession("host", info, "0" * 64, window_s=60, silence_s=1)
+    session = AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1)
     stream = session._new_stream(1)
     sink = Sink()
     stream.attach(sink)
@@ -58,3 +61,40 @@ async def test_a_front_end_paused_before_an_outage_reads_again_after_it() -> Non
     assert sink.paused
     stream.resume_from(sent + 5 * len(chunk))
     assert not sink.paused
+
+
+async def _asked(session: AgentSession) -> None:
+    """Let the session's tasks run until they wait for the agent's ``port`` lines (bounded)."""
+    for _ in range(100):
+        if session._listens:
+            return
+        await asyncio.sleep(0)  # a turn of the loop, not a wait for time
+    raise AssertionError("nothing asked the agent for a listener")
+
+
+async def _answered(session: AgentSession) -> None:
+    """Answer each listener asked for, as the agent would (``port SID PORT``)."""
+    await _asked(session)
+    for sid in list(session._listens):
+        session._control_line(f"port {sid} {20000 + sid}\n")
+    await asyncio.sleep(0)
+
+
+async def test_spare_listeners_are_each_given_to_one_launch_only() -> None:
+    """Launches take spare streams while the spares are being refilled: the refill must not
+    put back the ones a launch took (it did: found by the pool benchmark at 50 ms RTT, where
+    two kernels were given one listener)."""
+    session = AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1)
+    session._refill()
+    await _answered(session)
+    assert len(session._spare) == SPARE
+    first = await session.listen(2)
+    await _asked(session)  # the refill for them is asked, not yet answered
+    second = await session.listen(2)
+    await _answered(session)
+    await _answered(session)  # and the refill for the second
+    given = [stream.sid for stream, _ in first + second]
+    spare = [stream.sid for stream, _ in session._spare]
+    assert len(set(given)) == 4 and not set(given) & set(spare)
+    assert len(spare) == SPARE
+    session.end("test over")
