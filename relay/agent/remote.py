@@ -172,11 +172,8 @@ def start_time(pid):
     return text.rsplit(")", 1)[-1].split()[19]
 
 
-def owner(cport, lport):
-    """Who holds the socket 127.0.0.1:cport -> 127.0.0.1:lport: a uid (str), "c" closing or
-    orphaned (nobody's: such a socket reads uid 0), "-" none (relay.peerowner's rule)."""
-    found = "-"
-    ends = [(a + ":%04X" % cport, b + ":%04X" % lport) for a in LOOPBACK for b in LOOPBACK]
+def tcp_table():
+    """The rows of /proc/net/tcp and tcp6, split into columns (the kernel's own words)."""
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as f:
@@ -185,11 +182,21 @@ def owner(cport, lport):
             continue
         for line in lines:
             cols = line.split()
-            if len(cols) < 10 or (cols[1], cols[2]) not in ends:
-                continue
-            if cols[3] == "01" and cols[9] != "0":
-                return cols[7]
-            found = "c"
+            if len(cols) >= 10:
+                yield cols
+
+
+def owner(cport, lport):
+    """Who holds the socket 127.0.0.1:cport -> 127.0.0.1:lport: a uid (str), "c" closing or
+    orphaned (nobody's: such a socket reads uid 0), "-" none (relay.peerowner's rule)."""
+    found = "-"
+    ends = [(a + ":%04X" % cport, b + ":%04X" % lport) for a in LOOPBACK for b in LOOPBACK]
+    for cols in tcp_table():
+        if (cols[1], cols[2]) not in ends:
+            continue
+        if cols[3] == "01" and cols[9] != "0":
+            return cols[7]
+        found = "c"
     return found
 
 
@@ -198,18 +205,9 @@ def listener_owner(port):
     A stranger's wins over ours (it could take the connection)."""
     found = "-"
     ends = [a + ":%04X" % port for a in LOOPBACK + ANY]
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) < 10 or cols[3] != "0A" or cols[1] not in ends:
-                continue
-            if found == "-" or found == str(os.getuid()):
-                found = cols[7]
+    for cols in tcp_table():
+        if cols[3] == "0A" and cols[1] in ends and found in ("-", str(os.getuid())):
+            found = cols[7]
     return found
 
 
