@@ -364,9 +364,11 @@ class Agent:
                 k.kill_at = None
 
     def links(self):
-        """Whether a link is still connected or holds bytes the daemon has not had (a
-        listener nothing connected to, a spare, is not a link)."""
-        return any(s.sid and (s.sock is not None or s.out.items) for s in self.streams.values())
+        """Whether a link is still connected, holds bytes the daemon has not had, or is a
+        hook request awaiting its reply (a listener nothing connected to, a spare, is not)."""
+        return any(
+            s.sid and (s.sock is not None or s.out.items or s.asks) for s in self.streams.values()
+        )
 
     # -- the daemon's channel -----------------------------------------------------------------
     def on_server(self, server, _, events):
