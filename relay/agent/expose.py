@@ -4,8 +4,8 @@ agent: the expose forward (``relay.ssh.exposed``), resumable.
 - ``AgentExpose.mirrored``: Dynamic's old method (``listen-pair`` in ``relay.lite.hook``): the
   kernel listens on ``L1@127.0.0.1,L2@127.0.0.1`` on the host and the front end connects to
   that very name on its own machine.
-- ``AgentExpose.to``: a requested forward (``relay forward --expose``) to a given link name
-  on the host's loopback.
+- ``AgentExpose.to``: a requested forward (the control socket's ``forward`` request,
+  direction ``expose``) to a given link name on the host's loopback.
 
 Two listeners on the front end's 127.0.0.1 (ports chosen by the OS, the
 kernel then told the same numbers) each admit one connection of the user's own (the
@@ -18,18 +18,15 @@ after an outage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
-from relay.agent.forward import FrontEnd
+from relay.agent.forward import FrontEnd, release
 from relay.agent.session import AgentSession, Stream
 from relay.lite.linkname import LOOPBACK, Endpoint, LinkName
 from relay.ssh.guard import PeerGuard
 from relay.tasks import TaskSet
 
 __all__ = ["AgentExpose"]
-
-CLOSE_WAIT_S = 2.0
 
 
 class _Admitting(FrontEnd):
@@ -179,24 +176,15 @@ class AgentExpose:
                 await lst.frontend.closed
 
     async def aclose(self) -> None:
-        """Release both: what the kernel wrote before it ended is delivered first (bounded,
-        as ``AgentForward.aclose``), then the agent closes its side and we the front end's."""
+        """Release both (``relay.agent.forward.release``)."""
         self.close_listeners()
         await self.tasks.aclose()
-        streams = [lst.stream for lst in self._listeners if lst.stream is not None]
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT_S):
-                for stream in streams:
-                    await asyncio.shield(stream.drained)
-        for stream in streams:
-            self.agent.drop(stream)
         for lst in self._listeners:
             if lst.server is not None:
                 await lst.server.wait_closed()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT_S):
-                for lst in self._listeners:
-                    if lst.frontend is not None:
-                        await lst.frontend.closed
+        await release(
+            self.agent,
+            [(lst.stream, lst.frontend) for lst in self._listeners if lst.stream is not None],
+        )
         if not self.connected.done():
             self.connected.cancel()

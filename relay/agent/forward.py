@@ -19,7 +19,7 @@ from relay.agent.session import AgentSession, Stream
 from relay.errors import FrontEndUnreachable
 from relay.lite.linkname import Endpoint, LinkName
 
-__all__ = ["AgentForward", "FrontEnd"]
+__all__ = ["AgentForward", "FrontEnd", "release"]
 
 CLOSE_WAIT_S = 2.0
 
@@ -187,17 +187,26 @@ class AgentForward:
         for task in self._joining:
             task.cancel()
         await asyncio.gather(*self._joining, return_exceptions=True)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT_S):
-                for ch in self._channels:
-                    if ch.frontend is not None:
-                        await asyncio.shield(ch.stream.drained)
-        for ch in self._channels:
-            self._agent.drop(ch.stream)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CLOSE_WAIT_S):
-                for ch in self._channels:
-                    if ch.frontend is not None:
-                        await ch.frontend.closed
+        await release(self._agent, [(ch.stream, ch.frontend) for ch in self._channels])
         if not self.connected.done():
             self.connected.cancel()
+
+
+async def release(agent: AgentSession, links: list[tuple[Stream, FrontEnd | None]]) -> None:
+    """Release a link's streams, each with its front end's connection if it was made: what
+    the kernel wrote before it ended is delivered first (the agent's end of input for each
+    connected stream, awaited at most CLOSE_WAIT_S: a kernel still running, or an agent out
+    of reach, cannot hold a release), then the agent closes its side and we the front end's
+    (waited for as long at most)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_WAIT_S):
+            for stream, frontend in links:
+                if frontend is not None:
+                    await asyncio.shield(stream.drained)
+    for stream, _ in links:
+        agent.drop(stream)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_WAIT_S):
+            for _, frontend in links:
+                if frontend is not None:
+                    await frontend.closed
