@@ -83,28 +83,57 @@ def ack_position(payload: bytes) -> int:
 
 
 class FrameReader:
-    """Frames out of a byte stream cut anywhere."""
+    """Frames out of a byte stream cut anywhere.
+
+    A DATA frame's payload comes out as it arrives, each piece a DATA frame of the same
+    stream: positions count bytes, so the pieces are the frame to everything downstream, and a
+    link's bulk is never gathered and copied here (most pieces are the very bytes the channel
+    delivered). Every other frame comes out whole."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._head = b""  # a header cut by the channel
+        self._type = 0
+        self._stream = 0
+        self._left = 0  # the current frame's payload bytes still to come
+        self._body = bytearray()  # a non-DATA frame's payload so far
 
     def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
         out: list[Frame] = []
-        at = 0
-        buf = self._buf
-        while len(buf) - at >= _HEADER.size:
-            ftype, stream, length = _HEADER.unpack_from(buf, at)
-            if not HELLO <= ftype <= BYE:
-                raise FrameError(f"unknown frame type {ftype}")
-            if length > MAX_PAYLOAD:
-                raise FrameError(f"frame of {length} bytes exceeds {MAX_PAYLOAD}")
-            end = at + _HEADER.size + length
-            if len(buf) < end:
-                break
-            out.append(Frame(ftype, stream, bytes(buf[at + _HEADER.size : end])))
-            at = end
-        del buf[:at]
+        at, end = 0, len(data)
+        while at < end:
+            if not self._left:  # a header
+                if self._head or end - at < _HEADER.size:
+                    need = _HEADER.size - len(self._head)
+                    self._head += data[at : at + need]
+                    at += need
+                    if len(self._head) < _HEADER.size:
+                        break
+                    ftype, stream, length = _HEADER.unpack(self._head)
+                    self._head = b""
+                else:
+                    ftype, stream, length = _HEADER.unpack_from(data, at)
+                    at += _HEADER.size
+                if not HELLO <= ftype <= BYE:
+                    raise FrameError(f"unknown frame type {ftype}")
+                if length > MAX_PAYLOAD:
+                    raise FrameError(f"frame of {length} bytes exceeds {MAX_PAYLOAD}")
+                if not length:
+                    out.append(Frame(ftype, stream))
+                    continue
+                self._type, self._stream, self._left = ftype, stream, length
+            take = min(self._left, end - at)
+            piece = data if take == end else data[at : at + take]
+            at += take
+            self._left -= take
+            if self._type == DATA:
+                out.append(Frame(DATA, self._stream, piece))
+            elif not self._left and not self._body:
+                out.append(Frame(self._type, self._stream, piece))
+            else:
+                self._body += piece
+                if not self._left:
+                    out.append(Frame(self._type, self._stream, bytes(self._body)))
+                    self._body = bytearray()
         return out
 
 

@@ -13,8 +13,10 @@ direct-streamlocal channel connects to), one listener and one socket per link, a
 starting kernel, and a self-pipe for signals. Nothing blocks but ``which`` (a short sh).
 """
 
+import collections
 import errno
 import hmac
+import itertools
 import json
 import os
 import selectors
@@ -32,6 +34,8 @@ MARKERS = (EOF, CLOSE, OPEN)  # sequenced, one position each
 HEADER = struct.Struct("!BII")
 POS = struct.Struct("!Q")
 MAX_PAYLOAD = 1 << 20
+GATHER = 4096  # a payload this large is sent behind its header, not copied into one piece
+IOV_MAX = 64  # pieces per sendmsg (POSIX guarantees 16; Linux allows 1024)
 LIMIT = 4 << 20  # unacknowledged bytes per stream before its socket is not read
 CHUNK = 256 << 10
 ACK_EVERY = 256 << 10  # ACK at once past this much; else ACK_DELAY_S later (mux.py says why)
@@ -73,6 +77,14 @@ def encode(ftype, sid, payload=b""):
     return HEADER.pack(ftype, sid, len(payload)) + payload
 
 
+def wire(ftype, sid, payload):
+    """A frame as the pieces to send: a large payload is not copied behind its header
+    (``Buffers`` gathers them in one sendmsg)."""
+    if len(payload) < GATHER:
+        return [encode(ftype, sid, payload)]
+    return [HEADER.pack(ftype, sid, len(payload)), payload]
+
+
 def size(ftype, payload):
     if ftype == DATA:
         return len(payload)
@@ -84,25 +96,82 @@ class FrameError(ValueError):
 
 
 class Reader:
-    """Frames out of a byte stream cut anywhere."""
+    """Frames out of a byte stream cut anywhere: a DATA frame's payload as it arrives, in
+    pieces (positions count bytes, so the pieces are the frame), every other frame whole
+    (relay.agent.mux.FrameReader, whose twin this is)."""
 
     def __init__(self):
-        self.buf = bytearray()
+        self.head = b""
+        self.ftype = self.sid = self.left = 0
+        self.body = bytearray()
 
     def feed(self, data):
-        self.buf += data
-        out, at, buf = [], 0, self.buf
-        while len(buf) - at >= HEADER.size:
-            ftype, sid, length = HEADER.unpack_from(buf, at)
-            if not HELLO <= ftype <= BYE or length > MAX_PAYLOAD:
-                raise FrameError("not a frame of this protocol")
-            end = at + HEADER.size + length
-            if len(buf) < end:
-                break
-            out.append((ftype, sid, bytes(buf[at + HEADER.size : end])))
-            at = end
-        del buf[:at]
+        out, at, end = [], 0, len(data)
+        while at < end:
+            if not self.left:
+                if self.head or end - at < HEADER.size:
+                    need = HEADER.size - len(self.head)
+                    self.head += data[at : at + need]
+                    at += need
+                    if len(self.head) < HEADER.size:
+                        break
+                    ftype, sid, length = HEADER.unpack(self.head)
+                    self.head = b""
+                else:
+                    ftype, sid, length = HEADER.unpack_from(data, at)
+                    at += HEADER.size
+                if not HELLO <= ftype <= BYE or length > MAX_PAYLOAD:
+                    raise FrameError("not a frame of this protocol")
+                if not length:
+                    out.append((ftype, sid, b""))
+                    continue
+                self.ftype, self.sid, self.left = ftype, sid, length
+            take = min(self.left, end - at)
+            piece = data if take == end else data[at : at + take]
+            at += take
+            self.left -= take
+            if self.ftype == DATA:
+                out.append((DATA, self.sid, piece))
+            elif not self.left and not self.body:
+                out.append((self.ftype, self.sid, piece))
+            else:
+                self.body += piece
+                if not self.left:
+                    out.append((self.ftype, self.sid, bytes(self.body)))
+                    self.body = bytearray()
         return out
+
+
+class Buffers:
+    """Bytes on their way to a socket, kept as the pieces they came in: nothing is copied to
+    gather them (one sendmsg does), and what a send took is dropped from the front."""
+
+    def __init__(self):
+        self.pieces = collections.deque()
+        self.size = 0
+
+    def __len__(self):
+        return self.size
+
+    def add(self, data):
+        if data:
+            self.pieces.append(data)
+            self.size += len(data)
+
+    def send(self, sock):
+        """Send what the socket takes at once; raises as ``socket.send`` does."""
+        if len(self.pieces) == 1:
+            n = sock.send(self.pieces[0])
+        else:
+            n = sock.sendmsg(list(itertools.islice(self.pieces, IOV_MAX)))
+        self.size -= n
+        while n:
+            first = self.pieces[0]
+            if len(first) > n:
+                self.pieces[0] = memoryview(first)[n:]
+                break
+            n -= len(first)
+            self.pieces.popleft()
 
 
 class Outbox:
@@ -117,16 +186,16 @@ class Outbox:
 
     def push(self, ftype, sid, payload=b""):
         parts = [payload[i : i + CHUNK] for i in range(0, len(payload), CHUNK)] or [b""]
-        wire = []
+        out = []
         for part in parts:
             self.items.append([ftype, part])
             self.end += size(ftype, part)
             if ftype == DATA:
                 self.unacked += len(part)
-            wire.append(encode(ftype, sid, part))
+            out += wire(ftype, sid, part)
         if ftype == CLOSE:
             self.closed = True
-        return wire
+        return out
 
     def acked(self, position):
         if position > self.end:
@@ -151,7 +220,7 @@ class Outbox:
         if not self.base <= position <= self.end:
             raise FrameError("resume outside what is kept")
         self.acked(position)
-        return [encode(ftype, sid, payload) for ftype, payload in self.items]
+        return [piece for ftype, payload in self.items for piece in wire(ftype, sid, payload)]
 
     @property
     def done(self):
@@ -224,7 +293,7 @@ class Stream:
         self.acked = 0  # what our last ACK said
         self.listener = None
         self.sock = None
-        self.pending = bytearray()  # from the daemon, not yet written to the socket
+        self.pending = Buffers()  # from the daemon, not yet written to the socket
         self.got_eof = False  # the daemon's side will send no more
         self.got_close = False
         self.read_eof = False  # our socket said EOF
@@ -273,7 +342,7 @@ class Agent:
         self.kernels = {}
         self.chan = None
         self.chan_reader = None
-        self.chan_out = bytearray()
+        self.chan_out = Buffers()
         self.pending = {}  # unauthenticated connections: sock -> (reader, deadline)
         self.asks = {}  # hook requests in flight, every serve stream's: sock -> Ask
         self.asks_made = 0
@@ -291,6 +360,7 @@ class Agent:
         self.acks_at = 0.0  # when ACKs were last all sent
         self.control_in = bytearray()
         self.uid = str(os.getuid())
+        self.rview = memoryview(bytearray(CHUNK))  # every channel and link read lands here
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -322,6 +392,14 @@ class Agent:
                 # what the daemon should hear of the ends is written first (bounded)
                 if not self.chan_out_busy() or now() - self.ended_at > 2 * KILL_AFTER_S:
                     return
+
+    def recv(self, sock):
+        """One read of up to CHUNK bytes, as a bytes object of its own size. (``sock.recv(n)``
+        allocates n bytes and shrinks them: n = 256 KiB is above malloc's mmap threshold, so
+        every read would be an mmap, and a 100-byte message kept until acknowledged would
+        hold a page.)"""
+        n = sock.recv_into(self.rview)
+        return bytes(self.rview[:n])
 
     def on_signal(self, signum, frame):
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -411,7 +489,7 @@ class Agent:
 
     def attach(self, sock, reader, hello, rest):
         self.detach()  # a second attach replaces the first
-        self.chan, self.chan_reader, self.chan_out = sock, reader, bytearray()
+        self.chan, self.chan_reader, self.chan_out = sock, reader, Buffers()
         self.ever_attached = True
         self.heard = now()
         try:
@@ -429,8 +507,8 @@ class Agent:
                 positions[sid] = self.finished[int(sid)]
         self.send_raw(encode(WELCOME, 0, json.dumps({"recv": positions}).encode()))
         for sid, stream in list(self.streams.items()):
-            for wire in stream.out.replay(sid, int(recv.get(str(sid), 0))):
-                self.send_raw(wire)
+            for piece in stream.out.replay(sid, int(recv.get(str(sid), 0))):
+                self.send_raw(piece)
             self.dirty.add(stream)
             self.want_read(stream)
         self.sel.register(sock, selectors.EVENT_READ, ("chan", None))
@@ -445,7 +523,7 @@ class Agent:
         if sock is not None:
             self.unregister(sock)
             sock.close()
-            self.chan_out = bytearray()
+            self.chan_out = Buffers()
 
     def on_chan(self, sock, _, events):
         if events & selectors.EVENT_WRITE:
@@ -453,7 +531,7 @@ class Agent:
         if not events & selectors.EVENT_READ or self.chan is not sock:
             return
         try:
-            data = sock.recv(1 << 18)
+            data = self.recv(sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -464,9 +542,9 @@ class Agent:
         for frame in self.chan_reader.feed(data):
             self.frame(frame)
 
-    def send_raw(self, wire):
+    def send_raw(self, piece):
         if self.chan is not None:
-            self.chan_out += wire
+            self.chan_out.add(piece)
 
     def chan_out_busy(self):
         return self.chan is not None and bool(self.chan_out)
@@ -484,12 +562,11 @@ class Agent:
 
     def write_channel(self):
         try:
-            n = self.chan.send(self.chan_out)
+            self.chan_out.send(self.chan)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             return self.detach()
-        del self.chan_out[:n]
 
     def frame(self, frame):
         ftype, sid, payload = frame
@@ -524,7 +601,7 @@ class Agent:
             return
         gone = stream.out.closed and stream.sock is None  # our socket is gone: nowhere to go
         if ftype == DATA and not gone:
-            stream.pending += payload
+            stream.pending.add(payload)
         elif ftype == EOF:
             stream.got_eof = True
         elif ftype == CLOSE:
@@ -555,8 +632,8 @@ class Agent:
     def push(self, stream, ftype, payload=b""):
         if stream.out.closed:
             return
-        for wire in stream.out.push(ftype, stream.sid, payload):
-            self.send_raw(wire)
+        for piece in stream.out.push(ftype, stream.sid, payload):
+            self.send_raw(piece)
         self.check_finished(stream)
 
     def say(self, line):
@@ -852,7 +929,7 @@ class Agent:
             self.write_link(stream)
         if events & selectors.EVENT_READ and stream.sock is sock and not stream.read_eof:
             try:
-                data = sock.recv(CHUNK)
+                data = self.recv(sock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -890,12 +967,11 @@ class Agent:
     def write_link(self, stream):
         if stream.pending:
             try:
-                n = stream.sock.send(stream.pending)
+                stream.pending.send(stream.sock)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return self.link_gone(stream)
-            del stream.pending[:n]
             self.dirty.add(stream)
         if not stream.pending and stream.got_eof and not stream.shut:
             stream.shut = True
@@ -916,7 +992,7 @@ class Agent:
             self.unregister(stream.sock)
             stream.sock.close()
             stream.sock = None
-        stream.pending = bytearray()
+        stream.pending = Buffers()
         self.dirty.add(stream)
         self.push(stream, CLOSE)
 

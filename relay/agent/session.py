@@ -25,6 +25,7 @@ import structlog
 from relay.agent import mux
 from relay.agent.mux import Frame
 from relay.errors import ConnectFailed, RelayError
+from relay.ssh.packets import write_packets
 
 __all__ = ["AgentGone", "AgentInfo", "AgentSession", "ControlPort", "Sink", "Stream"]
 
@@ -205,7 +206,7 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
         is going): what is lost then is kept and replayed, or no longer wanted."""
         if self.chan is not None:
             with contextlib.suppress(OSError, asyncssh.Error):
-                self.chan.write(data)
+                write_packets(self.chan, data)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         try:
