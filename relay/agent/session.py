@@ -633,7 +633,9 @@ class AgentSession:
             "window_left_s": left,
             "attaches": self.attaches,
             "unacked": sum(s.out.unacked for s in self._streams.values()),
-            "streams": len(self._streams) - 1,
+            # link streams: not the control stream, not the spares no kernel has been given
+            "streams": len(self._streams) - 1 - len(self._spare),
+            "spares": len(self._spare),
         }
 
     def channel_gone(self) -> asyncio.Future[None] | None:

@@ -97,4 +97,6 @@ async def test_spare_listeners_are_each_given_to_one_launch_only() -> None:
     spare = [stream.sid for stream, _ in session._spare]
     assert len(set(given)) == 4 and not set(given) & set(spare)
     assert len(spare) == SPARE
+    # relay status counts the links given out, not the spares beside them
+    assert (session.snapshot()["streams"], session.snapshot()["spares"]) == (4, SPARE)
     session.end("test over")
