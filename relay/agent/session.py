@@ -36,6 +36,10 @@ ATTACH_TIMEOUT_S = 15.0
 # no round trip before the kernel's start line (as relay.ssh.forwards' spare pool does for
 # sshd's listeners): two launches' worth, refilled after each.
 SPARE = 4
+# and one hook stream (``serve``), so that a controller launch, whose kernel's Dynamic
+# requests come back on one, needs no round trip either: front ends launch controllers one
+# at a time.
+SPARE_SERVE = 1
 
 
 class AgentGone(RelayError):
@@ -343,6 +347,7 @@ class AgentSession:
         self.attaches = 0
         self._listens: dict[int, asyncio.Future[int]] = {}
         self._spare: list[tuple[Stream, int]] = []
+        self._spare_serve: list[tuple[Stream, int]] = []
         self._refilling: asyncio.Future[None] | None = None
         self.refused: Callable[[int, str], None] = lambda sid, uid: None
         self._said_bye = False
@@ -382,16 +387,32 @@ class AgentSession:
 
     async def _refill_spares(self) -> None:
         with contextlib.suppress(ConnectFailed):  # the agent is gone: no spares to keep
-            while len(self._spare) < SPARE and not self.ended.done():
-                # the list is read again after the await (`+=` would extend the one read
+            while not self.ended.done():
+                # the lists are read again after each await (`+=` would extend the one read
                 # before it, with the spares a launch took meanwhile back in it)
-                got = await self._listeners("listen", SPARE - len(self._spare))
-                self._spare.extend(got)
+                if len(self._spare) < SPARE:
+                    got = await self._listeners("listen", SPARE - len(self._spare))
+                    self._spare.extend(got)
+                elif len(self._spare_serve) < SPARE_SERVE:
+                    got = await self._listeners("serve", SPARE_SERVE - len(self._spare_serve))
+                    self._spare_serve.extend(got)
+                else:
+                    return
 
     async def serve(self) -> tuple[Stream, int]:
-        """A stream for a kernel's hook requests (``relay.agent.hookstream``), with the
-        listener on the host they come to: (stream, port)."""
-        (made,) = await self._listeners("serve", 1)
+        """A stream for a kernel's hook requests (``relay.ssh.hookserver``), with the
+        listener on the host they come to: (stream, port). A spare if there is one (no round
+        trip), refilled after."""
+        # a spare that already carried a request (a process of the user's own found its
+        # listener before any kernel was given it) is not a fresh one: dropped
+        for stream, port in [sp for sp in self._spare_serve if sp[0].inbox.position]:
+            self._spare_serve.remove((stream, port))
+            self.drop(stream)
+        if self._spare_serve:
+            made = self._spare_serve.pop(0)
+        else:
+            (made,) = await self._listeners("serve", 1)
+        self._refill()
         return made
 
     def connect(self, port: int) -> Stream:
@@ -611,6 +632,7 @@ class AgentSession:
         if self._refilling is not None:
             self._refilling.cancel()
         self._spare.clear()
+        self._spare_serve.clear()
         for fut in self._listens.values():
             if not fut.done():
                 fut.set_exception(ConnectFailed(f"{self.host}: {reason}"))
@@ -634,8 +656,8 @@ class AgentSession:
             "attaches": self.attaches,
             "unacked": sum(s.out.unacked for s in self._streams.values()),
             # link streams: not the control stream, not the spares no kernel has been given
-            "streams": len(self._streams) - 1 - len(self._spare),
-            "spares": len(self._spare),
+            "streams": len(self._streams) - 1 - len(self._spare) - len(self._spare_serve),
+            "spares": len(self._spare) + len(self._spare_serve),
         }
 
     def channel_gone(self) -> asyncio.Future[None] | None:

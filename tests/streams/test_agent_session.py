@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from relay.agent import mux
-from relay.agent.session import SPARE, AgentInfo, AgentSession
+from relay.agent.session import SPARE, SPARE_SERVE, AgentInfo, AgentSession
 
 INFO = AgentInfo(pid=1, socket="/nonexistent", uid=0, owner_check=True, ended=0)
 
@@ -87,7 +87,8 @@ async def test_spare_listeners_are_each_given_to_one_launch_only() -> None:
     session = AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1)
     session._refill()
     await _answered(session)
-    assert len(session._spare) == SPARE
+    await _answered(session)  # the hook streams, asked for once the link spares are there
+    assert (len(session._spare), len(session._spare_serve)) == (SPARE, SPARE_SERVE)
     first = await session.listen(2)
     await _asked(session)  # the refill for them is asked, not yet answered
     second = await session.listen(2)
@@ -98,5 +99,29 @@ async def test_spare_listeners_are_each_given_to_one_launch_only() -> None:
     assert len(set(given)) == 4 and not set(given) & set(spare)
     assert len(spare) == SPARE
     # relay status counts the links given out, not the spares beside them
-    assert (session.snapshot()["streams"], session.snapshot()["spares"]) == (4, SPARE)
+    assert (session.snapshot()["streams"], session.snapshot()["spares"]) == (
+        4,
+        SPARE + SPARE_SERVE,
+    )
+    session.end("test over")
+
+
+async def test_a_controllers_hook_stream_is_a_spare_and_needs_no_round_trip() -> None:
+    """A controller launch asks for its hook's stream beside its link's: from the spares,
+    with nothing asked of the agent, and the spare is made again after. One that carried a
+    request before any kernel was given it is not handed out."""
+    session = AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1)
+    session._refill()
+    await _answered(session)
+    await _answered(session)
+    (spare,) = session._spare_serve
+    # answered with nothing said by the agent: the spare itself
+    assert await asyncio.wait_for(session.serve(), 1) == spare
+    await _answered(session)  # the refill
+    (fresh,) = session._spare_serve
+    fresh[0].received(mux.Frame(mux.DATA, fresh[0].sid, b"1 hello\n"))  # used by someone
+    task = asyncio.ensure_future(session.serve())
+    await _answered(session)
+    stream, _ = await asyncio.wait_for(task, 1)
+    assert stream is not fresh[0] and fresh[0].sid not in session._streams
     session.end("test over")
