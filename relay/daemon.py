@@ -356,7 +356,9 @@ class Daemon:
                 if kernel:
                     live.supervisor.check_kernel(kernel)
                 slots = min(2 * kernels, MAX_RESERVED_FORWARDS)
-                await live.pool.reserve(slots, linger_s=host.config.launch_timeout_s)
+                # the agent's spare link streams, or sshd's spare listeners (no agent here)
+                spares = live.agent if live.agent is not None else live.pool
+                await spares.reserve(slots, linger_s=host.config.launch_timeout_s)
                 known = live.supervisor.kernel_known(kernel) if kernel else None
                 if known is not None:
                     answer["kernel"] = {"path": kernel, "found": await asyncio.shield(known)}

@@ -34,8 +34,9 @@ PKTSIZE = 128 << 10
 ATTACH_TIMEOUT_S = 15.0
 # Link streams kept ready, each with its listener open on the host, so that a launch needs
 # no round trip before the kernel's start line (as relay.ssh.forwards' spare pool does for
-# sshd's listeners): two launches' worth, refilled after each.
-SPARE = 4
+# sshd's listeners): the host's ``spare_forwards``, refilled after each launch; more for a
+# while after ``relay connect --kernels N`` (``reserve``). This is its default.
+SPARE = 8
 # and one hook stream (``serve``), so that a controller launch, whose kernel's Dynamic
 # requests come back on one, needs no round trip either: front ends launch controllers one
 # at a time.
@@ -323,8 +324,14 @@ class AgentSession:
         *,
         window_s: float,
         silence_s: float,
+        spares: int = SPARE,
+        serve_spares: int = SPARE_SERVE,
     ) -> None:
         self.host = host
+        self.spares = spares  # link streams kept spare, as the host's spare_forwards
+        self.serve_spares = serve_spares
+        self._want = spares  # more while a reserve lingers
+        self._shrink_timer: asyncio.TimerHandle | None = None
         self.info = info
         self._secret = secret
         self.window_s = window_s
@@ -390,14 +397,42 @@ class AgentSession:
             while not self.ended.done():
                 # the lists are read again after each await (`+=` would extend the one read
                 # before it, with the spares a launch took meanwhile back in it)
-                if len(self._spare) < SPARE:
-                    got = await self._listeners("listen", SPARE - len(self._spare))
+                if len(self._spare) < self._want:
+                    got = await self._listeners("listen", self._want - len(self._spare))
                     self._spare.extend(got)
-                elif len(self._spare_serve) < SPARE_SERVE:
-                    got = await self._listeners("serve", SPARE_SERVE - len(self._spare_serve))
+                elif len(self._spare_serve) < self.serve_spares:
+                    missing = self.serve_spares - len(self._spare_serve)
+                    got = await self._listeners("serve", missing)
                     self._spare_serve.extend(got)
                 else:
                     return
+
+    @property
+    def spare_links(self) -> int:
+        """Link streams kept spare now (their listeners open on the host)."""
+        return len(self._spare)
+
+    async def reserve(self, n: int, linger_s: float) -> None:
+        """At least ``n`` spare link streams, for a burst announced ahead (``relay connect
+        --kernels``): returns once they are there (one round trip), so that launches one
+        after another (the Parallel package's Runs) spend none each. Spares beyond the
+        host's own number that are still unused after ``linger_s`` are dropped."""
+        self._want = max(self.spares, n)
+        self._refill()
+        if self._refilling is not None:
+            await asyncio.wait([self._refilling])  # ends when they are there, or the agent is
+        if self.ended.done():
+            raise ConnectFailed(f"{self.host}: {self.end_reason or 'the agent is gone'}")
+        if self._shrink_timer is not None:
+            self._shrink_timer.cancel()
+        self._shrink_timer = asyncio.get_running_loop().call_later(linger_s, self._shrink)
+
+    def _shrink(self) -> None:
+        self._shrink_timer = None
+        self._want = self.spares
+        while len(self._spare) > self._want:
+            stream, _ = self._spare.pop()
+            self.drop(stream)
 
     async def serve(self) -> tuple[Stream, int]:
         """A stream for a kernel's hook requests (``relay.ssh.hookserver``), with the
@@ -631,6 +666,8 @@ class AgentSession:
         self.ended.set_result(None)
         if self._refilling is not None:
             self._refilling.cancel()
+        if self._shrink_timer is not None:
+            self._shrink_timer.cancel()
         self._spare.clear()
         self._spare_serve.clear()
         for fut in self._listens.values():

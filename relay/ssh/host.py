@@ -396,7 +396,13 @@ class HostSession:
             self._log.info("ended the kernels of an earlier relay daemon", agents=info.ended)
         silence_s = cfg.keepalive_interval_s * cfg.keepalive_count_max
         agent = AgentSession(
-            self.key, info, secret, window_s=cfg.resume_window_s, silence_s=silence_s
+            self.key,
+            info,
+            secret,
+            window_s=cfg.resume_window_s,
+            silence_s=silence_s,
+            spares=cfg.spare_forwards,
+            serve_spares=1 if cfg.dynamic else 0,
         )
         agent.refused = self._agent_refused
         self.agent_unavailable = None

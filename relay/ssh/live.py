@@ -116,10 +116,11 @@ class Live:
         supervisor: Supervisor,
     ) -> Live:
         """What runs on ``conn`` when the host has an agent: the agent attached (and what
-        either side missed replayed), its control stream as the supervisor. sshd's listeners
-        are still asked for, for the kernel hook's control channel (Dynamic)."""
+        either side missed replayed), its control stream as the supervisor. No spare sshd
+        listeners: every link, the hook's control channel and callback forwards go through
+        the agent, which keeps its own spares."""
         await agent.attach(conn)
-        pool = SparePool(conn, config.spare_forwards if config.dynamic else 0, key)
+        pool = SparePool(conn, 0, key)
         live = cls(conn, supervisor, pool, _guard(key, supervisor, config), agent)
         await live._begin(config=config, rtt=rtt, hook=hook, key=key)
         return live

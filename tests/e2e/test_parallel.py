@@ -9,6 +9,8 @@ import asyncio
 import json
 import os
 
+import pytest
+
 from relay.lite import client
 from relay.sim import frontend
 from tests.conftest import SIM_KERNEL, KernelGate, RelayHome, pid_alive, start_daemon
@@ -208,21 +210,31 @@ async def test_relay_connect_warms_a_host_before_any_launch(home: RelayHome) -> 
         assert status != 0 and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("path", ["agent", "sshd"])
 async def test_relay_connect_with_kernels_reserves_their_listeners_for_a_while(
-    home: RelayHome,
+    home: RelayHome, path: str
 ) -> None:
     """RelayMachine[host, 8] runs relay connect host --kernels 8: sixteen remote listeners
     asked for at once, so eight Runs in a row spend no round trip each on forwards. Those
-    still unused after launch_timeout_s are closed: the pool goes back to its size."""
-    home.add_host("local", launch_timeout_s=2, spare_forwards=4)
+    still unused after launch_timeout_s are closed: the spares go back to their number. With
+    relay's agent on the host they are its listeners; without (resume_window_s = 0), sshd's."""
+    window = {} if path == "agent" else {"resume_window_s": 0}
+    home.add_host("local", launch_timeout_s=2, spare_forwards=4, **window)
     async with start_daemon(home) as running:
         status, _, err = await relay_cli(home, "connect", "local", "--kernels", "8")
         assert status == 0, err
         live = await running.daemon.hosts["local"].live()
-        assert len(live.pool) >= 16
+        assert (live.agent is not None) == (path == "agent")
+
+        def spares() -> int:
+            return live.agent.spare_links if live.agent is not None else len(live.pool)
+
+        assert spares() >= 16
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while len(live.pool) > 4:
-            assert loop.time() < deadline, f"{len(live.pool)} listeners still held"
+        while spares() > 4:
+            assert loop.time() < deadline, f"{spares()} listeners still held"
             await asyncio.sleep(0.1)
-        assert len(live.pool) == 4
+        assert spares() == 4
+        if live.agent is not None:  # and sshd holds none for a host whose links all go
+            assert len(live.pool) == 0  # through the agent

@@ -125,3 +125,27 @@ async def test_a_controllers_hook_stream_is_a_spare_and_needs_no_round_trip() ->
     stream, _ = await asyncio.wait_for(task, 1)
     assert stream is not fresh[0] and fresh[0].sid not in session._streams
     session.end("test over")
+
+
+async def test_a_burst_announced_ahead_gets_its_spares_and_they_shrink_back_after() -> None:
+    """relay connect --kernels N asks for 2N link streams at once and answers once they are
+    there, so that the Parallel package's Runs, one after another, each find two; what is
+    left unused goes once the burst's time is over (the host's own number stays)."""
+    session = AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1, spares=2)
+    session._refill()
+    await _answered(session)
+    await _answered(session)  # and the hook's
+    assert len(session._spare) == 2
+    reserved = asyncio.ensure_future(session.reserve(6, linger_s=60))
+    await _answered(session)
+    await asyncio.wait_for(reserved, 1)
+    assert len(session._spare) == 6
+    for _ in range(2):  # two launches, each given two of them without a round trip
+        await asyncio.wait_for(session.listen(2), 1)
+    assert len(session._spare) == 2
+    await _answered(session)  # the refill for the first launch, asked while the second took
+    await _answered(session)  # and for the second: back up to the burst's number
+    assert len(session._spare) == 6 and session._shrink_timer is not None
+    session._shrink()  # the burst's time is over (its timer, run now)
+    assert len(session._spare) == 2
+    session.end("test over")
