@@ -20,6 +20,7 @@ __all__ = [
     "CLOSE",
     "DATA",
     "EOF",
+    "GATHER",
     "HELLO",
     "LIMIT",
     "MAX_PAYLOAD",
@@ -31,6 +32,7 @@ __all__ = [
     "Inbox",
     "Outbox",
     "encode",
+    "pieces",
 ]
 
 HELLO, WELCOME, DATA, EOF, CLOSE, OPEN, ACK, BYE = range(1, 9)
@@ -38,6 +40,7 @@ MARKERS = frozenset({EOF, CLOSE, OPEN})  # sequenced, one position each
 _HEADER = struct.Struct("!BII")
 _POS = struct.Struct("!Q")
 MAX_PAYLOAD = 1 << 20
+GATHER = 4096  # a payload this large is sent apart from its header (``pieces``)
 LIMIT = 4 << 20  # unacknowledged bytes a stream keeps before its sender stops reading
 CHUNK = 256 << 10  # DATA frames are cut to this, so that one stream cannot hog the channel
 # ACKs only let the sender forget what it keeps, so they are not sent per frame (that would
@@ -69,6 +72,17 @@ def encode(ftype: int, stream: int, payload: bytes = b"") -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     return _HEADER.pack(ftype, stream, len(payload)) + payload
+
+
+def pieces(ftype: int, stream: int, payload: bytes = b"") -> list[bytes]:
+    """A frame as the pieces to send: its header and a large payload apart, so that the
+    payload is not copied behind the header (the writer cuts the bytes into packets anyway:
+    ``relay.ssh.packets``); a small frame in one piece."""
+    if len(payload) < GATHER:
+        return [encode(ftype, stream, payload)]
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"frame payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    return [_HEADER.pack(ftype, stream, len(payload)), payload]
 
 
 def ack(stream: int, position: int) -> bytes:
@@ -149,7 +163,8 @@ class Outbox:
         self.closed = False  # a CLOSE was queued: nothing more can follow
 
     def push(self, frame: Frame) -> list[bytes]:
-        """Keep ``frame`` (cut into chunks if it is large DATA); returns its wire form."""
+        """Keep ``frame`` (cut into chunks if it is large DATA); returns its wire form, as
+        ``pieces``."""
         if self.closed:
             raise ValueError("nothing follows a CLOSE")
         if frame.type == DATA and len(frame.payload) > CHUNK:
@@ -159,13 +174,13 @@ class Outbox:
             ]
         else:
             parts = [frame]
-        wire = []
+        wire: list[bytes] = []
         for part in parts:
             self._items.append(part)
             self.end += part.size
             if part.type == DATA:
                 self.unacked += len(part.payload)
-            wire.append(encode(part.type, part.stream, part.payload))
+            wire += pieces(part.type, part.stream, part.payload)
         if frame.type == CLOSE:
             self.closed = True
         return wire
@@ -187,13 +202,14 @@ class Outbox:
             self.unacked -= cut
 
     def replay(self, position: int) -> list[bytes]:
-        """The wire form of everything from ``position`` on (what the receiver lacks)."""
+        """The wire form of everything from ``position`` on (what the receiver lacks), as
+        ``pieces``."""
         if not self.base <= position <= self.end:
             raise FrameError(
                 f"the peer resumes at {position}, outside what is kept ({self.base}-{self.end})"
             )
         self.acked(position)
-        return [encode(f.type, f.stream, f.payload) for f in self._items]
+        return [piece for f in self._items for piece in pieces(f.type, f.stream, f.payload)]
 
     @property
     def done(self) -> bool:

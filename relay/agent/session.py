@@ -206,12 +206,12 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
     def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:
         self.chan = chan
 
-    def write(self, data: bytes) -> None:
+    def write(self, *pieces: bytes) -> None:
         """Send, unless the channel is already closing (the agent ended, or the connection
         is going): what is lost then is kept and replayed, or no longer wanted."""
         if self.chan is not None:
             with contextlib.suppress(OSError, asyncssh.Error):
-                write_packets(self.chan, data)
+                write_packets(self.chan, *pieces)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         try:
@@ -560,8 +560,7 @@ class AgentSession:
             ) from None
         recv = welcome.get("recv", {})
         for sid, stream in list(self._streams.items()):
-            for wire in stream.resume_from(int(recv.get(str(sid), 0))):
-                channel.write(wire)
+            channel.write(*stream.resume_from(int(recv.get(str(sid), 0))))
         self._attaching = None
         self._channel = channel
         self.attaches += 1
@@ -594,8 +593,7 @@ class AgentSession:
     def _send(self, stream: Stream, wires: list[bytes]) -> None:
         channel = self._channel
         if channel is not None and channel.chan is not None:
-            for wire in wires:
-                channel.write(wire)
+            channel.write(*wires)
 
     def _frame(self, channel: _Channel, frame: Frame) -> None:
         if channel is not self._channel and channel is not self._attaching:
