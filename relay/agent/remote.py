@@ -293,6 +293,7 @@ class Stream:
         self.acked = 0  # what our last ACK said
         self.listener = None
         self.sock = None
+        self.events = 0  # what the selector watches on sock (0: not registered)
         self.pending = Buffers()  # from the daemon, not yet written to the socket
         self.got_eof = False  # the daemon's side will send no more
         self.got_close = False
@@ -870,6 +871,7 @@ class Agent:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stream.sock = sock
         self.sel.register(sock, selectors.EVENT_READ, ("link", stream))
+        stream.events = selectors.EVENT_READ
         self.push(stream, OPEN)
         self.want_write(stream)  # what the daemon sent before OPEN (a front end's first bytes)
 
@@ -954,13 +956,17 @@ class Agent:
         if stream.sock is None:
             return
         events = self.interest(stream)
-        key = self.sel.get_map().get(stream.sock)
-        if key is None and events:
+        # kept on the stream: the selector's own map formats the socket's repr (two system
+        # calls) for every lookup of one not registered, as a link stopped at LIMIT is
+        if events == stream.events:
+            return
+        if not stream.events:
             self.sel.register(stream.sock, events, ("link", stream))
-        elif key is not None and not events:
+        elif not events:
             self.sel.unregister(stream.sock)
-        elif key is not None and key.events != events:
+        else:
             self.sel.modify(stream.sock, events, ("link", stream))
+        stream.events = events
 
     want_write = want_read
 
@@ -992,6 +998,7 @@ class Agent:
             self.unregister(stream.sock)
             stream.sock.close()
             stream.sock = None
+            stream.events = 0
         stream.pending = Buffers()
         self.dirty.add(stream)
         self.push(stream, CLOSE)
@@ -1009,6 +1016,7 @@ class Agent:
         if stream.sock is not None:
             self.unregister(stream.sock)
             stream.sock.close()
+            stream.sock, stream.events = None, 0
         self.streams.pop(stream.sid, None)
         self.dirty.discard(stream)
         self.finished[stream.sid] = stream.recv
