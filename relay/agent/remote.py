@@ -77,9 +77,9 @@ def encode(ftype, sid, payload=b""):
     return HEADER.pack(ftype, sid, len(payload)) + payload
 
 
-def wire(ftype, sid, payload):
+def pieces(ftype, sid, payload):
     """A frame as the pieces to send: a large payload is not copied behind its header
-    (``Buffers`` gathers them in one sendmsg)."""
+    (``Buffers`` gathers them in one sendmsg). relay.agent.mux.pieces is its twin."""
     if len(payload) < GATHER:
         return [encode(ftype, sid, payload)]
     return [HEADER.pack(ftype, sid, len(payload)), payload]
@@ -192,7 +192,7 @@ class Outbox:
             self.end += size(ftype, part)
             if ftype == DATA:
                 self.unacked += len(part)
-            out += wire(ftype, sid, part)
+            out += pieces(ftype, sid, part)
         if ftype == CLOSE:
             self.closed = True
         return out
@@ -220,7 +220,7 @@ class Outbox:
         if not self.base <= position <= self.end:
             raise FrameError("resume outside what is kept")
         self.acked(position)
-        return [piece for ftype, payload in self.items for piece in wire(ftype, sid, payload)]
+        return [piece for ftype, payload in self.items for piece in pieces(ftype, sid, payload)]
 
     @property
     def done(self):
