@@ -52,6 +52,7 @@ from relay.ssh.forwards import CallbackForward, RemoteSlot
 from relay.ssh.hookserver import REQUEST_TIMEOUT_S, HookServer
 from relay.ssh.host import Hold, HostSession
 from relay.ssh.supervisor import RemoteProcess, Supervisor
+from relay.tasks import Flag, retrieved
 
 __all__ = ["Kernel", "launch"]
 
@@ -95,10 +96,10 @@ class Kernel:
         self._supervisor = supervisor
         self._proc = proc
         self.started_at = time.time()
-        self.released = asyncio.Event()  # set by aclose, once everything is released
+        self.released = Flag()  # set by aclose, once everything is released
         # both channels connected and the listeners cancelled (or why not): set by launch()
         self.callback: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.callback.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.callback.add_done_callback(retrieved)
         self._following: asyncio.Task[None] | None = None  # the task that settles ``callback``
         # a compute launch: answered once the pid came back ("pid"), once the start line was
         # written, the kernel being known on this connection ("known"), or at its callback
@@ -115,7 +116,7 @@ class Kernel:
 
     @property
     def output(self) -> list[str]:
-        return list(self._proc.output)
+        return list(self._proc.output or ())
 
     def connection_lost(self) -> ConnectionLost:
         if isinstance(self.forward, AgentForward) and self.forward.ended_because:
@@ -189,8 +190,13 @@ class Kernel:
             _callback(self, kernel, self.host.config.launch_timeout_s, deadline),
             name=f"callback:{self.id}",
         )
-        task.add_done_callback(lambda f: _settle(self.callback, f))
+        task.add_done_callback(self._followed)
         self._following = task
+
+    def _followed(self, task: asyncio.Task[None]) -> None:
+        _settle(self.callback, task)
+        if self._following is task:
+            self._following = None  # a finished task holds its coroutine: not kept for life
 
     async def stop_following(self) -> None:
         """Cancel the wait for the callback, if it is still on, and await its end."""

@@ -11,7 +11,7 @@ import structlog
 
 from relay.errors import RelayError
 
-__all__ = ["TaskSet"]
+__all__ = ["Flag", "TaskSet", "retrieved"]
 
 T = TypeVar("T")
 
@@ -52,3 +52,38 @@ class TaskSet:
             task.cancel("owner closed")
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def retrieved(future: asyncio.Future[Any]) -> None:
+    """A done callback for a future whose failure nobody may await (a launch that failed
+    early, a stream given up): its exception is retrieved, so asyncio does not log it as
+    never retrieved. One function for all of them, not a lambda made per future."""
+    if not future.cancelled():
+        future.exception()
+
+
+class Flag:
+    """``asyncio.Event``'s set, is_set and wait, for the flags every kernel and link holds:
+    a waiter's future is made only when someone waits (an Event makes a 600-byte deque up
+    front, several per kernel)."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._waiter)  # one waiter cancelled leaves the others waiting

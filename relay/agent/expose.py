@@ -24,7 +24,7 @@ from relay.agent.forward import FrontEnd, release
 from relay.agent.session import AgentSession, Stream
 from relay.lite.linkname import LOOPBACK, Endpoint, LinkName
 from relay.ssh.guard import PeerGuard
-from relay.tasks import TaskSet
+from relay.tasks import TaskSet, retrieved
 
 __all__ = ["AgentExpose"]
 
@@ -90,7 +90,7 @@ class AgentExpose:
         self.tasks = TaskSet()
         self._listeners = (_Listener(self, "data"), _Listener(self, "message"))
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.connected.add_done_callback(retrieved)
         self._name: LinkName | None = None
 
     @classmethod

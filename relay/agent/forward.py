@@ -18,6 +18,7 @@ from typing import Any, cast
 from relay.agent.session import AgentSession, Stream
 from relay.errors import FrontEndUnreachable
 from relay.lite.linkname import Endpoint, LinkName
+from relay.tasks import Flag, retrieved
 
 __all__ = ["AgentForward", "FrontEnd", "release"]
 
@@ -84,6 +85,11 @@ class _Channel:
         self.port = port
         self.frontend: FrontEnd | None = None
         self.connected_at: float | None = None
+        self.joining: asyncio.Task[None] | None = None  # until joined (a done task is dropped)
+
+    def joined(self, task: asyncio.Task[None]) -> None:
+        if self.joining is task:
+            self.joining = None
 
 
 class AgentForward:
@@ -102,9 +108,11 @@ class AgentForward:
         self.name = LinkName.loopback(dport, mport)  # what the kernel uses
         loop = asyncio.get_running_loop()
         self.connected: asyncio.Future[None] = loop.create_future()
-        self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.listeners_gone = asyncio.Event()  # the agent closes a listener once it admits
-        self._joining = [loop.create_task(self._join(ch)) for ch in self._channels]
+        self.connected.add_done_callback(retrieved)
+        self.listeners_gone = Flag()  # the agent closes a listener once it admits
+        for ch in self._channels:
+            ch.joining = loop.create_task(self._join(ch))
+            ch.joining.add_done_callback(ch.joined)
 
     @classmethod
     async def open(cls, agent: AgentSession, target: LinkName) -> AgentForward:
@@ -143,9 +151,9 @@ class AgentForward:
 
     async def settled(self) -> None:
         """Return once no admitted connection is still being joined to the front end."""
-        for ch, task in zip(self._channels, self._joining, strict=True):
-            if ch.stream.opened.done() and not task.done():
-                await asyncio.gather(task, return_exceptions=True)
+        for ch in self._channels:
+            if ch.stream.opened.done() and ch.joining is not None:
+                await asyncio.gather(ch.joining, return_exceptions=True)
 
     async def listeners_closed(self) -> None:
         """The agent closed each listener as it admitted its kernel."""
@@ -184,9 +192,10 @@ class AgentForward:
         the kernel wrote before it ended is delivered first: the agent's end of input for
         each connected stream is awaited (bounded by CLOSE_WAIT_S: a kernel that is still
         running, or an agent out of reach, cannot hold a release)."""
-        for task in self._joining:
+        joining = [ch.joining for ch in self._channels if ch.joining is not None]
+        for task in joining:
             task.cancel()
-        await asyncio.gather(*self._joining, return_exceptions=True)
+        await asyncio.gather(*joining, return_exceptions=True)
         await release(self._agent, [(ch.stream, ch.frontend) for ch in self._channels])
         if not self.connected.done():
             self.connected.cancel()

@@ -156,7 +156,9 @@ class Outbox:
     first the receiver has not acknowledged, with the position it starts at."""
 
     def __init__(self) -> None:
-        self._items: collections.deque[Frame] = collections.deque()
+        # made when something is kept, dropped when all is acknowledged: an idle link's
+        # outboxes (two per link, on each side) hold no 600-byte deque
+        self._items: collections.deque[Frame] | None = None
         self.base = 0  # position of the first kept item
         self.end = 0  # position after the last item
         self.unacked = 0  # bytes kept (DATA payloads), what LIMIT bounds
@@ -175,6 +177,8 @@ class Outbox:
         else:
             parts = [frame]
         wire: list[bytes] = []
+        if self._items is None:
+            self._items = collections.deque()
         for part in parts:
             self._items.append(part)
             self.end += part.size
@@ -189,15 +193,20 @@ class Outbox:
         """The receiver has everything before ``position``: forget it."""
         if position > self.end:
             raise FrameError(f"ACK for position {position} beyond what was sent ({self.end})")
-        while self._items and self.base + self._items[0].size <= position:
-            item = self._items.popleft()
+        items = self._items
+        if items is None:
+            return
+        while items and self.base + items[0].size <= position:
+            item = items.popleft()
             self.base += item.size
             if item.type == DATA:
                 self.unacked -= len(item.payload)
-        if self._items and position > self.base:  # within a DATA item: keep its tail only
-            item = self._items[0]
+        if not items:
+            self._items = None
+        elif position > self.base:  # within a DATA item: keep its tail only
+            item = items[0]
             cut = position - self.base
-            self._items[0] = Frame(DATA, item.stream, item.payload[cut:])
+            items[0] = Frame(DATA, item.stream, item.payload[cut:])
             self.base += cut
             self.unacked -= cut
 
@@ -209,7 +218,7 @@ class Outbox:
                 f"the peer resumes at {position}, outside what is kept ({self.base}-{self.end})"
             )
         self.acked(position)
-        return [piece for f in self._items for piece in pieces(f.type, f.stream, f.payload)]
+        return [piece for f in self._items or () for piece in pieces(f.type, f.stream, f.payload)]
 
     @property
     def done(self) -> bool:

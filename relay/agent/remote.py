@@ -147,7 +147,7 @@ class Buffers:
     gather them (one sendmsg does), and what a send took is dropped from the front."""
 
     def __init__(self):
-        self.pieces = collections.deque()
+        self.pieces = None  # a deque while something waits (an idle link's costs 600 bytes)
         self.size = 0
 
     def __len__(self):
@@ -155,23 +155,30 @@ class Buffers:
 
     def add(self, data):
         if data:
+            if self.pieces is None:
+                self.pieces = collections.deque()
             self.pieces.append(data)
             self.size += len(data)
 
     def send(self, sock):
         """Send what the socket takes at once; raises as ``socket.send`` does."""
-        if len(self.pieces) == 1:
-            n = sock.send(self.pieces[0])
+        pieces = self.pieces
+        if pieces is None:
+            return
+        if len(pieces) == 1:
+            n = sock.send(pieces[0])
         else:
-            n = sock.sendmsg(list(itertools.islice(self.pieces, IOV_MAX)))
+            n = sock.sendmsg(list(itertools.islice(pieces, IOV_MAX)))
         self.size -= n
         while n:
-            first = self.pieces[0]
+            first = pieces[0]
             if len(first) > n:
-                self.pieces[0] = memoryview(first)[n:]
+                pieces[0] = memoryview(first)[n:]
                 break
             n -= len(first)
-            self.pieces.popleft()
+            pieces.popleft()
+        if not pieces:
+            self.pieces = None
 
 
 class Outbox:

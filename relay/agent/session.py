@@ -26,6 +26,7 @@ from relay.agent import mux
 from relay.agent.mux import Frame
 from relay.errors import ConnectFailed, RelayError
 from relay.ssh.packets import write_packets
+from relay.tasks import retrieved
 
 __all__ = ["AgentGone", "AgentInfo", "AgentSession", "ControlPort", "Sink", "Stream"]
 
@@ -85,8 +86,8 @@ class Stream:
         self.sink: Sink | None = None
         self._early: list[Frame] = []  # arrived before the sink did
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.opened.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.opened.add_done_callback(retrieved)
+        self._finished = False  # both directions over: forgotten by the session
         # the agent's socket will send no more (EOF or CLOSE came): everything it read is here
         self.drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._paused = False  # our sink's reading paused: too much unacknowledged
@@ -173,8 +174,8 @@ class Stream:
         return max(self.inbox.acked, self.inbox.position - waiting)
 
     def _check_finished(self) -> None:
-        if self.out.done and self.inbox.closed and not self.finished.done():
-            self.finished.set_result(None)
+        if self.out.done and self.inbox.closed and not self._finished:
+            self._finished = True
             self._session._forget(self)
 
     def drop(self) -> None:
@@ -183,8 +184,7 @@ class Stream:
             self.sink.close()
         if not self.opened.done():
             self.opened.cancel()
-        if not self.finished.done():
-            self.finished.set_result(None)
+        self._finished = True
         if not self.drained.done():
             self.drained.set_result(None)
 
@@ -200,7 +200,7 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
         self._reader = mux.FrameReader()
         self.chan: asyncssh.SSHUNIXChannel[bytes] | None = None
         self.welcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.welcome.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.welcome.add_done_callback(retrieved)
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:

@@ -14,6 +14,7 @@ import time
 from typing import Generic, TypeVar
 
 from relay.ssh.pipe import Pipe
+from relay.tasks import retrieved
 
 __all__ = ["CLOSE_WAIT_S", "LinkChannel", "LinkPair"]
 
@@ -40,7 +41,7 @@ class LinkPair(Generic[C]):
     def __init__(self, data: C, message: C) -> None:
         self.channels: tuple[C, C] = (data, message)
         self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.connected.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.connected.add_done_callback(retrieved)
 
     def joined(self, ch: C, pipe: Pipe) -> bool:
         """``ch``'s connection reached the other side; True if that made both channels

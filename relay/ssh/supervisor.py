@@ -17,7 +17,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import AsyncIterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncssh
@@ -27,7 +27,7 @@ from relay.errors import ConnectFailed, KernelMissing, SupervisorFailed
 from relay.kernelcmd import no_control_characters, shell_join
 from relay.peerowner import CLOSING, GONE, UNKNOWN
 from relay.ssh.remote_scripts import remote_command
-from relay.tasks import TaskSet
+from relay.tasks import TaskSet, retrieved
 
 __all__ = ["Event", "Process", "RemoteProcess", "Supervisor", "parse_line"]
 CLOSE_CONFIRM_S = 2.0  # a channel closed from this side: how long its close is awaited
@@ -72,9 +72,8 @@ class RemoteProcess:
     id: str
     started: asyncio.Future[int]
     exited: asyncio.Future[int | None]  # None: the connection was lost, status unknown
-    output: collections.deque[str] = field(
-        default_factory=lambda: collections.deque(maxlen=OUTPUT_LINES)
-    )
+    # its last OUTPUT_LINES lines, made at the first (most kernels say nothing)
+    output: collections.deque[str] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -200,7 +199,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         proc = RemoteProcess(kernel_id, loop.create_future(), loop.create_future())
         # A launch that already failed may never look at ``started`` again.
-        proc.started.add_done_callback(lambda f: f.cancelled() or f.exception())
+        proc.started.add_done_callback(retrieved)
         self._procs[kernel_id] = proc
         snippet = "set -- " + shell_join(argv)
         for name, value in (env or {}).items():
@@ -221,7 +220,7 @@ class Supervisor:
         self._owner_ids += 1
         ident = f"w{self._owner_ids}"
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        fut.add_done_callback(retrieved)
         self._kernels[kernel] = fut
         self._whiches[ident] = (kernel, fut)
         snippet = "set -- " + shell_join([kernel])
@@ -309,6 +308,8 @@ class Supervisor:
         if event.kind == "pid" and not proc.started.done():
             proc.started.set_result(int(event.value))
         elif event.kind == "out":
+            if proc.output is None:
+                proc.output = collections.deque(maxlen=OUTPUT_LINES)
             proc.output.append(event.value)
         elif event.kind == "norecord":
             self._procs.pop(event.id, None)
