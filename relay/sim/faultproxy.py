@@ -26,6 +26,8 @@ class FaultProxy:
         self.blackholed = False
         self.refusing = False
         self.accepted = 0  # connections carried upstream, in all
+        self.swallowed = 0  # connections taken while black-holed: dead for good
+        self.swallowed_one = asyncio.Event()  # cleared by blackhole(): one since
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -38,6 +40,7 @@ class FaultProxy:
 
     def blackhole(self) -> None:
         self.blackholed = True
+        self.swallowed_one.clear()
 
     def restore(self) -> None:
         self.blackholed = False
@@ -54,8 +57,10 @@ class FaultProxy:
         self._writers.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.blackholed:  # SYNs are lost too: never connect upstream
-            self._writers.add(writer)
+        if self.blackholed:  # SYNs are lost too: never connect upstream, not even restored
+            self._writers.add(writer)  # (a VPN's old route, a NAT entry gone: it stays dead)
+            self.swallowed += 1
+            self.swallowed_one.set()
             return
         if self.refusing:
             _rst(writer)

@@ -50,6 +50,7 @@ class JumpHost(Protocol):
 
 JumpGetter = Callable[[str], JumpHost]  # a jump host's session, by its name in the plan
 ATTEMPTS_PER_REQUEST = 3
+HEDGED_AT_ONCE = 3  # connect attempts in flight at once while resuming (``_hedged``)
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
 
@@ -185,10 +186,14 @@ class Connector:
         self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
         self._log = structlog.get_logger("relay.host").bind(host=key)
 
-    async def connect(self) -> tuple[asyncssh.SSHClientConnection, _Client]:
+    async def connect(
+        self, hedge_s: float | None = None
+    ) -> tuple[asyncssh.SSHClientConnection, _Client]:
         """Attempts until one succeeds, one fails in a way no retry can mend, or the time a
         launch waits (``launch_timeout_s``) would be overrun; each attempt is bounded by
-        ConnectTimeout (or connect_timeout_s)."""
+        ConnectTimeout (or connect_timeout_s). With ``hedge_s`` (resuming: the path was
+        just lost), an attempt that has not finished within it is joined by another
+        (``_hedged``)."""
         status = self.status
         began = time.monotonic()
         deadline = began + self.base_config.launch_timeout_s
@@ -196,7 +201,10 @@ class Connector:
             status.set("connecting")
             status.retry_at = None
             try:
-                made = await self.connect_once(deadline)
+                if hedge_s is None:
+                    made = await self.connect_once(deadline)
+                else:
+                    made = await self._hedged(deadline, hedge_s)
             except RelayError as exc:
                 status.last_error = exc.message
                 delay = backoff_s(attempt, self._rng)
@@ -229,6 +237,37 @@ class Connector:
                 self.limiter.clear()
                 return made
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _hedged(
+        self, deadline: float, hedge_s: float
+    ) -> tuple[asyncssh.SSHClientConnection, _Client]:
+        """``connect_once``, joined by another attempt each ``hedge_s`` that none has
+        finished (at most HEDGED_AT_ONCE at a time). An attempt made while the path was dead
+        can stay dead after it comes back (its SYN or first packets lost, a VPN's old route,
+        a NAT entry gone) until ConnectTimeout: the kernels resume with the next attempt,
+        not after it. The first to finish decides: connected, it wins; failed, its failure
+        is raised (the caller backs off). The rest are cancelled, and closed if they
+        connected all the same."""
+        attempts = {asyncio.ensure_future(self.connect_once(deadline))}
+        try:
+            while True:
+                done, attempts = await asyncio.wait(
+                    attempts, timeout=hedge_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    if task.exception() is None:
+                        return task.result()
+                if done:
+                    raise next(iter(done)).exception()  # type: ignore[misc]
+                if len(attempts) < HEDGED_AT_ONCE and time.monotonic() < deadline:
+                    self._log.info("connect attempt stalled; another joins it", after_s=hedge_s)
+                    attempts.add(asyncio.ensure_future(self.connect_once(deadline)))
+        finally:
+            for task in attempts:
+                task.cancel()
+            for late in await asyncio.gather(*attempts, return_exceptions=True):
+                if isinstance(late, tuple):  # connected as it was cancelled: not wanted
+                    late[0].close()
 
     async def login(self, ask: Prompter) -> tuple[asyncssh.SSHClientConnection, _Client]:
         """One attempt with a person answering the server's prompts (``relay login``)."""

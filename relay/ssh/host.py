@@ -81,6 +81,11 @@ FAILURES_KEPT = 10
 
 
 BYE_CONFIRM_S = 2.0  # how long a shutdown past its grace waits for an agent's answer
+# Resuming, a connect attempt not done in this long is joined by another (Connector._hedged):
+# the path came back, but the attempt made while it was dead may never finish. A handshake is
+# a few round trips (HANDSHAKE_RTTS, at the last RTT measured) and the server's key exchange.
+RESUME_HEDGE_S = 3.0
+HANDSHAKE_RTTS = 10
 
 
 class HostSession:
@@ -216,7 +221,11 @@ class HostSession:
         return await asyncio.shield(self._connecting)
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
-        return self._adopt(*await self.connector.connect())
+        hedge_s = None
+        if self._resuming is not None and not self._resuming.done():
+            rtt_ms = self.rtt.rtt_ms or 0.0  # the path's last; a handshake is a few of them
+            hedge_s = max(RESUME_HEDGE_S, rtt_ms / 1000 * HANDSHAKE_RTTS)
+        return self._adopt(*await self.connector.connect(hedge_s))
 
     def _connect_done(self, task: asyncio.Task[asyncssh.SSHClientConnection]) -> None:
         self._connecting = None

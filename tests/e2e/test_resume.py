@@ -124,6 +124,37 @@ async def status_json(home: RelayHome) -> tuple[int, str, str, str]:
     return code, "", out, err
 
 
+async def test_an_attempt_stuck_on_the_dead_path_does_not_hold_the_resume_back(
+    home: RelayHome,
+) -> None:
+    """A reconnect attempt made while the path was dead stays dead after it comes back (the
+    proxy never carries a connection it took while black-holed, as a VPN's old route or a
+    lost NAT entry does not): the kernels resume with the attempt that joins it, not after
+    ConnectTimeout (here far longer than the test waits)."""
+    stuck_for_s = 4 * BOUND_S
+    async with (
+        behind_proxy(
+            home, connect_timeout_s=stuck_for_s, launch_timeout_s=2 * stuck_for_s
+        ) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        payload = secrets.token_bytes(1 << 20)
+        echo = asyncio.ensure_future(kl.echo(payload))
+        await outage(running, proxy, "blackhole")
+        await asyncio.wait_for(proxy.swallowed_one.wait(), BOUND_S)  # an attempt is stuck
+        proxy.restore()
+        assert await asyncio.wait_for(echo, BOUND_S) == payload
+        assert resume_state(running)["state"] == "on" and pid_alive(pid)
+        assert proxy.swallowed >= 1
+        await kl.quit(0)
+        status, _, err = await fe.result()
+        assert status == 0, err
+        await kl.aclose()
+        await wait_gone(pid)
+
+
 async def test_window_runs_out_kernels_end_with_one_line_and_no_orphan(home: RelayHome) -> None:
     """No way back within resume_window_s: each shim exits 1 with one line naming the outage
     and the window, and the agent on the host has ended the kernels itself."""

@@ -1,0 +1,115 @@
+"""relay.ssh.connector.Connector._hedged, the racing of connect attempts while resuming
+(tests/e2e/test_resume.py has it through a real sshd behind a path that swallows an attempt).
+Here each attempt's outcome is scripted: which wins, what is closed, when it gives up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from relay.errors import ConnectFailed
+from relay.settings import HostConfig
+from relay.ssh.connector import HEDGED_AT_ONCE, ConnectionStatus, Connector
+
+HEDGE_S = 0.005
+
+
+class _Conn:
+    def __init__(self, n: int) -> None:
+        self.n, self.closed = n, False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Scripted(Connector):
+    """Attempt i does what ``script[i]`` says: "hang" (until cancelled), "fail", "ok", or
+    "late": it hangs, and connects even as it is cancelled (the race _hedged must close)."""
+
+    def __init__(self, script: list[str]) -> None:
+        super().__init__(
+            "h", HostConfig(hostname="h"), status=ConnectionStatus(), agent=lambda: None
+        )
+        self.script = script
+        self.conns: list[_Conn] = []
+        self.cancelled = 0
+
+    async def connect_once(self, deadline: float, ask: Any = None) -> Any:
+        n = len(self.conns)
+        self.conns.append(_Conn(n))
+        what = self.script[n]
+        if what == "fail":
+            raise ConnectFailed(f"attempt {n} refused")
+        if what in ("hang", "late"):
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                if what == "hang":
+                    raise
+        return self.conns[n], None
+
+    async def hedged(self) -> Any:
+        return await self._hedged(time.monotonic() + 60, HEDGE_S)
+
+
+async def _idle(hedges: int) -> None:
+    """Let at least ``hedges`` hedge intervals pass (longer under load: never shorter)."""
+    for _ in range(hedges):
+        await asyncio.sleep(HEDGE_S)
+
+
+def test_an_attempt_that_hangs_is_joined_and_the_first_to_connect_wins() -> None:
+    c = _Scripted(["hang", "hang", "ok"])
+    conn, _ = asyncio.run(c.hedged())
+    assert conn.n == 2 and not conn.closed
+    assert c.cancelled == 2  # the stuck ones, cancelled
+
+
+def test_no_more_than_hedged_at_once_are_in_flight() -> None:
+    async def main() -> _Scripted:
+        c = _Scripted(["hang"] * (HEDGED_AT_ONCE + 1))
+        task = asyncio.ensure_future(c.hedged())
+        await _idle(4 * (HEDGED_AT_ONCE + 1))
+        assert len(c.conns) == HEDGED_AT_ONCE and not task.done()  # ConnectTimeout ends them
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return c
+
+    c = asyncio.run(main())
+    assert c.cancelled == HEDGED_AT_ONCE  # nothing left behind
+
+
+def _failure(script: list[str]) -> tuple[_Scripted, BaseException | None]:
+    async def main() -> tuple[_Scripted, BaseException | None]:
+        c = _Scripted(script)
+        try:
+            await c.hedged()
+        except ConnectFailed as exc:
+            return c, exc
+        return c, None
+
+    return asyncio.run(main())
+
+
+def test_a_failure_is_raised_at_once_for_the_caller_to_back_off() -> None:
+    """Refused at once: no other attempt here (the caller backs off: no busy loop)."""
+    c, failed = _failure(["fail", "ok"])
+    assert isinstance(failed, ConnectFailed) and "attempt 0" in failed.message
+    assert len(c.conns) == 1
+
+
+def test_a_failure_beside_a_stuck_attempt_ends_both() -> None:
+    """The path is back but refuses (sshd restarting): the stuck attempt is given up and
+    closed when it connects as it is cancelled; the caller backs off and tries afresh."""
+    c, failed = _failure(["late", "fail", "ok"])
+    assert isinstance(failed, ConnectFailed) and "attempt 1" in failed.message
+    assert len(c.conns) == 2 and c.conns[0].closed
+
+
+def test_one_that_connects_as_it_is_cancelled_is_closed() -> None:
+    c = _Scripted(["late", "ok"])
+    conn, _ = asyncio.run(c.hedged())
+    assert conn.n == 1 and not conn.closed
+    assert c.conns[0].closed  # connected as the winner's cleanup cancelled it: not kept
