@@ -116,6 +116,12 @@ class _Client(asyncssh.SSHClient):
         return await self._ask(name, instructions, list(prompts))
 
 
+def _unwanted(attempt: asyncio.Future[tuple[asyncssh.SSHClientConnection, _Client]]) -> None:
+    """A hedged attempt that lost, cancelled: closed if it connected all the same."""
+    if not attempt.cancelled() and attempt.exception() is None:
+        attempt.result()[0].close()
+
+
 class ConnectionStatus:
     """What ``relay status`` says of a host's connection: its state and since when, the last
     error, when the next attempt is made while backing off, how many connections were made."""
@@ -265,9 +271,8 @@ class Connector:
         finally:
             for task in attempts:
                 task.cancel()
-            for late in await asyncio.gather(*attempts, return_exceptions=True):
-                if isinstance(late, tuple):  # connected as it was cancelled: not wanted
-                    late[0].close()
+                task.add_done_callback(_unwanted)  # closes it even if this wait is cut short
+            await asyncio.gather(*attempts, return_exceptions=True)
 
     async def login(self, ask: Prompter) -> tuple[asyncssh.SSHClientConnection, _Client]:
         """One attempt with a person answering the server's prompts (``relay login``)."""
