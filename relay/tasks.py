@@ -1,4 +1,6 @@
-"""Supervised tasks: every task has an owner that keeps a reference and logs its failure once."""
+"""Supervised tasks: every task has an owner that keeps a reference and logs its failure once.
+Beside them, what every kernel and link holds of asyncio, kept small: a ``Flag`` (an Event
+without its up-front deque) and ``retrieved``, the one done callback for futures nobody awaits."""
 
 from __future__ import annotations
 
