@@ -20,25 +20,30 @@ PACKET = 32 << 10
 
 
 def write_packets(chan: Any, *pieces: bytes) -> None:
-    """``chan.write`` of the pieces joined, in writes of at most ``PACKET`` bytes: a piece
-    shorter than that (a frame's header) goes out with the start of the next one, and only
-    what such a joint holds is copied here."""
-    carry = b""
+    """``chan.write`` of the pieces joined, in writes of at most ``PACKET`` bytes: pieces
+    shorter than that (a frame's header, small messages replayed after an outage) are held
+    and go out together with the start of the next, joined once per packet; only what such a
+    joint holds is copied here."""
+    held: list[bytes] = []  # less than a packet's worth, waiting for more
+    size = 0
     for piece in pieces:
-        if carry:
-            take = PACKET - len(carry)
-            if len(piece) < take:  # still not a packet's worth: carried on
-                carry += piece
+        if held:
+            take = PACKET - size
+            if len(piece) < take:  # still not a packet's worth: held on
+                held.append(piece)
+                size += len(piece)
                 continue
-            chan.write(carry + piece[:take])
-            piece, carry = cast(bytes, memoryview(piece)[take:]), b""
-        if len(piece) < PACKET:
-            carry = bytes(piece)
-            continue
-        view = memoryview(piece)
+            view = memoryview(piece)
+            held.append(cast(bytes, view[:take]))
+            chan.write(b"".join(held))
+            piece, held, size = cast(bytes, view[take:]), [], 0
         end = len(piece) - len(piece) % PACKET
-        for at in range(0, end, PACKET):
-            chan.write(cast(bytes, view[at : at + PACKET]))
-        carry = bytes(view[end:])
-    if carry:
-        chan.write(carry)
+        if end:
+            view = memoryview(piece)
+            for at in range(0, end, PACKET):
+                chan.write(cast(bytes, view[at : at + PACKET]))
+            piece = cast(bytes, view[end:])
+        if piece:  # bytes of its own (a bytes piece is not copied)
+            held, size = [bytes(piece)], len(piece)
+    if held:
+        chan.write(held[0] if len(held) == 1 else b"".join(held))
