@@ -33,8 +33,13 @@ class FaultProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
 
-    async def start(self) -> Self:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+    async def start(self, sock: socket.socket | None = None) -> Self:
+        """Listening on 127.0.0.1 (a port of its own), or on ``sock``, a bound socket of the
+        caller's: an address that refused connections until now (nothing listened there)."""
+        if sock is None:
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        else:
+            self._server = await asyncio.start_server(self._accept, sock=sock)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -19,6 +19,7 @@ import contextlib
 import getpass
 import os
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["SSHD_PATH", "ThrowawaySSHD", "find_sshd", "toml_value"]
@@ -65,6 +67,7 @@ class ThrowawaySSHD:
         options: dict[str, str] | None = None,
         netns: bool = False,
         hide_proc: bool = False,
+        hide: Sequence[Path] = (),
         sftp: bool = True,
         program: str | None = None,
     ) -> None:
@@ -77,6 +80,8 @@ class ThrowawaySSHD:
         self.netns = netns
         # a host like a Mac or a BSD: no /proc, so nobody can tell who owns a socket there
         self.hide_proc = hide_proc
+        # directories its sessions see empty (another machine's /tmp: not this one's files)
+        self.hide = [Path(p) for p in hide]
         # without it, like many hardened or embedded sshd configurations: no SFTP subsystem
         self.sftp = sftp
         # sshd under another name (a symlink): sshd names its PAM service after argv[0], so a
@@ -165,7 +170,11 @@ class ThrowawaySSHD:
                     "sh",
                     *argv,
                 ]
-            if self.hide_proc:
+            mounts = "mount -t tmpfs none /proc && " if self.hide_proc else ""
+            mounts += "".join(
+                f"mount -t tmpfs -o mode=0700 none {shlex.quote(str(p))} && " for p in self.hide
+            )
+            if mounts:
                 argv = [
                     "unshare",
                     "--mount",
@@ -173,7 +182,7 @@ class ThrowawaySSHD:
                     "private",
                     "sh",
                     "-c",
-                    'mount -t tmpfs none /proc && exec "$@"',
+                    mounts + 'exec "$@"',
                     "sh",
                     *argv,
                 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -122,6 +123,31 @@ def _unwanted(attempt: asyncio.Future[tuple[asyncssh.SSHClientConnection, _Clien
         attempt.result()[0].close()
 
 
+class _SameAddress:
+    """asyncssh's tunnel interface for a direct connection that must reach the machine the
+    last one reached. A host name with several addresses (login nodes behind one name, a DNS
+    round robin) can lead a reconnect to another machine, where relay's agent and its kernels
+    are not: while resuming, the name is resolved again and the address reached last is
+    taken if the name still has it. If it has not (a VPN's split DNS: the name has other
+    addresses inside than outside), the name is connected to as ssh would."""
+
+    def __init__(self, address: str, bind: str | None, moved: Callable[[str], None]) -> None:
+        self.address = address
+        self._bind = (bind, 0) if bind else None  # ssh_config's BindAddress, as asyncssh's own
+        self._moved = moved  # told the address when the name no longer has it
+
+    async def create_connection(
+        self, session_factory: Callable[[], asyncio.Protocol], host: str, port: int
+    ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if self.address in {str(info[4][0]) for info in infos}:
+            host = self.address
+        else:
+            self._moved(self.address)
+        return await loop.create_connection(session_factory, host, port, local_addr=self._bind)
+
+
 class ConnectionStatus:
     """What ``relay status`` says of a host's connection: its state and since when, the last
     error, when the next attempt is made while backing off, how many connections were made."""
@@ -189,17 +215,21 @@ class Connector:
         self.via: str | None = None  # the jump host the last connection went through, by key
         self._configured = configured or []
         self._config_source = config_source
+        # the address the last direct connection reached (its peer): the machine its agent
+        # is on, which a resume must reach again (``_SameAddress``); None behind a jump host
+        self.reached: str | None = None
         self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
         self._log = structlog.get_logger("relay.host").bind(host=key)
 
     async def connect(
-        self, hedge_s: float | None = None
+        self, hedge_s: float | None = None, same_address: str | None = None
     ) -> tuple[asyncssh.SSHClientConnection, _Client]:
         """Attempts until one succeeds, one fails in a way no retry can mend, or the time a
         launch waits (``launch_timeout_s``) would be overrun; each attempt is bounded by
         ConnectTimeout (or connect_timeout_s). With ``hedge_s`` (resuming: the path was
         just lost), an attempt that has not finished within it is joined by another
-        (``_hedged``)."""
+        (``_hedged``); with ``same_address`` (resuming too), a direct connection goes to
+        that address if the host name still has it (``_SameAddress``)."""
         status = self.status
         began = time.monotonic()
         deadline = began + self.base_config.launch_timeout_s
@@ -208,9 +238,9 @@ class Connector:
             status.retry_at = None
             try:
                 if hedge_s is None:
-                    made = await self.connect_once(deadline)
+                    made = await self.connect_once(deadline, same_address=same_address)
                 else:
-                    made = await self._hedged(deadline, hedge_s)
+                    made = await self._hedged(deadline, hedge_s, same_address)
             except RelayError as exc:
                 status.last_error = exc.message
                 delay = backoff_s(attempt, self._rng)
@@ -245,7 +275,7 @@ class Connector:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _hedged(
-        self, deadline: float, hedge_s: float
+        self, deadline: float, hedge_s: float, same_address: str | None = None
     ) -> tuple[asyncssh.SSHClientConnection, _Client]:
         """``connect_once``, joined by another attempt each ``hedge_s`` that none has
         finished (at most HEDGED_AT_ONCE at a time). An attempt made while the path was dead
@@ -254,7 +284,11 @@ class Connector:
         not after it. The first to finish decides: connected, it wins; failed, its failure
         is raised (the caller backs off). The rest are cancelled, and closed if they
         connected all the same."""
-        attempts = {asyncio.ensure_future(self.connect_once(deadline))}
+
+        def attempt() -> asyncio.Future[tuple[asyncssh.SSHClientConnection, _Client]]:
+            return asyncio.ensure_future(self.connect_once(deadline, same_address=same_address))
+
+        attempts = {attempt()}
         try:
             while True:
                 done, attempts = await asyncio.wait(
@@ -267,7 +301,7 @@ class Connector:
                     raise next(iter(done)).exception()  # type: ignore[misc]
                 if len(attempts) < HEDGED_AT_ONCE and time.monotonic() < deadline:
                     self._log.info("connect attempt stalled; another joins it", after_s=hedge_s)
-                    attempts.add(asyncio.ensure_future(self.connect_once(deadline)))
+                    attempts.add(attempt())
         finally:
             for task in attempts:
                 task.cancel()
@@ -355,13 +389,15 @@ class Connector:
         return view, connect_plan
 
     async def connect_once(
-        self, deadline: float, ask: Prompter | None = None
+        self, deadline: float, ask: Prompter | None = None, same_address: str | None = None
     ) -> tuple[asyncssh.SSHClientConnection, _Client]:
         """One attempt, bounded by ConnectTimeout (a login's by LOGIN_TIMEOUT_S) and
-        ``deadline``; the connection and its client (which records why it ended)."""
+        ``deadline``; the connection and its client (which records why it ended). A direct
+        one goes to ``same_address`` if the host name still has it (``_SameAddress``)."""
         started = time.monotonic()
         view, connect_plan = self.plan()
         cfg = connect_plan.config
+        direct = not (connect_plan.jump or cfg.proxy_command)  # else a tunnel, not TCP
         limit = cfg.connect_timeout_s if ask is None else LOGIN_TIMEOUT_S
         timeout_s = max(0.1, min(limit, deadline - started))
         kwargs = dict(connect_plan.kwargs, connect_timeout=timeout_s, login_timeout=timeout_s)
@@ -381,6 +417,9 @@ class Connector:
                 )
                 kwargs["ignore_encrypted"] = True
             kwargs = await self._through_jump(connect_plan, kwargs)
+            if direct and same_address is not None and "tunnel" not in kwargs:
+                bind = view.get("BindAddress")
+                kwargs["tunnel"] = _SameAddress(same_address, bind and str(bind), self._moved)
 
             async def attempt() -> asyncssh.SSHClientConnection:
                 async with asyncio.timeout(timeout_s):
@@ -402,7 +441,6 @@ class Connector:
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             if isinstance(exc, asyncssh.HostKeyNotVerifiable):
                 offered = await self._offered(kwargs)
-            direct = not (connect_plan.jump or cfg.proxy_command)  # else a tunnel, not TCP
             err = self._translate(
                 exc,
                 view,
@@ -424,11 +462,24 @@ class Connector:
             raise err from None
         jump = self._jump_host(connect_plan)
         self.via = jump.key if jump is not None else None
+        peer = conn.get_extra_info("peername") if direct else None
+        self.reached = str(peer[0]) if peer else None
         self.status.connects += 1
         self.status.last_error = None
         self.status.set("connected")
         self._log.info("connected", connect_ms=round((time.monotonic() - started) * 1000, 1))
         return conn, client
+
+    def _moved(self, address: str) -> None:
+        """The host name has no longer the address a resume wanted (``_SameAddress``): said
+        once per address, not once per attempt."""
+        if f"moved {address}" not in self._noted:
+            self._noted.add(f"moved {address}")
+            self._log.warning(
+                "the host name no longer has the address relay's agent was reached at; "
+                "connecting by name (another machine there ends the kernels)",
+                address=address,
+            )
 
     def _translate(
         self,

@@ -221,11 +221,12 @@ class HostSession:
         return await asyncio.shield(self._connecting)
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
-        hedge_s = None
-        if self._resuming is not None and not self._resuming.done():
-            rtt_ms = self.rtt.rtt_ms or 0.0  # the path's last; a handshake is a few of them
-            hedge_s = max(RESUME_HEDGE_S, rtt_ms / 1000 * HANDSHAKE_RTTS)
-        return self._adopt(*await self.connector.connect(hedge_s))
+        if self._resuming is None or self._resuming.done():
+            return self._adopt(*await self.connector.connect())
+        rtt_ms = self.rtt.rtt_ms or 0.0  # the path's last; a handshake is a few of them
+        hedge_s = max(RESUME_HEDGE_S, rtt_ms / 1000 * HANDSHAKE_RTTS)
+        # the agent is on the machine the lost connection reached, whatever else its name has
+        return self._adopt(*await self.connector.connect(hedge_s, self.connector.reached))
 
     def _connect_done(self, task: asyncio.Task[asyncssh.SSHClientConnection]) -> None:
         self._connecting = None

@@ -10,6 +10,7 @@ import io
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -185,11 +186,14 @@ async def test_front_end_vanishing_during_a_launch(home: RelayHome) -> None:
         assert not running.daemon.kernels
 
 
-async def serve_subprocess(home: RelayHome, *args: str) -> asyncio.subprocess.Process:
-    """``relay serve`` as a process of its own, as a user or a service manager runs it."""
+async def serve_subprocess(
+    home: RelayHome, *args: str, under: Sequence[str] = ()
+) -> asyncio.subprocess.Process:
+    """``relay serve`` as a process of its own, as a user or a service manager runs it
+    (``under``: a command that runs it, ``unshare ...``)."""
     home.write()
     proc = await asyncio.create_subprocess_exec(
-        RELAY, "serve", *args, env=home.env, stderr=asyncio.subprocess.PIPE
+        *under, RELAY, "serve", *args, env=home.env, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stderr is not None
     while b'"serving"' not in await asyncio.wait_for(proc.stderr.readline(), 30):

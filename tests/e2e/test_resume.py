@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -260,6 +265,122 @@ async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome, how: 
             daemon.terminate()
             assert await daemon.wait() == 0
             await draining
+
+
+NAME = "logins.relay.test"  # two login nodes behind one name (a DNS round robin)
+
+
+def resolved_in(hosts: Path) -> list[str]:
+    """The addresses ``NAME`` has where ``hosts`` is /etc/hosts, in the resolver's order (it
+    sorts them: RFC 6724), as the daemon will see them."""
+    probe = (
+        f"import socket; print(*{{}}.fromkeys(a[4][0] for a in socket.getaddrinfo({NAME!r}, 22)))"
+    )
+    out = subprocess.run(
+        [*with_hosts(hosts), sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=BOUND_S,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+def with_hosts(hosts: Path) -> list[str]:
+    """A command prefix: run with ``hosts`` as /etc/hosts (a mount namespace of its own)."""
+    mount = 'mount --bind "$0" /etc/hosts && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(hosts)]
+
+
+def bound_pair(first: str, second: str) -> tuple[socket.socket, socket.socket]:
+    """Two sockets bound to one port on two addresses, not listening yet (connections to
+    them are refused)."""
+    for _attempt in range(20):
+        a = socket.socket()
+        a.bind((second, 0))
+        b = socket.socket()
+        try:
+            b.bind((first, a.getsockname()[1]))
+        except OSError:  # taken on that address: another port
+            a.close()
+            b.close()
+            continue
+        return b, a
+    raise RuntimeError(f"no port free on both {first} and {second}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
+async def test_a_name_with_several_machines_resumes_on_the_agents_own(
+    home: RelayHome, tmp_path: Path
+) -> None:
+    """Login nodes behind one name: a reconnect by name may reach another machine, where
+    relay's agent is not. The daemon resumes on the address it reached before. Here the
+    name's first address refuses at first (so the kernel starts on the second), then leads
+    to another sshd whose sessions cannot see the agent's files (another machine's /tmp);
+    the path to the agent's machine is reset and comes back."""
+    assert home.sshd is not None
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 {NAME}\n127.0.0.2 {NAME}\n")
+    first, second = resolved_in(hosts)  # the machine a reconnect by name reaches first
+    other_sock, agents_sock = bound_pair(first, second)
+    port = agents_sock.getsockname()[1]
+    to_agents = await FaultProxy(home.sshd.port).start(agents_sock)
+    known_hosts = tmp_path / "known_hosts"
+    key = home.sshd.host_key.with_suffix(".pub").read_text().split()
+    known_hosts.write_text(f"[{NAME}]:{port} {key[0]} {key[1]}\n")  # one key for both nodes
+    home.add_host("local", hostname=NAME, port=port, known_hosts=str(known_hosts), **KEEPALIVE)
+    daemon = await serve_subprocess(home, under=with_hosts(hosts))
+    draining = asyncio.ensure_future(drain(daemon))
+    other: ThrowawaySSHD | None = None
+    to_other: FaultProxy | None = None
+    try:
+        async with controller(home) as fe:
+            kl, pid = await connected(fe)
+            agent_dir = Path("/tmp") / f"relay-agent-{os.getuid()}"
+            assert agent_dir.is_dir()  # where the agent keeps its socket: hidden from the other
+            other_dir = tmp_path / "other"
+            other_dir.mkdir()
+            for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "authorized_keys"):
+                shutil.copy2(home.sshd.dir / name, other_dir / name)
+            other = ThrowawaySSHD(other_dir, hide=[agent_dir])
+            other.start()
+            to_other = await FaultProxy(other.port).start(other_sock)  # the name's first: up
+            payload = secrets.token_bytes(1 << 20)
+            echo = asyncio.ensure_future(kl.echo(payload))
+            to_agents.refuse()
+            to_agents.reset()  # a VPN reconnect on the way to the agent's machine
+            await until_resuming(home)
+            to_agents.restore()
+            assert await asyncio.wait_for(echo, BOUND_S) == payload
+            assert pid_alive(pid)
+            assert to_other.accepted == 0, "a reconnect went to the other machine"
+            await kl.quit(0)
+            status, _, err = await fe.result()
+            assert status == 0, err
+            await kl.aclose()
+    finally:
+        daemon.terminate()
+        assert await daemon.wait() == 0
+        await draining
+        for proxy in (to_agents, to_other):
+            if proxy is not None:
+                await proxy.aclose()
+        if other is not None:
+            other.stop()
+        other_sock.close()
+
+
+async def until_resuming(home: RelayHome) -> None:
+    """A daemon of its own process has declared the connection lost (``relay status``)."""
+    deadline = time.monotonic() + BOUND_S
+    while True:
+        code, _, out, err = await status_json(home)
+        assert code == 0, err
+        shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+        if shown["resume"]["state"] == "resuming":
+            return
+        assert time.monotonic() < deadline, f"not resuming: {shown}"
+        await asyncio.sleep(0.1)
 
 
 async def test_stop_ends_kernels_at_once_through_the_agent(home: RelayHome) -> None:

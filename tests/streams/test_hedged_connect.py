@@ -34,10 +34,14 @@ class _Scripted(Connector):
         self.script = script
         self.conns: list[_Conn] = []
         self.cancelled = 0
+        self.addresses: list[str | None] = []  # each attempt's same_address
 
-    async def connect_once(self, deadline: float, ask: Any = None) -> Any:
+    async def connect_once(
+        self, deadline: float, ask: Any = None, same_address: str | None = None
+    ) -> Any:
         n = len(self.conns)
         self.conns.append(_Conn(n))
+        self.addresses.append(same_address)
         what = self.script[n]
         if what == "fail":
             raise ConnectFailed(f"attempt {n} refused")
@@ -50,8 +54,8 @@ class _Scripted(Connector):
                     raise
         return self.conns[n], None
 
-    async def hedged(self) -> Any:
-        return await self._hedged(time.monotonic() + 60, HEDGE_S)
+    async def hedged(self, same_address: str | None = None) -> Any:
+        return await self._hedged(time.monotonic() + 60, HEDGE_S, same_address)
 
 
 async def _idle(hedges: int) -> None:
@@ -62,9 +66,10 @@ async def _idle(hedges: int) -> None:
 
 def test_an_attempt_that_hangs_is_joined_and_the_first_to_connect_wins() -> None:
     c = _Scripted(["hang", "hang", "ok"])
-    conn, _ = asyncio.run(c.hedged())
+    conn, _ = asyncio.run(c.hedged("192.0.2.7"))
     assert conn.n == 2 and not conn.closed
     assert c.cancelled == 2  # the stuck ones, cancelled
+    assert c.addresses == ["192.0.2.7"] * 3  # every attempt to the agent's machine
 
 
 def test_no_more_than_hedged_at_once_are_in_flight() -> None:
