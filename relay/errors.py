@@ -29,6 +29,7 @@ __all__ = [
     "LaunchTimeout",
     "LocalFileError",
     "LoginAbandoned",
+    "LoginNeeded",
     "PeerCheckUnavailable",
     "RelayError",
     "SSHSetupFailed",
@@ -81,6 +82,10 @@ class ConnectFailed(RelayError):
 
 class AuthenticationFailed(RelayError):
     code = "auth_failed"
+
+
+class LoginNeeded(AuthenticationFailed):
+    """The server wants a person's answers (a password, 2FA codes): ``relay login``."""
 
 
 class HostKeyUnknown(RelayError):

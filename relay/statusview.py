@@ -92,6 +92,8 @@ def _resume(r: dict[str, Any] | None) -> str:
     if state == "resuming":
         left = r.get("window_left_s")
         text = f"resuming, {_duration(left or 0)} left" if left is not None else "resuming"
+        if r.get("login_needed"):
+            text += ", needs `relay login`"
         return f"{text}, {_size(int(r.get('unacked') or 0))} held"
     if state == "off" and r.get("reason"):
         return _wrapped(f"off: {r['reason']}")

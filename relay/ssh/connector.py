@@ -23,7 +23,13 @@ from typing import Any, Protocol
 import asyncssh
 import structlog
 
-from relay.errors import AuthenticationFailed, ConnectFailed, RelayError, SSHSetupFailed
+from relay.errors import (
+    AuthenticationFailed,
+    ConnectFailed,
+    LoginNeeded,
+    RelayError,
+    SSHSetupFailed,
+)
 from relay.settings import HostConfig
 from relay.ssh import hostkeys, identity, ignorepad, options, sshconfig
 from relay.ssh.errors import host_key_refused, translate_connect_error
@@ -308,11 +314,16 @@ class Connector:
                 task.add_done_callback(_unwanted)  # closes it even if this wait is cut short
             await asyncio.gather(*attempts, return_exceptions=True)
 
-    async def login(self, ask: Prompter) -> tuple[asyncssh.SSHClientConnection, _Client]:
-        """One attempt with a person answering the server's prompts (``relay login``)."""
+    async def login(
+        self, ask: Prompter, same_address: str | None = None
+    ) -> tuple[asyncssh.SSHClientConnection, _Client]:
+        """One attempt with a person answering the server's prompts (``relay login``); to
+        ``same_address`` as ``connect`` (resuming)."""
         self.status.set("connecting")
         try:
-            made = await self.connect_once(time.monotonic() + LOGIN_TIMEOUT_S, ask=ask)
+            made = await self.connect_once(
+                time.monotonic() + LOGIN_TIMEOUT_S, ask=ask, same_address=same_address
+            )
         except RelayError as exc:
             self.status.last_error = exc.message
             self.status.set("failed")
@@ -452,7 +463,7 @@ class Connector:
                 reached=client.reached() if direct else "none",
             )
             if isinstance(err, AuthenticationFailed) and client.person_needed:
-                err = AuthenticationFailed(
+                err = LoginNeeded(
                     f"{view.user}@{view.hostname} asks for {' and '.join(client.person_needed)} "
                     f"after the keys relay offered, and relay never answers those during a "
                     f"launch: run `relay login {self.key}` in a terminal once, or give relay a "

@@ -43,7 +43,7 @@ import structlog
 
 from relay.agent import start as agent_start
 from relay.agent.session import AgentGone, AgentSession
-from relay.errors import RelayError, ShuttingDown
+from relay.errors import LoginNeeded, RelayError, ShuttingDown
 from relay.log import RateLimited
 from relay.peerowner import CLOSING, GONE, UNKNOWN
 from relay.settings import HostConfig
@@ -125,6 +125,8 @@ class HostSession:
         self._agent_supervisor: Supervisor | None = None
         self.agent_unavailable: str | None = None  # why kernels here end with the connection
         self._resuming: asyncio.Task[None] | None = None
+        # a resume the server wants a person for (2FA) waits on this for ``relay login``
+        self._login_wanted: asyncio.Future[None] | None = None
         self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
         self.agent_refusals = RateLimited(
             structlog.get_logger("relay.guard").bind(host=key, side="remote", via="agent"),
@@ -245,7 +247,11 @@ class HostSession:
                 await asyncio.shield(self._connecting)
         if self._conn is not None and not self._conn.is_closed():
             return True
-        self._adopt(*await self.connector.login(ask))
+        resuming = self._resuming is not None and not self._resuming.done()
+        same = self.connector.reached if resuming else None  # the agent's machine (_connect)
+        self._adopt(*await self.connector.login(ask, same))
+        if self._login_wanted is not None and not self._login_wanted.done():
+            self._login_wanted.set_result(None)  # the resume goes on with this connection
         return False
 
     def _adopt(
@@ -304,6 +310,10 @@ class HostSession:
             except AgentGone as exc:
                 agent.end(exc.message)
                 return
+            except LoginNeeded:
+                await self._wait_for_login(lost_at + window)
+                attempt = 0
+                continue
             except (RelayError, asyncssh.Error, OSError, TimeoutError) as exc:
                 self.status.last_error = f"resuming: {exc}"
             left = lost_at + window - time.time()
@@ -317,6 +327,25 @@ class HostSession:
             )
             self.status.last_error = agent.end_reason
             self.status.set("disconnected")
+
+    async def _wait_for_login(self, window_ends: float) -> None:
+        """The server wants a person's answers again (2FA), which relay never gives on its
+        own: wait for ``relay login`` (or the window's end) instead of failing attempt after
+        attempt, which the server logs and fail2ban counts."""
+        self.status.last_error = (
+            f"{self.key} asks for a person's answers (2FA, a password) to reconnect: run "
+            f"`relay login {self.key}` in a terminal, and the kernels there go on"
+        )
+        self.status.set("resuming")
+        self._log.warning("resuming waits for relay login", host=self.key)
+        self._login_wanted = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(max(0.0, window_ends - time.time())):
+                await self._login_wanted
+        except TimeoutError:
+            pass
+        finally:
+            self._login_wanted = None
 
     # -- what runs on it ---------------------------------------------------------------------
     async def live(self) -> Live:
@@ -569,7 +598,8 @@ class HostSession:
         agent = self.agent
         if agent is not None and not agent.ended.done():
             state = "on" if agent.attached else "resuming"
-            return {"state": state, **agent.snapshot()}
+            waiting = self._login_wanted is not None  # for `relay login`
+            return {"state": state, **agent.snapshot(), "login_needed": waiting}
         if self.agent_unavailable is not None:
             return {"state": "off", "reason": self.agent_unavailable}
         return {"state": "unknown" if self.config.resume_window_s > 0 else "off"}

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD, find_sshd
-from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim, start_daemon
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon
 from tests.e2e.helpers import controller
+from tests.e2e.test_resume import until
 
 pytestmark = pytest.mark.skipif(
     not Path("/etc/pam.d").is_dir() or not Path("/proc/self").exists(),
@@ -102,3 +104,43 @@ async def test_login_once_then_launches_use_the_connection(
         status, out, _ = await login(home, "hpc", "")
         assert status == 0 and "connected already" in out
     assert CODE not in daemon_log.getvalue()  # what a person typed is never logged
+
+
+async def test_a_resume_that_needs_2fa_waits_for_relay_login(
+    home: RelayHome, otp_sshd: ThrowawaySSHD
+) -> None:
+    """A 2FA host and a network change: the reconnect needs a person's answers, which relay
+    never gives on its own. The resume makes one attempt, says `relay login hpc` is needed
+    and waits for it (no attempt after attempt that fail2ban would count), the kernels held
+    meanwhile; the login's connection resumes them, every byte there."""
+    home.sshd = otp_sshd
+    home.hosts.clear()
+    proxy = await FaultProxy(otp_sshd.port).start()
+    otp_sshd.trust_port(proxy.port)
+    home.add_host("hpc", port=proxy.port, keepalive_interval_s=0.5, keepalive_count_max=2)
+    try:
+        async with start_daemon(home) as running:
+            status, _, err = await login(home, "hpc", f"{CODE}\n")
+            assert status == 0, err
+            async with controller(home, host="hpc", kernel=SIM_KERNEL) as fe:
+                kl = await fe.link.accept(60)
+                pid = int(kl.hello["pid"])
+                payload = secrets.token_bytes(1 << 20)
+                echo = asyncio.ensure_future(kl.echo(payload))
+                proxy.reset()  # a network change: the path is back at once
+                host = running.daemon.hosts["hpc"]
+                await until(lambda: host.snapshot()["resume"].get("login_needed"), "login")
+                tried = proxy.accepted
+                state = host.snapshot()
+                assert "relay login hpc" in state["last_error"], state
+                assert not echo.done() and pid_alive(pid)
+                status, out, err = await login(home, "hpc", f"{CODE}\n")
+                assert status == 0 and "logged in to hpc" in out, err
+                assert await asyncio.wait_for(echo, 60) == payload
+                assert proxy.accepted == tried + 1  # the login's: nothing tried in between
+                assert pid_alive(pid)
+                await kl.quit(0)
+                assert (await fe.result())[0] == 0
+                await kl.aclose()
+    finally:
+        await proxy.aclose()

@@ -88,6 +88,9 @@ def test_resume_column_says_on_resuming_with_time_left_and_held_or_off_and_why()
     assert "on (15m00s window)" in render(answer(resume=on), now=110.0)
     resuming = {"state": "resuming", "window_s": 900.0, "window_left_s": 872.4, "unacked": 3 << 20}
     assert "resuming, 14m32s left, 3.0 MiB held" in render(answer(resume=resuming), now=110.0)
+    waiting = {**resuming, "login_needed": True}  # 2FA again: it waits for a person
+    shown = render(answer(resume=waiting), now=110.0)
+    assert "resuming, 14m32s left, needs `relay login`, 3.0 MiB held" in shown
     off = {"state": "off", "reason": "no python3 on cluster's PATH"}
     assert "off: no python3 on cluster's PATH" in render(answer(resume=off), now=110.0)
 
