@@ -41,7 +41,7 @@ from typing import Any
 import asyncssh
 import structlog
 
-from relay import __version__, protocol, settings
+from relay import __version__, protocol, settings, wake
 from relay.activation import Notifier, activated_socket
 from relay.agent.expose import AgentExpose
 from relay.agent.forward import AgentForward
@@ -141,6 +141,15 @@ class Daemon:
         self.stop_reason: str | None = None  # relay stop, relay restart, a signal's name
 
     # -- hosts -----------------------------------------------------------------------------
+    def watch_wakes(self) -> None:
+        """Tell every host when this machine has slept (``relay.wake``)."""
+        self._tasks.spawn(wake.watch(self._woke), name="wake-watch")
+
+    def _woke(self, asleep_s: float) -> None:
+        log.info("woke", asleep_s=round(asleep_s, 1))
+        for session in list(self.hosts.values()):
+            session.woke(asleep_s)
+
     def host(self, name: str, *, adhoc: bool | None = None) -> HostSession:
         if adhoc is None:  # a client's name (a jump host is the running configuration's)
             self._refuse_if_rejected(name)
@@ -550,6 +559,7 @@ async def serve(
         loop.add_signal_handler(signal.SIGHUP, _on_hangup, daemon)
     try:
         await control.start(socket_path, inherited)
+        daemon.watch_wakes()
         log.info(
             "serving", socket=str(socket_path), pid=os.getpid(), activated=inherited is not None
         )

@@ -1,9 +1,10 @@
 """A TCP proxy of the simulator's own (the tests' and `make demo`'s) that fails the way
 real network paths do: it can black-hole its connections (drop everything, close nothing: a
 dead Wi-Fi, a suspended laptop, an expired NAT entry), reset them (a network change, a VPN
-reconnect: RST both ways), refuse new ones (the path is down and says so), and then restore
-itself. Its upstream may be in another network namespace (``netns_pid``: the test suite's
-ThrowawaySSHD(netns=True), whose host has a loopback of its own)."""
+reconnect: RST both ways), refuse new ones (the path is down and says so), strand the open
+ones (silent for good while new ones pass: a laptop that slept past its NAT entries), and
+then restore itself. Its upstream may be in another network namespace (``netns_pid``: the
+test suite's ThrowawaySSHD(netns=True), whose host has a loopback of its own)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._stranded: set[asyncio.StreamWriter] = set()  # their bytes are lost: strand()
         self.port = 0
 
     async def start(self, sock: socket.socket | None = None) -> Self:
@@ -46,6 +48,11 @@ class FaultProxy:
     def blackhole(self) -> None:
         self.blackholed = True
         self.swallowed_one.clear()
+
+    def strand(self) -> None:
+        """Every open connection goes silently dead for good; new ones are carried (a
+        laptop's sleep: its NAT entries expired, or it woke on another network)."""
+        self._stranded |= self._writers
 
     def restore(self) -> None:
         self.blackholed = False
@@ -85,11 +92,11 @@ class FaultProxy:
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await src.read(65536):
-                if self.blackholed:
+                if self.blackholed or dst in self._stranded:
                     continue  # lost on the way
                 dst.write(data)
                 await dst.drain()
-            if not self.blackholed:  # a FIN sent into a black hole is lost too
+            if not self.blackholed and dst not in self._stranded:  # nor is a FIN
                 dst.close()
 
     async def aclose(self) -> None:

@@ -86,6 +86,9 @@ BYE_CONFIRM_S = 2.0  # how long a shutdown past its grace waits for an agent's a
 # a few round trips (HANDSHAKE_RTTS, at the last RTT measured) and the server's key exchange.
 RESUME_HEDGE_S = 3.0
 HANDSHAKE_RTTS = 10
+# Woken (relay.wake), a resumable connection is pinged: no answer in this long (or ten round
+# trips) and it is declared lost, not after keepalive's interval x count.
+WAKE_PROBE_S = 3.0
 
 
 class HostSession:
@@ -127,6 +130,8 @@ class HostSession:
         self._resuming: asyncio.Task[None] | None = None
         # a resume the server wants a person for (2FA) waits on this for ``relay login``
         self._login_wanted: asyncio.Future[None] | None = None
+        self._probing = False  # a ping after a wake is on its way (``woke``)
+        self._declared_lost: str | None = None  # why we dropped the connection ourselves
         self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
         self.agent_refusals = RateLimited(
             structlog.get_logger("relay.guard").bind(host=key, side="remote", via="agent"),
@@ -274,7 +279,10 @@ class HostSession:
         self._conn = None
         self.status.set("disconnected")
         if not self._closing and not self._idle_closing:
-            reason = str(client.lost) if client.lost else "closed by the server"
+            reason = self._declared_lost or (
+                str(client.lost) if client.lost else "closed by the server"
+            )
+            self._declared_lost = None
             fields: dict[str, Any] = {}
             if "keepalive" in reason:  # declared after this long without a word from the server
                 fields["silent_s"] = silent_s
@@ -290,6 +298,35 @@ class HostSession:
                     )
 
     # -- resuming ----------------------------------------------------------------------------
+    def woke(self, asleep_s: float) -> None:
+        """The machine slept, or the daemon was stopped, ``asleep_s`` (``relay.wake``). A
+        connection that lived through it may be dead without a word (a NAT entry gone, a new
+        network) and keepalive would take its interval x count to say so. Where the kernels
+        resume, it is pinged now: no answer within WAKE_PROBE_S (or ten round trips) and it
+        is declared lost, so the resume begins. Elsewhere a lost connection ends kernels: a
+        slow answer must not, so those wait for keepalive."""
+        current = self._current
+        if self._probing or current is None or current.agent is None or not current.usable:
+            return
+        self._probing = True
+        self._tasks.spawn(self._probe(current, asleep_s), name=f"wake-probe:{self.key}")
+
+    async def _probe(self, current: Live, asleep_s: float) -> None:
+        rtt_ms = self.rtt.rtt_ms or 0.0
+        timeout_s = max(WAKE_PROBE_S, rtt_ms / 1000 * HANDSHAKE_RTTS)
+        try:
+            await self.rtt.ping(current.supervisor, timeout_s)
+        except TimeoutError:
+            if current is self._current and current.usable:
+                self._declared_lost = (
+                    f"no answer within {timeout_s:g} s after {asleep_s:.0f} s asleep"
+                )
+                current.connection.abort()
+        except (RelayError, asyncssh.Error, OSError):
+            pass  # it ended all the same: _watch says so
+        finally:
+            self._probing = False
+
     async def _resume(self, agent: AgentSession) -> None:
         """Reconnect with backoff until the agent is attached again, or its window is over
         (counted from the last word heard, in wall time: a daemon that slept counts its

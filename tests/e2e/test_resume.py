@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from relay import wake
 from relay.sim import frontend, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
@@ -381,6 +382,61 @@ async def until_resuming(home: RelayHome) -> None:
             return
         assert time.monotonic() < deadline, f"not resuming: {shown}"
         await asyncio.sleep(0.1)
+
+
+async def test_a_connection_dead_after_a_sleep_is_found_out_on_waking(home: RelayHome) -> None:
+    """A laptop's sleep (the daemon stopped) while the connection's NAT entry expires: the
+    proxy strands it, silent for good, while new connections pass. Keepalive would say so
+    after 30 s x 3, longer than the test waits; woken, the daemon pings the connection at
+    once, declares it lost, and resumes: the kernel's bytes all arrive."""
+    async with behind_proxy(home, keepalive_interval_s=30, keepalive_count_max=3) as proxy:
+        daemon = await serve_subprocess(home)
+        draining = asyncio.ensure_future(drain(daemon))
+        try:
+            async with controller(home) as fe:
+                kl, pid = await connected(fe)
+                payload = secrets.token_bytes(2 << 20)
+                echo = asyncio.ensure_future(kl.echo(payload))
+                daemon.send_signal(signal.SIGSTOP)
+                proxy.strand()
+                # asleep for longer than relay.wake.LATE_S plus a tick: the subject of the test
+                await asyncio.sleep(wake.LATE_S + 2 * wake.TICK_S)
+                daemon.send_signal(signal.SIGCONT)
+                assert await asyncio.wait_for(echo, BOUND_S) == payload
+                assert pid_alive(pid)
+                assert proxy.accepted == 2  # the first connection, and the one resumed over
+                await kl.quit(0)
+                status, _, err = await fe.result()
+                assert status == 0, err
+                await kl.aclose()
+        finally:
+            daemon.send_signal(signal.SIGCONT)
+            daemon.terminate()
+            assert await daemon.wait() == 0
+            await draining
+
+
+async def test_waking_pings_only_connections_whose_kernels_resume(home: RelayHome) -> None:
+    """A wake (relay.wake) pings a host's connection where the kernels resume: a slow answer
+    costs a reconnect there, nothing else. Where a lost connection ends kernels
+    (resume_window_s = 0) it is left to keepalive. A healthy connection answers and stays."""
+    home.add_host("plain", resume_window_s=0)
+    async with (
+        start_daemon(home) as running,
+        controller(home) as fe,
+        controller(home, host="plain") as fe_plain,
+    ):
+        kl, _ = await connected(fe)
+        kl_plain, _ = await connected(fe_plain)
+        hosts = running.daemon.hosts
+        running.daemon._woke(10.0)
+        assert hosts["local"]._probing and not hosts["plain"]._probing
+        await until(lambda: not hosts["local"]._probing, "the ping answered")
+        assert hosts["local"].connects == 1 and hosts["local"].state == "connected"
+        for link, shim in ((kl, fe), (kl_plain, fe_plain)):
+            await link.quit(0)
+            assert (await shim.result())[0] == 0
+            await link.aclose()
 
 
 async def test_stop_ends_kernels_at_once_through_the_agent(home: RelayHome) -> None:
