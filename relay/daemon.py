@@ -142,8 +142,15 @@ class Daemon:
 
     # -- hosts -----------------------------------------------------------------------------
     def watch_wakes(self) -> None:
-        """Tell every host when this machine has slept (``relay.wake``)."""
-        self._tasks.spawn(wake.watch(self._woke), name="wake-watch")
+        """Tell every host when this machine has slept, and have each look at its
+        connection's own address (``relay.wake``)."""
+        self._tasks.spawn(wake.watch(self._tick), name="wake-watch")
+
+    def _tick(self, late_s: float) -> None:
+        if late_s > wake.LATE_S:
+            self._woke(late_s)
+        for session in list(self.hosts.values()):
+            session.check_address()
 
     def _woke(self, asleep_s: float) -> None:
         log.info("woke", asleep_s=round(asleep_s, 1))

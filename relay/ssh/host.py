@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import asyncssh
 import structlog
 
+from relay import wake
 from relay.agent import start as agent_start
 from relay.agent.session import AgentGone, AgentSession
 from relay.errors import LoginNeeded, RelayError, ShuttingDown
@@ -264,6 +265,7 @@ class HostSession:
     ) -> asyncssh.SSHClientConnection:
         """A connection just made is the host's, watched until it ends."""
         self._conn = conn
+        self._declared_lost = None  # said of an older one, if ever
         cfg = self.config
         # asyncssh's keepalive (relay.ssh.options.asyncssh_keepalive) ends it after this long
         silent_s = cfg.keepalive_interval_s * cfg.keepalive_count_max
@@ -310,6 +312,22 @@ class HostSession:
             return
         self._probing = True
         self._tasks.spawn(self._probe(current, asleep_s), name=f"wake-probe:{self.key}")
+
+    def check_address(self) -> None:
+        """Every tick of ``relay.wake``: a direct connection whose own address this machine
+        no longer has (the Wi-Fi switched, a VPN reconnected with another) can never hear
+        from the host again, whatever keepalive has yet to say. Where the kernels resume it
+        is declared lost at once; elsewhere keepalive ends it, as ssh would."""
+        current = self._current
+        if current is None or current.agent is None or self.connector.reached is None:
+            return
+        sockname = current.connection.get_extra_info("sockname")
+        if sockname and current.usable and wake.address_gone(sockname):
+            self._declared_lost = (
+                f"this machine no longer has the address the connection came from "
+                f"({sockname[0]}): another network"
+            )
+            current.connection.abort()
 
     async def _probe(self, current: Live, asleep_s: float) -> None:
         rtt_ms = self.rtt.rtt_ms or 0.0

@@ -17,15 +17,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from relay import wake
-from relay.sim import frontend, wire
+from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
@@ -437,6 +438,104 @@ async def test_waking_pings_only_connections_whose_kernels_resume(home: RelayHom
             await link.quit(0)
             assert (await shim.result())[0] == 0
             await link.aclose()
+
+
+HERE, FAR, MOVED = "10.213.77.1", "10.213.77.2", "10.213.77.3"  # a /24 of the test's own
+
+
+@contextmanager
+def far_network() -> Iterator[tuple[int, str]]:
+    """A network namespace of the test's own, joined to this one by a veth pair: this side
+    HERE/24, the far side FAR/24. Yields the pid holding it and this side's interface (the
+    laptop's Wi-Fi, whose address a test may change)."""
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "600"])
+    ours = os.readlink("/proc/self/ns/net")
+    suffix = secrets.token_hex(3)
+    here, far = f"rh{suffix}", f"rf{suffix}"
+    try:
+        deadline = time.monotonic() + BOUND_S
+        while os.readlink(f"/proc/{holder.pid}/ns/net") == ours:  # unshare done: its own
+            assert time.monotonic() < deadline, "unshare --net did not start"
+            time.sleep(0.01)
+        inside = ["nsenter", f"--net=/proc/{holder.pid}/ns/net"]
+        for argv in (
+            ["ip", "link", "add", here, "type", "veth", "peer", "name", far],
+            ["ip", "link", "set", far, "netns", str(holder.pid)],
+            ["ip", "addr", "add", f"{HERE}/24", "dev", here],
+            ["ip", "link", "set", here, "up"],
+            [*inside, "ip", "addr", "add", f"{FAR}/24", "dev", far],
+            [*inside, "ip", "link", "set", far, "up"],
+            [*inside, "ip", "link", "set", "lo", "up"],
+        ):
+            subprocess.run(argv, check=True, capture_output=True, timeout=BOUND_S)
+        yield holder.pid, here
+    finally:
+        holder.kill()
+        holder.wait()
+        subprocess.run(["ip", "link", "del", here], capture_output=True, timeout=BOUND_S)
+
+
+def listening_in(pid: int, address: str) -> socket.socket:
+    """A socket bound to ``address`` in PID's network namespace (made by a thread of its
+    own: setns moves only the calling thread)."""
+    made: list[socket.socket] = []
+
+    def work() -> None:
+        nsbridge.enter(pid)
+        sock = socket.socket()
+        sock.bind((address, 0))
+        made.append(sock)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(BOUND_S)
+    assert made, "no socket in the far namespace"
+    return made[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+async def test_a_new_network_is_found_out_at_once_and_the_kernels_go_on(
+    home: RelayHome, tmp_path: Path
+) -> None:
+    """The laptop moves to another network (its address changes: a Wi-Fi switch): the
+    connection from the old address is dead, silently. Keepalive would say so after 30 s x
+    3, longer than the test waits; the daemon sees its address gone, resumes from the new
+    one, and the kernel's bytes all arrive."""
+    assert home.sshd is not None
+    with far_network() as (pid, here):
+        proxy = await FaultProxy(home.sshd.port).start(listening_in(pid, FAR))
+        known_hosts = tmp_path / "known_hosts"
+        key = home.sshd.host_key.with_suffix(".pub").read_text().split()
+        known_hosts.write_text(f"[{FAR}]:{proxy.port} {key[0]} {key[1]}\n")
+        home.add_host(
+            "local",
+            hostname=FAR,
+            port=proxy.port,
+            known_hosts=str(known_hosts),
+            keepalive_interval_s=30,
+            keepalive_count_max=3,
+        )
+        try:
+            async with start_daemon(home) as running, controller(home) as fe:
+                kl, pid_k = await connected(fe)
+                host = running.daemon.hosts["local"]
+                assert host.connector.reached == FAR
+                payload = secrets.token_bytes(2 << 20)
+                echo = asyncio.ensure_future(kl.echo(payload))
+                for argv in (
+                    ["ip", "addr", "del", f"{HERE}/24", "dev", here],
+                    ["ip", "addr", "add", f"{MOVED}/24", "dev", here],
+                ):
+                    subprocess.run(argv, check=True, capture_output=True, timeout=BOUND_S)
+                assert await asyncio.wait_for(echo, BOUND_S) == payload
+                assert pid_alive(pid_k)
+                assert host.connects == 2 and proxy.accepted == 2
+                await kl.quit(0)
+                status, _, err = await fe.result()
+                assert status == 0, err
+                await kl.aclose()
+        finally:
+            await proxy.aclose()
 
 
 async def test_stop_ends_kernels_at_once_through_the_agent(home: RelayHome) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from relay.wake import late_by, watch
+from relay.wake import address_gone, late_by, watch
 
 
 def test_a_machine_that_slept_is_seen_by_the_wall_clock() -> None:
@@ -27,7 +27,12 @@ def test_the_watch_says_how_long_the_loop_stood_still() -> None:
 
     async def main() -> list[float]:
         woke: list[float] = []
-        task = asyncio.ensure_future(watch(woke.append, tick_s=0.01, late_s=0.2))
+
+        def tick(late_s: float) -> None:
+            if late_s > 0.2:
+                woke.append(late_s)
+
+        task = asyncio.ensure_future(watch(tick, tick_s=0.01))
         await asyncio.sleep(0.05)  # the watch is ticking
         time.sleep(0.3)  # the subject: nothing on the loop runs meanwhile
         for _ in range(100):  # bounded: the late tick comes first thing after
@@ -39,3 +44,12 @@ def test_the_watch_says_how_long_the_loop_stood_still() -> None:
 
     woke = asyncio.run(main())
     assert woke and max(woke) >= 0.3 - 0.01
+
+
+def test_an_address_this_machine_has_is_not_gone() -> None:
+    assert not address_gone(("127.0.0.1", 40000))
+    assert not address_gone(("::1", 40000, 0, 0))
+
+
+def test_an_address_this_machine_does_not_have_is_gone() -> None:
+    assert address_gone(("192.0.2.1", 40000))  # TEST-NET-1: nobody's
