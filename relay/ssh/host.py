@@ -353,6 +353,7 @@ class HostSession:
         window = agent.window_s
         self._log.info("resuming", window_s=window)
         attempt = 0
+        login_needed = False  # the last attempt wanted a person's answers
         while not agent.ended.done() and not self._closing:
             left = lost_at + window - time.time()
             if left <= 0:
@@ -366,19 +367,22 @@ class HostSession:
                 agent.end(exc.message)
                 return
             except LoginNeeded:
+                login_needed = True
                 await self._wait_for_login(lost_at + window)
                 attempt = 0
                 continue
             except (RelayError, asyncssh.Error, OSError, TimeoutError) as exc:
+                login_needed = False
                 self.status.last_error = f"resuming: {exc}"
             left = lost_at + window - time.time()
             await asyncio.sleep(max(0.0, min(backoff_s(attempt, self._rng), left)))
             attempt += 1
         if not agent.ended.done():
             at = time.strftime("%H:%M:%S", time.localtime(lost_at))
+            why = f" (it needed `relay login {self.key}`)" if login_needed else ""
             agent.end(
                 f"the connection to {self.key} was lost at {at} and did not come back within "
-                f"resume_window_s ({window:g} s); relay's agent there ends its kernels"
+                f"resume_window_s ({window:g} s){why}; relay's agent there ends its kernels"
             )
             self.status.last_error = agent.end_reason
             self.status.set("disconnected")

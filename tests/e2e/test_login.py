@@ -17,7 +17,7 @@ import pytest
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD, find_sshd
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon
-from tests.e2e.helpers import controller
+from tests.e2e.helpers import controller, wait_gone
 from tests.e2e.test_resume import until
 
 pytestmark = pytest.mark.skipif(
@@ -141,6 +141,36 @@ async def test_a_resume_that_needs_2fa_waits_for_relay_login(
                 assert pid_alive(pid)
                 await kl.quit(0)
                 assert (await fe.result())[0] == 0
+                await kl.aclose()
+    finally:
+        await proxy.aclose()
+
+
+async def test_a_window_that_ends_waiting_for_relay_login_says_so(
+    home: RelayHome, otp_sshd: ThrowawaySSHD
+) -> None:
+    """Nobody runs `relay login` within the window: the controller's shim exits with one
+    line that names the outage, the window and the login it waited for."""
+    home.sshd = otp_sshd
+    home.hosts.clear()
+    proxy = await FaultProxy(otp_sshd.port).start()
+    otp_sshd.trust_port(proxy.port)
+    home.add_host("hpc", port=proxy.port, resume_window_s=3)
+    try:
+        async with start_daemon(home) as running:
+            status, _, err = await login(home, "hpc", f"{CODE}\n")
+            assert status == 0, err
+            async with controller(home, host="hpc", kernel=SIM_KERNEL) as fe:
+                kl = await fe.link.accept(60)
+                pid = int(kl.hello["pid"])
+                proxy.reset()
+                host = running.daemon.hosts["hpc"]
+                await until(lambda: host.snapshot()["resume"].get("login_needed"), "login")
+                status, _, err = await fe.result()
+                (line,) = err.strip().splitlines()
+                assert status != 0 and "resume_window_s (3 s)" in line, line
+                assert "it needed `relay login hpc`" in line, line
+                await wait_gone(pid, 60)  # the agent ends it: the window is over there too
                 await kl.aclose()
     finally:
         await proxy.aclose()
