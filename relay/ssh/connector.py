@@ -280,6 +280,42 @@ class Connector:
                 return made
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def reconnect(
+        self, hedge_s: float, address: str | None
+    ) -> tuple[asyncssh.SSHClientConnection, _Client]:
+        """Resuming: ``connect`` to ``address``, the machine the agent is on. If that fails
+        to connect, the host name may lead elsewhere now: the agent's machine down, or taken
+        out of the name's rotation. Then a connection by name that reaches another machine,
+        with ``address`` failing once more right after it (the path is up, so that failure
+        is the machine's), is returned: the agent is not there and its kernels end, but the
+        host is usable again, not unreachable for the whole window."""
+        try:
+            return await self.connect(hedge_s, address)
+        except ConnectFailed:
+            if address is None:
+                raise
+        made = await self.connect(hedge_s)  # fails too if it is the path: the caller backs off
+        if self.reached == address:  # it was the path after all
+            return made
+        elsewhere = self.reached
+        try:
+            mine = await self.connect_once(
+                time.monotonic() + self.config.connect_timeout_s, same_address=address
+            )
+        except ConnectFailed as exc:
+            self._log.warning(
+                "the agent's machine does not answer, another behind the host name does",
+                address=address,
+                reached=elsewhere,
+                error=exc.message,
+            )
+            return made
+        except BaseException:
+            made[0].close()
+            raise
+        made[0].close()  # the agent's machine answered after all: not the other one
+        return mine
+
     async def _hedged(
         self, deadline: float, hedge_s: float, same_address: str | None = None
     ) -> tuple[asyncssh.SSHClientConnection, _Client]:

@@ -234,7 +234,7 @@ class HostSession:
         rtt_ms = self.rtt.rtt_ms or 0.0  # the path's last; a handshake is a few of them
         hedge_s = max(RESUME_HEDGE_S, rtt_ms / 1000 * HANDSHAKE_RTTS)
         # the agent is on the machine the lost connection reached, whatever else its name has
-        return self._adopt(*await self.connector.connect(hedge_s, self.connector.reached))
+        return self._adopt(*await self.connector.reconnect(hedge_s, self.connector.reached))
 
     def _connect_done(self, task: asyncio.Task[asyncssh.SSHClientConnection]) -> None:
         self._connecting = None

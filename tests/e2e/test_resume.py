@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -311,65 +312,122 @@ def bound_pair(first: str, second: str) -> tuple[socket.socket, socket.socket]:
     raise RuntimeError(f"no port free on both {first} and {second}")
 
 
+@dataclass
+class TwoMachines:
+    """Two login nodes behind one name: the agent's, and another whose sessions cannot see
+    the agent's files (another machine's /tmp), each behind a fault proxy of its own."""
+
+    to_agents: FaultProxy
+    other_sock: socket.socket  # the name's first address: refusing until start_other()
+    home: RelayHome
+    tmp: Path
+    to_other: FaultProxy | None = None
+    other: ThrowawaySSHD | None = None
+
+    async def start_other(self) -> None:
+        """Once the agent has made its directory (which the other's sessions see empty)."""
+        assert self.home.sshd is not None
+        agent_dir = Path("/tmp") / f"relay-agent-{os.getuid()}"
+        assert agent_dir.is_dir()
+        other_dir = self.tmp / "other"
+        other_dir.mkdir()
+        keys = ("ssh_host_ed25519_key", "id_ed25519", "authorized_keys")  # one user, one key
+        for name in (*keys, *(f"{k}.pub" for k in keys[:2])):
+            shutil.copy2(self.home.sshd.dir / name, other_dir / name)
+        self.other = ThrowawaySSHD(other_dir, hide=[agent_dir])
+        self.other.start()
+        self.to_other = await FaultProxy(self.other.port).start(self.other_sock)
+
+
+@asynccontextmanager
+async def two_machines(home: RelayHome, tmp: Path, **host: object) -> AsyncIterator[TwoMachines]:
+    """``TwoMachines`` behind NAME, and ``relay serve`` for them with a private /etc/hosts.
+    The name's first address (in the resolver's order) refuses until ``start_other``, so
+    the first connection, and the kernels' agent, are on the second."""
+    assert home.sshd is not None
+    hosts = tmp / "hosts"
+    hosts.write_text(f"127.0.0.1 {NAME}\n127.0.0.2 {NAME}\n")
+    first, second = resolved_in(hosts)
+    other_sock, agents_sock = bound_pair(first, second)
+    port = agents_sock.getsockname()[1]
+    machines = TwoMachines(
+        await FaultProxy(home.sshd.port).start(agents_sock), other_sock, home, tmp
+    )
+    known_hosts = tmp / "known_hosts"
+    key = home.sshd.host_key.with_suffix(".pub").read_text().split()
+    known_hosts.write_text(f"[{NAME}]:{port} {key[0]} {key[1]}\n")  # one key for both nodes
+    home.add_host(
+        "local", hostname=NAME, port=port, known_hosts=str(known_hosts), **{**KEEPALIVE, **host}
+    )
+    daemon = await serve_subprocess(home, under=with_hosts(hosts))
+    draining = asyncio.ensure_future(drain(daemon))
+    try:
+        yield machines
+    finally:
+        daemon.terminate()
+        assert await daemon.wait() == 0
+        await draining
+        for proxy in (machines.to_agents, machines.to_other):
+            if proxy is not None:
+                await proxy.aclose()
+        if machines.other is not None:
+            machines.other.stop()
+        other_sock.close()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
 async def test_a_name_with_several_machines_resumes_on_the_agents_own(
     home: RelayHome, tmp_path: Path
 ) -> None:
     """Login nodes behind one name: a reconnect by name may reach another machine, where
-    relay's agent is not. The daemon resumes on the address it reached before. Here the
-    name's first address refuses at first (so the kernel starts on the second), then leads
-    to another sshd whose sessions cannot see the agent's files (another machine's /tmp);
-    the path to the agent's machine is reset and comes back."""
-    assert home.sshd is not None
-    hosts = tmp_path / "hosts"
-    hosts.write_text(f"127.0.0.1 {NAME}\n127.0.0.2 {NAME}\n")
-    first, second = resolved_in(hosts)  # the machine a reconnect by name reaches first
-    other_sock, agents_sock = bound_pair(first, second)
-    port = agents_sock.getsockname()[1]
-    to_agents = await FaultProxy(home.sshd.port).start(agents_sock)
-    known_hosts = tmp_path / "known_hosts"
-    key = home.sshd.host_key.with_suffix(".pub").read_text().split()
-    known_hosts.write_text(f"[{NAME}]:{port} {key[0]} {key[1]}\n")  # one key for both nodes
-    home.add_host("local", hostname=NAME, port=port, known_hosts=str(known_hosts), **KEEPALIVE)
-    daemon = await serve_subprocess(home, under=with_hosts(hosts))
-    draining = asyncio.ensure_future(drain(daemon))
-    other: ThrowawaySSHD | None = None
-    to_other: FaultProxy | None = None
-    try:
+    relay's agent is not. The daemon resumes on the address it reached before: here the
+    name's first address leads to the other machine once the kernel runs, and the path to
+    the agent's machine is reset and comes back."""
+    async with two_machines(home, tmp_path) as machines, controller(home) as fe:
+        kl, pid = await connected(fe)
+        await machines.start_other()
+        assert machines.to_other is not None
+        payload = secrets.token_bytes(1 << 20)
+        echo = asyncio.ensure_future(kl.echo(payload))
+        machines.to_agents.refuse()
+        machines.to_agents.reset()  # a VPN reconnect on the way to the agent's machine
+        await until_resuming(home)
+        machines.to_agents.restore()
+        assert await asyncio.wait_for(echo, BOUND_S) == payload
+        assert pid_alive(pid)
+        assert machines.to_other.accepted == 0, "a reconnect went to the other machine"
+        await kl.quit(0)
+        status, _, err = await fe.result()
+        assert status == 0, err
+        await kl.aclose()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
+async def test_an_agents_machine_that_is_gone_frees_the_host_name(
+    home: RelayHome, tmp_path: Path
+) -> None:
+    """The agent's machine goes down for good (its path silent) while another behind the
+    name answers: its kernels are lost, but the host is not held unreachable for the whole
+    window. The controller's shim says the agent is not there, and a new launch goes to the
+    other machine. (The agent's machine ends its kernel when its window runs out.)"""
+    window = {"resume_window_s": 20, "connect_timeout_s": 1}
+    async with two_machines(home, tmp_path, **window) as machines:
         async with controller(home) as fe:
             kl, pid = await connected(fe)
-            agent_dir = Path("/tmp") / f"relay-agent-{os.getuid()}"
-            assert agent_dir.is_dir()  # where the agent keeps its socket: hidden from the other
-            other_dir = tmp_path / "other"
-            other_dir.mkdir()
-            for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "authorized_keys"):
-                shutil.copy2(home.sshd.dir / name, other_dir / name)
-            other = ThrowawaySSHD(other_dir, hide=[agent_dir])
-            other.start()
-            to_other = await FaultProxy(other.port).start(other_sock)  # the name's first: up
-            payload = secrets.token_bytes(1 << 20)
-            echo = asyncio.ensure_future(kl.echo(payload))
-            to_agents.refuse()
-            to_agents.reset()  # a VPN reconnect on the way to the agent's machine
-            await until_resuming(home)
-            to_agents.restore()
-            assert await asyncio.wait_for(echo, BOUND_S) == payload
-            assert pid_alive(pid)
-            assert to_other.accepted == 0, "a reconnect went to the other machine"
-            await kl.quit(0)
+            await machines.start_other()
+            assert machines.to_other is not None
+            machines.to_agents.blackhole()  # down: nothing answers there any more
             status, _, err = await fe.result()
-            assert status == 0, err
+            (line,) = err.strip().splitlines()
+            assert status != 0 and "agent is not there" in line, line
             await kl.aclose()
-    finally:
-        daemon.terminate()
-        assert await daemon.wait() == 0
-        await draining
-        for proxy in (to_agents, to_other):
-            if proxy is not None:
-                await proxy.aclose()
-        if other is not None:
-            other.stop()
-        other_sock.close()
+        async with controller(home) as fe:  # the host works again, on the other machine
+            kl, _ = await connected(fe)
+            await kl.quit(0)
+            assert (await fe.result())[0] == 0
+            await kl.aclose()
+        assert machines.to_other.accepted == 1  # the one connection both went over
+        await wait_gone(pid, BOUND_S)  # its own window, on the agent's machine
 
 
 async def until_resuming(home: RelayHome) -> None:
