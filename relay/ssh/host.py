@@ -90,6 +90,7 @@ HANDSHAKE_RTTS = 10
 # Woken (relay.wake), a resumable connection is pinged: no answer in this long (or ten round
 # trips) and it is declared lost, not after keepalive's interval x count.
 WAKE_PROBE_S = 3.0
+LOGIN_WAIT_CHECK_S = 10.0  # a resume waiting for relay login looks at the wall clock this often
 
 
 class HostSession:
@@ -396,13 +397,13 @@ class HostSession:
             f"`relay login {self.key}` in a terminal, and the kernels there go on"
         )
         self.status.set("resuming")
-        self._log.warning("resuming waits for relay login", host=self.key)
-        self._login_wanted = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(max(0.0, window_ends - time.time())):
-                await self._login_wanted
-        except TimeoutError:
-            pass
+        self._log.warning("resuming waits for relay login")
+        wanted = self._login_wanted = asyncio.get_running_loop().create_future()
+        try:  # the window is wall time: a sleep must not stretch the wait past it
+            while not wanted.done() and (left := window_ends - time.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, LOGIN_WAIT_CHECK_S)):
+                        await asyncio.shield(wanted)
         finally:
             self._login_wanted = None
 
