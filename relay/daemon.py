@@ -149,8 +149,10 @@ class Daemon:
     def _tick(self, late_s: float) -> None:
         if late_s > wake.LATE_S:
             self._woke(late_s)
-        for session in list(self.hosts.values()):
-            session.check_address()
+        sessions = list(self.hosts.values())
+        carriers = {h.via for h in sessions if h.via is not None and h.resumes}
+        for session in sessions:
+            session.check_address(carries_resuming=session.key in carriers)
 
     def _woke(self, asleep_s: float) -> None:
         log.info("woke", asleep_s=round(asleep_s, 1))

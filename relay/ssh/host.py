@@ -178,6 +178,11 @@ class HostSession:
         return self.status.state
 
     @property
+    def resumes(self) -> bool:
+        """Its kernels outlive the connection: an agent is attached, or being resumed."""
+        return self.agent is not None and not self.agent.ended.done()
+
+    @property
     def last_error(self) -> str | None:
         return self.status.last_error
 
@@ -314,21 +319,25 @@ class HostSession:
         self._probing = True
         self._tasks.spawn(self._probe(current, asleep_s), name=f"wake-probe:{self.key}")
 
-    def check_address(self) -> None:
+    def check_address(self, carries_resuming: bool = False) -> None:
         """Every tick of ``relay.wake``: a direct connection whose own address this machine
         no longer has (the Wi-Fi switched, a VPN reconnected with another) can never hear
-        from the host again, whatever keepalive has yet to say. Where the kernels resume it
-        is declared lost at once; elsewhere keepalive ends it, as ssh would."""
-        current = self._current
-        if current is None or current.agent is None or self.connector.reached is None:
+        from the host again, whatever keepalive has yet to say. Where the kernels resume, or
+        the connection carries hosts whose kernels do (``carries_resuming``: their jump host,
+        a Slurm login node), it is declared lost at once; elsewhere keepalive ends it, as ssh
+        would."""
+        conn = self._conn
+        if conn is None or conn.is_closed() or self.connector.reached is None:
             return
-        sockname = current.connection.get_extra_info("sockname")
-        if sockname and current.usable and wake.address_gone(sockname):
+        if not (self.resumes or carries_resuming):
+            return
+        sockname = conn.get_extra_info("sockname")
+        if sockname and wake.address_gone(sockname):
             self._declared_lost = (
                 f"this machine no longer has the address the connection came from "
                 f"({sockname[0]}): another network"
             )
-            current.connection.abort()
+            conn.abort()
 
     async def _probe(self, current: Live, asleep_s: float) -> None:
         rtt_ms = self.rtt.rtt_ms or 0.0

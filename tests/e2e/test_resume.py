@@ -596,6 +596,44 @@ async def test_a_new_network_is_found_out_at_once_and_the_kernels_go_on(
             await proxy.aclose()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+async def test_a_new_network_under_a_jump_host_is_found_out_at_once(
+    home: RelayHome, tmp_path: Path
+) -> None:
+    """As above, with the kernel's host behind a jump host (a ProxyJump, a Slurm login
+    node): it is the jump host's connection whose address goes, and the host behind it
+    resumes through the jump host's new one."""
+    assert home.sshd is not None
+    with far_network() as (pid, here):
+        proxy = await FaultProxy(home.sshd.port).start(listening_in(pid, FAR))
+        known_hosts = tmp_path / "known_hosts"
+        key = home.sshd.host_key.with_suffix(".pub").read_text().split()
+        known_hosts.write_text(f"[{FAR}]:{proxy.port} {key[0]} {key[1]}\n")
+        slow = {"keepalive_interval_s": 30, "keepalive_count_max": 3}
+        home.add_host("gate", hostname=FAR, port=proxy.port, known_hosts=str(known_hosts), **slow)
+        home.add_host("local", jump="gate", **slow)  # the sshd's own 127.0.0.1, from the gate
+        try:
+            async with start_daemon(home) as running, controller(home) as fe:
+                kl, pid_k = await connected(fe)
+                assert running.daemon.hosts["local"].via == "gate"
+                payload = secrets.token_bytes(2 << 20)
+                echo = asyncio.ensure_future(kl.echo(payload))
+                for argv in (
+                    ["ip", "addr", "del", f"{HERE}/24", "dev", here],
+                    ["ip", "addr", "add", f"{MOVED}/24", "dev", here],
+                ):
+                    subprocess.run(argv, check=True, capture_output=True, timeout=BOUND_S)
+                assert await asyncio.wait_for(echo, BOUND_S) == payload
+                assert pid_alive(pid_k)
+                assert proxy.accepted == 2  # the gate's first connection, and its new one
+                await kl.quit(0)
+                status, _, err = await fe.result()
+                assert status == 0, err
+                await kl.aclose()
+        finally:
+            await proxy.aclose()
+
+
 async def test_stop_ends_kernels_at_once_through_the_agent(home: RelayHome) -> None:
     """relay stop says goodbye to the agent: its kernels end now, not after the window."""
     async with start_daemon(home) as running, controller(home) as fe:
