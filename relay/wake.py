@@ -39,11 +39,11 @@ def address_gone(sockname: tuple[Any, ...]) -> bool:
     """Whether this machine no longer has the address of ``sockname`` (a connection's own
     end, as ``getsockname`` gives it): a socket bound to it fails with EADDRNOTAVAIL."""
     family = socket.AF_INET6 if ":" in str(sockname[0]) else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.bind((sockname[0], 0, *sockname[2:]))  # an IPv6 one keeps its scope
-        except OSError as exc:
-            return exc.errno == errno.EADDRNOTAVAIL
+    except OSError as exc:  # not this one (EMFILE, say): cannot tell, so not gone
+        return exc.errno == errno.EADDRNOTAVAIL
     return False
 
 

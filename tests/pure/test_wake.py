@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
+from typing import IO
 
 from relay.wake import address_gone, late_by, watch
 
@@ -53,3 +55,21 @@ def test_an_address_this_machine_has_is_not_gone() -> None:
 
 def test_an_address_this_machine_does_not_have_is_gone() -> None:
     assert address_gone(("192.0.2.1", 40000))  # TEST-NET-1: nobody's
+
+
+def test_no_socket_to_spare_is_no_address_gone() -> None:
+    """Out of file descriptors: the check cannot tell, and must not end the watch."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[IO[str]] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        try:
+            while len(held) < 64:  # bounded: the limit is 64
+                held.append(open("/dev/null"))  # noqa: SIM115 (held open on purpose)
+        except OSError:
+            pass
+        assert not address_gone(("192.0.2.1", 40000))
+    finally:
+        for f in held:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
