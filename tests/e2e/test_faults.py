@@ -10,7 +10,8 @@ import io
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,23 @@ async def serve_subprocess(
     while b'"serving"' not in await asyncio.wait_for(proc.stderr.readline(), 30):
         pass
     return proc
+
+
+@asynccontextmanager
+async def served(
+    home: RelayHome, *args: str, under: Sequence[str] = ()
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``serve_subprocess`` for a block: its log drained meanwhile; at the end continued (a
+    test may have stopped it), terminated, and its exit checked."""
+    daemon = await serve_subprocess(home, *args, under=under)
+    draining = asyncio.ensure_future(drain(daemon))
+    try:
+        yield daemon
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+        daemon.terminate()
+        assert await daemon.wait() == 0
+        await draining
 
 
 async def drain(proc: asyncio.subprocess.Process) -> None:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD, find_sshd
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon
 from tests.e2e.helpers import controller, wait_gone
-from tests.e2e.test_resume import until
+from tests.e2e.test_resume import behind_proxy, until
 
 pytestmark = pytest.mark.skipif(
     not Path("/etc/pam.d").is_dir() or not Path("/proc/self").exists(),
@@ -115,35 +114,29 @@ async def test_a_resume_that_needs_2fa_waits_for_relay_login(
     meanwhile; the login's connection resumes them, every byte there."""
     home.sshd = otp_sshd
     home.hosts.clear()
-    proxy = await FaultProxy(otp_sshd.port).start()
-    otp_sshd.trust_port(proxy.port)
-    home.add_host("hpc", port=proxy.port, keepalive_interval_s=0.5, keepalive_count_max=2)
-    try:
-        async with start_daemon(home) as running:
-            status, _, err = await login(home, "hpc", f"{CODE}\n")
-            assert status == 0, err
-            async with controller(home, host="hpc", kernel=SIM_KERNEL) as fe:
-                kl = await fe.link.accept(60)
-                pid = int(kl.hello["pid"])
-                payload = secrets.token_bytes(1 << 20)
-                echo = asyncio.ensure_future(kl.echo(payload))
-                proxy.reset()  # a network change: the path is back at once
-                host = running.daemon.hosts["hpc"]
-                await until(lambda: host.snapshot()["resume"].get("login_needed"), "login")
-                tried = proxy.accepted
-                state = host.snapshot()
-                assert "relay login hpc" in state["last_error"], state
-                assert not echo.done() and pid_alive(pid)
-                status, out, err = await login(home, "hpc", f"{CODE}\n")
-                assert status == 0 and "logged in to hpc" in out, err
-                assert await asyncio.wait_for(echo, 60) == payload
-                assert proxy.accepted == tried + 1  # the login's: nothing tried in between
-                assert pid_alive(pid)
-                await kl.quit(0)
-                assert (await fe.result())[0] == 0
-                await kl.aclose()
-    finally:
-        await proxy.aclose()
+    async with behind_proxy(home, "hpc") as proxy, start_daemon(home) as running:
+        status, _, err = await login(home, "hpc", f"{CODE}\n")
+        assert status == 0, err
+        async with controller(home, host="hpc", kernel=SIM_KERNEL) as fe:
+            kl = await fe.link.accept(60)
+            pid = int(kl.hello["pid"])
+            payload = secrets.token_bytes(1 << 20)
+            echo = asyncio.ensure_future(kl.echo(payload))
+            proxy.reset()  # a network change: the path is back at once
+            host = running.daemon.hosts["hpc"]
+            await until(lambda: host.snapshot()["resume"].get("login_needed"), "login")
+            tried = proxy.accepted
+            state = host.snapshot()
+            assert "relay login hpc" in state["last_error"], state
+            assert not echo.done() and pid_alive(pid)
+            status, out, err = await login(home, "hpc", f"{CODE}\n")
+            assert status == 0 and "logged in to hpc" in out, err
+            assert await asyncio.wait_for(echo, 60) == payload
+            assert proxy.accepted == tried + 1  # the login's: nothing tried in between
+            assert pid_alive(pid)
+            await kl.quit(0)
+            assert (await fe.result())[0] == 0
+            await kl.aclose()
 
 
 async def test_a_window_that_ends_waiting_for_relay_login_says_so(
@@ -153,24 +146,18 @@ async def test_a_window_that_ends_waiting_for_relay_login_says_so(
     line that names the outage, the window and the login it waited for."""
     home.sshd = otp_sshd
     home.hosts.clear()
-    proxy = await FaultProxy(otp_sshd.port).start()
-    otp_sshd.trust_port(proxy.port)
-    home.add_host("hpc", port=proxy.port, resume_window_s=3)
-    try:
-        async with start_daemon(home) as running:
-            status, _, err = await login(home, "hpc", f"{CODE}\n")
-            assert status == 0, err
-            async with controller(home, host="hpc", kernel=SIM_KERNEL) as fe:
-                kl = await fe.link.accept(60)
-                pid = int(kl.hello["pid"])
-                proxy.reset()
-                host = running.daemon.hosts["hpc"]
-                await until(lambda: host.snapshot()["resume"].get("login_needed"), "login")
-                status, _, err = await fe.result()
-                (line,) = err.strip().splitlines()
-                assert status != 0 and "resume_window_s (3 s)" in line, line
-                assert "it needed `relay login hpc`" in line, line
-                await wait_gone(pid, 60)  # the agent ends it: the window is over there too
-                await kl.aclose()
-    finally:
-        await proxy.aclose()
+    async with behind_proxy(home, "hpc", resume_window_s=3) as proxy, start_daemon(home) as running:
+        status, _, err = await login(home, "hpc", f"{CODE}\n")
+        assert status == 0, err
+        async with controller(home, host="hpc", kernel=SIM_KERNEL) as fe:
+            kl = await fe.link.accept(60)
+            pid = int(kl.hello["pid"])
+            proxy.reset()
+            host = running.daemon.hosts["hpc"]
+            await until(lambda: host.snapshot()["resume"].get("login_needed"), "login")
+            status, _, err = await fe.result()
+            (line,) = err.strip().splitlines()
+            assert status != 0 and "resume_window_s (3 s)" in line, line
+            assert "it needed `relay login hpc`" in line, line
+            await wait_gone(pid, 60)  # the agent ends it: the window is over there too
+            await kl.aclose()

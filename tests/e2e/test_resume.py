@@ -32,7 +32,7 @@ from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
 from tests.e2e.helpers import Controller, controller, relay_cli, wait_gone
-from tests.e2e.test_faults import drain, serve_subprocess
+from tests.e2e.test_faults import drain, serve_subprocess, served
 
 KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
 BOUND_S = 60.0
@@ -47,11 +47,14 @@ async def until(check: Callable[[], bool], what: str, timeout_s: float = BOUND_S
 
 
 @asynccontextmanager
-async def behind_proxy(home: RelayHome, **host: object) -> AsyncIterator[FaultProxy]:
+async def behind_proxy(
+    home: RelayHome, name: str = "local", **host: object
+) -> AsyncIterator[FaultProxy]:
+    """Host ``name`` reached through a FaultProxy in front of the home's sshd."""
     assert home.sshd is not None
     proxy = await FaultProxy(home.sshd.port).start()
     home.sshd.trust_port(proxy.port)
-    home.add_host("local", port=proxy.port, **{**KEEPALIVE, **host})
+    home.add_host(name, port=proxy.port, **{**KEEPALIVE, **host})
     try:
         yield proxy
     finally:
@@ -212,19 +215,12 @@ async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
     await daemon.wait()
     await draining
     assert pid_alive(pid)  # the agent keeps it: no daemon has said goodbye
-    daemon = await serve_subprocess(home)
-    draining = asyncio.ensure_future(drain(daemon))
-    try:
-        async with controller(home) as fe:
-            kl, _ = await connected(fe)
-            await wait_gone(pid, BOUND_S)  # ended by the next daemon's agent start
-            await kl.quit(0)
-            assert (await fe.result())[0] == 0
-            await kl.aclose()
-    finally:
-        daemon.terminate()
-        assert await daemon.wait() == 0
-        await draining
+    async with served(home), controller(home) as fe:
+        kl, _ = await connected(fe)
+        await wait_gone(pid, BOUND_S)  # ended by the next daemon's agent start
+        await kl.quit(0)
+        assert (await fe.result())[0] == 0
+        await kl.aclose()
     await kernel.closed()
     await kernel.aclose()
     link.close()
@@ -235,39 +231,30 @@ async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome, how: 
     """A laptop's sleep: the daemon stopped (SIGSTOP) for longer than its keepalive while its
     path dies (reset by a network change, or silently dead: what was on the way is lost) and
     comes back; woken, it resumes, and the kernel's bytes all arrive."""
-    async with behind_proxy(home) as proxy:
-        daemon = await serve_subprocess(home)
-        draining = asyncio.ensure_future(drain(daemon))
-        try:
-            async with controller(home) as fe:
-                kl, pid = await connected(fe)
-                payload = secrets.token_bytes(2 << 20)
-                echo = asyncio.ensure_future(kl.echo(payload))
-                daemon.send_signal(signal.SIGSTOP)
-                if how == "reset":
-                    proxy.reset()  # the network changed while it slept
-                else:
-                    proxy.blackhole()  # Wi-Fi gone with the lid: bytes on the way are lost
-                # asleep for longer than the keepalive would allow (0.5 s x 2); the kernel
-                # does not notice: the agent holds its link
-                await asyncio.sleep(3)  # the length of a nap: the subject of the test
-                proxy.restore()  # back on waking
-                daemon.send_signal(signal.SIGCONT)
-                assert await asyncio.wait_for(echo, BOUND_S) == payload
-                assert pid_alive(pid)
-                code, _, out, _ = await status_json(home)
-                assert code == 0
-                shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
-                assert shown["resume"]["attaches"] >= 2, shown  # it did resume
-                await kl.quit(0)
-                status, _, err = await fe.result()
-                assert status == 0, err
-                await kl.aclose()
-        finally:
-            daemon.send_signal(signal.SIGCONT)
-            daemon.terminate()
-            assert await daemon.wait() == 0
-            await draining
+    async with behind_proxy(home) as proxy, served(home) as daemon, controller(home) as fe:
+        kl, pid = await connected(fe)
+        payload = secrets.token_bytes(2 << 20)
+        echo = asyncio.ensure_future(kl.echo(payload))
+        daemon.send_signal(signal.SIGSTOP)
+        if how == "reset":
+            proxy.reset()  # the network changed while it slept
+        else:
+            proxy.blackhole()  # Wi-Fi gone with the lid: bytes on the way are lost
+        # asleep for longer than the keepalive would allow (0.5 s x 2); the kernel
+        # does not notice: the agent holds its link
+        await asyncio.sleep(3)  # the length of a nap: the subject of the test
+        proxy.restore()  # back on waking
+        daemon.send_signal(signal.SIGCONT)
+        assert await asyncio.wait_for(echo, BOUND_S) == payload
+        assert pid_alive(pid)
+        code, _, out, _ = await status_json(home)
+        assert code == 0
+        shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+        assert shown["resume"]["attaches"] >= 2, shown  # it did resume
+        await kl.quit(0)
+        status, _, err = await fe.result()
+        assert status == 0, err
+        await kl.aclose()
 
 
 NAME = "logins.relay.test"  # two login nodes behind one name (a DNS round robin)
@@ -359,14 +346,10 @@ async def two_machines(home: RelayHome, tmp: Path, **host: object) -> AsyncItera
     home.add_host(
         "local", hostname=NAME, port=port, known_hosts=str(known_hosts), **{**KEEPALIVE, **host}
     )
-    daemon = await serve_subprocess(home, under=with_hosts(hosts))
-    draining = asyncio.ensure_future(drain(daemon))
     try:
-        yield machines
+        async with served(home, under=with_hosts(hosts)):
+            yield machines
     finally:
-        daemon.terminate()
-        assert await daemon.wait() == 0
-        await draining
         for proxy in (machines.to_agents, machines.to_other):
             if proxy is not None:
                 await proxy.aclose()
@@ -448,31 +431,26 @@ async def test_a_connection_dead_after_a_sleep_is_found_out_on_waking(home: Rela
     proxy strands it, silent for good, while new connections pass. Keepalive would say so
     after 30 s x 3, longer than the test waits; woken, the daemon pings the connection at
     once, declares it lost, and resumes: the kernel's bytes all arrive."""
-    async with behind_proxy(home, keepalive_interval_s=30, keepalive_count_max=3) as proxy:
-        daemon = await serve_subprocess(home)
-        draining = asyncio.ensure_future(drain(daemon))
-        try:
-            async with controller(home) as fe:
-                kl, pid = await connected(fe)
-                payload = secrets.token_bytes(2 << 20)
-                echo = asyncio.ensure_future(kl.echo(payload))
-                daemon.send_signal(signal.SIGSTOP)
-                proxy.strand()
-                # asleep for longer than relay.wake.LATE_S plus a tick: the subject of the test
-                await asyncio.sleep(wake.LATE_S + 2 * wake.TICK_S)
-                daemon.send_signal(signal.SIGCONT)
-                assert await asyncio.wait_for(echo, BOUND_S) == payload
-                assert pid_alive(pid)
-                assert proxy.accepted == 2  # the first connection, and the one resumed over
-                await kl.quit(0)
-                status, _, err = await fe.result()
-                assert status == 0, err
-                await kl.aclose()
-        finally:
-            daemon.send_signal(signal.SIGCONT)
-            daemon.terminate()
-            assert await daemon.wait() == 0
-            await draining
+    async with (
+        behind_proxy(home, keepalive_interval_s=30, keepalive_count_max=3) as proxy,
+        served(home) as daemon,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        payload = secrets.token_bytes(2 << 20)
+        echo = asyncio.ensure_future(kl.echo(payload))
+        daemon.send_signal(signal.SIGSTOP)
+        proxy.strand()
+        # asleep for longer than relay.wake.LATE_S plus a tick: the subject of the test
+        await asyncio.sleep(wake.LATE_S + 2 * wake.TICK_S)
+        daemon.send_signal(signal.SIGCONT)
+        assert await asyncio.wait_for(echo, BOUND_S) == payload
+        assert pid_alive(pid)
+        assert proxy.accepted == 2  # the first connection, and the one resumed over
+        await kl.quit(0)
+        status, _, err = await fe.result()
+        assert status == 0, err
+        await kl.aclose()
 
 
 async def test_waking_pings_only_connections_whose_kernels_resume(home: RelayHome) -> None:
