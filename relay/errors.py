@@ -79,6 +79,12 @@ class ConnectFailed(RelayError):
     code = "connect_failed"
     retryable = True
 
+    def __init__(self, message: str, *, answered: bool = False) -> None:
+        super().__init__(message)
+        # the machine answered (refused, reset, a handshake too slow or cut short): it is up,
+        # whatever its sshd says now; a silence (a timeout, unreachable) says nothing of it
+        self.answered = answered
+
 
 class AuthenticationFailed(RelayError):
     code = "auth_failed"

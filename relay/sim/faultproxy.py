@@ -27,6 +27,8 @@ class FaultProxy:
         self.blackholed = False
         self.refusing = False
         self.accepted = 0  # connections carried upstream, in all
+        self.refused = 0  # connections reset at once by refuse(), in all
+        self._refused_one = asyncio.Event()
         self.swallowed = 0  # connections taken while black-holed: dead for good
         self.swallowed_one = asyncio.Event()  # cleared by blackhole(): one since
         self._server: asyncio.Server | None = None
@@ -62,6 +64,13 @@ class FaultProxy:
         """New connections are reset at once (the far end says no); open ones carry on."""
         self.refusing = True
 
+    async def refusals(self, count: int, timeout_s: float) -> None:
+        """Until ``count`` connections in all have been refused (bounded by ``timeout_s``)."""
+        async with asyncio.timeout(timeout_s):
+            while self.refused < count:
+                self._refused_one.clear()  # nothing runs between the count and this
+                await self._refused_one.wait()
+
     def reset(self) -> None:
         """Every open connection is reset, both ways, as a network change does."""
         for w in list(self._writers):
@@ -76,6 +85,8 @@ class FaultProxy:
             return
         if self.refusing:
             _rst(writer)
+            self.refused += 1
+            self._refused_one.set()
             return
         if self.netns_pid is None:
             up_reader, up_writer = await asyncio.open_connection(*self.target)

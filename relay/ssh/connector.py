@@ -68,6 +68,17 @@ def backoff_s(attempt: int, rng: random.Random) -> float:
     return ceiling * (0.5 + rng.random() / 2)
 
 
+def answered(exc: BaseException, reached: str) -> bool:
+    """Whether a failed direct attempt heard from the machine (``_Client.reached``: how far
+    it got): it refused the connection, its sshd spoke, or it ended a connection it had
+    accepted (sshd restarting, MaxStartups); so it is up. Not a silence: a timeout before
+    any word (a connection accepted and never answered too) or unreachable, which a machine
+    that is gone and a dead path both give."""
+    if isinstance(exc, ConnectionRefusedError) or reached == "ssh":
+        return True
+    return reached == "tcp" and not isinstance(exc, TimeoutError)
+
+
 Prompter = Callable[[str, str, list[tuple[str, bool]]], Awaitable[list[str]]]
 LOGIN_TIMEOUT_S = 600.0  # relay login: a person types passwords and one-time codes
 
@@ -283,17 +294,20 @@ class Connector:
     async def reconnect(
         self, hedge_s: float, address: str | None
     ) -> tuple[asyncssh.SSHClientConnection, _Client]:
-        """Resuming: ``connect`` to ``address``, the machine the agent is on. If that fails
-        to connect, the host name may lead elsewhere now: the agent's machine down, or taken
-        out of the name's rotation. Then a connection by name that reaches another machine,
-        with ``address`` failing once more right after it (the path is up, so that failure
-        is the machine's), is returned: the agent is not there and its kernels end, but the
-        host is usable again, not unreachable for the whole window."""
+        """Resuming: ``connect`` to ``address``, the machine the agent is on. If nothing
+        answers there (a timeout, unreachable), the host name may lead elsewhere now: the
+        agent's machine down, or taken out of the name's rotation. Then a connection by name
+        that reaches another machine, with ``address`` silent once more right after it (the
+        path is up, so that silence is the machine's), is returned: the agent is not there
+        and its kernels end, but the host is usable again, not unreachable for the whole
+        window. A machine that answers, even to refuse (its sshd restarting, MaxStartups),
+        is up with its kernels: the failure is raised, and the caller backs off and comes
+        back to it."""
         try:
             return await self.connect(hedge_s, address)
-        except ConnectFailed:
-            if address is None:
-                raise
+        except ConnectFailed as exc:
+            if address is None or exc.answered:
+                raise  # it answered: up (its sshd restarting, MaxStartups), kernels and all
         made = await self.connect(hedge_s)  # fails too if it is the path: the caller backs off
         if self.reached == address:  # it was the path after all
             return made
@@ -303,6 +317,9 @@ class Connector:
                 time.monotonic() + self.config.connect_timeout_s, same_address=address
             )
         except ConnectFailed as exc:
+            if exc.answered:  # up after all, refusing for now: the kernels are there
+                made[0].close()
+                raise
             self._log.warning(
                 "the agent's machine does not answer, another behind the host name does",
                 address=address,
@@ -505,6 +522,8 @@ class Connector:
                     f"launch: run `relay login {self.key}` in a terminal once, or give relay a "
                     f"key the server accepts on its own (identity_files or ssh-agent)"
                 )
+            if isinstance(err, ConnectFailed) and direct:
+                err.answered = answered(exc, client.reached())
             self._log.warning("connect failed", error=err.message)
             raise err from None
         jump = self._jump_host(connect_plan)

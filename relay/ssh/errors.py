@@ -87,6 +87,12 @@ def translate_connect_error(
             f"cannot connect to {target}: connection refused "
             f"(is sshd running and listening on port {port}?)"
         )
+    if isinstance(exc, ConnectionResetError):
+        when = "during the SSH handshake" if reached == "ssh" else "before SSH began"
+        return ConnectFailed(
+            f"{target} reset the connection {when}: sshd restarting or too busy "
+            f"(MaxStartups), or a firewall on the way refusing SSH"
+        )
     if isinstance(exc, asyncssh.DisconnectError):
         return ConnectFailed(f"SSH connection to {who} failed: {exc.reason}")
     if isinstance(exc, FileNotFoundError | PermissionError) and exc.filename:

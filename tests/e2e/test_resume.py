@@ -30,6 +30,7 @@ from relay import wake
 from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
+from relay.ssh.connector import ATTEMPTS_PER_REQUEST
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
 from tests.e2e.helpers import Controller, controller, relay_cli, wait_gone
 from tests.e2e.test_faults import drain, serve_subprocess, served
@@ -411,6 +412,34 @@ async def test_an_agents_machine_that_is_gone_frees_the_host_name(
             await kl.aclose()
         assert machines.to_other.accepted == 1  # the one connection both went over
         await wait_gone(pid, BOUND_S)  # its own window, on the agent's machine
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
+async def test_an_agents_machine_that_refuses_for_a_while_keeps_its_kernels(
+    home: RelayHome, tmp_path: Path
+) -> None:
+    """sshd restarting on the agent's machine (an upgrade), or MaxStartups, while another
+    behind the name answers: a machine that refuses is up, and so are its kernels. The
+    daemon keeps coming back to it however many attempts it refuses (within the window),
+    and the kernels go on once it lets connections in; nothing goes to the other."""
+    async with two_machines(home, tmp_path) as machines, controller(home) as fe:
+        kl, pid = await connected(fe)
+        await machines.start_other()
+        assert machines.to_other is not None
+        payload = secrets.token_bytes(1 << 20)
+        echo = asyncio.ensure_future(kl.echo(payload))
+        machines.to_agents.refuse()
+        machines.to_agents.reset()
+        # past one reconnect's attempts and the look at the name that would follow them
+        await machines.to_agents.refusals(2 * ATTEMPTS_PER_REQUEST, BOUND_S)
+        machines.to_agents.restore()
+        assert await asyncio.wait_for(echo, BOUND_S) == payload
+        assert pid_alive(pid)
+        assert machines.to_other.accepted == 0, "a reconnect went to the other machine"
+        await kl.quit(0)
+        status, _, err = await fe.result()
+        assert status == 0, err
+        await kl.aclose()
 
 
 async def until_resuming(home: RelayHome) -> None:

@@ -25,8 +25,9 @@ class _Conn:
 
 
 class _Machines(Connector):
-    """Attempts to the agent's address do what ``pinned`` says in turn ("fail" or "ok");
-    attempts by name reach ``by_name`` (None: they fail too, as on a dead path)."""
+    """Attempts to the agent's address do what ``pinned`` says in turn ("fail": nothing
+    answers, "refuse": the machine says no, or "ok"); attempts by name reach ``by_name``
+    (None: they fail too, as on a dead path)."""
 
     def __init__(self, pinned: list[str], by_name: str | None) -> None:
         super().__init__(
@@ -41,8 +42,11 @@ class _Machines(Connector):
     ) -> Any:
         self.attempts.append(same_address)
         if same_address is not None:
-            if self.pinned.pop(0) == "fail":
+            outcome = self.pinned.pop(0)
+            if outcome == "fail":
                 raise ConnectFailed(f"{same_address}: timed out")
+            if outcome == "refuse":
+                raise ConnectFailed(f"{same_address}: connection refused", answered=True)
             address = same_address
         elif self.by_name is None:
             raise ConnectFailed("the path is down")
@@ -85,3 +89,22 @@ def test_a_machine_gone_while_another_answers_gives_the_name_back() -> None:
     c = _Machines(["fail"] * 4, OTHER)
     conn = _reconnect(c)
     assert conn.address == OTHER and not conn.closed and c.reached == OTHER
+
+
+def test_a_machine_that_refuses_is_up_and_never_traded_for_another() -> None:
+    """Its sshd restarting, or MaxStartups: the kernels are there. The caller backs off and
+    comes back to it; no attempt by name is made."""
+    c = _Machines(["refuse"] * 3, OTHER)
+    with pytest.raises(ConnectFailed):
+        _reconnect(c)
+    assert c.attempts == [AGENTS] * 3 and not c.made
+
+
+def test_a_machine_refusing_right_after_another_answered_keeps_its_kernels() -> None:
+    """Silent at first (its sshd was not listening yet after a restart, or the path
+    flapped), then refusing once another machine answered: up after all. The other's
+    connection is closed and the failure raised for the caller to back off."""
+    c = _Machines(["fail"] * 3 + ["refuse"], OTHER)
+    with pytest.raises(ConnectFailed):
+        _reconnect(c)
+    assert [(m.address, m.closed) for m in c.made] == [(OTHER, True)]
