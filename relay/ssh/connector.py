@@ -70,11 +70,12 @@ def backoff_s(attempt: int, rng: random.Random) -> float:
 
 def answered(exc: BaseException, reached: str) -> bool:
     """Whether a failed direct attempt heard from the machine (``_Client.reached``: how far
-    it got): it refused the connection, its sshd spoke, or it ended a connection it had
-    accepted (sshd restarting, MaxStartups); so it is up. Not a silence: a timeout before
-    any word (a connection accepted and never answered too) or unreachable, which a machine
-    that is gone and a dead path both give."""
-    if isinstance(exc, ConnectionRefusedError) or reached == "ssh":
+    it got): it refused or reset the connection (a reset may come before the socket's
+    connect is even seen done), its sshd spoke, or it ended a connection it had accepted
+    (sshd restarting, MaxStartups); so it is up. Not a silence: a timeout before any word
+    (a connection accepted and never answered too) or unreachable, which a machine that is
+    gone and a dead path both give."""
+    if isinstance(exc, ConnectionRefusedError | ConnectionResetError) or reached == "ssh":
         return True
     return reached == "tcp" and not isinstance(exc, TimeoutError)
 

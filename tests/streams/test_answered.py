@@ -7,6 +7,7 @@ report it."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import struct
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from relay.errors import ConnectFailed
 from relay.settings import HostConfig
-from relay.ssh.connector import ConnectionStatus, Connector
+from relay.ssh.connector import ConnectionStatus, Connector, answered
 
 TIMEOUT_S = 1.0  # connect_timeout_s: what the silent server takes, the others never do
 
@@ -101,3 +102,18 @@ def test_silence_until_the_timeout_is_no_answer(tmp_path: Path) -> None:
     failed = asyncio.run(_through(_silent, tmp_path))
     assert "no SSH banner" in failed.message
     assert not failed.answered
+
+
+@pytest.mark.parametrize(
+    ("exc", "reached", "heard"),
+    [
+        (ConnectionResetError(), "none", True),  # reset before the connect was seen done
+        (ConnectionRefusedError(), "none", True),
+        (TimeoutError(), "ssh", True),  # sshd spoke, then was too slow
+        (TimeoutError(), "tcp", False),  # accepted, then silence: a path that died
+        (TimeoutError(), "none", False),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "none", False),
+    ],
+)
+def test_what_counts_as_an_answer(exc: BaseException, reached: str, heard: bool) -> None:
+    assert answered(exc, reached) is heard
