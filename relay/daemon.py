@@ -156,8 +156,9 @@ class Daemon:
 
     def _woke(self, asleep_s: float) -> None:
         log.info("woke", asleep_s=round(asleep_s, 1))
-        for session in list(self.hosts.values()):
-            session.woke(asleep_s)
+        sessions = list(self.hosts.values())
+        for session in sessions:
+            session.woke(asleep_s, [h for h in sessions if h.via == session.key])
 
     def host(self, name: str, *, adhoc: bool | None = None) -> HostSession:
         if adhoc is None:  # a client's name (a jump host is the running configuration's)

@@ -61,7 +61,7 @@ from relay.ssh.connector import (
 from relay.ssh.guard import WHY, PeerGuard
 from relay.ssh.holds import Hold, Holds
 from relay.ssh.live import Live, RttMeter
-from relay.ssh.options import ConnectPlan
+from relay.ssh.options import ConnectPlan, asyncssh_keepalive
 from relay.ssh.sshconfig import SSHView
 from relay.ssh.supervisor import Supervisor
 from relay.tasks import TaskSet
@@ -134,6 +134,9 @@ class HostSession:
         self._login_wanted: asyncio.Future[None] | None = None
         self._probing = False  # a ping after a wake is on its way (``woke``)
         self._declared_lost: str | None = None  # why we dropped the connection ourselves
+        # a wake's probe of a bare connection (a jump host's) has tightened its keepalive:
+        # a keepalive loss is then this (``_probe_keepalive``), not keepalive's own bound
+        self._probe_bound: str | None = None
         self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
         self.agent_refusals = RateLimited(
             structlog.get_logger("relay.guard").bind(host=key, side="remote", via="agent"),
@@ -271,7 +274,7 @@ class HostSession:
     ) -> asyncssh.SSHClientConnection:
         """A connection just made is the host's, watched until it ends."""
         self._conn = conn
-        self._declared_lost = None  # said of an older one, if ever
+        self._declared_lost = self._probe_bound = None  # said of an older one, if ever
         cfg = self.config
         # asyncssh's keepalive (relay.ssh.options.asyncssh_keepalive) ends it after this long
         silent_s = cfg.keepalive_interval_s * cfg.keepalive_count_max
@@ -292,7 +295,9 @@ class HostSession:
             )
             self._declared_lost = None
             fields: dict[str, Any] = {}
-            if "keepalive" in reason:  # declared after this long without a word from the server
+            if "keepalive" in reason and self._probe_bound is not None:
+                reason = self._probe_bound
+            elif "keepalive" in reason:  # declared after this long without a word from the server
                 fields["silent_s"] = silent_s
                 reason += f" for {silent_s:g} s"
             self.status.last_error = f"connection lost: {reason}"
@@ -306,18 +311,37 @@ class HostSession:
                     )
 
     # -- resuming ----------------------------------------------------------------------------
-    def woke(self, asleep_s: float) -> None:
+    def woke(self, asleep_s: float, carried: Sequence[HostSession] = ()) -> None:
         """The machine slept, or the daemon was stopped, ``asleep_s`` (``relay.wake``). A
         connection that lived through it may be dead without a word (a NAT entry gone, a new
         network) and keepalive would take its interval x count to say so. Where the kernels
         resume, it is pinged now: no answer within WAKE_PROBE_S (or ten round trips) and it
         is declared lost, so the resume begins. Elsewhere a lost connection ends kernels: a
-        slow answer must not, so those wait for keepalive."""
-        current = self._current
-        if self._probing or current is None or current.agent is None or not current.usable:
+        slow answer must not, so those wait for keepalive.
+
+        A jump host's connection (``carried``: the hosts that went through it last) is
+        probed the same way when hosts whose kernels resume go through it and nothing else
+        would end with it: nothing of its own (no kernel, launch, forward or allocation:
+        ``holds``) and nothing of the others' that does not resume. Otherwise the hosts
+        behind it, found lost by their own pings, would reconnect through a dead connection
+        until its keepalive ended it."""
+        if self._probing:
             return
-        self._probing = True
-        self._tasks.spawn(self._probe(current, asleep_s), name=f"wake-probe:{self.key}")
+        current = self._current
+        if current is not None and current.agent is not None and current.usable:
+            self._probing = True
+            self._tasks.spawn(self._probe(current, asleep_s), name=f"wake-probe:{self.key}")
+            return
+        conn = self._conn
+        if (
+            conn is not None
+            and not conn.is_closed()
+            and self.holds == 0
+            and any(h.resumes for h in carried)
+            and all(h.resumes or h.holds == 0 for h in carried)
+        ):
+            self._probing = True
+            self._tasks.spawn(self._probe_keepalive(conn, asleep_s), name=f"wake-probe:{self.key}")
 
     def check_address(self, carries_resuming: bool = False) -> None:
         """Every tick of ``relay.wake``: a direct connection whose own address this machine
@@ -353,6 +377,27 @@ class HostSession:
         except (RelayError, asyncssh.Error, OSError):
             pass  # it ended all the same: _watch says so
         finally:
+            self._probing = False
+
+    async def _probe_keepalive(self, conn: asyncssh.SSHClientConnection, asleep_s: float) -> None:
+        """``woke``'s probe of a connection with no session to ping (a bare jump host's):
+        asyncssh's keepalive is tightened so that silence for the probe's bound ends it, for
+        half as long again, then put back as the host's settings have it."""
+        rtt_ms = self.rtt.rtt_ms or 0.0
+        timeout_s = max(WAKE_PROBE_S, rtt_ms / 1000 * HANDSHAKE_RTTS)
+        self._probe_bound = f"no answer within {timeout_s:g} s after {asleep_s:.0f} s asleep"
+        conn.set_keepalive(*asyncssh_keepalive(timeout_s, 1))
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.5 * timeout_s):
+                    await conn.wait_closed()
+        finally:
+            if not conn.is_closed():  # it answered: as it was (a lost one's bound is _watch's)
+                self._probe_bound = None
+                cfg = self.config
+                conn.set_keepalive(
+                    *asyncssh_keepalive(cfg.keepalive_interval_s, cfg.keepalive_count_max)
+                )
             self._probing = False
 
     async def _resume(self, agent: AgentSession) -> None:

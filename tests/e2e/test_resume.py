@@ -31,6 +31,7 @@ from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from relay.ssh.connector import ATTEMPTS_PER_REQUEST
+from relay.ssh.options import asyncssh_keepalive
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
 from tests.e2e.helpers import Controller, controller, relay_cli, wait_gone
 from tests.e2e.test_faults import drain, serve_subprocess, served
@@ -503,6 +504,74 @@ async def test_waking_pings_only_connections_whose_kernels_resume(home: RelayHom
             await link.quit(0)
             assert (await shim.result())[0] == 0
             await link.aclose()
+
+
+async def test_a_jump_host_dead_after_a_sleep_is_found_out_on_waking(home: RelayHome) -> None:
+    """As above, with the kernel's host behind a jump host: the sleep kills the jump host's
+    connection (its NAT entry gone). The host behind it finds its own connection dead on
+    waking; its reconnect goes through the jump host, whose connection is probed too (it
+    has no session to ping: keepalive is tightened for the probe), so the kernels go on
+    within the test's bound, not after the jump host's keepalive (30 s x 3)."""
+    slow = {"keepalive_interval_s": 30, "keepalive_count_max": 3}
+    async with behind_proxy(home, name="gate", **slow) as proxy:
+        home.add_host("local", jump="gate", **slow)  # the sshd's own 127.0.0.1, from the gate
+        async with served(home) as daemon, controller(home) as fe:
+            kl, pid = await connected(fe)
+            payload = secrets.token_bytes(2 << 20)
+            echo = asyncio.ensure_future(kl.echo(payload))
+            daemon.send_signal(signal.SIGSTOP)
+            proxy.strand()
+            await asyncio.sleep(wake.LATE_S + 2 * wake.TICK_S)  # asleep: the test's subject
+            daemon.send_signal(signal.SIGCONT)
+            assert await asyncio.wait_for(echo, BOUND_S) == payload
+            assert pid_alive(pid)
+            assert proxy.accepted == 2  # the gate's first connection, and its new one
+            await kl.quit(0)
+            status, _, err = await fe.result()
+            assert status == 0, err
+            await kl.aclose()
+
+
+async def test_waking_probes_a_jump_host_only_where_nothing_would_end_with_it(
+    home: RelayHome,
+) -> None:
+    """A bare jump host's connection is probed on waking only when every host behind it
+    that holds anything resumes: here a host behind it on sshd's path (resume_window_s = 0)
+    holds a kernel, and the jump host is left to keepalive until that kernel is gone. A
+    healthy connection answers the probe, stays, and has its keepalive put back."""
+    home.add_host("gate")
+    home.add_host("local", jump="gate")
+    home.add_host("plain", jump="gate", resume_window_s=0)
+    async with (
+        start_daemon(home) as running,
+        controller(home) as fe,
+        controller(home, host="plain") as fe_plain,
+    ):
+        kl, _ = await connected(fe)
+        kl_plain, _ = await connected(fe_plain)
+        hosts = running.daemon.hosts
+        gate = hosts["gate"]
+        assert hosts["local"].via == hosts["plain"].via == "gate"
+        running.daemon._woke(10.0)
+        assert hosts["local"]._probing and not gate._probing
+        await kl_plain.quit(0)
+        assert (await fe_plain.result())[0] == 0
+        await kl_plain.aclose()
+        await until(lambda: hosts["plain"].holds == 0, "the kernel on sshd's path gone")
+        await until(lambda: not hosts["local"]._probing, "the first ping answered")
+        running.daemon._woke(10.0)
+        assert gate._probing
+        await until(lambda: not gate._probing, "the jump host's probe over")
+        assert gate.connects == 1 and gate.state == "connected"
+        conn = gate._conn
+        assert conn is not None  # asyncssh's own record of its keepalive: put back
+        cfg = gate.config
+        assert (conn._keepalive_interval, conn._keepalive_count_max) == asyncssh_keepalive(
+            cfg.keepalive_interval_s, cfg.keepalive_count_max
+        )
+        await kl.quit(0)
+        assert (await fe.result())[0] == 0
+        await kl.aclose()
 
 
 HERE, FAR, MOVED = "10.213.77.1", "10.213.77.2", "10.213.77.3"  # a /24 of the test's own
