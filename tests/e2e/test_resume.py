@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -87,11 +88,14 @@ async def outage(running: RunningDaemon, proxy: FaultProxy, how: str, host: str 
     await until(lambda: resume_state(running, host).get("state") == "resuming", "resuming")
 
 
-async def test_blackholed_and_reset_paths_lose_no_kernel_and_no_byte(home: RelayHome) -> None:
+async def test_blackholed_and_reset_paths_lose_no_kernel_and_no_byte(
+    home: RelayHome, agent_or_not: str | None
+) -> None:
     """Two controllers in the middle of transfers both ways (a large echo on the data
     channel, urgent messages on the message channel) through a path that goes silently dead
     and comes back, then one that is reset: the same kernels, every byte exactly once, and
-    the shims, kept running through it, exit 0 when the kernels quit."""
+    the shims, kept running through it, exit 0 when the kernels quit. From a shell with an
+    ssh-agent, and from one without."""
     async with (
         behind_proxy(home) as proxy,
         start_daemon(home) as running,
@@ -130,6 +134,51 @@ async def test_blackholed_and_reset_paths_lose_no_kernel_and_no_byte(home: Relay
             await kl.aclose()
         for pid in (pid1, pid2):
             await wait_gone(pid)
+
+
+async def test_a_shells_ssh_agent_gone_during_the_outage_does_not_hold_the_resume(
+    home: RelayHome,
+) -> None:
+    """The ssh-agent of the shell the front end was started from ends during the outage (a
+    logout, a desktop's agent restarted after a sleep) while the daemon still names its
+    socket for new connections: the resume connects with the keys relay.toml names, and the
+    kernel's bytes all arrive."""
+    program = shutil.which("ssh-agent")
+    if program is None:
+        pytest.skip("ssh-agent is not installed")
+    sock = Path(tempfile.mkdtemp(prefix="relay-agent-", dir="/tmp")) / "agent.sock"
+    agent = subprocess.Popen(
+        [program, "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + BOUND_S
+        while not sock.exists():  # it listens before it would say so
+            assert agent.poll() is None and time.monotonic() < deadline, "no ssh-agent"
+            await asyncio.sleep(0.05)
+        home.agent = str(sock)
+        async with (
+            behind_proxy(home) as proxy,
+            start_daemon(home) as running,
+            controller(home) as fe,
+        ):
+            kl, pid = await connected(fe)
+            assert running.daemon.environ_agent == str(sock)
+            payload = secrets.token_bytes(1 << 20)
+            echo = asyncio.ensure_future(kl.echo(payload))
+            await outage(running, proxy, "reset")
+            agent.terminate()
+            agent.wait(BOUND_S)
+            proxy.restore()
+            assert await asyncio.wait_for(echo, BOUND_S) == payload
+            assert pid_alive(pid)
+            await kl.quit(0)
+            status, _, err = await fe.result()
+            assert status == 0, err
+            await kl.aclose()
+    finally:
+        agent.kill()
+        agent.wait(BOUND_S)
+        shutil.rmtree(sock.parent, ignore_errors=True)
 
 
 async def status_json(home: RelayHome) -> tuple[int, str, str, str]:
