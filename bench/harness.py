@@ -35,6 +35,7 @@ from bench.ways import (
     RelayWay,
     TunnelWay,
 )
+from relay.agent import mux
 from relay.lite import client
 from relay.lite.linkname import LinkName
 from relay.sim import frontend
@@ -596,6 +597,11 @@ class Bench:
             await daemon.wait()
 
     async def _footprint(self, daemon: asyncio.subprocess.Process, env: dict[str, str]) -> None:
+        """Idle; 100 kernels whose links are quiet (the front ends wrote nothing first); the
+        same number again after each front end wrote 1-64 KB the instant it accepted and the
+        kernel echoed it (the simulator's rude front end: a burst, not an idle pool); and
+        after. Each measured once nothing is unacknowledged on the agent's channel, as
+        ``relay status`` shows it (the bytes in flight are not the kernels' cost)."""
         way = RelayWay(RELAY, "one", KERNEL, env)
         sock = Path(env["RELAY_SOCKET"])
         await self.timed_launch(way)  # connected and warm: that is its idle state
@@ -603,26 +609,36 @@ class Bench:
         agent = _agent_pid(sock)  # started by the first launch; idle with no kernel now
         if agent is not None:
             self.results.agent["idle"] = _proc_stats(agent)
-        links = [await frontend.ListeningLink.create() for _ in range(self.config.daemon_kernels)]
-        launches = []
-        for chunk in range(0, len(links), 25):
-            batch = links[chunk : chunk + 25]
-            launches += await asyncio.gather(*(way.launch(link.name) for link in batch))
-            await asyncio.gather(*(link.connected(60) for link in batch))
-        kernels = [await link.accept(60) for link in links]
-        self.results.daemon[f"{len(kernels)} kernels"] = _proc_stats(daemon.pid)
-        if agent is not None:  # every link idle: connected, nothing on the way
-            self.results.agent[f"{len(kernels)} kernels"] = _proc_stats(agent)
-        for kl in kernels:
-            await kl.quit(0)
-        for kl in kernels:
-            await kl.closed()
-            await kl.aclose()
-        for launched, link in zip(launches, links, strict=True):
-            await way.finish(launched)
-            link.close()
-        await _until_kernels_gone(sock)
+        n = self.config.daemon_kernels
+        for label, write_first in ((QUIET, False), (GREETED, True)):
+            links = [await frontend.ListeningLink.create(write_first=write_first) for _ in range(n)]
+            launches = []
+            for chunk in range(0, len(links), 25):
+                batch = links[chunk : chunk + 25]
+                launches += await asyncio.gather(*(way.launch(link.name) for link in batch))
+                await asyncio.gather(*(link.connected(60) for link in batch))
+            kernels = [await link.accept(60) for link in links]  # greetings checked there
+            await _until_nothing_unacknowledged(sock)
+            self.results.daemon[f"{len(kernels)} kernels, {label}"] = _proc_stats(daemon.pid)
+            if agent is not None and not write_first:  # every link idle: its cost per link
+                self.results.agent[f"{len(kernels)} kernels"] = _proc_stats(agent)
+            for kl in kernels:
+                await kl.quit(0)
+            for kl in kernels:
+                await kl.closed()
+                await kl.aclose()
+            for launched, link in zip(launches, links, strict=True):
+                await way.finish(launched)
+                link.close()
+            await _until_kernels_gone(sock)
         self.results.daemon["after"] = _proc_stats(daemon.pid)
+
+
+QUIET = "quiet links (the front ends wrote nothing first)"
+GREETED = (
+    "after a burst (each front end wrote 1-64 KB the instant it accepted, echoed back: the "
+    "simulator's rude front end)"
+)
 
 
 async def serve_ready(env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -757,6 +773,18 @@ def _agent_pid(sock: Path) -> int | None:
         if pid:
             return int(pid)
     return None
+
+
+async def _until_nothing_unacknowledged(sock: Path) -> None:
+    """Until the daemon holds nothing its host's agent has not acknowledged (ACKs come
+    within mux.ACK_DELAY_S), then as long again for the agent's side of the same."""
+    for _ in range(600):  # bounded: 30 s
+        hosts = client.request(sock, {"op": "status"})["hosts"]
+        if all(not (h.get("resume") or {}).get("unacked") for h in hosts):
+            await asyncio.sleep(2 * mux.ACK_DELAY_S)
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("the daemon still holds unacknowledged bytes after 30 s")
 
 
 async def _until_kernels_gone(sock: Path) -> None:
@@ -957,6 +985,7 @@ def render(config: Config, r: Results, plot_name: str) -> str:
         f"{'met' if shim_ok else 'missed'})",
     ]
     idle = r.daemon.get("idle")
+    k = config.daemon_kernels
     for label, (rss, fds) in r.daemon.items():
         lines.append(f"- daemon serving one host, {label}: {rss:.1f} MB RSS, {fds} fds")
     lines.append(
@@ -964,13 +993,14 @@ def render(config: Config, r: Results, plot_name: str) -> str:
         f"{r.daemon_scaffold[0]:.1f} MB RSS, {r.daemon_scaffold[1]} fds)"
     )
     lines += _agent_footprint(r)
-    if idle and len(r.daemon) == 3:
-        (_, (busy, _)), (_, (after, _)) = list(r.daemon.items())[1:]
-        busy_ok = "met" if busy <= 60 else "missed"
-        after_ok = "met" if after <= idle[0] * 1.1 else "missed"
+    quiet, burst = (r.daemon.get(f"{k} kernels, {label}") for label in (QUIET, GREETED))
+    if idle and quiet and burst and "after" in r.daemon:
+        after_ok = "met" if r.daemon["after"][0] <= idle[0] * 1.1 else "missed"
         lines.append(
-            f"- target: at most 60 MB with 100 kernels ({busy_ok}), back within 10% "
-            f"of idle after ({after_ok})"
+            f"- target: at most 60 MB with {k} kernels: with quiet links "
+            f"{'met' if quiet[0] <= 60 else 'missed'}, after the burst "
+            f"{'met' if burst[0] <= 60 else 'missed'} (the freed buffers stay in the heap); "
+            f"back within 10% of idle after ({after_ok})"
         )
     for direction, profile in r.profile.items():
         lines += [

@@ -8,7 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
-from bench.harness import Bench, Config, Sample, main, render
+from bench.harness import GREETED, QUIET, Bench, Config, Sample, main, render
 from bench.ways import TunnelWay
 from relay.sim.sshd import ThrowawaySSHD
 
@@ -51,13 +51,21 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
     assert len(results.pool_stolen[(0, 2)]) == 2  # the host's steal in each of relay's rounds
     assert min(results.pool_stolen[(0, 2)]) >= 0 and results.stolen >= 0
     assert math.isfinite(results.shim_wall.median) and results.floor_direct.values
-    assert set(results.daemon) == {"idle", f"{config.daemon_kernels} kernels", "after"}
+    n = config.daemon_kernels
+    assert set(results.daemon) == {
+        "idle",
+        f"{n} kernels, {QUIET}",
+        f"{n} kernels, {GREETED}",
+        "after",
+    }
+    assert set(results.agent) == {"idle", f"{n} kernels"}  # measured with the quiet links
     assert results.calibration[10]["pingpong_ms"] >= 10  # the delay relay delays
     text = render(config, results, "plot.png")
     assert "## Single launch latency" in text and "relay vs Tunnel" in text
     assert "## LaunchKernels as the Parallel package runs it" in text
     assert "CPU the host took during relay's cell" in text and "(steal)" in text
     assert "median of 2 rounds" in text
+    assert f"- target: at most 60 MB with {n} kernels: with quiet links " in text
     tunnel = results.single[("tunnel", 0)]  # a comparator's failure, as the report says it
     tunnel.failures, tunnel.reasons = tunnel.failures + 1, [*tunnel.reasons, "RuntimeError: x"]
     assert "- tunnel, 0 ms: RuntimeError: x" in render(config, results, "plot.png")
