@@ -71,6 +71,14 @@ async def connected(fe: Controller) -> tuple[frontend.KernelLink, int]:
     return kl, int(kl.hello["pid"])
 
 
+async def quit_cleanly(kl: frontend.KernelLink, fe: Controller) -> None:
+    """The kernel quits; its controller shim exits 0 with it."""
+    await kl.quit(0)
+    status, _, err = await fe.result()
+    assert status == 0, err
+    await kl.aclose()
+
+
 def resume_state(running: RunningDaemon, host: str = "local") -> dict[str, object]:
     snap = running.daemon.hosts[host].snapshot()
     state: dict[str, object] = snap["resume"]
@@ -128,10 +136,7 @@ async def test_blackholed_and_reset_paths_lose_no_kernel_and_no_byte(
         assert resume_state(running)["pid"] == agent_pid  # one agent throughout
         assert int(str(resume_state(running)["attaches"])) >= 3
         for fe, kl in ((fe1, kl1), (fe2, kl2)):
-            await kl.quit(0)
-            status, _, err = await fe.result()
-            assert status == 0, err
-            await kl.aclose()
+            await quit_cleanly(kl, fe)
         for pid in (pid1, pid2):
             await wait_gone(pid)
 
@@ -171,10 +176,7 @@ async def test_a_shells_ssh_agent_gone_during_the_outage_does_not_hold_the_resum
             proxy.restore()
             assert await asyncio.wait_for(echo, BOUND_S) == payload
             assert pid_alive(pid)
-            await kl.quit(0)
-            status, _, err = await fe.result()
-            assert status == 0, err
-            await kl.aclose()
+            await quit_cleanly(kl, fe)
     finally:
         agent.kill()
         agent.wait(BOUND_S)
@@ -210,10 +212,7 @@ async def test_an_attempt_stuck_on_the_dead_path_does_not_hold_the_resume_back(
         assert await asyncio.wait_for(echo, BOUND_S) == payload
         assert resume_state(running)["state"] == "on" and pid_alive(pid)
         assert proxy.swallowed >= 1
-        await kl.quit(0)
-        status, _, err = await fe.result()
-        assert status == 0, err
-        await kl.aclose()
+        await quit_cleanly(kl, fe)
         await wait_gone(pid)
 
 
@@ -239,9 +238,7 @@ async def test_window_runs_out_kernels_end_with_one_line_and_no_orphan(home: Rel
         async with controller(home) as fe2:
             kl2, _ = await connected(fe2)
             assert resume_state(running)["pid"] != agent_pid
-            await kl2.quit(0)
-            assert (await fe2.result())[0] == 0
-            await kl2.aclose()
+            await quit_cleanly(kl2, fe2)
 
 
 async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
@@ -269,9 +266,7 @@ async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
     async with served(home), controller(home) as fe:
         kl, _ = await connected(fe)
         await wait_gone(pid, BOUND_S)  # ended by the next daemon's agent start
-        await kl.quit(0)
-        assert (await fe.result())[0] == 0
-        await kl.aclose()
+        await quit_cleanly(kl, fe)
     await kernel.closed()
     await kernel.aclose()
     link.close()
@@ -302,10 +297,7 @@ async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome, how: 
         assert code == 0
         shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
         assert shown["resume"]["attaches"] >= 2, shown  # it did resume
-        await kl.quit(0)
-        status, _, err = await fe.result()
-        assert status == 0, err
-        await kl.aclose()
+        await quit_cleanly(kl, fe)
 
 
 NAME = "logins.relay.test"  # two login nodes behind one name (a DNS round robin)
@@ -430,10 +422,7 @@ async def test_a_name_with_several_machines_resumes_on_the_agents_own(
         assert await asyncio.wait_for(echo, BOUND_S) == payload
         assert pid_alive(pid)
         assert machines.to_other.accepted == 0, "a reconnect went to the other machine"
-        await kl.quit(0)
-        status, _, err = await fe.result()
-        assert status == 0, err
-        await kl.aclose()
+        await quit_cleanly(kl, fe)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
@@ -457,9 +446,7 @@ async def test_an_agents_machine_that_is_gone_frees_the_host_name(
             await kl.aclose()
         async with controller(home) as fe:  # the host works again, on the other machine
             kl, _ = await connected(fe)
-            await kl.quit(0)
-            assert (await fe.result())[0] == 0
-            await kl.aclose()
+            await quit_cleanly(kl, fe)
         assert machines.to_other.accepted == 1  # the one connection both went over
         await wait_gone(pid, BOUND_S)  # its own window, on the agent's machine
 
@@ -486,10 +473,7 @@ async def test_an_agents_machine_that_refuses_for_a_while_keeps_its_kernels(
         assert await asyncio.wait_for(echo, BOUND_S) == payload
         assert pid_alive(pid)
         assert machines.to_other.accepted == 0, "a reconnect went to the other machine"
-        await kl.quit(0)
-        status, _, err = await fe.result()
-        assert status == 0, err
-        await kl.aclose()
+        await quit_cleanly(kl, fe)
 
 
 async def until_resuming(home: RelayHome) -> None:
@@ -505,6 +489,16 @@ async def until_resuming(home: RelayHome) -> None:
         await asyncio.sleep(0.1)
 
 
+async def asleep_while_stranded(daemon: asyncio.subprocess.Process, proxy: FaultProxy) -> None:
+    """A laptop's sleep: ``relay serve`` stopped while its open connections through
+    ``proxy`` go silently dead for good (NAT entries expired), longer than relay.wake.LATE_S
+    plus a tick; then it runs on."""
+    daemon.send_signal(signal.SIGSTOP)
+    proxy.strand()
+    await asyncio.sleep(wake.LATE_S + 2 * wake.TICK_S)  # asleep: the subject of the tests
+    daemon.send_signal(signal.SIGCONT)
+
+
 async def test_a_connection_dead_after_a_sleep_is_found_out_on_waking(home: RelayHome) -> None:
     """A laptop's sleep (the daemon stopped) while the connection's NAT entry expires: the
     proxy strands it, silent for good, while new connections pass. Keepalive would say so
@@ -518,18 +512,11 @@ async def test_a_connection_dead_after_a_sleep_is_found_out_on_waking(home: Rela
         kl, pid = await connected(fe)
         payload = secrets.token_bytes(2 << 20)
         echo = asyncio.ensure_future(kl.echo(payload))
-        daemon.send_signal(signal.SIGSTOP)
-        proxy.strand()
-        # asleep for longer than relay.wake.LATE_S plus a tick: the subject of the test
-        await asyncio.sleep(wake.LATE_S + 2 * wake.TICK_S)
-        daemon.send_signal(signal.SIGCONT)
+        await asleep_while_stranded(daemon, proxy)
         assert await asyncio.wait_for(echo, BOUND_S) == payload
         assert pid_alive(pid)
         assert proxy.accepted == 2  # the first connection, and the one resumed over
-        await kl.quit(0)
-        status, _, err = await fe.result()
-        assert status == 0, err
-        await kl.aclose()
+        await quit_cleanly(kl, fe)
 
 
 async def test_waking_pings_only_connections_whose_kernels_resume(home: RelayHome) -> None:
@@ -550,9 +537,7 @@ async def test_waking_pings_only_connections_whose_kernels_resume(home: RelayHom
         await until(lambda: not hosts["local"]._probing, "the ping answered")
         assert hosts["local"].connects == 1 and hosts["local"].state == "connected"
         for link, shim in ((kl, fe), (kl_plain, fe_plain)):
-            await link.quit(0)
-            assert (await shim.result())[0] == 0
-            await link.aclose()
+            await quit_cleanly(link, shim)
 
 
 async def test_a_jump_host_dead_after_a_sleep_is_found_out_on_waking(home: RelayHome) -> None:
@@ -568,17 +553,11 @@ async def test_a_jump_host_dead_after_a_sleep_is_found_out_on_waking(home: Relay
             kl, pid = await connected(fe)
             payload = secrets.token_bytes(2 << 20)
             echo = asyncio.ensure_future(kl.echo(payload))
-            daemon.send_signal(signal.SIGSTOP)
-            proxy.strand()
-            await asyncio.sleep(wake.LATE_S + 2 * wake.TICK_S)  # asleep: the test's subject
-            daemon.send_signal(signal.SIGCONT)
+            await asleep_while_stranded(daemon, proxy)
             assert await asyncio.wait_for(echo, BOUND_S) == payload
             assert pid_alive(pid)
             assert proxy.accepted == 2  # the gate's first connection, and its new one
-            await kl.quit(0)
-            status, _, err = await fe.result()
-            assert status == 0, err
-            await kl.aclose()
+            await quit_cleanly(kl, fe)
 
 
 async def test_waking_probes_a_jump_host_only_where_nothing_would_end_with_it(
@@ -603,9 +582,7 @@ async def test_waking_probes_a_jump_host_only_where_nothing_would_end_with_it(
         assert hosts["local"].via == hosts["plain"].via == "gate"
         running.daemon._woke(10.0)
         assert hosts["local"]._probing and not gate._probing
-        await kl_plain.quit(0)
-        assert (await fe_plain.result())[0] == 0
-        await kl_plain.aclose()
+        await quit_cleanly(kl_plain, fe_plain)
         await until(lambda: hosts["plain"].holds == 0, "the kernel on sshd's path gone")
         await until(lambda: not hosts["local"]._probing, "the first ping answered")
         running.daemon._woke(10.0)
@@ -618,9 +595,7 @@ async def test_waking_probes_a_jump_host_only_where_nothing_would_end_with_it(
         assert (conn._keepalive_interval, conn._keepalive_count_max) == asyncssh_keepalive(
             cfg.keepalive_interval_s, cfg.keepalive_count_max
         )
-        await kl.quit(0)
-        assert (await fe.result())[0] == 0
-        await kl.aclose()
+        await quit_cleanly(kl, fe)
 
 
 HERE, FAR, MOVED = "10.213.77.1", "10.213.77.2", "10.213.77.3"  # a /24 of the test's own
@@ -676,6 +651,26 @@ def listening_in(pid: int, address: str) -> socket.socket:
     return made[0]
 
 
+async def far_sshd(home: RelayHome, pid: int, tmp: Path) -> tuple[FaultProxy, Path]:
+    """The home's sshd reached at FAR, through a FaultProxy in PID's namespace (``far_network``),
+    and a known_hosts file naming its key there."""
+    assert home.sshd is not None
+    proxy = await FaultProxy(home.sshd.port).start(listening_in(pid, FAR))
+    known_hosts = tmp / "known_hosts"
+    key = home.sshd.host_key.with_suffix(".pub").read_text().split()
+    known_hosts.write_text(f"[{FAR}]:{proxy.port} {key[0]} {key[1]}\n")
+    return proxy, known_hosts
+
+
+def move_to_another_network(here: str) -> None:
+    """This side's address changes (a Wi-Fi switch): HERE goes, MOVED comes."""
+    for argv in (
+        ["ip", "addr", "del", f"{HERE}/24", "dev", here],
+        ["ip", "addr", "add", f"{MOVED}/24", "dev", here],
+    ):
+        subprocess.run(argv, check=True, capture_output=True, timeout=BOUND_S)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 async def test_a_new_network_is_found_out_at_once_and_the_kernels_go_on(
     home: RelayHome, tmp_path: Path
@@ -684,12 +679,8 @@ async def test_a_new_network_is_found_out_at_once_and_the_kernels_go_on(
     connection from the old address is dead, silently. Keepalive would say so after 30 s x
     3, longer than the test waits; the daemon sees its address gone, resumes from the new
     one, and the kernel's bytes all arrive."""
-    assert home.sshd is not None
     with far_network() as (pid, here):
-        proxy = await FaultProxy(home.sshd.port).start(listening_in(pid, FAR))
-        known_hosts = tmp_path / "known_hosts"
-        key = home.sshd.host_key.with_suffix(".pub").read_text().split()
-        known_hosts.write_text(f"[{FAR}]:{proxy.port} {key[0]} {key[1]}\n")
+        proxy, known_hosts = await far_sshd(home, pid, tmp_path)
         home.add_host(
             "local",
             hostname=FAR,
@@ -705,18 +696,11 @@ async def test_a_new_network_is_found_out_at_once_and_the_kernels_go_on(
                 assert host.connector.reached == FAR
                 payload = secrets.token_bytes(2 << 20)
                 echo = asyncio.ensure_future(kl.echo(payload))
-                for argv in (
-                    ["ip", "addr", "del", f"{HERE}/24", "dev", here],
-                    ["ip", "addr", "add", f"{MOVED}/24", "dev", here],
-                ):
-                    subprocess.run(argv, check=True, capture_output=True, timeout=BOUND_S)
+                move_to_another_network(here)
                 assert await asyncio.wait_for(echo, BOUND_S) == payload
                 assert pid_alive(pid_k)
                 assert host.connects == 2 and proxy.accepted == 2
-                await kl.quit(0)
-                status, _, err = await fe.result()
-                assert status == 0, err
-                await kl.aclose()
+                await quit_cleanly(kl, fe)
         finally:
             await proxy.aclose()
 
@@ -728,12 +712,8 @@ async def test_a_new_network_under_a_jump_host_is_found_out_at_once(
     """As above, with the kernel's host behind a jump host (a ProxyJump, a Slurm login
     node): it is the jump host's connection whose address goes, and the host behind it
     resumes through the jump host's new one."""
-    assert home.sshd is not None
     with far_network() as (pid, here):
-        proxy = await FaultProxy(home.sshd.port).start(listening_in(pid, FAR))
-        known_hosts = tmp_path / "known_hosts"
-        key = home.sshd.host_key.with_suffix(".pub").read_text().split()
-        known_hosts.write_text(f"[{FAR}]:{proxy.port} {key[0]} {key[1]}\n")
+        proxy, known_hosts = await far_sshd(home, pid, tmp_path)
         slow = {"keepalive_interval_s": 30, "keepalive_count_max": 3}
         home.add_host("gate", hostname=FAR, port=proxy.port, known_hosts=str(known_hosts), **slow)
         home.add_host("local", jump="gate", **slow)  # the sshd's own 127.0.0.1, from the gate
@@ -743,18 +723,11 @@ async def test_a_new_network_under_a_jump_host_is_found_out_at_once(
                 assert running.daemon.hosts["local"].via == "gate"
                 payload = secrets.token_bytes(2 << 20)
                 echo = asyncio.ensure_future(kl.echo(payload))
-                for argv in (
-                    ["ip", "addr", "del", f"{HERE}/24", "dev", here],
-                    ["ip", "addr", "add", f"{MOVED}/24", "dev", here],
-                ):
-                    subprocess.run(argv, check=True, capture_output=True, timeout=BOUND_S)
+                move_to_another_network(here)
                 assert await asyncio.wait_for(echo, BOUND_S) == payload
                 assert pid_alive(pid_k)
                 assert proxy.accepted == 2  # the gate's first connection, and its new one
-                await kl.quit(0)
-                status, _, err = await fe.result()
-                assert status == 0, err
-                await kl.aclose()
+                await quit_cleanly(kl, fe)
         finally:
             await proxy.aclose()
 
@@ -798,9 +771,7 @@ async def test_host_without_python3_falls_back_and_says_so(home: RelayHome) -> N
             assert state["state"] == "off" and "no python3" in str(state["reason"]), state
             code, out, _ = await relay_cli(home, "status")
             assert code == 0 and "off: no python3" in out, out
-            await kl.quit(0)
-            assert (await fe.result())[0] == 0
-            await kl.aclose()
+            await quit_cleanly(kl, fe)
         code, out, _ = await relay_cli(home, "check", "local")
         line = next(ln for ln in out.splitlines() if "resume" in ln)
         assert "python3" in line, out
