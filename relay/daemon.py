@@ -149,16 +149,24 @@ class Daemon:
     def _tick(self, late_s: float) -> None:
         if late_s > wake.LATE_S:
             self._woke(late_s)
-        sessions = list(self.hosts.values())
-        carriers = {h.via for h in sessions if h.via is not None and h.resumes}
-        for session in sessions:
-            session.check_address(carries_resuming=session.key in carriers)
+        carried = self._carried()
+        for session in list(self.hosts.values()):
+            session.check_address(carried.get(session.key, ()))
 
     def _woke(self, asleep_s: float) -> None:
         log.info("woke", asleep_s=round(asleep_s, 1))
-        sessions = list(self.hosts.values())
-        for session in sessions:
-            session.woke(asleep_s, [h for h in sessions if h.via == session.key])
+        carried = self._carried()
+        for session in list(self.hosts.values()):
+            session.woke(asleep_s, carried.get(session.key, ()))
+
+    def _carried(self) -> dict[str, list[HostSession]]:
+        """By host key, the hosts whose last connection went through it (``via``: a
+        ProxyJump, a Slurm login node)."""
+        carried: dict[str, list[HostSession]] = {}
+        for h in self.hosts.values():
+            if h.via is not None:
+                carried.setdefault(h.via, []).append(h)
+        return carried
 
     def host(self, name: str, *, adhoc: bool | None = None) -> HostSession:
         if adhoc is None:  # a client's name (a jump host is the running configuration's)

@@ -343,17 +343,17 @@ class HostSession:
             self._probing = True
             self._tasks.spawn(self._probe_keepalive(conn, asleep_s), name=f"wake-probe:{self.key}")
 
-    def check_address(self, carries_resuming: bool = False) -> None:
+    def check_address(self, carried: Sequence[HostSession] = ()) -> None:
         """Every tick of ``relay.wake``: a direct connection whose own address this machine
         no longer has (the Wi-Fi switched, a VPN reconnected with another) can never hear
         from the host again, whatever keepalive has yet to say. Where the kernels resume, or
-        the connection carries hosts whose kernels do (``carries_resuming``: their jump host,
-        a Slurm login node), it is declared lost at once; elsewhere keepalive ends it, as ssh
-        would."""
+        the connection carries hosts whose kernels do (``carried``: the hosts that went
+        through it last, as a jump host or a Slurm login node), it is declared lost at once;
+        elsewhere keepalive ends it, as ssh would."""
         conn = self._conn
         if conn is None or conn.is_closed() or self.connector.reached is None:
             return
-        if not (self.resumes or carries_resuming):
+        if not (self.resumes or any(h.resumes for h in carried)):
             return
         sockname = conn.get_extra_info("sockname")
         if sockname and wake.address_gone(sockname):
