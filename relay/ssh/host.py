@@ -238,12 +238,21 @@ class HostSession:
         return await asyncio.shield(self._connecting)
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
-        if self._resuming is None or self._resuming.done():
+        if not self._is_resuming:
             return self._adopt(*await self.connector.connect())
-        rtt_ms = self.rtt.rtt_ms or 0.0  # the path's last; a handshake is a few of them
-        hedge_s = max(RESUME_HEDGE_S, rtt_ms / 1000 * HANDSHAKE_RTTS)
+        hedge_s = self._handshake_bound(RESUME_HEDGE_S)
         # the agent is on the machine the lost connection reached, whatever else its name has
         return self._adopt(*await self.connector.reconnect(hedge_s, self.connector.reached))
+
+    @property
+    def _is_resuming(self) -> bool:
+        return self._resuming is not None and not self._resuming.done()
+
+    def _handshake_bound(self, floor_s: float) -> float:
+        """``floor_s``, or ten round trips of the path (its last RTT) if that is longer:
+        how long a handshake or a ping may take before it counts as stalled."""
+        rtt_ms = self.rtt.rtt_ms or 0.0
+        return max(floor_s, rtt_ms / 1000 * HANDSHAKE_RTTS)
 
     def _connect_done(self, task: asyncio.Task[asyncssh.SSHClientConnection]) -> None:
         self._connecting = None
@@ -262,8 +271,8 @@ class HostSession:
                 await asyncio.shield(self._connecting)
         if self._conn is not None and not self._conn.is_closed():
             return True
-        resuming = self._resuming is not None and not self._resuming.done()
-        same = self.connector.reached if resuming else None  # the agent's machine (_connect)
+        # resuming, the agent's machine (as _connect)
+        same = self.connector.reached if self._is_resuming else None
         self._adopt(*await self.connector.login(ask, same))
         if self._login_wanted is not None and not self._login_wanted.done():
             self._login_wanted.set_result(None)  # the resume goes on with this connection
@@ -305,7 +314,7 @@ class HostSession:
             agent = self.agent
             if agent is not None and not agent.ended.done():
                 agent.detach()
-                if self._resuming is None or self._resuming.done():
+                if not self._is_resuming:
                     self._resuming = self._tasks.spawn(
                         self._resume(agent), name=f"resume:{self.key}"
                     )
@@ -364,8 +373,7 @@ class HostSession:
             conn.abort()
 
     async def _probe(self, current: Live, asleep_s: float) -> None:
-        rtt_ms = self.rtt.rtt_ms or 0.0
-        timeout_s = max(WAKE_PROBE_S, rtt_ms / 1000 * HANDSHAKE_RTTS)
+        timeout_s = self._handshake_bound(WAKE_PROBE_S)
         try:
             await self.rtt.ping(current.supervisor, timeout_s)
         except TimeoutError:
@@ -383,8 +391,7 @@ class HostSession:
         """``woke``'s probe of a connection with no session to ping (a bare jump host's):
         asyncssh's keepalive is tightened so that silence for the probe's bound ends it, for
         half as long again, then put back as the host's settings have it."""
-        rtt_ms = self.rtt.rtt_ms or 0.0
-        timeout_s = max(WAKE_PROBE_S, rtt_ms / 1000 * HANDSHAKE_RTTS)
+        timeout_s = self._handshake_bound(WAKE_PROBE_S)
         self._probe_bound = f"no answer within {timeout_s:g} s after {asleep_s:.0f} s asleep"
         conn.set_keepalive(*asyncssh_keepalive(timeout_s, 1))
         try:
