@@ -9,6 +9,7 @@ and every byte with the simulator's own echo (random payloads compared whole).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import secrets
@@ -32,6 +33,7 @@ from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from relay.ssh.connector import ATTEMPTS_PER_REQUEST
+from relay.ssh.host import WAKE_PROBE_S
 from relay.ssh.options import asyncssh_keepalive
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
 from tests.e2e.helpers import Controller, controller, relay_cli, wait_gone
@@ -558,6 +560,34 @@ async def test_a_jump_host_dead_after_a_sleep_is_found_out_on_waking(home: Relay
             assert pid_alive(pid)
             assert proxy.accepted == 2  # the gate's first connection, and its new one
             await quit_cleanly(kl, fe)
+
+
+async def test_a_jump_host_ended_by_the_wake_probe_says_so(
+    home: RelayHome, daemon_log: io.StringIO
+) -> None:
+    """The jump host's connection, dead after a sleep, is ended by the probe's tightened
+    keepalive: its log line names the probe's bound and the sleep, not keepalive's own
+    30 s x 3 it never waited; the host behind it resumes through a new one."""
+    slow = {"keepalive_interval_s": 30, "keepalive_count_max": 3}
+    async with behind_proxy(home, name="gate", **slow) as proxy:
+        home.add_host("local", jump="gate", **slow)
+        async with start_daemon(home) as running, controller(home) as fe:
+            kl, pid = await connected(fe)
+            payload = secrets.token_bytes(1 << 20)
+            echo = asyncio.ensure_future(kl.echo(payload))
+            proxy.strand()
+            running.daemon._woke(8.0)
+            assert await asyncio.wait_for(echo, BOUND_S) == payload
+            assert pid_alive(pid)
+            await quit_cleanly(kl, fe)
+    lost = [
+        line
+        for line in map(json.loads, daemon_log.getvalue().splitlines())
+        if line.get("event") == "connection lost" and line.get("host") == "gate"
+    ]
+    assert [(line["reason"], "silent_s" in line) for line in lost] == [
+        (f"no answer within {WAKE_PROBE_S:g} s after 8 s asleep", False)
+    ]
 
 
 async def test_waking_probes_a_jump_host_only_where_nothing_would_end_with_it(
