@@ -162,7 +162,8 @@ class Allocation:
         job = self.jobs[job_id] = Job(job_id, kernels, time.monotonic())
         self._log.info("slurm job submitted", job_id=job_id, kernels=kernels)
         if self._hold is None:
-            self._hold = self.host.hold()  # the login node's connection stays while jobs do
+            # the login node's connection stays while jobs do; they outlive it (Slurm's)
+            self._hold = self.host.hold(outlives_connection=True)
         self._touch()
         if self._poller is None or self._poller.done():
             self._poller = self._tasks.spawn(self._poll(), name=f"squeue:{self.host.key}")

@@ -4,6 +4,11 @@ A kernel, a launch under way and a requested forward each hold the connection (`
 while any hold is out it is not closed as idle. When the last is released and the host has an
 ``idle_timeout_s`` > 0, a timer starts; a new hold stops it; when it fires, the host session
 closes the connection (``on_idle``).
+
+Most holds end with the connection (a kernel on sshd's path, a launch under way); some do not
+(a Slurm allocation: its jobs are Slurm's, and squeue is asked again on the next one). Those
+are counted apart (``fragile``): a connection nothing fragile holds may be declared lost on a
+suspicion (``HostSession.woke``), as losing it costs only a reconnect.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ class Hold:
     """A user of a host's connection (a kernel, a launch under way, a requested forward):
     while any hold is out, the connection is not closed as idle. ``release`` is idempotent."""
 
-    def __init__(self, holds: Holds) -> None:
+    def __init__(self, holds: Holds, *, fragile: bool) -> None:
         self._holds: Holds | None = holds
+        self.fragile = fragile
 
     def release(self) -> None:
         holds, self._holds = self._holds, None
         if holds is not None:
-            holds._unhold()
+            holds._unhold(self)
 
 
 class Holds:
@@ -35,6 +41,7 @@ class Holds:
         self._idle_s = idle_s
         self._on_idle = on_idle
         self._count = 0
+        self.fragile = 0  # of _count, those that end with the connection
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
 
@@ -42,14 +49,16 @@ class Holds:
         """How many kernels, launches and requested forwards use the connection now."""
         return self._count
 
-    def hold(self) -> Hold:
+    def hold(self, *, outlives_connection: bool = False) -> Hold:
         """No idle close until the returned hold is released."""
         self._count += 1
+        self.fragile += not outlives_connection
         self._cancel_timer()
-        return Hold(self)
+        return Hold(self, fragile=not outlives_connection)
 
-    def _unhold(self) -> None:
+    def _unhold(self, hold: Hold) -> None:
         self._count -= 1
+        self.fragile -= hold.fragile
         idle = self._idle_s()
         if self._count == 0 and idle > 0 and not self._stopped:
             self._timer = asyncio.get_running_loop().call_later(idle, self._fire)

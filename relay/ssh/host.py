@@ -328,12 +328,13 @@ class HostSession:
         is declared lost, so the resume begins. Elsewhere a lost connection ends kernels: a
         slow answer must not, so those wait for keepalive.
 
-        A jump host's connection (``carried``: the hosts that went through it last) is
-        probed the same way when hosts whose kernels resume go through it and nothing else
-        would end with it: nothing of its own (no kernel, launch, forward or allocation:
-        ``holds``) and nothing of the others' that does not resume. Otherwise the hosts
-        behind it, found lost by their own pings, would reconnect through a dead connection
-        until its keepalive ended it."""
+        A jump host's connection (``carried``: the hosts that went through it last, a
+        Slurm login node's compute nodes) is probed the same way when hosts whose kernels
+        resume go through it and nothing else would end with it: nothing of its own (no
+        kernel, launch or forward: ``fragile_holds``; a Slurm allocation outlives it) and
+        nothing of the others' that does not resume. Otherwise the hosts behind it, found
+        lost by their own pings, would reconnect through a dead connection until its
+        keepalive ended it."""
         if self._probing:
             return
         current = self._current
@@ -345,9 +346,9 @@ class HostSession:
         if (
             conn is not None
             and not conn.is_closed()
-            and self.holds == 0
+            and self.fragile_holds == 0
             and any(h.resumes for h in carried)
-            and all(h.resumes or h.holds == 0 for h in carried)
+            and all(h.resumes or h.fragile_holds == 0 for h in carried)
         ):
             self._probing = True
             self._tasks.spawn(self._probe_keepalive(conn, asleep_s), name=f"wake-probe:{self.key}")
@@ -607,15 +608,22 @@ class HostSession:
         return self._tasks.spawn(coro, name=name)
 
     # -- idle close --------------------------------------------------------------------------
-    def hold(self) -> Hold:
-        """Someone uses this host (a kernel, a launch, a requested forward): no idle close
-        until the returned hold is released."""
-        return self._holds.hold()
+    def hold(self, *, outlives_connection: bool = False) -> Hold:
+        """Someone uses this host (a kernel, a launch, a requested forward; a Slurm
+        allocation, which ``outlives_connection``): no idle close until the returned hold
+        is released."""
+        return self._holds.hold(outlives_connection=outlives_connection)
 
     @property
     def holds(self) -> int:
-        """How many kernels, launches and requested forwards use the connection now."""
+        """How many kernels, launches, requested forwards and allocations use the
+        connection now."""
         return len(self._holds)
+
+    @property
+    def fragile_holds(self) -> int:
+        """Of ``holds``, those that end with the connection (all but an allocation's)."""
+        return self._holds.fragile
 
     def _idle(self) -> None:
         if self._conn is not None:

@@ -354,6 +354,46 @@ async def test_a_kernel_on_a_compute_node_outlives_the_network(
         await proxy.aclose()
 
 
+async def test_a_login_node_dead_after_a_sleep_is_found_out_on_waking(
+    slurm_home: RelayHome, cluster: LocalSlurm, site: SlurmSite
+) -> None:
+    """A laptop's sleep kills the login node's connection (its NAT entry gone) while a kernel
+    runs on a compute node behind it. The login node holds the allocation, which outlives a
+    connection (its jobs are Slurm's; squeue is asked again), so the wake probes it as a
+    bare jump host: the node's session, found dead by its own ping, resumes through a new
+    login connection within the test's bound, not after the login node's keepalive
+    (30 s x 3); the job is the same and was never cancelled."""
+    proxy = await FaultProxy(site.login.port).start()
+    site.login.trust_port(proxy.port)
+    slurm_home.hosts["cluster"].update(
+        port=proxy.port, keepalive_interval_s=30, keepalive_count_max=3
+    )
+    node = f"cluster/{cluster.node}"
+    try:
+        async with serving(slurm_home) as running, controller(slurm_home, host="cluster") as fe:
+            kernel = await fe.link.accept(60)
+            job_id, pid = kernel.hello["slurm_job_id"], kernel.hello["pid"]
+            login = running.daemon.hosts["cluster"]
+            assert login.holds >= 1  # the allocation's
+            payload = secrets.token_bytes(1 << 20)
+            echo = asyncio.ensure_future(kernel.echo(payload))
+            proxy.strand()
+            running.daemon._woke(8.0)
+            assert login._probing
+            assert await asyncio.wait_for(echo, 60) == payload
+            assert proxy.accepted == 2  # the login node's first connection, and its new one
+            assert (await hosts(slurm_home))[node]["resume"]["attaches"] >= 2  # resumed
+            job = cluster.job(str(job_id))
+            assert job is not None and job.state == "RUNNING"
+            assert kernel.hello["pid"] == pid and fe.proc.returncode is None
+            await kernel.quit(0)
+            status, _, err = await fe.result()
+            assert status == 0, err
+            await kernel.aclose()
+    finally:
+        await proxy.aclose()
+
+
 async def until_resuming(running: RunningDaemon, host: str) -> None:
     async def resuming() -> bool:
         return bool(running.daemon.hosts[host].snapshot()["resume"].get("state") == "resuming")
