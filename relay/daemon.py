@@ -161,11 +161,22 @@ class Daemon:
 
     def _carried(self) -> dict[str, list[HostSession]]:
         """By host key, the hosts whose last connection went through it (``via``: a
-        ProxyJump, a Slurm login node)."""
-        carried: dict[str, list[HostSession]] = {}
+        ProxyJump, a Slurm login node), directly or through others (a site's gateway
+        carries the login node behind it and the compute nodes behind that)."""
+        direct: dict[str, list[HostSession]] = {}
         for h in self.hosts.values():
             if h.via is not None:
-                carried.setdefault(h.via, []).append(h)
+                direct.setdefault(h.via, []).append(h)
+        carried: dict[str, list[HostSession]] = {}
+        for key in direct:
+            below, seen, todo = [], {key}, list(direct[key])
+            while todo:  # each host once: a loop of jump hosts (refused by ssh) ends too
+                h = todo.pop()
+                if h.key not in seen:
+                    seen.add(h.key)
+                    below.append(h)
+                    todo.extend(direct.get(h.key, ()))
+            carried[key] = below
         return carried
 
     def host(self, name: str, *, adhoc: bool | None = None) -> HostSession:

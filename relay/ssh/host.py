@@ -328,8 +328,9 @@ class HostSession:
         is declared lost, so the resume begins. Elsewhere a lost connection ends kernels: a
         slow answer must not, so those wait for keepalive.
 
-        A jump host's connection (``carried``: the hosts that went through it last, a
-        Slurm login node's compute nodes) is probed the same way when hosts whose kernels
+        A jump host's connection (``carried``: the hosts that went through it last,
+        directly or behind another: a Slurm login node's compute nodes, and a gateway's
+        login node and its nodes) is probed the same way when hosts whose kernels
         resume go through it and nothing else would end with it: nothing of its own (no
         kernel, launch or forward: ``fragile_holds``; a Slurm allocation outlives it) and
         nothing of the others' that does not resume. Otherwise the hosts behind it, found

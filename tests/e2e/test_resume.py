@@ -736,21 +736,29 @@ async def test_a_new_network_is_found_out_at_once_and_the_kernels_go_on(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+@pytest.mark.parametrize("chained", [False, True], ids=["jump host", "gateway to a jump host"])
 async def test_a_new_network_under_a_jump_host_is_found_out_at_once(
-    home: RelayHome, tmp_path: Path
+    home: RelayHome, tmp_path: Path, chained: bool
 ) -> None:
     """As above, with the kernel's host behind a jump host (a ProxyJump, a Slurm login
     node): it is the jump host's connection whose address goes, and the host behind it
-    resumes through the jump host's new one."""
+    resumes through the jump host's new one. Chained, the jump host is itself reached
+    through a site's gateway, and it is the gateway's: nothing that resumes goes through
+    it directly, but the kernel's host does by way of the jump host."""
     with far_network() as (pid, here):
         proxy, known_hosts = await far_sshd(home, pid, tmp_path)
         slow = {"keepalive_interval_s": 30, "keepalive_count_max": 3}
         home.add_host("gate", hostname=FAR, port=proxy.port, known_hosts=str(known_hosts), **slow)
-        home.add_host("local", jump="gate", **slow)  # the sshd's own 127.0.0.1, from the gate
+        jump = "gate"
+        if chained:  # the sshd's own 127.0.0.1 from the gate, and from there again
+            home.add_host(jump := "mid", jump="gate", **slow)
+        home.add_host("local", jump=jump, **slow)
         try:
             async with start_daemon(home) as running, controller(home) as fe:
                 kl, pid_k = await connected(fe)
-                assert running.daemon.hosts["local"].via == "gate"
+                hosts = running.daemon.hosts
+                assert hosts["local"].via == jump
+                assert not chained or hosts["mid"].via == "gate"
                 payload = secrets.token_bytes(2 << 20)
                 echo = asyncio.ensure_future(kl.echo(payload))
                 move_to_another_network(here)

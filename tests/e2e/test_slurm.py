@@ -394,6 +394,42 @@ async def test_a_login_node_dead_after_a_sleep_is_found_out_on_waking(
         await proxy.aclose()
 
 
+async def test_a_gateway_to_the_login_node_dead_after_a_sleep_is_found_out_on_waking(
+    slurm_home: RelayHome, cluster: LocalSlurm, site: SlurmSite
+) -> None:
+    """As above, with the login node reached through a site's gateway (ProxyJump), whose
+    connection the sleep kills. Nothing that resumes goes through the gateway directly (the
+    login node has no agent), but the compute nodes go through it by way of the login
+    node: it is probed too, so the node's session resumes within the test's bound, not
+    after the gateway's keepalive (30 s x 3)."""
+    slow = {"keepalive_interval_s": 30, "keepalive_count_max": 3}
+    proxy = await FaultProxy(site.login.port).start()
+    site.login.trust_port(proxy.port)
+    slurm_home.add_host("gate", port=proxy.port, **slow)  # the gateway: the login sshd too
+    slurm_home.hosts["cluster"].update(jump="gate", **slow)  # its own 127.0.0.1, from there
+    try:
+        async with serving(slurm_home) as running, controller(slurm_home, host="cluster") as fe:
+            kernel = await fe.link.accept(60)
+            job_id = kernel.hello["slurm_job_id"]
+            hosts_ = running.daemon.hosts
+            assert hosts_["cluster"].via == "gate"
+            payload = secrets.token_bytes(1 << 20)
+            echo = asyncio.ensure_future(kernel.echo(payload))
+            proxy.strand()
+            running.daemon._woke(8.0)
+            assert hosts_["gate"]._probing and hosts_["cluster"]._probing
+            assert await asyncio.wait_for(echo, 60) == payload
+            assert proxy.accepted == 2  # the gateway's first connection, and its new one
+            job = cluster.job(str(job_id))
+            assert job is not None and job.state == "RUNNING"
+            await kernel.quit(0)
+            status, _, err = await fe.result()
+            assert status == 0, err
+            await kernel.aclose()
+    finally:
+        await proxy.aclose()
+
+
 async def until_resuming(running: RunningDaemon, host: str) -> None:
     async def resuming() -> bool:
         return bool(running.daemon.hosts[host].snapshot()["resume"].get("state") == "resuming")
