@@ -24,7 +24,9 @@ from relay.slurm.units import megabytes, parse_time
 
 __all__ = ["DaemonConfig", "Environment", "HostConfig", "RelayConfig", "SlurmConfig", "load"]
 
-PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
+# Numbers are strict: TOML's true and false are not 1 and 0 (``resume_window_s = true``, meant
+# as "on", would be a one-second window), nor is a quoted number a number.
+PositiveSeconds = Annotated[float, Field(gt=0, le=86400, strict=True)]
 RemoteWord = Annotated[str, AfterValidator(no_control_characters)]  # reaches the remote shell
 
 
@@ -54,23 +56,25 @@ class SlurmConfig(_Strict):
     partition: RemoteWord | None = None
     account: RemoteWord | None = None
     time: Annotated[str, AfterValidator(_time)] | None = None
-    cpus_per_kernel: Annotated[int, Field(ge=1, le=4096)] = 1
+    cpus_per_kernel: Annotated[int, Field(ge=1, le=4096, strict=True)] = 1
     mem_per_kernel: Annotated[str, AfterValidator(_memory)] | None = None
-    kernels_per_node: Annotated[int, Field(ge=0, le=4096)] = 0  # 0: as Slurm places them
+    kernels_per_node: Annotated[int, Field(ge=0, le=4096, strict=True)] = (
+        0  # 0: as Slurm places them
+    )
     sbatch_args: list[RemoteWord] = []
     srun_args: list[RemoteWord] = []
     # how the login node reaches a compute node by SSH ({node}: Slurm's node name)
     node_hostname: Annotated[str, AfterValidator(_node_template)] = "{node}"
-    node_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    node_port: Annotated[int, Field(ge=1, le=65535, strict=True)] | None = None
     # release (scancel) the allocation after this long without kernels
-    idle_timeout_s: Annotated[float, Field(ge=0, le=86400)] = 120.0
+    idle_timeout_s: Annotated[float, Field(ge=0, le=86400, strict=True)] = 120.0
     # how often squeue is asked while jobs run (every second while one is pending)
     poll_interval_s: PositiveSeconds = 10.0
 
 
 class HostConfig(_Strict):
     hostname: Annotated[str, Field(min_length=1)]
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    port: Annotated[int, Field(ge=1, le=65535, strict=True)] | None = None
     user: str | None = None
     identity_files: list[str] | None = None
     known_hosts: str | None = None
@@ -80,17 +84,17 @@ class HostConfig(_Strict):
     controller_args: list[RemoteWord] = []
     compute_args: list[RemoteWord] = ["-subkernel", "-noinit"]
     keepalive_interval_s: PositiveSeconds = 15.0
-    keepalive_count_max: Annotated[int, Field(ge=1, le=100)] = 3
+    keepalive_count_max: Annotated[int, Field(ge=1, le=100, strict=True)] = 3
     connect_timeout_s: PositiveSeconds = 15.0
     launch_timeout_s: PositiveSeconds = 30.0
     terminate_grace_s: PositiveSeconds = 5.0
-    idle_timeout_s: Annotated[float, Field(ge=0)] = 0.0
-    reconnect_attempts: Annotated[int, Field(ge=1, le=1000)] = 6
+    idle_timeout_s: Annotated[float, Field(ge=0, strict=True)] = 0.0
+    reconnect_attempts: Annotated[int, Field(ge=1, le=1000, strict=True)] = 6
     reconnect_window_s: PositiveSeconds = 300.0
     end_stale_sessions: bool = True
     # Four kernels' worth: the Parallel package's Runs come every ~40 ms, so at a 150 ms round
     # trip four kernels launch before listeners asked for at the first can arrive (BENCHMARKS.md)
-    spare_forwards: Annotated[int, Field(ge=0, le=64)] = 8
+    spare_forwards: Annotated[int, Field(ge=0, le=64, strict=True)] = 8
     dynamic: bool = True
     dynamic_method: Literal["auto", "old", "new"] = "auto"
     compression: bool = False
@@ -98,7 +102,7 @@ class HostConfig(_Strict):
     # How long kernels wait for their connection to come back (docs/agent.md): their ends of
     # the links are held by relay's agent on the host, and the daemon resumes them. 0: kernels
     # end with their connection (sshd's listeners and supervisor.sh, as without python3).
-    resume_window_s: Annotated[float, Field(ge=0, le=7 * 86400)] = 900.0
+    resume_window_s: Annotated[float, Field(ge=0, le=7 * 86400, strict=True)] = 900.0
     # Carry a connection to a link listener only from a process of the user's own (relay.ssh.guard)
     peer_check: Literal["uid", "off"] = "uid"
     # AES-GCM first: with AES-NI it brings asyncssh's data path level with OpenSSH's default
@@ -194,7 +198,10 @@ def _describe(err: Any) -> str:
             else ""
         )
         return f"{loc}: unknown key{hint}"
-    shown = "" if err["type"] == "missing" else f", got {err['input']!r}"
+    given = err.get("input")
+    # as the file spells it: a number given as true or false is a switch mistaken for one
+    given = str(given).lower() if isinstance(given, bool) else repr(given)
+    shown = "" if err["type"] == "missing" else f", got {given}"
     return f"{loc}: {err['msg']}{shown}"
 
 

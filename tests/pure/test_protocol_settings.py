@@ -126,6 +126,20 @@ def test_full_example_config_loads() -> None:
         ("[hosts.a]\nhostname = 'x'\njump = 'a'\n", "loop"),
         ("[hosts.a]\nhostname = 'x'\njump = 'alice:pw@b'\n", "password"),
         ("[daemon]\nsocket = 3\n", "daemon.socket"),
+        # a switch for a number: not 1 s (pydantic's lax mode would take true as 1)
+        (
+            "[hosts.a]\nhostname = 'x'\nresume_window_s = true\n",
+            "hosts.a.resume_window_s: Input should be a valid number, got true",
+        ),
+        ("[defaults]\nspare_forwards = false\n", "spare_forwards: Input should be a valid integer"),
+        (
+            "[hosts.a]\nhostname = 'x'\nslurm = {cpus_per_kernel = true}\n",
+            "hosts.a.slurm.cpus_per_kernel",
+        ),
+        (
+            "[hosts.a]\nhostname = 'x'\nport = '22'\n",
+            "hosts.a.port: Input should be a valid integer",
+        ),
         ("[hosts.a\n", "not valid TOML"),
     ],
 )
