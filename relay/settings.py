@@ -58,9 +58,8 @@ class SlurmConfig(_Strict):
     time: Annotated[str, AfterValidator(_time)] | None = None
     cpus_per_kernel: Annotated[int, Field(ge=1, le=4096, strict=True)] = 1
     mem_per_kernel: Annotated[str, AfterValidator(_memory)] | None = None
-    kernels_per_node: Annotated[int, Field(ge=0, le=4096, strict=True)] = (
-        0  # 0: as Slurm places them
-    )
+    # 0: as Slurm places them
+    kernels_per_node: Annotated[int, Field(ge=0, le=4096, strict=True)] = 0
     sbatch_args: list[RemoteWord] = []
     srun_args: list[RemoteWord] = []
     # how the login node reaches a compute node by SSH ({node}: Slurm's node name)
