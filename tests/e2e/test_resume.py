@@ -521,24 +521,36 @@ async def test_a_connection_dead_after_a_sleep_is_found_out_on_waking(home: Rela
         await quit_cleanly(kl, fe)
 
 
-async def test_waking_pings_only_connections_whose_kernels_resume(home: RelayHome) -> None:
-    """A wake (relay.wake) pings a host's connection where the kernels resume: a slow answer
-    costs a reconnect there, nothing else. Where a lost connection ends kernels
-    (resume_window_s = 0) it is left to keepalive. A healthy connection answers and stays."""
-    home.add_host("plain", resume_window_s=0)
+@asynccontextmanager
+async def kernels_on_local_and_plain(
+    home: RelayHome,
+) -> AsyncIterator[tuple[RunningDaemon, list[tuple[frontend.KernelLink, Controller]]]]:
+    """A daemon with a controller kernel connected on "local" (its kernels resume) and one on
+    "plain" (configured by the caller, resume_window_s = 0: sshd's path), in that order."""
     async with (
         start_daemon(home) as running,
         controller(home) as fe,
         controller(home, host="plain") as fe_plain,
     ):
-        kl, _ = await connected(fe)
-        kl_plain, _ = await connected(fe_plain)
+        kernels = []
+        for shim in (fe, fe_plain):
+            kl, _ = await connected(shim)
+            kernels.append((kl, shim))
+        yield running, kernels
+
+
+async def test_waking_pings_only_connections_whose_kernels_resume(home: RelayHome) -> None:
+    """A wake (relay.wake) pings a host's connection where the kernels resume: a slow answer
+    costs a reconnect there, nothing else. Where a lost connection ends kernels
+    (resume_window_s = 0) it is left to keepalive. A healthy connection answers and stays."""
+    home.add_host("plain", resume_window_s=0)
+    async with kernels_on_local_and_plain(home) as (running, kernels):
         hosts = running.daemon.hosts
         running.daemon._woke(10.0)
         assert hosts["local"]._probing and not hosts["plain"]._probing
         await until(lambda: not hosts["local"]._probing, "the ping answered")
         assert hosts["local"].connects == 1 and hosts["local"].state == "connected"
-        for link, shim in ((kl, fe), (kl_plain, fe_plain)):
+        for link, shim in kernels:
             await quit_cleanly(link, shim)
 
 
@@ -600,13 +612,7 @@ async def test_waking_probes_a_jump_host_only_where_nothing_would_end_with_it(
     home.add_host("gate")
     home.add_host("local", jump="gate")
     home.add_host("plain", jump="gate", resume_window_s=0)
-    async with (
-        start_daemon(home) as running,
-        controller(home) as fe,
-        controller(home, host="plain") as fe_plain,
-    ):
-        kl, _ = await connected(fe)
-        kl_plain, _ = await connected(fe_plain)
+    async with kernels_on_local_and_plain(home) as (running, [(kl, fe), (kl_plain, fe_plain)]):
         hosts = running.daemon.hosts
         gate = hosts["gate"]
         assert hosts["local"].via == hosts["plain"].via == "gate"

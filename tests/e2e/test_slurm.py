@@ -26,7 +26,7 @@ from relay.sim import frontend, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.slurm import LocalSlurm, SlurmSite
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
-from tests.e2e.helpers import controller, relay_cli, remote_command, request
+from tests.e2e.helpers import Controller, controller, relay_cli, remote_command, request
 from tests.e2e.test_resume import KEEPALIVE
 
 pytestmark = pytest.mark.slurm  # skipped, with the reason, where Slurm cannot run (conftest)
@@ -317,6 +317,31 @@ def closed_port() -> int:
         return int(s.getsockname()[1])  # nothing listens there once this returns
 
 
+@contextlib.asynccontextmanager
+async def login_through_proxy(site: SlurmSite) -> AsyncIterator[FaultProxy]:
+    """A FaultProxy in front of the login node's sshd: the network path a test breaks."""
+    proxy = await FaultProxy(site.login.port).start()
+    site.login.trust_port(proxy.port)
+    try:
+        yield proxy
+    finally:
+        await proxy.aclose()
+
+
+async def same_job_then_quit(
+    cluster: LocalSlurm, fe: Controller, kernel: frontend.KernelLink, job_id: object, pid: object
+) -> None:
+    """The kernel is the one that started, in the job it started in (never cancelled), and
+    its shim, running all along, exits 0 once it quits."""
+    job = cluster.job(str(job_id))
+    assert job is not None and job.state == "RUNNING"
+    assert kernel.hello["pid"] == pid and fe.proc.returncode is None
+    await kernel.quit(0)
+    status, _, err = await fe.result()
+    assert status == 0, err
+    await kernel.aclose()
+
+
 async def test_a_kernel_on_a_compute_node_outlives_the_network(
     slurm_home: RelayHome, cluster: LocalSlurm, site: SlurmSite
 ) -> None:
@@ -324,11 +349,9 @@ async def test_a_kernel_on_a_compute_node_outlives_the_network(
     dead mid-transfer and comes back: the compute node's agent kept the kernel and its links,
     the node's session resumes through a new login connection, every byte arrives once, and
     the job is the same."""
-    proxy = await FaultProxy(site.login.port).start()
-    site.login.trust_port(proxy.port)
-    slurm_home.hosts["cluster"].update(port=proxy.port, **KEEPALIVE)
     node = f"cluster/{cluster.node}"
-    try:
+    async with login_through_proxy(site) as proxy:
+        slurm_home.hosts["cluster"].update(port=proxy.port, **KEEPALIVE)
         async with serving(slurm_home) as running, controller(slurm_home, host="cluster") as fe:
             kernel = await fe.link.accept(60)
             job_id, pid = kernel.hello["slurm_job_id"], kernel.hello["pid"]
@@ -343,91 +366,48 @@ async def test_a_kernel_on_a_compute_node_outlives_the_network(
             shown = await hosts(slurm_home)
             assert shown[node]["resume"]["state"] == "on"
             assert shown[node]["resume"]["attaches"] >= 2
-            job = cluster.job(str(job_id))
-            assert job is not None and job.state == "RUNNING"
-            assert kernel.hello["pid"] == pid and fe.proc.returncode is None
-            await kernel.quit(0)
-            status, _, err = await fe.result()
-            assert status == 0, err
-            await kernel.aclose()
-    finally:
-        await proxy.aclose()
+            await same_job_then_quit(cluster, fe, kernel, job_id, pid)
 
 
+@pytest.mark.parametrize("gateway", [False, True], ids=["login node", "gateway to it"])
 async def test_a_login_node_dead_after_a_sleep_is_found_out_on_waking(
-    slurm_home: RelayHome, cluster: LocalSlurm, site: SlurmSite
+    slurm_home: RelayHome, cluster: LocalSlurm, site: SlurmSite, gateway: bool
 ) -> None:
     """A laptop's sleep kills the login node's connection (its NAT entry gone) while a kernel
     runs on a compute node behind it. The login node holds the allocation, which outlives a
     connection (its jobs are Slurm's; squeue is asked again), so the wake probes it as a
     bare jump host: the node's session, found dead by its own ping, resumes through a new
     login connection within the test's bound, not after the login node's keepalive
-    (30 s x 3); the job is the same and was never cancelled."""
-    proxy = await FaultProxy(site.login.port).start()
-    site.login.trust_port(proxy.port)
-    slurm_home.hosts["cluster"].update(
-        port=proxy.port, keepalive_interval_s=30, keepalive_count_max=3
-    )
+    (30 s x 3); the job is the same and was never cancelled.
+
+    With a gateway, the login node is reached through a site's gateway (ProxyJump), and it is
+    the gateway's connection the sleep kills. Nothing that resumes goes through the gateway
+    directly (the login node has no agent), but the compute nodes go through it by way of
+    the login node: it is probed too."""
+    slow = {"keepalive_interval_s": 30, "keepalive_count_max": 3}
     node = f"cluster/{cluster.node}"
-    try:
+    async with login_through_proxy(site) as proxy:
+        if gateway:
+            slurm_home.add_host("gate", port=proxy.port, **slow)  # the gateway: the login sshd
+            slurm_home.hosts["cluster"].update(jump="gate", **slow)  # its 127.0.0.1, from there
+        else:
+            slurm_home.hosts["cluster"].update(port=proxy.port, **slow)
         async with serving(slurm_home) as running, controller(slurm_home, host="cluster") as fe:
             kernel = await fe.link.accept(60)
             job_id, pid = kernel.hello["slurm_job_id"], kernel.hello["pid"]
-            login = running.daemon.hosts["cluster"]
+            daemon_hosts = running.daemon.hosts
+            login = daemon_hosts["cluster"]
             assert login.holds >= 1  # the allocation's
+            assert login.via == ("gate" if gateway else None)
             payload = secrets.token_bytes(1 << 20)
             echo = asyncio.ensure_future(kernel.echo(payload))
             proxy.strand()
             running.daemon._woke(8.0)
-            assert login._probing
+            assert login._probing and (not gateway or daemon_hosts["gate"]._probing)
             assert await asyncio.wait_for(echo, 60) == payload
-            assert proxy.accepted == 2  # the login node's first connection, and its new one
+            assert proxy.accepted == 2  # the first connection through it, and its new one
             assert (await hosts(slurm_home))[node]["resume"]["attaches"] >= 2  # resumed
-            job = cluster.job(str(job_id))
-            assert job is not None and job.state == "RUNNING"
-            assert kernel.hello["pid"] == pid and fe.proc.returncode is None
-            await kernel.quit(0)
-            status, _, err = await fe.result()
-            assert status == 0, err
-            await kernel.aclose()
-    finally:
-        await proxy.aclose()
-
-
-async def test_a_gateway_to_the_login_node_dead_after_a_sleep_is_found_out_on_waking(
-    slurm_home: RelayHome, cluster: LocalSlurm, site: SlurmSite
-) -> None:
-    """As above, with the login node reached through a site's gateway (ProxyJump), whose
-    connection the sleep kills. Nothing that resumes goes through the gateway directly (the
-    login node has no agent), but the compute nodes go through it by way of the login
-    node: it is probed too, so the node's session resumes within the test's bound, not
-    after the gateway's keepalive (30 s x 3)."""
-    slow = {"keepalive_interval_s": 30, "keepalive_count_max": 3}
-    proxy = await FaultProxy(site.login.port).start()
-    site.login.trust_port(proxy.port)
-    slurm_home.add_host("gate", port=proxy.port, **slow)  # the gateway: the login sshd too
-    slurm_home.hosts["cluster"].update(jump="gate", **slow)  # its own 127.0.0.1, from there
-    try:
-        async with serving(slurm_home) as running, controller(slurm_home, host="cluster") as fe:
-            kernel = await fe.link.accept(60)
-            job_id = kernel.hello["slurm_job_id"]
-            hosts_ = running.daemon.hosts
-            assert hosts_["cluster"].via == "gate"
-            payload = secrets.token_bytes(1 << 20)
-            echo = asyncio.ensure_future(kernel.echo(payload))
-            proxy.strand()
-            running.daemon._woke(8.0)
-            assert hosts_["gate"]._probing and hosts_["cluster"]._probing
-            assert await asyncio.wait_for(echo, 60) == payload
-            assert proxy.accepted == 2  # the gateway's first connection, and its new one
-            job = cluster.job(str(job_id))
-            assert job is not None and job.state == "RUNNING"
-            await kernel.quit(0)
-            status, _, err = await fe.result()
-            assert status == 0, err
-            await kernel.aclose()
-    finally:
-        await proxy.aclose()
+            await same_job_then_quit(cluster, fe, kernel, job_id, pid)
 
 
 async def until_resuming(running: RunningDaemon, host: str) -> None:
