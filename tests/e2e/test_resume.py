@@ -302,6 +302,34 @@ async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome, how: 
         await quit_cleanly(kl, fe)
 
 
+async def test_a_daemon_asleep_past_the_window_ends_the_links_on_waking(home: RelayHome) -> None:
+    """A lid closed past the window: the agent ends the kernels on its own while the daemon
+    is stopped; woken on a path that is back, the daemon counts the window from when it lost
+    the connection, not from waking, so each shim exits 1 at once with the window's line (not
+    after another window, and not with an agent "not there any more")."""
+    async with (
+        behind_proxy(home, resume_window_s=3) as proxy,
+        served(home) as daemon,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        code, _, out, _ = await status_json(home)
+        assert code == 0
+        shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+        agent_pid = int(shown["resume"]["pid"])
+        daemon.send_signal(signal.SIGSTOP)
+        proxy.blackhole()  # Wi-Fi gone with the lid
+        await wait_gone(pid, BOUND_S)  # the agent's window ran out: no daemon needed
+        await wait_gone(agent_pid, BOUND_S)
+        proxy.restore()  # back on waking
+        daemon.send_signal(signal.SIGCONT)
+        status, _, err = await fe.result(BOUND_S)
+        assert status == 1
+        assert len(err.strip().splitlines()) == 1, err
+        assert "did not come back within resume_window_s (3 s)" in err, err
+        await kl.aclose()
+
+
 NAME = "logins.relay.test"  # two login nodes behind one name (a DNS round robin)
 
 
