@@ -11,12 +11,14 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -326,6 +328,84 @@ def test_hook_requests_and_a_kernels_own_listener_go_through_and_resume(
     agent.line("pong d")  # the drop is done
     with pytest.raises(ConnectionRefusedError):  # the hook's listener went with its stream
         socket.create_connection(("127.0.0.1", port), timeout=BOUND_S).recv(1)
+    chan.send(mux.BYE, 0)
+    wait_gone(agent.pid)
+    chan.close()
+
+
+def tcp_buffer_max(name: str) -> int:
+    """The most a socket's ``name`` (rmem, wmem) buffer can grow to here."""
+    return int(Path(f"/proc/sys/net/ipv4/tcp_{name}").read_text().split()[2])
+
+
+def write_until_held_back(sock: socket.socket, payload: bytes, quiet_s: float = 2.0) -> int:
+    """Write ``payload`` as fast as ``sock`` takes it, until it takes nothing for ``quiet_s``
+    (the reader has stopped reading and every buffer between is full) or all is written;
+    how much was written. (The one wait here for something not to happen: it only decides
+    when to go on, and a reader that never stops lets the writer finish, which the caller
+    sees.)"""
+    sock.setblocking(False)
+    view, at = memoryview(payload), 0
+    deadline = time.monotonic() + 4 * BOUND_S
+    try:
+        while at < len(payload):
+            assert time.monotonic() < deadline, f"{at} bytes written in {4 * BOUND_S:g} s"
+            try:
+                at += sock.send(view[at : at + (1 << 20)])
+            except BlockingIOError:
+                if not select.select([], [sock], [], quiet_s)[1]:
+                    break
+    finally:
+        sock.settimeout(BOUND_S)
+    return at
+
+
+def test_a_kernel_writing_through_an_outage_is_held_back_and_loses_nothing(run: Path) -> None:
+    """No daemon attached, a kernel writes more than the agent keeps: past mux.LIMIT
+    unacknowledged (plus the one read that crossed it) the agent stops reading the link, so
+    TCP holds the kernel back and the agent's memory stays bounded; re-attached, it replays
+    what it kept and sends no more until acknowledged, then every byte arrives once, in
+    order (docs/agent.md, Sequencing)."""
+    agent = Agent(sys.executable, run, "e5")
+    chan = agent.attach()
+    agent.say("listen 1")
+    port = int(agent.line("port 1 ").split()[2])
+    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+    assert agent.take().type == mux.OPEN
+    chan.close()  # the connection is lost: nobody acknowledges anything now
+    one_read = 256 << 10  # relay/agent/remote.py CHUNK
+    kept_at_most = mux.LIMIT + one_read
+    # more than the agent keeps and both sockets' buffers at their largest can hold
+    payload = secrets.token_bytes(
+        kept_at_most + tcp_buffer_max("rmem") + tcp_buffer_max("wmem") + (1 << 20)
+    )
+    written, total = write_until_held_back(kernel, payload), len(payload)
+    assert written < total, "the agent read on past what it may keep"
+    chan = agent.attach()
+    agent.say("ping held")  # answered after the replay, which attaching queued first
+    got = bytearray()
+    while True:
+        frame = chan.frame()
+        if frame.stream == 0 and frame.type == mux.DATA:
+            agent.recv[0] += frame.size
+            if b"pong held" in frame.payload:
+                break
+        elif frame.stream == 1 and frame.type == mux.DATA:
+            got += frame.payload
+            assert len(got) <= kept_at_most, "sent on past LIMIT with nothing acknowledged"
+    agent.recv[1] += len(got)
+    chan.sock.sendall(mux.ack(1, agent.recv[1]))
+    rest = threading.Thread(target=kernel.sendall, args=(payload[written:],))
+    rest.start()
+    while len(got) < total:
+        frame = agent.take()
+        assert frame.type == mux.DATA, frame
+        got += frame.payload
+    rest.join(BOUND_S)
+    assert not rest.is_alive()
+    assert got == payload
+    kernel.close()
+    assert agent.take() == Frame(mux.EOF, 1, b"")
     chan.send(mux.BYE, 0)
     wait_gone(agent.pid)
     chan.close()
