@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from relay import wake
+from relay.agent import mux
 from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
@@ -141,6 +142,29 @@ async def test_blackholed_and_reset_paths_lose_no_kernel_and_no_byte(
             await quit_cleanly(kl, fe)
         for pid in (pid1, pid2):
             await wait_gone(pid)
+
+
+@pytest.mark.parametrize("how", ["blackhole", "reset"])
+async def test_a_large_result_being_written_when_the_path_dies_arrives_whole(
+    home: RelayHome, how: str
+) -> None:
+    """A kernel in the middle of writing a result far larger than the agent keeps for a link
+    (mux.LIMIT) when the path dies: the agent holds it back at the limit (TCP stalls the
+    kernel; nothing dropped), and after the resume the rest follows, every byte once (the
+    result's frames parse to the very end, and their count is the kernel's)."""
+    total = 4 * mux.LIMIT
+    async with behind_proxy(home) as proxy, start_daemon(home) as running, controller(home) as fe:
+        kl, pid = await connected(fe)
+        await kl.send(wire.SOURCE, str(total).encode())
+        got = len(await asyncio.wait_for(kl.read_return(), BOUND_S))  # it is flowing
+        await outage(running, proxy, how)
+        proxy.restore()
+        async with asyncio.timeout(BOUND_S):
+            while chunk := await kl.read_return():
+                got += len(chunk)
+        assert got == total
+        assert int(str(resume_state(running)["attaches"])) >= 2 and pid_alive(pid)
+        await quit_cleanly(kl, fe)
 
 
 async def test_a_shells_ssh_agent_gone_during_the_outage_does_not_hold_the_resume(
