@@ -146,6 +146,13 @@ class Agent:
         self.chan = Attached(self.info.socket, self.secret, self.recv, self.window_s)
         return self.chan
 
+    def goodbye(self) -> None:
+        """BYE (attached first if need be), and the agent gone."""
+        chan = self.chan or self.attach()
+        chan.send(mux.BYE, 0)
+        wait_gone(self.pid)
+        chan.close()
+
     def _read(self) -> None:
         """One frame from the agent: counted and acknowledged at once; a control line kept
         for ``line``, a link's frame for ``take``."""
@@ -446,6 +453,53 @@ def test_the_next_agent_of_a_tag_ends_its_predecessor_and_its_kernels(run: Path)
     second.chan.close()
     assert first.chan is not None
     first.chan.close()
+
+
+def test_with_no_kernel_and_no_daemon_the_agent_exits_before_its_window(run: Path) -> None:
+    """Nothing to keep (no kernel, no link) and nobody attached: the agent does not wait out
+    its window (an hour here) but exits, its socket and pid file gone with it."""
+    agent = Agent(sys.executable, run, "a7", window_s=3600)
+    chan = agent.attach()
+    agent.say("listen 1")  # a spare listener nothing connected to is not a link
+    agent.line("port 1 ")
+    agent.say("start k1 set -- /bin/sh -c 'exit 0'")
+    agent.line("exit k1 ")
+    chan.close()
+    wait_gone(agent.pid)
+    assert isinstance(agent.info, AgentInfo)
+    assert not Path(agent.info.socket).exists()
+    assert not Path(agent.info.socket).with_suffix(".pid").exists()
+
+
+def test_a_pid_file_naming_another_process_is_not_signalled(run: Path) -> None:
+    """The pid a dead daemon's agent left in its pid file now names some other process of
+    the user's (the pid was reused): its start time differs, so the next agent sends it no
+    signal, and says it ended no predecessor."""
+    first = Agent(sys.executable, run, "b8")  # its run directory, made as an agent makes it
+    assert isinstance(first.info, AgentInfo), first.said
+    directory = Path(first.info.socket).parent
+    bystander = subprocess.Popen(["sleep", "600"])
+    try:
+        started = Path(f"/proc/{bystander.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        pid_file = directory / "c9.pid"
+        pid_file.write_text(f"{bystander.pid} {int(started) + 1}\n")
+        pid_file.chmod(0o600)
+        second = Agent(sys.executable, run, "c9")
+        assert isinstance(second.info, AgentInfo) and second.info.ended == 0, second.said
+        assert bystander.poll() is None
+        second.goodbye()
+        pid_file.write_text(f"{bystander.pid} {started}\n")  # the same process: it is one
+        reaped = threading.Thread(target=bystander.wait)  # reaped as init reaps an agent
+        reaped.start()
+        third = Agent(sys.executable, run, "c9")
+        assert isinstance(third.info, AgentInfo) and third.info.ended == 1, third.said
+        reaped.join(BOUND_S)
+        assert bystander.returncode == -signal.SIGTERM
+        third.goodbye()
+    finally:
+        bystander.kill()
+        bystander.wait()
+    first.goodbye()
 
 
 def test_a_run_directory_open_to_others_or_a_symlink_is_refused(run: Path) -> None:
