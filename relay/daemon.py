@@ -467,6 +467,7 @@ class Daemon:
             with contextlib.suppress(RelayError):
                 _, cfg = config.resolve(key, self.config_source, adhoc=True)
                 session.reconfigure(cfg)
+        self.clusters.reconfigure()  # compute nodes' sessions, from their clusters'
         if changed:
             log.info("configuration reloaded", path=str(self.config_path))
         return {**read, "changed": changed, "ssh_config": list(config.daemon.ssh_config)}

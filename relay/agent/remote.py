@@ -662,6 +662,15 @@ class Agent:
     def do_ping(self, ident, arg):
         self.say("pong " + ident)
 
+    def do_window(self, ident, arg):
+        """relay.toml gave the host another resume_window_s: the running kernels' too."""
+        try:
+            window = float(arg)
+        except ValueError:
+            return
+        if window >= 0:
+            self.window_s = window
+
     def do_which(self, ident, arg):
         env = dict(os.environ, RELAY_SNIPPET=arg)
         try:

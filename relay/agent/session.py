@@ -334,7 +334,8 @@ class AgentSession:
         self._shrink_timer: asyncio.TimerHandle | None = None
         self.info = info
         self._secret = secret
-        self.window_s = window_s
+        self.window_s = window_s  # as the agent has it: what a resume counts down
+        self._window_next: float | None = None  # set while detached: said on attaching
         self.silence_s = silence_s
         self._log = structlog.get_logger("relay.agent").bind(host=host)
         self._streams: dict[int, Stream] = {}
@@ -547,7 +548,7 @@ class AgentSession:
             "secret": self._secret,
             "recv": {str(sid): s.inbox.position for sid, s in self._streams.items()},
             "silence_s": self.silence_s,
-            "window_s": self.window_s,
+            "window_s": self._window_next if self._window_next is not None else self.window_s,
         }
         channel.write(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
         try:
@@ -563,6 +564,8 @@ class AgentSession:
             channel.write(*stream.resume_from(int(recv.get(str(sid), 0))))
         self._attaching = None
         self._channel = channel
+        if self._window_next is not None:
+            self.window_s, self._window_next = self._window_next, None
         self.attaches += 1
         self.heard_at = time.time()
         if self.lost_at is not None:
@@ -575,6 +578,20 @@ class AgentSession:
             channel.write(self._bye)
         elif self.attaches == 1:
             self._refill()  # spare listeners for the first launches
+
+    def set_window(self, window_s: float) -> bool:
+        """The host's resume_window_s changed (relay.toml): the running kernels take it too.
+        Told at once if attached (a control line, replayed like any other); else with the
+        next attach's HELLO, and until then the agent's window stands, as ``window_s``
+        says. True if the agent has it now."""
+        if self._channel is None:
+            self._window_next = window_s if window_s != self.window_s else None
+            return False
+        self._window_next = None
+        if window_s != self.window_s:
+            self.window_s = window_s
+            self.control.send(f"window w {window_s:g}\n".encode())
+        return True
 
     def detach(self) -> None:
         """The connection is gone (or declared so): keep everything, send nothing."""

@@ -44,6 +44,23 @@ def _on_node(exc: RelayError, cluster: HostSession, placement: Placement) -> Rel
     return type(exc)(message)
 
 
+def node_config(cluster: HostSession, node: str) -> HostConfig:
+    """A compute node's settings: its cluster's, reached through the login node, closed
+    when idle as long as the allocation would be."""
+    slurm = cluster.config.slurm
+    assert slurm is not None
+    return cluster.config.model_copy(
+        update={
+            "hostname": slurm.node_hostname.replace("{node}", node),
+            "port": slurm.node_port,
+            "jump": cluster.key,
+            "proxy_command": None,
+            "slurm": None,
+            "idle_timeout_s": max(1.0, slurm.idle_timeout_s),
+        }
+    )
+
+
 class Clusters:
     def __init__(
         self,
@@ -73,20 +90,17 @@ class Clusters:
         key = f"{cluster.key}/{node}"
         session = self._hosts.get(key)
         if session is None:
-            slurm = cluster.config.slurm
-            assert slurm is not None
-            cfg = cluster.config.model_copy(
-                update={
-                    "hostname": slurm.node_hostname.replace("{node}", node),
-                    "port": slurm.node_port,
-                    "jump": cluster.key,
-                    "proxy_command": None,
-                    "slurm": None,
-                    "idle_timeout_s": max(1.0, slurm.idle_timeout_s),
-                }
-            )
-            session = self._hosts[key] = self._new_session(key, cfg)
+            session = self._hosts[key] = self._new_session(key, node_config(cluster, node))
         return session
+
+    def reconfigure(self) -> None:
+        """relay.toml was read again: each compute node's session takes its cluster's
+        settings as they now are (``HostSession.reconfigure``), as every host does."""
+        for key, session in list(self._hosts.items()):
+            cluster_key, slash, node = key.partition("/")
+            cluster = self._hosts.get(cluster_key)
+            if slash and cluster is not None and cluster.config.slurm is not None:
+                session.reconfigure(node_config(cluster, node))
 
     def _warm_nodes(self, cluster: HostSession, nodes: list[str]) -> None:
         """A job started: connect to its nodes now, so its first kernels start warm."""

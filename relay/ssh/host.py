@@ -220,6 +220,19 @@ class HostSession:
             self.status.set("disconnected")
             self.status.last_error = None
         self._log.info("host configuration changed; connection settings apply from the next one")
+        agent = self.agent
+        if agent is not None and not agent.ended.done():
+            window_s = config.resume_window_s
+            if window_s != agent.window_s:  # the kernels running here wait that long too
+                # while resuming the agent cannot be told: the window it has stands until
+                # the connection is back (and a resume counts down that one)
+                told = agent.set_window(window_s)
+                self._log.info(
+                    "resume_window_s for the running kernels"
+                    if told
+                    else "resume_window_s for the running kernels once the connection is back",
+                    window_s=window_s,
+                )
 
     # -- the connection ----------------------------------------------------------------------
     async def connection(self) -> asyncssh.SSHClientConnection:

@@ -326,6 +326,43 @@ async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome, how: 
         await quit_cleanly(kl, fe)
 
 
+@pytest.mark.parametrize("when", ["running", "resuming"])
+async def test_a_longer_window_in_relay_toml_keeps_the_running_kernels(
+    home: RelayHome, when: str
+) -> None:
+    """Going away for longer than the window, a user raises resume_window_s in relay.toml
+    and reloads: the kernels already running take it (the agent is told at once; during an
+    outage, once the connection is back, the old window standing until then) and outlive
+    an outage longer than the old window, which both the daemon and the agent would have
+    ended them at."""
+    old_s, new_s = 2, 120
+    async with (
+        behind_proxy(home, resume_window_s=old_s) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        home.hosts["local"]["resume_window_s"] = new_s
+        home.write()
+        if when == "resuming":
+            await outage(running, proxy, "reset")
+        code, _, err = await relay_cli(home, "reload")
+        assert code == 0, err
+        if when == "resuming":  # the agent cannot be told yet: its window stands
+            assert resume_state(running)["window_s"] == old_s
+            proxy.restore()
+            await until(lambda: resume_state(running)["state"] == "on", "the resume")
+        assert resume_state(running)["window_s"] == new_s
+        payload = secrets.token_bytes(1 << 20)
+        echo = asyncio.ensure_future(kl.echo(payload))
+        await outage(running, proxy, "reset")  # sshd closes the agent's channel at once
+        await asyncio.sleep(old_s + 2)  # longer than the old window: the subject of the test
+        assert pid_alive(pid) and fe.proc.returncode is None
+        proxy.restore()
+        assert await asyncio.wait_for(echo, BOUND_S) == payload
+        await quit_cleanly(kl, fe)
+
+
 async def test_a_daemon_asleep_past_the_window_ends_the_links_on_waking(home: RelayHome) -> None:
     """A lid closed past the window: the agent ends the kernels on its own while the daemon
     is stopped; woken on a path that is back, the daemon counts the window from when it lost

@@ -51,3 +51,28 @@ async def test_a_host_takes_its_entry_as_it_now_is(tmp_path: Path) -> None:
     assert d.host("later") is first
     now = first.config  # read anew: the reload replaced it
     assert (now.kernel, now.launch_timeout_s) == ("/k", 9)
+
+
+async def test_a_compute_nodes_session_takes_its_clusters_entry_as_it_now_is(
+    tmp_path: Path,
+) -> None:
+    """A Slurm host's compute nodes have sessions of their own, named ``HOST/NODE``, with
+    the cluster's settings: a reload gives them the cluster's as they now are (the resume
+    window of the kernels running there, the connection settings of their next connection),
+    each still reached through the login node."""
+    entry = "[hosts.hpc]\nhostname = 'login'\nresume_window_s = {}\n[hosts.hpc.slurm]\n"
+    entry += "node_hostname = '{{node}}.cluster'\n"
+    d, path = daemon(tmp_path, entry.format(900))
+    cluster = d.host("hpc")
+    node = d.clusters.node(cluster, "n1")
+    assert (node.config.resume_window_s, node.config.jump) == (900, "hpc")
+    path.write_text(entry.format(3600))
+    d.reload()
+    assert d.hosts["hpc/n1"] is node
+    now = node.config
+    assert (now.resume_window_s, now.hostname, now.jump, now.slurm) == (
+        3600,
+        "n1.cluster",
+        "hpc",
+        None,
+    )
