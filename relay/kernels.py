@@ -269,7 +269,7 @@ async def _acquire(
         unwind.callback(hold.release)
         try:
             # connecting is bounded by launch_timeout_s itself, and says its own error
-            await host.connection()
+            await host.connection_by(deadline)
             async with asyncio.timeout_at(deadline):
                 k = await start(hold, unwind)
         except TimeoutError:  # the deadline, or the supervisor's first ping unanswered

@@ -44,7 +44,7 @@ import structlog
 from relay import wake
 from relay.agent import start as agent_start
 from relay.agent.session import AgentGone, AgentSession
-from relay.errors import LoginNeeded, RelayError, ShuttingDown
+from relay.errors import ConnectFailed, LoginNeeded, RelayError, ShuttingDown
 from relay.log import RateLimited
 from relay.peerowner import CLOSING, GONE, UNKNOWN
 from relay.settings import HostConfig
@@ -249,6 +249,38 @@ class HostSession:
             )
             self._connecting.add_done_callback(self._connect_done)
         return await asyncio.shield(self._connecting)
+
+    async def connection_by(self, deadline: float) -> asyncssh.SSHClientConnection:
+        """``connection`` for a launch, which waits no longer than its ``deadline`` (loop
+        time). While the host is resuming (its kernels waiting for their connection), a
+        launch joins the resume's attempts; if the connection is not back by its deadline,
+        it fails with a line that says so, rather than after the resume's slower attempts
+        (the agent's address, then the name) with the last one's error, which blames sshd
+        for a path that is down."""
+        if not self._is_resuming:
+            return await self.connection()  # bounded by launch_timeout_s itself
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self.connection()
+        except (TimeoutError, ConnectFailed) as exc:
+            if not self._is_resuming:  # it is over (the kernels ended): that is the news
+                raise
+            raise ConnectFailed(self._not_back(str(exc) or self.status.last_error)) from None
+
+    def _not_back(self, last: str | None) -> str:
+        agent = self.agent
+        lost_at = agent.lost_at if agent is not None else None
+        if agent is None or lost_at is None:
+            return f"{self.key}: the connection was lost and is not back yet: {last}"
+        at = time.strftime("%H:%M:%S", time.localtime(lost_at))
+        left = max(0.0, lost_at + agent.window_s - time.time())
+        last = (last or "").removeprefix("resuming: ")
+        return (
+            f"{self.key}: the connection was lost at {at} and is not back yet; relay is "
+            f"reconnecting and the kernels there wait ({left:.0f} s of resume_window_s left): "
+            f"launch again once `relay status` shows it back"
+            + (f" (the last attempt: {last})" if last else "")
+        )
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         if not self._is_resuming:

@@ -167,6 +167,46 @@ async def test_a_large_result_being_written_when_the_path_dies_arrives_whole(
         await quit_cleanly(kl, fe)
 
 
+LAUNCH_S = 10
+
+
+async def test_a_launch_during_an_outage_waits_for_the_resume_or_says_why_not(
+    home: RelayHome,
+) -> None:
+    """A new notebook opened while the path is down: its launch joins the resume and goes on
+    once the path is back; one whose launch_timeout_s runs out first fails within it, with a
+    line that says the connection is not back yet (not the last attempt's error alone, which
+    blames sshd), and the kernels already running are untouched."""
+    async with (
+        # long enough for a resume once the path is back (an attempt stuck on the dead path
+        # is joined by another after RESUME_HEDGE_S), short for a test to wait out
+        behind_proxy(home, launch_timeout_s=LAUNCH_S) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        await outage(running, proxy, "blackhole")
+        async with controller(home) as late:
+            started = time.monotonic()
+            status, _, err = await late.result(BOUND_S)
+            waited_s = time.monotonic() - started
+        assert status == 1 and len(err.strip().splitlines()) == 1, err
+        assert "local: the connection was lost at " in err, err
+        assert "is not back yet" in err and "of resume_window_s left" in err, err
+        assert waited_s < LAUNCH_S + 2, waited_s  # launch_timeout_s, not the resume's attempts
+        assert resume_state(running)["state"] == "resuming" and pid_alive(pid)
+        async with controller(home) as back:
+            await asyncio.sleep(0.5)  # the launch is waiting on the resume: the subject
+            proxy.restore()
+            kl2, pid2 = await connected(back)
+            payload = secrets.token_bytes(1 << 16)
+            assert await asyncio.wait_for(kl2.echo(payload), BOUND_S) == payload
+            assert await asyncio.wait_for(kl.echo(payload), BOUND_S) == payload
+            assert pid2 != pid
+            await quit_cleanly(kl2, back)
+        await quit_cleanly(kl, fe)
+
+
 async def test_a_shells_ssh_agent_gone_during_the_outage_does_not_hold_the_resume(
     home: RelayHome,
 ) -> None:
