@@ -18,7 +18,7 @@ from importlib.resources import files
 import asyncssh
 
 from relay.agent.session import AgentInfo
-from relay.errors import HookInstallFailed
+from relay.errors import ConnectFailed, HookInstallFailed
 from relay.ssh import hookfile
 
 __all__ = ["START_TIMEOUT_S", "Unavailable", "agent_file", "parse_start", "start", "start_command"]
@@ -66,7 +66,10 @@ def start_command(path: str, tag: str, window_s: float) -> str:
 
 
 def parse_start(host: str, exit_status: int | None, stdout: str) -> AgentInfo | Unavailable:
-    """The start line (``agent 1 PID SOCKPATH UID CHECK ENDED``), or why there is none."""
+    """The start line (``agent 1 PID SOCKPATH UID CHECK ENDED``), or why there is none;
+    ConnectFailed if the session was cut off with its connection (no exit status)."""
+    if exit_status is None:
+        raise ConnectFailed(f"the SSH connection to {host} was lost while relay's agent started")
     line = next((ln for ln in stdout.splitlines() if ln.startswith("agent ")), "")
     words = line.split(" ")
     if words[1:2] == ["none"]:

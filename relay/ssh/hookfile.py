@@ -20,7 +20,7 @@ from importlib.resources import files
 import asyncssh
 import structlog
 
-from relay.errors import HookInstallFailed, RelayError, host_header
+from relay.errors import ConnectFailed, HookInstallFailed, RelayError, host_header
 from relay.ssh.remote_scripts import hook_install_command
 from relay.tasks import TaskSet
 
@@ -67,6 +67,10 @@ class HookFile:
 def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: bytes) -> str:
     """The installed file's remote path, from ``hookinstall.sh``'s exit status and output;
     ``HookInstallFailed`` with one actionable line otherwise."""
+    if exit_status is None:  # neither an exit status nor a signal: cut off with the connection
+        raise ConnectFailed(
+            f"the SSH connection to {host} was lost while relay installed {hook.what}"
+        )
     head, _, body = stdout.partition(b"\n")
     words = head.decode("utf-8", "replace").split(" ", 2)
     why: str
@@ -102,6 +106,10 @@ async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile)
     except asyncssh.ChannelOpenError as exc:
         why = f"the server refused a session for the installer ({exc.reason})"
     except (asyncssh.Error, OSError) as exc:
+        if conn.is_closed():  # not the host's doing: the launch that waits says so
+            raise ConnectFailed(
+                f"the SSH connection to {host} was lost while relay installed {hook.what}"
+            ) from None
         why = f"the installer's session failed ({exc})"
     else:
         stdout = result.stdout if isinstance(result.stdout, bytes) else b""

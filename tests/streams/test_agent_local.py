@@ -28,7 +28,8 @@ import pytest
 from relay.agent import mux
 from relay.agent.mux import Frame, FrameReader
 from relay.agent.session import AgentInfo
-from relay.agent.start import parse_start
+from relay.agent.start import Unavailable, parse_start
+from relay.errors import ConnectFailed
 
 AGENT = Path(__file__).parents[2] / "relay" / "agent" / "remote.py"
 BOUND_S = 20.0
@@ -416,6 +417,14 @@ def test_a_kernel_writing_through_an_outage_is_held_back_and_loses_nothing(run: 
     chan.send(mux.BYE, 0)
     wait_gone(agent.pid)
     chan.close()
+
+
+def test_a_start_cut_off_with_its_connection_is_a_lost_connection() -> None:
+    """No exit status: the connection was lost while the agent started, which says nothing
+    of the host (the next connection starts it), not a host where it cannot run."""
+    with pytest.raises(ConnectFailed, match="lost while relay's agent started"):
+        parse_start("h", None, "")
+    assert parse_start("h", 0, "agent none\n") == Unavailable("no python3 on h's PATH")
 
 
 def test_a_wrong_secret_gets_nothing(run: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.errors import HookInstallFailed
+from relay.errors import ConnectFailed, HookInstallFailed
 from relay.ssh.hookfile import HookFile, parse_answer
 from relay.ssh.remote_scripts import HOOK_KEEP_DAYS, hook_install_command, one_line
 
@@ -158,6 +158,13 @@ def test_what_the_installer_says_is_checked() -> None:
         parse_answer("h", HOOK, 96, b"")
     with pytest.raises(HookInstallFailed, match="HOME is unset"):
         parse_answer("h", HOOK, 1, b"refuse nohome -\n")
+    # no exit status and no signal: the session was cut off with its connection; not the
+    # host's doing, so no advice to launch without Dynamic
+    with pytest.raises(ConnectFailed) as lost:
+        parse_answer("h", HOOK, None, b"")
+    assert lost.value.message == "the SSH connection to h was lost while relay installed " + (
+        "relay's kernel hook"
+    )
 
 
 def test_the_command_is_one_line_and_checks_its_words() -> None:
