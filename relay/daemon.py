@@ -504,7 +504,8 @@ class Daemon:
         self.stopping = True
         cause = shutdown_cause(self.stop_reason)
         for k in self.kernels.values():  # what each controller's shim says, in one line
-            k.end_reason = k.end_reason or f"{cause}; the kernel on {k.named_host.key} was ended"
+            fate = k.host.stranded() or f"the kernel on {k.named_host.key} was ended"
+            k.end_reason = k.end_reason or f"{cause}; {fate}"
         for h in self.hosts.values():  # agents end their kernels even if we are cut short
             h.goodbye(h.config.terminate_grace_s)
         try:

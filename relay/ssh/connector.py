@@ -504,6 +504,11 @@ class Connector:
         except RelayError:
             raise
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # cancelled (a hedge that lost, a shutdown), which asyncssh reports as the
+                # connection lost: not the host's failure, and not to be logged as one
+                raise asyncio.CancelledError from None
             if isinstance(exc, asyncssh.HostKeyNotVerifiable):
                 offered = await self._offered(kwargs)
             err = self._translate(

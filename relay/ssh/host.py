@@ -702,10 +702,34 @@ class HostSession:
     def goodbye(self, grace_s: float) -> None:
         """relay is stopping: an attached agent is told now, so that its kernels end (SIGTERM,
         SIGKILL ``grace_s`` later) whatever happens to the daemon next (a second signal, a
-        crash). Mid-outage there is nobody to tell: the window ends them."""
+        crash). Mid-outage there is nobody to tell: the window ends them (``stranded``), and
+        their links end here now, not after a shutdown's grace spent waiting for them."""
         agent = self.agent
-        if agent is not None and agent.attached and not agent.ended.done():
+        if agent is None or agent.ended.done():
+            return
+        stranded = self.stranded()
+        if stranded is not None:
+            agent.end(stranded)
+        elif agent.attached:
             agent.goodbye(grace_s)
+
+    def stranded(self) -> str | None:
+        """What becomes of the kernels here if relay lets go of them while the agent cannot
+        be told (resuming): its window ends them, or the next daemon to reach the host (it
+        ends its predecessor's agent). None where the agent can be told, or there is none."""
+        agent = self.agent
+        lost_at = agent.lost_at if agent is not None else None
+        if agent is None or agent.attached or agent.ended.done() or lost_at is None:
+            return None
+        at, until = (
+            time.strftime("%H:%M:%S", time.localtime(t))
+            for t in (lost_at, lost_at + agent.window_s)
+        )
+        return (
+            f"the connection to {self.key} was down (lost at {at}), so relay's agent there "
+            f"could not be told: it ends the kernels there when resume_window_s runs out "
+            f"({until}), or at once when relay next connects to {self.key}"
+        )
 
     async def abort(self) -> None:
         """Drop the connection at once (shutdown past its grace): sshd ends the session, and

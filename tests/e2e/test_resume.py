@@ -30,6 +30,7 @@ import pytest
 
 from relay import wake
 from relay.agent import mux
+from relay.daemon import SHUTDOWN_GRACE_S
 from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
@@ -915,6 +916,36 @@ async def test_stop_ends_kernels_at_once_through_the_agent(home: RelayHome) -> N
         await wait_gone(agent_pid, 30)
         status, _, err = await fe.result()
         assert status != 0 and len(err.strip().splitlines()) == 1, err
+        await kl.aclose()
+
+
+async def test_a_stop_during_an_outage_lets_go_at_once_and_says_what_becomes_of_the_kernels(
+    home: RelayHome,
+) -> None:
+    """relay stop while the path is down: the agent cannot be told goodbye, so the daemon
+    does not spend its shutdown grace waiting for kernels it cannot end; each shim exits at
+    once with one line saying the agent ends them when the window runs out, or when relay
+    next connects to the host, which is what the next daemon does."""
+    async with behind_proxy(home) as proxy:
+        async with start_daemon(home) as running, controller(home) as fe:
+            kl, pid = await connected(fe)
+            await outage(running, proxy, "blackhole")
+            began = time.monotonic()
+            running.stop.set_result(None)
+            status, _, err = await fe.result(BOUND_S)
+            await asyncio.wait_for(running.task, BOUND_S)
+            stopped_s = time.monotonic() - began
+        assert status == 1 and len(err.strip().splitlines()) == 1, err
+        assert "the connection to local was down (lost at " in err, err
+        assert "when resume_window_s runs out" in err, err
+        assert "at once when relay next connects to local" in err, err
+        assert stopped_s < SHUTDOWN_GRACE_S / 2, stopped_s  # not the grace, waiting on nothing
+        assert pid_alive(pid)  # nobody could tell the agent
+        proxy.restore()
+        async with start_daemon(home), controller(home) as fe2:
+            kl2, _ = await connected(fe2)
+            await wait_gone(pid, BOUND_S)  # the next daemon's agent ended its predecessor
+            await quit_cleanly(kl2, fe2)
         await kl.aclose()
 
 
