@@ -388,7 +388,9 @@ class Daemon:
         round trip for both), so that the first Run is answered as soon as its kernel's start
         line is written. The "connected" answer."""
         answer: dict[str, Any] = {"event": "connected", "host": host.key}
+        deadline = asyncio.get_running_loop().time() + host.config.launch_timeout_s
         try:
+            await host.connection_by(deadline)  # resuming: as a launch waits for it
             live = await host.live()
             if kernels:
                 if kernel:

@@ -177,7 +177,7 @@ async def test_a_launch_during_an_outage_waits_for_the_resume_or_says_why_not(
     """A new notebook opened while the path is down: its launch joins the resume and goes on
     once the path is back; one whose launch_timeout_s runs out first fails within it, with a
     line that says the connection is not back yet (not the last attempt's error alone, which
-    blames sshd), and the kernels already running are untouched."""
+    blames sshd), as does `relay connect`, and the kernels already running are untouched."""
     async with (
         # long enough for a resume once the path is back (an attempt stuck on the dead path
         # is joined by another after RESUME_HEDGE_S), short for a test to wait out
@@ -195,6 +195,11 @@ async def test_a_launch_during_an_outage_waits_for_the_resume_or_says_why_not(
         assert "local: the connection was lost at " in err, err
         assert "is not back yet" in err and "of resume_window_s left" in err, err
         assert waited_s < LAUNCH_S + 2, waited_s  # launch_timeout_s, not the resume's attempts
+        # RelayMachine's `relay connect HOST --kernels N` before LaunchKernels: the same
+        started = time.monotonic()
+        code, _, err = await relay_cli(home, "connect", "local", "--kernels", "2")
+        assert code == 1 and "is not back yet" in err, err
+        assert time.monotonic() - started < LAUNCH_S + 2
         assert resume_state(running)["state"] == "resuming" and pid_alive(pid)
         async with controller(home) as back:
             await asyncio.sleep(0.5)  # the launch is waiting on the resume: the subject
