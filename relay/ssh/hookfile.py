@@ -68,9 +68,7 @@ def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: byt
     """The installed file's remote path, from ``hookinstall.sh``'s exit status and output;
     ``HookInstallFailed`` with one actionable line otherwise."""
     if exit_status is None:  # neither an exit status nor a signal: cut off with the connection
-        raise ConnectFailed(
-            f"the SSH connection to {host} was lost while relay installed {hook.what}"
-        )
+        raise _lost(host, hook)
     head, _, body = stdout.partition(b"\n")
     words = head.decode("utf-8", "replace").split(" ", 2)
     why: str
@@ -94,6 +92,10 @@ def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: byt
     )
 
 
+def _lost(host: str, hook: HookFile) -> ConnectFailed:
+    return ConnectFailed(f"the SSH connection to {host} was lost while relay installed {hook.what}")
+
+
 async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile) -> str:
     """Write ``hook`` on the connection's host (if it is not there already) and prove it."""
     command = hook_install_command(hook.version, hook.name)
@@ -107,9 +109,7 @@ async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile)
         why = f"the server refused a session for the installer ({exc.reason})"
     except (asyncssh.Error, OSError) as exc:
         if conn.is_closed():  # not the host's doing: the launch that waits says so
-            raise ConnectFailed(
-                f"the SSH connection to {host} was lost while relay installed {hook.what}"
-            ) from None
+            raise _lost(host, hook) from None
         why = f"the installer's session failed ({exc})"
     else:
         stdout = result.stdout if isinstance(result.stdout, bytes) else b""

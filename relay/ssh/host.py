@@ -272,7 +272,7 @@ class HostSession:
         lost_at = agent.lost_at if agent is not None else None
         if agent is None or lost_at is None:
             return f"{self.key}: the connection was lost and is not back yet: {last}"
-        at = time.strftime("%H:%M:%S", time.localtime(lost_at))
+        at = _clock(lost_at)
         left = max(0.0, lost_at + agent.window_s - time.time())
         last = (last or "").removeprefix("resuming: ")
         return (
@@ -487,7 +487,7 @@ class HostSession:
             await asyncio.sleep(max(0.0, min(backoff_s(attempt, self._rng), left)))
             attempt += 1
         if not agent.ended.done():
-            at = time.strftime("%H:%M:%S", time.localtime(lost_at))
+            at = _clock(lost_at)
             why = f" (it needed `relay login {self.key}`)" if login_needed else ""
             agent.end(
                 f"the connection to {self.key} was lost at {at} and did not come back within "
@@ -721,10 +721,7 @@ class HostSession:
         lost_at = agent.lost_at if agent is not None else None
         if agent is None or agent.attached or agent.ended.done() or lost_at is None:
             return None
-        at, until = (
-            time.strftime("%H:%M:%S", time.localtime(t))
-            for t in (lost_at, lost_at + agent.window_s)
-        )
+        at, until = _clock(lost_at), _clock(lost_at + agent.window_s)
         return (
             f"the connection to {self.key} was down (lost at {at}), so relay's agent there "
             f"could not be told: it ends the kernels there when resume_window_s runs out "
@@ -825,3 +822,8 @@ async def close_in_order(hosts: Iterable[HostSession]) -> None:
     await asyncio.gather(*(close(h) for h in roots))
     # a loop of jump hosts (no connection can have gone through it): whatever is left, at once
     await asyncio.gather(*(h.aclose() for h in sessions if h.key not in started))
+
+
+def _clock(wall: float) -> str:
+    """A wall time as the messages about an outage give it (local time of day)."""
+    return time.strftime("%H:%M:%S", time.localtime(wall))
