@@ -302,7 +302,9 @@ class Daemon:
             raise BadRequest(str(exc)) from None
         host = self.host(req.host)
         hold = host.hold()  # no idle close while the link lives
+        deadline = asyncio.get_running_loop().time() + host.config.launch_timeout_s
         try:
+            await host.connection_by(deadline)  # resuming: as a launch waits for it
             live = await host.live()
             fwd: CallbackForward | ExposeForward | AgentForward | AgentExpose
             # through the host's agent, if it has one: the link outlives the connection (the

@@ -82,6 +82,9 @@ FAILURES_KEPT = 10
 
 
 BYE_CONFIRM_S = 2.0  # how long a shutdown past its grace waits for an agent's answer
+# Resuming, a launch that follows one that waited its launch_timeout_s in vain within this
+# long (the Parallel package's next Run) fails at once (``connection_by``)
+IN_VAIN_FOLLOWERS_S = 5.0
 # Resuming, a connect attempt not done in this long is joined by another (Connector._hedged):
 # the path came back, but the attempt made while it was dead may never finish. A handshake is
 # a few round trips (HANDSHAKE_RTTS, at the last RTT measured) and the server's key exchange.
@@ -133,6 +136,9 @@ class HostSession:
         # a resume the server wants a person for (2FA) waits on this for ``relay login``
         self._login_wanted: asyncio.Future[None] | None = None
         self._probing = False  # a ping after a wake is on its way (``woke``)
+        # resuming, when a launch last waited its launch_timeout_s for the connection in vain
+        # (``connection_by``: the launches right after it fail at once)
+        self._waited_in_vain: float | None = None
         self._declared_lost: str | None = None  # why we dropped the connection ourselves
         # a wake's probe of a bare connection (a jump host's) has tightened its keepalive:
         # a keepalive loss is then this (``_probe_keepalive``), not keepalive's own bound
@@ -256,15 +262,24 @@ class HostSession:
         launch joins the resume's attempts; if the connection is not back by its deadline,
         it fails with a line that says so, rather than after the resume's slower attempts
         (the agent's address, then the name) with the last one's error, which blames sshd
-        for a path that is down."""
+        for a path that is down. Launches that follow such a failure at once (within
+        IN_VAIN_FOLLOWERS_S of it or of each other) fail at once."""
         if not self._is_resuming:
             return await self.connection()  # bounded by launch_timeout_s itself
+        # The Parallel package runs one launch right after another: once one has waited its
+        # launch_timeout_s in vain, those that follow at once fail at once, not each after a
+        # wait of its own (16 kernels: 30 s, not 8 minutes); one a person makes later waits.
+        waited = self._waited_in_vain
+        if waited is not None and time.monotonic() - waited < IN_VAIN_FOLLOWERS_S:
+            self._waited_in_vain = time.monotonic()  # a burst of any length: all of it
+            raise ConnectFailed(self._not_back(self.status.last_error))
         try:
             async with asyncio.timeout_at(deadline):
                 return await self.connection()
         except (TimeoutError, ConnectFailed) as exc:
             if not self._is_resuming:  # it is over (the kernels ended): that is the news
                 raise
+            self._waited_in_vain = time.monotonic()
             raise ConnectFailed(self._not_back(str(exc) or self.status.last_error)) from None
 
     def _not_back(self, last: str | None) -> str:
@@ -329,6 +344,7 @@ class HostSession:
         """A connection just made is the host's, watched until it ends."""
         self._conn = conn
         self._declared_lost = self._probe_bound = None  # said of an older one, if ever
+        self._waited_in_vain = None
         cfg = self.config
         # asyncssh's keepalive (relay.ssh.options.asyncssh_keepalive) ends it after this long
         silent_s = cfg.keepalive_interval_s * cfg.keepalive_count_max

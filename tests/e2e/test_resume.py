@@ -35,10 +35,10 @@ from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from relay.ssh.connector import ATTEMPTS_PER_REQUEST
-from relay.ssh.host import WAKE_PROBE_S
+from relay.ssh.host import IN_VAIN_FOLLOWERS_S, WAKE_PROBE_S
 from relay.ssh.options import asyncssh_keepalive
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
-from tests.e2e.helpers import Controller, controller, relay_cli, wait_gone
+from tests.e2e.helpers import Controller, controller, relay_cli, request, wait_gone
 from tests.e2e.test_faults import drain, serve_subprocess, served
 
 KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
@@ -174,10 +174,13 @@ LAUNCH_S = 10
 async def test_a_launch_during_an_outage_waits_for_the_resume_or_says_why_not(
     home: RelayHome,
 ) -> None:
-    """A new notebook opened while the path is down: its launch joins the resume and goes on
-    once the path is back; one whose launch_timeout_s runs out first fails within it, with a
-    line that says the connection is not back yet (not the last attempt's error alone, which
-    blames sshd), as does `relay connect`, and the kernels already running are untouched."""
+    """A new notebook opened while the path is down: a launch whose launch_timeout_s runs
+    out before the path is back fails within it, with a line that says the connection is
+    not back yet (not the last attempt's error alone, which blames sshd); what follows it
+    at once (the Parallel package's next Runs, `relay connect`, a link asked for on the
+    control socket) fails at once with the same line rather than after a wait of its own;
+    a launch made later waits again, and goes on once the path is back. The kernels already
+    running are untouched."""
     async with (
         # long enough for a resume once the path is back (an attempt stuck on the dead path
         # is joined by another after RESUME_HEDGE_S), short for a test to wait out
@@ -195,12 +198,26 @@ async def test_a_launch_during_an_outage_waits_for_the_resume_or_says_why_not(
         assert "local: the connection was lost at " in err, err
         assert "is not back yet" in err and "of resume_window_s left" in err, err
         assert waited_s < LAUNCH_S + 2, waited_s  # launch_timeout_s, not the resume's attempts
-        # RelayMachine's `relay connect HOST --kernels N` before LaunchKernels: the same
         started = time.monotonic()
+        wanted = await frontend.ListeningLink.create()
+        for _ in range(3):  # the Parallel package's next Runs, one after another
+            result = await frontend.run_remote_command(
+                f'{RELAY} launch --compute "`1`" "{SIM_KERNEL}" "`2`"',
+                host="local",
+                link=wanted.name,
+                env=home.env,
+            )
+            assert result.status != 0 and "is not back yet" in result.stderr, result
         code, _, err = await relay_cli(home, "connect", "local", "--kernels", "2")
         assert code == 1 and "is not back yet" in err, err
-        assert time.monotonic() - started < LAUNCH_S + 2
+        answer = await request(  # a link asked for on the control socket (RelayTools')
+            home, {"op": "forward", "host": "local", "linkname": str(wanted.name)}
+        )
+        wanted.close()
+        assert answer["event"] == "error" and "is not back yet" in str(answer["message"])
+        assert time.monotonic() - started < LAUNCH_S, "each waited again"
         assert resume_state(running)["state"] == "resuming" and pid_alive(pid)
+        await asyncio.sleep(IN_VAIN_FOLLOWERS_S)  # a person tries again later: the subject
         async with controller(home) as back:
             await asyncio.sleep(0.5)  # the launch is waiting on the resume: the subject
             proxy.restore()
