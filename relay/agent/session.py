@@ -358,6 +358,8 @@ class AgentSession:
         self._spare_serve: list[tuple[Stream, int]] = []
         self._refilling: asyncio.Future[None] | None = None
         self.refused: Callable[[int, str], None] = lambda sid, uid: None
+        # the channel closed on the agent's side, not ours (the host session looks why)
+        self.channel_closed: Callable[[], None] = lambda: None
         self._said_bye = False
         self._bye = mux.encode(mux.BYE, 0)
         self.bye_heard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -606,6 +608,8 @@ class AgentSession:
             self.detach()
             if self._said_bye:  # the agent ended its kernels and exited, as it was told
                 self.end("relay ended the host's kernels")
+            else:
+                self.channel_closed()
 
     def _send(self, stream: Stream, wires: list[bytes]) -> None:
         channel = self._channel

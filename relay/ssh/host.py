@@ -628,6 +628,7 @@ class HostSession:
             serve_spares=1 if cfg.dynamic else 0,
         )
         agent.refused = self._agent_refused
+        agent.channel_closed = lambda: self._channel_closed(agent)
         self.agent_unavailable = None
         self.agent = agent
         self._agent_supervisor = Supervisor(
@@ -639,6 +640,40 @@ class HostSession:
             owner_check=info.owner_check,
         )
         return agent
+
+    def _channel_closed(self, agent: AgentSession) -> None:
+        """The agent's channel closed while we did not close it. With the connection, a
+        resume follows (``_watch``). On a connection that lives on, the agent closed it: it
+        was killed (an OOM killer, a login node's reaper of long-running processes), which
+        took its kernels with it, or it let go of a daemon silent for too long (stopped):
+        without a look, the front ends would wait forever on links nobody carries."""
+        current = self._current
+        if (
+            self._closing
+            or current is None
+            or current.agent is not agent
+            or current.connection.is_closed()
+        ):
+            return
+        self._tasks.spawn(self._reattach(agent, current), name=f"reattach:{self.key}")
+
+    async def _reattach(self, agent: AgentSession, current: Live) -> None:
+        """The channel again, over the same connection: the agent takes the daemon back and
+        both replay; if it is gone, its kernels are gone with it and their links end now."""
+        try:
+            await agent.attach(current.connection)
+        except AgentGone as exc:
+            if current.connection.is_closed():
+                return  # the connection went too: the resume finds out
+            self._log.warning("relay's agent is gone", reason=exc.message)
+            agent.end(
+                f"relay's agent on {self.key} ended without being told (killed: an OOM "
+                f"killer, a reaper of long-running processes?), and its kernels with it"
+            )
+        except (RelayError, asyncssh.Error, OSError):
+            pass  # the connection is going: _watch resumes on the next one
+        else:
+            self._log.info("relay's agent took the daemon back on the same connection")
 
     def _agent_refused(self, sid: int, said: str) -> None:
         """The agent turned a stranger away from a link's listener (before a byte got

@@ -454,6 +454,49 @@ async def test_a_daemon_asleep_past_the_window_ends_the_links_on_waking(home: Re
         await kl.aclose()
 
 
+async def test_an_agent_killed_on_the_host_ends_its_links_at_once(home: RelayHome) -> None:
+    """The agent is killed while the connection lives (an OOM killer, a login node's reaper
+    of long-running processes), its kernels' links with it: each shim exits at once with one
+    line that says so, rather than waiting forever on links nobody carries; the next launch
+    starts a new agent on the same connection."""
+    async with behind_proxy(home), start_daemon(home) as running:
+        async with controller(home) as fe:
+            kl, _ = await connected(fe)
+            agent_pid = int(str(resume_state(running)["pid"]))
+            os.kill(agent_pid, signal.SIGKILL)
+            status, _, err = await fe.result(BOUND_S)
+            assert status == 1 and len(err.strip().splitlines()) == 1, err
+            assert "relay's agent on local ended without being told (killed" in err, err
+            await kl.aclose()
+        async with controller(home) as fe2:
+            kl2, _ = await connected(fe2)
+            assert resume_state(running)["pid"] != agent_pid
+            assert running.daemon.hosts["local"].status.connects == 1  # the same connection
+            await quit_cleanly(kl2, fe2)
+
+
+async def test_an_agent_that_let_go_of_a_silent_daemon_takes_it_back(home: RelayHome) -> None:
+    """The daemon stopped (a laptop's sleep) on a path that stays up, longer than the agent
+    waits for a word from it: the agent closes the channel and keeps the kernels; woken, the
+    daemon opens the channel again on its connection and the bytes all arrive."""
+    async with behind_proxy(home), served(home) as daemon, controller(home) as fe:
+        kl, pid = await connected(fe)
+        payload = secrets.token_bytes(1 << 20)
+        echo = asyncio.ensure_future(kl.echo(payload))
+        daemon.send_signal(signal.SIGSTOP)
+        # the agent's wait for a word: twice keepalive's (0.5 s x 2) and 5 s, at least 5 s
+        await asyncio.sleep(2 * 1.0 + 5 + 1)  # the subject of the test
+        daemon.send_signal(signal.SIGCONT)
+        assert await asyncio.wait_for(echo, BOUND_S) == payload
+        assert pid_alive(pid)
+        code, _, out, _ = await status_json(home)
+        assert code == 0
+        shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+        assert shown["resume"]["attaches"] >= 2, shown
+        assert shown["connects"] == 1, shown  # taken back on the same connection
+        await quit_cleanly(kl, fe)
+
+
 NAME = "logins.relay.test"  # two login nodes behind one name (a DNS round robin)
 
 
