@@ -65,9 +65,12 @@ def start_command(path: str, tag: str, window_s: float) -> str:
     return f"exec /bin/sh -c '{script}' relay {shlex.quote(path)} {tag} {max(1, round(window_s))}"
 
 
-def parse_start(host: str, exit_status: int | None, stdout: str) -> AgentInfo | Unavailable:
-    """The start line (``agent 1 PID SOCKPATH UID CHECK ENDED``), or why there is none;
-    ConnectFailed if the session was cut off with its connection (no exit status)."""
+def parse_start(
+    host: str, exit_status: int | None, stdout: str, stderr: str = ""
+) -> AgentInfo | Unavailable:
+    """The start line (``agent 1 PID SOCKPATH UID CHECK ENDED``), or why there is none (a
+    crash says it on stderr: its last line, the exception); ConnectFailed if the session was
+    cut off with its connection (no exit status)."""
     if exit_status is None:
         raise ConnectFailed(f"the SSH connection to {host} was lost while relay's agent started")
     line = next((ln for ln in stdout.splitlines() if ln.startswith("agent ")), "")
@@ -79,7 +82,8 @@ def parse_start(host: str, exit_status: int | None, stdout: str) -> AgentInfo | 
     if len(words) == 7 and words[1] == "1" and all(w.isdigit() for w in (words[2], words[4])):
         _, _, pid, sock, uid, check, ended = words
         return AgentInfo(int(pid), sock, int(uid), check == "proc", int(ended or 0))
-    said = line or stdout.strip()[:80] or "nothing"
+    last_words = stderr.strip().splitlines()[-1:] or [""]
+    said = line or stdout.strip()[:80] or last_words[0].strip()[:160] or "nothing"
     return Unavailable(f"relay's agent did not start (exit {exit_status}, said {said!r})")
 
 
@@ -105,7 +109,8 @@ async def start(
     except asyncssh.ChannelOpenError as exc:
         return Unavailable(f"the server refused a session for relay's agent ({exc.reason})")
     stdout = result.stdout if isinstance(result.stdout, str) else ""
-    started = parse_start(host, result.exit_status, stdout)
+    stderr = result.stderr if isinstance(result.stderr, str) else ""
+    started = parse_start(host, result.exit_status, stdout, stderr)
     if isinstance(started, Unavailable):
         return started
     return started, secret

@@ -427,6 +427,22 @@ def test_a_start_cut_off_with_its_connection_is_a_lost_connection() -> None:
     assert parse_start("h", 0, "agent none\n") == Unavailable("no python3 on h's PATH")
 
 
+def test_an_agent_that_crashed_at_its_start_says_why() -> None:
+    """A python3 too old for the agent (before 3.5), or any crash before its start line: the
+    exception, from stderr, is the reason the host keeps the old path."""
+    crashed = parse_start(
+        "h",
+        1,
+        "",
+        'Traceback (most recent call last):\n  File "relayagent.py", line 400, in start\n'
+        "AttributeError: module 'os' has no attribute 'set_blocking'\n",
+    )
+    assert crashed == Unavailable(
+        "relay's agent did not start (exit 1, said \"AttributeError: module 'os' has no "
+        "attribute 'set_blocking'\")"
+    )
+
+
 def test_a_wrong_secret_gets_nothing(run: Path) -> None:
     agent = Agent(sys.executable, run, "b2")
     assert isinstance(agent.info, AgentInfo)
