@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,9 +127,7 @@ async def test_blackholed_and_reset_paths_lose_no_kernel_and_no_byte(
             await outage(running, proxy, how)
             assert pid_alive(pid1) and pid_alive(pid2)
             assert fe1.proc.returncode is None and fe2.proc.returncode is None
-            code, _, out, _ = await status_json(home)
-            assert code == 0
-            host = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+            host = await status_of(home)
             assert host["resume"]["state"] == "resuming"
             assert 0 < host["resume"]["window_left_s"] <= 900
             proxy.restore()
@@ -272,9 +271,12 @@ async def test_a_shells_ssh_agent_gone_during_the_outage_does_not_hold_the_resum
         shutil.rmtree(sock.parent, ignore_errors=True)
 
 
-async def status_json(home: RelayHome) -> tuple[int, str, str, str]:
+async def status_of(home: RelayHome, name: str = "local") -> dict[str, Any]:
+    """Host ``name`` as ``relay status --json`` shows it (the command must succeed)."""
     code, out, err = await relay_cli(home, "status", "--json")
-    return code, "", out, err
+    assert code == 0, err
+    host: dict[str, Any] = next(h for h in json.loads(out)["hosts"] if h["name"] == name)
+    return host
 
 
 async def test_an_attempt_stuck_on_the_dead_path_does_not_hold_the_resume_back(
@@ -382,9 +384,7 @@ async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome, how: 
         daemon.send_signal(signal.SIGCONT)
         assert await asyncio.wait_for(echo, BOUND_S) == payload
         assert pid_alive(pid)
-        code, _, out, _ = await status_json(home)
-        assert code == 0
-        shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+        shown = await status_of(home)
         assert shown["resume"]["attaches"] >= 2, shown  # it did resume
         await quit_cleanly(kl, fe)
 
@@ -437,9 +437,7 @@ async def test_a_daemon_asleep_past_the_window_ends_the_links_on_waking(home: Re
         controller(home) as fe,
     ):
         kl, pid = await connected(fe)
-        code, _, out, _ = await status_json(home)
-        assert code == 0
-        shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+        shown = await status_of(home)
         agent_pid = int(shown["resume"]["pid"])
         daemon.send_signal(signal.SIGSTOP)
         proxy.blackhole()  # Wi-Fi gone with the lid
@@ -489,9 +487,7 @@ async def test_an_agent_that_let_go_of_a_silent_daemon_takes_it_back(home: Relay
         daemon.send_signal(signal.SIGCONT)
         assert await asyncio.wait_for(echo, BOUND_S) == payload
         assert pid_alive(pid)
-        code, _, out, _ = await status_json(home)
-        assert code == 0
-        shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+        shown = await status_of(home)
         assert shown["resume"]["attaches"] >= 2, shown
         assert shown["connects"] == 1, shown  # taken back on the same connection
         await quit_cleanly(kl, fe)
@@ -677,9 +673,7 @@ async def until_resuming(home: RelayHome) -> None:
     """A daemon of its own process has declared the connection lost (``relay status``)."""
     deadline = time.monotonic() + BOUND_S
     while True:
-        code, _, out, err = await status_json(home)
-        assert code == 0, err
-        shown = next(h for h in json.loads(out)["hosts"] if h["name"] == "local")
+        shown = await status_of(home)
         if shown["resume"]["state"] == "resuming":
             return
         assert time.monotonic() < deadline, f"not resuming: {shown}"
