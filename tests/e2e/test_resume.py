@@ -32,6 +32,7 @@ import pytest
 from relay import wake
 from relay.agent import mux
 from relay.daemon import SHUTDOWN_GRACE_S
+from relay.lite import client
 from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
@@ -40,7 +41,7 @@ from relay.ssh.host import IN_VAIN_FOLLOWERS_S, WAKE_PROBE_S
 from relay.ssh.options import asyncssh_keepalive
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
 from tests.e2e.helpers import Controller, controller, relay_cli, request, wait_gone
-from tests.e2e.test_faults import drain, serve_subprocess, served
+from tests.e2e.test_faults import drain, proc_stats, serve_subprocess, served
 
 KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
 BOUND_S = 60.0
@@ -386,6 +387,65 @@ async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome, how: 
         assert pid_alive(pid)
         shown = await status_of(home)
         assert shown["resume"]["attaches"] >= 2, shown  # it did resume
+        await quit_cleanly(kl, fe)
+
+
+async def resumed_state(home: RelayHome, state: str) -> dict[str, Any]:
+    """``relay status --json``'s view once the host's resume state is ``state`` (bounded)."""
+    deadline = time.monotonic() + BOUND_S
+    while (host := await status_of(home))["resume"]["state"] != state:
+        assert time.monotonic() < deadline, f"timed out waiting for {state}: {host}"
+        await asyncio.sleep(0.05)
+    return host
+
+
+async def test_a_day_of_outages_leaves_the_daemon_and_the_agent_as_they_were(
+    home: RelayHome,
+) -> None:
+    """A laptop on flaky Wi-Fi: outage after outage (mostly resets, a network change; every
+    fourth silently dead) under the real ``relay serve``, a kernel in the middle of an echo
+    each time. Each resume makes a new connection, a new channel and new attempts; none may
+    stay behind: after warming up, the daemon's tasks and fds and the agent's fds are where
+    they were, and neither's memory grows past a tenth."""
+    warm_up, outages = 3, 12
+
+    async def one_outage(i: int) -> None:
+        payload = secrets.token_bytes(256 << 10)
+        echo = asyncio.ensure_future(kl.echo(payload))
+        if i % 4 == 3:
+            proxy.blackhole()
+        else:
+            proxy.refuse()
+            proxy.reset()
+        await resumed_state(home, "resuming")
+        proxy.restore()
+        assert await asyncio.wait_for(echo, BOUND_S) == payload
+        await resumed_state(home, "on")
+
+    async with behind_proxy(home) as proxy, served(home) as daemon, controller(home) as fe:
+        kl, pid = await connected(fe)
+        agent_pid = int((await status_of(home))["resume"]["pid"])
+        for i in range(warm_up):
+            await one_outage(i)
+        warm = client.request(home.socket, {"op": "status"})["daemon"]
+        warm_daemon, warm_agent = proc_stats(daemon.pid), proc_stats(agent_pid)
+        for i in range(warm_up, warm_up + outages):
+            await one_outage(i)
+        after = client.request(home.socket, {"op": "status"})["daemon"]
+        after_daemon, after_agent = proc_stats(daemon.pid), proc_stats(agent_pid)
+        shown = await status_of(home)
+        print(
+            f"\nafter {warm_up} outages: daemon {warm_daemon} (kB, fds), {warm['tasks']} tasks; "
+            f"agent {warm_agent}; after {warm_up + outages}: daemon {after_daemon}, "
+            f"{after['tasks']} tasks; agent {after_agent}"
+        )
+        assert shown["resume"]["pid"] == agent_pid and pid_alive(pid)  # the same throughout
+        assert shown["resume"]["attaches"] >= 1 + warm_up + outages, shown
+        assert after["tasks"] == warm["tasks"], (warm, after)
+        assert after_daemon[1] <= warm_daemon[1], (warm_daemon, after_daemon)
+        assert after_agent[1] <= warm_agent[1], (warm_agent, after_agent)
+        assert after_daemon[0] <= warm_daemon[0] * 1.10, (warm_daemon, after_daemon)
+        assert after_agent[0] <= warm_agent[0] * 1.10, (warm_agent, after_agent)
         await quit_cleanly(kl, fe)
 
 
