@@ -390,6 +390,78 @@ async def test_stopped_daemon_resumes_after_its_path_died(home: RelayHome, how: 
         await quit_cleanly(kl, fe)
 
 
+@pytest.mark.parametrize("how", ["blackhole", "reset"])
+async def test_a_parallel_pool_in_the_middle_of_its_work_outlives_an_outage(
+    home: RelayHome, how: str
+) -> None:
+    """The Parallel package's pool (LaunchKernels: sixteen Runs one after another, then a
+    wait for all) with every compute kernel in the middle of a result each way on both
+    channels when the path fails: all sixteen go on, their bytes whole, with the same
+    processes (32 streams replayed on one re-attach)."""
+    n = 16
+    async with behind_proxy(home) as proxy, served(home):
+        launches = await frontend.launch_remote(
+            f'{RELAY} launch --compute "`1`" "{SIM_KERNEL}" "`2`"', host="local", n=n, env=home.env
+        )
+        kernels = [launch.kernel for launch in launches]
+        try:
+            assert [launch.error for launch in launches] == [None] * n
+            assert None not in kernels, [launch.run for launch in launches]
+            pids = [int(kl.hello["pid"]) for kl in kernels if kl is not None]
+            payloads = [secrets.token_bytes(secrets.choice((1, 2, 3)) << 20) for _ in pids]
+            echoes = [
+                asyncio.ensure_future(kl.echo(p))
+                for kl, p in zip(kernels, payloads, strict=True)
+                if kl is not None
+            ]
+            urgent = [
+                asyncio.ensure_future(kl.urgent(wire.INTERRUPT, i))
+                for i, kl in enumerate(kernels)
+                if kl is not None
+            ]
+            await on_the_way(home)
+            if how == "blackhole":
+                proxy.blackhole()
+            else:
+                proxy.refuse()
+                proxy.reset()
+            assert not all(echo.done() for echo in echoes)  # caught in the middle
+            host = await resumed_state(home, "resuming")
+            assert host["resume"]["unacked"] > 0 and all(map(pid_alive, pids)), host
+            proxy.restore()
+            got = await asyncio.wait_for(asyncio.gather(*echoes), BOUND_S)
+            assert [g == p for g, p in zip(got, payloads, strict=True)] == [True] * n
+            answers = await asyncio.wait_for(asyncio.gather(*urgent), BOUND_S)
+            assert answers == [(wire.INTERRUPT, i) for i in range(n)]
+            shown = await resumed_state(home, "on")
+            assert shown["resume"]["attaches"] >= 2, shown
+            assert all(map(pid_alive, pids))
+            again = secrets.token_bytes(4096)  # and they go on after it
+            for kl in kernels:
+                assert kl is not None and await asyncio.wait_for(kl.echo(again), BOUND_S) == again
+        finally:
+            for launch in launches:
+                if launch.kernel is not None:
+                    await launch.kernel.quit(0)
+                    await launch.kernel.aclose()
+                launch.link.close()
+        for pid in pids:
+            await wait_gone(pid)
+
+
+async def on_the_way(home: RelayHome, name: str = "local") -> None:
+    """Until the daemon has sent the agent bytes it has not acknowledged yet (asked on the
+    control socket: a ``relay status`` process would take longer than a transfer)."""
+    deadline = time.monotonic() + BOUND_S
+    while True:
+        status = client.request(home.socket, {"op": "status"})
+        host = next(h for h in status["hosts"] if h["name"] == name)
+        if host["resume"].get("unacked"):
+            return
+        assert time.monotonic() < deadline, f"nothing on the way: {host}"
+        await asyncio.sleep(0.005)
+
+
 async def resumed_state(home: RelayHome, state: str) -> dict[str, Any]:
     """``relay status --json``'s view once the host's resume state is ``state`` (bounded)."""
     deadline = time.monotonic() + BOUND_S
