@@ -61,7 +61,16 @@ _ids = itertools.count(1)
 # a failed launch gives back what it took before it answers, on a host that answers: a
 # signal's round trip and the forwards' cancellation, the grace of a kernel slow to exit
 RELEASE_WAIT_S = 2.0
-_ENDS_ITS_KERNELS = "the host's supervisor ends its kernels when it notices the session ended"
+
+
+def _who_ends_it(host: HostSession) -> str:
+    """Who ends a kernel relay could not signal because the connection is lost."""
+    if host.resumes:  # the signal waits with the agent's other messages (docs/agent.md)
+        return (
+            "relay's agent there gets the signal once the connection is back, or ends its "
+            "kernels when resume_window_s runs out"
+        )
+    return "the host's supervisor ends its kernels when it notices the session ended"
 
 
 class Kernel:
@@ -165,7 +174,7 @@ class Kernel:
                             "could not signal the kernel",
                             signal=signal,
                             reason=f"the connection to {self.host.key} is lost; "
-                            f"{_ENDS_ITS_KERNELS}",
+                            f"{_who_ends_it(self.host)}",
                         )
             except TimeoutError:
                 if heard.done() and not heard.cancelled() and heard.exception() is None:
@@ -175,7 +184,7 @@ class Kernel:
                     "could not signal the kernel",
                     signal=signal,
                     reason=f"{self.host.key} has not answered for {grace:g} s: the connection "
-                    f"to it looks lost; {_ENDS_ITS_KERNELS}",
+                    f"to it looks lost; {_who_ends_it(self.host)}",
                 )
                 break
             finally:
@@ -460,6 +469,11 @@ async def _callback(k: Kernel, kernel: str, timeout_s: float, deadline: float) -
             await _until_connected(k, kernel)
             await k.forward.listeners_closed()
     except TimeoutError:
+        # the path went down under the launch: the kernel's links wait at the host's agent,
+        # and that, not the kernel, is why it did not connect
+        lost = k.host.not_back()
+        if lost is not None:
+            raise ConnectFailed(lost) from None
         if not k._proc.started.done():  # no pid: the start line may never have arrived
             raise LaunchTimeout(
                 f"the kernel on {k.host.key} did not connect within {timeout_s:g} s "

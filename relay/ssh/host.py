@@ -282,6 +282,11 @@ class HostSession:
             self._waited_in_vain = time.monotonic()
             raise ConnectFailed(self._not_back(str(exc) or self.status.last_error)) from None
 
+    def not_back(self) -> str | None:
+        """While the host is resuming, the line for a launch it holds up (``_not_back``);
+        None while it is not."""
+        return self._not_back(self.status.last_error) if self._is_resuming else None
+
     def _not_back(self, last: str | None) -> str:
         agent = self.agent
         lost_at = agent.lost_at if agent is not None else None

@@ -39,7 +39,15 @@ from relay.sim.sshd import ThrowawaySSHD
 from relay.ssh.connector import ATTEMPTS_PER_REQUEST
 from relay.ssh.host import IN_VAIN_FOLLOWERS_S, WAKE_PROBE_S
 from relay.ssh.options import asyncssh_keepalive
-from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, pid_alive, start_daemon
+from tests.conftest import (
+    RELAY,
+    SIM_KERNEL,
+    KernelGate,
+    RelayHome,
+    RunningDaemon,
+    pid_alive,
+    start_daemon,
+)
 from tests.e2e.helpers import Controller, controller, relay_cli, request, wait_gone
 from tests.e2e.test_faults import drain, proc_stats, serve_subprocess, served
 
@@ -228,6 +236,34 @@ async def test_a_launch_during_an_outage_waits_for_the_resume_or_says_why_not(
             assert pid2 != pid
             await quit_cleanly(kl2, back)
         await quit_cleanly(kl, fe)
+
+
+async def test_a_launch_whose_path_fails_under_it_says_so_and_its_kernel_ends_once_back(
+    home: RelayHome,
+) -> None:
+    """The path fails while a kernel starts (a notebook opened as the Wi-Fi drops): the
+    launch waits its launch_timeout_s for the path and, not back by then, fails with the
+    outage's line, not "the kernel did not connect", which sends a person to the kernel.
+    The kernel it started is ended once the connection is back: no orphan."""
+    async with (
+        KernelGate(home.dir / "gate") as gate,
+        behind_proxy(
+            home, launch_timeout_s=LAUNCH_S, controller_args=["-simgate", str(gate.path)]
+        ) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        await asyncio.wait_for(gate.arrived.wait(), BOUND_S)  # started; held at the gate
+        pid = int(subprocess.check_output(["pgrep", "-f", str(gate.path)], text=True))
+        await outage(running, proxy, "reset")
+        status, _, err = await fe.result(BOUND_S)
+        assert status != 0 and len(err.strip().splitlines()) == 1, err
+        assert "local: the connection was lost at " in err and "is not back yet" in err, err
+        assert "did not connect" not in err, err
+        assert pid_alive(pid)  # the agent holds it while the path is down
+        proxy.restore()
+        await wait_gone(pid, BOUND_S)  # told once back: the gate never opened
+        assert resume_state(running)["state"] == "on"
 
 
 async def test_a_shells_ssh_agent_gone_during_the_outage_does_not_hold_the_resume(
