@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import random
 import socket
 import time
@@ -93,8 +94,15 @@ class _Client(asyncssh.SSHClient):
         self.lost: Exception | None = None
         self.opened: asyncssh.SSHClientConnection | None = None  # the transport was made
         self.person_needed: list[str] = []
+        self.person_asked: Callable[[], None] | None = None  # told as a login's prompts begin
+        self.asked = False  # the server asked a person (relay login) for answers
         self._ask = ask
         self._who = who
+
+    def _asking(self) -> None:
+        self.asked = True
+        if self.person_asked is not None:
+            self.person_asked()
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self.opened = conn
@@ -114,6 +122,7 @@ class _Client(asyncssh.SSHClient):
         if self._ask is None:
             self.person_needed.append("a password")
             return None
+        self._asking()
         (answer,) = await self._ask("", "", [(f"{self._who}'s password: ", False)])
         return answer
 
@@ -121,6 +130,7 @@ class _Client(asyncssh.SSHClient):
         if self._ask is None:
             self.person_needed.append("keyboard-interactive (2FA) answers")
             return None
+        self._asking()
         return ""  # whatever submethods the server has
 
     async def kbdint_challenge_received(
@@ -465,6 +475,11 @@ class Connector:
         direct = not (connect_plan.jump or cfg.proxy_command)  # else a tunnel, not TCP
         limit = cfg.connect_timeout_s if ask is None else LOGIN_TIMEOUT_S
         timeout_s = max(0.1, min(limit, deadline - started))
+        # A login's LOGIN_TIMEOUT_S is the person's, from the server's first prompt; reaching
+        # the server before it (TCP, its version line, the key exchange, the keys offered) is
+        # bounded as every connect is: a dead path says so in connect_timeout_s, not after
+        # ten minutes of silence at the terminal.
+        reach_s = max(0.1, min(cfg.connect_timeout_s, timeout_s))
         kwargs = dict(connect_plan.kwargs, connect_timeout=timeout_s, login_timeout=timeout_s)
         agent = identity.agent_path(view.get("IdentityAgent"), self._agent())
         if agent is not None:
@@ -487,7 +502,9 @@ class Connector:
                 kwargs["tunnel"] = _SameAddress(same_address, bind and str(bind), self._moved)
 
             async def attempt() -> asyncssh.SSHClientConnection:
-                async with asyncio.timeout(timeout_s):
+                ends = asyncio.get_running_loop().time() + timeout_s
+                async with asyncio.timeout(reach_s) as bound:
+                    client.person_asked = functools.partial(bound.reschedule, ends)
                     return await asyncssh.connect(
                         cfg.hostname, client_factory=lambda: client, **kwargs
                     )
@@ -515,7 +532,7 @@ class Connector:
                 exc,
                 view,
                 connect_plan,
-                timeout_s,
+                timeout_s if client.asked else reach_s,
                 offered=offered,
                 recorded=recorded,
                 elapsed_s=time.monotonic() - started,

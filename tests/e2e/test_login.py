@@ -161,3 +161,48 @@ async def test_a_window_that_ends_waiting_for_relay_login_says_so(
             assert "it needed `relay login hpc`" in line, line
             await wait_gone(pid, 60)  # the agent ends it: the window is over there too
             await kl.aclose()
+
+
+async def test_a_login_whose_person_is_slower_than_connect_timeout_s_goes_through(
+    home: RelayHome, otp_sshd: ThrowawaySSHD
+) -> None:
+    """connect_timeout_s bounds reaching the server; from its first prompt on, the time is
+    the person's (LOGIN_TIMEOUT_S): a code typed after connect_timeout_s still logs in."""
+    home.sshd = otp_sshd
+    home.hosts.clear()
+    home.add_host("hpc", connect_timeout_s=1)
+    async with start_daemon(home) as running:
+        proc = await asyncio.create_subprocess_exec(
+            RELAY,
+            "login",
+            "hpc",
+            env=home.env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert proc.stdin is not None and proc.stderr is not None
+        # the server's own prompt (after getpass's warning that no terminal hides the echo)
+        await asyncio.wait_for(proc.stderr.readuntil(b"Password"), 60)
+        await asyncio.sleep(2)  # a person typing, past connect_timeout_s: the subject
+        out, err = await asyncio.wait_for(proc.communicate(f"{CODE}\n".encode()), 60)
+        assert proc.returncode == 0, err
+        assert b"logged in to hpc" in out
+        assert running.daemon.hosts["hpc"].state == "connected"
+
+
+async def test_a_login_over_a_dead_path_says_so_within_connect_timeout_s(
+    home: RelayHome,
+) -> None:
+    """`relay login` where the path is down (the Wi-Fi gone, a host behind a dead VPN): the
+    attempt is bounded as a launch's is, and ends with its one line, not after ten minutes
+    of silence at the terminal (LOGIN_TIMEOUT_S is for a person's answers, once asked)."""
+    async with behind_proxy(home, "hpc", connect_timeout_s=2) as proxy, start_daemon(home):
+        proxy.blackhole()  # TCP taken, nothing said: as a dead path behind a VPN or NAT
+        started = asyncio.get_running_loop().time()
+        status, _, err = await login(home, "hpc", "")
+        took_s = asyncio.get_running_loop().time() - started
+        assert status == 1 and len(err.strip().splitlines()) == 1, err
+        assert "in 2.0 s" in err and "connect_timeout_s" in err, err
+        assert took_s < 30, took_s  # connect_timeout_s and the CLI's start, not 600 s
