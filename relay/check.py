@@ -645,6 +645,23 @@ class Checker:
         )
         kernels = sum(1 for k in self.daemon.kernels.values() if k.host is self.session)
         show["kernels"] = str(kernels)
+        resume = snap.get("resume") or {}
+        if resume.get("state") == "resuming":
+            # the kernels' connection is down: what the steps above found is why, and that,
+            # not a setting, is what a person running this check wants to know
+            lost = resume.get("lost_at")
+            at = time.strftime("%H:%M:%S", time.localtime(lost)) if lost else "?"
+            left = resume.get("window_left_s")
+            summary = f"resuming: lost at {at}, relay is reconnecting; the kernels there wait" + (
+                f" ({left:.0f} s of resume_window_s left)" if left is not None else ""
+            )
+            show["held"] = f"{resume.get('unacked') or 0} bytes unacknowledged"
+            advice = (
+                f"`relay login {self.name}` (the server wants a person's answers)"
+                if resume.get("login_needed")
+                else "the kernels go on once the network does; `relay status` shows when"
+            )
+            return summary, {"show": show, "rtt_ms": rtt, "advice": advice}, "warn"
         if snap.get("since"):
             show["connected since"] = time.strftime("%H:%M:%S", time.localtime(snap["since"]))
         failures = snap.get("failures") or []

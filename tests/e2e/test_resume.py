@@ -266,6 +266,38 @@ async def test_a_launch_whose_path_fails_under_it_says_so_and_its_kernel_ends_on
         assert resume_state(running)["state"] == "on"
 
 
+async def test_relay_check_during_an_outage_says_the_kernels_wait_for_the_resume(
+    home: RelayHome,
+) -> None:
+    """A person whose kernels froze runs `relay check`: besides the reach that fails, its
+    connection line says the host is resuming, since when, and that the kernels wait (it
+    said "connecting", marked ok)."""
+    async with (
+        behind_proxy(home, connect_timeout_s=2) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        await outage(running, proxy, "blackhole")
+        code, out, _ = await relay_cli(home, "check", "local", "--json")
+        results = {r["name"]: r for r in json.loads(out)["results"]}
+        assert code == 1 and results["reach"]["state"] == "fail", out
+        assert pid_alive(pid)  # a check changes nothing
+        line = results["connection"]
+        assert line["state"] == "warn", line
+        assert line["summary"].startswith("resuming: lost at "), line
+        assert "the kernels there wait" in line["summary"], line
+        assert "of resume_window_s left" in line["summary"], line
+        assert "`relay status` shows when" in line["advice"], line
+        proxy.restore()
+        payload = secrets.token_bytes(1 << 16)
+        assert await asyncio.wait_for(kl.echo(payload), BOUND_S) == payload
+        code, out, _ = await relay_cli(home, "check", "local", "--json")
+        results = {r["name"]: r for r in json.loads(out)["results"]}
+        assert code == 0 and results["connection"]["state"] == "ok", out
+        await quit_cleanly(kl, fe)
+
+
 async def test_a_shells_ssh_agent_gone_during_the_outage_does_not_hold_the_resume(
     home: RelayHome,
 ) -> None:
