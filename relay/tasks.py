@@ -25,15 +25,22 @@ class TaskSet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._log = log or structlog.get_logger("relay.tasks")
 
-    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+    def spawn(
+        self, coro: Coroutine[Any, Any, T], *, name: str, awaited: bool = False
+    ) -> asyncio.Task[T]:
         """Run ``coro`` in an empty context: the log context a request bound (its host and
-        kernel) must not stick to a task that outlives the request."""
+        kernel) must not stick to a task that outlives the request. ``awaited``: whoever
+        awaits it reports its failure, so it is not logged here too."""
         task = asyncio.get_running_loop().create_task(
             coro, name=name, context=contextvars.Context()
         )
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(self._awaited if awaited else self._done)
         return task
+
+    def _awaited(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        retrieved(task)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -12,7 +12,6 @@ thin I/O shell around it; a host's ``Installer`` runs it once per connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from dataclasses import dataclass
 from importlib.resources import files
@@ -132,13 +131,16 @@ class Installer:
         self._installed: tuple[asyncssh.SSHClientConnection, asyncio.Future[str]] | None = None
         self._log = structlog.get_logger("relay.host").bind(host=host)
 
-    def prefetch(self, conn: asyncssh.SSHClientConnection) -> None:
+    def prefetch(self, conn: asyncssh.SSHClientConnection) -> asyncio.Task[None]:
         """Install ahead, for the launches to come (they report a failure)."""
-        self._tasks.spawn(self._prefetch(conn), name=f"init:{self._host}")
+        return self._tasks.spawn(self._prefetch(conn), name=f"init:{self._host}")
 
     async def _prefetch(self, conn: asyncssh.SSHClientConnection) -> None:
-        with contextlib.suppress(RelayError):  # a launch that needs it will report it
+        try:
             await self.path(conn)
+        except RelayError as exc:  # a launch that needs it tries again and reports it
+            if not conn.is_closed():  # else the connection's end is the news (a stop, a loss)
+                self._log.warning("kernel hook not installed", error=exc.message)
 
     async def path(self, conn: asyncssh.SSHClientConnection) -> str:
         """The hook file's remote path on ``conn``'s host, installing it if needed."""
@@ -147,8 +149,8 @@ class Installer:
             or self._installed[0] is not conn
             or (self._installed[1].done() and self._installed[1].exception() is not None)
         ):
-            task = self._tasks.spawn(self._install(conn), name=f"hook:{self._host}")
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # awaited by launches
+            # its failure is reported by those who await it (launches, the prefetch)
+            task = self._tasks.spawn(self._install(conn), name=f"hook:{self._host}", awaited=True)
             self._installed = (conn, task)
         return await asyncio.shield(self._installed[1])
 

@@ -3,17 +3,24 @@ and ``parse_answer``, which proves what it wrote by its hash."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any, cast
 
+import asyncssh
 import pytest
+import structlog
 
 from relay.errors import ConnectFailed, HookInstallFailed
+from relay.ssh import hookfile
 from relay.ssh.hookfile import HookFile, parse_answer
 from relay.ssh.remote_scripts import HOOK_KEEP_DAYS, hook_install_command, one_line
+from relay.tasks import TaskSet
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
 HOOK = HookFile("RelayKernelInit.wl", b'(* relay\'s hook *)\nBeginPackage["x`"];\n' * 40)
@@ -175,3 +182,44 @@ def test_the_command_is_one_line_and_checks_its_words() -> None:
         hook_install_command("x; rm -rf ~", HOOK.name)
     with pytest.raises(ValueError, match="letters"):
         hook_install_command(HOOK.version, "../x y")
+
+
+class _Conn:
+    """What the Installer asks of a connection: whether it has ended."""
+
+    def __init__(self, closed: bool) -> None:
+        self.closed = closed
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["live", "ended"])
+def test_a_failed_install_is_said_once_and_not_at_all_for_an_ended_connection(
+    closed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The install its prefetch began fails: on a live connection, one warning (the
+    prefetch's; the task that ran it does not log it again); on a connection that ended
+    (a stop right after a reconnect, another outage) none, its end being the news. A launch
+    that awaits the install gets the error itself."""
+
+    async def lost(*_: object) -> str:
+        raise ConnectFailed("the SSH connection to hpc was lost while relay installed the hook")
+
+    monkeypatch.setattr(hookfile, "install", lost)
+
+    async def main() -> list[MutableMapping[str, Any]]:
+        with structlog.testing.capture_logs() as logs:
+            tasks = TaskSet()
+            installer = hookfile.Installer("hpc", tasks)
+            conn = cast("asyncssh.SSHClientConnection", _Conn(closed))
+            prefetched = installer.prefetch(conn)
+            with pytest.raises(ConnectFailed, match="was lost"):
+                await installer.path(conn)  # a launch: the same install, its own error
+            await prefetched
+            await tasks.aclose()
+        return logs
+
+    logs = asyncio.run(main())
+    said = [(e["log_level"], e["event"]) for e in logs if e["log_level"] != "debug"]
+    assert said == ([] if closed else [("warning", "kernel hook not installed")]), logs
