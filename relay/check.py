@@ -255,8 +255,10 @@ class Checker:
                 raise _Failed(
                     f"{address}:{view.port} accepted TCP but {said} in {took:.1f} s "
                     f"(connect_timeout_s {timeout_s:g} s)",
-                    f"something other than sshd listens on {port}: check Port for "
-                    f"{self.name}; or sshd there is too busy to answer (MaxStartups)",
+                    self._while_resuming(
+                        f"something other than sshd listens on {port}: check Port for "
+                        f"{self.name}; or sshd there is too busy to answer (MaxStartups)"
+                    ),
                 )
             kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
             return (
@@ -271,8 +273,20 @@ class Checker:
             )
         raise _Failed(
             f"cannot reach {view.hostname} {port}: {'; '.join(errors)}",
-            f"check Port/HostName for {self.name}, that sshd runs there, and firewalls or VPN "
-            f"between here and there",
+            self._while_resuming(
+                f"check Port/HostName for {self.name}, that sshd runs there, and firewalls or "
+                f"VPN between here and there"
+            ),
+        )
+
+    def _while_resuming(self, advice: str) -> str:
+        """A reach that fails while the host's kernels wait for their lost connection: the
+        network path that lost it is the first suspect, not a setting that worked before."""
+        if self.session is None or self.session.not_back() is None:
+            return advice
+        return (
+            f"the connection relay had to {self.name} was lost and relay is reconnecting (see "
+            f"10): the network path there is likely down (Wi-Fi, VPN); else {advice}"
         )
 
     # -- 3 ---------------------------------------------------------------------------------

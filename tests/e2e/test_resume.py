@@ -282,6 +282,7 @@ async def test_relay_check_during_an_outage_says_the_kernels_wait_for_the_resume
         code, out, _ = await relay_cli(home, "check", "local", "--json")
         results = {r["name"]: r for r in json.loads(out)["results"]}
         assert code == 1 and results["reach"]["state"] == "fail", out
+        assert "the network path there is likely down" in results["reach"]["advice"], out
         assert pid_alive(pid)  # a check changes nothing
         line = results["connection"]
         assert line["state"] == "warn", line
