@@ -282,7 +282,7 @@ class Checker:
     def _while_resuming(self, advice: str) -> str:
         """A reach that fails while the host's kernels wait for their lost connection: the
         network path that lost it is the first suspect, not a setting that worked before."""
-        if self.session is None or self.session.not_back() is None:
+        if self.session is None or not self.session.resuming:
             return advice
         return (
             f"the connection relay had to {self.name} was lost and relay is reconnecting (see "

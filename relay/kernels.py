@@ -471,7 +471,7 @@ async def _callback(k: Kernel, kernel: str, timeout_s: float, deadline: float) -
     except TimeoutError:
         # the path went down under the launch: the kernel's links wait at the host's agent,
         # and that, not the kernel, is why it did not connect
-        lost = k.host.not_back()
+        lost = k.host.gave_up_waiting()
         if lost is not None:
             raise ConnectFailed(lost) from None
         if not k._proc.started.done():  # no pid: the start line may never have arrived

@@ -264,7 +264,7 @@ class HostSession:
         (the agent's address, then the name) with the last one's error, which blames sshd
         for a path that is down. Launches that follow such a failure at once (within
         IN_VAIN_FOLLOWERS_S of it or of each other) fail at once."""
-        if not self._is_resuming:
+        if not self.resuming:
             return await self.connection()  # bounded by launch_timeout_s itself
         # The Parallel package runs one launch right after another: once one has waited its
         # launch_timeout_s in vain, those that follow at once fail at once, not each after a
@@ -277,15 +277,20 @@ class HostSession:
             async with asyncio.timeout_at(deadline):
                 return await self.connection()
         except (TimeoutError, ConnectFailed) as exc:
-            if not self._is_resuming:  # it is over (the kernels ended): that is the news
+            if not self.resuming:  # it is over (the kernels ended): that is the news
                 raise
             self._waited_in_vain = time.monotonic()
             raise ConnectFailed(self._not_back(str(exc) or self.status.last_error)) from None
 
-    def not_back(self) -> str | None:
-        """While the host is resuming, the line for a launch it holds up (``_not_back``);
-        None while it is not."""
-        return self._not_back(self.status.last_error) if self._is_resuming else None
+    def gave_up_waiting(self) -> str | None:
+        """A launch that began before the connection was lost, and waited in vain for it to
+        come back: the line it fails with (``_not_back``), and, as after a wait in
+        ``connection_by``, the launches that follow at once fail at once. None if the host
+        is not resuming (the launch failed for a reason of its own)."""
+        if not self.resuming:
+            return None
+        self._waited_in_vain = time.monotonic()
+        return self._not_back(self.status.last_error)
 
     def _not_back(self, last: str | None) -> str:
         agent = self.agent
@@ -303,14 +308,15 @@ class HostSession:
         )
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
-        if not self._is_resuming:
+        if not self.resuming:
             return self._adopt(*await self.connector.connect())
         hedge_s = self._handshake_bound(RESUME_HEDGE_S)
         # the agent is on the machine the lost connection reached, whatever else its name has
         return self._adopt(*await self.connector.reconnect(hedge_s, self.connector.reached))
 
     @property
-    def _is_resuming(self) -> bool:
+    def resuming(self) -> bool:
+        """The connection was lost and its kernels wait while relay reconnects."""
         return self._resuming is not None and not self._resuming.done()
 
     def _handshake_bound(self, floor_s: float) -> float:
@@ -337,7 +343,7 @@ class HostSession:
         if self._conn is not None and not self._conn.is_closed():
             return True
         # resuming, the agent's machine (as _connect)
-        same = self.connector.reached if self._is_resuming else None
+        same = self.connector.reached if self.resuming else None
         self._adopt(*await self.connector.login(ask, same))
         if self._login_wanted is not None and not self._login_wanted.done():
             self._login_wanted.set_result(None)  # the resume goes on with this connection
@@ -380,7 +386,7 @@ class HostSession:
             agent = self.agent
             if agent is not None and not agent.ended.done():
                 agent.detach()
-                if not self._is_resuming:
+                if not self.resuming:
                     self._resuming = self._tasks.spawn(
                         self._resume(agent), name=f"resume:{self.key}"
                     )

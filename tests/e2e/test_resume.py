@@ -243,8 +243,9 @@ async def test_a_launch_whose_path_fails_under_it_says_so_and_its_kernel_ends_on
 ) -> None:
     """The path fails while a kernel starts (a notebook opened as the Wi-Fi drops): the
     launch waits its launch_timeout_s for the path and, not back by then, fails with the
-    outage's line, not "the kernel did not connect", which sends a person to the kernel.
-    The kernel it started is ended once the connection is back: no orphan."""
+    outage's line, not "the kernel did not connect", which sends a person to the kernel; a
+    launch right after it fails at once, as after any wait in vain. The kernel it started
+    is ended once the connection is back: no orphan."""
     async with (
         KernelGate(home.dir / "gate") as gate,
         behind_proxy(
@@ -255,11 +256,22 @@ async def test_a_launch_whose_path_fails_under_it_says_so_and_its_kernel_ends_on
     ):
         await asyncio.wait_for(gate.arrived.wait(), BOUND_S)  # started; held at the gate
         pid = int(subprocess.check_output(["pgrep", "-f", str(gate.path)], text=True))
-        await outage(running, proxy, "reset")
+        await outage(running, proxy, "blackhole")  # attempts hang, as on a dead path
         status, _, err = await fe.result(BOUND_S)
         assert status != 0 and len(err.strip().splitlines()) == 1, err
         assert "local: the connection was lost at " in err and "is not back yet" in err, err
         assert "did not connect" not in err, err
+        started = time.monotonic()  # the Parallel package's Run right after: not a wait again
+        wanted = await frontend.ListeningLink.create()
+        result = await frontend.run_remote_command(
+            f'{RELAY} launch --compute "`1`" "{SIM_KERNEL}" "`2`"',
+            host="local",
+            link=wanted.name,
+            env=home.env,
+        )
+        wanted.close()
+        assert result.status != 0 and "is not back yet" in result.stderr, result
+        assert time.monotonic() - started < LAUNCH_S, "it waited again"
         assert pid_alive(pid)  # the agent holds it while the path is down
         proxy.restore()
         await wait_gone(pid, BOUND_S)  # told once back: the gate never opened
