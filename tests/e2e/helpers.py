@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -41,6 +42,16 @@ def launch_template(host: str = "local", kernel: str = SIM_KERNEL, *, exec_: boo
 def remote_command(kernel: str = SIM_KERNEL) -> str:
     """``$RemoteCommand`` as the README gives it."""
     return f'{RELAY} launch --compute "`1`" "{kernel}" "`2`"'
+
+
+async def close_launches(launches: list[frontend.RemoteLaunch]) -> None:
+    """A pool's end: each connected kernel told to quit, every link closed."""
+    for launch in launches:
+        if launch.kernel is not None:
+            with contextlib.suppress(OSError, ConnectionError):
+                await launch.kernel.quit(0)
+            await launch.kernel.aclose()
+        launch.link.close()
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 from relay.lite import client
 from relay.sim import frontend
 from tests.conftest import SIM_KERNEL, KernelGate, RelayHome, pid_alive, start_daemon
-from tests.e2e.helpers import relay_cli, remote_command, request
+from tests.e2e.helpers import close_launches, relay_cli, remote_command, request
 
 
 async def test_start_ups_overlap_every_run_returns_before_the_first_kernel_connects(
@@ -47,11 +47,7 @@ async def test_start_ups_overlap_every_run_returns_before_the_first_kernel_conne
                     assert launch.kernel is not None
                     assert await launch.kernel.echo(b"overlap") == b"overlap"
             finally:
-                for launch in launches:
-                    if launch.kernel is not None:
-                        await launch.kernel.quit(0)
-                        await launch.kernel.aclose()
-                    launch.link.close()
+                await close_launches(launches)
 
 
 def launch_request(home: RelayHome, kernel: str, linkname: str) -> dict[str, object]:

@@ -40,15 +40,21 @@ from relay.ssh.connector import ATTEMPTS_PER_REQUEST
 from relay.ssh.host import IN_VAIN_FOLLOWERS_S, WAKE_PROBE_S
 from relay.ssh.options import asyncssh_keepalive
 from tests.conftest import (
-    RELAY,
-    SIM_KERNEL,
     KernelGate,
     RelayHome,
     RunningDaemon,
     pid_alive,
     start_daemon,
 )
-from tests.e2e.helpers import Controller, controller, relay_cli, request, wait_gone
+from tests.e2e.helpers import (
+    Controller,
+    close_launches,
+    controller,
+    relay_cli,
+    remote_command,
+    request,
+    wait_gone,
+)
 from tests.e2e.test_faults import drain, proc_stats, serve_subprocess, served
 
 KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
@@ -210,7 +216,7 @@ async def test_a_launch_during_an_outage_waits_for_the_resume_or_says_why_not(
         wanted = await frontend.ListeningLink.create()
         for _ in range(3):  # the Parallel package's next Runs, one after another
             result = await frontend.run_remote_command(
-                f'{RELAY} launch --compute "`1`" "{SIM_KERNEL}" "`2`"',
+                remote_command(),
                 host="local",
                 link=wanted.name,
                 env=home.env,
@@ -264,7 +270,7 @@ async def test_a_launch_whose_path_fails_under_it_says_so_and_its_kernel_ends_on
         started = time.monotonic()  # the Parallel package's Run right after: not a wait again
         wanted = await frontend.ListeningLink.create()
         result = await frontend.run_remote_command(
-            f'{RELAY} launch --compute "`1`" "{SIM_KERNEL}" "`2`"',
+            remote_command(),
             host="local",
             link=wanted.name,
             env=home.env,
@@ -424,7 +430,7 @@ async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
     draining = asyncio.ensure_future(drain(daemon))
     link = await frontend.ListeningLink.create()
     result = await frontend.run_remote_command(
-        f'{RELAY} launch --compute "`1`" "{SIM_KERNEL}" "`2`"',
+        remote_command(),
         host="local",
         link=link.name,
         env=home.env,
@@ -481,9 +487,7 @@ async def test_a_parallel_pool_in_the_middle_of_its_work_outlives_an_outage(
     processes (32 streams replayed on one re-attach)."""
     n = 16
     async with behind_proxy(home) as proxy, served(home):
-        launches = await frontend.launch_remote(
-            f'{RELAY} launch --compute "`1`" "{SIM_KERNEL}" "`2`"', host="local", n=n, env=home.env
-        )
+        launches = await frontend.launch_remote(remote_command(), host="local", n=n, env=home.env)
         kernels = [launch.kernel for launch in launches]
         try:
             assert [launch.error for launch in launches] == [None] * n
@@ -521,11 +525,7 @@ async def test_a_parallel_pool_in_the_middle_of_its_work_outlives_an_outage(
             for kl in kernels:
                 assert kl is not None and await asyncio.wait_for(kl.echo(again), BOUND_S) == again
         finally:
-            for launch in launches:
-                if launch.kernel is not None:
-                    await launch.kernel.quit(0)
-                    await launch.kernel.aclose()
-                launch.link.close()
+            await close_launches(launches)
         for pid in pids:
             await wait_gone(pid)
 

@@ -26,7 +26,14 @@ from relay.sim import frontend, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.slurm import LocalSlurm, SlurmSite
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, RunningDaemon, start_daemon
-from tests.e2e.helpers import Controller, controller, relay_cli, remote_command, request
+from tests.e2e.helpers import (
+    Controller,
+    close_launches,
+    controller,
+    relay_cli,
+    remote_command,
+    request,
+)
 from tests.e2e.test_resume import KEEPALIVE
 
 pytestmark = pytest.mark.slurm  # skipped, with the reason, where Slurm cannot run (conftest)
@@ -96,15 +103,6 @@ async def launch_pool(home: RelayHome, n: int) -> list[frontend.RemoteLaunch]:
     return launches
 
 
-async def close(launches: list[frontend.RemoteLaunch]) -> None:
-    for launch in launches:
-        if launch.kernel is not None:
-            with contextlib.suppress(OSError, ConnectionError):
-                await launch.kernel.quit(0)
-            await launch.kernel.aclose()
-        launch.link.close()
-
-
 async def test_a_pool_launched_as_the_parallel_package_does_runs_inside_one_slurm_job(
     slurm_home: RelayHome, cluster: LocalSlurm
 ) -> None:
@@ -129,7 +127,7 @@ async def test_a_pool_launched_as_the_parallel_package_does_runs_inside_one_slur
             assert job["used"] == {cluster.node: 4}
             assert shown[f"cluster/{cluster.node}"]["kernels"] == 4  # per node
         finally:
-            await close(launches)
+            await close_launches(launches)
 
 
 async def test_plain_launches_grow_the_allocation_and_idle_release_cancels_it(
@@ -142,7 +140,7 @@ async def test_plain_launches_grow_the_allocation_and_idle_release_cancels_it(
         launches = await launch_pool(slurm_home, 2)
         jobs = {launch.kernel.hello["slurm_job_id"] for launch in launches if launch.kernel}
         assert len(jobs) == 2 and None not in jobs
-        await close(launches)
+        await close_launches(launches)
 
         async def released() -> bool:
             return not cluster.jobs(active_only=True)
@@ -206,7 +204,7 @@ async def test_scancel_from_outside_ends_the_kernels_and_says_so(
             assert cluster.leftover_steps() == []
             assert not (await status(slurm_home))["kernels"]
         finally:
-            await close(launches)
+            await close_launches(launches)
 
 
 async def test_the_time_limit_ends_a_controller_kernel_and_its_shim_says_so(
@@ -248,7 +246,7 @@ async def test_shutdown_cancels_the_allocation_and_leaves_no_process(
         assert cluster.jobs(active_only=True)
         running.stop.set_result(None)
         await asyncio.wait_for(running.task, 60)
-        await close(launches)
+        await close_launches(launches)
     assert not cluster.jobs(active_only=True)
     assert cluster.leftover_steps() == []
 
