@@ -272,7 +272,7 @@ class ListeningLink:
         loop = asyncio.get_running_loop()
         self._accepted: list[asyncio.Future[Stream]] = [loop.create_future(), loop.create_future()]
         self.extra_connections = 0
-        self._handed_out = False
+        self.handed_out: KernelLink | None = None  # what accept() gave
         self.greetings: tuple[bytes, bytes] | None = None
         if write_first:
             size = 1 + secrets.randbelow(64 * 1024)
@@ -319,8 +319,7 @@ class ListeningLink:
     async def accept(self, timeout_s: float = 30.0) -> KernelLink:
         async with asyncio.timeout(timeout_s):
             data, message = await asyncio.gather(*self._accepted)
-        self._handed_out = True
-        link = KernelLink(data, message, self.greetings)
+        link = self.handed_out = KernelLink(data, message, self.greetings)
         async with asyncio.timeout(timeout_s):
             await link.start()
         return link
@@ -333,7 +332,7 @@ class ListeningLink:
         for fut in self._accepted:
             if not fut.done():
                 fut.cancel()
-            elif not fut.cancelled() and not self._handed_out:
+            elif not fut.cancelled() and self.handed_out is None:
                 fut.result()[1].close()
 
 

@@ -6,10 +6,12 @@ Every check of the remote side uses ps/ss (tests.e2e.remote), not the daemon's b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -275,6 +277,35 @@ def proc_stats(pid: int) -> tuple[int, int]:
         if line.startswith("VmRSS:")
     )
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def open_files(pid: int) -> list[str]:
+    """What ``pid`` holds open, for a failure message: files by path, TCP sockets by their
+    addresses (from /proc/net), Unix sockets by path."""
+    named: dict[str, str] = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            f = line.split()
+            named[f[9]] = f"{table} {_port(f[1])}->{_port(f[2])}"
+    for line in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]:
+        f = line.split()
+        named[f[6]] = f"unix {f[7] if len(f) > 7 else '(unnamed)'}"
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            inode = target.removeprefix("socket:[").removesuffix("]")
+            held.append(named.get(inode, target))
+    return sorted(held)
+
+
+def newly_open(before: list[str], after: list[str]) -> str:
+    """What ``open_files`` lists after and not before, for a failure message."""
+    return f"holds {sorted((Counter(after) - Counter(before)).elements())} it did not before"
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1], 16)
 
 
 async def test_200_launches_with_failures_keep_memory_and_fds_flat(home: RelayHome) -> None:
