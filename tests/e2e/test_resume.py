@@ -9,7 +9,6 @@ and every byte with the simulator's own echo (random payloads compared whole).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
@@ -63,6 +62,7 @@ from tests.e2e.test_faults import (
     proc_stats,
     serve_subprocess,
     served,
+    settled,
 )
 
 KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
@@ -594,17 +594,8 @@ async def test_a_day_of_outages_leaves_the_daemon_and_the_agent_as_they_were(
         for i in range(warm_up, warm_up + outages):
             await one_outage(i)
         after = client.request(home.socket, {"op": "status"})["daemon"]
-        # What a resume lets go of (the losing attempt, the status request just answered)
-        # closes a moment after the state it reports; a leaked socket never does.
-        with contextlib.suppress(AssertionError):
-            await until(
-                lambda: (
-                    proc_stats(daemon.pid)[1] <= warm_daemon[1]
-                    and proc_stats(agent_pid)[1] <= warm_agent[1]
-                ),
-                "the fds to settle",
-                timeout_s=10,
-            )
+        await settled(daemon.pid, warm_daemon[1])
+        await settled(agent_pid, warm_agent[1])
         after_daemon, after_agent = proc_stats(daemon.pid), proc_stats(agent_pid)
         after_fds = open_files(daemon.pid), open_files(agent_pid)
         shown = await status_of(home)
