@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,6 +44,7 @@ from relay.activation import Notifier, activated_socket
 from relay.agent.expose import AgentExpose
 from relay.agent.forward import AgentForward
 from relay.control import ControlServer, DaemonLock, prepare_socket_dir
+from relay.daemontag import daemon_tag
 from relay.errors import (
     BadRequest,
     ConfigError,
@@ -72,12 +71,6 @@ __all__ = ["Daemon", "serve"]
 SHUTDOWN_GRACE_S = 20.0
 MAX_RESERVED_FORWARDS = 512  # relay connect --kernels N: remote listeners asked for at most
 log = structlog.get_logger("relay.daemon")
-
-
-def daemon_tag(socket_path: Path) -> str:
-    """Who this daemon is, to the remote hosts: its machine, user and socket."""
-    who = f"{socket.gethostname()}:{os.getuid()}:{socket_path}"
-    return hashlib.sha256(who.encode()).hexdigest()[:16]
 
 
 def process_stats() -> dict[str, Any]:
@@ -120,7 +113,7 @@ class Daemon:
         self.config = config
         self.config_source = config_source
         self.socket_path = socket_path
-        self.tag = daemon_tag(socket_path or Path("relay.sock"))
+        self.tag, self.tag_problem = daemon_tag(socket_path or Path("relay.sock"))
         self.hosts: dict[str, HostSession] = {}
         self.kernels: dict[str, Kernel] = {}
         self.forwards: dict[str, RequestedForward] = {}
@@ -598,6 +591,13 @@ async def serve(
         log.info(
             "serving", socket=str(socket_path), pid=os.getpid(), activated=inherited is not None
         )
+        if daemon.tag_problem is not None:
+            log.warning(
+                "machine id not kept: a daemon on another machine with this host name, user id "
+                "and socket path would end this one's kernels on the hosts both use; make the "
+                "directory writable or set XDG_STATE_HOME",
+                error=daemon.tag_problem,
+            )
         notifier.notify(ready="1", status=f"serving {socket_path}")
         if on_ready is not None:
             on_ready(daemon)

@@ -70,6 +70,15 @@ def _no_outer_agent() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _state_of_our_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The daemons' state directory (relay.daemontag: this machine's id) is the session's, not
+    the user's ~/.local/state."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
+
+
 AGENT_START_S = 10.0
 
 

@@ -40,6 +40,7 @@ from relay.ssh.connector import ATTEMPTS_PER_REQUEST
 from relay.ssh.host import IN_VAIN_FOLLOWERS_S, WAKE_PROBE_S
 from relay.ssh.options import asyncssh_keepalive
 from tests.conftest import (
+    RELAY,
     KernelGate,
     RelayHome,
     RunningDaemon,
@@ -50,6 +51,7 @@ from tests.e2e.helpers import (
     Controller,
     close_launches,
     controller,
+    launch_template,
     relay_cli,
     remote_command,
     request,
@@ -457,6 +459,57 @@ async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
     await kernel.closed()
     await kernel.aclose()
     link.close()
+
+
+# The second machine: the same host name (this UTS namespace), uid, relay.toml and socket
+# path; a disk of its own (tmpfs over the socket's directory and the state directory, in a
+# mount namespace of its own). Its shim starts its daemon, launches, and stops it after.
+SECOND_MACHINE = """
+mount -t tmpfs -o mode=0700 tmpfs "$RUN_DIR" && mount -t tmpfs -o mode=0700 tmpfs "$STATE_DIR" \\
+  || exit 97
+eval "$LAUNCH"; status=$?
+"$RELAY" stop >/dev/null
+exit $status
+"""
+
+
+async def test_a_second_machine_alike_in_name_uid_and_socket_leaves_the_first_ones_kernels(
+    home: RelayHome,
+) -> None:
+    """A person's two laptops, both Alices-MacBook-Pro, uid 501, one home layout: a launch on
+    the host from the second must not be taken for the first one's next daemon (which ends its
+    dead predecessor's kernels, the test above). The first one's kernel goes on, under the
+    same agent."""
+    home.add_host("local", **KEEPALIVE)
+    async with served(home), controller(home) as fe:
+        kl, pid = await connected(fe)
+        agent_pid = int((await status_of(home))["resume"]["pid"])
+        link = await frontend.ListeningLink.create()
+        env = {
+            **home.env,
+            "RUN_DIR": str(home.socket.parent),
+            "STATE_DIR": home.env["XDG_STATE_HOME"],
+            "RELAY": RELAY,
+            "LAUNCH": frontend.launch_command(launch_template("local"), link.name),
+        }
+        second = await asyncio.create_subprocess_exec(
+            *("unshare", "--mount", "--propagation", "private", "sh", "-c", SECOND_MACHINE),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        kl2 = await link.accept(60)
+        assert int(kl2.hello["pid"]) != pid
+        await kl2.quit(0)
+        _, err = await asyncio.wait_for(second.communicate(), BOUND_S)
+        assert second.returncode == 0, err
+        await kl2.aclose()
+        link.close()
+        assert pid_alive(pid)
+        payload = secrets.token_bytes(64 << 10)
+        assert await asyncio.wait_for(kl.echo(payload), BOUND_S) == payload
+        assert int((await status_of(home))["resume"]["pid"]) == agent_pid
+        await quit_cleanly(kl, fe)
 
 
 @pytest.mark.parametrize("how", ["reset", "blackhole"])
