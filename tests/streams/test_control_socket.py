@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 
 import relay
 from relay import control as control_mod
@@ -363,3 +364,20 @@ def test_peer_uid_is_read_from_the_socket() -> None:
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
         assert control_mod.peer_uid(a) == os.getuid()
+
+
+async def test_a_machine_id_that_cannot_be_kept_is_said_and_the_daemon_serves(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """relay.daemontag: with nowhere to keep this machine's id (a read-only home, say) the
+    daemon serves on the old tag and says what a user risks, and where."""
+    blocker = home.dir / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(blocker / "state"))
+    with structlog.testing.capture_logs() as logs:
+        async with start_daemon(home) as running:
+            await ping(str(running.home.socket))
+    said = [e for e in logs if e["event"].startswith("machine id not kept")]
+    assert len(said) == 1, logs
+    assert said[0]["log_level"] == "warning" and str(blocker) in said[0]["error"], said
+    assert "XDG_STATE_HOME" in said[0]["event"]
