@@ -59,8 +59,9 @@ def daemon_tag(
 
 def _kept_id(path: Path) -> str:
     """This machine's id: read, or made once. Two daemons starting at once agree: the id is
-    written whole to a file of its own and linked into place, and the one that finds it taken
-    reads the other's. One that is not an id (empty, edited) is replaced."""
+    written whole to a file of its own and linked into place, and the one that finds the
+    place taken reads the other's. One that is not an id (empty, edited, a symlink) is
+    replaced."""
     found = _read_id(path)
     if found:
         return found
@@ -71,13 +72,13 @@ def _kept_id(path: Path) -> str:
     try:
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write(fresh + "\n")
-        if path.exists() or path.is_symlink():
-            os.replace(part, path)  # not an id: this one takes its place
-            return fresh
         try:
             os.link(part, path)
         except FileExistsError:
-            return _read_id(path) or fresh  # another daemon's, made a moment ago
+            found = _read_id(path)  # another daemon's, made a moment ago
+            if found:
+                return found
+            os.replace(part, path)  # not an id (empty, edited, a symlink): this one instead
         return fresh
     finally:
         part.unlink(missing_ok=True)
