@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
-from relay.checkview import Result, State, origin_words, parse_probe
+from relay.checkview import Result, State, after_chatter, chatter, origin_words, parse_probe
 from relay.errors import HostKeyChanged, RelayError
 from relay.hostspec import HostSpec, HostSpecError
 from relay.lite.linkname import LinkName
@@ -464,6 +464,14 @@ class Checker:
             )
         show = {"TMPDIR": probe.get("tmpdir", "?")}
         notes = []
+        said = chatter(str(done.stdout or ""), "sh=ok")
+        if said:
+            notes.append(
+                f"the login shell prints before every command ({said[0][:60]!r}"
+                f"{' and more' if len(said) > 1 else ''}): relay skips it, but scp, sftp and "
+                "rsync fail on it; print only in interactive shells (at the top of ~/.bashrc: "
+                "[[ $- == *i* ]] || return)"
+            )
         if probe.get("proc") != "ok":
             notes.append(
                 "no /proc/net/tcp: relay cannot tell who connects to a link; launches fail "
@@ -541,7 +549,7 @@ class Checker:
         command = (
             f"if [ ! -e {q} ]; then echo 'relay-check: missing'; exit 127; fi; "
             f"if [ ! -x {q} ]; then echo 'relay-check: not executable'; exit 126; fi; "
-            f"exec {q} -version </dev/null 2>&1"
+            f"echo 'relay-check: running'; exec {q} -version </dev/null 2>&1"
         )
         try:
             async with asyncio.timeout(KERNEL_TIMEOUT_S):
@@ -551,7 +559,7 @@ class Checker:
                 f"{kernel} -version did not finish within {KERNEL_TIMEOUT_S:g} s",
                 "run it on the host by hand: a licence server or a network file system may hang",
             ) from None
-        out = [line for line in str(done.stdout or "").splitlines() if line.strip()]
+        out = after_chatter(str(done.stdout or ""), "relay-check: ")
         if out[:1] == ["relay-check: missing"]:
             raise _Failed(
                 f"no kernel at {kernel} on the host",
@@ -560,6 +568,7 @@ class Checker:
             )
         if out[:1] == ["relay-check: not executable"]:
             raise _Failed(f"{kernel} is not executable", f"chmod +x {kernel} on the host")
+        out = out[1:] if out[:1] == ["relay-check: running"] else out
         if done.exit_status != 0:
             words = " / ".join(out[-3:]) or "(no output)"
             raise _Failed(
@@ -599,7 +608,7 @@ class Checker:
         link = LinkName.loopback(ports[0], ports[1])
         assert self.conn is not None
         placed = await self.conn.run(PLACE_PROBE, input=ROUND_TRIP_PROBE, check=False)
-        probe = str(placed.stdout or "").strip()
+        probe = (str(placed.stdout or "").strip().splitlines() or [""])[-1]  # past any chatter
         if placed.exit_status != 0 or not probe:
             raise _Failed("cannot write the probe to TMPDIR", "see step 6")
         started = time.monotonic()

@@ -69,6 +69,25 @@ def origin_words(origin: dict[str, str], field: str | None = None) -> str:
     return f"user from {user}, port from {port}"
 
 
+def after_chatter(text: str, marker: str) -> list[str]:
+    """A command's non-blank lines from the first that begins with ``marker``: what the login
+    shell printed before the command ran (an ``echo`` in ~/.bashrc, which bash reads for ssh's
+    commands too) is not the command's. All of them if none does."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith(marker):
+            return lines[i:]
+    return lines
+
+
+def chatter(text: str, first: str) -> list[str]:
+    """What the login shell printed before a command's own ``first`` line."""
+    lines = text.splitlines()
+    if first not in lines:
+        return []
+    return [line for line in lines[: lines.index(first)] if line.strip()]
+
+
 def parse_probe(text: str) -> dict[str, str]:
     """The remote host probe's ``key=value`` lines (relay.check.HOST_PROBE)."""
     found = {}

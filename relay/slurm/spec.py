@@ -150,8 +150,9 @@ def scancel_argv(job_ids: Iterable[str]) -> list[str]:
 
 
 def parse_sbatch(out: str) -> str:
-    """The job id of ``sbatch --parsable`` (``ID`` or ``ID;cluster``)."""
-    word = out.strip().split(";", 1)[0]
+    """The job id of ``sbatch --parsable`` (``ID`` or ``ID;cluster``): its last line, past
+    what a chatty login shell printed first (an ``echo`` in ~/.bashrc)."""
+    word = (out.strip().splitlines() or [""])[-1].strip().split(";", 1)[0]
     if not word.isdigit():
         raise ValueError(f"sbatch printed no job id: {out.strip()[:200]!r}")
     return word

@@ -68,7 +68,7 @@ def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: byt
     ``HookInstallFailed`` with one actionable line otherwise."""
     if exit_status is None:  # neither an exit status nor a signal: cut off with the connection
         raise _lost(host, hook)
-    head, _, body = stdout.partition(b"\n")
+    head, body = _answer(stdout)
     words = head.decode("utf-8", "replace").split(" ", 2)
     why: str
     if exit_status == 0 and len(words) == 2 and words[0] == "ok":
@@ -89,6 +89,25 @@ def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: byt
         f"cannot install {hook.what} on {host}: {why}; "
         + hook.advice.format(header=host_header(host))
     )
+
+
+CHATTER_LINES = 200  # what a login shell may print before the installer's answer, at most
+
+
+def _answer(stdout: bytes) -> tuple[bytes, bytes]:
+    """The installer's first line and what follows it, past what the login shell printed
+    before the command ran (an ``echo`` in ~/.bashrc, which bash reads for ssh's commands
+    too): the first line that begins with ``ok`` or ``refuse``. Without one, the first line."""
+    rest = stdout
+    for _ in range(CHATTER_LINES):
+        head, found, body = rest.partition(b"\n")
+        if head.split(b" ", 1)[0] in (b"ok", b"refuse"):
+            return head, body
+        if not found:
+            break
+        rest = body
+    head, _, body = stdout.partition(b"\n")
+    return head, body
 
 
 def _lost(host: str, hook: HookFile) -> ConnectFailed:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 
 from relay.check import HOST_PROBE
-from relay.checkview import Result, origin_words, parse_probe, render, verdict
+from relay.checkview import (
+    Result,
+    after_chatter,
+    chatter,
+    origin_words,
+    parse_probe,
+    render,
+    verdict,
+)
 
 
 def results() -> list[Result]:
@@ -40,6 +48,21 @@ def test_probe_lines_parse_and_junk_is_ignored() -> None:
     assert parse_probe(out) == {"sh": "ok", "tmpdir": "/tmp/a b", "free_kb": "123"}
     keys = set(re.findall(r"echo (\w+)=", HOST_PROBE))
     assert {"sh", "mktemp", "bash", "tmpdir", "proc", "cache_dir", "free_kb"} <= keys
+
+
+def test_what_the_login_shell_printed_first_is_told_apart() -> None:
+    out = "Welcome to the cluster\n\nrelay-check: running\nMathematica 14.1.0 Kernel\n"
+    assert after_chatter(out, "relay-check: ") == [
+        "relay-check: running",
+        "Mathematica 14.1.0 Kernel",
+    ]
+    assert after_chatter("14.1.0\n", "relay-check: ") == ["14.1.0"]  # no marker: all of it
+    assert chatter("Welcome\n\nLmod: 3 modules\nsh=ok\nmktemp=ok\n", "sh=ok") == [
+        "Welcome",
+        "Lmod: 3 modules",
+    ]
+    assert chatter("sh=ok\nmotd: later\n", "sh=ok") == []
+    assert chatter("sh: not found\n", "sh=ok") == []
 
 
 def test_where_the_user_and_port_came_from() -> None:

@@ -105,6 +105,8 @@ def test_kernels_spread_to_the_node_with_the_most_free_slots() -> None:
 def test_sbatch_parsable_output() -> None:
     assert spec.parse_sbatch("42\n") == "42"
     assert spec.parse_sbatch("42;cluster2\n") == "42"
+    # a login shell that talks before the command runs (~/.bashrc's echo)
+    assert spec.parse_sbatch("Welcome to the cluster\n\n42\n") == "42"
     with pytest.raises(ValueError, match="no job id"):
         spec.parse_sbatch("sbatch: error: Batch job submission failed\n")
 

@@ -165,6 +165,13 @@ def test_what_the_installer_says_is_checked() -> None:
         parse_answer("h", HOOK, 96, b"")
     with pytest.raises(HookInstallFailed, match="HOME is unset"):
         parse_answer("h", HOOK, 1, b"refuse nohome -\n")
+    # a login shell that talks before the command runs (~/.bashrc's echo, a module system)
+    chatter = b"Welcome to the cluster\nok, modules loaded\n\n"
+    assert parse_answer("h", HOOK, 0, chatter + f"ok {path}\n".encode() + HOOK.data) == path
+    with pytest.raises(HookInstallFailed, match="HOME is unset"):
+        parse_answer("h", HOOK, 1, chatter + b"refuse nohome -\n")
+    with pytest.raises(HookInstallFailed, match="said b'Welcome to the cluster'"):
+        parse_answer("h", HOOK, 0, chatter)
     # no exit status and no signal: the session was cut off with its connection; not the
     # host's doing, so no advice to launch without Dynamic
     with pytest.raises(ConnectFailed) as lost:
