@@ -31,6 +31,10 @@ APT_NEEDS := $(if $(wildcard $(SSHD)),,openssh-server) \
 # influxdb, ipmi, rocm-smi, jwt and their -dev packages): 8 new packages instead of 42 on a
 # bookworm machine that had sshd and systemd (apt-get -s, docs/slurm-cluster.md).
 APT_NEEDS_NO_RECOMMENDS := $(if $(wildcard $(SLURMCTLD)),,slurmctld slurmd slurm-client munge)
+# Login shells that read a command otherwise than sh (tests/streams/test_login_shells.py and
+# tests/e2e/test_login_shell.py run relay's remote commands under them; without them, skipped)
+APT_NEEDS_NO_RECOMMENDS += $(if $(wildcard /usr/bin/tcsh),,tcsh) $(if $(wildcard /usr/bin/fish),,fish) \
+                           $(if $(wildcard /usr/bin/zsh),,zsh)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 base-packages:

@@ -33,7 +33,7 @@ from relay.checkview import Result, State, after_chatter, chatter, origin_words,
 from relay.errors import HostKeyChanged, RelayError
 from relay.hostspec import HostSpec, HostSpecError
 from relay.lite.linkname import LinkName
-from relay.ssh import hostkeys, identity
+from relay.ssh import hostkeys, identity, remote_scripts
 
 if TYPE_CHECKING:
     from relay.kernels import Kernel
@@ -61,21 +61,24 @@ MIN_FREE_KB = 10 * 1024  # the hook and the supervisor's files are a few kB
 AUTH_METHODS_KWARGS = {"port", "username", "tunnel", "proxy_command", "config"}
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk", "id_dsa")
 
-# Check 6, one exec session: key=value lines (relay.checkview.parse_probe).
-HOST_PROBE = r"""
-echo sh=ok
-command -v mktemp >/dev/null 2>&1 && echo mktemp=ok || echo mktemp=missing
-command -v bash >/dev/null 2>&1 && echo bash=ok || echo bash=missing
-t=${TMPDIR:-/tmp}; echo tmpdir=$t
-d=$(mktemp -d "$t/relay-check.XXXXXX" 2>/dev/null) && rmdir "$d" && echo tmpdir_writable=ok \
-  || echo tmpdir_writable=no
-test -r /proc/net/tcp && echo proc=ok || echo proc=missing
-c=$HOME/.cache/relay; while [ ! -d "$c" ]; do c=$(dirname "$c"); done; echo cache_dir=$c
-echo free_kb=$(df -Pk "$c" 2>/dev/null | awk 'NR==2 {print $4}')
-v='import sys; print("%d.%d" % sys.version_info[:2])'
-command -v python3 >/dev/null 2>&1 && echo python3=$(python3 -I -c "$v" 2>/dev/null) \
-  || echo python3=missing
-"""
+# Check 6, one exec session: key=value lines (relay.checkview.parse_probe). One line of sh
+# (relay.ssh.remote_scripts.script: any login shell).
+HOST_PROBE = "; ".join(
+    [
+        "echo sh=ok",
+        "command -v mktemp >/dev/null 2>&1 && echo mktemp=ok || echo mktemp=missing",
+        "command -v bash >/dev/null 2>&1 && echo bash=ok || echo bash=missing",
+        "t=${TMPDIR:-/tmp}; echo tmpdir=$t",
+        'd=$(mktemp -d "$t/relay-check.XXXXXX" 2>/dev/null) && rmdir "$d" '
+        "&& echo tmpdir_writable=ok || echo tmpdir_writable=no",
+        "test -r /proc/net/tcp && echo proc=ok || echo proc=missing",
+        'c=$HOME/.cache/relay; while [ ! -d "$c" ]; do c=$(dirname "$c"); done; echo cache_dir=$c',
+        "echo free_kb=$(df -Pk \"$c\" 2>/dev/null | awk 'NR==2 {print $4}')",
+        """v='import sys; print("%d.%d" % sys.version_info[:2])'""",
+        'command -v python3 >/dev/null 2>&1 && echo python3=$(python3 -I -c "$v" 2>/dev/null) '
+        "|| echo python3=missing",
+    ]
+)
 
 # Check 9: launched as the kernel, with the kernel's flags.
 ROUND_TRIP_PROBE = r"""#!/usr/bin/env bash
@@ -446,7 +449,10 @@ class Checker:
     async def remote_host(self) -> tuple[str, dict[str, Any], State]:
         assert self.conn is not None
         assert self.session is not None
-        done = await self.conn.run(f"exec /bin/sh -c {shlex.quote(HOST_PROBE)}", check=False)
+        probe_script = remote_scripts.script(HOST_PROBE)
+        done = await self.conn.run(
+            probe_script.command, input=probe_script.preamble.decode(), check=False
+        )
         self.probe = probe = parse_probe(str(done.stdout or ""))
         if probe.get("sh") != "ok":
             raise _Failed(
@@ -546,14 +552,16 @@ class Checker:
                 "warn",
             )
         q = shlex.quote(kernel)
-        command = (
+        command = remote_scripts.script(
             f"if [ ! -e {q} ]; then echo 'relay-check: missing'; exit 127; fi; "
             f"if [ ! -x {q} ]; then echo 'relay-check: not executable'; exit 126; fi; "
             f"echo 'relay-check: running'; exec {q} -version </dev/null 2>&1"
         )
         try:
             async with asyncio.timeout(KERNEL_TIMEOUT_S):
-                done = await self.conn.run(command, check=False)
+                done = await self.conn.run(
+                    command.command, input=command.preamble.decode(), check=False
+                )
         except TimeoutError:
             raise _Failed(
                 f"{kernel} -version did not finish within {KERNEL_TIMEOUT_S:g} s",
@@ -607,7 +615,10 @@ class Checker:
         ports = [s.sockets[0].getsockname()[1] for s in servers]
         link = LinkName.loopback(ports[0], ports[1])
         assert self.conn is not None
-        placed = await self.conn.run(PLACE_PROBE, input=ROUND_TRIP_PROBE, check=False)
+        place = remote_scripts.script(PLACE_PROBE)
+        placed = await self.conn.run(
+            place.command, input=place.preamble.decode() + ROUND_TRIP_PROBE, check=False
+        )
         probe = (str(placed.stdout or "").strip().splitlines() or [""])[-1]  # past any chatter
         if placed.exit_status != 0 or not probe:
             raise _Failed("cannot write the probe to TMPDIR", "see step 6")
@@ -639,7 +650,8 @@ class Checker:
             if kernel is not None:
                 await kernel.terminate(grace_s=1.0)
                 await kernel.aclose()
-            await self.conn.run(f"rm -f {shlex.quote(probe)}", check=False)
+            remove = remote_scripts.script(f"rm -f {shlex.quote(probe)}")
+            await self.conn.run(remove.command, input=remove.preamble.decode(), check=False)
         ms = (time.monotonic() - started) * 1000
         return (
             f"launched a probe, both channels answered, in {ms:.0f} ms",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shlex
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -19,7 +18,8 @@ import asyncssh
 
 from relay.agent.session import AgentInfo
 from relay.errors import ConnectFailed, HookInstallFailed
-from relay.ssh import hookfile
+from relay.ssh import hookfile, remote_scripts
+from relay.ssh.remote_scripts import Remote
 
 __all__ = ["START_TIMEOUT_S", "Unavailable", "agent_file", "parse_start", "start", "start_command"]
 
@@ -53,16 +53,20 @@ class Unavailable:
     reason: str
 
 
-def start_command(path: str, tag: str, window_s: float) -> str:
+def start_command(path: str, tag: str, window_s: float) -> Remote:
+    """The agent's start (relay.ssh.remote_scripts: any login shell); the secret follows the
+    preamble on standard input."""
     if not tag or any(c not in "0123456789abcdef" for c in tag):
         raise ValueError(f"agent tag must be lowercase hex, not {tag!r}")
-    script = (
+    return remote_scripts.script(
         # without python3 the secret is still read to its end: a session that exits before
         # its input is taken can leave the sender waiting (seen: the start never returned)
         "command -v python3 >/dev/null 2>&1 || { cat >/dev/null; echo agent none; exit 0; }; "
-        'exec python3 -I "$1" start "$2" "$3"'
+        'exec python3 -I "$1" start "$2" "$3"',
+        path,
+        tag,
+        str(max(1, round(window_s))),
     )
-    return f"exec /bin/sh -c '{script}' relay {shlex.quote(path)} {tag} {max(1, round(window_s))}"
 
 
 def parse_start(
@@ -98,9 +102,10 @@ async def start(
     secret = secrets.token_hex(32)
     try:
         async with asyncio.timeout(START_TIMEOUT_S):  # the input's delivery included
+            remote = start_command(path, tag, window_s)
             result = await conn.run(
-                start_command(path, tag, window_s),
-                input=secret + "\n",
+                remote.command,
+                input=remote.preamble.decode() + secret + "\n",
                 check=False,
                 timeout=START_TIMEOUT_S,
             )

@@ -70,6 +70,7 @@ class ThrowawaySSHD:
         hide: Sequence[Path] = (),
         sftp: bool = True,
         program: str | None = None,
+        login_shell: str | None = None,
     ) -> None:
         self.dir = Path(directory)
         self.options = options or {}
@@ -87,6 +88,10 @@ class ThrowawaySSHD:
         # sshd under another name (a symlink): sshd names its PAM service after argv[0], so a
         # test can give it a PAM stack of its own (/etc/pam.d/<name>)
         self.program = program
+        # the account's login shell, which runs every session's command (``$SHELL -c``): its
+        # passwd entry as the server sees it (a copy bound over /etc/passwd in its own mount
+        # namespace; root only), so a test can log in as a tcsh or fish user
+        self.login_shell = login_shell
         self.user = getpass.getuser()
         self.own_user = self.user  # whose real home the sessions must not touch
         self.home = self.dir / "home"  # the sessions' HOME when they log in as own_user
@@ -174,6 +179,8 @@ class ThrowawaySSHD:
             mounts += "".join(
                 f"mount -t tmpfs -o mode=0700 none {shlex.quote(str(p))} && " for p in self.hide
             )
+            if self.login_shell is not None:
+                mounts += f"mount --bind {shlex.quote(str(self._passwd()))} /etc/passwd && "
             if mounts:
                 argv = [
                     "unshare",
@@ -205,6 +212,20 @@ class ThrowawaySSHD:
             if port:
                 break
         raise RuntimeError("sshd did not start: " + " | ".join(list(self.log)[-5:]))
+
+    def _passwd(self) -> Path:
+        """/etc/passwd with the login's shell replaced by ``login_shell``."""
+        assert self.login_shell is not None
+        lines = []
+        for line in Path("/etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == self.user and len(fields) == 7:
+                fields[6] = self.login_shell
+            lines.append(":".join(fields))
+        copy = self.dir / "passwd"
+        copy.write_text("\n".join(lines) + "\n")
+        copy.chmod(0o644)
+        return copy
 
     def _wait_listening(self, proc: subprocess.Popen[bytes], port: int) -> bool:
         assert proc.stderr is not None

@@ -26,6 +26,7 @@ from relay.errors import RelayError, SlurmFailed, SlurmPending
 from relay.kernelcmd import shell_join
 from relay.settings import SlurmConfig
 from relay.slurm import spec
+from relay.ssh import remote_scripts
 from relay.ssh.host import Hold, HostSession
 from relay.tasks import TaskSet
 
@@ -121,7 +122,13 @@ class Allocation:
     async def _run(self, argv: list[str]) -> str:
         conn = await self.host.connection()
         try:
-            result = await conn.run(shell_join(argv), check=False, timeout=COMMAND_TIMEOUT_S)
+            remote = remote_scripts.script(shell_join(argv))  # whatever the login shell
+            result = await conn.run(
+                remote.command,
+                input=remote.preamble.decode(),
+                check=False,
+                timeout=COMMAND_TIMEOUT_S,
+            )
         except asyncssh.TimeoutError:
             raise SlurmFailed(
                 f"{argv[0]} on {self.host.key} did not finish within {COMMAND_TIMEOUT_S:g} s"

@@ -116,10 +116,14 @@ def _lost(host: str, hook: HookFile) -> ConnectFailed:
 
 async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile) -> str:
     """Write ``hook`` on the connection's host (if it is not there already) and prove it."""
-    command = hook_install_command(hook.version, hook.name)
+    remote = hook_install_command(hook.version, hook.name)
     try:
         result = await conn.run(
-            command, input=hook.data, encoding=None, check=False, timeout=INSTALL_TIMEOUT_S
+            remote.command,
+            input=remote.preamble + hook.data,
+            encoding=None,
+            check=False,
+            timeout=INSTALL_TIMEOUT_S,
         )
     except asyncssh.TimeoutError:
         why = f"the installer did not finish within {INSTALL_TIMEOUT_S:.0f} s"

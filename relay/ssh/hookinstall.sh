@@ -19,8 +19,8 @@
 # directories of other relay releases not used for $3 days are pruned; the one in use is
 # touched on every install (each connection installs once).
 #
-# Joined into one line and passed as `exec /bin/sh -c '...'` (see supervisor.sh): no single
-# quotes, and every line ends where a newline may become a space.
+# Joined into one line and read by /bin/sh from the session's standard input, the file's
+# bytes after it (see supervisor.sh): every line ends where a newline may become a space.
 umask 077;
 case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $2 in *[!A-Za-z0-9.]*|"") exit 96 ;; esac;

@@ -1,17 +1,47 @@
-"""relay's remote shell scripts as the one-line commands sshd runs. Pure.
+"""relay's remote shell scripts as sshd runs them, whatever the account's login shell. Pure.
 
 ``supervisor.sh`` (one long-lived session per connection: starts and reaps kernels) and
-``hookinstall.sh`` (one short session: writes the kernel hook file). Both are POSIX sh, joined
-into one line and run as ``exec /bin/sh -c '...' relay ARGS``: the same under whatever login
-shell the account has (sh, bash, zsh, csh, tcsh, fish), and nothing but /bin/sh needed.
+``hookinstall.sh`` (one short session: writes the kernel hook file), and the agent's start and
+``relay check``'s probes. sshd hands a command to the login shell (``$SHELL -c COMMAND``),
+and login shells read a command differently: tcsh substitutes history at a ``!`` even inside
+single quotes ("0: Event not found" for ``*[!0-9]*``) and refuses a newline there; fish
+reads ``\\`` in single quotes and has no ``x=$(...)``. So the login shell is given only
+``BOOTSTRAP``, which every shell reads alike (sh, bash, dash, zsh, csh, tcsh, fish: tested
+with each): it has /bin/sh read one line from the session's standard input and run it. That
+line is the script (``Remote.preamble``); what the script itself reads follows it (the hook
+file's bytes, the supervisor's requests, the agent's secret). POSIX ``read`` takes no byte
+past its line, so nothing of that is lost, and nothing but /bin/sh is needed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 
-__all__ = ["HOOK_KEEP_DAYS", "hook_install_command", "one_line", "remote_command"]
+__all__ = [
+    "BOOTSTRAP",
+    "HOOK_KEEP_DAYS",
+    "Remote",
+    "hook_install_command",
+    "one_line",
+    "remote_command",
+    "script",
+]
+
+# Only characters every login shell takes literally inside single quotes (no !, no \\, no
+# newline): tests/streams/test_login_shells.py runs it under each.
+BOOTSTRAP = "exec /bin/sh -c 'IFS= read -r s && eval \"$s\"' relay"
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """A script to run on a host: ``command`` for sshd, and ``preamble`` to write first on the
+    session's standard input (the script's one line)."""
+
+    command: str
+    preamble: bytes
+
 
 HOOK_KEEP_DAYS = 30  # an unused kernel hook version directory is pruned after this long
 
@@ -20,27 +50,45 @@ HOOK_KEEP_DAYS = 30  # an unused kernel hook version directory is pruned after t
 def one_line(name: str = "supervisor.sh") -> str:
     text = files("relay.ssh").joinpath(name).read_text()
     lines = (line.strip() for line in text.splitlines())
-    script = " ".join(line for line in lines if line and not line.startswith("#"))
-    assert "'" not in script, f"{name} must not contain single quotes"
-    return script
+    return " ".join(line for line in lines if line and not line.startswith("#"))
 
 
-def _command(name: str, *args: str) -> str:
-    return f"exec /bin/sh -c '{one_line(name)}' relay {' '.join(args)}"
+def script(text: str, *args: str) -> Remote:
+    """``text`` (one line of POSIX sh; ``$1``.. are ``args``) run by /bin/sh."""
+    if "\n" in text:
+        raise ValueError("a remote script is one line (end its statements with ;)")
+    return Remote(" ".join([BOOTSTRAP, *map(_word, args)]), (text + "\n").encode())
 
 
-def remote_command(tag: str, *, end_stale: bool = True, stale_after_s: int = 60) -> str:
-    """The supervisor: ``exec /bin/sh -c '...' relay TAG end|keep STALE_S``. A session of the
-    same tag not pinged for STALE_S seconds is stale."""
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/-+,=@%:")
+
+
+def _word(arg: str) -> str:
+    """``arg`` as every login shell reads it back: bare if plain, else in single quotes, which
+    sh, csh and fish all take literally but for the characters refused here."""
+    if arg and all(c in _PLAIN for c in arg):
+        return arg
+    if not arg or any(c in "'!\\\n" for c in arg):
+        raise ValueError(f"cannot pass {arg!r} to a remote script through every login shell")
+    return f"'{arg}'"
+
+
+def _command(name: str, *args: str) -> Remote:
+    return script(one_line(name), *args)
+
+
+def remote_command(tag: str, *, end_stale: bool = True, stale_after_s: int = 60) -> Remote:
+    """The supervisor, with ``TAG end|keep STALE_S``. A session of the same tag not pinged
+    for STALE_S seconds is stale; its requests follow the preamble on standard input."""
     if not tag or any(c not in "0123456789abcdef" for c in tag):
         raise ValueError(f"supervisor tag must be lowercase hex, not {tag!r}")
     mode = "end" if end_stale else "keep"
     return _command("supervisor.sh", tag, mode, str(int(stale_after_s)))
 
 
-def hook_install_command(version: str, name: str, keep_days: int = HOOK_KEEP_DAYS) -> str:
-    """The hook installer: ``exec /bin/sh -c '...' relay VERSION NAME KEEP_DAYS``; the file's
-    bytes go on the session's standard input."""
+def hook_install_command(version: str, name: str, keep_days: int = HOOK_KEEP_DAYS) -> Remote:
+    """The hook installer, with ``VERSION NAME KEEP_DAYS``; the file's bytes follow the
+    preamble on standard input."""
     if not version or any(c not in "0123456789abcdef" for c in version):
         raise ValueError(f"hook version must be lowercase hex, not {version!r}")
     if not name or not all(c.isascii() and (c.isalnum() or c == ".") for c in name):

@@ -143,12 +143,10 @@ class Supervisor:
         stale_after_s: int = 60,
     ) -> Supervisor:
         log = structlog.get_logger("relay.supervisor").bind(host=host)
+        remote = remote_command(tag, end_stale=end_stale, stale_after_s=stale_after_s)
         try:
-            process = await conn.create_process(
-                remote_command(tag, end_stale=end_stale, stale_after_s=stale_after_s),
-                encoding="utf-8",
-                errors="replace",
-            )
+            process = await conn.create_process(remote.command, encoding="utf-8", errors="replace")
+            process.stdin.write(remote.preamble.decode())  # the script, then its requests
         except asyncssh.ChannelOpenError as exc:
             raise SupervisorFailed(
                 f"{host}: the SSH server refused a session for relay's supervisor: {exc.reason}"

@@ -52,9 +52,10 @@
 # forwards signals to it (USR1 standing for KILL), so a full TMPDIR cannot make a kernel
 # unkillable; a kernel whose pid cannot be recorded is killed and reported (norecord ID).
 #
-# The file is joined into one line and passed as `exec /bin/sh -c '...'`, so it must not
-# contain single quotes, and every line must end where a newline may become a space. ("$!" is
-# safe: csh expands history only in interactive shells.)
+# The file is joined into one line (relay.ssh.remote_scripts.one_line), which /bin/sh reads
+# from the session's standard input (remote_scripts.BOOTSTRAP: the login shell never sees
+# it, so tcsh's history "!" and fish's syntax do not matter), so every line must end where a
+# newline may become a space.
 umask 077;
 case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $3 in *[!0-9]*|"") exit 96 ;; esac;

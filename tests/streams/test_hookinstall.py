@@ -19,7 +19,12 @@ import structlog
 from relay.errors import ConnectFailed, HookInstallFailed
 from relay.ssh import hookfile
 from relay.ssh.hookfile import HookFile, parse_answer
-from relay.ssh.remote_scripts import HOOK_KEEP_DAYS, hook_install_command, one_line
+from relay.ssh.remote_scripts import (
+    BOOTSTRAP,
+    HOOK_KEEP_DAYS,
+    hook_install_command,
+    one_line,
+)
 from relay.tasks import TaskSet
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
@@ -181,10 +186,10 @@ def test_what_the_installer_says_is_checked() -> None:
     )
 
 
-def test_the_command_is_one_line_and_checks_its_words() -> None:
-    command = hook_install_command(HOOK.version, HOOK.name)
-    assert "\n" not in command and command.count("'") == 2
-    assert command.endswith(f"' relay {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS}")
+def test_the_command_is_the_bootstrap_and_checks_its_words() -> None:
+    remote = hook_install_command(HOOK.version, HOOK.name)
+    assert remote.command == f"{BOOTSTRAP} {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS}"
+    assert remote.preamble == (one_line("hookinstall.sh") + "\n").encode()
     with pytest.raises(ValueError, match="hex"):
         hook_install_command("x; rm -rf ~", HOOK.name)
     with pytest.raises(ValueError, match="letters"):

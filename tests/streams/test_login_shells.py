@@ -1,0 +1,118 @@
+"""Every command relay runs on a host goes through the account's login shell: sshd runs
+``$SHELL -c COMMAND``. Each of relay's remote scripts, run here exactly so under every login
+shell this machine has (tcsh and fish are the ones that differ: tcsh substitutes history at a
+``!`` inside single quotes and refuses newlines there; fish has no ``x=$(...)``), with its
+standard input as relay writes it: the script's line, then what the script reads.
+(tests/e2e/test_login_shell.py logs in through sshd as such an account.)"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from relay.agent.start import parse_start, start_command
+from relay.check import HOST_PROBE, PLACE_PROBE, ROUND_TRIP_PROBE
+from relay.checkview import parse_probe
+from relay.ssh import remote_scripts
+from relay.ssh.hookfile import HookFile, parse_answer
+from relay.ssh.remote_scripts import BOOTSTRAP, Remote, hook_install_command, remote_command
+
+SHELLS = ["sh", "dash", "bash", "zsh", "csh", "tcsh", "fish"]
+# tcsh and fish are what .ci/run installs for this test; a developer's machine may lack them
+REQUIRED = {"sh", "bash", "tcsh", "fish"} if os.environ.get("CI") else {"sh"}
+
+
+@pytest.fixture(params=SHELLS)
+def login_shell(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    found = shutil.which(name)
+    if found is None:
+        if name in REQUIRED:
+            pytest.fail(f"{name} is not installed (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+def run(shell: str, remote: Remote, data: bytes = b"", env: dict[str, str] | None = None) -> bytes:
+    """As sshd runs a session's command: the login shell with -c, stdin a pipe."""
+    done = subprocess.run(
+        [shell, "-c", remote.command],
+        input=remote.preamble + data,
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    return done.stdout
+
+
+def test_the_bootstrap_hands_the_script_its_arguments_and_the_rest_of_stdin(
+    login_shell: str,
+) -> None:
+    rest = bytes(range(256)) * 64  # binary, with newlines and quotes: not for the shell
+    remote = remote_scripts.script(
+        'printf "%s|%s|%s\\n" "$0" "$1" "$2"; cat | sha256sum', "one", "two words"
+    )
+    out = run(login_shell, remote, rest).decode()
+    assert out.splitlines() == ["relay|one|two words", hashlib.sha256(rest).hexdigest() + "  -"]
+    assert set(BOOTSTRAP) & set("!\\\n") == set()
+
+
+def test_the_hook_installer(login_shell: str, tmp_path: Path) -> None:
+    hook = HookFile("T.wl", b"(* a hook *)\n'!' \\ $HOME\n")
+    env = {**os.environ, "HOME": str(tmp_path)}
+    remote = hook_install_command(hook.version, hook.name)
+    path = parse_answer("h", hook, 0, run(login_shell, remote, hook.data, env))
+    assert Path(path).read_bytes() == hook.data
+
+
+def test_the_supervisor_says_hello_and_answers(login_shell: str) -> None:
+    remote = remote_command("00ff", stale_after_s=3600)
+    done = subprocess.run(
+        [login_shell, "-c", remote.command],
+        input=remote.preamble + b"ping p1\n",
+        capture_output=True,
+        timeout=60,
+    )
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].startswith("hello "), (lines, done.stderr)
+    assert "pong p1" in lines, (lines, done.stderr)
+
+
+def test_the_agents_start_where_there_is_no_python3(login_shell: str, tmp_path: Path) -> None:
+    """The command and its secret, with python3 off the PATH (the agent itself is started
+    through sshd in tests/e2e/test_login_shell.py)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("cat", "sh"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
+    env = {**os.environ, "PATH": str(bin_dir)}
+    remote = start_command(str(tmp_path / "relayagent.py"), "00ff", 900)
+    out = run(login_shell, remote, b"0" * 64 + b"\n", env).decode()
+    assert "no python3" in str(parse_start("h", 0, out))
+
+
+def test_relay_checks_probes(login_shell: str) -> None:
+    probe = parse_probe(run(login_shell, remote_scripts.script(HOST_PROBE)).decode())
+    assert probe["sh"] == "ok" and probe["tmpdir_writable"] == "ok", probe
+    placed = run(login_shell, remote_scripts.script(PLACE_PROBE), ROUND_TRIP_PROBE.encode())
+    path = Path(placed.decode())
+    try:
+        assert path.read_text() == ROUND_TRIP_PROBE and os.access(path, os.X_OK)
+    finally:
+        run(login_shell, remote_scripts.script(f"rm -f {path}"))
+    assert not path.exists()
+
+
+def test_arguments_every_shell_reads_back_or_a_clear_refusal() -> None:
+    assert remote_scripts.script("true", "/h/a b/x.py").command.endswith(" '/h/a b/x.py'")
+    for bad in ("it's", "a!b", "a\\b", ""):
+        with pytest.raises(ValueError, match="every login shell"):
+            remote_scripts.script("true", bad)
+    with pytest.raises(ValueError, match="one line"):
+        remote_scripts.script("echo a\necho b")
