@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shlex
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -62,8 +63,8 @@ def start_command(path: str, tag: str, window_s: float) -> Remote:
         # without python3 the secret is still read to its end: a session that exits before
         # its input is taken can leave the sender waiting (seen: the start never returned)
         "command -v python3 >/dev/null 2>&1 || { cat >/dev/null; echo agent none; exit 0; }; "
-        'exec python3 -I "$1" start "$2" "$3"',
-        path,
+        # the path in the script, which only /bin/sh reads: any home directory's name will do
+        f'exec python3 -I {shlex.quote(path)} start "$1" "$2"',
         tag,
         str(max(1, round(window_s))),
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.agent.start import parse_start, start_command
+from relay.agent.start import Unavailable, parse_start, start_command
 from relay.check import HOST_PROBE, PLACE_PROBE, ROUND_TRIP_PROBE
 from relay.checkview import parse_probe
 from relay.ssh import remote_scripts
@@ -95,6 +95,27 @@ def test_the_agents_start_where_there_is_no_python3(login_shell: str, tmp_path: 
     remote = start_command(str(tmp_path / "relayagent.py"), "00ff", 900)
     out = run(login_shell, remote, b"0" * 64 + b"\n", env).decode()
     assert "no python3" in str(parse_start("h", 0, out))
+
+
+def test_the_agents_start_hands_it_its_words_and_the_secret(
+    login_shell: str, tmp_path: Path
+) -> None:
+    """A stand-in for relayagent.py, in a home whose name no login shell would read back
+    from a command line (it is in the script, which only /bin/sh reads)."""
+    home = tmp_path / "it's a home!"
+    home.mkdir()
+    agent = home / "relayagent.py"
+    agent.write_text(
+        "import sys\n"
+        "secret = sys.stdin.readline().strip()\n"
+        "ok = sys.argv[1:] == ['start', '00ff', '900'] and secret == 'ab' * 32\n"
+        "print('agent 1 42 /tmp/x.sock 0 proc 0' if ok else 'agent wrong %r' % sys.argv)\n"
+    )
+    remote = start_command(str(agent), "00ff", 900)
+    out = run(login_shell, remote, b"ab" * 32 + b"\n").decode()
+    started = parse_start("h", 0, out)
+    assert not isinstance(started, Unavailable), (started, out)
+    assert started.pid == 42
 
 
 def test_relay_checks_probes(login_shell: str) -> None:
