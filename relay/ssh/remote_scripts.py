@@ -60,7 +60,7 @@ def script(text: str, *args: str) -> Remote:
     return Remote(" ".join([BOOTSTRAP, *map(_word, args)]), (text + "\n").encode())
 
 
-_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/-+,=@%:")
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/-+,@:")
 
 
 def _word(arg: str) -> str:

@@ -132,6 +132,8 @@ def test_relay_checks_probes(login_shell: str) -> None:
 
 def test_arguments_every_shell_reads_back_or_a_clear_refusal() -> None:
     assert remote_scripts.script("true", "/h/a b/x.py").command.endswith(" '/h/a b/x.py'")
+    # zsh reads a bare =word as a command's path, old fish a bare %word as a process
+    assert remote_scripts.script("true", "=x", "%self").command.endswith(" '=x' '%self'")
     for bad in ("it's", "a!b", "a\\b", ""):
         with pytest.raises(ValueError, match="every login shell"):
             remote_scripts.script("true", bad)
