@@ -449,10 +449,7 @@ class Checker:
     async def remote_host(self) -> tuple[str, dict[str, Any], State]:
         assert self.conn is not None
         assert self.session is not None
-        probe_script = remote_scripts.script(HOST_PROBE)
-        done = await self.conn.run(
-            probe_script.command, input=probe_script.preamble.decode(), check=False
-        )
+        done = await remote_scripts.run(self.conn, remote_scripts.script(HOST_PROBE), check=False)
         self.probe = probe = parse_probe(str(done.stdout or ""))
         if probe.get("sh") != "ok":
             raise _Failed(
@@ -559,9 +556,7 @@ class Checker:
         )
         try:
             async with asyncio.timeout(KERNEL_TIMEOUT_S):
-                done = await self.conn.run(
-                    command.command, input=command.preamble.decode(), check=False
-                )
+                done = await remote_scripts.run(self.conn, command, check=False)
         except TimeoutError:
             raise _Failed(
                 f"{kernel} -version did not finish within {KERNEL_TIMEOUT_S:g} s",
@@ -616,9 +611,7 @@ class Checker:
         link = LinkName.loopback(ports[0], ports[1])
         assert self.conn is not None
         place = remote_scripts.script(PLACE_PROBE)
-        placed = await self.conn.run(
-            place.command, input=place.preamble.decode() + ROUND_TRIP_PROBE, check=False
-        )
+        placed = await remote_scripts.run(self.conn, place, ROUND_TRIP_PROBE, check=False)
         probe = (str(placed.stdout or "").strip().splitlines() or [""])[-1]  # past any chatter
         if placed.exit_status != 0 or not probe:
             raise _Failed("cannot write the probe to TMPDIR", "see step 6")
@@ -651,7 +644,7 @@ class Checker:
                 await kernel.terminate(grace_s=1.0)
                 await kernel.aclose()
             remove = remote_scripts.script(f"rm -f {shlex.quote(probe)}")
-            await self.conn.run(remove.command, input=remove.preamble.decode(), check=False)
+            await remote_scripts.run(self.conn, remove, check=False)
         ms = (time.monotonic() - started) * 1000
         return (
             f"launched a probe, both channels answered, in {ms:.0f} ms",

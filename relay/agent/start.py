@@ -103,10 +103,10 @@ async def start(
     secret = secrets.token_hex(32)
     try:
         async with asyncio.timeout(START_TIMEOUT_S):  # the input's delivery included
-            remote = start_command(path, tag, window_s)
-            result = await conn.run(
-                remote.command,
-                input=remote.preamble.decode() + secret + "\n",
+            result = await remote_scripts.run(
+                conn,
+                start_command(path, tag, window_s),
+                secret + "\n",
                 check=False,
                 timeout=START_TIMEOUT_S,
             )

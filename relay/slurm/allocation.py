@@ -123,12 +123,7 @@ class Allocation:
         conn = await self.host.connection()
         try:
             remote = remote_scripts.script(shell_join(argv))  # whatever the login shell
-            result = await conn.run(
-                remote.command,
-                input=remote.preamble.decode(),
-                check=False,
-                timeout=COMMAND_TIMEOUT_S,
-            )
+            result = await remote_scripts.run(conn, remote, check=False, timeout=COMMAND_TIMEOUT_S)
         except asyncssh.TimeoutError:
             raise SlurmFailed(
                 f"{argv[0]} on {self.host.key} did not finish within {COMMAND_TIMEOUT_S:g} s"

@@ -1,4 +1,5 @@
-"""relay's remote shell scripts as sshd runs them, whatever the account's login shell. Pure.
+"""relay's remote shell scripts as sshd runs them, whatever the account's login shell. Pure
+but for ``run``, the thin shell around asyncssh's.
 
 ``supervisor.sh`` (one long-lived session per connection: starts and reaps kernels) and
 ``hookinstall.sh`` (one short session: writes the kernel hook file), and the agent's start and
@@ -18,6 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncssh
 
 __all__ = [
     "BOOTSTRAP",
@@ -26,6 +31,7 @@ __all__ = [
     "hook_install_command",
     "one_line",
     "remote_command",
+    "run",
     "script",
 ]
 
@@ -71,6 +77,14 @@ def _word(arg: str) -> str:
     if not arg or any(c in "'!\\\n" for c in arg):
         raise ValueError(f"cannot pass {arg!r} to a remote script through every login shell")
     return f"'{arg}'"
+
+
+async def run(
+    conn: asyncssh.SSHClientConnection, remote: Remote, after: str = "", **kwargs: Any
+) -> asyncssh.SSHCompletedProcess:
+    """``remote`` run to its end on ``conn`` (text; asyncssh's ``run`` with ``kwargs``): its
+    preamble, then ``after``, on its standard input."""
+    return await conn.run(remote.command, input=remote.preamble.decode() + after, **kwargs)
 
 
 def _command(name: str, *args: str) -> Remote:
