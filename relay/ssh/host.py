@@ -271,26 +271,28 @@ class HostSession:
         # wait of its own (16 kernels: 30 s, not 8 minutes); one a person makes later waits.
         waited = self._waited_in_vain
         if waited is not None and time.monotonic() - waited < IN_VAIN_FOLLOWERS_S:
-            self._waited_in_vain = time.monotonic()  # a burst of any length: all of it
-            raise ConnectFailed(self._not_back(self.status.last_error))
+            # each follower renews the mark: a burst of any length fails at once, all of it
+            raise ConnectFailed(self._in_vain(self.status.last_error))
         try:
             async with asyncio.timeout_at(deadline):
                 return await self.connection()
         except (TimeoutError, ConnectFailed) as exc:
             if not self.resuming:  # it is over (the kernels ended): that is the news
                 raise
-            self._waited_in_vain = time.monotonic()
-            raise ConnectFailed(self._not_back(str(exc) or self.status.last_error)) from None
+            raise ConnectFailed(self._in_vain(str(exc) or self.status.last_error)) from None
 
     def gave_up_waiting(self) -> str | None:
         """A launch that began before the connection was lost, and waited in vain for it to
         come back: the line it fails with (``_not_back``), and, as after a wait in
         ``connection_by``, the launches that follow at once fail at once. None if the host
         is not resuming (the launch failed for a reason of its own)."""
-        if not self.resuming:
-            return None
+        return self._in_vain(self.status.last_error) if self.resuming else None
+
+    def _in_vain(self, last: str | None) -> str:
+        """A launch's wait for the resume ends in vain: the launches that follow at once fail
+        at once (``connection_by``), with the line this one fails with."""
         self._waited_in_vain = time.monotonic()
-        return self._not_back(self.status.last_error)
+        return self._not_back(last)
 
     def _not_back(self, last: str | None) -> str:
         agent = self.agent
