@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,17 @@ def _state_of_our_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
         yield
+
+
+def installed(program: str, required: Collection[str]) -> str:
+    """``program``'s path; a test without it is skipped, or fails where ``required`` names
+    it (what .ci/run installs: a developer's machine may lack it)."""
+    found = shutil.which(program)
+    if found is None:
+        if program in required:
+            pytest.fail(f"{program} is not installed (.ci/run installs it)")
+        pytest.skip(f"{program} is not installed")
+    return found
 
 
 AGENT_START_S = 10.0

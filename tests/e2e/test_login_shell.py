@@ -16,13 +16,14 @@ Here they get past both, and `relay check` says the first."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 from relay.sim.sshd import ThrowawaySSHD
-from tests.conftest import RelayHome
+from tests.conftest import RelayHome, installed
 from tests.e2e.helpers import controller
 from tests.e2e.test_check import by_name, check
 from tests.e2e.test_dynamic import finish
@@ -34,28 +35,41 @@ from tests.e2e.test_resume import status_of
 CHATTER = 'echo "Welcome to the cluster"\necho "ok, 3 modules loaded"\necho\n'
 
 
-@pytest.fixture
-def chatty(home: RelayHome) -> Iterator[ThrowawaySSHD]:
-    """A throwaway sshd of the test's own whose login (bash, HOME its own) talks first."""
-    with ThrowawaySSHD(home.dir / "sshd") as running:
-        (running.home / ".bashrc").write_text(CHATTER)
+@contextmanager
+def own_sshd(home: RelayHome, **options: Any) -> Iterator[ThrowawaySSHD]:
+    """A throwaway sshd of the test's own (``options``: ThrowawaySSHD's), as host "local"."""
+    with ThrowawaySSHD(home.dir / "sshd", **options) as running:
         home.sshd = running
         home.hosts.clear()
         home.add_host("local")
         yield running
 
 
-async def test_a_launch_gets_past_what_the_login_shell_prints(
-    home: RelayHome, chatty: ThrowawaySSHD
-) -> None:
-    """A controller with Dynamic (the hook installed and loaded) through relay's agent, as on
-    a quiet host."""
+async def launch_with_dynamic(home: RelayHome, sshd: ThrowawaySSHD, resume: str) -> None:
+    """A controller with Dynamic (the hook installed by its installer and loaded), its host's
+    resume state ``resume`` ("on": through relay's agent, which the same installer ships and
+    a command of its own starts; "off": the supervisor's session starts the kernel)."""
     async with served(home), controller(home) as fe:
         main, _ = await connected(fe)
         (initfile,) = main.hello["initfile"]
-        assert initfile.startswith(str(chatty.home / ".cache" / "relay")), initfile
-        assert (await status_of(home))["resume"]["state"] == "on"
+        assert initfile.startswith(str(sshd.home / ".cache" / "relay")), initfile
+        assert (await status_of(home))["resume"]["state"] == resume
         await finish(fe, main)
+
+
+@pytest.fixture
+def chatty(home: RelayHome) -> Iterator[ThrowawaySSHD]:
+    """An sshd whose login (bash, HOME its own) talks first."""
+    with own_sshd(home) as running:
+        (running.home / ".bashrc").write_text(CHATTER)
+        yield running
+
+
+async def test_a_launch_gets_past_what_the_login_shell_prints(
+    home: RelayHome, chatty: ThrowawaySSHD
+) -> None:
+    """As on a quiet host."""
+    await launch_with_dynamic(home, chatty, "on")
 
 
 def test_relay_check_gets_past_it_and_says_what_it_breaks(
@@ -81,42 +95,23 @@ REQUIRED = {"tcsh", "fish"} if os.environ.get("CI") else set()
 
 @pytest.fixture(params=["tcsh", "fish", "zsh"])
 def other_shell(home: RelayHome, request: pytest.FixtureRequest) -> Iterator[ThrowawaySSHD]:
-    """A throwaway sshd of the test's own whose login has ``request.param`` as its shell."""
-    name: str = request.param
-    found = shutil.which(name)
-    if found is None:
-        if name in REQUIRED:
-            pytest.fail(f"{name} is not installed (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed")
-    with ThrowawaySSHD(home.dir / "sshd", login_shell=found) as running:
-        home.sshd = running
-        home.hosts.clear()
-        home.add_host("local")
+    """An sshd whose login has ``request.param`` as its shell."""
+    with own_sshd(home, login_shell=installed(request.param, REQUIRED)) as running:
         yield running
 
 
 async def test_a_launch_through_another_login_shell(
     home: RelayHome, other_shell: ThrowawaySSHD
 ) -> None:
-    """A controller with Dynamic (the hook installed by its installer) through relay's agent
-    (shipped by the same installer, started by its own command)."""
-    async with served(home), controller(home) as fe:
-        main, _ = await connected(fe)
-        (initfile,) = main.hello["initfile"]
-        assert initfile.startswith(str(other_shell.home / ".cache" / "relay")), initfile
-        assert (await status_of(home))["resume"]["state"] == "on"
-        await finish(fe, main)
+    await launch_with_dynamic(home, other_shell, "on")
 
 
 @pytest.mark.today_path
 async def test_a_launch_on_sshds_path_through_another_login_shell(
     home: RelayHome, other_shell: ThrowawaySSHD
 ) -> None:
-    """The same where kernels do not resume: the supervisor's session starts the kernel."""
-    async with served(home), controller(home) as fe:
-        main, _ = await connected(fe)
-        assert (await status_of(home))["resume"]["state"] == "off"
-        await finish(fe, main)
+    """The same where kernels do not resume."""
+    await launch_with_dynamic(home, other_shell, "off")
 
 
 def test_relay_check_through_another_login_shell(

@@ -21,6 +21,7 @@ from relay.checkview import parse_probe
 from relay.ssh import remote_scripts
 from relay.ssh.hookfile import HookFile, parse_answer
 from relay.ssh.remote_scripts import BOOTSTRAP, Remote, hook_install_command, remote_command
+from tests.conftest import installed
 
 SHELLS = ["sh", "dash", "bash", "zsh", "csh", "tcsh", "fish"]
 # tcsh and fish are what .ci/run installs for this test; a developer's machine may lack them
@@ -29,13 +30,7 @@ REQUIRED = {"sh", "bash", "tcsh", "fish"} if os.environ.get("CI") else {"sh"}
 
 @pytest.fixture(params=SHELLS)
 def login_shell(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    found = shutil.which(name)
-    if found is None:
-        if name in REQUIRED:
-            pytest.fail(f"{name} is not installed (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed")
-    return found
+    return installed(request.param, REQUIRED)
 
 
 def run(shell: str, remote: Remote, data: bytes = b"", env: dict[str, str] | None = None) -> bytes:
