@@ -271,6 +271,11 @@ class Daemon:
             if connected and (ended := await self.clusters.explain(k)):  # ended by Slurm
                 k.log.warning("kernel ended by slurm", reason=ended)
                 k.named_host.record_failure(k.id, kernel, ended)
+            elif connected and status is not None and (ended := k.ended_line(status)):
+                # killed by something else than relay (the host's OOM killer), or ended
+                # while its connection was down: for `relay status`, as its shim says
+                k.log.warning("kernel ended", reason=ended)
+                k.named_host.record_failure(k.id, kernel, ended)
         finally:
             self.kernels.pop(k.id, None)
             self.clusters.release(k)

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal
@@ -50,7 +51,7 @@ from relay.kernelcmd import build_argv
 from relay.lite.linkname import LinkName
 from relay.ssh.forwards import CallbackForward, RemoteSlot
 from relay.ssh.hookserver import REQUEST_TIMEOUT_S, HookServer
-from relay.ssh.host import Hold, HostSession
+from relay.ssh.host import Hold, HostSession, clock_of_day
 from relay.ssh.supervisor import RemoteProcess, Supervisor
 from relay.tasks import Flag, retrieved
 
@@ -73,6 +74,32 @@ def _who_ends_it(host: HostSession) -> str:
     return "the host's supervisor ends its kernels when it notices the session ended"
 
 
+def ended_line(
+    host: str, status: int, *, at: float | None, outage: tuple[float, float] | None
+) -> str | None:
+    """What a controller's shim says of a kernel that ended and relay did not end it: killed
+    by a signal (128+N, as both the agent and ``supervisor.sh`` report it), or ended at ``at``
+    during ``outage`` (wall times: our clock); None for a kernel that exited by itself while
+    its connection held (the front end sees that for itself)."""
+    during = ""
+    if outage is not None and at is not None:
+        lost, back = (clock_of_day(t) for t in outage)
+        during = f" at {clock_of_day(at)}, while the connection was down ({lost} to {back})"
+    if 128 < status <= 128 + 64:
+        signum = status - 128
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        line = f"the kernel on {host} was killed by {name}{during}; not by relay"
+        if signum == signal.SIGKILL:
+            return line + ": if the host ran out of memory, `dmesg` there says so"
+        return line + ": something on the host ended it"
+    if during:
+        return f"the kernel on {host} exited with status {status}{during}"
+    return None
+
+
 class Kernel:
     """A started kernel. It owns its link's forwards, its hook (Dynamic), its hold on the
     host and the task that waits for its callback; ``aclose`` releases them, once."""
@@ -93,6 +120,7 @@ class Kernel:
         self.id = kernel_id
         # why the kernel was ended from outside (its Slurm job's end), for the shim and status
         self.end_reason: str | None = None
+        self.signalled = False  # relay signalled it (terminate): its end is not news
         self.slurm_job: str | None = None
         # the host the launch named: ``host`` unless that was a Slurm login node
         self.named_host = host
@@ -126,6 +154,20 @@ class Kernel:
     @property
     def output(self) -> list[str]:
         return list(self._proc.output or ())
+
+    def ended_line(self, status: int) -> str | None:
+        """Why it ended, for its shim and the log (``ended_line``): its Slurm job's end or
+        relay's shutdown (``end_reason``), else a signal relay did not send, or an end while
+        its connection was down."""
+        if self.end_reason or self.signalled:
+            return self.end_reason
+        at = outage = None
+        agent = self.host.agent
+        ended_at = self._proc.ended_at
+        if agent is not None and ended_at is not None:
+            at = agent.local_time(ended_at)
+            outage = agent.outage_around(at)
+        return ended_line(self.named_host.key, status, at=at, outage=outage)
 
     def connection_lost(self) -> ConnectionLost:
         if isinstance(self.forward, AgentForward) and self.forward.ended_because:
@@ -162,17 +204,18 @@ class Kernel:
         that is dead but not yet declared lost), and no second signal would either."""
         grace = grace_s if grace_s is not None else self.host.config.terminate_grace_s
         supervisor = self._supervisor
-        for signal in ("TERM", "KILL"):
+        self.signalled = True
+        for name in ("TERM", "KILL"):
             if self.exited.done():
                 break
-            supervisor.signal(self.id, signal)
-            heard = asyncio.ensure_future(supervisor.ping(f"{self.id}-{signal}"))
+            supervisor.signal(self.id, name)
+            heard = asyncio.ensure_future(supervisor.ping(f"{self.id}-{name}"))
             try:
                 async with asyncio.timeout(grace):
                     if await asyncio.shield(self.exited) is None:  # the connection ended
                         self.log.info(
                             "could not signal the kernel",
-                            signal=signal,
+                            signal=name,
                             reason=f"the connection to {self.host.key} is lost; "
                             f"{_who_ends_it(self.host)}",
                         )
@@ -182,7 +225,7 @@ class Kernel:
                     continue
                 self.log.warning(
                     "could not signal the kernel",
-                    signal=signal,
+                    signal=name,
                     reason=f"{self.host.key} has not answered for {grace:g} s: the connection "
                     f"to it looks lost; {_who_ends_it(self.host)}",
                 )

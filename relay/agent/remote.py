@@ -513,7 +513,8 @@ class Agent:
         for sid in recv:
             if sid not in positions and sid.isdigit() and int(sid) in self.finished:
                 positions[sid] = self.finished[int(sid)]
-        self.send_raw(encode(WELCOME, 0, json.dumps({"recv": positions}).encode()))
+        welcome = {"recv": positions, "now": round(time.time(), 3)}
+        self.send_raw(encode(WELCOME, 0, json.dumps(welcome).encode()))
         for sid, stream in list(self.streams.items()):
             for piece in stream.out.replay(sid, int(recv.get(str(sid), 0))):
                 self.send_raw(piece)
@@ -764,7 +765,10 @@ class Agent:
                 for line in self.last_lines(kernel.log):
                     self.say("out %s %s" % (ident, line))
                 code = kernel.proc.returncode
-                self.say("exit %s %d" % (ident, 128 - code if code < 0 else code))
+                # with when, on this host's clock (WELCOME says it too): the daemon tells a
+                # kernel that ended during an outage from one that ended as it came back
+                status = 128 - code if code < 0 else code
+                self.say("exit %s %d %.1f" % (ident, status, time.time()))
             try:
                 os.unlink(kernel.log)
             except OSError:

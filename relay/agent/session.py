@@ -12,8 +12,10 @@ kernels on an agent are started and reaped by the same code as on ``supervisor.s
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ __all__ = ["AgentGone", "AgentInfo", "AgentSession", "ControlPort", "Sink", "Str
 WINDOW = 8 << 20  # the channel's receive window, as a forward's (relay.ssh.forwards)
 PKTSIZE = 128 << 10
 ATTACH_TIMEOUT_S = 15.0
+OUTAGES = 8  # resumed outages remembered, to tell a kernel's end during one
 # Link streams kept ready, each with its listener open on the host, so that a launch needs
 # no round trip before the kernel's start line (as relay.ssh.forwards' spare pool does for
 # sshd's listeners): the host's ``spare_forwards``, refilled after each launch; more for a
@@ -225,9 +228,14 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
             if frame.type == mux.WELCOME:
                 if not self.welcome.done():
                     try:
-                        self.welcome.set_result(json.loads(frame.payload))
+                        welcome = json.loads(frame.payload)
                     except ValueError as exc:
                         self.welcome.set_exception(exc)
+                    else:
+                        # before the replay behind it is read: a kernel's exit in it is
+                        # told against this outage and the agent's clock (``outage_around``)
+                        self._session._welcomed(welcome)
+                        self.welcome.set_result(welcome)
             else:
                 self._session._frame(self, frame)
         self._session._flush_acks()
@@ -351,6 +359,10 @@ class AgentSession:
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.end_reason: str | None = None
         self.lost_at: float | None = None  # wall time of the last word before a detach
+        # the last outages resumed, (lost_at, back), and the agent's clock against ours (its
+        # WELCOME says its time): when a kernel ended, as the agent says, on our clock
+        self.outages: collections.deque[tuple[float, float]] = collections.deque(maxlen=OUTAGES)
+        self._clock_offset = 0.0
         self.heard_at = time.time()
         self.attaches = 0
         self._listens: dict[int, asyncio.Future[int]] = {}
@@ -580,6 +592,25 @@ class AgentSession:
             channel.write(self._bye)
         elif self.attaches == 1:
             self._refill()  # spare listeners for the first launches
+
+    def _welcomed(self, welcome: dict[str, Any]) -> None:
+        now = time.time()
+        agent_now = welcome.get("now")
+        if isinstance(agent_now, int | float) and math.isfinite(agent_now):
+            self._clock_offset = now - agent_now
+        if self.lost_at is not None:
+            self.outages.append((self.lost_at, now))
+
+    def local_time(self, host_time: float) -> float:
+        """A wall time on the agent's clock (as its ``exit`` lines give it) on ours."""
+        return host_time + self._clock_offset
+
+    def outage_around(self, when: float) -> tuple[float, float] | None:
+        """The resumed outage (lost_at, back) that ``when`` falls in, if one does."""
+        for lost, back in self.outages:
+            if lost <= when <= back:
+                return lost, back
+        return None
 
     def set_window(self, window_s: float) -> bool:
         """The host's resume_window_s changed (relay.toml): the running kernels take it too.

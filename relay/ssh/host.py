@@ -74,6 +74,7 @@ __all__ = [
     "Live",
     "Prompter",
     "backoff_s",
+    "clock_of_day",
     "close_in_order",
 ]
 
@@ -299,7 +300,7 @@ class HostSession:
         lost_at = agent.lost_at if agent is not None else None
         if agent is None or lost_at is None:
             return f"{self.key}: the connection was lost and is not back yet: {last}"
-        at = _clock(lost_at)
+        at = clock_of_day(lost_at)
         left = max(0.0, lost_at + agent.window_s - time.time())
         last = (last or "").removeprefix("resuming: ")
         return (
@@ -516,7 +517,7 @@ class HostSession:
             await asyncio.sleep(max(0.0, min(backoff_s(attempt, self._rng), left)))
             attempt += 1
         if not agent.ended.done():
-            at = _clock(lost_at)
+            at = clock_of_day(lost_at)
             why = f" (it needed `relay login {self.key}`)" if login_needed else ""
             agent.end(
                 f"the connection to {self.key} was lost at {at} and did not come back within "
@@ -785,7 +786,7 @@ class HostSession:
         lost_at = agent.lost_at if agent is not None else None
         if agent is None or agent.attached or agent.ended.done() or lost_at is None:
             return None
-        at, until = _clock(lost_at), _clock(lost_at + agent.window_s)
+        at, until = clock_of_day(lost_at), clock_of_day(lost_at + agent.window_s)
         return (
             f"the connection to {self.key} was down (lost at {at}), so relay's agent there "
             f"could not be told: it ends the kernels there when resume_window_s runs out "
@@ -888,6 +889,6 @@ async def close_in_order(hosts: Iterable[HostSession]) -> None:
     await asyncio.gather(*(h.aclose() for h in sessions if h.key not in started))
 
 
-def _clock(wall: float) -> str:
+def clock_of_day(wall: float) -> str:
     """A wall time as the messages about an outage give it (local time of day)."""
     return time.strftime("%H:%M:%S", time.localtime(wall))

@@ -60,7 +60,8 @@ def parse_line(line: str) -> Event | None:
     }:
         return None
     ident, _, value = rest.partition(" ")
-    if kind in {"pid", "exit"} and not value.isdigit():
+    # ``exit ID STATUS``; the agent adds when, on the host's clock (``RemoteProcess.ended_at``)
+    if kind in {"pid", "exit"} and not value.partition(" ")[0].isdigit():
         return None
     return Event(kind, ident, value)
 
@@ -74,6 +75,8 @@ class RemoteProcess:
     exited: asyncio.Future[int | None]  # None: the connection was lost, status unknown
     # its last OUTPUT_LINES lines, made at the first (most kernels say nothing)
     output: collections.deque[str] | None = None
+    # when it ended, on the host's clock: the agent says it (supervisor.sh does not)
+    ended_at: float | None = None
 
     @property
     def pid(self) -> int | None:
@@ -328,10 +331,13 @@ class Supervisor:
                 proc.exited.set_result(127)
         elif event.kind == "exit":
             self._procs.pop(event.id, None)
+            status, _, at = event.value.partition(" ")
+            with contextlib.suppress(ValueError):
+                proc.ended_at = float(at) if at else None
             if not proc.started.done():
                 proc.started.set_exception(KernelMissing("kernel did not start"))
             if not proc.exited.done():
-                proc.exited.set_result(int(event.value))
+                proc.exited.set_result(int(status))
 
     def _lost(self) -> None:
         if not self.closed.done():

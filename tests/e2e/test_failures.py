@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from tests.conftest import (
     run_shim,
     start_daemon,
 )
-from tests.e2e.helpers import wait_gone
+from tests.e2e.helpers import controller, wait_gone
 
 LINK = "1@127.0.0.1,2@127.0.0.1"
 
@@ -118,6 +119,29 @@ async def test_kernel_exits_before_connecting(daemon: RunningDaemon) -> None:
     assert "exited with status 3 before connecting" in line
     assert "License expired on 2026-01-01" in line
     assert not daemon.daemon.kernels
+
+
+@pytest.mark.parametrize("resume_window_s", [900, 0], ids=["agent", "sshd's path"])
+async def test_a_kernel_killed_on_the_host_is_said_by_its_shim(
+    home: RelayHome, resume_window_s: int
+) -> None:
+    """Something on the host (its OOM killer) kills a running kernel: the front end sees its
+    link close, and the shim says by what and that relay did not, in one line, and exits
+    with the kernel's status; `relay status` lists it among the host's failures. A kernel
+    that quits by itself (everywhere else) gets no line."""
+    home.add_host("local", resume_window_s=resume_window_s)
+    async with start_daemon(home) as running, controller(home) as fe:
+        kl = await fe.link.accept(60)
+        os.kill(int(kl.hello["pid"]), signal.SIGKILL)
+        status, _, err = await fe.result(60)
+        await kl.aclose()
+        snapshot = running.daemon.hosts["local"].snapshot()
+    assert status == 137
+    assert one_line(err) == (
+        "relay: the kernel on local was killed by SIGKILL; not by relay: "
+        "if the host ran out of memory, `dmesg` there says so"
+    )
+    assert [f["reason"] for f in snapshot["failures"]] == [one_line(err).removeprefix("relay: ")]
 
 
 async def test_kernel_never_connects(home: RelayHome) -> None:

@@ -430,6 +430,32 @@ async def test_window_runs_out_kernels_end_with_one_line_and_no_orphan(home: Rel
             await quit_cleanly(kl2, fe2)
 
 
+async def test_a_kernel_killed_during_an_outage_is_said_when_and_not_taken_for_relays_doing(
+    home: RelayHome,
+) -> None:
+    """The host's OOM killer takes a kernel while the laptop is away. Once back, its link
+    closes and its shim says it was killed, when, and that this was during the outage (the
+    agent times the exit on its own clock; its WELCOME puts that clock against ours), not by
+    relay: no one should take a killed kernel for a resume that failed."""
+    async with (
+        behind_proxy(home) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        await outage(running, proxy, "blackhole")
+        os.kill(pid, signal.SIGKILL)
+        await wait_gone(pid, BOUND_S)  # reaped by the agent, its exit kept for the daemon
+        proxy.restore()
+        status, _, err = await fe.result(BOUND_S)
+        await kl.closed()
+        await kl.aclose()
+    assert status == 137
+    assert len(err.splitlines()) == 1, err
+    assert "relay: the kernel on local was killed by SIGKILL at " in err, err
+    assert ", while the connection was down (" in err and "; not by relay" in err, err
+
+
 async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
     home: RelayHome,
 ) -> None:

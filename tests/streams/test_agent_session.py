@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+
+import pytest
 
 from relay.agent import mux
 from relay.agent.session import SPARE, SPARE_SERVE, AgentInfo, AgentSession
@@ -149,3 +152,20 @@ async def test_a_burst_announced_ahead_gets_its_spares_and_they_shrink_back_afte
     session._shrink()  # the burst's time is over (its timer, run now)
     assert len(session._spare) == 2
     session.end("test over")
+
+
+async def test_a_time_the_agent_gives_is_placed_against_the_outages_on_our_clock() -> None:
+    """The agent's clock may be off ours by minutes; its WELCOME says its time, so an exit
+    it timed during an outage is placed in that outage, and one after it is not."""
+    session = AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1)
+    skew = 300.0  # the host's clock runs five minutes ahead
+    now = time.time()
+    session.lost_at = now - 40
+    session._welcomed({"recv": {}, "now": now + skew})
+    assert list(session.outages) == [(now - 40, pytest.approx(now, abs=5))]
+    ended_on_host = now - 20 + skew
+    assert session.local_time(ended_on_host) == pytest.approx(now - 20, abs=5)
+    assert session.outage_around(session.local_time(ended_on_host)) == session.outages[0]
+    assert session.outage_around(now + 30) is None
+    session._welcomed({"recv": {}, "now": "garbage"})  # a clock it cannot read: kept as was
+    assert session.local_time(ended_on_host) == pytest.approx(now - 20, abs=5)

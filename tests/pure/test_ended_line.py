@@ -1,0 +1,44 @@
+"""What a controller's shim says of a kernel relay did not end (relay.kernels.ended_line)."""
+
+from __future__ import annotations
+
+import time
+
+from relay.kernels import ended_line
+
+T = time.mktime((2026, 12, 4, 12, 30, 2, 0, 0, -1))  # 12:30:02 local time
+
+
+def test_a_kernel_that_quit_while_connected_needs_no_line() -> None:
+    assert ended_line("gpu1", 0, at=None, outage=None) is None
+    assert ended_line("gpu1", 1, at=T, outage=None) is None
+    assert ended_line("gpu1", 128, at=None, outage=None) is None  # not a signal's 128+N
+
+
+def test_killed_by_sigkill_names_it_and_where_to_look() -> None:
+    line = ended_line("gpu1", 137, at=None, outage=None)
+    assert line == (
+        "the kernel on gpu1 was killed by SIGKILL; not by relay: "
+        "if the host ran out of memory, `dmesg` there says so"
+    )
+
+
+def test_another_signal_says_something_on_the_host_ended_it() -> None:
+    assert ended_line("gpu1", 143, at=None, outage=None) == (
+        "the kernel on gpu1 was killed by SIGTERM; not by relay: something on the host ended it"
+    )
+    assert "killed by signal 33;" in str(ended_line("gpu1", 161, at=None, outage=None))
+
+
+def test_an_end_during_an_outage_says_when_and_which_outage() -> None:
+    outage = (T, T + 2135)  # 12:30:02 to 13:05:37
+    line = ended_line("gpu1", 137, at=T + 665, outage=outage)
+    assert line is not None
+    assert line.startswith(
+        "the kernel on gpu1 was killed by SIGKILL at 12:41:07, while the connection was down "
+        "(12:30:02 to 13:05:37); not by relay"
+    )
+    assert ended_line("gpu1", 0, at=T + 665, outage=outage) == (
+        "the kernel on gpu1 exited with status 0 at 12:41:07, while the connection was down "
+        "(12:30:02 to 13:05:37)"
+    )
