@@ -120,7 +120,7 @@ class Kernel:
         self.id = kernel_id
         # why the kernel was ended from outside (its Slurm job's end), for the shim and status
         self.end_reason: str | None = None
-        self.signalled = False  # relay signalled it (terminate): its end is not news
+        self.signalled = False  # relay signalled it (``terminate``)
         self.slurm_job: str | None = None
         # the host the launch named: ``host`` unless that was a Slurm login node
         self.named_host = host
@@ -204,10 +204,10 @@ class Kernel:
         that is dead but not yet declared lost), and no second signal would either."""
         grace = grace_s if grace_s is not None else self.host.config.terminate_grace_s
         supervisor = self._supervisor
-        self.signalled = True
         for name in ("TERM", "KILL"):
             if self.exited.done():
                 break
+            self.signalled = True  # what ends it now is relay's doing, not news for its shim
             supervisor.signal(self.id, name)
             heard = asyncio.ensure_future(supervisor.ping(f"{self.id}-{name}"))
             try:
