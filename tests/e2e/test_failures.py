@@ -144,6 +144,27 @@ async def test_a_kernel_killed_on_the_host_is_said_by_its_shim(
     assert [f["reason"] for f in snapshot["failures"]] == [one_line(err).removeprefix("relay: ")]
 
 
+async def test_a_kernel_relay_ended_is_not_listed_as_killed(home: RelayHome) -> None:
+    """The front end ends its kernel (the shim gets SIGTERM): relay signals the kernel, and
+    that is no failure of the host's (``relay status`` lists none)."""
+    async with start_daemon(home) as running, controller(home) as fe:
+        kl = await fe.link.accept(60)
+        pid = int(kl.hello["pid"])
+        fe.proc.send_signal(signal.SIGTERM)
+        status, _, err = await fe.result(60)
+        await wait_gone(pid, 60)
+        await kl.aclose()
+        host = running.daemon.hosts["local"]
+        await asyncio.wait_for(_no_kernels(running), 60)
+        assert status in (-signal.SIGTERM, 128 + signal.SIGTERM) and err == ""
+        assert list(host.failures) == []
+
+
+async def _no_kernels(running: RunningDaemon) -> None:
+    while running.daemon.kernels:  # released once its exit came back
+        await asyncio.sleep(0.05)
+
+
 async def test_kernel_never_connects(home: RelayHome) -> None:
     pidfile = home.dir / "hung.pid"
     kernel = script(home, "hung", f"echo $$ > {pidfile}\nexec sleep 600\n")
