@@ -127,8 +127,8 @@ async def test_a_kernel_killed_on_the_host_is_said_by_its_shim(
 ) -> None:
     """Something on the host (its OOM killer) kills a running kernel: the front end sees its
     link close, and the shim says by what and that relay did not, in one line, and exits
-    with the kernel's status; `relay status` lists it among the host's failures. A kernel
-    that quits by itself (everywhere else) gets no line."""
+    with the kernel's status; `relay status` lists it among the host's failures. (A kernel
+    that quits by itself gets no line: tests/pure/test_ended_line.py.)"""
     home.add_host("local", resume_window_s=resume_window_s)
     async with start_daemon(home) as running, controller(home) as fe:
         kl = await fe.link.accept(60)
