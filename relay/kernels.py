@@ -166,7 +166,7 @@ class Kernel:
         ended_at = self._proc.ended_at
         if agent is not None and ended_at is not None:
             at = agent.local_time(ended_at)
-            outage = agent.outage_around(at)
+            outage = agent.outage_around(ended_at)
         return ended_line(self.named_host.key, status, at=at, outage=outage)
 
     def connection_lost(self) -> ConnectionLost:

@@ -768,7 +768,7 @@ class Agent:
                 # with when, on this host's clock (WELCOME says it too): the daemon tells a
                 # kernel that ended during an outage from one that ended as it came back
                 status = 128 - code if code < 0 else code
-                self.say("exit %s %d %.1f" % (ident, status, time.time()))
+                self.say("exit %s %d %.3f" % (ident, status, time.time()))
             try:
                 os.unlink(kernel.log)
             except OSError:

@@ -359,9 +359,11 @@ class AgentSession:
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.end_reason: str | None = None
         self.lost_at: float | None = None  # wall time of the last word before a detach
-        # the last outages resumed, (lost_at, back), and the agent's clock against ours (its
-        # WELCOME says its time): when a kernel ended, as the agent says, on our clock
-        self.outages: collections.deque[tuple[float, float]] = collections.deque(maxlen=OUTAGES)
+        # the last outages resumed, (lost_at, back, back on the agent's clock), and the
+        # agent's clock against ours (its WELCOME says its time): ``outage_around``
+        self.outages: collections.deque[tuple[float, float, float]] = collections.deque(
+            maxlen=OUTAGES
+        )
         self._clock_offset = 0.0
         self.heard_at = time.time()
         self.attaches = 0
@@ -598,17 +600,24 @@ class AgentSession:
         agent_now = welcome.get("now")
         if isinstance(agent_now, int | float) and math.isfinite(agent_now):
             self._clock_offset = now - agent_now
+        else:  # a clock it did not say: the last one it did
+            agent_now = now - self._clock_offset
         if self.lost_at is not None:
-            self.outages.append((self.lost_at, now))
+            self.outages.append((self.lost_at, now, agent_now))
 
     def local_time(self, host_time: float) -> float:
-        """A wall time on the agent's clock (as its ``exit`` lines give it) on ours."""
+        """A wall time on the agent's clock (as its ``exit`` lines give it) on ours, to about
+        the WELCOME's one-way trip (it is in the offset)."""
         return host_time + self._clock_offset
 
-    def outage_around(self, when: float) -> tuple[float, float] | None:
-        """The resumed outage (lost_at, back) that ``when`` falls in, if one does."""
-        for lost, back in self.outages:
-            if lost <= when <= back:
+    def outage_around(self, host_time: float) -> tuple[float, float] | None:
+        """The resumed outage (lost_at, back: our clock) during which something the agent
+        timed at ``host_time`` (its clock) happened, if one was. Whether it came before the
+        agent's WELCOME is told on the agent's own clock, exactly: a kernel that quits as the
+        connection comes back is not taken for one that ended while it was down."""
+        when = self.local_time(host_time)
+        for lost, back, back_on_agent in self.outages:
+            if lost <= when and host_time < back_on_agent:
                 return lost, back
         return None
 

@@ -156,17 +156,23 @@ async def test_a_burst_announced_ahead_gets_its_spares_and_they_shrink_back_afte
 
 async def test_a_time_the_agent_gives_is_placed_against_the_outages_on_our_clock() -> None:
     """The agent's clock may be off ours by minutes; its WELCOME says its time, so an exit
-    it timed during an outage is placed in that outage, and one after it is not."""
+    it timed during an outage is placed in that outage, and one after it is not, even a
+    millisecond after: the WELCOME's own time on the agent's clock is the outage's end
+    (found by a kernel told to quit in the same moment as the resume)."""
     session = AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1)
     skew = 300.0  # the host's clock runs five minutes ahead
     now = time.time()
     session.lost_at = now - 40
-    session._welcomed({"recv": {}, "now": now + skew})
-    ((lost, back),) = session.outages
+    welcomed_on_host = now + skew
+    session._welcomed({"recv": {}, "now": welcomed_on_host})
+    ((lost, back, back_on_agent),) = session.outages
     assert lost == now - 40 and back == pytest.approx(now, abs=5)
-    ended_on_host = now - 20 + skew
-    assert session.local_time(ended_on_host) == pytest.approx(now - 20, abs=5)
-    assert session.outage_around(session.local_time(ended_on_host)) == session.outages[0]
-    assert session.outage_around(now + 30) is None
+    assert back_on_agent == welcomed_on_host
+    during = now - 20 + skew
+    assert session.local_time(during) == pytest.approx(now - 20, abs=5)
+    assert session.outage_around(during) == (lost, back)
+    assert session.outage_around(welcomed_on_host + 0.001) is None
+    assert session.outage_around(welcomed_on_host + 30) is None
+    assert session.outage_around(now - 60 + skew) is None  # before the connection was lost
     session._welcomed({"recv": {}, "now": "garbage"})  # a clock it cannot read: kept as was
-    assert session.local_time(ended_on_host) == pytest.approx(now - 20, abs=5)
+    assert session.local_time(during) == pytest.approx(now - 20, abs=5)
