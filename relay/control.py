@@ -348,8 +348,7 @@ class Conversation:
             await _send(self._writer, error_event(lost))
             return
         await _send(
-            self._writer,
-            protocol.exited(kernel_id=k.id, status=status, reason=k.ended_line(status)),
+            self._writer, protocol.exited(kernel_id=k.id, status=status, reason=k.end_reason)
         )
 
 

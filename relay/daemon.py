@@ -271,9 +271,10 @@ class Daemon:
             if connected and (ended := await self.clusters.explain(k)):  # ended by Slurm
                 k.log.warning("kernel ended by slurm", reason=ended)
                 k.named_host.record_failure(k.id, kernel, ended)
-            elif connected and status is not None and (ended := k.ended_line(status)):
+            elif connected and status is not None and (ended := k.unexplained_end(status)):
                 # killed by something else than relay (the host's OOM killer), or ended
-                # while its connection was down: for `relay status`, as its shim says
+                # while its connection was down: its shim says so, and `relay status`
+                k.end_reason = ended
                 k.log.warning("kernel ended", reason=ended)
                 k.named_host.record_failure(k.id, kernel, ended)
         finally:

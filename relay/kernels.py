@@ -118,7 +118,8 @@ class Kernel:
     ) -> None:
         self.hook = hook
         self.id = kernel_id
-        # why the kernel was ended from outside (its Slurm job's end), for the shim and status
+        # why the kernel was ended from outside (its Slurm job's end, relay's shutdown, a kill
+        # on the host: ``unexplained_end``), for the shim and status
         self.end_reason: str | None = None
         self.signalled = False  # relay signalled it (``terminate``)
         self.slurm_job: str | None = None
@@ -155,12 +156,13 @@ class Kernel:
     def output(self) -> list[str]:
         return list(self._proc.output or ())
 
-    def ended_line(self, status: int) -> str | None:
-        """Why it ended, for its shim and the log (``ended_line``): its Slurm job's end or
-        relay's shutdown (``end_reason``), else a signal relay did not send, or an end while
-        its connection was down."""
+    def unexplained_end(self, status: int) -> str | None:
+        """Why it ended (``ended_line``) when nothing else says: a signal relay did not
+        send, or an end while its connection was down. None if relay ended it
+        (``signalled``), or something else says why (``end_reason``: its Slurm job's end,
+        relay's shutdown)."""
         if self.end_reason or self.signalled:
-            return self.end_reason
+            return None
         at = outage = None
         agent = self.host.agent
         ended_at = self._proc.ended_at

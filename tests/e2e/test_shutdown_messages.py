@@ -64,6 +64,8 @@ async def test_a_controller_shim_says_why_its_kernel_ended(
     shutdowns = [e for e in events if e["event"] == "shutting down"]
     assert [e.get("reason") for e in shutdowns] == [reason, "relay stop"][: len(shutdowns)]
     assert shutdowns and shutdowns[0]["reason"] == reason
+    # ended by relay: not a kernel's failure (relay.kernels.ended_line is for the others)
+    assert [e for e in events if e["event"] == "kernel ended"] == []
 
 
 async def test_a_shutdown_tells_open_conversations_and_logs_no_traceback(
