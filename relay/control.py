@@ -334,9 +334,7 @@ class Conversation:
         pending: set[asyncio.Future[Any]] = {k.exited, client_said}
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if not k.exited.done():
-            k.log.info(
-                "terminating kernel", why="shim asked" if client_said.result() else "shim went away"
-            )
+            k.log.info("terminating kernel", why=_why_ending(client_said))
             await k.terminate()
         async with asyncio.timeout(RELEASE_WAIT_S):
             await k.released.wait()  # the shim learns of the exit once forwards are released
@@ -350,6 +348,14 @@ class Conversation:
         await _send(
             self._writer, protocol.exited(kernel_id=k.id, status=status, reason=k.end_reason)
         )
+
+
+def _why_ending(client_said: asyncio.Future[bytes]) -> str:
+    """What a controller's shim did: asked, or went away. A shim killed with the launch's
+    answer unread resets the socket: its read fails (ECONNRESET) rather than ending."""
+    if client_said.exception() is None and client_said.result():
+        return "shim asked"
+    return "shim went away"
 
 
 class ControlServer:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.lite import framing
 from relay.sim import frontend
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import (
@@ -158,6 +159,42 @@ async def test_a_kernel_relay_ended_is_not_listed_as_killed(home: RelayHome) -> 
         await asyncio.wait_for(_no_kernels(running), 60)
         assert status in (-signal.SIGTERM, 128 + signal.SIGTERM) and err == ""
         assert list(host.failures) == []
+
+
+async def test_a_shim_killed_with_the_answer_unread_still_ends_its_kernel(home: RelayHome) -> None:
+    """The front end kills a controller's shim just as the launch is answered: the shim
+    closes its socket with the answer unread, so the daemon's read of it fails (a reset, not
+    an end of file). The kernel is ended all the same, and the daemon serves on. (Found by CI:
+    a SIGTERM landing between the kernel's connect and the shim's read left the kernel.)"""
+    async with start_daemon(home) as running:
+        link = await frontend.ListeningLink.create()
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(home.socket))
+        request = {"v": 1, "op": "launch", "host": "local", "kernel": SIM_KERNEL}
+        client.sendall(framing.encode({**request, "linkname": str(link.name)}))
+        kl = await link.accept(60)
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not answered.done():
+                answered.set_result(None)
+
+        loop.add_reader(client, readable)
+        try:
+            await asyncio.wait_for(answered, 60)  # "launched" waits, unread
+        finally:
+            loop.remove_reader(client)
+        client.close()  # unread data: the daemon's end is reset
+        await wait_gone(int(kl.hello["pid"]), 60)
+        await kl.aclose()
+        await asyncio.wait_for(_no_kernels(running), 60)
+        link.close()
+        async with controller(home) as fe:  # and the daemon launches on
+            kl = await fe.link.accept(60)
+            await kl.quit(0)
+            assert (await fe.result())[0] == 0
+            await kl.aclose()
 
 
 async def _no_kernels(running: RunningDaemon) -> None:
