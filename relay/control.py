@@ -135,6 +135,8 @@ class DaemonLock:
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    if writer.is_closing():  # the client reset its end: uvloop raises on a write then
+        return
     with contextlib.suppress(ConnectionError):
         # The status answer grows with the kernels; only requests are size-bounded.
         writer.write(framing.encode(message, bounded=message.get("event") != "status"))
@@ -267,6 +269,8 @@ class Conversation:
                     line = await self._reader.readline()
             except TimeoutError:
                 raise LoginAbandoned("no answer to the server's prompt in time") from None
+            except ConnectionError:  # went away with the prompt unread: a reset, not an end
+                raise LoginAbandoned("the login client went away") from None
             if not line:
                 raise LoginAbandoned("the login client went away")
             try:

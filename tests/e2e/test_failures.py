@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import signal
@@ -161,7 +162,9 @@ async def test_a_kernel_relay_ended_is_not_listed_as_killed(home: RelayHome) -> 
         assert list(host.failures) == []
 
 
-async def test_a_shim_killed_with_the_answer_unread_still_ends_its_kernel(home: RelayHome) -> None:
+async def test_a_shim_killed_with_the_answer_unread_still_ends_its_kernel(
+    home: RelayHome, daemon_log: io.StringIO
+) -> None:
     """The front end kills a controller's shim just as the launch is answered: the shim
     closes its socket with the answer unread, so the daemon's read of it fails (a reset, not
     an end of file). The kernel is ended all the same, and the daemon serves on. (Found by CI:
@@ -195,6 +198,8 @@ async def test_a_shim_killed_with_the_answer_unread_still_ends_its_kernel(home: 
             await kl.quit(0)
             assert (await fe.result())[0] == 0
             await kl.aclose()
+    assert "shim went away" in daemon_log.getvalue()
+    assert "Unhandled" not in daemon_log.getvalue()  # nor a write to the reset socket
 
 
 async def _no_kernels(running: RunningDaemon) -> None:

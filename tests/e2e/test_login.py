@@ -9,11 +9,13 @@ import asyncio
 import io
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from relay.lite import framing
 from relay.sim.sshd import ThrowawaySSHD, find_sshd
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon
 from tests.e2e.helpers import controller, wait_gone
@@ -103,6 +105,40 @@ async def test_login_once_then_launches_use_the_connection(
         status, out, _ = await login(home, "hpc", "")
         assert status == 0 and "connected already" in out
     assert CODE not in daemon_log.getvalue()  # what a person typed is never logged
+
+
+async def test_a_login_client_gone_with_the_prompt_unread_loses_nothing(
+    home: RelayHome, otp_sshd: ThrowawaySSHD, daemon_log: io.StringIO
+) -> None:
+    """`relay login` killed as the server's prompt arrives: it closes with the prompt
+    unread, so the daemon's read of the answer is reset rather than ended. That login is
+    abandoned, and the next one goes through."""
+    home.sshd = otp_sshd
+    home.hosts.clear()
+    home.add_host("hpc")
+    async with start_daemon(home) as running:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(home.socket))
+        client.sendall(framing.encode({"v": 1, "op": "login", "host": "hpc"}))
+        loop = asyncio.get_running_loop()
+        prompted: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not prompted.done():
+                prompted.set_result(None)
+
+        loop.add_reader(client, readable)
+        try:
+            await asyncio.wait_for(prompted, 60)  # the prompt waits, unread
+        finally:
+            loop.remove_reader(client)
+        client.close()  # unread data: the daemon's end is reset
+        status, out, err = await login(home, "hpc", f"{CODE}\n")
+        assert status == 0, err
+        assert "logged in to hpc" in out
+        assert running.daemon.hosts["hpc"].state == "connected"
+    assert "Unhandled" not in daemon_log.getvalue()
+    assert "connect failed" not in daemon_log.getvalue()  # the reset was the client's
 
 
 async def test_a_resume_that_needs_2fa_waits_for_relay_login(
