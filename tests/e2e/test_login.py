@@ -18,7 +18,7 @@ import pytest
 from relay.lite import framing
 from relay.sim.sshd import ThrowawaySSHD, find_sshd
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon
-from tests.e2e.helpers import controller, wait_gone
+from tests.e2e.helpers import communicate, controller, wait_gone
 from tests.e2e.test_resume import behind_proxy, until
 
 pytestmark = pytest.mark.skipif(
@@ -71,7 +71,7 @@ async def login(home: RelayHome, host: str, typed: str) -> tuple[int, str, str]:
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,  # no terminal: getpass reads standard input
     )
-    out, err = await asyncio.wait_for(proc.communicate(typed.encode()), 120)
+    out, err = await communicate(proc, typed.encode(), 120)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -222,7 +222,7 @@ async def test_a_login_whose_person_is_slower_than_connect_timeout_s_goes_throug
         # the server's own prompt (after getpass's warning that no terminal hides the echo)
         await asyncio.wait_for(proc.stderr.readuntil(b"Password"), 60)
         await asyncio.sleep(2)  # a person typing, past connect_timeout_s: the subject
-        out, err = await asyncio.wait_for(proc.communicate(f"{CODE}\n".encode()), 60)
+        out, err = await communicate(proc, f"{CODE}\n".encode(), 60)
         assert proc.returncode == 0, err
         assert b"logged in to hpc" in out
         assert running.daemon.hosts["hpc"].state == "connected"
