@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import signal
 import time
@@ -206,12 +207,16 @@ async def serve_subprocess(
 
 @asynccontextmanager
 async def served(
-    home: RelayHome, *args: str, under: Sequence[str] = ()
+    home: RelayHome,
+    *args: str,
+    under: Sequence[str] = (),
+    events: Counter[str] | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``serve_subprocess`` for a block: its log drained meanwhile; at the end continued (a
-    test may have stopped it), terminated, and its exit checked."""
+    """``serve_subprocess`` for a block: its log drained meanwhile (``events``: counting each
+    event it logs); at the end continued (a test may have stopped it), terminated, and its
+    exit checked."""
     daemon = await serve_subprocess(home, *args, under=under)
-    draining = asyncio.ensure_future(drain(daemon))
+    draining = asyncio.ensure_future(drain(daemon, events))
     try:
         yield daemon
     finally:
@@ -221,10 +226,23 @@ async def served(
         await draining
 
 
-async def drain(proc: asyncio.subprocess.Process) -> None:
-    if proc.stderr is not None:
+async def drain(proc: asyncio.subprocess.Process, events: Counter[str] | None = None) -> None:
+    """Read a daemon's log to its end; ``events``: count each event by name (JSON lines)."""
+    if proc.stderr is None:
+        return
+    if events is None:
         while await proc.stderr.read(65536):
             pass
+        return
+    while True:
+        try:
+            line = await proc.stderr.readline()
+        except ValueError:  # a line past the stream's limit (asyncio drops it): not an event
+            continue
+        if not line:
+            return
+        with contextlib.suppress(ValueError, AttributeError):  # a line not of JSON's
+            events[str(json.loads(line).get("event"))] += 1
 
 
 @pytest.mark.today_path  # with the agent: tests/e2e/test_resume.py
