@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -152,16 +153,23 @@ async def wait_gone(pid: int, timeout_s: float = 30) -> None:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
+    try:
+        await until_readable(fd, timeout_s)
+    finally:
+        os.close(fd)
+
+
+async def until_readable(fd: int | socket.socket, timeout_s: float) -> None:
+    """Wait (bounded) until ``fd`` is readable, reading nothing: an event, not a poll."""
     loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
+    ready: asyncio.Future[None] = loop.create_future()
 
     def readable() -> None:
-        if not gone.done():
-            gone.set_result(None)
+        if not ready.done():
+            ready.set_result(None)
 
     loop.add_reader(fd, readable)
     try:
-        await asyncio.wait_for(gone, timeout_s)
+        await asyncio.wait_for(ready, timeout_s)
     finally:
         loop.remove_reader(fd)
-        os.close(fd)

@@ -26,7 +26,7 @@ from tests.conftest import (
     run_shim,
     start_daemon,
 )
-from tests.e2e.helpers import controller, wait_gone
+from tests.e2e.helpers import controller, until_readable, wait_gone
 
 LINK = "1@127.0.0.1,2@127.0.0.1"
 
@@ -176,18 +176,7 @@ async def test_a_shim_killed_with_the_answer_unread_still_ends_its_kernel(
         request = {"v": 1, "op": "launch", "host": "local", "kernel": SIM_KERNEL}
         client.sendall(framing.encode({**request, "linkname": str(link.name)}))
         kl = await link.accept(60)
-        loop = asyncio.get_running_loop()
-        answered: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not answered.done():
-                answered.set_result(None)
-
-        loop.add_reader(client, readable)
-        try:
-            await asyncio.wait_for(answered, 60)  # "launched" waits, unread
-        finally:
-            loop.remove_reader(client)
+        await until_readable(client, 60)  # "launched" waits, unread
         client.close()  # unread data: the daemon's end is reset
         await wait_gone(int(kl.hello["pid"]), 60)
         await kl.aclose()

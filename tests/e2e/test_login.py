@@ -18,7 +18,7 @@ import pytest
 from relay.lite import framing
 from relay.sim.sshd import ThrowawaySSHD, find_sshd
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon
-from tests.e2e.helpers import communicate, controller, wait_gone
+from tests.e2e.helpers import communicate, controller, until_readable, wait_gone
 from tests.e2e.test_resume import behind_proxy, until
 
 pytestmark = pytest.mark.skipif(
@@ -120,18 +120,7 @@ async def test_a_login_client_gone_with_the_prompt_unread_loses_nothing(
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(str(home.socket))
         client.sendall(framing.encode({"v": 1, "op": "login", "host": "hpc"}))
-        loop = asyncio.get_running_loop()
-        prompted: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not prompted.done():
-                prompted.set_result(None)
-
-        loop.add_reader(client, readable)
-        try:
-            await asyncio.wait_for(prompted, 60)  # the prompt waits, unread
-        finally:
-            loop.remove_reader(client)
+        await until_readable(client, 60)  # the prompt waits, unread
         client.close()  # unread data: the daemon's end is reset
         status, out, err = await login(home, "hpc", f"{CODE}\n")
         assert status == 0, err
