@@ -46,7 +46,7 @@ CHUNK = 256 << 10  # DATA frames are cut to this, so that one stream cannot hog 
 # ACKs only let the sender forget what it keeps, so they are not sent per frame (that would
 # double the packets of a ping-pong): once this much is unacknowledged, or ACK_DELAY_S after
 # the first byte that is. Well under LIMIT, so a sender is never held back waiting for one.
-ACK_EVERY = 256 << 10
+ACK_EVERY = 1 << 20
 ACK_DELAY_S = 0.2
 
 

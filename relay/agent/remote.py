@@ -37,8 +37,9 @@ MAX_PAYLOAD = 1 << 20
 GATHER = 4096  # a payload this large is sent behind its header, not copied into one piece
 IOV_MAX = 64  # pieces per sendmsg (POSIX guarantees 16; Linux allows 1024)
 LIMIT = 4 << 20  # unacknowledged bytes per stream before its socket is not read
-CHUNK = 256 << 10
-ACK_EVERY = 256 << 10  # ACK at once past this much; else ACK_DELAY_S later (mux.py says why)
+CHUNK = 1 << 20  # a socket read, at most; so the largest DATA frame the agent sends
+CHAN_SNDBUF = 1 << 20  # asked for the channel's socket; Linux caps it at net.core.wmem_max
+ACK_EVERY = 1 << 20  # ACK at once past this much; else ACK_DELAY_S later (mux.py says why)
 ACK_DELAY_S = 0.2
 FIRST_ATTACH_S = 60.0  # a fresh agent nobody attaches to goes away
 HELLO_WITHIN_S = 10.0
@@ -305,6 +306,8 @@ class Stream:
         self.got_eof = False  # the daemon's side will send no more
         self.got_close = False
         self.read_eof = False  # our socket said EOF
+        self.bulk = False  # its last read filled CHUNK (Agent.recv)
+        self.held = False  # not read: too much unacknowledged (Agent.interest)
         self.shut = False
         self.asks = None  # a serve stream's hook requests in flight: {n: Ask}
         self.asks_in = bytearray()  # a serve stream's replies, not yet a whole line
@@ -350,6 +353,8 @@ class Agent:
         self.kernels = {}
         self.chan = None
         self.chan_reader = None
+        self.chan_bulk = False  # the channel's last read filled CHUNK (``recv``)
+        self.chan_full = False  # this turn's send to the channel left some (``write_channel``)
         self.chan_out = Buffers()
         self.pending = {}  # unauthenticated connections: sock -> (reader, deadline)
         self.asks = {}  # hook requests in flight, every serve stream's: sock -> Ask
@@ -384,6 +389,7 @@ class Agent:
         self.server.setblocking(False)
         self.sel.register(self.server, selectors.EVENT_READ, ("server", None))
         while True:
+            self.chan_full = False
             for key, events in self.sel.select(self.timeout()):
                 kind, obj = key.data
                 try:
@@ -401,11 +407,18 @@ class Agent:
                 if not self.chan_out_busy() or now() - self.ended_at > 2 * KILL_AFTER_S:
                     return
 
-    def recv(self, sock):
-        """One read of up to CHUNK bytes, as a bytes object of its own size. (``sock.recv(n)``
-        allocates n bytes and shrinks them: n = 256 KiB is above malloc's mmap threshold, so
-        every read would be an mmap, and a 100-byte message kept until acknowledged would
-        hold a page.)"""
+    def recv(self, sock, bulk):
+        """One read of up to CHUNK bytes, as a bytes object of its own size. After a read
+        that filled CHUNK (``bulk``: a kernel is writing faster than we read) it lands in a
+        bytes of its own, ``sock.recv(CHUNK)``, and is not copied again. Otherwise it lands
+        in one shared buffer and is copied out at its size. ``sock.recv(n)`` allocates n
+        bytes and shrinks them to what came, and n = 1 MiB is above malloc's mmap
+        threshold: a 100-byte message kept until acknowledged would hold a page, and reads
+        that come short every time (sshd writes the channel 32 KiB at a time) would map
+        and fault in fresh pages at each one (measured: a fault per page, costing more than
+        the copy saves)."""
+        if bulk:
+            return sock.recv(CHUNK)
         n = sock.recv_into(self.rview)
         return bytes(self.rview[:n])
 
@@ -498,6 +511,11 @@ class Agent:
     def attach(self, sock, reader, hello, rest):
         self.detach()  # a second attach replaces the first
         self.chan, self.chan_reader, self.chan_out = sock, reader, Buffers()
+        try:  # fewer, larger writes: sshd reads a channel 32 KiB at a time (as it may)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHAN_SNDBUF)
+        except OSError:
+            pass
+        self.chan_bulk = False
         self.ever_attached = True
         self.heard = now()
         try:
@@ -540,13 +558,14 @@ class Agent:
         if not events & selectors.EVENT_READ or self.chan is not sock:
             return
         try:
-            data = self.recv(sock)
+            data = self.recv(sock, self.chan_bulk)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
         if not data:
             return self.detach()
+        self.chan_bulk = len(data) == CHUNK
         self.heard = now()
         for frame in self.chan_reader.feed(data):
             self.frame(frame)
@@ -561,7 +580,7 @@ class Agent:
     def want_channel_write(self):
         """Write what waits for the channel; ask for writability only while some is left
         (registration changed only when that changes: a syscall per message otherwise)."""
-        if self.chan is not None and self.chan_out:
+        if self.chan is not None and self.chan_out and not self.chan_full:
             self.write_channel()
         if self.chan is not None:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.chan_out else 0)
@@ -573,9 +592,13 @@ class Agent:
         try:
             self.chan_out.send(self.chan)
         except (BlockingIOError, InterruptedError):
+            self.chan_full = True
             return
         except OSError:
             return self.detach()
+        # a send that left some means the socket is full until sshd reads: not tried again
+        # this turn (``want_channel_write``), the selector says when
+        self.chan_full = bool(self.chan_out)
 
     def frame(self, frame):
         ftype, sid, payload = frame
@@ -609,6 +632,7 @@ class Agent:
                 self.replies(stream, payload)
             return
         gone = stream.out.closed and stream.sock is None  # our socket is gone: nowhere to go
+        full = bool(stream.pending)  # it took less than it was given: the selector says when
         if ftype == DATA and not gone:
             stream.pending.add(payload)
         elif ftype == EOF:
@@ -617,7 +641,7 @@ class Agent:
             stream.got_eof = stream.got_close = True
             if gone:
                 return self.check_finished(stream)
-        if stream.sock is not None:  # written now, not a select turn later: a message's latency
+        if stream.sock is not None and not full:  # now, not a select turn later: latency
             self.write_link(stream)
         self.want_write(stream)
 
@@ -951,11 +975,12 @@ class Agent:
             self.write_link(stream)
         if events & selectors.EVENT_READ and stream.sock is sock and not stream.read_eof:
             try:
-                data = self.recv(sock)
+                data = self.recv(sock, stream.bulk)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return self.link_gone(stream)
+            stream.bulk = len(data) == CHUNK
             if data:
                 self.push(stream, DATA, data)
             else:
@@ -966,7 +991,13 @@ class Agent:
 
     def interest(self, stream):
         events = 0
-        if not stream.read_eof and stream.out.unacked < LIMIT:
+        # not read past LIMIT unacknowledged, and then not again until half of it is: a
+        # transfer's socket is not taken off and put back in the selector at every ACK
+        if stream.out.unacked >= LIMIT:
+            stream.held = True
+        elif stream.out.unacked <= LIMIT // 2:
+            stream.held = False
+        if not stream.read_eof and not stream.held:
             events |= selectors.EVENT_READ
         if stream.pending or (stream.got_eof and not stream.shut):
             events |= selectors.EVENT_WRITE

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.agent import mux
+from relay.agent import mux, remote
 from relay.agent.mux import Frame, FrameReader
 from relay.agent.session import AgentInfo
 from relay.agent.start import Unavailable, parse_start
@@ -383,7 +383,7 @@ def test_a_kernel_writing_through_an_outage_is_held_back_and_loses_nothing(run: 
     kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
     assert agent.take().type == mux.OPEN
     chan.close()  # the connection is lost: nobody acknowledges anything now
-    one_read = 256 << 10  # relay/agent/remote.py CHUNK
+    one_read = remote.CHUNK
     kept_at_most = mux.LIMIT + one_read
     # more than the agent keeps and both sockets' buffers at their largest can hold
     payload = secrets.token_bytes(
