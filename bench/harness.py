@@ -121,6 +121,8 @@ class Results:
     # CPU seconds the SSH client side (relay's daemon, ssh, the plain asyncssh process) spent
     # per GiB moved: a measure of the data path that the machine's other load moves less
     bulk_cpu: dict[tuple[str, str], Sample] = field(default_factory=dict)
+    # the same for relay's agent on the host, per direction: the process the agent's path adds
+    agent_cpu: dict[str, Sample] = field(default_factory=dict)
     shim_wall: Sample = field(default_factory=Sample)
     shim_cpu: Sample = field(default_factory=Sample)
     daemon: dict[str, tuple[float, int]] = field(default_factory=dict)
@@ -480,11 +482,19 @@ class Bench:
                 await kl.echo(payload)
                 rounds.values.append(time.perf_counter() - started)
             client_pid = self._client_side(key)
+            agent_pid = (
+                _agent_pid(Path(self.env["RELAY_SOCKET"]), f"rtt{rtt}") if key == "relay" else None
+            )
             for direction, move in (("to kernel", kl.sink), ("from kernel", kl.source)):
                 cpu = _cpu_s(client_pid) if client_pid else 0.0
+                agent_cpu = _cpu_s(agent_pid) if agent_pid else 0.0
                 started = time.perf_counter()
                 moved = await move(size)
                 elapsed = time.perf_counter() - started
+                if agent_pid:
+                    self.results.agent_cpu.setdefault(direction, Sample()).values.append(
+                        (_cpu_s(agent_pid) - agent_cpu) * (1 << 30) / size
+                    )
                 assert moved == size, (key, direction, moved)
                 self.results.bulk.setdefault((key, direction), Sample()).values.append(
                     size / elapsed
@@ -766,9 +776,12 @@ def _proc_stats(pid: int) -> tuple[float, int]:
     return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def _agent_pid(sock: Path) -> int | None:
-    """The pid of the daemon's one host's agent, if it has one (``relay status``)."""
+def _agent_pid(sock: Path, name: str | None = None) -> int | None:
+    """The pid of the daemon's one host's agent (or host ``name``'s), if it has one
+    (``relay status``)."""
     for host in client.request(sock, {"op": "status"})["hosts"]:
+        if name is not None and host["name"] != name:
+            continue
         pid = (host.get("resume") or {}).get("pid")
         if pid:
             return int(pid)
@@ -1158,6 +1171,13 @@ def _link_section(config: Config, r: Results) -> list[str]:
             "- every path joins the same two Python programs (the simulator's front end and "
             "kernel), which share the machine's two cores with sshd and relay or ssh.",
         ]
+        if all(d in r.agent_cpu for d in ("to kernel", "from kernel")):
+            to_a, from_a = (r.agent_cpu[d].median for d in ("to kernel", "from kernel"))
+            lines.append(
+                f"- relay's agent, the process its path adds on the host, spent {to_a:.2f} s "
+                f"/ {from_a:.2f} s of CPU per GiB to / from the kernel: on this machine the "
+                f"same two cores as everything else on the path."
+            )
     if "relay" in r.pingpong and "openssh" in r.pingpong:
         rows = [("relay", "through its agent")]
         if "relay-today" in r.pingpong:
