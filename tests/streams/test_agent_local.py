@@ -79,7 +79,9 @@ def test_minimum_python_is_3_6_by_vermin() -> None:
 class Attached:
     """The daemon's end of a channel to the agent: frames out, frames in."""
 
-    def __init__(self, path: str, secret: str, recv: dict[int, int], window_s: float) -> None:
+    def __init__(
+        self, path: str, secret: str, recv: dict[int, int], window_s: float, silence_s: float = 5
+    ) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(BOUND_S)
         self.sock.connect(path)
@@ -88,7 +90,7 @@ class Attached:
         hello = {
             "secret": secret,
             "recv": {str(k): v for k, v in recv.items()},
-            "silence_s": 5,
+            "silence_s": silence_s,
             "window_s": window_s,
         }
         try:
@@ -142,9 +144,9 @@ class Agent:
         assert isinstance(self.info, AgentInfo), self.said
         return self.info.pid
 
-    def attach(self) -> Attached:
+    def attach(self, silence_s: float = 5) -> Attached:
         assert isinstance(self.info, AgentInfo), self.said
-        self.chan = Attached(self.info.socket, self.secret, self.recv, self.window_s)
+        self.chan = Attached(self.info.socket, self.secret, self.recv, self.window_s, silence_s)
         return self.chan
 
     def goodbye(self) -> None:
@@ -419,6 +421,70 @@ def test_a_kernel_writing_through_an_outage_is_held_back_and_loses_nothing(run: 
     chan.send(mux.BYE, 0)
     wait_gone(agent.pid)
     chan.close()
+
+
+def pings(agent: Agent, chan: Attached, label: str, n: int = 3) -> bytes:
+    """``n`` pings, each sent once the one before was answered; what link 1 sent meanwhile.
+    A barrier: the agent answers a ping in the loop turn that read it, so the last pong comes
+    after every turn in which a readable link (its selector reports it at every turn) would
+    have been read and its bytes queued ahead of that pong."""
+    got = bytearray()
+    for i in range(n):
+        agent.say(f"ping {label}{i}")
+        while True:
+            frame = chan.frame()
+            if frame.stream == 0 and frame.type == mux.DATA:
+                agent.recv[0] += frame.size
+                if f"pong {label}{i}".encode() in frame.payload:
+                    break
+            elif frame.stream == 1 and frame.type == mux.DATA:
+                got += frame.payload
+    return bytes(got)
+
+
+def test_a_link_held_at_the_limit_is_read_again_only_once_half_is_acknowledged(
+    run: Path,
+) -> None:
+    """A link stopped at mux.LIMIT unacknowledged is not read again at the next ACK but
+    once no more than half of LIMIT is unacknowledged (remote.Agent.interest): a transfer
+    is not taken off the selector and put back at every ACK. Then every byte arrives once."""
+    agent = Agent(sys.executable, run, "e6")
+    chan = agent.attach(silence_s=BOUND_S)  # not given up on while the kernel fills its buffers
+    agent.say("listen 1")
+    port = int(agent.line("port 1 ").split()[2])
+    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+    assert agent.take().type == mux.OPEN
+    payload = secrets.token_bytes(
+        mux.LIMIT + remote.CHUNK + tcp_buffer_max("rmem") + tcp_buffer_max("wmem") + (4 << 20)
+    )
+    written = write_until_held_back(kernel, payload)  # nothing acknowledged: it stops
+    assert written < len(payload), "the agent read on past what it may keep"
+    got = pings(agent, chan, "full")
+    assert mux.LIMIT <= len(got) <= mux.LIMIT + remote.CHUNK, len(got)
+    assert len(pings(agent, chan, "still")) == 0, "read on with nothing acknowledged"
+    sent = agent.recv[1] + len(got)  # the stream's position (its OPEN took one)
+    # acknowledged down to between half of LIMIT and LIMIT: still held
+    chan.sock.sendall(mux.ack(1, sent - (mux.LIMIT // 2 + mux.LIMIT // 4)))
+    assert len(pings(agent, chan, "threequarters")) == 0, "read before half was acknowledged"
+    # acknowledged down to half: read again
+    chan.sock.sendall(mux.ack(1, sent - mux.LIMIT // 2))
+    more = pings(agent, chan, "half")
+    assert more, "not read again once half was acknowledged"
+    got += more
+    agent.recv[1] += len(got)
+    chan.sock.sendall(mux.ack(1, agent.recv[1]))
+    rest = threading.Thread(target=kernel.sendall, args=(payload[written:],))
+    rest.start()
+    while len(got) < len(payload):
+        frame = agent.take()  # acknowledged as it comes from now on
+        assert frame.type == mux.DATA, frame
+        got += frame.payload
+    rest.join(BOUND_S)
+    assert not rest.is_alive()
+    assert got == payload
+    kernel.close()
+    assert agent.take() == Frame(mux.EOF, 1, b"")
+    agent.goodbye()
 
 
 def test_a_start_cut_off_with_its_connection_is_a_lost_connection() -> None:
