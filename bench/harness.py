@@ -123,6 +123,8 @@ class Results:
     bulk_cpu: dict[tuple[str, str], Sample] = field(default_factory=dict)
     # the same for relay's agent on the host, per direction: the process the agent's path adds
     agent_cpu: dict[str, Sample] = field(default_factory=dict)
+    # the daemon's minor page faults per MiB moved: pages its heap gave back and took again
+    bulk_faults: dict[tuple[str, str], Sample] = field(default_factory=dict)
     shim_wall: Sample = field(default_factory=Sample)
     shim_cpu: Sample = field(default_factory=Sample)
     daemon: dict[str, tuple[float, int]] = field(default_factory=dict)
@@ -487,6 +489,7 @@ class Bench:
             )
             for direction, move in (("to kernel", kl.sink), ("from kernel", kl.source)):
                 cpu = _cpu_s(client_pid) if client_pid else 0.0
+                faults = _minor_faults(client_pid) if client_pid else 0
                 agent_cpu = _cpu_s(agent_pid) if agent_pid else 0.0
                 started = time.perf_counter()
                 moved = await move(size)
@@ -499,6 +502,10 @@ class Bench:
                 self.results.bulk.setdefault((key, direction), Sample()).values.append(
                     size / elapsed
                 )
+                if client_pid and key.startswith("relay"):
+                    self.results.bulk_faults.setdefault((key, direction), Sample()).values.append(
+                        (_minor_faults(client_pid) - faults) * (1 << 20) / size
+                    )
                 if client_pid:
                     per_gib = (_cpu_s(client_pid) - cpu) * (1 << 30) / size
                     self.results.bulk_cpu.setdefault((key, direction), Sample()).values.append(
@@ -768,6 +775,11 @@ def _cpu_s(pid: int) -> float:
     """User and system CPU seconds of a process, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _minor_faults(pid: int) -> int:
+    """Minor page faults of a process so far: pages it touched for the first time."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def _proc_stats(pid: int) -> tuple[float, int]:
@@ -1094,6 +1106,9 @@ def _agent_rows(r: Results) -> list[str]:
     return lines
 
 
+DIRECTIONS = ("to kernel", "from kernel")
+
+
 def _link_section(config: Config, r: Results) -> list[str]:
     lines = [
         "## Through a link, on loopback",
@@ -1177,6 +1192,18 @@ def _link_section(config: Config, r: Results) -> list[str]:
                 f"- relay's agent, the process its path adds on the host, spent {to_a:.2f} s "
                 f"/ {from_a:.2f} s of CPU per GiB to / from the kernel: on this machine the "
                 f"same two cores as everything else on the path."
+            )
+        faults = [
+            f"{what} {' / '.join(f'{r.bulk_faults[(key, d)].median:.1f}' for d in DIRECTIONS)}"
+            for key, what in (("relay", "through its agent"), ("relay-today", "without"))
+            if all((key, d) in r.bulk_faults for d in DIRECTIONS)
+        ]
+        if faults:
+            lines.append(
+                "- the daemon's minor page faults per MiB carried, to / from the kernel: "
+                f"{'; '.join(faults)} (pages the C heap gave back to the system and took "
+                "again: to the kernel through the agent, the buffers a stream keeps until "
+                "they are acknowledged)."
             )
     if "relay" in r.pingpong and "openssh" in r.pingpong:
         rows = [("relay", "through its agent")]
