@@ -1195,7 +1195,7 @@ def _link_section(config: Config, r: Results) -> list[str]:
             )
         faults = [
             f"{what} {' / '.join(f'{r.bulk_faults[(key, d)].median:.1f}' for d in DIRECTIONS)}"
-            for key, what in (("relay", "through its agent"), ("relay-today", "without"))
+            for key, what in (("relay", "through its agent"), ("relay-today", "without it"))
             if all((key, d) in r.bulk_faults for d in DIRECTIONS)
         ]
         if faults:
