@@ -178,7 +178,8 @@ class _SameAddress:
 
 class ConnectionStatus:
     """What ``relay status`` says of a host's connection: its state and since when, the last
-    error, when the next attempt is made while backing off, how many connections were made."""
+    error, when the next attempt is made while backing off, how many connections the host has
+    had (``HostSession._adopt``)."""
 
     def __init__(self) -> None:
         self.state = "disconnected"
@@ -553,7 +554,6 @@ class Connector:
         self.via = jump.key if jump is not None else None
         peer = conn.get_extra_info("peername") if direct else None
         self.reached = str(peer[0]) if peer else None
-        self.status.connects += 1
         self.status.last_error = None
         self.status.set("connected")
         self._log.info("connected", connect_ms=round((time.monotonic() - started) * 1000, 1))

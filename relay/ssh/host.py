@@ -355,8 +355,11 @@ class HostSession:
     def _adopt(
         self, conn: asyncssh.SSHClientConnection, client: _Client
     ) -> asyncssh.SSHClientConnection:
-        """A connection just made is the host's, watched until it ends."""
+        """A connection just made is the host's, watched until it ends. Counted here, not
+        where it was made: a hedged attempt that lost, or one by name that a resume did not
+        keep, was never the host's."""
         self._conn = conn
+        self.status.connects += 1
         self._declared_lost = self._probe_bound = None  # said of an older one, if ever
         self._waited_in_vain = None
         cfg = self.config
