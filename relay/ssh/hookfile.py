@@ -162,7 +162,9 @@ class Installer:
         try:
             await self.path(conn)
         except RelayError as exc:  # a launch that needs it tries again and reports it
-            if not conn.is_closed():  # else the connection's end is the news (a stop, a loss)
+            if conn.is_closed():  # the connection's end is the news (a stop, a loss)
+                self._log.info("kernel hook not installed: its connection ended first")
+            else:
                 self._log.warning("kernel hook not installed", error=exc.message)
 
     async def path(self, conn: asyncssh.SSHClientConnection) -> str:
