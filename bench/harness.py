@@ -1171,12 +1171,9 @@ def _link_section(config: Config, r: Results) -> list[str]:
             )
         lines += [
             "",
-            f"- ping-pong: relay / OpenSSH = {rel_rtt:.2f}x (target at most 1.5x: "
-            f"{'met' if rel_rtt <= 1.5 else 'missed'})",
+            f"- ping-pong: relay / OpenSSH = {rel_rtt:.2f}x",
             f"- bulk: relay / OpenSSH default = {tput[0]:.2f}x to, {tput[1]:.2f}x from "
-            f"the kernel (target at least 1.0x: "
-            f"{'met' if min(tput) >= 1.0 else 'missed'}); against OpenSSH with the same "
-            f"cipher: {same[0]:.2f}x, {same[1]:.2f}x",
+            f"the kernel; against OpenSSH with the same cipher: {same[0]:.2f}x, {same[1]:.2f}x",
             *([bound] if bound else []),
             "- here the front end waits for the kernel's first frame (plain asyncssh's "
             "forwarder drops what a front end writes the instant it accepts; relay's link "
@@ -1215,11 +1212,12 @@ def _link_section(config: Config, r: Results) -> list[str]:
                 r.bulk[(key, d)].median / r.bulk[("openssh", d)].median
                 for d in ("to kernel", "from kernel")
             )
-            verdict = "met" if ping <= 1.5 and min(to_k, from_k) >= 0.95 else "missed"
+            # three decimals, so that a ratio just under its target does not print as it
             lines.append(
-                f"- relay {what} / OpenSSH default: ping-pong {ping:.2f}x (target at most "
-                f"1.5x), bulk {to_k:.2f}x to and {from_k:.2f}x from the kernel (target at "
-                f"least 0.95x): {verdict}."
+                f"- relay {what} / OpenSSH default: ping-pong {ping:.3f}x (target at most "
+                f"1.5x: {'met' if ping <= 1.5 else 'missed'}), bulk {to_k:.3f}x to and "
+                f"{from_k:.3f}x from the kernel (target at least 0.95x both ways: "
+                f"{'met' if min(to_k, from_k) >= 0.95 else 'missed'})."
             )
     return lines
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -66,6 +67,16 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
     assert "CPU the host took during relay's cell" in text and "(steal)" in text
     assert "median of 2 rounds" in text
     assert f"- target: at most 60 MB with {n} kernels: with quiet links " in text
+    # each path's link targets, a verdict apiece, in figures that cannot round onto a target
+    for what in ("through its agent", "resume_window_s = 0"):
+        line = re.search(rf"- relay {re.escape(what)} / OpenSSH default: (.*)", text)
+        assert line is not None, what
+        assert re.fullmatch(
+            r"ping-pong \d+\.\d{3}x \(target at most 1\.5x: (met|missed)\), bulk \d+\.\d{3}x "
+            r"to and \d+\.\d{3}x from the kernel \(target at least 0\.95x both ways: "
+            r"(met|missed)\)\.",
+            line.group(1),
+        ), line.group(1)
     tunnel = results.single[("tunnel", 0)]  # a comparator's failure, as the report says it
     tunnel.failures, tunnel.reasons = tunnel.failures + 1, [*tunnel.reasons, "RuntimeError: x"]
     assert "- tunnel, 0 ms: RuntimeError: x" in render(config, results, "plot.png")
