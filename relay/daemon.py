@@ -394,13 +394,13 @@ class Daemon:
             await host.connection_by(deadline)  # resuming: as a launch waits for it
             live = await host.live()
             if kernels:
-                if kernel:
-                    live.supervisor.check_kernel(kernel)
+                # asked first, answered while the spares are reserved (held here: a miss is
+                # not kept by the supervisor, and may come before the reserve is done)
+                known = live.supervisor.check_kernel(kernel) if kernel else None
                 slots = min(2 * kernels, MAX_RESERVED_FORWARDS)
                 # the agent's spare link streams, or sshd's spare listeners (no agent here)
                 spares = live.agent if live.agent is not None else live.pool
                 await spares.reserve(slots, linger_s=host.config.launch_timeout_s)
-                known = live.supervisor.kernel_known(kernel) if kernel else None
                 if known is not None:
                     answer["kernel"] = {"path": kernel, "found": await asyncio.shield(known)}
         except (asyncssh.Error, OSError) as exc:

@@ -211,13 +211,17 @@ class Supervisor:
         self._process.stdin.write(f"start {kernel_id} {snippet}\n")
         return proc
 
-    def check_kernel(self, kernel: str) -> None:
+    def check_kernel(self, kernel: str) -> asyncio.Future[bool] | None:
         """Ask, ahead of any launch, whether ``kernel`` is there as a start would look for it
         (the host's kernel as the connection opens; another by ``relay connect --kernels``):
         one round trip on the way, so that the Parallel package's first Run need not wait
-        for its kernel's pid. Asked once per connection until found."""
-        if kernel in self._kernels or self.closed.done():
-            return
+        for its kernel's pid. Asked once per connection until found. Returns the answer to
+        come (or known), which a caller keeps: a miss is forgotten here as it arrives, so
+        ``kernel_known`` cannot tell it later. None once the session has ended."""
+        if kernel in self._kernels:
+            return self._kernels[kernel]
+        if self.closed.done():
+            return None
         self._owner_ids += 1
         ident = f"w{self._owner_ids}"
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -227,6 +231,7 @@ class Supervisor:
         snippet = "set -- " + shell_join([kernel])
         no_control_characters(snippet)
         self._process.stdin.write(f"which {ident} {snippet}\n")
+        return fut
 
     def kernel_known(self, kernel: str) -> asyncio.Future[bool] | None:
         """Whether ``kernel`` is known to be there: a done future (True), one still on its way,
