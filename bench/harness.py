@@ -521,7 +521,7 @@ class Bench:
                     way, then=functools.partial(measure, key), write_first=False
                 )
         if self.config.write_report and PY_SPY:
-            for direction in ("to kernel", "from kernel"):
+            for direction in DIRECTIONS:
                 profile = functools.partial(self.profile_bulk, direction=direction)
                 await self.timed_launch(ways["relay"], then=profile, write_first=False)
 
@@ -651,6 +651,8 @@ class Bench:
         self.results.daemon["after"] = _proc_stats(daemon.pid)
 
 
+# the two directions of a link's bulk, as the results key them
+DIRECTIONS = ("to kernel", "from kernel")
 QUIET = "quiet links (the front ends wrote nothing first)"
 GREETED = (
     "after a burst (each front end wrote 1-64 KB the instant it accepted, echoed back: the "
@@ -1106,9 +1108,6 @@ def _agent_rows(r: Results) -> list[str]:
     return lines
 
 
-DIRECTIONS = ("to kernel", "from kernel")
-
-
 def _link_section(config: Config, r: Results) -> list[str]:
     lines = [
         "## Through a link, on loopback",
@@ -1128,7 +1127,7 @@ def _link_section(config: Config, r: Results) -> list[str]:
     for key, label in names.items():
         if key not in r.pingpong:
             continue
-        cpu = [r.bulk_cpu.get((key, d)) for d in ("to kernel", "from kernel")]
+        cpu = [r.bulk_cpu.get((key, d)) for d in DIRECTIONS]
         cpu_cell = (
             " / ".join(f"{c.median:.2f} s" for c in cpu if c is not None)
             if all(c is not None and c.values for c in cpu)
@@ -1141,24 +1140,19 @@ def _link_section(config: Config, r: Results) -> list[str]:
         )
     if "relay" in r.pingpong and "openssh" in r.pingpong:
         rel_rtt = r.pingpong["relay"].median / r.pingpong["openssh"].median
-        tput = [
-            r.bulk[("relay", d)].median / r.bulk[("openssh", d)].median
-            for d in ("to kernel", "from kernel")
-        ]
+        tput = [r.bulk[("relay", d)].median / r.bulk[("openssh", d)].median for d in DIRECTIONS]
         same = [
             r.bulk[("relay", d)].median / r.bulk[("openssh-aes128-gcm", d)].median
-            for d in ("to kernel", "from kernel")
+            for d in DIRECTIONS
         ]
         bound = ""
         if "asyncssh" in r.pingpong:
             stack = [
-                r.bulk[("relay", d)].median / r.bulk[("asyncssh", d)].median
-                for d in ("to kernel", "from kernel")
+                r.bulk[("relay", d)].median / r.bulk[("asyncssh", d)].median for d in DIRECTIONS
             ]
             plain_rtt = r.pingpong["asyncssh"].median / r.pingpong["openssh"].median
             plain_tput = [
-                r.bulk[("asyncssh", d)].median / r.bulk[("openssh", d)].median
-                for d in ("to kernel", "from kernel")
+                r.bulk[("asyncssh", d)].median / r.bulk[("openssh", d)].median for d in DIRECTIONS
             ]
             bound = (
                 f"- relay / plain asyncssh (the stack relay stands on, without relay): "
@@ -1183,8 +1177,8 @@ def _link_section(config: Config, r: Results) -> list[str]:
             "- every path joins the same two Python programs (the simulator's front end and "
             "kernel), which share the machine's two cores with sshd and relay or ssh.",
         ]
-        if all(d in r.agent_cpu for d in ("to kernel", "from kernel")):
-            to_a, from_a = (r.agent_cpu[d].median for d in ("to kernel", "from kernel"))
+        if all(d in r.agent_cpu for d in DIRECTIONS):
+            to_a, from_a = (r.agent_cpu[d].median for d in DIRECTIONS)
             lines.append(
                 f"- relay's agent, the process its path adds on the host, spent {to_a:.2f} s "
                 f"/ {from_a:.2f} s of CPU per GiB to / from the kernel: on this machine the "
@@ -1209,8 +1203,7 @@ def _link_section(config: Config, r: Results) -> list[str]:
         for key, what in rows:
             ping = r.pingpong[key].median / r.pingpong["openssh"].median
             to_k, from_k = (
-                r.bulk[(key, d)].median / r.bulk[("openssh", d)].median
-                for d in ("to kernel", "from kernel")
+                r.bulk[(key, d)].median / r.bulk[("openssh", d)].median for d in DIRECTIONS
             )
             # three decimals, so that a ratio just under its target does not print as it
             lines.append(

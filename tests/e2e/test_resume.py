@@ -73,6 +73,7 @@ BOUND_S = 60.0
 # the daemon's log events for a connection's kernel hook install (relay.ssh.hookfile)
 HOOKED = "kernel hook in place"
 HOOK_CUT_OFF = "kernel hook not installed: its connection ended first"
+HOOK_FAILED = "kernel hook not installed"
 
 
 async def until(check: Callable[[], bool], what: str, timeout_s: float = BOUND_S) -> None:
@@ -667,7 +668,7 @@ async def test_a_day_of_outages_leaves_the_daemon_and_the_agent_as_they_were(
             shown.update(status["daemon"])
             (host,) = status["hosts"]
             # each connection's install ended: in place, or cut off by the next outage
-            ended = sum(events[e] for e in (HOOKED, HOOK_CUT_OFF, "kernel hook not installed"))
+            ended = sum(events[e] for e in (HOOKED, HOOK_CUT_OFF, HOOK_FAILED))
             hooked = ended >= host["connects"]
             return hooked and (tasks is None or shown["tasks"] <= tasks)
 
