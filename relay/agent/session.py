@@ -26,7 +26,7 @@ import structlog
 
 from relay.agent import mux
 from relay.agent.mux import Frame
-from relay.errors import ConnectFailed, RelayError
+from relay.errors import ConnectFailed, ConnectionLost, RelayError
 from relay.ssh.packets import write_packets
 from relay.tasks import retrieved
 
@@ -49,6 +49,16 @@ SPARE_SERVE = 1
 
 class AgentGone(RelayError):
     code = "connection_lost"
+
+
+# asyncssh's reason for a channel that could not open, or was lost, because its connection
+# closed (asyncssh.channel); the connection's is_closed() says so only a turn later
+CONNECTION_CLOSED = "SSH connection closed"
+
+
+def _going(conn: asyncssh.SSHClientConnection, reason: str) -> bool:
+    """Whether a channel failed with its connection, not because of what it was opened to."""
+    return conn.is_closed() or reason == CONNECTION_CLOSED
 
 
 @dataclass(frozen=True)
@@ -543,7 +553,10 @@ class AgentSession:
 
     async def attach(self, conn: asyncssh.SSHClientConnection) -> None:
         """Attach over ``conn``: HELLO, WELCOME, then both sides replay what the other lacks.
-        Raises ``AgentGone`` if the agent is not there any more (its socket gone: it ended)."""
+        Raises ``AgentGone`` only where the agent is not there any more: sshd, on a live
+        connection, could not reach its socket, or the agent closed the channel. A connection
+        that fails meanwhile (a flapping path, a stall) raises ``ConnectionLost``: the agent
+        and its kernels are as they were, and the next connection tries again."""
         if self.ended.done():
             raise AgentGone(f"{self.host}: {self.end_reason}")
         try:
@@ -554,31 +567,27 @@ class AgentSession:
                 max_pktsize=PKTSIZE,
             )
         except asyncssh.ChannelOpenError as exc:
+            if _going(conn, exc.reason):
+                raise ConnectionLost(
+                    f"{self.host}: the connection ended as relay's agent was reached again"
+                ) from None
             raise AgentGone(
                 f"{self.host}: relay's agent is not there any more ({exc.reason})"
             ) from None
         assert isinstance(channel, _Channel)
         assert channel.chan is not None
         self._attaching = channel
-        hello = {
-            "secret": self._secret,
-            "recv": {str(sid): s.inbox.position for sid, s in self._streams.items()},
-            "silence_s": self.silence_s,
-            "window_s": self._window_next if self._window_next is not None else self.window_s,
-        }
-        channel.write(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
         try:
-            async with asyncio.timeout(ATTACH_TIMEOUT_S):
-                welcome = await asyncio.shield(channel.welcome)
-        except (TimeoutError, ConnectionError, ValueError) as exc:
+            welcome = await self._welcome(conn, channel)
+        finally:  # taken (below), or given up, however it ends (a resume's window: cancelled)
+            self._attaching = None
+        if self.ended.done():  # ended while it answered (relay stops): it can be told now
+            channel.write(self._bye)
             channel.chan.close()
-            raise AgentGone(
-                f"{self.host}: relay's agent did not take the connection back ({exc or 'timeout'})"
-            ) from None
+            raise AgentGone(f"{self.host}: {self.end_reason}")
         recv = welcome.get("recv", {})
         for sid, stream in list(self._streams.items()):
             channel.write(*stream.resume_from(int(recv.get(str(sid), 0))))
-        self._attaching = None
         self._channel = channel
         if self._window_next is not None:
             self.window_s, self._window_next = self._window_next, None
@@ -594,6 +603,40 @@ class AgentSession:
             channel.write(self._bye)
         elif self.attaches == 1:
             self._refill()  # spare listeners for the first launches
+
+    async def _welcome(
+        self, conn: asyncssh.SSHClientConnection, channel: _Channel
+    ) -> dict[str, Any]:
+        """HELLO (what the daemon has received of each stream, and the secret), and the
+        agent's WELCOME; the channel is closed if none comes."""
+        assert channel.chan is not None
+        hello = {
+            "secret": self._secret,
+            "recv": {str(sid): s.inbox.position for sid, s in self._streams.items()},
+            "silence_s": self.silence_s,
+            "window_s": self._window_next if self._window_next is not None else self.window_s,
+        }
+        channel.write(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
+        try:
+            async with asyncio.timeout(ATTACH_TIMEOUT_S):
+                return await asyncio.shield(channel.welcome)
+        except TimeoutError:
+            channel.chan.close()  # a stalled path (or a stopped agent): tried again later
+            raise ConnectionLost(
+                f"{self.host}: relay's agent did not answer within {ATTACH_TIMEOUT_S:g} s"
+            ) from None
+        except (ConnectionError, ValueError) as exc:
+            channel.chan.close()
+            if isinstance(exc, ConnectionError) and _going(conn, str(exc)):
+                raise ConnectionLost(
+                    f"{self.host}: the connection ended as relay's agent was reached again"
+                ) from None
+            raise AgentGone(
+                f"{self.host}: relay's agent did not take the connection back ({exc})"
+            ) from None
+        except BaseException:
+            channel.chan.close()
+            raise
 
     def _welcomed(self, welcome: dict[str, Any]) -> None:
         now = time.time()

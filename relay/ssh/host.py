@@ -44,7 +44,7 @@ import structlog
 from relay import wake
 from relay.agent import start as agent_start
 from relay.agent.session import AgentGone, AgentSession
-from relay.errors import ConnectFailed, LoginNeeded, RelayError, ShuttingDown
+from relay.errors import ConnectFailed, ConnectionLost, LoginNeeded, RelayError, ShuttingDown
 from relay.log import RateLimited
 from relay.peerowner import CLOSING, GONE, UNKNOWN
 from relay.settings import HostConfig
@@ -497,6 +497,9 @@ class HostSession:
         attempt = 0
         login_needed = False  # the last attempt wanted a person's answers
         while not agent.ended.done() and not self._closing:
+            # an attach that was answered and then lost its connection (its first ping)
+            # heard the agent, which began its window again: so does this one (and status)
+            lost_at = agent.lost_at if agent.lost_at is not None else lost_at
             left = lost_at + window - time.time()
             if left <= 0:
                 break
@@ -687,6 +690,12 @@ class HostSession:
                 f"relay's agent on {self.key} ended without being told (killed: an OOM "
                 f"killer, a reaper of long-running processes?), and its kernels with it"
             )
+        except ConnectionLost as exc:
+            if not current.connection.is_closed() and current is self._current:
+                # no answer on a connection that lives on (a stalled path, a stopped agent):
+                # let it go, and the resume tries again with backoff until the window ends
+                self._declared_lost = exc.message
+                current.connection.abort()
         except (RelayError, asyncssh.Error, OSError):
             pass  # the connection is going: _watch resumes on the next one
         else:

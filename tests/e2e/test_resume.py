@@ -32,6 +32,7 @@ import pytest
 
 from relay import wake
 from relay.agent import mux
+from relay.agent import session as session_module
 from relay.daemon import SHUTDOWN_GRACE_S
 from relay.lite import client
 from relay.sim import frontend, nsbridge, wire
@@ -805,6 +806,42 @@ async def test_an_agent_killed_on_the_host_ends_its_links_at_once(home: RelayHom
             assert resume_state(running)["pid"] != agent_pid
             assert running.daemon.hosts["local"].status.connects == 1  # the same connection
             await quit_cleanly(kl2, fe2)
+
+
+async def test_an_agent_that_does_not_answer_the_resume_is_waited_for_not_given_up(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path comes back, but the agent's answer to the daemon's HELLO does not (here the
+    agent is stopped; on a real path, a stall right after the handshake, a link that flaps
+    again): that attempt is let go and the resume goes on until the window, the kernels as
+    they were. It took the agent for gone and ended every kernel on the host."""
+    monkeypatch.setattr(session_module, "ATTACH_TIMEOUT_S", 1.0)
+    async with (
+        behind_proxy(home) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        agent_pid = int(str(resume_state(running)["pid"]))
+        os.kill(agent_pid, signal.SIGSTOP)
+        try:
+            await outage(running, proxy, "reset")
+            proxy.restore()
+            host = running.daemon.hosts["local"]
+            await until(
+                lambda: (
+                    "did not answer" in (host.status.last_error or "")
+                    or fe.proc.returncode is not None
+                ),
+                "an attach given up for want of an answer",
+            )
+        finally:
+            os.kill(agent_pid, signal.SIGCONT)
+        assert fe.proc.returncode is None, await fe.result()  # the kernel's link ended
+        payload = secrets.token_bytes(1 << 16)
+        assert await asyncio.wait_for(kl.echo(payload), BOUND_S) == payload
+        assert pid_alive(pid) and resume_state(running)["pid"] == agent_pid
+        await quit_cleanly(kl, fe)
 
 
 async def test_an_agent_that_let_go_of_a_silent_daemon_takes_it_back(home: RelayHome) -> None:

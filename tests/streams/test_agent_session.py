@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import asyncssh
 import pytest
 
 from relay.agent import mux
-from relay.agent.session import SPARE, SPARE_SERVE, AgentInfo, AgentSession
+from relay.agent import session as session_module
+from relay.agent.session import (
+    CONNECTION_CLOSED,
+    SPARE,
+    SPARE_SERVE,
+    AgentGone,
+    AgentInfo,
+    AgentSession,
+)
+from relay.errors import ConnectionLost
 
 INFO = AgentInfo(pid=1, socket="/nonexistent", uid=0, owner_check=True, ended=0)
 
@@ -176,3 +187,128 @@ async def test_a_time_the_agent_gives_is_placed_against_the_outages_on_our_clock
     assert session.outage_around(now - 60 + skew) is None  # before the connection was lost
     session._welcomed({"recv": {}, "now": "garbage"})  # a clock it cannot read: kept as was
     assert session.local_time(during) == pytest.approx(now - 20, abs=5)
+
+
+class _Chan:
+    """An SSH channel as the session's ``_Channel`` uses it: what was written, and closed."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Conn:
+    """An SSH connection for ``AgentSession.attach``: the channel open fails with
+    ``open_fails`` (a reason), or gives a channel whose end ``then`` scripts."""
+
+    def __init__(self, open_fails: str | None = None) -> None:
+        self.open_fails = open_fails
+        self.closed = False
+        self.channel: Any = None
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    @property
+    def ssh(self) -> Any:
+        """Itself, where an asyncssh connection is expected."""
+        return self
+
+    async def create_unix_connection(self, factory: Any, path: str, **_: Any) -> Any:
+        if self.open_fails is not None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, self.open_fails)
+        self.channel = factory()
+        self.channel.connection_made(_Chan())
+        return self.channel.chan, self.channel
+
+    async def hello(self) -> Any:
+        """The channel, once the session has written its HELLO on it (bounded)."""
+        for _ in range(100):
+            if self.channel is not None and self.channel.chan.written:
+                return self.channel
+            await asyncio.sleep(0)
+        raise AssertionError("no HELLO written")
+
+
+def _session() -> AgentSession:
+    return AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1)
+
+
+async def test_a_channel_open_cut_by_its_connection_is_tried_again_not_the_agent_gone() -> None:
+    """A flapping path closes the new connection as the channel to the agent opens: asyncssh
+    says "SSH connection closed". The agent is as it was: ConnectionLost (the resume tries
+    again), not AgentGone (which ended every kernel on the host)."""
+    with pytest.raises(ConnectionLost):
+        await _session().attach(_Conn(open_fails=CONNECTION_CLOSED).ssh)
+    # sshd, on a connection that lives on, could not reach the agent's socket: gone
+    with pytest.raises(AgentGone, match="not there any more"):
+        await _session().attach(_Conn(open_fails="open failed").ssh)
+
+
+async def test_a_connection_lost_before_the_welcome_is_tried_again() -> None:
+    session = _session()
+    conn = _Conn()
+    attach = asyncio.ensure_future(session.attach(conn.ssh))
+    channel = await conn.hello()
+    conn.closed = True  # the connection ends, and its channels with it
+    channel.connection_lost(ConnectionResetError("reset by peer"))
+    with pytest.raises(ConnectionLost):
+        await attach
+    assert session._attaching is None and not session.attached
+    # the agent closes the channel on a connection that lives on: it is gone
+    conn = _Conn()
+    attach = asyncio.ensure_future(session.attach(conn.ssh))
+    (await conn.hello()).connection_lost(None)
+    with pytest.raises(AgentGone, match="did not take the connection back"):
+        await attach
+
+
+async def test_no_welcome_in_time_is_tried_again_and_its_channel_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A path that stalls after the handshake: the channel is given up and the attach tried
+    again later (the window bounds it), not the kernels ended."""
+    monkeypatch.setattr(session_module, "ATTACH_TIMEOUT_S", 0.01)
+    session = _session()
+    conn = _Conn()
+    with pytest.raises(ConnectionLost, match="did not answer"):
+        await session.attach(conn.ssh)
+    assert conn.channel.chan.closed and session._attaching is None
+
+
+async def test_an_attach_cancelled_while_waiting_leaves_no_channel_half_taken() -> None:
+    """A resume's window runs out while the agent has not answered: the channel is closed
+    and a WELCOME that comes after is not taken (nor frames behind it)."""
+    session = _session()
+    conn = _Conn()
+    attach = asyncio.ensure_future(session.attach(conn.ssh))
+    channel = await conn.hello()
+    attach.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await attach
+    assert channel.chan.closed and session._attaching is None and not session.attached
+
+
+async def test_a_session_ended_while_the_agent_answers_tells_it_goodbye() -> None:
+    """relay stops while an attach waits for the WELCOME (its links ended at once, the host
+    stranded): the agent answers after all, so it is told to end its kernels now, not left
+    to its window, and the ended session stays detached."""
+    session = _session()
+    conn = _Conn()
+    attach = asyncio.ensure_future(session.attach(conn.ssh))
+    channel = await conn.hello()
+    session.end("relay stopped while the connection was down")
+    hello_len = len(channel.chan.written)
+    channel.data_received(mux.encode(mux.WELCOME, 0, b'{"recv": {}}'), None)
+    with pytest.raises(AgentGone):
+        await attach
+    frames = mux.FrameReader().feed(bytes(channel.chan.written[hello_len:]))
+    assert [f.type for f in frames] == [mux.BYE]
+    assert channel.chan.closed and not session.attached
+
