@@ -146,7 +146,8 @@ class _Client(asyncssh.SSHClient):
 
 
 def _unwanted(attempt: asyncio.Future[tuple[asyncssh.SSHClientConnection, _Client]]) -> None:
-    """A hedged attempt that lost, cancelled: closed if it connected all the same."""
+    """A hedged attempt that lost (cancelled, or done in the same turn as the winner):
+    closed if it connected all the same."""
     if not attempt.cancelled() and attempt.exception() is None:
         attempt.result()[0].close()
 
@@ -360,6 +361,7 @@ class Connector:
             return asyncio.ensure_future(self.connect_once(deadline, same_address=same_address))
 
         attempts = {attempt()}
+        done: set[asyncio.Future[tuple[asyncssh.SSHClientConnection, _Client]]] = set()
         try:
             while True:
                 done, attempts = await asyncio.wait(
@@ -367,6 +369,7 @@ class Connector:
                 )
                 for task in done:
                     if task.exception() is None:
+                        done.discard(task)  # the winner; any other done with it is closed
                         return task.result()
                 if done:
                     raise next(iter(done)).exception()  # type: ignore[misc]
@@ -374,6 +377,8 @@ class Connector:
                     self._log.info("connect attempt stalled; another joins it", after_s=hedge_s)
                     attempts.add(attempt())
         finally:
+            for task in done:  # finished in the same turn as the one that decided
+                _unwanted(task)
             for task in attempts:
                 task.cancel()
                 task.add_done_callback(_unwanted)  # closes it even if this wait is cut short

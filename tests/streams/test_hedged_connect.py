@@ -24,8 +24,9 @@ class _Conn:
 
 
 class _Scripted(Connector):
-    """Attempt i does what ``script[i]`` says: "hang" (until cancelled), "fail", "ok", or
-    "late": it hangs, and connects even as it is cancelled (the race _hedged must close)."""
+    """Attempt i does what ``script[i]`` says: "hang" (until cancelled), "fail", "ok",
+    "late": it hangs, and connects even as it is cancelled (the race _hedged must close), or
+    "gate": it connects when ``gate`` is set (all of them in the same turn)."""
 
     def __init__(self, script: list[str]) -> None:
         super().__init__(
@@ -35,6 +36,7 @@ class _Scripted(Connector):
         self.conns: list[_Conn] = []
         self.cancelled = 0
         self.addresses: list[str | None] = []  # each attempt's same_address
+        self.gate = asyncio.Event()
 
     async def connect_once(
         self, deadline: float, ask: Any = None, same_address: str | None = None
@@ -45,6 +47,8 @@ class _Scripted(Connector):
         what = self.script[n]
         if what == "fail":
             raise ConnectFailed(f"attempt {n} refused")
+        if what == "gate":
+            await self.gate.wait()
         if what in ("hang", "late"):
             try:
                 await asyncio.Event().wait()
@@ -118,3 +122,23 @@ def test_one_that_connects_as_it_is_cancelled_is_closed() -> None:
     conn, _ = asyncio.run(c.hedged())
     assert conn.n == 1 and not conn.closed
     assert c.conns[0].closed  # connected as the winner's cleanup cancelled it: not kept
+
+
+def test_attempts_that_connect_in_the_same_turn_keep_one_and_close_the_other() -> None:
+    """The path comes back and both stalled attempts finish together: one is the host's
+    connection, the other is closed (it was kept open, a second login nobody used)."""
+
+    async def main() -> tuple[_Scripted, Any]:
+        c = _Scripted(["gate"] * HEDGED_AT_ONCE)
+        task = asyncio.ensure_future(c.hedged())
+        for _ in range(1000):  # bounded: the second joins after a hedge interval
+            if len(c.conns) >= 2:
+                break
+            await asyncio.sleep(HEDGE_S)
+        c.gate.set()
+        return c, await task
+
+    c, (conn, _) = asyncio.run(main())
+    assert not conn.closed
+    losers = [k for k in c.conns if k is not conn]
+    assert losers and all(k.closed for k in losers)
