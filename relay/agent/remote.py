@@ -390,8 +390,20 @@ class Agent:
         self.sel.register(self.server, selectors.EVENT_READ, ("server", None))
         while True:
             self.chan_full = False
-            for key, events in self.sel.select(self.timeout()):
-                kind, obj = key.data
+            ready = self.sel.select(self.timeout())
+            registered = self.sel.get_map()
+            for key, events in ready:
+                # a socket that a handler before it in this turn closed (a link dropped or
+                # gone) has a stale event: let go (what is still so, a level-triggered
+                # selector says again at the next turn); one whose interest changed, what
+                # it asks for now
+                now_key = registered.get(key.fd)
+                if now_key is None or now_key.fileobj is not key.fileobj:
+                    continue
+                events &= now_key.events
+                if not events:
+                    continue
+                kind, obj = now_key.data
                 try:
                     getattr(self, "on_" + kind)(key.fileobj, obj, events)
                 except FrameError:
@@ -971,7 +983,7 @@ class Agent:
         ask.sock.close()
 
     def on_link(self, sock, stream, events):
-        if events & selectors.EVENT_WRITE:
+        if events & selectors.EVENT_WRITE and stream.sock is sock:
             self.write_link(stream)
         if events & selectors.EVENT_READ and stream.sock is sock and not stream.read_eof:
             try:

@@ -680,3 +680,41 @@ def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
     agent.chan.send(mux.BYE, 0)
     wait_gone(agent.pid)
     agent.chan.close()
+
+
+def test_a_link_dropped_in_the_turn_its_kernel_reads_again_does_not_end_the_agent(
+    run: Path,
+) -> None:
+    """One select() reports both the daemon's ``drop`` of a link and that link's socket
+    writable again (its kernel read what was waiting). The drop closes the socket first; the
+    writable event that came with it is stale and must be let go. It was taken: a write to a
+    socket that was no longer there raised, and the agent, exiting on an error it did not
+    expect, killed every kernel on the host. The agent is stopped (SIGSTOP) while both
+    happen, so that they are reported together, in that order (epoll's ready list)."""
+    agent = Agent(sys.executable, run, "e7")
+    chan = agent.attach(silence_s=BOUND_S)
+    agent.say("listen 1")
+    port = int(agent.line("port 1 ").split()[2])
+    kernel = socket.socket()
+    kernel.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a kernel slow to read
+    kernel.settimeout(BOUND_S)
+    kernel.connect(("127.0.0.1", port))
+    assert agent.take().type == mux.OPEN
+    payload = secrets.token_bytes(tcp_buffer_max("wmem") + (1 << 20))
+    for at in range(0, len(payload), 1 << 16):
+        chan.send(mux.DATA, 1, payload[at : at + (1 << 16)])
+    pings(agent, chan, "held")  # every frame read: what the kernel has not taken is waiting
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        agent.say("drop 1")
+        kernel.settimeout(0.5)  # the agent is stopped: nothing more comes until it goes on
+        with pytest.raises(TimeoutError):
+            while kernel.recv(1 << 20):
+                pass
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+    pings(agent, chan, "after")
+    assert not gone(agent.pid)
+    kernel.close()
+    agent.goodbye()
+
