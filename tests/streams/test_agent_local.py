@@ -682,6 +682,21 @@ def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
     agent.chan.close()
 
 
+def read_until_quiet(sock: socket.socket, quiet_s: float) -> int:
+    """Read until nothing comes for ``quiet_s`` (or the end); how much came. (A wait for
+    something not to happen, as ``write_until_held_back``'s: it decides when to go on.)"""
+    sock.settimeout(quiet_s)
+    got = 0
+    try:
+        while data := sock.recv(1 << 20):
+            got += len(data)
+    except TimeoutError:
+        pass
+    finally:
+        sock.settimeout(BOUND_S)
+    return got
+
+
 def test_a_link_dropped_in_the_turn_its_kernel_reads_again_does_not_end_the_agent(
     run: Path,
 ) -> None:
@@ -707,10 +722,8 @@ def test_a_link_dropped_in_the_turn_its_kernel_reads_again_does_not_end_the_agen
     os.kill(agent.pid, signal.SIGSTOP)
     try:
         agent.say("drop 1")
-        kernel.settimeout(0.5)  # the agent is stopped: nothing more comes until it goes on
-        with pytest.raises(TimeoutError):
-            while kernel.recv(1 << 20):
-                pass
+        # the agent is stopped: nothing more comes until it goes on
+        assert read_until_quiet(kernel, 0.5) > 0
     finally:
         os.kill(agent.pid, signal.SIGCONT)
     pings(agent, chan, "after")
@@ -718,3 +731,35 @@ def test_a_link_dropped_in_the_turn_its_kernel_reads_again_does_not_end_the_agen
     kernel.close()
     agent.goodbye()
 
+
+def test_a_link_over_both_ways_acknowledges_the_daemons_close_and_is_forgotten(
+    run: Path,
+) -> None:
+    """The kernel closes first: the agent's CLOSE, acknowledged by the daemon; then the
+    daemon's CLOSE, which finishes the stream. Its ACK was left to the batch and forgotten
+    with the stream: the daemon kept its end until the kernel's. Now it is sent, and the
+    agent, detached with no kernel, exits at once (it waited on the stream for its window)."""
+    agent = Agent(sys.executable, run, "e8")
+    chan = agent.attach()
+    agent.say("listen 1")
+    port = int(agent.line("port 1 ").split()[2])
+    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+    assert agent.take().type == mux.OPEN
+    kernel.close()
+    assert agent.take().type == mux.EOF
+    chan.send(mux.EOF, 1)  # the front end's end shut too: the agent's socket is closed
+    assert agent.take().type == mux.CLOSE  # acknowledged by ``take`` at once
+    chan.send(mux.CLOSE, 1)
+    agent.say("ping closed")
+    acks = []
+    while True:
+        frame = chan.frame()
+        if (frame.type, frame.stream) == (mux.ACK, 1):
+            acks.append(mux.ack_position(frame.payload))
+        elif frame.stream == 0 and frame.type == mux.DATA:
+            agent.recv[0] += frame.size
+            if b"pong closed" in frame.payload:
+                break
+    assert acks and acks[-1] == 2, acks  # the daemon's EOF and CLOSE
+    chan.close()  # detached, and no kernel: nothing to wait for
+    wait_gone(agent.pid)
