@@ -1068,6 +1068,11 @@ class Agent:
 
     def check_finished(self, stream):
         if stream.sid and stream.out.done and stream.got_close:
+            if self.chan is not None and stream.recv > stream.acked:
+                # the daemon's CLOSE acknowledged now: left to the batch, the ACK went with
+                # the stream, and the daemon kept its end until the kernel's
+                stream.acked = stream.recv
+                self.send_raw(ACK_HEADER(stream.sid) + POS.pack(stream.recv))
             self.forget(stream)
 
     def forget(self, stream):

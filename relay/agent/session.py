@@ -398,6 +398,13 @@ class AgentSession:
         if stream.sid:
             self._streams.pop(stream.sid, None)
             self._acks.discard(stream)
+            # its last ACK (of the agent's CLOSE) now: left to the batch, it went with the
+            # stream, and the agent kept its end (and waited on it) until the next attach
+            channel = self._channel
+            position = stream.inbox.position
+            if channel is not None and channel.chan is not None and position > stream.inbox.acked:
+                stream.inbox.acked = position
+                channel.write(mux.ack(stream.sid, position))
 
     async def listen(self, n: int) -> list[tuple[Stream, int]]:
         """``n`` new link streams, each with a listener on the host: (stream, port). Spares
@@ -497,6 +504,7 @@ class AgentSession:
             sid = self._next_sid
             self._next_sid += 1
             fut: asyncio.Future[int] = loop.create_future()
+            fut.add_done_callback(retrieved)  # the first to fail is raised; not the others
             self._listens[sid] = fut
             made.append((self._new_stream(sid), fut))
             self.control.send(f"{op} {sid}\n".encode())

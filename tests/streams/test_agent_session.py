@@ -312,3 +312,26 @@ async def test_a_session_ended_while_the_agent_answers_tells_it_goodbye() -> Non
     assert [f.type for f in frames] == [mux.BYE]
     assert channel.chan.closed and not session.attached
 
+
+async def test_a_stream_over_both_ways_acknowledges_the_agents_close_as_it_goes() -> None:
+    """The front end closes first: our CLOSE, then the agent's CLOSE and its ACK of ours
+    in one read. The ACK that finishes the stream came before ours of the agent's CLOSE was
+    sent (they are batched), and forgetting the stream dropped it: the agent kept its end
+    until the next attach, and a detached agent with no kernels waited out its window."""
+    session = _session()
+    conn = _Conn()
+    attach = asyncio.ensure_future(session.attach(conn.ssh))
+    channel = await conn.hello()
+    channel.data_received(mux.encode(mux.WELCOME, 0, b'{"recv": {}}'), None)
+    await attach
+    stream = session._new_stream(1)
+    stream.attach(Sink())
+    channel.data_received(mux.encode(mux.OPEN, 1), None)
+    stream.send_close()
+    before = len(channel.chan.written)
+    channel.data_received(mux.encode(mux.CLOSE, 1) + mux.ack(1, 1), None)
+    assert 1 not in session._streams  # over both ways
+    written = mux.FrameReader().feed(bytes(channel.chan.written[before:]))
+    acks = [mux.ack_position(f.payload) for f in written if (f.type, f.stream) == (mux.ACK, 1)]
+    assert acks == [2], written  # its OPEN and its CLOSE
+    session.end("test over")
