@@ -29,6 +29,11 @@ import sys
 import time
 import traceback
 
+try:
+    import resource
+except ImportError:  # not a Unix: nothing raised (the agent runs on Linux hosts)
+    resource = None
+
 HELLO, WELCOME, DATA, EOF, CLOSE, OPEN, ACK, BYE = range(1, 9)
 MARKERS = (EOF, CLOSE, OPEN)  # sequenced, one position each
 HEADER = struct.Struct("!BII")
@@ -49,6 +54,12 @@ ASK_LINE_S = 10.0  # a hook connection's request line must come within this (rel
 ASK_KEPT_S = 60.0  # a request sent on is answered within this, or its connection is closed
 ASKS_MAX = 64  # hook requests in flight per serve stream; more are closed unread
 MAX_LINE = 4096  # a hook request line, at most (relay.lite.hook.MAX_LINE)
+# Open files the agent asks for (its soft limit raised to at most this, within the hard one):
+# each kernel holds two links and a listener or two while it starts, and a common default
+# soft limit of 1024 would stop it near 300 kernels. Its kernels get the limit it was given.
+FILES_WANTED = 1 << 16
+FULL = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # out of files or memory
+PAUSE_S = 1.0  # a listener whose accept() found no file to give is left alone this long
 FINISHED_KEPT = 4096  # finished streams whose last position is remembered for a resume
 OUT_LINES, OUT_WIDTH = 5, 300  # a kernel's last lines reported at its exit (as supervisor.sh)
 LOOPBACK = ("0100007F", "0000000000000000FFFF00000100007F")  # 127.0.0.1 in /proc/net/tcp{,6}
@@ -239,6 +250,31 @@ def now():
     return time.time()
 
 
+FILES_GIVEN = None  # the soft limit the agent was started with, where it raised it
+
+
+def more_files():
+    """The soft limit on open files raised towards FILES_WANTED (within the hard one)."""
+    global FILES_GIVEN
+    if resource is None:
+        return
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, FILES_WANTED)
+        if soft != resource.RLIM_INFINITY and want > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            FILES_GIVEN = soft
+    except (ValueError, OSError):
+        pass
+
+
+def files_as_given():
+    """In a kernel, before its exec: the limit the agent was given, not the one it took."""
+    if FILES_GIVEN is not None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FILES_GIVEN, hard))
+
+
 def start_time(pid):
     """Field 22 of /proc/PID/stat: with the pid, names one process for good."""
     try:
@@ -359,6 +395,7 @@ class Agent:
         self.pending = {}  # unauthenticated connections: sock -> (reader, deadline)
         self.asks = {}  # hook requests in flight, every serve stream's: sock -> Ask
         self.asks_made = 0
+        self.paused = {}  # listeners left alone for want of files: sock -> (data, until)
         self.heard = now()
         self.started = now()
         self.ever_attached = False
@@ -441,7 +478,8 @@ class Agent:
     def timeout(self):
         if self.dirty:
             return ACK_DELAY_S
-        return 0.5 if (self.kernels or self.pending or self.asks or self.chan is None) else 5.0
+        busy = self.kernels or self.pending or self.asks or self.paused or self.chan is None
+        return 0.5 if busy else 5.0
 
     def on_wake(self, fd, _, events):
         try:
@@ -452,6 +490,11 @@ class Agent:
 
     def tick(self):
         t = now()
+        for sock, (data, until) in list(self.paused.items()):
+            if t >= until:
+                del self.paused[sock]
+                if sock.fileno() >= 0:  # not closed meanwhile (its stream forgotten)
+                    self.sel.register(sock, selectors.EVENT_READ, data)
         if self.terminated and not self.ending:
             self.end_all("terminated")
         for sock, (_, deadline) in list(self.pending.items()):
@@ -485,8 +528,8 @@ class Agent:
     def on_server(self, server, _, events):
         try:
             sock, _ = server.accept()
-        except OSError:
-            return
+        except OSError as exc:
+            return self.accept_failed(server, exc)
         sock.setblocking(False)
         self.pending[sock] = (Reader(), now() + HELLO_WITHIN_S)
         self.sel.register(sock, selectors.EVENT_READ, ("hello", None))
@@ -734,27 +777,34 @@ class Agent:
     def do_start(self, ident, arg):
         if self.ending or ident in self.kernels:
             return self.say("exit %s 143" % ident)
-        r, w = os.pipe()
         env = dict(os.environ, RELAY_SNIPPET=arg)
         log_path = os.path.join(self.dir, "%s-%s.log" % (self.tag, ident))
+        r = w = log = None
         try:
+            r, w = os.pipe()
             log = open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            try:
-                proc = subprocess.Popen(
-                    ["/bin/sh", "-c", START_SH],
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=w,
-                    stderr=log,
-                    close_fds=True,
-                )
-            finally:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", START_SH],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=w,
+                stderr=log,
+                close_fds=True,
+                preexec_fn=files_as_given if FILES_GIVEN is not None else None,
+            )
+        except OSError as exc:  # out of files or processes: said, and nothing left behind
+            for fd in (r, w):
+                if fd is not None:
+                    os.close(fd)
+            if log is not None:
                 os.close(log)
-        except OSError as exc:
-            os.close(r)
-            os.close(w)
+                try:
+                    os.unlink(log_path)
+                except OSError:
+                    pass
             self.say("out %s %s" % (ident, str(exc)[:OUT_WIDTH]))
             return self.say("nokernel " + ident)
+        os.close(log)
         os.close(w)
         kernel = Kernel(ident, proc, log_path)
         kernel.pipe = r
@@ -836,12 +886,14 @@ class Agent:
         if not ident.isdigit() or int(ident) == 0:
             return None
         sid = int(ident)
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener = None
         try:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listener.bind(("127.0.0.1", 0))
             listener.listen(8)
         except OSError as exc:
-            listener.close()
+            if listener is not None:
+                listener.close()
             self.say("noport %d %s" % (sid, exc.strerror or exc))
             return None
         listener.setblocking(False)
@@ -867,7 +919,10 @@ class Agent:
                 self.say("refused %d %s %d" % (sid, who, port))
             why = "nothing listens there" if who == "-" else "another user listens there"
             return self.no_connect(stream, "port %d on the host: %s" % (port, why))
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as exc:
+            return self.no_connect(stream, "port %d on the host: %s" % (port, exc.strerror or exc))
         sock.setblocking(False)
         code = sock.connect_ex(("127.0.0.1", port))
         if code not in (0, errno.EINPROGRESS):
@@ -901,7 +956,8 @@ class Agent:
         closing or orphaned, "-" gone, "@ADDR" from another local address)."""
         try:
             sock, peer = listener.accept()
-        except OSError:
+        except OSError as exc:
+            self.accept_failed(listener, exc)
             return None
         if peer[0] != "127.0.0.1":
             who = "@" + str(peer[0])
@@ -913,6 +969,18 @@ class Agent:
             return None
         sock.setblocking(False)
         return sock
+
+    def accept_failed(self, listener, exc):
+        """accept() found no file (or memory) to give: the connection waits in the queue,
+        and the listener, which would be reported readable at every turn, is left alone a
+        while (it was a busy loop). Anything else (the peer gone already): nothing."""
+        if exc.errno in FULL and listener not in self.paused:
+            try:
+                data = self.sel.get_key(listener).data
+            except (KeyError, ValueError):
+                return
+            self.unregister(listener)
+            self.paused[listener] = (data, now() + PAUSE_S)
 
     def on_accept(self, listener, stream, events):
         sock = self.admitted(listener, stream)
@@ -1215,12 +1283,15 @@ def start(tag, window):
         os._exit(1)
     os.write(w, str(os.getpid()).encode())
     os.close(w)
+    more_files()
     agent = Agent(path, tag, secret, server, float(window))
     try:
         agent.run()
     except Exception:  # a bug: said where a person (or a test) can read it, then its end
         try:
-            fd = open_private(os.path.join(path, tag + ".err"), os.O_WRONLY | os.O_CREAT)
+            fd = open_private(
+                os.path.join(path, tag + ".err"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            )
             os.write(fd, traceback.format_exc().encode())
             os.close(fd)
         except OSError:

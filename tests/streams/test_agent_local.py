@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import secrets
 import select
 import shutil
@@ -120,9 +121,17 @@ class Attached:
 class Agent:
     """One agent started here, and what the daemon keeps of its streams."""
 
-    def __init__(self, python: str, run: Path, tag: str, window_s: float = 60) -> None:
+    def __init__(
+        self, python: str, run: Path, tag: str, window_s: float = 60, files: int | None = None
+    ) -> None:
+        """``files``: the agent's limit on open files, soft and hard (a host's ulimit -n)."""
         self.secret = secrets.token_hex(32)
         env = dict(os.environ, TMPDIR=str(run))
+
+        def limited() -> None:
+            if files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
         done = subprocess.run(
             [python, "-I", str(AGENT), "start", tag, str(window_s)],
             input=self.secret + "\n",
@@ -130,6 +139,7 @@ class Agent:
             text=True,
             env=env,
             timeout=60,
+            preexec_fn=limited if files is not None else None,
         )
         self.said = done.stdout
         self.info = parse_start("here", done.returncode, done.stdout)
@@ -763,3 +773,39 @@ def test_a_link_over_both_ways_acknowledges_the_daemons_close_and_is_forgotten(
     assert acks and acks[-1] == 2, acks  # the daemon's EOF and CLOSE
     chan.close()  # detached, and no kernel: nothing to wait for
     wait_gone(agent.pid)
+
+
+def test_an_agent_out_of_files_says_so_and_goes_on(run: Path) -> None:
+    """A host's open-file limit reached (``ulimit -n``; a pool of hundreds of kernels, two
+    links each): a listener, a connection or a kernel that needs a file is refused with a
+    reason, and the agent goes on carrying what it has. os.pipe() and socket() were outside
+    any try: the error ended the agent, which killed every kernel on the host."""
+    agent = Agent(sys.executable, run, "e9", files=40)
+    chan = agent.attach(silence_s=BOUND_S)
+    agent.say("listen 1")
+    port = int(agent.line("port 1 ").split()[2])
+    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+    assert agent.take().type == mux.OPEN
+    for sid in range(2, 60):  # more listeners than files
+        agent.say(f"listen {sid}")
+    refused = agent.line("noport ")
+    assert "Too many open files" in refused, refused
+    agent.say("start k1 set -- /bin/true")
+    assert agent.line("nokernel k1") == "nokernel k1"
+    # a kernel that connects now waits in the listener's queue (its accept() has no file
+    # to give: the listener is left alone a while, not polled in a busy loop) until files
+    # are free again (here: two listeners dropped; its owner check reads /proc with one)
+    second = int(agent.line("port 2 ").split()[2])
+    waiting = socket.create_connection(("127.0.0.1", second), timeout=BOUND_S)
+    agent.say("ping queued")  # a turn in which the accept failed
+    agent.line("pong queued")
+    agent.say("drop 3\ndrop 4")  # one frame: both in one turn
+    assert agent.take() == Frame(mux.OPEN, 2, b"")
+    # the link it had goes on, both ways
+    kernel.sendall(b"still here")
+    assert agent.take() == Frame(mux.DATA, 1, b"still here")
+    chan.send(mux.DATA, 1, b"and you")
+    assert kernel.recv(100) == b"and you"
+    kernel.close()
+    waiting.close()
+    agent.goodbye()
