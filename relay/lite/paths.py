@@ -55,7 +55,8 @@ def socket_path(env: Mapping[str, str] = os.environ) -> str:
         import tomllib
 
         try:
-            configured = tomllib.loads(raw.decode()).get("daemon", {}).get("socket")
+            daemon = tomllib.loads(raw.decode()).get("daemon")
+            configured = daemon.get("socket") if isinstance(daemon, dict) else None
         except (UnicodeDecodeError, tomllib.TOMLDecodeError):
             configured = None  # the daemon reports config errors; the shim needs a path
     if isinstance(configured, str) and configured:

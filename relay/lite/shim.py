@@ -45,6 +45,7 @@ EXIT_USAGE = 2
 EXIT_DAEMON = 3
 DEFAULT_TIMEOUT_S = 120.0
 TERMINATE_WAIT_S = 20.0
+MAX_TIMEOUT_S = 86400.0
 AUTOSTART_WAIT_S = 15.0
 SHUTDOWN_WAIT_S = 25.0  # a daemon on its way out: its shutdown grace (relay.daemon) is 20 s
 
@@ -73,9 +74,18 @@ def _parser() -> Any:
         action="store_true",
         help="fail instead of starting a daemon when none is listening",
     )
+
+    def seconds(text: str) -> float:
+        try:
+            return _seconds(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive number of seconds, at most {MAX_TIMEOUT_S:g}: {text!r}"
+            ) from None
+
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=DEFAULT_TIMEOUT_S,
         metavar="S",
         help=f"give up if the daemon has not answered (default {DEFAULT_TIMEOUT_S:g})",
@@ -84,6 +94,14 @@ def _parser() -> Any:
     p.add_argument("kernel", help="remote kernel executable ('' for the host's configured one)")
     p.add_argument("linkname", help="the front end's link name, e.g. `linkname` or `2`")
     return p
+
+
+def _seconds(text: str) -> float:
+    """A --timeout: a positive number of seconds, at most a day (select() takes no more)."""
+    value = float(text)
+    if not 0 < value <= MAX_TIMEOUT_S:  # also false for nan
+        raise ValueError(text)
+    return value
 
 
 class _Args:
@@ -115,7 +133,7 @@ def _parse(argv: list[str]) -> _Args:
             no_autostart = True
         elif word == "--timeout" and i + 1 < len(argv):
             try:
-                timeout = float(argv[i + 1])
+                timeout = _seconds(argv[i + 1])
             except ValueError:
                 break
             i += 1
@@ -390,9 +408,21 @@ class _Session:
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        _signal.set_wakeup_fd(self._wake_w.fileno())
-        for signum in (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT):
-            _signal.signal(signum, self._on_signal)
+        self._old_wakeup = _signal.set_wakeup_fd(self._wake_w.fileno())
+        self._old_handlers = {
+            signum: _signal.signal(signum, self._on_signal)
+            for signum in (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT)
+        }
+
+    def close(self) -> None:
+        """The socket closed, and signals handled as before (``relay trust`` asks y/N after
+        its request: Ctrl-C there must work)."""
+        self.sock.close()
+        for signum, handler in self._old_handlers.items():
+            _signal.signal(signum, handler)
+        _signal.set_wakeup_fd(self._old_wakeup)
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.signal is None:
@@ -400,15 +430,22 @@ class _Session:
 
     def send(self, message: dict[str, Any]) -> None:
         try:
-            self.sock.sendall(framing.encode(message))
+            data = framing.encode(message)
+        except framing.FramingError as exc:  # a link name or kernel path of 64 KiB...
+            raise ShimError(f"the request is too large to send: {exc}", EXIT_USAGE) from None
+        try:
+            self.sock.sendall(data)
         except OSError as exc:
             raise ShimError(f"lost the relay daemon: {exc.strerror}", EXIT_DAEMON) from exc
 
-    def next_event(self, timeout_s: float | None) -> dict[str, Any] | None:
-        """The daemon's next message; None when a signal arrived first."""
+    def next_event(
+        self, timeout_s: float | None, *, interruptible: bool = True
+    ) -> dict[str, Any] | None:
+        """The daemon's next message; None when a signal arrived first (``interruptible``:
+        else the signal is let be, as when waiting for the end a signal asked for)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while b"\n" not in self.buf:
-            if self.signal is not None:
+            if interruptible and self.signal is not None:
                 return None
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if left == 0.0:
@@ -423,7 +460,14 @@ class _Session:
                 except BlockingIOError:
                     pass
             if self.sock in ready:
-                chunk = self.sock.recv(framing.MAX_MESSAGE_BYTES)
+                try:
+                    chunk = self.sock.recv(framing.MAX_MESSAGE_BYTES)
+                except OSError as exc:  # reset: the daemon stopped before taking it up
+                    raise ShimError(
+                        f"lost the relay daemon: {exc.strerror} (see its log; `relay serve` "
+                        f"in a terminal shows it)",
+                        EXIT_DAEMON,
+                    ) from None
                 if not chunk:
                     raise ShimError(
                         "the relay daemon closed the connection unexpectedly "
@@ -459,7 +503,7 @@ def request(message: dict[str, Any], timeout_s: float, *, autostart: bool = True
         session.send(message)
         event = session.next_event(timeout_s)
     finally:
-        session.sock.close()
+        session.close()
     if event is None:
         assert session.signal is not None
         raise ShimError("interrupted", 128 + session.signal)
@@ -500,7 +544,7 @@ def _run(args: _Args) -> int:
         assert session.signal is not None
         session.send({"op": "terminate"})
         try:  # noqa: SIM105 (contextlib would be one more import per launch)
-            session.next_event(TERMINATE_WAIT_S)
+            session.next_event(TERMINATE_WAIT_S, interruptible=False)
         except ShimError:
             pass  # the kernel is being ended either way; the signal decides the status
         return 128 + session.signal

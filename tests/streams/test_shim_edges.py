@@ -1,0 +1,209 @@
+"""The shim (relay.lite.shim) at its edges, each answered with one line and its exit status,
+never a traceback: a daemon that resets the connection before taking it up, a request too
+large to send, a --timeout that is no number of seconds, a relay.toml whose [daemon] is not
+a table; and after a request, signals handled as before (``relay trust`` asks y/N then)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.lite import framing, paths, shim
+from tests.conftest import RELAY
+
+BOUND_S = 30.0
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> Path:
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o700)
+    return directory / "relay.sock"
+
+
+def launch(sock_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, RELAY_SOCKET=str(sock_path), RELAY_CONFIG="/nonexistent")
+    return subprocess.run(
+        [RELAY, "launch", "--no-autostart", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BOUND_S,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.splitlines()
+    return line
+
+
+def test_a_daemon_that_resets_the_connection_is_one_line(sock_path: Path) -> None:
+    """The daemon went (a stop, a crash) with the shim's request unread: the connection is
+    reset (as for a connection it had not yet taken up when its listener closed)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    listener.settimeout(BOUND_S)
+    env = dict(os.environ, RELAY_SOCKET=str(sock_path), RELAY_CONFIG="/nonexistent")
+    proc = subprocess.Popen(
+        [RELAY, "launch", "--no-autostart", "local", "/k", "1@a,2@a"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        conn, _ = listener.accept()
+        ready, _, _ = select.select([conn], [], [], BOUND_S)  # the request came
+        assert ready
+        conn.close()  # unread: the shim's next read is reset
+        listener.close()
+        out, err = proc.communicate(timeout=BOUND_S)
+    finally:
+        proc.kill()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert result.returncode == shim.EXIT_DAEMON, result
+    assert "lost the relay daemon: Connection reset by peer" in one_line(result)
+
+
+def test_a_request_too_large_to_send_is_one_line(sock_path: Path) -> None:
+    with answering(sock_path, {"event": "error", "message": "not reached"}):
+        result = launch(sock_path, "local", "/k", "1@a," + "2" * framing.MAX_MESSAGE_BYTES)
+    assert result.returncode == shim.EXIT_USAGE, result
+    assert "too large" in one_line(result)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1", "1e300", "soon"])
+def test_a_timeout_that_is_no_number_of_seconds_is_a_usage_error(
+    sock_path: Path, value: str
+) -> None:
+    result = launch(sock_path, "--timeout", value, "local", "/k", "1@a,2@a")
+    assert result.returncode == shim.EXIT_USAGE, result
+    assert "--timeout" in result.stderr and "Traceback" not in result.stderr
+    assert "--timeout: expected a positive number of seconds" in result.stderr
+
+
+def test_a_daemon_key_that_is_not_a_table_leaves_the_default_socket(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    for text in ('daemon = "x"\nsocket = 1\n', "daemon = [1, 2]\n# socket\n"):
+        config.write_text(text)
+        env = {"RELAY_CONFIG": str(config), "XDG_RUNTIME_DIR": str(tmp_path)}
+        assert paths.socket_path(env) == paths.default_socket_path(env)
+
+
+class answering:
+    """A stand-in daemon on ``path``: reads one request line, answers ``answer``."""
+
+    def __init__(self, path: Path, answer: dict[str, object]) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(1)
+        self.listener.settimeout(BOUND_S)
+        self.answer = answer
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(BOUND_S)
+            buf = b""
+            while b"\n" not in buf:
+                data = conn.recv(1 << 16)
+                if not data:
+                    return
+                buf += data
+            conn.sendall(framing.encode(self.answer))
+
+    def __enter__(self) -> answering:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.listener.close()
+        self.thread.join(BOUND_S)
+
+
+@pytest.fixture
+def handlers() -> Iterator[None]:
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for s, h in before.items():
+        signal.signal(s, h)
+
+
+def test_after_a_request_signals_are_handled_as_before(
+    sock_path: Path, monkeypatch: pytest.MonkeyPatch, handlers: None
+) -> None:
+    """``relay trust`` asks y/N after its request: Ctrl-C and SIGTERM must still end it (the
+    request's record-only handlers stayed, and the prompt swallowed both)."""
+    monkeypatch.setenv("RELAY_SOCKET", str(sock_path))
+
+    def mine(signum: int, frame: object) -> None:
+        pass
+
+    signal.signal(signal.SIGTERM, mine)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    with answering(sock_path, {"event": "pong"}):
+        assert shim.request({"op": "ping"}, BOUND_S, autostart=False)["event"] == "pong"
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert signal.set_wakeup_fd(-1) == -1  # none left behind
+
+
+def test_a_signalled_controller_waits_for_its_kernels_end(sock_path: Path) -> None:
+    """SIGTERM to a controller's shim: it asks the daemon to end the kernel and waits (at
+    most TERMINATE_WAIT_S) for the answer that it has ended. It asked and left at once:
+    the wait returned at the signal it was waiting after."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    listener.settimeout(BOUND_S)
+    left_early: list[bool] = []
+
+    def daemon() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.settimeout(BOUND_S)
+            assert framing.decode(lines.readline())["op"] == "launch"
+            conn.sendall(framing.encode({"event": "launched", "linkname": "1@a,2@a"}))
+            assert framing.decode(lines.readline())["op"] == "terminate"
+            # a second to see whether the shim goes before the kernel's end is said
+            ready, _, _ = select.select([conn], [], [], 1.0)
+            left_early.append(bool(ready) and conn.recv(1) == b"")
+            if not left_early[0]:
+                conn.sendall(framing.encode({"event": "exited", "status": 143}))
+
+    thread = threading.Thread(target=daemon, daemon=True)
+    thread.start()
+    env = dict(os.environ, RELAY_SOCKET=str(sock_path), RELAY_CONFIG="/nonexistent")
+    with subprocess.Popen(
+        [RELAY, "launch", "--no-autostart", "local", "/k", "1@a,2@a"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "1@a,2@a"
+            proc.send_signal(signal.SIGTERM)
+            thread.join(BOUND_S)
+            assert proc.wait(BOUND_S) == 128 + signal.SIGTERM
+        finally:
+            proc.kill()
+            listener.close()
+    assert left_early == [False]
