@@ -93,7 +93,11 @@ def prepare_socket_dir(path: Path) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise cannot_write(f"the socket directory {directory}", exc, ELSEWHERE) from None
-    st = directory.stat()
+    st = directory.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(
+            f"socket directory {directory} is a symlink: choose another path with RELAY_SOCKET"
+        )
     if st.st_uid != os.getuid():
         raise ConfigError(
             f"socket directory {directory} belongs to uid {st.st_uid}, not you: "
@@ -113,7 +117,7 @@ class DaemonLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise cannot_write(f"the lock file {path}", exc, ELSEWHERE) from None
         try:
@@ -139,7 +143,14 @@ async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
         return
     with contextlib.suppress(ConnectionError):
         # The status answer grows with the kernels; only requests are size-bounded.
-        writer.write(framing.encode(message, bounded=message.get("event") != "status"))
+        try:
+            data = framing.encode(message, bounded=message.get("event") != "status")
+        except FramingError as exc:  # (a kernel's long output quoted): said, not lost
+            log.warning("answer too large", answer=message.get("event"), error=str(exc))
+            data = framing.encode(
+                error_event(RelayError(f"relay's answer was too large to send ({exc})"))
+            )
+        writer.write(data)
         await writer.drain()
 
 
@@ -340,8 +351,11 @@ class Conversation:
         if not k.exited.done():
             k.log.info("terminating kernel", why=_why_ending(client_said))
             await k.terminate()
-        async with asyncio.timeout(RELEASE_WAIT_S):
-            await k.released.wait()  # the shim learns of the exit once forwards are released
+        try:
+            async with asyncio.timeout(RELEASE_WAIT_S):
+                await k.released.wait()  # the shim learns of the exit once forwards are released
+        except TimeoutError:  # a connection slow to close them: the shim hears all the same
+            k.log.warning("forwards not released in time", waited_s=RELEASE_WAIT_S)
         status = k.exited.result() if k.exited.done() else None
         if status is None:  # no exit status came back: the connection went first
             lost: RelayError = k.connection_lost()

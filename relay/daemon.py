@@ -249,6 +249,10 @@ class Daemon:
         )
         self.kernels[k.id] = k
         self._tasks.spawn(self._reap(k, kernel), name=f"reap:{k.id}")
+        if self.stopping:  # started as the shutdown began, after it counted the kernels
+            k.end_reason = k.end_reason or "relay shut down as the kernel started"
+            await k.terminate()
+            self.refuse_if_stopping("launches")
         return k
 
     async def _reap(self, k: Kernel, kernel: str) -> None:

@@ -223,7 +223,7 @@ class Kernel:
                         )
             except TimeoutError:
                 if heard.done() and not heard.cancelled() and heard.exception() is None:
-                    self.log.warning("kernel ignored signal", signal=signal)
+                    self.log.warning("kernel ignored signal", signal=name)
                     continue
                 self.log.warning(
                     "could not signal the kernel",

@@ -101,7 +101,9 @@ class StartLock:
     def __init__(self, socket_path: str) -> None:
         self.path = start_lock_path(socket_path)
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd: int | None = os.open(
+            self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+        )
 
     def acquire(self, timeout_s: float | None = None) -> bool:
         """Take the lock: at once if ``timeout_s`` is 0, else within ``timeout_s``, else

@@ -112,3 +112,27 @@ async def test_a_shutdown_tells_open_conversations_and_logs_no_traceback(
     assert [e for e in events if e["event"] == "stopped"], "the daemon stopped"
     bad = [e for e in events if e["level"] in ("error", "critical") or "exception" in e]
     assert not bad, bad
+
+
+async def test_a_launch_answered_as_the_shutdown_begins_ends_its_kernel(
+    home: RelayHome, daemon_log: io.StringIO
+) -> None:
+    """A controller launch whose kernel calls back just after the shutdown began (and
+    counted the kernels it ends): that kernel is ended too, and its shim told in one line.
+    It was answered "launched", left out of the shutdown, which then waited out its grace."""
+    async with KernelGate(home.dir / "gate") as gate:
+        home.add_host("local", controller_args=["-simgate", str(gate.path)])
+        async with start_daemon(home) as running, controller(home) as fe:
+            await asyncio.wait_for(gate.arrived.wait(), 60)  # the launch is in flight
+            running.daemon.stopping = True  # the shutdown has begun: its kernels counted
+            gate.open()
+            status, out, err = await fe.result()
+            assert status == 1 and out == "", (out, err)
+            assert err.splitlines() == [
+                "relay: relay is shutting down and takes no new launches; retry once it has "
+                "stopped (it restarts on the next launch)"
+            ], err
+            assert not running.daemon.kernels  # ended and released, with the launch
+    events = log_events(daemon_log.getvalue())
+    assert [e for e in events if e["event"] == "kernel exited"], events
+    assert not [e for e in events if "grace exceeded" in str(e["event"])], events
