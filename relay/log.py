@@ -261,12 +261,13 @@ class RateLimited:
         self._last: dict[object, tuple[float, int]] = {}  # key -> (logged at, not logged since)
         self.total = 0
 
-    def warn(self, key: object, **facts: object) -> None:
-        self.total += 1
+    def warn(self, key: object, count: int = 1, **facts: object) -> None:
+        """``count`` of them at once (a source that counted them itself, as relay's agent)."""
+        self.total += count
         now = time.monotonic()
         logged_at, since = self._last.get(key, (float("-inf"), 0))
         if now - logged_at < self._window_s:
-            self._last[key] = (logged_at, since + 1)
+            self._last[key] = (logged_at, since + count)
             return
         self._last[key] = (now, 0)
-        self._log.warning(self._event, not_logged_since_last=since, **facts)
+        self._log.warning(self._event, not_logged_since_last=since + count - 1, **facts)

@@ -60,6 +60,7 @@ MAX_LINE = 4096  # a hook request line, at most (relay.lite.hook.MAX_LINE)
 FILES_WANTED = 1 << 16
 FULL = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # out of files or memory
 PAUSE_S = 1.0  # a listener whose accept() found no file to give is left alone this long
+REFUSALS_EVERY_S = 1.0  # strangers turned away are said at most this often (``refuse``)
 FINISHED_KEPT = 4096  # finished streams whose last position is remembered for a resume
 OUT_LINES, OUT_WIDTH = 5, 300  # a kernel's last lines reported at its exit (as supervisor.sh)
 LOOPBACK = ("0100007F", "0000000000000000FFFF00000100007F")  # 127.0.0.1 in /proc/net/tcp{,6}
@@ -396,6 +397,8 @@ class Agent:
         self.asks = {}  # hook requests in flight, every serve stream's: sock -> Ask
         self.asks_made = 0
         self.paused = {}  # listeners left alone for want of files: sock -> (data, until)
+        self.refusals = {}  # strangers turned away, not yet said: (sid, who, port) -> count
+        self.refused_at = 0.0
         self.heard = now()
         self.started = now()
         self.ever_attached = False
@@ -420,7 +423,8 @@ class Agent:
         signal.set_wakeup_fd(self.wake_w)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.on_signal)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # not SIG_IGN, which its kernels would inherit: a handler is reset at their exec
+        signal.signal(signal.SIGHUP, lambda signum, frame: None)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.sel.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
         self.server.setblocking(False)
@@ -478,7 +482,8 @@ class Agent:
     def timeout(self):
         if self.dirty:
             return ACK_DELAY_S
-        busy = self.kernels or self.pending or self.asks or self.paused or self.chan is None
+        busy = self.kernels or self.pending or self.asks or self.paused or self.refusals
+        busy = busy or self.chan is None
         return 0.5 if busy else 5.0
 
     def on_wake(self, fd, _, events):
@@ -490,6 +495,8 @@ class Agent:
 
     def tick(self):
         t = now()
+        if self.refusals and t - self.refused_at >= REFUSALS_EVERY_S:
+            self.say_refusals()
         for sock, (data, until) in list(self.paused.items()):
             if t >= until:
                 del self.paused[sock]
@@ -916,7 +923,7 @@ class Agent:
         who = listener_owner(port)
         if who != self.uid:
             if who != "-":
-                self.say("refused %d %s %d" % (sid, who, port))
+                self.refuse(sid, who, port)
             why = "nothing listens there" if who == "-" else "another user listens there"
             return self.no_connect(stream, "port %d on the host: %s" % (port, why))
         try:
@@ -965,7 +972,7 @@ class Agent:
             who = owner(peer[1], listener.getsockname()[1])
         if who != self.uid:
             sock.close()  # before a byte is read; the listener waits on for the real kernel
-            self.say("refused %d %s %d" % (stream.sid, who, listener.getsockname()[1]))
+            self.refuse(stream.sid, who, listener.getsockname()[1])
             return None
         sock.setblocking(False)
         return sock
@@ -981,6 +988,22 @@ class Agent:
                 return
             self.unregister(listener)
             self.paused[listener] = (data, now() + PAUSE_S)
+
+    def refuse(self, sid, who, port):
+        """A stranger turned away: said to the daemon ("refused SID WHO PORT [COUNT]"), the
+        first at once, the rest counted and said once a second (``tick``): a flood of them,
+        during an outage with nobody to acknowledge the lines, would grow what the agent
+        keeps without bound."""
+        key = (sid, who, port)
+        self.refusals[key] = self.refusals.get(key, 0) + 1
+        if now() - self.refused_at >= REFUSALS_EVERY_S:
+            self.say_refusals()
+
+    def say_refusals(self):
+        self.refused_at = now()
+        for (sid, who, port), count in self.refusals.items():
+            self.say("refused %d %s %d %d" % (sid, who, port, count))
+        self.refusals = {}
 
     def on_accept(self, listener, stream, events):
         sock = self.admitted(listener, stream)

@@ -705,7 +705,8 @@ class HostSession:
         """The agent turned a stranger away from a link's listener (before a byte got
         through): logged once a minute, counted for ``relay status``, said as the guard of
         sshd's listeners says it (relay.ssh.guard)."""
-        who, _, listener = said.partition(" ")
+        who, _, rest = said.partition(" ")
+        listener, _, count = rest.partition(" ")  # how many since the last line (agent's)
         why: int | str
         if who.isdigit():
             why = int(who)
@@ -715,6 +716,7 @@ class HostSession:
             why = WHY.get({"c": CLOSING, "-": GONE}.get(who, UNKNOWN), "cannot tell")
         self.agent_refusals.warn(
             who,
+            count=int(count) if count.isdigit() and int(count) > 0 else 1,
             foreign_uid=why,
             listener=int(listener) if listener.isdigit() else None,
             link=f"agent stream {sid}",

@@ -7,6 +7,7 @@ kernels started and ended, the window, and its files shut to others.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -652,7 +653,7 @@ def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
         [*as_nobody, "/usr/bin/python3", "-c", probe], capture_output=True, text=True, timeout=60
     )
     assert out.stdout.split() == ["0", "PermissionError"], out
-    assert agent.line("refused 1 ") == f"refused 1 {NOBODY} {port}"
+    assert agent.line("refused 1 ") == f"refused 1 {NOBODY} {port} 1"
     kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)  # the real one
     assert agent.take().type == mux.OPEN
     kernel.close()
@@ -671,7 +672,7 @@ def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
         [*as_nobody, "/usr/bin/python3", "-c", ask], capture_output=True, text=True, timeout=60
     )
     assert out.stdout.split() == ["0"], out
-    assert agent.line("refused 2 ") == f"refused 2 {NOBODY} {hook_port}"
+    assert agent.line("refused 2 ") == f"refused 2 {NOBODY} {hook_port} 1"
     # a stranger's listener on the port a stream is to reach: not connected to
     squat = subprocess.Popen(
         [*as_nobody, "/usr/bin/python3", "-c", SQUAT], stdout=subprocess.PIPE, text=True
@@ -680,7 +681,7 @@ def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
         assert squat.stdout is not None
         squatted = int(squat.stdout.readline())
         agent.say(f"connect 3 {squatted}")
-        assert agent.line("refused 3 ") == f"refused 3 {NOBODY} {squatted}"
+        assert agent.line("refused 3 ") == f"refused 3 {NOBODY} {squatted} 1"
         assert "another user listens there" in agent.line("noconnect 3 ")
         assert agent.take() == Frame(mux.CLOSE, 3, b"")
     finally:
@@ -808,4 +809,56 @@ def test_an_agent_out_of_files_says_so_and_goes_on(run: Path) -> None:
     assert kernel.recv(100) == b"and you"
     kernel.close()
     waiting.close()
+    agent.goodbye()
+
+
+def test_a_flood_of_strangers_during_an_outage_is_counted_not_kept_line_by_line(
+    run: Path,
+) -> None:
+    """Connections turned away while no daemon is attached: each was a control line kept
+    until acknowledged, so a local user connecting in a loop for an outage's window grew
+    the agent without bound. They are counted, and said at most once a second."""
+    agent = Agent(sys.executable, run, "f7")
+    chan = agent.attach()
+    agent.say("listen 1")
+    kernel = socket.create_connection(  # a link: the agent waits for the daemon
+        ("127.0.0.1", int(agent.line("port 1 ").split()[2])), timeout=BOUND_S
+    )
+    assert agent.take().type == mux.OPEN
+    agent.say("listen 2")
+    port = int(agent.line("port 2 ").split()[2])
+    chan.close()  # the connection is lost: nothing is acknowledged now
+    flood = 300
+    started = time.monotonic()
+    for _ in range(flood):  # from another local address: not the listener's own
+        with socket.socket() as stranger:
+            stranger.settimeout(BOUND_S)
+            stranger.bind(("127.0.0.2", 0))
+            stranger.connect(("127.0.0.1", port))
+            # turned away before a byte (reset: closed unread, before our FIN: the same)
+            with contextlib.suppress(ConnectionResetError):
+                assert stranger.recv(1) == b""
+    elapsed = time.monotonic() - started
+    agent.attach()
+    counts: list[int] = []
+    while sum(counts) < flood:
+        words = agent.line("refused 2 ").split()
+        assert words[2:4] == ["@127.0.0.2", str(port)], words
+        counts.append(int(words[4]))
+    assert sum(counts) == flood
+    assert len(counts) <= elapsed + 3, counts  # the first, then one a second at most
+    kernel.close()
+    agent.goodbye()
+
+
+def test_kernels_take_signals_as_any_process_does(run: Path) -> None:
+    """The agent lets SIGHUP go by (it has no terminal: someone's kill); its kernels must not
+    inherit that: it ignored SIGHUP, and SIG_IGN survives exec."""
+    agent = Agent(sys.executable, run, "f8")
+    agent.attach()
+    agent.say("start k1 set -- /bin/sh -c 'grep SigIgn /proc/$$/status'")
+    ignored = int(agent.line("out k1 ").split()[-1], 16)
+    agent.line("exit k1 ")
+    assert not ignored & (1 << (signal.SIGHUP - 1)), hex(ignored)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), hex(ignored)
     agent.goodbye()
