@@ -22,6 +22,7 @@ from typing import Any
 
 from relay.agent.forward import FrontEnd, release
 from relay.agent.session import AgentSession, Stream
+from relay.errors import ConnectFailed
 from relay.lite.linkname import LOOPBACK, Endpoint, LinkName
 from relay.ssh.guard import PeerGuard
 from relay.tasks import TaskSet, retrieved
@@ -73,7 +74,12 @@ class _Listener:
         self.frontend = frontend
         if self.server is not None:
             self.server.close()  # single use: nothing else may connect through it
-        self.stream = self.owner.agent.connect(self.dest)
+        try:
+            self.stream = self.owner.agent.connect(self.dest)
+        except ConnectFailed as exc:  # the agent ended meanwhile (its window, a stop)
+            transport.abort()
+            self.owner.failed(exc)
+            return
         frontend.join(self.stream)  # what the front end wrote already waits in the agent
         try:
             await self.stream.opened

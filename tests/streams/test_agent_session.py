@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import asyncssh
@@ -11,6 +12,7 @@ import pytest
 
 from relay.agent import mux
 from relay.agent import session as session_module
+from relay.agent.expose import AgentExpose
 from relay.agent.session import (
     CONNECTION_CLOSED,
     SPARE,
@@ -19,7 +21,8 @@ from relay.agent.session import (
     AgentInfo,
     AgentSession,
 )
-from relay.errors import ConnectionLost
+from relay.errors import ConnectFailed, ConnectionLost
+from relay.lite.linkname import LinkName
 
 INFO = AgentInfo(pid=1, socket="/nonexistent", uid=0, owner_check=True, ended=0)
 
@@ -335,3 +338,32 @@ async def test_a_stream_over_both_ways_acknowledges_the_agents_close_as_it_goes(
     acks = [mux.ack_position(f.payload) for f in written if (f.type, f.stream) == (mux.ACK, 1)]
     assert acks == [2], written  # its OPEN and its CLOSE
     session.end("test over")
+
+
+async def test_a_front_end_admitted_after_the_agent_ended_is_closed_not_kept() -> None:
+    """A front end connects to a mirrored listener just as the agent ends (its window, a
+    stop): there is no stream to give it. Its connection is closed and the expose fails;
+    it was left open, and the admit's error went nowhere."""
+    session = _session()
+    session.end("the window ran out")
+
+    class Guard:
+        async def admit(self, *_: Any) -> bool:
+            return True
+
+    class Transport:
+        aborted = False
+
+        def get_extra_info(self, name: str) -> Any:
+            return ("127.0.0.1", 40000) if name == "peername" else None
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    expose = AgentExpose(session, Guard())  # type: ignore[arg-type]
+    expose._name = LinkName.parse("40001@127.0.0.1,40002@127.0.0.1")  # as if it listened
+    frontend: Any = SimpleNamespace(transport=Transport(), join=lambda stream: None)
+    await expose._listeners[0].admit(frontend)
+    assert frontend.transport.aborted
+    with pytest.raises(ConnectFailed, match="the window ran out"):
+        await expose.connected
