@@ -161,8 +161,14 @@ class Outbox:
         self._items: collections.deque[Frame] | None = None
         self.base = 0  # position of the first kept item
         self.end = 0  # position after the last item
-        self.unacked = 0  # bytes kept (DATA payloads), what LIMIT bounds
+        self.unacked = 0  # bytes kept (DATA payloads)
         self.closed = False  # a CLOSE was queued: nothing more can follow
+        # At an attach the receiver says what it took in (``owed``: forgotten here) and what
+        # of it it has handed on; until its ACKs pass ``owed``, the rest is still in its
+        # hands and counts against LIMIT (``load``), as if unacknowledged: else each outage
+        # would let another LIMIT pile up behind a reader that has stopped.
+        self.owed = 0
+        self.acked_at = 0  # the furthest position acknowledged (an ACK, or the attach's)
 
     def push(self, frame: Frame) -> list[bytes]:
         """Keep ``frame`` (cut into chunks if it is large DATA); returns its wire form, as
@@ -193,6 +199,8 @@ class Outbox:
         """The receiver has everything before ``position``: forget it."""
         if position > self.end:
             raise FrameError(f"ACK for position {position} beyond what was sent ({self.end})")
+        if position > self.acked_at:
+            self.acked_at = position
         items = self._items
         if items is None:
             return
@@ -209,6 +217,19 @@ class Outbox:
             items[0] = Frame(DATA, item.stream, item.payload[cut:])
             self.base += cut
             self.unacked -= cut
+
+    @property
+    def load(self) -> int:
+        """What LIMIT bounds: kept here, and taken in by the receiver but not yet handed on
+        since the last attach."""
+        return self.unacked + max(0, self.owed - self.acked_at)
+
+    def resumed(self, received: int, handed: int) -> None:
+        """An attach: the receiver has everything before ``received`` (forgotten here) and has
+        handed on what is before ``handed``."""
+        self.acked(received)
+        self.owed = received
+        self.acked_at = min(max(0, handed), received)
 
     def replay(self, position: int) -> list[bytes]:
         """The wire form of everything from ``position`` on (what the receiver lacks), as

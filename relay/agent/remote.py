@@ -203,6 +203,8 @@ class Outbox:
         self.end = 0
         self.unacked = 0
         self.closed = False
+        self.owed = 0  # the daemon's received position at the last attach (mux.Outbox)
+        self.acked_at = 0  # the furthest position acknowledged
 
     def push(self, ftype, sid, payload=b""):
         parts = [payload[i : i + CHUNK] for i in range(0, len(payload), CHUNK)] or [b""]
@@ -220,6 +222,8 @@ class Outbox:
     def acked(self, position):
         if position > self.end:
             raise FrameError("ACK beyond what was sent")
+        if position > self.acked_at:
+            self.acked_at = position
         drop = 0
         for ftype, payload in self.items:
             n = size(ftype, payload)
@@ -236,10 +240,19 @@ class Outbox:
             self.base += cut
             self.unacked -= cut
 
-    def replay(self, sid, position):
+    @property
+    def load(self):
+        """What LIMIT bounds: kept here, and what the daemon took in at the last attach but
+        had not handed on (to its front end) until its ACKs say so: each outage would
+        otherwise let another LIMIT pile up there behind a front end that stopped reading."""
+        return self.unacked + max(0, self.owed - self.acked_at)
+
+    def replay(self, sid, position, handed=None):
         if not self.base <= position <= self.end:
             raise FrameError("resume outside what is kept")
         self.acked(position)
+        self.owed = position
+        self.acked_at = position if handed is None else min(max(0, handed), position)
         return [piece for ftype, payload in self.items for piece in pieces(ftype, sid, payload)]
 
     @property
@@ -590,13 +603,20 @@ class Agent:
             if sid and str(sid) not in recv:
                 self.forget(self.streams[sid])  # the daemon dropped it
         positions = {str(s.sid): s.recv for s in self.streams.values()}
+        handed = {str(s.sid): s.handed() for s in self.streams.values()}
         for sid in recv:
             if sid not in positions and sid.isdigit() and int(sid) in self.finished:
-                positions[sid] = self.finished[int(sid)]
-        welcome = {"recv": positions, "now": round(time.time(), 3)}
+                positions[sid] = handed[sid] = self.finished[int(sid)]
+        welcome = {"recv": positions, "handed": handed, "now": round(time.time(), 3)}
         self.send_raw(encode(WELCOME, 0, json.dumps(welcome).encode()))
+        theirs = hello.get("handed") or {}
         for sid, stream in list(self.streams.items()):
-            for piece in stream.out.replay(sid, int(recv.get(str(sid), 0))):
+            received = int(recv.get(str(sid), 0))
+            try:
+                given = int(theirs.get(str(sid), received))
+            except (TypeError, ValueError):
+                given = received
+            for piece in stream.out.replay(sid, received, given):
                 self.send_raw(piece)
             self.dirty.add(stream)
             self.want_read(stream)
@@ -1096,9 +1116,9 @@ class Agent:
         events = 0
         # not read past LIMIT unacknowledged, and then not again until half of it is: a
         # transfer's socket is not taken off and put back in the selector at every ACK
-        if stream.out.unacked >= LIMIT:
+        if stream.out.load >= LIMIT:
             stream.held = True
-        elif stream.out.unacked <= LIMIT // 2:
+        elif stream.out.load <= LIMIT // 2:
             stream.held = False
         if not stream.read_eof and not stream.held:
             events |= selectors.EVENT_READ

@@ -111,7 +111,7 @@ class Stream:
         if self.out.closed:
             return
         self._session._send(self, self.out.push(Frame(mux.DATA, self.sid, data)))
-        if self.out.unacked > mux.LIMIT and not self._paused and self.sink is not None:
+        if self.out.load > mux.LIMIT and not self._paused and self.sink is not None:
             self._paused = True
             with _SINK_GONE:
                 self.sink.pause_reading()
@@ -162,21 +162,28 @@ class Stream:
 
     def acked(self, position: int) -> None:
         self.out.acked(position)
-        if self._paused and self.out.unacked <= mux.LIMIT // 2 and self.sink is not None:
+        self._flow()
+        self._check_finished()
+
+    def _flow(self) -> None:
+        if self._paused and self.out.load <= mux.LIMIT // 2 and self.sink is not None:
             self._paused = False
             with _SINK_GONE:
                 self.sink.resume_reading()
-        self._check_finished()
 
-    def resume_from(self, position: int) -> list[bytes]:
-        """What to send again on attach, the agent having received up to ``position``. That
-        is an acknowledgement too (its ACK may have been lost with the old connection), so a
-        sink paused for too much unacknowledged reads again. A position below what we kept:
-        the agent forgot a stream that is over for it (it remembers the last few thousand);
-        nothing it lacks can be sent."""
+    def resume_from(self, position: int, handed: int | None = None) -> list[bytes]:
+        """What to send again on attach, the agent having received up to ``position`` and
+        handed on (to the kernel's socket) up to ``handed``. That is an acknowledgement too
+        (its ACK may have been lost with the old connection), so a sink paused for too much
+        unacknowledged reads again once the agent holds no more than half of LIMIT. A
+        position below what we kept: the agent forgot a stream that is over for it (it
+        remembers the last few thousand); nothing it lacks can be sent."""
         position = max(self.out.base, position)
-        self.acked(position)
-        return self.out.replay(position)
+        wire = self.out.replay(position)
+        self.out.resumed(position, position if handed is None else handed)
+        self._flow()
+        self._check_finished()
+        return wire
 
     def handed(self) -> int:
         """The position up to which what came in is out of our hands (in the sink's socket)."""
@@ -594,8 +601,10 @@ class AgentSession:
             channel.chan.close()
             raise AgentGone(f"{self.host}: {self.end_reason}")
         recv = welcome.get("recv", {})
+        handed = welcome.get("handed", {})
         for sid, stream in list(self._streams.items()):
-            channel.write(*stream.resume_from(int(recv.get(str(sid), 0))))
+            received = int(recv.get(str(sid), 0))
+            channel.write(*stream.resume_from(received, int(handed.get(str(sid), received))))
         self._channel = channel
         if self._window_next is not None:
             self.window_s, self._window_next = self._window_next, None
@@ -621,6 +630,7 @@ class AgentSession:
         hello = {
             "secret": self._secret,
             "recv": {str(sid): s.inbox.position for sid, s in self._streams.items()},
+            "handed": {str(sid): s.handed() for sid, s in self._streams.items()},
             "silence_s": self.silence_s,
             "window_s": self._window_next if self._window_next is not None else self.window_s,
         }

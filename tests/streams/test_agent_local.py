@@ -82,7 +82,13 @@ class Attached:
     """The daemon's end of a channel to the agent: frames out, frames in."""
 
     def __init__(
-        self, path: str, secret: str, recv: dict[int, int], window_s: float, silence_s: float = 5
+        self,
+        path: str,
+        secret: str,
+        recv: dict[int, int],
+        window_s: float,
+        silence_s: float = 5,
+        handed: dict[int, int] | None = None,
     ) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(BOUND_S)
@@ -92,6 +98,7 @@ class Attached:
         hello = {
             "secret": secret,
             "recv": {str(k): v for k, v in recv.items()},
+            "handed": {str(k): v for k, v in (recv if handed is None else handed).items()},
             "silence_s": silence_s,
             "window_s": window_s,
         }
@@ -155,9 +162,12 @@ class Agent:
         assert isinstance(self.info, AgentInfo), self.said
         return self.info.pid
 
-    def attach(self, silence_s: float = 5) -> Attached:
+    def attach(self, silence_s: float = 5, handed: dict[int, int] | None = None) -> Attached:
+        """``handed``: what of ``recv`` this daemon's front ends have taken (all, if None)."""
         assert isinstance(self.info, AgentInfo), self.said
-        self.chan = Attached(self.info.socket, self.secret, self.recv, self.window_s, silence_s)
+        self.chan = Attached(
+            self.info.socket, self.secret, self.recv, self.window_s, silence_s, handed
+        )
         return self.chan
 
     def goodbye(self) -> None:
@@ -862,3 +872,38 @@ def test_kernels_take_signals_as_any_process_does(run: Path) -> None:
     assert not ignored & (1 << (signal.SIGHUP - 1)), hex(ignored)
     assert not ignored & (1 << (signal.SIGPIPE - 1)), hex(ignored)
     agent.goodbye()
+
+
+def test_what_the_daemon_holds_unhanded_at_an_attach_counts_against_the_limit(
+    run: Path,
+) -> None:
+    """A front end that stopped reading, then an outage: the daemon took in LIMIT (its
+    HELLO's recv) and handed none of it on (its ``handed``). The agent forgets what the
+    daemon has, but reads no more from the kernel until the daemon's ACKs say that half of
+    it was taken: it read another LIMIT at each attach, which piled up in the daemon."""
+    agent = Agent(sys.executable, run, "f9")
+    chan = agent.attach(silence_s=BOUND_S)
+    agent.say("listen 1")
+    port = int(agent.line("port 1 ").split()[2])
+    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+    assert agent.take().type == mux.OPEN
+    payload = secrets.token_bytes(
+        mux.LIMIT + remote.CHUNK + tcp_buffer_max("rmem") + tcp_buffer_max("wmem") + (4 << 20)
+    )
+    written = write_until_held_back(kernel, payload)
+    assert written < len(payload)
+    got = pings(agent, chan, "full")  # read, not acknowledged: the front end took none
+    assert mux.LIMIT <= len(got) <= mux.LIMIT + remote.CHUNK, len(got)
+    chan.close()  # the connection is lost
+    opened = agent.recv[1]
+    agent.recv[1] += len(got)
+    chan = agent.attach(silence_s=BOUND_S, handed={**agent.recv, 1: opened})
+    assert pings(agent, chan, "after") == b"", "read on behind a front end that took nothing"
+    chan.sock.sendall(mux.ack(1, agent.recv[1] - mux.LIMIT // 2 - 1))  # not yet half
+    assert pings(agent, chan, "most") == b""
+    chan.sock.sendall(mux.ack(1, agent.recv[1]))  # the front end took it all
+    assert pings(agent, chan, "taken"), "not read again once it was taken"
+    kernel.close()
+    chan.close()  # what it reads now is not wanted: ended without the rest
+    os.kill(agent.pid, signal.SIGTERM)
+    wait_gone(agent.pid)

@@ -367,3 +367,25 @@ async def test_a_front_end_admitted_after_the_agent_ended_is_closed_not_kept() -
     assert frontend.transport.aborted
     with pytest.raises(ConnectFailed, match="the window ran out"):
         await expose.connected
+
+
+async def test_what_the_agent_holds_unhanded_at_an_attach_keeps_the_front_end_paused() -> None:
+    """The kernel stopped reading, then an outage: the agent took in all we sent (its
+    WELCOME's recv) and handed none of it to the kernel (its ``handed``). Our front end
+    stays paused until the agent's ACKs say that no more than half of LIMIT waits there:
+    it read again at once, and each outage piled another LIMIT up in the agent."""
+    session = _session()
+    stream = session._new_stream(1)
+    sink = Sink()
+    stream.attach(sink)
+    chunk = b"x" * (1 << 20)
+    for _ in range(mux.LIMIT // len(chunk) + 1):
+        stream.send(chunk)
+    assert sink.paused
+    sent = stream.out.end
+    assert stream.resume_from(sent, handed=0) == []  # nothing to send again
+    assert stream.out.unacked == 0 and sink.paused
+    stream.acked(sent - mux.LIMIT // 2 - 1)
+    assert sink.paused
+    stream.acked(sent - mux.LIMIT // 2)
+    assert not sink.paused
