@@ -41,6 +41,9 @@ _HEADER = struct.Struct("!BII")
 _POS = struct.Struct("!Q")
 MAX_PAYLOAD = 1 << 20
 GATHER = 4096  # a payload this large is sent apart from its header (``pieces``)
+# DATA kept for a resume: small pieces are joined into one item up to this, so that what a
+# stream keeps costs about what LIMIT counts, whatever the size of the writes behind it
+MERGE = 4096
 LIMIT = 4 << 20  # unacknowledged bytes a stream keeps before its sender stops reading
 CHUNK = 256 << 10  # DATA frames are cut to this, so that one stream cannot hog the channel
 # ACKs only let the sender forget what it keeps, so they are not sent per frame (that would
@@ -185,8 +188,18 @@ class Outbox:
         wire: list[bytes] = []
         if self._items is None:
             self._items = collections.deque()
+        items = self._items
         for part in parts:
-            self._items.append(part)
+            last = items[-1] if items else None
+            if (
+                part.type == DATA
+                and last is not None
+                and last.type == DATA
+                and len(last.payload) + len(part.payload) <= MERGE
+            ):  # small writes kept as one item: what an item costs stays bounded by LIMIT
+                items[-1] = Frame(DATA, part.stream, b"".join((last.payload, part.payload)))
+            else:
+                items.append(part)
             self.end += part.size
             if part.type == DATA:
                 self.unacked += len(part.payload)

@@ -39,6 +39,7 @@ MARKERS = (EOF, CLOSE, OPEN)  # sequenced, one position each
 HEADER = struct.Struct("!BII")
 POS = struct.Struct("!Q")
 MAX_PAYLOAD = 1 << 20
+MERGE = 4096  # DATA kept for a resume: small pieces joined into items up to this (mux.py)
 GATHER = 4096  # a payload this large is sent behind its header, not copied into one piece
 IOV_MAX = 64  # pieces per sendmsg (POSIX guarantees 16; Linux allows 1024)
 LIMIT = 4 << 20  # unacknowledged bytes per stream before its socket is not read
@@ -209,8 +210,17 @@ class Outbox:
     def push(self, ftype, sid, payload=b""):
         parts = [payload[i : i + CHUNK] for i in range(0, len(payload), CHUNK)] or [b""]
         out = []
+        items = self.items
         for part in parts:
-            self.items.append([ftype, part])
+            if (
+                ftype == DATA
+                and items
+                and items[-1][0] == DATA
+                and len(items[-1][1]) + len(part) <= MERGE
+            ):  # small reads kept as one item: their cost stays bounded with LIMIT
+                items[-1][1] = items[-1][1] + part
+            else:
+                items.append([ftype, part])
             self.end += size(ftype, part)
             if ftype == DATA:
                 self.unacked += len(part)

@@ -296,3 +296,18 @@ def test_an_idle_streams_outboxes_and_buffers_cost_little() -> None:
     assert _bytes_each(Outbox, acked) < 300
     assert _bytes_each(lambda: _agent(remote.Outbox), agent_acked) < 300
     assert _bytes_each(lambda: _agent(remote.Buffers), sent) < 300
+
+
+@pytest.mark.parametrize("agents", [False, True])
+def test_small_writes_are_kept_as_few_items(agents: bool) -> None:
+    """A writer of tiny messages while nothing is acknowledged (an outage): LIMIT counts
+    bytes, so each kept as an item of its own would cost a hundred times its size in
+    objects. They are joined up to MERGE bytes an item, and replayed as they were sent."""
+    sender: _Sender = _AgentSender() if agents else Outbox()
+    for i in range(10_000):
+        sender.push(Frame(mux.DATA, STREAM, bytes([i % 256])))
+    items = sender.out.items if agents else sender._items  # type: ignore[attr-defined]
+    assert len(items) <= 10_000 // mux.MERGE + 1
+    replayed = FrameReader().feed(b"".join(sender.replay(0)))
+    assert b"".join(f.payload for f in replayed) == bytes(i % 256 for i in range(10_000))
+    assert remote.MERGE == mux.MERGE
