@@ -1020,7 +1020,7 @@ class Agent:
             self.paused[listener] = (data, now() + PAUSE_S)
 
     def refuse(self, sid, who, port):
-        """A stranger turned away: said to the daemon ("refused SID WHO PORT [COUNT]"), the
+        """A stranger turned away: said to the daemon ("refused SID WHO PORT COUNT"), the
         first at once, the rest counted and said once a second (``tick``): a flood of them,
         during an outage with nobody to acknowledge the lines, would grow what the agent
         keeps without bound."""
