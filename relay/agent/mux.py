@@ -237,21 +237,17 @@ class Outbox:
         since the last attach."""
         return self.unacked + max(0, self.owed - self.acked_at)
 
-    def resumed(self, received: int, handed: int) -> None:
-        """An attach: the receiver has everything before ``received`` (forgotten here) and has
-        handed on what is before ``handed``."""
-        self.acked(received)
-        self.owed = received
-        self.acked_at = min(max(0, handed), received)
-
-    def replay(self, position: int) -> list[bytes]:
-        """The wire form of everything from ``position`` on (what the receiver lacks), as
-        ``pieces``."""
+    def replay(self, position: int, handed: int | None = None) -> list[bytes]:
+        """An attach: the receiver has everything before ``position`` (forgotten here) and
+        has handed on what is before ``handed`` (all of it, if None). The wire form of
+        everything from ``position`` on (what the receiver lacks), as ``pieces``."""
         if not self.base <= position <= self.end:
             raise FrameError(
                 f"the peer resumes at {position}, outside what is kept ({self.base}-{self.end})"
             )
         self.acked(position)
+        self.owed = position
+        self.acked_at = position if handed is None else min(max(0, handed), position)
         return [piece for f in self._items or () for piece in pieces(f.type, f.stream, f.payload)]
 
     @property

@@ -179,8 +179,7 @@ class Stream:
         position below what we kept: the agent forgot a stream that is over for it (it
         remembers the last few thousand); nothing it lacks can be sent."""
         position = max(self.out.base, position)
-        wire = self.out.replay(position)
-        self.out.resumed(position, position if handed is None else handed)
+        wire = self.out.replay(position, handed)
         self._flow()
         self._check_finished()
         return wire

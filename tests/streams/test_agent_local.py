@@ -197,6 +197,15 @@ class Agent:
             self._read()
         return self.frames.pop(0)
 
+    def kernel_link(self, sid: int = 1) -> socket.socket:
+        """``listen SID``, and a kernel connected to that listener (its OPEN taken): the
+        kernel's socket."""
+        self.say(f"listen {sid}")
+        port = int(self.line(f"port {sid} ").split()[2])
+        kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+        assert self.take().type == mux.OPEN
+        return kernel
+
     def say(self, line: str) -> None:
         assert self.chan is not None
         self.chan.send(mux.DATA, 0, (line + "\n").encode())
@@ -255,10 +264,8 @@ def test_a_link_carries_bytes_and_resumes_with_nothing_lost_or_repeated(
     agent.attach()
     agent.say("ping p1")
     agent.line("pong p1")
-    agent.say("listen 1")
-    port = int(agent.line("port 1 ").split()[2])
-    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
-    assert agent.take().type == mux.OPEN
+    kernel = agent.kernel_link()
+    port = kernel.getpeername()[1]
     with pytest.raises(ConnectionRefusedError):  # its listener closed once it was admitted
         socket.create_connection(("127.0.0.1", port), timeout=BOUND_S).recv(1)
     to_kernel, from_kernel = secrets.token_bytes(600_000), secrets.token_bytes(500_000)
@@ -401,10 +408,7 @@ def test_a_kernel_writing_through_an_outage_is_held_back_and_loses_nothing(run: 
     order (docs/agent.md, Sequencing)."""
     agent = Agent(sys.executable, run, "e5")
     chan = agent.attach()
-    agent.say("listen 1")
-    port = int(agent.line("port 1 ").split()[2])
-    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
-    assert agent.take().type == mux.OPEN
+    kernel = agent.kernel_link()
     chan.close()  # the connection is lost: nobody acknowledges anything now
     one_read = remote.CHUNK
     kept_at_most = mux.LIMIT + one_read
@@ -471,10 +475,7 @@ def test_a_link_held_at_the_limit_is_read_again_only_once_half_is_acknowledged(
     is not taken off the selector and put back at every ACK. Then every byte arrives once."""
     agent = Agent(sys.executable, run, "e6")
     chan = agent.attach(silence_s=BOUND_S)  # not given up on while the kernel fills its buffers
-    agent.say("listen 1")
-    port = int(agent.line("port 1 ").split()[2])
-    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
-    assert agent.take().type == mux.OPEN
+    kernel = agent.kernel_link()
     payload = secrets.token_bytes(
         mux.LIMIT + remote.CHUNK + tcp_buffer_max("rmem") + tcp_buffer_max("wmem") + (4 << 20)
     )
@@ -762,10 +763,7 @@ def test_a_link_over_both_ways_acknowledges_the_daemons_close_and_is_forgotten(
     agent, detached with no kernel, exits at once (it waited on the stream for its window)."""
     agent = Agent(sys.executable, run, "e8")
     chan = agent.attach()
-    agent.say("listen 1")
-    port = int(agent.line("port 1 ").split()[2])
-    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
-    assert agent.take().type == mux.OPEN
+    kernel = agent.kernel_link()
     kernel.close()
     assert agent.take().type == mux.EOF
     chan.send(mux.EOF, 1)  # the front end's end shut too: the agent's socket is closed
@@ -793,10 +791,7 @@ def test_an_agent_out_of_files_says_so_and_goes_on(run: Path) -> None:
     any try: the error ended the agent, which killed every kernel on the host."""
     agent = Agent(sys.executable, run, "e9", files=40)
     chan = agent.attach(silence_s=BOUND_S)
-    agent.say("listen 1")
-    port = int(agent.line("port 1 ").split()[2])
-    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
-    assert agent.take().type == mux.OPEN
+    kernel = agent.kernel_link()
     for sid in range(2, 60):  # more listeners than files
         agent.say(f"listen {sid}")
     refused = agent.line("noport ")
@@ -830,11 +825,7 @@ def test_a_flood_of_strangers_during_an_outage_is_counted_not_kept_line_by_line(
     the agent without bound. They are counted, and said at most once a second."""
     agent = Agent(sys.executable, run, "f7")
     chan = agent.attach()
-    agent.say("listen 1")
-    kernel = socket.create_connection(  # a link: the agent waits for the daemon
-        ("127.0.0.1", int(agent.line("port 1 ").split()[2])), timeout=BOUND_S
-    )
-    assert agent.take().type == mux.OPEN
+    kernel = agent.kernel_link()  # a link: the agent waits for the daemon
     agent.say("listen 2")
     port = int(agent.line("port 2 ").split()[2])
     chan.close()  # the connection is lost: nothing is acknowledged now
@@ -883,10 +874,7 @@ def test_what_the_daemon_holds_unhanded_at_an_attach_counts_against_the_limit(
     it was taken: it read another LIMIT at each attach, which piled up in the daemon."""
     agent = Agent(sys.executable, run, "f9")
     chan = agent.attach(silence_s=BOUND_S)
-    agent.say("listen 1")
-    port = int(agent.line("port 1 ").split()[2])
-    kernel = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
-    assert agent.take().type == mux.OPEN
+    kernel = agent.kernel_link()
     payload = secrets.token_bytes(
         mux.LIMIT + remote.CHUNK + tcp_buffer_max("rmem") + tcp_buffer_max("wmem") + (4 << 20)
     )

@@ -20,6 +20,7 @@ from relay.agent.session import (
     AgentGone,
     AgentInfo,
     AgentSession,
+    Stream,
 )
 from relay.errors import ConnectFailed, ConnectionLost
 from relay.lite.linkname import LinkName
@@ -52,12 +53,8 @@ class Sink:
         self.paused = False
 
 
-async def test_a_front_end_paused_before_an_outage_reads_again_after_it() -> None:
-    """Past mux.LIMIT unacknowledged the front end's reading pauses; the ACK that would
-    resume it is lost with the connection. The agent's WELCOME position, on the next attach,
-    acknowledges as much: the front end reads again (found by the random outage schedules in
-    tests/e2e/test_link_integrity.py, which then stalled for good)."""
-    session = AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1)
+def paused_stream(session: AgentSession) -> tuple[Stream, Sink]:
+    """Stream 1 with a front end that wrote past mux.LIMIT, nothing acknowledged: paused."""
     stream = session._new_stream(1)
     sink = Sink()
     stream.attach(sink)
@@ -65,6 +62,17 @@ async def test_a_front_end_paused_before_an_outage_reads_again_after_it() -> Non
     for _ in range(mux.LIMIT // len(chunk) + 1):
         stream.send(chunk)
     assert sink.paused
+    return stream, sink
+
+
+async def test_a_front_end_paused_before_an_outage_reads_again_after_it() -> None:
+    """Past mux.LIMIT unacknowledged the front end's reading pauses; the ACK that would
+    resume it is lost with the connection. The agent's WELCOME position, on the next attach,
+    acknowledges as much: the front end reads again (found by the random outage schedules in
+    tests/e2e/test_link_integrity.py, which then stalled for good)."""
+    session = AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1)
+    stream, sink = paused_stream(session)
+    chunk = b"x" * (1 << 20)
     sent = stream.out.unacked
     resent = stream.resume_from(sent)  # all of it arrived; its ACK did not
     assert resent == []
@@ -374,14 +382,7 @@ async def test_what_the_agent_holds_unhanded_at_an_attach_keeps_the_front_end_pa
     WELCOME's recv) and handed none of it to the kernel (its ``handed``). Our front end
     stays paused until the agent's ACKs say that no more than half of LIMIT waits there:
     it read again at once, and each outage piled another LIMIT up in the agent."""
-    session = _session()
-    stream = session._new_stream(1)
-    sink = Sink()
-    stream.attach(sink)
-    chunk = b"x" * (1 << 20)
-    for _ in range(mux.LIMIT // len(chunk) + 1):
-        stream.send(chunk)
-    assert sink.paused
+    stream, sink = paused_stream(_session())
     sent = stream.out.end
     assert stream.resume_from(sent, handed=0) == []  # nothing to send again
     assert stream.out.unacked == 0 and sink.paused

@@ -29,16 +29,42 @@ def sock_path(tmp_path: Path) -> Path:
     return directory / "relay.sock"
 
 
+def shim_env(sock_path: Path) -> dict[str, str]:
+    """A front end's environment, its daemon's socket at ``sock_path`` and no relay.toml."""
+    return dict(os.environ, RELAY_SOCKET=str(sock_path), RELAY_CONFIG="/nonexistent")
+
+
 def launch(sock_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, RELAY_SOCKET=str(sock_path), RELAY_CONFIG="/nonexistent")
     return subprocess.run(
         [RELAY, "launch", "--no-autostart", *args],
-        env=env,
+        env=shim_env(sock_path),
         capture_output=True,
         text=True,
         timeout=BOUND_S,
         stdin=subprocess.DEVNULL,
     )
+
+
+def start_launch(sock_path: Path, stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """A controller's ``relay launch``, running (its output piped) while the test plays the
+    daemon."""
+    return subprocess.Popen(
+        [RELAY, "launch", "--no-autostart", "local", "/k", "1@a,2@a"],
+        env=shim_env(sock_path),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
+def listening(sock_path: Path) -> socket.socket:
+    """A stand-in daemon's listener on ``sock_path`` (its accept bounded)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    listener.settimeout(BOUND_S)
+    return listener
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -50,19 +76,8 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
 def test_a_daemon_that_resets_the_connection_is_one_line(sock_path: Path) -> None:
     """The daemon went (a stop, a crash) with the shim's request unread: the connection is
     reset (as for a connection it had not yet taken up when its listener closed)."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(sock_path))
-    listener.listen(1)
-    listener.settimeout(BOUND_S)
-    env = dict(os.environ, RELAY_SOCKET=str(sock_path), RELAY_CONFIG="/nonexistent")
-    proc = subprocess.Popen(
-        [RELAY, "launch", "--no-autostart", "local", "/k", "1@a,2@a"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    listener = listening(sock_path)
+    proc = start_launch(sock_path)
     try:
         conn, _ = listener.accept()
         ready, _, _ = select.select([conn], [], [], BOUND_S)  # the request came
@@ -106,10 +121,7 @@ class answering:
     """A stand-in daemon on ``path``: reads one request line, answers ``answer``."""
 
     def __init__(self, path: Path, answer: dict[str, object]) -> None:
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(path))
-        self.listener.listen(1)
-        self.listener.settimeout(BOUND_S)
+        self.listener = listening(path)
         self.answer = answer
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -167,10 +179,7 @@ def test_a_signalled_controller_waits_for_its_kernels_end(sock_path: Path) -> No
     """SIGTERM to a controller's shim: it asks the daemon to end the kernel and waits (at
     most TERMINATE_WAIT_S) for the answer that it has ended. It asked and left at once:
     the wait returned at the signal it was waiting after."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(sock_path))
-    listener.listen(1)
-    listener.settimeout(BOUND_S)
+    listener = listening(sock_path)
     left_early: list[bool] = []
 
     def daemon() -> None:
@@ -188,15 +197,7 @@ def test_a_signalled_controller_waits_for_its_kernels_end(sock_path: Path) -> No
 
     thread = threading.Thread(target=daemon, daemon=True)
     thread.start()
-    env = dict(os.environ, RELAY_SOCKET=str(sock_path), RELAY_CONFIG="/nonexistent")
-    with subprocess.Popen(
-        [RELAY, "launch", "--no-autostart", "local", "/k", "1@a,2@a"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as proc:
+    with start_launch(sock_path, stderr=subprocess.DEVNULL) as proc:
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "1@a,2@a"
