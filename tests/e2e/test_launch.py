@@ -88,7 +88,10 @@ async def test_killing_the_launch_commands_shell_ends_shim_and_kernel(
         assert fe.proc.stdout is not None
         await asyncio.wait_for(fe.proc.stdout.readline(), 60)
         fe.proc.kill()  # the shell dies; the shim gets SIGTERM from PR_SET_PDEATHSIG
-        await fe.proc.wait()
+        # the shim, which the shell's pipes were handed to, has ended once they close: a shim
+        # left running (as the loop closed, CI once saw it still holding them) fails here
+        status, _, err = await fe.result()
+        assert status == -signal.SIGKILL and err == "", err
         await kl.closed()
         await wait_gone(pid)
         assert not pid_alive(pid)
