@@ -75,18 +75,25 @@ def _who_ends_it(host: HostSession) -> str:
 
 
 def ended_line(
-    host: str, status: int, *, at: float | None, outage: tuple[float, float] | None
+    host: str,
+    status: int,
+    *,
+    at: float | None,
+    outage: tuple[float, float] | None,
+    signum: int | None = None,
 ) -> str | None:
     """What a controller's shim says of a kernel that ended and relay did not end it: killed
-    by a signal (128+N, as both the agent and ``supervisor.sh`` report it), or ended at ``at``
-    during ``outage`` (wall times: our clock); None for a kernel that exited by itself while
-    its connection held (the front end sees that for itself)."""
+    by signal ``signum``, or ended at ``at`` during ``outage`` (wall times: our clock); None
+    for a kernel that exited by itself while its connection held (the front end sees that for
+    itself). ``signum`` is what the agent says (0: it exited); where it is None (what
+    ``supervisor.sh``, in sh, says: only a STATUS) a STATUS of 128+N is read as signal N."""
     during = ""
     if outage is not None and at is not None:
         lost, back = (clock_of_day(t) for t in outage)
         during = f" at {clock_of_day(at)}, while the connection was down ({lost} to {back})"
-    if 128 < status <= 128 + 64:
+    if signum is None and 128 < status <= 128 + 64:
         signum = status - 128
+    if signum:
         try:
             name = signal.Signals(signum).name
         except ValueError:
@@ -169,7 +176,9 @@ class Kernel:
         if agent is not None and ended_at is not None:
             at = agent.local_time(ended_at)
             outage = agent.outage_around(ended_at)
-        return ended_line(self.named_host.key, status, at=at, outage=outage)
+        return ended_line(
+            self.named_host.key, status, at=at, outage=outage, signum=self._proc.signum
+        )
 
     def connection_lost(self) -> ConnectionLost:
         if isinstance(self.forward, AgentForward) and self.forward.ended_because:

@@ -889,9 +889,11 @@ class Agent:
                     self.say("out %s %s" % (ident, line))
                 code = kernel.proc.returncode
                 # with when, on this host's clock (WELCOME says it too): the daemon tells a
-                # kernel that ended during an outage from one that ended as it came back
-                status = 128 - code if code < 0 else code
-                self.say("exit %s %d %.3f" % (ident, status, time.time()))
+                # kernel that ended during an outage from one that ended as it came back;
+                # and the signal that ended it (0: none), which STATUS alone cannot say: a
+                # kernel's own exit(137) is not a SIGKILL (supervisor.sh, in sh, cannot tell)
+                status, signum = (128 - code, -code) if code < 0 else (code, 0)
+                self.say("exit %s %d %.3f %d" % (ident, status, time.time(), signum))
             try:
                 os.unlink(kernel.log)
             except OSError:

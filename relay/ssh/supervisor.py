@@ -60,7 +60,8 @@ def parse_line(line: str) -> Event | None:
     }:
         return None
     ident, _, value = rest.partition(" ")
-    # ``exit ID STATUS``; the agent adds when, on the host's clock (``RemoteProcess.ended_at``)
+    # ``exit ID STATUS``; the agent adds when, on the host's clock, and the signal that ended
+    # it (``RemoteProcess.ended_at``, ``signum``)
     if kind in {"pid", "exit"} and not value.partition(" ")[0].isdigit():
         return None
     return Event(kind, ident, value)
@@ -75,8 +76,10 @@ class RemoteProcess:
     exited: asyncio.Future[int | None]  # None: the connection was lost, status unknown
     # its last OUTPUT_LINES lines, made at the first (most kernels say nothing)
     output: collections.deque[str] | None = None
-    # when it ended, on the host's clock: the agent says it (supervisor.sh does not)
+    # when it ended, on the host's clock, and the signal that ended it (0: none): the agent
+    # says both; supervisor.sh says neither (its STATUS 128+N may be signal N or an exit)
     ended_at: float | None = None
+    signum: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -336,9 +339,10 @@ class Supervisor:
                 proc.exited.set_result(127)
         elif event.kind == "exit":
             self._procs.pop(event.id, None)
-            status, _, at = event.value.partition(" ")
-            with contextlib.suppress(ValueError):
-                proc.ended_at = float(at) if at else None
+            status, *said = event.value.split(" ")
+            with contextlib.suppress(ValueError, IndexError):
+                proc.ended_at = float(said[0])
+                proc.signum = int(said[1])
             if not proc.started.done():
                 proc.started.set_exception(KernelMissing("kernel did not start"))
             if not proc.exited.done():

@@ -52,13 +52,17 @@ async def test_interrupt_arrives_while_the_data_channel_is_busy(daemon: RunningD
         await kl.aclose()
 
 
-@pytest.mark.parametrize("status", [0, 1, 42, 255])
+@pytest.mark.parametrize("status", [0, 1, 42, 137, 255])
 async def test_shim_exits_with_the_kernels_status(daemon: RunningDaemon, status: int) -> None:
+    """A kernel's own exit, even with 137 (128 + SIGKILL), is not said to be a kill: the
+    agent says which signal ended a kernel, besides its status."""
     async with controller(daemon.home) as fe:
         kl = await fe.link.accept(60)
         await kl.quit(status)
-        assert (await fe.result())[0] == status
+        ended, _, err = await fe.result()
+        assert (ended, err) == (status, "")
         await kl.aclose()
+    assert list(daemon.daemon.hosts["local"].failures) == []
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])

@@ -30,6 +30,16 @@ def test_another_signal_says_something_on_the_host_ended_it() -> None:
     assert "killed by signal 33;" in str(ended_line("gpu1", 161, at=None, outage=None))
 
 
+def test_the_agent_says_which_signal_so_an_exit_of_137_is_no_sigkill() -> None:
+    """supervisor.sh (sh) says only a STATUS, and 128+N is read as signal N; the agent says
+    the signal too (0: none), so a kernel's own exit(137) is not taken for the OOM killer."""
+    assert ended_line("gpu1", 137, at=None, outage=None, signum=0) is None
+    assert ended_line("gpu1", 137, at=None, outage=None, signum=9) == ended_line(
+        "gpu1", 137, at=None, outage=None
+    )
+    assert "killed by SIGTERM;" in str(ended_line("gpu1", 143, at=None, outage=None, signum=15))
+
+
 def test_an_end_during_an_outage_says_when_and_which_outage() -> None:
     outage = (T, T + 2135)  # 12:30:02 to 13:05:37
     line = ended_line("gpu1", 137, at=T + 665, outage=outage)

@@ -303,7 +303,15 @@ def test_a_link_carries_bytes_and_resumes_with_nothing_lost_or_repeated(
     exit_line = agent.line("exit k1 ").split()
     assert exit_line[:3] == ["exit", "k1", "3"]
     assert abs(float(exit_line[3]) - time.time()) < BOUND_S  # when, on the host's clock
+    assert exit_line[4] == "0"  # no signal ended it
     wait_gone(pid)
+    # STATUS 137 either way; the signal says which (a kernel's own exit is no SIGKILL)
+    agent.say("start k3 set -- /bin/sh -c 'exit 137'")
+    agent.line("pid k3 ")
+    assert agent.line("exit k3 ").split()[2::2] == ["137", "0"]
+    agent.say("start k4 set -- /bin/sh -c 'kill -KILL $$'")
+    agent.line("pid k4 ")
+    assert agent.line("exit k4 ").split()[2::2] == ["137", "9"]
     agent.say("start k2 set -- /nonexistent/kernel")
     agent.line("nokernel k2")
     agent.chan.send(mux.BYE, 0)

@@ -187,7 +187,8 @@ def test_the_command_is_the_bootstrap_and_the_script_one_line_on_stdin() -> None
         ("hello 1 42 /tmp/x\n", Event("hello", "1", "42 /tmp/x")),
         ("pid k1 123\n", Event("pid", "k1", "123")),
         ("exit k1 0\n", Event("exit", "k1", "0")),
-        ("exit k1 137 1733315462.5\n", Event("exit", "k1", "137 1733315462.5")),  # the agent's
+        ("exit k1 137 1733315462.5\n", Event("exit", "k1", "137 1733315462.5")),
+        ("exit k1 137 1733315462.5 9\n", Event("exit", "k1", "137 1733315462.5 9")),  # the agent's
         ("out k1 some text here\n", Event("out", "k1", "some text here")),
         ("Welcome to the cluster!\n", None),
         ("pid k1 notanumber\n", None),
