@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
 
+from relay.agent import start as agent_start
 from relay.checkview import Result, State, after_chatter, chatter, origin_words, parse_probe
 from relay.errors import HostKeyChanged, RelayError
 from relay.hostspec import HostSpec, HostSpecError
@@ -498,9 +499,12 @@ class Checker:
         assert self.conn is not None
         assert self.session is not None
         cfg = self.session.config
-        if cfg.resume_window_s <= 0:
-            return "off (resume_window_s = 0): kernels end with their connection", {}, "ok"
+        why = agent_start.unwanted(cfg)
+        if why is not None and cfg.slurm is None:  # as the daemon decides (HostSession)
+            return f"off: {why}; kernels end with their connection", {}, "ok"
         off = "kernels here end with their connection, as with resume_window_s = 0"
+        if self.probe.get("proc") != "ok" and cfg.slurm is None:
+            return f"{agent_start.NO_OWNER_CHECK}: {off}", {}, "warn"
         version = self.probe.get("python3", "missing")
         major, _, minor = version.partition(".")
         if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (3, 6):

@@ -19,12 +19,38 @@ import asyncssh
 
 from relay.agent.session import AgentInfo
 from relay.errors import ConnectFailed, HookInstallFailed
+from relay.settings import HostConfig
 from relay.ssh import hookfile, remote_scripts
 from relay.ssh.remote_scripts import Remote
 
-__all__ = ["START_TIMEOUT_S", "Unavailable", "agent_file", "parse_start", "start", "start_command"]
+__all__ = [
+    "NO_OWNER_CHECK",
+    "START_TIMEOUT_S",
+    "Unavailable",
+    "agent_file",
+    "parse_start",
+    "start",
+    "start_command",
+    "unwanted",
+]
 
 START_TIMEOUT_S = 30.0
+
+NO_OWNER_CHECK = "the host cannot tell who connects (no /proc/net/tcp)"
+
+
+def unwanted(cfg: HostConfig) -> str | None:
+    """Why a host's kernels do not go through relay's agent, from its configuration alone
+    (``relay check`` says the same); None where the agent is wanted. The host can still
+    refuse it: no python3, no Unix socket forwarding, no /proc/net/tcp (``NO_OWNER_CHECK``)."""
+    if cfg.resume_window_s <= 0:
+        return "resume_window_s = 0"
+    if cfg.slurm is not None:
+        # no kernel runs on a login node: each compute node's session has its own agent
+        return "kernels run on the compute nodes, each with its agent"
+    if cfg.peer_check != "uid":
+        return "peer_check = off (the agent admits only the user's own)"
+    return None
 
 
 @cache

@@ -612,16 +612,8 @@ class HostSession:
         )
 
     def _agent_wanted(self, cfg: HostConfig) -> bool:
-        if cfg.resume_window_s <= 0:
-            self.agent_unavailable = "resume_window_s = 0"
-        elif cfg.slurm is not None:
-            # no kernel runs on a login node: each compute node's session has its own agent
-            self.agent_unavailable = "kernels run on the compute nodes, each with its agent"
-        elif cfg.peer_check != "uid":
-            self.agent_unavailable = "peer_check = off (the agent admits only the user's own)"
-        else:
-            return True
-        return False
+        self.agent_unavailable = agent_start.unwanted(cfg)
+        return self.agent_unavailable is None
 
     async def _start_agent(
         self, conn: asyncssh.SSHClientConnection, cfg: HostConfig
@@ -633,7 +625,7 @@ class HostSession:
             return None
         info, secret = started
         if not info.owner_check:
-            self.agent_unavailable = "the host cannot tell who connects (no /proc/net/tcp)"
+            self.agent_unavailable = agent_start.NO_OWNER_CHECK
             return None
         if info.ended:
             self._log.info("ended the kernels of an earlier relay daemon", agents=info.ended)

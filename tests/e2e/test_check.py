@@ -316,3 +316,24 @@ def test_a_port_that_never_speaks_ssh(home: RelayHome, silent_port: int) -> None
     ), text
     assert f"port {silent_port} (from relay.toml)" in failed["advice"], text
     assert "step 2" not in failed["advice"]
+
+
+@pytest.mark.sshd_options(hide_proc=True)
+def test_the_resume_line_says_off_where_the_daemon_keeps_sshds_path(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    """The resume line says what the daemon will do (``relay.agent.start.unwanted``): on a
+    host with no /proc/net/tcp, or with peer_check = "off", kernels end with their
+    connection. It once told both that their kernels would wait for it."""
+    _, answer, _ = check(home)
+    resume = by_name(answer)["resume"]
+    assert resume["state"] == "warn", resume
+    assert resume["summary"].startswith("the host cannot tell who connects (no /proc/net/tcp)")
+    home.add_host("local", peer_check="off")
+    _, answer, _ = check(home)
+    resume = by_name(answer)["resume"]
+    assert resume["state"] == "ok", resume
+    assert resume["summary"] == (
+        "off: peer_check = off (the agent admits only the user's own); "
+        "kernels end with their connection"
+    )
