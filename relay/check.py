@@ -12,9 +12,10 @@ supervisor), and in a daemon of its own otherwise (``relay.cli``). Rendering is
 4 authentication  the methods the server offers; which key or agent identity works
 5 server          a remote forward on 127.0.0.1 port 0, sessions (MaxSessions), SFTP
 6 remote host     POSIX sh, mktemp, a writable TMPDIR, /proc, space in ~/.cache/relay
-7 kernel          executable, its version (``-version``), what it prints when it fails
-8 round trip      a launch with a bash probe in place of the kernel: both channels, timed
-9 connection      RTT and what it means for launches; the daemon's state for the host
+7 resume          whether kernels outlive their connection (relay's agent), and if not, why
+8 kernel          executable, its version (``-version``), what it prints when it fails
+9 round trip      a launch with a bash probe in place of the kernel: both channels, timed
+10 connection     RTT and what it means for launches; the daemon's state for the host
 """
 
 from __future__ import annotations
