@@ -14,6 +14,8 @@ from relay.lite.linkname import LinkName
 from relay.sim import frontend
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome
 
+SHIM_END_S = 30.0  # a controller's shim ended by a signal waits up to 20 s for its kernel
+
 
 async def relay_cli(
     home: RelayHome, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
@@ -100,7 +102,10 @@ async def controller(
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGKILL)
-            await proc.wait()
+        # the shim (the shell's child, given its pipes) ends after the shell, on its
+        # PR_SET_PDEATHSIG: its pipes drained to their end, or the loop closes with them open
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.communicate(), SHIM_END_S)
         link.close()
         if link.handed_out is not None:  # a test that failed half-way leaves it to us
             await link.handed_out.aclose()

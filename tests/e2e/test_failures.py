@@ -199,10 +199,12 @@ async def _no_kernels(running: RunningDaemon) -> None:
 async def test_kernel_never_connects(home: RelayHome) -> None:
     pidfile = home.dir / "hung.pid"
     kernel = script(home, "hung", f"echo $$ > {pidfile}\nexec sleep 600\n")
-    home.add_host("local", launch_timeout_s=1)
+    # the bound covers the cold connection and the agent's start too, so not 1 s on a loaded
+    # machine: the kernel must have started (written its pid) before it runs out
+    home.add_host("local", launch_timeout_s=3)
     async with start_daemon(home) as running:
         line = await launch_against(home, kernel=kernel)
-        assert "did not connect within 1 s (launch_timeout_s)" in line
+        assert "did not connect within 3 s (launch_timeout_s)" in line
         assert not pid_alive(int(pidfile.read_text())), "a timed-out kernel was left running"
         assert not running.daemon.kernels
 
@@ -342,7 +344,11 @@ async def test_a_port_that_accepts_tcp_but_never_speaks_ssh(home: RelayHome) -> 
             writer.close()
         server.close()
         await server.wait_closed()
-    assert f"127.0.0.1:{port} accepted TCP but sent no SSH banner in 1.0 s" in line, line
+    # the time it waited, measured (a loaded machine's timer fires late): at least the bound
+    banner = re.search(
+        rf"127\.0\.0\.1:{port} accepted TCP but sent no SSH banner in ([\d.]+) s", line
+    )
+    assert banner is not None and 1.0 <= float(banner[1]) < 2.0, line
     assert "timed out after" not in line, line
     found = re.search(r"; (\d) attempts, ([\d.]+) s in all \(a launch waits at most", line)
     assert found is not None, line

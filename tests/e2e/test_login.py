@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import secrets
 import socket
 from collections.abc import Iterator
@@ -229,5 +230,7 @@ async def test_a_login_over_a_dead_path_says_so_within_connect_timeout_s(
         status, _, err = await login(home, "hpc", "")
         took_s = asyncio.get_running_loop().time() - started
         assert status == 1 and len(err.strip().splitlines()) == 1, err
-        assert "in 2.0 s" in err and "connect_timeout_s" in err, err
+        waited = re.search(r" in ([\d.]+) s", err)  # measured: a loaded machine's timer fires late
+        assert waited is not None and 2.0 <= float(waited[1]) < 3.0, err
+        assert "connect_timeout_s" in err, err
         assert took_s < 30, took_s  # connect_timeout_s and the CLI's start, not 600 s

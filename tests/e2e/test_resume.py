@@ -733,7 +733,7 @@ async def test_a_longer_window_in_relay_toml_keeps_the_running_kernels(
     outage, once the connection is back, the old window standing until then) and outlive
     an outage longer than the old window, which both the daemon and the agent would have
     ended them at."""
-    old_s, new_s = 2, 120
+    old_s, new_s = 5, 120  # the old window: long enough for the reload and the resume in it
     async with (
         behind_proxy(home, resume_window_s=old_s) as proxy,
         start_daemon(home) as running,
