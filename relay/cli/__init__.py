@@ -34,6 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     return _main(args)
 
 
+def quiet_dependency_warnings() -> None:
+    """Warnings about the code of relay's dependencies, which no user can act on, kept off
+    every command's stderr: asyncssh (2.24) names cryptography's DSA classes as it is
+    imported, and cryptography 51 deprecates them with a warning on each access. relay
+    neither makes nor accepts DSA keys unless a user's own key or host is DSA (OpenSSH turned
+    ssh-dss off in 7.0), and that still works. The test suite ignores the same warning
+    (pyproject.toml), where any other is an error."""
+    import warnings  # already loaded by the interpreter: free
+
+    warnings.filterwarnings("ignore", message="DSA is deprecated", module="asyncssh")
+
+
 def _parser() -> Any:
     import argparse
 
@@ -158,6 +170,7 @@ def _parser() -> Any:
 
 
 def _main(args: list[str]) -> int:
+    quiet_dependency_warnings()
     ns = _parser().parse_args(args)
     if ns.command == "version":
         from relay import __version__
