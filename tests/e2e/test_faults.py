@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -307,6 +308,23 @@ async def settled(pid: int, fds: int, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
+async def settled_tasks(home: RelayHome, tasks: int, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The daemon's status once it has no kernel and at most ``tasks`` tasks, or after a
+    bounded moment: what a launch just ended leaves (its kernel's reap, a spare's refill)
+    ends a moment after the answer; a leaked task never does, and the caller's count says
+    so."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = await asyncio.get_running_loop().run_in_executor(
+            None, client.request, home.socket, {"op": "status"}
+        )
+        if status["kernels"] == [] and status["daemon"]["tasks"] <= tasks:
+            return status
+        if time.monotonic() > deadline:
+            return status
+        await asyncio.sleep(0.05)
+
+
 def open_files(pid: int) -> list[str]:
     """What ``pid`` holds open, for a failure message: files by path, TCP sockets by their
     addresses (from /proc/net), Unix sockets by path."""
@@ -374,7 +392,7 @@ async def test_200_launches_with_failures_keep_memory_and_fds_flat(home: RelayHo
         warm_tasks = client.request(home.socket, {"op": "status"})["daemon"]["tasks"]
         for i in range(24, 200):
             await one(i)
-        end = client.request(home.socket, {"op": "status"})
+        end = await settled_tasks(home, warm_tasks)
         await settled(daemon.pid, warm_fds)
         rss, fds = proc_stats(daemon.pid)
         held = open_files(daemon.pid)
@@ -387,7 +405,7 @@ async def test_200_launches_with_failures_keep_memory_and_fds_flat(home: RelayHo
         f"after 200: {rss} kB, {fds} fds, {end['daemon']['tasks']} tasks; {outcomes}"
     )
     assert sum(outcomes.values()) == 200
-    assert end["kernels"] == [] and end["daemon"]["tasks"] == warm_tasks
+    assert end["kernels"] == [] and end["daemon"]["tasks"] <= warm_tasks
     assert fds <= warm_fds, newly_open(warm_held, held)
     assert rss <= warm_rss * 1.10, (warm_rss, rss)
 

@@ -213,7 +213,8 @@ async def test_socket_activation_under_systemd_socket_activate(home: RelayHome) 
             await kl.aclose()
         activator.send_signal(signal.SIGTERM)
         await notify.expect("STOPPING=1")
-        assert await asyncio.wait_for(activator.wait(), 30) == 0
+        await asyncio.wait_for(activator.communicate(), 30)  # its stderr read to the end
+        assert activator.returncode == 0
     finally:
         if activator.returncode is None:
             activator.kill()
