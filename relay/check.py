@@ -500,12 +500,12 @@ class Checker:
         assert self.conn is not None
         assert self.session is not None
         cfg = self.session.config
-        why = agent_start.unwanted(cfg)
-        if why is not None and cfg.slurm is None:  # as the daemon decides (HostSession)
-            return f"off: {why}; kernels end with their connection", {}, "ok"
         off = "kernels here end with their connection, as with resume_window_s = 0"
-        if self.probe.get("proc") != "ok" and cfg.slurm is None:
-            return f"{agent_start.NO_OWNER_CHECK}: {off}", {}, "warn"
+        if cfg.slurm is None:  # as the daemon decides (HostSession); a Slurm host's are its nodes'
+            if (why := agent_start.unwanted(cfg)) is not None:
+                return f"off: {why}; kernels end with their connection", {}, "ok"
+            if self.probe.get("proc") != "ok":
+                return f"{agent_start.NO_OWNER_CHECK}: {off}", {}, "warn"
         version = self.probe.get("python3", "missing")
         major, _, minor = version.partition(".")
         if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (3, 6):
