@@ -27,6 +27,7 @@ import contextlib
 import os
 import re
 import shlex
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,8 +102,13 @@ async def _finish(launched: Launched) -> None:
         await proc.wait()
     for proc in launched.procs:
         if proc.returncode is None:
+            # os.kill, not proc.kill(): asyncio's kill() polls first (Popen.send_signal,
+            # bpo-38630), and that poll reaps a process that has just exited behind the
+            # child watcher's back, which then logs "Unknown child process pid N, will report
+            # returncode 255". Tunnel's ssh exits as its kernel does, so here it often has.
+            # Until the watcher collects it, its pid cannot be another process's.
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+                os.kill(proc.pid, signal.SIGKILL)
     await asyncio.gather(*launched.readers)  # they end as the killed processes' pipes do
     for proc in launched.procs:
         await proc.communicate()
