@@ -82,6 +82,40 @@ HOST_PROBE = "; ".join(
     ]
 )
 
+# Check 7: a Unix socket listening on the host, for sshd to be asked to forward to. Only a
+# socket that exists tells "sshd refuses" from "no such socket": OpenSSH 9 answers both with
+# "open failed" (code 2), older ones both with "prohibited". It takes one connection and goes
+# when its session's input ends, or after 10 s; its directory is mkdtemp's (0700). Python 3.6.
+SOCKET_PROBE_PY = "\n".join(
+    [
+        "import os, select, socket, sys, tempfile",
+        'd = tempfile.mkdtemp(prefix="relay-check-")',
+        'p = os.path.join(d, "s")',
+        "s = socket.socket(socket.AF_UNIX)",
+        "try:",
+        "    s.bind(p)",
+        "    s.listen(1)",
+        "    print(p, flush=True)",
+        "    if s in select.select([s, sys.stdin], [], [], 10)[0]:",
+        "        s.accept()[0].close()",
+        "finally:",
+        "    s.close()",
+        "    os.path.exists(p) and os.unlink(p)",
+        "    os.rmdir(d)",
+    ]
+)
+
+
+def python_line(program: str) -> str:
+    """``program`` run by the host's python3, as one line of sh (remote_scripts.script: any
+    login shell): printf's %b makes its newlines, inside single quotes."""
+    if "'" in program or "\\" in program:
+        raise ValueError("a program for python_line has no ' and no \\")
+    return "exec python3 -I -c \"$(printf %b '{}')\"".format(program.replace("\n", "\\n"))
+
+
+SOCKET_PROBE = python_line(SOCKET_PROBE_PY)
+
 # Check 9: launched as the kernel, with the kernel's flags.
 ROUND_TRIP_PROBE = r"""#!/usr/bin/env bash
 # relay check's stand-in for a kernel: takes a kernel's flags, connects both channels of
@@ -518,26 +552,47 @@ class Checker:
                 },
                 "warn",
             )
-        try:
-            # a socket that cannot exist: sshd says "connect failed" if it would forward to
-            # one, "prohibited" if its AllowStreamLocalForwarding says no
-            await self.conn.open_unix_connection("/nonexistent/relay-check.sock")
-        except asyncssh.ChannelOpenError as exc:
-            if exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
-                return (
-                    f"sshd refuses Unix socket forwarding: {off}",
-                    {
-                        "advice": "AllowStreamLocalForwarding yes in the host's sshd_config keeps "
-                        "kernels through network outages"
-                    },
-                    "warn",
-                )
+        if (refused := await self._streamlocal_refused()) is not None:
+            summary, advice = refused
+            return summary.replace("{off}", off), {"advice": advice}, "warn"
         window = f"{cfg.resume_window_s:g} s"
         return (
             f"python3 {version}; kernels wait {window} for their connection to come back",
             {},
             "ok",
         )
+
+    async def _streamlocal_refused(self) -> tuple[str, str] | None:
+        """Why sshd will not forward to a Unix socket that listens on the host (SOCKET_PROBE),
+        as the agent's does: a summary with ``{off}`` where it goes and advice. None if it
+        opened a channel to one."""
+        assert self.conn is not None
+        probe = remote_scripts.script(SOCKET_PROBE)
+        proc = await self.opened.enter_async_context(await self.conn.create_process(probe.command))
+        try:
+            proc.stdin.write(probe.preamble.decode())
+            path = (await proc.stdout.readline()).strip()
+            if not path.startswith("/"):  # it could not listen: it said why on stderr
+                proc.stdin.write_eof()
+                said = (await proc.stderr.read()).strip().splitlines()[-1:] or ["nothing"]
+                return (
+                    f"cannot test Unix socket forwarding: python3 said {said[0][:160]!r}",
+                    "relay's agent listens on a Unix socket under the host's TMPDIR too "
+                    "(step 6 shows it): without one, kernels there end with their connection",
+                )
+            try:
+                _, writer = await self.conn.open_unix_connection(path)
+            except asyncssh.ChannelOpenError:
+                return (
+                    "sshd refuses Unix socket forwarding: {off}",
+                    "AllowStreamLocalForwarding yes in the host's sshd_config keeps kernels "
+                    "through network outages",
+                )
+            writer.close()
+            return None
+        finally:
+            proc.stdin.write_eof()  # the probe goes at once
+            await proc.wait_closed()
 
     # -- 8 ---------------------------------------------------------------------------------
     async def kernel_check(self) -> tuple[str, dict[str, Any], State]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -337,3 +338,27 @@ def test_the_resume_line_says_off_where_the_daemon_keeps_sshds_path(
         "off: peer_check = off (the agent admits only the user's own); "
         "kernels end with their connection"
     )
+
+
+# a TMPDIR whose Unix sockets' paths pass the 108 bytes sockaddr_un holds
+LONG_TMPDIR = "/tmp/relay-test-" + "t" * 100
+
+
+@pytest.mark.sshd_options(options={"SetEnv": f"TMPDIR={LONG_TMPDIR}"})
+def test_the_resume_line_says_when_the_host_cannot_listen_on_a_unix_socket(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    """The resume line's probe listens on a Unix socket under TMPDIR, as the agent does; where
+    it cannot, the line says why instead of blaming sshd."""
+    Path(LONG_TMPDIR).mkdir(exist_ok=True)
+    try:
+        _, answer, _ = check(home)
+        left = [p.name for p in Path(LONG_TMPDIR).iterdir() if p.name.startswith("relay-check")]
+    finally:
+        shutil.rmtree(LONG_TMPDIR)
+    assert not left  # the probe removed its directory
+    resume = by_name(answer)["resume"]
+    assert resume["state"] == "warn", resume
+    assert resume["summary"].startswith("cannot test Unix socket forwarding: python3 said"), resume
+    assert "AF_UNIX path too long" in resume["summary"], resume
+    assert "under the host's TMPDIR too (step 6 shows it)" in resume["advice"], resume

@@ -1408,4 +1408,28 @@ async def test_host_without_python3_falls_back_and_says_so(home: RelayHome) -> N
             await quit_cleanly(kl, fe)
         code, out, _ = await relay_cli(home, "check", "local")
         line = next(ln for ln in out.splitlines() if "resume" in ln)
-        assert "python3" in line, out
+        assert "no python3 on the PATH: kernels here end with their connection" in line, out
+
+
+async def test_host_whose_sshd_refuses_unix_sockets_falls_back_and_says_so(
+    home: RelayHome,
+) -> None:
+    """sshd's AllowStreamLocalForwarding no: the agent starts, but no channel reaches its
+    socket, so today's path, said by relay status; relay check says so from a socket that
+    listens (OpenSSH 9 refuses it with the answer a missing socket gets)."""
+    with ThrowawaySSHD(home.dir / "sshd", options={"AllowStreamLocalForwarding": "no"}) as server:
+        home.sshd = server
+        home.hosts.clear()
+        home.add_host("local")
+        async with start_daemon(home) as running, controller(home) as fe:
+            kl, _ = await connected(fe)
+            state = resume_state(running)
+            assert state["state"] == "off", state
+            assert "sshd refused the channel to relay's agent" in str(state["reason"]), state
+            code, out, _ = await relay_cli(home, "status")
+            assert code == 0 and "off: sshd refused the channel" in out, out
+            await quit_cleanly(kl, fe)
+        code, out, _ = await relay_cli(home, "check", "local")
+        line = next(ln for ln in out.splitlines() if "resume" in ln)
+        assert "sshd refuses Unix socket forwarding: kernels here end with their" in line, out
+        assert "AllowStreamLocalForwarding yes" in out, out

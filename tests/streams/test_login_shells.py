@@ -10,18 +10,20 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from relay.agent.start import Unavailable, parse_start, start_command
-from relay.check import HOST_PROBE, PLACE_PROBE, ROUND_TRIP_PROBE
+from relay.check import HOST_PROBE, PLACE_PROBE, ROUND_TRIP_PROBE, SOCKET_PROBE
 from relay.checkview import parse_probe
 from relay.ssh import remote_scripts
 from relay.ssh.hookfile import HookFile, parse_answer
 from relay.ssh.remote_scripts import BOOTSTRAP, Remote, hook_install_command, remote_command
 from tests.conftest import installed
+from tests.streams.test_agent_local import interpreters
 
 SHELLS = ["sh", "dash", "bash", "zsh", "csh", "tcsh", "fish"]
 # tcsh and fish are what .ci/run installs for this test; a developer's machine may lack them
@@ -123,6 +125,41 @@ def test_relay_checks_probes(login_shell: str) -> None:
     finally:
         run(login_shell, remote_scripts.script(f"rm -f {path}"))
     assert not path.exists()
+
+
+def socket_probe(shell: str, env: dict[str, str] | None = None, connect: bool = True) -> None:
+    """relay check's Unix socket probe as sshd runs it: it says its socket's path, takes the
+    connection sshd's forward would make, and goes, with its directory, when its input ends."""
+    remote = remote_scripts.script(SOCKET_PROBE)
+    with subprocess.Popen(
+        [shell, "-c", remote.command],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.write(remote.preamble)
+        proc.stdin.flush()
+        path = Path(proc.stdout.readline().decode().strip())
+        assert path.is_socket() and (path.parent.stat().st_mode & 0o777) == 0o700, path
+        if connect:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(path))
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    assert not path.parent.exists()
+
+
+def test_relay_checks_socket_probe(login_shell: str) -> None:
+    socket_probe(login_shell)
+    socket_probe(login_shell, connect=False)  # sshd refused: nothing connects
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_relay_checks_socket_probe_runs_on_every_python(python: str, tmp_path: Path) -> None:
+    (tmp_path / "python3").symlink_to(python)
+    socket_probe("sh", {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
 
 
 def test_arguments_every_shell_reads_back_or_a_clear_refusal() -> None:
