@@ -1248,8 +1248,8 @@ def run_dir():
     try:
         os.mkdir(path, 0o700)
     except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            return None, ("notdir", path)
+        if exc.errno != errno.EEXIST:  # no TMPDIR, or not one of ours to write in
+            return None, ("mkdir", path)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         return None, ("symlink", path)
@@ -1289,6 +1289,10 @@ def start(tag, window):
         print("agent refuse tag -")
         return 1
     secret = sys.stdin.readline().strip().encode()
+    # a host's python3, not relay's: what it is written for and tested with (vermin; each one)
+    if sys.version_info < (3, 6):  # noqa: UP036
+        print("agent old %d.%d" % tuple(sys.version_info[:2]))
+        return 0
     if len(secret) < 32:
         print("agent refuse secret -")
         return 1
@@ -1316,8 +1320,8 @@ def start(tag, window):
         os.close(w)
         with os.fdopen(r) as f:
             pid = f.read().strip()
-        if not pid.isdigit():
-            print("agent refuse start -")
+        if not pid.isdigit():  # it could not write its pid file (a full disk, a quota)
+            print("agent refuse pidfile %s" % pid_path)
             return 1
         print("agent 1 %s %s %d %s %d" % (pid, sock_path, os.getuid(), check, ended))
         sys.stdout.flush()
@@ -1339,8 +1343,9 @@ def start(tag, window):
     os.write(w, str(os.getpid()).encode())
     os.close(w)
     more_files()
-    agent = Agent(path, tag, secret, server, float(window))
+    agent = None
     try:
+        agent = Agent(path, tag, secret, server, float(window))
         agent.run()
     except Exception:  # a bug: said where a person (or a test) can read it, then its end
         try:
@@ -1351,8 +1356,8 @@ def start(tag, window):
             os.close(fd)
         except OSError:
             pass
-        for kernel in agent.kernels.values():  # no kernel outlives its agent
-            agent.signal(kernel, signal.SIGKILL)
+        for kernel in agent.kernels.values() if agent is not None else ():
+            agent.signal(kernel, signal.SIGKILL)  # no kernel outlives its agent
     finally:
         try:
             if os.lstat(sock_path).st_ino == sock_ino:  # not a successor's

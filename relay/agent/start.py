@@ -66,6 +66,8 @@ def agent_file() -> hookfile.HookFile:
 
 
 _REFUSALS = {
+    "mkdir": "cannot create {path} (is TMPDIR a directory you can write to?)",
+    "pidfile": "cannot write {path} (is the disk full?)",
     "notdir": "{path} is not a directory (remove it)",
     "symlink": "{path} is a symlink (remove it)",
     "notmine": "{path} is not owned by you",
@@ -105,13 +107,18 @@ def parse_start(
     if exit_status is None:
         raise ConnectFailed(f"the SSH connection to {host} was lost while relay's agent started")
     line = next((ln for ln in stdout.splitlines() if ln.startswith("agent ")), "")
-    words = line.split(" ")
-    if words[1:2] == ["none"]:
+    _, kind, rest = [*line.split(" ", 2), "", ""][:3]
+    if kind == "none":
         return Unavailable(f"no python3 on {host}'s PATH")
-    if words[1:2] == ["refuse"] and len(words) == 4 and words[2] in _REFUSALS:
-        return Unavailable(_REFUSALS[words[2]].format(path=words[3]))
-    if len(words) == 7 and words[1] == "1" and all(w.isdigit() for w in (words[2], words[4])):
-        _, _, pid, sock, uid, check, ended = words
+    if kind == "old":
+        return Unavailable(f"python3 on {host} is {rest}; relay's agent needs 3.6 or later")
+    why, _, path = rest.partition(" ")  # a path as it is: TMPDIR may hold a space
+    if kind == "refuse" and why in _REFUSALS and path:
+        return Unavailable(_REFUSALS[why].format(path=path))
+    pid, _, rest = rest.partition(" ")
+    words = [pid, *rest.rsplit(" ", 3)]  # PID SOCKPATH UID CHECK ENDED; SOCKPATH as it is
+    if kind == "1" and len(words) == 5 and all(w.isdigit() for w in (words[0], words[2])):
+        pid, sock, uid, check, ended = words
         return AgentInfo(int(pid), sock, int(uid), check == "proc", int(ended or 0))
     last_words = stderr.strip().splitlines()[-1:] or [""]
     said = line or stdout.strip()[:80] or last_words[0].strip()[:160] or "nothing"

@@ -526,19 +526,80 @@ def test_a_start_cut_off_with_its_connection_is_a_lost_connection() -> None:
 
 
 def test_an_agent_that_crashed_at_its_start_says_why() -> None:
-    """A python3 too old for the agent (before 3.5), or any crash before its start line: the
-    exception, from stderr, is the reason the host keeps the old path."""
+    """Any crash before its start line (a socket path too long for TMPDIR): the exception,
+    from stderr, is the reason the host keeps the old path."""
     crashed = parse_start(
         "h",
         1,
         "",
-        'Traceback (most recent call last):\n  File "relayagent.py", line 400, in start\n'
-        "AttributeError: module 'os' has no attribute 'set_blocking'\n",
+        'Traceback (most recent call last):\n  File "relayagent.py", line 1310, in start\n'
+        "OSError: AF_UNIX path too long\n",
     )
     assert crashed == Unavailable(
-        "relay's agent did not start (exit 1, said \"AttributeError: module 'os' has no "
-        "attribute 'set_blocking'\")"
+        "relay's agent did not start (exit 1, said 'OSError: AF_UNIX path too long')"
     )
+
+
+def start_patched(run: Path, tag: str, prelude: str) -> subprocess.CompletedProcess[str]:
+    """The agent's start as the daemon runs it, in this Python after ``prelude``: a stand-in
+    for a host's Python this machine does not have."""
+    code = (
+        f"{prelude}; import runpy, sys; sys.argv = [{str(AGENT)!r}, 'start', {tag!r}, '60']; "
+        f"runpy.run_path({str(AGENT)!r}, run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-I", "-c", code],
+        input=secrets.token_hex(32) + "\n",
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TMPDIR=str(run)),
+        timeout=60,
+    )
+
+
+def test_a_python3_older_than_3_6_is_said_and_starts_nothing(run: Path) -> None:
+    """vermin puts the agent's floor at 3.5, but it is written for and tested with 3.6 and
+    later: a 3.5 says so (here, this Python reporting 3.5, as none older than 3.6 is here)
+    instead of starting, or crashing once its start had been reported."""
+    done = start_patched(run, "a7", "import sys; sys.version_info = (3, 5, 10, 'final', 0)")
+    assert done.returncode == 0 and done.stdout == "agent old 3.5\n", done
+    assert parse_start("h", 0, done.stdout) == Unavailable(
+        "python3 on h is 3.5; relay's agent needs 3.6 or later"
+    )
+    assert not list(run.iterdir())  # not even its run directory
+
+
+def test_a_crash_after_the_start_line_is_written_down(run: Path) -> None:
+    """A crash once the start has been reported (here: os.set_blocking gone, as on 3.4) is
+    written to TAG.err in the run directory, and the agent's socket and pid file go."""
+    done = start_patched(run, "a8", "import os; del os.set_blocking")
+    started = parse_start("h", done.returncode, done.stdout, done.stderr)
+    assert isinstance(started, AgentInfo), done
+    err = Path(started.socket).with_suffix(".err")
+    deadline = time.monotonic() + BOUND_S
+    while not (err.exists() and not Path(started.socket).exists()):
+        assert time.monotonic() < deadline, list(err.parent.iterdir())
+        time.sleep(0.05)
+    assert "AttributeError" in err.read_text() and "set_blocking" in err.read_text()
+    assert not (err.parent / "a8.pid").exists()
+
+
+def test_a_tmpdir_it_cannot_write_in_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    done = start_patched(missing, "a9", "pass")
+    assert parse_start("h", done.returncode, done.stdout) == Unavailable(
+        f"cannot create {missing}/relay-agent-{os.getuid()} (is TMPDIR a directory you can "
+        "write to?)"
+    ), done
+
+
+def test_a_tmpdir_with_a_space_in_its_name(tmp_path: Path) -> None:
+    run = tmp_path / "my tmp"
+    run.mkdir()
+    agent = Agent(sys.executable, run, "aa")
+    assert isinstance(agent.info, AgentInfo), agent.said
+    assert agent.info.socket == f"{run}/relay-agent-{os.getuid()}/aa.sock"
+    agent.goodbye()
 
 
 def test_a_wrong_secret_gets_nothing(run: Path) -> None:
