@@ -9,6 +9,7 @@ and every byte with the simulator's own echo (random payloads compared whole).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -607,6 +608,20 @@ async def test_a_parallel_pool_in_the_middle_of_its_work_outlives_an_outage(
             assert not all(echo.done() for echo in echoes)  # caught in the middle
             host = await resumed_state(home, "resuming")
             assert host["resume"]["unacked"] > 0 and all(map(pid_alive, pids)), host
+            # what each link holds, in relay status's JSON and its table: within the host's
+            # total (which counts the control stream too), in one snapshot
+            status = client.request(home.socket, {"op": "status"})
+            (total,) = [h["resume"]["unacked"] for h in status["hosts"] if h["name"] == "local"]
+            held = [f["unacked"] for k in status["kernels"] for f in k["forwards"]]
+            assert len(held) == 2 * n and 0 < sum(held) <= total, status
+            code, out, _ = await relay_cli(home, "status")
+            assert code == 0 and "resuming, " in out, out
+            # KERNEL CHANNEL REMOTE-LISTENER FRONT-END STATE UNACKED (e.g. "1.5 MiB")
+            rows = [
+                r for ln in out.splitlines() if (r := ln.split())[1:2] in (["data"], ["message"])
+            ]
+            assert len(rows) == 2 * n and {r[4] for r in rows} == {"resuming"}, out
+            assert any(r[-2:] != ["0", "B"] for r in rows), out
             proxy.restore()
             got = await asyncio.wait_for(asyncio.gather(*echoes), BOUND_S)
             assert [g == p for g, p in zip(got, payloads, strict=True)] == [True] * n
@@ -1433,3 +1448,40 @@ async def test_host_whose_sshd_refuses_unix_sockets_falls_back_and_says_so(
         line = next(ln for ln in out.splitlines() if "resume" in ln)
         assert "sshd refuses Unix socket forwarding: kernels here end with their" in line, out
         assert "AllowStreamLocalForwarding yes" in out, out
+
+
+async def test_the_agents_secret_is_in_no_argv_environment_file_or_log(
+    home: RelayHome, daemon_log: io.StringIO
+) -> None:
+    """The secret that attaches to the agent is the daemon's alone: after the agent's start
+    and a resume (a second HELLO), with the daemon logging at debug level, it is in no
+    process's argv or environment here (the host's processes are this machine's), in no file
+    of the agent's run directory and in no line the daemon logged."""
+    async with (
+        behind_proxy(home) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, _ = await connected(fe)
+        await outage(running, proxy, "reset")
+        proxy.restore()
+        await until(lambda: resume_state(running).get("state") == "on", "resumed")
+        agent = running.daemon.hosts["local"].agent
+        assert agent is not None and resume_state(running)["attaches"] == 2
+        secret = agent._secret.encode()
+        assert len(secret) == 64
+        seen = []
+        for proc in Path("/proc").iterdir():
+            for name in ("cmdline", "environ"):
+                with contextlib.suppress(OSError):  # gone meanwhile, or not ours to read
+                    if secret in (proc / name).read_bytes():
+                        seen.append(f"{proc}/{name}")
+        run_dir = Path(agent.info.socket).parent
+        for path in run_dir.iterdir():
+            if path.is_file() and secret in path.read_bytes():
+                seen.append(str(path))
+        assert not seen, seen
+        logged = daemon_log.getvalue()
+        assert '"event": "resumed"' in logged  # the log is the one the resume was said in
+        assert secret.decode() not in logged
+        await quit_cleanly(kl, fe)
