@@ -326,12 +326,28 @@ def recv_until_eof(sock: socket.socket) -> bytes:
     return got
 
 
+def taken_in(sock: socket.socket) -> None:
+    """Until the agent has read everything ``sock`` sent: its end's receive queue is empty in
+    /proc/net/tcp (bounded)."""
+    here, there = sock.getsockname()[1], sock.getpeername()[1]
+    ends = (f"0100007F:{there:04X}", f"0100007F:{here:04X}")
+    deadline = time.monotonic() + BOUND_S
+    while True:
+        rows = [ln.split() for ln in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+        queues = [r[4].split(":")[1] for r in rows if (r[1], r[2]) == ends]
+        if queues == ["00000000"]:
+            return
+        assert time.monotonic() < deadline, queues
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("python", interpreters())
 def test_hook_requests_and_a_kernels_own_listener_go_through_and_resume(
     python: str, run: Path
 ) -> None:
     """``serve``: each connection's request line goes on as "N LINE" and the daemon's "N
-    REPLY" comes back to it, also across a channel lost in between. ``connect``: a stream
+    REPLY" comes back to it, also across a channel lost in between, and for a request made
+    while no channel was attached. ``connect``: a stream
     to a listener of the kernel's, what the daemon sent first waiting for the connection;
     to a port nobody listens on, ``noconnect`` and CLOSE."""
     agent = Agent(python, run, "c1")
@@ -353,6 +369,17 @@ def test_hook_requests_and_a_kernels_own_listener_go_through_and_resume(
     chan.send(mux.DATA, 2, b"2 OK t3 7@127.0.0.1,8@127.0.0.1\n")
     assert recv_until_eof(later) == b"OK t3 7@127.0.0.1,8@127.0.0.1\n"
     later.close()
+    # a request made during an outage (no channel attached): the agent takes it in and
+    # keeps it; it goes on at the next attach, and the reply to it comes back
+    chan.close()
+    during = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+    during.sendall(b"relay-hook t4 listen-pair -\n")
+    taken_in(during)
+    chan = agent.attach()
+    assert agent.take() == Frame(mux.DATA, 2, b"3 relay-hook t4 listen-pair -\n")
+    chan.send(mux.DATA, 2, b"3 OK t5 9@127.0.0.1,10@127.0.0.1\n")
+    assert recv_until_eof(during) == b"OK t5 9@127.0.0.1,10@127.0.0.1\n"
+    during.close()
     # a stream to a kernel's own listener; the front end's first bytes wait for it
     kernel = socket.create_server(("127.0.0.1", 0))
     kernel_port = kernel.getsockname()[1]
