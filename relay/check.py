@@ -84,8 +84,8 @@ HOST_PROBE = "; ".join(
 
 # Check 7: a Unix socket listening on the host, for sshd to be asked to forward to. Only a
 # socket that exists tells "sshd refuses" from "no such socket": OpenSSH 9 answers both with
-# "open failed" (code 2), older ones both with "prohibited". It takes one connection and goes
-# when its session's input ends, or after 10 s; its directory is mkdtemp's (0700). Python 3.6.
+# "open failed" (code 2). It takes one connection and goes when its session's input ends,
+# or after 10 s; its directory is mkdtemp's (0700). Python 3.6.
 SOCKET_PROBE_PY = "\n".join(
     [
         "import os, select, socket, sys, tempfile",

@@ -13,6 +13,9 @@ would sit still. So the daemon looks every ``TICK_S`` (``watch``):
 - at each connection's own address (``address_gone``): once the machine no longer has it
   (the Wi-Fi switched, a VPN reconnected with another address), nothing can arrive on it
   again (``HostSession.check_address``).
+
+And it keeps the clock windows are counted on (``steady``): one a sleep does not stop and
+nothing steps.
 """
 
 from __future__ import annotations
@@ -20,14 +23,34 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LATE_S", "TICK_S", "address_gone", "late_by", "watch"]
+__all__ = ["LATE_S", "TICK_S", "address_gone", "late_by", "steady", "watch"]
 
 TICK_S = 2.0
 LATE_S = 4.0  # a tick this much late: the machine slept or the daemon was stopped
+
+
+# A clock that runs on while the machine sleeps and that nothing sets (NTP, `date`): Linux's
+# CLOCK_BOOTTIME; on macOS clock_gettime's CLOCK_MONOTONIC, which counts sleep there (its
+# manual page), where time.monotonic does not. Elsewhere the wall clock, as before.
+_STEADY = (
+    getattr(time, "CLOCK_BOOTTIME", None)
+    if sys.platform.startswith("linux")
+    else getattr(time, "CLOCK_MONOTONIC", None)
+    if sys.platform == "darwin"
+    else None
+)
+
+
+def steady() -> float:
+    """Seconds on a clock that counts a sleep and no step of the wall clock: what windows a
+    user sets in seconds (``resume_window_s``) are counted on. A laptop's clock drifts while
+    it sleeps and NTP steps it as it wakes, in the middle of the outage the sleep caused."""
+    return time.clock_gettime(_STEADY) if _STEADY is not None else time.time()
 
 
 def late_by(wall_elapsed: float, monotonic_elapsed: float, tick_s: float) -> float:

@@ -270,8 +270,21 @@ class Outbox:
         return self.closed and not self.items
 
 
-def now():
-    return time.time()
+def _steady_clock():
+    """The clock intervals are counted on (the window, silence, every timeout): one nothing
+    sets, as a clock stepped by NTP or `date -s` is. Linux's CLOCK_BOOTTIME (7; named in
+    Python 3.7) counts a sleep of the host, as the daemon's window does; else monotonic."""
+    clock = getattr(time, "CLOCK_BOOTTIME", 7 if sys.platform.startswith("linux") else None)
+    if clock is not None:
+        try:
+            time.clock_gettime(clock)
+        except (OSError, AttributeError):
+            return time.monotonic
+        return lambda: time.clock_gettime(clock)
+    return time.monotonic
+
+
+now = _steady_clock()
 
 
 FILES_GIVEN = None  # the soft limit the agent was started with, where it raised it

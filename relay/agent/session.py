@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import asyncssh
 import structlog
 
+from relay import wake
 from relay.agent import mux
 from relay.agent.mux import Frame
 from relay.errors import ConnectFailed, ConnectionLost, RelayError
@@ -374,14 +375,17 @@ class AgentSession:
         self.control.attach(self.port)
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.end_reason: str | None = None
-        self.lost_at: float | None = None  # wall time of the last word before a detach
+        # the last word before a detach: when, on the wall clock (said to people, placed
+        # against the agent's clock) and on the steady one (the window's: relay.wake.steady)
+        self.lost_at: float | None = None
+        self.lost_clock: float | None = None
         # the last outages resumed, (lost_at, back, back on the agent's clock), and the
         # agent's clock against ours (its WELCOME says its time): ``outage_around``
         self.outages: collections.deque[tuple[float, float, float]] = collections.deque(
             maxlen=OUTAGES
         )
         self._clock_offset = 0.0
-        self.heard_at = time.time()
+        self.heard_at, self.heard_clock = time.time(), wake.steady()
         self.attaches = 0
         self._listens: dict[int, asyncio.Future[int]] = {}
         self._spare: list[tuple[Stream, int]] = []
@@ -608,10 +612,10 @@ class AgentSession:
         if self._window_next is not None:
             self.window_s, self._window_next = self._window_next, None
         self.attaches += 1
-        self.heard_at = time.time()
-        if self.lost_at is not None:
-            self._log.info("resumed", outage_s=round(time.time() - self.lost_at, 1))
-        self.lost_at = None
+        self._heard()
+        if self.lost_clock is not None:
+            self._log.info("resumed", outage_s=round(self.heard_clock - self.lost_clock, 1))
+        self.lost_at = self.lost_clock = None
         for stream in list(self._streams.values()):
             self._acks.add(stream)
         self._flush_acks(force=True)
@@ -699,7 +703,7 @@ class AgentSession:
         """The connection is gone (or declared so): keep everything, send nothing."""
         channel, self._channel = self._channel, None
         if channel is not None:
-            self.lost_at = self.heard_at
+            self.lost_at, self.lost_clock = self.heard_at, self.heard_clock
             if channel.chan is not None:
                 channel.chan.close()
 
@@ -719,7 +723,7 @@ class AgentSession:
     def _frame(self, channel: _Channel, frame: Frame) -> None:
         if channel is not self._channel and channel is not self._attaching:
             return  # an old channel's last gasp: its frames are replayed on the new one
-        self.heard_at = time.time()
+        self._heard()
         if frame.type == mux.BYE:  # the agent's answer to ours: it is ending its kernels
             if not self.bye_heard.done():
                 self.bye_heard.set_result(None)
@@ -798,17 +802,24 @@ class AgentSession:
         self.port.close()
         self.detach()
 
+    def _heard(self) -> None:
+        self.heard_at, self.heard_clock = time.time(), wake.steady()
+
+    def window_left(self) -> float | None:
+        """Seconds of the window left while detached (on the steady clock: a sleep counts,
+        an NTP step does not); None while attached."""
+        if self.lost_clock is None:
+            return None
+        return max(0.0, self.lost_clock + self.window_s - wake.steady())
+
     def snapshot(self) -> dict[str, Any]:
-        now = time.time()
-        left = None
-        if self.lost_at is not None:
-            left = max(0.0, round(self.window_s - (now - self.lost_at), 1))
+        left = self.window_left()
         return {
             "pid": self.info.pid,
             "attached": self.attached,
             "window_s": self.window_s,
             "lost_at": self.lost_at,
-            "window_left_s": left,
+            "window_left_s": round(left, 1) if left is not None else None,
             "attaches": self.attaches,
             "unacked": sum(s.out.unacked for s in self._streams.values()),
             # link streams: not the control stream, not the spares no kernel has been given

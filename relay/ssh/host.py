@@ -301,7 +301,7 @@ class HostSession:
         if agent is None or lost_at is None:
             return f"{self.key}: the connection was lost and is not back yet: {last}"
         at = clock_of_day(lost_at)
-        left = max(0.0, lost_at + agent.window_s - time.time())
+        left = agent.window_left() or 0.0
         last = (last or "").removeprefix("resuming: ")
         return (
             f"{self.key}: the connection was lost at {at} and is not back yet; relay is "
@@ -489,9 +489,11 @@ class HostSession:
 
     async def _resume(self, agent: AgentSession) -> None:
         """Reconnect with backoff until the agent is attached again, or its window is over
-        (counted from the last word heard, in wall time: a daemon that slept counts its
-        sleep). Past the window the agent ends its kernels itself; here their links end."""
+        (counted from the last word heard, on the steady clock: a daemon that slept counts
+        its sleep, an NTP step counts for nothing). Past the window the agent ends its kernels
+        itself; here their links end."""
         lost_at = agent.lost_at if agent.lost_at is not None else time.time()
+        lost_clock = agent.lost_clock if agent.lost_clock is not None else wake.steady()
         window = agent.window_s
         self._log.info("resuming", window_s=window)
         attempt = 0
@@ -500,7 +502,8 @@ class HostSession:
             # an attach that was answered and then lost its connection (its first ping)
             # heard the agent, which began its window again: so does this one (and status)
             lost_at = agent.lost_at if agent.lost_at is not None else lost_at
-            left = lost_at + window - time.time()
+            lost_clock = agent.lost_clock if agent.lost_clock is not None else lost_clock
+            left = lost_clock + window - wake.steady()
             if left <= 0:
                 break
             self.status.set("resuming")
@@ -513,13 +516,13 @@ class HostSession:
                 return
             except LoginNeeded:
                 login_needed = True
-                await self._wait_for_login(lost_at + window)
+                await self._wait_for_login(lost_clock + window)
                 attempt = 0
                 continue
             except (RelayError, asyncssh.Error, OSError, TimeoutError) as exc:
                 login_needed = False
                 self.status.last_error = f"resuming: {exc}"
-            left = lost_at + window - time.time()
+            left = lost_clock + window - wake.steady()
             await asyncio.sleep(max(0.0, min(backoff_s(attempt, self._rng), left)))
             attempt += 1
         if not agent.ended.done():
@@ -543,8 +546,8 @@ class HostSession:
         self.status.set("resuming")
         self._log.warning("resuming waits for relay login")
         wanted = self._login_wanted = asyncio.get_running_loop().create_future()
-        try:  # the window is wall time: a sleep must not stretch the wait past it
-            while not wanted.done() and (left := window_ends - time.time()) > 0:
+        try:  # ``window_ends`` is on the steady clock: a sleep must not stretch the wait
+            while not wanted.done() and (left := window_ends - wake.steady()) > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(left, LOGIN_WAIT_CHECK_S)):
                         await asyncio.shield(wanted)

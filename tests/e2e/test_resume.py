@@ -1485,3 +1485,36 @@ async def test_the_agents_secret_is_in_no_argv_environment_file_or_log(
         assert '"event": "resumed"' in logged  # the log is the one the resume was said in
         assert secret.decode() not in logged
         await quit_cleanly(kl, fe)
+
+
+async def test_a_wall_clock_stepped_past_the_window_during_an_outage_ends_nothing(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A laptop's clock drifts while it sleeps, and NTP steps it as it wakes (by minutes,
+    after a long sleep), in the middle of the outage the sleep caused. The window counts on
+    a clock that runs through a sleep and that nothing sets (``relay.wake.steady``), so a
+    step past the whole window ends nothing: the kernel goes on once the path is back. (The
+    step is this process's wall clock, the daemon's here, moved as NTP moves it for every
+    process; the agent's host keeps its own.)"""
+    async with (
+        behind_proxy(home) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        payload = secrets.token_bytes(1 << 20)
+        echo = asyncio.ensure_future(kl.echo(payload))
+        await outage(running, proxy, "reset")  # new connections refused: attempts fail at once
+        window = float(str(resume_state(running)["window_s"]))
+        wall = time.time
+        monkeypatch.setattr(time, "time", lambda: wall() + 2 * window)
+        # two attempts refused after the step: the reconnect loop looked at the window after
+        # the first (its backoff is bounded by what is left of it)
+        await proxy.refusals(proxy.refused + 2, BOUND_S)
+        state = resume_state(running)
+        assert state["state"] == "resuming", state
+        assert 0.9 * window < float(str(state["window_left_s"])) <= window, state
+        proxy.restore()
+        assert await asyncio.wait_for(echo, BOUND_S) == payload
+        assert pid_alive(pid) and resume_state(running)["state"] == "on"
+        await quit_cleanly(kl, fe)

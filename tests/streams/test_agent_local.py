@@ -130,9 +130,16 @@ class Agent:
     """One agent started here, and what the daemon keeps of its streams."""
 
     def __init__(
-        self, python: str, run: Path, tag: str, window_s: float = 60, files: int | None = None
+        self,
+        python: str,
+        run: Path,
+        tag: str,
+        window_s: float = 60,
+        files: int | None = None,
+        prelude: str | None = None,
     ) -> None:
-        """``files``: the agent's limit on open files, soft and hard (a host's ulimit -n)."""
+        """``files``: the agent's limit on open files, soft and hard (a host's ulimit -n).
+        ``prelude``: Python run first in the agent's process (``start_patched``'s way)."""
         self.secret = secrets.token_hex(32)
         env = dict(os.environ, TMPDIR=str(run))
 
@@ -140,8 +147,11 @@ class Agent:
             if files is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
+        argv = [python, "-I", str(AGENT), "start", tag, str(window_s)]
+        if prelude is not None:
+            argv[2:3] = ["-c", patched(prelude, tag, window_s)]
         done = subprocess.run(
-            [python, "-I", str(AGENT), "start", tag, str(window_s)],
+            argv,
             input=self.secret + "\n",
             capture_output=True,
             text=True,
@@ -567,15 +577,20 @@ def test_an_agent_that_crashed_at_its_start_says_why() -> None:
     )
 
 
-def start_patched(run: Path, tag: str, prelude: str) -> subprocess.CompletedProcess[str]:
-    """The agent's start as the daemon runs it, in this Python after ``prelude``: a stand-in
-    for a host's Python this machine does not have."""
-    code = (
-        f"{prelude}; import runpy, sys; sys.argv = [{str(AGENT)!r}, 'start', {tag!r}, '60']; "
+def patched(prelude: str, tag: str, window_s: float = 60) -> str:
+    """Python that runs the agent's start as the daemon does, after ``prelude``: a stand-in
+    for a host this machine is not (an older Python, a clock that is stepped)."""
+    return (
+        f"{prelude}\nimport runpy, sys\n"
+        f"sys.argv = [{str(AGENT)!r}, 'start', {tag!r}, {str(window_s)!r}]\n"
         f"runpy.run_path({str(AGENT)!r}, run_name='__main__')"
     )
+
+
+def start_patched(run: Path, tag: str, prelude: str) -> subprocess.CompletedProcess[str]:
+    """The agent's start in this Python after ``prelude`` (``patched``)."""
     return subprocess.run(
-        [sys.executable, "-I", "-c", code],
+        [sys.executable, "-I", "-c", patched(prelude, tag)],
         input=secrets.token_hex(32) + "\n",
         capture_output=True,
         text=True,
@@ -646,6 +661,49 @@ def test_the_window_ends_kernels_and_the_agent(run: Path) -> None:
     agent.chan.close()  # and no daemon comes back
     wait_gone(pid, 30)
     wait_gone(agent.pid, 30)
+
+
+STEPPED = """
+import os, time
+_wall, _flag = time.time, os.environ["STEP_FLAG"]
+time.time = lambda: _wall() + (7200 if os.path.exists(_flag) else 0)
+"""
+
+
+def test_a_wall_clock_stepped_past_the_window_ends_nothing(run: Path, tmp_path: Path) -> None:
+    """The host's clock stepped (NTP, `date -s`) by two hours while no daemon is attached: the
+    agent counts its window and its silence on a clock nothing sets, so it keeps its link
+    and the daemon takes it back. (The step: its time.time, moved when a file appears.)"""
+    flag = tmp_path / "stepped"
+    os.environ["STEP_FLAG"] = str(flag)  # the agent's environment is this one's
+    try:
+        agent = Agent(sys.executable, run, "f1", window_s=60, prelude=STEPPED)
+    finally:
+        del os.environ["STEP_FLAG"]
+    agent.attach()
+    kernel = agent.kernel_link(1)
+    assert agent.chan is not None
+    agent.chan.close()
+    flag.touch()  # two hours later, by the wall clock
+    for word in (b"one", b"two"):  # the second is read a turn of its loop after the first:
+        kernel.sendall(word)  # the turn's tick, with the stepped clock, has run
+        taken_in(kernel)
+    chan = agent.attach()
+    got = b""
+    while len(got) < len(b"onetwo"):  # replayed, in one frame or two
+        frame = agent.take()
+        assert frame.type == mux.DATA and frame.stream == 1, frame
+        got += frame.payload
+    assert got == b"onetwo"
+    chan.send(mux.DATA, 1, b"and back")
+    kernel.settimeout(BOUND_S)
+    assert kernel.recv(100) == b"and back"
+    # not ending: an agent whose window had run out would refuse a kernel ("exit k1 143")
+    agent.say("start k1 set -- /bin/sleep 600")
+    assert agent.line("pid k1 ") and not [ln for ln in agent.lines if ln.startswith("exit k1")]
+    kernel.close()
+    assert agent.take() == Frame(mux.EOF, 1, b"")
+    agent.goodbye()
 
 
 def test_the_next_agent_of_a_tag_ends_its_predecessor_and_its_kernels(run: Path) -> None:
