@@ -59,6 +59,7 @@ class DaemonState(Protocol):
 
 STEP_TIMEOUT_S = 30.0  # no check waits longer; most take a round trip or two
 KERNEL_TIMEOUT_S = 20.0  # `KERNEL -version`: a licence check may take a while
+PROBE_GONE_S = 5.0  # a probe told to go, waited for at most this long
 MIN_FREE_KB = 10 * 1024  # the hook and the supervisor's files are a few kB
 AUTH_METHODS_KWARGS = {"port", "username", "tunnel", "proxy_command", "config"}
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk", "id_dsa")
@@ -84,18 +85,22 @@ HOST_PROBE = "; ".join(
 
 # Check 7: a Unix socket listening on the host, for sshd to be asked to forward to. Only a
 # socket that exists tells "sshd refuses" from "no such socket": OpenSSH 9 answers both with
-# "open failed" (code 2). It takes one connection and goes when its session's input ends,
-# or after 10 s; its directory is mkdtemp's (0700). Python 3.6.
+# "open failed" (code 2). Its path is as long as the agent's ($TMPDIR/relay-agent-UID/
+# TAG.sock): where the agent's could not be bound, neither can it. It takes one connection
+# and goes when its session's input ends, or after 10 s; its directory is mkdtemp's (0700).
+# Python 3.6. Its line is marked: a login shell may print before it.
 SOCKET_PROBE_PY = "\n".join(
     [
         "import os, select, socket, sys, tempfile",
-        'd = tempfile.mkdtemp(prefix="relay-check-")',
-        'p = os.path.join(d, "s")',
+        't = os.environ.get("TMPDIR") or "/tmp"',
+        'n = len(os.path.join(t, "relay-agent-%d" % os.getuid(), "0" * 16 + ".sock"))',
+        'd = tempfile.mkdtemp(prefix="relay-check-", dir=t)',
+        'p = os.path.join(d, "s" * max(1, n - len(d) - 1))',
         "s = socket.socket(socket.AF_UNIX)",
         "try:",
         "    s.bind(p)",
         "    s.listen(1)",
-        "    print(p, flush=True)",
+        '    print("relay-socket " + p, flush=True)',
         "    if s in select.select([s, sys.stdin], [], [], 10)[0]:",
         "        s.accept()[0].close()",
         "finally:",
@@ -104,6 +109,7 @@ SOCKET_PROBE_PY = "\n".join(
         "    os.rmdir(d)",
     ]
 )
+SOCKET_LINE = "relay-socket "
 
 
 def python_line(program: str) -> str:
@@ -571,8 +577,12 @@ class Checker:
         proc = await self.opened.enter_async_context(await self.conn.create_process(probe.command))
         try:
             proc.stdin.write(probe.preamble.decode())
-            path = (await proc.stdout.readline()).strip()
-            if not path.startswith("/"):  # it could not listen: it said why on stderr
+            path = ""
+            while line := await proc.stdout.readline():  # past a login shell's chatter
+                if line.startswith(SOCKET_LINE):
+                    path = line.removeprefix(SOCKET_LINE).rstrip("\n")
+                    break
+            if not path:  # it could not listen: it said why on stderr
                 proc.stdin.write_eof()
                 said = (await proc.stderr.read()).strip().splitlines()[-1:] or ["nothing"]
                 return (
@@ -591,8 +601,11 @@ class Checker:
             writer.close()
             return None
         finally:
-            proc.stdin.write_eof()  # the probe goes at once
-            await proc.wait_closed()
+            proc.stdin.write_eof()  # the probe goes at once, its directory with it
+            with contextlib.suppress(TimeoutError):  # bounded: this may run past the step's
+                async with asyncio.timeout(PROBE_GONE_S):
+                    await proc.wait_closed()
+            proc.close()
 
     # -- 8 ---------------------------------------------------------------------------------
     async def kernel_check(self) -> tuple[str, dict[str, Any], State]:

@@ -272,9 +272,14 @@ class Outbox:
 
 def _steady_clock():
     """The clock intervals are counted on (the window, silence, every timeout): one nothing
-    sets, as a clock stepped by NTP or `date -s` is. Linux's CLOCK_BOOTTIME (7; named in
-    Python 3.7) counts a sleep of the host, as the daemon's window does; else monotonic."""
-    clock = getattr(time, "CLOCK_BOOTTIME", 7 if sys.platform.startswith("linux") else None)
+    sets, as a clock stepped by NTP or `date -s` is, and that counts a sleep of the host, as
+    the daemon's window does (relay.wake.steady): Linux's CLOCK_BOOTTIME (7; named in
+    Python 3.7), macOS's CLOCK_MONOTONIC (time.monotonic there stops in a sleep); else
+    time.monotonic."""
+    if sys.platform.startswith("linux"):
+        clock = getattr(time, "CLOCK_BOOTTIME", 7)
+    else:
+        clock = getattr(time, "CLOCK_MONOTONIC", None) if sys.platform == "darwin" else None
     if clock is not None:
         try:
             time.clock_gettime(clock)
@@ -1333,8 +1338,13 @@ def start(tag, window):
         os.close(w)
         with os.fdopen(r) as f:
             pid = f.read().strip()
-        if not pid.isdigit():  # it could not write its pid file (a full disk, a quota)
-            print("agent refuse pidfile %s" % pid_path)
+        if not pid.isdigit():
+            server.close()
+            os.unlink(sock_path)  # ours: no agent got as far as its successor's start
+            if pid == "pidfile":  # it could not write its pid file (a full disk, a quota)
+                print("agent refuse pidfile %s" % pid_path)
+            # else it crashed on its way (a fork at the process limit): its traceback is
+            # on stderr, which the daemon reads
             return 1
         print("agent 1 %s %s %d %s %d" % (pid, sock_path, os.getuid(), check, ended))
         sys.stdout.flush()
@@ -1352,6 +1362,7 @@ def start(tag, window):
         os.write(fd, ("%d %s\n" % (os.getpid(), start_time(os.getpid()) or "-")).encode())
         os.close(fd)
     except OSError:
+        os.write(w, b"pidfile")
         os._exit(1)
     os.write(w, str(os.getpid()).encode())
     os.close(w)

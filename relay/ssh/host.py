@@ -795,7 +795,7 @@ class HostSession:
         lost_at = agent.lost_at if agent is not None else None
         if agent is None or agent.attached or agent.ended.done() or lost_at is None:
             return None
-        at, until = clock_of_day(lost_at), clock_of_day(lost_at + agent.window_s)
+        at, until = clock_of_day(lost_at), clock_of_day(time.time() + (agent.window_left() or 0))
         return (
             f"the connection to {self.key} was down (lost at {at}), so relay's agent there "
             f"could not be told: it ends the kernels there when resume_window_s runs out "

@@ -87,6 +87,7 @@ def test_relay_check_gets_past_it_and_says_what_it_breaks(
     assert "scp, sftp and rsync fail on it" in remote["summary"]
     assert results["kernel"]["summary"].endswith(": 14.1.0"), text  # not the greeting
     assert results["round trip"]["state"] == "ok", text
+    assert results["resume"]["summary"].startswith("python3 3."), text  # its probe's line found
 
 
 # tcsh and fish are what .ci/run installs for these; a developer's machine may lack them

@@ -160,7 +160,7 @@ class Agent:
             preexec_fn=limited if files is not None else None,
         )
         self.said = done.stdout
-        self.info = parse_start("here", done.returncode, done.stdout)
+        self.info = parse_start("here", done.returncode, done.stdout, done.stderr)
         self.window_s = window_s
         self.recv: dict[int, int] = {0: 0}  # what this "daemon" took in, per stream
         self.lines: list[str] = []
@@ -380,7 +380,9 @@ def test_hook_requests_and_a_kernels_own_listener_go_through_and_resume(
     assert recv_until_eof(later) == b"OK t3 7@127.0.0.1,8@127.0.0.1\n"
     later.close()
     # a request made during an outage (no channel attached): the agent takes it in and
-    # keeps it; it goes on at the next attach, and the reply to it comes back
+    # keeps it; it goes on at the next attach, and the reply to it comes back. The kernel's
+    # main link keeps the agent (with no link and no daemon it would exit)
+    main_link = agent.kernel_link(9)
     chan.close()
     during = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
     during.sendall(b"relay-hook t4 listen-pair -\n")
@@ -416,6 +418,7 @@ def test_hook_requests_and_a_kernels_own_listener_go_through_and_resume(
     chan.send(mux.BYE, 0)
     wait_gone(agent.pid)
     chan.close()
+    main_link.close()
 
 
 def tcp_buffer_max(name: str) -> int:
@@ -624,6 +627,35 @@ def test_a_crash_after_the_start_line_is_written_down(run: Path) -> None:
         time.sleep(0.05)
     assert "AttributeError" in err.read_text() and "set_blocking" in err.read_text()
     assert not (err.parent / "a8.pid").exists()
+
+
+def test_a_pid_file_it_cannot_write_is_named(run: Path) -> None:
+    """Its pid file cannot be written (here a directory is in its way; a full disk or a
+    quota on a host): said as such, and nothing is left running."""
+    directory = run / f"relay-agent-{os.getuid()}"
+    directory.mkdir(mode=0o700)
+    (directory / "b1.pid").mkdir()
+    done = start_patched(run, "b1", "pass")
+    assert parse_start("h", done.returncode, done.stdout, done.stderr) == Unavailable(
+        f"cannot write {directory}/b1.pid (is the disk full?)"
+    ), done
+    assert not (directory / "b1.sock").exists()
+    (directory / "b1.pid").rmdir()
+
+
+def test_a_crash_on_its_way_to_the_background_is_said(run: Path) -> None:
+    """A fork or setsid that fails (a login node at its process limit; here setsid made to
+    fail so) leaves its traceback on stderr, which is the reason the daemon gives."""
+    prelude = (
+        "import errno, os\n"
+        "def _fail(): raise OSError(errno.EAGAIN, 'no processes')\n"
+        "os.setsid = _fail"
+    )
+    done = start_patched(run, "b2", prelude)
+    started = parse_start("h", done.returncode, done.stdout, done.stderr)
+    assert started == Unavailable(
+        "relay's agent did not start (exit 1, said 'BlockingIOError: [Errno 11] no processes')"
+    ), done
 
 
 def test_a_tmpdir_it_cannot_write_in_is_named(tmp_path: Path) -> None:

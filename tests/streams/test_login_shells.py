@@ -12,18 +12,20 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from relay.agent.session import AgentInfo
 from relay.agent.start import Unavailable, parse_start, start_command
-from relay.check import HOST_PROBE, PLACE_PROBE, ROUND_TRIP_PROBE, SOCKET_PROBE
+from relay.check import HOST_PROBE, PLACE_PROBE, ROUND_TRIP_PROBE, SOCKET_LINE, SOCKET_PROBE
 from relay.checkview import parse_probe
 from relay.ssh import remote_scripts
 from relay.ssh.hookfile import HookFile, parse_answer
 from relay.ssh.remote_scripts import BOOTSTRAP, Remote, hook_install_command, remote_command
 from tests.conftest import installed
-from tests.streams.test_agent_local import interpreters
+from tests.streams.test_agent_local import Agent, interpreters
 
 SHELLS = ["sh", "dash", "bash", "zsh", "csh", "tcsh", "fish"]
 # tcsh and fish are what .ci/run installs for this test; a developer's machine may lack them
@@ -141,7 +143,9 @@ def socket_probe(shell: str, env: dict[str, str] | None = None, connect: bool = 
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         proc.stdin.write(remote.preamble)
         proc.stdin.flush()
-        path = Path(proc.stdout.readline().decode().strip())
+        said = proc.stdout.readline().decode()
+        assert said.startswith(SOCKET_LINE), said
+        path = Path(said.removeprefix(SOCKET_LINE).rstrip("\n"))
         assert path.is_socket() and (path.parent.stat().st_mode & 0o777) == 0o700, path
         if connect:
             with socket.socket(socket.AF_UNIX) as sock:
@@ -160,6 +164,37 @@ def test_relay_checks_socket_probe(login_shell: str) -> None:
 def test_relay_checks_socket_probe_runs_on_every_python(python: str, tmp_path: Path) -> None:
     (tmp_path / "python3").symlink_to(python)
     socket_probe("sh", {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+
+
+@pytest.mark.parametrize("too_long", [False, True])
+def test_relay_checks_socket_probe_binds_where_the_agent_binds(
+    tmp_path: Path, too_long: bool
+) -> None:
+    """The probe's socket path is as long as the agent's ($TMPDIR/relay-agent-UID/TAG.sock),
+    so a TMPDIR that leaves the agent's one byte too many for a socket (sockaddr_un holds
+    107 and a NUL) fails both, and one a byte shorter neither."""
+    agents_path = len(f"/relay-agent-{os.getuid()}/{'0' * 16}.sock")
+    tmpdir = tmp_path / "t"
+    tmpdir = Path(f"{tmpdir}{'x' * (107 + too_long - agents_path - len(str(tmpdir)))}")
+    tmpdir.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    remote = remote_scripts.script(SOCKET_PROBE)
+    done = subprocess.run(
+        ["sh", "-c", remote.command],
+        input=remote.preamble,
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
+    agent = Agent(sys.executable, tmpdir, "0123456789abcdef")
+    if too_long:
+        assert b"AF_UNIX path too long" in done.stderr, done
+        assert "AF_UNIX path too long" in str(agent.info), agent.info
+    else:
+        assert done.returncode == 0 and done.stdout.startswith(SOCKET_LINE.encode()), done
+        assert len(done.stdout.decode().removeprefix(SOCKET_LINE).strip()) == 107
+        assert isinstance(agent.info, AgentInfo) and len(agent.info.socket) == 107, agent.info
+        agent.goodbye()
 
 
 def test_arguments_every_shell_reads_back_or_a_clear_refusal() -> None:
