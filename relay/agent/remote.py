@@ -1338,9 +1338,13 @@ def start(tag, window):
         os.close(w)
         with os.fdopen(r) as f:
             pid = f.read().strip()
-        if not pid.isdigit():
+        if not pid.isdigit():  # no agent runs: its socket goes (if not another start's)
             server.close()
-            os.unlink(sock_path)  # ours: no agent got as far as its successor's start
+            try:
+                if os.lstat(sock_path).st_ino == sock_ino:
+                    os.unlink(sock_path)
+            except OSError:
+                pass
             if pid == "pidfile":  # it could not write its pid file (a full disk, a quota)
                 print("agent refuse pidfile %s" % pid_path)
             # else it crashed on its way (a fork at the process limit): its traceback is
