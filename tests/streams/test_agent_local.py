@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -336,15 +336,18 @@ def recv_until_eof(sock: socket.socket) -> bytes:
     return got
 
 
+# the agent's reader of /proc/net/tcp (untyped, as all of its Python 3.6 file), typed here
+TCP_TABLE: Callable[[], Iterator[list[str]]] = remote.tcp_table
+
+
 def taken_in(sock: socket.socket) -> None:
     """Until the agent has read everything ``sock`` sent: its end's receive queue is empty in
-    /proc/net/tcp (bounded)."""
+    /proc/net/tcp (the agent's own reader of it, ``remote.tcp_table``; bounded)."""
     here, there = sock.getsockname()[1], sock.getpeername()[1]
     ends = (f"0100007F:{there:04X}", f"0100007F:{here:04X}")
     deadline = time.monotonic() + BOUND_S
     while True:
-        rows = [ln.split() for ln in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-        queues = [r[4].split(":")[1] for r in rows if (r[1], r[2]) == ends]
+        queues = [cols[4].split(":")[1] for cols in TCP_TABLE() if (cols[1], cols[2]) == ends]
         if queues == ["00000000"]:
             return
         assert time.monotonic() < deadline, queues
