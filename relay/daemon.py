@@ -39,7 +39,7 @@ from typing import Any
 import asyncssh
 import structlog
 
-from relay import __version__, protocol, settings, wake
+from relay import __version__, heap, protocol, settings, wake
 from relay.activation import Notifier, activated_socket
 from relay.agent.expose import AgentExpose
 from relay.agent.forward import AgentForward
@@ -132,6 +132,7 @@ class Daemon:
         self._config_error_host: str | None = None  # the [hosts] entry at fault, if one is
         self.stop_requested: asyncio.Future[str] | None = None
         self.stop_reason: str | None = None  # relay stop, relay restart, a signal's name
+        self.heap = heap.Rest()  # its free pages given back at the tick (relay.heap)
 
     # -- hosts -----------------------------------------------------------------------------
     def watch_wakes(self) -> None:
@@ -145,6 +146,7 @@ class Daemon:
         carried = self._carried()
         for session in list(self.hosts.values()):
             session.check_address(carried.get(session.key, ()))
+        self.heap.tick()
 
     def _woke(self, asleep_s: float) -> None:
         log.info("woke", asleep_s=round(asleep_s, 1))
@@ -588,6 +590,7 @@ async def serve(
     if inherited is not None:
         socket_path = Path(inherited.getsockname())
     prepare_socket_dir(socket_path)
+    heap.keep()  # under bulk the heap reuses its pages (relay.heap)
     lock = DaemonLock(Path(locks.daemon_lock_path(str(socket_path))))
     daemon = Daemon(config, config_source, socket_path)
     control = daemon.control = ControlServer(daemon)

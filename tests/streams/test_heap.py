@@ -1,0 +1,179 @@
+"""The C heap under what the daemon and its agent keep for a resume (``relay/heap.py``, and
+its twin ``Heap`` in ``relay/agent/remote.py``): kept while links carry bulk, given back at
+rest. Each case runs in a process of its own, as the policy is a process's; the agent's
+under every Python here, as it runs on hosts.
+
+What a stream keeps is modelled as the daemon and the agent meet it: 256 KiB reads (uvloop's,
+a kernel's bulk), a stream's LIMIT of them held until the other side's ACK, then freed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay import heap
+from tests.conftest import RelayHome, start_daemon
+from tests.streams.test_agent_local import AGENT, interpreters
+
+pytestmark = pytest.mark.skipif(not heap.glibc(), reason="the policy tunes glibc's malloc")
+
+ROOT = Path(__file__).parents[2]
+ROUNDS = 20
+PAGES = (4 << 20) // os.sysconf("SC_PAGE_SIZE")  # what one round holds
+
+PROBE = r"""
+import json, os, resource, sys
+
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) << 10
+
+def hold():
+    kept = [b"x" * (256 << 10) for _ in range(16)]  # LIMIT (4 MiB) of reads, unacknowledged
+    return len(kept)  # then acknowledged: all freed
+
+which, agent_path = sys.argv[1], sys.argv[2]
+rest = None
+if which == "daemon":
+    from relay import heap
+    assert heap.keep()
+    rest = heap.Rest().tick
+elif which == "agent":
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("relayagent", agent_path)
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+    agent.HEAP_EVERY_S = 0.0  # every call looks (the agent's loop calls it every turn)
+    kept_heap = agent.Heap()
+    assert kept_heap.libc is not None
+    rest = kept_heap.rest
+out = {}
+hold()  # the heap grows to hold a stream once
+before = faults()
+for _ in range(int(sys.argv[3])):
+    hold()
+out["faults"] = faults() - before
+if rest is not None:
+    rest()  # what the rounds left free, given back: the floor from here
+    hold()
+    held = rss()
+    out["trimmed"] = rest()
+    out["again"] = rest()  # nothing has come free since
+    out["freed"] = held - rss()
+    hold()
+    out["after_more"] = rest()  # the same pages used and freed again
+print(json.dumps(out))
+"""
+
+
+def probe(python: str, which: str, rounds: int = ROUNDS) -> dict[str, int | bool]:
+    out = subprocess.run(
+        [python, "-c", PROBE, which, str(AGENT), str(rounds)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert out.returncode == 0, out.stderr
+    result: dict[str, int | bool] = json.loads(out.stdout)
+    return result
+
+
+def test_glibc_left_alone_gives_the_heap_back_and_takes_it_again_every_round() -> None:
+    """The cost ``keep`` removes, shown where it is not applied: each round's 4 MiB comes
+    back from the system as fresh pages, a fault each."""
+    faults = probe(sys.executable, "bare")["faults"]
+    assert faults >= ROUNDS * PAGES // 2, faults
+
+
+@pytest.mark.parametrize("which", ["daemon", "agent"])
+def test_a_kept_heap_reuses_its_pages_round_after_round(which: str) -> None:
+    faults = probe(sys.executable, which)["faults"]
+    assert faults < PAGES // 4, faults  # not one round's worth over all twenty
+
+
+@pytest.mark.parametrize("which", ["daemon", "agent"])
+def test_at_rest_the_heap_gives_back_what_came_free_once(which: str) -> None:
+    out = probe(sys.executable, which, rounds=1)
+    assert out["trimmed"] is True
+    assert int(out["freed"]) >= (3 << 20), out  # most of the 4 MiB a stream held
+    assert out["again"] is False  # the pages given back are not trimmed at every tick
+    assert out["after_more"] is True
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_the_agents_heap_under_every_python(python: str) -> None:
+    out = probe(python, "agent", rounds=4)
+    assert int(out["faults"]) < PAGES // 4, out
+    assert out["trimmed"] is True and out["again"] is False and out["after_more"] is True, out
+
+
+NO_CTYPES = r"""
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("relayagent", sys.argv[1])
+agent = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(agent)
+if sys.argv[2] == "musl":
+    def confstr(name):
+        raise ValueError("unrecognized configuration name")
+    os.confstr = confstr  # as where the C library is not glibc
+else:
+    sys.modules["ctypes"] = None  # a Python built without libffi
+h = agent.Heap()
+print(h.libc is None, h.rest())
+"""
+
+
+@pytest.mark.parametrize("where", ["musl", "no-ctypes"])
+def test_the_agent_leaves_a_heap_it_cannot_tune_alone(where: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", NO_CTYPES, str(AGENT), where],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
+
+
+def test_the_daemon_leaves_a_heap_it_cannot_tune_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heap, "_LIBC", None)
+    assert heap.keep() is False
+    assert heap.free_bytes() is None
+    assert heap.Rest().tick() is False
+
+
+async def test_relay_serve_keeps_the_heap_and_gives_it_back_at_its_tick(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's part: ``serve`` applies the policy before it accepts a request, and its
+    tick (``relay.wake``) gives back what came free. The tick is called here rather than
+    waited for."""
+    kept: list[bool] = []
+    keep = heap.keep
+
+    def recorded() -> bool:
+        kept.append(keep())
+        return kept[-1]
+
+    monkeypatch.setattr(heap, "keep", recorded)
+    async with start_daemon(home) as running:
+        assert kept == [True]
+        running.daemon._tick(0.0)  # what came free before: given back
+        trims = running.daemon.heap.trims
+        held = [b"x" * (256 << 10) for _ in range(16)]
+        del held
+        running.daemon._tick(0.0)
+        assert running.daemon.heap.trims == trims + 1
