@@ -62,6 +62,10 @@ FILES_WANTED = 1 << 16
 FULL = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # out of files or memory
 PAUSE_S = 1.0  # a listener whose accept() found no file to give is left alone this long
 REFUSALS_EVERY_S = 1.0  # strangers turned away are said at most this often (``refuse``)
+HEAP_EVERY_S = 2.0  # the heap's free pages looked at (``Heap``), as the daemon's tick
+HEAP_FREE = 128 << 10  # as REST_FREE (relay/heap.py)
+MALLINFO = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
+MALLINFO += ("fordblks", "keepcost")
 FINISHED_KEPT = 4096  # finished streams whose last position is remembered for a resume
 OUT_LINES, OUT_WIDTH = 5, 300  # a kernel's last lines reported at its exit (as supervisor.sh)
 LOOPBACK = ("0100007F", "0000000000000000FFFF00000100007F")  # 127.0.0.1 in /proc/net/tcp{,6}
@@ -292,6 +296,52 @@ def _steady_clock():
 now = _steady_clock()
 
 
+class Heap:
+    """The C heap under what the agent keeps for a resume: relay/heap.py's policy (which says
+    why), its twin here as the agent is one file. On glibc the heap keeps its pages under
+    bulk (no frame its own mapping, twice a stream's LIMIT kept free at its top), and
+    ``rest``, once a HEAP_EVERY_S, gives them back once more than HEAP_FREE has come free
+    since the least it held free. Elsewhere (musl, macOS, a Python without ctypes) nothing:
+    ``libc`` is None."""
+
+    def __init__(self):
+        self.libc = None
+        self.floor = 0
+        self.at = now()
+        try:
+            os.confstr("CS_GNU_LIBC_VERSION")  # raises where the C library is not glibc
+            import ctypes
+
+            fields = [(name, ctypes.c_size_t) for name in MALLINFO]
+            libc = ctypes.CDLL(None)
+            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            libc.malloc_trim.argtypes = [ctypes.c_size_t]
+            if hasattr(libc, "mallinfo2"):  # glibc 2.33 and later
+                self.info = libc.mallinfo2
+            else:  # its int fields wrap past 4 GiB
+                self.info = libc.mallinfo
+                fields = [(name, ctypes.c_uint) for name in MALLINFO]
+            self.info.restype = type("mallinfo", (ctypes.Structure,), {"_fields_": fields})
+            libc.mallopt(-3, 2 * MAX_PAYLOAD)  # M_MMAP_THRESHOLD
+            libc.mallopt(-1, 2 * LIMIT)  # M_TRIM_THRESHOLD
+            self.libc = libc
+        except Exception:  # any: the heap is left as it is
+            self.libc = None
+
+    def rest(self):
+        """Trim if due; whether it did."""
+        if self.libc is None or now() - self.at < HEAP_EVERY_S:
+            return False
+        self.at = now()
+        free = self.info().fordblks
+        if free <= self.floor + HEAP_FREE:
+            self.floor = min(self.floor, free)
+            return False
+        self.libc.malloc_trim(0)
+        self.floor = self.info().fordblks
+        return True
+
+
 FILES_GIVEN = None  # the soft limit the agent was started with, where it raised it
 
 
@@ -455,6 +505,7 @@ class Agent:
         self.control_in = bytearray()
         self.uid = str(os.getuid())
         self.rview = memoryview(bytearray(CHUNK))  # every channel and link read lands here
+        self.heap = Heap()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -494,6 +545,7 @@ class Agent:
                 self.reap_due, self.reaped_at = False, now()
                 self.reap()
             self.tick()
+            self.heap.rest()
             self.flush_acks()
             self.want_channel_write()
             if self.exit_reason is not None and not self.kernels:
