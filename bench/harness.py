@@ -35,6 +35,7 @@ from bench.ways import (
     RelayWay,
     TunnelWay,
 )
+from relay import wake
 from relay.agent import mux
 from relay.lite import client
 from relay.lite.linkname import LinkName
@@ -125,9 +126,13 @@ class Results:
     agent_cpu: dict[str, Sample] = field(default_factory=dict)
     # the daemon's minor page faults per MiB moved: pages its heap gave back and took again
     bulk_faults: dict[tuple[str, str], Sample] = field(default_factory=dict)
+    agent_faults: dict[str, Sample] = field(default_factory=dict)  # the same, of the agent
     shim_wall: Sample = field(default_factory=Sample)
     shim_cpu: Sample = field(default_factory=Sample)
+    # RSS MB at rest (a tick of the daemon's after nothing is unacknowledged), fds; and the
+    # RSS at once (as nothing is unacknowledged): the daemon gives its heap back at its tick
     daemon: dict[str, tuple[float, int]] = field(default_factory=dict)
+    daemon_at_once: dict[str, float] = field(default_factory=dict)
     # the host's agent (kernels that outlive the network) beside it: RSS MB, fds
     agent: dict[str, tuple[float, int]] = field(default_factory=dict)
     daemon_scaffold: tuple[float, int] = (0.0, 0)
@@ -491,12 +496,16 @@ class Bench:
                 cpu = _cpu_s(client_pid) if client_pid else 0.0
                 faults = _minor_faults(client_pid) if client_pid else 0
                 agent_cpu = _cpu_s(agent_pid) if agent_pid else 0.0
+                agent_faults = _minor_faults(agent_pid) if agent_pid else 0
                 started = time.perf_counter()
                 moved = await move(size)
                 elapsed = time.perf_counter() - started
                 if agent_pid:
                     self.results.agent_cpu.setdefault(direction, Sample()).values.append(
                         (_cpu_s(agent_pid) - agent_cpu) * (1 << 30) / size
+                    )
+                    self.results.agent_faults.setdefault(direction, Sample()).values.append(
+                        (_minor_faults(agent_pid) - agent_faults) * (1 << 20) / size
                     )
                 assert moved == size, (key, direction, moved)
                 self.results.bulk.setdefault((key, direction), Sample()).values.append(
@@ -622,8 +631,8 @@ class Bench:
         way = RelayWay(RELAY, "one", KERNEL, env)
         sock = Path(env["RELAY_SOCKET"])
         await self.timed_launch(way)  # connected and warm: that is its idle state
-        self.results.daemon["idle"] = _proc_stats(daemon.pid)
         agent = _agent_pid(sock)  # started by the first launch; idle with no kernel now
+        await self._at_rest("idle", daemon.pid)
         if agent is not None:
             self.results.agent["idle"] = _proc_stats(agent)
         n = self.config.daemon_kernels
@@ -636,7 +645,7 @@ class Bench:
                 await asyncio.gather(*(link.connected(60) for link in batch))
             kernels = [await link.accept(60) for link in links]  # greetings checked there
             await _until_nothing_unacknowledged(sock)
-            self.results.daemon[f"{len(kernels)} kernels, {label}"] = _proc_stats(daemon.pid)
+            await self._at_rest(f"{len(kernels)} kernels, {label}", daemon.pid)
             if agent is not None and not write_first:  # every link idle: its cost per link
                 self.results.agent[f"{len(kernels)} kernels"] = _proc_stats(agent)
             for kl in kernels:
@@ -648,7 +657,14 @@ class Bench:
                 await way.finish(launched)
                 link.close()
             await _until_kernels_gone(sock)
-        self.results.daemon["after"] = _proc_stats(daemon.pid)
+        await self._at_rest("after", daemon.pid)
+
+    async def _at_rest(self, label: str, pid: int) -> None:
+        """The daemon's RSS at once, and at rest: after its next tick, at which it gives
+        its heap's free pages back (``relay.heap``); the agent looks at its own as often."""
+        self.results.daemon_at_once[label] = _proc_stats(pid)[0]
+        await asyncio.sleep(wake.TICK_S * 1.5)
+        self.results.daemon[label] = _proc_stats(pid)
 
 
 # the two directions of a link's bulk, as the results key them
@@ -1013,8 +1029,7 @@ def render(config: Config, r: Results, plot_name: str) -> str:
     ]
     idle = r.daemon.get("idle")
     k = config.daemon_kernels
-    for label, (rss, fds) in r.daemon.items():
-        lines.append(f"- daemon serving one host, {label}: {rss:.1f} MB RSS, {fds} fds")
+    lines += _daemon_footprint(r)
     lines.append(
         f"- (the bench's own daemon, holding one connection per emulated RTT: "
         f"{r.daemon_scaffold[0]:.1f} MB RSS, {r.daemon_scaffold[1]} fds)"
@@ -1026,8 +1041,8 @@ def render(config: Config, r: Results, plot_name: str) -> str:
         lines.append(
             f"- target: at most 60 MB with {k} kernels: with quiet links "
             f"{'met' if quiet[0] <= 60 else 'missed'}, after the burst "
-            f"{'met' if burst[0] <= 60 else 'missed'} (the freed buffers stay in the heap); "
-            f"back within 10% of idle after ({after_ok})"
+            f"{'met' if burst[0] <= 60 else 'missed'} (at rest); back within 10% of idle "
+            f"after ({after_ok})"
         )
     for direction, profile in r.profile.items():
         lines += [
@@ -1196,6 +1211,12 @@ def _link_section(config: Config, r: Results) -> list[str]:
                 "again: to the kernel through the agent, the buffers a stream keeps until "
                 "they are acknowledged)."
             )
+        if all(d in r.agent_faults for d in DIRECTIONS):
+            to_f, from_f = (r.agent_faults[d].median for d in DIRECTIONS)
+            lines.append(
+                f"- the agent's minor page faults per MiB carried, to / from the kernel: "
+                f"{to_f:.1f} / {from_f:.1f}."
+            )
     if "relay" in r.pingpong and "openssh" in r.pingpong:
         rows = [("relay", "through its agent")]
         if "relay-today" in r.pingpong:
@@ -1351,6 +1372,14 @@ def plot(config: Config, r: Results, path: Path) -> None:
     plt.close(fig)
 
 
+def _daemon_footprint(r: Results) -> list[str]:
+    return [
+        f"- daemon serving one host, {label}: {rss:.1f} MB RSS at rest "
+        f"({r.daemon_at_once.get(label, rss):.1f} MB at once), {fds} fds"
+        for label, (rss, fds) in r.daemon.items()
+    ]
+
+
 def _agent_footprint(r: Results) -> list[str]:
     """The host's agent beside the daemon: its RSS idle and with every kernel's two links
     connected and idle, and what one idle link costs it."""
@@ -1379,9 +1408,7 @@ async def main(config: Config) -> Results:
     elif config.only == "single":
         print("\n".join([*_agent_rows(results), "", *_controller_rows(results)]))
     elif config.only == "footprint":
-        for label, (rss, fds) in results.daemon.items():
-            print(f"- daemon serving one host, {label}: {rss:.1f} MB RSS, {fds} fds")
-        print("\n".join(_agent_footprint(results)))
+        print("\n".join([*_daemon_footprint(results), *_agent_footprint(results)]))
     elif config.write_report:
         plot_path = config.out / "bench" / "launch-latency.png"
         plot(config, results, plot_path)
