@@ -300,14 +300,15 @@ class Heap:
     """The C heap under what the agent keeps for a resume: relay/heap.py's policy (which says
     why), its twin here as the agent is one file. On glibc the heap keeps its pages under
     bulk (no frame its own mapping, twice a stream's LIMIT kept free at its top), and
-    ``rest``, once a HEAP_EVERY_S, gives them back once more than HEAP_FREE has come free
-    since the least it held free. Elsewhere (musl, macOS, a Python without ctypes) nothing:
-    ``libc`` is None."""
+    ``rest``, once a HEAP_EVERY_S after a read (``stirred``: the loop wakes for it), gives
+    them back once more than HEAP_FREE has come free since the least it held free.
+    Elsewhere (musl, macOS, a Python without ctypes) nothing: ``libc`` is None."""
 
     def __init__(self):
         self.libc = None
         self.floor = 0
         self.at = now()
+        self.stirred = False  # a read since the last look: what a burst leaves comes from one
         try:
             os.confstr("CS_GNU_LIBC_VERSION")  # raises where the C library is not glibc
             import ctypes
@@ -330,9 +331,9 @@ class Heap:
 
     def rest(self):
         """Trim if due; whether it did."""
-        if self.libc is None or now() - self.at < HEAP_EVERY_S:
+        if self.libc is None or not self.stirred or now() - self.at < HEAP_EVERY_S:
             return False
-        self.at = now()
+        self.at, self.stirred = now(), False
         free = self.info().fordblks
         if free <= self.floor + HEAP_FREE:
             self.floor = min(self.floor, free)
@@ -558,11 +559,12 @@ class Agent:
         that filled CHUNK (``bulk``: a kernel is writing faster than we read) it lands in a
         bytes of its own, ``sock.recv(CHUNK)``, and is not copied again. Otherwise it lands
         in one shared buffer and is copied out at its size. ``sock.recv(n)`` allocates n
-        bytes and shrinks them to what came, and n = 1 MiB is above malloc's mmap
-        threshold: a 100-byte message kept until acknowledged would hold a page, and reads
-        that come short every time (sshd writes the channel 32 KiB at a time) would map
-        and fault in fresh pages at each one (measured: a fault per page, costing more than
-        the copy saves)."""
+        bytes and shrinks them to what came, and n = 1 MiB is above malloc's default mmap
+        threshold (where ``Heap`` could not raise it): a 100-byte message kept until
+        acknowledged would hold a page, and reads that come short every time (sshd writes
+        the channel 32 KiB at a time) would map and fault in fresh pages at each one
+        (measured: a fault per page, costing more than the copy saves)."""
+        self.heap.stirred = True
         if bulk:
             return sock.recv(CHUNK)
         n = sock.recv_into(self.rview)
@@ -577,7 +579,9 @@ class Agent:
             return ACK_DELAY_S
         busy = self.kernels or self.pending or self.asks or self.paused or self.refusals
         busy = busy or self.chan is None
-        return 0.5 if busy else 5.0
+        if busy:
+            return 0.5
+        return HEAP_EVERY_S if self.heap.stirred and self.heap.libc is not None else 5.0
 
     def on_wake(self, fd, _, events):
         try:

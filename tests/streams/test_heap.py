@@ -57,7 +57,10 @@ elif which == "agent":
     agent.HEAP_EVERY_S = 0.0  # every call looks (the agent's loop calls it every turn)
     kept_heap = agent.Heap()
     assert kept_heap.libc is not None
-    rest = kept_heap.rest
+
+    def rest():
+        kept_heap.stirred = True  # a read came (the agent's recv says so)
+        return kept_heap.rest()
 out = {}
 hold()  # the heap grows to hold a stream once
 before = faults()
@@ -73,6 +76,9 @@ if rest is not None:
     out["freed"] = held - rss()
     hold()
     out["after_more"] = rest()  # the same pages used and freed again
+    if which == "agent":
+        hold()
+        out["unstirred"] = kept_heap.rest()  # no read since: the agent's loop sleeps on
 print(json.dumps(out))
 """
 
@@ -111,6 +117,7 @@ def test_at_rest_the_heap_gives_back_what_came_free_once(which: str) -> None:
     assert int(out["freed"]) >= (3 << 20), out  # most of the 4 MiB a stream held
     assert out["again"] is False  # the pages given back are not trimmed at every tick
     assert out["after_more"] is True
+    assert out.get("unstirred", False) is False
 
 
 @pytest.mark.parametrize("python", interpreters())
