@@ -7,14 +7,14 @@ unmapped when it is freed, and gives the top of its heap back to the system once
 the agent acknowledges it (``relay.agent.mux``: up to ``LIMIT``, acknowledged every
 ``ACK_EVERY``), so under bulk the heap grows by a MiB, frees it at the ACK, and the system
 takes those pages back and hands over fresh zeroed ones for the next MiB: the bench counted
-about 100 minor page faults per MiB the daemon carried to a kernel, about a tenth of the
-daemon's CPU on that path.
+about 100 minor page faults per MiB the daemon carried to a kernel. (What they cost in CPU
+is within the bench machine's noise; what a burst leaves in the heap is not.)
 
 - ``keep`` (``relay serve``, once): no frame is a mapping of its own, and the heap keeps
   what one stream can hold, twice over, free at its top; so under bulk it reuses its pages.
 - ``Rest`` (the daemon's tick, every ``relay.wake.TICK_S``): once more than ``REST_FREE``
-  has come free, ``malloc_trim`` gives it back, the middle of the heap as well as
-  its top. A daemon at rest holds what it uses, not what its last burst used; under bulk
+  has come free, ``malloc_trim`` gives it back, the middle of the heap as well as its
+  top. A daemon at rest holds what it uses, not what its last burst used; under bulk
   this costs a few thousand faults a tick, where the thresholds alone would cost a hundred
   per MiB.
 
