@@ -12,11 +12,13 @@ is within the bench machine's noise; what a burst leaves in the heap is not.)
 
 - ``keep`` (``relay serve``, once): no frame is a mapping of its own, and the heap keeps
   what one stream can hold, twice over, free at its top; so under bulk it reuses its pages.
-- ``Rest`` (the daemon's tick, every ``relay.wake.TICK_S``): once more than ``REST_FREE``
-  has come free, ``malloc_trim`` gives it back, the middle of the heap as well as its
-  top. A daemon at rest holds what it uses, not what its last burst used; under bulk
-  this costs a few thousand faults a tick, where the thresholds alone would cost a hundred
-  per MiB.
+- ``Rest`` (the daemon's tick, every ``relay.wake.TICK_S``): at a tick that finds the
+  process at rest (under ``REST_CPU_S`` of CPU since the last) after it took in new pages
+  (``REST_PAGES`` minor faults since the last trim), ``malloc_trim`` gives the heap's free
+  pages back, the middle of the heap as well as its top. So a daemon at rest holds what it
+  uses, not what its last burst used, and one carrying bulk is left alone. (Free bytes do
+  not say when to trim: the pages a trim gives back still count as free, and used and freed
+  again they count the same, resident once more.)
 
 Elsewhere (macOS, musl) neither does anything: those allocators keep to their own policies.
 """
@@ -25,10 +27,16 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
+import time
+
+import structlog
 
 from relay.agent.mux import LIMIT, MAX_PAYLOAD
 
-__all__ = ["KEEP_TOP", "MAP_AT", "REST_FREE", "Rest", "free_bytes", "glibc", "keep"]
+__all__ = ["KEEP_TOP", "MAP_AT", "REST_CPU_S", "REST_PAGES", "Rest", "glibc", "keep"]
+
+log = structlog.get_logger("relay.heap")
 
 # mallopt's parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -36,42 +44,20 @@ M_MMAP_THRESHOLD = -3
 
 MAP_AT = 2 * MAX_PAYLOAD  # a frame, its header, and a read of the same size beside it
 KEEP_TOP = 2 * LIMIT
-REST_FREE = 128 << 10  # glibc's own default trim threshold: as it would give back, but at rest
-
-
-_FIELDS = (
-    "arena",
-    "ordblks",
-    "smblks",
-    "hblks",
-    "hblkhd",
-    "usmblks",
-    "fsmblks",
-    "uordblks",
-    "fordblks",
-    "keepcost",
-)
-
-
-class _Mallinfo2(ctypes.Structure):  # struct mallinfo2: glibc 2.33 and later
-    _fields_ = [(name, ctypes.c_size_t) for name in _FIELDS]
-
-
-class _Mallinfo(ctypes.Structure):  # struct mallinfo: its int fields wrap past 4 GiB
-    _fields_ = [(name, ctypes.c_uint) for name in _FIELDS]
+# glibc's own default trim threshold (128 KiB), in pages: what it would give back at a free
+REST_PAGES = (128 << 10) // os.sysconf("SC_PAGE_SIZE")
+REST_CPU_S = 0.05  # CPU between two ticks (2 s) that is rest: an idle daemon, not a transfer
 
 
 def _glibc() -> ctypes.CDLL | None:
     try:
-        os.confstr("CS_GNU_LIBC_VERSION")  # raises where the C library is not glibc
-    except (ValueError, OSError):
+        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+            return None
+        libc = ctypes.CDLL(None)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (ValueError, OSError, AttributeError):  # not glibc, whatever it says it is
         return None
-    libc = ctypes.CDLL(None)
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    libc.mallinfo.restype = _Mallinfo
-    if hasattr(libc, "mallinfo2"):
-        libc.mallinfo2.restype = _Mallinfo2
     return libc
 
 
@@ -87,38 +73,36 @@ def keep() -> bool:
     """Have the heap keep its pages under bulk (see the module); whether it could."""
     if _LIBC is None:
         return False
-    return bool(_LIBC.mallopt(M_MMAP_THRESHOLD, MAP_AT)) and bool(
-        _LIBC.mallopt(M_TRIM_THRESHOLD, KEEP_TOP)
-    )
+    mapped = _LIBC.mallopt(M_MMAP_THRESHOLD, MAP_AT)
+    trimmed = _LIBC.mallopt(M_TRIM_THRESHOLD, KEEP_TOP)
+    if not (mapped and trimmed):  # glibc refuses a threshold past its limit (32-bit: 512 KiB)
+        log.info("heap left as it is", mmap_threshold=bool(mapped), trim_threshold=bool(trimmed))
+    return bool(mapped and trimmed)
 
 
-def free_bytes() -> int | None:
-    """Bytes the heap holds free (all arenas; not the mappings of large blocks)."""
-    if _LIBC is None:
-        return None
-    info = _LIBC.mallinfo2() if hasattr(_LIBC, "mallinfo2") else _LIBC.mallinfo()
-    return int(info.fordblks)
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 class Rest:
-    """Gives the heap's free pages back at the daemon's tick, once more than ``REST_FREE``
-    lies free beyond the least the heap held free since its last trim. (What
-    ``malloc_trim`` gives back still counts as free in the heap, so free bytes alone would
-    have it trim the same pages at every tick.)"""
+    """Gives the heap's free pages back at the daemon's tick, when it finds the process at
+    rest after it took in new pages (see the module)."""
 
     def __init__(self) -> None:
-        self.floor = 0  # the least free since the last trim (none yet: nothing trimmed)
+        self.cpu_at = time.process_time()
+        self.faults_at = 0  # minor faults at the last trim (none yet)
+        self.looks = 0
         self.trims = 0
 
     def tick(self) -> bool:
         """Trim if due; whether it did."""
-        free = free_bytes()
-        if _LIBC is None or free is None:
-            return False
-        if free <= self.floor + REST_FREE:
-            self.floor = min(self.floor, free)
-            return False
+        self.looks += 1
+        cpu, self.cpu_at = self.cpu_at, time.process_time()
+        if _LIBC is None or self.cpu_at - cpu > REST_CPU_S:
+            return False  # carrying, or launching: looked at again at the next tick
+        if _faults() - self.faults_at < REST_PAGES:
+            return False  # nothing new came in since the last trim
         _LIBC.malloc_trim(0)
-        self.floor = free_bytes() or 0
+        self.faults_at = _faults()
         self.trims += 1
         return True

@@ -62,10 +62,9 @@ FILES_WANTED = 1 << 16
 FULL = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # out of files or memory
 PAUSE_S = 1.0  # a listener whose accept() found no file to give is left alone this long
 REFUSALS_EVERY_S = 1.0  # strangers turned away are said at most this often (``refuse``)
-HEAP_EVERY_S = 2.0  # the heap's free pages looked at (``Heap``), as the daemon's tick
-HEAP_FREE = 128 << 10  # as REST_FREE (relay/heap.py)
-MALLINFO = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
-MALLINFO += ("fordblks", "keepcost")
+HEAP_EVERY_S = 2.0  # the heap looked at (``Heap``), as often as the daemon's tick
+HEAP_REST_CPU_S = 0.05  # CPU between two looks that is rest (relay/heap.py's REST_CPU_S)
+HEAP_NEW = 128 << 10  # new pages since the last trim worth one (relay/heap.py's REST_PAGES)
 FINISHED_KEPT = 4096  # finished streams whose last position is remembered for a resume
 OUT_LINES, OUT_WIDTH = 5, 300  # a kernel's last lines reported at its exit (as supervisor.sh)
 LOOPBACK = ("0100007F", "0000000000000000FFFF00000100007F")  # 127.0.0.1 in /proc/net/tcp{,6}
@@ -299,47 +298,48 @@ now = _steady_clock()
 class Heap:
     """The C heap under what the agent keeps for a resume: relay/heap.py's policy (which says
     why), its twin here as the agent is one file. On glibc the heap keeps its pages under
-    bulk (no frame its own mapping, twice a stream's LIMIT kept free at its top), and
-    ``rest``, once a HEAP_EVERY_S after a read (``stirred``: the loop wakes for it), gives
-    them back once more than HEAP_FREE has come free since the least it held free.
-    Elsewhere (musl, macOS, a Python without ctypes) nothing: ``libc`` is None."""
+    bulk (no frame its own mapping, twice a stream's LIMIT kept free at its top). After a
+    read (``stirred``: the loop wakes for it) ``rest`` looks every HEAP_EVERY_S until it
+    finds the agent at rest (under HEAP_REST_CPU_S of CPU since its last look); then, if
+    the agent took in HEAP_NEW of new pages since the last trim, malloc_trim gives the
+    heap's free pages back. Elsewhere (musl, macOS, a Python without ctypes) nothing:
+    ``libc`` is None."""
 
     def __init__(self):
         self.libc = None
-        self.floor = 0
         self.at = now()
-        self.stirred = False  # a read since the last look: what a burst leaves comes from one
+        self.cpu_at = time.process_time()
+        self.faults_at = 0  # minor faults at the last trim
+        self.stirred = False  # a read since the heap was last found at rest
         try:
-            os.confstr("CS_GNU_LIBC_VERSION")  # raises where the C library is not glibc
+            if resource is None:
+                return
+            if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+                return
+            self.pages = HEAP_NEW // os.sysconf("SC_PAGE_SIZE")
             import ctypes
 
-            fields = [(name, ctypes.c_size_t) for name in MALLINFO]
             libc = ctypes.CDLL(None)
             libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
             libc.malloc_trim.argtypes = [ctypes.c_size_t]
-            if hasattr(libc, "mallinfo2"):  # glibc 2.33 and later
-                self.info = libc.mallinfo2
-            else:  # its int fields wrap past 4 GiB
-                self.info = libc.mallinfo
-                fields = [(name, ctypes.c_uint) for name in MALLINFO]
-            self.info.restype = type("mallinfo", (ctypes.Structure,), {"_fields_": fields})
             libc.mallopt(-3, 2 * MAX_PAYLOAD)  # M_MMAP_THRESHOLD
             libc.mallopt(-1, 2 * LIMIT)  # M_TRIM_THRESHOLD
             self.libc = libc
-        except Exception:  # any: the heap is left as it is
+        except Exception:  # any (not glibc, whatever it says; no ctypes): left as it is
             self.libc = None
 
     def rest(self):
         """Trim if due; whether it did."""
         if self.libc is None or not self.stirred or now() - self.at < HEAP_EVERY_S:
             return False
-        self.at, self.stirred = now(), False
-        free = self.info().fordblks
-        if free <= self.floor + HEAP_FREE:
-            self.floor = min(self.floor, free)
+        cpu, self.cpu_at, self.at = self.cpu_at, time.process_time(), now()
+        if self.cpu_at - cpu > HEAP_REST_CPU_S:
+            return False  # carrying: stirred still, looked at again
+        self.stirred = False
+        if resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults_at < self.pages:
             return False
         self.libc.malloc_trim(0)
-        self.floor = self.info().fordblks
+        self.faults_at = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         return True
 
 
