@@ -129,7 +129,7 @@ class Results:
     agent_faults: dict[str, Sample] = field(default_factory=dict)  # the same, of the agent
     shim_wall: Sample = field(default_factory=Sample)
     shim_cpu: Sample = field(default_factory=Sample)
-    # RSS MB at rest (a tick of the daemon's after nothing is unacknowledged), fds; and the
+    # RSS MB at rest (two ticks of the daemon's after nothing is unacknowledged), fds; and the
     # RSS at once (as nothing is unacknowledged): the daemon gives its heap back at its tick
     daemon: dict[str, tuple[float, int]] = field(default_factory=dict)
     daemon_at_once: dict[str, float] = field(default_factory=dict)
@@ -660,10 +660,12 @@ class Bench:
         await self._at_rest("after", daemon.pid)
 
     async def _at_rest(self, label: str, pid: int) -> None:
-        """The daemon's RSS at once, and at rest: after its next tick, at which it gives
-        its heap's free pages back (``relay.heap``); the agent looks at its own as often."""
+        """The daemon's RSS at once, and at rest: two ticks and a half later. The first
+        tick may still count the CPU of what came before; at the next the daemon finds
+        itself at rest and gives its heap's free pages back (``relay.heap``). The agent
+        looks at its own as often."""
         self.results.daemon_at_once[label] = _proc_stats(pid)[0]
-        await asyncio.sleep(wake.TICK_S * 1.5)
+        await asyncio.sleep(wake.TICK_S * 2.5)
         self.results.daemon[label] = _proc_stats(pid)
 
 
