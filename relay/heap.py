@@ -14,9 +14,11 @@ is within the bench machine's noise; what a burst leaves in the heap is not.)
   what one stream can hold, twice over, free at its top; so under bulk it reuses its pages.
 - ``Rest`` (the daemon's tick, every ``relay.wake.TICK_S``): at a tick that finds the
   process at rest (under ``REST_CPU_S`` of CPU since the last) after it took in new pages
-  (``REST_PAGES`` minor faults since the last trim), ``malloc_trim`` gives the heap's free
-  pages back, the middle of the heap as well as its top. So a daemon at rest holds what it
-  uses, not what its last burst used, and one carrying bulk is left alone. (Free bytes do
+  (resident ``REST_NEW`` beyond what it was after the last trim, or the least since: page
+  faults would undercount where transparent huge pages map 2 MiB at one), ``malloc_trim``
+  gives the heap's free pages back, the middle of the heap as well as its top. So a daemon
+  at rest holds what it uses, not what its last burst used, and one carrying bulk is left
+  alone. (Free bytes do
   not say when to trim: the pages a trim gives back still count as free, and used and freed
   again they count the same, resident once more.)
 
@@ -27,14 +29,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import resource
 import time
 
 import structlog
 
 from relay.agent.mux import LIMIT, MAX_PAYLOAD
 
-__all__ = ["KEEP_TOP", "MAP_AT", "REST_CPU_S", "REST_PAGES", "Rest", "glibc", "keep"]
+__all__ = ["KEEP_TOP", "MAP_AT", "REST_CPU_S", "REST_NEW", "Rest", "glibc", "keep", "resident"]
 
 log = structlog.get_logger("relay.heap")
 
@@ -44,8 +45,9 @@ M_MMAP_THRESHOLD = -3
 
 MAP_AT = 2 * MAX_PAYLOAD  # a frame, its header, and a read of the same size beside it
 KEEP_TOP = 2 * LIMIT
-# glibc's own default trim threshold (128 KiB), in pages: what it would give back at a free
-REST_PAGES = (128 << 10) // os.sysconf("SC_PAGE_SIZE")
+# glibc's own default trim threshold: what it would give back at a free
+REST_NEW = 128 << 10
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 REST_CPU_S = 0.05  # CPU between two ticks (2 s) that is rest: an idle daemon, not a transfer
 
 
@@ -80,8 +82,13 @@ def keep() -> bool:
     return bool(mapped and trimmed)
 
 
-def _faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def resident() -> int | None:
+    """This process's resident bytes (``/proc/self/statm``), or None where it cannot say."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Rest:
@@ -90,7 +97,7 @@ class Rest:
 
     def __init__(self) -> None:
         self.cpu_at = time.process_time()
-        self.faults_at = 0  # minor faults at the last trim (none yet)
+        self.resident_at = 0  # resident bytes after the last trim, or the least since
         self.looks = 0
         self.trims = 0
 
@@ -100,9 +107,13 @@ class Rest:
         cpu, self.cpu_at = self.cpu_at, time.process_time()
         if _LIBC is None or self.cpu_at - cpu > REST_CPU_S:
             return False  # carrying, or launching: looked at again at the next tick
-        if _faults() - self.faults_at < REST_PAGES:
+        now = resident()
+        if now is None:
+            return False
+        if now - self.resident_at < REST_NEW:
+            self.resident_at = min(self.resident_at, now)
             return False  # nothing new came in since the last trim
         _LIBC.malloc_trim(0)
-        self.faults_at = _faults()
+        self.resident_at = resident() or 0
         self.trims += 1
         return True

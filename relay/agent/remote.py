@@ -300,23 +300,21 @@ class Heap:
     why), its twin here as the agent is one file. On glibc the heap keeps its pages under
     bulk (no frame its own mapping, twice a stream's LIMIT kept free at its top). After a
     read (``stirred``: the loop wakes for it) ``rest`` looks every HEAP_EVERY_S until it
-    finds the agent at rest (under HEAP_REST_CPU_S of CPU since its last look); then, if
-    the agent took in HEAP_NEW of new pages since the last trim, malloc_trim gives the
-    heap's free pages back. Elsewhere (musl, macOS, a Python without ctypes) nothing:
-    ``libc`` is None."""
+    finds the agent at rest (under HEAP_REST_CPU_S of CPU since the read, or since its last
+    look); then, if the agent is resident HEAP_NEW beyond what it was after the last trim
+    (or the least since), malloc_trim gives the heap's free pages back. Elsewhere (musl,
+    macOS, a Python without ctypes) nothing: ``libc`` is None."""
 
     def __init__(self):
         self.libc = None
         self.at = now()
         self.cpu_at = time.process_time()
-        self.faults_at = 0  # minor faults at the last trim
+        self.resident_at = 0  # resident bytes after the last trim, or the least since
         self.stirred = False  # a read since the heap was last found at rest
         try:
-            if resource is None:
-                return
             if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
                 return
-            self.pages = HEAP_NEW // os.sysconf("SC_PAGE_SIZE")
+            self.page = os.sysconf("SC_PAGE_SIZE")
             import ctypes
 
             libc = ctypes.CDLL(None)
@@ -328,6 +326,18 @@ class Heap:
         except Exception:  # any (not glibc, whatever it says; no ctypes): left as it is
             self.libc = None
 
+    def stir(self):
+        """A read came: look HEAP_EVERY_S from now, at the CPU spent from now."""
+        if not self.stirred:
+            self.stirred, self.at, self.cpu_at = True, now(), time.process_time()
+
+    def resident(self):
+        try:
+            with open("/proc/self/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * self.page
+        except (OSError, ValueError, IndexError):
+            return None
+
     def rest(self):
         """Trim if due; whether it did."""
         if self.libc is None or not self.stirred or now() - self.at < HEAP_EVERY_S:
@@ -336,10 +346,14 @@ class Heap:
         if self.cpu_at - cpu > HEAP_REST_CPU_S:
             return False  # carrying: stirred still, looked at again
         self.stirred = False
-        if resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults_at < self.pages:
+        resident = self.resident()
+        if resident is None:
+            return False
+        if resident - self.resident_at < HEAP_NEW:
+            self.resident_at = min(self.resident_at, resident)
             return False
         self.libc.malloc_trim(0)
-        self.faults_at = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        self.resident_at = self.resident() or 0
         return True
 
 
@@ -564,7 +578,8 @@ class Agent:
         acknowledged would hold a page, and reads that come short every time (sshd writes
         the channel 32 KiB at a time) would map and fault in fresh pages at each one
         (measured: a fault per page, costing more than the copy saves)."""
-        self.heap.stirred = True
+        if not self.heap.stirred:
+            self.heap.stir()
         if bulk:
             return sock.recv(CHUNK)
         n = sock.recv_into(self.rview)

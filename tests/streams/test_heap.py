@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relay import heap
+from relay.agent import remote as _remote
 from tests.conftest import RelayHome, start_daemon
 from tests.streams.test_agent_local import AGENT, interpreters
+
+remote: Any = _remote  # untyped: one Python 3.6 file
 
 pytestmark = pytest.mark.skipif(not heap.glibc(), reason="the policy tunes glibc's malloc")
 
@@ -224,3 +229,33 @@ async def test_relay_serve_keeps_the_heap_and_looks_at_it_at_its_tick(
         looks = running.daemon.heap.looks
         running.daemon._tick(0.0)  # called here rather than waited for
         assert running.daemon.heap.looks == looks + 1
+
+
+def test_the_agents_reads_stir_its_heap_and_its_loop_wakes_for_it(tmp_path: Path) -> None:
+    """The agent's wiring: a read stirs the heap, counting from the read (not from a look
+    an idle hour ago, which would find the burst's start at rest), and the idle loop sleeps
+    HEAP_EVERY_S, not 5 s, until a look finds the agent at rest."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    agent = remote.Agent(str(tmp_path), "t", "s" * 64, server, 900.0)
+    ours, theirs = socket.socketpair()
+    try:
+        agent.chan = ours  # attached, no kernels: the loop's idle sleep
+        assert agent.timeout() == 5.0
+        agent.heap.at -= 3600.0  # its last look, an idle hour ago
+        theirs.sendall(b"a result")
+        assert agent.recv(ours, False) == b"a result"
+        assert agent.heap.stirred
+        assert agent.timeout() == remote.HEAP_EVERY_S
+        assert agent.heap.rest() is False  # not due: HEAP_EVERY_S from the read
+        assert agent.heap.stirred
+        agent.heap.at -= remote.HEAP_EVERY_S  # due now, and nothing was spent since
+        agent.heap.rest()
+        assert not agent.heap.stirred
+        assert agent.timeout() == 5.0
+    finally:
+        agent.chan = None
+        for sock in (ours, theirs, server):
+            sock.close()
+        agent.sel.close()
+        os.close(agent.wake_r)
+        os.close(agent.wake_w)
