@@ -146,7 +146,10 @@ class Daemon:
         carried = self._carried()
         for session in list(self.hosts.values()):
             session.check_address(carried.get(session.key, ()))
-        self.heap.tick()
+        try:
+            self.heap.tick()
+        except Exception as exc:  # the wake watch this tick serves goes on
+            log.warning("heap look failed", error=repr(exc))
 
     def _woke(self, asleep_s: float) -> None:
         log.info("woke", asleep_s=round(asleep_s, 1))
