@@ -18,9 +18,8 @@ is within the bench machine's noise; what a burst leaves in the heap is not.)
   faults would undercount where transparent huge pages map 2 MiB at one), ``malloc_trim``
   gives the heap's free pages back, the middle of the heap as well as its top. So a daemon
   at rest holds what it uses, not what its last burst used, and one carrying bulk is left
-  alone. (Free bytes do
-  not say when to trim: the pages a trim gives back still count as free, and used and freed
-  again they count the same, resident once more.)
+  alone. (Free bytes do not say when to trim: the pages a trim gives back still count as
+  free, and used and freed again they count the same, resident once more.)
 
 Elsewhere (macOS, musl) neither does anything: those allocators keep to their own policies.
 """
