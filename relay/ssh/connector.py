@@ -534,15 +534,18 @@ class Connector:
                 raise asyncio.CancelledError from None
             if isinstance(exc, asyncssh.HostKeyNotVerifiable):
                 offered = await self._offered(kwargs)
+            bound_s = timeout_s if client.asked else reach_s
             err = self._translate(
                 exc,
                 view,
                 connect_plan,
-                timeout_s if client.asked else reach_s,
+                bound_s,
                 offered=offered,
                 recorded=recorded,
                 elapsed_s=time.monotonic() - started,
                 reached=client.reached() if direct else "none",
+                # the round's deadline came first: not a setting's value
+                cut_short=bound_s < (limit if client.asked else cfg.connect_timeout_s),
             )
             if isinstance(err, AuthenticationFailed) and client.person_needed:
                 err = LoginNeeded(

@@ -37,13 +37,15 @@ def translate_connect_error(
     recorded: hostkeys.Recorded | None = None,
     elapsed_s: float | None = None,
     reached: str = "none",
+    cut_short: bool = False,
 ) -> RelayError:
     """One line naming what ssh would: the resolved host name, port and user of ``view``.
     A refused host key is explained by ``recorded``, the look-up the connection was checked
     against, and ``offered``, the key the server offers (when it could be fetched). A
     timeout says how far the attempt got (``reached``: "none", "tcp" without the server's
     SSH version line, or "ssh") and how long it took (``elapsed_s``, measured) against its
-    bound (``timeout_s``)."""
+    bound (``timeout_s``): ConnectTimeout, or what was left of a round of attempts'
+    launch_timeout_s when that was less (``cut_short``)."""
     host, port, user = view.hostname, view.port, view.user
     target = f"{host}:{port}" if port != 22 else host
     who = f"{user}@{target}"
@@ -66,7 +68,11 @@ def translate_connect_error(
         )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError) and reached != "none":
         took = timeout_s if elapsed_s is None else elapsed_s
-        bound = f"ConnectTimeout, or connect_timeout_s in {config_source}: {timeout_s:g} s"
+        bound = (
+            f"what was left of launch_timeout_s: {timeout_s:.1f} s"
+            if cut_short
+            else f"ConnectTimeout, or connect_timeout_s in {config_source}: {timeout_s:g} s"
+        )
         if reached == "tcp":
             return ConnectFailed(
                 f"{host}:{port} accepted TCP but sent no SSH banner in {took:.1f} s ({bound}): "
@@ -78,9 +84,14 @@ def translate_connect_error(
             f"({bound})"
         )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        bound = (
+            "what was left of launch_timeout_s"
+            if cut_short
+            else f"ConnectTimeout, or connect_timeout_s in {config_source}"
+        )
         return ConnectFailed(
-            f"connecting to {who} timed out after {timeout_s:.3g} s (ConnectTimeout, or "
-            f"connect_timeout_s in {config_source}): is the host up and port {port} reachable?"
+            f"connecting to {who} timed out after {timeout_s:.3g} s ({bound}): is the host up "
+            f"and port {port} reachable?"
         )
     if isinstance(exc, ConnectionRefusedError):
         return ConnectFailed(
