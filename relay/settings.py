@@ -201,7 +201,21 @@ def _describe(err: Any) -> str:
     # as the file spells it: a number given as true or false is a switch mistaken for one
     given = str(given).lower() if isinstance(given, bool) else repr(given)
     shown = "" if err["type"] == "missing" else f", got {given}"
+    if (
+        isinstance(err.get("input"), str)
+        and _numeric(err["input"])
+        and ("number" in err["msg"] or "integer" in err["msg"])
+    ):
+        shown += " (a number: write it without the quotes)"
     return f"{loc}: {err['msg']}{shown}"
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load(path: Path | None = None, *, missing_ok: bool = False) -> tuple[RelayConfig, Path]:

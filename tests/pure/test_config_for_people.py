@@ -92,6 +92,20 @@ def test_defaults_errors_name_the_defaults_key(tmp_path: Path, text: str, says: 
     assert f"{tmp_path / 'relay.toml'}: {says}" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("value", "hinted"),
+    [("'900'", True), ("'8.5'", True), ("'15m'", False), ("-5", False)],
+)
+def test_a_number_in_quotes_is_said_to_be_one(tmp_path: Path, value: str, hinted: bool) -> None:
+    """TOML's quotes make a string: said so, where the string is a number."""
+    for key in ("resume_window_s", "spare_forwards"):
+        with pytest.raises(ConfigError) as info:
+            load(write(tmp_path, f"[hosts.a]\nhostname = 'x'\n{key} = {value}\n"))
+        said = str(info.value)
+        assert f"hosts.a.{key}: " in said and "\n" not in said, said
+        assert ("(a number: write it without the quotes)" in said) == hinted, said
+
+
 def test_a_default_jump_host_does_not_jump_through_itself(tmp_path: Path) -> None:
     config, _ = load(
         write(
