@@ -39,7 +39,8 @@ def render(host: str, results: list[Result], width: int = 16) -> str:
     lines = [f"relay check {host}"]
     for r in results:
         took = f" ({r.ms:.0f} ms)" if r.ms is not None else ""
-        lines.append(f"{MARKS[r.state]} {r.step}. {r.name:<{width}} {r.summary}{took}")
+        name_width = width - len(str(r.step)) + 1  # step 10's summary under step 9's
+        lines.append(f"{MARKS[r.state]} {r.step}. {r.name:<{name_width}} {r.summary}{took}")
         for key, value in r.data.get("show", {}).items():
             lines.append(f"{'':<{width + 9}}{key}: {value}")
         if r.advice:

@@ -37,6 +37,17 @@ def test_render_marks_every_line_and_names_the_first_failure() -> None:
     assert verdict(results()) == 1
 
 
+def test_step_10s_summary_lines_up_under_step_9s() -> None:
+    lines = render(
+        "h",
+        [
+            Result(9, "round trip", "ok", "both channels answered"),
+            Result(10, "connection", "ok", "connected, RTT 1.0 ms"),
+        ],
+    ).splitlines()
+    assert lines[1].index("both channels") == lines[2].index("connected, RTT"), lines
+
+
 def test_all_passed_and_warnings() -> None:
     ok = [Result(1, "configuration", "ok", "x"), Result(5, "server", "warn", "no SFTP", "fine")]
     assert render("h", ok).splitlines()[-1] == "every check passed (with warnings)"
