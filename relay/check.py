@@ -36,6 +36,7 @@ from relay.errors import HostKeyChanged, RelayError
 from relay.hostspec import HostSpec, HostSpecError
 from relay.lite.linkname import LinkName
 from relay.ssh import hostkeys, identity, remote_scripts
+from relay.statusview import size
 
 if TYPE_CHECKING:
     from relay.kernels import Kernel
@@ -562,6 +563,33 @@ class Checker:
             summary, advice = refused
             return summary.replace("{off}", off), {"advice": advice}, "warn"
         window = f"{cfg.resume_window_s:g} s"
+        session = self.session
+        if session.agent is None and session.agent_unavailable == agent_start.WINDOW_ZERO:
+            # relay.toml raised it since the daemon's connection was made: not for its kernels
+            return (
+                f"python3 {version}; the connection relay has was made with resume_window_s "
+                f"= 0: the kernels launched on it end with it; kernels wait {window} from its "
+                f"next connection",
+                {
+                    "advice": "kernels launched once their host's connection is made again "
+                    "(after its kernels end and it closes idle, or `relay restart`) outlive "
+                    "outages"
+                },
+                "warn",
+            )
+        silence_s = cfg.keepalive_interval_s * cfg.keepalive_count_max
+        if cfg.resume_window_s <= silence_s:
+            # the window counts from the last word heard; a silent loss is found out later
+            return (
+                f"python3 {version}; kernels wait {window}, but a connection that goes silent "
+                f"is found lost only after {silence_s:g} s (keepalive_interval_s x "
+                f"keepalive_count_max): its kernels end before relay can resume",
+                {
+                    "advice": f"raise resume_window_s for {self.name} well above "
+                    f"{silence_s:g} s (900 unless set), or lower keepalive_interval_s"
+                },
+                "warn",
+            )
         return (
             f"python3 {version}; kernels wait {window} for their connection to come back",
             {},
@@ -732,7 +760,7 @@ class Checker:
         snap = self.session.snapshot()
         show: dict[str, Any] = {}
         rtt = snap.get("rtt_ms")
-        if rtt is not None:
+        if rtt is not None and snap["state"] == "connected":
             # one launch: about two round trips, plus the shim's and the kernel's own start-up;
             # LaunchKernels runs one launch command after another (docs/topology.md §4)
             show["means"] = (
@@ -756,20 +784,30 @@ class Checker:
             summary = f"resuming: lost at {at}, relay is reconnecting; the kernels there wait" + (
                 f" ({left:.0f} s of resume_window_s left)" if left is not None else ""
             )
-            show["held"] = f"{resume.get('unacked') or 0} bytes unacknowledged"
+            show["held"] = f"{size(int(resume.get('unacked') or 0))} unacknowledged"
             advice = (
                 f"`relay login {self.name}` (the server wants a person's answers)"
                 if resume.get("login_needed")
                 else "the kernels go on once the network does; `relay status` shows when"
             )
             return summary, {"show": show, "rtt_ms": rtt, "advice": advice}, "warn"
+        if resume.get("state") == "ended":
+            # the window ran out (or the agent was killed): that is the news, not the attempt
+            # to connect that may have followed
+            return (
+                f"kernels ended: {resume.get('reason')}",
+                {"show": show, "rtt_ms": rtt, "advice": "launch the kernels again"},
+                "warn",
+            )
         if snap.get("since"):
-            show["connected since"] = time.strftime("%H:%M:%S", time.localtime(snap["since"]))
+            show[f"{snap['state']} since"] = time.strftime(
+                "%H:%M:%S", time.localtime(snap["since"])
+            )
         failures = snap.get("failures") or []
         if failures:
             last = failures[-1]
             show["recent failure"] = f"{last.get('reason', last)}"[:120]
-        summary = f"{snap['state']}, RTT {rtt:.1f} ms" if rtt is not None else snap["state"]
+        summary = f"{snap['state']}, RTT {rtt:.1f} ms" if "means" in show else snap["state"]
         return summary, {"show": show, "rtt_ms": rtt}, "ok"
 
 

@@ -286,6 +286,11 @@ class Daemon:
                 k.end_reason = ended
                 k.log.warning("kernel ended", reason=ended)
                 k.named_host.record_failure(k.id, kernel, ended)
+            elif connected and status is None and (ended := k.ended_with_agent()):
+                # the window ran out with the connection down (or the agent was killed): the
+                # shim was told; `relay status` keeps it, as the host's own line moves on
+                k.log.warning("kernel ended", reason=ended)
+                k.named_host.record_failure(k.id, kernel, ended)
         finally:
             self.kernels.pop(k.id, None)
             self.clusters.release(k)
@@ -475,14 +480,21 @@ class Daemon:
         self.config_error = self._config_error_host = None
         changed = config != self.config
         self.config = config
+        notes = []  # where a new resume_window_s does not reach the running kernels now
         for key, session in self.hosts.items():
             with contextlib.suppress(RelayError):
                 _, cfg = config.resolve(key, self.config_source, adhoc=True)
-                session.reconfigure(cfg)
+                if note := session.reconfigure(cfg):
+                    notes.append(note)
         self.clusters.reconfigure()  # compute nodes' sessions, from their clusters'
         if changed:
             log.info("configuration reloaded", path=str(self.config_path))
-        return {**read, "changed": changed, "ssh_config": list(config.daemon.ssh_config)}
+        return {
+            **read,
+            "changed": changed,
+            "ssh_config": list(config.daemon.ssh_config),
+            "notes": notes,
+        }
 
     def request_stop(self, why: str) -> None:
         """A graceful shutdown: ``why`` (``relay stop``, ``relay restart``, ``SIGTERM``...) is

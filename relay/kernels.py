@@ -180,6 +180,14 @@ class Kernel:
             self.named_host.key, status, at=at, outage=outage, signum=self._proc.signum
         )
 
+    def ended_with_agent(self) -> str | None:
+        """Why the host's agent ended this kernel where relay did not ask it to, and its exit
+        status never came (the window ran out with the connection down, the agent was
+        killed): the line its shim was told. None otherwise."""
+        if self.end_reason or self.signalled or not isinstance(self.forward, AgentForward):
+            return None
+        return self.forward.ended_unasked
+
     def connection_lost(self) -> ConnectionLost:
         if isinstance(self.forward, AgentForward) and self.forward.ended_because:
             return ConnectionLost(
@@ -191,13 +199,20 @@ class Kernel:
             f"the kernel ended with it: restart it from the front end"
         )
 
+    def _state(self) -> str:
+        if not self.callback.done():
+            return "starting"
+        if self.host.resuming and isinstance(self.forward, AgentForward):
+            return "resuming"  # its links quiet, waiting for the connection with it
+        return "connected"
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "host": self.host.key,
             "mode": self.mode,
             "remote_pid": self.remote_pid,
-            "state": "connected" if self.callback.done() else "starting",
+            "state": self._state(),
             "frontend_link": str(self.frontend_link),
             "remote_link": str(self.remote_link),
             "age_s": round(time.time() - self.started_at, 1),

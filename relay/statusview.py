@@ -6,7 +6,7 @@ import textwrap
 import time
 from typing import Any
 
-__all__ = ["render"]
+__all__ = ["render", "size"]
 
 
 def _ago(ts: float | None, now: float) -> str:
@@ -48,9 +48,15 @@ def _wrapped(text: str | None) -> str:
 
 
 def _state(h: dict[str, Any], now: float) -> str:
-    if h["state"] == "backing-off" and h.get("retry_at"):
-        return f"backing-off (retry in {_duration(h['retry_at'] - now)})"
-    return str(h["state"])
+    """The host's state; while its kernels wait for their connection, ``resuming`` and the
+    attempt under way."""
+    state, attempt = h["state"], h.get("attempt")
+    if (attempt if state == "resuming" else state) == "backing-off" and h.get("retry_at"):
+        retry = f"retry in {_duration(h['retry_at'] - now)}"
+        return f"resuming ({retry})" if state == "resuming" else f"backing-off ({retry})"
+    if state == "resuming" and attempt == "connecting":
+        return "resuming (connecting)"
+    return str(state)
 
 
 def _target(h: dict[str, Any]) -> str:
@@ -72,7 +78,8 @@ def _peer_check(check: dict[str, Any] | None) -> str:
     return text
 
 
-def _size(n: int) -> str:
+def size(n: int) -> str:
+    """Bytes as a person reads them."""
     if n < 1024:
         return f"{n} B"
     if n < 1 << 20:
@@ -82,21 +89,26 @@ def _size(n: int) -> str:
 
 def _resume(r: dict[str, Any] | None) -> str:
     """Whether the host's kernels outlive their connection (docs/agent.md): ``on`` with the
-    window; ``resuming`` with the time left and what links hold unacknowledged; ``off`` and
-    why (no python3 there, resume_window_s = 0, ...)."""
+    window; ``resuming`` with the time left and what links hold unacknowledged; ``ended``
+    and why (the window ran out); ``off`` and why (no python3 there, resume_window_s = 0,
+    ...)."""
     if not r:
         return "-"
     state = r.get("state")
+    if state == "on" and not r.get("window_s"):  # an agent told resume_window_s = 0
+        return _wrapped("off: resume_window_s = 0 (kernels end with their connection)")
     if state == "on":
         return f"on ({_duration(r.get('window_s') or 0)} window)"
     if state == "resuming":
         left = r.get("window_left_s")
         text = f"resuming, {_duration(left or 0)} left" if left is not None else "resuming"
+        if r.get("window_next_s") is not None:  # relay.toml's new one, once back
+            text += f" ({_duration(r['window_next_s'])} window once back)"
         if r.get("login_needed"):
             text += ", needs `relay login`"
-        return f"{text}, {_size(int(r.get('unacked') or 0))} held"
-    if state == "off" and r.get("reason"):
-        return _wrapped(f"off: {r['reason']}")
+        return _wrapped(f"{text}, {size(int(r.get('unacked') or 0))} held")
+    if state in ("ended", "off") and r.get("reason"):
+        return _wrapped(f"{state}: {r['reason']}")
     return str(state or "-")
 
 
@@ -165,7 +177,10 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
                     _target(h),
                     _state(h, now),
                     _ago(h["since"], now),
-                    f"{h['rtt_ms']:.1f} ms" if h.get("rtt_ms") is not None else "-",
+                    # the last one measured, while the connection it was measured on lives
+                    f"{h['rtt_ms']:.1f} ms"
+                    if h.get("rtt_ms") is not None and h["state"] == "connected"
+                    else "-",
                     str(h["kernels"]),
                     _peer_check(h.get("peer_check")),
                     _resume(h.get("resume")),
@@ -216,7 +231,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
                     f["remote"] or "-",
                     f["target"],
                     f["state"],
-                    _size(f["unacked"]) if "unacked" in f else "-",
+                    size(f["unacked"]) if "unacked" in f else "-",
                 ]
                 for k in kernels
                 for f in k["forwards"]

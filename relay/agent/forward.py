@@ -149,6 +149,11 @@ class AgentForward:
         reached again), if it is."""
         return self._agent.end_reason
 
+    @property
+    def ended_unasked(self) -> str | None:
+        """``ended_because``, where relay did not tell the agent to end its kernels."""
+        return None if self._agent.said_bye else self._agent.end_reason
+
     async def settled(self) -> None:
         """Return once no admitted connection is still being joined to the front end."""
         for ch in self._channels:

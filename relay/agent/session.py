@@ -818,6 +818,8 @@ class AgentSession:
             "pid": self.info.pid,
             "attached": self.attached,
             "window_s": self.window_s,
+            # a new window relay.toml gave while detached: the kernels take it on attaching
+            "window_next_s": self._window_next,
             "lost_at": self.lost_at,
             "window_left_s": round(left, 1) if left is not None else None,
             "attaches": self.attaches,
@@ -826,6 +828,12 @@ class AgentSession:
             "streams": len(self._streams) - 1 - len(self._spare) - len(self._spare_serve),
             "spares": len(self._spare) + len(self._spare_serve),
         }
+
+    @property
+    def said_bye(self) -> bool:
+        """relay told the agent to end its kernels (a stop, an idle close): their end is
+        relay's doing, not news."""
+        return self._said_bye
 
     def channel_gone(self) -> asyncio.Future[None] | None:
         return self._channel.gone if self._channel is not None else None

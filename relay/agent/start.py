@@ -39,12 +39,15 @@ START_TIMEOUT_S = 30.0
 NO_OWNER_CHECK = "the host cannot tell who connects (no /proc/net/tcp)"
 
 
+WINDOW_ZERO = "resume_window_s = 0"
+
+
 def unwanted(cfg: HostConfig) -> str | None:
     """Why a host's kernels do not go through relay's agent, from its configuration alone
     (``relay check`` says the same); None where the agent is wanted. The host can still
     refuse it: no python3, no Unix socket forwarding, no /proc/net/tcp (``NO_OWNER_CHECK``)."""
     if cfg.resume_window_s <= 0:
-        return "resume_window_s = 0"
+        return WINDOW_ZERO
     if cfg.slurm is not None:
         # no kernel runs on a login node: each compute node's session has its own agent
         return "kernels run on the compute nodes, each with its agent"

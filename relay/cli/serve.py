@@ -83,6 +83,8 @@ def reload() -> int:
         )
     else:
         print(f"relay: read {path} again: unchanged since relay last read it")
+    for note in answer.get("notes") or []:  # a new resume_window_s that waits
+        print(f"relay: {note}")
     return 0
 
 

@@ -214,32 +214,53 @@ class HostSession:
         """The key the host offers now, and whether it is known (``relay trust``)."""
         return await self.connector.host_key()
 
-    def reconfigure(self, config: HostConfig) -> None:
+    def reconfigure(self, config: HostConfig) -> str | None:
         """relay.toml changed: the host's settings are ``config`` from now on, whatever came
         before (a start as an ad-hoc host, connects that failed under the old entry). Launches
         take it at once (kernel, arguments, timeouts, peer_check here); what a connection is
         made with (target, keys, keepalive, ciphers, spares) applies from the next one. The old
-        settings' failures no longer stand as the host's error nor count against its retries."""
+        settings' failures no longer stand as the host's error nor count against its retries.
+
+        Returns a line for ``relay reload`` where a new ``resume_window_s`` does not reach
+        the running kernels now, as a person raising it for a weekend would expect."""
         if not self.connector.reconfigure(config):
-            return
+            return None
         self.local_guard.enabled = config.peer_check == "uid"
         if self.status.state == "failed":
             self.status.set("disconnected")
             self.status.last_error = None
         self._log.info("host configuration changed; connection settings apply from the next one")
+        window_s = config.resume_window_s
         agent = self.agent
         if agent is not None and not agent.ended.done():
-            window_s = config.resume_window_s
-            if window_s != agent.window_s:  # the kernels running here wait that long too
-                # while resuming the agent cannot be told: the window it has stands until
-                # the connection is back (and a resume counts down that one)
-                told = agent.set_window(window_s)
-                self._log.info(
-                    "resume_window_s for the running kernels"
-                    if told
-                    else "resume_window_s for the running kernels once the connection is back",
-                    window_s=window_s,
-                )
+            if window_s == agent.window_s:
+                return None
+            # the kernels running here wait that long too; while resuming the agent cannot be
+            # told: the window it has stands until the connection is back (a resume counts
+            # down that one)
+            if agent.set_window(window_s):
+                self._log.info("resume_window_s for the running kernels", window_s=window_s)
+                return None
+            self._log.info(
+                "resume_window_s for the running kernels once the connection is back",
+                window_s=window_s,
+            )
+            return (
+                f"{self.key}: resuming: its kernels take resume_window_s = {window_s:g} s once "
+                f"the connection is back; until then the window they had "
+                f"({agent.window_s:g} s) counts down"
+            )
+        if window_s > 0 and self.agent_unavailable == agent_start.WINDOW_ZERO and self.connected:
+            return (
+                f"{self.key}: its connection was made with resume_window_s = 0, so the kernels "
+                f"launched on it end with it; kernels wait {window_s:g} s from its next "
+                f"connection"
+            )
+        return None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
 
     # -- the connection ----------------------------------------------------------------------
     async def connection(self) -> asyncssh.SSHClientConnection:
@@ -531,6 +552,11 @@ class HostSession:
             agent.end(
                 f"the connection to {self.key} was lost at {at} and did not come back within "
                 f"resume_window_s ({window:g} s){why}; relay's agent there ends its kernels"
+            )
+            self._log.warning(
+                "resume window ran out; the agent ends the kernels",
+                lost_at=at,
+                window_s=window,
             )
             self.status.last_error = agent.end_reason
             self.status.set("disconnected")
@@ -844,8 +870,13 @@ class HostSession:
             "hostname": view.hostname if view is not None else self.config.hostname,
             "port": view.port if view is not None else self.config.port,
             "user": view.user if view is not None else self.config.user,
-            "state": status.state,
-            "since": status.since,
+            # while the kernels wait for their connection, that is the host's state (the
+            # attempt under way is ``attempt``), since it was lost
+            **(
+                {"state": "resuming", "attempt": status.state, "since": self._lost_at()}
+                if self.resuming
+                else {"state": status.state, "since": status.since}
+            ),
             "rtt_ms": None if rtt.rtt_ms is None else round(rtt.rtt_ms, 2),
             "rtt_at": rtt.rtt_at,
             "holds": len(self._holds),
@@ -863,16 +894,29 @@ class HostSession:
             "resume": self._resume_snapshot(),
         }
 
+    def _lost_at(self) -> float | None:
+        agent = self.agent
+        return agent.lost_at if agent is not None and agent.lost_at is not None else None
+
     def _resume_snapshot(self) -> dict[str, Any]:
-        """Whether kernels here outlive their connection, and how the agent stands."""
+        """Whether kernels here outlive their connection, and how the agent stands: ``on``,
+        ``resuming``, ``ended`` (its kernels ended without relay asking: the window ran out,
+        the agent was killed; until the next connection starts another), ``off`` (and why),
+        ``unknown`` (not connected yet)."""
         agent = self.agent
         if agent is not None and not agent.ended.done():
             state = "on" if agent.attached else "resuming"
             waiting = self._login_wanted is not None  # for `relay login`
             return {"state": state, **agent.snapshot(), "login_needed": waiting}
-        if self.agent_unavailable is not None:
-            return {"state": "off", "reason": self.agent_unavailable}
-        return {"state": "unknown" if self.config.resume_window_s > 0 else "off"}
+        if agent is not None and agent.end_reason and not agent.said_bye:
+            return {"state": "ended", "reason": agent.end_reason, "lost_at": agent.lost_at}
+        window_s = self.config.resume_window_s
+        reason = self.agent_unavailable
+        if reason == agent_start.WINDOW_ZERO and window_s > 0 and self.connected:
+            reason += f" when this connection was made ({window_s:g} s from the next one)"
+        if reason is not None:
+            return {"state": "off", "reason": reason}
+        return {"state": "unknown" if window_s > 0 else "off"}
 
 
 async def close_in_order(hosts: Iterable[HostSession]) -> None:

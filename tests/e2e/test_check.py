@@ -340,6 +340,21 @@ def test_the_resume_line_says_off_where_the_daemon_keeps_sshds_path(
     )
 
 
+def test_a_window_keepalive_outlasts_is_a_warning(home: RelayHome) -> None:
+    """The window counts from the last word heard; a connection that goes silent is found
+    lost only keepalive_interval_s x keepalive_count_max later: a window no longer than that
+    ends the kernels before relay can resume them."""
+    home.add_host("local", resume_window_s=10, keepalive_interval_s=5, keepalive_count_max=3)
+    _, answer, _ = check(home)
+    resume = by_name(answer)["resume"]
+    assert resume["state"] == "warn", resume
+    assert (
+        "kernels wait 10 s, but a connection that goes silent is found lost only after 15 s"
+        in (resume["summary"])
+    ), resume
+    assert "raise resume_window_s for local well above 15 s" in resume["advice"], resume
+
+
 # a TMPDIR whose Unix sockets' paths pass the 108 bytes sockaddr_un holds
 LONG_TMPDIR = "/tmp/relay-test-" + "t" * 100
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from relay import wake
 from relay.agent import mux
@@ -415,27 +416,55 @@ async def test_an_attempt_stuck_on_the_dead_path_does_not_hold_the_resume_back(
 
 async def test_window_runs_out_kernels_end_with_one_line_and_no_orphan(home: RelayHome) -> None:
     """No way back within resume_window_s: each shim exits 1 with one line naming the outage
-    and the window, and the agent on the host has ended the kernels itself."""
-    async with (
-        behind_proxy(home, resume_window_s=3) as proxy,
-        start_daemon(home) as running,
-        controller(home) as fe,
-    ):
-        kl, pid = await connected(fe)
-        agent_pid = int(str(resume_state(running)["pid"]))
-        proxy.blackhole()
-        status, _, err = await fe.result(BOUND_S)
-        assert status == 1
-        assert len(err.strip().splitlines()) == 1, err
-        assert "did not come back within resume_window_s (3 s)" in err, err
-        await wait_gone(pid, BOUND_S)  # the agent ended it: no daemon needed
-        await wait_gone(agent_pid, BOUND_S)
-        await kl.aclose()
-        proxy.restore()  # and relay goes on with a fresh agent
-        async with controller(home) as fe2:
-            kl2, _ = await connected(fe2)
-            assert resume_state(running)["pid"] != agent_pid
-            await quit_cleanly(kl2, fe2)
+    and the window, and the agent on the host has ended the kernels itself. Meanwhile the
+    host is ``resuming`` since the loss; after, `relay status` says the window ran out (its
+    RESUME ``ended``, the kernel among its failures) and so does `relay check`, whatever the
+    attempt to connect under way then says when it fails on the dead path; the log says it
+    once, as it says a resume."""
+    ran_out = "did not come back within resume_window_s (3 s)"
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            behind_proxy(home, resume_window_s=3, connect_timeout_s=2) as proxy,
+            start_daemon(home) as running,
+            controller(home) as fe,
+        ):
+            kl, pid = await connected(fe)
+            agent_pid = int(str(resume_state(running)["pid"]))
+            session = running.daemon.hosts["local"]
+            proxy.blackhole()
+            await until(lambda: session.snapshot()["state"] == "resuming", "the host resuming")
+            shown = session.snapshot()
+            assert shown["since"] == shown["resume"]["lost_at"], shown  # not the attempt's
+            assert [k.snapshot()["state"] for k in running.daemon.kernels.values()] == ["resuming"]
+            status, _, err = await fe.result(BOUND_S)
+            assert status == 1
+            assert len(err.strip().splitlines()) == 1, err
+            assert ran_out in err, err
+            await wait_gone(pid, BOUND_S)  # the agent ended it: no daemon needed
+            await wait_gone(agent_pid, BOUND_S)
+            await kl.aclose()
+            # the attempt under way as the window ran out fails on the dead path after it
+            await until(lambda: session._connecting is None, "the last attempt's end")
+            await until(lambda: bool(session.failures), "the kernel among the failures")
+            host = await status_of(home)
+            assert host["resume"]["state"] == "ended" and ran_out in host["resume"]["reason"]
+            assert [f["reason"] for f in host["failures"]] == [host["resume"]["reason"]], host
+            code, out, err = await relay_cli(home, "status")
+            assert code == 0 and "ended: the connection to local was lost at" in out, err
+            code, out, err = await relay_cli(home, "check", "local", "--json")
+            connection = next(r for r in json.loads(out)["results"] if r["name"] == "connection")
+            assert connection["state"] == "warn", connection
+            assert connection["summary"].startswith("kernels ended: the connection to local")
+            proxy.restore()  # and relay goes on with a fresh agent
+            async with controller(home) as fe2:
+                kl2, _ = await connected(fe2)
+                assert resume_state(running)["state"] == "on"
+                assert resume_state(running)["pid"] != agent_pid
+                await quit_cleanly(kl2, fe2)
+    said = [e for e in logs if e["event"] == "resume window ran out; the agent ends the kernels"]
+    assert len(said) == 1 and said[0]["log_level"] == "warning", said
+    ended = [e for e in logs if e["event"] == "kernel ended" and ran_out in e.get("reason", "")]
+    assert len(ended) == 1, logs
 
 
 async def test_a_kernel_killed_during_an_outage_is_said_when_and_not_taken_for_relays_doing(
@@ -759,10 +788,17 @@ async def test_a_longer_window_in_relay_toml_keeps_the_running_kernels(
         home.write()
         if when == "resuming":
             await outage(running, proxy, "reset")
-        code, _, err = await relay_cli(home, "reload")
+        code, out, err = await relay_cli(home, "reload")
         assert code == 0, err
         if when == "resuming":  # the agent cannot be told yet: its window stands
             assert resume_state(running)["window_s"] == old_s
+            assert resume_state(running)["window_next_s"] == new_s
+            assert (
+                f"local: resuming: its kernels take resume_window_s = {new_s} s once the "
+                f"connection is back; until then the window they had ({old_s} s) counts down"
+            ) in out, out
+            code, table, err = await relay_cli(home, "status")
+            assert code == 0 and "(2m00s window once back)" in table, err
             proxy.restore()
             await until(lambda: resume_state(running)["state"] == "on", "the resume")
         assert resume_state(running)["window_s"] == new_s
@@ -773,6 +809,40 @@ async def test_a_longer_window_in_relay_toml_keeps_the_running_kernels(
         assert pid_alive(pid) and fe.proc.returncode is None
         proxy.restore()
         assert await asyncio.wait_for(echo, BOUND_S) == payload
+        await quit_cleanly(kl, fe)
+
+
+async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
+    home: RelayHome,
+) -> None:
+    """A connection made with resume_window_s = 0 carries its kernels on the old path: a
+    window raised in relay.toml cannot reach them (they end with that connection), so
+    `relay reload`, `relay status` and `relay check` say kernels wait from the host's next
+    connection, not that these do."""
+    async with (
+        behind_proxy(home, resume_window_s=0),
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, _ = await connected(fe)
+        assert resume_state(running) == {"state": "off", "reason": "resume_window_s = 0"}
+        home.hosts["local"]["resume_window_s"] = 120
+        home.write()
+        code, out, err = await relay_cli(home, "reload")
+        assert code == 0, err
+        assert (
+            "local: its connection was made with resume_window_s = 0, so the kernels launched "
+            "on it end with it; kernels wait 120 s from its next connection"
+        ) in out, out
+        assert resume_state(running) == {
+            "state": "off",
+            "reason": "resume_window_s = 0 when this connection was made (120 s from the next one)",
+        }
+        code, out, err = await relay_cli(home, "check", "local", "--json")
+        resume = next(r for r in json.loads(out)["results"] if r["name"] == "resume")
+        assert resume["state"] == "warn", resume
+        assert "was made with resume_window_s = 0" in resume["summary"], resume
+        assert "kernels wait 120 s from its next connection" in resume["summary"], resume
         await quit_cleanly(kl, fe)
 
 

@@ -95,6 +95,40 @@ def test_resume_column_says_on_resuming_with_time_left_and_held_or_off_and_why()
     assert "off: no python3 on cluster's PATH" in render(answer(resume=off), now=110.0)
 
 
+def test_resume_column_says_a_window_waiting_for_the_connection_and_one_that_ran_out() -> None:
+    """relay.toml's new window during an outage, taken once back; a window that ran out,
+    said until a new connection starts an agent again (the host's own error moves on with
+    the attempts that follow); an agent told resume_window_s = 0 keeps no kernel through an
+    outage, and is shown so, as `relay check` says it."""
+    resuming = {"state": "resuming", "window_s": 300.0, "window_left_s": 297.0, "unacked": 0}
+    later = render(answer(resume={**resuming, "window_next_s": 3600.0}), now=110.0)
+    assert "resuming, 4m57s left (1h00m window once back), 0 B held" in " ".join(
+        line.strip() for line in later.splitlines()
+    )
+    ran_out = (
+        "the connection to cluster was lost at 12:03:07 and did not come back within "
+        "resume_window_s (60 s); relay's agent there ends its kernels"
+    )
+    shown = render(answer(resume={"state": "ended", "reason": ran_out}), now=110.0)
+    assert "ended: the connection to cluster was lost at 12:03:07" in shown
+    assert "resume_window_s (60 s)" in shown
+    zero = render(answer(resume={"state": "on", "window_s": 0.0, "unacked": 0}), now=110.0)
+    assert "off: resume_window_s = 0 (kernels end" in zero and "0s window" not in zero
+
+
+def test_a_resuming_host_says_so_with_its_attempt_and_no_rtt_from_before() -> None:
+    """While its kernels wait, the host is ``resuming`` since the connection was lost, with
+    the attempt under way; the RTT of the lost connection is not shown as the path's."""
+    lost = {"state": "resuming", "window_s": 900.0, "window_left_s": 872.4, "unacked": 0}
+    trying = answer(state="resuming", attempt="connecting", since=50.0, rtt_ms=1.0, resume=lost)
+    row = render(trying, now=110.0).splitlines()[4]
+    assert "resuming (connecting)  1m00s ago  -" in row, row
+    waiting = answer(state="resuming", attempt="backing-off", retry_at=114.0, since=50.0)
+    assert "resuming (retry in 4s)" in render(waiting, now=110.0)
+    connected = render(answer(rtt_ms=1.25), now=110.0).splitlines()[4]
+    assert "1.2 ms" in connected or "1.3 ms" in connected, connected
+
+
 def test_each_channel_shows_what_it_holds_unacknowledged() -> None:
     status = answer(resume={"state": "resuming", "window_s": 900.0, "window_left_s": 60.0})
     status["kernels"] = [
