@@ -60,7 +60,7 @@ from relay.ssh.connector import (
 )
 from relay.ssh.guard import WHY, PeerGuard
 from relay.ssh.holds import Hold, Holds
-from relay.ssh.live import Live, RttMeter
+from relay.ssh.live import Live, RttMeter, stale_after_s
 from relay.ssh.options import ConnectPlan, asyncssh_keepalive
 from relay.ssh.sshconfig import SSHView
 from relay.ssh.supervisor import Supervisor
@@ -133,6 +133,9 @@ class HostSession:
         self.agent: AgentSession | None = None
         self._agent_supervisor: Supervisor | None = None
         self.agent_unavailable: str | None = None  # why kernels here end with the connection
+        # a connection of this daemon's ran the old path here (supervisor.sh): one of them that
+        # died silently may have left its session and kernels, which the agent does not end
+        self._supervised = False
         self._resuming: asyncio.Task[None] | None = None
         # a resume the server wants a person for (2FA) waits on this for ``relay login``
         self._login_wanted: asyncio.Future[None] | None = None
@@ -613,7 +616,7 @@ class HostSession:
             agent = await self._start_agent(conn, cfg)
         if agent is not None and self._agent_supervisor is not None:
             try:
-                return await Live.attach(
+                live = await Live.attach(
                     conn,
                     key=self.key,
                     config=cfg,
@@ -636,9 +639,33 @@ class HostSession:
                 self._log.warning(
                     "kernels here end with their connection", reason=self.agent_unavailable
                 )
-        return await Live.open(
+            else:
+                if self._supervised and cfg.end_stale_sessions:
+                    self._supervised = False
+                    self._tasks.spawn(self._end_stale_sessions(conn, cfg), name=f"stale:{self.key}")
+                return live
+        live = await Live.open(
             conn, key=self.key, tag=self.tag, config=cfg, rtt=self.rtt, hook=self._hook
         )
+        self._supervised = True
+        return live
+
+    async def _end_stale_sessions(
+        self, conn: asyncssh.SSHClientConnection, cfg: HostConfig
+    ) -> None:
+        """The agent runs now where an earlier connection ran the old path (resume_window_s
+        was 0 then, or the agent could not start): one that died silently left its session
+        and kernels on the host, which the next supervisor would end (``supervisor.sh``) but
+        the agent does not. So a supervisor is started for that alone, and closed."""
+        try:
+            supervisor = await Supervisor.start(
+                conn, self.key, cfg.connect_timeout_s, self.tag, stale_after_s=stale_after_s(cfg)
+            )
+        except (RelayError, asyncssh.Error, OSError) as exc:
+            self._log.info("stale sessions of the old path not looked for", error=str(exc))
+            return
+        supervisor.close()
+        await supervisor.wait_closed()
 
     def _agent_wanted(self, cfg: HostConfig) -> bool:
         self.agent_unavailable = agent_start.unwanted(cfg)

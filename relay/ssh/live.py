@@ -27,7 +27,7 @@ from relay.ssh.hookfile import Installer
 from relay.ssh.supervisor import Supervisor
 from relay.tasks import TaskSet
 
-__all__ = ["Live", "RttMeter"]
+__all__ = ["Live", "RttMeter", "stale_after_s"]
 
 
 class RttMeter:
@@ -58,6 +58,13 @@ class RttMeter:
                 return  # the connection ended: the host session says so, once
 
 
+def stale_after_s(config: HostConfig) -> int:
+    """A supervisor session not pinged this long is stale (``supervisor.sh``). A live one is
+    pinged every keepalive interval; the daemon declares its connection dead after interval x
+    count without an answer, which is when a new supervisor comes."""
+    return max(1, math.ceil(config.keepalive_interval_s * config.keepalive_count_max))
+
+
 @dataclass(eq=False)
 class Live:
     """A host's live connection and what runs on it: the supervisor session, the spare
@@ -86,17 +93,13 @@ class Live:
         """Start what runs on ``conn`` (see the module). If the session does not answer its
         first ping, what was started is closed (not awaited: the host may not answer that
         either) and TimeoutError raised."""
-        # A live session is pinged every keepalive interval; the daemon declares its
-        # connection dead after interval x count without an answer, which is when a new
-        # supervisor comes. So that long without a ping is stale, and so long a ping waits.
-        silence_s = config.keepalive_interval_s * config.keepalive_count_max
         supervisor = await Supervisor.start(
             conn,
             key,
             config.connect_timeout_s,
             tag,
             end_stale=config.end_stale_sessions,
-            stale_after_s=max(1, math.ceil(silence_s)),
+            stale_after_s=stale_after_s(config),
         )
         pool = SparePool(conn, config.spare_forwards, key)
         live = cls(conn, supervisor, pool, _guard(key, supervisor, config))

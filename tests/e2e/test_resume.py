@@ -61,6 +61,7 @@ from tests.e2e.helpers import (
     request,
     wait_gone,
 )
+from tests.e2e.remote import sshd_session_of
 from tests.e2e.test_faults import (
     drain,
     newly_open,
@@ -844,6 +845,39 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
         assert "was made with resume_window_s = 0" in resume["summary"], resume
         assert "kernels wait 120 s from its next connection" in resume["summary"], resume
         await quit_cleanly(kl, fe)
+
+
+async def test_old_path_kernels_a_silent_loss_left_end_once_the_agent_takes_over(
+    home: RelayHome,
+) -> None:
+    """A connection made with resume_window_s = 0 runs its kernel under supervisor.sh. The
+    window raised, the path goes silently dead: the kernel's shim ends, but on the host its
+    session and kernel run on (sshd cannot tell). The next connection runs the agent, which
+    starts no supervisor: relay ends the stale session all the same, as a new supervisor
+    would have, and no kernel is left without its front end."""
+    async with (
+        behind_proxy(home, resume_window_s=0) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        old_session = sshd_session_of(pid)
+        home.hosts["local"]["resume_window_s"] = 120
+        home.write()
+        code, _, err = await relay_cli(home, "reload")
+        assert code == 0, err
+        proxy.blackhole()
+        status, _, err = await fe.result(BOUND_S)
+        assert status == 1 and "the kernel ended with it" in err, err
+        assert pid_alive(pid) and pid_alive(old_session)  # the host cannot tell
+        await kl.aclose()
+        proxy.restore()
+        async with controller(home) as fe2:
+            kl2, _ = await connected(fe2)
+            assert resume_state(running)["state"] == "on"
+            await wait_gone(pid, BOUND_S)
+            await wait_gone(old_session, BOUND_S)
+            await quit_cleanly(kl2, fe2)
 
 
 async def test_a_daemon_asleep_past_the_window_ends_the_links_on_waking(home: RelayHome) -> None:
