@@ -542,6 +542,8 @@ class Checker:
         assert self.session is not None
         cfg = self.session.config
         off = "kernels here end with their connection, as with resume_window_s = 0"
+        if cfg.resume_window_s <= 0:  # a Slurm host's nodes too
+            return f"off: {agent_start.WINDOW_ZERO}; kernels end with their connection", {}, "ok"
         if cfg.slurm is None:  # as the daemon decides (HostSession); a Slurm host's are its nodes'
             if (why := agent_start.unwanted(cfg)) is not None:
                 return f"off: {why}; kernels end with their connection", {}, "ok"
@@ -563,8 +565,7 @@ class Checker:
             summary, advice = refused
             return summary.replace("{off}", off), {"advice": advice}, "warn"
         window = f"{cfg.resume_window_s:g} s"
-        session = self.session
-        if session.agent is None and session.agent_unavailable == agent_start.WINDOW_ZERO:
+        if cfg.slurm is None and self.session.on_old_path:
             # relay.toml raised it since the daemon's connection was made: not for its kernels
             return (
                 f"python3 {version}; the connection relay has was made with resume_window_s "
@@ -578,7 +579,7 @@ class Checker:
                 "warn",
             )
         silence_s = cfg.keepalive_interval_s * cfg.keepalive_count_max
-        if cfg.resume_window_s <= silence_s:
+        if 0 < cfg.resume_window_s <= silence_s:
             # the window counts from the last word heard; a silent loss is found out later
             return (
                 f"python3 {version}; kernels wait {window}, but a connection that goes silent "

@@ -486,7 +486,7 @@ class Daemon:
                 _, cfg = config.resolve(key, self.config_source, adhoc=True)
                 if note := session.reconfigure(cfg):
                     notes.append(note)
-        self.clusters.reconfigure()  # compute nodes' sessions, from their clusters'
+        notes += self.clusters.reconfigure()  # compute nodes' sessions, from their clusters'
         if changed:
             log.info("configuration reloaded", path=str(self.config_path))
         return {

@@ -202,7 +202,7 @@ class Kernel:
     def _state(self) -> str:
         if not self.callback.done():
             return "starting"
-        if self.host.resuming and isinstance(self.forward, AgentForward):
+        if self.host.kernels_waiting and isinstance(self.forward, AgentForward):
             return "resuming"  # its links quiet, waiting for the connection with it
         return "connected"
 

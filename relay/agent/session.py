@@ -361,6 +361,7 @@ class AgentSession:
         self._secret = secret
         self.window_s = window_s  # as the agent has it: what a resume counts down
         self._window_next: float | None = None  # set while detached: said on attaching
+        self._hello_window: float | None = None  # the window the last HELLO told the agent
         self.silence_s = silence_s
         self._log = structlog.get_logger("relay.agent").bind(host=host)
         self._streams: dict[int, Stream] = {}
@@ -611,6 +612,9 @@ class AgentSession:
         self._channel = channel
         if self._window_next is not None:
             self.window_s, self._window_next = self._window_next, None
+        if self._hello_window is not None and self.window_s != self._hello_window:
+            # relay.toml changed between our HELLO and the agent's WELCOME: told now
+            self.control.send(f"window w {self.window_s:g}\n".encode())
         self.attaches += 1
         self._heard()
         if self.lost_clock is not None:
@@ -630,12 +634,13 @@ class AgentSession:
         """HELLO (what the daemon has received of each stream, and the secret), and the
         agent's WELCOME; the channel is closed if none comes."""
         assert channel.chan is not None
+        self._hello_window = self._window_next if self._window_next is not None else self.window_s
         hello = {
             "secret": self._secret,
             "recv": {str(sid): s.inbox.position for sid, s in self._streams.items()},
             "handed": {str(sid): s.handed() for sid, s in self._streams.items()},
             "silence_s": self.silence_s,
-            "window_s": self._window_next if self._window_next is not None else self.window_s,
+            "window_s": self._hello_window,
         }
         channel.write(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
         try:
@@ -828,6 +833,11 @@ class AgentSession:
             "streams": len(self._streams) - 1 - len(self._spare) - len(self._spare_serve),
             "spares": len(self._spare) + len(self._spare_serve),
         }
+
+    @property
+    def window_next(self) -> float | None:
+        """A window relay.toml gave while detached, which the kernels take on attaching."""
+        return self._window_next
 
     @property
     def said_bye(self) -> bool:

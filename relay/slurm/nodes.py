@@ -93,14 +93,19 @@ class Clusters:
             session = self._hosts[key] = self._new_session(key, node_config(cluster, node))
         return session
 
-    def reconfigure(self) -> None:
+    def reconfigure(self) -> list[str]:
         """relay.toml was read again: each compute node's session takes its cluster's
-        settings as they now are (``HostSession.reconfigure``), as every host does."""
+        settings as they now are (``HostSession.reconfigure``), as every host does; what
+        they say for ``relay reload``."""
+        notes = []
         for key, session in list(self._hosts.items()):
             cluster_key, slash, node = key.partition("/")
             cluster = self._hosts.get(cluster_key)
-            if slash and cluster is not None and cluster.config.slurm is not None:
-                session.reconfigure(node_config(cluster, node))
+            if not (slash and cluster is not None and cluster.config.slurm is not None):
+                continue
+            if note := session.reconfigure(node_config(cluster, node)):
+                notes.append(note)
+        return notes
 
     def _warm_nodes(self, cluster: HostSession, nodes: list[str]) -> None:
         """A job started: connect to its nodes now, so its first kernels start warm."""

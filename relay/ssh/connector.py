@@ -58,6 +58,7 @@ class JumpHost(Protocol):
 
 JumpGetter = Callable[[str], JumpHost]  # a jump host's session, by its name in the plan
 ATTEMPTS_PER_REQUEST = 3
+CUT_SHORT_S = 0.05  # an attempt's bound this much under its setting was cut by a deadline
 HEDGED_AT_ONCE = 3  # connect attempts in flight at once while resuming (``_hedged``)
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
@@ -544,8 +545,10 @@ class Connector:
                 recorded=recorded,
                 elapsed_s=time.monotonic() - started,
                 reached=client.reached() if direct else "none",
-                # the round's deadline came first: not a setting's value
-                cut_short=bound_s < (limit if client.asked else cfg.connect_timeout_s),
+                # the round's deadline came first: not a setting's value (a deadline of now
+                # plus the setting, as a lone attempt's, leaves it a few microseconds short)
+                cut_short=(limit if client.asked else cfg.connect_timeout_s) - bound_s
+                > CUT_SHORT_S,
             )
             if isinstance(err, AuthenticationFailed) and client.person_needed:
                 err = LoginNeeded(

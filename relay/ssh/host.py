@@ -236,12 +236,14 @@ class HostSession:
         window_s = config.resume_window_s
         agent = self.agent
         if agent is not None and not agent.ended.done():
-            if window_s == agent.window_s:
-                return None
             # the kernels running here wait that long too; while resuming the agent cannot be
             # told: the window it has stands until the connection is back (a resume counts
-            # down that one)
-            if agent.set_window(window_s):
+            # down that one), and a window given back to it is no change at all
+            had = agent.window_next if agent.window_next is not None else agent.window_s
+            told = agent.set_window(window_s)
+            if window_s == had:
+                return None
+            if told or agent.window_next is None:
                 self._log.info("resume_window_s for the running kernels", window_s=window_s)
                 return None
             self._log.info(
@@ -253,7 +255,7 @@ class HostSession:
                 f"the connection is back; until then the window they had "
                 f"({agent.window_s:g} s) counts down"
             )
-        if window_s > 0 and self.agent_unavailable == agent_start.WINDOW_ZERO and self.connected:
+        if window_s > 0 and config.slurm is None and self.on_old_path:
             return (
                 f"{self.key}: its connection was made with resume_window_s = 0, so the kernels "
                 f"launched on it end with it; kernels wait {window_s:g} s from its next "
@@ -262,8 +264,25 @@ class HostSession:
         return None
 
     @property
-    def connected(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
+    def on_old_path(self) -> bool:
+        """The live connection carries its kernels on the old path because resume_window_s
+        was 0 when it was made: they end with it, whatever relay.toml says now."""
+        current, conn = self._current, self._conn
+        return (
+            self.agent_unavailable == agent_start.WINDOW_ZERO
+            and current is not None
+            and current.agent is None
+            and current.connection is conn
+            and conn is not None
+            and not conn.is_closed()
+        )
+
+    @property
+    def kernels_waiting(self) -> bool:
+        """The connection was lost and the agent is not attached again yet: the kernels'
+        links are quiet, waiting for it."""
+        agent = self.agent
+        return self.resuming and agent is not None and not agent.attached
 
     # -- the connection ----------------------------------------------------------------------
     async def connection(self) -> asyncssh.SSHClientConnection:
@@ -641,7 +660,7 @@ class HostSession:
                 )
             else:
                 if self._supervised and cfg.end_stale_sessions:
-                    self._supervised = False
+                    self._supervised = False  # until the sweep fails
                     self._tasks.spawn(self._end_stale_sessions(conn, cfg), name=f"stale:{self.key}")
                 return live
         live = await Live.open(
@@ -656,12 +675,17 @@ class HostSession:
         """The agent runs now where an earlier connection ran the old path (resume_window_s
         was 0 then, or the agent could not start): one that died silently left its session
         and kernels on the host, which the next supervisor would end (``supervisor.sh``) but
-        the agent does not. So a supervisor is started for that alone, and closed."""
+        the agent does not. So a supervisor is started for that alone, and closed: once such
+        a session is stale (not pinged for ``stale_after_s``; its last ping came before this
+        connection was made, and a loss found out at once, a new address say, is sooner)."""
+        stale_s = stale_after_s(cfg)
+        await asyncio.sleep(stale_s + 1)
         try:
             supervisor = await Supervisor.start(
-                conn, self.key, cfg.connect_timeout_s, self.tag, stale_after_s=stale_after_s(cfg)
+                conn, self.key, cfg.connect_timeout_s, self.tag, stale_after_s=stale_s
             )
         except (RelayError, asyncssh.Error, OSError) as exc:
+            self._supervised = True  # looked for on the next connection
             self._log.info("stale sessions of the old path not looked for", error=str(exc))
             return
         supervisor.close()
@@ -901,7 +925,7 @@ class HostSession:
             # attempt under way is ``attempt``), since it was lost
             **(
                 {"state": "resuming", "attempt": status.state, "since": self._lost_at()}
-                if self.resuming
+                if self.kernels_waiting
                 else {"state": status.state, "since": status.since}
             ),
             "rtt_ms": None if rtt.rtt_ms is None else round(rtt.rtt_ms, 2),
@@ -923,7 +947,9 @@ class HostSession:
 
     def _lost_at(self) -> float | None:
         agent = self.agent
-        return agent.lost_at if agent is not None and agent.lost_at is not None else None
+        return (
+            agent.lost_at if agent is not None and agent.lost_at is not None else self.status.since
+        )
 
     def _resume_snapshot(self) -> dict[str, Any]:
         """Whether kernels here outlive their connection, and how the agent stands: ``on``,
@@ -939,8 +965,15 @@ class HostSession:
             return {"state": "ended", "reason": agent.end_reason, "lost_at": agent.lost_at}
         window_s = self.config.resume_window_s
         reason = self.agent_unavailable
-        if reason == agent_start.WINDOW_ZERO and window_s > 0 and self.connected:
-            reason += f" when this connection was made ({window_s:g} s from the next one)"
+        if reason == agent_start.WINDOW_ZERO and window_s > 0:
+            # relay.toml raised it since: the live connection's kernels still end with it;
+            # with none, the next connection decides
+            on_old_path = self.on_old_path and self.config.slurm is None
+            reason = (
+                f"{reason} when this connection was made ({window_s:g} s from the next one)"
+                if on_old_path
+                else None
+            )
         if reason is not None:
             return {"state": "off", "reason": reason}
         return {"state": "unknown" if window_s > 0 else "off"}

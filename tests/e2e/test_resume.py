@@ -422,10 +422,11 @@ async def test_window_runs_out_kernels_end_with_one_line_and_no_orphan(home: Rel
     RESUME ``ended``, the kernel among its failures) and so does `relay check`, whatever the
     attempt to connect under way then says when it fails on the dead path; the log says it
     once, as it says a resume."""
-    ran_out = "did not come back within resume_window_s (3 s)"
+    ran_out = "did not come back within resume_window_s (6 s)"
     with structlog.testing.capture_logs() as logs:
         async with (
-            behind_proxy(home, resume_window_s=3, connect_timeout_s=2) as proxy,
+            # 6 s: loss found in 1 s (KEEPALIVE), so 5 s of resuming to see, loaded or not
+            behind_proxy(home, resume_window_s=6, connect_timeout_s=2) as proxy,
             start_daemon(home) as running,
             controller(home) as fe,
         ):
@@ -794,12 +795,19 @@ async def test_a_longer_window_in_relay_toml_keeps_the_running_kernels(
         if when == "resuming":  # the agent cannot be told yet: its window stands
             assert resume_state(running)["window_s"] == old_s
             assert resume_state(running)["window_next_s"] == new_s
-            assert (
+            said = (
                 f"local: resuming: its kernels take resume_window_s = {new_s} s once the "
                 f"connection is back; until then the window they had ({old_s} s) counts down"
-            ) in out, out
+            )
+            assert said in out, out
             code, table, err = await relay_cli(home, "status")
             assert code == 0 and "(2m00s window once back)" in table, err
+            for window_s, waits in ((old_s, False), (new_s, True)):  # changed back, and again
+                home.hosts["local"]["resume_window_s"] = window_s
+                home.write()
+                code, out, err = await relay_cli(home, "reload")
+                assert code == 0 and (said in out) == waits, (out, err)
+                assert resume_state(running)["window_next_s"] == (new_s if waits else None)
             proxy.restore()
             await until(lambda: resume_state(running)["state"] == "on", "the resume")
         assert resume_state(running)["window_s"] == new_s
@@ -821,7 +829,7 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
     `relay reload`, `relay status` and `relay check` say kernels wait from the host's next
     connection, not that these do."""
     async with (
-        behind_proxy(home, resume_window_s=0),
+        behind_proxy(home, resume_window_s=0) as proxy,
         start_daemon(home) as running,
         controller(home) as fe,
     ):
@@ -845,6 +853,16 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
         assert "was made with resume_window_s = 0" in resume["summary"], resume
         assert "kernels wait 120 s from its next connection" in resume["summary"], resume
         await quit_cleanly(kl, fe)
+        # that connection gone, none of it is said any more: the next one decides
+        session = running.daemon.hosts["local"]
+        proxy.reset()
+        await until(lambda: session.state != "connected", "the connection's end")
+        assert resume_state(running) == {"state": "unknown"}
+        code, out, err = await relay_cli(home, "check", "local", "--json")
+        resume = next(r for r in json.loads(out)["results"] if r["name"] == "resume")
+        assert resume["state"] == "ok", resume
+        assert resume["summary"].endswith("kernels wait 120 s for their connection to come back")
+        assert resume_state(running)["state"] == "on"  # the check's kernel went through it
 
 
 async def test_old_path_kernels_a_silent_loss_left_end_once_the_agent_takes_over(
