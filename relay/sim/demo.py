@@ -29,6 +29,7 @@ from relay.lite import client
 from relay.sim import frontend, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
+from relay.statusview import size
 
 BIN = Path(sys.executable).parent
 RELAY = str(BIN / "relay")
@@ -131,10 +132,10 @@ async def _outage(env: dict[str, str], path: FaultProxy, kl: frontend.KernelLink
         # the daemon is another process: its status is asked, as a person would
         while (state := _resume_state(env)).get("state") != "resuming":  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-    held = int(str(state.get("unacked") or 0))
+    held = size(int(str(state.get("unacked") or 0)))
     print(
         f"  relay status: resuming, {state.get('window_left_s')} s of the window left, "
-        f"{held} bytes held unacknowledged (after {time.monotonic() - started:.1f} s)"
+        f"{held} held unacknowledged (after {time.monotonic() - started:.1f} s)"
     )
     path.restore()
     print("  the path comes back")

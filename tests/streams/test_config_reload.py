@@ -10,6 +10,7 @@ import pytest
 from relay import settings
 from relay.daemon import Daemon
 from relay.errors import ConfigError
+from relay.settings import HostConfig
 
 
 def daemon(tmp_path: Path, text: str) -> tuple[Daemon, Path]:
@@ -76,3 +77,25 @@ async def test_a_compute_nodes_session_takes_its_clusters_entry_as_it_now_is(
         "hpc",
         None,
     )
+
+
+async def test_what_compute_nodes_sessions_say_of_a_reload_reaches_relay_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's session says when a new resume_window_s waits (``HostSession.reconfigure``:
+    resuming, or a connection made with 0); ``relay reload`` prints what every session says,
+    its compute nodes' too."""
+    entry = "[hosts.hpc]\nhostname = 'login'\nresume_window_s = {}\n[hosts.hpc.slurm]\n"
+    entry += "node_hostname = '{{node}}.cluster'\n"
+    d, path = daemon(tmp_path, entry.format(900))
+    node = d.clusters.node(d.host("hpc"), "n1")
+    reconfigure = node.reconfigure
+
+    def says(config: HostConfig) -> str | None:
+        said = reconfigure(config)
+        assert said is None  # not connected: nothing waits
+        return f"hpc/n1: window {config.resume_window_s:g} waits"
+
+    monkeypatch.setattr(node, "reconfigure", says)
+    path.write_text(entry.format(3600))
+    assert d.reload()["notes"] == ["hpc/n1: window 3600 waits"]
