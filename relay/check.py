@@ -565,7 +565,7 @@ class Checker:
             summary, advice = refused
             return summary.replace("{off}", off), {"advice": advice}, "warn"
         window = f"{cfg.resume_window_s:g} s"
-        if cfg.slurm is None and self.session.on_old_path:
+        if self.session.on_old_path:
             # relay.toml raised it since the daemon's connection was made: not for its kernels
             return (
                 f"python3 {version}; the connection relay has was made with resume_window_s "

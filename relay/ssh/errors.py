@@ -66,13 +66,15 @@ def translate_connect_error(
             f"cannot resolve host {host!r}: it is not a [hosts] entry in {config_source} "
             f"(configured: {known}), no Host in {ssh_files} names it, and DNS does not know it"
         )
+    # a timeout's bound: the setting, or what a round of attempts had left of its own
+    setting = (
+        "what was left of launch_timeout_s"
+        if cut_short
+        else f"ConnectTimeout, or connect_timeout_s in {config_source}"
+    )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError) and reached != "none":
         took = timeout_s if elapsed_s is None else elapsed_s
-        bound = (
-            f"what was left of launch_timeout_s: {timeout_s:.1f} s"
-            if cut_short
-            else f"ConnectTimeout, or connect_timeout_s in {config_source}: {timeout_s:g} s"
-        )
+        bound = f"{setting}: {timeout_s:.1f} s" if cut_short else f"{setting}: {timeout_s:g} s"
         if reached == "tcp":
             return ConnectFailed(
                 f"{host}:{port} accepted TCP but sent no SSH banner in {took:.1f} s ({bound}): "
@@ -84,13 +86,8 @@ def translate_connect_error(
             f"({bound})"
         )
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        bound = (
-            "what was left of launch_timeout_s"
-            if cut_short
-            else f"ConnectTimeout, or connect_timeout_s in {config_source}"
-        )
         return ConnectFailed(
-            f"connecting to {who} timed out after {timeout_s:.3g} s ({bound}): is the host up "
+            f"connecting to {who} timed out after {timeout_s:.3g} s ({setting}): is the host up "
             f"and port {port} reachable?"
         )
     if isinstance(exc, ConnectionRefusedError):

@@ -255,7 +255,7 @@ class HostSession:
                 f"the connection is back; until then the window they had "
                 f"({agent.window_s:g} s) counts down"
             )
-        if window_s > 0 and config.slurm is None and self.on_old_path:
+        if window_s > 0 and self.on_old_path:
             return (
                 f"{self.key}: its connection was made with resume_window_s = 0, so the kernels "
                 f"launched on it end with it; kernels wait {window_s:g} s from its next "
@@ -266,10 +266,12 @@ class HostSession:
     @property
     def on_old_path(self) -> bool:
         """The live connection carries its kernels on the old path because resume_window_s
-        was 0 when it was made: they end with it, whatever relay.toml says now."""
+        was 0 when it was made: they end with it, whatever relay.toml says now. Never a
+        Slurm host's: its kernels are its compute nodes'."""
         current, conn = self._current, self._conn
         return (
-            self.agent_unavailable == agent_start.WINDOW_ZERO
+            self.config.slurm is None
+            and self.agent_unavailable == agent_start.WINDOW_ZERO
             and current is not None
             and current.agent is None
             and current.connection is conn
@@ -968,10 +970,9 @@ class HostSession:
         if reason == agent_start.WINDOW_ZERO and window_s > 0:
             # relay.toml raised it since: the live connection's kernels still end with it;
             # with none, the next connection decides
-            on_old_path = self.on_old_path and self.config.slurm is None
             reason = (
                 f"{reason} when this connection was made ({window_s:g} s from the next one)"
-                if on_old_path
+                if self.on_old_path
                 else None
             )
         if reason is not None:
