@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -390,3 +391,34 @@ async def test_what_the_agent_holds_unhanded_at_an_attach_keeps_the_front_end_pa
     assert sink.paused
     stream.acked(sent - mux.LIMIT // 2)
     assert not sink.paused
+
+
+async def test_a_window_changed_between_hello_and_welcome_is_told_after_the_attach() -> None:
+    """relay.toml's resume_window_s changes while the agent has our HELLO (with the old
+    window) but has not answered: the session takes the new one on attaching, and so must
+    the agent, or the two count down different windows. An attach with nothing changed
+    says nothing more."""
+    session = _session()
+    conn = _Conn()
+    attach = asyncio.ensure_future(session.attach(conn.ssh))
+    channel = await conn.hello()
+    assert not session.set_window(120)  # not attached yet: kept for the attach
+    hello_len = len(channel.chan.written)
+    channel.data_received(mux.encode(mux.WELCOME, 0, b'{"recv": {}}'), None)
+    await attach
+    assert session.window_s == 120
+    frames = mux.FrameReader().feed(bytes(channel.chan.written[hello_len:]))
+    control = b"".join(f.payload for f in frames if f.type == mux.DATA and f.stream == 0)
+    assert b"window w 120\n" in control, frames
+    # detached again with the window unchanged: the next HELLO has it, nothing follows it
+    session.detach()
+    conn = _Conn()
+    attach = asyncio.ensure_future(session.attach(conn.ssh))
+    channel = await conn.hello()
+    hello_len = len(channel.chan.written)
+    took = {"recv": {"0": session.control.out.end}}  # all of it: nothing to send again
+    channel.data_received(mux.encode(mux.WELCOME, 0, json.dumps(took).encode()), None)
+    await attach
+    frames = mux.FrameReader().feed(bytes(channel.chan.written[hello_len:]))
+    control = b"".join(f.payload for f in frames if f.type == mux.DATA and f.stream == 0)
+    assert b"window w" not in control, frames
