@@ -828,7 +828,9 @@ class AgentSession:
             "lost_at": self.lost_at,
             "window_left_s": round(left, 1) if left is not None else None,
             "attaches": self.attaches,
-            "unacked": sum(s.out.unacked for s in self._streams.values()),
+            # what the links hold, as their rows in relay status add up: relay's own lines
+            # to the agent (the control stream) are a few bytes no link shows
+            "unacked": sum(s.out.unacked for s in self._streams.values() if s is not self.control),
             # link streams: not the control stream, not the spares no kernel has been given
             "streams": len(self._streams) - 1 - len(self._spare) - len(self._spare_serve),
             "spares": len(self._spare) + len(self._spare_serve),
