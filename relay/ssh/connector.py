@@ -536,19 +536,21 @@ class Connector:
             if isinstance(exc, asyncssh.HostKeyNotVerifiable):
                 offered = await self._offered(kwargs)
             bound_s = timeout_s if client.asked else reach_s
+            setting_s = limit if client.asked else cfg.connect_timeout_s
+            # the round's deadline came first: not a setting's value. A deadline of now plus
+            # the setting (a lone attempt's) leaves it a few microseconds short: the setting,
+            # said as relay.toml has it
+            cut_short = setting_s - bound_s > CUT_SHORT_S
             err = self._translate(
                 exc,
                 view,
                 connect_plan,
-                bound_s,
+                bound_s if cut_short else setting_s,
                 offered=offered,
                 recorded=recorded,
                 elapsed_s=time.monotonic() - started,
                 reached=client.reached() if direct else "none",
-                # the round's deadline came first: not a setting's value (a deadline of now
-                # plus the setting, as a lone attempt's, leaves it a few microseconds short)
-                cut_short=(limit if client.asked else cfg.connect_timeout_s) - bound_s
-                > CUT_SHORT_S,
+                cut_short=cut_short,
             )
             if isinstance(err, AuthenticationFailed) and client.person_needed:
                 err = LoginNeeded(

@@ -350,6 +350,9 @@ async def test_a_port_that_accepts_tcp_but_never_speaks_ssh(home: RelayHome) -> 
     )
     assert banner is not None and 1.0 <= float(banner[1]) < 2.0, line
     assert "timed out after" not in line, line
+    # the attempt said had its whole bound, the setting (its deadline, now plus the setting,
+    # is a few microseconds short of it by then): not "what was left of launch_timeout_s"
+    assert f"(ConnectTimeout, or connect_timeout_s in {home.config}: 1 s)" in line, line
     found = re.search(r"; (\d) attempts, ([\d.]+) s in all \(a launch waits at most", line)
     assert found is not None, line
     attempts, in_all_s = int(found[1]), float(found[2])

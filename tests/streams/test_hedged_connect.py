@@ -142,3 +142,39 @@ def test_attempts_that_connect_in_the_same_turn_keep_one_and_close_the_other() -
     assert not conn.closed
     losers = [k for k in c.conns if k is not conn]
     assert losers and all(k.closed for k in losers)
+
+
+async def _silent_port_said(setting_s: float, deadline_in_s: float) -> str:
+    """One real attempt (``connect_once``) at a port that accepts TCP and never says a word,
+    with ``deadline_in_s`` left of its round: the line it fails with."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = HostConfig(hostname="127.0.0.1", port=port, connect_timeout_s=setting_s)
+    connector = Connector("h", cfg, status=ConnectionStatus(), ssh_files=(), agent=lambda: None)
+    try:
+        await connector.connect_once(time.monotonic() + deadline_in_s)
+    except ConnectFailed as exc:
+        return exc.message
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    raise AssertionError("a port that never speaks SSH was connected to")
+
+
+def test_a_lone_attempts_bound_is_the_setting_and_a_shorter_one_is_said_cut_short() -> None:
+    """A lone attempt (a resume's to the agent's machine, ``relay login``) is given a deadline
+    of now plus the setting, a few microseconds short of it by the time it starts: its bound
+    is still the setting, named as such. One that had less (what a round of attempts had
+    left of launch_timeout_s) is not called the setting."""
+    whole = asyncio.run(_silent_port_said(0.4, 0.4))
+    assert "sent no SSH banner in " in whole, whole
+    assert "(ConnectTimeout, or connect_timeout_s in relay.toml: 0.4 s)" in whole, whole
+    short = asyncio.run(_silent_port_said(0.4, 0.2))
+    assert "(what was left of launch_timeout_s: 0.2 s)" in short, short
