@@ -355,6 +355,27 @@ def test_a_window_keepalive_outlasts_is_a_warning(home: RelayHome) -> None:
     assert "raise resume_window_s for local well above 15 s" in resume["advice"], resume
 
 
+def test_a_slurm_hosts_resume_line_is_its_compute_nodes(home: RelayHome) -> None:
+    """A Slurm host runs no kernel on its login node: each compute node's connection has its
+    own agent, so the resume line is the nodes' (python3 here stands for theirs). A window of
+    0 is said off, as for any host: the nodes' kernels end with their connections. (Its
+    later steps need a Slurm cluster; the resume step does not.)"""
+    slurm = {"partition": "debug", "time": "10"}
+    home.add_host("local", resume_window_s=0, slurm=slurm)
+    _, answer, text = check(home)
+    resume = by_name(answer)["resume"]
+    assert resume["state"] == "ok", text
+    assert resume["summary"] == ("off: resume_window_s = 0; kernels end with their connection"), (
+        text
+    )
+    home.add_host("local", resume_window_s=600, slurm=slurm)
+    _, answer, text = check(home)
+    resume = by_name(answer)["resume"]
+    assert resume["state"] == "ok", text
+    assert resume["summary"].startswith("python3 3."), text
+    assert resume["summary"].endswith("kernels wait 600 s for their connection to come back")
+
+
 # a TMPDIR whose Unix sockets' paths pass the 108 bytes sockaddr_un holds
 LONG_TMPDIR = "/tmp/relay-test-" + "t" * 100
 

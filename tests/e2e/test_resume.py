@@ -36,10 +36,12 @@ from relay import wake
 from relay.agent import mux
 from relay.agent import session as session_module
 from relay.daemon import SHUTDOWN_GRACE_S
+from relay.errors import ConnectFailed
 from relay.lite import client
 from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
+from relay.ssh import host as host_module
 from relay.ssh.connector import ATTEMPTS_PER_REQUEST
 from relay.ssh.host import IN_VAIN_FOLLOWERS_S, WAKE_PROBE_S
 from relay.ssh.options import asyncssh_keepalive
@@ -78,6 +80,8 @@ BOUND_S = 60.0
 HOOKED = "kernel hook in place"
 HOOK_CUT_OFF = "kernel hook not installed: its connection ended first"
 HOOK_FAILED = "kernel hook not installed"
+# relay.ssh.host: the sweep of an old path's stale sessions could not start its supervisor
+STALE_NOT_LOOKED_FOR = "stale sessions of the old path not looked for"
 
 
 async def until(check: Callable[[], bool], what: str, timeout_s: float = BOUND_S) -> None:
@@ -897,6 +901,61 @@ async def test_old_path_kernels_a_silent_loss_left_end_once_the_agent_takes_over
             await wait_gone(pid, BOUND_S)
             await wait_gone(old_session, BOUND_S)
             await quit_cleanly(kl2, fe2)
+
+
+async def test_a_sweep_of_stale_sessions_that_failed_is_made_on_the_next_connection(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the supervisor started to end the stale session cannot start (the
+    connection failing under it, say): the next connection to the host, a resumed one here,
+    tries again, and the old kernel and its session end then. Not before: a failed sweep
+    leaves them, and says so in the log."""
+    failures: list[str] = []
+    start = host_module.Supervisor.start
+
+    async def start_or_fail(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append("refused")
+            raise ConnectFailed("the sweep's supervisor did not start (the test's doing)")
+        return await start(*args, **kwargs)
+
+    async with (
+        behind_proxy(home, resume_window_s=0) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        old_session = sshd_session_of(pid)
+        home.hosts["local"]["resume_window_s"] = 120
+        home.write()
+        code, _, err = await relay_cli(home, "reload")
+        assert code == 0, err
+        # only the sweep's: the old path above started its own supervisor already
+        monkeypatch.setattr(host_module.Supervisor, "start", start_or_fail)
+        proxy.blackhole()
+        status, _, err = await fe.result(BOUND_S)
+        assert status == 1 and "the kernel ended with it" in err, err
+        await kl.aclose()
+        proxy.restore()
+        with structlog.testing.capture_logs() as logs:
+            async with controller(home) as fe2:
+                kl2, _ = await connected(fe2)
+                assert resume_state(running)["state"] == "on"
+                await until(lambda: bool(failures), "the sweep tried", BOUND_S)
+                await until(
+                    lambda: any(e["event"] == STALE_NOT_LOOKED_FOR for e in logs),
+                    "the failed sweep logged",
+                    BOUND_S,
+                )
+                assert pid_alive(pid) and pid_alive(old_session)  # left, for the next try
+                # silently dead, as the first: a reset would reset the stale session's own
+                # connection too, and sshd would end it without any sweep
+                await outage(running, proxy, "blackhole")
+                proxy.restore()
+                await until(lambda: resume_state(running)["state"] == "on", "resumed", BOUND_S)
+                await wait_gone(pid, BOUND_S)
+                await wait_gone(old_session, BOUND_S)
+                await quit_cleanly(kl2, fe2)
 
 
 async def test_a_daemon_asleep_past_the_window_ends_the_links_on_waking(home: RelayHome) -> None:
