@@ -41,10 +41,10 @@ from relay.lite import client
 from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
-from relay.ssh import host as host_module
 from relay.ssh.connector import ATTEMPTS_PER_REQUEST
 from relay.ssh.host import IN_VAIN_FOLLOWERS_S, WAKE_PROBE_S
 from relay.ssh.options import asyncssh_keepalive
+from relay.ssh.supervisor import Supervisor
 from tests.conftest import (
     RELAY,
     KernelGate,
@@ -911,7 +911,7 @@ async def test_a_sweep_of_stale_sessions_that_failed_is_made_on_the_next_connect
     tries again, and the old kernel and its session end then. Not before: a failed sweep
     leaves them, and says so in the log."""
     failures: list[str] = []
-    start = host_module.Supervisor.start
+    start = Supervisor.start
 
     async def start_or_fail(*args: Any, **kwargs: Any) -> Any:
         if not failures:
@@ -930,8 +930,9 @@ async def test_a_sweep_of_stale_sessions_that_failed_is_made_on_the_next_connect
         home.write()
         code, _, err = await relay_cli(home, "reload")
         assert code == 0, err
-        # only the sweep's: the old path above started its own supervisor already
-        monkeypatch.setattr(host_module.Supervisor, "start", start_or_fail)
+        # the next supervisor started is the sweep's: the old path's runs already, and the
+        # agent's path starts none
+        monkeypatch.setattr(Supervisor, "start", start_or_fail)
         proxy.blackhole()
         status, _, err = await fe.result(BOUND_S)
         assert status == 1 and "the kernel ended with it" in err, err
