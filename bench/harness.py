@@ -124,6 +124,9 @@ class Results:
     bulk_cpu: dict[tuple[str, str], Sample] = field(default_factory=dict)
     # the same for relay's agent on the host, per direction: the process the agent's path adds
     agent_cpu: dict[str, Sample] = field(default_factory=dict)
+    # the whole machine's busy CPU seconds per GiB moved (every process on the path, and the
+    # kernel's own work for them): on two cores, what a path's throughput here goes by
+    bulk_machine: dict[tuple[str, str], Sample] = field(default_factory=dict)
     # the daemon's minor page faults per MiB moved: pages its heap gave back and took again
     bulk_faults: dict[tuple[str, str], Sample] = field(default_factory=dict)
     agent_faults: dict[str, Sample] = field(default_factory=dict)  # the same, of the agent
@@ -497,9 +500,13 @@ class Bench:
                 faults = _minor_faults(client_pid) if client_pid else 0
                 agent_cpu = _cpu_s(agent_pid) if agent_pid else 0.0
                 agent_faults = _minor_faults(agent_pid) if agent_pid else 0
+                busy = _machine_busy_s()
                 started = time.perf_counter()
                 moved = await move(size)
                 elapsed = time.perf_counter() - started
+                self.results.bulk_machine.setdefault((key, direction), Sample()).values.append(
+                    (_machine_busy_s() - busy) * (1 << 30) / size
+                )
                 if agent_pid:
                     self.results.agent_cpu.setdefault(direction, Sample()).values.append(
                         (_cpu_s(agent_pid) - agent_cpu) * (1 << 30) / size
@@ -795,6 +802,14 @@ def _cpu_s(pid: int) -> float:
     """User and system CPU seconds of a process, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all cores have been busy since boot (/proc/stat: user, nice, system, irq
+    and softirq; not idle, iowait or what the host stole)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal
+    return sum(int(fields[i]) for i in (1, 2, 3, 6, 7)) / os.sysconf("SC_CLK_TCK")
 
 
 def _minor_faults(pid: int) -> int:
@@ -1130,8 +1145,8 @@ def _link_section(config: Config, r: Results) -> list[str]:
         "## Through a link, on loopback",
         "",
         "| path | 100-byte ping-pong | bulk to kernel | bulk from kernel | "
-        "SSH client's CPU per GiB, to / from |",
-        "|---|---|---|---|---|",
+        "SSH client's CPU per GiB, to / from | the machine's CPU per GiB, to / from |",
+        "|---|---|---|---|---|---|",
     ]
     names = {
         "direct": "raw TCP (kernel connects directly)",
@@ -1144,16 +1159,18 @@ def _link_section(config: Config, r: Results) -> list[str]:
     for key, label in names.items():
         if key not in r.pingpong:
             continue
-        cpu = [r.bulk_cpu.get((key, d)) for d in DIRECTIONS]
-        cpu_cell = (
-            " / ".join(f"{c.median:.2f} s" for c in cpu if c is not None)
-            if all(c is not None and c.values for c in cpu)
-            else "-"
-        )
+        cells = []
+        for per_gib in (r.bulk_cpu, r.bulk_machine):
+            cpu = [per_gib.get((key, d)) for d in DIRECTIONS]
+            cells.append(
+                " / ".join(f"{c.median:.2f} s" for c in cpu if c is not None)
+                if all(c is not None and c.values for c in cpu)
+                else "-"
+            )
         lines.append(
             f"| {label} | {r.pingpong[key].cell('us', 1e6)} | "
             f"{r.bulk[(key, 'to kernel')].cell('MB/s', 1e-6)} | "
-            f"{r.bulk[(key, 'from kernel')].cell('MB/s', 1e-6)} | {cpu_cell} |"
+            f"{r.bulk[(key, 'from kernel')].cell('MB/s', 1e-6)} | {cells[0]} | {cells[1]} |"
         )
     if "relay" in r.pingpong and "openssh" in r.pingpong:
         rel_rtt = r.pingpong["relay"].median / r.pingpong["openssh"].median
@@ -1194,6 +1211,21 @@ def _link_section(config: Config, r: Results) -> list[str]:
             "- every path joins the same two Python programs (the simulator's front end and "
             "kernel), which share the machine's two cores with sshd and relay or ssh.",
         ]
+        busy = [
+            r.bulk[(key, d)].median * r.bulk_machine[(key, d)].median / (1 << 30)
+            for key in names
+            for d in DIRECTIONS
+            if key != "direct" and (key, d) in r.bulk_machine and (key, d) in r.bulk
+        ]
+        if busy:
+            lines.append(
+                f"- while a path over SSH carried bulk, {min(busy):.2f}-{max(busy):.2f} of the "
+                f"machine's {os.cpu_count()} cores were busy (throughput x the machine's CPU "
+                f"per GiB), whichever the path: near saturation, so here a path's pace is set "
+                f"largely by its CPU per GiB, all of its processes counted, the far side's "
+                f"(sshd, relay's agent) included, which on a real host would have cores of "
+                f"their own."
+            )
         if all(d in r.agent_cpu for d in DIRECTIONS):
             to_a, from_a = (r.agent_cpu[d].median for d in DIRECTIONS)
             lines.append(
