@@ -532,6 +532,12 @@ class Daemon:
             k.end_reason = k.end_reason or f"{cause}; {fate}"
         for h in self.hosts.values():  # agents end their kernels even if we are cut short
             h.goodbye(h.config.terminate_grace_s)
+        hosts = list(self.hosts.values())
+        unheard = await asyncio.gather(*(h.goodbye_heard() for h in hosts))
+        for h, fate in zip(hosts, unheard, strict=True):  # their kernels cannot have ended yet
+            for k in self.kernels.values():
+                if fate is not None and k.host is h:
+                    k.end_reason = f"{cause}; {fate}"
         try:
             async with asyncio.timeout(grace_s):
                 await self.terminate_kernels()

@@ -866,6 +866,36 @@ class HostSession:
         elif agent.attached:
             agent.goodbye(grace_s)
 
+    async def goodbye_heard(self, timeout_s: float = BYE_CONFIRM_S) -> str | None:
+        """After ``goodbye``: wait, bounded, for the attached agent to answer it. One that
+        does not may be on a connection that went silent before keepalive could tell (the
+        Wi-Fi gone a moment before ``relay stop``): then its kernels may be left as in a
+        declared outage, and their links end now, not after the shutdown's grace. What
+        becomes of them, in words for the shims; None where the agent answered (or there is
+        none, or it could not be told and ``stranded`` says so)."""
+        agent = self.agent
+        if agent is None or agent.ended.done() or not agent.said_bye:
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(agent.bye_heard)
+        except TimeoutError:
+            pass
+        else:
+            return None
+        silent_s = max(0.0, wake.steady() - agent.heard_clock)
+        at = clock_of_day(time.time() - silent_s)
+        until = clock_of_day(time.time() - silent_s + agent.window_s)
+        unheard = (
+            f"relay's agent on {self.key} did not answer relay's goodbye (nothing heard from "
+            f"it since {at}: the connection may be down): if it did not get it, it ends the "
+            f"kernels there when resume_window_s runs out ({until}), or at once when relay "
+            f"next connects to {self.key}"
+        )
+        self._log.warning("the agent did not answer relay's goodbye", waited_s=timeout_s)
+        agent.end(unheard)
+        return unheard
+
     def stranded(self) -> str | None:
         """What becomes of the kernels here if relay lets go of them while the agent cannot
         be told (resuming): its window ends them, or the next daemon to reach the host (it

@@ -1577,6 +1577,39 @@ async def test_a_stop_during_an_outage_lets_go_at_once_and_says_what_becomes_of_
         await kl.aclose()
 
 
+async def test_a_stop_just_after_the_path_went_silent_says_the_agent_may_not_have_heard(
+    home: RelayHome,
+) -> None:
+    """relay stop a moment after the path went silent, before keepalive could tell (the
+    Wi-Fi gone, then the stop): the goodbye goes out and no answer comes. The daemon waits
+    for it a moment, not its whole shutdown grace, and each shim says that the agent may not
+    have heard, and what then ends the kernel: not that it was ended (it runs on)."""
+    async with behind_proxy(home, keepalive_interval_s=60, keepalive_count_max=3) as proxy:
+        async with start_daemon(home) as running, controller(home) as fe:
+            kl, pid = await connected(fe)
+            proxy.blackhole()
+            began = time.monotonic()
+            running.stop.set_result(None)
+            status, _, err = await fe.result(BOUND_S)
+            await asyncio.wait_for(running.task, BOUND_S)
+            stopped_s = time.monotonic() - began
+            assert resume_state(running)["state"] != "resuming"  # never found out
+        assert status == 1 and len(err.strip().splitlines()) == 1, err
+        assert "relay's agent on local did not answer relay's goodbye" in err, err
+        assert "the connection may be down" in err, err
+        assert "when resume_window_s runs out" in err, err
+        assert "at once when relay next connects to local" in err, err
+        assert "was ended" not in err, err
+        assert stopped_s < SHUTDOWN_GRACE_S / 2, stopped_s
+        assert pid_alive(pid)  # the goodbye was lost on the way
+        proxy.restore()
+        async with start_daemon(home), controller(home) as fe2:
+            kl2, _ = await connected(fe2)
+            await wait_gone(pid, BOUND_S)  # the next daemon's agent ended its predecessor
+            await quit_cleanly(kl2, fe2)
+        await kl.aclose()
+
+
 def without_python3(directory: Path) -> Path:
     """A directory of every command /usr/bin and /bin have, but python3: a host's PATH
     without it (a minimal image, an HPC node with python only in a module)."""
