@@ -527,17 +527,20 @@ class Daemon:
         """The whole shutdown, in order, bounded; see the module's docstring."""
         self.stopping = True
         cause = shutdown_cause(self.stop_reason)
-        for k in self.kernels.values():  # what each controller's shim says, in one line
-            fate = k.host.stranded() or f"the kernel on {k.named_host.key} was ended"
-            k.end_reason = k.end_reason or f"{cause}; {fate}"
+        told = []  # what each controller's shim says, in one line
+        for k in self.kernels.values():
+            if not k.end_reason:
+                fate = k.host.stranded() or f"the kernel on {k.named_host.key} was ended"
+                k.end_reason = f"{cause}; {fate}"
+                told.append(k)
         for h in self.hosts.values():  # agents end their kernels even if we are cut short
             h.goodbye(h.config.terminate_grace_s)
         hosts = list(self.hosts.values())
-        unheard = await asyncio.gather(*(h.goodbye_heard() for h in hosts))
-        for h, fate in zip(hosts, unheard, strict=True):  # their kernels cannot have ended yet
-            for k in self.kernels.values():
-                if fate is not None and k.host is h:
-                    k.end_reason = f"{cause}; {fate}"
+        answers = await asyncio.gather(*(h.goodbye_heard() for h in hosts))
+        unheard = {id(h): fate for h, fate in zip(hosts, answers, strict=True) if fate}
+        for k in told:  # an agent that did not answer has ended none of these yet
+            if (left := unheard.get(id(k.host))) is not None:
+                k.end_reason = f"{cause}; {left}"
         try:
             async with asyncio.timeout(grace_s):
                 await self.terminate_kernels()
