@@ -437,7 +437,12 @@ class HostSession:
             agent = self.agent
             if agent is not None and not agent.ended.done():
                 agent.detach()
-                if not self.resuming:
+                if not self._holds:
+                    # no kernel, launch or forward waits on it: nothing to resume. The agent,
+                    # with nothing to keep and no daemon, exits by itself; the next launch
+                    # connects and starts another
+                    agent.goodbye()
+                elif not self.resuming:
                     self._resuming = self._tasks.spawn(
                         self._resume(agent), name=f"resume:{self.key}"
                     )
@@ -555,6 +560,7 @@ class HostSession:
             try:
                 async with asyncio.timeout(left):
                     await self.live()
+                self._holds.rearm()  # its kernels may have ended meanwhile: idle from now
                 return
             except AgentGone as exc:
                 agent.end(exc.message)

@@ -1547,6 +1547,33 @@ async def test_stop_ends_kernels_at_once_through_the_agent(home: RelayHome) -> N
         await kl.aclose()
 
 
+async def test_a_connection_lost_with_no_kernel_is_not_resumed(home: RelayHome) -> None:
+    """The host's last kernel quit, its connection still open (not yet idle), then the path
+    fails: nothing waits on the agent, so relay does not reconnect for a whole window, nor
+    say afterwards that the agent "is not there any more" (it exited, having nothing to
+    keep). The host is disconnected; the next launch connects and starts an agent again."""
+    async with behind_proxy(home) as proxy, start_daemon(home) as running:
+        async with controller(home) as fe:
+            kl, _ = await connected(fe)
+            agent_pid = int(str(resume_state(running)["pid"]))
+            await quit_cleanly(kl, fe)
+        await until(lambda: running.daemon.hosts["local"].holds == 0, "the kernel released")
+        proxy.blackhole()
+        host = running.daemon.hosts["local"]
+        await until(lambda: host.status.state == "disconnected", "the loss declared")
+        assert not host.resuming
+        await wait_gone(agent_pid, BOUND_S)  # alone, with nothing to keep, it exits
+        shown = await status_of(home)
+        assert shown["state"] == "disconnected", shown
+        assert shown["resume"]["state"] == "unknown", shown  # not "ended", not "resuming"
+        proxy.restore()
+        async with controller(home) as fe2:
+            kl2, _ = await connected(fe2)
+            assert resume_state(running)["state"] == "on"
+            assert resume_state(running)["pid"] != agent_pid
+            await quit_cleanly(kl2, fe2)
+
+
 async def test_a_stop_during_an_outage_lets_go_at_once_and_says_what_becomes_of_the_kernels(
     home: RelayHome,
 ) -> None:
