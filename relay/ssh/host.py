@@ -562,8 +562,13 @@ class HostSession:
                     await self.live()
                 self._holds.rearm()  # its kernels may have ended meanwhile: idle from now
                 return
-            except AgentGone as exc:
-                agent.end(exc.message)
+            except AgentGone as exc:  # its socket gone: the agent with it, and its kernels
+                self._log.warning("relay's agent is gone", reason=exc.message)
+                agent.end(
+                    f"the connection to {self.key} was lost at {clock_of_day(lost_at)}; when "
+                    f"it was back, relay's agent there was gone (the host restarted, or the "
+                    f"agent was killed?), and its kernels with it"
+                )
                 return
             except LoginNeeded:
                 login_needed = True

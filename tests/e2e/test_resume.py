@@ -1006,6 +1006,31 @@ async def test_an_agent_killed_on_the_host_ends_its_links_at_once(home: RelayHom
             await quit_cleanly(kl2, fe2)
 
 
+async def test_an_agent_killed_during_an_outage_is_said_so_when_the_connection_is_back(
+    home: RelayHome,
+) -> None:
+    """The agent is gone when the connection comes back (killed during the outage, or the
+    host restarted): each shim exits 1 with one line that says so, with the outage, and
+    what to do, not sshd's "open failed"; relay status lists it among the host's failures."""
+    async with behind_proxy(home) as proxy, start_daemon(home) as running:
+        async with controller(home) as fe:
+            kl, _ = await connected(fe)
+            agent_pid = int(str(resume_state(running)["pid"]))
+            await outage(running, proxy, "blackhole")
+            os.kill(agent_pid, signal.SIGKILL)
+            await wait_gone(agent_pid, BOUND_S)
+            proxy.restore()
+            status, _, err = await fe.result(BOUND_S)
+            await kl.aclose()
+        assert status == 1 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("relay: the connection to local was lost at "), err
+        assert "when it was back, relay's agent there was gone" in err, err
+        assert err.rstrip().endswith("restart the kernel from the front end"), err
+        assert "open failed" not in err, err
+        failures = (await status_of(home))["failures"]
+        assert any("relay's agent there was gone" in str(f) for f in failures), failures
+
+
 async def test_an_agent_that_does_not_answer_the_resume_is_waited_for_not_given_up(
     home: RelayHome, monkeypatch: pytest.MonkeyPatch
 ) -> None:
