@@ -351,11 +351,12 @@ class Conversation:
         if not k.exited.done():
             k.log.info("terminating kernel", why=_why_ending(client_said))
             await k.terminate()
-        try:
-            async with asyncio.timeout(RELEASE_WAIT_S):
-                await k.released.wait()  # the shim learns of the exit once forwards are released
-        except TimeoutError:  # a connection slow to close them: the shim hears all the same
-            k.log.warning("forwards not released in time", waited_s=RELEASE_WAIT_S)
+        if not (k.host.kernels_waiting and not k.exited.done()):  # else none before the resume
+            try:
+                async with asyncio.timeout(RELEASE_WAIT_S):
+                    await k.released.wait()  # the shim learns of the exit once they are released
+            except TimeoutError:  # a connection slow to close them: the shim hears all the same
+                k.log.warning("forwards not released in time", waited_s=RELEASE_WAIT_S)
         status = k.exited.result() if k.exited.done() else None
         if status is None:  # no exit status came back: the connection went first
             lost: RelayError = k.connection_lost()

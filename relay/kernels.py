@@ -189,6 +189,10 @@ class Kernel:
         return self.forward.ended_unasked
 
     def connection_lost(self) -> ConnectionLost:
+        if self.host.kernels_waiting:  # ended from the front end while resuming
+            return ConnectionLost(
+                f"the connection to {self.host.key} is down: {_who_ends_it(self.host)}"
+            )
         if isinstance(self.forward, AgentForward) and self.forward.ended_because:
             return ConnectionLost(
                 f"{self.forward.ended_because}: restart the kernel from the front end"
@@ -235,6 +239,13 @@ class Kernel:
                 break
             self.signalled = True  # what ends it now is relay's doing, not news for its shim
             supervisor.signal(self.id, name)
+            if self.host.kernels_waiting:  # no answer can come before the resume: none waited
+                self.log.info(
+                    "could not signal the kernel",
+                    signal=name,
+                    reason=f"the connection to {self.host.key} is down; {_who_ends_it(self.host)}",
+                )
+                break
             heard = asyncio.ensure_future(supervisor.ping(f"{self.id}-{name}"))
             try:
                 async with asyncio.timeout(grace):

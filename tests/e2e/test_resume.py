@@ -38,6 +38,7 @@ from relay.agent import session as session_module
 from relay.daemon import SHUTDOWN_GRACE_S
 from relay.errors import ConnectFailed
 from relay.lite import client
+from relay.lite.shim import TERMINATE_WAIT_S
 from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
@@ -1029,6 +1030,31 @@ async def test_an_agent_killed_during_an_outage_is_said_so_when_the_connection_i
         assert "open failed" not in err, err
         failures = (await status_of(home))["failures"]
         assert any("relay's agent there was gone" in str(f) for f in failures), failures
+
+
+async def test_a_kernel_quit_from_the_front_end_during_an_outage_lets_its_shim_go_at_once(
+    home: RelayHome,
+) -> None:
+    """The front end ends a controller's shim (SIGTERM: a kernel quit) while the connection
+    is down: relay cannot signal the kernel before the resume, so the shim is let go at once
+    (it waited 20 s and more, past its own wait, for an answer that could not come), and the
+    kernel ends once the connection is back, not listed as a failure."""
+    async with behind_proxy(home) as proxy, start_daemon(home) as running:
+        async with controller(home, exec_=True) as fe:  # the shim itself, not sh -c
+            kl, pid = await connected(fe)
+            await outage(running, proxy, "blackhole")
+            began = time.monotonic()
+            fe.proc.send_signal(signal.SIGTERM)
+            status, _, _ = await fe.result(BOUND_S)
+            waited_s = time.monotonic() - began
+            assert status == 128 + signal.SIGTERM  # it asked relay to end the kernel
+            assert waited_s < TERMINATE_WAIT_S / 2, waited_s  # answered, not its wait run out
+            assert pid_alive(pid)  # the signal waits for the resume
+            proxy.restore()
+            await wait_gone(pid, BOUND_S)
+            await kl.aclose()
+        await until(lambda: not running.daemon.kernels, "the kernel reaped")
+        assert (await status_of(home))["failures"] == []
 
 
 async def test_an_agent_that_does_not_answer_the_resume_is_waited_for_not_given_up(
