@@ -1373,6 +1373,31 @@ def end_predecessor(pid_path):
     return 1
 
 
+def sweep_logs(path, tag, pid_path):
+    """The kernels' logs an agent of this tag left (it was killed, SIGKILL: no time to remove
+    them), once no agent of this tag runs: the next agent numbers its kernels from k1 again,
+    so the logs of a predecessor's k40 would never go."""
+    try:
+        fd = open_private(pid_path, os.O_RDONLY)
+        with os.fdopen(fd) as f:
+            words = f.read().split()
+        if len(words) > 1 and start_time(int(words[0])) == words[1]:
+            return  # alive after all (it did not end in time): its logs are its own
+    except (OSError, ValueError):
+        pass
+    prefix = tag + "-k"
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".log"):
+            try:
+                os.unlink(os.path.join(path, name))
+            except OSError:
+                pass
+
+
 def start(tag, window):
     if not tag or any(c not in "0123456789abcdef" for c in tag):
         print("agent refuse tag -")
@@ -1393,6 +1418,7 @@ def start(tag, window):
     pid_path = os.path.join(path, tag + ".pid")
     sock_path = os.path.join(path, tag + ".sock")
     ended = end_predecessor(pid_path)
+    sweep_logs(path, tag, pid_path)
     try:
         if not os.path.isdir(sock_path) or os.path.islink(sock_path):
             os.unlink(sock_path)

@@ -759,6 +759,34 @@ def test_the_next_agent_of_a_tag_ends_its_predecessor_and_its_kernels(run: Path)
     first.chan.close()
 
 
+def test_the_kernel_logs_a_killed_agent_left_go_with_the_next_agent_of_its_tag(
+    run: Path,
+) -> None:
+    """An agent killed outright (SIGKILL: an OOM killer) cannot remove its kernels' logs; the
+    next agent of its tag, numbering its kernels from k1 again, removes them. Another tag's
+    are not its to touch."""
+    first = Agent(sys.executable, run, "e5")
+    first.attach()
+    first.say("start k1 set -- /bin/sleep 600")
+    kernel = int(first.line("pid k1 ").split()[2])
+    assert isinstance(first.info, AgentInfo)
+    directory = Path(first.info.socket).parent
+    assert (directory / "e5-k1.log").exists()
+    (directory / "e5-k40.log").write_text("a kernel of an agent before\n")
+    (directory / "f6-k1.log").write_text("another tag's\n")
+    os.kill(first.pid, signal.SIGKILL)
+    os.kill(kernel, signal.SIGKILL)  # its own session: not ended with the agent
+    wait_gone(first.pid)
+    wait_gone(kernel)
+    second = Agent(sys.executable, run, "e5")
+    assert isinstance(second.info, AgentInfo), second.said
+    assert sorted(p.name for p in directory.glob("*.log")) == ["f6-k1.log"]
+    second.goodbye()
+    (directory / "f6-k1.log").unlink()
+    assert first.chan is not None
+    first.chan.close()
+
+
 def test_with_no_kernel_and_no_daemon_the_agent_exits_before_its_window(run: Path) -> None:
     """Nothing to keep (no kernel, no link) and nobody attached: the agent does not wait out
     its window (an hour here) but exits, its socket and pid file gone with it."""
