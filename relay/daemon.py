@@ -504,6 +504,16 @@ class Daemon:
             log.info("shutting down", reason=why)
             self.stop_requested.set_result(why)
 
+    def left_to_agents(self) -> list[str]:
+        """What a stop now leaves to the hosts' agents, for ``relay stop`` to say: the kernels
+        of each host whose connection is down (``HostSession.stranded``)."""
+        notes = []
+        for h in self.hosts.values():
+            n = sum(1 for k in self.kernels.values() if k.host is h)
+            if n and (stranded := h.stranded()) is not None:
+                notes.append(f"{n} kernel{'s' if n != 1 else ''} on {h.key}: {stranded}")
+        return notes
+
     async def login(self, req: protocol.LoginRequest, ask: Prompter) -> dict[str, Any]:
         """``relay login HOST``: (re)open the host's connection with a person answering the
         server's password and keyboard-interactive prompts; every later launch uses it."""

@@ -50,6 +50,8 @@ def stop(*, restart: bool) -> int:
             return 1
         pid = int(answer["pid"])
         print(f"relay: stopping the daemon (pid {pid})", file=sys.stderr)
+        for note in answer.get("left") or []:  # kernels whose host's connection is down
+            print(f"relay: {note}", file=sys.stderr)
         # Until the daemon lets go of its lock, which it does last, its socket removed (not
         # until the socket stops answering: under socket activation the service manager
         # answers it, and would start a new daemon). A daemon the service manager starts

@@ -215,14 +215,15 @@ async def served(
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """``serve_subprocess`` for a block: its log drained meanwhile (``events``: counting each
     event it logs); at the end continued (a test may have stopped it), terminated, and its
-    exit checked."""
+    exit checked (0: it may have been stopped with `relay stop`)."""
     daemon = await serve_subprocess(home, *args, under=under)
     draining = asyncio.ensure_future(drain(daemon, events))
     try:
         yield daemon
     finally:
-        daemon.send_signal(signal.SIGCONT)
-        daemon.terminate()
+        if daemon.returncode is None:  # else stopped already (`relay stop`)
+            daemon.send_signal(signal.SIGCONT)
+            daemon.terminate()
         assert await daemon.wait() == 0
         await draining
 

@@ -1688,6 +1688,35 @@ async def test_a_stop_just_after_the_path_went_silent_says_the_agent_may_not_hav
         await kl.aclose()
 
 
+async def test_relay_stop_during_an_outage_says_what_becomes_of_the_kernels_there(
+    home: RelayHome,
+) -> None:
+    """`relay stop` itself, not only the shims, says which kernels it leaves to their agent
+    (a connection down: the agent cannot be told) and what ends them."""
+    async with behind_proxy(home) as proxy, served(home):
+        async with controller(home) as fe:
+            kl, pid = await connected(fe)
+            proxy.blackhole()
+            await until_resuming(home)
+            code, _, err = await relay_cli(home, "stop")
+            assert code == 0, err
+            lines = err.splitlines()
+            assert len(lines) == 2 and lines[0].startswith("relay: stopping the daemon"), err
+            assert lines[1].startswith(
+                "relay: 1 kernel on local: the connection to local was down (lost at "
+            ), err
+            assert lines[1].endswith("or at once when relay next connects to local"), err
+            status, _, _ = await fe.result(BOUND_S)
+            assert status == 1
+            await kl.aclose()
+        assert pid_alive(pid)  # nobody could tell the agent
+        proxy.restore()
+        async with start_daemon(home), controller(home) as fe2:
+            kl2, _ = await connected(fe2)
+            await wait_gone(pid, BOUND_S)  # the next daemon's agent ended its predecessor
+            await quit_cleanly(kl2, fe2)
+
+
 def without_python3(directory: Path) -> Path:
     """A directory of every command /usr/bin and /bin have, but python3: a host's PATH
     without it (a minimal image, an HPC node with python only in a module)."""
