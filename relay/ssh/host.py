@@ -566,8 +566,9 @@ class HostSession:
                 self._log.warning("relay's agent is gone", reason=exc.message)
                 agent.end(
                     f"the connection to {self.key} was lost at {clock_of_day(lost_at)}; when "
-                    f"it was back, relay's agent there was gone (the host restarted, or the "
-                    f"agent was killed?), and its kernels with it"
+                    f"it was back, relay's agent was not there (the host restarted, the agent "
+                    f"was killed, or {self.key} now leads to another machine): its kernels are "
+                    f"lost"
                 )
                 return
             except LoginNeeded:

@@ -1025,11 +1025,11 @@ async def test_an_agent_killed_during_an_outage_is_said_so_when_the_connection_i
             await kl.aclose()
         assert status == 1 and len(err.strip().splitlines()) == 1, err
         assert err.startswith("relay: the connection to local was lost at "), err
-        assert "when it was back, relay's agent there was gone" in err, err
+        assert "when it was back, relay's agent was not there (the host restarted" in err, err
         assert err.rstrip().endswith("restart the kernel from the front end"), err
         assert "open failed" not in err, err
         failures = (await status_of(home))["failures"]
-        assert any("relay's agent there was gone" in str(f) for f in failures), failures
+        assert any("relay's agent was not there" in str(f) for f in failures), failures
 
 
 async def test_a_kernel_quit_from_the_front_end_during_an_outage_lets_its_shim_go_at_once(
@@ -1244,7 +1244,7 @@ async def test_an_agents_machine_that_is_gone_frees_the_host_name(
 ) -> None:
     """The agent's machine goes down for good (its path silent) while another behind the
     name answers: its kernels are lost, but the host is not held unreachable for the whole
-    window. The controller's shim says the agent is not there, and a new launch goes to the
+    window. The controller's shim says the agent was not there, and a new launch goes to the
     other machine. (The agent's machine ends its kernel when its window runs out.)"""
     window = {"resume_window_s": 20, "connect_timeout_s": 1}
     async with two_machines(home, tmp_path, **window) as machines:
@@ -1255,7 +1255,8 @@ async def test_an_agents_machine_that_is_gone_frees_the_host_name(
             machines.to_agents.blackhole()  # down: nothing answers there any more
             status, _, err = await fe.result()
             (line,) = err.strip().splitlines()
-            assert status != 0 and "agent is not there" in line, line
+            assert status != 0 and "relay's agent was not there" in line, line
+            assert "local now leads to another machine): its kernels are lost" in line, line
             await kl.aclose()
         async with controller(home) as fe:  # the host works again, on the other machine
             kl, _ = await connected(fe)
