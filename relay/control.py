@@ -76,6 +76,7 @@ class Operations(check.DaemonState, Protocol):
     def reload(self, *, force: bool = False) -> dict[str, Any]: ...
     def request_stop(self, why: str) -> None: ...
     def left_to_agents(self) -> list[str]: ...
+    def shutdown_line(self, k: Kernel) -> str | None: ...
     def note_client(self, ssh_auth_sock: str | None) -> None: ...
     def refuse_if_stopping(self, what: str) -> None: ...
     async def launch(self, req: protocol.LaunchRequest) -> Kernel: ...
@@ -189,8 +190,9 @@ class Conversation:
 
     def _shutdown_error(self) -> ShuttingDown:
         """What the client of a conversation the shutdown ended is told, in one line."""
-        if self.following is not None and self.following.end_reason:
-            return ShuttingDown(self.following.end_reason)
+        line = self._daemon.shutdown_line(self.following) if self.following is not None else None
+        if line:
+            return ShuttingDown(line)
         why = self._daemon.stop_reason
         shut = f"relay shut down ({why})" if why else "relay shut down"
         if isinstance(self.request, protocol.LaunchRequest):
@@ -350,10 +352,11 @@ class Conversation:
         self.following = k
         pending: set[asyncio.Future[Any]] = {k.exited, client_said}
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        waiting = k.host.kernels_waiting  # resuming: nothing can come back before the resume
         if not k.exited.done():
             k.log.info("terminating kernel", why=_why_ending(client_said))
             await k.terminate()
-        if not (k.host.kernels_waiting and not k.exited.done()):  # else none before the resume
+        if not (waiting and not k.exited.done()):
             try:
                 async with asyncio.timeout(RELEASE_WAIT_S):
                     await k.released.wait()  # the shim learns of the exit once they are released
@@ -362,8 +365,9 @@ class Conversation:
         status = k.exited.result() if k.exited.done() else None
         if status is None:  # no exit status came back: the connection went first
             lost: RelayError = k.connection_lost()
-            if self._daemon.stopping and k.end_reason:  # ended by the shutdown, all the same
-                lost = ShuttingDown(k.end_reason)
+            line = self._daemon.shutdown_line(k) if self._daemon.stopping else None
+            if line:  # ended by the shutdown, all the same (or left to the agent's window)
+                lost = ShuttingDown(line)
             await _send(self._writer, error_event(lost))
             return
         await _send(

@@ -21,7 +21,10 @@ and bounded by ``SHUTDOWN_GRACE_S``:
 4. past the grace period every SSH connection is aborted outright. A second signal exits at
    once. Hosts with relay's agent (docs/agent.md) are told goodbye first of all, with their
    terminate_grace_s (and again with none on a second signal): their kernels end even if the
-   daemon does not get to end them itself.
+   daemon does not get to end them itself. Their answer is waited for (2 s, longer while the
+   agent is still heard from) before step 2: one that does not come may not have heard, and
+   those kernels' links end then, their shims told that the kernels may run on until the
+   window or relay's next connection (``shutdown_line``).
 """
 
 from __future__ import annotations
@@ -504,6 +507,15 @@ class Daemon:
             log.info("shutting down", reason=why)
             self.stop_requested.set_result(why)
 
+    def shutdown_line(self, k: Kernel) -> str | None:
+        """What a controller's shim is told when the shutdown leaves its kernel with no exit
+        status: where the host's agent never answered relay's goodbye, that it may run on
+        (``HostSession.unheard_goodbye``); else why it ended (``Kernel.end_reason``)."""
+        unheard = k.host.unheard_goodbye()
+        if unheard is not None:
+            return f"{shutdown_cause(self.stop_reason)}; {unheard}"
+        return k.end_reason
+
     def left_to_agents(self) -> list[str]:
         """What a stop now leaves to the hosts' agents, for ``relay stop`` to say: the kernels
         of each host whose connection is down (``HostSession.stranded``)."""
@@ -537,20 +549,14 @@ class Daemon:
         """The whole shutdown, in order, bounded; see the module's docstring."""
         self.stopping = True
         cause = shutdown_cause(self.stop_reason)
-        told = []  # what each controller's shim says, in one line
-        for k in self.kernels.values():
-            if not k.end_reason:
-                fate = k.host.stranded() or f"the kernel on {k.named_host.key} was ended"
-                k.end_reason = f"{cause}; {fate}"
-                told.append(k)
+        for k in self.kernels.values():  # what each controller's shim says, in one line
+            fate = k.host.stranded() or f"the kernel on {k.named_host.key} was ended"
+            k.end_reason = k.end_reason or f"{cause}; {fate}"
         for h in self.hosts.values():  # agents end their kernels even if we are cut short
             h.goodbye(h.config.terminate_grace_s)
-        hosts = list(self.hosts.values())
-        answers = await asyncio.gather(*(h.goodbye_heard() for h in hosts))
-        unheard = {id(h): fate for h, fate in zip(hosts, answers, strict=True) if fate}
-        for k in told:  # an agent that did not answer has ended none of these yet
-            if (left := unheard.get(id(k.host))) is not None:
-                k.end_reason = f"{cause}; {left}"
+        # an agent that does not answer may not have heard: its kernels' links end now, and
+        # their shims are told so (``shutdown_line``), not that the kernels were ended
+        await asyncio.gather(*(h.goodbye_heard() for h in self.hosts.values()))
         try:
             async with asyncio.timeout(grace_s):
                 await self.terminate_kernels()

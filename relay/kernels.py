@@ -245,8 +245,9 @@ class Kernel:
                     signal=name,
                     reason=f"the connection to {self.host.key} is down; {_who_ends_it(self.host)}",
                 )
+                self.host.spawn(self._terminate_once_back(grace), name=f"terminate:{self.id}")
                 break
-            heard = asyncio.ensure_future(supervisor.ping(f"{self.id}-{name}"))
+            heard = asyncio.ensure_future(supervisor.ping(f"{self.id}{name}"))
             try:
                 async with asyncio.timeout(grace):
                     if await asyncio.shield(self.exited) is None:  # the connection ended
@@ -271,6 +272,14 @@ class Kernel:
                 heard.cancel()
                 await asyncio.gather(heard, return_exceptions=True)
         return self.exited.result() if self.exited.done() else None
+
+    async def _terminate_once_back(self, grace_s: float) -> None:
+        """A kernel signalled while its host was resuming: the signal goes with the agent's
+        other messages once the connection is back. One that ignores it gets SIGKILL after
+        the grace then, as it would have connected (said twice, SIGTERM is harmless)."""
+        await self.host.resumed()
+        if not self.exited.done() and not self.host.kernels_waiting:
+            await self.terminate(grace_s)
 
     def follow_callback(self, kernel: str, deadline: float) -> None:
         """Wait for the kernel's callback in a task of its own (``callback`` says how it

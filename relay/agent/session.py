@@ -786,6 +786,13 @@ class AgentSession:
         else:
             self.end("relay said goodbye while the connection was down")
 
+    def let_go(self, reason: str) -> None:
+        """relay lets the agent go with nothing to say to it (its connection lost with
+        nothing on it): relay's own doing, as a goodbye, not news. The agent, with nothing to
+        keep and no daemon, exits by itself."""
+        self._said_bye = True
+        self.end(reason)
+
     def end(self, reason: str) -> None:
         """The agent is gone for us: every stream's sink closed, the supervisor told."""
         if self.ended.done():

@@ -65,9 +65,10 @@ class Holds:
 
     def rearm(self) -> None:
         """The connection is made again (a resume) with nothing holding it: its idle period
-        begins now. One that ran out while it was down found nothing to close."""
+        begins now (one that ran out while it was down found nothing to close)."""
         idle = self._idle_s()
-        if self._count == 0 and idle > 0 and not self._stopped and self._timer is None:
+        if self._count == 0 and idle > 0 and not self._stopped:
+            self._cancel_timer()
             self._timer = asyncio.get_running_loop().call_later(idle, self._fire)
 
     def _fire(self) -> None:

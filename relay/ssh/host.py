@@ -83,6 +83,7 @@ FAILURES_KEPT = 10
 
 
 BYE_CONFIRM_S = 2.0  # how long a shutdown past its grace waits for an agent's answer
+BYE_WAIT_MAX_S = 10.0  # a stop waits this long at most for one still heard from
 # Resuming, a launch that follows one that waited its launch_timeout_s in vain within this
 # long (the Parallel package's next Run) fails at once (``connection_by``)
 IN_VAIN_FOLLOWERS_S = 5.0
@@ -437,11 +438,13 @@ class HostSession:
             agent = self.agent
             if agent is not None and not agent.ended.done():
                 agent.detach()
-                if not self._holds:
-                    # no kernel, launch or forward waits on it: nothing to resume. The agent,
-                    # with nothing to keep and no daemon, exits by itself; the next launch
-                    # connects and starts another
-                    agent.goodbye()
+                supervisor = self._agent_supervisor
+                if not self._holds and (supervisor is None or not supervisor.running):
+                    # no kernel, launch or forward waits on it, and the agent runs no kernel
+                    # of ours (a failed launch's, whose signal waits for the resume): nothing
+                    # to resume. The agent, with nothing to keep and no daemon, exits by
+                    # itself; the next launch connects and starts another
+                    agent.let_go(f"the connection to {self.key} was lost ({reason})")
                 elif not self.resuming:
                     self._resuming = self._tasks.spawn(
                         self._resume(agent), name=f"resume:{self.key}"
@@ -563,6 +566,8 @@ class HostSession:
                 self._holds.rearm()  # its kernels may have ended meanwhile: idle from now
                 return
             except AgentGone as exc:  # its socket gone: the agent with it, and its kernels
+                if agent.ended.done():  # ended here meanwhile (a stop): nothing to say
+                    return
                 self._log.warning("relay's agent is gone", reason=exc.message)
                 agent.end(
                     f"the connection to {self.key} was lost at {clock_of_day(lost_at)}; when "
@@ -878,35 +883,54 @@ class HostSession:
         elif agent.attached:
             agent.goodbye(grace_s)
 
-    async def goodbye_heard(self, timeout_s: float = BYE_CONFIRM_S) -> str | None:
-        """After ``goodbye``: wait, bounded, for the attached agent to answer it. One that
-        does not may be on a connection that went silent before keepalive could tell (the
-        Wi-Fi gone a moment before ``relay stop``): then its kernels may be left as in a
-        declared outage, and their links end now, not after the shutdown's grace. What
-        becomes of them, in words for the shims; None where the agent answered (or there is
-        none, or it could not be told and ``stranded`` says so)."""
+    async def goodbye_heard(self, timeout_s: float = BYE_CONFIRM_S) -> None:
+        """After ``goodbye``: wait, bounded, for the attached agent to answer it, for longer
+        while it is still heard from (a slow path, output queued ahead of the answer), up to
+        BYE_WAIT_MAX_S. One that does not answer may not have heard: its connection went
+        silent before keepalive could tell (the Wi-Fi gone a moment before ``relay stop``).
+        Its session ends then, so its kernels' links end now, not after the shutdown's
+        grace; what their shims are told is ``unheard_goodbye``."""
         agent = self.agent
         if agent is None or agent.ended.done() or not agent.said_bye:
-            return None
-        try:
-            async with asyncio.timeout(timeout_s):
-                await asyncio.shield(agent.bye_heard)
-        except TimeoutError:
-            pass
-        else:
+            return
+        waited_s, heard = 0.0, agent.heard_clock
+        while True:
+            await asyncio.wait(
+                {agent.bye_heard, agent.ended}, timeout=timeout_s, return_when="FIRST_COMPLETED"
+            )
+            waited_s += timeout_s
+            if agent.bye_heard.done() or agent.ended.done():
+                break
+            if agent.heard_clock == heard or waited_s >= BYE_WAIT_MAX_S:
+                break
+            heard = agent.heard_clock  # still speaking: its answer may be on its way
+        if not agent.bye_heard.done():
+            self._log.warning("the agent did not answer relay's goodbye", waited_s=waited_s)
+            agent.end(self.unheard_goodbye() or "relay's goodbye went unanswered")
+
+    def unheard_goodbye(self) -> str | None:
+        """What becomes of this host's kernels when relay said goodbye to its agent and no
+        answer came (``goodbye_heard``, or the connection closing first): None where it
+        answered, or where relay has not said goodbye."""
+        agent = self.agent
+        if agent is None or not agent.said_bye or agent.bye_heard.done():
             return None
         silent_s = max(0.0, wake.steady() - agent.heard_clock)
         at = clock_of_day(time.time() - silent_s)
         until = clock_of_day(time.time() - silent_s + agent.window_s)
-        unheard = (
+        return (
             f"relay's agent on {self.key} did not answer relay's goodbye (nothing heard from "
             f"it since {at}: the connection may be down): if it did not get it, it ends the "
             f"kernels there when resume_window_s runs out ({until}), or at once when relay "
             f"next connects to {self.key}"
         )
-        self._log.warning("the agent did not answer relay's goodbye", waited_s=timeout_s)
-        agent.end(unheard)
-        return unheard
+
+    async def resumed(self) -> None:
+        """Until the resume under way (if any) is over: the agent attached again, or its
+        window ran out."""
+        task = self._resuming
+        if task is not None and not task.done():
+            await asyncio.wait({task})
 
     def stranded(self) -> str | None:
         """What becomes of the kernels here if relay lets go of them while the agent cannot

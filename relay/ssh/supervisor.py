@@ -248,12 +248,21 @@ class Supervisor:
             fut = self._kernels[kernel] = asyncio.get_running_loop().create_future()
         fut.set_result(True)
 
+    @property
+    def running(self) -> int:
+        """Kernels started here whose exit has not come back yet."""
+        return len(self._procs)
+
     def signal(self, kernel_id: str, signal: str) -> None:
         assert signal in _SIGNALS
         if not self.closed.done() and kernel_id in self._procs:
             self._process.stdin.write(f"kill {kernel_id} {signal}\n")
 
     async def ping(self, ping_id: str) -> None:
+        # letters and digits only: relay's agent ignores a line whose ident has anything else
+        # (a kernel's "k1-TERM" went unanswered there, so a kernel that ignored SIGTERM was
+        # never sent SIGKILL)
+        assert ping_id.isalnum(), ping_id
         fut = asyncio.get_running_loop().create_future()
         self._pings[ping_id] = fut
         try:

@@ -48,6 +48,7 @@ from relay.ssh.options import asyncssh_keepalive
 from relay.ssh.supervisor import Supervisor
 from tests.conftest import (
     RELAY,
+    SIM_KERNEL,
     KernelGate,
     RelayHome,
     RunningDaemon,
@@ -1055,6 +1056,34 @@ async def test_a_kernel_quit_from_the_front_end_during_an_outage_lets_its_shim_g
             await kl.aclose()
         await until(lambda: not running.daemon.kernels, "the kernel reaped")
         assert (await status_of(home))["failures"] == []
+
+
+@pytest.mark.parametrize("during", ["connected", "outage"])
+async def test_a_kernel_that_ignores_sigterm_is_killed_after_the_grace(
+    home: RelayHome, tmp_path: Path, during: str
+) -> None:
+    """The front end quits a kernel that ignores SIGTERM: it gets SIGKILL after
+    terminate_grace_s and is not left running. Through the agent it never did (the ping that
+    says the SIGTERM was delivered went unanswered). Quit during an outage, its shim is let
+    go at once, and the grace runs once the connection is back."""
+    stubborn = tmp_path / "stubborn-kernel"
+    stubborn.write_text(f"#!/bin/sh\ntrap '' TERM\nexec {SIM_KERNEL} \"$@\"\n")
+    stubborn.chmod(0o755)
+    async with (
+        behind_proxy(home, terminate_grace_s=1) as proxy,
+        start_daemon(home) as running,
+        controller(home, kernel=str(stubborn), exec_=True) as fe,
+    ):
+        kl, pid = await connected(fe)
+        if during == "outage":
+            await outage(running, proxy, "blackhole")
+        fe.proc.send_signal(signal.SIGTERM)
+        status, _, _ = await fe.result(BOUND_S)
+        assert status == 128 + signal.SIGTERM
+        proxy.restore()
+        await wait_gone(pid, BOUND_S)  # SIGTERM ignored: SIGKILL after the grace
+        await kl.aclose()
+        await until(lambda: not running.daemon.kernels, "the kernel reaped")
 
 
 async def test_an_agent_that_does_not_answer_the_resume_is_waited_for_not_given_up(

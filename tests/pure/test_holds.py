@@ -28,8 +28,8 @@ def test_holds_that_outlive_the_connection_are_counted_apart_and_still_keep_it()
 
 def test_rearm_gives_a_connection_made_again_its_idle_period_once_more() -> None:
     """The idle period that ran out while a resume was reconnecting found no connection to
-    close; the resumed one, held by nothing, is given the period again (it stayed open for
-    good: found by a new-user pass). With a hold, or a timer already running, nothing."""
+    close; the resumed one, held by nothing, is given the period again, from now (it stayed
+    open for good: found by a new-user pass). With a hold, nothing; never a second timer."""
 
     async def main() -> None:
         fired: list[float] = []
@@ -45,7 +45,7 @@ def test_rearm_gives_a_connection_made_again_its_idle_period_once_more() -> None
         await asyncio.sleep(0.05)
         assert fired == [0]
         held.release()
-        holds.rearm()  # the release's own timer runs: not a second one
+        holds.rearm()  # the release's timer, started again from now: still one
         for _ in range(500):
             if len(fired) == 2:
                 break
