@@ -86,6 +86,7 @@ async def test_a_controller_hears_its_exit_when_the_release_is_slow(
         exited=exited,
         released=asyncio.Event(),  # never set
         end_reason=None,
+        host=SimpleNamespace(kernels_waiting=False),  # connected: not resuming
         log=SimpleNamespace(warning=lambda *a, **k: None, info=lambda *a, **k: None),
     )
     writer = _Writer()
