@@ -872,6 +872,32 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
         assert resume_state(running)["state"] == "on"  # the check's kernel went through it
 
 
+async def old_path_kernel_left_by_a_silent_loss(
+    home: RelayHome,
+    proxy: FaultProxy,
+    fe: Controller,
+    before_loss: Callable[[], None] | None = None,
+) -> tuple[int, int]:
+    """A kernel launched with resume_window_s = 0 (under supervisor.sh), the window raised
+    (``relay reload``), then the path silently dead and back: its shim ended, and on the host
+    its kernel and sshd session run on. Their pids: the kernel's, the session's."""
+    kl, pid = await connected(fe)
+    old_session = sshd_session_of(pid)
+    home.hosts["local"]["resume_window_s"] = 120
+    home.write()
+    code, _, err = await relay_cli(home, "reload")
+    assert code == 0, err
+    if before_loss is not None:
+        before_loss()
+    proxy.blackhole()
+    status, _, err = await fe.result(BOUND_S)
+    assert status == 1 and "the kernel ended with it" in err, err
+    assert pid_alive(pid) and pid_alive(old_session)  # the host cannot tell
+    await kl.aclose()
+    proxy.restore()
+    return pid, old_session
+
+
 async def test_old_path_kernels_a_silent_loss_left_end_once_the_agent_takes_over(
     home: RelayHome,
 ) -> None:
@@ -885,18 +911,7 @@ async def test_old_path_kernels_a_silent_loss_left_end_once_the_agent_takes_over
         start_daemon(home) as running,
         controller(home) as fe,
     ):
-        kl, pid = await connected(fe)
-        old_session = sshd_session_of(pid)
-        home.hosts["local"]["resume_window_s"] = 120
-        home.write()
-        code, _, err = await relay_cli(home, "reload")
-        assert code == 0, err
-        proxy.blackhole()
-        status, _, err = await fe.result(BOUND_S)
-        assert status == 1 and "the kernel ended with it" in err, err
-        assert pid_alive(pid) and pid_alive(old_session)  # the host cannot tell
-        await kl.aclose()
-        proxy.restore()
+        pid, old_session = await old_path_kernel_left_by_a_silent_loss(home, proxy, fe)
         async with controller(home) as fe2:
             kl2, _ = await connected(fe2)
             assert resume_state(running)["state"] == "on"
@@ -926,20 +941,14 @@ async def test_a_sweep_of_stale_sessions_that_failed_is_made_on_the_next_connect
         start_daemon(home) as running,
         controller(home) as fe,
     ):
-        kl, pid = await connected(fe)
-        old_session = sshd_session_of(pid)
-        home.hosts["local"]["resume_window_s"] = 120
-        home.write()
-        code, _, err = await relay_cli(home, "reload")
-        assert code == 0, err
         # the next supervisor started is the sweep's: the old path's runs already, and the
         # agent's path starts none
-        monkeypatch.setattr(Supervisor, "start", start_or_fail)
-        proxy.blackhole()
-        status, _, err = await fe.result(BOUND_S)
-        assert status == 1 and "the kernel ended with it" in err, err
-        await kl.aclose()
-        proxy.restore()
+        pid, old_session = await old_path_kernel_left_by_a_silent_loss(
+            home,
+            proxy,
+            fe,
+            before_loss=lambda: monkeypatch.setattr(Supervisor, "start", start_or_fail),
+        )
         with structlog.testing.capture_logs() as logs:
             async with controller(home) as fe2:
                 kl2, _ = await connected(fe2)
