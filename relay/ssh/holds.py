@@ -59,16 +59,18 @@ class Holds:
     def _unhold(self, hold: Hold) -> None:
         self._count -= 1
         self.fragile -= hold.fragile
-        idle = self._idle_s()
-        if self._count == 0 and idle > 0 and not self._stopped:
-            self._timer = asyncio.get_running_loop().call_later(idle, self._fire)
+        self._arm()
 
     def rearm(self) -> None:
         """The connection is made again (a resume) with nothing holding it: its idle period
         begins now (one that ran out while it was down found nothing to close)."""
+        self._cancel_timer()
+        self._arm()
+
+    def _arm(self) -> None:
+        """The idle period from now, if nothing holds the connection."""
         idle = self._idle_s()
         if self._count == 0 and idle > 0 and not self._stopped:
-            self._cancel_timer()
             self._timer = asyncio.get_running_loop().call_later(idle, self._fire)
 
     def _fire(self) -> None:
