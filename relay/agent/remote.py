@@ -1351,18 +1351,26 @@ def run_dir():
     return path, None
 
 
-def end_predecessor(pid_path):
-    """SIGTERM to the agent a dead daemon left for this tag (its pid AND start time recorded),
-    waited for: it ends its kernels. Returns how many were ended (0 or 1)."""
+def recorded_agent(pid_path):
+    """The agent a pid file names, (pid, start time), if that process still runs; else None.
+    Both are recorded: a pid alone may since name another process of the user's."""
     try:
         fd = open_private(pid_path, os.O_RDONLY)
         with os.fdopen(fd) as f:
             words = f.read().split()
         pid, started = int(words[0]), words[1]
     except (OSError, ValueError, IndexError):
+        return None
+    return (pid, started) if start_time(pid) == started else None
+
+
+def end_predecessor(pid_path):
+    """SIGTERM to the agent a dead daemon left for this tag (its pid AND start time recorded),
+    waited for: it ends its kernels. Returns how many were ended (0 or 1)."""
+    recorded = recorded_agent(pid_path)
+    if recorded is None or recorded[0] == os.getpid():
         return 0
-    if pid == os.getpid() or start_time(pid) != started:
-        return 0
+    pid, started = recorded
     try:
         os.kill(pid, signal.SIGTERM)
     except OSError:
@@ -1377,14 +1385,8 @@ def sweep_logs(path, tag, pid_path):
     """The kernels' logs an agent of this tag left (it was killed, SIGKILL: no time to remove
     them), once no agent of this tag runs: the next agent numbers its kernels from k1 again,
     so the logs of a predecessor's k40 would never go."""
-    try:
-        fd = open_private(pid_path, os.O_RDONLY)
-        with os.fdopen(fd) as f:
-            words = f.read().split()
-        if len(words) > 1 and start_time(int(words[0])) == words[1]:
-            return  # alive after all (it did not end in time): its logs are its own
-    except (OSError, ValueError):
-        pass
+    if recorded_agent(pid_path) is not None:
+        return  # alive after all (it did not end in time): its logs are its own
     prefix = tag + "-k"
     try:
         names = os.listdir(path)
