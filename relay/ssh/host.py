@@ -920,9 +920,8 @@ class HostSession:
         until = clock_of_day(time.time() - silent_s + agent.window_s)
         return (
             f"relay's agent on {self.key} did not answer relay's goodbye (nothing heard from "
-            f"it since {at}: the connection may be down): if it did not get it, it ends the "
-            f"kernels there when resume_window_s runs out ({until}), or at once when relay "
-            f"next connects to {self.key}"
+            f"it since {at}: the connection may be down): if it did not get it, "
+            f"{self._left_to_agent(until)}"
         )
 
     async def resumed(self) -> None:
@@ -943,8 +942,15 @@ class HostSession:
         at, until = clock_of_day(lost_at), clock_of_day(time.time() + (agent.window_left() or 0))
         return (
             f"the connection to {self.key} was down (lost at {at}), so relay's agent there "
-            f"could not be told: it ends the kernels there when resume_window_s runs out "
-            f"({until}), or at once when relay next connects to {self.key}"
+            f"could not be told: {self._left_to_agent(until)}"
+        )
+
+    def _left_to_agent(self, until: str) -> str:
+        """What ends kernels whose agent relay could not tell to (``stranded``, and
+        ``unheard_goodbye``)."""
+        return (
+            f"it ends the kernels there when resume_window_s runs out ({until}), or at once "
+            f"when relay next connects to {self.key}"
         )
 
     async def abort(self) -> None:
