@@ -84,6 +84,8 @@ FAILURES_KEPT = 10
 
 BYE_CONFIRM_S = 2.0  # how long a shutdown past its grace waits for an agent's answer
 BYE_WAIT_MAX_S = 10.0  # a stop waits this long at most for one still heard from
+# the log event of an idle period that ran out while the connection was down
+IDLE_WITH_NO_CONNECTION = "idle period over with no connection to close"
 # Resuming, a launch that follows one that waited its launch_timeout_s in vain within this
 # long (the Parallel package's next Run) fails at once (``connection_by``)
 IN_VAIN_FOLLOWERS_S = 5.0
@@ -845,6 +847,8 @@ class HostSession:
         if self._conn is not None:
             self._log.info("closing idle connection", idle_s=self.config.idle_timeout_s)
             self._tasks.spawn(self._close_connection(idle=True), name=f"idle-close:{self.key}")
+        else:  # lost: a resume that comes back with nothing holding it begins another
+            self._log.info(IDLE_WITH_NO_CONNECTION, idle_s=self.config.idle_timeout_s)
 
     async def _close_connection(self, *, idle: bool = False) -> None:
         self._idle_closing = idle

@@ -43,7 +43,7 @@ from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from relay.ssh.connector import ATTEMPTS_PER_REQUEST
-from relay.ssh.host import IN_VAIN_FOLLOWERS_S, WAKE_PROBE_S
+from relay.ssh.host import IDLE_WITH_NO_CONNECTION, IN_VAIN_FOLLOWERS_S, WAKE_PROBE_S
 from relay.ssh.options import asyncssh_keepalive
 from relay.ssh.supervisor import Supervisor
 from tests.conftest import (
@@ -308,6 +308,78 @@ async def test_a_launch_whose_path_fails_under_it_says_so_and_its_kernel_ends_on
         proxy.restore()
         await wait_gone(pid, BOUND_S)  # told once back: the gate never opened
         assert resume_state(running)["state"] == "on"
+
+
+async def test_a_host_whose_last_launch_failed_in_an_outage_closes_as_idle_once_back(
+    home: RelayHome,
+) -> None:
+    """The one launch on a host fails during an outage: nothing holds the connection, and
+    its idle_timeout_s runs out while it is down, with nothing to close. The resume starts
+    the idle period again, so the resumed connection closes as idle (it stayed open for
+    good), once the failed launch's kernel has been ended."""
+    with structlog.testing.capture_logs() as logs:
+        async with (
+            KernelGate(home.dir / "gate") as gate,
+            behind_proxy(
+                home,
+                launch_timeout_s=LAUNCH_S,
+                idle_timeout_s=1,
+                controller_args=["-simgate", str(gate.path)],
+            ) as proxy,
+            start_daemon(home) as running,
+            controller(home) as fe,
+        ):
+            await asyncio.wait_for(gate.arrived.wait(), BOUND_S)
+            pid = int(subprocess.check_output(["pgrep", "-f", str(gate.path)], text=True))
+            host = running.daemon.hosts["local"]
+            await outage(running, proxy, "blackhole")
+            status, _, err = await fe.result(BOUND_S)
+            assert status != 0 and "is not back yet" in err, err
+            await until(
+                lambda: any(e["event"] == IDLE_WITH_NO_CONNECTION for e in logs),
+                "the idle period over during the outage",
+            )
+            proxy.restore()
+            await wait_gone(pid, BOUND_S)  # the failed launch's kernel, ended once back
+            await until(lambda: host.status.state == "idle", "closed as idle after the resume")
+            assert host.holds == 0 and not host.resuming
+
+
+async def test_a_failed_launchs_kernel_left_running_is_ended_after_the_loss_not_the_window(
+    home: RelayHome,
+) -> None:
+    """A launch fails on a path gone silent, before keepalive could tell (its kernel never
+    called back): relay's SIGTERM to the kernel went into the dead connection, and nothing
+    holds the host any more. The connection is then found lost: relay resumes all the same,
+    since the agent runs a kernel of relay's, and the SIGTERM reaches it once back. (Let go
+    instead, the agent kept that kernel for its whole window: an orphan for 15 minutes.)"""
+    async with (
+        KernelGate(home.dir / "gate") as gate,
+        behind_proxy(
+            home,
+            launch_timeout_s=LAUNCH_S,
+            keepalive_interval_s=60,  # the loss is the test's to declare (a reset)
+            keepalive_count_max=3,
+            controller_args=["-simgate", str(gate.path)],
+        ) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        await asyncio.wait_for(gate.arrived.wait(), BOUND_S)
+        pid = int(subprocess.check_output(["pgrep", "-f", str(gate.path)], text=True))
+        host = running.daemon.hosts["local"]
+        proxy.blackhole()
+        status, _, err = await fe.result(BOUND_S)
+        assert status != 0 and len(err.strip().splitlines()) == 1, err
+        await until(lambda: host.holds == 0, "the failed launch released")
+        supervisor = host._agent_supervisor  # the agent's kernels, as relay knows them
+        assert supervisor is not None and supervisor.running == 1
+        assert not host.resuming  # silent: not found out yet
+        proxy.reset()
+        proxy.restore()
+        await wait_gone(pid, BOUND_S)
+        assert resume_state(running)["state"] == "on"
+        await until(lambda: supervisor.running == 0, "the kernel's exit heard")
 
 
 async def test_relay_check_during_an_outage_says_the_kernels_wait_for_the_resume(
