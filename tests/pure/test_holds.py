@@ -7,6 +7,22 @@ import asyncio
 from relay.ssh.holds import Holds
 
 
+def _armed(holds: Holds) -> asyncio.TimerHandle | None:
+    """The idle timer ``holds`` has running, if any: what a test looks at to say that no
+    idle close is coming (waiting to see none come could pass on a loaded machine however
+    the code behaved)."""
+    return holds._timer
+
+
+async def _fired(fired: list[int], count: int) -> None:
+    """Until the idle callback has run ``count`` times in all (bounded)."""
+    for _ in range(500):  # bounded: a 10 ms timer, on a loaded machine
+        if len(fired) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the idle callback ran {len(fired)} times, not {count}")
+
+
 def test_holds_that_outlive_the_connection_are_counted_apart_and_still_keep_it() -> None:
     async def main() -> None:
         idle = asyncio.Event()
@@ -17,8 +33,7 @@ def test_holds_that_outlive_the_connection_are_counted_apart_and_still_keep_it()
         kernel.release()
         kernel.release()  # idempotent: counted once
         assert (len(holds), holds.fragile) == (1, 0)
-        await asyncio.sleep(0.05)
-        assert not idle.is_set()  # an allocation keeps the connection as any hold does
+        assert _armed(holds) is None  # an allocation keeps the connection as any hold does
         allocation.release()
         assert (len(holds), holds.fragile) == (0, 0)
         await asyncio.wait_for(idle.wait(), 5)
@@ -32,35 +47,27 @@ def test_rearm_gives_a_connection_made_again_its_idle_period_once_more() -> None
     open for good: found by a new-user pass). With a hold, nothing; never a second timer."""
 
     async def main() -> None:
-        fired: list[float] = []
+        fired: list[int] = []
         holds = Holds(lambda: 0.01, lambda: fired.append(0))
         holds.hold().release()
-        for _ in range(500):  # bounded: the 10 ms timer, on a loaded machine
-            if fired:
-                break
-            await asyncio.sleep(0.01)
-        assert fired == [0]
+        await _fired(fired, 1)
+        assert _armed(holds) is None
         held = holds.hold()
         holds.rearm()  # held: no idle period
-        await asyncio.sleep(0.05)
-        assert fired == [0]
+        assert _armed(holds) is None
         held.release()
+        released = _armed(holds)
+        assert released is not None
         holds.rearm()  # the release's timer, started again from now: still one
-        for _ in range(500):
-            if len(fired) == 2:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
-        assert fired == [0, 0]
+        again = _armed(holds)
+        assert released.cancelled() and again is not None and not again.cancelled()
+        await _fired(fired, 2)
+        assert fired == [0, 0] and _armed(holds) is None
         holds.rearm()  # nothing holds it, no timer: the period again
-        for _ in range(500):
-            if len(fired) == 3:
-                break
-            await asyncio.sleep(0.01)
-        assert fired == [0, 0, 0]
+        await _fired(fired, 3)
         holds.stop()
         holds.rearm()  # closing: never
-        await asyncio.sleep(0.05)
+        assert _armed(holds) is None
         assert fired == [0, 0, 0]
 
     asyncio.run(main())
