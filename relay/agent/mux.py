@@ -9,6 +9,8 @@ receiver names); ``Inbox`` is the same direction as its receiver counts it.
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import struct
 from dataclasses import dataclass
 
@@ -16,8 +18,11 @@ __all__ = [
     "ACK",
     "ACK_DELAY_S",
     "ACK_EVERY",
+    "AGENT",
     "BYE",
+    "CHALLENGE",
     "CLOSE",
+    "DAEMON",
     "DATA",
     "EOF",
     "GATHER",
@@ -33,9 +38,10 @@ __all__ = [
     "Outbox",
     "encode",
     "pieces",
+    "proof",
 ]
 
-HELLO, WELCOME, DATA, EOF, CLOSE, OPEN, ACK, BYE = range(1, 9)
+HELLO, WELCOME, DATA, EOF, CLOSE, OPEN, ACK, BYE, CHALLENGE = range(1, 10)
 MARKERS = frozenset({EOF, CLOSE, OPEN})  # sequenced, one position each
 _HEADER = struct.Struct("!BII")
 _POS = struct.Struct("!Q")
@@ -88,6 +94,18 @@ def pieces(ftype: int, stream: int, payload: bytes = b"") -> list[bytes]:
     return [_HEADER.pack(ftype, stream, len(payload)), payload]
 
 
+# The attach's proofs (docs/agent.md): each side shows it holds the secret without sending it,
+# over both sides' random bytes, so neither proof can be replayed or turned round
+DAEMON = b"relay daemon\n"
+AGENT = b"relay agent\n"
+
+
+def proof(secret: bytes, who: bytes, first: bytes, second: bytes) -> str:
+    """HMAC-SHA256 of ``who`` (DAEMON: over the agent's challenge, then the daemon's nonce;
+    AGENT: the other way round), in hex."""
+    return hmac.new(secret, who + first + second, hashlib.sha256).hexdigest()
+
+
 def ack(stream: int, position: int) -> bytes:
     return encode(ACK, stream, _POS.pack(position))
 
@@ -130,7 +148,7 @@ class FrameReader:
                 else:
                     ftype, stream, length = _HEADER.unpack_from(data, at)
                     at += _HEADER.size
-                if not HELLO <= ftype <= BYE:
+                if not HELLO <= ftype <= CHALLENGE:
                     raise FrameError(f"unknown frame type {ftype}")
                 if length > MAX_PAYLOAD:
                     raise FrameError(f"frame of {length} bytes exceeds {MAX_PAYLOAD}")

@@ -15,6 +15,7 @@ starting kernel, and a self-pipe for signals. Nothing blocks but ``which`` (a sh
 
 import collections
 import errno
+import hashlib
 import hmac
 import itertools
 import json
@@ -34,7 +35,10 @@ try:
 except ImportError:  # not a Unix: nothing raised (the agent runs on Linux hosts)
     resource = None
 
-HELLO, WELCOME, DATA, EOF, CLOSE, OPEN, ACK, BYE = range(1, 9)
+HELLO, WELCOME, DATA, EOF, CLOSE, OPEN, ACK, BYE, CHALLENGE = range(1, 10)
+# the attach's proofs (mux.py's ``proof``): the secret is shown, never sent
+DAEMON = b"relay daemon\n"
+AGENT = b"relay agent\n"
 MARKERS = (EOF, CLOSE, OPEN)  # sequenced, one position each
 HEADER = struct.Struct("!BII")
 POS = struct.Struct("!Q")
@@ -137,7 +141,7 @@ class Reader:
                 else:
                     ftype, sid, length = HEADER.unpack_from(data, at)
                     at += HEADER.size
-                if not HELLO <= ftype <= BYE or length > MAX_PAYLOAD:
+                if not HELLO <= ftype <= CHALLENGE or length > MAX_PAYLOAD:
                     raise FrameError("not a frame of this protocol")
                 if not length:
                     out.append((ftype, sid, b""))
@@ -499,7 +503,8 @@ class Agent:
         self.chan_bulk = False  # the channel's last read filled CHUNK (``recv``)
         self.chan_full = False  # this turn's send to the channel left some (``write_channel``)
         self.chan_out = Buffers()
-        self.pending = {}  # unauthenticated connections: sock -> (reader, deadline)
+        # unauthenticated connections: sock -> (reader, deadline, the challenge sent it)
+        self.pending = {}
         self.asks = {}  # hook requests in flight, every serve stream's: sock -> Ask
         self.asks_made = 0
         self.paused = {}  # listeners left alone for want of files: sock -> (data, until)
@@ -616,7 +621,7 @@ class Agent:
                     self.sel.register(sock, selectors.EVENT_READ, data)
         if self.terminated and not self.ending:
             self.end_all("terminated")
-        for sock, (_, deadline) in list(self.pending.items()):
+        for sock, (_, deadline, _) in list(self.pending.items()):
             if t > deadline:
                 self.drop_pending(sock)
         for ask in list(self.asks.values()):
@@ -650,7 +655,13 @@ class Agent:
         except OSError as exc:
             return self.accept_failed(server, exc)
         sock.setblocking(False)
-        self.pending[sock] = (Reader(), now() + HELLO_WITHIN_S)
+        challenge = os.urandom(32)
+        try:  # a fresh socket's buffer takes it whole
+            sock.send(encode(CHALLENGE, 0, challenge))
+        except OSError:
+            sock.close()
+            return
+        self.pending[sock] = (Reader(), now() + HELLO_WITHIN_S, challenge)
         self.sel.register(sock, selectors.EVENT_READ, ("hello", None))
 
     def drop_pending(self, sock):
@@ -659,7 +670,7 @@ class Agent:
         sock.close()
 
     def on_hello(self, sock, _, events):
-        reader, _ = self.pending[sock]
+        reader, _, challenge = self.pending[sock]
         try:
             data = sock.recv(65536)
             frames = reader.feed(data) if data else None
@@ -673,16 +684,21 @@ class Agent:
             return self.drop_pending(sock)
         try:
             hello = json.loads(frames[0][2].decode())
-            given = str(hello["secret"]).encode()
+            nonce = bytes.fromhex(str(hello["nonce"]))
+            given = str(hello["proof"]).encode()
         except (ValueError, KeyError, TypeError):
             return self.drop_pending(sock)
-        if not hmac.compare_digest(given, self.secret):
+        if len(nonce) < 32:
+            return self.drop_pending(sock)
+        if not hmac.compare_digest(given, proof(self.secret, DAEMON, challenge, nonce).encode()):
             return self.drop_pending(sock)
         del self.pending[sock]
         self.unregister(sock)
-        self.attach(sock, reader, hello, frames[1:])
+        self.attach(sock, reader, hello, frames[1:], proof(self.secret, AGENT, nonce, challenge))
 
-    def attach(self, sock, reader, hello, rest):
+    def attach(self, sock, reader, hello, rest, shown):
+        """The daemon proved it holds the secret (``on_hello``); ``shown`` is the agent's
+        proof, which the WELCOME carries back."""
         self.detach()  # a second attach replaces the first
         self.chan, self.chan_reader, self.chan_out = sock, reader, Buffers()
         try:  # fewer, larger writes: sshd reads a channel 32 KiB at a time (as it may)
@@ -706,7 +722,12 @@ class Agent:
         for sid in recv:
             if sid not in positions and sid.isdigit() and int(sid) in self.finished:
                 positions[sid] = handed[sid] = self.finished[int(sid)]
-        welcome = {"recv": positions, "handed": handed, "now": round(time.time(), 3)}
+        welcome = {
+            "recv": positions,
+            "handed": handed,
+            "now": round(time.time(), 3),
+            "proof": shown,
+        }
         self.send_raw(encode(WELCOME, 0, json.dumps(welcome).encode()))
         theirs = hello.get("handed") or {}
         for sid, stream in list(self.streams.items()):
@@ -1324,6 +1345,11 @@ class Agent:
         for kernel in self.kernels.values():
             if kernel.kill_at is None or kernel.kill_at > t + grace:
                 kernel.kill_at = t + grace
+
+
+def proof(secret, who, first, second):
+    """HMAC-SHA256 of ``who`` over both sides' random bytes, in hex (mux.py's ``proof``)."""
+    return hmac.new(secret, who + first + second, hashlib.sha256).hexdigest()
 
 
 def ACK_HEADER(sid):

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hmac
 import json
 import math
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -50,6 +52,11 @@ SPARE_SERVE = 1
 
 class AgentGone(RelayError):
     code = "connection_lost"
+
+
+class NotTheAgent(Exception):
+    """What answered at the agent's socket did not prove that it holds the secret (or sent
+    something other than the attach's frames): not relay's agent."""
 
 
 # asyncssh's reason for a channel that could not open, or was lost, because its connection
@@ -219,7 +226,12 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
         self._session = session
         self._reader = mux.FrameReader()
         self.chan: asyncssh.SSHUNIXChannel[bytes] | None = None
-        self.welcome: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        # the agent's random bytes, sent as it accepts: the daemon's proof covers them
+        self.challenge: asyncio.Future[bytes] = loop.create_future()
+        self.challenge.add_done_callback(retrieved)
+        self.nonce: bytes | None = None  # ours, in the HELLO: the agent's proof covers it
+        self.welcome: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.welcome.add_done_callback(retrieved)
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -242,24 +254,48 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
                 self.chan.close()
             return
         for frame in frames:
-            if frame.type == mux.WELCOME:
+            if frame.type == mux.CHALLENGE:
+                if not self.challenge.done():
+                    self.challenge.set_result(frame.payload)
+            elif frame.type == mux.WELCOME:
                 if not self.welcome.done():
                     try:
-                        welcome = json.loads(frame.payload)
-                    except ValueError as exc:
+                        welcome = self._proven(frame.payload)
+                    except (ValueError, NotTheAgent) as exc:
                         self.welcome.set_exception(exc)
                     else:
                         # before the replay behind it is read: a kernel's exit in it is
                         # told against this outage and the agent's clock (``outage_around``)
                         self._session._welcomed(welcome)
                         self.welcome.set_result(welcome)
+            elif not self.welcome.done():  # nothing else before the agent has proved itself
+                if not self.challenge.done():
+                    self.challenge.set_exception(NotTheAgent(f"a frame of type {frame.type}"))
+                self.welcome.set_exception(NotTheAgent(f"a frame of type {frame.type}"))
             else:
                 self._session._frame(self, frame)
         self._session._flush_acks()
 
+    def _proven(self, payload: bytes) -> dict[str, Any]:
+        """The WELCOME, once its proof shows the agent holds the secret: over our nonce and
+        its challenge, so it was made for this attach (docs/agent.md)."""
+        welcome = json.loads(payload)
+        if not isinstance(welcome, dict):
+            raise ValueError("a WELCOME that is not a JSON object")
+        challenge = self.challenge.result() if self.challenge.done() else None
+        if self.nonce is None or challenge is None:
+            raise NotTheAgent("a WELCOME before relay's HELLO")
+        wanted = mux.proof(self._session._secret.encode(), mux.AGENT, self.nonce, challenge)
+        if not hmac.compare_digest(str(welcome.get("proof", "")).encode(), wanted.encode()):
+            raise NotTheAgent("a WELCOME without the secret's proof")
+        return welcome
+
     def connection_lost(self, exc: Exception | None) -> None:
+        why = str(exc) if exc else "closed by the agent"
+        if not self.challenge.done():
+            self.challenge.set_exception(ConnectionError(why))
         if not self.welcome.done():
-            self.welcome.set_exception(ConnectionError(str(exc) if exc else "closed by the agent"))
+            self.welcome.set_exception(ConnectionError(why))
         if not self.gone.done():
             self.gone.set_result(None)
         self._session._lost(self)
@@ -634,18 +670,20 @@ class AgentSession:
         """HELLO (what the daemon has received of each stream, and the secret), and the
         agent's WELCOME; the channel is closed if none comes."""
         assert channel.chan is not None
-        self._hello_window = self._window_next if self._window_next is not None else self.window_s
-        hello = {
-            "secret": self._secret,
-            "recv": {str(sid): s.inbox.position for sid, s in self._streams.items()},
-            "handed": {str(sid): s.handed() for sid, s in self._streams.items()},
-            "silence_s": self.silence_s,
-            "window_s": self._hello_window,
-        }
-        channel.write(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
         try:
             async with asyncio.timeout(ATTACH_TIMEOUT_S):
+                challenge = await asyncio.shield(channel.challenge)
+                channel.write(self._hello(channel, challenge))
                 return await asyncio.shield(channel.welcome)
+        except NotTheAgent as exc:
+            channel.chan.close()
+            self._log.warning("not relay's agent at its socket", what=str(exc))
+            raise AgentGone(
+                f"{self.host}: what answered at relay's agent's socket ({self.info.socket}) did "
+                f"not prove it holds relay's secret, so it is not relay's agent (another user "
+                f"may have replaced its directory): nothing was sent to it, and the kernels "
+                f"there are lost to relay"
+            ) from None
         except TimeoutError:
             channel.chan.close()  # a stalled path (or a stopped agent): tried again later
             raise ConnectionLost(
@@ -663,6 +701,24 @@ class AgentSession:
         except BaseException:
             channel.chan.close()
             raise
+
+    def _hello(self, channel: _Channel, challenge: bytes) -> bytes:
+        """HELLO: what the daemon has of each stream, and its proof of the secret over the
+        agent's challenge and a nonce of its own (the secret itself is never sent: what
+        answers at the socket may not be the agent)."""
+        if len(challenge) < 32:
+            raise NotTheAgent(f"a challenge of {len(challenge)} bytes")
+        channel.nonce = secrets.token_bytes(32)
+        self._hello_window = self._window_next if self._window_next is not None else self.window_s
+        hello = {
+            "nonce": channel.nonce.hex(),
+            "proof": mux.proof(self._secret.encode(), mux.DAEMON, challenge, channel.nonce),
+            "recv": {str(sid): s.inbox.position for sid, s in self._streams.items()},
+            "handed": {str(sid): s.handed() for sid, s in self._streams.items()},
+            "silence_s": self.silence_s,
+            "window_s": self._hello_window,
+        }
+        return mux.encode(mux.HELLO, 0, json.dumps(hello).encode())
 
     def _welcomed(self, welcome: dict[str, Any]) -> None:
         now = time.time()

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -95,21 +95,29 @@ class Attached:
         self.sock.connect(path)
         self.reader = FrameReader()
         self.pending: list[Frame] = []
-        hello = {
-            "secret": secret,
-            "recv": {str(k): v for k, v in recv.items()},
-            "handed": {str(k): v for k, v in (recv if handed is None else handed).items()},
-            "silence_s": silence_s,
-            "window_s": window_s,
-        }
+        nonce = secrets.token_bytes(32)
         try:
+            challenge = self.frame()  # sent by the agent as it accepts
+            assert challenge.type == mux.CHALLENGE and len(challenge.payload) == 32, challenge
+            hello = {
+                "nonce": nonce.hex(),
+                "proof": mux.proof(secret.encode(), mux.DAEMON, challenge.payload, nonce),
+                "recv": {str(k): v for k, v in recv.items()},
+                "handed": {str(k): v for k, v in (recv if handed is None else handed).items()},
+                "silence_s": silence_s,
+                "window_s": window_s,
+            }
             self.sock.sendall(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
             first = self.frame()
         except BaseException:
             self.sock.close()
             raise
         assert first.type == mux.WELCOME, first
-        self.welcome: dict[str, int] = json.loads(first.payload)["recv"]
+        welcome = json.loads(first.payload)
+        # the agent's own proof: over our nonce and its challenge, the other way round
+        shown = mux.proof(secret.encode(), mux.AGENT, nonce, challenge.payload)
+        assert welcome["proof"] == shown, welcome
+        self.welcome: dict[str, int] = welcome["recv"]
 
     def frame(self) -> Frame:
         while not self.pending:
@@ -685,6 +693,47 @@ def test_a_wrong_secret_gets_nothing(run: Path) -> None:
     agent.secret = "0" * 64
     with pytest.raises(ConnectionError):
         agent.attach()
+
+
+def _refused(path: str, hello: Mapping[str, object]) -> bytes:
+    """What the agent sends a connection at its socket that answers its challenge with
+    ``hello``, up to its closing the connection (bounded)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(BOUND_S)
+        sock.connect(path)
+        reader = FrameReader()
+        frames: list[Frame] = []
+        while not frames:
+            frames += reader.feed(sock.recv(4096))
+        assert frames[0].type == mux.CHALLENGE, frames
+        sock.sendall(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
+        got = b""
+        while data := sock.recv(4096):
+            got += data
+        return got
+
+
+def test_a_hello_that_does_not_prove_the_secret_for_this_challenge_gets_nothing(
+    run: Path,
+) -> None:
+    """The attach shows the secret, never sends it (what answers at the socket may be
+    another user's, docs/agent.md): the secret itself in the HELLO, as before, is not
+    taken, nor a proof made over another challenge (one an impostor saw on an attach of
+    its own), nor one over a nonce of fewer than 32 bytes; each is closed with nothing sent.
+    The right proof still attaches."""
+    agent = Agent(sys.executable, run, "b3")
+    assert isinstance(agent.info, AgentInfo)
+    key = agent.secret.encode()
+    nonce = secrets.token_bytes(32)
+    other = secrets.token_bytes(32)
+    for hello in (
+        {"secret": agent.secret, "recv": {}},
+        {"nonce": nonce.hex(), "proof": mux.proof(key, mux.DAEMON, other, nonce), "recv": {}},
+        {"nonce": "ab", "proof": mux.proof(key, mux.DAEMON, other, b"\xab"), "recv": {}},
+    ):
+        assert _refused(agent.info.socket, hello) == b"", hello
+    agent.attach()
+    agent.goodbye()
 
 
 def test_the_window_ends_kernels_and_the_agent(run: Path) -> None:

@@ -237,6 +237,8 @@ class _Conn:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, self.open_fails)
         self.channel = factory()
         self.channel.connection_made(_Chan())
+        # the agent's challenge, sent as it accepts (relay/agent/remote.py: on_server)
+        self.channel.data_received(mux.encode(mux.CHALLENGE, 0, CHALLENGE), None)
         return self.channel.chan, self.channel
 
     async def hello(self) -> Any:
@@ -248,8 +250,28 @@ class _Conn:
         raise AssertionError("no HELLO written")
 
 
+SECRET = "0" * 64
+CHALLENGE = b"c" * 32
+
+
 def _session() -> AgentSession:
-    return AgentSession("host", INFO, "0" * 64, window_s=60, silence_s=1)
+    return AgentSession("host", INFO, SECRET, window_s=60, silence_s=1)
+
+
+def _hello(channel: Any) -> dict[str, Any]:
+    """The HELLO the session wrote on ``channel``: its first frame."""
+    (first, *_) = mux.FrameReader().feed(bytes(channel.chan.written))
+    assert first.type == mux.HELLO, first
+    hello: dict[str, Any] = json.loads(first.payload)
+    return hello
+
+
+def _welcome(channel: Any, **fields: Any) -> bytes:
+    """The agent's WELCOME to the HELLO on ``channel``, with the proof the real agent makes
+    (``recv`` empty unless given)."""
+    nonce = bytes.fromhex(_hello(channel)["nonce"])
+    shown = mux.proof(SECRET.encode(), mux.AGENT, nonce, CHALLENGE)
+    return mux.encode(mux.WELCOME, 0, json.dumps({"recv": {}, **fields, "proof": shown}).encode())
 
 
 async def test_a_channel_open_cut_by_its_connection_is_tried_again_not_the_agent_gone() -> None:
@@ -294,6 +316,32 @@ async def test_no_welcome_in_time_is_tried_again_and_its_channel_closed(
     assert conn.channel.chan.closed and session._attaching is None
 
 
+async def test_what_answers_at_the_agents_socket_is_shown_no_secret_and_sent_nothing() -> None:
+    """The agent's socket may lead to another user's (its directory replaced while the
+    agent lived): the HELLO shows the secret without sending it, and a WELCOME that does
+    not prove it, or anything else in its place, ends the attach as not the agent, with no
+    byte of the streams' kept data sent: what went out is the HELLO alone."""
+    for answer in (
+        mux.encode(mux.WELCOME, 0, b'{"recv": {}, "proof": "00"}'),
+        mux.encode(mux.WELCOME, 0, b'{"recv": {}}'),
+        mux.encode(mux.DATA, 0, b"pid k1 1\n"),
+    ):
+        session = _session()
+        paused_stream(session)  # 4 MiB and more kept for the agent
+        conn = _Conn()
+        attach = asyncio.ensure_future(session.attach(conn.ssh))
+        channel = await conn.hello()
+        hello = _hello(channel)
+        assert SECRET not in json.dumps(hello) and SECRET.encode() not in channel.chan.written
+        assert len(bytes.fromhex(hello["nonce"])) == 32
+        written = len(channel.chan.written)
+        channel.data_received(answer, None)
+        with pytest.raises(AgentGone, match="did not prove it holds relay's secret"):
+            await attach
+        assert len(channel.chan.written) == written and channel.chan.closed
+        assert not session.attached
+
+
 async def test_an_attach_cancelled_while_waiting_leaves_no_channel_half_taken() -> None:
     """A resume's window runs out while the agent has not answered: the channel is closed
     and a WELCOME that comes after is not taken (nor frames behind it)."""
@@ -317,7 +365,7 @@ async def test_a_session_ended_while_the_agent_answers_tells_it_goodbye() -> Non
     channel = await conn.hello()
     session.end("relay stopped while the connection was down")
     hello_len = len(channel.chan.written)
-    channel.data_received(mux.encode(mux.WELCOME, 0, b'{"recv": {}}'), None)
+    channel.data_received(_welcome(channel), None)
     with pytest.raises(AgentGone):
         await attach
     frames = mux.FrameReader().feed(bytes(channel.chan.written[hello_len:]))
@@ -334,7 +382,7 @@ async def test_a_stream_over_both_ways_acknowledges_the_agents_close_as_it_goes(
     conn = _Conn()
     attach = asyncio.ensure_future(session.attach(conn.ssh))
     channel = await conn.hello()
-    channel.data_received(mux.encode(mux.WELCOME, 0, b'{"recv": {}}'), None)
+    channel.data_received(_welcome(channel), None)
     await attach
     stream = session._new_stream(1)
     stream.attach(Sink())
@@ -404,7 +452,7 @@ async def test_a_window_changed_between_hello_and_welcome_is_told_after_the_atta
     channel = await conn.hello()
     assert not session.set_window(120)  # not attached yet: kept for the attach
     hello_len = len(channel.chan.written)
-    channel.data_received(mux.encode(mux.WELCOME, 0, b'{"recv": {}}'), None)
+    channel.data_received(_welcome(channel), None)
     await attach
     assert session.window_s == 120
     frames = mux.FrameReader().feed(bytes(channel.chan.written[hello_len:]))
@@ -417,7 +465,7 @@ async def test_a_window_changed_between_hello_and_welcome_is_told_after_the_atta
     channel = await conn.hello()
     hello_len = len(channel.chan.written)
     took = {"recv": {"0": session.control.out.end}}  # all of it: nothing to send again
-    channel.data_received(mux.encode(mux.WELCOME, 0, json.dumps(took).encode()), None)
+    channel.data_received(_welcome(channel, **took), None)
     await attach
     frames = mux.FrameReader().feed(bytes(channel.chan.written[hello_len:]))
     control = b"".join(f.payload for f in frames if f.type == mux.DATA and f.stream == 0)

@@ -20,7 +20,7 @@ from relay.agent.session import AgentSession
 from relay.settings import HostConfig
 from relay.ssh import host as host_module
 from relay.ssh.host import HostSession
-from tests.streams.test_agent_session import _Conn, _session
+from tests.streams.test_agent_session import _Conn, _session, _welcome
 
 WINDOW_S = 1.0  # goodbye_heard's wait for an answer, and again while the agent is heard
 EVERY_S = 0.25  # a frame from the agent (a kernel's output ahead of the answer)
@@ -32,7 +32,7 @@ async def _said_goodbye() -> tuple[HostSession, AgentSession, Any]:
     conn = _Conn()
     attach = asyncio.ensure_future(session.attach(conn.ssh))
     channel = await conn.hello()
-    channel.data_received(mux.encode(mux.WELCOME, 0, b'{"recv": {}}'), None)
+    channel.data_received(_welcome(channel), None)
     await attach
     host = HostSession("host", HostConfig(hostname="h"), tag="00", ssh_files=())
     host.agent = session
