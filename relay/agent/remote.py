@@ -435,9 +435,10 @@ def listener_owner(port):
     return found
 
 
-def open_private(path, flags):
-    """A file of ours in the run directory: created 0600, never through a symlink."""
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def open_private(name, flags, dir_fd):
+    """A file of ours in the run directory (``dir_fd``, opened once its checks passed: so
+    the directory, not whatever has its name now): created 0600, never through a symlink."""
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
 
 
 class Stream:
@@ -487,8 +488,8 @@ class Kernel:
 
 
 class Agent:
-    def __init__(self, run_dir, tag, secret, server, window_s):
-        self.dir = run_dir
+    def __init__(self, dir_fd, tag, secret, server, window_s):
+        self.dir_fd = dir_fd  # the run directory (``run_dir``): its files are opened in it
         self.tag = tag
         self.secret = secret
         self.server = server
@@ -925,11 +926,11 @@ class Agent:
         if self.ending or ident in self.kernels:
             return self.say("exit %s 143" % ident)
         env = dict(os.environ, RELAY_SNIPPET=arg)
-        log_path = os.path.join(self.dir, "%s-%s.log" % (self.tag, ident))
+        log_name = "%s-%s.log" % (self.tag, ident)
         r = w = log = None
         try:
             r, w = os.pipe()
-            log = open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            log = open_private(log_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.dir_fd)
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", START_SH],
                 env=env,
@@ -946,14 +947,14 @@ class Agent:
             if log is not None:
                 os.close(log)
                 try:
-                    os.unlink(log_path)
+                    os.unlink(log_name, dir_fd=self.dir_fd)
                 except OSError:
                     pass
             self.say("out %s %s" % (ident, str(exc)[:OUT_WIDTH]))
             return self.say("nokernel " + ident)
         os.close(log)
         os.close(w)
-        kernel = Kernel(ident, proc, log_path)
+        kernel = Kernel(ident, proc, log_name)
         kernel.pipe = r
         self.kernels[ident] = kernel
         os.set_blocking(r, False)
@@ -1005,13 +1006,13 @@ class Agent:
                 status, signum = (128 - code, -code) if code < 0 else (code, 0)
                 self.say("exit %s %d %.3f %d" % (ident, status, time.time(), signum))
             try:
-                os.unlink(kernel.log)
+                os.unlink(kernel.log, dir_fd=self.dir_fd)
             except OSError:
                 pass
 
-    def last_lines(self, path):
+    def last_lines(self, name):
         try:
-            fd = open_private(path, os.O_RDONLY)
+            fd = open_private(name, os.O_RDONLY, self.dir_fd)
             with os.fdopen(fd, "rb") as f:
                 f.seek(0, 2)
                 f.seek(max(0, f.tell() - 64 * 1024))
@@ -1358,30 +1359,49 @@ def ACK_HEADER(sid):
 
 # -- start ----------------------------------------------------------------------------------
 def run_dir():
-    """$TMPDIR-or-/tmp/relay-agent-UID: ours, 0700, not a symlink; or (reason, path)."""
+    """$TMPDIR-or-/tmp/relay-agent-UID: ours, 0700, not a symlink, as (path, a descriptor
+    of it); or (None, None, (reason, path)). The checks are made on the descriptor, and every
+    file but the socket is opened through it: if the name is later taken over (the directory
+    removed by a /tmp cleaner, another user's made in its place), the agent's files stay in
+    its own. (The socket is bound by name, once, right after; the daemon reaches it by name,
+    and attaches only to what proves it holds the secret: docs/agent.md.)"""
     path = os.path.join(os.environ.get("TMPDIR") or "/tmp", "relay-agent-%d" % os.getuid())
     try:
         os.mkdir(path, 0o700)
     except OSError as exc:
         if exc.errno != errno.EEXIST:  # no TMPDIR, or not one of ours to write in
-            return None, ("mkdir", path)
-    st = os.lstat(path)
+            return None, None, ("mkdir", path)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None, None, ("mkdir", path)
     if stat.S_ISLNK(st.st_mode):
-        return None, ("symlink", path)
+        return None, None, ("symlink", path)
     if not stat.S_ISDIR(st.st_mode):
-        return None, ("notdir", path)
-    if st.st_uid != os.getuid():
-        return None, ("notmine", path)
-    if st.st_mode & 0o077:
-        return None, ("mode", path)
-    return path, None
+        return None, None, ("notdir", path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # replaced since, by a symlink or a file
+        return None, None, ("symlink", path)
+    st = os.fstat(fd)
+    refusal = None
+    if not stat.S_ISDIR(st.st_mode):
+        refusal = "notdir"
+    elif st.st_uid != os.getuid():
+        refusal = "notmine"
+    elif st.st_mode & 0o077:
+        refusal = "mode"
+    if refusal is not None:
+        os.close(fd)
+        return None, None, (refusal, path)
+    return path, fd, None
 
 
-def recorded_agent(pid_path):
+def recorded_agent(pid_name, dir_fd):
     """The agent a pid file names, (pid, start time), if that process still runs; else None.
     Both are recorded: a pid alone may since name another process of the user's."""
     try:
-        fd = open_private(pid_path, os.O_RDONLY)
+        fd = open_private(pid_name, os.O_RDONLY, dir_fd)
         with os.fdopen(fd) as f:
             words = f.read().split()
         pid, started = int(words[0]), words[1]
@@ -1390,10 +1410,10 @@ def recorded_agent(pid_path):
     return (pid, started) if start_time(pid) == started else None
 
 
-def end_predecessor(pid_path):
+def end_predecessor(pid_name, dir_fd):
     """SIGTERM to the agent a dead daemon left for this tag (its pid AND start time recorded),
     waited for: it ends its kernels. Returns how many were ended (0 or 1)."""
-    recorded = recorded_agent(pid_path)
+    recorded = recorded_agent(pid_name, dir_fd)
     if recorded is None or recorded[0] == os.getpid():
         return 0
     pid, started = recorded
@@ -1407,23 +1427,29 @@ def end_predecessor(pid_path):
     return 1
 
 
-def sweep_logs(path, tag, pid_path):
+def sweep_logs(dir_fd, tag, pid_name):
     """The kernels' logs an agent of this tag left (it was killed, SIGKILL: no time to remove
     them), once no agent of this tag runs: the next agent numbers its kernels from k1 again,
     so the logs of a predecessor's k40 would never go."""
-    if recorded_agent(pid_path) is not None:
+    if recorded_agent(pid_name, dir_fd) is not None:
         return  # alive after all (it did not end in time): its logs are its own
     prefix = tag + "-k"
     try:
-        names = os.listdir(path)
+        names = os.listdir(dir_fd)
     except OSError:
         return
     for name in names:
         if name.startswith(prefix) and name.endswith(".log"):
             try:
-                os.unlink(os.path.join(path, name))
+                os.unlink(name, dir_fd=dir_fd)
             except OSError:
                 pass
+
+
+def ours(name, ino, dir_fd):
+    """Whether ``name`` in the run directory is the socket this agent bound (inode ``ino``):
+    asked while that socket is still open, so that no later one can have its inode."""
+    return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == ino
 
 
 def start(tag, window):
@@ -1439,24 +1465,24 @@ def start(tag, window):
         print("agent refuse secret -")
         return 1
     os.umask(0o077)
-    path, refusal = run_dir()
+    path, dir_fd, refusal = run_dir()
     if refusal is not None:
         print("agent refuse %s %s" % refusal)
         return 1
-    pid_path = os.path.join(path, tag + ".pid")
-    sock_path = os.path.join(path, tag + ".sock")
-    ended = end_predecessor(pid_path)
-    sweep_logs(path, tag, pid_path)
+    pid_name, sock_name = tag + ".pid", tag + ".sock"
+    pid_path, sock_path = os.path.join(path, pid_name), os.path.join(path, sock_name)
+    ended = end_predecessor(pid_name, dir_fd)
+    sweep_logs(dir_fd, tag, pid_name)
     try:
-        if not os.path.isdir(sock_path) or os.path.islink(sock_path):
-            os.unlink(sock_path)
+        if not stat.S_ISDIR(os.stat(sock_name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            os.unlink(sock_name, dir_fd=dir_fd)
     except OSError:
         pass
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(sock_path)
-    os.chmod(sock_path, 0o600)
+    os.chmod(sock_name, 0o600, dir_fd=dir_fd)
     server.listen(16)
-    sock_ino = os.stat(sock_path).st_ino
+    sock_ino = os.stat(sock_name, dir_fd=dir_fd, follow_symlinks=False).st_ino
     check = "proc" if os.access("/proc/net/tcp", os.R_OK) else "none"
     r, w = os.pipe()
     if os.fork():
@@ -1464,12 +1490,12 @@ def start(tag, window):
         with os.fdopen(r) as f:
             pid = f.read().strip()
         if not pid.isdigit():  # no agent runs: its socket goes (if not another start's)
-            server.close()
-            try:
-                if os.lstat(sock_path).st_ino == sock_ino:
-                    os.unlink(sock_path)
+            try:  # looked at while ours is open: a later socket cannot have its inode
+                if ours(sock_name, sock_ino, dir_fd):
+                    os.unlink(sock_name, dir_fd=dir_fd)
             except OSError:
                 pass
+            server.close()
             if pid == "pidfile":  # it could not write its pid file (a full disk, a quota)
                 print("agent refuse pidfile %s" % pid_path)
             # else it crashed on its way (a fork at the process limit): its traceback is
@@ -1487,7 +1513,7 @@ def start(tag, window):
         os.dup2(null, fd)
     os.close(null)
     try:
-        fd = open_private(pid_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        fd = open_private(pid_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, dir_fd)
         os.write(fd, ("%d %s\n" % (os.getpid(), start_time(os.getpid()) or "-")).encode())
         os.close(fd)
     except OSError:
@@ -1498,13 +1524,11 @@ def start(tag, window):
     more_files()
     agent = None
     try:
-        agent = Agent(path, tag, secret, server, float(window))
+        agent = Agent(dir_fd, tag, secret, server, float(window))
         agent.run()
     except Exception:  # a bug: said where a person (or a test) can read it, then its end
         try:
-            fd = open_private(
-                os.path.join(path, tag + ".err"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-            )
+            fd = open_private(tag + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, dir_fd)
             os.write(fd, traceback.format_exc().encode())
             os.close(fd)
         except OSError:
@@ -1513,15 +1537,15 @@ def start(tag, window):
             agent.signal(kernel, signal.SIGKILL)  # no kernel outlives its agent
     finally:
         try:
-            if os.lstat(sock_path).st_ino == sock_ino:  # not a successor's
-                os.unlink(sock_path)
+            if ours(sock_name, sock_ino, dir_fd):  # not a successor's (ours is still open)
+                os.unlink(sock_name, dir_fd=dir_fd)
         except OSError:
             pass
         try:
-            fd = open_private(pid_path, os.O_RDONLY)
+            fd = open_private(pid_name, os.O_RDONLY, dir_fd)
             with os.fdopen(fd) as f:
                 if f.read().split()[:1] == [str(os.getpid())]:
-                    os.unlink(pid_path)
+                    os.unlink(pid_name, dir_fd=dir_fd)
         except (OSError, IndexError):
             pass
     os._exit(0)

@@ -836,6 +836,37 @@ def test_the_kernel_logs_a_killed_agent_left_go_with_the_next_agent_of_its_tag(
     first.chan.close()
 
 
+def test_an_agents_files_stay_in_its_own_directory_when_its_name_is_taken_over(
+    run: Path,
+) -> None:
+    """The run directory goes while the agent lives (a /tmp cleaner; here, moved away) and
+    another is made under its name (another user's, where TMPDIR lets them; here, ours) with
+    a kernel log's name waiting in it: the agent's next kernel logs into its own directory,
+    opened once its checks passed, not into the new one, which it leaves as it found it; its
+    pid file goes from its own when it ends."""
+    agent = Agent(sys.executable, run, "d9")
+    agent.attach()
+    assert isinstance(agent.info, AgentInfo)
+    directory = Path(agent.info.socket).parent
+    moved = directory.with_name(directory.name + "-moved")
+    directory.rename(moved)
+    directory.mkdir()
+    directory.chmod(0o777)  # the name taken over
+    bait = directory / "d9-k1.log"
+    bait.write_text("")
+    agent.say("start k1 set -- /bin/sh -c 'echo said-by-the-kernel >&2; exec sleep 600'")
+    kernel = int(agent.line("pid k1 ").split()[2])
+    deadline = time.monotonic() + BOUND_S
+    while b"said-by-the-kernel" not in (moved / "d9-k1.log").read_bytes():
+        assert time.monotonic() < deadline, "the kernel's log was not in the agent's directory"
+        time.sleep(0.05)
+    assert (moved / "d9.pid").exists()
+    agent.goodbye()
+    wait_gone(kernel)
+    assert not (moved / "d9.pid").exists()
+    assert bait.read_text() == "" and sorted(os.listdir(directory)) == ["d9-k1.log"]
+
+
 def test_with_no_kernel_and_no_daemon_the_agent_exits_before_its_window(run: Path) -> None:
     """Nothing to keep (no kernel, no link) and nobody attached: the agent does not wait out
     its window (an hour here) but exits, its socket and pid file gone with it."""
