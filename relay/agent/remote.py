@@ -509,7 +509,8 @@ class Agent:
         self.asks = {}  # hook requests in flight, every serve stream's: sock -> Ask
         self.asks_made = 0
         self.paused = {}  # listeners left alone for want of files: sock -> (data, until)
-        self.refusals = {}  # strangers turned away, not yet said: (sid, who, port) -> count
+        # strangers turned away, not yet said: (sid, who's kind, port) -> (count, the last who)
+        self.refusals = {}
         self.refused_at = 0.0
         self.heard = now()
         self.started = now()
@@ -613,7 +614,7 @@ class Agent:
 
     def tick(self):
         t = now()
-        if self.refusals and t - self.refused_at >= REFUSALS_EVERY_S:
+        if self.refusals and self.chan is not None and t - self.refused_at >= REFUSALS_EVERY_S:
             self.say_refusals()
         for sock, (data, until) in list(self.paused.items()):
             if t >= until:
@@ -1134,17 +1135,19 @@ class Agent:
 
     def refuse(self, sid, who, port):
         """A stranger turned away: said to the daemon ("refused SID WHO PORT COUNT"), the
-        first at once, the rest counted and said once a second (``tick``): a flood of them,
-        during an outage with nobody to acknowledge the lines, would grow what the agent
-        keeps without bound."""
-        key = (sid, who, port)
-        self.refusals[key] = self.refusals.get(key, 0) + 1
-        if now() - self.refused_at >= REFUSALS_EVERY_S:
+        first at once, the rest counted and said once a second (``tick``), and only while a
+        daemon is attached: lines said during an outage are kept until acknowledged, so a
+        flood of strangers would grow the agent for the whole window. Those from other local
+        addresses are counted as one (the line names the last): a user can connect from any
+        of 127.0.0.0/8's addresses, each a line of its own and a log line in the daemon."""
+        key = (sid, "@" if who.startswith("@") else who, port)
+        self.refusals[key] = (self.refusals.get(key, (0, who))[0] + 1, who)
+        if self.chan is not None and now() - self.refused_at >= REFUSALS_EVERY_S:
             self.say_refusals()
 
     def say_refusals(self):
         self.refused_at = now()
-        for (sid, who, port), count in self.refusals.items():
+        for (sid, _, port), (count, who) in self.refusals.items():
             self.say("refused %d %s %d %d" % (sid, who, port, count))
         self.refusals = {}
 

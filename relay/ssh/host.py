@@ -808,7 +808,7 @@ class HostSession:
         else:
             why = WHY.get({"c": CLOSING, "-": GONE}.get(who, UNKNOWN), "cannot tell")
         self.agent_refusals.warn(
-            who,
+            "@" if who.startswith("@") else who,  # any of 127.0.0.0/8: one key, not millions
             count=int(count) if count.isdigit() and int(count) > 0 else 1,
             foreign_uid=why,
             listener=int(listener) if listener.isdigit() else None,

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncssh
 import pytest
+import structlog
 
 from relay.agent import mux
 from relay.agent import session as session_module
@@ -25,6 +26,8 @@ from relay.agent.session import (
 )
 from relay.errors import ConnectFailed, ConnectionLost
 from relay.lite.linkname import LinkName
+from relay.settings import HostConfig
+from relay.ssh.host import HostSession
 
 INFO = AgentInfo(pid=1, socket="/nonexistent", uid=0, owner_check=True, ended=0)
 
@@ -470,3 +473,17 @@ async def test_a_window_changed_between_hello_and_welcome_is_told_after_the_atta
     frames = mux.FrameReader().feed(bytes(channel.chan.written[hello_len:]))
     control = b"".join(f.payload for f in frames if f.type == mux.DATA and f.stream == 0)
     assert b"window w" not in control, frames
+
+
+async def test_strangers_from_other_local_addresses_are_one_key_of_the_refusal_log() -> None:
+    """The agent's "refused" lines name the stranger's address when it is another local one;
+    127.0.0.0/8 has millions, so the once-a-minute log of refusals keys them as one, or each
+    address was a warning of its own (and an entry kept for good)."""
+    host = HostSession("h", HostConfig(hostname="h"), tag="00", ssh_files=())
+    with structlog.testing.capture_logs() as logs:
+        for i in range(50):
+            host._agent_refused(2, f"@127.0.0.{2 + i} 5000 1")
+        host._agent_refused(2, "1001 5000 1")  # another user's uid: a key of its own
+    warned = [e for e in logs if e["log_level"] == "warning"]
+    assert [e["foreign_uid"] for e in warned] == ["from 127.0.0.2, not 127.0.0.1", 1001], warned
+    assert host.agent_refusals.total == 51
