@@ -435,6 +435,17 @@ def listener_owner(port):
     return found
 
 
+def accepting_owner(port, cport):
+    """Whose listener took our connection 127.0.0.1:cport -> 127.0.0.1:port: a uid (str), or
+    "-" if its row is gone. The accepting end's row carries the listener's uid from the
+    moment the connection is made (its inode is 0 until it is accepted)."""
+    ends = [(a + ":%04X" % port, b + ":%04X" % cport) for a in LOOPBACK for b in LOOPBACK]
+    for cols in tcp_table():
+        if (cols[1], cols[2]) in ends and cols[3] == "01":
+            return cols[7]
+    return "-"
+
+
 def open_private(name, flags, dir_fd):
     """A file of ours in the run directory (``dir_fd``, opened once its checks passed: so
     the directory, not whatever has its name now): created 0600, never through a symlink."""
@@ -1089,6 +1100,17 @@ class Agent:
             if code:
                 self.no_connect(stream, os.strerror(code))
             return
+        # the listener was the user's when asked (``do_connect``); another user's may have
+        # taken the port since (the kernel's closed, theirs bound): the end that accepted
+        # is looked at before a byte goes to it
+        port, cport = sock.getpeername()[1], sock.getsockname()[1]
+        who = accepting_owner(port, cport)
+        if who != self.uid:
+            sock.close()
+            if who != "-":
+                self.refuse(stream.sid, who, port)
+            why = "its listener closed" if who == "-" else "another user listens there"
+            return self.no_connect(stream, "port %d on the host: %s" % (port, why))
         self.joined(stream, sock)
 
     def no_connect(self, stream, reason):

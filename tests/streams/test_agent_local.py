@@ -935,6 +935,67 @@ SQUAT = (
 )
 
 
+# a stranger's listener that takes one connection: its port printed, then how many bytes
+# came before the connection closed
+SQUAT_TAKE = (
+    "import socket,sys\n"
+    "s=socket.socket();s.bind(('127.0.0.1',0));s.listen(1)\n"
+    "print(s.getsockname()[1]);sys.stdout.flush()\n"
+    "c,_=s.accept();c.settimeout(20);n=0\n"
+    "while True:\n d=c.recv(4096)\n if not d: break\n n+=len(d)\n"
+    "print(n)\n"
+)
+# the race a connect can lose: the kernel's listener checked, then the port another user's
+# by the time the agent connects (here its connect_ex is sent to RACE_TO for RACE_FROM)
+RACED = """
+import os, socket
+_connect_ex = socket.socket.connect_ex
+def _raced(self, address):
+    if address == ("127.0.0.1", int(os.environ["RACE_FROM"])):
+        address = ("127.0.0.1", int(os.environ["RACE_TO"]))
+    return _connect_ex(self, address)
+socket.socket.connect_ex = _raced
+"""
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+    reason="acting as a second user needs root, setpriv and /usr/bin/python3",
+)
+def test_a_connect_that_reaches_another_users_listener_sends_it_nothing(run: Path) -> None:
+    """A stream to a kernel's listener: the listener is the user's when the agent looks,
+    and another user's has the port by the time it connects. The end that accepted is
+    looked at before a byte goes to it: nothing of what the front end wrote reaches the
+    stranger, the stream is refused and closed, and the refusal is said."""
+    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    squat = subprocess.Popen(
+        [*as_nobody, "/usr/bin/python3", "-c", SQUAT_TAKE], stdout=subprocess.PIPE, text=True
+    )
+    kernel = socket.create_server(("127.0.0.1", 0))  # the user's, as the agent looks
+    try:
+        assert squat.stdout is not None
+        squatted = int(squat.stdout.readline())
+        kernel_port = kernel.getsockname()[1]
+        os.environ.update(RACE_FROM=str(kernel_port), RACE_TO=str(squatted))
+        try:
+            agent = Agent(sys.executable, run, "e7", prelude=RACED)
+        finally:
+            del os.environ["RACE_FROM"], os.environ["RACE_TO"]
+        chan = agent.attach()
+        agent.say(f"connect 3 {kernel_port}")
+        chan.send(mux.DATA, 3, b"written the instant it accepted")
+        assert agent.line("refused 3 ") == f"refused 3 {NOBODY} {squatted} 1"
+        assert "another user listens there" in agent.line("noconnect 3 ")
+        assert agent.take() == Frame(mux.CLOSE, 3, b"")
+        out, _ = squat.communicate(timeout=60)
+        assert out.split() == ["0"], out  # connected, closed, and given nothing
+        agent.goodbye()
+    finally:
+        kernel.close()
+        squat.kill()
+        squat.communicate()
+
+
 @pytest.mark.skipif(
     os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
     reason="acting as a second user needs root, setpriv and /usr/bin/python3",
