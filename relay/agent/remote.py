@@ -1423,8 +1423,11 @@ def run_dir():
 
 
 def recorded_agent(pid_name, dir_fd):
-    """The agent a pid file names, (pid, start time), if that process still runs; else None.
-    Both are recorded: a pid alone may since name another process of the user's."""
+    """The agent a pid file names, (pid, start time), if that process still runs and is an
+    agent of this tag; else None. Both are recorded: a pid alone may since name another
+    process of the user's. And its command line is looked at: a start time counts from the
+    boot, so a pid file that outlived a reboot (a TMPDIR on disk) could name another process
+    with both the same (and a user who is root may signal any)."""
     try:
         fd = open_private(pid_name, os.O_RDONLY, dir_fd)
         with os.fdopen(fd) as f:
@@ -1432,7 +1435,15 @@ def recorded_agent(pid_name, dir_fd):
         pid, started = int(words[0]), words[1]
     except (OSError, ValueError, IndexError):
         return None
-    return (pid, started) if start_time(pid) == started else None
+    if start_time(pid) != started:
+        return None
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            command = f.read()
+    except OSError:
+        return None
+    tag = pid_name[: -len(".pid")]
+    return (pid, started) if tag.encode() in command else None
 
 
 def end_predecessor(pid_name, dir_fd):
