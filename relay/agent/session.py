@@ -54,6 +54,15 @@ class AgentGone(RelayError):
     code = "connection_lost"
 
 
+class AgentImpostor(AgentGone):
+    """What answered at the agent's socket is not the agent (``NotTheAgent``): ``what`` says
+    so without the host, for a line that begins with its own account of the host."""
+
+    def __init__(self, host: str, what: str) -> None:
+        super().__init__(f"{host}: {what}")
+        self.what = what
+
+
 class NotTheAgent(Exception):
     """What answered at the agent's socket did not prove that it holds the secret (or sent
     something other than the attach's frames): not relay's agent."""
@@ -678,11 +687,12 @@ class AgentSession:
         except NotTheAgent as exc:
             channel.chan.close()
             self._log.warning("not relay's agent at its socket", what=str(exc))
-            raise AgentGone(
-                f"{self.host}: what answered at relay's agent's socket ({self.info.socket}) did "
-                f"not prove it holds relay's secret, so it is not relay's agent (another user "
-                f"may have replaced its directory): nothing was sent to it, and the kernels "
-                f"there are lost to relay"
+            raise AgentImpostor(
+                self.host,
+                f"what answered at relay's agent's socket ({self.info.socket}) did not prove "
+                f"it holds relay's secret, so it is not relay's agent (another user may have "
+                f"replaced its directory): nothing was sent to it, and the kernels there are "
+                f"lost to relay",
             ) from None
         except TimeoutError:
             channel.chan.close()  # a stalled path (or a stopped agent): tried again later

@@ -43,7 +43,7 @@ import structlog
 
 from relay import wake
 from relay.agent import start as agent_start
-from relay.agent.session import AgentGone, AgentSession
+from relay.agent.session import AgentGone, AgentImpostor, AgentSession
 from relay.errors import ConnectFailed, ConnectionLost, LoginNeeded, RelayError, ShuttingDown
 from relay.log import RateLimited
 from relay.peerowner import CLOSING, GONE, UNKNOWN
@@ -571,11 +571,15 @@ class HostSession:
                 if agent.ended.done():  # ended here meanwhile (a stop): nothing to say
                     return
                 self._log.warning("relay's agent is gone", reason=exc.message)
+                found = (
+                    exc.what
+                    if isinstance(exc, AgentImpostor)
+                    else f"relay's agent was not there (the host restarted, the agent was "
+                    f"killed, or {self.key} now leads to another machine): its kernels are lost"
+                )
                 agent.end(
                     f"the connection to {self.key} was lost at {clock_of_day(lost_at)}; when "
-                    f"it was back, relay's agent was not there (the host restarted, the agent "
-                    f"was killed, or {self.key} now leads to another machine): its kernels are "
-                    f"lost"
+                    f"it was back, {found}"
                 )
                 return
             except LoginNeeded:
@@ -666,7 +670,7 @@ class HostSession:
                     supervisor=self._agent_supervisor,
                 )
             except AgentGone as exc:
-                if not fresh:
+                if not fresh or isinstance(exc, AgentImpostor):
                     raise
                 # started, but sshd will not open a channel to its socket: nobody can attach
                 # (it goes away by itself, unattached, within a minute)
@@ -780,7 +784,9 @@ class HostSession:
                 return  # the connection went too: the resume finds out
             self._log.warning("relay's agent is gone", reason=exc.message)
             agent.end(
-                f"relay's agent on {self.key} ended without being told (killed: an OOM "
+                exc.message
+                if isinstance(exc, AgentImpostor)
+                else f"relay's agent on {self.key} ended without being told (killed: an OOM "
                 f"killer, a reaper of long-running processes?), and its kernels with it"
             )
         except ConnectionLost as exc:
