@@ -252,7 +252,13 @@ def configure(
 class RateLimited:
     """A warning that anyone can provoke (a stranger's connection, a wrong hook token):
     logged once per key per ``window_s``, the next line saying how many were not, so a flood
-    cannot rotate real logs away. ``total`` counts them all."""
+    cannot rotate real logs away. ``total`` counts them all. Past ``MAX_KEYS`` keys, a new
+    one is counted under ``OTHERS``: the keys are the callers' (uids, a few kinds), but a
+    caller that keys by something a stranger picks would make each a line, and an entry kept
+    for good."""
+
+    MAX_KEYS = 64
+    OTHERS = "(others)"
 
     def __init__(self, log: Any, event: str, window_s: float = 60.0) -> None:
         self._log = log
@@ -265,6 +271,8 @@ class RateLimited:
         """``count`` of them at once (a source that counted them itself, as relay's agent)."""
         self.total += count
         now = time.monotonic()
+        if key not in self._last and len(self._last) >= self.MAX_KEYS:
+            key = self.OTHERS
         logged_at, since = self._last.get(key, (float("-inf"), 0))
         if now - logged_at < self._window_s:
             self._last[key] = (logged_at, since + count)

@@ -112,7 +112,7 @@ class PeerGuard:
             return True
         if client_host not in LOOPBACK:
             self.refusals.warn(
-                client_host,
+                "@",  # any of 127.0.0.0/8 (millions): one key, the address said in the line
                 foreign_uid=f"from {client_host}, not 127.0.0.1",
                 listener=listen_port,
                 link=link,

@@ -41,3 +41,15 @@ def test_a_count_given_is_counted_whole() -> None:
     limited.warn("1000", count=3)
     assert limited.total == 5 and len(log.lines) == 2
     assert limited._last["1000"][1] == 3
+
+
+def test_keys_past_the_bound_are_counted_together() -> None:
+    """A caller whose keys a stranger could pick (an address, say) gets MAX_KEYS of them and
+    then one more for the rest: the table and the log stay bounded, and the total is whole."""
+    log = _Log()
+    limited = RateLimited(log, "refused", window_s=3600)
+    for i in range(1000):
+        limited.warn(f"key {i}")
+    assert len(log.lines) == RateLimited.MAX_KEYS + 1
+    assert len(limited._last) == RateLimited.MAX_KEYS + 1
+    assert limited.total == 1000

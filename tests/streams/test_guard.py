@@ -70,6 +70,20 @@ async def test_refusals_are_logged_once_per_uid_per_window_with_a_count(
     assert stranger.refusals.total == 50
 
 
+async def test_refusals_from_other_local_addresses_are_one_key_of_the_log(
+    daemon_log: io.StringIO,
+) -> None:
+    """Any local user can connect from any of 127.0.0.0/8's millions of addresses: keyed by
+    address, each was a log line of its own, and an entry kept for good."""
+    stranger = guard(ConnectFailed("never asked"))
+    for i in range(50):
+        assert not await stranger.admit(f"127.0.{i}.2", 40000, 50000, "data of 1@a,2@a")
+    lines = [json.loads(line) for line in daemon_log.getvalue().splitlines()]
+    refused = [e for e in lines if e["event"].startswith("refused a connection")]
+    assert [e["foreign_uid"] for e in refused] == ["from 127.0.0.2, not 127.0.0.1"], refused
+    assert stranger.refusals.total == 50
+
+
 def test_this_machines_look_up_finds_a_closing_socket_nobodys() -> None:
     """The front end's machine's own look-up, on a real socket the client closed at once
     (FIN_WAIT2, orphaned: uid 0, inode 0 in /proc/net/tcp): nobody's, whoever the daemon
