@@ -99,6 +99,7 @@ def serve(ns: Any) -> int:
     from relay.daemon import serve as serve_daemon
     from relay.errors import RelayError
     from relay.lite import locks
+    from relay.lite.client import UnsafeSocket
 
     ready = ReadyPipe(ns.ready_fd)  # an autostarting shim waits on it
 
@@ -121,6 +122,8 @@ def serve(ns: Any) -> int:
     # a second one beside it; an autostarted one's shim holds it for it.
     try:
         starting = locks.StartLock(str(path)) if ns.ready_fd is None else None
+    except UnsafeSocket as exc:  # another user's directory: never lock or wait in it
+        return fail(str(exc))
     except OSError as exc:
         return fail(f"cannot create the start lock {locks.start_lock_path(str(path))}: {exc}")
     if starting is not None and not starting.acquire(timeout_s=0):

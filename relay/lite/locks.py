@@ -99,8 +99,15 @@ class StartLock:
     put in words."""
 
     def __init__(self, socket_path: str) -> None:
+        from relay.lite.client import check_private_dir  # the shim has it loaded already
+
         self.path = start_lock_path(socket_path)
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # made by us, or there already: the user's own, or nothing is locked in it (another
+        # user's directory, made between a check and makedirs, would hold it for good);
+        # UnsafeSocket says whose it is
+        check_private_dir(directory or ".")
         self._fd: int | None = os.open(
             self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
         )

@@ -80,6 +80,44 @@ def test_a_directory_planted_by_another_user_is_refused(shared: Path) -> None:
         daemon.communicate()  # reaps it and closes its pipe
 
 
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_relay_serve_in_a_directory_planted_by_another_user_says_so_at_once(
+    shared: Path,
+) -> None:
+    """relay serve with its socket in another user's directory (/tmp/relay-UID made first,
+    where there is no XDG_RUNTIME_DIR), its start lock held by them: it took the lock file
+    there and waited on it for good ("a relay daemon is being started ...; waiting"). It
+    says whose directory it is, at once, and locks nothing there."""
+    planted = shared / "relay-0"
+    planted.mkdir(mode=0o700)
+    os.chown(planted, NOBODY, NOBODY)
+    holder = subprocess.Popen(
+        as_nobody(SYSTEM_PYTHON, "-c", HOLD_LOCK, str(planted / "relay.start.lock")),
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        env = dict(os.environ, RELAY_CONFIG="/nonexistent")
+        env["RELAY_SOCKET"] = str(planted / "relay.sock")
+        result = subprocess.run(
+            [RELAY, "serve"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 1, result
+        assert f"belongs to uid {NOBODY}, not you" in result.stderr, result.stderr
+        assert "waiting" not in result.stderr, result.stderr
+    finally:
+        holder.kill()
+        holder.communicate()
+
+
 def test_a_foreign_daemon_behind_a_socket_in_our_own_directory_is_refused(
     shared: Path, tmp_path: Path
 ) -> None:
