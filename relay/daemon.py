@@ -326,10 +326,10 @@ class Daemon:
             # through the host's agent, if it has one: the link outlives the connection (the
             # agent reaches only the host's loopback, and there a listener of the user's own)
             if req.direction == "callback" and live.agent is not None:
-                fwd = await AgentForward.open(live.agent, target)
+                fwd = await AgentForward.open(live.agent, target, host.local_guard)
             elif req.direction == "callback":
                 fwd = await CallbackForward.open(
-                    live.connection, target, host.key, live.guard, live.pool
+                    live.connection, target, host.key, live.guard, host.local_guard, live.pool
                 )
             elif live.agent is not None and target.data.host == target.message.host == LOOPBACK:
                 fwd = await AgentExpose.to(live.agent, target, host.local_guard)

@@ -440,7 +440,7 @@ async def _start(
         # Every link through the host's agent: they outlive the connection (docs/agent.md),
         # the hook's control channel and the links it opens too. Its listeners are asked
         # for together: one round trip.
-        main = asyncio.ensure_future(AgentForward.open(live.agent, link))
+        main = asyncio.ensure_future(AgentForward.open(live.agent, link, host.local_guard))
         hooked = asyncio.ensure_future(open_hook()) if dynamic else None
         both: list[asyncio.Future[Any]] = [main, *([hooked] if hooked is not None else [])]
         try:
@@ -461,7 +461,7 @@ async def _start(
         # starts. The two forwards of the main link, and the hook's control channel.
         slots = await live.pool.take(3 if dynamic else 2)
         unwind.callback(_close_slots, slots)  # those no forward or hook has taken over
-        forward = CallbackForward(link, slots[:2], live.guard)
+        forward = CallbackForward(link, slots[:2], live.guard, host.local_guard)
         unwind.push_async_callback(_give_back, host, forward.aclose, f"release:{kernel_id}")
         if dynamic:
             hook = await open_hook()

@@ -45,7 +45,9 @@ __all__ = [
     "lsof_path",
     "owner_in_lsof",
     "owner_in_proc_net",
+    "proc_net_listener",
     "proc_net_pattern",
+    "taker_in_proc_net",
 ]
 
 GONE: Final = -1
@@ -91,6 +93,27 @@ def owner_in_proc_net(text: str, client_port: int, listen_port: int) -> int:
     return found
 
 
+def taker_in_proc_net(text: str, listen_port: int, client_port: int) -> int:
+    """The uid of the listener that took relay's own connection ``127.0.0.1:client_port ->
+    127.0.0.1:listen_port`` (the front end's, or whoever listens on its port now), in the
+    text of ``/proc/net/tcp`` (or tcp6): the accepting end's row, the mirror image of ours,
+    carries the listener's uid from the moment the connection is made (its inode is 0 until
+    it is accepted, so that is not asked); ``CLOSING`` if it is no longer ESTABLISHED,
+    ``GONE`` if there is none."""
+    locals_, remotes = proc_net_pattern(listen_port, client_port)
+    found = GONE
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 10 or not fields[0].endswith(":"):
+            continue
+        if fields[1].upper() not in locals_ or fields[2].upper() not in remotes:
+            continue
+        if fields[3] == ESTABLISHED and fields[7].isdigit():
+            return int(fields[7])
+        found = CLOSING
+    return found
+
+
 def owner_in_lsof(text: str, client_port: int, listen_port: int) -> int:
     """The uid in ``lsof -nP -F un`` output whose socket is
     ``127.0.0.1:client_port->127.0.0.1:listen_port``; ``GONE`` if none."""
@@ -129,6 +152,22 @@ def proc_net_owner(client_port: int, listen_port: int) -> int:
         try:
             with open(path) as fh:
                 uid = owner_in_proc_net(fh.read(), client_port, listen_port)
+        except OSError:
+            continue
+        if uid >= 0:
+            return uid
+        if uid == CLOSING:
+            found = CLOSING
+    return found
+
+
+def proc_net_listener(listen_port: int, client_port: int) -> int:
+    """``taker_in_proc_net`` in this machine's ``/proc/net/tcp{,6}``."""
+    found = GONE
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as fh:
+                uid = taker_in_proc_net(fh.read(), listen_port, client_port)
         except OSError:
             continue
         if uid >= 0:

@@ -18,6 +18,7 @@ from typing import Any, cast
 from relay.agent.session import AgentSession, Stream
 from relay.errors import FrontEndUnreachable
 from relay.lite.linkname import Endpoint, LinkName
+from relay.ssh.guard import PeerGuard, taken_over
 from relay.tasks import Flag, retrieved
 
 __all__ = ["AgentForward", "FrontEnd", "release"]
@@ -96,10 +97,15 @@ class AgentForward:
     """The agent's two listeners leading back to the front end's data and message ports."""
 
     def __init__(
-        self, agent: AgentSession, target: LinkName, opened: list[tuple[Stream, int]]
+        self,
+        agent: AgentSession,
+        target: LinkName,
+        opened: list[tuple[Stream, int]],
+        front_end_guard: PeerGuard,
     ) -> None:
         self.target = target
         self._agent = agent
+        self._front_end_guard = front_end_guard  # whose listener relay's connection reaches
         (data, dport), (message, mport) = opened
         self._channels = (
             _Channel("data", target.data, data, dport),
@@ -115,14 +121,15 @@ class AgentForward:
             ch.joining.add_done_callback(ch.joined)
 
     @classmethod
-    async def open(cls, agent: AgentSession, target: LinkName) -> AgentForward:
-        return cls(agent, target, await agent.listen(2))
+    async def open(
+        cls, agent: AgentSession, target: LinkName, front_end_guard: PeerGuard
+    ) -> AgentForward:
+        return cls(agent, target, await agent.listen(2), front_end_guard)
 
     async def _join(self, ch: _Channel) -> None:
         await ch.stream.opened
-        frontend = FrontEnd(ch.stream)
+        frontend = FrontEnd(None)  # not a byte either way until its listener is looked at
         try:
-            # the front end may write the instant it accepts: the stream sends it at once
             await asyncio.get_running_loop().create_connection(
                 lambda: frontend, ch.target.host, ch.target.port
             )
@@ -137,6 +144,15 @@ class AgentForward:
                     )
                 )
             return
+        link = f"{ch.role} channel of {self.target}"
+        if not self._front_end_guard.reached(frontend.transport, link):
+            assert frontend.transport is not None
+            frontend.transport.abort()  # nothing was given to it, nor taken from it
+            ch.stream.send_close()
+            if not self.connected.done():
+                self.connected.set_exception(taken_over(ch.target.port, link))
+            return
+        frontend.join(ch.stream)  # the front end may write the instant it accepts: sent at once
         ch.frontend, ch.connected_at = frontend, time.monotonic()
         if all(c.connected_at is not None for c in self._channels):
             self.listeners_gone.set()

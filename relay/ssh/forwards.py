@@ -34,7 +34,7 @@ import structlog
 
 from relay.errors import ConnectFailed, ForwardRefused, FrontEndUnreachable, RelayError
 from relay.lite.linkname import LOOPBACK, Endpoint, LinkName
-from relay.ssh.guard import PeerGuard
+from relay.ssh.guard import PeerGuard, taken_over
 from relay.ssh.linkpair import LinkChannel, LinkPair
 from relay.ssh.pipe import Pipe
 
@@ -283,9 +283,16 @@ class _Channel(LinkChannel):
 class CallbackForward:
     """Remote listeners R1, R2 leading back to the front end's data and message ports."""
 
-    def __init__(self, target: LinkName, slots: list[RemoteSlot], guard: PeerGuard) -> None:
+    def __init__(
+        self,
+        target: LinkName,
+        slots: list[RemoteSlot],
+        guard: PeerGuard,
+        front_end_guard: PeerGuard,
+    ) -> None:
         self.target = target
-        self._guard = guard
+        self._guard = guard  # the remote host's: who connects to its listeners
+        self._front_end_guard = front_end_guard  # this machine's: whose listener we reach
         data, message = slots
         self._pair = LinkPair(
             _Channel("data", target.data, data), _Channel("message", target.message, message)
@@ -309,12 +316,13 @@ class CallbackForward:
         target: LinkName,
         host: str,
         guard: PeerGuard,
+        front_end_guard: PeerGuard,
         pool: SparePool | None = None,
     ) -> CallbackForward:
         """Two listeners (from the spare pool when there is one) leading back to ``target``."""
         guard.require()
         slots = await pool.take(2) if pool is not None else await open_slots(conn, 2, host)
-        return cls(target, slots, guard)
+        return cls(target, slots, guard, front_end_guard)
 
     def _router(self, ch: _Channel) -> Callable[[str, int], Any]:
         def route(orig_host: str, orig_port: int) -> Any:
@@ -370,6 +378,12 @@ class CallbackForward:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"relay: front end unreachable: {exc}"
             ) from None
+        if not self._front_end_guard.reached(pipe.tcp.transport, link):
+            pipe.close()  # nothing was given to it, nor taken from it
+            self._pair.fail(taken_over(ch.target.port, link))
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, "relay: the front end's port is another user's"
+            )
         if self._pair.joined(ch, pipe):
             self._cancelling = asyncio.ensure_future(self.listeners_closed())
         return pipe.channel_session()

@@ -23,11 +23,19 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from relay.errors import PeerCheckUnavailable, RelayError, host_header
+from relay.errors import FrontEndUnreachable, PeerCheckUnavailable, RelayError, host_header
 from relay.log import RateLimited
-from relay.peerowner import CLOSING, GONE, UNKNOWN, has_proc_net, local_owner, lsof_path
+from relay.peerowner import (
+    CLOSING,
+    GONE,
+    UNKNOWN,
+    has_proc_net,
+    local_owner,
+    lsof_path,
+    proc_net_listener,
+)
 
-__all__ = ["LOOPBACK", "PeerGuard"]
+__all__ = ["LOOPBACK", "PeerGuard", "taken_over"]
 
 # The address relay's link listeners are bound to, as a peer on it is reported (sshd reports
 # the originator of a forwarded connection; getpeername gives it locally, IPv4-mapped on a
@@ -41,6 +49,15 @@ WHY = {
 }
 
 Lookup = Callable[[int, int], Awaitable[int]]
+
+
+def taken_over(port: int, link: str) -> FrontEndUnreachable:
+    """The launch's error where ``PeerGuard.reached`` says no."""
+    return FrontEndUnreachable(
+        f"the front end's port {port} ({link}) was taken by another user's listener, not the "
+        f"front end's: relay did not connect the kernel to it; was the launch cancelled in "
+        f"the front end?"
+    )
 
 
 class PeerGuard:
@@ -125,4 +142,29 @@ class PeerGuard:
         if uid == self.uid and uid >= 0:
             return True
         self.refusals.warn(uid, foreign_uid=WHY.get(uid, uid), listener=listen_port, link=link)
+        return False
+
+    def reached(self, transport: object, link: str) -> bool:
+        """Whether relay's own connection to the front end (``transport``, to 127.0.0.1) was
+        taken by a listener of the user's: the front end's may have closed (a launch given
+        up) and another user's taken its port, which would then be given the kernel's link.
+        Looked at before a byte goes either way, on this machine's ``/proc/net/tcp``; where
+        there is none (macOS), not looked at."""
+        get = getattr(transport, "get_extra_info", None)
+        ours, theirs = (get("sockname"), get("peername")) if get is not None else (None, None)
+        if not self.enabled or not has_proc_net() or not ours or not theirs:
+            return True
+        if theirs[0] not in LOOPBACK:
+            return (
+                True  # the front end's own address (a link name that says it): not ours to look up
+            )
+        uid = proc_net_listener(theirs[1], ours[1])
+        if uid == self.uid and uid >= 0:
+            return True
+        self.refusals.warn(
+            uid,
+            foreign_uid=WHY.get(uid, uid),
+            listener=theirs[1],
+            link=f"{link}, relay's connection",
+        )
         return False

@@ -221,9 +221,11 @@ class HookServer:
                 )
             fwd: CallbackForward | AgentForward
             if self._agent is not None:
-                fwd = await AgentForward.open(self._agent, target)
+                fwd = await AgentForward.open(self._agent, target, self._local_guard)
             else:
-                fwd = await CallbackForward.open(self._conn, target, self._host, self._remote_guard)
+                fwd = await CallbackForward.open(
+                    self._conn, target, self._host, self._remote_guard, self._local_guard
+                )
             self._forwards.append(fwd)
             self._tasks.spawn(hold_until_connected(fwd, self._timeout_s), name="hook-callback")
             return str(fwd.name)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 
 import pytest
 
@@ -98,3 +101,49 @@ def test_this_machines_look_up_finds_a_closing_socket_nobodys() -> None:
                 assert proc_net_owner(client.getsockname()[1], listen_port) == os.getuid()
     with orphaned_client(b"x") as (client_port, listen_port):
         assert proc_net_owner(client_port, listen_port) == CLOSING
+
+
+NOBODY = 65534
+SQUAT = (
+    "import socket,sys,time\n"
+    "s=socket.socket();s.bind(('127.0.0.1',0));s.listen(1)\n"
+    "print(s.getsockname()[1]);sys.stdout.flush();time.sleep(60)\n"
+)
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+    reason="acting as a second user needs root, setpriv and /usr/bin/python3",
+)
+async def test_relays_connection_to_a_listener_another_user_took_is_not_carried(
+    daemon_log: io.StringIO,
+) -> None:
+    """relay connects to the front end's port when the kernel calls back; the front end may
+    have closed its listener (a launch given up) and another user's taken the port. The end
+    that took relay's connection is looked at first: the user's own listener passes, another
+    user's is refused and said (its socket's row carries its uid before it even accepts)."""
+    if not has_proc_net():
+        pytest.skip("no /proc/net/tcp on this machine")
+    local = PeerGuard.local("h", enabled=True)
+    squat = subprocess.Popen(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         "/usr/bin/python3", "-c", SQUAT],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert squat.stdout is not None
+        theirs = int(squat.stdout.readline())
+        with socket.create_server(("127.0.0.1", 0)) as ours:
+            for port, taken_by_us in ((ours.getsockname()[1], True), (theirs, False)):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    assert local.reached(writer.transport, "data of 1@a,2@a") is taken_by_us
+                finally:
+                    writer.close()
+        lines = [json.loads(line) for line in daemon_log.getvalue().splitlines()]
+        refused = [e for e in lines if e["event"].startswith("refused a connection")]
+        assert [(e["foreign_uid"], e["listener"]) for e in refused] == [(NOBODY, theirs)]
+        assert PeerGuard.local("h", enabled=False).reached(writer.transport, "x")  # off
+    finally:
+        squat.kill()
+        squat.communicate()
