@@ -336,3 +336,84 @@ async def test_a_host_that_cannot_tell_fails_launches_at_once_unless_peer_check_
         checks = {h["name"]: h["peer_check"] for h in hosts}
         assert checks["blind"]["remote"] == "unavailable"
         assert checks["trusting"]["remote"] == "off"
+
+
+# Another user's listener on a port the front end gave up: ready once listening, then how
+# many bytes the one connection it takes brought before it ended (-1: none came)
+TAKE_PORT = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1); s.settimeout(60)
+print("ready", flush=True)
+try:
+    c, _ = s.accept()
+except OSError:
+    print(-1, flush=True); sys.exit()
+c.settimeout(20); n = 0
+try:
+    while True:
+        d = c.recv(4096)
+        if not d: break
+        n += len(d)
+except OSError:
+    pass
+print(n, flush=True)
+"""
+
+
+async def _taken_by_nobody(port: int) -> asyncio.subprocess.Process:
+    """Another user's listener on ``port`` (TAKE_PORT), once it listens."""
+    squat = await asyncio.create_subprocess_exec(
+        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        SYSTEM_PYTHON, "-c", TAKE_PORT, str(port),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert squat.stdout is not None
+    assert (await asyncio.wait_for(squat.stdout.readline(), 60)).strip() == b"ready"
+    return squat
+
+
+async def _given(squat: asyncio.subprocess.Process) -> list[bytes]:
+    """What a TAKE_PORT listener said (the bytes its connection brought), or nothing if no
+    connection came to it within a few seconds (it is killed then)."""
+    try:
+        out, _ = await asyncio.wait_for(squat.communicate(), 10)
+    except TimeoutError:
+        squat.kill()
+        out, _ = await squat.communicate()
+    return out.split()
+
+
+@pytest.mark.parametrize("path", ["agent", "sshd"])
+async def test_a_front_end_port_another_user_took_is_not_given_the_kernel(
+    home: RelayHome, path: str
+) -> None:
+    """The front end gives a launch up (its listeners closed) while the kernel starts, and
+    another user takes both ports. When the kernel calls back, relay's connections reach the
+    stranger's listeners: each is closed with no byte of the kernel's given, and the launch
+    fails with a line saying whose listener it was (not the kernel's link handed to another
+    user, who could then run code as the user on the remote host)."""
+    async with KernelGate(home.dir / "gate") as gate:
+        home.add_host(
+            "local",
+            controller_args=["-simgate", str(gate.path)],
+            resume_window_s=900 if path == "agent" else 0,  # 0: sshd's listeners
+        )
+        async with start_daemon(home), controller(home) as fe:
+            await asyncio.wait_for(gate.arrived.wait(), 60)  # the kernel waits to call back
+            name = fe.link.name
+            fe.link.close()  # the front end gave up
+            squats = [await _taken_by_nobody(ep.port) for ep in (name.data, name.message)]
+            try:
+                gate.open()
+                status, _, err = await fe.result(60)
+                given = [await _given(squat) for squat in squats]
+            finally:
+                for squat in squats:
+                    if squat.returncode is None:
+                        squat.kill()
+                        await squat.wait()
+        assert status != 0 and len(err.strip().splitlines()) == 1, err
+        assert "the front end's port" in err and "another user's listener" in err, err
+        assert any(given) and all(g in ([], [b"0"]) for g in given), given  # given nothing
