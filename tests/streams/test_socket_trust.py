@@ -105,8 +105,9 @@ def test_relay_serve_in_a_directory_planted_by_another_user_says_so_at_once(
     )  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        env = dict(os.environ, RELAY_CONFIG="/nonexistent")
-        env["RELAY_SOCKET"] = str(planted / "relay.sock")
+        config = shared / "relay.toml"
+        config.write_text("")  # the defaults: no host needed to start
+        env = dict(os.environ, RELAY_CONFIG=str(config), RELAY_SOCKET=str(planted / "relay.sock"))
         result = subprocess.run(
             [RELAY, "serve"], env=env, capture_output=True, text=True, timeout=60
         )
