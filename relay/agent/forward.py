@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from relay.agent.session import AgentSession, Stream
@@ -31,8 +32,14 @@ class FrontEnd(asyncio.Protocol):
     with its stream (a callback: we connect), or given it by ``join`` (an expose forward: the
     front end connected, and its reading waits until it is admitted)."""
 
-    def __init__(self, stream: Stream | None) -> None:
+    def __init__(
+        self, stream: Stream | None, admit: Callable[[asyncio.Transport], bool] | None = None
+    ) -> None:
         self._stream = stream
+        # relay connected: whether the listener it reached may be given the stream, asked
+        # before a byte goes either way (``PeerGuard.reached``)
+        self._admit = admit
+        self.refused = False
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -43,7 +50,10 @@ class FrontEnd(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # small MathLink messages must not wait
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._stream is not None:
+        if self._admit is not None and not self._admit(transport):
+            self.refused, self._stream = True, None
+            transport.abort()  # nothing was given to it, nor taken from it
+        elif self._stream is not None:
             self._stream.attach(transport)
         else:
             transport.pause_reading()  # not a byte until it is admitted and has a stream
@@ -128,8 +138,10 @@ class AgentForward:
 
     async def _join(self, ch: _Channel) -> None:
         await ch.stream.opened
-        frontend = FrontEnd(None)  # not a byte either way until its listener is looked at
+        link = f"{ch.role} channel of {self.target}"
+        frontend = FrontEnd(ch.stream, lambda t: self._front_end_guard.reached(t, link))
         try:
+            # the front end may write the instant it accepts: the stream sends it at once
             await asyncio.get_running_loop().create_connection(
                 lambda: frontend, ch.target.host, ch.target.port
             )
@@ -144,15 +156,11 @@ class AgentForward:
                     )
                 )
             return
-        link = f"{ch.role} channel of {self.target}"
-        if not self._front_end_guard.reached(frontend.transport, link):
-            assert frontend.transport is not None
-            frontend.transport.abort()  # nothing was given to it, nor taken from it
+        if frontend.refused:
             ch.stream.send_close()
             if not self.connected.done():
                 self.connected.set_exception(taken_over(ch.target.port, link))
             return
-        frontend.join(ch.stream)  # the front end may write the instant it accepts: sent at once
         ch.frontend, ch.connected_at = frontend, time.monotonic()
         if all(c.connected_at is not None for c in self._channels):
             self.listeners_gone.set()
