@@ -54,6 +54,9 @@ GONE: Final = -1
 UNKNOWN: Final = -2
 CLOSING: Final = -3
 ESTABLISHED: Final = "01"  # the st column of /proc/net/tcp (include/net/tcp_states.h)
+SYN_RECV: Final = "03"  # how /proc/net/tcp shows a connection its listener has not yet had
+# the final ACK of (a request socket, on the listener's uid): relay's connect() may return
+# before the accepting end is ESTABLISHED, even on loopback under load
 _LOOPBACK_V4 = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it (little-endian hex)
 _LOOPBACK_V4_IN_V6 = "0000000000000000FFFF00000100007F"  # ::ffff:127.0.0.1 in tcp6
 LSOF_TIMEOUT_S = 5.0
@@ -98,8 +101,9 @@ def taker_in_proc_net(text: str, listen_port: int, client_port: int) -> int:
     127.0.0.1:listen_port`` (the front end's, or whoever listens on its port now), in the
     text of ``/proc/net/tcp`` (or tcp6): the accepting end's row, the mirror image of ours,
     carries the listener's uid from the moment the connection is made (its inode is 0 until
-    it is accepted, so that is not asked); ``CLOSING`` if it is no longer ESTABLISHED,
-    ``GONE`` if there is none."""
+    it is accepted, so that is not asked), SYN_RECV too (a request socket, before the final
+    ACK: found under load), and in any state while a process holds it (the front end
+    accepted and shut its side); ``CLOSING`` if it is orphaned, ``GONE`` if there is none."""
     locals_, remotes = proc_net_pattern(listen_port, client_port)
     found = GONE
     for line in text.splitlines():
@@ -108,8 +112,10 @@ def taker_in_proc_net(text: str, listen_port: int, client_port: int) -> int:
             continue
         if fields[1].upper() not in locals_ or fields[2].upper() not in remotes:
             continue
-        if fields[3] == ESTABLISHED and fields[7].isdigit():
-            return int(fields[7])
+        state, uid, inode = fields[3], fields[7], fields[9]
+        held = inode.isdigit() and int(inode) != 0
+        if uid.isdigit() and (state in (ESTABLISHED, SYN_RECV) or held):
+            return int(uid)
         found = CLOSING
     return found
 

@@ -445,11 +445,13 @@ def listener_owner(port):
 
 def accepting_owner(port, cport):
     """Whose listener took our connection 127.0.0.1:cport -> 127.0.0.1:port: a uid (str), or
-    "-" if its row is gone. The accepting end's row carries the listener's uid from the
-    moment the connection is made (its inode is 0 until it is accepted)."""
+    "-" if its row is gone or orphaned. The accepting end's row carries the listener's uid
+    from the moment the connection is made (its inode is 0 until it is accepted), SYN_RECV
+    ("03") too, before the final ACK; in any state while a process holds it (relay.peerowner's
+    ``taker_in_proc_net``)."""
     ends = [(a + ":%04X" % port, b + ":%04X" % cport) for a in LOOPBACK for b in LOOPBACK]
     for cols in tcp_table():
-        if (cols[1], cols[2]) in ends and cols[3] == "01":
+        if (cols[1], cols[2]) in ends and (cols[3] in ("01", "03") or cols[9] != "0"):
             return cols[7]
     return "-"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.peerowner import CLOSING, GONE, owner_in_lsof, owner_in_proc_net
+from relay.peerowner import CLOSING, GONE, owner_in_lsof, owner_in_proc_net, taker_in_proc_net
 
 HEADER = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
@@ -85,3 +85,17 @@ def test_lsof_output() -> None:
 def test_garbage_never_raises(text: str, a: int, b: int) -> None:
     assert owner_in_proc_net(text, a, b) >= GONE
     assert owner_in_lsof(text, a, b) >= GONE
+
+
+def test_the_listener_that_took_relays_connection_is_its_accepting_ends_owner() -> None:
+    """relay connected from 51000 (0xC738) to the front end's 40000 (0x9C40): the accepting
+    end's row is the listener's, not yet accepted (inode 0), or still a request socket
+    (SYN_RECV, before the final ACK: found under load), or shut by a live front end; an
+    orphan (its process gone: uid 0) is nobody's; relay's own end never answers."""
+    mine = row(2, "0100007F:C738", "0100007F:9C40", 1000)  # relay's end: never the answer
+    for state, inode in (("01", 0), ("01", 77), ("03", 0), ("05", 77)):
+        table = HEADER + mine + row(1, "0100007F:9C40", "0100007F:C738", 1001, state, inode)
+        assert taker_in_proc_net(table, 0x9C40, 0xC738) == 1001, (state, inode)
+    orphan = HEADER + mine + row(1, "0100007F:9C40", "0100007F:C738", 0, "05", 0)
+    assert taker_in_proc_net(orphan, 0x9C40, 0xC738) == CLOSING
+    assert taker_in_proc_net(HEADER + mine, 0x9C40, 0xC738) == GONE
