@@ -41,11 +41,13 @@ __all__ = [
     "GONE",
     "UNKNOWN",
     "has_proc_net",
+    "listening_in_proc_net",
     "local_owner",
     "lsof_path",
     "owner_in_lsof",
     "owner_in_proc_net",
     "proc_net_listener",
+    "proc_net_listening",
     "proc_net_pattern",
     "taker_in_proc_net",
 ]
@@ -53,6 +55,7 @@ __all__ = [
 GONE: Final = -1
 UNKNOWN: Final = -2
 CLOSING: Final = -3
+LISTEN: Final = "0A"
 ESTABLISHED: Final = "01"  # the st column of /proc/net/tcp (include/net/tcp_states.h)
 SYN_RECV: Final = "03"  # how /proc/net/tcp shows a connection its listener has not yet had
 # the final ACK of (a request socket, on the listener's uid): relay's connect() may return
@@ -120,6 +123,25 @@ def taker_in_proc_net(text: str, listen_port: int, client_port: int) -> int:
     return found
 
 
+def listening_in_proc_net(text: str, port: int, uid: int) -> int:
+    """Who listens on ``port`` of the loopback (or every) address, in the text of
+    ``/proc/net/tcp`` (or tcp6): a uid, another user's over ``uid``'s own (it could take a
+    connection); ``GONE`` if nobody does."""
+    ends = {
+        f"{addr}:{port:04X}" for addr in (_LOOPBACK_V4, _LOOPBACK_V4_IN_V6, "00000000", "0" * 32)
+    }
+    found = GONE
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 10 or not fields[0].endswith(":") or fields[3] != LISTEN:
+            continue
+        if fields[1].upper() in ends and fields[7].isdigit():
+            found = int(fields[7])
+            if found != uid:
+                return found
+    return found
+
+
 def owner_in_lsof(text: str, client_port: int, listen_port: int) -> int:
     """The uid in ``lsof -nP -F un`` output whose socket is
     ``127.0.0.1:client_port->127.0.0.1:listen_port``; ``GONE`` if none."""
@@ -180,6 +202,22 @@ def proc_net_listener(listen_port: int, client_port: int) -> int:
             return uid
         if uid == CLOSING:
             found = CLOSING
+    return found
+
+
+def proc_net_listening(port: int, uid: int) -> int:
+    """``listening_in_proc_net`` in this machine's ``/proc/net/tcp{,6}``."""
+    found = GONE
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as fh:
+                who = listening_in_proc_net(fh.read(), port, uid)
+        except OSError:
+            continue
+        if who >= 0 and who != uid:
+            return who
+        if who >= 0:
+            found = who
     return found
 
 

@@ -33,6 +33,7 @@ from relay.peerowner import (
     local_owner,
     lsof_path,
     proc_net_listener,
+    proc_net_listening,
 )
 
 __all__ = ["LOOPBACK", "PeerGuard", "taken_over"]
@@ -154,11 +155,15 @@ class PeerGuard:
         ours, theirs = (get("sockname"), get("peername")) if get is not None else (None, None)
         if not self.enabled or not has_proc_net() or not ours or not theirs:
             return True
-        if theirs[0] not in LOOPBACK:
-            return (
-                True  # the front end's own address (a link name that says it): not ours to look up
-            )
+        if theirs[0] not in LOOPBACK:  # the front end's own address (its link name's): not
+            return True  # a loopback row to look up
         uid = proc_net_listener(theirs[1], ours[1])
+        if uid == CLOSING and self.uid is not None:
+            # taken, and already closed by its process (a front end that writes, or not, and
+            # closes at once): nobody's now, so whoever listens on the port says (another
+            # user's listener is refused: it may have written before it closed)
+            listening = proc_net_listening(theirs[1], self.uid)
+            uid = self.uid if listening in (self.uid, GONE) else listening
         if uid == self.uid and uid >= 0:
             return True
         self.refusals.warn(

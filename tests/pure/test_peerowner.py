@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.peerowner import CLOSING, GONE, owner_in_lsof, owner_in_proc_net, taker_in_proc_net
+from relay.peerowner import (
+    CLOSING,
+    GONE,
+    listening_in_proc_net,
+    owner_in_lsof,
+    owner_in_proc_net,
+    taker_in_proc_net,
+)
 
 HEADER = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
@@ -99,3 +106,15 @@ def test_the_listener_that_took_relays_connection_is_its_accepting_ends_owner() 
     orphan = HEADER + mine + row(1, "0100007F:9C40", "0100007F:C738", 0, "05", 0)
     assert taker_in_proc_net(orphan, 0x9C40, 0xC738) == CLOSING
     assert taker_in_proc_net(HEADER + mine, 0x9C40, 0xC738) == GONE
+
+
+def test_who_listens_on_a_port_another_users_listener_first() -> None:
+    """Where relay's connection was taken and closed at once (an orphan, nobody's), whoever
+    listens on the port says: another user's listener wins over the user's own (on the
+    loopback or every address), and nobody listening is GONE."""
+    ours = row(0, "0100007F:9C40", "00000000:0000", 1000, "0A")
+    theirs = row(1, "00000000:9C40", "00000000:0000", 1001, "0A")
+    elsewhere = row(2, "0100007F:9C41", "00000000:0000", 1001, "0A")
+    assert listening_in_proc_net(HEADER + ours + elsewhere, 0x9C40, 1000) == 1000
+    assert listening_in_proc_net(HEADER + ours + theirs, 0x9C40, 1000) == 1001
+    assert listening_in_proc_net(HEADER + elsewhere, 0x9C40, 1000) == GONE

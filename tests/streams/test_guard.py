@@ -147,3 +147,52 @@ async def test_relays_connection_to_a_listener_another_user_took_is_not_carried(
     finally:
         squat.kill()
         squat.communicate()
+
+
+# another user's listener that takes one connection, writes to it and closes it at once,
+# listening on: its port, then "closed" once it has
+WRITE_AND_CLOSE = (
+    "import socket,sys,time\n"
+    "s=socket.socket();s.bind(('127.0.0.1',0));s.listen(1)\n"
+    "print(s.getsockname()[1]);sys.stdout.flush()\n"
+    "c,_=s.accept();c.sendall(b'Print[1]');c.close()\n"
+    "print('closed');sys.stdout.flush();time.sleep(60)\n"
+)
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
+    reason="acting as a second user needs root, setpriv and /usr/bin/python3",
+)
+async def test_a_connection_another_users_listener_wrote_to_and_closed_is_not_carried(
+    daemon_log: io.StringIO,
+) -> None:
+    """The taking end closed before relay looks (an orphan: uid 0, nobody's), as a front
+    end that closes at once may: then whoever listens on the port says, and another user's
+    listener, which may have written what the kernel would read, is refused. The user's
+    own listener that did the same is carried (found by the random link schedules)."""
+    if not has_proc_net():
+        pytest.skip("no /proc/net/tcp on this machine")
+    local = PeerGuard.local("h", enabled=True)
+    squat = subprocess.Popen(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         "/usr/bin/python3", "-c", WRITE_AND_CLOSE],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert squat.stdout is not None
+        theirs = int(squat.stdout.readline())
+        _, writer = await asyncio.open_connection("127.0.0.1", theirs)
+        assert squat.stdout.readline().strip() == "closed"
+        assert local.reached(writer.transport, "data of 1@a,2@a") is False
+        writer.close()
+    finally:
+        squat.kill()
+        squat.communicate()
+    with socket.create_server(("127.0.0.1", 0)) as ours:
+        _, writer = await asyncio.open_connection("127.0.0.1", ours.getsockname()[1])
+        accepted, _ = ours.accept()
+        accepted.sendall(b"written first")
+        accepted.close()  # orphaned: uid 0, inode 0
+        assert local.reached(writer.transport, "data of 1@a,2@a") is True
+        writer.close()
