@@ -676,8 +676,9 @@ class AgentSession:
     async def _welcome(
         self, conn: asyncssh.SSHClientConnection, channel: _Channel
     ) -> dict[str, Any]:
-        """HELLO (what the daemon has received of each stream, and the secret), and the
-        agent's WELCOME; the channel is closed if none comes."""
+        """The agent's CHALLENGE, our HELLO (what the daemon has received of each stream, and
+        its proof of the secret), and the agent's WELCOME with its own proof; the channel is
+        closed if none comes, or if what answers does not prove it holds the secret."""
         assert channel.chan is not None
         try:
             async with asyncio.timeout(ATTACH_TIMEOUT_S):
@@ -691,8 +692,8 @@ class AgentSession:
                 self.host,
                 f"what answered at relay's agent's socket ({self.info.socket}) did not prove "
                 f"it holds relay's secret, so it is not relay's agent (another user may have "
-                f"replaced its directory): nothing was sent to it, and the kernels there are "
-                f"lost to relay",
+                f"replaced its directory): nothing of the kernels' links was sent to it, and the "
+                f"kernels there are lost to relay",
             ) from None
         except TimeoutError:
             channel.chan.close()  # a stalled path (or a stopped agent): tried again later
