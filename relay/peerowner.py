@@ -173,52 +173,32 @@ def has_proc_net() -> bool:
     return os.path.exists("/proc/net/tcp")
 
 
-def proc_net_owner(client_port: int, listen_port: int) -> int:
-    """The lookup in this machine's ``/proc/net/tcp{,6}`` (procfs: never waits on a disk)."""
-    found = GONE
+def _proc_net() -> str:
+    """This machine's ``/proc/net/tcp`` and ``tcp6`` as one text (procfs: never waits on a
+    disk): each parser finds its rows in either, and its header lines are no rows."""
+    texts = []
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(path) as fh:
-                uid = owner_in_proc_net(fh.read(), client_port, listen_port)
+                texts.append(fh.read())
         except OSError:
             continue
-        if uid >= 0:
-            return uid
-        if uid == CLOSING:
-            found = CLOSING
-    return found
+    return "".join(texts)
+
+
+def proc_net_owner(client_port: int, listen_port: int) -> int:
+    """``owner_in_proc_net`` in this machine's ``/proc/net/tcp{,6}``."""
+    return owner_in_proc_net(_proc_net(), client_port, listen_port)
 
 
 def proc_net_listener(listen_port: int, client_port: int) -> int:
     """``taker_in_proc_net`` in this machine's ``/proc/net/tcp{,6}``."""
-    found = GONE
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as fh:
-                uid = taker_in_proc_net(fh.read(), listen_port, client_port)
-        except OSError:
-            continue
-        if uid >= 0:
-            return uid
-        if uid == CLOSING:
-            found = CLOSING
-    return found
+    return taker_in_proc_net(_proc_net(), listen_port, client_port)
 
 
 def proc_net_listening(port: int, uid: int) -> int:
     """``listening_in_proc_net`` in this machine's ``/proc/net/tcp{,6}``."""
-    found = GONE
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as fh:
-                who = listening_in_proc_net(fh.read(), port, uid)
-        except OSError:
-            continue
-        if who >= 0 and who != uid:
-            return who
-        if who >= 0:
-            found = who
-    return found
+    return listening_in_proc_net(_proc_net(), port, uid)
 
 
 async def local_owner(client_port: int, listen_port: int) -> int:
