@@ -17,12 +17,17 @@ Both ends must be the loopback address the listener is bound to (``127.0.0.1``, 
 IPv4-mapped form in ``tcp6``): a client that bound another local address is not looked up by
 port alone.
 
-- Linux: ``/proc/net/tcp`` and ``/proc/net/tcp6`` list every socket with its owner's uid.
-  The remote host's supervisor does the same lookup in ``sh`` (``relay/ssh/supervisor.sh``).
+- Linux: the kernel is asked for the one socket with those two ends (``relay.sockdiag``:
+  netlink, at a cost that does not grow with the machine's sockets); where it does not
+  answer, ``/proc/net/tcp`` and ``/proc/net/tcp6``, which list every socket with its owner's
+  uid. Both answers become rows as ``/proc`` writes them (``Row``), judged alike. The remote
+  host's supervisor does the same lookup in ``sh`` (``relay/ssh/supervisor.sh``), and relay's
+  agent in its own Python (``relay/agent/remote.py``).
 - macOS (the front end's machine): ``lsof -F`` lists the sockets of the processes the caller
   can see; an unprivileged user sees only their own, so a socket found there is the user's.
 
-Parsing is pure (``owner_in_proc_net``, ``owner_in_lsof``); ``local_owner`` is the I/O shell.
+Parsing and judging are pure (``proc_net_rows``, ``owner_in_rows``, ``owner_in_lsof``);
+``linux_owner`` and ``local_owner`` are the I/O shells.
 Answers: a uid, ``GONE`` (no such socket: the client already left), ``CLOSING`` (the socket
 is there but closing or orphaned: nobody's) or ``UNKNOWN`` (this system offers no way to
 tell).
@@ -34,22 +39,31 @@ import asyncio
 import functools
 import os
 import shutil
-from typing import Final
+import struct
+from collections.abc import Iterable, Iterator
+from typing import Final, NamedTuple
+
+from relay import sockdiag
+from relay.sockdiag import Found
 
 __all__ = [
     "CLOSING",
     "GONE",
     "UNKNOWN",
+    "Row",
+    "diag_row",
     "has_proc_net",
-    "listening_in_proc_net",
+    "linux_listening",
+    "linux_owner",
+    "linux_taker",
+    "listening_in_rows",
     "local_owner",
     "lsof_path",
     "owner_in_lsof",
-    "owner_in_proc_net",
-    "proc_net_listener",
-    "proc_net_listening",
+    "owner_in_rows",
     "proc_net_pattern",
-    "taker_in_proc_net",
+    "proc_net_rows",
+    "taker_in_rows",
 ]
 
 GONE: Final = -1
@@ -65,6 +79,50 @@ _LOOPBACK_V4_IN_V6 = "0000000000000000FFFF00000100007F"  # ::ffff:127.0.0.1 in t
 LSOF_TIMEOUT_S = 5.0
 
 
+class Row(NamedTuple):
+    """A socket as a row of ``/proc/net/tcp{,6}`` writes it: ends as ``ADDR:PORT`` (hex, the
+    address in 32-bit words of the machine's order), the state as two hex digits, uid and
+    inode in decimal."""
+
+    local: str
+    remote: str
+    state: str
+    uid: str
+    inode: str
+
+
+def proc_net_rows(text: str, port: int | None = None) -> Iterator[Row]:
+    """The rows in the text of ``/proc/net/tcp`` (or tcp6, or both); with ``port``, only
+    those whose local end has that port (the text searched first, not split line by line:
+    a table of a hundred thousand rows has a handful that can matter).
+
+    Columns: ``sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...``;
+    a header line or anything else is no row."""
+    needle = None if port is None else f":{port:04X} "  # the local end, then a space
+    for line in text.splitlines():
+        if needle is not None and needle not in line:  # /proc writes hex in upper case
+            continue
+        fields = line.split()
+        if len(fields) >= 10 and fields[0].endswith(":"):
+            yield Row(fields[1].upper(), fields[2].upper(), fields[3].upper(), fields[7], fields[9])
+
+
+def diag_row(found: Found) -> Row:
+    """The kernel's answer (``relay.sockdiag``) as ``/proc`` would write its row."""
+
+    def end(addr: bytes, port: int) -> str:
+        words = struct.unpack(f"={len(addr) // 4}I", addr)
+        return "".join(f"{word:08X}" for word in words) + f":{port:04X}"
+
+    return Row(
+        end(*found.local),
+        end(*found.remote),
+        f"{found.state:02X}",
+        str(found.uid),
+        str(found.inode),
+    )
+
+
 def proc_net_pattern(client_port: int, listen_port: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The local and remote addresses (``ADDR:PORT``, as ``/proc/net/tcp{,6}`` writes them)
     of the connecting socket's row: loopback to loopback, never another local address."""
@@ -75,68 +133,55 @@ def proc_net_pattern(client_port: int, listen_port: int) -> tuple[tuple[str, ...
     return ends(client_port), ends(listen_port)
 
 
-def owner_in_proc_net(text: str, client_port: int, listen_port: int) -> int:
-    """The uid owning the live socket ``127.0.0.1:client_port -> 127.0.0.1:listen_port`` in
-    the text of ``/proc/net/tcp`` (or tcp6); ``CLOSING`` if that socket is closing or held by
-    no process; ``GONE`` if there is none.
+def owner_in_rows(rows: Iterable[Row], client_port: int, listen_port: int) -> int:
+    """The uid owning the live socket ``127.0.0.1:client_port -> 127.0.0.1:listen_port``;
+    ``CLOSING`` if that socket is closing or held by no process; ``GONE`` if there is none.
 
-    Columns: ``sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...``.
     The listener's own accepted socket is the mirror image (local = listener) and never
     matches. An orphaned socket (FIN_WAIT2, TIME_WAIT after its process closed it) reads uid 0
     and inode 0: it is nobody's, not root's."""
     locals_, remotes = proc_net_pattern(client_port, listen_port)
     found = GONE
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 10 or not fields[0].endswith(":"):
+    for row in rows:
+        if row.local not in locals_ or row.remote not in remotes:
             continue
-        local, remote, state, uid, inode = fields[1], fields[2], fields[3], fields[7], fields[9]
-        if local.upper() not in locals_ or remote.upper() not in remotes:
-            continue
-        if state == ESTABLISHED and inode.isdigit() and int(inode) != 0 and uid.isdigit():
-            return int(uid)
+        held = row.inode.isdigit() and int(row.inode) != 0
+        if row.state == ESTABLISHED and held and row.uid.isdigit():
+            return int(row.uid)
         found = CLOSING  # a newer live socket on the same ends may still follow (tw reuse)
     return found
 
 
-def taker_in_proc_net(text: str, listen_port: int, client_port: int) -> int:
+def taker_in_rows(rows: Iterable[Row], listen_port: int, client_port: int) -> int:
     """The uid of the listener that took relay's own connection ``127.0.0.1:client_port ->
-    127.0.0.1:listen_port`` (the front end's, or whoever listens on its port now), in the
-    text of ``/proc/net/tcp`` (or tcp6): the accepting end's row, the mirror image of ours,
-    carries the listener's uid from the moment the connection is made (its inode is 0 until
-    it is accepted, so that is not asked), SYN_RECV too (a request socket, before the final
-    ACK: found under load), and in any state while a process holds it (the front end
-    accepted and shut its side); ``CLOSING`` if it is orphaned, ``GONE`` if there is none."""
+    127.0.0.1:listen_port`` (the front end's, or whoever listens on its port now): the
+    accepting end's row, the mirror image of ours, carries the listener's uid from the moment
+    the connection is made (its inode is 0 until it is accepted, so that is not asked),
+    SYN_RECV too (a request socket, before the final ACK: found under load), and in any state
+    while a process holds it (the front end accepted and shut its side); ``CLOSING`` if it is
+    orphaned, ``GONE`` if there is none."""
     locals_, remotes = proc_net_pattern(listen_port, client_port)
     found = GONE
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 10 or not fields[0].endswith(":"):
+    for row in rows:
+        if row.local not in locals_ or row.remote not in remotes:
             continue
-        if fields[1].upper() not in locals_ or fields[2].upper() not in remotes:
-            continue
-        state, uid, inode = fields[3], fields[7], fields[9]
-        held = inode.isdigit() and int(inode) != 0
-        if uid.isdigit() and (state in (ESTABLISHED, SYN_RECV) or held):
-            return int(uid)
+        held = row.inode.isdigit() and int(row.inode) != 0
+        if row.uid.isdigit() and (row.state in (ESTABLISHED, SYN_RECV) or held):
+            return int(row.uid)
         found = CLOSING
     return found
 
 
-def listening_in_proc_net(text: str, port: int, uid: int) -> int:
-    """Who listens on ``port`` of the loopback (or every) address, in the text of
-    ``/proc/net/tcp`` (or tcp6): a uid, another user's over ``uid``'s own (it could take a
-    connection); ``GONE`` if nobody does."""
+def listening_in_rows(rows: Iterable[Row], port: int, uid: int) -> int:
+    """Who listens on ``port`` of the loopback (or every) address: a uid, another user's over
+    ``uid``'s own (it could take a connection); ``GONE`` if nobody does."""
     ends = {
         f"{addr}:{port:04X}" for addr in (_LOOPBACK_V4, _LOOPBACK_V4_IN_V6, "00000000", "0" * 32)
     }
     found = GONE
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 10 or not fields[0].endswith(":") or fields[3] != LISTEN:
-            continue
-        if fields[1].upper() in ends and fields[7].isdigit():
-            found = int(fields[7])
+    for row in rows:
+        if row.state == LISTEN and row.local in ends and row.uid.isdigit():
+            found = int(row.uid)
             if found != uid:
                 return found
     return found
@@ -186,25 +231,46 @@ def _proc_net() -> str:
     return "".join(texts)
 
 
-def proc_net_owner(client_port: int, listen_port: int) -> int:
-    """``owner_in_proc_net`` in this machine's ``/proc/net/tcp{,6}``."""
-    return owner_in_proc_net(_proc_net(), client_port, listen_port)
+def _rows(local_port: int, remote_port: int) -> list[Row]:
+    """The rows that can be the socket ``127.0.0.1:local_port -> 127.0.0.1:remote_port``:
+    the kernel's answer for those two ends (``relay.sockdiag``, whose cost does not grow with
+    the table), with a request socket's uid its listener's as ``/proc`` writes it; where this
+    machine gives no such answer, every row of ``/proc/net/tcp{,6}``. Either way the same
+    judgments follow."""
+    try:
+        found = sockdiag.lookup(local_port, remote_port)
+        if found is None:
+            return []
+        row = diag_row(found)
+        if row.state == SYN_RECV:
+            listener = sockdiag.lookup(local_port, 0)  # the one that made it (sockdiag says)
+            taken = listener is not None and diag_row(listener).state == LISTEN
+            row = row._replace(uid=str(listener.uid) if listener and taken else "-")
+        return [row]
+    except sockdiag.Unavailable:
+        return list(proc_net_rows(_proc_net(), local_port))
 
 
-def proc_net_listener(listen_port: int, client_port: int) -> int:
-    """``taker_in_proc_net`` in this machine's ``/proc/net/tcp{,6}``."""
-    return taker_in_proc_net(_proc_net(), listen_port, client_port)
+def linux_owner(client_port: int, listen_port: int) -> int:
+    """``owner_in_rows`` on this machine (``has_proc_net``)."""
+    return owner_in_rows(_rows(client_port, listen_port), client_port, listen_port)
 
 
-def proc_net_listening(port: int, uid: int) -> int:
-    """``listening_in_proc_net`` in this machine's ``/proc/net/tcp{,6}``."""
-    return listening_in_proc_net(_proc_net(), port, uid)
+def linux_taker(listen_port: int, client_port: int) -> int:
+    """``taker_in_rows`` on this machine."""
+    return taker_in_rows(_rows(listen_port, client_port), listen_port, client_port)
+
+
+def linux_listening(port: int, uid: int) -> int:
+    """``listening_in_rows`` on this machine: the listener a connection to 127.0.0.1:port
+    would reach (the kernel's choice), or with ``/proc`` alone every one on the port."""
+    return listening_in_rows(_rows(port, 0), port, uid)
 
 
 async def local_owner(client_port: int, listen_port: int) -> int:
     """Who made the connection from ``client_port`` to our listener on ``listen_port``."""
     if has_proc_net():
-        return proc_net_owner(client_port, listen_port)
+        return linux_owner(client_port, listen_port)
     lsof = lsof_path()
     if lsof is None:
         return UNKNOWN

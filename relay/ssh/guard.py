@@ -30,10 +30,10 @@ from relay.peerowner import (
     GONE,
     UNKNOWN,
     has_proc_net,
+    linux_listening,
+    linux_taker,
     local_owner,
     lsof_path,
-    proc_net_listener,
-    proc_net_listening,
 )
 
 __all__ = ["LOOPBACK", "PeerGuard", "taken_over"]
@@ -149,20 +149,20 @@ class PeerGuard:
         """Whether relay's own connection to the front end (``transport``, to 127.0.0.1) was
         taken by a listener of the user's: the front end's may have closed (a launch given
         up) and another user's taken its port, which would then be given the kernel's link.
-        Looked at before a byte goes either way, on this machine's ``/proc/net/tcp``; where
-        there is none (macOS), not looked at."""
+        Looked at before a byte goes either way, on this machine's own tables
+        (``relay.peerowner.linux_taker``); where there are none (macOS), not looked at."""
         get = getattr(transport, "get_extra_info", None)
         ours, theirs = (get("sockname"), get("peername")) if get is not None else (None, None)
         if not self.enabled or not has_proc_net() or not ours or not theirs:
             return True
         if theirs[0] not in LOOPBACK:  # the front end's own address (its link name's): not
             return True  # a loopback row to look up
-        uid = proc_net_listener(theirs[1], ours[1])
+        uid = linux_taker(theirs[1], ours[1])
         if uid == CLOSING and self.uid is not None:
             # taken, and already closed by its process (a front end that writes, or not, and
             # closes at once): nobody's now, so whoever listens on the port says (another
             # user's listener is refused: it may have written before it closed)
-            listening = proc_net_listening(theirs[1], self.uid)
+            listening = linux_listening(theirs[1], self.uid)
             uid = self.uid if listening in (self.uid, GONE) else listening
         if uid == self.uid and uid >= 0:
             return True

@@ -1,18 +1,41 @@
-"""Who connected: /proc/net/tcp and lsof output, parsed without a system to ask."""
+"""Who connected: /proc/net/tcp, the kernel's sock_diag answers and lsof output, parsed and
+judged without a system to ask."""
 
 from __future__ import annotations
 
+import socket
+import struct
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay import peerowner, sockdiag
 from relay.peerowner import (
     CLOSING,
     GONE,
-    listening_in_proc_net,
+    Row,
+    diag_row,
+    listening_in_rows,
     owner_in_lsof,
-    owner_in_proc_net,
-    taker_in_proc_net,
+    owner_in_rows,
+    proc_net_rows,
+    taker_in_rows,
 )
+from relay.sockdiag import Found
+
+
+def owner_in_proc_net(text: str, client_port: int, listen_port: int) -> int:
+    return owner_in_rows(proc_net_rows(text), client_port, listen_port)
+
+
+def taker_in_proc_net(text: str, listen_port: int, client_port: int) -> int:
+    return taker_in_rows(proc_net_rows(text), listen_port, client_port)
+
+
+def listening_in_proc_net(text: str, port: int, uid: int) -> int:
+    return listening_in_rows(proc_net_rows(text), port, uid)
+
 
 HEADER = (
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
@@ -118,3 +141,47 @@ def test_who_listens_on_a_port_another_users_listener_first() -> None:
     assert listening_in_proc_net(HEADER + ours + elsewhere, 0x9C40, 1000) == 1000
     assert listening_in_proc_net(HEADER + ours + theirs, 0x9C40, 1000) == 1001
     assert listening_in_proc_net(HEADER + elsewhere, 0x9C40, 1000) == GONE
+
+
+LOOPBACK = socket.inet_aton("127.0.0.1")
+MAPPED = b"\0" * 10 + b"\xff\xff" + LOOPBACK
+
+
+@pytest.mark.skipif(struct.pack("=I", 1) != b"\1\0\0\0", reason="/proc's words, little-endian")
+def test_the_kernels_answer_reads_as_proc_writes_it() -> None:
+    """sock_diag's addresses are bytes in network order; /proc/net/tcp writes them as 32-bit
+    words in the machine's order: the same socket must make the same row, IPv4-mapped too."""
+    v4 = Found(socket.AF_INET, 1, (LOOPBACK, 0xC738), (LOOPBACK, 0x9C40), 1001, 77)
+    assert diag_row(v4) == Row("0100007F:C738", "0100007F:9C40", "01", "1001", "77")
+    v6 = Found(socket.AF_INET6, 10, (MAPPED, 0x9C40), (b"\0" * 16, 0), 5, 9)
+    assert diag_row(v6) == Row(
+        "0000000000000000FFFF00000100007F:9C40", "0" * 32 + ":0000", "0A", "5", "9"
+    )
+    assert owner_in_rows([diag_row(v4)], 0xC738, 0x9C40) == 1001
+
+
+def test_a_request_socket_from_the_kernel_carries_its_listeners_uid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sock_diag reads a request socket (SYN_RECV) as uid 0, where /proc writes its
+    listener's uid: the listener the kernel names is asked, so a connection a stranger's
+    listener has not yet fully accepted is the stranger's, and not root's."""
+    answers = {
+        (0x9C40, 0xC738): Found(2, 3, (LOOPBACK, 0x9C40), (LOOPBACK, 0xC738), 0, 0),
+        (0x9C40, 0): Found(2, 10, (LOOPBACK, 0x9C40), (b"\0" * 4, 0), 1001, 55),
+    }
+    monkeypatch.setattr(sockdiag, "lookup", lambda a, b: answers.get((a, b)))
+    assert peerowner.linux_taker(0x9C40, 0xC738) == 1001
+    del answers[(0x9C40, 0)]  # the listener gone meanwhile: nobody's, and not root's
+    assert peerowner.linux_taker(0x9C40, 0xC738) == CLOSING
+    assert peerowner.linux_owner(0xC739, 0x9C40) == GONE  # ENOENT: no such socket
+
+
+def test_where_the_kernel_does_not_answer_proc_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(local_port: int, remote_port: int) -> Found | None:
+        raise sockdiag.Unavailable("no inet_diag here")
+
+    monkeypatch.setattr(sockdiag, "lookup", unavailable)
+    monkeypatch.setattr(peerowner, "_proc_net", lambda: TABLE)
+    assert peerowner.linux_owner(0xC738, 0x9C40) == 1001
+    assert peerowner.linux_taker(0x9C40, 0xC738) == 1000

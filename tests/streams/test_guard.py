@@ -7,16 +7,35 @@ import io
 import json
 import os
 import re
-import shutil
 import socket
-import subprocess
 
 import pytest
 
+from relay import peerowner, sockdiag
 from relay.errors import ConnectFailed, PeerCheckUnavailable
-from relay.peerowner import CLOSING, GONE, UNKNOWN, has_proc_net, proc_net_owner
+from relay.peerowner import CLOSING, GONE, UNKNOWN, has_proc_net, linux_owner
 from relay.ssh.guard import PeerGuard
 from tests.orphans import orphaned_client
+from tests.strangers import NOBODY, needs_second_uid, stranger
+
+
+@pytest.fixture(params=["sock_diag", "proc"])
+def tables(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This machine's look-ups both ways it makes them: the kernel's answer for one socket
+    (and then ``/proc`` is never read), and ``/proc/net/tcp`` where the kernel gives none."""
+    if request.param == "proc":
+
+        def unavailable(local_port: int, remote_port: int) -> None:
+            raise sockdiag.Unavailable("as a kernel without inet_diag")
+
+        monkeypatch.setattr(sockdiag, "lookup", unavailable)
+    else:
+
+        def unread() -> str:
+            raise AssertionError("/proc/net/tcp read where the kernel answers")
+
+        monkeypatch.setattr(peerowner, "_proc_net", unread)
+    return str(request.param)
 
 
 def guard(answer: int | Exception, *, can_tell: bool = True, enabled: bool = True) -> PeerGuard:
@@ -87,6 +106,7 @@ async def test_refusals_from_other_local_addresses_are_one_key_of_the_log(
     assert stranger.refusals.total == 50
 
 
+@pytest.mark.usefixtures("tables")
 def test_this_machines_look_up_finds_a_closing_socket_nobodys() -> None:
     """The front end's machine's own look-up, on a real socket the client closed at once
     (FIN_WAIT2, orphaned: uid 0, inode 0 in /proc/net/tcp): nobody's, whoever the daemon
@@ -98,12 +118,11 @@ def test_this_machines_look_up_finds_a_closing_socket_nobodys() -> None:
         with socket.create_connection(("127.0.0.1", listen_port)) as client:
             accepted, _ = server.accept()
             with accepted:
-                assert proc_net_owner(client.getsockname()[1], listen_port) == os.getuid()
+                assert linux_owner(client.getsockname()[1], listen_port) == os.getuid()
     with orphaned_client(b"x") as (client_port, listen_port):
-        assert proc_net_owner(client_port, listen_port) == CLOSING
+        assert linux_owner(client_port, listen_port) == CLOSING
 
 
-NOBODY = 65534
 SQUAT = (
     "import socket,sys,time\n"
     "s=socket.socket();s.bind(('127.0.0.1',0));s.listen(1)\n"
@@ -111,12 +130,9 @@ SQUAT = (
 )
 
 
-@pytest.mark.skipif(
-    os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-    reason="acting as a second user needs root, setpriv and /usr/bin/python3",
-)
+@needs_second_uid
 async def test_relays_connection_to_a_listener_another_user_took_is_not_carried(
-    daemon_log: io.StringIO,
+    daemon_log: io.StringIO, tables: str
 ) -> None:
     """relay connects to the front end's port when the kernel calls back; the front end may
     have closed its listener (a launch given up) and another user's taken the port. The end
@@ -125,12 +141,7 @@ async def test_relays_connection_to_a_listener_another_user_took_is_not_carried(
     if not has_proc_net():
         pytest.skip("no /proc/net/tcp on this machine")
     local = PeerGuard.local("h", enabled=True)
-    squat = subprocess.Popen(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         "/usr/bin/python3", "-c", SQUAT],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    with stranger(SQUAT) as squat:
         assert squat.stdout is not None
         theirs = int(squat.stdout.readline())
         with socket.create_server(("127.0.0.1", 0)) as ours:
@@ -144,9 +155,6 @@ async def test_relays_connection_to_a_listener_another_user_took_is_not_carried(
         refused = [e for e in lines if e["event"].startswith("refused a connection")]
         assert [(e["foreign_uid"], e["listener"]) for e in refused] == [(NOBODY, theirs)]
         assert PeerGuard.local("h", enabled=False).reached(writer.transport, "x")  # off
-    finally:
-        squat.kill()
-        squat.communicate()
 
 
 # another user's listener that takes one connection, writes to it and closes it at once,
@@ -160,12 +168,9 @@ WRITE_AND_CLOSE = (
 )
 
 
-@pytest.mark.skipif(
-    os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-    reason="acting as a second user needs root, setpriv and /usr/bin/python3",
-)
+@needs_second_uid
 async def test_a_connection_another_users_listener_wrote_to_and_closed_is_not_carried(
-    daemon_log: io.StringIO,
+    daemon_log: io.StringIO, tables: str
 ) -> None:
     """The taking end closed before relay looks (an orphan: uid 0, nobody's), as a front
     end that closes at once may: then whoever listens on the port says, and another user's
@@ -174,21 +179,13 @@ async def test_a_connection_another_users_listener_wrote_to_and_closed_is_not_ca
     if not has_proc_net():
         pytest.skip("no /proc/net/tcp on this machine")
     local = PeerGuard.local("h", enabled=True)
-    squat = subprocess.Popen(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         "/usr/bin/python3", "-c", WRITE_AND_CLOSE],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    with stranger(WRITE_AND_CLOSE) as squat:
         assert squat.stdout is not None
         theirs = int(squat.stdout.readline())
         _, writer = await asyncio.open_connection("127.0.0.1", theirs)
         assert squat.stdout.readline().strip() == "closed"
         assert local.reached(writer.transport, "data of 1@a,2@a") is False
         writer.close()
-    finally:
-        squat.kill()
-        squat.communicate()
     with socket.create_server(("127.0.0.1", 0)) as ours:
         _, writer = await asyncio.open_connection("127.0.0.1", ours.getsockname()[1])
         accepted, _ = ours.accept()

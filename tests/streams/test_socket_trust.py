@@ -14,14 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RELAY
+from tests.strangers import NOBODY, SYSTEM_PYTHON, as_nobody, needs_second_uid
 
-NOBODY = 65534
-SYSTEM_PYTHON = "/usr/bin/python3"
-
-pytestmark = pytest.mark.skipif(
-    os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON),
-    reason="acting as a second user needs root, setpriv and /usr/bin/python3",
-)
+pytestmark = needs_second_uid
 
 FAKE_DAEMON = """
 import socket, sys
@@ -48,10 +43,6 @@ def shim(socket_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
         [RELAY, "launch", *extra, "host", "/k", "1@127.0.0.1,2@127.0.0.1"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-
-
-def as_nobody(*argv: str) -> list[str]:
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
 
 
 def fake_daemon(socket_path: Path, told: Path) -> subprocess.Popen[str]:
