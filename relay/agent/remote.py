@@ -404,8 +404,10 @@ def start_time(pid):
     return text.rsplit(")", 1)[-1].split()[19]
 
 
-def tcp_table():
-    """The rows of /proc/net/tcp and tcp6, split into columns (the kernel's own words)."""
+def tcp_table(port):
+    """The rows of /proc/net/tcp and tcp6 whose local end has ``port``, split into columns
+    (the kernel's own words): the text searched first, not split line by line."""
+    needle = ":%04X " % port  # the local end, then a space (the kernel writes upper case)
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as f:
@@ -413,9 +415,66 @@ def tcp_table():
         except OSError:
             continue
         for line in lines:
-            cols = line.split()
-            if len(cols) >= 10:
-                yield cols
+            if needle in line:
+                cols = line.split()
+                if len(cols) >= 10:
+                    yield cols
+
+
+def diag(lport, rport):
+    """The socket 127.0.0.1:lport -> 127.0.0.1:rport as the kernel answers for it alone
+    (NETLINK_SOCK_DIAG: a look-up in its hash at any size of table, where /proc/net/tcp
+    is read whole; relay/sockdiag.py is its twin and says what the kernel answers), as a row
+    of /proc's columns in a list (empty: none); None where the kernel does not answer."""
+    lo = socket.inet_aton("127.0.0.1") + bytes(12)
+    body = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
+    body += struct.pack("!HH16s16s", lport, rport, lo, lo) + struct.pack("=III", 0, NO, NO)
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4)  # NETLINK_SOCK_DIAG
+    except (OSError, AttributeError):
+        return None
+    try:
+        sock.send(struct.pack("=IHHII", 16 + len(body), 20, 1, 1, 0) + body)
+        reply = sock.recv(8192, socket.MSG_DONTWAIT)  # queued before send() returned
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    if len(reply) < 20 or struct.unpack_from("=IHHII", reply)[3] != 1:
+        return None
+    length, kind = struct.unpack_from("=IH", reply)
+    if kind == 2:  # NLMSG_ERROR: ENOENT is "no such socket", anything else no answer
+        return [] if -struct.unpack_from("=i", reply, 16)[0] == errno.ENOENT else None
+    if kind != 20 or length < 88 or len(reply) < 88:  # SOCK_DIAG_BY_FAMILY, inet_diag_msg
+        return None
+    family, state = struct.unpack_from("=BB", reply, 16)
+    sport, dport, src, dst = struct.unpack_from("!HH16s16s", reply, 20)
+    uid, inode = struct.unpack_from("=II", reply, 80)
+    n = 4 if family == socket.AF_INET else 16
+    local, remote = hexaddr(src[:n]) + ":%04X" % sport, hexaddr(dst[:n]) + ":%04X" % dport
+    return [["0:", local, remote, "%02X" % state, "", "", "", str(uid), "", str(inode)]]
+
+
+NO = 0xFFFFFFFF  # INET_DIAG_NOCOOKIE: a socket asked for by its ends alone
+
+
+def hexaddr(addr):
+    """An address as /proc/net/tcp writes it: 32-bit words in the machine's order."""
+    return "".join("%08X" % w for w in struct.unpack("=%dI" % (len(addr) // 4), addr))
+
+
+def rows(lport, rport):
+    """The rows that can be the socket 127.0.0.1:lport -> 127.0.0.1:rport: the kernel's
+    answer for it, or the whole of /proc/net/tcp{,6} where none comes. A request socket
+    (SYN_RECV) reads uid 0 in that answer; /proc writes its listener's, so that is asked."""
+    found = diag(lport, rport)
+    if found is None:
+        return tcp_table(lport)
+    if found and found[0][3] == "03":
+        listener = diag(lport, 0)  # with no such connection, the listener on lport
+        ok = listener and listener[0][3] == "0A"
+        found[0][7] = listener[0][7] if ok else "-"
+    return found
 
 
 def owner(cport, lport):
@@ -423,7 +482,7 @@ def owner(cport, lport):
     orphaned (nobody's: such a socket reads uid 0), "-" none (relay.peerowner's rule)."""
     found = "-"
     ends = [(a + ":%04X" % cport, b + ":%04X" % lport) for a in LOOPBACK for b in LOOPBACK]
-    for cols in tcp_table():
+    for cols in rows(cport, lport):
         if (cols[1], cols[2]) not in ends:
             continue
         if cols[3] == "01" and cols[9] != "0":
@@ -437,7 +496,7 @@ def listener_owner(port):
     A stranger's wins over ours (it could take the connection)."""
     found = "-"
     ends = [a + ":%04X" % port for a in LOOPBACK + ANY]
-    for cols in tcp_table():
+    for cols in rows(port, 0):
         if cols[3] == "0A" and cols[1] in ends and found in ("-", str(os.getuid())):
             found = cols[7]
     return found
@@ -448,9 +507,9 @@ def accepting_owner(port, cport):
     "-" if its row is gone or orphaned. The accepting end's row carries the listener's uid
     from the moment the connection is made (its inode is 0 until it is accepted), SYN_RECV
     ("03") too, before the final ACK; in any state while a process holds it (relay.peerowner's
-    ``taker_in_proc_net``)."""
+    ``taker_in_rows``)."""
     ends = [(a + ":%04X" % port, b + ":%04X" % cport) for a in LOOPBACK for b in LOOPBACK]
-    for cols in tcp_table():
+    for cols in rows(port, cport):
         if (cols[1], cols[2]) in ends and (cols[3] in ("01", "03") or cols[9] != "0"):
             return cols[7]
     return "-"

@@ -32,6 +32,7 @@ from relay.agent.mux import Frame, FrameReader
 from relay.agent.session import AgentInfo
 from relay.agent.start import Unavailable, parse_start
 from relay.errors import ConnectFailed
+from tests.strangers import NOBODY, SYSTEM_PYTHON, as_nobody, needs_second_uid, stranger
 
 AGENT = Path(__file__).parents[2] / "relay" / "agent" / "remote.py"
 BOUND_S = 20.0
@@ -345,7 +346,7 @@ def recv_until_eof(sock: socket.socket) -> bytes:
 
 
 # the agent's reader of /proc/net/tcp (untyped, as all of its Python 3.6 file), typed here
-TCP_TABLE: Callable[[], Iterator[list[str]]] = remote.tcp_table
+TCP_TABLE: Callable[[int], Iterator[list[str]]] = remote.tcp_table
 
 
 def taken_in(sock: socket.socket) -> None:
@@ -355,7 +356,7 @@ def taken_in(sock: socket.socket) -> None:
     ends = (f"0100007F:{there:04X}", f"0100007F:{here:04X}")
     deadline = time.monotonic() + BOUND_S
     while True:
-        queues = [cols[4].split(":")[1] for cols in TCP_TABLE() if (cols[1], cols[2]) == ends]
+        queues = [cols[4].split(":")[1] for cols in TCP_TABLE(there) if (cols[1], cols[2]) == ends]
         if queues == ["00000000"]:
             return
         assert time.monotonic() < deadline, queues
@@ -925,7 +926,6 @@ def test_a_run_directory_open_to_others_or_a_symlink_is_refused(run: Path) -> No
     assert "agent refuse symlink" in agent.said
 
 
-NOBODY = 65534
 # a stranger's listener: its port printed, then it waits (accepting nothing) to be killed
 SQUAT = (
     "import socket,sys,time\n"
@@ -957,18 +957,14 @@ socket.socket.connect_ex = _raced
 """
 
 
-@pytest.mark.skipif(
-    os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-    reason="acting as a second user needs root, setpriv and /usr/bin/python3",
-)
+@needs_second_uid
 def test_a_connect_that_reaches_another_users_listener_sends_it_nothing(run: Path) -> None:
     """A stream to a kernel's listener: the listener is the user's when the agent looks,
     and another user's has the port by the time it connects. The end that accepted is
     looked at before a byte goes to it: nothing of what the front end wrote reaches the
     stranger, the stream is refused and closed, and the refusal is said."""
-    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     squat = subprocess.Popen(
-        [*as_nobody, "/usr/bin/python3", "-c", SQUAT_TAKE], stdout=subprocess.PIPE, text=True
+        as_nobody(SYSTEM_PYTHON, "-c", SQUAT_TAKE), stdout=subprocess.PIPE, text=True
     )
     kernel = socket.create_server(("127.0.0.1", 0))  # the user's, as the agent looks
     try:
@@ -995,10 +991,7 @@ def test_a_connect_that_reaches_another_users_listener_sends_it_nothing(run: Pat
         squat.communicate()
 
 
-@pytest.mark.skipif(
-    os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"),
-    reason="acting as a second user needs root, setpriv and /usr/bin/python3",
-)
+@needs_second_uid
 def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
     run: Path,
 ) -> None:
@@ -1008,7 +1001,6 @@ def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
     agent.attach()
     agent.say("listen 1")
     port = int(agent.line("port 1 ").split()[2])
-    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     probe = (
         "import socket,sys\n"
         f"s=socket.create_connection(('127.0.0.1',{port}));s.settimeout(10)\n"
@@ -1018,7 +1010,7 @@ def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
         "except OSError as e:\n print(type(e).__name__)\n"
     )
     out = subprocess.run(
-        [*as_nobody, "/usr/bin/python3", "-c", probe], capture_output=True, text=True, timeout=60
+        as_nobody(SYSTEM_PYTHON, "-c", probe), capture_output=True, text=True, timeout=60
     )
     assert out.stdout.split() == ["0", "PermissionError"], out
     assert agent.line("refused 1 ") == f"refused 1 {NOBODY} {port} 1"
@@ -1037,13 +1029,13 @@ def test_a_stranger_gets_no_byte_from_a_listener_and_cannot_reach_the_socket(
         "except ConnectionResetError:\n print(0)\n"  # closed with its request unread
     )
     out = subprocess.run(
-        [*as_nobody, "/usr/bin/python3", "-c", ask], capture_output=True, text=True, timeout=60
+        as_nobody(SYSTEM_PYTHON, "-c", ask), capture_output=True, text=True, timeout=60
     )
     assert out.stdout.split() == ["0"], out
     assert agent.line("refused 2 ") == f"refused 2 {NOBODY} {hook_port} 1"
     # a stranger's listener on the port a stream is to reach: not connected to
     squat = subprocess.Popen(
-        [*as_nobody, "/usr/bin/python3", "-c", SQUAT], stdout=subprocess.PIPE, text=True
+        as_nobody(SYSTEM_PYTHON, "-c", SQUAT), stdout=subprocess.PIPE, text=True
     )
     try:
         assert squat.stdout is not None
@@ -1254,3 +1246,70 @@ def test_what_the_daemon_holds_unhanded_at_an_attach_counts_against_the_limit(
     chan.close()  # what it reads now is not wanted: ended without the rest
     os.kill(agent.pid, signal.SIGTERM)
     wait_gone(agent.pid)
+
+
+# The agent's look-ups (owner, listener_owner, accepting_owner) in this Python, each asked
+# twice: of the kernel (its ``diag``), then of /proc alone (``diag`` answering nothing), as
+# JSON: [did the kernel answer, [by the kernel...], [by /proc...]]
+TABLES = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("agent", sys.argv[1])
+agent = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(agent)
+asks = json.loads(sys.argv[2])
+answered = agent.diag(int(sys.argv[3]), 0) is not None
+by_kernel = [getattr(agent, ask[0])(*ask[1:]) for ask in asks]
+agent.diag = lambda lport, rport: None
+print(json.dumps([answered, by_kernel, [getattr(agent, ask[0])(*ask[1:]) for ask in asks]]))
+"""
+# a second uid's listener that accepts only once data comes (its connections stay request
+# sockets, SYN_RECV), and its own connection to it
+DEFERRED = (
+    "import socket,sys,time\n"
+    "s=socket.socket();s.setsockopt(socket.IPPROTO_TCP,socket.TCP_DEFER_ACCEPT,60)\n"
+    "s.bind(('127.0.0.1',0));s.listen(4)\n"
+    "c=socket.create_connection(s.getsockname())\n"
+    "print(s.getsockname()[1],c.getsockname()[1]);sys.stdout.flush();time.sleep(120)\n"
+)
+
+
+@needs_second_uid
+@pytest.mark.parametrize("python", interpreters())
+def test_the_kernels_answer_and_procs_judge_alike(python: str) -> None:
+    """The agent asks the kernel for one socket by its ends (NETLINK_SOCK_DIAG) and reads
+    /proc/net/tcp only where no answer comes: both must judge alike, for the user's sockets
+    (live, closing, gone) and a second uid's (its listener, its connection, and the request
+    socket its listener holds for ours, which the kernel reads as uid 0)."""
+    me, them = str(os.getuid()), str(NOBODY)
+    with contextlib.ExitStack() as stack:
+        squat = stack.enter_context(stranger(DEFERRED))
+        assert squat.stdout is not None
+        their_port, their_client = map(int, squat.stdout.readline().split())
+        to_them = stack.enter_context(socket.create_connection(("127.0.0.1", their_port)))
+        server = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        port = server.getsockname()[1]
+        live = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
+        stack.enter_context(server.accept()[0])
+        closing = socket.create_connection(("127.0.0.1", port))
+        closing_port = closing.getsockname()[1]
+        stack.enter_context(server.accept()[0])
+        closing.close()
+        asks = {
+            ("owner", live.getsockname()[1], port): me,
+            ("accepting_owner", port, live.getsockname()[1]): me,
+            ("listener_owner", port): me,
+            ("owner", closing_port, port): "c",
+            ("owner", 1, 2): "-",
+            ("listener_owner", their_port): them,
+            ("owner", their_client, their_port): them,
+            ("accepting_owner", their_port, to_them.getsockname()[1]): them,
+        }
+        out = subprocess.run(
+            [python, "-I", "-c", TABLES, str(AGENT), json.dumps(list(asks)), str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    answered, by_kernel, by_proc = json.loads(out.stdout)
+    assert answered, "the kernel gave no answer: both columns would be /proc's"
+    assert dict(zip(asks, by_kernel, strict=True)) == asks
+    assert dict(zip(asks, by_proc, strict=True)) == asks
