@@ -11,7 +11,7 @@ parser.add_argument("--quick", action="store_true", help="a reduced run (under t
 parser.add_argument("--tiny", action="store_true", help="smallest sizes, no report (tests)")
 parser.add_argument(
     "--only",
-    choices=["pool", "link", "single", "footprint"],
+    choices=["pool", "link", "single", "footprint", "lookup"],
     help="one table, printed and not written to BENCHMARKS.md (a scratch check)",
 )
 parser.add_argument("--rtts", help="with --only: emulated RTTs in ms, e.g. 0,50")

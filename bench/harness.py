@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import lookup
 from bench.delayproxy import DelayProxy, calibrate
 from bench.ways import (
     NO_STARTUP,
@@ -70,6 +71,9 @@ class Config:
     # a scratch run of one table (``--only pool``): printed, never written to BENCHMARKS.md
     only: str | None = None
     pool_ways: tuple[str, ...] = ("relay", "tunnel", "controlmaster")
+    lookup_repeats: int = 300  # look-ups timed each way (bench/lookup.py)
+    lookup_fill: int = 100_000  # connections that fill the table with TIME_WAIT sockets
+    lookup_filled_repeats: int = 20  # fewer there: /proc's way is slow, and TIME_WAIT ends
 
     @classmethod
     def full(cls) -> Config:
@@ -86,7 +90,10 @@ class Config:
 
     @classmethod
     def tiny(cls) -> Config:
-        return cls([0, 10], 1, 3, 1, 20, 1 << 20, 3, 2, write_report=False, pool_relay_rounds=2)
+        return cls(
+            [0, 10], 1, 3, 1, 20, 1 << 20, 3, 2, write_report=False, pool_relay_rounds=2,
+            lookup_repeats=10, lookup_fill=500, lookup_filled_repeats=5,
+        )  # fmt: skip
 
 
 @dataclass
@@ -145,6 +152,8 @@ class Results:
     profile: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     # CPU seconds the virtual machine's host took from it (steal) while relay's pool cell ran
     pool_stolen: dict[tuple[int, int], list[float]] = field(default_factory=dict)  # (rtt, n)
+    # the peer check's cost (bench/lookup.py): per table, its rows and the median us per way
+    lookups: dict[str, tuple[int, dict[str, float]]] = field(default_factory=dict)
     seconds: float = 0.0
     stolen: float = 0.0  # over the whole run
     commit: str = ""  # the code measured, taken when the run starts
@@ -274,6 +283,9 @@ class Bench:
             if self.config.only == "footprint":
                 await self.daemon_footprint()
                 return self.results
+            if self.config.only == "lookup":
+                self.peer_lookups()
+                return self.results
             if self.config.only == "single":
                 for rtt in self.config.rtts_ms:  # warm every way on every path once
                     for way in self.ways(rtt):
@@ -293,6 +305,7 @@ class Bench:
             await self.pingpong_and_bulk()
             await self.shim_cost()
             await self.daemon_footprint()
+            self.peer_lookups()  # last: the TIME_WAIT sockets it makes stay for a minute
         finally:
             await self.stop()
             self.results.stolen = _stolen_s() - stolen
@@ -604,6 +617,17 @@ class Bench:
             self.results.shim_cpu.values.append(
                 after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             )
+
+    def peer_lookups(self) -> None:
+        """The peer check's cost per connection (bench/lookup.py), with the table as the
+        bench left it and filled. Synchronous: nothing else of the bench's runs by now."""
+        self.results.lookups["as the bench left it"] = lookup.measure(self.config.lookup_repeats)
+        lookup.fill(self.config.lookup_fill)
+        label = (
+            f"after {self.config.lookup_fill:,} connections closed by their accepting end "
+            "(TIME_WAIT: a model of a busy login node, or of another user filling the table)"
+        )
+        self.results.lookups[label] = lookup.measure(self.config.lookup_filled_repeats)
 
     async def daemon_footprint(self) -> None:
         """A daemon of its own serving one host, as the target describes it (the bench's main
@@ -1061,6 +1085,8 @@ def render(config: Config, r: Results, plot_name: str) -> str:
             f"{'met' if burst[0] <= 60 else 'missed'} (at rest); back within 10% of idle "
             f"after ({after_ok})"
         )
+    if r.lookups:
+        lines += ["", *_lookup_section(r)]
     for direction, profile in r.profile.items():
         lines += [
             "",
@@ -1419,6 +1445,27 @@ def _daemon_footprint(r: Results) -> list[str]:
     ]
 
 
+def _lookup_section(r: Results) -> list[str]:
+    """The peer check's look-up, per connection, each way (bench/lookup.py)."""
+    lines = [
+        "## The peer check's cost per connection",
+        "",
+        "Who made a connection to a link's listener (the agent's, on the host; relay's own "
+        "on this machine), and who took relay's own connection to the front end, is one "
+        "look-up per connection: the kernel asked for that one socket (netlink's sock_diag, "
+        "`relay/sockdiag.py`), or where it gives no answer `/proc/net/tcp` read whole. "
+        "Medians of one look-up of a live connection, in this Python (the agent's code "
+        "under it too).",
+        "",
+        "| the machine's TCP table | " + " | ".join(lookup.WAYS) + " |",
+        "|---|" + "---|" * len(lookup.WAYS),
+    ]
+    for label, (rows, timings) in r.lookups.items():
+        cells = " | ".join(f"{timings[way]:,.0f} us" for way in lookup.WAYS)
+        lines.append(f"| {rows:,} rows, {label} | {cells} |")
+    return lines
+
+
 def _agent_footprint(r: Results) -> list[str]:
     """The host's agent beside the daemon: its RSS idle and with every kernel's two links
     connected and idle, and what one idle link costs it."""
@@ -1448,6 +1495,8 @@ async def main(config: Config) -> Results:
         print("\n".join([*_agent_rows(results), "", *_controller_rows(results)]))
     elif config.only == "footprint":
         print("\n".join([*_daemon_footprint(results), *_agent_footprint(results)]))
+    elif config.only == "lookup":
+        print("\n".join(_lookup_section(results)))
     elif config.write_report:
         plot_path = config.out / "bench" / "launch-latency.png"
         plot(config, results, plot_path)

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from bench.harness import GREETED, QUIET, Bench, Config, Sample, main, render
+from bench.lookup import WAYS
 from bench.ways import TunnelWay
 from relay.sim.sshd import ThrowawaySSHD
 
@@ -61,11 +62,17 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
     }
     assert set(results.agent) == {"idle", f"{n} kernels"}  # measured with the quiet links
     assert results.calibration[10]["pingpong_ms"] >= 10  # the delay relay delays
+    # the peer check's look-up, each way, with the table as it was and filled
+    assert len(results.lookups) == 2, results.lookups
+    filled, timings = list(results.lookups.values())[1]
+    assert filled >= config.lookup_fill // 2, filled  # its TIME_WAIT rows last a minute
+    assert set(timings) == set(WAYS) and all(t > 0 for t in timings.values())
     text = render(config, results, "plot.png")
     assert "## Single launch latency" in text and "relay vs Tunnel" in text
     assert "## LaunchKernels as the Parallel package runs it" in text
     assert "CPU the host took during relay's cell" in text and "(steal)" in text
     assert "median of 2 rounds" in text
+    assert "## The peer check's cost per connection" in text
     assert f"- target: at most 60 MB with {n} kernels: with quiet links " in text
     # each path's link targets, a verdict apiece, in figures that cannot round onto a target
     for what in ("through its agent", "resume_window_s = 0"):
