@@ -11,7 +11,8 @@ it saw the end (a refused tunnel is closed at once; a carried one stays open).
 ``--closing JUNK`` is the attack of issue 23: first JUNK connections to each port, held open,
 so the owner look-ups queue behind them; then, per port, a connection that writes, half-closes
 and closes at once. Its socket sits in FIN_WAIT2/TIME_WAIT, where /proc/net/tcp's uid column
-reads 0: read naively, it passes for root's. Prints the same JSON (``bytes`` is what it wrote).
+reads 0: read naively, it passes for root's. Prints the same JSON (``bytes`` is what it wrote:
+relay may refuse the connection before it writes, or half-closes, when its check comes first).
 
 ``--from ADDR`` connects from another local address (127.0.0.2, say: any of 127/8 reaches a
 127.0.0.1 listener), the user's own uid or not: only the listener's loopback address counts.
@@ -40,12 +41,19 @@ def closing(junk: int, ports: list[str]) -> None:
     for port in ports:
         try:
             sock = socket.create_connection(("127.0.0.1", int(port)), timeout=BOUND_S)
-            sock.sendall(PAYLOAD)
-            sock.shutdown(socket.SHUT_WR)
-            sock.close()
-            out[port] = {"connected": True, "bytes": len(PAYLOAD), "eof": True}
         except OSError:
             out[port] = {"connected": False, "bytes": 0, "eof": True}
+            continue
+        wrote = 0
+        try:
+            sock.sendall(PAYLOAD)
+            wrote = len(PAYLOAD)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # refused before it could close: relay's check came first (its
+            pass  # look-up takes microseconds), and its close reset the connection
+        finally:
+            sock.close()
+        out[port] = {"connected": True, "bytes": wrote, "eof": True}
     for sock in held:
         sock.close()
     print(json.dumps(out))
