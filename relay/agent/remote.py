@@ -75,6 +75,10 @@ FULL = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # out of files
 PAUSE_S = 1.0  # a listener whose accept() found no file to give is left alone this long
 REFUSALS_EVERY_S = 1.0  # strangers turned away are said at most this often (``refuse``)
 HEAP_EVERY_S = 2.0  # the heap looked at (``Heap``), as often as the daemon's tick
+# The agent's files in $TMPDIR (``keep``): looked at this often, and their times set to now
+# once its socket's is older than TOUCH_AFTER_S, so that no cleaner of old files takes them
+KEEP_EVERY_S = 2.0
+TOUCH_AFTER_S = 3600.0
 HEAP_REST_CPU_S = 0.05  # CPU between two looks that is rest (relay/heap.py's REST_CPU_S)
 HEAP_NEW = 128 << 10  # new pages since the last trim worth one (relay/heap.py's REST_NEW)
 FINISHED_KEPT = 4096  # finished streams whose last position is remembered for a resume
@@ -568,11 +572,14 @@ class Kernel:
 
 
 class Agent:
-    def __init__(self, dir_fd, tag, secret, server, window_s):
+    def __init__(self, dir_fd, tag, secret, server, window_s, sock_ino):
         self.dir_fd = dir_fd  # the run directory (``run_dir``): its files are opened in it
         self.tag = tag
         self.secret = secret
         self.server = server
+        self.sock_name, self.pid_name = tag + ".sock", tag + ".pid"
+        self.sock_ino = sock_ino  # the socket we bound, as long as its name is ours (``keep``)
+        self.kept_at = now()
         self.window_s = window_s
         self.silence_s = 30.0
         self.sel = selectors.DefaultSelector()
@@ -722,6 +729,82 @@ class Agent:
             if k.kill_at is not None and t >= k.kill_at:
                 self.signal(k, signal.SIGKILL)
                 k.kill_at = None
+        if t - self.kept_at >= KEEP_EVERY_S and not self.ending:
+            self.kept_at = t
+            self.keep()
+
+    # -- its files ----------------------------------------------------------------------------
+    def keep(self):
+        """The agent's socket, pid file and kernels' logs live for weeks in $TMPDIR, where
+        cleaners remove files by age: systemd-tmpfiles' ``q /tmp ... 10d`` (Fedora, RHEL
+        and their HPC clusters), tmpwatch, tmpreaper. They spare a live socket (systemd's
+        looks in /proc/net/unix; the others take regular files only) but not the pid file,
+        by which the next agent of this tag ends a dead daemon's kernels at once, nor a
+        quiet kernel's log, whose last lines tell why it exited. So their times are set to
+        now once the socket's is an hour old. What goes anyway (a person's ``rm -r``) is
+        made again: the directory (with ``run_dir``'s checks), the socket, bound afresh and
+        listened on in place of the old (without it no daemon could attach, and the kernels
+        would end with the next outage's window), and the pid file. A name that is there
+        and not ours (a successor agent's for this tag) is left alone."""
+        try:
+            st = os.stat(self.sock_name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except OSError:
+            return self.rebind()
+        if st.st_ino != self.sock_ino:
+            return  # a successor's: this agent's name is its now
+        self.keep_pid_file()
+        if time.time() - st.st_mtime > TOUCH_AFTER_S:
+            names = [self.sock_name, self.pid_name] + [k.log for k in self.kernels.values()]
+            for name in names:
+                try:
+                    os.utime(name, dir_fd=self.dir_fd, follow_symlinks=False)
+                except OSError:
+                    pass
+            try:
+                os.utime(self.dir_fd)
+            except OSError:
+                pass
+
+    def rebind(self):
+        """Our socket's name is gone: in our directory, or with it. The socket is bound again
+        where the daemon looks for it (the attach proves the secret both ways, so what
+        answers there meanwhile is never trusted); the pid file too, if it went."""
+        path, dir_fd, refusal = run_dir()
+        if refusal is not None:
+            return  # not ours to write in now (another user's directory): looked at again
+        try:
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            os.close(dir_fd)
+            return
+        try:
+            server.bind(os.path.join(path, self.sock_name))  # fails if the name is taken
+            os.chmod(self.sock_name, 0o600, dir_fd=dir_fd)
+            server.listen(16)
+            ino = os.stat(self.sock_name, dir_fd=dir_fd, follow_symlinks=False).st_ino
+        except OSError:
+            server.close()
+            os.close(dir_fd)
+            return
+        server.setblocking(False)
+        self.unregister(self.server)
+        self.server.close()
+        self.server, self.sock_ino = server, ino
+        self.sel.register(server, selectors.EVENT_READ, ("server", None))
+        if os.path.samestat(os.fstat(dir_fd), os.fstat(self.dir_fd)):
+            os.close(dir_fd)
+        else:  # a new directory: the old one's files (kernels' logs) went with it
+            os.close(self.dir_fd)
+            self.dir_fd = dir_fd
+        self.keep_pid_file()
+
+    def keep_pid_file(self):
+        """The pid file, made again if it went (the next agent of this tag finds us by it);
+        one that is there (ours, or a successor's) is left as it is."""
+        try:
+            write_pid(self.pid_name, os.O_EXCL, self.dir_fd)
+        except OSError:
+            pass  # there, or no room now: looked at again
 
     def links(self):
         """Whether a link is still connected, holds bytes the daemon has not had, or is a
@@ -1551,6 +1634,15 @@ def sweep_logs(dir_fd, tag, pid_name):
                 pass
 
 
+def write_pid(pid_name, flags, dir_fd):
+    """This process's pid and start time in its pid file (``recorded_agent`` reads them)."""
+    fd = open_private(pid_name, os.O_WRONLY | os.O_CREAT | flags, dir_fd)
+    try:
+        os.write(fd, ("%d %s\n" % (os.getpid(), start_time(os.getpid()) or "-")).encode())
+    finally:
+        os.close(fd)
+
+
 def ours(name, ino, dir_fd):
     """Whether ``name`` in the run directory is the socket this agent bound (inode ``ino``):
     asked while that socket is still open, so that no later one can have its inode."""
@@ -1618,9 +1710,7 @@ def start(tag, window):
         os.dup2(null, fd)
     os.close(null)
     try:
-        fd = open_private(pid_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, dir_fd)
-        os.write(fd, ("%d %s\n" % (os.getpid(), start_time(os.getpid()) or "-")).encode())
-        os.close(fd)
+        write_pid(pid_name, os.O_TRUNC, dir_fd)
     except OSError:
         os.write(w, b"pidfile")
         os._exit(1)
@@ -1629,7 +1719,7 @@ def start(tag, window):
     more_files()
     agent = None
     try:
-        agent = Agent(dir_fd, tag, secret, server, float(window))
+        agent = Agent(dir_fd, tag, secret, server, float(window), sock_ino)
         agent.run()
     except Exception:  # a bug: said where a person (or a test) can read it, then its end
         try:
@@ -1641,6 +1731,8 @@ def start(tag, window):
         for kernel in agent.kernels.values() if agent is not None else ():
             agent.signal(kernel, signal.SIGKILL)  # no kernel outlives its agent
     finally:
+        if agent is not None:  # its files may have been made again since (``Agent.keep``)
+            dir_fd, sock_ino = agent.dir_fd, agent.sock_ino
         try:
             if ours(sock_name, sock_ino, dir_fd):  # not a successor's (ours is still open)
                 os.unlink(sock_name, dir_fd=dir_fd)

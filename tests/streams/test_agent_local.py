@@ -1313,3 +1313,109 @@ def test_the_kernels_answer_and_procs_judge_alike(python: str) -> None:
     assert answered, "the kernel gave no answer: both columns would be /proc's"
     assert dict(zip(asks, by_kernel, strict=True)) == asks
     assert dict(zip(asks, by_proc, strict=True)) == asks
+
+
+# systemd-tmpfiles as Fedora and RHEL run it daily on /tmp (``q /tmp 1777 root root 10d``),
+# asked to judge by modification time alone (``m:``), since a test cannot age a change time
+TMPFILES = shutil.which("systemd-tmpfiles")
+
+
+def age(directory: Path, days: float = 30) -> None:
+    """Every file in ``directory``, and it, last touched ``days`` ago."""
+    then = time.time() - days * 86400
+    for path in [*directory.iterdir(), directory]:
+        os.utime(path, (then, then), follow_symlinks=False)
+
+
+def tmp_cleaner(directory: Path, tmp_path: Path) -> str:
+    """systemd-tmpfiles' daily clean of ``directory``: what it said it removed."""
+    assert TMPFILES is not None
+    conf = tmp_path / "relay-test.conf"
+    conf.write_text(f"d {directory} 0700 - - m:10d\n")
+    done = subprocess.run(
+        [TMPFILES, "--clean", str(conf)], capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, SYSTEMD_LOG_LEVEL="debug"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def until(done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + BOUND_S
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(TMPFILES is None, reason="systemd-tmpfiles is not on this machine")
+def test_a_tmp_cleaner_finds_the_agents_files_young(run: Path, tmp_path: Path) -> None:
+    """Weeks into a computation the agent's pid file and a quiet kernel's log are old to a
+    cleaner of /tmp, which would take them (its live socket it spares): the agent sets their
+    times, and its socket's and directory's, to now once its socket's is an hour old, and
+    the cleaner leaves them all."""
+    agent = Agent(sys.executable, run, "c4")
+    assert isinstance(agent.info, AgentInfo), agent.said
+    sock = Path(agent.info.socket)
+    agent.attach()
+    agent.say("start k1 set -- /bin/sh -c 'sleep 60'")
+    agent.line("pid k1 ")
+    files = sorted(p.name for p in sock.parent.iterdir())
+    assert files == ["c4-k1.log", "c4.pid", "c4.sock"], files
+    age(sock.parent)
+    until(lambda: time.time() - sock.stat().st_mtime < 3600, "the agent's socket touched")
+    until(lambda: time.time() - sock.parent.stat().st_mtime < 3600, "its directory touched")
+    said = tmp_cleaner(sock.parent, tmp_path)
+    assert "Removing" not in said, said
+    assert sorted(p.name for p in sock.parent.iterdir()) == files
+    agent.goodbye()
+
+
+@pytest.mark.parametrize(
+    "how", ["cleaner", "rm"] if TMPFILES else [pytest.param("cleaner", marks=pytest.mark.skip(
+        reason="systemd-tmpfiles is not on this machine")), "rm"],
+)  # fmt: skip
+@pytest.mark.parametrize("python", [sys.executable, *(p for p in interpreters() if "/3.6." in p)])
+def test_files_taken_from_the_agent_are_made_again_and_the_daemon_attaches(
+    python: str, how: str, run: Path, tmp_path: Path
+) -> None:
+    """The agent's files taken while it could not look (stopped): its pid file by the real
+    cleaner of /tmp (which spares the live socket), or everything with their directory by
+    a person's ``rm -r``. It makes them again (the directory with its checks, its socket
+    bound afresh, its pid file), and the daemon attaches where it always looks: the link
+    goes on with nothing lost."""
+    agent = Agent(python, run, "c5")
+    assert isinstance(agent.info, AgentInfo), agent.said
+    sock = Path(agent.info.socket)
+    pid_file = sock.with_suffix(".pid")
+    agent.attach()
+    kernel = agent.kernel_link()
+    assert agent.chan is not None
+    agent.chan.close()  # an outage
+    kernel.sendall(b"written during the outage")
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        if how == "cleaner":
+            age(sock.parent)
+            said = tmp_cleaner(sock.parent, tmp_path)
+            assert f'Skipping "{sock}": live socket' in said, said
+        else:
+            shutil.rmtree(sock.parent)
+            assert not sock.exists()
+        assert not pid_file.exists()
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+    until(lambda: sock.exists() and pid_file.exists(), "the socket and pid file made again")
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert pid_file.read_text().split()[0] == str(agent.pid)
+    agent.attach()
+    got = b""
+    while len(got) < len(b"written during the outage"):
+        got += agent.take().payload
+    assert got == b"written during the outage"
+    assert agent.chan is not None
+    agent.chan.send(mux.DATA, 1, b"and after it")
+    assert kernel.recv(100) == b"and after it"
+    kernel.close()
+    agent.goodbye()
+    assert not sock.exists() and not pid_file.exists()  # the new ones go with it
