@@ -50,6 +50,7 @@ __all__ = [
     "CLOSING",
     "GONE",
     "UNKNOWN",
+    "LsofRuns",
     "Row",
     "diag_row",
     "has_proc_net",
@@ -274,22 +275,73 @@ async def local_owner(client_port: int, listen_port: int) -> int:
     lsof = lsof_path()
     if lsof is None:
         return UNKNOWN
-    proc = await asyncio.create_subprocess_exec(
-        lsof,
-        "-nP",
-        "-a",
-        f"-iTCP@127.0.0.1:{client_port}",
-        "-F",
-        "un",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with asyncio.timeout(LSOF_TIMEOUT_S):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return UNKNOWN
-    return owner_in_lsof(out.decode(errors="replace"), client_port, listen_port)
+    return await _lsof_runs(lsof).owner(client_port, listen_port)
+
+
+class LsofRuns:
+    """macOS's look-ups: one ``lsof`` run answers every look-up waiting when it starts.
+    ``lsof`` is a process and takes a good part of a second on a busy machine, so one per
+    connection would let a flood of connections to relay's listeners (another user's)
+    start as many at once; here at most one runs, and a connection waits for at most the
+    run under way and its own."""
+
+    def __init__(self, lsof: str) -> None:
+        self.lsof = lsof
+        self._waiting: dict[tuple[int, int], list[asyncio.Future[int]]] = {}
+        self._runner: asyncio.Task[None] | None = None
+
+    async def owner(self, client_port: int, listen_port: int) -> int:
+        loop = asyncio.get_running_loop()
+        if self._runner is not None and self._runner.get_loop() is not loop:
+            self._runner, self._waiting = None, {}  # another loop's (one test's, then the next)
+        answer: asyncio.Future[int] = loop.create_future()
+        self._waiting.setdefault((client_port, listen_port), []).append(answer)
+        if self._runner is None or self._runner.done():
+            self._runner = loop.create_task(self._run())  # kept here; it ends when all are
+        return await answer
+
+    async def _run(self) -> None:
+        while self._waiting:
+            asked, self._waiting = self._waiting, {}
+            text: str | None = None
+            try:
+                text = await self._lsof()
+            except Exception:  # lsof could not be started (out of processes): nobody's
+                text = None
+            finally:  # cancelled too (the daemon stops): every look-up gets its answer
+                self._answer(asked, text)
+
+    @staticmethod
+    def _answer(asked: dict[tuple[int, int], list[asyncio.Future[int]]], text: str | None) -> None:
+        for (client_port, listen_port), answers in asked.items():
+            uid = UNKNOWN if text is None else owner_in_lsof(text, client_port, listen_port)
+            for answer in answers:
+                if not answer.done():  # its connection's check was given up meanwhile
+                    answer.set_result(uid)
+
+    async def _lsof(self) -> str | None:
+        """Every loopback TCP socket this user can see, as ``lsof -F un`` lists them; None
+        if lsof did not answer in time."""
+        proc = await asyncio.create_subprocess_exec(
+            self.lsof,
+            "-nP",
+            "-iTCP@127.0.0.1",
+            "-F",
+            "un",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(LSOF_TIMEOUT_S):
+                out, _ = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None
+        return out.decode(errors="replace")
+
+
+@functools.cache
+def _lsof_runs(lsof: str) -> LsofRuns:
+    return LsofRuns(lsof)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
 import re
+import shutil
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +196,38 @@ async def test_a_connection_another_users_listener_wrote_to_and_closed_is_not_ca
         accepted.close()  # orphaned: uid 0, inode 0
         assert local.reached(writer.transport, "data of 1@a,2@a") is True
         writer.close()
+
+
+LSOF = shutil.which("lsof")
+
+
+@pytest.mark.skipif(LSOF is None, reason="lsof is not on this machine")
+async def test_where_lsof_is_the_way_a_flood_runs_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Where there is no /proc (macOS), each look-up is asked of lsof, a process: a flood of
+    connections to relay's listeners (another user's) must not start one per connection.
+    One run answers every look-up waiting when it starts, each rightly (the real lsof)."""
+    runs = tmp_path / "runs"
+    wrapper = tmp_path / "lsof"
+    wrapper.write_text(
+        f'#!/bin/sh\necho + >> {runs}\n{LSOF} "$@"\nrc=$?\necho - >> {runs}\nexit $rc\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(peerowner, "has_proc_net", lambda: False)
+    monkeypatch.setattr(peerowner, "lsof_path", lambda: str(wrapper))
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+        port = server.getsockname()[1]
+        clients = [
+            stack.enter_context(socket.create_connection(("127.0.0.1", port))) for _ in range(30)
+        ]
+        for _ in clients:
+            stack.enter_context(server.accept()[0])
+        asked = [(c.getsockname()[1], port) for c in clients] + [(1, port)]
+        uids = await asyncio.gather(*(peerowner.local_owner(*ends) for ends in asked))
+    assert uids == [os.getuid()] * len(clients) + [GONE]
+    marks = runs.read_text().split()
+    depth = [marks[: i + 1].count("+") - marks[: i + 1].count("-") for i in range(len(marks))]
+    assert max(depth) == 1, marks  # one lsof at a time
+    assert marks.count("+") <= 2, marks  # and not one per connection
