@@ -236,7 +236,7 @@ def test_the_agents_reads_stir_its_heap_and_its_loop_wakes_for_it(tmp_path: Path
     an idle hour ago, which would find the burst's start at rest), and the idle loop sleeps
     HEAP_EVERY_S, not 5 s, until a look finds the agent at rest."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    agent = remote.Agent(str(tmp_path), "t", "s" * 64, server, 900.0)
+    agent = remote.Agent(str(tmp_path), "t", "s" * 64, server, 900.0, 0)
     ours, theirs = socket.socketpair()
     try:
         agent.chan = ours  # attached, no kernels: the loop's idle sleep
