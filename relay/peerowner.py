@@ -245,8 +245,9 @@ def _rows(local_port: int, remote_port: int) -> list[Row]:
         row = diag_row(found)
         if row.state == SYN_RECV:
             listener = sockdiag.lookup(local_port, 0)  # the one that made it (sockdiag says)
-            taken = listener is not None and diag_row(listener).state == LISTEN
-            row = row._replace(uid=str(listener.uid) if listener and taken else "-")
+            if listener is None or listener.state != sockdiag.LISTEN:
+                raise sockdiag.Unavailable("closed since")  # /proc still names its owner
+            row = row._replace(uid=str(listener.uid))
         return [row]
     except sockdiag.Unavailable:
         return list(proc_net_rows(_proc_net(), local_port))
@@ -301,15 +302,19 @@ class LsofRuns:
         return await answer
 
     async def _run(self) -> None:
-        while self._waiting:
-            asked, self._waiting = self._waiting, {}
-            text: str | None = None
-            try:
-                text = await self._lsof()
-            except Exception:  # lsof could not be started (out of processes): nobody's
-                text = None
-            finally:  # cancelled too (the daemon stops): every look-up gets its answer
-                self._answer(asked, text)
+        try:
+            while self._waiting:
+                asked, self._waiting = self._waiting, {}
+                text: str | None = None
+                try:
+                    text = await self._lsof()
+                except Exception:  # lsof could not be started (out of processes): nobody's
+                    text = None
+                finally:  # cancelled too (the daemon stops): every look-up gets its answer
+                    self._answer(asked, text)
+        finally:  # and those that came during a cancelled run, which no run would answer
+            waiting, self._waiting = self._waiting, {}
+            self._answer(waiting, None)
 
     @staticmethod
     def _answer(asked: dict[tuple[int, int], list[asyncio.Future[int]]], text: str | None) -> None:
@@ -339,6 +344,9 @@ class LsofRuns:
             proc.kill()
             await proc.wait()
             return None
+        except asyncio.CancelledError:
+            proc.kill()  # not left running; the loop's child watcher reaps it
+            raise
         return out.decode(errors="replace")
 
 

@@ -17,7 +17,12 @@ What the kernel answers (``net/ipv4/inet_diag.c``, ``inet_diag_find_one_icsk``):
 - uid and inode as ``/proc/net/tcp`` prints them (``sock_i_uid``, ``sock_i_ino``), but for a
   request socket (SYN_RECV: a connection its listener has not had the final ACK of), which
   reads uid 0 where ``/proc`` prints its listener's (``inet_req_diag_fill``);
-- ``ENOENT`` when there is neither.
+- ``ENOENT`` when there is neither, and also when this kernel has no TCP handler for
+  inet_diag (built without it, or its module not loadable: ``modules_disabled``). So the
+  kernel is first asked, once per process, for a socket that exists (``answers``): if it
+  cannot find that, its "no such socket" means nothing, and ``lookup`` is ``Unavailable``;
+- sockets bound to the loopback device (``SO_BINDTODEVICE``, unprivileged since Linux 5.7)
+  only when the request names that device, as an arriving packet would: so it does.
 
 ``request`` and ``parse`` are pure; ``lookup`` is the I/O. Anything else (no netlink, no
 inet_diag in this kernel, a sandbox that forbids it, a reply not understood) raises
@@ -27,17 +32,19 @@ inet_diag in this kernel, a sandbox that forbids it, a reply not understood) rai
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 import struct
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["LOOPBACK", "Found", "Unavailable", "lookup", "parse", "request"]
+__all__ = ["LOOPBACK", "Found", "Unavailable", "answers", "lookup", "loopback", "parse", "request"]
 
 NETLINK_SOCK_DIAG: Final = 4  # linux/netlink.h
 SOCK_DIAG_BY_FAMILY: Final = 20  # linux/sock_diag.h
 NLMSG_ERROR: Final = 2
 NLM_F_REQUEST: Final = 1
+LISTEN: Final = 10  # include/net/tcp_states.h
 NO_COOKIE: Final = 0xFFFFFFFF  # INET_DIAG_NOCOOKIE: the socket is asked for by its ends alone
 LOOPBACK: Final = socket.inet_aton("127.0.0.1")
 
@@ -71,11 +78,12 @@ class Found:
     inode: int
 
 
-def request(local_port: int, remote_port: int, seq: int) -> bytes:
-    """The request for the socket ``127.0.0.1:local_port -> 127.0.0.1:remote_port``."""
+def request(local_port: int, remote_port: int, seq: int, interface: int = 0) -> bytes:
+    """The request for the socket ``127.0.0.1:local_port -> 127.0.0.1:remote_port``, as
+    a packet arriving on ``interface`` (an index: ``loopback()``) would find it."""
     sockid = _SOCKID.pack(
         local_port, remote_port, LOOPBACK.ljust(16, b"\0"), LOOPBACK.ljust(16, b"\0")
-    ) + _SOCKID_TAIL.pack(0, NO_COOKIE, NO_COOKIE)
+    ) + _SOCKID_TAIL.pack(interface, NO_COOKIE, NO_COOKIE)
     body = _REQUEST.pack(socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
     return _HEADER.pack(_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0) + body
 
@@ -103,13 +111,42 @@ def parse(reply: bytes, seq: int) -> Found | None:
 
 
 def lookup(local_port: int, remote_port: int) -> Found | None:
-    """The kernel's answer for ``127.0.0.1:local_port -> 127.0.0.1:remote_port``. It is
-    queued before ``send`` returns (the request is handled in the sender's call), so it is
-    read without waiting."""
+    """The kernel's answer for ``127.0.0.1:local_port -> 127.0.0.1:remote_port``, where it
+    ``answers``."""
+    if not answers():
+        raise Unavailable("this kernel does not find a socket it has by sock_diag")
+    return _ask(local_port, remote_port, loopback())
+
+
+def _ask(local_port: int, remote_port: int, interface: int) -> Found | None:
+    """One request. Its answer is queued before ``send`` returns (the request is handled in
+    the sender's call), so it is read without waiting."""
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as sock:
-            sock.send(request(local_port, remote_port, 1))
+            sock.send(request(local_port, remote_port, 1, interface))
             reply = sock.recv(_REPLY_MAX, socket.MSG_DONTWAIT)
     except (OSError, AttributeError) as exc:  # AttributeError: no AF_NETLINK (not Linux)
         raise Unavailable(str(exc)) from None
     return parse(reply, 1)
+
+
+@functools.cache
+def loopback() -> int:
+    """The loopback device's index (1 on Linux; asked, not assumed), or 0 (any device)."""
+    try:
+        return socket.if_nametoindex("lo")
+    except OSError:
+        return 0
+
+
+@functools.cache
+def answers() -> bool:
+    """Whether this kernel finds, by sock_diag, a listener this process has just opened:
+    asked once. Where it does not, every answer would be "no such socket"."""
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            port = probe.getsockname()[1]
+            found = _ask(port, 0, loopback())
+    except (OSError, Unavailable):
+        return False
+    return found is not None and found.state == LISTEN and found.local[1] == port

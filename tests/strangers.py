@@ -25,10 +25,14 @@ def as_nobody(*argv: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def stranger(script: str) -> Iterator[subprocess.Popen[str]]:
-    """``script`` run by nobody, what it prints on a pipe; killed when the block ends."""
+def stranger(script: str, stdin: bool = False) -> Iterator[subprocess.Popen[str]]:
+    """``script`` run by nobody, what it prints on a pipe (and with ``stdin``, what it
+    reads on one); killed when the block ends."""
     proc = subprocess.Popen(
-        as_nobody(SYSTEM_PYTHON, "-c", script), stdout=subprocess.PIPE, text=True
+        as_nobody(SYSTEM_PYTHON, "-c", script),
+        stdin=subprocess.PIPE if stdin else None,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -36,3 +40,23 @@ def stranger(script: str) -> Iterator[subprocess.Popen[str]]:
     finally:
         proc.kill()
         proc.communicate()
+
+
+# Scripts for ``stranger``: a listener that accepts only once data comes, so each connection
+# to it stays a request socket (SYN_RECV, which sock_diag reads as uid 0); first its port
+# and that of its own connection to it
+DEFERRED = (
+    "import socket,sys,time\n"
+    "s=socket.socket();s.setsockopt(socket.IPPROTO_TCP,socket.TCP_DEFER_ACCEPT,60)\n"
+    "s.bind(('127.0.0.1',0));s.listen(4)\n"
+    "c=socket.create_connection(s.getsockname())\n"
+    "print(s.getsockname()[1],c.getsockname()[1]);sys.stdout.flush();time.sleep(120)\n"
+)
+# and one that closes when told (a line on its stdin), then says "closed"
+CLOSES_WHEN_TOLD = (
+    "import socket,sys,time\n"
+    "s=socket.socket();s.setsockopt(socket.IPPROTO_TCP,socket.TCP_DEFER_ACCEPT,60)\n"
+    "s.bind(('127.0.0.1',0));s.listen(4)\n"
+    "print(s.getsockname()[1]);sys.stdout.flush()\n"
+    "sys.stdin.readline();s.close();print('closed');sys.stdout.flush();time.sleep(120)\n"
+)

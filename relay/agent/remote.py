@@ -429,10 +429,44 @@ def diag(lport, rport):
     """The socket 127.0.0.1:lport -> 127.0.0.1:rport as the kernel answers for it alone
     (NETLINK_SOCK_DIAG: a look-up in its hash at any size of table, where /proc/net/tcp
     is read whole; relay/sockdiag.py is its twin and says what the kernel answers), as a row
-    of /proc's columns in a list (empty: none); None where the kernel does not answer."""
+    of /proc's columns in a list (empty: none); None where the kernel does not answer, or
+    does not find a socket it has (``DIAG``)."""
+    if DIAG[0] is None:
+        DIAG[0] = probe_diag()
+    return ask_diag(lport, rport) if DIAG[0] else None
+
+
+DIAG = [None]  # whether this kernel finds a listener of ours by sock_diag: asked once
+NO = 0xFFFFFFFF  # INET_DIAG_NOCOOKIE: a socket asked for by its ends alone
+
+
+def probe_diag():
+    """A kernel without inet_diag's TCP handler says "no such socket" (ENOENT) to every
+    request: so it is asked for a listener of ours first."""
+    try:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return False
+    try:
+        probe.bind(("127.0.0.1", 0))
+        probe.listen(1)
+        port = probe.getsockname()[1]
+        found = ask_diag(port, 0)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return bool(found) and found[0][3] == "0A" and found[0][1].endswith(":%04X" % port)
+
+
+def ask_diag(lport, rport):
+    try:  # as a packet arriving on the loopback device would find it (lo-bound ones too)
+        dev = socket.if_nametoindex("lo")
+    except OSError:
+        dev = 0
     lo = socket.inet_aton("127.0.0.1") + bytes(12)
     body = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
-    body += struct.pack("!HH16s16s", lport, rport, lo, lo) + struct.pack("=III", 0, NO, NO)
+    body += struct.pack("!HH16s16s", lport, rport, lo, lo) + struct.pack("=III", dev, NO, NO)
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4)  # NETLINK_SOCK_DIAG
     except (OSError, AttributeError):
@@ -459,9 +493,6 @@ def diag(lport, rport):
     return [["0:", local, remote, "%02X" % state, "", "", "", str(uid), "", str(inode)]]
 
 
-NO = 0xFFFFFFFF  # INET_DIAG_NOCOOKIE: a socket asked for by its ends alone
-
-
 def hexaddr(addr):
     """An address as /proc/net/tcp writes it: 32-bit words in the machine's order."""
     return "".join("%08X" % w for w in struct.unpack("=%dI" % (len(addr) // 4), addr))
@@ -470,14 +501,16 @@ def hexaddr(addr):
 def rows(lport, rport):
     """The rows that can be the socket 127.0.0.1:lport -> 127.0.0.1:rport: the kernel's
     answer for it, or the whole of /proc/net/tcp{,6} where none comes. A request socket
-    (SYN_RECV) reads uid 0 in that answer; /proc writes its listener's, so that is asked."""
+    (SYN_RECV) reads uid 0 in that answer; /proc writes its listener's, so that is asked
+    (and /proc read if the listener has closed since: /proc still names its owner)."""
     found = diag(lport, rport)
     if found is None:
         return tcp_table(lport)
     if found and found[0][3] == "03":
         listener = diag(lport, 0)  # with no such connection, the listener on lport
-        ok = listener and listener[0][3] == "0A"
-        found[0][7] = listener[0][7] if ok else "-"
+        if not listener or listener[0][3] != "0A":
+            return tcp_table(lport)
+        found[0][7] = listener[0][7]
     return found
 
 
@@ -746,6 +779,8 @@ class Agent:
         listened on in place of the old (without it no daemon could attach, and the kernels
         would end with the next outage's window), and the pid file. A name that is there
         and not ours (a successor agent's for this tag) is left alone."""
+        if self.sock_ino is None:
+            return  # its name is a successor's (``rebind``)
         try:
             st = os.stat(self.sock_name, dir_fd=self.dir_fd, follow_symlinks=False)
         except OSError:
@@ -772,6 +807,11 @@ class Agent:
         path, dir_fd, refusal = run_dir()
         if refusal is not None:
             return  # not ours to write in now (another user's directory): looked at again
+        successor = recorded_agent(self.pid_name, dir_fd)
+        if successor is not None and successor[0] != os.getpid():
+            os.close(dir_fd)  # a new directory where an agent of this tag runs: its name
+            self.sock_ino = None  # for good (``keep`` looks no more; its kernels are ours)
+            return
         try:
             server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         except OSError:
@@ -779,11 +819,20 @@ class Agent:
             return
         try:
             server.bind(os.path.join(path, self.sock_name))  # fails if the name is taken
+        except OSError:
+            server.close()
+            os.close(dir_fd)
+            return
+        try:
             os.chmod(self.sock_name, 0o600, dir_fd=dir_fd)
             server.listen(16)
             ino = os.stat(self.sock_name, dir_fd=dir_fd, follow_symlinks=False).st_ino
-        except OSError:
-            server.close()
+        except OSError:  # bound, then failed: the name is ours to take back, or it would
+            server.close()  # read as a successor's at the next look, and be kept for good
+            try:
+                os.unlink(self.sock_name, dir_fd=dir_fd)
+            except OSError:
+                pass
             os.close(dir_fd)
             return
         server.setblocking(False)
@@ -1670,13 +1719,19 @@ def start(tag, window):
     pid_path, sock_path = os.path.join(path, pid_name), os.path.join(path, sock_name)
     ended = end_predecessor(pid_name, dir_fd)
     sweep_logs(dir_fd, tag, pid_name)
-    try:
-        if not stat.S_ISDIR(os.stat(sock_name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-            os.unlink(sock_name, dir_fd=dir_fd)
-    except OSError:
-        pass
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(sock_path)
+    for attempt in range(3):  # a stale name, or one an old agent bound again meanwhile
+        try:
+            if not stat.S_ISDIR(os.stat(sock_name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                os.unlink(sock_name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        try:
+            server.bind(sock_path)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or attempt == 2:
+                raise
     os.chmod(sock_name, 0o600, dir_fd=dir_fd)
     server.listen(16)
     sock_ino = os.stat(sock_name, dir_fd=dir_fd, follow_symlinks=False).st_ino

@@ -32,7 +32,15 @@ from relay.agent.mux import Frame, FrameReader
 from relay.agent.session import AgentInfo
 from relay.agent.start import Unavailable, parse_start
 from relay.errors import ConnectFailed
-from tests.strangers import NOBODY, SYSTEM_PYTHON, as_nobody, needs_second_uid, stranger
+from tests.strangers import (
+    CLOSES_WHEN_TOLD,
+    DEFERRED,
+    NOBODY,
+    SYSTEM_PYTHON,
+    as_nobody,
+    needs_second_uid,
+    stranger,
+)
 
 AGENT = Path(__file__).parents[2] / "relay" / "agent" / "remote.py"
 BOUND_S = 20.0
@@ -655,6 +663,28 @@ def test_a_pid_file_it_cannot_write_is_named(run: Path) -> None:
     (directory / "b1.pid").rmdir()
 
 
+def test_a_socket_name_an_old_agent_takes_back_meanwhile_is_taken_again(run: Path) -> None:
+    """Between a start's unlinking its socket's stale name and binding it, the agent a dead
+    daemon left (whose pid file a cleaner took, so it was not ended) may bind the name again
+    (``keep``): the start takes it back rather than crash. (The race: the first bind made to
+    find the name taken.)"""
+    prelude = (
+        "import errno, socket\n"
+        "_bind, _raced = socket.socket.bind, []\n"
+        "def _bind_once_raced(self, address):\n"
+        "    if self.family == socket.AF_UNIX and not _raced:\n"
+        "        _raced.append(1)\n"
+        "        raise OSError(errno.EADDRINUSE, 'Address already in use')\n"
+        "    return _bind(self, address)\n"
+        "socket.socket.bind = _bind_once_raced"
+    )
+    done = start_patched(run, "b3", prelude)
+    started = parse_start("h", done.returncode, done.stdout, done.stderr)
+    assert isinstance(started, AgentInfo), done
+    os.kill(started.pid, signal.SIGTERM)
+    wait_gone(started.pid)
+
+
 def test_a_crash_on_its_way_to_the_background_is_said(run: Path) -> None:
     """A fork or setsid that fails (a login node at its process limit; here setsid made to
     fail so) leaves its traceback on stderr, which is the reason the daemon gives."""
@@ -1262,15 +1292,6 @@ by_kernel = [getattr(agent, ask[0])(*ask[1:]) for ask in asks]
 agent.diag = lambda lport, rport: None
 print(json.dumps([answered, by_kernel, [getattr(agent, ask[0])(*ask[1:]) for ask in asks]]))
 """
-# a second uid's listener that accepts only once data comes (its connections stay request
-# sockets, SYN_RECV), and its own connection to it
-DEFERRED = (
-    "import socket,sys,time\n"
-    "s=socket.socket();s.setsockopt(socket.IPPROTO_TCP,socket.TCP_DEFER_ACCEPT,60)\n"
-    "s.bind(('127.0.0.1',0));s.listen(4)\n"
-    "c=socket.create_connection(s.getsockname())\n"
-    "print(s.getsockname()[1],c.getsockname()[1]);sys.stdout.flush();time.sleep(120)\n"
-)
 
 
 @needs_second_uid
@@ -1278,14 +1299,31 @@ DEFERRED = (
 def test_the_kernels_answer_and_procs_judge_alike(python: str) -> None:
     """The agent asks the kernel for one socket by its ends (NETLINK_SOCK_DIAG) and reads
     /proc/net/tcp only where no answer comes: both must judge alike, for the user's sockets
-    (live, closing, gone) and a second uid's (its listener, its connection, and the request
-    socket its listener holds for ours, which the kernel reads as uid 0)."""
+    (live, closing, gone, bound to the loopback device) and a second uid's (its listener,
+    its connection, and the request socket its listener holds for ours, which the kernel
+    reads as uid 0, that listener open or closed since)."""
     me, them = str(os.getuid()), str(NOBODY)
     with contextlib.ExitStack() as stack:
         squat = stack.enter_context(stranger(DEFERRED))
         assert squat.stdout is not None
         their_port, their_client = map(int, squat.stdout.readline().split())
         to_them = stack.enter_context(socket.create_connection(("127.0.0.1", their_port)))
+        closer = stack.enter_context(stranger(CLOSES_WHEN_TOLD, stdin=True))
+        assert closer.stdout is not None and closer.stdin is not None
+        closed_port = int(closer.stdout.readline())
+        to_closed = stack.enter_context(socket.create_connection(("127.0.0.1", closed_port)))
+        closer.stdin.write("\n")
+        closer.stdin.flush()
+        assert closer.stdout.readline().strip() == "closed"
+        on_lo = stack.enter_context(socket.socket())
+        on_lo.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        on_lo.bind(("127.0.0.1", 0))
+        on_lo.listen()
+        lo_port = on_lo.getsockname()[1]
+        lo_client = stack.enter_context(socket.socket())
+        lo_client.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        lo_client.connect(("127.0.0.1", lo_port))
+        stack.enter_context(on_lo.accept()[0])
         server = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
         port = server.getsockname()[1]
         live = stack.enter_context(socket.create_connection(("127.0.0.1", port)))
@@ -1303,6 +1341,10 @@ def test_the_kernels_answer_and_procs_judge_alike(python: str) -> None:
             ("listener_owner", their_port): them,
             ("owner", their_client, their_port): them,
             ("accepting_owner", their_port, to_them.getsockname()[1]): them,
+            ("accepting_owner", closed_port, to_closed.getsockname()[1]): them,
+            ("listener_owner", lo_port): me,
+            ("owner", lo_client.getsockname()[1], lo_port): me,
+            ("accepting_owner", lo_port, lo_client.getsockname()[1]): me,
         }
         out = subprocess.run(
             [python, "-I", "-c", TABLES, str(AGENT), json.dumps(list(asks)), str(port)],

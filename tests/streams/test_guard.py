@@ -231,3 +231,37 @@ async def test_where_lsof_is_the_way_a_flood_runs_one_at_a_time(
     depth = [marks[: i + 1].count("+") - marks[: i + 1].count("-") for i in range(len(marks))]
     assert max(depth) == 1, marks  # one lsof at a time
     assert marks.count("+") <= 2, marks  # and not one per connection
+
+
+async def test_lsof_runs_stopped_with_the_daemon_answer_every_look_up_and_leave_no_lsof(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The daemon stops while an lsof runs (its task cancelled): that lsof is killed, and
+    the look-ups waiting on it, and those queued behind it, are answered (cannot tell), not
+    left waiting for a run that will not come."""
+    started = tmp_path / "started"
+    slow = tmp_path / "lsof"
+    slow.write_text(
+        f"#!/bin/sh\necho $$ > {started}.new && mv {started}.new {started}\nexec sleep 30\n"
+    )
+    slow.chmod(0o755)
+    monkeypatch.setattr(peerowner, "has_proc_net", lambda: False)
+    monkeypatch.setattr(peerowner, "lsof_path", lambda: str(slow))
+    first = asyncio.ensure_future(peerowner.local_owner(50000, 40000))
+    for _ in range(2000):  # bounded: until the lsof has started (10 s at most)
+        if started.exists():
+            break
+        await asyncio.sleep(0.005)
+    queued = asyncio.ensure_future(peerowner.local_owner(50001, 40000))
+    await asyncio.sleep(0)  # queued behind the run under way
+    runs = peerowner._lsof_runs(str(slow))
+    assert runs._runner is not None
+    runs._runner.cancel()
+    assert list(await asyncio.wait_for(asyncio.gather(first, queued), 10)) == [UNKNOWN] * 2
+    pid = int(started.read_text())
+    for _ in range(2000):
+        if not Path(f"/proc/{pid}").exists() or " Z " in Path(f"/proc/{pid}/stat").read_text():
+            break
+        await asyncio.sleep(0.005)
+    else:
+        raise AssertionError(f"lsof {pid} still runs")

@@ -11,7 +11,7 @@ import pytest
 
 from relay import peerowner, sockdiag
 from relay.peerowner import CLOSING, GONE, linux_listening, linux_owner, linux_taker
-from tests.strangers import NOBODY, needs_second_uid, stranger
+from tests.strangers import CLOSES_WHEN_TOLD, DEFERRED, NOBODY, needs_second_uid, stranger
 
 pytestmark = pytest.mark.skipif(
     not peerowner.has_proc_net(), reason="Linux's tables: no /proc/net/tcp here"
@@ -86,11 +86,72 @@ def test_a_second_users_sockets_judged_alike_a_request_socket_too() -> None:
             assert both(linux_owner, sport, lport) == (NOBODY, NOBODY)
 
 
-# a second uid's listener that accepts only once data comes, and its own connection to it
-DEFERRED = (
-    "import socket,sys,time\n"
-    "s=socket.socket();s.setsockopt(socket.IPPROTO_TCP,socket.TCP_DEFER_ACCEPT,60)\n"
-    "s.bind(('127.0.0.1',0));s.listen(4)\n"
-    "c=socket.create_connection(s.getsockname())\n"
-    "print(s.getsockname()[1],c.getsockname()[1]);sys.stdout.flush();time.sleep(60)\n"
-)
+def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kernel without inet_diag's TCP handler (built without it, or its module not
+    loadable) says "no such socket" to everything: the user's own connections would all be
+    refused. Asked once for a listener of ours, it is found out, and /proc is read instead.
+    (The stand-in: the same request for a protocol with no inet_diag handler, SCTP.)"""
+    real = sockdiag.request
+
+    def no_tcp_handler(local_port: int, remote_port: int, seq: int, interface: int = 0) -> bytes:
+        raw = bytearray(real(local_port, remote_port, seq, interface))
+        raw[17] = 132  # inet_diag_req_v2's protocol: IPPROTO_SCTP
+        return bytes(raw)
+
+    monkeypatch.setattr(sockdiag, "request", no_tcp_handler)
+    sockdiag.answers.cache_clear()
+    try:
+        assert sockdiag.answers() is False
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            lport = server.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", lport)) as client:
+                accepted, _ = server.accept()
+                with accepted:
+                    cport = client.getsockname()[1]
+                    assert linux_owner(cport, lport) == os.getuid()
+                    assert linux_taker(lport, cport) == os.getuid()
+    finally:
+        sockdiag.answers.cache_clear()
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_BINDTODEVICE"), reason="no SO_BINDTODEVICE")
+def test_sockets_bound_to_the_loopback_device_are_found() -> None:
+    """SO_BINDTODEVICE "lo" (unprivileged since Linux 5.7): such sockets are found only by a
+    request that names the device, as a packet arriving on it does."""
+    uid = os.getuid()
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        lport = server.getsockname()[1]
+        assert both(linux_listening, lport, uid) == (uid, uid)
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
+            client.connect(("127.0.0.1", lport))
+            accepted, _ = server.accept()
+            with accepted:
+                cport = client.getsockname()[1]
+                assert both(linux_owner, cport, lport) == (uid, uid)
+                assert both(linux_taker, lport, cport) == (uid, uid)
+
+
+@needs_second_uid
+def test_a_request_socket_whose_listener_closed_is_still_the_strangers() -> None:
+    """relay's connection sits in a second uid's listener's queue (SYN_RECV), and that
+    listener closes: the kernel can no longer name who listened, /proc still can. Such a
+    connection must never read as nobody's (which would let it through as the user's
+    own when nobody listens on the port)."""
+    with stranger(CLOSES_WHEN_TOLD, stdin=True) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        lport = int(proc.stdout.readline())
+        with socket.create_connection(("127.0.0.1", lport)) as ours:
+            cport = ours.getsockname()[1]
+            assert both(linux_taker, lport, cport) == (NOBODY, NOBODY)
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "closed"
+            found = sockdiag.lookup(lport, cport)
+            assert found is not None and found.state == 3 and found.uid == 0
+            assert both(linux_taker, lport, cport) == (NOBODY, NOBODY)

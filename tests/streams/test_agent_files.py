@@ -1,0 +1,121 @@
+"""The agent's own files and look-ups, in this process (relay/agent/remote.py imported):
+what its ``keep`` does when making them again goes wrong or is not its to do, and its
+sock_diag look-up on a kernel that finds nothing. The agent run as sshd runs it is
+tests/streams/test_agent_local.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.agent import remote as _remote
+
+remote: Any = _remote  # untyped: one Python 3.6 file
+
+
+@pytest.fixture
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An agent as ``start`` makes one (its run directory checked, its socket bound), not
+    run: its methods are called here."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    path, dir_fd, refusal = remote.run_dir()
+    assert refusal is None and path is not None
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(os.path.join(path, "ab.sock"))
+    server.listen(1)
+    ino = os.stat("ab.sock", dir_fd=dir_fd).st_ino
+    remote.write_pid("ab.pid", os.O_TRUNC, dir_fd)
+    made = remote.Agent(dir_fd, "ab", "s" * 64, server, 900.0, ino)
+    yield made
+    made.server.close()
+    os.close(made.dir_fd)
+    made.sel.close()
+    os.close(made.wake_r)
+    os.close(made.wake_w)
+
+
+def reachable() -> bool:
+    """Whether something listens at the agent's socket's name."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(
+                os.path.join(os.environ["TMPDIR"], f"relay-agent-{os.getuid()}", "ab.sock")
+            )
+        except OSError:
+            return False
+    return True
+
+
+def test_a_socket_made_again_but_not_finished_is_not_left_to_pass_for_a_successors(
+    agent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket's name went; binding it again worked but the next step failed (its mode
+    could not be set). The name is taken back, so the next look binds it again: left, it
+    would read as a successor's socket and be left alone for good, the agent unreachable."""
+    os.unlink("ab.sock", dir_fd=agent.dir_fd)
+    chmod = os.chmod
+    failures = [OSError(28, "No space left on device")]
+
+    def failing(*args: object, **kwargs: object) -> None:
+        if failures:
+            raise failures.pop()
+        chmod(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(remote.os, "chmod", failing)
+    agent.keep()
+    assert not reachable()
+    agent.keep()
+    assert reachable()
+    assert os.stat("ab.sock", dir_fd=agent.dir_fd).st_ino == agent.sock_ino
+
+
+def test_a_directory_an_agent_of_the_same_tag_made_since_is_left_to_it(
+    agent: Any, tmp_path: Path
+) -> None:
+    """Its directory removed, and made again by the next agent of its tag (a new daemon's),
+    which runs there: this agent does not bind the name when that one's socket goes, or
+    write its pid file there. It looks no more."""
+    path = tmp_path / f"relay-agent-{os.getuid()}"
+    for name in ("ab.sock", "ab.pid"):
+        os.unlink(name, dir_fd=agent.dir_fd)
+    path.rmdir()
+    path.mkdir(mode=0o700)
+    successor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ab"])
+    try:
+        started = remote.start_time(successor.pid)
+        (path / "ab.pid").write_text(f"{successor.pid} {started}\n")
+        agent.keep()
+        assert agent.sock_ino is None
+        assert sorted(p.name for p in path.iterdir()) == ["ab.pid"]
+        agent.keep()
+        assert sorted(p.name for p in path.iterdir()) == ["ab.pid"]
+        assert (path / "ab.pid").read_text().split()[0] == str(successor.pid)
+    finally:
+        successor.kill()
+        successor.wait()
+
+
+def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kernel without inet_diag's TCP handler answers "no such socket" (ENOENT) to every
+    request: believed, the agent would refuse the user's own kernel. It asks once for a
+    listener of its own, finds nothing, and reads /proc from then on."""
+    monkeypatch.setattr(remote, "ask_diag", lambda lport, rport: [])
+    monkeypatch.setattr(remote, "DIAG", [None])
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        lport = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", lport)) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                assert remote.owner(client.getsockname()[1], lport) == str(os.getuid())
+                assert remote.DIAG == [False]
+                monkeypatch.setattr(remote, "DIAG", [True])  # believed: the harm
+                assert remote.owner(client.getsockname()[1], lport) == "-"
