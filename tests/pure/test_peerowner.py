@@ -165,15 +165,18 @@ def test_a_request_socket_from_the_kernel_carries_its_listeners_uid(
 ) -> None:
     """sock_diag reads a request socket (SYN_RECV) as uid 0, where /proc writes its
     listener's uid: the listener the kernel names is asked, so a connection a stranger's
-    listener has not yet fully accepted is the stranger's, and not root's."""
+    listener has not yet fully accepted is the stranger's, and not root's; if that listener
+    has closed since, /proc, which still names it, is read."""
     answers = {
         (0x9C40, 0xC738): Found(2, 3, (LOOPBACK, 0x9C40), (LOOPBACK, 0xC738), 0, 0),
         (0x9C40, 0): Found(2, 10, (LOOPBACK, 0x9C40), (b"\0" * 4, 0), 1001, 55),
     }
     monkeypatch.setattr(sockdiag, "lookup", lambda a, b: answers.get((a, b)))
     assert peerowner.linux_taker(0x9C40, 0xC738) == 1001
-    del answers[(0x9C40, 0)]  # the listener gone meanwhile: nobody's, and not root's
-    assert peerowner.linux_taker(0x9C40, 0xC738) == CLOSING
+    del answers[(0x9C40, 0)]  # the listener gone meanwhile
+    syn_recv = HEADER + row(0, "0100007F:9C40", "0100007F:C738", 1001, "03", 0)
+    monkeypatch.setattr(peerowner, "_proc_net", lambda: syn_recv)
+    assert peerowner.linux_taker(0x9C40, 0xC738) == 1001
     assert peerowner.linux_owner(0xC739, 0x9C40) == GONE  # ENOENT: no such socket
 
 

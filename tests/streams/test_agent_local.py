@@ -275,7 +275,8 @@ def run(tmp_path: Path) -> Iterator[Path]:
         if words and words[0].isdigit():
             pid = int(words[0])
             if not gone(pid):
-                os.kill(pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):  # it may end as we look
+                    os.kill(pid, signal.SIGTERM)
                 wait_gone(pid)
 
 
