@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from relay.agent import remote as _remote
+from tests.orphans import live_connection
 
 remote: Any = _remote  # untyped: one Python 3.6 file
 
@@ -110,12 +111,8 @@ def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
     listener of its own, finds nothing, and reads /proc from then on."""
     monkeypatch.setattr(remote, "ask_diag", lambda lport, rport: [])
     monkeypatch.setattr(remote, "DIAG", [None])
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        lport = server.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", lport)) as client:
-            accepted, _ = server.accept()
-            with accepted:
-                assert remote.owner(client.getsockname()[1], lport) == str(os.getuid())
-                assert remote.DIAG == [False]
-                monkeypatch.setattr(remote, "DIAG", [True])  # believed: the harm
-                assert remote.owner(client.getsockname()[1], lport) == "-"
+    with live_connection() as (cport, lport):
+        assert remote.owner(cport, lport) == str(os.getuid())
+        assert remote.DIAG == [False]
+        monkeypatch.setattr(remote, "DIAG", [True])  # believed: the harm
+        assert remote.owner(cport, lport) == "-"

@@ -18,7 +18,7 @@ from relay import peerowner, sockdiag
 from relay.errors import ConnectFailed, PeerCheckUnavailable
 from relay.peerowner import CLOSING, GONE, UNKNOWN, has_proc_net, linux_owner
 from relay.ssh.guard import PeerGuard
-from tests.orphans import orphaned_client
+from tests.orphans import live_connection, orphaned_client
 from tests.strangers import NOBODY, needs_second_uid, stranger
 
 
@@ -116,12 +116,8 @@ def test_this_machines_look_up_finds_a_closing_socket_nobodys() -> None:
     runs as; a live socket is its owner's."""
     if not has_proc_net():
         pytest.skip("no /proc/net/tcp on this machine")
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        listen_port = server.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", listen_port)) as client:
-            accepted, _ = server.accept()
-            with accepted:
-                assert linux_owner(client.getsockname()[1], listen_port) == os.getuid()
+    with live_connection() as (client_port, listen_port):
+        assert linux_owner(client_port, listen_port) == os.getuid()
     with orphaned_client(b"x") as (client_port, listen_port):
         assert linux_owner(client_port, listen_port) == CLOSING
 
@@ -201,6 +197,16 @@ async def test_a_connection_another_users_listener_wrote_to_and_closed_is_not_ca
 LSOF = shutil.which("lsof")
 
 
+def lsof_as(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body: str) -> Path:
+    """This machine as relay's look-ups see a Mac (no /proc), ``body`` (sh) its lsof."""
+    lsof = tmp_path / "lsof"
+    lsof.write_text("#!/bin/sh\n" + body)
+    lsof.chmod(0o755)
+    monkeypatch.setattr(peerowner, "has_proc_net", lambda: False)
+    monkeypatch.setattr(peerowner, "lsof_path", lambda: str(lsof))
+    return lsof
+
+
 @pytest.mark.skipif(LSOF is None, reason="lsof is not on this machine")
 async def test_where_lsof_is_the_way_a_flood_runs_one_at_a_time(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -209,13 +215,9 @@ async def test_where_lsof_is_the_way_a_flood_runs_one_at_a_time(
     connections to relay's listeners (another user's) must not start one per connection.
     One run answers every look-up waiting when it starts, each rightly (the real lsof)."""
     runs = tmp_path / "runs"
-    wrapper = tmp_path / "lsof"
-    wrapper.write_text(
-        f'#!/bin/sh\necho + >> {runs}\n{LSOF} "$@"\nrc=$?\necho - >> {runs}\nexit $rc\n'
+    lsof_as(
+        monkeypatch, tmp_path, f'echo + >> {runs}\n{LSOF} "$@"\nrc=$?\necho - >> {runs}\nexit $rc\n'
     )
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(peerowner, "has_proc_net", lambda: False)
-    monkeypatch.setattr(peerowner, "lsof_path", lambda: str(wrapper))
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
         port = server.getsockname()[1]
@@ -240,13 +242,11 @@ async def test_lsof_runs_stopped_with_the_daemon_answer_every_look_up_and_leave_
     the look-ups waiting on it, and those queued behind it, are answered (cannot tell), not
     left waiting for a run that will not come."""
     started = tmp_path / "started"
-    slow = tmp_path / "lsof"
-    slow.write_text(
-        f"#!/bin/sh\necho $$ > {started}.new && mv {started}.new {started}\nexec sleep 30\n"
+    slow = lsof_as(
+        monkeypatch,
+        tmp_path,
+        f"echo $$ > {started}.new && mv {started}.new {started}\nexec sleep 30\n",
     )
-    slow.chmod(0o755)
-    monkeypatch.setattr(peerowner, "has_proc_net", lambda: False)
-    monkeypatch.setattr(peerowner, "lsof_path", lambda: str(slow))
     first = asyncio.ensure_future(peerowner.local_owner(50000, 40000))
     for _ in range(2000):  # bounded: until the lsof has started (10 s at most)
         if started.exists():

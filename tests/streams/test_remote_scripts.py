@@ -6,7 +6,6 @@ import os
 import secrets
 import select
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from relay.ssh.remote_scripts import BOOTSTRAP, one_line, remote_command
 from relay.ssh.supervisor import Event, parse_line
 from tests.conftest import pid_alive
-from tests.orphans import orphaned_client
+from tests.orphans import live_connection, orphaned_client
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
 
@@ -77,14 +76,9 @@ def test_owner_of_a_connection_to_a_listener(sup: Sup) -> None:
     """``owner`` finds the connecting socket in /proc/net/tcp and reports its uid (that the
     listener's accepted end is never taken for it: tests/pure/test_peerowner.py)."""
     sup.event()
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        listen_port = server.getsockname()[1]
-        with socket.create_connection(("127.0.0.1", listen_port)) as client:
-            accepted, _ = server.accept()
-            with accepted:
-                client_port = client.getsockname()[1]
-                sup.send(f"owner o1 {client_port:04X} {listen_port:04X}")
-                assert sup.event() == Event("owner", "o1", str(os.getuid()))
+    with live_connection() as (client_port, listen_port):
+        sup.send(f"owner o1 {client_port:04X} {listen_port:04X}")
+        assert sup.event() == Event("owner", "o1", str(os.getuid()))
     # issue 23: a client that closed at once leaves an orphaned socket (FIN_WAIT2: uid 0,
     # inode 0) while sshd (here: the server) still holds its end: nobody's, never root's
     with orphaned_client(b"x") as (client_port, listen_port):

@@ -11,6 +11,7 @@ import pytest
 
 from relay import peerowner, sockdiag
 from relay.peerowner import CLOSING, GONE, linux_listening, linux_owner, linux_taker
+from tests.orphans import live_connection
 from tests.strangers import CLOSES_WHEN_TOLD, DEFERRED, NOBODY, needs_second_uid, stranger
 
 pytestmark = pytest.mark.skipif(
@@ -104,14 +105,9 @@ def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
     sockdiag.answers.cache_clear()
     try:
         assert sockdiag.answers() is False
-        with socket.create_server(("127.0.0.1", 0)) as server:
-            lport = server.getsockname()[1]
-            with socket.create_connection(("127.0.0.1", lport)) as client:
-                accepted, _ = server.accept()
-                with accepted:
-                    cport = client.getsockname()[1]
-                    assert linux_owner(cport, lport) == os.getuid()
-                    assert linux_taker(lport, cport) == os.getuid()
+        with live_connection() as (cport, lport):
+            assert linux_owner(cport, lport) == os.getuid()
+            assert linux_taker(lport, cport) == os.getuid()
     finally:
         sockdiag.answers.cache_clear()
 
