@@ -431,39 +431,44 @@ def diag(lport, rport):
     is read whole; relay/sockdiag.py is its twin and says what the kernel answers), as a row
     of /proc's columns in a list (empty: none); None where the kernel does not answer, or
     does not find a socket it has (``DIAG``)."""
-    if DIAG[0] is None:
-        DIAG[0] = probe_diag()
-    return ask_diag(lport, rport) if DIAG[0] else None
+    if not DIAG:
+        DIAG.append(probe_diag())
+    return None if DIAG[0] is None else ask_diag(lport, rport, DIAG[0])
 
 
-DIAG = [None]  # whether this kernel finds a listener of ours by sock_diag: asked once
+# once asked: [the loopback device's index] if this kernel finds a listener of ours by
+# sock_diag, else [None]
+DIAG = []
 NO = 0xFFFFFFFF  # INET_DIAG_NOCOOKIE: a socket asked for by its ends alone
 
 
 def probe_diag():
     """A kernel without inet_diag's TCP handler says "no such socket" (ENOENT) to every
-    request: so it is asked for a listener of ours first."""
+    request: so it is asked for a listener of ours first. The loopback device's index to
+    ask with (sockets bound to that device are found only so, as by an arriving packet),
+    or None."""
+    try:
+        dev = socket.if_nametoindex("lo")
+    except OSError:
+        dev = 0
     try:
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     except OSError:
-        return False
+        return None
     try:
         probe.bind(("127.0.0.1", 0))
         probe.listen(1)
         port = probe.getsockname()[1]
-        found = ask_diag(port, 0)
+        found = ask_diag(port, 0, dev)
     except OSError:
-        return False
+        return None
     finally:
         probe.close()
-    return bool(found) and found[0][3] == "0A" and found[0][1].endswith(":%04X" % port)
+    ok = bool(found) and found[0][3] == "0A" and found[0][1].endswith(":%04X" % port)
+    return dev if ok else None
 
 
-def ask_diag(lport, rport):
-    try:  # as a packet arriving on the loopback device would find it (lo-bound ones too)
-        dev = socket.if_nametoindex("lo")
-    except OSError:
-        dev = 0
+def ask_diag(lport, rport, dev):
     lo = socket.inet_aton("127.0.0.1") + bytes(12)
     body = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
     body += struct.pack("!HH16s16s", lport, rport, lo, lo) + struct.pack("=III", dev, NO, NO)

@@ -109,10 +109,10 @@ def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
     """A kernel without inet_diag's TCP handler answers "no such socket" (ENOENT) to every
     request: believed, the agent would refuse the user's own kernel. It asks once for a
     listener of its own, finds nothing, and reads /proc from then on."""
-    monkeypatch.setattr(remote, "ask_diag", lambda lport, rport: [])
-    monkeypatch.setattr(remote, "DIAG", [None])
+    monkeypatch.setattr(remote, "ask_diag", lambda lport, rport, dev: [])
+    monkeypatch.setattr(remote, "DIAG", [])
     with live_connection() as (cport, lport):
         assert remote.owner(cport, lport) == str(os.getuid())
-        assert remote.DIAG == [False]
-        monkeypatch.setattr(remote, "DIAG", [True])  # believed: the harm
+        assert remote.DIAG == [None]
+        monkeypatch.setattr(remote, "DIAG", [1])  # believed: the harm
         assert remote.owner(cport, lport) == "-"
