@@ -91,6 +91,11 @@ class Row(NamedTuple):
     uid: str
     inode: str
 
+    @property
+    def held(self) -> bool:
+        """Whether a process holds the socket (an orphan's inode reads 0)."""
+        return self.inode.isdigit() and int(self.inode) != 0
+
 
 def proc_net_rows(text: str, port: int | None = None) -> Iterator[Row]:
     """The rows in the text of ``/proc/net/tcp`` (or tcp6, or both); with ``port``, only
@@ -146,8 +151,7 @@ def owner_in_rows(rows: Iterable[Row], client_port: int, listen_port: int) -> in
     for row in rows:
         if row.local not in locals_ or row.remote not in remotes:
             continue
-        held = row.inode.isdigit() and int(row.inode) != 0
-        if row.state == ESTABLISHED and held and row.uid.isdigit():
+        if row.state == ESTABLISHED and row.held and row.uid.isdigit():
             return int(row.uid)
         found = CLOSING  # a newer live socket on the same ends may still follow (tw reuse)
     return found
@@ -166,8 +170,7 @@ def taker_in_rows(rows: Iterable[Row], listen_port: int, client_port: int) -> in
     for row in rows:
         if row.local not in locals_ or row.remote not in remotes:
             continue
-        held = row.inode.isdigit() and int(row.inode) != 0
-        if row.uid.isdigit() and (row.state in (ESTABLISHED, SYN_RECV) or held):
+        if row.uid.isdigit() and (row.state in (ESTABLISHED, SYN_RECV) or row.held):
             return int(row.uid)
         found = CLOSING
     return found
