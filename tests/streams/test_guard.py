@@ -26,6 +26,8 @@ from tests.strangers import NOBODY, needs_second_uid, stranger
 def tables(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """This machine's look-ups both ways it makes them: the kernel's answer for one socket
     (and then ``/proc`` is never read), and ``/proc/net/tcp`` where the kernel gives none."""
+    if not has_proc_net():
+        pytest.skip("no /proc/net/tcp on this machine")
     if request.param == "proc":
 
         def unavailable(local_port: int, remote_port: int) -> None:
@@ -114,8 +116,6 @@ def test_this_machines_look_up_finds_a_closing_socket_nobodys() -> None:
     """The front end's machine's own look-up, on a real socket the client closed at once
     (FIN_WAIT2, orphaned: uid 0, inode 0 in /proc/net/tcp): nobody's, whoever the daemon
     runs as; a live socket is its owner's."""
-    if not has_proc_net():
-        pytest.skip("no /proc/net/tcp on this machine")
     with live_connection() as (client_port, listen_port):
         assert linux_owner(client_port, listen_port) == os.getuid()
     with orphaned_client(b"x") as (client_port, listen_port):
@@ -137,8 +137,6 @@ async def test_relays_connection_to_a_listener_another_user_took_is_not_carried(
     have closed its listener (a launch given up) and another user's taken the port. The end
     that took relay's connection is looked at first: the user's own listener passes, another
     user's is refused and said (its socket's row carries its uid before it even accepts)."""
-    if not has_proc_net():
-        pytest.skip("no /proc/net/tcp on this machine")
     local = PeerGuard.local("h", enabled=True)
     with stranger(SQUAT) as squat:
         assert squat.stdout is not None
@@ -175,8 +173,6 @@ async def test_a_connection_another_users_listener_wrote_to_and_closed_is_not_ca
     end that closes at once may: then whoever listens on the port says, and another user's
     listener, which may have written what the kernel would read, is refused. The user's
     own listener that did the same is carried (found by the random link schedules)."""
-    if not has_proc_net():
-        pytest.skip("no /proc/net/tcp on this machine")
     local = PeerGuard.local("h", enabled=True)
     with stranger(WRITE_AND_CLOSE) as squat:
         assert squat.stdout is not None
