@@ -1164,6 +1164,33 @@ async def test_what_answers_at_the_agents_socket_after_an_outage_is_shown_no_sec
         shutil.rmtree(moved)
 
 
+async def test_an_agent_directory_removed_during_an_outage_is_made_again_and_resumed_through(
+    home: RelayHome,
+) -> None:
+    """A person's ``rm -r`` (or a /tmp cleaner) takes the agent's directory, socket and pid
+    file while the path is dead: the agent makes them again, and the resume through sshd
+    attaches to the same agent where it always looks. The kernel and an echo in flight go
+    on; without its socket made again the agent would not be there, and the kernel would
+    end."""
+    async with behind_proxy(home) as proxy, start_daemon(home) as running, controller(home) as fe:
+        kl, pid = await connected(fe)
+        agent = running.daemon.hosts["local"].agent
+        assert agent is not None
+        sock, agent_pid = Path(agent.info.socket), resume_state(running)["pid"]
+        payload = secrets.token_bytes(1 << 20)
+        echo = asyncio.ensure_future(kl.echo(payload))
+        await outage(running, proxy, "blackhole")
+        shutil.rmtree(sock.parent)
+        await until(sock.exists, "the agent's socket made again")
+        assert sock.with_suffix(".pid").read_text().split()[0] == str(agent_pid)
+        proxy.restore()
+        assert await asyncio.wait_for(echo, BOUND_S) == payload
+        await until(lambda: resume_state(running)["state"] == "on", "resumed")
+        assert resume_state(running)["pid"] == agent_pid
+        await quit_cleanly(kl, fe)
+        await wait_gone(pid)
+
+
 async def test_a_kernel_quit_from_the_front_end_during_an_outage_lets_its_shim_go_at_once(
     home: RelayHome,
 ) -> None:
