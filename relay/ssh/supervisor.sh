@@ -38,15 +38,19 @@
 # many seconds without a ping make a session stale. Each supervisor registers in
 # ${TMPDIR:-/tmp}/relay-TAG.XXXXXX: "supervisor" holds its pid and start time, and its sshd
 # session process's (or -); "alive" holds the time of the daemon's last ping (every keepalive
-# interval); each kernel's "ID.pid" holds its pid and start time. A connection that died
-# silently (a black-holed network, sshd without ClientAliveInterval) leaves its supervisor
-# running and its sshd session holding listeners; so a new supervisor ends an earlier one of
-# the same tag only when nobody has pinged it for $3 seconds (a live one, even from another
-# machine that happens to share the tag, is pinged every interval), and only processes whose
-# pid AND start time are the recorded ones: SIGTERM to the old supervisor (which reaps its
-# kernels) and to its sshd session (which releases its forwards); SIGKILL to kernels of a
-# supervisor already gone, whose directory is then removed. Symlinks and directories that are
-# not the user's are never followed.
+# interval); each kernel's "ID.pid" holds its pid and start time. A ping sets the times of
+# all of them to now once an hour: cleaners of /tmp (systemd-tmpfiles' "q /tmp ... 10d",
+# tmpwatch) take files by age, and a session weeks old whose records went would be invisible
+# to the clean-up below (and its kernels' last lines gone with their logs).
+#
+# A connection that died silently (a black-holed network, sshd without ClientAliveInterval)
+# leaves its supervisor running and its sshd session holding listeners; so a new supervisor
+# ends an earlier one of the same tag only when nobody has pinged it for $3 seconds (a live
+# one, even from another machine that happens to share the tag, is pinged every interval),
+# and only processes whose pid AND start time are the recorded ones: SIGTERM to the old
+# supervisor (which reaps its kernels) and to its sshd session (which releases its forwards);
+# SIGKILL to kernels of a supervisor already gone, whose directory is then removed. Symlinks
+# and directories that are not the user's are never followed.
 #
 # Kernels are known in memory too: each runs under a watcher subshell ($w lists them) that
 # forwards signals to it (USR1 standing for KILL), so a full TMPDIR cannot make a kernel
@@ -66,7 +70,7 @@ d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
 case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
 echo "$$ $(st $$) $s $(st $s)" >"$d/supervisor" || exit 97;
 date +%s >"$d/alive";
-n=0;
+n=0; k=0;
 test "$2" = keep ||
 for o in "${TMPDIR:-/tmp}"/relay-"$1".*; do
   test "$o" = "$d" && continue;
@@ -118,7 +122,9 @@ while read -r op id arg; do
       ) &
       w="$w $!"; eval "w_$id=$!" ;;
     kill) eval "q=\${w_$id:-}"; test -n "$q" && case $arg in KILL) kill -USR1 "$q" ;; TERM|INT|HUP) kill "-$arg" "$q" ;; esac 2>/dev/null ;;
-    ping) date +%s >"$d/alive"; echo "pong $id" ;;
+    ping) t=$(date +%s); echo "$t" >"$d/alive";
+      test $((t - k)) -ge 3600 && touch -c "$d" "$d"/* 2>/dev/null && k=$t;
+      echo "pong $id" ;;
     which) ( eval "$arg"; if have "$1"; then echo "found $id"; else echo "nokernel $id"; fi ) ;;
     owner)
       case $arg in *[!0-9A-F\ ]*|"") echo "owner $id ?"; continue ;; esac;

@@ -41,6 +41,7 @@ from tests.strangers import (
     needs_second_uid,
     stranger,
 )
+from tests.tmpcleaner import NO_TMPFILES, TMPFILES, age, tmp_cleaner
 
 AGENT = Path(__file__).parents[2] / "relay" / "agent" / "remote.py"
 BOUND_S = 20.0
@@ -1358,31 +1359,6 @@ def test_the_kernels_answer_and_procs_judge_alike(python: str) -> None:
     assert dict(zip(asks, by_proc, strict=True)) == asks
 
 
-# systemd-tmpfiles as Fedora and RHEL run it daily on /tmp (``q /tmp 1777 root root 10d``),
-# asked to judge by modification time alone (``m:``), since a test cannot age a change time
-TMPFILES = shutil.which("systemd-tmpfiles")
-
-
-def age(directory: Path, days: float = 30) -> None:
-    """Every file in ``directory``, and it, last touched ``days`` ago."""
-    then = time.time() - days * 86400
-    for path in [*directory.iterdir(), directory]:
-        os.utime(path, (then, then), follow_symlinks=False)
-
-
-def tmp_cleaner(directory: Path, tmp_path: Path) -> str:
-    """systemd-tmpfiles' daily clean of ``directory``: what it said it removed."""
-    assert TMPFILES is not None
-    conf = tmp_path / "relay-test.conf"
-    conf.write_text(f"d {directory} 0700 - - m:10d\n")
-    done = subprocess.run(
-        [TMPFILES, "--clean", str(conf)], capture_output=True, text=True, timeout=60,
-        env=dict(os.environ, SYSTEMD_LOG_LEVEL="debug"),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stderr
-
-
 def until(done: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + BOUND_S
     while not done():
@@ -1390,7 +1366,7 @@ def until(done: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.skipif(TMPFILES is None, reason="systemd-tmpfiles is not on this machine")
+@pytest.mark.skipif(TMPFILES is None, reason=NO_TMPFILES)
 def test_a_tmp_cleaner_finds_the_agents_files_young(run: Path, tmp_path: Path) -> None:
     """Weeks into a computation the agent's pid file and a quiet kernel's log are old to a
     cleaner of /tmp, which would take them (its live socket it spares): the agent sets their
@@ -1415,7 +1391,7 @@ def test_a_tmp_cleaner_finds_the_agents_files_young(run: Path, tmp_path: Path) -
 
 @pytest.mark.parametrize(
     "how", ["cleaner", "rm"] if TMPFILES else [pytest.param("cleaner", marks=pytest.mark.skip(
-        reason="systemd-tmpfiles is not on this machine")), "rm"],
+        reason=NO_TMPFILES)), "rm"],
 )  # fmt: skip
 @pytest.mark.parametrize("python", [sys.executable, *(p for p in interpreters() if "/3.6." in p)])
 def test_files_taken_from_the_agent_are_made_again_and_the_daemon_attaches(

@@ -16,6 +16,7 @@ from relay.ssh.remote_scripts import BOOTSTRAP, one_line, remote_command
 from relay.ssh.supervisor import Event, parse_line
 from tests.conftest import pid_alive
 from tests.orphans import live_connection, orphaned_client
+from tests.tmpcleaner import NO_TMPFILES, TMPFILES, age, tmp_cleaner
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
 
@@ -373,3 +374,39 @@ def test_end_of_input_ends_kernels_known_only_in_memory(shell: str, tmp_path: Pa
     stop(s)
     wait_gone(kernel)
     assert not pid_alive(kernel2)
+
+
+@pytest.mark.skipif(TMPFILES is None, reason=NO_TMPFILES)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_tmp_cleaner_leaves_a_long_sessions_records_to_the_next_supervisor(
+    shell: str, tmp_path: Path
+) -> None:
+    """Weeks into a computation a session's records are old to a cleaner of /tmp: its
+    "supervisor" and its kernels' pid files are written once. Taken, a session whose
+    connection died silently would be invisible to the next supervisor, its kernels left
+    running. The daemon's ping sets their times to now, so the cleaner leaves them and the
+    next supervisor ends the stale session and its kernel."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    first = Sup(shell, env=env)
+    try:
+        directory = Path(first.event().value.split(" ")[1])
+        first.send("start k set -- sleep 300")
+        kernel = int(first.event().value)
+        records = sorted(p.name for p in directory.iterdir())
+        assert records == ["alive", "k.log", "k.pid", "supervisor"], records
+        age(directory)
+        first.send("ping p")
+        assert first.event() == Event("pong", "p", "")
+        said = tmp_cleaner(tmpdir, tmp_path)
+        assert "Removing" not in said, said
+        assert sorted(p.name for p in directory.iterdir()) == records
+        second = Sup(shell, env=env)  # STALE_S 0: the first session counts as stale
+        try:
+            assert stale_ended(second.event()) == 1
+            wait_gone(kernel)
+        finally:
+            stop(second)
+    finally:
+        stop(first)
