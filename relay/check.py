@@ -32,6 +32,7 @@ import asyncssh
 
 from relay.agent import start as agent_start
 from relay.checkview import Result, State, after_chatter, chatter, origin_words, parse_probe
+from relay.clock import duration, moment
 from relay.errors import HostKeyChanged, RelayError
 from relay.hostspec import HostSpec, HostSpecError
 from relay.lite.linkname import LinkName
@@ -780,10 +781,10 @@ class Checker:
             # the kernels' connection is down: what the steps above found is why, and that,
             # not a setting, is what a person running this check wants to know
             lost = resume.get("lost_at")
-            at = time.strftime("%H:%M:%S", time.localtime(lost)) if lost else "?"
+            at = moment(lost) if lost else "?"
             left = resume.get("window_left_s")
             summary = f"resuming: lost at {at}, relay is reconnecting; the kernels there wait" + (
-                f" ({left:.0f} s of resume_window_s left)" if left is not None else ""
+                f" ({duration(left)} of resume_window_s left)" if left is not None else ""
             )
             show["held"] = f"{size(int(resume.get('unacked') or 0))} unacknowledged"
             advice = (
@@ -801,9 +802,7 @@ class Checker:
                 "warn",
             )
         if snap.get("since"):
-            show[f"{snap['state']} since"] = time.strftime(
-                "%H:%M:%S", time.localtime(snap["since"])
-            )
+            show[f"{snap['state']} since"] = moment(snap["since"])
         failures = snap.get("failures") or []
         if failures:
             last = failures[-1]

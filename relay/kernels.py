@@ -39,6 +39,7 @@ import asyncssh
 import structlog
 
 from relay.agent.forward import AgentForward
+from relay.clock import moment, span
 from relay.errors import (
     ConnectFailed,
     ConnectionLost,
@@ -51,7 +52,7 @@ from relay.kernelcmd import build_argv
 from relay.lite.linkname import LinkName
 from relay.ssh.forwards import CallbackForward, RemoteSlot
 from relay.ssh.hookserver import REQUEST_TIMEOUT_S, HookServer
-from relay.ssh.host import Hold, HostSession, clock_of_day
+from relay.ssh.host import Hold, HostSession
 from relay.ssh.supervisor import RemoteProcess, Supervisor
 from relay.tasks import Flag, retrieved
 
@@ -81,6 +82,7 @@ def ended_line(
     at: float | None,
     outage: tuple[float, float] | None,
     signum: int | None = None,
+    now: float | None = None,
 ) -> str | None:
     """What a controller's shim says of a kernel that ended and relay did not end it: killed
     by signal ``signum``, or ended at ``at`` during ``outage`` (wall times: our clock); None
@@ -89,8 +91,7 @@ def ended_line(
     ``supervisor.sh``, in sh, says: only a STATUS) a STATUS of 128+N is read as signal N."""
     during = ""
     if outage is not None and at is not None:
-        lost, back = (clock_of_day(t) for t in outage)
-        during = f" at {clock_of_day(at)}, while the connection was down ({lost} to {back})"
+        during = f" at {moment(at, now)}, while the connection was down ({span(*outage, now)})"
     if signum is None and 128 < status <= 128 + 64:
         signum = status - 128
     if signum:

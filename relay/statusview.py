@@ -6,24 +6,15 @@ import textwrap
 import time
 from typing import Any
 
+from relay.clock import duration
+
 __all__ = ["render", "size"]
 
 
 def _ago(ts: float | None, now: float) -> str:
     if not ts:
         return "-"
-    return f"{_duration(now - ts)} ago"
-
-
-def _duration(seconds: float) -> str:
-    s = int(max(0, seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    return f"{duration(now - ts)} ago"
 
 
 ERROR_WIDTH = 60  # a long host error is wrapped onto continuation rows
@@ -52,7 +43,7 @@ def _state(h: dict[str, Any], now: float) -> str:
     attempt under way."""
     state, attempt = h["state"], h.get("attempt")
     if (attempt if state == "resuming" else state) == "backing-off" and h.get("retry_at"):
-        retry = f"retry in {_duration(h['retry_at'] - now)}"
+        retry = f"retry in {duration(h['retry_at'] - now)}"
         return f"resuming ({retry})" if state == "resuming" else f"backing-off ({retry})"
     if state == "resuming" and attempt == "connecting":
         return "resuming (connecting)"
@@ -98,12 +89,12 @@ def _resume(r: dict[str, Any] | None) -> str:
     if state == "on" and not r.get("window_s"):  # an agent told resume_window_s = 0
         return _wrapped("off: resume_window_s = 0 (kernels end with their connection)")
     if state == "on":
-        return f"on ({_duration(r.get('window_s') or 0)} window)"
+        return f"on ({duration(r.get('window_s') or 0)} window)"
     if state == "resuming":
         left = r.get("window_left_s")
-        text = f"resuming, {_duration(left or 0)} left" if left is not None else "resuming"
+        text = f"resuming, {duration(left or 0)} left" if left is not None else "resuming"
         if r.get("window_next_s") is not None:  # relay.toml's new one, once back
-            text += f" ({_duration(r['window_next_s'])} window once back)"
+            text += f" ({duration(r['window_next_s'])} window once back)"
         if r.get("login_needed"):
             text += ", needs `relay login`"
         return _wrapped(f"{text}, {size(int(r.get('unacked') or 0))} held")
@@ -144,7 +135,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     d = status["daemon"]
     rss = f"{d['rss_kb'] / 1024:.1f} MB RSS" if d.get("rss_kb") else "RSS unknown"
     lines = [
-        f"relay {d['version']}, pid {d['pid']}, up {_duration(d['uptime_s'])}, "
+        f"relay {d['version']}, pid {d['pid']}, up {duration(d['uptime_s'])}, "
         f"{rss}, {d['fds']} fds, {d['tasks']} tasks"
         + (", SHUTTING DOWN" if d.get("stopping") else ""),
         f"socket {d['socket']}",
@@ -214,7 +205,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
                     k["mode"],
                     k.get("state", "-"),
                     str(k.get("remote_pid") or "-"),
-                    _duration(k["age_s"]),
+                    duration(k["age_s"]),
                     k["frontend_link"],
                     k["remote_link"],
                 ]

@@ -44,6 +44,7 @@ import structlog
 from relay import wake
 from relay.agent import start as agent_start
 from relay.agent.session import AgentGone, AgentImpostor, AgentSession
+from relay.clock import duration, moment
 from relay.errors import ConnectFailed, ConnectionLost, LoginNeeded, RelayError, ShuttingDown
 from relay.log import RateLimited
 from relay.peerowner import CLOSING, GONE, UNKNOWN
@@ -74,7 +75,6 @@ __all__ = [
     "Live",
     "Prompter",
     "backoff_s",
-    "clock_of_day",
     "close_in_order",
 ]
 
@@ -348,12 +348,12 @@ class HostSession:
         lost_at = agent.lost_at if agent is not None else None
         if agent is None or lost_at is None:
             return f"{self.key}: the connection was lost and is not back yet: {last}"
-        at = clock_of_day(lost_at)
+        at = moment(lost_at)
         left = agent.window_left() or 0.0
         last = (last or "").removeprefix("resuming: ")
         return (
             f"{self.key}: the connection was lost at {at} and is not back yet; relay is "
-            f"reconnecting and the kernels there wait ({left:.0f} s of resume_window_s left): "
+            f"reconnecting and the kernels there wait ({duration(left)} of resume_window_s left): "
             f"launch again once `relay status` shows it back"
             + (f" (the last attempt: {last})" if last else "")
         )
@@ -578,7 +578,7 @@ class HostSession:
                     f"killed, or {self.key} now leads to another machine): its kernels are lost"
                 )
                 agent.end(
-                    f"the connection to {self.key} was lost at {clock_of_day(lost_at)}; when "
+                    f"the connection to {self.key} was lost at {moment(lost_at)}; when "
                     f"it was back, {found}"
                 )
                 return
@@ -594,7 +594,7 @@ class HostSession:
             await asyncio.sleep(max(0.0, min(backoff_s(attempt, self._rng), left)))
             attempt += 1
         if not agent.ended.done():
-            at = clock_of_day(lost_at)
+            at = moment(lost_at)
             why = f" (it needed `relay login {self.key}`)" if login_needed else ""
             agent.end(
                 f"the connection to {self.key} was lost at {at} and did not come back within "
@@ -926,8 +926,8 @@ class HostSession:
         if agent is None or not agent.said_bye or agent.bye_heard.done():
             return None
         silent_s = max(0.0, wake.steady() - agent.heard_clock)
-        at = clock_of_day(time.time() - silent_s)
-        until = clock_of_day(time.time() - silent_s + agent.window_s)
+        at = moment(time.time() - silent_s)
+        until = moment(time.time() - silent_s + agent.window_s)
         return (
             f"relay's agent on {self.key} did not answer relay's goodbye (nothing heard from "
             f"it since {at}: the connection may be down): if it did not get it, "
@@ -949,7 +949,7 @@ class HostSession:
         lost_at = agent.lost_at if agent is not None else None
         if agent is None or agent.attached or agent.ended.done() or lost_at is None:
             return None
-        at, until = clock_of_day(lost_at), clock_of_day(time.time() + (agent.window_left() or 0))
+        at, until = moment(lost_at), moment(time.time() + (agent.window_left() or 0))
         return (
             f"the connection to {self.key} was down (lost at {at}), so relay's agent there "
             f"could not be told: {self._left_to_agent(until)}"
@@ -1083,8 +1083,3 @@ async def close_in_order(hosts: Iterable[HostSession]) -> None:
     await asyncio.gather(*(close(h) for h in roots))
     # a loop of jump hosts (no connection can have gone through it): whatever is left, at once
     await asyncio.gather(*(h.aclose() for h in sessions if h.key not in started))
-
-
-def clock_of_day(wall: float) -> str:
-    """A wall time as the messages about an outage give it (local time of day)."""
-    return time.strftime("%H:%M:%S", time.localtime(wall))

@@ -42,13 +42,17 @@ def test_the_agent_says_which_signal_so_an_exit_of_137_is_no_sigkill() -> None:
 
 def test_an_end_during_an_outage_says_when_and_which_outage() -> None:
     outage = (T, T + 2135)  # 12:30:02 to 13:05:37
-    line = ended_line("gpu1", 137, at=T + 665, outage=outage)
+    line = ended_line("gpu1", 137, at=T + 665, outage=outage, now=T + 2200)
     assert line is not None
+    zone = time.strftime("%Z", time.localtime(T))
     assert line.startswith(
-        "the kernel on gpu1 was killed by SIGKILL at 12:41:07, while the connection was down "
-        "(12:30:02 to 13:05:37); not by relay"
+        f"the kernel on gpu1 was killed by SIGKILL at 12:41:07 {zone}, while the connection "
+        f"was down (12:30:02 to 13:05:37 {zone}); not by relay"
     )
-    assert ended_line("gpu1", 0, at=T + 665, outage=outage) == (
-        "the kernel on gpu1 exited with status 0 at 12:41:07, while the connection was down "
-        "(12:30:02 to 13:05:37)"
+    assert ended_line("gpu1", 0, at=T + 665, outage=outage, now=T + 2200) == (
+        f"the kernel on gpu1 exited with status 0 at 12:41:07 {zone}, while the connection "
+        f"was down (12:30:02 to 13:05:37 {zone})"
     )
+    later = ended_line("gpu1", 137, at=T + 665, outage=outage, now=T + 86400)
+    assert f"at Fri 4 Dec 12:41:07 {zone}, " in str(later), later
+    assert f"(Fri 4 Dec 12:30:02 to 13:05:37 {zone})" in str(later), later

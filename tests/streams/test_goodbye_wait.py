@@ -11,12 +11,14 @@ sees does not depend on the machine's load."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
 from relay.agent import mux
 from relay.agent.session import AgentSession
+from relay.clock import moment
 from relay.settings import HostConfig
 from relay.ssh import host as host_module
 from relay.ssh.host import HostSession
@@ -110,3 +112,17 @@ async def test_a_connection_closed_during_the_wait_ends_it_and_says_it_may_not_h
     line = host.unheard_goodbye()
     assert line is not None and "did not answer relay's goodbye" in line, line
     assert "at once when relay next connects to host" in line, line
+
+
+async def test_a_window_days_long_is_said_to_end_on_its_day() -> None:
+    """A window of two days: the line names the day it ends on (the helper's report: a time
+    of day alone read as the moment the connection went, as if the window were over)."""
+    host, session, _ = await _said_goodbye()
+    session.window_s = 2 * 86400
+    await asyncio.wait_for(host.goodbye_heard(WINDOW_S), 30)
+    line = host.unheard_goodbye()
+    assert line is not None
+    ends = line.split("when resume_window_s runs out (")[1].split(")")[0]
+    assert ends[:3] in ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"), line
+    day = ends.rsplit(" ", 2)[0]  # two days on, whichever second the line was written in
+    assert day in {moment(time.time() + 2 * 86400 + d).rsplit(" ", 2)[0] for d in (-60, 0)}
