@@ -8,7 +8,7 @@ from typing import Any
 
 from relay.clock import duration
 
-__all__ = ["render", "size"]
+__all__ = ["render", "resume", "size"]
 
 
 def _ago(ts: float | None, now: float) -> str:
@@ -78,16 +78,16 @@ def size(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def _resume(r: dict[str, Any] | None) -> str:
+def resume(r: dict[str, Any] | None) -> str:
     """Whether the host's kernels outlive their connection (docs/agent.md): ``on`` with the
     window; ``resuming`` with the time left and what links hold unacknowledged; ``ended``
     and why (the window ran out); ``off`` and why (no python3 there, resume_window_s = 0,
-    ...)."""
+    ...): one line, as the RESUME column shows it unwrapped."""
     if not r:
         return "-"
     state = r.get("state")
     if state == "on" and not r.get("window_s"):  # an agent told resume_window_s = 0
-        return _wrapped("off: resume_window_s = 0 (kernels end with their connection)")
+        return "off: resume_window_s = 0 (kernels end with their connection)"
     if state == "on":
         return f"on ({duration(r.get('window_s') or 0)} window)"
     if state == "resuming":
@@ -97,9 +97,9 @@ def _resume(r: dict[str, Any] | None) -> str:
             text += f" ({duration(r['window_next_s'])} window once back)"
         if r.get("login_needed"):
             text += ", needs `relay login`"
-        return _wrapped(f"{text}, {size(int(r.get('unacked') or 0))} held")
+        return f"{text}, {size(int(r.get('unacked') or 0))} held"
     if state in ("ended", "off") and r.get("reason"):
-        return _wrapped(f"{state}: {r['reason']}")
+        return f"{state}: {r['reason']}"
     return str(state or "-")
 
 
@@ -174,7 +174,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
                     else "-",
                     str(h["kernels"]),
                     _peer_check(h.get("peer_check")),
-                    _resume(h.get("resume")),
+                    _wrapped(resume(h.get("resume"))),
                     _wrapped(h.get("last_error")),
                 ]
                 for h in hosts

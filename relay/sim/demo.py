@@ -25,11 +25,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from relay import statusview
 from relay.lite import client
 from relay.sim import frontend, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
-from relay.statusview import size
 
 BIN = Path(sys.executable).parent
 RELAY = str(BIN / "relay")
@@ -118,11 +118,11 @@ def _resume_state(env: dict[str, str]) -> dict[str, object]:
     return state
 
 
-async def _outage(env: dict[str, str], path: FaultProxy, kl: frontend.KernelLink) -> str:
-    """The path goes silently dead in the middle of a 4 MiB echo, and comes back."""
-    before = _resume_state(env)
-    if before.get("state") != "on":
-        return f"not resumable here: {before.get('reason', before)}"
+async def _outage(
+    env: dict[str, str], path: FaultProxy, kl: frontend.KernelLink, before: dict[str, object]
+) -> bool:
+    """The path goes silently dead in the middle of a 4 MiB echo, and comes back: whether
+    the echo came back intact, through the same agent."""
     payload = secrets.token_bytes(4 << 20)
     echo = asyncio.ensure_future(kl.echo(payload))
     path.blackhole()
@@ -132,10 +132,9 @@ async def _outage(env: dict[str, str], path: FaultProxy, kl: frontend.KernelLink
         # the daemon is another process: its status is asked, as a person would
         while (state := _resume_state(env)).get("state") != "resuming":  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-    held = size(int(str(state.get("unacked") or 0)))
     print(
-        f"  relay status: resuming, {state.get('window_left_s')} s of the window left, "
-        f"{held} held unacknowledged (after {time.monotonic() - started:.1f} s)"
+        f"  relay status, RESUME: {statusview.resume(state)} (after "
+        f"{time.monotonic() - started:.1f} s)"
     )
     path.restore()
     print("  the path comes back")
@@ -145,7 +144,7 @@ async def _outage(env: dict[str, str], path: FaultProxy, kl: frontend.KernelLink
         f"  resumed {time.monotonic() - started:.1f} s after the outage began: the same agent "
         f"(pid {after.get('pid')}), the same kernels, the echo {'intact' if same else 'DAMAGED'}"
     )
-    return "ok" if same and after.get("pid") == before.get("pid") else "MISMATCH"
+    return same and after.get("pid") == before.get("pid")
 
 
 async def _front_end(env: dict[str, str], path: FaultProxy) -> int:
@@ -186,14 +185,30 @@ async def _front_end(env: dict[str, str], path: FaultProxy) -> int:
     )
     for kind, fe_name, remote_name, ms, ok in rows:
         print(f"  {kind:<10} {fe_name:<32} {remote_name:<32} {ms:7.0f}ms  {ok}")
+    # the embedded default runs the kernels under relay's agent (resume_window_s 900)
+    before = _resume_state(env)
+    resumable = before.get("state") == "on" and bool(before.get("window_s"))
     print(
         f"\n  LaunchKernels of {COMPUTE_KERNELS} compute kernels as the Parallel package runs it "
         f"(one Run after another, then a wait for all; each kernel takes 1 s to start): "
-        f"{all_ms:.0f} ms in all, one SSH connection, one supervisor session"
+        f"{all_ms:.0f} ms in all, one SSH connection, "
+        + ("one agent on the host" if resumable else "one supervisor session")
     )
-    outage = await _outage(env, path, kl)
-    for k, _, _ in computes:
-        rows.append(("compute", "(after the outage)", "", 0.0, await _exchange(k)))
+    if resumable:
+        outage = await _outage(env, path, kl, before)
+        after = [await _exchange(k) for k, _, _ in computes]
+        rows += [("compute", "(after the outage)", "", 0.0, ok) for ok in after]
+        print(
+            f"  {after.count('ok')} of {len(computes)} compute kernels after the outage, "
+            f"data+urgent: {'ok' if after.count('ok') == len(computes) else 'FAILED'}"
+        )
+    else:  # the outage is what the demo is for: not shown, it has not passed
+        outage = False
+        print(
+            f"  outage skipped: the kernels would not survive it here "
+            f"(relay status, RESUME: {statusview.resume(before)})",
+            file=sys.stderr,
+        )
     for k, _, _ in computes:
         await k.quit(0)
     await kl.quit(0)
@@ -204,7 +219,7 @@ async def _front_end(env: dict[str, str], path: FaultProxy) -> int:
     for listening in (link, *(launch.link for launch in launches)):
         listening.close()
     failed = (
-        (outage not in ("ok",) and not outage.startswith("not resumable"))
+        not outage
         or any(r[4] != "ok" for r in rows)
         or len(computes) != COMPUTE_KERNELS
         or any(s != 0 for _, _, s in computes)
@@ -215,7 +230,7 @@ async def _front_end(env: dict[str, str], path: FaultProxy) -> int:
         return 1
     print(
         "relay demo: all kernels launched, connected and exchanged data on both channels, "
-        f"before and after a network outage ({outage})"
+        "before and after a network outage they outlived"
     )
     return 0
 
