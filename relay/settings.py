@@ -8,6 +8,7 @@ reads. Every error names the file, the key and what was expected. See
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
@@ -31,7 +32,8 @@ RemoteWord = Annotated[str, AfterValidator(no_control_characters)]  # reaches th
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML has nan and inf: no number of seconds, bytes or kernels is either
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _memory(text: str) -> str:
@@ -41,6 +43,12 @@ def _memory(text: str) -> str:
 
 def _time(text: str) -> str:
     return parse_time(text)
+
+
+def _window(seconds: float) -> float:
+    if 0 < seconds < 1:  # shown as "0s", read as off; and keepalive alone takes longer
+        raise ValueError("must be 0 (kernels end with their connection) or at least 1 second")
+    return seconds
 
 
 def _node_template(text: str) -> str:
@@ -101,7 +109,9 @@ class HostConfig(_Strict):
     # How long kernels wait for their connection to come back (docs/agent.md): their ends of
     # the links are held by relay's agent on the host, and the daemon resumes them. 0: kernels
     # end with their connection (sshd's listeners and supervisor.sh, as without python3).
-    resume_window_s: Annotated[float, Field(ge=0, le=7 * 86400, strict=True)] = 900.0
+    resume_window_s: Annotated[
+        float, Field(ge=0, le=7 * 86400, strict=True), AfterValidator(_window)
+    ] = 900.0
     # Carry a connection to a link listener only from a process of the user's own (relay.ssh.guard)
     peer_check: Literal["uid", "off"] = "uid"
     # AES-GCM first: with AES-NI it brings asyncssh's data path level with OpenSSH's default
@@ -196,6 +206,9 @@ def _describe(err: Any) -> str:
             if any("pass" in str(p).lower() for p in err["loc"])
             else ""
         )
+        if not hint:
+            near = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(), n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
         return f"{loc}: unknown key{hint}"
     given = err.get("input")
     # as the file spells it: a number given as true or false is a switch mistaken for one
@@ -207,7 +220,15 @@ def _describe(err: Any) -> str:
         and ("number" in err["msg"] or "integer" in err["msg"])
     ):
         shown += " (a number: write it without the quotes)"
-    return f"{loc}: {err['msg']}{shown}"
+    elif str(err["loc"][-1]).endswith("_s") and isinstance(err.get("input"), str):
+        shown += " (a number of seconds, e.g. 900)"
+    return f"{loc}: {err['msg'].removeprefix('Value error, ')}{shown}"
+
+
+def _known_keys() -> list[str]:
+    """Every key relay.toml may hold, at any level: what a mistyped one is likely to be."""
+    models: list[type[BaseModel]] = [RelayConfig, DaemonConfig, HostConfig, SlurmConfig]
+    return sorted({key for model in models for key in model.model_fields})
 
 
 def _numeric(text: str) -> bool:

@@ -82,7 +82,7 @@ def test_defaults_are_every_hosts_defaults_and_a_hosts_own_keys_win(tmp_path: Pa
             "[defaults]\nlaunch_timeout_s = -1\n[hosts.a]\nhostname = 'x'\n",
             "defaults.launch_timeout_s",
         ),
-        ("[defaults]\nkernal = 'k'\n", "defaults.kernal: unknown key"),
+        ("[defaults]\nkernal = 'k'\n", "defaults.kernal: unknown key (did you mean kernel?)"),
         ("[defaults]\nhostname = 'x'\n", "defaults.hostname: "),
     ],
 )
@@ -104,6 +104,49 @@ def test_a_number_in_quotes_is_said_to_be_one(tmp_path: Path, value: str, hinted
         said = str(info.value)
         assert f"hosts.a.{key}: " in said and "\n" not in said, said
         assert ("(a number: write it without the quotes)" in said) == hinted, said
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[hosts.a]\nhostname = 'x'\nresume_window = 60\n",
+         "hosts.a.resume_window: unknown key (did you mean resume_window_s?)"),
+        ("[defaults]\nkeepalive_count = 3\n",
+         "defaults.keepalive_count: unknown key (did you mean keepalive_count_max?)"),
+        ("[daemon]\nlog_levl = 'debug'\n",
+         "daemon.log_levl: unknown key (did you mean log_level?)"),
+        ("[hosts.a]\nhostname = 'x'\nzzzz = 1\n", "hosts.a.zzzz: unknown key"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_key_is_said_with_the_one_meant(tmp_path: Path, text: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text))
+    assert str(info.value) == f"{tmp_path / 'relay.toml'}: {says}"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("nan", "Input should be a finite number, got nan"),
+        ("inf", "Input should be a finite number, got inf"),
+        ("0.4", "must be 0 (kernels end with their connection) or at least 1 second, got 0.4"),
+        ("'15m'", "Input should be a valid number, got '15m' (a number of seconds, e.g. 900)"),
+    ],
+)
+def test_a_window_is_none_or_a_finite_number_of_seconds(
+    tmp_path: Path, value: str, says: str
+) -> None:
+    """A window of 0.4 s was taken, shown as "0s" (read as off) and gone before keepalive
+    could find the connection lost; nan was said to be above the week allowed."""
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, f"[hosts.a]\nhostname = 'x'\nresume_window_s = {value}\n"))
+    assert str(info.value) == f"{tmp_path / 'relay.toml'}: hosts.a.resume_window_s: {says}"
+
+
+def test_windows_of_zero_and_of_a_second_are_taken(tmp_path: Path) -> None:
+    for value in (0, 1, 1.5, 604800):
+        config, _ = load(write(tmp_path, f"[hosts.a]\nhostname = 'x'\nresume_window_s = {value}\n"))
+        assert config.hosts["a"].resume_window_s == value
 
 
 def test_a_default_jump_host_does_not_jump_through_itself(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ async def test_a_rejected_file_refuses_the_host_it_breaks_and_no_other(tmp_path:
     assert "error" in d.reload()
     with pytest.raises(ConfigError) as refused:
         d.host("new")
-    assert refused.value.message == f"{path}: hosts.new.kernal: unknown key"
+    assert refused.value.message == f"{path}: hosts.new.kernal: unknown key (did you mean kernel?)"
     assert d.host("old").config.hostname == "o"  # the running configuration stays
     assert d.host("alice@elsewhere").config.hostname == "elsewhere"  # not what it breaks
 
