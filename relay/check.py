@@ -547,7 +547,16 @@ class Checker:
             return f"off: {agent_start.WINDOW_ZERO}; kernels end with their connection", {}, "ok"
         if cfg.slurm is None:  # as the daemon decides (HostSession); a Slurm host's are its nodes'
             if (why := agent_start.unwanted(cfg)) is not None:
-                return f"off: {why}; kernels end with their connection", {}, "ok"
+                summary = f"off: {why}; kernels end with their connection"
+                if cfg.peer_check == "uid" or self.probe.get("proc") != "ok":
+                    return summary, {}, "ok"  # off as the host needs it (step 6 says why)
+                # the owner check switched off where it could run: resuming went with it
+                advice = (
+                    f'set peer_check = "uid" (the default) for {self.name}: then another '
+                    f"user of the host cannot connect to a link first, and kernels outlive "
+                    f"a lost connection"
+                )
+                return summary, {"advice": advice}, "warn"
             if self.probe.get("proc") != "ok":
                 return f"{agent_start.NO_OWNER_CHECK}: {off}", {}, "warn"
         version = self.probe.get("python3", "missing")

@@ -340,6 +340,18 @@ def test_the_resume_line_says_off_where_the_daemon_keeps_sshds_path(
     )
 
 
+def test_the_owner_check_switched_off_where_it_could_run_is_a_warning(home: RelayHome) -> None:
+    """peer_check = "off" on a host with /proc/net/tcp takes resuming with it and lets
+    another user of the host connect first, for no need of the host's: said as a warning,
+    with the setting that keeps both."""
+    home.add_host("local", peer_check="off")
+    _, answer, _ = check(home)
+    resume = by_name(answer)["resume"]
+    assert resume["state"] == "warn", resume
+    assert resume["summary"].startswith("off: peer_check = off"), resume
+    assert 'set peer_check = "uid" (the default) for local' in resume["advice"], resume
+
+
 def test_a_window_keepalive_outlasts_is_a_warning(home: RelayHome) -> None:
     """The window counts from the last word heard; a connection that goes silent is found
     lost only keepalive_interval_s x keepalive_count_max later: a window no longer than that
