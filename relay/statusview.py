@@ -103,6 +103,21 @@ def resume(r: dict[str, Any] | None) -> str:
     return str(state or "-")
 
 
+def _resume_reason(h: dict[str, Any]) -> str | None:
+    """Why the host's kernels did not outlive their connection, where the RESUME column says
+    it (the window ran out, the agent was gone)."""
+    r = h.get("resume") or {}
+    return r.get("reason") if r.get("state") == "ended" else None
+
+
+def _unrepeated(text: str | None, resume_reason: str | None) -> str | None:
+    """A host's error or a kernel's end that is what its RESUME column says already: said
+    once there, and pointed to here (a window's end is several lines long, wrapped)."""
+    if text and resume_reason and resume_reason in text:
+        return "as RESUME says"
+    return text
+
+
 def _slurm(hosts: list[dict[str, Any]]) -> list[str]:
     """Slurm hosts' jobs: state and Slurm's reason (why a job pends), nodes and time left,
     and kernels per node against the slots the job holds there."""
@@ -175,7 +190,7 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
                     str(h["kernels"]),
                     _peer_check(h.get("peer_check")),
                     _wrapped(resume(h.get("resume"))),
-                    _wrapped(h.get("last_error")),
+                    _wrapped(_unrepeated(h.get("last_error"), _resume_reason(h))),
                 ]
                 for h in hosts
             ],
@@ -183,15 +198,22 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
     else:
         lines.append("no hosts connected yet")
     lines += _slurm(hosts)
-    failures = [(h["name"], f) for h in hosts for f in h.get("failures") or []]
+    failures = [(h, f) for h in hosts for f in h.get("failures") or []]
     if failures:
         lines += ["", "kernels that failed after their launch had answered (newest last):"]
+        rows, said = [], None
+        for h, f in failures:
+            reason = f["reason"]
+            shown = (
+                "as above"
+                if (h["name"], reason) == said
+                else _unrepeated(reason, _resume_reason(h))
+            )
+            said = (h["name"], reason)
+            rows.append([h["name"], f["kernel_id"], _ago(f["at"], now), f["kernel"], shown])
         lines += _table(
             ["HOST", "KERNEL", "WHEN", "PATH", "REASON"],
-            [
-                [name, f["kernel_id"], _ago(f["at"], now), f["kernel"], _wrapped(f["reason"])]
-                for name, f in failures
-            ],
+            [[*row[:4], _wrapped(row[4])] for row in rows],
         )
     kernels = status["kernels"]
     lines.append("")

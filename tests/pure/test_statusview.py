@@ -164,3 +164,28 @@ def test_each_channel_shows_what_it_holds_unacknowledged() -> None:
     header = next(line for line in text.splitlines() if "UNACKED" in line)
     data = next(line for line in text.splitlines() if "3@127.0.0.1" in line and "resuming" in line)
     assert data[header.index("UNACKED") :].startswith("1.5 KiB"), text
+
+
+def test_a_windows_end_is_said_once_not_in_every_column_and_row() -> None:
+    """After a window ran out, the host's RESUME says why; its LAST ERROR and each of its
+    kernels' failures carried the same lines again, wrapped (a review counted three copies
+    and more with every kernel): they point to it, and a failure like the one above says so."""
+    ran_out = (
+        "the connection to cluster was lost at 12:03:07 UTC and did not come back within "
+        "resume_window_s (60 s); relay's agent there ends its kernels"
+    )
+    failed = [
+        {"at": 105.0, "kernel_id": f"k{i}", "kernel": "math", "reason": f"{ran_out}: restart it"}
+        for i in (1, 2)
+    ] + [{"at": 106.0, "kernel_id": "k3", "kernel": "math", "reason": "killed by SIGKILL"}]
+    shown = render(
+        answer(resume={"state": "ended", "reason": ran_out}, last_error=ran_out, failures=failed),
+        now=110.0,
+    )
+    assert shown.count("did not come back") == 1, shown
+    rows = {line.split()[1]: line for line in shown.splitlines() if line.startswith("cluster  k")}
+    assert rows["k1"].endswith("as RESUME says"), shown
+    assert rows["k2"].endswith("as above"), shown
+    assert rows["k3"].endswith("killed by SIGKILL"), shown
+    host_row = next(line for line in shown.splitlines() if line.startswith("cluster "))
+    assert host_row.rstrip().endswith("as RESUME says"), shown
