@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import lookup
+from bench import lookup, memory
 from bench.delayproxy import DelayProxy, calibrate
 from bench.ways import (
     NO_STARTUP,
@@ -145,6 +145,9 @@ class Results:
     daemon_at_once: dict[str, float] = field(default_factory=dict)
     # the host's agent (kernels that outlive the network) beside it: RSS MB, fds
     agent: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # the idle daemon's RSS by what holds it (bench/memory.py), and relay's own modules' MB
+    daemon_holders: dict[str, float] = field(default_factory=dict)
+    relay_modules_mb: float = 0.0
     daemon_scaffold: tuple[float, int] = (0.0, 0)
     floor_python: Sample = field(default_factory=Sample)
     floor_direct: Sample = field(default_factory=Sample)
@@ -664,6 +667,8 @@ class Bench:
         await self.timed_launch(way)  # connected and warm: that is its idle state
         agent = _agent_pid(sock)  # started by the first launch; idle with no kernel now
         await self._at_rest("idle", daemon.pid)
+        self.results.daemon_holders = memory.resident_by_holder(daemon.pid)
+        self.results.relay_modules_mb = memory.relay_modules_mb()
         if agent is not None:
             self.results.agent["idle"] = _proc_stats(agent)
         n = self.config.daemon_kernels
@@ -1438,11 +1443,20 @@ def plot(config: Config, r: Results, path: Path) -> None:
 
 
 def _daemon_footprint(r: Results) -> list[str]:
-    return [
+    lines = [
         f"- daemon serving one host, {label}: {rss:.1f} MB RSS at rest "
         f"({r.daemon_at_once.get(label, rss):.1f} MB at once), {fds} fds"
         for label, (rss, fds) in r.daemon.items()
     ]
+    if r.daemon_holders:
+        held = ", ".join(f"{mb:.1f} {who}" for who, mb in r.daemon_holders.items())
+        lines.append(
+            f"- where the idle daemon's RSS is (its smaps, MB): {held}. relay's own modules "
+            f"add {r.relay_modules_mb:.1f} MB of it, at import, to a process that has "
+            f"imported the rest of what the daemon does: the rest is Python, asyncssh with "
+            f"cryptography, pydantic, uvloop and structlog"
+        )
+    return lines
 
 
 def _lookup_section(r: Results) -> list[str]:

@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+from bench import memory
 from bench.harness import GREETED, QUIET, Bench, Config, Sample, main, render
 from bench.lookup import WAYS
 from bench.ways import TunnelWay
@@ -61,6 +62,11 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
         "after",
     }
     assert set(results.agent) == {"idle", f"{n} kernels"}  # measured with the quiet links
+    # where the idle daemon's memory is: every page counted once, relay's own modules a part
+    held = sum(results.daemon_holders.values())
+    assert abs(held - results.daemon["idle"][0]) < 0.1 * held, (held, results.daemon)
+    assert memory.ANONYMOUS in results.daemon_holders
+    assert 0 < results.relay_modules_mb < held, results.relay_modules_mb
     assert results.calibration[10]["pingpong_ms"] >= 10  # the delay relay delays
     # the peer check's look-up, each way, with the table as it was and filled
     assert len(results.lookups) == 2, results.lookups
@@ -73,6 +79,7 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
     assert "CPU the host took during relay's cell" in text and "(steal)" in text
     assert "median of 2 rounds" in text
     assert "## The peer check's cost per connection" in text
+    assert "- where the idle daemon's RSS is (its smaps, MB): " in text
     assert f"- target: at most 60 MB with {n} kernels: with quiet links " in text
     # each path's link targets, a verdict apiece, in figures that cannot round onto a target
     for what in ("through its agent", "resume_window_s = 0"):
