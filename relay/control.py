@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from relay import __version__, check, protocol
+from relay import __version__, check, hostspec, protocol
 from relay.errors import (
     BadRequest,
     ConfigError,
@@ -261,7 +261,7 @@ class Conversation:
             daemon.refuse_if_stopping("checks")
             daemon.note_client(req.ssh_auth_sock)
             results = await check.run(daemon, req.host, req.kernel, running=True)
-            return {"event": "checked", "host": req.host, "results": results}
+            return {"event": "checked", "host": hostspec.shown(req.host), "results": results}
         if isinstance(req, protocol.AnswersRequest):
             raise BadRequest("answers outside a login")
         raise BadRequest("terminate outside a launch")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from relay.lite.linkname import normalize_host, parse_port
 
-__all__ = ["HostSpec", "HostSpecError"]
+__all__ = ["USERINFO_REFUSED", "USER_NAME", "HostSpec", "HostSpecError", "shown"]
 
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*\$?$")
+USER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*\$?$")
 USERINFO_REFUSED = (
     "a password in a host spec is refused (it would sit in argv and logs): "
     "authenticate with a key in identity_files or ssh-agent instead"
@@ -52,7 +52,7 @@ class HostSpec:
         if at:
             if ":" in userinfo:
                 raise HostSpecError(USERINFO_REFUSED)
-            if not _USER.match(userinfo):
+            if not USER_NAME.match(userinfo):
                 raise HostSpecError(f"host spec {text!r}: user name {userinfo!r} is not valid")
             user = userinfo
         host, port = _split_hostport(hostport, text)
@@ -63,6 +63,17 @@ class HostSpec:
         user = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port is not None else ""
         return f"{user}{host}{port}"
+
+
+def shown(text: str) -> str:
+    """A host spec as a message may repeat it: a password in it (``user:pw@host``, refused
+    by ``HostSpec.parse``) replaced by ``***``."""
+    userinfo, at, rest = text.rpartition("@")
+    if not at or ":" not in userinfo:
+        return text
+    scheme = "ssh://" if userinfo.lower().startswith("ssh://") else ""
+    user = userinfo[len(scheme) :].split(":", 1)[0]
+    return f"{scheme}{user}:***@{rest}"
 
 
 def _split_hostport(hostport: str, text: str) -> tuple[str, int | None]:

@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import BadRequest, ConfigError, UnknownHost, host_header
-from relay.hostspec import HostSpec, HostSpecError
+from relay.hostspec import USER_NAME, USERINFO_REFUSED, HostSpec, HostSpecError
 from relay.kernelcmd import no_control_characters
 from relay.lite import paths
 from relay.slurm.units import megabytes, parse_time
@@ -51,6 +51,34 @@ def _window(seconds: float) -> float:
     return seconds
 
 
+def _hostname(text: str) -> str:
+    """A host name, an address or an ssh_config alias: never a login with it (a password
+    there would reach argv, logs and ``relay status``), nor spaces."""
+    userinfo, at, _ = text.rpartition("@")
+    if at and ":" in userinfo:
+        raise ValueError(USERINFO_REFUSED)
+    if at:
+        raise ValueError('a host name or address only: give the login as user = "NAME"')
+    if not text.strip() or any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError("not a host name or address (it has spaces or control characters)")
+    return text
+
+
+def _user(text: str) -> str:
+    if ":" in text:
+        raise ValueError(USERINFO_REFUSED)
+    if not USER_NAME.match(text):
+        raise ValueError(
+            "not a user name (letters, digits, _ . + -; leave user out for ssh_config's, or "
+            "your own)"
+        )
+    return text
+
+
+# keys whose refusal does not repeat what was given: it may hold a password
+_UNECHOED = frozenset({"hostname", "user"})
+
+
 def _node_template(text: str) -> str:
     if "{node}" not in text or text.replace("{node}", "").count("{") + text.count("}") > 1:
         raise ValueError("must contain {node} once and no other braces, e.g. {node}.cluster")
@@ -80,9 +108,9 @@ class SlurmConfig(_Strict):
 
 
 class HostConfig(_Strict):
-    hostname: Annotated[str, Field(min_length=1)]
+    hostname: Annotated[str, AfterValidator(_hostname)]
     port: Annotated[int, Field(ge=1, le=65535, strict=True)] | None = None
-    user: str | None = None
+    user: Annotated[str, AfterValidator(_user)] | None = None
     identity_files: list[str] | None = None
     known_hosts: str | None = None
     jump: str | None = None
@@ -213,7 +241,8 @@ def _describe(err: Any) -> str:
     given = err.get("input")
     # as the file spells it: a number given as true or false is a switch mistaken for one
     given = str(given).lower() if isinstance(given, bool) else repr(given)
-    shown = "" if err["type"] == "missing" else f", got {given}"
+    unechoed = err["type"] == "value_error" and str(err["loc"][-1]) in _UNECHOED
+    shown = "" if err["type"] == "missing" or unechoed else f", got {given}"
     if (
         isinstance(err.get("input"), str)
         and _numeric(err["input"])

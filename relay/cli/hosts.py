@@ -114,7 +114,7 @@ CHECK_WAIT_S = 330.0  # nine checks of at most relay.check.STEP_TIMEOUT_S each, 
 def check(host: str, kernel: str | None, *, as_json: bool) -> int:
     import json
 
-    from relay import checkview
+    from relay import checkview, hostspec
     from relay.lite import client, paths, shim
 
     message = {"op": "check", "host": host, "kernel": kernel, **shim.agent_field()}
@@ -127,10 +127,11 @@ def check(host: str, kernel: str | None, *, as_json: bool) -> int:
     if isinstance(answer, int):
         return answer
     results = [checkview.Result(**r) for r in answer["results"]]
+    said = hostspec.shown(host)  # a password in it is refused by step 1, and not repeated
     if as_json:
-        print(json.dumps({"host": host, "ok": not checkview.verdict(results), **answer}, indent=2))
+        print(json.dumps({"host": said, "ok": not checkview.verdict(results), **answer}, indent=2))
     else:
-        print(checkview.render(host, results), end="")
+        print(checkview.render(said, results), end="")
     return checkview.verdict(results)
 
 
@@ -139,7 +140,7 @@ def _check_standalone(host: str, kernel: str | None) -> dict[str, Any] | int:
 
     import uvloop
 
-    from relay import check, log, settings
+    from relay import check, hostspec, log, settings
     from relay.daemon import Daemon
     from relay.errors import RelayError
 
@@ -154,7 +155,7 @@ def _check_standalone(host: str, kernel: str | None) -> dict[str, Any] | int:
         daemon = Daemon(config, str(source))
         try:
             results = await check.run(daemon, host, kernel, running=False)
-            return {"event": "checked", "host": host, "results": results}
+            return {"event": "checked", "host": hostspec.shown(host), "results": results}
         finally:
             await daemon.aclose(grace_s=2.0)
 

@@ -149,6 +149,35 @@ def test_windows_of_zero_and_of_a_second_are_taken(tmp_path: Path) -> None:
         assert config.hosts["a"].resume_window_s == value
 
 
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ("hostname = 'root:hunter2@10.0.0.1'", "hostname: a password in a host spec is refused"),
+        ("hostname = 'root@10.0.0.1'", "hostname: a host name or address only: give the login"),
+        ("hostname = 'a b'", "hostname: not a host name or address (it has spaces"),
+        ("hostname = ''", "hostname: not a host name or address"),
+        ("hostname = 'h'\nuser = ''", "user: not a user name"),
+        ("hostname = 'h'\nuser = 'root:hunter2'", "user: a password in a host spec is refused"),
+    ],
+)
+def test_a_hostname_or_user_holding_more_is_refused_unrepeated(
+    tmp_path: Path, line: str, says: str
+) -> None:
+    """A review found ``hostname = "root:pw@host"`` taken, and the password then in a
+    launch's error, ``relay status`` and the log; and ``user = ""`` taken as a login name."""
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, f"[hosts.a]\n{line}\n"))
+    said = str(info.value)
+    assert said.startswith(f"{tmp_path / 'relay.toml'}: hosts.a.{says}"), said
+    assert "hunter2" not in said and "got" not in said, said
+
+
+def test_host_names_addresses_and_aliases_are_taken(tmp_path: Path) -> None:
+    for hostname in ("login.example.org", "10.0.0.1", "::1", "my-alias", "h_1"):
+        config, _ = load(write(tmp_path, f"[hosts.a]\nhostname = '{hostname}'\nuser = 'a.b-c'\n"))
+        assert config.hosts["a"].hostname == hostname
+
+
 def test_a_default_jump_host_does_not_jump_through_itself(tmp_path: Path) -> None:
     config, _ = load(
         write(

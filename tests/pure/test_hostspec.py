@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.hostspec import HostSpec, HostSpecError
+from relay.hostspec import HostSpec, HostSpecError, shown
 
 
 @pytest.mark.parametrize(
@@ -70,6 +70,22 @@ def test_password_is_refused_and_never_repeated(text: str) -> None:
     message = str(info.value)
     assert "password" in message and "ssh-agent" in message
     assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("alice:hunter2@host", "alice:***@host"),
+        ("ssh://alice:hunter2@host:22", "ssh://alice:***@host:22"),
+        ("alice:hun:ter@2@[::1]:22", "alice:***@[::1]:22"),
+        ("alice@host:22", "alice@host:22"),
+        ("[::1]:22", "[::1]:22"),
+    ],
+)
+def test_a_spec_repeated_in_a_message_has_its_password_hidden(text: str, said: str) -> None:
+    """``relay check`` names the spec it checked (its header, its JSON): a review found the
+    password there, where step 1 had refused it."""
+    assert shown(text) == said
 
 
 @given(

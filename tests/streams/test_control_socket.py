@@ -23,7 +23,7 @@ from relay.control import DaemonRunning
 from relay.daemon import serve
 from relay.lite import framing, shim
 from relay.settings import RelayConfig
-from tests.conftest import RelayHome, RunningDaemon, run_shim, start_daemon
+from tests.conftest import RELAY, RelayHome, RunningDaemon, run_shim, start_daemon
 
 
 async def request(path: str, data: bytes) -> list[dict[str, object]]:
@@ -381,3 +381,35 @@ async def test_a_machine_id_that_cannot_be_kept_is_said_and_the_daemon_serves(
     assert len(said) == 1, logs
     assert said[0]["log_level"] == "warning" and str(blocker) in said[0]["error"], said
     assert "XDG_STATE_HOME" in said[0]["event"]
+
+
+@pytest.mark.parametrize("through", ["daemon", "standalone"])
+@pytest.mark.parametrize("as_json", [False, True])
+async def test_relay_check_names_a_spec_with_a_password_without_it(
+    home: RelayHome, daemon_log: io.StringIO, through: str, as_json: bool
+) -> None:
+    """Step 1 refuses a password in a host spec, and never repeats it; the report's header
+    and its JSON named the spec as given (a review found it there), through a daemon and
+    without one."""
+    home.config.write_text("[hosts.local]\nhostname = '127.0.0.1'\n")
+    argv = [RELAY, "check", *(["--json"] if as_json else []), "alice:hunter2@host"]
+
+    async def check() -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=home.env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    if through == "daemon":
+        async with start_daemon(home, write=False):
+            status, out = await check()
+        assert "hunter2" not in daemon_log.getvalue()
+    else:
+        status, out = await check()
+    assert status == 1, out
+    assert "password in a host spec is refused" in out, out
+    assert "alice:***@host" in out, out
+    assert "hunter2" not in out, out
