@@ -128,6 +128,74 @@ class FrameError(ValueError):
     pass
 
 
+def decimal(text, most=(1 << 63) - 1):
+    """A number a peer wrote in ASCII digits, at most ``most``; else None. (``isdigit``
+    takes "²", which ``int`` refuses.)"""
+    if not 0 < len(text) <= 19 or text.strip("0123456789"):
+        return None
+    value = int(text)
+    return value if value <= most else None
+
+
+def _short_int(text):
+    if len(text) > 30:  # Python 3.6 has no limit: a megabyte of digits costs it seconds
+        raise ValueError("number too long")
+    return int(text)
+
+
+def _short_float(text):
+    if len(text) > 30:
+        raise ValueError("number too long")
+    return float(text)
+
+
+def _no_constant(name):
+    raise ValueError("not JSON: " + name)
+
+
+def peer_json(payload):
+    """A JSON object a peer sent (the daemon's HELLO, before and after it proves the secret):
+    bounded in what parsing it costs; anything else, a ValueError."""
+    try:
+        value = json.loads(
+            payload.decode("utf-8"),
+            parse_int=_short_int,
+            parse_float=_short_float,
+            parse_constant=_no_constant,
+        )
+    except (ValueError, RecursionError, MemoryError) as exc:  # deep nesting: RecursionError
+        raise ValueError(str(exc)[:80]) from None
+    if not isinstance(value, dict):
+        raise ValueError("not an object")
+    return value
+
+
+def lines(buf):
+    """The complete lines in ``buf`` (a bytearray), taken out of it in one pass: a frame of
+    a million newlines costs a million finds, not a million copies of what is left."""
+    found, start = [], 0
+    while True:
+        end = buf.find(b"\n", start)
+        if end < 0:
+            break
+        found.append(bytes(buf[start:end]))
+        start = end + 1
+    if start:
+        del buf[:start]
+    return found
+
+
+def positions(given):
+    """A HELLO's "recv" or "handed": stream id -> position, as {str: int}; else ValueError."""
+    given = given or {}
+    if not isinstance(given, dict):
+        raise ValueError("not an object")
+    for sid, position in given.items():
+        if decimal(sid) is None or type(position) is not int or position < 0:
+            raise ValueError("not a position")
+    return given
+
+
 class Reader:
     """Frames out of a byte stream cut anywhere: a DATA frame's payload as it arrives, in
     pieces (positions count bytes, so the pieces are the frame), every other frame whole
@@ -688,6 +756,16 @@ class Agent:
                     getattr(self, "on_" + kind)(key.fileobj, obj, events)
                 except FrameError:
                     self.detach()
+                except Exception:
+                    # what a peer sent that we did not foresee ends that peer's connection,
+                    # not the agent and its kernels: said in TAG.err; the daemon attaches again
+                    if kind not in ("hello", "chan"):
+                        raise
+                    self.fault()
+                    if self.chan is key.fileobj:  # attached, or attaching
+                        self.detach()
+                    elif kind == "hello":
+                        self.drop_pending(key.fileobj)
             if self.reap_due or now() - self.reaped_at > 1.0:  # once a second at least
                 self.reap_due, self.reaped_at = False, now()
                 self.reap()
@@ -883,6 +961,15 @@ class Agent:
         self.pending[sock] = (Reader(), now() + HELLO_WITHIN_S, challenge)
         self.sel.register(sock, selectors.EVENT_READ, ("hello", None))
 
+    def fault(self):
+        """The traceback of what a peer's connection was ended for, in TAG.err."""
+        try:
+            fd = open_private(self.tag + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.dir_fd)
+            os.write(fd, traceback.format_exc().encode()[-8192:])
+            os.close(fd)
+        except OSError:
+            pass
+
     def drop_pending(self, sock):
         self.pending.pop(sock, None)
         self.unregister(sock)
@@ -902,9 +989,10 @@ class Agent:
         if not frames or frames[0][0] != HELLO:
             return self.drop_pending(sock)
         try:
-            hello = json.loads(frames[0][2].decode())
+            hello = peer_json(frames[0][2])
             nonce = bytes.fromhex(str(hello["nonce"]))
             given = str(hello["proof"]).encode()
+            positions(hello.get("recv")), positions(hello.get("handed"))
         except (ValueError, KeyError, TypeError):
             return self.drop_pending(sock)
         if len(nonce) < 32:
@@ -939,7 +1027,7 @@ class Agent:
         positions = {str(s.sid): s.recv for s in self.streams.values()}
         handed = {str(s.sid): s.handed() for s in self.streams.values()}
         for sid in recv:
-            if sid not in positions and sid.isdigit() and int(sid) in self.finished:
+            if sid not in positions and decimal(sid) in self.finished:
                 positions[sid] = handed[sid] = self.finished[int(sid)]
         welcome = {
             "recv": positions,
@@ -950,11 +1038,8 @@ class Agent:
         self.send_raw(encode(WELCOME, 0, json.dumps(welcome).encode()))
         theirs = hello.get("handed") or {}
         for sid, stream in list(self.streams.items()):
-            received = int(recv.get(str(sid), 0))
-            try:
-                given = int(theirs.get(str(sid), received))
-            except (TypeError, ValueError):
-                given = received
+            received = recv.get(str(sid), 0)
+            given = theirs.get(str(sid), received)
             for piece in stream.out.replay(sid, received, given):
                 self.send_raw(piece)
             self.dirty.add(stream)
@@ -1096,9 +1181,7 @@ class Agent:
     # -- the control stream -------------------------------------------------------------------
     def control(self, data):
         self.control_in += data
-        while b"\n" in self.control_in:
-            raw, _, rest = bytes(self.control_in).partition(b"\n")
-            self.control_in = bytearray(rest)
+        for raw in lines(self.control_in):
             op, _, rest = raw.decode("utf-8", "replace").partition(" ")
             ident, _, arg = rest.partition(" ")
             handler = getattr(self, "do_" + op, None)
@@ -1137,6 +1220,8 @@ class Agent:
         try:
             cport, lport = int(words[0], 16), int(words[1], 16)
         except (ValueError, IndexError):
+            return self.say("owner %s ?" % ident)
+        if not (0 < cport <= 65535 and 0 < lport <= 65535):
             return self.say("owner %s ?" % ident)
         self.say("owner %s %s" % (ident, owner(cport, lport)))
 
@@ -1251,9 +1336,9 @@ class Agent:
             stream.asks = {}
 
     def listen(self, ident, kind):
-        if not ident.isdigit() or int(ident) == 0:
+        sid = decimal(ident)
+        if not sid:
             return None
-        sid = int(ident)
         listener = None
         try:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -1276,9 +1361,9 @@ class Agent:
         """A link whose kernel listens (Dynamic's old method): the stream is carried to
         127.0.0.1:PORT, only if the listener there is the user's own; OPEN once connected,
         else "noconnect SID REASON" and CLOSE."""
-        if not ident.isdigit() or int(ident) == 0 or not arg.isdigit():
+        sid, port = decimal(ident), decimal(arg, 65535)
+        if not sid or not port:
             return
-        sid, port = int(ident), int(arg)
         stream = self.streams.get(sid) or Stream(sid)
         self.streams[sid] = stream
         who = listener_owner(port)
@@ -1324,7 +1409,7 @@ class Agent:
         self.link_gone(stream)
 
     def do_drop(self, ident, arg):
-        stream = self.streams.get(int(ident)) if ident.isdigit() else None
+        stream = self.streams.get(decimal(ident))
         if stream is not None and stream.sid:
             self.forget(stream)
 
@@ -1428,11 +1513,9 @@ class Agent:
 
     def replies(self, stream, data):
         stream.asks_in += data
-        while b"\n" in stream.asks_in:
-            raw, _, rest = bytes(stream.asks_in).partition(b"\n")
-            stream.asks_in = bytearray(rest)
+        for raw in lines(stream.asks_in):
             n, _, reply = raw.partition(b" ")
-            ask = stream.asks.get(int(n)) if n.isdigit() else None
+            ask = stream.asks.get(decimal(n.decode("ascii", "replace")))
             if ask is not None:
                 try:  # a short line into an idle socket's empty buffer: it never blocks
                     ask.sock.send(reply + b"\n")

@@ -116,3 +116,40 @@ def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
         assert remote.DIAG == [None]
         monkeypatch.setattr(remote, "DIAG", [1])  # believed: the harm
         assert remote.owner(cport, lport) == "-"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"[" * 100_000, b'{"n": ' + b"7" * 31 + b"}", b'{"n": 1.' + b"5" * 40 + b"}",
+     b'{"n": NaN}', b'{"n": -Infinity}', b"[1]", b"\xff", b"{"],
+)  # fmt: skip
+def test_a_peers_json_is_bounded_in_what_parsing_it_costs(payload: bytes) -> None:
+    """Before the secret is proved: no recursion past Python's limit, no number whose
+    parsing costs seconds (3.6 has no limit on digits), nothing but an object; each a
+    ValueError, which ends that connection alone."""
+    with pytest.raises(ValueError, match=r"."):  # a reason, whatever it is
+        remote.peer_json(payload)
+
+
+def test_a_peers_json_object_is_taken() -> None:
+    assert remote.peer_json(b'{"n": 12, "f": 1.5, "s": "x"}') == {"n": 12, "f": 1.5, "s": "x"}
+
+
+@pytest.mark.parametrize(
+    ("text", "most", "value"),
+    [("12", 65535, 12), ("0", 9, 0), ("65536", 65535, None), ("²", 9, None), ("", 9, None),
+     ("-1", 9, None), (" 1", 9, None), ("1" * 20, 10**30, None), ("٣", 9, None)],
+)  # fmt: skip
+def test_a_number_a_peer_wrote_is_ascii_digits_in_range(
+    text: str, most: int, value: int | None
+) -> None:
+    assert remote.decimal(text, most) == value
+
+
+def test_lines_are_taken_out_and_the_rest_kept() -> None:
+    buf = bytearray(b"a b\n\nc\npart")
+    assert remote.lines(buf) == [b"a b", b"", b"c"]
+    assert buf == bytearray(b"part")
+    assert remote.lines(buf) == [] and buf == bytearray(b"part")
+    many = bytearray(b"x\n" * 100_000)
+    assert len(remote.lines(many)) == 100_000 and many == bytearray()

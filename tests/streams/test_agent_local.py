@@ -32,6 +32,7 @@ from relay.agent.mux import Frame, FrameReader
 from relay.agent.session import AgentInfo
 from relay.agent.start import Unavailable, parse_start
 from relay.errors import ConnectFailed
+from tests.conftest import pid_alive
 from tests.strangers import (
     CLOSES_WHEN_TOLD,
     DEFERRED,
@@ -1438,3 +1439,152 @@ def test_files_taken_from_the_agent_are_made_again_and_the_daemon_attaches(
     kernel.close()
     agent.goodbye()
     assert not sock.exists() and not pid_file.exists()  # the new ones go with it
+
+
+# the oldest Python the agent runs under, where there is one here, and this one
+RUDE_PYTHONS = [sys.executable, *(p for p in interpreters() if "/3.6." in p)]
+
+
+def _hello_answer(path: str, payload: bytes) -> bytes:
+    """What the agent sends a connection that answers its challenge with a HELLO frame of
+    ``payload``, up to its closing the connection (bounded)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(BOUND_S)
+        sock.connect(path)
+        reader = FrameReader()
+        frames: list[Frame] = []
+        while not frames:
+            frames += reader.feed(sock.recv(4096))
+        assert frames[0].type == mux.CHALLENGE, frames
+        sock.sendall(mux.encode(mux.HELLO, 0, payload))
+        got = b""
+        while data := sock.recv(4096):
+            got += data
+        return got
+
+
+def _proved(agent: Agent, challenge: bytes, **fields: object) -> bytes:
+    """A HELLO that proves the secret over ``challenge``, with ``fields`` besides."""
+    nonce = secrets.token_bytes(32)
+    proof = mux.proof(agent.secret.encode(), mux.DAEMON, challenge, nonce)
+    return json.dumps({"nonce": nonce.hex(), "proof": proof, **fields}).encode()
+
+
+@pytest.mark.parametrize("python", RUDE_PYTHONS)
+def test_a_rude_hello_ends_its_connection_not_the_agent_and_its_kernels(
+    run: Path, python: str
+) -> None:
+    """A review found one HELLO of deeply nested JSON, from a connection that never proved
+    the secret, crash the agent, which then killed every kernel. Each rude HELLO now ends
+    its own connection, nothing sent; the daemon attached meanwhile is served on, and its
+    kernel lives."""
+    agent = Agent(python, run, "e1a")
+    assert isinstance(agent.info, AgentInfo), agent.said
+    agent.attach()
+    agent.say("start k1 set -- /bin/sleep 600")
+    kernel = int(agent.line("pid k1 ").split()[2])
+    for payload in (
+        b"[" * 200_000,  # RecursionError
+        b'{"nonce": ' + b"1" * 100_000 + b"}",  # seconds of CPU on 3.6, which has no limit
+        b'{"nonce": NaN, "proof": Infinity}',
+        b"[1, 2]",
+        b"\xff\xfe",
+        b'{"nonce": "' + b"ab" * 32 + b'", "proof": "x", "recv": {"\xc2\xb2": 1}}',
+    ):
+        assert _hello_answer(agent.info.socket, payload) == b"", payload[:40]
+    agent.say("ping p1")
+    assert agent.line("pong ") == "pong p1"
+    assert pid_alive(kernel) and pid_alive(agent.pid)
+    agent.goodbye()
+
+
+@pytest.mark.parametrize("python", RUDE_PYTHONS)
+def test_a_proved_hello_with_positions_that_are_not_numbers_is_refused(
+    run: Path, python: str
+) -> None:
+    """The daemon's own HELLO, its secret proved, with positions of the wrong type (a bug or
+    another version on its side): the attach is refused, the agent and its kernel go on, and
+    a right HELLO attaches."""
+    agent = Agent(python, run, "e2a")
+    assert isinstance(agent.info, AgentInfo), agent.said
+    agent.attach()
+    agent.say("start k1 set -- /bin/sleep 600")
+    kernel = int(agent.line("pid k1 ").split()[2])
+    assert agent.chan is not None
+    agent.chan.close()
+    for fields in ({"recv": {"0": "x"}}, {"recv": [0]}, {"handed": {"0": -1}}, {"recv": {"²": 0}}):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(BOUND_S)
+            sock.connect(agent.info.socket)
+            reader = FrameReader()
+            frames: list[Frame] = []
+            while not frames:
+                frames += reader.feed(sock.recv(4096))
+            sock.sendall(mux.encode(mux.HELLO, 0, _proved(agent, frames[0].payload, **fields)))
+            assert sock.recv(4096) == b"", fields
+    agent.attach()
+    agent.say("ping p2")
+    assert agent.line("pong ") == "pong p2"
+    assert pid_alive(kernel)
+    agent.goodbye()
+
+
+@pytest.mark.parametrize("python", RUDE_PYTHONS)
+def test_control_lines_the_agent_cannot_use_are_let_go(run: Path, python: str) -> None:
+    """Numbers ``isdigit`` takes and ``int`` refuses, and ports past 65535: each crashed the
+    agent, which killed every kernel (a review's finding). Each is let go now, or answered
+    as not known; the kernel lives."""
+    agent = Agent(python, run, "e3a")
+    assert isinstance(agent.info, AgentInfo), agent.said
+    agent.attach()
+    agent.say("start k1 set -- /bin/sleep 600")
+    kernel = int(agent.line("pid k1 ").split()[2])
+    for line in ("listen ²", "drop ³", "serve ²", "connect 5 99999", "connect ² 5", "connect 5 ²"):
+        agent.say(line)
+    agent.say("owner q1 FFFFF 1")
+    assert agent.line("owner q1 ") == "owner q1 ?"
+    agent.say("ping p3")
+    assert agent.line("pong ") == "pong p3"
+    assert pid_alive(kernel) and pid_alive(agent.pid)
+    agent.goodbye()
+
+
+# json.dumps raises while a flag file is there: a fault the agent's code did not foresee,
+# in the middle of an attach (the WELCOME is written with it)
+FAULTY = """
+import json, os
+_dumps, _flag = json.dumps, os.environ["FAULT_FLAG"]
+def dumps(*args, **kwargs):
+    if os.path.exists(_flag):
+        raise RuntimeError("a fault of the test's")
+    return _dumps(*args, **kwargs)
+json.dumps = dumps
+"""
+
+
+def test_a_fault_while_a_peer_is_served_ends_its_connection_not_the_kernels(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the agent's code did not foresee, met while serving the daemon's connection,
+    ends that connection and is written to TAG.err; the agent and its kernels go on, and the
+    daemon attaches again. (It ended the agent, and every kernel with it.)"""
+    flag = tmp_path / "fault"
+    monkeypatch.setenv("FAULT_FLAG", str(flag))
+    agent = Agent(sys.executable, run, "e4a", prelude=FAULTY)
+    assert isinstance(agent.info, AgentInfo), agent.said
+    agent.attach()
+    agent.say("start k1 set -- /bin/sleep 600")
+    kernel = int(agent.line("pid k1 ").split()[2])
+    assert agent.chan is not None
+    agent.chan.close()
+    flag.touch()
+    with pytest.raises(ConnectionError):
+        agent.attach()
+    err = Path(agent.info.socket).parent / "e4a.err"
+    assert "RuntimeError: a fault of the test's" in err.read_text()
+    flag.unlink()
+    agent.attach()
+    agent.say("ping p4")
+    assert agent.line("pong ") == "pong p4"
+    assert pid_alive(kernel)
+    agent.goodbye()
