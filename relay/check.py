@@ -360,7 +360,7 @@ class Checker:
         raise _Failed(
             f"{entry} now offers {key['fingerprint']}, but a DIFFERENT key is recorded in "
             f"{key['file']}: possible man-in-the-middle, or the host was reinstalled",
-            f"if the change is expected: ssh-keygen -R '{entry}' -f {key['file']}, then "
+            f"if the change is expected: {hostkeys.remove_command(entry, key['file'])}, then "
             f"`relay trust {self.name}`",
         )
 
@@ -413,8 +413,10 @@ class Checker:
                 label = key if isinstance(key, str) else _agent_label(key)
                 candidates.append((label, key))
         else:
-            for name in DEFAULT_IDENTITIES:  # unencrypted ones; the agent holds the others
-                path = f"~/.ssh/{name}"
+            # ssh_config's IdentityFile, as the connection offers them (asyncssh reads the
+            # same files), else ssh's defaults; unencrypted ones: the agent holds the others
+            named = view.get("IdentityFile") or [f"~/.ssh/{n}" for n in DEFAULT_IDENTITIES]
+            for path in named:
                 with contextlib.suppress(OSError, asyncssh.KeyImportError):
                     candidates.append((path, asyncssh.read_private_key(path)))
             candidates += [(_agent_label(key), key) for key in await identity.agent_keys(agent)]

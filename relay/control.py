@@ -39,7 +39,7 @@ from relay.errors import (
     error_event,
 )
 from relay.lite import framing
-from relay.lite.client import peer_uid
+from relay.lite.client import open_directory, peer_uid
 from relay.lite.framing import FramingError
 
 if TYPE_CHECKING:
@@ -106,9 +106,7 @@ def prepare_socket_dir(path: Path) -> None:
             f"choose another path with RELAY_SOCKET"
         )
     if stat.S_IMODE(st.st_mode) & 0o077:
-        raise ConfigError(
-            f"socket directory {directory} is open to other users: run `chmod 700 {directory}`"
-        )
+        raise ConfigError(open_directory(directory, "refusing the socket directory", st.st_mode))
 
 
 class DaemonLock:

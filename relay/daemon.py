@@ -237,6 +237,13 @@ class Daemon:
             raise BadRequest(str(exc)) from None
         host = self.host(req.host)
         kernel = req.kernel or host.config.kernel
+        if not kernel and host.key not in self.config.hosts:  # a mistyped alias, likely
+            known = ", ".join(sorted(self.config.hosts)) or "none"
+            raise BadRequest(
+                f"no kernel given, and {host.key!r} is not a [hosts] entry of "
+                f"{self.config_source} (configured: {known}): fix the host's name, or pass "
+                f"the kernel path as KERNEL, or set 'kernel' in its [defaults]"
+            )
         if not kernel:
             raise BadRequest(
                 f"no kernel given: pass the kernel path as KERNEL or set 'kernel' "

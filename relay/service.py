@@ -20,7 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from relay.lite.paths import default_socket_path
+from relay.lite.paths import default_socket_path, socket_path
 
 __all__ = ["install", "launchd_plist", "systemd_units", "uninstall"]
 
@@ -32,7 +32,7 @@ Description=relay control socket (remote Mathematica kernels over SSH)
 Documentation=man:systemd.socket(5)
 
 [Socket]
-ListenStream=%t/relay/relay.sock
+ListenStream={socket}
 SocketMode=0600
 DirectoryMode=0700
 
@@ -68,9 +68,24 @@ Also=relay.socket
 """
 
 
-def systemd_units(command: Sequence[str]) -> dict[str, str]:
+DEFAULT_LISTEN = "%t/relay/relay.sock"  # $XDG_RUNTIME_DIR's: relay.lite.paths' default
+
+
+def systemd_units(command: Sequence[str], socket: str = DEFAULT_LISTEN) -> dict[str, str]:
+    """``socket``: where relay.socket listens (a unit file's specifiers, as ``%t``, taken)."""
     exec_start = " ".join(word if word.startswith("%h/") else shlex.quote(word) for word in command)
-    return {"relay.socket": _SOCKET_UNIT, "relay.service": _SERVICE_UNIT.format(command=exec_start)}
+    return {
+        "relay.socket": _SOCKET_UNIT.format(socket=socket),
+        "relay.service": _SERVICE_UNIT.format(command=exec_start),
+    }
+
+
+def configured_socket(env: Mapping[str, str]) -> Path | None:
+    """The socket relay's shims look for, where RELAY_SOCKET or relay.toml's [daemon] socket
+    moves it from the default: the service must listen there, or each shim would start a
+    daemon of its own beside it. None at the default."""
+    chosen = socket_path(env)
+    return None if chosen == default_socket_path(env) else Path(chosen)
 
 
 def launchd_plist(command: Sequence[str], socket_path: Path, log_path: Path) -> bytes:
@@ -135,14 +150,24 @@ def install(
     """Write (and enable) the service files; returns (exit status, lines to print)."""
     command = list(command or default_command())
     said: list[str] = []
+    moved = configured_socket(env)
+    if moved is not None:
+        said.append(
+            f"the socket is {moved} (RELAY_SOCKET, or [daemon] socket in relay.toml), not "
+            f"the default: the service listens there, and every shim must see the same "
+            f"setting, the front end's too"
+        )
     if platform == "darwin":
         plist_path, sock, log_path = _launchd_paths(env)
+        sock = moved or sock
         files = {plist_path: launchd_plist(command, sock, log_path)}
         enable = [["launchctl", "bootstrap", f"gui/{os.getuid()}", str(plist_path)]]
         dirs = [sock.parent]
     elif platform.startswith("linux"):
         unit_dir = _systemd_dir(env)
-        files = {unit_dir / name: text.encode() for name, text in systemd_units(command).items()}
+        listen = str(moved).replace("%", "%%") if moved is not None else DEFAULT_LISTEN
+        units = systemd_units(command, listen)
+        files = {unit_dir / name: text.encode() for name, text in units.items()}
         enable = [
             ["systemctl", "--user", "daemon-reload"],
             ["systemctl", "--user", "enable", "--now", "relay.socket"],
@@ -151,6 +176,7 @@ def install(
     else:
         return 1, [f"relay: no service support for {platform}; run `relay serve` yourself"]
     if print_only:
+        said = [f"# {line}" for line in said]  # the files, as they would be written
         for path, data in files.items():
             said += [f"# {path}", data.decode().rstrip(), ""]
         return 0, said

@@ -159,7 +159,7 @@ class HostConfig(_Strict):
 class DaemonConfig(_Strict):
     socket: str | None = None
     allow_adhoc_hosts: bool = True
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"  # as serve --log-level
     # OpenSSH client configuration read for every host, first value wins (as ssh reads them)
     ssh_config: tuple[str, ...] = ("~/.ssh/config", "/etc/ssh/ssh_config")
 

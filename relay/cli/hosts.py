@@ -280,8 +280,9 @@ def trust(host: str, *, assume_yes: bool) -> int:
     if answer["state"] == "changed":
         print(
             f"relay: a DIFFERENT key is recorded for {entry}: possible man-in-the-middle, or the "
-            f"host was reinstalled; if the change is expected, run `ssh-keygen -R '{entry}'` "
-            f"and then `relay trust {host}` again",
+            f"host was reinstalled; if the change is expected, run "
+            f"`{hostkeys.remove_command(entry, answer['file'])}` and then `relay trust {host}` "
+            f"again",
             file=sys.stderr,
         )
         return 1

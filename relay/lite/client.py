@@ -60,7 +60,22 @@ def check_private_dir(directory: str) -> None:
             f"RELAY_SOCKET to a path of your own"
         )
     if stat.S_IMODE(st.st_mode) & 0o077:
-        raise UnsafeSocket(f"refusing {directory}: it is open to other users (chmod 700 it)")
+        raise UnsafeSocket(open_directory(directory, "refusing", st.st_mode))
+
+
+def open_directory(directory: str | PathLike[str], verb: str, mode: int) -> str:
+    """Why a socket's directory open to other users is refused, and what to do: a directory
+    of relay's own below it (made private), or chmod where nothing else lives there (never
+    said of a sticky one: /tmp is everyone's)."""
+    where = os.path.abspath(directory)
+    own = os.path.join(where, "relay", "relay.sock")
+    chmod = (
+        "" if mode & stat.S_ISVTX else f", or run `chmod 700 {where}` if nothing else lives there"
+    )
+    return (
+        f"{verb} {where}: it is open to other users; give the socket a directory of its "
+        f"own (RELAY_SOCKET={own}){chmod}"
+    )
 
 
 def connect(path: str | PathLike[str]) -> _socket.socket:

@@ -147,7 +147,7 @@ def host_key_refused(
         return HostKeyChanged(
             f"host key for {entry} has CHANGED from the one in {where}{seen}: possible "
             f"man-in-the-middle, or the host was reinstalled; if the change is expected, "
-            f"run `ssh-keygen -R '{entry}' -f {where}`, then `relay trust {alias}`"
+            f"run `{hostkeys.remove_command(entry, where)}`, then `relay trust {alias}`"
         )
     files = " or ".join(str(p) for p in known_hosts[:1]) or "known_hosts"
     return HostKeyUnknown(

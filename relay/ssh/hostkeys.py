@@ -29,6 +29,7 @@ itself) and what ``relay trust``, ``relay check`` and the error messages say of 
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = [
     "lookup_text",
     "offered_key",
     "record",
+    "remove_command",
     "state",
 ]
 
@@ -60,6 +62,13 @@ Keys = tuple[asyncssh.SSHKey, ...]
 def entry_name(name: str, port: int) -> str:
     """How known_hosts names a host: ``name``, or ``[name]:port`` off port 22."""
     return name if port == 22 else f"[{name}]:{port}"
+
+
+def remove_command(entry: str, where: str | os.PathLike[str]) -> str:
+    """The command that takes a changed key's entry out of the file that holds it, for a
+    person to run once the change is expected: ``-f`` names that file, which may not be
+    ~/.ssh/known_hosts (``ssh-keygen -R`` alone edits that one)."""
+    return f"ssh-keygen -R {shlex.quote(entry)} -f {shlex.quote(str(where))}"
 
 
 def known_as(view: SSHView) -> tuple[str, int]:

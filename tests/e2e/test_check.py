@@ -16,6 +16,7 @@ import pytest
 
 from relay.sim.sshd import ThrowawaySSHD, _free_port, _keygen
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, start_daemon
+from tests.e2e.test_openssh import alias
 
 pytestmark = pytest.mark.sshd
 
@@ -145,6 +146,20 @@ def test_no_key_the_server_takes(home: RelayHome) -> None:
     assert failed["name"] == "authentication"
     assert "server offers: publickey" in failed["summary"]
     assert "authorized_keys" in failed["advice"]
+
+
+def test_the_key_an_ssh_config_alias_names_is_the_one_found(home: RelayHome) -> None:
+    """An ssh_config alias whose IdentityFile the server takes (no ssh-agent): step 4 said
+    "not with one key alone: relay login, or several factors", having tried only ssh's
+    default key files; it tries the ones the connection offers."""
+    assert home.sshd is not None
+    home.agent = None
+    home.hosts.clear()
+    alias(home, "work", home.sshd.port, UserKnownHostsFile=home.sshd.known_hosts)
+    _, answer, text = check(home, "work")
+    auth = by_name(answer)["authentication"]
+    assert auth["state"] == "ok", text
+    assert f"publickey with {home.sshd.client_key}" in auth["summary"], text
 
 
 @pytest.mark.sshd_options(

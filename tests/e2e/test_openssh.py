@@ -94,13 +94,16 @@ async def test_a_changed_key_on_an_alias_is_called_changed(home: RelayHome, tmp_
     assert pub[1] in known.read_text() and str(home.sshd.port) in known.read_text()
     line = one_line(result.stderr)
     assert f"host key for [127.0.0.1]:{home.sshd.port} has CHANGED from the one in {known}" in line
-    assert f"ssh-keygen -R '[127.0.0.1]:{home.sshd.port}' -f {known}" in line
-    # what it suggests works: ssh-keygen -R removes the entry it names
-    removed = subprocess.run(
-        ["ssh-keygen", "-R", f"[127.0.0.1]:{home.sshd.port}", "-f", str(known)],
-        capture_output=True,
-    )
+    command = f"ssh-keygen -R '[127.0.0.1]:{home.sshd.port}' -f {known}"
+    assert command in line
+    # relay trust suggests the same (it once left out -f, which edits ~/.ssh/known_hosts)
+    assert f"`{command}`" in trusted[2], trusted[2]
+    # and what they suggest works, run as written: then relay trust records the new key
+    removed = subprocess.run(["sh", "-c", command], capture_output=True)
     assert removed.returncode == 0 and pub[1] not in known.read_text()
+    async with start_daemon(home):
+        trusted = await relay_cli(home, "trust", "work", "--yes")
+    assert trusted[0] == 0, trusted
 
 
 # -- host keys: unknown ones shown, recorded by a person (or accept-new) ------------------------

@@ -106,6 +106,33 @@ def test_install_print_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "systemd").exists()
 
 
+@needs_systemd
+@pytest.mark.parametrize("how", ["RELAY_SOCKET", "[daemon] socket"])
+def test_the_service_listens_where_the_shims_look(tmp_path: Path, how: str) -> None:
+    """A socket moved from the default (RELAY_SOCKET, or relay.toml's [daemon] socket): the
+    unit listened at the default all the same, without a word, and each shim would have
+    started a daemon of its own beside the service's."""
+    moved = tmp_path / "my sockets" / "relay.sock"
+    config = tmp_path / "relay.toml"
+    config.write_text(f"[daemon]\nsocket = '{moved}'\n" if how != "RELAY_SOCKET" else "")
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "config"), RELAY_CONFIG=str(config))
+    env.pop("RELAY_SOCKET", None)
+    if how == "RELAY_SOCKET":
+        env["RELAY_SOCKET"] = str(moved)
+    done = cli("service", "install", "--no-start", env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"the socket is {moved} (RELAY_SOCKET, or [daemon] socket" in done.stdout
+    unit = tmp_path / "config" / "systemd" / "user" / "relay.socket"
+    assert f"ListenStream={moved}\n" in unit.read_text()
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", "--user", str(unit), str(unit.with_suffix(".service"))],
+        capture_output=True, text=True, env=dict(env, XDG_RUNTIME_DIR=str(runtime)),
+    )  # fmt: skip
+    assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+
+
 def test_deploy_files_are_what_relay_renders() -> None:
     for name, data in service.deploy_examples().items():
         assert (ROOT / "deploy" / name).read_bytes() == data, f"run `make deploy` ({name})"

@@ -116,9 +116,14 @@ def test_a_number_in_quotes_is_said_to_be_one(tmp_path: Path, value: str, hinted
         ("[daemon]\nlog_levl = 'debug'\n",
          "daemon.log_levl: unknown key (did you mean log_level?)"),
         ("[hosts.a]\nhostname = 'x'\nzzzz = 1\n", "hosts.a.zzzz: unknown key"),
+        # taken, and logged at info: the example file names the four
+        ("[daemon]\nlog_level = 'verbose'\n",
+         "daemon.log_level: Input should be 'debug', 'info', 'warning' or 'error', got 'verbose'"),
     ],
 )  # fmt: skip
-def test_a_mistyped_key_is_said_with_the_one_meant(tmp_path: Path, text: str, says: str) -> None:
+def test_a_mistyped_key_or_value_is_said_with_the_ones_meant(
+    tmp_path: Path, text: str, says: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, text))
     assert str(info.value) == f"{tmp_path / 'relay.toml'}: {says}"

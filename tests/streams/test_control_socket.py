@@ -138,6 +138,23 @@ async def test_socket_directory_open_to_others_is_refused(home: RelayHome) -> No
         await serve(RelayConfig(), home.socket, shutdown_trigger=stop)
 
 
+async def test_a_shared_socket_directory_is_said_with_one_of_its_own_to_use(
+    home: RelayHome, tmp_path: Path
+) -> None:
+    """A socket in /tmp itself (sticky, everyone's): relay said `chmod 700 /tmp`. It names a
+    directory of the socket's own below it, by its absolute path though RELAY_SOCKET is
+    relative, and suggests no chmod of a directory everyone shares."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    env = dict(home.env, RELAY_SOCKET="relay.sock")
+    result = await run_shim(home, "--no-autostart", "local", "/k", "1@a,2@a", cwd=shared, env=env)
+    assert result.status != 0, result
+    (line,) = result.stderr.splitlines()
+    assert f"refusing {shared}: it is open to other users" in line, line
+    assert f"RELAY_SOCKET={shared}/relay/relay.sock" in line and "chmod" not in line, line
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -164,6 +181,20 @@ async def test_bad_input_is_one_actionable_line(
     (line,) = result.stderr.splitlines()
     assert line.startswith("relay: ") and says in line
     assert "hunter2" not in result.stderr
+
+
+async def test_a_mistyped_host_with_no_kernel_is_told_its_name_is_not_known(
+    home: RelayHome, daemon_log: io.StringIO
+) -> None:
+    """An empty KERNEL and a host that is not a [hosts] entry (ad-hoc hosts allowed): the
+    likely mistake is the name, said first; it was told to set 'kernel' in [hosts.locl]."""
+    home.config.write_text("[hosts.local]\nhostname = '127.0.0.1'\n")
+    async with start_daemon(home, write=False):
+        result = await run_shim(home, "locl", "", "1@a,2@a")
+    assert result.status == 1, result
+    (line,) = result.stderr.splitlines()
+    assert "'locl' is not a [hosts] entry" in line and "(configured: local)" in line, line
+    assert "[hosts.locl]" not in line, line
 
 
 async def test_daemon_unreachable_without_autostart(home: RelayHome) -> None:
