@@ -87,6 +87,7 @@ LOOPBACK = ("0100007F", "0000000000000000FFFF00000100007F")  # 127.0.0.1 in /pro
 ANY = ("00000000", "00000000000000000000000000000000")  # a listener on every address
 SIGNALS = {"TERM": signal.SIGTERM, "INT": signal.SIGINT, "HUP": signal.SIGHUP}
 SIGNALS["KILL"] = signal.SIGKILL
+ENDING = (signal.SIGTERM, signal.SIGHUP, signal.SIGKILL)  # to a kernel's group (``signal``)
 
 # A kernel start: the daemon's snippet (sets "$@", may export variables: never argv) from the
 # environment, the same test as supervisor.sh's ``have``. Standard output is a pipe to the
@@ -466,6 +467,14 @@ def files_as_given():
         resource.setrlimit(resource.RLIMIT_NOFILE, (FILES_GIVEN, hard))
 
 
+def exited(pid):
+    """Whether a child has exited, found without reaping it (its pid stays its own)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except (AttributeError, OSError):  # no waitid here: the group goes unended
+        return False
+
+
 def start_time(pid):
     """Field 22 of /proc/PID/stat: with the pid, names one process for good."""
     try:
@@ -675,6 +684,7 @@ class Kernel:
         self.pipe = None  # read end while the start is in flight
         self.kill_at = None  # when it gets SIGKILL, if it has not ended by then
         self.nokernel = False
+        self.ending = False  # sent a signal that ends it: its group goes when it has exited
 
 
 class Agent:
@@ -1242,6 +1252,9 @@ class Agent:
                 stderr=log,
                 close_fds=True,
                 preexec_fn=files_as_given if FILES_GIVEN is not None else None,
+                # a group of its own (its pid is the group's id): what the kernel starts
+                # (subkernels, StartProcess's children) is ended with it (``signal``)
+                start_new_session=True,
             )
         except OSError as exc:  # out of files or processes: said, and nothing left behind
             for fd in (r, w):
@@ -1285,15 +1298,30 @@ class Agent:
             self.signal(kernel, SIGNALS[arg])
 
     def signal(self, kernel, signum):
-        if kernel.proc.returncode is None:  # not reaped: the pid is still the kernel's
-            try:
-                os.kill(kernel.proc.pid, signum)
-            except OSError:
-                pass
+        """A signal that ends (TERM, HUP, KILL) goes to the kernel's process group, so what
+        it started ends with it; an interrupt to the kernel alone. Only while the kernel is
+        not reaped: until then its pid, the group's id, is its own."""
+        if kernel.proc.returncode is not None:
+            return
+        ends = signum in ENDING
+        kernel.ending = kernel.ending or ends
+        try:
+            (os.killpg if ends else os.kill)(kernel.proc.pid, signum)
+        except OSError:
+            pass
 
     def reap(self):
         for ident, kernel in list(self.kernels.items()):
-            if kernel.pipe is not None or kernel.proc.poll() is None:
+            if kernel.pipe is not None:
+                continue
+            if kernel.ending and exited(kernel.proc.pid):
+                # ended by us: what it started and what is left of it (a child that ignored
+                # SIGTERM) goes too, while the group's id is still the kernel's (unreaped)
+                try:
+                    os.killpg(kernel.proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            if kernel.proc.poll() is None:
                 continue
             del self.kernels[ident]
             if kernel.nokernel:

@@ -1588,3 +1588,45 @@ def test_a_fault_while_a_peer_is_served_ends_its_connection_not_the_kernels(
     assert agent.line("pong ") == "pong p4"
     assert pid_alive(kernel)
     agent.goodbye()
+
+
+def _unique_sleep() -> str:
+    """A sleep's argument no other process here has: the process found by it alone."""
+    return f"{3000 + os.getpid() % 1000}.{secrets.randbelow(10**6):06d}"
+
+
+def _running(duration: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", f"^sleep {duration}$"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+@pytest.mark.parametrize("python", RUDE_PYTHONS)
+def test_what_a_kernel_started_ends_with_it(run: Path, python: str) -> None:
+    """A kernel's children (subkernels, StartProcess's) outlived BYE and the window: only
+    the kernel's pid was signalled (a review's finding). Each kernel has a process group of
+    its own, and a signal that ends it goes to the group: here BYE's SIGTERM; then relay's
+    own kill of a kernel whose child ignores SIGTERM, which goes with SIGKILL once the
+    kernel has exited."""
+    agent = Agent(python, run, "e5a")
+    assert isinstance(agent.info, AgentInfo), agent.said
+    agent.attach()
+    child = _unique_sleep()
+    agent.say(f"start k1 set -- /bin/sh -c 'sleep {child} & exec sleep 600'")
+    kernel = int(agent.line("pid k1 ").split()[2])
+    deadline = time.monotonic() + BOUND_S
+    while not _running(child):  # the kernel's shell starts it
+        assert time.monotonic() < deadline, "the kernel's child never started"
+        time.sleep(0.05)
+    stubborn = _unique_sleep()
+    ignoring = f'(trap \\"\\" TERM; exec sleep {stubborn}) & exec sleep 600'
+    agent.say(f"start k2 set -- /bin/sh -c \"{ignoring}\"")
+    kernel2 = int(agent.line("pid k2 ").split()[2])
+    while not _running(stubborn):
+        assert time.monotonic() < deadline, "the second kernel's child never started"
+        time.sleep(0.05)
+    agent.say("kill k2 TERM")  # as relay ends a kernel: its child ignores SIGTERM
+    assert agent.line("exit k2 ").startswith("exit k2 143 ")
+    assert not _running(stubborn) and not pid_alive(kernel2)
+    agent.goodbye()
+    assert not pid_alive(kernel)
+    assert not _running(child), "the kernel's child outlived BYE"
