@@ -193,11 +193,28 @@ def parse_request(obj: dict[str, Any]) -> AnyRequest:
                 f"unknown op {str(obj.get('op'))[:40]!r} (expected launch, terminate, "
                 f"ping, status, forward, connect, stop, reload, hostkey, login or check)"
             )
+        elif (said := _SAID.get((where, first["type"]))) is not None:
+            message = said
         else:
             message = f"{where}: {first['msg']}"
         # one line, bounded: pydantic may quote the offending input
         message = message.encode("unicode_escape").decode()[:300]
         raise BadRequest(f"bad request: {message}") from None
+
+
+# what a person gave wrong, in the words of the command they ran (the shim's arguments)
+_SAID = {
+    ("launch.host", "string_too_short"): (
+        "HOST is empty: give a [hosts] name from relay.toml or [user@]host[:port] (the "
+        "Launch command's first word)"
+    ),
+    ("launch.linkname", "string_too_short"): (
+        "LINKNAME is empty: the front end fills it in where the Launch command says "
+        "`linkname` (or `2` in $RemoteCommand); is the template's word there?"
+    ),
+    ("connect.host", "string_too_short"): "HOST is empty: give a [hosts] name from relay.toml",
+    ("connect.kernels", "greater_than_equal"): "--kernels takes 0 or more",
+}
 
 
 def launched(

@@ -164,6 +164,9 @@ async def test_a_shared_socket_directory_is_said_with_one_of_its_own_to_use(
         (["[::1", "/k", "1@a,2@a"], "without ']'"),
         (["nosuchalias", "/k", "1@a,2@a"], "unknown host alias 'nosuchalias'"),
         (["local", "", "1@a,2@a"], "no kernel given"),
+        # a template's word the front end left empty: said in the command's own words
+        (["", "/k", "1@a,2@a"], "HOST is empty: give a [hosts] name"),
+        (["local", "/k", ""], "LINKNAME is empty: the front end fills it in"),
     ],
 )
 async def test_bad_input_is_one_actionable_line(
