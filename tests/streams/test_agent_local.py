@@ -8,6 +8,7 @@ kernels started and ended, the window, and its files shut to others.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -729,9 +730,10 @@ def test_a_wrong_secret_gets_nothing(run: Path) -> None:
         agent.attach()
 
 
-def _refused(path: str, hello: Mapping[str, object]) -> bytes:
-    """What the agent sends a connection at its socket that answers its challenge with
-    ``hello``, up to its closing the connection (bounded)."""
+def _hello_answer(path: str, hello: bytes | Callable[[bytes], bytes]) -> bytes:
+    """What the agent sends a connection at its socket that answers its challenge with a
+    HELLO frame of ``hello`` (or of what ``hello`` makes of the challenge), up to its
+    closing the connection (bounded)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(BOUND_S)
         sock.connect(path)
@@ -740,11 +742,16 @@ def _refused(path: str, hello: Mapping[str, object]) -> bytes:
         while not frames:
             frames += reader.feed(sock.recv(4096))
         assert frames[0].type == mux.CHALLENGE, frames
-        sock.sendall(mux.encode(mux.HELLO, 0, json.dumps(hello).encode()))
+        payload = hello(frames[0].payload) if callable(hello) else hello
+        sock.sendall(mux.encode(mux.HELLO, 0, payload))
         got = b""
         while data := sock.recv(4096):
             got += data
         return got
+
+
+def _refused(path: str, hello: Mapping[str, object]) -> bytes:
+    return _hello_answer(path, json.dumps(hello).encode())
 
 
 def test_a_hello_that_does_not_prove_the_secret_for_this_challenge_gets_nothing(
@@ -1445,24 +1452,6 @@ def test_files_taken_from_the_agent_are_made_again_and_the_daemon_attaches(
 RUDE_PYTHONS = [sys.executable, *(p for p in interpreters() if "/3.6." in p)]
 
 
-def _hello_answer(path: str, payload: bytes) -> bytes:
-    """What the agent sends a connection that answers its challenge with a HELLO frame of
-    ``payload``, up to its closing the connection (bounded)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(BOUND_S)
-        sock.connect(path)
-        reader = FrameReader()
-        frames: list[Frame] = []
-        while not frames:
-            frames += reader.feed(sock.recv(4096))
-        assert frames[0].type == mux.CHALLENGE, frames
-        sock.sendall(mux.encode(mux.HELLO, 0, payload))
-        got = b""
-        while data := sock.recv(4096):
-            got += data
-        return got
-
-
 def _proved(agent: Agent, challenge: bytes, **fields: object) -> bytes:
     """A HELLO that proves the secret over ``challenge``, with ``fields`` besides."""
     nonce = secrets.token_bytes(32)
@@ -1513,15 +1502,8 @@ def test_a_proved_hello_with_positions_that_are_not_numbers_is_refused(
     assert agent.chan is not None
     agent.chan.close()
     for fields in ({"recv": {"0": "x"}}, {"recv": [0]}, {"handed": {"0": -1}}, {"recv": {"²": 0}}):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(BOUND_S)
-            sock.connect(agent.info.socket)
-            reader = FrameReader()
-            frames: list[Frame] = []
-            while not frames:
-                frames += reader.feed(sock.recv(4096))
-            sock.sendall(mux.encode(mux.HELLO, 0, _proved(agent, frames[0].payload, **fields)))
-            assert sock.recv(4096) == b"", fields
+        proved = functools.partial(_proved, agent, **fields)
+        assert _hello_answer(agent.info.socket, proved) == b"", fields
     agent.attach()
     agent.say("ping p2")
     assert agent.line("pong ") == "pong p2"
@@ -1619,7 +1601,7 @@ def test_what_a_kernel_started_ends_with_it(run: Path, python: str) -> None:
         time.sleep(0.05)
     stubborn = _unique_sleep()
     ignoring = f'(trap \\"\\" TERM; exec sleep {stubborn}) & exec sleep 600'
-    agent.say(f"start k2 set -- /bin/sh -c \"{ignoring}\"")
+    agent.say(f'start k2 set -- /bin/sh -c "{ignoring}"')
     kernel2 = int(agent.line("pid k2 ").split()[2])
     while not _running(stubborn):
         assert time.monotonic() < deadline, "the second kernel's child never started"

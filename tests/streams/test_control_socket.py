@@ -138,6 +138,14 @@ async def test_socket_directory_open_to_others_is_refused(home: RelayHome) -> No
         await serve(RelayConfig(), home.socket, shutdown_trigger=stop)
 
 
+async def test_a_socket_path_too_long_is_said_with_the_limit(tmp_path: Path) -> None:
+    """It was "OSError: AF_UNIX path too long", naming no limit."""
+    too_long = tmp_path / ("d" * (200 - len(str(tmp_path)))) / "relay.sock"
+    stop = asyncio.get_running_loop().create_future()
+    with pytest.raises(Exception, match=r"is 2\d\d bytes, and a Unix socket's may be at most 1"):
+        await serve(RelayConfig(), too_long, shutdown_trigger=stop)
+
+
 async def test_a_shared_socket_directory_is_said_with_one_of_its_own_to_use(
     home: RelayHome, tmp_path: Path
 ) -> None:
@@ -319,9 +327,9 @@ def test_autostart_ignores_python_variables_of_the_environment(
 
 
 async def test_autostart_names_why_the_daemon_died(home: RelayHome) -> None:
-    """A daemon that dies at start-up (here: a socket path longer than AF_UNIX allows, so it
-    cannot listen) is reported at once, with its status and its last word, not as 15 s
-    that never passed."""
+    """A daemon that cannot start (here: a socket path longer than AF_UNIX allows, so it
+    cannot listen) is reported at once, with why, not as 15 s that never passed (a daemon
+    that dies saying nothing of its own: the fake pythons below)."""
     home.config.write_text("")
     long = home.dir / "run" / ("x" * 120 + ".sock")
     env = dict(home.env, RELAY_SOCKET=str(long))
@@ -330,7 +338,8 @@ async def test_autostart_names_why_the_daemon_died(home: RelayHome) -> None:
     took = time.monotonic() - started
     assert result.status == 3, result
     (line,) = result.stderr.splitlines()
-    assert "within" not in line and "exited" in line and "too long" in line, line
+    assert "within" not in line and "could not start" in line, line  # said at once
+    assert "bytes, and a Unix socket's may be at most" in line, line  # its cause, in words
     assert took < 10
 
 
