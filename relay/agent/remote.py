@@ -26,6 +26,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -688,8 +689,9 @@ class Kernel:
 
 
 class Agent:
-    def __init__(self, dir_fd, tag, secret, server, window_s, sock_ino):
+    def __init__(self, dir_fd, tag, secret, server, window_s, sock_ino, path=None):
         self.dir_fd = dir_fd  # the run directory (``run_dir``): its files are opened in it
+        self.path = path  # its name (None: the usual one), where ``rebind`` makes it again
         self.tag = tag
         self.secret = secret
         self.server = server
@@ -897,7 +899,7 @@ class Agent:
         """Our socket's name is gone: in our directory, or with it. The socket is bound again
         where the daemon looks for it (the attach proves the secret both ways, so what
         answers there meanwhile is never trusted); the pid file too, if it went."""
-        path, dir_fd, refusal = run_dir()
+        path, dir_fd, refusal = run_dir(self.path or usual_dir())
         if refusal is not None:
             return  # not ours to write in now (another user's directory): looked at again
         successor = recorded_agent(self.pid_name, dir_fd)
@@ -1700,19 +1702,47 @@ def ACK_HEADER(sid):
 
 
 # -- start ----------------------------------------------------------------------------------
-def run_dir():
-    """$TMPDIR-or-/tmp/relay-agent-UID: ours, 0700, not a symlink, as (path, a descriptor
-    of it); or (None, None, (reason, path)). The checks are made on the descriptor, and every
-    file but the socket is opened through it: if the name is later taken over (the directory
-    removed by a /tmp cleaner, another user's made in its place), the agent's files stay in
-    its own. (The socket is bound by name, once, right after; the daemon reaches it by name,
-    and attaches only to what proves it holds the secret: docs/agent.md.)"""
-    path = os.path.join(os.environ.get("TMPDIR") or "/tmp", "relay-agent-%d" % os.getuid())
+def usual_dir():
+    return os.path.join(os.environ.get("TMPDIR") or "/tmp", "relay-agent-%d" % os.getuid())
+
+
+def run_dir(path=None):
+    """Where the agent runs: ``path`` (made again if it went), else the usual
+    $TMPDIR-or-/tmp/relay-agent-UID, ours and 0700; where that name is not ours (another
+    user made it first in a shared /tmp, or a symlink), a directory of our own beside it
+    with a name nobody can make first (``mkdtemp``: relay-agent-UID.XXXXXXXX; the daemon
+    reaches the socket by the path the start says, and the next agent finds its
+    predecessor there by ``beside``). As (path, a descriptor of it), or (None, None,
+    (reason, path)). The checks are made on the descriptor, and every file but the socket is
+    opened through it: if the name is later taken over (the directory removed by a /tmp
+    cleaner, another user's made in its place), the agent's files stay in its own. (The
+    socket is bound by name, once, right after; the daemon reaches it by name, and attaches
+    only to what proves it holds the secret: docs/agent.md.)"""
+    made = own_dir(path or usual_dir())
+    if path is not None or made[2] is None or made[2][0] == "mkdir":
+        return made
+    try:
+        other = tempfile.mkdtemp(
+            prefix="relay-agent-%d." % os.getuid(), dir=os.path.dirname(usual_dir())
+        )
+    except OSError:
+        return made
+    return checked_dir(other)
+
+
+def own_dir(path):
+    """``path`` made (0700) if it is not there, then ``checked_dir``."""
     try:
         os.mkdir(path, 0o700)
     except OSError as exc:
         if exc.errno != errno.EEXIST:  # no TMPDIR, or not one of ours to write in
             return None, None, ("mkdir", path)
+    return checked_dir(path)
+
+
+def checked_dir(path):
+    """``path`` if it is our own directory, 0700, not a symlink: (path, a descriptor of it);
+    else (None, None, (reason, path))."""
     try:
         st = os.lstat(path)
     except OSError:
@@ -1737,6 +1767,27 @@ def run_dir():
         os.close(fd)
         return None, None, (refusal, path)
     return path, fd, None
+
+
+def beside(dir_fd):
+    """The other directories an agent of ours may have run in (``run_dir``): the usual one
+    and those made where it was not ours, each ours and 0700, as (path, descriptor)."""
+    usual = usual_dir()
+    base, prefix = os.path.split(usual)
+    try:
+        names = [n for n in os.listdir(base) if n == prefix or n.startswith(prefix + ".")]
+    except OSError:
+        return []
+    found = []
+    for name in sorted(names):
+        path, fd, refusal = checked_dir(os.path.join(base, name))
+        if refusal is not None:
+            continue
+        if os.path.samestat(os.fstat(fd), os.fstat(dir_fd)):
+            os.close(fd)
+            continue
+        found.append((path, fd))
+    return found
 
 
 def recorded_agent(pid_name, dir_fd):
@@ -1835,6 +1886,16 @@ def start(tag, window):
     pid_path, sock_path = os.path.join(path, pid_name), os.path.join(path, sock_name)
     ended = end_predecessor(pid_name, dir_fd)
     sweep_logs(dir_fd, tag, pid_name)
+    for other, fd in beside(dir_fd):  # where an agent ran while the usual name was not ours
+        ended += end_predecessor(pid_name, fd)
+        sweep_logs(fd, tag, pid_name)
+        os.close(fd)
+        if other != usual_dir():
+            try:  # an empty one, left a while ago (not one a start is about to bind in)
+                if time.time() - os.stat(other).st_mtime > FIRST_ATTACH_S:
+                    os.rmdir(other)
+            except OSError:
+                pass
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     for attempt in range(3):  # a stale name, or one an old agent bound again meanwhile
         try:
@@ -1890,7 +1951,7 @@ def start(tag, window):
     more_files()
     agent = None
     try:
-        agent = Agent(dir_fd, tag, secret, server, float(window), sock_ino)
+        agent = Agent(dir_fd, tag, secret, server, float(window), sock_ino, path)
         agent.run()
     except Exception:  # a bug: said where a person (or a test) can read it, then its end
         try:
@@ -1916,6 +1977,11 @@ def start(tag, window):
                     os.unlink(pid_name, dir_fd=dir_fd)
         except (OSError, IndexError):
             pass
+        if path != usual_dir():  # one made where the usual name was not ours: gone if empty
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
     os._exit(0)
 
 

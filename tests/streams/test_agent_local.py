@@ -21,6 +21,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -954,16 +955,28 @@ def test_a_pid_file_naming_another_process_is_not_signalled(run: Path) -> None:
     first.goodbye()
 
 
-def test_a_run_directory_open_to_others_or_a_symlink_is_refused(run: Path) -> None:
+def test_a_run_directory_open_to_others_or_a_symlink_is_left_and_gone_around(run: Path) -> None:
+    """Not used, never written through: the agent runs in a directory of its own beside it
+    (``run_dir``), and that one goes with it."""
     directory = run / f"relay-agent-{os.getuid()}"
     directory.mkdir(mode=0o755)
     directory.chmod(0o755)
-    agent = Agent(sys.executable, run, "e5")
-    assert "agent refuse mode" in agent.said
-    directory.rmdir()
-    directory.symlink_to(run)
-    agent = Agent(sys.executable, run, "e5")
-    assert "agent refuse symlink" in agent.said
+    target = run / "elsewhere"
+    target.mkdir()
+    for planted in ("open", "symlink"):
+        if planted == "symlink":
+            directory.rmdir()
+            directory.symlink_to(target)
+        agent = Agent(sys.executable, run, "e5")
+        assert isinstance(agent.info, AgentInfo), agent.said
+        made = Path(agent.info.socket).parent
+        assert made.name.startswith(f"relay-agent-{os.getuid()}."), made
+        assert made.stat().st_mode & 0o777 == 0o700
+        agent.goodbye()
+        assert not made.exists()
+        assert list(target.iterdir()) == []
+        if planted == "open":
+            assert list(directory.iterdir()) == [] and directory.stat().st_mode & 0o777 == 0o755
 
 
 # a stranger's listener: its port printed, then it waits (accepting nothing) to be killed
@@ -1612,3 +1625,50 @@ def test_what_a_kernel_started_ends_with_it(run: Path, python: str) -> None:
     agent.goodbye()
     assert not pid_alive(kernel)
     assert not _running(child), "the kernel's child outlived BYE"
+
+
+# a directory of another user's at the agent's usual name, made first in a shared /tmp
+SQUAT_DIR = "import os,sys\nos.mkdir(sys.argv[1], 0o700)\n"
+
+
+@needs_second_uid
+def test_a_usual_directory_another_user_made_first_is_gone_around() -> None:
+    """Another user of the host makes $TMPDIR/relay-agent-UID first (a sticky /tmp is
+    everyone's): the agent refused to start, and the host's kernels lost resuming. It runs
+    in a directory of its own beside it, with a name nobody can make first; the daemon
+    reaches its socket by the path the start says; the next agent of the tag finds it
+    there and ends it, with its kernels; and the directory goes with the last agent."""
+    run = Path(tempfile.mkdtemp(prefix="relay-shared-", dir="/tmp"))  # a /tmp of its own
+    run.chmod(0o1777)
+    try:
+        _gone_around(run)
+    finally:
+        for pid_file in run.glob("relay-agent-*/*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+def _gone_around(run: Path) -> None:
+    usual = run / f"relay-agent-{os.getuid()}"
+    subprocess.run(as_nobody(SYSTEM_PYTHON, "-c", SQUAT_DIR, str(usual)), check=True, timeout=60)
+    assert usual.stat().st_uid == NOBODY
+    first = Agent(sys.executable, run, "e6a")
+    assert isinstance(first.info, AgentInfo), first.said
+    made = Path(first.info.socket).parent
+    assert made.parent == run and made.name.startswith(f"relay-agent-{os.getuid()}.")
+    assert made.stat().st_mode & 0o777 == 0o700 and made.stat().st_uid == os.getuid()
+    first.attach()
+    first.say("start k1 set -- /bin/sleep 600")
+    kernel = int(first.line("pid k1 ").split()[2])
+    assert first.chan is not None
+    first.chan.close()  # a daemon that died: the next one's agent ends this one's kernels
+    second = Agent(sys.executable, run, "e6a")
+    assert isinstance(second.info, AgentInfo), second.said
+    assert second.info.ended == 1, second.said
+    wait_gone(kernel)
+    wait_gone(first.pid)
+    assert Path(second.info.socket).parent != made
+    second.goodbye()
+    assert not made.exists() and not Path(second.info.socket).parent.exists()
+    assert usual.exists()  # the other user's: left alone
