@@ -1465,6 +1465,15 @@ def test_files_taken_from_the_agent_are_made_again_and_the_daemon_attaches(
 RUDE_PYTHONS = [sys.executable, *(p for p in interpreters() if "/3.6." in p)]
 
 
+def _attached_with_a_kernel(agent: Agent) -> tuple[int, str]:
+    """The agent attached to, and a kernel started (``sleep 600``): its pid; the agent's
+    socket."""
+    assert isinstance(agent.info, AgentInfo), agent.said
+    agent.attach()
+    agent.say("start k1 set -- /bin/sleep 600")
+    return int(agent.line("pid k1 ").split()[2]), agent.info.socket
+
+
 def _proved(agent: Agent, challenge: bytes, **fields: object) -> bytes:
     """A HELLO that proves the secret over ``challenge``, with ``fields`` besides."""
     nonce = secrets.token_bytes(32)
@@ -1481,10 +1490,7 @@ def test_a_rude_hello_ends_its_connection_not_the_agent_and_its_kernels(
     its own connection, nothing sent; the daemon attached meanwhile is served on, and its
     kernel lives."""
     agent = Agent(python, run, "e1a")
-    assert isinstance(agent.info, AgentInfo), agent.said
-    agent.attach()
-    agent.say("start k1 set -- /bin/sleep 600")
-    kernel = int(agent.line("pid k1 ").split()[2])
+    kernel, sock = _attached_with_a_kernel(agent)
     for payload in (
         b"[" * 200_000,  # RecursionError
         b'{"nonce": ' + b"1" * 100_000 + b"}",  # seconds of CPU on 3.6, which has no limit
@@ -1493,7 +1499,7 @@ def test_a_rude_hello_ends_its_connection_not_the_agent_and_its_kernels(
         b"\xff\xfe",
         b'{"nonce": "' + b"ab" * 32 + b'", "proof": "x", "recv": {"\xc2\xb2": 1}}',
     ):
-        assert _hello_answer(agent.info.socket, payload) == b"", payload[:40]
+        assert _hello_answer(sock, payload) == b"", payload[:40]
     agent.say("ping p1")
     assert agent.line("pong ") == "pong p1"
     assert pid_alive(kernel) and pid_alive(agent.pid)
@@ -1508,15 +1514,12 @@ def test_a_proved_hello_with_positions_that_are_not_numbers_is_refused(
     another version on its side): the attach is refused, the agent and its kernel go on, and
     a right HELLO attaches."""
     agent = Agent(python, run, "e2a")
-    assert isinstance(agent.info, AgentInfo), agent.said
-    agent.attach()
-    agent.say("start k1 set -- /bin/sleep 600")
-    kernel = int(agent.line("pid k1 ").split()[2])
+    kernel, sock = _attached_with_a_kernel(agent)
     assert agent.chan is not None
     agent.chan.close()
     for fields in ({"recv": {"0": "x"}}, {"recv": [0]}, {"handed": {"0": -1}}, {"recv": {"²": 0}}):
         proved = functools.partial(_proved, agent, **fields)
-        assert _hello_answer(agent.info.socket, proved) == b"", fields
+        assert _hello_answer(sock, proved) == b"", fields
     agent.attach()
     agent.say("ping p2")
     assert agent.line("pong ") == "pong p2"
@@ -1530,10 +1533,7 @@ def test_control_lines_the_agent_cannot_use_are_let_go(run: Path, python: str) -
     agent, which killed every kernel (a review's finding). Each is let go now, or answered
     as not known; the kernel lives."""
     agent = Agent(python, run, "e3a")
-    assert isinstance(agent.info, AgentInfo), agent.said
-    agent.attach()
-    agent.say("start k1 set -- /bin/sleep 600")
-    kernel = int(agent.line("pid k1 ").split()[2])
+    kernel, _ = _attached_with_a_kernel(agent)
     for line in ("listen ²", "drop ³", "serve ²", "connect 5 99999", "connect ² 5", "connect 5 ²"):
         agent.say(line)
     agent.say("owner q1 FFFFF 1")
@@ -1566,16 +1566,13 @@ def test_a_fault_while_a_peer_is_served_ends_its_connection_not_the_kernels(
     flag = tmp_path / "fault"
     monkeypatch.setenv("FAULT_FLAG", str(flag))
     agent = Agent(sys.executable, run, "e4a", prelude=FAULTY)
-    assert isinstance(agent.info, AgentInfo), agent.said
-    agent.attach()
-    agent.say("start k1 set -- /bin/sleep 600")
-    kernel = int(agent.line("pid k1 ").split()[2])
+    kernel, sock = _attached_with_a_kernel(agent)
     assert agent.chan is not None
     agent.chan.close()
     flag.touch()
     with pytest.raises(ConnectionError):
         agent.attach()
-    err = Path(agent.info.socket).parent / "e4a.err"
+    err = Path(sock).parent / "e4a.err"
     assert "RuntimeError: a fault of the test's" in err.read_text()
     flag.unlink()
     agent.attach()
