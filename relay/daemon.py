@@ -244,7 +244,7 @@ class Daemon:
                 f"{self.config_source} (configured: {known}): fix the host's name, or pass "
                 f"the kernel path as KERNEL, or set 'kernel' in its [defaults]"
             )
-        if not kernel:
+        if not kernel:  # a [hosts] entry without one
             raise BadRequest(
                 f"no kernel given: pass the kernel path as KERNEL or set 'kernel' "
                 f"in {host_header(host.key)} of {self.config_source}"

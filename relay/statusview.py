@@ -210,11 +210,10 @@ def render(status: dict[str, Any], now: float | None = None) -> str:
                 else _unrepeated(reason, _resume_reason(h))
             )
             said = (h["name"], reason)
-            rows.append([h["name"], f["kernel_id"], _ago(f["at"], now), f["kernel"], shown])
-        lines += _table(
-            ["HOST", "KERNEL", "WHEN", "PATH", "REASON"],
-            [[*row[:4], _wrapped(row[4])] for row in rows],
-        )
+            rows.append(
+                [h["name"], f["kernel_id"], _ago(f["at"], now), f["kernel"], _wrapped(shown)]
+            )
+        lines += _table(["HOST", "KERNEL", "WHEN", "PATH", "REASON"], rows)
     kernels = status["kernels"]
     lines.append("")
     if kernels:

@@ -975,12 +975,7 @@ class Agent:
 
     def fault(self):
         """The traceback of what a peer's connection was ended for, in TAG.err."""
-        try:
-            fd = open_private(self.tag + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.dir_fd)
-            os.write(fd, traceback.format_exc().encode()[-8192:])
-            os.close(fd)
-        except OSError:
-            pass
+        write_err(self.tag, self.dir_fd, 8192)
 
     def drop_pending(self, sock):
         self.pending.pop(sock, None)
@@ -1859,6 +1854,19 @@ def write_pid(pid_name, flags, dir_fd):
         os.close(fd)
 
 
+def write_err(tag, dir_fd, most=None):
+    """The exception being handled, its traceback (its last ``most`` bytes), in TAG.err."""
+    try:
+        fd = open_private(tag + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, dir_fd)
+        try:
+            said = traceback.format_exc().encode()
+            os.write(fd, said[-most:] if most else said)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
 def ours(name, ino, dir_fd):
     """Whether ``name`` in the run directory is the socket this agent bound (inode ``ino``):
     asked while that socket is still open, so that no later one can have its inode."""
@@ -1954,12 +1962,7 @@ def start(tag, window):
         agent = Agent(dir_fd, tag, secret, server, float(window), sock_ino, path)
         agent.run()
     except Exception:  # a bug: said where a person (or a test) can read it, then its end
-        try:
-            fd = open_private(tag + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, dir_fd)
-            os.write(fd, traceback.format_exc().encode())
-            os.close(fd)
-        except OSError:
-            pass
+        write_err(tag, agent.dir_fd if agent is not None else dir_fd)
         for kernel in agent.kernels.values() if agent is not None else ():
             agent.signal(kernel, signal.SIGKILL)  # no kernel outlives its agent
     finally:

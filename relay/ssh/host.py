@@ -926,8 +926,8 @@ class HostSession:
         if agent is None or not agent.said_bye or agent.bye_heard.done():
             return None
         silent_s = max(0.0, wake.steady() - agent.heard_clock)
-        at = moment(time.time() - silent_s)
-        until = moment(time.time() - silent_s + agent.window_s)
+        heard = time.time() - silent_s
+        at, until = moment(heard), moment(heard + agent.window_s)
         return (
             f"relay's agent on {self.key} did not answer relay's goodbye (nothing heard from "
             f"it since {at}: the connection may be down): if it did not get it, "
