@@ -26,7 +26,7 @@ import shlex
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
@@ -40,23 +40,10 @@ from relay.ssh import hostkeys, identity, remote_scripts
 from relay.statusview import size
 
 if TYPE_CHECKING:
-    from relay.kernels import Kernel
-    from relay.settings import RelayConfig
+    from relay.daemonstate import DaemonState
     from relay.ssh.host import HostSession
 
-__all__ = ["HOST_PROBE", "ROUND_TRIP_PROBE", "DaemonState", "run"]
-
-
-class DaemonState(Protocol):
-    """What the checks read of the daemon they run in (``relay.daemon.Daemon`` is one; the
-    control layer and the CLI call ``run``, the daemon does not import this module)."""
-
-    config: RelayConfig
-    config_source: str
-    environ_agent: str | None
-    kernels: dict[str, Kernel]
-
-    def host(self, name: str) -> HostSession: ...
+__all__ = ["HOST_PROBE", "ROUND_TRIP_PROBE", "run"]
 
 
 STEP_TIMEOUT_S = 30.0  # no check waits longer; most take a round trip or two

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from relay import __version__, check, hostspec, protocol
+from relay import __version__, hostspec, protocol
+from relay.daemonstate import DaemonState
 from relay.errors import (
     BadRequest,
     ConfigError,
@@ -67,7 +68,7 @@ class DaemonRunning(RelayError):
     code = "daemon_running"
 
 
-class Operations(check.DaemonState, Protocol):
+class Operations(DaemonState, Protocol):
     """What a conversation asks of the daemon (``relay.daemon.Daemon`` is the one)."""
 
     stopping: bool
@@ -269,6 +270,9 @@ class Conversation:
         if isinstance(req, protocol.CheckRequest):
             daemon.refuse_if_stopping("checks")
             daemon.note_client(req.ssh_auth_sock)
+            # loaded when asked for, not with the daemon: about 1 MB (relay.daemonstate)
+            from relay import check  # noqa: PLC0415
+
             results = await check.run(daemon, req.host, req.kernel, running=True)
             return {"event": "checked", "host": hostspec.shown(req.host), "results": results}
         if isinstance(req, protocol.AnswersRequest):

@@ -8,7 +8,6 @@ reads. Every error names the file, the key and what was expected. See
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from pathlib import Path
@@ -235,6 +234,8 @@ def _describe(err: Any) -> str:
             else ""
         )
         if not hint:
+            import difflib  # noqa: PLC0415 (a mistyped key only: not held by every daemon)
+
             near = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(), n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
         return f"{loc}: unknown key{hint}"

@@ -104,3 +104,18 @@ def test_every_kind_of_import_is_an_edge() -> None:
 def test_a_cycle_is_named() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_daemon_does_not_hold_what_only_a_check_or_a_typo_needs() -> None:
+    """``relay serve`` loads ``relay.check`` (with its views) when a check is asked for, and
+    difflib when relay.toml has a key it does not know: about 1 MB the daemon need not hold."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, relay.daemon, relay.cli.serve; print(*sys.modules)"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    loaded = set(done.stdout.split())
+    assert "relay.daemon" in loaded
+    assert not loaded & {"relay.check", "relay.checkview", "relay.statusview", "difflib"}
