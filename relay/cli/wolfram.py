@@ -26,7 +26,15 @@ def run(ns: Any) -> int:
     from relay.wolfram import install_relaytools, uninstall_relaytools
 
     if ns.user_base_directory:
-        bases = [Path(ns.user_base_directory)]
+        given = Path(ns.user_base_directory).expanduser()
+        if not given.is_dir():  # a typo is not made into a directory the front end never reads
+            print(
+                f"relay: {given} is not a directory: give $UserBaseDirectory as a notebook of "
+                f"the front end shows it (on Linux ~/.Wolfram, or ~/.Mathematica before 14.1)",
+                file=sys.stderr,
+            )
+            return 1
+        bases = [given]
     else:
         candidates = user_base_directories(
             _os_name(), str(Path.home()), os.environ.get("APPDATA", "")

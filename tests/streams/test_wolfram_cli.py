@@ -52,6 +52,26 @@ def test_wolfram_install_places_relaytools_and_says_where(tmp_path: Path) -> Non
     assert again.returncode == 0  # reinstalling replaces the old copy
 
 
+def test_a_user_base_directory_that_is_not_there_is_refused_not_made(tmp_path: Path) -> None:
+    typo = tmp_path / ".Wolfarm"
+    for action in ("install", "uninstall"):
+        done = run("wolfram", action, "--user-base-directory", str(typo))
+        assert done.returncode == 1 and done.stdout == ""
+        assert done.stderr == (
+            f"relay: {typo} is not a directory: give $UserBaseDirectory as a notebook of the "
+            "front end shows it (on Linux ~/.Wolfram, or ~/.Mathematica before 14.1)\n"
+        )
+        assert not typo.exists()
+    home = run(
+        "wolfram",
+        "install",
+        "--user-base-directory",
+        "~/b",
+        env=dict(os.environ, HOME=str(tmp_path)),
+    )
+    assert home.returncode == 1 and f"{tmp_path}/b is not a directory" in home.stderr
+
+
 def test_install_and_uninstall_every_user_base_directory_found(tmp_path: Path) -> None:
     """14.1 moved $UserBaseDirectory to ~/.Wolfram; people with older versions too have both."""
     env = dict(os.environ, HOME=str(tmp_path))
