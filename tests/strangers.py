@@ -42,6 +42,8 @@ def stranger(script: str, stdin: bool = False) -> Iterator[subprocess.Popen[str]
         proc.communicate()
 
 
+# a directory of the stranger's at a name of ours (argv[1]), made first in a shared /tmp
+SQUAT_DIR = "import os,sys\nos.mkdir(sys.argv[1], 0o700)\n"
 # Scripts for ``stranger``: a listener that accepts only once data comes, so each connection
 # to it stays a request socket (SYN_RECV, which sock_diag reads as uid 0); first its port
 # and that of its own connection to it

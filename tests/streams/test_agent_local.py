@@ -39,6 +39,7 @@ from tests.strangers import (
     CLOSES_WHEN_TOLD,
     DEFERRED,
     NOBODY,
+    SQUAT_DIR,
     SYSTEM_PYTHON,
     as_nobody,
     needs_second_uid,
@@ -1622,10 +1623,6 @@ def test_what_a_kernel_started_ends_with_it(run: Path, python: str) -> None:
     agent.goodbye()
     assert not pid_alive(kernel)
     assert not _running(child), "the kernel's child outlived BYE"
-
-
-# a directory of another user's at the agent's usual name, made first in a shared /tmp
-SQUAT_DIR = "import os,sys\nos.mkdir(sys.argv[1], 0o700)\n"
 
 
 @needs_second_uid
