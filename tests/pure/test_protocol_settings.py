@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import annotated_types as at
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 from relay import protocol
 from relay.errors import BadRequest, ConfigError, UnknownHost
 from relay.lite import framing
-from relay.settings import load
+from relay.settings import HostConfig, SlurmConfig, load
 
 
 def test_encode_decode() -> None:
@@ -114,6 +116,42 @@ def test_full_example_config_loads() -> None:
         host.model_fields_set
     )
     assert config.daemon.ssh_config == ("~/.ssh/config", "/etc/ssh/ssh_config")
+
+
+def _comments_of(lines: list[str], table: str, key: str) -> str:
+    """What relay.example.toml says of ``key`` in ``[table]``: the comment block right above
+    its line, its own comment, and the comment lines aligned under it."""
+    at = lines.index(f"[{table}]") + 1
+    while not re.match(rf"#? ?{key} = ", lines[at]):
+        assert not lines[at].startswith("["), f"{table}.{key} is not in the example"
+        at += 1
+    said = [lines[at].partition("#")[2] if not lines[at].startswith("#") else lines[at]]
+    above = at - 1
+    while lines[above].startswith("# ") and " = " not in lines[above]:
+        said.insert(0, lines[above])
+        above -= 1
+    below = at + 1
+    while below < len(lines) and re.match(r" {20,}#", lines[below]):
+        said.append(lines[below])
+        below += 1
+    return " ".join(said)
+
+
+def test_the_example_says_each_numbers_range() -> None:
+    """A key with bounds says them where it is set (``A to B`` or ``at most B``), or, for
+    seconds above 0 up to a day, the header's rule for every key ending in _s."""
+    text = (Path(__file__).parents[2] / "config" / "relay.example.toml").read_text()
+    lines = text.splitlines()
+    assert "Keys ending in _s are\n# seconds, above 0 and at most 86400 (a day)" in text
+    for model, table in ((HostConfig, "hosts.myhost"), (SlurmConfig, "hosts.cluster.slurm")):
+        for key, field in model.model_fields.items():
+            low = next((m.ge for m in field.metadata if isinstance(m, at.Ge)), None)
+            high = next((m.le for m in field.metadata if isinstance(m, at.Le)), None)
+            above_0 = any(isinstance(m, at.Gt) and m.gt == 0 for m in field.metadata)
+            if high is None or (above_0 and high == 86400 and key.endswith("_s")):
+                continue  # no upper bound, or the header's rule
+            said = _comments_of(lines, table, key)
+            assert f"{low} to {high}" in said or f"at most {high}" in said, (table, key, said)
 
 
 @pytest.mark.parametrize(
