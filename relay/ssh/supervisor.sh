@@ -55,6 +55,12 @@
 # Kernels are known in memory too: each runs under a watcher subshell ($w lists them) that
 # forwards signals to it (USR1 standing for KILL), so a full TMPDIR cannot make a kernel
 # unkillable; a kernel whose pid cannot be recorded is killed and reported (norecord ID).
+# Where setsid is (util-linux, busybox: Linux hosts; not macOS), each kernel runs in a process
+# group of its own ($g is "-"), and TERM, HUP and KILL go to the group, so a kernel's own
+# children (subkernels, StartProcess) end with it; an interrupt goes to the kernel alone. A
+# kernel being ended that has exited gets SIGKILL sent to what is left of its group once it
+# is reaped: the group's id is not given to another process while a member of it lives. A
+# background job of this shell leads no group, so setsid does not fork: $! is the kernel.
 #
 # The file is joined into one line (relay.ssh.remote_scripts.one_line), which /bin/sh reads
 # from the session's standard input (remote_scripts.BOOTSTRAP: the login shell never sees
@@ -66,6 +72,7 @@ case $3 in *[!0-9]*|"") exit 96 ;; esac;
 st() { if test -r "/proc/$1/stat"; then read -r x <"/proc/$1/stat" 2>/dev/null && x=${x##*) } && set -- $x && echo "p${20}"; else ps -o lstart= -p "$1" 2>/dev/null | tr -d " "; fi; };
 same() { test -n "$2" && test "$(st "$1")" = "$2"; };
 have() { case $1 in */*) test -f "$1" && test -x "$1" ;; *) command -v "$1" >/dev/null 2>&1 ;; esac; };
+if have setsid; then g=-; else g=; fi;
 d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
 case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
 echo "$$ $(st $$) $s $(st $s)" >"$d/supervisor" || exit 97;
@@ -81,7 +88,7 @@ for o in "${TMPDIR:-/tmp}"/relay-"$1".*; do
   test $((now - a)) -lt "$3" && continue;
   read -r os ost op opt <"$o/supervisor";
   if same "$os" "$ost" && kill -TERM "$os" 2>/dev/null; then n=$((n+1)); same "$op" "$opt" && kill -TERM "$op" 2>/dev/null; else
-    for f in "$o"/*.pid; do test -f "$f" && test ! -L "$f" && read -r kp kst <"$f" && same "$kp" "$kst" && kill -KILL "$kp" 2>/dev/null; done;
+    for f in "$o"/*.pid; do test -f "$f" && test ! -L "$f" && read -r kp kst <"$f" && same "$kp" "$kst" && { kill -KILL -"$kp" 2>/dev/null; kill -KILL "$kp" 2>/dev/null; }; done;
     same "$op" "$opt" && kill -TERM "$op" 2>/dev/null;
     rm -rf "$o";
   fi;
@@ -103,18 +110,19 @@ while read -r op id arg; do
     start) (
         eval "$arg";
         have "$1" || { echo "nokernel $id"; exit 0; };
-        "$@" </dev/null >"$d/$id.log" 2>&1 &
-        p=$!;
-        trap "kill -TERM \$p 2>/dev/null" TERM;
+        if test -n "$g"; then setsid "$@" </dev/null >"$d/$id.log" 2>&1 & else "$@" </dev/null >"$d/$id.log" 2>&1 & fi;
+        p=$!; e=;
+        trap "e=1; kill -TERM $g\$p 2>/dev/null" TERM;
         trap "kill -INT \$p 2>/dev/null" INT;
-        trap "kill -HUP \$p 2>/dev/null" HUP;
-        trap "kill -KILL \$p 2>/dev/null" USR1;
+        trap "e=1; kill -HUP $g\$p 2>/dev/null" HUP;
+        trap "e=1; kill -KILL $g\$p 2>/dev/null" USR1;
         echo "$p $(st $p)" >"$d/$id.pid" || { kill -KILL "$p"; rm -f "$d/$id.pid"; echo "norecord $id"; exit 0; };
         echo "pid $id $p";
         # a trapped signal (passed on to the kernel) ends a wait early with 128+N; the
         # kernel's own status is what the last wait collects (127: collected already)
         while :; do wait "$p"; s=$?; kill -0 "$p" 2>/dev/null || break; done;
         wait "$p" 2>/dev/null; r=$?; test "$r" = 127 || s=$r;
+        test -n "$e" && test -n "$g" && kill -KILL -"$p" 2>/dev/null;
         rm -f "$d/$id.pid";
         tail -n 5 "$d/$id.log" 2>/dev/null | cut -c 1-300 | sed "s/^/out $id /";
         rm -f "$d/$id.log";

@@ -7,6 +7,7 @@ import secrets
 import select
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -410,3 +411,41 @@ def test_a_tmp_cleaner_leaves_a_long_sessions_records_to_the_next_supervisor(
             stop(second)
     finally:
         stop(first)
+
+
+def _spawning(sup: Sup, tmp_path: Path, kid: str, child: str) -> tuple[int, int]:
+    """Kernel ``kid``: a shell that starts ``child`` (sh words) in the background and waits;
+    its pid and the child's."""
+    record = tmp_path / f"{kid}.child"
+    sup.send(f"start {kid} set -- /bin/sh -c '{child} & echo $! >{record}; wait'")
+    kernel = int(sup.event().value)
+    deadline = time.monotonic() + 30
+    while not record.exists() or not record.read_text().strip():
+        assert time.monotonic() < deadline, "the kernel's child did not start"
+        time.sleep(0.02)
+    return kernel, int(record.read_text())
+
+
+def test_a_kernels_children_end_with_it(sup: Sup, tmp_path: Path) -> None:
+    """What a kernel starts (subkernels, StartProcess) ends with it: each kernel runs in a
+    process group of its own, and relay's TERM goes to the group; at the end of input, a
+    child that ignores SIGTERM goes with the SIGKILL that follows its kernel's exit."""
+    sup.event()
+    kernel, child = _spawning(sup, tmp_path, "a", "sleep 300")
+    assert os.getpgid(kernel) == kernel and os.getpgid(child) == kernel
+    sup.send("kill a TERM")
+    assert sup.event() == Event("exit", "a", "143")
+    wait_gone(child)
+    ready = tmp_path / "ready"  # the child's trap is set: before it, SIGTERM would end it
+    kernel, stubborn = _spawning(
+        sup, tmp_path, "c", f'sh -c "trap \\"\\" TERM; touch {ready}; sleep 300"'
+    )
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert time.monotonic() < deadline, "the child did not set its trap"
+        time.sleep(0.02)
+    assert sup.proc.stdin is not None
+    sup.proc.stdin.close()  # the SSH session ended
+    assert sup.event() == Event("exit", "c", "143")
+    assert sup.proc.wait(timeout=30) == 0
+    wait_gone(stubborn)
