@@ -61,6 +61,7 @@
 # kernel being ended that has exited gets SIGKILL sent to what is left of its group once it
 # is reaped: the group's id is not given to another process while a member of it lives. A
 # background job of this shell leads no group, so setsid does not fork: $! is the kernel.
+# Until setsid has run in it, the group is not there yet: the pid is signalled instead.
 #
 # The file is joined into one line (relay.ssh.remote_scripts.one_line), which /bin/sh reads
 # from the session's standard input (remote_scripts.BOOTSTRAP: the login shell never sees
@@ -112,10 +113,10 @@ while read -r op id arg; do
         have "$1" || { echo "nokernel $id"; exit 0; };
         if test -n "$g"; then setsid "$@" </dev/null >"$d/$id.log" 2>&1 & else "$@" </dev/null >"$d/$id.log" 2>&1 & fi;
         p=$!; e=;
-        trap "e=1; kill -TERM $g\$p 2>/dev/null" TERM;
+        trap "e=1; kill -TERM $g\$p 2>/dev/null || kill -TERM \$p 2>/dev/null" TERM;
         trap "kill -INT \$p 2>/dev/null" INT;
-        trap "e=1; kill -HUP $g\$p 2>/dev/null" HUP;
-        trap "e=1; kill -KILL $g\$p 2>/dev/null" USR1;
+        trap "e=1; kill -HUP $g\$p 2>/dev/null || kill -HUP \$p 2>/dev/null" HUP;
+        trap "e=1; kill -KILL $g\$p 2>/dev/null || kill -KILL \$p 2>/dev/null" USR1;
         echo "$p $(st $p)" >"$d/$id.pid" || { kill -KILL "$p"; rm -f "$d/$id.pid"; echo "norecord $id"; exit 0; };
         echo "pid $id $p";
         # a trapped signal (passed on to the kernel) ends a wait early with 128+N; the

@@ -449,3 +449,23 @@ def test_a_kernels_children_end_with_it(sup: Sup, tmp_path: Path) -> None:
     assert sup.event() == Event("exit", "c", "143")
     assert sup.proc.wait(timeout=30) == 0
     wait_gone(stubborn)
+
+
+@pytest.mark.skipif(not shutil.which("setsid"), reason="no setsid: kernels are not grouped")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_kill_before_the_kernels_group_is_made_still_ends_it(shell: str, tmp_path: Path) -> None:
+    """Between the fork and setsid's own setsid() the kernel's group is not there yet; a
+    kill sent then (the front end quits at once, on a loaded host) reaches its pid. A setsid
+    that waits a second before the real one stands for that moment."""
+    slow = tmp_path / "bin"
+    slow.mkdir()
+    (slow / "setsid").write_text(f'#!/bin/sh\nsleep 1\nexec {shutil.which("setsid")} "$@"\n')
+    (slow / "setsid").chmod(0o755)
+    s = Sup(shell, env=dict(os.environ, PATH=f"{slow}:{os.environ['PATH']}", TMPDIR=str(tmp_path)))
+    s.event()
+    s.send("start k set -- sleep 300")
+    assert s.event().kind == "pid"
+    s.send("kill k KILL")
+    assert s.event() == Event("exit", "k", "137")
+    stop(s)
