@@ -1726,13 +1726,21 @@ def run_dir(path=None):
 
 
 def own_dir(path):
-    """``path`` made (0700) if it is not there, then ``checked_dir``."""
-    try:
-        os.mkdir(path, 0o700)
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:  # no TMPDIR, or not one of ours to write in
-            return None, None, ("mkdir", path)
-    return checked_dir(path)
+    """``path`` made (0700) if it is not there, then ``checked_dir``. One that is there at
+    the mkdir and gone at the look (another user's, made and removed again and again, to
+    keep ours from being made) is tried again, a few times, then said to be ``gone``: what
+    ``run_dir`` goes around, as it does another user's directory."""
+    made = None, None, ("gone", path)
+    for _ in range(3):
+        try:
+            os.mkdir(path, 0o700)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:  # no TMPDIR, or not one of ours to write in
+                return None, None, ("mkdir", path)
+        made = checked_dir(path)
+        if made[2] is None or made[2][0] != "gone":
+            break
+    return made
 
 
 def checked_dir(path):
@@ -1740,8 +1748,8 @@ def checked_dir(path):
     else (None, None, (reason, path))."""
     try:
         st = os.lstat(path)
-    except OSError:
-        return None, None, ("mkdir", path)
+    except OSError:  # removed since it was made or seen
+        return None, None, ("gone", path)
     if stat.S_ISLNK(st.st_mode):
         return None, None, ("symlink", path)
     if not stat.S_ISDIR(st.st_mode):

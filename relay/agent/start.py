@@ -70,6 +70,8 @@ def agent_file() -> hookfile.HookFile:
 
 _REFUSALS = {
     "mkdir": "cannot create {path} (is TMPDIR a directory you can write to?)",
+    "gone": "{path} was removed each time it was made (another user of the host racing for "
+    "the name?)",
     "pidfile": "cannot write {path} (is the disk full?)",
     "notdir": "{path} is not a directory (remove it)",
     "symlink": "{path} is a symlink (remove it)",

@@ -5,6 +5,7 @@ tests/streams/test_agent_local.py."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -153,3 +154,32 @@ def test_lines_are_taken_out_and_the_rest_kept() -> None:
     assert remote.lines(buf) == [] and buf == bytearray(b"part")
     many = bytearray(b"x\n" * 100_000)
     assert len(remote.lines(many)) == 100_000 and many == bytearray()
+
+
+def test_a_usual_directory_made_and_removed_again_as_the_agent_looks_is_gone_around(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user of the host makes the usual name and removes it, over and over: the
+    agent's mkdir meets it there, and its look finds it gone. That was a refusal (``mkdir``,
+    "cannot create"), and the host lost resuming (a second uid racing did it 10 times in
+    40 starts); now it is tried again, then gone around like another user's directory. The
+    racer is modelled here: each mkdir of the usual name finds it there, each look nothing."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    usual, real_mkdir, met = remote.usual_dir(), os.mkdir, []
+
+    def raced(path: str, mode: int = 0o777) -> None:
+        if path == usual:
+            met.append(path)
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+        real_mkdir(path, mode)
+
+    monkeypatch.setattr(remote.os, "mkdir", raced)
+    path, dir_fd, refusal = remote.run_dir()
+    monkeypatch.undo()
+    assert refusal is None, refusal
+    os.close(dir_fd)
+    assert Path(path).parent == tmp_path and Path(path).name.startswith(
+        f"relay-agent-{os.getuid()}."
+    )
+    assert len(met) == 3  # tried again before going around
+    assert remote.own_dir(path)[2] is None  # and a directory that stays is taken at once
