@@ -130,6 +130,9 @@ class FrameError(ValueError):
     pass
 
 
+SID_MOST = (1 << 32) - 1  # a frame's stream id is 4 bytes (HEADER): a larger one cannot be sent
+
+
 def decimal(text, most=(1 << 63) - 1):
     """A number a peer wrote in ASCII digits, at most ``most``; else None. (``isdigit``
     takes "²", which ``int`` refuses.)"""
@@ -193,7 +196,7 @@ def positions(given):
     if not isinstance(given, dict):
         raise ValueError("not an object")
     for sid, position in given.items():
-        if decimal(sid) is None or type(position) is not int or position < 0:
+        if decimal(sid, SID_MOST) is None or type(position) is not int or position < 0:
             raise ValueError("not a position")
     return given
 
@@ -1361,7 +1364,7 @@ class Agent:
             stream.asks = {}
 
     def listen(self, ident, kind):
-        sid = decimal(ident)
+        sid = decimal(ident, SID_MOST)
         if not sid:
             return None
         listener = None
@@ -1386,7 +1389,7 @@ class Agent:
         """A link whose kernel listens (Dynamic's old method): the stream is carried to
         127.0.0.1:PORT, only if the listener there is the user's own; OPEN once connected,
         else "noconnect SID REASON" and CLOSE."""
-        sid, port = decimal(ident), decimal(arg, 65535)
+        sid, port = decimal(ident, SID_MOST), decimal(arg, 65535)
         if not sid or not port:
             return
         stream = self.streams.get(sid) or Stream(sid)
@@ -1419,7 +1422,11 @@ class Agent:
         # the listener was the user's when asked (``do_connect``); another user's may have
         # taken the port since (the kernel's closed, theirs bound): the end that accepted
         # is looked at before a byte goes to it
-        port, cport = sock.getpeername()[1], sock.getsockname()[1]
+        try:
+            port, cport = sock.getpeername()[1], sock.getsockname()[1]
+        except OSError as exc:  # reset by now: not connected
+            sock.close()
+            return self.no_connect(stream, os.strerror(exc.errno or errno.ENOTCONN))
         who = accepting_owner(port, cport)
         if who != self.uid:
             sock.close()
@@ -1434,7 +1441,7 @@ class Agent:
         self.link_gone(stream)
 
     def do_drop(self, ident, arg):
-        stream = self.streams.get(decimal(ident))
+        stream = self.streams.get(decimal(ident, SID_MOST))
         if stream is not None and stream.sid:
             self.forget(stream)
 

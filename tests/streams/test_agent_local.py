@@ -1530,17 +1530,24 @@ def test_a_proved_hello_with_positions_that_are_not_numbers_is_refused(
 
 @pytest.mark.parametrize("python", RUDE_PYTHONS)
 def test_control_lines_the_agent_cannot_use_are_let_go(run: Path, python: str) -> None:
-    """Numbers ``isdigit`` takes and ``int`` refuses, and ports past 65535: each crashed the
-    agent, which killed every kernel (a review's finding). Each is let go now, or answered
-    as not known; the kernel lives."""
+    """Numbers ``isdigit`` takes and ``int`` refuses, ports past 65535, stream ids past 32
+    bits: each crashed the agent, which killed every kernel (reviews' findings). Each is let
+    go now, or answered as not known; the kernel lives."""
     agent = Agent(python, run, "e3a")
     kernel, _ = _attached_with_a_kernel(agent)
     for line in ("listen ²", "drop ³", "serve ²", "connect 5 99999", "connect ² 5", "connect 5 ²"):
         agent.say(line)
     agent.say("owner q1 FFFFF 1")
     assert agent.line("owner q1 ") == "owner q1 ?"
-    agent.say("ping p3")
-    assert agent.line("pong ") == "pong p3"
+    # a stream id past the frame's 4 bytes: a listener was made for it, and the OPEN of the
+    # user's own connection to it (or to a listener of the user's it was told to connect
+    # to) could not be framed
+    with socket.create_server(("127.0.0.1", 0)) as own:
+        agent.say("listen 4294967297")
+        agent.say(f"connect 4294967298 {own.getsockname()[1]}")
+        agent.say("ping p3")
+        assert agent.line("pong ") == "pong p3"
+        assert not [line for line in agent.lines if "429496729" in line], agent.lines
     assert pid_alive(kernel) and pid_alive(agent.pid)
     agent.goodbye()
 
