@@ -977,7 +977,8 @@ class Agent:
         self.sel.register(sock, selectors.EVENT_READ, ("hello", None))
 
     def fault(self):
-        """The traceback of what a peer's connection was ended for, in TAG.err."""
+        """The traceback of what a peer's connection was ended for (or a control line let
+        go), in TAG.err."""
         write_err(self.tag, self.dir_fd, 8192)
 
     def drop_pending(self, sock):
@@ -1196,7 +1197,10 @@ class Agent:
             ident, _, arg = rest.partition(" ")
             handler = getattr(self, "do_" + op, None)
             if handler is not None and ident and all(c.isalnum() for c in ident):
-                handler(ident, arg)
+                try:
+                    handler(ident, arg)
+                except Exception:  # that line is let go (TAG.err says why), not the rest
+                    self.fault()  # of its frame, which the daemon will not send again
 
     def do_ping(self, ident, arg):
         self.say("pong " + ident)
@@ -1211,7 +1215,7 @@ class Agent:
             self.window_s = window
 
     def do_which(self, ident, arg):
-        env = dict(os.environ, RELAY_SNIPPET=arg)
+        env = snippet_env(arg)
         try:
             code = subprocess.call(
                 ["/bin/sh", "-c", WHICH_SH],
@@ -1221,7 +1225,7 @@ class Agent:
                 stderr=subprocess.DEVNULL,
                 timeout=10,
             )
-        except (OSError, subprocess.TimeoutExpired):
+        except Exception:  # out of processes, timed out: not found
             code = 1
         self.say(("found " if code == 0 else "nokernel ") + ident)
 
@@ -1238,10 +1242,10 @@ class Agent:
     def do_start(self, ident, arg):
         if self.ending or ident in self.kernels:
             return self.say("exit %s 143" % ident)
-        env = dict(os.environ, RELAY_SNIPPET=arg)
         log_name = "%s-%s.log" % (self.tag, ident)
         r = w = log = None
         try:
+            env = snippet_env(arg)
             r, w = os.pipe()
             log = open_private(log_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.dir_fd)
             proc = subprocess.Popen(
@@ -1256,7 +1260,7 @@ class Agent:
                 # (subkernels, StartProcess's children) is ended with it (``signal``)
                 start_new_session=True,
             )
-        except OSError as exc:  # out of files or processes: said, and nothing left behind
+        except Exception as exc:  # out of files or processes: said, nothing left behind
             for fd in (r, w):
                 if fd is not None:
                     os.close(fd)
@@ -1692,6 +1696,16 @@ class Agent:
         for kernel in self.kernels.values():
             if kernel.kill_at is None or kernel.kill_at > t + grace:
                 kernel.kill_at = t + grace
+
+
+def snippet_env(snippet):
+    """The environment a kernel's start (or its look-up) runs in: ours, with the daemon's
+    sh snippet. As bytes: on Python 3.6 in the C locale (no LANG over a plain ssh exec, as on
+    RHEL 7) the file system's encoding is ASCII, and a kernel path or argument outside it
+    (``jörg``) could not be encoded by Popen."""
+    env = dict(os.environb)
+    env[b"RELAY_SNIPPET"] = snippet.encode("utf-8", "replace")
+    return env
 
 
 def proof(secret, who, first, second):
