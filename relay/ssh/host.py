@@ -131,6 +131,7 @@ class HostSession:
         self.tag = hashlib.sha256(f"{tag}:{key}".encode()).hexdigest()[:16]
         self._conn: asyncssh.SSHClientConnection | None = None
         self._connecting: asyncio.Task[asyncssh.SSHClientConnection] | None = None
+        self._connect_waiters = 0  # callers awaiting ``_connecting`` (``connection``)
         self._current: Live | None = None
         # the host's agent (docs/agent.md), once started: it outlives connections
         self.agent: AgentSession | None = None
@@ -303,7 +304,11 @@ class HostSession:
                 context=contextvars.Context(),  # the launch that asked first is not its owner
             )
             self._connecting.add_done_callback(self._connect_done)
-        return await asyncio.shield(self._connecting)
+        self._connect_waiters += 1
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            self._connect_waiters -= 1
 
     async def connection_by(self, deadline: float) -> asyncssh.SSHClientConnection:
         """``connection`` for a launch, which waits no longer than its ``deadline`` (loop
@@ -607,6 +612,11 @@ class HostSession:
             )
             self.status.last_error = agent.end_reason
             self.status.set("disconnected")
+            # the resume's own attempt, under way on the dead path: nobody waits for it now,
+            # and when it failed it said "failed" and its own error over the window's news
+            connecting = self._connecting
+            if connecting is not None and not connecting.done() and not self._connect_waiters:
+                connecting.cancel()
 
     async def _wait_for_login(self, window_ends: float) -> None:
         """The server wants a person's answers again (2FA), which relay never gives on its
