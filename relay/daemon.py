@@ -53,6 +53,7 @@ from relay.errors import (
     ConfigError,
     ConnectFailed,
     ForwardFailed,
+    NotBack,
     RelayError,
     ShuttingDown,
     host_header,
@@ -282,7 +283,9 @@ class Daemon:
                 connected = True
             except RelayError as exc:
                 connected = False
-                why = await self.clusters.explain(k) or exc.message
+                # kept for `relay status`, read later: an outage's line as it was, not "is"
+                kept = exc.afterwards if isinstance(exc, NotBack) else exc.message
+                why = await self.clusters.explain(k) or kept
                 k.log.warning("compute kernel failed after launch", error=why)
                 k.named_host.record_failure(k.id, kernel, why)
                 await k.terminate(grace_s=1.0)

@@ -30,6 +30,7 @@ __all__ = [
     "LocalFileError",
     "LoginAbandoned",
     "LoginNeeded",
+    "NotBack",
     "PeerCheckUnavailable",
     "RelayError",
     "SSHSetupFailed",
@@ -84,6 +85,16 @@ class ConnectFailed(RelayError):
         # the machine answered (refused, reset, a handshake too slow or cut short): it is up,
         # whatever its sshd says now; a silence (a timeout, unreachable) says nothing of it
         self.answered = answered
+
+
+class NotBack(ConnectFailed):
+    """A launch gave up waiting for a lost connection to come back. ``message`` says so as
+    it is now, to the launch's shim ("is not back yet ... launch again"); ``afterwards`` is
+    what ``relay status`` keeps of it, read when the connection may be back."""
+
+    def __init__(self, message: str, afterwards: str) -> None:
+        super().__init__(message)
+        self.afterwards = afterwards
 
 
 class AuthenticationFailed(RelayError):

@@ -563,7 +563,7 @@ async def _callback(k: Kernel, kernel: str, timeout_s: float, deadline: float) -
         # and that, not the kernel, is why it did not connect
         lost = k.host.gave_up_waiting()
         if lost is not None:
-            raise ConnectFailed(lost) from None
+            raise lost from None
         if not k._proc.started.done():  # no pid: the start line may never have arrived
             raise LaunchTimeout(
                 f"the kernel on {k.host.key} did not connect within {timeout_s:g} s "

@@ -45,7 +45,14 @@ from relay import wake
 from relay.agent import start as agent_start
 from relay.agent.session import AgentGone, AgentImpostor, AgentSession
 from relay.clock import duration, moment
-from relay.errors import ConnectFailed, ConnectionLost, LoginNeeded, RelayError, ShuttingDown
+from relay.errors import (
+    ConnectFailed,
+    ConnectionLost,
+    LoginNeeded,
+    NotBack,
+    RelayError,
+    ShuttingDown,
+)
 from relay.log import RateLimited
 from relay.peerowner import CLOSING, GONE, UNKNOWN
 from relay.settings import HostConfig
@@ -326,27 +333,35 @@ class HostSession:
         waited = self._waited_in_vain
         if waited is not None and time.monotonic() - waited < IN_VAIN_FOLLOWERS_S:
             # each follower renews the mark: a burst of any length fails at once, all of it
-            raise ConnectFailed(self._in_vain(self.status.last_error))
+            raise self._in_vain(self.status.last_error)
         try:
             async with asyncio.timeout_at(deadline):
                 return await self.connection()
         except (TimeoutError, ConnectFailed) as exc:
             if not self.resuming:  # it is over (the kernels ended): that is the news
                 raise
-            raise ConnectFailed(self._in_vain(str(exc) or self.status.last_error)) from None
+            raise self._in_vain(str(exc) or self.status.last_error) from None
 
-    def gave_up_waiting(self) -> str | None:
+    def gave_up_waiting(self) -> NotBack | None:
         """A launch that began before the connection was lost, and waited in vain for it to
-        come back: the line it fails with (``_not_back``), and, as after a wait in
+        come back: what it fails with (``_not_back``), and, as after a wait in
         ``connection_by``, the launches that follow at once fail at once. None if the host
         is not resuming (the launch failed for a reason of its own)."""
         return self._in_vain(self.status.last_error) if self.resuming else None
 
-    def _in_vain(self, last: str | None) -> str:
+    def _in_vain(self, last: str | None) -> NotBack:
         """A launch's wait for the resume ends in vain: the launches that follow at once fail
-        at once (``connection_by``), with the line this one fails with."""
+        at once (``connection_by``), with what this one fails with: the line for its shim,
+        and the one ``relay status`` keeps, in the past tense (it may be back by then)."""
         self._waited_in_vain = time.monotonic()
-        return self._not_back(last)
+        agent = self.agent
+        lost_at = agent.lost_at if agent is not None else None
+        when = f" at {moment(lost_at)}" if lost_at is not None else ""
+        return NotBack(
+            self._not_back(last),
+            f"{self.key}: the connection was lost{when}, and was not back when this launch "
+            f"gave up waiting for it",
+        )
 
     def _not_back(self, last: str | None) -> str:
         agent = self.agent

@@ -311,6 +311,47 @@ async def test_a_launch_whose_path_fails_under_it_says_so_and_its_kernel_ends_on
         assert resume_state(running)["state"] == "on"
 
 
+async def test_a_compute_launch_given_up_in_an_outage_is_kept_as_it_was_not_as_it_is(
+    home: RelayHome,
+) -> None:
+    """A compute kernel's shim has its answer before the kernel calls back, so a launch
+    that an outage made give up is kept among the host's failures for `relay status`. Read
+    once the connection is back, it said "is not back yet ... launch again once `relay
+    status` shows it back" beside a host shown connected (a review's finding); it says what
+    was so when the launch gave up. The kernel is ended once back."""
+    async with (
+        KernelGate(home.dir / "gate") as gate,
+        behind_proxy(
+            home,
+            launch_timeout_s=LAUNCH_S,
+            compute_args=["-subkernel", "-noinit", "-simgate", str(gate.path)],
+        ) as proxy,
+        start_daemon(home) as running,
+    ):
+        link = await frontend.ListeningLink.create()
+        try:
+            result = await frontend.run_remote_command(
+                remote_command(), host="local", link=link.name, env=home.env
+            )
+            assert result.status == 0, result  # answered once the kernel started
+            await asyncio.wait_for(gate.arrived.wait(), BOUND_S)  # held at the gate
+            pid = int(subprocess.check_output(["pgrep", "-f", str(gate.path)], text=True))
+            await outage(running, proxy, "blackhole")
+            session = running.daemon.hosts["local"]
+            await until(lambda: bool(session.failures), "the launch given up", BOUND_S)
+            proxy.restore()
+            await until(lambda: resume_state(running)["state"] == "on", "resumed")
+            host = await status_of(home)
+            (failure,) = host["failures"]
+            assert failure["reason"].startswith("local: the connection was lost at "), failure
+            assert failure["reason"].endswith(
+                ", and was not back when this launch gave up waiting for it"
+            ), failure
+            await wait_gone(pid, BOUND_S)  # told once back: the gate never opened
+        finally:
+            link.close()
+
+
 async def test_a_host_whose_last_launch_failed_in_an_outage_closes_as_idle_once_back(
     home: RelayHome,
 ) -> None:
