@@ -1924,15 +1924,26 @@ def start(tag, window):
     ended = end_predecessor(pid_name, dir_fd)
     sweep_logs(dir_fd, tag, pid_name)
     for other, fd in beside(dir_fd):  # where an agent ran while the usual name was not ours
+        try:  # one left a while ago (not one a start is about to bind in): before any sweep
+            old = other != usual_dir() and time.time() - os.fstat(fd).st_mtime > FIRST_ATTACH_S
+        except OSError:
+            old = False
         ended += end_predecessor(pid_name, fd)
         sweep_logs(fd, tag, pid_name)
-        os.close(fd)
-        if other != usual_dir():
-            try:  # an empty one, left a while ago (not one a start is about to bind in)
-                if time.time() - os.stat(other).st_mtime > FIRST_ATTACH_S:
-                    os.rmdir(other)
+        if old and recorded_agent(pid_name, fd) is None:
+            # this tag's agent there is gone, and was killed (one that ends removes its
+            # directory): its pid file and socket, no other tag's; then the directory, if
+            # that left it empty (a crash's TAG.err stays, to be read)
+            for name in (pid_name, sock_name):
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except OSError:
+                    pass
+            try:
+                os.rmdir(other)
             except OSError:
                 pass
+        os.close(fd)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     for attempt in range(3):  # a stale name, or one an old agent bound again meanwhile
         try:

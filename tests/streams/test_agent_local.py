@@ -980,6 +980,35 @@ def test_a_run_directory_open_to_others_or_a_symlink_is_left_and_gone_around(run
             assert list(directory.iterdir()) == [] and directory.stat().st_mode & 0o777 == 0o755
 
 
+def test_a_killed_agents_directory_beside_the_usual_one_goes_with_the_next_start(
+    run: Path,
+) -> None:
+    """An agent that ran beside the usual name and was killed (SIGKILL, the OOM killer)
+    left its pid file and socket there, and no later start removed them: each start makes a
+    directory of its own, so they piled up, and every start listed them again (a review's
+    finding). The next start of the tag, a while later, removes its files and the directory;
+    another tag's files there are left, and with them the directory."""
+    (run / f"relay-agent-{os.getuid()}").symlink_to(run / "elsewhere")  # not ours: gone around
+    firsts = []
+    for tag in ("e7", "e8"):
+        agent = Agent(sys.executable, run, tag)
+        assert isinstance(agent.info, AgentInfo), agent.said
+        os.kill(agent.pid, signal.SIGKILL)
+        wait_gone(agent.pid)
+        firsts.append(Path(agent.info.socket).parent)
+    killed, other_tags = firsts
+    long_ago = time.time() - 7200
+    for directory in firsts:
+        os.utime(directory, (long_ago, long_ago))
+    assert sorted(p.name for p in killed.iterdir()) == ["e7.pid", "e7.sock"]
+    again = Agent(sys.executable, run, "e7")
+    assert isinstance(again.info, AgentInfo), again.said
+    assert not killed.exists()
+    assert sorted(p.name for p in other_tags.iterdir()) == ["e8.pid", "e8.sock"]
+    again.goodbye()
+    assert not Path(again.info.socket).parent.exists()
+
+
 # a stranger's listener: its port printed, then it waits (accepting nothing) to be killed
 SQUAT = (
     "import socket,sys,time\n"
