@@ -1208,6 +1208,21 @@ async def test_what_answers_at_the_agents_socket_after_an_outage_is_shown_no_sec
         shutil.rmtree(moved)
 
 
+async def back_to_the_same_agent(
+    running: RunningDaemon,
+    proxy: FaultProxy,
+    echo: asyncio.Future[bytes],
+    payload: bytes,
+    agent_pid: object,
+) -> None:
+    """The path comes back: the echo in flight arrives whole, and the host resumes with the
+    agent it had."""
+    proxy.restore()
+    assert await asyncio.wait_for(echo, BOUND_S) == payload
+    await until(lambda: resume_state(running)["state"] == "on", "resumed")
+    assert resume_state(running)["pid"] == agent_pid
+
+
 async def test_an_agent_directory_removed_during_an_outage_is_made_again_and_resumed_through(
     home: RelayHome,
 ) -> None:
@@ -1227,10 +1242,7 @@ async def test_an_agent_directory_removed_during_an_outage_is_made_again_and_res
         shutil.rmtree(sock.parent)
         await until(sock.exists, "the agent's socket made again")
         assert sock.with_suffix(".pid").read_text().split()[0] == str(agent_pid)
-        proxy.restore()
-        assert await asyncio.wait_for(echo, BOUND_S) == payload
-        await until(lambda: resume_state(running)["state"] == "on", "resumed")
-        assert resume_state(running)["pid"] == agent_pid
+        await back_to_the_same_agent(running, proxy, echo, payload, agent_pid)
         await quit_cleanly(kl, fe)
         await wait_gone(pid)
 
@@ -1266,10 +1278,7 @@ async def test_an_agent_gone_around_a_directory_another_user_made_first_is_resum
                     payload = secrets.token_bytes(1 << 20)
                     echo = asyncio.ensure_future(kl.echo(payload))
                     await outage(running, proxy, "reset")
-                    proxy.restore()
-                    assert await asyncio.wait_for(echo, BOUND_S) == payload
-                    await until(lambda: resume_state(running)["state"] == "on", "resumed")
-                    assert resume_state(running)["pid"] == agent_pid
+                    await back_to_the_same_agent(running, proxy, echo, payload, agent_pid)
                     await quit_cleanly(kl, fe)
                     await wait_gone(pid)
                 await wait_gone(int(str(agent_pid)))
