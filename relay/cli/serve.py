@@ -21,6 +21,10 @@ def status(as_json: bool) -> int:
 
     answer = daemon_answer({"op": "status"}, "status")
     if isinstance(answer, int):
+        if as_json and answer == 3:  # no daemon: a script reading stdout learns it too
+            from relay.lite import paths
+
+            print(json.dumps({"daemon": None, "socket": str(paths.socket_path())}, indent=2))
         return answer
     print(
         json.dumps(answer, indent=2) if as_json else statusview.render(answer),

@@ -51,6 +51,11 @@ async def test_status_shows_hosts_kernels_and_forwards(daemon: RunningDaemon) ->
 def test_status_without_a_daemon(home: RelayHome) -> None:
     done = status_cli(home)
     assert done.returncode == 3 and "no relay daemon is listening" in done.stderr
+    assert done.stdout == ""
+    # --json: the same line and status, and what a script reads on stdout says it too
+    shown = status_cli(home, "--json")
+    assert shown.returncode == 3 and "no relay daemon is listening" in shown.stderr
+    assert json.loads(shown.stdout) == {"daemon": None, "socket": str(home.socket)}
 
 
 async def test_every_launch_line_names_host_and_kernel_and_kernel_output_is_logged(
