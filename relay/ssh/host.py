@@ -139,6 +139,7 @@ class HostSession:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._connecting: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._connect_waiters = 0  # callers awaiting ``_connecting`` (``connection``)
+        self._let_go: set[asyncio.Task[asyncssh.SSHClientConnection]] = set()  # winding down
         self._current: Live | None = None
         # the host's agent (docs/agent.md), once started: it outlives connections
         self.agent: AgentSession | None = None
@@ -397,6 +398,8 @@ class HostSession:
         return max(floor_s, rtt_ms / 1000 * HANDSHAKE_RTTS)
 
     def _connect_done(self, task: asyncio.Task[asyncssh.SSHClientConnection]) -> None:
+        if self._connecting is not task:  # let go at a window's end (``_resume``): not the
+            return  # host's attempt any more, and another may be under way
         self._connecting = None
         if task.cancelled():
             self.status.set("disconnected")
@@ -629,9 +632,21 @@ class HostSession:
             self.status.set("disconnected")
             # the resume's own attempt, under way on the dead path: nobody waits for it now,
             # and when it failed it said "failed" and its own error over the window's news
-            connecting = self._connecting
-            if connecting is not None and not connecting.done() and not self._connect_waiters:
-                connecting.cancel()
+            self._let_go_of_attempt()
+
+    def _let_go_of_attempt(self) -> None:
+        """The resume's own attempt to connect, under way on the dead path as its window
+        ran out, is cancelled if nobody waits for it: failing later, it said "failed" and
+        its own error over the window's news. It is let go at once, so that a launch that
+        comes while it winds down starts an attempt of its own rather than join this one and
+        get its cancellation; ``aclose`` waits for it."""
+        connecting = self._connecting
+        if connecting is None or connecting.done() or self._connect_waiters:
+            return
+        self._connecting = None
+        connecting.cancel()
+        self._let_go.add(connecting)
+        connecting.add_done_callback(self._let_go.discard)
 
     async def _wait_for_login(self, window_ends: float) -> None:
         """The server wants a person's answers again (2FA), which relay never gives on its
@@ -1014,6 +1029,7 @@ class HostSession:
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
+        await asyncio.gather(*self._let_go, return_exceptions=True)
         await self._close_connection()
         await self._tasks.aclose()
 

@@ -59,7 +59,9 @@
 # group of its own ($g is "-"), and TERM, HUP and KILL go to the group, so a kernel's own
 # children (subkernels, StartProcess) end with it; an interrupt goes to the kernel alone. A
 # kernel being ended that has exited gets SIGKILL sent to what is left of its group once it
-# is reaped: the group's id is not given to another process while a member of it lives. A
+# is reaped: the group's id is not given to another process while a member of it lives (with
+# none left it is free, but the kill follows the reap at once, and Linux gives a pid again
+# only after it has gone round all the others). A
 # background job of this shell leads no group, so setsid does not fork: $! is the kernel.
 # Until setsid has run in it, the group is not there yet: the pid is signalled instead.
 #

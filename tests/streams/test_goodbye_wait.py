@@ -126,3 +126,42 @@ async def test_a_window_days_long_is_said_to_end_on_its_day() -> None:
     assert ends[:3] in ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"), line
     day = ends.rsplit(" ", 2)[0]  # two days on, whichever second the line was written in
     assert day in {moment(time.time() + 2 * 86400 + d).rsplit(" ", 2)[0] for d in (-60, 0)}
+
+
+async def test_an_attempt_let_go_at_the_windows_end_is_not_joined_by_the_next_launch() -> None:
+    """At a window's end the resume's own attempt to connect is cancelled (nobody waits for
+    it). A launch or ``relay check`` that comes while it winds down (its hedged attempts
+    gathered: a loop turn or more) joined it, and got its cancellation: the launch's task
+    ended as cancelled, with no line (a review's finding). It starts an attempt of its own."""
+    host = HostSession("host", HostConfig(hostname="h"), tag="00", ssh_files=())
+    winding_down = asyncio.Event()
+    wound_down = asyncio.Event()
+    fresh = object()
+    calls = 0
+
+    async def connect() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return fresh
+        try:
+            await asyncio.Event().wait()  # the dead path
+        except asyncio.CancelledError:
+            winding_down.set()
+            await wound_down.wait()  # its attempts gathered
+            raise
+
+    host._connect = connect  # type: ignore[method-assign]
+    resume = asyncio.ensure_future(host.connection())  # the resume's live(), under its timeout
+    await asyncio.sleep(0)
+    resume.cancel()  # the window ran out
+    await asyncio.gather(resume, return_exceptions=True)
+    let_go = host._connecting
+    assert let_go is not None and host._connect_waiters == 0
+    host._let_go_of_attempt()
+    await winding_down.wait()
+    assert await asyncio.wait_for(host.connection(), 10) is fresh  # a launch meanwhile
+    wound_down.set()
+    await asyncio.gather(let_go, return_exceptions=True)
+    assert let_go.cancelled() and host._connecting is None
+    await host.aclose()
