@@ -412,8 +412,14 @@ class HostSession:
         if self._closing:
             raise ShuttingDown(f"{self.key}: relay is shutting down")
         if self._connecting is not None:  # a launch is connecting: let it finish or fail
-            with contextlib.suppress(RelayError, asyncio.CancelledError):
+            try:
                 await asyncio.shield(self._connecting)
+            except RelayError:
+                pass
+            except asyncio.CancelledError:  # that attempt's (let go, or a stop), not ours:
+                task = asyncio.current_task()  # a login whose person hung up ends here,
+                if task is not None and task.cancelling():  # before it asks the server
+                    raise
         if self._conn is not None and not self._conn.is_closed():
             return True
         # resuming, the agent's machine (as _connect)
