@@ -89,8 +89,15 @@ def test_a_directory_an_agent_of_the_same_tag_made_since_is_left_to_it(
         os.unlink(name, dir_fd=agent.dir_fd)
     path.rmdir()
     path.mkdir(mode=0o700)
-    successor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ab"])
+    successor = subprocess.Popen(
+        [sys.executable, "-c", "import time; print(flush=True); time.sleep(60)", "ab"],
+        stdout=subprocess.PIPE,
+    )
     try:
+        # up and running: just after Popen returns, its exec may not have set its command
+        # line yet (/proc/PID/cmdline reads empty on a loaded machine), and the agent, which
+        # knows a successor by its tag there, would not know it
+        assert successor.stdout is not None and successor.stdout.readline() == b"\n"
         started = remote.start_time(successor.pid)
         (path / "ab.pid").write_text(f"{successor.pid} {started}\n")
         agent.keep()
@@ -101,7 +108,7 @@ def test_a_directory_an_agent_of_the_same_tag_made_since_is_left_to_it(
         assert (path / "ab.pid").read_text().split()[0] == str(successor.pid)
     finally:
         successor.kill()
-        successor.wait()
+        successor.communicate()
 
 
 def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
