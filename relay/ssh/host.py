@@ -355,29 +355,28 @@ class HostSession:
         at once (``connection_by``), with what this one fails with: the line for its shim,
         and the one ``relay status`` keeps, in the past tense (it may be back by then)."""
         self._waited_in_vain = time.monotonic()
+        return self._not_back(last)
+
+    def _not_back(self, last: str | None) -> NotBack:
         agent = self.agent
         lost_at = agent.lost_at if agent is not None else None
         when = f" at {moment(lost_at)}" if lost_at is not None else ""
-        return NotBack(
-            self._not_back(last),
+        afterwards = (
             f"{self.key}: the connection was lost{when}, and was not back when this launch "
-            f"gave up waiting for it",
+            f"gave up waiting for it"
         )
-
-    def _not_back(self, last: str | None) -> str:
-        agent = self.agent
-        lost_at = agent.lost_at if agent is not None else None
         if agent is None or lost_at is None:
-            return f"{self.key}: the connection was lost and is not back yet: {last}"
-        at = moment(lost_at)
+            now = f"{self.key}: the connection was lost and is not back yet: {last}"
+            return NotBack(now, afterwards)
         left = agent.window_left() or 0.0
         last = (last or "").removeprefix("resuming: ")
-        return (
-            f"{self.key}: the connection was lost at {at} and is not back yet; relay is "
+        now = (
+            f"{self.key}: the connection was lost{when} and is not back yet; relay is "
             f"reconnecting and the kernels there wait ({duration(left)} of resume_window_s left): "
             f"launch again once `relay status` shows it back"
             + (f" (the last attempt: {last})" if last else "")
         )
+        return NotBack(now, afterwards)
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         if not self.resuming:
