@@ -1858,20 +1858,21 @@ def end_predecessor(pid_name, dir_fd):
 def sweep_logs(dir_fd, tag, pid_name):
     """The kernels' logs an agent of this tag left (it was killed, SIGKILL: no time to remove
     them), once no agent of this tag runs: the next agent numbers its kernels from k1 again,
-    so the logs of a predecessor's k40 would never go."""
+    so the logs of a predecessor's k40 would never go. Whether none runs."""
     if recorded_agent(pid_name, dir_fd) is not None:
-        return  # alive after all (it did not end in time): its logs are its own
+        return False  # alive after all (it did not end in time): its logs are its own
     prefix = tag + "-k"
     try:
         names = os.listdir(dir_fd)
     except OSError:
-        return
+        return True
     for name in names:
         if name.startswith(prefix) and name.endswith(".log"):
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except OSError:
                 pass
+    return True
 
 
 def write_pid(pid_name, flags, dir_fd):
@@ -1923,14 +1924,14 @@ def start(tag, window):
     pid_path, sock_path = os.path.join(path, pid_name), os.path.join(path, sock_name)
     ended = end_predecessor(pid_name, dir_fd)
     sweep_logs(dir_fd, tag, pid_name)
+    usual = usual_dir()
     for other, fd in beside(dir_fd):  # where an agent ran while the usual name was not ours
         try:  # one left a while ago (not one a start is about to bind in): before any sweep
-            old = other != usual_dir() and time.time() - os.fstat(fd).st_mtime > FIRST_ATTACH_S
+            old = other != usual and time.time() - os.fstat(fd).st_mtime > FIRST_ATTACH_S
         except OSError:
             old = False
         ended += end_predecessor(pid_name, fd)
-        sweep_logs(fd, tag, pid_name)
-        if old and recorded_agent(pid_name, fd) is None:
+        if sweep_logs(fd, tag, pid_name) and old:
             # this tag's agent there is gone, and was killed (one that ends removes its
             # directory): its pid file and socket, no other tag's; then the directory, if
             # that left it empty (a crash's TAG.err stays, to be read)
@@ -2020,7 +2021,7 @@ def start(tag, window):
                     os.unlink(pid_name, dir_fd=dir_fd)
         except (OSError, IndexError):
             pass
-        if path != usual_dir():  # one made where the usual name was not ours: gone if empty
+        if path != usual:  # one made where the usual name was not ours: gone if empty
             try:
                 os.rmdir(path)
             except OSError:
