@@ -61,9 +61,9 @@
 # kernel being ended that has exited gets SIGKILL sent to what is left of its group once it
 # is reaped: the group's id is not given to another process while a member of it lives (with
 # none left it is free, but the kill follows the reap at once, and Linux gives a pid again
-# only after it has gone round all the others). A
-# background job of this shell leads no group, so setsid does not fork: $! is the kernel.
-# Until setsid has run in it, the group is not there yet: the pid is signalled instead.
+# only after it has gone round all the others). A background job of this shell leads no
+# group, so setsid does not fork: $! is the kernel. Until setsid has run in it, the group
+# is not there yet: the pid is signalled instead.
 #
 # The file is joined into one line (relay.ssh.remote_scripts.one_line), which /bin/sh reads
 # from the session's standard input (remote_scripts.BOOTSTRAP: the login shell never sees
