@@ -419,11 +419,16 @@ def _spawning(sup: Sup, tmp_path: Path, kid: str, child: str) -> tuple[int, int]
     record = tmp_path / f"{kid}.child"
     sup.send(f"start {kid} set -- /bin/sh -c '{child} & echo $! >{record}; wait'")
     kernel = int(sup.event().value)
-    deadline = time.monotonic() + 30
-    while not record.exists() or not record.read_text().strip():
-        assert time.monotonic() < deadline, "the kernel's child did not start"
-        time.sleep(0.02)
+    _written(record, "the kernel's child did not start")
     return kernel, int(record.read_text())
+
+
+def _written(path: Path, why: str) -> None:
+    """Until a process of the test's writes ``path`` (bounded: it has no event to wait on)."""
+    deadline = time.monotonic() + 30
+    while not path.exists() or not path.read_text().strip():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.02)
 
 
 def test_a_kernels_children_end_with_it(sup: Sup, tmp_path: Path) -> None:
@@ -438,12 +443,9 @@ def test_a_kernels_children_end_with_it(sup: Sup, tmp_path: Path) -> None:
     wait_gone(child)
     ready = tmp_path / "ready"  # the child's trap is set: before it, SIGTERM would end it
     kernel, stubborn = _spawning(
-        sup, tmp_path, "c", f'sh -c "trap \\"\\" TERM; touch {ready}; sleep 300"'
+        sup, tmp_path, "c", f'sh -c "trap \\"\\" TERM; echo set >{ready}; sleep 300"'
     )
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert time.monotonic() < deadline, "the child did not set its trap"
-        time.sleep(0.02)
+    _written(ready, "the child did not set its trap")
     assert sup.proc.stdin is not None
     sup.proc.stdin.close()  # the SSH session ended
     assert sup.event() == Event("exit", "c", "143")
