@@ -1,6 +1,11 @@
-"""relay's agents (docs/agent.md) that tests on this machine started: after a test, no kernel
-may be left under one (relay stop, the window or the next daemon end them; a test that ends
-otherwise would leave them for the window, 900 s)."""
+"""relay's agents (docs/agent.md) that this test run started: after a test, no kernel may be
+left under one (relay stop, the window or the next daemon end them; a test that ends otherwise
+would leave them for the window, 900 s).
+
+An agent is this run's when the login that started it came to one of this run's servers: its
+environment keeps the login's SSH_CONNECTION, whose last word is the server's port. Another
+test run on the machine (another clone's), or the developer's own relay with a host of
+localhost, has agents of its own, which a test here must neither count nor end."""
 
 from __future__ import annotations
 
@@ -8,11 +13,30 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Collection
 from pathlib import Path
 
+from relay.sim.sshd import ThrowawaySSHD
 
-def running() -> set[int]:
-    """Pids of relay's agents running here (the tests' hosts are this machine)."""
+
+def server_port(pid: int) -> int | None:
+    """The port of the SSH server whose login started process ``pid``: None if it is not an
+    SSH login's (or is gone, or unreadable)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for entry in environ:
+        if entry.startswith(b"SSH_CONNECTION="):
+            words = entry.split(b"=", 1)[1].split()
+            return int(words[3]) if len(words) == 4 and words[3].isdigit() else None
+    return None
+
+
+def running(ports: Collection[int] | None = None) -> set[int]:
+    """Pids of relay's agents running here that logins to ``ports`` started (the tests'
+    hosts are this machine); by default, this run's servers' ports."""
+    ports = ThrowawaySSHD.ports_started if ports is None else ports
     found = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -20,7 +44,9 @@ def running() -> set[int]:
                 argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if any(arg.endswith(b"/relayagent.py") for arg in argv):
+            if not any(arg.endswith(b"/relayagent.py") for arg in argv):
+                continue
+            if server_port(int(entry)) in ports:
                 found.add(int(entry))
     return found
 

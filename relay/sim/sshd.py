@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 __all__ = ["SSHD_PATH", "ThrowawaySSHD", "find_sshd", "toml_value"]
 
@@ -59,6 +60,11 @@ def _free_port() -> int:
 
 class ThrowawaySSHD:
     """``with ThrowawaySSHD(dir) as sshd:``; ``sshd.port``, ``sshd.client_key``, ..."""
+
+    # every port a server of this process has listened on: a login's SSH_CONNECTION names
+    # one, so a test can tell what its own servers' sessions started from what another test
+    # run on the machine did (tests/agents.py)
+    ports_started: ClassVar[set[int]] = set()
 
     def __init__(
         self,
@@ -201,6 +207,7 @@ class ThrowawaySSHD:
             )
             if self._wait_listening(proc, chosen):
                 self.proc, self.port = proc, chosen
+                self.ports_started.add(chosen)
                 self._write_known_hosts()
                 self._drain = threading.Thread(
                     target=self._drain_log, args=(proc,), daemon=True, name="sshd-log"
