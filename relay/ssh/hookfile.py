@@ -71,8 +71,8 @@ def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: byt
     head, body = _answer(stdout)
     words = head.decode("utf-8", "replace").split(" ", 2)
     why: str
-    if exit_status == 0 and len(words) == 2 and words[0] == "ok":
-        path = words[1]
+    if exit_status == 0 and words[0] == "ok" and len(words) > 1:
+        path = head.decode("utf-8", "replace").removeprefix("ok ")  # a HOME may have spaces
         if not path.endswith(f"/.cache/relay/{hook.version}/{hook.name}"):
             why = f"the installer reported an unexpected path {path!r}"
         elif hashlib.sha256(body).hexdigest() != hook.digest:
@@ -97,7 +97,8 @@ CHATTER_LINES = 200  # what a login shell may print before the installer's answe
 def _answer(stdout: bytes) -> tuple[bytes, bytes]:
     """The installer's first line and what follows it, past what the login shell printed
     before the command ran (an ``echo`` in ~/.bashrc, which bash reads for ssh's commands
-    too): the first line that begins with ``ok`` or ``refuse``. Without one, the first line."""
+    too): the first line that begins with ``ok`` or ``refuse``. Without one, the first line
+    with something on it."""
     rest = stdout
     for _ in range(CHATTER_LINES):
         head, found, body = rest.partition(b"\n")
@@ -106,7 +107,7 @@ def _answer(stdout: bytes) -> tuple[bytes, bytes]:
         if not found:
             break
         rest = body
-    head, _, body = stdout.partition(b"\n")
+    head, _, body = stdout.lstrip().partition(b"\n")
     return head, body
 
 

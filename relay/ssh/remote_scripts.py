@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOOTSTRAP",
+    "CUT_CHATTER",
     "HOOK_KEEP_DAYS",
     "Remote",
     "hook_install_command",
@@ -59,11 +60,20 @@ def one_line(name: str = "supervisor.sh") -> str:
     return " ".join(line for line in lines if line and not line.startswith("#"))
 
 
+# What every script prints first: a newline. A login shell may print before the command runs
+# (~/.bashrc, which bash reads for ssh's commands too), and not always a whole line: an xterm
+# title (printf '\033]0;%s\007' host) or an ``echo -n`` ends with none, and the script's
+# first line would be glued to it, where every reader of a script's output looks for its
+# marker at a line's start (past the chatter).
+CUT_CHATTER = "echo; "
+
+
 def script(text: str, *args: str) -> Remote:
     """``text`` (one line of POSIX sh; ``$1``.. are ``args``) run by /bin/sh."""
     if "\n" in text:
         raise ValueError("a remote script is one line (end its statements with ;)")
-    return Remote(" ".join([BOOTSTRAP, *map(_word, args)]), (text + "\n").encode())
+    line = CUT_CHATTER + text + "\n"
+    return Remote(" ".join([BOOTSTRAP, *map(_word, args)]), line.encode())
 
 
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/-+,@:")

@@ -90,6 +90,24 @@ def test_relay_check_gets_past_it_and_says_what_it_breaks(
     assert results["resume"]["summary"].startswith("python3 3."), text  # its probe's line found
 
 
+# An xterm title, set for every command: no newline after it, so a script's first line was
+# glued to it and nothing relay ran there was understood (a review's finding)
+TITLE = "printf '\\033]0;%s\\007' cluster-login\n"
+
+
+async def test_a_launch_and_relay_check_get_past_a_title_with_no_newline(home: RelayHome) -> None:
+    with own_sshd(home) as running:
+        (running.home / ".bashrc").write_text(TITLE)
+        await launch_with_dynamic(home, running, "on")
+        status, answer, text = check(home)
+    assert status == 0, text
+    remote = by_name(answer)["remote host"]
+    assert (
+        "the login shell prints before every command ('\\x1b]0;cluster-login\\x07')"
+        in (remote["summary"])
+    ), text
+
+
 # tcsh and fish are what .ci/run installs for these; a developer's machine may lack them
 REQUIRED = {"tcsh", "fish"} if os.environ.get("CI") else set()
 

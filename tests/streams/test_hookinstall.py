@@ -21,6 +21,7 @@ from relay.ssh import hookfile
 from relay.ssh.hookfile import HookFile, parse_answer
 from relay.ssh.remote_scripts import (
     BOOTSTRAP,
+    CUT_CHATTER,
     HOOK_KEEP_DAYS,
     hook_install_command,
     one_line,
@@ -189,7 +190,7 @@ def test_what_the_installer_says_is_checked() -> None:
 def test_the_command_is_the_bootstrap_and_checks_its_words() -> None:
     remote = hook_install_command(HOOK.version, HOOK.name)
     assert remote.command == f"{BOOTSTRAP} {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS}"
-    assert remote.preamble == (one_line("hookinstall.sh") + "\n").encode()
+    assert remote.preamble == (CUT_CHATTER + one_line("hookinstall.sh") + "\n").encode()
     with pytest.raises(ValueError, match="hex"):
         hook_install_command("x; rm -rf ~", HOOK.name)
     with pytest.raises(ValueError, match="letters"):

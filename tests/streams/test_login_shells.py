@@ -24,6 +24,7 @@ from relay.checkview import parse_probe
 from relay.ssh import remote_scripts
 from relay.ssh.hookfile import HookFile, parse_answer
 from relay.ssh.remote_scripts import BOOTSTRAP, Remote, hook_install_command, remote_command
+from relay.ssh.supervisor import parse_line
 from tests.conftest import installed
 from tests.streams.test_agent_local import Agent, interpreters
 
@@ -47,7 +48,8 @@ def run(shell: str, remote: Remote, data: bytes = b"", env: dict[str, str] | Non
         env=env,
     )
     assert done.returncode == 0, (done.returncode, done.stderr)
-    return done.stdout
+    assert done.stdout.startswith(b"\n"), done.stdout  # CUT_CHATTER's, before the script's own
+    return done.stdout[1:]
 
 
 def test_the_bootstrap_hands_the_script_its_arguments_and_the_rest_of_stdin(
@@ -70,6 +72,53 @@ def test_the_hook_installer(login_shell: str, tmp_path: Path) -> None:
     assert Path(path).read_bytes() == hook.data
 
 
+def test_the_hook_installer_in_a_home_with_a_space(tmp_path: Path) -> None:
+    """hookinstall.sh answers "ok PATH"; relay split the line at every space and refused its
+    own success where HOME had one (a review's finding: /home/John Smith)."""
+    hook = HookFile("T.wl", b"(* a hook *)\n")
+    home = tmp_path / "John Smith"
+    home.mkdir()
+    remote = hook_install_command(hook.version, hook.name)
+    path = parse_answer(
+        "h", hook, 0, run("sh", remote, hook.data, {**os.environ, "HOME": str(home)})
+    )
+    assert path.startswith(f"{home}/") and Path(path).read_bytes() == hook.data
+
+
+# An xterm title in ~/.bashrc, with no newline after it: what the login shell prints before
+# every command (a review's finding: every launch failed, and `relay check` blamed /bin/sh)
+TITLE = "printf '\\033]0;%s\\007' cluster-login; "
+
+
+def run_after_a_title(remote: Remote, data: bytes = b"", env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        ["sh", "-c", TITLE + remote.command],
+        input=remote.preamble + data,
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert done.stdout.startswith(b"\x1b]0;cluster-login\x07\n"), done.stdout
+    return done.stdout.decode()
+
+
+def test_what_reads_a_scripts_output_gets_past_a_title_with_no_newline(tmp_path: Path) -> None:
+    hook = HookFile("T.wl", b"(* a hook *)\n")
+    remote = hook_install_command(hook.version, hook.name)
+    out = run_after_a_title(remote, hook.data, {**os.environ, "HOME": str(tmp_path)})
+    assert Path(parse_answer("h", hook, 0, out.encode())).read_bytes() == hook.data
+    assert parse_probe(run_after_a_title(remote_scripts.script(HOST_PROBE)))["sh"] == "ok"
+    out = run_after_a_title(remote_command("00ff", stale_after_s=3600), b"ping p1\n")
+    events = [event for line in out.splitlines() if (event := parse_line(line))]
+    assert [event.kind for event in events] == ["hello", "pong"], out
+    agent = tmp_path / "relayagent.py"
+    agent.write_text("import sys\nsys.stdin.readline()\nprint('agent 1 42 /tmp/x.sock 0 proc 0')\n")
+    out = run_after_a_title(start_command(str(agent), "00ff", 900), b"ab" * 32 + b"\n")
+    started = parse_start("h", 0, out)
+    assert not isinstance(started, Unavailable) and started.pid == 42, (started, out)
+
+
 def test_the_supervisor_says_hello_and_answers(login_shell: str) -> None:
     remote = remote_command("00ff", stale_after_s=3600)
     done = subprocess.run(
@@ -79,7 +128,7 @@ def test_the_supervisor_says_hello_and_answers(login_shell: str) -> None:
         timeout=60,
     )
     lines = done.stdout.decode().splitlines()
-    assert lines[0].startswith("hello "), (lines, done.stderr)
+    assert lines[0] == "" and lines[1].startswith("hello "), (lines, done.stderr)
     assert "pong p1" in lines, (lines, done.stderr)
 
 
@@ -143,6 +192,7 @@ def socket_probe(shell: str, env: dict[str, str] | None = None, connect: bool = 
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         proc.stdin.write(remote.preamble)
         proc.stdin.flush()
+        assert proc.stdout.readline() == b"\n"  # CUT_CHATTER's
         said = proc.stdout.readline().decode()
         assert said.startswith(SOCKET_LINE), said
         path = Path(said.removeprefix(SOCKET_LINE).rstrip("\n"))
@@ -191,8 +241,8 @@ def test_relay_checks_socket_probe_binds_where_the_agent_binds(
         assert b"AF_UNIX path too long" in done.stderr, done
         assert "AF_UNIX path too long" in str(agent.info), agent.info
     else:
-        assert done.returncode == 0 and done.stdout.startswith(SOCKET_LINE.encode()), done
-        assert len(done.stdout.decode().removeprefix(SOCKET_LINE).strip()) == 107
+        assert done.returncode == 0 and done.stdout.startswith(b"\n" + SOCKET_LINE.encode()), done
+        assert len(done.stdout.decode().strip().removeprefix(SOCKET_LINE)) == 107
         assert isinstance(agent.info, AgentInfo) and len(agent.info.socket) == 107, agent.info
         agent.goodbye()
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.ssh.remote_scripts import BOOTSTRAP, one_line, remote_command
+from relay.ssh.remote_scripts import BOOTSTRAP, CUT_CHATTER, one_line, remote_command
 from relay.ssh.supervisor import Event, parse_line
 from tests.conftest import pid_alive
 from tests.orphans import live_connection, orphaned_client
@@ -171,7 +171,8 @@ def test_kill_and_end_of_input_reap_everything(sup: Sup) -> None:
 def test_the_command_is_the_bootstrap_and_the_script_one_line_on_stdin() -> None:
     remote = remote_command("00ff")
     assert remote.command == f"{BOOTSTRAP} 00ff end 60"
-    assert remote.preamble == (one_line() + "\n").encode() and remote.preamble.count(b"\n") == 1
+    assert remote.preamble == (CUT_CHATTER + one_line() + "\n").encode()
+    assert remote.preamble.count(b"\n") == 1
     assert remote_command("00ff", end_stale=False, stale_after_s=35).command.endswith(" keep 35")
     with pytest.raises(ValueError, match="hex"):
         remote_command("x; rm -rf ~")
