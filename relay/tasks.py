@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
 import structlog
 
 from relay.errors import RelayError
 
-__all__ = ["Flag", "TaskSet", "retrieved"]
+__all__ = ["Flag", "TaskSet", "retrieved", "while_moving"]
 
 T = TypeVar("T")
 
@@ -96,3 +96,23 @@ class Flag:
         if self._waiter is None:
             self._waiter = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._waiter)  # one waiter cancelled leaves the others waiting
+
+
+async def while_moving(
+    done: asyncio.Future[Any], motion: Callable[[], Hashable], still_s: float
+) -> bool:
+    """Wait for ``done`` for as long as something moves: True once it is done, False once
+    ``motion()`` (a reading of progress: bytes taken in, bytes handed on) has read the same
+    for ``still_s``. A fixed bound would cut off a slow path's last megabytes; no bound would
+    let a stuck peer hold on for ever. ``done`` is shielded: it is not cancelled here."""
+    last = motion()
+    while True:
+        try:
+            async with asyncio.timeout(still_s):
+                await asyncio.shield(done)
+            return True
+        except TimeoutError:
+            now = motion()
+            if now == last:
+                return False
+            last = now

@@ -20,10 +20,13 @@ from relay.agent.session import AgentSession, Stream
 from relay.errors import FrontEndUnreachable
 from relay.lite.linkname import Endpoint, LinkName
 from relay.ssh.guard import PeerGuard, taken_over
-from relay.tasks import Flag, retrieved
+from relay.tasks import Flag, retrieved, while_moving
 
 __all__ = ["AgentForward", "FrontEnd", "release"]
 
+# A release waits for what the kernel wrote before it ended for as long as it still comes:
+# until nothing has moved for this long (on a 1 MB/s path a kernel's last 8 MiB took 8 s, and
+# a fixed 2 s cut them off)
 CLOSE_WAIT_S = 2.0
 
 
@@ -233,14 +236,13 @@ class AgentForward:
 async def release(agent: AgentSession, links: list[tuple[Stream, FrontEnd | None]]) -> None:
     """Release a link's streams, each with its front end's connection if it was made: what
     the kernel wrote before it ended is delivered first (the agent's end of input for each
-    connected stream, awaited at most CLOSE_WAIT_S: a kernel still running, or an agent out
-    of reach, cannot hold a release), then the agent closes its side and we the front end's
-    (waited for as long at most)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(CLOSE_WAIT_S):
-            for stream, frontend in links:
-                if frontend is not None:
-                    await asyncio.shield(stream.drained)
+    connected stream, awaited while its bytes still come in or go on to the front end, until
+    they stand still for CLOSE_WAIT_S: a kernel still running, an agent out of reach or a
+    front end that reads no more cannot hold a release), then the agent closes its side and
+    we the front end's (waited for CLOSE_WAIT_S at most)."""
+    for stream, frontend in links:
+        if frontend is not None:
+            await while_moving(stream.drained, stream.motion, CLOSE_WAIT_S)
     for stream, _ in links:
         agent.drop(stream)
     with contextlib.suppress(TimeoutError):

@@ -209,6 +209,14 @@ class Stream:
                 waiting += self.sink.get_write_buffer_size()
         return max(self.inbox.acked, self.inbox.position - waiting)
 
+    def motion(self) -> tuple[int, int, float]:
+        """What has come in, and what of it is out of our hands: a reading that changes while
+        the stream's bytes still move toward its sink. While the session is resuming it
+        changes at each reading: what the agent keeps comes once the connection is back (or
+        the window's end drops the stream), so an outage is not a peer that stopped."""
+        resuming = 0.0 if self._session.attached else time.monotonic()
+        return self.inbox.position, self.handed(), resuming
+
     def _check_finished(self) -> None:
         if self.out.done and self.inbox.closed and not self._finished:
             self._finished = True

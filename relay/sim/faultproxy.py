@@ -3,8 +3,10 @@ real network paths do: it can black-hole its connections (drop everything, close
 dead Wi-Fi, a suspended laptop, an expired NAT entry), reset them (a network change, a VPN
 reconnect: RST both ways), refuse new ones (the path is down and says so), strand the open
 ones (silent for good while new ones pass: a laptop that slept past its NAT entries), and
-then restore itself. Its upstream may be in another network namespace (``netns_pid``: the
-test suite's ThrowawaySSHD(netns=True), whose host has a loopback of its own)."""
+then restore itself. It can also be slow (``rate``: bytes per second each way, a thin VPN
+or a hotel's Wi-Fi), so that what is in flight takes seconds to arrive. Its upstream may be
+in another network namespace (``netns_pid``: the test suite's ThrowawaySSHD(netns=True),
+whose host has a loopback of its own)."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class FaultProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._stranded: set[asyncio.StreamWriter] = set()  # their bytes are lost: strand()
         self.port = 0
+        self.rate: float | None = None  # bytes per second, each way and each connection
 
     async def start(self, sock: socket.socket | None = None) -> Self:
         """Listening on 127.0.0.1 (a port of its own), or on ``sock``, a bound socket of the
@@ -107,6 +110,8 @@ class FaultProxy:
                     continue  # lost on the way
                 dst.write(data)
                 await dst.drain()
+                if self.rate:  # a slow path: this chunk's time on the wire
+                    await asyncio.sleep(len(data) / self.rate)
             if not self.blackholed and dst not in self._stranded:  # nor is a FIN
                 dst.close()
 

@@ -172,6 +172,7 @@ class ExposeForward:
     async def aclose(self) -> None:
         self.close_listeners()
         await self.tasks.aclose()
+        await self.pair.drained()
         self.pair.close_pipes()
         for lst in self._listeners:
             if lst.server is not None:

@@ -428,6 +428,7 @@ class CallbackForward:
         self.close_listeners()
         if self._cancelling is not None:
             await asyncio.gather(self._cancelling, return_exceptions=True)
+        await self._pair.drained()
         self._pair.close_pipes()
         for ch in self._channels:
             await ch.slot.wait_closed()

@@ -18,7 +18,9 @@ from relay.tasks import retrieved
 
 __all__ = ["CLOSE_WAIT_S", "LinkChannel", "LinkPair"]
 
-CLOSE_WAIT_S = 2.0  # how long a forward's release waits for its connections to be gone
+# how long a forward's release waits for its connections to be gone; and for what the remote
+# peer wrote before it ended, until nothing has moved for so long
+CLOSE_WAIT_S = 2.0
 
 
 class LinkChannel:
@@ -62,6 +64,15 @@ class LinkPair(Generic[C]):
         for ch in self.channels:
             if ch.pipe is not None:
                 await ch.pipe.closed
+
+    async def drained(self) -> None:
+        """Return once what the remote peers wrote on the connected channels is here (each
+        channel's end of file from the host), for as long as it still comes: a kernel that
+        wrote a result and quit at once (``Print[big]; Quit[]``) has megabytes on their way
+        after its exit is told, and a fixed bound cut them off on a slow path."""
+        for ch in self.channels:
+            if ch.pipe is not None:
+                await ch.pipe.drained(CLOSE_WAIT_S)
 
     def close_pipes(self) -> None:
         """Close the connected channels."""

@@ -37,6 +37,8 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from relay.tasks import while_moving
+
 __all__ = ["HIGH_WATER", "Pipe"]
 
 HIGH_WATER = 1 << 20  # bytes kept for a side that is not there yet before reading pauses
@@ -48,12 +50,13 @@ class _Writable(Protocol):
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
     def close(self) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
 
 
 class _End:
     """One side of the pipe as the other side sees it: where to write, what waits."""
 
-    __slots__ = ("closed", "eof", "name", "pending", "pending_bytes", "transport")
+    __slots__ = ("closed", "eof", "name", "pending", "pending_bytes", "taken", "transport")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -62,6 +65,7 @@ class _End:
         self.pending_bytes = 0
         self.eof = False  # the other side ended its output: write_eof once attached
         self.closed = False  # this side is gone (or must close once flushed)
+        self.taken = 0  # bytes that came from this side
 
 
 class Pipe:
@@ -75,6 +79,9 @@ class Pipe:
         self._on_close = on_close
         # both ends closed (by either side, or by ``close``): the link channel is over
         self.closed = asyncio.get_running_loop().create_future()
+        # the channel's side will send no more (its end of file, or it closed): what the
+        # remote peer wrote is all here (``drained``)
+        self.channel_done = asyncio.get_running_loop().create_future()
         self._transports = 0  # made and not yet lost
         self._released = asyncio.Event()  # no transport left
         self._released.set()
@@ -111,6 +118,7 @@ class Pipe:
             self._close_end(end)
 
     def received(self, source: _End, data: bytes) -> None:
+        source.taken += len(data)
         dest = self._other(source)
         if dest.transport is not None:
             dest.transport.write(data)
@@ -125,6 +133,7 @@ class Pipe:
                 source.transport.pause_reading()
 
     def eof_received(self, source: _End) -> None:
+        self._ended(source)
         dest = self._other(source)
         dest.eof = True
         self._eofs += 1
@@ -135,6 +144,7 @@ class Pipe:
 
     def lost(self, end: _End) -> None:
         """One side closed or failed: close the other once it has what it was given."""
+        self._ended(end)
         end.closed = True
         end.transport = None
         other = self._other(end)
@@ -174,12 +184,32 @@ class Pipe:
             if self._on_close is not None:
                 self._on_close()
 
+    def _ended(self, source: _End) -> None:
+        if source is self.channel and not self.channel_done.done():
+            self.channel_done.set_result(None)
+
+    def motion(self) -> tuple[int, int]:
+        """What came from the channel's side, and what of it still waits to be written to the
+        TCP side: a reading that changes while the remote peer's bytes move on."""
+        waiting = self.tcp.pending_bytes
+        if self.tcp.transport is not None:
+            with contextlib.suppress(Exception):
+                waiting += self.tcp.transport.get_write_buffer_size()
+        return self.channel.taken, waiting
+
+    async def drained(self, still_s: float) -> None:
+        """Return once the channel's side has ended (what the remote peer wrote is all here
+        and on its way), or once nothing has moved for ``still_s``: a peer still running, or
+        a TCP side that reads no more, cannot hold it."""
+        await while_moving(self.channel_done, self.motion, still_s)
+
     def close(self) -> None:
         """Close both sides (each flushes what it was already given)."""
         for end in (self.tcp, self.channel):
             if end.transport is not None:
                 self._close_end(end)
             end.closed = True
+        self._ended(self.channel)
         self._finish()
 
     async def wait_closed(self) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from relay.ssh.pipe import HIGH_WATER, Pipe
+from relay.tasks import while_moving
 
 
 class FakeTransport:
@@ -31,6 +32,9 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
@@ -128,3 +132,41 @@ async def test_wait_closed_returns_once_both_transports_are_gone() -> None:
     assert not waiting.done(), "the channel's close is not confirmed yet"
     chan_side.connection_lost(None)
     await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_release_waits_for_the_remote_peers_end_while_its_bytes_come() -> None:
+    """A kernel wrote a result and quit: its exit is told before its last bytes are here
+    (they come on the channel), and the release waited 2 s at most: on a slow path it cut
+    them off (a review's finding). ``drained`` returns once the channel's end of file is
+    here, however long that takes while bytes still come."""
+    pipe = Pipe()
+    tcp, chan = FakeTransport(), FakeTransport()
+    pipe.tcp_protocol().connection_made(tcp)  # type: ignore[arg-type]
+    side = pipe.channel_session()
+    side.connection_made(chan)  # type: ignore[arg-type]
+    drained = asyncio.ensure_future(pipe.drained(still_s=30))
+    for _ in range(3):
+        side.data_received(b"x" * 1000, None)
+        await asyncio.sleep(0)
+        assert not drained.done()
+    side.eof_received()
+    await asyncio.wait_for(drained, 5)
+    assert b"".join(tcp.written) == b"x" * 3000 and tcp.eof
+
+
+async def test_a_release_does_not_wait_for_a_peer_whose_bytes_stand_still() -> None:
+    """A kernel's child still holds its socket, and nothing comes: the release goes on."""
+    pipe = Pipe()
+    pipe.tcp_protocol().connection_made(FakeTransport())  # type: ignore[arg-type]
+    pipe.channel_session().connection_made(FakeTransport())  # type: ignore[arg-type]
+    await asyncio.wait_for(pipe.drained(still_s=0.05), 5)
+    assert not pipe.channel_done.done()
+
+
+async def test_while_moving_waits_as_long_as_the_reading_changes() -> None:
+    readings = iter([0, 1, 2, 3, 3])
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    assert not await while_moving(done, lambda: next(readings), 0.01)
+    assert next(readings, None) is None  # read until it stood still: five readings
+    done.set_result(None)
+    assert await while_moving(done, lambda: 0, 30)
