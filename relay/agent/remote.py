@@ -661,6 +661,7 @@ class Stream:
         self.held = False  # not read: too much unacknowledged (Agent.interest)
         self.shut = False
         self.asks = None  # a serve stream's hook requests in flight: {n: Ask}
+        self.taken = False  # a listener the daemon gave a kernel or a forward ("take")
         self.asks_in = bytearray()  # a serve stream's replies, not yet a whole line
 
     def handed(self):
@@ -706,6 +707,7 @@ class Agent:
         self.sel = selectors.DefaultSelector()
         self.streams = {0: Stream(0)}
         self.finished = {}  # sid: final recv position, for streams already forgotten
+        self.end_told = 0  # the control stream's position after the last kernel's end said
         self.kernels = {}
         self.chan = None
         self.chan_reader = None
@@ -954,10 +956,16 @@ class Agent:
             pass  # there, or no room now: looked at again
 
     def links(self):
-        """Whether a link is still connected, holds bytes the daemon has not had, or is a
-        hook request awaiting its reply (a listener nothing connected to, a spare, is not)."""
+        """Whether the daemon would resume for something here: a link still connected, or
+        holding bytes the daemon has not had; a listener it gave a kernel or a forward that
+        nothing connected to yet ("take"); a hook request awaiting its reply; or a kernel's
+        end it has not had (told during an outage: ``say_end``). A spare listener is not,
+        nor other control lines not had (a pong to a daemon that went silent)."""
+        if self.streams[0].out.base < self.end_told:
+            return True
         return any(
-            s.sid and (s.sock is not None or s.out.items or s.asks) for s in self.streams.values()
+            s.sid and (s.sock is not None or s.out.items or s.asks or (s.taken and s.listener))
+            for s in self.streams.values()
         )
 
     # -- the daemon's channel -----------------------------------------------------------------
@@ -1189,6 +1197,12 @@ class Agent:
     def say(self, line):
         self.push(self.streams[0], DATA, (line + "\n").encode("utf-8", "replace"))
 
+    def say_end(self, line):
+        """A kernel's end (its exit, or that it could not start), which the daemon waits for
+        and resumes for: the agent waits for its acknowledgement as for a link (``links``)."""
+        self.say(line)
+        self.end_told = self.streams[0].out.end
+
     # -- the control stream -------------------------------------------------------------------
     def control(self, data):
         self.control_in += data
@@ -1271,7 +1285,7 @@ class Agent:
                 except OSError:
                     pass
             self.say("out %s %s" % (ident, str(exc)[:OUT_WIDTH]))
-            return self.say("nokernel " + ident)
+            return self.say_end("nokernel " + ident)
         os.close(log)
         os.close(w)
         kernel = Kernel(ident, proc, log_name)
@@ -1329,7 +1343,7 @@ class Agent:
                 continue
             del self.kernels[ident]
             if kernel.nokernel:
-                self.say("nokernel " + ident)
+                self.say_end("nokernel " + ident)
             else:
                 for line in self.last_lines(kernel.log):
                     self.say("out %s %s" % (ident, line))
@@ -1339,7 +1353,7 @@ class Agent:
                 # and the signal that ended it (0: none), which STATUS alone cannot say: a
                 # kernel's own exit(137) is not a SIGKILL (supervisor.sh, in sh, cannot tell)
                 status, signum = (128 - code, -code) if code < 0 else (code, 0)
-                self.say("exit %s %d %.3f %d" % (ident, status, time.time(), signum))
+                self.say_end("exit %s %d %.3f %d" % (ident, status, time.time(), signum))
             try:
                 os.unlink(kernel.log, dir_fd=self.dir_fd)
             except OSError:
@@ -1358,6 +1372,13 @@ class Agent:
 
     def do_listen(self, ident, arg):
         self.listen(ident, "accept")
+
+    def do_take(self, ident, arg):
+        """A listener the daemon gave a kernel or a forward: the daemon resumes for it, so
+        the agent waits for it as for a link (``links``)."""
+        stream = self.streams.get(decimal(ident, SID_MOST))
+        if stream is not None and stream.sid:
+            stream.taken = True
 
     def do_serve(self, ident, arg):
         """The hook's control channel (relay.lite.hook): a listener kept until the stream is

@@ -483,6 +483,8 @@ class AgentSession:
             del self._spare[:n]
         else:
             taken = await self._listeners("listen", n)
+        # the agent waits for them across an outage, as we do (it lets a spare go)
+        self.control.send("".join(f"take {stream.sid}\n" for stream, _ in taken).encode())
         self._refill()
         return taken
 
@@ -823,8 +825,9 @@ class AgentSession:
             self._ack_handle = asyncio.get_running_loop().call_soon(self._flush_acks)
 
     def _flush_acks(self, force: bool = False) -> None:
-        """ACK each stream that has taken in ``mux.ACK_EVERY`` since its last ACK; the rest
-        ``mux.ACK_DELAY_S`` later (``force``), batched: one ACK for many small messages."""
+        """ACK each stream that has taken in ``mux.ACK_EVERY`` since its last ACK, and the
+        control stream; the rest ``mux.ACK_DELAY_S`` later (``force``), batched: one ACK for
+        many small messages."""
         self._ack_handle = None
         if force:
             self._ack_timer = None
@@ -836,7 +839,9 @@ class AgentSession:
             position = stream.handed()
             if position <= stream.inbox.acked:
                 continue
-            if force or position - stream.inbox.acked >= mux.ACK_EVERY:
+            # the control stream's at once: its lines are few, and the agent waits across an
+            # outage for a kernel's end it told until it is acknowledged (its ``links``)
+            if force or not stream.sid or position - stream.inbox.acked >= mux.ACK_EVERY:
                 stream.inbox.acked = position
                 channel.write(mux.ack(stream.sid, position))
             else:

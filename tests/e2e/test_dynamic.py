@@ -472,6 +472,36 @@ async def test_dynamic_links_outlive_the_network(
         await finish(fe, main, service, preemptive, *again)
 
 
+async def test_a_requested_forward_nothing_connected_to_yet_outlives_the_network(
+    home: RelayHome, remote: ThrowawaySSHD
+) -> None:
+    """``relay forward``'s listeners on the host, and the path resets before anything
+    connects to them: the daemon held the host for them and resumed, but the agent, with
+    no kernel and nothing connected, exited at the outage, and the resume found it gone
+    (a review's finding). The daemon says it took them (``take``), so the agent waits, and
+    the kernel that connects once the path is back reaches the front end."""
+    async with path_to(home, remote) as (proxy, running):
+        link = await frontend.ListeningLink.create()
+        answer = await request(home, {"op": "forward", "host": "path", "linkname": str(link.name)})
+        assert answer["event"] == "forwarded", answer
+        agent = int(str(resume_state(running, "path")["pid"]))
+        await outage(running, proxy, "reset", host="path")
+        proxy.restore()
+        called = await asyncio.create_subprocess_exec(
+            *remote.nsenter(
+                SIM_KERNEL, "-wstp", "-LinkMode", "Connect", "-LinkName", str(answer["linkname"])
+            )
+        )
+        back = await link.accept(60)
+        payload = secrets.token_bytes(1 << 16)
+        assert await asyncio.wait_for(back.echo(payload), 60) == payload
+        assert int(str(resume_state(running, "path")["pid"])) == agent
+        await back.quit(0)
+        assert await asyncio.wait_for(called.wait(), 30) == 0
+        await back.aclose()
+        link.close()
+
+
 async def test_requested_forwards_outlive_the_network(
     home: RelayHome, remote: ThrowawaySSHD
 ) -> None:

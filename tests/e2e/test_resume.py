@@ -209,6 +209,38 @@ async def test_a_large_result_being_written_when_the_path_dies_arrives_whole(
         await quit_cleanly(kl, fe)
 
 
+async def test_a_kernel_that_gives_up_during_an_outage_is_said_once_the_path_is_back(
+    home: RelayHome,
+) -> None:
+    """A launch whose kernel started, and the path resets before it connects; the kernel
+    gives up by itself meanwhile (no licence: a line, exit 4). The agent, left with no
+    kernel and no link, exited with the exit line unsent, and the launch said once back
+    that the connection was lost during it (a review's finding). It says what the kernel
+    said, as without an outage."""
+    started, gate = home.dir / "started", home.dir / "gate"
+    script = home.dir / "nolicense"
+    script.write_text(
+        f"#!/bin/sh\necho $$ > {started}\n"
+        f"while [ ! -e {gate} ]; do sleep 0.05; done\n"
+        "echo 'no license available' >&2\nexit 4\n"
+    )
+    script.chmod(0o755)
+    async with (
+        behind_proxy(home, launch_timeout_s=120) as proxy,
+        start_daemon(home) as running,
+        controller(home, kernel=str(script)) as fe,
+    ):
+        await until(lambda: started.exists() and bool(started.read_text()), "the kernel runs")
+        kernel = int(started.read_text())
+        await outage(running, proxy, "reset")  # sshd's end goes too: the agent is detached
+        gate.touch()
+        await wait_gone(kernel)  # the agent reaps it: with nothing kept, it went
+        proxy.restore()
+        status, _, err = await fe.result(BOUND_S)
+    assert status != 0
+    assert "no license available" in err and "lost" not in err, err
+
+
 SLOW_PATH = 1e6  # bytes per second each way: a thin VPN
 
 

@@ -926,6 +926,54 @@ def test_with_no_kernel_and_no_daemon_the_agent_exits_before_its_window(run: Pat
     assert not Path(agent.info.socket).with_suffix(".pid").exists()
 
 
+def test_a_listener_given_to_a_kernel_or_forward_keeps_the_agent_through_an_outage(
+    run: Path,
+) -> None:
+    """A requested forward's listeners, or a launch's before its start line came: the daemon
+    holds the host for them and resumes, but the agent counted a listener nothing connected
+    to as nothing and exited at the outage, and the resume found no agent ("its kernels are
+    lost"; a review's finding). Once the daemon says ``take``, it waits; a spare does not
+    (``test_with_no_kernel_and_no_daemon_the_agent_exits_before_its_window``). The detached
+    agent looks at what it keeps at every turn of its loop, and it took the new HELLO in a
+    later turn than its channel's end: a second attach is proof it stayed."""
+    agent = Agent(sys.executable, run, "a8", window_s=3600)
+    chan = agent.attach()
+    agent.say("listen 1")
+    port = int(agent.line("port 1 ").split()[2])
+    agent.say("take 1")
+    agent.say("ping taken")
+    agent.line("pong taken")
+    chan.close()
+    agent.recv[1] = 0  # the daemon's HELLO names the streams it keeps: this one too
+    with socket.create_connection(("127.0.0.1", port), timeout=BOUND_S):  # the late kernel
+        agent.attach()
+        assert agent.take().type == mux.OPEN
+    agent.goodbye()
+
+
+def test_a_kernel_that_exits_during_an_outage_keeps_the_agent_until_its_exit_is_had(
+    run: Path, tmp_path: Path
+) -> None:
+    """A kernel that gives up by itself during an outage (no licence, say) left the agent
+    with no kernel and no link, so it exited, its exit line and last words unsent: the
+    launch, once back, said the connection was lost during it (a review's finding). A
+    kernel's end the daemon has not had keeps the agent, and the next attach gets it."""
+    gate = tmp_path / "gate"
+    agent = Agent(sys.executable, run, "a9", window_s=3600)
+    chan = agent.attach()
+    agent.say(
+        f"start k1 set -- /bin/sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; "
+        "echo no license available; exit 4'"
+    )
+    kernel = int(agent.line("pid k1 ").split()[2])
+    chan.close()
+    gate.touch()
+    wait_gone(kernel)
+    agent.attach()
+    assert agent.line("exit k1 ").split()[2] == "4"
+    agent.goodbye()
+
+
 def test_a_pid_file_naming_another_process_is_not_signalled(run: Path) -> None:
     """The pid a dead daemon's agent left in its pid file now names some other process of
     the user's (the pid was reused): its start time differs, so the next agent sends it no
