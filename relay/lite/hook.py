@@ -15,8 +15,12 @@ simply read until end of stream (``ReadString[socket]``).
               ERR - <message>\\n            the token was refused; the previous one stays valid
 
 Tokens: the first is ``$RELAY_HOOK_TOKEN`` (the kernel's environment, never argv). Every reply
-carries the next one, and each token is good for exactly one request, so a token seen by anyone
-else is already spent. Requests are sequential.
+carries the next one, and each token is good for one request, so a token seen by anyone else
+is already spent; with one exception: a reply can be lost (the kernel gave up waiting during
+an outage, and its request reached the daemon once the path was back), so the token last
+spent is taken again, answered with the same next token, until that next one is used. Without
+that, a kernel whose reply was lost kept a spent token, and every request after it was
+refused for the kernel's life. Requests are sequential.
 
 Operations (``<argument>`` is ``-`` when there is none):
 
@@ -166,20 +170,29 @@ def choose_method(version: float, override: str = "auto") -> str:
 
 
 class TokenChain:
-    """Single-use tokens: each accepted request spends the current one and names the next."""
+    """Single-use tokens: each accepted request spends the current one and names the next.
+    The one spent last is taken again until its successor is used: its reply may have been
+    lost (see the module's docstring)."""
 
     def __init__(self, first: str | None = None) -> None:
         self.current = first or new_token()
+        self._spent: str | None = None  # the token last spent, while its successor is unused
 
     def spend(self, presented: str) -> str | None:
-        """The next token if ``presented`` is the current one, else None (nothing changes)."""
+        """The next token if ``presented`` is the current one (or was, and its successor has
+        not been used: asked again after a lost reply, it gets the same next token), else
+        None (nothing changes)."""
         import hmac  # the daemon's side; kernels only build request lines
 
         well_formed = 16 <= len(presented) <= 128 and set(presented) <= _TOKEN_CHARS
-        if not well_formed or not hmac.compare_digest(presented, self.current):
+        if not well_formed:
             return None
-        self.current = new_token()
-        return self.current
+        if hmac.compare_digest(presented, self.current):
+            self._spent, self.current = self.current, new_token()
+            return self.current
+        if self._spent is not None and hmac.compare_digest(presented, self._spent):
+            return self.current
+        return None
 
 
 def new_token() -> str:

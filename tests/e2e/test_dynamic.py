@@ -241,7 +241,6 @@ async def test_tokens_are_single_use_and_private(
             hook.request_line(missing, "listen-pair").rstrip("\n"),
             "GET / HTTP/1.0",
             hook.request_line(first, "listen-pair").rstrip("\n"),
-            hook.request_line(first, "listen-pair").rstrip("\n"),
         )
         refused = [hook.parse_reply(r) for r in replies[:3]]
         assert all(not ok and token is None for ok, token, _ in refused)
@@ -249,10 +248,15 @@ async def test_tokens_are_single_use_and_private(
         ok, second, pair = hook.parse_reply(replies[3])  # the first token still worked
         assert ok and second and second != first
         assert ports(pair) <= local_listening()
-        assert hook.parse_reply(replies[4])[:2] == (False, None)  # reused: refused
         (released,) = await send_raw(
             remote, int(port), hook.request_line(second, "release", pair).rstrip("\n")
         )
+        # its successor used, the first is dead (until then it is taken again, with the
+        # same next token: its reply may have been lost, relay.lite.hook)
+        (reused,) = await send_raw(
+            remote, int(port), hook.request_line(first, "listen-pair").rstrip("\n")
+        )
+        assert hook.parse_reply(reused)[:2] == (False, None)
         ok, third, text = hook.parse_reply(released)
         assert ok and text == "released" and third
         assert not ports(pair) & local_listening()

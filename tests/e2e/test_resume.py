@@ -37,7 +37,7 @@ from relay.agent import mux
 from relay.agent import session as session_module
 from relay.daemon import SHUTDOWN_GRACE_S
 from relay.errors import ConnectFailed
-from relay.lite import client
+from relay.lite import client, hook
 from relay.lite.shim import TERMINATE_WAIT_S
 from relay.sim import frontend, nsbridge, wire
 from relay.sim.faultproxy import FaultProxy
@@ -239,6 +239,55 @@ async def test_a_kernel_that_gives_up_during_an_outage_is_said_once_the_path_is_
         status, _, err = await fe.result(BOUND_S)
     assert status != 0
     assert "no license available" in err and "lost" not in err, err
+
+
+async def _hook_request(port: int, line: str, timeout_s: float) -> str | None:
+    """One request to a kernel's hook port as the kernel's hook makes it (relay.lite.hook),
+    given up after ``timeout_s``: the reply, or None."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(line.encode())
+        async with asyncio.timeout(timeout_s):
+            return (await reader.readline()).decode()
+    except TimeoutError:
+        return None
+    finally:
+        writer.close()
+
+
+async def test_a_hook_request_the_kernel_gave_up_on_in_an_outage_does_not_end_its_dynamic(
+    home: RelayHome,
+) -> None:
+    """User code opens a link (the hook asks for a callback) while the path is dead: the
+    kernel's hook gives up waiting, and its request, kept in the agent, reaches the daemon
+    once the path is back. The daemon answered it to nobody and spent its token, which the
+    kernel still held: every request after it was refused, Dynamic gone for the kernel's
+    life (a review's finding). The token is taken again until its successor is used
+    (relay.lite.hook). Here the test makes the kernel's requests, with its token."""
+    told = home.dir / "hook"
+    script = home.dir / "probe"
+    script.write_text(
+        f'#!/bin/sh\necho "$RELAY_HOOK_PORT $RELAY_HOOK_TOKEN" > {told}.new\n'
+        f'mv {told}.new {told}\nexec {SIM_KERNEL} "$@"\n'
+    )
+    script.chmod(0o755)
+    async with (
+        behind_proxy(home) as proxy,
+        start_daemon(home) as running,
+        controller(home, kernel=str(script)) as fe,
+    ):
+        kl, _ = await connected(fe)
+        port, token = told.read_text().split()
+        wanted = await frontend.ListeningLink.create()
+        line = hook.request_line(token, "callback", str(wanted.name))
+        await outage(running, proxy, "blackhole")
+        assert await _hook_request(int(port), line, 1.0) is None  # the kernel gives up
+        proxy.restore()
+        await until(lambda: resume_state(running).get("state") == "on", "resumed")
+        ok, _, result = hook.parse_reply(await _hook_request(int(port), line, BOUND_S) or "")
+        assert ok and result.endswith("@127.0.0.1"), result
+        wanted.close()
+        await quit_cleanly(kl, fe)
 
 
 SLOW_PATH = 1e6  # bytes per second each way: a thin VPN
