@@ -38,6 +38,7 @@ from relay.hostspec import HostSpec, HostSpecError
 from relay.lite.linkname import LinkName
 from relay.ssh import hostkeys, identity, remote_scripts
 from relay.statusview import size
+from relay.tasks import retrieved
 
 if TYPE_CHECKING:
     from relay.daemonstate import DaemonState
@@ -451,18 +452,46 @@ class Checker:
             ) from None
         await self.opened.enter_async_context(listener)
         port = listener.get_port()
+        processes: list[asyncssh.SSHClientProcess[Any]] = []
+
+        async def sessions() -> None:
+            # relay holds a supervisor session and opens more beside it (the hook's install,
+            # kernel checks): two at once, as launches need them
+            for command in ("cat", "true"):
+                processes.append(await conn.create_process(command))
+            await processes[1].wait(check=False)
+
+        limit = self.session.config.connect_timeout_s
+        trying = asyncio.ensure_future(sessions())
+        trying.add_done_callback(retrieved)
         try:
-            async with asyncio.timeout(self.session.config.connect_timeout_s):
-                # relay holds a supervisor session and opens more beside it (the hook's
-                # install, kernel checks): two at once, as launches need them
-                await self.opened.enter_async_context(await conn.create_process("cat"))
-                await conn.run("true", check=False)
+            try:
+                # not asyncio.timeout, nor a close that waits: a command that never ends (a
+                # login shell's start-up that waits) holds its channel's close too: aborted
+                await asyncio.wait({trying}, timeout=limit)
+                if not trying.done():
+                    raise TimeoutError
+                trying.result()
+            except BaseException:
+                trying.cancel()
+                for process in processes:
+                    process.channel.abort()
+                raise
+        except TimeoutError:  # an OSError too: the server opened the session, it never ended
+            raise _Failed(
+                f"a command on the server (true) did not finish within {limit:g} s",
+                "the login shell runs every command relay sends there, after its start-up "
+                "files: one that is slow, waits for input or starts another shell (exec zsh "
+                "in ~/.bashrc) holds them all; `ssh HOST true` shows it",
+            ) from None
         except (asyncssh.Error, OSError) as exc:
             raise _Failed(
                 f"the server refuses a session ({exc})",
                 "MaxSessions on the server is too low for relay (it needs 2 per connection): "
                 "ask the admin to raise it, or close other sessions multiplexed on it",
             ) from None
+        for process in processes:
+            await self.opened.enter_async_context(process)
         data: dict[str, Any] = {"forward_port": port}
         try:
             async with asyncio.timeout(self.session.config.connect_timeout_s):

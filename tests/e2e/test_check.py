@@ -204,6 +204,24 @@ def test_server_limits(home: RelayHome, server: ThrowawaySSHD, summary: str, adv
     assert advice in failed["advice"]
 
 
+def test_a_login_shell_whose_start_up_never_ends_is_named_not_maxsessions(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    """~/.bashrc that waits (or execs another shell that does): the session opens and its
+    command never ends. A timeout is an OSError too, so check said "the server refuses a
+    session ()" and sent the person to MaxSessions (a review's finding)."""
+    (server.home / ".bashrc").write_text("sleep 600\n")
+    home.add_host("local", connect_timeout_s=2)
+    try:
+        _, answer, _ = check(home)
+    finally:
+        (server.home / ".bashrc").unlink()
+    failed = first_failure(answer)
+    assert failed["name"] == "server", failed
+    assert "did not finish within 2 s" in failed["summary"], failed
+    assert "start-up files" in failed["advice"] and "MaxSessions" not in failed["advice"]
+
+
 @pytest.mark.sshd_options(sftp=False)
 def test_no_sftp_is_a_warning_with_the_fallback(home: RelayHome, server: ThrowawaySSHD) -> None:
     status, answer, text = check(home)
