@@ -68,8 +68,9 @@ HOST_PROBE = "; ".join(
         'c=$HOME/.cache/relay; while [ ! -d "$c" ]; do c=$(dirname "$c"); done; echo cache_dir=$c',
         "echo free_kb=$(df -Pk \"$c\" 2>/dev/null | awk 'NR==2 {print $4}')",
         """v='import sys; print("%d.%d" % sys.version_info[:2])'""",
-        'command -v python3 >/dev/null 2>&1 && echo python3=$(python3 -I -c "$v" 2>/dev/null) '
-        "|| echo python3=missing",
+        # what a python3 that does not run says (a pyenv shim with no version chosen)
+        'command -v python3 >/dev/null 2>&1 && echo python3=$(python3 -I -c "$v" 2>&1 | '
+        "tail -n 1) || echo python3=missing",
     ]
 )
 
@@ -580,15 +581,20 @@ class Checker:
         version = self.probe.get("python3", "missing")
         major, _, minor = version.partition(".")
         if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (3, 6):
-            found = "no python3 on the PATH" if version == "missing" else f"python3 is {version}"
-            return (
-                f"{found}: {off}",
-                {
-                    "advice": "install python3 (3.6 or later) on the host to keep kernels "
-                    "through network outages"
-                },
-                "warn",
+            advice = (
+                "install python3 (3.6 or later) on the host to keep kernels through network outages"
             )
+            if version == "missing":
+                found = "no python3 on the PATH"
+            elif major.isdigit() and minor.isdigit():
+                found = f"python3 is {version}"
+            else:  # it is there and does not run
+                found = f"python3 there does not run (it said {version[:120]!r})"
+                advice = (
+                    "mend the python3 on the host's PATH (`ssh HOST python3 -V` shows it), or "
+                    "install python3 3.6 or later, to keep kernels through network outages"
+                )
+            return f"{found}: {off}", {"advice": advice}, "warn"
         if (refused := await self._streamlocal_refused()) is not None:
             summary, advice = refused
             return summary.replace("{off}", off), {"advice": advice}, "warn"
@@ -652,8 +658,9 @@ class Checker:
             except asyncssh.ChannelOpenError:
                 return (
                     "sshd refuses Unix socket forwarding: {off}",
-                    "AllowStreamLocalForwarding yes in the host's sshd_config keeps kernels "
-                    "through network outages",
+                    "in the host's sshd_config, AllowStreamLocalForwarding and "
+                    "AllowTcpForwarding both yes (or local: either one no or remote refuses "
+                    "it) keep kernels through network outages",
                 )
             writer.close()
             return None

@@ -722,8 +722,8 @@ class HostSession:
                 agent.end(exc.message)
                 self.agent = self._agent_supervisor = None
                 self.agent_unavailable = (
-                    "sshd refused the channel to relay's agent (AllowStreamLocalForwarding no "
-                    "in its sshd_config?)"
+                    "sshd refused the channel to relay's agent (AllowStreamLocalForwarding or "
+                    "AllowTcpForwarding no, or remote, in its sshd_config?)"
                 )
                 self._log.warning(
                     "kernels here end with their connection", reason=self.agent_unavailable

@@ -2158,13 +2158,40 @@ async def test_host_without_python3_falls_back_and_says_so(home: RelayHome) -> N
         assert "no python3 on the PATH: kernels here end with their connection" in line, out
 
 
+async def test_a_python3_that_does_not_run_is_said_with_what_it_said(home: RelayHome) -> None:
+    """A python3 on the PATH that does not run (a pyenv shim with no version chosen): check
+    said "python3 is :" and advised installing one (a review's finding). It says what the
+    python3 said, and to mend it."""
+    path = without_python3(home.dir / "bin")
+    (path / "python3").write_text(
+        "#!/bin/sh\necho 'pyenv: python3: command not found' >&2\nexit 127\n"
+    )
+    (path / "python3").chmod(0o755)
+    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"PATH={path}"}) as server:
+        home.sshd = server
+        home.hosts.clear()
+        home.add_host("local")
+        home.write()
+        code, out, err = await relay_cli(home, "check", "local")
+    assert code == 0, (out, err)  # a warning
+    line = next((ln for ln in out.splitlines() if "resume" in ln), out)
+    assert "python3 there does not run (it said 'pyenv: python3: command not found')" in line, out
+    assert "mend the python3 on the host's PATH" in out, out
+
+
+@pytest.mark.parametrize(
+    "refusal", [("AllowStreamLocalForwarding", "no"), ("AllowTcpForwarding", "remote")]
+)
 async def test_host_whose_sshd_refuses_unix_sockets_falls_back_and_says_so(
-    home: RelayHome,
+    home: RelayHome, refusal: tuple[str, str]
 ) -> None:
     """sshd's AllowStreamLocalForwarding no: the agent starts, but no channel reaches its
     socket, so today's path, said by relay status; relay check says so from a socket that
-    listens (OpenSSH 9 refuses it with the answer a missing socket gets)."""
-    with ThrowawaySSHD(home.dir / "sshd", options={"AllowStreamLocalForwarding": "no"}) as server:
+    listens (OpenSSH 9 refuses it with the answer a missing socket gets). AllowTcpForwarding
+    remote refuses it too (and leaves today's path its remote forwards); the advice named
+    only the first (a review's finding)."""
+    option, value = refusal
+    with ThrowawaySSHD(home.dir / "sshd", options={option: value}) as server:
         home.sshd = server
         home.hosts.clear()
         home.add_host("local")
@@ -2179,7 +2206,7 @@ async def test_host_whose_sshd_refuses_unix_sockets_falls_back_and_says_so(
         code, out, _ = await relay_cli(home, "check", "local")
         line = next(ln for ln in out.splitlines() if "resume" in ln)
         assert "sshd refuses Unix socket forwarding: kernels here end with their" in line, out
-        assert "AllowStreamLocalForwarding yes" in out, out
+        assert "AllowStreamLocalForwarding and AllowTcpForwarding both yes" in out, out
 
 
 async def test_the_agents_secret_is_in_no_argv_environment_file_or_log(
