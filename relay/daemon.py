@@ -465,6 +465,17 @@ class Daemon:
         }
 
     # -- steering --------------------------------------------------------------------------
+    def config_warning(self) -> str | None:
+        """What a launch's shim says beside its answer while relay.toml's newer version is
+        rejected: the launch went ahead on the configuration loaded before (the person who
+        just changed a kernel path would otherwise get the old kernel without a word)."""
+        if self.config_error is None:
+            return None
+        return (
+            f"this launch used the configuration loaded before, not the file as it is now: "
+            f"{self.config_error} (fix it; `relay reload` says when it is taken)"
+        )
+
     def reload(self, *, force: bool = False) -> dict[str, Any]:
         """Read relay.toml again if it changed (or ``force``): validated first, so a broken
         file is reported (logged, in ``relay status``, to ``relay reload``, to a launch of a

@@ -218,9 +218,17 @@ _SAID = {
 
 
 def launched(
-    *, kernel_id: str, host: str, linkname: str, remote_pid: int | None, launch_ms: float
+    *,
+    kernel_id: str,
+    host: str,
+    linkname: str,
+    remote_pid: int | None,
+    launch_ms: float,
+    warning: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    """``warning``: a line the shim prints on stderr beside the link name (the launch went
+    ahead, but not as the person may think: relay.toml's newer version was rejected)."""
+    event: dict[str, Any] = {
         "event": "launched",
         "kernel_id": kernel_id,
         "host": host,
@@ -228,6 +236,9 @@ def launched(
         "remote_pid": remote_pid,
         "launch_ms": round(launch_ms, 2),
     }
+    if warning:
+        event["warning"] = warning
+    return event
 
 
 def exited(*, kernel_id: str, status: int, reason: str | None = None) -> dict[str, Any]:

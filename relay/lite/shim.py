@@ -536,6 +536,8 @@ def _run(args: _Args) -> int:
         raise ShimError(str(event.get("message", "launch failed")))
     if event.get("event") != "launched":
         raise ShimError(f"unexpected answer from the relay daemon: {str(event)[:200]}", EXIT_DAEMON)
+    if event.get("warning"):  # it went ahead, but not as the person may think
+        print(f"relay: {event['warning']}", file=sys.stderr, flush=True)
     print(event["linkname"], flush=True)
     if mode == "compute":
         return 0

@@ -33,6 +33,32 @@ async def relay_cli(
     return proc.returncode, out.decode(), err.decode()
 
 
+async def test_a_launch_on_the_configuration_loaded_before_says_so(home: RelayHome) -> None:
+    """relay.toml edited with a mistake (a key misspelt in the host's own entry) while the
+    daemon runs: the launch went ahead on the configuration loaded before, with not a word,
+    so the person who had just changed the kernel's path got the old kernel (a new-user
+    review's finding). The shim says so on stderr, in one line, beside its answer."""
+    async with start_daemon(home):
+        good = home.config.read_text()
+        home.config.write_text(good.replace("[hosts.local]", '[hosts.local]\nkernal = "x"'))
+        async with controller(home, kernel=SIM_KERNEL) as fe:
+            kl = await fe.link.accept(60)
+            await kl.quit(0)
+            status, _, err = await fe.result()
+            await kl.aclose()
+        assert status == 0, err
+        (line,) = err.strip().splitlines()
+        assert line.startswith("relay: this launch used the configuration loaded before"), err
+        assert "kernal" in line and "relay reload" in line, err
+        home.config.write_text(good)
+        async with controller(home, kernel=SIM_KERNEL) as fe:
+            kl = await fe.link.accept(60)
+            await kl.quit(0)
+            status, _, err = await fe.result()
+            await kl.aclose()
+        assert status == 0 and not err, err
+
+
 async def test_a_changed_config_is_used_and_a_broken_one_is_reported_not_applied(
     home: RelayHome,
 ) -> None:
