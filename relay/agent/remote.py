@@ -1053,6 +1053,10 @@ class Agent:
             "handed": handed,
             "now": round(time.time(), 3),
             "proof": shown,
+            # why it ends its kernels, if it does: a daemon back after the window ran out
+            # here (each side counts it from the last word it heard) is told so, not taken
+            # for a resume
+            "ending": self.exit_reason if self.ending else None,
         }
         self.send_raw(encode(WELCOME, 0, json.dumps(welcome).encode()))
         theirs = hello.get("handed") or {}

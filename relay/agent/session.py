@@ -439,6 +439,9 @@ class AgentSession:
             maxlen=OUTAGES
         )
         self._clock_offset = 0.0
+        # why the agent ends its kernels, as its last WELCOME said ("window over": the window
+        # ran out on the host first), or None
+        self.ending_on_host: str | None = None
         self.heard_at, self.heard_clock = time.time(), wake.steady()
         self.attaches = 0
         self._listens: dict[int, asyncio.Future[int]] = {}
@@ -742,6 +745,8 @@ class AgentSession:
         return mux.encode(mux.HELLO, 0, json.dumps(hello).encode())
 
     def _welcomed(self, welcome: dict[str, Any]) -> None:
+        ending = welcome.get("ending")
+        self.ending_on_host = ending if isinstance(ending, str) else None
         now = time.time()
         agent_now = welcome.get("now")
         if isinstance(agent_now, int | float) and math.isfinite(agent_now):

@@ -593,6 +593,12 @@ class HostSession:
             try:
                 async with asyncio.timeout(left):
                     await self.live()
+                if agent.ending_on_host == "window over":
+                    # the agent heard nothing for its window before we did (each side counts
+                    # from the last word it heard): it ends its kernels, and no resume was made
+                    counted = " as the agent there counted it (from the last word it heard)"
+                    self._window_over(agent, lost_at, window, counted)
+                    return
                 self._holds.rearm()  # its kernels may have ended meanwhile: idle from now
                 return
             except AgentGone as exc:  # its socket gone: the agent with it, and its kernels
@@ -622,18 +628,8 @@ class HostSession:
             await asyncio.sleep(max(0.0, min(backoff_s(attempt, self._rng), left)))
             attempt += 1
         if not agent.ended.done():
-            at = moment(lost_at)
             why = f" (it needed `relay login {self.key}`)" if login_needed else ""
-            agent.end(
-                f"the connection to {self.key} was lost at {at} and did not come back within "
-                f"resume_window_s ({window:g} s){why}; relay's agent there ends its kernels"
-            )
-            self._log.warning(
-                "resume window ran out; the agent ends the kernels",
-                lost_at=at,
-                window_s=window,
-            )
-            self.status.last_error = agent.end_reason
+            self._window_over(agent, lost_at, window, why)
             self.status.set("disconnected")
             # the resume's own attempt, under way on the dead path: nobody waits for it now,
             # and when it failed it said "failed" and its own error over the window's news
@@ -818,6 +814,19 @@ class HostSession:
         ):
             return
         self._tasks.spawn(self._reattach(agent, current), name=f"reattach:{self.key}")
+
+    def _window_over(self, agent: AgentSession, lost_at: float, window: float, why: str) -> None:
+        """The resume window ran out (here, or first on the host: ``why`` says which, or what
+        else kept the connection away): the agent ends its kernels, and their links end."""
+        at = moment(lost_at)
+        agent.end(
+            f"the connection to {self.key} was lost at {at} and did not come back within "
+            f"resume_window_s ({window:g} s){why}; relay's agent there ends its kernels"
+        )
+        self._log.warning(
+            "resume window ran out; the agent ends the kernels", lost_at=at, window_s=window
+        )
+        self.status.last_error = agent.end_reason
 
     async def _reattach(self, agent: AgentSession, current: Live) -> None:
         """The channel again, over the same connection: the agent takes the daemon back and

@@ -132,6 +132,7 @@ class Attached:
         shown = mux.proof(secret.encode(), mux.AGENT, nonce, challenge.payload)
         assert welcome["proof"] == shown, welcome
         self.welcome: dict[str, int] = welcome["recv"]
+        self.ending: str | None = welcome.get("ending")  # why the agent ends, if it does
 
     def frame(self) -> Frame:
         while not self.pending:
@@ -972,6 +973,34 @@ def test_a_kernel_that_exits_during_an_outage_keeps_the_agent_until_its_exit_is_
     agent.attach()
     assert agent.line("exit k1 ").split()[2] == "4"
     agent.goodbye()
+
+
+def test_an_agent_whose_window_ran_out_says_so_to_a_daemon_back_late(
+    run: Path, tmp_path: Path
+) -> None:
+    """The window ran out here (its kernel told to end, and ignoring it for the grace), and a
+    daemon attaches: its WELCOME says the agent is ending and why, so the daemon does not take
+    it for a resume (``HostSession._resume``; a review's finding)."""
+    told = tmp_path / "told"
+    kernel = tmp_path / "stubborn.sh"
+    kernel.write_text(f"trap 'touch {told}' TERM\nwhile :; do sleep 0.05; done\n")
+    agent = Agent(sys.executable, run, "b1", window_s=1)
+    chan = agent.attach(silence_s=1)
+    assert chan.ending is None
+    agent.say(f"start k1 set -- /bin/sh {kernel}")
+    pid = int(agent.line("pid k1 ").split()[2])
+    chan.close()
+    deadline = time.monotonic() + BOUND_S
+    while not told.exists():  # the window over: SIGTERM
+        assert time.monotonic() < deadline, "the window never ran out"
+        time.sleep(0.05)
+    late = agent.attach(silence_s=1)
+    try:
+        assert late.ending == "window over"
+    finally:
+        late.close()
+    os.kill(pid, signal.SIGKILL)
+    wait_gone(agent.pid)
 
 
 def test_a_pid_file_naming_another_process_is_not_signalled(run: Path) -> None:

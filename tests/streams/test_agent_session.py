@@ -12,6 +12,7 @@ import asyncssh
 import pytest
 import structlog
 
+from relay import wake
 from relay.agent import mux
 from relay.agent import session as session_module
 from relay.agent.expose import AgentExpose
@@ -487,3 +488,42 @@ async def test_strangers_from_other_local_addresses_are_one_key_of_the_refusal_l
     warned = [e for e in logs if e["log_level"] == "warning"]
     assert [e["foreign_uid"] for e in warned] == ["from 127.0.0.2, not 127.0.0.1", 1001], warned
     assert host.agent_refusals.total == 51
+
+
+async def test_a_resume_into_an_agent_whose_window_ran_out_first_says_so() -> None:
+    """Each side counts the window from the last word it heard, so the agent's can run out
+    first: it ends its kernels, and a daemon back just inside its own window attached to it,
+    logged "resumed", and told the kernels' ends as plain signals (a review's finding). The
+    WELCOME says the agent is ending; the host says the window ran out, as at its own."""
+    host = HostSession("h", HostConfig(hostname="h"), tag="00", ssh_files=())
+    agent = AgentSession("h", INFO, SECRET, window_s=60, silence_s=1)
+    agent.lost_at, agent.lost_clock = time.time() - 55, wake.steady() - 55  # 5 s left here
+
+    async def live() -> None:  # the connection back, and the attach: the agent was ending
+        agent._welcomed({"recv": {}, "now": time.time(), "ending": "window over"})
+
+    host.live = live  # type: ignore[method-assign,assignment]
+    await asyncio.wait_for(host._resume(agent), 10)
+    assert agent.ended.done()
+    assert (
+        agent.end_reason is not None
+        and ("did not come back within resume_window_s (60 s) as the agent there counted it")
+        in agent.end_reason
+    )
+    assert host.status.last_error == agent.end_reason
+    await host.aclose()
+
+
+async def test_a_resume_into_an_agent_that_waited_is_a_resume() -> None:
+    host = HostSession("h", HostConfig(hostname="h"), tag="00", ssh_files=())
+    agent = AgentSession("h", INFO, SECRET, window_s=60, silence_s=1)
+    agent.lost_at, agent.lost_clock = time.time() - 5, wake.steady() - 5
+
+    async def live() -> None:
+        agent._welcomed({"recv": {}, "now": time.time(), "ending": None})
+
+    host.live = live  # type: ignore[method-assign,assignment]
+    await asyncio.wait_for(host._resume(agent), 10)
+    assert not agent.ended.done() and agent.ending_on_host is None
+    agent.end("done")
+    await host.aclose()
