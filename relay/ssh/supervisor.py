@@ -44,6 +44,25 @@ class Event:
     value: str
 
 
+EXIT_READ_S = 2.0  # for what a supervisor that could not start said, once its output ended
+
+
+def _why(status: int | None, said: str) -> str:
+    """Why supervisor.sh ended before its hello, from its exit status and its last line on
+    stderr (mktemp's, the shell's)."""
+    last = (said.strip().splitlines() or [""])[-1][:200]
+    if status == 97:  # supervisor.sh: its directory could not be made or written
+        return (
+            f"it cannot make its directory in the host's TMPDIR ({last or 'mktemp failed'}): "
+            f"set TMPDIR there to a directory you can write to (`relay check` shows it)"
+        )
+    if status in (126, 127):
+        return f"/bin/sh could not be run there ({last or f'exit {status}'})"
+    return (
+        f"needs /bin/sh and mktemp on the remote host (exit {status}{': ' + last if last else ''})"
+    )
+
+
 def parse_line(line: str) -> Event | None:
     """One line from supervisor.sh; ``None`` for anything else (a chatty login shell)."""
     kind, _, rest = line.rstrip("\n").partition(" ")
@@ -187,11 +206,14 @@ class Supervisor:
             raise SupervisorFailed(
                 f"{host}: relay's supervisor did not start within {timeout_s:g} s"
             ) from None
+        said = ""
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            async with asyncio.timeout(EXIT_READ_S):  # it ended: what it said is all there
+                said = await process.stderr.read()
+                await process.wait_closed()
         process.close()
-        reason = (process.exit_status, process.exit_signal)
         raise SupervisorFailed(
-            f"{host}: relay's supervisor could not start (needs /bin/sh and "
-            f"mktemp on the remote host; exit {reason[0]})"
+            f"{host}: relay's supervisor could not start: " + _why(process.exit_status, said)
         )
 
     def start_kernel(

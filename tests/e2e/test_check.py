@@ -16,6 +16,7 @@ import pytest
 
 from relay.sim.sshd import ThrowawaySSHD, _free_port, _keygen
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, start_daemon
+from tests.e2e.helpers import controller
 from tests.e2e.test_openssh import alias
 
 pytestmark = pytest.mark.sshd
@@ -254,6 +255,23 @@ def test_read_only_tmpdir(home: RelayHome, read_only_dir: Path) -> None:
     assert failed["name"] == "remote host"
     assert f"TMPDIR {read_only_dir} is not writable" in failed["summary"]
     assert "set TMPDIR for your account" in failed["advice"]
+
+
+async def test_a_launch_where_tmpdir_is_missing_names_it(home: RelayHome) -> None:
+    """A TMPDIR that is not there (or a full one): the launch blamed "/bin/sh and mktemp" and
+    dropped mktemp's own message (a new-user review's finding). It names TMPDIR, with what
+    mktemp said. (The agent cannot run there either: today's path's supervisor says it.)"""
+    missing = home.dir / "no-such-tmp"
+    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={missing}"}) as srv:
+        home.sshd = srv
+        home.hosts.clear()
+        home.add_host("local")
+        async with start_daemon(home), controller(home) as fe:
+            status, _, err = await fe.result(120)
+    assert status != 0
+    (line,) = err.strip().splitlines()
+    assert "cannot make its directory in the host's TMPDIR (mktemp: " in line, line
+    assert "set TMPDIR there to a directory you can write to" in line, line
 
 
 def test_missing_kernel(home: RelayHome) -> None:

@@ -1,0 +1,30 @@
+"""Why supervisor.sh ended before its hello, as a launch's line says it (relay.ssh.supervisor)."""
+
+from __future__ import annotations
+
+from relay.ssh.supervisor import _why
+
+
+def test_a_tmpdir_it_cannot_use_is_named_with_what_mktemp_said() -> None:
+    said = (
+        "mktemp: failed to create directory via template '/nope/relay-ab.XXXXXX': "
+        "No such file or directory\n"
+    )
+    line = _why(97, said)
+    assert line.startswith("it cannot make its directory in the host's TMPDIR (mktemp: failed")
+    assert line.endswith(
+        "set TMPDIR there to a directory you can write to (`relay check` shows it)"
+    )
+    assert "mktemp failed" in _why(97, "")
+
+
+def test_a_shell_that_cannot_run_and_other_ends() -> None:
+    assert (
+        _why(127, "sh: 1: /bin/sh: not found")
+        == "/bin/sh could not be run there (sh: 1: /bin/sh: not found)"
+    )
+    assert _why(1, "This service allows sftp connections only.\n") == (
+        "needs /bin/sh and mktemp on the remote host (exit 1: This service allows sftp "
+        "connections only.)"
+    )
+    assert _why(None, "") == "needs /bin/sh and mktemp on the remote host (exit None)"
