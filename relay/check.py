@@ -59,6 +59,7 @@ DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_e
 HOST_PROBE = "; ".join(
     [
         "echo sh=ok",
+        'echo "login_shell=${SHELL##*/}"',
         "command -v mktemp >/dev/null 2>&1 && echo mktemp=ok || echo mktemp=missing",
         "command -v bash >/dev/null 2>&1 && echo bash=ok || echo bash=missing",
         "t=${TMPDIR:-/tmp}; echo tmpdir=$t",
@@ -73,6 +74,16 @@ HOST_PROBE = "; ".join(
         "tail -n 1) || echo python3=missing",
     ]
 )
+
+# How each login shell keeps its start-up quiet for commands (what `relay check` advises when
+# it prints before them): only interactive shells should print
+QUIET_START_UP = {
+    "bash": "at the top of ~/.bashrc: [[ $- == *i* ]] || return",
+    "zsh": "move it from ~/.zshenv to ~/.zshrc, which only interactive shells read",
+    "tcsh": "in ~/.cshrc (or ~/.tcshrc), inside: if ($?prompt) then ... endif",
+    "csh": "in ~/.cshrc, inside: if ($?prompt) then ... endif",
+    "fish": "in ~/.config/fish/config.fish, inside: if status is-interactive ... end",
+}
 
 # Check 7: a Unix socket listening on the host, for sshd to be asked to forward to. Only a
 # socket that exists tells "sshd refuses" from "no such socket": OpenSSH 9 answers both with
@@ -535,8 +546,8 @@ class Checker:
             notes.append(
                 f"the login shell prints before every command ({said[0][:60]!r}"
                 f"{' and more' if len(said) > 1 else ''}): relay skips it, but scp, sftp and "
-                "rsync fail on it; print only in interactive shells (at the top of ~/.bashrc: "
-                "[[ $- == *i* ]] || return)"
+                f"rsync fail on it; print only in interactive shells "
+                f"({QUIET_START_UP.get(probe.get('login_shell', ''), QUIET_START_UP['bash'])})"
             )
         if probe.get("proc") != "ok":
             notes.append(

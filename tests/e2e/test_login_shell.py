@@ -140,3 +140,22 @@ def test_relay_check_through_another_login_shell(
     assert status == 0, text
     assert {r["state"] for r in answer["results"]} == {"ok"}, text
     assert by_name(answer)["kernel"]["summary"].endswith(": 14.1.0"), text
+
+
+@pytest.mark.parametrize(
+    ("shell", "start_up", "advice"),
+    [
+        ("tcsh", ".cshrc", "if ($?prompt) then ... endif"),
+        ("zsh", ".zshenv", "move it from ~/.zshenv to ~/.zshrc"),
+    ],
+)
+def test_relay_check_advises_the_login_shells_own_quiet_start_up(
+    home: RelayHome, shell: str, start_up: str, advice: str
+) -> None:
+    """A tcsh or zsh user whose start-up file prints: the advice was bash's (`[[ $- == *i*
+    ]] || return` in ~/.bashrc), which tcsh cannot read (a new-user review's finding)."""
+    with own_sshd(home, login_shell=installed(shell, REQUIRED)) as running:
+        (running.home / start_up).write_text("echo Welcome\n")
+        status, answer, text = check(home)
+    assert status == 0, text
+    assert advice in by_name(answer)["remote host"]["advice"], text
