@@ -68,6 +68,8 @@ HOST_PROBE = "; ".join(
         "test -r /proc/net/tcp && echo proc=ok || echo proc=missing",
         'c=$HOME/.cache/relay; while [ ! -d "$c" ]; do c=$(dirname "$c"); done; echo cache_dir=$c',
         "echo free_kb=$(df -Pk \"$c\" 2>/dev/null | awk 'NR==2 {print $4}')",
+        # where the kernel hook and the agent go: a read-only HOME (a mount) takes neither
+        'test -w "$c" && echo cache_writable=ok || echo cache_writable=no',
         """v='import sys; print("%d.%d" % sys.version_info[:2])'""",
         # what a python3 that does not run says (a pyenv shim with no version chosen)
         'command -v python3 >/dev/null 2>&1 && echo python3=$(python3 -I -c "$v" 2>&1 | '
@@ -136,9 +138,13 @@ IFS= read -r -t 20 line <&3 && printf 'data %s\n' "$line" >&3
 IFS= read -r -t 20 line <&4 && printf 'message %s\n' "$line" >&4
 """
 # written to a private temporary file on the host for the one launch, removed afterwards
+# Where the probe goes: beside relay's own files (~/.cache/relay, made 0700 if need be, as the
+# hook installer wants it), else TMPDIR. TMPDIR is often mounted noexec on hardened hosts,
+# where the probe could not run though kernels can (a new-user review's finding).
 PLACE_PROBE = (
-    'f=$(mktemp "${TMPDIR:-/tmp}/relay-probe.XXXXXX") && cat > "$f" && chmod 700 "$f" '
-    '&& printf %s "$f"'
+    'umask 077; d="$HOME/.cache/relay"; mkdir -p "$d" 2>/dev/null; '
+    'f=$(mktemp "$d/probe.XXXXXX" 2>/dev/null) || f=$(mktemp "${TMPDIR:-/tmp}/relay-probe.XXXXXX") '
+    '&& cat > "$f" && chmod 700 "$f" && printf %s "$f"'
 )
 
 
@@ -540,6 +546,16 @@ class Checker:
                 "TMPDIR for your account on the host to one that is",
             )
         show = {"TMPDIR": probe.get("tmpdir", "?")}
+        if probe.get("cache_writable") == "no":
+            cache = probe.get("cache_dir", "~/.cache/relay")
+            if self.session.config.dynamic:
+                raise _Failed(
+                    f"{cache} cannot be written (a read-only HOME?): relay's kernel hook goes "
+                    f"in ~/.cache/relay, so controller launches fail there",
+                    f"make ~/.cache/relay writable on the host, or set dynamic = false for "
+                    f"{self.name} (no Dynamic; its agent cannot go there either, so kernels end "
+                    f"with their connection)",
+                )
         notes = []
         said = chatter(str(done.stdout or ""), "sh=ok")
         if said:
@@ -589,6 +605,16 @@ class Checker:
                 return summary, {"advice": advice}, "warn"
             if self.probe.get("proc") != "ok":
                 return f"{agent_start.NO_OWNER_CHECK}: {off}", {}, "warn"
+        if self.probe.get("cache_writable") == "no":
+            cache = self.probe.get("cache_dir", "~/.cache/relay")
+            return (
+                f"{cache} cannot be written, where relay's agent goes: {off}",
+                {
+                    "advice": "make ~/.cache/relay writable on the host to keep kernels through "
+                    "network outages"
+                },
+                "warn",
+            )
         version = self.probe.get("python3", "missing")
         major, _, minor = version.partition(".")
         if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (3, 6):
@@ -762,7 +788,7 @@ class Checker:
         placed = await remote_scripts.run(self.conn, place, ROUND_TRIP_PROBE, check=False)
         probe = (str(placed.stdout or "").strip().splitlines() or [""])[-1]  # past any chatter
         if placed.exit_status != 0 or not probe:
-            raise _Failed("cannot write the probe to TMPDIR", "see step 6")
+            raise _Failed("cannot write the probe to ~/.cache/relay or TMPDIR", "see step 6")
         started = time.monotonic()
         kernel = None
         try:

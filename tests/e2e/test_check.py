@@ -245,6 +245,55 @@ def read_only_dir(home: RelayHome) -> Iterator[Path]:
     subprocess.run(["umount", str(target)], check=False)
 
 
+@pytest.fixture
+def noexec_dir(home: RelayHome) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("a noexec mount needs root")
+    target = home.dir / "noexec-tmp"
+    target.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "noexec,size=4m", "tmpfs", str(target)], check=True
+    )
+    yield target
+    subprocess.run(["umount", str(target)], check=False)
+
+
+def test_a_noexec_tmpdir_does_not_fail_the_round_trip(home: RelayHome, noexec_dir: Path) -> None:
+    """TMPDIR mounted noexec (hardened hosts): check's probe, put there, could not run, and
+    step 9 blamed the kernel while launches worked (a new-user review's finding). It goes
+    beside relay's own files."""
+    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={noexec_dir}"}) as srv:
+        home.sshd = srv
+        home.hosts.clear()
+        home.add_host("local")
+        status, answer, text = check(home)
+    assert status == 0, text
+    assert by_name(answer)["round trip"]["state"] == "ok", text
+
+
+def test_a_read_only_home_is_said_before_a_launch_meets_it(
+    home: RelayHome, read_only_dir: Path
+) -> None:
+    """HOME on a read-only mount: every step passed (the round trip launches a compute
+    kernel, which needs no hook) and then a controller launch failed to install the hook,
+    and resuming was off (a new-user review's finding). Step 6 says it, and with Dynamic off
+    step 7 says the agent cannot go there either."""
+    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"HOME={read_only_dir}"}) as srv:
+        home.sshd = srv
+        home.hosts.clear()
+        home.add_host("local")
+        _, answer, _ = check(home)
+        home.add_host("local", dynamic=False)
+        status, without, text = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "remote host", failed
+    assert f"{read_only_dir} cannot be written" in failed["summary"], failed
+    assert "dynamic = false" in failed["advice"], failed
+    assert status == 0, text
+    resume = by_name(without)["resume"]
+    assert resume["state"] == "warn" and "where relay's agent goes" in resume["summary"], text
+
+
 def test_read_only_tmpdir(home: RelayHome, read_only_dir: Path) -> None:
     with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={read_only_dir}"}) as srv:
         home.sshd = srv

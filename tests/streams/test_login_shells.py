@@ -166,11 +166,14 @@ def test_the_agents_start_hands_it_its_words_and_the_secret(
     assert started.pid == 42
 
 
-def test_relay_checks_probes(login_shell: str) -> None:
+def test_relay_checks_probes(login_shell: str, tmp_path: Path) -> None:
     probe = parse_probe(run(login_shell, remote_scripts.script(HOST_PROBE)).decode())
     assert probe["sh"] == "ok" and probe["tmpdir_writable"] == "ok", probe
-    placed = run(login_shell, remote_scripts.script(PLACE_PROBE), ROUND_TRIP_PROBE.encode())
+    env = {**os.environ, "HOME": str(tmp_path)}
+    placed = run(login_shell, remote_scripts.script(PLACE_PROBE), ROUND_TRIP_PROBE.encode(), env)
     path = Path(placed.decode())
+    assert path.parent == tmp_path / ".cache" / "relay", path  # not TMPDIR, often noexec
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
     try:
         assert path.read_text() == ROUND_TRIP_PROBE and os.access(path, os.X_OK)
     finally:
