@@ -164,6 +164,10 @@ class Checker:
         self.session: HostSession | None = None
         self.conn: asyncssh.SSHClientConnection | None = None
         self.probe: dict[str, str] = {}
+        # what step 5 found the server refuses that only today's path needs (remote forwards):
+        # fine while relay's agent runs there (step 7 says whether it does)
+        self.old_path_blocked: str | None = None
+        self.agent_runs = False  # relay's agent can run there (step 7)
         # what a step opens (connections, listeners, sessions, servers): closed and awaited
         # when the step ends, within its bound
         self.opened = contextlib.AsyncExitStack()
@@ -460,16 +464,24 @@ class Checker:
         assert self.session is not None
         assert self.conn is not None
         conn = self.conn
+        # where relay's agent is wanted, it carries the links over a channel of its own:
+        # remote forwards are today's path's, where the agent cannot run (step 7)
+        agent_first = agent_start.unwanted(self.session.config) is None
+        blocked: list[str] = []
+        port = 0
         try:
             listener = await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 9)
         except (asyncssh.Error, asyncssh.ChannelListenError, OSError) as exc:
-            raise _Failed(
-                f"the server refuses remote port forwarding ({exc})",
-                "relay needs it for every link: ask the admin for AllowTcpForwarding yes "
-                "(or remote) for your account",
-            ) from None
-        await self.opened.enter_async_context(listener)
-        port = listener.get_port()
+            if not agent_first:
+                raise _Failed(
+                    f"the server refuses remote port forwarding ({exc})",
+                    "relay needs it for every link: ask the admin for AllowTcpForwarding yes "
+                    "(or remote) for your account",
+                ) from None
+            blocked.append(f"the server refuses remote port forwarding ({exc})")
+        else:
+            await self.opened.enter_async_context(listener)
+            port = listener.get_port()
         processes: list[asyncssh.SSHClientProcess[Any]] = []
 
         async def sessions() -> None:
@@ -510,6 +522,17 @@ class Checker:
             ) from None
         for process in processes:
             await self.opened.enter_async_context(process)
+        if blocked:
+            self.old_path_blocked = "; ".join(blocked)
+            return (
+                f"{self.old_path_blocked}: kernels here can launch only through relay's agent "
+                f"(step 7)",
+                {
+                    "advice": "AllowTcpForwarding yes (or remote) in the host's sshd_config "
+                    "lets kernels launch where the agent cannot run"
+                },
+                "warn",
+            )
         data: dict[str, Any] = {"forward_port": port}
         try:
             async with asyncio.timeout(self.session.config.connect_timeout_s):
@@ -584,7 +607,23 @@ class Checker:
     # -- 7 ---------------------------------------------------------------------------------
     async def resume(self) -> tuple[str, dict[str, Any], State]:
         """Whether kernels here can outlive their connection (docs/agent.md): python3 3.6 or
-        later for relay's agent, and sshd letting relay reach the agent's socket."""
+        later for relay's agent, and sshd letting relay reach the agent's socket. Where the
+        agent cannot run and the server refuses what today's path needs (step 5), nothing
+        can launch: a failure."""
+        self.agent_runs = False
+        summary, data, state = await self._resume()
+        if self.old_path_blocked is None or self.agent_runs:
+            return summary, data, state
+        return (
+            f"{summary}; and {self.old_path_blocked}: no kernel can launch here",
+            {
+                "advice": (data.get("advice") or "let relay's agent run there (above)")
+                + "; or AllowTcpForwarding yes (or remote) in the host's sshd_config"
+            },
+            "fail",
+        )
+
+    async def _resume(self) -> tuple[str, dict[str, Any], State]:
         assert self.conn is not None
         assert self.session is not None
         cfg = self.session.config
@@ -635,6 +674,7 @@ class Checker:
         if (refused := await self._streamlocal_refused()) is not None:
             summary, advice = refused
             return summary.replace("{off}", off), {"advice": advice}, "warn"
+        self.agent_runs = True  # what follows is said of a host where it does
         window = f"{cfg.resume_window_s:g} s"
         if self.session.on_old_path:
             # relay.toml raised it since the daemon's connection was made: not for its kernels

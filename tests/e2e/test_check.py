@@ -182,15 +182,24 @@ def test_a_keyboard_interactive_only_host_needs_relay_login(
 
 
 @pytest.mark.parametrize(
-    ("summary", "advice"),
+    ("step", "summary", "advice"),
     [
         pytest.param(
+            "server",
             "remote port forwarding",
             "AllowTcpForwarding",
+            marks=pytest.mark.sshd_options(options={"AllowTcpForwarding": "no"}),
+            id="no-forwarding-today",
+        ),
+        pytest.param(
+            "resume",  # no forwarding at all: neither the agent's channel nor today's path
+            "no kernel can launch here",
+            "AllowTcpForwarding yes",
             marks=pytest.mark.sshd_options(options={"AllowTcpForwarding": "no"}),
             id="no-forwarding",
         ),
         pytest.param(
+            "server",
             "refuses a session",
             "MaxSessions",
             marks=pytest.mark.sshd_options(options={"MaxSessions": "0"}),
@@ -198,11 +207,31 @@ def test_a_keyboard_interactive_only_host_needs_relay_login(
         ),
     ],
 )
-def test_server_limits(home: RelayHome, server: ThrowawaySSHD, summary: str, advice: str) -> None:
-    _, answer, _ = check(home)
+def test_server_limits(
+    home: RelayHome, server: ThrowawaySSHD, step: str, summary: str, advice: str
+) -> None:
+    if step == "server" and "forwarding" in summary:
+        home.add_host("local", resume_window_s=0)  # today's path alone: it needs them
+    _, answer, text = check(home)
     failed = first_failure(answer)
-    assert failed["name"] == "server" and summary in failed["summary"]
-    assert advice in failed["advice"]
+    assert failed["name"] == step and summary in failed["summary"], text
+    assert advice in failed["advice"], text
+
+
+def test_what_only_todays_path_needs_is_a_warning_where_the_agent_runs(home: RelayHome) -> None:
+    """A server that refuses remote forwards (AllowTcpForwarding local): relay's agent needs
+    none, and launches worked, while check failed step 5 and skipped the rest (a new-user
+    review's finding). A warning, and step 7 says the agent runs."""
+    with ThrowawaySSHD(home.dir / "sshd", options={"AllowTcpForwarding": "local"}) as srv:
+        home.sshd = srv
+        home.hosts.clear()
+        home.add_host("local")
+        status, answer, text = check(home)
+    assert status == 0, text
+    results = by_name(answer)
+    assert results["server"]["state"] == "warn", text
+    assert "kernels here can launch only through relay's agent" in results["server"]["summary"]
+    assert results["resume"]["state"] == "ok" and results["round trip"]["state"] == "ok", text
 
 
 def test_a_login_shell_whose_start_up_never_ends_is_named_not_maxsessions(
