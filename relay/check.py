@@ -555,10 +555,13 @@ class Checker:
         done = await remote_scripts.run(self.conn, remote_scripts.script(HOST_PROBE), check=False)
         self.probe = probe = parse_probe(str(done.stdout or ""))
         if probe.get("sh") != "ok":
+            # what the host said instead: on stderr, or on stdout (a ForceCommand's notice)
+            said = (str(done.stderr or "").strip() or str(done.stdout or "").strip()).splitlines()
             raise _Failed(
                 f"/bin/sh did not run the probe (exit {done.exit_status}): "
-                f"{str(done.stderr or '').strip()[:200]}",
-                "relay needs a POSIX /bin/sh on the host",
+                f"{(said[-1] if said else 'it said nothing')[:200]}",
+                "relay needs its commands run by a POSIX /bin/sh on the host: a ForceCommand "
+                "in the host's sshd_config (for sftp only, say) runs something else instead",
             )
         if probe.get("mktemp") != "ok":
             raise _Failed("mktemp is missing", "install coreutils (mktemp) on the host")

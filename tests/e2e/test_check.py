@@ -352,6 +352,22 @@ async def test_a_launch_where_tmpdir_is_missing_names_it(home: RelayHome) -> Non
     assert "set TMPDIR there to a directory you can write to" in line, line
 
 
+@pytest.mark.sshd_options(
+    options={"ForceCommand": "echo 'This account is for file transfers only.'; exit 1"}
+)
+def test_a_forcecommand_is_said_with_what_it_printed(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    """A ForceCommand runs instead of relay's commands: check said "/bin/sh did not run the
+    probe (exit 1):" with nothing after it (the notice was on stdout) and blamed /bin/sh (a
+    new-user review's finding)."""
+    _, answer, text = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "remote host", text
+    assert "This account is for file transfers only." in failed["summary"], text
+    assert "ForceCommand" in failed["advice"], text
+
+
 def test_missing_kernel(home: RelayHome) -> None:
     _, answer, _ = check(home, "local", "--kernel", "/opt/nowhere/WolframKernel")
     failed = first_failure(answer)
