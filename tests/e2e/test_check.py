@@ -263,28 +263,26 @@ def test_no_sftp_is_a_warning_with_the_fallback(home: RelayHome, server: Throwaw
     assert "warn 5. server" in text
 
 
-@pytest.fixture
-def read_only_dir(home: RelayHome) -> Iterator[Path]:
+def _mounted(home: RelayHome, name: str, options: str) -> Iterator[Path]:
+    """A tmpfs of the test's own, mounted with ``options`` (root only: root writes through
+    file modes, so only a mount makes a directory it cannot write or run from)."""
     if os.geteuid() != 0:
-        pytest.skip("a read-only mount needs root (root writes through file modes)")
-    target = home.dir / "ro-tmp"
+        pytest.skip(f"a {options} mount needs root")
+    target = home.dir / name
     target.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], check=True)
     yield target
     subprocess.run(["umount", str(target)], check=False)
+
+
+@pytest.fixture
+def read_only_dir(home: RelayHome) -> Iterator[Path]:
+    yield from _mounted(home, "ro-tmp", "ro,size=1m")
 
 
 @pytest.fixture
 def noexec_dir(home: RelayHome) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("a noexec mount needs root")
-    target = home.dir / "noexec-tmp"
-    target.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "noexec,size=4m", "tmpfs", str(target)], check=True
-    )
-    yield target
-    subprocess.run(["umount", str(target)], check=False)
+    yield from _mounted(home, "noexec-tmp", "noexec,size=4m")
 
 
 def test_a_noexec_tmpdir_does_not_fail_the_round_trip(home: RelayHome, noexec_dir: Path) -> None:
