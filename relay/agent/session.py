@@ -486,8 +486,8 @@ class AgentSession:
             del self._spare[:n]
         else:
             taken = await self._listeners("listen", n)
-        # the agent waits for them across an outage, as we do (it lets a spare go)
-        self.control.send("".join(f"take {stream.sid}\n" for stream, _ in taken).encode())
+        if taken:  # the agent waits for them across an outage, as we do (it lets a spare go)
+            self.control.send("".join(f"take {stream.sid}\n" for stream, _ in taken).encode())
         self._refill()
         return taken
 
