@@ -728,10 +728,18 @@ class Checker:
             if not path:  # it could not listen: it said why on stderr
                 proc.stdin.write_eof()
                 said = (await proc.stderr.read()).strip().splitlines()[-1:] or ["nothing"]
+                advice = (
+                    "relay's agent listens on a Unix socket under the host's TMPDIR too "
+                    "(step 6 shows it): without one, kernels there end with their connection"
+                )
+                if "too long" in said[0]:  # a socket's path has room for 107 bytes
+                    advice += (
+                        "; set a shorter TMPDIR for your account on the host (its path and "
+                        "the agent's relay-agent-UID/TAG.sock must fit in 107 bytes)"
+                    )
                 return (
                     f"cannot test Unix socket forwarding: python3 said {said[0][:160]!r}",
-                    "relay's agent listens on a Unix socket under the host's TMPDIR too "
-                    "(step 6 shows it): without one, kernels there end with their connection",
+                    advice,
                 )
             try:
                 _, writer = await self.conn.open_unix_connection(path)

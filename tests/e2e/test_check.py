@@ -553,3 +553,4 @@ def test_the_resume_line_says_when_the_host_cannot_listen_on_a_unix_socket(
     assert resume["summary"].startswith("cannot test Unix socket forwarding: python3 said"), resume
     assert "AF_UNIX path too long" in resume["summary"], resume
     assert "under the host's TMPDIR too (step 6 shows it)" in resume["advice"], resume
+    assert "set a shorter TMPDIR for your account on the host" in resume["advice"], resume
