@@ -613,7 +613,6 @@ class Checker:
         later for relay's agent, and sshd letting relay reach the agent's socket. Where the
         agent cannot run and the server refuses what today's path needs (step 5), nothing
         can launch: a failure."""
-        self.agent_runs = False
         summary, data, state = await self._resume()
         if self.old_path_blocked is None or self.agent_runs:
             return summary, data, state

@@ -69,10 +69,11 @@ def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: byt
     if exit_status is None:  # neither an exit status nor a signal: cut off with the connection
         raise _lost(host, hook)
     head, body = _answer(stdout)
-    words = head.decode("utf-8", "replace").split(" ", 2)
+    line = head.decode("utf-8", "replace")
+    words = line.split(" ", 2)
     why: str
     if exit_status == 0 and words[0] == "ok" and len(words) > 1:
-        path = head.decode("utf-8", "replace").removeprefix("ok ")  # a HOME may have spaces
+        path = line.removeprefix("ok ")  # the rest of the line: a HOME may have spaces
         if not path.endswith(f"/.cache/relay/{hook.version}/{hook.name}"):
             why = f"the installer reported an unexpected path {path!r}"
         elif hashlib.sha256(body).hexdigest() != hook.digest:
