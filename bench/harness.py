@@ -36,7 +36,7 @@ from bench.ways import (
     RelayWay,
     TunnelWay,
 )
-from relay import wake
+from relay import lean, wake
 from relay.agent import mux
 from relay.lite import client
 from relay.lite.linkname import LinkName
@@ -148,6 +148,8 @@ class Results:
     # the idle daemon's RSS by what holds it (bench/memory.py), and relay's own modules' MB
     daemon_holders: dict[str, float] = field(default_factory=dict)
     relay_modules_mb: float = 0.0
+    # whether the footprint's daemon ran on relay.lean's flags, as relay serve starts itself
+    daemon_lean: bool = False
     daemon_scaffold: tuple[float, int] = (0.0, 0)
     floor_python: Sample = field(default_factory=Sample)
     floor_direct: Sample = field(default_factory=Sample)
@@ -668,7 +670,8 @@ class Bench:
         agent = _agent_pid(sock)  # started by the first launch; idle with no kernel now
         await self._at_rest("idle", daemon.pid)
         self.results.daemon_holders = memory.resident_by_holder(daemon.pid)
-        self.results.relay_modules_mb = memory.relay_modules_mb()
+        self.results.daemon_lean = memory.runs_lean(daemon.pid)
+        self.results.relay_modules_mb = memory.relay_modules_mb(lean_flags=self.results.daemon_lean)
         if agent is not None:
             self.results.agent["idle"] = _proc_stats(agent)
         n = self.config.daemon_kernels
@@ -1456,6 +1459,15 @@ def _daemon_footprint(r: Results) -> list[str]:
             f"imported the rest of what the daemon does: the rest is Python, asyncssh with "
             f"cryptography, pydantic, uvloop and structlog"
         )
+    lines.append(
+        "- the daemon ran as `relay serve` starts itself: "
+        + (
+            f"lean (`{' '.join(lean.FLAGS)}`: no docstrings, asserts or column tables in the "
+            f"code it loads; relay/lean.py)"
+            if r.daemon_lean
+            else "not lean (its log says why: relay/lean.py)"
+        )
+    )
     return lines
 
 

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["HOLDERS", "by_holder", "relay_modules_mb", "resident_by_holder"]
+from relay import lean
+
+__all__ = ["HOLDERS", "by_holder", "relay_modules_mb", "resident_by_holder", "runs_lean"]
 
 # a mapping's path (its last part) -> who it is; anything else file-backed is "other libraries"
 HOLDERS = (
@@ -64,11 +66,20 @@ print((rss() - before) / 1024)
 """
 
 
-def relay_modules_mb() -> float:
+def runs_lean(pid: int) -> bool:
+    """Whether the process runs on ``relay.lean``'s flags (``relay serve`` starts itself
+    again on them)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return argv[1 : 1 + len(lean.FLAGS)] == list(lean.FLAGS)
+
+
+def relay_modules_mb(*, lean_flags: bool) -> float:
     """MB that importing relay's own modules (the daemon's and the CLI's) adds to a process
-    that has imported everything else the daemon does: their code and objects at import."""
+    that has imported everything else the daemon does: their code and objects at import, on
+    the interpreter flags the daemon ran on."""
+    flags = lean.FLAGS if lean_flags else ()
     done = subprocess.run(
-        [sys.executable, "-c", _RELAY_SHARE], capture_output=True, text=True, timeout=120,
-        check=True,
+        [sys.executable, *flags, "-c", _RELAY_SHARE], capture_output=True, text=True,
+        timeout=120, check=True,
     )  # fmt: skip
     return float(done.stdout.strip())

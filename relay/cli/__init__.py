@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         from relay.lite import shim
 
         return shim.main(args[1:])
-    return _main(args)
+    return _main(args, from_command_line=argv is None)
 
 
 def quiet_dependency_warnings() -> None:
@@ -169,7 +169,7 @@ def _parser() -> Any:
     return parser
 
 
-def _main(args: list[str]) -> int:
+def _main(args: list[str], *, from_command_line: bool = False) -> int:
     quiet_dependency_warnings()
     ns = _parser().parse_args(args)
     if ns.command == "version":
@@ -186,7 +186,7 @@ def _main(args: list[str]) -> int:
             return serve.stop(restart=ns.command == "restart")
         if ns.command == "reload":
             return serve.reload()
-        return serve.serve(ns)
+        return serve.serve(ns, from_command_line=from_command_line)
     if ns.command == "service":
         from relay.cli import service
 

@@ -94,8 +94,18 @@ def reload() -> int:
     return 0
 
 
-def serve(ns: Any) -> int:
+def serve(ns: Any, *, from_command_line: bool = False) -> int:
+    """``relay serve``. Started from a command line, it first starts itself again on a lean
+    interpreter (``relay.lean``), before it imports what the daemon runs on."""
+    not_lean = None
+    if from_command_line:
+        from relay import lean
+
+        not_lean = lean.reexec()  # returns only where it does not
+
     from pathlib import Path
+
+    import structlog
 
     from relay import log, settings
     from relay.activation import ReadyPipe
@@ -121,6 +131,8 @@ def serve(ns: Any) -> int:
     except OSError as exc:
         return fail(f"cannot open the log {ns.log_file}: {exc.strerror or exc}")
     log.configure(ns.log_level or config.daemon.log_level, stream=stream)
+    if not_lean is not None:
+        structlog.get_logger("relay.lean").info("not lean", why=not_lean)
     path = Path(ns.socket) if ns.socket else settings.socket_path(config)
     # A daemon holds the start lock until it listens (relay.lite.locks), so that a shim never starts
     # a second one beside it; an autostarted one's shim holds it for it.

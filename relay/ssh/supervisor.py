@@ -276,7 +276,8 @@ class Supervisor:
         return len(self._procs)
 
     def signal(self, kernel_id: str, signal: str) -> None:
-        assert signal in _SIGNALS
+        if signal not in _SIGNALS:  # a line of the supervisor's stdin: nothing else in it
+            raise ValueError(f"not a signal the supervisor sends: {signal!r}")
         if not self.closed.done() and kernel_id in self._procs:
             self._process.stdin.write(f"kill {kernel_id} {signal}\n")
 
@@ -284,7 +285,8 @@ class Supervisor:
         # letters and digits only: relay's agent ignores a line whose ident has anything else
         # (a kernel's "k1-TERM" went unanswered there, so a kernel that ignored SIGTERM was
         # never sent SIGKILL)
-        assert ping_id.isalnum(), ping_id
+        if not ping_id.isalnum():
+            raise ValueError(f"a ping's ident is letters and digits: {ping_id!r}")
         fut = asyncio.get_running_loop().create_future()
         self._pings[ping_id] = fut
         try:

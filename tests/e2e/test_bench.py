@@ -67,6 +67,7 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
     assert abs(held - results.daemon["idle"][0]) < 0.1 * held, (held, results.daemon)
     assert memory.ANONYMOUS in results.daemon_holders
     assert 0 < results.relay_modules_mb < held, results.relay_modules_mb
+    assert results.daemon_lean  # as relay serve starts itself where make install compiled
     assert results.calibration[10]["pingpong_ms"] >= 10  # the delay relay delays
     # the peer check's look-up, each way, with the table as it was and filled
     assert len(results.lookups) == 2, results.lookups
@@ -80,6 +81,7 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
     assert "median of 2 rounds" in text
     assert "## The peer check's cost per connection" in text
     assert "- where the idle daemon's RSS is (its smaps, MB): " in text
+    assert "- the daemon ran as `relay serve` starts itself: lean (`-OO -X no_debug_ranges`" in text
     assert f"- target: at most 60 MB with {n} kernels: with quiet links " in text
     # each path's link targets, a verdict apiece, in figures that cannot round onto a target
     for what in ("through its agent", "resume_window_s = 0"):

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import pytest
 import structlog
 
 from relay.ssh import supervisor as sup
@@ -69,3 +70,15 @@ async def test_a_close_never_confirmed_is_given_up_within_its_bound(
     await asyncio.wait_for(s.wait_closed(timeout_s=0.01), 5)
     assert process.close_called and not process.ended.is_set()
     process.ended.set()  # let the readers end
+
+
+async def test_the_supervisor_refuses_a_line_it_would_not_send() -> None:
+    # checks that keep a line of the host's script whole raise, not assert: relay serve runs
+    # with -OO (relay.lean), which leaves asserts out
+    process = _Process(confirms=True)
+    s = supervisor(process)
+    with pytest.raises(ValueError, match="not a signal"):
+        s.signal("k1", "TERM\nkill 1 KILL")
+    with pytest.raises(ValueError, match="letters and digits"):
+        await s.ping("k1-TERM")
+    await asyncio.wait_for(s.wait_closed(timeout_s=0.01), 5)
