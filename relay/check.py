@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import shlex
 import socket
 import time
@@ -167,6 +168,8 @@ class Checker:
         # what step 5 found the server refuses that only today's path needs (remote forwards):
         # fine while relay's agent runs there (step 7 says whether it does)
         self.old_path_blocked: str | None = None
+        self.old_path_fix = ""  # the sshd_config lines that would unblock it
+        self._sessions_opened = 0
         self.agent_runs = False  # relay's agent can run there (step 7)
         # what a step opens (connections, listeners, sessions, servers): closed and awaited
         # when the step ends, within its bound
@@ -467,7 +470,9 @@ class Checker:
         # where relay's agent is wanted, it carries the links over a channel of its own:
         # remote forwards are today's path's, where the agent cannot run (step 7)
         agent_first = agent_start.unwanted(self.session.config) is None
-        blocked: list[str] = []
+        # what today's path needs and the server refuses, with the sshd_config line that
+        # gives it: a warning where the agent runs (step 7 says whether it does)
+        blocked: list[tuple[str, str]] = []
         port = 0
         try:
             listener = await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 9)
@@ -478,58 +483,47 @@ class Checker:
                     "relay needs it for every link: ask the admin for AllowTcpForwarding yes "
                     "(or remote) for your account",
                 ) from None
-            blocked.append(f"the server refuses remote port forwarding ({exc})")
+            blocked.append(
+                (
+                    f"the server refuses remote port forwarding ({exc})",
+                    "AllowTcpForwarding yes (or remote)",
+                )
+            )
         else:
             await self.opened.enter_async_context(listener)
             port = listener.get_port()
-        processes: list[asyncssh.SSHClientProcess[Any]] = []
-
-        async def sessions() -> None:
-            # relay holds a supervisor session and opens more beside it (the hook's install,
-            # kernel checks): two at once, as launches need them
-            for command in ("cat", "true"):
-                processes.append(await conn.create_process(command))
-            await processes[1].wait(check=False)
-
-        limit = self.session.config.connect_timeout_s
-        trying = asyncio.ensure_future(sessions())
-        trying.add_done_callback(retrieved)
+        # relay holds a supervisor session and opens more beside it (the hook's install,
+        # kernel checks): two at once, as launches need them on today's path. relay's agent
+        # needs one at a time: its channel is not a session
         try:
-            try:
-                # not asyncio.timeout, nor a close that waits: a command that never ends (a
-                # login shell's start-up that waits) holds its channel's close too: aborted
-                await asyncio.wait({trying}, timeout=limit)
-                if not trying.done():
-                    raise TimeoutError
-                trying.result()
-            except BaseException:
-                trying.cancel()
-                for process in processes:
-                    process.channel.abort()
-                raise
-        except TimeoutError:  # an OSError too: the server opened the session, it never ended
-            raise _Failed(
-                f"a command on the server (true) did not finish within {limit:g} s",
-                "the login shell runs every command relay sends there, after its start-up "
-                "files: one that is slow, waits for input or starts another shell (exec zsh "
-                "in ~/.bashrc) holds them all; `ssh HOST true` shows it",
-            ) from None
+            await self._sessions(("cat", "true"))
         except (asyncssh.Error, OSError) as exc:
-            raise _Failed(
-                f"the server refuses a session ({exc})",
-                "MaxSessions on the server is too low for relay (it needs 2 per connection): "
-                "ask the admin to raise it, or close other sessions multiplexed on it",
-            ) from None
-        for process in processes:
-            await self.opened.enter_async_context(process)
+            second = isinstance(exc, asyncssh.ChannelOpenError) and self._sessions_opened == 1
+            if not (agent_first and second):
+                raise _Failed(
+                    f"the server refuses {'a second session at once' if second else 'a session'}"
+                    f" ({exc})",
+                    "MaxSessions on the server is too low for relay (it needs 2 per "
+                    "connection): ask the admin to raise it, or close other sessions "
+                    "multiplexed on it",
+                ) from None
+            await self._sessions(("true",))  # the first aborted: one at a time, then
+            blocked.append(
+                (
+                    f"the server allows one session at a time ({exc} for a second: "
+                    f"MaxSessions), where today's path holds one and opens more",
+                    "MaxSessions 2 or more",
+                )
+            )
         if blocked:
-            self.old_path_blocked = "; ".join(blocked)
+            self.old_path_blocked = "; ".join(what for what, _ in blocked)
+            self.old_path_fix = " and ".join(fix for _, fix in blocked)
             return (
                 f"{self.old_path_blocked}: kernels here can launch only through relay's agent "
                 f"(step 7)",
                 {
-                    "advice": "AllowTcpForwarding yes (or remote) in the host's sshd_config "
-                    "lets kernels launch where the agent cannot run"
+                    "advice": f"{self.old_path_fix} in the host's sshd_config lets kernels "
+                    f"launch where the agent cannot run"
                 },
                 "warn",
             )
@@ -547,6 +541,57 @@ class Checker:
                 "warn",
             )
         return f"remote forward ok (port {port}), sessions ok, {sftp_note}", data, "ok"
+
+    async def _sessions(self, commands: tuple[str, ...]) -> None:
+        """Open a session per command, all at once, and wait for the last to finish: bounded
+        by ``connect_timeout_s``. The sessions stay open until the step ends (``opened``),
+        or are ended where one fails; ``_sessions_opened`` counts those the server let
+        open."""
+        assert self.conn is not None
+        assert self.session is not None
+        conn = self.conn
+        processes: list[asyncssh.SSHClientProcess[Any]] = []
+        self._sessions_opened = 0
+
+        async def sessions() -> None:
+            for command in commands:
+                opening = functools.partial(conn.create_process, command)
+                processes.append(await remote_scripts.session(opening))
+                self._sessions_opened += 1
+            await processes[-1].wait(check=False)
+
+        limit = self.session.config.connect_timeout_s
+        trying = asyncio.ensure_future(sessions())
+        trying.add_done_callback(retrieved)
+        try:
+            try:
+                # not asyncio.timeout, nor a close that waits: a command that never ends (a
+                # login shell's start-up that waits) holds its channel's close too: aborted
+                await asyncio.wait({trying}, timeout=limit)
+                if not trying.done():
+                    raise TimeoutError
+                trying.result()
+            except asyncssh.ChannelOpenError:
+                # one refused: those open end as their commands do (cat at its input's end),
+                # awaited, so that the server has let them go for what opens next; bounded
+                for process in processes:
+                    process.stdin.write_eof()
+                await _closed_or_aborted(processes, limit)
+                raise
+            except BaseException:
+                trying.cancel()
+                for process in processes:
+                    process.channel.abort()
+                raise
+        except TimeoutError:  # an OSError too: the server opened the session, it never ended
+            raise _Failed(
+                f"a command on the server ({commands[-1]}) did not finish within {limit:g} s",
+                "the login shell runs every command relay sends there, after its start-up "
+                "files: one that is slow, waits for input or starts another shell (exec zsh "
+                "in ~/.bashrc) holds them all; `ssh HOST true` shows it",
+            ) from None
+        for process in processes:  # ended above where they failed: no close to wait for
+            await self.opened.enter_async_context(process)
 
     # -- 6 ---------------------------------------------------------------------------------
     async def remote_host(self) -> tuple[str, dict[str, Any], State]:
@@ -620,7 +665,7 @@ class Checker:
             f"{summary}; and {self.old_path_blocked}: no kernel can launch here",
             {
                 "advice": (data.get("advice") or "let relay's agent run there (above)")
-                + "; or AllowTcpForwarding yes (or remote) in the host's sshd_config"
+                + f"; or {self.old_path_fix} in the host's sshd_config"
             },
             "fail",
         )
@@ -716,7 +761,10 @@ class Checker:
         opened a channel to one."""
         assert self.conn is not None
         probe = remote_scripts.script(SOCKET_PROBE)
-        proc = await self.opened.enter_async_context(await self.conn.create_process(probe.command))
+        conn = self.conn
+        proc = await self.opened.enter_async_context(
+            await remote_scripts.session(lambda: conn.create_process(probe.command))
+        )
         try:
             proc.stdin.write(probe.preamble.decode())
             path = ""
@@ -867,6 +915,12 @@ class Checker:
             if kernel is not None:
                 await kernel.terminate(grace_s=1.0)
                 await kernel.aclose()
+            if self.session.config.dynamic:
+                # the launch's connection set off the kernel hook's install, in a session of
+                # its own: waited for, so that a server allowing one session at a time
+                # (MaxSessions 1) takes the removal's session after it
+                with contextlib.suppress(RelayError):
+                    await self.session.init_file(self.conn)
             remove = remote_scripts.script(f"rm -f {shlex.quote(probe)}")
             await remote_scripts.run(self.conn, remove, check=False)
         ms = (time.monotonic() - started) * 1000
@@ -930,6 +984,18 @@ class Checker:
             show["recent failure"] = f"{last.get('reason', last)}"[:120]
         summary = f"{snap['state']}, RTT {rtt:.1f} ms" if "means" in show else snap["state"]
         return summary, {"show": show, "rtt_ms": rtt}, "ok"
+
+
+async def _closed_or_aborted(processes: list[Any], timeout_s: float) -> None:
+    """Wait for the processes' channels to close, for at most ``timeout_s``; abort those
+    still open then (a command that never ends holds its channel's close)."""
+    closing = {asyncio.ensure_future(p.wait_closed()): p for p in processes}
+    if not closing:
+        return
+    _, late = await asyncio.wait(closing, timeout=timeout_s)
+    for fut in late:
+        fut.cancel()
+        closing[fut].channel.abort()
 
 
 async def _banner(reader: asyncio.StreamReader, timeout_s: float) -> str:

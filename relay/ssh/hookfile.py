@@ -20,7 +20,7 @@ import asyncssh
 import structlog
 
 from relay.errors import ConnectFailed, HookInstallFailed, RelayError, host_header
-from relay.ssh.remote_scripts import hook_install_command
+from relay.ssh.remote_scripts import hook_install_command, session
 from relay.tasks import TaskSet
 
 __all__ = ["INIT_FILE", "HookFile", "Installer", "install", "parse_answer"]
@@ -120,12 +120,14 @@ async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile)
     """Write ``hook`` on the connection's host (if it is not there already) and prove it."""
     remote = hook_install_command(hook.version, hook.name)
     try:
-        result = await conn.run(
-            remote.command,
-            input=remote.preamble + hook.data,
-            encoding=None,
-            check=False,
-            timeout=INSTALL_TIMEOUT_S,
+        result = await session(
+            lambda: conn.run(
+                remote.command,
+                input=remote.preamble + hook.data,
+                encoding=None,
+                check=False,
+                timeout=INSTALL_TIMEOUT_S,
+            )
         )
     except asyncssh.TimeoutError:
         why = f"the installer did not finish within {INSTALL_TIMEOUT_S:.0f} s"

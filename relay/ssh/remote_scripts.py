@@ -1,5 +1,5 @@
 """relay's remote shell scripts as sshd runs them, whatever the account's login shell. Pure
-but for ``run``, the thin shell around asyncssh's.
+but for ``run``, the thin shell around asyncssh's, and ``session``.
 
 ``supervisor.sh`` (one long-lived session per connection: starts and reaps kernels) and
 ``hookinstall.sh`` (one short session: writes the kernel hook file), and the agent's start and
@@ -16,13 +16,16 @@ past its line, so nothing of that is lost, and nothing but /bin/sh is needed.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import asyncssh
+
+T = TypeVar("T")
 
 __all__ = [
     "BOOTSTRAP",
@@ -34,6 +37,7 @@ __all__ = [
     "remote_command",
     "run",
     "script",
+    "session",
 ]
 
 # Only characters every login shell takes literally inside single quotes (no !, no \\, no
@@ -94,7 +98,25 @@ async def run(
 ) -> asyncssh.SSHCompletedProcess:
     """``remote`` run to its end on ``conn`` (text; asyncssh's ``run`` with ``kwargs``): its
     preamble, then ``after``, on its standard input."""
-    return await conn.run(remote.command, input=remote.preamble.decode() + after, **kwargs)
+    return await session(
+        lambda: conn.run(remote.command, input=remote.preamble.decode() + after, **kwargs)
+    )
+
+
+async def session(open_: Callable[[], Awaitable[T]]) -> T:
+    """``open_()``, a session's open (and whatever follows it), tried once more at once where
+    the server refused the open. A session the server ended (its command exited) is gone
+    for asyncssh once the two sides have sent their CLOSE, but sshd frees it for
+    ``MaxSessions`` only at its main loop's next turn: a session opened straight after,
+    under ``MaxSessions 1`` (a session at a time), read in the same turn as that CLOSE, is
+    refused. The refusal itself is a round trip, after which sshd has turned: the second
+    try finds the session freed, and a server at its limit refuses it too."""
+    import asyncssh  # noqa: PLC0415 (the rest of the module is pure: no asyncssh)
+
+    try:
+        return await open_()
+    except asyncssh.ChannelOpenError:
+        return await open_()
 
 
 def _command(name: str, *args: str) -> Remote:

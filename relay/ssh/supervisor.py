@@ -26,7 +26,7 @@ import structlog
 from relay.errors import ConnectFailed, KernelMissing, SupervisorFailed
 from relay.kernelcmd import no_control_characters, shell_join
 from relay.peerowner import CLOSING, GONE, UNKNOWN
-from relay.ssh.remote_scripts import remote_command
+from relay.ssh.remote_scripts import remote_command, session
 from relay.tasks import TaskSet, retrieved
 
 __all__ = ["Event", "Process", "RemoteProcess", "Supervisor", "parse_line"]
@@ -170,7 +170,9 @@ class Supervisor:
         log = structlog.get_logger("relay.supervisor").bind(host=host)
         remote = remote_command(tag, end_stale=end_stale, stale_after_s=stale_after_s)
         try:
-            process = await conn.create_process(remote.command, encoding="utf-8", errors="replace")
+            process = await session(
+                lambda: conn.create_process(remote.command, encoding="utf-8", errors="replace")
+            )
             process.stdin.write(remote.preamble.decode())  # the script, then its requests
         except asyncssh.ChannelOpenError as exc:
             raise SupervisorFailed(

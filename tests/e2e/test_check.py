@@ -18,6 +18,7 @@ from relay.sim.sshd import ThrowawaySSHD, _free_port, _keygen
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, start_daemon
 from tests.e2e.helpers import controller
 from tests.e2e.test_openssh import alias
+from tests.e2e.test_resume import without_python3
 
 pytestmark = pytest.mark.sshd
 
@@ -232,6 +233,70 @@ def test_what_only_todays_path_needs_is_a_warning_where_the_agent_runs(home: Rel
     assert results["server"]["state"] == "warn", text
     assert "kernels here can launch only through relay's agent" in results["server"]["summary"]
     assert results["resume"]["state"] == "ok" and results["round trip"]["state"] == "ok", text
+
+
+@pytest.mark.sshd_options(options={"MaxSessions": "1"})
+async def test_a_server_of_one_session_at_a_time_launches_through_the_agent_and_check_says_so(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    """MaxSessions 1: relay's agent needs one session at a time (its channel is none), today's
+    path holds one and opens more. Check failed step 5 there while launches worked (a
+    review's finding); then its steps 6 and 9 were refused a session: sshd frees one a loop
+    turn after its end (``remote_scripts.session``), and the hook's install, which the
+    probe's launch sets off, holds the only one. A warning, every step through, and check
+    runs so beside the running daemon's launches, on its connection."""
+    status, answer, text = check(home)
+    assert status == 0, text
+    results = by_name(answer)
+    assert results["server"]["state"] == "warn", text
+    assert "allows one session at a time" in results["server"]["summary"], text
+    assert "MaxSessions 2 or more" in results["server"]["advice"], text
+    assert {r["name"] for r in answer["results"] if r["state"] == "ok"} == set(STEPS) - {
+        "server"
+    }, text
+    async with start_daemon(home), controller(home) as fe:
+        kl = await fe.link.accept(60)
+        assert await kl.echo(b"one session") == b"one session"
+        loop = asyncio.get_running_loop()
+        status, answer, text = await loop.run_in_executor(None, check, home)
+        assert status == 0, text
+        assert "running" in by_name(answer)["connection"]["data"]["show"]["daemon"], text
+        assert await kl.echo(b"after the check") == b"after the check"
+        await kl.quit(0)
+        assert (await fe.result())[0] == 0
+        await kl.aclose()
+
+
+@pytest.mark.sshd_options(options={"MaxSessions": "1"})
+def test_one_session_at_a_time_fails_where_the_agent_is_not_wanted(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    home.add_host("local", resume_window_s=0)  # today's path: a session held, more opened
+    _, answer, text = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "server", text
+    assert "refuses a second session at once" in failed["summary"], text
+    assert "MaxSessions" in failed["advice"], text
+
+
+def test_one_session_at_a_time_where_the_agent_cannot_run_launches_nothing(
+    home: RelayHome,
+) -> None:
+    """The agent wanted (step 5 warns) but no python3 on the host's PATH (step 7): nothing
+    can launch, and step 7 says what would let either path run."""
+    path = without_python3(home.dir / "bin")
+    options = {"MaxSessions": "1", "SetEnv": f"PATH={path}"}
+    with ThrowawaySSHD(home.dir / "sshd", options=options) as srv:
+        home.sshd = srv
+        home.hosts.clear()
+        home.add_host("local")
+        _, answer, text = check(home)
+    failed = first_failure(answer)
+    assert by_name(answer)["server"]["state"] == "warn", text
+    assert failed["name"] == "resume", text
+    assert "no python3" in failed["summary"], text
+    assert "no kernel can launch here" in failed["summary"], text
+    assert "MaxSessions 2 or more in the host's sshd_config" in failed["advice"], text
 
 
 def test_a_login_shell_whose_start_up_never_ends_is_named_not_maxsessions(
