@@ -64,8 +64,10 @@ HOST_PROBE = "; ".join(
         "command -v mktemp >/dev/null 2>&1 && echo mktemp=ok || echo mktemp=missing",
         "command -v bash >/dev/null 2>&1 && echo bash=ok || echo bash=missing",
         "t=${TMPDIR:-/tmp}; echo tmpdir=$t",
-        'd=$(mktemp -d "$t/relay-check.XXXXXX" 2>/dev/null) && rmdir "$d" '
-        "&& echo tmpdir_writable=ok || echo tmpdir_writable=no",
+        # a directory, and a file with bytes in it: a full tmpfs still makes directories
+        'w=no; d=$(mktemp -d "$t/relay-check.XXXXXX" 2>/dev/null) && { w=full; '
+        'printf "%4096s" x >"$d/f" 2>/dev/null && w=ok; rm -rf "$d"; }',
+        "echo tmpdir_writable=$w",
         "test -r /proc/net/tcp && echo proc=ok || echo proc=missing",
         'c=$HOME/.cache/relay; while [ ! -d "$c" ]; do c=$(dirname "$c"); done; echo cache_dir=$c',
         "echo free_kb=$(df -Pk \"$c\" 2>/dev/null | awk 'NR==2 {print $4}')",
@@ -610,6 +612,13 @@ class Checker:
             )
         if probe.get("mktemp") != "ok":
             raise _Failed("mktemp is missing", "install coreutils (mktemp) on the host")
+        if probe.get("tmpdir_writable") == "full":
+            raise _Failed(
+                f"TMPDIR {probe.get('tmpdir')} is full: 4 KB could not be written there",
+                "relay's agent and supervisor keep their files there (sockets, kernels' "
+                "logs): free some space there, or set TMPDIR for your account on the host to "
+                "a directory that has it",
+            )
         if probe.get("tmpdir_writable") != "ok":
             raise _Failed(
                 f"TMPDIR {probe.get('tmpdir')} is not writable",

@@ -4,6 +4,7 @@ says what to do, and the checks after it are not run; a healthy host passes ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -396,6 +397,30 @@ def test_read_only_tmpdir(home: RelayHome, read_only_dir: Path) -> None:
     assert failed["name"] == "remote host"
     assert f"TMPDIR {read_only_dir} is not writable" in failed["summary"]
     assert "set TMPDIR for your account" in failed["advice"]
+
+
+@pytest.fixture
+def full_dir(home: RelayHome) -> Iterator[Path]:
+    for target in _mounted(home, "full-tmp", "size=64k"):
+        with contextlib.suppress(OSError), (target / "filler").open("wb") as filler:
+            for _ in range(64):  # bounded: 64 x 4 KB fills it, ENOSPC ends it sooner
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        yield target
+
+
+def test_a_full_tmpdir_is_said_at_step_6(home: RelayHome, full_dir: Path) -> None:
+    """A TMPDIR on a tmpfs that is full: mktemp -d still makes a directory there, so step 6
+    passed and step 9 failed (a new-user review's finding). Step 6 writes a file too."""
+    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={full_dir}"}) as srv:
+        home.sshd = srv
+        home.hosts.clear()
+        home.add_host("local")
+        _, answer, text = check(home)
+    failed = first_failure(answer)
+    assert failed["name"] == "remote host", text
+    assert f"TMPDIR {full_dir} is full" in failed["summary"], text
+    assert "free some space there" in failed["advice"], text
 
 
 async def test_a_launch_where_tmpdir_is_missing_names_it(home: RelayHome) -> None:
