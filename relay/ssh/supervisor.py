@@ -51,10 +51,16 @@ def _why(status: int | None, said: str) -> str:
     """Why supervisor.sh ended before its hello, from its exit status and its last line on
     stderr (mktemp's, the shell's)."""
     last = (said.strip().splitlines() or [""])[-1][:200]
-    if status == 97:  # supervisor.sh: its directory could not be made or written
+    if status == 97:  # supervisor.sh: its directory could not be made
         return (
             f"it cannot make its directory in the host's TMPDIR ({last or 'mktemp failed'}): "
             f"set TMPDIR there to a directory you can write to (`relay check` shows it)"
+        )
+    if status == 98:  # made, but its first file could not be written there: a full TMPDIR
+        return (
+            f"it cannot write its files in the host's TMPDIR ({last or 'a write failed'}): "
+            f"free some space there, or set TMPDIR there to a directory that has it (`relay "
+            f"check` shows it)"
         )
     if status in (126, 127):
         return f"/bin/sh could not be run there ({last or f'exit {status}'})"

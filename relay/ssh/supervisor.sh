@@ -78,7 +78,7 @@ have() { case $1 in */*) test -f "$1" && test -x "$1" ;; *) command -v "$1" >/de
 if have setsid; then g=-; else g=; fi;
 d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
 case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
-echo "$$ $(st $$) $s $(st $s)" >"$d/supervisor" || exit 97;
+echo "$$ $(st $$) $s $(st $s)" >"$d/supervisor" || { rm -rf "$d"; exit 98; };
 date +%s >"$d/alive";
 n=0; k=0;
 test "$2" = keep ||

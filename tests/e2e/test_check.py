@@ -423,6 +423,27 @@ def test_a_full_tmpdir_is_said_at_step_6(home: RelayHome, full_dir: Path) -> Non
     assert "free some space there" in failed["advice"], text
 
 
+async def test_a_launch_where_tmpdir_is_full_says_so(home: RelayHome, full_dir: Path) -> None:
+    """A full TMPDIR at launch: mktemp made the supervisor's directory, its first file could
+    not be written, and the line said "cannot make its directory" with the shell's "I/O
+    error"; the directory was left there. It says the files could not be written, and
+    removes the directory."""
+    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={full_dir}"}) as srv:
+        home.sshd = srv
+        home.hosts.clear()
+        home.add_host("local")
+        async with start_daemon(home), controller(home) as fe:
+            status, _, err = await fe.result(120)
+    assert status != 0
+    (line,) = err.strip().splitlines()
+    assert "cannot write its files in the host's TMPDIR (" in line, line
+    assert "free some space there" in line, line
+    # the supervisor's relay-TAG.XXXXXX went (the agent's own directory stays, for its next)
+    assert [p.name for p in full_dir.iterdir() if not p.name.startswith("relay-agent-")] == [
+        "filler"
+    ]
+
+
 async def test_a_launch_where_tmpdir_is_missing_names_it(home: RelayHome) -> None:
     """A TMPDIR that is not there (or a full one): the launch blamed "/bin/sh and mktemp" and
     dropped mktemp's own message (a new-user review's finding). It names TMPDIR, with what

@@ -18,6 +18,13 @@ def test_a_tmpdir_it_cannot_use_is_named_with_what_mktemp_said() -> None:
     assert "mktemp failed" in _why(97, "")
 
 
+def test_a_full_tmpdir_is_said_as_such() -> None:
+    line = _why(98, "relay: 1: echo: echo: I/O error\n")
+    assert line.startswith("it cannot write its files in the host's TMPDIR (relay: 1: echo:")
+    assert "free some space there" in line
+    assert "a write failed" in _why(98, "")
+
+
 def test_a_shell_that_cannot_run_and_other_ends() -> None:
     assert (
         _why(127, "sh: 1: /bin/sh: not found")
