@@ -351,15 +351,20 @@ def noexec_dir(home: RelayHome) -> Iterator[Path]:
     yield from _mounted(home, "noexec-tmp", "noexec,size=4m")
 
 
+def check_with_tmpdir(home: RelayHome, tmpdir: Path) -> tuple[int, dict[str, Any], str]:
+    """``check`` of a host whose TMPDIR is ``tmpdir``."""
+    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={tmpdir}"}) as srv:
+        home.sshd = srv
+        home.hosts.clear()
+        home.add_host("local")
+        return check(home)
+
+
 def test_a_noexec_tmpdir_does_not_fail_the_round_trip(home: RelayHome, noexec_dir: Path) -> None:
     """TMPDIR mounted noexec (hardened hosts): check's probe, put there, could not run, and
     step 9 blamed the kernel while launches worked (a new-user review's finding). It goes
     beside relay's own files."""
-    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={noexec_dir}"}) as srv:
-        home.sshd = srv
-        home.hosts.clear()
-        home.add_host("local")
-        status, answer, text = check(home)
+    status, answer, text = check_with_tmpdir(home, noexec_dir)
     assert status == 0, text
     assert by_name(answer)["round trip"]["state"] == "ok", text
 
@@ -388,11 +393,7 @@ def test_a_read_only_home_is_said_before_a_launch_meets_it(
 
 
 def test_read_only_tmpdir(home: RelayHome, read_only_dir: Path) -> None:
-    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={read_only_dir}"}) as srv:
-        home.sshd = srv
-        home.hosts.clear()
-        home.add_host("local")
-        _, answer, _ = check(home)
+    _, answer, _ = check_with_tmpdir(home, read_only_dir)
     failed = first_failure(answer)
     assert failed["name"] == "remote host"
     assert f"TMPDIR {read_only_dir} is not writable" in failed["summary"]
@@ -412,23 +413,16 @@ def full_dir(home: RelayHome) -> Iterator[Path]:
 def test_a_full_tmpdir_is_said_at_step_6(home: RelayHome, full_dir: Path) -> None:
     """A TMPDIR on a tmpfs that is full: mktemp -d still makes a directory there, so step 6
     passed and step 9 failed (a new-user review's finding). Step 6 writes a file too."""
-    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={full_dir}"}) as srv:
-        home.sshd = srv
-        home.hosts.clear()
-        home.add_host("local")
-        _, answer, text = check(home)
+    _, answer, text = check_with_tmpdir(home, full_dir)
     failed = first_failure(answer)
     assert failed["name"] == "remote host", text
     assert f"TMPDIR {full_dir} is full" in failed["summary"], text
     assert "free some space there" in failed["advice"], text
 
 
-async def test_a_launch_where_tmpdir_is_full_says_so(home: RelayHome, full_dir: Path) -> None:
-    """A full TMPDIR at launch: mktemp made the supervisor's directory, its first file could
-    not be written, and the line said "cannot make its directory" with the shell's "I/O
-    error"; the directory was left there. It says the files could not be written, and
-    removes the directory."""
-    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={full_dir}"}) as srv:
+async def failed_launch_line(home: RelayHome, tmpdir: Path) -> str:
+    """The one line a controller launch fails with on a host whose TMPDIR is ``tmpdir``."""
+    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={tmpdir}"}) as srv:
         home.sshd = srv
         home.hosts.clear()
         home.add_host("local")
@@ -436,6 +430,15 @@ async def test_a_launch_where_tmpdir_is_full_says_so(home: RelayHome, full_dir: 
             status, _, err = await fe.result(120)
     assert status != 0
     (line,) = err.strip().splitlines()
+    return line
+
+
+async def test_a_launch_where_tmpdir_is_full_says_so(home: RelayHome, full_dir: Path) -> None:
+    """A full TMPDIR at launch: mktemp made the supervisor's directory, its first file could
+    not be written, and the line said "cannot make its directory" with the shell's "I/O
+    error"; the directory was left there. It says the files could not be written, and
+    removes the directory."""
+    line = await failed_launch_line(home, full_dir)
     assert "cannot write its files in the host's TMPDIR (" in line, line
     assert "free some space there" in line, line
     # the supervisor's relay-TAG.XXXXXX went (the agent's own directory stays, for its next)
@@ -448,15 +451,7 @@ async def test_a_launch_where_tmpdir_is_missing_names_it(home: RelayHome) -> Non
     """A TMPDIR that is not there (or a full one): the launch blamed "/bin/sh and mktemp" and
     dropped mktemp's own message (a new-user review's finding). It names TMPDIR, with what
     mktemp said. (The agent cannot run there either: today's path's supervisor says it.)"""
-    missing = home.dir / "no-such-tmp"
-    with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={missing}"}) as srv:
-        home.sshd = srv
-        home.hosts.clear()
-        home.add_host("local")
-        async with start_daemon(home), controller(home) as fe:
-            status, _, err = await fe.result(120)
-    assert status != 0
-    (line,) = err.strip().splitlines()
+    line = await failed_launch_line(home, home.dir / "no-such-tmp")
     assert "cannot make its directory in the host's TMPDIR (mktemp: " in line, line
     assert "set TMPDIR there to a directory you can write to" in line, line
 
