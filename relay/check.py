@@ -509,7 +509,7 @@ class Checker:
                     "connection): ask the admin to raise it, or close other sessions "
                     "multiplexed on it",
                 ) from None
-            await self._sessions(("true",))  # the first aborted: one at a time, then
+            await self._sessions(("true",))  # the first ended: one at a time, then
             blocked.append(
                 (
                     f"the server allows one session at a time ({exc} for a second: "

@@ -115,7 +115,7 @@ async def session(open_: Callable[[], Awaitable[T]]) -> T:
 
     try:
         return await open_()
-    except asyncssh.ChannelOpenError:
+    except asyncssh.ChannelOpenError:  # sshd: code 2, "open failed", as for any refusal
         return await open_()
 
 
