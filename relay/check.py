@@ -67,6 +67,9 @@ HOST_PROBE = "; ".join(
         # a directory, and a file with bytes in it: a full tmpfs still makes directories
         'w=no; d=$(mktemp -d "$t/relay-check.XXXXXX" 2>/dev/null) && { w=full; '
         'printf "%4096s" x >"$d/f" 2>/dev/null && w=ok; rm -rf "$d"; }',
+        # or no directory at all, on a disk with no block left (ext4 refuses the directory)
+        'test $w = no && test "$(df -Pk "$t" 2>/dev/null | awk \'NR==2 {print $4}\')" = 0 '
+        "&& w=full",
         "echo tmpdir_writable=$w",
         "test -r /proc/net/tcp && echo proc=ok || echo proc=missing",
         'c=$HOME/.cache/relay; while [ ! -d "$c" ]; do c=$(dirname "$c"); done; echo cache_dir=$c',
@@ -509,7 +512,14 @@ class Checker:
                     "connection): ask the admin to raise it, or close other sessions "
                     "multiplexed on it",
                 ) from None
-            await self._sessions(("true",))  # the first ended: one at a time, then
+            try:
+                await self._sessions(("true",))  # the first ended: one at a time, then
+            except (asyncssh.Error, OSError) as again:
+                raise _Failed(
+                    f"the server refuses a session even once the one before has ended ({again})",
+                    "MaxSessions on the server is too low for relay: ask the admin to "
+                    "raise it, or close other sessions multiplexed on it",
+                ) from None
             blocked.append(
                 (
                     f"the server allows one session at a time ({exc} for a second: "
@@ -578,7 +588,8 @@ class Checker:
                 # awaited, so that the server has let them go for what opens next; bounded
                 for process in processes:
                     process.stdin.write_eof()
-                await _closed_or_aborted(processes, limit)
+                if await _closed_or_aborted(processes, limit):  # a start-up that never ends
+                    raise TimeoutError from None
                 raise
             except BaseException:
                 trying.cancel()
@@ -587,7 +598,8 @@ class Checker:
                 raise
         except TimeoutError:  # an OSError too: the server opened the session, it never ended
             raise _Failed(
-                f"a command on the server ({commands[-1]}) did not finish within {limit:g} s",
+                f"a command on the server ({commands[max(len(processes), 1) - 1]}) did not "
+                f"finish within {limit:g} s",
                 "the login shell runs every command relay sends there, after its start-up "
                 "files: one that is slow, waits for input or starts another shell (exec zsh "
                 "in ~/.bashrc) holds them all; `ssh HOST true` shows it",
@@ -995,16 +1007,18 @@ class Checker:
         return summary, {"show": show, "rtt_ms": rtt}, "ok"
 
 
-async def _closed_or_aborted(processes: list[Any], timeout_s: float) -> None:
+async def _closed_or_aborted(processes: list[Any], timeout_s: float) -> bool:
     """Wait for the processes' channels to close, for at most ``timeout_s``; abort those
-    still open then (a command that never ends holds its channel's close)."""
+    still open then (a command that never ends holds its channel's close). Whether any
+    had to be."""
     closing = {asyncio.ensure_future(p.wait_closed()): p for p in processes}
     if not closing:
-        return
+        return False
     _, late = await asyncio.wait(closing, timeout=timeout_s)
     for fut in late:
         fut.cancel()
         closing[fut].channel.abort()
+    return bool(late)
 
 
 async def _banner(reader: asyncio.StreamReader, timeout_s: float) -> str:

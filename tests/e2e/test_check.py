@@ -306,7 +306,9 @@ def test_a_login_shell_whose_start_up_never_ends_is_named_not_maxsessions(
     """~/.bashrc that waits (or execs another shell that does): the session opens and its
     command never ends. A timeout is an OSError too, so check said "the server refuses a
     session ()" and sent the person to MaxSessions (a review's finding)."""
-    (server.home / ".bashrc").write_text("sleep 600\n")
+    (server.home / ".bashrc").write_text(
+        "sleep 60\n"
+    )  # outlives the check (2 s a wait), not the run
     home.add_host("local", connect_timeout_s=2)
     try:
         _, answer, _ = check(home)
@@ -660,3 +662,24 @@ def test_the_resume_line_says_when_the_host_cannot_listen_on_a_unix_socket(
     assert "AF_UNIX path too long" in resume["summary"], resume
     assert "under the host's TMPDIR too (step 6 shows it)" in resume["advice"], resume
     assert "set a shorter TMPDIR for your account on the host" in resume["advice"], resume
+
+
+@pytest.mark.sshd_options(options={"MaxSessions": "1"})
+def test_one_session_at_a_time_and_a_start_up_that_never_ends_names_the_start_up(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    """MaxSessions 1 and a ~/.bashrc that waits: the second session was refused, the first
+    never ended, and the one tried alone was refused too, said as an error check does not
+    know (a review's finding). It is the start-up that never ends."""
+    (server.home / ".bashrc").write_text(
+        "sleep 60\n"
+    )  # outlives the check (2 s a wait), not the run
+    home.add_host("local", connect_timeout_s=2)
+    try:
+        _, answer, text = check(home)
+    finally:
+        (server.home / ".bashrc").unlink()
+    failed = first_failure(answer)
+    assert failed["name"] == "server", text
+    assert "did not finish within 2 s" in failed["summary"], text
+    assert "start-up files" in failed["advice"], text
