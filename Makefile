@@ -15,11 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Bytecode, as an installed package has it: where PYTHONDONTWRITEBYTECODE is set, an editable
-# install would otherwise recompile every module at every shim and kernel start. And the
-# optimized bytecode `relay serve` runs on (relay/lean.py), for relay and what it imports.
+# install would otherwise recompile every module at every shim and kernel start.
 compile: $(VENV)/.installed
 	@$(PY) -m compileall -q relay bench
-	@$(PY) -OO -m compileall -q -j0 relay "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null
 
 # Debian's packages for make demo and make test (README, "Set-up"): OpenSSH's sshd (the demo
 # and the tests run against a real one), and systemd's tools (the tests verify the unit files

@@ -1462,7 +1462,7 @@ def _daemon_footprint(r: Results) -> list[str]:
     lines.append(
         "- the daemon ran as `relay serve` starts itself: "
         + (
-            f"lean (`{' '.join(lean.FLAGS)}`: no docstrings, asserts or column tables in the "
+            f"lean (`{' '.join(lean.BASE_FLAGS)}`: no docstrings, asserts or column tables in the "
             f"code it loads; relay/lean.py)"
             if r.daemon_lean
             else "not lean (its log says why: relay/lean.py)"

@@ -69,15 +69,14 @@ print((rss() - before) / 1024)
 def runs_lean(pid: int) -> bool:
     """Whether the process runs on ``relay.lean``'s flags (``relay serve`` starts itself
     again on them)."""
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    return argv[1 : 1 + len(lean.FLAGS)] == list(lean.FLAGS)
+    return lean.runs_lean(Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0"))
 
 
 def relay_modules_mb(*, lean_flags: bool) -> float:
     """MB that importing relay's own modules (the daemon's and the CLI's) adds to a process
     that has imported everything else the daemon does: their code and objects at import, on
-    the interpreter flags the daemon ran on."""
-    flags = lean.FLAGS if lean_flags else ()
+    the interpreter flags the daemon ran on (its bytecode cache included)."""
+    flags = lean.flags(lean.cache_dir()) if lean_flags else []
     done = subprocess.run(
         [sys.executable, *flags, "-c", _RELAY_SHARE], capture_output=True, text=True,
         timeout=120, check=True,

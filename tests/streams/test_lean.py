@@ -1,11 +1,11 @@
 """``relay serve`` starts itself again lean (``relay.lean``): in the same process, with the
 command line it was given and the interpreter's flags it was started with, as each way of
-starting it (a shell's ``relay serve``, a shim's autostart) runs it; and where it cannot, it
-runs as it was started and its log says why."""
+starting it (a shell's ``relay serve``, a shim's autostart) runs it, its bytecode in relay's
+own cache, filled first where it lacks it; and where it cannot, it runs as it was started
+and its log says why."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -24,7 +24,9 @@ def quiet_home(home: RelayHome) -> RelayHome:
     return home
 
 
-def serve_ready(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], list[str]]:
+def serve_ready(
+    command: list[str], env: dict[str, str], *, stderr: int | None = subprocess.PIPE
+) -> tuple[subprocess.Popen[str], list[str]]:
     """``COMMAND serve --ready-fd N --log-level info`` as a shim's autostart starts it, once
     it says ready; and the command line it was started with."""
     read_fd, write_fd = os.pipe()
@@ -34,7 +36,7 @@ def serve_ready(command: list[str], env: dict[str, str]) -> tuple[subprocess.Pop
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         pass_fds=(write_fd,),
     )
@@ -48,7 +50,7 @@ def serve_ready(command: list[str], env: dict[str, str]) -> tuple[subprocess.Pop
 def stopped(proc: subprocess.Popen[str]) -> str:
     proc.terminate()
     _, err = proc.communicate(timeout=30)
-    return err
+    return err or ""
 
 
 def cmdline(pid: int) -> list[str]:
@@ -61,14 +63,15 @@ def test_serve_starts_itself_again_lean_in_the_same_process(
 ) -> None:
     command = [RELAY] if way == "relay serve" else shim.isolated_command()
     proc, argv = serve_ready(command, quiet_home.env)
+    flags = lean.flags(lean.cache_dir(quiet_home.env))
     try:
         running = cmdline(proc.pid)  # the pid it was started as: it exec'd, nothing forked
-        assert running[1:4] == list(lean.FLAGS)
+        assert running[1 : 1 + len(flags)] == flags
+        rest = running[1 + len(flags) :]
         if way == "relay serve":  # the script, run by the interpreter its first line names
-            assert running[4:] == argv
+            assert rest == argv
         else:  # the autostart's own flags (-I) are kept
-            assert running[4:] == argv[1:]
-            assert running[4] == "-I"
+            assert rest == argv[1:] and rest[0] == "-I"
         # the exec'd daemon answers on its socket: the ready pipe was its own
         assert "daemon" in client.request(str(quiet_home.socket), {"op": "status"})
     finally:
@@ -76,53 +79,103 @@ def test_serve_starts_itself_again_lean_in_the_same_process(
     assert "not lean" not in err
 
 
-def test_serve_without_optimized_bytecode_runs_as_started_and_says_why(
+def test_a_first_start_fills_the_cache_before_it_goes_lean(
     quiet_home: RelayHome, tmp_path: Path
 ) -> None:
-    # bytecode read from (and written to) an empty directory, and none written: the daemon
-    # would compile every module at every start
-    env = dict(quiet_home.env, PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=str(tmp_path))
+    """An empty cache (a new install, a new Python): a child compiles what the daemon
+    imports into it first, whatever PYTHONDONTWRITEBYTECODE says (a review found a daemon
+    that compiled it itself took 10 MB more for its life), and the daemon reads it there."""
+    env = dict(quiet_home.env, XDG_CACHE_HOME=str(tmp_path), PYTHONDONTWRITEBYTECODE="1")
+    cache = lean.cache_dir(env)
+    proc, _ = serve_ready([RELAY], env)
+    try:
+        assert lean.runs_lean(cmdline(proc.pid))
+        assert f"pycache_prefix={cache}" in cmdline(proc.pid)
+        written = list(cache.rglob("*.opt-2.pyc"))
+        assert any(p.name.startswith("daemon.") for p in written), written[:5]
+        assert (cache.stat().st_mode & 0o777) == 0o700
+    finally:
+        stopped(proc)
+
+
+def test_a_cache_another_user_could_write_is_not_used(
+    quiet_home: RelayHome, tmp_path: Path
+) -> None:
+    """Bytecode is code the daemon runs: a cache directory others may write to is refused,
+    the daemon runs as started, and its log says why."""
+    cache = lean.cache_dir({"XDG_CACHE_HOME": str(tmp_path)})
+    cache.mkdir(parents=True)
+    cache.chmod(0o777)
+    env = dict(quiet_home.env, XDG_CACHE_HOME=str(tmp_path))
     proc, argv = serve_ready([RELAY], env)
     try:
         assert cmdline(proc.pid)[1:] == argv
     finally:
         err = stopped(proc)
     (line,) = [line for line in err.splitlines() if '"not lean"' in line]
-    assert "PYTHONDONTWRITEBYTECODE" in line and "-OO -m compileall" in line
+    assert "is not yours alone" in line
+    assert not list(cache.rglob("*.pyc"))
+
+
+def test_closed_standard_streams_do_not_stop_it(quiet_home: RelayHome, tmp_path: Path) -> None:
+    """stdout and stderr closed at start (a review found the exec's flush of them crashed
+    ``relay serve`` there): it goes lean and serves."""
+    log = tmp_path / "relay.log"
+    read_fd, write_fd = os.pipe()
+    code = (
+        "import os, sys; os.close(1); os.close(2); "
+        "os.execv(sys.argv[1], sys.argv[1:])"  # the daemon starts with no fd 1 or 2
+    )
+    serve = [RELAY, "serve", "--ready-fd", str(write_fd), "--log-file", str(log)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *serve],
+        env=quiet_home.env,
+        stdin=subprocess.DEVNULL,
+        pass_fds=(write_fd,),
+    )
+    os.close(write_fd)
+    with open(read_fd, "rb") as pipe:
+        assert pipe.readline() == b"ready\n"
+    try:
+        assert lean.runs_lean(cmdline(proc.pid))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_an_interpreter_started_with_o_is_left_as_it_is(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``-O`` kept beside ``-OO`` made level 3, whose bytecode is never cached (a review's
+    finding): a daemon started with -O is not made lean."""
+
+    class Flags:
+        optimize = 1
+
+    monkeypatch.setattr(sys, "flags", Flags)
+    assert "started with -O" in (lean.why_not(tmp_path / "cache") or "")
 
 
 def test_the_flags_go_right_after_the_interpreter() -> None:
-    assert lean.argv(["python3", "-I", "-c", "code", "root", "serve"], "/venv/bin/python") == [
+    cache = Path("/home/u/.cache/relay/bytecode")
+    argv = ["python3", "-I", "-c", "code", "root", "serve"]
+    assert lean.argv(argv, "/venv/bin/python", cache) == [
         "/venv/bin/python",
         "-OO",
         "-X",
         "no_debug_ranges",
+        "-X",
+        f"pycache_prefix={cache}",
         "-I",
         "-c",
         "code",
         "root",
         "serve",
     ]
+    assert lean.runs_lean(lean.argv(argv, "/venv/bin/python", cache))
+    assert not lean.runs_lean(argv)
 
 
-def test_lean_where_the_bytecode_is_cached_or_can_be(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path))  # nothing cached there
-    monkeypatch.setattr(sys, "dont_write_bytecode", False)
-    assert lean.why_not() is None  # the first lean start writes it
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)
-    reason = lean.why_not()
-    assert reason is not None and "typing.py" in reason and "compileall" in reason
-    for top, inner in lean.MARKERS:  # cached: lean even where nothing may be written
-        source = lean._source(top, inner)
-        assert source is not None
-        cache = Path(importlib.util.cache_from_source(source, optimization=2))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_bytes(b"")
-    assert lean.why_not() is None
-
-
-def test_not_lean_off_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_lean_off_linux(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
-    assert "launchd" in (lean.why_not() or "")
+    assert "launchd" in (lean.why_not(tmp_path / "cache") or "")
