@@ -106,11 +106,29 @@ def _cached(cache: Path) -> bool:
             source = spec.origin
             if inner is not None:
                 source = os.path.join(os.path.dirname(source), inner)
-            if not os.path.exists(importlib.util.cache_from_source(source, optimization=2)):
+            if not _fresh(source, importlib.util.cache_from_source(source, optimization=2)):
                 return False
     finally:
         sys.pycache_prefix = before
     return True
+
+
+def _fresh(source: str, cached: str) -> bool:
+    """Whether ``cached`` is bytecode of ``source`` as it is now, as the importer judges it
+    (its header: this Python's magic number, the source's mtime and size): after an upgrade
+    of relay or Python the cache is filled again, not the daemon left to compile."""
+    try:
+        with open(cached, "rb") as f:
+            head = f.read(16)
+        st = os.stat(source)
+    except OSError:
+        return False
+    if len(head) < 16 or head[:4] != importlib.util.MAGIC_NUMBER:
+        return False
+    if int.from_bytes(head[4:8], "little"):  # checked by the source's hash: fresh as found
+        return True
+    mtime, size = int.from_bytes(head[8:12], "little"), int.from_bytes(head[12:16], "little")
+    return mtime == int(st.st_mtime) & 0xFFFFFFFF and size == st.st_size & 0xFFFFFFFF
 
 
 def _fill(cache: Path) -> str | None:

@@ -98,6 +98,26 @@ def test_a_first_start_fills_the_cache_before_it_goes_lean(
         stopped(proc)
 
 
+def test_a_stale_cache_is_filled_again(quiet_home: RelayHome, tmp_path: Path) -> None:
+    """After an upgrade (relay's or Python's) the cache holds bytecode of sources that
+    changed: the importer would compile them in the daemon. The child fills it again."""
+    env = dict(quiet_home.env, XDG_CACHE_HOME=str(tmp_path))
+    cache = lean.cache_dir(env)
+    proc, _ = serve_ready([RELAY], env)
+    stopped(proc)
+    (daemon,) = [p for p in cache.rglob("daemon.*.opt-2.pyc") if p.parent.name == "relay"]
+    head = bytearray(daemon.read_bytes())
+    head[8:12] = (int.from_bytes(head[8:12], "little") - 1).to_bytes(4, "little")
+    daemon.write_bytes(bytes(head))  # as if relay/daemon.py had changed since
+    assert not lean._fresh(str(Path(lean.__file__).with_name("daemon.py")), str(daemon))
+    proc, _ = serve_ready([RELAY], env)
+    try:
+        assert lean.runs_lean(cmdline(proc.pid))
+        assert lean._fresh(str(Path(lean.__file__).with_name("daemon.py")), str(daemon))
+    finally:
+        stopped(proc)
+
+
 def test_a_cache_another_user_could_write_is_not_used(
     quiet_home: RelayHome, tmp_path: Path
 ) -> None:
