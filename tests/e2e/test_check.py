@@ -300,20 +300,27 @@ def test_one_session_at_a_time_where_the_agent_cannot_run_launches_nothing(
     assert "MaxSessions 2 or more in the host's sshd_config" in failed["advice"], text
 
 
+def check_with_a_start_up_that_never_ends(
+    home: RelayHome, server: ThrowawaySSHD
+) -> tuple[dict[str, Any], str]:
+    """``check`` with a ~/.bashrc that waits longer than the check (2 s a wait), not
+    longer than the run (its sleep outlives the server)."""
+    (server.home / ".bashrc").write_text("sleep 60\n")
+    home.add_host("local", connect_timeout_s=2)
+    try:
+        _, answer, text = check(home)
+    finally:
+        (server.home / ".bashrc").unlink()
+    return answer, text
+
+
 def test_a_login_shell_whose_start_up_never_ends_is_named_not_maxsessions(
     home: RelayHome, server: ThrowawaySSHD
 ) -> None:
     """~/.bashrc that waits (or execs another shell that does): the session opens and its
     command never ends. A timeout is an OSError too, so check said "the server refuses a
     session ()" and sent the person to MaxSessions (a review's finding)."""
-    (server.home / ".bashrc").write_text(
-        "sleep 60\n"
-    )  # outlives the check (2 s a wait), not the run
-    home.add_host("local", connect_timeout_s=2)
-    try:
-        _, answer, _ = check(home)
-    finally:
-        (server.home / ".bashrc").unlink()
+    answer, _ = check_with_a_start_up_that_never_ends(home, server)
     failed = first_failure(answer)
     assert failed["name"] == "server", failed
     assert "did not finish within 2 s" in failed["summary"], failed
@@ -671,14 +678,7 @@ def test_one_session_at_a_time_and_a_start_up_that_never_ends_names_the_start_up
     """MaxSessions 1 and a ~/.bashrc that waits: the second session was refused, the first
     never ended, and the one tried alone was refused too, said as an error check does not
     know (a review's finding). It is the start-up that never ends."""
-    (server.home / ".bashrc").write_text(
-        "sleep 60\n"
-    )  # outlives the check (2 s a wait), not the run
-    home.add_host("local", connect_timeout_s=2)
-    try:
-        _, answer, text = check(home)
-    finally:
-        (server.home / ".bashrc").unlink()
+    answer, text = check_with_a_start_up_that_never_ends(home, server)
     failed = first_failure(answer)
     assert failed["name"] == "server", text
     assert "did not finish within 2 s" in failed["summary"], text
