@@ -6,13 +6,14 @@ It runs on what remote hosts have: Python 3.6 or later, standard library only, o
 (shipped by hookinstall.sh and proven by its sha256, as the kernel hook is). Its minimum
 version is checked by a test (vermin), and it is run under every Python the tests find.
 
-    python3 -I relayagent.py start TAG WINDOW_S      (the daemon's secret on stdin)
+    python3 -I relayagent.py start TAG WINDOW_S      (the secret on its start line)
 
 One thread, one selector: the daemon's channel (a Unix socket that sshd's
 direct-streamlocal channel connects to), one listener and one socket per link, a pipe per
 starting kernel, and a self-pipe for signals. Nothing blocks but ``which`` (a short sh).
 """
 
+import binascii
 import collections
 import errno
 import hmac
@@ -1932,14 +1933,13 @@ def start(tag, window):
     if not tag or any(c not in "0123456789abcdef" for c in tag):
         print("agent refuse tag -")
         return 1
-    secret = sys.stdin.readline().strip().encode()
     # a host's python3, not relay's: what it is written for and tested with (vermin; each one)
     if sys.version_info < (3, 6):  # noqa: UP036
         print("agent old %d.%d" % tuple(sys.version_info[:2]))
         return 0
-    if len(secret) < 32:
-        print("agent refuse secret -")
-        return 1
+    # made here, said once on the start line: the session's standard output, which only the
+    # daemon reads (docs/agent.md), never argv or a file
+    secret = binascii.hexlify(os.urandom(32))
     os.umask(0o077)
     path, dir_fd, refusal = run_dir()
     if refusal is not None:
@@ -2004,7 +2004,10 @@ def start(tag, window):
             # else it crashed on its way (a fork at the process limit): its traceback is
             # on stderr, which the daemon reads
             return 1
-        print("agent 1 %s %s %d %s %d" % (pid, sock_path, os.getuid(), check, ended))
+        print(
+            "agent 1 %s %s %s %d %s %d"
+            % (secret.decode(), pid, sock_path, os.getuid(), check, ended)
+        )
         sys.stdout.flush()
         return 0
     os.close(r)
@@ -2061,7 +2064,7 @@ def main(argv):
         except ValueError:
             window = 900.0
         return start(argv[2], window)
-    sys.stderr.write("usage: relayagent.py start TAG WINDOW_S (secret on stdin)\n")
+    sys.stderr.write("usage: relayagent.py start TAG WINDOW_S\n")
     return 2
 
 

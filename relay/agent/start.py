@@ -1,6 +1,7 @@
 """Putting a host's agent in place: its file shipped (``hookinstall.sh``, proven by its
-sha256, old versions pruned), then started once with the daemon's secret on its standard
-input (``docs/agent.md``). ``parse_start`` is pure; ``start`` is the I/O around it.
+sha256, old versions pruned) and started from it, in one exec session, so that a host's
+login is paid once; the agent makes the secret and says it on the session's standard output
+(``docs/agent.md``). ``parse_start`` is pure; ``start`` is the I/O around it.
 
 Where the agent cannot run, ``start`` says why and the host keeps today's path (sshd's
 listeners and ``supervisor.sh``): ``Unavailable``.
@@ -9,8 +10,6 @@ listeners and ``supervisor.sh``): ``Unavailable``.
 from __future__ import annotations
 
 import asyncio
-import secrets
-import shlex
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -21,20 +20,21 @@ from relay.agent.session import AgentInfo
 from relay.errors import ConnectFailed, HookInstallFailed
 from relay.settings import HostConfig
 from relay.ssh import hookfile, remote_scripts
-from relay.ssh.remote_scripts import Remote
+from relay.ssh.remote_scripts import hook_install_command
 
 __all__ = [
     "NO_OWNER_CHECK",
     "START_TIMEOUT_S",
     "Unavailable",
     "agent_file",
+    "parse_install_and_start",
     "parse_start",
     "start",
-    "start_command",
     "unwanted",
 ]
 
 START_TIMEOUT_S = 30.0
+SECRET_DIGITS = 64  # the agent's secret: 32 random bytes, in hex
 
 NO_OWNER_CHECK = "the host cannot tell who connects (no /proc/net/tcp)"
 
@@ -87,28 +87,13 @@ class Unavailable:
     reason: str
 
 
-def start_command(path: str, tag: str, window_s: float) -> Remote:
-    """The agent's start (relay.ssh.remote_scripts: any login shell); the secret follows the
-    preamble on standard input."""
-    if not tag or any(c not in "0123456789abcdef" for c in tag):
-        raise ValueError(f"agent tag must be lowercase hex, not {tag!r}")
-    return remote_scripts.script(
-        # without python3 the secret is still read to its end: a session that exits before
-        # its input is taken can leave the sender waiting (seen: the start never returned)
-        "command -v python3 >/dev/null 2>&1 || { cat >/dev/null; echo agent none; exit 0; }; "
-        # the path in the script, which only /bin/sh reads: any home directory's name will do
-        f'exec python3 -I {shlex.quote(path)} start "$1" "$2"',
-        tag,
-        str(max(1, round(window_s))),
-    )
-
-
 def parse_start(
     host: str, exit_status: int | None, stdout: str, stderr: str = ""
-) -> AgentInfo | Unavailable:
-    """The start line (``agent 1 PID SOCKPATH UID CHECK ENDED``), or why there is none (a
-    crash says it on stderr: its last line, the exception); ConnectFailed if the session was
-    cut off with its connection (no exit status)."""
+) -> tuple[AgentInfo, str] | Unavailable:
+    """The start line (``agent 1 SECRET PID SOCKPATH UID CHECK ENDED``): what the agent said,
+    and its secret; or why there is none (a crash says it on stderr: its last line, the
+    exception). ConnectFailed if the session was cut off with its connection (no exit
+    status). No message quotes a start line: it holds the secret."""
     if exit_status is None:
         raise ConnectFailed(f"the SSH connection to {host} was lost while relay's agent started")
     line = next((ln for ln in stdout.splitlines() if ln.startswith("agent ")), "")
@@ -120,41 +105,77 @@ def parse_start(
     why, _, path = rest.partition(" ")  # a path as it is: TMPDIR may hold a space
     if kind == "refuse" and why in _REFUSALS and path:
         return Unavailable(_REFUSALS[why].format(path=path))
+    secret, _, rest = rest.partition(" ")
     pid, _, rest = rest.partition(" ")
     words = [pid, *rest.rsplit(" ", 3)]  # PID SOCKPATH UID CHECK ENDED; SOCKPATH as it is
-    if kind == "1" and len(words) == 5 and all(w.isdigit() for w in (words[0], words[2])):
+    if (
+        kind == "1"
+        and len(secret) == SECRET_DIGITS
+        and all(c in "0123456789abcdef" for c in secret)
+        and len(words) == 5
+        and all(w.isdigit() for w in (words[0], words[2]))
+    ):
         pid, sock, uid, check, ended = words
-        return AgentInfo(int(pid), sock, int(uid), check == "proc", int(ended or 0))
+        return AgentInfo(int(pid), sock, int(uid), check == "proc", int(ended or 0)), secret
     last_words = stderr.strip().splitlines()[-1:] or [""]
-    said = line or stdout.strip()[:80] or last_words[0].strip()[:160] or "nothing"
+    if kind == "1":
+        said = "agent 1 ..."  # the rest may be the secret
+    else:
+        said = line or stdout.strip()[:80] or last_words[0].strip()[:160] or "nothing"
     return Unavailable(f"relay's agent did not start (exit {exit_status}, said {said!r})")
+
+
+def parse_install_and_start(
+    host: str,
+    exit_status: int | None,
+    stdout: bytes,
+    stderr: bytes = b"",
+    file: hookfile.HookFile | None = None,
+) -> tuple[AgentInfo, str] | Unavailable:
+    """The one session's output (``start``): the installer's answer and the bytes of
+    ``file`` (the agent's), then the agent's start line; or why the agent cannot run."""
+    for line in stdout.splitlines()[: hookfile.CHATTER_LINES]:
+        if line.split(b" ", 1)[0] in (b"ok", b"refuse"):
+            break
+        if line == b"agent none":  # no python3: nothing was installed
+            return Unavailable(f"no python3 on {host}'s PATH")
+    try:
+        _, rest = hookfile.parse_answer_before(host, file or agent_file(), exit_status, stdout)
+    except HookInstallFailed as exc:
+        return Unavailable(exc.message)
+    return parse_start(
+        host, exit_status, rest.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+    )
 
 
 async def start(
     conn: asyncssh.SSHClientConnection, host: str, tag: str, window_s: float
 ) -> tuple[AgentInfo, str] | Unavailable:
-    """The agent's file installed and the agent started: what it said, and its secret."""
-    try:
-        path = await hookfile.install(conn, host, agent_file())
-    except HookInstallFailed as exc:
-        return Unavailable(exc.message)
-    secret = secrets.token_hex(32)
+    """The agent's file installed and the agent started from it, in one session: what it
+    said, and its secret."""
+    agent = agent_file()
+    remote = hook_install_command(agent.version, agent.name, agent=(tag, window_s))
     try:
         async with asyncio.timeout(START_TIMEOUT_S):  # the input's delivery included
-            result = await remote_scripts.run(
-                conn,
-                start_command(path, tag, window_s),
-                secret + "\n",
-                check=False,
-                timeout=START_TIMEOUT_S,
+            result = await remote_scripts.session(
+                lambda: conn.run(
+                    remote.command,
+                    input=remote.preamble + agent.data,
+                    encoding=None,
+                    check=False,
+                    timeout=START_TIMEOUT_S,
+                )
             )
     except (asyncssh.TimeoutError, TimeoutError):
         return Unavailable(f"relay's agent did not start within {START_TIMEOUT_S:g} s")
     except asyncssh.ChannelOpenError as exc:
         return Unavailable(f"the server refused a session for relay's agent ({exc.reason})")
-    stdout = result.stdout if isinstance(result.stdout, str) else ""
-    stderr = result.stderr if isinstance(result.stderr, str) else ""
-    started = parse_start(host, result.exit_status, stdout, stderr)
-    if isinstance(started, Unavailable):
-        return started
-    return started, secret
+    except (asyncssh.Error, OSError) as exc:
+        if conn.is_closed():  # not the host's doing: the launch that waits says so
+            raise ConnectFailed(
+                f"the SSH connection to {host} was lost while relay's agent started"
+            ) from None
+        return Unavailable(f"the session that starts relay's agent failed ({exc})")
+    stdout = result.stdout if isinstance(result.stdout, bytes) else b""
+    stderr = result.stderr if isinstance(result.stderr, bytes) else b""
+    return parse_install_and_start(host, result.exit_status, stdout, stderr)

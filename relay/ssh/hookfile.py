@@ -23,7 +23,14 @@ from relay.errors import ConnectFailed, HookInstallFailed, RelayError, host_head
 from relay.ssh.remote_scripts import hook_install_command, session
 from relay.tasks import TaskSet
 
-__all__ = ["INIT_FILE", "HookFile", "Installer", "install", "parse_answer"]
+__all__ = [
+    "INIT_FILE",
+    "HookFile",
+    "Installer",
+    "install",
+    "parse_answer",
+    "parse_answer_before",
+]
 
 INIT_FILE = "RelayKernelInit.wl"
 INSTALL_TIMEOUT_S = 30.0
@@ -66,9 +73,24 @@ class HookFile:
 def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: bytes) -> str:
     """The installed file's remote path, from ``hookinstall.sh``'s exit status and output;
     ``HookInstallFailed`` with one actionable line otherwise."""
+    return _parse(host, hook, exit_status, *_answer(stdout))
+
+
+def parse_answer_before(
+    host: str, hook: HookFile, exit_status: int | None, stdout: bytes
+) -> tuple[str, bytes]:
+    """``parse_answer`` for an install that more output follows in the same session (relay's
+    agent, started from the file just installed): the path, and what followed the file's
+    bytes. The exit status is then the last command's, so the "ok" line is the install's."""
+    head, body = _answer(stdout)
+    size = len(hook.data)
+    installed = head.split(b" ", 1)[0] == b"ok"
+    return _parse(host, hook, 0 if installed else exit_status, head, body[:size]), body[size:]
+
+
+def _parse(host: str, hook: HookFile, exit_status: int | None, head: bytes, body: bytes) -> str:
     if exit_status is None:  # neither an exit status nor a signal: cut off with the connection
         raise _lost(host, hook)
-    head, body = _answer(stdout)
     line = head.decode("utf-8", "replace")
     words = line.split(" ", 2)
     why: str

@@ -5,9 +5,13 @@
 # Every sshd that can run relay's supervisor can run this.
 #
 # Arguments: $1 VERSION (hex: the first 16 digits of the file's sha256), $2 the file's NAME,
-# $3 how many days an unused version directory is kept.
+# $3 how many days an unused version directory is kept; for relay's agent (docs/agent.md),
+# then "agent", its TAG (hex) and WINDOW_S: the file installed is then started, in this same
+# session, so that a host's login (a slow ~/.bashrc, module loads) is paid once, not twice.
 # Output, on success:  "ok PATH" on one line, then the installed file's bytes, which the daemon
-#                      hashes: the file is proven by its content, not by this script's word.
+#                      hashes: the file is proven by its content, not by this script's word;
+#                      for the agent, then its start line (agent 1 ...), or "agent none" alone
+#                      where there is no python3 (nothing installed).
 #          otherwise:  "refuse REASON PATH" (REASON: nohome, symlink, notdir, notmine, writable,
 #                      notfile, nowrite) and exit 1; nothing outside
 #                      ~/.cache/relay is touched (but ~/.cache is made if missing).
@@ -25,6 +29,12 @@ umask 077;
 case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $2 in *[!A-Za-z0-9.]*|"") exit 96 ;; esac;
 case $3 in *[!0-9]*|"") exit 96 ;; esac;
+case $4 in
+  "") ;;
+  agent) case $5 in *[!0-9a-f]*|"") exit 96 ;; esac; case $6 in *[!0-9]*|"") exit 96 ;; esac;
+    command -v python3 >/dev/null 2>&1 || { cat >/dev/null; echo "agent none"; exit 0; } ;;
+  *) exit 96 ;;
+esac;
 no() { echo "refuse $1 $2"; cat >/dev/null; exit 1; };
 test -n "$HOME" && test -d "$HOME" || no nohome "${HOME:--}";
 r=$HOME/.cache/relay;
@@ -57,4 +67,5 @@ for f in "$v"/*.part; do
   test -f "$f" && test ! -L "$f" && test -n "$(find "$f" -prune -mmin +10 2>/dev/null)" && rm -f "$f";
 done;
 echo "ok $t";
-cat "$t"
+cat "$t";
+test -z "$4" || exec python3 -I "$t" start "$5" "$6";

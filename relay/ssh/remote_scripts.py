@@ -132,11 +132,24 @@ def remote_command(tag: str, *, end_stale: bool = True, stale_after_s: int = 60)
     return _command("supervisor.sh", tag, mode, str(int(stale_after_s)))
 
 
-def hook_install_command(version: str, name: str, keep_days: int = HOOK_KEEP_DAYS) -> Remote:
+def hook_install_command(
+    version: str,
+    name: str,
+    keep_days: int = HOOK_KEEP_DAYS,
+    *,
+    agent: tuple[str, float] | None = None,
+) -> Remote:
     """The hook installer, with ``VERSION NAME KEEP_DAYS``; the file's bytes follow the
-    preamble on standard input."""
+    preamble on standard input. ``agent``: (TAG, WINDOW_S), for relay's agent, which the
+    installer then starts from the file it installed (``agent TAG WINDOW_S``)."""
     if not version or any(c not in "0123456789abcdef" for c in version):
         raise ValueError(f"hook version must be lowercase hex, not {version!r}")
     if not name or not all(c.isascii() and (c.isalnum() or c == ".") for c in name):
         raise ValueError(f"hook file name must be letters, digits and dots, not {name!r}")
-    return _command("hookinstall.sh", version, name, str(int(keep_days)))
+    args = [version, name, str(int(keep_days))]
+    if agent is not None:
+        tag, window_s = agent
+        if not tag or any(c not in "0123456789abcdef" for c in tag):
+            raise ValueError(f"agent tag must be lowercase hex, not {tag!r}")
+        args += ["agent", tag, str(max(1, round(window_s)))]
+    return _command("hookinstall.sh", *args)

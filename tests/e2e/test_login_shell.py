@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
+from relay.agent.start import agent_file
 from relay.sim.sshd import ThrowawaySSHD
+from relay.ssh.hookfile import HookFile
 from tests.conftest import RelayHome, installed
 from tests.e2e.helpers import controller
 from tests.e2e.test_check import by_name, check
@@ -159,3 +161,21 @@ def test_relay_check_advises_the_login_shells_own_quiet_start_up(
         status, answer, text = check(home)
     assert status == 0, text
     assert advice in by_name(answer)["remote host"]["advice"], text
+
+
+async def test_a_slow_login_is_paid_once_for_the_agent(home: RelayHome) -> None:
+    """Each session pays the host's login (~/.bashrc: module loads, a 3 s one measured):
+    the agent's file is installed and the agent started from it in one session, where two
+    made a slow login count twice before the first kernel. Each login writes down its
+    command here, and the agent's words come in one session alone."""
+    with own_sshd(home) as running:
+        logins = running.home / "logins"
+        (running.home / ".bashrc").write_text(f'echo "$BASH_EXECUTION_STRING" >>{logins}\n')
+        await launch_with_dynamic(home, running, "on")
+        sessions = sorted(line.split("' relay ", 1)[1] for line in logins.read_text().splitlines())
+    agent, hook = agent_file(), HookFile.packaged()
+    assert sorted(session.split()[:3] for session in sessions) == sorted(
+        [[agent.version, agent.name, "30"], [hook.version, hook.name, "30"]]
+    ), sessions  # the agent's install and start, and the kernel hook's install
+    (started,) = (session.split() for session in sessions if agent.name in session)
+    assert started[3] == "agent" and started[5] == "900", sessions

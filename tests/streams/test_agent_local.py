@@ -163,7 +163,6 @@ class Agent:
     ) -> None:
         """``files``: the agent's limit on open files, soft and hard (a host's ulimit -n).
         ``prelude``: Python run first in the agent's process (``start_patched``'s way)."""
-        self.secret = secrets.token_hex(32)
         env = dict(os.environ, TMPDIR=str(run))
 
         def limited() -> None:
@@ -175,7 +174,7 @@ class Agent:
             argv[2:3] = ["-c", patched(prelude, tag, window_s)]
         done = subprocess.run(
             argv,
-            input=self.secret + "\n",
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             env=env,
@@ -183,7 +182,9 @@ class Agent:
             preexec_fn=limited if files is not None else None,
         )
         self.said = done.stdout
-        self.info = parse_start("here", done.returncode, done.stdout, done.stderr)
+        started = parse_start("here", done.returncode, done.stdout, done.stderr)
+        self.info: AgentInfo | Unavailable
+        self.info, self.secret = started if isinstance(started, tuple) else (started, "")
         self.window_s = window_s
         self.recv: dict[int, int] = {0: 0}  # what this "daemon" took in, per stream
         self.lines: list[str] = []
@@ -584,6 +585,33 @@ def test_a_link_held_at_the_limit_is_read_again_only_once_half_is_acknowledged(
     agent.goodbye()
 
 
+def test_the_secret_is_the_agents_own_said_once_on_its_start_line(run: Path) -> None:
+    """The agent makes its secret (32 random bytes, one per start) and says it only on its
+    start line, which the session's standard output carries to the daemon: not in argv, not
+    in a file of its own, and no message of relay's quotes a start line it cannot read."""
+    first, second = Agent(sys.executable, run, "c1"), Agent(sys.executable, run, "c2")
+    try:
+        for agent in (first, second):
+            assert re.fullmatch("[0-9a-f]{64}", agent.secret), agent.said
+            assert agent.secret not in Path(f"/proc/{agent.pid}/cmdline").read_text()
+            assert isinstance(agent.info, AgentInfo), agent.said
+            directory = Path(agent.info.socket).parent
+            for path in directory.iterdir():
+                if path.is_file():
+                    assert agent.secret not in path.read_text(errors="replace"), path
+        assert first.secret != second.secret
+        first.goodbye()  # attached first: the daemon's side proves the secret it was told
+    finally:
+        for agent in (first, second):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(agent.pid, signal.SIGTERM)
+            wait_gone(agent.pid)
+    line = f"agent 1 {'ab' * 32} 42 /tmp/x.sock 0 proc"  # a field short
+    refused = parse_start("h", 0, line + "\n")
+    assert isinstance(refused, Unavailable) and "ab" * 4 not in refused.reason, refused
+    assert refused.reason == "relay's agent did not start (exit 0, said 'agent 1 ...')"
+
+
 def test_a_start_cut_off_with_its_connection_is_a_lost_connection() -> None:
     """No exit status: the connection was lost while the agent started, which says nothing
     of the host (the next connection starts it), not a host where it cannot run."""
@@ -617,11 +645,17 @@ def patched(prelude: str, tag: str, window_s: float = 60) -> str:
     )
 
 
+def info(started: tuple[AgentInfo, str] | Unavailable, said: object) -> AgentInfo:
+    """What a start that worked said (its secret aside)."""
+    assert isinstance(started, tuple), said
+    return started[0]
+
+
 def start_patched(run: Path, tag: str, prelude: str) -> subprocess.CompletedProcess[str]:
     """The agent's start in this Python after ``prelude`` (``patched``)."""
     return subprocess.run(
         [sys.executable, "-I", "-c", patched(prelude, tag)],
-        input=secrets.token_hex(32) + "\n",
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         env=dict(os.environ, TMPDIR=str(run)),
@@ -645,8 +679,7 @@ def test_a_crash_after_the_start_line_is_written_down(run: Path) -> None:
     """A crash once the start has been reported (here: os.set_blocking gone, as on 3.4) is
     written to TAG.err in the run directory, and the agent's socket and pid file go."""
     done = start_patched(run, "a8", "import os; del os.set_blocking")
-    started = parse_start("h", done.returncode, done.stdout, done.stderr)
-    assert isinstance(started, AgentInfo), done
+    started = info(parse_start("h", done.returncode, done.stdout, done.stderr), done)
     err = Path(started.socket).with_suffix(".err")
     deadline = time.monotonic() + BOUND_S
     while not (err.exists() and not Path(started.socket).exists()):
@@ -686,8 +719,7 @@ def test_a_socket_name_an_old_agent_takes_back_meanwhile_is_taken_again(run: Pat
         "socket.socket.bind = _bind_once_raced"
     )
     done = start_patched(run, "b3", prelude)
-    started = parse_start("h", done.returncode, done.stdout, done.stderr)
-    assert isinstance(started, AgentInfo), done
+    started = info(parse_start("h", done.returncode, done.stdout, done.stderr), done)
     os.kill(started.pid, signal.SIGTERM)
     wait_gone(started.pid)
 

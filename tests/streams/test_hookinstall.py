@@ -4,6 +4,7 @@ and ``parse_answer``, which proves what it wrote by its hash."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ import asyncssh
 import pytest
 import structlog
 
+from relay.agent.session import AgentInfo
+from relay.agent.start import Unavailable, agent_file, parse_install_and_start
 from relay.errors import ConnectFailed, HookInstallFailed
 from relay.ssh import hookfile
 from relay.ssh.hookfile import HookFile, parse_answer
@@ -34,10 +37,15 @@ OLD = time.time() - (HOOK_KEEP_DAYS + 5) * 86400
 
 
 def run(
-    shell: str, home: Path, hook: HookFile = HOOK, keep_days: int = HOOK_KEEP_DAYS
+    shell: str,
+    home: Path,
+    hook: HookFile = HOOK,
+    keep_days: int = HOOK_KEEP_DAYS,
+    then: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[bytes]:
     script = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
     argv = [*script, one_line("hookinstall.sh"), "relay", hook.version, hook.name, str(keep_days)]
+    argv += then
     env = {"PATH": os.environ["PATH"], "HOME": str(home)}
     return subprocess.run(argv, input=hook.data, capture_output=True, env=env, timeout=60)
 
@@ -73,6 +81,34 @@ def test_installs_private_and_proven(shell: str, tmp_path: Path) -> None:
     first = path.stat().st_ino
     assert install(shell, tmp_path) == path  # once more: the same content is left alone
     assert path.stat().st_ino == first
+
+
+def test_the_agent_is_started_from_what_was_installed_or_not_at_all(
+    shell: str, tmp_path: Path
+) -> None:
+    """``agent TAG WINDOW_S``: the file installed is started (python3 -I FILE start TAG
+    WINDOW_S), in the same session; a refusal starts nothing, and says why."""
+    line = "agent 1 %s 7 /run/a b.sock 1000 proc 0" % ("cd" * 32)
+    agent = dataclasses.replace(
+        agent_file(),
+        data=b"import sys\n"
+        b"assert sys.flags.isolated and sys.argv[1:] == ['start', '00ff', '900'], sys.argv\n"
+        + f"print({line!r})\n".encode(),
+    )
+    done = run(shell, tmp_path, agent, then=("agent", "00ff", "900"))
+    started = parse_install_and_start("h", done.returncode, done.stdout, done.stderr, agent)
+    assert started == (AgentInfo(7, "/run/a b.sock", 1000, True, 0), "cd" * 32), done
+    (tmp_path / ".cache" / "relay").chmod(0o777)
+    done = run(shell, tmp_path, agent, then=("agent", "00ff", "900"))
+    refused = parse_install_and_start("h", done.returncode, done.stdout, done.stderr, agent)
+    assert refused == Unavailable(
+        f"cannot install relay's agent on h: {tmp_path}/.cache/relay is writable by others "
+        f"(chmod go-w {tmp_path}/.cache/relay); kernels there end with their connection (set "
+        "resume_window_s = 0 in [hosts.h] to say so and not try)"
+    ), done
+    assert b"agent 1" not in done.stdout
+    assert run(shell, tmp_path, agent, then=("agent", "0x", "900")).returncode == 96
+    assert run(shell, tmp_path, agent, then=("start",)).returncode == 96
 
 
 def test_a_damaged_copy_is_replaced(shell: str, tmp_path: Path) -> None:
@@ -195,6 +231,11 @@ def test_the_command_is_the_bootstrap_and_checks_its_words() -> None:
         hook_install_command("x; rm -rf ~", HOOK.name)
     with pytest.raises(ValueError, match="letters"):
         hook_install_command(HOOK.version, "../x y")
+    agent = hook_install_command(HOOK.version, HOOK.name, agent=("00ff", 899.6))
+    assert agent.command == f"{remote.command} agent 00ff 900"
+    assert agent.preamble == remote.preamble  # one script: the words say what it does
+    with pytest.raises(ValueError, match="hex"):
+        hook_install_command(HOOK.version, HOOK.name, agent=("00ff; rm -rf ~", 900))
 
 
 class _Conn:

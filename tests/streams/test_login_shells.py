@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from relay.agent.session import AgentInfo
-from relay.agent.start import Unavailable, parse_start, start_command
+from relay.agent.start import parse_install_and_start
 from relay.check import HOST_PROBE, PLACE_PROBE, ROUND_TRIP_PROBE, SOCKET_LINE, SOCKET_PROBE
 from relay.checkview import parse_probe
 from relay.ssh import remote_scripts
@@ -112,11 +112,20 @@ def test_what_reads_a_scripts_output_gets_past_a_title_with_no_newline(tmp_path:
     out = run_after_a_title(remote_command("00ff", stale_after_s=3600), b"ping p1\n")
     events = [event for line in out.splitlines() if (event := parse_line(line))]
     assert [event.kind for event in events] == ["hello", "pong"], out
-    agent = tmp_path / "relayagent.py"
-    agent.write_text("import sys\nsys.stdin.readline()\nprint('agent 1 42 /tmp/x.sock 0 proc 0')\n")
-    out = run_after_a_title(start_command(str(agent), "00ff", 900), b"ab" * 32 + b"\n")
-    started = parse_start("h", 0, out)
-    assert not isinstance(started, Unavailable) and started.pid == 42, (started, out)
+    agent = HookFile("relayagent.py", STAND_IN)
+    remote = hook_install_command(agent.version, agent.name, agent=("00ff", 900))
+    out = run_after_a_title(remote, agent.data, {**os.environ, "HOME": str(tmp_path)})
+    started = parse_install_and_start("h", 0, out.encode(), file=agent)
+    assert isinstance(started, tuple) and started[0].pid == 42, (started, out)
+
+
+# relayagent.py's stand-in: its start line, if its words are the ones relay gives it
+STAND_IN = (
+    b"import sys\n"
+    b"ok = sys.argv[1:] == ['start', '00ff', '900'] and sys.flags.isolated\n"
+    b"line = 'agent 1 %s 42 /tmp/x.sock 0 proc 0' % ('ab' * 32)\n"
+    b"print(line if ok else 'agent wrong %r' % sys.argv)\n"
+)
 
 
 def test_the_supervisor_says_hello_and_answers(login_shell: str) -> None:
@@ -133,37 +142,36 @@ def test_the_supervisor_says_hello_and_answers(login_shell: str) -> None:
 
 
 def test_the_agents_start_where_there_is_no_python3(login_shell: str, tmp_path: Path) -> None:
-    """The command and its secret, with python3 off the PATH (the agent itself is started
-    through sshd in tests/e2e/test_login_shell.py)."""
+    """The command and the agent's file, with python3 off the PATH: nothing installed, and
+    the input read to its end (the agent itself is started through sshd in
+    tests/e2e/test_login_shell.py)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("cat", "sh"):
         (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
-    env = {**os.environ, "PATH": str(bin_dir)}
-    remote = start_command(str(tmp_path / "relayagent.py"), "00ff", 900)
-    out = run(login_shell, remote, b"0" * 64 + b"\n", env).decode()
-    assert "no python3" in str(parse_start("h", 0, out))
+    env = {**os.environ, "PATH": str(bin_dir), "HOME": str(tmp_path)}
+    agent = HookFile("relayagent.py", STAND_IN)
+    remote = hook_install_command(agent.version, agent.name, agent=("00ff", 900))
+    out = run(login_shell, remote, agent.data, env)
+    assert "no python3" in str(parse_install_and_start("h", 0, out, file=agent))
+    assert not (tmp_path / ".cache").exists()
 
 
-def test_the_agents_start_hands_it_its_words_and_the_secret(
+def test_the_agent_is_installed_and_started_in_one_session(
     login_shell: str, tmp_path: Path
 ) -> None:
-    """A stand-in for relayagent.py, in a home whose name no login shell would read back
-    from a command line (it is in the script, which only /bin/sh reads)."""
+    """The installer starts the file it installed, with its words (and -I), where the login
+    shell would not read the home's name back from a command line: the path is the
+    installer's, which only /bin/sh reads. A slow login is paid once, not twice."""
     home = tmp_path / "it's a home!"
     home.mkdir()
-    agent = home / "relayagent.py"
-    agent.write_text(
-        "import sys\n"
-        "secret = sys.stdin.readline().strip()\n"
-        "ok = sys.argv[1:] == ['start', '00ff', '900'] and secret == 'ab' * 32\n"
-        "print('agent 1 42 /tmp/x.sock 0 proc 0' if ok else 'agent wrong %r' % sys.argv)\n"
-    )
-    remote = start_command(str(agent), "00ff", 900)
-    out = run(login_shell, remote, b"ab" * 32 + b"\n").decode()
-    started = parse_start("h", 0, out)
-    assert not isinstance(started, Unavailable), (started, out)
-    assert started.pid == 42
+    agent = HookFile("relayagent.py", STAND_IN)
+    remote = hook_install_command(agent.version, agent.name, agent=("00ff", 900))
+    out = run(login_shell, remote, agent.data, {**os.environ, "HOME": str(home)})
+    started = parse_install_and_start("h", 0, out, file=agent)
+    assert isinstance(started, tuple), (started, out)
+    assert started == (AgentInfo(42, "/tmp/x.sock", 0, True, 0), "ab" * 32)
+    assert (home / ".cache" / "relay" / agent.version / agent.name).read_bytes() == STAND_IN
 
 
 def test_relay_checks_probes(login_shell: str, tmp_path: Path) -> None:
