@@ -10,6 +10,7 @@ listeners and ``supervisor.sh``): ``Unavailable``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -149,23 +150,30 @@ def parse_install_and_start(
 
 
 async def start(
-    conn: asyncssh.SSHClientConnection, host: str, tag: str, window_s: float
+    conn: asyncssh.SSHClientConnection,
+    host: str,
+    tag: str,
+    window_s: float,
+    opened: Callable[[], object] | None = None,
 ) -> tuple[AgentInfo, str] | Unavailable:
     """The agent's file installed and the agent started from it, in one session: what it
-    said, and its secret."""
+    said, and its secret. ``opened`` is called once the server has given that session (the
+    host's login runs from then on): what else needs a session may open one beside it, and
+    a server of one session at a time has given this one first."""
     agent = agent_file()
     remote = hook_install_command(agent.version, agent.name, agent=(tag, window_s))
+
+    async def run() -> asyncssh.SSHCompletedProcess:
+        process = await conn.create_process(
+            remote.command, input=remote.preamble + agent.data, encoding=None
+        )
+        if opened is not None:
+            opened()
+        return await process.wait(check=False, timeout=START_TIMEOUT_S)
+
     try:
         async with asyncio.timeout(START_TIMEOUT_S):  # the input's delivery included
-            result = await remote_scripts.session(
-                lambda: conn.run(
-                    remote.command,
-                    input=remote.preamble + agent.data,
-                    encoding=None,
-                    check=False,
-                    timeout=START_TIMEOUT_S,
-                )
-            )
+            result = await remote_scripts.session(run)
     except (asyncssh.TimeoutError, TimeoutError):
         return Unavailable(f"relay's agent did not start within {START_TIMEOUT_S:g} s")
     except asyncssh.ChannelOpenError as exc:

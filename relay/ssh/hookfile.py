@@ -180,16 +180,22 @@ class Installer:
         self._installed: tuple[asyncssh.SSHClientConnection, asyncio.Future[str]] | None = None
         self._log = structlog.get_logger("relay.host").bind(host=host)
 
-    def prefetch(self, conn: asyncssh.SSHClientConnection) -> asyncio.Task[None]:
-        """Install ahead, for the launches to come (they report a failure)."""
-        return self._tasks.spawn(self._prefetch(conn), name=f"init:{self._host}")
+    def prefetch(
+        self, conn: asyncssh.SSHClientConnection, *, quiet: bool = False
+    ) -> asyncio.Task[None]:
+        """Install ahead, for the launches to come (they report a failure). ``quiet``: a
+        failure is not logged as a warning, for a prefetch that another follows (the one
+        beside the agent's start, which a server of one session at a time refuses)."""
+        return self._tasks.spawn(self._prefetch(conn, quiet), name=f"init:{self._host}")
 
-    async def _prefetch(self, conn: asyncssh.SSHClientConnection) -> None:
+    async def _prefetch(self, conn: asyncssh.SSHClientConnection, quiet: bool) -> None:
         try:
             await self.path(conn)
         except RelayError as exc:  # a launch that needs it tries again and reports it
             if conn.is_closed():  # the connection's end is the news (a stop, a loss)
                 self._log.info("kernel hook not installed: its connection ended first")
+            elif quiet:
+                self._log.info("kernel hook not installed ahead", error=exc.message)
             else:
                 self._log.warning("kernel hook not installed", error=exc.message)
 

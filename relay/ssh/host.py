@@ -764,7 +764,14 @@ class HostSession:
     async def _start_agent(
         self, conn: asyncssh.SSHClientConnection, cfg: HostConfig
     ) -> AgentSession | None:
-        started = await agent_start.start(conn, self.key, self.tag, cfg.resume_window_s)
+        # the kernel hook's install (for controllers) beside the agent's start, not after it:
+        # each session pays the host's login, which may take seconds; beside it, so that a
+        # server of one session at a time gives the agent's first (Live._begin installs the
+        # hook again where that refused it)
+        opened = (lambda: self._hook.prefetch(conn, quiet=True)) if cfg.dynamic else None
+        started = await agent_start.start(
+            conn, self.key, self.tag, cfg.resume_window_s, opened=opened
+        )
         if isinstance(started, agent_start.Unavailable):
             self.agent_unavailable = started.reason
             self._log.warning("kernels here end with their connection", reason=started.reason)

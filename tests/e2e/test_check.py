@@ -19,7 +19,7 @@ from relay.sim.sshd import ThrowawaySSHD, _free_port, _keygen
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, start_daemon
 from tests.e2e.helpers import controller
 from tests.e2e.test_openssh import alias
-from tests.e2e.test_resume import without_python3
+from tests.e2e.test_resume import status_of, without_python3
 
 pytestmark = pytest.mark.sshd
 
@@ -258,6 +258,10 @@ async def test_a_server_of_one_session_at_a_time_launches_through_the_agent_and_
     async with start_daemon(home), controller(home) as fe:
         kl = await fe.link.accept(60)
         assert await kl.echo(b"one session") == b"one session"
+        # the agent's session given first, the kernel hook's install, begun beside it and
+        # refused, made once the agent ran (a controller loads the hook: its -initfile)
+        assert (await status_of(home))["resume"]["state"] == "on"
+        assert kl.hello["initfile"], kl.hello
         loop = asyncio.get_running_loop()
         status, answer, text = await loop.run_in_executor(None, check, home)
         assert status == 0, text

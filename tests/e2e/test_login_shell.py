@@ -179,3 +179,21 @@ async def test_a_slow_login_is_paid_once_for_the_agent(home: RelayHome) -> None:
     ), sessions  # the agent's install and start, and the kernel hook's install
     (started,) = (session.split() for session in sessions if agent.name in session)
     assert started[3] == "agent" and started[5] == "900", sessions
+
+
+async def test_the_kernel_hook_is_installed_beside_the_agents_start(home: RelayHome) -> None:
+    """A controller waits for the kernel hook's install, a session of its own: begun once
+    the agent's session is open, not after the agent started, so the two logins overlap.
+    Each login here waits (10 s at most) until two have begun, and says whether they met."""
+    with own_sshd(home) as running:
+        begun, met = running.home / "begun", running.home / "met"
+        (running.home / ".bashrc").write_text(
+            f'echo "$BASH_EXECUTION_STRING" >>{begun}\n'
+            f'i=0; while test "$(wc -l <{begun})" -lt 2 && test $i -lt 100; do\n'
+            f"  sleep 0.1; i=$((i + 1))\ndone\n"
+            f'test "$(wc -l <{begun})" -ge 2 && echo "$BASH_EXECUTION_STRING" >>{met}\n'
+        )
+        await launch_with_dynamic(home, running, "on")
+        first = begun.read_text().splitlines()[0]
+        assert agent_file().name in first, first  # the agent's session was given first
+        assert first in met.read_text().splitlines(), (begun.read_text(), met.read_text())
