@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from relay.agent import start as agent_start
-from relay.checkview import Result, State, after_chatter, chatter, origin_words, parse_probe
+from relay.checkview import (
+    Result,
+    State,
+    after_chatter,
+    chatter,
+    login_seconds,
+    origin_words,
+    parse_probe,
+)
 from relay.clock import duration, moment
 from relay.errors import HostKeyChanged, RelayError
 from relay.hostspec import HostSpec, HostSpecError
@@ -52,6 +60,9 @@ STEP_TIMEOUT_S = 30.0  # no check waits longer; most take a round trip or two
 KERNEL_TIMEOUT_S = 20.0  # `KERNEL -version`: a licence check may take a while
 PROBE_GONE_S = 5.0  # a probe told to go, waited for at most this long
 MIN_FREE_KB = 10 * 1024  # the hook and the supervisor's files are a few kB
+# a login (the start-up files of the account's shell) this slow is said: each new
+# connection's first kernel waits for one, and the Parallel package waits 15 s for a kernel
+SLOW_LOGIN_S = 3.0
 AUTH_METHODS_KWARGS = {"port", "username", "tunnel", "proxy_command", "config"}
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk", "id_dsa")
 
@@ -60,6 +71,11 @@ DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_e
 HOST_PROBE = "; ".join(
     [
         "echo sh=ok",
+        # first, the login's cost: this process's start (sshd's child, the login shell's
+        # and then /bin/sh's by exec) against the clock now (checkview.login_seconds)
+        "test -r /proc/$$/stat && test -r /proc/uptime && read -r x </proc/$$/stat && "
+        "x=${x##*) } && set -- $x && read -r u y </proc/uptime && "
+        'echo "login=${20} $u $(getconf CLK_TCK 2>/dev/null)"',
         'echo "login_shell=${SHELL##*/}"',
         "command -v mktemp >/dev/null 2>&1 && echo mktemp=ok || echo mktemp=missing",
         "command -v bash >/dev/null 2>&1 && echo bash=ok || echo bash=missing",
@@ -657,6 +673,18 @@ class Checker:
                 f"rsync fail on it; print only in interactive shells "
                 f"({QUIET_START_UP.get(probe.get('login_shell', ''), QUIET_START_UP['bash'])})"
             )
+        login_s = login_seconds(probe)
+        if login_s is not None:
+            show["login"] = f"{login_s * 1000:.0f} ms before each command"
+            if login_s >= SLOW_LOGIN_S:
+                shell = probe.get("login_shell", "")
+                notes.append(
+                    f"the login takes {login_s:.1f} s before each command (the shell's "
+                    f"start-up files): a new connection's first kernel waits for it; keep "
+                    f"what is slow (module loads, conda) to interactive shells "
+                    f"({QUIET_START_UP.get(shell, QUIET_START_UP['bash'])}), or run `relay "
+                    f"connect {self.name}` ahead of the launches"
+                )
         if probe.get("proc") != "ok":
             notes.append(
                 "no /proc/net/tcp: relay cannot tell who connects to a link; launches fail "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Result", "origin_words", "parse_probe", "render", "verdict"]
+__all__ = ["Result", "login_seconds", "origin_words", "parse_probe", "render", "verdict"]
 
 State = Literal["ok", "warn", "fail", "skip"]
 MARKS: dict[str, str] = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "--  "}
@@ -97,3 +97,20 @@ def parse_probe(text: str) -> dict[str, str]:
         if sep and key.isidentifier():
             found[key] = value.strip()
     return found
+
+
+def login_seconds(probe: dict[str, str]) -> float | None:
+    """How long the probe's session took from its process's start to the probe's first
+    command: the login shell's start-up files (``login=STARTED UPTIME HZ``: the process's
+    start in clock ticks since boot, /proc/$$/stat's field 22, /proc/uptime's seconds, and
+    the ticks per second). The process is sshd's child for the session, which the login
+    shell and then /bin/sh replaced (relay.ssh.remote_scripts.BOOTSTRAP: exec): so neither
+    a round trip nor sshd's own work counts. None where the host has no /proc."""
+    words = probe.get("login", "").split()
+    if len(words) != 3 or not words[0].isdigit() or not words[2].isdigit() or words[2] == "0":
+        return None
+    try:
+        uptime = float(words[1])
+    except ValueError:
+        return None
+    return max(0.0, uptime - int(words[0]) / int(words[2]))

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -329,6 +330,26 @@ def test_a_login_shell_whose_start_up_never_ends_is_named_not_maxsessions(
     assert failed["name"] == "server", failed
     assert "did not finish within 2 s" in failed["summary"], failed
     assert "start-up files" in failed["advice"] and "MaxSessions" not in failed["advice"]
+
+
+def test_a_slow_login_is_said_with_what_it_costs(home: RelayHome, server: ThrowawaySSHD) -> None:
+    """A ~/.bashrc that takes 3 s (module loads on a login node): every step passes, and the
+    remote host's says what the login costs and where to move what is slow. Measured on the
+    host from the session's process start, so this run's 3 s is 3 s at least."""
+    (server.home / ".bashrc").write_text("sleep 3\n")
+    try:
+        status, answer, text = check(home)
+    finally:
+        (server.home / ".bashrc").unlink()
+    assert status == 0, text
+    remote = by_name(answer)["remote host"]
+    assert remote["state"] == "warn", text
+    assert re.search(r"the login takes [3-9]\.\d s before each command", remote["summary"]), text
+    assert "relay connect local" in remote["advice"], text
+    assert "[[ $- == *i* ]] || return" in remote["advice"], text
+    _, answer, text = check(home)
+    remote = by_name(answer)["remote host"]
+    assert remote["state"] == "ok" and "login" in remote["data"]["show"], text
 
 
 @pytest.mark.sshd_options(sftp=False)

@@ -9,6 +9,7 @@ from relay.checkview import (
     Result,
     after_chatter,
     chatter,
+    login_seconds,
     origin_words,
     parse_probe,
     render,
@@ -86,3 +87,14 @@ def test_where_the_user_and_port_came_from() -> None:
     assert origin_words({"user": "ssh's defaults", "port": "ssh's defaults"}) == (
         "user and port from ssh's defaults"
     )
+    assert "login" in set(re.findall(r'echo "(\w+)=', HOST_PROBE))
+
+
+def test_the_login_is_the_time_from_the_sessions_start_to_the_probe() -> None:
+    """Started at tick 123400 (100 a second: 1234 s after boot), the probe ran at 1237.5 s."""
+    assert login_seconds({"login": "123400 1237.50 100"}) == 3.5
+    assert login_seconds({"login": "123400 1234.00 100"}) == 0.0
+    assert login_seconds({"login": "123450 1234.00 100"}) == 0.0  # a tick's rounding: no less
+    for said in ("", "123400 1237.50", "123400 1237.50 0", "x 1237.50 100", "1 up 100"):
+        assert login_seconds({"login": said}) is None, said
+    assert login_seconds({}) is None  # no /proc on the host: nothing said
