@@ -10,6 +10,7 @@ listeners and ``supervisor.sh``): ``Unavailable``.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -36,6 +37,7 @@ __all__ = [
 
 START_TIMEOUT_S = 30.0
 SECRET_DIGITS = 64  # the agent's secret: 32 random bytes, in hex
+_SECRET_LIKE = re.compile("[0-9a-f]{16,}")  # what no message quotes: a secret's part
 
 NO_OWNER_CHECK = "the host cannot tell who connects (no /proc/net/tcp)"
 
@@ -120,9 +122,12 @@ def parse_start(
         return AgentInfo(int(pid), sock, int(uid), check == "proc", int(ended or 0)), secret
     last_words = stderr.strip().splitlines()[-1:] or [""]
     if kind == "1":
-        said = "agent 1 ..."  # the rest may be the secret
+        said = "agent 1 ..."  # the rest is the secret, and what is around it
     else:
         said = line or stdout.strip()[:80] or last_words[0].strip()[:160] or "nothing"
+    # a start line glued to what was printed before it (a background job of ~/.bashrc) is
+    # found by no line's start: its secret, in what is quoted instead, is not said either
+    said = _SECRET_LIKE.sub("...", said)
     return Unavailable(f"relay's agent did not start (exit {exit_status}, said {said!r})")
 
 

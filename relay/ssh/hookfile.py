@@ -85,6 +85,8 @@ def parse_answer_before(
     head, body = _answer(stdout)
     size = len(hook.data)
     installed = head.split(b" ", 1)[0] == b"ok"
+    if exit_status is None and len(body) < size:  # cut off with the connection, not damaged
+        raise _lost(host, hook)
     return _parse(host, hook, 0 if installed else exit_status, head, body[:size]), body[size:]
 
 

@@ -2,15 +2,15 @@
 but for ``run``, the thin shell around asyncssh's, and ``session``.
 
 ``supervisor.sh`` (one long-lived session per connection: starts and reaps kernels) and
-``hookinstall.sh`` (one short session: writes the kernel hook file), and the agent's start and
-``relay check``'s probes. sshd hands a command to the login shell (``$SHELL -c COMMAND``),
+``hookinstall.sh`` (one short session: writes the kernel hook file, or relay's agent's file
+and then starts the agent from it), and ``relay check``'s probes. sshd hands a command to the login shell (``$SHELL -c COMMAND``),
 and login shells read a command differently: tcsh substitutes history at a ``!`` even inside
 single quotes ("0: Event not found" for ``*[!0-9]*``) and refuses a newline there; fish
 reads ``\\`` in single quotes and has no ``x=$(...)``. So the login shell is given only
 ``BOOTSTRAP``, which every shell reads alike (sh, bash, dash, zsh, csh, tcsh, fish: tested
 with each): it has /bin/sh read one line from the session's standard input and run it. That
 line is the script (``Remote.preamble``); what the script itself reads follows it (the hook
-file's bytes, the supervisor's requests, the agent's secret). POSIX ``read`` takes no byte
+file's or the agent's bytes, the supervisor's requests, a probe's input). POSIX ``read`` takes no byte
 past its line, so nothing of that is lost, and nothing but /bin/sh is needed.
 """
 

@@ -32,7 +32,7 @@ import pytest
 from relay.agent import mux, remote
 from relay.agent.mux import Frame, FrameReader
 from relay.agent.session import AgentInfo
-from relay.agent.start import Unavailable, parse_start
+from relay.agent.start import Unavailable, agent_file, parse_install_and_start, parse_start
 from relay.errors import ConnectFailed
 from tests.conftest import pid_alive
 from tests.strangers import (
@@ -610,13 +610,25 @@ def test_the_secret_is_the_agents_own_said_once_on_its_start_line(run: Path) -> 
     refused = parse_start("h", 0, line + "\n")
     assert isinstance(refused, Unavailable) and "ab" * 4 not in refused.reason, refused
     assert refused.reason == "relay's agent did not start (exit 0, said 'agent 1 ...')"
+    # glued to what a background job of ~/.bashrc printed, no line starts with it (a review's
+    # finding: the 80 bytes quoted instead held most of the secret)
+    glued = parse_start("h", 0, f"done agent 1 {'ab' * 32} 42 /tmp/x.sock 0 proc 0\n")
+    assert glued == Unavailable("relay's agent did not start (exit 0, said 'done agent 1 ... 42')")
 
 
 def test_a_start_cut_off_with_its_connection_is_a_lost_connection() -> None:
     """No exit status: the connection was lost while the agent started, which says nothing
-    of the host (the next connection starts it), not a host where it cannot run."""
+    of the host (the next connection starts it), not a host where it cannot run. So too
+    while the installer sent its file back (a review's finding: "sha256 differs; disk
+    full?", the host then taken for one where the agent cannot run)."""
     with pytest.raises(ConnectFailed, match="lost while relay's agent started"):
         parse_start("h", None, "")
+    agent = agent_file()
+    answer = f"\nok /home/u/.cache/relay/{agent.version}/{agent.name}\n".encode()
+    with pytest.raises(ConnectFailed, match="lost while relay installed relay's agent"):
+        parse_install_and_start("h", None, answer + agent.data[:4096])
+    with pytest.raises(ConnectFailed, match="lost while relay's agent started"):
+        parse_install_and_start("h", None, answer + agent.data)
     assert parse_start("h", 0, "agent none\n") == Unavailable("no python3 on h's PATH")
 
 
