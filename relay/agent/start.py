@@ -13,8 +13,6 @@ import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
-from importlib.resources import files
 
 import asyncssh
 
@@ -22,6 +20,7 @@ from relay.agent.session import AgentInfo
 from relay.errors import ConnectFailed, HookInstallFailed
 from relay.settings import HostConfig
 from relay.ssh import hookfile, remote_scripts
+from relay.ssh.hookfile import agent_file
 from relay.ssh.remote_scripts import hook_install_command
 
 __all__ = [
@@ -57,18 +56,6 @@ def unwanted(cfg: HostConfig) -> str | None:
     if cfg.peer_check != "uid":
         return "peer_check = off (the agent admits only the user's own)"
     return None
-
-
-@cache
-def agent_file() -> hookfile.HookFile:
-    """The agent's source as it is shipped (read once, when first needed)."""
-    return hookfile.HookFile(
-        "relayagent.py",
-        files("relay.agent").joinpath("remote.py").read_bytes(),
-        what="relay's agent",
-        advice="kernels there end with their connection (set resume_window_s = 0 in {header} "
-        "to say so and not try)",
-    )
 
 
 _REFUSALS = {
@@ -166,7 +153,9 @@ async def start(
     host's login runs from then on): what else needs a session may open one beside it, and
     a server of one session at a time has given this one first."""
     agent = agent_file()
-    remote = hook_install_command(agent.version, agent.name, agent=(tag, window_s))
+    remote = hook_install_command(
+        agent.version, agent.name, spare=hookfile.spared(agent), agent=(tag, window_s)
+    )
 
     async def run() -> asyncssh.SSHCompletedProcess:
         process = await conn.create_process(

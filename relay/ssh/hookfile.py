@@ -1,4 +1,5 @@
-"""relay's kernel hook file (``RelayKernelInit.wl``) on a kernel's host.
+"""relay's kernel hook file (``RelayKernelInit.wl``) on a kernel's host, and the file of
+relay's agent (``agent_file``), which is installed the same way.
 
 Controller kernels load it with ``-initfile``, so it must be on the host before the first
 controller starts. It is written by ``hookinstall.sh`` in one exec session of its own, with the
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass
+from functools import cache
 from importlib.resources import files
 
 import asyncssh
@@ -27,12 +29,15 @@ __all__ = [
     "INIT_FILE",
     "HookFile",
     "Installer",
+    "agent_file",
     "install",
     "parse_answer",
     "parse_answer_before",
+    "spared",
 ]
 
 INIT_FILE = "RelayKernelInit.wl"
+AGENT_FILE = "relayagent.py"
 INSTALL_TIMEOUT_S = 30.0
 NO_DYNAMIC = "set dynamic = false in {header} to launch without Dynamic support"
 
@@ -68,6 +73,26 @@ class HookFile:
     @classmethod
     def packaged(cls) -> HookFile:
         return cls(INIT_FILE, files("relay.wolfram").joinpath(INIT_FILE).read_bytes())
+
+
+@cache
+def agent_file() -> HookFile:
+    """relay's agent's source as it is shipped (read once, when first needed): installed as
+    the hook is, and started from where it was installed (relay.agent.start)."""
+    return HookFile(
+        AGENT_FILE,
+        files("relay.agent").joinpath("remote.py").read_bytes(),
+        what="relay's agent",
+        advice="kernels there end with their connection (set resume_window_s = 0 in {header} "
+        "to say so and not try)",
+    )
+
+
+def spared(hook: HookFile) -> list[str]:
+    """The versions of relay's other files, which an install of ``hook`` never prunes: a new
+    connection installs two at once (the kernel hook beside the agent's start), and neither
+    may take the other's directory, unused for a while, for an old release's."""
+    return sorted({HookFile.packaged().version, agent_file().version} - {hook.version})
 
 
 def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: bytes) -> str:
@@ -142,7 +167,7 @@ def _lost(host: str, hook: HookFile) -> ConnectFailed:
 
 async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile) -> str:
     """Write ``hook`` on the connection's host (if it is not there already) and prove it."""
-    remote = hook_install_command(hook.version, hook.name)
+    remote = hook_install_command(hook.version, hook.name, spare=spared(hook))
     try:
         result = await session(
             lambda: conn.run(

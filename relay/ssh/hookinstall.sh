@@ -5,8 +5,11 @@
 # Every sshd that can run relay's supervisor can run this.
 #
 # Arguments: $1 VERSION (hex: the first 16 digits of the file's sha256), $2 the file's NAME,
-# $3 how many days an unused version directory is kept; for relay's agent (docs/agent.md),
-# then "agent", its TAG (hex) and WINDOW_S: the file installed is then started, in this same
+# $3 how many days an unused version directory is kept, $4 the versions of relay's other
+# files (comma-separated, or -), never pruned: a new connection installs two at once, the
+# kernel hook beside the agent, and each would take the other's directory for an old one
+# (a review's finding); for relay's agent (docs/agent.md), then "agent", its TAG (hex) and
+# WINDOW_S: the file installed is then started, in this same
 # session, so that a host's login (a slow ~/.bashrc, module loads) is paid once, not twice.
 # Output, on success:  "ok PATH" on one line, then the installed file's bytes, which the daemon
 #                      hashes: the file is proven by its content, not by this script's word;
@@ -29,9 +32,10 @@ umask 077;
 case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $2 in *[!A-Za-z0-9.]*|"") exit 96 ;; esac;
 case $3 in *[!0-9]*|"") exit 96 ;; esac;
-case $4 in
+case $4 in *[!0-9a-f,-]*|"") exit 96 ;; esac;
+case $5 in
   "") ;;
-  agent) case $5 in *[!0-9a-f]*|"") exit 96 ;; esac; case $6 in *[!0-9]*|"") exit 96 ;; esac;
+  agent) case $6 in *[!0-9a-f]*|"") exit 96 ;; esac; case $7 in *[!0-9]*|"") exit 96 ;; esac;
     command -v python3 >/dev/null 2>&1 || { cat >/dev/null; echo "agent none"; exit 0; } ;;
   *) exit 96 ;;
 esac;
@@ -60,6 +64,7 @@ else mv -f "$p" "$t" || no nowrite "$t"; fi;
 touch "$v";
 for o in "$r"/*; do
   test "$o" = "$v" && continue;
+  case ",$4," in *",${o##*/},"*) continue ;; esac;
   test -d "$o" && test ! -L "$o" && test -O "$o" || continue;
   test -n "$(find "$o" -prune -mtime +"$3" 2>/dev/null)" && rm -rf "$o";
 done;
@@ -68,4 +73,4 @@ for f in "$v"/*.part; do
 done;
 echo "ok $t";
 cat "$t";
-test -z "$4" || exec python3 -I "$t" start "$5" "$6";
+test -z "$5" || exec python3 -I "$t" start "$6" "$7";

@@ -3,20 +3,21 @@ but for ``run``, the thin shell around asyncssh's, and ``session``.
 
 ``supervisor.sh`` (one long-lived session per connection: starts and reaps kernels) and
 ``hookinstall.sh`` (one short session: writes the kernel hook file, or relay's agent's file
-and then starts the agent from it), and ``relay check``'s probes. sshd hands a command to the login shell (``$SHELL -c COMMAND``),
-and login shells read a command differently: tcsh substitutes history at a ``!`` even inside
-single quotes ("0: Event not found" for ``*[!0-9]*``) and refuses a newline there; fish
-reads ``\\`` in single quotes and has no ``x=$(...)``. So the login shell is given only
-``BOOTSTRAP``, which every shell reads alike (sh, bash, dash, zsh, csh, tcsh, fish: tested
-with each): it has /bin/sh read one line from the session's standard input and run it. That
-line is the script (``Remote.preamble``); what the script itself reads follows it (the hook
-file's or the agent's bytes, the supervisor's requests, a probe's input). POSIX ``read`` takes no byte
-past its line, so nothing of that is lost, and nothing but /bin/sh is needed.
+and then starts the agent from it), and ``relay check``'s probes. sshd hands a command to
+the login shell (``$SHELL -c COMMAND``), and login shells read a command differently: tcsh
+substitutes history at a ``!`` even inside single quotes ("0: Event not found" for
+``*[!0-9]*``) and refuses a newline there; fish reads ``\\`` in single quotes and has no
+``x=$(...)``. So the login shell is given only ``BOOTSTRAP``, which every shell reads alike
+(sh, bash, dash, zsh, csh, tcsh, fish: tested with each): it has /bin/sh read one line from
+the session's standard input and run it. That line is the script (``Remote.preamble``);
+what the script itself reads follows it (the hook's or the agent's bytes, the supervisor's
+requests, a probe's input). POSIX ``read`` takes no byte past its line, so nothing of that
+is lost, and nothing but /bin/sh is needed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -137,16 +138,19 @@ def hook_install_command(
     name: str,
     keep_days: int = HOOK_KEEP_DAYS,
     *,
+    spare: Sequence[str] = (),
     agent: tuple[str, float] | None = None,
 ) -> Remote:
-    """The hook installer, with ``VERSION NAME KEEP_DAYS``; the file's bytes follow the
-    preamble on standard input. ``agent``: (TAG, WINDOW_S), for relay's agent, which the
-    installer then starts from the file it installed (``agent TAG WINDOW_S``)."""
-    if not version or any(c not in "0123456789abcdef" for c in version):
-        raise ValueError(f"hook version must be lowercase hex, not {version!r}")
+    """The hook installer, with ``VERSION NAME KEEP_DAYS SPARE``; the file's bytes follow
+    the preamble on standard input. ``spare``: the versions of relay's other files, which it
+    never prunes. ``agent``: (TAG, WINDOW_S), for relay's agent, which the installer then
+    starts from the file it installed (``agent TAG WINDOW_S``)."""
+    for hexed in (version, *spare):
+        if not hexed or any(c not in "0123456789abcdef" for c in hexed):
+            raise ValueError(f"hook version must be lowercase hex, not {hexed!r}")
     if not name or not all(c.isascii() and (c.isalnum() or c == ".") for c in name):
         raise ValueError(f"hook file name must be letters, digits and dots, not {name!r}")
-    args = [version, name, str(int(keep_days))]
+    args = [version, name, str(int(keep_days)), ",".join(spare) or "-"]
     if agent is not None:
         tag, window_s = agent
         if not tag or any(c not in "0123456789abcdef" for c in tag):

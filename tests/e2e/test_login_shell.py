@@ -22,9 +22,8 @@ from typing import Any
 
 import pytest
 
-from relay.agent.start import agent_file
 from relay.sim.sshd import ThrowawaySSHD
-from relay.ssh.hookfile import HookFile
+from relay.ssh.hookfile import HookFile, agent_file
 from tests.conftest import RelayHome, installed
 from tests.e2e.helpers import controller
 from tests.e2e.test_check import by_name, check
@@ -174,11 +173,14 @@ async def test_a_slow_login_is_paid_once_for_the_agent(home: RelayHome) -> None:
         await launch_with_dynamic(home, running, "on")
         sessions = sorted(line.split("' relay ", 1)[1] for line in logins.read_text().splitlines())
     agent, hook = agent_file(), HookFile.packaged()
-    assert sorted(session.split()[:3] for session in sessions) == sorted(
-        [[agent.version, agent.name, "30"], [hook.version, hook.name, "30"]]
+    assert sorted(session.split()[:4] for session in sessions) == sorted(
+        [
+            [agent.version, agent.name, "30", hook.version],
+            [hook.version, hook.name, "30", agent.version],
+        ]
     ), sessions  # the agent's install and start, and the kernel hook's install
     (started,) = (session.split() for session in sessions if agent.name in session)
-    assert started[3] == "agent" and started[5] == "900", sessions
+    assert started[4] == "agent" and started[6] == "900", sessions
 
 
 async def test_the_kernel_hook_is_installed_beside_the_agents_start(home: RelayHome) -> None:

@@ -42,10 +42,11 @@ def run(
     hook: HookFile = HOOK,
     keep_days: int = HOOK_KEEP_DAYS,
     then: tuple[str, ...] = (),
+    spare: str = "-",
 ) -> subprocess.CompletedProcess[bytes]:
     script = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
     argv = [*script, one_line("hookinstall.sh"), "relay", hook.version, hook.name, str(keep_days)]
-    argv += then
+    argv += [spare, *then]
     env = {"PATH": os.environ["PATH"], "HOME": str(home)}
     return subprocess.run(argv, input=hook.data, capture_output=True, env=env, timeout=60)
 
@@ -176,6 +177,22 @@ def test_old_versions_and_stale_parts_are_pruned(shell: str, tmp_path: Path) -> 
     assert ours.stat().st_mtime > time.time() - 3600  # in use: touched, never pruned
 
 
+def test_the_other_files_of_this_relay_are_never_pruned(shell: str, tmp_path: Path) -> None:
+    """A new connection installs two files at once (the kernel hook beside the agent's
+    start). Where both went unused for the days kept, each install took the other's
+    directory for an old release's: one ``rm -rf`` between the other's checks and its write
+    failed it (a review's finding). Each spares the versions it is given."""
+    cache = tmp_path / ".cache" / "relay"
+    sibling, old = cache / "00000000000000cc", cache / "00000000000000aa"
+    for version in (sibling, old):
+        version.mkdir(parents=True)
+        (version / "relayagent.py").write_text("this relay's agent")
+        os.utime(version, (OLD, OLD))
+    done = run(shell, tmp_path, spare="00000000000000cc,00000000000000dd")
+    assert parse_answer("h", HOOK, done.returncode, done.stdout).endswith(HOOK.name)
+    assert sibling.exists() and not old.exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
 def test_a_full_home_leaves_no_part_and_says_so(shell: str, tmp_path: Path) -> None:
     home = tmp_path / "home"
@@ -225,17 +242,25 @@ def test_what_the_installer_says_is_checked() -> None:
 
 def test_the_command_is_the_bootstrap_and_checks_its_words() -> None:
     remote = hook_install_command(HOOK.version, HOOK.name)
-    assert remote.command == f"{BOOTSTRAP} {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS}"
+    assert remote.command == f"{BOOTSTRAP} {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS} -"
     assert remote.preamble == (CUT_CHATTER + one_line("hookinstall.sh") + "\n").encode()
     with pytest.raises(ValueError, match="hex"):
         hook_install_command("x; rm -rf ~", HOOK.name)
     with pytest.raises(ValueError, match="letters"):
         hook_install_command(HOOK.version, "../x y")
-    agent = hook_install_command(HOOK.version, HOOK.name, agent=("00ff", 899.6))
-    assert agent.command == f"{remote.command} agent 00ff 900"
-    assert agent.preamble == remote.preamble  # one script: the words say what it does
+    starting = hook_install_command(HOOK.version, HOOK.name, agent=("00ff", 899.6))
+    assert starting.command == f"{remote.command} agent 00ff 900"
+    assert starting.preamble == remote.preamble  # one script: the words say what it does
     with pytest.raises(ValueError, match="hex"):
         hook_install_command(HOOK.version, HOOK.name, agent=("00ff; rm -rf ~", 900))
+    spared = hook_install_command(HOOK.version, HOOK.name, spare=["00aa", "00bb"])
+    assert spared.command == f"{BOOTSTRAP} {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS} 00aa,00bb"
+    with pytest.raises(ValueError, match="hex"):
+        hook_install_command(HOOK.version, HOOK.name, spare=["*"])
+    # what the daemon's installs spare: each other's version, never their own
+    agent, packaged = agent_file(), HookFile.packaged()
+    assert hookfile.spared(agent) == [packaged.version]
+    assert hookfile.spared(packaged) == [agent.version]
 
 
 class _Conn:
