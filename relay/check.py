@@ -11,7 +11,8 @@ supervisor), and in a daemon of its own otherwise (``relay.cli``). Rendering is
 3 host key        known, unknown (fingerprint, ``relay trust``) or changed
 4 authentication  the methods the server offers; which key or agent identity works
 5 server          a remote forward on 127.0.0.1 port 0, sessions (MaxSessions), SFTP
-6 remote host     POSIX sh, mktemp, a writable TMPDIR, /proc, space in ~/.cache/relay
+6 remote host     POSIX sh, mktemp, a writable TMPDIR, /proc, space in ~/.cache/relay, the
+                  time a login takes before each command
 7 resume          whether kernels outlive their connection (relay's agent), and if not, why
 8 kernel          executable, its version (``-version``), what it prints when it fails
 9 round trip      a launch with a bash probe in place of the kernel: both channels, timed
@@ -60,7 +61,8 @@ STEP_TIMEOUT_S = 30.0  # no check waits longer; most take a round trip or two
 KERNEL_TIMEOUT_S = 20.0  # `KERNEL -version`: a licence check may take a while
 PROBE_GONE_S = 5.0  # a probe told to go, waited for at most this long
 MIN_FREE_KB = 10 * 1024  # the hook and the supervisor's files are a few kB
-# a login (the start-up files of the account's shell) this slow is said: each new
+# a login (sshd's work for a session, the start-up files of the account's shell) this slow
+# is said: each new
 # connection's first kernel waits for one, and the Parallel package waits 15 s for a kernel
 SLOW_LOGIN_S = 3.0
 AUTH_METHODS_KWARGS = {"port", "username", "tunnel", "proxy_command", "config"}
@@ -72,10 +74,12 @@ HOST_PROBE = "; ".join(
     [
         "echo sh=ok",
         # first, the login's cost: this process's start (sshd's child, the login shell's
-        # and then /bin/sh's by exec) against the clock now (checkview.login_seconds)
-        "test -r /proc/$$/stat && test -r /proc/uptime && read -r x </proc/$$/stat && "
-        "x=${x##*) } && set -- $x && read -r u y </proc/uptime && "
-        'echo "login=${20} $u $(getconf CLK_TCK 2>/dev/null)"',
+        # and then /bin/sh's by exec) against a process started now, both in clock ticks
+        # since boot (/proc/PID/stat's field 22), so that no other clock is mixed in: lxcfs
+        # gives a container's /proc/uptime from its own start (checkview.login_seconds)
+        "test -r /proc/$$/stat && read -r x </proc/$$/stat && x=${x##*) } && set -- $x && "
+        "s=${20} && y=$(cat /proc/self/stat) && y=${y##*) } && set -- $y && "
+        'echo "login=$s ${20} $(getconf CLK_TCK 2>/dev/null || echo 100)"',
         'echo "login_shell=${SHELL##*/}"',
         "command -v mktemp >/dev/null 2>&1 && echo mktemp=ok || echo mktemp=missing",
         "command -v bash >/dev/null 2>&1 && echo bash=ok || echo bash=missing",
@@ -679,8 +683,9 @@ class Checker:
             if login_s >= SLOW_LOGIN_S:
                 shell = probe.get("login_shell", "")
                 notes.append(
-                    f"the login takes {login_s:.1f} s before each command (the shell's "
-                    f"start-up files): a new connection's first kernel waits for it; keep "
+                    f"the login takes {login_s:.1f} s before each command (sshd's work for "
+                    f"a session, then the shell's start-up files): a new connection's first "
+                    f"kernel waits for it; keep "
                     f"what is slow (module loads, conda) to interactive shells "
                     f"({QUIET_START_UP.get(shell, QUIET_START_UP['bash'])}), or run `relay "
                     f"connect {self.name}` ahead of the launches"

@@ -101,16 +101,14 @@ def parse_probe(text: str) -> dict[str, str]:
 
 def login_seconds(probe: dict[str, str]) -> float | None:
     """How long the probe's session took from its process's start to the probe's first
-    command: the login shell's start-up files (``login=STARTED UPTIME HZ``: the process's
-    start in clock ticks since boot, /proc/$$/stat's field 22, /proc/uptime's seconds, and
-    the ticks per second). The process is sshd's child for the session, which the login
-    shell and then /bin/sh replaced (relay.ssh.remote_scripts.BOOTSTRAP: exec): so neither
-    a round trip nor sshd's own work counts. None where the host has no /proc."""
+    command: sshd's work for the session and the login shell's start-up files
+    (``login=STARTED NOW HZ``: that process's start and the start of one the probe made,
+    in clock ticks since boot, /proc/PID/stat's field 22, and the ticks per second). The
+    process is sshd's child for the session, which the login shell and then /bin/sh
+    replaced (relay.ssh.remote_scripts.BOOTSTRAP: exec), so no round trip counts. None
+    where the host has no /proc, or the two disagree (a start after now)."""
     words = probe.get("login", "").split()
-    if len(words) != 3 or not words[0].isdigit() or not words[2].isdigit() or words[2] == "0":
+    if len(words) != 3 or not all(word.isdigit() for word in words) or words[2] == "0":
         return None
-    try:
-        uptime = float(words[1])
-    except ValueError:
-        return None
-    return max(0.0, uptime - int(words[0]) / int(words[2]))
+    started, now, hz = (int(word) for word in words)
+    return (now - started) / hz if now >= started else None

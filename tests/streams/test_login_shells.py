@@ -20,7 +20,7 @@ import pytest
 from relay.agent.session import AgentInfo
 from relay.agent.start import parse_install_and_start
 from relay.check import HOST_PROBE, PLACE_PROBE, ROUND_TRIP_PROBE, SOCKET_LINE, SOCKET_PROBE
-from relay.checkview import parse_probe
+from relay.checkview import login_seconds, parse_probe
 from relay.ssh import remote_scripts
 from relay.ssh.hookfile import HookFile, parse_answer
 from relay.ssh.remote_scripts import BOOTSTRAP, Remote, hook_install_command, remote_command
@@ -177,6 +177,7 @@ def test_the_agent_is_installed_and_started_in_one_session(
 def test_relay_checks_probes(login_shell: str, tmp_path: Path) -> None:
     probe = parse_probe(run(login_shell, remote_scripts.script(HOST_PROBE)).decode())
     assert probe["sh"] == "ok" and probe["tmpdir_writable"] == "ok", probe
+    assert login_seconds(probe) is not None, probe  # the process kept through every exec
     env = {**os.environ, "HOME": str(tmp_path)}
     placed = run(login_shell, remote_scripts.script(PLACE_PROBE), ROUND_TRIP_PROBE.encode(), env)
     path = Path(placed.decode())
