@@ -1,5 +1,6 @@
-# relay's kernel hook installer: writes RelayKernelInit.wl into ~/.cache/relay/VERSION/ on the
-# kernel's host from this session's standard input, in one exec session of its own.
+# relay's installer of its files on a kernel's host: writes one (RelayKernelInit.wl, the
+# kernel hook, or relayagent.py, relay's agent) into ~/.cache/relay/VERSION/ from this
+# session's standard input, in one exec session of its own, and starts the agent from it.
 #
 # Why not SFTP: an sshd without a "Subsystem sftp" line refuses it, and Tunnel needed none.
 # Every sshd that can run relay's supervisor can run this.
@@ -9,8 +10,8 @@
 # files (comma-separated, or -), never pruned: a new connection installs two at once, the
 # kernel hook beside the agent, and each would take the other's directory for an old one
 # (a review's finding); for relay's agent (docs/agent.md), then "agent", its TAG (hex) and
-# WINDOW_S: the file installed is then started, in this same
-# session, so that a host's login (a slow ~/.bashrc, module loads) is paid once, not twice.
+# WINDOW_S: the file installed is then started, in this same session, so that a host's
+# login (a slow ~/.bashrc, module loads) is paid once, not twice.
 # Output, on success:  "ok PATH" on one line, then the installed file's bytes, which the daemon
 #                      hashes: the file is proven by its content, not by this script's word;
 #                      for the agent, then its start line (agent 1 ...), or "agent none" alone
@@ -23,8 +24,9 @@
 # owned by the user, and writable by nobody else; they are created 0700. The file is written
 # to a .part file next to it and renamed, so a reader never sees half of it; the .part is
 # removed on every way out (and ones left by a killed upload after 10 minutes). Version
-# directories of other relay releases not used for $3 days are pruned; the one in use is
-# touched on every install (each connection installs once).
+# directories of other relay releases not used for $3 days are pruned (names of hex digits
+# only: ~/.cache/relay/bytecode, the daemon's own where this is its machine, is not one); the
+# one in use is touched on every install (each connection installs once).
 #
 # Joined into one line and read by /bin/sh from the session's standard input, the file's
 # bytes after it (see supervisor.sh): every line ends where a newline may become a space.
@@ -64,6 +66,7 @@ else mv -f "$p" "$t" || no nowrite "$t"; fi;
 touch "$v";
 for o in "$r"/*; do
   test "$o" = "$v" && continue;
+  case ${o##*/} in *[!0-9a-f]*|"") continue ;; esac;
   case ",$4," in *",${o##*/},"*) continue ;; esac;
   test -d "$o" && test ! -L "$o" && test -O "$o" || continue;
   test -n "$(find "$o" -prune -mtime +"$3" 2>/dev/null)" && rm -rf "$o";

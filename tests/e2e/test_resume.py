@@ -2212,7 +2212,8 @@ async def test_host_whose_sshd_refuses_unix_sockets_falls_back_and_says_so(
 async def test_the_agents_secret_is_in_no_argv_environment_file_or_log(
     home: RelayHome, daemon_log: io.StringIO
 ) -> None:
-    """The secret that attaches to the agent is the daemon's alone: after the agent's start
+    """The secret that attaches to the agent is the daemon's and the agent's alone (the agent
+    makes it and says it once, on its start line, to the daemon): after the agent's start
     and a resume (a second HELLO), with the daemon logging at debug level, it is in no
     process's argv or environment here (the host's processes are this machine's), in no file
     of the agent's run directory and in no line the daemon logged."""

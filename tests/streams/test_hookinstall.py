@@ -191,6 +191,14 @@ def test_the_other_files_of_this_relay_are_never_pruned(shell: str, tmp_path: Pa
     done = run(shell, tmp_path, spare="00000000000000cc,00000000000000dd")
     assert parse_answer("h", HOOK, done.returncode, done.stdout).endswith(HOOK.name)
     assert sibling.exists() and not old.exists()
+    # nor anything whose name is not a version: the daemon's own bytecode, where the host is
+    # its machine or shares its home (a review's finding: pruned after 30 days unchanged)
+    bytecode = cache / "bytecode"
+    (bytecode / "usr").mkdir(parents=True)
+    os.utime(bytecode, (OLD, OLD))
+    assert run(shell, tmp_path).returncode == 0 and (bytecode / "usr").exists()
+    for bad in ("", "0a;", "*", "00 aa"):
+        assert run(shell, tmp_path, spare=bad).returncode == 96, bad
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
