@@ -127,13 +127,14 @@ def parse_install_and_start(
 ) -> tuple[AgentInfo, str] | Unavailable:
     """The one session's output (``start``): the installer's answer and the bytes of
     ``file`` (the agent's), then the agent's start line; or why the agent cannot run."""
+    file = file or agent_file()
     for line in stdout.splitlines()[: hookfile.CHATTER_LINES]:
-        if line.split(b" ", 1)[0] in (b"ok", b"refuse"):
+        if hookfile.is_answer(line, file):
             break
         if line == b"agent none":  # no python3: nothing was installed
             return Unavailable(f"no python3 on {host}'s PATH")
     try:
-        _, rest = hookfile.parse_answer_before(host, file or agent_file(), exit_status, stdout)
+        _, rest = hookfile.parse_answer_before(host, file, exit_status, stdout)
     except HookInstallFailed as exc:
         return Unavailable(exc.message)
     return parse_start(

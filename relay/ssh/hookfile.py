@@ -31,6 +31,7 @@ __all__ = [
     "Installer",
     "agent_file",
     "install",
+    "is_answer",
     "parse_answer",
     "parse_answer_before",
     "spared",
@@ -98,7 +99,7 @@ def spared(hook: HookFile) -> list[str]:
 def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: bytes) -> str:
     """The installed file's remote path, from ``hookinstall.sh``'s exit status and output;
     ``HookInstallFailed`` with one actionable line otherwise."""
-    return _parse(host, hook, exit_status, *_answer(stdout))
+    return _parse(host, hook, exit_status, *_answer(stdout, hook))
 
 
 def parse_answer_before(
@@ -107,7 +108,7 @@ def parse_answer_before(
     """``parse_answer`` for an install that more output follows in the same session (relay's
     agent, started from the file just installed): the path, and what followed the file's
     bytes. The exit status is then the last command's, so the "ok" line is the install's."""
-    head, body = _answer(stdout)
+    head, body = _answer(stdout, hook)
     size = len(hook.data)
     installed = head.split(b" ", 1)[0] == b"ok"
     if exit_status is None and len(body) < size:  # cut off with the connection, not damaged
@@ -144,19 +145,30 @@ def _parse(host: str, hook: HookFile, exit_status: int | None, head: bytes, body
 CHATTER_LINES = 200  # what a login shell may print before the installer's answer, at most
 
 
-def _answer(stdout: bytes) -> tuple[bytes, bytes]:
+def is_answer(line: bytes, hook: HookFile) -> bool:
+    """Whether ``line`` is the installer's answer for ``hook``: ``ok`` and the path it is
+    installed at, or ``refuse`` and a reason it gives; not what a login shell printed before
+    (a module system's "ok" of its own)."""
+    word, _, rest = line.partition(b" ")
+    if word == b"ok":
+        return rest.endswith(f"/.cache/relay/{hook.version}/{hook.name}".encode())
+    return word == b"refuse" and rest.split(b" ", 1)[0].decode("ascii", "replace") in _REFUSALS
+
+
+def _answer(stdout: bytes, hook: HookFile) -> tuple[bytes, bytes]:
     """The installer's first line and what follows it, past what the login shell printed
     before the command ran (an ``echo`` in ~/.bashrc, which bash reads for ssh's commands
-    too): the first line that begins with ``ok`` or ``refuse``. Without one, the first line
-    with something on it."""
-    rest = stdout
-    for _ in range(CHATTER_LINES):
-        head, found, body = rest.partition(b"\n")
-        if head.split(b" ", 1)[0] in (b"ok", b"refuse"):
-            return head, body
-        if not found:
-            break
-        rest = body
+    too): the first line that is its answer (``is_answer``); else the first that begins
+    with ``ok`` or ``refuse`` (said as what it is); else the first with something on it."""
+    for strict in (True, False):
+        rest = stdout
+        for _ in range(CHATTER_LINES):
+            head, found, body = rest.partition(b"\n")
+            if is_answer(head, hook) if strict else head.split(b" ", 1)[0] in (b"ok", b"refuse"):
+                return head, body
+            if not found:
+                break
+            rest = body
     head, _, body = stdout.lstrip().partition(b"\n")
     return head, body
 

@@ -239,6 +239,14 @@ def test_what_the_installer_says_is_checked() -> None:
         parse_answer("h", HOOK, 1, chatter + b"refuse nohome -\n")
     with pytest.raises(HookInstallFailed, match="said b'Welcome to the cluster'"):
         parse_answer("h", HOOK, 0, chatter)
+    # chatter that begins as the answer does: the answer is the line with this file's path
+    # (or a reason of the installer's), which a login shell does not print
+    loud = b"ok\nok 3 modules loaded\nrefuse to guess\n"
+    assert parse_answer("h", HOOK, 0, loud + f"ok {path}\n".encode() + HOOK.data) == path
+    with pytest.raises(HookInstallFailed, match="HOME is unset"):
+        parse_answer("h", HOOK, 1, loud + b"refuse nohome -\n")
+    with pytest.raises(HookInstallFailed, match="status 0 and said b'ok'"):
+        parse_answer("h", HOOK, 0, loud)  # none is it: the first that looks like it, said
     # no exit status and no signal: the session was cut off with its connection; not the
     # host's doing, so no advice to launch without Dynamic
     with pytest.raises(ConnectFailed) as lost:
