@@ -209,43 +209,6 @@ async def test_a_large_result_being_written_when_the_path_dies_arrives_whole(
         await quit_cleanly(kl, fe)
 
 
-async def test_a_connection_reset_while_the_agent_starts_is_made_again_for_the_launch(
-    home: RelayHome,
-) -> None:
-    """The path resets while a new connection's agent is starting (its session in the
-    host's login, here held there by ~/.bashrc until the test lets it go). No kernel depends
-    on that connection yet: the launch failed with "lost while relay installed relay's
-    agent"; the daemon now connects once more within the launch's bounds, and the launch
-    goes on through an agent started on the new connection."""
-    assert home.sshd is not None
-    begun, gate = home.sshd.home / "agent-starts", home.sshd.home / "gate"
-
-    def starts() -> int:
-        return len(begun.read_text().splitlines()) if begun.exists() else 0
-
-    (home.sshd.home / ".bashrc").write_text(
-        f'case "$BASH_EXECUTION_STRING" in *relayagent.py*) echo x >>{begun}; i=0; '
-        f"while test ! -e {gate} && test $i -lt 600; do sleep 0.05; i=$((i + 1)); done;; esac\n"
-    )
-    try:
-        async with (
-            behind_proxy(home) as proxy,
-            start_daemon(home) as running,
-            controller(home) as fe,
-        ):
-            await until(lambda: starts() == 1, "the agent's session in the login")
-            proxy.reset()
-            await until(lambda: starts() == 2, "the agent's session on a new connection")
-            gate.touch()
-            kl, _ = await connected(fe)
-            assert resume_state(running)["state"] == "on"
-            assert await kl.echo(b"after the reset") == b"after the reset"
-            await quit_cleanly(kl, fe)
-        assert starts() == 2
-    finally:
-        (home.sshd.home / ".bashrc").unlink()
-
-
 async def test_a_kernel_that_gives_up_during_an_outage_is_said_once_the_path_is_back(
     home: RelayHome,
 ) -> None:
