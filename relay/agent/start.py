@@ -155,7 +155,11 @@ async def start(
     a server of one session at a time has given this one first."""
     agent = agent_file()
     remote = hook_install_command(
-        agent.version, agent.name, spare=hookfile.spared(agent), agent=(tag, window_s)
+        agent.version,
+        agent.name,
+        size=len(agent.data),
+        spare=hookfile.spared(agent),
+        agent=(tag, window_s),
     )
 
     async def run() -> asyncssh.SSHCompletedProcess:

@@ -51,6 +51,7 @@ _REFUSALS = {
     "writable": "{path} is writable by others (chmod go-w {path})",
     "notfile": "{path} is not a regular file (remove it)",
     "nowrite": "{path} cannot be written (disk full, quota, or a read-only home?)",
+    "short": "the upload of {path} was cut short (its connection lost?)",
 }
 
 
@@ -179,7 +180,7 @@ def _lost(host: str, hook: HookFile) -> ConnectFailed:
 
 async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile) -> str:
     """Write ``hook`` on the connection's host (if it is not there already) and prove it."""
-    remote = hook_install_command(hook.version, hook.name, spare=spared(hook))
+    remote = hook_install_command(hook.version, hook.name, size=len(hook.data), spare=spared(hook))
     try:
         result = await session(
             lambda: conn.run(

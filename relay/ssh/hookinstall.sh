@@ -9,15 +9,17 @@
 # $3 how many days an unused version directory is kept, $4 the versions of relay's other
 # files (comma-separated, or -), never pruned: a new connection installs two at once, the
 # kernel hook beside the agent, and each would take the other's directory for an old one
-# (a review's finding); for relay's agent (docs/agent.md), then "agent", its TAG (hex) and
-# WINDOW_S: the file installed is then started, in this same session, so that a host's
+# (a review's finding); $5 the file's SIZE in bytes: an upload cut short (a session whose
+# connection was lost, whose input ends only when sshd lets it go, long after) is never
+# installed over a whole one; for relay's agent (docs/agent.md), then "agent", its TAG
+# (hex) and WINDOW_S: the file installed is then started, in this same session, so that a host's
 # login (a slow ~/.bashrc, module loads) is paid once, not twice.
 # Output, on success:  "ok PATH" on one line, then the installed file's bytes, which the daemon
 #                      hashes: the file is proven by its content, not by this script's word;
 #                      for the agent, then its start line (agent 1 ...), or "agent none" alone
 #                      where there is no python3 (nothing installed).
 #          otherwise:  "refuse REASON PATH" (REASON: nohome, symlink, notdir, notmine, writable,
-#                      notfile, nowrite) and exit 1; nothing outside
+#                      notfile, nowrite, short) and exit 1; nothing outside
 #                      ~/.cache/relay is touched (but ~/.cache is made if missing).
 #
 # Safety: ~/.cache/relay and the version directory must be real directories (not symlinks),
@@ -35,9 +37,10 @@ case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $2 in *[!A-Za-z0-9.]*|"") exit 96 ;; esac;
 case $3 in *[!0-9]*|"") exit 96 ;; esac;
 case $4 in *[!0-9a-f,-]*|"") exit 96 ;; esac;
-case $5 in
+case $5 in *[!0-9]*|"") exit 96 ;; esac;
+case $6 in
   "") ;;
-  agent) case $6 in *[!0-9a-f]*|"") exit 96 ;; esac; case $7 in *[!0-9]*|"") exit 96 ;; esac;
+  agent) case $7 in *[!0-9a-f]*|"") exit 96 ;; esac; case $8 in *[!0-9]*|"") exit 96 ;; esac;
     command -v python3 >/dev/null 2>&1 || { cat >/dev/null; echo "agent none"; exit 0; } ;;
   *) exit 96 ;;
 esac;
@@ -59,6 +62,7 @@ p=$t.$$.part;
 trap "rm -f \"\$p\"" EXIT;
 trap "rm -f \"\$p\"; exit 1" HUP TERM INT;
 cat >"$p" || no nowrite "$t";
+n=$(wc -c <"$p") && test $n -eq "$5" || no short "$t";
 test -L "$t" && rm -f "$t";
 if test -f "$t" && cmp -s "$p" "$t"; then rm -f "$p";
 elif test -e "$t" && test ! -f "$t"; then no notfile "$t";
@@ -76,4 +80,4 @@ for f in "$v"/*.part; do
 done;
 echo "ok $t";
 cat "$t";
-test -z "$5" || exec python3 -I "$t" start "$6" "$7";
+test -z "$6" || exec python3 -I "$t" start "$7" "$8";

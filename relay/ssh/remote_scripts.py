@@ -138,19 +138,23 @@ def hook_install_command(
     name: str,
     keep_days: int = HOOK_KEEP_DAYS,
     *,
+    size: int,
     spare: Sequence[str] = (),
     agent: tuple[str, float] | None = None,
 ) -> Remote:
-    """The hook installer, with ``VERSION NAME KEEP_DAYS SPARE``; the file's bytes follow
-    the preamble on standard input. ``spare``: the versions of relay's other files, which it
-    never prunes. ``agent``: (TAG, WINDOW_S), for relay's agent, which the installer then
-    starts from the file it installed (``agent TAG WINDOW_S``)."""
+    """The hook installer, with ``VERSION NAME KEEP_DAYS SPARE SIZE``; the file's ``size``
+    bytes follow the preamble on standard input (fewer are never installed). ``spare``: the
+    versions of relay's other files, which it never prunes. ``agent``: (TAG, WINDOW_S), for
+    relay's agent, which the installer then starts from the file it installed (``agent TAG
+    WINDOW_S``)."""
     for hexed in (version, *spare):
         if not hexed or any(c not in "0123456789abcdef" for c in hexed):
             raise ValueError(f"hook version must be lowercase hex, not {hexed!r}")
     if not name or not all(c.isascii() and (c.isalnum() or c == ".") for c in name):
         raise ValueError(f"hook file name must be letters, digits and dots, not {name!r}")
-    args = [version, name, str(int(keep_days)), ",".join(spare) or "-"]
+    if size < 0:
+        raise ValueError(f"a file's size is not negative: {size}")
+    args = [version, name, str(int(keep_days)), ",".join(spare) or "-", str(int(size))]
     if agent is not None:
         tag, window_s = agent
         if not tag or any(c not in "0123456789abcdef" for c in tag):

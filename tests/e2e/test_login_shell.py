@@ -180,7 +180,7 @@ async def test_a_slow_login_is_paid_once_for_the_agent(home: RelayHome) -> None:
         ]
     ), sessions  # the agent's install and start, and the kernel hook's install
     (started,) = (session.split() for session in sessions if agent.name in session)
-    assert started[4] == "agent" and started[6] == "900", sessions
+    assert started[4:] == [str(len(agent.data)), "agent", started[6], "900"], sessions
 
 
 async def test_the_kernel_hook_is_installed_beside_the_agents_start(home: RelayHome) -> None:

@@ -43,12 +43,15 @@ def run(
     keep_days: int = HOOK_KEEP_DAYS,
     then: tuple[str, ...] = (),
     spare: str = "-",
+    data: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
+    """``data``: what comes on standard input, if not the whole file (an upload cut short)."""
     script = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
     argv = [*script, one_line("hookinstall.sh"), "relay", hook.version, hook.name, str(keep_days)]
-    argv += [spare, *then]
+    argv += [spare, str(len(hook.data)), *then]
     env = {"PATH": os.environ["PATH"], "HOME": str(home)}
-    return subprocess.run(argv, input=hook.data, capture_output=True, env=env, timeout=60)
+    given = hook.data if data is None else data
+    return subprocess.run(argv, input=given, capture_output=True, env=env, timeout=60)
 
 
 def install(shell: str, home: Path, hook: HookFile = HOOK) -> Path:
@@ -110,6 +113,23 @@ def test_the_agent_is_started_from_what_was_installed_or_not_at_all(
     assert b"agent 1" not in done.stdout
     assert run(shell, tmp_path, agent, then=("agent", "0x", "900")).returncode == 96
     assert run(shell, tmp_path, agent, then=("start",)).returncode == 96
+
+
+def test_an_upload_cut_short_is_never_installed(shell: str, tmp_path: Path) -> None:
+    """A session whose connection was lost gets the end of its input only when sshd lets it
+    go, which may be long after, with part of the file: it was installed so, over the whole
+    one a later connection had proven, and a kernel loaded it. Now refused, the whole one
+    kept, no .part left."""
+    path = install(shell, tmp_path)
+    done = run(shell, tmp_path, data=HOOK.data[:100])
+    assert done.returncode == 1, done
+    with pytest.raises(HookInstallFailed, match=r"upload of .* was cut short"):
+        parse_answer("h", HOOK, done.returncode, done.stdout)
+    assert path.read_bytes() == HOOK.data
+    assert [p.name for p in path.parent.iterdir()] == [HOOK.name]
+    long = run(shell, tmp_path, data=HOOK.data + b"more")
+    assert long.returncode == 1 and b"refuse short" in long.stdout, long
+    assert path.read_bytes() == HOOK.data
 
 
 def test_a_damaged_copy_is_replaced(shell: str, tmp_path: Path) -> None:
@@ -257,22 +277,32 @@ def test_what_the_installer_says_is_checked() -> None:
 
 
 def test_the_command_is_the_bootstrap_and_checks_its_words() -> None:
-    remote = hook_install_command(HOOK.version, HOOK.name)
-    assert remote.command == f"{BOOTSTRAP} {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS} -"
+    remote = hook_install_command(HOOK.version, HOOK.name, size=len(HOOK.data))
+    assert remote.command == (
+        f"{BOOTSTRAP} {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS} - {len(HOOK.data)}"
+    )
     assert remote.preamble == (CUT_CHATTER + one_line("hookinstall.sh") + "\n").encode()
     with pytest.raises(ValueError, match="hex"):
-        hook_install_command("x; rm -rf ~", HOOK.name)
+        hook_install_command("x; rm -rf ~", HOOK.name, size=1)
     with pytest.raises(ValueError, match="letters"):
-        hook_install_command(HOOK.version, "../x y")
-    starting = hook_install_command(HOOK.version, HOOK.name, agent=("00ff", 899.6))
+        hook_install_command(HOOK.version, "../x y", size=1)
+    starting = hook_install_command(
+        HOOK.version, HOOK.name, size=len(HOOK.data), agent=("00ff", 899.6)
+    )
     assert starting.command == f"{remote.command} agent 00ff 900"
     assert starting.preamble == remote.preamble  # one script: the words say what it does
     with pytest.raises(ValueError, match="hex"):
-        hook_install_command(HOOK.version, HOOK.name, agent=("00ff; rm -rf ~", 900))
-    spared = hook_install_command(HOOK.version, HOOK.name, spare=["00aa", "00bb"])
-    assert spared.command == f"{BOOTSTRAP} {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS} 00aa,00bb"
+        hook_install_command(
+            HOOK.version, HOOK.name, size=len(HOOK.data), agent=("00ff; rm -rf ~", 900)
+        )
+    spared = hook_install_command(
+        HOOK.version, HOOK.name, size=len(HOOK.data), spare=["00aa", "00bb"]
+    )
+    assert spared.command == (
+        f"{BOOTSTRAP} {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS} 00aa,00bb {len(HOOK.data)}"
+    )
     with pytest.raises(ValueError, match="hex"):
-        hook_install_command(HOOK.version, HOOK.name, spare=["*"])
+        hook_install_command(HOOK.version, HOOK.name, size=len(HOOK.data), spare=["*"])
     # what the daemon's installs spare: each other's version, never their own
     agent, packaged = agent_file(), HookFile.packaged()
     assert hookfile.spared(agent) == [packaged.version]

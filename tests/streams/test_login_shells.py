@@ -67,7 +67,7 @@ def test_the_bootstrap_hands_the_script_its_arguments_and_the_rest_of_stdin(
 def test_the_hook_installer(login_shell: str, tmp_path: Path) -> None:
     hook = HookFile("T.wl", b"(* a hook *)\n'!' \\ $HOME\n")
     env = {**os.environ, "HOME": str(tmp_path)}
-    remote = hook_install_command(hook.version, hook.name)
+    remote = hook_install_command(hook.version, hook.name, size=len(hook.data))
     path = parse_answer("h", hook, 0, run(login_shell, remote, hook.data, env))
     assert Path(path).read_bytes() == hook.data
 
@@ -78,7 +78,7 @@ def test_the_hook_installer_in_a_home_with_a_space(tmp_path: Path) -> None:
     hook = HookFile("T.wl", b"(* a hook *)\n")
     home = tmp_path / "John Smith"
     home.mkdir()
-    remote = hook_install_command(hook.version, hook.name)
+    remote = hook_install_command(hook.version, hook.name, size=len(hook.data))
     path = parse_answer(
         "h", hook, 0, run("sh", remote, hook.data, {**os.environ, "HOME": str(home)})
     )
@@ -105,7 +105,7 @@ def run_after_a_title(remote: Remote, data: bytes = b"", env: dict[str, str] | N
 
 def test_what_reads_a_scripts_output_gets_past_a_title_with_no_newline(tmp_path: Path) -> None:
     hook = HookFile("T.wl", b"(* a hook *)\n")
-    remote = hook_install_command(hook.version, hook.name)
+    remote = hook_install_command(hook.version, hook.name, size=len(hook.data))
     out = run_after_a_title(remote, hook.data, {**os.environ, "HOME": str(tmp_path)})
     assert Path(parse_answer("h", hook, 0, out.encode())).read_bytes() == hook.data
     assert parse_probe(run_after_a_title(remote_scripts.script(HOST_PROBE)))["sh"] == "ok"
@@ -113,7 +113,9 @@ def test_what_reads_a_scripts_output_gets_past_a_title_with_no_newline(tmp_path:
     events = [event for line in out.splitlines() if (event := parse_line(line))]
     assert [event.kind for event in events] == ["hello", "pong"], out
     agent = HookFile("relayagent.py", STAND_IN)
-    remote = hook_install_command(agent.version, agent.name, agent=("00ff", 900))
+    remote = hook_install_command(
+        agent.version, agent.name, size=len(agent.data), agent=("00ff", 900)
+    )
     out = run_after_a_title(remote, agent.data, {**os.environ, "HOME": str(tmp_path)})
     started = parse_install_and_start("h", 0, out.encode(), file=agent)
     assert isinstance(started, tuple) and started[0].pid == 42, (started, out)
@@ -151,7 +153,9 @@ def test_the_agents_start_where_there_is_no_python3(login_shell: str, tmp_path: 
         (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
     env = {**os.environ, "PATH": str(bin_dir), "HOME": str(tmp_path)}
     agent = HookFile("relayagent.py", STAND_IN)
-    remote = hook_install_command(agent.version, agent.name, agent=("00ff", 900))
+    remote = hook_install_command(
+        agent.version, agent.name, size=len(agent.data), agent=("00ff", 900)
+    )
     out = run(login_shell, remote, agent.data, env)
     assert "no python3" in str(parse_install_and_start("h", 0, out, file=agent))
     assert not (tmp_path / ".cache").exists()
@@ -166,7 +170,9 @@ def test_the_agent_is_installed_and_started_in_one_session(
     home = tmp_path / "it's a home!"
     home.mkdir()
     agent = HookFile("relayagent.py", STAND_IN)
-    remote = hook_install_command(agent.version, agent.name, agent=("00ff", 900))
+    remote = hook_install_command(
+        agent.version, agent.name, size=len(agent.data), agent=("00ff", 900)
+    )
     out = run(login_shell, remote, agent.data, {**os.environ, "HOME": str(home)})
     started = parse_install_and_start("h", 0, out, file=agent)
     assert isinstance(started, tuple), (started, out)
