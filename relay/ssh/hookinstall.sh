@@ -11,9 +11,9 @@
 # kernel hook beside the agent, and each would take the other's directory for an old one
 # (a review's finding); $5 the file's SIZE in bytes: an upload cut short (a session whose
 # connection was lost, whose input ends only when sshd lets it go, long after) is never
-# installed over a whole one; for relay's agent (docs/agent.md), then "agent", its TAG
-# (hex) and WINDOW_S: the file installed is then started, in this same session, so that a host's
-# login (a slow ~/.bashrc, module loads) is paid once, not twice.
+# installed over a whole one. For relay's agent (docs/agent.md), then "agent", its TAG
+# (hex) and WINDOW_S: the file installed is then started, in this same session, so that a
+# host's login (a slow ~/.bashrc, module loads) is paid once, not twice.
 # Output, on success:  "ok PATH" on one line, then the installed file's bytes, which the daemon
 #                      hashes: the file is proven by its content, not by this script's word;
 #                      for the agent, then its start line (agent 1 ...), or "agent none" alone

@@ -143,7 +143,7 @@ def hook_install_command(
     agent: tuple[str, float] | None = None,
 ) -> Remote:
     """The hook installer, with ``VERSION NAME KEEP_DAYS SPARE SIZE``; the file's ``size``
-    bytes follow the preamble on standard input (fewer are never installed). ``spare``: the
+    bytes follow the preamble on standard input (no other size is installed). ``spare``: the
     versions of relay's other files, which it never prunes. ``agent``: (TAG, WINDOW_S), for
     relay's agent, which the installer then starts from the file it installed (``agent TAG
     WINDOW_S``)."""

@@ -16,6 +16,7 @@ Here they get past both, and `relay check` says the first."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -180,7 +181,8 @@ async def test_a_slow_login_is_paid_once_for_the_agent(home: RelayHome) -> None:
         ]
     ), sessions  # the agent's install and start, and the kernel hook's install
     (started,) = (session.split() for session in sessions if agent.name in session)
-    assert started[4:] == [str(len(agent.data)), "agent", started[6], "900"], sessions
+    assert started[4:6] == [str(len(agent.data)), "agent"] and started[7] == "900", sessions
+    assert re.fullmatch("[0-9a-f]{16}", started[6]), sessions  # the agent's tag
 
 
 async def test_the_kernel_hook_is_installed_beside_the_agents_start(home: RelayHome) -> None:
