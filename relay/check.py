@@ -62,8 +62,8 @@ KERNEL_TIMEOUT_S = 20.0  # `KERNEL -version`: a licence check may take a while
 PROBE_GONE_S = 5.0  # a probe told to go, waited for at most this long
 MIN_FREE_KB = 10 * 1024  # the hook and the supervisor's files are a few kB
 # a login (sshd's work for a session, the start-up files of the account's shell) this slow
-# is said: each new
-# connection's first kernel waits for one, and the Parallel package waits 15 s for a kernel
+# is said: each new connection's first kernel waits for one, and the Parallel package waits
+# 15 s for a kernel
 SLOW_LOGIN_S = 3.0
 AUTH_METHODS_KWARGS = {"port", "username", "tunnel", "proxy_command", "config"}
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk", "id_dsa")
@@ -669,26 +669,26 @@ class Checker:
                     f"with their connection)",
                 )
         notes = []
+        # how the account's shell keeps its start-up to interactive shells
+        quiet = QUIET_START_UP.get(probe.get("login_shell", ""), QUIET_START_UP["bash"])
         said = chatter(str(done.stdout or ""), "sh=ok")
         if said:
             notes.append(
                 f"the login shell prints before every command ({said[0][:60]!r}"
                 f"{' and more' if len(said) > 1 else ''}): relay skips it, but scp, sftp and "
                 f"rsync fail on it; print only in interactive shells "
-                f"({QUIET_START_UP.get(probe.get('login_shell', ''), QUIET_START_UP['bash'])})"
+                f"({quiet})"
             )
         login_s = login_seconds(probe)
         if login_s is not None:
             show["login"] = f"{login_s * 1000:.0f} ms before each command"
             if login_s >= SLOW_LOGIN_S:
-                shell = probe.get("login_shell", "")
                 notes.append(
                     f"the login takes {login_s:.1f} s before each command (sshd's work for "
                     f"a session, then the shell's start-up files): a new connection's first "
-                    f"kernel waits for it; keep "
-                    f"what is slow (module loads, conda) to interactive shells "
-                    f"({QUIET_START_UP.get(shell, QUIET_START_UP['bash'])}), or run `relay "
-                    f"connect {self.name}` ahead of the launches"
+                    f"kernel waits for it; keep what is slow (module loads, conda) to "
+                    f"interactive shells ({quiet}), or run `relay connect {self.name}` "
+                    f"ahead of the launches"
                 )
         if probe.get("proc") != "ok":
             notes.append(

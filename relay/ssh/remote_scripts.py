@@ -127,8 +127,7 @@ def _command(name: str, *args: str) -> Remote:
 def remote_command(tag: str, *, end_stale: bool = True, stale_after_s: int = 60) -> Remote:
     """The supervisor, with ``TAG end|keep STALE_S``. A session of the same tag not pinged
     for STALE_S seconds is stale; its requests follow the preamble on standard input."""
-    if not tag or any(c not in "0123456789abcdef" for c in tag):
-        raise ValueError(f"supervisor tag must be lowercase hex, not {tag!r}")
+    _hex(tag, "supervisor tag")
     mode = "end" if end_stale else "keep"
     return _command("supervisor.sh", tag, mode, str(int(stale_after_s)))
 
@@ -148,8 +147,7 @@ def hook_install_command(
     relay's agent, which the installer then starts from the file it installed (``agent TAG
     WINDOW_S``)."""
     for hexed in (version, *spare):
-        if not hexed or any(c not in "0123456789abcdef" for c in hexed):
-            raise ValueError(f"hook version must be lowercase hex, not {hexed!r}")
+        _hex(hexed, "hook version")
     if not name or not all(c.isascii() and (c.isalnum() or c == ".") for c in name):
         raise ValueError(f"hook file name must be letters, digits and dots, not {name!r}")
     if size < 0:
@@ -157,7 +155,12 @@ def hook_install_command(
     args = [version, name, str(int(keep_days)), ",".join(spare) or "-", str(int(size))]
     if agent is not None:
         tag, window_s = agent
-        if not tag or any(c not in "0123456789abcdef" for c in tag):
-            raise ValueError(f"agent tag must be lowercase hex, not {tag!r}")
+        _hex(tag, "agent tag")
         args += ["agent", tag, str(max(1, round(window_s)))]
     return _command("hookinstall.sh", *args)
+
+
+def _hex(word: str, what: str) -> None:
+    """A word the remote scripts take as lowercase hex (and check again: exit 96)."""
+    if not word or any(c not in "0123456789abcdef" for c in word):
+        raise ValueError(f"{what} must be lowercase hex, not {word!r}")
