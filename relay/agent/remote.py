@@ -16,6 +16,7 @@ starting kernel, and a self-pipe for signals. Nothing blocks but ``which`` (a sh
 import binascii
 import collections
 import errno
+import fcntl
 import hmac
 import itertools
 import json
@@ -64,6 +65,9 @@ ACK_DELAY_S = 0.2
 FIRST_ATTACH_S = 60.0  # a fresh agent nobody attaches to goes away
 HELLO_WITHIN_S = 10.0
 PREDECESSOR_WAIT_S = 10.0
+# how long a start waits for another start of its tag (``start_lock``): that one ends its
+# predecessor (PREDECESSOR_WAIT_S at most), binds and forks, then lets go
+START_LOCK_WAIT_S = PREDECESSOR_WAIT_S + 5.0
 KILL_AFTER_S = 5.0  # SIGTERM, then SIGKILL for a kernel that ignores it
 ASK_LINE_S = 10.0  # a hook connection's request line must come within this (relay.lite.hook)
 ASK_KEPT_S = 60.0  # a request sent on is answered within this, or its connection is closed
@@ -694,10 +698,11 @@ class Kernel:
 
 
 class Agent:
-    def __init__(self, dir_fd, tag, secret, server, window_s, sock_ino, path=None):
+    def __init__(self, dir_fd, tag, secret, server, window_s, sock_ino, path=None, generation=0):
         self.dir_fd = dir_fd  # the run directory (``run_dir``): its files are opened in it
         self.path = path  # its name (None: the usual one), where ``rebind`` makes it again
         self.tag = tag
+        self.generation = generation  # the daemon's number for its start (``start``)
         self.secret = secret
         self.server = server
         self.sock_name, self.pid_name = tag + ".sock", tag + ".pid"
@@ -873,8 +878,9 @@ class Agent:
         cleaners remove files by age: systemd-tmpfiles' ``q /tmp ... 10d`` (Fedora, RHEL
         and their HPC clusters), tmpwatch, tmpreaper. They spare a live socket (systemd's
         looks in /proc/net/unix; the others take regular files only) but not the pid file,
-        by which the next agent of this tag ends a dead daemon's kernels at once, nor a
-        quiet kernel's log, whose last lines tell why it exited. So their times are set to
+        by which the next agent of this tag ends a dead daemon's kernels at once, nor the
+        starts' lock (``start_lock``), nor a quiet kernel's log, whose last lines tell why
+        it exited. So their times are set to
         now once the socket's is an hour old. What goes anyway (a person's ``rm -r``) is
         made again: the directory (with ``run_dir``'s checks), the socket, bound afresh and
         listened on in place of the old (without it no daemon could attach, and the kernels
@@ -890,7 +896,8 @@ class Agent:
             return  # a successor's: this agent's name is its now
         self.keep_pid_file()
         if time.time() - st.st_mtime > TOUCH_AFTER_S:
-            names = [self.sock_name, self.pid_name] + [k.log for k in self.kernels.values()]
+            names = [self.sock_name, self.pid_name, self.tag + ".lock"]
+            names += [k.log for k in self.kernels.values()]
             for name in names:
                 try:
                     os.utime(name, dir_fd=self.dir_fd, follow_symlinks=False)
@@ -952,7 +959,7 @@ class Agent:
         """The pid file, made again if it went (the next agent of this tag finds us by it);
         one that is there (ours, or a successor's) is left as it is."""
         try:
-            write_pid(self.pid_name, os.O_EXCL, self.dir_fd)
+            write_pid(self.pid_name, os.O_EXCL, self.dir_fd, self.generation)
         except OSError:
             pass  # there, or no room now: looked at again
 
@@ -1841,17 +1848,21 @@ def beside(dir_fd):
 
 
 def recorded_agent(pid_name, dir_fd):
-    """The agent a pid file names, (pid, start time), if that process still runs and is an
-    agent of this tag; else None. Both are recorded: a pid alone may since name another
-    process of the user's. And its command line is looked at: a start time counts from the
-    boot, so a pid file that outlived a reboot (a TMPDIR on disk) could name another process
-    with both the same (and a user who is root may signal any)."""
+    """The agent a pid file names, (pid, start time, generation), if that process still runs
+    and is an agent of this tag; else None. Both are recorded: a pid alone may since name
+    another process of the user's. And its command line is looked at: a start time counts
+    from the boot, so a pid file that outlived a reboot (a TMPDIR on disk) could name another
+    process with both the same (and a user who is root may signal any). The generation is
+    the daemon's number for the start (``start``); 0 in an agent's from before it had one."""
     try:
         fd = open_private(pid_name, os.O_RDONLY, dir_fd)
         with os.fdopen(fd) as f:
             words = f.read().split()
         pid, started = int(words[0]), words[1]
+        generation = decimal(words[2]) if len(words) > 2 else 0
     except (OSError, ValueError, IndexError):
+        return None
+    if generation is None:
         return None
     if start_time(pid) != started:
         return None
@@ -1861,7 +1872,7 @@ def recorded_agent(pid_name, dir_fd):
     except OSError:
         return None
     tag = pid_name[: -len(".pid")]
-    return (pid, started) if tag.encode() in command else None
+    return (pid, started, generation) if tag.encode() in command else None
 
 
 def end_predecessor(pid_name, dir_fd):
@@ -1870,7 +1881,7 @@ def end_predecessor(pid_name, dir_fd):
     recorded = recorded_agent(pid_name, dir_fd)
     if recorded is None or recorded[0] == os.getpid():
         return 0
-    pid, started = recorded
+    pid, started = recorded[:2]
     try:
         os.kill(pid, signal.SIGTERM)
     except OSError:
@@ -1901,11 +1912,12 @@ def sweep_logs(dir_fd, tag, pid_name):
     return True
 
 
-def write_pid(pid_name, flags, dir_fd):
-    """This process's pid and start time in its pid file (``recorded_agent`` reads them)."""
+def write_pid(pid_name, flags, dir_fd, generation=0):
+    """This process's pid, start time and generation in its pid file (``recorded_agent``)."""
     fd = open_private(pid_name, os.O_WRONLY | os.O_CREAT | flags, dir_fd)
     try:
-        os.write(fd, ("%d %s\n" % (os.getpid(), start_time(os.getpid()) or "-")).encode())
+        said = "%d %s %d\n" % (os.getpid(), start_time(os.getpid()) or "-", generation)
+        os.write(fd, said.encode())
     finally:
         os.close(fd)
 
@@ -1923,13 +1935,56 @@ def write_err(tag, dir_fd, most=None):
         pass
 
 
+class _LockWait(Exception):
+    pass
+
+
+def _lock_wait_over(signum, frame):
+    raise _LockWait()
+
+
+def start_lock(tag, dir_fd):
+    """An exclusive flock on TAG.lock in the run directory, waited for (START_LOCK_WAIT_S at
+    most): held by a start from its look at the pid file until its agent has written its own,
+    so that of two starts of a tag, the second sees the first's agent. Its descriptor, or
+    None if another start held it all that while. The file stays: a lock on a name that a
+    start could remove while another waits on it would be two locks."""
+    fd = open_private(tag + ".lock", os.O_RDWR | os.O_CREAT, dir_fd)
+    old = signal.signal(signal.SIGALRM, _lock_wait_over)
+    signal.setitimer(signal.ITIMER_REAL, START_LOCK_WAIT_S)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # interrupted by the alarm's exception, not retried
+    except _LockWait:
+        os.close(fd)
+        return None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    return fd
+
+
+def newer_agent(pid_name, generation, dir_fds):
+    """The generation of an agent of this tag that a later start than ours made (a daemon's
+    starts are numbered as they are asked for), running in any of ``dir_fds``; else None.
+    Such a start's agent carries the kernels of the connection that asked for it, and ours
+    was asked for earlier: on a connection since lost, whose session sshd kept, and whose
+    login (a slow ~/.bashrc) ended only now. Ending that agent as a predecessor would take
+    live kernels with it (a review's reproduction)."""
+    newer = None
+    for fd in dir_fds:
+        recorded = recorded_agent(pid_name, fd)
+        if recorded is not None and recorded[0] != os.getpid() and recorded[2] > generation:
+            newer = max(newer or 0, recorded[2])
+    return newer
+
+
 def ours(name, ino, dir_fd):
     """Whether ``name`` in the run directory is the socket this agent bound (inode ``ino``):
     asked while that socket is still open, so that no later one can have its inode."""
     return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == ino
 
 
-def start(tag, window):
+def start(tag, window, generation=0):
     if not tag or any(c not in "0123456789abcdef" for c in tag):
         print("agent refuse tag -")
         return 1
@@ -1947,10 +2002,25 @@ def start(tag, window):
         return 1
     pid_name, sock_name = tag + ".pid", tag + ".sock"
     pid_path, sock_path = os.path.join(path, pid_name), os.path.join(path, sock_name)
+    try:
+        lock = start_lock(tag, dir_fd)
+    except OSError:
+        print("agent refuse lockfile %s" % os.path.join(path, tag + ".lock"))
+        return 1
+    if lock is None:
+        print("agent refuse busy %s" % os.path.join(path, tag + ".lock"))
+        return 1
+    others = beside(dir_fd)
+    newer = newer_agent(pid_name, generation, [dir_fd] + [fd for _, fd in others])
+    if newer is not None:
+        print("agent newer %d" % newer)  # and nothing ended, nothing started
+        for _, fd in others:
+            os.close(fd)
+        return 1
     ended = end_predecessor(pid_name, dir_fd)
     sweep_logs(dir_fd, tag, pid_name)
     usual = usual_dir()
-    for other, fd in beside(dir_fd):  # where an agent ran while the usual name was not ours
+    for other, fd in others:  # where an agent ran while the usual name was not ours
         try:  # one left a while ago (not one a start is about to bind in): before any sweep
             old = other != usual and time.time() - os.fstat(fd).st_mtime > FIRST_ATTACH_S
         except OSError:
@@ -1960,7 +2030,7 @@ def start(tag, window):
             # this tag's agent there is gone, and was killed (one that ends removes its
             # directory): its pid file and socket, no other tag's; then the directory, if
             # that left it empty (a crash's TAG.err stays, to be read)
-            for name in (pid_name, sock_name):
+            for name in (pid_name, sock_name, tag + ".lock"):
                 try:
                     os.unlink(name, dir_fd=fd)
                 except OSError:
@@ -1992,6 +2062,7 @@ def start(tag, window):
         os.close(w)
         with os.fdopen(r) as f:
             pid = f.read().strip()
+        os.close(lock)  # the agent has written its pid file, or will not run
         if not pid.isdigit():  # no agent runs: its socket goes (if not another start's)
             try:  # looked at while ours is open: a later socket cannot have its inode
                 if ours(sock_name, sock_ino, dir_fd):
@@ -2019,16 +2090,17 @@ def start(tag, window):
         os.dup2(null, fd)
     os.close(null)
     try:
-        write_pid(pid_name, os.O_TRUNC, dir_fd)
+        write_pid(pid_name, os.O_TRUNC, dir_fd, generation)
     except OSError:
         os.write(w, b"pidfile")
         os._exit(1)
+    os.close(lock)  # the next start of this tag sees us now
     os.write(w, str(os.getpid()).encode())
     os.close(w)
     more_files()
     agent = None
     try:
-        agent = Agent(dir_fd, tag, secret, server, float(window), sock_ino, path)
+        agent = Agent(dir_fd, tag, secret, server, float(window), sock_ino, path, generation)
         agent.run()
     except Exception:  # a bug: said where a person (or a test) can read it, then its end
         write_err(tag, agent.dir_fd if agent is not None else dir_fd)
@@ -2049,7 +2121,11 @@ def start(tag, window):
                     os.unlink(pid_name, dir_fd=dir_fd)
         except (OSError, IndexError):
             pass
-        if path != usual:  # one made where the usual name was not ours: gone if empty
+        if path != usual:  # one made where the usual name was not ours: gone if empty (no
+            try:  # start waits on its lock: each start there made the directory anew)
+                os.unlink(tag + ".lock", dir_fd=dir_fd)
+            except OSError:
+                pass
             try:
                 os.rmdir(path)
             except OSError:
@@ -2058,13 +2134,17 @@ def start(tag, window):
 
 
 def main(argv):
-    if len(argv) == 4 and argv[1] == "start":
+    if len(argv) in (4, 5) and argv[1] == "start":
         try:
             window = float(argv[3])
         except ValueError:
             window = 900.0
-        return start(argv[2], window)
-    sys.stderr.write("usage: relayagent.py start TAG WINDOW_S\n")
+        generation = decimal(argv[4]) if len(argv) == 5 else 0
+        if generation is None:
+            sys.stderr.write("relayagent.py: GENERATION must be digits, not %r\n" % argv[4])
+            return 2
+        return start(argv[2], window, generation)
+    sys.stderr.write("usage: relayagent.py start TAG WINDOW_S [GENERATION]\n")
     return 2
 
 

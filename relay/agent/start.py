@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ from relay.ssh.remote_scripts import hook_install_command
 __all__ = [
     "NO_OWNER_CHECK",
     "START_TIMEOUT_S",
+    "Generations",
+    "Superseded",
     "Unavailable",
     "agent_file",
     "parse_install_and_start",
@@ -67,6 +70,8 @@ _REFUSALS = {
     "symlink": "{path} is a symlink (remove it)",
     "notmine": "{path} is not owned by you",
     "mode": "{path} is open to others (chmod 700 {path})",
+    "lockfile": "cannot create {path} (is the disk full?)",
+    "busy": "another start of relay's agent held {path} too long (is one stuck on the host?)",
 }
 
 
@@ -77,9 +82,34 @@ class Unavailable:
     reason: str
 
 
+@dataclass(frozen=True)
+class Superseded:
+    """The host runs an agent of this tag that a later start made (``agent newer N``): this
+    start ended nothing and started nothing."""
+
+    generation: int
+
+
+class Generations:
+    """The numbers a daemon gives its starts of a host's agent, each larger than the last.
+    An agent's start never ends an agent that a later start made (``relayagent.py``): a
+    start on a connection lost on the client's side alone is kept by sshd, and may reach
+    the host after a later connection's, whose agent carries the kernels. The wall clock's
+    nanoseconds, so that a new daemon's outnumber a dead one's; one more than any number
+    given or heard of, where the clock was stepped back."""
+
+    def __init__(self, clock: Callable[[], int] = time.time_ns) -> None:
+        self._clock = clock
+        self._last = 0
+
+    def next(self, above: int = 0) -> int:
+        self._last = max(self._clock(), self._last + 1, above + 1)
+        return self._last
+
+
 def parse_start(
     host: str, exit_status: int | None, stdout: str, stderr: str = ""
-) -> tuple[AgentInfo, str] | Unavailable:
+) -> tuple[AgentInfo, str] | Unavailable | Superseded:
     """The start line (``agent 1 SECRET PID SOCKPATH UID CHECK ENDED``): what the agent said,
     and its secret; or why there is none (a crash says it on stderr: its last line, the
     exception). ConnectFailed if the session was cut off with its connection (no exit
@@ -92,6 +122,8 @@ def parse_start(
         return Unavailable(f"no python3 on {host}'s PATH")
     if kind == "old":
         return Unavailable(f"python3 on {host} is {rest}; relay's agent needs 3.6 or later")
+    if kind == "newer" and rest.isascii() and rest.isdigit() and len(rest) <= 19:
+        return Superseded(int(rest))
     why, _, path = rest.partition(" ")  # a path as it is: TMPDIR may hold a space
     if kind == "refuse" and why in _REFUSALS and path:
         return Unavailable(_REFUSALS[why].format(path=path))
@@ -124,7 +156,7 @@ def parse_install_and_start(
     stdout: bytes,
     stderr: bytes = b"",
     file: hookfile.HookFile | None = None,
-) -> tuple[AgentInfo, str] | Unavailable:
+) -> tuple[AgentInfo, str] | Unavailable | Superseded:
     """The one session's output (``start``): the installer's answer and the bytes of
     ``file`` (the agent's), then the agent's start line; or why the agent cannot run."""
     file = file or agent_file()
@@ -147,19 +179,43 @@ async def start(
     host: str,
     tag: str,
     window_s: float,
+    generations: Generations,
     opened: Callable[[], object] | None = None,
 ) -> tuple[AgentInfo, str] | Unavailable:
     """The agent's file installed and the agent started from it, in one session: what it
     said, and its secret. ``opened`` is called once the server has given that session (the
     host's login runs from then on): what else needs a session may open one beside it, and
-    a server of one session at a time has given this one first."""
+    a server of one session at a time has given this one first. Each start is numbered by
+    ``generations``; where the host says a later start's agent runs, which a daemon's own
+    starts, one at a time, can only meet after its clock was stepped back (or while a
+    second daemon of this tag runs), it is started once more, numbered above that one."""
+    started = await _start_once(conn, host, tag, window_s, generations.next(), opened)
+    if isinstance(started, Superseded):
+        above = generations.next(started.generation)
+        started = await _start_once(conn, host, tag, window_s, above, None)
+        if isinstance(started, Superseded):
+            return Unavailable(
+                f"a relay agent started after this one runs on {host} (is a second relay "
+                "daemon of yours reaching it?)"
+            )
+    return started
+
+
+async def _start_once(
+    conn: asyncssh.SSHClientConnection,
+    host: str,
+    tag: str,
+    window_s: float,
+    generation: int,
+    opened: Callable[[], object] | None,
+) -> tuple[AgentInfo, str] | Unavailable | Superseded:
     agent = agent_file()
     remote = hook_install_command(
         agent.version,
         agent.name,
         size=len(agent.data),
         spare=hookfile.spared(agent),
-        agent=(tag, window_s),
+        agent=(tag, window_s, generation),
     )
 
     async def run() -> asyncssh.SSHCompletedProcess:

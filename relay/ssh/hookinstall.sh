@@ -13,11 +13,13 @@
 # connection was lost, whose input ends only when sshd lets it go, long after) is never
 # installed over a whole one. For relay's agent (docs/agent.md), then "agent", its TAG
 # (hex) and WINDOW_S: the file installed is then started, in this same session, so that a
-# host's login (a slow ~/.bashrc, module loads) is paid once, not twice.
+# host's login (a slow ~/.bashrc, module loads) is paid once, not twice; and its GENERATION
+# (digits: the daemon numbers its starts, and an agent never ends a later start's agent).
 # Output, on success:  "ok PATH" on one line, then the installed file's bytes, which the daemon
 #                      hashes: the file is proven by its content, not by this script's word;
-#                      for the agent, then its start line (agent 1 ...), or "agent none" alone
-#                      where there is no python3 (nothing installed).
+#                      for the agent, then its start line (agent 1 ..., or agent newer N
+#                      where a later start's agent runs), or "agent none" alone where
+#                      there is no python3 (nothing installed).
 #          otherwise:  "refuse REASON PATH" (REASON: nohome, symlink, notdir, notmine, writable,
 #                      notfile, nowrite, short) and exit 1; nothing outside
 #                      ~/.cache/relay is touched (but ~/.cache is made if missing).
@@ -41,6 +43,7 @@ case $5 in *[!0-9]*|"") exit 96 ;; esac;
 case $6 in
   "") ;;
   agent) case $7 in *[!0-9a-f]*|"") exit 96 ;; esac; case $8 in *[!0-9]*|"") exit 96 ;; esac;
+    case $9 in *[!0-9]*|"") exit 96 ;; esac;
     command -v python3 >/dev/null 2>&1 || { cat >/dev/null; echo "agent none"; exit 0; } ;;
   *) exit 96 ;;
 esac;
@@ -80,4 +83,4 @@ for f in "$v"/*.part; do
 done;
 echo "ok $t";
 cat "$t";
-test -z "$6" || exec python3 -I "$t" start "$7" "$8";
+test -z "$6" || exec python3 -I "$t" start "$7" "$8" "$9";

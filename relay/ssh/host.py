@@ -165,6 +165,7 @@ class HostSession:
             "refused a connection from another user's process",
         )
         self._supervisor_lock = asyncio.Lock()
+        self._generations = agent_start.Generations()  # the agent's starts, numbered
         self._closing = False
         self._idle_closing = False
         self._tasks = TaskSet()
@@ -770,7 +771,7 @@ class HostSession:
         # hook again where that refused it)
         opened = (lambda: self._hook.prefetch(conn, quiet=True)) if cfg.dynamic else None
         started = await agent_start.start(
-            conn, self.key, self.tag, cfg.resume_window_s, opened=opened
+            conn, self.key, self.tag, cfg.resume_window_s, self._generations, opened=opened
         )
         if isinstance(started, agent_start.Unavailable):
             self.agent_unavailable = started.reason

@@ -139,13 +139,13 @@ def hook_install_command(
     *,
     size: int,
     spare: Sequence[str] = (),
-    agent: tuple[str, float] | None = None,
+    agent: tuple[str, float, int] | None = None,
 ) -> Remote:
     """The hook installer, with ``VERSION NAME KEEP_DAYS SPARE SIZE``; the file's ``size``
     bytes follow the preamble on standard input (no other size is installed). ``spare``: the
-    versions of relay's other files, which it never prunes. ``agent``: (TAG, WINDOW_S), for
-    relay's agent, which the installer then starts from the file it installed (``agent TAG
-    WINDOW_S``)."""
+    versions of relay's other files, which it never prunes. ``agent``: (TAG, WINDOW_S,
+    GENERATION), for relay's agent, which the installer then starts from the file it
+    installed (``agent TAG WINDOW_S GENERATION``)."""
     for hexed in (version, *spare):
         _hex(hexed, "hook version")
     if not name or not all(c.isascii() and (c.isalnum() or c == ".") for c in name):
@@ -154,9 +154,11 @@ def hook_install_command(
         raise ValueError(f"a file's size is not negative: {size}")
     args = [version, name, str(int(keep_days)), ",".join(spare) or "-", str(int(size))]
     if agent is not None:
-        tag, window_s = agent
+        tag, window_s, generation = agent
         _hex(tag, "agent tag")
-        args += ["agent", tag, str(max(1, round(window_s)))]
+        if generation < 0:
+            raise ValueError(f"an agent's generation is not negative: {generation}")
+        args += ["agent", tag, str(max(1, round(window_s))), str(int(generation))]
     return _command("hookinstall.sh", *args)
 
 

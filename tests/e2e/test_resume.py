@@ -738,11 +738,15 @@ async def test_a_kernel_killed_during_an_outage_is_said_when_and_not_taken_for_r
     assert ", while the connection was down (" in err and "; not by relay" in err, err
 
 
+@pytest.mark.parametrize("clock", ["", "stepped back"])
 async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
-    home: RelayHome,
+    home: RelayHome, clock: str
 ) -> None:
     """A daemon that died cannot resume (its front-end links died with it): its kernels run
-    on under the agent until the next daemon reaches the host, which ends them at once."""
+    on under the agent until the next daemon reaches the host, which ends them at once.
+    Each start is numbered from the daemon's wall clock, and no start ends a later start's
+    agent: where the clock was stepped back since (here, the dead daemon's number made
+    later than any now), the host says so, and the next daemon starts once more above it."""
     home.add_host("local", **KEEPALIVE)
     daemon = await serve_subprocess(home)
     draining = asyncio.ensure_future(drain(daemon))
@@ -760,6 +764,15 @@ async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
     await daemon.wait()
     await draining
     assert pid_alive(pid)  # the agent keeps it: no daemon has said goodbye
+    if clock:
+        agent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        pid_file = next(
+            p
+            for p in Path("/tmp").glob(f"relay-agent-{os.getuid()}*/*.pid")
+            if p.read_text().split()[0] == str(agent)
+        )
+        mine, started, _ = pid_file.read_text().split()
+        pid_file.write_text(f"{mine} {started} {9 * 10**18}\n")
     async with served(home), controller(home) as fe:
         kl, _ = await connected(fe)
         await wait_gone(pid, BOUND_S)  # ended by the next daemon's agent start

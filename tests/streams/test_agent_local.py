@@ -8,6 +8,7 @@ kernels started and ended, the window, and its files shut to others.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -32,7 +33,13 @@ import pytest
 from relay.agent import mux, remote
 from relay.agent.mux import Frame, FrameReader
 from relay.agent.session import AgentInfo
-from relay.agent.start import Unavailable, agent_file, parse_install_and_start, parse_start
+from relay.agent.start import (
+    Superseded,
+    Unavailable,
+    agent_file,
+    parse_install_and_start,
+    parse_start,
+)
 from relay.errors import ConnectFailed
 from tests.conftest import pid_alive
 from tests.strangers import (
@@ -160,9 +167,11 @@ class Agent:
         window_s: float = 60,
         files: int | None = None,
         prelude: str | None = None,
+        generation: int | None = None,
     ) -> None:
         """``files``: the agent's limit on open files, soft and hard (a host's ulimit -n).
-        ``prelude``: Python run first in the agent's process (``start_patched``'s way)."""
+        ``prelude``: Python run first in the agent's process (``start_patched``'s way).
+        ``generation``: the daemon's number for the start (none: as an older daemon's)."""
         env = dict(os.environ, TMPDIR=str(run))
 
         def limited() -> None:
@@ -170,6 +179,8 @@ class Agent:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
 
         argv = [python, "-I", str(AGENT), "start", tag, str(window_s)]
+        if generation is not None:
+            argv.append(str(generation))
         if prelude is not None:
             argv[2:3] = ["-c", patched(prelude, tag, window_s)]
         done = subprocess.run(
@@ -183,7 +194,7 @@ class Agent:
         )
         self.said = done.stdout
         started = parse_start("here", done.returncode, done.stdout, done.stderr)
-        self.info: AgentInfo | Unavailable
+        self.info: AgentInfo | Unavailable | Superseded
         self.info, self.secret = started if isinstance(started, tuple) else (started, "")
         self.window_s = window_s
         self.recv: dict[int, int] = {0: 0}  # what this "daemon" took in, per stream
@@ -657,7 +668,7 @@ def patched(prelude: str, tag: str, window_s: float = 60) -> str:
     )
 
 
-def info(started: tuple[AgentInfo, str] | Unavailable, said: object) -> AgentInfo:
+def info(started: tuple[AgentInfo, str] | Unavailable | Superseded, said: object) -> AgentInfo:
     """What a start that worked said (its secret aside)."""
     assert isinstance(started, tuple), said
     return started[0]
@@ -896,6 +907,76 @@ def test_the_next_agent_of_a_tag_ends_its_predecessor_and_its_kernels(run: Path)
     first.chan.close()
 
 
+def test_a_start_never_ends_the_agent_of_a_later_start(run: Path) -> None:
+    """A start on a connection lost on the client's side alone is kept by sshd, and reaches
+    the host after a later connection's start, whose agent carries the kernels (a slow
+    login; a review's reproduction through sshd): it ends nothing and starts nothing, and
+    says which start's agent runs. A later start than that agent's ends it as ever; so does
+    an older daemon's start, which numbers none (an agent of before numbers 0)."""
+    first = Agent(sys.executable, run, "d5", generation=20)
+    first.attach()
+    first.say("start k1 set -- /bin/sleep 600")
+    kernel = int(first.line("pid k1 ").split()[2])
+    pid_file = Path(info(parse_start("h", 0, first.said), first.said).socket).with_suffix(".pid")
+    recorded = pid_file.read_text()
+    stale = Agent(sys.executable, run, "d5", generation=19)
+    assert stale.info == Superseded(20), stale.said
+    assert not gone(kernel) and not gone(first.pid) and pid_file.read_text() == recorded
+    assert first.chan is not None
+    pings(first, first.chan, "alive")  # still attached: answered
+    later = Agent(sys.executable, run, "d5", generation=21)
+    assert isinstance(later.info, AgentInfo) and later.info.ended == 1, later.said
+    wait_gone(kernel)
+    wait_gone(first.pid)
+    first.chan.close()
+    unnumbered = Agent(sys.executable, run, "d5")
+    assert isinstance(unnumbered.info, Superseded), unnumbered.said
+    later.goodbye()
+
+
+# the number of flock(2) in /proc/PID/syscall, where a process blocked in it says so
+FLOCK = {"x86_64": 73, "aarch64": 32}.get(os.uname().machine)
+
+
+def blocked_in_flock(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/syscall").read_text().split()[0] == str(FLOCK)
+    return False
+
+
+@pytest.mark.skipif(FLOCK is None, reason="flock's syscall number is known for x86_64, aarch64")
+def test_a_start_waits_for_another_start_of_its_tag_to_write_its_pid_file(run: Path) -> None:
+    """Two starts of one tag at once: the second looks at the pid file only once the first
+    has written its own (a lock on TAG.lock), so it sees the first's agent, here one of a
+    later start, and leaves it. Without the lock it would read the pid file before and
+    end the agent it names."""
+    first = Agent(sys.executable, run, "d6", generation=5)
+    assert isinstance(first.info, AgentInfo), first.said
+    directory = Path(first.info.socket).parent
+    lock = os.open(directory / "d6.lock", os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a start of this tag in its turn
+        second = subprocess.Popen(
+            [sys.executable, "-I", str(AGENT), "start", "d6", "60", "10"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, TMPDIR=str(run)),
+        )
+        until(lambda: blocked_in_flock(second.pid), "the second start waits on the lock")
+        # what the start in its turn does before it lets go: its agent's pid file written
+        # (here the first agent's own, as a start later than the second had made it)
+        pid_file = directory / "d6.pid"
+        pid, started, _ = pid_file.read_text().split()
+        pid_file.write_text(f"{pid} {started} 30\n")
+    finally:
+        os.close(lock)
+    said, _ = second.communicate(timeout=BOUND_S)
+    assert parse_start("h", second.returncode, said) == Superseded(30), said
+    assert not gone(first.pid)
+    first.goodbye()
+
+
 def test_the_kernel_logs_a_killed_agent_left_go_with_the_next_agent_of_its_tag(
     run: Path,
 ) -> None:
@@ -1121,11 +1202,11 @@ def test_a_killed_agents_directory_beside_the_usual_one_goes_with_the_next_start
     long_ago = time.time() - 7200
     for directory in firsts:
         os.utime(directory, (long_ago, long_ago))
-    assert sorted(p.name for p in killed.iterdir()) == ["e7.pid", "e7.sock"]
+    assert sorted(p.name for p in killed.iterdir()) == ["e7.lock", "e7.pid", "e7.sock"]
     again = Agent(sys.executable, run, "e7")
     assert isinstance(again.info, AgentInfo), again.said
     assert not killed.exists()
-    assert sorted(p.name for p in other_tags.iterdir()) == ["e8.pid", "e8.sock"]
+    assert sorted(p.name for p in other_tags.iterdir()) == ["e8.lock", "e8.pid", "e8.sock"]
     again.goodbye()
     assert not Path(again.info.socket).parent.exists()
 
@@ -1551,7 +1632,7 @@ def test_a_tmp_cleaner_finds_the_agents_files_young(run: Path, tmp_path: Path) -
     agent.say("start k1 set -- /bin/sh -c 'sleep 60'")
     agent.line("pid k1 ")
     files = sorted(p.name for p in sock.parent.iterdir())
-    assert files == ["c4-k1.log", "c4.pid", "c4.sock"], files
+    assert files == ["c4-k1.log", "c4.lock", "c4.pid", "c4.sock"], files
     age(sock.parent)
     until(lambda: time.time() - sock.stat().st_mtime < 3600, "the agent's socket touched")
     until(lambda: time.time() - sock.parent.stat().st_mtime < 3600, "its directory touched")

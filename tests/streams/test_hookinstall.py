@@ -90,20 +90,21 @@ def test_installs_private_and_proven(shell: str, tmp_path: Path) -> None:
 def test_the_agent_is_started_from_what_was_installed_or_not_at_all(
     shell: str, tmp_path: Path
 ) -> None:
-    """``agent TAG WINDOW_S``: the file installed is started (python3 -I FILE start TAG
-    WINDOW_S), in the same session; a refusal starts nothing, and says why."""
+    """``agent TAG WINDOW_S GENERATION``: the file installed is started (python3 -I FILE
+    start TAG WINDOW_S GENERATION), in the same session; a refusal starts nothing, and says
+    why."""
     line = "agent 1 %s 7 /run/a b.sock 1000 proc 0" % ("cd" * 32)
     agent = dataclasses.replace(
         agent_file(),
         data=b"import sys\n"
-        b"assert sys.flags.isolated and sys.argv[1:] == ['start', '00ff', '900'], sys.argv\n"
+        b"assert sys.flags.isolated and sys.argv[1:] == ['start', '00ff', '900', '17'], sys.argv\n"
         + f"print({line!r})\n".encode(),
     )
-    done = run(shell, tmp_path, agent, then=("agent", "00ff", "900"))
+    done = run(shell, tmp_path, agent, then=("agent", "00ff", "900", "17"))
     started = parse_install_and_start("h", done.returncode, done.stdout, done.stderr, agent)
     assert started == (AgentInfo(7, "/run/a b.sock", 1000, True, 0), "cd" * 32), done
     (tmp_path / ".cache" / "relay").chmod(0o777)
-    done = run(shell, tmp_path, agent, then=("agent", "00ff", "900"))
+    done = run(shell, tmp_path, agent, then=("agent", "00ff", "900", "17"))
     refused = parse_install_and_start("h", done.returncode, done.stdout, done.stderr, agent)
     assert refused == Unavailable(
         f"cannot install relay's agent on h: {tmp_path}/.cache/relay is writable by others "
@@ -111,7 +112,9 @@ def test_the_agent_is_started_from_what_was_installed_or_not_at_all(
         "resume_window_s = 0 in [hosts.h] to say so and not try)"
     ), done
     assert b"agent 1" not in done.stdout
-    assert run(shell, tmp_path, agent, then=("agent", "0x", "900")).returncode == 96
+    assert run(shell, tmp_path, agent, then=("agent", "0x", "900", "17")).returncode == 96
+    assert run(shell, tmp_path, agent, then=("agent", "00ff", "900")).returncode == 96
+    assert run(shell, tmp_path, agent, then=("agent", "00ff", "900", "1;")).returncode == 96
     assert run(shell, tmp_path, agent, then=("start",)).returncode == 96
 
 
@@ -287,13 +290,13 @@ def test_the_command_is_the_bootstrap_and_checks_its_words() -> None:
     with pytest.raises(ValueError, match="letters"):
         hook_install_command(HOOK.version, "../x y", size=1)
     starting = hook_install_command(
-        HOOK.version, HOOK.name, size=len(HOOK.data), agent=("00ff", 899.6)
+        HOOK.version, HOOK.name, size=len(HOOK.data), agent=("00ff", 899.6, 7)
     )
-    assert starting.command == f"{remote.command} agent 00ff 900"
+    assert starting.command == f"{remote.command} agent 00ff 900 7"
     assert starting.preamble == remote.preamble  # one script: the words say what it does
     with pytest.raises(ValueError, match="hex"):
         hook_install_command(
-            HOOK.version, HOOK.name, size=len(HOOK.data), agent=("00ff; rm -rf ~", 900)
+            HOOK.version, HOOK.name, size=len(HOOK.data), agent=("00ff; rm -rf ~", 900, 7)
         )
     spared = hook_install_command(
         HOOK.version, HOOK.name, size=len(HOOK.data), spare=["00aa", "00bb"]

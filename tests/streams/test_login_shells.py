@@ -114,7 +114,7 @@ def test_what_reads_a_scripts_output_gets_past_a_title_with_no_newline(tmp_path:
     assert [event.kind for event in events] == ["hello", "pong"], out
     agent = HookFile("relayagent.py", STAND_IN)
     remote = hook_install_command(
-        agent.version, agent.name, size=len(agent.data), agent=("00ff", 900)
+        agent.version, agent.name, size=len(agent.data), agent=("00ff", 900, 7)
     )
     out = run_after_a_title(remote, agent.data, {**os.environ, "HOME": str(tmp_path)})
     started = parse_install_and_start("h", 0, out.encode(), file=agent)
@@ -124,7 +124,7 @@ def test_what_reads_a_scripts_output_gets_past_a_title_with_no_newline(tmp_path:
 # relayagent.py's stand-in: its start line, if its words are the ones relay gives it
 STAND_IN = (
     b"import sys\n"
-    b"ok = sys.argv[1:] == ['start', '00ff', '900'] and sys.flags.isolated\n"
+    b"ok = sys.argv[1:] == ['start', '00ff', '900', '7'] and sys.flags.isolated\n"
     b"line = 'agent 1 %s 42 /tmp/x.sock 0 proc 0' % ('ab' * 32)\n"
     b"print(line if ok else 'agent wrong %r' % sys.argv)\n"
 )
@@ -154,7 +154,7 @@ def test_the_agents_start_where_there_is_no_python3(login_shell: str, tmp_path: 
     env = {**os.environ, "PATH": str(bin_dir), "HOME": str(tmp_path)}
     agent = HookFile("relayagent.py", STAND_IN)
     remote = hook_install_command(
-        agent.version, agent.name, size=len(agent.data), agent=("00ff", 900)
+        agent.version, agent.name, size=len(agent.data), agent=("00ff", 900, 7)
     )
     out = run(login_shell, remote, agent.data, env)
     assert "no python3" in str(parse_install_and_start("h", 0, out, file=agent))
@@ -171,7 +171,7 @@ def test_the_agent_is_installed_and_started_in_one_session(
     home.mkdir()
     agent = HookFile("relayagent.py", STAND_IN)
     remote = hook_install_command(
-        agent.version, agent.name, size=len(agent.data), agent=("00ff", 900)
+        agent.version, agent.name, size=len(agent.data), agent=("00ff", 900, 7)
     )
     out = run(login_shell, remote, agent.data, {**os.environ, "HOME": str(home)})
     started = parse_install_and_start("h", 0, out, file=agent)

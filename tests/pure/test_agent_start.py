@@ -1,0 +1,41 @@
+"""The agent's start line read (``relay.agent.start``), and the numbers a daemon gives its
+starts: pure, no host."""
+
+from __future__ import annotations
+
+from relay.agent.start import Generations, Superseded, Unavailable, parse_start
+
+
+def test_each_start_is_numbered_above_the_last_whatever_the_clock_does() -> None:
+    """The wall clock's nanoseconds, so that a new daemon's starts outnumber a dead one's;
+    where the clock is stepped back (or stands still), one more than the last."""
+    clock = iter([1_000, 2_000, 500, 500, 9_000])
+    numbers = Generations(lambda: next(clock))
+    assert [numbers.next() for _ in range(5)] == [1_000, 2_000, 2_001, 2_002, 9_000]
+
+
+def test_a_number_heard_from_the_host_is_outnumbered() -> None:
+    """``agent newer N``: a start is tried again above N, and the ones after stay above it."""
+    numbers = Generations(lambda: 1_000)
+    assert numbers.next(above=50_000) == 50_001
+    assert numbers.next() == 50_002
+
+
+def test_a_later_starts_agent_is_said_as_its_number() -> None:
+    assert parse_start("h", 1, "agent newer 1765000000000000000\n") == Superseded(
+        1765000000000000000
+    )
+    for said in ("agent newer", "agent newer 12x", "agent newer ١٢", "agent newer " + "9" * 20):
+        started = parse_start("h", 1, said + "\n")
+        assert isinstance(started, Unavailable), said
+        assert started.reason.startswith("relay's agent did not start (exit 1, said "), said
+
+
+def test_a_start_that_waited_too_long_for_another_says_so() -> None:
+    assert parse_start("h", 1, "agent refuse busy /tmp/relay-agent-7/ab.lock\n") == Unavailable(
+        "another start of relay's agent held /tmp/relay-agent-7/ab.lock too long (is one stuck "
+        "on the host?)"
+    )
+    assert parse_start("h", 1, "agent refuse lockfile /tmp/relay-agent-7/ab.lock\n") == (
+        Unavailable("cannot create /tmp/relay-agent-7/ab.lock (is the disk full?)")
+    )
