@@ -676,19 +676,34 @@ class HostSession:
         if current is not None and current.usable:
             return current
         async with self._supervisor_lock:
-            conn = await self.connection()
-            current = self._current
-            if (
-                current is None
-                or current.connection is not conn
-                or current.supervisor.closed.done()
-            ):
+            again = True
+            while True:
+                conn = await self.connection()
+                current = self._current
+                if (
+                    current is not None
+                    and current.connection is conn
+                    and not current.supervisor.closed.done()
+                ):
+                    return current
                 self._current = None
                 if current is not None:  # a dead connection's: closed and awaited
                     await current.aclose(end_agent=False)
-                current = await self._open_live(conn)
+                try:
+                    current = await self._open_live(conn)
+                except ConnectFailed:
+                    # lost while it was set up (a reset, a network change while the agent
+                    # started): nothing depends on it yet, so a new connection is tried
+                    # once, within the caller's bounds, before a launch hears of it. The
+                    # lost start, if sshd kept it and its login ends later, leaves the new
+                    # start's agent alone: it is numbered lower (agent_start.Generations)
+                    if not (again and conn.is_closed()):
+                        raise
+                    again = False
+                    self._log.info("connection lost while it was set up: connecting again")
+                    continue
                 self._current = current
-            return current
+                return current
 
     async def _open_live(self, conn: asyncssh.SSHClientConnection) -> Live:
         """What runs on a new connection: the host's agent attached (started first if it has

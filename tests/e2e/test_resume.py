@@ -209,6 +209,87 @@ async def test_a_large_result_being_written_when_the_path_dies_arrives_whole(
         await quit_cleanly(kl, fe)
 
 
+async def test_a_connection_reset_while_the_agent_starts_is_made_again_for_the_launch(
+    home: RelayHome,
+) -> None:
+    """The path resets while a new connection's agent is starting (its session in the
+    host's login, here held there by ~/.bashrc until the test lets it go). No kernel depends
+    on that connection yet: the launch failed with "lost while relay installed relay's
+    agent"; the daemon now connects once more within the launch's bounds, and the launch
+    goes on through an agent started on the new connection."""
+    assert home.sshd is not None
+    begun, gate = home.sshd.home / "agent-starts", home.sshd.home / "gate"
+
+    def starts() -> int:
+        return len(begun.read_text().splitlines()) if begun.exists() else 0
+
+    (home.sshd.home / ".bashrc").write_text(
+        f'case "$BASH_EXECUTION_STRING" in *relayagent.py*) echo x >>{begun}; i=0; '
+        f"while test ! -e {gate} && test $i -lt 600; do sleep 0.05; i=$((i + 1)); done;; esac\n"
+    )
+    try:
+        async with (
+            behind_proxy(home) as proxy,
+            start_daemon(home) as running,
+            controller(home) as fe,
+        ):
+            await until(lambda: starts() == 1, "the agent's session in the login")
+            proxy.reset()
+            await until(lambda: starts() == 2, "the agent's session on a new connection")
+            gate.touch()
+            kl, _ = await connected(fe)
+            assert resume_state(running)["state"] == "on"
+            assert await kl.echo(b"after the reset") == b"after the reset"
+            await quit_cleanly(kl, fe)
+        assert starts() == 2
+    finally:
+        (home.sshd.home / ".bashrc").unlink()
+
+
+async def test_a_start_lost_with_its_connection_never_ends_the_agent_that_carries_the_kernel(
+    home: RelayHome,
+) -> None:
+    """The path dies silently while a new connection's agent starts (its session held in
+    the host's login). sshd never hears of it and keeps that session; the daemon connects
+    again and the launch goes on through an agent started on the new connection. Then the
+    first session's login ends and its start runs, the later of the two: it must leave the
+    agent that carries the kernel (a review's reproduction, before starts were numbered:
+    it ended it as a dead daemon's, and the kernel with it)."""
+    assert home.sshd is not None
+    begun, gate = home.sshd.home / "agent-logins", home.sshd.home / "login-gate"
+
+    def logins() -> list[int]:  # each agent session's login shell: the start's own pid
+        return [int(w) for w in begun.read_text().split()] if begun.exists() else []
+
+    (home.sshd.home / ".bashrc").write_text(
+        f'case "$BASH_EXECUTION_STRING" in *relayagent.py*) echo $$ >>{begun}; '
+        f"n=$(wc -l <{begun}); i=0; "
+        f"while test ! -e {gate}$n && test $i -lt 1200; do sleep 0.05; i=$((i + 1)); done;; esac\n"
+    )
+    try:
+        async with (
+            behind_proxy(home) as proxy,
+            start_daemon(home) as running,
+            controller(home) as fe,
+        ):
+            await until(lambda: len(logins()) == 1, "the agent's session in the login")
+            proxy.strand()  # the path dies silently: sshd keeps the session
+            await until(lambda: len(logins()) == 2, "the agent's session on a new connection")
+            Path(f"{gate}2").touch()
+            kl, _ = await connected(fe)
+            carrier = resume_state(running)["pid"]
+            assert await kl.echo(b"on the new agent") == b"on the new agent"
+            Path(f"{gate}1").touch()  # the lost session's start runs now
+            await wait_gone(logins()[0], BOUND_S)
+            assert pid_alive(int(str(carrier)))
+            assert await kl.echo(b"still there") == b"still there"
+            assert resume_state(running)["pid"] == carrier
+            await quit_cleanly(kl, fe)
+    finally:
+        for made in (home.sshd.home / ".bashrc", begun, Path(f"{gate}1"), Path(f"{gate}2")):
+            made.unlink(missing_ok=True)
+
+
 async def test_a_kernel_that_gives_up_during_an_outage_is_said_once_the_path_is_back(
     home: RelayHome,
 ) -> None:
