@@ -1875,12 +1875,27 @@ def recorded_agent(pid_name, dir_fd):
     return (pid, started, generation) if tag.encode() in command else None
 
 
-def end_predecessor(pid_name, dir_fd):
+class Newer(Exception):
+    """The agent of this tag that runs was made by a later start than ours."""
+
+    def __init__(self, generation):
+        Exception.__init__(self, generation)
+        self.generation = generation
+
+
+def end_predecessor(pid_name, dir_fd, generation=0):
     """SIGTERM to the agent a dead daemon left for this tag (its pid AND start time recorded),
-    waited for: it ends its kernels. Returns how many were ended (0 or 1)."""
+    waited for: it ends its kernels. Returns how many were ended (0 or 1). Newer, and nothing
+    signalled, where that agent was made by a later start than ours (``generation``, the
+    daemon's number for this start): a start on a connection lost on the client's side
+    alone is kept by sshd, and its login (a slow ~/.bashrc) can end after a later
+    connection's start has made an agent that carries kernels now (a review's reproduction
+    through sshd). The number is read here, just before the signal, in every directory."""
     recorded = recorded_agent(pid_name, dir_fd)
     if recorded is None or recorded[0] == os.getpid():
         return 0
+    if recorded[2] > generation:
+        raise Newer(recorded[2])
     pid, started = recorded[:2]
     try:
         os.kill(pid, signal.SIGTERM)
@@ -1946,8 +1961,11 @@ def _lock_wait_over(signum, frame):
 def start_lock(tag, dir_fd):
     """An exclusive flock on TAG.lock in the run directory, waited for (START_LOCK_WAIT_S at
     most): held by a start from its look at the pid file until its agent has written its own,
-    so that of two starts of a tag, the second sees the first's agent. Its descriptor, or
-    None if another start held it all that while. The file stays: a lock on a name that a
+    so that of two starts of a tag, the second sees the first's agent. Its descriptor (not
+    locked where the file system has no locks), or None if another start held it all that
+    while. Where the usual directory is not ours, each start has one of its own (``run_dir``)
+    and the lock keeps nothing apart: ``end_predecessor`` reads the number just before it
+    signals. The file stays: a lock on a name that a
     start could remove while another waits on it would be two locks."""
     fd = open_private(tag + ".lock", os.O_RDWR | os.O_CREAT, dir_fd)
     old = signal.signal(signal.SIGALRM, _lock_wait_over)
@@ -1957,31 +1975,48 @@ def start_lock(tag, dir_fd):
     except _LockWait:
         os.close(fd)
         return None
+    except OSError:  # a TMPDIR without locks (NFS without lockd, Lustre's noflock): the
+        pass  # start goes on unlocked, and ``end_predecessor`` still reads each number
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     return fd
 
 
-def newer_agent(pid_name, generation, dir_fds):
-    """The generation of an agent of this tag that a later start than ours made (a daemon's
-    starts are numbered as they are asked for), running in any of ``dir_fds``; else None.
-    Such a start's agent carries the kernels of the connection that asked for it, and ours
-    was asked for earlier: on a connection since lost, whose session sshd kept, and whose
-    login (a slow ~/.bashrc) ended only now. Ending that agent as a predecessor would take
-    live kernels with it (a review's reproduction)."""
-    newer = None
-    for fd in dir_fds:
-        recorded = recorded_agent(pid_name, fd)
-        if recorded is not None and recorded[0] != os.getpid() and recorded[2] > generation:
-            newer = max(newer or 0, recorded[2])
-    return newer
-
-
 def ours(name, ino, dir_fd):
     """Whether ``name`` in the run directory is the socket this agent bound (inode ``ino``):
     asked while that socket is still open, so that no later one can have its inode."""
     return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == ino
+
+
+def end_predecessors(tag, generation, dir_fd, others):
+    """``end_predecessor`` in the run directory and in ``others`` (``beside``), with their
+    kernels' logs; in those left a while ago, a killed agent's files and then the directory.
+    How many were ended; Newer from the first found newer, not signalled."""
+    pid_name, sock_name = tag + ".pid", tag + ".sock"
+    ended = end_predecessor(pid_name, dir_fd, generation)
+    sweep_logs(dir_fd, tag, pid_name)
+    usual = usual_dir()
+    for other, fd in others:  # where an agent ran while the usual name was not ours
+        try:  # one left a while ago (not one a start is about to bind in): before any sweep
+            old = other != usual and time.time() - os.fstat(fd).st_mtime > FIRST_ATTACH_S
+        except OSError:
+            old = False
+        ended += end_predecessor(pid_name, fd, generation)
+        if sweep_logs(fd, tag, pid_name) and old:
+            # this tag's agent there is gone, and was killed (one that ends removes its
+            # directory): its pid file and socket, no other tag's; then the directory, if
+            # that left it empty (a crash's TAG.err stays, to be read)
+            for name in (pid_name, sock_name, tag + ".lock"):
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except OSError:
+                    pass
+            try:
+                os.rmdir(other)
+            except OSError:
+                pass
+    return ended
 
 
 def start(tag, window, generation=0):
@@ -2011,35 +2046,14 @@ def start(tag, window, generation=0):
         print("agent refuse busy %s" % os.path.join(path, tag + ".lock"))
         return 1
     others = beside(dir_fd)
-    newer = newer_agent(pid_name, generation, [dir_fd] + [fd for _, fd in others])
-    if newer is not None:
-        print("agent newer %d" % newer)  # and nothing ended, nothing started
+    try:
+        ended = end_predecessors(tag, generation, dir_fd, others)
+    except Newer as exc:
+        print("agent newer %d" % exc.generation)  # and it started nothing
+        return 1
+    finally:
         for _, fd in others:
             os.close(fd)
-        return 1
-    ended = end_predecessor(pid_name, dir_fd)
-    sweep_logs(dir_fd, tag, pid_name)
-    usual = usual_dir()
-    for other, fd in others:  # where an agent ran while the usual name was not ours
-        try:  # one left a while ago (not one a start is about to bind in): before any sweep
-            old = other != usual and time.time() - os.fstat(fd).st_mtime > FIRST_ATTACH_S
-        except OSError:
-            old = False
-        ended += end_predecessor(pid_name, fd)
-        if sweep_logs(fd, tag, pid_name) and old:
-            # this tag's agent there is gone, and was killed (one that ends removes its
-            # directory): its pid file and socket, no other tag's; then the directory, if
-            # that left it empty (a crash's TAG.err stays, to be read)
-            for name in (pid_name, sock_name, tag + ".lock"):
-                try:
-                    os.unlink(name, dir_fd=fd)
-                except OSError:
-                    pass
-            try:
-                os.rmdir(other)
-            except OSError:
-                pass
-        os.close(fd)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     for attempt in range(3):  # a stale name, or one an old agent bound again meanwhile
         try:
@@ -2121,8 +2135,8 @@ def start(tag, window, generation=0):
                     os.unlink(pid_name, dir_fd=dir_fd)
         except (OSError, IndexError):
             pass
-        if path != usual:  # one made where the usual name was not ours: gone if empty (no
-            try:  # start waits on its lock: each start there made the directory anew)
+        if path != usual_dir():  # made where the usual name was not ours: gone if empty
+            try:  # (no start waits on its lock: each start there made its directory anew)
                 os.unlink(tag + ".lock", dir_fd=dir_fd)
             except OSError:
                 pass

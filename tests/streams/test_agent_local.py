@@ -182,7 +182,7 @@ class Agent:
         if generation is not None:
             argv.append(str(generation))
         if prelude is not None:
-            argv[2:3] = ["-c", patched(prelude, tag, window_s)]
+            argv[2:3] = ["-c", patched(prelude, tag, window_s, generation)]
         done = subprocess.run(
             argv,
             stdin=subprocess.DEVNULL,
@@ -658,12 +658,13 @@ def test_an_agent_that_crashed_at_its_start_says_why() -> None:
     )
 
 
-def patched(prelude: str, tag: str, window_s: float = 60) -> str:
+def patched(prelude: str, tag: str, window_s: float = 60, generation: int | None = None) -> str:
     """Python that runs the agent's start as the daemon does, after ``prelude``: a stand-in
     for a host this machine is not (an older Python, a clock that is stepped)."""
+    numbered = [] if generation is None else [str(generation)]
     return (
         f"{prelude}\nimport runpy, sys\n"
-        f"sys.argv = [{str(AGENT)!r}, 'start', {tag!r}, {str(window_s)!r}]\n"
+        f"sys.argv = {[str(AGENT), 'start', tag, str(window_s), *numbered]!r}\n"
         f"runpy.run_path({str(AGENT)!r}, run_name='__main__')"
     )
 
@@ -911,8 +912,9 @@ def test_a_start_never_ends_the_agent_of_a_later_start(run: Path) -> None:
     """A start on a connection lost on the client's side alone is kept by sshd, and reaches
     the host after a later connection's start, whose agent carries the kernels (a slow
     login; a review's reproduction through sshd): it ends nothing and starts nothing, and
-    says which start's agent runs. A later start than that agent's ends it as ever; so does
-    an older daemon's start, which numbers none (an agent of before numbers 0)."""
+    says which start's agent runs. A later start than that agent's ends it as ever. A start
+    that numbers none counts as 0, older than any numbered one (an agent from before the
+    numbers is recorded as 0, and ended by any numbered start)."""
     first = Agent(sys.executable, run, "d5", generation=20)
     first.attach()
     first.say("start k1 set -- /bin/sleep 600")
@@ -932,6 +934,44 @@ def test_a_start_never_ends_the_agent_of_a_later_start(run: Path) -> None:
     unnumbered = Agent(sys.executable, run, "d5")
     assert isinstance(unnumbered.info, Superseded), unnumbered.said
     later.goodbye()
+
+
+# flock(2) refused, as a TMPDIR on NFS without lockd (ENOLCK) or on Lustre mounted noflock
+NO_LOCKS = (
+    "import errno, fcntl\n"
+    "def refused(fd, how):\n"
+    "    raise OSError(errno.ENOLCK, 'No locks available')\n"
+    "fcntl.flock = refused\n"
+)
+
+
+def test_a_tmpdir_without_locks_starts_the_agent_and_still_reads_the_numbers(run: Path) -> None:
+    """A file system that refuses flock (HPC scratch as TMPDIR) keeps the agent: its starts
+    go on unlocked, and a start still leaves a later start's agent."""
+    first = Agent(sys.executable, run, "d7", prelude=NO_LOCKS, generation=20)
+    assert isinstance(first.info, AgentInfo), first.said
+    stale = Agent(sys.executable, run, "d7", prelude=NO_LOCKS, generation=10)
+    assert stale.info == Superseded(20), stale.said
+    later = Agent(sys.executable, run, "d7", prelude=NO_LOCKS, generation=30)
+    assert isinstance(later.info, AgentInfo) and later.info.ended == 1, later.said
+    wait_gone(first.pid)
+    later.goodbye()
+
+
+def test_where_each_start_has_a_directory_of_its_own_a_later_starts_agent_is_left(
+    run: Path,
+) -> None:
+    """The usual run directory is another user's (a shared /tmp): each start makes one of
+    its own beside it, and their locks keep nothing apart. The number is read in each
+    directory an agent may have run in, just before its signal, so the older start leaves
+    the later one's agent."""
+    (run / f"relay-agent-{os.getuid()}").write_text("planted\n")
+    first = Agent(sys.executable, run, "d8", generation=20)
+    assert isinstance(first.info, AgentInfo), first.said
+    stale = Agent(sys.executable, run, "d8", generation=10)
+    assert stale.info == Superseded(20), stale.said
+    assert not gone(first.pid)
+    first.goodbye()
 
 
 # the number of flock(2) in /proc/PID/syscall, where a process blocked in it says so
