@@ -145,9 +145,11 @@ class HostSession:
         self.agent: AgentSession | None = None
         self._agent_supervisor: Supervisor | None = None
         self.agent_unavailable: str | None = None  # why kernels here end with the connection
-        # a connection of this daemon's ran the old path here (supervisor.sh): one of them that
-        # died silently may have left its session and kernels, which the agent does not end
-        self._supervised = False
+        # a connection ran the old path here (supervisor.sh): one of them that died silently
+        # may have left its session and kernels, which the agent does not end. Not known at
+        # the daemon's start (its predecessor's, before a relay restart, may have: a review's
+        # finding), so looked for once on the first connection that runs the agent
+        self._supervised = True
         self._resuming: asyncio.Task[None] | None = None
         # a resume the server wants a person for (2FA) waits on this for ``relay login``
         self._login_wanted: asyncio.Future[None] | None = None

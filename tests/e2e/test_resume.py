@@ -1251,6 +1251,24 @@ async def test_old_path_kernels_a_silent_loss_left_end_once_the_agent_takes_over
             await quit_cleanly(kl2, fe2)
 
 
+async def test_old_path_kernels_a_silent_loss_left_end_once_a_restarted_daemons_agent_runs(
+    home: RelayHome,
+) -> None:
+    """As above, with the daemon restarted between (``relay restart``, which ``relay check``
+    advises once the window is raised): the new daemon cannot know that its predecessor ran
+    the old path there, so it looks once, on its first connection that runs the agent. It
+    did not: the kernel ran on, its shim having said it ended (a review's finding)."""
+    async with behind_proxy(home, resume_window_s=0) as proxy:
+        async with start_daemon(home), controller(home) as fe:
+            pid, old_session = await old_path_kernel_left_by_a_silent_loss(home, proxy, fe)
+        async with start_daemon(home) as running, controller(home) as fe2:
+            kl2, _ = await connected(fe2)
+            assert resume_state(running)["state"] == "on"
+            await wait_gone(pid, BOUND_S)
+            await wait_gone(old_session, BOUND_S)
+            await quit_cleanly(kl2, fe2)
+
+
 async def test_a_sweep_of_stale_sessions_that_failed_is_made_on_the_next_connection(
     home: RelayHome, monkeypatch: pytest.MonkeyPatch
 ) -> None:
