@@ -785,8 +785,7 @@ class Checker:
                 f"next connection",
                 {
                     "advice": "kernels launched once their host's connection is made again "
-                    "(after its kernels end and it closes idle, or `relay restart`) outlive "
-                    "outages"
+                    "(relay closes it when its kernels have ended) outlive outages"
                 },
                 "warn",
             )

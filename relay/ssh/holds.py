@@ -35,11 +35,18 @@ class Hold:
 
 class Holds:
     """The holds on one connection and its idle timer: ``on_idle`` runs once the connection
-    has had no hold for ``idle_s()`` seconds (read when the last hold goes; 0 is never)."""
+    has had no hold for ``idle_s()`` seconds (read when the last hold goes; 0 is never);
+    ``on_free`` at once, when the last hold goes."""
 
-    def __init__(self, idle_s: Callable[[], float], on_idle: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        idle_s: Callable[[], float],
+        on_idle: Callable[[], None],
+        on_free: Callable[[], None] | None = None,
+    ) -> None:
         self._idle_s = idle_s
         self._on_idle = on_idle
+        self._on_free = on_free
         self._count = 0
         self.fragile = 0  # of _count, those that end with the connection
         self._timer: asyncio.TimerHandle | None = None
@@ -60,6 +67,8 @@ class Holds:
         self._count -= 1
         self.fragile -= hold.fragile
         self._arm()
+        if self._count == 0 and self._on_free is not None and not self._stopped:
+            self._on_free()
 
     def rearm(self) -> None:
         """The connection is made again (a resume) with nothing holding it: its idle period

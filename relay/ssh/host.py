@@ -171,7 +171,7 @@ class HostSession:
         self._closing = False
         self._idle_closing = False
         self._tasks = TaskSet()
-        self._holds = Holds(lambda: self.config.idle_timeout_s, self._idle)
+        self._holds = Holds(lambda: self.config.idle_timeout_s, self._idle, self._free)
         self.rtt = RttMeter()
         self._hook = hookfile.Installer(key, self._tasks)
         # compute kernels that failed after their shim had its answer, newest last
@@ -271,10 +271,17 @@ class HostSession:
                 f"({agent.window_s:g} s) counts down"
             )
         if window_s > 0 and self.on_old_path:
+            if not self._holds:
+                self._renew_for_the_agent()
+                return (
+                    f"{self.key}: its connection was made with resume_window_s = 0 and carries "
+                    f"no kernel: closed, so that kernels wait {window_s:g} s from the next "
+                    f"launch"
+                )
             return (
                 f"{self.key}: its connection was made with resume_window_s = 0, so the kernels "
-                f"launched on it end with it; kernels wait {window_s:g} s from its next "
-                f"connection"
+                f"launched on it end with it; it is closed once they have ended, and kernels "
+                f"wait {window_s:g} s from its next connection"
             )
         return None
 
@@ -927,6 +934,21 @@ class HostSession:
     def fragile_holds(self) -> int:
         """Of ``holds``, those that end with the connection (all but an allocation's)."""
         return self._holds.fragile
+
+    def _free(self) -> None:
+        """Nothing holds the connection any more (``Holds``)."""
+        if self.config.resume_window_s > 0 and self.on_old_path:
+            self._renew_for_the_agent()
+
+    def _renew_for_the_agent(self) -> None:
+        """The connection was made with resume_window_s = 0 and relay.toml has raised it
+        since: once no kernel is on it, it is closed, so that the next launch's connection
+        runs relay's agent. Without this, a host with no ``idle_timeout_s`` (the default)
+        kept it until a restart (a new-user pass's finding)."""
+        if self._closing or self._idle_closing or self._conn is None:
+            return
+        self._log.info("closing the connection made with resume_window_s = 0: nothing on it")
+        self._tasks.spawn(self._close_connection(idle=True), name=f"renew:{self.key}")
 
     def _idle(self) -> None:
         if self._conn is not None:

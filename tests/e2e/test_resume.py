@@ -1165,9 +1165,11 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
     """A connection made with resume_window_s = 0 carries its kernels on the old path: a
     window raised in relay.toml cannot reach them (they end with that connection), so
     `relay reload`, `relay status` and `relay check` say kernels wait from the host's next
-    connection, not that these do."""
+    connection, not that these do. Once its last kernel has ended, relay closes it (with no
+    idle_timeout_s, the default, it was kept until a restart: a new-user pass's finding),
+    and the next launch runs the agent."""
     async with (
-        behind_proxy(home, resume_window_s=0) as proxy,
+        behind_proxy(home, resume_window_s=0),
         start_daemon(home) as running,
         controller(home) as fe,
     ):
@@ -1179,7 +1181,8 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
         assert code == 0, err
         assert (
             "local: its connection was made with resume_window_s = 0, so the kernels launched "
-            "on it end with it; kernels wait 120 s from its next connection"
+            "on it end with it; it is closed once they have ended, and kernels wait 120 s from "
+            "its next connection"
         ) in out, out
         assert resume_state(running) == {
             "state": "off",
@@ -1190,10 +1193,11 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
         assert resume["state"] == "warn", resume
         assert "was made with resume_window_s = 0" in resume["summary"], resume
         assert "kernels wait 120 s from its next connection" in resume["summary"], resume
-        await quit_cleanly(kl, fe)
-        # that connection gone, none of it is said any more: the next one decides
         session = running.daemon.hosts["local"]
-        proxy.reset()
+        assert session.state == "connected"
+        await quit_cleanly(kl, fe)
+        # that connection closed with its last kernel: none of it is said any more, the next
+        # one decides
         await until(lambda: session.state != "connected", "the connection's end")
         assert resume_state(running) == {"state": "unknown"}
         code, out, err = await relay_cli(home, "check", "local", "--json")
@@ -1201,6 +1205,33 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
         assert resume["state"] == "ok", resume
         assert resume["summary"].endswith("kernels wait 120 s for their connection to come back")
         assert resume_state(running)["state"] == "on"  # the check's kernel went through it
+
+
+async def test_a_window_raised_from_0_closes_a_connection_with_no_kernel_at_once(
+    home: RelayHome,
+) -> None:
+    """A connection made with resume_window_s = 0 whose kernels have all ended stays (no
+    idle_timeout_s). The window raised, `relay reload` closes it and says so, and the next
+    launch's kernel goes through the agent."""
+    async with behind_proxy(home, resume_window_s=0), start_daemon(home) as running:
+        async with controller(home) as fe:
+            kl, _ = await connected(fe)
+            await quit_cleanly(kl, fe)
+        session = running.daemon.hosts["local"]
+        assert session.state == "connected"  # the window is still 0: kept
+        home.hosts["local"]["resume_window_s"] = 120
+        home.write()
+        code, out, err = await relay_cli(home, "reload")
+        assert code == 0, err
+        assert (
+            "local: its connection was made with resume_window_s = 0 and carries no kernel: "
+            "closed, so that kernels wait 120 s from the next launch"
+        ) in out, out
+        await until(lambda: session.state != "connected", "the connection's end")
+        async with controller(home) as fe2:
+            kl2, _ = await connected(fe2)
+            assert resume_state(running)["state"] == "on"
+            await quit_cleanly(kl2, fe2)
 
 
 async def old_path_kernel_left_by_a_silent_loss(

@@ -71,3 +71,24 @@ def test_rearm_gives_a_connection_made_again_its_idle_period_once_more() -> None
         assert fired == [0, 0, 0]
 
     asyncio.run(main())
+
+
+def test_the_last_hold_released_says_so_at_once_each_time_and_not_once_stopped() -> None:
+    """``on_free``: a connection made with resume_window_s = 0, the window raised since, is
+    closed when its last kernel ends (``HostSession._free``), whatever the idle timer says."""
+
+    async def main() -> None:
+        freed: list[int] = []
+        holds = Holds(lambda: 0, lambda: None, lambda: freed.append(len(holds)))
+        first, second = holds.hold(), holds.hold()
+        first.release()
+        assert freed == []
+        second.release()
+        second.release()  # idempotent: said once
+        assert freed == [0] and _armed(holds) is None  # idle_timeout_s = 0: no timer
+        third = holds.hold()
+        holds.stop()
+        third.release()
+        assert freed == [0]
+
+    asyncio.run(main())
