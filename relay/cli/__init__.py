@@ -102,7 +102,11 @@ def _parser() -> Any:
         metavar="PATH",
         help="with --kernels: the kernel they run (default: the host's 'kernel')",
     )
-    status = sub.add_parser("status", help="show hosts, kernels and forwards")
+    status = sub.add_parser(
+        "status",
+        help="show hosts, kernels and forwards, and whether each host's kernels outlive an "
+        "outage (RESUME: on, resuming and the time left, off and why)",
+    )
     status.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     service = sub.add_parser("service", help="install relay as a systemd/launchd user service")
     service_sub = service.add_subparsers(dest="action", required=True)
@@ -141,8 +145,15 @@ def _parser() -> Any:
             "~/.Wolfram and ~/.Mathematica, ~/Library/Wolfram and ~/Library/Mathematica)",
         )
     sub.add_parser("version", help="print relay's version")
-    sub.add_parser("stop", help="stop the daemon gracefully (its kernels are ended, as SIGTERM)")
-    sub.add_parser("restart", help="stop the daemon gracefully and start a new one")
+    sub.add_parser(
+        "stop",
+        help="stop the daemon gracefully: its kernels are ended, as SIGTERM; a host's in an "
+        "outage end when its resume_window_s runs out, or when relay next reaches it",
+    )
+    sub.add_parser(
+        "restart",
+        help="stop the daemon gracefully (as stop, kernels ended) and start a new one",
+    )
     sub.add_parser(
         "reload", help="read relay.toml again (also done when it changes, and on SIGHUP)"
     )

@@ -635,7 +635,11 @@ class HostSession:
                 login_needed = False
                 self.status.last_error = f"resuming: {exc}"
             left = lost_clock + window - wake.steady()
-            await asyncio.sleep(max(0.0, min(backoff_s(attempt, self._rng), left)))
+            delay = max(0.0, min(backoff_s(attempt, self._rng), left))
+            # said by status as "resuming (retry in 4s)", not as the attempt that failed
+            self.status.retry_at = time.time() + delay
+            self.status.set("backing-off")
+            await asyncio.sleep(delay)
             attempt += 1
         if not agent.ended.done():
             why = f" (it needed `relay login {self.key}`)" if login_needed else ""
@@ -851,9 +855,13 @@ class HostSession:
         """The resume window ran out (here, or first on the host: ``why`` says which, or what
         else kept the connection away): the agent ends its kernels, and their links end."""
         at = moment(lost_at)
+        if window <= 0:  # lowered to 0 in relay.toml since the connection was made
+            what = "with resume_window_s = 0 (kernels end with their connection)"
+        else:
+            what = f"and did not come back within resume_window_s ({window:g} s){why}"
         agent.end(
-            f"the connection to {self.key} was lost at {at} and did not come back within "
-            f"resume_window_s ({window:g} s){why}; relay's agent there ends its kernels"
+            f"the connection to {self.key} was lost at {at} {what}; relay's agent there ends "
+            "its kernels"
         )
         self._log.warning(
             "resume window ran out; the agent ends the kernels", lost_at=at, window_s=window

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import structlog
 
-from relay import wake
+from relay import statusview, wake
 from relay.agent import mux
 from relay.agent import session as session_module
 from relay.daemon import SHUTDOWN_GRACE_S
@@ -1205,6 +1205,72 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
         assert resume["state"] == "ok", resume
         assert resume["summary"].endswith("kernels wait 120 s for their connection to come back")
         assert resume_state(running)["state"] == "on"  # the check's kernel went through it
+
+
+async def test_a_resume_between_its_attempts_is_said_to_back_off_with_the_next_ones_time(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path reset and new connections refused (a VPN coming back up): between the
+    resume's attempts `relay status` says `resuming (retry in 4s)`, as the README shows, not
+    the attempt that failed (it did: a new-user pass saw plain `resuming` and, in its JSON,
+    attempt "failed" with no retry_at). What status would show is taken at each change of
+    the host's state, as it happens: a look from outside could fall between two."""
+    async with (
+        behind_proxy(home) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, _ = await connected(fe)
+        session = running.daemon.hosts["local"]
+        shown: list[tuple[str, dict[str, Any]]] = []
+        say = session.status.set
+
+        def seen(state: str) -> None:
+            say(state)
+            shown.append((state, running.daemon.status()))
+
+        monkeypatch.setattr(session.status, "set", seen)
+        await outage(running, proxy, "reset")
+        await until(lambda: [s for s, _ in shown].count("failed") >= 2, "two attempts failed")
+        after = [shown[i + 1] for i, (s, _) in enumerate(shown[:-1]) if s == "failed"]
+        assert after, [s for s, _ in shown]
+        for state, status in after:
+            assert state == "backing-off", [s for s, _ in shown]
+            (host,) = [h for h in status["hosts"] if h["name"] == "local"]
+            assert host["state"] == "resuming" and host["attempt"] == "backing-off", host
+            assert host["retry_at"] is not None, host
+            assert "resuming (retry in " in statusview.render(status), host
+        proxy.restore()
+        await resumed_state(home, "on")
+        assert await kl.echo(b"back") == b"back"
+        await quit_cleanly(kl, fe)
+
+
+async def test_a_window_lowered_to_0_ends_the_kernels_with_their_connection_and_says_so(
+    home: RelayHome,
+) -> None:
+    """resume_window_s lowered to 0 while the agent carries a kernel: the kernel ends with
+    its connection, as 0 means, and its shim's line says that, not "did not come back within
+    resume_window_s (0 s)" (a new-user pass's finding)."""
+    async with (
+        behind_proxy(home) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        home.hosts["local"]["resume_window_s"] = 0
+        home.write()
+        code, _, err = await relay_cli(home, "reload")
+        assert code == 0, err
+        await until(lambda: resume_state(running).get("window_s") == 0, "the agent told")
+        proxy.blackhole()
+        status, _, err = await fe.result(BOUND_S)
+        assert status == 1, err
+        assert "with resume_window_s = 0 (kernels end with their connection)" in err, err
+        assert "(0 s)" not in err, err
+        proxy.restore()
+        await wait_gone(pid, BOUND_S)
+        await kl.aclose()
 
 
 async def test_a_window_raised_from_0_closes_a_connection_with_no_kernel_at_once(
