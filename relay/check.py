@@ -26,6 +26,7 @@ import contextlib
 import functools
 import shlex
 import socket
+import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -1034,7 +1035,10 @@ class Checker:
         failures = snap.get("failures") or []
         if failures:
             last = failures[-1]
-            show["recent failure"] = f"{last.get('reason', last)}"[:120]
+            # whole (one line, each one actionable), cut at a word only if it is a screenful:
+            # a cut at 120 characters ended it mid-sentence (a new-user pass's finding)
+            reason = f"{last.get('reason', last)}"
+            show["recent failure"] = textwrap.shorten(reason, 600, placeholder=" ...")
         summary = f"{snap['state']}, RTT {rtt:.1f} ms" if "means" in show else snap["state"]
         return summary, {"show": show, "rtt_ms": rtt}, "ok"
 

@@ -107,6 +107,24 @@ async def test_through_the_running_daemon(home: RelayHome, agent_or_not: str | N
         assert not running.daemon.kernels  # the probe is gone
 
 
+async def test_a_hosts_recent_failure_is_shown_whole(home: RelayHome) -> None:
+    """The connection step shows the host's last failure as relay said it (one line, with
+    what to do): cut at 120 characters, it ended mid-sentence (a new-user pass's finding)."""
+    said = (
+        "the connection to local was lost at 12:03:07 UTC and did not come back within "
+        "resume_window_s (900 s); relay's agent there ends its kernels: restart the kernel "
+        "from the front end"
+    )
+    async with start_daemon(home) as running:
+        loop = asyncio.get_running_loop()
+        status, _, _ = await loop.run_in_executor(None, check, home)
+        assert status == 0
+        running.daemon.hosts["local"].record_failure("k7", "math", said)
+        status, answer, text = await loop.run_in_executor(None, check, home)
+        assert by_name(answer)["connection"]["data"]["show"]["recent failure"] == said, text
+        assert said.rsplit(" ", 3)[-1] in text, text
+
+
 def test_wrong_port(home: RelayHome) -> None:
     home.add_host("local", port=_free_port())
     status, answer, text = check(home)
