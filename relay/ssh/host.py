@@ -400,6 +400,11 @@ class HostSession:
         """The connection was lost and its kernels wait while relay reconnects."""
         return self._resuming is not None and not self._resuming.done()
 
+    def _since_lost(self) -> str:
+        """Since when the kernels here wait for their connection, as relay status says it."""
+        lost_at = self._lost_at()
+        return f"the connection was lost at {moment(lost_at)}" if lost_at else "lost"
+
     def _handshake_bound(self, floor_s: float) -> float:
         """``floor_s``, or ten round trips of the path (its last RTT) if that is longer:
         how long a handshake or a ping may take before it counts as stalled."""
@@ -420,11 +425,27 @@ class HostSession:
         login``); True if it was open already (nothing asked)."""
         if self._closing:
             raise ShuttingDown(f"{self.key}: relay is shutting down")
-        if self._connecting is not None:  # a launch is connecting: let it finish or fail
+        resuming = self.resuming
+        if self._connecting is not None:  # a launch or the resume connects: let it finish
+            # resuming on a dead path, that attempt runs on for tens of seconds: not waited
+            # for beyond connect_timeout_s (a new-user pass's `relay login` hung 44-74 s)
+            bound = self.config.connect_timeout_s if resuming else None
             try:
-                await asyncio.shield(self._connecting)
-            except RelayError:
-                pass
+                async with asyncio.timeout(bound):
+                    await asyncio.shield(self._connecting)
+            except TimeoutError:
+                raise ConnectFailed(
+                    f"{self.key}: resuming ({self._since_lost()}): relay's own attempt to "
+                    f"connect did not end within connect_timeout_s ({bound:g} s), so the path "
+                    "is still down; relay goes on trying, and `relay status` shows when"
+                ) from None
+            except LoginNeeded:
+                pass  # what this login is for
+            except RelayError as exc:
+                if resuming:  # the path is down: this login's attempt would fail as that one
+                    raise ConnectFailed(
+                        f"{self.key}: resuming ({self._since_lost()}): {exc.message}"
+                    ) from None
             except asyncio.CancelledError:  # that attempt's (let go, or a stop), not ours:
                 task = asyncio.current_task()  # a login whose person hung up ends here,
                 if task is not None and task.cancelling():  # before it asks the server
@@ -432,8 +453,17 @@ class HostSession:
         if self._conn is not None and not self._conn.is_closed():
             return True
         # resuming, the agent's machine (as _connect)
-        same = self.connector.reached if self.resuming else None
-        self._adopt(*await self.connector.login(ask, same))
+        same = self.connector.reached if resuming else None
+        try:
+            made = await self.connector.login(ask, same)
+        except LoginNeeded:
+            raise
+        except RelayError as exc:
+            if resuming:
+                exc.message = f"{self.key}: resuming ({self._since_lost()}): {exc.message}"
+                exc.args = (exc.message,)
+            raise
+        self._adopt(*made)
         if self._login_wanted is not None and not self._login_wanted.done():
             self._login_wanted.set_result(None)  # the resume goes on with this connection
         return False

@@ -659,6 +659,32 @@ async def test_relay_check_during_an_outage_says_the_kernels_wait_for_the_resume
         await quit_cleanly(kl, fe)
 
 
+async def test_relay_login_during_an_outage_says_the_host_is_resuming_without_waiting_it_out(
+    home: RelayHome,
+) -> None:
+    """`relay login HOST` while the path is black-holed: it waited for the resume's own
+    attempt (tens of seconds on a dead path), then made its own, and said one attempt's
+    error with no word of the resume (a new-user pass: 44-74 s). It now waits no longer
+    than connect_timeout_s for the resume's attempt, and says the host is resuming."""
+    async with (
+        behind_proxy(home, connect_timeout_s=2, launch_timeout_s=120) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        await outage(running, proxy, "blackhole")
+        session = running.daemon.hosts["local"]
+        await until(lambda: session._connecting is not None, "the resume's attempt under way")
+        code, _, err = await relay_cli(home, "login", "local")
+        assert code != 0, err
+        assert "local: resuming (the connection was lost at " in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert pid_alive(pid)
+        proxy.restore()
+        assert await asyncio.wait_for(kl.echo(b"back"), BOUND_S) == b"back"
+        await quit_cleanly(kl, fe)
+
+
 async def test_a_shells_ssh_agent_gone_during_the_outage_does_not_hold_the_resume(
     home: RelayHome,
 ) -> None:
