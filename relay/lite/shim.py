@@ -438,6 +438,22 @@ class _Session:
         except OSError as exc:
             raise ShimError(f"lost the relay daemon: {exc.strerror}", EXIT_DAEMON) from exc
 
+    def _see_log(self) -> str:
+        """Where the daemon that went said why: relay.log beside its socket for one a launch
+        started; the service manager's log for a user service (deploy/)."""
+        try:
+            path = self.sock.getpeername()
+        except OSError:
+            path = ""
+        service = (
+            "~/Library/Logs/relay.log"
+            if sys.platform == "darwin"
+            else "`journalctl --user -u relay` for the service"
+        )
+        if isinstance(path, str) and path:
+            return f"see {os.path.join(os.path.dirname(path), 'relay.log')}, or {service}"
+        return f"see its log, or {service}"
+
     def next_event(
         self, timeout_s: float | None, *, interruptible: bool = True
     ) -> dict[str, Any] | None:
@@ -464,14 +480,19 @@ class _Session:
                     chunk = self.sock.recv(framing.MAX_MESSAGE_BYTES)
                 except OSError as exc:  # reset: the daemon stopped before taking it up
                     raise ShimError(
-                        f"lost the relay daemon: {exc.strerror} (see its log; `relay serve` "
-                        f"in a terminal shows it)",
+                        f"lost the relay daemon: {exc.strerror} ({self._see_log()})",
                         EXIT_DAEMON,
                     ) from None
                 if not chunk:
+                    # it stopped or crashed with the kernel running: where relay's agent
+                    # carries the kernel, the kernel does not end with the daemon's links
+                    # (docs/agent.md): the next daemon that reaches the host ends it, or
+                    # the window does
                     raise ShimError(
-                        "the relay daemon closed the connection unexpectedly "
-                        "(see its log; `relay serve` in a terminal shows it)",
+                        f"the relay daemon closed the connection unexpectedly: it stopped or "
+                        f"crashed ({self._see_log()}); a kernel that outlives outages runs on "
+                        f"until the next relay daemon reaches its host or its "
+                        f"resume_window_s runs out",
                         EXIT_DAEMON,
                     )
                 self.buf += chunk

@@ -90,6 +90,32 @@ def test_a_daemon_that_resets_the_connection_is_one_line(sock_path: Path) -> Non
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert result.returncode == shim.EXIT_DAEMON, result
     assert "lost the relay daemon: Connection reset by peer" in one_line(result)
+    assert f"see {sock_path.parent / 'relay.log'}, or `journalctl --user -u relay`" in err
+
+
+def test_a_daemon_gone_while_its_kernel_runs_says_where_it_said_why(sock_path: Path) -> None:
+    """The daemon closed a running kernel's connection (SIGKILLed, crashed): one line with
+    where its log is and what becomes of a kernel that outlives outages (it said "see its
+    log", and nothing of the kernel: a new-user pass's finding)."""
+    listener = listening(sock_path)
+    proc = start_launch(sock_path)
+    try:
+        conn, _ = listener.accept()
+        ready, _, _ = select.select([conn], [], [], BOUND_S)  # the request came
+        assert ready
+        conn.recv(framing.MAX_MESSAGE_BYTES)
+        conn.sendall(framing.encode({"event": "launched", "linkname": "1@127.0.0.1,2@127.0.0.1"}))
+        conn.close()
+        listener.close()
+        out, err = proc.communicate(timeout=BOUND_S)
+    finally:
+        proc.kill()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert result.returncode == shim.EXIT_DAEMON, result
+    line = one_line(result)
+    assert "the relay daemon closed the connection unexpectedly: it stopped or crashed" in line
+    assert f"see {sock_path.parent / 'relay.log'}" in line, line
+    assert "runs on until the next relay daemon reaches its host" in line, line
 
 
 def test_a_request_too_large_to_send_is_one_line(sock_path: Path) -> None:
