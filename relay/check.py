@@ -847,9 +847,9 @@ class Checker:
             except asyncssh.ChannelOpenError:
                 return (
                     "sshd refuses Unix socket forwarding: {off}",
-                    "in the host's sshd_config, AllowStreamLocalForwarding and "
-                    "AllowTcpForwarding both yes (or local: either one no or remote refuses "
-                    "it) keep kernels through network outages",
+                    "to keep kernels through network outages, the host's sshd_config needs "
+                    "AllowStreamLocalForwarding and AllowTcpForwarding each set to yes or "
+                    "local (no or remote refuses the agent's channel)",
                 )
             writer.close()
             return None
