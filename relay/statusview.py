@@ -100,6 +100,8 @@ def resume(r: dict[str, Any] | None) -> str:
         return f"{text}, {size(int(r.get('unacked') or 0))} held"
     if state in ("ended", "off") and r.get("reason"):
         return f"{state}: {r['reason']}"
+    if state == "unknown":  # not connected since the daemon started or relay.toml raised it
+        return "unknown until it connects (python3 there is looked for then)"
     return str(state or "-")
 
 

@@ -93,6 +93,9 @@ def test_resume_column_says_on_resuming_with_time_left_and_held_or_off_and_why()
     assert "resuming, 14m32s left, needs `relay login`, 3.0 MiB held" in shown
     off = {"state": "off", "reason": "no python3 on cluster's PATH"}
     assert "off: no python3 on cluster's PATH" in render(answer(resume=off), now=110.0)
+    # not connected yet (or not since the window was raised from 0): the next one decides
+    unknown = render(answer(resume={"state": "unknown"}), now=110.0)
+    assert "unknown until it connects (python3 there is looked for then)" in unknown
 
 
 def test_resume_column_says_a_window_waiting_for_the_connection_and_one_that_ran_out() -> None:
