@@ -34,6 +34,7 @@ from relay.errors import (
 from relay.settings import HostConfig
 from relay.ssh import hostkeys, identity, ignorepad, options, sshconfig
 from relay.ssh.errors import host_key_refused, translate_connect_error
+from relay.ssh.holds import Hold
 from relay.ssh.options import ConnectPlan
 from relay.ssh.sshconfig import SSHView
 
@@ -49,11 +50,14 @@ __all__ = [
 
 
 class JumpHost(Protocol):
-    """A jump host's session, as a host reached through it uses it: its (shared) connection."""
+    """A jump host's session, as a host reached through it uses it: its (shared) connection,
+    held open while a connection through it lives (``HostSession.hold``)."""
 
     key: str
 
     async def connection(self) -> asyncssh.SSHClientConnection: ...
+
+    def hold(self, *, outlives_connection: bool = False) -> Hold: ...
 
 
 JumpGetter = Callable[[str], JumpHost]  # a jump host's session, by its name in the plan
@@ -244,6 +248,7 @@ class Connector:
         self._noted: set[str] = set()
         self._jump = jump
         self.via: str | None = None  # the jump host the last connection went through, by key
+        self.via_host: JumpHost | None = None  # and its session
         self._configured = configured or []
         self._config_source = config_source
         # the address the last direct connection reached (its peer): the machine its agent
@@ -565,6 +570,7 @@ class Connector:
             raise err from None
         jump = self._jump_host(connect_plan)
         self.via = jump.key if jump is not None else None
+        self.via_host = jump
         peer = conn.get_extra_info("peername") if direct else None
         self.reached = str(peer[0]) if peer else None
         self.status.last_error = None

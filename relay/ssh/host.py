@@ -481,13 +481,27 @@ class HostSession:
         cfg = self.config
         # asyncssh's keepalive (relay.ssh.options.asyncssh_keepalive) ends it after this long
         silent_s = cfg.keepalive_interval_s * cfg.keepalive_count_max
-        self._tasks.spawn(self._watch(conn, client, silent_s), name=f"watch:{self.key}")
+        # the jump host's connection carries this one: not closed under it as idle, nor as
+        # one made with resume_window_s = 0 (a review's finding: that ended this host's
+        # kernels). Not counted as its own (``fragile_holds``): the wake probe of a jump
+        # host weighs the hosts it carries apart (``woke``)
+        jump = self.connector.via_host
+        through = jump.hold(outlives_connection=True) if jump is not None else None
+        self._tasks.spawn(self._watch(conn, client, silent_s, through), name=f"watch:{self.key}")
         return conn
 
     async def _watch(
-        self, conn: asyncssh.SSHClientConnection, client: _Client, silent_s: float
+        self,
+        conn: asyncssh.SSHClientConnection,
+        client: _Client,
+        silent_s: float,
+        through: Hold | None = None,
     ) -> None:
-        await conn.wait_closed()
+        try:
+            await conn.wait_closed()
+        finally:
+            if through is not None:
+                through.release()
         if conn is not self._conn:
             return
         self._conn = None
@@ -986,7 +1000,25 @@ class HostSession:
         if self._closing or self._idle_closing or self._conn is None:
             return
         self._log.info("closing the connection made with resume_window_s = 0: nothing on it")
-        self._tasks.spawn(self._close_connection(idle=True), name=f"renew:{self.key}")
+        # taken from the host at once, not after the old supervisor's close (a round trip or
+        # more): a launch that comes meanwhile makes a new connection, not one on its way out
+        # (a review's finding: its kernel's links died with it)
+        current, self._current = self._current, None
+        conn, self._conn = self._conn, None
+        self.status.set("idle")
+        self._tasks.spawn(self._let_go_of(current, conn), name=f"renew:{self.key}")
+
+    async def _let_go_of(self, current: Live | None, conn: asyncssh.SSHClientConnection) -> None:
+        """A connection no longer the host's, and what ran on it, closed (aborted if the
+        host closes meanwhile, a stop, and ends this task)."""
+        try:
+            if current is not None:
+                await current.aclose()
+            conn.close()
+            await conn.wait_closed()
+        finally:
+            if not conn.is_closed():
+                conn.abort()
 
     def _idle(self) -> None:
         if self._conn is not None:

@@ -44,6 +44,7 @@ from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from relay.ssh.connector import ATTEMPTS_PER_REQUEST
 from relay.ssh.host import IDLE_WITH_NO_CONNECTION, IN_VAIN_FOLLOWERS_S, WAKE_PROBE_S
+from relay.ssh.live import Live
 from relay.ssh.options import asyncssh_keepalive
 from relay.ssh.supervisor import Supervisor
 from tests.conftest import (
@@ -1324,6 +1325,73 @@ async def test_a_window_raised_from_0_closes_a_connection_with_no_kernel_at_once
             kl2, _ = await connected(fe2)
             assert resume_state(running)["state"] == "on"
             await quit_cleanly(kl2, fe2)
+
+
+async def test_a_launch_while_the_old_connection_closes_gets_a_new_one(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window raised, `relay reload` closes the free old-path connection; its
+    supervisor's close takes a round trip or more on a far host (here held 1.5 s). A launch
+    that comes meanwhile got that connection, on its way out, and its kernel's links died
+    with it (a review's finding); it makes a new one, whose agent carries the kernel."""
+    held = asyncio.Event()
+    closed = asyncio.Event()
+    close = Live.aclose
+
+    async def slow_close(self: Live, **kwargs: Any) -> None:
+        held.set()
+        await asyncio.sleep(1.5)
+        await close(self, **kwargs)
+        closed.set()
+
+    async with behind_proxy(home, resume_window_s=0), start_daemon(home) as running:
+        async with controller(home) as fe:
+            kl, _ = await connected(fe)
+            await quit_cleanly(kl, fe)
+        monkeypatch.setattr(Live, "aclose", slow_close)
+        home.hosts["local"]["resume_window_s"] = 120
+        home.write()
+        code, out, err = await relay_cli(home, "reload")
+        assert code == 0 and "carries no kernel: closed" in out, (out, err)
+        await asyncio.wait_for(held.wait(), BOUND_S)
+        async with controller(home) as fe2:
+            kl2, pid2 = await connected(fe2)
+            await asyncio.wait_for(closed.wait(), BOUND_S)
+            assert resume_state(running)["state"] == "on"
+            assert running.daemon.hosts["local"].state == "connected"
+            assert await asyncio.wait_for(kl2.echo(b"after"), BOUND_S) == b"after"
+            assert pid_alive(pid2)
+            await quit_cleanly(kl2, fe2)
+
+
+async def test_a_jump_host_with_its_window_raised_stays_while_it_carries_a_connection(
+    home: RelayHome,
+) -> None:
+    """A jump host's connection made with resume_window_s = 0 is closed once nothing holds
+    it, its window raised since; a host connected through it holds it. It did not: the
+    jump host's own last kernel quit, its connection was closed, and with it the
+    connection behind it and that host's kernel (a review's finding)."""
+    home.add_host("gate", resume_window_s=0)
+    home.add_host("local", jump="gate", resume_window_s=0)
+    async with (
+        start_daemon(home) as running,
+        controller(home, host="gate") as fe_gate,
+        controller(home) as fe,
+    ):
+        kl_gate, _ = await connected(fe_gate)
+        kl, pid = await connected(fe)
+        gate = running.daemon.hosts["gate"]
+        assert running.daemon.hosts["local"].via == "gate"
+        home.hosts["gate"]["resume_window_s"] = 120
+        home.write()
+        code, _, err = await relay_cli(home, "reload")
+        assert code == 0, err
+        await quit_cleanly(kl_gate, fe_gate)
+        await until(lambda: gate.holds == 1, "only the connection through it holds gate")
+        assert gate.state == "connected"
+        assert await asyncio.wait_for(kl.echo(b"still"), BOUND_S) == b"still"
+        assert pid_alive(pid)
+        await quit_cleanly(kl, fe)
 
 
 async def old_path_kernel_left_by_a_silent_loss(
