@@ -87,6 +87,9 @@ class AgentInfo:
     uid: int
     owner_check: bool  # /proc/net/tcp readable: the agent can tell who connects
     ended: int  # predecessors ended
+    # the host has an old-path supervisor's record of this tag (supervisor.sh's
+    # relay-TAG.XXXXXX): a session a silent loss may have left, with kernels, for a sweep
+    supervised: bool = False
 
 
 class Sink(Protocol):

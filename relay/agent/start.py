@@ -138,7 +138,10 @@ def parse_start(
         and all(w.isdigit() for w in (words[0], words[2]))
     ):
         pid, sock, uid, check, ended = words
-        return AgentInfo(int(pid), sock, int(uid), check == "proc", int(ended or 0)), secret
+        # said by the installer before the agent's start (hookinstall.sh)
+        supervised = "supervised" in stdout.splitlines()
+        info = AgentInfo(int(pid), sock, int(uid), check == "proc", int(ended or 0), supervised)
+        return info, secret
     last_words = stderr.strip().splitlines()[-1:] or [""]
     if kind == "1":
         said = "agent 1 ..."  # the rest is the secret, and what is around it

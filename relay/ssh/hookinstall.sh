@@ -17,9 +17,12 @@
 # (digits: the daemon numbers its starts, and an agent never ends a later start's agent).
 # Output, on success:  "ok PATH" on one line, then the installed file's bytes, which the daemon
 #                      hashes: the file is proven by its content, not by this script's word;
-#                      for the agent, then its start line (agent 1 ..., or agent newer N
-#                      where a later start's agent runs), or "agent none" alone where
-#                      there is no python3 (nothing installed).
+#                      for the agent, then "supervised" where an old-path supervisor of
+#                      TAG has its record in TMPDIR (supervisor.sh: a session a silent
+#                      loss may have left, which the daemon then sweeps), then its start
+#                      line (agent 1 ..., or agent newer N where a later start's agent
+#                      runs), or "agent none" alone where there is no python3 (nothing
+#                      installed).
 #          otherwise:  "refuse REASON PATH" (REASON: nohome, symlink, notdir, notmine, writable,
 #                      notfile, nowrite, short) and exit 1; nothing outside
 #                      ~/.cache/relay is touched (but ~/.cache is made if missing).
@@ -83,4 +86,5 @@ for f in "$v"/*.part; do
 done;
 echo "ok $t";
 cat "$t";
+test -z "$6" || for d in "${TMPDIR:-/tmp}"/relay-"$7".*; do test -d "$d" && { echo supervised; break; }; done;
 test -z "$6" || exec python3 -I "$t" start "$7" "$8" "$9";

@@ -146,10 +146,10 @@ class HostSession:
         self._agent_supervisor: Supervisor | None = None
         self.agent_unavailable: str | None = None  # why kernels here end with the connection
         # a connection ran the old path here (supervisor.sh): one of them that died silently
-        # may have left its session and kernels, which the agent does not end. Not known at
-        # the daemon's start (its predecessor's, before a relay restart, may have: a review's
-        # finding), so looked for once on the first connection that runs the agent
-        self._supervised = True
+        # may have left its session and kernels, which the agent does not end. This daemon's
+        # own, or (said by the agent's start, AgentInfo.supervised) a predecessor's before a
+        # relay restart: a new-user pass's finding
+        self._supervised = False
         self._resuming: asyncio.Task[None] | None = None
         # a resume the server wants a person for (2FA) waits on this for ``relay login``
         self._login_wanted: asyncio.Future[None] | None = None
@@ -855,6 +855,8 @@ class HostSession:
             return None
         if info.ended:
             self._log.info("ended the kernels of an earlier relay daemon", agents=info.ended)
+        if info.supervised:  # an old-path session's record: swept once the agent runs
+            self._supervised = True
         silence_s = cfg.keepalive_interval_s * cfg.keepalive_count_max
         agent = AgentSession(
             self.key,

@@ -64,6 +64,11 @@ def _why(status: int | None, said: str) -> str:
         )
     if status in (126, 127):
         return f"/bin/sh could not be run there ({last or f'exit {status}'})"
+    if status is None and not last:  # no exit status, nothing said: not a shell's failure
+        return (
+            "the SSH server ended its session with no exit status (one session at a time, "
+            "MaxSessions 1 in its sshd_config, with another open? `relay check` says)"
+        )
     return (
         f"needs /bin/sh and mktemp on the remote host (exit {status}{': ' + last if last else ''})"
     )

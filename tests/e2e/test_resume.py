@@ -1455,9 +1455,26 @@ async def test_old_path_kernels_a_silent_loss_left_end_once_a_restarted_daemons_
         async with start_daemon(home) as running, controller(home) as fe2:
             kl2, _ = await connected(fe2)
             assert resume_state(running)["state"] == "on"
+            agent = running.daemon.hosts["local"].agent
+            assert agent is not None and agent.info.supervised  # the old session's record
             await wait_gone(pid, BOUND_S)
             await wait_gone(old_session, BOUND_S)
             await quit_cleanly(kl2, fe2)
+
+
+async def test_a_daemon_sweeps_for_old_path_sessions_only_where_the_host_has_one(
+    home: RelayHome,
+) -> None:
+    """A host where no old-path session ever ran: the agent's start finds no supervisor's
+    record, and no sweep is started (a session of its own, which a MaxSessions 1 host gives
+    to it instead of to `relay check`: a review's finding on sweeping at every start)."""
+    async with start_daemon(home) as running, controller(home) as fe:
+        kl, _ = await connected(fe)
+        agent = running.daemon.hosts["local"].agent
+        assert agent is not None and not agent.info.supervised
+        # the sweep is spawned, if at all, before the launch's connection is given out
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("stale:")]
+        await quit_cleanly(kl, fe)
 
 
 async def test_a_sweep_of_stale_sessions_that_failed_is_made_on_the_next_connection(

@@ -34,4 +34,10 @@ def test_a_shell_that_cannot_run_and_other_ends() -> None:
         "needs /bin/sh and mktemp on the remote host (exit 1: This service allows sftp "
         "connections only.)"
     )
-    assert _why(None, "") == "needs /bin/sh and mktemp on the remote host (exit None)"
+    # a session the server ended unrun (a second one where MaxSessions is 1): no shell's
+    # failure, which "needs /bin/sh and mktemp" would send a person after (a review's finding)
+    assert _why(None, "") == (
+        "the SSH server ended its session with no exit status (one session at a time, "
+        "MaxSessions 1 in its sshd_config, with another open? `relay check` says)"
+    )
+    assert _why(None, "sh: mktemp: not found").startswith("needs /bin/sh and mktemp")

@@ -44,12 +44,16 @@ def run(
     then: tuple[str, ...] = (),
     spare: str = "-",
     data: bytes | None = None,
+    tmpdir: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """``data``: what comes on standard input, if not the whole file (an upload cut short)."""
+    """``data``: what comes on standard input, if not the whole file (an upload cut short);
+    ``tmpdir``: the session's TMPDIR (none: /tmp)."""
     script = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
     argv = [*script, one_line("hookinstall.sh"), "relay", hook.version, hook.name, str(keep_days)]
     argv += [spare, str(len(hook.data)), *then]
     env = {"PATH": os.environ["PATH"], "HOME": str(home)}
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     given = hook.data if data is None else data
     return subprocess.run(argv, input=given, capture_output=True, env=env, timeout=60)
 
@@ -116,6 +120,34 @@ def test_the_agent_is_started_from_what_was_installed_or_not_at_all(
     assert run(shell, tmp_path, agent, then=("agent", "00ff", "900")).returncode == 96
     assert run(shell, tmp_path, agent, then=("agent", "00ff", "900", "1;")).returncode == 96
     assert run(shell, tmp_path, agent, then=("start",)).returncode == 96
+
+
+def test_an_old_path_sessions_record_of_the_tag_is_said_before_the_agent_starts(
+    shell: str, tmp_path: Path
+) -> None:
+    """A supervisor of the old path registers in TMPDIR/relay-TAG.XXXXXX (supervisor.sh)
+    and removes it when it ends: one there is a session that may outlive a silent loss, with
+    kernels, which the daemon then sweeps once the agent runs. The installer says so
+    before the agent's start, so that a daemon sweeps only where there is one (a sweep on
+    every daemon's start cost MaxSessions 1 hosts their `relay check`: a review's finding).
+    Another tag's record, or a file by that name, is not one."""
+    line = "agent 1 %s 7 /run/a.sock 1000 proc 0" % ("cd" * 32)
+    agent = dataclasses.replace(agent_file(), data=f"print({line!r})\n".encode())
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp / "relay-00ffee.Q1w2e3").mkdir()  # another tag's
+    (tmp / "relay-00ff.file").write_text("")  # not a directory
+    then = ("agent", "00ff", "900", "17")
+
+    def started() -> AgentInfo:
+        done = run(shell, tmp_path, agent, then=then, tmpdir=tmp)
+        said = parse_install_and_start("h", done.returncode, done.stdout, done.stderr, agent)
+        assert isinstance(said, tuple), done
+        return said[0]
+
+    assert not started().supervised
+    (tmp / "relay-00ff.Ab12Cd").mkdir()
+    assert started().supervised
 
 
 def test_an_upload_cut_short_is_never_installed(shell: str, tmp_path: Path) -> None:
