@@ -1231,6 +1231,10 @@ class HostSession:
                 if self.on_old_path
                 else None
             )
+        if reason is None and window_s > 0 and self._conn is None:
+            # relay.toml alone may say it before any connection (Slurm, peer_check = off):
+            # not "unknown until it connects" where the agent never runs (a review's finding)
+            reason = agent_start.unwanted(self.config)
         if reason is not None:
             return {"state": "off", "reason": reason}
         return {"state": "unknown" if window_s > 0 else "off"}

@@ -82,3 +82,21 @@ async def test_a_login_whose_person_hung_up_during_a_launchs_attempt_asks_nothin
     path.set()
     await asyncio.wait_for(launch, 10)
     await host.aclose()
+
+
+async def test_a_host_never_connected_says_what_its_configuration_alone_says_of_resuming() -> None:
+    """Before a connection, whether kernels here outlive it depends on the host's python3,
+    so RESUME is "unknown"; but where relay.toml alone says the agent never runs (peer_check
+    = off; a Slurm host's compute nodes run it), it says so, not "unknown until it connects"
+    (a review's finding)."""
+    plain = HostSession("host", HostConfig(hostname="h"), tag="00", ssh_files=())
+    assert plain.snapshot()["resume"] == {"state": "unknown"}
+    off = HostSession("host", HostConfig(hostname="h", peer_check="off"), tag="00", ssh_files=())
+    assert off.snapshot()["resume"] == {
+        "state": "off",
+        "reason": "peer_check = off (the agent admits only the user's own)",
+    }
+    zero = HostConfig(hostname="h", resume_window_s=0)
+    assert HostSession("host", zero, tag="00", ssh_files=()).snapshot()["resume"] == {
+        "state": "off"
+    }
