@@ -23,9 +23,10 @@ class Hold:
     """A user of a host's connection (a kernel, a launch under way, a requested forward):
     while any hold is out, the connection is not closed as idle. ``release`` is idempotent."""
 
-    def __init__(self, holds: Holds, *, fragile: bool) -> None:
+    def __init__(self, holds: Holds, *, fragile: bool, carried: bool = False) -> None:
         self._holds: Holds | None = holds
         self.fragile = fragile
+        self.carried = carried
 
     def release(self) -> None:
         holds, self._holds = self._holds, None
@@ -49,6 +50,7 @@ class Holds:
         self._on_free = on_free
         self._count = 0
         self.fragile = 0  # of _count, those that end with the connection
+        self.carried = 0  # of _count, connections through this one (it is their jump host)
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = False
 
@@ -56,16 +58,25 @@ class Holds:
         """How many kernels, launches and requested forwards use the connection now."""
         return self._count
 
-    def hold(self, *, outlives_connection: bool = False) -> Hold:
-        """No idle close until the returned hold is released."""
+    def hold(self, *, outlives_connection: bool = False, carried: bool = False) -> Hold:
+        """No idle close until the returned hold is released. ``carried``: a connection made
+        through this one, which keeps it open but is no user of its own (``own``)."""
         self._count += 1
         self.fragile += not outlives_connection
+        self.carried += carried
         self._cancel_timer()
-        return Hold(self, fragile=not outlives_connection)
+        return Hold(self, fragile=not outlives_connection, carried=carried)
+
+    @property
+    def own(self) -> int:
+        """The holds of the host's own users (kernels, launches, forwards, allocations): not
+        the connections it carries, which end with it and are made again through it."""
+        return self._count - self.carried
 
     def _unhold(self, hold: Hold) -> None:
         self._count -= 1
         self.fragile -= hold.fragile
+        self.carried -= hold.carried
         self._arm()
         if self._count == 0 and self._on_free is not None and not self._stopped:
             self._on_free()

@@ -146,9 +146,10 @@ class HostSession:
         self._agent_supervisor: Supervisor | None = None
         self.agent_unavailable: str | None = None  # why kernels here end with the connection
         # a connection ran the old path here (supervisor.sh): one of them that died silently
-        # may have left its session and kernels, which the agent does not end. This daemon's
-        # own, or (said by the agent's start, AgentInfo.supervised) a predecessor's before a
-        # relay restart: a new-user pass's finding
+        # may have left its session and kernels, which the agent does not end. Said by the
+        # agent's start (AgentInfo.supervised: its record on the host), this daemon's or a
+        # predecessor's before a relay restart (a new-user pass's finding); set again by a
+        # sweep that failed
         self._supervised = False
         self._resuming: asyncio.Task[None] | None = None
         # a resume the server wants a person for (2FA) waits on this for ``relay login``
@@ -486,7 +487,7 @@ class HostSession:
         # kernels). Not counted as its own (``fragile_holds``): the wake probe of a jump
         # host weighs the hosts it carries apart (``woke``)
         jump = self.connector.via_host
-        through = jump.hold(outlives_connection=True) if jump is not None else None
+        through = jump.carry() if jump is not None else None
         self._tasks.spawn(self._watch(conn, client, silent_s, through), name=f"watch:{self.key}")
         return conn
 
@@ -523,7 +524,8 @@ class HostSession:
             if agent is not None and not agent.ended.done():
                 agent.detach()
                 supervisor = self._agent_supervisor
-                if not self._holds and (supervisor is None or not supervisor.running):
+                # the connections it carried (a jump host's) end with it: not its own users
+                if not self._holds.own and (supervisor is None or not supervisor.running):
                     # no kernel, launch or forward waits on it, and the agent runs no kernel
                     # of ours (a failed launch's, whose signal waits for the resume): nothing
                     # to resume. The agent, with nothing to keep and no daemon, exits by
@@ -802,11 +804,12 @@ class HostSession:
                     self._supervised = False  # until the sweep fails
                     self._tasks.spawn(self._end_stale_sessions(conn, cfg), name=f"stale:{self.key}")
                 return live
-        live = await Live.open(
+        # no mark for a sweep: one that dies silently leaves its record on the host, which
+        # the next agent's start says (AgentInfo.supervised); one that ends cleanly removes
+        # it, and no sweep's session is spent (a review's finding)
+        return await Live.open(
             conn, key=self.key, tag=self.tag, config=cfg, rtt=self.rtt, hook=self._hook
         )
-        self._supervised = True
-        return live
 
     async def _end_stale_sessions(
         self, conn: asyncssh.SSHClientConnection, cfg: HostConfig
@@ -977,6 +980,12 @@ class HostSession:
         allocation, which ``outlives_connection``): no idle close until the returned hold
         is released."""
         return self._holds.hold(outlives_connection=outlives_connection)
+
+    def carry(self) -> Hold:
+        """A connection made through this host (it is their jump host, or their Slurm login
+        node): the host's connection is not closed under it (as idle, or as one made with
+        resume_window_s = 0), but it is no user of the host's own (``Holds.own``)."""
+        return self._holds.hold(outlives_connection=True, carried=True)
 
     @property
     def holds(self) -> int:
@@ -1231,9 +1240,10 @@ class HostSession:
                 if self.on_old_path
                 else None
             )
-        if reason is None and window_s > 0 and self._conn is None:
-            # relay.toml alone may say it before any connection (Slurm, peer_check = off):
-            # not "unknown until it connects" where the agent never runs (a review's finding)
+        if reason is None and window_s > 0:
+            # relay.toml alone may say it (Slurm, peer_check = off), before any connection
+            # or where none ran kernels (a login node, a jump host): not "unknown until it
+            # connects" where the agent never runs (a review's finding)
             reason = agent_start.unwanted(self.config)
         if reason is not None:
             return {"state": "off", "reason": reason}

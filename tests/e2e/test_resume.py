@@ -1321,9 +1321,17 @@ async def test_a_window_raised_from_0_closes_a_connection_with_no_kernel_at_once
             "closed, so that kernels wait 120 s from the next launch"
         ) in out, out
         await until(lambda: session.state != "connected", "the connection's end")
+        # its supervisor ended cleanly and took its record with it: nothing to sweep, and no
+        # sweep's session spent (a review's finding: one was, 46 s in by default)
+        tmp = Path(tempfile.gettempdir())
+        await until(
+            lambda: not list(tmp.glob(f"relay-{session.tag}.*")),
+            "the old supervisor's record removed",
+        )
         async with controller(home) as fe2:
             kl2, _ = await connected(fe2)
             assert resume_state(running)["state"] == "on"
+            assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("stale:")]
             await quit_cleanly(kl2, fe2)
 
 
@@ -1362,6 +1370,32 @@ async def test_a_launch_while_the_old_connection_closes_gets_a_new_one(
             assert await asyncio.wait_for(kl2.echo(b"after"), BOUND_S) == b"after"
             assert pid_alive(pid2)
             await quit_cleanly(kl2, fe2)
+
+
+async def test_a_jump_host_whose_own_kernels_are_gone_lets_its_agent_go_when_lost(
+    home: RelayHome,
+) -> None:
+    """A jump host whose agent has no kernel left, carrying another host's connection, when
+    the path resets: nothing of its own waits on it, so it lets its agent go, as a host
+    with nothing to resume does. Counting the connection it carried as one of its users (it
+    ends with it, and is made again through it) made it resume, find its agent gone, and
+    say "its kernels are lost" (a review's finding)."""
+    async with behind_proxy(home, name="gate") as proxy:
+        home.add_host("local", jump="gate")
+        async with start_daemon(home) as running:
+            async with controller(home, host="gate") as fe_gate:
+                kl_gate, _ = await connected(fe_gate)
+                await quit_cleanly(kl_gate, fe_gate)
+            gate = running.daemon.hosts["gate"]
+            async with controller(home) as fe:
+                kl, _ = await connected(fe)
+                await until(lambda: gate.holds == 1, "the connection through gate holds it")
+                proxy.reset()
+                assert await asyncio.wait_for(kl.echo(b"through"), BOUND_S) == b"through"
+                await until(lambda: not gate.resuming, "gate not resuming")
+                state = resume_state(running, "gate")
+                assert state.get("state") != "ended", state
+                await quit_cleanly(kl, fe)
 
 
 async def test_a_jump_host_with_its_window_raised_stays_while_it_carries_a_connection(

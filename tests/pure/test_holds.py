@@ -92,3 +92,23 @@ def test_the_last_hold_released_says_so_at_once_each_time_and_not_once_stopped()
         assert freed == [0]
 
     asyncio.run(main())
+
+
+def test_a_connection_carried_keeps_the_host_but_is_no_user_of_its_own() -> None:
+    """A connection made through this host (its jump host): kept open while it lives (no idle
+    timer, no ``on_free``), but not one of the host's own users (``own``): a jump host whose
+    own kernels are gone lets its agent go when it is lost (``HostSession._watch``)."""
+
+    async def main() -> None:
+        freed: list[int] = []
+        holds = Holds(lambda: 0.01, lambda: None, lambda: freed.append(1))
+        through = holds.hold(outlives_connection=True, carried=True)
+        kernel = holds.hold()
+        assert (len(holds), holds.own, holds.carried, holds.fragile) == (2, 1, 1, 1)
+        kernel.release()
+        assert (len(holds), holds.own) == (1, 0) and freed == [] and _armed(holds) is None
+        through.release()
+        assert (len(holds), holds.own, holds.carried) == (0, 0, 0) and freed == [1]
+        holds.stop()
+
+    asyncio.run(main())

@@ -5,7 +5,7 @@ is tested is who waits for which attempt, and what a cancellation reaches."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from relay.settings import HostConfig
 from relay.ssh.host import HostSession
@@ -92,10 +92,12 @@ async def test_a_host_never_connected_says_what_its_configuration_alone_says_of_
     plain = HostSession("host", HostConfig(hostname="h"), tag="00", ssh_files=())
     assert plain.snapshot()["resume"] == {"state": "unknown"}
     off = HostSession("host", HostConfig(hostname="h", peer_check="off"), tag="00", ssh_files=())
-    assert off.snapshot()["resume"] == {
-        "state": "off",
-        "reason": "peer_check = off (the agent admits only the user's own)",
-    }
+    said = {"state": "off", "reason": "peer_check = off (the agent admits only the user's own)"}
+    assert off.snapshot()["resume"] == said
+    # connected, but only as a way through (a jump host, a login node): no kernel ran here,
+    # so no connection said more (a stand-in connection: the snapshot reads no more of it)
+    off._conn = cast(Any, object())
+    assert off.snapshot()["resume"] == said
     zero = HostConfig(hostname="h", resume_window_s=0)
     assert HostSession("host", zero, tag="00", ssh_files=()).snapshot()["resume"] == {
         "state": "off"
