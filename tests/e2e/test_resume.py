@@ -1481,8 +1481,9 @@ async def test_old_path_kernels_a_silent_loss_left_end_once_a_restarted_daemons_
 ) -> None:
     """As above, with the daemon restarted between (``relay restart``, which ``relay check``
     advises once the window is raised): the new daemon cannot know that its predecessor ran
-    the old path there, so it looks once, on its first connection that runs the agent. It
-    did not: the kernel ran on, its shim having said it ended (a review's finding)."""
+    the old path there; the agent's start finds the old session's record on the host and
+    says so, and the daemon sweeps. It did not: the kernel ran on, its shim having said it
+    ended (a new-user pass's finding)."""
     async with behind_proxy(home, resume_window_s=0) as proxy:
         async with start_daemon(home), controller(home) as fe:
             pid, old_session = await old_path_kernel_left_by_a_silent_loss(home, proxy, fe)

@@ -73,38 +73,19 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     return line
 
 
-def test_a_daemon_that_resets_the_connection_is_one_line(sock_path: Path) -> None:
-    """The daemon went (a stop, a crash) with the shim's request unread: the connection is
-    reset (as for a connection it had not yet taken up when its listener closed)."""
+def daemon_gone(sock_path: Path, answer: dict[str, object] | None) -> str:
+    """A controller's launch whose stand-in daemon goes after the request came: unread
+    (``answer`` None: the shim's next read is reset), or once it answered ``answer``. The
+    shim's one line, with its exit status checked."""
     listener = listening(sock_path)
     proc = start_launch(sock_path)
     try:
         conn, _ = listener.accept()
         ready, _, _ = select.select([conn], [], [], BOUND_S)  # the request came
         assert ready
-        conn.close()  # unread: the shim's next read is reset
-        listener.close()
-        out, err = proc.communicate(timeout=BOUND_S)
-    finally:
-        proc.kill()
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-    assert result.returncode == shim.EXIT_DAEMON, result
-    assert "lost the relay daemon: Connection reset by peer" in one_line(result)
-    assert f"see {sock_path.parent / 'relay.log'}, or `journalctl --user -u relay`" in err
-
-
-def test_a_daemon_gone_while_its_kernel_runs_says_where_it_said_why(sock_path: Path) -> None:
-    """The daemon closed a running kernel's connection (SIGKILLed, crashed): one line with
-    where its log is and what becomes of a kernel that outlives outages (it said "see its
-    log", and nothing of the kernel: a new-user pass's finding)."""
-    listener = listening(sock_path)
-    proc = start_launch(sock_path)
-    try:
-        conn, _ = listener.accept()
-        ready, _, _ = select.select([conn], [], [], BOUND_S)  # the request came
-        assert ready
-        conn.recv(framing.MAX_MESSAGE_BYTES)
-        conn.sendall(framing.encode({"event": "launched", "linkname": "1@127.0.0.1,2@127.0.0.1"}))
+        if answer is not None:
+            conn.recv(framing.MAX_MESSAGE_BYTES)
+            conn.sendall(framing.encode(answer))
         conn.close()
         listener.close()
         out, err = proc.communicate(timeout=BOUND_S)
@@ -112,7 +93,22 @@ def test_a_daemon_gone_while_its_kernel_runs_says_where_it_said_why(sock_path: P
         proc.kill()
     result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert result.returncode == shim.EXIT_DAEMON, result
-    line = one_line(result)
+    return one_line(result)
+
+
+def test_a_daemon_that_resets_the_connection_is_one_line(sock_path: Path) -> None:
+    """The daemon went (a stop, a crash) with the shim's request unread: the connection is
+    reset (as for a connection it had not yet taken up when its listener closed)."""
+    line = daemon_gone(sock_path, None)
+    assert "lost the relay daemon: Connection reset by peer" in line
+    assert f"see {sock_path.parent / 'relay.log'}, or `journalctl --user -u relay`" in line
+
+
+def test_a_daemon_gone_while_its_kernel_runs_says_where_it_said_why(sock_path: Path) -> None:
+    """The daemon closed a running kernel's connection (SIGKILLed, crashed): one line with
+    where its log is and what becomes of a kernel that outlives outages (it said "see its
+    log", and nothing of the kernel: a new-user pass's finding)."""
+    line = daemon_gone(sock_path, {"event": "launched", "linkname": "1@127.0.0.1,2@127.0.0.1"})
     assert "the relay daemon closed the connection unexpectedly: it stopped or crashed" in line
     assert f"see {sock_path.parent / 'relay.log'}" in line, line
     assert "runs on until the next relay daemon reaches its host" in line, line
