@@ -874,18 +874,17 @@ class Agent:
 
     # -- its files ----------------------------------------------------------------------------
     def keep(self):
-        """The agent's socket, pid file and kernels' logs live for weeks in $TMPDIR, where
-        cleaners remove files by age: systemd-tmpfiles' ``q /tmp ... 10d`` (Fedora, RHEL
-        and their HPC clusters), tmpwatch, tmpreaper. They spare a live socket (systemd's
-        looks in /proc/net/unix; the others take regular files only) but not the pid file,
-        by which the next agent of this tag ends a dead daemon's kernels at once, nor the
-        starts' lock (``start_lock``), nor a quiet kernel's log, whose last lines tell why
-        it exited. So their times are set to
-        now once the socket's is an hour old. What goes anyway (a person's ``rm -r``) is
-        made again: the directory (with ``run_dir``'s checks), the socket, bound afresh and
-        listened on in place of the old (without it no daemon could attach, and the kernels
-        would end with the next outage's window), and the pid file. A name that is there
-        and not ours (a successor agent's for this tag) is left alone."""
+        """The agent's socket, pid file and kernels' logs live for weeks in $TMPDIR, where cleaners
+        remove files by age: systemd-tmpfiles' ``q /tmp ... 10d`` (Fedora, RHEL and their HPC
+        clusters), tmpwatch, tmpreaper. They spare a live socket (systemd's looks in /proc/net/unix;
+        the others take regular files only) but not the pid file, by which the next agent of this
+        tag ends a dead daemon's kernels at once, nor the starts' lock (``start_lock``), nor a quiet
+        kernel's log, whose last lines tell why it exited. So their times are set to now once the
+        socket's is an hour old. What goes anyway (a person's ``rm -r``) is made again: the
+        directory (with ``run_dir``'s checks), the socket, bound afresh and listened on in place of
+        the old (without it no daemon could attach, and the kernels would end with the next outage's
+        window), and the pid file. A name that is there and not ours (a successor agent's for this
+        tag) is left alone."""
         if self.sock_ino is None:
             return  # its name is a successor's (``rebind``)
         try:
@@ -1965,8 +1964,8 @@ def start_lock(tag, dir_fd):
     locked where the file system has no locks), or None if another start held it all that
     while. Where the usual directory is not ours, each start has one of its own (``run_dir``)
     and the lock keeps nothing apart: ``end_predecessor`` reads the number just before it
-    signals. The file stays: a lock on a name that a
-    start could remove while another waits on it would be two locks."""
+    signals. The file stays: a lock on a name that a start could remove while another
+    waits on it would be two locks."""
     fd = open_private(tag + ".lock", os.O_RDWR | os.O_CREAT, dir_fd)
     old = signal.signal(signal.SIGALRM, _lock_wait_over)
     signal.setitimer(signal.ITIMER_REAL, START_LOCK_WAIT_S)

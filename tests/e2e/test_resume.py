@@ -1202,10 +1202,7 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
     ):
         kl, _ = await connected(fe)
         assert resume_state(running) == {"state": "off", "reason": "resume_window_s = 0"}
-        home.hosts["local"]["resume_window_s"] = 120
-        home.write()
-        code, out, err = await relay_cli(home, "reload")
-        assert code == 0, err
+        out = await window_reloaded(home, 120)
         assert (
             "local: its connection was made with resume_window_s = 0, so the kernels launched "
             "on it end with it; it is closed once they have ended, and kernels wait 120 s from "
@@ -1215,7 +1212,7 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
             "state": "off",
             "reason": "resume_window_s = 0 when this connection was made (120 s from the next one)",
         }
-        code, out, err = await relay_cli(home, "check", "local", "--json")
+        _, out, _ = await relay_cli(home, "check", "local", "--json")
         resume = next(r for r in json.loads(out)["results"] if r["name"] == "resume")
         assert resume["state"] == "warn", resume
         assert "was made with resume_window_s = 0" in resume["summary"], resume
@@ -1227,7 +1224,7 @@ async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
         # one decides
         await until(lambda: session.state != "connected", "the connection's end")
         assert resume_state(running) == {"state": "unknown"}
-        code, out, err = await relay_cli(home, "check", "local", "--json")
+        _, out, _ = await relay_cli(home, "check", "local", "--json")
         resume = next(r for r in json.loads(out)["results"] if r["name"] == "resume")
         assert resume["state"] == "ok", resume
         assert resume["summary"].endswith("kernels wait 120 s for their connection to come back")
@@ -1285,10 +1282,7 @@ async def test_a_window_lowered_to_0_ends_the_kernels_with_their_connection_and_
         controller(home) as fe,
     ):
         kl, pid = await connected(fe)
-        home.hosts["local"]["resume_window_s"] = 0
-        home.write()
-        code, _, err = await relay_cli(home, "reload")
-        assert code == 0, err
+        await window_reloaded(home, 0)
         await until(lambda: resume_state(running).get("window_s") == 0, "the agent told")
         proxy.blackhole()
         status, _, err = await fe.result(BOUND_S)
@@ -1312,10 +1306,7 @@ async def test_a_window_raised_from_0_closes_a_connection_with_no_kernel_at_once
             await quit_cleanly(kl, fe)
         session = running.daemon.hosts["local"]
         assert session.state == "connected"  # the window is still 0: kept
-        home.hosts["local"]["resume_window_s"] = 120
-        home.write()
-        code, out, err = await relay_cli(home, "reload")
-        assert code == 0, err
+        out = await window_reloaded(home, 120)
         assert (
             "local: its connection was made with resume_window_s = 0 and carries no kernel: "
             "closed, so that kernels wait 120 s from the next launch"
@@ -1416,16 +1407,23 @@ async def test_a_jump_host_with_its_window_raised_stays_while_it_carries_a_conne
         kl, pid = await connected(fe)
         gate = running.daemon.hosts["gate"]
         assert running.daemon.hosts["local"].via == "gate"
-        home.hosts["gate"]["resume_window_s"] = 120
-        home.write()
-        code, _, err = await relay_cli(home, "reload")
-        assert code == 0, err
+        await window_reloaded(home, 120, "gate")
         await quit_cleanly(kl_gate, fe_gate)
         await until(lambda: gate.holds == 1, "only the connection through it holds gate")
         assert gate.state == "connected"
         assert await asyncio.wait_for(kl.echo(b"still"), BOUND_S) == b"still"
         assert pid_alive(pid)
         await quit_cleanly(kl, fe)
+
+
+async def window_reloaded(home: RelayHome, window_s: float, host: str = "local") -> str:
+    """relay.toml's resume_window_s for ``host`` set to ``window_s`` and `relay reload` run:
+    what it said."""
+    home.hosts[host]["resume_window_s"] = window_s
+    home.write()
+    code, out, err = await relay_cli(home, "reload")
+    assert code == 0, err
+    return out
 
 
 async def old_path_kernel_left_by_a_silent_loss(
@@ -1439,10 +1437,7 @@ async def old_path_kernel_left_by_a_silent_loss(
     its kernel and sshd session run on. Their pids: the kernel's, the session's."""
     kl, pid = await connected(fe)
     old_session = sshd_session_of(pid)
-    home.hosts["local"]["resume_window_s"] = 120
-    home.write()
-    code, _, err = await relay_cli(home, "reload")
-    assert code == 0, err
+    await window_reloaded(home, 120)
     if before_loss is not None:
         before_loss()
     proxy.blackhole()
@@ -1452,6 +1447,21 @@ async def old_path_kernel_left_by_a_silent_loss(
     await kl.aclose()
     proxy.restore()
     return pid, old_session
+
+
+async def old_path_kernel_ends_once_the_agent_runs(
+    home: RelayHome, running: RunningDaemon, pid: int, old_session: int
+) -> None:
+    """The next launch runs the agent, whose start finds the old session's record on the
+    host (AgentInfo.supervised): the sweep ends that session and its kernel."""
+    async with controller(home) as fe:
+        kl, _ = await connected(fe)
+        assert resume_state(running)["state"] == "on"
+        agent = running.daemon.hosts["local"].agent
+        assert agent is not None and agent.info.supervised
+        await wait_gone(pid, BOUND_S)
+        await wait_gone(old_session, BOUND_S)
+        await quit_cleanly(kl, fe)
 
 
 async def test_old_path_kernels_a_silent_loss_left_end_once_the_agent_takes_over(
@@ -1468,12 +1478,7 @@ async def test_old_path_kernels_a_silent_loss_left_end_once_the_agent_takes_over
         controller(home) as fe,
     ):
         pid, old_session = await old_path_kernel_left_by_a_silent_loss(home, proxy, fe)
-        async with controller(home) as fe2:
-            kl2, _ = await connected(fe2)
-            assert resume_state(running)["state"] == "on"
-            await wait_gone(pid, BOUND_S)
-            await wait_gone(old_session, BOUND_S)
-            await quit_cleanly(kl2, fe2)
+        await old_path_kernel_ends_once_the_agent_runs(home, running, pid, old_session)
 
 
 async def test_old_path_kernels_a_silent_loss_left_end_once_a_restarted_daemons_agent_runs(
@@ -1487,14 +1492,8 @@ async def test_old_path_kernels_a_silent_loss_left_end_once_a_restarted_daemons_
     async with behind_proxy(home, resume_window_s=0) as proxy:
         async with start_daemon(home), controller(home) as fe:
             pid, old_session = await old_path_kernel_left_by_a_silent_loss(home, proxy, fe)
-        async with start_daemon(home) as running, controller(home) as fe2:
-            kl2, _ = await connected(fe2)
-            assert resume_state(running)["state"] == "on"
-            agent = running.daemon.hosts["local"].agent
-            assert agent is not None and agent.info.supervised  # the old session's record
-            await wait_gone(pid, BOUND_S)
-            await wait_gone(old_session, BOUND_S)
-            await quit_cleanly(kl2, fe2)
+        async with start_daemon(home) as running:
+            await old_path_kernel_ends_once_the_agent_runs(home, running, pid, old_session)
 
 
 async def test_a_daemon_sweeps_for_old_path_sessions_only_where_the_host_has_one(
