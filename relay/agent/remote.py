@@ -958,7 +958,7 @@ class Agent:
         """The pid file, made again if it went (the next agent of this tag finds us by it);
         one that is there (ours, or a successor's) is left as it is."""
         try:
-            write_pid(self.pid_name, os.O_EXCL, self.dir_fd, self.generation)
+            write_pid(self.pid_name, True, self.dir_fd, self.generation)
         except OSError:
             pass  # there, or no room now: looked at again
 
@@ -1926,14 +1926,29 @@ def sweep_logs(dir_fd, tag, pid_name):
     return True
 
 
-def write_pid(pid_name, flags, dir_fd, generation=0):
-    """This process's pid, start time and generation in its pid file (``recorded_agent``)."""
-    fd = open_private(pid_name, os.O_WRONLY | os.O_CREAT | flags, dir_fd)
+def write_pid(pid_name, exclusive, dir_fd, generation=0):
+    """This process's pid, start time and generation in its pid file (``recorded_agent``),
+    put in place whole: written under a name of its own, then linked (``exclusive``: only
+    where no pid file is) or renamed over the old. A start reading it at the moment it is
+    made again (``Agent.keep``) would otherwise find it empty, see no agent, and leave
+    this one running beside its own (the CI saw the empty file)."""
+    new = "%s.%d.new" % (pid_name, os.getpid())
+    fd = open_private(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, dir_fd)
     try:
-        said = "%d %s %d\n" % (os.getpid(), start_time(os.getpid()) or "-", generation)
-        os.write(fd, said.encode())
+        try:
+            said = "%d %s %d\n" % (os.getpid(), start_time(os.getpid()) or "-", generation)
+            os.write(fd, said.encode())
+        finally:
+            os.close(fd)
+        if exclusive:
+            os.link(new, pid_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        else:
+            os.rename(new, pid_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     finally:
-        os.close(fd)
+        try:
+            os.unlink(new, dir_fd=dir_fd)  # linked, or not put in place
+        except OSError:
+            pass
 
 
 def write_err(tag, dir_fd, most=None):
@@ -2103,7 +2118,7 @@ def start(tag, window, generation=0):
         os.dup2(null, fd)
     os.close(null)
     try:
-        write_pid(pid_name, os.O_TRUNC, dir_fd, generation)
+        write_pid(pid_name, False, dir_fd, generation)
     except OSError:
         os.write(w, b"pidfile")
         os._exit(1)

@@ -33,7 +33,7 @@ def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     server.bind(os.path.join(path, "ab.sock"))
     server.listen(1)
     ino = os.stat("ab.sock", dir_fd=dir_fd).st_ino
-    remote.write_pid("ab.pid", os.O_TRUNC, dir_fd)
+    remote.write_pid("ab.pid", False, dir_fd)
     made = remote.Agent(dir_fd, "ab", "s" * 64, server, 900.0, ino)
     yield made
     made.server.close()
@@ -109,6 +109,43 @@ def test_a_directory_an_agent_of_the_same_tag_made_since_is_left_to_it(
     finally:
         successor.kill()
         successor.communicate()
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_a_pid_file_being_written_is_never_read_half_made(
+    exclusive: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start reads the pid file while the agent makes it again (``Agent.keep``): were it
+    read empty, the start would see no agent and leave this one beside its own (the CI
+    read one empty). While the agent writes, the name holds the old file whole, or none;
+    after, the new one whole and nothing else. Made only where none is, it leaves one that
+    is there as it was."""
+    dir_fd = os.open(tmp_path, os.O_RDONLY)
+    pid_file = tmp_path / "ab.pid"
+    old = None if exclusive else "1 2 3\n"
+    if old is not None:
+        pid_file.write_text(old)
+    seen: list[str | None] = []
+    write = os.write
+
+    def spy(fd: int, data: bytes) -> int:
+        seen.append(pid_file.read_text() if pid_file.exists() else None)
+        return write(fd, data)
+
+    monkeypatch.setattr(remote.os, "write", spy)
+    try:
+        remote.write_pid("ab.pid", exclusive, dir_fd, 7)
+        monkeypatch.undo()
+        assert seen == [old]
+        assert pid_file.read_text() == f"{os.getpid()} {remote.start_time(os.getpid())} 7\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
+        if exclusive:
+            with pytest.raises(FileExistsError):
+                remote.write_pid("ab.pid", exclusive, dir_fd, 8)
+            assert pid_file.read_text().split()[2] == "7"
+            assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
+    finally:
+        os.close(dir_fd)
 
 
 def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(

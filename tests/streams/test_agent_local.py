@@ -269,10 +269,10 @@ class Agent:
 def gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):  # reaped before either look
         return True
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state == "Z"
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def wait_gone(pid: int, timeout_s: float = BOUND_S) -> None:
