@@ -429,7 +429,9 @@ class HostSession:
         resuming = self.resuming
         if self._connecting is not None:  # a launch or the resume connects: let it finish
             # resuming on a dead path, that attempt runs on for tens of seconds: not waited
-            # for beyond connect_timeout_s (a new-user pass's `relay login` hung 44-74 s)
+            # for beyond connect_timeout_s (a new-user pass's `relay login` hung 44-74 s).
+            # Through a jump host that reconnects too it may be slow but working: the line
+            # says "down or slow", and the attempt is left to go on either way
             bound = self.config.connect_timeout_s if resuming else None
             try:
                 async with asyncio.timeout(bound):
@@ -437,8 +439,9 @@ class HostSession:
             except TimeoutError:
                 raise ConnectFailed(
                     f"{self.key}: resuming ({self._since_lost()}): relay's own attempt to "
-                    f"connect did not end within connect_timeout_s ({bound:g} s), so the path "
-                    "is still down; relay goes on trying, and `relay status` shows when"
+                    f"connect has not ended within connect_timeout_s ({bound:g} s): the path "
+                    "is down or slow; that attempt goes on, and `relay status` shows when "
+                    "the host is back"
                 ) from None
             except LoginNeeded:
                 pass  # what this login is for

@@ -679,6 +679,7 @@ async def test_relay_login_during_an_outage_says_the_host_is_resuming_without_wa
         code, _, err = await relay_cli(home, "login", "local")
         assert code != 0, err
         assert "local: resuming (the connection was lost at " in err, err
+        assert "that attempt goes on, and `relay status` shows when" in err, err
         assert len(err.strip().splitlines()) == 1, err
         assert pid_alive(pid)
         proxy.restore()
