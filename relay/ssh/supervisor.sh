@@ -78,8 +78,8 @@ have() { case $1 in */*) test -f "$1" && test -x "$1" ;; *) command -v "$1" >/de
 if have setsid; then g=-; else g=; fi;
 d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
 case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
-echo "$$ $(st $$) $s $(st $s)" >"$d/supervisor" || { rm -rf "$d"; exit 98; };
 date +%s >"$d/alive";
+echo "$$ $(st $$) $s $(st $s)" >"$d/supervisor.new" && mv -f "$d/supervisor.new" "$d/supervisor" || { rm -rf "$d"; exit 98; };
 n=0; k=0;
 test "$2" = keep ||
 for o in "${TMPDIR:-/tmp}"/relay-"$1".*; do
@@ -133,7 +133,7 @@ while read -r op id arg; do
       ) &
       w="$w $!"; eval "w_$id=$!" ;;
     kill) eval "q=\${w_$id:-}"; test -n "$q" && case $arg in KILL) kill -USR1 "$q" ;; TERM|INT|HUP) kill "-$arg" "$q" ;; esac 2>/dev/null ;;
-    ping) t=$(date +%s); echo "$t" >"$d/alive";
+    ping) t=$(date +%s); echo "$t" >"$d/alive.new" && mv -f "$d/alive.new" "$d/alive";
       test $((t - k)) -ge 3600 && touch -c "$d" "$d"/* 2>/dev/null && k=$t;
       echo "pong $id" ;;
     which) ( eval "$arg"; if have "$1"; then echo "found $id"; else echo "nokernel $id"; fi ) ;;

@@ -7,6 +7,7 @@ import secrets
 import select
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -286,6 +287,48 @@ def test_a_live_session_of_the_same_tag_is_left_alone(
     finally:
         stop(first)
     wait_gone(kernel)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_ping_never_leaves_the_alive_record_empty_for_a_new_supervisor_to_read(
+    shell: str, tmpdir_env: dict[str, str]
+) -> None:
+    """A new supervisor of the same tag reads each session's ``alive`` to tell a live one
+    from a stale one, where it finds its ``supervisor`` record; an empty read counts as
+    never pinged, and it ends that session and its kernels. ``alive`` was rewritten in place
+    at each ping (emptied, then written), and made after the record at the start: a look
+    between the two ended a live session (a review's reproduction, the write widened). Now
+    it is made first, and each time written aside and renamed over, so a look sees the old
+    time or the new one. Looked at here as the new supervisor looks, from before the
+    session starts and across 200 pings."""
+    sessions = Path(tmpdir_env["TMPDIR"])
+    seen: list[str] = []
+    stop_looking = threading.Event()
+
+    def look() -> None:
+        while not stop_looking.is_set() and len(seen) < 2_000_000:
+            for o in sessions.glob(f"relay-{TAG}.*"):
+                if (o / "supervisor").exists():
+                    try:
+                        seen.append((o / "alive").read_text().strip())
+                    except FileNotFoundError:
+                        seen.append("")
+
+    looker = threading.Thread(target=look)
+    looker.start()
+    first = None
+    try:
+        first = Sup(shell, stale_s=3600, env=tmpdir_env)
+        first.event()
+        for n in range(200):
+            first.send(f"ping p{n}")
+            assert first.event() == Event("pong", f"p{n}", "")
+    finally:
+        stop_looking.set()  # before the session ends: its directory's removal is no record
+        looker.join()
+        if first is not None:
+            stop(first)
+    assert seen and all(s.isdigit() for s in seen), sorted(set(seen))[:5]
 
 
 def stop(s: Sup) -> None:
