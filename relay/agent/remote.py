@@ -956,7 +956,15 @@ class Agent:
 
     def keep_pid_file(self):
         """The pid file, made again if it went (the next agent of this tag finds us by it);
-        one that is there (ours, or a successor's) is left as it is."""
+        one that is there (ours, or a successor's) is left as it is: looked at first, so
+        that no file is made (and removed) at every look while it is there."""
+        try:
+            os.stat(self.pid_name, dir_fd=self.dir_fd, follow_symlinks=False)
+            return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
         try:
             write_pid(self.pid_name, True, self.dir_fd, self.generation)
         except OSError:
@@ -1909,7 +1917,9 @@ def end_predecessor(pid_name, dir_fd, generation=0):
 def sweep_logs(dir_fd, tag, pid_name):
     """The kernels' logs an agent of this tag left (it was killed, SIGKILL: no time to remove
     them), once no agent of this tag runs: the next agent numbers its kernels from k1 again,
-    so the logs of a predecessor's k40 would never go. Whether none runs."""
+    so the logs of a predecessor's k40 would never go. And a pid file it was putting in
+    place (``write_pid``: TAG.pid.PID.new), which would keep its directory from going.
+    Whether none runs."""
     if recorded_agent(pid_name, dir_fd) is not None:
         return False  # alive after all (it did not end in time): its logs are its own
     prefix = tag + "-k"
@@ -1918,7 +1928,9 @@ def sweep_logs(dir_fd, tag, pid_name):
     except OSError:
         return True
     for name in names:
-        if name.startswith(prefix) and name.endswith(".log"):
+        if (name.startswith(prefix) and name.endswith(".log")) or (
+            name.startswith(pid_name + ".") and name.endswith(".new")
+        ):
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except OSError:

@@ -705,10 +705,8 @@ def test_a_crash_after_the_start_line_is_written_down(run: Path) -> None:
     done = start_patched(run, "a8", "import os; del os.set_blocking")
     started = info(parse_start("h", done.returncode, done.stdout, done.stderr), done)
     err = Path(started.socket).with_suffix(".err")
-    deadline = time.monotonic() + BOUND_S
-    while not (err.exists() and not Path(started.socket).exists()):
-        assert time.monotonic() < deadline, list(err.parent.iterdir())
-        time.sleep(0.05)
+    wait_gone(started.pid)  # its socket, then its pid file, go before it exits
+    assert not Path(started.socket).exists()
     assert "AttributeError" in err.read_text() and "set_blocking" in err.read_text()
     assert not (err.parent / "a8.pid").exists()
 
@@ -1022,7 +1020,8 @@ def test_the_kernel_logs_a_killed_agent_left_go_with_the_next_agent_of_its_tag(
 ) -> None:
     """An agent killed outright (SIGKILL: an OOM killer) cannot remove its kernels' logs; the
     next agent of its tag, numbering its kernels from k1 again, removes them. Another tag's
-    are not its to touch."""
+    are not its to touch. Nor can it remove a pid file it was putting in place (killed
+    between writing TAG.pid.PID.new and linking it): that goes too."""
     first = Agent(sys.executable, run, "e5")
     first.attach()
     first.say("start k1 set -- /bin/sleep 600")
@@ -1032,6 +1031,8 @@ def test_the_kernel_logs_a_killed_agent_left_go_with_the_next_agent_of_its_tag(
     assert (directory / "e5-k1.log").exists()
     (directory / "e5-k40.log").write_text("a kernel of an agent before\n")
     (directory / "f6-k1.log").write_text("another tag's\n")
+    (directory / f"e5.pid.{first.pid}.new").write_text("half put in place\n")
+    (directory / "f6.pid.1.new").write_text("another tag's\n")
     os.kill(first.pid, signal.SIGKILL)
     os.kill(kernel, signal.SIGKILL)  # its own session: not ended with the agent
     wait_gone(first.pid)
@@ -1039,8 +1040,10 @@ def test_the_kernel_logs_a_killed_agent_left_go_with_the_next_agent_of_its_tag(
     second = Agent(sys.executable, run, "e5")
     assert isinstance(second.info, AgentInfo), second.said
     assert sorted(p.name for p in directory.glob("*.log")) == ["f6-k1.log"]
+    assert sorted(p.name for p in directory.glob("*.new")) == ["f6.pid.1.new"]
     second.goodbye()
     (directory / "f6-k1.log").unlink()
+    (directory / "f6.pid.1.new").unlink()
     assert first.chan is not None
     first.chan.close()
 
