@@ -391,7 +391,8 @@ def test_autostart_gives_up_only_once_its_wait_has_passed(
     home: RelayHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pid_file = tmp_path / "pid"
-    exe = _fake_python(tmp_path, f"echo $$ > {pid_file}\nexec sleep 60\n")
+    said = f"echo $$ > {pid_file}.new\nmv {pid_file}.new {pid_file}\n"  # whole, or not there
+    exe = _fake_python(tmp_path, said + "exec sleep 60\n")
     monkeypatch.setattr(sys, "executable", str(exe))
     monkeypatch.setattr(shim, "AUTOSTART_WAIT_S", 0.5)
     started = time.monotonic()
@@ -399,6 +400,10 @@ def test_autostart_gives_up_only_once_its_wait_has_passed(
         with pytest.raises(shim.ShimError, match=r"did not start within 0.5 s"):
             shim.daemon_socket(str(home.socket), autostart=True)
     finally:
+        deadline = time.monotonic() + 30  # its shell may not have run yet on a loaded machine
+        while not pid_file.exists():
+            assert time.monotonic() < deadline, "the fake daemon never ran"
+            time.sleep(0.05)
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
     assert time.monotonic() - started >= 0.5
 
