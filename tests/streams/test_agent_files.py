@@ -148,6 +148,26 @@ def test_a_pid_file_being_written_is_never_read_half_made(
         os.close(dir_fd)
 
 
+def test_a_pid_file_that_is_there_is_left_without_a_file_made_beside_it(
+    agent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``keep`` looks at the pid file every 2 s: where it is there, nothing is written (a
+    file made and removed at each look showed up in what a tmp cleaner, or a person's ls,
+    finds); where it went, it is made again."""
+    path = Path(os.environ["TMPDIR"], f"relay-agent-{os.getuid()}")
+    made: list[str] = []
+    write_pid = remote.write_pid
+    monkeypatch.setattr(
+        remote, "write_pid", lambda name, *rest: (made.append(name), write_pid(name, *rest))
+    )
+    agent.keep_pid_file()
+    assert made == []
+    (path / "ab.pid").unlink()
+    agent.keep_pid_file()
+    assert made == ["ab.pid"]
+    assert (path / "ab.pid").read_text().split()[0] == str(os.getpid())
+
+
 def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
