@@ -1953,7 +1953,18 @@ def write_pid(pid_name, exclusive, dir_fd, generation=0):
         finally:
             os.close(fd)
         if exclusive:
-            os.link(new, pid_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            try:
+                os.link(new, pid_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except (OSError, NotImplementedError) as exc:
+                if getattr(exc, "errno", None) == errno.EEXIST:
+                    raise
+                # a file system without hard links (EPERM, ENOTSUP), or linkat missing:
+                # made in place where none is, as before (only keep makes it so, rarely)
+                fd = open_private(pid_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd)
+                try:
+                    os.write(fd, said.encode())
+                finally:
+                    os.close(fd)
         else:
             os.rename(new, pid_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     finally:

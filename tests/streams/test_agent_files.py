@@ -148,6 +148,28 @@ def test_a_pid_file_being_written_is_never_read_half_made(
         os.close(dir_fd)
 
 
+@pytest.mark.parametrize("refusal", [OSError(errno.EPERM, "no links"), NotImplementedError()])
+def test_a_pid_file_is_made_where_hard_links_are_refused(
+    refusal: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TMPDIR whose file system has no hard links (some FUSE and network file systems):
+    the pid file made again is made in place, only where none is, as before the link."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise refusal
+
+    monkeypatch.setattr(remote.os, "link", refuse)
+    dir_fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        remote.write_pid("ab.pid", True, dir_fd, 7)
+        assert (tmp_path / "ab.pid").read_text().split()[::2] == [str(os.getpid()), "7"]
+        with pytest.raises(FileExistsError):
+            remote.write_pid("ab.pid", True, dir_fd, 8)
+        assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
+    finally:
+        os.close(dir_fd)
+
+
 def test_a_pid_file_that_is_there_is_left_without_a_file_made_beside_it(
     agent: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -157,9 +179,12 @@ def test_a_pid_file_that_is_there_is_left_without_a_file_made_beside_it(
     path = Path(os.environ["TMPDIR"], f"relay-agent-{os.getuid()}")
     made: list[str] = []
     write_pid = remote.write_pid
-    monkeypatch.setattr(
-        remote, "write_pid", lambda name, *rest: (made.append(name), write_pid(name, *rest))
-    )
+
+    def spy(name: str, *rest: Any) -> None:
+        made.append(name)
+        write_pid(name, *rest)
+
+    monkeypatch.setattr(remote, "write_pid", spy)
     agent.keep_pid_file()
     assert made == []
     (path / "ab.pid").unlink()
