@@ -484,6 +484,26 @@ def exited(pid):
         return False
 
 
+def runs(pid):
+    """Whether a process with this pid (ASCII digits) runs; a zombie does not (a killed
+    agent's, not yet reaped by a subreaper)."""
+    pid = decimal(pid, 1 << 22)
+    if not pid:
+        return False
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        pass  # gone, or no /proc (macOS): asked of the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # another user's: it runs
+    return True
+
+
 def start_time(pid):
     """Field 22 of /proc/PID/stat: with the pid, names one process for good."""
     try:
@@ -1918,8 +1938,10 @@ def sweep_logs(dir_fd, tag, pid_name):
     """The kernels' logs an agent of this tag left (it was killed, SIGKILL: no time to remove
     them), once no agent of this tag runs: the next agent numbers its kernels from k1 again,
     so the logs of a predecessor's k40 would never go. And a pid file it was putting in
-    place (``write_pid``: TAG.pid.PID.new), which would keep its directory from going.
-    Whether none runs."""
+    place (``write_pid``: TAG.pid.PID.new), which would keep its directory from going, once
+    that PID runs no more: where starts are not locked apart (a TMPDIR without flock, a
+    directory of their own beside one not ours), another start's agent may be writing its
+    own now, and would refuse ("pidfile") if it were taken. Whether none runs."""
     if recorded_agent(pid_name, dir_fd) is not None:
         return False  # alive after all (it did not end in time): its logs are its own
     prefix = tag + "-k"
@@ -1929,8 +1951,10 @@ def sweep_logs(dir_fd, tag, pid_name):
         return True
     for name in names:
         if (name.startswith(prefix) and name.endswith(".log")) or (
-            name.startswith(pid_name + ".") and name.endswith(".new")
-        ):
+            name.startswith(pid_name + ".")
+            and name.endswith(".new")
+            and not runs(name[len(pid_name) + 1 : -len(".new")])
+        ):  # not one another start's agent puts in place now (unlocked: a review's finding)
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except OSError:

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,38 @@ def test_a_pid_file_being_written_is_never_read_half_made(
             assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
     finally:
         os.close(dir_fd)
+
+
+def test_a_pid_file_being_put_in_place_survives_another_starts_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two starts of a tag not locked apart (a TMPDIR without flock: NFS without lockd,
+    Lustre's noflock; or each in a directory of its own beside a usual one not ours): one
+    start's sweep runs while the other's agent is between writing TAG.pid.PID.new and
+    renaming it (a review's reproduction). The sweep takes only a dead writer's."""
+    dir_fd = os.open(tmp_path, os.O_RDONLY)
+    rename = os.rename
+    dead, zombie = subprocess.Popen(["true"]), subprocess.Popen(["true"])
+    dead.wait()
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "true never exited"
+        time.sleep(0.01)
+    (tmp_path / f"ab.pid.{dead.pid}.new").write_text("a killed agent's\n")
+    (tmp_path / f"ab.pid.{zombie.pid}.new").write_text("a killed agent's, not reaped yet\n")
+
+    def other_start_sweeps_first(*args: Any, **kwargs: Any) -> None:
+        assert remote.sweep_logs(dir_fd, "ab", "ab.pid")  # no agent recorded yet: it sweeps
+        rename(*args, **kwargs)
+
+    monkeypatch.setattr(remote.os, "rename", other_start_sweeps_first)
+    try:
+        remote.write_pid("ab.pid", False, dir_fd, 7)  # the start's "pidfile" refusal if raised
+        assert (tmp_path / "ab.pid").read_text().split()[0] == str(os.getpid())
+        assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
+    finally:
+        os.close(dir_fd)
+        zombie.wait()
 
 
 @pytest.mark.parametrize("refusal", [OSError(errno.EPERM, "no links"), NotImplementedError()])
