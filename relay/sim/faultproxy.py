@@ -81,6 +81,10 @@ class FaultProxy:
         self._writers.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        this = asyncio.current_task()  # ended by aclose too, while the loop still runs
+        if this is not None:
+            self._tasks.add(this)
+            this.add_done_callback(self._tasks.discard)
         if self.blackholed:  # SYNs are lost too: never connect upstream, not even restored
             self._writers.add(writer)  # (a VPN's old route, a NAT entry gone: it stays dead)
             self.swallowed += 1
@@ -91,11 +95,18 @@ class FaultProxy:
             self.refused += 1
             self._refused_one.set()
             return
-        if self.netns_pid is None:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        else:
-            sock = await _connect_in(self.netns_pid, self.target)
-            up_reader, up_writer = await asyncio.open_connection(sock=sock)
+        try:
+            if self.netns_pid is None:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
+            else:
+                sock = await _connect_in(self.netns_pid, self.target)
+                up_reader, up_writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            # refused upstream, or cancelled: the accepted end is ours to close (Python
+            # 3.11's start_server closes it only for an exception, not a cancellation; left
+            # to the cyclic GC, its socket's ResourceWarning failed a later, unrelated test)
+            writer.close()
+            raise
         self.accepted += 1
         self._writers |= {writer, up_writer}
         for src, dst in ((reader, up_writer), (up_reader, writer)):
@@ -154,7 +165,12 @@ async def _connect_in(pid: int, target: tuple[str, int]) -> socket.socket:
         loop.call_soon_threadsafe(settle, result)
 
     threading.Thread(target=work, name="faultproxy-netns", daemon=True).start()
-    return await done
+    try:
+        return await done
+    except asyncio.CancelledError:  # cancelled after settle() gave the socket, before we ran
+        if done.done() and not done.cancelled() and done.exception() is None:
+            done.result().close()
+        raise
 
 
 def _rst(w: asyncio.StreamWriter) -> None:
