@@ -38,7 +38,9 @@
 # many seconds without a ping make a session stale. Each supervisor registers in
 # ${TMPDIR:-/tmp}/relay-TAG.XXXXXX: "supervisor" holds its pid and start time, and its sshd
 # session process's (or -); "alive" holds the time of the daemon's last ping (every keepalive
-# interval); each kernel's "ID.pid" holds its pid and start time. A ping sets the times of
+# interval), made before "supervisor" and replaced whole at each ping (written aside, then
+# mv: a clean-up that read it emptied would take a live session for a stale one); each
+# kernel's "ID.pid" holds its pid and start time. A ping sets the times of
 # all of them to now once an hour: cleaners of /tmp (systemd-tmpfiles' "q /tmp ... 10d",
 # tmpwatch) take files by age, and a session weeks old whose records went would be invisible
 # to the clean-up below (and its kernels' last lines gone with their logs).
