@@ -129,9 +129,12 @@ class Daemon:
         # the newest client's SSH_AUTH_SOCK (its launch or connect request), for connections
         # opened from now on: the daemon may have started before ssh-add, or elsewhere
         self.environ_agent: str | None = os.environ.get("SSH_AUTH_SOCK")
-        # relay.toml as it was last read; a changed file is read again before any request
+        # relay.toml as it was last read; a changed file is read again before any request.
+        # Not stamped here: ``config`` was read before this daemon was made (relay serve
+        # reads it, then waits for its locks), and a save meanwhile would pass for read; the
+        # first request reads the file again (a review's reproduction)
         self.config_path = Path(config_source)
-        self._config_stamp = _stamp(self.config_path)
+        self._config_stamp: tuple[int, int, int] | object | None = _UNREAD
         self.config_error: str | None = None  # a newer file that could not be used
         self._config_error_host: str | None = None  # the [hosts] entry at fault, if one is
         self.stop_requested: asyncio.Future[str] | None = None
@@ -476,6 +479,17 @@ class Daemon:
             f"{self.config_error} (fix it; `relay reload` says when it is taken)"
         )
 
+    def config_settle_s(self, now: float | None = None) -> float:
+        """How long a request waits before relay.toml is read: a file changed less than
+        CONFIG_SETTLE_S ago may not be whole yet. An editor that saves in place empties the
+        file, then writes it, and an empty file is valid TOML (no [hosts]): a launch read
+        in between ran with none (a review's reproduction)."""
+        stamp = _stamp(self.config_path)
+        if stamp is None or stamp == self._config_stamp:
+            return 0.0
+        age = (time.time() if now is None else now) - stamp[2] / 1e9
+        return CONFIG_SETTLE_S - age if 0 <= age < CONFIG_SETTLE_S else 0.0
+
     def reload(self, *, force: bool = False) -> dict[str, Any]:
         """Read relay.toml again if it changed (or ``force``): validated first, so a broken
         file is reported (logged, in ``relay status``, to ``relay reload``, to a launch of a
@@ -495,12 +509,16 @@ class Daemon:
         try:
             config, _ = settings.load(self.config_path, missing_ok=True)
         except RelayError as exc:
+            if _stamp(self.config_path) != stamp:
+                return self._changed_while_read(read, force)
             self.config_error = exc.message
             self._config_error_host = exc.host if isinstance(exc, ConfigError) else None
             log.error("configuration not reloaded; the running one stays", error=exc.message)
             if force:
                 raise ConfigError(f"{exc.message} (relay goes on with the running one)") from None
             return {**read, "changed": False, "error": exc.message}
+        if _stamp(self.config_path) != stamp:
+            return self._changed_while_read(read, force)
         self.config_error = self._config_error_host = None
         changed = config != self.config
         self.config = config
@@ -519,6 +537,18 @@ class Daemon:
             "ssh_config": list(config.daemon.ssh_config),
             "notes": notes,
         }
+
+    def _changed_while_read(self, read: dict[str, Any], force: bool) -> dict[str, Any]:
+        """relay.toml was saved again while it was read (a save in chunks): what was read may
+        be half of it, so the running configuration stays, and the file is read again at the
+        next request, or by the `relay reload` this asks for."""
+        self._config_stamp = _UNREAD
+        if force:
+            raise ConfigError(
+                f"{self.config_path} changed while relay read it (an editor still saving it?); "
+                "run `relay reload` again (relay goes on with the running one)"
+            )
+        return {**read, "changed": False}
 
     def request_stop(self, why: str) -> None:
         """A graceful shutdown: ``why`` (``relay stop``, ``relay restart``, ``SIGTERM``...) is
@@ -592,6 +622,10 @@ class Daemon:
             if self.control is not None:
                 await self.control.aclose(force=True)
             await self._tasks.aclose()
+
+
+_UNREAD = object()  # a stamp no file has: the file is read at the next request
+CONFIG_SETTLE_S = 0.2  # a file saved this recently may not be whole yet (``config_settle_s``)
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

@@ -4,11 +4,12 @@ nothing else; a host takes its entry as it now is. No sockets: ``Daemon`` withou
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relay import settings
-from relay.daemon import Daemon
+from relay.daemon import CONFIG_SETTLE_S, Daemon
 from relay.errors import ConfigError
 from relay.settings import HostConfig
 
@@ -99,3 +100,72 @@ async def test_what_compute_nodes_sessions_say_of_a_reload_reaches_relay_reload(
     monkeypatch.setattr(node, "reconfigure", says)
     path.write_text(entry.format(3600))
     assert d.reload()["notes"] == ["hpc/n1: window 3600 waits"]
+
+
+OLD = "[hosts.old]\nhostname = 'o'\n"
+BOTH = OLD + "[hosts.new]\nhostname = 'n'\nkernel = '/k'\n"
+
+
+async def test_a_save_while_the_daemon_starts_is_taken_by_the_first_request(
+    tmp_path: Path,
+) -> None:
+    """relay serve reads relay.toml, then waits for its locks and makes the daemon: a save
+    in between (even one written aside and renamed) was stamped as read when the daemon was
+    made, and never taken until the next save (a review's reproduction through relay serve)."""
+    path = tmp_path / "relay.toml"
+    path.write_text(OLD)
+    config, _ = settings.load(path)  # relay serve, before its locks
+    aside = tmp_path / "relay.toml.new"
+    aside.write_text(BOTH)
+    aside.replace(path)  # an editor's save meanwhile
+    d = Daemon(config, str(path))
+    assert "new" not in d.config.hosts
+    d.reload()  # the first request's look
+    assert d.host("new").config.hostname == "n"
+
+
+async def test_a_file_saved_a_moment_ago_is_given_time_to_be_whole(tmp_path: Path) -> None:
+    """An editor that saves in place empties the file, then writes it; an empty file is
+    valid TOML with no [hosts], and a launch read in between ran without its host's entry.
+    A request waits until a changed file is CONFIG_SETTLE_S old; a file read already, or
+    saved long enough ago, costs no wait."""
+    d, path = daemon(tmp_path, BOTH)
+    d.reload()
+    assert d.config_settle_s() == 0.0  # read, unchanged since
+    path.write_text("")  # emptied: the editor's write comes next
+    saved_s = path.stat().st_mtime_ns / 1e9
+    assert d.config_settle_s(now=saved_s + 0.05) == pytest.approx(CONFIG_SETTLE_S - 0.05)
+    assert d.config_settle_s(now=saved_s + CONFIG_SETTLE_S) == 0.0
+    path.write_text(BOTH)  # written within the wait: the request reads the whole file
+    d.reload()
+    assert d.host("new").config.hostname == "n"
+
+
+async def test_a_file_saved_again_while_it_is_read_is_not_taken_half(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save in chunks (a larger file, ``cat > relay.toml``): what was read is a valid
+    prefix with fewer hosts while the rest lands. The running configuration stays, and the
+    next request reads the file whole; `relay reload` says to run it again."""
+    d, path = daemon(tmp_path, BOTH)
+    d.reload()
+    load = settings.load
+
+    def read_while_the_rest_lands(*args: Any, **kwargs: Any) -> Any:
+        got = load(*args, **kwargs)
+        with path.open("a") as rest:
+            rest.write(BOTH[len(OLD) :])
+        return got
+
+    for force in (False, True):
+        path.write_text(OLD)  # the first chunk
+        monkeypatch.setattr(settings, "load", read_while_the_rest_lands)
+        if force:
+            with pytest.raises(ConfigError, match=r"changed while relay read it.*run `relay"):
+                d.reload(force=True)
+        else:
+            assert d.reload()["changed"] is False
+        monkeypatch.setattr(settings, "load", load)
+        assert d.host("new").config.hostname == "n"  # the running one, with both
+        d.reload()
+        assert d.host("new").config.hostname == "n"  # read again, whole

@@ -461,3 +461,30 @@ async def test_relay_check_names_a_spec_with_a_password_without_it(
     assert "password in a host spec is refused" in out, out
     assert "alice:***@host" in out, out
     assert "hunter2" not in out, out
+
+
+async def test_a_request_right_after_an_in_place_save_waits_for_the_whole_file(
+    daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editor that saves relay.toml in place empties it, then writes it: a request in
+    between read an empty file, valid TOML with no [hosts], and a launch ran without its
+    host's entry. The request waits while the file is that new (Daemon.config_settle_s),
+    and reads what the editor wrote meanwhile."""
+    running = daemon.daemon
+    text = daemon.home.config.read_text()
+    asked = asyncio.Event()
+    settle = running.config_settle_s
+
+    def spy(now: float | None = None) -> float:
+        asked.set()  # as if asked the moment it was emptied: a loaded machine is no faster
+        return settle(daemon.home.config.stat().st_mtime_ns / 1e9)
+
+    monkeypatch.setattr(running, "config_settle_s", spy)
+    with daemon.home.config.open("w") as saving:  # emptied: the write comes after the request
+        status = asyncio.ensure_future(
+            request(str(daemon.home.socket), framing.encode({"op": "status"}))
+        )
+        await asyncio.wait_for(asked.wait(), 30)
+        saving.write(text + "\n[hosts.added]\nhostname = 'added.example'\n")
+    await asyncio.wait_for(status, 30)
+    assert "added" in running.config.hosts
