@@ -29,7 +29,9 @@
 #
 # Safety: ~/.cache/relay and the version directory must be real directories (not symlinks),
 # owned by the user, and writable by nobody else; they are created 0700. The file is written
-# to a .part file next to it and renamed, so a reader never sees half of it; the .part is
+# to a .part file next to it and renamed, so a reader never sees half of it (the .part is
+# named by host and pid: an NFS home shared by a login node and its compute nodes may see
+# two installs with the same pid at once, and each would write into the other's); the .part is
 # removed on every way out (and ones left by a killed upload after 10 minutes). Version
 # directories of other relay releases not used for $3 days are pruned (names of hex digits
 # only: ~/.cache/relay/bytecode, the daemon's own where this is its machine, is not one); the
@@ -64,7 +66,7 @@ for x in "$r" "$v"; do
   case $(ls -ld "$x") in d????-??-*) ;; *) no writable "$x" ;; esac;
 done;
 t=$v/$2;
-p=$t.$$.part;
+p=$t.$(uname -n 2>/dev/null).$$.part;
 trap "rm -f \"\$p\"" EXIT;
 trap "rm -f \"\$p\"; exit 1" HUP TERM INT;
 cat >"$p" || no nowrite "$t";

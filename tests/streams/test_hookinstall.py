@@ -386,3 +386,51 @@ def test_a_failed_install_is_said_once_and_only_as_news_for_an_ended_connection(
     said = [(e["log_level"], e["event"]) for e in logs if e["log_level"] != "debug"]
     cut_off = ("info", "kernel hook not installed: its connection ended first")
     assert said == ([cut_off] if closed else [("warning", "kernel hook not installed")]), logs
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a host of its own with the same pid needs root's namespaces (unshare)",
+)
+def test_two_hosts_installing_into_one_home_with_the_same_pid_both_install(
+    tmp_path: Path,
+) -> None:
+    """An NFS home shared by a login node and its compute nodes, which relay connects to at
+    once: two installs whose shells have the same pid wrote one .part, each into the
+    other's, and one said its upload was cut short (or installed a damaged file; a review's
+    reproduction). Each host here is a namespace of its own (its own name, its shell pid 1)."""
+    inner = 'echo "$1" > /proc/sys/kernel/hostname && shift && exec dash -c "$0" "$@"'
+
+    def argv(name: str) -> list[str]:
+        words = [one_line("hookinstall.sh"), name, "relay", HOOK.version, HOOK.name]
+        words += [str(HOOK_KEEP_DAYS), "-", str(len(HOOK.data))]
+        return ["unshare", "--uts", "--pid", "--fork", "sh", "-c", inner, *words]
+
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    half = len(HOOK.data) // 2
+    first = subprocess.Popen(argv("login"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    assert first.stdin is not None
+    try:
+        first.stdin.write(HOOK.data[:half])
+        first.stdin.flush()
+        version = tmp_path / ".cache" / "relay" / HOOK.version
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size == half for p in version.glob("*.part")):
+            assert time.monotonic() < deadline, "the first upload never began"
+            time.sleep(0.02)
+        second = subprocess.run(argv("node1"), input=HOOK.data, capture_output=True, env=env)
+        first.stdin.write(HOOK.data[half:])
+        first.stdin.close()
+        assert first.stdout is not None
+        said = first.stdout.read()
+        first.wait(60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        if first.stdout is not None:
+            first.stdout.close()
+    for done, out in ((first.returncode, said), (second.returncode, second.stdout)):
+        path = Path(parse_answer("h", HOOK, done, out))
+    assert path.read_bytes() == HOOK.data
+    assert [p.name for p in path.parent.iterdir()] == [HOOK.name]
