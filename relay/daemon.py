@@ -543,6 +543,7 @@ class Daemon:
         be half of it, so the running configuration stays, and the file is read again at the
         next request, or by the `relay reload` this asks for."""
         self._config_stamp = _UNREAD
+        log.warning("configuration changed while read; read again at the next request")
         if force:
             raise ConfigError(
                 f"{self.config_path} changed while relay read it (an editor still saving it?); "
