@@ -490,12 +490,10 @@ def runs(pid):
     pid = decimal(pid, 1 << 22)
     if not pid:
         return False
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        pass  # gone, or no /proc (macOS): asked of the kernel
-    try:
+    fields = stat_fields(pid)
+    if fields:
+        return fields[0] != "Z"
+    try:  # gone, or no /proc (macOS): asked of the kernel
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -504,14 +502,19 @@ def runs(pid):
     return True
 
 
-def start_time(pid):
-    """Field 22 of /proc/PID/stat: with the pid, names one process for good."""
+def stat_fields(pid):
+    """/proc/PID/stat's fields after the command's name (its state first), or None."""
     try:
         with open("/proc/%d/stat" % pid) as f:
-            text = f.read()
+            return f.read().rsplit(")", 1)[-1].split()
     except OSError:
         return None
-    return text.rsplit(")", 1)[-1].split()[19]
+
+
+def start_time(pid):
+    """Field 22 of /proc/PID/stat: with the pid, names one process for good."""
+    fields = stat_fields(pid)
+    return fields[19] if fields is not None else None
 
 
 def tcp_table(port):
@@ -1969,13 +1972,9 @@ def write_pid(pid_name, exclusive, dir_fd, generation=0):
     made again (``Agent.keep``) would otherwise find it empty, see no agent, and leave
     this one running beside its own (the CI saw the empty file)."""
     new = "%s.%d.new" % (pid_name, os.getpid())
-    fd = open_private(new, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, dir_fd)
+    said = ("%d %s %d\n" % (os.getpid(), start_time(os.getpid()) or "-", generation)).encode()
     try:
-        try:
-            said = "%d %s %d\n" % (os.getpid(), start_time(os.getpid()) or "-", generation)
-            os.write(fd, said.encode())
-        finally:
-            os.close(fd)
+        write_private(new, os.O_TRUNC, dir_fd, said)
         if exclusive:
             try:
                 os.link(new, pid_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -1984,11 +1983,7 @@ def write_pid(pid_name, exclusive, dir_fd, generation=0):
                     raise
                 # a file system without hard links (EPERM, ENOTSUP), or linkat missing:
                 # made in place where none is, as before (only keep makes it so, rarely)
-                fd = open_private(pid_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, dir_fd)
-                try:
-                    os.write(fd, said.encode())
-                finally:
-                    os.close(fd)
+                write_private(pid_name, os.O_EXCL, dir_fd, said)
         else:
             os.rename(new, pid_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     finally:
@@ -1998,15 +1993,20 @@ def write_pid(pid_name, exclusive, dir_fd, generation=0):
             pass
 
 
+def write_private(name, flags, dir_fd, data):
+    """``data`` in a file of ours (``open_private``), created with ``flags`` (O_TRUNC, O_EXCL)."""
+    fd = open_private(name, os.O_WRONLY | os.O_CREAT | flags, dir_fd)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def write_err(tag, dir_fd, most=None):
     """The exception being handled, its traceback (its last ``most`` bytes), in TAG.err."""
+    said = traceback.format_exc().encode()
     try:
-        fd = open_private(tag + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, dir_fd)
-        try:
-            said = traceback.format_exc().encode()
-            os.write(fd, said[-most:] if most else said)
-        finally:
-            os.close(fd)
+        write_private(tag + ".err", os.O_TRUNC, dir_fd, said[-most:] if most else said)
     except OSError:
         pass
 

@@ -112,16 +112,23 @@ def test_a_directory_an_agent_of_the_same_tag_made_since_is_left_to_it(
         successor.communicate()
 
 
+@pytest.fixture
+def dir_fd(tmp_path: Path) -> Iterator[int]:
+    """tmp_path opened as the agent opens its run directory (its files are made by fd)."""
+    fd = os.open(tmp_path, os.O_RDONLY)
+    yield fd
+    os.close(fd)
+
+
 @pytest.mark.parametrize("exclusive", [True, False])
 def test_a_pid_file_being_written_is_never_read_half_made(
-    exclusive: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    exclusive: bool, tmp_path: Path, dir_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A start reads the pid file while the agent makes it again (``Agent.keep``): were it
     read empty, the start would see no agent and leave this one beside its own (the CI
     read one empty). While the agent writes, the name holds the old file whole, or none;
     after, the new one whole and nothing else. Made only where none is, it leaves one that
     is there as it was."""
-    dir_fd = os.open(tmp_path, os.O_RDONLY)
     pid_file = tmp_path / "ab.pid"
     old = None if exclusive else "1 2 3\n"
     if old is not None:
@@ -134,34 +141,30 @@ def test_a_pid_file_being_written_is_never_read_half_made(
         return write(fd, data)
 
     monkeypatch.setattr(remote.os, "write", spy)
-    try:
-        remote.write_pid("ab.pid", exclusive, dir_fd, 7)
-        monkeypatch.undo()
-        assert seen == [old]
-        assert pid_file.read_text() == f"{os.getpid()} {remote.start_time(os.getpid())} 7\n"
+    remote.write_pid("ab.pid", exclusive, dir_fd, 7)
+    monkeypatch.undo()
+    assert seen == [old]
+    assert pid_file.read_text() == f"{os.getpid()} {remote.start_time(os.getpid())} 7\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
+    if exclusive:
+        with pytest.raises(FileExistsError):
+            remote.write_pid("ab.pid", exclusive, dir_fd, 8)
+        assert pid_file.read_text().split()[2] == "7"
         assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
-        if exclusive:
-            with pytest.raises(FileExistsError):
-                remote.write_pid("ab.pid", exclusive, dir_fd, 8)
-            assert pid_file.read_text().split()[2] == "7"
-            assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
-    finally:
-        os.close(dir_fd)
 
 
 def test_a_pid_file_being_put_in_place_survives_another_starts_sweep(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, dir_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two starts of a tag not locked apart (a TMPDIR without flock: NFS without lockd,
     Lustre's noflock; or each in a directory of its own beside a usual one not ours): one
     start's sweep runs while the other's agent is between writing TAG.pid.PID.new and
     renaming it (a review's reproduction). The sweep takes only a dead writer's."""
-    dir_fd = os.open(tmp_path, os.O_RDONLY)
     rename = os.rename
     dead, zombie = subprocess.Popen(["true"]), subprocess.Popen(["true"])
     dead.wait()
     deadline = time.monotonic() + 60
-    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while remote.stat_fields(zombie.pid)[0] != "Z":
         assert time.monotonic() < deadline, "true never exited"
         time.sleep(0.01)
     (tmp_path / f"ab.pid.{dead.pid}.new").write_text("a killed agent's\n")
@@ -177,13 +180,12 @@ def test_a_pid_file_being_put_in_place_survives_another_starts_sweep(
         assert (tmp_path / "ab.pid").read_text().split()[0] == str(os.getpid())
         assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
     finally:
-        os.close(dir_fd)
         zombie.wait()
 
 
 @pytest.mark.parametrize("refusal", [OSError(errno.EPERM, "no links"), NotImplementedError()])
 def test_a_pid_file_is_made_where_hard_links_are_refused(
-    refusal: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    refusal: BaseException, tmp_path: Path, dir_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A TMPDIR whose file system has no hard links (some FUSE and network file systems):
     the pid file made again is made in place, only where none is, as before the link."""
@@ -192,15 +194,11 @@ def test_a_pid_file_is_made_where_hard_links_are_refused(
         raise refusal
 
     monkeypatch.setattr(remote.os, "link", refuse)
-    dir_fd = os.open(tmp_path, os.O_RDONLY)
-    try:
-        remote.write_pid("ab.pid", True, dir_fd, 7)
-        assert (tmp_path / "ab.pid").read_text().split()[::2] == [str(os.getpid()), "7"]
-        with pytest.raises(FileExistsError):
-            remote.write_pid("ab.pid", True, dir_fd, 8)
-        assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
-    finally:
-        os.close(dir_fd)
+    remote.write_pid("ab.pid", True, dir_fd, 7)
+    assert (tmp_path / "ab.pid").read_text().split()[::2] == [str(os.getpid()), "7"]
+    with pytest.raises(FileExistsError):
+        remote.write_pid("ab.pid", True, dir_fd, 8)
+    assert [p.name for p in tmp_path.iterdir()] == ["ab.pid"]
 
 
 def test_a_pid_file_that_is_there_is_left_without_a_file_made_beside_it(
