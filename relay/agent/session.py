@@ -51,16 +51,22 @@ SPARE_SERVE = 1
 
 
 class AgentGone(RelayError):
+    """The agent cannot be attached again, so its kernels are lost to relay. ``what``, when
+    known, says why without the host, for a line that begins with its own account of the
+    host; None: its socket was not there (the usual case, the host's own account)."""
+
     code = "connection_lost"
+
+    def __init__(self, message: str, what: str | None = None) -> None:
+        super().__init__(message)
+        self.what = what
 
 
 class AgentImpostor(AgentGone):
-    """What answered at the agent's socket is not the agent (``NotTheAgent``): ``what`` says
-    so without the host, for a line that begins with its own account of the host."""
+    """What answered at the agent's socket is not the agent (``NotTheAgent``)."""
 
     def __init__(self, host: str, what: str) -> None:
-        super().__init__(f"{host}: {what}")
-        self.what = what
+        super().__init__(f"{host}: {what}", what)
 
 
 class NotTheAgent(Exception):
@@ -266,13 +272,21 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
                 write_packets(self.chan, *pieces)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        # Nothing may escape to asyncssh, which would end the whole SSH connection (every
+        # forward on it) for what is this channel's fault alone: garbage, or an ACK beyond
+        # what was sent, closes this channel, and the session resumes or ends as for a loss.
         try:
-            frames = self._reader.feed(data)
+            self._frames(self._reader.feed(data))
         except mux.FrameError as exc:
-            self._session._log.warning("agent sent garbage; channel closed", error=str(exc))
+            self._session._log.warning("agent sent garbage; channel closed", error=str(exc)[:200])
             if self.chan is not None:
                 self.chan.close()
-            return
+        except Exception:
+            self._session._log.exception("agent's frames not understood; channel closed")
+            if self.chan is not None:
+                self.chan.close()
+
+    def _frames(self, frames: list[Frame]) -> None:
         for frame in frames:
             if frame.type == mux.CHALLENGE:
                 if not self.challenge.done():
@@ -299,9 +313,12 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
     def _proven(self, payload: bytes) -> dict[str, Any]:
         """The WELCOME, once its proof shows the agent holds the secret: over our nonce and
         its challenge, so it was made for this attach (docs/agent.md)."""
-        welcome = json.loads(payload)
+        try:
+            welcome = json.loads(payload)
+        except (ValueError, RecursionError):  # too deep, too many digits: not the agent's
+            raise NotTheAgent("a WELCOME that is not the agent's JSON") from None
         if not isinstance(welcome, dict):
-            raise ValueError("a WELCOME that is not a JSON object")
+            raise NotTheAgent("a WELCOME that is not a JSON object")
         challenge = self.challenge.result() if self.challenge.done() else None
         if self.nonce is None or challenge is None:
             raise NotTheAgent("a WELCOME before relay's HELLO")
@@ -665,11 +682,18 @@ class AgentSession:
             channel.write(self._bye)
             channel.chan.close()
             raise AgentGone(f"{self.host}: {self.end_reason}")
-        recv = welcome.get("recv", {})
-        handed = welcome.get("handed", {})
-        for sid, stream in list(self._streams.items()):
-            received = int(recv.get(str(sid), 0))
-            channel.write(*stream.resume_from(received, int(handed.get(str(sid), received))))
+        try:
+            replay = self._replay(welcome)
+        except (ValueError, mux.FrameError) as exc:
+            channel.chan.close()
+            self._log.warning("agent's positions refused", error=str(exc)[:200])
+            what = (
+                "relay's agent resumed its links at positions relay never sent (a bug, or "
+                "another release of relay's agent): its kernels are lost to relay"
+            )
+            raise AgentGone(f"{self.host}: {what}", what) from None
+        for wire in replay:
+            channel.write(*wire)
         self._channel = channel
         if self._window_next is not None:
             self.window_s, self._window_next = self._window_next, None
@@ -688,6 +712,21 @@ class AgentSession:
             channel.write(self._bye)
         elif self.attaches == 1:
             self._refill()  # spare listeners for the first launches
+
+    def _replay(self, welcome: dict[str, Any]) -> list[list[bytes]]:
+        """What to send again on each stream, from where the WELCOME says the agent is
+        (``recv``, ``handed``: {SID: position}); ValueError or FrameError if a position is
+        not one (not a whole number, or outside what the stream sent)."""
+        recv, handed = welcome.get("recv", {}), welcome.get("handed", {})
+        for name, positions in (("recv", recv), ("handed", handed)):
+            if not isinstance(positions, dict) or not all(
+                type(p) is int and p >= 0 for p in positions.values()
+            ):
+                raise ValueError(f"a WELCOME's {name} that is not positions")
+        return [
+            stream.resume_from(recv.get(str(sid), 0), handed.get(str(sid), recv.get(str(sid), 0)))
+            for sid, stream in list(self._streams.items())
+        ]
 
     async def _welcome(
         self, conn: asyncssh.SSHClientConnection, channel: _Channel

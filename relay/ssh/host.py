@@ -666,7 +666,7 @@ class HostSession:
                 self._log.warning("relay's agent is gone", reason=exc.message)
                 found = (
                     exc.what
-                    if isinstance(exc, AgentImpostor)
+                    if exc.what is not None
                     else f"relay's agent was not there (the host restarted, the agent was "
                     f"killed, or {self.key} now leads to another machine): its kernels are lost"
                 )
@@ -931,7 +931,7 @@ class HostSession:
             self._log.warning("relay's agent is gone", reason=exc.message)
             agent.end(
                 exc.message
-                if isinstance(exc, AgentImpostor)
+                if exc.what is not None
                 else f"relay's agent on {self.key} ended without being told (killed: an OOM "
                 f"killer, a reaper of long-running processes?), and its kernels with it"
             )

@@ -329,6 +329,12 @@ async def test_what_answers_at_the_agents_socket_is_shown_no_secret_and_sent_not
         mux.encode(mux.WELCOME, 0, b'{"recv": {}, "proof": "00"}'),
         mux.encode(mux.WELCOME, 0, b'{"recv": {}}'),
         mux.encode(mux.DATA, 0, b"pid k1 1\n"),
+        # JSON that costs its parser: too deep (RecursionError, which reached asyncssh and
+        # ended the whole connection, taken for an outage), too many digits, or none at all
+        mux.encode(mux.WELCOME, 0, b"[" * 100_000),
+        mux.encode(mux.WELCOME, 0, b'{"recv": ' + b"1" * 5000 + b"}"),
+        mux.encode(mux.WELCOME, 0, b"not json"),
+        mux.encode(mux.WELCOME, 0, b"[1, 2]"),
     ):
         session = _session()
         paused_stream(session)  # 4 MiB and more kept for the agent
@@ -344,6 +350,57 @@ async def test_what_answers_at_the_agents_socket_is_shown_no_secret_and_sent_not
             await attach
         assert len(channel.chan.written) == written and channel.chan.closed
         assert not session.attached
+
+
+async def _attached() -> tuple[AgentSession, Any, Sink]:
+    """A session attached through ``_Conn``, with stream 1 at a front end."""
+    session = _session()
+    conn = _Conn()
+    attach = asyncio.ensure_future(session.attach(conn.ssh))
+    channel = await conn.hello()
+    channel.data_received(_welcome(channel), None)
+    await attach
+    sink = Sink()
+    session._new_stream(1).attach(sink)
+    return session, channel, sink
+
+
+async def test_a_proven_agents_bad_frame_closes_its_channel_never_the_connection() -> None:
+    """An ACK beyond what was sent, or of the wrong size (a bug, another release): the
+    FrameError escaped data_received into asyncssh, which ended the whole SSH connection
+    with every forward on it. It closes the channel to the agent alone."""
+    for frame in (mux.ack(1, 10**6), mux.encode(mux.ACK, 1, b"abc"), mux.ack(0, 10**9)):
+        session, channel, _ = await _attached()
+        channel.data_received(frame, None)  # raises nothing
+        assert channel.chan.closed, frame
+        session.end("test over")
+
+
+async def test_a_welcome_at_positions_never_sent_ends_the_attach_in_one_line() -> None:
+    """A proven WELCOME whose positions are not whole numbers, or beyond what the daemon
+    sent: the attach raised ValueError, AttributeError or a FrameError with a number of
+    300 digits, which the resume does not catch. It is AgentGone, saying why in one line."""
+    recv: Any
+    for recv in ({"0": 99}, {"1": 5}, {"0": "x"}, [], {"0": 1e300}, {"0": -1}, {"0": True}):
+        session = _session()
+        session._new_stream(1).attach(Sink())
+        conn = _Conn()
+        attach = asyncio.ensure_future(session.attach(conn.ssh))
+        channel = await conn.hello()
+        channel.data_received(_welcome(channel, recv=recv), None)
+        with pytest.raises(AgentGone, match="at positions relay never sent") as caught:
+            await attach
+        assert caught.value.what is not None and "\n" not in str(caught.value)
+        assert len(str(caught.value)) < 200, caught.value
+        assert channel.chan.closed and not session.attached
+    for handed in ({"0": "x"}, {"0": -3}, "x"):
+        session = _session()
+        conn = _Conn()
+        attach = asyncio.ensure_future(session.attach(conn.ssh))
+        channel = await conn.hello()
+        channel.data_received(_welcome(channel, handed=handed), None)
+        with pytest.raises(AgentGone, match="at positions relay never sent"):
+            await attach
 
 
 async def test_an_attach_cancelled_while_waiting_leaves_no_channel_half_taken() -> None:
