@@ -37,11 +37,14 @@ class HostSpec:
         scheme = spec.lower().startswith("ssh://")
         if scheme:
             spec = spec[len("ssh://") :].rstrip("/")
-            if "/" in spec or "?" in spec or "#" in spec:
-                raise HostSpecError(
-                    f"host spec {text!r}: an ssh:// URL takes no path or query "
-                    f"(expected ssh://[user@]host[:port])"
-                )
+        # before anything that repeats the spec: a password may hold any character
+        if ":" in spec.rpartition("@")[0]:
+            raise HostSpecError(USERINFO_REFUSED)
+        if scheme and ("/" in spec or "?" in spec or "#" in spec):
+            raise HostSpecError(
+                f"host spec {text!r}: an ssh:// URL takes no path or query "
+                f"(expected ssh://[user@]host[:port])"
+            )
         if not spec:
             raise HostSpecError(
                 "empty host spec: expected a [hosts] name from relay.toml, "
@@ -50,8 +53,6 @@ class HostSpec:
         userinfo, at, hostport = spec.rpartition("@")
         user: str | None = None
         if at:
-            if ":" in userinfo:
-                raise HostSpecError(USERINFO_REFUSED)
             if not USER_NAME.match(userinfo):
                 raise HostSpecError(f"host spec {text!r}: user name {userinfo!r} is not valid")
             user = userinfo

@@ -163,6 +163,7 @@ def test_windows_of_zero_and_of_a_second_are_taken(tmp_path: Path) -> None:
         ("hostname = ''", "hostname: not a host name or address"),
         ("hostname = 'h'\nuser = ''", "user: not a user name"),
         ("hostname = 'h'\nuser = 'root:hunter2'", "user: a password in a host spec is refused"),
+        ("hostname = 'h'\njump = 'ssh://bob:hunter2#x@j'", "jump: a password in a host spec"),
     ],
 )
 def test_a_hostname_or_user_holding_more_is_refused_unrepeated(

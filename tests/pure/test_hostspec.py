@@ -62,6 +62,13 @@ def test_rejects(text: str, says: str) -> None:
         "alice:hunter2@host",
         "ssh://alice:hunter2@host:22",
         "alice:hunter2@[::1]:22",
+        # characters a URL's path, query or fragment begin with, which a generated password
+        # may hold: the URL's check repeated the spec, password and all (a review found it)
+        "ssh://alice:hunter2/x@host",
+        "ssh://alice:hunter2?x@host",
+        "ssh://alice:hunter2#x@host",
+        "ssh://alice:hunter2#x@host/path",
+        "alice:hunter2/x@host:bad",
     ],
 )
 def test_password_is_refused_and_never_repeated(text: str) -> None:
