@@ -188,6 +188,11 @@ class Conversation:
             await self._serve()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception as exc:  # a bug: the client is told in one line, not left waiting
+            log.exception("control request failed unexpectedly")
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(SAY_WAIT_S):
+                    await _send(self._writer, error_event(exc))
         except asyncio.CancelledError:
             if self._daemon.stopping:  # say so rather than vanish
                 with contextlib.suppress(TimeoutError):

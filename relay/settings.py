@@ -269,6 +269,26 @@ def _numeric(text: str) -> bool:
     return True
 
 
+def _parsed(data: bytes, path: Path) -> dict[str, Any]:
+    """relay.toml's text as TOML; a ConfigError, in one line, for what TOML cannot be: text
+    that is not UTF-8 (an editor that saved it in a local encoding) or nested past what the
+    parser's recursion takes."""
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: not valid TOML: not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}): "
+            f"save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+
+
 def load(path: Path | None = None, *, missing_ok: bool = False) -> tuple[RelayConfig, Path]:
     """Read and validate the config file; a missing default file (or any, if ``missing_ok``)
     is an empty config: relay runs on ssh_config alone. A ConfigError names the file and
@@ -280,14 +300,11 @@ def load(path: Path | None = None, *, missing_ok: bool = False) -> tuple[RelayCo
     explicit = path is not None or bool(env.config)
     path = path or Path(paths.config_path(environ))
     try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
+        raw = _parsed(path.read_bytes(), path)
     except FileNotFoundError:
         if explicit and not missing_ok:
             raise ConfigError(f"{path}: no such config file") from None
         raw = {}
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     defaults = raw.get("defaults")

@@ -3,6 +3,7 @@ nothing else; a host takes its entry as it now is. No sockets: ``Daemon`` withou
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,35 @@ async def test_a_file_that_is_not_toml_refuses_unknown_names_but_not_jump_hosts(
         d.host("new")  # it may be the host the file adds
     # a ProxyJump of ssh_config's, on the way to a host of the running configuration
     assert d.host("bastion", adhoc=True).key == "bastion"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [  # an editor that saved in a local encoding; TOML nested past the parser's recursion
+        (
+            b"[hosts.old]\nhostname = 'o'\n# caf\xe9\n",
+            "not UTF-8 (byte 0xe9 on line 3): save it as UTF-8",
+        ),
+        (b"[hosts.old]\nhostname = " + b"[" * 5000, "nested too deeply"),
+    ],
+)
+async def test_a_file_toml_cannot_be_is_reported_in_one_line_and_the_running_one_stays(
+    tmp_path: Path, text: bytes, says: str
+) -> None:
+    """A review found UnicodeDecodeError and RecursionError escaping ``settings.load``: the
+    request that read the file was never answered, ``relay reload`` neither, and ``relay
+    status`` said nothing; ``relay serve`` printed a traceback."""
+    d, path = daemon(tmp_path, "[hosts.old]\nhostname = 'o'\n")
+    path.write_bytes(text)
+    said = f"{path}: not valid TOML: {says}"
+    assert d.reload()["error"] == said
+    assert d.config_error == said  # relay status shows it
+    with pytest.raises(ConfigError, match=re.escape(says)) as refused:
+        d.reload(force=True)
+    assert "\n" not in str(refused.value)
+    assert d.host("old").config.hostname == "o"  # the running configuration stays
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        settings.load(path)
 
 
 async def test_a_host_takes_its_entry_as_it_now_is(tmp_path: Path) -> None:

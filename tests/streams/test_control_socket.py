@@ -488,3 +488,29 @@ async def test_a_request_right_after_an_in_place_save_waits_for_the_whole_file(
         saving.write(text + "\n[hosts.added]\nhostname = 'added.example'\n")
     await asyncio.wait_for(status, 30)
     assert "added" in running.config.hosts
+
+
+async def test_a_request_that_fails_unexpectedly_is_answered_and_the_daemon_serves_on(
+    daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review saved relay.toml in Latin-1: the UnicodeDecodeError escaped the request's
+    handler, which answered nothing (the shim waited for its answer), and ``relay status``
+    said nothing of the file. The file is now a configuration error like any other; and
+    whatever else a request raises that relay did not foresee, its client is told in one
+    line, and the daemon serves on."""
+    path = str(daemon.home.socket)
+    text = daemon.home.config.read_bytes()
+    daemon.home.config.write_bytes(text + b"# caf\xe9\n")
+    (reply,) = await request(path, framing.encode({"op": "ping"}))
+    assert reply["event"] == "pong"
+    (status,) = await request(path, framing.encode({"op": "status"}))
+    assert "not UTF-8" in str(status["daemon"]["config_error"]), status  # type: ignore[index]
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(daemon.daemon, "status", broken)
+    (reply,) = await request(path, framing.encode({"op": "status"}))
+    assert reply["event"] == "error" and "relay failed unexpectedly" in str(reply["message"])
+    assert "\n" not in str(reply["message"])
+    await ping(path)
