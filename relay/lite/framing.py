@@ -59,7 +59,7 @@ def decode_unbounded(line: bytes) -> dict[str, Any]:
     version = obj.get("v")
     if version != PROTOCOL_VERSION:
         raise FramingError(
-            f"protocol version {version!r} is not supported (this side speaks "
+            f"protocol version {repr(version)[:40]} is not supported (this side speaks "
             f"{PROTOCOL_VERSION}); restart the daemon after upgrading relay"
         )
     return obj

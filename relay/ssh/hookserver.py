@@ -17,6 +17,7 @@ daemon connect anywhere else on the front end's network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -75,9 +76,13 @@ class _HookSession(asyncssh.SSHTCPSession[bytes]):
         chan = self._chan
 
         def reply(text: str) -> None:
+            # the kernel's hook may have given up and closed (its own timeout), or the
+            # connection gone: asyncssh raises on a closed channel, and there is no one to
+            # tell; not a bug to log with a traceback
             try:
-                chan.write(text.encode())
-                chan.write_eof()
+                with contextlib.suppress(OSError, asyncssh.Error):
+                    chan.write(text.encode())
+                    chan.write_eof()
             finally:
                 chan.close()
 

@@ -41,6 +41,14 @@ def test_framing_errors(line: bytes, says: str) -> None:
         framing.decode(line)
 
 
+def test_a_long_version_is_cut_short_in_the_answer() -> None:
+    """The daemon answers and logs this message: a version of 64,000 characters was repeated
+    whole (a review found it)."""
+    with pytest.raises(framing.FramingError) as caught:
+        framing.decode(b'{"v":"' + b"x" * 60_000 + b'","op":"ping"}\n')
+    assert "protocol version 'xxx" in str(caught.value) and len(str(caught.value)) < 200
+
+
 @given(st.text(), st.sampled_from(["{K:1,K:2}", '{"o":[{K:1,"x":0,K:1}]}']))
 def test_a_key_twice_is_named_in_one_short_line(key: str, shape: str) -> None:
     """The daemon answers with this message: the key quoted, control characters escaped,
