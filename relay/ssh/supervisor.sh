@@ -54,9 +54,12 @@
 # SIGKILL to kernels of a supervisor already gone, whose directory is then removed. Symlinks
 # and directories that are not the user's are never followed.
 #
-# Kernels are known in memory too: each runs under a watcher subshell ($w lists them) that
-# forwards signals to it (USR1 standing for KILL), so a full TMPDIR cannot make a kernel
-# unkillable; a kernel whose pid cannot be recorded is killed and reported (norecord ID).
+# Kernels are known in memory too: each runs under a watcher subshell that forwards signals
+# to it (USR1 standing for KILL), so a full TMPDIR cannot make a kernel unkillable; a kernel
+# whose pid cannot be recorded is killed and reported (norecord ID). $w lists the kernels'
+# IDs, and w_ID holds the watcher's pid and start time: a watcher is signalled (ws) only if
+# its pid still has that start time (where no start time can be read, by pid), for once this shell has reaped an exited watcher its
+# pid is free, and another process of the user's may have it by the time the session ends.
 # Where setsid is (util-linux, busybox: Linux hosts; not macOS), each kernel runs in a process
 # group of its own ($g is "-"), and TERM, HUP and KILL go to the group, so a kernel's own
 # children (subkernels, StartProcess) end with it; an interrupt goes to the kernel alone. A
@@ -99,11 +102,10 @@ for o in "${TMPDIR:-/tmp}"/relay-"$1".*; do
   fi;
 done;
 w=;
+ws() { eval "set -- $1 \${w_$2:-}"; test $# -ge 2 && kill -0 "$2" 2>/dev/null && { test $# = 2 || same "$2" "$3"; } && kill "-$1" "$2" 2>/dev/null; };
 reap() {
-  if test -n "$w"; then
-    kill -TERM $w 2>/dev/null;
-    ( ( sleep 5; kill -USR1 $w 2>/dev/null ) </dev/null >/dev/null 2>&1 & );
-  fi;
+  for i in $w; do ws TERM "$i"; done;
+  test -n "$w" && ( ( sleep 5; for i in $w; do ws USR1 "$i"; done ) </dev/null >/dev/null 2>&1 & );
   wait;
   rm -rf "$d";
 };
@@ -133,8 +135,8 @@ while read -r op id arg; do
         rm -f "$d/$id.log";
         echo "exit $id $s"
       ) &
-      w="$w $!"; eval "w_$id=$!" ;;
-    kill) eval "q=\${w_$id:-}"; test -n "$q" && case $arg in KILL) kill -USR1 "$q" ;; TERM|INT|HUP) kill "-$arg" "$q" ;; esac 2>/dev/null ;;
+      eval "w_$id=\"$! \$(st $!)\""; w="$w $id" ;;
+    kill) case $arg in KILL) ws USR1 "$id" ;; TERM|INT|HUP) ws "$arg" "$id" ;; esac ;;
     ping) t=$(date +%s); echo "$t" >"$d/alive.new" && mv -f "$d/alive.new" "$d/alive";
       test $((t - k)) -ge 3600 && touch -c "$d" "$d"/* 2>/dev/null && k=$t;
       echo "pong $id" ;;

@@ -515,3 +515,54 @@ def test_a_kill_before_the_kernels_group_is_made_still_ends_it(shell: str, tmp_p
     s.send("kill k KILL")
     assert s.event() == Event("exit", "k", "137")
     stop(s)
+
+
+def _take_pid(pid: int) -> subprocess.Popen[bytes] | None:
+    """A process of ours with ``pid`` (free): the next pid the kernel gives is set to it
+    (``ns_last_pid``, root only). Another process may fork in between: tried a few times."""
+    for _ in range(50):
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        proc = subprocess.Popen(["sleep", "600"], start_new_session=True)
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="choosing the next pid needs root")
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_process_given_an_ended_kernels_watcher_pid_is_not_signalled(shell: str) -> None:
+    """The supervisor signalled every watcher it ever started when its session ended (TERM,
+    then USR1, whose default ends a process), and a kernel's on a kill line, by pid alone:
+    once it has reaped a watcher, its pid is free, and on a busy login node another process
+    of the user's gets it. A review ended an unrelated `sleep` that way with `relay stop`."""
+    s = Sup(shell)
+    s.event()
+    # the kernel says its parent, the watcher (setsid does not fork for a background job)
+    s.send("start a set -- sh -c 'echo $PPID'")
+    events = [s.event() for _ in range(3)]
+    assert [e.kind for e in events] == ["pid", "out", "exit"], events
+    watcher = int(events[1].value)
+    wait_gone(watcher)  # exited; the shell reaps it as it runs a ping's commands
+    for n in range(100):
+        s.send(f"ping r{n}")
+        assert s.event() == Event("pong", f"r{n}", "")
+        if not Path(f"/proc/{watcher}").exists():
+            break
+    else:
+        raise AssertionError(f"the supervisor never reaped its watcher {watcher}")
+    other = _take_pid(watcher)
+    if other is None:
+        stop(s)
+        pytest.skip("the machine kept taking the pid first")
+    try:
+        s.send("kill a KILL")  # a kill line for the ended kernel: to its watcher, as USR1
+        s.send("kill a TERM")
+        s.send("ping p2")
+        assert s.event() == Event("pong", "p2", "")
+        stop(s)  # end of input: every watcher still running is signalled
+        assert other.poll() is None, f"the process given pid {watcher} was signalled"
+    finally:
+        other.kill()
+        other.wait()
