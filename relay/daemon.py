@@ -671,6 +671,10 @@ def _on_hangup(daemon: Daemon) -> None:
         daemon.reload(force=True)
 
 
+def _hangup_while_stopping() -> None:
+    log.info("SIGHUP ignored: the daemon is stopping")
+
+
 async def serve(
     config: RelayConfig,
     socket_path: Path,
@@ -719,12 +723,18 @@ async def serve(
             if waiter is not trigger:  # a task of ours (the caller's own future is left alone)
                 waiter.cancel()
     finally:
+        # SIGHUP's handler stays until the shutdown is over: removed, the signal's default
+        # (the process ends) would cut the scripted shutdown short, its kernels' shims told
+        # the daemon crashed, a Slurm job left allocated (a closed terminal, a reload sent
+        # while stopping)
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGHUP)
+            loop.add_signal_handler(signal.SIGHUP, _hangup_while_stopping)
         notifier.notify(stopping="1", status="terminating kernels and closing connections")
         await daemon.aclose()
         if inherited is None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(socket_path)
         log.info("stopped")
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGHUP)
         lock.release()  # last: relay stop waits on it

@@ -290,6 +290,45 @@ async def test_daemon_sigkilled_kernels_die_with_its_connection(home: RelayHome)
         link.close()
 
 
+async def test_a_sighup_while_the_daemon_stops_does_not_cut_the_stop_short(
+    home: RelayHome,
+) -> None:
+    """``relay serve``'s SIGHUP (reload) handler was removed as its shutdown began, and the
+    signal's default then ended the process in the middle of it (a terminal closed after a
+    Ctrl-C, a reload sent while stopping): exit 129, no "stopped", the socket left behind,
+    and each shim told that the daemon crashed instead of why its kernel ended. A kernel
+    that ignores SIGTERM holds the stop open while the SIGHUP comes."""
+    stubborn = home.dir / "stubborn"
+    stubborn.write_text(f"#!/bin/sh\ntrap '' TERM\n{SIM_KERNEL} \"$@\"\n")
+    stubborn.chmod(0o755)
+    home.add_host("local", terminate_grace_s=5)  # the stop's length: the kernel's SIGKILL
+    daemon = await serve_subprocess(home)
+    assert daemon.stderr is not None
+    log: list[bytes] = []
+    try:
+        async with controller(home, kernel=str(stubborn)) as fe:
+            kl = await fe.link.accept(60)
+            assert fe.proc.stdout is not None
+            await asyncio.wait_for(fe.proc.stdout.readline(), 60)  # launch answered
+            daemon.terminate()
+            while b"terminating kernels" not in (line := await daemon.stderr.readline()):
+                assert line, b"".join(log)
+                log.append(line)
+            daemon.send_signal(signal.SIGHUP)
+            log.append(await asyncio.wait_for(daemon.stderr.read(), 60))
+            assert await asyncio.wait_for(daemon.wait(), 60) == 0, b"".join(log)
+            _, _, err = await fe.result()
+            assert "crashed" not in err and "SIGTERM" in err, err
+            await kl.aclose()
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+    said = b"".join(log).decode()
+    assert "SIGHUP ignored" in said and '"stopped"' in said, said
+    assert not home.socket.exists()
+
+
 def proc_stats(pid: int) -> tuple[int, int]:
     rss = next(
         int(line.split()[1])
