@@ -532,12 +532,15 @@ def request(message: dict[str, Any], timeout_s: float, *, autostart: bool = True
 
 
 def _run(args: _Args) -> int:
+    mode = "compute" if args.compute else "controller"
+    if mode == "controller":
+        # before the daemon is reached: a start of it can take seconds (the start lock, a
+        # cold cache), and a parent that died meanwhile would not be noticed after it (the
+        # shim then ran on under init with its kernel)
+        _die_with_parent()
     path = paths.socket_path()
     sock = daemon_socket(path, autostart=not args.no_autostart)
     session = _Session(sock)
-    mode = "compute" if args.compute else "controller"
-    if mode == "controller":
-        _die_with_parent()
     session.send(
         {
             "op": "launch",
@@ -559,7 +562,21 @@ def _run(args: _Args) -> int:
         raise ShimError(f"unexpected answer from the relay daemon: {str(event)[:200]}", EXIT_DAEMON)
     if event.get("warning"):  # it went ahead, but not as the person may think
         print(f"relay: {event['warning']}", file=sys.stderr, flush=True)
-    print(event["linkname"], flush=True)
+    try:
+        print(event["linkname"], flush=True)
+    except OSError as exc:  # the front end closed our output (EPIPE): one line, no traceback
+        # and nothing more for Python to flush at exit, which would print its own complaint
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sock.close()  # a controller's kernel ends with its conversation
+        raise ShimError(
+            f"cannot write the link name: this launch command's output is closed "
+            f"({exc.strerror}); "
+            + (
+                "its kernel was ended"
+                if mode == "controller"
+                else "its kernel runs, and connects to the front end's link if it listens"
+            )
+        ) from None
     if mode == "compute":
         return 0
     event = session.next_event(None)

@@ -230,3 +230,109 @@ def test_a_signalled_controller_waits_for_its_kernels_end(sock_path: Path) -> No
             proc.kill()
             listener.close()
     assert left_early == [False]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _waiting_on_a_lock(pid: int) -> bool:
+    """Whether ``pid`` is blocked on a file lock (/proc/locks: ``->`` marks a waiter)."""
+    return any(
+        "->" in line and line.split("->", 1)[1].split()[3] == str(pid)
+        for line in Path("/proc/locks").read_text().splitlines()
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="Linux only")
+def test_a_launch_commands_shell_killed_while_the_daemon_starts_ends_the_shim(
+    sock_path: Path,
+) -> None:
+    """The shim asked for SIGTERM at its parent's death only once the daemon answered; a
+    first launch that starts the daemon waits for it (here on the start lock, which another
+    start holds), and a parent that died meanwhile left the shim under init, going on to
+    launch a kernel nobody would end (a review found it)."""
+    from relay.lite import locks
+
+    with locks.StartLock(str(sock_path)) as held:  # another shim is starting the daemon
+        front_end = subprocess.Popen(
+            ["sh", "-c", f'"{RELAY}" launch local /k 1@127.0.0.1,2@127.0.0.1; echo'],
+            env=shim_env(sock_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = BOUND_S
+            shim_pid = None
+            while shim_pid is None or not _waiting_on_a_lock(shim_pid):
+                assert deadline > 0, "the shim never waited on the start lock"
+                kids = _children(front_end.pid)
+                shim_pid = kids[0] if kids else None
+                select.select([], [], [], 0.05)
+                deadline -= 0.05
+            pidfd = os.pidfd_open(shim_pid)
+            front_end.kill()  # the front end ends its Launch command's shell
+            front_end.wait()
+            try:
+                ready, _, _ = select.select([pidfd], [], [], BOUND_S)
+            finally:
+                os.close(pidfd)
+            assert ready, "the shim ran on after its parent died"
+        finally:
+            held.release()
+            if front_end.poll() is None:
+                front_end.kill()
+                front_end.wait()
+    assert not sock_path.exists()  # it started no daemon
+
+
+@pytest.mark.parametrize("mode", ["controller", "compute"])
+def test_an_output_closed_before_the_link_name_is_one_line(sock_path: Path, mode: str) -> None:
+    """The front end closed the launch command's output: writing the link name raised
+    BrokenPipeError, a traceback (a review found it). One line now; a controller's kernel
+    ends with the shim's conversation, which the stand-in daemon sees close."""
+    listener = listening(sock_path)
+    closed: list[bool] = []
+
+    def daemon() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.settimeout(BOUND_S)
+            assert framing.decode(lines.readline())["op"] == "launch"
+            conn.sendall(framing.encode({"event": "launched", "linkname": "1@a,2@a"}))
+            closed.append(conn.recv(1) == b"")
+
+    thread = threading.Thread(target=daemon, daemon=True)
+    thread.start()
+    reading, writing = os.pipe()
+    os.close(reading)  # nobody reads the shim's output
+    try:
+        result = subprocess.run(
+            [RELAY, "launch", "--no-autostart"]
+            + (["--compute"] if mode == "compute" else [])
+            + ["local", "/k", "1@a,2@a"],
+            env=shim_env(sock_path),
+            stdin=subprocess.DEVNULL,
+            stdout=writing,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=BOUND_S,
+        )
+    finally:
+        os.close(writing)
+        thread.join(BOUND_S)
+        listener.close()
+    line = one_line(result)
+    assert result.returncode == shim.EXIT_FAILED, result
+    assert line.startswith("relay: cannot write the link name: this launch command's output is")
+    assert ("its kernel was ended" in line) == (mode == "controller"), line
+    assert closed == [True]
