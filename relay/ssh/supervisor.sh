@@ -70,6 +70,11 @@
 # group, so setsid does not fork: $! is the kernel. Until setsid has run in it, the group
 # is not there yet: the pid is signalled instead.
 #
+# A background job of a shell without job control starts with SIGINT and SIGQUIT ignored
+# (POSIX), and SIG_IGN survives exec: a kernel, and what it runs, could not be interrupted.
+# Where env can set them back (GNU coreutils 8.31 and later: $ds), the kernel starts with
+# them as any process does; elsewhere they stay ignored.
+#
 # The file is joined into one line (relay.ssh.remote_scripts.one_line), which /bin/sh reads
 # from the session's standard input (remote_scripts.BOOTSTRAP: the login shell never sees
 # it, so tcsh's history "!" and fish's syntax do not matter), so every line must end where a
@@ -81,6 +86,7 @@ st() { if test -r "/proc/$1/stat"; then read -r x <"/proc/$1/stat" 2>/dev/null &
 same() { test -n "$2" && test "$(st "$1")" = "$2"; };
 have() { case $1 in */*) test -f "$1" && test -x "$1" ;; *) command -v "$1" >/dev/null 2>&1 ;; esac; };
 if have setsid; then g=-; else g=; fi;
+if env --default-signal=INT,QUIT true >/dev/null 2>&1; then ds="env --default-signal=INT,QUIT"; else ds=; fi;
 d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
 case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
 date +%s >"$d/alive";
@@ -117,7 +123,7 @@ while read -r op id arg; do
     start) (
         eval "$arg";
         have "$1" || { echo "nokernel $id"; exit 0; };
-        if test -n "$g"; then setsid "$@" </dev/null >"$d/$id.log" 2>&1 & else "$@" </dev/null >"$d/$id.log" 2>&1 & fi;
+        if test -n "$g"; then setsid $ds "$@" </dev/null >"$d/$id.log" 2>&1 & else $ds "$@" </dev/null >"$d/$id.log" 2>&1 & fi;
         p=$!; e=;
         trap "e=1; kill -TERM $g\$p 2>/dev/null || kill -TERM \$p 2>/dev/null" TERM;
         trap "kill -INT \$p 2>/dev/null" INT;

@@ -566,3 +566,23 @@ def test_a_process_given_an_ended_kernels_watcher_pid_is_not_signalled(shell: st
     finally:
         other.kill()
         other.wait()
+
+
+DEFAULT_SIGNALS = (
+    subprocess.run(["env", "--default-signal=INT", "true"], capture_output=True).returncode == 0
+)
+
+
+@pytest.mark.skipif(
+    not DEFAULT_SIGNALS, reason="this env cannot set signals back (coreutils < 8.31)"
+)
+def test_kernels_take_interrupts_as_any_process_does(sup: Sup) -> None:
+    """A background job of a shell without job control starts with SIGINT and SIGQUIT
+    ignored, and the kernel kept that across exec: neither it nor what it ran could be
+    interrupted (a review found SigIgn 0x6 under the supervisor, 0 under the agent)."""
+    sup.event()
+    sup.send("start a set -- sh -c 'grep SigIgn /proc/$$/status'")
+    events = [sup.event() for _ in range(3)]
+    assert [e.kind for e in events] == ["pid", "out", "exit"], events
+    ignored = int(events[1].value.split()[1], 16)
+    assert not ignored & (1 << (2 - 1) | 1 << (3 - 1)), hex(ignored)  # SIGINT 2, SIGQUIT 3
