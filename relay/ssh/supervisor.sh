@@ -5,7 +5,7 @@
 # start-up files. This script is started once per connection and starts and reaps every
 # kernel on that host; 32 (or 300) kernels share one session and one authentication.
 #
-# Protocol, one line each way (words separated by one space; ID is [a-z0-9]+):
+# Protocol, one line each way (words separated by one space; ID is [A-Za-z0-9]+):
 #   daemon -> here:  start ID SH-SNIPPET   the snippet sets "$@" (set -- 'kernel' 'args'...)
 #                                          and may export variables (never argv: secrets)
 #                    kill ID SIGNAL        signal the kernel if it still runs
