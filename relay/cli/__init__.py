@@ -60,12 +60,15 @@ def _parser() -> Any:
     sub.add_parser("launch", help="launch a kernel (what the front end runs); see relay launch -h")
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument(
-        "--config", help="config file (default: $RELAY_CONFIG or ~/.config/relay/relay.toml)"
+        "--config",
+        help="config file (default: $RELAY_CONFIG, else $XDG_CONFIG_HOME/relay/relay.toml, "
+        "else ~/.config/relay/relay.toml)",
     )
     serve.add_argument(
         "--socket",
-        help="control socket (default: $RELAY_SOCKET, the config "
-        "file's [daemon] socket, or $XDG_RUNTIME_DIR/relay/relay.sock)",
+        help="control socket (default: $RELAY_SOCKET, the config file's [daemon] socket, "
+        "$XDG_RUNTIME_DIR/relay/relay.sock, on macOS ~/Library/Application Support/relay/"
+        "relay.sock, else /tmp/relay-$UID/relay.sock)",
     )
     serve.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     serve.add_argument(

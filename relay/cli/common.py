@@ -22,10 +22,16 @@ def this_relay() -> str:
 
 
 def daemon_answer(
-    message: dict[str, Any], event: str, *, start: bool = False, timeout_s: float = 10.0
+    message: dict[str, Any],
+    event: str,
+    *,
+    start: bool = False,
+    timeout_s: float = 10.0,
+    no_daemon: str | None = None,
 ) -> dict[str, Any] | int:
     """One request to the daemon (started first if ``start``): its answer, or, having said
-    why in one line, the exit status (3: no daemon; 1: it answered with an error)."""
+    why in one line, the exit status (3: no daemon; 1: it answered with an error).
+    ``no_daemon``: what to do when none listens, if not the usual (start one)."""
     from relay.lite import client, paths, shim
 
     try:
@@ -37,7 +43,13 @@ def daemon_answer(
         print(f"relay: {exc}", file=sys.stderr)
         return exc.status
     except (client.ClientError, OSError) as exc:
-        print(f"relay: {exc}", file=sys.stderr)
+        if no_daemon and isinstance(exc.__cause__, FileNotFoundError | ConnectionRefusedError):
+            print(
+                f"relay: no relay daemon is listening on {paths.socket_path()}: {no_daemon}",
+                file=sys.stderr,
+            )
+        else:
+            print(f"relay: {exc}", file=sys.stderr)
         return 3
     if answer.get("event") != event:
         print(f"relay: {answer.get('message', 'unexpected answer')}", file=sys.stderr)

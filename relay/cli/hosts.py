@@ -174,6 +174,7 @@ def connect(host: str, *, autostart: bool, kernels: int = 0, kernel: str = "") -
         "connected",
         start=autostart,
         timeout_s=CONNECT_WAIT_S,
+        no_daemon="start it with `relay serve` (or drop --no-autostart)",
     )
     if isinstance(answer, int):
         return answer

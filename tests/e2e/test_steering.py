@@ -175,6 +175,11 @@ async def stop_restart_and_version(home: RelayHome) -> None:
     assert not home.socket.exists()
     status, _, err = await relay_cli(home, "status")
     assert status == 3 and "the first launch starts one" in err
+    # not the command that just refused to start one (a docs review found it suggested)
+    status, _, err = await relay_cli(home, "connect", "--no-autostart", "local")
+    assert status == 3 and err.strip().endswith(
+        "start it with `relay serve` (or drop --no-autostart)"
+    )
 
 
 @pytest.mark.today_path  # with the agent, the host resumes at once
