@@ -58,8 +58,10 @@
 # to it (USR1 standing for KILL), so a full TMPDIR cannot make a kernel unkillable; a kernel
 # whose pid cannot be recorded is killed and reported (norecord ID). $w lists the kernels'
 # IDs, and w_ID holds the watcher's pid and start time: a watcher is signalled (ws) only if
-# its pid still has that start time (where no start time can be read, by pid), for once this shell has reaped an exited watcher its
-# pid is free, and another process of the user's may have it by the time the session ends.
+# its pid still has that start time (where no start time can be read, by pid), for once
+# this shell has reaped an exited watcher its pid is free, and another process of the
+# user's may have it by the time the session ends. Each ping forgets the watchers that are
+# gone (wl), so the list is of kernels running, not of every kernel the session started.
 # Where setsid is (util-linux, busybox: Linux hosts; not macOS), each kernel runs in a process
 # group of its own ($g is "-"), and TERM, HUP and KILL go to the group, so a kernel's own
 # children (subkernels, StartProcess) end with it; an interrupt goes to the kernel alone. A
@@ -109,6 +111,7 @@ for o in "${TMPDIR:-/tmp}"/relay-"$1".*; do
 done;
 w=;
 ws() { eval "set -- $1 \${w_$2:-}"; test $# -ge 2 && kill -0 "$2" 2>/dev/null && { test $# = 2 || same "$2" "$3"; } && kill "-$1" "$2" 2>/dev/null; };
+wl() { eval "set -- \${w_$1:-}"; test $# -ge 1 && kill -0 "$1" 2>/dev/null; };
 reap() {
   for i in $w; do ws TERM "$i"; done;
   test -n "$w" && ( ( sleep 5; for i in $w; do ws USR1 "$i"; done ) </dev/null >/dev/null 2>&1 & );
@@ -144,6 +147,7 @@ while read -r op id arg; do
       eval "w_$id=\"$! \$(st $!)\""; w="$w $id" ;;
     kill) case $arg in KILL) ws USR1 "$id" ;; TERM|INT|HUP) ws "$arg" "$id" ;; esac ;;
     ping) t=$(date +%s); echo "$t" >"$d/alive.new" && mv -f "$d/alive.new" "$d/alive";
+      q=; for i in $w; do if wl "$i"; then q="$q $i"; else unset "w_$i"; fi; done; w=$q;
       test $((t - k)) -ge 3600 && touch -c "$d" "$d"/* 2>/dev/null && k=$t;
       echo "pong $id" ;;
     which) ( eval "$arg"; if have "$1"; then echo "found $id"; else echo "nokernel $id"; fi ) ;;

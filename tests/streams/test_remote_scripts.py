@@ -31,10 +31,15 @@ class Sup:
     earlier session of the tag counts as stale (its daemon is gone)."""
 
     def __init__(
-        self, shell: str, tag: str = TAG, stale_s: int = 0, env: dict[str, str] | None = None
+        self,
+        shell: str,
+        tag: str = TAG,
+        stale_s: int = 0,
+        env: dict[str, str] | None = None,
+        under: list[str] | None = None,
     ) -> None:
         script = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
-        argv = [*script, one_line(), "relay", tag, "end", str(stale_s)]
+        argv = [*(under or []), *script, one_line(), "relay", tag, "end", str(stale_s)]
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -530,14 +535,25 @@ def _take_pid(pid: int) -> subprocess.Popen[bytes] | None:
     return None
 
 
+# a host where no process's start time can be read: /proc hidden (ps reads it too)
+NO_START_TIMES = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs none /proc && exec "$@"', "-"]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="choosing the next pid needs root")
+@pytest.mark.parametrize("start_times", [True, False], ids=["start-times", "no-start-times"])
 @pytest.mark.parametrize("shell", SHELLS)
-def test_a_process_given_an_ended_kernels_watcher_pid_is_not_signalled(shell: str) -> None:
+def test_a_process_given_an_ended_kernels_watcher_pid_is_not_signalled(
+    shell: str, start_times: bool
+) -> None:
     """The supervisor signalled every watcher it ever started when its session ended (TERM,
     then USR1, whose default ends a process), and a kernel's on a kill line, by pid alone:
     once it has reaped a watcher, its pid is free, and on a busy login node another process
-    of the user's gets it. A review ended an unrelated `sleep` that way with `relay stop`."""
-    s = Sup(shell)
+    of the user's gets it. A review ended an unrelated `sleep` that way with `relay stop`.
+    Where the start time can be read, a pid without it is not the watcher; where it cannot,
+    a ping forgets the watchers that are gone, so that only a pid taken between a watcher's
+    end and the next ping could be met (a review of the first fix found it, and that the
+    list of watchers grew with every kernel the session ever started)."""
+    s = Sup(shell, under=None if start_times else NO_START_TIMES)
     s.event()
     # the kernel says its parent, the watcher (setsid does not fork for a background job)
     s.send("start a set -- sh -c 'echo $PPID'")
@@ -552,6 +568,8 @@ def test_a_process_given_an_ended_kernels_watcher_pid_is_not_signalled(shell: st
             break
     else:
         raise AssertionError(f"the supervisor never reaped its watcher {watcher}")
+    s.send("ping forgotten")  # reaped by the last ping at the latest: forgotten by this one
+    assert s.event() == Event("pong", "forgotten", "")
     other = _take_pid(watcher)
     if other is None:
         stop(s)
