@@ -73,6 +73,8 @@ from relay.tasks import TaskSet
 __all__ = ["Daemon", "serve"]
 
 SHUTDOWN_GRACE_S = 20.0
+# a host session relay.toml does not name is dropped after this long with nothing to do
+FORGET_AFTER_S = 600.0
 MAX_RESERVED_FORWARDS = 512  # relay connect --kernels N: remote listeners asked for at most
 log = structlog.get_logger("relay.daemon")
 
@@ -153,10 +155,33 @@ class Daemon:
         carried = self._carried()
         for session in list(self.hosts.values()):
             session.check_address(carried.get(session.key, ()))
+        self._forget_unused(carried)
         try:
             self.heap.tick()
         except Exception as exc:  # the wake watch this tick serves goes on
             log.warning("heap look failed", error=repr(exc))
+
+    def _forget_unused(self, carried: dict[str, list[HostSession]]) -> None:
+        """Drop the sessions of hosts relay.toml does not name (an ad-hoc name, a Slurm
+        compute node, an entry since removed) that have had nothing to do for
+        FORGET_AFTER_S: else every host ever named stayed in the daemon (some 60 KB each) and
+        in `relay status` for the daemon's life (a review found it; a cluster's nodes alone
+        are hundreds over weeks). What a named host needs again is made again."""
+        now = time.time()
+        for key, session in list(self.hosts.items()):
+            since = session.unused_since()
+            if (
+                since is None
+                or now - since < FORGET_AFTER_S
+                or key in self.config.hosts
+                or key in carried  # a jump host a session connects through
+                or key in self.clusters.allocations
+                or any(session in (k.host, k.named_host) for k in self.kernels.values())
+            ):
+                continue
+            del self.hosts[key]
+            log.info("host forgotten", host=key, unused_s=round(now - since))
+            self._tasks.spawn(session.aclose(), name=f"forget:{key}")
 
     def _woke(self, asleep_s: float) -> None:
         log.info("woke", asleep_s=round(asleep_s, 1))
@@ -191,6 +216,7 @@ class Daemon:
         session = self.hosts.get(key)
         if session is None:
             session = self.hosts[key] = self._new_session(key, cfg)
+        session.asked_at = time.time()  # not forgotten under the request (_forget_unused)
         return session
 
     def _refuse_if_rejected(self, name: str) -> None:

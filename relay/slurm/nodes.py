@@ -10,6 +10,7 @@ shim and ``relay status`` as such rather than as a bare exit status.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -91,6 +92,7 @@ class Clusters:
         session = self._hosts.get(key)
         if session is None:
             session = self._hosts[key] = self._new_session(key, node_config(cluster, node))
+        session.asked_at = time.time()  # not forgotten under its launch (Daemon._forget_unused)
         return session
 
     def reconfigure(self) -> list[str]:

@@ -171,6 +171,7 @@ class HostSession:
         self._generations = agent_start.Generations()  # the agent's starts, numbered
         self._closing = False
         self._idle_closing = False
+        self.asked_at = time.time()  # when a request last asked the daemon for this host
         self._tasks = TaskSet()
         self._holds = Holds(lambda: self.config.idle_timeout_s, self._idle, self._free)
         self.rtt = RttMeter()
@@ -1166,6 +1167,24 @@ class HostSession:
                 async with asyncio.timeout(BYE_CONFIRM_S):
                     await asyncio.shield(agent.bye_heard)
         conn.abort()
+
+    def unused_since(self) -> float | None:
+        """Since when (the time of its state) this session has had nothing to do, if it has
+        nothing now: no connection and none being made, nothing held (kernels, forwards,
+        launches), no agent whose kernels live on, no resume, no task of its own; else None."""
+        if (
+            self._conn is not None
+            or self._connecting is not None
+            or self._let_go
+            or len(self._holds)
+            or self.resumes
+            or (self._resuming is not None and not self._resuming.done())
+            or len(self._tasks)
+            or self._closing
+            or self.state not in ("idle", "disconnected", "failed")
+        ):
+            return None
+        return max(self.status.since, self.asked_at)
 
     async def aclose(self) -> None:
         """Close the supervisor (its kernels are terminated remotely) and the connection."""

@@ -10,6 +10,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import RELAY, RelayHome, RunningDaemon, run_shim, start_daemon
 from tests.e2e.helpers import controller
@@ -152,6 +154,40 @@ async def test_idle_connection_is_closed_and_reopened(home: RelayHome) -> None:
             await asyncio.wait_for(conn.wait_closed(), 30)  # closed for idleness
             assert host.state == "idle"
             assert host.connects == attempt + 1
+
+
+async def test_a_host_no_longer_named_is_forgotten_once_unused(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host removed from relay.toml (as an ad-hoc name or a Slurm compute node, one it
+    never named) stayed in the daemon and in `relay status` for the daemon's life, its
+    connection long closed (a review found every name ever used there). Once it has had
+    nothing to do for FORGET_AFTER_S it is dropped; a host relay.toml names is kept."""
+    from relay import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "FORGET_AFTER_S", 0.0)
+    home.add_host("local", idle_timeout_s=0.2)
+    home.add_host("gone", idle_timeout_s=0.2)
+    async with start_daemon(home) as running:
+        for name in ("local", "gone"):
+            async with controller(home, host=name) as fe:
+                kl = await fe.link.accept(60)
+                conn = await running.daemon.hosts[name].connection()
+                await kl.quit(0)
+                assert (await fe.result())[0] == 0
+                await kl.aclose()
+            await asyncio.wait_for(conn.wait_closed(), 30)  # closed for idleness
+        del home.hosts["gone"]
+        home.write()
+        running.daemon.reload()
+        for _ in range(600):  # each wake tick looks (bounded: 30 s)
+            if "gone" not in running.daemon.hosts:
+                break
+            await asyncio.sleep(0.05)
+        assert "gone" not in running.daemon.hosts
+        assert "local" in running.daemon.hosts  # named: kept, idle
+        hosts = [h["name"] for h in running.daemon.status()["hosts"]]
+        assert hosts == ["local"], hosts
 
 
 def test_keepalive_is_on_by_default() -> None:
