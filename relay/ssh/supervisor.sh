@@ -55,10 +55,12 @@
 # and directories that are not the user's are never followed.
 #
 # Kernels are known in memory too: each runs under a watcher subshell that forwards signals
-# to it (USR1 standing for KILL), so a full TMPDIR cannot make a kernel unkillable; a kernel
+# to it (USR1 standing for KILL, and USR2 for INT, which a background subshell of dash or
+# busybox cannot trap), so a full TMPDIR cannot make a kernel unkillable; a kernel
 # whose pid cannot be recorded is killed and reported (norecord ID). $w lists the kernels'
 # IDs, and w_ID holds the watcher's pid and start time: a watcher is signalled (ws) only if
-# its pid still has that start time (where no start time can be read, by pid), for once
+# its pid still has that start time (where this host shows none, by pid; where it does, a
+# watcher already gone when its start time was read is not signalled at all), for once
 # this shell has reaped an exited watcher its pid is free, and another process of the
 # user's may have it by the time the session ends. Each ping forgets the watchers that are
 # gone (wl), so the list is of kernels running, not of every kernel the session started.
@@ -75,7 +77,8 @@
 # A background job of a shell without job control starts with SIGINT and SIGQUIT ignored
 # (POSIX), and SIG_IGN survives exec: a kernel, and what it runs, could not be interrupted.
 # Where env can set them back (GNU coreutils 8.31 and later: $ds), the kernel starts with
-# them as any process does; elsewhere they stay ignored.
+# them as any process does (unless its path has a "=", which env would take for a variable);
+# elsewhere they stay ignored.
 #
 # The file is joined into one line (relay.ssh.remote_scripts.one_line), which /bin/sh reads
 # from the session's standard input (remote_scripts.BOOTSTRAP: the login shell never sees
@@ -88,6 +91,7 @@ st() { if test -r "/proc/$1/stat"; then read -r x <"/proc/$1/stat" 2>/dev/null &
 same() { test -n "$2" && test "$(st "$1")" = "$2"; };
 have() { case $1 in */*) test -f "$1" && test -x "$1" ;; *) command -v "$1" >/dev/null 2>&1 ;; esac; };
 if have setsid; then g=-; else g=; fi;
+if test -n "$(st $$)"; then sw=1; else sw=; fi;
 if env --default-signal=INT,QUIT true >/dev/null 2>&1; then ds="env --default-signal=INT,QUIT"; else ds=; fi;
 d=$(mktemp -d "${TMPDIR:-/tmp}/relay-$1.XXXXXX") || exit 97;
 case $(ps -o comm= -p "$PPID" 2>/dev/null) in *sshd*) s=$PPID ;; *) s=- ;; esac;
@@ -126,10 +130,11 @@ while read -r op id arg; do
     start) (
         eval "$arg";
         have "$1" || { echo "nokernel $id"; exit 0; };
+        case $1 in *=*) ds= ;; esac;
         if test -n "$g"; then setsid $ds "$@" </dev/null >"$d/$id.log" 2>&1 & else $ds "$@" </dev/null >"$d/$id.log" 2>&1 & fi;
         p=$!; e=;
         trap "e=1; kill -TERM $g\$p 2>/dev/null || kill -TERM \$p 2>/dev/null" TERM;
-        trap "kill -INT \$p 2>/dev/null" INT;
+        trap "kill -INT \$p 2>/dev/null" USR2;
         trap "e=1; kill -HUP $g\$p 2>/dev/null || kill -HUP \$p 2>/dev/null" HUP;
         trap "e=1; kill -KILL $g\$p 2>/dev/null || kill -KILL \$p 2>/dev/null" USR1;
         echo "$p $(st $p)" >"$d/$id.pid" || { kill -KILL "$p"; rm -f "$d/$id.pid"; echo "norecord $id"; exit 0; };
@@ -144,8 +149,9 @@ while read -r op id arg; do
         rm -f "$d/$id.log";
         echo "exit $id $s"
       ) &
-      eval "w_$id=\"$! \$(st $!)\""; w="$w $id" ;;
-    kill) case $arg in KILL) ws USR1 "$id" ;; TERM|INT|HUP) ws "$arg" "$id" ;; esac ;;
+      w="$w $id"; eval "w_$id=$!"; t=$(st $!);
+      if test -n "$t"; then eval "w_$id=\"\$w_$id \$t\""; elif test -n "$sw"; then eval "w_$id="; fi ;;
+    kill) case $arg in KILL) ws USR1 "$id" ;; INT) ws USR2 "$id" ;; TERM|HUP) ws "$arg" "$id" ;; esac ;;
     ping) t=$(date +%s); echo "$t" >"$d/alive.new" && mv -f "$d/alive.new" "$d/alive";
       q=; for i in $w; do if wl "$i"; then q="$q $i"; else unset "w_$i"; fi; done; w=$q;
       test $((t - k)) -ge 3600 && touch -c "$d" "$d"/* 2>/dev/null && k=$t;
