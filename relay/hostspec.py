@@ -69,11 +69,11 @@ class HostSpec:
 def shown(text: str) -> str:
     """A host spec as a message may repeat it: a password in it (``user:pw@host``, refused
     by ``HostSpec.parse``) replaced by ``***``."""
-    userinfo, at, rest = text.rpartition("@")
+    scheme = "ssh://" if text.lower().startswith("ssh://") else ""
+    userinfo, at, rest = text[len(scheme) :].rpartition("@")
     if not at or ":" not in userinfo:
         return text
-    scheme = "ssh://" if userinfo.lower().startswith("ssh://") else ""
-    user = userinfo[len(scheme) :].split(":", 1)[0]
+    user = userinfo.split(":", 1)[0]
     return f"{scheme}{user}:***@{rest}"
 
 

@@ -285,6 +285,8 @@ def _parsed(data: bytes, path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except ValueError:  # Python's own bound on an integer's digits, met while parsing
+        raise ConfigError(f"{path}: not valid TOML: a number too long to read") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
 

@@ -38,6 +38,10 @@ __all__ = ["AgentGone", "AgentInfo", "AgentSession", "ControlPort", "Sink", "Str
 WINDOW = 8 << 20  # the channel's receive window, as a forward's (relay.ssh.forwards)
 PKTSIZE = 128 << 10
 ATTACH_TIMEOUT_S = 15.0
+# channels closed for what the agent sent on them: this many within this long, and the agent
+# is given up (each reattach follows at once, and would meet the same agent)
+REFUSALS_KEPT = 3
+REFUSALS_WINDOW_S = 60.0
 OUTAGES = 8  # resumed outages remembered, to tell a kernel's end during one
 # Link streams kept ready, each with its listener open on the host, so that a launch needs
 # no round trip before the kernel's start line (as relay.ssh.forwards' spare pool does for
@@ -260,6 +264,7 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
         self.welcome: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.welcome.add_done_callback(retrieved)
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.refused: str | None = None  # closed by us for what the agent sent on it
 
     def connection_made(self, chan: asyncssh.SSHUNIXChannel[bytes]) -> None:
         self.chan = chan
@@ -279,12 +284,21 @@ class _Channel(asyncssh.SSHUNIXSession[bytes]):
             self._frames(self._reader.feed(data))
         except mux.FrameError as exc:
             self._session._log.warning("agent sent garbage; channel closed", error=str(exc)[:200])
-            if self.chan is not None:
-                self.chan.close()
-        except Exception:
+            self._refuse(NotTheAgent(f"garbage: {str(exc)[:200]}"), "a frame relay cannot read")
+        except Exception as exc:
             self._session._log.exception("agent's frames not understood; channel closed")
-            if self.chan is not None:
-                self.chan.close()
+            why = ConnectionError(f"relay closed it: {exc!r}"[:300])
+            self._refuse(why, "frames relay failed on")
+
+    def _refuse(self, why: Exception, what: str) -> None:
+        """Close the channel for what came on it: an attach waiting on it ends with ``why``
+        (not as if the agent had closed it), and the session counts it (``_lost``)."""
+        self.refused = what
+        for waiting in (self.challenge, self.welcome):
+            if not waiting.done():
+                waiting.set_exception(why)
+        if self.chan is not None:
+            self.chan.close()
 
     def _frames(self, frames: list[Frame]) -> None:
         for frame in frames:
@@ -459,6 +473,7 @@ class AgentSession:
             maxlen=OUTAGES
         )
         self._clock_offset = 0.0
+        self._refusals: collections.deque[float] = collections.deque(maxlen=REFUSALS_KEPT)
         # why the agent ends its kernels, as its last WELCOME said ("window over": the window
         # ran out on the host first), or None
         self.ending_on_host: str | None = None
@@ -791,7 +806,9 @@ class AgentSession:
         self.ending_on_host = ending if isinstance(ending, str) else None
         now = time.time()
         agent_now = welcome.get("now")
-        if isinstance(agent_now, int | float) and math.isfinite(agent_now):
+        if isinstance(agent_now, int):  # a whole number past a float's range: no clock
+            agent_now = float(agent_now) if abs(agent_now) < 2**1023 else None
+        if isinstance(agent_now, float) and math.isfinite(agent_now):
             self._clock_offset = now - agent_now
         else:  # a clock it did not say: the last one it did
             agent_now = now - self._clock_offset
@@ -841,8 +858,21 @@ class AgentSession:
             self.detach()
             if self._said_bye:  # the agent ended its kernels and exited, as it was told
                 self.end("relay ended the host's kernels")
+            elif channel.refused is not None and self._refused_again():
+                self.end(
+                    f"relay's agent on {self.host} sent {channel.refused} on every channel "
+                    f"relay opened to it ({REFUSALS_KEPT} within {REFUSALS_WINDOW_S:g} s: "
+                    f"another release of relay's agent?): its kernels are lost to relay"
+                )
             else:
                 self.channel_closed()
+
+    def _refused_again(self) -> bool:
+        """A channel we closed for what the agent sent: whether that is the last straw (the
+        attach that follows meets the same agent, at once, with no backoff)."""
+        now = time.monotonic()
+        self._refusals.append(now)
+        return len(self._refusals) == REFUSALS_KEPT and now - self._refusals[0] < REFUSALS_WINDOW_S
 
     def _send(self, stream: Stream, wires: list[bytes]) -> None:
         channel = self._channel

@@ -57,7 +57,7 @@ def socket_path(env: Mapping[str, str] = os.environ) -> str:
         try:
             daemon = tomllib.loads(raw.decode()).get("daemon")
             configured = daemon.get("socket") if isinstance(daemon, dict) else None
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # not UTF-8, not TOML, a number too long
             configured = None  # the daemon reports config errors; the shim needs a path
     if isinstance(configured, str) and configured:
         return os.path.expanduser(configured)

@@ -569,7 +569,7 @@ def _run(args: _Args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sock.close()  # a controller's kernel ends with its conversation
         raise ShimError(
-            f"cannot write the link name: this launch command's output is closed "
+            f"cannot write the link name to this launch command's output "
             f"({exc.strerror}); "
             + (
                 "its kernel was ended"

@@ -43,7 +43,7 @@ import structlog
 
 from relay import wake
 from relay.agent import start as agent_start
-from relay.agent.session import AgentGone, AgentImpostor, AgentSession
+from relay.agent.session import AgentGone, AgentSession
 from relay.clock import duration, moment
 from relay.errors import (
     ConnectFailed,
@@ -790,7 +790,7 @@ class HostSession:
                     supervisor=self._agent_supervisor,
                 )
             except AgentGone as exc:
-                if not fresh or isinstance(exc, AgentImpostor):
+                if not fresh or exc.what is not None:
                     raise
                 # started, but sshd will not open a channel to its socket: nobody can attach
                 # (it goes away by itself, unattached, within a minute)

@@ -453,13 +453,13 @@ async def test_200_launches_with_failures_keep_memory_and_fds_flat(home: RelayHo
 async def test_shutdown_past_its_grace_aborts_the_connections(
     home: RelayHome, daemon_log: io.StringIO
 ) -> None:
-    """A kernel that ignores SIGTERM and a 12 s terminate_grace_s: shutdown with a 1 s grace
+    """A kernel that ignores SIGTERM and a 20 s terminate_grace_s: shutdown with a 1 s grace
     does not wait them out; it aborts the SSH connection, and the kernel goes with it (at
     its grace's end: the agent was told goodbye, and kills it then)."""
     stubborn = home.dir / "stubborn"
     stubborn.write_text(f"#!/bin/sh\ntrap '' TERM\n{SIM_KERNEL} \"$@\"\n")
     stubborn.chmod(0o755)
-    home.add_host("local", terminate_grace_s=12)
+    home.add_host("local", terminate_grace_s=20)
     async with start_daemon(home) as running, controller(home, kernel=str(stubborn)) as fe:
         kl = await fe.link.accept(60)
         pid = kl.hello["pid"]

@@ -87,6 +87,10 @@ def test_password_is_refused_and_never_repeated(text: str) -> None:
         ("alice:hun:ter@2@[::1]:22", "alice:***@[::1]:22"),
         ("alice@host:22", "alice@host:22"),
         ("[::1]:22", "[::1]:22"),
+        # the scheme's own ":" is no password's (a review found "ssh://alice:***@host")
+        ("ssh://alice@host", "ssh://alice@host"),
+        ("SSH://bob@h:22", "SSH://bob@h:22"),
+        ("ssh://host", "ssh://host"),
     ],
 )
 def test_a_spec_repeated_in_a_message_has_its_password_hidden(text: str, said: str) -> None:

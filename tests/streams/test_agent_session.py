@@ -376,6 +376,37 @@ async def test_a_proven_agents_bad_frame_closes_its_channel_never_the_connection
         session.end("test over")
 
 
+async def test_an_agent_that_sends_garbage_on_every_attach_is_given_up() -> None:
+    """Each channel relay closes for what the agent sent is followed by an attach at once
+    (no backoff), which meets the same agent: a loop at the speed of a round trip, a
+    traceback each time (a review's finding). The third within a minute ends the session."""
+    session = _session()
+    for attempt in range(3):
+        conn = _Conn()
+        attach = asyncio.ensure_future(session.attach(conn.ssh))
+        channel = await conn.hello()
+        channel.data_received(_welcome(channel), None)
+        await attach
+        channel.data_received(mux.ack(0, 10**9), None)  # an ACK beyond what was sent
+        assert channel.chan.closed
+        channel.connection_lost(None)  # as asyncssh says it, once closed
+        assert session.ended.done() == (attempt == 2), attempt
+    assert "sent a frame relay cannot read on every channel" in str(session.end_reason)
+
+
+async def test_a_welcome_whose_clock_is_past_a_floats_range_is_taken_without_it() -> None:
+    """A proven WELCOME's "now" of 10**400: converting it raised OverflowError in the middle
+    of the frames, and the attach ended as if the agent had closed the channel."""
+    session = _session()
+    conn = _Conn()
+    attach = asyncio.ensure_future(session.attach(conn.ssh))
+    channel = await conn.hello()
+    channel.data_received(_welcome(channel, now=10**400), None)
+    await attach
+    assert session.attached
+    session.end("test over")
+
+
 async def test_a_welcome_at_positions_never_sent_ends_the_attach_in_one_line() -> None:
     """A proven WELCOME whose positions are not whole numbers, or beyond what the daemon
     sent: the attach raised ValueError, AttributeError or a FrameError with a number of

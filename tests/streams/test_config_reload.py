@@ -53,6 +53,7 @@ async def test_a_file_that_is_not_toml_refuses_unknown_names_but_not_jump_hosts(
             "not UTF-8 (byte 0xe9 on line 3): save it as UTF-8",
         ),
         (b"[hosts.old]\nhostname = " + b"[" * 5000, "nested too deeply"),
+        (b"[hosts.old]\nhostname = 'o'\nport = " + b"1" * 5000, "a number too long to read"),
     ],
 )
 async def test_a_file_toml_cannot_be_is_reported_in_one_line_and_the_running_one_stays(

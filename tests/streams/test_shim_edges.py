@@ -133,7 +133,13 @@ def test_a_timeout_that_is_no_number_of_seconds_is_a_usage_error(
 
 def test_a_daemon_key_that_is_not_a_table_leaves_the_default_socket(tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
-    for text in ('daemon = "x"\nsocket = 1\n', "daemon = [1, 2]\n# socket\n"):
+    for text in (
+        'daemon = "x"\nsocket = 1\n',
+        "daemon = [1, 2]\n# socket\n",
+        # what TOML cannot be (the daemon says so): too deep, a number too long to read
+        "# socket\na = " + "[" * 5000,
+        "# socket\na = " + "1" * 5000,
+    ):
         config.write_text(text)
         env = {"RELAY_CONFIG": str(config), "XDG_RUNTIME_DIR": str(tmp_path)}
         assert paths.socket_path(env) == paths.default_socket_path(env)
@@ -333,6 +339,6 @@ def test_an_output_closed_before_the_link_name_is_one_line(sock_path: Path, mode
         listener.close()
     line = one_line(result)
     assert result.returncode == shim.EXIT_FAILED, result
-    assert line.startswith("relay: cannot write the link name: this launch command's output is")
+    assert line.startswith("relay: cannot write the link name to this launch command's output (")
     assert ("its kernel was ended" in line) == (mode == "controller"), line
     assert closed == [True]
