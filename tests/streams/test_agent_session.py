@@ -352,14 +352,21 @@ async def test_what_answers_at_the_agents_socket_is_shown_no_secret_and_sent_not
         assert not session.attached
 
 
-async def _attached() -> tuple[AgentSession, Any, Sink]:
-    """A session attached through ``_Conn``, with stream 1 at a front end."""
-    session = _session()
+async def _attach(session: AgentSession, **welcome: Any) -> Any:
+    """``session`` attached through a ``_Conn`` whose agent answers with a WELCOME
+    (``welcome``: fields of its own): the channel."""
     conn = _Conn()
     attach = asyncio.ensure_future(session.attach(conn.ssh))
     channel = await conn.hello()
-    channel.data_received(_welcome(channel), None)
+    channel.data_received(_welcome(channel, **welcome), None)
     await attach
+    return channel
+
+
+async def _attached() -> tuple[AgentSession, Any, Sink]:
+    """A session attached through ``_Conn``, with stream 1 at a front end."""
+    session = _session()
+    channel = await _attach(session)
     sink = Sink()
     session._new_stream(1).attach(sink)
     return session, channel, sink
@@ -382,11 +389,7 @@ async def test_an_agent_that_sends_garbage_on_every_attach_is_given_up() -> None
     traceback each time (a review's finding). The third within a minute ends the session."""
     session = _session()
     for attempt in range(3):
-        conn = _Conn()
-        attach = asyncio.ensure_future(session.attach(conn.ssh))
-        channel = await conn.hello()
-        channel.data_received(_welcome(channel), None)
-        await attach
+        channel = await _attach(session)
         channel.data_received(mux.ack(0, 10**9), None)  # an ACK beyond what was sent
         assert channel.chan.closed
         channel.connection_lost(None)  # as asyncssh says it, once closed
@@ -398,11 +401,7 @@ async def test_a_welcome_whose_clock_is_past_a_floats_range_is_taken_without_it(
     """A proven WELCOME's "now" of 10**400: converting it raised OverflowError in the middle
     of the frames, and the attach ended as if the agent had closed the channel."""
     session = _session()
-    conn = _Conn()
-    attach = asyncio.ensure_future(session.attach(conn.ssh))
-    channel = await conn.hello()
-    channel.data_received(_welcome(channel, now=10**400), None)
-    await attach
+    await _attach(session, now=10**400)
     assert session.attached
     session.end("test over")
 
@@ -471,11 +470,7 @@ async def test_a_stream_over_both_ways_acknowledges_the_agents_close_as_it_goes(
     sent (they are batched), and forgetting the stream dropped it: the agent kept its end
     until the next attach, and a detached agent with no kernels waited out its window."""
     session = _session()
-    conn = _Conn()
-    attach = asyncio.ensure_future(session.attach(conn.ssh))
-    channel = await conn.hello()
-    channel.data_received(_welcome(channel), None)
-    await attach
+    channel = await _attach(session)
     stream = session._new_stream(1)
     stream.attach(Sink())
     channel.data_received(mux.encode(mux.OPEN, 1), None)

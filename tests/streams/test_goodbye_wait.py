@@ -22,7 +22,7 @@ from relay.clock import moment
 from relay.settings import HostConfig
 from relay.ssh import host as host_module
 from relay.ssh.host import HostSession
-from tests.streams.test_agent_session import _Conn, _session, _welcome
+from tests.streams.test_agent_session import _attach, _session
 
 WINDOW_S = 1.0  # goodbye_heard's wait for an answer, and again while the agent is heard
 EVERY_S = 0.25  # a frame from the agent (a kernel's output ahead of the answer)
@@ -31,11 +31,7 @@ EVERY_S = 0.25  # a frame from the agent (a kernel's output ahead of the answer)
 async def _said_goodbye() -> tuple[HostSession, AgentSession, Any]:
     """A host whose attached agent relay has just told goodbye; its channel."""
     session = _session()
-    conn = _Conn()
-    attach = asyncio.ensure_future(session.attach(conn.ssh))
-    channel = await conn.hello()
-    channel.data_received(_welcome(channel), None)
-    await attach
+    channel = await _attach(session)
     host = HostSession("host", HostConfig(hostname="h"), tag="00", ssh_files=())
     host.agent = session
     host.goodbye(1.0)

@@ -11,8 +11,9 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -203,12 +204,11 @@ def test_after_a_request_signals_are_handled_as_before(
     assert signal.set_wakeup_fd(-1) == -1  # none left behind
 
 
-def test_a_signalled_controller_waits_for_its_kernels_end(sock_path: Path) -> None:
-    """SIGTERM to a controller's shim: it asks the daemon to end the kernel and waits (at
-    most TERMINATE_WAIT_S) for the answer that it has ended. It asked and left at once:
-    the wait returned at the signal it was waiting after."""
-    listener = listening(sock_path)
-    left_early: list[bool] = []
+def launched(
+    listener: socket.socket, then: Callable[[socket.socket, BinaryIO], None]
+) -> threading.Thread:
+    """A stand-in daemon on ``listener`` (started): it answers one launch request with
+    "launched", then hands ``then`` its connection and the lines the shim sends next."""
 
     def daemon() -> None:
         conn, _ = listener.accept()
@@ -216,15 +216,29 @@ def test_a_signalled_controller_waits_for_its_kernels_end(sock_path: Path) -> No
             conn.settimeout(BOUND_S)
             assert framing.decode(lines.readline())["op"] == "launch"
             conn.sendall(framing.encode({"event": "launched", "linkname": "1@a,2@a"}))
-            assert framing.decode(lines.readline())["op"] == "terminate"
-            # a second to see whether the shim goes before the kernel's end is said
-            ready, _, _ = select.select([conn], [], [], 1.0)
-            left_early.append(bool(ready) and conn.recv(1) == b"")
-            if not left_early[0]:
-                conn.sendall(framing.encode({"event": "exited", "status": 143}))
+            then(conn, lines)
 
     thread = threading.Thread(target=daemon, daemon=True)
     thread.start()
+    return thread
+
+
+def test_a_signalled_controller_waits_for_its_kernels_end(sock_path: Path) -> None:
+    """SIGTERM to a controller's shim: it asks the daemon to end the kernel and waits (at
+    most TERMINATE_WAIT_S) for the answer that it has ended. It asked and left at once:
+    the wait returned at the signal it was waiting after."""
+    listener = listening(sock_path)
+    left_early: list[bool] = []
+
+    def then(conn: socket.socket, lines: BinaryIO) -> None:
+        assert framing.decode(lines.readline())["op"] == "terminate"
+        # a second to see whether the shim goes before the kernel's end is said
+        ready, _, _ = select.select([conn], [], [], 1.0)
+        left_early.append(bool(ready) and conn.recv(1) == b"")
+        if not left_early[0]:
+            conn.sendall(framing.encode({"event": "exited", "status": 143}))
+
+    thread = launched(listener, then)
     with start_launch(sock_path, stderr=subprocess.DEVNULL) as proc:
         try:
             assert proc.stdout is not None
@@ -308,17 +322,7 @@ def test_an_output_closed_before_the_link_name_is_one_line(sock_path: Path, mode
     ends with the shim's conversation, which the stand-in daemon sees close."""
     listener = listening(sock_path)
     closed: list[bool] = []
-
-    def daemon() -> None:
-        conn, _ = listener.accept()
-        with conn, conn.makefile("rb") as lines:
-            conn.settimeout(BOUND_S)
-            assert framing.decode(lines.readline())["op"] == "launch"
-            conn.sendall(framing.encode({"event": "launched", "linkname": "1@a,2@a"}))
-            closed.append(conn.recv(1) == b"")
-
-    thread = threading.Thread(target=daemon, daemon=True)
-    thread.start()
+    thread = launched(listener, lambda conn, _: closed.append(conn.recv(1) == b""))
     reading, writing = os.pipe()
     os.close(reading)  # nobody reads the shim's output
     try:
