@@ -101,6 +101,9 @@ IN_VAIN_FOLLOWERS_S = 5.0
 # a few round trips (HANDSHAKE_RTTS, at the last RTT measured) and the server's key exchange.
 RESUME_HEDGE_S = 3.0
 HANDSHAKE_RTTS = 10
+# an agent found gone this soon after a wake from longer than its window ended its kernels
+# as the window ran out, not killed (``_reattach``)
+WOKE_RECENTLY_S = 60.0
 # Woken (relay.wake), a resumable connection is pinged: no answer in this long (or ten round
 # trips) and it is declared lost, not after keepalive's interval x count.
 WAKE_PROBE_S = 3.0
@@ -155,6 +158,8 @@ class HostSession:
         # a resume the server wants a person for (2FA) waits on this for ``relay login``
         self._login_wanted: asyncio.Future[None] | None = None
         self._probing = False  # a ping after a wake is on its way (``woke``)
+        # the last wake (``woke``): when, on the steady clock, and after how long away
+        self.woke_at, self.slept_s = float("-inf"), 0.0
         # resuming, when a launch last waited its launch_timeout_s for the connection in vain
         # (``connection_by``: the launches right after it fail at once)
         self._waited_in_vain: float | None = None
@@ -557,6 +562,7 @@ class HostSession:
         nothing of the others' that does not resume. Otherwise the hosts behind it, found
         lost by their own pings, would reconnect through a dead connection until its
         keepalive ended it."""
+        self.woke_at, self.slept_s = wake.steady(), asleep_s
         if self._probing:
             return
         current = self._current
@@ -930,6 +936,23 @@ class HostSession:
             if current.connection.is_closed():
                 return  # the connection went too: the resume finds out
             self._log.warning("relay's agent is gone", reason=exc.message)
+            slept = self.slept_s if wake.steady() - self.woke_at < WOKE_RECENTLY_S else 0.0
+            if exc.what is None and 0 < agent.window_s <= slept:
+                # not killed: this daemon was away longer than the window (the machine slept
+                # with its path up, or relay was stopped), and the agent, hearing nothing,
+                # ended its kernels as its window ran out
+                agent.end(
+                    f"this machine slept, or relay was stopped, for {slept:.0f} s, past "
+                    f"{self.key}'s resume_window_s ({agent.window_s:g} s): relay's agent "
+                    f"there heard nothing from relay and ended its kernels"
+                )
+                self._log.warning(
+                    "resume window ran out while relay was away; the agent ended the kernels",
+                    away_s=round(slept),
+                    window_s=agent.window_s,
+                )
+                self.status.last_error = agent.end_reason
+                return
             agent.end(
                 exc.message
                 if exc.what is not None
