@@ -759,7 +759,14 @@ class HostSession:
                 if current is not None:  # a dead connection's: closed and awaited
                     await current.aclose(end_agent=False)
                 try:
-                    current = await self._open_live(conn)
+                    # in a context of its own, as the connection is made: what it logs is the
+                    # host's, not the launch's that asked first (a new-user pass found "ended
+                    # the kernels of an earlier relay daemon" logged with the new kernel's id)
+                    current = await asyncio.get_running_loop().create_task(
+                        self._open_live(conn),
+                        name=f"open-live:{self.key}",
+                        context=contextvars.Context(),
+                    )
                 except ConnectFailed:
                     # lost while it was set up (a reset, a network change while the agent
                     # started): nothing depends on it yet, so a new connection is tried

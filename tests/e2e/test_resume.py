@@ -882,13 +882,28 @@ async def test_sigkilled_daemons_kernels_end_when_the_next_daemon_connects(
         )
         mine, started, _ = pid_file.read_text().split()
         pid_file.write_text(f"{mine} {started} {9 * 10**18}\n")
-    async with served(home), controller(home) as fe:
-        kl, _ = await connected(fe)
-        await wait_gone(pid, BOUND_S)  # ended by the next daemon's agent start
-        await quit_cleanly(kl, fe)
+    following = await serve_subprocess(home)
+    assert following.stderr is not None
+    logged = asyncio.ensure_future(following.stderr.read())
+    try:
+        async with controller(home) as fe:
+            kl, _ = await connected(fe)
+            await wait_gone(pid, BOUND_S)  # ended by the next daemon's agent start
+            await quit_cleanly(kl, fe)
+    finally:
+        following.terminate()
+        assert await following.wait() == 0
     await kernel.closed()
     await kernel.aclose()
     link.close()
+    # the host's news, not the launch's that made the connection: it was logged with the
+    # new kernel's id, as if that one had been ended (a new-user pass's finding)
+    (said,) = [
+        json.loads(line)
+        for line in (await logged).decode().splitlines()
+        if "ended the kernels of an earlier relay daemon" in line
+    ]
+    assert said["host"] == "local" and "kernel" not in said, said
 
 
 def _recorded_pid(pid_file: Path) -> str:
