@@ -207,6 +207,8 @@ class Kernel:
     def _state(self) -> str:
         if not self.callback.done():
             return "starting"
+        if self.signalled and not self.exited.done():
+            return "ending"  # relay signalled it (during an outage: once the connection is back)
         if self.host.kernels_waiting and isinstance(self.forward, AgentForward):
             return "resuming"  # its links quiet, waiting for the connection with it
         return "connected"

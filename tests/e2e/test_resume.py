@@ -1819,6 +1819,11 @@ async def test_a_kernel_quit_from_the_front_end_during_an_outage_lets_its_shim_g
             assert status == 128 + signal.SIGTERM  # it asked relay to end the kernel
             assert waited_s < TERMINATE_WAIT_S / 2, waited_s  # answered, not its wait run out
             assert pid_alive(pid)  # the signal waits for the resume
+            # not shown as a kernel that will resume (a new-user pass's finding)
+            code, out, err = await relay_cli(home, "status", "--json")
+            assert code == 0, err
+            (kernel,) = json.loads(out)["kernels"]
+            assert kernel["state"] == "ending", kernel
             proxy.restore()
             await wait_gone(pid, BOUND_S)
             await kl.aclose()
