@@ -42,6 +42,11 @@ def daemon_answer(
     except shim.ShimError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return exc.status
+    except client.NotAnswering as exc:
+        from relay.lite import locks
+
+        print(f"relay: {locks.unanswered(exc.path, exc.timeout_s)}", file=sys.stderr)
+        return 3
     except (client.ClientError, OSError) as exc:
         if no_daemon and isinstance(exc.__cause__, FileNotFoundError | ConnectionRefusedError):
             print(

@@ -120,6 +120,11 @@ def check(host: str, kernel: str | None, *, as_json: bool) -> int:
     message = {"op": "check", "host": host, "kernel": kernel, **shim.agent_field()}
     try:
         client.request(paths.socket_path(), {"op": "ping"}, 2.0)
+    except client.NotAnswering as exc:  # a daemon of its own would check another connection
+        from relay.lite import locks
+
+        print(f"relay: {locks.unanswered(exc.path, exc.timeout_s)}", file=sys.stderr)
+        return 3
     except (client.ClientError, OSError):
         answer: dict[str, Any] | int = _check_standalone(host, kernel)
     else:

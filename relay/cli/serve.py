@@ -21,10 +21,13 @@ def status(as_json: bool) -> int:
 
     answer = daemon_answer({"op": "status"}, "status")
     if isinstance(answer, int):
-        if as_json and answer == 3:  # no daemon: a script reading stdout learns it too
-            from relay.lite import paths
+        from relay.lite import locks, paths
 
-            print(json.dumps({"daemon": None, "socket": str(paths.socket_path())}, indent=2))
+        path = paths.socket_path()
+        # no daemon: a script reading stdout learns it too (not for one that holds its lock
+        # but did not answer: a stopped daemon is not no daemon)
+        if as_json and answer == 3 and locks.wait_free(locks.daemon_lock_path(path), 0):
+            print(json.dumps({"daemon": None, "socket": str(path)}, indent=2))
         return answer
     print(
         json.dumps(answer, indent=2) if as_json else statusview.render(answer),
@@ -44,6 +47,13 @@ def stop(*, restart: bool) -> int:
         answer = client.request(path, {"op": "stop", "restart": restart})
         if answer.get("code") == "bad_request" and restart:  # a daemon from before "restart"
             answer = client.request(path, {"op": "stop"})
+    except client.NotAnswering as exc:  # there, stopped or stuck: it stops when it reads it
+        print(
+            f"relay: {locks.unanswered(exc.path, exc.timeout_s)}; the stop was asked for, and "
+            f"it stops once it reads the request",
+            file=sys.stderr,
+        )
+        return 1
     except (client.ClientError, OSError):
         print(f"relay: no relay daemon is running on {path}", file=sys.stderr)
         if not restart:

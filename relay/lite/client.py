@@ -31,6 +31,16 @@ class ClientError(Exception):
     pass
 
 
+class NotAnswering(ClientError):
+    """A daemon is there (its socket took the request) but said nothing in time: say so
+    with ``relay.lite.locks.unanswered``, which names it and whether it is stopped."""
+
+    def __init__(self, path: str | PathLike[str], timeout_s: float) -> None:
+        super().__init__(f"the relay daemon did not answer within {timeout_s:g} s")
+        self.path = os.fspath(path)
+        self.timeout_s = timeout_s
+
+
 class UnsafeSocket(ClientError):
     """The socket, its directory or the process behind it is not the user's own."""
 
@@ -122,9 +132,7 @@ def request(
             try:
                 chunk = sock.recv(framing.MAX_MESSAGE_BYTES)
             except TimeoutError as exc:
-                raise ClientError(
-                    f"the relay daemon did not answer within {timeout_s:g} s"
-                ) from exc
+                raise NotAnswering(path, timeout_s) from exc
             if not chunk:
                 raise ClientError("the relay daemon closed the connection without answering")
             buf += chunk

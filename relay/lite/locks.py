@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 else:
     import _signal  # not ``signal``: its enums cost the shim 4 ms (relay.lite.shim)
 
-__all__ = ["StartLock", "daemon_lock_path", "holder", "start_lock_path", "wait_free"]
+__all__ = ["StartLock", "daemon_lock_path", "holder", "start_lock_path", "unanswered", "wait_free"]
 
 
 def daemon_lock_path(socket_path: str) -> str:
@@ -45,6 +45,25 @@ def holder(path: str) -> int | None:
             return int(fh.read(32).strip() or b"x")
     except (OSError, ValueError):
         return None
+
+
+def unanswered(path: str, timeout_s: float) -> str:
+    """What to say of the daemon on ``path`` that did not answer within ``timeout_s``: its
+    pid (its lock file's), and whether it is stopped (Ctrl-Z, SIGSTOP: /proc says so), which
+    a user who sees "no daemon" would never guess (a new-user pass's finding)."""
+    pid = holder(daemon_lock_path(path))
+    said = f"the relay daemon{f' (pid {pid})' if pid else ''} did not answer within {timeout_s:g} s"
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        state = b""
+    if state in (b"T", b"t"):
+        return (
+            f"{said}: it is stopped (Ctrl-Z in its terminal, or SIGSTOP); `kill -CONT {pid}` "
+            f"(or `fg` there) lets it go on"
+        )
+    return f"{said}: it may be busy, or stuck (its log says what it was doing)"
 
 
 class _TimedOut(Exception):

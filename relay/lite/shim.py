@@ -464,8 +464,10 @@ class _Session:
             if interruptible and self.signal is not None:
                 return None
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if left == 0.0:
-                raise ShimError(f"the relay daemon did not answer within {timeout_s:g} s")
+            if left == 0.0 and timeout_s is not None:
+                from relay.lite.locks import unanswered  # only when it did not answer
+
+                raise ShimError(unanswered(paths.socket_path(), timeout_s))
             try:
                 ready, _, _ = select.select([self.sock, self._wake_r], [], [], left)
             except InterruptedError:

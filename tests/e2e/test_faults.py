@@ -26,7 +26,7 @@ from relay.sim import frontend
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon
-from tests.e2e.helpers import Controller, controller, wait_gone
+from tests.e2e.helpers import Controller, controller, relay_cli, wait_gone
 from tests.e2e.remote import listening_ports, sshd_session_of
 
 KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
@@ -327,6 +327,34 @@ async def test_a_sighup_while_the_daemon_stops_does_not_cut_the_stop_short(
     said = b"".join(log).decode()
     assert "SIGHUP ignored" in said and '"stopped"' in said, said
     assert not home.socket.exists()
+
+
+async def test_a_stopped_daemon_is_said_stopped_not_absent(home: RelayHome) -> None:
+    """``relay serve`` stopped (Ctrl-Z, SIGSTOP): `relay stop` said "no relay daemon is
+    running" (and the daemon stopped later, when it ran again, without a word), `relay
+    status --json` printed the no-daemon answer, and `relay check` checked in a daemon of
+    its own and reported another connection as the host's (a new-user pass's finding). Each
+    now names the daemon's pid and that it is stopped; the stop asked for is taken when it
+    runs again."""
+    daemon = await serve_subprocess(home)
+    draining = asyncio.ensure_future(drain(daemon))
+    try:
+        daemon.send_signal(signal.SIGSTOP)
+        stopped = f"the relay daemon (pid {daemon.pid}) did not answer within"
+        code, _, err = await relay_cli(home, "check", "local")
+        assert code == 3 and stopped in err and "it is stopped" in err, err
+        assert "kill -CONT" in err and len(err.strip().splitlines()) == 1, err
+        code, out, err = await relay_cli(home, "status", "--json")
+        assert code == 3 and out == "" and stopped in err, (out, err)
+        code, _, err = await relay_cli(home, "stop")
+        assert code == 1 and stopped in err and "stops once it reads the request" in err, err
+        daemon.send_signal(signal.SIGCONT)
+        assert await asyncio.wait_for(daemon.wait(), 60) == 0  # the stop, taken
+    finally:
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
+        await draining
 
 
 def proc_stats(pid: int) -> tuple[int, int]:
