@@ -88,6 +88,8 @@ def resume(r: dict[str, Any] | None) -> str:
     state = r.get("state")
     if state == "on" and not r.get("window_s"):  # an agent told resume_window_s = 0
         return "off: resume_window_s = 0 (kernels end with their connection)"
+    if state == "on" and r.get("next_connection"):
+        return f"on once connected ({duration(r.get('window_s') or 0)} window)"
     if state == "on":
         return f"on ({duration(r.get('window_s') or 0)} window)"
     if state == "resuming":

@@ -148,6 +148,7 @@ class HostSession:
         self.agent: AgentSession | None = None
         self._agent_supervisor: Supervisor | None = None
         self.agent_unavailable: str | None = None  # why kernels here end with the connection
+        self.agent_ran = False  # an agent was attached here: the next connection starts one
         # a connection ran the old path here (supervisor.sh): one of them that died silently
         # may have left its session and kernels, which the agent does not end. Said by the
         # agent's start (AgentInfo.supervised: its record on the host), this daemon's or a
@@ -817,6 +818,7 @@ class HostSession:
                     "kernels here end with their connection", reason=self.agent_unavailable
                 )
             else:
+                self.agent_ran = True
                 if self._supervised and cfg.end_stale_sessions:
                     self._supervised = False  # until the sweep fails
                     self._tasks.spawn(self._end_stale_sessions(conn, cfg), name=f"stale:{self.key}")
@@ -1299,6 +1301,10 @@ class HostSession:
             reason = agent_start.unwanted(self.config)
         if reason is not None:
             return {"state": "off", "reason": reason}
+        if window_s > 0 and self.agent_ran:
+            # its agent ended with a connection that had no kernel to resume: the next one
+            # starts another, as it did (not "unknown", a new-user pass's finding)
+            return {"state": "on", "window_s": window_s, "next_connection": True}
         return {"state": "unknown" if window_s > 0 else "off"}
 
 

@@ -2419,7 +2419,11 @@ async def test_a_connection_lost_with_no_kernel_is_not_resumed(home: RelayHome) 
         await wait_gone(agent_pid, BOUND_S)  # alone, with nothing to keep, it exits
         shown = await status_of(home)
         assert shown["state"] == "disconnected", shown
-        assert shown["resume"]["state"] == "unknown", shown  # not "ended", not "resuming"
+        # not "ended", not "resuming"; nor "unknown" (the agent ran: the next connection
+        # starts one), which a new-user pass found it said
+        assert shown["resume"]["state"] == "on" and shown["resume"]["next_connection"], shown
+        code, table, _ = await relay_cli(home, "status")
+        assert code == 0 and "on once connected (" in table, table
         proxy.restore()
         async with controller(home) as fe2:
             kl2, _ = await connected(fe2)
