@@ -159,8 +159,10 @@ class HostSession:
         # a resume the server wants a person for (2FA) waits on this for ``relay login``
         self._login_wanted: asyncio.Future[None] | None = None
         self._probing = False  # a ping after a wake is on its way (``woke``)
-        # the last wake (``woke``): when, on the steady clock, and after how long away
+        # the last wake (``woke``): when, on the steady clock, and after how long away; and
+        # the last tick (``check_address``), which a suspend holds back until after waking
         self.woke_at, self.slept_s = float("-inf"), 0.0
+        self.ticked_at = wake.steady()
         # resuming, when a launch last waited its launch_timeout_s for the connection in vain
         # (``connection_by``: the launches right after it fail at once)
         self._waited_in_vain: float | None = None
@@ -589,6 +591,7 @@ class HostSession:
         the connection carries hosts whose kernels do (``carried``: the hosts that went
         through it last, as a jump host or a Slurm login node), it is declared lost at once;
         elsewhere keepalive ends it, as ssh would."""
+        self.ticked_at = wake.steady()
         conn = self._conn
         if conn is None or conn.is_closed() or self.connector.reached is None:
             return
@@ -763,11 +766,19 @@ class HostSession:
                     # in a context of its own, as the connection is made: what it logs is the
                     # host's, not the launch's that asked first (a new-user pass found "ended
                     # the kernels of an earlier relay daemon" logged with the new kernel's id)
-                    current = await asyncio.get_running_loop().create_task(
+                    opening = asyncio.get_running_loop().create_task(
                         self._open_live(conn),
                         name=f"open-live:{self.key}",
                         context=contextvars.Context(),
                     )
+                    current = await opening
+                except asyncio.CancelledError:
+                    # the caller went (a request's timeout) as the setup finished: kept, as a
+                    # direct await would have (else a supervisor or an agent's channel left
+                    # open, and the next caller's made beside it)
+                    if opening.done() and not opening.cancelled() and not opening.exception():
+                        self._current = opening.result()
+                    raise
                 except ConnectFailed:
                     # lost while it was set up (a reset, a network change while the agent
                     # started): nothing depends on it yet, so a new connection is tried
@@ -936,6 +947,16 @@ class HostSession:
         )
         self.status.last_error = agent.end_reason
 
+    def away_s(self) -> float:
+        """How long this daemon was just away (the machine asleep, or relay stopped), if it
+        woke lately: the last wake's, or, where its tick has not run yet (the loop's timers
+        stand still in a suspend, so the tick comes up to TICK_S after other work on waking),
+        the time since the last tick."""
+        now = wake.steady()
+        since_tick = now - self.ticked_at - wake.TICK_S
+        recent = self.slept_s if now - self.woke_at < WOKE_RECENTLY_S else 0.0
+        return max(recent, since_tick if since_tick > wake.LATE_S else 0.0)
+
     async def _reattach(self, agent: AgentSession, current: Live) -> None:
         """The channel again, over the same connection: the agent takes the daemon back and
         both replay; if it is gone, its kernels are gone with it and their links end now."""
@@ -945,8 +966,7 @@ class HostSession:
             if current.connection.is_closed():
                 return  # the connection went too: the resume finds out
             self._log.warning("relay's agent is gone", reason=exc.message)
-            slept = self.slept_s if wake.steady() - self.woke_at < WOKE_RECENTLY_S else 0.0
-            if exc.what is None and 0 < agent.window_s <= slept:
+            if exc.what is None and 0 < agent.window_s <= (slept := self.away_s()):
                 # not killed: this daemon was away longer than the window (the machine slept
                 # with its path up, or relay was stopped), and the agent, hearing nothing,
                 # ended its kernels as its window ran out
