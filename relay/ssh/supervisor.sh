@@ -122,12 +122,13 @@ reap() {
   wait;
   rm -rf "$d";
 };
-trap "reap; exit 0" HUP TERM INT;
+# a signal in the middle of a start ($b) ends the session once the new kernel is listed
+b=; z=; trap 'z=1; test -n "$b" || { reap; exit 0; }' HUP TERM INT;
 if test -r /proc/net/tcp; then c=proc; else c=none; fi;
 echo "hello 4 $$ $d $n $(id -u) $c";
 while read -r op id arg; do
   case $op in
-    start) (
+    start) b=1; (
         eval "$arg";
         have "$1" || { echo "nokernel $id"; exit 0; };
         case $1 in *=*) ds= ;; esac;
@@ -150,7 +151,8 @@ while read -r op id arg; do
         echo "exit $id $s"
       ) &
       w="$w $id"; eval "w_$id=$!"; t=$(st $!);
-      if test -n "$t"; then eval "w_$id=\"\$w_$id \$t\""; elif test -n "$sw"; then eval "w_$id="; fi ;;
+      if test -n "$t"; then eval "w_$id=\"\$w_$id \$t\""; elif test -n "$sw"; then eval "w_$id="; fi;
+      b=; test -z "$z" || { reap; exit 0; } ;;
     kill) case $arg in KILL) ws USR1 "$id" ;; INT) ws USR2 "$id" ;; TERM|HUP) ws "$arg" "$id" ;; esac ;;
     ping) t=$(date +%s); echo "$t" >"$d/alive.new" && mv -f "$d/alive.new" "$d/alive";
       q=; for i in $w; do if wl "$i"; then q="$q $i"; else unset "w_$i"; fi; done; w=$q;

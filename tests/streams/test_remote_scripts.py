@@ -6,6 +6,7 @@ import os
 import secrets
 import select
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -662,3 +663,35 @@ def test_a_kernel_whose_path_has_an_equals_sign_starts(sup: Sup, tmp_path: Path)
     assert sup.event().kind == "pid"
     assert sup.event() == Event("out", "a", "ran -mathlink")
     assert sup.event() == Event("exit", "a", "0")
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_signal_in_the_middle_of_a_start_still_ends_that_kernel(shell: str) -> None:
+    """sshd's SIGHUP (the connection dropped) between a watcher's fork and its listing ran
+    the clean-up without it: the kernel was never signalled and the clean-up's wait hung on
+    it until it ended by itself (a review found it by putting a signal there, as here). The
+    signal now waits for the start to finish listing its kernel."""
+    script = one_line().replace(") & w=", ") & kill -HUP $$; w=", 1)
+    assert "kill -HUP $$" in script
+    argv = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
+    proc = subprocess.Popen(
+        [*argv, script, "relay", "0123abce", "keep", "60"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate("start k1 set -- sleep 300\n", timeout=30)
+        hung = False
+    except subprocess.TimeoutExpired:  # the clean-up waits on a kernel it never signalled
+        proc.kill()
+        out, _ = proc.communicate()
+        hung = True
+    events = [parse_line(line) for line in out.splitlines()]
+    pid = next(int(e.value) for e in events if e is not None and e.kind == "pid")
+    if hung:
+        os.kill(pid, signal.SIGKILL)
+    assert not hung, "the clean-up hung on the kernel the signal came in the start of"
+    assert Event("exit", "k1", "143") in events, out  # SIGTERM'd by the clean-up
+    assert not pid_alive(pid)
