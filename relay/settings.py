@@ -242,6 +242,8 @@ def _describe(err: Any) -> str:
     given = err.get("input")
     # as the file spells it: a number given as true or false is a switch mistaken for one
     given = str(given).lower() if isinstance(given, bool) else repr(given)
+    if len(given) > 60:  # a line of its own, not a page (a port of 4000 digits)
+        given = f"{given[:40]}... ({len(given)} characters)"
     unechoed = err["type"] == "value_error" and str(err["loc"][-1]) in _UNECHOED
     shown = "" if err["type"] == "missing" or unechoed else f", got {given}"
     if (

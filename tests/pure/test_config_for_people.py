@@ -209,3 +209,12 @@ def test_a_hosts_own_way_there_replaces_the_default_one(tmp_path: Path) -> None:
     a, c = config.resolve("a")[1], config.resolve("c")[1]
     assert (a.jump, a.proxy_command) == ("j@b", None)
     assert (c.jump, c.proxy_command) == (None, "nc %h %p")
+
+
+def test_a_long_value_is_cut_short_in_its_error(tmp_path: Path) -> None:
+    """The error repeats what was given: a port of 4000 digits was a line of 4000
+    characters in the launch's error, `relay status` and the log."""
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, "[hosts.a]\nhostname = 'h'\nport = " + "1" * 4000 + "\n"))
+    said = str(info.value)
+    assert "hosts.a.port" in said and "(4000 characters)" in said and len(said) < 300, said

@@ -4,6 +4,8 @@ nothing else; a host takes its entry as it now is. No sockets: ``Daemon`` withou
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,18 @@ async def test_a_file_that_is_not_toml_refuses_unknown_names_but_not_jump_hosts(
     assert d.host("bastion", adhoc=True).key == "bastion"
 
 
+@pytest.fixture
+def digits_bounded() -> Iterator[None]:
+    """The interpreter's bound on a number's digits (4300), as relay runs: Mathics, which
+    the suite's Wolfram Language tests load, lifts it for the whole process."""
+    previous = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(4300)
+    try:
+        yield
+    finally:
+        sys.set_int_max_str_digits(previous)
+
+
 @pytest.mark.parametrize(
     ("text", "says"),
     [  # an editor that saved in a local encoding; TOML nested past the parser's recursion
@@ -57,7 +71,7 @@ async def test_a_file_that_is_not_toml_refuses_unknown_names_but_not_jump_hosts(
     ],
 )
 async def test_a_file_toml_cannot_be_is_reported_in_one_line_and_the_running_one_stays(
-    tmp_path: Path, text: bytes, says: str
+    tmp_path: Path, text: bytes, says: str, digits_bounded: None
 ) -> None:
     """A review found UnicodeDecodeError and RecursionError escaping ``settings.load``: the
     request that read the file was never answered, ``relay reload`` neither, and ``relay
