@@ -167,6 +167,8 @@ class Daemon:
         FORGET_AFTER_S: else every host ever named stayed in the daemon (some 60 KB each) and
         in `relay status` for the daemon's life (a review found it; a cluster's nodes alone
         are hundreds over weeks). What a named host needs again is made again."""
+        if self.stopping:
+            return
         now = time.time()
         for key, session in list(self.hosts.items()):
             since = session.unused_since()
@@ -175,7 +177,7 @@ class Daemon:
                 or now - since < FORGET_AFTER_S
                 or key in self.config.hosts
                 or key in carried  # a jump host a session connects through
-                or key in self.clusters.allocations
+                or key.partition("/")[0] in self.clusters.allocations  # a cluster or its node
                 or any(session in (k.host, k.named_host) for k in self.kernels.values())
             ):
                 continue

@@ -776,8 +776,11 @@ class AgentSession:
                 raise ConnectionLost(
                     f"{self.host}: the connection ended as relay's agent was reached again"
                 ) from None
+            what = f"relay's agent did not take the connection back ({exc})"
+            # relay closed the channel for what came on it: said as that, not as a channel
+            # sshd refused (``what`` keeps a first attach's from turning the agent off)
             raise AgentGone(
-                f"{self.host}: relay's agent did not take the connection back ({exc})"
+                f"{self.host}: {what}", what if channel.refused is not None else None
             ) from None
         except BaseException:
             channel.chan.close()

@@ -24,10 +24,15 @@ def status(as_json: bool) -> int:
         from relay.lite import locks, paths
 
         path = paths.socket_path()
-        # no daemon: a script reading stdout learns it too (not for one that holds its lock
-        # but did not answer: a stopped daemon is not no daemon)
-        if as_json and answer == 3 and locks.wait_free(locks.daemon_lock_path(path), 0):
-            print(json.dumps({"daemon": None, "socket": str(path)}, indent=2))
+        if as_json and answer == 3:  # a script reading stdout learns it too
+            lock = locks.daemon_lock_path(path)
+            # one that holds its lock is there, stopped, starting or stopping: not no daemon
+            there = (
+                None
+                if locks.wait_free(lock, 0)
+                else {"pid": locks.holder(lock), "answering": False}
+            )
+            print(json.dumps({"daemon": there, "socket": str(path)}, indent=2))
         return answer
     print(
         json.dumps(answer, indent=2) if as_json else statusview.render(answer),

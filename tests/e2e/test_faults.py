@@ -345,7 +345,8 @@ async def test_a_stopped_daemon_is_said_stopped_not_absent(home: RelayHome) -> N
         assert code == 3 and stopped in err and "it is stopped" in err, err
         assert "kill -CONT" in err and len(err.strip().splitlines()) == 1, err
         code, out, err = await relay_cli(home, "status", "--json")
-        assert code == 3 and out == "" and stopped in err, (out, err)
+        assert code == 3 and stopped in err, (out, err)
+        assert json.loads(out)["daemon"] == {"pid": daemon.pid, "answering": False}, out
         code, _, err = await relay_cli(home, "stop")
         assert code == 1 and stopped in err and "stops once it reads the request" in err, err
         daemon.send_signal(signal.SIGCONT)
