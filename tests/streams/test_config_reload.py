@@ -3,8 +3,10 @@ nothing else; a host takes its entry as it now is. No sockets: ``Daemon`` withou
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +216,33 @@ async def test_a_file_saved_again_while_it_is_read_is_not_taken_half(
         assert d.host("new").config.hostname == "n"  # the running one, with both
         d.reload()
         assert d.host("new").config.hostname == "n"  # read again, whole
+
+
+class _Unused:
+    """A host session with nothing to do for an hour."""
+
+    closed = False
+
+    def unused_since(self) -> float:
+        return time.time() - 3600
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_live_allocations_nodes_and_named_hosts_are_not_forgotten(tmp_path: Path) -> None:
+    """Daemon._forget_unused drops a host relay.toml does not name once unused: not a host
+    it names, not a node of a cluster whose allocation lives (its key is cluster/node; a
+    review found only the cluster's own key looked for), not a host another goes through,
+    and nothing while the daemon stops."""
+    d, _ = daemon(tmp_path, "[hosts.named]\nhostname = 'n'\n")
+    for key in ("named", "cluster/node1", "other/node1", "adhoc", "bastion"):
+        d.hosts[key] = _Unused()  # type: ignore[assignment]
+    d.clusters.allocations["cluster"] = object()  # type: ignore[assignment]
+    d.stopping = True
+    d._forget_unused({})
+    assert len(d.hosts) == 5  # stopping: nothing
+    d.stopping = False
+    d._forget_unused({"bastion": []})
+    assert sorted(d.hosts) == ["bastion", "cluster/node1", "named"]
+    await asyncio.sleep(0)  # the dropped sessions' closes
