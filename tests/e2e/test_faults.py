@@ -201,8 +201,16 @@ async def serve_subprocess(
         *under, RELAY, "serve", *args, env=home.env, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stderr is not None
-    while b'"serving"' not in await asyncio.wait_for(proc.stderr.readline(), 30):
-        pass
+    said: list[bytes] = []
+    try:
+        while b'"serving"' not in (line := await asyncio.wait_for(proc.stderr.readline(), 30)):
+            assert line, f"relay serve ended before serving: {b''.join(said)[-2000:]!r}"
+            said.append(line)
+    except BaseException:  # not left running behind a failed test (its log elsewhere, say)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
     return proc
 
 
