@@ -168,9 +168,13 @@ IFS= read -r -t 20 line <&4 && printf 'message %s\n' "$line" >&4
 # Where the probe goes: beside relay's own files (~/.cache/relay, made 0700 if need be, as the
 # hook installer wants it), else TMPDIR. TMPDIR is often mounted noexec on hardened hosts,
 # where the probe could not run though kernels can (a new-user review's finding).
-PLACE_PROBE = (
+# Only where no other user could swap ~/.cache/relay under the probe before it runs (as the
+# installer asks: safedirs.sh); else TMPDIR, by mktemp's private name.
+PLACE_PROBE = remote_scripts.with_safedirs(
     'umask 077; d="$HOME/.cache/relay"; mkdir -p "$d" 2>/dev/null; '
-    'f=$(mktemp "$d/probe.XXXXXX" 2>/dev/null) || f=$(mktemp "${TMPDIR:-/tmp}/relay-probe.XXXXXX") '
+    '{ cache_safe && test ! -L "$d" && test -O "$d" && sd_one "$d" && '
+    'f=$(mktemp "$d/probe.XXXXXX" 2>/dev/null); } '
+    '|| f=$(mktemp "${TMPDIR:-/tmp}/relay-probe.XXXXXX") '
     '&& cat > "$f" && chmod 700 "$f" && printf %s "$f"'
 )
 

@@ -41,6 +41,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from relay import safepath
+
 __all__ = ["BASE_FLAGS", "MARKERS", "argv", "cache_dir", "flags", "reexec", "runs_lean", "why_not"]
 
 BASE_FLAGS = ("-OO", "-X", "no_debug_ranges")
@@ -88,6 +90,9 @@ def _private(cache: Path) -> str | None:
                 return f"{path} is not a directory"
             if st.st_uid != os.geteuid() or st.st_mode & 0o022:
                 return f"{path} is not yours alone (another user could put code there)"
+        why = safepath.unsafe(cache)  # and the directories above it: each could be swapped
+        if why is not None:
+            return f"{why} (another user could put code in {cache})"
     except OSError as exc:
         return f"cannot make {cache}: {exc.strerror or exc}"
     return None

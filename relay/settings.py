@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay import safepath
 from relay.errors import BadRequest, ConfigError, UnknownHost, host_header
 from relay.hostspec import USER_NAME, USERINFO_REFUSED, HostSpec, HostSpecError
 from relay.kernelcmd import no_control_characters
@@ -311,6 +312,10 @@ def load(path: Path | None = None, *, missing_ok: bool = False) -> tuple[RelayCo
         raw = {}
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    else:  # it names commands relay runs (proxy_command, kernels): as ssh with its config
+        why = safepath.unsafe(path)
+        if why is not None:
+            raise ConfigError(f"{path}: not read, another user could change it: {why}")
     defaults = raw.get("defaults")
     if isinstance(defaults, dict):  # said as defaults.KEY, not as each host's
         if "hostname" in defaults:

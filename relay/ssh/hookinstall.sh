@@ -28,7 +28,11 @@
 #                      ~/.cache/relay is touched (but ~/.cache is made if missing).
 #
 # Safety: ~/.cache/relay and the version directory must be real directories (not symlinks),
-# owned by the user, and writable by nobody else; they are created 0700. The file is written
+# owned by the user, and writable by nobody else; they are created 0700. ~/.cache and the
+# directories above it, to the home directory, must be the user's or root's and writable by
+# nobody else (safedirs.sh, whose functions come first): whoever could write one could swap
+# ~/.cache/relay after these checks, and the agent is run, and the hook loaded by every
+# later kernel, from there by name (a review's finding: another uid's code run as the user). The file is written
 # to a .part file next to it and renamed, so a reader never sees half of it (the .part is
 # named by host and pid: an NFS home shared by a login node and its compute nodes may see
 # two installs with the same pid at once, and each would write into the other's); the .part is
@@ -57,6 +61,7 @@ test -n "$HOME" && test -d "$HOME" || no nohome "${HOME:--}";
 r=$HOME/.cache/relay;
 v=$r/$1;
 test -d "$HOME/.cache" || mkdir "$HOME/.cache" 2>/dev/null;
+cache_safe || no "$why" "$at";
 for x in "$r" "$v"; do
   test -L "$x" && no symlink "$x";
   test -e "$x" || mkdir "$x" 2>/dev/null || test -d "$x" || no nowrite "$x";
@@ -88,5 +93,5 @@ for f in "$v"/*.part; do
 done;
 echo "ok $t";
 cat "$t";
-test -z "$6" || for d in "${TMPDIR:-/tmp}"/relay-"$7".*; do test -d "$d" && { echo supervised; break; }; done;
+test -z "$6" || for d in "${TMPDIR:-/tmp}"/relay-"$7".*; do test -d "$d" && test ! -L "$d" && test -O "$d" && { echo supervised; break; }; done;
 test -z "$6" || exec python3 -I "$t" start "$7" "$8" "$9";

@@ -159,7 +159,18 @@ def hook_install_command(
         if generation < 0:
             raise ValueError(f"an agent's generation is not negative: {generation}")
         args += ["agent", tag, str(max(1, round(window_s))), str(int(generation))]
-    return _command("hookinstall.sh", *args)
+    return script(installer(), *args)
+
+
+def installer() -> str:
+    """hookinstall.sh as it is run: one line, after safedirs.sh's functions."""
+    return with_safedirs(one_line("hookinstall.sh"))
+
+
+def with_safedirs(text: str) -> str:
+    """``text`` (one line) after safedirs.sh's functions (``cache_safe``: whether another
+    user could swap ~/.cache or a directory above it)."""
+    return one_line("safedirs.sh") + " " + text
 
 
 def _hex(word: str, what: str) -> None:

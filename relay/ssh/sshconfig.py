@@ -21,6 +21,8 @@ from typing import Any
 
 from asyncssh.config import SSHClientConfig
 
+from relay import safepath
+
 __all__ = [
     "DEFAULT_FILES",
     "GLOBAL_KNOWN_HOSTS",
@@ -62,6 +64,14 @@ class _Reading(SSHClientConfig):
         for low, name in RELAY_KEYWORDS.items():
             handlers[low] = (name, SSHClientConfig._set_string)
         self._handlers = _Noting(handlers, self)
+
+    def parse(self, path: Path) -> None:
+        """One file (and each it includes, through here too), refused as ssh refuses the
+        user's ("Bad owner or permissions"): it names commands relay runs (ProxyCommand)."""
+        why = safepath.unsafe_file(path)
+        if why is not None:
+            raise ValueError(f"bad owner or permissions on {path}: {why}")
+        super().parse(path)
 
 
 class _Noting(dict[str, Any]):

@@ -27,7 +27,7 @@ from relay.ssh.remote_scripts import (
     CUT_CHATTER,
     HOOK_KEEP_DAYS,
     hook_install_command,
-    one_line,
+    installer,
 )
 from relay.tasks import TaskSet
 
@@ -49,7 +49,7 @@ def run(
     """``data``: what comes on standard input, if not the whole file (an upload cut short);
     ``tmpdir``: the session's TMPDIR (none: /tmp)."""
     script = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
-    argv = [*script, one_line("hookinstall.sh"), "relay", hook.version, hook.name, str(keep_days)]
+    argv = [*script, installer(), "relay", hook.version, hook.name, str(keep_days)]
     argv += [spare, str(len(hook.data)), *then]
     env = {"PATH": os.environ["PATH"], "HOME": str(home)}
     if tmpdir is not None:
@@ -130,13 +130,15 @@ def test_an_old_path_sessions_record_of_the_tag_is_said_before_the_agent_starts(
     kernels, which the daemon then sweeps once the agent runs. The installer says so
     before the agent's start, so that a daemon sweeps only where there is one (a sweep on
     every daemon's start cost MaxSessions 1 hosts their `relay check`: a review's finding).
-    Another tag's record, or a file by that name, is not one."""
+    Another tag's record, a file by that name, or a symlink (another user's, perhaps) is
+    not one."""
     line = "agent 1 %s 7 /run/a.sock 1000 proc 0" % ("cd" * 32)
     agent = dataclasses.replace(agent_file(), data=f"print({line!r})\n".encode())
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     (tmp / "relay-00ffee.Q1w2e3").mkdir()  # another tag's
     (tmp / "relay-00ff.file").write_text("")  # not a directory
+    (tmp / "relay-00ff.Link").symlink_to(tmp / "relay-00ffee.Q1w2e3")  # not a record
     then = ("agent", "00ff", "900", "17")
 
     def started() -> AgentInfo:
@@ -206,6 +208,57 @@ def test_a_cache_of_another_user_is_refused(shell: str, tmp_path: Path) -> None:
     os.chown(cache, 65534, 65534)
     assert "is not owned by you" in refusal(shell, tmp_path)
     assert not list(cache.iterdir())
+
+
+NOGROUP = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another uid needs root")
+@pytest.mark.parametrize(
+    "case",
+    ["cache-777", "cache-group", "cache-theirs", "home-777", "link-out", "link-sticky", "upg"],
+)
+def test_a_directory_above_the_cache_that_another_user_could_change_is_refused(
+    shell: str, tmp_path: Path, case: str
+) -> None:
+    """Whoever may write ~/.cache, or a directory above it, could swap ~/.cache/relay after
+    the installer's checks: the agent is run, and the hook loaded by every later kernel, from
+    there by name (a review ran its own code as the user so). Refused, naming the directory,
+    unless its sticky bit or the user's private group keeps others out (safedirs.sh)."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    cache = home / ".cache"
+    fault: Path | None = cache
+    if case.startswith("link"):  # ~/.cache elsewhere (a cluster's /scratch, say)
+        shared = tmp_path / "shared"
+        shared.mkdir(mode=0o1777 if case == "link-sticky" else 0o777)
+        shared.chmod(0o1777 if case == "link-sticky" else 0o777)  # past the umask
+        (shared / "mine").mkdir(mode=0o700)
+        cache.symlink_to(shared / "mine")
+        fault = None if case == "link-sticky" else shared
+    else:
+        cache.mkdir(mode=0o700)
+    if case == "cache-777":
+        cache.chmod(0o777)
+    elif case == "cache-group":
+        os.chown(cache, 0, NOGROUP)
+        cache.chmod(0o775)
+    elif case == "cache-theirs":
+        os.chown(cache, NOGROUP, NOGROUP)
+        cache.chmod(0o755)
+    elif case == "home-777":
+        home.chmod(0o777)
+        fault = home
+    elif case == "upg":  # group-writable, the group root's own (Debian's umask 002)
+        cache.chmod(0o775)
+        fault = None
+    if fault is None:
+        assert install(shell, home).read_bytes() == HOOK.data
+        return
+    message = refusal(shell, home)
+    said = "is not owned by you" if case == "cache-theirs" else f"chmod go-w {fault}"
+    assert f"{fault} " in message and said in message, message
+    assert not (home / ".cache" / "relay").exists()
 
 
 def test_old_versions_and_stale_parts_are_pruned(shell: str, tmp_path: Path) -> None:
@@ -316,7 +369,7 @@ def test_the_command_is_the_bootstrap_and_checks_its_words() -> None:
     assert remote.command == (
         f"{BOOTSTRAP} {HOOK.version} {HOOK.name} {HOOK_KEEP_DAYS} - {len(HOOK.data)}"
     )
-    assert remote.preamble == (CUT_CHATTER + one_line("hookinstall.sh") + "\n").encode()
+    assert remote.preamble == (CUT_CHATTER + installer() + "\n").encode()
     with pytest.raises(ValueError, match="hex"):
         hook_install_command("x; rm -rf ~", HOOK.name, size=1)
     with pytest.raises(ValueError, match="letters"):
@@ -402,7 +455,7 @@ def test_two_hosts_installing_into_one_home_with_the_same_pid_both_install(
     inner = 'echo "$1" > /proc/sys/kernel/hostname && shift && exec dash -c "$0" "$@"'
 
     def argv(name: str) -> list[str]:
-        words = [one_line("hookinstall.sh"), name, "relay", HOOK.version, HOOK.name]
+        words = [installer(), name, "relay", HOOK.version, HOOK.name]
         words += [str(HOOK_KEEP_DAYS), "-", str(len(HOOK.data))]
         return ["unshare", "--uts", "--pid", "--fork", "sh", "-c", inner, *words]
 

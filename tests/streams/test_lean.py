@@ -118,22 +118,27 @@ def test_a_stale_cache_is_filled_again(quiet_home: RelayHome, tmp_path: Path) ->
         stopped(proc)
 
 
+@pytest.mark.parametrize("where", ["cache", "above"])
 def test_a_cache_another_user_could_write_is_not_used(
-    quiet_home: RelayHome, tmp_path: Path
+    quiet_home: RelayHome, tmp_path: Path, where: str
 ) -> None:
     """Bytecode is code the daemon runs: a cache directory others may write to is refused,
-    the daemon runs as started, and its log says why."""
-    cache = lean.cache_dir({"XDG_CACHE_HOME": str(tmp_path)})
+    the daemon runs as started, and its log says why. So is one below a directory others
+    may write to (XDG_CACHE_HOME here): they could swap the cache after the check, and
+    Python finds the bytecode by name (a review ran its own code in the daemon so)."""
+    xdg = tmp_path / "xdg"
+    cache = lean.cache_dir({"XDG_CACHE_HOME": str(xdg)})
     cache.mkdir(parents=True)
-    cache.chmod(0o777)
-    env = dict(quiet_home.env, XDG_CACHE_HOME=str(tmp_path))
+    (cache if where == "cache" else xdg).chmod(0o777)
+    env = dict(quiet_home.env, XDG_CACHE_HOME=str(xdg))
     proc, argv = serve_ready([RELAY], env)
     try:
         assert cmdline(proc.pid)[1:] == argv
     finally:
         err = stopped(proc)
     (line,) = [line for line in err.splitlines() if '"not lean"' in line]
-    assert "is not yours alone" in line
+    said = "is not yours alone" if where == "cache" else f"{xdg} is writable by others"
+    assert said in line, line
     assert not list(cache.rglob("*.pyc"))
 
 

@@ -194,6 +194,12 @@ def test_relay_checks_probes(login_shell: str, tmp_path: Path) -> None:
     finally:
         run(login_shell, remote_scripts.script(f"rm -f {path}"))
     assert not path.exists()
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp_path / ".cache").chmod(0o777)  # another user could swap ~/.cache/relay under it
+    env["TMPDIR"] = str(tmp)
+    placed = run(login_shell, remote_scripts.script(PLACE_PROBE), ROUND_TRIP_PROBE.encode(), env)
+    assert Path(placed.decode()).parent == tmp, placed  # mktemp's private name instead
 
 
 def socket_probe(shell: str, env: dict[str, str] | None = None, connect: bool = True) -> None:
