@@ -269,7 +269,7 @@ _SERVE = (
 
 def isolated_command() -> list[str]:
     """``relay`` (add ``serve ...``) run by this interpreter, isolated as ``_SERVE`` says."""
-    relay_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    relay_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return [sys.executable, "-I", "-c", _SERVE, relay_root]
 
 

@@ -6,10 +6,12 @@ a table; and after a request, signals handled as before (``relay trust`` asks y/
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -346,3 +348,34 @@ def test_an_output_closed_before_the_link_name_is_one_line(sock_path: Path, mode
     assert line.startswith("relay: cannot write the link name to this launch command's output (")
     assert ("its kernel was ended" in line) == (mode == "controller"), line
     assert closed == [True]
+
+
+def test_the_daemon_it_starts_is_its_own_relay_not_the_interpreters(tmp_path: Path) -> None:
+    """A relay found on PYTHONPATH (or installed with --user) starts a daemon of that relay,
+    not whichever relay the interpreter's site-packages has: ``-I`` drops PYTHONPATH, and
+    the shim gives its own directory back. It gave the package's directory instead (the shim
+    had moved a level down), so a user who upgraded one copy got a daemon of the other (a
+    review's finding)."""
+    import shutil
+
+    import relay
+
+    other = tmp_path / "other"
+    shutil.copytree(
+        Path(relay.__file__).parent, other / "relay", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    init = other / "relay" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]*"', '__version__ = "9.9.9"', init.read_text()))
+    probe = (
+        "import subprocess, sys; from relay.lite import shim; "
+        "sys.exit(subprocess.call([*shim.isolated_command(), '--version']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(other)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "relay 9.9.9", done
