@@ -49,6 +49,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from relay import __version__
 from relay.errors import BadRequest
 from relay.kernelcmd import no_control_characters
 
@@ -195,6 +196,11 @@ def parse_request(obj: dict[str, Any]) -> AnyRequest:
             )
         elif (said := _SAID.get((where, first["type"]))) is not None:
             message = said
+        elif first["type"] == "extra_forbidden":  # a newer relay's field
+            message = (
+                f"{where}: not known to this daemon (relay {__version__}); if the relay that "
+                f"asked is newer, `relay restart` starts it"
+            )
         else:
             message = f"{where}: {first['msg']}"
         # one line, bounded: pydantic may quote the offending input

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from relay import safepath
+from relay import __version__, safepath
 from relay.errors import BadRequest, ConfigError, UnknownHost, host_header
 from relay.hostspec import USER_NAME, USERINFO_REFUSED, HostSpec, HostSpecError
 from relay.kernelcmd import no_control_characters
@@ -238,7 +238,11 @@ def _describe(err: Any) -> str:
             import difflib  # noqa: PLC0415 (a mistyped key only: not held by every daemon)
 
             near = difflib.get_close_matches(str(err["loc"][-1]), _known_keys(), n=1)
-            hint = f" (did you mean {near[0]}?)" if near else ""
+            hint = (
+                f" (did you mean {near[0]}?)"
+                if near
+                else f" (relay {__version__} has none such: written for a newer relay?)"
+            )
         return f"{loc}: unknown key{hint}"
     given = err.get("input")
     # as the file spells it: a number given as true or false is a switch mistaken for one

@@ -57,6 +57,6 @@ def daemon_answer(
             print(f"relay: {exc}", file=sys.stderr)
         return 3
     if answer.get("event") != event:
-        print(f"relay: {answer.get('message', 'unexpected answer')}", file=sys.stderr)
+        print(f"relay: {client.error_line(answer, 'unexpected answer')}", file=sys.stderr)
         return 1
     return answer

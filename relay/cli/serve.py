@@ -49,7 +49,8 @@ def stop(*, restart: bool) -> int:
 
     path = paths.socket_path()
     try:
-        answer = client.request(path, {"op": "stop", "restart": restart})
+        # "restart" only where it is said: a daemon from before it refuses the field
+        answer = client.request(path, {"op": "stop", **({"restart": True} if restart else {})})
         if answer.get("code") == "bad_request" and restart:  # a daemon from before "restart"
             answer = client.request(path, {"op": "stop"})
     except client.NotAnswering as exc:  # there, stopped or stuck: it stops when it reads it

@@ -24,7 +24,30 @@ if TYPE_CHECKING:
     from os import PathLike
     from typing import Any
 
-__all__ = ["ClientError", "UnsafeSocket", "check_private_dir", "connect", "peer_uid", "request"]
+__all__ = [
+    "ClientError",
+    "UnsafeSocket",
+    "check_private_dir",
+    "connect",
+    "error_line",
+    "peer_uid",
+    "request",
+]
+
+# How a daemon from before relay.protocol said so itself says it does not know a field of the
+# request: pydantic's words. A newer relay's field meets it after an upgrade while it runs.
+_UNKNOWN_FIELD = "Extra inputs are not permitted"
+
+
+def error_line(answer: dict[str, Any], default: str) -> str:
+    """An error answer's message; where the daemon did not know a field of the request, with
+    why and what to do: it is older than this relay (an upgrade while it ran)."""
+    message = str(answer.get("message", default))
+    if answer.get("code") == "bad_request" and _UNKNOWN_FIELD in message:
+        message += (
+            " (the running relay daemon is older than this relay: `relay restart` starts this one)"
+        )
+    return message
 
 
 class ClientError(Exception):

@@ -27,7 +27,7 @@ import sys
 import time
 
 from relay.lite import framing, paths
-from relay.lite.client import UnsafeSocket, connect
+from relay.lite.client import UnsafeSocket, connect, error_line
 
 TYPE_CHECKING = False  # typing, dataclasses, pathlib, json: each an import per kernel launch
 if TYPE_CHECKING:
@@ -559,7 +559,7 @@ def _run(args: _Args) -> int:
         assert session.signal is not None
         return 128 + session.signal
     if event.get("event") == "error":
-        raise ShimError(str(event.get("message", "launch failed")))
+        raise ShimError(error_line(event, "launch failed"))
     if event.get("event") != "launched":
         raise ShimError(f"unexpected answer from the relay daemon: {str(event)[:200]}", EXIT_DAEMON)
     if event.get("warning"):  # it went ahead, but not as the person may think
