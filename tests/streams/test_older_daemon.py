@@ -50,7 +50,11 @@ def older(tmp_path: Path) -> Iterator[tuple[dict[str, str], list[dict[str, Any]]
                 if extra:
                     op, field = message["op"], extra[0]
                     said = f"bad request: {op}.{field}: Extra inputs are not permitted"
-                    reply = {"event": "error", "code": "bad_request", "message": said}
+                    reply: dict[str, Any] = {
+                        "event": "error",
+                        "code": "bad_request",
+                        "message": said,
+                    }
                 else:
                     reply = {"event": "stopping", "pid": os.getpid(), "left": []}
                 conn.sendall(framing.encode(reply))
