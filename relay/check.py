@@ -252,7 +252,7 @@ class Checker:
     async def configuration(self) -> tuple[str, dict[str, Any], State]:
         try:
             self.session = session = self.daemon.host(self.name)
-            view, plan = session.plan()
+            view, plan = await session.plan()
         except RelayError as exc:
             raise _Failed(exc.message, "fix the host name or relay.toml") from None
         cfg, base = plan.config, session.base_config
@@ -305,7 +305,7 @@ class Checker:
     # -- 2 ---------------------------------------------------------------------------------
     async def reach(self) -> tuple[str, dict[str, Any], State]:
         assert self.session is not None
-        view, plan = self.session.plan()
+        view, plan = await self.session.plan()
         if plan.jump or plan.config.proxy_command:
             via = plan.jump or "ProxyCommand"
             return f"through {via} (checked as that host's connection)", {}, "ok"
@@ -411,7 +411,7 @@ class Checker:
     async def authentication(self) -> tuple[str, dict[str, Any], State]:
         session = self.session
         assert session is not None
-        view, plan = session.plan()
+        view, plan = await session.plan()
         # as a connection reaches it: its name in ssh_config's eyes, the resolved port and user
         kwargs = dict(await session.connect_kwargs(plan), port=view.port, username=view.user)
         methods: list[str] = []

@@ -421,13 +421,13 @@ class Connector:
     async def host_key(self) -> dict[str, Any]:
         """The key the host offers now, reached as a connection would reach it, and whether
         the known_hosts files relay consults record it (``relay trust``)."""
-        view, connect_plan = self.plan()
+        view, connect_plan = await self.plan()
         kwargs = await self._through_jump(connect_plan, dict(connect_plan.kwargs))
         try:
             key = await self._offered_key(kwargs)
             if key is None:
                 raise ConnectFailed(f"{view.hostname} offered no host key")
-            recorded = self._recorded(view, connect_plan)
+            recorded = await self._recorded(view, connect_plan)
             state = recorded.state(key)
             if state in ("unknown", "changed") and await self._certified(kwargs, recorded):
                 state = "known"  # as a connection finds it: by the certificate it prefers
@@ -457,13 +457,15 @@ class Connector:
             "file": str(where or connect_plan.known_hosts[0]),
         }
 
-    def plan(self) -> tuple[SSHView, ConnectPlan]:
+    async def plan(self) -> tuple[SSHView, ConnectPlan]:
         """What this host is now, by relay.toml and the ssh_config files as they are on disk
-        (re-read on every connect, as ssh would)."""
+        (re-read on every connect, as ssh would). Read in a thread: a ``Match exec`` runs its
+        command and waits for it (a VPN's probe, `nc -z -w1 bastion 22`), and the whole
+        daemon stood still for it, on every attempt (a review's finding)."""
         cfg = self.base_config
         try:
-            view = sshconfig.resolve(
-                cfg.hostname, port=cfg.port, user=cfg.user, files=self.ssh_files
+            view = await asyncio.to_thread(
+                sshconfig.resolve, cfg.hostname, port=cfg.port, user=cfg.user, files=self.ssh_files
             )
         except (OSError, ValueError) as exc:
             raise SSHSetupFailed(f"ssh_config is not usable for {self.key}: {exc}") from None
@@ -482,7 +484,7 @@ class Connector:
         ``deadline``; the connection and its client (which records why it ended). A direct
         one goes to ``same_address`` if the host name still has it (``_SameAddress``)."""
         started = time.monotonic()
-        view, connect_plan = self.plan()
+        view, connect_plan = await self.plan()
         cfg = connect_plan.config
         direct = not (connect_plan.jump or cfg.proxy_command)  # else a tunnel, not TCP
         limit = cfg.connect_timeout_s if ask is None else LOGIN_TIMEOUT_S
@@ -501,7 +503,7 @@ class Connector:
         offered: asyncssh.SSHKey | None = None
         recorded: hostkeys.Recorded | None = None
         try:
-            recorded = self._recorded(view, connect_plan)
+            recorded = await self._recorded(view, connect_plan)
             kwargs["known_hosts"] = recorded.known_hosts()
             if cfg.identity_files is not None:
                 kwargs["client_keys"] = await identity.client_keys(
@@ -527,7 +529,7 @@ class Connector:
                 if not await self._accept_new(view, connect_plan, recorded, kwargs):
                     raise
                 client = _Client(ask, who)  # the key is recorded now: once more, as ssh would
-                recorded = self._recorded(view, connect_plan)
+                recorded = await self._recorded(view, connect_plan)
                 kwargs["known_hosts"] = recorded.known_hosts()
                 conn = await attempt()
         except RelayError:
@@ -610,11 +612,14 @@ class Connector:
             **found,
         )
 
-    def _recorded(self, view: SSHView, connect_plan: ConnectPlan) -> hostkeys.Recorded:
+    async def _recorded(self, view: SSHView, connect_plan: ConnectPlan) -> hostkeys.Recorded:
         """What the known_hosts files record for the host, looked up as ssh looks it up
         (``hostkeys``): the one look-up connections, ``relay trust`` and ``relay check`` use.
-        Raises OSError for a file that exists but cannot be read."""
-        recorded = hostkeys.lookup(connect_plan.known_hosts, *hostkeys.known_as(view))
+        Raises OSError for a file that exists but cannot be read. In a thread: a site's
+        known_hosts of thousands of lines took the daemon half a second per attempt."""
+        recorded = await asyncio.to_thread(
+            hostkeys.lookup, connect_plan.known_hosts, *hostkeys.known_as(view)
+        )
         note = ", ".join(recorded.skipped)
         if note and note not in self._noted:
             self._noted.add(note)
@@ -682,7 +687,7 @@ class Connector:
         reaches it."""
         view = view or self.view
         assert view is not None, "plan() first"
-        recorded = self._recorded(view, connect_plan)
+        recorded = await self._recorded(view, connect_plan)
         kwargs = dict(connect_plan.kwargs, known_hosts=recorded.known_hosts())
         return await self._through_jump(connect_plan, kwargs)
 

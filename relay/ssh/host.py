@@ -228,9 +228,9 @@ class HostSession:
     def connects(self) -> int:
         return self.status.connects
 
-    def plan(self) -> tuple[SSHView, ConnectPlan]:
+    async def plan(self) -> tuple[SSHView, ConnectPlan]:
         """What this host is now, by relay.toml and the ssh_config files as they are on disk."""
-        return self.connector.plan()
+        return await self.connector.plan()
 
     async def connect_kwargs(
         self, connect_plan: ConnectPlan, view: SSHView | None = None

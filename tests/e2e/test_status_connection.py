@@ -190,11 +190,11 @@ async def test_a_host_no_longer_named_is_forgotten_once_unused(
         assert hosts == ["local"], hosts
 
 
-def test_keepalive_is_on_by_default() -> None:
+async def test_keepalive_is_on_by_default() -> None:
     from relay.settings import HostConfig
     from relay.ssh.host import HostSession
 
-    _, plan = HostSession("h", HostConfig(hostname="h"), tag="00", ssh_files=()).plan()
+    _, plan = await HostSession("h", HostConfig(hostname="h"), tag="00", ssh_files=()).plan()
     # asyncssh closes after interval x (count_max + 1) of silence: relay's 15 s x 3 (45 s)
     assert plan.kwargs["keepalive_interval"] == 15 and plan.kwargs["keepalive_count_max"] == 2
     assert plan.kwargs["compression_algs"] is None

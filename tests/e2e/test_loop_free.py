@@ -1,0 +1,56 @@
+"""One host's slow files hold up nobody else: reading what ssh_config and known_hosts say of
+a host happens off the daemon's loop. A ``Match exec`` runs its command and waits for it (a
+site's VPN probe, ``nc -z -w1 bastion 22``, waits its timeout with the VPN down), and a site's
+known_hosts may be thousands of lines; both ran on the loop, on every connect attempt, and
+every request to the daemon waited (a review measured 2 s stalls, nine a minute while a host
+resumed). Here the command, or the file, is a FIFO that holds until the test lets it go: the
+daemon answers ``status`` meanwhile, and the connection is made once it is let go."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RelayHome
+from tests.e2e.helpers import relay_cli, request
+from tests.e2e.test_faults import served
+
+pytestmark = pytest.mark.sshd
+
+
+@pytest.mark.parametrize("slow", ["match-exec", "known-hosts"])
+async def test_a_host_whose_files_are_slow_holds_up_no_other_request(
+    home: RelayHome, tmp_path: Path, slow: str
+) -> None:
+    assert home.sshd is not None
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    if slow == "match-exec":
+        home.ssh_config.write_text(f'Match originalhost 127.0.0.1 exec "cat {gate} >/dev/null"\n')
+    else:
+        home.hosts["local"]["known_hosts"] = str(gate)
+    async with served(home):
+        connecting = asyncio.ensure_future(relay_cli(home, "connect", "local"))
+        # returns once the daemon (its command) opened the FIFO to read: it is reading now
+        held = await asyncio.wait_for(asyncio.to_thread(open, gate, "wb"), 60)
+        try:
+            answer = await asyncio.wait_for(request(home, {"op": "status"}), 20)
+            assert answer["event"] == "status", answer
+        finally:  # what later reads find: no Match, or the file itself (so a daemon that
+            # failed here is not held for good)
+            if slow == "match-exec":
+                swap = tmp_path / "ssh_config.new"
+                swap.write_text("")
+                swap.replace(home.ssh_config)
+            else:
+                known = home.sshd.known_hosts.read_bytes()
+                swap = tmp_path / "known.new"
+                swap.write_bytes(known)
+                swap.replace(gate)
+                held.write(known)  # the read in progress gets the file's bytes too
+            held.close()
+        status, _, err = await asyncio.wait_for(connecting, 60)
+        assert status == 0, err
