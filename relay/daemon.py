@@ -176,9 +176,7 @@ class Daemon:
                 since is None
                 or now - since < FORGET_AFTER_S
                 or key in self.config.hosts
-                or key in carried  # a jump host a session connects through
-                or key.partition("/")[0] in self.clusters.allocations  # a cluster or its node
-                or any(session in (k.host, k.named_host) for k in self.kernels.values())
+                or self._in_use(key, session, carried)
             ):
                 continue
             del self.hosts[key]
@@ -549,9 +547,24 @@ class Daemon:
             return self._changed_while_read(read, force)
         self.config_error = self._config_error_host = None
         changed = config != self.config
-        self.config = config
-        notes = []  # where a new resume_window_s does not reach the running kernels now
-        for key, session in self.hosts.items():
+        before, self.config = self.config, config
+        notes = self._daemon_notes(before.daemon, config.daemon)
+        carried = self._carried()
+        for key, session in list(self.hosts.items()):
+            session.connector.files_changed(config.daemon.ssh_config, sorted(config.hosts))
+            if key in before.hosts and key not in config.hosts:
+                # an entry removed (or renamed): not the ad-hoc host of that name, whose
+                # settings (port 22, no keys) took the live connection at its next reconnect
+                # and lost its kernels and a Slurm job's scancel (a review's finding)
+                if self._in_use(key, session, carried):
+                    notes.append(
+                        f"{key}: removed from relay.toml; what runs there keeps the entry as "
+                        f"it was until it ends"
+                    )
+                    continue
+                del self.hosts[key]  # a later request for the name makes it afresh
+                self._tasks.spawn(session.aclose(), name=f"forget:{key}")
+                continue
             with contextlib.suppress(RelayError):
                 _, cfg = config.resolve(key, self.config_source, adhoc=True)
                 if note := session.reconfigure(cfg):
@@ -565,6 +578,31 @@ class Daemon:
             "ssh_config": list(config.daemon.ssh_config),
             "notes": notes,
         }
+
+    def _daemon_notes(self, old: settings.DaemonConfig, new: settings.DaemonConfig) -> list[str]:
+        """What a reload cannot change in a running daemon, said rather than ignored."""
+        notes = []
+        if new.socket != old.socket:
+            notes.append(
+                f"[daemon] socket applies from the next start: this daemon listens on "
+                f"{self.socket_path} until it stops (stop it with RELAY_SOCKET={self.socket_path} "
+                f"relay stop; commands that read the new path do not find it)"
+            )
+        if new.log_level != old.log_level:
+            notes.append("[daemon] log_level applies from the next start (`relay restart`)")
+        return notes
+
+    def _in_use(
+        self, key: str, session: HostSession, carried: dict[str, list[HostSession]]
+    ) -> bool:
+        """Whether the host has something to do: a connection, holds, an agent, kernels, a
+        host it carries (a jump host), a Slurm allocation of its own or of its cluster."""
+        return (
+            session.unused_since() is None
+            or key in carried
+            or key.partition("/")[0] in self.clusters.allocations
+            or any(session in (k.host, k.named_host) for k in self.kernels.values())
+        )
 
     def _changed_while_read(self, read: dict[str, Any], force: bool) -> dict[str, Any]:
         """relay.toml was saved again while it was read (a save in chunks): what was read may

@@ -447,7 +447,12 @@ class AgentSession:
         self.info = info
         self._secret = secret
         self.window_s = window_s  # as the agent has it: what a resume counts down
-        self._window_next: float | None = None  # set while detached: said on attaching
+        # relay.toml's new window, until the agent has it: said on attaching if detached;
+        # if attached, sent as a control line and the agent's once it acknowledges the line
+        # (``_window_at``): on a path that died silently it never arrives (a review's
+        # finding: a window raised then was shown as the kernels', and the agent kept 5 s)
+        self._window_next: float | None = None
+        self._window_at: int | None = None  # the control stream's position past that line
         self._hello_window: float | None = None  # the window the last HELLO told the agent
         self.silence_s = silence_s
         self._log = structlog.get_logger("relay.agent").bind(host=host)
@@ -712,8 +717,13 @@ class AgentSession:
         self._channel = channel
         if self._window_next is not None:
             self.window_s, self._window_next = self._window_next, None
-        if self._hello_window is not None and self.window_s != self._hello_window:
-            # relay.toml changed between our HELLO and the agent's WELCOME: told now
+        if self._window_at is not None or (
+            self._hello_window is not None and self.window_s != self._hello_window
+        ):
+            # relay.toml changed between our HELLO and the agent's WELCOME, or a window line
+            # was on its way when the connection went (replayed just now, after the HELLO
+            # that carried the window since): the window it has now, told last
+            self._window_at = None
             self.control.send(f"window w {self.window_s:g}\n".encode())
         self.attaches += 1
         self._heard()
@@ -836,17 +846,22 @@ class AgentSession:
 
     def set_window(self, window_s: float) -> bool:
         """The host's resume_window_s changed (relay.toml): the running kernels take it too.
-        Told at once if attached (a control line, replayed like any other); else with the
-        next attach's HELLO, and until then the agent's window stands, as ``window_s``
-        says. True if the agent has it now."""
+        Sent at once if attached (a control line, replayed like any other), and the
+        kernels' once the agent acknowledges it; else with the next attach's HELLO. Until
+        then the agent's window stands, as ``window_s`` says. True if it was sent now."""
         if self._channel is None:
             self._window_next = window_s if window_s != self.window_s else None
             return False
-        self._window_next = None
-        if window_s != self.window_s:
-            self.window_s = window_s
+        if window_s != (self._window_next if self._window_next is not None else self.window_s):
             self.control.send(f"window w {window_s:g}\n".encode())
+            self._window_next, self._window_at = window_s, self.control.out.end
         return True
+
+    def _window_heard(self) -> None:
+        """The agent acknowledged control lines: the window line among them is its now."""
+        if self._window_at is not None and self.control.out.acked_at >= self._window_at:
+            assert self._window_next is not None
+            self.window_s, self._window_next, self._window_at = self._window_next, None, None
 
     def detach(self) -> None:
         """The connection is gone (or declared so): keep everything, send nothing."""
@@ -895,6 +910,8 @@ class AgentSession:
             return  # dropped by us: the agent learns it from the drop line
         if frame.type == mux.ACK:
             stream.acked(mux.ack_position(frame.payload))
+            if stream is self.control:
+                self._window_heard()
         elif frame.type in (mux.DATA, mux.EOF, mux.CLOSE, mux.OPEN):
             stream.received(frame)
             self._acks.add(stream)
@@ -1005,7 +1022,8 @@ class AgentSession:
 
     @property
     def window_next(self) -> float | None:
-        """A window relay.toml gave while detached, which the kernels take on attaching."""
+        """A window relay.toml gave that the agent does not have yet: while detached, which
+        the kernels take on attaching; while attached, until the agent acknowledges it."""
         return self._window_next
 
     @property

@@ -284,6 +284,14 @@ class Allocation:
         if not self.jobs:
             self._let_go()
 
+    def reconfigure(self, cfg: SlurmConfig) -> None:
+        """relay.toml's [slurm] table changed: the next job is asked for with ``cfg``, kernels
+        are placed by it, and the idle clock restarts with its timeout (it kept the table it
+        was made with for the daemon's life: a review's finding)."""
+        self.cfg = cfg
+        self._log.info("slurm settings changed; the next job and placement take them")
+        self._touch()
+
     # -- letting go -------------------------------------------------------------------------
     def _touch(self) -> None:
         """Someone placed or released a kernel: restart the idle clock if none are placed."""

@@ -100,6 +100,17 @@ class Clusters:
         settings as they now are (``HostSession.reconfigure``), as every host does; what
         they say for ``relay reload``."""
         notes = []
+        for key, alloc in self.allocations.items():
+            cluster = self._hosts.get(key)
+            new = cluster.config.slurm if cluster is not None else None
+            if new is None:
+                if alloc.jobs:
+                    notes.append(
+                        f"{key}: no [slurm] table now; its allocation keeps the one it had and "
+                        f"is released when idle"
+                    )
+            elif new != alloc.cfg:
+                alloc.reconfigure(new)
         for key, session in list(self._hosts.items()):
             cluster_key, slash, node = key.partition("/")
             cluster = self._hosts.get(cluster_key)

@@ -418,6 +418,11 @@ class Connector:
         self.limiter.clear()
         return True
 
+    def files_changed(self, ssh_files: Sequence[str], configured: list[str]) -> None:
+        """relay.toml's ``[daemon] ssh_config`` and its host names, as they now are: read from
+        the next connect (the running session kept the list it was made with)."""
+        self.ssh_files, self._configured = tuple(ssh_files), configured
+
     async def host_key(self) -> dict[str, Any]:
         """The key the host offers now, reached as a connection would reach it, and whether
         the known_hosts files relay consults record it (``relay trust``)."""

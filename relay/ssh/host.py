@@ -494,6 +494,10 @@ class HostSession:
         cfg = self.config
         # asyncssh's keepalive (relay.ssh.options.asyncssh_keepalive) ends it after this long
         silent_s = cfg.keepalive_interval_s * cfg.keepalive_count_max
+        if self.agent is not None:  # the silence the agent may take for a lost daemon, said
+            # in each HELLO: this connection's (its pings'), not the agent's first one's; a
+            # keepalive raised in relay.toml had the agent let go at every ping (a review's)
+            self.agent.silence_s = silent_s
         # the jump host's connection carries this one: not closed under it as idle, nor as
         # one made with resume_window_s = 0 (a review's finding: that ended this host's
         # kernels). Not counted as its own (``fragile_holds``): the wake probe of a jump

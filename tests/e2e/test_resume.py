@@ -1165,8 +1165,9 @@ async def test_a_longer_window_in_relay_toml_keeps_the_running_kernels(
     home: RelayHome, when: str
 ) -> None:
     """Going away for longer than the window, a user raises resume_window_s in relay.toml
-    and reloads: the kernels already running take it (the agent is told at once; during an
-    outage, once the connection is back, the old window standing until then) and outlive
+    and reloads: the kernels already running take it (the agent is told at once, and it is
+    theirs once the agent acknowledges it; during an outage, once the connection is back,
+    the old window standing until then) and outlive
     an outage longer than the old window, which both the daemon and the agent would have
     ended them at."""
     old_s, new_s = 5, 120  # the old window: long enough for the reload and the resume in it
@@ -1200,7 +1201,8 @@ async def test_a_longer_window_in_relay_toml_keeps_the_running_kernels(
                 assert resume_state(running)["window_next_s"] == (new_s if waits else None)
             proxy.restore()
             await until(lambda: resume_state(running)["state"] == "on", "the resume")
-        assert resume_state(running)["window_s"] == new_s
+        # the kernels' window once the agent has acknowledged it (a round trip or so)
+        await until(lambda: resume_state(running)["window_s"] == new_s, "the agent's ACK")
         payload = secrets.token_bytes(1 << 20)
         echo = asyncio.ensure_future(kl.echo(payload))
         await outage(running, proxy, "reset")  # sshd closes the agent's channel at once

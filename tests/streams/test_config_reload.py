@@ -246,3 +246,63 @@ async def test_a_live_allocations_nodes_and_named_hosts_are_not_forgotten(tmp_pa
     d._forget_unused({"bastion": []})
     assert sorted(d.hosts) == ["bastion", "cluster/node1", "named"]
     await asyncio.sleep(0)  # the dropped sessions' closes
+
+
+async def test_a_removed_entry_keeps_what_runs_there_and_an_unused_one_goes(
+    tmp_path: Path,
+) -> None:
+    """An entry removed (or renamed) while something runs there keeps its settings until it
+    ends: it was taken for the ad-hoc host of its name (port 22, no keys), whose settings the
+    live connection's next reconnect then used, losing its kernels (a review's finding). An
+    unused one goes at once: the name means the ad-hoc host from then on."""
+    d, path = daemon(tmp_path, "[hosts.busy]\nhostname = 'b'\nport = 2222\n" + OLD)
+    busy, old = d.host("busy"), d.host("old")
+    hold = busy.hold()  # a kernel's, a launch's
+    try:
+        path.write_text("")
+        said = d.reload()
+        assert said["notes"] == [
+            "busy: removed from relay.toml; what runs there keeps the entry as it was until it ends"
+        ]
+        assert d.hosts["busy"] is busy and (busy.config.hostname, busy.config.port) == ("b", 2222)
+        assert "old" not in d.hosts
+        assert d.host("old") is not old and d.host("old").config.hostname == "old"
+    finally:
+        hold.release()
+    await asyncio.sleep(0)  # the dropped session's close
+
+
+async def test_what_a_running_daemon_cannot_change_is_said_and_ssh_config_is_taken(
+    tmp_path: Path,
+) -> None:
+    d, path = daemon(tmp_path, OLD)
+    session = d.host("old")
+    extra = tmp_path / "more_config"
+    path.write_text(
+        f"[daemon]\nsocket = '{tmp_path}/s.sock'\nlog_level = 'debug'\n"
+        f"ssh_config = ['{extra}']\n" + BOTH
+    )
+    said = d.reload()
+    assert said["notes"] == [
+        f"[daemon] socket applies from the next start: this daemon listens on "
+        f"{d.socket_path} until it stops (stop it with RELAY_SOCKET={d.socket_path} relay "
+        f"stop; commands that read the new path do not find it)",
+        "[daemon] log_level applies from the next start (`relay restart`)",
+    ]
+    # the next connect reads the new list (the session kept the one it was made with)
+    assert session.connector.ssh_files == (str(extra),)
+    extra.write_text("Host o\n  Port 2200\n")
+    view, _ = await session.plan()
+    assert view.port == 2200
+
+
+async def test_a_live_allocation_takes_its_clusters_new_slurm_table(tmp_path: Path) -> None:
+    """Its next job is asked for with the table as it now is, and its idle clock restarts
+    with the new timeout (it kept the first table for the daemon's life)."""
+    entry = "[hosts.hpc]\nhostname = 'login'\n[hosts.hpc.slurm]\ntime = '{}'\n"
+    d, path = daemon(tmp_path, entry.format("10"))
+    alloc = d.clusters.allocation(d.host("hpc"))
+    assert alloc.cfg.time == "10"
+    path.write_text(entry.format("25"))
+    d.reload()
+    assert d.clusters.allocations["hpc"] is alloc and alloc.cfg.time == "25"
