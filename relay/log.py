@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json as jsonlib
 import logging
 import os
+import queue
+import stat
 import sys
+import threading
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -24,7 +28,7 @@ from typing import Any, TextIO, cast
 
 import structlog
 
-__all__ = ["RotatingFile", "configure", "problem", "redact", "say_on_stderr"]
+__all__ = ["RotatingFile", "configure", "drain", "problem", "redact", "say_on_stderr"]
 
 _SECRET_WORDS = ("password", "passphrase", "secret", "token", "private_key")
 
@@ -68,11 +72,12 @@ class _Sink:
         self.problem: str | None = None  # the current failure, said once
         self.lost = 0  # lines dropped since the last one that got through
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, *, say: bool = True) -> None:
         self.lost += 1
         if self.problem is None:
             self.problem = _why(self.what, exc)
-            say_on_stderr(self.problem)
+            if say:
+                say_on_stderr(self.problem)
 
     def lost_line(self, json: bool) -> str:
         """The line that says how many were lost, once a line gets through again."""
@@ -168,6 +173,54 @@ class RotatingFile:
             os.close(fd)
 
 
+class _Blocked(OSError):
+    """The log's reader has stopped reading: a line for it is dropped, not waited for."""
+
+
+class _Behind:
+    """Lines for a stream whose writes can block (a pipe, a socket, a terminal), written by a
+    thread of their own: ``relay serve 2>&1 | less`` paused, or a `tee` into a stalled
+    reader, stopped the whole daemon at its next line once the pipe was full, `relay stop`
+    too (a review's finding). Past ``LIMIT`` lines waiting, a line is dropped and counted,
+    as for a full disk."""
+
+    LIMIT = 4096  # lines waiting: about a megabyte
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lines: queue.Queue[str | None] = queue.Queue(self.LIMIT)
+        self._thread = threading.Thread(target=self._run, name="relay-log", daemon=True)
+        self._thread.start()
+
+    def put(self, text: str) -> bool:
+        try:
+            self._lines.put_nowait(text)
+        except queue.Full:
+            return False
+        return True
+
+    def _run(self) -> None:
+        while (text := self._lines.get()) is not None:
+            with contextlib.suppress(OSError, ValueError):  # gone: nobody to tell
+                self._stream.write(text)
+                self._stream.flush()
+
+    def drain(self, timeout_s: float) -> None:
+        """What waits, written within ``timeout_s`` (a reader that reads again), then the
+        thread ends."""
+        with contextlib.suppress(queue.Full):
+            self._lines.put(None, timeout=timeout_s)
+        self._thread.join(timeout_s)
+
+
+def _may_block(stream: TextIO) -> bool:
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False  # a buffer of the process's own (a test's): never blocks
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+
+
 class _Guarded:
     """Any other stream (stderr, a test's buffer), with the same promise as RotatingFile."""
 
@@ -175,8 +228,19 @@ class _Guarded:
         self._stream = stream
         self._json = json
         self.sink = _Sink("the log (stderr)" if stream is sys.stderr else "the log")
+        self.behind = _Behind(stream) if _may_block(stream) else None
 
     def write(self, text: str) -> int:
+        if self.behind is not None:
+            lost = self.sink.lost_line(self._json) if self.sink.lost else ""
+            if self.behind.put(lost + text):
+                self.sink.recovered()
+            else:  # said in `relay status`, not on stderr: that is the stream that is full
+                self.sink.failed(
+                    _Blocked(errno.EAGAIN, "its reader is not reading (a pipe left unread?)"),
+                    say=False,
+                )
+            return len(text)
         try:
             if self.sink.lost:
                 self._stream.write(self.sink.lost_line(self._json))
@@ -207,7 +271,15 @@ class _FromStdlib(logging.Handler):
 
 
 _sink: _Sink | None = None
+_guarded: _Guarded | None = None
 _from_stdlib = _FromStdlib(logging.WARNING)
+
+
+def drain(timeout_s: float = 2.0) -> None:
+    """At the end of ``relay serve``: the lines still waiting for a slow reader, written
+    within ``timeout_s``."""
+    if _guarded is not None and _guarded.behind is not None:
+        _guarded.behind.drain(timeout_s)
 
 
 def problem() -> str | None:
@@ -218,7 +290,7 @@ def problem() -> str | None:
 def configure(
     level: str = "info", *, stream: TextIO | RotatingFile | None = None, json: bool | None = None
 ) -> None:
-    global _sink  # logging is configured once per process, here
+    global _sink, _guarded  # logging is configured once per process, here
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
@@ -226,7 +298,7 @@ def configure(
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     out = stream if isinstance(stream, RotatingFile) else _Guarded(stream, json)
-    _sink = out.sink
+    _sink, _guarded = out.sink, (out if isinstance(out, _Guarded) else None)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -176,6 +176,7 @@ def serve(ns: Any, *, from_command_line: bool = False) -> int:
     finally:
         if starting is not None:
             starting.release()
+        log.drain()  # lines a slow reader of stderr has not taken yet
         if stream is not None:
             stream.close()
     return 0

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import RelayHome
+from tests.conftest import RELAY, RelayHome
 from tests.e2e.helpers import relay_cli, request
 from tests.e2e.test_faults import served
 
@@ -54,3 +55,43 @@ async def test_a_host_whose_files_are_slow_holds_up_no_other_request(
             held.close()
         status, _, err = await asyncio.wait_for(connecting, 60)
         assert status == 0, err
+
+
+async def test_a_stderr_nobody_reads_holds_up_no_request(home: RelayHome) -> None:
+    """`relay serve 2>&1 | less`, paused: once the pipe was full (some 280 lines) the daemon's
+    next line waited for it, and every request with it, `relay stop` too."""
+    from relay.lite import client
+
+    home.write()
+    read_fd, write_fd = os.pipe()
+    daemon = subprocess.Popen(
+        [RELAY, "serve"], env=home.env, stdin=subprocess.DEVNULL, stderr=write_fd
+    )
+    os.close(write_fd)
+    reader = os.fdopen(read_fd, "rb")
+    try:
+        said = b""
+        while b'"serving"' not in said:  # read until it serves, then no more
+            line = await asyncio.wait_for(asyncio.to_thread(reader.readline), 30)
+            assert line, said
+            said += line
+
+        def bad_requests() -> None:
+            for _ in range(600):  # each a line of the log: twice what the pipe holds
+                sock = client.connect(home.socket)
+                try:
+                    sock.settimeout(20)
+                    sock.sendall(b"not json " + b"x" * 200 + b"\n")
+                    assert b"bad_request" in sock.recv(4096)
+                finally:
+                    sock.close()
+
+        await asyncio.wait_for(asyncio.to_thread(bad_requests), 120)
+        answer = await asyncio.wait_for(request(home, {"op": "status"}), 20)
+        assert answer["event"] == "status", answer
+    finally:
+        daemon.terminate()
+        rest = await asyncio.wait_for(asyncio.to_thread(reader.read), 60)  # read again
+        reader.close()
+        assert await asyncio.to_thread(daemon.wait, 60) == 0
+    assert rest.count(b"bad message on control socket") == 600  # none lost, behind the bound

@@ -8,6 +8,9 @@ import errno
 import io
 import json
 import logging
+import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +86,47 @@ def test_the_standard_librarys_records_are_lines_of_relays_log(restore_logging: 
     (event,) = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert event["event"] == "Exception in callback" and event["logger"] == "asyncio"
     assert event["level"] == "error" and "RuntimeError: boom" in event["exception"]
+
+
+def test_a_pipe_nobody_reads_never_stops_the_daemon(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`relay serve 2>&1 | less`, paused: the daemon's next line waited on the full pipe, and
+    with it every request, `relay stop` too (a review's finding). Lines wait for the reader
+    in a thread of their own; past the bound they are dropped and counted, and said in
+    `relay status` (not on stderr, the stream that is full)."""
+    monkeypatch.setattr(log._Behind, "LIMIT", 8)
+    read_fd, write_fd = os.pipe()
+    stream = os.fdopen(write_fd, "w")
+    log.configure("info", stream=stream, json=True)
+    logger = structlog.get_logger("test")
+    written = 0
+    while log.problem() is None:  # the pipe (64 KiB) full, then the 8 lines behind it
+        logger.info("line", n=written, pad="x" * 1000)
+        written += 1
+        assert written < 10_000, "the writer never found the reader gone"
+    assert log.problem() == (
+        "cannot write the log: its reader is not reading (a pipe left unread?); relay runs "
+        "on without logging until it can"
+    )
+    got: list[str] = []
+
+    def read() -> None:
+        with os.fdopen(read_fd) as pipe:
+            got.extend(pipe.readlines())
+
+    reader = threading.Thread(target=read)
+    reader.start()  # the reader reads again
+    deadline = time.monotonic() + 30
+    while log.problem() is not None:  # the next line that gets in says what was lost
+        logger.info("after")
+        assert time.monotonic() < deadline
+    log.drain(30)
+    stream.close()
+    reader.join(30)
+    events = [json.loads(line) for line in got]
+    kept = [e["n"] for e in events if e["event"] == "line"]
+    assert kept == list(range(len(kept))) and 0 < len(kept) < written  # in order, none twice
+    lost = [e for e in events if e["event"] == "log lines lost"]
+    assert len(lost) == 1 and lost[0]["lost_lines"] >= written - len(kept)
+    assert events[-1]["event"] == "after"
