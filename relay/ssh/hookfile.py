@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -208,16 +209,27 @@ async def install(conn: asyncssh.SSHClientConnection, host: str, hook: HookFile)
     )
 
 
+# A connection's install is done again for a launch this long after it (one exec session a
+# day): it touches the version directory, which another relay's installer (another front end
+# of the same account, another version) prunes once unused for HOOK_KEEP_DAYS. A connection
+# up for longer lost its hook under it, and its later controllers started without it (a
+# review's finding).
+REINSTALL_AFTER_S = 24 * 3600.0
+_clock = time.monotonic
+
+
 class Installer:
     """The hook file on one host: installed once per connection (single flight: concurrent
-    launches wait for the same install; a failure is tried again by the next launch). Its
-    installs run in ``tasks``, the host session's."""
+    launches wait for the same install; a failure is tried again by the next launch), and
+    again a day later (``REINSTALL_AFTER_S``). Its installs run in ``tasks``, the host
+    session's."""
 
     def __init__(self, host: str, tasks: TaskSet) -> None:
         self._host = host
         self._tasks = tasks
         self._hook = HookFile.packaged()
         self._installed: tuple[asyncssh.SSHClientConnection, asyncio.Future[str]] | None = None
+        self._installed_at = 0.0
         self._log = structlog.get_logger("relay.host").bind(host=host)
 
     def prefetch(
@@ -245,10 +257,11 @@ class Installer:
             self._installed is None
             or self._installed[0] is not conn
             or (self._installed[1].done() and self._installed[1].exception() is not None)
+            or _clock() - self._installed_at > REINSTALL_AFTER_S
         ):
             # its failure is reported by those who await it (launches, the prefetch)
             task = self._tasks.spawn(self._install(conn), name=f"hook:{self._host}", awaited=True)
-            self._installed = (conn, task)
+            self._installed, self._installed_at = (conn, task), _clock()
         return await asyncio.shield(self._installed[1])
 
     async def _install(self, conn: asyncssh.SSHClientConnection) -> str:

@@ -441,6 +441,36 @@ def test_a_failed_install_is_said_once_and_only_as_news_for_an_ended_connection(
     assert said == ([cut_off] if closed else [("warning", "kernel hook not installed")]), logs
 
 
+def test_a_connection_up_for_days_installs_its_hook_again_each_day(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another front end of the account (another relay version) prunes a version directory
+    unused for HOOK_KEEP_DAYS; a connection up that long kept its install's path, and its
+    later controllers started with an -initfile that was gone (a review's finding). A
+    launch a day after the install installs again, which touches the directory."""
+    installs: list[object] = []
+
+    async def install(conn: object, *_: object) -> str:
+        installs.append(conn)
+        return "/home/u/.cache/relay/v/RelayKernelInit.wl"
+
+    now = [1000.0]
+    monkeypatch.setattr(hookfile, "install", install)
+    monkeypatch.setattr(hookfile, "_clock", lambda: now[0])
+
+    async def main() -> None:
+        tasks = TaskSet()
+        installer = hookfile.Installer("hpc", tasks)
+        conn = cast("asyncssh.SSHClientConnection", _Conn(False))
+        for step_s in (0, 3600, hookfile.REINSTALL_AFTER_S - 3600, 1, 60):
+            now[0] += step_s
+            await installer.path(conn)
+        await tasks.aclose()
+
+    asyncio.run(main())
+    assert len(installs) == 2  # the first, and one past a day since it
+
+
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None,
     reason="a host of its own with the same pid needs root's namespaces (unshare)",
