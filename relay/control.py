@@ -37,6 +37,7 @@ from relay.errors import (
     LoginAbandoned,
     RelayError,
     ShuttingDown,
+    Upgraded,
     cannot_write,
     error_event,
 )
@@ -58,6 +59,23 @@ __all__ = [
 ]
 
 REQUEST_TIMEOUT_S = 10.0
+
+
+def _fingerprint() -> tuple[tuple[int, int], ...]:
+    """relay check's files as they are on disk (inode, mtime): an upgrade replaces them."""
+    here = Path(__file__).parent
+    marks = []
+    for name in ("check.py", "checkview.py", "__init__.py"):
+        try:
+            st = os.stat(here / name)
+        except OSError:
+            marks.append((0, 0))
+        else:
+            marks.append((st.st_ino, st.st_mtime_ns))
+    return tuple(marks)
+
+
+_STARTED_WITH = _fingerprint()  # as the daemon found them, importing this module at its start
 LOGIN_ANSWER_TIMEOUT_S = 300.0  # a person reading a one-time code off a phone
 RELEASE_WAIT_S = 20.0  # a controller's shim hears of the exit once its forwards are released
 SAY_WAIT_S = 2.0  # a client told that the daemon shuts down has this long to take the line
@@ -279,7 +297,14 @@ class Conversation:
         if isinstance(req, protocol.CheckRequest):
             daemon.refuse_if_stopping("checks")
             daemon.note_client(req.ssh_auth_sock)
-            # loaded when asked for, not with the daemon: about 1 MB (relay.daemonstate)
+            # loaded when asked for, not with the daemon: about 1 MB (relay.daemonstate); so
+            # only if it is the release the daemon started with (an upgrade while it ran
+            # mixed two: a review's check failed with an ImportError and no answer)
+            if _fingerprint() != _STARTED_WITH:
+                raise Upgraded(
+                    f"relay was upgraded while this daemon (pid {os.getpid()}) ran: `relay "
+                    f"restart` runs the new one, then `relay check` again"
+                )
             from relay import check  # noqa: PLC0415
 
             results = await check.run(daemon, req.host, req.kernel, running=True)

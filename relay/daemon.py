@@ -65,6 +65,7 @@ from relay.lite.linkname import LOOPBACK, LinkName, LinkNameError
 from relay.log import problem as log_problem
 from relay.settings import HostConfig, RelayConfig
 from relay.slurm.nodes import Clusters
+from relay.ssh import hookfile, remote_scripts
 from relay.ssh.exposed import ExposeForward
 from relay.ssh.forwards import CallbackForward, hold_until_connected
 from relay.ssh.host import Hold, HostSession, Prompter, close_in_order
@@ -751,6 +752,14 @@ async def serve(
 ) -> None:
     """Serve the control socket until ``shutdown_trigger`` completes. ``on_ready`` is called
     once the socket accepts (systemd's READY=1 is sent at the same moment)."""
+    # What the daemon ships to hosts, read now, not when a host first needs it: an upgrade
+    # while it runs (pipx upgrade) replaces the files, and a daemon that read them later
+    # installed another release's agent, hook or supervisor (a review's finding: every launch
+    # failed until a restart)
+    hookfile.HookFile.packaged()
+    hookfile.agent_file()
+    for script in ("supervisor.sh", "hookinstall.sh", "safedirs.sh"):
+        remote_scripts.one_line(script)
     notifier = Notifier()
     inherited = activated_socket()
     if inherited is not None:

@@ -207,6 +207,13 @@ def cannot_write(what: str, exc: OSError, hint: str = "") -> LocalFileError:
     return LocalFileError(f"cannot write {what}: {exc.strerror or exc}")
 
 
+class Upgraded(RelayError):
+    """relay's files changed under the running daemon (an upgrade): code it has not loaded
+    yet would be another release's."""
+
+    code = "upgraded"
+
+
 class Internal(RelayError):
     """A bug: said once, in one line, while the daemon serves on."""
 

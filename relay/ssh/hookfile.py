@@ -75,7 +75,13 @@ class HookFile:
 
     @classmethod
     def packaged(cls) -> HookFile:
-        return cls(INIT_FILE, files("relay.wolfram").joinpath(INIT_FILE).read_bytes())
+        """The kernel hook as shipped, read once (``relay.daemon.serve`` reads it first)."""
+        return _packaged_hook()
+
+
+@cache
+def _packaged_hook() -> HookFile:
+    return HookFile(INIT_FILE, files("relay.wolfram").joinpath(INIT_FILE).read_bytes())
 
 
 @cache
