@@ -16,7 +16,6 @@ import asyncio
 import collections
 import functools
 import random
-import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -32,7 +31,7 @@ from relay.errors import (
     SSHSetupFailed,
 )
 from relay.settings import HostConfig
-from relay.ssh import hostkeys, identity, ignorepad, options, sshconfig
+from relay.ssh import hostkeys, identity, ignorepad, options, resolver, sshconfig
 from relay.ssh.errors import host_key_refused, translate_connect_error
 from relay.ssh.holds import Hold
 from relay.ssh.options import ConnectPlan
@@ -157,29 +156,46 @@ def _unwanted(attempt: asyncio.Future[tuple[asyncssh.SSHClientConnection, _Clien
         attempt.result()[0].close()
 
 
-class _SameAddress:
-    """asyncssh's tunnel interface for a direct connection that must reach the machine the
-    last one reached. A host name with several addresses (login nodes behind one name, a DNS
-    round robin) can lead a reconnect to another machine, where relay's agent and its kernels
-    are not: while resuming, the name is resolved again and the address reached last is
-    taken if the name still has it. If it has not (a VPN's split DNS: the name has other
-    addresses inside than outside), the name is connected to as ssh would."""
+class _Direct:
+    """asyncssh's tunnel interface for a direct connection: the host name resolved by relay's
+    resolver (``relay.ssh.resolver``: off the loop's, one look-up per name at a time), each
+    address tried in turn, as asyncio's own connect does.
 
-    def __init__(self, address: str, bind: str | None, moved: Callable[[str], None]) -> None:
-        self.address = address
+    With ``same_address`` (a resume), the machine the last connection reached comes first: a
+    host name with several addresses (login nodes behind one name, a DNS round robin) can
+    lead a reconnect to another machine, where relay's agent and its kernels are not. If the
+    name no longer has it (a VPN's split DNS: the name has other addresses inside than
+    outside), the name's own addresses are tried, as ssh would, and ``moved`` is told."""
+
+    def __init__(
+        self,
+        bind: str | None,
+        same_address: str | None = None,
+        moved: Callable[[str], None] | None = None,
+    ) -> None:
         self._bind = (bind, 0) if bind else None  # ssh_config's BindAddress, as asyncssh's own
+        self.address = same_address
         self._moved = moved  # told the address when the name no longer has it
 
     async def create_connection(
         self, session_factory: Callable[[], asyncio.Protocol], host: str, port: int
     ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        if self.address in {str(info[4][0]) for info in infos}:
-            host = self.address
-        else:
-            self._moved(self.address)
-        return await loop.create_connection(session_factory, host, port, local_addr=self._bind)
+        found = await resolver.addresses(host, port)
+        if self.address is not None:
+            if self.address in found:
+                found = [self.address]
+            elif self._moved is not None:
+                self._moved(self.address)
+        error: OSError | None = None
+        for address in found:
+            try:
+                return await loop.create_connection(
+                    session_factory, address, port, local_addr=self._bind
+                )
+            except OSError as exc:
+                error = exc
+        raise error or OSError(f"{host} has no address")
 
 
 class ConnectionStatus:
@@ -252,7 +268,7 @@ class Connector:
         self._configured = configured or []
         self._config_source = config_source
         # the address the last direct connection reached (its peer): the machine its agent
-        # is on, which a resume must reach again (``_SameAddress``); None behind a jump host
+        # is on, which a resume must reach again (``_Direct``); None behind a jump host
         self.reached: str | None = None
         self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
         self._log = structlog.get_logger("relay.host").bind(host=key)
@@ -265,7 +281,7 @@ class Connector:
         ConnectTimeout (or connect_timeout_s). With ``hedge_s`` (resuming: the path was
         just lost), an attempt that has not finished within it is joined by another
         (``_hedged``); with ``same_address`` (resuming too), a direct connection goes to
-        that address if the host name still has it (``_SameAddress``)."""
+        that address if the host name still has it (``_Direct``)."""
         status = self.status
         began = time.monotonic()
         deadline = began + self.base_config.launch_timeout_s
@@ -487,7 +503,7 @@ class Connector:
     ) -> tuple[asyncssh.SSHClientConnection, _Client]:
         """One attempt, bounded by ConnectTimeout (a login's by LOGIN_TIMEOUT_S) and
         ``deadline``; the connection and its client (which records why it ended). A direct
-        one goes to ``same_address`` if the host name still has it (``_SameAddress``)."""
+        one goes to ``same_address`` if the host name still has it (``_Direct``)."""
         started = time.monotonic()
         view, connect_plan = await self.plan()
         cfg = connect_plan.config
@@ -516,9 +532,9 @@ class Connector:
                 )
                 kwargs["ignore_encrypted"] = True
             kwargs = await self._through_jump(connect_plan, kwargs)
-            if direct and same_address is not None and "tunnel" not in kwargs:
+            if direct and "tunnel" not in kwargs:
                 bind = view.get("BindAddress")
-                kwargs["tunnel"] = _SameAddress(same_address, bind and str(bind), self._moved)
+                kwargs["tunnel"] = _Direct(bind and str(bind), same_address, self._moved)
 
             async def attempt() -> asyncssh.SSHClientConnection:
                 ends = asyncio.get_running_loop().time() + timeout_s
@@ -586,7 +602,7 @@ class Connector:
         return conn, client
 
     def _moved(self, address: str) -> None:
-        """The host name has no longer the address a resume wanted (``_SameAddress``): said
+        """The host name has no longer the address a resume wanted (``_Direct``): said
         once per address, not once per attempt."""
         if f"moved {address}" not in self._noted:
             self._noted.add(f"moved {address}")

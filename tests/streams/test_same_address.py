@@ -1,13 +1,21 @@
-"""relay.ssh.connector's ``_SameAddress``, the path a resume takes to the machine its agent is
-on (tests/e2e/test_resume.py has it through two real sshds behind one name). Here the two
-ways it must not go wrong on loopback: a name that no longer has the address (a VPN's split
-DNS) is connected to by name, and ssh_config's BindAddress is kept."""
+"""relay.ssh.connector's ``_Direct``, every direct connection's path, and the path a resume
+takes to the machine its agent is on (tests/e2e/test_resume.py has it through two real sshds
+behind one name). Here the ways it must not go wrong on loopback: a name that no longer has
+the address (a VPN's split DNS) is connected to by name, ssh_config's BindAddress is kept,
+an address that refuses is followed by the next; and its resolver (relay.ssh.resolver)
+looks a name up once however many attempts want it, while other names resolve."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+from typing import Any
 
-from relay.ssh.connector import _SameAddress
+import pytest
+
+from relay.ssh import resolver
+from relay.ssh.connector import _Direct
 
 
 class _Said:
@@ -18,7 +26,7 @@ class _Said:
         self.moved.append(address)
 
 
-async def _peer_of_one_connection(same: _SameAddress, host: str) -> tuple[str, tuple[str, int]]:
+async def _peer_of_one_connection(same: _Direct, host: str) -> tuple[str, tuple[str, int]]:
     """Connect through ``same`` to a server on 127.0.0.1 named ``host``; the address the
     connection reached and the one the server saw it come from."""
     came_from: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
@@ -42,9 +50,7 @@ async def _peer_of_one_connection(same: _SameAddress, host: str) -> tuple[str, t
 def test_a_name_without_the_address_any_more_is_connected_to_by_name() -> None:
     """127.0.0.2 has nothing listening: taken blindly, the connection would be refused."""
     said = _Said()
-    reached, _ = asyncio.run(
-        _peer_of_one_connection(_SameAddress("127.0.0.2", None, said), "127.0.0.1")
-    )
+    reached, _ = asyncio.run(_peer_of_one_connection(_Direct(None, "127.0.0.2", said), "127.0.0.1"))
     assert reached == "127.0.0.1"
     assert said.moved == ["127.0.0.2"]  # and said so
 
@@ -52,7 +58,62 @@ def test_a_name_without_the_address_any_more_is_connected_to_by_name() -> None:
 def test_the_address_is_taken_while_the_name_has_it_and_bind_address_is_kept() -> None:
     said = _Said()
     reached, came_from = asyncio.run(
-        _peer_of_one_connection(_SameAddress("127.0.0.1", "127.0.0.3", said), "localhost")
+        _peer_of_one_connection(_Direct("127.0.0.3", "127.0.0.1", said), "localhost")
     )
     assert reached == "127.0.0.1" and not said.moved
     assert came_from[0] == "127.0.0.3"  # ssh_config's BindAddress, as asyncssh would bind
+
+
+def test_each_address_is_tried_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name with two addresses, the first refusing: the second is reached, as asyncio's
+    own connect would."""
+
+    def two(host: str, port: int, **_: object) -> list[tuple[Any, ...]]:
+        assert host == "pair.test"
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
+            for address in ("127.0.0.2", "127.0.0.1")
+        ]
+
+    monkeypatch.setattr(resolver, "getaddrinfo", two)
+    reached, _ = asyncio.run(_peer_of_one_connection(_Direct(None), "pair.test"))
+    assert reached == "127.0.0.1"
+
+
+def test_a_name_is_looked_up_once_however_many_attempts_want_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name whose DNS server is gone (a VPN down) takes its look-up 20-40 s: every connect
+    attempt, retry and hedge for it started another, in the loop's few resolver threads,
+    and a healthy host queued behind them (a review's reproduction). Here they all wait on
+    one, cancelled attempts leave it running for the others, and another name resolves."""
+    gate = threading.Event()
+    calls: list[str] = []
+
+    def look_up(host: str, port: int, **_: object) -> list[tuple[Any, ...]]:
+        calls.append(host)
+        if host == "dead.test":
+            assert gate.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(resolver, "getaddrinfo", look_up)
+
+    async def main() -> None:
+        attempts = [asyncio.ensure_future(resolver.addresses("dead.test", 22)) for _ in range(5)]
+        await asyncio.sleep(0)
+        attempts[0].cancel()  # one timed out: the look-up goes on for the rest
+        assert await asyncio.wait_for(resolver.addresses("fine.test", 22), 30) == ["127.0.0.1"]
+        assert resolver.in_flight() == 1
+        gate.set()
+        results = await asyncio.gather(*attempts, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert all(isinstance(r, socket.gaierror) for r in results[1:]), results
+        assert resolver.in_flight() == 0
+        assert await resolver.addresses("127.0.0.1", 22) == ["127.0.0.1"]  # no look-up
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+    assert sorted(calls) == ["dead.test", "fine.test"]
