@@ -18,8 +18,10 @@ hosts
     who uses it (``relay.ssh.holds``: a ``Hold`` each, an idle timer). How to reach the host
     is relay.toml merged with ssh_config (``relay.ssh.sshconfig`` reads it,
     ``relay.ssh.options`` merges); host keys and identity files are handled as ssh would
-    (``relay.ssh.hostkeys``, ``relay.ssh.identity``); the kernel hook file is installed
-    through an exec session (``relay.ssh.hookfile``).
+    (``relay.ssh.hostkeys``, ``relay.ssh.identity``), names resolved off the loop
+    (``relay.ssh.resolver``), and files another user could change refused as ssh refuses them
+    (``relay.safepath``; on the host, ``relay/ssh/safedirs.sh``); the kernel hook file is
+    installed through an exec session (``relay.ssh.hookfile``).
 kernels
     ``relay.kernels``: one kernel's life: forwards, start through the host's single supervisor
     session (``relay.ssh.supervisor``), callback, exit, teardown. A ``Kernel`` owns its
