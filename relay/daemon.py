@@ -142,6 +142,9 @@ class Daemon:
         self._config_error_host: str | None = None  # the [hosts] entry at fault, if one is
         self.stop_requested: asyncio.Future[str] | None = None
         self.stop_reason: str | None = None  # relay stop, relay restart, a signal's name
+        # entries removed from relay.toml while in use: their sessions keep the settings they
+        # had until nothing runs there (``reload``)
+        self._kept: set[str] = set()
         self.heap = heap.Rest()  # its free pages given back at the tick (relay.heap)
 
     # -- hosts -----------------------------------------------------------------------------
@@ -181,6 +184,7 @@ class Daemon:
             ):
                 continue
             del self.hosts[key]
+            self._kept.discard(key)
             log.info("host forgotten", host=key, unused_s=round(now - since))
             self._tasks.spawn(session.aclose(), name=f"forget:{key}")
 
@@ -553,16 +557,22 @@ class Daemon:
         carried = self._carried()
         for key, session in list(self.hosts.items()):
             session.connector.files_changed(config.daemon.ssh_config, sorted(config.hosts))
-            if key in before.hosts and key not in config.hosts:
+            if key in config.hosts:
+                self._kept.discard(key)  # its entry is back
+            elif key in before.hosts or key in self._kept:
                 # an entry removed (or renamed): not the ad-hoc host of that name, whose
                 # settings (port 22, no keys) took the live connection at its next reconnect
-                # and lost its kernels and a Slurm job's scancel (a review's finding)
+                # and lost its kernels and a Slurm job's scancel (a review's finding), at
+                # this reload or any later one while it is in use
                 if self._in_use(key, session, carried):
-                    notes.append(
-                        f"{key}: removed from relay.toml; what runs there keeps the entry as "
-                        f"it was until it ends"
-                    )
+                    if key not in self._kept:
+                        self._kept.add(key)
+                        notes.append(
+                            f"{key}: removed from relay.toml; what runs there keeps the entry "
+                            f"as it was until it ends"
+                        )
                     continue
+                self._kept.discard(key)
                 del self.hosts[key]  # a later request for the name makes it afresh
                 self._tasks.spawn(session.aclose(), name=f"forget:{key}")
                 continue

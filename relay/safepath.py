@@ -64,7 +64,8 @@ def _why(where: str, st: os.stat_result, uid: int) -> str | None:
     writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     if not writable or (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
         return None
-    if writable == stat.S_IWGRP and _private_group(st.st_gid, st.st_uid):
+    # with an ACL the group bits are its mask: another user may be named in it (a review's)
+    if writable == stat.S_IWGRP and _private_group(st.st_gid, st.st_uid) and not _acl(where):
         return None
     who = "others" if st.st_mode & stat.S_IWOTH else f"group {_group(st.st_gid)}"
     return f"{where} is writable by {who} (chmod go-w {where})"
@@ -73,23 +74,34 @@ def _why(where: str, st: os.stat_result, uid: int) -> str | None:
 @functools.lru_cache(maxsize=16)
 def _private_group(gid: int, uid: int) -> bool:
     """Whether group ``gid`` has one member, ``uid`` (as its primary group or as a listed
-    member): Debian's rule (its OpenSSH patch "user-group-modes")."""
+    member): Debian's rule (its OpenSSH patch "user-group-modes"). The user's own primary
+    group counts though the passwd database does not list the user (SSSD and LDAP sites do
+    not enumerate it: a review found FreeIPA's private groups refused so)."""
     try:
         group = grp.getgrgid(gid)
-        owner = pwd.getpwuid(uid).pw_name
+        owner = pwd.getpwuid(uid)
     except KeyError:
         return False
-    members = 0
+    members = 1 if owner.pw_gid == gid else 0
     for entry in pwd.getpwall():
-        if entry.pw_gid == gid:
-            if entry.pw_uid != uid:
-                return False
-            members += 1
+        if entry.pw_gid == gid and entry.pw_uid != uid:
+            return False
     if group.gr_mem:
-        if group.gr_mem != [owner]:
+        if group.gr_mem != [owner.pw_name]:
             return False
         members += 1
     return members > 0
+
+
+def _acl(path: str) -> bool:
+    """Whether ``path`` has a POSIX ACL (Linux; elsewhere, none is seen)."""
+    listxattr = getattr(os, "listxattr", None)
+    if listxattr is None:
+        return False
+    try:
+        return "system.posix_acl_access" in listxattr(path)
+    except OSError:
+        return False
 
 
 def _up(path: str, homes: tuple[str, ...]) -> list[str]:

@@ -5,7 +5,9 @@ without its up-front deque) and ``retrieved``, the one done callback for futures
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import threading
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
@@ -13,7 +15,7 @@ import structlog
 
 from relay.errors import RelayError
 
-__all__ = ["Flag", "TaskSet", "retrieved", "while_moving"]
+__all__ = ["Flag", "TaskSet", "in_thread", "retrieved", "while_moving"]
 
 T = TypeVar("T")
 
@@ -61,6 +63,35 @@ class TaskSet:
             task.cancel("owner closed")
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def in_thread(name: str, work: Callable[[], T]) -> asyncio.Future[T]:
+    """``work()`` in a daemon thread of its own, its result (or exception) the future's. For
+    calls that may block for long (a ``Match exec``, a name whose DNS server is gone): not
+    the loop's default executor, whose threads the daemon's exit waits for (a review found a
+    stopped daemon lingering behind a `Match exec "sleep 25"`), nor a shared pool that one
+    host's stuck calls fill for every other host."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def run() -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, work())
+        except Exception as exc:  # handed to the awaiting coroutine
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def retrieved(future: asyncio.Future[Any]) -> None:

@@ -36,6 +36,7 @@ from relay.ssh.errors import host_key_refused, translate_connect_error
 from relay.ssh.holds import Hold
 from relay.ssh.options import ConnectPlan
 from relay.ssh.sshconfig import SSHView
+from relay.tasks import in_thread
 
 __all__ = [
     "ATTEMPTS_PER_REQUEST",
@@ -485,13 +486,22 @@ class Connector:
         daemon stood still for it, on every attempt (a review's finding)."""
         cfg = self.base_config
         try:
-            view = await asyncio.to_thread(
-                sshconfig.resolve, cfg.hostname, port=cfg.port, user=cfg.user, files=self.ssh_files
-            )
+            for _ in range(3):  # again if relay.toml changed meanwhile (bounded: a save loop)
+                cfg, files = self.base_config, self.ssh_files
+                view = await in_thread(
+                    f"ssh_config:{self.key}",
+                    functools.partial(
+                        sshconfig.resolve, cfg.hostname, port=cfg.port, user=cfg.user, files=files
+                    ),
+                )
+                if self.base_config is cfg and self.ssh_files is files:
+                    break
         except (OSError, ValueError) as exc:
             raise SSHSetupFailed(f"ssh_config is not usable for {self.key}: {exc}") from None
         connect_plan = options.plan(cfg, view)
-        self.config, self.view = connect_plan.config, view
+        self.view = view
+        if self.base_config is cfg:  # else a reload's settings stand (``reconfigure``)
+            self.config = connect_plan.config
         for note in connect_plan.notes:
             if note not in self._noted:
                 self._noted.add(note)
@@ -638,8 +648,9 @@ class Connector:
         (``hostkeys``): the one look-up connections, ``relay trust`` and ``relay check`` use.
         Raises OSError for a file that exists but cannot be read. In a thread: a site's
         known_hosts of thousands of lines took the daemon half a second per attempt."""
-        recorded = await asyncio.to_thread(
-            hostkeys.lookup, connect_plan.known_hosts, *hostkeys.known_as(view)
+        files, (name, port) = connect_plan.known_hosts, hostkeys.known_as(view)
+        recorded = await in_thread(
+            f"known_hosts:{self.key}", lambda: hostkeys.lookup(files, name, port)
         )
         note = ", ".join(recorded.skipped)
         if note and note not in self._noted:

@@ -14,11 +14,11 @@ no other host, nor the daemon's exit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import socket
-import threading
 from typing import Any
+
+from relay.tasks import in_thread
 
 __all__ = ["addresses", "in_flight"]
 
@@ -61,26 +61,6 @@ def _forget(key: tuple[str, int], done: asyncio.Future[Infos]) -> None:
 
 
 def _look_up(host: str, port: int) -> asyncio.Future[Infos]:
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Infos] = loop.create_future()
-
-    def settle(result: Infos | BaseException) -> None:
-        if future.done():
-            return
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
-
-    def work() -> None:
-        result: Infos | BaseException
-        try:
-            result = list(getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except Exception as exc:  # handed to the awaiting attempts
-            result = exc
-        # RuntimeError: the loop closed meanwhile (the daemon exited): nobody waits
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, result)
-
-    threading.Thread(target=work, name=f"resolve:{host}", daemon=True).start()
-    return future
+    return in_thread(
+        f"resolve:{host}", lambda: list(getaddrinfo(host, port, type=socket.SOCK_STREAM))
+    )

@@ -8,7 +8,8 @@
 # own (named as the user, primary, no other listed member: Debian's user private groups,
 # where a umask of 002 makes ~/.cache 0775). Debian's OpenSSH also asks that no other user
 # has that group as primary; that needs the whole passwd database, which LDAP sites often
-# do not list, and is not asked here.
+# do not list, and is not asked here. With an ACL ("+" after the mode) the group bits are its
+# mask, and another user may be named in it: no relaxation then (busybox's ls shows no "+").
 #
 # cache_safe returns 1 for the first directory at fault, with $why (notmine, writable) and
 # $at (its path); 0 where all are sound, or where ~/.cache is not there yet (whoever makes
@@ -17,7 +18,7 @@ sd_u=$(id -u);
 sd_one() {
   sd_m=$(ls -ldnL "$1" 2>/dev/null) || return 0; at=$1; set -f; set -- $sd_m; set +f;
   case $3 in "$sd_u"|0) ;; *) why=notmine; return 1 ;; esac;
-  case $1 in ?????-??-*|d????????[tT]*) return 0 ;; ?????w??-*) sd_upg "$4" && return 0 ;; esac;
+  case $1 in ?????-??-*|d????????[tT]*) return 0 ;; ?????w??-?+*) ;; ?????w??-*) sd_upg "$4" && return 0 ;; esac;
   why=writable; return 1;
 };
 sd_upg() {

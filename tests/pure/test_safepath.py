@@ -4,7 +4,10 @@ directory, that another user could change is named, with what to do."""
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import struct
 from pathlib import Path
 
 import pytest
@@ -108,3 +111,47 @@ def test_an_ssh_config_of_another_user_is_refused_as_ssh_refuses_it(home: Path) 
     config.chmod(0o666)
     with pytest.raises(ValueError, match=f"bad owner or permissions on {config}: "):
         resolve("h", files=[str(config)])
+
+
+def acl_naming(path: Path, uid: int) -> None:
+    """A POSIX ACL on ``path`` that lets ``uid`` write it (``setfacl -m u:UID:rwx``)."""
+
+    def entry(tag: int, perm: int, qualifier: int = 0xFFFFFFFF) -> bytes:
+        return struct.pack("<HHI", tag, perm, qualifier)
+
+    user_obj, user, group_obj, mask, other = 0x01, 0x02, 0x04, 0x10, 0x20
+    value = struct.pack("<I", 2) + entry(user_obj, 7) + entry(user, 7, uid)
+    value += entry(group_obj, 7) + entry(mask, 7) + entry(other, 0)
+    os.setxattr(path, "system.posix_acl_access", value)
+
+
+@as_root
+@pytest.mark.skipif(not hasattr(os, "setxattr"), reason="POSIX ACLs: Linux")
+def test_an_acl_naming_another_user_is_not_a_private_group(home: Path) -> None:
+    """With an ACL the group bits are its mask: ``rwx`` there may be another user's (a review
+    got past the private-group rule so)."""
+    d = home / "d"
+    d.mkdir(mode=0o770)
+    d.chmod(0o770)
+    assert safepath.unsafe(d) is None  # root's own group: private
+    acl_naming(d, NOBODY)
+    assert safepath.unsafe(d) == f"{d} is writable by group root (chmod go-w {d})"
+
+
+def test_a_private_group_counts_though_passwd_is_not_listed(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SSSD and LDAP sites do not list their users (`getent passwd` shows the local ones):
+    the user's own primary group is still theirs alone (a review found relay.toml refused
+    under FreeIPA's private groups and a umask of 002)."""
+    me = pwd.getpwuid(os.geteuid())
+    f = mine(home / "relay.toml", 0o660)
+    os.chown(f, me.pw_uid, me.pw_gid)
+    if grp.getgrgid(me.pw_gid).gr_mem not in ([], [me.pw_name]):
+        pytest.skip("this user's primary group has other members")
+    monkeypatch.setattr(pwd, "getpwall", lambda: [])
+    safepath._private_group.cache_clear()
+    try:
+        assert safepath.unsafe(f) is None
+    finally:
+        safepath._private_group.cache_clear()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from relay import settings
 from relay.daemon import CONFIG_SETTLE_S, Daemon
 from relay.errors import ConfigError
 from relay.settings import HostConfig
+from relay.ssh import sshconfig
 
 
 def daemon(tmp_path: Path, text: str) -> tuple[Daemon, Path]:
@@ -267,9 +269,43 @@ async def test_a_removed_entry_keeps_what_runs_there_and_an_unused_one_goes(
         assert d.hosts["busy"] is busy and (busy.config.hostname, busy.config.port) == ("b", 2222)
         assert "old" not in d.hosts
         assert d.host("old") is not old and d.host("old").config.hostname == "old"
+        path.write_text("[hosts.other]\nhostname = 'x'\n")  # any later save, or reload
+        assert d.reload()["notes"] == []  # said once
+        assert d.hosts["busy"] is busy and (busy.config.hostname, busy.config.port) == ("b", 2222)
     finally:
         hold.release()
-    await asyncio.sleep(0)  # the dropped session's close
+    path.write_text("")  # nothing runs there now: the next reload lets it go
+    d.reload()
+    assert "busy" not in d.hosts
+    await asyncio.sleep(0)  # the dropped sessions' close
+
+
+async def test_a_reload_while_a_connect_reads_ssh_config_stands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ssh_config is read in a thread (a ``Match exec`` takes its time): a reload meanwhile
+    was undone when the read came back, the old entry's kernel and timeouts standing until
+    the next connect (a review's finding)."""
+    d, path = daemon(tmp_path, "[hosts.h]\nhostname = 'h'\nkernel = '/old'\n")
+    session = d.host("h")
+    entered, gate = threading.Event(), threading.Event()
+    resolve = sshconfig.resolve
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        if not entered.is_set():
+            entered.set()
+            assert gate.wait(30)
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(sshconfig, "resolve", slow)
+    planning = asyncio.ensure_future(session.plan())
+    assert await asyncio.to_thread(entered.wait, 30)
+    path.write_text("[hosts.h]\nhostname = 'h'\nkernel = '/new'\n")
+    d.reload()
+    assert session.config.kernel == "/new"
+    gate.set()
+    _, plan = await asyncio.wait_for(planning, 30)
+    assert session.config.kernel == plan.config.kernel == "/new"
 
 
 async def test_what_a_running_daemon_cannot_change_is_said_and_ssh_config_is_taken(

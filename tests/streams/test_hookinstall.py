@@ -30,6 +30,7 @@ from relay.ssh.remote_scripts import (
     installer,
 )
 from relay.tasks import TaskSet
+from tests.pure.test_safepath import acl_naming
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
 HOOK = HookFile("RelayKernelInit.wl", b'(* relay\'s hook *)\nBeginPackage["x`"];\n' * 40)
@@ -216,7 +217,16 @@ NOGROUP = 65534
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another uid needs root")
 @pytest.mark.parametrize(
     "case",
-    ["cache-777", "cache-group", "cache-theirs", "home-777", "link-out", "link-sticky", "upg"],
+    [
+        "cache-777",
+        "cache-group",
+        "cache-theirs",
+        "home-777",
+        "link-out",
+        "link-sticky",
+        "upg",
+        "acl",
+    ],
 )
 def test_a_directory_above_the_cache_that_another_user_could_change_is_refused(
     shell: str, tmp_path: Path, case: str
@@ -252,6 +262,9 @@ def test_a_directory_above_the_cache_that_another_user_could_change_is_refused(
     elif case == "upg":  # group-writable, the group root's own (Debian's umask 002)
         cache.chmod(0o775)
         fault = None
+    elif case == "acl":  # the same, but the group bits are an ACL's mask naming another uid
+        cache.chmod(0o770)
+        acl_naming(cache, NOGROUP)
     if fault is None:
         assert install(shell, home).read_bytes() == HOOK.data
         return
