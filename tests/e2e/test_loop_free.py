@@ -95,3 +95,29 @@ async def test_a_stderr_nobody_reads_holds_up_no_request(home: RelayHome) -> Non
         reader.close()
         assert await asyncio.to_thread(daemon.wait, 60) == 0
     assert rest.count(b"bad message on control socket") == 600  # none lost, behind the bound
+
+
+async def test_a_stop_is_not_held_by_a_read_that_hangs(home: RelayHome, tmp_path: Path) -> None:
+    """A `Match exec` that never ends (a probe with no timeout): `relay stop` ends the daemon
+    anyway. Read in the loop's default executor, the exit waited for that thread, the lock
+    let go meanwhile, so `relay restart` started a second daemon beside it (a review's)."""
+    from tests.e2e.test_faults import serve_subprocess
+
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    home.ssh_config.write_text(f'Match originalhost 127.0.0.1 exec "cat {gate} >/dev/null"\n')
+    daemon = await serve_subprocess(home)
+    held = None
+    try:
+        connecting = asyncio.ensure_future(relay_cli(home, "connect", "local"))
+        held = await asyncio.wait_for(asyncio.to_thread(open, gate, "wb"), 60)  # it reads
+        status, _, err = await relay_cli(home, "stop")
+        assert status == 0, err
+        assert await asyncio.wait_for(daemon.wait(), 30) == 0  # the read still hangs
+        await asyncio.wait_for(connecting, 60)
+    finally:
+        if held is not None:
+            held.close()
+        if daemon.returncode is None:
+            daemon.kill()
+            await daemon.wait()
