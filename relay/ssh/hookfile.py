@@ -236,6 +236,8 @@ class Installer:
         self._hook = HookFile.packaged()
         self._installed: tuple[asyncssh.SSHClientConnection, asyncio.Future[str]] | None = None
         self._installed_at = 0.0
+        self._good: tuple[asyncssh.SSHClientConnection, str] | None = None  # its last install
+        self._unrefreshed: asyncio.Future[str] | None = None  # a failed install again, said
         self._log = structlog.get_logger("relay.host").bind(host=host)
 
     def prefetch(
@@ -258,19 +260,40 @@ class Installer:
                 self._log.warning("kernel hook not installed", error=exc.message)
 
     async def path(self, conn: asyncssh.SSHClientConnection) -> str:
-        """The hook file's remote path on ``conn``'s host, installing it if needed."""
+        """The hook file's remote path on ``conn``'s host, installing it if needed. A day's
+        install again that fails (a home over quota) leaves the one in place in use, said
+        once, and tried again a day later: it failed every launch on a connection that
+        worked (a review's finding)."""
+        good = self._good if self._good is not None and self._good[0] is conn else None
+        installed = self._installed
         if (
-            self._installed is None
-            or self._installed[0] is not conn
-            or (self._installed[1].done() and self._installed[1].exception() is not None)
+            installed is None
+            or installed[0] is not conn
+            or (good is None and installed[1].done() and installed[1].exception() is not None)
             or _clock() - self._installed_at > REINSTALL_AFTER_S
         ):
             # its failure is reported by those who await it (launches, the prefetch)
-            task = self._tasks.spawn(self._install(conn), name=f"hook:{self._host}", awaited=True)
-            self._installed, self._installed_at = (conn, task), _clock()
-        return await asyncio.shield(self._installed[1])
+            spawned = self._tasks.spawn(
+                self._install(conn), name=f"hook:{self._host}", awaited=True
+            )
+            installed = (conn, spawned)
+            self._installed, self._installed_at = installed, _clock()
+        done = installed[1]
+        try:
+            return await asyncio.shield(done)
+        except RelayError as exc:
+            if good is None:
+                raise
+            if self._unrefreshed is not done:
+                self._unrefreshed = done
+                self._log.warning(
+                    "kernel hook not installed again; the one in place is used",
+                    error=exc.message,
+                )
+            return good[1]
 
     async def _install(self, conn: asyncssh.SSHClientConnection) -> str:
         path = await install(conn, self._host, self._hook)
+        self._good = (conn, path)
         self._log.info("kernel hook in place", path=path)
         return path

@@ -484,6 +484,50 @@ def test_a_connection_up_for_days_installs_its_hook_again_each_day(
     assert len(installs) == 2  # the first, and one past a day since it
 
 
+def test_an_install_again_that_fails_leaves_the_one_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A day's install again that fails (a home over quota, a refusal) failed every launch on
+    a connection whose hook was in place (a review's finding): the one in place is used, it
+    is said once, and tried again a day later. A new connection's first install that fails
+    is the launch's error, as before."""
+    fails = [False]
+    installs: list[object] = []
+
+    async def install(conn: object, *_: object) -> str:
+        installs.append(conn)
+        if fails[0]:
+            raise HookInstallFailed("cannot install relay's kernel hook on hpc: quota")
+        return "/home/u/.cache/relay/v/RelayKernelInit.wl"
+
+    now = [1000.0]
+    monkeypatch.setattr(hookfile, "install", install)
+    monkeypatch.setattr(hookfile, "_clock", lambda: now[0])
+
+    async def main() -> list[MutableMapping[str, Any]]:
+        with structlog.testing.capture_logs() as logs:
+            tasks = TaskSet()
+            installer = hookfile.Installer("hpc", tasks)
+            conn = cast("asyncssh.SSHClientConnection", _Conn(False))
+            await installer.path(conn)
+            fails[0] = True
+            now[0] += hookfile.REINSTALL_AFTER_S + 1
+            for _ in range(3):  # launches that day: the hook in place, one try
+                assert await installer.path(conn) == "/home/u/.cache/relay/v/RelayKernelInit.wl"
+            assert len(installs) == 2
+            now[0] += hookfile.REINSTALL_AFTER_S + 1
+            await installer.path(conn)
+            assert len(installs) == 3  # a day later, tried again
+            with pytest.raises(HookInstallFailed):  # a new connection: nothing in place
+                await installer.path(cast("asyncssh.SSHClientConnection", _Conn(False)))
+            await tasks.aclose()
+        return logs
+
+    logs = asyncio.run(main())
+    said = [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert said.count("kernel hook not installed again; the one in place is used") == 2
+
+
 @pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None,
     reason="a host of its own with the same pid needs root's namespaces (unshare)",
