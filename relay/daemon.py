@@ -62,6 +62,7 @@ from relay.errors import (
 from relay.kernels import Kernel, launch, new_kernel_id
 from relay.lite import locks
 from relay.lite.linkname import LOOPBACK, LinkName, LinkNameError
+from relay.log import drain as drain_log
 from relay.log import problem as log_problem
 from relay.settings import HostConfig, RelayConfig
 from relay.slurm.nodes import Clusters
@@ -735,6 +736,7 @@ def _default_trigger(daemon: Daemon) -> Awaitable[None]:
                 # is given a moment to pass it on, as it drops what arrives with the close.
                 # Blocking: nothing else is to run in this process any more
                 time.sleep(EXIT_FLUSH_S)
+            drain_log(EXIT_FLUSH_S)  # the line above, to a reader of stderr that reads
             os._exit(128 + signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -11,6 +11,7 @@ were lost.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import io
@@ -189,6 +190,8 @@ class _Behind:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lines: queue.Queue[str | None] = queue.Queue(self.LIMIT)
+        # why a write failed (a reader gone: EPIPE), for good: a stream's end does not mend
+        self.broken: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="relay-log", daemon=True)
         self._thread.start()
 
@@ -201,9 +204,11 @@ class _Behind:
 
     def _run(self) -> None:
         while (text := self._lines.get()) is not None:
-            with contextlib.suppress(OSError, ValueError):  # gone: nobody to tell
+            try:
                 self._stream.write(text)
                 self._stream.flush()
+            except (OSError, ValueError) as exc:  # ValueError: closed
+                self.broken = self.broken or exc  # said by the next write (``_Guarded``)
 
     def drain(self, timeout_s: float) -> None:
         """What waits, written within ``timeout_s`` (a reader that reads again), then the
@@ -232,6 +237,9 @@ class _Guarded:
 
     def write(self, text: str) -> int:
         if self.behind is not None:
+            if self.behind.broken is not None:  # a broken pipe: `relay status` says so
+                self.sink.failed(self.behind.broken, say=False)
+                return len(text)
             lost = self.sink.lost_line(self._json) if self.sink.lost else ""
             if self.behind.put(lost + text):
                 self.sink.recovered()
@@ -299,6 +307,8 @@ def configure(
     )
     out = stream if isinstance(stream, RotatingFile) else _Guarded(stream, json)
     _sink, _guarded = out.sink, (out if isinstance(out, _Guarded) else None)
+    if _guarded is not None and _guarded.behind is not None:
+        atexit.register(_guarded.behind.drain, 2.0)  # every way out but os._exit (``drain``)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

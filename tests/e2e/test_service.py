@@ -175,11 +175,15 @@ class NotifySocket:
 
 @asynccontextmanager
 async def daemon_process(
-    home: RelayHome, *prefix: str, env: dict[str, str] | None = None
+    home: RelayHome, *prefix: str, env: dict[str, str] | None = None, stderr: int | None = None
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     home.write()
     proc = await asyncio.create_subprocess_exec(
-        *prefix, RELAY, "serve", env=env or home.env, stderr=asyncio.subprocess.DEVNULL
+        *prefix,
+        RELAY,
+        "serve",
+        env=env or home.env,
+        stderr=asyncio.subprocess.DEVNULL if stderr is None else stderr,
     )
     try:
         yield proc
@@ -191,13 +195,13 @@ async def daemon_process(
 
 @asynccontextmanager
 async def notified_daemon(
-    home: RelayHome,
+    home: RelayHome, stderr: int | None = None
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, NotifySocket]]:
     """``relay serve`` as a Type=notify service: started, and READY=1 received."""
     notify = NotifySocket(home.dir / "notify.sock")
     try:
         env = dict(home.env, NOTIFY_SOCKET=str(notify.path))
-        async with daemon_process(home, env=env) as daemon:
+        async with daemon_process(home, env=env, stderr=stderr) as daemon:
             await notify.expect("READY=1")
             yield daemon, notify
     finally:
@@ -274,9 +278,12 @@ async def test_shutdown_refuses_new_launches_and_a_second_signal_forces_exit(
     stubborn.chmod(0o755)
     home.add_host("local", terminate_grace_s=60)
     async with (
-        notified_daemon(home) as (daemon, notify),
+        notified_daemon(home, stderr=asyncio.subprocess.PIPE) as (daemon, notify),
         controller(home, kernel=str(stubborn)) as fe,
     ):
+        assert daemon.stderr is not None
+        said = asyncio.ensure_future(daemon.stderr.read())  # its log, a pipe (journald's is
+        # a socket): the line before the forced exit is in it (it waited in the log's queue)
         kl = await fe.link.accept(60)
         pid = int(kl.hello["pid"])
         assert fe.proc.stdout is not None
@@ -290,6 +297,7 @@ async def test_shutdown_refuses_new_launches_and_a_second_signal_forces_exit(
         assert "shutting down and takes no new launches" in refused.stderr
         daemon.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(daemon.wait(), 30) == 128 + signal.SIGTERM
+        assert b'"second signal: exiting now"' in await asyncio.wait_for(said, 30)
         await fe.result()
         await kl.closed()  # its connection died with the daemon...
         await wait_gone(pid)  # ...and the supervisor's SIGKILL follow-up ended it

@@ -4,11 +4,14 @@ records (asyncio's, asyncssh's) are lines of the same log."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -130,3 +133,40 @@ def test_a_pipe_nobody_reads_never_stops_the_daemon(
     lost = [e for e in events if e["event"] == "log lines lost"]
     assert len(lost) == 1 and lost[0]["lost_lines"] >= written - len(kept)
     assert events[-1]["event"] == "after"
+
+
+def test_what_waits_for_a_reader_is_written_before_the_process_ends() -> None:
+    """Lines wait in a queue for a stream that may block: a process that ends (``atexit``:
+    every way out of ``relay serve``) or exits at once (``drain`` first: the daemon's second
+    signal) writes them first; a review found the last line before ``os._exit`` lost 20
+    times in 20."""
+    program = (
+        "import os, sys, structlog; from relay import log; "
+        "log.configure('info', json=True); "
+        "structlog.get_logger('t').warning('the last line', how=sys.argv[1]); "
+        "log.drain(5) if sys.argv[1] == 'exit' else None; "
+        "os._exit(0) if sys.argv[1] == 'exit' else None"
+    )
+    for how in ("exit", "end") * 5:
+        done = subprocess.run(
+            [sys.executable, "-c", program, how], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0 and '"the last line"' in done.stderr, (how, done)
+
+
+def test_a_pipe_whose_reader_is_gone_is_said_in_relay_status(restore_logging: None) -> None:
+    """`relay serve 2>&1 | head`: the reader gone, each line is lost (EPIPE), and `relay
+    status` says so (the thread that writes them had kept it to itself: a review's)."""
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    stream = os.fdopen(write_fd, "w")
+    log.configure("info", stream=stream, json=True)
+    logger = structlog.get_logger("test")
+    logger.info("into a pipe nobody reads")
+    log.drain(30)  # the thread has tried it
+    logger.info("the next")
+    assert log.problem() == (
+        "cannot write the log: Broken pipe; relay runs on without logging until it can"
+    )
+    with contextlib.suppress(BrokenPipeError):  # what the failed write left in its buffer
+        stream.close()
