@@ -192,6 +192,8 @@ class _Behind:
         self._lines: queue.Queue[str | None] = queue.Queue(self.LIMIT)
         # why a write failed (a reader gone: EPIPE), for good: a stream's end does not mend
         self.broken: BaseException | None = None
+        self.dropped = 0  # lines a write failed for otherwise (for now), and why the last
+        self.why_dropped: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="relay-log", daemon=True)
         self._thread.start()
 
@@ -207,8 +209,10 @@ class _Behind:
             try:
                 self._stream.write(text)
                 self._stream.flush()
-            except (OSError, ValueError) as exc:  # ValueError: closed
+            except (BrokenPipeError, ConnectionResetError, ValueError) as exc:  # its end
                 self.broken = self.broken or exc  # said by the next write (``_Guarded``)
+            except OSError as exc:  # that line lost (EAGAIN, ENOSPC...), and said so
+                self.dropped, self.why_dropped = self.dropped + 1, exc
 
     def drain(self, timeout_s: float) -> None:
         """What waits, written within ``timeout_s`` (a reader that reads again), then the
@@ -234,12 +238,18 @@ class _Guarded:
         self._json = json
         self.sink = _Sink("the log (stderr)" if stream is sys.stderr else "the log")
         self.behind = _Behind(stream) if _may_block(stream) else None
+        self._dropped = 0  # of the behind's, counted already
 
     def write(self, text: str) -> int:
         if self.behind is not None:
             if self.behind.broken is not None:  # a broken pipe: `relay status` says so
                 self.sink.failed(self.behind.broken, say=False)
                 return len(text)
+            if (dropped := self.behind.dropped) > self._dropped:  # counted in the next line
+                assert self.behind.why_dropped is not None
+                for _ in range(dropped - self._dropped):
+                    self.sink.failed(self.behind.why_dropped, say=False)
+                self._dropped = dropped
             lost = self.sink.lost_line(self._json) if self.sink.lost else ""
             if self.behind.put(lost + text):
                 self.sink.recovered()
@@ -290,6 +300,9 @@ def drain(timeout_s: float = 2.0) -> None:
         _guarded.behind.drain(timeout_s)
 
 
+atexit.register(drain)  # every way out of the process but os._exit (which calls it first)
+
+
 def problem() -> str | None:
     """Why the log cannot be written right now, if it cannot."""
     return _sink.problem if _sink is not None else None
@@ -307,8 +320,6 @@ def configure(
     )
     out = stream if isinstance(stream, RotatingFile) else _Guarded(stream, json)
     _sink, _guarded = out.sink, (out if isinstance(out, _Guarded) else None)
-    if _guarded is not None and _guarded.behind is not None:
-        atexit.register(_guarded.behind.drain, 2.0)  # every way out but os._exit (``drain``)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -74,18 +74,23 @@ def _why(where: str, st: os.stat_result, uid: int) -> str | None:
 @functools.lru_cache(maxsize=16)
 def _private_group(gid: int, uid: int) -> bool:
     """Whether group ``gid`` has one member, ``uid`` (as its primary group or as a listed
-    member): Debian's rule (its OpenSSH patch "user-group-modes"). The user's own primary
-    group counts though the passwd database does not list the user (SSSD and LDAP sites do
-    not enumerate it: a review found FreeIPA's private groups refused so)."""
+    member): Debian's rule (its OpenSSH patch "user-group-modes"). Where the passwd database
+    does not list the user (SSSD and LDAP sites do not enumerate it: a review found
+    FreeIPA's private groups refused so), the user's primary group counts if it is named as
+    the user (not a shared ``users``: a second review's finding)."""
     try:
         group = grp.getgrgid(gid)
         owner = pwd.getpwuid(uid)
     except KeyError:
         return False
-    members = 1 if owner.pw_gid == gid else 0
+    members = 0
     for entry in pwd.getpwall():
-        if entry.pw_gid == gid and entry.pw_uid != uid:
-            return False
+        if entry.pw_gid == gid:
+            if entry.pw_uid != uid:
+                return False
+            members += 1
+    if not members and owner.pw_gid == gid and group.gr_name == owner.pw_name:
+        members = 1  # passwd not listed: a group named as the user, as safedirs.sh asks
     if group.gr_mem:
         if group.gr_mem != [owner.pw_name]:
             return False

@@ -16,6 +16,7 @@ import asyncio
 import collections
 import functools
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -173,7 +174,10 @@ class _Direct:
         bind: str | None,
         same_address: str | None = None,
         moved: Callable[[str], None] | None = None,
+        *,
+        family: int = socket.AF_UNSPEC,  # ssh_config's AddressFamily
     ) -> None:
+        self._family = family
         self._bind = (bind, 0) if bind else None  # ssh_config's BindAddress, as asyncssh's own
         self.address = same_address
         self._moved = moved  # told the address when the name no longer has it
@@ -182,7 +186,7 @@ class _Direct:
         self, session_factory: Callable[[], asyncio.Protocol], host: str, port: int
     ) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
         loop = asyncio.get_running_loop()
-        found = await resolver.addresses(host, port)
+        found = await resolver.addresses(host, port, self._family)
         if self.address is not None:
             if self.address in found:
                 found = [self.address]
@@ -517,7 +521,11 @@ class Connector:
         started = time.monotonic()
         view, connect_plan = await self.plan()
         cfg = connect_plan.config
-        direct = not (connect_plan.jump or cfg.proxy_command)  # else a tunnel, not TCP
+        # else a tunnel, not TCP: relay.toml's way there, or ssh_config's (a ProxyCommand, or
+        # ProxyJump's several hops, which asyncssh follows itself)
+        hops = str(view.get("ProxyJump") or "").lower()
+        proxied = view.get("ProxyCommand") is not None or hops not in ("", "none")
+        direct = not (connect_plan.jump or cfg.proxy_command or proxied)
         limit = cfg.connect_timeout_s if ask is None else LOGIN_TIMEOUT_S
         timeout_s = max(0.1, min(limit, deadline - started))
         # A login's LOGIN_TIMEOUT_S is the person's, from the server's first prompt; reaching
@@ -544,7 +552,10 @@ class Connector:
             kwargs = await self._through_jump(connect_plan, kwargs)
             if direct and "tunnel" not in kwargs:
                 bind = view.get("BindAddress")
-                kwargs["tunnel"] = _Direct(bind and str(bind), same_address, self._moved)
+                family = view.get("AddressFamily") or socket.AF_UNSPEC
+                kwargs["tunnel"] = _Direct(
+                    bind and str(bind), same_address, self._moved, family=int(family)
+                )
 
             async def attempt() -> asyncssh.SSHClientConnection:
                 ends = asyncio.get_running_loop().time() + timeout_s

@@ -25,7 +25,7 @@ __all__ = ["addresses", "in_flight"]
 Infos = list[tuple[Any, ...]]
 
 getaddrinfo = socket.getaddrinfo  # the look-up itself (the C library's); tests stand in for it
-_pending: dict[tuple[str, int], asyncio.Future[Infos]] = {}
+_pending: dict[tuple[str, int, int], asyncio.Future[Infos]] = {}
 
 
 def in_flight() -> int:
@@ -33,16 +33,23 @@ def in_flight() -> int:
     return len(_pending)
 
 
-async def addresses(host: str, port: int) -> list[str]:
-    """``host``'s addresses for TCP, in the resolver's order (an address is itself)."""
+async def addresses(host: str, port: int, family: int = socket.AF_UNSPEC) -> list[str]:
+    """``host``'s addresses for TCP, in the resolver's order (an address is itself), of
+    ``family`` if given (ssh_config's AddressFamily)."""
     try:
-        return [str(ipaddress.ip_address(host.strip("[]").partition("%")[0]))]
+        literal = ipaddress.ip_address(host.strip("[]"))  # a scope (%eth0) is kept
     except ValueError:
         pass
-    key = (host, port)
+    else:
+        wrong = {socket.AF_INET: 6, socket.AF_INET6: 4}.get(socket.AddressFamily(family))
+        if literal.version == wrong:
+            raise socket.gaierror(socket.EAI_FAMILY, "Address family for hostname not supported")
+        return [str(literal)]
+    key = (host, port, int(family))
     pending = _pending.get(key)
-    if pending is None:
-        pending = _pending[key] = _look_up(host, port)
+    if pending is None or pending.get_loop() is not asyncio.get_running_loop():
+        # (another loop's: one that closed before its look-up ended never settles it)
+        pending = _pending[key] = _look_up(host, port, family)
         pending.add_done_callback(lambda done: _forget(key, done))
     infos = await asyncio.shield(pending)  # a cancelled attempt leaves it to the others
     seen: list[str] = []
@@ -53,14 +60,15 @@ async def addresses(host: str, port: int) -> list[str]:
     return seen
 
 
-def _forget(key: tuple[str, int], done: asyncio.Future[Infos]) -> None:
+def _forget(key: tuple[str, int, int], done: asyncio.Future[Infos]) -> None:
     if _pending.get(key) is done:
         del _pending[key]
     if not done.cancelled():
         done.exception()  # retrieved: an error nobody awaits any more is not news
 
 
-def _look_up(host: str, port: int) -> asyncio.Future[Infos]:
+def _look_up(host: str, port: int, family: int) -> asyncio.Future[Infos]:
     return in_thread(
-        f"resolve:{host}", lambda: list(getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        f"resolve:{host}",
+        lambda: list(getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)),
     )

@@ -155,3 +155,19 @@ def test_a_private_group_counts_though_passwd_is_not_listed(
         assert safepath.unsafe(f) is None
     finally:
         safepath._private_group.cache_clear()
+
+
+def test_a_shared_primary_group_is_not_taken_for_a_private_one(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """passwd not listed (SSSD, LDAP): only a primary group named as the user counts as the
+    user's own, not a shared ``users`` that lists nobody (a second review's finding)."""
+    me = pwd.getpwuid(os.geteuid())
+    shared = grp.struct_group(("users", "x", me.pw_gid, []))
+    monkeypatch.setattr(pwd, "getpwall", lambda: [])
+    monkeypatch.setattr(grp, "getgrgid", lambda gid: shared)
+    safepath._private_group.cache_clear()
+    try:
+        assert not safepath._private_group(me.pw_gid, me.pw_uid)
+    finally:
+        safepath._private_group.cache_clear()

@@ -170,3 +170,36 @@ def test_a_pipe_whose_reader_is_gone_is_said_in_relay_status(restore_logging: No
     )
     with contextlib.suppress(BrokenPipeError):  # what the failed write left in its buffer
         stream.close()
+
+
+def test_a_line_a_write_fails_for_is_lost_alone(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails for now (EAGAIN on a stderr another process made non-blocking, a
+    full disk) loses its line, counted in the next; the lines after it are written (one such
+    error stopped the log for good: a review's)."""
+    read_fd, write_fd = os.pipe()
+    stream = os.fdopen(write_fd, "w")
+    real_write, failures = stream.write, [1]
+
+    def write(text: str) -> int:
+        if failures and "first" in text:
+            failures.pop()
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real_write(text)
+
+    monkeypatch.setattr(stream, "write", write)
+    log.configure("info", stream=stream, json=True)
+    logger = structlog.get_logger("test")
+    logger.info("first")
+    deadline = time.monotonic() + 30
+    while failures:  # the writer's thread has tried it
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    logger.info("then")
+    log.drain(30)
+    stream.close()
+    with os.fdopen(read_fd) as pipe:
+        events = [json.loads(line) for line in pipe]
+    assert [e["event"] for e in events] == ["log lines lost", "then"], events
+    assert events[0]["lost_lines"] == 1

@@ -117,3 +117,36 @@ def test_a_name_is_looked_up_once_however_many_attempts_want_it(
     finally:
         gate.set()
     assert sorted(calls) == ["dead.test", "fine.test"]
+
+
+def test_an_address_is_itself_its_scope_kept_and_its_family_checked() -> None:
+    async def main() -> None:
+        assert await resolver.addresses("[fe80::1%eth0]", 22) == ["fe80::1%eth0"]
+        assert await resolver.addresses("::1", 22, socket.AF_INET6) == ["::1"]
+        with pytest.raises(socket.gaierror):  # ssh -4 ::1: "Address family ... not supported"
+            await resolver.addresses("::1", 22, socket.AF_INET)
+
+    asyncio.run(main())
+
+
+def test_a_look_up_left_by_a_closed_loop_is_not_handed_to_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop that closed while its look-up ran never settles it: the next loop's attempts
+    for that name waited on it, or raised "attached to a different loop" (a review's)."""
+    gate = threading.Event()
+
+    def look_up(host: str, port: int, **_: object) -> list[tuple[Any, ...]]:
+        assert gate.wait(30)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(resolver, "getaddrinfo", look_up)
+
+    async def started() -> None:
+        running = asyncio.ensure_future(resolver.addresses("name.test", 22))
+        await asyncio.sleep(0)
+        running.cancel()  # as asyncio.run does with what is left
+
+    asyncio.run(started())  # its loop closes with the look-up running
+    gate.set()
+    assert asyncio.run(resolver.addresses("name.test", 22)) == ["127.0.0.1"]
