@@ -679,12 +679,23 @@ class HostSession:
                 if agent.ended.done():  # ended here meanwhile (a stop): nothing to say
                     return
                 self._log.warning("relay's agent is gone", reason=exc.message)
-                found = (
-                    exc.what
-                    if exc.what is not None
-                    else f"relay's agent was not there (the host restarted, the agent was "
-                    f"killed, or {self.key} now leads to another machine): its kernels are lost"
-                )
+                carried = self._agent_supervisor.confirmed if self._agent_supervisor else 0
+                if exc.what is not None:
+                    found = exc.what
+                elif not carried:
+                    # none of relay's kernels there: an agent with none ends once its daemon
+                    # is gone (a launch's start lost with the connection, a review's case),
+                    # and nothing was lost (said as lost, with KERNELS 0)
+                    found = (
+                        "relay's agent there had ended, with no kernel of relay's to keep; "
+                        "the next launch starts another"
+                    )
+                else:
+                    found = (
+                        f"relay's agent was not there (the host restarted, the agent was "
+                        f"killed, or {self.key} now leads to another machine): its kernels "
+                        f"are lost"
+                    )
                 agent.end(
                     f"the connection to {self.key} was lost at {moment(lost_at)}; when "
                     f"it was back, {found}"

@@ -288,6 +288,19 @@ class Supervisor:
         """Kernels started here whose exit has not come back yet."""
         return len(self._procs)
 
+    @property
+    def confirmed(self) -> int:
+        """Of those, the ones whose start the host confirmed (a pid came back): not a start
+        lost on its way, with its connection."""
+        return sum(
+            1
+            for p in self._procs.values()
+            if p.started.done()
+            and not p.started.cancelled()
+            and p.started.exception() is None
+            and not p.exited.done()
+        )
+
     def signal(self, kernel_id: str, signal: str) -> None:
         if signal not in _SIGNALS:  # a line of the supervisor's stdin: nothing else in it
             raise ValueError(f"not a signal the supervisor sends: {signal!r}")

@@ -2681,3 +2681,39 @@ async def test_a_wall_clock_stepped_past_the_window_during_an_outage_ends_nothin
         assert await asyncio.wait_for(echo, BOUND_S) == payload
         assert pid_alive(pid) and resume_state(running)["state"] == "on"
         await quit_cleanly(kl, fe)
+
+
+async def test_an_agent_with_no_kernel_that_ended_in_an_outage_is_not_said_to_lose_any(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launch's listeners were given, then the path went black before its start reached
+    the agent, which had no kernel: it ended once its daemon was gone, as one with none
+    does. `relay status` then said "its kernels are lost" with KERNELS 0 (a review's
+    finding, 3 in 3 runs). Nothing was lost, and that is what it says now."""
+    from relay.agent.forward import AgentForward
+
+    opened = AgentForward.open.__func__  # type: ignore[attr-defined]
+    fired: list[bool] = []
+
+    async def open_then_black(cls: type[AgentForward], *args: Any, **kwargs: Any) -> Any:
+        forward = await opened(cls, *args, **kwargs)
+        if not fired:
+            fired.append(True)
+            proxy.blackhole()
+        return forward
+
+    async with (
+        behind_proxy(home, launch_timeout_s=6) as proxy,
+        start_daemon(home) as running,
+    ):
+        status, _, err = await relay_cli(home, "connect", "local")  # the agent up, no kernel
+        assert status == 0, err
+        monkeypatch.setattr(AgentForward, "open", classmethod(open_then_black))
+        async with controller(home) as fe:
+            status, _, err = await fe.result(BOUND_S)
+            assert status != 0 and len(err.strip().splitlines()) == 1, err
+        monkeypatch.undo()
+        proxy.restore()
+        await until(lambda: resume_state(running).get("state") == "ended", "the resume's end")
+        said = str(resume_state(running)["reason"])
+        assert "no kernel of relay's to keep" in said and "are lost" not in said, said
