@@ -557,9 +557,20 @@ async def _callback(k: Kernel, kernel: str, timeout_s: float, deadline: float) -
     the remote host can connect. Bounded by the launch's ``deadline``, ``timeout_s``
     (launch_timeout_s) after it began."""
     try:
-        async with asyncio.timeout_at(deadline):
-            await _until_connected(k, kernel)
-            await k.forward.listeners_closed()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await _until_connected(k, kernel)
+                await k.forward.listeners_closed()
+        except TimeoutError:
+            # the daemon was stopped (SIGSTOP, Ctrl-Z, a paused VM) while the kernel called
+            # back: its connection waits unread, behind the timer that woke first (a review's
+            # finding: "did not connect within 6 s" for a kernel that had). As long again,
+            # at most, for what waits to be read
+            if (away_s := k.host.away_s()) <= 0:
+                raise
+            async with asyncio.timeout(min(away_s, timeout_s)):
+                await _until_connected(k, kernel)
+                await k.forward.listeners_closed()
     except TimeoutError:
         # the path went down under the launch: the kernel's links wait at the host's agent,
         # and that, not the kernel, is why it did not connect

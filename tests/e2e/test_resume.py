@@ -2717,3 +2717,34 @@ async def test_an_agent_with_no_kernel_that_ended_in_an_outage_is_not_said_to_lo
         await until(lambda: resume_state(running).get("state") == "ended", "the resume's end")
         said = str(resume_state(running)["reason"])
         assert "no kernel of relay's to keep" in said and "are lost" not in said, said
+
+
+async def test_a_kernel_that_called_back_while_the_daemon_was_stopped_is_connected(
+    home: RelayHome,
+) -> None:
+    """`relay serve` stopped (Ctrl-Z, SIGSTOP, a paused VM) past launch_timeout_s while the
+    kernel called back: on waking, the launch's timer fired before its connection was read,
+    and the shim said "the kernel did not connect within 6 s", which sends a person to the
+    kernel (a review's finding, 2 in 2 runs). What waits is read first now, and the launch
+    goes on."""
+    async with (
+        KernelGate(home.dir / "gate") as gate,
+        behind_proxy(home, launch_timeout_s=LAUNCH_S, controller_args=["-simgate", str(gate.path)]),
+    ):
+        daemon = await serve_subprocess(home)
+        draining = asyncio.ensure_future(drain(daemon))
+        try:
+            async with controller(home) as fe:
+                await asyncio.wait_for(gate.arrived.wait(), BOUND_S)
+                daemon.send_signal(signal.SIGSTOP)
+                gate.open()  # the kernel calls back to the agent, which waits for relay
+                await asyncio.sleep(LAUNCH_S + 2)  # stopped past the launch's timeout
+                daemon.send_signal(signal.SIGCONT)
+                kl, _ = await connected(fe)
+                assert await kl.echo(b"x") == b"x"
+                await quit_cleanly(kl, fe)
+        finally:
+            daemon.send_signal(signal.SIGCONT)
+            daemon.terminate()
+            assert await daemon.wait() == 0
+            await draining
