@@ -337,6 +337,13 @@ class HostSession:
             return await asyncio.shield(self._connecting)
         finally:
             self._connect_waiters -= 1
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() and not self.resuming:
+                # the last launch waiting for it gave up (its timeout, its shim gone): let it
+                # go, so the next launch makes an attempt of its own rather than join this
+                # one, perhaps on a path that died under it (a review's finding: the first
+                # launch once the path was back failed at once, with a stale error)
+                self._let_go_of_attempt()
 
     async def connection_by(self, deadline: float) -> asyncssh.SSHClientConnection:
         """``connection`` for a launch, which waits no longer than its ``deadline`` (loop

@@ -60,6 +60,7 @@ from tests.e2e.helpers import (
     Controller,
     close_launches,
     controller,
+    launch_and_quit,
     launch_template,
     relay_cli,
     remote_command,
@@ -2748,3 +2749,35 @@ async def test_a_kernel_that_called_back_while_the_daemon_was_stopped_is_connect
             daemon.terminate()
             assert await daemon.wait() == 0
             await draining
+
+
+async def test_the_first_launch_once_the_path_is_back_makes_an_attempt_of_its_own(
+    home: RelayHome,
+) -> None:
+    """The path went black while the agent started; the launch gave up, but the attempt to
+    connect again it had begun ran on, on the dead path, with nobody waiting. The first
+    launch once the path was back joined it and failed at once, blaming sshd for a banner
+    that never came (a review's finding, 3 in 3 runs). An attempt nobody waits for is let
+    go, and the next launch makes its own."""
+    assert home.sshd is not None
+    begun, gate = home.dir / "agent-starts", home.dir / "agent-gate"
+    bashrc = home.sshd.home / ".bashrc"  # bash reads it for ssh's commands too
+    bashrc.write_text(
+        f'case "$BASH_EXECUTION_STRING" in *relayagent.py*) echo x >>{begun}; i=0; '
+        f"while test ! -e {gate} && test $i -lt 1200; do sleep 0.05; i=$((i + 1)); done;; esac\n"
+    )
+    try:
+        async with (
+            behind_proxy(home, launch_timeout_s=6) as proxy,
+            start_daemon(home),
+        ):
+            async with controller(home) as fe:
+                await until(begun.exists, "the agent's start")
+                proxy.blackhole()
+                status, _, err = await fe.result(BOUND_S)
+                assert status != 0 and len(err.strip().splitlines()) == 1, err
+            gate.touch()
+            proxy.restore()
+            await launch_and_quit(home, "local")
+    finally:
+        bashrc.unlink()
