@@ -271,6 +271,8 @@ class _Guarded:
         return len(text)
 
     def flush(self) -> None:
+        if self.behind is not None:
+            return  # the writer's thread flushes each line; the stream is that thread's alone
         with contextlib.suppress(OSError, ValueError):
             self._stream.flush()
 
