@@ -37,11 +37,13 @@ async def test_an_attempt_let_go_at_the_windows_end_is_not_joined_by_the_next_la
     host._connect = connect  # type: ignore[method-assign]
     resume = asyncio.ensure_future(host.connection())  # the resume's live(), under its timeout
     await asyncio.sleep(0)
+    let_go = host._connecting
+    assert let_go is not None
     resume.cancel()  # the window ran out
     await asyncio.gather(resume, return_exceptions=True)
-    let_go = host._connecting
-    assert let_go is not None and host._connect_waiters == 0
-    host._let_go_of_attempt()
+    assert host._connect_waiters == 0
+    host._let_go_of_attempt()  # as the resume's end does (its last waiter gone did already)
+    assert host._connecting is None
     await winding_down.wait()
     assert await asyncio.wait_for(host.connection(), 10) is fresh  # a launch meanwhile
     wound_down.set()
