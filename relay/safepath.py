@@ -32,8 +32,8 @@ def unsafe(path: str | os.PathLike[str], *, uid: int | None = None) -> str | Non
     named = os.path.abspath(_home_named(uid))
     homes = (named, os.path.realpath(named))
     # the real path's directories, and the path's own as written: each holds an entry (a
-    # symlink, perhaps) that whoever may write it could swap
-    chain = _up(os.path.realpath(path), homes) + _up(os.path.abspath(path), homes)
+    # symlink, perhaps) that whoever may write it could swap; each checked once, in order
+    chain = dict.fromkeys(_up(os.path.realpath(path), homes) + _up(os.path.abspath(path), homes))
     for where in chain:
         try:
             st = os.stat(where)
