@@ -97,6 +97,13 @@ class NotBack(ConnectFailed):
         self.afterwards = afterwards
 
 
+class StartLost(ConnectFailed):
+    """The connection was lost, and the supervisor or agent that would have run a kernel
+    ended with it, before the kernel's start was confirmed: nothing of that start runs on
+    (the supervisor ends its kernels with its session; an agent that ends keeps none). A
+    launch may start it again on the next connection."""
+
+
 class AuthenticationFailed(RelayError):
     code = "auth_failed"
 

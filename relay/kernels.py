@@ -46,6 +46,7 @@ from relay.errors import (
     KernelExited,
     KernelMissing,
     LaunchTimeout,
+    StartLost,
     host_header,
 )
 from relay.kernelcmd import build_argv
@@ -338,22 +339,40 @@ async def launch(
     kernel's argv (a Slurm job step: ``srun ...``)."""
     # launch_timeout_s bounds the whole launch: connecting, the supervisor, the forwards and
     # the kernel's callback share one deadline
-    deadline = asyncio.get_running_loop().time() + host.config.launch_timeout_s
-    start = functools.partial(
-        _start,
-        host,
-        kernel=kernel,
-        link=link,
-        mode=mode,
-        args=list(extra_args),
-        kernel_id=kernel_id or new_kernel_id(),
-        wrapper=wrapper,
-    )
-    k = await _acquire(host, start, deadline)
-    k.log.info("launching", mode=mode, link=str(link), remote_link=str(k.remote_link))
-    k.follow_callback(kernel, deadline)
-    await _answer(k, kernel)
-    return k
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + host.config.launch_timeout_s
+    kernel_id = kernel_id or new_kernel_id()  # kept by a second start: a new supervisor's
+
+    async def once() -> Kernel:
+        start = functools.partial(
+            _start,
+            host,
+            kernel=kernel,
+            link=link,
+            mode=mode,
+            args=list(extra_args),
+            kernel_id=kernel_id,
+            wrapper=wrapper,
+        )
+        k = await _acquire(host, start, deadline)
+        k.log.info("launching", mode=mode, link=str(link), remote_link=str(k.remote_link))
+        k.follow_callback(kernel, deadline)
+        await _answer(k, kernel)
+        return k
+
+    try:
+        return await once()
+    except StartLost as exc:
+        # a blip between the launch's listeners and its kernel's start: the supervisor or
+        # agent that was to run it ended with the connection, so nothing of it runs; made
+        # once more on the next connection, within the same deadline (a review's finding:
+        # "SSH connection lost" for a launch that a second's blip cut short)
+        if loop.time() >= deadline:
+            raise
+        structlog.get_logger("relay.kernel").info(
+            "launching again on the next connection", host=host.key, error=str(exc)
+        )
+        return await once()
 
 
 async def _acquire(

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import asyncssh
 import structlog
 
-from relay.errors import ConnectFailed, KernelMissing, SupervisorFailed
+from relay.errors import ConnectFailed, KernelMissing, StartLost, SupervisorFailed
 from relay.kernelcmd import no_control_characters, shell_join
 from relay.peerowner import CLOSING, GONE, UNKNOWN
 from relay.ssh.remote_scripts import remote_command, session
@@ -411,9 +411,10 @@ class Supervisor:
         if not self.closed.done():
             self.closed.set_result(None)
         err = ConnectFailed(f"{self._host}: SSH connection lost")
+        unstarted = StartLost(f"{self._host}: SSH connection lost")
         for proc in self._procs.values():
             if not proc.started.done():
-                proc.started.set_exception(err)
+                proc.started.set_exception(unstarted)
             if not proc.exited.done():
                 proc.exited.set_result(None)
         self._procs.clear()

@@ -2720,6 +2720,73 @@ async def test_an_agent_with_no_kernel_that_ended_in_an_outage_is_not_said_to_lo
         assert "no kernel of relay's to keep" in said and "are lost" not in said, said
 
 
+@pytest.mark.parametrize(
+    ("window", "where"),
+    [(None, "listeners"), (0, "before"), (0, "after")],
+    ids=["agent", "old-before", "old-after"],
+)
+async def test_a_launch_a_blip_cut_before_its_kernel_started_is_made_again_once_back(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch, window: int | None, where: str
+) -> None:
+    """The path resets in the middle of a launch (a Wi-Fi switch as a notebook opens) and is
+    back at once: through the agent, once the kernel's listeners are made (an agent with no
+    kernel yet ends with its daemon gone); on the old path, as the start line is written
+    (sshd ends the supervisor's session). Nothing of the start runs on, and the launch failed
+    with "local: SSH connection lost" (a review's finding). It is made again on the next
+    connection, within launch_timeout_s, and no first kernel is left running."""
+    from relay.agent.forward import AgentForward
+    from relay.ssh.supervisor import Supervisor
+
+    starts = home.dir / "kernel-starts"
+    counted = home.dir / "counted-kernel"
+    counted.write_text(f'#!/bin/sh\necho $$ >>{starts}\nexec {SIM_KERNEL} "$@"\n')
+    counted.chmod(0o755)
+    fired: list[bool] = []
+
+    def blip() -> None:
+        if not fired:
+            fired.append(True)
+            proxy.reset()
+
+    opened = AgentForward.open.__func__  # type: ignore[attr-defined]
+    begin = Supervisor.start_kernel
+
+    async def open_then_reset(cls: type[AgentForward], *args: Any, **kwargs: Any) -> Any:
+        forward = await opened(cls, *args, **kwargs)
+        blip()
+        return forward
+
+    def start_around_reset(self: Supervisor, *args: Any, **kwargs: Any) -> Any:
+        # before: the start line goes into a connection already reset and never arrives;
+        # after: it may get out first, and its kernel must end with its supervisor
+        if where == "before":
+            blip()
+        proc = begin(self, *args, **kwargs)
+        blip()
+        return proc
+
+    settings = {} if window is None else {"resume_window_s": window}
+    async with (
+        behind_proxy(home, launch_timeout_s=30, **settings) as proxy,
+        start_daemon(home),
+    ):
+        status, _, err = await relay_cli(home, "connect", "local")  # a connection, no kernel
+        assert status == 0, err
+        if where == "listeners":
+            monkeypatch.setattr(AgentForward, "open", classmethod(open_then_reset))
+        else:
+            monkeypatch.setattr(Supervisor, "start_kernel", start_around_reset)
+        async with controller(home, kernel=str(counted)) as fe:
+            kl, pid = await connected(fe)
+            assert fired and await kl.echo(b"after the blip") == b"after the blip"
+            pids = [int(line) for line in starts.read_text().split()]
+            assert pids[-1] == pid and 1 <= len(pids) <= 2, pids
+            for first in pids[:-1]:  # a start that got out ended with its supervisor
+                await wait_gone(first, BOUND_S)
+            await quit_cleanly(kl, fe)
+        assert proxy.accepted >= 2  # the launch's kernel came on a connection made again
+
+
 async def test_a_kernel_that_called_back_while_the_daemon_was_stopped_is_connected(
     home: RelayHome,
 ) -> None:
