@@ -2765,7 +2765,7 @@ async def test_a_launch_a_blip_cut_before_its_kernel_started_is_made_again_once_
         blip()
         return proc
 
-    settings = {} if window is None else {"resume_window_s": window}
+    settings: dict[str, object] = {} if window is None else {"resume_window_s": window}
     async with (
         behind_proxy(home, launch_timeout_s=30, **settings) as proxy,
         start_daemon(home),
