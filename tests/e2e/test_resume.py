@@ -2722,11 +2722,11 @@ async def test_an_agent_with_no_kernel_that_ended_in_an_outage_is_not_said_to_lo
 
 @pytest.mark.parametrize(
     ("window", "where"),
-    [(None, "listeners"), (0, "before"), (0, "after")],
+    [(900, "listeners"), (0, "before"), (0, "after")],
     ids=["agent", "old-before", "old-after"],
 )
 async def test_a_launch_a_blip_cut_before_its_kernel_started_is_made_again_once_back(
-    home: RelayHome, monkeypatch: pytest.MonkeyPatch, window: int | None, where: str
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch, window: int, where: str
 ) -> None:
     """The path resets in the middle of a launch (a Wi-Fi switch as a notebook opens) and is
     back at once: through the agent, once the kernel's listeners are made (an agent with no
@@ -2765,9 +2765,8 @@ async def test_a_launch_a_blip_cut_before_its_kernel_started_is_made_again_once_
         blip()
         return proc
 
-    settings: dict[str, object] = {} if window is None else {"resume_window_s": window}
     async with (
-        behind_proxy(home, launch_timeout_s=30, **settings) as proxy,
+        behind_proxy(home, launch_timeout_s=30, resume_window_s=window) as proxy,
         start_daemon(home),
     ):
         status, _, err = await relay_cli(home, "connect", "local")  # a connection, no kernel
