@@ -29,8 +29,8 @@ port alone.
 Parsing and judging are pure (``proc_net_rows``, ``owner_in_rows``, ``owner_in_lsof``);
 ``linux_owner`` and ``local_owner`` are the I/O shells.
 Answers: a uid, ``GONE`` (no such socket: the client already left), ``CLOSING`` (the socket
-is there but closing or orphaned: nobody's) or ``UNKNOWN`` (this system offers no way to
-tell).
+is there but closing or orphaned: nobody's), ``UNKNOWN`` (this system offers no way to
+tell) or ``NO_FILES`` (this process is out of open files, and could read nothing).
 """
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import Final, NamedTuple
 
-from relay import sockdiag
+from relay import fdlimit, sockdiag
 from relay.sockdiag import Found
 
 __all__ = [
     "CLOSING",
     "GONE",
+    "NO_FILES",
     "UNKNOWN",
     "LsofRuns",
     "Row",
@@ -70,6 +71,7 @@ __all__ = [
 GONE: Final = -1
 UNKNOWN: Final = -2
 CLOSING: Final = -3
+NO_FILES: Final = -4  # this process is out of open files: nothing could be read
 LISTEN: Final = "0A"
 ESTABLISHED: Final = "01"  # the st column of /proc/net/tcp (include/net/tcp_states.h)
 SYN_RECV: Final = "03"  # how /proc/net/tcp shows a connection its listener has not yet had
@@ -230,9 +232,16 @@ def _proc_net() -> str:
         try:
             with open(path) as fh:
                 texts.append(fh.read())
-        except OSError:
+        except OSError as exc:
+            if fdlimit.exhausted(exc):  # not "no such socket": nothing could be read
+                raise _OutOfFiles from None
             continue
     return "".join(texts)
+
+
+class _OutOfFiles(Exception):
+    """Neither sock_diag's socket nor ``/proc`` could be opened: this process is out of
+    open files (its owner then read ``NO_FILES``, not ``GONE``: another user's, it seemed)."""
 
 
 def _rows(local_port: int, remote_port: int) -> list[Row]:
@@ -257,19 +266,29 @@ def _rows(local_port: int, remote_port: int) -> list[Row]:
 
 
 def linux_owner(client_port: int, listen_port: int) -> int:
-    """``owner_in_rows`` on this machine (``has_proc_net``)."""
-    return owner_in_rows(_rows(client_port, listen_port), client_port, listen_port)
+    """``owner_in_rows`` on this machine (``has_proc_net``); ``NO_FILES`` where nothing
+    could be read (so for each of these three)."""
+    try:
+        return owner_in_rows(_rows(client_port, listen_port), client_port, listen_port)
+    except _OutOfFiles:
+        return NO_FILES
 
 
 def linux_taker(listen_port: int, client_port: int) -> int:
     """``taker_in_rows`` on this machine."""
-    return taker_in_rows(_rows(listen_port, client_port), listen_port, client_port)
+    try:
+        return taker_in_rows(_rows(listen_port, client_port), listen_port, client_port)
+    except _OutOfFiles:
+        return NO_FILES
 
 
 def linux_listening(port: int, uid: int) -> int:
     """``listening_in_rows`` on this machine: the listener a connection to 127.0.0.1:port
     would reach (the kernel's choice), or with ``/proc`` alone every one on the port."""
-    return listening_in_rows(_rows(port, 0), port, uid)
+    try:
+        return listening_in_rows(_rows(port, 0), port, uid)
+    except _OutOfFiles:
+        return NO_FILES
 
 
 async def local_owner(client_port: int, listen_port: int) -> int:

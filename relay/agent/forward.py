@@ -17,9 +17,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from relay.agent.session import AgentSession, Stream
-from relay.errors import FrontEndUnreachable
 from relay.lite.linkname import Endpoint, LinkName
-from relay.ssh.guard import PeerGuard, taken_over
+from relay.ssh.guard import PeerGuard, taken_over, unreachable
 from relay.tasks import Flag, retrieved, while_moving
 
 __all__ = ["AgentForward", "FrontEnd", "release"]
@@ -151,13 +150,7 @@ class AgentForward:
         except OSError as exc:
             ch.stream.send_close()
             if not self.connected.done():
-                self.connected.set_exception(
-                    FrontEndUnreachable(
-                        f"the front end is not listening on {ch.target.host}:{ch.target.port} "
-                        f"({ch.role} channel of {self.target}): {exc.strerror or exc}; was "
-                        f"the launch cancelled in the front end?"
-                    )
-                )
+                self.connected.set_exception(unreachable(ch.target.host, ch.target.port, link, exc))
             return
         if frontend.refused:
             ch.stream.send_close()

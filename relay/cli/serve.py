@@ -123,7 +123,7 @@ def serve(ns: Any, *, from_command_line: bool = False) -> int:
 
     import structlog
 
-    from relay import log, settings
+    from relay import fdlimit, log, settings
     from relay.activation import ReadyPipe
     from relay.control import DaemonRunning
     from relay.daemon import serve as serve_daemon
@@ -149,6 +149,10 @@ def serve(ns: Any, *, from_command_line: bool = False) -> int:
     log.configure(ns.log_level or config.daemon.log_level, stream=stream)
     if not_lean is not None:
         structlog.get_logger("relay.lean").info("not lean", why=not_lean)
+    if (raised := fdlimit.raise_soft_limit()) is not None:  # two sockets or more a kernel
+        structlog.get_logger("relay.daemon").debug(
+            "open files", soft_limit=raised[1], was=raised[0]
+        )
     path = Path(ns.socket) if ns.socket else settings.socket_path(config)
     # A daemon holds the start lock until it listens (relay.lite.locks), so that a shim never starts
     # a second one beside it; an autostarted one's shim holds it for it.

@@ -32,9 +32,9 @@ from typing import Any, Protocol
 import asyncssh
 import structlog
 
-from relay.errors import ConnectFailed, ForwardRefused, FrontEndUnreachable, RelayError
+from relay.errors import ConnectFailed, ForwardRefused, RelayError
 from relay.lite.linkname import LOOPBACK, Endpoint, LinkName
-from relay.ssh.guard import PeerGuard, taken_over
+from relay.ssh.guard import PeerGuard, taken_over, unreachable
 from relay.ssh.linkpair import LinkChannel, LinkPair
 from relay.ssh.pipe import Pipe
 
@@ -368,13 +368,7 @@ class CallbackForward:
                 pipe.tcp_protocol, ch.target.host, ch.target.port
             )
         except OSError as exc:
-            self._pair.fail(
-                FrontEndUnreachable(
-                    f"the front end is not listening on {ch.target.host}:{ch.target.port} "
-                    f"({ch.role} channel of {self.target}): {exc.strerror or exc}; was "
-                    f"the launch cancelled in the front end?"
-                )
-            )
+            self._pair.fail(unreachable(ch.target.host, ch.target.port, link, exc))
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"relay: front end unreachable: {exc}"
             ) from None

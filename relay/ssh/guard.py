@@ -23,11 +23,13 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from relay import fdlimit
 from relay.errors import FrontEndUnreachable, PeerCheckUnavailable, RelayError, host_header
 from relay.log import RateLimited
 from relay.peerowner import (
     CLOSING,
     GONE,
+    NO_FILES,
     UNKNOWN,
     has_proc_net,
     linux_listening,
@@ -36,7 +38,7 @@ from relay.peerowner import (
     lsof_path,
 )
 
-__all__ = ["LOOPBACK", "PeerGuard", "taken_over"]
+__all__ = ["LOOPBACK", "PeerGuard", "taken_over", "unreachable"]
 
 # The address relay's link listeners are bound to, as a peer on it is reported (sshd reports
 # the originator of a forwarded connection; getpeername gives it locally, IPv4-mapped on a
@@ -47,13 +49,30 @@ WHY = {
     GONE: "gone before it could be checked",
     UNKNOWN: "cannot tell",
     CLOSING: "closed before it could be checked (a closing socket is nobody's)",
+    NO_FILES: "not checked: relay's daemon is out of open files (ulimit -n)",
 }
 
 Lookup = Callable[[int, int], Awaitable[int]]
 
 
+def unreachable(host: str, port: int, link: str, exc: OSError) -> FrontEndUnreachable:
+    """The launch's error where relay's connection to the front end's port failed."""
+    where = f"the front end's {host}:{port} ({link})"
+    if fdlimit.exhausted(exc):
+        return FrontEndUnreachable(fdlimit.out_of_files(f"relay could not connect to {where}"))
+    return FrontEndUnreachable(
+        f"the front end is not listening on {host}:{port} ({link}): {exc.strerror or exc}; "
+        f"was the launch cancelled in the front end?"
+    )
+
+
 def taken_over(port: int, link: str) -> FrontEndUnreachable:
-    """The launch's error where ``PeerGuard.reached`` says no."""
+    """The launch's error where ``PeerGuard.reached`` says no; the daemon out of open files
+    where that, not another user, is why (``NO_FILES``: nothing could be read)."""
+    if fdlimit.exhausted():
+        return FrontEndUnreachable(
+            fdlimit.out_of_files(f"relay could not check who took the front end's port {port}")
+        )
     return FrontEndUnreachable(
         f"the front end's port {port} ({link}) was taken by another user's listener, not the "
         f"front end's: relay did not connect the kernel to it; was the launch cancelled in "

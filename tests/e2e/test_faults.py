@@ -26,7 +26,14 @@ from relay.sim import frontend
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, pid_alive, run_shim, start_daemon
-from tests.e2e.helpers import Controller, controller, relay_cli, wait_gone
+from tests.e2e.helpers import (
+    Controller,
+    close_launches,
+    controller,
+    relay_cli,
+    remote_command,
+    wait_gone,
+)
 from tests.e2e.remote import listening_ports, sshd_session_of
 
 KEEPALIVE = {"keepalive_interval_s": 0.5, "keepalive_count_max": 2}
@@ -532,3 +539,30 @@ async def test_two_host_names_for_one_account_hold_kernels_side_by_side(
         await kl1.quit(0)
         assert (await first.result())[0] == 0
         await kl1.aclose()
+
+
+def _soft_nofile(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-file limit in /proc/PID/limits")
+
+
+async def test_a_daemon_started_under_a_low_open_file_limit_carries_a_pool_beyond_it(
+    home: RelayHome,
+) -> None:
+    """Each kernel costs the daemon two sockets or more. Started under a soft limit of 256
+    (macOS's default), the daemon ran out at about 120 kernels and said the front end was not
+    listening (a review's reproduction). It raises its soft limit to the hard one at start,
+    as the host's agent does; here a limit of 32 would not carry twelve kernels' links."""
+
+    async with served(home, under=["prlimit", "--nofile=32:4096", "--"]) as daemon:
+        assert _soft_nofile(daemon.pid) == 4096
+        launches = await frontend.launch_remote(remote_command(), host="local", n=12, env=home.env)
+        try:
+            assert [launch.error for launch in launches] == [None] * 12
+            for launch in launches:
+                assert launch.kernel is not None
+                assert await launch.kernel.echo(b"many") == b"many"
+        finally:
+            await close_launches(launches)
