@@ -32,9 +32,12 @@ APT_NEEDS := $(if $(wildcard $(SSHD)),,openssh-server) \
 # bookworm machine that had sshd and systemd (apt-get -s, docs/slurm-cluster.md).
 APT_NEEDS_NO_RECOMMENDS := $(if $(wildcard $(SLURMCTLD)),,slurmctld slurmd slurm-client munge)
 # Login shells that read a command otherwise than sh (tests/streams/test_login_shells.py and
-# tests/e2e/test_login_shell.py run relay's remote commands under them; without them, skipped)
+# tests/e2e/test_login_shell.py run relay's remote commands under them; without them, skipped),
+# and busybox's sh, a small host's /bin/sh (tests/streams/test_hookinstall.py runs the
+# installer's checks under it beside dash and bash)
 APT_NEEDS_NO_RECOMMENDS += $(if $(wildcard /usr/bin/tcsh),,tcsh) $(if $(wildcard /usr/bin/fish),,fish) \
-                           $(if $(wildcard /usr/bin/zsh),,zsh)
+                           $(if $(wildcard /usr/bin/zsh),,zsh) \
+                           $(if $(shell command -v busybox),,busybox)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 base-packages:
