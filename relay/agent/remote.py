@@ -1326,8 +1326,15 @@ class Agent:
                     os.unlink(log_name, dir_fd=self.dir_fd)
                 except OSError:
                     pass
-            self.say("out %s %s" % (ident, str(exc)[:OUT_WIDTH]))
-            return self.say_end("nokernel " + ident)
+            code = getattr(exc, "errno", None)
+            if code in (errno.ENOENT, errno.EACCES):  # no /bin/sh to run: as a missing kernel
+                self.say("out %s %s" % (ident, str(exc)[:OUT_WIDTH]))
+                return self.say_end("nokernel " + ident)
+            # anything else (no file, process or memory to start it with) is said as what it
+            # is: "nokernel" read as a kernel not found, and sent its user to check the path
+            name = errno.errorcode.get(code, "-") if isinstance(code, int) else "-"
+            said = " ".join(str(exc).split())[:OUT_WIDTH]
+            return self.say_end("nostart %s %s %s" % (ident, name, said))
         os.close(log)
         os.close(w)
         kernel = Kernel(ident, proc, log_name)

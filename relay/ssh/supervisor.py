@@ -74,12 +74,33 @@ def _why(status: int | None, said: str) -> str:
     )
 
 
+# what a host lacks when relay's agent cannot start a kernel (``nostart ID ERRNO TEXT``)
+_LACKS = {
+    "EMFILE": "the agent's open-file limit, ulimit -n, is reached: end some kernels or raise it",
+    "ENFILE": "the host's table of open files is full",
+    "EAGAIN": "the user's process limit there, ulimit -u, is reached: end some processes",
+    "ENOMEM": "the host is out of memory",
+    "ENOSPC": "the host's TMPDIR is full, where the kernel's log goes",
+}
+
+
+def _not_startable(host: str, value: str) -> str:
+    """Why relay's agent could not start a kernel (``nostart``: no file, process or memory to
+    start it with), as what it is: not the missing kernel that ``nokernel`` says."""
+    name, _, said = value.partition(" ")
+    lacks = _LACKS.get(name)
+    return f"relay's agent on {host} could not start the kernel: {said.strip() or name}" + (
+        f" ({lacks})" if lacks else ""
+    )
+
+
 def parse_line(line: str) -> Event | None:
     """One line from supervisor.sh; ``None`` for anything else (a chatty login shell)."""
     kind, _, rest = line.rstrip("\n").partition(" ")
     if kind not in {
         "hello",
         "nokernel",
+        "nostart",
         "found",
         "norecord",
         "pid",
@@ -390,6 +411,14 @@ class Supervisor:
                 )
             if not proc.exited.done():
                 proc.exited.set_result(137)
+        elif event.kind == "nostart":
+            self._procs.pop(event.id, None)
+            if not proc.started.done():
+                proc.started.set_exception(
+                    SupervisorFailed(_not_startable(self._host, event.value))
+                )
+            if not proc.exited.done():
+                proc.exited.set_result(126)
         elif event.kind == "nokernel":
             self._procs.pop(event.id, None)
             if not proc.started.done():

@@ -7,6 +7,7 @@ kernels started and ended, the window, and its files shut to others.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import functools
@@ -27,8 +28,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+import structlog
 
 from relay.agent import mux, remote
 from relay.agent.mux import Frame, FrameReader
@@ -40,7 +43,8 @@ from relay.agent.start import (
     parse_install_and_start,
     parse_start,
 )
-from relay.errors import ConnectFailed
+from relay.errors import ConnectFailed, KernelMissing
+from relay.ssh.supervisor import Supervisor
 from tests.conftest import pid_alive
 from tests.strangers import (
     CLOSES_WHEN_TOLD,
@@ -52,6 +56,7 @@ from tests.strangers import (
     needs_second_uid,
     stranger,
 )
+from tests.streams.test_supervisor_which import _Process as Scripted
 from tests.tmpcleaner import NO_TMPFILES, TMPFILES, age, tmp_cleaner
 
 AGENT = Path(__file__).parents[2] / "relay" / "agent" / "remote.py"
@@ -1474,7 +1479,16 @@ def test_an_agent_out_of_files_says_so_and_goes_on(run: Path) -> None:
     refused = agent.line("noport ")
     assert "Too many open files" in refused, refused
     agent.say("start k1 set -- /bin/true")
-    assert agent.line("nokernel k1") == "nokernel k1"
+    # said as what it is: "out k1 ...", then "nokernel k1", read as a kernel not found
+    said = agent.line("nostart k1 ")
+    assert said == "nostart k1 EMFILE [Errno 24] Too many open files", said
+    assert not [line for line in agent.lines if " k1" in line], agent.lines
+    why = asyncio.run(launch_failure(said))
+    assert not isinstance(why, KernelMissing), why
+    assert str(why) == (
+        "relay's agent on h could not start the kernel: [Errno 24] Too many open files (the "
+        "agent's open-file limit, ulimit -n, is reached: end some kernels or raise it)"
+    ), why
     # a kernel that connects now waits in the listener's queue (its accept() has no file
     # to give: the listener is left alone a while, not polled in a busy loop) until files
     # are free again (here: two listeners dropped; its owner check reads /proc with one)
@@ -1492,6 +1506,23 @@ def test_an_agent_out_of_files_says_so_and_goes_on(run: Path) -> None:
     kernel.close()
     waiting.close()
     agent.goodbye()
+
+
+async def launch_failure(*lines: str) -> BaseException | None:
+    """What a launch fails with in the daemon once its supervisor session (here the agent's
+    control stream, scripted) says ``lines`` for kernel k1."""
+    process = Scripted()
+    supervisor = Supervisor(cast(Any, process), "h", 1, structlog.get_logger("test"))
+    try:
+        proc = supervisor.start_kernel("k1", ["/bin/true"])
+        for line in lines:
+            process.stdout.queue.put_nowait(line + "\n")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(proc.started), BOUND_S)
+        return proc.started.exception()
+    finally:
+        process.close()
+        await supervisor.wait_closed(timeout_s=5)
 
 
 def test_a_flood_of_strangers_during_an_outage_is_counted_not_kept_line_by_line(
