@@ -519,19 +519,29 @@ def start_time(pid):
 
 def tcp_table(port):
     """The rows of /proc/net/tcp and tcp6 whose local end has ``port``, split into columns
-    (the kernel's own words): the text searched first, not split line by line."""
+    (the kernel's own words): the text searched first, not split line by line. Neither read
+    (no file to read them with): ``Unknown``, for nobody can be told."""
     needle = ":%04X " % port  # the local end, then a space (the kernel writes upper case)
+    unread = []
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(name) as f:
                 lines = f.read().splitlines()[1:]
-        except OSError:
+        except OSError as exc:
+            unread.append(exc)
             continue
         for line in lines:
             if needle in line:
                 cols = line.split()
                 if len(cols) >= 10:
                     yield cols
+    if len(unread) == 2:
+        raise Unknown(unread[0])
+
+
+class Unknown(Exception):
+    """Nothing tells who holds a socket: neither the kernel's answer nor /proc/net/tcp could
+    be had (the agent out of files). Never the same as another user's: ``checked``."""
 
 
 def diag(lport, rport):
@@ -541,7 +551,10 @@ def diag(lport, rport):
     of /proc's columns in a list (empty: none); None where the kernel does not answer, or
     does not find a socket it has (``DIAG``)."""
     if not DIAG:
-        DIAG.append(probe_diag())
+        try:
+            DIAG.append(probe_diag())
+        except OSError:  # no file to probe with: not kept, asked again at the next check
+            return None
     return None if DIAG[0] is None else ask_diag(lport, rport, DIAG[0])
 
 
@@ -562,14 +575,18 @@ def probe_diag():
         dev = 0
     try:
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    except OSError:
+    except OSError as exc:
+        if exc.errno in FULL:  # out of files: says nothing of the kernel (raised: not kept)
+            raise
         return None
     try:
         probe.bind(("127.0.0.1", 0))
         probe.listen(1)
         port = probe.getsockname()[1]
-        found = ask_diag(port, 0, dev)
-    except OSError:
+        found = ask_diag(port, 0, dev, True)
+    except OSError as exc:
+        if exc.errno in FULL:
+            raise
         return None
     finally:
         probe.close()
@@ -577,13 +594,17 @@ def probe_diag():
     return dev if ok else None
 
 
-def ask_diag(lport, rport, dev):
+def ask_diag(lport, rport, dev, probing=False):
     lo = socket.inet_aton("127.0.0.1") + bytes(12)
     body = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF)
     body += struct.pack("!HH16s16s", lport, rport, lo, lo) + struct.pack("=III", dev, NO, NO)
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4)  # NETLINK_SOCK_DIAG
-    except (OSError, AttributeError):
+    except AttributeError:
+        return None
+    except OSError as exc:
+        if probing and exc.errno in FULL:  # the probe says nothing of the kernel: ``diag``
+            raise
         return None
     try:
         sock.send(struct.pack("=IHHII", 16 + len(body), 20, 1, 1, 0) + body)
@@ -664,6 +685,18 @@ def accepting_owner(port, cport):
         if (cols[1], cols[2]) in ends and (cols[3] in ("01", "03") or cols[9] != "0"):
             return cols[7]
     return "-"
+
+
+# a connect's listener that is not the user's: why, but for another user's
+WHY_NOT = {"-": "nothing listens there", "?": "the agent cannot tell whose it is (out of files)"}
+
+
+def spare_file():
+    """A file held for an owner check to use (``Agent.checked``), or None if none is free."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def open_private(name, flags, dir_fd):
@@ -770,6 +803,22 @@ class Agent:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
+        self.spare = spare_file()  # let go for an owner check (``checked``), taken back after
+
+    def checked(self, judge, *args):
+        """An owner check (``owner``, ``listener_owner``, ``accepting_owner``) with a file to
+        make it with: the spare one is let go for it. A connection accepted with the agent's
+        last file was judged with none left (no netlink socket, no /proc/net/tcp) and closed
+        as a stranger's, though it was the user's kernel. "?" where it still cannot tell."""
+        if self.spare is not None:
+            os.close(self.spare)
+            self.spare = None
+        try:
+            return judge(*args)
+        except Unknown:
+            return "?"
+        finally:
+            self.spare = spare_file()
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self):
@@ -1293,7 +1342,7 @@ class Agent:
             return self.say("owner %s ?" % ident)
         if not (0 < cport <= 65535 and 0 < lport <= 65535):
             return self.say("owner %s ?" % ident)
-        self.say("owner %s %s" % (ident, owner(cport, lport)))
+        self.say("owner %s %s" % (ident, self.checked(owner, cport, lport)))
 
     def do_start(self, ident, arg):
         if self.ending or ident in self.kernels:
@@ -1468,11 +1517,11 @@ class Agent:
             return
         stream = self.streams.get(sid) or Stream(sid)
         self.streams[sid] = stream
-        who = listener_owner(port)
+        who = self.checked(listener_owner, port)
         if who != self.uid:
-            if who != "-":
+            if who not in ("-", "?"):
                 self.refuse(sid, who, port)
-            why = "nothing listens there" if who == "-" else "another user listens there"
+            why = WHY_NOT.get(who, "another user listens there")
             return self.no_connect(stream, "port %d on the host: %s" % (port, why))
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -1501,12 +1550,16 @@ class Agent:
         except OSError as exc:  # reset by now: not connected
             sock.close()
             return self.no_connect(stream, os.strerror(exc.errno or errno.ENOTCONN))
-        who = accepting_owner(port, cport)
+        who = self.checked(accepting_owner, port, cport)
         if who != self.uid:
             sock.close()
-            if who != "-":
+            if who not in ("-", "?"):
                 self.refuse(stream.sid, who, port)
-            why = "its listener closed" if who == "-" else "another user listens there"
+            why = (
+                "its listener closed"
+                if who == "-"
+                else WHY_NOT.get(who, "another user listens there")
+            )
             return self.no_connect(stream, "port %d on the host: %s" % (port, why))
         self.joined(stream, sock)
 
@@ -1532,7 +1585,7 @@ class Agent:
         if peer[0] != "127.0.0.1":
             who = "@" + str(peer[0])
         else:
-            who = owner(peer[1], listener.getsockname()[1])
+            who = self.checked(owner, peer[1], listener.getsockname()[1])
         if who != self.uid:
             sock.close()  # before a byte is read; the listener waits on for the real kernel
             self.refuse(stream.sid, who, listener.getsockname()[1])

@@ -175,6 +175,12 @@ class HostSession:
             structlog.get_logger("relay.guard").bind(host=key, side="remote", via="agent"),
             "refused a connection from another user's process",
         )
+        # what the agent closed for it could not tell whose it was ("?": out of files): not
+        # said as another user's, which sends its reader after a stranger who is not there
+        self.agent_unchecked = RateLimited(
+            structlog.get_logger("relay.guard").bind(host=key, side="remote", via="agent"),
+            "closed a connection relay's agent could not check (out of files there: ulimit -n)",
+        )
         self._supervisor_lock = asyncio.Lock()
         self._generations = agent_start.Generations()  # the agent's starts, numbered
         self._closing = False
@@ -1027,6 +1033,14 @@ class HostSession:
         sshd's listeners says it (relay.ssh.guard)."""
         who, _, rest = said.partition(" ")
         listener, _, count = rest.partition(" ")  # how many since the last line (agent's)
+        if who == "?":
+            self.agent_unchecked.warn(
+                who,
+                count=int(count) if count.isdigit() and int(count) > 0 else 1,
+                listener=int(listener) if listener.isdigit() else None,
+                link=f"agent stream {sid}",
+            )
+            return
         why: int | str
         if who.isdigit():
             why = int(who)

@@ -1508,6 +1508,30 @@ def test_an_agent_out_of_files_says_so_and_goes_on(run: Path) -> None:
     agent.goodbye()
 
 
+def test_a_kernel_connecting_with_the_agents_last_file_is_admitted(run: Path) -> None:
+    """One file left as the kernel connects: accept() took it, and the owner check had none
+    to ask the kernel or read /proc/net/tcp with, so the kernel's own connection was closed
+    as a stranger's ("refused 2 - PORT"). The agent keeps a spare file for the check."""
+    agent = Agent(sys.executable, run, "d5", files=40)
+    agent.attach(silence_s=BOUND_S)
+    kernel = agent.kernel_link()
+    for sid in range(2, 60):  # more listeners than files
+        agent.say(f"listen {sid}")
+    agent.line("noport ")
+    port = int(agent.line("port 2 ").split()[2])
+    agent.say("drop 3")  # exactly one file free
+    agent.say("ping a")
+    agent.line("pong a")
+    mine = socket.create_connection(("127.0.0.1", port), timeout=BOUND_S)
+    assert agent.take() == Frame(mux.OPEN, 2, b"")
+    mine.sendall(b"mine")
+    assert agent.take() == Frame(mux.DATA, 2, b"mine")
+    assert not [line for line in agent.lines if line.startswith("refused ")], agent.lines
+    mine.close()
+    kernel.close()
+    agent.goodbye()
+
+
 async def launch_failure(*lines: str) -> BaseException | None:
     """What a launch fails with in the daemon once its supervisor session (here the agent's
     control stream, scripted) says ``lines`` for kernel k1."""
