@@ -17,8 +17,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from relay.agent.session import AgentSession, Stream
+from relay.errors import FrontEndUnreachable
 from relay.lite.linkname import Endpoint, LinkName
-from relay.ssh.guard import PeerGuard, taken_over, unreachable
+from relay.ssh.guard import PeerGuard, unreachable
 from relay.tasks import Flag, retrieved, while_moving
 
 __all__ = ["AgentForward", "FrontEnd", "release"]
@@ -35,13 +36,15 @@ class FrontEnd(asyncio.Protocol):
     front end connected, and its reading waits until it is admitted)."""
 
     def __init__(
-        self, stream: Stream | None, admit: Callable[[asyncio.Transport], bool] | None = None
+        self,
+        stream: Stream | None,
+        refusal: Callable[[asyncio.Transport], FrontEndUnreachable | None] | None = None,
     ) -> None:
         self._stream = stream
-        # relay connected: whether the listener it reached may be given the stream, asked
-        # before a byte goes either way (``PeerGuard.reached``)
-        self._admit = admit
-        self.refused = False
+        # relay connected: why the listener it reached may not be given the stream (None: it
+        # may), asked before a byte goes either way (``PeerGuard.refusal``)
+        self._refusal = refusal
+        self.refused: FrontEndUnreachable | None = None
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -52,8 +55,8 @@ class FrontEnd(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # small MathLink messages must not wait
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._admit is not None and not self._admit(transport):
-            self.refused, self._stream = True, None
+        if self._refusal is not None and (refused := self._refusal(transport)) is not None:
+            self.refused, self._stream = refused, None
             transport.abort()  # nothing was given to it, nor taken from it
         elif self._stream is not None:
             self._stream.attach(transport)
@@ -141,7 +144,7 @@ class AgentForward:
     async def _join(self, ch: _Channel) -> None:
         await ch.stream.opened
         link = f"{ch.role} channel of {self.target}"
-        frontend = FrontEnd(ch.stream, lambda t: self._front_end_guard.reached(t, link))
+        frontend = FrontEnd(ch.stream, lambda t: self._front_end_guard.refusal(t, link))
         try:
             # the front end may write the instant it accepts: the stream sends it at once
             await asyncio.get_running_loop().create_connection(
@@ -152,10 +155,10 @@ class AgentForward:
             if not self.connected.done():
                 self.connected.set_exception(unreachable(ch.target.host, ch.target.port, link, exc))
             return
-        if frontend.refused:
+        if frontend.refused is not None:
             ch.stream.send_close()
             if not self.connected.done():
-                self.connected.set_exception(taken_over(ch.target.port, link))
+                self.connected.set_exception(frontend.refused)
             return
         ch.frontend, ch.connected_at = frontend, time.monotonic()
         if all(c.connected_at is not None for c in self._channels):

@@ -34,7 +34,7 @@ import structlog
 
 from relay.errors import ConnectFailed, ForwardRefused, RelayError
 from relay.lite.linkname import LOOPBACK, Endpoint, LinkName
-from relay.ssh.guard import PeerGuard, taken_over, unreachable
+from relay.ssh.guard import PeerGuard, unreachable
 from relay.ssh.linkpair import LinkChannel, LinkPair
 from relay.ssh.pipe import Pipe
 
@@ -372,9 +372,9 @@ class CallbackForward:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, f"relay: front end unreachable: {exc}"
             ) from None
-        if not self._front_end_guard.reached(pipe.tcp.transport, link):
+        if (refused := self._front_end_guard.refusal(pipe.tcp.transport, link)) is not None:
             pipe.close()  # nothing was given to it, nor taken from it
-            self._pair.fail(taken_over(ch.target.port, link))
+            self._pair.fail(refused)
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_CONNECT_FAILED, "relay: the front end's port is another user's"
             )

@@ -66,12 +66,20 @@ def unreachable(host: str, port: int, link: str, exc: OSError) -> FrontEndUnreac
     )
 
 
-def taken_over(port: int, link: str) -> FrontEndUnreachable:
-    """The launch's error where ``PeerGuard.reached`` says no; the daemon out of open files
-    where that, not another user, is why (``NO_FILES``: nothing could be read)."""
-    if fdlimit.exhausted():
+def taken_over(port: int, link: str, uid: int | None = None) -> FrontEndUnreachable:
+    """The launch's error where ``PeerGuard.refusal`` says no, by what it found (``uid``):
+    the daemon out of open files (``NO_FILES``: nothing could be read), a connection gone
+    before it could be checked (a front end that reset it at once: a launch cancelled), or
+    another user's listener. Without ``uid``, the daemon's files are looked at now."""
+    if uid == NO_FILES or (uid is None and fdlimit.exhausted()):
         return FrontEndUnreachable(
             fdlimit.out_of_files(f"relay could not check who took the front end's port {port}")
+        )
+    if uid == GONE:
+        return FrontEndUnreachable(
+            f"the front end's port {port} ({link}) closed relay's connection before relay could "
+            f"check whose it was: relay did not connect the kernel to it; was the launch "
+            f"cancelled in the front end?"
         )
     return FrontEndUnreachable(
         f"the front end's port {port} ({link}) was taken by another user's listener, not the "
@@ -166,16 +174,22 @@ class PeerGuard:
 
     def reached(self, transport: object, link: str) -> bool:
         """Whether relay's own connection to the front end (``transport``, to 127.0.0.1) was
-        taken by a listener of the user's: the front end's may have closed (a launch given
-        up) and another user's taken its port, which would then be given the kernel's link.
-        Looked at before a byte goes either way, on this machine's own tables
-        (``relay.peerowner.linux_taker``); where there are none (macOS), not looked at."""
+        taken by a listener of the user's (``refusal``)."""
+        return self.refusal(transport, link) is None
+
+    def refusal(self, transport: object, link: str) -> FrontEndUnreachable | None:
+        """None where relay's own connection to the front end (``transport``, to 127.0.0.1)
+        was taken by a listener of the user's; else the launch's error, and the refusal
+        logged. The front end's may have closed (a launch given up) and another user's taken
+        its port, which would then be given the kernel's link. Looked at before a byte goes
+        either way, on this machine's own tables (``relay.peerowner.linux_taker``); where
+        there are none (macOS), not looked at."""
         get = getattr(transport, "get_extra_info", None)
         ours, theirs = (get("sockname"), get("peername")) if get is not None else (None, None)
         if not self.enabled or not has_proc_net() or not ours or not theirs:
-            return True
+            return None
         if theirs[0] not in LOOPBACK:  # the front end's own address (its link name's): not
-            return True  # a loopback row to look up
+            return None  # a loopback row to look up
         uid = linux_taker(theirs[1], ours[1])
         if uid == CLOSING and self.uid is not None:
             # taken, and already closed by its process (a front end that writes, or not, and
@@ -184,11 +198,11 @@ class PeerGuard:
             listening = linux_listening(theirs[1], self.uid)
             uid = self.uid if listening in (self.uid, GONE) else listening
         if uid == self.uid and uid >= 0:
-            return True
+            return None
         self.refusals.warn(
             uid,
             foreign_uid=WHY.get(uid, uid),
             listener=theirs[1],
             link=f"{link}, relay's connection",
         )
-        return False
+        return taken_over(theirs[1], link, uid)

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,27 @@ async def test_a_connection_another_users_listener_wrote_to_and_closed_is_not_ca
         accepted.close()  # orphaned: uid 0, inode 0
         assert local.reached(writer.transport, "data of 1@a,2@a") is True
         writer.close()
+
+
+async def test_a_front_end_that_reset_relays_connection_at_once_is_not_called_another_user(
+    daemon_log: io.StringIO, tables: str
+) -> None:
+    """The front end's listener accepts relay's connection and resets it at once (a launch
+    cancelled as the kernel called back): the connection is gone before it is looked at, so
+    nothing says whose it was, and it is not carried. The launch's line said the port "was
+    taken by another user's listener" (a review's ruder front end); it says what happened."""
+    local = PeerGuard.local("h", enabled=True)
+    with socket.create_server(("127.0.0.1", 0)) as ours:
+        port = ours.getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        accepted, _ = ours.accept()
+        accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        accepted.close()  # a reset: both ends' rows are gone
+        refused = local.refusal(writer.transport, "data channel of 1@a,2@a")
+        writer.close()
+    assert refused is not None
+    assert "another user" not in refused.message, refused.message
+    assert f"port {port} (data channel of 1@a,2@a) closed relay's connection" in refused.message
 
 
 LSOF = shutil.which("lsof")
