@@ -36,7 +36,11 @@
 # to a .part file next to it and renamed, so a reader never sees half of it (the .part is
 # named by host and pid: an NFS home shared by a login node and its compute nodes may see
 # two installs with the same pid at once, and each would write into the other's); the .part is
-# removed on every way out (and ones left by a killed upload after 10 minutes). Version
+# removed on every way out (and ones left by a killed upload after 10 minutes). Where the .part
+# cannot be written (a home full, over quota or read-only) and a file of the upload's size is
+# installed, the rest of the upload is read and that one is used: the daemon proves it by its
+# hash, and every new connection failed though relay's files were there (a review's
+# finding). Version
 # directories of other relay releases not used for $3 days are pruned (names of hex digits
 # only: ~/.cache/relay/bytecode, the daemon's own where this is its machine, is not one); the
 # one in use is touched on every install (each connection installs once).
@@ -74,12 +78,17 @@ t=$v/$2;
 p=$t.$(uname -n 2>/dev/null).$$.part;
 trap "rm -f \"\$p\"" EXIT;
 trap "rm -f \"\$p\"; exit 1" HUP TERM INT;
-cat >"$p" || no nowrite "$t";
-n=$(wc -c <"$p") && test $n -eq "$5" || no short "$t";
-test -L "$t" && rm -f "$t";
-if test -f "$t" && cmp -s "$p" "$t"; then rm -f "$p";
-elif test -e "$t" && test ! -f "$t"; then no notfile "$t";
-else mv -f "$p" "$t" || no nowrite "$t"; fi;
+if { cat >"$p"; } 2>/dev/null; then
+  n=$(wc -c <"$p") && test $n -eq "$5" || no short "$t";
+  test -L "$t" && rm -f "$t";
+  if test -f "$t" && cmp -s "$p" "$t"; then rm -f "$p";
+  elif test -e "$t" && test ! -f "$t"; then no notfile "$t";
+  else mv -f "$p" "$t" || no nowrite "$t"; fi;
+else
+  rm -f "$p";
+  test -f "$t" && test ! -L "$t" && n=$(wc -c <"$t") && test $n -eq "$5" || no nowrite "$t";
+  cat >/dev/null;
+fi;
 touch "$v";
 for o in "$r"/*; do
   test "$o" = "$v" && continue;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import shutil
 import subprocess
@@ -335,6 +336,59 @@ def test_a_full_home_leaves_no_part_and_says_so(shell: str, tmp_path: Path) -> N
         with pytest.raises(HookInstallFailed, match="cannot be written"):
             parse_answer("h", big, done.returncode, done.stdout)
         leftovers = [p for p in (home / ".cache" / "relay").rglob("*") if p.is_file()]
+        assert leftovers == []
+    finally:
+        subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
+@pytest.mark.parametrize("how", ["full", "read-only"])
+def test_a_home_that_cannot_be_written_uses_the_files_already_installed(
+    shell: str, tmp_path: Path, how: str
+) -> None:
+    """A home full, over quota or read-only after relay's files were installed: the .part
+    was written before comparing, so every new connection failed though the installed files
+    were whole and right (a review's finding). The upload is read to its end and the one
+    installed is used (the daemon proves it by its hash); where none of the right size is
+    there, it cannot be written, as before."""
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(home)], check=True)
+    try:
+        path = install(shell, home)
+        line = "agent 1 %s 7 /run/a.sock 1000 proc 0" % ("cd" * 32)
+        agent = dataclasses.replace(agent_file(), data=f"print({line!r})\n".encode())
+        then = ("agent", "00ff", "900", "17")
+        done = run(shell, home, agent, then=then)
+        assert isinstance(
+            parse_install_and_start("h", done.returncode, done.stdout, done.stderr, agent), tuple
+        ), done
+        other = HookFile(HOOK.name, HOOK.data + b"(* another release *)\n")
+        stale = home / ".cache" / "relay" / other.version
+        stale.mkdir(mode=0o700)
+        (stale / other.name).write_bytes(HOOK.data)  # not the size of the upload
+        if how == "full":
+            filler = home / "filler"
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                while True:
+                    os.write(fd, b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+            finally:
+                os.close(fd)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(home)], check=True)
+        assert install(shell, home) == path
+        assert path.read_bytes() == HOOK.data
+        done = run(shell, home, agent, then=then)
+        said = parse_install_and_start("h", done.returncode, done.stdout, done.stderr, agent)
+        assert isinstance(said, tuple) and said[1] == "cd" * 32, done
+        assert b"refuse" not in done.stdout
+        done = run(shell, home, other)
+        with pytest.raises(HookInstallFailed, match="cannot be written"):
+            parse_answer("h", other, done.returncode, done.stdout)
+        leftovers = [p for p in (home / ".cache" / "relay").rglob("*.part")]
         assert leftovers == []
     finally:
         subprocess.run(["umount", "-l", str(home)], check=False)
