@@ -2191,7 +2191,13 @@ def start(tag, window, generation=0):
     os.chmod(sock_name, 0o600, dir_fd=dir_fd)
     server.listen(16)
     sock_ino = os.stat(sock_name, dir_fd=dir_fd, follow_symlinks=False).st_ino
-    check = "proc" if os.access("/proc/net/tcp", os.R_OK) else "none"
+    # who connects: the kernel's own answer (sock_diag), or /proc/net/tcp; a /proc mounted
+    # with subset=pid has no net/ but its processes (predecessors are found by them), and its
+    # host said "none" though sock_diag answered: every launch failed (a review's finding)
+    if not DIAG:
+        DIAG.append(probe_diag())
+    told = DIAG[0] is not None and os.access("/proc/self/stat", os.R_OK)
+    check = "proc" if told or os.access("/proc/net/tcp", os.R_OK) else "none"
     r, w = os.pipe()
     if os.fork():
         os.close(w)

@@ -73,6 +73,7 @@ class ThrowawaySSHD:
         options: dict[str, str] | None = None,
         netns: bool = False,
         hide_proc: bool = False,
+        proc_pids_only: bool = False,
         hide: Sequence[Path] = (),
         sftp: bool = True,
         program: str | None = None,
@@ -87,6 +88,8 @@ class ThrowawaySSHD:
         self.netns = netns
         # a host like a Mac or a BSD: no /proc, so nobody can tell who owns a socket there
         self.hide_proc = hide_proc
+        # /proc mounted with subset=pid (hardened hosts, containers): its processes, no net/
+        self.proc_pids_only = proc_pids_only
         # directories its sessions see empty (another machine's /tmp: not this one's files)
         self.hide = [Path(p) for p in hide]
         # without it, like many hardened or embedded sshd configurations: no SFTP subsystem
@@ -182,6 +185,8 @@ class ThrowawaySSHD:
                     *argv,
                 ]
             mounts = "mount -t tmpfs none /proc && " if self.hide_proc else ""
+            if self.proc_pids_only:
+                mounts += "mount -t proc -o subset=pid proc /proc && "
             mounts += "".join(
                 f"mount -t tmpfs -o mode=0700 none {shlex.quote(str(p))} && " for p in self.hide
             )
