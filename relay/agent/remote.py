@@ -476,6 +476,28 @@ def files_as_given():
         resource.setrlimit(resource.RLIMIT_NOFILE, (FILES_GIVEN, hard))
 
 
+# the login's umask (hookinstall.sh's RELAY_UMASK): the agent's own files are made private
+# (077), its kernels as `ssh host math` would make them; None where it was not told
+LOGIN_UMASK = None
+
+
+def as_the_login():
+    """In a kernel, before its exec: the login's umask and limit on open files, not the
+    agent's."""
+    if LOGIN_UMASK is not None:
+        os.umask(LOGIN_UMASK)
+    files_as_given()
+
+
+def login_environment():
+    """What the installer told of the login (``LOGIN_UMASK``), taken out of the environment
+    kernels get."""
+    global LOGIN_UMASK
+    told = os.environ.pop("RELAY_UMASK", "")
+    if told and len(told) <= 4 and all(c in "01234567" for c in told):
+        LOGIN_UMASK = int(told, 8)
+
+
 def exited(pid):
     """Whether a child has exited, found without reaping it (its pid stays its own)."""
     try:
@@ -1360,7 +1382,9 @@ class Agent:
                 stdout=w,
                 stderr=log,
                 close_fds=True,
-                preexec_fn=files_as_given if FILES_GIVEN is not None else None,
+                preexec_fn=as_the_login
+                if LOGIN_UMASK is not None or FILES_GIVEN is not None
+                else None,
                 # a group of its own (its pid is the group's id): what the kernel starts
                 # (subkernels, StartProcess's children) is ended with it (``signal``)
                 start_new_session=True,
@@ -2151,6 +2175,7 @@ def start(tag, window, generation=0):
     # made here, said once on the start line: the session's standard output, which only the
     # daemon reads (docs/agent.md), never argv or a file
     secret = binascii.hexlify(os.urandom(32))
+    login_environment()
     os.umask(0o077)
     path, dir_fd, refusal = run_dir()
     if refusal is not None:

@@ -47,7 +47,11 @@
 #
 # Joined into one line and read by /bin/sh from the session's standard input, the file's
 # bytes after it (see supervisor.sh): every line ends where a newline may become a space.
-umask 077;
+#
+# relay's files are made private (umask 077), but the agent's kernels are made with the
+# login's umask, as `ssh host math` would make them (a review's finding: files a kernel wrote
+# were private): the agent is told it in RELAY_UMASK, which it removes from what kernels get.
+m=$(umask); umask 077;
 case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $2 in *[!A-Za-z0-9.]*|"") exit 96 ;; esac;
 case $3 in *[!0-9]*|"") exit 96 ;; esac;
@@ -103,4 +107,4 @@ done;
 echo "ok $t";
 cat "$t";
 test -z "$6" || for d in "${TMPDIR:-/tmp}"/relay-"$7".*; do test -d "$d" && test ! -L "$d" && test -O "$d" && { echo supervised; break; }; done;
-test -z "$6" || exec python3 -I "$t" start "$7" "$8" "$9";
+test -z "$6" || { RELAY_UMASK=$m; export RELAY_UMASK; exec python3 -I "$t" start "$7" "$8" "$9"; };

@@ -84,7 +84,11 @@
 # from the session's standard input (remote_scripts.BOOTSTRAP: the login shell never sees
 # it, so tcsh's history "!" and fish's syntax do not matter), so every line must end where a
 # newline may become a space.
-umask 077;
+#
+# relay's own files are private (umask 077); each kernel starts with the login's umask ($m),
+# as `ssh host math` would start it (its log made private first): files a kernel wrote were
+# private (a review's finding).
+m=$(umask); umask 077;
 case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $3 in *[!0-9]*|"") exit 96 ;; esac;
 st() { if test -r "/proc/$1/stat"; then read -r x <"/proc/$1/stat" 2>/dev/null && x=${x##*) } && set -- $x && echo "p${20}"; else ps -o lstart= -p "$1" 2>/dev/null | tr -d " "; fi; };
@@ -132,8 +136,9 @@ while read -r op id arg; do
         eval "$arg";
         have "$1" || { echo "nokernel $id"; exit 0; };
         case $1 in *=*) ds= ;; esac;
+        : >"$d/$id.log"; umask "$m";
         if test -n "$g"; then setsid $ds "$@" </dev/null >"$d/$id.log" 2>&1 & else $ds "$@" </dev/null >"$d/$id.log" 2>&1 & fi;
-        p=$!; e=;
+        p=$!; umask 077; e=;
         trap "e=1; kill -TERM $g\$p 2>/dev/null || kill -TERM \$p 2>/dev/null" TERM;
         trap "kill -INT \$p 2>/dev/null" USR2;
         trap "e=1; kill -HUP $g\$p 2>/dev/null || kill -HUP \$p 2>/dev/null" HUP;

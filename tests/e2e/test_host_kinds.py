@@ -3,9 +3,15 @@
 start as ``ssh host math`` would have started them.
 
 - /proc mounted with subset=pid (hardened hosts, containers): no /proc/net, but the
-  kernel's own answer (sock_diag) tells who connects."""
+  kernel's own answer (sock_diag) tells who connects;
+- a login's umask other than relay's own (077, for its private files): a kernel gets the
+  login's, on both paths (the agent's, and supervisor.sh's: resume_window_s = 0)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import RelayHome
 from tests.e2e.helpers import controller
@@ -24,3 +30,29 @@ async def test_a_proc_without_net_still_tells_who_connects(home: RelayHome) -> N
             main, _ = await connected(fe)
             assert (await status_of(home))["resume"]["state"] == "on"
             await finish(fe, main)
+
+
+def status_field(pid: int, name: str) -> str:
+    """A field of /proc/PID/status (``Umask``: four octal digits)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return line.split()[1]
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
+
+
+@pytest.mark.parametrize("resume", ["on", "off"])
+async def test_a_kernel_gets_the_logins_umask(home: RelayHome, resume: str) -> None:
+    """The installer, the agent and supervisor.sh make relay's files with umask 077, and
+    kernels inherited it: files a kernel wrote were private to the user, whatever the
+    login's umask (a review's finding). A login's 0002 (a group's shared files) is the
+    kernel's."""
+    with own_sshd(home) as running:
+        (running.home / ".bashrc").write_text("umask 0002\n")
+        if resume == "off":
+            home.add_host("local", resume_window_s=0)
+        async with served(home), controller(home) as fe:
+            main, pid = await connected(fe)
+            umask = status_field(pid, "Umask")
+            assert (await status_of(home))["resume"]["state"] == resume
+            await finish(fe, main)
+    assert umask == "0002"
