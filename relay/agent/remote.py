@@ -490,12 +490,19 @@ def as_the_login():
 
 
 def login_environment():
-    """What the installer told of the login (``LOGIN_UMASK``), taken out of the environment
-    kernels get."""
+    """What the installer told of the login, taken out of the environment kernels get: its
+    umask (``LOGIN_UMASK``), and its LC_CTYPE (RELAY_LC_CTYPE: "=VALUE", or "-" for none),
+    which a python3 of 3.7 or later replaced with C.UTF-8 where the locale was C (PEP 538):
+    the kernels' environment is the login's again."""
     global LOGIN_UMASK
     told = os.environ.pop("RELAY_UMASK", "")
     if told and len(told) <= 4 and all(c in "01234567" for c in told):
         LOGIN_UMASK = int(told, 8)
+    ctype = os.environb.pop(b"RELAY_LC_CTYPE", None)
+    if ctype == b"-":
+        os.environb.pop(b"LC_CTYPE", None)
+    elif ctype is not None and ctype.startswith(b"="):
+        os.environb[b"LC_CTYPE"] = ctype[1:]
 
 
 def exited(pid):

@@ -51,6 +51,9 @@
 # relay's files are made private (umask 077), but the agent's kernels are made with the
 # login's umask, as `ssh host math` would make them (a review's finding: files a kernel wrote
 # were private): the agent is told it in RELAY_UMASK, which it removes from what kernels get.
+# So with the login's LC_CTYPE, in RELAY_LC_CTYPE ("=VALUE", or "-" where it had none): a
+# python3 of 3.7 or later sets LC_CTYPE=C.UTF-8 in its environment where the locale is C
+# (PEP 538), and kernels got that where the login had none.
 m=$(umask); umask 077;
 case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $2 in *[!A-Za-z0-9.]*|"") exit 96 ;; esac;
@@ -107,4 +110,4 @@ done;
 echo "ok $t";
 cat "$t";
 test -z "$6" || for d in "${TMPDIR:-/tmp}"/relay-"$7".*; do test -d "$d" && test ! -L "$d" && test -O "$d" && { echo supervised; break; }; done;
-test -z "$6" || { RELAY_UMASK=$m; export RELAY_UMASK; exec python3 -I "$t" start "$7" "$8" "$9"; };
+test -z "$6" || { RELAY_UMASK=$m; RELAY_LC_CTYPE=${LC_CTYPE+=}${LC_CTYPE--}; export RELAY_UMASK RELAY_LC_CTYPE; exec python3 -I "$t" start "$7" "$8" "$9"; };

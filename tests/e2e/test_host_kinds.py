@@ -5,7 +5,9 @@ start as ``ssh host math`` would have started them.
 - /proc mounted with subset=pid (hardened hosts, containers): no /proc/net, but the
   kernel's own answer (sock_diag) tells who connects;
 - a login's umask other than relay's own (077, for its private files): a kernel gets the
-  login's, on both paths (the agent's, and supervisor.sh's: resume_window_s = 0)."""
+  login's, on both paths (the agent's, and supervisor.sh's: resume_window_s = 0);
+- a login with no locale (LANG, LC_*): a kernel gets none, though the agent's python3
+  (3.7 and later) sets LC_CTYPE=C.UTF-8 in its own environment."""
 
 from __future__ import annotations
 
@@ -56,3 +58,23 @@ async def test_a_kernel_gets_the_logins_umask(home: RelayHome, resume: str) -> N
             assert (await status_of(home))["resume"]["state"] == resume
             await finish(fe, main)
     assert umask == "0002"
+
+
+@pytest.mark.parametrize("resume", ["on", "off"])
+async def test_a_login_without_a_locale_gives_a_kernel_none(home: RelayHome, resume: str) -> None:
+    """Python 3.7 and later coerce a C locale (PEP 538): the agent's environment has
+    LC_CTYPE=C.UTF-8, and its kernels got it where the login had none (a review's finding).
+    A kernel's environment is the login's."""
+    with own_sshd(home) as running:
+        (running.home / ".bashrc").write_text(
+            "unset LANG LANGUAGE LC_ALL LC_CTYPE LC_MESSAGES LC_COLLATE LC_NUMERIC LC_TIME\n"
+        )
+        if resume == "off":
+            home.add_host("local", resume_window_s=0)
+        async with served(home), controller(home) as fe:
+            main, pid = await connected(fe)
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert (await status_of(home))["resume"]["state"] == resume
+            await finish(fe, main)
+    assert [v for v in environ if v.startswith((b"LANG", b"LC_"))] == []
+    assert b"HOME=" + bytes(running.home) in environ  # the login's environment it is
