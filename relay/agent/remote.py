@@ -2171,6 +2171,10 @@ def end_predecessors(tag, generation, dir_fd, others):
     return ended
 
 
+# the room for a socket's path (sizeof sun_path): Linux's 108 bytes, the BSDs' and macOS's 104
+SUN_PATH = 108 if sys.platform.startswith("linux") else 104
+
+
 def start(tag, window, generation=0):
     if not tag or any(c not in "0123456789abcdef" for c in tag):
         print("agent refuse tag -")
@@ -2190,6 +2194,9 @@ def start(tag, window, generation=0):
         return 1
     pid_name, sock_name = tag + ".pid", tag + ".sock"
     pid_path, sock_path = os.path.join(path, pid_name), os.path.join(path, sock_name)
+    if len(os.fsencode(sock_path)) > SUN_PATH:  # bind would fail, once predecessors had ended
+        print("agent refuse toolong %s" % sock_path)
+        return 1
     try:
         lock = start_lock(tag, dir_fd)
     except OSError:

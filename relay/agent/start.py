@@ -72,6 +72,7 @@ _REFUSALS = {
     "mode": "{path} is open to others (chmod 700 {path})",
     "lockfile": "cannot create {path} (is the disk full?)",
     "busy": "another start of relay's agent held {path} too long (is one stuck on the host?)",
+    "toolong": "{path} is too long for a socket path (set a shorter TMPDIR on the host)",
 }
 
 

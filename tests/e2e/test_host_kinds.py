@@ -7,10 +7,14 @@ start as ``ssh host math`` would have started them.
 - a login's umask other than relay's own (077, for its private files): a kernel gets the
   login's, on both paths (the agent's, and supervisor.sh's: resume_window_s = 0);
 - a login with no locale (LANG, LC_*): a kernel gets none, though the agent's python3
-  (3.7 and later) sets LC_CTYPE=C.UTF-8 in its own environment."""
+  (3.7 and later) sets LC_CTYPE=C.UTF-8 in its own environment;
+- a long TMPDIR, too long for the agent's socket path: said as the setting to change, and
+  the host keeps the old path."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,3 +82,25 @@ async def test_a_login_without_a_locale_gives_a_kernel_none(home: RelayHome, res
             await finish(fe, main)
     assert [v for v in environ if v.startswith((b"LANG", b"LC_"))] == []
     assert b"HOME=" + bytes(running.home) in environ  # the login's environment it is
+
+
+async def test_a_tmpdir_too_long_for_a_socket_path_says_so(home: RelayHome) -> None:
+    """The agent's socket is TMPDIR/relay-agent-UID/TAG.sock, and a socket's address holds
+    108 bytes: its start crashed, and relay status said "relay's agent did not start (exit 1,
+    said 'OSError: AF_UNIX path too long')" (a review's finding). It says what to change,
+    and kernels run on the old path meanwhile."""
+    tmpdir = Path("/tmp", "relay-long-" + "t" * 90)
+    tmpdir.mkdir(mode=0o700)
+    try:
+        with own_sshd(home, options={"SetEnv": f"TMPDIR={tmpdir}"}):
+            async with served(home), controller(home) as fe:
+                main, _ = await connected(fe)
+                resume = (await status_of(home))["resume"]
+                await finish(fe, main)
+    finally:
+        shutil.rmtree(tmpdir)
+    assert resume["state"] == "off", resume
+    assert resume["reason"].startswith(f"{tmpdir}/relay-agent-{os.getuid()}/"), resume
+    assert resume["reason"].endswith(
+        ".sock is too long for a socket path (set a shorter TMPDIR on the host)"
+    ), resume

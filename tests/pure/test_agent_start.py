@@ -39,3 +39,13 @@ def test_a_start_that_waited_too_long_for_another_says_so() -> None:
     assert parse_start("h", 1, "agent refuse lockfile /tmp/relay-agent-7/ab.lock\n") == (
         Unavailable("cannot create /tmp/relay-agent-7/ab.lock (is the disk full?)")
     )
+
+
+def test_a_socket_path_too_long_says_which_setting_shortens_it() -> None:
+    """A long TMPDIR on the host made the agent's socket path longer than a socket's
+    address holds: its start crashed, said as "OSError: AF_UNIX path too long" (a review's
+    finding)."""
+    path = "/scratch/" + "t" * 100 + "/relay-agent-7/00ff.sock"
+    assert parse_start("h", 1, f"agent refuse toolong {path}\n") == Unavailable(
+        f"{path} is too long for a socket path (set a shorter TMPDIR on the host)"
+    )
