@@ -2176,6 +2176,9 @@ SUN_PATH = 108 if sys.platform.startswith("linux") else 104
 
 
 def start(tag, window, generation=0):
+    # the start line begins a line: a python3 wrapper (a module system's) may have printed
+    # without a newline, and the daemon looks for "agent " at a line's start
+    sys.stdout.write("\n")
     if not tag or any(c not in "0123456789abcdef" for c in tag):
         print("agent refuse tag -")
         return 1

@@ -9,7 +9,8 @@ start as ``ssh host math`` would have started them.
 - a login with no locale (LANG, LC_*): a kernel gets none, though the agent's python3
   (3.7 and later) sets LC_CTYPE=C.UTF-8 in its own environment;
 - a long TMPDIR, too long for the agent's socket path: said as the setting to change, and
-  the host keeps the old path."""
+  the host keeps the old path;
+- a python3 that is a wrapper and prints first, without a newline."""
 
 from __future__ import annotations
 
@@ -104,3 +105,22 @@ async def test_a_tmpdir_too_long_for_a_socket_path_says_so(home: RelayHome) -> N
     assert resume["reason"].endswith(
         ".sock is too long for a socket path (set a shorter TMPDIR on the host)"
     ), resume
+
+
+async def test_a_python3_wrapper_that_prints_first_hides_no_start_line(
+    home: RelayHome, tmp_path: Path
+) -> None:
+    """A python3 that is a module system's wrapper may print before it runs the agent, and
+    not a whole line: the start line was glued to it, found by no line's start, and the
+    host took the old path ("relay's agent did not start"; a review's finding)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "python3"
+    wrapper.write_text("#!/bin/sh\nprintf 'loading python... '\nexec /usr/bin/python3 \"$@\"\n")
+    wrapper.chmod(0o755)
+    with own_sshd(home, options={"SetEnv": f"PATH={bindir}:/usr/local/bin:/usr/bin:/bin"}):
+        async with served(home), controller(home) as fe:
+            main, _ = await connected(fe)
+            resume = (await status_of(home))["resume"]
+            await finish(fe, main)
+    assert resume["state"] == "on", resume

@@ -697,7 +697,7 @@ def test_a_python3_older_than_3_6_is_said_and_starts_nothing(run: Path) -> None:
     later: a 3.5 says so (here, this Python reporting 3.5, as none older than 3.6 is here)
     instead of starting, or crashing once its start had been reported."""
     done = start_patched(run, "a7", "import sys; sys.version_info = (3, 5, 10, 'final', 0)")
-    assert done.returncode == 0 and done.stdout == "agent old 3.5\n", done
+    assert done.returncode == 0 and done.stdout == "\nagent old 3.5\n", done
     assert parse_start("h", 0, done.stdout) == Unavailable(
         "python3 on h is 3.5; relay's agent needs 3.6 or later"
     )
