@@ -230,7 +230,7 @@ def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
     """A kernel without inet_diag's TCP handler answers "no such socket" (ENOENT) to every
     request: believed, the agent would refuse the user's own kernel. It asks once for a
     listener of its own, finds nothing, and reads /proc from then on."""
-    monkeypatch.setattr(remote, "ask_diag", lambda lport, rport, dev: [])
+    monkeypatch.setattr(remote, "ask_diag", lambda lport, rport, dev, probing=False: [])
     monkeypatch.setattr(remote, "DIAG", [])
     with live_connection() as (cport, lport):
         assert remote.owner(cport, lport) == str(os.getuid())
