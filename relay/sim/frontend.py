@@ -19,6 +19,21 @@
   message channel inside ``connection_made``, before its own code has even seen the
   connection, and ``KernelLink.start`` checks that the kernel answered exactly those bytes
   (``write_first=False`` waits for the kernel's first frame instead).
+- It can be ruder still, by option, as far as the reference allows (topology §1, §5):
+  ``ListeningLink.create(at_accept="close"|"reset")`` ends each connection at accept (after
+  what it writes first, ``greetings`` to choose those bytes), as a front end whose launch was
+  cancelled does; ``KernelLink.reset()`` ends a link with a RST, as a crashed front end with
+  unread bytes does; ``KernelLink.half_close()`` ends the front end's output on the data
+  channel and goes on reading. The reference promises the kernel nothing of its front end's
+  lifetime: "exits when its link closes" (§5) is all, so the link may close, either way TCP
+  closes, at any moment, at accept too.
+- ``KernelLink.old_method_links()`` (up to 11.0 the front end is the connecting side) connects
+  each link's two channels in an order it picks, since "the order of the two connects is not
+  documented: a relay must not depend on it" (§1): ``order`` data, message, parallel or
+  random (the default; ``RELAY_SIM_SEED`` seeds the choice, which ``connect_orders`` records),
+  ``gap_s`` between them; and, as the main link's front end does unless
+  ``write_first=False``, it writes on each channel the moment it is connected, before the
+  kernel has said anything ("Which side writes first ... is not documented", §1).
 """
 
 from __future__ import annotations
@@ -30,13 +45,15 @@ import getpass
 import itertools
 import json
 import os
+import random
 import secrets
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from relay.lite.linkname import LinkName
+from relay.lite.linkname import Endpoint, LinkName
 from relay.sim import wire
 from relay.sim.templates import fill, fill_remote_command
 
@@ -55,6 +72,37 @@ MATHLINK_TIMEOUT_S = 15.0  # Parallel`Settings`$MathLinkTimeout default (§4)
 MLOPEN_ARGS = "-LinkMode Listen -LinkProtocol TCPIP -LinkOptions MLDontInteract -LinkHost 127.0.0.1"
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+CONNECT_ORDERS = ("data", "message", "parallel")
+# what the simulator leaves to chance, reproducible with RELAY_SIM_SEED
+_chance = random.Random(os.environ.get("RELAY_SIM_SEED"))  # noqa: S311 (not a secret)
+_LINGER_0 = struct.pack("ii", 1, 0)  # struct linger: on, 0 s
+
+
+async def _open(end: Endpoint, first: bytes) -> Stream:
+    """A connection to ``end``, writing ``first`` on it the moment it is made."""
+    reader, writer = await asyncio.open_connection(end.host, end.port)
+    if first:
+        writer.write(first)
+    return reader, writer
+
+
+def _greetings() -> tuple[bytes, bytes]:
+    """What a write-first front end writes at once: an evaluation of 1 B-64 KiB of random bytes
+    on the data channel and an Interrupt with a random argument on the message channel."""
+    return (
+        wire.data_frame(wire.ECHO, secrets.token_bytes(1 + secrets.randbelow(64 * 1024))),
+        wire.message_frame(wire.INTERRUPT, secrets.randbits(32)),
+    )
+
+
+def _reset(writer: asyncio.BaseTransport | asyncio.StreamWriter) -> None:
+    """Close with a RST (SO_LINGER on, 0 s), as a process that dies with unread bytes does."""
+    transport = writer.transport if isinstance(writer, asyncio.StreamWriter) else writer
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)
+    transport.abort()  # type: ignore[attr-defined]
 
 
 async def read_data(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -85,6 +133,16 @@ class KernelLink:
         self._greetings = greetings  # what a write-first front end sent on accepting
         self._greeting_due = False  # its answer has not been read yet
         self._stash: list[tuple[int, bytes]] = []
+        self.connect_orders: list[str] = []  # how old_method_links connected each link
+
+    def reset(self) -> None:
+        """End the link with a RST on both channels, as a crashed front end does."""
+        for writer in (self._dw, self._mw):
+            _reset(writer)
+
+    def half_close(self) -> None:
+        """End the front end's output on the data channel (a FIN) and go on reading."""
+        self._dw.write_eof()
 
     async def _next(self) -> tuple[int, bytes]:
         """The next data-channel frame that is not a message the kernel printed."""
@@ -166,17 +224,41 @@ class KernelLink:
         self.parallel_names = (service, preemptive)
         return service, preemptive
 
-    async def old_method_links(self, timeout_s: float = 30.0) -> tuple[KernelLink, KernelLink]:
+    async def old_method_links(
+        self,
+        timeout_s: float = 30.0,
+        *,
+        order: str = "random",
+        gap_s: float = 0.0,
+        write_first: bool | None = None,
+    ) -> tuple[KernelLink, KernelLink]:
         """Up to 11.0: the kernel sends the names of the two links it created; the front end
-        connects to them, service link first."""
+        connects to them, service link first, each link's channels in ``order`` (the module's
+        docstring), writing first on each unless ``write_first`` is False (None: as this
+        link's own front end does)."""
         names = await self.open_parallel_links_packet(timeout_s)
+        rude = self._greetings is not None if write_first is None else write_first
         links = []
         async with asyncio.timeout(timeout_s):
             for name in names:
                 link = LinkName.parse(name)
-                data = await asyncio.open_connection(link.data.host, link.data.port)
-                message = await asyncio.open_connection(link.message.host, link.message.port)
-                kl = KernelLink(data, message)
+                greetings = _greetings() if rude else None
+                chosen = _chance.choice(CONNECT_ORDERS) if order == "random" else order
+                self.connect_orders.append(chosen)
+                ends = {"data": link.data, "message": link.message}
+                first = dict(zip(ends, greetings or (b"", b""), strict=True))
+                if chosen == "parallel":
+                    data, message = await asyncio.gather(
+                        *(_open(ends[role], first[role]) for role in ends)
+                    )
+                else:
+                    opened: dict[str, Stream] = {}
+                    for role in ("data", "message") if chosen == "data" else ("message", "data"):
+                        if opened:
+                            await asyncio.sleep(gap_s)
+                        opened[role] = await _open(ends[role], first[role])
+                    data, message = opened["data"], opened["message"]
+                kl = KernelLink(data, message, greetings)
                 await kl.start()
                 links.append(kl)
         return links[0], links[1]
@@ -266,25 +348,39 @@ class _WritesFirst(asyncio.StreamReaderProtocol):
 class ListeningLink:
     """``LinkCreate`` in Listen mode: two ports, each accepting the kernel's one connection."""
 
-    def __init__(self, host: str, write_first: bool = True) -> None:
+    def __init__(
+        self,
+        host: str,
+        write_first: bool = True,
+        at_accept: str | None = None,
+        greetings: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        if at_accept not in (None, "close", "reset"):
+            raise ValueError(f"at_accept is close, reset or None, not {at_accept!r}")
         self.host = host
+        self.at_accept = at_accept  # each connection ends at accept: a FIN or a RST
         self._servers: list[asyncio.Server] = []
         loop = asyncio.get_running_loop()
         self._accepted: list[asyncio.Future[Stream]] = [loop.create_future(), loop.create_future()]
         self.extra_connections = 0
         self.handed_out: KernelLink | None = None  # what accept() gave
-        self.greetings: tuple[bytes, bytes] | None = None
-        if write_first:
-            size = 1 + secrets.randbelow(64 * 1024)
-            self.greetings = (
-                wire.data_frame(wire.ECHO, secrets.token_bytes(size)),
-                wire.message_frame(wire.INTERRUPT, secrets.randbits(32)),
-            )
+        self.greetings = greetings if greetings is not None else None
+        if write_first and greetings is None:
+            self.greetings = _greetings()
 
     @classmethod
-    async def create(cls, host: str = "127.0.0.1", *, write_first: bool = True) -> ListeningLink:
-        """A listening link; by default one that writes first, as a front end may."""
-        self = cls(host, write_first)
+    async def create(
+        cls,
+        host: str = "127.0.0.1",
+        *,
+        write_first: bool = True,
+        at_accept: str | None = None,
+        greetings: tuple[bytes, bytes] | None = None,
+    ) -> ListeningLink:
+        """A listening link; by default one that writes first, as a front end may;
+        ``greetings``: what it writes (data, message), instead of an evaluation and an
+        Interrupt; ``at_accept``: see the module's docstring."""
+        self = cls(host, write_first, at_accept, greetings)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         loop = asyncio.get_running_loop()
         for i in range(2):
@@ -298,6 +394,16 @@ class ListeningLink:
 
     def _acceptor(self, i: int) -> Any:
         async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if self.at_accept is not None:
+                self.extra_connections += self._accepted[i].done()
+                if not self._accepted[i].done():
+                    self._accepted[i].set_exception(ConnectionResetError("ended at accept"))
+                    self._accepted[i].exception()  # retrieved: nobody need await it
+                if self.at_accept == "reset":
+                    _reset(writer)
+                else:
+                    writer.close()
+                return
             if self._accepted[i].done():
                 self.extra_connections += 1
                 writer.close()
@@ -332,7 +438,7 @@ class ListeningLink:
         for fut in self._accepted:
             if not fut.done():
                 fut.cancel()
-            elif not fut.cancelled() and self.handed_out is None:
+            elif not fut.cancelled() and fut.exception() is None and self.handed_out is None:
                 fut.result()[1].close()
 
 

@@ -6,7 +6,8 @@ Behaviour, with its source in ``docs/topology.md``:
 - ``-LinkMode Connect``: opens both TCP connections of ``-LinkName P1@H1,P2@H2`` (§1).
   The order of the two connects is not documented, so the simulator varies it: data first,
   message first, or both at once (``RELAY_SIM_CONNECT_ORDER`` = data|message|parallel|random,
-  default random), and a relay must work with all three;
+  default random; ``-simorder`` on the command line wins over it), and a relay must work with
+  all three;
 - ``-LinkMode Listen``: binds both ports on ``-LinkHost`` (default 127.0.0.1) and prints
   ``Link created on: NAME`` unless ``-LinkOptions`` has MLDontInteract (256) (§1);
 - serves evaluations on the data channel (``relay.sim.wire``) and answers urgent messages on
@@ -32,6 +33,25 @@ Behaviour, with its source in ``docs/topology.md``:
   meanwhile, so a front end that cannot reach a fallback link still has its kernel (whether a
   real kernel waits there is not documented).
 
+- is, by option, as rude as the reference allows (tests pick each behaviour, or leave it to
+  chance where the reference leaves an order open):
+  ``-simhello early|linked|random`` (default random): when a link's first frame (HELLO) is
+  written. ``early``: the moment its data channel exists, before the message channel is
+  connected (Connect) or accepted (Listen); ``linked``: once both are. Topology §1: "Which
+  side writes first after the TCP connections are made is not documented either: the
+  listening side (the front end) may write the moment it accepts", and "The order of the two
+  connects is not documented: a relay must not depend on it";
+  ``-simgap SECONDS`` (default 0): a pause between a link's two connects, or its two
+  accepts (§1, the same two sentences: nothing says the second follows the first at once);
+  ``-simexit STATUS``: the kernel ends its link on its own, at once: it connects, writes its
+  HELLO and a message, closes both channels and exits with STATUS, as a kernel does whose
+  licence check fails once its link is up (§1: the message channel carries ImDying, a kernel
+  may die on its own; §4: a non-zero exit status is a failed launch, and start-up is the
+  licence check);
+  ``-simclose fin|reset`` (default fin): how a link's channels end, with a FIN or, as a
+  crashed process with unread bytes does, a RST (§5 has the kernel exit when its link
+  closes; the reference says nothing of how a TCP connection closes, and a relay must take
+  both);
 - ``-version`` prints the product version and exits, as ``wolfram -version`` does (its
   reference page; ``relay check`` runs it);
 - takes ``-simstartup SECONDS`` (default 1) before connecting or listening, as a real
@@ -229,18 +249,37 @@ class _Event:
         return False
 
 
-def connect(link: LinkName, order: str) -> tuple[Socket, Socket]:
-    if order == "random":  # one of the three (os.urandom: the random module is an import more)
-        order = ("data", "message", "parallel")[os.urandom(1)[0] % 3]
+def _pick(choices: tuple[str, ...]) -> str:
+    """One of ``choices`` at random (os.urandom: the random module is an import more)."""
+    return choices[os.urandom(1)[0] % len(choices)]
+
+
+def connect(
+    link: LinkName, order: str, first: bytes = b"", gap_s: float = 0.0
+) -> tuple[Socket, Socket]:
+    """Both channels of ``link``, in ``order``. ``first`` is written on the data channel the
+    moment it is connected, before the message channel may be (``-simhello early``);
+    ``gap_s`` separates the two connects (``-simgap``)."""
+    if order == "random":
+        order = _pick(("data", "message", "parallel"))
     if order == "parallel":
         got: dict[str, Socket | BaseException] = {}
         message_done = _Event()
 
         def one(role: str, host: str, port: int) -> None:
             try:
-                got[role] = _connect_one(host, port)
+                sock = _connect_one(host, port)
             except OSError as exc:
                 got[role] = exc
+                return
+            try:
+                if role == "data" and first:
+                    sock.sendall(first)
+            except OSError as exc:
+                sock.close()
+                got[role] = exc
+                return
+            got[role] = sock
 
         def message_one() -> None:
             try:
@@ -263,9 +302,24 @@ def connect(link: LinkName, order: str) -> tuple[Socket, Socket]:
         return data, message
     if order == "message":
         message = _connect_one(link.message.host, link.message.port)
-        return _connect_one(link.data.host, link.data.port), message
+        try:
+            time.sleep(gap_s)
+            data = _connect_one(link.data.host, link.data.port)
+        except OSError:
+            message.close()
+            raise
+        if first:
+            data.sendall(first)
+        return data, message
     data = _connect_one(link.data.host, link.data.port)
-    return data, _connect_one(link.message.host, link.message.port)
+    try:
+        if first:
+            data.sendall(first)
+        time.sleep(gap_s)
+        return data, _connect_one(link.message.host, link.message.port)
+    except OSError:
+        data.close()
+        raise
 
 
 class _Listening:
@@ -289,9 +343,22 @@ class _Listening:
         (h1, p1, *_), (h2, p2, *_) = (s.getsockname() for s in self.servers)
         return f"{p1}@{h1},{p2}@{h2}"
 
-    def accepted(self) -> tuple[Socket, Socket]:
-        data, message = (_accept(server) for server in self.servers)
-        self.close()
+    def accepted(self, first: bytes = b"", gap_s: float = 0.0) -> tuple[Socket, Socket]:
+        """The two connections, data first. ``first`` is written on the data channel the
+        moment it is accepted, before the message channel is (``-simhello early``: the
+        listening side "may write the moment it accepts", topology §1); ``gap_s`` separates
+        the two accepts (``-simgap``)."""
+        data = _accept(self.servers[0])
+        try:
+            if first:
+                data.sendall(first)
+            time.sleep(gap_s)
+            message = _accept(self.servers[1])
+        except OSError:
+            data.close()
+            raise
+        finally:
+            self.close()
         return data, message
 
     def close(self) -> None:
@@ -312,6 +379,11 @@ class SimKernel:
         self.version = version
         self.exit_status = 0
         self.order = os.environ.get("RELAY_SIM_CONNECT_ORDER", "random")
+        # the rude options (the module's docstring): set by main() from the command line
+        self.hello_when = "random"
+        self.gap_s = 0.0
+        self.exit_now: int | None = None
+        self.close_how = "fin"
         self.hook: HookClient | None = None
         port, token = os.environ.get("RELAY_HOOK_PORT", ""), os.environ.get("RELAY_HOOK_TOKEN")
         if token:
@@ -338,6 +410,12 @@ class SimKernel:
         if self.main is not None:  # the hook runs in the main link's thread
             self.main.send(wire.MESSAGE, f"relay's Dynamic hook: {exc}".encode())
 
+    def first(self, role: str, name: str | None) -> bytes:
+        """What a link writes before its second channel exists: its HELLO frame under
+        ``-simhello early`` (or, under ``random``, by chance), else nothing."""
+        when = _pick(("early", "linked")) if self.hello_when == "random" else self.hello_when
+        return wire.data_frame(wire.HELLO, self.hello(role, name)) if when == "early" else b""
+
     def hello(self, role: str, name: str | None) -> bytes:
         return minijson.dumps(
             {
@@ -357,11 +435,12 @@ class SimKernel:
             }
         ).encode()
 
-    def listen(self) -> tuple[Socket, Socket]:
+    def listen(self) -> tuple[Socket, Socket, bytes]:
         listening = _Listening(self.flags.link_host or "127.0.0.1", (0, 0))
         if not self.flags.dont_interact:
             print(f"Link created on: {listening.name}", flush=True)
-        return listening.accepted()
+        first = self.first("main", self.flags.link_name)
+        return (*listening.accepted(first, self.gap_s), first)
 
     def old_method_links(self, main: _Link) -> None:
         """Up to 11.0: CreateFrontEndLink twice, through relay's listen-pair, then tell the
@@ -372,10 +451,12 @@ class SimKernel:
 
         def accept_all() -> None:
             for role, (name, listening) in zip(("service", "preemptive"), pairs, strict=True):
+                first = self.first(role, name)
                 try:
-                    self.start_link(role, name, *listening.accepted())
+                    data, message = listening.accepted(first, self.gap_s)
                 except OSError:
                     return
+                self.start_link(role, name, data, message, hello_sent=bool(first))
 
         _start_thread(accept_all)
 
@@ -399,9 +480,12 @@ class SimKernel:
         listening = _Listening("127.0.0.1", (0, 0))
         return listening.name, listening
 
-    def link_create_connect(self, name: str) -> tuple[str, Socket, Socket] | str:
+    def link_create_connect(
+        self, name: str, role: str | None = None
+    ) -> tuple[str, Socket, Socket, bool] | str:
         """``LinkCreate[name, LinkMode -> Connect]`` with the hook's rule in place: the linked
-        name and its two sockets, or a ``$Failed`` reason."""
+        name, its two sockets and whether the link's HELLO went out already (the front end's
+        links, ``role`` given: see ``first``), or a ``$Failed`` reason."""
         target = name
         if self.hook and self.frontend_host and (self.setting_up or self.linked < 2):
             try:
@@ -415,7 +499,9 @@ class SimKernel:
                 if target == name and hook.front_end_name(name, self.frontend_host):
                     return f"$Failed: {exc}"
         try:
-            return (target, *connect(LinkName.parse(target), self.order))
+            first = self.first(role, target) if role is not None else b""
+            data, message = connect(LinkName.parse(target), self.order, first, self.gap_s)
+            return target, data, message, bool(first)
         except (OSError, ValueError) as exc:
             return f"$Failed: {exc}"
 
@@ -428,11 +514,12 @@ class SimKernel:
         self.setting_up = True
         try:
             for role, name in (("service", names[0]), ("preemptive", names[1])):
-                made = self.link_create_connect(name)
+                made = self.link_create_connect(name, role)
                 if isinstance(made, str):
                     failed.append(made)
                 else:
-                    self.start_link(role, *made)
+                    target, data, message, hello_sent = made
+                    self.start_link(role, target, data, message, hello_sent=hello_sent)
         finally:
             self.setting_up = False
         return failed[0].encode() if failed else b"linked"
@@ -446,7 +533,7 @@ class SimKernel:
             made = self.link_create_connect(name)
             if isinstance(made, str):
                 return made.encode()
-            target, data, message = made
+            target, data, message, _ = made
             served = listening.accepted()
             for sock in (data, message, *served):
                 sock.close()
@@ -454,17 +541,34 @@ class SimKernel:
             listening.close()
         return f"{'direct' if target == name else 'redirected'} {target}".encode()
 
-    def start_link(self, role: str, name: str, data: Socket, message: Socket) -> None:
-        link = _Link(self, role, name, data, message)
+    def start_link(
+        self, role: str, name: str, data: Socket, message: Socket, *, hello_sent: bool = False
+    ) -> None:
+        link = _Link(self, role, name, data, message, hello_sent)
         self.links.append(link)
         _start_thread(link.serve)
 
-    def serve(self, data: Socket, message: Socket) -> int:
-        main = self.main = _Link(self, "main", self.flags.link_name, data, message)
+    def serve(self, data: Socket, message: Socket, *, hello_sent: bool = False) -> int:
+        main = self.main = _Link(self, "main", self.flags.link_name, data, message, hello_sent)
+        if self.exit_now is not None:
+            return self.exit_at_once(main)
         main.serve()
         for link in self.links:  # the main link closed: the kernel exits
             link.close()
         return self.exit_status
+
+    def exit_at_once(self, main: _Link) -> int:
+        """``-simexit STATUS``: the link is up; say HELLO and why, end it, exit with STATUS
+        (whatever the front end wrote stays unread: the channels may end with a RST)."""
+        assert self.exit_now is not None
+        try:
+            if not main.hello_sent:
+                main.send(wire.HELLO, self.hello("main", main.name))
+            main.send(wire.MESSAGE, b"simulated: the kernel ends its link on its own")
+        except OSError:
+            pass
+        main.close()
+        return self.exit_now
 
 
 class _Link:
@@ -478,9 +582,11 @@ class _Link:
         name: str | None,
         data: Socket,
         message: Socket,
+        hello_sent: bool = False,
     ) -> None:
         self.kernel, self.role, self.name = kernel, role, name
         self.data, self.message = data, message
+        self.hello_sent = hello_sent  # written before the message channel existed
         self.abort = _Event()
 
     def send(self, kind: int, payload: bytes = b"") -> None:
@@ -488,7 +594,8 @@ class _Link:
 
     def serve(self) -> None:
         try:
-            self.send(wire.HELLO, self.kernel.hello(self.role, self.name))
+            if not self.hello_sent:
+                self.send(wire.HELLO, self.kernel.hello(self.role, self.name))
             _start_thread(self.urgent)
             if self.role == "main" and self.kernel.hook is not None and self.kernel.method == "old":
                 self.kernel.old_method_links(self)
@@ -546,8 +653,11 @@ class _Link:
 
     def close(self) -> None:
         for sock in (self.data, self.message):
-            try:  # noqa: SIM105 (contextlib would be one more import per kernel start)
-                sock.shutdown(_socket.SHUT_RDWR)
+            try:
+                if self.kernel.close_how == "reset":  # SO_LINGER on, 0 s: close sends a RST
+                    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, _LINGER_0)
+                else:
+                    sock.shutdown(_socket.SHUT_RDWR)
             except OSError:
                 pass
             sock.close()
@@ -557,6 +667,12 @@ STARTUP_S = 1.0  # a real kernel's start-up, on the order of a second (§4)
 CONNECT_JOIN_S = 300.0  # bounds the wait for the message channel's connect (a blocking connect
 # gives up on its own well before: the kernel's TCP SYN retries)
 SOCKETS_VERSION = 11.2  # SocketReadyQ, which the hook's socket transport needs
+_LINGER_0 = (1).to_bytes(4, sys.byteorder) + bytes(4)  # struct linger {1, 0} (no struct import)
+_CHOICES = {
+    "-simhello": ("early", "linked", "random"),
+    "-simclose": ("fin", "reset"),
+    "-simorder": ("data", "message", "parallel", "random"),
+}
 
 
 def _sim_option(flags: KernelFlags, name: str, default: float) -> float:
@@ -615,6 +731,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         version = _sim_version(flags)
         _sim_option(flags, "-simstartup", STARTUP_S)
         gate = _sim_word(flags, "-simgate")
+        rude = {name: _sim_word(flags, name) for name in _CHOICES}
+        for name, word in rude.items():
+            if word is not None and word.lower() not in _CHOICES[name]:
+                raise ValueError(f"{name} takes one of {', '.join(_CHOICES[name])}, not {word!r}")
+        gap_s = _sim_option(flags, "-simgap", 0.0)
+        exit_word = _sim_word(flags, "-simexit")
+        exit_now = None if exit_word is None else int(exit_word)
     except ValueError as exc:
         print(f"relay-sim-kernel: {exc}", file=sys.stderr)
         return 2
@@ -631,6 +754,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     kernel = SimKernel(flags, version)
+    kernel.hello_when = (rude["-simhello"] or "random").lower()
+    kernel.close_how = (rude["-simclose"] or "fin").lower()
+    kernel.order = (rude["-simorder"] or kernel.order).lower()
+    kernel.gap_s, kernel.exit_now = gap_s, exit_now
     startup = _sim_option(flags, "-simstartup", STARTUP_S) - _age_s()
     if startup > 0:
         time.sleep(startup)  # starting up: licence, paclets, init files
@@ -645,17 +772,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not flags.link_name:
             print("relay-sim-kernel: -LinkMode Connect needs -LinkName", file=sys.stderr)
             return 2
+        first = kernel.first("main", flags.link_name)
         try:
-            data, message = connect(LinkName.parse(flags.link_name), kernel.order)
+            data, message = connect(LinkName.parse(flags.link_name), kernel.order, first, gap_s)
         except (ValueError, OSError) as exc:
             print(f"relay-sim-kernel: cannot connect to {flags.link_name}: {exc}", file=sys.stderr)
             return 1
     elif mode == "listen":
-        data, message = kernel.listen()
+        data, message, first = kernel.listen()
     else:
         print(f"relay-sim-kernel: -LinkMode {mode} is not simulated", file=sys.stderr)
         return 2
-    return kernel.serve(data, message)
+    return kernel.serve(data, message, hello_sent=bool(first))
 
 
 if __name__ == "__main__":  # pragma: no cover
