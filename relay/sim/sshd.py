@@ -158,6 +158,12 @@ class ThrowawaySSHD:
             # sshd keeps only the first SetEnv line, and the first value of a name in it: one
             # line, a test's own values (its own HOME too) before this one
             setenv = [self.options.get("SetEnv", ""), f'"HOME={self.home}"']
+            # the test run's own PYTHONPATH, if it has one: a clone that shares another
+            # checkout's virtualenv runs its own relay, and the simulated kernels its sessions
+            # start must import that relay too, not the one the virtualenv installed (relay's
+            # agent runs python3 -I, which ignores it)
+            if os.environ.get("PYTHONPATH"):
+                setenv.append(f'"PYTHONPATH={os.environ["PYTHONPATH"]}"')
             options["SetEnv"] = " ".join(word for word in setenv if word)
         # else an account a test made (``user`` set): it has a throwaway home of its own
         path = self.dir / "sshd_config"
