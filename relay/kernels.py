@@ -645,10 +645,7 @@ def _not_started(k: Kernel, kernel: str, exc: BaseException) -> BaseException:
             f"{k.host.key}: check the KERNEL argument or 'kernel' in "
             f"{host_header(k.host.key)}"
         )
-    return KernelExited(
-        f"the kernel on {k.host.key} exited with status {status} before "
-        f"connecting{_last_words(k.output)}"
-    )
+    return _exited_before_connecting(k, status)
 
 
 async def _until_connected(k: Kernel, kernel: str) -> None:
@@ -670,11 +667,26 @@ async def _until_connected(k: Kernel, kernel: str) -> None:
             status = k.exited.result()
             if status is None:
                 raise KernelExited(f"the SSH connection to {k.host.key} was lost during launch")
-            raise KernelExited(
-                f"the kernel on {k.host.key} exited with status {status} before "
-                f"connecting{_last_words(k.output)}"
-            )
+            raise _exited_before_connecting(k, status)
     k.forward.connected.result()  # raises FrontEndUnreachable
+
+
+def _exited_before_connecting(k: Kernel, status: int | None) -> KernelExited:
+    """The launch's error for a kernel that exited before its link was carried. One that
+    connected and exited at once (a licence failure once its link was up, a Quit the front end
+    sent as it accepted) left a connection that closed before relay could check whose it was:
+    relay refused it, as it refuses every socket it cannot check (``relay.peerowner``: a
+    closing socket is nobody's), and says so rather than "before connecting"."""
+    if k.forward.closed_unchecked:
+        return KernelExited(
+            f"the kernel on {k.host.key} exited with status {status} as it connected: its "
+            f"connection closed before relay could check it was yours, and relay carries no "
+            f"connection it cannot check{_last_words(k.output)}"
+        )
+    return KernelExited(
+        f"the kernel on {k.host.key} exited with status {status} before "
+        f"connecting{_last_words(k.output)}"
+    )
 
 
 def _last_words(output: list[str]) -> str:

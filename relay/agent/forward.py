@@ -167,6 +167,12 @@ class AgentForward:
                 self.connected.set_result(None)
 
     @property
+    def closed_unchecked(self) -> bool:
+        """A connection to one of the listeners closed before it could be checked, and was
+        refused (``relay.peerowner``: a closing socket is nobody's)."""
+        return any(ch.stream.closed_unchecked for ch in self._channels)
+
+    @property
     def ended_because(self) -> str | None:
         """Why the host's agent is gone for us (its window ran out, it could not be
         reached again), if it is."""

@@ -130,6 +130,9 @@ class Stream:
         self._early: list[Frame] = []  # arrived before the sink did
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.opened.add_done_callback(retrieved)
+        # the agent refused a connection to this stream's listener that closed before it could
+        # be checked (a closing socket is nobody's): its kernel's, if that kernel then exited
+        self.closed_unchecked = False
         self._finished = False  # both directions over: forgotten by the session
         # the agent's socket will send no more (EOF or CLOSE came): everything it read is here
         self.drained: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -644,6 +647,9 @@ class AgentSession:
         sid_text, _, value = rest.partition(" ")
         sid = int(sid_text) if sid_text.isdigit() else -1
         if kind == "refused":
+            refused = self._streams.get(sid)
+            if refused is not None and value.partition(" ")[0] == "c":
+                refused.closed_unchecked = True
             self.refused(sid, value)
             return True
         if kind == "noconnect":

@@ -304,6 +304,8 @@ class CallbackForward:
         self.listeners_gone = asyncio.Event()
         self._cancelling: asyncio.Future[None] | None = None
         self._in_flight = 0  # connections that arrived and are being admitted or connected
+        # a connection to a listener was refused as it closed before it could be checked
+        self.closed_unchecked = False
         self._settled = asyncio.Event()
         self._settled.set()
         for ch in self._channels:
@@ -348,10 +350,15 @@ class CallbackForward:
         opening, and must not be mistaken for one that never connected."""
         await self._settled.wait()
 
+    def _closed_unchecked(self) -> None:
+        self.closed_unchecked = True
+
     async def _accept(self, ch: _Channel, orig_host: str, orig_port: int) -> Any:
         """A connection arrived on ``ch``'s remote listener from ``orig_host:orig_port``."""
         link = f"{ch.role} of {self.target}"
-        if not await self._guard.admit(orig_host, orig_port, ch.slot.port, link):
+        if not await self._guard.admit(
+            orig_host, orig_port, ch.slot.port, link, closing=self._closed_unchecked
+        ):
             # the listener stays open: the real kernel may still be starting
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,

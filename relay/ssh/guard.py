@@ -150,9 +150,18 @@ class PeerGuard:
                 f"accept such connections unverified, as ssh -R does"
             )
 
-    async def admit(self, client_host: str, client_port: int, listen_port: int, link: str) -> bool:
+    async def admit(
+        self,
+        client_host: str,
+        client_port: int,
+        listen_port: int,
+        link: str,
+        *,
+        closing: Callable[[], object] | None = None,
+    ) -> bool:
         """Whether the connection from ``client_host:client_port`` may be carried: from the
-        listener's loopback address, by a live socket of the user's own uid."""
+        listener's loopback address, by a live socket of the user's own uid. ``closing`` is
+        called when it is refused because its socket closed before it could be checked."""
         if not self.enabled:
             return True
         if client_host not in LOOPBACK:
@@ -169,6 +178,8 @@ class PeerGuard:
             uid = UNKNOWN
         if uid == self.uid and uid >= 0:
             return True
+        if uid == CLOSING and closing is not None:
+            closing()
         self.refusals.warn(uid, foreign_uid=WHY.get(uid, uid), listener=listen_port, link=link)
         return False
 
