@@ -46,6 +46,7 @@ from relay import __version__, heap, protocol, settings, wake
 from relay.activation import Notifier, activated_socket
 from relay.agent.expose import AgentExpose
 from relay.agent.forward import AgentForward
+from relay.agent.session import AgentSession
 from relay.control import ControlServer, DaemonLock, prepare_socket_dir
 from relay.daemontag import daemon_tag
 from relay.errors import (
@@ -372,6 +373,7 @@ class Daemon:
             # agent reaches only the host's loopback, and there a listener of the user's own)
             if req.direction == "callback" and live.agent is not None:
                 fwd = await AgentForward.open(live.agent, target, host.local_guard)
+                await _kept_by_agent(fwd, live.agent, host.key, deadline)
             elif req.direction == "callback":
                 fwd = await CallbackForward.open(
                     live.connection, target, host.key, live.guard, host.local_guard, live.pool
@@ -705,6 +707,27 @@ class Daemon:
 
 _UNREAD = object()  # a stamp no file has: the file is read at the next request
 CONFIG_SETTLE_S = 0.2  # a file saved this recently may not be whole yet (``config_settle_s``)
+
+
+async def _kept_by_agent(
+    fwd: AgentForward, agent: AgentSession, host: str, deadline: float
+) -> None:
+    """A requested forward is answered once the host's agent has been told to keep its
+    listeners (``AgentSession.confirmed``): the name it is answered with then outlives an
+    outage. Else the forward is closed, and the request says why in one line."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await agent.confirmed()
+    except (TimeoutError, ConnectFailed) as exc:
+        await fwd.aclose()
+        why = "did not answer" if isinstance(exc, TimeoutError) else "was lost"
+        raise ForwardFailed(
+            f"the connection to {host} {why} as the link was forwarded, before relay's agent "
+            f"there had it: forward it again once `relay status` shows {host} connected"
+        ) from None
+    except BaseException:
+        await fwd.aclose()
+        raise
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:

@@ -488,6 +488,8 @@ class AgentSession:
         self.heard_at, self.heard_clock = time.time(), wake.steady()
         self.attaches = 0
         self._listens: dict[int, asyncio.Future[int]] = {}
+        # ``confirmed``'s waiters: the control stream's position each waits to be acknowledged
+        self._confirming: list[tuple[int, asyncio.Future[None]]] = []
         self._spare: list[tuple[Stream, int]] = []
         self._spare_serve: list[tuple[Stream, int]] = []
         self._refilling: asyncio.Future[None] | None = None
@@ -733,6 +735,7 @@ class AgentSession:
             self.control.send(f"window w {self.window_s:g}\n".encode())
         self.attaches += 1
         self._heard()
+        self._control_heard()  # the WELCOME said how far it had the control lines
         if self.lost_clock is not None:
             self._log.info("resumed", outage_s=round(self.heard_clock - self.lost_clock, 1))
         self.lost_at = self.lost_clock = None
@@ -869,6 +872,40 @@ class AgentSession:
             assert self._window_next is not None
             self.window_s, self._window_next, self._window_at = self._window_next, None, None
 
+    def _control_heard(self) -> None:
+        """The agent acknowledged control lines (an ACK, or a resume's WELCOME)."""
+        self._window_heard()
+        acked = self.control.out.acked_at
+        waiting = []
+        for position, fut in self._confirming:
+            if fut.done():
+                continue
+            if acked >= position:
+                fut.set_result(None)
+            else:
+                waiting.append((position, fut))
+        self._confirming = waiting
+
+    async def confirmed(self) -> None:
+        """Returns once the agent has every control line sent until now (acknowledged within
+        ACK_DELAY_S of its arrival, or by a resume's WELCOME): what it was told to keep (a
+        ``take``) it keeps through an outage. ConnectFailed if the agent is gone first. A
+        requested forward was answered with its ``take`` still on a path that had just gone
+        silent; the agent, holding nothing it had been told to keep, ended, and the name the
+        user was given led nowhere (a review's reproduction)."""
+        position = self.control.out.end
+        if self.control.out.acked_at >= position:
+            return
+        if self.ended.done():
+            raise ConnectFailed(f"{self.host}: {self.end_reason or 'the agent is gone'}")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirming.append((position, fut))
+        try:
+            await fut
+        finally:
+            if not fut.done():
+                fut.cancel()
+
     def detach(self) -> None:
         """The connection is gone (or declared so): keep everything, send nothing."""
         channel, self._channel = self._channel, None
@@ -917,7 +954,7 @@ class AgentSession:
         if frame.type == mux.ACK:
             stream.acked(mux.ack_position(frame.payload))
             if stream is self.control:
-                self._window_heard()
+                self._control_heard()
         elif frame.type in (mux.DATA, mux.EOF, mux.CLOSE, mux.OPEN):
             stream.received(frame)
             self._acks.add(stream)
@@ -991,6 +1028,10 @@ class AgentSession:
         for fut in self._listens.values():
             if not fut.done():
                 fut.set_exception(ConnectFailed(f"{self.host}: {reason}"))
+        for _, confirming in self._confirming:
+            if not confirming.done():
+                confirming.set_exception(ConnectFailed(f"{self.host}: {reason}"))
+        self._confirming = []
         for stream in list(self._streams.values()):
             stream.drop()
         self._streams.clear()

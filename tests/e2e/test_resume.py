@@ -2786,6 +2786,44 @@ async def test_a_launch_a_blip_cut_before_its_kernel_started_is_made_again_once_
         assert proxy.accepted >= 2  # the launch's kernel came on a connection made again
 
 
+async def test_a_forward_asked_for_as_the_path_goes_silent_is_answered_only_once_kept(
+    home: RelayHome,
+) -> None:
+    """`relay forward` just as the path goes silent: it was answered "forwarded" at once
+    (spare listeners, no round trip) while the line telling the agent to keep them was lost
+    on the dead path. The agent, told to keep nothing, ended with its daemon gone, and the
+    name the user had been given led nowhere, without a word (a review's reproduction). The
+    answer now waits for the agent to have it: here the agent ended first, so the request
+    says so in one line, and the next one works."""
+    async with behind_proxy(home, launch_timeout_s=30) as proxy, start_daemon(home) as running:
+        status, _, err = await relay_cli(home, "connect", "local")  # its spares in place
+        assert status == 0, err
+        pid = int(str(resume_state(running)["pid"]))
+        wanted = await frontend.ListeningLink.create()
+        proxy.blackhole()
+        asking = asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: client.request(
+                home.socket,
+                {"op": "forward", "host": "local", "linkname": str(wanted.name)},
+                timeout_s=BOUND_S,
+            ),
+        )
+        await until(lambda: resume_state(running).get("state") == "resuming", "resuming")
+        assert not asking.done(), asking.result()  # not answered "forwarded" on a dead path
+        await wait_gone(pid, BOUND_S)  # no daemon, nothing to keep: the agent ended
+        proxy.restore()
+        answer = await asyncio.wait_for(asking, BOUND_S)
+        message = str(answer.get("message"))
+        assert answer["event"] == "error" and "as the link was forwarded" in message, answer
+        assert "\n" not in message and "local" in message, message
+        answer = await request(
+            home, {"op": "forward", "host": "local", "linkname": str(wanted.name)}
+        )
+        assert answer["event"] == "forwarded", answer
+        wanted.close()
+
+
 async def test_a_kernel_that_called_back_while_the_daemon_was_stopped_is_connected(
     home: RelayHome,
 ) -> None:
