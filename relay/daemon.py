@@ -326,8 +326,12 @@ class Daemon:
                 k.named_host.record_failure(k.id, kernel, why)
                 await k.terminate(grace_s=1.0)
             status = await asyncio.shield(k.exited)
-            if connected and (ended := await self.clusters.explain(k)):  # ended by Slurm
-                k.log.warning("kernel ended by slurm", reason=ended)
+            # the host's agent ended it (the window ran out): that is why, and Slurm is not
+            # asked (squeue through a login node the same outage cut off held the shim's
+            # line back by launch_timeout_s; a review's reproduction)
+            by_agent = k.ended_with_agent() if connected and status is None else None
+            if connected and by_agent is None and (ended := await self.clusters.explain(k)):
+                k.log.warning("kernel ended by slurm", reason=ended)  # ended by Slurm
                 k.named_host.record_failure(k.id, kernel, ended)
             elif connected and status is not None and (ended := k.unexplained_end(status)):
                 # killed by something else than relay (the host's OOM killer), or ended
@@ -335,11 +339,11 @@ class Daemon:
                 k.end_reason = ended
                 k.log.warning("kernel ended", reason=ended)
                 k.named_host.record_failure(k.id, kernel, ended)
-            elif connected and status is None and (ended := k.ended_with_agent()):
+            elif by_agent is not None:
                 # the window ran out with the connection down (or the agent was killed): the
                 # shim was told; `relay status` keeps it, as the host's own line moves on
-                k.log.warning("kernel ended", reason=ended)
-                k.named_host.record_failure(k.id, kernel, ended)
+                k.log.warning("kernel ended", reason=by_agent)
+                k.named_host.record_failure(k.id, kernel, by_agent)
         finally:
             self.kernels.pop(k.id, None)
             self.clusters.release(k)

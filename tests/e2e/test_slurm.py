@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from relay.control import RELEASE_WAIT_S
 from relay.sim import frontend, wire
 from relay.sim.faultproxy import FaultProxy
 from relay.sim.slurm import LocalSlurm, SlurmSite
@@ -33,6 +34,7 @@ from tests.e2e.helpers import (
     relay_cli,
     remote_command,
     request,
+    wait_gone,
 )
 from tests.e2e.test_resume import KEEPALIVE
 
@@ -365,6 +367,30 @@ async def test_a_kernel_on_a_compute_node_outlives_the_network(
             assert shown[node]["resume"]["state"] == "on"
             assert shown[node]["resume"]["attaches"] >= 2
             await same_job_then_quit(cluster, fe, kernel, job_id, pid)
+
+
+async def test_a_compute_node_kernel_ended_by_its_window_is_said_to_its_shim_at_once(
+    slurm_home: RelayHome, cluster: LocalSlurm, site: SlurmSite
+) -> None:
+    """The path to the login node stays dead past resume_window_s: the node's agent ends the
+    kernel, and its shim is told with the window's line then. It was told 20 s later
+    (RELEASE_WAIT_S): the daemon first asked squeue why the kernel had ended, through the
+    login node the same outage had cut off (a review's reproduction; a plain host's shim was
+    told at once)."""
+    node = f"cluster/{cluster.node}"
+    async with login_through_proxy(site) as proxy:
+        slurm_home.hosts["cluster"].update(port=proxy.port, resume_window_s=5, **KEEPALIVE)
+        async with serving(slurm_home) as running, controller(slurm_home, host="cluster") as fe:
+            kernel = await fe.link.accept(60)
+            pid = int(kernel.hello["pid"])
+            proxy.blackhole()
+            await until_resuming(running, node)
+            await wait_gone(pid, 60)  # the node's agent ended it: the window ran out
+            status, _, err = await fe.result(RELEASE_WAIT_S / 2)
+            assert status == 1 and "resume_window_s (5 s)" in err, err
+            assert len(err.strip().splitlines()) == 1, err
+            await kernel.aclose()
+            proxy.restore()
 
 
 @pytest.mark.parametrize("gateway", [False, True], ids=["login node", "gateway to it"])
