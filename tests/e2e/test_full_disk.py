@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from relay.lite import shim
 from relay.sim import frontend
-from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome, fill, run_shim
 from tests.e2e.helpers import controller, relay_cli
 
 NO_SPACE = "no space left on its file system"
@@ -37,20 +36,6 @@ def small_tmpfs(where: Path, size: str = "64k", inodes: int = 0) -> Iterator[Pat
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file in ``directory`` until its file system has no room left."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 def fill_up_to_the_page(log_file: Path) -> None:

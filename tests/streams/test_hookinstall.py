@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import os
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from relay.ssh.remote_scripts import (
     installer,
 )
 from relay.tasks import TaskSet
+from tests.conftest import fill
 from tests.pure.test_safepath import acl_naming
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
@@ -368,15 +368,7 @@ def test_a_home_that_cannot_be_written_uses_the_files_already_installed(
         stale.mkdir(mode=0o700)
         (stale / other.name).write_bytes(HOOK.data)  # not the size of the upload
         if how == "full":
-            filler = home / "filler"
-            fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                while True:
-                    os.write(fd, b"\0" * 4096)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-            finally:
-                os.close(fd)
+            fill(home)
         else:
             subprocess.run(["mount", "-o", "remount,ro", str(home)], check=True)
         assert install(shell, home) == path
