@@ -98,10 +98,10 @@ class NotBack(ConnectFailed):
 
 
 class StartLost(ConnectFailed):
-    """The connection was lost, and the supervisor or agent that would have run a kernel
-    ended with it, before the kernel's start was confirmed: nothing of that start runs on
-    (the supervisor ends its kernels with its session; an agent that ends keeps none). A
-    launch may start it again on the next connection."""
+    """relay's agent, which would have run a kernel, ended before the kernel's start was
+    confirmed: nothing of that start runs on (an agent ends only with no kernel of relay's
+    to keep). A launch may start it again on the next connection. Not said of the old path's
+    supervisor: sshd may not see its session lost, and its kernel may run on."""
 
 
 class AuthenticationFailed(RelayError):

@@ -363,8 +363,8 @@ async def launch(
     try:
         return await once()
     except StartLost as exc:
-        # a blip between the launch's listeners and its kernel's start: the supervisor or
-        # agent that was to run it ended with the connection, so nothing of it runs; made
+        # a blip between the launch's listeners and its kernel's start: the agent that was
+        # to run it, with no kernel, ended with the connection, so nothing of it runs; made
         # once more on the next connection, within the same deadline (a review's finding:
         # "SSH connection lost" for a launch that a second's blip cut short)
         if loop.time() >= deadline:

@@ -80,6 +80,16 @@ class FaultProxy:
             _rst(w)
         self._writers.clear()
 
+    def reset_client_side(self) -> None:
+        """Every open connection is reset on the client's side alone, and the server's side
+        goes silently dead: the client's network changed (a Wi-Fi switch), and nothing
+        tells the server, which waits for its keepalive or TCP's retries to give up."""
+        self._stranded |= self._writers
+        for w in list(self._writers):
+            if w.get_extra_info("sockname")[1] == self.port:  # an accepted end: the client's
+                _rst(w)
+                self._writers.discard(w)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         this = asyncio.current_task()  # ended by aclose too, while the loop still runs
         if this is not None:

@@ -939,6 +939,7 @@ class HostSession:
             structlog.get_logger("relay.supervisor").bind(host=self.key),
             uid=info.uid,
             owner_check=info.owner_check,
+            keeps_nothing_when_lost=True,
         )
         return agent
 

@@ -168,8 +168,13 @@ class Supervisor:
         log: Any,
         uid: int | None = None,
         owner_check: bool = False,
+        keeps_nothing_when_lost: bool = False,
     ) -> None:
         self._process = process
+        # lost, it ran nothing on: relay's agent, which ends only with no kernel of relay's
+        # to keep (or ending them); not supervisor.sh, whose session sshd may not see lost
+        # (the client's side reset alone) and whose kernel may run on (a review's finding)
+        self._keeps_nothing_when_lost = keeps_nothing_when_lost
         self._host = host
         self._log = log
         self.remote_pid = remote_pid
@@ -440,7 +445,7 @@ class Supervisor:
         if not self.closed.done():
             self.closed.set_result(None)
         err = ConnectFailed(f"{self._host}: SSH connection lost")
-        unstarted = StartLost(f"{self._host}: SSH connection lost")
+        unstarted = StartLost(str(err)) if self._keeps_nothing_when_lost else err
         for proc in self._procs.values():
             if not proc.started.done():
                 proc.started.set_exception(unstarted)
