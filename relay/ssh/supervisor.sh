@@ -136,7 +136,7 @@ while read -r op id arg; do
         eval "$arg";
         have "$1" || { echo "nokernel $id"; exit 0; };
         case $1 in *=*) ds= ;; esac;
-        : >"$d/$id.log"; umask "$m";
+        true >"$d/$id.log" 2>/dev/null; umask "$m";
         if test -n "$g"; then setsid $ds "$@" </dev/null >"$d/$id.log" 2>&1 & else $ds "$@" </dev/null >"$d/$id.log" 2>&1 & fi;
         p=$!; umask 077; e=;
         trap "e=1; kill -TERM $g\$p 2>/dev/null || kill -TERM \$p 2>/dev/null" TERM;

@@ -382,6 +382,29 @@ def test_planted_directories_symlinks_and_recycled_pids_are_left_alone(
         victim.wait()
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_kernels_log_that_cannot_be_made_is_said_not_left_unanswered(
+    shell: str, tmp_path: Path
+) -> None:
+    """The session's directory is gone (a /tmp cleaner took it) when a kernel starts, so its
+    log cannot be made. That start was said (``norecord``) until the log was made first with
+    `:`, a special built-in: its failed redirection ends a POSIX sh's subshell (dash,
+    busybox), and the start said nothing, the launch waiting out launch_timeout_s (a
+    review's reproduction)."""
+    s = Sup(shell, env=dict(os.environ, TMPDIR=str(tmp_path)))
+    try:
+        hello = s.event()
+        shutil.rmtree(hello.value.split(" ")[1])
+        s.send("start k set -- /bin/true")
+        assert s.proc.stdout is not None
+        said = select.select([s.proc.stdout], [], [], 20)[0]
+        assert said, "nothing said of the start within 20 s"
+        event = s.event()
+        assert event == Event("norecord", "k", ""), event
+    finally:
+        stop(s)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
 @pytest.mark.parametrize("shell", SHELLS)
 def test_a_full_tmpdir_leaves_no_kernel_behind(shell: str, tmp_path: Path) -> None:
