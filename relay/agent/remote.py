@@ -564,8 +564,8 @@ def tcp_table(port):
                 cols = line.split()
                 if len(cols) >= 10:
                     yield cols
-    if len(unread) == 2:
-        raise Unknown(unread[0])
+    if len(unread) == 2 and all(exc.errno in FULL for exc in unread):
+        raise Unknown(unread[0])  # out of files: not "gone" (none there: ENOENT is "gone")
 
 
 class Unknown(Exception):

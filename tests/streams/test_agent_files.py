@@ -239,6 +239,25 @@ def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
         assert remote.owner(cport, lport) == "-"
 
 
+@pytest.mark.parametrize(("errno_", "said"), [(errno.ENOENT, "-"), (errno.EMFILE, "?")])
+def test_a_proc_net_that_cannot_be_read_is_unknown_only_for_want_of_files(
+    monkeypatch: pytest.MonkeyPatch, errno_: int, said: str
+) -> None:
+    """Neither sock_diag's answer nor /proc/net/tcp: for want of files the check cannot tell
+    ("?", never another user's); where /proc has no net/ (subset=pid) and sock_diag gives no
+    answer, there is no such socket to find ("-"), not a lack of files (a review's reading:
+    the user was told "out of files" on such a host)."""
+
+    def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(remote, "DIAG", [None])  # the kernel gives no answer
+    monkeypatch.setattr(remote, "open", unreadable, raising=False)
+    agent = remote.Agent.__new__(remote.Agent)  # its owner checks alone
+    agent.spare = None
+    assert agent.checked(remote.owner, 40000, 40001) == said
+
+
 @pytest.mark.parametrize(
     "payload",
     [b"[" * 100_000, b'{"n": ' + b"7" * 31 + b"}", b'{"n": 1.' + b"5" * 40 + b"}",
