@@ -3,9 +3,12 @@ left under one (relay stop, the window or the next daemon end them; a test that 
 would leave them for the window, 900 s).
 
 An agent is this run's when the login that started it came to one of this run's servers: its
-environment keeps the login's SSH_CONNECTION, whose last word is the server's port. Another
-test run on the machine (another clone's), or the developer's own relay with a host of
-localhost, has agents of its own, which a test here must neither count nor end."""
+environment keeps the login's SSH_CONNECTION, whose last word is the server's port, and the
+server's mark (relay.sim.sshd.MARK), which no other server has. The port alone does not
+tell: every run's network-namespace server listens on 2222 in its own namespace, and another
+run may listen on a port that one of this run's servers has let go. Another test run on the
+machine (another clone's), or the developer's own relay with a host of localhost, has agents
+of its own, which a test here must neither count nor end."""
 
 from __future__ import annotations
 
@@ -16,27 +19,38 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
-from relay.sim.sshd import ThrowawaySSHD
+from relay.sim.sshd import MARK, ThrowawaySSHD
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    try:
+        entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return {}
+    return dict(entry.split(b"=", 1) for entry in reversed(entries) if b"=" in entry)
 
 
 def server_port(pid: int) -> int | None:
     """The port of the SSH server whose login started process ``pid``: None if it is not an
     SSH login's (or is gone, or unreadable)."""
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    for entry in environ:
-        if entry.startswith(b"SSH_CONNECTION="):
-            words = entry.split(b"=", 1)[1].split()
-            return int(words[3]) if len(words) == 4 and words[3].isdigit() else None
-    return None
+    words = _environ(pid).get(b"SSH_CONNECTION", b"").split()
+    return int(words[3]) if len(words) == 4 and words[3].isdigit() else None
 
 
-def running(ports: Collection[int] | None = None) -> set[int]:
+def server_mark(pid: int) -> str | None:
+    """The mark of the test server whose login started process ``pid`` (relay.sim.sshd.MARK):
+    None if it has none (or is gone, or unreadable)."""
+    mark = _environ(pid).get(MARK.encode())
+    return None if mark is None else mark.decode(errors="replace")
+
+
+def running(ports: Collection[int] | None = None, marks: Collection[str] | None = None) -> set[int]:
     """Pids of relay's agents running here that logins to ``ports`` started (the tests'
-    hosts are this machine); by default, this run's servers' ports."""
-    ports = ThrowawaySSHD.ports_started if ports is None else ports
+    hosts are this machine), through a server of ``marks`` if given; by default, this run's
+    servers' ports and marks."""
+    if ports is None:
+        ports = ThrowawaySSHD.ports_started
+        marks = ThrowawaySSHD.marks_started if marks is None else marks
     found = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -46,7 +60,9 @@ def running(ports: Collection[int] | None = None) -> set[int]:
                 continue
             if not any(arg.endswith(b"/relayagent.py") for arg in argv):
                 continue
-            if server_port(int(entry)) in ports:
+            if server_port(int(entry)) in ports and (
+                marks is None or server_mark(int(entry)) in marks
+            ):
                 found.add(int(entry))
     return found
 
@@ -57,6 +73,16 @@ def _children(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(word) for word in text.split()]
+
+
+def _describe(pid: int) -> str:
+    """``pid``'s state and command line, for a failure's message (gone: said so)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return f"{pid} (gone)"
+    return f"{pid} {state} {b' '.join(argv).decode(errors='replace').strip()[:200]!r}"
 
 
 def assert_no_kernels_left(before: set[int], timeout_s: float = 15.0) -> None:
@@ -70,7 +96,9 @@ def assert_no_kernels_left(before: set[int], timeout_s: float = 15.0) -> None:
         if not left:
             break
         time.sleep(0.2)
+    # what each is, while it still runs: a kernel, or another child of a relayagent.py process
+    said = {_describe(pid): [_describe(kid) for kid in kids] for pid, kids in left.items()}
     for pid in running() - before:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)  # it ends its kernels too
-    assert not left, f"kernels left under relay's agent (pid: kernels): {left}"
+    assert not left, f"kernels left under relay's agent (pid: kernels): {said}"

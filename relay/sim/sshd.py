@@ -18,6 +18,7 @@ import collections
 import contextlib
 import getpass
 import os
+import secrets
 import select
 import shlex
 import shutil
@@ -35,6 +36,9 @@ __all__ = ["SSHD_PATH", "ThrowawaySSHD", "find_sshd", "toml_value"]
 
 SSHD_PATH = "/usr/sbin/sshd"
 START_TIMEOUT_S = 20.0
+# the variable each server's sessions get, naming the server (``ThrowawaySSHD.mark``): what
+# they start (relay's agent) tells a test run which of its servers it came through
+MARK = "RELAY_TEST_SSHD"
 
 
 def find_sshd() -> str | None:
@@ -65,6 +69,10 @@ class ThrowawaySSHD:
     # one, so a test can tell what its own servers' sessions started from what another test
     # run on the machine did (tests/agents.py)
     ports_started: ClassVar[set[int]] = set()
+    # and every server's ``mark``: a port alone does not tell, as every run's network-namespace
+    # server listens on 2222 in its own namespace, and another run may listen on a port one of
+    # this run's servers has let go
+    marks_started: ClassVar[set[str]] = set()
 
     def __init__(
         self,
@@ -109,6 +117,8 @@ class ThrowawaySSHD:
         self.known_hosts = self.dir / "known_hosts"
         self.authorized_keys = self.dir / "authorized_keys"
         self.port = 0
+        # what this server's sessions have in their environment as ``MARK``: theirs alone
+        self.mark = secrets.token_hex(8)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: collections.deque[str] = collections.deque(maxlen=500)  # the latest lines
         # every successful authentication since start: the log above forgets old lines
@@ -154,18 +164,20 @@ class ThrowawaySSHD:
             **({"Subsystem": "sftp internal-sftp"} if self.sftp else {}),
             **self.options,
         }
+        # sshd keeps only the first SetEnv line, and the first value of a name in it: one
+        # line, a test's own values (its own HOME too) before this one. Every session is
+        # told which server it came through (``MARK``)
+        setenv = [self.options.get("SetEnv", ""), f'"{MARK}={self.mark}"']
         if self.user == self.own_user:
-            # sshd keeps only the first SetEnv line, and the first value of a name in it: one
-            # line, a test's own values (its own HOME too) before this one
-            setenv = [self.options.get("SetEnv", ""), f'"HOME={self.home}"']
+            setenv.append(f'"HOME={self.home}"')
             # the test run's own PYTHONPATH, if it has one: a clone that shares another
             # checkout's virtualenv runs its own relay, and the simulated kernels its sessions
             # start must import that relay too, not the one the virtualenv installed (relay's
             # agent runs python3 -I, which ignores it)
             if os.environ.get("PYTHONPATH"):
                 setenv.append(f'"PYTHONPATH={os.environ["PYTHONPATH"]}"')
-            options["SetEnv"] = " ".join(word for word in setenv if word)
         # else an account a test made (``user`` set): it has a throwaway home of its own
+        options["SetEnv"] = " ".join(word for word in setenv if word)
         path = self.dir / "sshd_config"
         path.write_text("".join(f"{k} {v}\n" for k, v in options.items()))
         return path
@@ -219,6 +231,7 @@ class ThrowawaySSHD:
             if self._wait_listening(proc, chosen):
                 self.proc, self.port = proc, chosen
                 self.ports_started.add(chosen)
+                self.marks_started.add(self.mark)
                 self._write_known_hosts()
                 self._drain = threading.Thread(
                     target=self._drain_log, args=(proc,), daemon=True, name="sshd-log"
