@@ -2237,8 +2237,11 @@ def start(tag, window, generation=0):
     # with subset=pid has no net/ but its processes (predecessors are found by them), and its
     # host said "none" though sock_diag answered: every launch failed (a review's finding)
     if not DIAG:
-        DIAG.append(probe_diag())
-    told = DIAG[0] is not None and os.access("/proc/self/stat", os.R_OK)
+        try:
+            DIAG.append(probe_diag())
+        except OSError:  # out of files: /proc/net/tcp alone says, and the probe is made later
+            pass
+    told = bool(DIAG) and DIAG[0] is not None and os.access("/proc/self/stat", os.R_OK)
     check = "proc" if told or os.access("/proc/net/tcp", os.R_OK) else "none"
     r, w = os.pipe()
     if os.fork():
