@@ -86,8 +86,8 @@
 # newline may become a space.
 #
 # relay's own files are private (umask 077); each kernel starts with the login's umask ($m),
-# as `ssh host math` would start it (its log made private first): files a kernel wrote were
-# private (a review's finding).
+# set in its own process before its exec (its log, opened before, stays private), as `ssh
+# host math` would start it: files a kernel wrote were private (a review's finding).
 m=$(umask); umask 077;
 case $1 in *[!0-9a-f]*|"") exit 96 ;; esac;
 case $3 in *[!0-9]*|"") exit 96 ;; esac;
@@ -136,9 +136,8 @@ while read -r op id arg; do
         eval "$arg";
         have "$1" || { echo "nokernel $id"; exit 0; };
         case $1 in *=*) ds= ;; esac;
-        true >"$d/$id.log" 2>/dev/null; umask "$m";
-        if test -n "$g"; then setsid $ds "$@" </dev/null >"$d/$id.log" 2>&1 & else $ds "$@" </dev/null >"$d/$id.log" 2>&1 & fi;
-        p=$!; umask 077; e=;
+        if test -n "$g"; then ( umask "$m"; exec setsid $ds "$@" ) </dev/null >"$d/$id.log" 2>&1 & else ( umask "$m"; exec $ds "$@" ) </dev/null >"$d/$id.log" 2>&1 & fi;
+        p=$!; e=;
         trap "e=1; kill -TERM $g\$p 2>/dev/null || kill -TERM \$p 2>/dev/null" TERM;
         trap "kill -INT \$p 2>/dev/null" USR2;
         trap "e=1; kill -HUP $g\$p 2>/dev/null || kill -HUP \$p 2>/dev/null" HUP;
