@@ -66,12 +66,12 @@ def unreachable(host: str, port: int, link: str, exc: OSError) -> FrontEndUnreac
     )
 
 
-def taken_over(port: int, link: str, uid: int | None = None) -> FrontEndUnreachable:
+def taken_over(port: int, link: str, uid: int) -> FrontEndUnreachable:
     """The launch's error where ``PeerGuard.refusal`` says no, by what it found (``uid``):
     the daemon out of open files (``NO_FILES``: nothing could be read), a connection gone
     before it could be checked (a front end that reset it at once: a launch cancelled), or
-    another user's listener. Without ``uid``, the daemon's files are looked at now."""
-    if uid == NO_FILES or (uid is None and fdlimit.exhausted()):
+    another user's listener."""
+    if uid == NO_FILES:
         return FrontEndUnreachable(
             fdlimit.out_of_files(f"relay could not check who took the front end's port {port}")
         )

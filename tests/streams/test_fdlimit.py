@@ -37,11 +37,12 @@ _AT_THE_LIMIT = textwrap.dedent(
             filler.append(os.open(os.devnull, os.O_RDONLY))
     except OSError:
         pass
+    taker = linux_taker(ends[1], ends[0])
     said = {
         "exhausted": fdlimit.exhausted(),
         "owner": linux_owner(*ends),
-        "taker": linux_taker(ends[1], ends[0]),
-        "taken_over": taken_over(ends[1], "data channel of 1@a,2@a").message,
+        "taker": taker,
+        "taken_over": taken_over(ends[1], "data channel of 1@a,2@a", taker).message,
     }
     for fd in filler:
         os.close(fd)
