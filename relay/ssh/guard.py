@@ -38,7 +38,7 @@ from relay.peerowner import (
     lsof_path,
 )
 
-__all__ = ["LOOPBACK", "PeerGuard", "taken_over", "unreachable"]
+__all__ = ["LOOPBACK", "UNCHECKED", "PeerGuard", "taken_over", "unreachable"]
 
 # The address relay's link listeners are bound to, as a peer on it is reported (sshd reports
 # the originator of a forwarded connection; getpeername gives it locally, IPv4-mapped on a
@@ -51,6 +51,14 @@ WHY = {
     CLOSING: "closed before it could be checked (a closing socket is nobody's)",
     NO_FILES: "not checked: relay's daemon is out of open files (ulimit -n)",
 }
+
+# A refusal's log line: another user's process (a uid, or a connection from another local
+# address), or one whose owner could not be checked (``WHY``: a socket that closed or went
+# first, nothing to read it with). The second is the user's own kernel as often as not (one
+# that exits as it connects): said as another user's, it sent its reader after a stranger
+# who was not there
+STRANGER = "refused a connection from another user's process"
+UNCHECKED = "refused a connection relay could not check the owner of"
 
 Lookup = Callable[[int, int], Awaitable[int]]
 
@@ -107,10 +115,9 @@ class PeerGuard:
         self._lookup = lookup
         self.can_tell = can_tell and uid is not None
         self.enabled = enabled
-        self.refusals = RateLimited(
-            structlog.get_logger("relay.guard").bind(host=host, side=where),
-            "refused a connection from another user's process",
-        )
+        log = structlog.get_logger("relay.guard").bind(host=host, side=where)
+        self.refusals = RateLimited(log, STRANGER)
+        self.unchecked = RateLimited(log, UNCHECKED)
 
     @classmethod
     def remote(
@@ -180,8 +187,20 @@ class PeerGuard:
             return True
         if uid == CLOSING and closing is not None:
             closing()
-        self.refusals.warn(uid, foreign_uid=WHY.get(uid, uid), listener=listen_port, link=link)
+        self._refused(uid, listener=listen_port, link=link)
         return False
+
+    @property
+    def refused(self) -> int:
+        """Connections refused, for ``relay status``: strangers' and those not checked."""
+        return self.refusals.total + self.unchecked.total
+
+    def _refused(self, uid: int, *, listener: int, link: str) -> None:
+        """Logged once a minute per ``uid``, under the line that says what it was."""
+        if uid in WHY:
+            self.unchecked.warn(uid, reason=WHY[uid], listener=listener, link=link)
+        else:
+            self.refusals.warn(uid, foreign_uid=uid, listener=listener, link=link)
 
     def reached(self, transport: object, link: str) -> bool:
         """Whether relay's own connection to the front end (``transport``, to 127.0.0.1) was
@@ -210,10 +229,5 @@ class PeerGuard:
             uid = self.uid if listening in (self.uid, GONE) else listening
         if uid == self.uid and uid >= 0:
             return None
-        self.refusals.warn(
-            uid,
-            foreign_uid=WHY.get(uid, uid),
-            listener=theirs[1],
-            link=f"{link}, relay's connection",
-        )
+        self._refused(uid, listener=theirs[1], link=f"{link}, relay's connection")
         return taken_over(theirs[1], link, uid)

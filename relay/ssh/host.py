@@ -66,7 +66,7 @@ from relay.ssh.connector import (
     _Client,
     backoff_s,
 )
-from relay.ssh.guard import WHY, PeerGuard
+from relay.ssh.guard import STRANGER, UNCHECKED, WHY, PeerGuard
 from relay.ssh.holds import Hold, Holds
 from relay.ssh.live import Live, RttMeter, stale_after_s
 from relay.ssh.options import ConnectPlan, asyncssh_keepalive
@@ -87,6 +87,12 @@ __all__ = [
 
 T = TypeVar("T")
 FAILURES_KEPT = 10
+# why relay's agent could not check a connection it closed, by its ``refused`` line's mark
+AGENT_UNCHECKED = {
+    "c": WHY[CLOSING],
+    "-": WHY[GONE],
+    "?": "not checked: relay's agent is out of open files there (ulimit -n)",
+}
 
 
 BYE_CONFIRM_S = 2.0  # how long a shutdown past its grace waits for an agent's answer
@@ -171,16 +177,12 @@ class HostSession:
         # a keepalive loss is then this (``_probe_keepalive``), not keepalive's own bound
         self._probe_bound: str | None = None
         self._rng = random.Random()  # noqa: S311 (jitter, not secrets)
-        self.agent_refusals = RateLimited(
-            structlog.get_logger("relay.guard").bind(host=key, side="remote", via="agent"),
-            "refused a connection from another user's process",
-        )
-        # what the agent closed for it could not tell whose it was ("?": out of files): not
-        # said as another user's, which sends its reader after a stranger who is not there
-        self.agent_unchecked = RateLimited(
-            structlog.get_logger("relay.guard").bind(host=key, side="remote", via="agent"),
-            "closed a connection relay's agent could not check (out of files there: ulimit -n)",
-        )
+        guard_log = structlog.get_logger("relay.guard").bind(host=key, side="remote", via="agent")
+        self.agent_refusals = RateLimited(guard_log, STRANGER)
+        # what the agent closed for it could not tell whose it was (a socket that closed
+        # first, out of files there): not said as another user's, which sends its reader
+        # after a stranger who is not there
+        self.agent_unchecked = RateLimited(guard_log, UNCHECKED)
         self._supervisor_lock = asyncio.Lock()
         self._generations = agent_start.Generations()  # the agent's starts, numbered
         self._closing = False
@@ -1034,28 +1036,17 @@ class HostSession:
         sshd's listeners says it (relay.ssh.guard)."""
         who, _, rest = said.partition(" ")
         listener, _, count = rest.partition(" ")  # how many since the last line (agent's)
-        if who == "?":
-            self.agent_unchecked.warn(
-                who,
-                count=int(count) if count.isdigit() and int(count) > 0 else 1,
-                listener=int(listener) if listener.isdigit() else None,
-                link=f"agent stream {sid}",
-            )
-            return
-        why: int | str
+        n = int(count) if count.isdigit() and int(count) > 0 else 1
+        port = int(listener) if listener.isdigit() else None
+        link = f"agent stream {sid}"
         if who.isdigit():
-            why = int(who)
-        elif who.startswith("@"):
+            self.agent_refusals.warn(who, n, foreign_uid=int(who), listener=port, link=link)
+        elif who.startswith("@"):  # any of 127.0.0.0/8: one key, not millions
             why = f"from {who[1:]}, not 127.0.0.1"
+            self.agent_refusals.warn("@", n, foreign_uid=why, listener=port, link=link)
         else:
-            why = WHY.get({"c": CLOSING, "-": GONE}.get(who, UNKNOWN), "cannot tell")
-        self.agent_refusals.warn(
-            "@" if who.startswith("@") else who,  # any of 127.0.0.0/8: one key, not millions
-            count=int(count) if count.isdigit() and int(count) > 0 else 1,
-            foreign_uid=why,
-            listener=int(listener) if listener.isdigit() else None,
-            link=f"agent stream {sid}",
-        )
+            why = AGENT_UNCHECKED.get(who, WHY[UNKNOWN])
+            self.agent_unchecked.warn(who, n, reason=why, listener=port, link=link)
 
     async def init_file(self, conn: asyncssh.SSHClientConnection) -> str:
         """RelayKernelInit.wl's remote path on ``conn``'s host, installed once per connection
@@ -1316,9 +1307,10 @@ class HostSession:
             "peer_check": {
                 "remote": self._current.guard.state if self._current is not None else None,
                 "local": self.local_guard.state,
-                "refused": self.local_guard.refusals.total
+                "refused": self.local_guard.refused
                 + self.agent_refusals.total
-                + (self._current.guard.refusals.total if self._current is not None else 0),
+                + self.agent_unchecked.total
+                + (self._current.guard.refused if self._current is not None else 0),
             },
             "resume": self._resume_snapshot(),
         }

@@ -27,7 +27,9 @@ from relay.agent.session import (
 )
 from relay.errors import ConnectFailed, ConnectionLost
 from relay.lite.linkname import LinkName
+from relay.peerowner import CLOSING, GONE
 from relay.settings import HostConfig
+from relay.ssh.guard import STRANGER, UNCHECKED, WHY
 from relay.ssh.host import HostSession
 
 INFO = AgentInfo(pid=1, socket="/nonexistent", uid=0, owner_check=True, ended=0)
@@ -571,6 +573,29 @@ async def test_strangers_from_other_local_addresses_are_one_key_of_the_refusal_l
     warned = [e for e in logs if e["log_level"] == "warning"]
     assert [e["foreign_uid"] for e in warned] == ["from 127.0.0.2, not 127.0.0.1", 1001], warned
     assert host.agent_refusals.total == 51
+
+
+async def test_what_the_agent_could_not_check_is_not_said_as_another_users() -> None:
+    """The agent's "refused" lines for a socket that closed or went before it was checked
+    (``c``, ``-``: often the user's own kernel, exiting as it connects) and for one it had
+    no file to check (``?``) are said as not checked, each with its reason; a uid as
+    another user's. ``relay status`` counts them all."""
+    host = HostSession("h", HostConfig(hostname="h"), tag="00", ssh_files=())
+    with structlog.testing.capture_logs() as logs:
+        for mark in ("c", "-", "?", "1001"):
+            host._agent_refused(2, f"{mark} 5000 1")
+    warned = [(e["event"], e.get("reason", e.get("foreign_uid"))) for e in logs]
+    assert warned == [
+        (UNCHECKED, WHY[CLOSING]),
+        (UNCHECKED, WHY[GONE]),
+        (UNCHECKED, "not checked: relay's agent is out of open files there (ulimit -n)"),
+        (STRANGER, 1001),
+    ], warned
+    assert host.snapshot()["peer_check"]["refused"] == 4
+    assert (UNCHECKED, STRANGER) == (
+        "refused a connection relay could not check the owner of",
+        "refused a connection from another user's process",
+    )
 
 
 async def test_a_resume_into_an_agent_whose_window_ran_out_first_says_so() -> None:

@@ -18,7 +18,7 @@ import pytest
 from relay import peerowner, sockdiag
 from relay.errors import ConnectFailed, PeerCheckUnavailable
 from relay.peerowner import CLOSING, GONE, UNKNOWN, has_proc_net, linux_owner
-from relay.ssh.guard import PeerGuard
+from relay.ssh.guard import UNCHECKED, WHY, PeerGuard
 from tests.orphans import live_connection, orphaned_client
 from tests.strangers import NOBODY, needs_second_uid, stranger
 
@@ -96,6 +96,25 @@ async def test_refusals_are_logged_once_per_uid_per_window_with_a_count(
     refused = [e for e in lines if e["event"].startswith("refused a connection")]
     assert len(refused) == 1 and refused[0]["foreign_uid"] == 1001
     assert stranger.refusals.total == 50
+
+
+async def test_a_connection_that_could_not_be_checked_is_not_said_as_another_users(
+    daemon_log: io.StringIO,
+) -> None:
+    """A closing socket, one gone, one that cannot be read: refused (relay carries nothing it
+    cannot check), but the user's own kernel as often as not (one that exits as it connects),
+    so the log's headline does not send its reader after a stranger."""
+    for uid in (CLOSING, GONE, UNKNOWN):
+        assert not await guard(uid).admit("127.0.0.1", 40000, 50000, "data of 1@a,2@a")
+    lines = [json.loads(line) for line in daemon_log.getvalue().splitlines()]
+    refused = [e for e in lines if e["event"].startswith("refused a connection")]
+    assert {e["event"] for e in refused} == {UNCHECKED}, refused
+    assert UNCHECKED == "refused a connection relay could not check the owner of"
+    assert [e["reason"] for e in refused] == [WHY[CLOSING], WHY[GONE], WHY[UNKNOWN]]
+    assert all("foreign_uid" not in e for e in refused), refused
+    both = guard(UNKNOWN)
+    assert not await both.admit("127.0.0.1", 40000, 50000, "data of 1@a,2@a")
+    assert (both.refusals.total, both.unchecked.total, both.refused) == (0, 1, 1)
 
 
 async def test_refusals_from_other_local_addresses_are_one_key_of_the_log(
