@@ -2233,16 +2233,7 @@ def start(tag, window, generation=0):
     os.chmod(sock_name, 0o600, dir_fd=dir_fd)
     server.listen(16)
     sock_ino = os.stat(sock_name, dir_fd=dir_fd, follow_symlinks=False).st_ino
-    # who connects: the kernel's own answer (sock_diag), or /proc/net/tcp; a /proc mounted
-    # with subset=pid has no net/ but its processes (predecessors are found by them), and its
-    # host said "none" though sock_diag answered: every launch failed (a review's finding)
-    if not DIAG:
-        try:
-            DIAG.append(probe_diag())
-        except OSError:  # out of files: /proc/net/tcp alone says, and the probe is made later
-            pass
-    told = bool(DIAG) and DIAG[0] is not None and os.access("/proc/self/stat", os.R_OK)
-    check = "proc" if told or os.access("/proc/net/tcp", os.R_OK) else "none"
+    check = owner_check()
     r, w = os.pipe()
     if os.fork():
         os.close(w)
@@ -2317,6 +2308,21 @@ def start(tag, window, generation=0):
             except OSError:
                 pass
     os._exit(0)
+
+
+def owner_check():
+    """Whether this host tells who connects, as the start line says it: "proc" where the
+    kernel's own answer (sock_diag) or /proc/net/tcp does, else "none". A /proc mounted
+    with subset=pid has no net/ but its processes (predecessors are found by them), and its
+    host said "none" though sock_diag answered: every launch failed (a review's finding).
+    ``relay check`` runs this file's own to say the same (relay/check.py: OWNERS_PROBE)."""
+    if not DIAG:
+        try:
+            DIAG.append(probe_diag())
+        except OSError:  # out of files: /proc/net/tcp alone says, and the probe is made later
+            pass
+    told = bool(DIAG) and DIAG[0] is not None and os.access("/proc/self/stat", os.R_OK)
+    return "proc" if told or os.access("/proc/net/tcp", os.R_OK) else "none"
 
 
 def main(argv):

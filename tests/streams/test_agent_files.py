@@ -239,6 +239,25 @@ def test_a_kernel_that_finds_nothing_by_sock_diag_is_not_believed(
         assert remote.owner(cport, lport) == "-"
 
 
+@pytest.mark.parametrize(
+    ("diag", "proc_net", "said"),
+    [([3], False, "proc"), ([None], True, "proc"), ([None], False, "none"), ([3], True, "proc")],
+)
+def test_the_owner_check_is_sock_diags_or_proc_nets(
+    monkeypatch: pytest.MonkeyPatch, diag: list[int | None], proc_net: bool, said: str
+) -> None:
+    """CHECK on the start line, which relay check asks the agent's own file for (a /proc
+    mounted subset=pid has no net/, but sock_diag answers there)."""
+    access = os.access
+    monkeypatch.setattr(remote, "DIAG", diag)
+    monkeypatch.setattr(
+        remote.os,
+        "access",
+        lambda path, mode: proc_net if path == "/proc/net/tcp" else access(path, mode),
+    )
+    assert remote.owner_check() == said
+
+
 @pytest.mark.parametrize(("errno_", "said"), [(errno.ENOENT, "-"), (errno.EMFILE, "?")])
 def test_a_proc_net_that_cannot_be_read_is_unknown_only_for_want_of_files(
     monkeypatch: pytest.MonkeyPatch, errno_: int, said: str
