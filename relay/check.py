@@ -12,7 +12,8 @@ supervisor), and in a daemon of its own otherwise (``relay.cli``). Rendering is
 4 authentication  the methods the server offers; which key or agent identity works
 5 server          a remote forward on 127.0.0.1 port 0, sessions (MaxSessions), SFTP
 6 remote host     POSIX sh, mktemp, a writable TMPDIR, /proc, space in ~/.cache/relay, the
-                  time a login takes before each command
+                  time a login takes before each command; who connects to a link:
+                  /proc/net/tcp, or the kernel's answer (sock_diag) to relay's agent
 7 resume          whether kernels outlive their connection (relay's agent), and if not, why
 8 kernel          executable, its version (``-version``), what it prints when it fails
 9 round trip      a launch with a bash probe in place of the kernel: both channels, timed
@@ -153,6 +154,22 @@ def python_line(program: str) -> str:
 
 SOCKET_PROBE = python_line(SOCKET_PROBE_PY)
 
+# Check 6, where /proc/net/tcp is missing: whether relay's agent tells who connects all the
+# same, by the kernel's own answer (sock_diag; a /proc mounted subset=pid has no net/). Not
+# a copy of its probe: the agent's file itself (agent_file, the bytes a launch installs), on
+# the session's input, run to its owner_check, which says CHECK on the agent's start line
+# ("proc" or "none"). Python 3.6. Its line is marked: a login shell may print before it.
+OWNERS_PROBE_PY = "\n".join(
+    [
+        "import sys",
+        'agent = {"__name__": "relayagent"}',
+        'exec(compile(sys.stdin.buffer.read(), "relayagent.py", "exec"), agent)',
+        'print("relay-owners " + agent["owner_check"](), flush=True)',
+    ]
+)
+OWNERS_PROBE = python_line(OWNERS_PROBE_PY)
+OWNERS_LINE = "relay-owners "
+
 # Check 9: launched as the kernel, with the kernel's flags.
 ROUND_TRIP_PROBE = r"""#!/usr/bin/env bash
 # relay check's stand-in for a kernel: takes a kernel's flags, connects both channels of
@@ -201,6 +218,9 @@ class Checker:
         self.old_path_fix = ""  # the sshd_config lines that would unblock it
         self._sessions_opened = 0
         self.agent_runs = False  # relay's agent can run there (step 7)
+        # no /proc/net/tcp, but relay's agent tells who connects by sock_diag (step 6):
+        # today's path (supervisor.sh reads /proc/net/tcp alone) cannot
+        self.sock_diag_only = False
         # what a step opens (connections, listeners, sessions, servers): closed and awaited
         # when the step ends, within its bound
         self.opened = contextlib.AsyncExitStack()
@@ -695,11 +715,16 @@ class Checker:
                     f"interactive shells ({quiet}), or run `relay connect {self.name}` "
                     f"ahead of the launches"
                 )
+        proc = "/proc"
         if probe.get("proc") != "ok":
-            notes.append(
-                "no /proc/net/tcp: relay cannot tell who connects to a link; launches fail "
-                f'unless peer_check = "off" for {self.name}'
-            )
+            self.sock_diag_only = await self._sock_diag_tells()
+            if (note := self._no_proc_net()) is not None:
+                notes.append(note)
+            else:
+                proc = "/proc (no net/: relay's agent tells who connects by sock_diag)"
+                show["who connects"] = (
+                    "the kernel's answer (sock_diag), asked by relay's agent: no /proc/net/tcp"
+                )
         free = int(probe["free_kb"]) if probe.get("free_kb", "").isdigit() else None
         if free is not None:
             show["free space"] = f"{free // 1024} MB in {probe.get('cache_dir')}"
@@ -709,7 +734,45 @@ class Checker:
         if notes:
             data["advice"] = "; ".join(notes)
             return "POSIX sh, mktemp, writable TMPDIR; " + notes[0], data, "warn"
-        return "POSIX sh, mktemp, writable TMPDIR, /proc", data, "ok"
+        return f"POSIX sh, mktemp, writable TMPDIR, {proc}", data, "ok"
+
+    async def _sock_diag_tells(self) -> bool:
+        """Whether relay's agent tells who connects on this host, which has no /proc/net/tcp:
+        its own owner_check run there (OWNERS_PROBE), by the host's python3 (3.6 or later;
+        without one, no agent runs)."""
+        assert self.conn is not None
+        if _python3(self.probe) is None:
+            return False
+        agent = agent_start.agent_file()
+        probe = remote_scripts.script(OWNERS_PROBE)
+        done = await remote_scripts.run(self.conn, probe, agent.data.decode(), check=False)
+        said = after_chatter(str(done.stdout or ""), OWNERS_LINE)
+        return said[:1] == [OWNERS_LINE + "proc"]
+
+    def _no_proc_net(self) -> str | None:
+        """Step 6's word on a host with no /proc/net/tcp, for the path its launches take (a
+        note: launches fail there); None where relay's agent, which they take, tells who
+        connects all the same (sock_diag). Today's path (resume_window_s = 0, or where the
+        agent cannot run: step 7) asks supervisor.sh, which reads /proc/net/tcp alone."""
+        assert self.session is not None
+        cfg = self.session.config
+        cannot = "no /proc/net/tcp: relay cannot tell who connects to a link"
+        fail = f'launches fail unless peer_check = "off" for {self.name}'
+        if not self.sock_diag_only:
+            if _python3(self.probe) is None:
+                return (
+                    f"{cannot}; {fail} (relay's agent, where python3 3.6 or later runs, asks "
+                    f"the kernel instead: sock_diag)"
+                )
+            return f"{cannot} (nor does the kernel answer relay's agent by sock_diag); {fail}"
+        if cfg.resume_window_s > 0:
+            return None
+        return (
+            f"no /proc/net/tcp: with resume_window_s = 0 relay cannot tell who connects to a "
+            f"link (the kernel answers here by sock_diag, but only relay's agent asks it); "
+            f"{fail}, or set resume_window_s above 0 for {self.name} (900 unless set) to "
+            f"launch through the agent"
+        )
 
     # -- 7 ---------------------------------------------------------------------------------
     async def resume(self) -> tuple[str, dict[str, Any], State]:
@@ -717,14 +780,30 @@ class Checker:
         later for relay's agent, and sshd letting relay reach the agent's socket. Where the
         agent cannot run and the server refuses what today's path needs (step 5), nothing
         can launch: a failure."""
+        assert self.session is not None
+        cfg = self.session.config
         summary, data, state = await self._resume()
-        if self.old_path_blocked is None or self.agent_runs:
+        if self.agent_runs:
+            return summary, data, state
+        blocked, fixes = [], []
+        if self.sock_diag_only and cfg.resume_window_s > 0 and cfg.peer_check == "uid":
+            # where the agent was wanted (step 6 passed) but cannot run: supervisor.sh reads
+            # /proc/net/tcp alone (a window of 0 is step 6's note)
+            blocked.append(
+                "without relay's agent relay cannot tell who connects (no /proc/net/tcp; only "
+                "the agent asks the kernel, by sock_diag)"
+            )
+            fixes.append(f'peer_check = "off" for {self.name}')
+        if self.old_path_blocked is not None:
+            blocked.append(self.old_path_blocked)
+            fixes.append(f"{self.old_path_fix} in the host's sshd_config")
+        if not blocked:
             return summary, data, state
         return (
-            f"{summary}; and {self.old_path_blocked}: no kernel can launch here",
+            f"{summary}; and {'; and '.join(blocked)}: no kernel can launch here",
             {
                 "advice": (data.get("advice") or "let relay's agent run there (above)")
-                + f"; or {self.old_path_fix} in the host's sshd_config"
+                + "".join(f"; or {fix}" for fix in fixes)
             },
             "fail",
         )
@@ -739,7 +818,7 @@ class Checker:
         if cfg.slurm is None:  # as the daemon decides (HostSession); a Slurm host's are its nodes'
             if (why := agent_start.unwanted(cfg)) is not None:
                 summary = f"off: {why}; kernels end with their connection"
-                if cfg.peer_check == "uid" or self.probe.get("proc") != "ok":
+                if cfg.peer_check == "uid" or not self._owners_told():
                     return summary, {}, "ok"  # off as the host needs it (step 6 says why)
                 # the owner check switched off where it could run: resuming went with it
                 advice = (
@@ -748,7 +827,7 @@ class Checker:
                     f"a lost connection"
                 )
                 return summary, {"advice": advice}, "warn"
-            if self.probe.get("proc") != "ok":
+            if not self._owners_told():
                 return f"{agent_start.NO_OWNER_CHECK}: {off}", {}, "warn"
         if self.probe.get("cache_writable") == "no":
             cache = self.probe.get("cache_dir", "~/.cache/relay")
@@ -762,7 +841,7 @@ class Checker:
             )
         version = self.probe.get("python3", "missing")
         major, _, minor = version.partition(".")
-        if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (3, 6):
+        if _python3(self.probe) is None:
             advice = (
                 "install python3 (3.6 or later) on the host to keep kernels through network outages"
             )
@@ -812,6 +891,11 @@ class Checker:
             {},
             "ok",
         )
+
+    def _owners_told(self) -> bool:
+        """Whether relay's agent tells who connects on this host (step 6): by /proc/net/tcp,
+        or by the kernel's answer (sock_diag)."""
+        return self.probe.get("proc") == "ok" or self.sock_diag_only
 
     async def _streamlocal_refused(self) -> tuple[str, str] | None:
         """Why sshd will not forward to a Unix socket that listens on the host (SOCKET_PROBE),
@@ -1045,6 +1129,15 @@ class Checker:
             show["recent failure"] = textwrap.shorten(reason, 600, placeholder=" ...")
         summary = f"{snap['state']}, RTT {rtt:.1f} ms" if "means" in show else snap["state"]
         return summary, {"show": show, "rtt_ms": rtt}, "ok"
+
+
+def _python3(probe: dict[str, str]) -> tuple[int, int] | None:
+    """The host's python3 as step 6's probe found it, if relay's agent can run on it (3.6
+    or later); None otherwise."""
+    major, _, minor = probe.get("python3", "missing").partition(".")
+    if not (major.isdigit() and minor.isdigit()) or (int(major), int(minor)) < (3, 6):
+        return None
+    return int(major), int(minor)
 
 
 async def _closed_or_aborted(processes: list[Any], timeout_s: float) -> bool:

@@ -648,6 +648,81 @@ def test_the_resume_line_says_off_where_the_daemon_keeps_sshds_path(
     )
 
 
+SOCK_DIAG = "/proc (no net/: relay's agent tells who connects by sock_diag)"
+
+
+@pytest.mark.sshd_options(proc_pids_only=True)
+def test_a_proc_without_net_passes_where_the_agent_asks_sock_diag(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    """/proc mounted subset=pid has no net/, but relay's agent asks the kernel (sock_diag)
+    and launches through it work: step 6 said "no /proc/net/tcp: relay cannot tell who
+    connects to a link; launches fail", and step 7 that kernels end with their connection
+    (a review's finding). Every step passes, the probe's launch through the agent too."""
+    status, answer, text = check(home)
+    results = by_name(answer)
+    assert status == 0, text
+    assert {r["state"] for r in answer["results"]} == {"ok"}, text
+    assert results["remote host"]["summary"] == f"POSIX sh, mktemp, writable TMPDIR, {SOCK_DIAG}"
+    assert "sock_diag" in results["remote host"]["data"]["show"]["who connects"], text
+    assert results["resume"]["summary"].endswith("for their connection to come back"), text
+
+
+@pytest.mark.sshd_options(proc_pids_only=True)
+def test_a_proc_without_net_with_a_window_of_0_says_launches_fail(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    """resume_window_s = 0 keeps today's path, whose supervisor.sh reads /proc/net/tcp alone:
+    step 6 says launches fail there, and what lets them run; the round trip meets it."""
+    home.add_host("local", resume_window_s=0)
+    _, answer, text = check(home)
+    results = by_name(answer)
+    remote = results["remote host"]
+    assert remote["state"] == "warn", text
+    assert remote["summary"].endswith(
+        "no /proc/net/tcp: with resume_window_s = 0 relay cannot tell who connects to a link "
+        "(the kernel answers here by sock_diag, but only relay's agent asks it); launches fail "
+        'unless peer_check = "off" for local, or set resume_window_s above 0 for local (900 '
+        "unless set) to launch through the agent"
+    ), text
+    assert "who connects" not in remote["data"]["show"], text
+    assert first_failure(answer)["name"] == "round trip", text
+
+
+@pytest.mark.sshd_options(proc_pids_only=True, options={"AllowStreamLocalForwarding": "no"})
+def test_a_proc_without_net_where_the_agent_cannot_run_launches_nothing(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    """sock_diag answers, but sshd will not reach the agent's socket: kernels take today's
+    path, which cannot tell who connects there, so nothing launches; step 7 says so."""
+    _, answer, text = check(home)
+    results = by_name(answer)
+    assert results["remote host"]["state"] == "ok", text
+    failed = first_failure(answer)
+    assert failed["name"] == "resume", text
+    assert failed["summary"].startswith("sshd refuses Unix socket forwarding"), text
+    assert "without relay's agent relay cannot tell who connects" in failed["summary"], text
+    assert failed["summary"].endswith("no kernel can launch here"), text
+    assert 'or peer_check = "off" for local' in failed["advice"], text
+
+
+@pytest.mark.sshd_options(hide_proc=True)
+def test_a_host_that_cannot_tell_who_connects_says_launches_fail(
+    home: RelayHome, server: ThrowawaySSHD
+) -> None:
+    """No /proc at all: neither /proc/net/tcp nor the agent's sock_diag (which needs the
+    processes' /proc too) tells who connects. Step 6 says launches fail, and they do."""
+    _, answer, text = check(home)
+    results = by_name(answer)
+    remote = results["remote host"]
+    assert remote["state"] == "warn", text
+    assert remote["summary"].endswith(
+        "no /proc/net/tcp: relay cannot tell who connects to a link (nor does the kernel "
+        'answer relay\'s agent by sock_diag); launches fail unless peer_check = "off" for local'
+    ), text
+    assert first_failure(answer)["name"] == "round trip", text
+
+
 def test_the_owner_check_switched_off_where_it_could_run_is_a_warning(home: RelayHome) -> None:
     """peer_check = "off" on a host with /proc/net/tcp takes resuming with it and lets
     another user of the host connect first, for no need of the host's: said as a warning,

@@ -19,10 +19,18 @@ import pytest
 
 from relay.agent.session import AgentInfo
 from relay.agent.start import parse_install_and_start
-from relay.check import HOST_PROBE, PLACE_PROBE, ROUND_TRIP_PROBE, SOCKET_LINE, SOCKET_PROBE
+from relay.check import (
+    HOST_PROBE,
+    OWNERS_LINE,
+    OWNERS_PROBE,
+    PLACE_PROBE,
+    ROUND_TRIP_PROBE,
+    SOCKET_LINE,
+    SOCKET_PROBE,
+)
 from relay.checkview import login_seconds, parse_probe
 from relay.ssh import remote_scripts
-from relay.ssh.hookfile import HookFile, parse_answer
+from relay.ssh.hookfile import HookFile, agent_file, parse_answer
 from relay.ssh.remote_scripts import BOOTSTRAP, Remote, hook_install_command, remote_command
 from relay.ssh.supervisor import parse_line
 from tests.conftest import installed
@@ -269,6 +277,21 @@ def test_relay_checks_socket_probe_binds_where_the_agent_binds(
         assert len(done.stdout.decode().strip().removeprefix(SOCKET_LINE)) == 107
         assert isinstance(agent.info, AgentInfo) and len(agent.info.socket) == 107, agent.info
         agent.goodbye()
+
+
+def test_relay_checks_owners_probe_runs_the_agents_own(login_shell: str) -> None:
+    """relay check's question to a host with no /proc/net/tcp: the agent's file, on the
+    probe's input, says what its start line would (this machine has /proc/net/tcp)."""
+    out = run(login_shell, remote_scripts.script(OWNERS_PROBE), agent_file().data)
+    assert out == (OWNERS_LINE + "proc\n").encode(), out
+
+
+@pytest.mark.parametrize("python", interpreters())
+def test_relay_checks_owners_probe_runs_on_every_python(python: str, tmp_path: Path) -> None:
+    (tmp_path / "python3").symlink_to(python)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    out = run("sh", remote_scripts.script(OWNERS_PROBE), agent_file().data, env)
+    assert out == (OWNERS_LINE + "proc\n").encode(), out
 
 
 def test_arguments_every_shell_reads_back_or_a_clear_refusal() -> None:
