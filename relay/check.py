@@ -720,6 +720,8 @@ class Checker:
             self.sock_diag_only = await self._sock_diag_tells()
             if (note := self._no_proc_net()) is not None:
                 notes.append(note)
+            elif self.session.config.peer_check != "uid":
+                proc = "/proc (no net/tcp: peer_check = off, who connects is not asked)"
             else:
                 proc = "/proc (no net/: relay's agent tells who connects by sock_diag)"
                 show["who connects"] = (
@@ -752,10 +754,13 @@ class Checker:
     def _no_proc_net(self) -> str | None:
         """Step 6's word on a host with no /proc/net/tcp, for the path its launches take (a
         note: launches fail there); None where relay's agent, which they take, tells who
-        connects all the same (sock_diag). Today's path (resume_window_s = 0, or where the
-        agent cannot run: step 7) asks supervisor.sh, which reads /proc/net/tcp alone."""
+        connects all the same (sock_diag), or where nothing asks (peer_check = "off"; step
+        7 says what that costs where it could). Today's path (resume_window_s = 0, or where
+        the agent cannot run: step 7) asks supervisor.sh, which reads /proc/net/tcp alone."""
         assert self.session is not None
         cfg = self.session.config
+        if cfg.peer_check != "uid":
+            return None
         cannot = "no /proc/net/tcp: relay cannot tell who connects to a link"
         fail = f'launches fail unless peer_check = "off" for {self.name}'
         if not self.sock_diag_only:

@@ -711,7 +711,8 @@ def test_a_host_that_cannot_tell_who_connects_says_launches_fail(
     home: RelayHome, server: ThrowawaySSHD
 ) -> None:
     """No /proc at all: neither /proc/net/tcp nor the agent's sock_diag (which needs the
-    processes' /proc too) tells who connects. Step 6 says launches fail, and they do."""
+    processes' /proc too) tells who connects. Step 6 says launches fail, and they do; with
+    peer_check = "off" nothing asks, and it does not say so (it did)."""
     _, answer, text = check(home)
     results = by_name(answer)
     remote = results["remote host"]
@@ -721,6 +722,11 @@ def test_a_host_that_cannot_tell_who_connects_says_launches_fail(
         'answer relay\'s agent by sock_diag); launches fail unless peer_check = "off" for local'
     ), text
     assert first_failure(answer)["name"] == "round trip", text
+    home.add_host("local", peer_check="off")
+    status, answer, text = check(home)
+    remote = by_name(answer)["remote host"]
+    assert status == 0 and remote["state"] == "ok", text
+    assert remote["summary"].endswith("peer_check = off, who connects is not asked)"), text
 
 
 def test_the_owner_check_switched_off_where_it_could_run_is_a_warning(home: RelayHome) -> None:
