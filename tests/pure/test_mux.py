@@ -3,10 +3,12 @@ what a sender keeps until acknowledged, replayed from wherever the receiver got 
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any, Protocol
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.agent import mux, remote
@@ -80,6 +82,7 @@ def test_a_data_frames_middle_is_passed_on_not_copied() -> None:
     [
         (b"\x00" + b"\x00" * 8, "unknown frame type 0"),
         (b"\x63" + b"\x00" * 8, "unknown frame type 99"),
+        (bytes([mux.CHALLENGE + 1]) + b"\x00" * 8, f"unknown frame type {mux.CHALLENGE + 1}"),
         (
             bytes([mux.DATA]) + b"\x00\x00\x00\x01" + (mux.MAX_PAYLOAD + 1).to_bytes(4, "big"),
             "exceeds",
@@ -87,8 +90,12 @@ def test_a_data_frames_middle_is_passed_on_not_copied() -> None:
     ],
 )
 def test_garbage_is_refused(wire: bytes, why: str) -> None:
+    """By both readers, the daemon's and the agent's twin (which says no more than that)."""
     with pytest.raises(mux.FrameError, match=why):
         FrameReader().feed(wire)
+    agent_reader: Any = _agent(remote.Reader)
+    with pytest.raises(remote.FrameError, match="not a frame"):
+        agent_reader.feed(wire)
 
 
 def test_an_ack_past_what_was_sent_is_refused() -> None:
@@ -238,6 +245,8 @@ class _Trickle:
         return min(self.k, len(data))
 
     def sendmsg(self, pieces: list[bytes]) -> int:
+        if len(pieces) > remote.IOV_MAX:  # as the system refuses more than its IOV_MAX
+            raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
         return self.send(b"".join(bytes(p) for p in pieces))
 
 
@@ -245,6 +254,7 @@ class _Trickle:
     pieces=st.lists(st.binary(min_size=0, max_size=300), max_size=100),
     k=st.integers(1, 500),
 )
+@example(pieces=[b"x"] * (3 * remote.IOV_MAX), k=500)  # random lists seldom pass IOV_MAX
 def test_the_agents_buffers_send_every_byte_once_in_order(pieces: list[bytes], k: int) -> None:
     """What the agent queues for a socket (its channel, a link) goes out whole, in order,
     however little each send takes, including when more pieces wait than one sendmsg takes."""
@@ -308,6 +318,10 @@ def test_small_writes_are_kept_as_few_items(agents: bool) -> None:
         sender.push(Frame(mux.DATA, STREAM, bytes([i % 256])))
     items = sender.out.items if agents else sender._items  # type: ignore[attr-defined]
     assert len(items) <= 10_000 // mux.MERGE + 1
+    # and no more than MERGE: each join copies the item, so one grown without bound would
+    # cost a copy of all kept so far per write
+    sizes = [len(item[1]) if agents else len(item.payload) for item in items]
+    assert max(sizes) <= mux.MERGE
     replayed = FrameReader().feed(b"".join(sender.replay(0)))
     assert b"".join(f.payload for f in replayed) == bytes(i % 256 for i in range(10_000))
     assert remote.MERGE == mux.MERGE

@@ -296,8 +296,9 @@ def test_a_peers_json_object_is_taken() -> None:
 
 @pytest.mark.parametrize(
     ("text", "most", "value"),
-    [("12", 65535, 12), ("0", 9, 0), ("65536", 65535, None), ("²", 9, None), ("", 9, None),
-     ("-1", 9, None), (" 1", 9, None), ("1" * 20, 10**30, None), ("٣", 9, None)],
+    [("12", 65535, 12), ("0", 9, 0), ("65535", 65535, 65535), ("65536", 65535, None),
+     ("²", 9, None), ("", 9, None), ("-1", 9, None), (" 1", 9, None),
+     ("1" * 20, 10**30, None), ("٣", 9, None)],
 )  # fmt: skip
 def test_a_number_a_peer_wrote_is_ascii_digits_in_range(
     text: str, most: int, value: int | None
@@ -310,6 +311,8 @@ def test_lines_are_taken_out_and_the_rest_kept() -> None:
     assert remote.lines(buf) == [b"a b", b"", b"c"]
     assert buf == bytearray(b"part")
     assert remote.lines(buf) == [] and buf == bytearray(b"part")
+    lone = bytearray(b"\npart")  # an empty first line is taken out too, not found again
+    assert remote.lines(lone) == [b""] and lone == bytearray(b"part")
     many = bytearray(b"x\n" * 100_000)
     assert len(remote.lines(many)) == 100_000 and many == bytearray()
 
