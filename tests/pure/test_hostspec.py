@@ -46,6 +46,8 @@ def test_parses(text: str, expected: HostSpec | None) -> None:
         ("@host", "user name"),
         ("alice@", "names no host"),
         ("ssh://host/path", "no path"),
+        ("ssh://host?x=1", "no path or query"),
+        ("ssh://host#top", "no path or query"),
         ("bad host", "not a host name"),
     ],
 )

@@ -19,6 +19,9 @@ from relay.lite.linkname import Endpoint, LinkName, LinkNameError
         ("5000@::1,5001@::1", Endpoint(5000, "::1"), Endpoint(5001, "::1")),
         ("5000@[fe80::1%eth0],5001@[::1]", Endpoint(5000, "fe80::1%eth0"), Endpoint(5001, "::1")),
         ("5000@my_host,5001@other-host.", Endpoint(5000, "my_host"), Endpoint(5001, "other-host.")),
+        ("1@a , 2@b", Endpoint(1, "a"), Endpoint(2, "b")),  # each endpoint stripped too
+        (f"1@{'a' * 253},2@b", Endpoint(1, "a" * 253), Endpoint(2, "b")),  # DNS's longest
+        (f"1@[::1%{'e' * 64}],2@b", Endpoint(1, f"::1%{'e' * 64}"), Endpoint(2, "b")),
     ],
 )
 def test_parses(text: str, data: Endpoint, message: Endpoint) -> None:
@@ -42,6 +45,13 @@ def test_parses(text: str, data: Endpoint, message: Endpoint) -> None:
         ("5000@a b,5001@a", "not a host name"),
         ("5000@::g,5001@a", "not a valid IPv6"),
         ("５０@a,2@b", "not a number"),
+        # a host that starts with '-' is an option to whatever it reaches (ssh, a shell)
+        ("5000@-oProxyJump,5001@a", "not a host name"),
+        ("5000@a-,5001@a", "not a host name"),
+        ("5000@.a,5001@a", "not a host name"),
+        (f"5000@{'a' * 254},5001@a", "not a host name"),
+        ("5000@[::1,5001@a", "not a valid IPv6"),  # an open bracket alone is not stripped
+        (f"5000@[::1%{'e' * 65}],5001@a", "invalid IPv6 scope id"),
     ],
 )
 def test_rejects_with_one_line(text: str, says: str) -> None:
