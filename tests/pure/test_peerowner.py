@@ -109,6 +109,13 @@ def test_lsof_output() -> None:
     )
     assert owner_in_lsof(out, 51000, 40000) == 502
     assert owner_in_lsof(out, 51001, 40000) == GONE
+    # an IPv4-mapped socket of a dual-stack client is the same connection
+    mapped = "p503\nu503\nf4\nn[::ffff:127.0.0.1]:51002->[::ffff:127.0.0.1]:40000\n"
+    assert owner_in_lsof(out + mapped, 51002, 40000) == 503
+    # a process listed with no user is nobody's, not the one's listed before it
+    assert (
+        owner_in_lsof(out + "p504\nf5\nn127.0.0.1:51003->127.0.0.1:40000\n", 51003, 40000) == GONE
+    )
 
 
 @given(st.text(max_size=500), st.integers(0, 65535), st.integers(0, 65535))

@@ -17,7 +17,8 @@ import pytest
 
 from relay import peerowner, sockdiag
 from relay.errors import ConnectFailed, PeerCheckUnavailable
-from relay.peerowner import CLOSING, GONE, UNKNOWN, has_proc_net, linux_owner
+from relay.peerowner import CLOSING, GONE, NO_FILES, UNKNOWN, has_proc_net, linux_owner
+from relay.ssh import guard as guard_module
 from relay.ssh.guard import UNCHECKED, WHY, PeerGuard
 from tests.orphans import live_connection, orphaned_client
 from tests.strangers import NOBODY, needs_second_uid, stranger
@@ -71,6 +72,72 @@ async def test_only_the_listeners_loopback_address_is_admitted(host: str) -> Non
     assert await guard(1000).admit("::ffff:127.0.0.1", 40000, 50000, "x") is True
 
 
+@pytest.mark.parametrize("answer", [1001, 0, GONE, UNKNOWN, CLOSING])
+async def test_only_a_closing_socket_is_said_to_have_closed(answer: int) -> None:
+    """``closing`` tells the launch its kernel's connection closed as it was checked (the
+    kernel exited as it connected): said of another user's connection, or of one gone or
+    not readable, the launch's error would blame the user's kernel for a stranger."""
+    said: list[bool] = []
+    admitted = await guard(answer).admit("127.0.0.1", 1, 2, "x", closing=lambda: said.append(True))
+    assert not admitted and said == ([True] if answer == CLOSING else [])
+
+
+async def test_a_guard_that_does_not_know_the_logins_uid_cannot_tell() -> None:
+    """No uid for the login (the supervisor never said it): nothing can be the user's, so
+    launches fail at once saying so, as where the host has no tables, rather than each
+    connection being refused as a stranger's; ``relay status`` shows it as that."""
+
+    async def lookup(client_port: int, listen_port: int) -> int:
+        return 1000
+
+    blind = PeerGuard.remote("h", None, lookup, can_tell=True, enabled=True)
+    with pytest.raises(PeerCheckUnavailable):
+        blind.require()
+    assert blind.state == "unavailable"
+    assert (guard(1000).state, guard(1000, can_tell=False).state) == ("uid", "unavailable")
+    assert guard(1000, enabled=False).state == "off"
+
+
+class _Transport:
+    """relay's own connection to the front end's port, as ``refusal`` reads it."""
+
+    def __init__(self, peer: str, peer_port: int = 40000) -> None:
+        self.ends = {"sockname": ("127.0.0.1", 51000), "peername": (peer, peer_port)}
+
+    def get_extra_info(self, name: str) -> object:
+        return self.ends.get(name)
+
+
+@pytest.mark.parametrize(
+    ("listening", "refused"), [(1000, False), (GONE, False), (1001, True), (NO_FILES, True)]
+)
+async def test_a_taker_closed_at_once_is_judged_by_who_listens_now(
+    monkeypatch: pytest.MonkeyPatch, listening: int, refused: bool
+) -> None:
+    """The end that took relay's connection closed before it was looked at (an orphan,
+    nobody's): another user's listener on the port is refused; the user's own, or none any
+    more (a front end that wrote, closed its connection and its listener at once), is not."""
+    monkeypatch.setattr(guard_module, "has_proc_net", lambda: True)
+    monkeypatch.setattr(guard_module, "linux_taker", lambda listen, client: CLOSING)
+    monkeypatch.setattr(guard_module, "linux_listening", lambda port, uid: listening)
+    local = guard(1000)
+    assert (local.refusal(_Transport("127.0.0.1"), "data of 1@a,2@a") is not None) is refused
+
+
+async def test_relays_connection_to_a_front_end_on_another_address_is_not_looked_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A link name with the front end's own LAN address: no loopback row to look up (a
+    look-up by port would find nothing, and the launch fail as taken by another)."""
+
+    def never(*ports: int) -> int:
+        raise AssertionError("looked up")
+
+    monkeypatch.setattr(guard_module, "has_proc_net", lambda: True)
+    monkeypatch.setattr(guard_module, "linux_taker", never)
+    assert guard(1000).refusal(_Transport("192.168.1.5"), "data of 1@a,2@a") is None
+
+
 async def test_off_admits_without_asking() -> None:
     assert (
         await guard(ConnectFailed("never asked"), enabled=False).admit("127.0.0.1", 1, 2, "x")
@@ -104,13 +171,14 @@ async def test_a_connection_that_could_not_be_checked_is_not_said_as_another_use
     """A closing socket, one gone, one that cannot be read: refused (relay carries nothing it
     cannot check), but the user's own kernel as often as not (one that exits as it connects),
     so the log's headline does not send its reader after a stranger."""
-    for uid in (CLOSING, GONE, UNKNOWN):
+    for uid in (CLOSING, GONE, UNKNOWN, ConnectFailed("h: SSH connection lost")):
         assert not await guard(uid).admit("127.0.0.1", 40000, 50000, "data of 1@a,2@a")
     lines = [json.loads(line) for line in daemon_log.getvalue().splitlines()]
     refused = [e for e in lines if e["event"].startswith("refused a connection")]
     assert {e["event"] for e in refused} == {UNCHECKED}, refused
     assert UNCHECKED == "refused a connection relay could not check the owner of"
-    assert [e["reason"] for e in refused] == [WHY[CLOSING], WHY[GONE], WHY[UNKNOWN]]
+    # a look-up cut by the connection's loss found nothing out: not a client gone
+    assert [e["reason"] for e in refused] == [WHY[CLOSING], WHY[GONE], WHY[UNKNOWN], WHY[UNKNOWN]]
     assert all("foreign_uid" not in e for e in refused), refused
     both = guard(UNKNOWN)
     assert not await both.admit("127.0.0.1", 40000, 50000, "data of 1@a,2@a")
