@@ -34,10 +34,13 @@ APT_NEEDS_NO_RECOMMENDS := $(if $(wildcard $(SLURMCTLD)),,slurmctld slurmd slurm
 # Login shells that read a command otherwise than sh (tests/streams/test_login_shells.py and
 # tests/e2e/test_login_shell.py run relay's remote commands under them; without them, skipped),
 # and busybox's sh, a small host's /bin/sh (tests/streams/test_hookinstall.py runs the
-# installer's checks under it beside dash and bash)
+# installer's checks under it beside dash and bash); and lsof, macOS's way to tell who
+# connected, which tests/streams/test_guard.py runs one at a time against a flood (a
+# Debian image without it skipped that test)
 APT_NEEDS_NO_RECOMMENDS += $(if $(wildcard /usr/bin/tcsh),,tcsh) $(if $(wildcard /usr/bin/fish),,fish) \
                            $(if $(wildcard /usr/bin/zsh),,zsh) \
-                           $(if $(shell command -v busybox),,busybox)
+                           $(if $(shell command -v busybox),,busybox) \
+                           $(if $(shell command -v lsof),,lsof)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
 base-packages:
