@@ -137,6 +137,7 @@ def test_a_mistyped_key_or_value_is_said_with_the_ones_meant(
         ("nan", "Input should be a finite number, got nan"),
         ("inf", "Input should be a finite number, got inf"),
         ("0.4", "must be 0 (kernels end with their connection) or at least 1 second, got 0.4"),
+        ("0.999", "must be 0 (kernels end with their connection) or at least 1 second, got 0.999"),
         ("'15m'", "Input should be a valid number, got '15m' (a number of seconds, e.g. 900)"),
     ],
 )
@@ -184,6 +185,43 @@ def test_host_names_addresses_and_aliases_are_taken(tmp_path: Path) -> None:
     for hostname in ("login.example.org", "10.0.0.1", "::1", "my-alias", "h_1"):
         config, _ = load(write(tmp_path, f"[hosts.a]\nhostname = '{hostname}'\nuser = 'a.b-c'\n"))
         assert config.hosts["a"].hostname == hostname
+
+
+def _chain(hops: int) -> str:
+    """Host h0 reached through h1, h1 through h2, ..., h``hops`` directly."""
+    return "".join(
+        f"[hosts.h{i}]\nhostname = 'x{i}'\n" + (f"jump = 'h{i + 1}'\n" if i < hops else "")
+        for i in range(hops + 1)
+    )
+
+
+def test_jump_hosts_that_lead_back_are_refused_naming_the_loop(tmp_path: Path) -> None:
+    """Else the connect would go round until something timed out, saying nothing useful."""
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, _chain(2) + "[hosts.h3]\nhostname = 'x'\njump = 'h3'\n"))
+    assert str(info.value).endswith("hosts.h3.jump: jump hosts form a loop (h3 -> h3)")
+    assert info.value.host == "h3"
+    looped = _chain(2).replace(
+        "[hosts.h2]\nhostname = 'x2'\n", "[hosts.h2]\nhostname = 'x2'\njump = 'h0'\n"
+    )
+    with pytest.raises(ConfigError, match=r"jump hosts form a loop \(h0 -> h1 -> h2 -> h0\)"):
+        load(write(tmp_path, looped))
+
+
+def test_eight_jump_hosts_are_taken_and_a_ninth_refused(tmp_path: Path) -> None:
+    config, _ = load(write(tmp_path, _chain(8)))
+    assert config.hosts["h0"].jump == "h1"
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, _chain(9)))
+    assert str(info.value).endswith("hosts.h0.jump: more than 8 jump hosts")
+    assert info.value.host == "h0"
+
+
+def test_a_jump_host_that_is_no_host_spec_is_refused_as_the_jump(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, "[hosts.a]\nhostname = 'x'\njump = 'b:ssh'\n"))
+    assert "hosts.a.jump: host spec 'b:ssh': port 'ssh' is not a number" in str(info.value)
+    assert info.value.host == "a"
 
 
 def test_a_default_jump_host_does_not_jump_through_itself(tmp_path: Path) -> None:

@@ -127,6 +127,8 @@ def test_messages_name_the_job_the_state_and_what_to_do() -> None:
         ({"time": "2h"}, "not a Slurm time limit"),
         ({"mem_per_kernel": "lots"}, "not a memory size"),
         ({"node_hostname": "compute"}, "{node}"),
+        ({"node_hostname": "{node}}.cluster"}, "no other braces"),
+        ({"node_hostname": "{{node}.cluster"}, "no other braces"),
         ({"cpus_per_kernel": 0}, "greater than or equal to 1"),
         ({"partition": "a\nb"}, "control"),
         ({"qos": "x"}, "Extra inputs"),

@@ -69,10 +69,15 @@ def test_at_the_limit_the_owner_is_not_read_as_gone_and_the_refusal_names_the_li
     assert "ulimit -n" in line and "\n" not in line, line
 
 
-def test_a_connect_that_failed_for_want_of_files_says_so_not_that_nobody_listens() -> None:
-    emfile = unreachable("127.0.0.1", 4000, "data channel of 1@a,2@a", OSError(errno.EMFILE, "x"))
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.ENFILE])  # this process's, the machine's
+def test_a_connect_that_failed_for_want_of_files_says_so_not_that_nobody_listens(
+    code: int,
+) -> None:
+    emfile = unreachable("127.0.0.1", 4000, "data channel of 1@a,2@a", OSError(code, "x"))
     assert "out of open files" in emfile.message and "not listening" not in emfile.message
     assert "4000" in emfile.message and "\n" not in emfile.message
+    # the limit reached is named, so its reader knows what to raise it from
+    assert f"(ulimit -n: {fdlimit.soft_limit()})" in emfile.message, emfile.message
     refused = unreachable(
         "127.0.0.1",
         4000,
