@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from relay import peerowner
 from relay.agent import remote as _remote
 from tests.orphans import live_connection
 
@@ -344,3 +347,53 @@ def test_a_usual_directory_made_and_removed_again_as_the_agent_looks_is_gone_aro
     )
     assert len(met) == 3  # tried again before going around
     assert remote.own_dir(path)[2] is None  # and a directory that stays is taken at once
+
+
+_CPORT, _LPORT = 0xC738, 0x9C40
+_ME = os.getuid()
+_ADDRS = ["0100007F", "0000000000000000FFFF00000100007F", "0200007F", "00000000"]
+_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from(_ADDRS),
+        st.sampled_from([_CPORT, _LPORT, 1]),
+        st.sampled_from(_ADDRS),
+        st.sampled_from([_CPORT, _LPORT, 0]),
+        st.sampled_from(["01", "03", "05", "06", "0A"]),
+        st.sampled_from([0, _ME, _ME + 1]),
+        st.sampled_from([0, 77]),
+    ),
+    max_size=4,
+)
+
+
+@given(_ROWS)
+@example(
+    [
+        ("0100007F", _LPORT, "00000000", 0, "0A", _ME, 77),  # ours, then a stranger's
+        ("0100007F", _LPORT, "00000000", 0, "0A", _ME + 1, 77),
+    ]
+)
+@example([("0100007F", _LPORT, "0100007F", _CPORT, "03", _ME + 1, 0)])  # a request socket
+@example([("0100007F", _CPORT, "0100007F", _LPORT, "01", _ME, 0)])  # ESTABLISHED, unheld
+@example([("0100007F", _CPORT, "00000000", _LPORT, "01", _ME, 77)])  # not to the loopback
+def test_the_agents_judgments_are_the_daemons(rows: list[tuple[Any, ...]]) -> None:
+    """The agent judges the rows of a socket's look-up by its own copy of relay.peerowner's
+    rules (it runs on Python 3.6, alone): on any rows, the same answer. An ESTABLISHED row
+    that no process holds is nobody's; a stranger's listener on the port wins over ours."""
+    cols = [
+        ["0:", f"{la}:{lp:04X}", f"{ra}:{rp:04X}", st_, "0:0", "0:0", "0", str(uid), "0", str(ino)]
+        for la, lp, ra, rp, st_, uid, ino in rows
+    ]
+    table = [peerowner.Row(c[1], c[2], c[3], c[7], c[9]) for c in cols]
+    said = {peerowner.CLOSING: "c", peerowner.GONE: "-"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(remote, "rows", lambda lport, rport: [list(c) for c in cols])
+        owner = remote.owner(_CPORT, _LPORT)
+        taker = remote.accepting_owner(_LPORT, _CPORT)
+        listener = remote.listener_owner(_LPORT)
+    daemons = peerowner.owner_in_rows(table, _CPORT, _LPORT)
+    assert owner == said.get(daemons, str(daemons))
+    daemons = peerowner.taker_in_rows(table, _LPORT, _CPORT)  # the agent: closing is none
+    assert taker == ("-" if daemons in said else str(daemons))
+    daemons = peerowner.listening_in_rows(table, _LPORT, _ME)
+    assert listener == said.get(daemons, str(daemons))
