@@ -540,6 +540,10 @@ async def test_a_window_changed_between_hello_and_welcome_is_told_after_the_atta
     attach = asyncio.ensure_future(session.attach(conn.ssh))
     channel = await conn.hello()
     assert not session.set_window(120)  # not attached yet: kept for the attach
+    assert session.snapshot()["window_next_s"] == 120  # relay status: "window once back"
+    assert not session.set_window(60)  # changed back: nothing waits
+    assert session.snapshot()["window_next_s"] is None
+    assert not session.set_window(120)
     hello_len = len(channel.chan.written)
     channel.data_received(_welcome(channel), None)
     await attach
@@ -559,6 +563,45 @@ async def test_a_window_changed_between_hello_and_welcome_is_told_after_the_atta
     frames = mux.FrameReader().feed(bytes(channel.chan.written[hello_len:]))
     control = b"".join(f.payload for f in frames if f.type == mux.DATA and f.stream == 0)
     assert b"window w" not in control, frames
+
+
+async def test_a_window_sent_is_the_kernels_once_the_agent_acknowledges_that_line() -> None:
+    """A window changed while attached is sent at once, and counted as the agent's only once
+    its ACKs reach the line: an ACK of an earlier line does not make it so (the line may be
+    lost with the path, and the two sides would count down different windows)."""
+    session = _session()
+    channel = await _attach(session)
+    session.control.send(b"ping p1\n")
+    before = session.control.out.end
+    assert session.set_window(120)  # sent now
+    assert session.window_s == 60
+    channel.data_received(mux.ack(0, before), None)  # the ping, not the window line
+    assert session.window_s == 60
+    channel.data_received(mux.ack(0, session.control.out.end), None)
+    assert session.window_s == 120
+    assert session.set_window(120)  # as it is: nothing sent
+    assert session.control.out.end == session.control.out.acked_at
+    session.end("test over")
+
+
+async def test_a_control_line_is_confirmed_once_the_agent_acknowledges_it() -> None:
+    """``confirmed`` (a requested forward's ``take``) returns once the agent has the lines
+    sent until then, not on an ACK of earlier ones: answered at once, the line could be lost
+    on a path just gone silent and the agent end holding nothing it was told to keep."""
+    session = _session()
+    channel = await _attach(session)
+    session.control.send(b"ping p1\n")
+    first = session.control.out.end
+    session.control.send(b"take 5\n")
+    confirmed = asyncio.ensure_future(session.confirmed())
+    await asyncio.sleep(0)
+    assert not confirmed.done()
+    channel.data_received(mux.ack(0, first), None)
+    await asyncio.sleep(0)
+    assert not confirmed.done()
+    channel.data_received(mux.ack(0, session.control.out.end), None)
+    await asyncio.wait_for(confirmed, 5)
+    session.end("test over")
 
 
 async def test_strangers_from_other_local_addresses_are_one_key_of_the_refusal_log() -> None:
