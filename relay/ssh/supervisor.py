@@ -84,14 +84,24 @@ _LACKS = {
 }
 
 
-def _not_startable(host: str, value: str) -> str:
-    """Why relay's agent could not start a kernel (``nostart``: no file, process or memory to
-    start it with), as what it is: not the missing kernel that ``nokernel`` says."""
+def _not_startable(host: str, value: str, doing: str = "start the kernel") -> str:
+    """Why relay's agent could not start a kernel, or look for one (``nostart``: no file,
+    process or memory to start it with), as what it is: not the missing kernel that
+    ``nokernel`` says."""
     name, _, said = value.partition(" ")
     lacks = _LACKS.get(name)
-    return f"relay's agent on {host} could not start the kernel: {said.strip() or name}" + (
+    return f"relay's agent on {host} could not {doing}: {said.strip() or name}" + (
         f" ({lacks})" if lacks else ""
     )
+
+
+def _no_fork(host: str, doing: str = "start the kernel") -> str:
+    """Why supervisor.sh could not start a kernel, or look for one (``nofork``): its shell
+    could not fork, which is the user's process limit there (dash says "Cannot fork",
+    without the errno; EAGAIN is what a limit gives, and all that makes fork fail short of
+    a host out of memory)."""
+    lacks = _LACKS["EAGAIN"]
+    return f"relay's supervisor on {host} could not {doing}: its shell cannot fork ({lacks})"
 
 
 def parse_line(line: str) -> Event | None:
@@ -101,6 +111,7 @@ def parse_line(line: str) -> Event | None:
         "hello",
         "nokernel",
         "nostart",
+        "nofork",
         "found",
         "norecord",
         "pid",
@@ -381,12 +392,21 @@ class Supervisor:
             if fut and not fut.done():
                 fut.set_result(None)
             return
-        asked = self._whiches.pop(event.id, None) if event.kind in {"found", "nokernel"} else None
+        replies = {"found", "nokernel", "nostart", "nofork"}
+        asked = self._whiches.pop(event.id, None) if event.kind in replies else None
         if asked is not None:
             kernel, which = asked
             if not which.done():
-                which.set_result(event.kind == "found")
-            if event.kind == "nokernel" and self._kernels.get(kernel) is which:
+                if event.kind == "nostart":  # the agent could not run /bin/sh to look
+                    looking = _not_startable(self._host, event.value, "look for the kernel")
+                    which.set_exception(SupervisorFailed(looking))
+                elif event.kind == "nofork":  # nor supervisor.sh fork to
+                    which.set_exception(
+                        SupervisorFailed(_no_fork(self._host, "look for the kernel"))
+                    )
+                else:
+                    which.set_result(event.kind == "found")
+            if event.kind != "found" and self._kernels.get(kernel) is which:
                 del self._kernels[kernel]  # asked again next time
             return
         if event.kind == "owner":
@@ -422,6 +442,12 @@ class Supervisor:
                 proc.started.set_exception(
                     SupervisorFailed(_not_startable(self._host, event.value))
                 )
+            if not proc.exited.done():
+                proc.exited.set_result(126)
+        elif event.kind == "nofork":
+            self._procs.pop(event.id, None)
+            if not proc.started.done():
+                proc.started.set_exception(SupervisorFailed(_no_fork(self._host)))
             if not proc.exited.done():
                 proc.exited.set_result(126)
         elif event.kind == "nokernel":

@@ -22,6 +22,8 @@
 #                    nokernel ID           the kernel executable is missing or not executable
 #                    found ID              (to which) it is there and executable
 #                    norecord ID           its pid could not be recorded (TMPDIR full): killed
+#                    nofork ID             (to start or which) the shell could not fork to do it:
+#                                          the user's process limit (ulimit -u) is reached
 #                    pid ID PID            the kernel started
 #                    out ID TEXT           one of the last lines the kernel printed (at exit)
 #                    exit ID STATUS        the kernel ended (128+N: killed by signal N)
@@ -121,6 +123,7 @@ w=;
 ws() { eval "set -- $1 \${w_$2:-}"; test $# -ge 2 && kill -0 "$2" 2>/dev/null && { test $# = 2 || same "$2" "$3"; } && kill "-$1" "$2" 2>/dev/null; };
 wl() { eval "set -- \${w_$1:-}"; test $# -ge 1 && kill -0 "$1" 2>/dev/null; };
 reap() {
+  f=;
   for i in $w; do ws TERM "$i"; done;
   test -n "$w" && ( ( sleep 5; for i in $w; do ws USR1 "$i"; done ) </dev/null >/dev/null 2>&1 & );
   wait;
@@ -130,31 +133,44 @@ reap() {
 b=; z=; trap 'z=1; test -n "$b" || { reap; exit 0; }' HUP TERM INT;
 if test -r /proc/net/tcp; then c=proc; else c=none; fi;
 echo "hello 4 $$ $d $n $(id -u) $c";
+# A fork that fails (the user's process limit, ulimit -u, reached) is an error that ends a
+# POSIX sh (dash and busybox at once, bash after its own retries, about 15 s), with "Cannot
+# fork" on stderr and nothing said: the launch waited out launch_timeout_s. So a request
+# in flight ($f: 1; 2 once a start's watcher runs, which answers for the start) is
+# answered on the way out (nofork for a start or a which), and a watcher that cannot fork
+# its kernel, or record it, says nofork too (its own EXIT trap; the kernel killed). The
+# `command` prefix would keep the error to the request in dash, but not in busybox, whose
+# forked children unwind into the parent's handler and run on as a second main loop.
+said() { case $f$op in 1start|1which) echo "nofork $id" ;; esac; f=; };
+f=; trap said EXIT;
 while read -r op id arg; do
+  f=1;
   case $op in
     start) b=1; (
         eval "$arg";
         have "$1" || { echo "nokernel $id"; exit 0; };
         case $1 in *=*) ds= ;; esac;
+        p=; trap 'test -z "$p" || kill -KILL "$p" 2>/dev/null; echo "nofork $id"' EXIT;
         if test -n "$g"; then ( umask "$m"; exec setsid $ds "$@" ) </dev/null >"$d/$id.log" 2>&1 & else ( umask "$m"; exec $ds "$@" ) </dev/null >"$d/$id.log" 2>&1 & fi;
         p=$!; e=;
         trap "e=1; kill -TERM $g\$p 2>/dev/null || kill -TERM \$p 2>/dev/null" TERM;
         trap "kill -INT \$p 2>/dev/null" USR2;
         trap "e=1; kill -HUP $g\$p 2>/dev/null || kill -HUP \$p 2>/dev/null" HUP;
         trap "e=1; kill -KILL $g\$p 2>/dev/null || kill -KILL \$p 2>/dev/null" USR1;
-        echo "$p $(st $p)" >"$d/$id.pid" || { kill -KILL "$p"; rm -f "$d/$id.pid"; echo "norecord $id"; exit 0; };
-        echo "pid $id $p";
+        echo "$p $(st $p)" >"$d/$id.pid" || { trap - EXIT; kill -KILL "$p"; echo "norecord $id"; rm -f "$d/$id.pid"; exit 0; };
+        trap - EXIT; echo "pid $id $p";
         # a trapped signal (passed on to the kernel) ends a wait early with 128+N; the
         # kernel's own status is what the last wait collects (127: collected already)
         while :; do wait "$p"; s=$?; kill -0 "$p" 2>/dev/null || break; done;
         wait "$p" 2>/dev/null; r=$?; test "$r" = 127 || s=$r;
+        trap 'echo "exit $id $s"' EXIT;
         test -n "$e" && test -n "$g" && kill -KILL -"$p" 2>/dev/null;
         rm -f "$d/$id.pid";
         tail -n 5 "$d/$id.log" 2>/dev/null | cut -c 1-300 | sed "s/^/out $id /";
         rm -f "$d/$id.log";
-        echo "exit $id $s"
+        trap - EXIT; echo "exit $id $s"
       ) &
-      w="$w $id"; eval "w_$id=$!"; t=$(st $!);
+      w="$w $id"; eval "w_$id=$!"; f=2; t=$(st $!);
       if test -n "$t"; then eval "w_$id=\"\$w_$id \$t\""; elif test -n "$sw"; then eval "w_$id="; fi;
       b=; test -z "$z" || { reap; exit 0; } ;;
     kill) case $arg in KILL) ws USR1 "$id" ;; INT) ws USR2 "$id" ;; TERM|HUP) ws "$arg" "$id" ;; esac ;;
@@ -171,5 +187,6 @@ while read -r op id arg; do
         echo "owner $id ${u:--}";
       else echo "owner $id ?"; fi ;;
   esac;
+  f=;
 done;
 reap

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from relay.ssh.remote_scripts import BOOTSTRAP, CUT_CHATTER, one_line, remote_co
 from relay.ssh.supervisor import Event, parse_line
 from tests.conftest import pid_alive
 from tests.orphans import live_connection, orphaned_client
+from tests.proclimit import as_user, full, spare_uid
 from tests.tmpcleaner import NO_TMPFILES, TMPFILES, age, tmp_cleaner
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
@@ -718,3 +721,79 @@ def test_a_signal_in_the_middle_of_a_start_still_ends_that_kernel(shell: str) ->
     assert not hung, "the clean-up hung on the kernel the signal came in the start of"
     assert Event("exit", "k1", "143") in events, out  # SIGTERM'd by the clean-up
     assert not pid_alive(pid)
+
+
+# bash retries a fork that fails for about 15 s (1 + 2 + 4 + 8) before it gives up
+NOFORK_S = 40.0
+NPROC = 24  # the limited user's processes: the supervisor's start needs a few at a time
+
+
+def said_within(s: Sup, timeout_s: float) -> Event:
+    assert s.proc.stdout is not None
+    ready, _, _ = select.select([s.proc.stdout], [], [], timeout_s)
+    assert ready, f"nothing said within {timeout_s:g} s"
+    return s.event()
+
+
+@contextlib.contextmanager
+def limited_sup(shell: str) -> Iterator[tuple[Sup, int]]:
+    """supervisor.sh as a user of its own (``tests.proclimit``) under ``NPROC`` processes,
+    its TMPDIR that user's: the supervisor and that uid."""
+    uid = spare_uid()
+    tmpdir = Path(tempfile.mkdtemp(prefix="relay-nproc-", dir="/tmp"))
+    os.chown(tmpdir, uid, uid)
+    s = Sup(shell, env=dict(os.environ, TMPDIR=str(tmpdir)), under=as_user(uid, uid, NPROC))
+    try:
+        assert s.event().kind == "hello"
+        yield s, uid
+    finally:
+        if s.proc.poll() is None:
+            stop(s)
+        else:
+            s.proc.wait()
+            assert s.proc.stdout is not None and s.proc.stdin is not None
+            s.proc.stdout.close()
+            with contextlib.suppress(BrokenPipeError):
+                s.proc.stdin.close()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as a user of its own needs root")
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_start_the_user_has_no_process_for_is_said_at_once(shell: str) -> None:
+    """The user's process limit (ulimit -u) reached, the supervisor cannot fork a kernel's
+    watcher: the shell (dash, busybox, bash alike) exits with "Cannot fork" on stderr. It
+    said nothing, its running kernel's watcher held its output open, and the launch waited
+    out launch_timeout_s. Now the start is answered ``nofork`` on its way out."""
+    with limited_sup(shell) as (s, uid):
+        s.send("start k0 set -- sleep 300")  # a kernel that runs throughout
+        first = s.event()
+        assert first.kind == "pid", first
+        try:
+            with full(uid, uid, NPROC):
+                s.send("start k1 set -- /bin/true")
+                assert said_within(s, NOFORK_S) == Event("nofork", "k1", "")
+        finally:
+            os.kill(int(first.value), signal.SIGKILL)
+        assert said_within(s, NOFORK_S) == Event("exit", "k0", "137")  # its watcher's
+        s.proc.wait(NOFORK_S)  # the shell has ended (bash waits for its watcher first)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as a user of its own needs root")
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_which_the_user_has_no_process_for_is_not_a_kernel_missing(shell: str) -> None:
+    with limited_sup(shell) as (s, uid), full(uid, uid, NPROC):
+        s.send("which w1 set -- /bin/true")
+        assert said_within(s, NOFORK_S) == Event("nofork", "w1", "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as a user of its own needs root")
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_kernel_its_watcher_has_no_process_for_is_said_at_once(shell: str) -> None:
+    """One process left to the user: the watcher takes it, and the kernel's own fork fails
+    (the supervisor's look at the watcher's start time too, which ends it: the watcher
+    answers for the start). The watcher ended with "Cannot fork" on stderr and nothing
+    said; now it says ``nofork``."""
+    with limited_sup(shell) as (s, uid), full(uid, uid, NPROC, free=1):
+        s.send("start k1 set -- /bin/true")
+        assert said_within(s, NOFORK_S) == Event("nofork", "k1", "")

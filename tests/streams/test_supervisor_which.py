@@ -7,8 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import pytest
 import structlog
 
+from relay.errors import SupervisorFailed
 from relay.ssh.supervisor import Supervisor
 
 
@@ -89,3 +91,44 @@ async def test_a_miss_is_kept_by_the_caller_though_the_supervisor_forgets_it() -
         process.close()  # the session ends: its readers finish
         await s.wait_closed(timeout_s=5)
         assert s.closed.done()
+
+
+async def test_a_host_out_of_processes_is_said_as_such_not_as_a_kernel_missing() -> None:
+    """A which the host could not fork for (supervisor.sh's ``nofork``), or relay's agent
+    could not run /bin/sh for (``nostart``), was "not found": the user was sent to check a
+    kernel path that was right. Now the answer is the reason, in one line, and the kernel is
+    asked about again next time; a start that could not fork says so too."""
+    process = _Process()
+    s = Supervisor(cast(Any, process), "h", 1, structlog.get_logger("test"))
+    try:
+        answer = s.check_kernel("/usr/bin/WolframKernel")
+        assert answer is not None
+        process.stdout.queue.put_nowait(f"nofork {await asked(process)}\n")
+        with pytest.raises(SupervisorFailed) as failed:
+            await asyncio.wait_for(asyncio.shield(answer), 5)
+        assert str(failed.value) == (
+            "relay's supervisor on h could not look for the kernel: its shell cannot fork (the "
+            "user's process limit there, ulimit -u, is reached: end some processes)"
+        )
+        assert s.kernel_known("/usr/bin/WolframKernel") is None  # asked again next time
+        again = s.check_kernel("/usr/bin/WolframKernel")
+        assert again is not None
+        said = "EAGAIN [Errno 11] Resource temporarily unavailable"
+        process.stdout.queue.put_nowait(f"nostart {await asked(process)} {said}\n")
+        with pytest.raises(SupervisorFailed) as failed:
+            await asyncio.wait_for(asyncio.shield(again), 5)
+        assert str(failed.value) == (
+            "relay's agent on h could not look for the kernel: [Errno 11] Resource temporarily "
+            "unavailable (the user's process limit there, ulimit -u, is reached: end some "
+            "processes)"
+        )
+        started = s.start_kernel("k1", ["/usr/bin/WolframKernel"])
+        process.stdout.queue.put_nowait("nofork k1\n")
+        with pytest.raises(SupervisorFailed) as failed:
+            await asyncio.wait_for(asyncio.shield(started.started), 5)
+        assert "could not start the kernel: its shell cannot fork" in str(failed.value)
+        assert "ulimit -u" in str(failed.value)
+        assert await asyncio.wait_for(started.exited, 5) == 126
+    finally:
+        process.close()
+        await s.wait_closed(timeout_s=5)
