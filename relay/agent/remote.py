@@ -1359,8 +1359,16 @@ class Agent:
                 stderr=subprocess.DEVNULL,
                 timeout=10,
             )
-        except Exception:  # out of processes, timed out: not found
-            code = 1
+        except subprocess.TimeoutExpired:
+            return self.say("nostart %s - /bin/sh did not answer within 10 s" % ident)
+        except Exception as exc:
+            code = getattr(exc, "errno", None)
+            if code not in (errno.ENOENT, errno.EACCES):  # no process or file to look with:
+                # said as what it is (as a start says it), not as a kernel not found
+                name = errno.errorcode.get(code, "-") if isinstance(code, int) else "-"
+                said = " ".join(str(exc).split())[:OUT_WIDTH]
+                return self.say("nostart %s %s %s" % (ident, name, said))
+            code = 1  # no /bin/sh to run: as a missing kernel, as a start says it
         self.say(("found " if code == 0 else "nokernel ") + ident)
 
     def do_owner(self, ident, arg):

@@ -1532,6 +1532,22 @@ def test_a_kernel_connecting_with_the_agents_last_file_is_admitted(run: Path) ->
     agent.goodbye()
 
 
+def test_a_which_the_agent_has_no_file_for_is_not_a_kernel_missing(run: Path) -> None:
+    """Out of files (or processes), the agent cannot run /bin/sh to look for a kernel: it
+    answered "nokernel", and `relay connect --kernels` told the user the kernel was missing
+    when the host's limit was reached. It says why (``nostart``), as a start does."""
+    agent = Agent(sys.executable, run, "e7", files=40)
+    agent.attach(silence_s=BOUND_S)
+    for sid in range(2, 60):  # more listeners than files
+        agent.say(f"listen {sid}")
+    agent.line("noport ")
+    agent.say("which w1 set -- /bin/true")
+    said = agent.line("nostart w1 ")
+    assert said.startswith("nostart w1 EMFILE [Errno 24] Too many open files"), said
+    assert not [line for line in agent.lines if line.startswith("nokernel w1")], agent.lines
+    agent.goodbye()
+
+
 async def launch_failure(*lines: str) -> BaseException | None:
     """What a launch fails with in the daemon once its supervisor session (here the agent's
     control stream, scripted) says ``lines`` for kernel k1."""
