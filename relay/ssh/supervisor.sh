@@ -130,7 +130,7 @@ reap() {
   rm -rf "$d";
 };
 # a signal in the middle of a start ($b) ends the session once the new kernel is listed
-b=; z=; trap 'z=1; test -n "$b" || { reap; exit 0; }' HUP TERM INT;
+b=; z=; trap 'z=1; test -n "$b" || { f=; reap; exit 0; }' HUP TERM INT;
 if test -r /proc/net/tcp; then c=proc; else c=none; fi;
 echo "hello 4 $$ $d $n $(id -u) $c";
 # A fork that fails (the user's process limit, ulimit -u, reached) is an error that ends a
