@@ -471,6 +471,9 @@ def test_a_tmp_cleaner_leaves_a_long_sessions_records_to_the_next_supervisor(
         directory = Path(first.event().value.split(" ")[1])
         first.send("start k set -- sleep 300")
         kernel = int(first.event().value)
+        # the kernel's log is opened by its own command's redirection, in its process, which
+        # may not have got that far when its pid is said (bounded: no event to wait on)
+        _exists(directory / "k.log", "the kernel's log was not made")
         records = sorted(p.name for p in directory.iterdir())
         assert records == ["alive", "k.log", "k.pid", "supervisor"], records
         age(directory)
@@ -497,6 +500,14 @@ def _spawning(sup: Sup, tmp_path: Path, kid: str, child: str) -> tuple[int, int]
     kernel = int(sup.event().value)
     _written(record, "the kernel's child did not start")
     return kernel, int(record.read_text())
+
+
+def _exists(path: Path, why: str) -> None:
+    """Until ``path`` exists (bounded: the process that makes it has no event to wait on)."""
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.02)
 
 
 def _written(path: Path, why: str) -> None:
