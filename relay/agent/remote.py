@@ -69,6 +69,9 @@ PREDECESSOR_WAIT_S = 10.0
 # predecessor (PREDECESSOR_WAIT_S at most), binds and forks, then lets go
 START_LOCK_WAIT_S = PREDECESSOR_WAIT_S + 5.0
 KILL_AFTER_S = 5.0  # SIGTERM, then SIGKILL for a kernel that ignores it
+# a look for a kernel (``which``) answered "did not answer" past this: /bin/sh stat()ing a
+# kernel on a shared file system that hangs (NFS, Lustre) can take that long
+WHICH_WAIT_S = 10.0
 ASK_LINE_S = 10.0  # a hook connection's request line must come within this (relay.lite.hook)
 ASK_KEPT_S = 60.0  # a request sent on is answered within this, or its connection is closed
 ASKS_MAX = 64  # hook requests in flight per serve stream; more are closed unread
@@ -800,6 +803,9 @@ class Agent:
         self.finished = {}  # sid: final recv position, for streams already forgotten
         self.end_told = 0  # the control stream's position after the last kernel's end said
         self.kernels = {}
+        # looks for a kernel in flight (``do_which``): ident -> (its /bin/sh, answer due by);
+        # answered as the shell ends (``reap``), so the links go on meanwhile
+        self.whiches = {}
         self.chan = None
         self.chan_reader = None
         self.chan_bulk = False  # the channel's last read filled CHUNK (``recv``)
@@ -900,6 +906,7 @@ class Agent:
             if self.exit_reason is not None and not self.kernels:
                 # what the daemon should hear of the ends is written first (bounded)
                 if not self.chan_out_busy() or now() - self.ended_at > 2 * KILL_AFTER_S:
+                    self.reap_whiches(ending=True)  # no shell of ours left behind
                     return
 
     def recv(self, sock, bulk):
@@ -927,6 +934,7 @@ class Agent:
         if self.dirty:
             return ACK_DELAY_S
         busy = self.kernels or self.pending or self.asks or self.paused or self.refusals
+        busy = busy or self.whiches
         busy = busy or self.chan is None
         if busy:
             return 0.5
@@ -1349,27 +1357,46 @@ class Agent:
             self.window_s = window
 
     def do_which(self, ident, arg):
-        env = snippet_env(arg)
+        """Whether a kernel is there, as a start would look for it: by its own /bin/sh, which
+        is not waited for here (a kernel on a shared file system that hangs would hold every
+        link up): ``reap`` answers as it ends, ``end_whiches`` where it does not in time."""
         try:
-            code = subprocess.call(
+            proc = subprocess.Popen(
                 ["/bin/sh", "-c", WHICH_SH],
-                env=env,
+                env=snippet_env(arg),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                timeout=10,
+                close_fds=True,
             )
-        except subprocess.TimeoutExpired:
-            return self.say("nostart %s - /bin/sh did not answer within 10 s" % ident)
         except Exception as exc:
             code = getattr(exc, "errno", None)
-            if code not in (errno.ENOENT, errno.EACCES):  # no process or file to look with:
-                # said as what it is (as a start says it), not as a kernel not found
-                name = errno.errorcode.get(code, "-") if isinstance(code, int) else "-"
-                said = " ".join(str(exc).split())[:OUT_WIDTH]
-                return self.say("nostart %s %s %s" % (ident, name, said))
-            code = 1  # no /bin/sh to run: as a missing kernel, as a start says it
-        self.say(("found " if code == 0 else "nokernel ") + ident)
+            if code in (errno.ENOENT, errno.EACCES):  # no /bin/sh to run: as a missing kernel,
+                return self.say("nokernel " + ident)  # as a start says it
+            # no process or file to look with: said as what it is (as a start says it), not
+            # as a kernel not found
+            name = errno.errorcode.get(code, "-") if isinstance(code, int) else "-"
+            said = " ".join(str(exc).split())[:OUT_WIDTH]
+            return self.say("nostart %s %s %s" % (ident, name, said))
+        self.whiches[ident] = (proc, now() + WHICH_WAIT_S)
+
+    def reap_whiches(self, ending=False):
+        """Answer the looks for a kernel whose shell ended; one past its time (or all, when
+        ``ending``) is killed and said as not answered."""
+        t = now()
+        for ident, (proc, due) in list(self.whiches.items()):
+            code = proc.poll()
+            if code is None and not ending and t < due:
+                continue
+            del self.whiches[ident]
+            if code is not None:
+                self.say(("found " if code == 0 else "nokernel ") + ident)
+                continue
+            try:
+                proc.kill()
+            except OSError:
+                pass
+            self.say("nostart %s - /bin/sh did not answer within %d s" % (ident, WHICH_WAIT_S))
 
     def do_owner(self, ident, arg):
         words = arg.split(" ")
@@ -1466,6 +1493,8 @@ class Agent:
             pass
 
     def reap(self):
+        if self.whiches:
+            self.reap_whiches()
         for ident, kernel in list(self.kernels.items()):
             if kernel.pipe is not None:
                 continue

@@ -1548,6 +1548,65 @@ def test_a_which_the_agent_has_no_file_for_is_not_a_kernel_missing(run: Path) ->
     agent.goodbye()
 
 
+def slow_which(tmp_path: Path) -> tuple[str, Path, Path]:
+    """A look for a kernel whose shell waits (as a stat() on a hung NFS does) until its FIFO
+    is written: the snippet, the FIFO and where the shell's pid is written."""
+    fifo, pid_file = tmp_path / "slow", tmp_path / "which.pid"
+    os.mkfifo(fifo)
+    return f"echo $$ >{pid_file}; read x <{fifo}; set -- /bin/true", fifo, pid_file
+
+
+def test_a_look_for_a_kernel_holds_up_no_link(run: Path, tmp_path: Path) -> None:
+    """The agent ran the shell that looks for a kernel (``which``: every connection's first
+    look, ``relay connect --kernels``) and waited for it, its one thread held, so a kernel
+    on a shared file system that hangs held every link and control line up, for up to 10 s.
+    Now a link carries bytes and a ping is answered while the look is on its way, and it is
+    answered as its shell ends."""
+    agent = Agent(sys.executable, run, "e8")
+    agent.attach(silence_s=BOUND_S)
+    kernel = agent.kernel_link(1)
+    snippet, fifo, pid_file = slow_which(tmp_path)
+    agent.say(f"which w1 {snippet}")
+    _written_by(pid_file)  # the look is under way, in its shell
+    agent.say("ping p1")
+    assert agent.line("pong ") == "pong p1"
+    kernel.sendall(b"meanwhile")
+    assert agent.take().payload == b"meanwhile"
+    # the look not answered yet (held up, the ping's answer came after the look's)
+    assert not [line for line in agent.lines if re.search(r" w1\b", line)], agent.lines
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: its shell is gone
+    os.write(writer, b"\n")
+    os.close(writer)
+    assert agent.line("found ") == "found w1"
+    kernel.close()
+    agent.goodbye()
+
+
+def test_a_look_for_a_kernel_that_does_not_end_is_said_and_its_shell_ended(
+    run: Path, tmp_path: Path
+) -> None:
+    """Past WHICH_WAIT_S the look is answered as not answered (``nostart``: the launch says
+    the host did not answer, not that the kernel is missing), and its shell is killed."""
+    agent = Agent(sys.executable, run, "e9")
+    agent.attach(silence_s=BOUND_S)
+    snippet, _, pid_file = slow_which(tmp_path)
+    agent.say(f"which w1 {snippet}")
+    shell = _written_by(pid_file)
+    said = agent.line("nostart w1 ")
+    assert said == f"nostart w1 - /bin/sh did not answer within {remote.WHICH_WAIT_S:g} s", said
+    wait_gone(shell)
+    agent.goodbye()
+
+
+def _written_by(pid_file: Path) -> int:
+    """The pid a shell wrote to ``pid_file`` (bounded: the shell has no event to wait on)."""
+    deadline = time.monotonic() + BOUND_S
+    while not pid_file.exists() or not pid_file.read_text().strip().isdigit():
+        assert time.monotonic() < deadline, f"nothing written to {pid_file}"
+        time.sleep(0.02)
+    return int(pid_file.read_text())
+
+
 async def launch_failure(*lines: str) -> BaseException | None:
     """What a launch fails with in the daemon once its supervisor session (here the agent's
     control stream, scripted) says ``lines`` for kernel k1."""
