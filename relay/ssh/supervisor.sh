@@ -122,6 +122,17 @@ done;
 w=;
 ws() { eval "set -- $1 \${w_$2:-}"; test $# -ge 2 && kill -0 "$2" 2>/dev/null && { test $# = 2 || same "$2" "$3"; } && kill "-$1" "$2" 2>/dev/null; };
 wl() { eval "set -- \${w_$1:-}"; test $# -ge 1 && kill -0 "$1" 2>/dev/null; };
+# A watcher's signals, passed on to its kernel ($p): TERM, HUP and KILL (USR1) to its group
+# first ($g), INT (USR2) to it alone. Its traps are set before anything else it does: set
+# after the kernel's fork, as they were, a kill line (or the session's end) between the two
+# ended the watcher itself, the kernel ran on with nobody to end it, and bash's EXIT trap
+# took that death for a fork that failed (nofork) (a review's finding). One that would end
+# the kernel is kept ($q: the status it gives, KILL's over the others'): one that came
+# before the fork has the kernel not started (exit ID 128+N, no pid); one that came after
+# it, before the pid is said, is sent again once it is: a kernel's shell has this one's
+# traps until it lets go of them, and a signal it gets before then is lost (said twice,
+# TERM and HUP are harmless). An interrupt before the fork is dropped: nothing to interrupt.
+fw() { if test "$1" = INT; then test -z "$p" || kill -INT "$p" 2>/dev/null; else test "$q" = 137 || q=$2; test -z "$p" || { e=1; kill "-$1" "$g$p" 2>/dev/null || kill "-$1" "$p" 2>/dev/null; }; fi; };
 reap() {
   f=;
   for i in $w; do ws TERM "$i"; done;
@@ -147,18 +158,16 @@ while read -r op id arg; do
   f=1;
   case $op in
     start) b=1; (
+        p=; e=; q=; trap 'fw TERM 143' TERM; trap 'fw INT' USR2; trap 'fw HUP 129' HUP; trap 'fw KILL 137' USR1;
         eval "$arg";
         have "$1" || { echo "nokernel $id"; exit 0; };
         case $1 in *=*) ds= ;; esac;
-        p=; trap 'test -z "$p" || kill -KILL "$p" 2>/dev/null; echo "nofork $id"' EXIT;
+        test -z "$q" || { echo "exit $id $q"; exit 0; };
+        trap 'test -z "$p" || kill -KILL "$p" 2>/dev/null; echo "nofork $id"' EXIT;
         if test -n "$g"; then ( umask "$m"; exec setsid $ds "$@" ) </dev/null >"$d/$id.log" 2>&1 & else ( umask "$m"; exec $ds "$@" ) </dev/null >"$d/$id.log" 2>&1 & fi;
-        p=$!; e=;
-        trap "e=1; kill -TERM $g\$p 2>/dev/null || kill -TERM \$p 2>/dev/null" TERM;
-        trap "kill -INT \$p 2>/dev/null" USR2;
-        trap "e=1; kill -HUP $g\$p 2>/dev/null || kill -HUP \$p 2>/dev/null" HUP;
-        trap "e=1; kill -KILL $g\$p 2>/dev/null || kill -KILL \$p 2>/dev/null" USR1;
+        p=$!;
         echo "$p $(st $p)" >"$d/$id.pid" || { trap - EXIT; kill -KILL "$p"; echo "norecord $id"; rm -f "$d/$id.pid"; exit 0; };
-        trap - EXIT; echo "pid $id $p";
+        trap - EXIT; echo "pid $id $p"; case $q in 143) fw TERM ;; 129) fw HUP ;; 137) fw KILL ;; esac;
         # a trapped signal (passed on to the kernel) ends a wait early with 128+N; the
         # kernel's own status is what the last wait collects (127: collected already)
         while :; do wait "$p"; s=$?; kill -0 "$p" 2>/dev/null || break; done;
