@@ -133,9 +133,14 @@ wl() { eval "set -- \${w_$1:-}"; test $# -ge 1 && kill -0 "$1" 2>/dev/null; };
 # traps until it lets go of them, and a signal it gets before then is lost (said twice,
 # TERM and HUP are harmless). An interrupt before the fork is dropped: nothing to interrupt.
 fw() { if test "$1" = INT; then test -z "$p" || kill -INT "$p" 2>/dev/null; else test "$q" = 137 || q=$2; test -z "$p" || { e=1; kill "-$1" "$g$p" 2>/dev/null || kill "-$1" "$p" 2>/dev/null; }; fi; };
+# The clean-up signals a watcher once its traps are set, which its pid file says (written
+# after them): one signalled before (the end of input or a signal just after its fork) died
+# of it, its kernel left running unwatched. Waited for up to 5 s, in whole seconds (POSIX
+# sleep), and only in that case.
+ready() { n=0; while wl "$1" && ! test -e "$d/$1.pid" && test $n -lt 5; do sleep 1; n=$((n + 1)); done; };
 reap() {
   f=;
-  for i in $w; do ws TERM "$i"; done;
+  for i in $w; do ready "$i"; ws TERM "$i"; done;
   test -n "$w" && ( ( sleep 5; for i in $w; do ws USR1 "$i"; done ) </dev/null >/dev/null 2>&1 & );
   wait;
   rm -rf "$d";
@@ -187,7 +192,7 @@ while read -r op id arg; do
       q=; for i in $w; do if wl "$i"; then q="$q $i"; else unset "w_$i"; fi; done; w=$q;
       test $((t - k)) -ge 3600 && touch -c "$d" "$d"/* 2>/dev/null && k=$t;
       echo "pong $id" ;;
-    which) ( eval "$arg"; if have "$1"; then echo "found $id"; else echo "nokernel $id"; fi ) ;;
+    which) ( eval "$arg"; if have "$1"; then echo "found $id"; else echo "nokernel $id"; fi ) & ;;
     owner)
       case $arg in *[!0-9A-F\ ]*|"") echo "owner $id ?"; continue ;; esac;
       if test "$c" = proc; then

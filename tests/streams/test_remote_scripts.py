@@ -155,6 +155,26 @@ def test_which_looks_for_a_kernel_as_start_would_and_starts_nothing(
     assert not marker.exists()
 
 
+def test_a_look_for_a_kernel_holds_up_no_other_request(sup: Sup, tmp_path: Path) -> None:
+    """The look (``which``) ran in the supervisor's own loop, so a kernel on a shared file
+    system that hangs held every request behind it up: the owner checks that admit a
+    kernel's links, pings (the connection's liveness), starts. It runs beside them now, and
+    is answered as it ends."""
+    sup.event()
+    fifo = tmp_path / "slow"
+    os.mkfifo(fifo)
+    sup.send(f"which w1 read x <{fifo}; set -- /bin/true")  # as a stat() on a hung NFS
+    sup.send("ping p")
+    assert sup.proc.stdout is not None
+    ready, _, _ = select.select([sup.proc.stdout], [], [], 30)
+    assert ready, "the ping waited for the look for a kernel"
+    assert sup.event() == Event("pong", "p", "")
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: the look's shell is gone
+    os.write(writer, b"\n")
+    os.close(writer)
+    assert sup.event() == Event("found", "w1", "")
+
+
 def test_environment_goes_through_stdin_not_argv(sup: Sup) -> None:
     sup.event()
     sup.send("start k4 set -- /bin/sh -c 'echo \"$RELAY_X\"'; RELAY_X='a b'\\''c'; export RELAY_X")
@@ -739,6 +759,71 @@ def test_a_signal_in_the_middle_of_a_start_still_ends_that_kernel(shell: str) ->
     assert ends & set(events), out
     assert pid is not None or Event("exit", "k1", "143") in events, out
     assert pid is None or not pid_alive(pid)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_the_end_of_input_just_after_a_start_waits_for_its_watchers_traps(shell: str) -> None:
+    """The clean-up (here the end of input, as when sshd closes the session) sent its TERM
+    to a watcher that had not set its traps yet: the watcher died of it, and the start was
+    never answered (or, later in the watcher, its kernel was left running unwatched). It
+    now waits until the watcher's pid file says its traps are set. The watcher is held up
+    here by a second, as a loaded host holds a new process up."""
+    script = one_line().replace("start) b=1; (", "start) b=1; ( sleep 1;", 1)
+    assert "( sleep 1;" in script
+    argv = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
+    proc = subprocess.Popen(
+        [*argv, script, "relay", "0123abce", "keep", "60"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    out, _ = proc.communicate("start k1 set -- sleep 300\n", timeout=30)
+    events = [parse_line(line) for line in out.splitlines()]
+    pid = next((int(e.value) for e in events if e is not None and e.kind == "pid"), None)
+    assert pid is not None, out
+    assert Event("exit", "k1", "143") in events, out
+    assert not pid_alive(pid)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_kill_before_the_kernels_exec_ends_it(shell: str) -> None:
+    """A kernel's process is its watcher's subshell until its exec: a TERM then (a launch
+    given up at once) ends it there, with the status a TERM gives, and nothing else is
+    said (bash runs an EXIT trap in a subshell a signal ends: not the watcher's nofork).
+    Its exec is held up here by a second, as a loaded host or a slow file system holds it."""
+    script = one_line().replace('umask "$m"; exec', 'umask "$m"; sleep 1; exec')
+    assert script.count("sleep 1; exec") == 2
+    argv = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
+    proc = subprocess.Popen(
+        [*argv, script, "relay", "0123abce", "keep", "60"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write("start k1 set -- sleep 300\n")
+        proc.stdin.flush()
+        said = []
+        while not said or said[-1].kind != "pid":
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready, said
+            event = parse_line(proc.stdout.readline())
+            assert event is not None, said
+            said.append(event)
+        pid = int(said[-1].value)
+        proc.stdin.write("kill k1 TERM\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 3)  # within the held-up second
+        assert ready, "the kernel was not ended by its TERM"
+        assert parse_line(proc.stdout.readline()) == Event("exit", "k1", "143")
+        assert not pid_alive(pid)
+    finally:
+        out, _ = proc.communicate(timeout=30)  # the end of input: the clean-up
+    assert "nofork" not in out, out
 
 
 # bash retries a fork that fails for about 15 s (1 + 2 + 4 + 8) before it gives up
