@@ -807,7 +807,7 @@ def test_a_kill_before_the_kernels_exec_ends_it(shell: str) -> None:
     try:
         proc.stdin.write("start k1 set -- sleep 300\n")
         proc.stdin.flush()
-        said = []
+        said: list[Event] = []
         while not said or said[-1].kind != "pid":
             ready, _, _ = select.select([proc.stdout], [], [], 30)
             assert ready, said
