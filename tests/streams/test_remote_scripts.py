@@ -724,6 +724,20 @@ def test_a_kernel_whose_path_has_an_equals_sign_starts(sup: Sup, tmp_path: Path)
     assert sup.event() == Event("exit", "a", "0")
 
 
+def altered(shell: str, script: str) -> subprocess.Popen[str]:
+    """supervisor.sh altered by a test (``script``: a signal or a pause put somewhere), run
+    under ``shell`` as relay runs it, keeping earlier sessions."""
+    argv = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
+    return subprocess.Popen(
+        [*argv, script, "relay", "0123abce", "keep", "60"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        bufsize=1,
+    )
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 def test_a_signal_in_the_middle_of_a_start_still_ends_that_kernel(shell: str) -> None:
     """sshd's SIGHUP (the connection dropped) between a watcher's fork and its listing ran
@@ -732,14 +746,7 @@ def test_a_signal_in_the_middle_of_a_start_still_ends_that_kernel(shell: str) ->
     signal now waits for the start to finish listing its kernel."""
     script = one_line().replace(") & w=", ") & kill -HUP $$; w=", 1)
     assert "kill -HUP $$" in script
-    argv = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
-    proc = subprocess.Popen(
-        [*argv, script, "relay", "0123abce", "keep", "60"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = altered(shell, script)
     try:
         out, _ = proc.communicate("start k1 set -- sleep 300\n", timeout=30)
         hung = False
@@ -770,14 +777,7 @@ def test_the_end_of_input_just_after_a_start_waits_for_its_watchers_traps(shell:
     here by a second, as a loaded host holds a new process up."""
     script = one_line().replace("start) b=1; (", "start) b=1; ( sleep 1;", 1)
     assert "( sleep 1;" in script
-    argv = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
-    proc = subprocess.Popen(
-        [*argv, script, "relay", "0123abce", "keep", "60"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = altered(shell, script)
     out, _ = proc.communicate("start k1 set -- sleep 300\n", timeout=30)
     events = [parse_line(line) for line in out.splitlines()]
     pid = next((int(e.value) for e in events if e is not None and e.kind == "pid"), None)
@@ -794,15 +794,7 @@ def test_a_kill_before_the_kernels_exec_ends_it(shell: str) -> None:
     Its exec is held up here by a second, as a loaded host or a slow file system holds it."""
     script = one_line().replace('umask "$m"; exec', 'umask "$m"; sleep 1; exec')
     assert script.count("sleep 1; exec") == 2
-    argv = [shell, "sh", "-c"] if shell == "busybox" else [shell, "-c"]
-    proc = subprocess.Popen(
-        [*argv, script, "relay", "0123abce", "keep", "60"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        bufsize=1,
-    )
+    proc = altered(shell, script)
     assert proc.stdin is not None and proc.stdout is not None
     try:
         proc.stdin.write("start k1 set -- sleep 300\n")
