@@ -1359,7 +1359,7 @@ class Agent:
     def do_which(self, ident, arg):
         """Whether a kernel is there, as a start would look for it: by its own /bin/sh, which
         is not waited for here (a kernel on a shared file system that hangs would hold every
-        link up): ``reap`` answers as it ends, ``end_whiches`` where it does not in time."""
+        link up): ``reap_whiches`` answers it as it ends, or where it does not in time."""
         try:
             proc = subprocess.Popen(
                 ["/bin/sh", "-c", WHICH_SH],
