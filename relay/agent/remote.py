@@ -1370,14 +1370,9 @@ class Agent:
                 close_fds=True,
             )
         except Exception as exc:
-            code = getattr(exc, "errno", None)
-            if code in (errno.ENOENT, errno.EACCES):  # no /bin/sh to run: as a missing kernel,
-                return self.say("nokernel " + ident)  # as a start says it
-            # no process or file to look with: said as what it is (as a start says it), not
-            # as a kernel not found
-            name = errno.errorcode.get(code, "-") if isinstance(code, int) else "-"
-            said = " ".join(str(exc).split())[:OUT_WIDTH]
-            return self.say("nostart %s %s %s" % (ident, name, said))
+            # no /bin/sh to run: as a missing kernel, as a start says it; no process or file
+            # to look with: said as what it is (``not_started``), as a start says it too
+            return self.say(not_started(ident, exc) or "nokernel " + ident)
         self.whiches[ident] = (proc, now() + WHICH_WAIT_S)
 
     def reap_whiches(self, ending=False):
@@ -1441,15 +1436,11 @@ class Agent:
                     os.unlink(log_name, dir_fd=self.dir_fd)
                 except OSError:
                     pass
-            code = getattr(exc, "errno", None)
-            if code in (errno.ENOENT, errno.EACCES):  # no /bin/sh to run: as a missing kernel
+            line = not_started(ident, exc)
+            if line is None:  # no /bin/sh to run: as a missing kernel
                 self.say("out %s %s" % (ident, str(exc)[:OUT_WIDTH]))
                 return self.say_end("nokernel " + ident)
-            # anything else (no file, process or memory to start it with) is said as what it
-            # is: "nokernel" read as a kernel not found, and sent its user to check the path
-            name = errno.errorcode.get(code, "-") if isinstance(code, int) else "-"
-            said = " ".join(str(exc).split())[:OUT_WIDTH]
-            return self.say_end("nostart %s %s %s" % (ident, name, said))
+            return self.say_end(line)
         os.close(log)
         os.close(w)
         kernel = Kernel(ident, proc, log_name)
@@ -1887,6 +1878,18 @@ class Agent:
         for kernel in self.kernels.values():
             if kernel.kill_at is None or kernel.kill_at > t + grace:
                 kernel.kill_at = t + grace
+
+
+def not_started(ident, exc):
+    """What a start (or a look for a kernel) says where ``exc`` kept it from running
+    /bin/sh: ``nostart ID ERRNO TEXT`` for anything but /bin/sh itself missing or not
+    executable (no file, process or memory to start it with: "nokernel" read as a kernel not
+    found, and sent its user to check the path); None for that, said as a missing kernel."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOENT, errno.EACCES):
+        return None
+    name = errno.errorcode.get(code, "-") if isinstance(code, int) else "-"
+    return "nostart %s %s %s" % (ident, name, " ".join(str(exc).split())[:OUT_WIDTH])
 
 
 def snippet_env(snippet):
