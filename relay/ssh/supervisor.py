@@ -386,6 +386,13 @@ class Supervisor:
         finally:
             self._lost()
 
+    def _unstarted(self, event: Event, doing: str = "start the kernel") -> str:
+        """Why a start (or a look for a kernel) could not be made: the agent's ``nostart``
+        or supervisor.sh's ``nofork``."""
+        if event.kind == "nofork":
+            return _no_fork(self._host, doing)
+        return _not_startable(self._host, event.value, doing)
+
     def _dispatch(self, event: Event) -> None:
         if event.kind == "pong":
             fut = self._pings.get(event.id)
@@ -397,13 +404,9 @@ class Supervisor:
         if asked is not None:
             kernel, which = asked
             if not which.done():
-                if event.kind == "nostart":  # the agent could not run /bin/sh to look
-                    looking = _not_startable(self._host, event.value, "look for the kernel")
+                if event.kind in {"nostart", "nofork"}:  # no /bin/sh run, or fork, to look
+                    looking = self._unstarted(event, "look for the kernel")
                     which.set_exception(SupervisorFailed(looking))
-                elif event.kind == "nofork":  # nor supervisor.sh fork to
-                    which.set_exception(
-                        SupervisorFailed(_no_fork(self._host, "look for the kernel"))
-                    )
                 else:
                     which.set_result(event.kind == "found")
             if event.kind != "found" and self._kernels.get(kernel) is which:
@@ -436,18 +439,10 @@ class Supervisor:
                 )
             if not proc.exited.done():
                 proc.exited.set_result(137)
-        elif event.kind == "nostart":
+        elif event.kind in {"nostart", "nofork"}:
             self._procs.pop(event.id, None)
             if not proc.started.done():
-                proc.started.set_exception(
-                    SupervisorFailed(_not_startable(self._host, event.value))
-                )
-            if not proc.exited.done():
-                proc.exited.set_result(126)
-        elif event.kind == "nofork":
-            self._procs.pop(event.id, None)
-            if not proc.started.done():
-                proc.started.set_exception(SupervisorFailed(_no_fork(self._host)))
+                proc.started.set_exception(SupervisorFailed(self._unstarted(event)))
             if not proc.exited.done():
                 proc.exited.set_result(126)
         elif event.kind == "nokernel":
