@@ -26,7 +26,10 @@ if ns.only:
     if ns.rtts:
         config.rtts_ms = [int(x) for x in ns.rtts.split(",")]
     elif ns.only == "link":
-        config.rtts_ms = [0]  # the link table is measured on loopback
+        config.rtts_ms = [0, *config.link_rtts_ms]
+    if ns.only == "link":  # on loopback, then at the emulated RTTs asked for
+        config.rtts_ms = sorted({0, *config.rtts_ms})
+        config.link_rtts_ms = tuple(rtt for rtt in config.rtts_ms if rtt)
     if ns.sizes:
         config.pool_sizes = tuple(int(x) for x in ns.sizes.split(","))
     if ns.ways:

@@ -66,6 +66,10 @@ class Config:
     out: Path = ROOT
     link_rounds: int = 1  # interleaved rounds of ping-pong and bulk over every path
     pool_sizes: tuple[int, ...] = (2,)  # LaunchKernels as the Parallel package runs it
+    # emulated RTTs (ms, each one of rtts_ms) at which links are measured too: a remote host
+    # is never on the front end's loopback (the table on loopback models no user's network)
+    link_rtts_ms: tuple[int, ...] = ()
+    net_bulk_bytes: int = 64 << 20  # bulk each way per round at an emulated RTT
     # rounds of relay's LaunchKernels cells (the other ways' take up to 90 s and run once)
     pool_relay_rounds: int = 1
     # a scratch run of one table (``--only pool``): printed, never written to BENCHMARKS.md
@@ -80,12 +84,14 @@ class Config:
         return cls(
             [0, 10, 50, 150], 7, 32, 3, 2000, 256 << 20, 100, 30,
             link_rounds=5, pool_sizes=(8, 16, 32, 64), pool_relay_rounds=3,
+            link_rtts_ms=(10, 50),
         )  # fmt: skip
 
     @classmethod
     def quick(cls) -> Config:
         return cls(
-            [0, 50], 3, 32, 1, 300, 16 << 20, 20, 10, link_rounds=2, pool_sizes=(8, 16)
+            [0, 50], 3, 32, 1, 300, 16 << 20, 20, 10, link_rounds=2, pool_sizes=(8, 16),
+            link_rtts_ms=(50,), net_bulk_bytes=16 << 20,
         )  # fmt: skip
 
     @classmethod
@@ -93,6 +99,7 @@ class Config:
         return cls(
             [0, 10], 1, 3, 1, 20, 1 << 20, 3, 2, write_report=False, pool_relay_rounds=2,
             lookup_repeats=10, lookup_fill=500, lookup_filled_repeats=5,
+            link_rtts_ms=(10,), net_bulk_bytes=1 << 20,
         )  # fmt: skip
 
 
@@ -125,6 +132,9 @@ class Results:
     wrong_bytes: dict[tuple[str, int], int] = field(default_factory=dict)  # links cross-wired
     concurrent: dict[tuple[str, int], Sample] = field(default_factory=dict)
     pingpong: dict[str, Sample] = field(default_factory=dict)
+    # the same at an emulated RTT: (rtt, way) and (rtt, way, direction)
+    net_pingpong: dict[tuple[int, str], Sample] = field(default_factory=dict)
+    net_bulk: dict[tuple[int, str, str], Sample] = field(default_factory=dict)
     bulk: dict[tuple[str, str], Sample] = field(default_factory=dict)
     # CPU seconds the SSH client side (relay's daemon, ssh, the plain asyncssh process) spent
     # per GiB moved: a measure of the data path that the machine's other load moves less
@@ -285,6 +295,8 @@ class Bench:
                 return self.results
             if self.config.only == "link":
                 await self.pingpong_and_bulk()
+                for rtt in self.config.link_rtts_ms:
+                    await self.links_at_rtt(rtt)
                 return self.results
             if self.config.only == "footprint":
                 await self.daemon_footprint()
@@ -309,6 +321,8 @@ class Bench:
             for rtt in self.config.rtts_ms:
                 await self.pool_launches(rtt)
             await self.pingpong_and_bulk()
+            for rtt in self.config.link_rtts_ms:
+                await self.links_at_rtt(rtt)
             await self.shim_cost()
             await self.daemon_footprint()
             self.peer_lookups()  # last: the TIME_WAIT sockets it makes stay for a minute
@@ -559,6 +573,44 @@ class Bench:
             for direction in DIRECTIONS:
                 profile = functools.partial(self.profile_bulk, direction=direction)
                 await self.timed_launch(ways["relay"], then=profile, write_first=False)
+
+    async def links_at_rtt(self, rtt: int) -> None:
+        """Ping-pong and bulk between the same two programs through relay (with and without
+        its agent) and OpenSSH, each over the emulated RTT (bench/delayproxy.py), in
+        interleaved rounds: where a user's remote host is. Every path crosses the same proxy,
+        a Python process on the same two cores: it costs every path the same CPU per byte,
+        which brings bulk ratios towards 1 where the cores are the bound, as they are on
+        loopback (there bulk is measured on loopback, without it)."""
+        ways = {
+            "relay": RelayWay(RELAY, f"rtt{rtt}", KERNEL, self.env),
+            "relay-today": RelayWay(RELAY, f"rtt{rtt}-today", KERNEL, self.env),
+            "openssh": TunnelWay(self.sshd, self.port(rtt), KERNEL),
+        }
+        payload = bytes(100)
+        # about two seconds of round trips per way and round, and at least 20
+        n = max(20, min(self.config.pingpongs, 2000 // rtt))
+        size = self.config.net_bulk_bytes
+
+        async def measure(key: str, kl: frontend.KernelLink) -> None:
+            rounds = self.results.net_pingpong.setdefault((rtt, key), Sample())
+            for _ in range(n):
+                started = time.perf_counter()
+                await kl.echo(payload)
+                rounds.values.append(time.perf_counter() - started)
+            for direction, move in (("to kernel", kl.sink), ("from kernel", kl.source)):
+                started = time.perf_counter()
+                moved = await move(size)
+                elapsed = time.perf_counter() - started
+                assert moved == size, (key, direction, moved)
+                self.results.net_bulk.setdefault((rtt, key, direction), Sample()).values.append(
+                    size / elapsed
+                )
+
+        for _ in range(self.config.link_rounds):
+            for key, way in ways.items():
+                await self.timed_launch(
+                    way, then=functools.partial(measure, key), write_first=False
+                )
 
     def _client_side(self, key: str) -> int | None:
         """The process that is the SSH client of the latest launch's link."""
@@ -1071,6 +1123,7 @@ def render(config: Config, r: Results, plot_name: str) -> str:
         *_pool_section(config, r),
     ]
     lines += _link_section(config, r)
+    lines += _net_link_section(config, r)
     shim_ok = r.shim_wall.median <= 0.040
     lines += [
         "",
@@ -1313,6 +1366,60 @@ def _link_section(config: Config, r: Results) -> list[str]:
     return lines
 
 
+def _net_link_section(config: Config, r: Results) -> list[str]:
+    """The link table at emulated RTTs, and the targets' verdicts there."""
+    rtts = sorted({rtt for rtt, _ in r.net_pingpong})
+    if not rtts:
+        return []
+    names = {
+        "openssh": "OpenSSH -R (default cipher)",
+        "relay": "relay (through its agent, the default)",
+        "relay-today": "relay, resume_window_s = 0 (sshd's listeners)",
+    }
+    lines = [
+        "",
+        "## Through a link, over an emulated network",
+        "",
+        "| RTT | path | 100-byte ping-pong | bulk to kernel | bulk from kernel |",
+        "|---|---|---|---|---|",
+    ]
+    for rtt in rtts:
+        for key, label in names.items():
+            if (rtt, key) not in r.net_pingpong:
+                continue
+            bulk = [r.net_bulk.get((rtt, key, d), Sample()) for d in DIRECTIONS]
+            lines.append(
+                f"| {rtt} ms | {label} | {r.net_pingpong[(rtt, key)].cell('ms', 1e3, 2)} | "
+                f"{bulk[0].cell('MB/s', 1e-6)} | {bulk[1].cell('MB/s', 1e-6)} |"
+            )
+    lines += [
+        "",
+        f"- the same two programs as on loopback, through bench/delayproxy.py (the RTT check "
+        f"above), which every path crosses: a Python process on the same two cores. "
+        f"{config.net_bulk_bytes >> 20} MiB each way, {config.link_rounds} interleaved "
+        f"rounds; about two seconds of round trips per path and round.",
+    ]
+    for rtt in rtts:
+        if (rtt, "openssh") not in r.net_pingpong:
+            continue
+        for key, what in (("relay", "through its agent"), ("relay-today", "resume_window_s = 0")):
+            if (rtt, key) not in r.net_pingpong:
+                continue
+            ping = r.net_pingpong[(rtt, key)].median / r.net_pingpong[(rtt, "openssh")].median
+            to_k, from_k = (
+                r.net_bulk.get((rtt, key, d), Sample()).median
+                / r.net_bulk.get((rtt, "openssh", d), Sample()).median
+                for d in DIRECTIONS
+            )
+            lines.append(
+                f"- at {rtt} ms, relay {what} / OpenSSH default: ping-pong {ping:.3f}x "
+                f"(target at most 1.5x: {'met' if ping <= 1.5 else 'missed'}), bulk "
+                f"{to_k:.3f}x to and {from_k:.3f}x from the kernel (target at least 0.95x both "
+                f"ways: {'met' if min(to_k, from_k) >= 0.95 else 'missed'})."
+            )
+    return lines
+
+
 def _pool_section(config: Config, r: Results) -> list[str]:
     if not r.pools:
         return []
@@ -1520,7 +1627,7 @@ async def main(config: Config) -> Results:
     if config.only == "pool":
         print("\n".join(_pool_section(config, results)[:-2]))
     elif config.only == "link":
-        print("\n".join(_link_section(config, results)))
+        print("\n".join([*_link_section(config, results), *_net_link_section(config, results)]))
     elif config.only == "single":
         print("\n".join([*_agent_rows(results), "", *_controller_rows(results)]))
     elif config.only == "footprint":

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from bench import memory
-from bench.harness import GREETED, QUIET, Bench, Config, Sample, main, render
+from bench.harness import DIRECTIONS, GREETED, QUIET, Bench, Config, Sample, main, render
 from bench.lookup import WAYS
 from bench.ways import TunnelWay
 from relay.sim.sshd import ThrowawaySSHD
@@ -46,6 +46,12 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
         "direct",
     }
     assert results.unchecked[0].values  # relay with peer_check off, beside it
+    # the same links at an emulated RTT, each path's round trips no faster than the RTT
+    ways = ("relay", "relay-today", "openssh")
+    assert set(results.net_pingpong) == {(10, way) for way in ways}
+    assert all(min(s.values) >= 0.010 for s in results.net_pingpong.values())
+    assert set(results.net_bulk) == {(10, way, d) for way in ways for d in DIRECTIONS}
+    assert all(len(s.values) == config.link_rounds for s in results.net_bulk.values())
     # LaunchKernels, the Parallel way: relay's rounds all succeed, the others' cell is measured
     relay_pool = results.pools[("relay", 0, 2)]
     assert len(relay_pool.values) == config.pool_relay_rounds, relay_pool
@@ -86,6 +92,16 @@ async def test_harness_runs_all_figures_on_tiny_sizes(tmp_path: Path) -> None:
     # each path's link targets, a verdict apiece, in figures that cannot round onto a target
     for what in ("through its agent", "resume_window_s = 0"):
         line = re.search(rf"- relay {re.escape(what)} / OpenSSH default: (.*)", text)
+        assert line is not None, what
+        assert re.fullmatch(
+            r"ping-pong \d+\.\d{3}x \(target at most 1\.5x: (met|missed)\), bulk \d+\.\d{3}x "
+            r"to and \d+\.\d{3}x from the kernel \(target at least 0\.95x both ways: "
+            r"(met|missed)\)\.",
+            line.group(1),
+        ), line.group(1)
+    assert "## Through a link, over an emulated network" in text
+    for what in ("through its agent", "resume_window_s = 0"):
+        line = re.search(rf"- at 10 ms, relay {re.escape(what)} / OpenSSH default: (.*)", text)
         assert line is not None, what
         assert re.fullmatch(
             r"ping-pong \d+\.\d{3}x \(target at most 1\.5x: (met|missed)\), bulk \d+\.\d{3}x "
