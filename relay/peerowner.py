@@ -12,7 +12,8 @@ Only a live socket is anyone's (issue 23): a client that connected, wrote and cl
 leaves a socket in FIN_WAIT2 or TIME_WAIT whose uid column reads **0** and whose inode is 0 (no
 process holds it any more). Read naively, that is root's socket, so a stranger could pass for
 a root login. A connection is the user's only if its socket is ESTABLISHED, still held by a
-process (non-zero inode) and its uid is the user's; a closing one is ``CLOSING``, never anyone's.
+process (non-zero inode) and its uid is the user's; a closing one is ``CLOSING``, never anyone's,
+unless a process of another uid still holds it: that uid's (refused, and said as a stranger's).
 Both ends must be the loopback address the listener is bound to (``127.0.0.1``, or its
 IPv4-mapped form in ``tcp6``): a client that bound another local address is not looked up by
 port alone.
@@ -141,19 +142,26 @@ def proc_net_pattern(client_port: int, listen_port: int) -> tuple[tuple[str, ...
     return ends(client_port), ends(listen_port)
 
 
-def owner_in_rows(rows: Iterable[Row], client_port: int, listen_port: int) -> int:
+def owner_in_rows(
+    rows: Iterable[Row], client_port: int, listen_port: int, uid: int | None = None
+) -> int:
     """The uid owning the live socket ``127.0.0.1:client_port -> 127.0.0.1:listen_port``;
     ``CLOSING`` if that socket is closing or held by no process; ``GONE`` if there is none.
 
     The listener's own accepted socket is the mirror image (local = listener) and never
     matches. An orphaned socket (FIN_WAIT2, TIME_WAIT after its process closed it) reads uid 0
-    and inode 0: it is nobody's, not root's."""
+    and inode 0: it is nobody's, not root's. One a process still holds reads its owner's uid
+    in any state: with ``uid`` (the user's), another uid's is that uid's even if closing (a
+    stranger that shut its side of the connection at once, held it, and was looked at
+    after: said as the user's own kernel that exited as it connected, it hid as "could not
+    check"); the user's own that is closing stays ``CLOSING``, never admitted."""
     locals_, remotes = proc_net_pattern(client_port, listen_port)
     found = GONE
     for row in rows:
         if row.local not in locals_ or row.remote not in remotes:
             continue
-        if row.state == ESTABLISHED and row.held and row.uid.isdigit():
+        stranger = uid is not None and row.uid != str(uid)
+        if row.held and row.uid.isdigit() and (row.state == ESTABLISHED or stranger):
             return int(row.uid)
         found = CLOSING  # a newer live socket on the same ends may still follow (tw reuse)
     return found
@@ -269,7 +277,8 @@ def linux_owner(client_port: int, listen_port: int) -> int:
     """``owner_in_rows`` on this machine (``has_proc_net``); ``NO_FILES`` where nothing
     could be read (so for each of these three)."""
     try:
-        return owner_in_rows(_rows(client_port, listen_port), client_port, listen_port)
+        rows = _rows(client_port, listen_port)
+        return owner_in_rows(rows, client_port, listen_port, os.getuid())
     except _OutOfFiles:
         return NO_FILES
 

@@ -62,3 +62,19 @@ CLOSES_WHEN_TOLD = (
     "print(s.getsockname()[1]);sys.stdout.flush()\n"
     "sys.stdin.readline();s.close();print('closed');sys.stdout.flush();time.sleep(120)\n"
 )
+
+
+@contextlib.contextmanager
+def half_closed(port: int) -> Iterator[int]:
+    """A connection of nobody's to our listener on ``port``, which wrote a byte and shut
+    its side at once, and holds its socket (FIN_WAIT2: its uid and a live inode in
+    /proc/net/tcp, not an orphan's 0): its port."""
+    script = (
+        "import socket,sys,time\n"
+        f"c=socket.create_connection(('127.0.0.1',{port}))\n"
+        "c.sendall(b'x');c.shutdown(socket.SHUT_WR)\n"
+        "print(c.getsockname()[1]);sys.stdout.flush();time.sleep(60)\n"
+    )
+    with stranger(script) as proc:
+        assert proc.stdout is not None
+        yield int(proc.stdout.readline())

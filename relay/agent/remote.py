@@ -683,13 +683,14 @@ def rows(lport, rport):
 
 def owner(cport, lport):
     """Who holds the socket 127.0.0.1:cport -> 127.0.0.1:lport: a uid (str), "c" closing or
-    orphaned (nobody's: such a socket reads uid 0), "-" none (relay.peerowner's rule)."""
+    orphaned (nobody's: such a socket reads uid 0), "-" none (relay.peerowner's rule: one
+    held by another uid is that uid's even if closing, not "c")."""
     found = "-"
     ends = [(a + ":%04X" % cport, b + ":%04X" % lport) for a in LOOPBACK for b in LOOPBACK]
     for cols in rows(cport, lport):
         if (cols[1], cols[2]) not in ends:
             continue
-        if cols[3] == "01" and cols[9] != "0":
+        if cols[9] != "0" and (cols[3] == "01" or cols[7] != str(os.getuid())):
             return cols[7]
         found = "c"
     return found

@@ -30,7 +30,8 @@
 #                    pong ID
 #                    owner ID UID|-|c|?    the connecting socket's uid; - no such socket (the
 #                                          client already left); c it is closing or orphaned
-#                                          (nobody's); ? this host cannot tell
+#                                          (nobody's; one another uid holds is that uid's, not
+#                                          c); ? this host cannot tell
 # End of input (the daemon closed the session, or the connection died and sshd closed the
 # pipes), SIGTERM and SIGHUP terminate every kernel this supervisor started: no remote kernel
 # outlives its connection. Kernels that ignore SIGTERM get SIGKILL after 5 seconds.
@@ -148,7 +149,8 @@ reap() {
 # a signal in the middle of a start ($b) ends the session once the new kernel is listed
 b=; z=; trap 'z=1; test -n "$b" || { f=; reap; exit 0; }' HUP TERM INT;
 if test -r /proc/net/tcp; then c=proc; else c=none; fi;
-echo "hello 4 $$ $d $n $(id -u) $c";
+me=$(id -u);
+echo "hello 4 $$ $d $n $me $c";
 # A fork that fails (the user's process limit, ulimit -u, reached) is an error that ends a
 # POSIX sh (dash and busybox at once, bash after its own retries, about 15 s), with "Cannot
 # fork" on stderr and nothing said: the launch waited out launch_timeout_s. So a request
@@ -197,7 +199,7 @@ while read -r op id arg; do
       case $arg in *[!0-9A-F\ ]*|"") echo "owner $id ?"; continue ;; esac;
       if test "$c" = proc; then
         l="(0100007F|0000000000000000FFFF00000100007F)";
-        u=$(grep -h -E "^ *[0-9]+: $l:${arg% *} $l:${arg#* } " /proc/net/tcp /proc/net/tcp6 2>/dev/null | { r=-; while read -r x x x t x x x v x i x; do if test "$t" = 01 && test "${i:-0}" != 0; then r=$v; break; fi; r=c; done; echo "$r"; });
+        u=$(grep -h -E "^ *[0-9]+: $l:${arg% *} $l:${arg#* } " /proc/net/tcp /proc/net/tcp6 2>/dev/null | { r=-; while read -r x x x t x x x v x i x; do if test "${i:-0}" != 0 && { test "$t" = 01 || test "$v" != "$me"; }; then r=$v; break; fi; r=c; done; echo "$r"; });
         echo "owner $id ${u:--}";
       else echo "owner $id ?"; fi ;;
   esac;

@@ -88,6 +88,23 @@ def test_a_closing_socket_is_nobodys_not_roots() -> None:
     assert owner_in_proc_net(HEADER + old + live, 0xC738, 0x9C40) == 0
 
 
+def test_a_socket_another_uid_holds_is_that_uids_even_closing() -> None:
+    """A stranger that shuts its side at once and holds its socket is looked at in FIN_WAIT
+    with its uid and a live inode: that uid's, so refused and said as a stranger's, not
+    "could not check" (the user's own kernel, exiting as it connected). The user's own
+    closing socket and an orphan stay nobody's, never admitted."""
+    for state in ("04", "05", "08"):
+        held = HEADER + row(0, "0100007F:C738", "0100007F:9C40", 1001, state, 5678)
+        assert owner_in_rows(proc_net_rows(held), 0xC738, 0x9C40, 1000) == 1001, state
+        root = HEADER + row(0, "0100007F:C738", "0100007F:9C40", 0, state, 5678)
+        assert owner_in_rows(proc_net_rows(root), 0xC738, 0x9C40, 1000) == 0, state
+        ours = HEADER + row(0, "0100007F:C738", "0100007F:9C40", 1000, state, 5678)
+        assert owner_in_rows(proc_net_rows(ours), 0xC738, 0x9C40, 1000) == CLOSING, state
+        orphan = HEADER + row(0, "0100007F:C738", "0100007F:9C40", 0, state, 0)
+        assert owner_in_rows(proc_net_rows(orphan), 0xC738, 0x9C40, 1000) == CLOSING, state
+        assert owner_in_rows(proc_net_rows(orphan), 0xC738, 0x9C40, 0) == CLOSING, state
+
+
 def test_only_the_loopback_address_is_looked_up() -> None:
     """A client bound to 127.0.0.2 (or the host's LAN address) that happens to use the same
     port as one of the user's sockets is not that socket."""

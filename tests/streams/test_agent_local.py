@@ -53,6 +53,7 @@ from tests.strangers import (
     SQUAT_DIR,
     SYSTEM_PYTHON,
     as_nobody,
+    half_closed,
     needs_second_uid,
     stranger,
 )
@@ -1729,7 +1730,8 @@ def test_the_kernels_answer_and_procs_judge_alike(python: str) -> None:
     /proc/net/tcp only where no answer comes: both must judge alike, for the user's sockets
     (live, closing, gone, bound to the loopback device) and a second uid's (its listener,
     its connection, and the request socket its listener holds for ours, which the kernel
-    reads as uid 0, that listener open or closed since)."""
+    reads as uid 0, that listener open or closed since; and its connection shut at once
+    and held, its uid in the row, which is its own, not "c")."""
     me, them = str(os.getuid()), str(NOBODY)
     with contextlib.ExitStack() as stack:
         squat = stack.enter_context(stranger(DEFERRED))
@@ -1760,11 +1762,14 @@ def test_the_kernels_answer_and_procs_judge_alike(python: str) -> None:
         closing_port = closing.getsockname()[1]
         stack.enter_context(server.accept()[0])
         closing.close()
+        shut = stack.enter_context(half_closed(port))  # a stranger's, shut at once, held
+        stack.enter_context(server.accept()[0])
         asks = {
             ("owner", live.getsockname()[1], port): me,
             ("accepting_owner", port, live.getsockname()[1]): me,
             ("listener_owner", port): me,
             ("owner", closing_port, port): "c",
+            ("owner", shut, port): them,
             ("owner", 1, 2): "-",
             ("listener_owner", their_port): them,
             ("owner", their_client, their_port): them,
