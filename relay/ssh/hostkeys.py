@@ -28,6 +28,7 @@ itself) and what ``relay trust``, ``relay check`` and the error messages say of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from collections.abc import Iterable, Sequence
@@ -301,16 +302,29 @@ async def certified(host: str, options: dict[str, Any], recorded: Recorded) -> b
 
 def record(path: Path, name: str, port: int, key: asyncssh.SSHKey) -> str:
     """Append the key for the host to a known_hosts file (made 0600 in a 0700 directory if
-    new); the line written."""
+    new); the line written. A write that fails part-way (a full disk, a quota) takes back
+    what it put out: a torn line (``h ssh-ed25519 AAAAC3``) stayed at the file's end, read as
+    a bad line by every later look-up, and glued to what a tool that does not end the file
+    first (an older ssh's accept-new) appended next."""
     line = f"{entry_name(name, port)} {key.export_public_key('openssh').decode().strip()}\n"
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # a symlinked known_hosts (dotfiles) is followed, as ssh follows it
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a") as fh:
-        if fh.tell() > 0:
-            with path.open("rb") as check:
-                check.seek(-1, os.SEEK_END)
-                if check.read(1) != b"\n":
-                    fh.write("\n")
-        fh.write(line)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        data = line.encode()
+        if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError:
+            # ours alone, if the file is as we left it (not appended to meanwhile)
+            if written and os.fstat(fd).st_size == size + written:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
     return line.strip()

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
+import os
 import secrets
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import asyncssh
+import pytest
 
 from relay.ssh import hostkeys, sshconfig
+from tests.conftest import fill
 
 
 def test_record_then_state_and_entry_names(tmp_path: Path) -> None:
@@ -179,3 +185,33 @@ def test_several_files_and_lines_no_ssh_reads(tmp_path: Path) -> None:
     assert recorded.state(key) == "known" and recorded.where == second
     assert recorded.skipped == (f"{first}:1", f"{first}:2")
     assert hostkeys.lookup([first], "", 22).state(other) == "unknown"
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs (root only), left with no free page."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a real full file system) needs root")
+    where = tmp_path / "full"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_leaves_no_torn_line(full_tmpfs: Path) -> None:
+    """A known_hosts whose last page has room for part of the line, on a file system with
+    no other: the write puts out that part, then fails; the file is as it was, so a later
+    `relay trust` (or ssh) appends to a whole file, and no bad line is read ever after."""
+    known = full_tmpfs / "known_hosts"
+    before = b"# mine\n" + b"#" * (os.sysconf("SC_PAGE_SIZE") - 7 - 21) + b"\n"  # 20 left
+    known.write_bytes(before)
+    fill(full_tmpfs)
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    with pytest.raises(OSError, match="No space left") as failed:
+        hostkeys.record(known, "h.example", 22, key)
+    assert failed.value.errno == errno.ENOSPC
+    assert known.read_bytes() == before
+    assert hostkeys.lookup([known], "h.example", 22).skipped == ()
