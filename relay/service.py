@@ -12,6 +12,7 @@ keeps them equal to what this module renders.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import plistlib
 import shlex
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from relay.errors import LocalFileError, cannot_write
 from relay.lite.paths import default_socket_path, socket_path
 
 __all__ = ["install", "launchd_plist", "systemd_units", "uninstall"]
@@ -139,6 +141,43 @@ def _run(argv: list[str]) -> str | None:
     return None
 
 
+def _write_whole(files: Mapping[Path, bytes]) -> list[str]:
+    """Each file written whole beside its place, then all put in place: a disk that is full
+    (or a quota, or a read-only home) leaves the files as they were, and says so in one
+    line (``LocalFileError``). ``path.write_bytes`` left an empty ``relay.socket``, which
+    systemd reads as a masked unit, and a traceback. A file already as it should be is not
+    written again (a second install on a full disk has nothing to write)."""
+    parts: dict[Path, Path] = {}
+    said = []
+    path = next(iter(files))
+    try:
+        for path, data in files.items():
+            with contextlib.suppress(OSError):
+                if path.read_bytes() == data:
+                    said.append(f"kept {path} (as it should be)")
+                    continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part = path.with_name(f".{path.name}.{os.getpid()}.part")
+            parts[path] = part
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+        for path, part in parts.items():
+            os.replace(part, path)
+            said.append(f"wrote {path}")
+    except OSError as exc:
+        raise cannot_write(str(path), exc) from None
+    finally:
+        for part in parts.values():
+            with contextlib.suppress(OSError):
+                part.unlink()
+    return said
+
+
 def install(
     *,
     print_only: bool = False,
@@ -180,12 +219,15 @@ def install(
         for path, data in files.items():
             said += [f"# {path}", data.decode().rstrip(), ""]
         return 0, said
-    for directory in dirs:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for path, data in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        said.append(f"wrote {path}")
+    try:
+        for directory in dirs:
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise cannot_write(str(directory), exc) from None
+        said += _write_whole(files)
+    except LocalFileError as exc:
+        return 1, [*said, f"relay: {exc.message}; the service's files were left as they were"]
     if not start:
         said.append(
             "not started (--no-start); enable it with: "

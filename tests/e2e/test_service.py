@@ -19,8 +19,9 @@ import pytest
 
 from relay import service
 from relay.lite.paths import default_socket_path
-from tests.conftest import RELAY, SIM_KERNEL, RelayHome, run_shim
+from tests.conftest import RELAY, SIM_KERNEL, RelayHome, fill, run_shim
 from tests.e2e.helpers import controller, wait_gone
+from tests.e2e.test_full_disk import small_tmpfs
 
 ROOT = Path(__file__).parents[2]
 REAL_PYTHON = sys.executable
@@ -104,6 +105,33 @@ def test_install_print_writes_nothing(tmp_path: Path) -> None:
     assert "# " + str(tmp_path / "systemd" / "user" / "relay.socket") in done.stdout
     assert "ListenStream=%t/relay/relay.sock" in done.stdout
     assert not (tmp_path / "systemd").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="systemd's units")
+def test_a_full_disk_is_one_line_and_leaves_the_units_as_they_were(tmp_path: Path) -> None:
+    """``relay service install`` where the config directory's file system is full: a
+    traceback, and an empty relay.socket left, which systemd reads as masked. Now one line,
+    and no file of it there; a second install of the same units, on the same full disk,
+    has nothing to write."""
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    with small_tmpfs(tmp_path / "config") as config:
+        unit_dir = config / "systemd" / "user"
+        unit_dir.mkdir(parents=True)
+        fill(config)
+        done = cli("service", "install", "--no-start", env=env)
+        left = sorted(p.name for p in unit_dir.iterdir())
+        (config / "filler").unlink()
+        first = cli("service", "install", "--no-start", env=env)
+        fill(config)
+        again = cli("service", "install", "--no-start", env=env)
+    assert (done.returncode, done.stdout, left) == (1, "", []), (done, left)
+    assert done.stderr.splitlines() == [
+        f"relay: cannot write {unit_dir / 'relay.socket'}: no space left on its file system; "
+        "free some space there; the service's files were left as they were"
+    ], done.stderr
+    assert first.returncode == 0, first.stderr
+    assert again.returncode == 0, again.stderr
+    assert f"kept {unit_dir / 'relay.service'} (as it should be)" in again.stdout
 
 
 @needs_systemd
