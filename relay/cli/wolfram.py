@@ -49,9 +49,15 @@ def run(ns: Any) -> int:
             )
             return 1
     if ns.action == "install":
+        from relay.errors import LocalFileError
+
         relay = this_relay()
         for base in bases:
-            print(f"installed RelayTools` in {install_relaytools(base, relay)}")
+            try:
+                print(f"installed RelayTools` in {install_relaytools(base, relay)}")
+            except LocalFileError as exc:
+                print(f"relay: {exc.message}; nothing there was changed", file=sys.stderr)
+                return 1
         print('load it with Needs["RelayTools`"] in a kernel of the front end')
         return 0
     removed = [target for base in bases if (target := uninstall_relaytools(base))]

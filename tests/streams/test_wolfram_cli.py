@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 from relay import frontendconfig as fc
-from tests.conftest import RELAY
+from tests.conftest import RELAY, fill
+from tests.e2e.test_full_disk import small_tmpfs
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -139,3 +140,37 @@ def test_frontend_config_warns_about_a_host_that_exists_nowhere(tmp_path: Path) 
     for known in ("lab", "hpc", "node7", "127.0.0.1", "[::1]", "localhost"):
         done = run("frontend-config", known, "--relay", "relay", env=env)
         assert done.returncode == 0 and done.stderr == "", (known, done.stderr)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_installed_copy(tmp_path: Path) -> None:
+    """``relay wolfram install`` on a full file system left a half copy (an empty
+    RelayConfig.wl: RelayTools` without its relay command) and a traceback. One line now,
+    with nothing left; a copy installed already stays as it was where a new one cannot be
+    made, and one already as it should be needs no room."""
+    with small_tmpfs(tmp_path / "base") as base:
+        target = base / "Applications" / "RelayTools"
+        filler = fill(base)
+        done = run("wolfram", "install", "--user-base-directory", str(base))
+        left = sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+        filler.unlink()
+        first = run("wolfram", "install", "--user-base-directory", str(base))
+        config = target / "RelayConfig.wl"
+        installed = config.read_bytes()
+        config.write_text('RelayTools`$RelayCommand = "/old/relay";\n')  # an older install's
+        before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+        fill(base)
+        older = run("wolfram", "install", "--user-base-directory", str(base))
+        after = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+        siblings = sorted(p.name for p in target.parent.iterdir())
+        config.write_bytes(installed)
+        again = run("wolfram", "install", "--user-base-directory", str(base))
+    assert (done.returncode, done.stdout) == (1, ""), done
+    assert done.stderr.splitlines() == [
+        f"relay: cannot write {target}: no space left on its file system; free some space "
+        "there; nothing there was changed"
+    ], done.stderr
+    assert left == ["Applications", "filler"], left  # no half copy, nothing staged
+    assert first.returncode == 0, first.stderr
+    assert older.returncode == 1 and older.stderr == done.stderr, older
+    assert after == before and siblings == ["RelayTools"], siblings
+    assert again.returncode == 0 and f"installed RelayTools` in {target}" in again.stdout, again
