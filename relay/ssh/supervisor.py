@@ -45,18 +45,22 @@ class Event:
 
 
 EXIT_READ_S = 2.0  # for what a supervisor that could not start said, once its output ended
+_NO_ROOM = ("No space left on device", "Disk quota exceeded")  # strerror(ENOSPC), (EDQUOT)
 
 
 def _why(status: int | None, said: str) -> str:
     """Why supervisor.sh ended before its hello, from its exit status and its last line on
     stderr (mktemp's, the shell's)."""
     last = (said.strip().splitlines() or [""])[-1][:200]
-    if status == 97:  # supervisor.sh: its directory could not be made
+    # a directory a full disk has no block (ext4) or inode for: mktemp says why, in the
+    # strerror of ENOSPC or EDQUOT, and the TMPDIR is no less writable for it
+    full = status == 97 and any(why in last for why in _NO_ROOM)
+    if status == 97 and not full:  # supervisor.sh: its directory could not be made
         return (
             f"it cannot make its directory in the host's TMPDIR ({last or 'mktemp failed'}): "
             f"set TMPDIR there to a directory you can write to (`relay check` shows it)"
         )
-    if status == 98:  # made, but its first file could not be written there: a full TMPDIR
+    if status == 98 or full:  # made, but its first file could not be written: a full TMPDIR
         return (
             f"it cannot write its files in the host's TMPDIR ({last or 'a write failed'}): "
             f"free some space there, or set TMPDIR there to a directory that has it (`relay "

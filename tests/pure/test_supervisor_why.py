@@ -41,3 +41,14 @@ def test_a_shell_that_cannot_run_and_other_ends() -> None:
         "MaxSessions 1 in its sshd_config, with another open? `relay check` says)"
     )
     assert _why(None, "sh: mktemp: not found").startswith("needs /bin/sh and mktemp")
+
+
+def test_a_directory_a_full_disk_has_no_room_for_is_said_as_full() -> None:
+    """A TMPDIR on a disk with no block (ext4 refuses the directory) or no inode left:
+    mktemp failed with ENOSPC, and the line sent the person to make a writable TMPDIR
+    writable."""
+    for why in ("No space left on device", "Disk quota exceeded"):
+        said = f"mktemp: failed to create directory via template '/tmp/relay-ab.XXXXXX': {why}\n"
+        line = _why(97, said)
+        assert line.startswith("it cannot write its files in the host's TMPDIR (mktemp: failed")
+        assert why in line and "free some space there" in line, line
