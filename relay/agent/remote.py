@@ -81,6 +81,7 @@ MAX_LINE = 4096  # a hook request line, at most (relay.lite.hook.MAX_LINE)
 # soft limit of 1024 would stop it near 300 kernels. Its kernels get the limit it was given.
 FILES_WANTED = 1 << 16
 FULL = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)  # out of files or memory
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a disk with no block or inode left, or a quota
 PAUSE_S = 1.0  # a listener whose accept() found no file to give is left alone this long
 REFUSALS_EVERY_S = 1.0  # strangers turned away are said at most this often (``refuse``)
 HEAP_EVERY_S = 2.0  # the heap looked at (``Heap``), as often as the daemon's tick
@@ -1930,7 +1931,7 @@ def run_dir(path=None):
     socket is bound by name, once, right after; the daemon reaches it by name, and attaches
     only to what proves it holds the secret: docs/agent.md.)"""
     made = own_dir(path or usual_dir())
-    if path is not None or made[2] is None or made[2][0] == "mkdir":
+    if path is not None or made[2] is None or made[2][0] in ("mkdir", "full"):
         return made
     try:
         other = tempfile.mkdtemp(
@@ -1951,6 +1952,8 @@ def own_dir(path):
         try:
             os.mkdir(path, 0o700)
         except OSError as exc:
+            if exc.errno in NO_ROOM:  # a disk with no block (ext4) or inode left for it
+                return None, None, ("full", path)
             if exc.errno != errno.EEXIST:  # no TMPDIR, or not one of ours to write in
                 return None, None, ("mkdir", path)
         made = checked_dir(path)
@@ -2269,6 +2272,9 @@ def start(tag, window, generation=0):
             server.bind(sock_path)
             break
         except OSError as exc:
+            if exc.errno in NO_ROOM:  # no inode left for it: said, not a traceback
+                print("agent refuse full %s" % sock_path)
+                return 1
             if exc.errno != errno.EADDRINUSE or attempt == 2:
                 raise
     os.chmod(sock_name, 0o600, dir_fd=dir_fd)

@@ -63,6 +63,8 @@ def unwanted(cfg: HostConfig) -> str | None:
 
 _REFUSALS = {
     "mkdir": "cannot create {path} (is TMPDIR a directory you can write to?)",
+    "full": "cannot create {path}: the host's TMPDIR has no space left (free some space "
+    "there, or set TMPDIR there to a directory that has it)",
     "gone": "{path} was removed each time it was made (another user of the host racing for "
     "the name?)",
     "pidfile": "cannot write {path} (is the disk full?)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import re
@@ -18,7 +19,8 @@ import pytest
 
 from relay.sim.sshd import ThrowawaySSHD, _free_port, _keygen
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, start_daemon
-from tests.e2e.helpers import controller
+from tests.e2e.helpers import controller, launch_and_quit
+from tests.e2e.test_full_disk import small_tmpfs
 from tests.e2e.test_openssh import alias
 from tests.e2e.test_resume import status_of, without_python3
 
@@ -504,6 +506,44 @@ async def test_a_launch_where_tmpdir_is_full_says_so(home: RelayHome, full_dir: 
     assert [p.name for p in full_dir.iterdir() if not p.name.startswith("relay-agent-")] == [
         "filler"
     ]
+
+
+@pytest.mark.parametrize("agent_ran", [False, True])
+async def test_a_launch_where_tmpdir_has_no_inode_left_says_it_is_full(
+    home: RelayHome, agent_ran: bool
+) -> None:
+    """A TMPDIR with blocks but no inode left (as ext4 with no block: a directory cannot be
+    made there): the agent's start ended in a traceback ('OSError: [Errno 28] No space left
+    on device', where an earlier agent's directory and lock were there) or said "is TMPDIR a
+    directory you can write to?", and the supervisor's line after it said to set TMPDIR to
+    a directory you can write to. Both say the TMPDIR is full."""
+    with (
+        small_tmpfs(home.dir / "inodes-tmp", "1m", inodes=64) as tmp,
+        ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={tmp}"}) as srv,
+    ):
+        home.sshd = srv
+        home.hosts.clear()
+        home.add_host("local")
+        if agent_ran:  # its directory and the start lock stay when it ends
+            async with start_daemon(home):
+                await launch_and_quit(home, "local")
+            assert [p.name for p in tmp.iterdir()] == [f"relay-agent-{os.getuid()}"]
+        for n in range(64):  # bounded: the mount has 64 inodes
+            try:
+                (tmp / f"inode-{n}").touch()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        async with start_daemon(home):
+            async with controller(home) as fe:
+                status, _, err = await fe.result(120)
+            resume = (await status_of(home))["resume"]
+    assert status != 0
+    (line,) = err.strip().splitlines()
+    assert "cannot write its files in the host's TMPDIR (mktemp: " in line, line
+    assert "No space left on device" in line and "free some space there" in line, line
+    assert resume["state"] == "off", resume
+    assert "the host's TMPDIR has no space left (free some space there" in str(resume), resume
 
 
 async def test_a_launch_where_tmpdir_is_missing_names_it(home: RelayHome) -> None:

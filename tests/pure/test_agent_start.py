@@ -41,6 +41,15 @@ def test_a_start_that_waited_too_long_for_another_says_so() -> None:
     )
 
 
+def test_a_tmpdir_with_no_room_says_so() -> None:
+    """No block or inode for the agent's directory or socket: the start said "is TMPDIR a
+    directory you can write to?", or crashed ("OSError: [Errno 28] ...")."""
+    assert parse_start("h", 1, "agent refuse full /tmp/relay-agent-7/ab.sock\n") == Unavailable(
+        "cannot create /tmp/relay-agent-7/ab.sock: the host's TMPDIR has no space left (free "
+        "some space there, or set TMPDIR there to a directory that has it)"
+    )
+
+
 def test_a_socket_path_too_long_says_which_setting_shortens_it() -> None:
     """A long TMPDIR on the host made the agent's socket path longer than a socket's
     address holds: its start crashed, said as "OSError: AF_UNIX path too long" (a review's
