@@ -85,6 +85,7 @@ _LACKS = {
     "EAGAIN": "the user's process limit there, ulimit -u, is reached: end some processes",
     "ENOMEM": "the host is out of memory",
     "ENOSPC": "the host's TMPDIR is full, where the kernel's log goes",
+    "EDQUOT": "the user's disk quota is reached in the host's TMPDIR, where the kernel's log goes",
 }
 
 

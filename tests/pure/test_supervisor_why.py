@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from relay.ssh.supervisor import _why
+import pytest
+
+from relay.ssh.supervisor import _not_startable, _why
 
 
 def test_a_tmpdir_it_cannot_use_is_named_with_what_mktemp_said() -> None:
@@ -52,3 +54,25 @@ def test_a_directory_a_full_disk_has_no_room_for_is_said_as_full() -> None:
         line = _why(97, said)
         assert line.startswith("it cannot write its files in the host's TMPDIR (mktemp: failed")
         assert why in line and "free some space there" in line, line
+
+
+@pytest.mark.parametrize(
+    ("said", "why"),
+    [
+        (
+            "ENOSPC [Errno 28] No space left on device",
+            "[Errno 28] No space left on device (the host's TMPDIR is full, where the kernel's "
+            "log goes)",
+        ),
+        (
+            "EDQUOT [Errno 122] Disk quota exceeded",
+            "[Errno 122] Disk quota exceeded (the user's disk quota is reached in the host's "
+            "TMPDIR, where the kernel's log goes)",
+        ),
+    ],
+)
+def test_a_start_the_agent_had_no_room_for_says_where(said: str, why: str) -> None:
+    """The kernel's log in a full TMPDIR, or one at the user's quota (common on clusters'
+    shared scratch): the agent's ``nostart`` is said with where the room is lacking, not as
+    the bare errno."""
+    assert _not_startable("h", said) == f"relay's agent on h could not start the kernel: {why}"
