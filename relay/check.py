@@ -87,9 +87,11 @@ HOST_PROBE = "; ".join(
         "command -v bash >/dev/null 2>&1 && echo bash=ok || echo bash=missing",
         "t=${TMPDIR:-/tmp}; echo tmpdir=$t",
         # a directory, and a file with bytes in it: a full tmpfs still makes directories
-        'w=no; d=$(mktemp -d "$t/relay-check.XXXXXX" 2>/dev/null) && { w=full; '
-        'printf "%4096s" x >"$d/f" 2>/dev/null && w=ok; rm -rf "$d"; }',
-        # or no directory at all, on a disk with no block left (ext4 refuses the directory)
+        'w=no; if d=$(LC_ALL=C mktemp -d "$t/relay-check.XXXXXX" 2>&1); then w=full; '
+        'printf "%4096s" x >"$d/f" 2>/dev/null && w=ok; rm -rf "$d"; '
+        # or no directory at all, for want of room: no inode left (any file system), no
+        # block (ext4 refuses the directory), or the user's quota there; mktemp says which
+        'else case $d in *"No space left"*|*"quota exceeded"*) w=full ;; esac; fi',
         'test $w = no && test "$(df -Pk "$t" 2>/dev/null | awk \'NR==2 {print $4}\')" = 0 '
         "&& w=full",
         "echo tmpdir_writable=$w",
@@ -671,7 +673,8 @@ class Checker:
             raise _Failed("mktemp is missing", "install coreutils (mktemp) on the host")
         if probe.get("tmpdir_writable") == "full":
             raise _Failed(
-                f"TMPDIR {probe.get('tmpdir')} is full: 4 KB could not be written there",
+                f"TMPDIR {probe.get('tmpdir')} is full: a directory with 4 KB in it could not "
+                f"be made there",
                 "relay's agent and supervisor keep their files there (sockets, kernels' "
                 "logs): free some space there, or set TMPDIR for your account on the host to "
                 "a directory that has it",

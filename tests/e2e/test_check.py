@@ -481,6 +481,27 @@ def test_a_full_tmpdir_is_said_at_step_6(home: RelayHome, full_dir: Path) -> Non
     assert "free some space there" in failed["advice"], text
 
 
+def test_a_tmpdir_with_no_inode_left_is_said_full_at_step_6(home: RelayHome) -> None:
+    """A TMPDIR with blocks but no inode left (or at the user's quota): mktemp -d fails
+    there, and step 6 said the TMPDIR was "not writable" and to make it writable. mktemp
+    says why: it is full."""
+    with small_tmpfs(home.dir / "inodes-tmp", "1m", inodes=16) as tmp:
+        for n in range(16):  # bounded: the mount has 16 inodes
+            try:
+                (tmp / f"inode-{n}").touch()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        _, answer, text = check_with_tmpdir(home, tmp)
+    failed = first_failure(answer)
+    assert failed["name"] == "remote host", text
+    assert (
+        f"TMPDIR {tmp} is full: a directory with 4 KB in it could not be made"
+        in (failed["summary"])
+    ), text
+    assert "free some space there" in failed["advice"], text
+
+
 async def failed_launch_line(home: RelayHome, tmpdir: Path) -> str:
     """The one line a controller launch fails with on a host whose TMPDIR is ``tmpdir``."""
     with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={tmpdir}"}) as srv:
