@@ -30,6 +30,7 @@ from relay.errors import (
     LoginNeeded,
     RelayError,
     SSHSetupFailed,
+    cannot_write,
 )
 from relay.settings import HostConfig
 from relay.ssh import hostkeys, identity, ignorepad, options, resolver, sshconfig
@@ -690,9 +691,16 @@ class Connector:
             return False
         try:
             line = await asyncio.to_thread(hostkeys.record, files[0], name, port, key)
-        except OSError as exc:  # then the launch says the key is unknown, and where
+        except OSError as exc:
+            # said as what it is (a full disk, a read-only home), not as a key to check with
+            # the host's administrator, which is what a launch said
             self._log.warning("cannot record a new host key", file=str(files[0]), error=str(exc))
-            return False
+            raise cannot_write(
+                f"the new host key of {hostkeys.entry_name(name, port)} to {files[0]} "
+                f"(StrictHostKeyChecking accept-new)",
+                exc,
+                "and launch again",
+            ) from None
         self._log.warning(
             "recorded a new host key (StrictHostKeyChecking accept-new)",
             file=str(files[0]),

@@ -4,6 +4,7 @@ as ssh would, host keys checked and recorded as ssh would, keys used through the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -17,6 +18,7 @@ import pytest
 from relay.sim.sshd import ThrowawaySSHD
 from tests.conftest import SIM_KERNEL, RelayHome, run_shim, start_daemon
 from tests.e2e.helpers import launch_and_quit, relay_cli
+from tests.e2e.test_full_disk import small_tmpfs
 
 LINK = "1@127.0.0.1,2@127.0.0.1"
 
@@ -144,6 +146,36 @@ async def test_accept_new_records_a_first_key_as_ssh_does(home: RelayHome, tmp_p
     async with start_daemon(home):
         await launch_and_quit(home, "work")
     assert f"[127.0.0.1]:{home.sshd.port} ssh-ed25519 " in known.read_text()
+
+
+async def test_accept_new_on_a_full_disk_says_the_disk_not_the_key(home: RelayHome) -> None:
+    """A first key accept-new cannot record (a full disk, a quota): the launch said the key
+    was unknown and to check its fingerprint with the host's administrator. It says the
+    disk, and nothing half-written is left in known_hosts."""
+    assert home.sshd is not None
+    with small_tmpfs(home.dir / "full-ssh", "64k") as full:
+        known = full / "known_hosts"
+        known.write_text("")
+        with contextlib.suppress(OSError), (full / "filler").open("wb") as filler:
+            for _ in range(64):  # bounded: 64 x 4 KB fills it, ENOSPC ends it sooner
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        alias(
+            home,
+            "work",
+            home.sshd.port,
+            UserKnownHostsFile=known,
+            StrictHostKeyChecking="accept-new",
+        )
+        async with start_daemon(home):
+            result = await run_shim(home, "work", SIM_KERNEL, LINK)
+        line = one_line(result.stderr)
+        assert (
+            f"cannot write the new host key of [127.0.0.1]:{home.sshd.port} to {known} "
+            f"(StrictHostKeyChecking accept-new): no space left on its file system; free some "
+            f"space there and launch again"
+        ) in line, line
+        assert known.read_text() == ""
 
 
 # -- keys: through the agent when encrypted; missing files said at once --------------------------
