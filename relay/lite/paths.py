@@ -41,24 +41,50 @@ def default_socket_path(env: Mapping[str, str] = os.environ, platform: str = sys
     return f"/tmp/relay-{os.getuid()}/relay.sock"  # noqa: S108 (0700, owner checked)
 
 
+# a relay.toml that does not parse is read once more this much later: an editor that saves
+# in place (truncates, then writes) leaves it half-written for a moment
+HALF_SAVED_S = 0.05
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def _configured_socket(raw: bytes) -> object:
+    """``[daemon] socket`` in relay.toml's bytes (None where unset); ValueError where they
+    do not parse (not UTF-8, not TOML, a number too long)."""
+    if b"socket" not in raw:  # parse (and import tomllib) only when it can matter
+        return None
+    import tomllib
+
+    try:
+        daemon = tomllib.loads(raw.decode()).get("daemon")
+    except RecursionError as exc:
+        raise ValueError(str(exc)) from None
+    return daemon.get("socket") if isinstance(daemon, dict) else None
+
+
 def socket_path(env: Mapping[str, str] = os.environ) -> str:
     """The control socket, as the shim and the daemon both must agree on it."""
     if env.get("RELAY_SOCKET"):
         return os.path.expanduser(env["RELAY_SOCKET"])
-    try:
-        with open(config_path(env), "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        raw = b""
     configured = None
-    if b"socket" in raw:  # parse (and import tomllib) only when it can matter
-        import tomllib
-
+    for attempt in range(2):
         try:
-            daemon = tomllib.loads(raw.decode()).get("daemon")
-            configured = daemon.get("socket") if isinstance(daemon, dict) else None
-        except (ValueError, RecursionError):  # not UTF-8, not TOML, a number too long
-            configured = None  # the daemon reports config errors; the shim needs a path
+            configured = _configured_socket(_read(config_path(env)))
+            break
+        except ValueError:
+            # a file being saved as the shim read it (else the default: the daemon reports
+            # config errors; the shim needs a path, and a socket set in a half-written file
+            # would send it to the default one, where it would start a second daemon)
+            if attempt == 0:
+                import time
+
+                time.sleep(HALF_SAVED_S)
     if isinstance(configured, str) and configured:
         return os.path.expanduser(configured)
     return default_socket_path(env)

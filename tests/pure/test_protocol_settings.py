@@ -241,6 +241,37 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert socket_path(config) == Path(paths.socket_path()) == Path("/x/y.sock")
 
 
+def test_a_relay_toml_read_as_it_is_saved_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An editor that saves in place (truncate, then write) leaves relay.toml half-written
+    for a moment: a shim that read it then took the default socket for the one set there,
+    and started a second daemon on it. It reads the file once more; a file still broken
+    after that gives the default, as before (the daemon says what is wrong with it)."""
+    from relay.lite import paths
+
+    path = tmp_path / "relay.toml"
+    whole = f"[daemon]\nsocket = '{tmp_path}/s.sock'\n"
+    path.write_text(whole[:20])  # "[daemon]\nsocket = '/": an unterminated string
+    env = {"RELAY_CONFIG": str(path), "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    slept: list[float] = []
+
+    def saved_meanwhile(seconds: float) -> None:
+        slept.append(seconds)
+        path.write_text(whole)
+
+    monkeypatch.setattr("time.sleep", saved_meanwhile)
+    assert paths.socket_path(env) == str(tmp_path / "s.sock")
+    assert slept == [paths.HALF_SAVED_S]
+    path.write_text(whole[:20])
+    monkeypatch.setattr("time.sleep", slept.append)
+    assert paths.socket_path(env) == str(tmp_path / "run" / "relay" / "relay.sock")
+    assert len(slept) == 2  # read twice, no more
+    path.write_text(whole)
+    assert paths.socket_path(env) == str(tmp_path / "s.sock")
+    assert len(slept) == 2  # a whole file is read once
+
+
 def test_protocol_messages_are_json_lines() -> None:
     event = protocol.launched(
         kernel_id="k1", host="h", linkname="1@a,2@a", remote_pid=3, launch_ms=1.234
