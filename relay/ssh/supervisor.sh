@@ -130,10 +130,20 @@ wl() { eval "set -- \${w_$1:-}"; test $# -ge 1 && kill -0 "$1" 2>/dev/null; };
 # took that death for a fork that failed (nofork) (a review's finding). One that would end
 # the kernel is kept ($q: the status it gives, KILL's over the others'): one that came
 # before the fork has the kernel not started (exit ID 128+N, no pid); one that came after
-# it, before the pid is said, is sent again once it is: a kernel's shell has this one's
-# traps until it lets go of them, and a signal it gets before then is lost (said twice,
-# TERM and HUP are harmless). An interrupt before the fork is dropped: nothing to interrupt.
-fw() { if test "$1" = INT; then test -z "$p" || kill -INT "$p" 2>/dev/null; else test "$q" = 137 || q=$2; test -z "$p" || { e=1; kill "-$1" "$g$p" 2>/dev/null || kill "-$1" "$p" 2>/dev/null; }; fi; };
+# it, before the pid is said, is sent again once it is (said twice, TERM and HUP are
+# harmless). An interrupt before the fork is dropped: nothing to interrupt.
+# A kernel's process is forked with this one's traps and lets go of them in its shell's
+# own code, before it runs anything of ours: a TERM or HUP it gets before then is caught
+# and dropped. On a loaded host a child may not run for tens of ms after its fork: the pid
+# said, a kill line's signal passed on, all before the kernel ran at all, and it ran on (a
+# review's finding: under load, a few kills in a thousand, dash and busybox). Where its group
+# is there (setsid has run) it has let go of them; where it is not, or cannot be known
+# (no setsid), the signal is marked in a file ($d/ID.TERM or ID.HUP) before it is sent,
+# and the kernel's process ends on a mark it finds once it runs (ke): sent before its
+# shell let go, the signal was marked before ke looked; sent after, it is not lost.
+# (A full TMPDIR that cannot take an empty file leaves that window as it was.)
+fw() { if test "$1" = INT; then test -z "$p" || kill -INT "$p" 2>/dev/null; else test "$q" = 137 || q=$2; test -z "$p" || { e=1; test -n "$g" && kill "-$1" "-$p" 2>/dev/null || { test "$1" = KILL || true 2>/dev/null >"$d/$id.$1"; kill "-$1" "$p" 2>/dev/null; }; }; fi; };
+ke() { test ! -e "$d/$id.TERM" || exit 143; test ! -e "$d/$id.HUP" || exit 129; };
 # The clean-up signals a watcher once its traps are set, which its pid file says (written
 # after them): one signalled before (the end of input or a signal just after its fork) died
 # of it, its kernel left running unwatched. Waited for up to 5 s, in whole seconds (POSIX
@@ -171,7 +181,7 @@ while read -r op id arg; do
         case $1 in *=*) ds= ;; esac;
         test -z "$q" || { echo "exit $id $q"; exit 0; };
         trap 'test -z "$p" || kill -KILL "$p" 2>/dev/null; echo "nofork $id"' EXIT;
-        if test -n "$g"; then ( umask "$m"; exec setsid $ds "$@" ) </dev/null >"$d/$id.log" 2>&1 & else ( umask "$m"; exec $ds "$@" ) </dev/null >"$d/$id.log" 2>&1 & fi;
+        if test -n "$g"; then ( ke; umask "$m"; exec setsid $ds "$@" ) </dev/null >"$d/$id.log" 2>&1 & else ( ke; umask "$m"; exec $ds "$@" ) </dev/null >"$d/$id.log" 2>&1 & fi;
         p=$!;
         echo "$p $(st $p)" >"$d/$id.pid" || { trap - EXIT; kill -KILL "$p"; echo "norecord $id"; rm -f "$d/$id.pid"; exit 0; };
         trap - EXIT; echo "pid $id $p"; case $q in 143) fw TERM ;; 129) fw HUP ;; 137) fw KILL ;; esac;
@@ -181,7 +191,7 @@ while read -r op id arg; do
         wait "$p" 2>/dev/null; r=$?; test "$r" = 127 || s=$r;
         trap 'echo "exit $id $s"' EXIT;
         test -n "$e" && test -n "$g" && kill -KILL -"$p" 2>/dev/null;
-        rm -f "$d/$id.pid";
+        rm -f "$d/$id.pid" "$d/$id.TERM" "$d/$id.HUP";
         tail -n 5 "$d/$id.log" 2>/dev/null | cut -c 1-300 | sed "s/^/out $id /";
         rm -f "$d/$id.log";
         trap - EXIT; echo "exit $id $s"
