@@ -778,10 +778,9 @@ def test_a_signal_in_the_middle_of_a_start_still_ends_that_kernel(shell: str) ->
         os.kill(pid, signal.SIGKILL)
     assert not hung, "the clean-up hung on the kernel the signal came in the start of"
     # SIGTERM'd by the clean-up; or not started, the clean-up's SIGTERM having reached its
-    # watcher before the fork; or SIGKILL'd 5 s on, that SIGTERM having come to a kernel
-    # forked but not yet run, which has its watcher's traps until it lets go of them
-    ends = {Event("exit", "k1", status) for status in ("143", "137")}
-    assert ends & set(events), out
+    # watcher before the fork (one that comes to a kernel forked but not yet run, which has
+    # its watcher's traps until it lets go of them, is marked: not left to the SIGKILL)
+    assert Event("exit", "k1", "143") in events, out
     assert pid is not None or Event("exit", "k1", "143") in events, out
     assert pid is None or not pid_alive(pid)
 
@@ -992,15 +991,10 @@ def test_a_kill_as_the_kernel_is_forked_ends_it_and_is_answered(
         s.send(f"start k1 set -- /bin/sh -c 'echo $$ >{mark}; exec sleep 300'")
         events.append(said_within(s, 10))
         if events[0].kind == "pid":
-            # sent as the pid is said, the SIGTERM may reach a kernel forked but not yet run
-            # (it has the watcher's traps until it lets go of them): lost, it is followed by
-            # the clean-up's SIGKILL (5 s after its SIGTERM) at the session's end
-            with contextlib.suppress(AssertionError):
-                events.append(said_within(s, 2))
-            if len(events) == 1:
-                assert s.proc.stdin is not None
-                s.proc.stdin.close()
-                events.append(said_within(s, 10))
+            # sent again as the pid is said, the SIGTERM may reach a kernel forked but not
+            # yet run (it has the watcher's traps until it lets go of them): marked, it is
+            # not lost (it was, and only the clean-up's SIGKILL ended the kernel)
+            events.append(said_within(s, 10))
     finally:
         stop(s)
         if mark.exists() and (left := mark.read_text().strip()).isdigit() and pid_alive(int(left)):
@@ -1010,5 +1004,5 @@ def test_a_kill_as_the_kernel_is_forked_ends_it_and_is_answered(
         assert not mark.exists()
     else:
         assert [e.kind for e in events] == ["pid", "exit"], events
-        assert events[1] in {Event("exit", "k1", "143"), Event("exit", "k1", "137")}, events
+        assert events[1] == Event("exit", "k1", "143"), events
         assert not pid_alive(int(events[0].value))
