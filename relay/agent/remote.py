@@ -2215,7 +2215,11 @@ def end_predecessors(tag, generation, dir_fd, others):
     return ended
 
 
-# the room for a socket's path (sizeof sun_path): Linux's 108 bytes, the BSDs' and macOS's 104
+# the room for a socket's path (sizeof sun_path): Linux's 108 bytes, the BSDs' and macOS's 104;
+# a path fills it but for its last byte, the NUL that ends it. Python's bind takes one of 108
+# bytes unended on some versions (and refuses it on others: a traceback, said as the agent's
+# start crashing), but sshd copies the name it is asked to connect to with strlcpy, which
+# keeps 107: the daemon could never attach to it (a review's finding)
 SUN_PATH = 108 if sys.platform.startswith("linux") else 104
 
 
@@ -2241,7 +2245,7 @@ def start(tag, window, generation=0):
         return 1
     pid_name, sock_name = tag + ".pid", tag + ".sock"
     pid_path, sock_path = os.path.join(path, pid_name), os.path.join(path, sock_name)
-    if len(os.fsencode(sock_path)) > SUN_PATH:  # bind would fail, once predecessors had ended
+    if len(os.fsencode(sock_path)) >= SUN_PATH:  # bind would fail, once predecessors had ended
         print("agent refuse toolong %s" % sock_path)
         return 1
     try:

@@ -8,8 +8,8 @@ start as ``ssh host math`` would have started them.
   login's, on both paths (the agent's, and supervisor.sh's: resume_window_s = 0);
 - a login with no locale (LANG, LC_*): a kernel gets none, though the agent's python3
   (3.7 and later) sets LC_CTYPE=C.UTF-8 in its own environment;
-- a long TMPDIR, too long for the agent's socket path: said as the setting to change, and
-  the host keeps the old path;
+- a long TMPDIR, too long for the agent's socket path (107 bytes at most): said as the
+  setting to change, and the host keeps the old path;
 - a python3 that is a wrapper and prints first, without a newline."""
 
 from __future__ import annotations
@@ -105,6 +105,38 @@ async def test_a_tmpdir_too_long_for_a_socket_path_says_so(home: RelayHome) -> N
     assert resume["reason"].endswith(
         ".sock is too long for a socket path (set a shorter TMPDIR on the host)"
     ), resume
+
+
+def tmpdir_for_socket_path(size: int) -> Path:
+    """A TMPDIR that makes the agent's socket path (TMPDIR/relay-agent-UID/TAG.sock, TAG 16
+    hex digits) ``size`` bytes long."""
+    rest = len(f"/relay-agent-{os.getuid()}/{'0' * 16}.sock")
+    prefix = "/tmp/relay-edge-"
+    return Path(prefix + "t" * (size - rest - len(prefix)))
+
+
+@pytest.mark.parametrize(("size", "state"), [(107, "on"), (108, "off")])
+async def test_a_socket_path_at_the_limit(home: RelayHome, size: int, state: str) -> None:
+    """A socket's address holds 108 bytes, its path's ending NUL among them: the agent took a
+    path of 108 bytes for one that fits, and its bind crashed ("relay's agent did not start
+    (exit 1, said 'OSError: AF_UNIX path too long')"; a Python that binds it unended leaves
+    one sshd cannot reach, as it copies the name with strlcpy; a review's finding). 107 is
+    the longest that works; 108 is said as the setting to change."""
+    tmpdir = tmpdir_for_socket_path(size)
+    tmpdir.mkdir(mode=0o700)
+    try:
+        with own_sshd(home, options={"SetEnv": f"TMPDIR={tmpdir}"}):
+            async with served(home), controller(home) as fe:
+                main, _ = await connected(fe)
+                resume = (await status_of(home))["resume"]
+                await finish(fe, main)
+    finally:
+        shutil.rmtree(tmpdir)
+    assert resume["state"] == state, resume
+    if state == "off":
+        assert resume["reason"].endswith(
+            ".sock is too long for a socket path (set a shorter TMPDIR on the host)"
+        ), resume
 
 
 async def test_a_python3_wrapper_that_prints_first_hides_no_start_line(

@@ -271,7 +271,8 @@ def test_relay_checks_socket_probe_binds_where_the_agent_binds(
     agent = Agent(sys.executable, tmpdir, "0123456789abcdef")
     if too_long:
         assert b"AF_UNIX path too long" in done.stderr, done
-        assert "AF_UNIX path too long" in str(agent.info), agent.info
+        # the agent says it before it binds: a setting to change, not a crash
+        assert "is too long for a socket path (set a shorter TMPDIR" in str(agent.info), agent.info
     else:
         assert done.returncode == 0 and done.stdout.startswith(b"\n" + SOCKET_LINE.encode()), done
         assert len(done.stdout.decode().strip().removeprefix(SOCKET_LINE)) == 107
