@@ -134,6 +134,16 @@ def parse_line(line: str) -> Event | None:
     return Event(kind, ident, value)
 
 
+def hello_words(value: str) -> tuple[str, str, str, str]:
+    """PID, N, UID and CHECK of a hello's ``PID DIR N UID CHECK``. DIR is in TMPDIR, whose
+    name may have spaces: the words are taken from both ends, not counted from the start
+    (where a TMPDIR of "/tmp/a b" made UID the count N, CHECK the uid, and every launch on
+    the host was refused as one that cannot tell who connects; a review's finding)."""
+    words = value.split(" ")
+    words += [""] * (5 - len(words))  # fewer than a hello has: the missing ones empty
+    return words[0], words[-3], words[-2], words[-1]
+
+
 @dataclass(eq=False)
 class RemoteProcess:
     """One kernel as the supervisor sees it."""
@@ -241,7 +251,7 @@ class Supervisor:
                     if event and event.kind == "hello":
                         if event.id != PROTOCOL:
                             break
-                        pid, _dir, stale, uid, check = [*event.value.split(" "), "", "", "", ""][:5]
+                        pid, stale, uid, check = hello_words(event.value)
                         ended = int(stale) if stale.isdigit() else 0
                         if ended:
                             log.info(

@@ -160,7 +160,7 @@ reap() {
 b=; z=; trap 'z=1; test -n "$b" || { f=; reap; exit 0; }' HUP TERM INT;
 if test -r /proc/net/tcp; then c=proc; else c=none; fi;
 me=$(id -u);
-echo "hello 4 $$ $d $n $me $c";
+printf 'hello 4 %s %s %s %s %s\n' "$$" "$d" "$n" "$me" "$c";
 # A fork that fails (the user's process limit, ulimit -u, reached) is an error that ends a
 # POSIX sh (dash and busybox at once, bash after its own retries, about 15 s), with "Cannot
 # fork" on stderr and nothing said: the launch waited out launch_timeout_s. So a request

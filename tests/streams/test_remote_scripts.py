@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from relay.ssh.remote_scripts import BOOTSTRAP, CUT_CHATTER, one_line, remote_command
-from relay.ssh.supervisor import Event, parse_line
+from relay.ssh.supervisor import Event, hello_words, parse_line
 from tests.conftest import pid_alive
 from tests.orphans import live_connection, orphaned_client
 from tests.proclimit import as_user, full, spare_uid
@@ -247,6 +247,33 @@ def test_the_command_is_the_bootstrap_and_the_script_one_line_on_stdin() -> None
 )
 def test_parse_line(line: str, event: Event | None) -> None:
     assert parse_line(line) == event
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_hello_from_a_tmpdir_with_spaces_and_backslashes(shell: str, tmp_path: Path) -> None:
+    """Its DIR is in TMPDIR, whose name may have spaces (counted from the start, a space there
+    made UID the count of stale sessions and CHECK the uid: every launch on the host was
+    refused as on one that cannot tell who connects) and backslashes (dash's echo made a
+    newline of "\\n", and the hello's line was cut in two; a review's findings)."""
+    tmpdir = tmp_path / "a b\\n 'q' Jü"
+    tmpdir.mkdir()
+    s = Sup(shell, env={**os.environ, "TMPDIR": str(tmpdir)})
+    try:
+        hello = s.event()
+        assert hello.kind == "hello", hello
+        pid, ended, uid, check = hello_words(hello.value)
+        assert (int(pid), ended, uid) == (s.proc.pid, "0", str(os.getuid())), hello
+        assert check == ("proc" if os.access("/proc/net/tcp", os.R_OK) else "none"), hello
+        assert f" {tmpdir}/relay-{TAG}." in hello.value, hello
+    finally:
+        s.proc.kill()
+        s.proc.communicate(timeout=30)
+
+
+def test_hello_words_from_both_ends() -> None:
+    assert hello_words("42 /tmp/a b/relay-ab.XXXXXX 3 1000 proc") == ("42", "3", "1000", "proc")
+    assert hello_words("42 /tmp/x 0 1000 none") == ("42", "0", "1000", "none")
+    assert hello_words("42 /tmp/x") == ("42", "", "", "")
 
 
 def wait_gone(pid: int, timeout_s: float = 30) -> None:
