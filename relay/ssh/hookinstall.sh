@@ -47,6 +47,8 @@
 #
 # Joined into one line and read by /bin/sh from the session's standard input, the file's
 # bytes after it (see supervisor.sh): every line ends where a newline may become a space.
+# A path is said with printf, never echo: dash's echo reads backslashes in it (a HOME of
+# /home/a\nb said "ok /home/a", a newline, and the rest; a review's finding).
 #
 # relay's files are made private (umask 077), but the agent's kernels are made with the
 # login's umask, as `ssh host math` would make them (a review's finding: files a kernel wrote
@@ -67,7 +69,7 @@ case $6 in
     command -v python3 >/dev/null 2>&1 || { cat >/dev/null; echo "agent none"; exit 0; } ;;
   *) exit 96 ;;
 esac;
-no() { echo "refuse $1 $2"; cat >/dev/null; exit 1; };
+no() { printf 'refuse %s %s\n' "$1" "$2"; cat >/dev/null; exit 1; };
 test -n "$HOME" && test -d "$HOME" || no nohome "${HOME:--}";
 r=$HOME/.cache/relay;
 v=$r/$1;
@@ -107,7 +109,7 @@ done;
 for f in "$v"/*.part; do
   test -f "$f" && test ! -L "$f" && test -n "$(find "$f" -prune -mmin +10 2>/dev/null)" && rm -f "$f";
 done;
-echo "ok $t";
+printf 'ok %s\n' "$t";
 cat "$t";
 test -z "$6" || for d in "${TMPDIR:-/tmp}"/relay-"$7".*; do test -d "$d" && test ! -L "$d" && test -O "$d" && { echo supervised; break; }; done;
 test -z "$6" || { RELAY_UMASK=$m; RELAY_LC_CTYPE=${LC_CTYPE+=}${LC_CTYPE--}; export RELAY_UMASK RELAY_LC_CTYPE; exec python3 -I "$t" start "$7" "$8" "$9"; };

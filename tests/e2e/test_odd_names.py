@@ -1,0 +1,66 @@
+"""Names and paths real users have on a kernel's host, through a real sshd: a HOME and a
+TMPDIR with spaces, quotes, ``$``, backslashes, non-ASCII (UTF-8) and a word that begins
+with ``-``. Relay's agent and supervisor.sh install, start and carry a kernel there as
+anywhere else."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RelayHome
+from tests.e2e.helpers import controller
+from tests.e2e.test_dynamic import finish
+from tests.e2e.test_faults import connected, served
+from tests.e2e.test_login_shell import own_sshd
+from tests.e2e.test_resume import status_of
+
+# every kind of character at once: a space, both quotes, $ and a command substitution, a
+# backslash before n (which dash's echo turns into a newline), UTF-8, a word led by "-"; short
+# enough that the agent's socket path in it fits (107 bytes)
+ODD = "a 'q\" $x `y` b\\n Jü日 -x"
+
+
+def sshd_word(value: str) -> str:
+    """``value`` as one word of sshd_config (a quoted string: \\ and " escaped)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@pytest.fixture
+def odd() -> Iterator[tuple[Path, Path]]:
+    """A HOME and a TMPDIR with every odd character in their names, as the host's login has
+    them."""
+    base = Path(tempfile.mkdtemp(prefix="relay-odd-"))
+    home, tmpdir = base / ("h " + ODD), base / ("t " + ODD)
+    for made in (home, tmpdir):
+        made.mkdir(mode=0o700)
+    try:
+        yield home, tmpdir
+    finally:
+        shutil.rmtree(base)
+
+
+@pytest.mark.parametrize("resume", ["on", "off"])
+async def test_a_home_and_tmpdir_with_odd_names(
+    home: RelayHome, odd: tuple[Path, Path], resume: str
+) -> None:
+    """Through relay's agent and supervisor.sh (resume_window_s = 0): the kernel hook's
+    installer said its path with dash's echo, which read "\\n" in a HOME as a newline (and
+    "the installer reported an unexpected path"); supervisor.sh's hello, whose DIR is in
+    TMPDIR, was read by counting words, and a space there refused every launch as on a host
+    that cannot tell who connects (a review's findings)."""
+    remote_home, tmpdir = odd
+    setenv = f"{sshd_word(f'HOME={remote_home}')} {sshd_word(f'TMPDIR={tmpdir}')}"
+    with own_sshd(home, options={"SetEnv": setenv}):
+        if resume == "off":
+            home.add_host("local", resume_window_s=0)
+        async with served(home), controller(home) as fe:
+            main, _ = await connected(fe)
+            (initfile,) = main.hello["initfile"]  # the hook, installed and loaded
+            assert (await status_of(home))["resume"]["state"] == resume
+            await finish(fe, main)
+    assert initfile.startswith(f"{remote_home}/.cache/relay/"), initfile
