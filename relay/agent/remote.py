@@ -2248,6 +2248,11 @@ def start(tag, window, generation=0):
     if len(os.fsencode(sock_path)) >= SUN_PATH:  # bind would fail, once predecessors had ended
         print("agent refuse toolong %s" % sock_path)
         return 1
+    try:  # the daemon asks sshd for the socket by name, in UTF-8: a TMPDIR in Latin-1 was
+        os.fsencode(sock_path).decode("utf-8")  # a socket it could not name (a review's finding)
+    except UnicodeDecodeError:
+        print("agent refuse notutf8 %s" % sock_path)
+        return 1
     try:
         lock = start_lock(tag, dir_fd)
     except OSError:

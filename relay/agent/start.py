@@ -75,6 +75,8 @@ _REFUSALS = {
     "lockfile": "cannot create {path} (is the disk full?)",
     "busy": "another start of relay's agent held {path} too long (is one stuck on the host?)",
     "toolong": "{path} is too long for a socket path (set a shorter TMPDIR on the host)",
+    "notutf8": "{path} is not UTF-8, and relay can name a socket to sshd only in UTF-8 (set "
+    "TMPDIR on the host to a directory whose path is)",
 }
 
 

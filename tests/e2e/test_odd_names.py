@@ -5,6 +5,7 @@ anywhere else."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -64,3 +65,28 @@ async def test_a_home_and_tmpdir_with_odd_names(
             assert (await status_of(home))["resume"]["state"] == resume
             await finish(fe, main)
     assert initfile.startswith(f"{remote_home}/.cache/relay/"), initfile
+
+
+async def test_a_tmpdir_not_in_utf8_is_said_and_keeps_the_old_path(home: RelayHome) -> None:
+    """A TMPDIR named in Latin-1 (``J\\xfcrgen``, on a host whose locale is C): the agent's
+    socket was made there, and the daemon, which names it to sshd in UTF-8, asked for
+    another: the host took the old path, said as "sshd refused the channel to relay's agent
+    (AllowStreamLocalForwarding ...)", a setting that was fine (a review's finding). The
+    agent says so before it starts, and kernels run on the old path meanwhile."""
+    base = Path(tempfile.mkdtemp(prefix="relay-odd-"))
+    latin1 = os.fsencode(base) + b"/J\xfcrgen"
+    os.mkdir(latin1, 0o700)
+    try:
+        with own_sshd(home, options={"SetEnv": "LC_ALL=C"}) as running:
+            (running.home / ".bashrc").write_bytes(b"export TMPDIR='" + latin1 + b"'\n")
+            async with served(home), controller(home) as fe:
+                main, _ = await connected(fe)
+                resume = (await status_of(home))["resume"]
+                await finish(fe, main)
+    finally:
+        shutil.rmtree(base)
+    assert resume["state"] == "off", resume
+    assert resume["reason"].endswith(
+        ".sock is not UTF-8, and relay can name a socket to sshd only in UTF-8 (set TMPDIR "
+        "on the host to a directory whose path is)"
+    ), resume

@@ -58,3 +58,13 @@ def test_a_socket_path_too_long_says_which_setting_shortens_it() -> None:
     assert parse_start("h", 1, f"agent refuse toolong {path}\n") == Unavailable(
         f"{path} is too long for a socket path (set a shorter TMPDIR on the host)"
     )
+
+
+def test_a_socket_path_not_in_utf8_says_which_setting_changes_it() -> None:
+    """A TMPDIR named in Latin-1: sshd is asked for the socket by a name in UTF-8, and the
+    host's refusal was said as sshd's configuration (a review's finding)."""
+    path = "/tmp/J\ufffdrgen/relay-agent-7/00ff.sock"
+    assert parse_start("h", 1, f"agent refuse notutf8 {path}\n") == Unavailable(
+        f"{path} is not UTF-8, and relay can name a socket to sshd only in UTF-8 (set TMPDIR "
+        "on the host to a directory whose path is)"
+    )
