@@ -106,8 +106,21 @@ def spared(hook: HookFile) -> list[str]:
 
 def parse_answer(host: str, hook: HookFile, exit_status: int | None, stdout: bytes) -> str:
     """The installed file's remote path, from ``hookinstall.sh``'s exit status and output;
-    ``HookInstallFailed`` with one actionable line otherwise."""
-    return _parse(host, hook, exit_status, *_answer(stdout, hook))
+    ``HookInstallFailed`` with one actionable line otherwise. The path is given to kernels
+    (``-initfile``) in UTF-8: one that is not (a HOME named in Latin-1) is refused, where
+    it was made one with U+FFFD in it, which no kernel could load, and Dynamic was lost
+    without a word (a review's finding)."""
+    head, body = _answer(stdout, hook)
+    path = _parse(host, hook, exit_status, head, body)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HookInstallFailed(
+            f"cannot install {hook.what} on {host}: its path {path} is not UTF-8 (the home "
+            "directory's name is in another encoding), and a kernel is told it in UTF-8; "
+            + hook.advice.format(header=host_header(host))
+        ) from None
+    return path
 
 
 def parse_answer_before(

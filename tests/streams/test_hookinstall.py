@@ -620,3 +620,31 @@ def test_two_hosts_installing_into_one_home_with_the_same_pid_both_install(
         path = Path(parse_answer("h", HOOK, done, out))
     assert path.read_bytes() == HOOK.data
     assert [p.name for p in path.parent.iterdir()] == [HOOK.name]
+
+
+def test_a_home_with_backslashes_and_quotes_in_its_name(shell: str, tmp_path: Path) -> None:
+    """dash's echo read "\\n" in a HOME's name as a newline: the answer was cut in two, and
+    every launch said "the installer reported an unexpected path" (a review's finding)."""
+    home = tmp_path / "a b\\n 'q' \"d\" $x Jü日"
+    home.mkdir()
+    path = install(shell, home)
+    assert path == home / ".cache" / "relay" / HOOK.version / HOOK.name
+    assert path.read_bytes() == HOOK.data
+
+
+def test_a_home_not_in_utf8_is_refused_for_the_hook(shell: str, tmp_path: Path) -> None:
+    """A HOME named in Latin-1: the hook's path was read with U+FFFD in it and given to
+    kernels, which could not load it, and Dynamic was lost without a word (a review's
+    finding)."""
+    home = Path(os.fsdecode(os.fsencode(tmp_path) + b"/J\xfcrgen"))
+    home.mkdir()
+    done = run(shell, home)
+    assert done.returncode == 0, done
+    with pytest.raises(HookInstallFailed) as caught:
+        parse_answer("h", HOOK, done.returncode, done.stdout)
+    message = str(caught.value)
+    assert message.startswith(f"cannot install relay's kernel hook on h: its path {tmp_path}/J"), (
+        message
+    )
+    assert "is not UTF-8 (the home directory's name is in another encoding)" in message, message
+    assert message.endswith("set dynamic = false in [hosts.h] to launch without Dynamic support")
