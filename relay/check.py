@@ -85,7 +85,9 @@ HOST_PROBE = "; ".join(
         'echo "login_shell=${SHELL##*/}"',
         "command -v mktemp >/dev/null 2>&1 && echo mktemp=ok || echo mktemp=missing",
         "command -v bash >/dev/null 2>&1 && echo bash=ok || echo bash=missing",
-        "t=${TMPDIR:-/tmp}; echo tmpdir=$t",
+        # paths said with printf, quoted: echo collapsed a TMPDIR's spaces, and dash's read
+        # its backslashes ("\\n" a newline: the rest of the name was lost)
+        "t=${TMPDIR:-/tmp}; printf 'tmpdir=%s\\n' \"$t\"",
         # a directory, and a file with bytes in it: a full tmpfs still makes directories
         'w=no; if d=$(LC_ALL=C mktemp -d "$t/relay-check.XXXXXX" 2>&1); then w=full; '
         'printf "%4096s" x >"$d/f" 2>/dev/null && w=ok; rm -rf "$d"; '
@@ -96,7 +98,8 @@ HOST_PROBE = "; ".join(
         "&& w=full",
         "echo tmpdir_writable=$w",
         "test -r /proc/net/tcp && echo proc=ok || echo proc=missing",
-        'c=$HOME/.cache/relay; while [ ! -d "$c" ]; do c=$(dirname "$c"); done; echo cache_dir=$c',
+        'c=$HOME/.cache/relay; while [ ! -d "$c" ]; do c=$(dirname "$c"); done; '
+        "printf 'cache_dir=%s\\n' \"$c\"",
         "echo free_kb=$(df -Pk \"$c\" 2>/dev/null | awk 'NR==2 {print $4}')",
         # where the kernel hook and the agent go: a read-only HOME (a mount) takes neither
         'test -w "$c" && echo cache_writable=ok || echo cache_writable=no',
@@ -144,6 +147,12 @@ SOCKET_PROBE_PY = "\n".join(
     ]
 )
 SOCKET_LINE = "relay-socket "
+
+
+def _shown(text: str) -> str:
+    """``text`` read with its bytes that are not UTF-8 kept (surrogateescape), as it can be
+    printed: each such byte as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def python_line(program: str) -> str:
@@ -658,7 +667,11 @@ class Checker:
     async def remote_host(self) -> tuple[str, dict[str, Any], State]:
         assert self.conn is not None
         assert self.session is not None
-        done = await remote_scripts.run(self.conn, remote_scripts.script(HOST_PROBE), check=False)
+        # a TMPDIR or HOME named in Latin-1 (a host whose locale is C) cut the probe's output
+        # where it was said, and the rest was read as missing: "TMPDIR None is not writable"
+        done = await remote_scripts.run(
+            self.conn, remote_scripts.script(HOST_PROBE), check=False, errors="replace"
+        )
         self.probe = probe = parse_probe(str(done.stdout or ""))
         if probe.get("sh") != "ok":
             # what the host said instead: on stderr, or on stdout (a ForceCommand's notice)
@@ -913,7 +926,9 @@ class Checker:
         probe = remote_scripts.script(SOCKET_PROBE)
         conn = self.conn
         proc = await self.opened.enter_async_context(
-            await remote_scripts.session(lambda: conn.create_process(probe.command))
+            await remote_scripts.session(
+                lambda: conn.create_process(probe.command, errors="surrogateescape")
+            )
         )
         try:
             proc.stdin.write(probe.preamble.decode())
@@ -925,6 +940,7 @@ class Checker:
             if not path:  # it could not listen: it said why on stderr
                 proc.stdin.write_eof()
                 said = (await proc.stderr.read()).strip().splitlines()[-1:] or ["nothing"]
+                said = [_shown(said[0])]
                 advice = (
                     "relay's agent listens on a Unix socket under the host's TMPDIR too "
                     "(step 6 shows it): without one, kernels there end with their connection"
@@ -937,6 +953,13 @@ class Checker:
                 return (
                     f"cannot test Unix socket forwarding: python3 said {said[0][:160]!r}",
                     advice,
+                )
+            if _shown(path) != path:  # a TMPDIR named in Latin-1: the agent refuses it
+                return (
+                    f"the host's TMPDIR {self.probe.get('tmpdir')} is not named in UTF-8, and "
+                    "relay can name the agent's socket there to sshd only in UTF-8: {off}",
+                    "set TMPDIR for your account on the host to a directory whose path is "
+                    "UTF-8 to keep kernels through network outages",
                 )
             try:
                 _, writer = await self.conn.open_unix_connection(path)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import RelayHome
 from tests.e2e.helpers import controller
+from tests.e2e.test_check import by_name, check
 from tests.e2e.test_dynamic import finish
 from tests.e2e.test_faults import connected, served
 from tests.e2e.test_login_shell import own_sshd
@@ -90,3 +91,39 @@ async def test_a_tmpdir_not_in_utf8_is_said_and_keeps_the_old_path(home: RelayHo
         ".sock is not UTF-8, and relay can name a socket to sshd only in UTF-8 (set TMPDIR "
         "on the host to a directory whose path is)"
     ), resume
+
+
+def test_relay_check_shows_an_odd_tmpdir_as_it_is(home: RelayHome, odd: tuple[Path, Path]) -> None:
+    """Step 6 said TMPDIR with echo, unquoted: its spaces collapsed and, under dash, what
+    followed a "\\n" was lost."""
+    _, tmpdir = odd
+    with own_sshd(home, options={"SetEnv": sshd_word(f"TMPDIR={tmpdir}")}):
+        status, answer, text = check(home)
+    assert status == 0, text
+    assert f"TMPDIR: {tmpdir}\n" in text, text
+    assert by_name(answer)["resume"]["state"] == "ok", text
+
+
+def test_relay_check_says_a_tmpdir_not_in_utf8_keeps_no_kernels(home: RelayHome) -> None:
+    """A TMPDIR named in Latin-1: step 6 read the probe's output as missing from that line
+    on ("TMPDIR None is not writable", a failure), and step 7 failed with "ProtocolError:
+    'utf-8' codec can't decode byte 0xfc" (a review's findings). Kernels launch there, on
+    the old path: step 7 says why they do not resume."""
+    base = Path(tempfile.mkdtemp(prefix="relay-odd-"))
+    latin1 = os.fsencode(base) + b"/J\xfcrgen"
+    os.mkdir(latin1, 0o700)
+    try:
+        with own_sshd(home, options={"SetEnv": "LC_ALL=C"}) as running:
+            (running.home / ".bashrc").write_bytes(b"export TMPDIR='" + latin1 + b"'\n")
+            status, answer, text = check(home)
+    finally:
+        shutil.rmtree(base)
+    results = by_name(answer)
+    assert status == 0, text
+    assert results["remote host"]["state"] == "ok", text
+    assert f"TMPDIR: {base}/J\ufffdrgen\n" in text, text
+    assert results["resume"]["state"] == "warn", text
+    assert results["resume"]["summary"].startswith(
+        f"the host's TMPDIR {base}/J\ufffdrgen is not named in UTF-8"
+    ), text
+    assert results["round trip"]["state"] == "ok", text

@@ -58,7 +58,7 @@ def test_all_passed_and_warnings() -> None:
 def test_probe_lines_parse_and_junk_is_ignored() -> None:
     out = "sh=ok\nmotd: welcome!\ntmpdir=/tmp/a b\nfree_kb=123\n=x\nnot a pair\n"
     assert parse_probe(out) == {"sh": "ok", "tmpdir": "/tmp/a b", "free_kb": "123"}
-    keys = set(re.findall(r"echo (\w+)=", HOST_PROBE))
+    keys = set(re.findall(r"(?:echo |printf '|printf \")(\w+)=", HOST_PROBE))
     assert {"sh", "mktemp", "bash", "tmpdir", "proc", "cache_dir", "free_kb"} <= keys
 
 
