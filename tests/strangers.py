@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 
@@ -78,3 +79,16 @@ def half_closed(port: int) -> Iterator[int]:
     with stranger(script) as proc:
         assert proc.stdout is not None
         yield int(proc.stdout.readline())
+
+
+@contextlib.contextmanager
+def shut_at_once() -> Iterator[tuple[int, int]]:
+    """``half_closed`` to a listener of ours, accepted and its byte read: the stranger's
+    port and the listener's, while the stranger holds its socket."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with half_closed(port) as client_port:
+            accepted, _ = server.accept()
+            with accepted:
+                assert accepted.recv(2) == b"x"
+                yield client_port, port

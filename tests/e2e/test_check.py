@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import pytest
 from relay.sim.sshd import ThrowawaySSHD, _free_port, _keygen
 from tests.conftest import RELAY, SIM_KERNEL, RelayHome, start_daemon
 from tests.e2e.helpers import controller, launch_and_quit
-from tests.e2e.test_full_disk import small_tmpfs
+from tests.e2e.test_full_disk import small_tmpfs, use_up_inodes
 from tests.e2e.test_openssh import alias
 from tests.e2e.test_resume import status_of, without_python3
 
@@ -486,12 +485,7 @@ def test_a_tmpdir_with_no_inode_left_is_said_full_at_step_6(home: RelayHome) -> 
     there, and step 6 said the TMPDIR was "not writable" and to make it writable. mktemp
     says why: it is full."""
     with small_tmpfs(home.dir / "inodes-tmp", "1m", inodes=16) as tmp:
-        for n in range(16):  # bounded: the mount has 16 inodes
-            try:
-                (tmp / f"inode-{n}").touch()
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                break
+        use_up_inodes(tmp, 16)
         _, answer, text = check_with_tmpdir(home, tmp)
     failed = first_failure(answer)
     assert failed["name"] == "remote host", text
@@ -549,12 +543,7 @@ async def test_a_launch_where_tmpdir_has_no_inode_left_says_it_is_full(
             async with start_daemon(home):
                 await launch_and_quit(home, "local")
             assert [p.name for p in tmp.iterdir()] == [f"relay-agent-{os.getuid()}"]
-        for n in range(64):  # bounded: the mount has 64 inodes
-            try:
-                (tmp / f"inode-{n}").touch()
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                break
+        use_up_inodes(tmp, 64)
         async with start_daemon(home):
             async with controller(home) as fe:
                 status, _, err = await fe.result(120)

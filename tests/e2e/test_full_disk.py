@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import subprocess
@@ -36,6 +37,16 @@ def small_tmpfs(where: Path, size: str = "64k", inodes: int = 0) -> Iterator[Pat
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def use_up_inodes(where: Path, inodes: int) -> None:
+    """Files made in ``where``, a ``small_tmpfs`` of ``inodes`` files, until none is left."""
+    for n in range(inodes):  # bounded: the mount has no more
+        try:
+            (where / f"inode-{n}").touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            return
 
 
 def fill_up_to_the_page(log_file: Path) -> None:

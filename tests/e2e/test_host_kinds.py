@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,21 +86,33 @@ async def test_a_login_without_a_locale_gives_a_kernel_none(home: RelayHome, res
     assert b"HOME=" + bytes(running.home) in environ  # the login's environment it is
 
 
+async def resume_of_a_launch(home: RelayHome) -> dict[str, Any]:
+    """``relay status``'s resume of the host, read while a controller launched there runs."""
+    async with served(home), controller(home) as fe:
+        main, _ = await connected(fe)
+        resume: dict[str, Any] = (await status_of(home))["resume"]
+        await finish(fe, main)
+    return resume
+
+
+async def resume_with_tmpdir(home: RelayHome, tmpdir: Path) -> dict[str, Any]:
+    """``resume_of_a_launch`` on a host whose sessions have ``tmpdir`` (made for it, then
+    removed) as their TMPDIR."""
+    tmpdir.mkdir(mode=0o700)
+    try:
+        with own_sshd(home, options={"SetEnv": f"TMPDIR={tmpdir}"}):
+            return await resume_of_a_launch(home)
+    finally:
+        shutil.rmtree(tmpdir)
+
+
 async def test_a_tmpdir_too_long_for_a_socket_path_says_so(home: RelayHome) -> None:
     """The agent's socket is TMPDIR/relay-agent-UID/TAG.sock, and a socket's address holds
     108 bytes: its start crashed, and relay status said "relay's agent did not start (exit 1,
     said 'OSError: AF_UNIX path too long')" (a review's finding). It says what to change,
     and kernels run on the old path meanwhile."""
     tmpdir = Path("/tmp", "relay-long-" + "t" * 90)
-    tmpdir.mkdir(mode=0o700)
-    try:
-        with own_sshd(home, options={"SetEnv": f"TMPDIR={tmpdir}"}):
-            async with served(home), controller(home) as fe:
-                main, _ = await connected(fe)
-                resume = (await status_of(home))["resume"]
-                await finish(fe, main)
-    finally:
-        shutil.rmtree(tmpdir)
+    resume = await resume_with_tmpdir(home, tmpdir)
     assert resume["state"] == "off", resume
     assert resume["reason"].startswith(f"{tmpdir}/relay-agent-{os.getuid()}/"), resume
     assert resume["reason"].endswith(
@@ -122,16 +135,7 @@ async def test_a_socket_path_at_the_limit(home: RelayHome, size: int, state: str
     (exit 1, said 'OSError: AF_UNIX path too long')"; a Python that binds it unended leaves
     one sshd cannot reach, as it copies the name with strlcpy; a review's finding). 107 is
     the longest that works; 108 is said as the setting to change."""
-    tmpdir = tmpdir_for_socket_path(size)
-    tmpdir.mkdir(mode=0o700)
-    try:
-        with own_sshd(home, options={"SetEnv": f"TMPDIR={tmpdir}"}):
-            async with served(home), controller(home) as fe:
-                main, _ = await connected(fe)
-                resume = (await status_of(home))["resume"]
-                await finish(fe, main)
-    finally:
-        shutil.rmtree(tmpdir)
+    resume = await resume_with_tmpdir(home, tmpdir_for_socket_path(size))
     assert resume["state"] == state, resume
     if state == "off":
         assert resume["reason"].endswith(

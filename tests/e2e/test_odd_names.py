@@ -5,6 +5,7 @@ anywhere else."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from tests.e2e.helpers import controller
 from tests.e2e.test_check import by_name, check
 from tests.e2e.test_dynamic import finish
 from tests.e2e.test_faults import connected, served
+from tests.e2e.test_host_kinds import resume_of_a_launch
 from tests.e2e.test_login_shell import own_sshd
 from tests.e2e.test_resume import status_of
 
@@ -42,6 +44,21 @@ def odd() -> Iterator[tuple[Path, Path]]:
         made.mkdir(mode=0o700)
     try:
         yield home, tmpdir
+    finally:
+        shutil.rmtree(base)
+
+
+@contextlib.contextmanager
+def latin1_tmpdir(home: RelayHome) -> Iterator[Path]:
+    """A host (``own_sshd``) whose login, in the C locale, has a TMPDIR named in Latin-1
+    (``BASE/J\\xfcrgen``): BASE, removed after."""
+    base = Path(tempfile.mkdtemp(prefix="relay-odd-"))
+    latin1 = os.fsencode(base) + b"/J\xfcrgen"
+    os.mkdir(latin1, 0o700)
+    try:
+        with own_sshd(home, options={"SetEnv": "LC_ALL=C"}) as running:
+            (running.home / ".bashrc").write_bytes(b"export TMPDIR='" + latin1 + b"'\n")
+            yield base
     finally:
         shutil.rmtree(base)
 
@@ -74,18 +91,8 @@ async def test_a_tmpdir_not_in_utf8_is_said_and_keeps_the_old_path(home: RelayHo
     another: the host took the old path, said as "sshd refused the channel to relay's agent
     (AllowStreamLocalForwarding ...)", a setting that was fine (a review's finding). The
     agent says so before it starts, and kernels run on the old path meanwhile."""
-    base = Path(tempfile.mkdtemp(prefix="relay-odd-"))
-    latin1 = os.fsencode(base) + b"/J\xfcrgen"
-    os.mkdir(latin1, 0o700)
-    try:
-        with own_sshd(home, options={"SetEnv": "LC_ALL=C"}) as running:
-            (running.home / ".bashrc").write_bytes(b"export TMPDIR='" + latin1 + b"'\n")
-            async with served(home), controller(home) as fe:
-                main, _ = await connected(fe)
-                resume = (await status_of(home))["resume"]
-                await finish(fe, main)
-    finally:
-        shutil.rmtree(base)
+    with latin1_tmpdir(home):
+        resume = await resume_of_a_launch(home)
     assert resume["state"] == "off", resume
     assert resume["reason"].endswith(
         ".sock is not UTF-8, and relay can name a socket to sshd only in UTF-8 (set TMPDIR "
@@ -109,15 +116,8 @@ def test_relay_check_says_a_tmpdir_not_in_utf8_keeps_no_kernels(home: RelayHome)
     on ("TMPDIR None is not writable", a failure), and step 7 failed with "ProtocolError:
     'utf-8' codec can't decode byte 0xfc" (a review's findings). Kernels launch there, on
     the old path: step 7 says why they do not resume."""
-    base = Path(tempfile.mkdtemp(prefix="relay-odd-"))
-    latin1 = os.fsencode(base) + b"/J\xfcrgen"
-    os.mkdir(latin1, 0o700)
-    try:
-        with own_sshd(home, options={"SetEnv": "LC_ALL=C"}) as running:
-            (running.home / ".bashrc").write_bytes(b"export TMPDIR='" + latin1 + b"'\n")
-            status, answer, text = check(home)
-    finally:
-        shutil.rmtree(base)
+    with latin1_tmpdir(home) as base:
+        status, answer, text = check(home)
     results = by_name(answer)
     assert status == 0, text
     assert results["remote host"]["state"] == "ok", text

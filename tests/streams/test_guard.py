@@ -21,7 +21,7 @@ from relay.peerowner import CLOSING, GONE, NO_FILES, UNKNOWN, has_proc_net, linu
 from relay.ssh import guard as guard_module
 from relay.ssh.guard import UNCHECKED, WHY, PeerGuard
 from tests.orphans import live_connection, orphaned_client
-from tests.strangers import NOBODY, half_closed, needs_second_uid, stranger
+from tests.strangers import NOBODY, needs_second_uid, shut_at_once, stranger
 
 
 @pytest.fixture(params=["sock_diag", "proc"])
@@ -215,13 +215,8 @@ def test_this_machines_look_up_finds_a_closing_socket_nobodys() -> None:
 def test_this_machines_look_up_names_a_stranger_that_shut_its_side_at_once() -> None:
     """A second uid's connection that wrote, shut its side and holds its socket (FIN_WAIT2,
     its uid and inode in the row): refused as that uid's, not as not checked."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        with half_closed(port) as client_port:
-            accepted, _ = server.accept()
-            with accepted:
-                assert accepted.recv(2) == b"x"
-                assert linux_owner(client_port, port) == NOBODY
+    with shut_at_once() as (client_port, port):
+        assert linux_owner(client_port, port) == NOBODY
 
 
 SQUAT = (

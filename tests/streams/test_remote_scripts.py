@@ -9,7 +9,6 @@ import secrets
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -24,7 +23,7 @@ from relay.ssh.supervisor import Event, hello_words, parse_line
 from tests.conftest import pid_alive
 from tests.orphans import live_connection, orphaned_client
 from tests.proclimit import as_user, full, spare_uid
-from tests.strangers import NOBODY, half_closed, needs_second_uid
+from tests.strangers import NOBODY, needs_second_uid, shut_at_once
 from tests.tmpcleaner import NO_TMPFILES, TMPFILES, age, tmp_cleaner
 
 SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
@@ -115,14 +114,9 @@ def test_owner_names_a_stranger_that_shut_its_side_at_once(sup: Sup) -> None:
     its uid and inode in /proc/net/tcp): that uid's, so the daemon says a stranger was
     refused, not a connection it could not check ("c": the user's own kernel, as often)."""
     sup.event()
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        with half_closed(port) as client_port:
-            accepted, _ = server.accept()
-            with accepted:
-                assert accepted.recv(2) == b"x"
-                sup.send(f"owner o1 {client_port:04X} {port:04X}")
-                assert sup.event() == Event("owner", "o1", str(NOBODY))
+    with shut_at_once() as (client_port, port):
+        sup.send(f"owner o1 {client_port:04X} {port:04X}")
+        assert sup.event() == Event("owner", "o1", str(NOBODY))
 
 
 def test_hello_then_kernel_life(sup: Sup) -> None:
