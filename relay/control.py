@@ -22,7 +22,6 @@ import fcntl
 import os
 import socket
 import stat
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,7 +41,7 @@ from relay.errors import (
     error_event,
 )
 from relay.lite import framing
-from relay.lite.client import open_directory, peer_uid
+from relay.lite.client import open_directory, peer_uid, too_long
 from relay.lite.framing import FramingError
 
 if TYPE_CHECKING:
@@ -111,17 +110,10 @@ class Operations(DaemonState, Protocol):
 ELSEWHERE = "(or choose another socket directory with RELAY_SOCKET)"
 
 
-# the longest path a Unix socket may have (sun_path less its NUL): Linux's, and the BSDs'
-SUN_PATH_MAX = 103 if sys.platform == "darwin" or "bsd" in sys.platform else 107
-
-
 def prepare_socket_dir(path: Path) -> None:
-    size = len(os.fsencode(path))
-    if size > SUN_PATH_MAX:
-        raise ConfigError(
-            f"the socket path {path} is {size} bytes, and a Unix socket's may be at most "
-            f"{SUN_PATH_MAX} here: choose a shorter one with RELAY_SOCKET or [daemon] socket"
-        )
+    problem = too_long(path)
+    if problem is not None:
+        raise ConfigError(problem)
     directory = path.parent
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

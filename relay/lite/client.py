@@ -134,10 +134,28 @@ def connect(path: str | PathLike[str]) -> _socket.socket:
     return sock
 
 
+# the longest path a Unix socket may have (sun_path less its NUL): Linux's, and the BSDs'
+SUN_PATH_MAX = 103 if sys.platform == "darwin" or "bsd" in sys.platform else 107
+
+
+def too_long(path: str | PathLike[str]) -> str | None:
+    """Why no daemon can listen on ``path``, if it is longer than a Unix socket's may be."""
+    size = len(os.fsencode(path))
+    if size <= SUN_PATH_MAX:
+        return None
+    return (
+        f"the socket path {os.fspath(path)} is {size} bytes, and a Unix socket's may be at most "
+        f"{SUN_PATH_MAX} here: choose a shorter one with RELAY_SOCKET or [daemon] socket"
+    )
+
+
 def request(
     path: str | PathLike[str], message: dict[str, Any], timeout_s: float = 10.0
 ) -> dict[str, Any]:
     """Send one request and return the one answer."""
+    problem = too_long(path)
+    if problem is not None:  # no daemon can listen there: not "the first launch starts one"
+        raise ClientError(problem)
     try:
         sock = connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as exc:

@@ -60,6 +60,26 @@ def test_status_without_a_daemon(home: RelayHome) -> None:
     assert json.loads(shown.stdout) == {"daemon": None, "socket": str(home.socket)}
 
 
+def test_status_where_no_daemon_could_listen_says_why(home: RelayHome) -> None:
+    """A socket path longer than a Unix socket's may be: `relay status` said no daemon was
+    listening and that the first launch would start one, which cannot listen there either
+    (a review's finding). It says the path is too long, as the launch does."""
+    long = home.dir / "run" / ("x" * 120 + ".sock")
+    done = subprocess.run(
+        [RELAY, "status"],
+        capture_output=True,
+        text=True,
+        env=dict(home.env, RELAY_SOCKET=str(long)),
+        timeout=60,
+    )
+    assert done.returncode != 0
+    (line,) = done.stderr.splitlines()
+    size = len(os.fsencode(long))
+    assert f"the socket path {long} is {size} bytes, and a Unix socket's may be at most" in line
+    assert "choose a shorter one with RELAY_SOCKET" in line, line
+    assert "the first launch starts one" not in line, line
+
+
 async def test_every_launch_line_names_host_and_kernel_and_kernel_output_is_logged(
     home: RelayHome, daemon_log: io.StringIO
 ) -> None:
