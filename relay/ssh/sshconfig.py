@@ -133,6 +133,20 @@ def _existing(files: Sequence[str]) -> list[str]:
     return found
 
 
+def _read(
+    present: Sequence[str],
+    final: bool,
+    local_user: str,
+    user: str | None,
+    name: str,
+    port: int | None,
+) -> _Reading:
+    reading = _Reading(None, False, False, final, local_user, user or (), name, port or ())
+    for path in present:
+        reading.parse(Path(path))
+    return reading
+
+
 def resolve(
     name: str,
     *,
@@ -144,9 +158,11 @@ def resolve(
     line) as ssh_config resolves it. Raises ``ValueError`` for a file ssh would reject."""
     present = _existing(files)
     local_user = getpass.getuser()
-    reading = _Reading(None, False, False, False, local_user, user or (), name, port or ())
-    for path in present:
-        reading.parse(Path(path))
+    reading = _read(present, False, local_user, user, name, port)
+    if reading.has_match_final():
+        # ``Match final`` asks for a second reading, as asyncssh's connect (and ssh) does:
+        # without it a ProxyJump or Port set there was missing from relay's view
+        reading = _read(present, True, local_user, user, name, port)
     options = dict(reading._options)
     return SSHView(
         name=name,

@@ -133,3 +133,19 @@ def test_one_proxyjump_hop_is_a_shared_jump_host(files: tuple[str, str]) -> None
     assert chained.jump is None and "tunnel" not in chained.kwargs  # asyncssh follows the chain
     told = plan(HostConfig(hostname="bastioned", jump="mine"), view("bastioned", files))
     assert told.jump == "mine"
+
+
+def test_a_match_final_block_applies_as_ssh_and_asyncssh_apply_it(tmp_path: Path) -> None:
+    """``Match final`` asks for a second reading of the files (ssh's, and asyncssh's own when
+    it connects): relay's view took only the first, so a ProxyJump or Port set there was
+    missing from it, and relay's direct tunnel then went around the bastion ssh uses."""
+    config = tmp_path / "config"
+    config.write_text(
+        "Host *.internal\n    User ada\nMatch final host *.internal\n"
+        "    ProxyJump bastion\n    Port 2022\n"
+    )
+    seen = resolve("db.internal", files=[str(config)])
+    assert (seen.user, seen.port, seen.get("ProxyJump")) == ("ada", 2022, "bastion")
+    assert plan(HostConfig(hostname="db.internal"), seen).jump == "bastion"
+    plain = resolve("db.example", files=[str(config)])
+    assert (plain.port, plain.get("ProxyJump")) == (22, None)
