@@ -54,7 +54,8 @@ def daemon_tag(
         kept = ""
         problem = f"{exc.strerror or exc} ({exc.filename or state_dir(env, platform)})"
     who = f"{socket.gethostname()}:{os.getuid()}:{socket_path}:{kept}"
-    return hashlib.sha256(who.encode()).hexdigest()[:16], problem
+    # a path of bytes not UTF-8 (a Latin-1 HOME), as the file system has it: os.fsencode
+    return hashlib.sha256(os.fsencode(who)).hexdigest()[:16], problem
 
 
 def _kept_id(path: Path) -> str:

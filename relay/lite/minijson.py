@@ -43,7 +43,9 @@ def _string(text: str) -> str:
     for ch in text:
         if ch in _ESCAPES:
             out.append(_ESCAPES[ch])
-        elif ch < " ":
+        elif ch < " " or "\ud800" <= ch <= "\udfff":
+            # a lone surrogate: a file name's byte that is not UTF-8 (os.fsdecode's), which
+            # UTF-8 cannot carry raw; escaped, it reads back as the same character
             out.append(f"\\u{ord(ch):04x}")
         else:
             out.append(ch)

@@ -96,3 +96,11 @@ def test_daemons_starting_at_once_agree_on_the_id(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in procs)
     assert len(tags) == 1, tags
     assert [p.name for p in (state / "relay").iterdir()] == [ID_FILE]
+
+
+def test_a_socket_path_not_utf8_has_a_tag(tmp_path: Path) -> None:
+    """A socket below a Latin-1 HOME or XDG_RUNTIME_DIR (its bytes read as surrogates): the
+    daemon died at start on encoding it. A UTF-8 path keeps the tag it had."""
+    latin = Path(os.fsdecode(b"/run/user/501/lat\xe9n/relay.sock"))
+    tag, _ = daemon_tag(latin, machine(tmp_path / "state"))
+    assert len(tag) == 16 and tag != daemon_tag(SOCKET, machine(tmp_path / "state"))[0]

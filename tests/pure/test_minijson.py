@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.lite import minijson
+from relay.lite import framing, minijson
 
 values = st.recursive(
     st.none()
@@ -137,3 +138,12 @@ def test_a_key_twice_is_refused_at_any_depth(pairs: list[tuple[str, object]], de
         with pytest.raises(minijson.DuplicateKey) as caught:
             minijson.loads(text)
         assert caught.value.key == twice
+
+
+def test_a_lone_surrogate_is_escaped_and_read_back() -> None:
+    """A path with a byte that is not UTF-8 (a Latin-1 socket directory, as ``os.fsdecode``
+    gives it) in a status answer: the daemon could not encode it, and `relay status` failed."""
+    path = os.fsdecode(b"/home/lat\xe9n/relay.sock")
+    data = framing.encode({"socket": path})
+    assert b"\\udce9" in data
+    assert framing.decode(data)["socket"] == path
