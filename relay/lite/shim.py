@@ -157,10 +157,31 @@ def _parse(argv: list[str]) -> _Args:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     try:
+        _utf8(args)
         return _run(args)
     except ShimError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return exc.status
+
+
+def _utf8(args: _Args) -> None:
+    """relay's requests carry text: a word of the command line with bytes that are not UTF-8
+    (a Latin-1 kernel path, given under LC_ALL=C) is refused here, naming it, not by the
+    daemon as "unable to parse raw data as a unicode string"."""
+    for what, word in (
+        ("kernel path", args.kernel),
+        ("host", args.host),
+        ("link name", args.linkname),
+    ):
+        try:
+            word.encode()
+        except UnicodeEncodeError:
+            shown = os.fsencode(word).decode("latin-1").encode("ascii", "backslashreplace").decode()
+            raise ShimError(
+                f"the {what} '{shown}' is not UTF-8, and relay passes it as UTF-8 text: "
+                f"rename it, or give a link to it with a UTF-8 name",
+                EXIT_USAGE,
+            ) from None
 
 
 def daemon_socket(path: str, autostart: bool) -> _socket.socket:
