@@ -44,6 +44,9 @@ def default_socket_path(env: Mapping[str, str] = os.environ, platform: str = sys
 # a relay.toml that does not parse is read once more this much later: an editor that saves
 # in place (truncates, then writes) leaves it half-written for a moment
 HALF_SAVED_S = 0.05
+# an empty relay.toml changed this recently may be one caught between its truncation and
+# its write (for a small file, one write: the state a reader most often catches)
+JUST_SAVED_S = 1.0
 
 
 def _read(path: str) -> bytes:
@@ -54,10 +57,24 @@ def _read(path: str) -> bytes:
         return b""
 
 
+def _just_emptied(path: str) -> bool:
+    """Whether ``path`` is an empty file changed in the last ``JUST_SAVED_S``."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    import time
+
+    return info.st_size == 0 and abs(time.time() - info.st_mtime) < JUST_SAVED_S
+
+
 def _configured_socket(raw: bytes) -> object:
     """``[daemon] socket`` in relay.toml's bytes (None where unset); ValueError where they
     do not parse (not UTF-8, not TOML, a number too long)."""
-    if b"socket" not in raw:  # parse (and import tomllib) only when it can matter
+    # parse (and import tomllib) only when it can matter: where it names a socket, or it is
+    # cut in a line (a saved file ends in a newline; one cut before "socket" was whole in
+    # the word's absence and sent the shim to the default socket)
+    if not raw or (b"socket" not in raw and raw.endswith(b"\n")):
         return None
     import tomllib
 
@@ -75,7 +92,10 @@ def socket_path(env: Mapping[str, str] = os.environ) -> str:
     configured = None
     for attempt in range(2):
         try:
-            configured = _configured_socket(_read(config_path(env)))
+            raw = _read(config_path(env))
+            if not raw and attempt == 0 and _just_emptied(config_path(env)):
+                raise ValueError("empty")  # truncated, not yet written: read once more
+            configured = _configured_socket(raw)
             break
         except ValueError:
             # a file being saved as the shim read it (else the default: the daemon reports

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -270,6 +271,46 @@ def test_a_relay_toml_read_as_it_is_saved_is_read_again(
     path.write_text(whole)
     assert paths.socket_path(env) == str(tmp_path / "s.sock")
     assert len(slept) == 2  # a whole file is read once
+
+
+@pytest.mark.parametrize("cut", [0, 9, 12])  # empty; "[daemon]\n"; "[daemon]\nsoc"
+def test_a_relay_toml_cut_before_its_socket_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: int
+) -> None:
+    """A file caught truncated (empty, just now) or cut before the word "socket" has no
+    "socket" in it, and was taken at once as setting none: the default socket, and a second
+    daemon there. Cut in a line, or empty and just changed, it is read once more."""
+    from relay.lite import paths
+
+    path = tmp_path / "relay.toml"
+    whole = f"[daemon]\nsocket = '{tmp_path}/s.sock'\n"
+    path.write_text(whole[:cut])
+    env = {"RELAY_CONFIG": str(path), "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    monkeypatch.setattr("time.sleep", lambda _s: path.write_text(whole))
+    if cut == 9:  # a whole line: indistinguishable from a file that sets no socket
+        assert paths.socket_path(env) == str(tmp_path / "run" / "relay" / "relay.sock")
+    else:
+        assert paths.socket_path(env) == str(tmp_path / "s.sock")
+
+
+def test_a_relay_toml_that_sets_no_socket_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old empty file, or a whole one without a socket (with its newline or without),
+    costs the shim no second read."""
+    from relay.lite import paths
+
+    path = tmp_path / "relay.toml"
+    env = {"RELAY_CONFIG": str(path), "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    slept: list[float] = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    for text in ("[daemon]\nlog_level = 'info'\n", "[daemon]\nlog_level = 'info'"):
+        path.write_text(text)
+        assert paths.socket_path(env) == str(tmp_path / "run" / "relay" / "relay.sock")
+    path.write_text("")
+    os.utime(path, (0, 0))
+    assert paths.socket_path(env) == str(tmp_path / "run" / "relay" / "relay.sock")
+    assert slept == []
 
 
 def test_protocol_messages_are_json_lines() -> None:
