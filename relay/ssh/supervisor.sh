@@ -191,7 +191,9 @@ while read -r op id arg; do
         wait "$p" 2>/dev/null; r=$?; test "$r" = 127 || s=$r;
         trap 'echo "exit $id $s"' EXIT;
         test -n "$e" && test -n "$g" && kill -KILL -"$p" 2>/dev/null;
-        rm -f "$d/$id.pid" "$d/$id.TERM" "$d/$id.HUP";
+        # no kernel left to pass a signal on to: one that came after the removal below
+        # marked the kernel gone, and the mark stayed until the session ended
+        p=; rm -f "$d/$id.pid" "$d/$id.TERM" "$d/$id.HUP";
         tail -n 5 "$d/$id.log" 2>/dev/null | cut -c 1-300 | sed "s/^/out $id /";
         rm -f "$d/$id.log";
         trap - EXIT; echo "exit $id $s"

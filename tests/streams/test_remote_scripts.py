@@ -917,6 +917,46 @@ def test_a_kill_the_kernels_process_takes_with_its_watchers_traps_still_ends_it(
     assert "nofork" not in out, out
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_kill_that_comes_as_its_kernel_is_reaped_leaves_no_mark(
+    shell: str, tmp_path: Path
+) -> None:
+    """A kill line for a kernel that has just ended (it quit as the user closed it) reaches
+    its watcher after it removed the kernel's files: passed on to a kernel (and group)
+    that is gone, the TERM was marked ($d/ID.TERM) and the mark left in the session's
+    directory until the session ended. The watcher is held just after its removal here."""
+    held, go = tmp_path / "held", tmp_path / "go"
+    os.mkfifo(held)
+    os.mkfifo(go)
+    removal = 'rm -f "$d/$id.pid" "$d/$id.TERM" "$d/$id.HUP";'
+    script = one_line()
+    assert script.count(removal) == 1
+    script = script.replace(removal, f"{removal} echo >{held}; head -n 1 {go} >/dev/null;", 1)
+    fifo = os.open(held, os.O_RDONLY | os.O_NONBLOCK)
+    proc = altered(shell, script)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        hello = parse_line(proc.stdout.readline())
+        assert hello is not None and hello.kind == "hello", hello
+        directory = Path(hello.value.split(" ")[1])
+        proc.stdin.write("start k1 set -- true\n")
+        proc.stdin.flush()
+        said = parse_line(proc.stdout.readline())
+        assert said is not None and said.kind == "pid", said
+        ready, _, _ = select.select([fifo], [], [], 30)  # the kernel reaped, its files gone
+        assert ready and os.read(fifo, 1) == b"\n"
+        proc.stdin.write("kill k1 TERM\nping p1\n")
+        proc.stdin.flush()
+        assert parse_line(proc.stdout.readline()) == Event("pong", "p1", "")  # TERM sent
+        with open(go, "w") as release:
+            release.write("\n")
+        assert parse_line(proc.stdout.readline()) == Event("exit", "k1", "0")
+        assert sorted(p.name for p in directory.glob("k1*")) == []
+    finally:
+        os.close(fifo)
+        proc.communicate(timeout=30)
+
+
 # bash retries a fork that fails for about 15 s (1 + 2 + 4 + 8) before it gives up
 NOFORK_S = 40.0
 NPROC = 24  # the limited user's processes: the supervisor's start needs a few at a time
