@@ -93,7 +93,8 @@ HOST_PROBE = "; ".join(
         'printf "%4096s" x >"$d/f" 2>/dev/null && w=ok; rm -rf "$d"; '
         # or no directory at all, for want of room: no inode left (any file system), no
         # block (ext4 refuses the directory), or the user's quota there; mktemp says which
-        'else case $d in *"No space left"*|*"quota exceeded"*) w=full ;; esac; fi',
+        # (EDQUOT: glibc's "Disk quota exceeded", musl's "Quota exceeded")
+        'else case $d in *"No space left"*|*[Qq]"uota exceeded"*) w=full ;; esac; fi',
         'test $w = no && test "$(df -Pk "$t" 2>/dev/null | awk \'NR==2 {print $4}\')" = 0 '
         "&& w=full",
         "echo tmpdir_writable=$w",

@@ -45,7 +45,9 @@ class Event:
 
 
 EXIT_READ_S = 2.0  # for what a supervisor that could not start said, once its output ended
-_NO_ROOM = ("No space left on device", "Disk quota exceeded")  # strerror(ENOSPC), (EDQUOT)
+# strerror(ENOSPC), strerror(EDQUOT): glibc's "Disk quota exceeded", musl's (Alpine's
+# busybox) "Quota exceeded"
+_NO_ROOM = ("No space left on device", "uota exceeded")
 
 
 def _why(status: int | None, said: str) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from relay.ssh.supervisor import _not_startable, _why
@@ -49,7 +53,7 @@ def test_a_directory_a_full_disk_has_no_room_for_is_said_as_full() -> None:
     """A TMPDIR on a disk with no block (ext4 refuses the directory) or no inode left:
     mktemp failed with ENOSPC, and the line sent the person to make a writable TMPDIR
     writable."""
-    for why in ("No space left on device", "Disk quota exceeded"):
+    for why in ("No space left on device", "Disk quota exceeded", "Quota exceeded"):
         said = f"mktemp: failed to create directory via template '/tmp/relay-ab.XXXXXX': {why}\n"
         line = _why(97, said)
         assert line.startswith("it cannot write its files in the host's TMPDIR (mktemp: failed")
@@ -76,3 +80,28 @@ def test_a_start_the_agent_had_no_room_for_says_where(said: str, why: str) -> No
     shared scratch): the agent's ``nostart`` is said with where the room is lacking, not as
     the bare errno."""
     assert _not_startable("h", said) == f"relay's agent on h could not start the kernel: {why}"
+
+
+@pytest.mark.parametrize(
+    "why", ["No space left on device", "Disk quota exceeded", "Quota exceeded"]
+)
+def test_the_host_probe_says_a_tmpdir_with_no_room_for_a_directory_full(
+    why: str, tmp_path: Path
+) -> None:
+    """relay check's probe, where mktemp cannot make its directory for want of room: glibc's
+    words for EDQUOT, and musl's (Alpine, busybox's mktemp), are both a full TMPDIR."""
+    from relay.check import HOST_PROBE
+    from relay.checkview import parse_probe
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    mktemp = fake / "mktemp"
+    mktemp.write_text(
+        f"#!/bin/sh\necho \"mktemp: can't create directory 'x': {why}\" >&2\nexit 1\n"
+    )
+    mktemp.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        ["sh", "-c", HOST_PROBE], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert parse_probe(done.stdout)["tmpdir_writable"] == "full", done.stdout
