@@ -16,6 +16,15 @@ import time
 HIGH_WATER = 8 << 20  # bytes held per direction before reading pauses
 
 
+async def until(due: float) -> None:
+    """Wait until ``time.monotonic()`` reaches ``due``. A loop's timer may fire early
+    (uvloop's count whole milliseconds from a time cached at the top of its iteration), so
+    the clock itself is asked: a round trip through the proxy is never shorter than the RTT
+    it emulates."""
+    while (left := due - time.monotonic()) > 0:
+        await asyncio.sleep(left)
+
+
 class DelayProxy:
     def __init__(self, target_port: int, rtt_s: float) -> None:
         self.target_port = target_port
@@ -31,7 +40,7 @@ class DelayProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.half:
-            await asyncio.sleep(self.half)  # the SYN's way there
+            await until(time.monotonic() + self.half)  # the SYN's way there
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:
@@ -52,9 +61,7 @@ class DelayProxy:
             nonlocal held
             while True:
                 due, data = await queue.get()
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                await until(due)
                 if not data:
                     dst.close()
                     return
