@@ -375,6 +375,7 @@ _ROWS = st.lists(
 )
 @example([("0100007F", _LPORT, "0100007F", _CPORT, "03", _ME + 1, 0)])  # a request socket
 @example([("0100007F", _CPORT, "0100007F", _LPORT, "01", _ME, 0)])  # ESTABLISHED, unheld
+@example([("0100007F", _CPORT, "0100007F", _LPORT, "03", _ME + 1, 77)])  # a stranger's, held
 @example([("0100007F", _CPORT, "00000000", _LPORT, "01", _ME, 77)])  # not to the loopback
 def test_the_agents_judgments_are_the_daemons(rows: list[tuple[Any, ...]]) -> None:
     """The agent judges the rows of a socket's look-up by its own copy of relay.peerowner's
@@ -391,7 +392,7 @@ def test_the_agents_judgments_are_the_daemons(rows: list[tuple[Any, ...]]) -> No
         owner = remote.owner(_CPORT, _LPORT)
         taker = remote.accepting_owner(_LPORT, _CPORT)
         listener = remote.listener_owner(_LPORT)
-    daemons = peerowner.owner_in_rows(table, _CPORT, _LPORT)
+    daemons = peerowner.owner_in_rows(table, _CPORT, _LPORT, _ME)  # as relay asks: the user's
     assert owner == said.get(daemons, str(daemons))
     daemons = peerowner.taker_in_rows(table, _LPORT, _CPORT)  # the agent: closing is none
     assert taker == ("-" if daemons in said else str(daemons))
