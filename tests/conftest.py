@@ -246,6 +246,16 @@ class RelayHome:
 
 
 @pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A directory of its own with a short path, for a test that counts a socket path's bytes
+    (108 at most): tmp_path's length depends on the test's name and on pytest-xdist's
+    worker (``popen-gw5``)."""
+    directory = Path(tempfile.mkdtemp(prefix="relay-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
 def home(request: pytest.FixtureRequest) -> Iterator[RelayHome]:
     # Unix socket paths are limited to 108 bytes: keep the directory short.
     directory = Path(tempfile.mkdtemp(prefix="relay-", dir="/tmp"))

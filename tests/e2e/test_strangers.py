@@ -38,6 +38,9 @@ NOBODY = 65534
 
 pytestmark = [
     pytest.mark.second_uid,
+    # one worker (make test runs pytest-xdist): peer_login makes and removes PEER_USER, a
+    # name this machine has once
+    pytest.mark.xdist_group("relaypeer"),
     pytest.mark.skipif(
         os.getuid() != 0 or not shutil.which("setpriv") or not os.path.exists(SYSTEM_PYTHON),
         reason="acting as a second user (or hiding /proc) needs root, setpriv, /usr/bin/python3",

@@ -250,13 +250,13 @@ def test_relay_checks_socket_probe_runs_on_every_python(python: str, tmp_path: P
 
 @pytest.mark.parametrize("too_long", [False, True])
 def test_relay_checks_socket_probe_binds_where_the_agent_binds(
-    tmp_path: Path, too_long: bool
+    short_tmp: Path, too_long: bool
 ) -> None:
     """The probe's socket path is as long as the agent's ($TMPDIR/relay-agent-UID/TAG.sock),
     so a TMPDIR that leaves the agent's one byte too many for a socket (sockaddr_un holds
     107 and a NUL) fails both, and one a byte shorter neither."""
     agents_path = len(f"/relay-agent-{os.getuid()}/{'0' * 16}.sock")
-    tmpdir = tmp_path / "t"
+    tmpdir = short_tmp / "t"
     tmpdir = Path(f"{tmpdir}{'x' * (107 + too_long - agents_path - len(str(tmpdir)))}")
     tmpdir.mkdir()
     env = {**os.environ, "TMPDIR": str(tmpdir)}
