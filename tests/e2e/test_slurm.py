@@ -38,10 +38,7 @@ from tests.e2e.helpers import (
 )
 from tests.e2e.test_resume import KEEPALIVE
 
-pytestmark = [
-    pytest.mark.slurm,  # skipped, with the reason, where Slurm cannot run (conftest)
-    pytest.mark.xdist_group("slurm"),  # one worker (make test): one cluster for the module
-]
+pytestmark = pytest.mark.slurm  # skipped, with the reason, where Slurm cannot run (conftest)
 
 
 @pytest.fixture(scope="module")

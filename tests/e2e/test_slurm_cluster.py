@@ -17,7 +17,7 @@ import pytest
 
 from relay.sim.slurm import Job, LocalSlurm, slurm_missing
 
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one worker: clusters
+pytestmark = pytest.mark.slurm
 
 
 def _cluster(tmp_path: Path) -> LocalSlurm:
