@@ -97,6 +97,29 @@ async def until(check: Callable[[], bool], what: str, timeout_s: float = BOUND_S
         await asyncio.sleep(0.05)
 
 
+@contextmanager
+def own_tmpdir(home: RelayHome) -> Iterator[Path]:
+    """Host "local"'s logins with a TMPDIR of the test's own (sshd's SetEnv), for a test that
+    removes, or relies on, the agent's usual directory there: /tmp/relay-agent-UID is every
+    agent's of the user's, those of the tests other pytest workers run at the same time
+    among them (one test's rmtree of it took theirs: a reconnect found no socket, and a
+    look for the directory found none). Agents left there are ended (by their pid files, if
+    those name an agent of their tag), and the directory goes."""
+    run = Path(tempfile.mkdtemp(prefix="relay-tmp-", dir="/tmp"))  # 108-byte socket paths
+    try:
+        with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={run}"}) as server:
+            home.sshd = server
+            home.hosts.clear()
+            yield run
+    finally:
+        for pid_file in run.glob("relay-agent-*/*.pid"):
+            with contextlib.suppress(ValueError, IndexError, OSError):
+                pid = int(pid_file.read_text().split()[0])
+                if pid_file.stem.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(run, ignore_errors=True)
+
+
 @asynccontextmanager
 async def behind_proxy(
     home: RelayHome, name: str = "local", **host: object
@@ -1743,21 +1766,27 @@ async def test_an_agent_directory_removed_during_an_outage_is_made_again_and_res
     file while the path is dead: the agent makes them again, and the resume through sshd
     attaches to the same agent where it always looks. The kernel and an echo in flight go
     on; without its socket made again the agent would not be there, and the kernel would
-    end."""
-    async with behind_proxy(home) as proxy, start_daemon(home) as running, controller(home) as fe:
-        kl, pid = await connected(fe)
-        agent = running.daemon.hosts["local"].agent
-        assert agent is not None
-        sock, agent_pid = Path(agent.info.socket), resume_state(running)["pid"]
-        payload = secrets.token_bytes(1 << 20)
-        echo = asyncio.ensure_future(kl.echo(payload))
-        await outage(running, proxy, "blackhole")
-        shutil.rmtree(sock.parent)
-        await until(sock.exists, "the agent's socket made again")
-        assert sock.with_suffix(".pid").read_text().split()[0] == str(agent_pid)
-        await back_to_the_same_agent(running, proxy, echo, payload, agent_pid)
-        await quit_cleanly(kl, fe)
-        await wait_gone(pid)
+    end. (In a TMPDIR of its own: the usual one is other tests' agents' too.)"""
+    with own_tmpdir(home) as run:
+        async with (
+            behind_proxy(home) as proxy,
+            start_daemon(home) as running,
+            controller(home) as fe,
+        ):
+            kl, pid = await connected(fe)
+            agent = running.daemon.hosts["local"].agent
+            assert agent is not None
+            sock, agent_pid = Path(agent.info.socket), resume_state(running)["pid"]
+            assert sock.parent == run / f"relay-agent-{os.getuid()}"
+            payload = secrets.token_bytes(1 << 20)
+            echo = asyncio.ensure_future(kl.echo(payload))
+            await outage(running, proxy, "blackhole")
+            shutil.rmtree(sock.parent)
+            await until(sock.exists, "the agent's socket made again")
+            assert sock.with_suffix(".pid").read_text().split()[0] == str(agent_pid)
+            await back_to_the_same_agent(running, proxy, echo, payload, agent_pid)
+            await quit_cleanly(kl, fe)
+            await wait_gone(pid)
 
 
 @needs_second_uid
@@ -1963,26 +1992,30 @@ def bound_pair(first: str, second: str) -> tuple[socket.socket, socket.socket]:
 @dataclass
 class TwoMachines:
     """Two login nodes behind one name: the agent's, and another whose sessions cannot see
-    the agent's files (another machine's /tmp), each behind a fault proxy of its own."""
+    the agent's files (another machine's /tmp), each behind a fault proxy of its own. Their
+    logins' TMPDIR is ``run``, the test's own (``own_tmpdir``): the agent's directory there
+    is this test's alone, where other pytest workers' tests use (and remove) /tmp's."""
 
     to_agents: FaultProxy
     other_sock: socket.socket  # the name's first address: refusing until start_other()
     home: RelayHome
     tmp: Path
+    run: Path
     to_other: FaultProxy | None = None
     other: ThrowawaySSHD | None = None
 
     async def start_other(self) -> None:
         """Once the agent has made its directory (which the other's sessions see empty)."""
         assert self.home.sshd is not None
-        agent_dir = Path("/tmp") / f"relay-agent-{os.getuid()}"
+        agent_dir = self.run / f"relay-agent-{os.getuid()}"
         assert agent_dir.is_dir()
         other_dir = self.tmp / "other"
         other_dir.mkdir()
         keys = ("ssh_host_ed25519_key", "id_ed25519", "authorized_keys")  # one user, one key
         for name in (*keys, *(f"{k}.pub" for k in keys[:2])):
             shutil.copy2(self.home.sshd.dir / name, other_dir / name)
-        self.other = ThrowawaySSHD(other_dir, hide=[agent_dir])
+        tmpdir = {"SetEnv": f"TMPDIR={self.run}"}
+        self.other = ThrowawaySSHD(other_dir, options=tmpdir, hide=[agent_dir])
         self.other.start()
         self.to_other = await FaultProxy(self.other.port).start(self.other_sock)
 
@@ -1992,6 +2025,15 @@ async def two_machines(home: RelayHome, tmp: Path, **host: object) -> AsyncItera
     """``TwoMachines`` behind NAME, and ``relay serve`` for them with a private /etc/hosts.
     The name's first address (in the resolver's order) refuses until ``start_other``, so
     the first connection, and the kernels' agent, are on the second."""
+    with own_tmpdir(home) as run:
+        async with _two_machines(home, tmp, run, **host) as machines:
+            yield machines
+
+
+@asynccontextmanager
+async def _two_machines(
+    home: RelayHome, tmp: Path, run: Path, **host: object
+) -> AsyncIterator[TwoMachines]:
     assert home.sshd is not None
     hosts = tmp / "hosts"
     hosts.write_text(f"127.0.0.1 {NAME}\n127.0.0.2 {NAME}\n")
@@ -1999,7 +2041,7 @@ async def two_machines(home: RelayHome, tmp: Path, **host: object) -> AsyncItera
     other_sock, agents_sock = bound_pair(first, second)
     port = agents_sock.getsockname()[1]
     machines = TwoMachines(
-        await FaultProxy(home.sshd.port).start(agents_sock), other_sock, home, tmp
+        await FaultProxy(home.sshd.port).start(agents_sock), other_sock, home, tmp, run
     )
     known_hosts = tmp / "known_hosts"
     key = home.sshd.host_key.with_suffix(".pub").read_text().split()
