@@ -1701,47 +1701,54 @@ async def test_what_answers_at_the_agents_socket_after_an_outage_is_shown_no_sec
     under its name, with someone else's socket in it that begins as an agent would. Through
     sshd, the resume reaches that socket: it is shown no secret and given nothing of what
     the links hold (the HELLO alone), and the shim exits 1 with one line saying that what
-    answered was not relay's agent."""
-    async with behind_proxy(home) as proxy, start_daemon(home) as running:
-        async with controller(home) as fe:
-            kl, pid = await connected(fe)
-            agent = running.daemon.hosts["local"].agent
-            assert agent is not None
-            secret, agent_pid, sock = agent._secret, agent.info.pid, Path(agent.info.socket)
-            await outage(running, proxy, "blackhole")
-            await kl.send(wire.ECHO, b"held for the agent")  # none of it goes to a stranger
-            moved = sock.parent.with_name(f"{sock.parent.name}-gone-{secrets.token_hex(4)}")
-            sock.parent.rename(moved)
-            sock.parent.mkdir(mode=0o700)
-            heard = bytearray()
+    answered was not relay's agent. (In a TMPDIR of its own: a rename of the usual one took
+    the sockets of other tests' agents with it.)"""
+    with own_tmpdir(home) as run:  # the directory renamed is the test's alone
+        async with behind_proxy(home) as proxy, start_daemon(home) as running:
+            async with controller(home) as fe:
+                kl, pid = await connected(fe)
+                agent = running.daemon.hosts["local"].agent
+                assert agent is not None
+                secret, agent_pid, sock = agent._secret, agent.info.pid, Path(agent.info.socket)
+                assert sock.parent.parent == run  # not every test's /tmp/relay-agent-UID
+                await outage(running, proxy, "blackhole")
+                await kl.send(wire.ECHO, b"held for the agent")  # none of it goes to a stranger
+                moved = sock.parent.with_name(f"{sock.parent.name}-gone-{secrets.token_hex(4)}")
+                sock.parent.rename(moved)
+                sock.parent.mkdir(mode=0o700)
+                heard = bytearray()
 
-            async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                writer.write(mux.encode(mux.CHALLENGE, 0, secrets.token_bytes(32)))
-                frames = mux.FrameReader()
-                with contextlib.suppress(ConnectionError):
-                    while data := await reader.read(65536):
-                        heard.extend(data)
-                        if any(f.type == mux.HELLO for f in frames.feed(data)):
-                            writer.write(mux.encode(mux.WELCOME, 0, b'{"recv": {}, "proof": "0"}'))
-                writer.close()
+                async def impostor(
+                    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                ) -> None:
+                    writer.write(mux.encode(mux.CHALLENGE, 0, secrets.token_bytes(32)))
+                    frames = mux.FrameReader()
+                    with contextlib.suppress(ConnectionError):
+                        while data := await reader.read(65536):
+                            heard.extend(data)
+                            if any(f.type == mux.HELLO for f in frames.feed(data)):
+                                writer.write(
+                                    mux.encode(mux.WELCOME, 0, b'{"recv": {}, "proof": "0"}')
+                                )
+                    writer.close()
 
-            server = await asyncio.start_unix_server(impostor, str(sock))
-            try:
-                proxy.restore()
-                status, _, err = await fe.result(BOUND_S)
-            finally:
-                server.close()
-                await server.wait_closed()
-            await kl.aclose()
-        assert status == 1 and len(err.strip().splitlines()) == 1, err
-        assert "what answered at relay's agent's socket" in err, err
-        assert "did not prove it holds relay's secret" in err, err
-        assert secret.encode() not in heard
-        assert [f.type for f in mux.FrameReader().feed(bytes(heard))] == [mux.HELLO], heard
-        os.kill(agent_pid, signal.SIGTERM)  # unreached: it would wait out its window
-        await wait_gone(pid, BOUND_S)
-        await wait_gone(agent_pid, BOUND_S)
-        shutil.rmtree(moved)
+                server = await asyncio.start_unix_server(impostor, str(sock))
+                try:
+                    proxy.restore()
+                    status, _, err = await fe.result(BOUND_S)
+                finally:
+                    server.close()
+                    await server.wait_closed()
+                await kl.aclose()
+            assert status == 1 and len(err.strip().splitlines()) == 1, err
+            assert "what answered at relay's agent's socket" in err, err
+            assert "did not prove it holds relay's secret" in err, err
+            assert secret.encode() not in heard
+            assert [f.type for f in mux.FrameReader().feed(bytes(heard))] == [mux.HELLO], heard
+            os.kill(agent_pid, signal.SIGTERM)  # unreached: it would wait out its window
+            await wait_gone(pid, BOUND_S)
+            await wait_gone(agent_pid, BOUND_S)
+            shutil.rmtree(moved)
 
 
 async def back_to_the_same_agent(
