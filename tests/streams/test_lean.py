@@ -79,6 +79,7 @@ def test_serve_starts_itself_again_lean_in_the_same_process(
     assert "not lean" not in err
 
 
+@pytest.mark.alone  # the compile has COMPILE_TIMEOUT_S: beside other tests it ran out once
 def test_a_first_start_fills_the_cache_before_it_goes_lean(
     quiet_home: RelayHome, tmp_path: Path
 ) -> None:

@@ -643,6 +643,7 @@ NO_START_TIMES = ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs none /proc &
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="choosing the next pid needs root")
+@pytest.mark.alone  # beside other tests' forks, the pid was taken first (a skip)
 @pytest.mark.parametrize("start_times", [True, False], ids=["start-times", "no-start-times"])
 @pytest.mark.parametrize("shell", SHELLS)
 def test_a_process_given_an_ended_kernels_watcher_pid_is_not_signalled(
