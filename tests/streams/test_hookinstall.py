@@ -106,7 +106,9 @@ def test_the_agent_is_started_from_what_was_installed_or_not_at_all(
         b"assert sys.flags.isolated and sys.argv[1:] == ['start', '00ff', '900', '17'], sys.argv\n"
         + f"print({line!r})\n".encode(),
     )
-    done = run(shell, tmp_path, agent, then=("agent", "00ff", "900", "17"))
+    # a TMPDIR of its own: not /tmp, where another test's old-path session of tag 00ff
+    # would make it "supervised"
+    done = run(shell, tmp_path, agent, then=("agent", "00ff", "900", "17"), tmpdir=tmp_path)
     started = parse_install_and_start("h", done.returncode, done.stdout, done.stderr, agent)
     assert started == (AgentInfo(7, "/run/a b.sock", 1000, True, 0), "cd" * 32), done
     (tmp_path / ".cache" / "relay").chmod(0o777)

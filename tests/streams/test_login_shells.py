@@ -181,7 +181,10 @@ def test_the_agent_is_installed_and_started_in_one_session(
     remote = hook_install_command(
         agent.version, agent.name, size=len(agent.data), agent=("00ff", 900, 7)
     )
-    out = run(login_shell, remote, agent.data, {**os.environ, "HOME": str(home)})
+    # a TMPDIR of its own: an old-path session of tag 00ff there (another test's, running
+    # beside it) would be said as "supervised"
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp_path)}
+    out = run(login_shell, remote, agent.data, env)
     started = parse_install_and_start("h", 0, out, file=agent)
     assert isinstance(started, tuple), (started, out)
     assert started == (AgentInfo(42, "/tmp/x.sock", 0, True, 0), "ab" * 32)
