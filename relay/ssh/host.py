@@ -675,6 +675,11 @@ class HostSession:
             # heard the agent, which began its window again: so does this one (and status)
             lost_at = agent.lost_at if agent.lost_at is not None else lost_at
             lost_clock = agent.lost_clock if agent.lost_clock is not None else lost_clock
+            # and the window it counts down: that attach's HELLO carried relay.toml's new one
+            # (a reload while resuming), which the agent took. The one this resume began with
+            # counted 5 s from a loss right after such a resume (before its first ping), and
+            # ended kernels the agent kept for 120 s (an e2e run under load)
+            window = agent.window_s
             left = lost_clock + window - wake.steady()
             if left <= 0:
                 break

@@ -1237,6 +1237,52 @@ async def test_a_longer_window_in_relay_toml_keeps_the_running_kernels(
         await quit_cleanly(kl, fe)
 
 
+async def test_a_window_the_agent_took_on_a_resume_lost_again_at_once_is_counted_down(
+    home: RelayHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window raised in relay.toml during an outage is the agent's with the resume's
+    HELLO (its WELCOME says it was taken, and relay status says so), but the connection is
+    lost again before the resume is over (here after the attach, before its first ping):
+    the resume goes on with the agent's new window, not the one it began with. It counted
+    the old 5 s down from the second loss and ended the kernel's link, while the agent kept
+    the kernel for 120 s (an e2e run under load, the second outage 6 ms after the resume)."""
+    old_s, new_s = 5, 120
+    gate = asyncio.Event()
+    gated: list[bool] = []
+    begin = Live._begin
+
+    async def held_after_the_attach(self: Live, **kwargs: Any) -> None:
+        # the resume's connection, its agent attached (its first ping next): held until the
+        # path is lost again
+        if not gated:
+            gated.append(True)
+            await gate.wait()
+        await begin(self, **kwargs)
+
+    async with (
+        behind_proxy(home, resume_window_s=old_s) as proxy,
+        start_daemon(home) as running,
+        controller(home) as fe,
+    ):
+        kl, pid = await connected(fe)
+        await outage(running, proxy, "reset")
+        await window_reloaded(home, new_s)
+        assert resume_state(running)["window_next_s"] == new_s
+        monkeypatch.setattr(Live, "_begin", held_after_the_attach)
+        proxy.restore()
+        await until(lambda: resume_state(running)["state"] == "on", "the attach")
+        assert gated and resume_state(running)["window_s"] == new_s  # the WELCOME's
+        await outage(running, proxy, "reset")
+        gate.set()
+        await asyncio.sleep(old_s + 2)  # longer than the old window
+        assert pid_alive(pid) and fe.proc.returncode is None
+        assert resume_state(running)["window_s"] == new_s
+        proxy.restore()
+        payload = secrets.token_bytes(1 << 16)
+        assert await asyncio.wait_for(kl.echo(payload), BOUND_S) == payload
+        await quit_cleanly(kl, fe)
+
+
 async def test_a_window_raised_from_0_is_said_to_wait_for_the_next_connection(
     home: RelayHome,
 ) -> None:
