@@ -372,7 +372,20 @@ class HostSession:
             raise self._in_vain(self.status.last_error)
         try:
             async with asyncio.timeout_at(deadline):
-                return await self.connection()
+                while True:
+                    try:
+                        return await self.connection()
+                    except ConnectFailed:
+                        resume = self._resuming
+                        if resume is None or resume.done():
+                            raise
+                        # the resume's attempt this launch joined failed: perhaps one made
+                        # on the dead path just before it came back, which fails only at
+                        # its own bound. The resume makes the next after its backoff: the
+                        # launch waits for the resume, to its own deadline (it failed at
+                        # once, with 6 s left and the resume back 0.4 s later: CI, in
+                        # parallel), not with that attempt
+                        await asyncio.wait({resume})
         except (TimeoutError, ConnectFailed) as exc:
             if not self.resuming:  # it is over (the kernels ended): that is the news
                 raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+from relay.errors import ConnectFailed
 from relay.settings import HostConfig
 from relay.ssh.host import HostSession
 
@@ -49,6 +50,58 @@ async def test_an_attempt_let_go_at_the_windows_end_is_not_joined_by_the_next_la
     wound_down.set()
     await asyncio.gather(let_go, return_exceptions=True)
     assert let_go.cancelled() and host._connecting is None
+    await host.aclose()
+
+
+class _Conn:
+    """A connection that is open until the host closes it."""
+
+    def is_closed(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+async def test_a_launch_waiting_on_a_resume_outlives_an_attempt_of_the_resumes_that_fails() -> None:
+    """A launch during an outage joins the resume's attempt under way. That attempt, made on
+    the dead path just before it came back, fails at its own bound; the resume's next one,
+    after its backoff, gets through. The launch failed at once with the first's error ("was
+    not back"), its own deadline seconds away (CI, in parallel: back 0.4 s later). It waits
+    for the resume to its deadline."""
+    host = HostSession("host", HostConfig(hostname="h"), tag="00", ssh_files=())
+    fresh = cast(Any, _Conn())
+    dead_path_fails = asyncio.Event()
+    calls = 0
+
+    async def connect() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await dead_path_fails.wait()
+            raise ConnectFailed("127.0.0.1:22 accepted TCP but sent no SSH banner in 7.0 s")
+        return fresh
+
+    host._connect = connect  # type: ignore[method-assign]
+
+    async def resume() -> None:  # the resume's loop: an attempt, its failure, the next one
+        try:
+            await host.connection()
+        except ConnectFailed:
+            host._conn = await host.connection()  # after its backoff: back
+
+    host._resuming = asyncio.ensure_future(resume())
+    await asyncio.sleep(0)
+    assert host.resuming and host._connecting is not None
+    loop = asyncio.get_running_loop()
+    launch = asyncio.ensure_future(host.connection_by(loop.time() + 30))
+    await asyncio.sleep(0)
+    dead_path_fails.set()
+    assert await asyncio.wait_for(launch, 10) is fresh
+    assert calls == 2
     await host.aclose()
 
 
