@@ -1852,38 +1852,29 @@ async def test_an_agent_gone_around_a_directory_another_user_made_first_is_resum
     and again after an outage: the same agent, the kernel and an echo in flight go on. The
     stop's goodbye ends the agent, which takes its directory with it; the other user's is
     left alone."""
-    run = Path(tempfile.mkdtemp(prefix="relay-shared-", dir="/tmp"))  # a /tmp of its own
-    run.chmod(0o1777)
-    usual = run / f"relay-agent-{os.getuid()}"
-    try:
+    with own_tmpdir(home) as run:  # a /tmp of its own, shared with another user
+        run.chmod(0o1777)
+        usual = run / f"relay-agent-{os.getuid()}"
         subprocess.run(
             as_nobody(SYSTEM_PYTHON, "-c", SQUAT_DIR, str(usual)), check=True, timeout=60
         )
-        with ThrowawaySSHD(home.dir / "sshd", options={"SetEnv": f"TMPDIR={run}"}) as server:
-            home.sshd = server
-            home.hosts.clear()
-            async with behind_proxy(home) as proxy:
-                async with start_daemon(home) as running, controller(home) as fe:
-                    kl, pid = await connected(fe)
-                    assert resume_state(running)["state"] == "on"
-                    agent = running.daemon.hosts["local"].agent
-                    assert agent is not None
-                    own, agent_pid = Path(agent.info.socket).parent, resume_state(running)["pid"]
-                    assert own.parent == run and own.name.startswith(f"{usual.name}.")
-                    payload = secrets.token_bytes(1 << 20)
-                    echo = asyncio.ensure_future(kl.echo(payload))
-                    await outage(running, proxy, "reset")
-                    await back_to_the_same_agent(running, proxy, echo, payload, agent_pid)
-                    await quit_cleanly(kl, fe)
-                    await wait_gone(pid)
-                await wait_gone(int(str(agent_pid)))
+        async with behind_proxy(home) as proxy:
+            async with start_daemon(home) as running, controller(home) as fe:
+                kl, pid = await connected(fe)
+                assert resume_state(running)["state"] == "on"
+                agent = running.daemon.hosts["local"].agent
+                assert agent is not None
+                own, agent_pid = Path(agent.info.socket).parent, resume_state(running)["pid"]
+                assert own.parent == run and own.name.startswith(f"{usual.name}.")
+                payload = secrets.token_bytes(1 << 20)
+                echo = asyncio.ensure_future(kl.echo(payload))
+                await outage(running, proxy, "reset")
+                await back_to_the_same_agent(running, proxy, echo, payload, agent_pid)
+                await quit_cleanly(kl, fe)
+                await wait_gone(pid)
+            await wait_gone(int(str(agent_pid)))
         assert not own.exists()
         assert usual.stat().st_uid == NOBODY
-    finally:
-        for pid_file in run.glob("relay-agent-*/*.pid"):
-            with contextlib.suppress(ValueError, OSError):
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-        shutil.rmtree(run, ignore_errors=True)
 
 
 async def test_a_kernel_quit_from_the_front_end_during_an_outage_lets_its_shim_go_at_once(
